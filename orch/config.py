@@ -1,0 +1,76 @@
+"""One frozen config per role; defaults live here, ORCH_* variables override.
+
+Configs are passed explicitly: no module-level mutable state anywhere.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_PORT = 4646
+DEFAULT_ADDRESS = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+def env(name: str, default):
+    """Read ORCH_<NAME>, cast to the default's type."""
+    raw = os.environ.get(f"ORCH_{name}")
+    if raw is None or raw == "":
+        return default
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, int):
+        return int(raw)
+    return raw
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bind: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: str = "./orch-data/server"
+    node_ttl: float = 10.0             # seconds without heartbeat before a node is lost
+    token: str | None = None
+    insecure: bool = False
+    scheduler_workers: int = 1
+    push_workers: int = 16
+    push_timeout: float = 5.0          # per HTTP call to an agent
+    push_retries: int = 3
+    max_count: int = 10_000            # cap on a task group's count
+    max_body_bytes: int = 1 << 20
+    http_threads: int = 16
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: str = DEFAULT_ADDRESS
+    bind: str = "127.0.0.1"
+    port: int = 0
+    advertise: str | None = None       # URL the server uses to reach us
+    region: str = "global"
+    node_id: str | None = None
+    meta: dict = field(default_factory=dict)
+    data_dir: str = "./orch-data/agent"
+    heartbeat_interval: float = 2.0
+    token: str | None = None
+    insecure: bool = False
+    # Restart policy for service tasks (Nomad's defaults are 2 in 30m, delay 15s;
+    # ours are shorter so that a dev cluster reacts within seconds).
+    restart_attempts: int = 2
+    restart_interval: float = 60.0
+    restart_delay: float = 1.0
+    kill_timeout: float = 5.0          # SIGTERM -> SIGKILL grace
+    http_threads: int = 8
+
+
+@dataclass(frozen=True)
+class DevConfig:
+    agents: int = 3
+    port: int = DEFAULT_PORT
+    bind: str = "127.0.0.1"
+    data_dir: str | None = None        # ephemeral when None
+    node_ttl: float = 10.0
+    heartbeat_interval: float = 2.0
+    token: str | None = None
+    log_level: str = "INFO"            # passed on to the server and the agents

@@ -1,0 +1,123 @@
+"""JSON-only HTTP plumbing shared by the server and the agent (bottle).
+
+One place turns exceptions into responses: OrchError subclasses carry their
+status; anything unexpected is a 500 with a JSON body. Bottle's own error
+pages (unknown route, wrong method) are replaced by JSON ones, which must be
+returned as *strings* with the content type set, or bottle renders HTML.
+"""
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+import logging
+
+import bottle
+
+from orch.errors import (
+    BadGateway, OrchError, PayloadTooLarge, Unauthorized, ValidationError,
+)
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+__all__ = ["Router", "read_json", "passthrough", "BadGateway", "error_body"]
+
+
+def error_body(message: str, **extra) -> str:
+    return json.dumps({"error": message, **extra}, ensure_ascii=False)
+
+
+def _dumps(payload) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def read_json(max_body: int | None = None):
+    """The request body parsed as JSON; ValidationError if it is not JSON."""
+    limit = max_body or bottle.request.environ.get("orch.max_body", 1 << 20)
+    length = bottle.request.content_length
+    if length > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
+    raw = bottle.request.body.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
+    if not raw.strip():
+        raise ValidationError("body: must be a JSON object, got an empty body")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"body: invalid JSON: {exc}") from None
+
+
+def passthrough(resp) -> bytes:
+    """Relay a requests.Response (status, content type, body) unchanged."""
+    bottle.response.status = resp.status_code
+    bottle.response.content_type = resp.headers.get("Content-Type", JSON)
+    return resp.content
+
+
+def _authorized(token: str | None) -> bool:
+    if not token:
+        return True
+    header = bottle.request.get_header("Authorization", "")
+    expected = f"Bearer {token}"
+    return hmac.compare_digest(header.encode(), expected.encode())
+
+
+class Router:
+    """Registers handlers that return dicts and raise OrchError."""
+
+    def __init__(self, app: bottle.Bottle, *, token: str | None = None,
+                 max_body: int = 1 << 20):
+        self.app = app
+        self.token = token
+        self.max_body = max_body
+        self.routes: list[tuple[str, str]] = []
+        for code in (400, 404, 405, 413, 500):
+            app.error(code)(self._bottle_error)
+
+    def __call__(self, method: str, path: str, *, public: bool = False,
+                 raw: bool = False):
+        def decorate(fn):
+            @functools.wraps(fn)
+            def handler(**kwargs):
+                return self._handle(fn, kwargs, public, raw)
+            self.app.route(path, method)(handler)
+            self.routes.append((method, path))
+            return fn
+        return decorate
+
+    def _handle(self, fn, kwargs, public: bool, raw: bool):
+        bottle.request.environ["orch.max_body"] = self.max_body
+        try:
+            if not public and not _authorized(self.token):
+                raise Unauthorized("missing or invalid bearer token")
+            result = fn(**kwargs)
+        except OrchError as exc:
+            bottle.response.status = exc.status
+            bottle.response.content_type = JSON
+            return _dumps(exc.to_dict())
+        except Exception as exc:
+            log.exception("unexpected error on %s %s", bottle.request.method,
+                          bottle.request.path)
+            bottle.response.status = 500
+            bottle.response.content_type = JSON
+            return error_body(f"internal error: {type(exc).__name__}")
+        if raw:
+            return result
+        bottle.response.content_type = JSON
+        return _dumps(result)
+
+    @staticmethod
+    def _bottle_error(err: bottle.HTTPError) -> str:
+        bottle.response.content_type = JSON
+        if err.status_code == 404:
+            return error_body(f"no route for {bottle.request.method} "
+                              f"{bottle.request.path}")
+        if err.status_code == 405:
+            return error_body(f"method {bottle.request.method} not allowed "
+                              f"on {bottle.request.path}")
+        if err.status_code == 500:
+            return error_body("internal error")
+        return error_body(str(err.body or err.status_line))

@@ -1,0 +1,150 @@
+"""HTTP routes of the server: parse, call the Server, return a dict.
+
+Every answer is JSON. Exceptions become ``{"error": ...}`` with the status on
+their class (orch.errors); bottle's HTML error pages never reach a client.
+"""
+from __future__ import annotations
+
+import time
+
+import bottle
+import requests
+
+from orch import httpjson
+from orch.errors import NotFound
+from orch.server import views
+from orch.server.metrics import render_metrics
+from orch.server.openapi import SERVER_SPEC
+
+
+def make_app(server) -> bottle.Bottle:
+    app = bottle.Bottle()
+    store = server.store
+    route = httpjson.Router(app, token=server.config.token,
+                            max_body=server.config.max_body_bytes)
+
+    # ---- seed: nodes -------------------------------------------------------
+
+    @route("POST", "/register")
+    def register():
+        server.register(httpjson.read_json())
+        return {"message": "Node registered successfully"}
+
+    @route("POST", "/heartbeat")
+    def heartbeat():
+        server.heartbeat(httpjson.read_json())
+        return {"message": "Heartbeat received"}
+
+    @route("GET", "/nodes")
+    def list_nodes():
+        nodes = [views.node_view(n, store.allocs_for_node(n.node_id))
+                 for n in store.list_nodes()]
+        return {"nodes": nodes, "count": len(nodes)}
+
+    @route("GET", "/nodes/<node_id>")
+    def get_node(node_id):
+        node = store.get_node(node_id)
+        if node is None:
+            raise NotFound("Node not found")
+        return views.node_view(node, store.allocs_for_node(node_id))
+
+    # ---- seed: jobs ----------------------------------------------------------
+
+    @route("POST", "/jobs")
+    def submit_job():
+        job, ev = server.submit_job(httpjson.read_json())
+        return {"job_id": job.job_id, "evaluation_id": ev.eval_id,
+                "message": "作业评估已加入队列"}
+
+    @route("PUT", "/jobs/<job_id>")
+    def update_job(job_id):
+        job, ev = server.submit_job(httpjson.read_json(), job_id)
+        return {"job_id": job.job_id, "evaluation_id": ev.eval_id,
+                "message": "作业更新评估已加入队列"}
+
+    @route("DELETE", "/jobs/<job_id>")
+    def stop_job(job_id):
+        server.stop_job(job_id)
+        return {"message": f"作业 {job_id} 已停止"}
+
+    @route("GET", "/jobs")
+    def list_jobs():
+        jobs = []
+        for job in store.list_jobs():
+            allocs = store.allocs_for_job(job.job_id)
+            jobs.append(views.job_view(job, server.job_status(job, allocs), allocs))
+        return {"jobs": jobs, "count": len(jobs)}
+
+    @route("GET", "/jobs/<job_id>")
+    def get_job(job_id):
+        job = store.require_job(job_id)
+        allocs = store.allocs_for_job(job_id)
+        return views.job_view(job, server.job_status(job, allocs), allocs)
+
+    @route("POST", "/jobs/<job_id>/delete")
+    def delete_job(job_id):
+        server.delete_job(job_id)
+        return {"message": f"作业 {job_id} 及其相关资源已删除"}
+
+    @route("POST", "/jobs/<job_id>/restart")
+    def restart_job(job_id):
+        ev = server.restart_job(job_id)
+        return {"job_id": job_id, "evaluation_id": ev.eval_id,
+                "message": "作业重启评估已加入队列"}
+
+    # ---- beyond the seed -----------------------------------------------------
+
+    @route("GET", "/jobs/<job_id>/evaluations")
+    def job_evaluations(job_id):
+        store.require_job(job_id)
+        evals = sorted(store.evals_for_job(job_id), key=lambda e: e.create_time)
+        return {"evaluations": [e.to_dict() for e in evals], "count": len(evals)}
+
+    @route("GET", "/evaluations/<eval_id>")
+    def get_evaluation(eval_id):
+        ev = store.get_eval(eval_id)
+        if ev is None:
+            raise NotFound("Evaluation not found")
+        return ev.to_dict()
+
+    @route("GET", "/allocations/<alloc_id>")
+    def get_allocation(alloc_id):
+        alloc = store.get_alloc(alloc_id)
+        if alloc is None:
+            raise NotFound("Allocation not found")
+        return views.alloc_view(alloc, store.get_job(alloc.job_id))
+
+    @route("GET", "/allocations/<alloc_id>/logs/<task>", raw=True)
+    def allocation_logs(alloc_id, task):
+        alloc = store.get_alloc(alloc_id)
+        if alloc is None:
+            raise NotFound("Allocation not found")
+        endpoint = server._endpoint_of(alloc.node_id)
+        if endpoint is None:
+            raise NotFound("the allocation's node is unknown")
+        headers = {"Authorization": f"Bearer {server.config.token}"} \
+            if server.config.token else {}
+        try:
+            resp = requests.get(f"{endpoint}/allocations/{alloc_id}/logs/{task}",
+                                params=dict(bottle.request.query), timeout=5,
+                                headers=headers)
+        except requests.RequestException as exc:
+            raise httpjson.BadGateway(f"node unreachable: {exc}") from exc
+        return httpjson.passthrough(resp)
+
+    @route("GET", "/health", public=True)
+    def health():
+        return {"status": "ok", "uptime_s": round(time.time() - server.started, 3),
+                **store.counts()}
+
+    @route("GET", "/metrics", raw=True)
+    def metrics():
+        bottle.response.content_type = "text/plain; version=0.0.4"
+        return render_metrics(server)
+
+    @route("GET", "/openapi.json")
+    def openapi():
+        return SERVER_SPEC
+
+    return app
+

@@ -1,0 +1,79 @@
+"""Per-node heartbeat deadlines: a node silent past its TTL is declared down.
+
+Deadlines sit in a heap with lazy deletion, so a heartbeat costs O(log n)
+and the monitor wakes only when the earliest deadline may have passed.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+
+class HeartbeatMonitor:
+    """Calls ``on_expired(node_id)`` when a node misses its deadline."""
+
+    def __init__(self, ttl: float, on_expired, *, now=time.monotonic):
+        self._ttl = ttl
+        self._on_expired = on_expired
+        self._now = now
+        self._deadlines: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="heartbeat",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def reset(self, node_id: str) -> None:
+        """A sign of life: push the node's deadline one TTL ahead."""
+        deadline = self._now() + self._ttl
+        with self._cond:
+            self._deadlines[node_id] = deadline
+            heapq.heappush(self._heap, (deadline, node_id))
+            if len(self._heap) > 4 * len(self._deadlines) + 64:
+                self._compact()
+
+    def forget(self, node_id: str) -> None:
+        with self._cond:
+            self._deadlines.pop(node_id, None)
+
+    def _compact(self) -> None:
+        self._heap = [(d, n) for n, d in self._deadlines.items()]
+        heapq.heapify(self._heap)
+
+    def _expired(self) -> list[str]:
+        now = self._now()
+        expired = []
+        while self._heap and self._heap[0][0] <= now:
+            deadline, node_id = heapq.heappop(self._heap)
+            if self._deadlines.get(node_id) == deadline:
+                del self._deadlines[node_id]
+                expired.append(node_id)
+        return expired
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopped:
+                    return
+                expired = self._expired()
+                if not expired:
+                    wait = self._heap[0][0] - self._now() if self._heap else 1.0
+                    self._cond.wait(min(max(wait, 0.01), 1.0))
+                    continue
+            for node_id in expired:
+                try:
+                    self._on_expired(node_id)
+                except Exception:
+                    log.exception("node expiry failed node=%s", node_id)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()

@@ -1,0 +1,91 @@
+"""OpenAPI 3 description of the server's routes (served at /openapi.json)."""
+from __future__ import annotations
+
+_ERROR = {"type": "object", "required": ["error"],
+          "properties": {"error": {"type": "string"}}}
+_MESSAGE = {"type": "object", "properties": {"message": {"type": "string"}}}
+_RESOURCES = {"type": "object", "properties": {
+    "cpu": {"type": "integer", "minimum": 0},
+    "memory": {"type": "integer", "minimum": 0}}}
+_CONSTRAINT = {"type": "object", "required": ["attribute", "operator", "value"],
+               "properties": {
+                   "attribute": {"type": "string"},
+                   "operator": {"type": "string",
+                                "enum": ["=", "!=", ">", "<", ">=", "<=", "regex"]},
+                   "value": {"type": "string"}}}
+_TASK = {"type": "object", "required": ["name"], "properties": {
+    "name": {"type": "string"},
+    "driver": {"type": "string", "enum": ["exec", "docker"]},
+    "config": {"type": "object"},
+    "resources": _RESOURCES}}
+_JOB = {"type": "object", "required": ["task_groups"], "properties": {
+    "job_id": {"type": "string"},
+    "type": {"type": "string", "enum": ["batch", "service"]},
+    "constraints": {"type": "array", "items": _CONSTRAINT},
+    "task_groups": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["name", "tasks"], "properties": {
+            "name": {"type": "string"},
+            "count": {"type": "integer", "minimum": 1},
+            "tasks": {"type": "array", "minItems": 1, "items": _TASK},
+            "constraints": {"type": "array", "items": _CONSTRAINT}}}}}}
+_REGISTER = {"type": "object",
+             "required": ["node_id", "resources", "endpoint"], "properties": {
+                 "node_id": {"type": "string"}, "region": {"type": "string"},
+                 "resources": _RESOURCES, "healthy": {"type": "boolean"},
+                 "endpoint": {"type": "string"},
+                 "attributes": {"type": "object"}, "meta": {"type": "object"}}}
+_HEARTBEAT = {"type": "object", "required": ["node_id"], "properties": {
+    "node_id": {"type": "string"}, "resources": {"type": "object"},
+    "healthy": {"type": "boolean"}, "timestamp": {"type": "number"},
+    "allocations": {"type": "object"}}}
+
+
+def _json(schema):
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary, body=None, ok=_MESSAGE, errors=(400,), params=()):
+    op = {"summary": summary,
+          "responses": {"200": {"description": "ok", **_json(ok)},
+                        **{str(c): {"description": "error", **_json(_ERROR)}
+                           for c in errors}}}
+    if body is not None:
+        op["requestBody"] = {"required": True, **_json(body)}
+    if params:
+        op["parameters"] = [{"name": p, "in": "path", "required": True,
+                             "schema": {"type": "string"}} for p in params]
+    return op
+
+
+SERVER_SPEC = {
+    "openapi": "3.0.3",
+    "info": {"title": "orch server", "version": "0.1.0"},
+    "paths": {
+        "/register": {"post": _op("Register a node", _REGISTER)},
+        "/heartbeat": {"post": _op("Node heartbeat", _HEARTBEAT, errors=(400, 404))},
+        "/jobs": {"post": _op("Submit a job", _JOB),
+                  "get": _op("List jobs", ok={"type": "object"}, errors=())},
+        "/jobs/{job_id}": {
+            "put": _op("Update a job", _JOB, errors=(400, 404), params=["job_id"]),
+            "delete": _op("Stop a job", errors=(404,), params=["job_id"]),
+            "get": _op("Get a job", ok={"type": "object"}, errors=(404,),
+                       params=["job_id"])},
+        "/jobs/{job_id}/delete": {"post": _op("Purge a job", errors=(404,),
+                                              params=["job_id"])},
+        "/jobs/{job_id}/restart": {"post": _op("Restart a stopped job",
+                                               errors=(400, 404), params=["job_id"])},
+        "/jobs/{job_id}/evaluations": {"get": _op(
+            "A job's evaluations", ok={"type": "object"}, errors=(404,),
+            params=["job_id"])},
+        "/nodes": {"get": _op("List nodes", ok={"type": "object"}, errors=())},
+        "/nodes/{node_id}": {"get": _op("Get a node", ok={"type": "object"},
+                                        errors=(404,), params=["node_id"])},
+        "/evaluations/{eval_id}": {"get": _op(
+            "Get an evaluation", ok={"type": "object"}, errors=(404,),
+            params=["eval_id"])},
+        "/allocations/{alloc_id}": {"get": _op(
+            "Get an allocation", ok={"type": "object"}, errors=(404,),
+            params=["alloc_id"])},
+        "/health": {"get": _op("Liveness", ok={"type": "object"}, errors=())},
+    },
+}

@@ -1,0 +1,133 @@
+"""Pushes allocations to agents (seed agent API) from a bounded thread pool.
+
+Placement never waits on an agent: the scheduler commits, then hands the
+allocations here. A push that still fails after its retries is reported back
+(``on_failed``) so the allocation can be failed and placed elsewhere.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from orch.structs import Allocation, Job
+
+log = logging.getLogger(__name__)
+
+
+def alloc_payload(alloc: Allocation, job: Job) -> dict:
+    """The agent's POST /allocations body (seed fields plus driver, job_type)."""
+    group = job.group(alloc.task_group)
+    tasks = [{"name": t.name, "driver": t.driver, "config": t.config,
+              "resources": t.resources.to_dict()} for t in group.tasks]
+    return {"allocation_id": alloc.allocation_id, "job_id": alloc.job_id,
+            "job_type": job.type.value,
+            "task_group": {"name": group.name, "tasks": tasks}}
+
+
+class Pusher:
+    """Sends POST/DELETE /allocations to agents in the background."""
+
+    def __init__(self, *, endpoint_of, on_failed, workers: int = 16,
+                 timeout: float = 5.0, retries: int = 3, token: str | None = None,
+                 backoff: float = 0.2):
+        self._endpoint_of = endpoint_of      # node_id -> URL or None
+        self._on_failed = on_failed          # (alloc, error message) -> None
+        self._pool = ThreadPoolExecutor(max_workers=workers,
+                                        thread_name_prefix="push")
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._inflight: set[str] = set()     # alloc ids being placed or stopped
+        self.stats = {"placed": 0, "stopped": 0, "failed": 0}
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers.update(self._headers)
+        return session
+
+    def busy(self, alloc_id: str) -> bool:
+        with self._lock:
+            return alloc_id in self._inflight
+
+    def _claim(self, alloc_id: str) -> bool:
+        with self._lock:
+            if alloc_id in self._inflight:
+                return False
+            self._inflight.add(alloc_id)
+            return True
+
+    def _release(self, alloc_id: str) -> None:
+        with self._lock:
+            self._inflight.discard(alloc_id)
+
+    def place(self, allocs: list[Allocation], job: Job) -> None:
+        for alloc in allocs:
+            if self._claim(alloc.allocation_id):
+                self._pool.submit(self._place_one, alloc, alloc_payload(alloc, job))
+
+    def stop(self, allocs: list[Allocation]) -> None:
+        for alloc in allocs:
+            if self._claim(alloc.allocation_id):
+                self._pool.submit(self._stop_one, alloc)
+
+    def _place_one(self, alloc: Allocation, payload: dict) -> None:
+        try:
+            error = self._call("POST", alloc.node_id, "/allocations", payload)
+            if error is None:
+                self.stats["placed"] += 1
+            else:
+                self.stats["failed"] += 1
+                log.warning("push failed alloc=%s node=%s: %s",
+                            alloc.allocation_id[:8], alloc.node_id[:8], error)
+                self._on_failed(alloc, error)
+        except Exception:
+            log.exception("push crashed alloc=%s", alloc.allocation_id)
+        finally:
+            self._release(alloc.allocation_id)
+
+    def _stop_one(self, alloc: Allocation) -> None:
+        try:
+            path = f"/allocations/{alloc.allocation_id}"
+            error = self._call("DELETE", alloc.node_id, path, None, ok=(200, 404))
+            if error is None:
+                self.stats["stopped"] += 1
+            else:
+                log.warning("stop failed alloc=%s node=%s: %s",
+                            alloc.allocation_id[:8], alloc.node_id[:8], error)
+        except Exception:
+            log.exception("stop crashed alloc=%s", alloc.allocation_id)
+        finally:
+            self._release(alloc.allocation_id)
+
+    def _call(self, method: str, node_id: str, path: str, body,
+              ok=(200,)) -> str | None:
+        """One call with retries; returns None on success, else the last error."""
+        error = "node has no endpoint"
+        for attempt in range(self._retries):
+            endpoint = self._endpoint_of(node_id)
+            if not endpoint:
+                return error
+            try:
+                resp = self._session().request(method, endpoint + path, json=body,
+                                               timeout=self._timeout)
+                if resp.status_code in ok:
+                    return None
+                error = f"agent answered {resp.status_code}: {resp.text[:200]}"
+                if 400 <= resp.status_code < 500:
+                    return error      # the agent refused it: retrying won't help
+            except requests.RequestException as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            time.sleep(self._backoff * (2 ** attempt))
+        return error
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

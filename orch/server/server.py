@@ -1,0 +1,279 @@
+"""The control plane: wires state, broker, workers, pusher and heartbeats.
+
+The API calls the methods here; each one validates, writes state durably,
+then hands follow-up work (evaluations, pushes) to background threads, so no
+request ever waits for placement or for an agent.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from orch.config import ServerConfig
+from orch.errors import Conflict, NotFound, ValidationError
+from orch.jobspec import parse_job
+from orch.server import views
+from orch.server.broker import EvalBroker
+from orch.server.heartbeat import HeartbeatMonitor
+from orch.server.push import Pusher
+from orch.server.state import StateStore
+from orch.server.status import job_status
+from orch.server.sync import AllocSync
+from orch.server.worker import SchedulerWorker, new_eval
+from orch.structs import (
+    Allocation, AllocStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node,
+    TriggeredBy, replace,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """One orch control plane."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.store = StateStore(config.data_dir)
+        self.broker = EvalBroker()
+        self.pusher = Pusher(endpoint_of=self._endpoint_of,
+                             on_failed=self._push_failed,
+                             workers=config.push_workers,
+                             timeout=config.push_timeout,
+                             retries=config.push_retries, token=config.token)
+        self.monitor = HeartbeatMonitor(config.node_ttl, self.node_down)
+        self.sync = AllocSync(self)
+        self.workers = [SchedulerWorker(self, i)
+                        for i in range(config.scheduler_workers)]
+        self._followups: dict[str, float] = {}
+        self.started = time.time()
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        # Nodes get a full TTL after a server restart before they can be lost:
+        # the server was not listening, so their silence proves nothing.
+        for node in self.store.list_nodes():
+            if node.healthy:
+                self.monitor.reset(node.node_id)
+        unfinished = self.store.unfinished_evals()
+        if unfinished:
+            log.info("re-enqueueing %d unfinished evaluations", len(unfinished))
+            self.broker.enqueue_many(unfinished)
+        self.monitor.start()
+        for worker in self.workers:
+            worker.start()
+
+    def stop(self) -> None:
+        self.monitor.stop()
+        for worker in self.workers:
+            worker.stop()
+        self.broker.close()
+        self.pusher.close()
+        self.store.close()
+
+    # ---- evaluations -----------------------------------------------------
+
+    def create_evals(self, job_ids, trigger: TriggeredBy,
+                     node_id: str | None = None) -> list[Evaluation]:
+        now = time.time()
+        evals = [new_eval(job_id, trigger, now, node_id) for job_id in job_ids]
+        if evals:
+            self.store.put_evals(evals)
+            self.broker.enqueue_many(evals)
+        return evals
+
+    def schedule_followup(self, job_id: str, at: float) -> None:
+        """A delayed evaluation (service reschedule backoff), one per job and time."""
+        known = self._followups.get(job_id)
+        if known is not None and known <= at and known > time.time():
+            return
+        self._followups[job_id] = at
+        ev = new_eval(job_id, TriggeredBy.ALLOC_FAILURE, time.time())
+        self.store.put_evals([ev])
+        self.broker.enqueue_delayed(ev, at)
+
+    def fail_eval(self, ev: Evaluation, why: str) -> None:
+        self.store.put_evals([replace(ev, status=EvalStatus.FAILED,
+                                      status_description=why,
+                                      modify_time=time.time())])
+
+    def _cancel_evals(self, job_id: str) -> None:
+        dropped = self.broker.cancel_job(job_id)
+        if dropped:
+            now = time.time()
+            self.store.put_evals([replace(e, status=EvalStatus.CANCELED,
+                                          status_description="job stopped",
+                                          modify_time=now) for e in dropped])
+
+    # ---- jobs -------------------------------------------------------------
+
+    def submit_job(self, body, job_id: str | None = None) -> tuple[Job, Evaluation]:
+        """POST /jobs (job_id None) or PUT /jobs/<job_id>."""
+        if job_id is not None and self.store.get_job(job_id) is None:
+            raise NotFound("作业不存在")
+        job = parse_job(body, job_id, max_count=self.config.max_count)
+        existing = self.store.get_job(job.job_id)
+        now = time.time()
+        if job_id is None and existing is not None:
+            raise Conflict(f"job {job.job_id} already exists; "
+                           f"update it with PUT /jobs/{job.job_id}")
+        trigger = TriggeredBy.JOB_REGISTER
+        if existing is not None:
+            trigger = TriggeredBy.JOB_UPDATE
+            job = replace(job, version=existing.version + 1)
+        job = replace(job, submit_time=now)
+        ev = new_eval(job.job_id, trigger, now)
+        self.store.put_job(job, ev)
+        self.broker.enqueue(ev)
+        return job, ev
+
+    def stop_job(self, job_id: str) -> None:
+        job = self.store.require_job(job_id)
+        now = time.time()
+        ev = replace(new_eval(job_id, TriggeredBy.JOB_DEREGISTER, now),
+                     status=EvalStatus.COMPLETE,
+                     status_description="job stopped")
+        stopped = self.store.stop_job(replace(job, stopped=True), ev)
+        self._cancel_evals(job_id)
+        self.pusher.stop(stopped)
+        if stopped:
+            self.broker.unblock()
+
+    def restart_job(self, job_id: str) -> Evaluation:
+        job = self.store.require_job(job_id)
+        if not job.stopped:
+            raise Conflict("只能重启已停止的作业")
+        ev = new_eval(job_id, TriggeredBy.JOB_RESTART, time.time())
+        self.store.put_job(replace(job, stopped=False), ev)
+        self.broker.enqueue(ev)
+        return ev
+
+    def delete_job(self, job_id: str) -> None:
+        self.store.require_job(job_id)
+        self._cancel_evals(job_id)
+        allocs = self.store.delete_job(job_id)
+        # Agents forget every allocation of the job, finished ones included.
+        self.pusher.stop(allocs)
+        self.broker.unblock()
+
+    def job_status(self, job: Job, allocs: list[Allocation] | None = None):
+        if allocs is None:
+            allocs = self.store.allocs_for_job(job.job_id)
+        return job_status(job, allocs)
+
+    # ---- nodes --------------------------------------------------------------
+
+    def register(self, body) -> Node:
+        node = views.node_from_register(body)
+        node = replace(node, last_heartbeat=time.time())
+        previous = self.store.upsert_node(node)
+        self.monitor.reset(node.node_id)
+        if previous is None or not previous.healthy \
+                or previous.resources != node.resources:
+            log.info("node %s registered endpoint=%s healthy=%s",
+                     node.node_id[:8], node.endpoint, node.healthy)
+            self.broker.unblock()
+        return node
+
+    def heartbeat(self, body) -> None:
+        if not isinstance(body, dict):
+            raise ValidationError("body: must be a JSON object")
+        node_id = body.get("node_id")
+        if not isinstance(node_id, str) or not node_id:
+            raise ValidationError("node_id: must be a non-empty string")
+        node = self.store.get_node(node_id)
+        if node is None:
+            raise NotFound("Node not registered")
+        usage = body.get("resources")
+        allocations = body.get("allocations") or {}
+        if not isinstance(usage, dict) and usage is not None:
+            raise ValidationError("resources: must be an object")
+        if not isinstance(allocations, dict):
+            raise ValidationError("allocations: must be an object")
+        self.store.touch_node(node_id, time.time(), usage or {})
+        self.monitor.reset(node_id)
+        if not node.healthy and body.get("healthy", True):
+            log.info("node %s is back", node_id[:8])
+            self.store.set_node_health(node_id, True)
+            self.broker.unblock()
+        self.sync.apply(node_id, allocations)
+
+    def node_down(self, node_id: str) -> None:
+        """The heartbeat monitor's verdict: lost allocations are placed again."""
+        node = self.store.get_node(node_id)
+        if node is None or not node.healthy:
+            return
+        lost = self.store.mark_node_down(node_id, "node missed its heartbeats")
+        log.warning("node %s missed heartbeats: down, %d allocations lost",
+                    node_id[:8], len(lost))
+        self.create_evals(sorted({a.job_id for a in lost}),
+                          TriggeredBy.NODE_UPDATE, node_id)
+
+    def _endpoint_of(self, node_id: str) -> str | None:
+        node = self.store.get_node(node_id)
+        return node.endpoint.rstrip("/") if node and node.endpoint else None
+
+    def _push_failed(self, alloc: Allocation, error: str) -> None:
+        current = self.store.get_alloc(alloc.allocation_id)
+        if current is None or current.desired_status != DesiredStatus.RUN \
+                or current.client_status != AllocStatus.PENDING:
+            return
+        now = time.time()
+        self.store.update_allocs([replace(
+            current, client_status=AllocStatus.FAILED,
+            desired_status=DesiredStatus.STOP, end_time=now, modify_time=now,
+            description=f"push to node failed: {error}")])
+        self.create_evals([alloc.job_id], TriggeredBy.ALLOC_FAILURE)
+
+
+def _refuse_insecure_bind(config: ServerConfig) -> None:
+    loopback = config.bind in ("127.0.0.1", "localhost", "::1") \
+        or config.bind.startswith("127.")
+    if loopback or config.token:
+        return
+    if not config.insecure:
+        raise SystemExit(
+            f"refusing to bind {config.bind} without --token: anyone who can "
+            f"reach it could run commands on every node (use --insecure to "
+            f"override)")
+    log.warning("binding %s without a token (--insecure): the API is open",
+                config.bind)
+
+
+def run(config: ServerConfig) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit code."""
+    import signal
+
+    from waitress import create_server
+
+    from orch.errors import StorageError
+    from orch.server.api import make_app
+
+    _refuse_insecure_bind(config)
+    try:
+        server = Server(config)
+    except StorageError as exc:
+        log.error("%s", exc.message)
+        return 1
+    app = make_app(server)
+    http = create_server(app, host=config.bind, port=config.port,
+                         threads=config.http_threads, ident="orch",
+                         connection_limit=1000, channel_timeout=60,
+                         clear_untrusted_proxy_headers=True)
+
+    def _exit(signum, _frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _exit)
+    signal.signal(signal.SIGINT, _exit)
+    server.start()
+    host, port = http.effective_host, http.effective_port
+    log.info("server listening on http://%s:%s data_dir=%s", host, port,
+             config.data_dir)
+    try:
+        http.run()
+    finally:
+        log.info("server shutting down")
+        http.close()
+        server.stop()
+    return 0

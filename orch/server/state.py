@@ -1,0 +1,385 @@
+"""The server's state: SQLite on disk, indexes in memory, one writer.
+
+Every write goes to SQLite in one transaction first and only then to memory,
+so a request is acknowledged only after its state is durable, and a failed
+write (disk full) leaves memory exactly as it was. Reads come from memory.
+Stored objects are never mutated: a change is a new object written back.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from typing import Iterable
+
+from orch import codec
+from orch.errors import NotFound, StorageError
+from orch.server.scheduler.cluster import Cluster
+from orch.structs import (
+    TERMINAL_ALLOC, Allocation, AllocStatus, DesiredStatus, Evaluation, Job,
+    Node, Plan, replace,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS allocations (
+    allocation_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, node_id TEXT NOT NULL,
+    body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS allocations_job ON allocations (job_id);
+CREATE TABLE IF NOT EXISTS evaluations (
+    eval_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, status TEXT NOT NULL,
+    body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS evaluations_job ON evaluations (job_id);
+"""
+
+
+def _dump(obj) -> str:
+    return json.dumps(obj.to_dict(), separators=(",", ":"))
+
+
+class StateStore:
+    """SQLite-backed store of nodes, jobs, allocations and evaluations."""
+
+    def __init__(self, data_dir: str, *, now=time.time):
+        self._now = now
+        self._lock = threading.RLock()
+        os.makedirs(data_dir, exist_ok=True)
+        self.path = os.path.join(data_dir, "state.db")
+        self._db = self._open(self.path)
+        self.cluster = Cluster()
+        self._nodes: dict[str, Node] = {}
+        self._jobs: dict[str, Job] = {}
+        self._allocs: dict[str, Allocation] = {}
+        self._allocs_by_job: dict[str, dict[str, None]] = {}
+        self._allocs_by_node: dict[str, dict[str, None]] = {}
+        self._evals: dict[str, Evaluation] = {}
+        self._evals_by_job: dict[str, dict[str, None]] = {}
+        self._load()
+
+    # ---- opening -------------------------------------------------------
+
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(path, check_same_thread=False,
+                                 isolation_level=None)
+            # WAL + NORMAL: a commit survives the process being killed.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StorageError(
+                f"cannot open state database {path}: {exc}; refusing to start "
+                f"(the file is left untouched)") from exc
+        return db
+
+    def _load(self) -> None:
+        db = self._db
+        for (body,) in db.execute("SELECT body FROM nodes"):
+            node = codec.node_from(json.loads(body))
+            self._nodes[node.node_id] = node
+            self.cluster.upsert_node(node)
+        for (body,) in db.execute("SELECT body FROM jobs"):
+            job = codec.job_from(json.loads(body))
+            self._jobs[job.job_id] = job
+        for (body,) in db.execute("SELECT body FROM allocations"):
+            self._index_alloc(codec.alloc_from(json.loads(body)))
+        for (body,) in db.execute("SELECT body FROM evaluations"):
+            ev = codec.eval_from(json.loads(body))
+            self._evals[ev.eval_id] = ev
+            self._evals_by_job.setdefault(ev.job_id, {})[ev.eval_id] = None
+        log.info("state loaded path=%s nodes=%d jobs=%d allocs=%d evals=%d",
+                 self.path, len(self._nodes), len(self._jobs),
+                 len(self._allocs), len(self._evals))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---- the one write path ---------------------------------------------
+
+    def _write(self, statements: Iterable[tuple[str, list]]) -> None:
+        """Run (sql, rows) pairs in one transaction; StorageError on failure."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, rows in statements:
+                    if rows:
+                        db.executemany(sql, rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            log.error("state write failed: %s", exc)
+            raise StorageError(f"state store unavailable: {exc}") from exc
+
+    @staticmethod
+    def _alloc_rows(allocs: Iterable[Allocation]) -> list:
+        return [(a.allocation_id, a.job_id, a.node_id, _dump(a)) for a in allocs]
+
+    _UPSERT_ALLOC = ("INSERT OR REPLACE INTO allocations "
+                     "(allocation_id, job_id, node_id, body) VALUES (?,?,?,?)")
+    _UPSERT_EVAL = ("INSERT OR REPLACE INTO evaluations "
+                    "(eval_id, job_id, status, body) VALUES (?,?,?,?)")
+    _UPSERT_JOB = "INSERT OR REPLACE INTO jobs (job_id, body) VALUES (?,?)"
+    _UPSERT_NODE = "INSERT OR REPLACE INTO nodes (node_id, body) VALUES (?,?)"
+
+    @staticmethod
+    def _eval_rows(evals: Iterable[Evaluation]) -> list:
+        return [(e.eval_id, e.job_id, e.status.value, _dump(e)) for e in evals]
+
+    # ---- memory indexes ---------------------------------------------------
+
+    def _index_alloc(self, alloc: Allocation) -> None:
+        old = self._allocs.get(alloc.allocation_id)
+        self._allocs[alloc.allocation_id] = alloc
+        self._allocs_by_job.setdefault(alloc.job_id, {})[alloc.allocation_id] = None
+        self._allocs_by_node.setdefault(alloc.node_id, {})[alloc.allocation_id] = None
+        held = old is not None and old.holds_resources()
+        if held and not alloc.holds_resources():
+            self.cluster.release(old)
+        elif alloc.holds_resources() and not held:
+            self.cluster.reserve(alloc)
+
+    def _unindex_alloc(self, alloc_id: str) -> None:
+        alloc = self._allocs.pop(alloc_id, None)
+        if alloc is None:
+            return
+        self._allocs_by_job.get(alloc.job_id, {}).pop(alloc_id, None)
+        self._allocs_by_node.get(alloc.node_id, {}).pop(alloc_id, None)
+        if alloc.holds_resources():
+            self.cluster.release(alloc)
+
+    def _index_evals(self, evals: Iterable[Evaluation]) -> None:
+        for ev in evals:
+            self._evals[ev.eval_id] = ev
+            self._evals_by_job.setdefault(ev.job_id, {})[ev.eval_id] = None
+
+    # ---- reads ------------------------------------------------------------
+
+    def get_node(self, node_id: str) -> Node | None:
+        return self._nodes.get(node_id)
+
+    def list_nodes(self) -> list[Node]:
+        return list(self._nodes.values())
+
+    def get_job(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def require_job(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound("作业不存在")
+        return job
+
+    def list_jobs(self) -> list[Job]:
+        return list(self._jobs.values())
+
+    def get_alloc(self, alloc_id: str) -> Allocation | None:
+        return self._allocs.get(alloc_id)
+
+    def allocs_for_job(self, job_id: str) -> list[Allocation]:
+        ids = list(self._allocs_by_job.get(job_id, ()))
+        return [a for a in map(self._allocs.get, ids) if a is not None]
+
+    def allocs_for_node(self, node_id: str) -> list[Allocation]:
+        ids = list(self._allocs_by_node.get(node_id, ()))
+        return [a for a in map(self._allocs.get, ids) if a is not None]
+
+    def get_eval(self, eval_id: str) -> Evaluation | None:
+        return self._evals.get(eval_id)
+
+    def evals_for_job(self, job_id: str) -> list[Evaluation]:
+        ids = list(self._evals_by_job.get(job_id, ()))
+        return [e for e in map(self._evals.get, ids) if e is not None]
+
+    def unfinished_evals(self) -> list[Evaluation]:
+        from orch.structs import TERMINAL_EVAL
+        return sorted((e for e in self._evals.values()
+                       if e.status not in TERMINAL_EVAL),
+                      key=lambda e: e.create_time)
+
+    def counts(self) -> dict:
+        return {"nodes": len(self._nodes), "jobs": len(self._jobs),
+                "allocations": len(self._allocs), "evaluations": len(self._evals)}
+
+    # ---- node writes --------------------------------------------------------
+
+    def upsert_node(self, node: Node) -> Node | None:
+        """Store a node (register); returns the previous version."""
+        with self._lock:
+            self._write([(self._UPSERT_NODE, [(node.node_id, _dump(node))])])
+            previous = self._nodes.get(node.node_id)
+            self._nodes[node.node_id] = node
+            self.cluster.upsert_node(node)
+            return previous
+
+    def touch_node(self, node_id: str, timestamp: float, usage: dict) -> Node | None:
+        """Record a heartbeat in memory only: it changes nothing durable."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None:
+                return None
+            node = replace(node, last_heartbeat=timestamp, usage=usage)
+            self._nodes[node_id] = node
+            return node
+
+    def set_node_health(self, node_id: str, healthy: bool) -> Node:
+        with self._lock:
+            node = replace(self._nodes[node_id], healthy=healthy)
+            self._write([(self._UPSERT_NODE, [(node_id, _dump(node))])])
+            self._nodes[node_id] = node
+            self.cluster.set_healthy(node_id, healthy)
+            return node
+
+    def mark_node_down(self, node_id: str, reason: str) -> list[Allocation]:
+        """Node unhealthy and its unfinished allocations lost, in one transaction."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None:
+                return []
+            node = replace(node, healthy=False)
+            now = self._now()
+            lost = [replace(a, client_status=AllocStatus.LOST,
+                            desired_status=DesiredStatus.STOP,
+                            description=reason, end_time=now, modify_time=now)
+                    for a in self.allocs_for_node(node_id)
+                    if a.client_status not in TERMINAL_ALLOC
+                    and a.desired_status == DesiredStatus.RUN]
+            self._write([(self._UPSERT_NODE, [(node_id, _dump(node))]),
+                         (self._UPSERT_ALLOC, self._alloc_rows(lost))])
+            self._nodes[node_id] = node
+            self.cluster.set_healthy(node_id, False)
+            for alloc in lost:
+                self._index_alloc(alloc)
+            return lost
+
+    # ---- job writes -----------------------------------------------------------
+
+    def put_job(self, job: Job, evaluation: Evaluation) -> None:
+        """Store a job and the evaluation it triggers, atomically."""
+        with self._lock:
+            self._write([(self._UPSERT_JOB, [(job.job_id, _dump(job))]),
+                         (self._UPSERT_EVAL, self._eval_rows([evaluation]))])
+            self._jobs[job.job_id] = job
+            self._index_evals([evaluation])
+
+    def stop_job(self, job: Job, evaluation: Evaluation) -> list[Allocation]:
+        """Mark a job stopped and all its allocations to stop; returns those stopped."""
+        with self._lock:
+            now = self._now()
+            stopped = [self._stopped(a, "job stopped", now)
+                       for a in self.allocs_for_job(job.job_id)
+                       if a.desired_status == DesiredStatus.RUN]
+            self._write([(self._UPSERT_JOB, [(job.job_id, _dump(job))]),
+                         (self._UPSERT_EVAL, self._eval_rows([evaluation])),
+                         (self._UPSERT_ALLOC, self._alloc_rows(stopped))])
+            self._jobs[job.job_id] = job
+            self._index_evals([evaluation])
+            for alloc in stopped:
+                self._index_alloc(alloc)
+            return stopped
+
+    def delete_job(self, job_id: str) -> list[Allocation]:
+        """Purge a job, its allocations and evaluations; returns the allocations."""
+        with self._lock:
+            allocs = self.allocs_for_job(job_id)
+            evals = list(self._evals_by_job.get(job_id, ()))
+            self._write([
+                ("DELETE FROM jobs WHERE job_id = ?", [(job_id,)]),
+                ("DELETE FROM allocations WHERE job_id = ?", [(job_id,)]),
+                ("DELETE FROM evaluations WHERE job_id = ?", [(job_id,)])])
+            self._jobs.pop(job_id, None)
+            for alloc in allocs:
+                self._unindex_alloc(alloc.allocation_id)
+            self._allocs_by_job.pop(job_id, None)
+            for eval_id in evals:
+                self._evals.pop(eval_id, None)
+            self._evals_by_job.pop(job_id, None)
+            return allocs
+
+    @staticmethod
+    def _stopped(alloc: Allocation, reason: str, now: float) -> Allocation:
+        status = alloc.client_status
+        if status not in TERMINAL_ALLOC:
+            status = AllocStatus.STOPPED
+        return replace(alloc, desired_status=DesiredStatus.STOP,
+                       client_status=status, description=reason,
+                       end_time=alloc.end_time or now, modify_time=now)
+
+    # ---- evaluations, plans and allocation updates ------------------------------
+
+    def put_evals(self, evals: list[Evaluation]) -> None:
+        with self._lock:
+            self._write([(self._UPSERT_EVAL, self._eval_rows(evals))])
+            self._index_evals(evals)
+
+    def commit_plan(self, plan: Plan, evals: list[Evaluation]
+                    ) -> tuple[list[Allocation], list[Allocation], int]:
+        """Apply a plan and its evaluations in one transaction.
+
+        Placements are checked again against the live capacity index (a node
+        may have gone down since the plan was computed); those that no longer
+        fit are dropped and counted in the third return value.
+        Returns (placed, stopped, rejected).
+        """
+        with self._lock:
+            now = self._now()
+            job = self._jobs.get(plan.job_id)
+            if job is None or job.stopped:
+                # Stopped or deleted while the plan was computed: place nothing.
+                placed, rejected = [], 0
+            else:
+                placed, rejected = self._verify_placements(plan.place)
+            stopped = []
+            for alloc_id, reason in plan.stop:
+                alloc = self._allocs.get(alloc_id)
+                if alloc is not None and alloc.desired_status == DesiredStatus.RUN:
+                    stopped.append(self._stopped(alloc, reason, now))
+            self._write([(self._UPSERT_ALLOC, self._alloc_rows(stopped + placed)),
+                         (self._UPSERT_EVAL, self._eval_rows(evals))])
+            for alloc in stopped:
+                self._index_alloc(alloc)
+            for alloc in placed:
+                self._index_alloc(alloc)
+            self._index_evals(evals)
+            return placed, stopped, rejected
+
+    def _verify_placements(self, allocs: list[Allocation]):
+        extra: dict[str, list[int]] = {}
+        ok, rejected = [], 0
+        for alloc in allocs:
+            node = self._nodes.get(alloc.node_id)
+            free = self.cluster.free(alloc.node_id)
+            used = extra.setdefault(alloc.node_id, [0, 0])
+            fits = (node is not None and node.healthy
+                    and alloc.resources.cpu + used[0] <= free.cpu
+                    and alloc.resources.memory + used[1] <= free.memory)
+            if fits:
+                used[0] += alloc.resources.cpu
+                used[1] += alloc.resources.memory
+                ok.append(alloc)
+            else:
+                rejected += 1
+        return ok, rejected
+
+    def update_allocs(self, allocs: list[Allocation]) -> None:
+        """Persist allocation changes (client status from heartbeats, push failures)."""
+        if not allocs:
+            return
+        with self._lock:
+            live = [a for a in allocs if a.allocation_id in self._allocs]
+            self._write([(self._UPSERT_ALLOC, self._alloc_rows(live))])
+            for alloc in live:
+                self._index_alloc(alloc)

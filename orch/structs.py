@@ -1,0 +1,354 @@
+"""Core data model shared by server, agent and scheduler (stdlib only).
+
+Vocabulary follows Nomad: job, task group, task, allocation, evaluation, node,
+plan, desired_status (what the server wants) and client_status (what the agent
+reports). Status enums are ``str`` so they go to JSON and SQL unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class JobType(str, Enum):
+    BATCH = "batch"
+    SERVICE = "service"
+
+
+class JobStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    LOST = "lost"
+    DEAD = "dead"
+
+
+class DesiredStatus(str, Enum):
+    RUN = "run"
+    STOP = "stop"
+
+
+class AllocStatus(str, Enum):
+    """Allocation client_status."""
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    LOST = "lost"
+
+
+class TaskStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+class EvalStatus(str, Enum):
+    PENDING = "pending"
+    COMPLETE = "complete"
+    BLOCKED = "blocked"      # some placements failed; retried when capacity appears
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class TriggeredBy(str, Enum):
+    JOB_REGISTER = "job-register"
+    JOB_UPDATE = "job-update"
+    JOB_DEREGISTER = "job-deregister"
+    JOB_RESTART = "job-restart"
+    NODE_UPDATE = "node-update"
+    ALLOC_FAILURE = "alloc-failure"
+    QUEUED_ALLOCS = "queued-allocs"
+
+
+TERMINAL_ALLOC = frozenset({AllocStatus.COMPLETE, AllocStatus.FAILED,
+                            AllocStatus.STOPPED, AllocStatus.LOST})
+TERMINAL_TASK = frozenset({TaskStatus.COMPLETE, TaskStatus.FAILED})
+TERMINAL_EVAL = frozenset({EvalStatus.COMPLETE, EvalStatus.FAILED,
+                           EvalStatus.CANCELED})
+
+CONSTRAINT_OPERATORS = ("=", "!=", ">", "<", ">=", "<=", "regex")
+DRIVERS = ("exec", "docker")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: int = 0        # MHz, as Nomad's CPU units
+    memory: int = 0     # MB
+
+    def __add__(self, other: "Resources") -> "Resources":
+        return Resources(self.cpu + other.cpu, self.memory + other.memory)
+
+    def __sub__(self, other: "Resources") -> "Resources":
+        return Resources(self.cpu - other.cpu, self.memory - other.memory)
+
+    def fits_in(self, free: "Resources") -> bool:
+        return self.cpu <= free.cpu and self.memory <= free.memory
+
+    def to_dict(self) -> dict:
+        return {"cpu": self.cpu, "memory": self.memory}
+
+
+@dataclass(frozen=True)
+class Constraint:
+    attribute: str
+    operator: str
+    value: str
+
+    def to_dict(self) -> dict:
+        return {"attribute": self.attribute, "operator": self.operator,
+                "value": self.value}
+
+    def __str__(self) -> str:
+        return f"{self.attribute} {self.operator} {self.value}"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    driver: str                      # "exec" or "docker"
+    config: dict = field(default_factory=dict, hash=False, compare=True)
+    resources: Resources = Resources()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "driver": self.driver,
+                "config": self.config, "resources": self.resources.to_dict()}
+
+
+@dataclass(frozen=True)
+class TaskGroup:
+    name: str
+    count: int
+    tasks: tuple[Task, ...]
+    constraints: tuple[Constraint, ...] = ()
+
+    @property
+    def resources(self) -> Resources:
+        """The group's demand: the sum of its tasks' resources."""
+        total = Resources()
+        for task in self.tasks:
+            total = total + task.resources
+        return total
+
+    @property
+    def drivers(self) -> frozenset[str]:
+        return frozenset(t.driver for t in self.tasks)
+
+    def spec_hash(self) -> str:
+        """Hash of everything but count: equal hashes keep allocations on update."""
+        body = {"tasks": [t.to_dict() for t in self.tasks],
+                "constraints": [c.to_dict() for c in self.constraints]}
+        raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(raw.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "count": self.count,
+                "tasks": [t.to_dict() for t in self.tasks],
+                "constraints": [c.to_dict() for c in self.constraints]}
+
+
+@dataclass
+class Job:
+    job_id: str
+    task_groups: tuple[TaskGroup, ...]
+    type: JobType = JobType.BATCH
+    constraints: tuple[Constraint, ...] = ()   # job-level, apply to every group
+    stopped: bool = False                      # set by DELETE /jobs/<id>
+    version: int = 0                           # bumped on every PUT
+    submit_time: float = 0.0
+    status: JobStatus = JobStatus.PENDING      # derived, cached by the server
+
+    def group(self, name: str) -> TaskGroup | None:
+        for tg in self.task_groups:
+            if tg.name == name:
+                return tg
+        return None
+
+    def to_dict(self) -> dict:
+        """The seed's job body plus our optional fields."""
+        return {"job_id": self.job_id, "type": self.type.value,
+                "task_groups": [tg.to_dict() for tg in self.task_groups],
+                "constraints": [c.to_dict() for c in self.constraints],
+                "status": self.status.value, "stopped": self.stopped,
+                "version": self.version, "submit_time": self.submit_time}
+
+
+@dataclass
+class Node:
+    node_id: str
+    region: str = "global"
+    resources: Resources = Resources()          # total capacity
+    healthy: bool = True
+    endpoint: str = ""
+    attributes: dict = field(default_factory=dict)   # fingerprinted: os, arch, driver.exec, ...
+    meta: dict = field(default_factory=dict)
+    last_heartbeat: float = 0.0
+    # Reported usage of the machine (heartbeat "cpu_used"/"memory_used").
+    usage: dict = field(default_factory=dict)
+
+    def computed_class(self) -> str:
+        """Nodes with equal class answer every feasibility check the same way."""
+        body = {"region": self.region, "attributes": self.attributes,
+                "meta": self.meta}
+        raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(raw.encode()).hexdigest()[:16]
+
+    def attribute(self, name: str) -> Any:
+        """Resolve a constraint attribute; None when the node lacks it."""
+        if name == "region":
+            return self.region
+        if name == "node_id":
+            return self.node_id
+        if name.startswith("meta."):
+            return self.meta.get(name[5:])
+        if name in self.attributes:
+            return self.attributes[name]
+        if name.startswith("attr."):
+            return self.attributes.get(name[5:])
+        return None
+
+    def to_dict(self) -> dict:
+        return {"node_id": self.node_id, "region": self.region,
+                "resources": self.resources.to_dict(), "healthy": self.healthy,
+                "endpoint": self.endpoint, "attributes": self.attributes,
+                "meta": self.meta, "last_heartbeat": self.last_heartbeat,
+                "usage": self.usage}
+
+
+@dataclass
+class TaskState:
+    """One task inside an allocation, as the agent reports it."""
+    status: TaskStatus = TaskStatus.PENDING
+    start_time: float | None = None
+    end_time: float | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    restarts: int = 0
+    events: list = field(default_factory=list)   # [{"time": t, "type": s, "message": s}]
+
+    def to_dict(self) -> dict:
+        return {"status": self.status.value, "start_time": self.start_time,
+                "end_time": self.end_time, "exit_code": self.exit_code,
+                "error": self.error, "restarts": self.restarts,
+                "events": self.events}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TaskState":
+        return cls(status=TaskStatus(d.get("status") or "pending"),
+                   start_time=d.get("start_time"), end_time=d.get("end_time"),
+                   exit_code=d.get("exit_code"), error=d.get("error"),
+                   restarts=int(d.get("restarts") or 0),
+                   events=list(d.get("events") or []))
+
+
+@dataclass
+class Allocation:
+    allocation_id: str
+    job_id: str
+    task_group: str
+    node_id: str
+    index: int                                   # slot within the group: 0..count-1
+    resources: Resources = Resources()           # the group's demand, reserved on the node
+    desired_status: DesiredStatus = DesiredStatus.RUN
+    client_status: AllocStatus = AllocStatus.PENDING
+    description: str = ""                        # why the status is what it is
+    tasks: dict = field(default_factory=dict)    # task name -> TaskState
+    start_time: float | None = None
+    end_time: float | None = None
+    create_time: float = 0.0
+    modify_time: float = 0.0
+    job_version: int = 0
+    group_hash: str = ""                         # TaskGroup.spec_hash() it was placed for
+    eval_id: str = ""
+    previous_allocation: str | None = None       # the one it replaces
+    reschedule_count: int = 0                    # how many replacements led here
+
+    @property
+    def name(self) -> str:
+        return f"{self.job_id}.{self.task_group}[{self.index}]"
+
+    def terminal(self) -> bool:
+        return self.client_status in TERMINAL_ALLOC
+
+    def holds_resources(self) -> bool:
+        """Does this allocation still occupy its node's capacity?"""
+        return (self.desired_status == DesiredStatus.RUN
+                and self.client_status not in TERMINAL_ALLOC)
+
+    def to_dict(self) -> dict:
+        """Seed fields (status = client_status) plus Nomad's two axes."""
+        return {"allocation_id": self.allocation_id, "job_id": self.job_id,
+                "task_group": self.task_group, "node_id": self.node_id,
+                "name": self.name, "index": self.index,
+                "status": self.client_status.value,
+                "client_status": self.client_status.value,
+                "desired_status": self.desired_status.value,
+                "description": self.description,
+                "resources": self.resources.to_dict(),
+                "start_time": self.start_time, "end_time": self.end_time,
+                "create_time": self.create_time,
+                "modify_time": self.modify_time,
+                "job_version": self.job_version, "group_hash": self.group_hash,
+                "eval_id": self.eval_id,
+                "previous_allocation": self.previous_allocation,
+                "reschedule_count": self.reschedule_count,
+                "tasks": {n: ts.to_dict() for n, ts in self.tasks.items()}}
+
+
+@dataclass
+class Evaluation:
+    eval_id: str
+    job_id: str
+    triggered_by: TriggeredBy
+    status: EvalStatus = EvalStatus.PENDING
+    status_description: str = ""
+    placed: int = 0                              # allocations placed by this eval
+    queued: int = 0                              # placements still wanted (not placed)
+    # reason -> count, e.g. {"memory exhausted": 3, "constraint region = eu": 2}
+    failures: dict = field(default_factory=dict)
+    # group name -> {"wanted": n, "placed": n, "failed": n}
+    groups: dict = field(default_factory=dict)
+    node_id: str | None = None                   # for node-update evals
+    create_time: float = 0.0
+    modify_time: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"evaluation_id": self.eval_id, "job_id": self.job_id,
+                "triggered_by": self.triggered_by.value,
+                "status": self.status.value,
+                "status_description": self.status_description,
+                "placed": self.placed, "queued": self.queued,
+                "failures": self.failures, "groups": self.groups,
+                "node_id": self.node_id, "create_time": self.create_time,
+                "modify_time": self.modify_time}
+
+
+@dataclass
+class Plan:
+    """What one evaluation decided, committed in one transaction."""
+    eval_id: str
+    job_id: str
+    place: list[Allocation] = field(default_factory=list)   # new allocations
+    stop: list[tuple[str, str]] = field(default_factory=list)  # (alloc id, reason)
+    # Failed placements: group name -> {"wanted": n, "failures": {reason: n}}
+    failed: dict = field(default_factory=dict)
+
+    def is_noop(self) -> bool:
+        return not self.place and not self.stop
+
+
+def replace(obj, **changes):
+    """dataclasses.replace, re-exported so callers need one import."""
+    return dataclasses.replace(obj, **changes)

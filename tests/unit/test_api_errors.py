@@ -1,0 +1,99 @@
+"""Every answer of the server's WSGI app is JSON, errors included."""
+import io
+import json
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+
+from orch.config import ServerConfig
+from orch.server.api import make_app
+from orch.server.server import Server
+
+
+def call(app, method, path, body=None, headers=None):
+    raw = body if isinstance(body, bytes) else (
+        json.dumps(body).encode() if body is not None else b"")
+    environ = {}
+    setup_testing_defaults(environ)
+    environ.update({"REQUEST_METHOD": method, "PATH_INFO": path,
+                    "CONTENT_LENGTH": str(len(raw)),
+                    "CONTENT_TYPE": "application/json",
+                    "wsgi.input": io.BytesIO(raw)})
+    for key, value in (headers or {}).items():
+        environ["HTTP_" + key.upper().replace("-", "_")] = value
+    captured = {}
+
+    def start_response(status, response_headers, exc_info=None):
+        captured["status"] = int(status.split()[0])
+        captured["headers"] = dict(response_headers)
+
+    out = b"".join(app(environ, start_response))
+    assert captured["headers"]["Content-Type"].startswith("application/json"), out
+    return captured["status"], json.loads(out)
+
+
+@pytest.fixture
+def app(tmp_path):
+    server = Server(ServerConfig(data_dir=str(tmp_path)))
+    yield make_app(server)
+    server.stop()
+
+
+JOB = {"task_groups": [{"name": "g", "count": 1, "tasks": [
+    {"name": "t", "driver": "exec", "config": {"command": "true"},
+     "resources": {"cpu": 100, "memory": 64}}]}]}
+
+
+@pytest.mark.parametrize("method,path,body,status", [
+    ("POST", "/jobs", b"{not json", 400),
+    ("POST", "/jobs", b"[1, 2]", 400),
+    ("POST", "/jobs", b"", 400),
+    ("POST", "/jobs", {"task_groups": []}, 400),
+    ("POST", "/register", {"node_id": "x"}, 400),
+    ("POST", "/heartbeat", {"node_id": "unknown-node"}, 404),
+    ("GET", "/jobs/nope", None, 404),
+    ("PUT", "/jobs/nope", JOB, 404),
+    ("DELETE", "/jobs/nope", None, 404),
+    ("POST", "/jobs/nope/restart", None, 404),
+    ("POST", "/jobs/nope/delete", None, 404),
+    ("GET", "/no/such/route", None, 404),
+    ("PATCH", "/jobs", None, 405),
+    ("GET", "/evaluations/nope", None, 404),
+])
+def test_errors_are_json_with_an_error_field(app, method, path, body, status):
+    code, payload = call(app, method, path, body)
+    assert code == status
+    assert isinstance(payload["error"], str) and payload["error"]
+
+
+def test_unknown_job_message_is_the_seeds(app):
+    assert call(app, "GET", "/jobs/nope") == (404, {"error": "作业不存在"})
+
+
+def test_restart_only_from_dead(app):
+    code, body = call(app, "POST", "/jobs", dict(JOB, job_id="j1"))
+    assert code == 200 and body["message"] == "作业评估已加入队列"
+    assert call(app, "POST", "/jobs/j1/restart") == (
+        400, {"error": "只能重启已停止的作业"})
+    assert call(app, "DELETE", "/jobs/j1") == (200, {"message": "作业 j1 已停止"})
+    code, body = call(app, "POST", "/jobs/j1/restart")
+    assert code == 200 and body["message"] == "作业重启评估已加入队列"
+    assert call(app, "POST", "/jobs/j1/delete") == (
+        200, {"message": "作业 j1 及其相关资源已删除"})
+
+
+def test_body_over_the_limit_is_413(app):
+    code, payload = call(app, "POST", "/jobs", b"{" + b" " * (1 << 20) + b"}")
+    assert code == 413 and "error" in payload
+
+
+def test_token_required_when_set(tmp_path):
+    server = Server(ServerConfig(data_dir=str(tmp_path), token="s3cret"))
+    app = make_app(server)
+    try:
+        assert call(app, "GET", "/jobs")[0] == 401
+        assert call(app, "GET", "/health")[0] == 200
+        assert call(app, "GET", "/jobs", headers={
+            "Authorization": "Bearer s3cret"})[0] == 200
+    finally:
+        server.stop()
