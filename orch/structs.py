@@ -200,7 +200,11 @@ class Node:
 
     def computed_class(self) -> str:
         """Nodes with equal class answer every feasibility check the same way."""
-        body = {"region": self.region, "attributes": self.attributes,
+        # Per-node attributes (hostname, unique.*) would make every node its own
+        # class; constraints on them are checked node by node instead.
+        attributes = {k: v for k, v in self.attributes.items()
+                      if k != "hostname" and not k.startswith("unique.")}
+        body = {"region": self.region, "attributes": attributes,
                 "meta": self.meta}
         raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(raw.encode()).hexdigest()[:16]

@@ -337,16 +337,15 @@ class StateStore:
         with self._lock:
             now = self._now()
             job = self._jobs.get(plan.job_id)
-            if job is None or job.stopped:
-                # Stopped or deleted while the plan was computed: place nothing.
-                placed, rejected = [], 0
-            else:
-                placed, rejected = self._verify_placements(plan.place)
             stopped = []
             for alloc_id, reason in plan.stop:
                 alloc = self._allocs.get(alloc_id)
                 if alloc is not None and alloc.desired_status == DesiredStatus.RUN:
                     stopped.append(self._stopped(alloc, reason, now))
+            placed, rejected = [], 0
+            # A job stopped or deleted while the plan was computed gets nothing.
+            if job is not None and not job.stopped:
+                placed, rejected = self._verify_placements(plan.place, stopped)
             self._write([(self._UPSERT_ALLOC, self._alloc_rows(stopped + placed)),
                          (self._UPSERT_EVAL, self._eval_rows(evals))])
             for alloc in stopped:
@@ -356,8 +355,14 @@ class StateStore:
             self._index_evals(evals)
             return placed, stopped, rejected
 
-    def _verify_placements(self, allocs: list[Allocation]):
+    def _verify_placements(self, allocs: list[Allocation], stopping: list[Allocation]):
+        # Room freed by the plan's own stops counts (a replaced group may reuse it).
         extra: dict[str, list[int]] = {}
+        for alloc in stopping:
+            if self._allocs[alloc.allocation_id].holds_resources():
+                used = extra.setdefault(alloc.node_id, [0, 0])
+                used[0] -= alloc.resources.cpu
+                used[1] -= alloc.resources.memory
         ok, rejected = [], 0
         for alloc in allocs:
             node = self._nodes.get(alloc.node_id)

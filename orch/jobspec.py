@@ -1,0 +1,243 @@
+"""Validate a job body (the seed's POST /jobs shape) into a ``structs.Job``.
+
+Every error names the path of the offending field first, e.g.
+``task_groups[0].tasks[1].resources.memory: must be a non-negative integer``,
+so a client can point at the exact spot of its file.
+"""
+from __future__ import annotations
+
+import re
+from typing import NoReturn
+
+from orch.errors import ValidationError
+from orch.structs import (
+    CONSTRAINT_OPERATORS, DRIVERS, Constraint, Job, JobType, Resources, Task,
+    TaskGroup, new_id,
+)
+
+# Names become file and container names: no separators, no leading dot.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+DEFAULT_CPU = 100
+DEFAULT_MEMORY = 64
+JOB_TYPES = tuple(t.value for t in JobType)
+
+
+def fail(path: str, message: str) -> NoReturn:
+    raise ValidationError(f"{path}: {message}")
+
+
+def parse_job(body, job_id: str | None = None, *, max_count: int = 10000) -> Job:
+    """Validate a job body and return the Job it describes."""
+    if not isinstance(body, dict):
+        fail("body", "must be a JSON object")
+    if job_id is not None:
+        job_id = _job_id(job_id, "job_id")
+    elif body.get("job_id") is not None:
+        job_id = _job_id(body["job_id"], "job_id")
+    else:
+        job_id = new_id()
+    return Job(job_id=job_id, type=_job_type(body.get("type")),
+               task_groups=_groups(body.get("task_groups"), max_count),
+               constraints=_constraints(body.get("constraints"), "constraints"))
+
+
+def _job_id(value, path: str) -> str:
+    if not isinstance(value, str) or not JOB_ID_RE.fullmatch(value) or ".." in value:
+        fail(path, "must be 1-128 characters of letters, digits, '_', '.' or '-', "
+                   "starting with a letter or digit, without '..'")
+    return value
+
+
+def _name(value, path: str) -> str:
+    if value is None or value == "":
+        fail(path, "is required")
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or ".." in value:
+        fail(path, "must be 1-63 characters of letters, digits, '_', '.' or '-', "
+                   "starting with a letter or digit, without '..'")
+    return value
+
+
+def _job_type(value) -> JobType:
+    if value is None:
+        return JobType.BATCH
+    if value not in JOB_TYPES:
+        fail("type", f"must be one of {', '.join(JOB_TYPES)}")
+    return JobType(value)
+
+
+def _object(value, path: str) -> dict:
+    if not isinstance(value, dict):
+        fail(path, "must be a JSON object")
+    return value
+
+
+def _int(value) -> bool:
+    # bool is a subclass of int, but `"count": true` is not a count.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _groups(value, max_count: int) -> tuple[TaskGroup, ...]:
+    if not isinstance(value, list) or not value:
+        fail("task_groups", "must be a non-empty list")
+    groups, seen = [], set()
+    for i, raw in enumerate(value):
+        path = f"task_groups[{i}]"
+        group = _group(_object(raw, path), path, max_count)
+        if group.name in seen:
+            fail(f"{path}.name", f'duplicate group name "{group.name}"')
+        seen.add(group.name)
+        groups.append(group)
+    return tuple(groups)
+
+
+def _group(raw: dict, path: str, max_count: int) -> TaskGroup:
+    name = _name(raw.get("name"), f"{path}.name")
+    count = raw.get("count")
+    count = 1 if count is None else count
+    if not _int(count) or count < 1:
+        fail(f"{path}.count", "must be a positive integer")
+    if count > max_count:
+        fail(f"{path}.count", f"must be at most {max_count}")
+    tasks = raw.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        fail(f"{path}.tasks", "must be a non-empty list")
+    parsed, seen = [], set()
+    for j, task_raw in enumerate(tasks):
+        task_path = f"{path}.tasks[{j}]"
+        task = _task(_object(task_raw, task_path), task_path)
+        if task.name in seen:
+            fail(f"{task_path}.name", f'duplicate task name "{task.name}"')
+        seen.add(task.name)
+        parsed.append(task)
+    return TaskGroup(name=name, count=count, tasks=tuple(parsed),
+                     constraints=_constraints(raw.get("constraints"),
+                                              f"{path}.constraints"))
+
+
+def _task(raw: dict, path: str) -> Task:
+    name = _name(raw.get("name"), f"{path}.name")
+    config = raw.get("config")
+    config = {} if config is None else dict(_object(config, f"{path}.config"))
+    driver = _driver(raw.get("driver"), config, path)
+    config = _config(config, driver, f"{path}.config")
+    return Task(name=name, driver=driver, config=config,
+                resources=_resources(raw.get("resources"), f"{path}.resources"))
+
+
+def _driver(value, config: dict, path: str) -> str:
+    """An explicit driver wins; otherwise image implies docker, command exec."""
+    if value is not None:
+        if value not in DRIVERS:
+            fail(f"{path}.driver", f"must be one of {', '.join(DRIVERS)}")
+        return value
+    if config.get("image") is not None:
+        return "docker"
+    if config.get("command") is not None:
+        return "exec"
+    fail(f"{path}.driver", "is required when config has neither image nor command")
+
+
+def _config(config: dict, driver: str, path: str) -> dict:
+    if driver == "docker":
+        image = config.get("image")
+        if not isinstance(image, str) or not image.strip():
+            fail(f"{path}.image", "must be a non-empty string for the docker driver")
+    elif config.get("command") is None:
+        fail(f"{path}.command", "is required for the exec driver")
+    if config.get("command") is not None:
+        _command(config["command"], f"{path}.command")
+    if config.get("args") is not None:
+        _strings(config["args"], f"{path}.args")
+    if config.get("env") is not None:
+        config["env"] = _env(config["env"], f"{path}.env")
+    if config.get("cwd") is not None and not isinstance(config["cwd"], str):
+        fail(f"{path}.cwd", "must be a string")
+    for key in ("port", "container_port"):
+        if config.get(key) is not None:
+            _port(config[key], f"{path}.{key}")
+    return config
+
+
+def _command(value, path: str) -> None:
+    if isinstance(value, str):
+        if not value.strip() or "\0" in value:
+            fail(path, "must be a non-empty string or a non-empty list of strings")
+        return
+    if not isinstance(value, list) or not value or not value[0]:
+        fail(path, "must be a non-empty string or a non-empty list of strings")
+    _strings(value, path)
+
+
+def _strings(value, path: str) -> None:
+    if not isinstance(value, list) or not all(
+            isinstance(s, str) and "\0" not in s for s in value):
+        fail(path, "must be a list of strings")
+
+
+def _env(value, path: str) -> dict:
+    """Environment as str -> str; numbers are accepted and stringified."""
+    env = {}
+    for key, val in _object(value, path).items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            fail(path, f'invalid variable name "{key}"')
+        if isinstance(val, bool) or not isinstance(val, (str, int, float)):
+            fail(f"{path}.{key}", "must be a string or a number")
+        val = str(val)
+        if "\0" in val:
+            fail(f"{path}.{key}", "must not contain NUL characters")
+        env[key] = val
+    return env
+
+
+def _port(value, path: str) -> None:
+    if not _int(value) or not 1 <= value <= 65535:
+        fail(path, "must be an integer in 1..65535")
+
+
+def _resources(value, path: str) -> Resources:
+    if value is None:
+        return Resources(DEFAULT_CPU, DEFAULT_MEMORY)
+    value = _object(value, path)
+    cpu = value.get("cpu", DEFAULT_CPU)
+    memory = value.get("memory", DEFAULT_MEMORY)
+    for key, amount in (("cpu", cpu), ("memory", memory)):
+        if not _int(amount) or amount < 0:
+            fail(f"{path}.{key}", "must be a non-negative integer")
+    return Resources(cpu, memory)
+
+
+def _constraints(value, path: str) -> tuple[Constraint, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        fail(path, "must be a list")
+    return tuple(_constraint(_object(raw, f"{path}[{i}]"), f"{path}[{i}]")
+                 for i, raw in enumerate(value))
+
+
+def _constraint(raw: dict, path: str) -> Constraint:
+    attribute = raw.get("attribute")
+    if not isinstance(attribute, str) or not attribute:
+        fail(f"{path}.attribute", "must be a non-empty string")
+    operator = raw.get("operator")
+    if operator not in CONSTRAINT_OPERATORS:
+        fail(f"{path}.operator", f"must be one of {' '.join(CONSTRAINT_OPERATORS)}")
+    value = _constraint_value(raw.get("value"), f"{path}.value")
+    if operator == "regex":
+        try:
+            re.compile(value)
+        except re.error as exc:
+            fail(f"{path}.value", f"invalid regex: {exc}")
+    return Constraint(attribute, operator, value)
+
+
+def _constraint_value(value, path: str) -> str:
+    """JSON numbers and booleans are accepted; constraints store text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if not isinstance(value, str):
+        fail(path, "is required (a string or a number)")
+    return value
