@@ -1,0 +1,252 @@
+"""The node agent: allocation registry, HTTP server, and the server loop.
+
+`run(config)` is the `orch agent` entry point. `Agent` is the in-process
+object the API and the loop share; tests drive it directly.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+
+from waitress import wasyncore
+from waitress.server import create_server
+
+from orch.agent.api import make_app
+from orch.agent.drivers import default_drivers
+from orch.agent.drivers.base import Driver
+from orch.agent.fingerprint import fingerprint
+from orch.agent.loop import NodeLoop
+from orch.agent.runner import AllocRunner
+from orch.agent.spec import AllocSpec, parse_alloc
+from orch.agent.state import AgentStore
+from orch.config import AgentConfig
+from orch.errors import NotFound, ValidationError
+from orch.structs import Resources
+
+log = logging.getLogger(__name__)
+
+ALLOC_NOT_FOUND = "Allocation not found"
+
+
+class Agent:
+    """Owns the node's allocations; the API and the heartbeat loop read it."""
+
+    def __init__(self, config: AgentConfig, *, drivers: dict[str, Driver] | None = None):
+        self.config = config
+        self.store = AgentStore(config.data_dir)
+        self.node_id = self.store.node_id(config.node_id)
+        self.drivers = drivers if drivers is not None else default_drivers()
+        self.fingerprint = fingerprint(self.drivers)
+        self.loop: NodeLoop | None = None
+        self._allocs: dict[str, AllocRunner] = {}
+        self._lock = threading.Lock()
+
+    # -- allocations --------------------------------------------------------
+
+    def submit(self, spec: AllocSpec) -> bool:
+        """Accept and start an allocation; False if it is already here."""
+        with self._lock:
+            if spec.allocation_id in self._allocs:
+                return False
+            self.store.forget_removal(spec.allocation_id)
+            runner = self._new_runner(spec)
+            self._allocs[spec.allocation_id] = runner
+        log.info("alloc %s accepted job=%s group=%s tasks=%d", runner.short,
+                 spec.job_id, spec.task_group, len(spec.tasks))
+        runner.start()
+        return True
+
+    def get(self, alloc_id: str) -> AllocRunner:
+        with self._lock:
+            runner = self._allocs.get(alloc_id)
+        if runner is None:
+            raise NotFound(ALLOC_NOT_FOUND)
+        return runner
+
+    def stop_alloc(self, alloc_id: str) -> None:
+        """DELETE: kill the tasks, then forget the allocation and its files.
+
+        Once removed, an allocation is neither answered (404) nor listed in
+        heartbeats: the server already records it as stopped.
+        """
+        runner = self.get(alloc_id)
+        runner.stop()
+        with self._lock:
+            if self._allocs.get(alloc_id) is runner:
+                del self._allocs[alloc_id]
+        self.store.remove_alloc(alloc_id)
+        log.info("alloc %s stopped and removed", runner.short)
+        self._notify()
+
+    def log_path(self, alloc_id: str, task: str, kind: str) -> str:
+        runner = self.get(alloc_id)
+        if task not in runner.tasks:
+            raise NotFound(f"Task {task} not found in allocation {alloc_id}")
+        return self.store.log_path(alloc_id, task, kind)
+
+    def allocations(self) -> list[AllocRunner]:
+        with self._lock:
+            return list(self._allocs.values())
+
+    def heartbeat_allocations(self) -> dict:
+        return {r.spec.allocation_id: r.heartbeat_entry() for r in self.allocations()}
+
+    def used(self) -> tuple[int, int]:
+        """(cpu MHz, memory MB) reserved by allocations not yet terminal."""
+        total = Resources()
+        for runner in self.allocations():
+            total = total + runner.reserved()
+        return total.cpu, total.memory
+
+    def health(self) -> dict:
+        registered = self.loop is not None and self.loop.wait_registered(0)
+        return {"status": "ok", "node_id": self.node_id, "registered": registered,
+                "allocations": len(self.allocations())}
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def restore(self) -> int:
+        """Load the allocations a previous agent persisted; returns how many."""
+        count = 0
+        for doc in self.store.load_allocs():
+            try:
+                spec = parse_alloc(doc.get("spec") if isinstance(doc, dict) else None)
+            except ValidationError as exc:
+                log.warning("skipping persisted allocation: %s", exc)
+                continue
+            runner = AllocRunner.restore(doc, spec, self.config, self.drivers,
+                                         self.store, self._notify)
+            if runner.stopped:              # a DELETE was cut short: finish it
+                runner.stop()
+                self.store.remove_alloc(spec.allocation_id)
+                self.store.forget_removal(spec.allocation_id)
+                continue
+            with self._lock:
+                self._allocs[spec.allocation_id] = runner
+            runner.start()
+            count += 1
+        if count:
+            log.info("restored %d allocations from %s", count, self.store.data_dir)
+        return count
+
+    def start_loop(self, endpoint: str) -> NodeLoop:
+        self.loop = NodeLoop(self.config, self.node_id, endpoint, self.fingerprint,
+                             self.heartbeat_allocations, self.used)
+        self.loop.start()
+        return self.loop
+
+    def shutdown(self, stop_tasks: bool) -> None:
+        """Stop heartbeating; with stop_tasks, kill every task (in parallel)."""
+        # The loop goes first: a leaving node's last word must not be the
+        # failures we cause ourselves; the server marks its allocations lost.
+        if self.loop is not None:
+            self.loop.stop()
+        if not stop_tasks:
+            return
+        threads = [threading.Thread(target=r.kill, args=("agent shutting down",),
+                                    kwargs={"fails": True}, daemon=True)
+                   for r in self.allocations()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _new_runner(self, spec: AllocSpec) -> AllocRunner:
+        return AllocRunner(spec, self.config, self.drivers, self.store, self._notify)
+
+    def _notify(self) -> None:
+        if self.loop is not None:
+            self.loop.notify()
+
+
+class HttpServer:
+    """waitress on our own socket, so that port 0 yields a known free port."""
+
+    def __init__(self, app, bind: str, port: int, threads: int = 8):
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        self._sock = socket.socket(family, kind, proto)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._sock.bind(addr)
+        except OSError:
+            self._sock.close()
+            raise
+        self.host, self.port = self._sock.getsockname()[:2]
+        self._server = create_server(app, sockets=[self._sock], threads=threads,
+                                     ident="orch-agent")
+        self._thread = threading.Thread(target=self._server.run, name="http",
+                                        daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        # Close every socket from inside the loop thread (the trigger runs the
+        # thunk there), so the loop sees an empty map and returns at once.
+        server = self._server
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        self._thread.join(3)
+        server.task_dispatcher.shutdown(timeout=2)
+
+
+def endpoint_for(config: AgentConfig, server: HttpServer) -> str:
+    """The URL the server uses to reach us: --advertise, else bind:port."""
+    if config.advertise:
+        return config.advertise.rstrip("/")
+    host = config.bind
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{server.port}"
+
+
+def serve(config: AgentConfig, stop: threading.Event,
+          ready: threading.Event | None = None, info: dict | None = None) -> int:
+    """Run an agent until `stop` is set; tests call this from a thread."""
+    agent = Agent(config)
+    agent.restore()
+    try:
+        server = HttpServer(make_app(agent), config.bind, config.port, config.http_threads)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", config.bind, config.port, exc)
+        agent.shutdown(stop_tasks=True)
+        return 1
+    server.start()
+    endpoint = endpoint_for(config, server)
+    log.info("agent listening on %s node_id=%s", server.url, agent.node_id)
+    agent.start_loop(endpoint)
+    if info is not None:
+        info.update(agent=agent, url=server.url, endpoint=endpoint, port=server.port)
+    if ready is not None:
+        ready.set()
+    while not stop.wait(1.0):
+        pass
+    log.info("agent stopping: killing tasks")
+    started = time.monotonic()
+    server.stop()                      # no new allocations while we kill the old
+    agent.shutdown(stop_tasks=True)
+    log.info("agent stopped in %.2fs", time.monotonic() - started)
+    return 0
+
+
+def run(config: AgentConfig) -> int:
+    """`orch agent`: serve until SIGTERM/SIGINT, then stop every task; returns 0."""
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+    return serve(config, stop)

@@ -1,0 +1,83 @@
+"""The agent's HTTP API (seed routes + logs + health): parse, call Agent, return.
+
+Every answer is JSON except a log body; errors are `{"error": ...}` through
+the shared orch.httpjson router. With a token set, only callers that present
+it (the server) can create, read or stop allocations.
+"""
+from __future__ import annotations
+
+import os
+
+from bottle import Bottle, request, response
+
+from orch import httpjson
+from orch.agent.spec import parse_alloc
+from orch.agent.state import LOG_TYPES
+from orch.errors import OrchError, ValidationError
+
+MAX_BODY = 1 << 20
+MAX_LOG_CHUNK = 1 << 20        # a log read returns at most this; the client pages
+
+
+def make_app(agent) -> Bottle:
+    """A bottle app serving `agent` (an orch.agent.agent.Agent)."""
+    app = Bottle()
+    route = httpjson.Router(app, token=agent.config.token, max_body=MAX_BODY)
+
+    @route("POST", "/allocations")
+    def create_allocation():
+        spec = parse_alloc(httpjson.read_json())
+        agent.submit(spec)
+        return {"message": "Allocation accepted", "allocation_id": spec.allocation_id}
+
+    @route("GET", "/allocations/<alloc_id>")
+    def get_allocation(alloc_id):
+        return agent.get(alloc_id).to_dict()
+
+    @route("DELETE", "/allocations/<alloc_id>")
+    def delete_allocation(alloc_id):
+        agent.stop_alloc(alloc_id)
+        return {"message": f"Allocation {alloc_id} stopped and removed"}
+
+    @route("GET", "/allocations/<alloc_id>/logs/<task>", raw=True)
+    def task_logs(alloc_id, task):
+        kind = request.query.get("type") or "stdout"
+        if kind not in LOG_TYPES:
+            raise ValidationError("type: must be stdout or stderr")
+        offset = _offset(request.query.get("offset"))
+        path = agent.log_path(alloc_id, task, kind)
+        data = _read_from(path, offset)
+        response.content_type = "text/plain; charset=utf-8"
+        response.set_header("X-Orch-Next-Offset", str(offset + len(data)))
+        return data
+
+    @route("GET", "/health", public=True)
+    def health():
+        return agent.health()
+
+    return app
+
+
+def _offset(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError("offset: must be a non-negative integer")
+    if value < 0:
+        raise ValidationError("offset: must be a non-negative integer")
+    return value
+
+
+def _read_from(path: str, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(MAX_LOG_CHUNK)
+    except FileNotFoundError:
+        return b""
+    except IsADirectoryError:
+        return b""
+    except OSError as exc:
+        raise OrchError(f"cannot read log: {os.path.basename(path)}: {exc.strerror}")

@@ -1,0 +1,28 @@
+"""Task drivers and the one place that picks a driver for a task."""
+from __future__ import annotations
+
+from orch.agent.drivers.base import Driver
+from orch.agent.drivers.exec import ExecDriver
+from orch.errors import DriverError
+from orch.structs import Task
+
+DOCKER_FALLBACK = ("docker unavailable on this node: running command with the "
+                   "exec driver (fallback)")
+DOCKER_NO_COMMAND = "docker driver unavailable and task has no command to fall back on"
+
+
+def default_drivers() -> dict[str, Driver]:
+    """The drivers this node runs, by name (the docker driver joins here)."""
+    return {"exec": ExecDriver()}
+
+
+def select_driver(task: Task, drivers: dict[str, Driver]) -> tuple[Driver, str | None]:
+    """The driver for a task and a note for its events; raises DriverError."""
+    driver = drivers.get(task.driver)
+    if driver is not None:
+        return driver, None
+    if task.driver == "docker":
+        if task.config.get("command") and "exec" in drivers:
+            return drivers["exec"], DOCKER_FALLBACK
+        raise DriverError(DOCKER_NO_COMMAND)
+    raise DriverError(f"driver {task.driver} unavailable on this node")

@@ -1,0 +1,83 @@
+"""The task driver interface: how the agent starts, watches and stops a task.
+
+A driver owns one kind of process (a local process group, a container). Its
+handle is opaque to the runner; the runner only passes it back to the driver.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from orch.structs import Resources
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """Everything a driver needs to start one task of one allocation."""
+    alloc_id: str
+    job_id: str
+    task_name: str
+    config: dict
+    resources: Resources
+    task_dir: str
+    stdout_path: str
+    stderr_path: str
+    env: dict = field(default_factory=dict)   # ORCH_* variables set by the agent
+
+
+@dataclass(frozen=True)
+class ExitResult:
+    """How a task's process ended."""
+    exit_code: int | None
+    signal: int | None = None
+    oom_killed: bool = False
+    error: str | None = None
+
+    @property
+    def successful(self) -> bool:
+        return self.exit_code == 0 and self.error is None
+
+    def describe(self) -> str:
+        """One line for the task's "Terminated" event."""
+        parts = [f"Exit Code: {self.exit_code}"]
+        if self.signal:
+            parts.append(f"Signal: {self.signal}")
+        if self.oom_killed:
+            parts.append("OOM Killed: true")
+        if self.error and self.exit_code is None:
+            parts = [self.error]
+        return ", ".join(parts)
+
+
+class Driver(abc.ABC):
+    """A task driver; one instance serves every task of its kind on the node."""
+    name: str = ""
+
+    @abc.abstractmethod
+    def start(self, ctx: TaskContext) -> Any:
+        """Start the task without waiting for it; raises errors.DriverError."""
+
+    @abc.abstractmethod
+    def wait(self, handle: Any, timeout: float | None) -> ExitResult | None:
+        """Block until the task exits (None: forever); None if still running."""
+
+    @abc.abstractmethod
+    def stop(self, handle: Any, timeout: float) -> None:
+        """Stop gracefully, kill after timeout seconds; returns once it is dead."""
+
+    @abc.abstractmethod
+    def handle_to_json(self, handle: Any) -> dict:
+        """A JSON-able description of the handle, kept to reattach after a restart."""
+
+    @abc.abstractmethod
+    def recover(self, handle_json: dict) -> Any | None:
+        """A handle for a task started by an earlier agent, None if it is gone."""
+
+    def pid(self, handle: Any) -> int | None:
+        """The task's main process id, when it has one on this host."""
+        return None
+
+    def fingerprint(self) -> dict:
+        """Node attributes this driver contributes, e.g. {"driver.exec": True}."""
+        return {f"driver.{self.name}": True}

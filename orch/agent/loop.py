@@ -1,0 +1,159 @@
+"""Register with the server, then heartbeat: every interval and on task changes.
+
+A task state change wakes the loop, which waits ~5 ms so that a burst of
+changes (an allocation's tasks starting together) goes out as one heartbeat.
+A 404 means the server does not know us (it lost its state, or we were
+garbage-collected): register again, then heartbeat at once.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import requests
+
+from orch.agent.fingerprint import Fingerprint
+from orch.config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+COALESCE = 0.005              # seconds: changes this close share one heartbeat
+BACKOFF_START = 0.05          # register retry: 50 ms doubling up to 1 s
+BACKOFF_MAX = 1.0
+REGISTER_TIMEOUT = (1.0, 5.0)     # (connect, read) seconds
+HEARTBEAT_TIMEOUT = (1.0, 5.0)
+
+
+class NodeLoop:
+    """The agent's one conversation with the server, in its own thread."""
+
+    def __init__(self, config: AgentConfig, node_id: str, endpoint: str,
+                 fp: Fingerprint, allocations: Callable[[], dict],
+                 used: Callable[[], tuple[int, int]],
+                 session: requests.Session | None = None):
+        self.config = config
+        self.node_id = node_id
+        self.endpoint = endpoint
+        self.fingerprint = fp
+        self._allocations = allocations
+        self._used = used
+        self._session = session or requests.Session()
+        self._server = config.server.rstrip("/")
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._registered = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="node-loop", daemon=True)
+        self._last_error = ""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._session.close()
+
+    def notify(self) -> None:
+        """A task changed state: heartbeat now (coalesced)."""
+        self._wake.set()
+
+    def wait_registered(self, timeout: float | None = None) -> bool:
+        return self._registered.wait(timeout)
+
+    # -- bodies -----------------------------------------------------------
+
+    def register_body(self) -> dict:
+        res = self.fingerprint.resources
+        return {"node_id": self.node_id, "region": self.config.region,
+                "resources": {"cpu": res.cpu, "memory": res.memory},
+                "healthy": True, "endpoint": self.endpoint,
+                "attributes": self.fingerprint.attributes,
+                "meta": dict(self.config.meta)}
+
+    def heartbeat_body(self) -> dict:
+        total = self.fingerprint.resources
+        cpu_used, memory_used = self._used()
+        return {"node_id": self.node_id,
+                "resources": {"cpu": max(total.cpu - cpu_used, 0),
+                              "memory": max(total.memory - memory_used, 0),
+                              "cpu_used": cpu_used, "memory_used": memory_used},
+                "healthy": True, "timestamp": time.time(),
+                "allocations": self._allocations()}
+
+    # -- the thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self._registered.is_set() and not self._register():
+                    return
+                self._heartbeat()
+            except Exception:               # a bug must not silence the node
+                log.exception("heartbeat loop error")
+            self._wake.wait(self.config.heartbeat_interval)
+            if self._stop.is_set():
+                return
+            if self._wake.is_set():
+                self._stop.wait(COALESCE)
+                self._wake.clear()
+
+    def _register(self) -> bool:
+        """Retry until registered; False if stopped first."""
+        delay = BACKOFF_START
+        started = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                resp = self._post("/register", self.register_body(), REGISTER_TIMEOUT)
+                if resp.status_code == 200:
+                    self._registered.set()
+                    self._last_error = ""
+                    log.info("registered node %s server=%s endpoint=%s",
+                             self.node_id, self._server, self.endpoint)
+                    return True
+                self._warn(f"register answered {resp.status_code}: {_error(resp)}")
+            except requests.RequestException as exc:
+                # Quiet while a dev cluster starts; loud if the server stays away.
+                self._warn(f"register failed, retrying: {exc.__class__.__name__}",
+                           debug=time.monotonic() - started < 5.0)
+            self._stop.wait(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+        return False
+
+    def _heartbeat(self) -> None:
+        try:
+            resp = self._post("/heartbeat", self.heartbeat_body(), HEARTBEAT_TIMEOUT)
+        except requests.RequestException as exc:
+            self._warn(f"heartbeat failed: {exc.__class__.__name__}: {exc}")
+            return
+        if resp.status_code == 404:
+            log.info("server does not know node %s: registering again", self.node_id)
+            self._registered.clear()
+            self._wake.set()                # heartbeat right after registering
+        elif resp.status_code != 200:
+            self._warn(f"heartbeat answered {resp.status_code}: {_error(resp)}")
+        else:
+            self._last_error = ""
+
+    def _post(self, path: str, body: dict, timeout) -> requests.Response:
+        headers = {}
+        if self.config.token:
+            headers["Authorization"] = f"Bearer {self.config.token}"
+        return self._session.post(self._server + path, json=body, headers=headers,
+                                  timeout=timeout, verify=not self.config.insecure)
+
+    def _warn(self, message: str, debug: bool = False) -> None:
+        """Log a problem once, not on every retry."""
+        if message != self._last_error:
+            log.log(logging.DEBUG if debug else logging.WARNING, "%s", message)
+            self._last_error = message
+
+
+def _error(resp: requests.Response) -> str:
+    try:
+        return str(resp.json().get("error"))
+    except (ValueError, AttributeError):
+        return resp.text[:200]

@@ -1,0 +1,463 @@
+"""AllocRunner and TaskRunner: run an allocation's tasks and track their state.
+
+One thread per task drives pending -> running -> complete|failed through a
+driver, applies the restart policy (service jobs only, as Nomad's restart
+stanza), and when a task fails for good kills its siblings. Every state change
+is persisted and reported through `on_change()`, which the heartbeat loop turns
+into an immediate heartbeat.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from orch.agent.drivers import select_driver
+from orch.agent.drivers.base import Driver, ExitResult, TaskContext
+from orch.agent.spec import AllocSpec
+from orch.agent.state import AgentStore
+from orch.config import AgentConfig
+from orch.errors import DriverError
+from orch.structs import (TERMINAL_TASK, AllocStatus, JobType, Resources, Task,
+                          TaskState, TaskStatus)
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS = 20          # per task, oldest dropped (Nomad keeps 10)
+JOIN_GRACE = 5.0         # after a stop returns, how long the task thread may take to record it
+
+LOST_ON_RESTART = "agent restarted; task state lost"
+
+P, R, C, F = (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.COMPLETE,
+              TaskStatus.FAILED)
+# Allowed task transitions; running -> pending is a restart waiting its delay.
+TASK_TRANSITIONS = {P: {R, C, F}, R: {P, C, F}, C: set(), F: set()}
+
+
+class RestartTracker:
+    """Nomad's restart tracker: at most `attempts` restarts per `interval`."""
+
+    def __init__(self, attempts: int, interval: float, delay: float,
+                 now: Callable[[], float] = time.monotonic):
+        self.attempts, self.interval, self.delay = attempts, interval, delay
+        self._now = now
+        self._window_start: float | None = None
+        self._count = 0
+
+    def next_delay(self) -> float | None:
+        """Seconds to wait before the next restart, None when out of attempts."""
+        now = self._now()
+        if self._window_start is None or now - self._window_start > self.interval:
+            self._window_start, self._count = now, 0
+        self._count += 1
+        return self.delay if self._count <= self.attempts else None
+
+
+class TaskRunner:
+    """Runs one task in its own thread; its state lives under the alloc's lock."""
+
+    def __init__(self, alloc: "AllocRunner", task: Task):
+        self.alloc = alloc
+        self.task = task
+        self.state = TaskState()
+        self.handle_json: dict | None = None
+        self._recovered: tuple[Driver, Any] | None = None
+        self._driver: Driver | None = None
+        self._handle: Any = None
+        self._killed = threading.Event()
+        self._kill_reason = ""
+        self._kill_fails = False
+        cfg = alloc.config
+        self._restarts = RestartTracker(cfg.restart_attempts, cfg.restart_interval,
+                                        cfg.restart_delay)
+        self._thread = threading.Thread(
+            target=self._run, daemon=True,
+            name=f"task-{alloc.spec.allocation_id[:8]}-{task.name}")
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.status in TERMINAL_TASK
+
+    @property
+    def failed_by_itself(self) -> bool:
+        """Failed for its own reasons (not killed by us)."""
+        return self.state.status == F and not self._killed.is_set()
+
+    def reattach(self, driver: Driver, handle: Any, handle_json: dict) -> None:
+        """Watch a process an earlier agent started instead of starting one."""
+        # Set before the thread starts, so that a kill finds the handle.
+        self._recovered = (driver, handle)
+        self._driver, self._handle, self.handle_json = driver, handle, handle_json
+        self._event("Reattached", "Task process still alive after agent restart")
+
+    def mark_lost(self) -> None:
+        """Its process died with an earlier agent: what happened is unknown."""
+        self._set(F, error=LOST_ON_RESTART, end_time=self.alloc.now())
+        self._event("Task Lost", LOST_ON_RESTART)
+
+    def start(self) -> None:
+        with self.alloc.lock:            # a kill before start finishes the task itself
+            if (not self.terminal and not self._killed.is_set()
+                    and self._thread.ident is None):
+                self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def kill(self, reason: str, *, fails: bool) -> None:
+        """Stop the task for good; blocks until its process is dead."""
+        with self.alloc.lock:
+            if self.terminal:
+                return
+            first = not self._killed.is_set()     # else someone else is killing it
+            if first:
+                self._kill_reason, self._kill_fails = reason, fails
+                self._killed.set()
+                self._event("Killing", reason)
+            driver, handle = self._driver, self._handle
+            never_started = self._thread.ident is None
+        if first:
+            self.alloc.changed()
+            if handle is not None:
+                driver.stop(handle, self.alloc.config.kill_timeout)
+        if never_started:                         # no thread will record it
+            if first:
+                with self.alloc.lock:
+                    self._finish_killed(None, self.alloc.now())
+                self.alloc.task_finished(self)
+            return
+        self.join(self.alloc.config.kill_timeout + JOIN_GRACE)
+
+    # -- the task thread -------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:                       # keep the agent alive, fail the task
+            log.exception("task runner crashed alloc=%s task=%s",
+                          self.alloc.short, self.task.name)
+            with self.alloc.lock:
+                if not self.terminal:
+                    self._set(F, error="internal error in the task runner",
+                              end_time=self.alloc.now())
+            self.alloc.changed()
+        self.alloc.task_finished(self)
+
+    def _loop(self) -> None:
+        if self._recovered is not None:
+            driver, handle = self._recovered
+            self._recovered = None
+            result = self._wait(driver, handle)
+        else:
+            result = self._start_and_wait()
+        while self._after_exit(result):
+            result = self._start_and_wait()
+
+    def _start_and_wait(self) -> ExitResult | None:
+        if self._killed.is_set():
+            return None
+        try:
+            driver, note = select_driver(self.task, self.alloc.drivers)
+            if note:
+                self._locked_event("Driver", note)
+            handle = driver.start(self.alloc.task_context(self.task))
+        except DriverError as exc:
+            self._locked_event("Driver Failure", exc.message)
+            return ExitResult(exit_code=None, error=exc.message)
+        with self.alloc.lock:
+            self._driver, self._handle = driver, handle
+            self.handle_json = driver.handle_to_json(handle)
+            self._set(R, start_time=self.alloc.now(), end_time=None,
+                      exit_code=None, error=None)
+            self._event("Started", "Task started by driver")
+            killed_meanwhile = self._killed.is_set()
+        self.alloc.changed()
+        if killed_meanwhile:
+            driver.stop(handle, self.alloc.config.kill_timeout)
+        return self._wait(driver, handle)
+
+    def _wait(self, driver: Driver, handle: Any) -> ExitResult:
+        result = None
+        while result is None:
+            result = driver.wait(handle, None)
+        with self.alloc.lock:
+            self._handle = None
+            self.handle_json = None
+            self._event("Terminated", result.describe())
+        return result
+
+    def _after_exit(self, result: ExitResult | None) -> bool:
+        """Record an exit (None: killed before starting); True to start again."""
+        now = self.alloc.now()
+        with self.alloc.lock:
+            if self._killed.is_set():
+                self._finish_killed(result, now)
+                return False
+            if self.alloc.spec.job_type != JobType.SERVICE:
+                self._finish(result, now)
+                return False
+            delay = self._restarts.next_delay()
+            if delay is None:
+                self._event("Not Restarting", (
+                    f"Exceeded allowed attempts {self._restarts.attempts} in "
+                    f"interval {self._restarts.interval:g}s"))
+                self._finish(result, now, force_fail=True)
+                return False
+            self.state.restarts += 1
+            self._event("Restarting", f"Task restarting in {delay:g}s")
+            self._set(P, exit_code=result.exit_code, error=result.error)
+        self.alloc.changed()
+        if self._killed.wait(delay):
+            with self.alloc.lock:
+                self._finish_killed(None, self.alloc.now())
+            return False
+        return True
+
+    def _finish(self, result: ExitResult, now: float, force_fail: bool = False) -> None:
+        if result.successful and not force_fail:
+            self._set(C, exit_code=result.exit_code, error=None, end_time=now)
+            return
+        error = result.error or f"exit code {result.exit_code}"
+        if force_fail:
+            error = f"restart attempts exhausted; last exit: {error}"
+        self._set(F, exit_code=result.exit_code, error=error, end_time=now)
+
+    def _finish_killed(self, result: ExitResult | None, now: float) -> None:
+        self._event("Killed", "Task successfully killed")
+        code = result.exit_code if result is not None else self.state.exit_code
+        if self._kill_fails:
+            self._set(F, exit_code=code, error=self._kill_reason, end_time=now)
+        else:
+            self._set(C, exit_code=code, error=None, end_time=now)
+
+    # -- state writes (caller holds alloc.lock) ---------------------------
+
+    def _set(self, status: TaskStatus, **fields) -> None:
+        """The one place a task's status is written; checks the transition."""
+        old = self.state.status
+        if status != old and status not in TASK_TRANSITIONS[old]:
+            raise RuntimeError(f"task {self.task.name}: illegal transition "
+                               f"{old.value} -> {status.value}")
+        for name, value in fields.items():
+            setattr(self.state, name, value)
+        self.state.status = status
+        if status != old:
+            log.info("alloc %s task %s: %s -> %s", self.alloc.short,
+                     self.task.name, old.value, status.value)
+
+    def _event(self, kind: str, message: str) -> None:
+        events = self.state.events
+        events.append({"time": self.alloc.now(), "type": kind, "message": message})
+        del events[:-MAX_EVENTS]
+
+    def _locked_event(self, kind: str, message: str) -> None:
+        with self.alloc.lock:
+            self._event(kind, message)
+        self.alloc.changed()
+
+
+class AllocRunner:
+    """Owns one allocation: its task runners, its status, its file on disk."""
+
+    def __init__(self, spec: AllocSpec, config: AgentConfig,
+                 drivers: dict[str, Driver], store: AgentStore,
+                 on_change: Callable[[], None] = lambda: None,
+                 now: Callable[[], float] = time.time):
+        self.spec = spec
+        self.config = config
+        self.drivers = drivers
+        self.store = store
+        self.now = now
+        self.lock = threading.RLock()
+        self.short = spec.allocation_id[:8]
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+        self.stopped = False
+        self._last_status = AllocStatus.PENDING
+        self._on_change = on_change
+        self._done = threading.Event()
+        self._finished: set[str] = set()
+        self.tasks: dict[str, TaskRunner] = {}
+        for task in spec.tasks:
+            runner = TaskRunner(self, task)
+            runner.state.events.append({"time": now(), "type": "Received",
+                                        "message": "Task received by agent"})
+            self.tasks[task.name] = runner
+
+    @classmethod
+    def restore(cls, doc: dict, spec: AllocSpec, config: AgentConfig,
+                drivers: dict[str, Driver], store: AgentStore,
+                on_change: Callable[[], None] = lambda: None,
+                now: Callable[[], float] = time.time) -> "AllocRunner":
+        """Rebuild from alloc.json; live processes are reattached, others lost."""
+        alloc = cls(spec, config, drivers, store, on_change, now)
+        alloc.start_time, alloc.end_time = doc.get("start_time"), doc.get("end_time")
+        alloc.stopped = bool(doc.get("stopped"))
+        states = doc.get("tasks") or {}
+        handles = doc.get("handles") or {}
+        for name, runner in alloc.tasks.items():
+            state = TaskState.from_dict(states.get(name) or {})
+            runner.state = state
+            if state.status in TERMINAL_TASK:
+                alloc._finished.add(name)
+                continue
+            recovered = alloc._recover(runner.task, handles.get(name))
+            if recovered is not None:
+                runner.reattach(*recovered, handles.get(name))
+            else:
+                runner.mark_lost()
+                alloc._finished.add(name)
+        return alloc
+
+    def _recover(self, task: Task, handle_json: dict | None):
+        if not handle_json:
+            return None
+        try:
+            driver, _ = select_driver(task, self.drivers)
+        except DriverError:
+            return None
+        handle = driver.recover(handle_json)
+        return None if handle is None else (driver, handle)
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the task threads (only those not already terminal)."""
+        if self.tasks.keys() == self._finished:
+            self._done.set()
+        for name, runner in self.tasks.items():
+            if name not in self._finished and not runner.terminal:
+                runner.start()
+        self.changed()
+        failed = [r for r in self.tasks.values() if r.state.status == F]
+        if failed:
+            self._kill_siblings(failed[0])
+
+    def kill(self, reason: str, *, fails: bool) -> None:
+        """Kill every task in parallel; returns once all are dead."""
+        _kill_parallel(list(self.tasks.values()), reason, fails)
+        self.changed()
+
+    def stop(self) -> None:
+        """DELETE: stop the allocation for good; its status becomes stopped."""
+        with self.lock:
+            self.stopped = True
+        self.kill("allocation stopped", fails=False)
+        with self.lock:
+            if self.end_time is None:
+                self.end_time = self.now()
+        self.changed()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until every task is terminal (tests, shutdown)."""
+        return self._done.wait(timeout)
+
+    def task_finished(self, runner: TaskRunner) -> None:
+        """Called by a task thread when it is done for good."""
+        with self.lock:
+            self._finished.add(runner.task.name)
+            all_done = self._finished == self.tasks.keys()
+        if runner.failed_by_itself:
+            self._kill_siblings(runner)
+        self.changed()
+        if all_done:
+            self._done.set()
+
+    def _kill_siblings(self, failed: TaskRunner) -> None:
+        siblings = [r for r in self.tasks.values() if r is not failed]
+        _kill_parallel(siblings, f"sibling task {failed.task.name} failed", True)
+
+    # -- what we report ----------------------------------------------------
+
+    def task_context(self, task: Task) -> TaskContext:
+        alloc_id = self.spec.allocation_id
+        task_dir = self.store.task_dir(alloc_id, task.name)
+        env = {"ORCH_ALLOC_ID": alloc_id, "ORCH_JOB_ID": self.spec.job_id,
+               "ORCH_TASK_GROUP": self.spec.task_group,
+               "ORCH_TASK_NAME": task.name, "ORCH_TASK_DIR": task_dir}
+        return TaskContext(
+            alloc_id=alloc_id, job_id=self.spec.job_id, task_name=task.name,
+            config=task.config, resources=task.resources, task_dir=task_dir,
+            stdout_path=self.store.log_path(alloc_id, task.name, "stdout"),
+            stderr_path=self.store.log_path(alloc_id, task.name, "stderr"),
+            env=env)
+
+    def status(self) -> AllocStatus:
+        """Derived from the tasks; a stopped allocation is `stopped`."""
+        with self.lock:
+            if self.stopped:
+                return AllocStatus.STOPPED
+            statuses = [r.state.status for r in self.tasks.values()]
+        if R in statuses:
+            return AllocStatus.RUNNING
+        if all(s in TERMINAL_TASK for s in statuses):
+            return AllocStatus.FAILED if F in statuses else AllocStatus.COMPLETE
+        return AllocStatus.PENDING
+
+    def reserved(self) -> Resources:
+        """Resources held on the node: the tasks' demand until terminal."""
+        if self.status() in (AllocStatus.PENDING, AllocStatus.RUNNING):
+            return self.spec.resources
+        return Resources()
+
+    def heartbeat_entry(self) -> dict:
+        """The seed's heartbeat allocation entry (+ restarts, events per task)."""
+        with self.lock:
+            return {"status": self.status().value, "start_time": self.start_time,
+                    "end_time": self.end_time,
+                    "tasks": {n: r.state.to_dict() for n, r in self.tasks.items()}}
+
+    def to_dict(self) -> dict:
+        """`GET /allocations/<id>`: the seed fields plus job_type."""
+        entry = self.heartbeat_entry()
+        return {"allocation_id": self.spec.allocation_id,
+                "job_id": self.spec.job_id, "task_group": self.spec.task_group,
+                "job_type": self.spec.job_type.value, **entry}
+
+    def to_doc(self) -> dict:
+        with self.lock:
+            return {"spec": self.spec.to_dict(), "stopped": self.stopped,
+                    "start_time": self.start_time, "end_time": self.end_time,
+                    "tasks": {n: r.state.to_dict() for n, r in self.tasks.items()},
+                    "handles": {n: r.handle_json for n, r in self.tasks.items()
+                                if r.handle_json}}
+
+    def changed(self) -> None:
+        """Update alloc times, persist, and tell the heartbeat loop."""
+        with self.lock:
+            self._update_times()
+            doc = self.to_doc()
+        try:
+            self.store.save_alloc(self.spec.allocation_id, doc)
+        except OSError as exc:
+            log.warning("cannot persist alloc=%s error=%s", self.short, exc)
+        self._on_change()
+
+    def _update_times(self) -> None:
+        starts = [r.state.start_time for r in self.tasks.values() if r.state.start_time]
+        if self.start_time is None and starts:
+            self.start_time = min(starts)
+        status = self.status()
+        if status != self._last_status:
+            log.info("alloc %s: %s -> %s", self.short, self._last_status.value, status.value)
+            self._last_status = status
+        if status in (AllocStatus.COMPLETE, AllocStatus.FAILED) and self.end_time is None:
+            ends = [r.state.end_time for r in self.tasks.values() if r.state.end_time]
+            self.end_time = max(ends) if ends else self.now()
+        elif status in (AllocStatus.PENDING, AllocStatus.RUNNING):
+            self.end_time = None
+
+
+def _kill_parallel(runners: list[TaskRunner], reason: str, fails: bool) -> None:
+    """Kill tasks side by side, so the grace periods overlap instead of adding up."""
+    runners = [r for r in runners if not r.terminal]
+    threads = [threading.Thread(target=r.kill, args=(reason,), kwargs={"fails": fails},
+                                daemon=True) for r in runners[1:]]
+    for thread in threads:
+        thread.start()
+    if runners:
+        runners[0].kill(reason, fails=fails)
+    for thread in threads:
+        thread.join()

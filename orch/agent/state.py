@@ -1,0 +1,101 @@
+"""The agent's own small state on disk: its node id and its allocations.
+
+    <data_dir>/node_id
+    <data_dir>/allocs/<alloc_id>/alloc.json        spec, task states, handles
+    <data_dir>/allocs/<alloc_id>/<task>/stdout.log  (and stderr.log)
+
+Files are written whole to a temporary name and renamed, so a crash leaves
+either the old or the new version.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+
+log = logging.getLogger(__name__)
+
+ALLOC_FILE = "alloc.json"
+LOG_TYPES = ("stdout", "stderr")
+
+
+class AgentStore:
+    """Reads and writes `<data_dir>`; safe to call from many threads."""
+
+    def __init__(self, data_dir: str):
+        self.data_dir = os.path.abspath(data_dir)
+        self.allocs_dir = os.path.join(self.data_dir, "allocs")
+        os.makedirs(self.allocs_dir, exist_ok=True)
+        self._lock = threading.Lock()
+        self._removed: set[str] = set()
+
+    def node_id(self, override: str | None = None) -> str:
+        """The persisted node id (created once); an override replaces it."""
+        path = os.path.join(self.data_dir, "node_id")
+        if override:
+            _write_atomic(path, override.encode() + b"\n")
+            return override
+        try:
+            with open(path, encoding="utf-8") as f:
+                node_id = f.read().strip()
+            if node_id:
+                return node_id
+        except FileNotFoundError:
+            pass
+        node_id = str(uuid.uuid4())
+        _write_atomic(path, node_id.encode() + b"\n")
+        return node_id
+
+    def alloc_dir(self, alloc_id: str) -> str:
+        return os.path.join(self.allocs_dir, alloc_id)
+
+    def task_dir(self, alloc_id: str, task: str) -> str:
+        return os.path.join(self.allocs_dir, alloc_id, task)
+
+    def log_path(self, alloc_id: str, task: str, kind: str) -> str:
+        return os.path.join(self.task_dir(alloc_id, task), f"{kind}.log")
+
+    def save_alloc(self, alloc_id: str, doc: dict) -> None:
+        """Persist an allocation; a no-op once it was removed."""
+        raw = json.dumps(doc, separators=(",", ":")).encode()
+        with self._lock:
+            if alloc_id in self._removed:
+                return
+            os.makedirs(self.alloc_dir(alloc_id), exist_ok=True)
+            _write_atomic(os.path.join(self.alloc_dir(alloc_id), ALLOC_FILE), raw)
+
+    def remove_alloc(self, alloc_id: str) -> None:
+        """Delete the allocation's directory: state and logs."""
+        with self._lock:
+            self._removed.add(alloc_id)
+            shutil.rmtree(self.alloc_dir(alloc_id), ignore_errors=True)
+
+    def forget_removal(self, alloc_id: str) -> None:
+        """Allow an allocation id to be stored again (accepted anew)."""
+        with self._lock:
+            self._removed.discard(alloc_id)
+
+    def load_allocs(self) -> list[dict]:
+        """Every persisted allocation document; unreadable ones are skipped."""
+        docs = []
+        for name in sorted(os.listdir(self.allocs_dir)):
+            path = os.path.join(self.allocs_dir, name, ALLOC_FILE)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    docs.append(json.load(f))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                log.warning("skipping unreadable allocation state path=%s error=%s",
+                            path, exc)
+        return docs
+
+
+def _write_atomic(path: str, raw: bytes) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(raw)
+    os.replace(tmp, path)

@@ -1,0 +1,219 @@
+"""The agent's HTTP API through waitress on port 0, with real tasks."""
+import json
+import os
+import time
+
+import psutil
+import pytest
+import requests
+
+from orch.agent.agent import Agent, HttpServer
+from orch.agent.api import make_app
+from orch.config import AgentConfig
+from orch.errors import OrchError
+
+TIMEOUT = 5
+
+
+def wait_for(pred, timeout=5.0, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+def live(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def body(alloc_id="a1", tasks=None, **extra):
+    tasks = tasks if tasks is not None else [{"name": "t", "config": {"command": "sleep 300"},
+                       "resources": {"cpu": 100, "memory": 64}}]
+    return {"allocation_id": alloc_id, "job_id": "j1",
+            "task_group": {"name": "g", "tasks": tasks}, **extra}
+
+
+@pytest.fixture
+def agent(tmp_path):
+    config = AgentConfig(server="http://127.0.0.1:9", data_dir=str(tmp_path),
+                         kill_timeout=1.0, restart_delay=0.05)
+    agent = Agent(config)
+    yield agent
+    agent.shutdown(stop_tasks=True)
+
+
+def serve_app(app):
+    server = HttpServer(app, "127.0.0.1", 0, threads=4)
+    server.start()
+    return server
+
+
+@pytest.fixture
+def url(agent):
+    server = serve_app(make_app(agent))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def http():
+    with requests.Session() as session:
+        yield session
+
+
+def assert_json_error(resp, status, message=None):
+    assert resp.status_code == status
+    assert resp.headers["Content-Type"].startswith("application/json")
+    data = resp.json()
+    assert isinstance(data["error"], str) and data["error"]
+    if message is not None:
+        assert data["error"] == message
+    return data
+
+
+def test_post_accepts_and_runs(url, http, agent):
+    resp = http.post(f"{url}/allocations", json=body(), timeout=TIMEOUT)
+    assert resp.status_code == 200
+    assert resp.json() == {"message": "Allocation accepted", "allocation_id": "a1"}
+    assert wait_for(lambda: http.get(f"{url}/allocations/a1", timeout=TIMEOUT)
+                    .json()["status"] == "running")
+    data = http.get(f"{url}/allocations/a1", timeout=TIMEOUT).json()
+    assert {"allocation_id", "job_id", "task_group", "status", "start_time", "end_time",
+            "tasks"} <= set(data)
+    assert data["task_group"] == "g" and data["job_id"] == "j1"
+    task = data["tasks"]["t"]
+    assert {"status", "start_time", "end_time", "exit_code", "error", "events",
+            "restarts"} <= set(task)
+
+
+def test_post_is_idempotent(url, http, agent):
+    assert http.post(f"{url}/allocations", json=body(), timeout=TIMEOUT).status_code == 200
+    assert wait_for(lambda: agent.get("a1").tasks["t"].handle_json is not None)
+    pid = agent.get("a1").tasks["t"].handle_json["pid"]
+    resp = http.post(f"{url}/allocations", json=body(), timeout=TIMEOUT)
+    assert resp.status_code == 200
+    assert resp.json() == {"message": "Allocation accepted", "allocation_id": "a1"}
+    time.sleep(0.1)
+    task = http.get(f"{url}/allocations/a1", timeout=TIMEOUT).json()["tasks"]["t"]
+    assert [e["type"] for e in task["events"]].count("Started") == 1
+    assert agent.get("a1").tasks["t"].handle_json["pid"] == pid
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"job_id": "j", "task_group": {"name": "g", "tasks": []}}, "allocation_id"),
+    (body(tasks=[]), "task_group.tasks"),
+    (body(tasks=[{"name": "t", "config": {}}]), "task_group.tasks[0].config"),
+    (body(tasks=[{"name": "t", "config": {"command": "x"},
+                  "resources": {"cpu": -1}}]), "task_group.tasks[0].resources.cpu"),
+    (body(tasks=[{"name": "a/b", "config": {"command": "x"}}]), "task_group.tasks[0].name"),
+    (body(tasks=[{"name": "t", "driver": "qemu", "config": {"command": "x"}}]),
+     "task_group.tasks[0].driver"),
+    (body(job_type="system"), "job_type"),
+    (body(alloc_id=".."), "allocation_id"),
+    ([1, 2], "body"),
+    ({**body(), "task_group": "g"}, "task_group"),
+])
+def test_post_rejects_bad_bodies(url, http, bad, field):
+    resp = http.post(f"{url}/allocations", json=bad, timeout=TIMEOUT)
+    data = assert_json_error(resp, 400)
+    assert data["error"].startswith(field)
+
+
+def test_post_duplicate_task_names(url, http):
+    tasks = [{"name": "t", "config": {"command": "true"}}] * 2
+    resp = http.post(f"{url}/allocations", json=body(tasks=tasks), timeout=TIMEOUT)
+    assert_json_error(resp, 400)
+
+
+@pytest.mark.parametrize("raw", [b"{bad", b"", b"   ", b"\xff\xfe"])
+def test_malformed_json_is_400(url, http, raw):
+    resp = http.post(f"{url}/allocations", data=raw,
+                     headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
+    assert_json_error(resp, 400)
+
+
+def test_too_large_body_is_413(url, http):
+    resp = http.post(f"{url}/allocations", data=b"x" * ((1 << 20) + 10), timeout=TIMEOUT)
+    assert_json_error(resp, 413)
+
+
+def test_unknown_allocation_is_404(url, http):
+    assert_json_error(http.get(f"{url}/allocations/nope", timeout=TIMEOUT), 404,
+                      "Allocation not found")
+    assert_json_error(http.delete(f"{url}/allocations/nope", timeout=TIMEOUT), 404,
+                      "Allocation not found")
+    assert_json_error(http.get(f"{url}/allocations/nope/logs/t", timeout=TIMEOUT), 404,
+                      "Allocation not found")
+
+
+def test_unknown_route_and_method_are_json(url, http):
+    assert_json_error(http.get(f"{url}/nope", timeout=TIMEOUT), 404)
+    assert_json_error(http.put(f"{url}/allocations", timeout=TIMEOUT), 405)
+    assert_json_error(http.post(f"{url}/allocations/a1", timeout=TIMEOUT), 405)
+
+
+def test_delete_kills_and_removes(url, http, agent):
+    http.post(f"{url}/allocations", json=body(tasks=[
+        {"name": "t", "config": {"command": "sleep 300 & sleep 300; wait"}},
+        {"name": "u", "config": {"command": ["sleep", "300"]}}]), timeout=TIMEOUT)
+    assert wait_for(lambda: all(r.handle_json for r in agent.get("a1").tasks.values()))
+    pids = [r.handle_json["pid"] for r in agent.get("a1").tasks.values()]
+    pids += [c.pid for p in pids for c in psutil.Process(p).children(recursive=True)]
+    assert len(pids) >= 3
+    resp = http.delete(f"{url}/allocations/a1", timeout=TIMEOUT)
+    assert resp.status_code == 200
+    assert resp.json() == {"message": "Allocation a1 stopped and removed"}
+    assert not any(live(pid) for pid in pids)
+    assert_json_error(http.get(f"{url}/allocations/a1", timeout=TIMEOUT), 404,
+                      "Allocation not found")
+    assert "a1" not in agent.heartbeat_allocations()
+    assert not os.path.exists(agent.store.alloc_dir("a1"))
+
+
+def test_logs(url, http, agent):
+    tasks = [{"name": "t", "config": {"command": "printf hello; printf oops >&2"}}]
+    http.post(f"{url}/allocations", json=body(tasks=tasks), timeout=TIMEOUT)
+    assert agent.get("a1").wait(5)
+    resp = http.get(f"{url}/allocations/a1/logs/t", timeout=TIMEOUT)
+    assert resp.status_code == 200 and resp.text == "hello"
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    assert resp.headers["X-Orch-Next-Offset"] == "5"
+    assert http.get(f"{url}/allocations/a1/logs/t?offset=2", timeout=TIMEOUT).text == "llo"
+    assert http.get(f"{url}/allocations/a1/logs/t?offset=99", timeout=TIMEOUT).text == ""
+    assert http.get(f"{url}/allocations/a1/logs/t?type=stderr", timeout=TIMEOUT).text == "oops"
+    assert_json_error(http.get(f"{url}/allocations/a1/logs/t?type=x", timeout=TIMEOUT), 400)
+    assert_json_error(http.get(f"{url}/allocations/a1/logs/t?offset=-1", timeout=TIMEOUT), 400)
+    assert_json_error(http.get(f"{url}/allocations/a1/logs/t?offset=z", timeout=TIMEOUT), 400)
+    assert_json_error(http.get(f"{url}/allocations/a1/logs/zz", timeout=TIMEOUT), 404)
+
+
+def test_health(url, http, agent):
+    data = http.get(f"{url}/health", timeout=TIMEOUT).json()
+    assert data["status"] == "ok" and data["node_id"] == agent.node_id
+
+
+class Broken:
+    config = AgentConfig()
+
+    def get(self, alloc_id):
+        raise RuntimeError("boom")
+
+    def stop_alloc(self, alloc_id):
+        raise OrchError("driver exploded", detail="x")
+
+
+def test_unexpected_errors_are_json_500():
+    server = serve_app(make_app(Broken()))
+    try:
+        resp = requests.get(f"{server.url}/allocations/a1", timeout=TIMEOUT)
+        assert_json_error(resp, 500, "internal error: RuntimeError")
+        resp = requests.delete(f"{server.url}/allocations/a1", timeout=TIMEOUT)
+        assert resp.status_code == 500
+        assert json.loads(resp.text) == {"error": "driver exploded", "detail": "x"}
+    finally:
+        server.stop()

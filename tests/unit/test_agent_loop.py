@@ -1,0 +1,203 @@
+"""Register + heartbeat against a tiny recording HTTP server (http.server)."""
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from orch.agent.agent import Agent
+from orch.agent.spec import parse_alloc
+from orch.config import AgentConfig
+
+REGISTER_KEYS = {"node_id", "region", "resources", "healthy", "endpoint",
+                 "attributes", "meta"}
+HEARTBEAT_KEYS = {"node_id", "resources", "healthy", "timestamp", "allocations"}
+ALLOC_KEYS = {"status", "start_time", "end_time", "tasks"}
+TASK_KEYS = {"status", "start_time", "end_time", "error", "exit_code", "restarts", "events"}
+
+
+def wait_for(pred, timeout=5.0, interval=0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+class FakeServer:
+    """Records every request; answers 404 to the first `fail_heartbeats` heartbeats."""
+
+    def __init__(self, port=0, fail_heartbeats=0):
+        self.requests = []          # (arrival time, path, body, headers)
+        self.fail_heartbeats = fail_heartbeats
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with fake.lock:
+                    fake.requests.append((time.time(), self.path, json.loads(raw),
+                                          dict(self.headers)))
+                    status, answer = 200, {"message": "ok"}
+                    if self.path == "/heartbeat" and fake.fail_heartbeats > 0:
+                        fake.fail_heartbeats -= 1
+                        status, answer = 404, {"error": "unknown node"}
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,),
+                                       daemon=True)
+        self.thread.start()
+
+    def bodies(self, path):
+        with self.lock:
+            return [(t, body) for t, p, body, _ in self.requests if p == path]
+
+    def paths(self):
+        with self.lock:
+            return [p for _, p, _, _ in self.requests]
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def servers():
+    made = []
+
+    def make(**kw):
+        server = FakeServer(**kw)
+        made.append(server)
+        return server
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture
+def agents():
+    made = []
+
+    def make(server_url, tmp_path, **kw):
+        config = AgentConfig(server=server_url, data_dir=str(tmp_path), meta={"rack": "r1"},
+                             kill_timeout=1.0, **kw)
+        agent = Agent(config)
+        made.append(agent)
+        agent.start_loop("http://127.0.0.1:5555")
+        return agent
+    yield make
+    for agent in made:
+        agent.shutdown(stop_tasks=True)
+
+
+def alloc(alloc_id, command, cpu=100, memory=64):
+    return parse_alloc({"allocation_id": alloc_id, "job_id": "j1",
+                        "task_group": {"name": "g", "tasks": [
+                            {"name": "t", "config": {"command": command},
+                             "resources": {"cpu": cpu, "memory": memory}}]}})
+
+
+def test_register_and_heartbeat_bodies(servers, agents, tmp_path):
+    server = servers()
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
+    assert wait_for(lambda: len(server.bodies("/heartbeat")) >= 2)
+    _, reg = server.bodies("/register")[0]
+    assert set(reg) == REGISTER_KEYS
+    assert reg["node_id"] == agent.node_id and reg["region"] == "global"
+    assert reg["endpoint"] == "http://127.0.0.1:5555" and reg["healthy"] is True
+    assert set(reg["resources"]) == {"cpu", "memory"}
+    assert reg["resources"]["cpu"] > 0 and reg["resources"]["memory"] > 0
+    assert reg["meta"] == {"rack": "r1"}
+    attrs = reg["attributes"]
+    assert attrs["driver.exec"] is True and attrs["driver.docker"] is False
+    assert {"os", "arch", "hostname", "cpu.cores", "kernel.version"} <= set(attrs)
+    _, hb = server.bodies("/heartbeat")[0]
+    assert set(hb) == HEARTBEAT_KEYS
+    assert set(hb["resources"]) == {"cpu", "memory", "cpu_used", "memory_used"}
+    assert hb["resources"]["cpu"] == reg["resources"]["cpu"]
+    assert hb["resources"]["cpu_used"] == 0 and hb["allocations"] == {}
+    assert hb["healthy"] is True and isinstance(hb["timestamp"], float)
+
+
+def test_heartbeat_within_100ms_of_a_task_change(servers, agents, tmp_path):
+    server = servers()
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    assert wait_for(lambda: len(server.bodies("/heartbeat")) == 1)
+    agent.submit(alloc("a1", "sleep 0.3", cpu=250, memory=100))
+    runner = agent.get("a1")
+    assert runner.wait(5)
+
+    def first(status):
+        for t, body in server.bodies("/heartbeat"):
+            entry = body["allocations"].get("a1")
+            if entry and entry["status"] == status:
+                return t, body
+        return None, None
+
+    assert wait_for(lambda: first("complete")[0] is not None, 1.0)
+    t_running, body = first("running")
+    state = runner.tasks["t"].state
+    assert t_running - state.start_time < 0.1
+    entry = body["allocations"]["a1"]
+    assert set(entry) == ALLOC_KEYS and set(entry["tasks"]["t"]) == TASK_KEYS
+    assert body["resources"]["cpu_used"] == 250 and body["resources"]["memory_used"] == 100
+    assert body["resources"]["cpu"] == agent.fingerprint.resources.cpu - 250
+    t_complete, body = first("complete")
+    assert t_complete - state.end_time < 0.1
+    assert body["allocations"]["a1"]["tasks"]["t"]["exit_code"] == 0
+    assert body["resources"]["cpu_used"] == 0
+    # A burst of changes is coalesced: far fewer heartbeats than state changes.
+    assert len(server.bodies("/heartbeat")) <= 6
+
+
+def test_404_heartbeat_registers_again(servers, agents, tmp_path):
+    server = servers(fail_heartbeats=1)
+    agents(server.url, tmp_path, heartbeat_interval=30.0)
+    assert wait_for(lambda: len(server.bodies("/heartbeat")) >= 2, 2.0)
+    assert server.paths()[:4] == ["/register", "/heartbeat", "/register", "/heartbeat"]
+
+
+def test_registers_once_the_server_comes_up(servers, agents, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    agent = agents(f"http://127.0.0.1:{port}", tmp_path, heartbeat_interval=30.0)
+    time.sleep(0.3)
+    server = servers(port=port)
+    up = time.monotonic()
+    assert agent.loop.wait_registered(2.0)
+    assert time.monotonic() - up < 1.2          # backoff is capped at 1 s
+    assert wait_for(lambda: server.bodies("/heartbeat"), 1.0)
+
+
+def test_bearer_token(servers, agents, tmp_path):
+    server = servers()
+    agents(server.url, tmp_path, heartbeat_interval=30.0, token="s3cret")
+    assert wait_for(lambda: len(server.bodies("/heartbeat")) >= 1)
+    with server.lock:
+        headers = [h for _, _, _, h in server.requests]
+    assert all(h.get("Authorization") == "Bearer s3cret" for h in headers)
+
+
+def test_stop_ends_the_loop(servers, agents, tmp_path):
+    server = servers()
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.02)
+    assert wait_for(lambda: len(server.bodies("/heartbeat")) >= 2)
+    agent.loop.stop()
+    count = len(server.bodies("/heartbeat"))
+    time.sleep(0.1)
+    assert len(server.bodies("/heartbeat")) == count

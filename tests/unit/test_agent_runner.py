@@ -1,0 +1,310 @@
+"""AllocRunner/TaskRunner with the real exec driver: states, restarts, kills."""
+import json
+import os
+import subprocess
+import threading
+import time
+
+import psutil
+import pytest
+
+from orch.agent.drivers.exec import ExecDriver
+from orch.agent.drivers import DOCKER_FALLBACK, DOCKER_NO_COMMAND, select_driver
+from orch.agent.runner import LOST_ON_RESTART, AllocRunner, RestartTracker
+from orch.agent.spec import parse_alloc
+from orch.agent.state import AgentStore
+from orch.config import AgentConfig
+from orch.errors import DriverError
+from orch.structs import AllocStatus, Resources, Task
+
+
+def wait_for(pred, timeout=5.0, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+def live(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def spec(tasks, alloc_id="a1", job_type="batch"):
+    return parse_alloc({"allocation_id": alloc_id, "job_id": "j1", "job_type": job_type,
+                        "task_group": {"name": "g", "tasks": tasks}})
+
+
+def task(name, command, **extra):
+    return {"name": name, "config": {"command": command, **extra},
+            "resources": {"cpu": 50, "memory": 32}}
+
+
+class Changes:
+    def __init__(self):
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        with self.lock:
+            self.count += 1
+
+
+@pytest.fixture
+def env(tmp_path):
+    """Builds AllocRunners on a tmp data dir; kills them all at teardown."""
+    store = AgentStore(str(tmp_path))
+    runners = []
+    config = AgentConfig(data_dir=str(tmp_path), restart_attempts=2, restart_interval=60,
+                         restart_delay=0.05, kill_timeout=1.0)
+
+    def make(alloc_spec, *, drivers=None, config=config, start=True):
+        changes = Changes()
+        runner = AllocRunner(alloc_spec, config, drivers or {"exec": ExecDriver()},
+                             store, changes)
+        runner.changes = changes
+        runners.append(runner)
+        if start:
+            runner.start()
+        return runner
+
+    make.store = store
+    make.config = config
+    yield make
+    for runner in runners:
+        runner.kill("test teardown", fails=False)
+
+
+def events(runner, name):
+    return [e["type"] for e in runner.tasks[name].state.events]
+
+
+def test_batch_task_completes(env):
+    runner = env(spec([task("t", "echo hi")]))
+    assert runner.wait(5)
+    state = runner.tasks["t"].state
+    assert state.status == "complete" and state.exit_code == 0 and state.error is None
+    assert runner.status() == AllocStatus.COMPLETE
+    assert events(runner, "t") == ["Received", "Started", "Terminated"]
+    assert state.events[-1]["message"] == "Exit Code: 0"
+    assert runner.start_time and runner.end_time >= runner.start_time
+    assert runner.changes.count >= 3
+    assert runner.reserved() == Resources()
+
+
+def test_batch_task_fails_with_exit_code(env):
+    runner = env(spec([task("t", "exit 3")]))
+    assert runner.wait(5)
+    state = runner.tasks["t"].state
+    assert (state.status, state.exit_code, state.error) == ("failed", 3, "exit code 3")
+    assert state.restarts == 0
+    assert runner.status() == AllocStatus.FAILED
+
+
+def test_signal_is_a_failure(env):
+    runner = env(spec([task("t", ["/bin/sh", "-c", "kill -KILL $$"])]))
+    assert runner.wait(5)
+    state = runner.tasks["t"].state
+    assert (state.status, state.exit_code, state.error) == ("failed", 137, "killed by signal 9")
+
+
+def test_running_status_and_reserved_resources(env):
+    runner = env(spec([task("t", "sleep 300"), task("u", "sleep 300")]))
+    assert wait_for(lambda: runner.status() == AllocStatus.RUNNING
+                    and all(r.state.status == "running" for r in runner.tasks.values()))
+    assert runner.reserved() == Resources(100, 64)
+    entry = runner.heartbeat_entry()
+    assert set(entry) == {"status", "start_time", "end_time", "tasks"}
+    assert entry["status"] == "running" and entry["end_time"] is None
+
+
+def test_service_restarts_then_fails(env):
+    runner = env(spec([task("t", "exit 1")], job_type="service"))
+    assert runner.wait(5)
+    state = runner.tasks["t"].state
+    assert state.status == "failed" and state.restarts == 2 and state.exit_code == 1
+    assert "restart attempts exhausted" in state.error
+    kinds = events(runner, "t")
+    assert kinds.count("Started") == 3 and kinds.count("Restarting") == 2
+    assert kinds[-1] == "Not Restarting"
+    assert runner.status() == AllocStatus.FAILED
+
+
+def test_service_restarts_even_after_success(env, tmp_path):
+    counter = tmp_path / "count"
+    runner = env(spec([task("t", f"echo x >> {counter}")], job_type="service"))
+    assert runner.wait(5)
+    assert counter.read_text().count("x") == 3
+    assert runner.tasks["t"].state.status == "failed"
+
+
+def test_restart_window_resets():
+    clock = [0.0]
+    tracker = RestartTracker(attempts=2, interval=10, delay=0.5, now=lambda: clock[0])
+    assert tracker.next_delay() == 0.5
+    assert tracker.next_delay() == 0.5
+    assert tracker.next_delay() is None
+    clock[0] = 11.0
+    assert tracker.next_delay() == 0.5
+    assert RestartTracker(0, 10, 1).next_delay() is None
+
+
+def test_failed_task_kills_its_siblings(env):
+    runner = env(spec([task("bad", "sleep 0.2; exit 2"), task("long", "sleep 300")]))
+    assert wait_for(lambda: runner.tasks["long"].handle_json is not None)
+    pid = runner.tasks["long"].handle_json["pid"]
+    assert runner.wait(5)
+    long_state = runner.tasks["long"].state
+    assert long_state.status == "failed"
+    assert long_state.error == "sibling task bad failed"
+    assert "Killing" in events(runner, "long") and "Killed" in events(runner, "long")
+    assert runner.tasks["bad"].state.exit_code == 2
+    assert runner.status() == AllocStatus.FAILED
+    assert not live(pid)
+
+
+def test_stop_kills_tasks_and_reports_stopped(env):
+    runner = env(spec([task("t", "sleep 300 & sleep 300; wait")], job_type="service"))
+    assert wait_for(lambda: runner.tasks["t"].handle_json is not None)
+    pgid = runner.tasks["t"].handle_json["pgid"]
+    started = time.monotonic()
+    runner.stop()
+    assert time.monotonic() - started < 2.0
+    assert runner.status() == AllocStatus.STOPPED
+    state = runner.tasks["t"].state
+    assert state.status == "complete" and state.restarts == 0
+    assert events(runner, "t")[-2:] == ["Terminated", "Killed"]
+    assert runner.end_time is not None
+    assert group_pids(pgid) == []
+
+
+def group_pids(pgid):
+    pids = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and live(proc.pid):
+                pids.append(proc.pid)
+        except (OSError, psutil.Error):
+            continue
+    return pids
+
+
+def test_kill_during_restart_delay(env):
+    config = AgentConfig(data_dir=env.config.data_dir, restart_attempts=5,
+                         restart_delay=30.0, kill_timeout=1.0)
+    runner = env(spec([task("t", "exit 1")], job_type="service"), config=config)
+    assert wait_for(lambda: "Restarting" in events(runner, "t"))
+    started = time.monotonic()
+    runner.stop()
+    assert time.monotonic() - started < 2.0
+    assert runner.wait(1)
+    assert runner.tasks["t"].state.status == "complete"
+    assert runner.status() == AllocStatus.STOPPED
+
+
+def test_docker_task_falls_back_to_exec(env):
+    alloc = spec([{"name": "t", "driver": "docker",
+                   "config": {"image": "alpine", "command": "echo fell back"}}])
+    runner = env(alloc)
+    assert runner.wait(5)
+    state = runner.tasks["t"].state
+    assert state.status == "complete"
+    assert {"type": "Driver", "message": DOCKER_FALLBACK}.items() <= next(
+        e for e in state.events if e["type"] == "Driver").items()
+    with open(env.store.log_path("a1", "t", "stdout")) as f:
+        assert f.read() == "fell back\n"
+
+
+def test_docker_task_without_command_fails(env):
+    runner = env(spec([{"name": "t", "config": {"image": "alpine"}}]))
+    assert runner.wait(5)
+    state = runner.tasks["t"].state
+    assert state.status == "failed" and state.error == DOCKER_NO_COMMAND
+    assert state.exit_code is None
+    assert "Driver Failure" in events(runner, "t")
+
+
+def test_select_driver():
+    drivers = {"exec": ExecDriver()}
+    assert select_driver(Task("t", "exec", {"command": "x"}), drivers) == (drivers["exec"], None)
+    with pytest.raises(DriverError, match="driver exec unavailable"):
+        select_driver(Task("t", "exec", {"command": "x"}), {})
+
+
+def test_start_failure_fails_the_task(env):
+    runner = env(spec([task("t", ["no-such-binary-xyz"])]))
+    assert runner.wait(5)
+    state = runner.tasks["t"].state
+    assert state.status == "failed"
+    assert "executable not found: no-such-binary-xyz" in state.error
+    assert state.start_time is None
+
+
+def test_task_env_and_dirs(env):
+    runner = env(spec([task("t", "echo $ORCH_ALLOC_ID $ORCH_JOB_ID $ORCH_TASK_NAME; pwd")]))
+    assert runner.wait(5)
+    with open(env.store.log_path("a1", "t", "stdout")) as f:
+        lines = f.read().splitlines()
+    assert lines[0] == "a1 j1 t"
+    assert lines[1] == os.path.realpath(env.store.task_dir("a1", "t"))
+
+
+def test_state_is_persisted(env):
+    runner = env(spec([task("t", "exit 4")]))
+    assert runner.wait(5)
+    path = os.path.join(env.store.alloc_dir("a1"), "alloc.json")
+    assert wait_for(lambda: json.load(open(path))["tasks"]["t"]["status"] == "failed")
+    doc = json.load(open(path))
+    assert doc["spec"]["task_group"]["tasks"][0]["config"] == {"command": "exit 4"}
+    assert doc["tasks"]["t"]["exit_code"] == 4
+
+
+def test_restore_marks_dead_tasks_lost(env, tmp_path):
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    alloc = spec([task("t", "sleep 300"), task("done", "true")])
+    doc = {"spec": alloc.to_dict(), "stopped": False, "start_time": 1.0, "end_time": None,
+           "tasks": {"t": {"status": "running", "start_time": 1.0},
+                     "done": {"status": "complete", "exit_code": 0}},
+           "handles": {"t": {"pid": proc.pid, "pgid": proc.pid, "create_time": 1.0}}}
+    runner = AllocRunner.restore(doc, alloc, env.config, {"exec": ExecDriver()}, env.store)
+    runner.start()
+    assert runner.wait(2)
+    state = runner.tasks["t"].state
+    assert state.status == "failed" and state.error == LOST_ON_RESTART
+    assert runner.tasks["done"].state.status == "complete"
+    assert runner.status() == AllocStatus.FAILED
+
+
+def test_restore_reattaches_live_tasks(env):
+    first = env(spec([task("t", "sleep 300")]))
+    assert wait_for(lambda: first.tasks["t"].handle_json is not None)
+    doc = first.to_doc()
+    pid = doc["handles"]["t"]["pid"]
+    second = AllocRunner.restore(doc, first.spec, env.config, {"exec": ExecDriver()},
+                                 env.store)
+    second.start()
+    assert second.status() == AllocStatus.RUNNING
+    assert "Reattached" in events(second, "t")
+    second.stop()
+    assert not live(pid)
+    assert second.status() == AllocStatus.STOPPED
+
+
+def test_siblings_are_killed_in_parallel(env):
+    stubborn = "trap '' TERM; echo up; sleep 300 & wait; wait"
+    runner = env(spec([task("bad", "sleep 0.3; exit 1"), task("s1", stubborn),
+                       task("s2", stubborn)]))
+    logs = [env.store.log_path("a1", name, "stdout") for name in ("s1", "s2")]
+    assert wait_for(lambda: all(os.path.exists(p) and open(p).read() == "up\n" for p in logs))
+    started = time.monotonic()
+    assert runner.wait(5)
+    # Both ignore SIGTERM: each takes kill_timeout (1 s); side by side, not 2 s.
+    assert time.monotonic() - started < 1.8
+    for name in ("s1", "s2"):
+        state = runner.tasks[name].state
+        assert state.status == "failed" and state.exit_code == 137

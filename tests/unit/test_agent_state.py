@@ -1,0 +1,202 @@
+"""Agent-side persistence, fingerprinting, restart, and the `run` entry point."""
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+import requests
+
+from orch.agent import fingerprint as fp
+from orch.agent.agent import Agent
+from orch.agent.drivers.base import TaskContext
+from orch.agent.drivers.exec import ExecDriver
+from orch.agent.runner import LOST_ON_RESTART
+from orch.agent.spec import parse_alloc
+from orch.agent.state import AgentStore
+from orch.config import AgentConfig
+from orch.structs import AllocStatus, Resources
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def wait_for(pred, timeout=5.0, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+def live(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def alloc(alloc_id, command):
+    return parse_alloc({"allocation_id": alloc_id, "job_id": "j1",
+                        "task_group": {"name": "g", "tasks": [
+                            {"name": "t", "config": {"command": command}}]}})
+
+
+def test_node_id_persists_and_can_be_overridden(tmp_path):
+    first = AgentStore(str(tmp_path)).node_id()
+    assert first and AgentStore(str(tmp_path)).node_id() == first
+    assert AgentStore(str(tmp_path)).node_id("fixed") == "fixed"
+    assert AgentStore(str(tmp_path)).node_id() == "fixed"
+
+
+def test_save_load_remove(tmp_path):
+    store = AgentStore(str(tmp_path))
+    store.save_alloc("a1", {"x": 1})
+    store.save_alloc("a2", {"x": 2})
+    assert store.load_allocs() == [{"x": 1}, {"x": 2}]
+    store.remove_alloc("a1")
+    store.save_alloc("a1", {"x": 3})          # a late write after removal is dropped
+    assert store.load_allocs() == [{"x": 2}]
+    with open(os.path.join(store.alloc_dir("a2"), "alloc.json"), "w") as f:
+        f.write("{broken")
+    assert store.load_allocs() == []
+
+
+def test_fingerprint_measures_the_node():
+    result = fp.fingerprint({"exec": ExecDriver()})
+    assert result.resources.cpu > 0 and result.resources.memory > 0
+    attrs = result.attributes
+    assert attrs["driver.exec"] is True and attrs["driver.docker"] is False
+    assert attrs["cpu.cores"] == psutil.cpu_count()
+    assert attrs["os"] == platform.system().lower()
+    assert attrs["hostname"] and attrs["arch"] and attrs["kernel.version"]
+
+
+def test_cpu_mhz_sources(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\ncpu MHz\t\t: 2400.5\nprocessor\t: 1\ncpu MHz\t\t: 3000.0\n")
+    assert fp.cpu_mhz(str(info)) == 3000.0
+    monkeypatch.setattr(fp.psutil, "cpu_freq", lambda: None)
+    assert fp.cpu_mhz(str(tmp_path / "missing")) == fp.FALLBACK_MHZ
+    info.write_text("cpu MHz : 0\n")
+    assert fp.cpu_mhz(str(info)) == fp.FALLBACK_MHZ
+
+
+def test_restarted_agent_reports_and_reattaches(tmp_path):
+    config = AgentConfig(server="http://127.0.0.1:9", data_dir=str(tmp_path),
+                         kill_timeout=1.0)
+    first = Agent(config)
+    first.submit(alloc("live", "sleep 300"))
+    first.submit(alloc("done", "exit 5"))
+    assert first.get("done").wait(5)
+    assert wait_for(lambda: first.get("live").tasks["t"].handle_json is not None)
+    pid = first.get("live").tasks["t"].handle_json["pid"]
+    # An allocation whose process died with the agent (state says running).
+    lost = alloc("lost", "sleep 300")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    first.store.save_alloc("lost", {
+        "spec": lost.to_dict(), "stopped": False, "start_time": 1.0, "end_time": None,
+        "tasks": {"t": {"status": "running", "start_time": 1.0}},
+        "handles": {"t": {"pid": gone.pid, "pgid": gone.pid, "create_time": 1.0}}})
+
+    second = Agent(config)          # the first "died" without stopping anything
+    try:
+        assert second.node_id == first.node_id
+        assert second.restore() == 3
+        beat = second.heartbeat_allocations()
+        assert beat["live"]["status"] == "running"
+        assert beat["done"]["status"] == "failed"
+        assert beat["done"]["tasks"]["t"]["exit_code"] == 5
+        assert wait_for(lambda: second.get("lost").status() == AllocStatus.FAILED)
+        assert second.get("lost").tasks["t"].state.error == LOST_ON_RESTART
+        second.stop_alloc("live")
+        assert not live(pid)
+    finally:
+        second.shutdown(stop_tasks=True)
+        first.shutdown(stop_tasks=True)
+
+
+def test_shutdown_stop_tasks(tmp_path):
+    agent = Agent(AgentConfig(data_dir=str(tmp_path), kill_timeout=1.0))
+    agent.submit(alloc("a1", "sleep 300"))
+    assert wait_for(lambda: agent.get("a1").tasks["t"].handle_json is not None)
+    pid = agent.get("a1").tasks["t"].handle_json["pid"]
+    agent.shutdown(stop_tasks=True)
+    assert not live(pid)
+    state = agent.get("a1").tasks["t"].state
+    assert state.status == "failed" and state.error == "agent shutting down"
+
+
+AGENT_SCRIPT = textwrap.dedent("""
+    import logging, sys
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+    from orch.agent.agent import run
+    from orch.config import AgentConfig
+    sys.exit(run(AgentConfig(server="http://127.0.0.1:9", data_dir=sys.argv[1],
+                             kill_timeout=1.0)))
+""")
+
+
+@pytest.fixture
+def agent_process(tmp_path):
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(tmp_path / "data")],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    proc.log_path = log_path
+    yield proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_run_serves_until_sigterm_and_stops_tasks(agent_process):
+    proc = agent_process
+    assert wait_for(lambda: "agent listening on http://" in proc.log_path.read_text(), 10)
+    line = next(l for l in proc.log_path.read_text().splitlines() if "agent listening on" in l)
+    url = line.split("agent listening on ")[1].split()[0]
+    resp = requests.post(f"{url}/allocations", timeout=5, json={
+        "allocation_id": "a1", "job_id": "j1",
+        "task_group": {"name": "g", "tasks": [{"name": "t", "config": {"command": "sleep 300"}}]}})
+    assert resp.status_code == 200
+    assert wait_for(lambda: requests.get(f"{url}/allocations/a1", timeout=5)
+                    .json()["status"] == "running")
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert not any(live(c.pid) for c in children)
+    doc = json.loads((proc.log_path.parent / "data" / "allocs" / "a1" / "alloc.json").read_text())
+    assert doc["tasks"]["t"]["status"] == "failed"
+
+
+def test_restore_finishes_an_interrupted_delete(tmp_path):
+    config = AgentConfig(data_dir=str(tmp_path), kill_timeout=1.0)
+    store = AgentStore(str(tmp_path))
+    spec = alloc("a1", "sleep 300")
+    os.makedirs(store.task_dir("a1", "t"))
+    driver = ExecDriver()
+    handle = driver.start(TaskContext("a1", "j1", "t", {"command": "sleep 300"},
+                                      Resources(), store.task_dir("a1", "t"),
+                                      store.log_path("a1", "t", "stdout"),
+                                      store.log_path("a1", "t", "stderr")))
+    store.save_alloc("a1", {"spec": spec.to_dict(), "stopped": True,
+                            "tasks": {"t": {"status": "running"}},
+                            "handles": {"t": driver.handle_to_json(handle)}})
+    agent = Agent(config)
+    try:
+        assert agent.restore() == 0
+        assert not live(handle.pid)
+        assert not os.path.exists(store.alloc_dir("a1"))
+        assert agent.heartbeat_allocations() == {}
+    finally:
+        agent.shutdown(stop_tasks=True)
+        driver.stop(handle, 0.5)
+        driver.wait(handle, 1)

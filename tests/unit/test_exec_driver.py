@@ -1,0 +1,253 @@
+"""The exec driver against real processes: argv, env, cwd, logs, exits, kills."""
+import os
+import shutil
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from orch.agent.drivers.base import ExitResult, TaskContext
+from orch.agent.drivers.exec import ExecDriver, build_argv
+from orch.errors import DriverError
+from orch.structs import Resources
+
+
+def wait_for(pred, timeout=5.0, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+def live(pid):
+    """Running and not a zombie (orphans may wait a while for init to reap them)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def group_pids(pgid):
+    pids = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and live(proc.pid):
+                pids.append(proc.pid)
+        except (OSError, psutil.Error):
+            continue
+    return pids
+
+
+@pytest.fixture
+def driver():
+    return ExecDriver()
+
+
+@pytest.fixture
+def make_ctx(tmp_path):
+    def make(config, name="t", env=None):
+        task_dir = tmp_path / "allocs" / "a1" / name
+        return TaskContext(
+            alloc_id="a1", job_id="j1", task_name=name, config=config,
+            resources=Resources(100, 64), task_dir=str(task_dir),
+            stdout_path=str(task_dir / "stdout.log"),
+            stderr_path=str(task_dir / "stderr.log"),
+            env=env if env is not None else {"ORCH_ALLOC_ID": "a1",
+                                             "ORCH_TASK_DIR": str(task_dir)})
+    return make
+
+
+@pytest.fixture
+def run(driver, make_ctx):
+    """Start a task and wait for it; every handle is stopped at teardown."""
+    handles = []
+
+    def start(config, **kw):
+        ctx = make_ctx(config, **kw)
+        handle = driver.start(ctx)
+        handles.append(handle)
+        return ctx, handle
+
+    def run_to_end(config, timeout=10, **kw):
+        ctx, handle = start(config, **kw)
+        result = driver.wait(handle, timeout)
+        assert result is not None, "task did not exit in time"
+        return ctx, result
+
+    run_to_end.start = start
+    yield run_to_end
+    for handle in handles:
+        driver.stop(handle, 0.5)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def test_string_command_runs_through_shell_and_logs(run):
+    ctx, result = run({"command": "echo out; echo err >&2"})
+    assert result == ExitResult(exit_code=0)
+    assert result.successful
+    assert read(ctx.stdout_path) == "out\n"
+    assert read(ctx.stderr_path) == "err\n"
+
+
+def test_nonzero_exit_code(run):
+    _, result = run({"command": "exit 3"})
+    assert result.exit_code == 3 and result.signal is None and not result.successful
+
+
+def test_signal_exit_is_128_plus_signal(run):
+    _, result = run({"command": ["/bin/sh", "-c", "kill -9 $$"]})
+    assert result.exit_code == 137
+    assert result.signal == 9
+    assert result.error == "killed by signal 9"
+
+
+def test_args_are_shell_quoted(run):
+    ctx, result = run({"command": "printf '%s|'", "args": ["a b", "$HOME", "it's", 7]})
+    assert result.exit_code == 0
+    assert read(ctx.stdout_path) == "a b|$HOME|it's|7|"
+
+
+def test_list_command_is_execed_directly_with_args(run):
+    ctx, result = run({"command": ["printf", "%s-"], "args": ["x", "*"]})
+    assert result.exit_code == 0
+    assert read(ctx.stdout_path) == "x-*-"
+
+
+def test_env_base_orch_and_task_env(run):
+    ctx, result = run({"command": "env", "env": {"FOO": "bar", "N": 3, "ORCH_ALLOC_ID": "mine"}})
+    assert result.exit_code == 0
+    env = dict(line.split("=", 1) for line in read(ctx.stdout_path).splitlines())
+    assert env["FOO"] == "bar" and env["N"] == "3"
+    assert env["ORCH_ALLOC_ID"] == "mine"          # the task's env wins
+    assert env["ORCH_TASK_DIR"] == ctx.task_dir
+    assert "PATH" in env and "HOME" in env
+    assert "PYTEST_CURRENT_TEST" not in env        # the agent's env does not leak
+
+
+def test_cwd_defaults_to_task_dir_and_may_be_relative(run, tmp_path):
+    ctx, result = run({"command": "pwd"})
+    assert read(ctx.stdout_path).strip() == os.path.realpath(ctx.task_dir)
+    os.makedirs(os.path.join(ctx.task_dir, "sub"))
+    ctx, result = run({"command": "pwd", "cwd": "sub"})
+    assert read(ctx.stdout_path).strip().endswith("/sub")
+    ctx, result = run({"command": "pwd", "cwd": str(tmp_path)}, name="t2")
+    assert read(ctx.stdout_path).strip() == os.path.realpath(tmp_path)
+
+
+def test_bad_cwd_fails_to_start(driver, make_ctx):
+    with pytest.raises(DriverError, match="cwd: /nonexistent/x is not a directory"):
+        driver.start(make_ctx({"command": "true", "cwd": "/nonexistent/x"}))
+
+
+def test_missing_binary_fails_to_start(driver, make_ctx):
+    with pytest.raises(DriverError, match="executable not found: no-such-binary-xyz"):
+        driver.start(make_ctx({"command": ["no-such-binary-xyz", "a"]}))
+
+
+def test_missing_binary_in_string_form_is_exit_127(run):
+    _, result = run({"command": "no-such-binary-xyz"})
+    assert result.exit_code == 127
+
+
+@pytest.mark.parametrize("config", [{}, {"command": ""}, {"command": []},
+                                    {"command": 5}, {"command": "x", "args": "a"},
+                                    {"command": [1, 2]}])
+def test_bad_command_config(config):
+    with pytest.raises(DriverError):
+        build_argv(config)
+
+
+def test_stdin_is_dev_null(run):
+    _, result = run({"command": "cat"}, timeout=5)
+    assert result.exit_code == 0
+
+
+def test_logs_are_appended(run):
+    ctx, _ = run({"command": "echo one"})
+    run({"command": "echo two"})
+    assert read(ctx.stdout_path) == "one\ntwo\n"
+
+
+def test_wait_timeout_returns_none_while_running(run, driver):
+    _, handle = run.start({"command": "sleep 30"})
+    assert driver.wait(handle, 0.05) is None
+
+
+def test_stop_kills_the_whole_process_tree(run, driver, make_ctx):
+    ctx, handle = run.start({"command": "sleep 300 & sleep 300 & echo started; wait"})
+    assert wait_for(lambda: read(ctx.stdout_path) == "started\n")
+    pids = group_pids(handle.pgid)
+    assert len(pids) == 3
+    started = time.monotonic()
+    driver.stop(handle, 5.0)
+    assert time.monotonic() - started < 2.0
+    assert group_pids(handle.pgid) == []
+    assert not any(live(pid) for pid in pids)
+    result = driver.wait(handle, 1)
+    assert result.signal == signal.SIGTERM and result.exit_code == 143
+
+
+def test_stop_escalates_to_sigkill(run, driver):
+    ctx, handle = run.start({"command": "trap '' TERM; echo ready; sleep 300 & wait; wait"})
+    assert wait_for(lambda: read(ctx.stdout_path) == "ready\n")
+    started = time.monotonic()
+    driver.stop(handle, 0.3)
+    assert 0.3 <= time.monotonic() - started < 3.0
+    assert group_pids(handle.pgid) == []
+    assert driver.wait(handle, 1).signal == signal.SIGKILL
+
+
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="needs the setsid binary")
+def test_stop_kills_a_child_that_left_the_group(run, driver, tmp_path):
+    pidfile = tmp_path / "escaped.pid"
+    ctx, handle = run.start({"command": f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' & wait"})
+    assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
+    escaped = int(pidfile.read_text())
+    driver.stop(handle, 2.0)
+    assert wait_for(lambda: not live(escaped), 2.0)
+
+
+def test_stragglers_die_when_the_leader_exits(run, tmp_path):
+    pidfile = tmp_path / "bg.pid"
+    ctx, result = run({"command": f"sleep 300 & echo $! > {pidfile}; exit 0"})
+    assert result.exit_code == 0
+    assert wait_for(lambda: not live(int(pidfile.read_text())), 2.0)
+
+
+def test_stop_is_idempotent_and_tolerates_dead_tasks(run, driver):
+    _, handle = run.start({"command": "exit 0"})
+    assert driver.wait(handle, 5).exit_code == 0
+    driver.stop(handle, 0.2)
+    driver.stop(handle, 0.2)
+
+
+def test_handle_json_and_recover(run, driver):
+    _, handle = run.start({"command": "sleep 300"})
+    data = driver.handle_to_json(handle)
+    assert data["pid"] == handle.pid == driver.pid(handle)
+    recovered = driver.recover(data)
+    assert recovered is not None and recovered.popen is None
+    assert driver.wait(recovered, 0.05) is None
+    # A reused pid (other create time) is not our task.
+    assert driver.recover({**data, "create_time": data["create_time"] - 1000}) is None
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(driver.wait(recovered, None)))
+    waiter.start()
+    driver.stop(recovered, 2.0)
+    waiter.join(5)
+    assert result and result[0].exit_code is None
+    assert "exit status unknown" in result[0].error
+    assert driver.recover(data) is None
+    assert driver.recover({"pid": "x"}) is None
+
+
+def test_fingerprint():
+    assert ExecDriver().fingerprint() == {"driver.exec": True}
