@@ -1,0 +1,89 @@
+"""Build dist/orch.pyz: a shiv zipapp holding orch and every dependency.
+
+    python build/make_pyz.py [--output dist/orch.pyz]
+
+The sources are copied to a temporary directory first, so that setuptools'
+build directory never lands in the checkout and a module deleted from the tree
+cannot linger in the zipapp. Dependencies are installed with the versions
+pinned in requirements-dev.txt; psutil's native extension comes in as the
+platform wheel pip picks for this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = ROOT / "dist" / "orch.pyz"
+ENTRY_POINT = "orch.__main__:main"
+SHEBANG = "/usr/bin/env python3"
+SOURCES = ("setup.py", "orch")
+
+
+def copy_sources(dest: Path) -> None:
+    for name in SOURCES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dest / name)
+
+
+def install(src: Path, site_packages: Path) -> None:
+    """orch and its dependencies into a bare site-packages directory."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--root-user-action=ignore",
+         "--no-compile", "--target", str(site_packages),
+         "--constraint", str(ROOT / "requirements-dev.txt"), str(src)],
+        check=True)
+    # direct_url.json records the temporary source path: drop it so that equal
+    # sources give an equal zipapp (and shiv's content-hash build id).
+    for record in site_packages.glob("*.dist-info/direct_url.json"):
+        record.unlink()
+
+
+def zipapp(site_packages: Path, output: Path) -> None:
+    tmp_output = output.with_name(output.name + ".tmp")
+    subprocess.run(
+        [sys.executable, "-m", "shiv", "--site-packages", str(site_packages),
+         "--entry-point", ENTRY_POINT, "--output-file", str(tmp_output),
+         "--python", SHEBANG, "--compressed", "--reproducible"],
+        check=True)
+    os.replace(tmp_output, output)
+
+
+def build(output: Path) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="orch-pyz-") as tmp:
+        src, site_packages = Path(tmp, "src"), Path(tmp, "site-packages")
+        src.mkdir()
+        copy_sources(src)
+        install(src, site_packages)
+        zipapp(site_packages, output)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the orch zipapp with shiv.")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help="where to write the zipapp (default %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        path = build(args.output.resolve())
+    except subprocess.CalledProcessError as exc:
+        print(f"make_pyz: {exc.cmd[2]} failed with exit code {exc.returncode}",
+              file=sys.stderr)
+        return 1
+    print(f"built {path} ({path.stat().st_size // 1024} KiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

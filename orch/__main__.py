@@ -1,0 +1,244 @@
+"""The `orch` command: server, agent, dev cluster and client subcommands.
+
+This is the only module that configures logging. Every flag's default falls
+back to an ``ORCH_*`` environment variable (``orch.config.env``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from orch import __version__
+from orch.config import DEFAULT_ADDRESS, AgentConfig, DevConfig, ServerConfig, env
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [{role} pid=%(process)d] %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+# ---- argument types --------------------------------------------------------
+
+def log_level(value: str) -> str:
+    level = value.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {number}")
+    return number
+
+
+def seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value}")
+    return number
+
+
+def count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {number}")
+    return number
+
+
+def url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"not an http(s) URL: {value!r}")
+    return value.rstrip("/")
+
+
+def meta_pair(value: str) -> tuple[str, str]:
+    key, sep, val = value.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    return key.strip(), val
+
+
+# ---- parser ----------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree; defaults are read from the environment now."""
+    parser = argparse.ArgumentParser(
+        prog="orch", description="orch: a small Nomad-like cluster orchestrator.")
+    parser.add_argument("--log-level", type=log_level, default=env("LOG_LEVEL", "INFO"),
+                        help="DEBUG, INFO, WARNING or ERROR (ORCH_LOG_LEVEL; default %(default)s)")
+    # Repeated on every subcommand so `orch server --log-level DEBUG` works too;
+    # SUPPRESS keeps the top-level value when the subcommand does not set it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", type=log_level, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    cmd = sub.add_parser("version", parents=[common], help="print the version")
+    cmd.set_defaults(handler=cmd_version, role="orch")
+    add_server(sub, common)
+    add_agent(sub, common)
+    add_dev(sub, common)
+    add_client_commands(sub, common)
+    return parser
+
+
+def add_server(sub, common) -> None:
+    d = ServerConfig
+    cmd = sub.add_parser("server", parents=[common], help="run the control plane")
+    cmd.add_argument("--bind", default=env("BIND", d.bind), help="address to listen on (default %(default)s)")
+    cmd.add_argument("--port", type=port, default=env("PORT", d.port), help="port to listen on (default %(default)s)")
+    cmd.add_argument("--data-dir", default=env("DATA_DIR", d.data_dir), help="state directory (default %(default)s)")
+    cmd.add_argument("--node-ttl", type=seconds, default=env("NODE_TTL", d.node_ttl),
+                     help="seconds without heartbeat before a node is lost (default %(default)s)")
+    cmd.add_argument("--token", default=env("TOKEN", d.token), help="bearer token required on the API (ORCH_TOKEN)")
+    cmd.set_defaults(handler=cmd_server, role="server")
+
+
+def add_agent(sub, common) -> None:
+    d = AgentConfig
+    cmd = sub.add_parser("agent", parents=[common], help="run a node agent")
+    cmd.add_argument("--server", type=url, default=env("SERVER", d.server), help="server URL (default %(default)s)")
+    cmd.add_argument("--bind", default=env("BIND", d.bind), help="address to listen on (default %(default)s)")
+    cmd.add_argument("--port", type=port, default=env("PORT", d.port), help="port to listen on; 0 picks a free one (default %(default)s)")
+    cmd.add_argument("--advertise", type=url, default=env("ADVERTISE", d.advertise), help="URL the server uses to reach this agent")
+    cmd.add_argument("--region", default=env("REGION", d.region), help="region of this node (default %(default)s)")
+    cmd.add_argument("--node-id", default=env("NODE_ID", d.node_id), help="node id (default: kept in the data dir)")
+    cmd.add_argument("--meta", type=meta_pair, action="append", default=[], metavar="KEY=VALUE",
+                     help="node metadata for constraints (repeatable)")
+    cmd.add_argument("--data-dir", default=env("DATA_DIR", d.data_dir), help="state directory (default %(default)s)")
+    cmd.add_argument("--heartbeat-interval", type=seconds, default=env("HEARTBEAT_INTERVAL", d.heartbeat_interval),
+                     help="seconds between heartbeats (default %(default)s)")
+    cmd.add_argument("--token", default=env("TOKEN", d.token), help="bearer token for the server and this agent's API (ORCH_TOKEN)")
+    cmd.set_defaults(handler=cmd_agent, role="agent")
+
+
+def add_dev(sub, common) -> None:
+    d = DevConfig
+    cmd = sub.add_parser("dev", parents=[common], help="run a server and N agents locally")
+    cmd.add_argument("--agents", type=count, default=env("AGENTS", d.agents), help="number of agents (default %(default)s)")
+    cmd.add_argument("--port", type=port, default=env("PORT", d.port), help="server port (default %(default)s)")
+    cmd.add_argument("--bind", default=env("BIND", d.bind), help="address to listen on (default %(default)s)")
+    cmd.add_argument("--data-dir", default=env("DATA_DIR", d.data_dir), help="keep state here (default: a temporary dir removed at exit)")
+    cmd.add_argument("--node-ttl", type=seconds, default=env("NODE_TTL", d.node_ttl), help="server node TTL (default %(default)s)")
+    cmd.add_argument("--heartbeat-interval", type=seconds, default=env("HEARTBEAT_INTERVAL", d.heartbeat_interval),
+                     help="agent heartbeat interval (default %(default)s)")
+    cmd.add_argument("--token", default=env("TOKEN", d.token), help="bearer token for the cluster (ORCH_TOKEN)")
+    cmd.set_defaults(handler=cmd_dev, role="dev")
+
+
+def add_client_commands(sub, common) -> None:
+    from orch import cli
+
+    client = argparse.ArgumentParser(add_help=False, parents=[common])
+    client.add_argument("--address", type=url, default=env("ADDR", DEFAULT_ADDRESS),
+                        help="server URL (ORCH_ADDR; default %(default)s)")
+    client.add_argument("--token", default=env("TOKEN", None), help="bearer token (ORCH_TOKEN)")
+    client.set_defaults(role="client")
+    reads = argparse.ArgumentParser(add_help=False, parents=[client])
+    reads.add_argument("--json", action="store_true", help="print the server's JSON")
+
+    job = sub.add_parser("job", help="submit and manage jobs").add_subparsers(
+        dest="job_command", metavar="COMMAND", required=True)
+    cmd = job.add_parser("run", parents=[client], help="submit a job file and follow its placement")
+    cmd.add_argument("file", metavar="FILE", help="JSON job file, or - for stdin")
+    cmd.add_argument("--detach", action="store_true", help="return once submitted")
+    cmd.add_argument("--timeout", type=seconds, default=120.0,
+                     help="give up following after this many seconds (default %(default)s)")
+    cmd.set_defaults(handler=cli.job_run)
+    cmd = job.add_parser("status", parents=[reads], help="list jobs, or show one")
+    cmd.add_argument("id", metavar="ID", nargs="?")
+    cmd.set_defaults(handler=cli.job_status)
+    for name, handler, text in (("stop", cli.job_stop, "stop a job's allocations"),
+                                ("restart", cli.job_restart, "run a stopped job again"),
+                                ("delete", cli.job_delete, "delete a job and its allocations")):
+        cmd = job.add_parser(name, parents=[client], help=text)
+        cmd.add_argument("id", metavar="ID")
+        cmd.set_defaults(handler=handler)
+
+    node = sub.add_parser("node", help="inspect nodes").add_subparsers(
+        dest="node_command", metavar="COMMAND", required=True)
+    node.add_parser("status", parents=[reads], help="list nodes").set_defaults(handler=cli.node_status)
+
+    alloc = sub.add_parser("alloc", help="inspect allocations").add_subparsers(
+        dest="alloc_command", metavar="COMMAND", required=True)
+    cmd = alloc.add_parser("status", parents=[reads], help="show an allocation and its tasks")
+    cmd.add_argument("id", metavar="ID", help="allocation id or a unique prefix")
+    cmd.set_defaults(handler=cli.alloc_status_cmd)
+    cmd = alloc.add_parser("logs", parents=[client], help="print a task's log")
+    cmd.add_argument("id", metavar="ID", help="allocation id or a unique prefix")
+    cmd.add_argument("task", metavar="TASK")
+    cmd.add_argument("--stderr", action="store_true", help="the task's stderr instead of stdout")
+    cmd.add_argument("-f", "--follow", action="store_true", help="keep printing until the allocation ends")
+    cmd.set_defaults(handler=cli.alloc_logs)
+
+
+# ---- configs and handlers --------------------------------------------------
+
+def server_config(args) -> ServerConfig:
+    return ServerConfig(bind=args.bind, port=args.port, data_dir=args.data_dir,
+                        node_ttl=args.node_ttl, token=args.token or None,
+                        insecure=env("INSECURE", ServerConfig.insecure))
+
+
+def agent_config(args) -> AgentConfig:
+    return AgentConfig(server=args.server, bind=args.bind, port=args.port,
+                       advertise=args.advertise, region=args.region,
+                       node_id=args.node_id or None, meta=dict(args.meta),
+                       data_dir=args.data_dir, heartbeat_interval=args.heartbeat_interval,
+                       token=args.token or None,
+                       insecure=env("INSECURE", AgentConfig.insecure))
+
+
+def dev_config(args) -> DevConfig:
+    return DevConfig(agents=args.agents, port=args.port, bind=args.bind,
+                     data_dir=args.data_dir or None, node_ttl=args.node_ttl,
+                     heartbeat_interval=args.heartbeat_interval,
+                     token=args.token or None, log_level=args.log_level)
+
+
+def cmd_version(args) -> int:
+    print(f"orch {__version__}")
+    return 0
+
+
+def cmd_server(args) -> int:
+    from orch.server.server import run
+    return run(server_config(args))
+
+
+def cmd_agent(args) -> int:
+    from orch.agent.agent import run
+    return run(agent_config(args))
+
+
+def cmd_dev(args) -> int:
+    from orch.dev.launcher import run
+    return run(dev_config(args))
+
+
+def configure_logging(role: str, level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format=LOG_FORMAT.format(role=role), force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.role, args.log_level)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""A small Python client for the orch server's HTTP API.
+
+Errors come back as the classes of ``orch.errors``, chosen by HTTP status::
+
+    OrchError                       any other failure the server reports
+    ├── ValidationError (400)
+    ├── Unauthorized (401)
+    ├── NotFound (404)
+    ├── MethodNotAllowed (405)
+    ├── PayloadTooLarge (413)
+    ├── StorageError (503)
+    └── ClientError                 the server could not be reached, or its
+                                    answer was not orch's JSON
+
+Every call carries an explicit timeout.
+"""
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+
+import requests
+
+from orch import errors
+from orch.config import DEFAULT_ADDRESS
+
+DEFAULT_TIMEOUT = 10.0
+
+_BY_STATUS: dict[int, type[errors.OrchError]] = {
+    400: errors.ValidationError,
+    401: errors.Unauthorized,
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.PayloadTooLarge,
+    503: errors.StorageError,
+}
+
+
+class ClientError(errors.OrchError):
+    """Raised when the server cannot be reached or answers something that is not orch's JSON."""
+    status = 0
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: ids never smuggle a '/' or '?' into the route."""
+    return quote(str(value), safe="")
+
+
+def error_from_response(resp: requests.Response) -> errors.OrchError:
+    """The typed exception for a non-2xx answer."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "error" in body:
+        extra = {k: v for k, v in body.items() if k != "error"}
+        message = str(body["error"])
+    else:
+        extra = {}
+        snippet = resp.text.strip()[:200]
+        message = f"HTTP {resp.status_code}" + (f": {snippet}" if snippet else "")
+    cls = _BY_STATUS.get(resp.status_code, errors.OrchError)
+    exc = cls(message, **extra)
+    exc.status = resp.status_code
+    return exc
+
+
+class Client:
+    """Talks to one orch server; ``Client(address, token=None)``."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, token: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT):
+        self.address = address.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._session = requests.Session()
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
+        self.jobs = Jobs(self)
+        self.evaluations = Evaluations(self)
+        self.nodes = Nodes(self)
+        self.allocs = Allocations(self)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, *, json=None, params=None,
+                timeout: float | None = None) -> requests.Response:
+        """Send one request; raise the mapped exception unless the answer is 2xx."""
+        url = self.address + path
+        try:
+            resp = self._session.request(
+                method, url, json=json, params=params,
+                timeout=self.timeout if timeout is None else timeout)
+        except requests.RequestException as exc:
+            raise ClientError(f"cannot reach orch server at {self.address}: {exc}") from exc
+        if not 200 <= resp.status_code < 300:
+            raise error_from_response(resp)
+        return resp
+
+    def call(self, method: str, path: str, **kwargs) -> dict:
+        """A request whose 2xx answer is a JSON object."""
+        resp = self.request(method, path, **kwargs)
+        try:
+            body = resp.json()
+        except ValueError as exc:
+            raise ClientError(f"{method} {path}: answer is not JSON") from exc
+        if not isinstance(body, dict):
+            raise ClientError(f"{method} {path}: answer is not a JSON object")
+        return body
+
+    def health(self, timeout: float | None = None) -> dict:
+        return self.call("GET", "/health", timeout=timeout)
+
+
+class _Resource:
+    def __init__(self, client: Client):
+        self._client = client
+
+
+class Jobs(_Resource):
+    def submit(self, spec: dict) -> dict:
+        """Register a job: PUT when its job_id already exists, else POST."""
+        job_id = spec.get("job_id")
+        if job_id and self.exists(job_id):
+            return self._client.call("PUT", f"/jobs/{_seg(job_id)}", json=spec)
+        return self._client.call("POST", "/jobs", json=spec)
+
+    def exists(self, job_id: str) -> bool:
+        try:
+            self.get(job_id)
+        except errors.NotFound:
+            return False
+        return True
+
+    def list(self) -> list[dict]:
+        return self._client.call("GET", "/jobs").get("jobs", [])
+
+    def get(self, job_id: str) -> dict:
+        return self._client.call("GET", f"/jobs/{_seg(job_id)}")
+
+    def stop(self, job_id: str) -> dict:
+        return self._client.call("DELETE", f"/jobs/{_seg(job_id)}")
+
+    def restart(self, job_id: str) -> dict:
+        return self._client.call("POST", f"/jobs/{_seg(job_id)}/restart")
+
+    def delete(self, job_id: str) -> dict:
+        return self._client.call("POST", f"/jobs/{_seg(job_id)}/delete")
+
+    def wait(self, job_id: str, statuses, timeout: float = 30.0,
+             interval: float = 0.1) -> dict:
+        """Poll until the job's status is one of ``statuses``; TimeoutError otherwise."""
+        wanted = {statuses} if isinstance(statuses, str) else {str(s) for s in statuses}
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job.get("status") in wanted:
+                return job
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"job {job_id} is {job.get('status')!r}, not one of "
+                    f"{sorted(wanted)} after {timeout:g}s")
+            time.sleep(interval)
+
+
+class Evaluations(_Resource):
+    def get(self, eval_id: str) -> dict:
+        return self._client.call("GET", f"/evaluations/{_seg(eval_id)}")
+
+
+class Nodes(_Resource):
+    def list(self) -> list[dict]:
+        return self._client.call("GET", "/nodes").get("nodes", [])
+
+
+class Allocations(_Resource):
+    def get(self, alloc_id: str) -> dict:
+        return self._client.call("GET", f"/allocations/{_seg(alloc_id)}")
+
+    def logs(self, alloc_id: str, task: str, stderr: bool = False,
+             offset: int = 0) -> bytes:
+        """The task's log from byte ``offset`` on."""
+        params = {"type": "stderr" if stderr else "stdout", "offset": offset}
+        path = f"/allocations/{_seg(alloc_id)}/logs/{_seg(task)}"
+        return self._client.request("GET", path, params=params).content

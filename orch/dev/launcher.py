@@ -1,0 +1,296 @@
+"""`orch dev`: a server and N agents as separate local processes.
+
+Each child is this same program (the zipapp, or ``python -m orch``) in its own
+session, so a Ctrl-C in the terminal reaches only the launcher, which then
+stops the children in order: agents first, so that they stop their tasks while
+the server still listens, then the server. A child that dies on its own takes
+the rest down, as dramatiq's supervisor does.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+
+from orch import errors
+from orch.client import Client, ClientError
+from orch.config import DEFAULT_ADDRESS, DevConfig
+
+POLL_INTERVAL = 0.02       # readiness polling
+WATCH_INTERVAL = 0.1       # child liveness polling once ready
+STOP_GRACE = 10.0          # SIGTERM -> SIGKILL
+SLOW_START = 15.0          # say so if the nodes are not healthy by then
+PR_SET_PDEATHSIG = 1
+
+
+def program(argv0: str | None = None, executable: str | None = None) -> list[str]:
+    """How to run orch again: the zipapp we are running from, else ``-m orch``."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    executable = executable or sys.executable
+    if argv0 and os.path.isfile(argv0) and zipfile.is_zipfile(argv0):
+        return [executable, os.path.abspath(argv0)]
+    return [executable, "-m", "orch"]
+
+
+def connect_host(bind: str) -> str:
+    """The host a local client dials for a server bound to ``bind``."""
+    if bind in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if bind == "::":
+        return "[::1]"
+    return f"[{bind}]" if ":" in bind else bind
+
+
+def free_port(bind: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((bind, 0))
+        return sock.getsockname()[1]
+
+
+def server_argv(config: DevConfig, port: int, data_dir: str) -> list[str]:
+    return ["server", "--bind", config.bind, "--port", str(port),
+            "--data-dir", data_dir, "--node-ttl", f"{config.node_ttl:g}",
+            "--log-level", config.log_level]
+
+
+def agent_argv(config: DevConfig, server_url: str, index: int, data_dir: str) -> list[str]:
+    return ["agent", "--server", server_url, "--bind", config.bind, "--port", "0",
+            "--data-dir", data_dir, "--heartbeat-interval", f"{config.heartbeat_interval:g}",
+            "--meta", f"dev_index={index}", "--log-level", config.log_level]
+
+
+def child_env(environ: dict, token: str | None) -> dict:
+    """The launcher passes every setting as a flag; inherited ORCH_* variables
+    would give all agents one node id or one advertised URL, so drop them.
+    The token travels in the environment, where `ps` does not show it."""
+    env = {k: v for k, v in environ.items()
+           if not k.startswith("ORCH_") or k == "ORCH_INSECURE"}
+    if token:
+        env["ORCH_TOKEN"] = token
+    return env
+
+
+def fresh_healthy_nodes(nodes: list[dict], since: float) -> list[dict]:
+    """Healthy nodes heard from since the launch: with a kept --data-dir the
+    server also remembers last run's nodes until their TTL runs out."""
+    return [n for n in nodes if n.get("healthy")
+            and (not n.get("last_heartbeat") or n["last_heartbeat"] >= since)]
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it if the launcher itself is killed."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def peek_exit(proc: subprocess.Popen) -> int | None:
+    """The exit code (negative: killed by that signal) without reaping the child.
+
+    An unreaped child keeps its pid, and so its process group id, from being
+    reused: killing the group later can only reach our own processes.
+    """
+    if proc.returncode is not None:
+        return proc.returncode
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return proc.poll()
+    if info is None or info.si_pid == 0:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        return peek_exit(self.proc)
+
+
+class Supervisor:
+    """Owns the child processes: start, watch, stop in order, kill by group."""
+
+    def __init__(self, base_argv: list[str], env: dict, *, now=time.monotonic,
+                 sleep=time.sleep):
+        self.base_argv, self.env = base_argv, env
+        self.now, self.sleep = now, sleep
+        self.children: list[Child] = []
+        self.signals = 0
+
+    def on_signal(self, signum, frame) -> None:
+        self.signals += 1
+
+    def start(self, name: str, args: list[str]) -> Child:
+        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        proc = subprocess.Popen(self.base_argv + args, env=self.env,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=preexec)
+        child = Child(name, proc)
+        self.children.append(child)
+        return child
+
+    def first_dead(self) -> Child | None:
+        for child in self.children:
+            if child.exit_code is not None:
+                return child
+        return None
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Agents first, then the server; SIGKILL whatever is left by the deadline."""
+        deadline = self.now() + grace
+        agents = [c for c in self.children if c.name != "server"]
+        servers = [c for c in self.children if c.name == "server"]
+        for group in (agents, servers):
+            for child in group:
+                self._signal(child, signal.SIGTERM)
+            self._wait(group, max(deadline, self.now() + 2.0) if group is servers else deadline)
+        for child in self.children:
+            self._kill_group(child)
+        for child in self.children:
+            child.proc.wait()
+
+    def _wait(self, group: list[Child], deadline: float) -> None:
+        signals_before = self.signals
+        while any(c.exit_code is None for c in group):
+            # A second Ctrl-C means: do not wait any longer.
+            if self.now() >= deadline or self.signals > signals_before:
+                return
+            self.sleep(POLL_INTERVAL)
+
+    @staticmethod
+    def _signal(child: Child, signum: int) -> None:
+        if child.exit_code is None:
+            try:
+                child.proc.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    @staticmethod
+    def _kill_group(child: Child) -> None:
+        """The child's session may hold processes it started; its group id is its pid."""
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class DevCluster:
+    """One `orch dev` run: start, report readiness, watch, stop."""
+
+    def __init__(self, config: DevConfig, supervisor: Supervisor, data_dir: str,
+                 port: int, out=None):
+        self.config, self.sup, self.data_dir = config, supervisor, data_dir
+        self.url = f"http://{connect_host(config.bind)}:{port}"
+        self.port = port
+        self.out = out or sys.stdout
+        self.client = Client(self.url, token=config.token, timeout=1.0)
+
+    def say(self, line: str) -> None:
+        print(f"orch dev: {line}", file=self.out, flush=True)
+
+    def run(self) -> int:
+        started, since = self.sup.now(), time.time() - 1.0
+        server = self.sup.start("server", server_argv(
+            self.config, self.port, os.path.join(self.data_dir, "server")))
+        # Agents start beside the server, not after it: their start-up (imports,
+        # fingerprinting) overlaps the server's, and they retry registering
+        # within 50 ms of the server answering.
+        for i in range(self.config.agents):
+            self.sup.start(f"agent {i + 1}", agent_argv(
+                self.config, self.url, i, os.path.join(self.data_dir, f"agent-{i + 1}")))
+        if not self.wait_for_server():
+            return self.finish()
+        self.say(f"server {self.url} (pid {server.pid})")
+        if self.url != DEFAULT_ADDRESS:
+            self.say(f"export ORCH_ADDR={self.url}")
+        if not self.wait_for_nodes(started, since):
+            return self.finish()
+        self.say(f"{self.config.agents} nodes healthy in {self.sup.now() - started:.2f}s")
+        self.say(f"data in {self.data_dir}; Ctrl-C stops the cluster and its tasks")
+        while not self.sup.signals and not self.sup.first_dead():
+            self.sup.sleep(WATCH_INTERVAL)
+        return self.finish()
+
+    def interrupted(self) -> bool:
+        return bool(self.sup.signals) or self.sup.first_dead() is not None
+
+    def wait_for_server(self) -> bool:
+        while not self.interrupted():
+            try:
+                self.client.health(timeout=0.5)
+                return True
+            except ClientError:
+                pass
+            except errors.OrchError:
+                return True      # it answers, if not with 200: it is up
+            self.sup.sleep(POLL_INTERVAL)
+        return False
+
+    def wait_for_nodes(self, started: float, since: float) -> bool:
+        shown: set[str] = set()
+        warned = False
+        while not self.interrupted():
+            try:
+                nodes = fresh_healthy_nodes(self.client.nodes.list(), since)
+            except errors.OrchError:
+                nodes = []
+            for node in nodes:
+                if node.get("node_id") not in shown:
+                    shown.add(node.get("node_id"))
+                    self.say(f"agent {node.get('endpoint')} node {str(node.get('node_id'))[:8]}")
+            if len(nodes) >= self.config.agents:
+                return True
+            if not warned and self.sup.now() - started > SLOW_START:
+                warned = True
+                self.say(f"still waiting: {len(nodes)} of {self.config.agents} nodes healthy")
+            self.sup.sleep(POLL_INTERVAL)
+        return False
+
+    def finish(self) -> int:
+        """Stop everything; exit 1 if a child died on its own."""
+        dead = None if self.sup.signals else self.sup.first_dead()
+        if dead is not None:
+            self.say(f"{dead.name} (pid {dead.pid}) exited with code "
+                     f"{dead.exit_code}; stopping the others")
+        else:
+            self.say("stopping agents, then the server")
+        self.sup.stop()
+        self.client.close()
+        return 1 if dead is not None else 0
+
+
+def run(config: DevConfig) -> int:
+    ephemeral = config.data_dir is None
+    data_dir = tempfile.mkdtemp(prefix="orch-dev-") if ephemeral else config.data_dir
+    os.makedirs(data_dir, exist_ok=True)
+    port = config.port or free_port(config.bind)
+    sup = Supervisor(program(), child_env(dict(os.environ), config.token))
+    previous = {s: signal.signal(s, sup.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return DevCluster(config, sup, os.path.abspath(data_dir), port).run()
+    finally:
+        if any(c.proc.returncode is None for c in sup.children):
+            sup.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if ephemeral:
+            shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,0 +1,18 @@
+"""Packaging for orch: `pip install .` gives the `orch` command."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"',
+                    (Path(__file__).parent / "orch" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="orch",
+    version=VERSION,
+    description="A small Nomad-like cluster orchestrator",
+    packages=find_packages(include=["orch", "orch.*"]),
+    python_requires=">=3.11",
+    install_requires=["bottle", "waitress", "requests", "psutil", "docker"],
+    entry_points={"console_scripts": ["orch=orch.__main__:main"]},
+)
