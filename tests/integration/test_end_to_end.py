@@ -179,3 +179,20 @@ def test_unplaceable_job_waits_with_reasons_then_places(cluster):
     cluster.wait_job("eu-only", "running")
     ev = cluster.get(f"/evaluations/{out['evaluation_id']}").json()
     assert ev["status"] == "complete" and ev["placed"] == 1
+
+
+def test_failing_service_restarts_then_is_replaced(cluster):
+    cluster.start_agent("a")
+    submit(cluster, job_body("crashy", "exit 1", type_="service"))
+
+    def replaced():
+        allocs = cluster.job("crashy")["allocations"]
+        return len(allocs) >= 2 and allocs
+    allocs = wait_until(replaced, timeout=30, what="failed allocation replaced")
+    first, second = allocs[0], allocs[1]
+    assert first["status"] == "failed"
+    task = first["tasks"]["t"]
+    assert task["restarts"] >= 1 and task["exit_code"] == 1
+    assert any(e["type"] == "Restarting" for e in task["events"])
+    assert second["previous_allocation"] == first["allocation_id"]
+    assert second["reschedule_count"] == 1
