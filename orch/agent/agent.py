@@ -17,7 +17,7 @@ from waitress.server import create_server
 from orch.agent.api import make_app
 from orch.agent.drivers import default_drivers
 from orch.agent.drivers.base import Driver
-from orch.agent.fingerprint import fingerprint
+from orch.agent.fingerprint import fingerprint, refresh_drivers
 from orch.agent.loop import NodeLoop
 from orch.agent.runner import AllocRunner
 from orch.agent.spec import AllocSpec, parse_alloc
@@ -29,6 +29,7 @@ from orch.structs import Resources
 log = logging.getLogger(__name__)
 
 ALLOC_NOT_FOUND = "Allocation not found"
+MIN_PROBE_INTERVAL = 1.0     # seconds between driver probes (the docker engine ping)
 
 
 class Agent:
@@ -43,6 +44,9 @@ class Agent:
         self.loop: NodeLoop | None = None
         self._allocs: dict[str, AllocRunner] = {}
         self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._prober = threading.Thread(target=self._probe_drivers, daemon=True,
+                                        name="driver-probe")
 
     # -- allocations --------------------------------------------------------
 
@@ -136,12 +140,33 @@ class Agent:
         self.loop = NodeLoop(self.config, self.node_id, endpoint, self.fingerprint,
                              self.heartbeat_allocations, self.used)
         self.loop.start()
+        self._prober.start()
         return self.loop
+
+    def _probe_drivers(self) -> None:
+        """Each heartbeat interval, probe the drivers; register again on a change.
+
+        Its own thread, so that an engine slow to answer never delays a heartbeat.
+        """
+        interval = max(self.config.heartbeat_interval, MIN_PROBE_INTERVAL)
+        while not self._closing.wait(interval):
+            try:
+                fresh = refresh_drivers(self.fingerprint, self.drivers)
+            except Exception:
+                log.exception("driver probe failed")
+                continue
+            if fresh is not self.fingerprint:
+                changed = {k: v for k, v in fresh.attributes.items()
+                           if self.fingerprint.attributes.get(k) != v}
+                log.info("driver attributes changed %s: registering again", changed)
+                self.fingerprint = fresh
+                self.loop.update_fingerprint(fresh)
 
     def shutdown(self, stop_tasks: bool) -> None:
         """Stop heartbeating; with stop_tasks, kill every task (in parallel)."""
         # The loop goes first: a leaving node's last word must not be the
         # failures we cause ourselves; the server marks its allocations lost.
+        self._closing.set()
         if self.loop is not None:
             self.loop.stop()
         if not stop_tasks:

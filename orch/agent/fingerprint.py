@@ -24,7 +24,7 @@ class Fingerprint:
 
 
 def fingerprint(drivers: dict[str, Driver], *, cpuinfo: str = CPUINFO) -> Fingerprint:
-    """Measure the node once, at register time."""
+    """Measure the node at register time (drivers again with refresh_drivers)."""
     cores = psutil.cpu_count(logical=True) or 1
     mhz = cpu_mhz(cpuinfo)
     memory_mb = psutil.virtual_memory().total // (1024 * 1024)
@@ -42,6 +42,16 @@ def fingerprint(drivers: dict[str, Driver], *, cpuinfo: str = CPUINFO) -> Finger
         attributes.update(driver.fingerprint())
     return Fingerprint(Resources(cpu=int(cores * mhz), memory=int(memory_mb)),
                        attributes)
+
+
+def refresh_drivers(fp: Fingerprint, drivers: dict[str, Driver]) -> Fingerprint:
+    """The same node with its driver attributes measured again (engine up/down)."""
+    attributes = dict(fp.attributes)
+    for driver in drivers.values():
+        attributes.update(driver.fingerprint())
+    if attributes == fp.attributes:
+        return fp
+    return Fingerprint(fp.resources, attributes)
 
 
 def cpu_mhz(cpuinfo: str = CPUINFO) -> float:

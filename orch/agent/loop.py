@@ -44,6 +44,7 @@ class NodeLoop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._registered = threading.Event()
+        self._reregister = threading.Event()     # registered, but attributes changed
         self._thread = threading.Thread(target=self._run, name="node-loop", daemon=True)
         self._last_error = ""
 
@@ -59,6 +60,12 @@ class NodeLoop:
 
     def notify(self) -> None:
         """A task changed state: heartbeat now (coalesced)."""
+        self._wake.set()
+
+    def update_fingerprint(self, fp: Fingerprint) -> None:
+        """Attributes changed (a driver came or went): register again with them."""
+        self.fingerprint = fp
+        self._reregister.set()
         self._wake.set()
 
     def wait_registered(self, timeout: float | None = None) -> bool:
@@ -89,8 +96,10 @@ class NodeLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                if not self._registered.is_set() and not self._register():
-                    return
+                if self._reregister.is_set() or not self._registered.is_set():
+                    self._reregister.clear()
+                    if not self._register():
+                        return
                 self._heartbeat()
             except Exception:               # a bug must not silence the node
                 log.exception("heartbeat loop error")

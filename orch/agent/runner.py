@@ -314,10 +314,14 @@ class AllocRunner:
     def _recover(self, task: Task, handle_json: dict | None):
         if not handle_json:
             return None
-        try:
-            driver, _ = select_driver(task, self.drivers)
-        except DriverError:
-            return None
+        # The driver that started it, even if selection would now differ
+        # (a docker task that fell back to exec, then docker came up).
+        driver = self.drivers.get(handle_json.get("driver") or "")
+        if driver is None:
+            try:
+                driver, _ = select_driver(task, self.drivers)
+            except DriverError:
+                return None
         handle = driver.recover(handle_json)
         return None if handle is None else (driver, handle)
 

@@ -169,7 +169,9 @@ class Server:
         previous = self.store.upsert_node(node)
         self.monitor.reset(node.node_id)
         if previous is None or not previous.healthy \
-                or previous.resources != node.resources:
+                or previous.resources != node.resources \
+                or previous.attributes != node.attributes \
+                or previous.meta != node.meta:
             log.info("node %s registered endpoint=%s healthy=%s",
                      node.node_id[:8], node.endpoint, node.healthy)
             self.broker.unblock()

@@ -78,7 +78,7 @@ def job_view(job: Job, status, allocs: list[Allocation], *, tasks: bool = True) 
     out = job.to_dict()
     out["status"] = status.value
     out["allocations"] = [alloc_view(a, job, tasks=tasks)
-                          for a in sorted(allocs, key=lambda a: a.create_time)]
+                          for a in sorted(allocs, key=lambda a: (a.create_time, a.task_group, a.index))]
     return out
 
 

@@ -123,7 +123,8 @@ def test_register_and_heartbeat_bodies(servers, agents, tmp_path):
     assert reg["resources"]["cpu"] > 0 and reg["resources"]["memory"] > 0
     assert reg["meta"] == {"rack": "r1"}
     attrs = reg["attributes"]
-    assert attrs["driver.exec"] is True and attrs["driver.docker"] is False
+    # driver.docker answers for the engine on this machine (CI runs one).
+    assert attrs["driver.exec"] is True and isinstance(attrs["driver.docker"], bool)
     assert {"os", "arch", "hostname", "cpu.cores", "kernel.version"} <= set(attrs)
     _, hb = server.bodies("/heartbeat")[0]
     assert set(hb) == HEARTBEAT_KEYS

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from orch.agent.drivers.base import Driver
+from orch.agent.drivers.docker import DockerDriver
 from orch.agent.drivers.exec import ExecDriver
 from orch.errors import DriverError
 from orch.structs import Task
@@ -12,17 +13,18 @@ DOCKER_NO_COMMAND = "docker driver unavailable and task has no command to fall b
 
 
 def default_drivers() -> dict[str, Driver]:
-    """The drivers this node runs, by name (the docker driver joins here)."""
-    return {"exec": ExecDriver()}
+    """The drivers this node runs, by name; docker answers for its engine."""
+    return {"exec": ExecDriver(), "docker": DockerDriver()}
 
 
 def select_driver(task: Task, drivers: dict[str, Driver]) -> tuple[Driver, str | None]:
     """The driver for a task and a note for its events; raises DriverError."""
     driver = drivers.get(task.driver)
-    if driver is not None:
+    if driver is not None and driver.available():
         return driver, None
     if task.driver == "docker":
         if task.config.get("command") and "exec" in drivers:
             return drivers["exec"], DOCKER_FALLBACK
-        raise DriverError(DOCKER_NO_COMMAND)
+        reason = driver.unavailable_reason() if driver is not None else ""
+        raise DriverError(f"{DOCKER_NO_COMMAND}: {reason}" if reason else DOCKER_NO_COMMAND)
     raise DriverError(f"driver {task.driver} unavailable on this node")

@@ -78,6 +78,14 @@ class Driver(abc.ABC):
         """The task's main process id, when it has one on this host."""
         return None
 
+    def available(self) -> bool:
+        """Can it start tasks now? Cheap (cached); False sends docker tasks to exec."""
+        return True
+
+    def unavailable_reason(self) -> str:
+        """Why available() is False, for the task's error; empty otherwise."""
+        return ""
+
     def fingerprint(self) -> dict:
         """Node attributes this driver contributes, e.g. {"driver.exec": True}."""
         return {f"driver.{self.name}": True}

@@ -142,7 +142,7 @@ class ExecDriver(Driver):
                 pass
 
     def handle_to_json(self, handle: ExecHandle) -> dict:
-        return {"pid": handle.pid, "pgid": handle.pgid,
+        return {"driver": self.name, "pid": handle.pid, "pgid": handle.pgid,
                 "create_time": handle.create_time}
 
     def recover(self, handle_json: dict) -> ExecHandle | None:

@@ -1,0 +1,425 @@
+"""The docker driver: one container per task, through the `docker` package.
+
+A task's container is named `orch-<alloc id>-<task>` and labelled with
+`orch.job_id`, `orch.alloc_id` and `orch.task`, so that a restarted agent (or
+a test's cleanup) finds it again. Config: `image`, optional `command` (a string
+runs through `/bin/sh -c` inside the image, a list is the argv; `args` are
+appended), `env`, `port` (host port) published to `container_port` (default
+the same number). Resources: memory MB is a hard limit (`mem_limit`, swap
+included, as Nomad does); CPU MHz becomes a CPU weight, 1000 MHz = 1024
+shares (docker's default weight, one core's worth), at least 2. Output is
+streamed into the same per-task log files as the exec driver's.
+
+The engine is found as the docker CLI finds it (DOCKER_HOST, DOCKER_TLS_*).
+Whether it answers is probed with a short timeout and cached, so that
+`select_driver` and the fingerprint never block a heartbeat.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shlex
+import threading
+import time
+from dataclasses import dataclass, field
+
+from orch.agent.drivers.base import Driver, ExitResult, TaskContext
+from orch.errors import DriverError
+
+try:
+    import docker
+    import docker.errors
+    import requests
+except ImportError:                 # the agent still runs exec tasks without it
+    docker = None
+
+log = logging.getLogger(__name__)
+
+LABEL_JOB, LABEL_ALLOC, LABEL_TASK = "orch.job_id", "orch.alloc_id", "orch.task"
+PING_TIMEOUT = 1.0          # seconds: the engine probe must not slow a heartbeat
+AVAILABLE_TTL = 5.0         # seconds a probe result is trusted by select_driver
+API_TIMEOUT = 60.0          # create/start/inspect/remove calls
+PULL_TIMEOUT = 30.0         # an image pull; no registry may be reachable at all
+LOG_DRAIN = 2.0             # after exit, how long the log pumps may take to finish
+WAIT_RETRY = 1.0            # engine hiccup while waiting: try again after this
+POOL_SIZE = 64              # each task holds a wait and two log streams
+HIDDEN_ENV = ("ORCH_TASK_DIR",)     # a host path, meaningless inside a container
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass
+class DockerHandle:
+    """A started container and the threads copying its output to the log files."""
+    container_id: str
+    name: str
+    stdout_path: str
+    stderr_path: str
+    memory_mb: int = 0
+    pumps: list = field(default_factory=list)
+    streams: list = field(default_factory=list)
+    result: ExitResult | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def container_name(alloc_id: str, task: str) -> str:
+    return _NAME_BAD.sub("_", f"orch-{alloc_id}-{task}")
+
+
+def cpu_shares(mhz: int) -> int:
+    """CPU weight for a task's MHz: 1000 MHz is docker's default 1024 shares."""
+    return max(2, mhz * 1024 // 1000)
+
+
+def build_command(config: dict) -> list[str] | None:
+    """The container's argv; None keeps the image's CMD. Raises DriverError."""
+    command, args = config.get("command"), config.get("args") or []
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise DriverError("config.args: must be a list of strings")
+    if command is None:
+        return list(args) or None
+    if isinstance(command, str) and command.strip():
+        return ["/bin/sh", "-c", " ".join([command] + [shlex.quote(a) for a in args])]
+    if isinstance(command, list) and command and all(isinstance(c, str) for c in command):
+        return list(command) + list(args)
+    raise DriverError("config.command: must be a non-empty string or list of strings")
+
+
+def build_environment(ctx: TaskContext) -> dict[str, str]:
+    """ORCH_* variables (less host paths) with the task's `env` over them."""
+    env = {k: str(v) for k, v in ctx.env.items() if k not in HIDDEN_ENV}
+    extra = ctx.config.get("env") or {}
+    if not isinstance(extra, dict):
+        raise DriverError("config.env: must be an object of strings")
+    for key, value in extra.items():
+        if not isinstance(key, str) or not key or "=" in key:
+            raise DriverError(f"config.env.{key}: invalid variable name")
+        env[key] = "true" if value is True else "false" if value is False else str(value)
+    return env
+
+
+def build_ports(config: dict) -> dict | None:
+    """`port` on the host -> `container_port` (default the same) over TCP."""
+    host = config.get("port")
+    if host is None:
+        return None
+    inner = config.get("container_port") or host
+    for key, value in (("port", host), ("container_port", inner)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise DriverError(f"config.{key}: must be an integer in 1..65535")
+    return {f"{inner}/tcp": host}
+
+
+def create_options(ctx: TaskContext) -> dict:
+    """Keyword arguments for `containers.create`, from the task's context."""
+    image = ctx.config.get("image")
+    if not isinstance(image, str) or not image.strip():
+        raise DriverError("config.image: must be a non-empty string for the docker driver")
+    options = {
+        "image": image, "command": build_command(ctx.config),
+        "name": container_name(ctx.alloc_id, ctx.task_name),
+        "labels": {LABEL_JOB: ctx.job_id, LABEL_ALLOC: ctx.alloc_id,
+                   LABEL_TASK: ctx.task_name},
+        "environment": build_environment(ctx), "ports": build_ports(ctx.config),
+        "detach": True, "stdin_open": False, "tty": False,
+        # A shell or server as PID 1 ignores SIGTERM; tini forwards it, so a
+        # stop is graceful instead of always waiting for the SIGKILL.
+        "init": True,
+    }
+    if ctx.resources.memory > 0:
+        options["mem_limit"] = f"{ctx.resources.memory}m"
+        options["memswap_limit"] = f"{ctx.resources.memory}m"
+    if ctx.resources.cpu > 0:
+        options["cpu_shares"] = cpu_shares(ctx.resources.cpu)
+    return options
+
+
+class DockerDriver(Driver):
+    """Runs tasks as containers on the engine DOCKER_HOST names (or the default)."""
+    name = "docker"
+
+    def __init__(self, *, environment: dict | None = None,
+                 ping_timeout: float = PING_TIMEOUT, api_timeout: float = API_TIMEOUT,
+                 pull_timeout: float = PULL_TIMEOUT, available_ttl: float = AVAILABLE_TTL,
+                 now=time.monotonic):
+        self._environment = environment
+        self._ping_timeout, self._api_timeout = ping_timeout, api_timeout
+        self._pull_timeout, self._ttl, self._now = pull_timeout, available_ttl, now
+        self._lock = threading.Lock()
+        self._probe_client = None
+        self._client = None
+        self._api_version: str | None = None
+        self._available = False
+        self._checked_at: float | None = None
+        self._reason = "docker engine not probed yet"
+
+    # -- engine availability ----------------------------------------------
+
+    def probe(self) -> bool:
+        """Ping the engine now (short timeout); updates the cached answer."""
+        with self._lock:
+            ok, reason = self._ping()
+            if ok != self._available:
+                log.info("docker engine %s%s", "available" if ok else "unavailable",
+                         "" if ok else f": {reason}")
+            self._available, self._reason = ok, reason
+            self._checked_at = self._now()
+            if not ok:
+                self._probe_client = self._client = None
+            return ok
+
+    def available(self) -> bool:
+        checked = self._checked_at
+        if checked is None or self._now() - checked > self._ttl:
+            return self.probe()
+        return self._available
+
+    def unavailable_reason(self) -> str:
+        return "" if self._available else self._reason
+
+    def fingerprint(self) -> dict:
+        return {"driver.docker": self.probe()}
+
+    def _ping(self) -> tuple[bool, str]:
+        if docker is None:
+            return False, "the docker python package is not installed"
+        host = self._env().get("DOCKER_HOST") or "the default socket"
+        try:
+            if self._probe_client is None:
+                # Creating a client asks the engine its API version: a ping.
+                self._probe_client = self._from_env(self._ping_timeout, None)
+            else:
+                self._probe_client.ping()
+            self._api_version = self._probe_client.api.api_version
+            return True, ""
+        except Exception as exc:        # any failure means "no engine here"
+            return False, f"docker engine not reachable at {host}: {_short(exc)}"
+
+    def _env(self) -> dict:
+        return self._environment if self._environment is not None else dict(os.environ)
+
+    def _from_env(self, timeout: float, version: str | None):
+        return docker.from_env(timeout=timeout, version=version,
+                               max_pool_size=POOL_SIZE, environment=self._env())
+
+    def client(self):
+        """The engine client for task work; raises DriverError if none answers."""
+        with self._lock:
+            if self._client is not None:
+                return self._client
+        if not self.probe():
+            raise DriverError(f"docker engine unavailable: {self._reason}")
+        with self._lock:
+            if self._client is None:
+                self._client = self._from_env(self._api_timeout, self._api_version)
+            return self._client
+
+    # -- the Driver interface ------------------------------------------------
+
+    def start(self, ctx: TaskContext) -> DockerHandle:
+        options = create_options(ctx)
+        client = self.client()
+        self._ensure_image(client, options["image"])
+        os.makedirs(os.path.dirname(ctx.stdout_path) or ".", exist_ok=True)
+        os.makedirs(os.path.dirname(ctx.stderr_path) or ".", exist_ok=True)
+        container = self._create(client, options)
+        try:
+            container.start()
+        except Exception as exc:
+            self._remove(client, container.id)
+            raise DriverError(f"failed to start container {options['name']}: "
+                              f"{_short(exc)}")
+        handle = DockerHandle(container_id=container.id, name=options["name"],
+                              stdout_path=ctx.stdout_path, stderr_path=ctx.stderr_path,
+                              memory_mb=ctx.resources.memory)
+        self._pump_logs(client, handle, since=None)
+        log.debug("docker started alloc=%s task=%s container=%s", ctx.alloc_id,
+                  ctx.task_name, container.id[:12])
+        return handle
+
+    def wait(self, handle: DockerHandle, timeout: float | None) -> ExitResult | None:
+        if handle.result is not None:
+            return handle.result
+        try:
+            client = self.client()
+            status = client.api.wait(handle.container_id, timeout=timeout)
+        except DriverError:
+            time.sleep(WAIT_RETRY if timeout is None else min(timeout, WAIT_RETRY))
+            return None
+        except docker.errors.NotFound:
+            return self._settle(handle, None) or ExitResult(
+                exit_code=None, error=f"container {handle.name} disappeared")
+        except (requests.RequestException, docker.errors.APIError) as exc:
+            if timeout is None:          # the engine hiccuped: the runner asks again
+                log.warning("waiting for container %s failed: %s", handle.name, _short(exc))
+                time.sleep(WAIT_RETRY)
+            return None
+        result = self._settle(handle, status.get("StatusCode"))
+        self._remove(client, handle.container_id, handle)
+        return result
+
+    def stop(self, handle: DockerHandle, timeout: float) -> None:
+        try:
+            client = self.client()
+        except DriverError as exc:
+            log.warning("cannot stop container %s: %s", handle.name, exc.message)
+            return
+        try:
+            client.api.stop(handle.container_id, timeout=max(0, math.ceil(timeout)))
+        except docker.errors.NotFound:
+            pass
+        except (requests.RequestException, docker.errors.APIError) as exc:
+            log.warning("stopping container %s failed: %s; removing it by force",
+                        handle.name, _short(exc))
+        self._settle(handle, None)
+        self._remove(client, handle.container_id, handle)
+
+    def handle_to_json(self, handle: DockerHandle) -> dict:
+        return {"driver": self.name, "container_id": handle.container_id,
+                "name": handle.name, "stdout_path": handle.stdout_path,
+                "stderr_path": handle.stderr_path, "memory_mb": handle.memory_mb}
+
+    def recover(self, handle_json: dict) -> DockerHandle | None:
+        container_id = handle_json.get("container_id")
+        if handle_json.get("driver") != self.name or not container_id:
+            return None
+        try:
+            client = self.client()
+            info = client.api.inspect_container(container_id)
+        except (DriverError, docker.errors.NotFound):
+            return None
+        except (requests.RequestException, docker.errors.APIError) as exc:
+            log.warning("cannot inspect container %s: %s", container_id[:12], _short(exc))
+            return None
+        handle = DockerHandle(
+            container_id=info["Id"], name=info["Name"].lstrip("/"),
+            stdout_path=handle_json.get("stdout_path") or os.devnull,
+            stderr_path=handle_json.get("stderr_path") or os.devnull,
+            memory_mb=int(handle_json.get("memory_mb") or 0))
+        # Append only what the container wrote since our last write to the file.
+        self._pump_logs(client, handle, since=_mtime(handle.stdout_path))
+        return handle
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _ensure_image(self, client, image: str) -> None:
+        """The image is local, or is pulled now; else the task fails saying so."""
+        try:
+            client.images.get(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        except (requests.RequestException, docker.errors.APIError) as exc:
+            raise DriverError(f"cannot inspect image {image}: {_short(exc)}")
+        repository, tag = docker.utils.parse_repository_tag(image)
+        try:
+            puller = self._from_env(self._pull_timeout, self._api_version)
+            try:
+                puller.images.pull(repository, tag=tag or "latest")
+            finally:
+                puller.close()
+        except Exception as exc:
+            raise DriverError(f"image {image} not found locally and pull failed: "
+                              f"{_short(exc)}")
+
+    def _create(self, client, options: dict):
+        """Create the container; a leftover of the same name is replaced."""
+        for attempt in (1, 2):
+            try:
+                return client.containers.create(**options)
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409 and attempt == 1:
+                    log.info("removing leftover container %s", options["name"])
+                    self._remove(client, options["name"])
+                    continue
+                raise DriverError(f"failed to create container {options['name']}: "
+                                  f"{_short(exc)}")
+            except requests.RequestException as exc:
+                raise DriverError(f"failed to create container {options['name']}: "
+                                  f"{_short(exc)}")
+
+    def _pump_logs(self, client, handle: DockerHandle, since: float | None) -> None:
+        for kind, path in (("stdout", handle.stdout_path), ("stderr", handle.stderr_path)):
+            try:
+                stream = client.api.logs(handle.container_id, stdout=kind == "stdout",
+                                         stderr=kind == "stderr", stream=True,
+                                         follow=True, since=since)
+            except (requests.RequestException, docker.errors.APIError) as exc:
+                log.warning("no %s from container %s: %s", kind, handle.name, _short(exc))
+                continue
+            thread = threading.Thread(target=_copy, args=(stream, path), daemon=True,
+                                      name=f"docker-{kind}-{handle.container_id[:8]}")
+            handle.streams.append(stream)
+            handle.pumps.append(thread)
+            thread.start()
+
+    def _settle(self, handle: DockerHandle, status_code: int | None) -> ExitResult | None:
+        """Record how the container ended (once), from its inspected state."""
+        with handle.lock:
+            if handle.result is not None:
+                return handle.result
+            state = {}
+            try:
+                state = self.client().api.inspect_container(handle.container_id)["State"]
+            except (DriverError, requests.RequestException, docker.errors.APIError):
+                pass
+            if state.get("Running"):
+                return None
+            code = state.get("ExitCode", status_code)
+            if code is None:
+                return None
+            oom = bool(state.get("OOMKilled"))
+            error = state.get("Error") or None
+            if oom:
+                error = f"OOM killed: memory limit {handle.memory_mb} MB exceeded"
+            handle.result = ExitResult(exit_code=code, oom_killed=oom, error=error)
+            return handle.result
+
+    def _remove(self, client, container: str, handle: DockerHandle | None = None) -> None:
+        if handle is not None:
+            # Once the container stopped the follow streams end by themselves;
+            # wait for them so every line is in the files before we report.
+            for thread in handle.pumps:
+                thread.join(LOG_DRAIN)
+            for stream in handle.streams:
+                _close(stream)
+        try:
+            client.api.remove_container(container, force=True)
+        except docker.errors.NotFound:
+            pass
+        except (requests.RequestException, docker.errors.APIError) as exc:
+            if getattr(exc, "status_code", None) != 409:    # removal in progress
+                log.warning("cannot remove container %s: %s", container, _short(exc))
+
+
+def _copy(stream, path: str) -> None:
+    """Append a container's output stream to a log file until it ends."""
+    try:
+        with open(path, "ab") as out:
+            for chunk in stream:
+                out.write(chunk)
+                out.flush()
+    except Exception as exc:            # the engine went away, or the file did
+        log.debug("log stream to %s ended: %s", path, exc)
+
+
+def _close(stream) -> None:
+    try:
+        stream.close()
+    except Exception:
+        pass
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return None
+
+
+def _short(exc: BaseException) -> str:
+    """One line of an engine error: docker's explanation when it has one."""
+    explanation = getattr(exc, "explanation", None)
+    text = explanation if isinstance(explanation, str) and explanation else str(exc)
+    return " ".join(text.split())[:300] or exc.__class__.__name__
