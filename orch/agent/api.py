@@ -14,6 +14,7 @@ from orch import httpjson
 from orch.agent.spec import parse_alloc
 from orch.agent.state import LOG_TYPES
 from orch.errors import OrchError, ValidationError
+from orch.openapi import AGENT_SPEC
 
 MAX_BODY = 1 << 20
 MAX_LOG_CHUNK = 1 << 20        # a log read returns at most this; the client pages
@@ -54,6 +55,10 @@ def make_app(agent) -> Bottle:
     @route("GET", "/health", public=True)
     def health():
         return agent.health()
+
+    @route("GET", "/openapi.json")
+    def openapi():
+        return AGENT_SPEC
 
     return app
 

@@ -14,7 +14,7 @@ from orch import httpjson
 from orch.errors import NotFound
 from orch.server import views
 from orch.server.metrics import render_metrics
-from orch.server.openapi import SERVER_SPEC
+from orch.openapi import SERVER_SPEC
 
 
 def make_app(server) -> bottle.Bottle:

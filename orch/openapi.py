@@ -1,4 +1,4 @@
-"""OpenAPI 3 description of the server's routes (served at /openapi.json)."""
+"""OpenAPI 3 descriptions of the server's and the agent's routes (/openapi.json)."""
 from __future__ import annotations
 
 _ERROR = {"type": "object", "required": ["error"],
@@ -40,20 +40,27 @@ _HEARTBEAT = {"type": "object", "required": ["node_id"], "properties": {
     "allocations": {"type": "object"}}}
 
 
+_LOG_QUERY = (("type", {"type": "string", "enum": ["stdout", "stderr"]}),
+              ("offset", {"type": "integer", "minimum": 0}))
+
+
 def _json(schema):
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _op(summary, body=None, ok=_MESSAGE, errors=(400,), params=()):
+def _op(summary, body=None, ok=_MESSAGE, errors=(400,), params=(), query=()):
     op = {"summary": summary,
           "responses": {"200": {"description": "ok", **_json(ok)},
                         **{str(c): {"description": "error", **_json(_ERROR)}
                            for c in errors}}}
     if body is not None:
         op["requestBody"] = {"required": True, **_json(body)}
-    if params:
-        op["parameters"] = [{"name": p, "in": "path", "required": True,
-                             "schema": {"type": "string"}} for p in params]
+    parameters = [{"name": p, "in": "path", "required": True,
+                   "schema": {"type": "string"}} for p in params]
+    parameters += [{"name": name, "in": "query", "required": False,
+                    "schema": schema} for name, schema in query]
+    if parameters:
+        op["parameters"] = parameters
     return op
 
 
@@ -86,6 +93,37 @@ SERVER_SPEC = {
         "/allocations/{alloc_id}": {"get": _op(
             "Get an allocation", ok={"type": "object"}, errors=(404,),
             params=["alloc_id"])},
+        "/allocations/{alloc_id}/logs/{task}": {"get": _op(
+            "A task's log, relayed from its node", ok={"type": "string"},
+            errors=(400, 404, 502), params=["alloc_id", "task"], query=_LOG_QUERY)},
+        "/health": {"get": _op("Liveness", ok={"type": "object"}, errors=())},
+        "/metrics": {"get": _op("Prometheus metrics", ok={"type": "string"},
+                                errors=())},
+    },
+}
+
+_ALLOC_BODY = {"type": "object", "required": ["allocation_id", "job_id", "task_group"],
+               "properties": {
+                   "allocation_id": {"type": "string"}, "job_id": {"type": "string"},
+                   "job_type": {"type": "string", "enum": ["batch", "service"]},
+                   "task_group": {"type": "object", "required": ["name", "tasks"],
+                                  "properties": {"name": {"type": "string"},
+                                                 "tasks": {"type": "array",
+                                                           "items": _TASK}}}}}
+
+AGENT_SPEC = {
+    "openapi": "3.0.3",
+    "info": {"title": "orch agent", "version": "0.1.0"},
+    "paths": {
+        "/allocations": {"post": _op("Run an allocation", _ALLOC_BODY)},
+        "/allocations/{alloc_id}": {
+            "get": _op("An allocation's status", ok={"type": "object"},
+                       errors=(404,), params=["alloc_id"]),
+            "delete": _op("Stop and remove an allocation", errors=(404,),
+                          params=["alloc_id"])},
+        "/allocations/{alloc_id}/logs/{task}": {"get": _op(
+            "A task's log", ok={"type": "string"}, errors=(400, 404),
+            params=["alloc_id", "task"], query=_LOG_QUERY)},
         "/health": {"get": _op("Liveness", ok={"type": "object"}, errors=())},
     },
 }
