@@ -6,7 +6,9 @@ back to an ``ORCH_*`` environment variable (``orch.config.env``).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 
 from orch import __version__
@@ -14,6 +16,7 @@ from orch.config import DEFAULT_ADDRESS, AgentConfig, DevConfig, ServerConfig, e
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [{role} pid=%(process)d] %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LISTEN_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
 
 
 # ---- argument types --------------------------------------------------------
@@ -238,6 +241,17 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `orch job status | head`: the reader left; exit quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        if exc.errno not in LISTEN_ERRNOS or not hasattr(args, "port"):
+            raise
+        # A taken port is a usage error, not a crash: one line, no traceback.
+        logging.getLogger("orch").error("cannot listen on %s:%s: %s", args.bind,
+                                        args.port, exc.strerror or exc)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import time
 from orch import errors
 from orch.cli_format import (TERMINAL_ALLOC, ago, alloc_counts, alloc_status,
                              current_allocs, describe_placement_failure,
-                             event_line, fields, node_row, short, table,
-                             wanted_count)
+                             event_line, fields, matches_short, node_row, short,
+                             table, wanted_count)
 from orch.client import Client, ClientError
 
 # Exit codes of `job run`.
@@ -71,14 +71,15 @@ def get_job(client: Client, job_id: str) -> dict:
 
 
 def resolve_alloc(client: Client, ident: str) -> dict:
-    """The allocation by full id, or by a unique prefix of it (as Nomad accepts)."""
+    """The allocation by full id, by a unique prefix (as Nomad accepts), or by
+    the short id the tables print."""
     try:
         return client.allocs.get(ident)
     except errors.NotFound:
         pass
     matches = {a["allocation_id"] for job in client.jobs.list()
                for a in job.get("allocations") or []
-               if str(a.get("allocation_id", "")).startswith(ident)}
+               if matches_short(str(a.get("allocation_id", "")), ident)}
     if len(matches) > 1:
         raise errors.ValidationError(
             f'allocation prefix "{ident}" matches {len(matches)} allocations')

@@ -1,11 +1,27 @@
 """Pure text formatting for the CLI: tables, ages, placement failures in words."""
 from __future__ import annotations
 
+import re
+
 TERMINAL_ALLOC = frozenset({"complete", "failed", "stopped", "lost"})
 
 
+# Time-ordered (UUIDv7) ids share their first characters for a minute; their
+# random part is at the end.
+UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
 def short(ident: str | None, n: int = 8) -> str:
-    return (ident or "-")[:n]
+    """The 8 characters that tell ids apart: the start of a random id, the end
+    of a time-ordered one."""
+    if not ident:
+        return "-"
+    return ident[-n:] if UUID7.fullmatch(ident) else ident[:n]
+
+
+def matches_short(ident: str, given: str) -> bool:
+    """Does ``given`` (a prefix, or a short id as printed) name ``ident``?"""
+    return ident.startswith(given) or (bool(UUID7.fullmatch(ident)) and ident.endswith(given))
 
 
 def table(headers: list[str], rows: list[list]) -> str:
