@@ -14,5 +14,9 @@ setup(
     packages=find_packages(include=["orch", "orch.*"]),
     python_requires=">=3.11",
     install_requires=["bottle", "waitress", "requests", "psutil", "docker"],
-    entry_points={"console_scripts": ["orch=orch.__main__:main"]},
+    entry_points={
+        "console_scripts": ["orch=orch.__main__:main"],
+        # `orch_cluster` fixture and `dev_cluster()` for the tests of orch's users.
+        "pytest11": ["orch = orch.testing"],
+    },
 )

@@ -149,24 +149,7 @@ def add_client_commands(sub, common) -> None:
     client.set_defaults(role="client")
     reads = argparse.ArgumentParser(add_help=False, parents=[client])
     reads.add_argument("--json", action="store_true", help="print the server's JSON")
-
-    job = sub.add_parser("job", help="submit and manage jobs").add_subparsers(
-        dest="job_command", metavar="COMMAND", required=True)
-    cmd = job.add_parser("run", parents=[client], help="submit a job file and follow its placement")
-    cmd.add_argument("file", metavar="FILE", help="JSON job file, or - for stdin")
-    cmd.add_argument("--detach", action="store_true", help="return once submitted")
-    cmd.add_argument("--timeout", type=seconds, default=120.0,
-                     help="give up following after this many seconds (default %(default)s)")
-    cmd.set_defaults(handler=cli.job_run)
-    cmd = job.add_parser("status", parents=[reads], help="list jobs, or show one")
-    cmd.add_argument("id", metavar="ID", nargs="?")
-    cmd.set_defaults(handler=cli.job_status)
-    for name, handler, text in (("stop", cli.job_stop, "stop a job's allocations"),
-                                ("restart", cli.job_restart, "run a stopped job again"),
-                                ("delete", cli.job_delete, "delete a job and its allocations")):
-        cmd = job.add_parser(name, parents=[client], help=text)
-        cmd.add_argument("id", metavar="ID")
-        cmd.set_defaults(handler=handler)
+    add_job_commands(sub, client, reads)
 
     node = sub.add_parser("node", help="inspect nodes").add_subparsers(
         dest="node_command", metavar="COMMAND", required=True)
@@ -183,6 +166,35 @@ def add_client_commands(sub, common) -> None:
     cmd.add_argument("--stderr", action="store_true", help="the task's stderr instead of stdout")
     cmd.add_argument("-f", "--follow", action="store_true", help="keep printing until the allocation ends")
     cmd.set_defaults(handler=cli.alloc_logs)
+
+
+def add_job_commands(sub, client, reads) -> None:
+    from orch import cli_job
+
+    job = sub.add_parser("job", help="submit and manage jobs").add_subparsers(
+        dest="job_command", metavar="COMMAND", required=True)
+    cmd = job.add_parser("run", parents=[client], help="submit a job file and follow its placement")
+    cmd.add_argument("file", metavar="FILE", help="JSON job file, or - for stdin")
+    cmd.add_argument("--detach", action="store_true", help="return once submitted")
+    cmd.add_argument("--timeout", type=seconds, default=120.0,
+                     help="give up following after this many seconds (default %(default)s)")
+    cmd.set_defaults(handler=cli_job.job_run)
+    cmd = job.add_parser("plan", parents=[reads],
+                         help="dry run: what `job run FILE` would change; changes nothing")
+    cmd.add_argument("file", metavar="FILE", help="JSON job file, or - for stdin")
+    cmd.set_defaults(handler=cli_job.job_plan)
+    cmd = job.add_parser("inspect", parents=[reads], help="print a job's stored spec as JSON")
+    cmd.add_argument("id", metavar="ID")
+    cmd.set_defaults(handler=cli_job.job_inspect)
+    cmd = job.add_parser("status", parents=[reads], help="list jobs, or show one")
+    cmd.add_argument("id", metavar="ID", nargs="?")
+    cmd.set_defaults(handler=cli_job.job_status)
+    for name, handler, text in (("stop", cli_job.job_stop, "stop a job's allocations"),
+                                ("restart", cli_job.job_restart, "run a stopped job again"),
+                                ("delete", cli_job.job_delete, "delete a job and its allocations")):
+        cmd = job.add_parser(name, parents=[client], help=text)
+        cmd.add_argument("id", metavar="ID")
+        cmd.set_defaults(handler=handler)
 
 
 # ---- configs and handlers --------------------------------------------------

@@ -1,4 +1,6 @@
-"""Client commands of the CLI: job, node and alloc, over ``orch.client``."""
+"""Client commands of the CLI over ``orch.client``: shared plumbing, node and
+alloc commands. Job commands are in ``cli_job``, `job run`'s follower in
+``cli_run``."""
 from __future__ import annotations
 
 import functools
@@ -7,14 +9,13 @@ import sys
 import time
 
 from orch import errors
-from orch.cli_format import (TERMINAL_ALLOC, ago, alloc_counts, alloc_status,
-                             current_allocs, describe_placement_failure,
-                             event_line, fields, matches_short, node_row, short,
-                             table, wanted_count)
+from orch.cli_format import (TERMINAL_ALLOC, Style, ago, alloc_status,
+                             colour_enabled, event_line, fields, matches_short,
+                             node_row, table)
 from orch.client import Client, ClientError
+from orch.jobspec import parse_job
 
-# Exit codes of `job run`.
-EXIT_OK, EXIT_ERROR, EXIT_NOT_PLACED = 0, 1, 2
+EXIT_OK, EXIT_ERROR = 0, 1
 LOG_POLL_INTERVAL = 0.25
 ALLOC_CHECK_INTERVAL = 1.0
 
@@ -44,6 +45,11 @@ def print_json(body) -> None:
     say(json.dumps(body, indent=2, ensure_ascii=False, sort_keys=True))
 
 
+def style() -> Style:
+    """Colour for stdout: on a terminal only, and never with NO_COLOR set."""
+    return Style(colour_enabled(sys.stdout))
+
+
 def load_job_file(path: str) -> dict:
     """A job file is the seed's JSON job body; ``-`` reads stdin."""
     try:
@@ -60,6 +66,9 @@ def load_job_file(path: str) -> dict:
         raise errors.ValidationError(f"{path}: invalid JSON: {exc}") from exc
     if not isinstance(spec, dict):
         raise errors.ValidationError(f"{path}: a job is a JSON object")
+    # Checked here first, so a bad file is pointed at by its field path
+    # (`task_groups[0].tasks[1].resources.memory: ...`) before any request.
+    parse_job(spec, max_count=sys.maxsize)   # the server enforces its own limit
     return spec
 
 
@@ -88,192 +97,6 @@ def resolve_alloc(client: Client, ident: str) -> dict:
     return client.allocs.get(matches.pop())
 
 
-# ---- job run ---------------------------------------------------------------
-
-class RunMonitor:
-    """Follows one submission: its evaluation, then the job's allocations."""
-
-    def __init__(self, client: Client, job_id: str, eval_id: str | None, job_type: str,
-                 *, timeout: float, interval: float = 0.1,
-                 now=time.monotonic, sleep=time.sleep):
-        self.client, self.job_id, self.eval_id = client, job_id, eval_id
-        self.job_type = job_type
-        self.timeout, self.interval = timeout, interval
-        self.now, self.sleep = now, sleep
-        self.eval_status: str | None = None
-        self.seen: dict[str, str] = {}
-
-    def run(self) -> int:
-        deadline = self.now() + self.timeout
-        eval_done = self.eval_id is None
-        while True:
-            if not eval_done:
-                verdict, eval_done = self.check_eval()
-                if verdict is not None:
-                    return verdict
-            job = self.client.jobs.get(self.job_id)
-            self.report_allocs(job)
-            if eval_done:
-                verdict = self.job_verdict(job)
-                if verdict is not None:
-                    return verdict
-            if self.now() >= deadline:
-                say(f'==> Timed out after {self.timeout:g}s: job "{self.job_id}" '
-                    f'is {job.get("status")}')
-                return EXIT_ERROR
-            self.sleep(self.interval)
-
-    def check_eval(self) -> tuple[int | None, bool]:
-        """(exit code if the evaluation decides it, whether it is finished)."""
-        ev = self.client.evaluations.get(self.eval_id)
-        status = ev.get("status")
-        if status != self.eval_status:
-            was = f"{self.eval_status} -> " if self.eval_status else ""
-            say(f"    Evaluation {short(self.eval_id)}: {was}{status}"
-                f" (placed {ev.get('placed', 0)})")
-            self.eval_status = status
-        unplaced = status == "complete" and int(ev.get("queued") or 0) > 0
-        if status in ("blocked", "failed") or ev.get("failures") or unplaced:
-            if status == "failed" and not ev.get("failures"):
-                say(f"==> Evaluation failed: {ev.get('status_description') or 'no reason given'}")
-                return EXIT_ERROR, True
-            for line in describe_placement_failure(ev):
-                say(f"==> {line}")
-            say(f'    The job stays pending and is placed when capacity appears '
-                f'(orch job status {self.job_id}).')
-            return EXIT_NOT_PLACED, True
-        return None, status in ("complete", "canceled")
-
-    def report_allocs(self, job: dict) -> None:
-        for alloc in current_allocs(job):
-            alloc_id, status = alloc.get("allocation_id"), alloc_status(alloc)
-            before = self.seen.get(alloc_id)
-            if before is None:
-                name = alloc.get("name") or alloc.get("task_group")
-                say(f"    Allocation {short(alloc_id)} ({name}) on node "
-                    f"{short(alloc.get('node_id'))}: {status}")
-            elif before != status:
-                say(f"    Allocation {short(alloc_id)}: {before} -> {status}")
-            self.seen[alloc_id] = status
-
-    def job_verdict(self, job: dict) -> int | None:
-        status = job.get("status")
-        job_type = job.get("type") or self.job_type
-        if status == "dead" or job.get("stopped"):
-            say(f'==> Job "{self.job_id}" was stopped')
-            return EXIT_ERROR
-        if status == "failed":
-            say(f'==> Job "{self.job_id}" failed')
-            self.report_failures(job)
-            return EXIT_ERROR
-        if job_type == "batch":
-            if status == "complete":
-                say(f'==> Job "{self.job_id}" complete')
-                return EXIT_OK
-            return None
-        wanted = wanted_count(job)
-        running = sum(1 for a in current_allocs(job) if alloc_status(a) == "running")
-        if running >= wanted:
-            say(f'==> Job "{self.job_id}": {running} of {wanted} allocations running')
-            return EXIT_OK
-        return None
-
-    def report_failures(self, job: dict) -> None:
-        for alloc in job.get("allocations") or []:
-            if alloc_status(alloc) != "failed":
-                continue
-            try:
-                detail = self.client.allocs.get(alloc["allocation_id"])
-            except errors.OrchError:
-                detail = alloc
-            for name, task in (detail.get("tasks") or {}).items():
-                if task.get("status") == "failed":
-                    why = task.get("error") or f"exit code {task.get('exit_code')}"
-                    say(f'    Allocation {short(alloc["allocation_id"])} task "{name}": {why}')
-
-
-@client_command
-def job_run(args, client: Client) -> int:
-    spec = load_job_file(args.file)
-    resp = client.jobs.submit(spec)
-    job_id, eval_id = resp.get("job_id"), resp.get("evaluation_id")
-    if args.detach:
-        say(f'Job "{job_id}" submitted; evaluation {eval_id}')
-        return EXIT_OK
-    say(f'==> Job "{job_id}" submitted; evaluation {short(eval_id)}')
-    monitor = RunMonitor(client, job_id, eval_id, spec.get("type") or "batch",
-                         timeout=args.timeout)
-    try:
-        return monitor.run()
-    except KeyboardInterrupt:
-        say(f'==> Stopped following; the job keeps going (orch job status {job_id})')
-        return EXIT_OK
-
-
-# ---- job status / stop / restart / delete ----------------------------------
-
-@client_command
-def job_status(args, client: Client) -> int:
-    if args.id is None:
-        jobs = client.jobs.list()
-        if args.json:
-            print_json(jobs)
-        elif not jobs:
-            say("No jobs")
-        else:
-            rows = [[j.get("job_id"), j.get("type", "batch"), j.get("status"),
-                     alloc_counts(j)] for j in sorted(jobs, key=lambda j: j.get("job_id", ""))]
-            say(table(["ID", "Type", "Status", "Allocs"], rows))
-        return EXIT_OK
-    job = get_job(client, args.id)
-    if args.json:
-        print_json(job)
-        return EXIT_OK
-    say(job_summary(job, time.time()))
-    return EXIT_OK
-
-
-def job_summary(job: dict, now: float) -> str:
-    groups = ", ".join(f"{tg.get('name')} (count {tg.get('count')})"
-                       for tg in job.get("task_groups") or [])
-    head = fields([("ID", job.get("job_id")), ("Type", job.get("type", "batch")),
-                   ("Status", job.get("status")), ("Version", job.get("version")),
-                   ("Groups", groups), ("Allocs", alloc_counts(job))])
-    allocs = sorted(job.get("allocations") or [],
-                    key=lambda a: (-(a.get("create_time") or 0), a.get("name") or ""))
-    if not allocs:
-        return head + "\n\nNo allocations"
-    rows = [[short(a.get("allocation_id")), short(a.get("node_id")), a.get("task_group"),
-             alloc_status(a), a.get("desired_status", "run"),
-             ago(a.get("create_time") or a.get("start_time"), now)] for a in allocs]
-    return head + "\n\nAllocations\n" + table(
-        ["ID", "Node", "Group", "Status", "Desired", "Created"], rows)
-
-
-@client_command
-def job_stop(args, client: Client) -> int:
-    get_job(client, args.id)
-    client.jobs.stop(args.id)
-    say(f'Job "{args.id}" stopped; its allocations are being stopped')
-    return EXIT_OK
-
-
-@client_command
-def job_restart(args, client: Client) -> int:
-    get_job(client, args.id)
-    resp = client.jobs.restart(args.id)
-    say(f'Job "{args.id}" restarted; evaluation {resp.get("evaluation_id")}')
-    return EXIT_OK
-
-
-@client_command
-def job_delete(args, client: Client) -> int:
-    get_job(client, args.id)
-    client.jobs.delete(args.id)
-    say(f'Job "{args.id}" deleted')
-    return EXIT_OK
-
-
 # ---- node status -----------------------------------------------------------
 
 @client_command
@@ -284,8 +107,11 @@ def node_status(args, client: Client) -> int:
     elif not nodes:
         say("No nodes")
     else:
-        rows = [node_row(n) for n in sorted(nodes, key=lambda n: n.get("node_id", ""))]
-        say(table(["ID", "Region", "Endpoint", "Healthy", "CPU", "Memory", "Allocs"], rows))
+        now = time.time()
+        rows = [node_row(n) + [ago(n.get("last_heartbeat"), now)]
+                for n in sorted(nodes, key=lambda n: n.get("node_id", ""))]
+        say(table(["ID", "Region", "Endpoint", "Healthy", "CPU", "Memory", "Allocs",
+                   "Heartbeat"], rows, paint=style().cell))
     return EXIT_OK
 
 
@@ -297,15 +123,16 @@ def alloc_status_cmd(args, client: Client) -> int:
     if args.json:
         print_json(alloc)
     else:
-        say(alloc_summary(alloc, time.time()))
+        say(alloc_summary(alloc, time.time(), style()))
     return EXIT_OK
 
 
-def alloc_summary(alloc: dict, now: float) -> str:
+def alloc_summary(alloc: dict, now: float, paint: Style = Style(False)) -> str:
     out = [fields([
         ("ID", alloc.get("allocation_id")), ("Name", alloc.get("name")),
         ("Job", alloc.get("job_id")), ("Group", alloc.get("task_group")),
-        ("Node", alloc.get("node_id")), ("Client Status", alloc_status(alloc)),
+        ("Node", alloc.get("node_id")),
+        ("Client Status", paint.status(alloc_status(alloc))),
         ("Desired Status", alloc.get("desired_status")),
         ("Description", alloc.get("description")),
         ("Created", ago(alloc.get("create_time"), now)),
@@ -313,7 +140,7 @@ def alloc_summary(alloc: dict, now: float) -> str:
         ("Finished", ago(alloc.get("end_time"), now))])]
     for name, task in sorted((alloc.get("tasks") or {}).items()):
         out.append("")
-        out.append(f'Task "{name}" is "{task.get("status", "pending")}"')
+        out.append(f'Task "{name}" is "{paint.status(task.get("status", "pending"))}"')
         out.append(fields([("Exit Code", task.get("exit_code")),
                            ("Restarts", task.get("restarts", 0)),
                            ("Error", task.get("error"))]))

@@ -1,6 +1,7 @@
 """Pure text formatting for the CLI: tables, ages, placement failures in words."""
 from __future__ import annotations
 
+import os
 import re
 
 TERMINAL_ALLOC = frozenset({"complete", "failed", "stopped", "lost"})
@@ -24,12 +25,20 @@ def matches_short(ident: str, given: str) -> bool:
     return ident.startswith(given) or (bool(UUID7.fullmatch(ident)) and ident.endswith(given))
 
 
-def table(headers: list[str], rows: list[list]) -> str:
-    """Left-aligned columns two spaces apart, no trailing blanks."""
+def table(headers: list[str], rows: list[list], paint=None) -> str:
+    """Left-aligned columns two spaces apart, no trailing blanks.
+
+    ``paint(column, text)`` may wrap a body cell in colour; widths are those
+    of the plain text, so colour codes never misalign the columns.
+    """
     cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r]
                                             for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines = []
+    for n, row in enumerate(cells):
+        out = [(paint(headers[i], c) if paint and n else c) + " " * (widths[i] - len(c))
+               for i, c in enumerate(row)]
+        lines.append("  ".join(out).rstrip())
     return "\n".join(lines)
 
 
@@ -63,34 +72,68 @@ def alloc_status(alloc: dict) -> str:
     return alloc.get("client_status") or alloc.get("status") or "pending"
 
 
-def describe_failures(failures: dict) -> str:
-    """``memory exhausted on 2 nodes; constraint region = eu filtered 1 node``."""
+def describe_failures(failures: dict, nodes: list[dict] | None = None) -> str:
+    """``memory exhausted on node a1b2 (needs 512 MB, 300 free); 1 node
+    filtered by constraint region = eu``: each reason with its node count,
+    and for a resource the nodes that came closest (``failed_nodes``)."""
     parts = []
-    for reason, count in sorted(failures.items(), key=lambda kv: (-kv[1], kv[0])):
-        nodes = plural(int(count), "node")
-        verb = "on" if reason.endswith("exhausted") else "filtered"
-        parts.append(f"{reason} {verb} {nodes}")
+    # Capacity first: it is what more nodes or smaller tasks would fix.
+    order = sorted(failures.items(),
+                   key=lambda kv: (not kv[0].endswith("exhausted"), -kv[1], kv[0]))
+    for reason, count in order:
+        count = int(count)
+        if reason.endswith("exhausted"):
+            near = [n for n in nodes or () if n.get("reason") == reason]
+            parts.append(_exhausted(reason, count, near))
+        else:
+            parts.append(f"{plural(count, 'node')} filtered by {reason}")
     return "; ".join(parts)
+
+
+def _exhausted(reason: str, count: int, near: list[dict]) -> str:
+    key, unit = ("cpu", "MHz") if reason.startswith("cpu") else ("memory", "MB")
+    if not near:
+        return f"{reason} on {plural(count, 'node')}"
+    needs = (near[0].get("needs") or {}).get(key)
+    free = [((n.get("free") or {}).get(key), short(n.get("node_id"))) for n in near]
+    if count == 1 and len(near) == 1:
+        return f"{reason} on node {free[0][1]} (needs {needs} {unit}, {free[0][0]} free)"
+    listed = ", ".join(f"{node} {amount}" for amount, node in free)
+    return f"{reason} on {plural(count, 'node')} (needs {needs} {unit}; free: {listed})"
 
 
 def describe_placement_failure(evaluation: dict) -> list[str]:
     """Lines saying how many allocations were not placed and why."""
     groups = evaluation.get("groups") or {}
+    nodes = evaluation.get("failed_nodes") or {}
     if groups:
         wanted = sum(int(g.get("wanted", 0)) for g in groups.values())
         failed = sum(int(g.get("failed", 0)) for g in groups.values())
     else:
         failed = int(evaluation.get("queued") or 0)
         wanted = failed + int(evaluation.get("placed") or 0)
-    reasons = (describe_failures(evaluation.get("failures") or {})
+    failed_groups = {n: g for n, g in groups.items() if g.get("failed")}
+    # Node detail belongs to one group's demand: inline only when one failed.
+    inline = nodes.get(next(iter(failed_groups))) if len(failed_groups) == 1 else None
+    reasons = (describe_failures(evaluation.get("failures") or {}, inline)
                or evaluation.get("status_description")
                or "no eligible node")
     lines = [f"{failed} of {wanted} not placed: {reasons}"]
-    failed_groups = {n: g for n, g in groups.items() if g.get("failed")}
     if len(failed_groups) > 1:
         for name, g in sorted(failed_groups.items()):
-            lines.append(f'group "{name}": {g.get("failed")} of {g.get("wanted")} not placed')
+            line = f'group "{name}": {g.get("failed")} of {g.get("wanted")} not placed'
+            near = nodes.get(name) or []
+            if near:
+                line += ": " + "; ".join(_node_detail(n) for n in near)
+            lines.append(line)
     return lines
+
+
+def _node_detail(node: dict) -> str:
+    key, unit = ("cpu", "MHz") if str(node.get("reason")).startswith("cpu") else ("memory", "MB")
+    return (f"{node.get('reason')} on node {short(node.get('node_id'))} "
+            f"(needs {(node.get('needs') or {}).get(key)} {unit}, "
+            f"{(node.get('free') or {}).get(key)} free)")
 
 
 def wanted_count(job: dict) -> int:
@@ -98,16 +141,14 @@ def wanted_count(job: dict) -> int:
 
 
 def current_allocs(job: dict) -> list[dict]:
-    """Allocations the server wants running for the job's current version."""
-    version = job.get("version")
-    current = []
-    for alloc in job.get("allocations") or []:
-        if alloc.get("desired_status", "run") != "run":
-            continue
-        if version is not None and alloc.get("job_version", version) != version:
-            continue
-        current.append(alloc)
-    return current
+    """Allocations the server wants running.
+
+    Not filtered by job version: an update that leaves a group unchanged
+    keeps its allocations, with the version they were placed under; those
+    the update replaces are set to stop by the same evaluation.
+    """
+    return [a for a in job.get("allocations") or []
+            if a.get("desired_status", "run") == "run"]
 
 
 def alloc_counts(job: dict) -> str:
@@ -143,3 +184,88 @@ def event_line(event, now: float) -> list:
         return [ago(event.get("time"), now), event.get("type") or "-",
                 event.get("message") or ""]
     return ["-", "-", str(event)]
+
+
+# ---- colour ------------------------------------------------------------------
+
+_CODES = {"green": "32", "red": "31", "yellow": "33", "bold": "1"}
+STATUS_COLOURS = {
+    "running": "green", "complete": "green", "true": "green", "ready": "green",
+    "failed": "red", "lost": "red", "dead": "red", "false": "red",
+    "pending": "yellow", "blocked": "yellow", "stopped": "yellow",
+}
+STATUS_COLUMNS = frozenset({"Status", "Healthy", "Client Status"})
+
+
+def is_terminal(stream, environ=None) -> bool:
+    """A terminal that understands escape codes (not TERM=dumb)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:       # a closed stream
+        return False
+
+
+def colour_enabled(stream, environ=None) -> bool:
+    """Colour only on a terminal, never when NO_COLOR is set (no-color.org)."""
+    environ = os.environ if environ is None else environ
+    return not environ.get("NO_COLOR") and is_terminal(stream, environ)
+
+
+class Style:
+    """ANSI colour when ``on``, the text unchanged otherwise."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __call__(self, text: str, colour: str | None) -> str:
+        if not self.on or colour is None:
+            return text
+        return f"\x1b[{_CODES[colour]}m{text}\x1b[0m"
+
+    def status(self, text) -> str:
+        return self(str(text), STATUS_COLOURS.get(str(text)))
+
+    def cell(self, column: str, text: str) -> str:
+        """For ``table(paint=...)``: status-like columns in their colour."""
+        return self.status(text) if column in STATUS_COLUMNS else text
+
+
+# ---- job run progress ----------------------------------------------------------
+
+def group_progress(job: dict) -> dict[str, dict]:
+    """Per group: count, and the placed, running, complete and failed
+    allocations of the job as last submitted."""
+    submitted = job.get("submit_time") or 0
+    out = {tg.get("name"): {"count": int(tg.get("count", 1)), "placed": 0,
+                            "running": 0, "complete": 0, "failed": 0}
+           for tg in job.get("task_groups") or []}
+    for alloc in job.get("allocations") or []:
+        counts = out.get(alloc.get("task_group"))
+        if counts is None:
+            continue
+        status, wanted = alloc_status(alloc), alloc.get("desired_status", "run") == "run"
+        # Failures since this submission, replaced or not; older ones were
+        # reported by the run that submitted them.
+        if status == "failed" and (wanted or (alloc.get("create_time") or 0) >= submitted):
+            counts["failed"] += 1
+        if wanted:
+            counts["placed"] += 1
+            if status in ("running", "complete"):
+                counts[status] += 1
+    return out
+
+
+def progress_line(name: str, counts: dict, batch: bool, style: Style = Style(False)) -> str:
+    """``web: 3 placed, 2 running, 0 failed of 3`` (batch: and ``complete``)."""
+    failed = f"{counts['failed']} failed"
+    parts = [f"{counts['placed']} placed",
+             style(f"{counts['running']} running", "green" if counts["running"] else None)]
+    if batch:
+        parts.append(style(f"{counts['complete']} complete",
+                           "green" if counts["complete"] else None))
+    parts.append(style(failed, "red" if counts["failed"] else None))
+    return f"    {name}: {', '.join(parts)} of {counts['count']}"

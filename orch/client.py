@@ -9,10 +9,19 @@ Errors come back as the classes of ``orch.errors``, chosen by HTTP status::
     ├── MethodNotAllowed (405)
     ├── PayloadTooLarge (413)
     ├── StorageError (503)
-    └── ClientError                 the server could not be reached, or its
-                                    answer was not orch's JSON
+    ├── ClientError                 the server could not be reached, or its
+    │                               answer was not orch's JSON
+    └── WaitTimeout                 jobs.wait ran out of time (also a TimeoutError)
 
-Every call carries an explicit timeout.
+Every call carries an explicit timeout. In short::
+
+    from orch.client import Client, NotFound
+
+    with Client("http://127.0.0.1:4646", token=None) as orch:
+        job_id = orch.jobs.submit(spec)["job_id"]
+        job = orch.jobs.wait(job_id, "complete", timeout=60)
+        alloc_id = job["allocations"][0]["allocation_id"]
+        print(orch.allocs.logs(alloc_id, "main").decode())
 """
 from __future__ import annotations
 
@@ -23,6 +32,15 @@ import requests
 
 from orch import errors
 from orch.config import DEFAULT_ADDRESS
+# Re-exported: callers catch them as orch.client.NotFound and so on.
+from orch.errors import (
+    Conflict, MethodNotAllowed, NotFound, OrchError, PayloadTooLarge,
+    StorageError, Unauthorized, ValidationError,
+)
+
+__all__ = ["Client", "ClientError", "WaitTimeout", "Conflict", "MethodNotAllowed",
+           "NotFound", "OrchError", "PayloadTooLarge", "StorageError",
+           "Unauthorized", "ValidationError"]
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -41,9 +59,36 @@ class ClientError(errors.OrchError):
     status = 0
 
 
+class WaitTimeout(errors.OrchError, TimeoutError):
+    """Raised by ``jobs.wait`` when the job did not reach the status in time;
+    ``.job`` is the job as last seen."""
+    status = 0
+
+    def __init__(self, message: str, job: dict | None = None):
+        super().__init__(message)
+        self.job = job
+
+
 def _seg(value: str) -> str:
     """One URL path segment: ids never smuggle a '/' or '?' into the route."""
     return quote(str(value), safe="")
+
+
+def root_cause(exc: BaseException) -> str:
+    """``connection refused`` rather than urllib3's three nested wrappers."""
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    seen, todo = set(), [exc]
+    while todo:
+        cur = todo.pop(0)
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.strerror:
+            return cur.strerror.lower()
+        todo += [getattr(cur, "reason", None), cur.__cause__, cur.__context__,
+                 *(a for a in cur.args if isinstance(a, BaseException))]
+    return str(exc)
 
 
 def error_from_response(resp: requests.Response) -> errors.OrchError:
@@ -99,7 +144,8 @@ class Client:
                 method, url, json=json, params=params,
                 timeout=self.timeout if timeout is None else timeout)
         except requests.RequestException as exc:
-            raise ClientError(f"cannot reach orch server at {self.address}: {exc}") from exc
+            raise ClientError(
+                f"cannot reach orch server at {self.address}: {root_cause(exc)}") from exc
         if not 200 <= resp.status_code < 300:
             raise error_from_response(resp)
         return resp
@@ -131,6 +177,16 @@ class Jobs(_Resource):
         if job_id and self.exists(job_id):
             return self._client.call("PUT", f"/jobs/{_seg(job_id)}", json=spec)
         return self._client.call("POST", "/jobs", json=spec)
+
+    def plan(self, spec: dict) -> dict:
+        """A dry run of ``submit``: what would be placed, replaced, stopped or
+        left, and what could not be placed; the server changes nothing."""
+        return self._client.call("POST", "/jobs/plan", json=spec)
+
+    def inspect(self, job_id: str) -> dict:
+        """The stored job spec, without its status and allocations."""
+        job = self.get(job_id)
+        return {k: v for k, v in job.items() if k not in ("allocations", "status")}
 
     def exists(self, job_id: str) -> bool:
         try:
@@ -164,9 +220,9 @@ class Jobs(_Resource):
             if job.get("status") in wanted:
                 return job
             if time.monotonic() >= deadline:
-                raise TimeoutError(
+                raise WaitTimeout(
                     f"job {job_id} is {job.get('status')!r}, not one of "
-                    f"{sorted(wanted)} after {timeout:g}s")
+                    f"{sorted(wanted)} after {timeout:g}s", job)
             time.sleep(interval)
 
 
@@ -178,6 +234,9 @@ class Evaluations(_Resource):
 class Nodes(_Resource):
     def list(self) -> list[dict]:
         return self._client.call("GET", "/nodes").get("nodes", [])
+
+    def get(self, node_id: str) -> dict:
+        return self._client.call("GET", f"/nodes/{_seg(node_id)}")
 
 
 class Allocations(_Resource):

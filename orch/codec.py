@@ -1,5 +1,13 @@
-"""Dataclasses from their stored JSON form (the inverse of ``to_dict``)."""
+"""Dataclasses from their stored JSON form (the inverse of ``to_dict``).
+
+Allocations, the one kind stored by the million, also have a fast encoder
+(``allocs_json``): their compact stored form leaves out fields at their
+default and the derived ``name``/``status``, which ``alloc_from`` restores.
+"""
 from __future__ import annotations
+
+import json
+from json.encoder import encode_basestring_ascii as _quote
 
 from orch.structs import (
     Allocation, AllocStatus, Constraint, DesiredStatus, EvalStatus,
@@ -71,4 +79,59 @@ def eval_from(d: dict) -> Evaluation:
         placed=int(d.get("placed") or 0), queued=int(d.get("queued") or 0),
         failures=dict(d.get("failures") or {}), groups=dict(d.get("groups") or {}),
         node_id=d.get("node_id"), create_time=float(d.get("create_time") or 0.0),
-        modify_time=float(d.get("modify_time") or 0.0))
+        modify_time=float(d.get("modify_time") or 0.0),
+        failed_nodes=dict(d.get("failed_nodes") or {}))
+
+
+_DUMP = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def allocs_json(allocs) -> list[str]:
+    """The stored (compact) JSON of each allocation; ``alloc_from`` reads it back."""
+    tasks_json: dict[int, str] = {}     # id(tasks) -> JSON; plans share task maps
+    out = []
+    for alloc in allocs:
+        tasks = tasks_json.get(id(alloc.tasks))
+        if tasks is None:
+            tasks = tasks_json[id(alloc.tasks)] = _tasks_json(alloc.tasks)
+        out.append(_alloc_json(alloc, tasks))
+    return out
+
+
+def _alloc_json(a: Allocation, tasks: str) -> str:
+    res = a.resources
+    extra = ""
+    if a.description:
+        extra += f',"description":{_quote(a.description)}'
+    if a.start_time is not None:
+        extra += f',"start_time":{float(a.start_time)!r}'
+    if a.end_time is not None:
+        extra += f',"end_time":{float(a.end_time)!r}'
+    if a.job_version:
+        extra += f',"job_version":{int(a.job_version):d}'
+    if a.previous_allocation is not None:
+        extra += f',"previous_allocation":{_quote(a.previous_allocation)}'
+    if a.reschedule_count:
+        extra += f',"reschedule_count":{int(a.reschedule_count):d}'
+    return (f'{{"allocation_id":{_quote(a.allocation_id)},"job_id":{_quote(a.job_id)},'
+            f'"task_group":{_quote(a.task_group)},"node_id":{_quote(a.node_id)},'
+            f'"index":{int(a.index):d},'
+            f'"resources":{{"cpu":{int(res.cpu):d},"memory":{int(res.memory):d}}},'
+            f'"desired_status":"{a.desired_status.value}",'
+            f'"client_status":"{a.client_status.value}",'
+            f'"create_time":{float(a.create_time)!r},'
+            f'"modify_time":{float(a.modify_time)!r},'
+            f'"group_hash":{_quote(a.group_hash)},"eval_id":{_quote(a.eval_id)}'
+            f'{extra},"tasks":{tasks}}}')
+
+
+def _tasks_json(tasks: dict) -> str:
+    compact = {}
+    for name, state in tasks.items():
+        full = state.to_dict()
+        compact[name] = {key: value for key, value in full.items()
+                         if value != _TASK_DEFAULTS[key]}
+    return _DUMP(compact)
+
+
+_TASK_DEFAULTS = TaskState().to_dict()

@@ -40,6 +40,22 @@ _HEARTBEAT = {"type": "object", "required": ["node_id"], "properties": {
     "allocations": {"type": "object"}}}
 
 
+_PLAN = {"type": "object", "required": ["job_id", "diff", "failures", "version"],
+         "properties": {
+             "job_id": {"type": "string"}, "exists": {"type": "boolean"},
+             "version": {"type": "integer"},
+             "current_version": {"type": "integer", "nullable": True},
+             "diff": {"type": "object", "additionalProperties": {
+                 "type": "object", "properties": {
+                     "place": {"type": "integer"}, "stop": {"type": "integer"},
+                     "keep": {"type": "integer"}, "replace": {"type": "integer"},
+                     "scale": {"type": "string"}}}},
+             "failures": {"type": "object", "additionalProperties": {
+                 "type": "object", "properties": {
+                     "wanted": {"type": "integer"}, "failures": {"type": "object"},
+                     "nodes": {"type": "array", "items": {"type": "object"}}}}}}}
+
+
 _LOG_QUERY = (("type", {"type": "string", "enum": ["stdout", "stderr"]}),
               ("offset", {"type": "integer", "minimum": 0}))
 
@@ -72,6 +88,8 @@ SERVER_SPEC = {
         "/heartbeat": {"post": _op("Node heartbeat", _HEARTBEAT, errors=(400, 404))},
         "/jobs": {"post": _op("Submit a job", _JOB),
                   "get": _op("List jobs", ok={"type": "object"}, errors=())},
+        "/jobs/plan": {"post": _op("Dry run: what submitting the job would do; "
+                                   "changes nothing", _JOB, ok=_PLAN)},
         "/jobs/{job_id}": {
             "put": _op("Update a job", _JOB, errors=(400, 404), params=["job_id"]),
             "delete": _op("Stop a job", errors=(404,), params=["job_id"]),

@@ -327,6 +327,9 @@ class Evaluation:
     node_id: str | None = None                   # for node-update evals
     create_time: float = 0.0
     modify_time: float = 0.0
+    # group -> up to a few nodes that lacked room, nearest misses first:
+    # [{"node_id", "reason", "needs": {cpu, memory}, "free": {cpu, memory}}]
+    failed_nodes: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"evaluation_id": self.eval_id, "job_id": self.job_id,
@@ -336,7 +339,7 @@ class Evaluation:
                 "placed": self.placed, "queued": self.queued,
                 "failures": self.failures, "groups": self.groups,
                 "node_id": self.node_id, "create_time": self.create_time,
-                "modify_time": self.modify_time}
+                "modify_time": self.modify_time, "failed_nodes": self.failed_nodes}
 
 
 @dataclass

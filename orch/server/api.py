@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 import bottle
-import requests
 
 from orch import httpjson
 from orch.errors import NotFound
@@ -94,6 +93,10 @@ def make_app(server) -> bottle.Bottle:
 
     # ---- beyond the seed -----------------------------------------------------
 
+    @route("POST", "/jobs/plan")
+    def plan_job():
+        return server.plan_job(httpjson.read_json())
+
     @route("GET", "/jobs/<job_id>/evaluations")
     def job_evaluations(job_id):
         store.require_job(job_id)
@@ -116,6 +119,8 @@ def make_app(server) -> bottle.Bottle:
 
     @route("GET", "/allocations/<alloc_id>/logs/<task>", raw=True)
     def allocation_logs(alloc_id, task):
+        import requests     # here only: the server's start-up does without it
+
         alloc = store.get_alloc(alloc_id)
         if alloc is None:
             raise NotFound("Allocation not found")

@@ -10,7 +10,13 @@ import logging
 import threading
 import time
 
+from orch.errors import OrchError
+
 log = logging.getLogger(__name__)
+
+# A node whose expiry could not be recorded (the state store failed to write,
+# say a full disk) is tried again this soon, unless it heartbeats first.
+EXPIRY_RETRY_S = 1.0
 
 
 class HeartbeatMonitor:
@@ -70,8 +76,21 @@ class HeartbeatMonitor:
             for node_id in expired:
                 try:
                     self._on_expired(node_id)
-                except Exception:
-                    log.exception("node expiry failed node=%s", node_id)
+                except Exception as exc:
+                    # Dropping it would leave the node healthy for good, its
+                    # allocations never lost nor replaced: try again.
+                    log.error("node expiry failed node=%s: %s; retrying in %.1fs",
+                              node_id, exc, min(self._ttl, EXPIRY_RETRY_S),
+                              exc_info=not isinstance(exc, OrchError))
+                    self._retry(node_id)
+
+    def _retry(self, node_id: str) -> None:
+        with self._cond:
+            if node_id in self._deadlines:
+                return                 # a heartbeat came in meanwhile
+            deadline = self._now() + min(self._ttl, EXPIRY_RETRY_S)
+            self._deadlines[node_id] = deadline
+            heapq.heappush(self._heap, (deadline, node_id))
 
     def stop(self) -> None:
         with self._cond:

@@ -7,10 +7,12 @@ request ever waits for placement or for an agent.
 from __future__ import annotations
 
 import logging
+import re
+import sys
 import time
 
 from orch.config import ServerConfig
-from orch.errors import Conflict, NotFound, ValidationError
+from orch.errors import Conflict, NotFound, StorageError, ValidationError
 from orch.jobspec import parse_job
 from orch.server import views
 from orch.server.broker import EvalBroker
@@ -26,6 +28,10 @@ from orch.structs import (
 )
 
 log = logging.getLogger(__name__)
+
+# An evaluation that could not be committed because the state store could not
+# write is queued again after this long.
+STORAGE_RETRY_S = 2.0
 
 
 class Server:
@@ -93,9 +99,23 @@ class Server:
         self.broker.enqueue_delayed(ev, at)
 
     def fail_eval(self, ev: Evaluation, why: str) -> None:
-        self.store.put_evals([replace(ev, status=EvalStatus.FAILED,
-                                      status_description=why,
-                                      modify_time=time.time())])
+        """An evaluation the scheduler gave up on is marked failed, unless the
+        state store could not write (a full disk: the error being handled, or
+        this very write, is a StorageError). Then it is not the evaluation's
+        fault and it is kept: queued again after STORAGE_RETRY_S."""
+        handling = sys.exc_info()[1]
+        if not isinstance(handling, StorageError):
+            try:
+                self.store.put_evals([replace(ev, status=EvalStatus.FAILED,
+                                              status_description=why,
+                                              modify_time=time.time())])
+                return
+            except StorageError:
+                pass
+        log.warning("evaluation %s of job %s kept: the state store cannot "
+                    "write; trying it again in %.0fs", ev.eval_id, ev.job_id,
+                    STORAGE_RETRY_S)
+        self.broker.enqueue_delayed(ev, time.time() + STORAGE_RETRY_S)
 
     def _cancel_evals(self, job_id: str) -> None:
         dropped = self.broker.cancel_job(job_id)
@@ -205,11 +225,21 @@ class Server:
         node = self.store.get_node(node_id)
         if node is None or not node.healthy:
             return
-        lost = self.store.mark_node_down(node_id, "node missed its heartbeats")
+        evals: list[Evaluation] = []
+
+        def evals_for(lost):
+            now = time.time()
+            evals[:] = [new_eval(job_id, TriggeredBy.NODE_UPDATE, now, node_id)
+                        for job_id in sorted({a.job_id for a in lost})]
+            return evals
+        # One transaction: if it fails (StorageError), nothing is half-done and
+        # the heartbeat monitor tries the whole verdict again.
+        lost = self.store.mark_node_down(node_id, "node missed its heartbeats",
+                                         evals_for)
         log.warning("node %s missed heartbeats: down, %d allocations lost",
                     node_id[:8], len(lost))
-        self.create_evals(sorted({a.job_id for a in lost}),
-                          TriggeredBy.NODE_UPDATE, node_id)
+        if evals:
+            self.broker.enqueue_many(evals)
 
     def _endpoint_of(self, node_id: str) -> str | None:
         node = self.store.get_node(node_id)
@@ -221,11 +251,38 @@ class Server:
                 or current.client_status != AllocStatus.PENDING:
             return
         now = time.time()
+        node = self.store.get_node(alloc.node_id)
+        if not _push_refused(error) and node is not None and node.healthy \
+                and now - current.create_time < self.config.node_ttl:
+            # No answer (an agent restarting, say): it may have accepted the
+            # allocation already, so failing it and placing a replacement
+            # could run the work twice. The node's heartbeats decide: they
+            # report the allocation, or it is pushed again (AllocSync), or
+            # the node is declared down and the allocation lost.
+            log.info("alloc %s: push unanswered, node %s alive: its heartbeats "
+                     "decide", alloc.allocation_id, alloc.node_id[:8])
+            return
         self.store.update_allocs([replace(
             current, client_status=AllocStatus.FAILED,
             desired_status=DesiredStatus.STOP, end_time=now, modify_time=now,
             description=f"push to node failed: {error}")])
         self.create_evals([alloc.job_id], TriggeredBy.ALLOC_FAILURE)
+
+    # ---- dry run -------------------------------------------------------------
+
+    def plan_job(self, body) -> dict:
+        """POST /jobs/plan: what submitting ``body`` would do; stores nothing."""
+        from orch.server.planning import dry_run
+        return dry_run(self, body)
+
+
+def _push_refused(error: str) -> bool:
+    """Whether a failed push certainly did not place the allocation: the
+    agent answered 4xx, or the node has no endpoint (Pusher's messages)."""
+    match = re.match(r"agent answered (\d+)", error)
+    if match:
+        return 400 <= int(match.group(1)) < 500
+    return error == "node has no endpoint"
 
 
 def _refuse_insecure_bind(config: ServerConfig) -> None:

@@ -118,15 +118,23 @@ class StateStore:
                         db.executemany(sql, rows)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLite may already have rolled back by itself (SQLITE_FULL
+                # does): a ROLLBACK then fails and would hide the real error.
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error as exc:
+                        log.error("state rollback failed: %s", exc)
                 raise
         except sqlite3.Error as exc:
             log.error("state write failed: %s", exc)
             raise StorageError(f"state store unavailable: {exc}") from exc
 
     @staticmethod
-    def _alloc_rows(allocs: Iterable[Allocation]) -> list:
-        return [(a.allocation_id, a.job_id, a.node_id, _dump(a)) for a in allocs]
+    def _alloc_rows(allocs: list[Allocation]) -> list:
+        bodies = codec.allocs_json(allocs)
+        return [(a.allocation_id, a.job_id, a.node_id, body)
+                for a, body in zip(allocs, bodies)]
 
     _UPSERT_ALLOC = ("INSERT OR REPLACE INTO allocations "
                      "(allocation_id, job_id, node_id, body) VALUES (?,?,?,?)")
@@ -151,6 +159,29 @@ class StateStore:
             self.cluster.release(old)
         elif alloc.holds_resources() and not held:
             self.cluster.reserve(alloc)
+
+    def _index_new_allocs(self, allocs: list[Allocation]) -> None:
+        """_index_alloc for a plan's placements, with one capacity-index call."""
+        by_id, by_job, by_node = self._allocs, self._allocs_by_job, self._allocs_by_node
+        job_index = node_index = job_id = node_id = None
+        fresh = []
+        for alloc in allocs:
+            alloc_id = alloc.allocation_id
+            if alloc_id in by_id:       # not new after all: the general path
+                self._index_alloc(alloc)
+                continue
+            by_id[alloc_id] = alloc
+            if alloc.job_id != job_id:
+                job_id = alloc.job_id
+                job_index = by_job.setdefault(job_id, {})
+            job_index[alloc_id] = None
+            if alloc.node_id != node_id:
+                node_id = alloc.node_id
+                node_index = by_node.setdefault(node_id, {})
+            node_index[alloc_id] = None
+            if alloc.holds_resources():
+                fresh.append(alloc)
+        self.cluster.reserve_many(fresh)
 
     def _unindex_alloc(self, alloc_id: str) -> None:
         alloc = self._allocs.pop(alloc_id, None)
@@ -243,8 +274,13 @@ class StateStore:
             self.cluster.set_healthy(node_id, healthy)
             return node
 
-    def mark_node_down(self, node_id: str, reason: str) -> list[Allocation]:
-        """Node unhealthy and its unfinished allocations lost, in one transaction."""
+    def mark_node_down(self, node_id: str, reason: str, evals_for=None
+                       ) -> list[Allocation]:
+        """Node unhealthy and its unfinished allocations lost, in one transaction.
+
+        ``evals_for(lost) -> [Evaluation]``, if given, makes the evaluations
+        that replace them, written in the same transaction: a failed write
+        leaves neither, so the verdict can simply be tried again."""
         with self._lock:
             node = self._nodes.get(node_id)
             if node is None:
@@ -257,12 +293,15 @@ class StateStore:
                     for a in self.allocs_for_node(node_id)
                     if a.client_status not in TERMINAL_ALLOC
                     and a.desired_status == DesiredStatus.RUN]
+            evals = evals_for(lost) if evals_for is not None else []
             self._write([(self._UPSERT_NODE, [(node_id, _dump(node))]),
-                         (self._UPSERT_ALLOC, self._alloc_rows(lost))])
+                         (self._UPSERT_ALLOC, self._alloc_rows(lost)),
+                         (self._UPSERT_EVAL, self._eval_rows(evals))])
             self._nodes[node_id] = node
             self.cluster.set_healthy(node_id, False)
             for alloc in lost:
                 self._index_alloc(alloc)
+            self._index_evals(evals)
             return lost
 
     # ---- job writes -----------------------------------------------------------
@@ -350,30 +389,38 @@ class StateStore:
                          (self._UPSERT_EVAL, self._eval_rows(evals))])
             for alloc in stopped:
                 self._index_alloc(alloc)
-            for alloc in placed:
-                self._index_alloc(alloc)
+            self._index_new_allocs(placed)
             self._index_evals(evals)
             return placed, stopped, rejected
 
     def _verify_placements(self, allocs: list[Allocation], stopping: list[Allocation]):
         # Room freed by the plan's own stops counts (a replaced group may reuse it).
-        extra: dict[str, list[int]] = {}
+        freed: dict[str, list[int]] = {}
         for alloc in stopping:
             if self._allocs[alloc.allocation_id].holds_resources():
-                used = extra.setdefault(alloc.node_id, [0, 0])
-                used[0] -= alloc.resources.cpu
-                used[1] -= alloc.resources.memory
+                mine = freed.setdefault(alloc.node_id, [0, 0])
+                mine[0] -= alloc.resources.cpu
+                mine[1] -= alloc.resources.memory
+        # The capacity index's room entry: [cpu, memory, cpu used, memory used]
+        # of a healthy node, None for one down or gone.
+        room_of, nodes = self.cluster.rooms(), self._nodes
+        used: dict[str, list[int]] = {}      # node -> [cpu, memory] with this plan
         ok, rejected = [], 0
         for alloc in allocs:
-            node = self._nodes.get(alloc.node_id)
-            free = self.cluster.free(alloc.node_id)
-            used = extra.setdefault(alloc.node_id, [0, 0])
-            fits = (node is not None and node.healthy
-                    and alloc.resources.cpu + used[0] <= free.cpu
-                    and alloc.resources.memory + used[1] <= free.memory)
-            if fits:
-                used[0] += alloc.resources.cpu
-                used[1] += alloc.resources.memory
+            node_id = alloc.node_id
+            room = room_of(node_id)
+            node = nodes.get(node_id)
+            if room is None or node is None or not node.healthy:
+                rejected += 1
+                continue
+            mine = used.get(node_id)
+            if mine is None:
+                back = freed.get(node_id, (0, 0))
+                mine = used[node_id] = [room[2] + back[0], room[3] + back[1]]
+            cpu = mine[0] + alloc.resources.cpu
+            memory = mine[1] + alloc.resources.memory
+            if cpu <= room[0] and memory <= room[1]:
+                mine[0], mine[1] = cpu, memory
                 ok.append(alloc)
             else:
                 rejected += 1

@@ -6,6 +6,7 @@ import random
 import threading
 import time
 
+from orch.server.planning import failed_nodes, released_by
 from orch.server.scheduler.generic import compute_plan
 from orch.structs import EvalStatus, Evaluation, TriggeredBy, new_id, replace
 
@@ -97,10 +98,17 @@ class SchedulerWorker(threading.Thread):
     def _commit(self, plan, evals, job, now):
         summary = summarize(plan, evals, job, plan.place)
         status = EvalStatus.BLOCKED if summary["queued"] else EvalStatus.COMPLETE
+        nearest = {}
+        if plan.failed:
+            # Which nodes came closest, for `orch job run` to name (only on
+            # failure: it reads the job's allocations again).
+            store = self._server.store
+            nearest = failed_nodes(plan, job, store.cluster,
+                                   released_by(plan, store.allocs_for_job(job.job_id)))
         updated = [replace(e, status=status, modify_time=now,
                            placed=e.placed + len(plan.place),
                            queued=summary["queued"], failures=summary["failures"],
-                           groups=summary["groups"],
+                           groups=summary["groups"], failed_nodes=nearest,
                            status_description=describe(summary))
                    for e in evals]
         placed, stopped, rejected = self._server.store.commit_plan(plan, updated)

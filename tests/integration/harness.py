@@ -66,12 +66,15 @@ def kill_pid(pid: int) -> None:
 class Proc:
     """One orch process (server, agent or dev) started from the zipapp."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict | None = None):
+    def __init__(self, args: list[str], log_path: Path, env: dict | None = None,
+                 prefix: list[str] | None = None):
+        """`prefix` runs the zipapp under another command (`ip netns exec NS`)."""
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "ab")
         full_env = dict(os.environ, **(env or {}))
-        self.popen = subprocess.Popen([sys.executable, str(PYZ), *args],
+        self.popen = subprocess.Popen([*(prefix or []), sys.executable, str(PYZ),
+                                       *args],
                                       stdout=self._log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, env=full_env,
                                       start_new_session=True)
@@ -111,12 +114,16 @@ class Cluster:
     """A server and agents started one by one, all torn down together."""
 
     def __init__(self, tmp: Path, *, node_ttl: float = 2.0,
-                 heartbeat_interval: float = 0.5):
+                 heartbeat_interval: float = 0.5, bind: str = "127.0.0.1",
+                 token: str | None = None):
         self.tmp = tmp
         self.node_ttl = node_ttl
         self.heartbeat_interval = heartbeat_interval
+        self.bind = bind
+        self.token = token
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{bind}:{self.port}"
         self.server: Proc | None = None
         self.agents: dict[str, Proc] = {}
         self.task_pid_dir = tmp / "pids"
@@ -125,21 +132,32 @@ class Cluster:
 
     # ---- processes ----------------------------------------------------
 
-    def start_server(self) -> Proc:
-        self.server = Proc(["server", "--port", str(self.port), "--data-dir",
-                            str(self.tmp / "server"), "--node-ttl",
-                            str(self.node_ttl)], self.tmp / "server.log")
+    def server_args(self, *extra: str) -> list[str]:
+        args = ["server", "--port", str(self.port), "--data-dir",
+                str(self.tmp / "server"), "--node-ttl", str(self.node_ttl)]
+        if self.bind != "127.0.0.1":
+            args += ["--bind", self.bind]
+        if self.token:
+            args += ["--token", self.token]
+        return [*args, *extra]
+
+    def start_server(self, *extra: str) -> Proc:
+        self.server = Proc(self.server_args(*extra), self.tmp / "server.log")
         wait_until(lambda: requests.get(f"{self.url}/health", timeout=1).ok,
                    what="server /health")
         return self.server
 
-    def start_agent(self, name: str, *extra: str, env: dict | None = None) -> str:
-        """Start (or restart) agent `name`; returns its node id once registered."""
+    def start_agent(self, name: str, *extra: str, env: dict | None = None,
+                    prefix: list[str] | None = None) -> str:
+        """Start (or restart) agent `name`; returns its node id once registered.
+
+        `extra` may carry its own --port (a later --port wins in argparse)."""
         data_dir = self.tmp / f"agent-{name}"
+        token = ["--token", self.token] if self.token else []
         proc = Proc(["agent", "--server", self.url, "--port", "0", "--data-dir",
                      str(data_dir), "--heartbeat-interval",
-                     str(self.heartbeat_interval), *extra],
-                    self.tmp / f"agent-{name}.log", env=env)
+                     str(self.heartbeat_interval), *token, *extra],
+                    self.tmp / f"agent-{name}.log", env=env, prefix=prefix)
         if name in self.agents:
             self._dead.append(self.agents[name])
         self.agents[name] = proc
@@ -162,16 +180,20 @@ class Cluster:
     # ---- API --------------------------------------------------------------
 
     def get(self, path: str):
-        return requests.get(self.url + path, timeout=TIMEOUT)
+        return requests.get(self.url + path, timeout=TIMEOUT,
+                            headers=self.headers)
 
     def post(self, path: str, body=None):
-        return requests.post(self.url + path, json=body, timeout=TIMEOUT)
+        return requests.post(self.url + path, json=body, timeout=TIMEOUT,
+                             headers=self.headers)
 
     def put(self, path: str, body):
-        return requests.put(self.url + path, json=body, timeout=TIMEOUT)
+        return requests.put(self.url + path, json=body, timeout=TIMEOUT,
+                            headers=self.headers)
 
     def delete(self, path: str):
-        return requests.delete(self.url + path, timeout=TIMEOUT)
+        return requests.delete(self.url + path, timeout=TIMEOUT,
+                               headers=self.headers)
 
     def job(self, job_id: str) -> dict:
         resp = self.get(f"/jobs/{job_id}")

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
-from helpers import ROOT, clean_env, nodes
+from helpers import ROOT, clean_env, http_get, nodes, wait_until
+from orch.cli_format import short
 
 EXAMPLES = ROOT / "examples"
 
@@ -41,8 +43,8 @@ def test_job_run_exit_codes_and_reads(pyz, dev_cluster, tmp_path):
     assert "3 of 3 allocations running" in service.stdout
 
     table = orch(pyz, url, "job", "status").stdout.splitlines()
-    assert table[0].split() == ["ID", "Type", "Status", "Allocs"]
-    assert ["sleep-service", "service", "running", "3/3"] in [r.split() for r in table]
+    assert table[0].split() == ["ID", "Type", "Status", "Allocs", "Submitted"]
+    assert ["sleep-service", "service", "running", "3/3"] in [r.split()[:4] for r in table]
     assert len(orch(pyz, url, "node", "status").stdout.splitlines()) == 4
 
     detail = orch(pyz, url, "job", "status", "hello-batch").stdout.splitlines()
@@ -69,3 +71,112 @@ def test_server_and_agent_fixtures(server, agent_factory):
     assert by_id[eu.node_id]["meta"] == {"rack": "r1"}
     assert by_id[plain.node_id]["endpoint"] == plain.url != eu.url
     assert plain.proc.stop() == 0
+
+
+def write_job(path, **job):
+    path.write_text(json.dumps(job))
+    return str(path)
+
+
+def state_counts(url):
+    health = http_get(url + "/health").json()
+    return {k: health[k] for k in ("jobs", "allocations", "evaluations") if k in health}
+
+
+def test_plan_json_reads_and_placement_wording(pyz, dev_cluster, tmp_path):
+    url = dev_cluster.url
+    service = str(EXAMPLES / "sleep-service.json")
+    new = orch(pyz, url, "job", "plan", service, "--json")
+    assert new.returncode == 0, new.stderr
+    assert json.loads(new.stdout)["diff"]["sleepers"]["place"] == 3
+    assert orch(pyz, url, "job", "status", "sleep-service").returncode == 1   # not submitted
+
+    assert orch(pyz, url, "job", "run", service).returncode == 0
+    before = (orch(pyz, url, "job", "inspect", "sleep-service").stdout, state_counts(url))
+    spec = json.loads((EXAMPLES / "sleep-service.json").read_text())
+    spec["task_groups"][0]["count"] = 5
+    bigger = write_job(tmp_path / "bigger.json", **spec)
+    text = orch(pyz, url, "job", "plan", bigger)
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert 'Group "sleepers": 2 place, 0 replace (destructive), 0 stop, 3 keep, scale +2' \
+        in text.stdout
+    plan = json.loads(orch(pyz, url, "job", "plan", bigger, "--json").stdout)
+    assert (plan["version"], plan["current_version"]) == (1, 0)
+    assert plan["diff"]["sleepers"] == {"place": 2, "stop": 0, "keep": 3, "replace": 0,
+                                        "scale": "+2"}
+    # The dry run changed nothing: same stored job (and version), same counts.
+    assert (orch(pyz, url, "job", "inspect", "sleep-service").stdout, state_counts(url)) == before
+    assert json.loads(before[0])["version"] == 0
+    # Submitted again unchanged: the allocations are kept (placed under
+    # version 0) and count as running for version 1.
+    again = orch(pyz, url, "job", "run", service, "--timeout", "20")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "3 of 3 allocations running" in again.stdout
+
+    # --json of every read command parses.
+    job = json.loads(orch(pyz, url, "job", "status", "sleep-service", "--json").stdout)
+    assert len(job["allocations"]) == 3
+    listed = json.loads(orch(pyz, url, "job", "status", "--json").stdout)
+    assert "sleep-service" in [j["job_id"] for j in listed]
+    node_list = json.loads(orch(pyz, url, "node", "status", "--json").stdout)
+    assert len(node_list) == 3
+    first = job["allocations"][0]["allocation_id"]
+    assert json.loads(orch(pyz, url, "alloc", "status", first, "--json").stdout)[
+        "allocation_id"] == first
+
+    # Per-node detail: more memory than node 0 has, and the others filtered.
+    node0 = next(n for n in node_list if n["meta"].get("dev_index") == "0")
+    too_big = write_job(tmp_path / "too-big.json", job_id="too-big", type="service",
+                        constraints=[{"attribute": "meta.dev_index", "operator": "=",
+                                      "value": "0"}],
+                        task_groups=[{"name": "g", "count": 2, "tasks": [{
+                            "name": "t", "config": {"command": "sleep 60"},
+                            "resources": {"memory": node0["resources"]["memory"] + 1}}]}])
+    wording = re.compile(r"2 of 2 not placed: memory exhausted on node (\w{8}) "
+                         r"\(needs (\d+) MB, (\d+) free\); "
+                         r"2 nodes filtered by constraint meta\.dev_index = 0")
+    planned = orch(pyz, url, "job", "plan", too_big)
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    blocked = orch(pyz, url, "job", "run", too_big)
+    assert blocked.returncode == 2, blocked.stdout + blocked.stderr
+    found = wording.search(blocked.stdout)
+    assert found, blocked.stdout
+    assert found.group(1) == short(node0["node_id"])
+    assert int(found.group(2)) == node0["resources"]["memory"] + 1
+
+
+def test_bad_job_file_and_logs_follow(pyz, dev_cluster, tmp_path):
+    url = dev_cluster.url
+    bad = write_job(tmp_path / "bad.json", task_groups=[{"name": "g", "tasks": [
+        {"name": "a", "config": {"command": "true"}},
+        {"name": "b", "config": {"command": "true"}, "resources": {"memory": "lots"}}]}])
+    result = orch(pyz, url, "job", "run", bad)
+    assert result.returncode == 1
+    assert result.stderr.strip() == \
+        "error: task_groups[0].tasks[1].resources.memory: must be a non-negative integer"
+
+    # The task prints line 2 only once the test, having read line 1, says go.
+    go = tmp_path / "go"
+    slow = write_job(tmp_path / "slow.json", job_id="slow", task_groups=[{
+        "name": "g", "tasks": [{"name": "t", "config": {
+            "command": f"echo line 1; i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; "
+                       f"do sleep 0.1; i=$((i+1)); done; echo line 2; echo line 3"}}]}])
+    detached = orch(pyz, url, "job", "run", slow, "--detach")
+    assert detached.returncode == 0 and 'Job "slow" submitted' in detached.stdout
+
+    def allocated():
+        allocs = json.loads(orch(pyz, url, "job", "status", "slow", "--json").stdout)["allocations"]
+        return allocs[0]["allocation_id"] if allocs else None
+    alloc_id = wait_until(allocated, 20, what="an allocation of slow")
+    follow = subprocess.Popen([sys.executable, str(pyz), "alloc", "logs", "-f", short(alloc_id),
+                               "t", "--address", url], stdout=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL, env=clean_env())
+    try:
+        assert follow.stdout.readline() == "line 1\n"
+        go.touch()
+        rest = follow.stdout.read()
+        assert follow.wait(30) == 0
+    finally:
+        follow.kill()
+        follow.wait()
+    assert rest == "line 2\nline 3\n"

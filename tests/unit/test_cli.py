@@ -12,10 +12,13 @@ import pytest
 
 from orch import __version__, errors
 from orch import __main__ as entry
-from orch.cli import RunMonitor, alloc_summary, follow_logs, job_summary, load_job_file
-from orch.cli_format import (ago, alloc_counts, describe_failures,
-                             describe_placement_failure, node_row, table)
-from orch.client import Client, ClientError
+from orch.cli import alloc_summary, follow_logs, load_job_file
+from orch.cli_format import (Style, ago, alloc_counts, colour_enabled,
+                             describe_failures, describe_placement_failure,
+                             group_progress, node_row, progress_line, table)
+from orch.cli_job import job_summary, plan_text
+from orch.cli_run import Live, RunMonitor
+from orch.client import Client, ClientError, WaitTimeout
 from orch.config import DEFAULT_ADDRESS, AgentConfig, ServerConfig
 
 
@@ -304,8 +307,22 @@ def test_wait_returns_the_job_or_times_out(canned):
     canned.add("GET", "/jobs/web", 200, {"job_id": "web", "status": "running"})
     client = Client(canned.url)
     assert client.jobs.wait("web", ["running"], timeout=1)["status"] == "running"
-    with pytest.raises(TimeoutError, match="'running'"):
+    with pytest.raises(TimeoutError, match="'running'") as exc:
         client.jobs.wait("web", "complete", timeout=0.05, interval=0.01)
+    assert isinstance(exc.value, WaitTimeout) and isinstance(exc.value, errors.OrchError)
+    assert exc.value.job["status"] == "running"
+
+
+def test_plan_inspect_and_node_get(canned):
+    canned.add("POST", "/jobs/plan", 200, {"job_id": "web", "diff": {}, "failures": {}})
+    canned.add("GET", "/jobs/web", 200, {"job_id": "web", "version": 2, "status": "running",
+                                         "allocations": [{"allocation_id": "a"}]})
+    canned.add("GET", "/nodes/n1", 200, {"node_id": "n1"})
+    client = Client(canned.url)
+    assert client.jobs.plan({"job_id": "web"})["job_id"] == "web"
+    assert canned.requests[-1]["body"] == {"job_id": "web"}
+    assert client.jobs.inspect("web") == {"job_id": "web", "version": 2}
+    assert client.nodes.get("n1") == {"node_id": "n1"}
 
 
 # ---- formatting ------------------------------------------------------------
@@ -315,7 +332,31 @@ def test_placement_failure_in_words():
           "failures": {"memory exhausted": 2, "constraint region = eu": 1},
           "groups": {"web": {"wanted": 3, "placed": 1, "failed": 2}}}
     assert describe_placement_failure(ev) == [
-        "2 of 3 not placed: memory exhausted on 2 nodes; constraint region = eu filtered 1 node"]
+        "2 of 3 not placed: memory exhausted on 2 nodes; 1 node filtered by constraint region = eu"]
+
+
+def test_placement_failure_names_the_nearest_nodes():
+    near = [{"node_id": "a1b2c3d4-0000-4000-8000-000000000000", "reason": "memory exhausted",
+             "needs": {"cpu": 100, "memory": 512}, "free": {"cpu": 900, "memory": 300}},
+            {"node_id": "ffff0000-0000-4000-8000-000000000000", "reason": "memory exhausted",
+             "needs": {"cpu": 100, "memory": 512}, "free": {"cpu": 900, "memory": 200}}]
+    ev = {"failures": {"memory exhausted": 1, "constraint region = eu": 1},
+          "groups": {"web": {"wanted": 3, "placed": 1, "failed": 2}},
+          "failed_nodes": {"web": near[:1]}}
+    assert describe_placement_failure(ev) == [
+        "2 of 3 not placed: memory exhausted on node a1b2c3d4 (needs 512 MB, 300 free); "
+        "1 node filtered by constraint region = eu"]
+    assert describe_failures({"memory exhausted": 4}, near) == (
+        "memory exhausted on 4 nodes (needs 512 MB; free: a1b2c3d4 300, ffff0000 200)")
+    cpu = [dict(near[0], reason="cpu exhausted", needs={"cpu": 5000}, free={"cpu": 40})]
+    assert describe_failures({"cpu exhausted": 1}, cpu) == \
+        "cpu exhausted on node a1b2c3d4 (needs 5000 MHz, 40 free)"
+    two = {"failures": {"memory exhausted": 2},
+           "groups": {"a": {"wanted": 1, "failed": 1}, "b": {"wanted": 1, "failed": 1}},
+           "failed_nodes": {"a": near[:1]}}
+    assert describe_placement_failure(two)[1] == (
+        'group "a": 1 of 1 not placed: memory exhausted on node a1b2c3d4 '
+        '(needs 512 MB, 300 free)')
 
 
 def test_placement_failure_per_group_and_without_reasons():
@@ -325,7 +366,7 @@ def test_placement_failure_per_group_and_without_reasons():
         "3 of 3 not placed: no eligible node",
         'group "a": 1 of 1 not placed', 'group "b": 2 of 2 not placed']
     assert describe_placement_failure({"queued": 2, "placed": 0, "failures": {"missing drivers": 3}}) \
-        == ["2 of 2 not placed: missing drivers filtered 3 nodes"]
+        == ["2 of 2 not placed: 3 nodes filtered by missing drivers"]
     assert describe_failures({"cpu exhausted": 1}) == "cpu exhausted on 1 node"
 
 
@@ -352,16 +393,17 @@ def alloc(i, status="running", desired="run", version=0, node="node-1234567890")
             "desired_status": desired, "job_version": version, "create_time": 90.0 - i}
 
 
-def test_alloc_counts_ignore_stopped_and_old_versions():
+def test_alloc_counts_ignore_stopped_but_keep_unchanged_ones():
+    # An update that leaves the group unchanged keeps its version-0 allocation.
     job = job_body(version=1, allocs=[alloc(0, version=1), alloc(1, version=0),
                                       alloc(2, desired="stop", version=1)])
-    assert alloc_counts(job) == "1/3"
+    assert alloc_counts(job) == "2/3"
     assert alloc_counts(job_body(status="dead")) == "0/0"
 
 
 def test_job_summary_lists_allocations():
     text = job_summary(job_body(allocs=[alloc(0), alloc(1, "pending")]), now=100.0)
-    assert "ID      = web" in text and "Allocs  = 1/3" in text
+    assert "ID        = web" in text and "Allocs    = 1/3" in text
     lines = text.splitlines()
     header = lines.index("Allocations") + 1
     assert lines[header].split() == ["ID", "Node", "Group", "Status", "Desired", "Created"]
@@ -436,9 +478,61 @@ def test_run_exits_0_when_every_service_allocation_runs(capsys):
     assert monitor(client).run() == 0
     out = capsys.readouterr().out
     assert "Evaluation eval-1: pending -> complete (placed 3)" in out
-    assert "Allocation alloc-2- (web.g[2]) on node node-123: pending" in out
-    assert "Allocation alloc-2-: pending -> running" in out
+    # Not a terminal: a group's line is printed again only when it changed.
+    assert out.count("    g: 1 placed, 0 running, 0 failed of 3\n") == 1
+    assert "    g: 3 placed, 2 running, 0 failed of 3\n" in out
+    assert "    g: 3 placed, 3 running, 0 failed of 3\n" in out
+    assert "\x1b" not in out
     assert "3 of 3 allocations running" in out
+
+
+def test_live_block_is_redrawn_in_place_on_a_terminal():
+    import io
+    out = io.StringIO()
+    live = Live(out, tty=True)
+    live.show([("a", "a: 1"), ("b", "b: 1")])
+    live.say("message")
+    live.show([("a", "a: 2"), ("b", "b: 1")])
+    assert out.getvalue() == ("a: 1\nb: 1\n"
+                              "\x1b[2F\x1b[Jmessage\na: 1\nb: 1\n"
+                              "\x1b[2F\x1b[Ja: 2\nb: 1\n")
+    plain = io.StringIO()
+    live = Live(plain, tty=False)
+    live.show([("a", "a: 1"), ("b", "b: 1")])
+    live.show([("a", "a: 2"), ("b", "b: 1")])
+    assert plain.getvalue() == "a: 1\nb: 1\na: 2\n"
+
+
+def test_group_progress_counts_the_last_submission():
+    job = dict(job_body(version=1, allocs=[
+        alloc(0, "running", version=1), alloc(1, "failed", desired="stop", version=1),
+        alloc(2, "pending", version=1), alloc(3, "running", desired="stop", version=0),
+        alloc(4, "failed", desired="stop", version=0)]), submit_time=88.0)
+    # alloc(4) failed before this submission (created at 86): not counted.
+    counts = group_progress(job)["g"]
+    assert counts == {"count": 3, "placed": 2, "running": 1, "complete": 0, "failed": 1}
+    assert progress_line("g", counts, batch=False) == "    g: 2 placed, 1 running, 1 failed of 3"
+    assert progress_line("g", counts, batch=True) == \
+        "    g: 2 placed, 1 running, 0 complete, 1 failed of 3"
+    assert "\x1b[31m1 failed\x1b[0m" in progress_line("g", counts, False, Style(True))
+
+
+class FakeTTY:
+    def isatty(self):
+        return True
+
+
+def test_colour_only_on_a_terminal_without_no_color():
+    assert colour_enabled(FakeTTY(), {}) is True
+    assert colour_enabled(FakeTTY(), {"NO_COLOR": "1"}) is False
+    assert colour_enabled(FakeTTY(), {"TERM": "dumb"}) is False
+    assert colour_enabled(object(), {}) is False
+    assert Style(False).status("failed") == "failed"
+    assert Style(True).status("failed") == "\x1b[31mfailed\x1b[0m"
+    painted = table(["ID", "Status"], [["a", "running"], ["bbbb", "failed"]],
+                    paint=Style(True).cell)
+    assert painted.splitlines()[1] == "a     \x1b[32mrunning\x1b[0m"
+    assert painted.splitlines()[2] == "bbbb  \x1b[31mfailed\x1b[0m"
 
 
 def test_run_exits_2_with_reasons_when_placement_fails(capsys):
@@ -477,8 +571,8 @@ def test_job_status_table(canned, capsys):
     canned.add("GET", "/jobs", 200, {"jobs": [job_body(allocs=[alloc(0)])], "count": 1})
     assert entry.main(["job", "status", "--address", canned.url]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["ID", "Type", "Status", "Allocs"]
-    assert lines[1].split() == ["web", "service", "running", "1/3"]
+    assert lines[0].split() == ["ID", "Type", "Status", "Allocs", "Submitted"]
+    assert lines[1].split() == ["web", "service", "running", "1/3", "-"]
 
 
 def test_missing_job_exits_1_with_the_error(canned, capsys):
@@ -493,9 +587,14 @@ def test_unreachable_server_exits_1(capsys):
     assert "cannot reach orch server" in capsys.readouterr().err
 
 
+VALID = {"task_groups": [{"name": "g", "count": 3, "tasks": [
+    {"name": "t", "config": {"command": "true"}}]}]}
+
+
 def test_job_run_detach_and_not_placed(canned, tmp_path, capsys):
     spec = tmp_path / "job.json"
-    spec.write_text(json.dumps({"task_groups": [{"name": "g", "count": 3, "tasks": []}]}))
+    spec.write_text(json.dumps(VALID))
+    canned.add("GET", "/jobs/web", 200, job_body("pending", count=3))
     canned.add("POST", "/jobs", 200, {"job_id": "web", "evaluation_id": "eval-1"})
     assert entry.main(["job", "run", str(spec), "--detach", "--address", canned.url]) == 0
     assert 'Job "web" submitted; evaluation eval-1' in capsys.readouterr().out
@@ -504,7 +603,57 @@ def test_job_run_detach_and_not_placed(canned, tmp_path, capsys):
         "failures": {"constraint region = eu": 2},
         "groups": {"g": {"wanted": 3, "placed": 0, "failed": 3}}})
     assert entry.main(["job", "run", str(spec), "--address", canned.url]) == 2
-    assert "3 of 3 not placed: constraint region = eu filtered 2 nodes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 of 3 not placed: 2 nodes filtered by constraint region = eu" in out
+    assert "    g: 0 placed, 0 running, 0 failed of 3" in out
+
+
+def test_bad_job_file_points_at_the_field_and_exits_1(tmp_path, capsys):
+    spec = tmp_path / "job.json"
+    bad = json.loads(json.dumps(VALID))
+    bad["task_groups"][0]["tasks"].append({"name": "u", "config": {"command": "true"},
+                                           "resources": {"memory": -1}})
+    spec.write_text(json.dumps(bad))
+    # No server needed: the file is checked before any request.
+    for verb in ("run", "plan"):
+        assert entry.main(["job", verb, str(spec), "--address", "http://127.0.0.1:9"]) == 1
+        assert capsys.readouterr().err == (
+            "error: task_groups[0].tasks[1].resources.memory: must be a non-negative integer\n")
+
+
+def test_job_plan_and_inspect(canned, tmp_path, capsys):
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps(dict(VALID, job_id="web")))
+    plan = {"job_id": "web", "exists": True, "version": 3, "current_version": 2,
+            "diff": {"g": {"place": 1, "stop": 0, "keep": 2, "replace": 0, "scale": "+1"}},
+            "failures": {}}
+    canned.add("POST", "/jobs/plan", 200, plan)
+    assert entry.main(["job", "plan", str(spec), "--address", canned.url]) == 0
+    out = capsys.readouterr().out
+    assert 'Job "web": update, version 2 -> 3' in out
+    assert 'Group "g": 1 place, 0 replace (destructive), 0 stop, 2 keep, scale +1' in out
+    assert "Nothing was changed" in out
+    assert canned.requests[-1]["body"]["job_id"] == "web"
+    canned.add("POST", "/jobs/plan", 200, dict(plan, failures={"g": {
+        "wanted": 1, "failures": {"memory exhausted": 3}, "nodes": []}}))
+    assert entry.main(["job", "plan", str(spec), "--json", "--address", canned.url]) == 2
+    assert json.loads(capsys.readouterr().out)["failures"]["g"]["wanted"] == 1
+    canned.add("GET", "/jobs/web", 200, job_body(allocs=[alloc(0)]))
+    assert entry.main(["job", "inspect", "web", "--address", canned.url]) == 0
+    inspected = json.loads(capsys.readouterr().out)
+    assert inspected["job_id"] == "web" and "allocations" not in inspected
+    assert "status" not in inspected
+
+
+def test_plan_text_says_what_cannot_be_placed():
+    text = plan_text({"job_id": "big", "exists": False, "version": 0,
+                      "diff": {"g": {"place": 1, "stop": 0, "keep": 0, "replace": 0,
+                                     "scale": "+3"}},
+                      "failures": {"g": {"wanted": 2, "failures": {
+                          "constraint region = eu": 1}, "nodes": []}}}, "big.json")
+    assert text.splitlines()[0] == 'Job "big": new'
+    assert '==> Group "g": 2 would not be placed: 1 node filtered by constraint region = eu' in text
+    assert text.splitlines()[-1] == "Nothing was changed. To submit: orch job run big.json"
 
 
 def test_alloc_status_accepts_a_unique_prefix(canned, capsys):

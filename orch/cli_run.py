@@ -1,0 +1,177 @@
+"""`orch job run`'s follower: a live line per task group, then a verdict.
+
+On a terminal the group lines are redrawn in place; otherwise (a pipe, a CI
+log) a group's line is printed again only when it changed, so the output is
+a readable history rather than a screenful of escape codes.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+
+from orch import errors
+from orch.cli_format import (Style, alloc_status, current_allocs,
+                             describe_placement_failure, group_progress,
+                             is_terminal, progress_line, short, wanted_count)
+
+EXIT_OK, EXIT_ERROR, EXIT_NOT_PLACED = 0, 1, 2
+
+
+class Live:
+    """Messages scroll; a block of keyed lines below them is kept current."""
+
+    def __init__(self, out=None, tty: bool | None = None):
+        self.out = out or sys.stdout
+        self.tty = is_terminal(self.out) if tty is None else tty
+        self._drawn = 0                        # lines of the block on screen (tty)
+        self._block: list[tuple[str, str]] = []
+        self._printed: dict[str, str] = {}     # key -> last line printed (not a tty)
+
+    def say(self, line: str = "") -> None:
+        if self.tty:
+            self._erase()
+            self._write(line + "\n")
+            self._draw()
+        else:
+            self._write(line + "\n")
+
+    def show(self, block: list[tuple[str, str]]) -> None:
+        """Replace the block: ``[(key, line)]``."""
+        if self.tty:
+            if block != self._block or not self._drawn:
+                self._block = list(block)
+                self._erase()
+                self._draw()
+            return
+        self._block = list(block)
+        for key, line in block:
+            if self._printed.get(key) != line:
+                self._printed[key] = line
+                self._write(line + "\n")
+
+    def _erase(self) -> None:
+        if self._drawn:
+            # To the start of the block's first line, then clear to the end.
+            self._write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
+
+    def _draw(self) -> None:
+        width = shutil.get_terminal_size().columns
+        for _, line in self._block:
+            # A wrapped line would take two rows and spoil the next redraw.
+            self._write(line[:max(20, width - 1)] + "\n")
+        self._drawn = len(self._block)
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+
+class RunMonitor:
+    """Follows one submission: its evaluation, then the job's allocations."""
+
+    def __init__(self, client, job_id: str, eval_id: str | None, job_type: str,
+                 *, timeout: float, interval: float = 0.1,
+                 now=time.monotonic, sleep=time.sleep, live: Live | None = None,
+                 style: Style | None = None):
+        self.client, self.job_id, self.eval_id = client, job_id, eval_id
+        self.job_type = job_type
+        self.timeout, self.interval = timeout, interval
+        self.now, self.sleep = now, sleep
+        self.live = live or Live()
+        self.style = style or Style(False)
+        self.eval_status: str | None = None
+
+    def say(self, line: str) -> None:
+        self.live.say(line)
+
+    def run(self) -> int:
+        deadline = self.now() + self.timeout
+        eval_done = self.eval_id is None
+        while True:
+            ev = None
+            if not eval_done:
+                ev, eval_done = self.check_eval()
+            # Read after the evaluation: once it is done, the job shows its
+            # plan (the allocations it replaces already set to stop).
+            job = self.client.jobs.get(self.job_id)
+            self.show_groups(job)
+            verdict = self.eval_verdict(ev) if ev is not None else None
+            if verdict is None and eval_done:
+                verdict = self.job_verdict(job)
+            if verdict is not None:
+                return verdict
+            if self.now() >= deadline:
+                self.say(self.style(f'==> Timed out after {self.timeout:g}s: job '
+                                    f'"{self.job_id}" is {job.get("status")}', "red"))
+                return EXIT_ERROR
+            self.sleep(self.interval)
+
+    def show_groups(self, job: dict) -> None:
+        batch = (job.get("type") or self.job_type) == "batch"
+        self.live.show([(name, progress_line(name, counts, batch, self.style))
+                        for name, counts in group_progress(job).items()])
+
+    def check_eval(self) -> tuple[dict, bool]:
+        """The evaluation (its status said when it changes), and whether it is finished."""
+        ev = self.client.evaluations.get(self.eval_id)
+        status = ev.get("status")
+        if status != self.eval_status:
+            was = f"{self.eval_status} -> " if self.eval_status else ""
+            self.say(f"    Evaluation {short(self.eval_id)}: {was}{self.style.status(status)}"
+                     f" (placed {ev.get('placed', 0)})")
+            self.eval_status = status
+        return ev, status in ("complete", "canceled", "blocked", "failed")
+
+    def eval_verdict(self, ev: dict) -> int | None:
+        """The exit code if the evaluation failed or left something unplaced."""
+        status = ev.get("status")
+        unplaced = status == "complete" and int(ev.get("queued") or 0) > 0
+        if not (status in ("blocked", "failed") or ev.get("failures") or unplaced):
+            return None
+        if status == "failed" and not ev.get("failures"):
+            why = ev.get("status_description") or "no reason given"
+            self.say(self.style(f"==> Evaluation failed: {why}", "red"))
+            return EXIT_ERROR
+        for line in describe_placement_failure(ev):
+            self.say(self.style(f"==> {line}", "red"))
+        self.say(f'    The job stays pending and is placed when capacity appears '
+                 f'(orch job status {self.job_id}).')
+        return EXIT_NOT_PLACED
+
+    def job_verdict(self, job: dict) -> int | None:
+        status = job.get("status")
+        if status == "dead" or job.get("stopped"):
+            self.say(self.style(f'==> Job "{self.job_id}" was stopped', "red"))
+            return EXIT_ERROR
+        if status == "failed":
+            self.say(self.style(f'==> Job "{self.job_id}" failed', "red"))
+            self.report_failures(job)
+            return EXIT_ERROR
+        if (job.get("type") or self.job_type) == "batch":
+            if status == "complete":
+                self.say(self.style(f'==> Job "{self.job_id}" complete', "green"))
+                return EXIT_OK
+            return None
+        wanted = wanted_count(job)
+        running = sum(1 for a in current_allocs(job) if alloc_status(a) == "running")
+        if running >= wanted:
+            self.say(self.style(f'==> Job "{self.job_id}": {running} of {wanted} '
+                                f'allocations running', "green"))
+            return EXIT_OK
+        return None
+
+    def report_failures(self, job: dict) -> None:
+        for alloc in job.get("allocations") or []:
+            if alloc_status(alloc) != "failed":
+                continue
+            try:
+                detail = self.client.allocs.get(alloc["allocation_id"])
+            except errors.OrchError:
+                detail = alloc
+            for name, task in (detail.get("tasks") or {}).items():
+                if task.get("status") == "failed":
+                    why = task.get("error") or f"exit code {task.get('exit_code')}"
+                    self.say(f'    Allocation {short(alloc["allocation_id"])} '
+                             f'task "{name}": {why}')
