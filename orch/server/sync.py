@@ -39,8 +39,43 @@ def _tasks(raw) -> dict | None:
         return None
 
 
+def _task_unchanged(raw, state: TaskState | None) -> bool:
+    """True only if ``TaskState.from_dict(raw) == state`` (False may be either)."""
+    return (state is not None and isinstance(raw, dict)
+            and raw.get("status") == state.status.value
+            and raw.get("start_time") == state.start_time
+            and raw.get("end_time") == state.end_time
+            and raw.get("exit_code") == state.exit_code
+            and raw.get("error") == state.error
+            and (raw.get("restarts") or 0) == state.restarts
+            and (raw.get("events") or []) == state.events)
+
+
+def _unchanged(alloc: Allocation, report: dict) -> bool:
+    """A quick exact check that ``merge_report`` would find nothing to change.
+
+    Every heartbeat repeats every allocation the agent holds, finished ones
+    included; comparing the raw report field by field avoids building task
+    states (enums, dataclasses) for the common case where nothing moved.
+    """
+    if report.get("status") != alloc.client_status.value:
+        return False
+    for key in ("start_time", "end_time"):
+        value = report.get(key)
+        if isinstance(value, (int, float)) and value != getattr(alloc, key):
+            return False
+    tasks = report.get("tasks")
+    if not isinstance(tasks, dict):
+        return True                      # no task map: tasks are left as they are
+    current = alloc.tasks
+    return len(tasks) == len(current) and all(
+        _task_unchanged(raw, current.get(name)) for name, raw in tasks.items())
+
+
 def merge_report(alloc: Allocation, report: dict, now: float) -> Allocation | None:
     """The allocation updated by an agent's report, or None if nothing changed."""
+    if _unchanged(alloc, report):
+        return None
     status = _status(report.get("status"))
     tasks = _tasks(report.get("tasks"))
     if status is None:

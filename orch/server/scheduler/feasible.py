@@ -3,16 +3,17 @@
 Checks run cheapest first and stop at the first rejection, whose reason is a
 named string counted per evaluation: ``"missing drivers"`` or
 ``"constraint <attribute> <operator> <value>"``. Nodes of one computed class
-answer every check the same way, so checks run once per class, except for
-constraints on attributes unique to a node (``node_id``, ``hostname``),
-which run per node as Nomad's "escaped" constraints do.
+answer every check the same way, so checks run once per class (and the
+verdict is remembered by the cluster for later evaluations asking the same),
+except for constraints on attributes unique to a node (``node_id``,
+``hostname``), which run per node as Nomad's "escaped" constraints do.
 """
 from __future__ import annotations
 
 import operator
 import re
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from orch.structs import Constraint, Job, Node, TaskGroup
 
@@ -117,25 +118,85 @@ def node_feasible(node: Node, job: Job, group: TaskGroup) -> str | None:
 
 def feasible_nodes(cluster, job: Job, group: TaskGroup) -> tuple[list[str], Counter]:
     """Healthy node ids that can run the group, and why the others cannot."""
-    # One check per class: the node lists of feasible classes are concatenated,
-    # a rejected class counts its reason once per node it holds.
-    candidates: list[str] = []
+    parts, failures = feasible_parts(cluster, job, group)
+    return [node_id for _, part in parts for node_id in part], Counter(failures)
+
+
+# Distinct asks remembered per cluster before the memo starts over (a bound).
+MAX_ASKS = 10_000
+
+
+def _asks(job: Job, group: TaskGroup) -> tuple:
+    """Everything class_feasible reads from the job and group, as plain tuples."""
+    drivers = tuple((t.driver, "command" in t.config) for t in group.tasks)
+    shared = tuple((c.attribute, c.operator, c.value)
+                   for c in (*job.constraints, *group.constraints) if not is_unique(c))
+    return drivers, shared
+
+
+def feasible_parts(cluster, job: Job, group: TaskGroup
+                   ) -> tuple[list[tuple[str, Sequence[str]]], Counter]:
+    """Feasible node ids as (class, node ids) pairs, and the rejections.
+
+    One check per class: a rejected class counts its reason once per node it
+    holds. The sequences are the cluster's shared tuples, never copied. The
+    cluster remembers, per kind of ask, each class's verdict (a class is a
+    hash of everything the checks read, so a verdict never expires) and the
+    whole answer for its current membership, so that an evaluation costs
+    O(1) here while no node joins or leaves, O(classes) after, and never
+    O(nodes) unless a constraint on a unique attribute (node_id, hostname)
+    makes the check per node. Callers must not mutate what they get.
+    """
+    members = cluster.members()
+    if any(is_unique(c) for c in (*job.constraints, *group.constraints)):
+        return _per_node(cluster, members, job, group)
+    memo = cluster.verdicts
+    if len(memo) > MAX_ASKS:
+        memo.clear()
+    asks = _asks(job, group)
+    # (members it answered for, parts, failures, class -> verdict), replaced
+    # whole so that a concurrent reader never sees half of an update.
+    known = memo.get(asks)
+    if known is not None and known[0] is members:
+        return known[1], known[2]
+    verdicts = {} if known is None else known[3]
+    parts: list[tuple[str, Sequence[str]]] = []
     failures: Counter = Counter()
-    per_node = any(is_unique(c) for c in (*job.constraints, *group.constraints))
-    for node_ids in cluster.classes().values():
+    for node_class, node_ids in members.items():
+        reason = verdicts.get(node_class, _UNKNOWN)
+        if reason is _UNKNOWN:
+            sample = _first_known(cluster, node_ids)
+            reason = None if sample is None else class_feasible(sample, job, group)
+            if sample is not None:
+                verdicts[node_class] = reason
+        if reason is None:
+            parts.append((node_class, node_ids))
+        else:
+            failures[reason] += len(node_ids)
+    memo[asks] = (members, parts, failures, verdicts)
+    return parts, failures
+
+
+_UNKNOWN = object()
+
+
+def _per_node(cluster, members, job: Job, group: TaskGroup):
+    parts: list[tuple[str, Sequence[str]]] = []
+    failures: Counter = Counter()
+    for node_class, node_ids in members.items():
         sample = _first_known(cluster, node_ids)
         reason = None if sample is None else class_feasible(sample, job, group)
         if reason is not None:
             failures[reason] += len(node_ids)
-        elif per_node:
-            _filter_nodes(cluster, node_ids, job, group, candidates, failures)
-        else:
-            candidates.extend(node_ids)
-    return candidates, failures
+            continue
+        kept: list[str] = []
+        _filter_nodes(cluster, node_ids, job, group, kept, failures)
+        parts.append((node_class, kept))
+    return parts, failures
 
 
-def _first_known(cluster, node_ids: list[str]) -> Node | None:
-    # A node may be removed between classes() and node(); any member will do.
+def _first_known(cluster, node_ids: Sequence[str]) -> Node | None:
+    # A node may be removed between members() and node(); any member will do.
     for node_id in node_ids:
         node = cluster.node(node_id)
         if node is not None:

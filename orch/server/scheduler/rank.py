@@ -10,7 +10,7 @@ from __future__ import annotations
 from orch.structs import Resources
 
 # Nomad's binpack score ranges 0 (idle node) .. 18 (perfect fit).
-_BINPACK_MAX = 18.0
+BINPACK_MAX = 18.0
 RESCHEDULE_PENALTY = 1.0
 
 
@@ -22,12 +22,18 @@ def _free_fraction(free: int, total: int) -> float:
 
 def binpack_score(total: Resources, free_after: Resources) -> float:
     """0..1, higher when the node is fuller after the placement."""
-    free_cpu = _free_fraction(free_after.cpu, total.cpu)
-    free_memory = _free_fraction(free_after.memory, total.memory)
+    return fit_score(total.cpu, total.memory, free_after.cpu, free_after.memory)
+
+
+def fit_score(total_cpu: int, total_memory: int, free_cpu: int,
+              free_memory: int) -> float:
+    """binpack_score on plain numbers (stack.py inlines it in its inner loop)."""
+    free_cpu_share = _free_fraction(free_cpu, total_cpu)
+    free_memory_share = _free_fraction(free_memory, total_memory)
     # 10**free is 10 for an idle dimension and 1 for a full one, so the
     # sum rewards filling the emptier dimension most.
-    score = 20.0 - (10.0 ** free_cpu + 10.0 ** free_memory)
-    return min(_BINPACK_MAX, max(0.0, score)) / _BINPACK_MAX
+    score = 20.0 - (10.0 ** free_cpu_share + 10.0 ** free_memory_share)
+    return min(BINPACK_MAX, max(0.0, score)) / BINPACK_MAX
 
 
 def anti_affinity_penalty(collisions: int, count: int) -> float:

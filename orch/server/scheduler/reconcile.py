@@ -73,6 +73,10 @@ def reconcile(job: Job, allocs: Iterable[Allocation], *, now: float) -> Reconcil
 
 def _reconcile_group(job: Job, group: TaskGroup, allocs: list[Allocation],
                      now: float, result: Reconciliation) -> None:
+    if not allocs:
+        # A new group (the common case of a large submit): every slot is placed.
+        result.place += [(group, index, None) for index in range(group.count)]
+        return
     slots: dict[int, list[Allocation]] = defaultdict(list)
     for alloc in allocs:
         slots[alloc.index].append(alloc)

@@ -6,49 +6,124 @@ placement stopped; nodes without room are skipped with a named reason; the
 first ``limit`` nodes that fit are ranked and the best wins. Placements made
 earlier in the same evaluation are held in a local overlay, so the shared
 Cluster is only read. A placement costs O(limit) node visits while the
-cluster has room, whatever its size.
+cluster has room, whatever its size; a node found without room for a group
+is dropped from that group's ring, so one evaluation visits a full node at
+most once per group however many placements it makes. When one placement
+meets many full nodes (a crowded cluster) the ring is rebuilt without the
+classes where no node has room (``Cluster.class_room``), so a crowded or
+failing placement costs O(classes) plus the nodes of classes that might fit,
+not O(nodes). A placement fails only after every feasible node was seen, or
+ruled out with its class, without room: the stack never gives up early on a
+cluster that could still take the allocation.
 """
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import Counter
-from typing import Iterable
+from itertools import accumulate, islice
+from typing import Iterable, Iterator, Sequence
 
 from orch.server.scheduler.cluster import Cluster
-from orch.server.scheduler.feasible import feasible_nodes
-from orch.server.scheduler.rank import score_node
-from orch.structs import Allocation, Job, JobType, Node, Resources, TaskGroup
+from orch.server.scheduler.feasible import feasible_parts
+from orch.server.scheduler.rank import (
+    BINPACK_MAX, RESCHEDULE_PENALTY, anti_affinity_penalty,
+)
+from orch.structs import Allocation, Job, JobType, Resources, TaskGroup
 
 CPU_EXHAUSTED = "cpu exhausted"
 MEMORY_EXHAUSTED = "memory exhausted"
 # As Nomad's limit iterator: up to this many penalised nodes are set aside
 # (used only if nothing better turns up) so one job spreads across nodes.
 MAX_SKIP = 3
+# Nodes without room met by one placement before the stack stops walking
+# node by node and rules out whole classes instead (a crowded cluster).
+PRUNE_AFTER = 64
 
 
 class Ring:
-    """Node ids in a random order, shuffled lazily: one Fisher-Yates step per visit."""
+    """Node ids in a random order, produced lazily: O(1) per visit, no copy.
 
-    def __init__(self, node_ids: list[str], rng):
-        self._ids = node_ids
-        self._rng = rng
-        self._fixed = 0
-        self._pos = 0
+    The ids are read in place from one or more sequences (the cluster's shared
+    per-class tuples) in the order of a random affine permutation (random
+    start, random step coprime with the size): every node once per lap, an
+    order unrelated to node state and different for every evaluation, which
+    is all placement asks of the shuffle, at O(nodes visited) instead of the
+    O(nodes) of shuffling a copy (a sparse Fisher-Yates measured twice as
+    slow per visit at 50,000 nodes). The first lap fixes the order; later
+    laps replay it. A dropped node (it cannot take the group any more in this
+    evaluation) is skipped by the rest of the lap and forgotten by the next.
+    """
+
+    def __init__(self, node_ids: Sequence[str], rng):
+        self._setup([node_ids], rng)
+
+    @classmethod
+    def over(cls, parts: Sequence[Sequence[str]], rng) -> "Ring":
+        """A ring over the concatenation of ``parts``, without concatenating."""
+        ring = cls.__new__(cls)
+        ring._setup(parts, rng)
+        return ring
+
+    def _setup(self, parts, rng) -> None:
+        self._parts = [part for part in parts if part]
+        self._live = sum(map(len, self._parts))
+        self._dropped: set[str] = set()     # dropped during the current lap
+        # The walk is a generator: its state lives in fast locals, and a
+        # select() that stops early resumes it where it stopped.
+        self.walk = self._walk(rng.random)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        """Nodes not dropped."""
+        return self._live
 
-    def next(self) -> str:
-        i, ids = self._pos, self._ids
-        # A full shuffle of 50,000 ids per evaluation would cost more than its
-        # placements; positions are visited in order, so each is fixed when
-        # first reached.
-        if i == self._fixed:
-            j = self._rng.randrange(i, len(ids))
-            ids[i], ids[j] = ids[j], ids[i]
-            self._fixed = i + 1
-        self._pos = (i + 1) % len(ids)
-        return ids[i]
+    def next(self) -> str | None:
+        """The next node id not dropped; None when every node was dropped."""
+        return next(self.walk, None)
+
+    def drop(self, node_id: str) -> None:
+        """Never return this (already visited) node again."""
+        if node_id not in self._dropped:
+            self._dropped.add(node_id)
+            self._live -= 1
+
+    def members(self) -> Iterator[str]:
+        """Every id of the ring, dropped or not (for failure accounting)."""
+        for part in self._parts:
+            yield from part
+
+    def _walk(self, random) -> Iterator[str]:
+        parts, dropped = self._parts, self._dropped
+        ends = list(accumulate(map(len, parts)))
+        size = ends[-1] if ends else 0
+        single = parts[0] if len(parts) == 1 else None
+        step = 1
+        if size > 2:
+            step = 1 + int(random() * (size - 1))
+            while math.gcd(step, size) != 1:
+                step = 1 + int(random() * (size - 1))
+        index = int(random() * size) if size else 0
+        order: list[str] = []
+        for _ in range(size):
+            index += step
+            if index >= size:
+                index -= size
+            if single is not None:
+                node_id = single[index]
+            else:
+                k = bisect_right(ends, index)
+                node_id = parts[k][index - ends[k - 1] if k else index]
+            order.append(node_id)
+            yield node_id
+        while True:
+            if dropped:
+                order = [node_id for node_id in order if node_id not in dropped]
+                dropped.clear()
+            if not order:
+                return
+            for node_id in order:
+                if node_id not in dropped:
+                    yield node_id
 
 
 def placement_limit(job: Job, candidates: int) -> int:
@@ -56,6 +131,20 @@ def placement_limit(job: Job, candidates: int) -> int:
     if job.type == JobType.BATCH or candidates < 2:
         return 2
     return max(2, math.ceil(math.log2(candidates)))
+
+
+class _Placing:
+    """One group's (and demand's) placement state within an evaluation."""
+
+    __slots__ = ("ring", "classes", "filtered", "full", "limit", "prunable")
+
+    def __init__(self, classes, filtered: Counter, limit: int, rng):
+        self.classes = classes              # [(class, node ids)] the ring walks
+        self.ring = Ring.over([ids for _, ids in classes], rng)
+        self.filtered = filtered            # infeasible: reason -> nodes
+        self.full: Counter = Counter()      # classes pruned as full: reason -> nodes
+        self.limit = limit
+        self.prunable = True
 
 
 class Stack:
@@ -66,66 +155,162 @@ class Stack:
         self._cluster = cluster
         self._job = job
         self._rng = rng
-        self._used: dict[str, tuple[int, int]] = {}   # node -> (cpu, memory) this eval
-        self._counts: Counter = Counter()             # node -> allocs of job this eval
-        self._rings: dict[str, tuple[Ring, Counter]] = {}
+        self._room_of = cluster.rooms()
+        self._job_nodes = cluster.job_nodes(job.job_id)
+        # node -> [cpu, memory, allocations of the job] placed by this evaluation
+        self._local: dict[str, list[int]] = {}
+        self._placing: dict[tuple[str, Resources], _Placing] = {}
+        self._last: tuple = (None, None, None)     # (group, demand, _Placing)
+        self._releasing: set[str] = set()          # nodes where this plan frees room
         # Stops in the same plan free their room for its placements, as in Nomad.
         for alloc in releasing:
             if alloc.holds_resources():
                 self._hold(alloc.node_id, alloc.resources, -1)
+                self._releasing.add(alloc.node_id)
 
     def _hold(self, node_id: str, res: Resources, count: int) -> None:
-        cpu, memory = self._used.get(node_id, (0, 0))
-        self._used[node_id] = (cpu + count * res.cpu, memory + count * res.memory)
-        self._counts[node_id] += count
+        mine = self._local.get(node_id)
+        if mine is None:
+            mine = self._local[node_id] = [0, 0, 0]
+        mine[0] += count * res.cpu
+        mine[1] += count * res.memory
+        mine[2] += count
 
-    def _ring(self, group: TaskGroup) -> tuple[Ring, Counter]:
-        if group.name not in self._rings:
-            candidates, filtered = feasible_nodes(self._cluster, self._job, group)
-            self._rings[group.name] = (Ring(candidates, self._rng), filtered)
-        return self._rings[group.name]
+    def _state(self, group: TaskGroup, demand: Resources) -> _Placing:
+        # One ring per group and demand: a node that cannot take this demand
+        # now never can later in the evaluation (placements only add usage),
+        # so the ring drops it.
+        last_group, last_demand, placing = self._last
+        if group is last_group and demand is last_demand:
+            return placing    # the usual case: the same group, placement after placement
+        key = (group.name, demand)
+        placing = self._placing.get(key)
+        if placing is None:
+            classes, filtered = feasible_parts(self._cluster, self._job, group)
+            candidates = sum(len(ids) for _, ids in classes)
+            placing = self._placing[key] = _Placing(
+                classes, filtered, placement_limit(self._job, candidates), self._rng)
+        self._last = (group, demand, placing)
+        return placing
 
     def select(self, group: TaskGroup, demand: Resources,
                previous_node: str | None = None) -> tuple[str | None, dict]:
         """(node id, {}) for the best node, or (None, {reason: node count})."""
-        ring, filtered = self._ring(group)
-        limit = placement_limit(self._job, len(ring))
+        placing = self._state(group, demand)
         kept, skipped = [], []
-        exhausted: Counter = Counter()
-        for _ in range(len(ring)):
-            node_id = ring.next()
-            node = self._cluster.node(node_id)
-            if node is None or not node.healthy:
+        crowded = self._walk(placing, group, demand, previous_node, kept, skipped,
+                             PRUNE_AFTER if placing.prunable else None)
+        if crowded:
+            # Most nodes met had no room: set aside the classes where no node
+            # can take the demand, then walk what is left.
+            self._prune(placing, demand)
+            self._walk(placing, group, demand, previous_node, kept, skipped, None,
+                       seen={node_id for _, node_id in kept + skipped})
+        pool = kept if len(kept) >= placing.limit else kept + skipped
+        if not pool:
+            reasons = placing.filtered + placing.full + self._exhausted(placing, demand)
+            return None, dict(reasons)
+        best_score, best = pool[0]
+        for score, node_id in pool:
+            if score > best_score:      # ties: the first seen wins, as max() does
+                best_score, best = score, node_id
+        self._hold(best, demand, 1)
+        return best, {}
+
+    def _walk(self, placing: _Placing, group: TaskGroup, demand: Resources,
+              previous_node: str | None, kept: list, skipped: list,
+              prune_after: int | None, seen: set = frozenset()) -> bool:
+        """Rank nodes until ``limit`` are kept or a lap is done.
+
+        True if it stopped early instead, after ``prune_after`` nodes without room.
+        """
+        ring, limit = placing.ring, placing.limit
+        room_of, collisions_of = self._room_of, self._job_nodes.get
+        local_of = self._local.get
+        need_cpu, need_memory = demand.cpu, demand.memory
+        misses = 0
+        # One lap at most: every node not dropped, once.
+        for node_id in islice(ring.walk, len(ring)):
+            room = room_of(node_id)
+            if room is None or node_id in seen:   # down or gone since the evaluation began
                 continue
-            reason, score = self._rank(node, demand, group, previous_node)
-            if reason is not None:
-                exhausted[reason] += 1
-            elif score < 0 and len(skipped) < MAX_SKIP:
+            total_cpu, total_memory, used_cpu, used_memory = room
+            free_cpu = total_cpu - used_cpu - need_cpu
+            free_memory = total_memory - used_memory - need_memory
+            collisions = collisions_of(node_id, 0)
+            mine = local_of(node_id)
+            if mine is not None:
+                free_cpu -= mine[0]
+                free_memory -= mine[1]
+                collisions += mine[2]
+            if free_cpu < 0 or free_memory < 0:
+                ring.drop(node_id)
+                misses += 1
+                if misses == prune_after:
+                    return True
+                continue
+            # rank.fit_score, inlined (a call per visit is a measurable share).
+            share_cpu = free_cpu / total_cpu if total_cpu > 0 else 0.0
+            share_memory = free_memory / total_memory if total_memory > 0 else 0.0
+            score = 20.0 - ((10.0 ** share_cpu if share_cpu < 1.0 else 10.0)
+                            + (10.0 ** share_memory if share_memory < 1.0 else 10.0))
+            score = (0.0 if score <= 0.0 else score if score < BINPACK_MAX
+                     else BINPACK_MAX) / BINPACK_MAX
+            if collisions > 0:
+                score -= anti_affinity_penalty(collisions, group.count)
+            if node_id == previous_node:
+                score -= RESCHEDULE_PENALTY
+            if score < 0 and len(skipped) < MAX_SKIP:
                 skipped.append((score, node_id))
             else:
                 kept.append((score, node_id))
                 if len(kept) >= limit:
                     break
-        pool = kept if len(kept) >= limit else kept + skipped
-        if not pool:
-            return None, dict(filtered + exhausted)
-        _, best = max(pool, key=lambda entry: entry[0])
-        self._hold(best, demand, 1)
-        return best, {}
+        return False
 
-    def _rank(self, node: Node, demand: Resources, group: TaskGroup,
-              previous_node: str | None) -> tuple[str | None, float]:
-        """(reason, 0) if the node has no room, else (None, its score)."""
-        node_id = node.node_id
-        free = self._cluster.free(node_id)
-        cpu, memory = self._used.get(node_id, (0, 0))
-        free_after = Resources(free.cpu - cpu - demand.cpu,
-                               free.memory - memory - demand.memory)
-        if free_after.cpu < 0:
-            return CPU_EXHAUSTED, 0.0
-        if free_after.memory < 0:
-            return MEMORY_EXHAUSTED, 0.0
-        collisions = (self._cluster.job_count(self._job.job_id, node_id)
-                      + self._counts[node_id])
-        return None, score_node(node.resources, free_after, collisions=collisions,
-                                count=group.count, previous=node_id == previous_node)
+    def _prune(self, placing: _Placing, demand: Resources) -> None:
+        """Walk only classes where some node may take the demand (once per ring).
+
+        A class whose most free cpu or memory (cluster.class_room) is below
+        the demand cannot take it anywhere, and this evaluation only adds
+        usage, except where its own stops free room: those classes stay.
+        Nodes of a pruned class count under the resource that rules it out.
+        """
+        placing.prunable = False
+        releasing = {self._cluster.class_of(n) for n in self._releasing}
+        kept = []
+        for node_class, ids in placing.classes:
+            if node_class in releasing:
+                kept.append((node_class, ids))
+                continue
+            most_cpu, most_memory, healthy = self._cluster.class_room(node_class)
+            # ids may be a per-node-filtered part of the class: count no more.
+            if most_cpu < demand.cpu:
+                placing.full[CPU_EXHAUSTED] += min(healthy, len(ids))
+            elif most_memory < demand.memory:
+                placing.full[MEMORY_EXHAUSTED] += min(healthy, len(ids))
+            else:
+                kept.append((node_class, ids))
+        if len(kept) < len(placing.classes):
+            # A fresh ring: it meets the nodes already dropped once more, at
+            # most one lap's worth, which the classes ruled out repay.
+            placing.classes = kept
+            placing.ring = Ring.over([ids for _, ids in kept], self._rng)
+
+    def _exhausted(self, placing: _Placing, demand: Resources) -> Counter:
+        """Why each healthy node of the ring has no room (after a failed select)."""
+        reasons: Counter = Counter()
+        for node_id in placing.ring.members():
+            room = self._room_of(node_id)
+            if room is None:
+                continue
+            mine = self._local.get(node_id, _UNUSED_LOCAL)
+            if room[0] - room[2] - mine[0] < demand.cpu:
+                reasons[CPU_EXHAUSTED] += 1
+            elif room[1] - room[3] - mine[1] < demand.memory:
+                reasons[MEMORY_EXHAUSTED] += 1
+        return reasons
+
+
+_UNUSED_LOCAL = (0, 0, 0)
+
