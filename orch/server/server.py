@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 
 from orch.config import ServerConfig
@@ -99,23 +98,23 @@ class Server:
         self.broker.enqueue_delayed(ev, at)
 
     def fail_eval(self, ev: Evaluation, why: str) -> None:
-        """An evaluation the scheduler gave up on is marked failed, unless the
-        state store could not write (a full disk: the error being handled, or
-        this very write, is a StorageError). Then it is not the evaluation's
-        fault and it is kept: queued again after STORAGE_RETRY_S."""
-        handling = sys.exc_info()[1]
-        if not isinstance(handling, StorageError):
-            try:
-                self.store.put_evals([replace(ev, status=EvalStatus.FAILED,
-                                              status_description=why,
-                                              modify_time=time.time())])
-                return
-            except StorageError:
-                pass
-        log.warning("evaluation %s of job %s kept: the state store cannot "
-                    "write; trying it again in %.0fs", ev.eval_id, ev.job_id,
+        """Mark an evaluation the scheduler gave up on; a store that cannot
+        write (full disk) is not the evaluation's fault: it is kept instead."""
+        try:
+            self.store.put_evals([replace(ev, status=EvalStatus.FAILED,
+                                          status_description=why,
+                                          modify_time=time.time())])
+        except StorageError:
+            self.retry_later([ev])
+
+    def retry_later(self, evals: list[Evaluation]) -> None:
+        """Queue evaluations again after STORAGE_RETRY_S (the store was full)."""
+        log.warning("evaluations %s kept: the state store cannot write; "
+                    "retrying in %.0fs", [e.eval_id[:8] for e in evals],
                     STORAGE_RETRY_S)
-        self.broker.enqueue_delayed(ev, time.time() + STORAGE_RETRY_S)
+        at = time.time() + STORAGE_RETRY_S
+        for ev in evals:
+            self.broker.enqueue_delayed(ev, at)
 
     def _cancel_evals(self, job_id: str) -> None:
         dropped = self.broker.cancel_job(job_id)
@@ -305,7 +304,6 @@ def run(config: ServerConfig) -> int:
 
     from waitress import create_server
 
-    from orch.errors import StorageError
     from orch.server.api import make_app
 
     _refuse_insecure_bind(config)

@@ -7,6 +7,7 @@ import threading
 import time
 
 from orch.server.planning import failed_nodes, released_by
+from orch.errors import StorageError
 from orch.server.scheduler.generic import compute_plan
 from orch.structs import EvalStatus, Evaluation, TriggeredBy, new_id, replace
 
@@ -60,6 +61,12 @@ class SchedulerWorker(threading.Thread):
             token, evals = work
             try:
                 self.process(evals)
+            except StorageError as exc:
+                # Not the evaluation's fault (a full disk): keep it, try later.
+                log.warning("state store cannot write (%s); evaluations of job "
+                            "%s kept for a retry", exc.message, evals[0].job_id)
+                broker.ack(token)
+                self._server.retry_later(evals)
             except Exception:
                 log.exception("evaluation failed job=%s evals=%s",
                               evals[0].job_id, [e.eval_id[:8] for e in evals])
