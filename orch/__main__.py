@@ -104,6 +104,8 @@ def add_server(sub, common) -> None:
     cmd.add_argument("--node-ttl", type=seconds, default=env("NODE_TTL", d.node_ttl),
                      help="seconds without heartbeat before a node is lost (default %(default)s)")
     cmd.add_argument("--token", default=env("TOKEN", d.token), help="bearer token required on the API (ORCH_TOKEN)")
+    cmd.add_argument("--insecure", action="store_true", default=env("INSECURE", d.insecure),
+                     help="allow a non-loopback --bind without --token (ORCH_INSECURE)")
     cmd.set_defaults(handler=cmd_server, role="server")
 
 
@@ -122,6 +124,8 @@ def add_agent(sub, common) -> None:
     cmd.add_argument("--heartbeat-interval", type=seconds, default=env("HEARTBEAT_INTERVAL", d.heartbeat_interval),
                      help="seconds between heartbeats (default %(default)s)")
     cmd.add_argument("--token", default=env("TOKEN", d.token), help="bearer token for the server and this agent's API (ORCH_TOKEN)")
+    cmd.add_argument("--insecure", action="store_true", default=env("INSECURE", d.insecure),
+                     help="allow a non-loopback --bind without --token (ORCH_INSECURE)")
     cmd.set_defaults(handler=cmd_agent, role="agent")
 
 
@@ -202,7 +206,7 @@ def add_job_commands(sub, client, reads) -> None:
 def server_config(args) -> ServerConfig:
     return ServerConfig(bind=args.bind, port=args.port, data_dir=args.data_dir,
                         node_ttl=args.node_ttl, token=args.token or None,
-                        insecure=env("INSECURE", ServerConfig.insecure))
+                        insecure=args.insecure)
 
 
 def agent_config(args) -> AgentConfig:
@@ -211,7 +215,7 @@ def agent_config(args) -> AgentConfig:
                        node_id=args.node_id or None, meta=dict(args.meta),
                        data_dir=args.data_dir, heartbeat_interval=args.heartbeat_interval,
                        token=args.token or None,
-                       insecure=env("INSECURE", AgentConfig.insecure))
+                       insecure=args.insecure)
 
 
 def dev_config(args) -> DevConfig:

@@ -13,6 +13,7 @@ import time
 from orch.config import ServerConfig
 from orch.errors import Conflict, NotFound, StorageError, ValidationError
 from orch.jobspec import parse_job
+from orch.security import check_bind
 from orch.server import views
 from orch.server.broker import EvalBroker
 from orch.server.heartbeat import HeartbeatMonitor
@@ -284,20 +285,6 @@ def _push_refused(error: str) -> bool:
     return error == "node has no endpoint"
 
 
-def _refuse_insecure_bind(config: ServerConfig) -> None:
-    loopback = config.bind in ("127.0.0.1", "localhost", "::1") \
-        or config.bind.startswith("127.")
-    if loopback or config.token:
-        return
-    if not config.insecure:
-        raise SystemExit(
-            f"refusing to bind {config.bind} without --token: anyone who can "
-            f"reach it could run commands on every node (use --insecure to "
-            f"override)")
-    log.warning("binding %s without a token (--insecure): the API is open",
-                config.bind)
-
-
 def run(config: ServerConfig) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code."""
     import signal
@@ -306,7 +293,7 @@ def run(config: ServerConfig) -> int:
 
     from orch.server.api import make_app
 
-    _refuse_insecure_bind(config)
+    check_bind("server", config.bind, config.token, config.insecure)
     try:
         server = Server(config)
     except StorageError as exc:
