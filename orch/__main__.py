@@ -124,6 +124,8 @@ def add_agent(sub, common) -> None:
     cmd.add_argument("--heartbeat-interval", type=seconds, default=env("HEARTBEAT_INTERVAL", d.heartbeat_interval),
                      help="seconds between heartbeats (default %(default)s)")
     cmd.add_argument("--token", default=env("TOKEN", d.token), help="bearer token for the server and this agent's API (ORCH_TOKEN)")
+    cmd.add_argument("--task-user", default=env("TASK_USER", d.task_user),
+                     help="run exec tasks as this user (the agent runs as root)")
     cmd.add_argument("--insecure", action="store_true", default=env("INSECURE", d.insecure),
                      help="allow a non-loopback --bind without --token (ORCH_INSECURE)")
     cmd.set_defaults(handler=cmd_agent, role="agent")
@@ -214,7 +216,7 @@ def agent_config(args) -> AgentConfig:
                        advertise=args.advertise, region=args.region,
                        node_id=args.node_id or None, meta=dict(args.meta),
                        data_dir=args.data_dir, heartbeat_interval=args.heartbeat_interval,
-                       token=args.token or None,
+                       token=args.token or None, task_user=args.task_user or None,
                        insecure=args.insecure)
 
 

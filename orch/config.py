@@ -62,6 +62,7 @@ class AgentConfig:
     restart_delay: float = 1.0
     kill_timeout: float = 5.0          # SIGTERM -> SIGKILL grace
     http_threads: int = 8
+    task_user: str | None = None       # exec tasks run as this user (agent as root)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from orch.agent.runner import AllocRunner
 from orch.agent.spec import AllocSpec, parse_alloc
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig
-from orch.errors import NotFound, ValidationError
+from orch.security import check_bind
+from orch.errors import DriverError, NotFound, ValidationError
 from orch.structs import Resources
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ class Agent:
         self.config = config
         self.store = AgentStore(config.data_dir)
         self.node_id = self.store.node_id(config.node_id)
-        self.drivers = drivers if drivers is not None else default_drivers()
+        self.drivers = (drivers if drivers is not None
+                        else default_drivers(task_user=config.task_user))
         self.fingerprint = fingerprint(self.drivers)
         self.loop: NodeLoop | None = None
         self._allocs: dict[str, AllocRunner] = {}
@@ -237,7 +239,11 @@ def endpoint_for(config: AgentConfig, server: HttpServer) -> str:
 def serve(config: AgentConfig, stop: threading.Event,
           ready: threading.Event | None = None, info: dict | None = None) -> int:
     """Run an agent until `stop` is set; tests call this from a thread."""
-    agent = Agent(config)
+    try:
+        agent = Agent(config)
+    except DriverError as exc:          # e.g. --task-user names no user
+        log.error("cannot start the agent: %s", exc.message)
+        return 1
     agent.restore()
     try:
         server = HttpServer(make_app(agent), config.bind, config.port, config.http_threads)
@@ -265,6 +271,7 @@ def serve(config: AgentConfig, stop: threading.Event,
 
 def run(config: AgentConfig) -> int:
     """`orch agent`: serve until SIGTERM/SIGINT, then stop every task; returns 0."""
+    check_bind("agent", config.bind, config.token, config.insecure)
     stop = threading.Event()
 
     def on_signal(signum, _frame):

@@ -20,6 +20,12 @@ from orch.config import AgentConfig
 log = logging.getLogger(__name__)
 
 COALESCE = 0.005              # seconds: changes this close share one heartbeat
+# The connection to the server is kept only while heartbeats come close
+# together (a burst of task changes); a node quiet this long lets it go. A
+# server holding one idle keep-alive connection per node stops answering past
+# waitress's connection limit (1,000) and slows with every connection it holds
+# (bench/E2E_HEARTBEATS.md).
+KEEPALIVE_IDLE = 0.1
 BACKOFF_START = 0.05          # register retry: 50 ms doubling up to 1 s
 BACKOFF_MAX = 1.0
 REGISTER_TIMEOUT = (1.0, 5.0)     # (connect, read) seconds
@@ -103,12 +109,20 @@ class NodeLoop:
                 self._heartbeat()
             except Exception:               # a bug must not silence the node
                 log.exception("heartbeat loop error")
-            self._wake.wait(self.config.heartbeat_interval)
+            self._idle_wait(self.config.heartbeat_interval)
             if self._stop.is_set():
                 return
             if self._wake.is_set():
                 self._stop.wait(COALESCE)
                 self._wake.clear()
+
+    def _idle_wait(self, interval: float) -> None:
+        """Wait for a change or the next interval; drop the connection meanwhile."""
+        idle = min(KEEPALIVE_IDLE, interval)
+        if self._wake.wait(idle):
+            return
+        self._session.close()           # its pools reopen on the next request
+        self._wake.wait(interval - idle)
 
     def _register(self) -> bool:
         """Retry until registered; False if stopped first."""

@@ -73,7 +73,7 @@ class TaskRunner:
                                         cfg.restart_delay)
         self._thread = threading.Thread(
             target=self._run, daemon=True,
-            name=f"task-{alloc.spec.allocation_id[:8]}-{task.name}")
+            name=f"task-{alloc.short}-{task.name}")
 
     @property
     def terminal(self) -> bool:
@@ -89,6 +89,9 @@ class TaskRunner:
         # Set before the thread starts, so that a kill finds the handle.
         self._recovered = (driver, handle)
         self._driver, self._handle, self.handle_json = driver, handle, handle_json
+        if self.state.status == P:      # started, but the agent died before saying so
+            self._set(R, start_time=self.alloc.now(), end_time=None,
+                      exit_code=None, error=None)
         self._event("Reattached", "Task process still alive after agent restart")
 
     def mark_lost(self) -> None:
@@ -185,6 +188,8 @@ class TaskRunner:
         with self.alloc.lock:
             self._handle = None
             self.handle_json = None
+            if result.oom_killed:
+                self._event("OOM", result.error or "memory limit exceeded")
             self._event("Terminated", result.describe())
         return result
 
@@ -271,7 +276,8 @@ class AllocRunner:
         self.store = store
         self.now = now
         self.lock = threading.RLock()
-        self.short = spec.allocation_id[:8]
+        # The tail: time-ordered ids (UUIDv7) share their first characters.
+        self.short = spec.allocation_id[-8:]
         self.start_time: float | None = None
         self.end_time: float | None = None
         self.stopped = False
@@ -291,7 +297,12 @@ class AllocRunner:
                 drivers: dict[str, Driver], store: AgentStore,
                 on_change: Callable[[], None] = lambda: None,
                 now: Callable[[], float] = time.time) -> "AllocRunner":
-        """Rebuild from alloc.json; live processes are reattached, others lost."""
+        """Rebuild from alloc.json; live processes are reattached, dead ones lost.
+
+        A task with no saved handle may have been started all the same (the
+        agent died before saving it): its driver is asked to find it, and
+        if it cannot, the task was never started and starts now.
+        """
         alloc = cls(spec, config, drivers, store, on_change, now)
         alloc.start_time, alloc.end_time = doc.get("start_time"), doc.get("end_time")
         alloc.stopped = bool(doc.get("stopped"))
@@ -305,15 +316,23 @@ class AllocRunner:
                 continue
             recovered = alloc._recover(runner.task, handles.get(name))
             if recovered is not None:
-                runner.reattach(*recovered, handles.get(name))
-            else:
-                runner.mark_lost()
+                runner.reattach(*recovered)
+            elif handles.get(name) or state.status == R:
+                runner.mark_lost()          # it had a process, and that is gone
                 alloc._finished.add(name)
+            # else: never started (or between restarts); its thread starts it.
         return alloc
 
     def _recover(self, task: Task, handle_json: dict | None):
+        """(driver, handle, handle_json) of a task's live (or ended) process, or None."""
         if not handle_json:
-            return None
+            # Killed between starting it and saving its handle: a driver that
+            # names its processes (docker) still finds it.
+            driver = self.drivers.get(task.driver)
+            if driver is None:
+                return None
+            handle = driver.find(self.task_context(task))
+            return None if handle is None else (driver, handle, driver.handle_to_json(handle))
         # The driver that started it, even if selection would now differ
         # (a docker task that fell back to exec, then docker came up).
         driver = self.drivers.get(handle_json.get("driver") or "")
@@ -323,12 +342,15 @@ class AllocRunner:
             except DriverError:
                 return None
         handle = driver.recover(handle_json)
-        return None if handle is None else (driver, handle)
+        return None if handle is None else (driver, handle, handle_json)
 
     # -- lifecycle --------------------------------------------------------
 
     def start(self) -> None:
         """Start the task threads (only those not already terminal)."""
+        # On disk before any task starts: an agent killed a moment later
+        # must find the allocation, and through it the task, when it restarts.
+        self.changed()
         if self.tasks.keys() == self._finished:
             self._done.set()
         for name, runner in self.tasks.items():
@@ -377,6 +399,7 @@ class AllocRunner:
 
     def task_context(self, task: Task) -> TaskContext:
         alloc_id = self.spec.allocation_id
+        runner = self.tasks.get(task.name)
         task_dir = self.store.task_dir(alloc_id, task.name)
         env = {"ORCH_ALLOC_ID": alloc_id, "ORCH_JOB_ID": self.spec.job_id,
                "ORCH_TASK_GROUP": self.spec.task_group,
@@ -386,7 +409,7 @@ class AllocRunner:
             config=task.config, resources=task.resources, task_dir=task_dir,
             stdout_path=self.store.log_path(alloc_id, task.name, "stdout"),
             stderr_path=self.store.log_path(alloc_id, task.name, "stderr"),
-            env=env)
+            env=env, attempt=runner.state.restarts if runner is not None else 0)
 
     def status(self) -> AllocStatus:
         """Derived from the tasks; a stopped allocation is `stopped`."""

@@ -308,3 +308,88 @@ def test_siblings_are_killed_in_parallel(env):
     for name in ("s1", "s2"):
         state = runner.tasks[name].state
         assert state.status == "failed" and state.exit_code == 137
+
+
+def test_restore_reports_the_true_exit_of_a_task_that_ended_meanwhile(env, tmp_path):
+    gate = tmp_path / "gate"
+    first = env(spec([task("t", f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 7")]))
+    assert wait_for(lambda: first.tasks["t"].handle_json is not None)
+    doc = first.to_doc()
+    gate.touch()                        # it ends while "no agent" watches it
+    assert wait_for(lambda: os.path.exists(doc["handles"]["t"]["exit_path"]))
+    second = AllocRunner.restore(doc, first.spec, env.config, {"exec": ExecDriver()},
+                                 env.store)
+    second.start()
+    assert second.wait(5)
+    state = second.tasks["t"].state
+    assert state.status == "failed" and state.exit_code == 7
+    assert state.error == "exit code 7"
+
+
+class FindingDriver(ExecDriver):
+    """Finds a task by name, as the docker driver does by container name."""
+    name = "exec"
+
+    def __init__(self, handle):
+        super().__init__()
+        self.found = handle
+
+    def find(self, ctx):
+        return self.found
+
+
+def test_restore_without_a_saved_handle_asks_the_driver_to_find_it(env):
+    first = env(spec([task("t", "sleep 300")]))
+    assert wait_for(lambda: first.tasks["t"].handle_json is not None)
+    doc = first.to_doc()
+    handle = first.tasks["t"]._handle
+    doc["handles"] = {}                 # killed before the handle was saved
+    second = AllocRunner.restore(doc, first.spec, env.config,
+                                 {"exec": FindingDriver(handle)}, env.store)
+    second.start()
+    assert second.status() == AllocStatus.RUNNING
+    assert "Reattached" in events(second, "t")
+    assert second.tasks["t"].handle_json["pid"] == handle.pid
+    second.stop()
+    assert not live(handle.pid)
+
+
+def test_task_past_its_memory_limit_fails_with_an_oom_event(env):
+    hog = 'python3 -c "b = bytearray(200 * 1024 * 1024); import time; time.sleep(5)"'
+    runner = env(spec([{"name": "t", "config": {"command": hog},
+                        "resources": {"cpu": 100, "memory": 64}}]))
+    assert runner.wait(10)
+    state = runner.tasks["t"].state
+    assert state.status == "failed" and state.exit_code == 137
+    assert state.error == "OOM killed: memory limit 64 MB exceeded"
+    assert "OOM" in events(runner, "t")
+
+
+def test_restore_starts_a_task_that_was_never_started(env, tmp_path):
+    alloc = spec([task("t", f"echo ran >> {tmp_path}/runs")])
+    doc = {"spec": alloc.to_dict(), "stopped": False, "start_time": None, "end_time": None,
+           "tasks": {"t": {"status": "pending"}}, "handles": {}}
+    runner = AllocRunner.restore(doc, alloc, env.config, {"exec": ExecDriver()}, env.store)
+    runner.start()
+    assert runner.wait(5)
+    assert runner.tasks["t"].state.status == "complete"
+    assert (tmp_path / "runs").read_text() == "ran\n"
+
+
+def test_restore_takes_over_a_run_started_but_not_saved(env, tmp_path):
+    """Killed after the supervisor started the task, before the handle was saved."""
+    gate = tmp_path / "gate"
+    first = env(spec([task("t", f"echo ran >> {tmp_path}/runs; "
+                                f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 5")]))
+    assert wait_for(lambda: first.tasks["t"].handle_json is not None)
+    doc = first.to_doc()
+    doc["tasks"]["t"] = {"status": "pending"}
+    doc["handles"] = {}
+    second = AllocRunner.restore(doc, first.spec, env.config, {"exec": ExecDriver()},
+                                 env.store)
+    second.start()
+    assert second.status() == AllocStatus.RUNNING
+    gate.touch()
+    assert second.wait(10)
+    assert second.tasks["t"].state.exit_code == 5
+    assert (tmp_path / "runs").read_text() == "ran\n"

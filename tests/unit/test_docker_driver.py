@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from orch.agent.drivers import DOCKER_FALLBACK, DOCKER_NO_COMMAND, select_driver  # noqa: E402
 from orch.agent.drivers.base import TaskContext  # noqa: E402
 from orch.agent.drivers.docker import (DockerDriver, build_command,  # noqa: E402
-                                       container_name, cpu_shares)
+                                       container_name, cpu_shares, create_options)
 from orch.agent.drivers.exec import ExecDriver  # noqa: E402
 from orch.errors import DriverError  # noqa: E402
 from orch.structs import Resources, Task  # noqa: E402
@@ -121,7 +121,7 @@ def make_ctx(tmp_path, engine):
     """Contexts under one fresh allocation id; its containers go at teardown."""
     alloc_id = f"test-{uuid.uuid4().hex[:12]}"
 
-    def make(config, name="t", cpu=100, memory=64):
+    def make(config, name="t", cpu=100, memory=64, attempt=0):
         config = {"image": TEST_IMAGE, **config}
         task_dir = tmp_path / name
         return TaskContext(
@@ -129,7 +129,8 @@ def make_ctx(tmp_path, engine):
             resources=Resources(cpu, memory), task_dir=str(task_dir),
             stdout_path=str(task_dir / "stdout.log"),
             stderr_path=str(task_dir / "stderr.log"),
-            env={"ORCH_ALLOC_ID": alloc_id, "ORCH_TASK_DIR": str(task_dir)})
+            env={"ORCH_ALLOC_ID": alloc_id, "ORCH_TASK_DIR": str(task_dir)},
+            attempt=attempt)
     yield make
     remove_containers(engine, alloc_id)
 
@@ -184,7 +185,7 @@ def test_name_labels_and_limits(run, engine, driver):
     info = engine.api.inspect_container(handle.container_id)
     assert info["Name"] == f"/orch-{ctx.alloc_id}-t"
     assert info["Config"]["Labels"] == {"orch.job_id": "j1", "orch.alloc_id": ctx.alloc_id,
-                                        "orch.task": "t"}
+                                        "orch.task": "t", "orch.attempt": "0"}
     assert info["HostConfig"]["Memory"] == 48 * 1024 * 1024
     assert info["HostConfig"]["MemorySwap"] == 48 * 1024 * 1024
     assert info["HostConfig"]["CpuShares"] == 512
@@ -261,3 +262,34 @@ def test_restart_reuses_the_name(run):
     _, _, second = run({"command": "echo again"})
     assert first.exit_code == 1 and second.exit_code == 0
     assert read(ctx.stdout_path) == "again\n"
+
+
+def test_starting_the_same_start_again_takes_over_its_container(run, driver, make_ctx):
+    """An agent killed after starting a container, before saving its handle."""
+    ctx, handle = run.start({"command": "echo up; sleep 300"})
+    fresh = DockerDriver()              # the next agent's driver, asked again
+    again = fresh.start(ctx)
+    assert again.container_id == handle.container_id
+    found = fresh.find(ctx)
+    assert found is not None and found.container_id == handle.container_id
+    assert fresh.find(make_ctx(ctx.config, attempt=1)) is None
+    fresh.stop(again, 1)
+
+
+def test_find_starts_a_container_created_but_never_started(driver, make_ctx, engine):
+    ctx = make_ctx({"command": "echo ran; exit 6"})
+    options = create_options(ctx)
+    engine.containers.create(**options)     # the agent died right after create
+    handle = DockerDriver().find(ctx)
+    assert handle is not None
+    result = driver.wait(handle, 30)
+    assert result.exit_code == 6
+    assert wait_for(lambda: read(ctx.stdout_path) == "ran\n")
+
+
+def test_leftover_of_another_start_is_replaced(run, driver, engine):
+    ctx, first = run.start({"command": "sleep 300"})
+    _, second = run.start({"command": "sleep 300"}, attempt=1)
+    assert second.container_id != first.container_id
+    assert [c.id for c in engine.containers.list(
+        all=True, filters={"label": f"orch.alloc_id={ctx.alloc_id}"})] == [second.container_id]

@@ -2,6 +2,7 @@
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 
@@ -49,7 +50,7 @@ def driver():
 
 @pytest.fixture
 def make_ctx(tmp_path):
-    def make(config, name="t", env=None):
+    def make(config, name="t", env=None, attempt=0):
         task_dir = tmp_path / "allocs" / "a1" / name
         return TaskContext(
             alloc_id="a1", job_id="j1", task_name=name, config=config,
@@ -57,7 +58,8 @@ def make_ctx(tmp_path):
             stdout_path=str(task_dir / "stdout.log"),
             stderr_path=str(task_dir / "stderr.log"),
             env=env if env is not None else {"ORCH_ALLOC_ID": "a1",
-                                             "ORCH_TASK_DIR": str(task_dir)})
+                                             "ORCH_TASK_DIR": str(task_dir)},
+            attempt=attempt)
     return make
 
 
@@ -136,7 +138,7 @@ def test_cwd_defaults_to_task_dir_and_may_be_relative(run, tmp_path):
     ctx, result = run({"command": "pwd"})
     assert read(ctx.stdout_path).strip() == os.path.realpath(ctx.task_dir)
     os.makedirs(os.path.join(ctx.task_dir, "sub"))
-    ctx, result = run({"command": "pwd", "cwd": "sub"})
+    ctx, result = run({"command": "pwd", "cwd": "sub"}, attempt=1)
     assert read(ctx.stdout_path).strip().endswith("/sub")
     ctx, result = run({"command": "pwd", "cwd": str(tmp_path)}, name="t2")
     assert read(ctx.stdout_path).strip() == os.path.realpath(tmp_path)
@@ -172,7 +174,7 @@ def test_stdin_is_dev_null(run):
 
 def test_logs_are_appended(run):
     ctx, _ = run({"command": "echo one"})
-    run({"command": "echo two"})
+    run({"command": "echo two"}, attempt=1)
     assert read(ctx.stdout_path) == "one\ntwo\n"
 
 
@@ -233,21 +235,84 @@ def test_handle_json_and_recover(run, driver):
     _, handle = run.start({"command": "sleep 300"})
     data = driver.handle_to_json(handle)
     assert data["pid"] == handle.pid == driver.pid(handle)
+    assert data["supervisor_pid"] != handle.pid
     recovered = driver.recover(data)
     assert recovered is not None and recovered.popen is None
     assert driver.wait(recovered, 0.05) is None
-    # A reused pid (other create time) is not our task.
-    assert driver.recover({**data, "create_time": data["create_time"] - 1000}) is None
+    # A supervisor gone without a record (here: another run's paths): lost.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert driver.recover({**data, "supervisor_pid": gone.pid, "pid": gone.pid,
+                           "exit_path": data["exit_path"] + ".none"}) is None
     result = []
     waiter = threading.Thread(target=lambda: result.append(driver.wait(recovered, None)))
     waiter.start()
     driver.stop(recovered, 2.0)
     waiter.join(5)
-    assert result and result[0].exit_code is None
-    assert "exit status unknown" in result[0].error
-    assert driver.recover(data) is None
+    # The supervisor recorded the true exit, though we are not its parent.
+    assert result and result[0].exit_code == 143 and result[0].signal == signal.SIGTERM
+    again = driver.recover(data)
+    assert again is not None and driver.wait(again, 0).exit_code == 143
     assert driver.recover({"pid": "x"}) is None
+
+
+def test_task_outlives_its_agent_and_its_exit_is_recorded(run, driver, tmp_path):
+    """The supervisor records the exit code of a task no agent waits for."""
+    gate = tmp_path / "gate"
+    ctx, handle = run.start({"command": f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 7"})
+    data = driver.handle_to_json(handle)
+    handle.popen = None                 # as if the agent that started it died
+    gate.touch()
+    recovered = driver.recover(data)
+    assert recovered is not None
+    assert driver.wait(recovered, 10).exit_code == 7
+    assert driver.recover(data) is not None    # the file still tells, after the end
+
+
+def test_legacy_handle_without_supervisor(driver):
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        data = {"pid": proc.pid, "pgid": proc.pid,
+                "create_time": psutil.Process(proc.pid).create_time()}
+        recovered = driver.recover(data)
+        assert recovered is not None and driver.wait(recovered, 0.05) is None
+        assert driver.recover({**data, "create_time": data["create_time"] - 1000}) is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_supervisor_start_failure_is_a_driver_error(driver, make_ctx):
+    with pytest.raises(DriverError, match="executable not found: /nonexistent"):
+        driver.start(make_ctx({"command": ["/nonexistent"]}))
 
 
 def test_fingerprint():
     assert ExecDriver().fingerprint() == {"driver.exec": True}
+
+
+def test_a_run_is_started_once_and_found_by_its_record(run, driver, make_ctx, tmp_path):
+    """An agent killed between start and saving the handle: the run is in the task dir."""
+    gate = tmp_path / "gate"
+    config = {"command": f"echo started >> {tmp_path}/starts; "
+                         f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 3"}
+    ctx, handle = run.start(config)
+    assert driver.find(make_ctx(config, attempt=1)) is None      # never started
+    found = driver.find(ctx)
+    assert found is not None and found.pid == handle.pid and found.popen is None
+    # Asked to start the same run again, the driver takes over the first one.
+    again = driver.start(ctx)
+    assert again.pid == handle.pid
+    gate.touch()
+    assert driver.wait(again, 10).exit_code == 3
+    assert driver.wait(handle, 10).exit_code == 3
+    assert read(tmp_path / "starts") == "started\n"
+    assert driver.find(ctx) is not None         # ended: its exit is still on record
+
+
+def test_a_task_whose_supervisor_died_is_killed_not_left_behind(run, driver):
+    _, handle = run.start({"command": "sleep 300"})
+    os.kill(handle.supervisor_pid, signal.SIGKILL)
+    result = driver.wait(handle, 5)
+    assert result.exit_code is None and "supervisor" in result.error
+    assert wait_for(lambda: not live(handle.pid))

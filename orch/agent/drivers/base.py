@@ -24,6 +24,12 @@ class TaskContext:
     stdout_path: str
     stderr_path: str
     env: dict = field(default_factory=dict)   # ORCH_* variables set by the agent
+    attempt: int = 0            # which start of the task this is (its restarts so far)
+
+
+def oom_error(memory_mb: int) -> str:
+    """A task's error when it was killed for its memory, naming the limit."""
+    return f"OOM killed: memory limit {memory_mb} MB exceeded"
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,10 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def recover(self, handle_json: dict) -> Any | None:
         """A handle for a task started by an earlier agent, None if it is gone."""
+
+    def find(self, ctx: TaskContext) -> Any | None:
+        """A handle for the task's process found by its name alone, if the driver can."""
+        return None
 
     def pid(self, handle: Any) -> int | None:
         """The task's main process id, when it has one on this host."""

@@ -1,14 +1,16 @@
 """The docker driver: one container per task, through the `docker` package.
 
 A task's container is named `orch-<alloc id>-<task>` and labelled with
-`orch.job_id`, `orch.alloc_id` and `orch.task`, so that a restarted agent (or
-a test's cleanup) finds it again. Config: `image`, optional `command` (a string
-runs through `/bin/sh -c` inside the image, a list is the argv; `args` are
-appended), `env`, `port` (host port) published to `container_port` (default
-the same number). Resources: memory MB is a hard limit (`mem_limit`, swap
-included, as Nomad does); CPU MHz becomes a CPU weight, 1000 MHz = 1024
-shares (docker's default weight, one core's worth), at least 2. Output is
-streamed into the same per-task log files as the exec driver's.
+`orch.job_id`, `orch.alloc_id`, `orch.task` and `orch.attempt` (which start of
+the task it is), so that a restarted agent (or a test's cleanup) finds it
+again, also one it started but had not saved the handle of. Config: `image`,
+optional `command` (a string runs through `/bin/sh -c` inside the image, a list
+is the argv; `args` are appended), `env`, `port` (host port) published to
+`container_port` (default the same number). Resources: memory MB is a hard
+limit (`mem_limit`, swap included, as Nomad does); CPU MHz becomes a CPU
+weight, 1000 MHz = 1024 shares (docker's default weight, one core's worth), at
+least 2. Output is streamed into the same per-task log files as the exec
+driver's.
 
 The engine is found as the docker CLI finds it (DOCKER_HOST, DOCKER_TLS_*).
 Whether it answers is probed with a short timeout and cached, so that
@@ -25,19 +27,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from orch.agent.drivers.base import Driver, ExitResult, TaskContext
+from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
+from orch.agent.drivers.cgroups import cpu_shares  # noqa: F401 (part of this API)
 from orch.errors import DriverError
 
 try:
     import docker
     import docker.errors
     import requests
+    from docker.models.containers import _create_container_args
 except ImportError:                 # the agent still runs exec tasks without it
     docker = None
 
 log = logging.getLogger(__name__)
 
 LABEL_JOB, LABEL_ALLOC, LABEL_TASK = "orch.job_id", "orch.alloc_id", "orch.task"
+LABEL_ATTEMPT = "orch.attempt"
 PING_TIMEOUT = 1.0          # seconds: the engine probe must not slow a heartbeat
 AVAILABLE_TTL = 5.0         # seconds a probe result is trusted by select_driver
 API_TIMEOUT = 60.0          # create/start/inspect/remove calls
@@ -65,11 +70,6 @@ class DockerHandle:
 
 def container_name(alloc_id: str, task: str) -> str:
     return _NAME_BAD.sub("_", f"orch-{alloc_id}-{task}")
-
-
-def cpu_shares(mhz: int) -> int:
-    """CPU weight for a task's MHz: 1000 MHz is docker's default 1024 shares."""
-    return max(2, mhz * 1024 // 1000)
 
 
 def build_command(config: dict) -> list[str] | None:
@@ -120,7 +120,7 @@ def create_options(ctx: TaskContext) -> dict:
         "image": image, "command": build_command(ctx.config),
         "name": container_name(ctx.alloc_id, ctx.task_name),
         "labels": {LABEL_JOB: ctx.job_id, LABEL_ALLOC: ctx.alloc_id,
-                   LABEL_TASK: ctx.task_name},
+                   LABEL_TASK: ctx.task_name, LABEL_ATTEMPT: str(ctx.attempt)},
         "environment": build_environment(ctx), "ports": build_ports(ctx.config),
         "detach": True, "stdin_open": False, "tty": False,
         # A shell or server as PID 1 ignores SIGTERM; tini forwards it, so a
@@ -153,6 +153,7 @@ class DockerDriver(Driver):
         self._available = False
         self._checked_at: float | None = None
         self._reason = "docker engine not probed yet"
+        self._images: set[str] = set()      # known to be present on the engine
 
     # -- engine availability ----------------------------------------------
 
@@ -167,6 +168,7 @@ class DockerDriver(Driver):
             self._checked_at = self._now()
             if not ok:
                 self._probe_client = self._client = None
+                self._images.clear()        # the next engine may hold other images
             return ok
 
     def available(self) -> bool:
@@ -223,19 +225,37 @@ class DockerDriver(Driver):
         self._ensure_image(client, options["image"])
         os.makedirs(os.path.dirname(ctx.stdout_path) or ".", exist_ok=True)
         os.makedirs(os.path.dirname(ctx.stderr_path) or ".", exist_ok=True)
-        container = self._create(client, options)
         try:
-            container.start()
+            container_id = self._create(client, options)
+        except DriverError:
+            self._images.discard(options["image"])    # it may have been removed
+            raise
+        if container_id is None:
+            # The name is taken. By this very start, made by an agent killed
+            # before it saved the handle: take it over. Else a leftover.
+            handle = self.find(ctx)
+            if handle is not None:
+                log.info("container %s of this start already exists: taken over",
+                         options["name"])
+                return handle
+            log.info("removing leftover container %s", options["name"])
+            self._remove(client, options["name"])
+            container_id = self._create(client, options)
+            if container_id is None:
+                raise DriverError(f"failed to create container {options['name']}: "
+                                  "the name stays taken")
+        try:
+            client.api.start(container_id)
         except Exception as exc:
-            self._remove(client, container.id)
+            self._remove(client, container_id)
             raise DriverError(f"failed to start container {options['name']}: "
                               f"{_short(exc)}")
-        handle = DockerHandle(container_id=container.id, name=options["name"],
+        handle = DockerHandle(container_id=container_id, name=options["name"],
                               stdout_path=ctx.stdout_path, stderr_path=ctx.stderr_path,
                               memory_mb=ctx.resources.memory)
         self._pump_logs(client, handle, since=None)
         log.debug("docker started alloc=%s task=%s container=%s", ctx.alloc_id,
-                  ctx.task_name, container.id[:12])
+                  ctx.task_name, container_id[:12])
         return handle
 
     def wait(self, handle: DockerHandle, timeout: float | None) -> ExitResult | None:
@@ -284,29 +304,61 @@ class DockerDriver(Driver):
         container_id = handle_json.get("container_id")
         if handle_json.get("driver") != self.name or not container_id:
             return None
+        info = self._inspect(container_id)
+        if info is None:
+            return None
+        return self._attach(info, handle_json.get("stdout_path"),
+                            handle_json.get("stderr_path"),
+                            int(handle_json.get("memory_mb") or 0))
+
+    def find(self, ctx: TaskContext) -> DockerHandle | None:
+        """This start's container by name and labels; one never started is started now."""
+        if not self.available():
+            return None
+        info = self._inspect(container_name(ctx.alloc_id, ctx.task_name))
+        labels = ((info or {}).get("Config") or {}).get("Labels") or {}
+        if info is None or labels.get(LABEL_ALLOC) != ctx.alloc_id \
+                or labels.get(LABEL_TASK) != ctx.task_name \
+                or labels.get(LABEL_ATTEMPT, "0") != str(ctx.attempt):
+            return None
+        if (info.get("State") or {}).get("Status") == "created":
+            try:                # created, and the agent died before starting it
+                self.client().api.start(info["Id"])
+            except (DriverError, requests.RequestException, docker.errors.APIError) as exc:
+                log.warning("cannot start container %s: %s", info["Id"][:12], _short(exc))
+                return None
+        return self._attach(info, ctx.stdout_path, ctx.stderr_path, ctx.resources.memory)
+
+    def _inspect(self, container: str) -> dict | None:
         try:
-            client = self.client()
-            info = client.api.inspect_container(container_id)
+            return self.client().api.inspect_container(container)
         except (DriverError, docker.errors.NotFound):
             return None
         except (requests.RequestException, docker.errors.APIError) as exc:
-            log.warning("cannot inspect container %s: %s", container_id[:12], _short(exc))
+            log.warning("cannot inspect container %s: %s", container[:12], _short(exc))
             return None
+
+    def _attach(self, info: dict, stdout_path: str | None, stderr_path: str | None,
+                memory_mb: int) -> DockerHandle:
         handle = DockerHandle(
             container_id=info["Id"], name=info["Name"].lstrip("/"),
-            stdout_path=handle_json.get("stdout_path") or os.devnull,
-            stderr_path=handle_json.get("stderr_path") or os.devnull,
-            memory_mb=int(handle_json.get("memory_mb") or 0))
+            stdout_path=stdout_path or os.devnull, stderr_path=stderr_path or os.devnull,
+            memory_mb=memory_mb)
+        for path in (handle.stdout_path, handle.stderr_path):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         # Append only what the container wrote since our last write to the file.
-        self._pump_logs(client, handle, since=_mtime(handle.stdout_path))
+        self._pump_logs(self.client(), handle, since=_mtime(handle.stdout_path))
         return handle
 
     # -- helpers ---------------------------------------------------------------
 
     def _ensure_image(self, client, image: str) -> None:
         """The image is local, or is pulled now; else the task fails saying so."""
+        if image in self._images:       # seen before: one inspect per image, not per task
+            return
         try:
             client.images.get(image)
+            self._images.add(image)
             return
         except docker.errors.ImageNotFound:
             pass
@@ -319,40 +371,51 @@ class DockerDriver(Driver):
                 puller.images.pull(repository, tag=tag or "latest")
             finally:
                 puller.close()
+            self._images.add(image)
         except Exception as exc:
             raise DriverError(f"image {image} not found locally and pull failed: "
                               f"{_short(exc)}")
 
-    def _create(self, client, options: dict):
-        """Create the container; a leftover of the same name is replaced."""
-        for attempt in (1, 2):
-            try:
-                return client.containers.create(**options)
-            except docker.errors.APIError as exc:
-                if exc.status_code == 409 and attempt == 1:
-                    log.info("removing leftover container %s", options["name"])
-                    self._remove(client, options["name"])
-                    continue
-                raise DriverError(f"failed to create container {options['name']}: "
-                                  f"{_short(exc)}")
-            except requests.RequestException as exc:
-                raise DriverError(f"failed to create container {options['name']}: "
-                                  f"{_short(exc)}")
+    def _create(self, client, options: dict) -> str | None:
+        """Create the container and return its id; None when the name is taken."""
+        # The SDK's own translation of run-style options, without the inspect
+        # that `containers.create` adds: one engine call per container start.
+        args = _create_container_args({**options, "version": client.api._version})
+        try:
+            return client.api.create_container(**args)["Id"]
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                return None
+            raise DriverError(f"failed to create container {options['name']}: "
+                              f"{_short(exc)}")
+        except requests.RequestException as exc:
+            raise DriverError(f"failed to create container {options['name']}: "
+                              f"{_short(exc)}")
 
     def _pump_logs(self, client, handle: DockerHandle, since: float | None) -> None:
+        """Copy the container's output to the log files, from threads of their own.
+
+        `follow` from the start (or `since`) loses nothing, so a task's start
+        does not wait for its log streams to open.
+        """
         for kind, path in (("stdout", handle.stdout_path), ("stderr", handle.stderr_path)):
-            try:
-                stream = client.api.logs(handle.container_id, stdout=kind == "stdout",
-                                         stderr=kind == "stderr", stream=True,
-                                         follow=True, since=since)
-            except (requests.RequestException, docker.errors.APIError) as exc:
-                log.warning("no %s from container %s: %s", kind, handle.name, _short(exc))
-                continue
-            thread = threading.Thread(target=_copy, args=(stream, path), daemon=True,
+            thread = threading.Thread(target=self._follow,
+                                      args=(client, handle, kind, path, since), daemon=True,
                                       name=f"docker-{kind}-{handle.container_id[:8]}")
-            handle.streams.append(stream)
             handle.pumps.append(thread)
             thread.start()
+
+    def _follow(self, client, handle: DockerHandle, kind: str, path: str,
+                since: float | None) -> None:
+        try:
+            stream = client.api.logs(handle.container_id, stdout=kind == "stdout",
+                                     stderr=kind == "stderr", stream=True,
+                                     follow=True, since=since)
+        except (requests.RequestException, docker.errors.APIError) as exc:
+            log.warning("no %s from container %s: %s", kind, handle.name, _short(exc))
+            return
+        handle.streams.append(stream)
+        _copy(stream, path)
 
     def _settle(self, handle: DockerHandle, status_code: int | None) -> ExitResult | None:
         """Record how the container ended (once), from its inspected state."""
@@ -372,7 +435,7 @@ class DockerDriver(Driver):
             oom = bool(state.get("OOMKilled"))
             error = state.get("Error") or None
             if oom:
-                error = f"OOM killed: memory limit {handle.memory_mb} MB exceeded"
+                error = oom_error(handle.memory_mb)
             handle.result = ExitResult(exit_code=code, oom_killed=oom, error=error)
             return handle.result
 

@@ -1,23 +1,38 @@
-"""The exec driver: a task is a local process group in its own session.
+"""The exec driver: a task is a local process group under a supervisor of its own.
 
 `command` as a string runs through `/bin/sh -c` (with `args` appended,
-shell-quoted); as a list it is exec'd directly. The process group is the unit
-of control, as in supervisor/circus: SIGTERM to the group, poll, then SIGKILL.
+shell-quoted); as a list it is exec'd directly. Each task is started by an
+`orch.agent.supervisor` process in a session of its own, which outlives the
+agent and records each run (start) of the task under `<task dir>/.orch/`:
+`run-<n>.json` (claimed before the start, then its pid) and `run-<n>.exit.json`
+(how it ended). A restarted agent reattaches through these files, also to a
+run it started but had not yet saved the handle of. The process
+group is the unit of control, as in supervisor/circus: SIGTERM to the group,
+poll, then SIGKILL.
+
+Memory (a hard limit, swap included) and CPU weight go into a cgroup per task
+where the agent may create one (`cgroups.py`); elsewhere the supervisor
+watches the RSS of the task's process tree and kills it past the limit.
 """
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
+import uuid
 from dataclasses import dataclass
 
 import psutil
 
-from orch.agent.drivers.base import Driver, ExitResult, TaskContext
+import orch
+from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
+from orch.agent.drivers.cgroups import Cgroups, cpu_shares
 from orch.errors import DriverError
 
 log = logging.getLogger(__name__)
@@ -26,15 +41,41 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POLL_INTERVAL = 0.02
 REAP_TIMEOUT = 5.0          # after SIGKILL, how long we wait for the group to vanish
 FOREIGN_POLL = 0.2          # polling a reattached process we are not the parent of
+RUN_DIR = ".orch"            # in the task dir: one record and one exit file per run
+SUPERVISOR_LOG = "supervisor.log"
+CLAIM_WAIT = 5.0            # how long a run's record may lack its pid while starting
+SUPERVISOR_MODULE = "orch.agent.supervisor"
+STATUS_LOST = "task supervisor ended without recording the exit status"
 
 
 @dataclass
 class ExecHandle:
-    """A started task: its session leader, and the Popen when we are the parent."""
+    """A started task: its group leader, its supervisor (a Popen when we are its parent)."""
     pid: int
     pgid: int
     create_time: float | None = None
     popen: subprocess.Popen | None = None
+    supervisor_pid: int | None = None
+    supervisor_create_time: float | None = None
+    exit_path: str | None = None
+    memory_mb: int = 0
+
+
+def supervisor_command() -> tuple[list[str], dict[str, str]]:
+    """argv and env that run the supervisor, from a checkout or from the zipapp.
+
+    A shiv zipapp runs from its extracted site-packages, so the directories
+    holding `orch` and `psutil` are importable as they are. `-S` (no site
+    initialisation) trims the interpreter's start, paid on every task start.
+    """
+    roots = []
+    for module in (orch, psutil):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__)))
+        if root not in roots:
+            roots.append(root)
+    env = {"PYTHONPATH": os.pathsep.join(roots),
+           "PATH": os.environ.get("PATH") or DEFAULT_PATH}
+    return [sys.executable, "-S", "-m", SUPERVISOR_MODULE], env
 
 
 def build_argv(config: dict) -> list[str]:
@@ -85,32 +126,124 @@ class ExecDriver(Driver):
     """Runs tasks as local process groups."""
     name = "exec"
 
-    def __init__(self, *, poll_interval: float = POLL_INTERVAL):
+    def __init__(self, *, poll_interval: float = POLL_INTERVAL,
+                 cgroups: Cgroups | None = None, user: str | None = None):
         self._poll = poll_interval
+        self._cgroups = cgroups if cgroups is not None else Cgroups()
+        self._user = resolve_user(user) if user else None
 
     def start(self, ctx: TaskContext) -> ExecHandle:
         argv = build_argv(ctx.config)
         env = build_env(ctx)
         os.makedirs(ctx.task_dir, exist_ok=True)
+        if self._user is not None:          # the task's own dir is writable by it
+            _chown(ctx.task_dir, self._user)
         cwd = resolve_cwd(ctx)
-        with open(ctx.stdout_path, "ab") as out, open(ctx.stderr_path, "ab") as err:
+        claim_path, exit_path = run_paths(ctx)
+        os.makedirs(os.path.dirname(claim_path), exist_ok=True)
+        spec = {"argv": argv, "env": env, "cwd": cwd, "stdout": ctx.stdout_path,
+                "stderr": ctx.stderr_path, "claim_path": claim_path,
+                "exit_path": exit_path, "memory_mb": ctx.resources.memory,
+                "user": self._user}
+        spec.update(self._limits(ctx))
+        supervisor, created, answer = self._spawn_supervisor(ctx, spec)
+        if "error" in answer:
+            supervisor.wait()
+            raise DriverError(answer["error"])
+        if answer.get("claimed"):
+            supervisor.wait()
+            return self._claimed(ctx)
+        pid = int(answer["pid"])
+        log.debug("exec started alloc=%s task=%s pid=%d supervisor=%d", ctx.alloc_id,
+                  ctx.task_name, pid, supervisor.pid)
+        return ExecHandle(pid=pid, pgid=pid, create_time=_create_time(pid),
+                          popen=supervisor, supervisor_pid=supervisor.pid,
+                          supervisor_create_time=created,
+                          exit_path=exit_path, memory_mb=ctx.resources.memory)
+
+    def _claimed(self, ctx: TaskContext) -> ExecHandle:
+        """This run was started by an earlier agent's supervisor: take it over."""
+        handle = self.find(ctx)
+        if handle is None:
+            doc = _read_json(run_paths(ctx)[0]) or {}
+            raise DriverError(doc.get("error") or (
+                f"task run {ctx.attempt} was claimed by a supervisor that did not start it"))
+        log.info("exec alloc=%s task=%s run %d already started by an earlier "
+                 "supervisor: reattached pid=%d", ctx.alloc_id, ctx.task_name,
+                 ctx.attempt, handle.pid)
+        return handle
+
+    def find(self, ctx: TaskContext) -> ExecHandle | None:
+        """The run of this start, from its record in the task dir, if it was started."""
+        claim_path, exit_path = run_paths(ctx)
+        deadline = time.monotonic() + CLAIM_WAIT
+        while True:
+            doc = _read_json(claim_path)
+            if doc is None:
+                return None                 # never started
+            if "pid" in doc or "error" in doc:
+                break
+            sup = doc.get("supervisor_pid")
+            if sup is None or not _alive(sup, None) or time.monotonic() > deadline:
+                return None
+            time.sleep(FOREIGN_POLL / 4)    # its supervisor is starting it right now
+        if "pid" not in doc:
+            return None
+        pid = int(doc["pid"])
+        handle = ExecHandle(pid=pid, pgid=pid, create_time=None,
+                            supervisor_pid=doc.get("supervisor_pid"),
+                            exit_path=doc.get("exit_path") or exit_path,
+                            memory_mb=int(doc.get("memory_mb") or 0))
+        if os.path.exists(handle.exit_path) or self._supervised(handle):
+            return handle
+        return None
+
+    def _limits(self, ctx: TaskContext) -> dict:
+        """The supervisor's share of the limits: cgroups to join, else a watchdog."""
+        memory, cpu = ctx.resources.memory, ctx.resources.cpu
+        if memory <= 0 and cpu <= 0:
+            return {}
+        # Unique per start: a previous run's supervisor may still be removing its own.
+        name = f"{ctx.alloc_id}-{ctx.task_name}-{uuid.uuid4().hex[:8]}"
+        group = self._cgroups.create(name, memory, cpu_shares(cpu) if cpu > 0 else 0)
+        if group is None:
+            return {"watchdog_mb": memory}
+        return {"cgroup_procs": list(group.procs), "cgroup_oom_files": list(group.oom_files),
+                "cgroup_dirs": list(group.dirs)}
+
+    def _spawn_supervisor(self, ctx: TaskContext, spec: dict):
+        argv, env = supervisor_command()
+        log_path = os.path.join(ctx.task_dir, RUN_DIR, SUPERVISOR_LOG)
+        with open(log_path, "ab") as err:
             try:
-                popen = subprocess.Popen(
-                    argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=err, start_new_session=True,
-                    close_fds=True)
-            except FileNotFoundError:
-                raise DriverError(f"failed to start task: executable not found: {argv[0]}")
-            except PermissionError:
-                raise DriverError(f"failed to start task: permission denied: {argv[0]}")
+                # Its own session: a signal to the agent's group never reaches it.
+                proc = subprocess.Popen(argv, env=env, cwd=ctx.task_dir,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=err, start_new_session=True,
+                                        close_fds=True)
             except OSError as exc:
-                raise DriverError(f"failed to start task: {argv[0]}: {exc.strerror or exc}")
-        log.debug("exec started alloc=%s task=%s pid=%d", ctx.alloc_id,
-                  ctx.task_name, popen.pid)
-        return ExecHandle(pid=popen.pid, pgid=popen.pid,
-                          create_time=_create_time(popen.pid), popen=popen)
+                raise DriverError(f"failed to start the task supervisor: {exc}")
+        # Taken while it surely lives (it waits for its spec): tells its pid from a reuse.
+        created = _create_time(proc.pid)
+        try:
+            proc.stdin.write(json.dumps(spec).encode())
+            proc.stdin.close()
+            line = proc.stdout.readline()
+        except OSError:
+            line = b""
+        finally:
+            proc.stdout.close()
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            proc.wait()
+            raise DriverError(f"task supervisor failed (exit {proc.returncode}): "
+                              f"{_tail(log_path)}")
+        return proc, created, answer
 
     def wait(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
+        if handle.exit_path is not None:
+            return self._wait_supervised(handle, timeout)
         if handle.popen is not None:
             try:
                 code = handle.popen.wait(timeout)
@@ -127,7 +260,22 @@ class ExecDriver(Driver):
         _signal_group(handle.pgid, signal.SIGKILL)
         return result
 
+    def _wait_supervised(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
+        if handle.popen is not None:
+            try:
+                handle.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        elif not self._wait_foreign(handle, timeout):
+            return None
+        result = read_exit(handle.exit_path, handle.memory_mb)
+        if result.error == STATUS_LOST:
+            _kill_orphan(handle)
+        return result
+
     def stop(self, handle: ExecHandle, timeout: float) -> None:
+        if handle.exit_path is not None and os.path.exists(handle.exit_path):
+            return                          # over already: its pid may be another's now
         escaped = _descendants(handle.pid)
         _signal_group(handle.pgid, signal.SIGTERM)
         if not self._wait_group_gone(handle, timeout):
@@ -143,18 +291,37 @@ class ExecDriver(Driver):
 
     def handle_to_json(self, handle: ExecHandle) -> dict:
         return {"driver": self.name, "pid": handle.pid, "pgid": handle.pgid,
-                "create_time": handle.create_time}
+                "create_time": handle.create_time,
+                "supervisor_pid": handle.supervisor_pid,
+                "supervisor_create_time": handle.supervisor_create_time,
+                "exit_path": handle.exit_path, "memory_mb": handle.memory_mb}
 
     def recover(self, handle_json: dict) -> ExecHandle | None:
         try:
             pid = int(handle_json["pid"])
             pgid = int(handle_json.get("pgid") or pid)
+            sup_pid = handle_json.get("supervisor_pid")
+            sup_pid = int(sup_pid) if sup_pid is not None else None
+            memory_mb = int(handle_json.get("memory_mb") or 0)
         except (KeyError, TypeError, ValueError):
             return None
         created = handle_json.get("create_time")
-        if not _alive(pid, created):
+        exit_path = handle_json.get("exit_path")
+        handle = ExecHandle(pid=pid, pgid=pgid, create_time=created,
+                            supervisor_pid=sup_pid,
+                            supervisor_create_time=handle_json.get("supervisor_create_time"),
+                            exit_path=exit_path, memory_mb=memory_mb)
+        if exit_path:
+            # Ended while we were away (the file says how), or still supervised.
+            if os.path.exists(exit_path) or self._supervised(handle):
+                return handle
+            _kill_orphan(handle)
             return None
-        return ExecHandle(pid=pid, pgid=pgid, create_time=created)
+        return handle if _alive(pid, created) else None
+
+    def _supervised(self, handle: ExecHandle) -> bool:
+        return (handle.supervisor_pid is not None
+                and _alive(handle.supervisor_pid, handle.supervisor_create_time))
 
     def pid(self, handle: ExecHandle) -> int | None:
         return handle.pid
@@ -172,11 +339,86 @@ class ExecDriver(Driver):
 
     def _wait_foreign(self, handle: ExecHandle, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while _alive(handle.pid, handle.create_time):
+        if handle.exit_path is not None:
+            def running():
+                return not os.path.exists(handle.exit_path) and self._supervised(handle)
+        else:
+            def running():
+                return _alive(handle.pid, handle.create_time)
+        while running():
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(FOREIGN_POLL)
         return True
+
+
+def run_paths(ctx: TaskContext) -> tuple[str, str]:
+    """The record and the exit file of this start (run) of the task."""
+    base = os.path.join(ctx.task_dir, RUN_DIR, f"run-{ctx.attempt}")
+    return f"{base}.json", f"{base}.exit.json"
+
+
+def read_exit(path: str, memory_mb: int) -> ExitResult:
+    """The supervisor's record of how a task ended."""
+    doc = _read_json(path)
+    if doc is None:
+        return ExitResult(exit_code=None, error=STATUS_LOST)
+    code, sig = doc.get("exit_code"), doc.get("signal")
+    if doc.get("oom_killed"):
+        return ExitResult(exit_code=code, signal=sig, oom_killed=True,
+                          error=oom_error(memory_mb))
+    if code is None:
+        return ExitResult(exit_code=None, error=doc.get("error") or STATUS_LOST)
+    if sig:
+        return ExitResult(exit_code=code, signal=sig, error=f"killed by signal {sig}")
+    return ExitResult(exit_code=code)
+
+
+def resolve_user(name: str) -> dict:
+    """uid, gid and groups of a local user, for running tasks as them."""
+    import grp
+    import pwd
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise DriverError(f"task user {name} does not exist on this node")
+    groups = sorted({g.gr_gid for g in grp.getgrall() if name in g.gr_mem}
+                    | {entry.pw_gid})
+    return {"name": name, "uid": entry.pw_uid, "gid": entry.pw_gid, "groups": groups}
+
+
+def _chown(path: str, user: dict) -> None:
+    try:
+        os.chown(path, user["uid"], user["gid"])
+    except OSError as exc:
+        raise DriverError(f"cannot give the task dir to user {user['name']}: {exc.strerror}")
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _tail(path: str, limit: int = 300) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return "no output"
+    return " ".join(text.split()) or "no output"
+
+
+def _kill_orphan(handle: ExecHandle) -> None:
+    """Its supervisor died without a record: nothing would ever report the task."""
+    if handle.create_time is not None and _alive(handle.pid, handle.create_time):
+        log.warning("task pid=%d lost its supervisor: killing its group", handle.pid)
+        _signal_group(handle.pgid, signal.SIGKILL)
 
 
 def _exit_result(code: int) -> ExitResult:

@@ -1,0 +1,243 @@
+"""Per-task cgroups for exec tasks: a memory limit and a CPU weight.
+
+Task cgroups are made under the agent's own cgroup (`<own>/orch/<alloc>-<task>`),
+so whatever limits the agent itself lives under still hold for its tasks.
+v2 is used when `/sys/fs/cgroup/cgroup.controllers` offers `memory` and the
+controllers can be delegated to our subtree; else v1 when its `memory`
+hierarchy is mounted and writable. Neither (no permission, a v2 cgroup that
+holds processes and so cannot delegate): `detect()` says why, and the exec
+driver falls back to the supervisor's RSS watchdog.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+SUBDIR = "orch"
+STALE_AFTER = 600.0         # seconds: an empty task cgroup this old is a leftover
+
+
+@dataclass(frozen=True)
+class TaskCgroup:
+    """What the supervisor needs: files to join, OOM counters, dirs to remove."""
+    procs: tuple[str, ...]
+    oom_files: tuple[str, ...]
+    dirs: tuple[str, ...]
+
+
+def cpu_shares(mhz: int) -> int:
+    """CPU weight for a task's MHz: 1000 MHz is docker's default 1024 shares."""
+    return max(2, mhz * 1024 // 1000)
+
+
+def cpu_weight(shares: int) -> int:
+    """cgroup v1 shares to a v2 weight (the mapping runc and systemd use)."""
+    return max(1, min(10000, 1 + (shares - 2) * 9999 // 262142))
+
+
+class Cgroups:
+    """Creates task cgroups where the agent may; `version` is None otherwise."""
+
+    def __init__(self, root: str = "/sys/fs/cgroup", proc: str = "/proc/self",
+                 now=time.time):
+        self._root, self._proc, self._now = root, proc, now
+        self._lock = threading.Lock()
+        self._detected = False
+        self.version: str | None = None
+        self.reason = ""
+        self._parents: dict[str, str] = {}      # controller -> our "orch" cgroup dir
+
+    def detect(self) -> str | None:
+        """"v2", "v1" or None (then `reason` says why); probed once."""
+        with self._lock:
+            if not self._detected:
+                self._detected = True
+                try:
+                    self.version = self._detect_v2() or self._detect_v1()
+                except OSError as exc:
+                    self.version, self.reason = None, f"cgroups unusable: {exc}"
+                if self.version:
+                    log.info("exec tasks limited through cgroup %s", self.version)
+                    self._sweep()
+                else:
+                    log.info("no writable cgroup memory controller (%s): exec memory "
+                             "limits enforced by an RSS watchdog", self.reason)
+            return self.version
+
+    def create(self, name: str, memory_mb: int, shares: int) -> TaskCgroup | None:
+        """A task's cgroup with its limits written; None where cgroups are unusable."""
+        version = self.detect()
+        if version is None:
+            return None
+        try:
+            if version == "v2":
+                return self._create_v2(name, memory_mb, shares)
+            return self._create_v1(name, memory_mb, shares)
+        except OSError as exc:
+            log.warning("cannot create cgroup for %s: %s; using the RSS watchdog", name, exc)
+            return None
+
+    def _sweep(self) -> int:
+        """Remove empty task cgroups left by supervisors that were killed.
+
+        Only old ones: a young empty cgroup may belong to a task another agent
+        is starting right now (agents of one host may share a parent).
+        """
+        removed = 0
+        cutoff = self._now() - STALE_AFTER
+        for parent in set(self._parents.values()):
+            try:
+                names = os.listdir(parent)
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(parent, name)
+                try:
+                    if not os.path.isdir(path) or os.stat(path).st_mtime > cutoff:
+                        continue
+                    if (_read(os.path.join(path, "cgroup.procs")) or "").strip():
+                        continue
+                    os.rmdir(path)
+                    removed += 1
+                except OSError:
+                    continue
+        if removed:
+            log.info("removed %d stale task cgroups", removed)
+        return removed
+
+    # -- v2 ------------------------------------------------------------------
+
+    def _detect_v2(self) -> str | None:
+        controllers = _read(os.path.join(self._root, "cgroup.controllers"))
+        if controllers is None:
+            self.reason = "no cgroup v2 at " + self._root
+            return None
+        if "memory" not in controllers.split():
+            self.reason = "cgroup v2 without the memory controller"
+            return None
+        own = self._own_path(lambda ctrls: ctrls == "")
+        base = os.path.join(self._root, own.lstrip("/"))
+        wanted = [c for c in ("memory", "cpu") if c in controllers.split()]
+        parent = os.path.join(base, SUBDIR)
+        try:
+            _enable(base, wanted)
+            os.makedirs(parent, exist_ok=True)
+            _enable(parent, wanted)
+        except OSError as exc:
+            # A non-root cgroup holding processes cannot hand controllers down.
+            self.reason = f"cannot delegate {'+'.join(wanted)} under {base}: {exc.strerror}"
+            return None
+        self._parents = {c: parent for c in wanted}
+        return "v2"
+
+    def _create_v2(self, name: str, memory_mb: int, shares: int) -> TaskCgroup:
+        path = os.path.join(self._parents["memory"], name)
+        os.makedirs(path, exist_ok=True)
+        if memory_mb > 0:
+            _write(os.path.join(path, "memory.max"), str(memory_mb * 1024 * 1024))
+            swap = os.path.join(path, "memory.swap.max")
+            if os.path.exists(swap):      # swap counts against the limit, as in docker
+                _write(swap, "0")
+        if shares > 0 and "cpu" in self._parents:
+            _write(os.path.join(path, "cpu.weight"), str(cpu_weight(shares)))
+        return TaskCgroup(procs=(os.path.join(path, "cgroup.procs"),),
+                          oom_files=(os.path.join(path, "memory.events"),),
+                          dirs=(path,))
+
+    # -- v1 ------------------------------------------------------------------
+
+    def _detect_v1(self) -> str | None:
+        mounts = self._v1_mounts()
+        if "memory" not in mounts:
+            self.reason = (self.reason + "; " if self.reason else "") + \
+                "no cgroup v1 memory hierarchy mounted"
+            return None
+        parents = {}
+        for controller, mount in mounts.items():
+            if controller not in ("memory", "cpu"):
+                continue
+            own = self._own_path(lambda ctrls, c=controller: c in ctrls.split(","))
+            parent = os.path.join(mount, own.lstrip("/"), SUBDIR)
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as exc:
+                if controller == "memory":
+                    self.reason = f"cannot write cgroup v1 memory at {parent}: {exc.strerror}"
+                    return None
+                continue
+            if not os.access(parent, os.W_OK):
+                if controller == "memory":
+                    self.reason = f"no write access to {parent}"
+                    return None
+                continue
+            parents[controller] = parent
+        self._parents = parents
+        return "v1"
+
+    def _create_v1(self, name: str, memory_mb: int, shares: int) -> TaskCgroup:
+        mem = os.path.join(self._parents["memory"], name)
+        os.makedirs(mem, exist_ok=True)
+        procs, dirs = [os.path.join(mem, "cgroup.procs")], [mem]
+        if memory_mb > 0:
+            limit = str(memory_mb * 1024 * 1024)
+            _write(os.path.join(mem, "memory.limit_in_bytes"), limit)
+            memsw = os.path.join(mem, "memory.memsw.limit_in_bytes")
+            if os.path.exists(memsw):     # after the plain limit: memsw may not be lower
+                _write(memsw, limit)
+        if shares > 0 and "cpu" in self._parents:
+            cpu = os.path.join(self._parents["cpu"], name)
+            os.makedirs(cpu, exist_ok=True)
+            _write(os.path.join(cpu, "cpu.shares"), str(shares))
+            procs.append(os.path.join(cpu, "cgroup.procs"))
+            dirs.append(cpu)
+        return TaskCgroup(procs=tuple(procs),
+                          oom_files=(os.path.join(mem, "memory.oom_control"),),
+                          dirs=tuple(dirs))
+
+    def _v1_mounts(self) -> dict[str, str]:
+        """controller -> mount point of its v1 hierarchy."""
+        mounts = {}
+        text = _read(os.path.join(self._proc, "mounts")) or ""
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) < 4 or fields[2] != "cgroup":
+                continue
+            for option in fields[3].split(","):
+                if option in ("memory", "cpu"):
+                    mounts.setdefault(option, fields[1])
+        return mounts
+
+    def _own_path(self, matches) -> str:
+        """Our cgroup path in the hierarchy whose controller list `matches`."""
+        text = _read(os.path.join(self._proc, "cgroup")) or ""
+        for line in text.splitlines():
+            parts = line.split(":", 2)
+            if len(parts) == 3 and matches(parts[1]):
+                return parts[2]
+        return "/"
+
+
+def _enable(path: str, controllers: list[str]) -> None:
+    current = (_read(os.path.join(path, "cgroup.subtree_control")) or "").split()
+    missing = [c for c in controllers if c not in current]
+    if missing:
+        _write(os.path.join(path, "cgroup.subtree_control"),
+               " ".join(f"+{c}" for c in missing))
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
