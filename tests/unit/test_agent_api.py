@@ -11,24 +11,9 @@ from orch.agent.agent import Agent, HttpServer
 from orch.agent.api import make_app
 from orch.config import AgentConfig
 from orch.errors import OrchError
+from waiting import live, wait_for
 
 TIMEOUT = 5
-
-
-def wait_for(pred, timeout=5.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()
-
-
-def live(pid):
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def body(alloc_id="a1", tasks=None, **extra):

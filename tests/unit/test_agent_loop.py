@@ -10,21 +10,13 @@ import pytest
 from orch.agent.agent import Agent
 from orch.agent.spec import parse_alloc
 from orch.config import AgentConfig
+from waiting import wait_for
 
 REGISTER_KEYS = {"node_id", "region", "resources", "healthy", "endpoint",
                  "attributes", "meta"}
 HEARTBEAT_KEYS = {"node_id", "resources", "healthy", "timestamp", "allocations"}
 ALLOC_KEYS = {"status", "start_time", "end_time", "tasks"}
 TASK_KEYS = {"status", "start_time", "end_time", "error", "exit_code", "restarts", "events"}
-
-
-def wait_for(pred, timeout=5.0, interval=0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()
 
 
 class FakeServer:

@@ -16,22 +16,7 @@ from orch.agent.state import AgentStore
 from orch.config import AgentConfig
 from orch.errors import DriverError
 from orch.structs import AllocStatus, Resources, Task
-
-
-def wait_for(pred, timeout=5.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()
-
-
-def live(pid):
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+from waiting import live, wait_for
 
 
 def spec(tasks, alloc_id="a1", job_type="batch"):

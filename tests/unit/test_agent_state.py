@@ -21,24 +21,9 @@ from orch.agent.spec import parse_alloc
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig
 from orch.structs import AllocStatus, Resources
+from waiting import live, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def wait_for(pred, timeout=5.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()
-
-
-def live(pid):
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def alloc(alloc_id, command):

@@ -24,17 +24,9 @@ from orch.errors import DriverError  # noqa: E402
 from orch.structs import Resources, Task  # noqa: E402
 from tests.docker_image import (TEST_IMAGE, ensure_test_image,  # noqa: E402
                                 remove_containers, require_engine)
+from waiting import wait_for  # noqa: E402
 
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent.sock"}
-
-
-def wait_for(pred, timeout=10.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()
 
 
 def free_port():
@@ -213,7 +205,7 @@ def test_port_published_answers_http(run, make_ctx):
             return requests.get(f"http://127.0.0.1:{port}/", timeout=1).text
         except requests.RequestException:
             return ""
-    assert wait_for(lambda: answers() == "hello-orch\n")
+    assert wait_for(lambda: answers() == "hello-orch\n", 10.0)
 
 
 def test_oom_killed(run):
@@ -244,7 +236,7 @@ def test_port_conflict_fails_and_leaves_nothing(run, make_ctx, driver, engine):
 
 def test_recover_finds_the_container(run, driver):
     ctx, handle = run.start({"command": "echo before; sleep 1; echo after; exit 4"})
-    assert wait_for(lambda: "before" in read(ctx.stdout_path))
+    assert wait_for(lambda: "before" in read(ctx.stdout_path), 10.0)
     for stream in handle.streams:       # the first agent dies: its log copies end
         stream.close()
     fresh = DockerDriver()              # the next agent's driver
@@ -284,7 +276,7 @@ def test_find_starts_a_container_created_but_never_started(driver, make_ctx, eng
     assert handle is not None
     result = driver.wait(handle, 30)
     assert result.exit_code == 6
-    assert wait_for(lambda: read(ctx.stdout_path) == "ran\n")
+    assert wait_for(lambda: read(ctx.stdout_path) == "ran\n", 10.0)
 
 
 def test_leftover_of_another_start_is_replaced(run, driver, engine):

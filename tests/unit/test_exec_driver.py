@@ -13,23 +13,7 @@ from orch.agent.drivers.base import ExitResult, TaskContext
 from orch.agent.drivers.exec import ExecDriver, build_argv
 from orch.errors import DriverError
 from orch.structs import Resources
-
-
-def wait_for(pred, timeout=5.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()
-
-
-def live(pid):
-    """Running and not a zombie (orphans may wait a while for init to reap them)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+from waiting import live, wait_for
 
 
 def group_pids(pgid):

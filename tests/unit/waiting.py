@@ -1,0 +1,24 @@
+"""Polling helpers shared by the unit tests that run real processes."""
+from __future__ import annotations
+
+import time
+
+import psutil
+
+
+def wait_for(pred, timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Poll pred until it is true or the timeout passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return bool(pred())
+
+
+def live(pid: int) -> bool:
+    """Is the process there and not a zombie?"""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
