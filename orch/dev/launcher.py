@@ -21,12 +21,14 @@ import zipfile
 from dataclasses import dataclass
 
 from orch import errors
+from orch.cli_format import short
 from orch.client import Client, ClientError
 from orch.config import DEFAULT_ADDRESS, DevConfig
 
 POLL_INTERVAL = 0.02       # readiness polling
 WATCH_INTERVAL = 0.1       # child liveness polling once ready
 STOP_GRACE = 10.0          # SIGTERM -> SIGKILL
+SERVER_GRACE = 2.0         # the server's least time to stop after the agents
 SLOW_START = 15.0          # say so if the nodes are not healthy by then
 PR_SET_PDEATHSIG = 1
 
@@ -155,26 +157,27 @@ class Supervisor:
         return None
 
     def stop(self, grace: float = STOP_GRACE) -> None:
-        """Agents first, then the server; SIGKILL whatever is left by the deadline."""
+        """Agents first, then the server; SIGKILL whatever is left by the deadline.
+
+        A signal that arrives meanwhile (a second Ctrl-C) cuts the waiting short.
+        """
         deadline = self.now() + grace
+        signals_before = self.signals
         agents = [c for c in self.children if c.name != "server"]
         servers = [c for c in self.children if c.name == "server"]
-        for group in (agents, servers):
+        for group, until in ((agents, deadline), (servers, None)):
             for child in group:
                 self._signal(child, signal.SIGTERM)
-            self._wait(group, max(deadline, self.now() + 2.0) if group is servers else deadline)
+            # The server gets a moment of its own even when the agents were slow.
+            until = until or max(deadline, self.now() + SERVER_GRACE)
+            while any(c.exit_code is None for c in group):
+                if self.now() >= until or self.signals > signals_before:
+                    break
+                self.sleep(POLL_INTERVAL)
         for child in self.children:
             self._kill_group(child)
         for child in self.children:
             child.proc.wait()
-
-    def _wait(self, group: list[Child], deadline: float) -> None:
-        signals_before = self.signals
-        while any(c.exit_code is None for c in group):
-            # A second Ctrl-C means: do not wait any longer.
-            if self.now() >= deadline or self.signals > signals_before:
-                return
-            self.sleep(POLL_INTERVAL)
 
     @staticmethod
     def _signal(child: Child, signum: int) -> None:
@@ -256,7 +259,7 @@ class DevCluster:
             for node in nodes:
                 if node.get("node_id") not in shown:
                     shown.add(node.get("node_id"))
-                    self.say(f"agent {node.get('endpoint')} node {str(node.get('node_id'))[:8]}")
+                    self.say(f"agent {node.get('endpoint')} node {short(node.get('node_id'))}")
             if len(nodes) >= self.config.agents:
                 return True
             if not warned and self.sup.now() - started > SLOW_START:

@@ -6,16 +6,22 @@ allocations here. A push that still fails after its retries is reported back
 """
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-
-import requests
+from urllib.parse import urlsplit
 
 from orch.structs import Allocation, Job
 
 log = logging.getLogger(__name__)
+
+# Keep-alive connections each push thread keeps open (least recently used
+# closed first), as a requests.Session keeps ten host pools.
+CONNECTIONS_PER_THREAD = 10
 
 
 def alloc_payload(alloc: Allocation, job: Job) -> dict:
@@ -47,12 +53,56 @@ class Pusher:
         self._inflight: set[str] = set()     # alloc ids being placed or stopped
         self.stats = {"placed": 0, "stopped": 0, "failed": 0}
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            session.headers.update(self._headers)
-        return session
+    def _connections(self) -> OrderedDict:
+        conns = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = OrderedDict()
+        return conns
+
+    def _request(self, method: str, url: str, payload: bytes | None) -> tuple[int, bytes]:
+        """One HTTP exchange over this thread's keep-alive connection to the
+        agent (plain http.client: the server needs no HTTP client library)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url}")
+        key = (parts.scheme, parts.netloc)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        headers = dict(self._headers)
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        conns = self._connections()
+        for fresh in (False, True):
+            conn = conns.pop(key, None)
+            if conn is None or fresh:
+                if conn is not None:
+                    conn.close()
+                fresh = True
+                kind = http.client.HTTPSConnection if parts.scheme == "https" \
+                    else http.client.HTTPConnection
+                conn = kind(parts.hostname, parts.port, timeout=self._timeout)
+            try:
+                conn.request(method, target, body=payload, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError,
+                    ConnectionResetError):
+                conn.close()
+                if fresh:
+                    raise
+                continue            # the agent closed an idle connection: redial once
+            except BaseException:
+                conn.close()
+                raise
+            if resp.will_close:
+                conn.close()
+            else:
+                conns[key] = conn
+                while len(conns) > CONNECTIONS_PER_THREAD:
+                    conns.popitem(last=False)[1].close()
+            return resp.status, data
+        raise AssertionError("unreachable")
 
     def busy(self, alloc_id: str) -> bool:
         with self._lock:
@@ -112,19 +162,19 @@ class Pusher:
               ok=(200,)) -> str | None:
         """One call with retries; returns None on success, else the last error."""
         error = "node has no endpoint"
+        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         for attempt in range(self._retries):
             endpoint = self._endpoint_of(node_id)
             if not endpoint:
                 return error
             try:
-                resp = self._session().request(method, endpoint + path, json=body,
-                                               timeout=self._timeout)
-                if resp.status_code in ok:
+                status, data = self._request(method, endpoint + path, payload)
+                if status in ok:
                     return None
-                error = f"agent answered {resp.status_code}: {resp.text[:200]}"
-                if 400 <= resp.status_code < 500:
+                error = f"agent answered {status}: {data[:200].decode(errors='replace')}"
+                if 400 <= status < 500:
                     return error      # the agent refused it: retrying won't help
-            except requests.RequestException as exc:
+            except (OSError, http.client.HTTPException, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             time.sleep(self._backoff * (2 ** attempt))
         return error

@@ -1,0 +1,433 @@
+"""End-to-end benchmark: a real `orch dev --agents 3` cluster from the zipapp.
+
+Every figure is taken from the outside, over HTTP, against separate processes
+started from the built zipapp (``dist/orch.pyz``; build it first with
+``python build/make_pyz.py``):
+
+- cold start: ``Popen(orch dev)`` until ``GET /nodes`` shows every node
+  healthy, ``--runs`` times, each a fresh cluster. A private, empty
+  ``SHIV_ROOT`` makes the first launch pay shiv's one-time extraction; that
+  launch is reported on its own (``cold_start_extract_s``) and the median is
+  taken over the ``--runs`` launches after it;
+- submit -> running: ``--jobs`` service jobs (``sleep 30``) one after
+  another: POST /jobs, then GET /jobs/<id> in a tight loop until the server
+  says ``running``; the job is stopped (DELETE) before the next one;
+- batch throughput: ``--batch`` batch jobs running ``true`` submitted from
+  ``--threads`` client threads, timed from the first POST until the server
+  reports every one of them ``complete``;
+- resident memory (psutil RSS) of the server and of each agent, idle (the
+  cluster just started and settled) and after the workloads.
+
+The cluster runs in its own session; at the end it gets SIGTERM, then every
+process of it still alive (server, agents, tasks) is killed by PID/group.
+
+    python bench/e2e.py                 # full run, human-readable
+    python bench/e2e.py --json          # ... last line: one JSON object
+    python bench/e2e.py --smoke --json  # a tiny version (seconds)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
+
+TARGETS = {"cold_start_s": 1.0, "latency_p50_ms": 50.0, "latency_p99_ms": 200.0,
+           "batch_jobs_per_s": 200.0, "rss_agent_mb": 30.0, "rss_server_mb": 60.0}
+
+START_TIMEOUT = 60.0       # a cluster not healthy by then is a failure
+JOB_TIMEOUT = 30.0         # one job not running by then is a failure
+BATCH_TIMEOUT = 300.0
+SETTLE_S = 2.0             # idle memory is read this long after start
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def mb(nbytes: int) -> float:
+    return round(nbytes / (1 << 20), 1)
+
+
+# ---- the cluster ----------------------------------------------------------
+
+class DevCluster:
+    """One `orch dev` launcher process and everything it starts."""
+
+    def __init__(self, pyz: Path, workdir: Path, *, agents: int, shiv_root: Path,
+                 log_level: str, name: str):
+        self.agents = agents
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = workdir / name
+        self.log_path = workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+        env["SHIV_ROOT"] = str(shiv_root)
+        self.started = time.perf_counter()
+        self.popen = subprocess.Popen(
+            [sys.executable, str(pyz), "dev", "--agents", str(agents),
+             "--port", str(self.port), "--data-dir", str(self.data_dir),
+             "--log-level", log_level],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, start_new_session=True)
+        self.session = requests.Session()
+        self._known: dict[int, psutil.Process] = {}
+
+    # -- readiness -------------------------------------------------------
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT) -> float:
+        """Seconds from Popen until GET /nodes shows every node healthy."""
+        deadline = self.started + timeout
+        while time.perf_counter() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"orch dev exited with {self.popen.returncode}; "
+                                   f"see {self.log_path}")
+            try:
+                resp = self.session.get(self.url + "/nodes", timeout=1)
+                if resp.status_code == 200:
+                    healthy = sum(1 for n in resp.json()["nodes"] if n.get("healthy"))
+                    if healthy >= self.agents:
+                        return time.perf_counter() - self.started
+            except (requests.RequestException, ValueError, KeyError):
+                pass
+            time.sleep(0.002)
+        raise RuntimeError(f"cluster not healthy after {timeout}s; see {self.log_path}")
+
+    # -- processes ---------------------------------------------------------
+
+    def processes(self) -> dict[str, list[psutil.Process]]:
+        """{"server": [proc], "agent": [procs]}: the launcher's children."""
+        out: dict[str, list[psutil.Process]] = {"server": [], "agent": []}
+        for child in psutil.Process(self.popen.pid).children():
+            self._known[child.pid] = child
+            try:
+                argv = child.cmdline()
+            except psutil.Error:
+                continue
+            for role in ("server", "agent"):      # [python, orch.pyz, role, ...]
+                if role in argv[1:4]:
+                    out[role].append(child)
+                    break
+        return out
+
+    def rss(self) -> dict:
+        procs = self.processes()
+        agents = [p.memory_info().rss for p in procs["agent"]]
+        server = [p.memory_info().rss for p in procs["server"]]
+        return {"server_mb": mb(server[0]) if server else None,
+                "agents_mb": [mb(a) for a in agents],
+                "launcher_mb": mb(psutil.Process(self.popen.pid).memory_info().rss)}
+
+    def cpu_seconds(self) -> dict:
+        """CPU seconds (user + system, reaped children included: tasks and
+        their supervisors) of the server and of all agents together."""
+        def total(proc: psutil.Process) -> float:
+            t = proc.cpu_times()
+            return t.user + t.system + t.children_user + t.children_system
+        procs = self.processes()
+        return {"server": sum(total(p) for p in procs["server"]),
+                "agents": sum(total(p) for p in procs["agent"])}
+
+    def _remember_all(self) -> None:
+        try:
+            for proc in psutil.Process(self.popen.pid).children(recursive=True):
+                self._known[proc.pid] = proc
+        except psutil.Error:
+            pass
+
+    def stop(self) -> None:
+        """SIGTERM the launcher (it stops agents, their tasks, then the server);
+        whatever is left afterwards is killed by process group and by PID."""
+        self._remember_all()
+        self.session.close()
+        if self.popen.poll() is None:
+            try:
+                self.popen.send_signal(signal.SIGTERM)
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        # The launcher's own group, then each child's (they run in sessions of
+        # their own), then any remembered process (tasks) still alive.
+        for pgid in [self.popen.pid, *self._known]:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for proc in self._known.values():
+            try:
+                if proc.is_running():
+                    proc.kill()
+            except psutil.Error:
+                pass
+        if self.popen.poll() is None:
+            self.popen.wait(timeout=10)
+        self._log.close()
+
+
+# ---- workloads ----------------------------------------------------------------
+
+def job_body(job_id: str, command: str, type_: str) -> dict:
+    return {"job_id": job_id, "type": type_, "task_groups": [{
+        "name": "g", "count": 1,
+        "tasks": [{"name": "t", "driver": "exec", "config": {"command": command},
+                   "resources": {"cpu": 10, "memory": 8}}]}]}
+
+
+def submit_to_running(url: str, jobs: int, prefix: str, poll_sleep: float) -> list[float]:
+    """Seconds from POST to GET /jobs/<id> saying running, per job."""
+    session = requests.Session()
+    latencies = []
+    try:
+        for i in range(jobs):
+            job_id = f"{prefix}-{i}"
+            body = job_body(job_id, "exec sleep 30", "service")
+            started = time.perf_counter()
+            resp = session.post(url + "/jobs", json=body, timeout=10)
+            if resp.status_code != 200:
+                raise RuntimeError(f"submit {job_id}: {resp.status_code} {resp.text}")
+            while True:
+                status = session.get(f"{url}/jobs/{job_id}", timeout=10).json()["status"]
+                if status == "running":
+                    latencies.append(time.perf_counter() - started)
+                    break
+                if status in ("failed", "dead", "complete", "lost"):
+                    raise RuntimeError(f"job {job_id} went {status}, not running")
+                if time.perf_counter() - started > JOB_TIMEOUT:
+                    raise RuntimeError(f"job {job_id} not running after {JOB_TIMEOUT}s")
+                if poll_sleep:
+                    time.sleep(poll_sleep)
+            resp = session.delete(f"{url}/jobs/{job_id}", timeout=10)
+            if resp.status_code != 200:
+                raise RuntimeError(f"stop {job_id}: {resp.status_code} {resp.text}")
+    finally:
+        session.close()
+    return latencies
+
+
+def batch_throughput(url: str, total: int, threads: int, prefix: str) -> dict:
+    """Submit `total` batch jobs (`true`) from `threads` threads; time until
+    the server reports all of them complete."""
+    submitted: list[str] = []
+    lock = threading.Lock()
+    errors: list[str] = []
+    done_submitting = threading.Event()
+    shares = [list(range(t, total, threads)) for t in range(threads)]
+
+    def submitter(indexes: list[int]) -> None:
+        session = requests.Session()
+        try:
+            for i in indexes:
+                job_id = f"{prefix}-{i}"
+                resp = session.post(url + "/jobs", json=job_body(job_id, "true", "batch"),
+                                    timeout=30)
+                if resp.status_code != 200:
+                    errors.append(f"submit {job_id}: {resp.status_code} {resp.text[:200]}")
+                    continue
+                with lock:
+                    submitted.append(job_id)
+        except requests.RequestException as exc:
+            errors.append(f"submitter: {exc}")
+        finally:
+            session.close()
+
+    workers = [threading.Thread(target=submitter, args=(share,), daemon=True)
+               for share in shares]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+
+    def all_submitted() -> None:
+        for worker in workers:
+            worker.join()
+        done_submitting.set()
+
+    threading.Thread(target=all_submitted, daemon=True).start()
+
+    # One checker walks the jobs in submission order: jobs finish roughly in
+    # that order, so it mostly waits on one job at a time (light on the server).
+    session = requests.Session()
+    checked, outcome = 0, {"complete": 0, "failed": 0}
+    submit_s = None
+    deadline = started + BATCH_TIMEOUT
+    try:
+        while time.perf_counter() < deadline:
+            with lock:
+                pending = submitted[checked:]
+            if not pending:
+                if done_submitting.is_set():
+                    with lock:
+                        if checked >= len(submitted):
+                            break
+                    continue
+                time.sleep(0.005)
+                continue
+            if submit_s is None and done_submitting.is_set():
+                submit_s = time.perf_counter() - started
+            job_id = pending[0]
+            status = session.get(f"{url}/jobs/{job_id}", timeout=10).json()["status"]
+            if status in ("complete", "failed", "dead", "lost"):
+                outcome["complete" if status == "complete" else "failed"] += 1
+                checked += 1
+            else:
+                time.sleep(0.005)
+        else:
+            raise RuntimeError(f"batch not finished after {BATCH_TIMEOUT}s "
+                               f"({checked} of {total} done)")
+    finally:
+        session.close()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} submit errors, first: {errors[0]}")
+    return {"jobs": total, "elapsed_s": round(elapsed, 3),
+            "submit_s": round(submit_s or elapsed, 3),
+            "jobs_per_s": round(total / elapsed, 1), **outcome}
+
+
+# ---- main ---------------------------------------------------------------------
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pyz", type=Path, default=DEFAULT_PYZ, help="the built zipapp")
+    p.add_argument("--agents", type=int, default=3)
+    p.add_argument("--runs", type=int, default=3, help="cold starts measured (after the extraction one)")
+    p.add_argument("--jobs", type=int, default=200, help="submit->running jobs, one after another")
+    p.add_argument("--batch", type=int, default=1000, help="batch jobs for throughput")
+    p.add_argument("--threads", type=int, default=8, help="client threads submitting the batch")
+    p.add_argument("--poll-sleep", type=float, default=0.0,
+                   help="seconds between GET /jobs/<id> polls (default 0: tight)")
+    p.add_argument("--log-level", default="INFO", help="log level of the cluster (default INFO)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: runs 1, jobs 5, batch 20")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.runs, args.jobs, args.batch, args.threads = 1, 5, 20, 4
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.pyz.is_file():
+        sys.exit(f"{args.pyz} not found: build it with `python build/make_pyz.py`")
+    workdir = Path(tempfile.mkdtemp(prefix="orch-bench-e2e-"))
+    shiv_root = workdir / "shiv"        # empty: the first launch extracts
+    result: dict = {"nproc": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
+                    "mem_total_mb": mb(psutil.virtual_memory().total),
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "agents": args.agents}
+    cluster = None
+    try:
+        # -- cold starts ------------------------------------------------------
+        starts = []
+        for run in range(args.runs + 1):
+            cluster = DevCluster(args.pyz, workdir, agents=args.agents, shiv_root=shiv_root,
+                                 log_level=args.log_level, name=f"dev-{run}")
+            took = cluster.wait_healthy()
+            if run == 0:
+                result["cold_start_extract_s"] = round(took, 3)
+                log(f"cold start (first launch, shiv extraction): {took:.3f}s")
+            else:
+                starts.append(took)
+                log(f"cold start run {run}: {took:.3f}s")
+            if run < args.runs:
+                cluster.stop()
+                cluster = None
+        result["cold_start_s"] = round(statistics.median(starts), 3)
+        result["cold_start_runs_s"] = [round(s, 3) for s in starts]
+
+        # -- idle memory (the last cluster, kept for the workloads) ------------
+        time.sleep(SETTLE_S)
+        idle = cluster.rss()
+        result["rss_server_mb"] = idle["server_mb"]
+        result["rss_agent_mb"] = max(idle["agents_mb"])
+        result["rss_agents_mb"] = idle["agents_mb"]
+        result["rss_launcher_mb"] = idle["launcher_mb"]
+        log(f"idle RSS: server {idle['server_mb']} MB, agents {idle['agents_mb']} MB, "
+            f"launcher {idle['launcher_mb']} MB")
+
+        # -- submit -> running -------------------------------------------------
+        lat = submit_to_running(cluster.url, args.jobs, "lat", args.poll_sleep)
+        ms = [x * 1000 for x in lat]
+        result.update(latency_p50_ms=round(percentile(ms, 50), 2),
+                      latency_p99_ms=round(percentile(ms, 99), 2),
+                      latency_max_ms=round(max(ms), 2),
+                      latency_mean_ms=round(statistics.fmean(ms), 2),
+                      latency_jobs=len(ms))
+        log(f"submit->running over {len(ms)} jobs: p50 {result['latency_p50_ms']} ms, "
+            f"p99 {result['latency_p99_ms']} ms, max {result['latency_max_ms']} ms")
+
+        # -- batch throughput ----------------------------------------------------
+        # CPU per job as well as jobs/s: on a shared machine the wall clock
+        # moves with everybody's load, CPU time much less.
+        cpu0, me0 = cluster.cpu_seconds(), psutil.Process().cpu_times()
+        batch = batch_throughput(cluster.url, args.batch, args.threads, "batch")
+        cpu1, me1 = cluster.cpu_seconds(), psutil.Process().cpu_times()
+        per_job = {k: round((cpu1[k] - cpu0[k]) * 1000 / args.batch, 2) for k in cpu0}
+        per_job["client"] = round((me1.user + me1.system - me0.user - me0.system)
+                                  * 1000 / args.batch, 2)
+        batch["cpu_ms_per_job"] = per_job
+        result["batch_jobs_per_s"] = batch["jobs_per_s"]
+        result["batch_cpu_ms_per_job"] = round(sum(per_job.values()), 2)
+        result["batch"] = batch
+        log(f"batch: {batch['jobs']} jobs in {batch['elapsed_s']}s "
+            f"({batch['jobs_per_s']} jobs/s; submitted in {batch['submit_s']}s; "
+            f"{batch['failed']} not complete); CPU per job {per_job} ms")
+
+        # -- memory after ------------------------------------------------------------
+        after = cluster.rss()
+        result["rss_server_after_mb"] = after["server_mb"]
+        result["rss_agent_after_mb"] = max(after["agents_mb"])
+        log(f"RSS after the run: server {after['server_mb']} MB, agents {after['agents_mb']} MB")
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        if args.keep:
+            log(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    verdicts = []
+    for key, target in TARGETS.items():
+        value = result.get(key)
+        better_high = key == "batch_jobs_per_s"
+        ok = value is not None and (value >= target if better_high else value <= target)
+        verdicts.append(ok)
+        log(f"  {key:18} {value!s:>8}  target {'>=' if better_high else '<='} {target:g}"
+            f"  {'ok' if ok else 'MISSED'}")
+    result["targets_met"] = all(verdicts)
+    if args.json:
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
