@@ -16,9 +16,11 @@ import requests
 
 from orch.agent.fingerprint import Fingerprint
 from orch.config import AgentConfig
+from orch.structs import TERMINAL_ALLOC
 
 log = logging.getLogger(__name__)
 
+TERMINAL = frozenset(status.value for status in TERMINAL_ALLOC)
 COALESCE = 0.005              # seconds: changes this close share one heartbeat
 # The connection to the server is kept only while heartbeats come close
 # together (a burst of task changes); a node quiet this long lets it go. A
@@ -44,6 +46,7 @@ class NodeLoop:
         self.endpoint = endpoint
         self.fingerprint = fp
         self._allocations = allocations
+        self._acked: set[str] = set()       # finished allocations the server has
         self._used = used
         self._session = session or requests.Session()
         self._server = config.server.rstrip("/")
@@ -95,7 +98,19 @@ class NodeLoop:
                               "memory": max(total.memory - memory_used, 0),
                               "cpu_used": cpu_used, "memory_used": memory_used},
                 "healthy": True, "timestamp": time.time(),
-                "allocations": self._allocations()}
+                "allocations": self._unacknowledged(self._allocations())}
+
+    def _unacknowledged(self, allocations: dict) -> dict:
+        """Finished allocations are sent until the server has taken them once:
+        repeating them would grow every heartbeat of a busy node without end."""
+        self._acked &= allocations.keys()
+        return {alloc_id: entry for alloc_id, entry in allocations.items()
+                if alloc_id not in self._acked}
+
+    def _acknowledge(self, sent: dict) -> None:
+        self._acked |= {alloc_id for alloc_id, entry in sent.items()
+                        if getattr(entry.get("status"), "value", entry.get("status"))
+                        in TERMINAL}
 
     # -- the thread -----------------------------------------------------------
 
@@ -147,19 +162,22 @@ class NodeLoop:
         return False
 
     def _heartbeat(self) -> None:
+        body = self.heartbeat_body()
         try:
-            resp = self._post("/heartbeat", self.heartbeat_body(), HEARTBEAT_TIMEOUT)
+            resp = self._post("/heartbeat", body, HEARTBEAT_TIMEOUT)
         except requests.RequestException as exc:
             self._warn(f"heartbeat failed: {exc.__class__.__name__}: {exc}")
             return
         if resp.status_code == 404:
             log.info("server does not know node %s: registering again", self.node_id)
             self._registered.clear()
+            self._acked.clear()             # a server that forgot us learns everything
             self._wake.set()                # heartbeat right after registering
         elif resp.status_code != 200:
             self._warn(f"heartbeat answered {resp.status_code}: {_error(resp)}")
         else:
             self._last_error = ""
+            self._acknowledge(body["allocations"])
 
     def _post(self, path: str, body: dict, timeout) -> requests.Response:
         headers = {}

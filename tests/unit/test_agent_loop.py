@@ -195,3 +195,19 @@ def test_stop_ends_the_loop(servers, agents, tmp_path):
     count = len(server.bodies("/heartbeat"))
     time.sleep(0.1)
     assert len(server.bodies("/heartbeat")) == count
+
+
+def test_finished_allocations_are_sent_until_the_server_has_them(servers, agents, tmp_path):
+    server = servers()
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.1)
+    agent.submit(alloc("done", "true"))
+    assert agent.get("done").wait(5)
+
+    def beats_with(alloc_id):
+        return [b for _, b in server.bodies("/heartbeat") if alloc_id in b["allocations"]]
+    assert wait_for(lambda: any(b["allocations"]["done"]["status"] == "complete"
+                                for b in beats_with("done")), 5.0)
+    seen = len(server.bodies("/heartbeat"))
+    assert wait_for(lambda: len(server.bodies("/heartbeat")) >= seen + 3, 5.0)
+    later = server.bodies("/heartbeat")[seen:]
+    assert all("done" not in body["allocations"] for _, body in later)
