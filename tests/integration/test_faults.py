@@ -85,3 +85,40 @@ def test_server_kill9_keeps_state_and_leaves_tasks_alone(cluster):
     ev = cluster.get(f"/evaluations/{blocked['evaluation_id']}").json()
     assert ev["status"] == "complete"
     assert len(cluster.job("svc")["allocations"]) == 2
+
+
+def test_unreachable_node_push_fails_and_is_placed_elsewhere(cluster):
+    import threading
+
+    from harness import free_port
+
+    # A node that heartbeats but whose endpoint nobody listens on.
+    dead_end = f"http://127.0.0.1:{free_port()}"
+    node = {"node_id": "dead-end", "resources": {"cpu": 8000, "memory": 8192},
+            "healthy": True, "endpoint": dead_end,
+            "attributes": {"driver.exec": True, "driver.docker": False}}
+    assert cluster.post("/register", node).ok
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(0.3):
+            cluster.post("/heartbeat", {"node_id": "dead-end", "healthy": True,
+                                        "allocations": {}})
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        submit(cluster, job_body("moved", cluster.pid_command("moved"),
+                                 type_="service"))
+        first = wait_until(lambda: cluster.job("moved")["allocations"]).pop()
+        assert first["node_id"] == "dead-end"
+        good = cluster.start_agent("a")
+        cluster.wait_job("moved", "running", timeout=30)
+        failed = cluster.get(f"/allocations/{first['allocation_id']}").json()
+        assert failed["status"] == "failed"
+        assert failed["description"].startswith("push to node failed")
+        live = cluster.live_allocs("moved")
+        assert len(live) == 1 and live[0]["node_id"] == good
+        assert live[0]["previous_allocation"] == first["allocation_id"]
+    finally:
+        stop.set()
+        beater.join(5)
