@@ -8,7 +8,8 @@ from orch.errors import ValidationError
 from orch.structs import DRIVERS, JobType, Resources, Task
 
 # Ids and task names become directory names under the data dir.
-UNSAFE_NAME = re.compile(r"[/\\\x00]")
+# Ids and names become file and container names: the job spec's safe pattern.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 DEFAULT_RESOURCES = Resources(cpu=100, memory=64)
 
 
@@ -107,7 +108,8 @@ def _parse_resources(raw, path: str) -> Resources:
 def _safe_name(value, path: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValidationError(f"{path}: must be a non-empty string")
-    if UNSAFE_NAME.search(value) or value in (".", "..") or len(value) > 200:
+    if not SAFE_NAME.fullmatch(value) or ".." in value:
         raise ValidationError(
-            f"{path}: must be a usable file name (no '/', at most 200 characters)")
+            f"{path}: must match [A-Za-z0-9][A-Za-z0-9_.-]* without '..' "
+            f"(at most 200 characters)")
     return value

@@ -196,3 +196,26 @@ def test_failing_service_restarts_then_is_replaced(cluster):
     assert any(e["type"] == "Restarting" for e in task["events"])
     assert second["previous_allocation"] == first["allocation_id"]
     assert second["reschedule_count"] == 1
+
+
+def test_no_path_traversal_through_any_route(cluster):
+    node_id = cluster.start_agent("a")
+    agent_url = cluster.node(node_id)["endpoint"]
+    submit(cluster, job_body("real", "echo secret-free"))
+    alloc_id = cluster.wait_job("real", "complete")["allocations"][0]["allocation_id"]
+    evil = ["..", "../../etc", "..%2F..%2Fetc%2Fpasswd", "%2e%2e", "a/../../b"]
+    for name in evil:
+        body = job_body("evil", "true")
+        body["task_groups"][0]["tasks"][0]["name"] = name
+        assert cluster.post("/jobs", body).status_code == 400
+        assert cluster.post("/jobs", job_body(name, "true")).status_code in (400, 404, 405)
+        spec = {"allocation_id": name, "job_id": "x", "task_group": {
+            "name": "g", "tasks": [{"name": "t", "config": {"command": "true"}}]}}
+        assert requests.post(f"{agent_url}/allocations", json=spec, timeout=5).status_code == 400
+        for base in (cluster.url, agent_url):
+            for path in (f"/allocations/{name}/logs/t", f"/allocations/{alloc_id}/logs/{name}",
+                         f"/allocations/{alloc_id}/logs/t?type={name}"):
+                resp = requests.get(base + path, timeout=5)
+                assert 400 <= resp.status_code < 500, (base, path, resp.status_code)
+                assert "root:" not in resp.text
+                assert resp.headers["Content-Type"].startswith("application/json")
