@@ -46,6 +46,21 @@ def test_dev_cluster_from_a_lone_zipapp_runs_jobs_and_stops_everything(tmp_path,
         task_pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text()))
         assert pid_alive(task_pid)
 
+        # No engine answers (DOCKER_HOST points nowhere): a docker task with
+        # a command falls back to exec and says so in its events.
+        boxed = {"job_id": "boxed", "task_groups": [{"name": "g", "tasks": [{
+            "name": "t", "driver": "docker", "config": {
+                "image": "busybox:latest", "command": "echo fell back"}}]}]}
+        assert requests.post(f"{url}/jobs", json=boxed, timeout=5).ok
+        wait_until(lambda: requests.get(f"{url}/jobs/boxed", timeout=1)
+                   .json()["status"] == "complete", what="fallback job complete")
+        alloc = requests.get(f"{url}/jobs/boxed", timeout=5).json()["allocations"][0]
+        events = " ".join(e["message"] for e in alloc["tasks"]["t"]["events"])
+        assert "fallback" in events
+        logs = requests.get(f"{url}/allocations/{alloc['allocation_id']}/logs/t",
+                            timeout=5)
+        assert logs.text == "fell back\n"
+
         dev.send_signal(signal.SIGTERM)
         assert dev.wait(timeout=30) == 0
         assert not pid_alive(task_pid)
