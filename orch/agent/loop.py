@@ -7,12 +7,13 @@ garbage-collected): register again, then heartbeat at once.
 """
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import threading
 import time
 from typing import Callable
-
-import requests
+from urllib.parse import urlsplit
 
 from orch.agent.fingerprint import Fingerprint
 from orch.config import AgentConfig
@@ -40,7 +41,7 @@ class NodeLoop:
     def __init__(self, config: AgentConfig, node_id: str, endpoint: str,
                  fp: Fingerprint, allocations: Callable[[], dict],
                  used: Callable[[], tuple[int, int]],
-                 session: requests.Session | None = None):
+                 session: "ServerConnection | None" = None):
         self.config = config
         self.node_id = node_id
         self.endpoint = endpoint
@@ -48,8 +49,8 @@ class NodeLoop:
         self._allocations = allocations
         self._acked: set[str] = set()       # finished allocations the server has
         self._used = used
-        self._session = session or requests.Session()
         self._server = config.server.rstrip("/")
+        self._session = session or ServerConnection(self._server, insecure=config.insecure)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._registered = threading.Event()
@@ -153,7 +154,7 @@ class NodeLoop:
                              self.node_id, self._server, self.endpoint)
                     return True
                 self._warn(f"register answered {resp.status_code}: {_error(resp)}")
-            except requests.RequestException as exc:
+            except REQUEST_ERRORS as exc:
                 # Quiet while a dev cluster starts; loud if the server stays away.
                 self._warn(f"register failed, retrying: {exc.__class__.__name__}",
                            debug=time.monotonic() - started < 5.0)
@@ -165,7 +166,7 @@ class NodeLoop:
         body = self.heartbeat_body()
         try:
             resp = self._post("/heartbeat", body, HEARTBEAT_TIMEOUT)
-        except requests.RequestException as exc:
+        except REQUEST_ERRORS as exc:
             self._warn(f"heartbeat failed: {exc.__class__.__name__}: {exc}")
             return
         if resp.status_code == 404:
@@ -179,12 +180,11 @@ class NodeLoop:
             self._last_error = ""
             self._acknowledge(body["allocations"])
 
-    def _post(self, path: str, body: dict, timeout) -> requests.Response:
+    def _post(self, path: str, body: dict, timeout) -> "Response":
         headers = {}
         if self.config.token:
             headers["Authorization"] = f"Bearer {self.config.token}"
-        return self._session.post(self._server + path, json=body, headers=headers,
-                                  timeout=timeout, verify=not self.config.insecure)
+        return self._session.post(path, body, headers, timeout)
 
     def _warn(self, message: str, debug: bool = False) -> None:
         """Log a problem once, not on every retry."""
@@ -193,8 +193,103 @@ class NodeLoop:
             self._last_error = message
 
 
-def _error(resp: requests.Response) -> str:
+def _error(resp: "Response") -> str:
     try:
         return str(resp.json().get("error"))
     except (ValueError, AttributeError):
         return resp.text[:200]
+
+
+# What a failed exchange with the server raises (timeouts are OSErrors).
+REQUEST_ERRORS = (OSError, http.client.HTTPException)
+
+
+class Response:
+    """The status and body of one answer."""
+
+    def __init__(self, status_code: int, content: bytes):
+        self.status_code = status_code
+        self.content = content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+
+class ServerConnection:
+    """One http.client connection to the server, kept alive until `close`.
+
+    Small and requests-free (the agent's memory): JSON POSTs with a
+    (connect, read) timeout. A kept connection the server has closed meanwhile
+    is reopened once, as a connection pool would.
+    """
+
+    def __init__(self, server: str, insecure: bool = False):
+        url = urlsplit(server)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"server address must be http(s)://host[:port]: {server}")
+        self._https = url.scheme == "https"
+        self._host = url.hostname
+        self._port = url.port
+        self._prefix = url.path.rstrip("/")
+        self._insecure = insecure
+        self._conn: http.client.HTTPConnection | None = None
+
+    def post(self, path: str, body: dict, headers: dict, timeout) -> Response:
+        connect_timeout, read_timeout = (timeout if isinstance(timeout, tuple)
+                                         else (timeout, timeout))
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json",
+                   "Accept": "application/json", **headers}
+        reused = self._conn is not None
+        try:
+            return self._exchange(path, data, headers, connect_timeout, read_timeout)
+        except (http.client.RemoteDisconnected, ConnectionResetError,
+                BrokenPipeError, http.client.BadStatusLine):
+            self.close()
+            if not reused:
+                raise
+        except BaseException:
+            self.close()
+            raise
+        try:            # the kept connection had been closed by the server: once more
+            return self._exchange(path, data, headers, connect_timeout, read_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _exchange(self, path, data, headers, connect_timeout, read_timeout) -> Response:
+        if self._conn is None or self._conn.sock is None:
+            self._conn = self._connect(connect_timeout)
+        self._conn.sock.settimeout(read_timeout)
+        self._conn.request("POST", self._prefix + path, body=data, headers=headers)
+        resp = self._conn.getresponse()
+        content = resp.read()
+        if resp.will_close:
+            self.close()
+        return Response(resp.status, content)
+
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        if self._https:
+            import os
+            import ssl
+            # As requests did: a CA bundle named in the environment is trusted.
+            context = ssl.create_default_context(
+                cafile=os.environ.get("REQUESTS_CA_BUNDLE") or None)
+            if self._insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
+                                               context=context)
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        conn.connect()
+        return conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

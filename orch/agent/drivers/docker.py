@@ -14,15 +14,20 @@ driver's.
 
 The engine is found as the docker CLI finds it (DOCKER_HOST, DOCKER_TLS_*).
 Whether it answers is probed with a short timeout and cached, so that
-`select_driver` and the fingerprint never block a heartbeat.
+`select_driver` and the fingerprint never block a heartbeat. The probe is a
+bare `GET /_ping` (http.client, over the unix socket or plain tcp); the SDK
+(with requests) is imported only when a docker task starts or is recovered,
+or for the probe of a TLS or ssh engine.
 """
 from __future__ import annotations
 
+import http.client
 import logging
 import math
 import os
 import re
 import shlex
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,16 +36,30 @@ from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import cpu_shares  # noqa: F401 (part of this API)
 from orch.errors import DriverError
 
-try:
-    import docker
-    import docker.errors
-    import requests
-    from docker.models.containers import _create_container_args
-except ImportError:                 # the agent still runs exec tasks without it
-    docker = None
+
+class _NeverRaised(Exception):
+    """Stands for the SDK's exceptions until it is imported: no call raises it."""
+
+
+class _Errors:
+    NotFound = ImageNotFound = APIError = _NeverRaised
+
+
+class _Unloaded:
+    """`docker` and `requests` until a task needs the SDK (see `_load_sdk`)."""
+    errors = _Errors
+    RequestException = _NeverRaised
+
+
+# The SDK (with requests and urllib3) costs the agent ~10 MB: it is imported
+# when a docker task starts or is recovered, not for the engine probe.
+docker = requests = _Unloaded
+_create_container_args = None
+_sdk_lock = threading.Lock()
 
 log = logging.getLogger(__name__)
 
+DEFAULT_HOST = "unix:///var/run/docker.sock"
 LABEL_JOB, LABEL_ALLOC, LABEL_TASK = "orch.job_id", "orch.alloc_id", "orch.task"
 LABEL_ATTEMPT = "orch.attempt"
 PING_TIMEOUT = 1.0          # seconds: the engine probe must not slow a heartbeat
@@ -184,19 +203,27 @@ class DockerDriver(Driver):
         return {"driver.docker": self.probe()}
 
     def _ping(self) -> tuple[bool, str]:
-        if docker is None:
+        if not sdk_installed():
             return False, "the docker python package is not installed"
-        host = self._env().get("DOCKER_HOST") or "the default socket"
+        env = self._env()
+        host = env.get("DOCKER_HOST") or "the default socket"
         try:
-            if self._probe_client is None:
-                # Creating a client asks the engine its API version: a ping.
-                self._probe_client = self._from_env(self._ping_timeout, None)
-            else:
-                self._probe_client.ping()
-            self._api_version = self._probe_client.api.api_version
+            version = ping_engine(env, self._ping_timeout)
+            if version is _NEEDS_SDK:       # ssh://, TLS: the SDK's own transports
+                version = self._sdk_ping()
+            self._api_version = version or self._api_version
             return True, ""
         except Exception as exc:        # any failure means "no engine here"
             return False, f"docker engine not reachable at {host}: {_short(exc)}"
+
+    def _sdk_ping(self) -> str:
+        _load_sdk()
+        if self._probe_client is None:
+            # Creating a client asks the engine its API version: a ping.
+            self._probe_client = self._from_env(self._ping_timeout, None)
+        else:
+            self._probe_client.ping()
+        return self._probe_client.api.api_version
 
     def _env(self) -> dict:
         return self._environment if self._environment is not None else dict(os.environ)
@@ -207,6 +234,11 @@ class DockerDriver(Driver):
 
     def client(self):
         """The engine client for task work; raises DriverError if none answers."""
+        try:
+            _load_sdk()
+        except ImportError as exc:
+            raise DriverError(f"docker engine unavailable: the docker python package "
+                              f"cannot be imported: {exc}")
         with self._lock:
             if self._client is not None:
                 return self._client
@@ -454,6 +486,83 @@ class DockerDriver(Driver):
         except (requests.RequestException, docker.errors.APIError) as exc:
             if getattr(exc, "status_code", None) != 409:    # removal in progress
                 log.warning("cannot remove container %s: %s", container, _short(exc))
+
+
+_NEEDS_SDK = object()
+
+
+def sdk_installed() -> bool:
+    if docker is not _Unloaded:
+        return True
+    import importlib.util
+    try:
+        return importlib.util.find_spec("docker") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _load_sdk() -> None:
+    """Import the docker SDK (once); raises ImportError when it is not installed."""
+    global docker, requests, _create_container_args
+    if docker is not _Unloaded:
+        return
+    with _sdk_lock:
+        if docker is not _Unloaded:
+            return
+        import docker as sdk
+        import docker.errors  # noqa: F401
+        import docker.utils  # noqa: F401
+        import requests as http
+        from docker.models.containers import _create_container_args as create_args
+        _create_container_args = create_args
+        requests = http
+        docker = sdk
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def ping_engine(env: dict, timeout: float):
+    """`GET /_ping` on the engine DOCKER_HOST names: its API version ("" if unsaid).
+
+    Plain unix sockets and tcp only: for TLS or ssh, `_NEEDS_SDK`. Raises
+    OSError or http.client.HTTPException when the engine does not answer OK.
+    """
+    host = env.get("DOCKER_HOST") or DEFAULT_HOST
+    if host.startswith("unix://"):
+        conn = _UnixConnection(host[len("unix://"):], timeout)
+    elif host.startswith(("tcp://", "http://")) and not (
+            env.get("DOCKER_TLS_VERIFY") or env.get("DOCKER_CERT_PATH")):
+        address = host.split("://", 1)[1].split("/", 1)[0]
+        name, _, port = address.rpartition(":")
+        if not name:
+            name, port = address, "2375"
+        conn = http.client.HTTPConnection(name.strip("[]"), int(port), timeout=timeout)
+    else:
+        return _NEEDS_SDK
+    try:
+        conn.request("GET", "/_ping")
+        resp = conn.getresponse()
+        body = resp.read(64)
+        if resp.status != 200:
+            raise OSError(f"engine answered /_ping with {resp.status}: "
+                          f"{body.decode(errors='replace')}")
+        return resp.getheader("Api-Version") or ""
+    finally:
+        conn.close()
 
 
 def _copy(stream, path: str) -> None:

@@ -1,8 +1,9 @@
 """The exec driver: a task is a local process group under a supervisor of its own.
 
 `command` as a string runs through `/bin/sh -c` (with `args` appended,
-shell-quoted); as a list it is exec'd directly. Each task is started by an
-`orch.agent.supervisor` process in a session of its own, which outlives the
+shell-quoted); as a list it is exec'd directly. Each task is started by a
+supervisor (`orch.agent.supervisor`, forked from the agent: no interpreter
+start per task) in a session of its own, which outlives the
 agent and records each run (start) of the task under `<task dir>/.orch/`:
 `run-<n>.json` (claimed before the start, then its pid) and `run-<n>.exit.json`
 (how it ended). A restarted agent reattaches through these files, also to a
@@ -23,14 +24,14 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 
 import psutil
 
-import orch
+from orch.agent import supervisor as supervisor_mod
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import Cgroups, cpu_shares
 from orch.errors import DriverError
@@ -44,8 +45,50 @@ FOREIGN_POLL = 0.2          # polling a reattached process we are not the parent
 RUN_DIR = ".orch"            # in the task dir: one record and one exit file per run
 SUPERVISOR_LOG = "supervisor.log"
 CLAIM_WAIT = 5.0            # how long a run's record may lack its pid while starting
-SUPERVISOR_MODULE = "orch.agent.supervisor"
 STATUS_LOST = "task supervisor ended without recording the exit status"
+
+
+class Supervisor:
+    """A forked supervisor the agent is the parent of, waited for as a Popen is."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+        self._lock = threading.Lock()
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._lock.acquire(blocking=False):
+            try:
+                self._reap(os.WNOHANG)
+            finally:
+                self._lock.release()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Its exit code; raises subprocess.TimeoutExpired as Popen.wait does."""
+        if timeout is None:
+            with self._lock:
+                if self.returncode is None:
+                    self._reap(0)
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise subprocess.TimeoutExpired(f"supervisor {self.pid}", timeout)
+            time.sleep(min(delay, remaining, 0.05))
+            delay *= 2
+        return self.returncode
+
+    def _reap(self, flags: int) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:       # reaped elsewhere: its record says how it went
+            self.returncode = 0
+            return
+        if pid == self.pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
 
 
 @dataclass
@@ -54,28 +97,11 @@ class ExecHandle:
     pid: int
     pgid: int
     create_time: float | None = None
-    popen: subprocess.Popen | None = None
+    popen: "Supervisor | subprocess.Popen | None" = None
     supervisor_pid: int | None = None
     supervisor_create_time: float | None = None
     exit_path: str | None = None
     memory_mb: int = 0
-
-
-def supervisor_command() -> tuple[list[str], dict[str, str]]:
-    """argv and env that run the supervisor, from a checkout or from the zipapp.
-
-    A shiv zipapp runs from its extracted site-packages, so the directories
-    holding `orch` and `psutil` are importable as they are. `-S` (no site
-    initialisation) trims the interpreter's start, paid on every task start.
-    """
-    roots = []
-    for module in (orch, psutil):
-        root = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__)))
-        if root not in roots:
-            roots.append(root)
-    env = {"PYTHONPATH": os.pathsep.join(roots),
-           "PATH": os.environ.get("PATH") or DEFAULT_PATH}
-    return [sys.executable, "-S", "-m", SUPERVISOR_MODULE], env
 
 
 def build_argv(config: dict) -> list[str]:
@@ -212,27 +238,21 @@ class ExecDriver(Driver):
                 "cgroup_dirs": list(group.dirs)}
 
     def _spawn_supervisor(self, ctx: TaskContext, spec: dict):
-        argv, env = supervisor_command()
         log_path = os.path.join(ctx.task_dir, RUN_DIR, SUPERVISOR_LOG)
-        with open(log_path, "ab") as err:
-            try:
-                # Its own session: a signal to the agent's group never reaches it.
-                proc = subprocess.Popen(argv, env=env, cwd=ctx.task_dir,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=err, start_new_session=True,
-                                        close_fds=True)
-            except OSError as exc:
-                raise DriverError(f"failed to start the task supervisor: {exc}")
-        # Taken while it surely lives (it waits for its spec): tells its pid from a reuse.
-        created = _create_time(proc.pid)
         try:
-            proc.stdin.write(json.dumps(spec).encode())
-            proc.stdin.close()
-            line = proc.stdout.readline()
-        except OSError:
-            line = b""
-        finally:
-            proc.stdout.close()
+            # Forked, in a session of its own: a signal to the agent's group
+            # never reaches it, and no interpreter starts per task.
+            pid, answer_fd = supervisor_mod.fork_supervisor(spec, log_path)
+        except OSError as exc:
+            raise DriverError(f"failed to start the task supervisor: {exc}")
+        proc = Supervisor(pid)
+        # Taken while it surely lives (our unreaped child): tells its pid from a reuse.
+        created = _create_time(pid)
+        with open(answer_fd, "rb") as answers:
+            try:
+                line = answers.readline()
+            except OSError:
+                line = b""
         try:
             answer = json.loads(line)
         except ValueError:
