@@ -401,25 +401,24 @@ class StateStore:
                 mine = freed.setdefault(alloc.node_id, [0, 0])
                 mine[0] -= alloc.resources.cpu
                 mine[1] -= alloc.resources.memory
-        # The capacity index's room entry: [cpu, memory, cpu used, memory used]
-        # of a healthy node, None for one down or gone.
-        room_of, nodes = self.cluster.rooms(), self._nodes
+        room_of, nodes = self.cluster.room, self._nodes
         used: dict[str, list[int]] = {}      # node -> [cpu, memory] with this plan
         ok, rejected = [], 0
         for alloc in allocs:
             node_id = alloc.node_id
             room = room_of(node_id)
             node = nodes.get(node_id)
-            if room is None or node is None or not node.healthy:
+            if room is None or not room.healthy or node is None or not node.healthy:
                 rejected += 1
                 continue
             mine = used.get(node_id)
             if mine is None:
                 back = freed.get(node_id, (0, 0))
-                mine = used[node_id] = [room[2] + back[0], room[3] + back[1]]
+                mine = used[node_id] = [room.cpu_used + back[0],
+                                        room.memory_used + back[1]]
             cpu = mine[0] + alloc.resources.cpu
             memory = mine[1] + alloc.resources.memory
-            if cpu <= room[0] and memory <= room[1]:
+            if cpu <= room.cpu and memory <= room.memory:
                 mine[0], mine[1] = cpu, memory
                 ok.append(alloc)
             else:

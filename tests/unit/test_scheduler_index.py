@@ -3,7 +3,7 @@ import random
 from collections import Counter
 
 from orch.server.scheduler.cluster import Cluster
-from orch.server.scheduler.feasible import feasible_parts
+from orch.server.scheduler.feasible import feasible_parts, feasible_rooms
 from orch.server.scheduler.stack import Ring, Stack
 from orch.structs import (
     Allocation, Constraint, Job, Node, Resources, Task, TaskGroup,
@@ -25,24 +25,38 @@ def alloc(alloc_id, node_id, job_id="j", cpu=100, memory=100):
 def test_rooms_follow_capacity_usage_and_health():
     cluster = Cluster()
     cluster.upsert_node(node("n1"))
-    room = cluster.rooms()
-    assert room("n1") == [1000, 1000, 0, 0]
+    room = cluster.room("n1")
+
+    def seen():
+        return (room.cpu, room.memory, room.cpu_used, room.memory_used, room.healthy)
+    assert seen() == (1000, 1000, 0, 0, True)
     cluster.reserve_many([alloc("a1", "n1"), alloc("a1", "n1"), alloc("a2", "n1")])
-    assert room("n1") == [1000, 1000, 200, 200]
+    assert seen() == (1000, 1000, 200, 200, True)
     assert cluster.free("n1") == Resources(800, 800)
-    assert cluster.job_nodes("j") == {"n1": 2} and cluster.job_count("j", "n1") == 2
+    assert cluster.job_nodes("j") == {room: 2} and cluster.job_count("j", "n1") == 2
     cluster.release(alloc("a1", "n1"))
-    assert room("n1") == [1000, 1000, 100, 100]
+    assert seen() == (1000, 1000, 100, 100, True)
     cluster.set_healthy("n1", False)
-    assert room("n1") is None
+    assert seen() == (1000, 1000, 100, 100, False)
+    assert cluster.members() == {}
     cluster.set_healthy("n1", True)
-    assert room("n1") == [1000, 1000, 100, 100]
+    assert seen() == (1000, 1000, 100, 100, True)
     cluster.upsert_node(node("n1", cpu=2000))
-    assert room("n1") == [2000, 1000, 100, 100]
+    assert seen() == (2000, 1000, 100, 100, True) and cluster.room("n1") is room
     cluster.release(alloc("a2", "n1"))
     assert cluster.job_nodes("j") == {} and cluster.job_count("j", "n1") == 0
     cluster.remove_node("n1")
-    assert room("n1") is None
+    assert not room.healthy and cluster.free("n1") == Resources(0, 0)
+
+
+def test_a_reservation_on_an_unknown_node_is_kept_for_when_it_registers():
+    cluster = Cluster()
+    cluster.reserve(alloc("a1", "later", cpu=300, memory=300))
+    assert cluster.usage("later") == (300, 300)
+    assert cluster.free("later") == Resources(0, 0) and cluster.members() == {}
+    cluster.upsert_node(node("later"))
+    assert cluster.free("later") == Resources(700, 700)
+    assert [r.node_id for rooms in cluster.members().values() for r in rooms] == ["later"]
 
 
 def test_members_are_shared_until_a_class_changes():
@@ -53,8 +67,9 @@ def test_members_are_shared_until_a_class_changes():
     assert cluster.members() is first
     cluster.upsert_node(node("b"))
     second = cluster.members()
-    assert second is not first and sorted(next(iter(second.values()))) == ["a", "b"]
-    assert list(first.values()) == [("a",)]
+    assert second is not first
+    assert sorted(r.node_id for r in next(iter(second.values()))) == ["a", "b"]
+    assert [[r.node_id for r in rooms] for rooms in first.values()] == [["a"]]
 
 
 def test_feasible_parts_answer_is_reused_then_refreshed():
@@ -62,16 +77,18 @@ def test_feasible_parts_answer_is_reused_then_refreshed():
     cluster.upsert_node(node("eu1"))
     cluster.upsert_node(node("us1", region="us"))
     job = Job("j", (GROUP,), constraints=(Constraint("region", "=", "eu"),))
-    parts, failures = feasible_parts(cluster, job, GROUP)
-    assert [list(ids) for _, ids in parts] == [["eu1"]]
+    parts, failures = feasible_rooms(cluster, job, GROUP)
+    assert [[r.node_id for r in rooms] for _, rooms in parts] == [["eu1"]]
     assert failures == {"constraint region = eu": 1}
-    assert feasible_parts(cluster, job, GROUP)[0] is parts
+    assert feasible_rooms(cluster, job, GROUP)[0] is parts
+    ids, _ = feasible_parts(cluster, job, GROUP)
+    assert [(len(part), list(part), part[0]) for _, part in ids] == [(1, ["eu1"], "eu1")]
     cluster.upsert_node(node("eu2"))
-    parts, failures = feasible_parts(cluster, job, GROUP)
-    assert sorted(n for _, ids in parts for n in ids) == ["eu1", "eu2"]
+    parts, failures = feasible_rooms(cluster, job, GROUP)
+    assert sorted(r.node_id for _, rooms in parts for r in rooms) == ["eu1", "eu2"]
     cluster.set_healthy("eu1", False)
-    parts, _ = feasible_parts(cluster, job, GROUP)
-    assert [n for _, ids in parts for n in ids] == ["eu2"]
+    parts, _ = feasible_rooms(cluster, job, GROUP)
+    assert [r.node_id for _, rooms in parts for r in rooms] == ["eu2"]
 
 
 def test_ring_over_parts_visits_each_once_and_forgets_dropped():
@@ -131,7 +148,7 @@ def crowded(full_classes=100, size=1):
 
 def test_class_room_is_cached_until_the_class_changes():
     cluster = crowded(full_classes=1, size=2)
-    spare = cluster.class_of("free0")
+    spare = cluster.room("free0").node_class
     assert cluster.class_room(spare) == (1000, 1000, 2)
     cluster.reserve(alloc("a", "free0", memory=700))
     assert cluster.class_room(spare) == (1000, 1000, 2)    # free1 is untouched
@@ -174,7 +191,7 @@ def test_the_stack_ranks_as_rank_fit_score_does():
     for seed in range(30):
         stack = Stack(cluster, Job("j", (GROUP,)), rng=random.Random(seed))
         ring = stack._state(GROUP, demand).ring
-        first_two = [ring.next(), ring.next()]
+        first_two = [ring.next().node_id, ring.next().node_id]
         stack = Stack(cluster, Job("j", (GROUP,)), rng=random.Random(seed))
         chosen = stack.select(GROUP, demand)[0]
 

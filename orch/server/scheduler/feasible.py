@@ -13,7 +13,8 @@ from __future__ import annotations
 import operator
 import re
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from orch.structs import Constraint, Job, Node, TaskGroup
 
@@ -118,8 +119,35 @@ def node_feasible(node: Node, job: Job, group: TaskGroup) -> str | None:
 
 def feasible_nodes(cluster, job: Job, group: TaskGroup) -> tuple[list[str], Counter]:
     """Healthy node ids that can run the group, and why the others cannot."""
-    parts, failures = feasible_parts(cluster, job, group)
-    return [node_id for _, part in parts for node_id in part], Counter(failures)
+    parts, failures = feasible_rooms(cluster, job, group)
+    return [room.node_id for _, part in parts for room in part], Counter(failures)
+
+
+def feasible_parts(cluster, job: Job, group: TaskGroup
+                   ) -> tuple[list[tuple[str, Sequence[str]]], Counter]:
+    """feasible_rooms with node ids: (class, ids) pairs, and the rejections."""
+    parts, failures = feasible_rooms(cluster, job, group)
+    return [(node_class, NodeIds(rooms)) for node_class, rooms in parts], failures
+
+
+class NodeIds(Sequence):
+    """The node ids of a sequence of records, read through (no copy)."""
+
+    __slots__ = ("_rooms",)
+
+    def __init__(self, rooms: Sequence):
+        self._rooms = rooms
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [room.node_id for room in self._rooms[index]]
+        return self._rooms[index].node_id
+
+    def __iter__(self) -> Iterator[str]:
+        return (room.node_id for room in self._rooms)
 
 
 # Distinct asks remembered per cluster before the memo starts over (a bound).
@@ -134,18 +162,18 @@ def _asks(job: Job, group: TaskGroup) -> tuple:
     return drivers, shared
 
 
-def feasible_parts(cluster, job: Job, group: TaskGroup
-                   ) -> tuple[list[tuple[str, Sequence[str]]], Counter]:
-    """Feasible node ids as (class, node ids) pairs, and the rejections.
+def feasible_rooms(cluster, job: Job, group: TaskGroup) -> tuple[list[tuple], Counter]:
+    """Feasible nodes as (class, node records) pairs, and the rejections.
 
     One check per class: a rejected class counts its reason once per node it
-    holds. The sequences are the cluster's shared tuples, never copied. The
-    cluster remembers, per kind of ask, each class's verdict (a class is a
-    hash of everything the checks read, so a verdict never expires) and the
-    whole answer for its current membership, so that an evaluation costs
-    O(1) here while no node joins or leaves, O(classes) after, and never
-    O(nodes) unless a constraint on a unique attribute (node_id, hostname)
-    makes the check per node. Callers must not mutate what they get.
+    holds. The records are the cluster's shared per-class tuples of ``Room``
+    (cluster.members()), never copied. The cluster remembers, per kind of
+    ask, each class's verdict (a class is a hash of everything the checks
+    read, so a verdict never expires) and the whole answer for its current
+    membership, so that an evaluation costs O(1) here while no node joins or
+    leaves, O(classes) after, and never O(nodes) unless a constraint on a
+    unique attribute (node_id, hostname) makes the check per node. Callers
+    must not mutate what they get.
     """
     members = cluster.members()
     if any(is_unique(c) for c in (*job.constraints, *group.constraints)):
@@ -160,19 +188,19 @@ def feasible_parts(cluster, job: Job, group: TaskGroup
     if known is not None and known[0] is members:
         return known[1], known[2]
     verdicts = {} if known is None else known[3]
-    parts: list[tuple[str, Sequence[str]]] = []
+    parts: list[tuple] = []
     failures: Counter = Counter()
-    for node_class, node_ids in members.items():
+    for node_class, rooms in members.items():
         reason = verdicts.get(node_class, _UNKNOWN)
         if reason is _UNKNOWN:
-            sample = _first_known(cluster, node_ids)
+            sample = _first_known(cluster, rooms)
             reason = None if sample is None else class_feasible(sample, job, group)
             if sample is not None:
                 verdicts[node_class] = reason
         if reason is None:
-            parts.append((node_class, node_ids))
+            parts.append((node_class, rooms))
         else:
-            failures[reason] += len(node_ids)
+            failures[reason] += len(rooms)
     memo[asks] = (members, parts, failures, verdicts)
     return parts, failures
 
@@ -181,36 +209,32 @@ _UNKNOWN = object()
 
 
 def _per_node(cluster, members, job: Job, group: TaskGroup):
-    parts: list[tuple[str, Sequence[str]]] = []
+    parts: list[tuple] = []
     failures: Counter = Counter()
-    for node_class, node_ids in members.items():
-        sample = _first_known(cluster, node_ids)
+    for node_class, rooms in members.items():
+        sample = _first_known(cluster, rooms)
         reason = None if sample is None else class_feasible(sample, job, group)
         if reason is not None:
-            failures[reason] += len(node_ids)
+            failures[reason] += len(rooms)
             continue
-        kept: list[str] = []
-        _filter_nodes(cluster, node_ids, job, group, kept, failures)
+        kept: list = []
+        for room in rooms:
+            node = cluster.node(room.node_id)
+            if node is None:
+                continue
+            reason = node_feasible(node, job, group)
+            if reason is None:
+                kept.append(room)
+            else:
+                failures[reason] += 1
         parts.append((node_class, kept))
     return parts, failures
 
 
-def _first_known(cluster, node_ids: Sequence[str]) -> Node | None:
+def _first_known(cluster, rooms: Sequence) -> Node | None:
     # A node may be removed between members() and node(); any member will do.
-    for node_id in node_ids:
-        node = cluster.node(node_id)
+    for room in rooms:
+        node = cluster.node(room.node_id)
         if node is not None:
             return node
     return None
-
-
-def _filter_nodes(cluster, node_ids, job, group, candidates, failures) -> None:
-    for node_id in node_ids:
-        node = cluster.node(node_id)
-        if node is None:
-            continue
-        reason = node_feasible(node, job, group)
-        if reason is None:
-            candidates.append(node_id)
-        else:
-            failures[reason] += 1

@@ -24,8 +24,8 @@ from collections import Counter
 from itertools import accumulate, islice
 from typing import Iterable, Iterator, Sequence
 
-from orch.server.scheduler.cluster import Cluster
-from orch.server.scheduler.feasible import feasible_parts
+from orch.server.scheduler.cluster import Cluster, Room
+from orch.server.scheduler.feasible import feasible_rooms
 from orch.server.scheduler.rank import (
     BINPACK_MAX, RESCHEDULE_PENALTY, anti_affinity_penalty,
 )
@@ -42,9 +42,10 @@ PRUNE_AFTER = 64
 
 
 class Ring:
-    """Node ids in a random order, produced lazily: O(1) per visit, no copy.
+    """Nodes in a random order, produced lazily: O(1) per visit, no copy.
 
-    The ids are read in place from one or more sequences (the cluster's shared
+    The nodes (the cluster's ``Room`` records for the stack; any hashable
+    items) are read in place from one or more sequences (the cluster's shared
     per-class tuples) in the order of a random affine permutation (random
     start, random step coprime with the size): every node once per lap, an
     order unrelated to node state and different for every evaluation, which
@@ -55,11 +56,11 @@ class Ring:
     evaluation) is skipped by the rest of the lap and forgotten by the next.
     """
 
-    def __init__(self, node_ids: Sequence[str], rng):
-        self._setup([node_ids], rng)
+    def __init__(self, nodes: Sequence, rng):
+        self._setup([nodes], rng)
 
     @classmethod
-    def over(cls, parts: Sequence[Sequence[str]], rng) -> "Ring":
+    def over(cls, parts: Sequence[Sequence], rng) -> "Ring":
         """A ring over the concatenation of ``parts``, without concatenating."""
         ring = cls.__new__(cls)
         ring._setup(parts, rng)
@@ -68,7 +69,7 @@ class Ring:
     def _setup(self, parts, rng) -> None:
         self._parts = [part for part in parts if part]
         self._live = sum(map(len, self._parts))
-        self._dropped: set[str] = set()     # dropped during the current lap
+        self._dropped: set = set()          # dropped during the current lap
         # The walk is a generator: its state lives in fast locals, and a
         # select() that stops early resumes it where it stopped.
         self.walk = self._walk(rng.random)
@@ -77,22 +78,22 @@ class Ring:
         """Nodes not dropped."""
         return self._live
 
-    def next(self) -> str | None:
-        """The next node id not dropped; None when every node was dropped."""
+    def next(self):
+        """The next node not dropped; None when every node was dropped."""
         return next(self.walk, None)
 
-    def drop(self, node_id: str) -> None:
+    def drop(self, node) -> None:
         """Never return this (already visited) node again."""
-        if node_id not in self._dropped:
-            self._dropped.add(node_id)
+        if node not in self._dropped:
+            self._dropped.add(node)
             self._live -= 1
 
-    def members(self) -> Iterator[str]:
-        """Every id of the ring, dropped or not (for failure accounting)."""
+    def members(self) -> Iterator:
+        """Every node of the ring, dropped or not (for failure accounting)."""
         for part in self._parts:
             yield from part
 
-    def _walk(self, random) -> Iterator[str]:
+    def _walk(self, random) -> Iterator:
         parts, dropped = self._parts, self._dropped
         ends = list(accumulate(map(len, parts)))
         size = ends[-1] if ends else 0
@@ -103,27 +104,27 @@ class Ring:
             while math.gcd(step, size) != 1:
                 step = 1 + int(random() * (size - 1))
         index = int(random() * size) if size else 0
-        order: list[str] = []
+        order: list = []
         for _ in range(size):
             index += step
             if index >= size:
                 index -= size
             if single is not None:
-                node_id = single[index]
+                node = single[index]
             else:
                 k = bisect_right(ends, index)
-                node_id = parts[k][index - ends[k - 1] if k else index]
-            order.append(node_id)
-            yield node_id
+                node = parts[k][index - ends[k - 1] if k else index]
+            order.append(node)
+            yield node
         while True:
             if dropped:
-                order = [node_id for node_id in order if node_id not in dropped]
+                order = [node for node in order if node not in dropped]
                 dropped.clear()
             if not order:
                 return
-            for node_id in order:
-                if node_id not in dropped:
-                    yield node_id
+            for node in order:
+                if node not in dropped:
+                    yield node
 
 
 def placement_limit(job: Job, candidates: int) -> int:
@@ -139,8 +140,8 @@ class _Placing:
     __slots__ = ("ring", "classes", "filtered", "full", "limit", "prunable")
 
     def __init__(self, classes, filtered: Counter, limit: int, rng):
-        self.classes = classes              # [(class, node ids)] the ring walks
-        self.ring = Ring.over([ids for _, ids in classes], rng)
+        self.classes = classes              # [(class, node records)] the ring walks
+        self.ring = Ring.over([rooms for _, rooms in classes], rng)
         self.filtered = filtered            # infeasible: reason -> nodes
         self.full: Counter = Counter()      # classes pruned as full: reason -> nodes
         self.limit = limit
@@ -148,30 +149,34 @@ class _Placing:
 
 
 class Stack:
-    """One evaluation's placement state: rings per group and the overlay."""
+    """One evaluation's placement state: rings per group and the overlay.
+
+    Nodes are handled as the cluster's ``Room`` records (capacity and usage
+    read in place); ids appear only in what select() returns.
+    """
 
     def __init__(self, cluster: Cluster, job: Job, *, rng,
                  releasing: Iterable[Allocation] = ()):
         self._cluster = cluster
         self._job = job
         self._rng = rng
-        self._room_of = cluster.rooms()
         self._job_nodes = cluster.job_nodes(job.job_id)
         # node -> [cpu, memory, allocations of the job] placed by this evaluation
-        self._local: dict[str, list[int]] = {}
+        self._local: dict[Room, list[int]] = {}
         self._placing: dict[tuple[str, Resources], _Placing] = {}
         self._last: tuple = (None, None, None)     # (group, demand, _Placing)
-        self._releasing: set[str] = set()          # nodes where this plan frees room
+        self._releasing: set[Room] = set()         # nodes where this plan frees room
         # Stops in the same plan free their room for its placements, as in Nomad.
         for alloc in releasing:
-            if alloc.holds_resources():
-                self._hold(alloc.node_id, alloc.resources, -1)
-                self._releasing.add(alloc.node_id)
+            room = cluster.room(alloc.node_id)
+            if alloc.holds_resources() and room is not None:
+                self._hold(room, alloc.resources, -1)
+                self._releasing.add(room)
 
-    def _hold(self, node_id: str, res: Resources, count: int) -> None:
-        mine = self._local.get(node_id)
+    def _hold(self, room: Room, res: Resources, count: int) -> None:
+        mine = self._local.get(room)
         if mine is None:
-            mine = self._local[node_id] = [0, 0, 0]
+            mine = self._local[room] = [0, 0, 0]
         mine[0] += count * res.cpu
         mine[1] += count * res.memory
         mine[2] += count
@@ -186,8 +191,8 @@ class Stack:
         key = (group.name, demand)
         placing = self._placing.get(key)
         if placing is None:
-            classes, filtered = feasible_parts(self._cluster, self._job, group)
-            candidates = sum(len(ids) for _, ids in classes)
+            classes, filtered = feasible_rooms(self._cluster, self._job, group)
+            candidates = sum(len(rooms) for _, rooms in classes)
             placing = self._placing[key] = _Placing(
                 classes, filtered, placement_limit(self._job, candidates), self._rng)
         self._last = (group, demand, placing)
@@ -205,17 +210,17 @@ class Stack:
             # can take the demand, then walk what is left.
             self._prune(placing, demand)
             self._walk(placing, group, demand, previous_node, kept, skipped, None,
-                       seen={node_id for _, node_id in kept + skipped})
+                       seen={room for _, room in kept + skipped})
         pool = kept if len(kept) >= placing.limit else kept + skipped
         if not pool:
             reasons = placing.filtered + placing.full + self._exhausted(placing, demand)
             return None, dict(reasons)
         best_score, best = pool[0]
-        for score, node_id in pool:
+        for score, room in pool:
             if score > best_score:      # ties: the first seen wins, as max() does
-                best_score, best = score, node_id
+                best_score, best = score, room
         self._hold(best, demand, 1)
-        return best, {}
+        return best.node_id, {}
 
     def _walk(self, placing: _Placing, group: TaskGroup, demand: Resources,
               previous_node: str | None, kept: list, skipped: list,
@@ -225,26 +230,24 @@ class Stack:
         True if it stopped early instead, after ``prune_after`` nodes without room.
         """
         ring, limit = placing.ring, placing.limit
-        room_of, collisions_of = self._room_of, self._job_nodes.get
-        local_of = self._local.get
+        collisions_of, local_of = self._job_nodes.get, self._local.get
         need_cpu, need_memory = demand.cpu, demand.memory
         misses = 0
         # One lap at most: every node not dropped, once.
-        for node_id in islice(ring.walk, len(ring)):
-            room = room_of(node_id)
-            if room is None or node_id in seen:   # down or gone since the evaluation began
+        for room in islice(ring.walk, len(ring)):
+            if not room.healthy or room in seen:   # down since the evaluation began
                 continue
-            total_cpu, total_memory, used_cpu, used_memory = room
-            free_cpu = total_cpu - used_cpu - need_cpu
-            free_memory = total_memory - used_memory - need_memory
-            collisions = collisions_of(node_id, 0)
-            mine = local_of(node_id)
+            total_cpu, total_memory = room.cpu, room.memory
+            free_cpu = total_cpu - room.cpu_used - need_cpu
+            free_memory = total_memory - room.memory_used - need_memory
+            collisions = collisions_of(room, 0)
+            mine = local_of(room)
             if mine is not None:
                 free_cpu -= mine[0]
                 free_memory -= mine[1]
                 collisions += mine[2]
             if free_cpu < 0 or free_memory < 0:
-                ring.drop(node_id)
+                ring.drop(room)
                 misses += 1
                 if misses == prune_after:
                     return True
@@ -258,12 +261,12 @@ class Stack:
                      else BINPACK_MAX) / BINPACK_MAX
             if collisions > 0:
                 score -= anti_affinity_penalty(collisions, group.count)
-            if node_id == previous_node:
+            if previous_node is not None and room.node_id == previous_node:
                 score -= RESCHEDULE_PENALTY
             if score < 0 and len(skipped) < MAX_SKIP:
-                skipped.append((score, node_id))
+                skipped.append((score, room))
             else:
-                kept.append((score, node_id))
+                kept.append((score, room))
                 if len(kept) >= limit:
                     break
         return False
@@ -277,40 +280,38 @@ class Stack:
         Nodes of a pruned class count under the resource that rules it out.
         """
         placing.prunable = False
-        releasing = {self._cluster.class_of(n) for n in self._releasing}
+        releasing = {room.node_class for room in self._releasing}
         kept = []
-        for node_class, ids in placing.classes:
+        for node_class, rooms in placing.classes:
             if node_class in releasing:
-                kept.append((node_class, ids))
+                kept.append((node_class, rooms))
                 continue
             most_cpu, most_memory, healthy = self._cluster.class_room(node_class)
-            # ids may be a per-node-filtered part of the class: count no more.
+            # rooms may be a per-node-filtered part of the class: count no more.
             if most_cpu < demand.cpu:
-                placing.full[CPU_EXHAUSTED] += min(healthy, len(ids))
+                placing.full[CPU_EXHAUSTED] += min(healthy, len(rooms))
             elif most_memory < demand.memory:
-                placing.full[MEMORY_EXHAUSTED] += min(healthy, len(ids))
+                placing.full[MEMORY_EXHAUSTED] += min(healthy, len(rooms))
             else:
-                kept.append((node_class, ids))
+                kept.append((node_class, rooms))
         if len(kept) < len(placing.classes):
             # A fresh ring: it meets the nodes already dropped once more, at
             # most one lap's worth, which the classes ruled out repay.
             placing.classes = kept
-            placing.ring = Ring.over([ids for _, ids in kept], self._rng)
+            placing.ring = Ring.over([rooms for _, rooms in kept], self._rng)
 
     def _exhausted(self, placing: _Placing, demand: Resources) -> Counter:
         """Why each healthy node of the ring has no room (after a failed select)."""
         reasons: Counter = Counter()
-        for node_id in placing.ring.members():
-            room = self._room_of(node_id)
-            if room is None:
+        for room in placing.ring.members():
+            if not room.healthy:
                 continue
-            mine = self._local.get(node_id, _UNUSED_LOCAL)
-            if room[0] - room[2] - mine[0] < demand.cpu:
+            mine = self._local.get(room, _UNUSED_LOCAL)
+            if room.cpu - room.cpu_used - mine[0] < demand.cpu:
                 reasons[CPU_EXHAUSTED] += 1
-            elif room[1] - room[3] - mine[1] < demand.memory:
+            elif room.memory - room.memory_used - mine[1] < demand.memory:
                 reasons[MEMORY_EXHAUSTED] += 1
         return reasons
 
 
 _UNUSED_LOCAL = (0, 0, 0)
-
