@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 
 from tests.docker_image import TEST_IMAGE, ensure_test_image  # noqa: E402
+from bench.benchutil import free_port, log  # noqa: E402
 
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
 TARGET_RATIO = 1.2
@@ -65,14 +65,6 @@ RUN_TIMEOUT = 300.0
 POLL = 0.05               # status polls: coarse enough not to load the server
 
 
-def log(line: str) -> None:
-    print(line, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(fn, timeout: float, what: str):

@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from pathlib import Path
 
 import psutil
 import requests
+
+from benchutil import free_port, log, mb, percentile  # the bench/ folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
@@ -56,25 +57,8 @@ BATCH_TIMEOUT = 300.0
 SETTLE_S = 2.0             # idle memory is read this long after start
 
 
-def log(line: str) -> None:
-    print(line, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
-    return ordered[rank - 1]
-
-
-def mb(nbytes: int) -> float:
-    return round(nbytes / (1 << 20), 1)
 
 
 # ---- the cluster ----------------------------------------------------------

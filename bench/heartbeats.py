@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,26 +47,15 @@ from pathlib import Path
 
 import psutil
 
+from benchutil import free_port, log, percentile  # the bench/ folder is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
 TARGETS = {"server_cpu_ms_per_heartbeat": 0.5, "read_p99_ms": 50.0}
 HTTP_TIMEOUT = 30.0
 
 
-def log(line: str) -> None:
-    print(line, flush=True)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
-    return ordered[rank - 1]
 
 
 class Conn:
