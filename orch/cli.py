@@ -7,6 +7,7 @@ import functools
 import json
 import sys
 import time
+from contextlib import contextmanager
 
 from orch import errors
 from orch.cli_format import (TERMINAL_ALLOC, Style, ago, alloc_status,
@@ -72,11 +73,18 @@ def load_job_file(path: str) -> dict:
     return spec
 
 
-def get_job(client: Client, job_id: str) -> dict:
+@contextmanager
+def about_job(job_id: str):
+    """Word a 404 from any job route as the job being missing."""
     try:
-        return client.jobs.get(job_id)
+        yield
     except errors.NotFound as exc:
         raise errors.NotFound(f'job "{job_id}" not found ({exc.message})') from exc
+
+
+def get_job(client: Client, job_id: str) -> dict:
+    with about_job(job_id):
+        return client.jobs.get(job_id)
 
 
 def resolve_alloc(client: Client, ident: str) -> dict:

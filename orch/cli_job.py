@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
-from orch.cli import (EXIT_OK, client_command, get_job, load_job_file,
+from orch.cli import (EXIT_OK, about_job, client_command, get_job, load_job_file,
                       print_json, say, style)
 from orch.cli_format import (Style, ago, alloc_counts, alloc_status,
                              describe_failures, fields, short, table)
@@ -129,23 +129,23 @@ def job_summary(job: dict, now: float, paint: Style = Style(False)) -> str:
 
 @client_command
 def job_stop(args, client: Client) -> int:
-    get_job(client, args.id)
-    client.jobs.stop(args.id)
+    with about_job(args.id):
+        client.jobs.stop(args.id)
     say(f'Job "{args.id}" stopped; its allocations are being stopped')
     return EXIT_OK
 
 
 @client_command
 def job_restart(args, client: Client) -> int:
-    get_job(client, args.id)
-    resp = client.jobs.restart(args.id)
+    with about_job(args.id):
+        resp = client.jobs.restart(args.id)
     say(f'Job "{args.id}" restarted; evaluation {resp.get("evaluation_id")}')
     return EXIT_OK
 
 
 @client_command
 def job_delete(args, client: Client) -> int:
-    get_job(client, args.id)
-    client.jobs.delete(args.id)
+    with about_job(args.id):
+        client.jobs.delete(args.id)
     say(f'Job "{args.id}" deleted')
     return EXIT_OK

@@ -127,6 +127,14 @@ class Task:
                 "config": self.config, "resources": self.resources.to_dict()}
 
 
+def total_resources(tasks) -> Resources:
+    """What a set of tasks reserves together on one node."""
+    total = Resources()
+    for task in tasks:
+        total = total + task.resources
+    return total
+
+
 @dataclass(frozen=True)
 class TaskGroup:
     name: str
@@ -137,10 +145,7 @@ class TaskGroup:
     @property
     def resources(self) -> Resources:
         """The group's demand: the sum of its tasks' resources."""
-        total = Resources()
-        for task in self.tasks:
-            total = total + task.resources
-        return total
+        return total_resources(self.tasks)
 
     @property
     def drivers(self) -> frozenset[str]:

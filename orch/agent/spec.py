@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 
 from orch.errors import ValidationError
-from orch.structs import DRIVERS, JobType, Resources, Task
+from orch.structs import DRIVERS, JobType, Resources, Task, total_resources
 
 # Ids and task names become directory names under the data dir.
 # Ids and names become file and container names: the job spec's safe pattern.
@@ -23,10 +23,7 @@ class AllocSpec:
 
     @property
     def resources(self) -> Resources:
-        total = Resources()
-        for task in self.tasks:
-            total = total + task.resources
-        return total
+        return total_resources(self.tasks)
 
     def to_dict(self) -> dict:
         """The `POST /allocations` body this spec was parsed from."""

@@ -36,7 +36,7 @@ def make_app(server) -> bottle.Bottle:
 
     @route("GET", "/nodes")
     def list_nodes():
-        nodes = [views.node_view(n, store.allocs_for_node(n.node_id))
+        nodes = [views.node_view(n, store.live_allocs_for_node(n.node_id))
                  for n in store.list_nodes()]
         return {"nodes": nodes, "count": len(nodes)}
 
@@ -45,7 +45,7 @@ def make_app(server) -> bottle.Bottle:
         node = store.get_node(node_id)
         if node is None:
             raise NotFound("Node not found")
-        return views.node_view(node, store.allocs_for_node(node_id))
+        return views.node_view(node, store.live_allocs_for_node(node_id))
 
     # ---- seed: jobs ----------------------------------------------------------
 
@@ -124,7 +124,7 @@ def make_app(server) -> bottle.Bottle:
         alloc = store.get_alloc(alloc_id)
         if alloc is None:
             raise NotFound("Allocation not found")
-        endpoint = server._endpoint_of(alloc.node_id)
+        endpoint = server.endpoint_of(alloc.node_id)
         if endpoint is None:
             raise NotFound("the allocation's node is unknown")
         headers = {"Authorization": f"Bearer {server.config.token}"} \

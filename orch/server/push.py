@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -22,6 +23,14 @@ log = logging.getLogger(__name__)
 # Keep-alive connections each push thread keeps open (least recently used
 # closed first), as a requests.Session keeps ten host pools.
 CONNECTIONS_PER_THREAD = 10
+
+
+@dataclass(frozen=True)
+class PushFailure:
+    """Why a call to an agent failed; ``refused`` when it surely did nothing
+    (a 4xx answer, no endpoint), as opposed to no answer at all."""
+    message: str
+    refused: bool
 
 
 def alloc_payload(alloc: Allocation, job: Job) -> dict:
@@ -41,7 +50,7 @@ class Pusher:
                  timeout: float = 5.0, retries: int = 3, token: str | None = None,
                  backoff: float = 0.2):
         self._endpoint_of = endpoint_of      # node_id -> URL or None
-        self._on_failed = on_failed          # (alloc, error message) -> None
+        self._on_failed = on_failed          # (alloc, PushFailure) -> None
         self._pool = ThreadPoolExecutor(max_workers=workers,
                                         thread_name_prefix="push")
         self._timeout = timeout
@@ -131,14 +140,14 @@ class Pusher:
 
     def _place_one(self, alloc: Allocation, payload: dict) -> None:
         try:
-            error = self._call("POST", alloc.node_id, "/allocations", payload)
-            if error is None:
+            failure = self._call("POST", alloc.node_id, "/allocations", payload)
+            if failure is None:
                 self.stats["placed"] += 1
             else:
                 self.stats["failed"] += 1
                 log.warning("push failed alloc=%s node=%s: %s",
-                            alloc.allocation_id[:8], alloc.node_id[:8], error)
-                self._on_failed(alloc, error)
+                            alloc.allocation_id[:8], alloc.node_id[:8], failure.message)
+                self._on_failed(alloc, failure)
         except Exception:
             log.exception("push crashed alloc=%s", alloc.allocation_id)
         finally:
@@ -147,37 +156,39 @@ class Pusher:
     def _stop_one(self, alloc: Allocation) -> None:
         try:
             path = f"/allocations/{alloc.allocation_id}"
-            error = self._call("DELETE", alloc.node_id, path, None, ok=(200, 404))
-            if error is None:
+            failure = self._call("DELETE", alloc.node_id, path, None, ok=(200, 404))
+            if failure is None:
                 self.stats["stopped"] += 1
             else:
                 log.warning("stop failed alloc=%s node=%s: %s",
-                            alloc.allocation_id[:8], alloc.node_id[:8], error)
+                            alloc.allocation_id[:8], alloc.node_id[:8], failure.message)
         except Exception:
             log.exception("stop crashed alloc=%s", alloc.allocation_id)
         finally:
             self._release(alloc.allocation_id)
 
     def _call(self, method: str, node_id: str, path: str, body,
-              ok=(200,)) -> str | None:
-        """One call with retries; returns None on success, else the last error."""
-        error = "node has no endpoint"
+              ok=(200,)) -> PushFailure | None:
+        """One call with retries; returns None on success, else the last failure."""
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        failure = PushFailure("node has no endpoint", refused=True)
         for attempt in range(self._retries):
             endpoint = self._endpoint_of(node_id)
             if not endpoint:
-                return error
+                return failure
             try:
                 status, data = self._request(method, endpoint + path, payload)
                 if status in ok:
                     return None
-                error = f"agent answered {status}: {data[:200].decode(errors='replace')}"
+                message = f"agent answered {status}: {data[:200].decode(errors='replace')}"
                 if 400 <= status < 500:
-                    return error      # the agent refused it: retrying won't help
+                    # The agent refused it: retrying won't help.
+                    return PushFailure(message, refused=True)
+                failure = PushFailure(message, refused=False)
             except (OSError, http.client.HTTPException, ValueError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                failure = PushFailure(f"{type(exc).__name__}: {exc}", refused=False)
             time.sleep(self._backoff * (2 ** attempt))
-        return error
+        return failure
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -7,7 +7,6 @@ request ever waits for placement or for an agent.
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 from orch.config import ServerConfig
@@ -17,7 +16,7 @@ from orch.security import check_bind
 from orch.server import views
 from orch.server.broker import EvalBroker
 from orch.server.heartbeat import HeartbeatMonitor
-from orch.server.push import Pusher
+from orch.server.push import PushFailure, Pusher
 from orch.server.state import StateStore
 from orch.server.status import job_status
 from orch.server.sync import AllocSync
@@ -41,7 +40,7 @@ class Server:
         self.config = config
         self.store = StateStore(config.data_dir)
         self.broker = EvalBroker()
-        self.pusher = Pusher(endpoint_of=self._endpoint_of,
+        self.pusher = Pusher(endpoint_of=self.endpoint_of,
                              on_failed=self._push_failed,
                              workers=config.push_workers,
                              timeout=config.push_timeout,
@@ -241,18 +240,18 @@ class Server:
         if evals:
             self.broker.enqueue_many(evals)
 
-    def _endpoint_of(self, node_id: str) -> str | None:
+    def endpoint_of(self, node_id: str) -> str | None:
         node = self.store.get_node(node_id)
         return node.endpoint.rstrip("/") if node and node.endpoint else None
 
-    def _push_failed(self, alloc: Allocation, error: str) -> None:
+    def _push_failed(self, alloc: Allocation, failure: PushFailure) -> None:
         current = self.store.get_alloc(alloc.allocation_id)
         if current is None or current.desired_status != DesiredStatus.RUN \
                 or current.client_status != AllocStatus.PENDING:
             return
         now = time.time()
         node = self.store.get_node(alloc.node_id)
-        if not _push_refused(error) and node is not None and node.healthy \
+        if not failure.refused and node is not None and node.healthy \
                 and now - current.create_time < self.config.node_ttl:
             # No answer (an agent restarting, say): it may have accepted the
             # allocation already, so failing it and placing a replacement
@@ -265,7 +264,7 @@ class Server:
         self.store.update_allocs([replace(
             current, client_status=AllocStatus.FAILED,
             desired_status=DesiredStatus.STOP, end_time=now, modify_time=now,
-            description=f"push to node failed: {error}")])
+            description=f"push to node failed: {failure.message}")])
         self.create_evals([alloc.job_id], TriggeredBy.ALLOC_FAILURE)
 
     # ---- dry run -------------------------------------------------------------
@@ -274,15 +273,6 @@ class Server:
         """POST /jobs/plan: what submitting ``body`` would do; stores nothing."""
         from orch.server.planning import dry_run
         return dry_run(self, body)
-
-
-def _push_refused(error: str) -> bool:
-    """Whether a failed push certainly did not place the allocation: the
-    agent answered 4xx, or the node has no endpoint (Pusher's messages)."""
-    match = re.match(r"agent answered (\d+)", error)
-    if match:
-        return 400 <= int(match.group(1)) < 500
-    return error == "node has no endpoint"
 
 
 def run(config: ServerConfig) -> int:

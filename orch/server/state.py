@@ -19,7 +19,7 @@ from orch import codec
 from orch.errors import NotFound, StorageError
 from orch.server.scheduler.cluster import Cluster
 from orch.structs import (
-    TERMINAL_ALLOC, Allocation, AllocStatus, DesiredStatus, Evaluation, Job,
+    TERMINAL_ALLOC, TERMINAL_EVAL, Allocation, AllocStatus, DesiredStatus, Evaluation, Job,
     Node, Plan, replace,
 )
 
@@ -57,7 +57,9 @@ class StateStore:
         self._jobs: dict[str, Job] = {}
         self._allocs: dict[str, Allocation] = {}
         self._allocs_by_job: dict[str, dict[str, None]] = {}
-        self._allocs_by_node: dict[str, dict[str, None]] = {}
+        # Only allocations holding resources: heartbeats and node views walk
+        # these, never a node's whole history.
+        self._live_by_node: dict[str, dict[str, None]] = {}
         self._evals: dict[str, Evaluation] = {}
         self._evals_by_job: dict[str, dict[str, None]] = {}
         self._load()
@@ -153,16 +155,17 @@ class StateStore:
         old = self._allocs.get(alloc.allocation_id)
         self._allocs[alloc.allocation_id] = alloc
         self._allocs_by_job.setdefault(alloc.job_id, {})[alloc.allocation_id] = None
-        self._allocs_by_node.setdefault(alloc.node_id, {})[alloc.allocation_id] = None
         held = old is not None and old.holds_resources()
         if held and not alloc.holds_resources():
             self.cluster.release(old)
+            self._live_by_node.get(old.node_id, {}).pop(alloc.allocation_id, None)
         elif alloc.holds_resources() and not held:
             self.cluster.reserve(alloc)
+            self._live_by_node.setdefault(alloc.node_id, {})[alloc.allocation_id] = None
 
     def _index_new_allocs(self, allocs: list[Allocation]) -> None:
         """_index_alloc for a plan's placements, with one capacity-index call."""
-        by_id, by_job, by_node = self._allocs, self._allocs_by_job, self._allocs_by_node
+        by_id, by_job, by_node = self._allocs, self._allocs_by_job, self._live_by_node
         job_index = node_index = job_id = node_id = None
         fresh = []
         for alloc in allocs:
@@ -175,12 +178,13 @@ class StateStore:
                 job_id = alloc.job_id
                 job_index = by_job.setdefault(job_id, {})
             job_index[alloc_id] = None
+            if not alloc.holds_resources():
+                continue
             if alloc.node_id != node_id:
                 node_id = alloc.node_id
                 node_index = by_node.setdefault(node_id, {})
             node_index[alloc_id] = None
-            if alloc.holds_resources():
-                fresh.append(alloc)
+            fresh.append(alloc)
         self.cluster.reserve_many(fresh)
 
     def _unindex_alloc(self, alloc_id: str) -> None:
@@ -188,9 +192,9 @@ class StateStore:
         if alloc is None:
             return
         self._allocs_by_job.get(alloc.job_id, {}).pop(alloc_id, None)
-        self._allocs_by_node.get(alloc.node_id, {}).pop(alloc_id, None)
         if alloc.holds_resources():
             self.cluster.release(alloc)
+            self._live_by_node.get(alloc.node_id, {}).pop(alloc_id, None)
 
     def _index_evals(self, evals: Iterable[Evaluation]) -> None:
         for ev in evals:
@@ -224,8 +228,9 @@ class StateStore:
         ids = list(self._allocs_by_job.get(job_id, ()))
         return [a for a in map(self._allocs.get, ids) if a is not None]
 
-    def allocs_for_node(self, node_id: str) -> list[Allocation]:
-        ids = list(self._allocs_by_node.get(node_id, ()))
+    def live_allocs_for_node(self, node_id: str) -> list[Allocation]:
+        """A node's allocations that still hold resources (wanted, unfinished)."""
+        ids = list(self._live_by_node.get(node_id, ()))
         return [a for a in map(self._allocs.get, ids) if a is not None]
 
     def get_eval(self, eval_id: str) -> Evaluation | None:
@@ -236,7 +241,6 @@ class StateStore:
         return [e for e in map(self._evals.get, ids) if e is not None]
 
     def unfinished_evals(self) -> list[Evaluation]:
-        from orch.structs import TERMINAL_EVAL
         return sorted((e for e in self._evals.values()
                        if e.status not in TERMINAL_EVAL),
                       key=lambda e: e.create_time)
@@ -290,9 +294,7 @@ class StateStore:
             lost = [replace(a, client_status=AllocStatus.LOST,
                             desired_status=DesiredStatus.STOP,
                             description=reason, end_time=now, modify_time=now)
-                    for a in self.allocs_for_node(node_id)
-                    if a.client_status not in TERMINAL_ALLOC
-                    and a.desired_status == DesiredStatus.RUN]
+                    for a in self.live_allocs_for_node(node_id)]
             evals = evals_for(lost) if evals_for is not None else []
             self._write([(self._UPSERT_NODE, [(node_id, _dump(node))]),
                          (self._UPSERT_ALLOC, self._alloc_rows(lost)),

@@ -149,8 +149,8 @@ class AllocSync:
     def _repush_unknown(self, node_id: str, reported: dict, now: float) -> None:
         server = self._server
         store = server.store
-        for alloc in store.allocs_for_node(node_id):
-            if alloc.allocation_id in reported or not alloc.holds_resources():
+        for alloc in store.live_allocs_for_node(node_id):
+            if alloc.allocation_id in reported:
                 continue
             if now - alloc.create_time < REPUSH_AFTER_S \
                     or server.pusher.busy(alloc.allocation_id):

@@ -83,11 +83,12 @@ def job_view(job: Job, status, allocs: list[Allocation], *, tasks: bool = True) 
 
 
 def node_view(node: Node, allocs: list[Allocation]) -> dict:
+    """A node with the allocations it holds now (the store's live ones)."""
     out = node.to_dict()
     out["allocations"] = [
         {"allocation_id": a.allocation_id, "job_id": a.job_id,
          "task_group": a.task_group, "status": a.client_status.value,
          "desired_status": a.desired_status.value,
          "start_time": a.start_time, "end_time": a.end_time}
-        for a in allocs if a.holds_resources()]
+        for a in allocs]
     return out

@@ -14,12 +14,12 @@ from orch.structs import EvalStatus, Evaluation, TriggeredBy, new_id, replace
 log = logging.getLogger(__name__)
 
 
-def summarize(plan, evals: list[Evaluation], job, placed_now: list) -> dict:
+def summarize(plan, job) -> dict:
     """Evaluation fields after a plan: placed, queued, failures, groups."""
     failures: dict[str, int] = {}
     groups: dict[str, dict] = {}
     placed_by_group: dict[str, int] = {}
-    for alloc in placed_now:
+    for alloc in plan.place:
         placed_by_group[alloc.task_group] = placed_by_group.get(alloc.task_group, 0) + 1
     for tg in job.task_groups:
         failed = plan.failed.get(tg.name, {})
@@ -103,7 +103,7 @@ class SchedulerWorker(threading.Thread):
                   job.job_id, len(placed), len(stopped), rejected)
 
     def _commit(self, plan, evals, job, now):
-        summary = summarize(plan, evals, job, plan.place)
+        summary = summarize(plan, job)
         status = EvalStatus.BLOCKED if summary["queued"] else EvalStatus.COMPLETE
         nearest = {}
         if plan.failed:

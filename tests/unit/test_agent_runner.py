@@ -5,7 +5,6 @@ import subprocess
 import threading
 import time
 
-import psutil
 import pytest
 
 from orch.agent.drivers.exec import ExecDriver
@@ -16,7 +15,7 @@ from orch.agent.state import AgentStore
 from orch.config import AgentConfig
 from orch.errors import DriverError
 from orch.structs import AllocStatus, Resources, Task
-from waiting import live, wait_for
+from waiting import group_pids, live, wait_for
 
 
 def spec(tasks, alloc_id="a1", job_type="batch"):
@@ -165,17 +164,6 @@ def test_stop_kills_tasks_and_reports_stopped(env):
     assert events(runner, "t")[-2:] == ["Terminated", "Killed"]
     assert runner.end_time is not None
     assert group_pids(pgid) == []
-
-
-def group_pids(pgid):
-    pids = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and live(proc.pid):
-                pids.append(proc.pid)
-        except (OSError, psutil.Error):
-            continue
-    return pids
 
 
 def test_kill_during_restart_delay(env):

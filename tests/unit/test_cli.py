@@ -576,7 +576,7 @@ def test_job_status_table(canned, capsys):
 
 
 def test_missing_job_exits_1_with_the_error(canned, capsys):
-    canned.add("GET", "/jobs/nope", 404, {"error": "作业不存在"})
+    canned.add("DELETE", "/jobs/nope", 404, {"error": "作业不存在"})
     assert entry.main(["job", "stop", "nope", "--address", canned.url]) == 1
     assert 'error: job "nope" not found (作业不存在)' in capsys.readouterr().err
 

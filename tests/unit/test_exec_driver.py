@@ -13,18 +13,7 @@ from orch.agent.drivers.base import ExitResult, TaskContext
 from orch.agent.drivers.exec import ExecDriver, build_argv
 from orch.errors import DriverError
 from orch.structs import Resources
-from waiting import live, wait_for
-
-
-def group_pids(pgid):
-    pids = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and live(proc.pid):
-                pids.append(proc.pid)
-        except (OSError, psutil.Error):
-            continue
-    return pids
+from waiting import group_pids, live, wait_for
 
 
 @pytest.fixture

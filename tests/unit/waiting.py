@@ -1,6 +1,7 @@
 """Polling helpers shared by the unit tests that run real processes."""
 from __future__ import annotations
 
+import os
 import time
 
 import psutil
@@ -22,3 +23,15 @@ def live(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live processes of a process group."""
+    pids = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and live(proc.pid):
+                pids.append(proc.pid)
+        except (OSError, psutil.Error):
+            continue
+    return pids
