@@ -41,7 +41,8 @@ class Agent:
         self.store = AgentStore(config.data_dir)
         self.node_id = self.store.node_id(config.node_id)
         self.drivers = (drivers if drivers is not None
-                        else default_drivers(task_user=config.task_user))
+                        else default_drivers(task_user=config.task_user,
+                                             state_dir=self.store.data_dir))
         self.fingerprint = fingerprint(self.drivers)
         self.loop: NodeLoop | None = None
         self._allocs: dict[str, AllocRunner] = {}
@@ -171,15 +172,16 @@ class Agent:
         self._closing.set()
         if self.loop is not None:
             self.loop.stop()
-        if not stop_tasks:
-            return
-        threads = [threading.Thread(target=r.kill, args=("agent shutting down",),
-                                    kwargs={"fails": True}, daemon=True)
-                   for r in self.allocations()]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        if stop_tasks:
+            threads = [threading.Thread(target=r.kill, args=("agent shutting down",),
+                                        kwargs={"fails": True}, daemon=True)
+                       for r in self.allocations()]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        for driver in self.drivers.values():
+            driver.close()
 
     def _new_runner(self, spec: AllocSpec) -> AllocRunner:
         return AllocRunner(spec, self.config, self.drivers, self.store, self._notify)

@@ -1,165 +1,271 @@
-"""The per-task supervisor: starts an exec task, outlives the agent, records its exit.
+"""The task supervisor: one small process per agent that starts, reaps and records exec tasks.
 
-As Nomad's executor: the agent starts one supervisor per exec task, in a
-session of its own, so that `kill -9` of the agent leaves the task running.
-The agent forks it (`fork_supervisor`): no new interpreter per task. The
-supervisor starts the task in a process group of its own (the unit the
-agent signals), answers one JSON line on its answer pipe (`{"pid": ..}` or
-`{"error": ..}`), then waits for the task and writes how it ended to
-`exit_path` (whole, by rename) before it exits. A restarted agent finds the
-task by its pid and its end in that file.
+As runit or containerd's shim, but one per node: the agent's exec driver
+starts it (a fresh interpreter importing only this module, so it is small and
+single-threaded) in a session of its own, and talks to it over a Unix socket
+in the abstract namespace named after the agent's data dir. It outlives the
+agent: `kill -9` of the agent leaves it and the tasks running, and the
+restarted agent connects to it again by the same name. A supervisor that
+finds another already bound to its name leaves at once; one with no agent
+connected and no task left leaves too.
+
+Protocol, one JSON object per line:
+    agent -> supervisor  {"id": n, "start": {spec}}
+    supervisor -> agent  {"id": n, "pid": p} | {"id": n, "error": ".."} | {"id": n, "claimed": true}
+    supervisor -> agents {"exited": p}        after the run's exit file is written
 
 Each start of a task is one run with its own record, `claim_path`, created
-exclusively before the task starts and rewritten with its pid after: an agent
-killed between starting a task and saving its handle finds the run there, and
-two supervisors asked to start the same run never both start it.
+exclusively before the task starts and rewritten with its pid after: an
+agent killed between asking for a start and saving the handle finds the run
+there, and a start asked twice (by that agent, then by its successor) runs once.
+When the task ends, the supervisor kills what is left of its process group
+(the unit the agent signals), reaps it, and writes how it ended to
+`exit_path` (whole, by rename) before saying so.
 
 Memory limit: a task in its cgroups (`cgroup_procs`, joined before exec) is
-held by the kernel; the supervisor only reads the OOM count afterwards.
-Without cgroups (`watchdog_mb`), the supervisor polls the RSS of the task's
-whole process tree and SIGKILLs the group past the limit.
+held by the kernel; the supervisor only reads the OOM count afterwards and
+removes the cgroups. Without cgroups (`watchdog_mb`), the supervisor samples
+the RSS of each such task's process tree and SIGKILLs the group past the limit.
 
-Fork safety: the agent is multi-threaded, and only the forking thread lives
-on in the child, so any lock another thread held stays held there for ever.
-The child therefore runs only os-level calls: no logging, no buffered files,
-no imports (everything it uses is imported here, at module import), no
-threads; files are written with os.open/os.write, and it leaves by os._exit.
-
-    python -m orch.agent.supervisor     (the spec, one JSON object, on stdin)
-
-still runs one supervisor in the foreground, answering on stdout.
+    python -S -c "<path setup>; from orch.agent.supervisor import main; main()" NAME
 """
 from __future__ import annotations
 
 import errno
-import fcntl
-import gc
 import json
 import os
+import select
 import signal
+import socket
 import sys
 import time
 
-try:
-    import psutil           # the watchdog's fallback where /proc is missing
-except ImportError:         # pragma: no cover
-    psutil = None
-
 WATCHDOG_INTERVAL = 0.2     # seconds between RSS samples without cgroups
-RMDIR_TRIES = 50            # a cgroup may stay busy for a moment after its last kill
+RMDIR_RETRY = 0.05          # a cgroup may stay busy for a moment after its last kill
+RMDIR_GIVE_UP = 5.0
+LONELY_EXIT = 10.0          # started, but no agent ever connected: leave
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+READY = b"ready\n"
+IN_USE = b"in-use\n"
 _RESET_SIGNALS = tuple(getattr(signal, name) for name in
                        ("SIGTERM", "SIGINT", "SIGQUIT", "SIGPIPE", "SIGXFSZ", "SIGCHLD",
-                        "SIGUSR1", "SIGUSR2", "SIGALRM")
+                        "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGHUP")
                        if hasattr(signal, name))
 
 
-def fork_supervisor(spec: dict, log_path: str) -> tuple[int, int]:
-    """Fork a supervisor for `spec`: its pid and the read end of its answer pipe.
+def socket_address(name: str) -> bytes:
+    """The abstract-namespace address: no file to leave behind, no path length limit."""
+    return b"\0" + name.encode()
 
-    The caller reads one JSON line from the pipe, closes it, and reaps the pid.
-    """
-    spec_json = json.dumps(spec)        # fails here, in the agent, if it cannot
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-    try:
-        rfd, wfd = os.pipe()
-    except OSError:
-        os.close(log_fd)
-        raise
-    try:
-        pid = os.fork()
-    except OSError:
-        for fd in (rfd, wfd, log_fd):
-            os.close(fd)
-        raise
-    if pid == 0:                                        # the supervisor
-        code = 1
+
+class Run:
+    """One started task: what the supervisor must do when it ends."""
+    __slots__ = ("pid", "exit_path", "watchdog_bytes", "oom", "oom_files", "cgroup_dirs")
+
+    def __init__(self, pid: int, spec: dict):
+        self.pid = pid
+        self.exit_path = spec["exit_path"]
+        self.watchdog_bytes = (spec.get("watchdog_mb") or 0) * 1024 * 1024
+        self.oom = False
+        self.oom_files = spec.get("cgroup_oom_files") or []
+        self.cgroup_dirs = spec.get("cgroup_dirs") or []
+
+
+class Supervisor:
+    """The event loop: agent connections, SIGCHLD, the watchdog timer."""
+
+    def __init__(self, listener: socket.socket):
+        self.listener = listener
+        self.clients: dict[int, tuple[socket.socket, bytearray]] = {}
+        self.runs: dict[int, Run] = {}
+        self.rmdirs: list[tuple[float, str]] = []       # (give up at, cgroup dir)
+        self.ever_connected = False
+        self.started = time.monotonic()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGCHLD, lambda *_: None)   # wakes select via the fd
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        next_watch = time.monotonic() + WATCHDOG_INTERVAL
+        while True:
+            self._reap()            # also what arrived before the handler was set
+            if self._should_leave():
+                return
+            timeout = None
+            now = time.monotonic()
+            if any(r.watchdog_bytes for r in self.runs.values()):
+                if now >= next_watch:
+                    self._watchdog()
+                    next_watch = now + WATCHDOG_INTERVAL
+                timeout = max(0.0, next_watch - now)
+            if self.rmdirs:
+                self._retry_rmdirs(now)
+                timeout = RMDIR_RETRY if timeout is None else min(timeout, RMDIR_RETRY)
+            if not self.ever_connected:
+                timeout = 1.0 if timeout is None else min(timeout, 1.0)
+            fds = [self.listener, self.wake_r, *(c for c, _ in self.clients.values())]
+            try:
+                readable, _, _ = select.select(fds, [], [], timeout)
+            except InterruptedError:
+                continue
+            for fd in readable:
+                if fd is self.listener:
+                    self._accept()
+                elif fd == self.wake_r:
+                    _drain(self.wake_r)
+                else:
+                    self._read(fd)
+
+    def _should_leave(self) -> bool:
+        if self.runs or self.rmdirs:
+            return False
+        if self.clients:
+            return False
+        return self.ever_connected or time.monotonic() - self.started > LONELY_EXIT
+
+    # -- agents ---------------------------------------------------------------
+
+    def _accept(self) -> None:
         try:
-            os.close(rfd)
-            code = _child(json.loads(spec_json), wfd, log_fd)
-        except BaseException as exc:                    # noqa: BLE001 nothing may escape
-            _note(f"task supervisor failed: {exc!r}")
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    os.close(log_fd)
-    return pid, rfd
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        # Only our own user (or root) may ask us to start processes.
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        uid = int.from_bytes(creds[4:8], sys.byteorder)
+        if uid not in (0, os.getuid()):
+            conn.close()
+            return
+        self.ever_connected = True
+        self.clients[conn.fileno()] = (conn, bytearray())
 
+    def _read(self, conn: socket.socket) -> None:
+        _, buf = self.clients[conn.fileno()]
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        buf += data
+        while True:
+            end = buf.find(b"\n")
+            if end < 0:
+                return
+            line = bytes(buf[:end])
+            del buf[:end + 1]
+            request: dict = {}
+            try:
+                request = json.loads(line)
+                reply = self._start(request["start"])
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                reply = {"error": f"bad request to the task supervisor: {exc!r}"}
+            except OSError as exc:      # e.g. the task dir was removed meanwhile
+                reply = {"error": f"task supervisor could not start the task: {exc}"}
+            reply["id"] = request.get("id") if isinstance(request, dict) else None
+            self._send(conn, reply)
 
-def _child(spec: dict, wfd: int, log_fd: int) -> int:
-    """The supervisor, in the forked child: fds 0, 1 and 2 are its own first."""
-    gc.disable()                    # it would touch (copy) all of the agent's pages
-    os.setsid()
-    for sig in _RESET_SIGNALS:      # the agent's Python handlers must not run here
-        signal.signal(sig, signal.SIG_DFL)
-    # A write to the pipe of an agent that died is an EPIPE, not our death.
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    devnull = os.open(os.devnull, os.O_RDWR)
-    # stdin: nothing; stdout: the answer pipe; stderr: the supervisor log.
-    wfd = _move_above(wfd, 2)
-    log_fd = _move_above(log_fd, 2)
-    os.dup2(devnull, 0)
-    os.dup2(wfd, 1)
-    os.dup2(log_fd, 2)
-    # Nothing of the agent's stays open (its listening socket, connections, files).
-    os.closerange(3, _max_fd())
-    return run(spec)
+    def _send(self, conn: socket.socket, doc: dict) -> None:
+        try:
+            conn.sendall(json.dumps(doc).encode() + b"\n")
+        except OSError:
+            self._drop(conn)
 
+    def _drop(self, conn: socket.socket) -> None:
+        self.clients.pop(conn.fileno(), None)
+        conn.close()
 
-def _move_above(fd: int, low: int) -> int:
-    """fd itself, or a copy numbered above `low` (so dup2 onto 0..low spares it)."""
-    return fd if fd > low else fcntl.fcntl(fd, fcntl.F_DUPFD, low + 1)
+    def _broadcast(self, doc: dict) -> None:
+        for conn, _ in list(self.clients.values()):
+            self._send(conn, doc)
 
+    # -- starting -------------------------------------------------------------
 
-def _max_fd() -> int:
-    try:
-        return min(os.sysconf("SC_OPEN_MAX"), 1 << 20)
-    except (OSError, ValueError):
-        return 4096
-
-
-def main() -> int:
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    spec = json.loads(sys.stdin.read())
-    return run(spec)
-
-
-def run(spec: dict) -> int:
-    """Claim the run, start the task, answer on fd 1, wait, record the exit."""
-    claim = spec.get("claim_path")
-    if claim and not _claim(claim):
-        # Another supervisor holds this run: an agent killed mid-start, then
-        # restarted, asked twice. The first one runs the task; we do not.
-        _answer({"claimed": True})
-        _remove_cgroups(spec.get("cgroup_dirs") or [])
-        return 0
-    try:
-        pid = _spawn(spec)
-    except OSError as exc:
-        error = _start_error(spec["argv"][0], exc)
+    def _start(self, spec: dict) -> dict:
+        claim = spec.get("claim_path")
+        if claim and not _claim(claim):
+            # The run was started already (by this supervisor, for an agent
+            # that died before saving its handle): never twice.
+            _remove_cgroups_now(spec.get("cgroup_dirs") or [])
+            return {"claimed": True}
+        try:
+            pid = _spawn(spec)
+        except OSError as exc:
+            error = _start_error(spec["argv"][0], exc)
+            if claim:
+                _write_json(claim, {"supervisor_pid": os.getpid(), "error": error})
+            _remove_cgroups_now(spec.get("cgroup_dirs") or [])
+            return {"error": error}
+        self.runs[pid] = Run(pid, spec)
         if claim:
-            _write_json(claim, {"supervisor_pid": os.getpid(), "error": error})
-        _answer({"error": error})
-        _remove_cgroups(spec.get("cgroup_dirs") or [])
-        return 0
-    try:
-        if claim:
-            _write_json(claim, {"supervisor_pid": os.getpid(), "pid": pid,
-                                "exit_path": spec["exit_path"],
-                                "memory_mb": spec.get("memory_mb") or 0})
-        _answer({"pid": pid})
-        status, oom = _wait(pid, spec)
-        oom = oom or _cgroup_oom(spec.get("cgroup_oom_files") or [])
-        _write_exit(spec["exit_path"], status, oom)
-    except OSError as exc:
-        # The allocation's directory was removed (a DELETE): nobody will read it.
-        _note(f"cannot record the task's run: {exc}")
-        _killpg(pid, signal.SIGKILL)
-    finally:
-        _remove_cgroups(spec.get("cgroup_dirs") or [])
-    return 0
+            try:
+                _write_json(claim, {"supervisor_pid": os.getpid(), "pid": pid,
+                                    "exit_path": spec["exit_path"],
+                                    "memory_mb": spec.get("memory_mb") or 0})
+            except OSError as exc:
+                # Its directory is gone already (a DELETE): the task is not wanted.
+                _note(f"cannot record the task's run: {exc}")
+                _killpg(pid, signal.SIGKILL)
+        return {"pid": pid}
+
+    # -- ending ---------------------------------------------------------------
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if info is None or not info.si_pid:
+                return
+            pid = info.si_pid
+            # Kill the group before reaping the leader, so the pgid cannot be
+            # reused meanwhile: background children die with the task.
+            _killpg(pid, signal.SIGKILL)
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                continue
+            run = self.runs.pop(pid, None)
+            if run is not None:
+                self._finish(run, status)
+
+    def _finish(self, run: Run, status: int) -> None:
+        oom = run.oom or _cgroup_oom(run.oom_files)
+        try:
+            _write_exit(run.exit_path, status, oom)
+        except OSError as exc:
+            _note(f"cannot record the task's exit: {exc}")
+        deadline = time.monotonic() + RMDIR_GIVE_UP
+        self.rmdirs.extend((deadline, path) for path in run.cgroup_dirs)
+        self._broadcast({"exited": run.pid})
+
+    def _retry_rmdirs(self, now: float) -> None:
+        keep = []
+        for deadline, path in self.rmdirs:
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                if now < deadline:
+                    keep.append((deadline, path))
+        self.rmdirs = keep
+
+    def _watchdog(self) -> None:
+        watched = [r for r in self.runs.values() if r.watchdog_bytes and not r.oom]
+        if not watched:
+            return
+        tree = _process_tree()
+        for run in watched:
+            if _tree_rss(run.pid, tree) > run.watchdog_bytes:
+                run.oom = True
+                _killpg(run.pid, signal.SIGKILL)
 
 
 def _spawn(spec: dict) -> int:
@@ -186,6 +292,7 @@ def _spawn(spec: dict) -> int:
         try:
             os.close(rfd)
             os.setpgid(0, 0)
+            signal.set_wakeup_fd(-1)
             for sig in _RESET_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             devnull = os.open(os.devnull, os.O_RDONLY)
@@ -216,21 +323,35 @@ def _spawn(spec: dict) -> int:
     try:
         data = b""
         while True:
-            chunk = os.read(rfd, 64)
+            try:
+                chunk = os.read(rfd, 64)
+            except InterruptedError:
+                continue
             if not chunk:
                 break
             data += chunk
     finally:
         os.close(rfd)
     if data:
-        os.waitpid(pid, 0)          # it failed before its exec: reap it
+        _reap_failed(pid)           # it failed before its exec
         code = int(data) if data.isdigit() else errno.EIO
         raise OSError(code, os.strerror(code))
     return pid
 
 
+def _reap_failed(pid: int) -> None:
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return
+
+
 def _claim(path: str) -> bool:
-    """Create the run's record exclusively: True if this supervisor is the one."""
+    """Create the run's record exclusively: True if this start is the one."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
@@ -242,19 +363,8 @@ def _claim(path: str) -> bool:
     return True
 
 
-def _answer(doc: dict) -> None:
-    """The one line the agent waits for; then fd 1 is let go (the agent may die)."""
-    try:
-        _write_all(1, (json.dumps(doc) + "\n").encode())
-    except OSError:                 # the agent died meanwhile: the task runs on
-        pass
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.close(devnull)
-
-
 def _note(message: str) -> None:
-    """A line in the supervisor log (fd 2), without Python's buffered stderr."""
+    """A line in the supervisor's log (fd 2)."""
     try:
         _write_all(2, (message + "\n").encode(errors="replace"))
     except OSError:
@@ -268,36 +378,22 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _wait(pid: int, spec: dict) -> tuple[int | None, bool]:
-    """Wait for the task; kill its group before reaping, so the pgid cannot be reused."""
-    limit_mb = spec.get("watchdog_mb") or 0
-    oom = False
-    while True:
-        flags = os.WEXITED | os.WNOWAIT | (os.WNOHANG if limit_mb else 0)
-        try:
-            info = os.waitid(os.P_PID, pid, flags)
-        except ChildProcessError:         # not our child any more: nothing to wait for
-            return None, oom
-        except InterruptedError:
-            continue
-        if info is not None and info.si_pid:
-            break
-        if not oom and _tree_rss(pid) > limit_mb * 1024 * 1024:
-            oom = True
-            _killpg(pid, signal.SIGKILL)
-        time.sleep(WATCHDOG_INTERVAL)
-    # Background children die with the task, as with Nomad's executor.
-    _killpg(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    return status, oom
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
 
 
-def _tree_rss(pid: int) -> int:
-    """Bytes resident in the task and every descendant."""
-    if not os.path.isdir("/proc/self"):
-        return _tree_rss_psutil(pid)
+def _process_tree() -> dict[int, list[int]]:
+    """parent pid -> child pids, from one pass over /proc."""
     parents: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return parents
+    for name in names:
         if not name.isdigit():
             continue
         stat = _read(f"/proc/{name}/stat")
@@ -306,6 +402,11 @@ def _tree_rss(pid: int) -> int:
         fields = stat[stat.rfind(b")") + 2:].split()
         if len(fields) > 1:
             parents.setdefault(int(fields[1]), []).append(int(name))
+    return parents
+
+
+def _tree_rss(pid: int, parents: dict[int, list[int]]) -> int:
+    """Bytes resident in the task and every descendant."""
     total, todo, seen = 0, [pid], set()
     while todo:
         current = todo.pop()
@@ -318,23 +419,6 @@ def _tree_rss(pid: int) -> int:
             if len(fields) > 1:
                 total += int(fields[1]) * PAGE_SIZE
         todo.extend(parents.get(current, ()))
-    return total
-
-
-def _tree_rss_psutil(pid: int) -> int:
-    if psutil is None:
-        return 0
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            continue
     return total
 
 
@@ -397,16 +481,13 @@ def _write_json(path: str, doc: dict) -> None:
     os.replace(tmp, path)
 
 
-def _remove_cgroups(dirs: list[str]) -> None:
+def _remove_cgroups_now(dirs: list[str]) -> None:
+    """Cgroups no process ever joined: empty, so removable at once."""
     for path in dirs:
-        for _ in range(RMDIR_TRIES):
-            try:
-                os.rmdir(path)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.02)
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -422,6 +503,38 @@ def _start_error(program: str, exc: Exception) -> str:
     if isinstance(exc, PermissionError):
         return f"failed to start task: permission denied: {program}"
     return f"failed to start task: {program}: {getattr(exc, 'strerror', None) or exc}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Bind the name, say READY (or IN_USE) on stdout, then serve until done."""
+    name = (argv if argv is not None else sys.argv[1:])[0]
+    # A signal to the agent's process group or a closed terminal is not ours.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(socket_address(name))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        _say(IN_USE)                # another supervisor serves this agent
+        return 0
+    listener.listen(16)
+    _say(READY)
+    Supervisor(listener).serve()
+    return 0
+
+
+def _say(line: bytes) -> None:
+    """One line to whoever started us, then stdout is let go (it may die)."""
+    try:
+        _write_all(1, line)
+    except OSError:
+        pass
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

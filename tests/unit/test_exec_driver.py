@@ -210,7 +210,7 @@ def test_handle_json_and_recover(run, driver):
     assert data["pid"] == handle.pid == driver.pid(handle)
     assert data["supervisor_pid"] != handle.pid
     recovered = driver.recover(data)
-    assert recovered is not None and recovered.popen is None
+    assert recovered is not None
     assert driver.wait(recovered, 0.05) is None
     # A supervisor gone without a record (here: another run's paths): lost.
     gone = subprocess.Popen(["true"])
@@ -234,12 +234,37 @@ def test_task_outlives_its_agent_and_its_exit_is_recorded(run, driver, tmp_path)
     gate = tmp_path / "gate"
     ctx, handle = run.start({"command": f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 7"})
     data = driver.handle_to_json(handle)
-    handle.popen = None                 # as if the agent that started it died
+    driver.close()                      # as if the agent that started it died
     gate.touch()
-    recovered = driver.recover(data)
+    successor = ExecDriver()            # not connected to that supervisor: it polls
+    recovered = successor.recover(data)
     assert recovered is not None
-    assert driver.wait(recovered, 10).exit_code == 7
-    assert driver.recover(data) is not None    # the file still tells, after the end
+    assert successor.wait(recovered, 10).exit_code == 7
+    assert successor.recover(data) is not None    # the file still tells, after the end
+
+
+def test_a_restarted_agent_reconnects_to_its_supervisor(make_ctx, tmp_path):
+    """Same data dir, same supervisor: it survives the agent and tells the next one."""
+    gate = tmp_path / "gate"
+    first = ExecDriver(state_dir=str(tmp_path))
+    handle = first.start(make_ctx({"command": f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 5"}))
+    data = first.handle_to_json(handle)
+    first.close()
+    assert live(handle.supervisor_pid) and live(handle.pid)
+    second = ExecDriver(state_dir=str(tmp_path))
+    try:
+        other = second.start(make_ctx({"command": "sleep 300"}, name="other"))
+        assert other.supervisor_pid == handle.supervisor_pid
+        recovered = second.recover(data)
+        assert second.wait(recovered, 0.05) is None
+        gate.touch()
+        assert second.wait(recovered, 10).exit_code == 5
+        second.stop(other, 1.0)
+        assert second.wait(other, 5).signal == signal.SIGTERM
+    finally:
+        second.close()
+    # No agent, no task: the supervisor leaves.
+    assert wait_for(lambda: not live(handle.supervisor_pid), 5.0)
 
 
 def test_legacy_handle_without_supervisor(driver):
@@ -272,7 +297,7 @@ def test_a_run_is_started_once_and_found_by_its_record(run, driver, make_ctx, tm
     ctx, handle = run.start(config)
     assert driver.find(make_ctx(config, attempt=1)) is None      # never started
     found = driver.find(ctx)
-    assert found is not None and found.pid == handle.pid and found.popen is None
+    assert found is not None and found.pid == handle.pid
     # Asked to start the same run again, the driver takes over the first one.
     again = driver.start(ctx)
     assert again.pid == handle.pid

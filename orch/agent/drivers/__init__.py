@@ -12,12 +12,16 @@ DOCKER_FALLBACK = ("docker unavailable on this node: running command with the "
 DOCKER_NO_COMMAND = "docker driver unavailable and task has no command to fall back on"
 
 
-def default_drivers(task_user: str | None = None) -> dict[str, Driver]:
+def default_drivers(task_user: str | None = None,
+                    state_dir: str | None = None) -> dict[str, Driver]:
     """The drivers this node runs, by name; docker answers for its engine.
 
-    Raises DriverError when `task_user` does not exist.
+    `state_dir` (the agent's data dir) names the exec tasks' supervisor, so
+    that a restarted agent finds it. Raises DriverError when `task_user` does
+    not exist.
     """
-    return {"exec": ExecDriver(user=task_user), "docker": DockerDriver()}
+    return {"exec": ExecDriver(user=task_user, state_dir=state_dir),
+            "docker": DockerDriver()}
 
 
 def select_driver(task: Task, drivers: dict[str, Driver]) -> tuple[Driver, str | None]:

@@ -99,3 +99,6 @@ class Driver(abc.ABC):
     def fingerprint(self) -> dict:
         """Node attributes this driver contributes, e.g. {"driver.exec": True}."""
         return {f"driver.{self.name}": True}
+
+    def close(self) -> None:
+        """The agent is leaving: let go of what the driver holds (tasks run on)."""

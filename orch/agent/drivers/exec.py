@@ -1,15 +1,14 @@
-"""The exec driver: a task is a local process group under a supervisor of its own.
+"""The exec driver: a task is a local process group started by the agent's task supervisor.
 
 `command` as a string runs through `/bin/sh -c` (with `args` appended,
-shell-quoted); as a list it is exec'd directly. Each task is started by a
-supervisor (`orch.agent.supervisor`, forked from the agent: no interpreter
-start per task) in a session of its own, which outlives the
-agent and records each run (start) of the task under `<task dir>/.orch/`:
-`run-<n>.json` (claimed before the start, then its pid) and `run-<n>.exit.json`
-(how it ended). A restarted agent reattaches through these files, also to a
-run it started but had not yet saved the handle of. The process
-group is the unit of control, as in supervisor/circus: SIGTERM to the group,
-poll, then SIGKILL.
+shell-quoted); as a list it is exec'd directly. Tasks are started, reaped and
+recorded by one small supervisor process per agent (`orch.agent.supervisor`,
+reached through `supervision.SupervisorClient`) that outlives the agent: it
+records each run (start) of a task under `<task dir>/.orch/`: `run-<n>.json`
+(claimed before the start, then its pid) and `run-<n>.exit.json` (how it
+ended). A restarted agent reattaches through these files, also to a run it
+asked for but had not yet saved the handle of. The process group is the unit
+of control, as in supervisor/circus: SIGTERM to the group, poll, then SIGKILL.
 
 Memory (a hard limit, swap included) and CPU weight go into a cgroup per task
 where the agent may create one (`cgroups.py`); elsewhere the supervisor
@@ -23,17 +22,16 @@ import logging
 import os
 import shlex
 import signal
-import subprocess
-import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 
 import psutil
 
-from orch.agent import supervisor as supervisor_mod
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import Cgroups, cpu_shares
+from orch.agent.drivers.supervision import SupervisorClient, supervisor_name
 from orch.errors import DriverError
 
 log = logging.getLogger(__name__)
@@ -43,61 +41,17 @@ POLL_INTERVAL = 0.02
 REAP_TIMEOUT = 5.0          # after SIGKILL, how long we wait for the group to vanish
 FOREIGN_POLL = 0.2          # polling a reattached process we are not the parent of
 RUN_DIR = ".orch"            # in the task dir: one record and one exit file per run
-SUPERVISOR_LOG = "supervisor.log"
+SUPERVISOR_LOG = "supervisor.log"    # in the agent's data dir
 CLAIM_WAIT = 5.0            # how long a run's record may lack its pid while starting
 STATUS_LOST = "task supervisor ended without recording the exit status"
 
 
-class Supervisor:
-    """A forked supervisor the agent is the parent of, waited for as a Popen is."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.returncode: int | None = None
-        self._lock = threading.Lock()
-
-    def poll(self) -> int | None:
-        if self.returncode is None and self._lock.acquire(blocking=False):
-            try:
-                self._reap(os.WNOHANG)
-            finally:
-                self._lock.release()
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Its exit code; raises subprocess.TimeoutExpired as Popen.wait does."""
-        if timeout is None:
-            with self._lock:
-                if self.returncode is None:
-                    self._reap(0)
-            return self.returncode
-        deadline = time.monotonic() + timeout
-        delay = 0.0005
-        while self.poll() is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise subprocess.TimeoutExpired(f"supervisor {self.pid}", timeout)
-            time.sleep(min(delay, remaining, 0.05))
-            delay *= 2
-        return self.returncode
-
-    def _reap(self, flags: int) -> None:
-        try:
-            pid, status = os.waitpid(self.pid, flags)
-        except ChildProcessError:       # reaped elsewhere: its record says how it went
-            self.returncode = 0
-            return
-        if pid == self.pid:
-            self.returncode = os.waitstatus_to_exitcode(status)
-
-
 @dataclass
 class ExecHandle:
-    """A started task: its group leader, its supervisor (a Popen when we are its parent)."""
+    """A started task: its group leader and the supervisor that reaps it."""
     pid: int
     pgid: int
     create_time: float | None = None
-    popen: "Supervisor | subprocess.Popen | None" = None
     supervisor_pid: int | None = None
     supervisor_create_time: float | None = None
     exit_path: str | None = None
@@ -153,10 +107,18 @@ class ExecDriver(Driver):
     name = "exec"
 
     def __init__(self, *, poll_interval: float = POLL_INTERVAL,
-                 cgroups: Cgroups | None = None, user: str | None = None):
+                 cgroups: Cgroups | None = None, user: str | None = None,
+                 state_dir: str | None = None):
         self._poll = poll_interval
         self._cgroups = cgroups if cgroups is not None else Cgroups()
         self._user = resolve_user(user) if user else None
+        log_path = os.path.join(state_dir, SUPERVISOR_LOG) if state_dir else None
+        self._supervisor = SupervisorClient(supervisor_name(state_dir), log_path)
+        # A driver dropped without close() (tests) still lets its supervisor go.
+        weakref.finalize(self, self._supervisor.close)
+
+    def close(self) -> None:
+        self._supervisor.close()
 
     def start(self, ctx: TaskContext) -> ExecHandle:
         argv = build_argv(ctx.config)
@@ -172,20 +134,29 @@ class ExecDriver(Driver):
                 "exit_path": exit_path, "memory_mb": ctx.resources.memory,
                 "user": self._user}
         spec.update(self._limits(ctx))
-        supervisor, created, answer = self._spawn_supervisor(ctx, spec)
+        try:
+            answer, sup_pid, sup_created = self._supervisor.start(spec)
+        except DriverError:
+            self._cgroups_unused(spec)
+            raise
         if "error" in answer:
-            supervisor.wait()
             raise DriverError(answer["error"])
         if answer.get("claimed"):
-            supervisor.wait()
             return self._claimed(ctx)
         pid = int(answer["pid"])
         log.debug("exec started alloc=%s task=%s pid=%d supervisor=%d", ctx.alloc_id,
-                  ctx.task_name, pid, supervisor.pid)
+                  ctx.task_name, pid, sup_pid)
         return ExecHandle(pid=pid, pgid=pid, create_time=_create_time(pid),
-                          popen=supervisor, supervisor_pid=supervisor.pid,
-                          supervisor_create_time=created,
+                          supervisor_pid=sup_pid, supervisor_create_time=sup_created,
                           exit_path=exit_path, memory_mb=ctx.resources.memory)
+
+    def _cgroups_unused(self, spec: dict) -> None:
+        """The supervisor never got the start: its cgroups are ours to remove."""
+        for path in spec.get("cgroup_dirs") or []:
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
 
     def _claimed(self, ctx: TaskContext) -> ExecHandle:
         """This run was started by an earlier agent's supervisor: take it over."""
@@ -237,61 +208,44 @@ class ExecDriver(Driver):
         return {"cgroup_procs": list(group.procs), "cgroup_oom_files": list(group.oom_files),
                 "cgroup_dirs": list(group.dirs)}
 
-    def _spawn_supervisor(self, ctx: TaskContext, spec: dict):
-        log_path = os.path.join(ctx.task_dir, RUN_DIR, SUPERVISOR_LOG)
-        try:
-            # Forked, in a session of its own: a signal to the agent's group
-            # never reaches it, and no interpreter starts per task.
-            pid, answer_fd = supervisor_mod.fork_supervisor(spec, log_path)
-        except OSError as exc:
-            raise DriverError(f"failed to start the task supervisor: {exc}")
-        proc = Supervisor(pid)
-        # Taken while it surely lives (our unreaped child): tells its pid from a reuse.
-        created = _create_time(pid)
-        with open(answer_fd, "rb") as answers:
-            try:
-                line = answers.readline()
-            except OSError:
-                line = b""
-        try:
-            answer = json.loads(line)
-        except ValueError:
-            proc.wait()
-            raise DriverError(f"task supervisor failed (exit {proc.returncode}): "
-                              f"{_tail(log_path)}")
-        return proc, created, answer
-
     def wait(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
         if handle.exit_path is not None:
             return self._wait_supervised(handle, timeout)
-        if handle.popen is not None:
-            try:
-                code = handle.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return None
-            result = _exit_result(code)
-        else:
-            if not self._wait_foreign(handle, timeout):
-                return None
-            result = ExitResult(exit_code=None, error=(
-                "task exited while the agent was not its parent: exit status unknown"))
+        # A handle of an older agent without a supervisor: its pid is all we have.
+        if not self._wait_foreign(handle, timeout):
+            return None
         # The group is the task: stragglers (background children) die with
         # the leader, as Nomad's executor does, so nothing leaks.
         _signal_group(handle.pgid, signal.SIGKILL)
-        return result
+        return ExitResult(exit_code=None, error=(
+            "task exited while the agent was not its parent: exit status unknown"))
 
     def _wait_supervised(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
-        if handle.popen is not None:
-            try:
-                handle.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return None
-        elif not self._wait_foreign(handle, timeout):
-            return None
-        result = read_exit(handle.exit_path, handle.memory_mb)
-        if result.error == STATUS_LOST:
-            _kill_orphan(handle)
-        return result
+        """Until the exit file is there: the supervisor we are connected to says
+        when; one we are not (an earlier agent's) is checked every FOREIGN_POLL."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ended = self._supervisor.watch(handle.pid)
+        try:
+            while True:
+                ended.clear()
+                if os.path.exists(handle.exit_path):
+                    break
+                ours = self._supervisor.serves(handle.supervisor_pid)
+                if not ours and not self._supervised(handle):
+                    if os.path.exists(handle.exit_path):    # written as it left
+                        break
+                    _kill_orphan(handle)
+                    return ExitResult(exit_code=None, error=STATUS_LOST)
+                wait = None if ours else FOREIGN_POLL
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    wait = remaining if wait is None else min(wait, remaining)
+                ended.wait(wait)
+        finally:
+            self._supervisor.unwatch(handle.pid, ended)
+        return read_exit(handle.exit_path, handle.memory_mb)
 
     def stop(self, handle: ExecHandle, timeout: float) -> None:
         if handle.exit_path is not None and os.path.exists(handle.exit_path):
@@ -349,8 +303,8 @@ class ExecDriver(Driver):
     def _wait_group_gone(self, handle: ExecHandle, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while True:
-            if handle.popen is not None:
-                handle.popen.poll()     # reap the leader if no waiter holds it
+            if handle.exit_path is not None and os.path.exists(handle.exit_path):
+                return True             # reaped, its group killed, by the supervisor
             if not _group_alive(handle.pgid):
                 return True
             if time.monotonic() >= deadline:
@@ -423,30 +377,11 @@ def _read_json(path: str) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _tail(path: str, limit: int = 300) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return "no output"
-    return " ".join(text.split()) or "no output"
-
-
 def _kill_orphan(handle: ExecHandle) -> None:
     """Its supervisor died without a record: nothing would ever report the task."""
     if handle.create_time is not None and _alive(handle.pid, handle.create_time):
         log.warning("task pid=%d lost its supervisor: killing its group", handle.pid)
         _signal_group(handle.pgid, signal.SIGKILL)
-
-
-def _exit_result(code: int) -> ExitResult:
-    if code < 0:
-        sig = -code
-        return ExitResult(exit_code=128 + sig, signal=sig,
-                          error=f"killed by signal {sig}")
-    return ExitResult(exit_code=code)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
