@@ -23,3 +23,44 @@ def percentile(values: list[float], q: float) -> float:
 
 def mb(nbytes: int) -> float:
     return round(nbytes / (1 << 20), 1)
+
+
+class JsonConnection:
+    """One keep-alive HTTP connection speaking JSON, for load generators.
+
+    Lighter than a requests session (the client shares the machine's CPU
+    with the cluster it measures); reconnects once if the server closed it.
+    """
+
+    def __init__(self, url: str, timeout: float = 30.0):
+        import http.client
+        from urllib.parse import urlsplit
+        parts = urlsplit(url)
+        self._new = lambda: http.client.HTTPConnection(parts.hostname, parts.port,
+                                                       timeout=timeout)
+        self._conn = self._new()
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        import http.client
+        import json
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        for attempt in (1, 2):
+            try:
+                self._conn.request(method, path, body=data, headers=headers)
+                resp = self._conn.getresponse()
+                raw = resp.read()
+                break
+            except (http.client.HTTPException, ConnectionError):
+                self._conn.close()
+                self._conn = self._new()
+                if attempt == 2:
+                    raise
+        try:
+            doc = json.loads(raw) if raw else {}
+        except ValueError:
+            doc = {"error": raw[:200].decode(errors="replace")}
+        return resp.status, doc
+
+    def close(self) -> None:
+        self._conn.close()

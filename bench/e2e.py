@@ -43,7 +43,8 @@ from pathlib import Path
 import psutil
 import requests
 
-from benchutil import free_port, log, mb, percentile  # the bench/ folder is on sys.path
+from benchutil import (JsonConnection, free_port, log, mb,  # bench/ is on sys.path
+                       percentile)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
@@ -190,6 +191,12 @@ class DevCluster:
         self._log.close()
 
 
+def settle(seconds: float = 1.0) -> None:
+    """Flush dirty files to disk and let the machine go quiet."""
+    os.sync()
+    time.sleep(seconds)
+
+
 # ---- workloads ----------------------------------------------------------------
 
 def job_body(job_id: str, command: str, type_: str) -> dict:
@@ -201,18 +208,18 @@ def job_body(job_id: str, command: str, type_: str) -> dict:
 
 def submit_to_running(url: str, jobs: int, prefix: str, poll_sleep: float) -> list[float]:
     """Seconds from POST to GET /jobs/<id> saying running, per job."""
-    session = requests.Session()
+    session = JsonConnection(url, timeout=10)
     latencies = []
     try:
         for i in range(jobs):
             job_id = f"{prefix}-{i}"
             body = job_body(job_id, "exec sleep 30", "service")
             started = time.perf_counter()
-            resp = session.post(url + "/jobs", json=body, timeout=10)
-            if resp.status_code != 200:
-                raise RuntimeError(f"submit {job_id}: {resp.status_code} {resp.text}")
+            code, doc = session.request("POST", "/jobs", body)
+            if code != 200:
+                raise RuntimeError(f"submit {job_id}: {code} {doc}")
             while True:
-                status = session.get(f"{url}/jobs/{job_id}", timeout=10).json()["status"]
+                status = session.request("GET", f"/jobs/{job_id}")[1]["status"]
                 if status == "running":
                     latencies.append(time.perf_counter() - started)
                     break
@@ -222,9 +229,9 @@ def submit_to_running(url: str, jobs: int, prefix: str, poll_sleep: float) -> li
                     raise RuntimeError(f"job {job_id} not running after {JOB_TIMEOUT}s")
                 if poll_sleep:
                     time.sleep(poll_sleep)
-            resp = session.delete(f"{url}/jobs/{job_id}", timeout=10)
-            if resp.status_code != 200:
-                raise RuntimeError(f"stop {job_id}: {resp.status_code} {resp.text}")
+            code, doc = session.request("DELETE", f"/jobs/{job_id}")
+            if code != 200:
+                raise RuntimeError(f"stop {job_id}: {code} {doc}")
     finally:
         session.close()
     return latencies
@@ -240,18 +247,17 @@ def batch_throughput(url: str, total: int, threads: int, prefix: str) -> dict:
     shares = [list(range(t, total, threads)) for t in range(threads)]
 
     def submitter(indexes: list[int]) -> None:
-        session = requests.Session()
+        session = JsonConnection(url, timeout=30)
         try:
             for i in indexes:
                 job_id = f"{prefix}-{i}"
-                resp = session.post(url + "/jobs", json=job_body(job_id, "true", "batch"),
-                                    timeout=30)
-                if resp.status_code != 200:
-                    errors.append(f"submit {job_id}: {resp.status_code} {resp.text[:200]}")
+                code, doc = session.request("POST", "/jobs", job_body(job_id, "true", "batch"))
+                if code != 200:
+                    errors.append(f"submit {job_id}: {code} {str(doc)[:200]}")
                     continue
                 with lock:
                     submitted.append(job_id)
-        except requests.RequestException as exc:
+        except OSError as exc:
             errors.append(f"submitter: {exc}")
         finally:
             session.close()
@@ -271,7 +277,7 @@ def batch_throughput(url: str, total: int, threads: int, prefix: str) -> dict:
 
     # One checker walks the jobs in submission order: jobs finish roughly in
     # that order, so it mostly waits on one job at a time (light on the server).
-    session = requests.Session()
+    session = JsonConnection(url, timeout=10)
     checked, outcome = 0, {"complete": 0, "failed": 0}
     submit_s = None
     deadline = started + BATCH_TIMEOUT
@@ -290,7 +296,7 @@ def batch_throughput(url: str, total: int, threads: int, prefix: str) -> dict:
             if submit_s is None and done_submitting.is_set():
                 submit_s = time.perf_counter() - started
             job_id = pending[0]
-            status = session.get(f"{url}/jobs/{job_id}", timeout=10).json()["status"]
+            status = session.request("GET", f"/jobs/{job_id}")[1]["status"]
             if status in ("complete", "failed", "dead", "lost"):
                 outcome["complete" if status == "complete" else "failed"] += 1
                 checked += 1
@@ -324,6 +330,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-level", default="INFO", help="log level of the cluster (default INFO)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: runs 1, jobs 5, batch 20")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    p.add_argument("--workdir", default=None,
+                   help="where the cluster's data dirs go (default: the system temp dir)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args(argv)
     if args.smoke:
@@ -335,7 +343,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.pyz.is_file():
         sys.exit(f"{args.pyz} not found: build it with `python build/make_pyz.py`")
-    workdir = Path(tempfile.mkdtemp(prefix="orch-bench-e2e-"))
+    workdir = Path(tempfile.mkdtemp(prefix="orch-bench-e2e-", dir=args.workdir))
     shiv_root = workdir / "shiv"        # empty: the first launch extracts
     result: dict = {"nproc": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
                     "mem_total_mb": mb(psutil.virtual_memory().total),
@@ -384,7 +392,11 @@ def main(argv=None) -> int:
 
         # -- batch throughput ----------------------------------------------------
         # CPU per job as well as jobs/s: on a shared machine the wall clock
-        # moves with everybody's load, CPU time much less.
+        # moves with everybody's load, CPU time much less. The earlier phases'
+        # files are flushed first: their writeback (and, on a disk mounted
+        # with `discard`, the trims of the last run's clean-up) is not the
+        # batch's work.
+        settle()
         cpu0, me0 = cluster.cpu_seconds(), psutil.Process().cpu_times()
         batch = batch_throughput(cluster.url, args.batch, args.threads, "batch")
         cpu1, me1 = cluster.cpu_seconds(), psutil.Process().cpu_times()
@@ -413,6 +425,7 @@ def main(argv=None) -> int:
             log(f"work dir kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+            settle()                    # the next run does not pay for our files
 
     verdicts = []
     for key, target in TARGETS.items():

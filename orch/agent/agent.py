@@ -25,7 +25,6 @@ from orch.agent.state import AgentStore
 from orch.config import AgentConfig
 from orch.security import check_bind
 from orch.errors import DriverError, NotFound, ValidationError
-from orch.structs import Resources
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,8 @@ class Agent:
             if self._allocs.get(alloc_id) is runner:
                 del self._allocs[alloc_id]
         self.store.remove_alloc(alloc_id)
+        if self.loop is not None:
+            self.loop.forget(alloc_id)
         log.info("alloc %s stopped and removed", runner.short)
         self._notify()
 
@@ -98,15 +99,41 @@ class Agent:
         with self._lock:
             return list(self._allocs.values())
 
-    def heartbeat_allocations(self) -> dict:
-        return {r.spec.allocation_id: r.heartbeat_entry() for r in self.allocations()}
+    def heartbeat_allocations(self, exclude: set | frozenset = frozenset()) -> dict:
+        """Heartbeat entries of every allocation not in `exclude` (finished
+        ones the server has already taken), each written to disk first."""
+        entries = {}
+        for runner in self.allocations():
+            alloc_id = runner.spec.allocation_id
+            if alloc_id not in exclude:
+                runner.persist()
+                entries[alloc_id] = runner.heartbeat_entry()
+        return entries
+
+    def heartbeat_reports(self, exclude: set | frozenset = frozenset()) -> dict:
+        """{alloc id: (status, entry JSON)} for the heartbeat loop, as
+        `heartbeat_allocations` but encoded (once per change)."""
+        reports = {}
+        for runner in self.allocations():
+            alloc_id = runner.spec.allocation_id
+            if alloc_id not in exclude:
+                runner.persist()
+                reports[alloc_id] = runner.heartbeat_report()
+        return reports
+
+    def persist(self) -> None:
+        """Write every allocation's unwritten changes (shutdown)."""
+        for runner in self.allocations():
+            runner.persist()
 
     def used(self) -> tuple[int, int]:
         """(cpu MHz, memory MB) reserved by allocations not yet terminal."""
-        total = Resources()
+        cpu = memory = 0
         for runner in self.allocations():
-            total = total + runner.reserved()
-        return total.cpu, total.memory
+            if not runner.finished:
+                held = runner.reserved()
+                cpu, memory = cpu + held.cpu, memory + held.memory
+        return cpu, memory
 
     def health(self) -> dict:
         registered = self.loop is not None and self.loop.wait_registered(0)
@@ -141,7 +168,7 @@ class Agent:
 
     def start_loop(self, endpoint: str) -> NodeLoop:
         self.loop = NodeLoop(self.config, self.node_id, endpoint, self.fingerprint,
-                             self.heartbeat_allocations, self.used)
+                             self.heartbeat_reports, self.used)
         self.loop.start()
         self._prober.start()
         return self.loop
@@ -180,6 +207,7 @@ class Agent:
                 t.start()
             for t in threads:
                 t.join()
+        self.persist()
         for driver in self.drivers.values():
             driver.close()
 

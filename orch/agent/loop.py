@@ -1,7 +1,9 @@
 """Register with the server, then heartbeat: every interval and on task changes.
 
 A task state change wakes the loop, which waits ~5 ms so that a burst of
-changes (an allocation's tasks starting together) goes out as one heartbeat.
+changes (an allocation's tasks starting together) goes out as one heartbeat;
+under a stream of changes, heartbeats are at least MIN_SPACING apart, so
+that a busy node reports many changes per heartbeat instead of one.
 A 404 means the server does not know us (it lost its state, or we were
 garbage-collected): register again, then heartbeat at once.
 """
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 
 TERMINAL = frozenset(status.value for status in TERMINAL_ALLOC)
 COALESCE = 0.005              # seconds: changes this close share one heartbeat
+MIN_SPACING = 0.015           # seconds between heartbeats caused by changes
 # The connection to the server is kept only while heartbeats come close
 # together (a burst of task changes); a node quiet this long lets it go. A
 # server holding one idle keep-alive connection per node stops answering past
@@ -39,15 +42,17 @@ class NodeLoop:
     """The agent's one conversation with the server, in its own thread."""
 
     def __init__(self, config: AgentConfig, node_id: str, endpoint: str,
-                 fp: Fingerprint, allocations: Callable[[], dict],
+                 fp: Fingerprint, reports: Callable[[set], dict],
                  used: Callable[[], tuple[int, int]],
                  session: "ServerConnection | None" = None):
         self.config = config
         self.node_id = node_id
         self.endpoint = endpoint
         self.fingerprint = fp
-        self._allocations = allocations
-        self._acked: set[str] = set()       # finished allocations the server has
+        self._reports = reports           # {alloc id: (status, entry JSON)}
+        # Finished allocations the server has taken: left out of heartbeats,
+        # which would otherwise grow without end on a busy node.
+        self._acked: set[str] = set()
         self._used = used
         self._server = config.server.rstrip("/")
         self._session = session or ServerConnection(self._server, insecure=config.insecure)
@@ -57,6 +62,7 @@ class NodeLoop:
         self._reregister = threading.Event()     # registered, but attributes changed
         self._thread = threading.Thread(target=self._run, name="node-loop", daemon=True)
         self._last_error = ""
+        self._last_beat = 0.0               # monotonic time of the last heartbeat
 
     def start(self) -> None:
         self._thread.start()
@@ -91,27 +97,32 @@ class NodeLoop:
                 "attributes": self.fingerprint.attributes,
                 "meta": dict(self.config.meta)}
 
-    def heartbeat_body(self) -> dict:
+    def heartbeat_body(self) -> tuple[bytes, dict]:
+        """The heartbeat's JSON and the status of each allocation in it.
+
+        Allocation entries arrive encoded (each is encoded once per change,
+        however many heartbeats repeat it) and are spliced in as they are."""
         total = self.fingerprint.resources
         cpu_used, memory_used = self._used()
-        return {"node_id": self.node_id,
+        head = {"node_id": self.node_id,
                 "resources": {"cpu": max(total.cpu - cpu_used, 0),
                               "memory": max(total.memory - memory_used, 0),
                               "cpu_used": cpu_used, "memory_used": memory_used},
-                "healthy": True, "timestamp": time.time(),
-                "allocations": self._unacknowledged(self._allocations())}
+                "healthy": True, "timestamp": time.time()}
+        reports = self._reports(self._acked)
+        allocations = ",".join(f"{json.dumps(alloc_id)}:{entry}"
+                               for alloc_id, (_, entry) in reports.items())
+        data = f'{json.dumps(head)[:-1]}, "allocations": {{{allocations}}}}}'
+        return data.encode(), {alloc_id: status for alloc_id, (status, _) in reports.items()}
 
-    def _unacknowledged(self, allocations: dict) -> dict:
-        """Finished allocations are sent until the server has taken them once:
-        repeating them would grow every heartbeat of a busy node without end."""
-        self._acked &= allocations.keys()
-        return {alloc_id: entry for alloc_id, entry in allocations.items()
-                if alloc_id not in self._acked}
+    def forget(self, alloc_id: str) -> None:
+        """The allocation was removed from this node."""
+        self._acked.discard(alloc_id)
 
     def _acknowledge(self, sent: dict) -> None:
-        self._acked |= {alloc_id for alloc_id, entry in sent.items()
-                        if getattr(entry.get("status"), "value", entry.get("status"))
-                        in TERMINAL}
+        """Finished allocations are sent until the server has taken them once."""
+        self._acked.update(alloc_id for alloc_id, status in sent.items()
+                           if status in TERMINAL)
 
     # -- the thread -----------------------------------------------------------
 
@@ -129,7 +140,8 @@ class NodeLoop:
             if self._stop.is_set():
                 return
             if self._wake.is_set():
-                self._stop.wait(COALESCE)
+                since = time.monotonic() - self._last_beat
+                self._stop.wait(max(COALESCE, MIN_SPACING - since))
                 self._wake.clear()
 
     def _idle_wait(self, interval: float) -> None:
@@ -163,7 +175,8 @@ class NodeLoop:
         return False
 
     def _heartbeat(self) -> None:
-        body = self.heartbeat_body()
+        body, sent = self.heartbeat_body()
+        self._last_beat = time.monotonic()
         try:
             resp = self._post("/heartbeat", body, HEARTBEAT_TIMEOUT)
         except REQUEST_ERRORS as exc:
@@ -178,9 +191,9 @@ class NodeLoop:
             self._warn(f"heartbeat answered {resp.status_code}: {_error(resp)}")
         else:
             self._last_error = ""
-            self._acknowledge(body["allocations"])
+            self._acknowledge(sent)
 
-    def _post(self, path: str, body: dict, timeout) -> "Response":
+    def _post(self, path: str, body: dict | bytes, timeout) -> "Response":
         headers = {}
         if self.config.token:
             headers["Authorization"] = f"Bearer {self.config.token}"
@@ -238,10 +251,11 @@ class ServerConnection:
         self._insecure = insecure
         self._conn: http.client.HTTPConnection | None = None
 
-    def post(self, path: str, body: dict, headers: dict, timeout) -> Response:
+    def post(self, path: str, body: dict | bytes, headers: dict, timeout) -> Response:
+        """POST JSON: a dict to encode, or bytes already encoded."""
         connect_timeout, read_timeout = (timeout if isinstance(timeout, tuple)
                                          else (timeout, timeout))
-        data = json.dumps(body).encode()
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         headers = {"Content-Type": "application/json",
                    "Accept": "application/json", **headers}
         reused = self._conn is not None

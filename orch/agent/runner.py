@@ -3,11 +3,16 @@
 One thread per task drives pending -> running -> complete|failed through a
 driver, applies the restart policy (service jobs only, as Nomad's restart
 stanza), and when a task fails for good kills its siblings. Every state change
-is persisted and reported through `on_change()`, which the heartbeat loop turns
-into an immediate heartbeat.
+is reported through `on_change()`, which the heartbeat loop turns into an
+immediate heartbeat. On disk, an allocation is written when it arrives (before
+any task starts) and when it ends, at once; changes in between are written by
+the heartbeat loop before it reports them (`persist()`), so a burst of changes
+costs one write. An agent killed before such a write finds its tasks again
+through their drivers (`Driver.find`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -249,7 +254,7 @@ class TaskRunner:
             setattr(self.state, name, value)
         self.state.status = status
         if status != old:
-            log.info("alloc %s task %s: %s -> %s", self.alloc.short,
+            log.debug("alloc %s task %s: %s -> %s", self.alloc.short,
                      self.task.name, old.value, status.value)
 
     def _event(self, kind: str, message: str) -> None:
@@ -285,6 +290,12 @@ class AllocRunner:
         self._on_change = on_change
         self._done = threading.Event()
         self._finished: set[str] = set()
+        self._dirty = True              # state not yet on disk
+        self._saved = False             # written at least once
+        self._persist_lock = threading.Lock()   # one writer at a time, newest last
+        self._entry: dict | None = None         # heartbeat entry until the next change
+        self._report: tuple[str, str] | None = None     # ... and its status and JSON
+        self._spec_json: str | None = None      # the spec never changes: encoded once
         self.tasks: dict[str, TaskRunner] = {}
         for task in spec.tasks:
             runner = TaskRunner(self, task)
@@ -380,6 +391,11 @@ class AllocRunner:
         """Until every task is terminal (tests, shutdown)."""
         return self._done.wait(timeout)
 
+    @property
+    def finished(self) -> bool:
+        """Every task is terminal: nothing more will happen here."""
+        return self._done.is_set()
+
     def task_finished(self, runner: TaskRunner) -> None:
         """Called by a task thread when it is done for good."""
         with self.lock:
@@ -425,16 +441,35 @@ class AllocRunner:
 
     def reserved(self) -> Resources:
         """Resources held on the node: the tasks' demand until terminal."""
-        if self.status() in (AllocStatus.PENDING, AllocStatus.RUNNING):
+        if not self.finished and self.status() in (AllocStatus.PENDING,
+                                                   AllocStatus.RUNNING):
             return self.spec.resources
         return Resources()
 
     def heartbeat_entry(self) -> dict:
-        """The seed's heartbeat allocation entry (+ restarts, events per task)."""
+        """The seed's heartbeat allocation entry (+ restarts, events per task).
+
+        Built once per change: a node's heartbeat repeats every live allocation.
+        """
         with self.lock:
-            return {"status": self.status().value, "start_time": self.start_time,
-                    "end_time": self.end_time,
-                    "tasks": {n: r.state.to_dict() for n, r in self.tasks.items()}}
+            if self._entry is None:
+                tasks = {}
+                for name, runner in self.tasks.items():
+                    state = runner.state.to_dict()
+                    state["events"] = list(state["events"])
+                    tasks[name] = state
+                self._entry = {"status": self.status().value,
+                               "start_time": self.start_time,
+                               "end_time": self.end_time, "tasks": tasks}
+            return self._entry
+
+    def heartbeat_report(self) -> tuple[str, str]:
+        """(status, the heartbeat entry as JSON), encoded once per change."""
+        with self.lock:
+            if self._report is None:
+                entry = self.heartbeat_entry()
+                self._report = (entry["status"], json.dumps(entry, separators=(",", ":")))
+            return self._report
 
     def to_dict(self) -> dict:
         """`GET /allocations/<id>`: the seed fields plus job_type."""
@@ -444,23 +479,55 @@ class AllocRunner:
                 "job_type": self.spec.job_type.value, **entry}
 
     def to_doc(self) -> dict:
+        """What alloc.json holds: the spec, the task states, the drivers' handles."""
         with self.lock:
-            return {"spec": self.spec.to_dict(), "stopped": self.stopped,
-                    "start_time": self.start_time, "end_time": self.end_time,
-                    "tasks": {n: r.state.to_dict() for n, r in self.tasks.items()},
-                    "handles": {n: r.handle_json for n, r in self.tasks.items()
-                                if r.handle_json}}
+            return {"spec": self.spec.to_dict(), **self._state_doc()}
+
+    def _state_doc(self) -> dict:
+        return {"stopped": self.stopped,
+                "start_time": self.start_time, "end_time": self.end_time,
+                "tasks": {n: r.state.to_dict() for n, r in self.tasks.items()},
+                "handles": {n: r.handle_json for n, r in self.tasks.items()
+                            if r.handle_json}}
+
+    def _doc_json(self) -> bytes:
+        """`to_doc()` encoded, the spec's part encoded only once (caller holds the lock)."""
+        if self._spec_json is None:
+            self._spec_json = json.dumps(self.spec.to_dict(), separators=(",", ":"))
+        state = json.dumps(self._state_doc(), separators=(",", ":"))
+        return f'{{"spec":{self._spec_json},{state[1:]}'.encode()
 
     def changed(self) -> None:
-        """Update alloc times, persist, and tell the heartbeat loop."""
+        """Update alloc times, mark for writing, and tell the heartbeat loop.
+
+        Written at once the first time and when the allocation is over;
+        otherwise by the next `persist()` (the heartbeat loop's, before it
+        reports the change)."""
         with self.lock:
             self._update_times()
-            doc = self.to_doc()
-        try:
-            self.store.save_alloc(self.spec.allocation_id, doc)
-        except OSError as exc:
-            log.warning("cannot persist alloc=%s error=%s", self.short, exc)
+            self._dirty = True
+            self._entry = self._report = None
+            urgent = not self._saved or self.stopped or self.status() in (
+                AllocStatus.COMPLETE, AllocStatus.FAILED)
+        if urgent:
+            self.persist()
         self._on_change()
+
+    def persist(self) -> None:
+        """Write the allocation's state if it changed since the last write."""
+        with self._persist_lock:
+            with self.lock:
+                if not self._dirty:
+                    return
+                self._dirty = False
+                self._saved = True
+                doc = self._doc_json()
+            try:
+                self.store.save_alloc(self.spec.allocation_id, doc)
+            except OSError as exc:
+                log.warning("cannot persist alloc=%s error=%s", self.short, exc)
+                with self.lock:
+                    self._dirty = True
 
     def _update_times(self) -> None:
         starts = [r.state.start_time for r in self.tasks.values() if r.state.start_time]
@@ -468,7 +535,7 @@ class AllocRunner:
             self.start_time = min(starts)
         status = self.status()
         if status != self._last_status:
-            log.info("alloc %s: %s -> %s", self.short, self._last_status.value, status.value)
+            log.debug("alloc %s: %s -> %s", self.short, self._last_status.value, status.value)
             self._last_status = status
         if status in (AllocStatus.COMPLETE, AllocStatus.FAILED) and self.end_time is None:
             ends = [r.state.end_time for r in self.tasks.values() if r.state.end_time]

@@ -58,14 +58,18 @@ class AgentStore:
     def log_path(self, alloc_id: str, task: str, kind: str) -> str:
         return os.path.join(self.task_dir(alloc_id, task), f"{kind}.log")
 
-    def save_alloc(self, alloc_id: str, doc: dict) -> None:
-        """Persist an allocation; a no-op once it was removed."""
-        raw = json.dumps(doc, separators=(",", ":")).encode()
+    def save_alloc(self, alloc_id: str, doc: dict | bytes) -> None:
+        """Persist an allocation (a document, or its JSON); a no-op once it was removed."""
+        raw = doc if isinstance(doc, bytes) else json.dumps(doc, separators=(",", ":")).encode()
+        path = os.path.join(self.allocs_dir, alloc_id, ALLOC_FILE)
         with self._lock:
             if alloc_id in self._removed:
                 return
-            os.makedirs(self.alloc_dir(alloc_id), exist_ok=True)
-            _write_atomic(os.path.join(self.alloc_dir(alloc_id), ALLOC_FILE), raw)
+            try:
+                _write_atomic(path, raw)
+            except FileNotFoundError:       # its first write: make the directory
+                os.makedirs(self.alloc_dir(alloc_id), exist_ok=True)
+                _write_atomic(path, raw)
 
     def remove_alloc(self, alloc_id: str) -> None:
         """Delete the allocation's directory: state and logs."""
