@@ -64,3 +64,40 @@ class JsonConnection:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def disk_activity() -> tuple[int, int]:
+    """(I/Os completed so far, I/Os in flight) over every block device,
+    discards included (/proc/diskstats); (0, 0) where it cannot be read."""
+    done = inflight = 0
+    try:
+        with open("/proc/diskstats") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 12 or fields[2].startswith(("loop", "ram")):
+                    continue
+                numbers = [int(x) for x in fields[3:]]
+                done += numbers[0] + numbers[4] + (numbers[11] if len(numbers) > 11 else 0)
+                inflight += numbers[8]
+    except (OSError, ValueError):
+        pass
+    return done, inflight
+
+
+def wait_disk_quiet(quiet_s: float = 2.0, max_s: float = 90.0) -> float:
+    """After os.sync(), wait until no block device completes or holds an I/O
+    for `quiet_s` seconds (a disk mounted with `discard` keeps trimming the
+    blocks of deleted files for a while). Returns the seconds waited."""
+    import os
+    import time
+    started = time.monotonic()
+    os.sync()
+    last, quiet_since = None, time.monotonic()
+    while time.monotonic() - started < max_s:
+        now_state = disk_activity()
+        if now_state != last or now_state[1]:
+            last, quiet_since = now_state, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            break
+        time.sleep(0.25)
+    return time.monotonic() - started

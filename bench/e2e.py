@@ -44,7 +44,7 @@ import psutil
 import requests
 
 from benchutil import (JsonConnection, free_port, log, mb,  # bench/ is on sys.path
-                       percentile)
+                       percentile, wait_disk_quiet)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
@@ -191,10 +191,11 @@ class DevCluster:
         self._log.close()
 
 
-def settle(seconds: float = 1.0) -> None:
-    """Flush dirty files to disk and let the machine go quiet."""
-    os.sync()
-    time.sleep(seconds)
+def settle() -> None:
+    """Flush dirty files to disk and wait until the disks are quiet."""
+    waited = wait_disk_quiet()
+    if waited > 3:
+        log(f"waited {waited:.1f}s for the disks to go quiet")
 
 
 # ---- workloads ----------------------------------------------------------------
@@ -343,6 +344,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.pyz.is_file():
         sys.exit(f"{args.pyz} not found: build it with `python build/make_pyz.py`")
+    settle()            # not paying for whatever ran before us
     workdir = Path(tempfile.mkdtemp(prefix="orch-bench-e2e-", dir=args.workdir))
     shiv_root = workdir / "shiv"        # empty: the first launch extracts
     result: dict = {"nproc": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),

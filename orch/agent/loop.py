@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from orch.agent.fingerprint import Fingerprint
 from orch.config import AgentConfig
+from orch.memory import release_free_memory
 from orch.structs import TERMINAL_ALLOC
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class NodeLoop:
         self._thread = threading.Thread(target=self._run, name="node-loop", daemon=True)
         self._last_error = ""
         self._last_beat = 0.0               # monotonic time of the last heartbeat
+        self._busy = True                   # changes since memory was last trimmed
 
     def start(self) -> None:
         self._thread.start()
@@ -145,12 +147,20 @@ class NodeLoop:
                 self._wake.clear()
 
     def _idle_wait(self, interval: float) -> None:
-        """Wait for a change or the next interval; drop the connection meanwhile."""
+        """Wait for a change or the next interval; drop the connection meanwhile.
+
+        The first whole interval without a change after a busy spell (or
+        after registering) is also when the heap's freed pages go back."""
         idle = min(KEEPALIVE_IDLE, interval)
         if self._wake.wait(idle):
+            self._busy = True
             return
         self._session.close()           # its pools reopen on the next request
-        self._wake.wait(interval - idle)
+        if self._busy:
+            self._busy = False
+            release_free_memory()
+        if self._wake.wait(interval - idle):
+            self._busy = True
 
     def _register(self) -> bool:
         """Retry until registered; False if stopped first."""

@@ -34,11 +34,16 @@ PR_SET_PDEATHSIG = 1
 
 
 def program(argv0: str | None = None, executable: str | None = None) -> list[str]:
-    """How to run orch again: the zipapp we are running from, else ``-m orch``."""
+    """How to run orch again: the zipapp we are running from, else ``-m orch``.
+
+    The zipapp carries every package it needs, so its children run with
+    ``-S``: no site-packages of the host, whose ``.pth`` hooks would run (and
+    stay in memory) in every server and agent, or shadow our dependencies.
+    """
     argv0 = sys.argv[0] if argv0 is None else argv0
     executable = executable or sys.executable
     if argv0 and os.path.isfile(argv0) and zipfile.is_zipfile(argv0):
-        return [executable, os.path.abspath(argv0)]
+        return [executable, "-S", os.path.abspath(argv0)]
     return [executable, "-m", "orch"]
 
 

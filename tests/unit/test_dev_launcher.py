@@ -19,7 +19,7 @@ def test_program_reinvokes_a_zipapp(tmp_path, monkeypatch):
     with zipfile.ZipFile(pyz, "w") as zf:
         zf.writestr("__main__.py", "")
     monkeypatch.chdir(tmp_path)
-    assert program("orch.pyz", "/usr/bin/python3") == ["/usr/bin/python3", str(pyz)]
+    assert program("orch.pyz", "/usr/bin/python3") == ["/usr/bin/python3", "-S", str(pyz)]
 
 
 def test_program_uses_dash_m_outside_a_zipapp(tmp_path):
