@@ -211,3 +211,35 @@ def test_finished_allocations_are_sent_until_the_server_has_them(servers, agents
     assert wait_for(lambda: len(server.bodies("/heartbeat")) >= seen + 3, 5.0)
     later = server.bodies("/heartbeat")[seen:]
     assert all("done" not in body["allocations"] for _, body in later)
+
+
+def test_what_a_heartbeat_reports_is_on_disk_first(servers, agents, tmp_path):
+    """Between arrival and end, state is written by the loop before it reports it."""
+    server = servers()
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    agent.submit(alloc("a1", "sleep 30"))
+
+    def reported_running():
+        return any(b["allocations"].get("a1", {}).get("status") == "running"
+                   for _, b in server.bodies("/heartbeat"))
+    assert wait_for(reported_running, 5.0)
+    with open(tmp_path / "allocs" / "a1" / "alloc.json") as f:
+        doc = json.load(f)
+    assert doc["tasks"]["t"]["status"] == "running"
+    assert doc["handles"]["t"]["pid"] == agent.get("a1").tasks["t"]._handle.pid
+
+
+def test_a_stream_of_changes_is_reported_in_spaced_heartbeats(servers, agents, tmp_path):
+    from orch.agent.loop import MIN_SPACING
+    server = servers()
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    assert wait_for(lambda: len(server.bodies("/heartbeat")) == 1)
+    started = time.monotonic()
+    while time.monotonic() - started < 0.5:
+        agent.loop.notify()             # a change every millisecond
+        time.sleep(0.001)
+    took = time.monotonic() - started
+    beats = [t for t, _ in server.bodies("/heartbeat")[1:]]
+    assert beats, "changes must be reported"
+    # One heartbeat per MIN_SPACING at most (one more for the one in flight).
+    assert len(beats) <= took / MIN_SPACING + 2

@@ -368,3 +368,26 @@ def test_restore_takes_over_a_run_started_but_not_saved(env, tmp_path):
     assert second.wait(10)
     assert second.tasks["t"].state.exit_code == 5
     assert (tmp_path / "runs").read_text() == "ran\n"
+
+
+def test_the_written_state_is_the_document_and_lands_at_the_end(env, tmp_path):
+    runner = env(spec([task("t", "sleep 0.2")]))
+    path = tmp_path / "allocs" / "a1" / "alloc.json"
+    first = json.loads(path.read_text())           # written before the task started
+    assert first["spec"]["allocation_id"] == "a1"
+    assert runner.wait(5)
+    # The end is written at once, without a heartbeat loop to flush it.
+    on_disk = json.loads(path.read_text())
+    assert on_disk == json.loads(json.dumps(runner.to_doc()))
+    assert on_disk["tasks"]["t"]["status"] == "complete"
+
+
+def test_heartbeat_report_is_encoded_once_per_change(env):
+    runner = env(spec([task("t", "sleep 30")]))
+    assert wait_for(lambda: runner.status() == AllocStatus.RUNNING, 5)
+    status, encoded = runner.heartbeat_report()
+    assert status == "running" and json.loads(encoded) == runner.heartbeat_entry()
+    assert runner.heartbeat_report()[1] is encoded      # unchanged: the same string
+    runner.kill("test", fails=False)
+    status, again = runner.heartbeat_report()
+    assert status == "complete" and again is not encoded
