@@ -24,10 +24,12 @@ STALE_AFTER = 600.0         # seconds: an empty task cgroup this old is a leftov
 
 @dataclass(frozen=True)
 class TaskCgroup:
-    """What the supervisor needs: files to join, OOM counters, dirs to remove."""
+    """What the supervisor needs: files to join, OOM counters, dirs to remove,
+    and the agent's own cgroups (its home: it joins the task's to start it)."""
     procs: tuple[str, ...]
     oom_files: tuple[str, ...]
     dirs: tuple[str, ...]
+    home_procs: tuple[str, ...] = ()
 
 
 def cpu_shares(mhz: int) -> int:
@@ -147,7 +149,7 @@ class Cgroups:
             _write(os.path.join(path, "cpu.weight"), str(cpu_weight(shares)))
         return TaskCgroup(procs=(os.path.join(path, "cgroup.procs"),),
                           oom_files=(os.path.join(path, "memory.events"),),
-                          dirs=(path,))
+                          dirs=(path,), home_procs=(self._home("memory"),))
 
     # -- v1 ------------------------------------------------------------------
 
@@ -183,6 +185,7 @@ class Cgroups:
         mem = os.path.join(self._parents["memory"], name)
         os.makedirs(mem, exist_ok=True)
         procs, dirs = [os.path.join(mem, "cgroup.procs")], [mem]
+        homes = [self._home("memory")]
         if memory_mb > 0:
             limit = str(memory_mb * 1024 * 1024)
             _write(os.path.join(mem, "memory.limit_in_bytes"), limit)
@@ -195,9 +198,14 @@ class Cgroups:
             _write(os.path.join(cpu, "cpu.shares"), str(shares))
             procs.append(os.path.join(cpu, "cgroup.procs"))
             dirs.append(cpu)
+            homes.append(self._home("cpu"))
         return TaskCgroup(procs=tuple(procs),
                           oom_files=(os.path.join(mem, "memory.oom_control"),),
-                          dirs=tuple(dirs))
+                          dirs=tuple(dirs), home_procs=tuple(homes))
+
+    def _home(self, controller: str) -> str:
+        """cgroup.procs of the agent's own cgroup (the parent of our "orch" dir)."""
+        return os.path.join(os.path.dirname(self._parents[controller]), "cgroup.procs")
 
     def _v1_mounts(self) -> dict[str, str]:
         """controller -> mount point of its v1 hierarchy."""

@@ -206,7 +206,7 @@ class ExecDriver(Driver):
         if group is None:
             return {"watchdog_mb": memory}
         return {"cgroup_procs": list(group.procs), "cgroup_oom_files": list(group.oom_files),
-                "cgroup_dirs": list(group.dirs)}
+                "cgroup_dirs": list(group.dirs), "cgroup_home_procs": list(group.home_procs)}
 
     def wait(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
         if handle.exit_path is not None:
