@@ -238,6 +238,24 @@ def submit_to_running(url: str, jobs: int, prefix: str, poll_sleep: float) -> li
     return latencies
 
 
+def process_floor(total: int, threads: int) -> float:
+    """Baseline: `total` runs of what a batch job runs (`/bin/sh -c true`),
+    started and waited for from `threads` threads with subprocess, no orch.
+    Processes per second: what this machine can do at best, right now."""
+    shares = [total // threads + (1 if t < total % threads else 0) for t in range(threads)]
+
+    def run(count: int) -> None:
+        for _ in range(count):
+            subprocess.run(["/bin/sh", "-c", "true"], check=True)
+    workers = [threading.Thread(target=run, args=(n,)) for n in shares]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return total / (time.perf_counter() - started)
+
+
 def batch_throughput(url: str, total: int, threads: int, prefix: str) -> dict:
     """Submit `total` batch jobs (`true`) from `threads` threads; time until
     the server reports all of them complete."""
@@ -399,6 +417,11 @@ def main(argv=None) -> int:
         # with `discard`, the trims of the last run's clean-up) is not the
         # batch's work.
         settle()
+        floor = process_floor(args.batch, args.threads)
+        result["batch_floor_jobs_per_s"] = round(floor, 1)
+        log(f"baseline: {args.batch} `sh -c true` from {args.threads} threads "
+            f"without orch: {floor:.1f}/s")
+        settle()
         cpu0, me0 = cluster.cpu_seconds(), psutil.Process().cpu_times()
         batch = batch_throughput(cluster.url, args.batch, args.threads, "batch")
         cpu1, me1 = cluster.cpu_seconds(), psutil.Process().cpu_times()
@@ -407,6 +430,7 @@ def main(argv=None) -> int:
                                   * 1000 / args.batch, 2)
         batch["cpu_ms_per_job"] = per_job
         result["batch_jobs_per_s"] = batch["jobs_per_s"]
+        result["batch_vs_floor"] = round(batch["jobs_per_s"] / floor, 3)
         # agents_supervisors (with the tasks they reaped) is a part of agents.
         result["batch_cpu_ms_per_job"] = round(
             per_job["server"] + per_job["agents"] + per_job["client"], 2)
