@@ -14,13 +14,15 @@ Protocol, one JSON object per line:
     supervisor -> agent  {"id": n, "pid": p} | {"id": n, "error": ".."} | {"id": n, "claimed": true}
     supervisor -> agents {"exited": p}        after the run's exit file is written
 
-Each start of a task is one run with its own record, `claim_path`, created
-exclusively before the task starts and rewritten with its pid after: an
-agent killed between asking for a start and saving the handle finds the run
-there, and a start asked twice (by that agent, then by its successor) runs once.
-When the task ends, the supervisor kills what is left of its process group
-(the unit the agent signals), reaps it, and writes how it ended to
-`exit_path` (whole, by rename) before saying so.
+Each start of a task is one run with its own record, `record_path`, created
+exclusively before the task starts (a first JSON line), then appended to:
+the task's pid (or why it could not start), then how it ended. An agent
+killed between asking for a start and saving the handle finds the run
+there, and a start asked twice (by that agent, then by its successor) runs
+once. When the task ends, the supervisor kills what is left of its process
+group (the unit the agent signals), reaps it, and appends how it ended
+before saying so. Appending costs a write; creating and renaming files, on
+a busy disk, costs a hundred times more.
 
 Memory limit: a task in its cgroups (`cgroup_procs`, joined before exec) is
 held by the kernel; the supervisor only reads the OOM count afterwards and
@@ -56,7 +58,7 @@ def socket_address(name: str) -> bytes:
 
 class Run:
     """One started task: what the supervisor must do when it ends."""
-    __slots__ = ("popen", "pid", "exit_path", "watchdog_bytes", "oom", "oom_files",
+    __slots__ = ("popen", "pid", "record_path", "watchdog_bytes", "oom", "oom_files",
                  "cgroup_dirs")
 
     def __init__(self, popen: subprocess.Popen, spec: dict):
@@ -64,7 +66,7 @@ class Run:
         # subprocess never waits for it behind our back.
         self.popen = popen
         self.pid = popen.pid
-        self.exit_path = spec["exit_path"]
+        self.record_path = spec["record_path"]
         self.watchdog_bytes = (spec.get("watchdog_mb") or 0) * 1024 * 1024
         self.oom = False
         self.oom_files = spec.get("cgroup_oom_files") or []
@@ -185,8 +187,8 @@ class Supervisor:
     # -- starting -------------------------------------------------------------
 
     def _start(self, spec: dict) -> dict:
-        claim = spec.get("claim_path")
-        if claim and not _claim(claim):
+        record = spec["record_path"]
+        if not _claim(record):
             # The run was started already (by this supervisor, for an agent
             # that died before saving its handle): never twice.
             _remove_cgroups_now(spec.get("cgroup_dirs") or [])
@@ -195,21 +197,17 @@ class Supervisor:
             popen = _spawn(spec)
         except OSError as exc:
             error = _start_error(spec["argv"][0], exc)
-            if claim:
-                _write_json(claim, {"supervisor_pid": os.getpid(), "error": error})
+            _append(record, {"error": error})
             _remove_cgroups_now(spec.get("cgroup_dirs") or [])
             return {"error": error}
         pid = popen.pid
         self.runs[pid] = Run(popen, spec)
-        if claim:
-            try:
-                _write_json(claim, {"supervisor_pid": os.getpid(), "pid": pid,
-                                    "exit_path": spec["exit_path"],
-                                    "memory_mb": spec.get("memory_mb") or 0})
-            except OSError as exc:
-                # Its directory is gone already (a DELETE): the task is not wanted.
-                _note(f"cannot record the task's run: {exc}")
-                _killpg(pid, signal.SIGKILL)
+        try:
+            _append(record, {"pid": pid, "memory_mb": spec.get("memory_mb") or 0})
+        except OSError as exc:
+            # Its directory is gone already (a DELETE): the task is not wanted.
+            _note(f"cannot record the task's run: {exc}")
+            _killpg(pid, signal.SIGKILL)
         return {"pid": pid}
 
     # -- ending ---------------------------------------------------------------
@@ -240,7 +238,7 @@ class Supervisor:
     def _finish(self, run: Run, status: int) -> None:
         oom = run.oom or _cgroup_oom(run.oom_files)
         try:
-            _write_exit(run.exit_path, status, oom)
+            _append(run.record_path, _exit_doc(status, oom))
         except OSError as exc:
             _note(f"cannot record the task's exit: {exc}")
         # Usually empty at once (the group is dead and reaped); a busy one is
@@ -320,11 +318,11 @@ def _join(procs_files: list[str]) -> None:
 def _claim(path: str) -> bool:
     """Create the run's record exclusively: True if this start is the one."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
     except FileExistsError:
         return False
     try:
-        _write_all(fd, json.dumps({"supervisor_pid": os.getpid()}).encode())
+        _write_all(fd, json.dumps({"supervisor_pid": os.getpid()}).encode() + b"\n")
     finally:
         os.close(fd)
     return True
@@ -424,9 +422,10 @@ def _cgroup_oom(paths: list[str]) -> bool:
     return False
 
 
-def _write_exit(path: str, status: int | None, oom: bool) -> None:
+def _exit_doc(status: int | None, oom: bool) -> dict:
+    """How the task ended, as its record's last line."""
     if status is None:
-        doc = {"exit_code": None, "signal": None, "error": "task exit status lost"}
+        doc = {"exit_code": None, "signal": None, "exit_error": "task exit status lost"}
     elif os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         doc = {"exit_code": 128 + sig, "signal": sig}
@@ -434,18 +433,16 @@ def _write_exit(path: str, status: int | None, oom: bool) -> None:
         doc = {"exit_code": os.WEXITSTATUS(status), "signal": None}
     doc["oom_killed"] = oom
     doc["finished_at"] = time.time()
-    _write_json(path, doc)
+    return doc
 
 
-def _write_json(path: str, doc: dict) -> None:
-    """Whole or not at all: a reader never sees half a file."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def _append(path: str, doc: dict) -> None:
+    """One line, in one write, at the end of a run's record."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
-        _write_all(fd, json.dumps(doc).encode())
+        _write_all(fd, json.dumps(doc).encode() + b"\n")
     finally:
         os.close(fd)
-    os.replace(tmp, path)
 
 
 def _remove_cgroups_now(dirs: list[str]) -> None:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from orch.agent.drivers.exec import ExecDriver
+from orch.agent.drivers.exec import ExecDriver, read_record
 from orch.agent.drivers import DOCKER_FALLBACK, DOCKER_NO_COMMAND, select_driver
 from orch.agent.runner import LOST_ON_RESTART, AllocRunner, RestartTracker
 from orch.agent.spec import parse_alloc
@@ -291,7 +291,8 @@ def test_restore_reports_the_true_exit_of_a_task_that_ended_meanwhile(env, tmp_p
     assert wait_for(lambda: first.tasks["t"].handle_json is not None)
     doc = first.to_doc()
     gate.touch()                        # it ends while "no agent" watches it
-    assert wait_for(lambda: os.path.exists(doc["handles"]["t"]["exit_path"]))
+    record = doc["handles"]["t"]["record_path"]
+    assert wait_for(lambda: "exit_code" in (read_record(record) or {}))
     second = AllocRunner.restore(doc, first.spec, env.config, {"exec": ExecDriver()},
                                  env.store)
     second.start()

@@ -216,7 +216,7 @@ def test_handle_json_and_recover(run, driver):
     gone = subprocess.Popen(["true"])
     gone.wait()
     assert driver.recover({**data, "supervisor_pid": gone.pid, "pid": gone.pid,
-                           "exit_path": data["exit_path"] + ".none"}) is None
+                           "record_path": data["record_path"] + ".none"}) is None
     result = []
     waiter = threading.Thread(target=lambda: result.append(driver.wait(recovered, None)))
     waiter.start()

@@ -5,6 +5,7 @@ import socket
 
 import pytest
 
+from orch.agent.drivers.exec import read_record
 from orch.agent.drivers.supervision import SupervisorClient, supervisor_name
 from orch.agent.supervisor import socket_address
 from waiting import live, wait_for
@@ -39,8 +40,7 @@ def start_spec(tmp_path, name: str, argv: list[str]) -> dict:
     return {"argv": argv, "env": {"PATH": os.environ["PATH"]}, "cwd": str(tmp_path),
             "stdout": str(tmp_path / name / "stdout.log"),
             "stderr": str(tmp_path / name / "stderr.log"),
-            "claim_path": str(run_dir / "run-0.json"),
-            "exit_path": str(run_dir / "run-0.exit.json"), "memory_mb": 0, "user": None}
+            "record_path": str(run_dir / "run-0.json"), "memory_mb": 0, "user": None}
 
 
 def test_bad_requests_are_answered_and_do_not_stop_it(client, tmp_path):
@@ -61,14 +61,14 @@ def test_bad_requests_are_answered_and_do_not_stop_it(client, tmp_path):
 def test_every_agent_connected_hears_of_an_exit(client, tmp_path):
     warm = start_spec(tmp_path, "warm", ["true"])              # the supervisor is up
     client.start(warm)
-    assert wait_for(lambda: os.path.exists(warm["exit_path"]), 5.0)   # and quiet
+    assert wait_for(lambda: "exit_code" in (read_record(warm["record_path"]) or {}), 5.0)
     watcher = raw_connection(client.name)       # a second agent: it asked for nothing
     try:
         spec = start_spec(tmp_path, "t", ["sh", "-c", "sleep 0.2; exit 3"])
         answer, _, _ = client.start(spec)
         assert lines(watcher, 1) == [{"exited": answer["pid"]}]
-        with open(spec["exit_path"]) as f:
-            assert json.load(f)["exit_code"] == 3
+        record = read_record(spec["record_path"])
+        assert record["exit_code"] == 3 and record["pid"] == answer["pid"]
     finally:
         watcher.close()
 
@@ -82,8 +82,29 @@ def test_a_run_claimed_once_is_not_started_again(client, tmp_path):
 
 
 def test_a_failed_exec_is_an_error_answer(client, tmp_path):
-    answer, _, _ = client.start(start_spec(tmp_path, "t", ["/nonexistent/program"]))
+    spec = start_spec(tmp_path, "t", ["/nonexistent/program"])
+    answer, _, _ = client.start(spec)
     assert answer["error"] == "failed to start task: executable not found: /nonexistent/program"
+    assert read_record(spec["record_path"])["error"] == answer["error"]
+
+
+def test_the_record_is_one_file_of_whole_lines(client, tmp_path):
+    spec = start_spec(tmp_path, "t", ["sh", "-c", "exit 4"])
+    answer, sup_pid, _ = client.start(spec)
+    assert wait_for(lambda: "exit_code" in (read_record(spec["record_path"]) or {}), 5.0)
+    with open(spec["record_path"]) as f:
+        lines = [json.loads(line) for line in f.read().splitlines()]
+    assert lines[0] == {"supervisor_pid": sup_pid}
+    assert lines[1] == {"pid": answer["pid"], "memory_mb": 0}
+    assert lines[2]["exit_code"] == 4 and lines[2]["oom_killed"] is False
+    assert os.listdir(tmp_path / "t" / ".orch") == ["run-0.json"]
+
+
+def test_a_line_being_written_is_not_read(tmp_path):
+    path = tmp_path / "run-0.json"
+    path.write_text('{"supervisor_pid": 1}\n{"pid": 2, "memory_mb": 0}\n{"exit_co')
+    assert read_record(str(path)) == {"supervisor_pid": 1, "pid": 2, "memory_mb": 0}
+    assert read_record(str(tmp_path / "none.json")) is None
 
 
 def test_it_leaves_when_no_agent_and_no_task_is_left(tmp_path):

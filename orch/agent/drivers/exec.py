@@ -3,11 +3,11 @@
 `command` as a string runs through `/bin/sh -c` (with `args` appended,
 shell-quoted); as a list it is exec'd directly. Tasks are started, reaped and
 recorded by one small supervisor process per agent (`orch.agent.supervisor`,
-reached through `supervision.SupervisorClient`) that outlives the agent: it
-records each run (start) of a task under `<task dir>/.orch/`: `run-<n>.json`
-(claimed before the start, then its pid) and `run-<n>.exit.json` (how it
-ended). A restarted agent reattaches through these files, also to a run it
-asked for but had not yet saved the handle of. The process group is the unit
+reached through `supervision.SupervisorClient`) that outlives the agent: each
+run (start) of a task has a record, `<task dir>/.orch/run-<n>.json`, claimed
+before the start, then appended to: its pid, then how it ended (see
+`read_record`). A restarted agent reattaches through these records, also to
+a run it asked for but had not yet saved the handle of. The process group is the unit
 of control, as in supervisor/circus: SIGTERM to the group, poll, then SIGKILL.
 
 Memory (a hard limit, swap included) and CPU weight go into a cgroup per task
@@ -54,7 +54,7 @@ class ExecHandle:
     create_time: float | None = None
     supervisor_pid: int | None = None
     supervisor_create_time: float | None = None
-    exit_path: str | None = None
+    record_path: str | None = None      # the run's record (None: a legacy pid-only handle)
     memory_mb: int = 0
 
 
@@ -127,11 +127,11 @@ class ExecDriver(Driver):
         if self._user is not None:          # the task's own dir is writable by it
             _chown(ctx.task_dir, self._user)
         cwd = resolve_cwd(ctx)
-        claim_path, exit_path = run_paths(ctx)
-        os.makedirs(os.path.dirname(claim_path), exist_ok=True)
+        record_path = run_path(ctx)
+        os.makedirs(os.path.dirname(record_path), exist_ok=True)
         spec = {"argv": argv, "env": env, "cwd": cwd, "stdout": ctx.stdout_path,
-                "stderr": ctx.stderr_path, "claim_path": claim_path,
-                "exit_path": exit_path, "memory_mb": ctx.resources.memory,
+                "stderr": ctx.stderr_path, "record_path": record_path,
+                "memory_mb": ctx.resources.memory,
                 "user": self._user}
         spec.update(self._limits(ctx))
         try:
@@ -148,7 +148,7 @@ class ExecDriver(Driver):
                   ctx.task_name, pid, sup_pid)
         return ExecHandle(pid=pid, pgid=pid, create_time=_create_time(pid),
                           supervisor_pid=sup_pid, supervisor_create_time=sup_created,
-                          exit_path=exit_path, memory_mb=ctx.resources.memory)
+                          record_path=record_path, memory_mb=ctx.resources.memory)
 
     def _cgroups_unused(self, spec: dict) -> None:
         """The supervisor never got the start: its cgroups are ours to remove."""
@@ -162,7 +162,7 @@ class ExecDriver(Driver):
         """This run was started by an earlier agent's supervisor: take it over."""
         handle = self.find(ctx)
         if handle is None:
-            doc = _read_json(run_paths(ctx)[0]) or {}
+            doc = read_record(run_path(ctx)) or {}
             raise DriverError(doc.get("error") or (
                 f"task run {ctx.attempt} was claimed by a supervisor that did not start it"))
         log.info("exec alloc=%s task=%s run %d already started by an earlier "
@@ -172,10 +172,10 @@ class ExecDriver(Driver):
 
     def find(self, ctx: TaskContext) -> ExecHandle | None:
         """The run of this start, from its record in the task dir, if it was started."""
-        claim_path, exit_path = run_paths(ctx)
+        path = run_path(ctx)
         deadline = time.monotonic() + CLAIM_WAIT
         while True:
-            doc = _read_json(claim_path)
+            doc = read_record(path)
             if doc is None:
                 return None                 # never started
             if "pid" in doc or "error" in doc:
@@ -189,9 +189,8 @@ class ExecDriver(Driver):
         pid = int(doc["pid"])
         handle = ExecHandle(pid=pid, pgid=pid, create_time=None,
                             supervisor_pid=doc.get("supervisor_pid"),
-                            exit_path=doc.get("exit_path") or exit_path,
-                            memory_mb=int(doc.get("memory_mb") or 0))
-        if os.path.exists(handle.exit_path) or self._supervised(handle):
+                            record_path=path, memory_mb=int(doc.get("memory_mb") or 0))
+        if _ended(doc) or self._supervised(handle):
             return handle
         return None
 
@@ -209,7 +208,7 @@ class ExecDriver(Driver):
                 "cgroup_dirs": list(group.dirs), "cgroup_home_procs": list(group.home_procs)}
 
     def wait(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
-        if handle.exit_path is not None:
+        if handle.record_path is not None:
             return self._wait_supervised(handle, timeout)
         # A handle of an older agent without a supervisor: its pid is all we have.
         if not self._wait_foreign(handle, timeout):
@@ -221,18 +220,21 @@ class ExecDriver(Driver):
             "task exited while the agent was not its parent: exit status unknown"))
 
     def _wait_supervised(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
-        """Until the exit file is there: the supervisor we are connected to says
-        when; one we are not (an earlier agent's) is checked every FOREIGN_POLL."""
+        """Until the run's record says how it ended: the supervisor we are
+        connected to says when; one we are not (an earlier agent's) is
+        checked every FOREIGN_POLL."""
         deadline = None if timeout is None else time.monotonic() + timeout
         ended = self._supervisor.watch(handle.pid)
         try:
             while True:
                 ended.clear()
-                if os.path.exists(handle.exit_path):
+                record = read_record(handle.record_path)
+                if _ended(record):
                     break
                 ours = self._supervisor.serves(handle.supervisor_pid)
                 if not ours and not self._supervised(handle):
-                    if os.path.exists(handle.exit_path):    # written as it left
+                    record = read_record(handle.record_path)
+                    if _ended(record):                  # written as it left
                         break
                     _kill_orphan(handle)
                     return ExitResult(exit_code=None, error=STATUS_LOST)
@@ -245,10 +247,10 @@ class ExecDriver(Driver):
                 ended.wait(wait)
         finally:
             self._supervisor.unwatch(handle.pid, ended)
-        return read_exit(handle.exit_path, handle.memory_mb)
+        return exit_result(record, handle.memory_mb)
 
     def stop(self, handle: ExecHandle, timeout: float) -> None:
-        if handle.exit_path is not None and os.path.exists(handle.exit_path):
+        if handle.record_path is not None and _ended(read_record(handle.record_path)):
             return                          # over already: its pid may be another's now
         escaped = _descendants(handle.pid)
         _signal_group(handle.pgid, signal.SIGTERM)
@@ -268,7 +270,7 @@ class ExecDriver(Driver):
                 "create_time": handle.create_time,
                 "supervisor_pid": handle.supervisor_pid,
                 "supervisor_create_time": handle.supervisor_create_time,
-                "exit_path": handle.exit_path, "memory_mb": handle.memory_mb}
+                "record_path": handle.record_path, "memory_mb": handle.memory_mb}
 
     def recover(self, handle_json: dict) -> ExecHandle | None:
         try:
@@ -280,14 +282,14 @@ class ExecDriver(Driver):
         except (KeyError, TypeError, ValueError):
             return None
         created = handle_json.get("create_time")
-        exit_path = handle_json.get("exit_path")
+        record_path = handle_json.get("record_path")
         handle = ExecHandle(pid=pid, pgid=pgid, create_time=created,
                             supervisor_pid=sup_pid,
                             supervisor_create_time=handle_json.get("supervisor_create_time"),
-                            exit_path=exit_path, memory_mb=memory_mb)
-        if exit_path:
-            # Ended while we were away (the file says how), or still supervised.
-            if os.path.exists(exit_path) or self._supervised(handle):
+                            record_path=record_path, memory_mb=memory_mb)
+        if record_path:
+            # Ended while we were away (the record says how), or still supervised.
+            if _ended(read_record(record_path)) or self._supervised(handle):
                 return handle
             _kill_orphan(handle)
             return None
@@ -303,7 +305,7 @@ class ExecDriver(Driver):
     def _wait_group_gone(self, handle: ExecHandle, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while True:
-            if handle.exit_path is not None and os.path.exists(handle.exit_path):
+            if handle.record_path is not None and _ended(read_record(handle.record_path)):
                 return True             # reaped, its group killed, by the supervisor
             if not _group_alive(handle.pgid):
                 return True
@@ -313,9 +315,10 @@ class ExecDriver(Driver):
 
     def _wait_foreign(self, handle: ExecHandle, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        if handle.exit_path is not None:
+        if handle.record_path is not None:
             def running():
-                return not os.path.exists(handle.exit_path) and self._supervised(handle)
+                return (not _ended(read_record(handle.record_path))
+                        and self._supervised(handle))
         else:
             def running():
                 return _alive(handle.pid, handle.create_time)
@@ -326,23 +329,49 @@ class ExecDriver(Driver):
         return True
 
 
-def run_paths(ctx: TaskContext) -> tuple[str, str]:
-    """The record and the exit file of this start (run) of the task."""
-    base = os.path.join(ctx.task_dir, RUN_DIR, f"run-{ctx.attempt}")
-    return f"{base}.json", f"{base}.exit.json"
+def run_path(ctx: TaskContext) -> str:
+    """The record of this start (run) of the task."""
+    return os.path.join(ctx.task_dir, RUN_DIR, f"run-{ctx.attempt}.json")
 
 
-def read_exit(path: str, memory_mb: int) -> ExitResult:
-    """The supervisor's record of how a task ended."""
-    doc = _read_json(path)
-    if doc is None:
+def read_record(path: str) -> dict | None:
+    """A run's record: its JSON lines merged in order, None if it has none.
+
+    The supervisor claims the run with a first line (`supervisor_pid`), then
+    appends the task's `pid` (or a start `error`), then how it ended
+    (`exit_code`, `signal`, `oom_killed`): appends are cheap where creating
+    and renaming files is not. A line not yet whole is not read.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    doc: dict = {}
+    for line in data.split(b"\n"):
+        try:
+            part = json.loads(line)
+        except ValueError:
+            continue                        # empty, or being written
+        if isinstance(part, dict):
+            doc.update(part)
+    return doc or None
+
+
+def _ended(record: dict | None) -> bool:
+    return record is not None and "exit_code" in record
+
+
+def exit_result(record: dict | None, memory_mb: int) -> ExitResult:
+    """How a task ended, from its run's record."""
+    if not _ended(record):
         return ExitResult(exit_code=None, error=STATUS_LOST)
-    code, sig = doc.get("exit_code"), doc.get("signal")
-    if doc.get("oom_killed"):
+    code, sig = record.get("exit_code"), record.get("signal")
+    if record.get("oom_killed"):
         return ExitResult(exit_code=code, signal=sig, oom_killed=True,
                           error=oom_error(memory_mb))
     if code is None:
-        return ExitResult(exit_code=None, error=doc.get("error") or STATUS_LOST)
+        return ExitResult(exit_code=None, error=record.get("exit_error") or STATUS_LOST)
     if sig:
         return ExitResult(exit_code=code, signal=sig, error=f"killed by signal {sig}")
     return ExitResult(exit_code=code)
@@ -366,15 +395,6 @@ def _chown(path: str, user: dict) -> None:
         os.chown(path, user["uid"], user["gid"])
     except OSError as exc:
         raise DriverError(f"cannot give the task dir to user {user['name']}: {exc.strerror}")
-
-
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def _kill_orphan(handle: ExecHandle) -> None:
