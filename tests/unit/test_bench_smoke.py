@@ -24,3 +24,13 @@ def test_scheduler_bench_smoke_prints_json_last():
     assert 0 < summary["fill_ratio"] <= 1
     assert summary["rss_mb"] > 0
     assert summary["c1m_placed"] > 0
+
+
+def test_fsops_measures_and_cleans_up(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "fsops.py"), str(tmp_path),
+         "--tasks", "5", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["cpu_ms_per_task"][str(tmp_path)] > 0
+    assert list(tmp_path.iterdir()) == []
