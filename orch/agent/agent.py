@@ -102,24 +102,19 @@ class Agent:
     def heartbeat_allocations(self, exclude: set | frozenset = frozenset()) -> dict:
         """Heartbeat entries of every allocation not in `exclude` (finished
         ones the server has already taken), each written to disk first."""
-        entries = {}
-        for runner in self.allocations():
-            alloc_id = runner.spec.allocation_id
-            if alloc_id not in exclude:
-                runner.persist()
-                entries[alloc_id] = runner.heartbeat_entry()
-        return entries
+        return {r.spec.allocation_id: r.heartbeat_entry() for r in self._reported(exclude)}
 
     def heartbeat_reports(self, exclude: set | frozenset = frozenset()) -> dict:
         """{alloc id: (status, entry JSON)} for the heartbeat loop, as
         `heartbeat_allocations` but encoded (once per change)."""
-        reports = {}
+        return {r.spec.allocation_id: r.heartbeat_report() for r in self._reported(exclude)}
+
+    def _reported(self, exclude):
+        """The allocations a heartbeat carries; what it says is on disk first."""
         for runner in self.allocations():
-            alloc_id = runner.spec.allocation_id
-            if alloc_id not in exclude:
+            if runner.spec.allocation_id not in exclude:
                 runner.persist()
-                reports[alloc_id] = runner.heartbeat_report()
-        return reports
+                yield runner
 
     def persist(self) -> None:
         """Write every allocation's unwritten changes (shutdown)."""

@@ -51,6 +51,24 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 READY = b"ready\n"
 IN_USE = b"in-use\n"
 
+def receive(sock: socket.socket) -> bytes:
+    """What the peer sent; b"" once it is gone (closed, reset)."""
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+def take_lines(buf: bytearray) -> list[bytes]:
+    """The whole lines at the front of `buf`, taken off it (a partial one waits)."""
+    end = buf.rfind(b"\n")
+    if end < 0:
+        return []
+    lines = bytes(buf[:end]).split(b"\n")
+    del buf[:end + 1]
+    return lines
+
+
 def socket_address(name: str) -> bytes:
     """The abstract-namespace address: no file to leave behind, no path length limit."""
     return b"\0" + name.encode()
@@ -145,20 +163,12 @@ class Supervisor:
 
     def _read(self, conn: socket.socket) -> None:
         _, buf = self.clients[conn.fileno()]
-        try:
-            data = conn.recv(65536)
-        except OSError:
-            data = b""
+        data = receive(conn)
         if not data:
             self._drop(conn)
             return
         buf += data
-        while True:
-            end = buf.find(b"\n")
-            if end < 0:
-                return
-            line = bytes(buf[:end])
-            del buf[:end + 1]
+        for line in take_lines(buf):
             request: dict = {}
             try:
                 request = json.loads(line)

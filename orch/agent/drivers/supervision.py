@@ -24,7 +24,7 @@ import uuid
 import psutil
 
 import orch
-from orch.agent.supervisor import IN_USE, READY, socket_address
+from orch.agent.supervisor import IN_USE, READY, receive, socket_address, take_lines
 from orch.errors import DriverError
 
 log = logging.getLogger(__name__)
@@ -206,17 +206,12 @@ class SupervisorClient:
     def _read(self, sock: socket.socket) -> None:
         buf = bytearray()
         while True:
-            try:
-                data = sock.recv(65536)
-            except OSError:
-                data = b""
+            data = receive(sock)
             if not data:
                 self._lost(sock)
                 return
             buf += data
-            while (end := buf.find(b"\n")) >= 0:
-                line = bytes(buf[:end])
-                del buf[:end + 1]
+            for line in take_lines(buf):
                 try:
                     self._dispatch(json.loads(line))
                 except (ValueError, TypeError, AttributeError):
