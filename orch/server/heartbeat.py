@@ -61,6 +61,12 @@ class HeartbeatMonitor:
             if self._deadlines.get(node_id) == deadline:
                 del self._deadlines[node_id]
                 expired.append(node_id)
+        # Entries superseded by a later heartbeat go now, not when they fall
+        # due: the head is then a live deadline, and the monitor sleeps until
+        # it instead of waking for every node that beat (500 times a second
+        # with 5,000 nodes every 10 s).
+        while self._heap and self._deadlines.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
         return expired
 
     def _run(self) -> None:
