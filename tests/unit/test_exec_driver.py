@@ -314,3 +314,13 @@ def test_a_task_whose_supervisor_died_is_killed_not_left_behind(run, driver):
     result = driver.wait(handle, 5)
     assert result.exit_code is None and "supervisor" in result.error
     assert wait_for(lambda: not live(handle.pid))
+
+
+def test_after_its_supervisor_died_the_next_start_brings_up_another(run, driver):
+    _, first = run.start({"command": "sleep 300"})
+    os.kill(first.supervisor_pid, signal.SIGKILL)
+    assert driver.wait(first, 5).exit_code is None
+    ctx, result = run({"command": "exit 6"}, name="next")
+    assert result.exit_code == 6
+    _, second = run.start({"command": "sleep 300"}, name="third")
+    assert second.supervisor_pid != first.supervisor_pid and live(second.supervisor_pid)
