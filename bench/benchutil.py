@@ -1,7 +1,12 @@
 """Small helpers every benchmark script shares."""
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import socket
+import time
+from urllib.parse import urlsplit
 
 
 def log(line: str) -> None:
@@ -33,16 +38,12 @@ class JsonConnection:
     """
 
     def __init__(self, url: str, timeout: float = 30.0):
-        import http.client
-        from urllib.parse import urlsplit
         parts = urlsplit(url)
         self._new = lambda: http.client.HTTPConnection(parts.hostname, parts.port,
                                                        timeout=timeout)
         self._conn = self._new()
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        import http.client
-        import json
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
         for attempt in (1, 2):
@@ -88,8 +89,6 @@ def wait_disk_quiet(quiet_s: float = 2.0, max_s: float = 90.0) -> float:
     """After os.sync(), wait until no block device completes or holds an I/O
     for `quiet_s` seconds (a disk mounted with `discard` keeps trimming the
     blocks of deleted files for a while). Returns the seconds waited."""
-    import os
-    import time
     started = time.monotonic()
     os.sync()
     last, quiet_since = None, time.monotonic()
@@ -101,3 +100,16 @@ def wait_disk_quiet(quiet_s: float = 2.0, max_s: float = 90.0) -> float:
             break
         time.sleep(0.25)
     return time.monotonic() - started
+
+
+def check_targets(result: dict, targets: dict, higher_is_better: set = frozenset()) -> bool:
+    """Log each figure against its target; True if every one is met."""
+    met = []
+    for key, target in targets.items():
+        value = result.get(key)
+        higher = key in higher_is_better
+        ok = value is not None and (value >= target if higher else value <= target)
+        met.append(ok)
+        log(f"  {key:28} {value!s:>8}  target {'>=' if higher else '<='} {target:g}"
+            f"  {'ok' if ok else 'MISSED'}")
+    return all(met)

@@ -43,8 +43,8 @@ from pathlib import Path
 import psutil
 import requests
 
-from benchutil import (JsonConnection, free_port, log, mb,  # bench/ is on sys.path
-                       percentile, wait_disk_quiet)
+from benchutil import (JsonConnection, check_targets, free_port,  # bench/ is on sys.path
+                       log, mb, percentile, wait_disk_quiet)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
@@ -453,15 +453,7 @@ def main(argv=None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
             settle()                    # the next run does not pay for our files
 
-    verdicts = []
-    for key, target in TARGETS.items():
-        value = result.get(key)
-        better_high = key == "batch_jobs_per_s"
-        ok = value is not None and (value >= target if better_high else value <= target)
-        verdicts.append(ok)
-        log(f"  {key:18} {value!s:>8}  target {'>=' if better_high else '<='} {target:g}"
-            f"  {'ok' if ok else 'MISSED'}")
-    result["targets_met"] = all(verdicts)
+    result["targets_met"] = check_targets(result, TARGETS, higher_is_better={"batch_jobs_per_s"})
     if args.json:
         print(json.dumps(result), flush=True)
     return 0

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import psutil
 
-from benchutil import free_port, log, percentile  # the bench/ folder is on sys.path
+from benchutil import check_targets, free_port, log, percentile  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
@@ -530,12 +530,7 @@ def main(argv=None) -> int:
         f"wanted, p50 {result['heartbeat_p50_ms']} ms p99 {result['heartbeat_p99_ms']} ms, "
         f"{result['heartbeat_errors']} errors, {result['heartbeats_late']} late; "
         f"server RSS {result['server_rss_mb']} MB")
-    met = []
-    for key, target in TARGETS.items():
-        ok = result[key] <= target
-        met.append(ok)
-        log(f"  {key:28} {result[key]!s:>8}  target <= {target:g}  {'ok' if ok else 'MISSED'}")
-    result["targets_met"] = all(met)
+    result["targets_met"] = check_targets(result, TARGETS)
     if args.json:
         print(json.dumps(result), flush=True)
     return 0

@@ -10,10 +10,6 @@ a no-op.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import logging
-
-log = logging.getLogger(__name__)
 
 _trim = None
 
@@ -22,8 +18,9 @@ def _load():
     global _trim
     if _trim is None:
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _trim = libc.malloc_trim
+            # The process's own symbols, libc's among them: no library search
+            # (ctypes.util.find_library would run ldconfig in a subprocess).
+            _trim = ctypes.CDLL(None).malloc_trim
             _trim.argtypes, _trim.restype = [ctypes.c_size_t], ctypes.c_int
         except (OSError, AttributeError):
             _trim = False

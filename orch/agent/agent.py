@@ -99,14 +99,10 @@ class Agent:
         with self._lock:
             return list(self._allocs.values())
 
-    def heartbeat_allocations(self, exclude: set | frozenset = frozenset()) -> dict:
-        """Heartbeat entries of every allocation not in `exclude` (finished
-        ones the server has already taken), each written to disk first."""
-        return {r.spec.allocation_id: r.heartbeat_entry() for r in self._reported(exclude)}
-
     def heartbeat_reports(self, exclude: set | frozenset = frozenset()) -> dict:
-        """{alloc id: (status, entry JSON)} for the heartbeat loop, as
-        `heartbeat_allocations` but encoded (once per change)."""
+        """{alloc id: (status, entry JSON)} of every allocation not in
+        `exclude` (finished ones the server has already taken): what a
+        heartbeat carries, encoded once per change, on disk first."""
         return {r.spec.allocation_id: r.heartbeat_report() for r in self._reported(exclude)}
 
     def _reported(self, exclude):

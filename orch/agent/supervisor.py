@@ -201,14 +201,14 @@ class Supervisor:
         if not _claim(record):
             # The run was started already (by this supervisor, for an agent
             # that died before saving its handle): never twice.
-            _remove_cgroups_now(spec.get("cgroup_dirs") or [])
+            remove_cgroups(spec.get("cgroup_dirs") or [])
             return {"claimed": True}
         try:
             popen = _spawn(spec)
         except OSError as exc:
             error = _start_error(spec["argv"][0], exc)
             _append(record, {"error": error})
-            _remove_cgroups_now(spec.get("cgroup_dirs") or [])
+            remove_cgroups(spec.get("cgroup_dirs") or [])
             return {"error": error}
         pid = popen.pid
         self.runs[pid] = Run(popen, spec)
@@ -455,7 +455,7 @@ def _append(path: str, doc: dict) -> None:
         os.close(fd)
 
 
-def _remove_cgroups_now(dirs: list[str]) -> None:
+def remove_cgroups(dirs: list[str]) -> None:
     """Cgroups no process ever joined: empty, so removable at once."""
     for path in dirs:
         try:

@@ -11,7 +11,7 @@ from orch.agent.agent import Agent, HttpServer
 from orch.agent.api import make_app
 from orch.config import AgentConfig
 from orch.errors import OrchError
-from waiting import live, wait_for
+from waiting import live, reported, wait_for
 
 TIMEOUT = 5
 
@@ -156,7 +156,7 @@ def test_delete_kills_and_removes(url, http, agent):
     assert not any(live(pid) for pid in pids)
     assert_json_error(http.get(f"{url}/allocations/a1", timeout=TIMEOUT), 404,
                       "Allocation not found")
-    assert "a1" not in agent.heartbeat_allocations()
+    assert "a1" not in reported(agent)
     assert not os.path.exists(agent.store.alloc_dir("a1"))
 
 

@@ -20,7 +20,7 @@ from orch.agent.spec import parse_alloc
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig
 from orch.structs import AllocStatus, Resources
-from waiting import live, wait_for
+from waiting import live, reported, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -93,7 +93,7 @@ def test_restarted_agent_reports_and_reattaches(tmp_path):
     try:
         assert second.node_id == first.node_id
         assert second.restore() == 3
-        beat = second.heartbeat_allocations()
+        beat = reported(second)
         assert beat["live"]["status"] == "running"
         assert beat["done"]["status"] == "failed"
         assert beat["done"]["tasks"]["t"]["exit_code"] == 5
@@ -179,7 +179,7 @@ def test_restore_finishes_an_interrupted_delete(tmp_path):
         assert agent.restore() == 0
         assert not live(handle.pid)
         assert not os.path.exists(store.alloc_dir("a1"))
-        assert agent.heartbeat_allocations() == {}
+        assert reported(agent) == {}
     finally:
         agent.shutdown(stop_tasks=True)
         driver.stop(handle, 0.5)

@@ -1,6 +1,7 @@
 """Polling helpers shared by the unit tests that run real processes."""
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -35,3 +36,9 @@ def group_pids(pgid: int) -> list[int]:
         except (OSError, psutil.Error):
             continue
     return pids
+
+
+def reported(agent) -> dict:
+    """What the agent's next heartbeat would carry, decoded: {alloc id: entry}."""
+    return {alloc_id: json.loads(entry)
+            for alloc_id, (_, entry) in agent.heartbeat_reports().items()}

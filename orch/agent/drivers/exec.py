@@ -32,6 +32,7 @@ import psutil
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import Cgroups, cpu_shares
 from orch.agent.drivers.supervision import SupervisorClient, supervisor_name
+from orch.agent.supervisor import remove_cgroups
 from orch.errors import DriverError
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class ExecDriver(Driver):
         try:
             answer, sup_pid, sup_created = self._supervisor.start(spec)
         except DriverError:
-            self._cgroups_unused(spec)
+            remove_cgroups(spec.get("cgroup_dirs") or [])    # it never got them
             raise
         if "error" in answer:
             raise DriverError(answer["error"])
@@ -149,14 +150,6 @@ class ExecDriver(Driver):
         return ExecHandle(pid=pid, pgid=pid, create_time=_create_time(pid),
                           supervisor_pid=sup_pid, supervisor_create_time=sup_created,
                           record_path=record_path, memory_mb=ctx.resources.memory)
-
-    def _cgroups_unused(self, spec: dict) -> None:
-        """The supervisor never got the start: its cgroups are ours to remove."""
-        for path in spec.get("cgroup_dirs") or []:
-            try:
-                os.rmdir(path)
-            except OSError:
-                pass
 
     def _claimed(self, ctx: TaskContext) -> ExecHandle:
         """This run was started by an earlier agent's supervisor: take it over."""

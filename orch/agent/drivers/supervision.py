@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import os
+import selectors
 import socket
 import subprocess
 import sys
@@ -247,7 +248,6 @@ class SupervisorClient:
 
 def _read_line(stream, timeout: float) -> bytes:
     """One line from a child's stdout, or b"" after `timeout` seconds."""
-    import selectors
     with selectors.DefaultSelector() as sel:
         sel.register(stream, selectors.EVENT_READ)
         if not sel.select(timeout):
