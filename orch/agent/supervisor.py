@@ -12,7 +12,7 @@ connected and no task left leaves too.
 Protocol, one JSON object per line:
     agent -> supervisor  {"id": n, "start": {spec}}
     supervisor -> agent  {"id": n, "pid": p} | {"id": n, "error": ".."} | {"id": n, "claimed": true}
-    supervisor -> agents {"exited": p}        after the run's exit file is written
+    supervisor -> agents {"exited": p}        once the run's record says how it ended
 
 Each start of a task is one run with its own record, `record_path`, created
 exclusively before the task starts (a first JSON line), then appended to:
