@@ -51,7 +51,9 @@ def job_plan(args, client: Client) -> int:
 
 def plan_text(plan: dict, path: str, paint: Style = Style(False)) -> str:
     job_id = plan.get("job_id")
-    if plan.get("exists"):
+    if plan.get("exists") and plan.get("changed") is False:
+        head = f'Job "{job_id}": no change (version {plan.get("current_version")})'
+    elif plan.get("exists"):
         head = (f'Job "{job_id}": update, version {plan.get("current_version")}'
                 f' -> {plan.get("version")}')
     else:

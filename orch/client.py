@@ -172,10 +172,8 @@ class _Resource:
 
 class Jobs(_Resource):
     def submit(self, spec: dict) -> dict:
-        """Register a job: PUT when its job_id already exists, else POST."""
-        job_id = spec.get("job_id")
-        if job_id and self.exists(job_id):
-            return self._client.call("PUT", f"/jobs/{_seg(job_id)}", json=spec)
+        """Register a job: POST creates it or updates the job of that job_id
+        (one request, so no job can appear or go between a check and a write)."""
         return self._client.call("POST", "/jobs", json=spec)
 
     def plan(self, spec: dict) -> dict:

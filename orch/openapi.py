@@ -43,7 +43,7 @@ _HEARTBEAT = {"type": "object", "required": ["node_id"], "properties": {
 _PLAN = {"type": "object", "required": ["job_id", "diff", "failures", "version"],
          "properties": {
              "job_id": {"type": "string"}, "exists": {"type": "boolean"},
-             "version": {"type": "integer"},
+             "changed": {"type": "boolean"}, "version": {"type": "integer"},
              "current_version": {"type": "integer", "nullable": True},
              "diff": {"type": "object", "additionalProperties": {
                  "type": "object", "properties": {

@@ -189,6 +189,13 @@ class Job:
                 "status": self.status.value, "stopped": self.stopped,
                 "version": self.version, "submit_time": self.submit_time}
 
+    def spec(self) -> dict:
+        """What was submitted: to_dict without the fields the server sets."""
+        out = self.to_dict()
+        for key in ("status", "stopped", "version", "submit_time"):
+            del out[key]
+        return out
+
 
 @dataclass
 class Node:

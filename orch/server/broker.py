@@ -86,12 +86,19 @@ class EvalBroker:
             return len(blocked)
 
     def cancel_job(self, job_id: str) -> list[Evaluation]:
-        """Drop queued and blocked evaluations of a job; returns them."""
+        """Drop queued, blocked and delayed evaluations of a job; returns them.
+
+        One in flight stays with its worker, which finds the job stopped or
+        gone when it commits."""
         with self._cond:
             dropped = list(self._pending.pop(job_id, {}).values())
             blocked = self._blocked.pop(job_id, None)
             if blocked is not None:
                 dropped.append(blocked)
+            if any(entry[2].job_id == job_id for entry in self._delayed):
+                dropped += [e for _, _, e in self._delayed if e.job_id == job_id]
+                self._delayed = [d for d in self._delayed if d[2].job_id != job_id]
+                heapq.heapify(self._delayed)
             return dropped
 
     # ---- consumers ------------------------------------------------------

@@ -101,8 +101,10 @@ def dry_run(server, body) -> dict:
     store = server.store
     job = parse_job(body, max_count=server.config.max_count)
     existing = store.get_job(job.job_id)
+    # As submit_job: the same spec, on a running job, is no change at all.
+    changed = existing is None or existing.stopped or existing.spec() != job.spec()
     if existing is not None:
-        job = replace(job, version=existing.version + 1)
+        job = replace(job, version=existing.version + int(changed))
     allocs = store.allocs_for_job(job.job_id) if existing is not None else []
     now = time.time()
     evaluation = Evaluation(eval_id=new_id(), job_id=job.job_id,
@@ -115,7 +117,7 @@ def dry_run(server, body) -> dict:
     failures = {name: {"wanted": f.get("wanted", 0), "failures": dict(f.get("failures", {})),
                        "nodes": details.get(name, [])}
                 for name, f in plan.failed.items()}
-    return {"job_id": job.job_id, "exists": existing is not None,
+    return {"job_id": job.job_id, "exists": existing is not None, "changed": changed,
             "version": job.version,
             "current_version": existing.version if existing is not None else None,
             "diff": plan_diff(plan, job, existing, allocs), "failures": failures}

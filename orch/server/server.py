@@ -10,7 +10,7 @@ import logging
 import time
 
 from orch.config import ServerConfig
-from orch.errors import Conflict, NotFound, StorageError, ValidationError
+from orch.errors import NotFound, StorageError, ValidationError
 from orch.jobspec import parse_job
 from orch.security import check_bind
 from orch.server import views
@@ -83,7 +83,8 @@ class Server:
         now = time.time()
         evals = [new_eval(job_id, trigger, now, node_id) for job_id in job_ids]
         if evals:
-            self.store.put_evals(evals)
+            # Those of a job purged meanwhile are not stored: not queued either.
+            evals = self.store.put_evals(evals)
             self.broker.enqueue_many(evals)
         return evals
 
@@ -94,8 +95,8 @@ class Server:
             return
         self._followups[job_id] = at
         ev = new_eval(job_id, TriggeredBy.ALLOC_FAILURE, time.time())
-        self.store.put_evals([ev])
-        self.broker.enqueue_delayed(ev, at)
+        if self.store.put_evals([ev]):
+            self.broker.enqueue_delayed(ev, at)
 
     def fail_eval(self, ev: Evaluation, why: str) -> None:
         """Mark an evaluation the scheduler gave up on; a store that cannot
@@ -116,61 +117,55 @@ class Server:
         for ev in evals:
             self.broker.enqueue_delayed(ev, at)
 
-    def _cancel_evals(self, job_id: str) -> None:
-        dropped = self.broker.cancel_job(job_id)
+    def _cancel_evals(self, dropped: list[Evaluation], why: str) -> None:
         if dropped:
             now = time.time()
             self.store.put_evals([replace(e, status=EvalStatus.CANCELED,
-                                          status_description="job stopped",
+                                          status_description=why,
                                           modify_time=now) for e in dropped])
 
     # ---- jobs -------------------------------------------------------------
+    #
+    # The store checks and writes each job change under its lock; the broker
+    # calls ride along (on_commit) so the queue follows the commit order.
 
     def submit_job(self, body, job_id: str | None = None) -> tuple[Job, Evaluation]:
-        """POST /jobs (job_id None) or PUT /jobs/<job_id>."""
+        """POST /jobs (create or update) or PUT /jobs/<job_id> (update only).
+
+        A job submitted again unchanged is not written and triggers no
+        evaluation; the job's latest evaluation is returned."""
         if job_id is not None and self.store.get_job(job_id) is None:
             raise NotFound("作业不存在")
         job = parse_job(body, job_id, max_count=self.config.max_count)
-        existing = self.store.get_job(job.job_id)
-        now = time.time()
-        if job_id is None and existing is not None:
-            raise Conflict(f"job {job.job_id} already exists; "
-                           f"update it with PUT /jobs/{job.job_id}")
-        trigger = TriggeredBy.JOB_REGISTER
-        if existing is not None:
-            trigger = TriggeredBy.JOB_UPDATE
-            job = replace(job, version=existing.version + 1)
-        job = replace(job, submit_time=now)
-        ev = new_eval(job.job_id, trigger, now)
-        self.store.put_job(job, ev)
-        self.broker.enqueue(ev)
+        job, ev, changed = self.store.submit_job(
+            job, lambda trigger: new_eval(job.job_id, trigger, time.time()),
+            must_exist=job_id is not None, on_commit=self.broker.enqueue)
+        if not changed:
+            log.info("job %s submitted unchanged: version %d kept, no evaluation",
+                     job.job_id, job.version)
         return job, ev
 
     def stop_job(self, job_id: str) -> None:
-        job = self.store.require_job(job_id)
-        now = time.time()
-        ev = replace(new_eval(job_id, TriggeredBy.JOB_DEREGISTER, now),
+        ev = replace(new_eval(job_id, TriggeredBy.JOB_DEREGISTER, time.time()),
                      status=EvalStatus.COMPLETE,
                      status_description="job stopped")
-        stopped = self.store.stop_job(replace(job, stopped=True), ev)
-        self._cancel_evals(job_id)
+        dropped: list[Evaluation] = []
+        stopped = self.store.stop_job(
+            job_id, ev, on_commit=lambda: dropped.extend(self.broker.cancel_job(job_id)))
+        self._cancel_evals(dropped, "job stopped")
         self.pusher.stop(stopped)
         if stopped:
             self.broker.unblock()
 
     def restart_job(self, job_id: str) -> Evaluation:
-        job = self.store.require_job(job_id)
-        if not job.stopped:
-            raise Conflict("只能重启已停止的作业")
-        ev = new_eval(job_id, TriggeredBy.JOB_RESTART, time.time())
-        self.store.put_job(replace(job, stopped=False), ev)
-        self.broker.enqueue(ev)
-        return ev
+        return self.store.restart_job(
+            job_id, lambda trigger: new_eval(job_id, trigger, time.time()),
+            on_commit=self.broker.enqueue)
 
     def delete_job(self, job_id: str) -> None:
-        self.store.require_job(job_id)
-        self._cancel_evals(job_id)
-        allocs = self.store.delete_job(job_id)
+        # The queued evaluations go with the job: they are purged with it.
+        allocs = self.store.delete_job(
+            job_id, on_commit=lambda: self.broker.cancel_job(job_id))
         # Agents forget every allocation of the job, finished ones included.
         self.pusher.stop(allocs)
         self.broker.unblock()

@@ -16,11 +16,11 @@ import time
 from typing import Iterable
 
 from orch import codec
-from orch.errors import NotFound, StorageError
+from orch.errors import Conflict, NotFound, StorageError
 from orch.server.scheduler.cluster import Cluster
 from orch.structs import (
     TERMINAL_ALLOC, TERMINAL_EVAL, Allocation, AllocStatus, DesiredStatus, Evaluation, Job,
-    Node, Plan, replace,
+    Node, Plan, TriggeredBy, replace,
 )
 
 log = logging.getLogger(__name__)
@@ -307,34 +307,90 @@ class StateStore:
             return lost
 
     # ---- job writes -----------------------------------------------------------
+    #
+    # Each one checks and writes under the lock, in one transaction, so that
+    # concurrent requests on a job apply in some serial order. ``on_commit``
+    # runs under the lock too, once the write is durable: the broker then sees
+    # enqueues and cancellations in the order the writes were committed.
+
+    def submit_job(self, job: Job, make_eval, *, must_exist: bool = False,
+                   on_commit=None) -> tuple[Job, Evaluation, bool]:
+        """Create or update a job; returns (job, evaluation, changed).
+
+        ``make_eval(trigger)`` makes the evaluation of a change. An update gets
+        version = stored version + 1. A job submitted again unchanged (and not
+        stopped) is left alone, as Nomad does: no new version, no evaluation;
+        the evaluation returned is then the job's latest one."""
+        with self._lock:
+            existing = self._jobs.get(job.job_id)
+            if existing is None and must_exist:
+                raise NotFound("作业不存在")
+            trigger = TriggeredBy.JOB_REGISTER
+            if existing is not None:
+                latest = self._latest_eval(job.job_id)
+                if not existing.stopped and latest is not None \
+                        and existing.spec() == job.spec():
+                    return existing, latest, False
+                trigger = TriggeredBy.JOB_UPDATE
+                job = replace(job, version=existing.version + 1)
+            job = replace(job, stopped=False, submit_time=self._now())
+            evaluation = make_eval(trigger)
+            self._put_job(job, evaluation)
+            if on_commit is not None:
+                on_commit(evaluation)
+            return job, evaluation, True
 
     def put_job(self, job: Job, evaluation: Evaluation) -> None:
         """Store a job and the evaluation it triggers, atomically."""
         with self._lock:
-            self._write([(self._UPSERT_JOB, [(job.job_id, _dump(job))]),
-                         (self._UPSERT_EVAL, self._eval_rows([evaluation]))])
-            self._jobs[job.job_id] = job
-            self._index_evals([evaluation])
+            self._put_job(job, evaluation)
 
-    def stop_job(self, job: Job, evaluation: Evaluation) -> list[Allocation]:
+    def _put_job(self, job: Job, evaluation: Evaluation) -> None:
+        self._write([(self._UPSERT_JOB, [(job.job_id, _dump(job))]),
+                     (self._UPSERT_EVAL, self._eval_rows([evaluation]))])
+        self._jobs[job.job_id] = job
+        self._index_evals([evaluation])
+
+    def _latest_eval(self, job_id: str) -> Evaluation | None:
+        return max(self.evals_for_job(job_id), key=lambda e: e.create_time,
+                   default=None)
+
+    def restart_job(self, job_id: str, make_eval, on_commit=None) -> Evaluation:
+        """Run a stopped job again; Conflict if it is not stopped."""
+        with self._lock:
+            job = self.require_job(job_id)
+            if not job.stopped:
+                raise Conflict("只能重启已停止的作业")
+            evaluation = make_eval(TriggeredBy.JOB_RESTART)
+            self._put_job(replace(job, stopped=False), evaluation)
+            if on_commit is not None:
+                on_commit(evaluation)
+            return evaluation
+
+    def stop_job(self, job_id: str, evaluation: Evaluation, on_commit=None
+                 ) -> list[Allocation]:
         """Mark a job stopped and all its allocations to stop; returns those stopped."""
         with self._lock:
+            job = replace(self.require_job(job_id), stopped=True)
             now = self._now()
             stopped = [self._stopped(a, "job stopped", now)
-                       for a in self.allocs_for_job(job.job_id)
+                       for a in self.allocs_for_job(job_id)
                        if a.desired_status == DesiredStatus.RUN]
-            self._write([(self._UPSERT_JOB, [(job.job_id, _dump(job))]),
+            self._write([(self._UPSERT_JOB, [(job_id, _dump(job))]),
                          (self._UPSERT_EVAL, self._eval_rows([evaluation])),
                          (self._UPSERT_ALLOC, self._alloc_rows(stopped))])
-            self._jobs[job.job_id] = job
+            self._jobs[job_id] = job
             self._index_evals([evaluation])
             for alloc in stopped:
                 self._index_alloc(alloc)
+            if on_commit is not None:
+                on_commit()
             return stopped
 
-    def delete_job(self, job_id: str) -> list[Allocation]:
+    def delete_job(self, job_id: str, on_commit=None) -> list[Allocation]:
         """Purge a job, its allocations and evaluations; returns the allocations."""
         with self._lock:
+            self.require_job(job_id)
             allocs = self.allocs_for_job(job_id)
             evals = list(self._evals_by_job.get(job_id, ()))
             self._write([
@@ -348,6 +404,8 @@ class StateStore:
             for eval_id in evals:
                 self._evals.pop(eval_id, None)
             self._evals_by_job.pop(job_id, None)
+            if on_commit is not None:
+                on_commit()
             return allocs
 
     @staticmethod
@@ -361,10 +419,17 @@ class StateStore:
 
     # ---- evaluations, plans and allocation updates ------------------------------
 
-    def put_evals(self, evals: list[Evaluation]) -> None:
+    def put_evals(self, evals: list[Evaluation]) -> list[Evaluation]:
+        """Store evaluations of jobs that exist; returns those stored.
+
+        An evaluation of a purged job (a worker finishing it, a follow-up)
+        is dropped: nothing of a purged job may come back."""
         with self._lock:
-            self._write([(self._UPSERT_EVAL, self._eval_rows(evals))])
-            self._index_evals(evals)
+            evals = [e for e in evals if e.job_id in self._jobs]
+            if evals:
+                self._write([(self._UPSERT_EVAL, self._eval_rows(evals))])
+                self._index_evals(evals)
+            return evals
 
     def commit_plan(self, plan: Plan, evals: list[Evaluation]
                     ) -> tuple[list[Allocation], list[Allocation], int]:
@@ -387,6 +452,9 @@ class StateStore:
             # A job stopped or deleted while the plan was computed gets nothing.
             if job is not None and not job.stopped:
                 placed, rejected = self._verify_placements(plan.place, stopped)
+            # A purged job's evaluations are not written back (its allocations
+            # are gone from the index already, so nothing is stopped either).
+            evals = [e for e in evals if e.job_id in self._jobs]
             self._write([(self._UPSERT_ALLOC, self._alloc_rows(stopped + placed)),
                          (self._UPSERT_EVAL, self._eval_rows(evals))])
             for alloc in stopped:
@@ -432,7 +500,15 @@ class StateStore:
         if not allocs:
             return
         with self._lock:
-            live = [a for a in allocs if a.allocation_id in self._allocs]
+            # Updates are built from a read made before the lock: one that
+            # would undo a stop committed meanwhile (job stopped) is stale.
+            live = [a for a in allocs if self._still_current(a)]
             self._write([(self._UPSERT_ALLOC, self._alloc_rows(live))])
             for alloc in live:
                 self._index_alloc(alloc)
+
+    def _still_current(self, alloc: Allocation) -> bool:
+        stored = self._allocs.get(alloc.allocation_id)
+        return stored is not None and not (
+            stored.desired_status == DesiredStatus.STOP
+            and alloc.desired_status == DesiredStatus.RUN)

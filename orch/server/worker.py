@@ -80,9 +80,12 @@ class SchedulerWorker(threading.Thread):
         store = server.store
         now = time.time()
         job = store.get_job(evals[0].job_id)
-        if job is None:
+        if job is None or job.stopped:
+            # Stopping already stopped the allocations; a purged job's
+            # evaluations are not stored again (put_evals drops them).
+            why = "job not found" if job is None else "job stopped"
             store.put_evals([replace(e, status=EvalStatus.CANCELED, modify_time=now,
-                                     status_description="job not found")
+                                     status_description=why)
                              for e in evals])
             return
         allocs = store.allocs_for_job(job.job_id)

@@ -107,8 +107,8 @@ def test_plan_json_reads_and_placement_wording(pyz, dev_cluster, tmp_path):
     # The dry run changed nothing: same stored job (and version), same counts.
     assert (orch(pyz, url, "job", "inspect", "sleep-service").stdout, state_counts(url)) == before
     assert json.loads(before[0])["version"] == 0
-    # Submitted again unchanged: the allocations are kept (placed under
-    # version 0) and count as running for version 1.
+    # Submitted again unchanged: nothing changes (still version 0, as Nomad),
+    # and `job run` follows the job's latest evaluation to its running allocations.
     again = orch(pyz, url, "job", "run", service, "--timeout", "20")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "3 of 3 allocations running" in again.stdout

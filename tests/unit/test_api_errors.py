@@ -82,6 +82,26 @@ def test_restart_only_from_dead(app):
         200, {"message": "作业 j1 及其相关资源已删除"})
 
 
+def test_post_of_an_existing_job_updates_it_and_unchanged_is_a_no_op(app):
+    code, first = call(app, "POST", "/jobs", dict(JOB, job_id="j1"))
+    assert code == 200
+    bigger = json.loads(json.dumps(JOB))
+    bigger["task_groups"][0]["count"] = 2
+    code, second = call(app, "POST", "/jobs", dict(bigger, job_id="j1"))
+    assert code == 200 and second["message"] == "作业评估已加入队列"
+    assert second["evaluation_id"] != first["evaluation_id"]
+    assert call(app, "GET", "/jobs/j1")[1]["version"] == 1
+    # The same body again: no new version, no evaluation; the latest is named.
+    code, again = call(app, "POST", "/jobs", dict(bigger, job_id="j1"))
+    assert (code, again) == (200, second)
+    code, put = call(app, "PUT", "/jobs/j1", bigger)
+    assert code == 200 and put["evaluation_id"] == second["evaluation_id"]
+    assert put["message"] == "作业更新评估已加入队列"
+    assert call(app, "GET", "/jobs/j1")[1]["version"] == 1
+    assert call(app, "GET", "/jobs/j1/evaluations")[1]["count"] == 2
+    assert call(app, "PUT", "/jobs/nope", JOB) == (404, {"error": "作业不存在"})
+
+
 def test_body_over_the_limit_is_413(app):
     code, payload = call(app, "POST", "/jobs", b"{" + b" " * (1 << 20) + b"}")
     assert code == 413 and "error" in payload

@@ -74,3 +74,14 @@ def test_cancel_job_drops_queued_and_blocked():
     assert [e.eval_id for e in broker.cancel_job("a")] == ["a-1"]
     assert [e.eval_id for e in broker.cancel_job("b")] == ["b-1"]
     assert broker.dequeue(0.02) is None
+
+
+def test_cancel_job_drops_delayed_evaluations_and_keeps_others():
+    broker = EvalBroker()
+    broker.enqueue_delayed(ev("a", 1), time.time() + 0.05)
+    broker.enqueue_delayed(ev("b", 1), time.time() + 0.05)
+    assert [e.eval_id for e in broker.cancel_job("a")] == ["a-1"]
+    token, evals = broker.dequeue(2.0)
+    assert [e.eval_id for e in evals] == ["b-1"]
+    broker.ack(token)
+    assert broker.dequeue(0.1) is None

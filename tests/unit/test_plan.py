@@ -61,9 +61,12 @@ def test_plan_changes_nothing_and_diffs_against_the_stored_job(server):
     assert server.store.get_job("other") is None
 
     _, same = call(app, "POST", "/jobs/plan", job(count=2))
-    assert (same["exists"], same["current_version"], same["version"]) == (True, 0, 1)
+    # Unchanged: a resubmission would keep version 0 and place nothing.
+    assert (same["exists"], same["changed"], same["current_version"], same["version"]) \
+        == (True, False, 0, 0)
     assert same["diff"] == {"g": {"place": 0, "stop": 0, "keep": 2, "replace": 0, "scale": "0"}}
     _, up = call(app, "POST", "/jobs/plan", job(count=4))
+    assert (up["changed"], up["version"]) == (True, 1)
     assert up["diff"]["g"] == {"place": 2, "stop": 0, "keep": 2, "replace": 0, "scale": "+2"}
     _, changed = call(app, "POST", "/jobs/plan", job(count=2, command="sleep 61"))
     assert changed["diff"]["g"] == {"place": 0, "stop": 0, "keep": 0, "replace": 2, "scale": "0"}

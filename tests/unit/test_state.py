@@ -3,7 +3,7 @@ import sqlite3
 
 import pytest
 
-from orch.errors import NotFound, StorageError
+from orch.errors import Conflict, NotFound, StorageError
 from orch.server.state import StateStore
 from orch.structs import (
     Allocation, AllocStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node,
@@ -93,7 +93,7 @@ def test_stop_and_delete_job(tmp_path):
     store.upsert_node(node())
     store.put_job(job(), evaluation())
     store.commit_plan(Plan(eval_id="e1", job_id="j1", place=[alloc()]), [evaluation()])
-    stopped = store.stop_job(replace(job(), stopped=True), evaluation(eval_id="e2"))
+    stopped = store.stop_job("j1", evaluation(eval_id="e2"))
     assert [a.client_status for a in stopped] == [AllocStatus.STOPPED]
     assert store.cluster.free("n1") == Resources(1000, 1024)
     assert store.delete_job("j1")[0].allocation_id == "a1"
@@ -129,3 +129,93 @@ def test_write_is_on_disk_before_return(tmp_path):
     store.put_job(job(), evaluation())
     other = sqlite3.connect(str(tmp_path / "state.db"))
     assert other.execute("SELECT job_id FROM jobs").fetchall() == [("j1",)]
+
+
+# ---- atomic check-and-write job methods ---------------------------------------
+
+def maker(job_id="j1"):
+    """A make_eval callback numbering its evaluations and keeping the triggers."""
+    made = []
+
+    def make(trigger):
+        made.append(trigger)
+        return Evaluation(eval_id=f"e{len(made)}", job_id=job_id,
+                          triggered_by=trigger, create_time=float(len(made)))
+    make.made = made
+    return make
+
+
+def test_submit_creates_then_updates_with_the_next_version(tmp_path):
+    store = StateStore(str(tmp_path), now=lambda: 7.0)
+    make, seen = maker(), []
+    created, ev, changed = store.submit_job(job(), make, on_commit=seen.append)
+    assert (created.version, created.submit_time, changed) == (0, 7.0, True)
+    assert ev.triggered_by == TriggeredBy.JOB_REGISTER and seen == [ev]
+    updated, ev2, changed = store.submit_job(job(count=2), make, on_commit=seen.append)
+    assert (updated.version, ev2.triggered_by, changed) == (1, TriggeredBy.JOB_UPDATE, True)
+    assert store.get_job("j1") == updated and seen == [ev, ev2]
+    with pytest.raises(NotFound, match="作业不存在"):
+        store.submit_job(job("nope"), maker("nope"), must_exist=True)
+    assert store.get_job("nope") is None
+
+
+def test_unchanged_resubmit_writes_nothing_and_returns_the_latest_evaluation(tmp_path):
+    store = StateStore(str(tmp_path))
+    make, seen = maker(), []
+    store.submit_job(job(count=2), make)
+    _, latest, _ = store.submit_job(job(count=3), make)
+    store.close()
+    store = StateStore(str(tmp_path))      # the spec compared survives a reload
+    same, ev, changed = store.submit_job(job(count=3), make, on_commit=seen.append)
+    assert (same.version, ev, changed, seen) == (1, latest, False, [])
+    assert len(make.made) == 2 and store.counts()["evaluations"] == 2
+    # A stopped job submitted again unchanged runs again: that is a change.
+    store.stop_job("j1", evaluation(eval_id="stop"))
+    again, ev, changed = store.submit_job(job(count=3), make)
+    assert (again.version, again.stopped, changed) == (2, False, True)
+
+
+def test_stop_and_restart_check_under_the_lock(tmp_path):
+    store = StateStore(str(tmp_path))
+    make, calls = maker(), []
+    with pytest.raises(NotFound):
+        store.stop_job("j1", evaluation(), on_commit=lambda: calls.append("stop"))
+    store.submit_job(job(), make)
+    with pytest.raises(Conflict, match="只能重启已停止的作业"):
+        store.restart_job("j1", make)
+    store.stop_job("j1", evaluation(eval_id="stop"), on_commit=lambda: calls.append("stop"))
+    assert store.get_job("j1").stopped and calls == ["stop"]
+    ev = store.restart_job("j1", make, on_commit=calls.append)
+    assert ev.triggered_by == TriggeredBy.JOB_RESTART and calls == ["stop", ev]
+    assert not store.get_job("j1").stopped and store.get_job("j1").version == 0
+
+
+def test_purge_refuses_an_unknown_job_and_nothing_of_it_comes_back(tmp_path):
+    store = StateStore(str(tmp_path))
+    store.upsert_node(node())
+    with pytest.raises(NotFound):
+        store.delete_job("j1")
+    store.put_job(job(), evaluation())
+    calls = []
+    store.delete_job("j1", on_commit=lambda: calls.append("purged"))
+    assert calls == ["purged"]
+    # A worker that planned before the purge commits after it: nothing is kept.
+    placed, stopped, _ = store.commit_plan(
+        Plan(eval_id="e1", job_id="j1", place=[alloc()]),
+        [replace(evaluation(), status=EvalStatus.COMPLETE)])
+    assert (placed, stopped) == ([], [])
+    assert store.put_evals([replace(evaluation(), status=EvalStatus.CANCELED)]) == []
+    assert store.counts() == {"nodes": 1, "jobs": 0, "allocations": 0, "evaluations": 0}
+    store.close()
+    assert StateStore(str(tmp_path)).counts()["evaluations"] == 0
+
+
+def test_a_stale_allocation_update_does_not_undo_a_stop(tmp_path):
+    store = StateStore(str(tmp_path))
+    store.upsert_node(node())
+    store.put_job(job(), evaluation())
+    store.commit_plan(Plan(eval_id="e1", job_id="j1", place=[alloc()]), [evaluation()])
+    read_before_stop = replace(store.get_alloc("a1"), client_status=AllocStatus.RUNNING)
+    store.stop_job("j1", evaluation(eval_id="e2"))
+    store.update_allocs([read_before_stop])
+    assert store.get_alloc("a1").desired_status == DesiredStatus.STOP
