@@ -86,7 +86,9 @@ SERVER_SPEC = {
     "paths": {
         "/register": {"post": _op("Register a node", _REGISTER)},
         "/heartbeat": {"post": _op("Node heartbeat", _HEARTBEAT, errors=(400, 404))},
-        "/jobs": {"post": _op("Submit a job", _JOB),
+        "/jobs": {"post": _op("Submit a job: create it, or update the job of its "
+                              "job_id (unchanged: no new version, no evaluation; "
+                              "the latest evaluation is returned)", _JOB),
                   "get": _op("List jobs", ok={"type": "object"}, errors=())},
         "/jobs/plan": {"post": _op("Dry run: what submitting the job would do; "
                                    "changes nothing", _JOB, ok=_PLAN)},

@@ -112,6 +112,9 @@ def test_plan_json_reads_and_placement_wording(pyz, dev_cluster, tmp_path):
     again = orch(pyz, url, "job", "run", service, "--timeout", "20")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "3 of 3 allocations running" in again.stdout
+    assert json.loads(orch(pyz, url, "job", "inspect", "sleep-service").stdout)["version"] == 0
+    same = orch(pyz, url, "job", "plan", service)
+    assert 'Job "sleep-service": no change (version 0)' in same.stdout, same.stdout
 
     # --json of every read command parses.
     job = json.loads(orch(pyz, url, "job", "status", "sleep-service", "--json").stdout)
