@@ -327,10 +327,11 @@ class StateStore:
                 raise NotFound("作业不存在")
             trigger = TriggeredBy.JOB_REGISTER
             if existing is not None:
-                latest = self._latest_eval(job.job_id)
-                if not existing.stopped and latest is not None \
-                        and existing.spec() == job.spec():
-                    return existing, latest, False
+                if not existing.stopped and existing.spec() == job.spec():
+                    latest = self._latest_eval(job.job_id)
+                    # Every stored job has one; were it missing, write anew.
+                    if latest is not None:
+                        return existing, latest, False
                 trigger = TriggeredBy.JOB_UPDATE
                 job = replace(job, version=existing.version + 1)
             job = replace(job, stopped=False, submit_time=self._now())
