@@ -38,7 +38,8 @@ def server(tmp_path):
 def submit(server, body):
     """Submit and run the evaluation now, as a worker would."""
     _, ev = server.submit_job(copy.deepcopy(body))
-    SchedulerWorker(server, 0, seed=1).process([ev])
+    SchedulerWorker(server.broker, server.store, server.planner, 0,
+                    seed=1).process([ev])
     return server.store.get_eval(ev.eval_id)
 
 
