@@ -45,7 +45,7 @@ def submit(server, body):
 
 def snapshot(server, app, job_id):
     status, job_view = call(app, "GET", f"/jobs/{job_id}")
-    usage = {n.node_id: server.store.cluster.usage(n.node_id) for n in server.store.list_nodes()}
+    usage = {n.node_id: server.store.cluster.free(n.node_id) for n in server.store.list_nodes()}
     return (status, json.dumps(job_view, sort_keys=True), server.store.counts(), usage,
             server.broker.stats() if hasattr(server.broker, "stats") else None)
 

@@ -252,7 +252,9 @@ class Stack:
                 if misses == prune_after:
                     return True
                 continue
-            # rank.fit_score, inlined (a call per visit is a measurable share).
+            # Nomad's ScoreFitBinPack on the free shares after the placement:
+            # 10**share is 10 for an idle dimension and 1 for a full one, so
+            # the sum rewards filling the emptier dimension most; 0..1.
             share_cpu = free_cpu / total_cpu if total_cpu > 0 else 0.0
             share_memory = free_memory / total_memory if total_memory > 0 else 0.0
             score = 20.0 - ((10.0 ** share_cpu if share_cpu < 1.0 else 10.0)
