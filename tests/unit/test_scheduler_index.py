@@ -92,19 +92,19 @@ def test_feasible_parts_answer_is_reused_then_refreshed():
 
 def test_ring_over_parts_visits_each_once_and_forgets_dropped():
     parts = [("a", "b", "c"), (), ("d",), ("e", "f")]
-    ring = Ring.over(parts, random.Random(5))
+    ring = Ring(parts, random.Random(5))
     assert len(ring) == 6
-    first = [ring.next() for _ in range(6)]
+    first = [next(ring.walk) for _ in range(6)]
     assert sorted(first) == ["a", "b", "c", "d", "e", "f"]
     ring.drop(first[0])
     ring.drop(first[3])
     ring.drop(first[3])
     assert len(ring) == 4
-    second = [ring.next() for _ in range(4)]
+    second = [next(ring.walk) for _ in range(4)]
     assert second == [n for n in first if n not in (first[0], first[3])]
     for node_id in second:
         ring.drop(node_id)
-    assert len(ring) == 0 and ring.next() is None
+    assert len(ring) == 0 and next(ring.walk, None) is None
 
 
 def test_full_nodes_are_dropped_but_still_counted_when_placement_fails():
@@ -196,7 +196,7 @@ def test_the_stack_ranks_as_the_binpack_score_does():
     for seed in range(30):
         stack = Stack(cluster, Job("j", (GROUP,)), rng=random.Random(seed))
         ring = stack._state(GROUP, demand).ring
-        first_two = [ring.next().node_id, ring.next().node_id]
+        first_two = [next(ring.walk).node_id, next(ring.walk).node_id]
         stack = Stack(cluster, Job("j", (GROUP,)), rng=random.Random(seed))
         chosen = stack.select(GROUP, demand)[0]
 
