@@ -1,4 +1,4 @@
-"""The control plane: wires state, broker, workers, pusher and heartbeats.
+"""The control plane: wires state, broker, planner, workers, pusher and heartbeats.
 
 The API calls the methods here; each one validates, writes state durably,
 then hands follow-up work (evaluations, pushes) to background threads, so no
