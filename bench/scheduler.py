@@ -4,7 +4,7 @@ Nodes are registered through ``Server.register`` (the seed's register body
 with attributes and meta), jobs through ``Server.submit_job``; evaluations go
 broker -> ``SchedulerWorker.process`` (reconcile, feasibility, stack) ->
 ``StateStore.commit_plan`` (SQLite, WAL) exactly as in production. Only the
-push to agents is left out: ``server.pusher`` is replaced by a no-op.
+push to agents is left out: the worker's planner dispatches to a no-op pusher.
 
 Every measured run happens in a fresh forked process, so memory figures
 (RSS, peak RSS) belong to that run alone.
@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import psutil  # noqa: E402
 
 from orch.config import ServerConfig  # noqa: E402
+from orch.server.planner import Dispatch, ServerPlanner  # noqa: E402
 from orch.server.server import Server  # noqa: E402
 from orch.server.worker import SchedulerWorker  # noqa: E402
 
@@ -55,8 +56,6 @@ ALLOCS_PER_NODE_CAP = 40
 class NullPusher:
     """The documented "push left out": a benchmark has no agents to call."""
 
-    stats = {"placed": 0, "stopped": 0, "failed": 0}
-
     def place(self, allocs, job) -> None:
         pass
 
@@ -65,9 +64,6 @@ class NullPusher:
 
     def busy(self, alloc_id) -> bool:
         return False
-
-    def close(self) -> None:
-        pass
 
 
 # ---- the simulated cluster ---------------------------------------------------
@@ -160,11 +156,15 @@ def _unplaceable(job_id: str, rng: random.Random) -> dict:
 
 def new_server(data_dir: str, bodies: list[dict]) -> Server:
     server = Server(ServerConfig(data_dir=data_dir))
-    server.pusher.close()
-    server.pusher = NullPusher()
     for body in bodies:
         server.register(body)
     return server
+
+
+def new_worker(server: Server, seed: int) -> SchedulerWorker:
+    """A worker on the server's state and broker whose pushes go nowhere."""
+    planner = ServerPlanner(server.store, server.broker, Dispatch(NullPusher()))
+    return SchedulerWorker(server.broker, server.store, planner, 0, seed=seed)
 
 
 def drain(server: Server, worker: SchedulerWorker) -> int:
@@ -210,7 +210,7 @@ def _throughput(data_dir: str, nodes: int, allocs: int, seed: int,
     rng = random.Random(seed)
     server = new_server(data_dir, node_bodies(nodes, rng))
     jobs = mixed_jobs(allocs, rng)
-    worker = SchedulerWorker(server, 0, seed=seed)
+    worker = new_worker(server, seed)
     profiler = None
     if profile:
         import cProfile
@@ -237,7 +237,7 @@ def _throughput(data_dir: str, nodes: int, allocs: int, seed: int,
 def _c1m(data_dir: str, nodes: int, jobs: int, count: int, seed: int) -> dict:
     rng = random.Random(seed)
     server = new_server(data_dir, node_bodies(nodes, rng))
-    worker = SchedulerWorker(server, 0, seed=seed)
+    worker = new_worker(server, seed)
     start, cpu_start = time.perf_counter(), time.process_time()
     for n in range(jobs):
         server.submit_job(job_body(f"c1m-{n}", count, 20, 64))
@@ -259,7 +259,7 @@ def _small_evals(data_dir: str, nodes: int, jobs: int, seed: int) -> dict:
     """Many small jobs (1-3 allocations): what one evaluation costs end to end."""
     rng = random.Random(seed)
     server = new_server(data_dir, node_bodies(nodes, rng))
-    worker = SchedulerWorker(server, 0, seed=seed)
+    worker = new_worker(server, seed)
     bodies = []
     for n in range(jobs):
         constraints = [{"attribute": "region", "operator": "=",
@@ -283,7 +283,7 @@ def _fill(data_dir: str, nodes: int, seed: int, count: int = 25) -> dict:
     """Submit jobs of mixed sizes until a placement fails; the memory share in use."""
     rng = random.Random(seed)
     server = new_server(data_dir, node_bodies(nodes, rng))
-    worker = SchedulerWorker(server, 0, seed=seed)
+    worker = new_worker(server, seed)
     store = server.store
     start, n = time.perf_counter(), 0
     while True:

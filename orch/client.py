@@ -181,11 +181,6 @@ class Jobs(_Resource):
         left, and what could not be placed; the server changes nothing."""
         return self._client.call("POST", "/jobs/plan", json=spec)
 
-    def inspect(self, job_id: str) -> dict:
-        """The stored job spec, without its status and allocations."""
-        job = self.get(job_id)
-        return {k: v for k, v in job.items() if k not in ("allocations", "status")}
-
     def exists(self, job_id: str) -> bool:
         try:
             self.get(job_id)

@@ -94,9 +94,6 @@ class Resources:
     def __sub__(self, other: "Resources") -> "Resources":
         return Resources(self.cpu - other.cpu, self.memory - other.memory)
 
-    def fits_in(self, free: "Resources") -> bool:
-        return self.cpu <= free.cpu and self.memory <= free.memory
-
     def to_dict(self) -> dict:
         return {"cpu": self.cpu, "memory": self.memory}
 
@@ -363,9 +360,6 @@ class Plan:
     stop: list[tuple[str, str]] = field(default_factory=list)  # (alloc id, reason)
     # Failed placements: group name -> {"wanted": n, "failures": {reason: n}}
     failed: dict = field(default_factory=dict)
-
-    def is_noop(self) -> bool:
-        return not self.place and not self.stop
 
 
 def replace(obj, **changes):

@@ -180,19 +180,6 @@ def _teardown(cluster: DevCluster) -> None:
     cluster.client.close()
 
 
-def running(processes) -> list:
-    """Those of ``processes`` (psutil.Process) still alive: not gone, not a
-    zombie, and not a new process that reused the pid."""
-    import psutil
-
-    alive = []
-    for proc in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-    return alive
-
-
 # ---- pytest plugin ---------------------------------------------------------------
 
 try:

@@ -478,11 +478,6 @@ class AllocRunner:
                 "job_id": self.spec.job_id, "task_group": self.spec.task_group,
                 "job_type": self.spec.job_type.value, **entry}
 
-    def to_doc(self) -> dict:
-        """What alloc.json holds: the spec, the task states, the drivers' handles."""
-        with self.lock:
-            return {"spec": self.spec.to_dict(), **self._state_doc()}
-
     def _state_doc(self) -> dict:
         return {"stopped": self.stopped,
                 "start_time": self.start_time, "end_time": self.end_time,
@@ -491,7 +486,8 @@ class AllocRunner:
                             if r.handle_json}}
 
     def _doc_json(self) -> bytes:
-        """`to_doc()` encoded, the spec's part encoded only once (caller holds the lock)."""
+        """What alloc.json holds (the spec, the task states, the drivers'
+        handles) encoded, the spec's part only once (caller holds the lock)."""
         if self._spec_json is None:
             self._spec_json = json.dumps(self.spec.to_dict(), separators=(",", ":"))
         state = json.dumps(self._state_doc(), separators=(",", ":"))

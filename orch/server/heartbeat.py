@@ -45,10 +45,6 @@ class HeartbeatMonitor:
             if len(self._heap) > 4 * len(self._deadlines) + 64:
                 self._compact()
 
-    def forget(self, node_id: str) -> None:
-        with self._cond:
-            self._deadlines.pop(node_id, None)
-
     def _compact(self) -> None:
         self._heap = [(d, n) for n, d in self._deadlines.items()]
         heapq.heapify(self._heap)

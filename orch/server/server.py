@@ -1,4 +1,4 @@
-"""The control plane: wires state, broker, workers, pusher and heartbeats.
+"""The control plane: wires state, broker, planner, workers, pusher and heartbeats.
 
 The API calls the methods here; each one validates, writes state durably,
 then hands follow-up work (evaluations, pushes) to background threads, so no
@@ -16,21 +16,18 @@ from orch.security import check_bind
 from orch.server import views
 from orch.server.broker import EvalBroker
 from orch.server.heartbeat import HeartbeatMonitor
+from orch.server.planner import Dispatch, ServerPlanner, new_eval
 from orch.server.push import PushFailure, Pusher
 from orch.server.state import StateStore
 from orch.server.status import job_status
 from orch.server.sync import AllocSync
-from orch.server.worker import SchedulerWorker, new_eval
+from orch.server.worker import SchedulerWorker
 from orch.structs import (
     Allocation, AllocStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node,
     TriggeredBy, replace,
 )
 
 log = logging.getLogger(__name__)
-
-# An evaluation that could not be committed because the state store could not
-# write is queued again after this long.
-STORAGE_RETRY_S = 2.0
 
 
 class Server:
@@ -46,10 +43,13 @@ class Server:
                              timeout=config.push_timeout,
                              retries=config.push_retries, token=config.token)
         self.monitor = HeartbeatMonitor(config.node_ttl, self.node_down)
-        self.sync = AllocSync(self)
-        self.workers = [SchedulerWorker(self, i)
+        # The scheduler side sees narrow interfaces, never the Server: the
+        # store as state, the broker as queue, a planner, one dispatch.
+        self.dispatch = Dispatch(self.pusher)
+        self.planner = ServerPlanner(self.store, self.broker, self.dispatch)
+        self.sync = AllocSync(self.store, self.planner, self.dispatch)
+        self.workers = [SchedulerWorker(self.broker, self.store, self.planner, i)
                         for i in range(config.scheduler_workers)]
-        self._followups: dict[str, float] = {}
         self.started = time.time()
 
     # ---- lifecycle ---------------------------------------------------------
@@ -77,45 +77,6 @@ class Server:
         self.store.close()
 
     # ---- evaluations -----------------------------------------------------
-
-    def create_evals(self, job_ids, trigger: TriggeredBy,
-                     node_id: str | None = None) -> list[Evaluation]:
-        now = time.time()
-        evals = [new_eval(job_id, trigger, now, node_id) for job_id in job_ids]
-        if evals:
-            # Those of a job purged meanwhile are not stored: not queued either.
-            evals = self.store.put_evals(evals)
-            self.broker.enqueue_many(evals)
-        return evals
-
-    def schedule_followup(self, job_id: str, at: float) -> None:
-        """A delayed evaluation (service reschedule backoff), one per job and time."""
-        known = self._followups.get(job_id)
-        if known is not None and known <= at and known > time.time():
-            return
-        self._followups[job_id] = at
-        ev = new_eval(job_id, TriggeredBy.ALLOC_FAILURE, time.time())
-        if self.store.put_evals([ev]):
-            self.broker.enqueue_delayed(ev, at)
-
-    def fail_eval(self, ev: Evaluation, why: str) -> None:
-        """Mark an evaluation the scheduler gave up on; a store that cannot
-        write (full disk) is not the evaluation's fault: it is kept instead."""
-        try:
-            self.store.put_evals([replace(ev, status=EvalStatus.FAILED,
-                                          status_description=why,
-                                          modify_time=time.time())])
-        except StorageError:
-            self.retry_later([ev])
-
-    def retry_later(self, evals: list[Evaluation]) -> None:
-        """Queue evaluations again after STORAGE_RETRY_S (the store was full)."""
-        log.warning("evaluations %s kept: the state store cannot write; "
-                    "retrying in %.0fs", [e.eval_id[:8] for e in evals],
-                    STORAGE_RETRY_S)
-        at = time.time() + STORAGE_RETRY_S
-        for ev in evals:
-            self.broker.enqueue_delayed(ev, at)
 
     def _cancel_evals(self, dropped: list[Evaluation], why: str) -> None:
         if dropped:
@@ -153,7 +114,7 @@ class Server:
         stopped = self.store.stop_job(
             job_id, ev, on_commit=lambda: dropped.extend(self.broker.cancel_job(job_id)))
         self._cancel_evals(dropped, "job stopped")
-        self.pusher.stop(stopped)
+        self.dispatch.stop(stopped)
         if stopped:
             self.broker.unblock()
 
@@ -167,7 +128,7 @@ class Server:
         allocs = self.store.delete_job(
             job_id, on_commit=lambda: self.broker.cancel_job(job_id))
         # Agents forget every allocation of the job, finished ones included.
-        self.pusher.stop(allocs)
+        self.dispatch.stop(allocs)
         self.broker.unblock()
 
     def job_status(self, job: Job, allocs: list[Allocation] | None = None):
@@ -260,14 +221,14 @@ class Server:
             current, client_status=AllocStatus.FAILED,
             desired_status=DesiredStatus.STOP, end_time=now, modify_time=now,
             description=f"push to node failed: {failure.message}")])
-        self.create_evals([alloc.job_id], TriggeredBy.ALLOC_FAILURE)
+        self.planner.create_evals([alloc.job_id], TriggeredBy.ALLOC_FAILURE)
 
     # ---- dry run -------------------------------------------------------------
 
     def plan_job(self, body) -> dict:
         """POST /jobs/plan: what submitting ``body`` would do; stores nothing."""
         from orch.server.planning import dry_run
-        return dry_run(self, body)
+        return dry_run(self.store, body, max_count=self.config.max_count)
 
 
 def run(config: ServerConfig) -> int:

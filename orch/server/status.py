@@ -1,16 +1,12 @@
-"""Derived statuses: a job's from its allocations, an allocation's from its tasks.
+"""Derived status: a job's from its allocations (a pure function).
 
-Pure functions, shared by the server (job status) and the agent (allocation
-status from its task states).
+An allocation's status from its tasks is the agent's (AllocRunner.status).
 """
 from __future__ import annotations
 
 from typing import Iterable
 
-from orch.structs import (
-    TERMINAL_TASK, Allocation, AllocStatus, Job, JobStatus, TaskState,
-    TaskStatus,
-)
+from orch.structs import Allocation, AllocStatus, Job, JobStatus
 
 
 def newest_by_slot(allocs: Iterable[Allocation]) -> dict[tuple[str, int], Allocation]:
@@ -48,14 +44,3 @@ def job_status(job: Job, allocs: Iterable[Allocation]) -> JobStatus:
         return JobStatus.COMPLETE
     return JobStatus.FAILED
 
-
-def alloc_status_from_tasks(task_states: dict[str, TaskState]) -> AllocStatus:
-    """An allocation's client status from the states of its tasks."""
-    statuses = {state.status for state in task_states.values()}
-    if TaskStatus.RUNNING in statuses:
-        return AllocStatus.RUNNING
-    if not statuses or not statuses <= TERMINAL_TASK:
-        return AllocStatus.PENDING
-    if TaskStatus.FAILED in statuses:
-        return AllocStatus.FAILED
-    return AllocStatus.COMPLETE

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+from orch.server.planner import Dispatch, NodeAllocState, Planner
 from orch.structs import (
     TERMINAL_ALLOC, Allocation, AllocStatus, DesiredStatus, JobType,
     TaskState, TriggeredBy, replace,
@@ -99,12 +100,13 @@ def merge_report(alloc: Allocation, report: dict, now: float) -> Allocation | No
 class AllocSync:
     """Applies heartbeat allocation maps for one server."""
 
-    def __init__(self, server):
-        self._server = server
+    def __init__(self, state: NodeAllocState, planner: Planner, dispatch: Dispatch):
+        self._state = state
+        self._planner = planner
+        self._dispatch = dispatch
 
     def apply(self, node_id: str, reported: dict) -> None:
-        server = self._server
-        store = server.store
+        store = self._state
         now = time.time()
         changed, unwanted = [], []
         for alloc_id, report in reported.items():
@@ -124,11 +126,10 @@ class AllocSync:
             store.update_allocs([new for _, new in changed])
             self._after_changes(changed)
         if unwanted:
-            server.pusher.stop(unwanted)
+            self._dispatch.stop(unwanted)
         self._repush_unknown(node_id, reported, now)
 
     def _after_changes(self, changed) -> None:
-        server = self._server
         freed = False
         failed_services = set()
         for old, new in changed:
@@ -137,26 +138,25 @@ class AllocSync:
                          old.client_status.value, new.client_status.value)
             if new.client_status in TERMINAL_ALLOC and not old.terminal():
                 freed = True
-                job = server.store.get_job(new.job_id)
+                job = self._state.get_job(new.job_id)
                 if new.client_status == AllocStatus.FAILED and job is not None \
                         and job.type == JobType.SERVICE:
                     failed_services.add(new.job_id)
         if failed_services:
-            server.create_evals(sorted(failed_services), TriggeredBy.ALLOC_FAILURE)
+            self._planner.create_evals(sorted(failed_services), TriggeredBy.ALLOC_FAILURE)
         if freed:
-            server.broker.unblock()
+            self._planner.unblock()
 
     def _repush_unknown(self, node_id: str, reported: dict, now: float) -> None:
-        server = self._server
-        store = server.store
+        store = self._state
         for alloc in store.live_allocs_for_node(node_id):
             if alloc.allocation_id in reported:
                 continue
             if now - alloc.create_time < REPUSH_AFTER_S \
-                    or server.pusher.busy(alloc.allocation_id):
+                    or self._dispatch.busy(alloc.allocation_id):
                 continue
             job = store.get_job(alloc.job_id)
             if job is not None and job.group(alloc.task_group) is not None:
                 log.info("alloc %s unknown to its node: pushing again",
                          alloc.allocation_id[:8])
-                server.pusher.place([alloc], job)
+                self._dispatch.place([alloc], job)

@@ -2,6 +2,7 @@
 pytest plugin as an installed orch registers it; nothing it started survives."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import psutil
 
 from helpers import ROOT, clean_env, wait_until
 from orch.client import Client
-from orch.testing import dev_cluster, running
+from orch.testing import dev_cluster
 
 
 def pid_job(pid_dir: Path, count: int) -> dict:
@@ -29,6 +30,17 @@ def read_pids(pid_dir: Path, count: int) -> list[int]:
         pids = [int(p.read_text()) for p in pid_dir.glob("*.pid") if p.read_text().strip()]
         return pids if len(pids) >= count else None
     return wait_until(written, 20, what=f"{count} pid files")
+
+
+def running(processes) -> list:
+    """Those of ``processes`` (psutil.Process) still alive: not gone, not a
+    zombie, and not a new process that reused the pid."""
+    alive = []
+    for proc in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+    return alive
 
 
 def gone(pid: int) -> bool:

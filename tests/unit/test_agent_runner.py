@@ -38,6 +38,14 @@ class Changes:
             self.count += 1
 
 
+def saved(runner) -> dict:
+    """The allocation's document as an agent restarting finds it: persisted
+    (as the heartbeat loop does), then read back from the data dir."""
+    runner.persist()
+    return next(doc for doc in runner.store.load_allocs()
+                if doc["spec"]["allocation_id"] == runner.spec.allocation_id)
+
+
 @pytest.fixture
 def env(tmp_path):
     """Builds AllocRunners on a tmp data dir; kills them all at teardown."""
@@ -256,7 +264,7 @@ def test_restore_marks_dead_tasks_lost(env, tmp_path):
 def test_restore_reattaches_live_tasks(env):
     first = env(spec([task("t", "sleep 300")]))
     assert wait_for(lambda: first.tasks["t"].handle_json is not None)
-    doc = first.to_doc()
+    doc = saved(first)
     pid = doc["handles"]["t"]["pid"]
     second = AllocRunner.restore(doc, first.spec, env.config, {"exec": ExecDriver()},
                                  env.store)
@@ -289,7 +297,7 @@ def test_restore_reports_the_true_exit_of_a_task_that_ended_meanwhile(env, tmp_p
     gate = tmp_path / "gate"
     first = env(spec([task("t", f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 7")]))
     assert wait_for(lambda: first.tasks["t"].handle_json is not None)
-    doc = first.to_doc()
+    doc = saved(first)
     gate.touch()                        # it ends while "no agent" watches it
     record = doc["handles"]["t"]["record_path"]
     assert wait_for(lambda: "exit_code" in (read_record(record) or {}))
@@ -317,7 +325,7 @@ class FindingDriver(ExecDriver):
 def test_restore_without_a_saved_handle_asks_the_driver_to_find_it(env):
     first = env(spec([task("t", "sleep 300")]))
     assert wait_for(lambda: first.tasks["t"].handle_json is not None)
-    doc = first.to_doc()
+    doc = saved(first)
     handle = first.tasks["t"]._handle
     doc["handles"] = {}                 # killed before the handle was saved
     second = AllocRunner.restore(doc, first.spec, env.config,
@@ -358,7 +366,7 @@ def test_restore_takes_over_a_run_started_but_not_saved(env, tmp_path):
     first = env(spec([task("t", f"echo ran >> {tmp_path}/runs; "
                                 f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 5")]))
     assert wait_for(lambda: first.tasks["t"].handle_json is not None)
-    doc = first.to_doc()
+    doc = saved(first)
     doc["tasks"]["t"] = {"status": "pending"}
     doc["handles"] = {}
     second = AllocRunner.restore(doc, first.spec, env.config, {"exec": ExecDriver()},
@@ -379,8 +387,9 @@ def test_the_written_state_is_the_document_and_lands_at_the_end(env, tmp_path):
     assert runner.wait(5)
     # The end is written at once, without a heartbeat loop to flush it.
     on_disk = json.loads(path.read_text())
-    assert on_disk == json.loads(json.dumps(runner.to_doc()))
     assert on_disk["tasks"]["t"]["status"] == "complete"
+    runner.persist()                    # nothing was left for a loop to flush
+    assert json.loads(path.read_text()) == on_disk
 
 
 def test_heartbeat_report_is_encoded_once_per_change(env):

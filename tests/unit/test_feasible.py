@@ -2,7 +2,7 @@ import pytest
 
 from orch.server.scheduler.cluster import Cluster
 from orch.server.scheduler.feasible import (
-    check_constraint, class_feasible, drivers_feasible, feasible_nodes,
+    check_constraint, class_feasible, drivers_feasible, feasible_parts,
 )
 from orch.structs import Constraint, Job, Node, Resources, Task, TaskGroup
 
@@ -93,6 +93,12 @@ def test_class_feasible_reasons_and_job_constraints():
     assert class_feasible(node(region="us"), job, docker) == "missing drivers"
     g2 = group("exec", constraints=(Constraint("os", "=", "windows"),))
     assert class_feasible(node(region="us"), job, g2) == "constraint os = windows"
+
+
+def feasible_nodes(cluster, job, group):
+    """Node ids that can run the group, and why the others cannot."""
+    parts, failures = feasible_parts(cluster, job, group)
+    return [node_id for _, ids in parts for node_id in ids], failures
 
 
 def test_feasible_nodes_counts_rejections_per_class_size():

@@ -148,7 +148,7 @@ def test_followup_for_delayed_reschedule():
     failed = Allocation("a", "j", "g", "n1", 0, client_status=AllocStatus.FAILED,
                         modify_time=49.5, group_hash=job.task_groups[0].spec_hash())
     plan, followup = plan_for(job, cluster, [failed], now=50.0)
-    assert plan.is_noop() and followup == 50.5
+    assert (plan.place, plan.stop, followup) == ([], [], 50.5)
 
 
 def test_no_nodes_at_all_fails_with_no_reasons():

@@ -38,13 +38,14 @@ def server(tmp_path):
 def submit(server, body):
     """Submit and run the evaluation now, as a worker would."""
     _, ev = server.submit_job(copy.deepcopy(body))
-    SchedulerWorker(server, 0, seed=1).process([ev])
+    SchedulerWorker(server.broker, server.store, server.planner, 0,
+                    seed=1).process([ev])
     return server.store.get_eval(ev.eval_id)
 
 
 def snapshot(server, app, job_id):
     status, job_view = call(app, "GET", f"/jobs/{job_id}")
-    usage = {n.node_id: server.store.cluster.usage(n.node_id) for n in server.store.list_nodes()}
+    usage = {n.node_id: server.store.cluster.free(n.node_id) for n in server.store.list_nodes()}
     return (status, json.dumps(job_view, sort_keys=True), server.store.counts(), usage,
             server.broker.stats() if hasattr(server.broker, "stats") else None)
 

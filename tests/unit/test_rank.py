@@ -1,32 +1,48 @@
+"""Ranking, through the stack that applies it (it inlines the bin-pack score)."""
+import random
+
 import pytest
 
-from orch.server.scheduler.rank import (
-    anti_affinity_penalty, binpack_score, score_node,
-)
-from orch.structs import Resources
+from orch.server.scheduler.cluster import Cluster
+from orch.server.scheduler.rank import anti_affinity_penalty
+from orch.server.scheduler.stack import Stack
+from orch.structs import Allocation, Job, Node, Resources, Task, TaskGroup
 
-TOTAL = Resources(1000, 1000)
-
-
-def test_binpack_bounds():
-    assert binpack_score(TOTAL, TOTAL) == 0.0
-    assert binpack_score(TOTAL, Resources(0, 0)) == 1.0
+GROUP = TaskGroup("g", 1, (Task("t", "exec", {"command": "x"}),))
 
 
-def test_fuller_node_scores_higher():
-    emptier = binpack_score(TOTAL, Resources(900, 900))
-    fuller = binpack_score(TOTAL, Resources(500, 500))
-    assert 0 < emptier < fuller < 1
+def pick(nodes, demand, used=None):
+    """The node a batch job's placement picks among ``nodes`` (limit 2: all)."""
+    cluster = Cluster()
+    for node_id, total in nodes.items():
+        cluster.upsert_node(Node(node_id, resources=total))
+    for node_id, res in (used or {}).items():
+        cluster.reserve(Allocation(f"held-{node_id}", "other", "g", node_id, 0,
+                                   resources=res))
+    stack = Stack(cluster, Job("j", (GROUP,)), rng=random.Random(0))
+    node_id, failures = stack.select(GROUP, demand)
+    assert failures == {}
+    return node_id
+
+
+def test_the_fuller_node_wins_whatever_the_order():
+    total = Resources(1000, 1000)
+    used = {"fuller": Resources(500, 500), "emptier": Resources(100, 100)}
+    for order in (("fuller", "emptier"), ("emptier", "fuller")):
+        nodes = {node_id: total for node_id in order}
+        assert pick(nodes, Resources(100, 100), used) == "fuller"
 
 
 def test_balanced_use_beats_lopsided_use_of_the_same_total():
-    balanced = binpack_score(TOTAL, Resources(500, 500))
-    lopsided = binpack_score(TOTAL, Resources(1000, 0))
-    assert balanced > lopsided > 0
+    total = Resources(1000, 1000)
+    # After the placement both have 1000 free in all: 500 + 500, or 1000 + 0.
+    used = {"balanced": Resources(500, 400), "lopsided": Resources(0, 900)}
+    nodes = {"lopsided": total, "balanced": total}
+    assert pick(nodes, Resources(0, 100), used) == "balanced"
 
 
-def test_zero_capacity_node_does_not_divide_by_zero():
-    assert binpack_score(Resources(0, 0), Resources(0, 0)) == 1.0
+def test_a_node_without_cpu_capacity_is_ranked_without_dividing_by_zero():
+    assert pick({"no-cpu": Resources(0, 1000)}, Resources(0, 100)) == "no-cpu"
 
 
 def test_anti_affinity_penalty():
@@ -34,13 +50,3 @@ def test_anti_affinity_penalty():
     assert anti_affinity_penalty(1, 3) == pytest.approx(2 / 3)
     assert anti_affinity_penalty(2, 3) == pytest.approx(1.0)
     assert anti_affinity_penalty(1, 0) == 2.0
-
-
-def test_score_node_applies_penalties():
-    free = Resources(500, 500)
-    base = score_node(TOTAL, free, collisions=0, count=3, previous=False)
-    assert base == binpack_score(TOTAL, free)
-    spread = score_node(TOTAL, free, collisions=1, count=3, previous=False)
-    assert spread == pytest.approx(base - 2 / 3)
-    moved = score_node(TOTAL, free, collisions=0, count=3, previous=True)
-    assert moved == pytest.approx(base - 1.0)

@@ -9,9 +9,9 @@ GROUP = TaskGroup("g", 10, (Task("t", "exec", {"command": "x"}),))
 
 def test_ring_visits_every_node_once_per_lap_in_random_order():
     ids = [f"n{i}" for i in range(50)]
-    ring = Ring(list(ids), random.Random(3))
-    first = [ring.next() for _ in ids]
-    second = [ring.next() for _ in ids]
+    ring = Ring([ids], random.Random(3))
+    first = [next(ring.walk) for _ in ids]
+    second = [next(ring.walk) for _ in ids]
     assert sorted(first) == sorted(ids)
     assert first == second
     assert first != ids

@@ -1,9 +1,7 @@
-import pytest
-
-from orch.server.status import alloc_status_from_tasks, job_status
+from orch.server.status import job_status
 from orch.structs import (
     Allocation, AllocStatus as A, DesiredStatus, Job, JobStatus, Task,
-    TaskGroup, TaskState, TaskStatus as T,
+    TaskGroup,
 )
 
 
@@ -68,15 +66,3 @@ def test_slots_beyond_count_are_ignored():
     allocs = [alloc(0, A.COMPLETE), alloc(5, A.RUNNING)]
     assert job_status(job(count=1), allocs) == JobStatus.COMPLETE
 
-
-@pytest.mark.parametrize("states,expected", [
-    ({}, A.PENDING),
-    ({"a": T.PENDING}, A.PENDING),
-    ({"a": T.RUNNING, "b": T.FAILED}, A.RUNNING),
-    ({"a": T.COMPLETE, "b": T.PENDING}, A.PENDING),
-    ({"a": T.COMPLETE, "b": T.COMPLETE}, A.COMPLETE),
-    ({"a": T.COMPLETE, "b": T.FAILED}, A.FAILED),
-])
-def test_alloc_status_from_tasks(states, expected):
-    tasks = {name: TaskState(status=s) for name, s in states.items()}
-    assert alloc_status_from_tasks(tasks) == expected

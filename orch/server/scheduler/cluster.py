@@ -19,7 +19,6 @@ node of the class changes.
 from __future__ import annotations
 
 import threading
-from typing import Iterator
 
 from orch.structs import Allocation, Node, Resources, replace
 
@@ -55,7 +54,6 @@ class Cluster:
         self._by_class: dict[str, dict[Room, None]] = {}
         self._reserved: dict[str, tuple[Room, Resources, str]] = {}  # alloc -> (room, res, job)
         self._job_counts: dict[str, dict[Room, int]] = {}  # job -> node -> allocs
-        self._version = 0
         # Shared read side of _by_class: tuples per class, and the classes
         # changed since they were last built.
         self._members: dict[str, tuple[Room, ...]] = {}
@@ -68,17 +66,10 @@ class Cluster:
         self._class_stamp: dict[str, int] = {}
         self._class_rooms: dict[str, tuple[int, tuple[int, int, int]]] = {}
 
-    @property
-    def version(self) -> int:
-        return self._version
-
-    def __len__(self) -> int:
-        return len(self._nodes)
-
     # ---- nodes ------------------------------------------------------------
 
     def upsert_node(self, node: Node) -> None:
-        """Add or replace a node; the version bumps only if placement could change."""
+        """Add or replace a node; its record changes only if placement could."""
         with self._lock:
             old = self._nodes.get(node.node_id)
             room = self._room_for(node.node_id)
@@ -93,7 +84,6 @@ class Cluster:
                 if node.healthy:
                     self._list(room)
                 self._touch(node_class)      # capacity may have changed
-                self._version += 1
 
     @staticmethod
     def _class_for(node: Node, old: Node | None, room: Room) -> str:
@@ -103,16 +93,6 @@ class Cluster:
                 and old.meta == node.meta):
             return room.node_class
         return node.computed_class()
-
-    def remove_node(self, node_id: str) -> None:
-        with self._lock:
-            if self._nodes.pop(node_id, None) is None:
-                return
-            room = self._rooms[node_id]
-            self._unlist(room)
-            room.healthy, room.node_class = False, None
-            room.cpu = room.memory = 0
-            self._version += 1
 
     def set_healthy(self, node_id: str, healthy: bool) -> None:
         with self._lock:
@@ -126,7 +106,6 @@ class Cluster:
                 self._list(room)
             else:
                 self._unlist(room)
-            self._version += 1
 
     def _room_for(self, node_id: str) -> Room:
         room = self._rooms.get(node_id)
@@ -180,7 +159,6 @@ class Cluster:
                     if per_node is None:
                         per_node = job_counts[job_id] = {}
                 per_node[room] = per_node.get(room, 0) + 1
-                self._version += 1
 
     def release(self, alloc: Allocation) -> None:
         """Give back what reserve() took for this allocation id, once."""
@@ -200,7 +178,6 @@ class Cluster:
                 per_node.pop(room, None)
                 if not per_node:
                     self._job_counts.pop(job_id, None)
-            self._version += 1
 
     # ---- reads (lock-free: single dict lookups) -------------------------------
 
@@ -220,24 +197,9 @@ class Cluster:
         return Resources(node.resources.cpu - room.cpu_used,
                          node.resources.memory - room.memory_used)
 
-    def usage(self, node_id: str) -> tuple[int, int]:
-        """(cpu, memory) reserved on the node."""
-        room = self._rooms.get(node_id)
-        return (0, 0) if room is None else (room.cpu_used, room.memory_used)
-
-    def job_count(self, job_id: str, node_id: str) -> int:
-        room = self._rooms.get(node_id)
-        return 0 if room is None else self._job_counts.get(job_id, {}).get(room, 0)
-
     def job_nodes(self, job_id: str) -> dict[Room, int]:
         """Record -> allocations of the job holding resources there; read-only."""
         return self._job_counts.get(job_id) or {}
-
-    def classes(self) -> dict[str, list[str]]:
-        """Healthy node ids by computed class (a fresh copy)."""
-        with self._lock:
-            return {cls: [room.node_id for room in rooms]
-                    for cls, rooms in self._by_class.items()}
 
     def members(self) -> dict[str, tuple[Room, ...]]:
         """Healthy node records by class, shared and read-only: never mutate it."""
@@ -279,9 +241,3 @@ class Cluster:
         # bumps it, and the next call scans again.
         self._class_rooms[node_class] = (stamp, answer)
         return answer
-
-    def nodes(self) -> Iterator[Node]:
-        """Every known node, healthy or not (a snapshot)."""
-        with self._lock:
-            snapshot = list(self._nodes.values())
-        return iter(snapshot)

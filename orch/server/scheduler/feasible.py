@@ -117,12 +117,6 @@ def node_feasible(node: Node, job: Job, group: TaskGroup) -> str | None:
     return _first_failed(node, unique)
 
 
-def feasible_nodes(cluster, job: Job, group: TaskGroup) -> tuple[list[str], Counter]:
-    """Healthy node ids that can run the group, and why the others cannot."""
-    parts, failures = feasible_rooms(cluster, job, group)
-    return [room.node_id for _, part in parts for room in part], Counter(failures)
-
-
 def feasible_parts(cluster, job: Job, group: TaskGroup
                    ) -> tuple[list[tuple[str, Sequence[str]]], Counter]:
     """feasible_rooms with node ids: (class, ids) pairs, and the rejections."""

@@ -56,17 +56,8 @@ class Ring:
     evaluation) is skipped by the rest of the lap and forgotten by the next.
     """
 
-    def __init__(self, nodes: Sequence, rng):
-        self._setup([nodes], rng)
-
-    @classmethod
-    def over(cls, parts: Sequence[Sequence], rng) -> "Ring":
+    def __init__(self, parts: Sequence[Sequence], rng):
         """A ring over the concatenation of ``parts``, without concatenating."""
-        ring = cls.__new__(cls)
-        ring._setup(parts, rng)
-        return ring
-
-    def _setup(self, parts, rng) -> None:
         self._parts = [part for part in parts if part]
         self._live = sum(map(len, self._parts))
         self._dropped: set = set()          # dropped during the current lap
@@ -77,10 +68,6 @@ class Ring:
     def __len__(self) -> int:
         """Nodes not dropped."""
         return self._live
-
-    def next(self):
-        """The next node not dropped; None when every node was dropped."""
-        return next(self.walk, None)
 
     def drop(self, node) -> None:
         """Never return this (already visited) node again."""
@@ -141,7 +128,7 @@ class _Placing:
 
     def __init__(self, classes, filtered: Counter, limit: int, rng):
         self.classes = classes              # [(class, node records)] the ring walks
-        self.ring = Ring.over([rooms for _, rooms in classes], rng)
+        self.ring = Ring([rooms for _, rooms in classes], rng)
         self.filtered = filtered            # infeasible: reason -> nodes
         self.full: Counter = Counter()      # classes pruned as full: reason -> nodes
         self.limit = limit
@@ -252,7 +239,9 @@ class Stack:
                 if misses == prune_after:
                     return True
                 continue
-            # rank.fit_score, inlined (a call per visit is a measurable share).
+            # Nomad's ScoreFitBinPack on the free shares after the placement:
+            # 10**share is 10 for an idle dimension and 1 for a full one, so
+            # the sum rewards filling the emptier dimension most; 0..1.
             share_cpu = free_cpu / total_cpu if total_cpu > 0 else 0.0
             share_memory = free_memory / total_memory if total_memory > 0 else 0.0
             score = 20.0 - ((10.0 ** share_cpu if share_cpu < 1.0 else 10.0)
@@ -298,7 +287,7 @@ class Stack:
             # A fresh ring: it meets the nodes already dropped once more, at
             # most one lap's worth, which the classes ruled out repay.
             placing.classes = kept
-            placing.ring = Ring.over([rooms for _, rooms in kept], self._rng)
+            placing.ring = Ring([rooms for _, rooms in kept], self._rng)
 
     def _exhausted(self, placing: _Placing, demand: Resources) -> Counter:
         """Why each healthy node of the ring has no room (after a failed select)."""
