@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from helpers import ROOT, clean_env, wait_until
+from harness import ROOT, clean_env, wait_until
 from orch.client import Client
 from orch.testing import dev_cluster, running
 
