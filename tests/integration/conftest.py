@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-# helpers.py and harness.py sit beside this file; import them under any import mode.
+# harness.py (and helpers.py, its old name) sit beside this file; import them
+# under any import mode.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import Proc, ensure_pyz, free_port, http_get, nodes, wait_until
+from harness import GiveUp, Proc, ensure_pyz, free_port, http_get, nodes, wait_until  # noqa: E402
 
 SERVER_START_TIMEOUT = 20.0
 AGENT_START_TIMEOUT = 20.0
@@ -35,7 +36,8 @@ def proc_factory(pyz, tmp_path):
     started: list[Proc] = []
 
     def start(name: str, args: list[str], env: dict | None = None, cwd=None) -> Proc:
-        proc = Proc(pyz, args, tmp_path, name, env=env, cwd=cwd or tmp_path)
+        proc = Proc(args, tmp_path / f"{name}.stdout", env, cwd=cwd or tmp_path, pyz=pyz,
+                    stderr_path=tmp_path / f"{name}.stderr", name=name)
         started.append(proc)
         return proc
 
@@ -80,7 +82,7 @@ def server_factory(proc_factory, tmp_path):
 
         def healthy():
             if not proc.alive():
-                raise AssertionError(f"server exited:\n{proc.stderr()[-3000:]}")
+                raise GiveUp(f"server exited:\n{proc.stderr()[-3000:]}")
             return http_get(url + "/health", token, timeout=1.0).status_code == 200
         wait_until(healthy, SERVER_START_TIMEOUT, what="server GET /health")
         return ServerHandle(proc, url, port, data_dir, token, list(extra), start)

@@ -1,13 +1,18 @@
-"""Real orch processes for integration tests: start, wait, kill by PID.
+"""The one harness of the integration tests: ports, polling, the zipapp, processes.
 
-Each process runs the built zipapp (dist/orch.pyz) in its own session, so a
-teardown can kill its whole process group; task processes started by agents
-have sessions of their own and are found through the PIDs tasks write.
+Each process runs the built zipapp (dist/orch.pyz, rebuilt once per session
+when older than the sources) in its own session, and is not reaped before it
+is stopped: until then its pid cannot be reused, so signalling its process
+group can only reach what it started. Task processes started by agents have
+sessions of their own and are found through the PIDs tasks write.
+helpers.py re-exports this module under the names older tests import.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,29 +24,66 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 PYZ = ROOT / "dist" / "orch.pyz"
+MAKE_PYZ = ROOT / "build" / "make_pyz.py"
 TIMEOUT = 5
+START_TIMEOUT = 20.0
+STOP_GRACE = 15.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class GiveUp(AssertionError):
+    """Raised by a polled condition that can never become true (its process died)."""
 
 
-def wait_until(fn, timeout: float = 10.0, interval: float = 0.05, what: str = ""):
-    """Poll fn until it returns a truthy value; that value is returned."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the OS may hand it out again later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(fn, timeout: float = 10.0, interval: float = 0.05, what: str | None = None):
+    """Call ``fn`` until it returns something truthy, and return that.
+
+    Exceptions count as "not yet" (the last one is in the timeout's message),
+    except GiveUp, which fails at once.
+    """
     deadline = time.monotonic() + timeout
     last_exc = None
-    while time.monotonic() < deadline:
+    while True:
         try:
             value = fn()
             if value:
                 return value
-        except (requests.RequestException, KeyError, ValueError) as exc:
+        except GiveUp:
+            raise
+        except Exception as exc:   # noqa: BLE001 - polling: any failure means not yet
             last_exc = exc
+        if time.monotonic() >= deadline:
+            label = what or getattr(fn, "__name__", "condition")
+            detail = f"; last error: {last_exc!r}" if last_exc else ""
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {label}{detail}")
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for "
-                         f"{what or fn.__name__} (last error: {last_exc})")
+
+
+def sources_mtime() -> float:
+    paths = [*ROOT.joinpath("orch").rglob("*.py"), ROOT / "setup.py", MAKE_PYZ,
+             ROOT / "requirements-dev.txt"]
+    return max(p.stat().st_mtime for p in paths if p.exists())
+
+
+@functools.cache
+def ensure_pyz() -> Path:
+    """dist/orch.pyz, rebuilt when missing or older than any source (once per session)."""
+    if not PYZ.exists() or PYZ.stat().st_mtime < sources_mtime():
+        subprocess.run([sys.executable, str(MAKE_PYZ)], check=True, cwd=ROOT, timeout=300)
+    return PYZ
+
+
+def clean_env(extra: dict | None = None) -> dict:
+    """The test's environment without the developer's ORCH_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(extra or {})
+    return env
 
 
 def pid_alive(pid: int) -> bool:
@@ -63,51 +105,121 @@ def kill_pid(pid: int) -> None:
         pass
 
 
+def _exited(pid: int) -> bool:
+    """Has the child exited? Leaves it a zombie, so its pid (and group id) stay ours."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None and info.si_pid != 0
+
+
 class Proc:
-    """One orch process (server, agent or dev) started from the zipapp."""
+    """``[*prefix, python, pyz, *args]`` in its own session; output appended to files.
+
+    stdout goes to ``log_path``; stderr too unless ``stderr_path`` is given.
+    ``prefix`` runs the zipapp under another command (``ip netns exec NS``).
+    """
 
     def __init__(self, args: list[str], log_path: Path, env: dict | None = None,
-                 prefix: list[str] | None = None):
-        """`prefix` runs the zipapp under another command (`ip netns exec NS`)."""
-        self.args = args
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        full_env = dict(os.environ, **(env or {}))
-        self.popen = subprocess.Popen([*(prefix or []), sys.executable, str(PYZ),
-                                       *args],
-                                      stdout=self._log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, env=full_env,
-                                      start_new_session=True)
-        self.pid = self.popen.pid
+                 prefix: list[str] | None = None, *, stderr_path: Path | None = None,
+                 cwd: Path | None = None, pyz: Path | None = None, name: str | None = None):
+        self.args, self.name = list(args), name or log_path.stem
+        self.log_path = self.stdout_path = log_path
+        self.stderr_path = stderr_path or log_path
+        with open(log_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self.popen = subprocess.Popen(
+                [*(prefix or []), sys.executable, str(pyz or ensure_pyz()), *self.args],
+                stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT if stderr_path is None else err,
+                env=clean_env(env), cwd=cwd, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.returncode is None and not _exited(self.pid)
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """Everything the process wrote (both streams, when they have files of their own)."""
+        if self.stderr_path == self.stdout_path:
+            return self.stdout()
+        return self.stdout() + self.stderr()
+
+    def wait_for_output(self, pattern: str, timeout: float = 10.0, stream: str = "stderr"):
+        """The first match of ``pattern`` in the process's stdout or stderr."""
+        regex = re.compile(pattern)
+
+        def match():
+            text = self.stdout() if stream == "stdout" else self.stderr()
+            found = regex.search(text)
+            if not found and not self.alive():
+                raise GiveUp(f"{self.name} exited:\n{self.stderr()[-3000:]}")
+            return found
+        return wait_until(match, timeout, what=f"{pattern!r} from {self.name}")
+
+    def signal(self, signum: int) -> None:
+        """A signal to the process itself (not its group)."""
+        if self.alive():
+            os.kill(self.pid, signum)
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait for exit; its exit code, or None if still running."""
+        try:
+            wait_until(lambda: not self.alive(), timeout, what=f"{self.name} to exit")
+        except AssertionError:
+            return None
+        return self.popen.wait()
+
+    def stop(self, grace: float = STOP_GRACE) -> int:
+        """SIGTERM, wait up to ``grace``, then SIGKILL the whole process group; exit code."""
+        self.signal(signal.SIGTERM)
+        if self.popen.returncode is None:
+            try:
+                wait_until(lambda: not self.alive(), grace, interval=0.05)
+            except AssertionError:
+                pass
+        return self.kill()
+
+    def kill(self) -> int:
+        """SIGKILL the process group (``kill -9``), then reap."""
+        if self.popen.returncode is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return self.popen.wait()
 
     def kill9(self) -> None:
         """kill -9 of the process itself (tasks in other sessions live on)."""
-        kill_pid(self.pid)
+        if self.popen.returncode is None:
+            kill_pid(self.pid)
         self.popen.wait(timeout=10)
 
-    def terminate(self, timeout: float = 15.0) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._killpg()
-                self.popen.wait(timeout=5)
-        return self.popen.returncode
-
-    def _killpg(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    def terminate(self, timeout: float = STOP_GRACE) -> int:
+        """SIGTERM and the exit code (the group is killed if it outlives ``timeout``)."""
+        return self.stop(timeout)
 
     def cleanup(self) -> None:
-        self.terminate()
-        self._killpg()
-        self._log.close()
+        self.stop()
+
+
+def http_get(url: str, token: str | None = None, timeout: float = 2.0) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.get(url, headers=headers, timeout=timeout)
+
+
+def nodes(base_url: str, token: str | None = None) -> list[dict]:
+    resp = http_get(base_url + "/nodes", token)
+    resp.raise_for_status()
+    return resp.json()["nodes"]
 
 
 class Cluster:
@@ -142,10 +254,14 @@ class Cluster:
         return [*args, *extra]
 
     def start_server(self, *extra: str) -> Proc:
-        self.server = Proc(self.server_args(*extra), self.tmp / "server.log")
-        wait_until(lambda: requests.get(f"{self.url}/health", timeout=1).ok,
-                   what="server /health")
-        return self.server
+        server = self.server = Proc(self.server_args(*extra), self.tmp / "server.log")
+
+        def healthy():
+            if not server.alive():
+                raise GiveUp(f"server exited:\n{server.log()[-3000:]}")
+            return requests.get(f"{self.url}/health", timeout=1).ok
+        wait_until(healthy, START_TIMEOUT, what="server /health")
+        return server
 
     def start_agent(self, name: str, *extra: str, env: dict | None = None,
                     prefix: list[str] | None = None) -> str:
@@ -162,11 +278,14 @@ class Cluster:
             self._dead.append(self.agents[name])
         self.agents[name] = proc
         node_id_file = data_dir / "node_id"
-        node_id = wait_until(lambda: node_id_file.exists()
-                             and node_id_file.read_text().strip(),
-                             what=f"agent {name} node id")
+
+        def written():
+            if not proc.alive():
+                raise GiveUp(f"agent {name} exited:\n{proc.log()[-3000:]}")
+            return node_id_file.exists() and node_id_file.read_text().strip()
+        node_id = wait_until(written, START_TIMEOUT, what=f"agent {name} node id")
         wait_until(lambda: self.node(node_id) and self.node(node_id)["healthy"],
-                   what=f"agent {name} healthy")
+                   START_TIMEOUT, what=f"agent {name} healthy")
         return node_id
 
     def stop_all(self) -> None:
@@ -214,7 +333,7 @@ class Cluster:
             return wait_until(reached, timeout, what=f"job {job_id} {status}")
         except AssertionError:
             raise AssertionError(f"job {job_id} never {status}: "
-                                 f"{json.dumps(self.job(job_id))[:2000]}")
+                                 f"{json.dumps(self.job(job_id))[:2000]}") from None
 
     def live_allocs(self, job_id: str) -> list[dict]:
         return [a for a in self.job(job_id)["allocations"]

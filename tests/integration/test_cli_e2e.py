@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from helpers import ROOT, clean_env, http_get, nodes, wait_until
+from harness import ROOT, clean_env, http_get, nodes, wait_until
 from orch.cli_format import short
 
 EXAMPLES = ROOT / "examples"

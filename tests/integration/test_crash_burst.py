@@ -25,6 +25,10 @@ THREADS = 8
 SERVICE_EVERY = 5            # job i is a service when i % SERVICE_EVERY == 0
 KILL_AFTER = 150             # acknowledged submits before the kill
 RESOURCES = {"cpu": 1, "memory": 1}
+DOWN_ACKS = 10               # submits acknowledged while the agent is down
+
+# The burst may take 120 s, its clients 180 s more, settling 90 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 class Burst:
@@ -270,7 +274,11 @@ def test_agent_kill9_mid_burst_loses_and_duplicates_no_task(burst_cluster):
 
     def crash():
         cluster.agents["a"].kill9()
-        time.sleep(0.5)
+        # Jobs keep arriving while the agent is down: their allocations are
+        # placed on a node that cannot take them until it comes back.
+        down_at = burst.acked_count()
+        wait_until(lambda: burst.acked_count() >= min(down_at + DOWN_ACKS, JOBS),
+                   timeout=60, what=f"{DOWN_ACKS} submits acknowledged with the agent down")
         assert cluster.start_agent("a") == node_id
 
     jobs = run_burst(cluster, burst, crash)

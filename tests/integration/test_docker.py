@@ -27,6 +27,9 @@ NO_ENGINE = "unix:///nonexistent.sock"
 ENGINE_SOCKET = "/var/run/docker.sock"
 JOB_PREFIX = "dk-"
 
+# The module's first test may build the test image and start three agents.
+pytestmark = pytest.mark.timeout(300)
+
 
 @pytest.fixture(scope="module")
 def engine():

@@ -9,10 +9,14 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import pytest
+
 from harness import ROOT
 
 SECONDS = 15
 CLIENTS = 50
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def load_module():

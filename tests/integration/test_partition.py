@@ -20,9 +20,9 @@ import requests
 from harness import Cluster, pid_alive, wait_until
 from test_end_to_end import job_body, submit
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None,
-    reason="needs root and iproute2 (network namespaces)")
+    reason="needs root and iproute2 (network namespaces)")]
 
 SUBNET = "10.213.0"
 SERVER_ADDR = f"{SUBNET}.1"
@@ -171,6 +171,7 @@ def test_partitioned_agent_is_replaced_and_its_stale_copy_stopped(cluster, net):
     watch.start()
 
     cut = time.monotonic()
+    log_at_cut = len(cluster.agents["a"].log())
     net.cut("a")
     wait_until(lambda: not cluster.node(node_a)["healthy"], timeout=NODE_TTL + 10,
                what="node a unhealthy")
@@ -193,9 +194,11 @@ def test_partitioned_agent_is_replaced_and_its_stale_copy_stopped(cluster, net):
     cluster.wait_job("two", "running", timeout=20)
     assert len([a for a in cluster.live_allocs("two")
                 if a["status"] == "running"]) == 2
-    # The agent cannot hear the server: its copy runs on, a stale copy.
+    # The agent cannot hear the server: its copy runs on, a stale copy, after
+    # the agent has seen its heartbeats fail.
+    wait_until(lambda: "heartbeat failed" in cluster.agents["a"].log()[log_at_cut:],
+               timeout=NODE_TTL + 10, what="agent a's heartbeats failing")
     assert pid_alive(original)
-    time.sleep(1.0)
 
     heal = time.monotonic()
     net.heal("a")
@@ -205,7 +208,11 @@ def test_partitioned_agent_is_replaced_and_its_stale_copy_stopped(cluster, net):
     wait_until(lambda: not pid_alive(original), timeout=NODE_TTL + 15,
                what="stale copy on a stopped")
     stale_stopped_after = time.monotonic() - heal
-    time.sleep(NODE_TTL)     # and nothing comes back
+    # And nothing comes back: node a keeps heartbeating (each exchange would
+    # be where the server hands it a copy again) while the watch looks on.
+    seen = cluster.node(node_a)["last_heartbeat"]
+    wait_until(lambda: cluster.node(node_a)["last_heartbeat"] >= seen + NODE_TTL,
+               timeout=NODE_TTL + 15, what="node a heartbeating after the heal")
     watch.stop()
 
     live = [p for p in cluster.task_pids("one").values() if pid_alive(p)]

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import zipfile
 
-from helpers import ROOT, free_port
+from harness import ROOT, free_port
 
 from orch import __version__
 

@@ -10,8 +10,9 @@ import textwrap
 from pathlib import Path
 
 import psutil
+import pytest
 
-from helpers import ROOT, clean_env, wait_until
+from harness import ROOT, clean_env, wait_until
 from orch.client import Client
 from orch.testing import dev_cluster
 
@@ -94,6 +95,7 @@ def test_fixture(orch_cluster):
 '''
 
 
+@pytest.mark.timeout(330)   # egg_info may take 120 s, the inner pytest 180 s
 def test_installed_orch_registers_the_pytest_plugin(tmp_path):
     """Installed orch (its metadata on sys.path): pytest loads orch.testing by
     its pytest11 entry point, without `-p`, and the orch_cluster fixture works."""

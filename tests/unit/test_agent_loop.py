@@ -1,5 +1,6 @@
 """Register + heartbeat against a tiny recording HTTP server (http.server)."""
 import json
+import logging
 import socket
 import threading
 import time
@@ -165,12 +166,15 @@ def test_404_heartbeat_registers_again(servers, agents, tmp_path):
     assert server.paths()[:4] == ["/register", "/heartbeat", "/register", "/heartbeat"]
 
 
-def test_registers_once_the_server_comes_up(servers, agents, tmp_path):
+def test_registers_once_the_server_comes_up(servers, agents, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="orch.agent.loop")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     agent = agents(f"http://127.0.0.1:{port}", tmp_path, heartbeat_interval=30.0)
-    time.sleep(0.3)
+    # The server comes up only once the agent has found it down and is retrying.
+    assert wait_for(lambda: "register failed, retrying" in caplog.text, 5.0)
+    assert not agent.loop.wait_registered(0)
     server = servers(port=port)
     up = time.monotonic()
     assert agent.loop.wait_registered(2.0)
@@ -191,10 +195,11 @@ def test_stop_ends_the_loop(servers, agents, tmp_path):
     server = servers()
     agent = agents(server.url, tmp_path, heartbeat_interval=0.02)
     assert wait_for(lambda: len(server.bodies("/heartbeat")) >= 2)
-    agent.loop.stop()
     count = len(server.bodies("/heartbeat"))
-    time.sleep(0.1)
-    assert len(server.bodies("/heartbeat")) == count
+    agent.loop.stop()
+    # stop() returns once the loop's thread has ended: nothing can send after it.
+    assert not agent.loop._thread.is_alive()
+    assert len(server.bodies("/heartbeat")) <= count + 1    # at most the one in flight
 
 
 def test_finished_allocations_are_sent_until_the_server_has_them(servers, agents, tmp_path):

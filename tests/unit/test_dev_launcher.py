@@ -12,6 +12,7 @@ from orch.config import DevConfig
 from orch.dev import launcher
 from orch.dev.launcher import (Supervisor, agent_argv, child_env, connect_host,
                                fresh_healthy_nodes, peek_exit, program, server_argv)
+from waiting import wait_for
 
 
 def test_program_reinvokes_a_zipapp(tmp_path, monkeypatch):
@@ -92,15 +93,6 @@ def sup():
     supervisor = Supervisor([sys.executable], dict(os.environ))
     yield supervisor
     supervisor.stop(grace=0.5)
-
-
-def wait_for(fn, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if fn():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_children_get_their_own_session(sup):

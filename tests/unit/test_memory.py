@@ -3,6 +3,7 @@ import platform
 
 import pytest
 
+from orch import memory
 from orch.memory import release_free_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -30,6 +31,24 @@ def test_freed_heap_pages_are_returned():
     del pin
 
 
-def test_is_harmless_to_call_repeatedly():
-    for _ in range(3):
-        release_free_memory()
+def test_repeated_calls_answer_a_bool_and_leave_the_heap_usable():
+    answers = [release_free_memory() for _ in range(3)]
+    assert all(isinstance(answer, bool) for answer in answers), answers
+    if not GLIBC:
+        assert answers == [False, False, False]
+    blocks = [bytes([i % 256]) * 10_000 for i in range(1000)]
+    assert all(block[-1] == i % 256 for i, block in enumerate(blocks))
+
+
+def test_without_malloc_trim_it_answers_false_and_looks_once(monkeypatch):
+    """musl, macOS: the symbol is missing; every call says so, none raises."""
+    looked_up = []
+
+    def no_trim(name):
+        looked_up.append(name)
+        return object()                  # a library without malloc_trim
+
+    monkeypatch.setattr(memory, "_trim", None)
+    monkeypatch.setattr(memory.ctypes, "CDLL", no_trim)
+    assert [release_free_memory() for _ in range(3)] == [False, False, False]
+    assert looked_up == [None]           # the process's own symbols, once

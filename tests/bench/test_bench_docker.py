@@ -9,10 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.docker_image import require_engine  # noqa: E402
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(420)]
 
 KEYS = {"replicas10_s", "replicas50_s", "floor10_s", "floor50_s"}
 

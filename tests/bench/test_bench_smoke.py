@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEYS = {"placements_per_s", "evals_per_s", "us_per_placement", "fill_ratio", "rss_mb"}
 
 
+@pytest.mark.timeout(360)   # the run itself may take its 300 s
 def test_scheduler_bench_smoke_prints_json_last():
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "scheduler.py"), "--smoke", "--json"],
