@@ -36,11 +36,21 @@ CREATE TABLE IF NOT EXISTS evaluations (
     eval_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, status TEXT NOT NULL,
     body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS evaluations_job ON evaluations (job_id);
+CREATE TABLE IF NOT EXISTS quarantine (
+    tbl TEXT NOT NULL, row_key TEXT, body TEXT, reason TEXT NOT NULL,
+    time REAL NOT NULL);
 """
 
 
 def _dump(obj) -> str:
-    return json.dumps(obj.to_dict(), separators=(",", ":"))
+    # allow_nan=False: a NaN written is a row that cannot be read back.
+    return json.dumps(obj.to_dict(), separators=(",", ":"), allow_nan=False)
+
+
+def _no_constant(name: str):
+    # Python reads NaN and Infinity, but such an object could never be written
+    # back (allow_nan=False): the row is treated as unreadable.
+    raise ValueError(f"{name} is not JSON")
 
 
 class StateStore:
@@ -85,23 +95,50 @@ class StateStore:
         return db
 
     def _load(self) -> None:
-        db = self._db
-        for (body,) in db.execute("SELECT body FROM nodes"):
-            node = codec.node_from(json.loads(body))
+        for node in self._rows("nodes", "node_id", codec.node_from):
             self._nodes[node.node_id] = node
             self.cluster.upsert_node(node)
-        for (body,) in db.execute("SELECT body FROM jobs"):
-            job = codec.job_from(json.loads(body))
+        for job in self._rows("jobs", "job_id", codec.job_from):
             self._jobs[job.job_id] = job
-        for (body,) in db.execute("SELECT body FROM allocations"):
-            self._index_alloc(codec.alloc_from(json.loads(body)))
-        for (body,) in db.execute("SELECT body FROM evaluations"):
-            ev = codec.eval_from(json.loads(body))
+        for alloc in self._rows("allocations", "allocation_id", codec.alloc_from):
+            self._index_alloc(alloc)
+        for ev in self._rows("evaluations", "eval_id", codec.eval_from):
             self._evals[ev.eval_id] = ev
             self._evals_by_job.setdefault(ev.job_id, {})[ev.eval_id] = None
         log.info("state loaded path=%s nodes=%d jobs=%d allocs=%d evals=%d",
                  self.path, len(self._nodes), len(self._jobs),
                  len(self._allocs), len(self._evals))
+
+    def _rows(self, table: str, key: str, decode) -> list:
+        """The table's objects; rows that do not decode are quarantined."""
+        objects, bad = [], []
+        for row_key, body in self._db.execute(f"SELECT {key}, body FROM {table}"):
+            try:
+                objects.append(decode(json.loads(body, parse_constant=_no_constant)))
+            except (ValueError, TypeError, KeyError, AttributeError,
+                    OverflowError, RecursionError) as exc:
+                bad.append((row_key, body, f"{type(exc).__name__}: {exc}"))
+        if bad:
+            self._quarantine(table, key, bad)
+        return objects
+
+    def _quarantine(self, table: str, key: str, bad: list) -> None:
+        """Move unreadable rows aside, so that one of them cannot stop the server.
+
+        A row is copied to ``quarantine`` (table, key, body, reason) and
+        deleted from its table in one transaction: nothing is lost, an
+        operator can read it back, and the rest of the state loads.
+        """
+        for row_key, _body, reason in bad:
+            log.error("state row unreadable table=%s %s=%s: %s; moved to the "
+                      "quarantine table", table, key, row_key, reason)
+        now = self._now()
+        self._write([
+            ("INSERT INTO quarantine (tbl, row_key, body, reason, time) "
+             "VALUES (?,?,?,?,?)",
+             [(table, str(k), body, reason, now) for k, body, reason in bad]),
+            (f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k, _b, _r in bad]),
+        ])
 
     def close(self) -> None:
         with self._lock:
