@@ -19,9 +19,9 @@ from orch.errors import ValidationError
 
 MAX_DEPTH = 64
 
-# A JSON string token: its brackets are text, not nesting.
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# Only quotes and brackets matter to nesting; escaped backslashes and quotes
+# are dropped first, so that every quote left opens or closes a string.
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _DELTA = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 # A \uD800-\uDFFF escape: only then can a parsed string hold a surrogate
 # (raw bytes are decoded strictly first).
@@ -49,7 +49,10 @@ def too_deep(raw: bytes, max_depth: int) -> bool:
 
 def depth(raw: bytes) -> int:
     """The deepest nesting of arrays and objects in a JSON text."""
-    brackets = _STRING.sub(b'""', raw).translate(None, _NOT_BRACKETS)
+    structure = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(
+        None, _NOT_STRUCTURE)
+    # Split on quotes: even pieces lie outside strings, odd ones inside.
+    brackets = b"".join(structure.split(b'"')[0::2])
     if not brackets:
         return 0
     return max(accumulate(map(_DELTA.__getitem__, brackets)))
