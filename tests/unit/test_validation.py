@@ -1,5 +1,6 @@
 """The one validation layer: document limits, shared field rules, bodies, regex."""
 import json
+import random
 
 import pytest
 
@@ -38,6 +39,33 @@ def test_brackets_inside_strings_are_not_nesting():
     assert document.depth(b'{"a": "[[[[{{{{", "b": ["]]\\"]]"]}') == 2
     text = json.dumps({"x": "[" * 200, "y": ["\\\"" + "{" * 200]}).encode()
     assert document.loads(text)["x"] == "[" * 200
+
+
+def _tree_depth(value) -> int:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return 1 + max(map(_tree_depth, value), default=0)
+    return 0
+
+
+def _random_json(rng: random.Random, level: int = 0):
+    """Nested lists and objects whose strings are full of brackets, quotes and escapes."""
+    roll = rng.random()
+    if level > 8 or roll < 0.3:
+        return "".join(rng.choice('[]{}"\\a\n') for _ in range(rng.randint(0, 6)))
+    if roll < 0.65:
+        return [_random_json(rng, level + 1) for _ in range(rng.randint(0, 3))]
+    return {_random_json(rng, 9): _random_json(rng, level + 1) for _ in range(rng.randint(0, 3))}
+
+
+def test_depth_on_bytes_equals_the_parsed_depth():
+    rng = random.Random(7)
+    for _ in range(1000):
+        value = _random_json(rng)
+        for ascii_only in (True, False):
+            raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+            assert document.depth(raw) == _tree_depth(value), raw
 
 
 def test_lone_surrogates_are_refused_naming_the_field():
