@@ -4,6 +4,7 @@ and nothing stored that the server cannot read back (issue #10 items 1, 2, 5).
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import statistics
 import time
@@ -152,3 +153,26 @@ def test_a_bad_row_is_quarantined_and_the_server_starts(cluster):
     db = sqlite3.connect(server.data_dir / "state.db")
     assert db.execute("SELECT row_key FROM quarantine").fetchall() == [("bad",)]
     db.close()
+
+
+def test_a_stopped_server_does_not_blame_its_nodes_when_it_resumes(cluster):
+    """SIGSTOP the server past the node TTL: on SIGCONT its heartbeat monitor
+    sees that it woke late, so the node is not declared down for the server's
+    own silence and its allocation is not lost."""
+    server, agent, alloc = cluster
+    server.proc.signal(signal.SIGSTOP)
+    try:
+        time.sleep(3.0 * 2)                # the stall itself: twice the node TTL
+    finally:
+        server.proc.signal(signal.SIGCONT)
+    wait_until(lambda: requests.get(f"{server.url}/health", timeout=TIMEOUT).ok,
+               TIMEOUT, what="server answering after SIGCONT")
+    # Heartbeats flow again: two TTLs later the node must still never have gone down.
+    end = time.monotonic() + 6.0
+    while time.monotonic() < end:
+        assert all(n["healthy"] for n in nodes(server.url)), nodes(server.url)
+        time.sleep(0.2)
+    assert "missed heartbeats: down" not in server.proc.stderr()
+    assert "woke" in server.proc.stderr() and "late" in server.proc.stderr()
+    (live,) = running_allocs(server.url, "svc")
+    assert live["allocation_id"] == alloc["allocation_id"]
