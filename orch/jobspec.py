@@ -184,7 +184,7 @@ def _constraint(raw: dict, path: str) -> Constraint:
     attribute = raw.get("attribute")
     if not isinstance(attribute, str) or not attribute:
         fail(f"{path}.attribute", "must be a non-empty string")
-    fields.text(attribute, f"{path}.attribute", max_len=fields.NAME_MAX * 4)
+    fields.text(attribute, f"{path}.attribute", max_len=fields.ATTRIBUTE_MAX)
     operator = raw.get("operator")
     if operator not in CONSTRAINT_OPERATORS:
         fail(f"{path}.operator", f"must be one of {' '.join(CONSTRAINT_OPERATORS)}")

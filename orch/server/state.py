@@ -17,6 +17,7 @@ from typing import Iterable
 
 from orch import codec
 from orch.errors import NotFound, StorageError
+from orch.server import quarantine
 from orch.server.scheduler.cluster import Cluster
 from orch.structs import (
     TERMINAL_ALLOC, TERMINAL_EVAL, Allocation, AllocStatus, DesiredStatus, Evaluation, Job,
@@ -36,21 +37,12 @@ CREATE TABLE IF NOT EXISTS evaluations (
     eval_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, status TEXT NOT NULL,
     body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS evaluations_job ON evaluations (job_id);
-CREATE TABLE IF NOT EXISTS quarantine (
-    tbl TEXT NOT NULL, row_key TEXT, body TEXT, reason TEXT NOT NULL,
-    time REAL NOT NULL);
-"""
+""" + quarantine.SCHEMA
 
 
 def _dump(obj) -> str:
     # allow_nan=False: a NaN written is a row that cannot be read back.
     return json.dumps(obj.to_dict(), separators=(",", ":"), allow_nan=False)
-
-
-def _no_constant(name: str):
-    # Python reads NaN and Infinity, but such an object could never be written
-    # back (allow_nan=False): the row is treated as unreadable.
-    raise ValueError(f"{name} is not JSON")
 
 
 class StateStore:
@@ -111,34 +103,10 @@ class StateStore:
 
     def _rows(self, table: str, key: str, decode) -> list:
         """The table's objects; rows that do not decode are quarantined."""
-        objects, bad = [], []
-        for row_key, body in self._db.execute(f"SELECT {key}, body FROM {table}"):
-            try:
-                objects.append(decode(json.loads(body, parse_constant=_no_constant)))
-            except (ValueError, TypeError, KeyError, AttributeError,
-                    OverflowError, RecursionError) as exc:
-                bad.append((row_key, body, f"{type(exc).__name__}: {exc}"))
+        objects, bad = quarantine.read_table(self._db, table, key, decode)
         if bad:
-            self._quarantine(table, key, bad)
+            self._write(quarantine.statements(table, key, bad, self._now()))
         return objects
-
-    def _quarantine(self, table: str, key: str, bad: list) -> None:
-        """Move unreadable rows aside, so that one of them cannot stop the server.
-
-        A row is copied to ``quarantine`` (table, key, body, reason) and
-        deleted from its table in one transaction: nothing is lost, an
-        operator can read it back, and the rest of the state loads.
-        """
-        for row_key, _body, reason in bad:
-            log.error("state row unreadable table=%s %s=%s: %s; moved to the "
-                      "quarantine table", table, key, row_key, reason)
-        now = self._now()
-        self._write([
-            ("INSERT INTO quarantine (tbl, row_key, body, reason, time) "
-             "VALUES (?,?,?,?,?)",
-             [(table, str(k), body, reason, now) for k, body, reason in bad]),
-            (f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k, _b, _r in bad]),
-        ])
 
     def close(self) -> None:
         with self._lock:

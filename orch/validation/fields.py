@@ -23,6 +23,8 @@ ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (ID_MAX - 1))
 # 2**53 they would silently round, so counts and sizes stop there.
 INT_MAX = 2 ** 53
 STRING_MAX = 64 * 1024
+# A constraint's attribute: a fingerprint name or meta.KEY.
+ATTRIBUTE_MAX = 256
 
 
 def fail(path: str, message: str) -> NoReturn:

@@ -146,7 +146,7 @@ def test_unreadable_rows_are_quarantined_and_the_rest_loads(tmp_path, caplog):
                "VALUES ('e2', 'j1', 'pending', '{\"x\": NaN}')")
     db.commit()
     db.close()
-    with caplog.at_level("ERROR", logger="orch.server.state"):
+    with caplog.at_level("ERROR", logger="orch.server.quarantine"):
         store = StateStore(str(tmp_path))
     assert [n.node_id for n in store.list_nodes()] == ["n1"]
     assert [j.job_id for j in store.list_jobs()] == ["j1"]
