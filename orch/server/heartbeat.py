@@ -17,8 +17,10 @@ log = logging.getLogger(__name__)
 # A node whose expiry could not be recorded (the state store failed to write,
 # say a full disk) is tried again this soon, unless it heartbeats first.
 EXPIRY_RETRY_S = 1.0
-# The monitor waking this much later than it asked means the process itself
-# stalled (a GIL hog, SIGSTOP, swap): nobody could heartbeat meanwhile.
+# The monitor waking later than it asked by half a TTL (and at least this)
+# means the process itself stalled (a GIL hog, SIGSTOP, swap) long enough to
+# expire nodes that beat on time. Shorter delays are ordinary scheduling and
+# must not keep postponing real expiries.
 STALL_S = 0.5
 
 
@@ -34,6 +36,7 @@ class HeartbeatMonitor:
         self._cond = threading.Condition()
         self._stopped = False
         self._wake_at: float | None = None     # when the monitor asked to wake
+        self._stall_after = max(STALL_S, ttl / 2)
         self._thread = threading.Thread(target=self._run, name="heartbeat",
                                         daemon=True)
 
@@ -77,7 +80,7 @@ class HeartbeatMonitor:
         now = self._now()
         late = now - self._wake_at
         self._wake_at = None
-        if late < STALL_S:
+        if late < self._stall_after:
             return 0.0
         log.warning("heartbeat monitor woke %.1fs late: the server stalled; "
                     "re-arming %d node deadlines", late, len(self._deadlines))

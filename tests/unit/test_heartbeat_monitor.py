@@ -80,3 +80,14 @@ def test_an_ordinary_wake_changes_nothing():
     clock.t += 1.1
     assert monitor._absorb_stall() == 0.0
     assert monitor._deadlines == {"a": 1003.0}
+
+
+def test_a_short_delay_under_load_does_not_postpone_expiry():
+    """Waking 1 s late with a 3 s TTL is scheduling noise: deadlines stand."""
+    clock = Clock()
+    monitor = HeartbeatMonitor(3.0, lambda node: None, now=clock)
+    monitor.reset("a")
+    monitor._sleep_until(clock.t + 2.5)
+    clock.t += 3.5
+    assert monitor._absorb_stall() == 0.0
+    assert monitor._expired() == ["a"]
