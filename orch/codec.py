@@ -7,6 +7,7 @@ default and the derived ``name``/``status``, which ``alloc_from`` restores.
 from __future__ import annotations
 
 import json
+import math
 from json.encoder import encode_basestring_ascii as _quote
 
 from orch.structs import (
@@ -83,7 +84,17 @@ def eval_from(d: dict) -> Evaluation:
         failed_nodes=dict(d.get("failed_nodes") or {}))
 
 
-_DUMP = json.JSONEncoder(separators=(",", ":")).encode
+# allow_nan=False: NaN and Infinity are not JSON; written, they would make the
+# row unreadable at the next start.
+_DUMP = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _float(value) -> str:
+    """A float as a JSON number; ValueError for NaN and infinities."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"out of range float value {value!r} is not JSON")
+    return repr(value)
 
 
 def allocs_json(allocs) -> list[str]:
@@ -104,9 +115,9 @@ def _alloc_json(a: Allocation, tasks: str) -> str:
     if a.description:
         extra += f',"description":{_quote(a.description)}'
     if a.start_time is not None:
-        extra += f',"start_time":{float(a.start_time)!r}'
+        extra += f',"start_time":{_float(a.start_time)}'
     if a.end_time is not None:
-        extra += f',"end_time":{float(a.end_time)!r}'
+        extra += f',"end_time":{_float(a.end_time)}'
     if a.job_version:
         extra += f',"job_version":{int(a.job_version):d}'
     if a.previous_allocation is not None:
@@ -119,8 +130,8 @@ def _alloc_json(a: Allocation, tasks: str) -> str:
             f'"resources":{{"cpu":{int(res.cpu):d},"memory":{int(res.memory):d}}},'
             f'"desired_status":"{a.desired_status.value}",'
             f'"client_status":"{a.client_status.value}",'
-            f'"create_time":{float(a.create_time)!r},'
-            f'"modify_time":{float(a.modify_time)!r},'
+            f'"create_time":{_float(a.create_time)},'
+            f'"modify_time":{_float(a.modify_time)},'
             f'"group_hash":{_quote(a.group_hash)},"eval_id":{_quote(a.eval_id)}'
             f'{extra},"tasks":{tasks}}}')
 

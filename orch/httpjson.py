@@ -17,6 +17,7 @@ import bottle
 from orch.errors import (
     BadGateway, OrchError, PayloadTooLarge, Unauthorized, ValidationError,
 )
+from orch.validation import document
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def _dumps(payload) -> str:
 
 
 def read_json(max_body: int | None = None):
-    """The request body parsed as JSON; ValidationError if it is not JSON."""
+    """The request body parsed as JSON; ValidationError if it is not safe JSON."""
     limit = max_body or bottle.request.environ.get("orch.max_body", 1 << 20)
     length = bottle.request.content_length
     if length > limit:
@@ -44,10 +45,9 @@ def read_json(max_body: int | None = None):
         raise PayloadTooLarge(f"request body over {limit} bytes")
     if not raw.strip():
         raise ValidationError("body: must be a JSON object, got an empty body")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"body: invalid JSON: {exc}") from None
+    # Depth, finite numbers and valid Unicode are checked here, for every
+    # POST route of server and agent alike.
+    return document.loads(raw)
 
 
 def passthrough(resp) -> bytes:

@@ -6,25 +6,17 @@ so a client can point at the exact spot of its file.
 """
 from __future__ import annotations
 
-import re
-from typing import NoReturn
-
-from orch.errors import ValidationError
 from orch.structs import (
     CONSTRAINT_OPERATORS, DRIVERS, Constraint, Job, JobType, Resources, Task,
     TaskGroup, new_id,
 )
+from orch.validation import bodies, fields, regex
+from orch.validation.fields import fail, is_int as _int, obj as _object
 
-# Names become file and container names: no separators, no leading dot.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 DEFAULT_CPU = 100
 DEFAULT_MEMORY = 64
+DEFAULT_RESOURCES = Resources(DEFAULT_CPU, DEFAULT_MEMORY)
 JOB_TYPES = tuple(t.value for t in JobType)
-
-
-def fail(path: str, message: str) -> NoReturn:
-    raise ValidationError(f"{path}: {message}")
 
 
 def parse_job(body, job_id: str | None = None, *, max_count: int = 10000) -> Job:
@@ -42,20 +34,8 @@ def parse_job(body, job_id: str | None = None, *, max_count: int = 10000) -> Job
                constraints=_constraints(body.get("constraints"), "constraints"))
 
 
-def _job_id(value, path: str) -> str:
-    if not isinstance(value, str) or not JOB_ID_RE.fullmatch(value) or ".." in value:
-        fail(path, "must be 1-128 characters of letters, digits, '_', '.' or '-', "
-                   "starting with a letter or digit, without '..'")
-    return value
-
-
-def _name(value, path: str) -> str:
-    if value is None or value == "":
-        fail(path, "is required")
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or ".." in value:
-        fail(path, "must be 1-63 characters of letters, digits, '_', '.' or '-', "
-                   "starting with a letter or digit, without '..'")
-    return value
+_job_id = fields.ident
+_name = fields.name
 
 
 def _job_type(value) -> JobType:
@@ -64,17 +44,6 @@ def _job_type(value) -> JobType:
     if value not in JOB_TYPES:
         fail("type", f"must be one of {', '.join(JOB_TYPES)}")
     return JobType(value)
-
-
-def _object(value, path: str) -> dict:
-    if not isinstance(value, dict):
-        fail(path, "must be a JSON object")
-    return value
-
-
-def _int(value) -> bool:
-    # bool is a subclass of int, but `"count": true` is not a count.
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _groups(value, max_count: int) -> tuple[TaskGroup, ...]:
@@ -120,7 +89,7 @@ def _task(raw: dict, path: str) -> Task:
     config = raw.get("config")
     config = {} if config is None else dict(_object(config, f"{path}.config"))
     driver = _driver(raw.get("driver"), config, path)
-    config = _config(config, driver, f"{path}.config")
+    config = task_config(config, driver, f"{path}.config")
     return Task(name=name, driver=driver, config=config,
                 resources=_resources(raw.get("resources"), f"{path}.resources"))
 
@@ -138,7 +107,8 @@ def _driver(value, config: dict, path: str) -> str:
     fail(f"{path}.driver", "is required when config has neither image nor command")
 
 
-def _config(config: dict, driver: str, path: str) -> dict:
+def task_config(config: dict, driver: str, path: str) -> dict:
+    """A task's config checked for its driver (env values become strings)."""
     if driver == "docker":
         image = config.get("image")
         if not isinstance(image, str) or not image.strip():
@@ -151,8 +121,8 @@ def _config(config: dict, driver: str, path: str) -> dict:
         _strings(config["args"], f"{path}.args")
     if config.get("env") is not None:
         config["env"] = _env(config["env"], f"{path}.env")
-    if config.get("cwd") is not None and not isinstance(config["cwd"], str):
-        fail(f"{path}.cwd", "must be a string")
+    if config.get("cwd") is not None:
+        fields.text(config["cwd"], f"{path}.cwd", allow_empty=True)
     for key in ("port", "container_port"):
         if config.get(key) is not None:
             _port(config[key], f"{path}.{key}")
@@ -183,7 +153,9 @@ def _env(value, path: str) -> dict:
             fail(path, f'invalid variable name "{key}"')
         if isinstance(val, bool) or not isinstance(val, (str, int, float)):
             fail(f"{path}.{key}", "must be a string or a number")
-        val = str(val)
+        if isinstance(val, float):
+            fields.finite(val, f"{path}.{key}")
+        val = fields.text(str(val), f"{path}.{key}", allow_empty=True)
         if "\0" in val:
             fail(f"{path}.{key}", "must not contain NUL characters")
         env[key] = val
@@ -196,15 +168,7 @@ def _port(value, path: str) -> None:
 
 
 def _resources(value, path: str) -> Resources:
-    if value is None:
-        return Resources(DEFAULT_CPU, DEFAULT_MEMORY)
-    value = _object(value, path)
-    cpu = value.get("cpu", DEFAULT_CPU)
-    memory = value.get("memory", DEFAULT_MEMORY)
-    for key, amount in (("cpu", cpu), ("memory", memory)):
-        if not _int(amount) or amount < 0:
-            fail(f"{path}.{key}", "must be a non-negative integer")
-    return Resources(cpu, memory)
+    return bodies.resources(value, path, DEFAULT_RESOURCES)
 
 
 def _constraints(value, path: str) -> tuple[Constraint, ...]:
@@ -220,15 +184,13 @@ def _constraint(raw: dict, path: str) -> Constraint:
     attribute = raw.get("attribute")
     if not isinstance(attribute, str) or not attribute:
         fail(f"{path}.attribute", "must be a non-empty string")
+    fields.text(attribute, f"{path}.attribute", max_len=fields.ATTRIBUTE_MAX)
     operator = raw.get("operator")
     if operator not in CONSTRAINT_OPERATORS:
         fail(f"{path}.operator", f"must be one of {' '.join(CONSTRAINT_OPERATORS)}")
     value = _constraint_value(raw.get("value"), f"{path}.value")
     if operator == "regex":
-        try:
-            re.compile(value)
-        except re.error as exc:
-            fail(f"{path}.value", f"invalid regex: {exc}")
+        regex.pattern(value, f"{path}.value")
     return Constraint(attribute, operator, value)
 
 
@@ -237,7 +199,7 @@ def _constraint_value(value, path: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
-        return str(value)
+        return str(value if isinstance(value, int) else fields.finite(value, path))
     if not isinstance(value, str):
         fail(path, "is required (a string or a number)")
-    return value
+    return fields.text(value, path, allow_empty=True)

@@ -15,6 +15,7 @@ from orch.agent.spec import parse_alloc
 from orch.agent.state import LOG_TYPES
 from orch.errors import OrchError, ValidationError
 from orch.openapi import AGENT_SPEC
+from orch.validation import fields
 
 MAX_BODY = 1 << 20
 MAX_LOG_CHUNK = 1 << 20        # a log read returns at most this; the client pages
@@ -64,20 +65,23 @@ def make_app(agent) -> Bottle:
 
 
 def _offset(raw: str | None) -> int:
+    """The log offset: ASCII digits only (int() would take "1_0" and " 7")."""
     if raw is None or raw == "":
         return 0
-    try:
-        value = int(raw)
-    except ValueError:
+    if not raw.isascii() or not raw.isdigit():
         raise ValidationError("offset: must be a non-negative integer")
-    if value < 0:
-        raise ValidationError("offset: must be a non-negative integer")
-    return value
+    # Bounded before int(): a seek past 2**63 overflows off_t (a 500 before).
+    if len(raw) > 16 or int(raw) > fields.INT_MAX:
+        raise ValidationError(f"offset: must be at most {fields.INT_MAX}")
+    return int(raw)
 
 
 def _read_from(path: str, offset: int) -> bytes:
     try:
         with open(path, "rb") as f:
+            # Past the end there is nothing yet; seeking there may be EINVAL.
+            if offset >= os.fstat(f.fileno()).st_size:
+                return b""
             f.seek(offset)
             return f.read(MAX_LOG_CHUNK)
     except FileNotFoundError:

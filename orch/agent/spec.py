@@ -1,16 +1,15 @@
 """The allocation an agent is asked to run: the body of `POST /allocations`."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from orch.errors import ValidationError
+from orch.jobspec import DEFAULT_RESOURCES, task_config
 from orch.structs import DRIVERS, JobType, Resources, Task, total_resources
+from orch.validation import bodies, fields
 
-# Ids and task names become directory names under the data dir.
-# Ids and names become file and container names: the job spec's safe pattern.
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
-DEFAULT_RESOURCES = Resources(cpu=100, memory=64)
+# Ids and names become directory, file and container names under the data
+# dir: the same rules as in the job spec (orch.validation.fields).
 
 
 @dataclass(frozen=True)
@@ -35,12 +34,9 @@ class AllocSpec:
 
 def parse_alloc(body) -> AllocSpec:
     """Validate a `POST /allocations` body; raises ValidationError naming the field."""
-    if not isinstance(body, dict):
-        raise ValidationError("body: must be a JSON object")
-    alloc_id = _safe_name(body.get("allocation_id"), "allocation_id")
-    job_id = body.get("job_id")
-    if not isinstance(job_id, str) or not job_id:
-        raise ValidationError("job_id: must be a non-empty string")
+    body = fields.obj(body, "body")
+    alloc_id = fields.ident(body.get("allocation_id"), "allocation_id")
+    job_id = fields.ident(body.get("job_id"), "job_id")
     job_type = body.get("job_type") or JobType.BATCH.value
     try:
         job_type = JobType(job_type)
@@ -49,9 +45,7 @@ def parse_alloc(body) -> AllocSpec:
     group = body.get("task_group")
     if not isinstance(group, dict):
         raise ValidationError("task_group: must be an object")
-    name = group.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValidationError("task_group.name: must be a non-empty string")
+    name = fields.name(group.get("name"), "task_group.name")
     raw_tasks = group.get("tasks")
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise ValidationError("task_group.tasks: must be a non-empty list")
@@ -66,7 +60,7 @@ def parse_alloc(body) -> AllocSpec:
 def _parse_task(raw, path: str) -> Task:
     if not isinstance(raw, dict):
         raise ValidationError(f"{path}: must be an object")
-    name = _safe_name(raw.get("name"), f"{path}.name")
+    name = fields.name(raw.get("name"), f"{path}.name")
     config = raw.get("config")
     if config is None:
         config = {}
@@ -75,8 +69,11 @@ def _parse_task(raw, path: str) -> Task:
     driver = raw.get("driver") or _infer_driver(config, path)
     if driver not in DRIVERS:
         raise ValidationError(f"{path}.driver: must be one of {', '.join(DRIVERS)}")
+    # The job spec's config rules: the agent may be called without the server.
+    config = task_config(dict(config), driver, f"{path}.config")
     return Task(name=name, driver=driver, config=config,
-                resources=_parse_resources(raw.get("resources"), f"{path}.resources"))
+                resources=bodies.resources(raw.get("resources"), f"{path}.resources",
+                                    DEFAULT_RESOURCES))
 
 
 def _infer_driver(config: dict, path: str) -> str:
@@ -85,28 +82,3 @@ def _infer_driver(config: dict, path: str) -> str:
     if config.get("command"):
         return "exec"
     raise ValidationError(f"{path}.config: needs a command (exec) or an image (docker)")
-
-
-def _parse_resources(raw, path: str) -> Resources:
-    if raw is None:
-        return DEFAULT_RESOURCES
-    if not isinstance(raw, dict):
-        raise ValidationError(f"{path}: must be an object")
-    values = {}
-    for key, default in (("cpu", DEFAULT_RESOURCES.cpu),
-                         ("memory", DEFAULT_RESOURCES.memory)):
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValidationError(f"{path}.{key}: must be a non-negative integer")
-        values[key] = value
-    return Resources(**values)
-
-
-def _safe_name(value, path: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValidationError(f"{path}: must be a non-empty string")
-    if not SAFE_NAME.fullmatch(value) or ".." in value:
-        raise ValidationError(
-            f"{path}: must match [A-Za-z0-9][A-Za-z0-9_.-]* without '..' "
-            f"(at most 200 characters)")
-    return value

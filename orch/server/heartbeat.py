@@ -17,6 +17,11 @@ log = logging.getLogger(__name__)
 # A node whose expiry could not be recorded (the state store failed to write,
 # say a full disk) is tried again this soon, unless it heartbeats first.
 EXPIRY_RETRY_S = 1.0
+# The monitor waking later than it asked by half a TTL (and at least this)
+# means the process itself stalled (a GIL hog, SIGSTOP, swap) long enough to
+# expire nodes that beat on time. Shorter delays are ordinary scheduling and
+# must not keep postponing real expiries.
+STALL_S = 0.5
 
 
 class HeartbeatMonitor:
@@ -30,6 +35,8 @@ class HeartbeatMonitor:
         self._heap: list[tuple[float, str]] = []
         self._cond = threading.Condition()
         self._stopped = False
+        self._wake_at: float | None = None     # when the monitor asked to wake
+        self._stall_after = max(STALL_S, ttl / 2)
         self._thread = threading.Thread(target=self._run, name="heartbeat",
                                         daemon=True)
 
@@ -48,6 +55,35 @@ class HeartbeatMonitor:
     def _compact(self) -> None:
         self._heap = [(d, n) for n, d in self._deadlines.items()]
         heapq.heapify(self._heap)
+
+    def _sleep_until(self, wake_at: float) -> None:
+        """Note when the monitor means to wake, so that a late wake shows."""
+        self._wake_at = wake_at
+
+    def _absorb_stall(self) -> float:
+        """After the process stood still, give every node a full TTL again.
+
+        A node is down when *it* was silent, not when the server was: while
+        the process stalled, heartbeats queued unanswered, and expiring
+        nodes now would blame them for the server's own silence. Every
+        deadline moves to one TTL from now, which is at least its old one
+        plus the stall, and leaves the queued heartbeats (answered by other
+        threads after this one wakes) time to land; Nomad likewise re-arms
+        all heartbeat timers when a new leader takes over. Returns the stall.
+        """
+        if self._wake_at is None:
+            return 0.0
+        now = self._now()
+        late = now - self._wake_at
+        self._wake_at = None
+        if late < self._stall_after:
+            return 0.0
+        log.warning("heartbeat monitor woke %.1fs late: the server stalled; "
+                    "re-arming %d node deadlines", late, len(self._deadlines))
+        for node_id in self._deadlines:
+            self._deadlines[node_id] = now + self._ttl
+        self._compact()
+        return late
 
     def _expired(self) -> list[str]:
         now = self._now()
@@ -70,10 +106,13 @@ class HeartbeatMonitor:
             with self._cond:
                 if self._stopped:
                     return
+                self._absorb_stall()
                 expired = self._expired()
                 if not expired:
                     wait = self._heap[0][0] - self._now() if self._heap else 1.0
-                    self._cond.wait(min(max(wait, 0.01), 1.0))
+                    wait = min(max(wait, 0.01), 1.0)
+                    self._sleep_until(self._now() + wait)
+                    self._cond.wait(wait)
                     continue
             for node_id in expired:
                 try:

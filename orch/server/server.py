@@ -10,7 +10,7 @@ import logging
 import time
 
 from orch.config import ServerConfig
-from orch.errors import NotFound, StorageError, ValidationError
+from orch.errors import NotFound, StorageError
 from orch.jobspec import parse_job
 from orch.security import check_bind
 from orch.server import views
@@ -22,6 +22,7 @@ from orch.server.state import StateStore
 from orch.server.status import job_status
 from orch.server.sync import AllocSync
 from orch.server.worker import SchedulerWorker
+from orch.validation import bodies as validation
 from orch.structs import (
     Allocation, AllocStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node,
     TriggeredBy, replace,
@@ -153,27 +154,18 @@ class Server:
         return node
 
     def heartbeat(self, body) -> None:
-        if not isinstance(body, dict):
-            raise ValidationError("body: must be a JSON object")
-        node_id = body.get("node_id")
-        if not isinstance(node_id, str) or not node_id:
-            raise ValidationError("node_id: must be a non-empty string")
+        beat = validation.heartbeat(body)
+        node_id = beat.node_id
         node = self.store.get_node(node_id)
         if node is None:
             raise NotFound("Node not registered")
-        usage = body.get("resources")
-        allocations = body.get("allocations") or {}
-        if not isinstance(usage, dict) and usage is not None:
-            raise ValidationError("resources: must be an object")
-        if not isinstance(allocations, dict):
-            raise ValidationError("allocations: must be an object")
-        self.store.touch_node(node_id, time.time(), usage or {})
+        self.store.touch_node(node_id, time.time(), beat.usage)
         self.monitor.reset(node_id)
-        if not node.healthy and body.get("healthy", True):
+        if not node.healthy and beat.healthy:
             log.info("node %s is back", node_id[:8])
             self.store.set_node_health(node_id, True)
             self.broker.unblock()
-        self.sync.apply(node_id, allocations)
+        self.sync.apply(node_id, beat.allocations)
 
     def node_down(self, node_id: str) -> None:
         """The heartbeat monitor's verdict: lost allocations are placed again."""

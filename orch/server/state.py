@@ -17,6 +17,7 @@ from typing import Iterable
 
 from orch import codec
 from orch.errors import Conflict, NotFound, StorageError
+from orch.server import quarantine
 from orch.server.scheduler.cluster import Cluster
 from orch.structs import (
     TERMINAL_ALLOC, TERMINAL_EVAL, Allocation, AllocStatus, DesiredStatus, Evaluation, Job,
@@ -36,11 +37,12 @@ CREATE TABLE IF NOT EXISTS evaluations (
     eval_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, status TEXT NOT NULL,
     body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS evaluations_job ON evaluations (job_id);
-"""
+""" + quarantine.SCHEMA
 
 
 def _dump(obj) -> str:
-    return json.dumps(obj.to_dict(), separators=(",", ":"))
+    # allow_nan=False: a NaN written is a row that cannot be read back.
+    return json.dumps(obj.to_dict(), separators=(",", ":"), allow_nan=False)
 
 
 class StateStore:
@@ -85,23 +87,26 @@ class StateStore:
         return db
 
     def _load(self) -> None:
-        db = self._db
-        for (body,) in db.execute("SELECT body FROM nodes"):
-            node = codec.node_from(json.loads(body))
+        for node in self._rows("nodes", "node_id", codec.node_from):
             self._nodes[node.node_id] = node
             self.cluster.upsert_node(node)
-        for (body,) in db.execute("SELECT body FROM jobs"):
-            job = codec.job_from(json.loads(body))
+        for job in self._rows("jobs", "job_id", codec.job_from):
             self._jobs[job.job_id] = job
-        for (body,) in db.execute("SELECT body FROM allocations"):
-            self._index_alloc(codec.alloc_from(json.loads(body)))
-        for (body,) in db.execute("SELECT body FROM evaluations"):
-            ev = codec.eval_from(json.loads(body))
+        for alloc in self._rows("allocations", "allocation_id", codec.alloc_from):
+            self._index_alloc(alloc)
+        for ev in self._rows("evaluations", "eval_id", codec.eval_from):
             self._evals[ev.eval_id] = ev
             self._evals_by_job.setdefault(ev.job_id, {})[ev.eval_id] = None
         log.info("state loaded path=%s nodes=%d jobs=%d allocs=%d evals=%d",
                  self.path, len(self._nodes), len(self._jobs),
                  len(self._allocs), len(self._evals))
+
+    def _rows(self, table: str, key: str, decode) -> list:
+        """The table's objects; rows that do not decode are quarantined."""
+        objects, bad = quarantine.read_table(self._db, table, key, decode)
+        if bad:
+            self._write(quarantine.statements(table, key, bad, self._now()))
+        return objects
 
     def close(self) -> None:
         with self._lock:

@@ -2,55 +2,25 @@
 from __future__ import annotations
 
 from orch.errors import ValidationError
-from orch.structs import Allocation, Job, Node, Resources
+from orch.structs import Allocation, Job, Node
+from orch.validation import bodies, fields
 
-NODE_ID_MAX = 128
-
-
-def _non_negative_int(value, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValidationError(f"{path}: must be a non-negative integer")
-    return value
-
-
-def _string_map(value, path: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ValidationError(f"{path}: must be an object")
-    out = {}
-    for key, item in value.items():
-        if isinstance(item, (dict, list)):
-            raise ValidationError(f"{path}.{key}: must be a scalar")
-        out[str(key)] = item
-    return out
 
 
 def node_from_register(body) -> Node:
     """Validate a POST /register body."""
-    if not isinstance(body, dict):
-        raise ValidationError("body: must be a JSON object")
-    node_id = body.get("node_id")
-    if not isinstance(node_id, str) or not node_id or len(node_id) > NODE_ID_MAX:
-        raise ValidationError("node_id: must be a non-empty string")
-    region = body.get("region", "global")
-    if not isinstance(region, str) or not region:
-        raise ValidationError("region: must be a non-empty string")
-    resources = body.get("resources")
-    if not isinstance(resources, dict):
-        raise ValidationError("resources: must be an object with cpu and memory")
-    cpu = _non_negative_int(resources.get("cpu"), "resources.cpu")
-    memory = _non_negative_int(resources.get("memory"), "resources.memory")
-    endpoint = body.get("endpoint")
-    if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
-        raise ValidationError("endpoint: must be an http(s) URL")
+    body = fields.obj(body, "body")
+    node_id = bodies.node_id(body.get("node_id"))
+    region = bodies.region(body.get("region", "global"))
+    resources = bodies.resources(body.get("resources"), "resources")
+    endpoint = bodies.endpoint(body.get("endpoint"))
     healthy = body.get("healthy", True)
     if not isinstance(healthy, bool):
         raise ValidationError("healthy: must be a boolean")
-    return Node(node_id=node_id, region=region, resources=Resources(cpu, memory),
+    return Node(node_id=node_id, region=region, resources=resources,
                 healthy=healthy, endpoint=endpoint,
-                attributes=_string_map(body.get("attributes"), "attributes"),
-                meta=_string_map(body.get("meta"), "meta"))
+                attributes=fields.scalar_map(body.get("attributes"), "attributes"),
+                meta=fields.scalar_map(body.get("meta"), "meta"))
 
 
 def task_view(alloc: Allocation, job: Job | None) -> dict:

@@ -123,6 +123,15 @@ def test_malformed_json_is_400(url, http, raw):
     assert_json_error(resp, 400)
 
 
+@pytest.mark.parametrize("raw", [
+    b"[" * 10000 + b"]" * 10000, b'{"allocation_id": NaN}', b'{"x": 1e400}',
+    b'{"allocation_id": "a1", "job_id": "\\ud800"}'])
+def test_hostile_json_is_400(url, http, raw):
+    resp = http.post(f"{url}/allocations", data=raw,
+                     headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
+    assert_json_error(resp, 400)
+
+
 def test_too_large_body_is_413(url, http):
     resp = http.post(f"{url}/allocations", data=b"x" * ((1 << 20) + 10), timeout=TIMEOUT)
     assert_json_error(resp, 413)
@@ -175,6 +184,10 @@ def test_logs(url, http, agent):
     assert_json_error(http.get(f"{url}/allocations/a1/logs/t?type=x", timeout=TIMEOUT), 400)
     assert_json_error(http.get(f"{url}/allocations/a1/logs/t?offset=-1", timeout=TIMEOUT), 400)
     assert_json_error(http.get(f"{url}/allocations/a1/logs/t?offset=z", timeout=TIMEOUT), 400)
+    for bad in (2 ** 63, 2 ** 53 + 1, "1_0", "%207", "9" * 5000):
+        resp = http.get(f"{url}/allocations/a1/logs/t?offset={bad}", timeout=TIMEOUT)
+        assert_json_error(resp, 400)
+    assert http.get(f"{url}/allocations/a1/logs/t?offset={2 ** 53}", timeout=TIMEOUT).text == ""
     assert_json_error(http.get(f"{url}/allocations/a1/logs/zz", timeout=TIMEOUT), 404)
 
 

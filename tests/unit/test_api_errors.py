@@ -66,6 +66,30 @@ def test_errors_are_json_with_an_error_field(app, method, path, body, status):
     assert isinstance(payload["error"], str) and payload["error"]
 
 
+DEEP = b"[" * 10000 + b"]" * 10000
+
+
+@pytest.mark.parametrize("method,path", [
+    ("POST", "/jobs"), ("PUT", "/jobs/j1"), ("POST", "/jobs/plan"),
+    ("POST", "/register"), ("POST", "/heartbeat")])
+@pytest.mark.parametrize("raw", [
+    DEEP, b'{"node_id": "n", "x": NaN}', b'{"x": Infinity}', b'{"x": -1e400}',
+    b'{"node_id": "\\udc00"}'])
+def test_hostile_json_is_400_on_every_body_route(app, method, path, raw):
+    code, payload = call(app, method, path, raw)
+    assert code == 400, payload
+    assert payload["error"].startswith(("body", "node_id"))
+
+
+def test_lone_surrogate_in_env_is_refused_and_reads_stay_json(app):
+    bad = json.dumps(dict(JOB, job_id="j1")).replace(
+        '"command": "true"', '"command": "true", "env": {"X": "\\ud800"}').encode()
+    code, payload = call(app, "POST", "/jobs", bad)
+    assert (code, payload["error"]) == (
+        400, "task_groups[0].tasks[0].config.env.X: must be valid Unicode (lone surrogate)")
+    assert call(app, "GET", "/jobs")[0] == 200
+
+
 def test_unknown_job_message_is_the_seeds(app):
     assert call(app, "GET", "/jobs/nope") == (404, {"error": "作业不存在"})
 

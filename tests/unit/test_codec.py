@@ -1,6 +1,9 @@
 """Stored allocation JSON: compact, and read back to the same allocation."""
 import json
+import math
 import uuid
+
+import pytest
 
 from orch import codec
 from orch.server.scheduler.generic import AllocIds
@@ -44,3 +47,15 @@ def test_allocation_ids_are_uuids_in_creation_order():
         parsed = uuid.UUID(text)
         assert str(parsed) == text and parsed.version == 7
         assert parsed.variant == uuid.RFC_4122
+
+
+def test_non_finite_numbers_are_never_written():
+    for field in ("start_time", "end_time", "create_time", "modify_time"):
+        for bad in (math.nan, math.inf, -math.inf):
+            alloc = Allocation("a1", "job", "g", "n1", 0, **{field: bad})
+            with pytest.raises(ValueError):
+                codec.allocs_json([alloc])
+    alloc = Allocation("a1", "job", "g", "n1", 0,
+                       tasks={"t": TaskState(start_time=math.nan)})
+    with pytest.raises(ValueError):
+        codec.allocs_json([alloc])

@@ -49,7 +49,7 @@ def test_concurrent_submits_of_one_new_job_make_one_version_each(server):
 def test_worker_cancels_the_evaluation_of_a_stopped_job(server):
     _, ev = server.submit_job(job())
     server.stop_job("web")
-    SchedulerWorker(server, 0, seed=1).process([ev])
+    SchedulerWorker(server.broker, server.store, server.planner, 0, seed=1).process([ev])
     done = server.store.get_eval(ev.eval_id)
     assert (done.status, done.status_description) == (EvalStatus.CANCELED, "job stopped")
     assert server.store.allocs_for_job("web") == []
@@ -57,7 +57,7 @@ def test_worker_cancels_the_evaluation_of_a_stopped_job(server):
 
 def test_a_worker_finishing_after_a_purge_stores_nothing(server):
     _, ev = server.submit_job(job())
-    worker = SchedulerWorker(server, 0, seed=1)
+    worker = SchedulerWorker(server.broker, server.store, server.planner, 0, seed=1)
     real_commit = server.store.commit_plan
 
     def purge_first(plan, evals):

@@ -11,12 +11,12 @@ except for constraints on attributes unique to a node (``node_id``,
 from __future__ import annotations
 
 import operator
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from orch.structs import Constraint, Job, Node, TaskGroup
+from orch.validation import regex
 
 MISSING_DRIVERS = "missing drivers"
 # Attributes that differ between nodes of one class: checked per node.
@@ -49,7 +49,11 @@ def check_constraint(node: Node, constraint: Constraint) -> bool:
     if actual is None:
         return op == "!="
     if op == "regex":
-        return re.search(wanted, _text(actual)) is not None
+        # RE2, compiled once per pattern: linear time, never a stalled server.
+        try:
+            return regex.search(wanted, _text(actual))
+        except regex.error:
+            return False           # stored before patterns were checked with RE2
     compare = _COMPARE.get(op)
     if compare is None:
         return False

@@ -1,0 +1,106 @@
+"""Register and heartbeat bodies, and the resources every body shares."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orch.structs import Resources
+from orch.validation.fields import (
+    ID_MAX, fail, finite, is_int, non_negative_int, obj, optional_time, text,
+)
+
+# Node ids come from agents (a UUID or a name the operator chose).
+NODE_ID_MAX = ID_MAX
+REGION_MAX = 128
+ERROR_MAX = 64 * 1024
+
+
+def resources(value, path: str, default: Resources | None = None) -> Resources:
+    """cpu (MHz) and memory (MB); without a default both are required."""
+    if value is None and default is not None:
+        return default
+    if default is None and not isinstance(value, dict):
+        fail(path, "must be an object with cpu and memory")
+    value = obj(value, path)
+    amounts = {}
+    for key in ("cpu", "memory"):
+        amount = value.get(key) if default is None else value.get(
+            key, getattr(default, key))
+        amounts[key] = non_negative_int(amount, f"{path}.{key}")
+    return Resources(**amounts)
+
+
+def node_id(value, path: str = "node_id") -> str:
+    if not isinstance(value, str) or not value:
+        fail(path, "must be a non-empty string")
+    return text(value, path, max_len=NODE_ID_MAX)
+
+
+def region(value, path: str = "region") -> str:
+    return text(value, path, max_len=REGION_MAX)
+
+
+def endpoint(value, path: str = "endpoint") -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        fail(path, "must be an http(s) URL")
+    return text(value, path, max_len=2048)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A validated POST /heartbeat body."""
+    node_id: str
+    usage: dict
+    allocations: dict
+    healthy: bool = True
+
+
+def heartbeat(body) -> Heartbeat:
+    """Validate a POST /heartbeat body, its per-allocation reports included."""
+    body = obj(body, "body")
+    nid = node_id(body.get("node_id"))
+    usage = body.get("resources")
+    if usage is not None and not isinstance(usage, dict):
+        fail("resources", "must be an object")
+    for key, amount in (usage or {}).items():
+        if not isinstance(amount, (dict, list, str)) and amount is not None:
+            finite(amount, f"resources.{key}")
+    allocations = body.get("allocations") or {}
+    if not isinstance(allocations, dict):
+        fail("allocations", "must be an object")
+    for alloc_id, report in allocations.items():
+        alloc_report(report, f"allocations.{alloc_id}")
+    return Heartbeat(nid, usage or {}, allocations,
+                     healthy=bool(body.get("healthy", True)))
+
+
+def alloc_report(report, path: str) -> None:
+    """One allocation an agent reports: times finite, task counters integers."""
+    if not isinstance(report, dict):
+        return                           # not a report: sync skips it
+    for key in ("start_time", "end_time"):
+        optional_time(report.get(key), f"{path}.{key}")
+    tasks = report.get("tasks")
+    if not isinstance(tasks, dict):
+        return
+    for name, task in tasks.items():
+        if isinstance(task, dict):
+            task_report(task, f"{path}.tasks.{name}")
+
+
+def task_report(task: dict, path: str) -> None:
+    for key in ("start_time", "end_time"):
+        optional_time(task.get(key), f"{path}.{key}")
+    if task.get("restarts") is not None:
+        non_negative_int(task["restarts"], f"{path}.restarts")
+    code = task.get("exit_code")
+    if code is not None and (not is_int(code) or abs(code) > 1 << 31):
+        fail(f"{path}.exit_code", "must be an integer or null")
+    error = task.get("error")
+    if error is not None:
+        text(error, f"{path}.error", max_len=ERROR_MAX, allow_empty=True)
+    events = task.get("events")
+    if events is not None and not isinstance(events, list):
+        fail(f"{path}.events", "must be a list")
+    for i, event in enumerate(events or ()):
+        if isinstance(event, dict) and event.get("time") is not None:
+            finite(event["time"], f"{path}.events[{i}].time")
