@@ -170,19 +170,19 @@ def add_client_commands(sub, common) -> None:
 
     node = sub.add_parser("node", help="inspect nodes").add_subparsers(
         dest="node_command", metavar="COMMAND", required=True)
-    node.add_parser("status", parents=[reads], help="list nodes").set_defaults(handler=lazy("orch.cli:node_status"))
+    node.add_parser("status", parents=[reads], help="list nodes").set_defaults(handler=lazy("orch.cli.commands:node_status"))
 
     alloc = sub.add_parser("alloc", help="inspect allocations").add_subparsers(
         dest="alloc_command", metavar="COMMAND", required=True)
     cmd = alloc.add_parser("status", parents=[reads], help="show an allocation and its tasks")
     cmd.add_argument("id", metavar="ID", help="allocation id or a unique prefix")
-    cmd.set_defaults(handler=lazy("orch.cli:alloc_status_cmd"))
+    cmd.set_defaults(handler=lazy("orch.cli.commands:alloc_status_cmd"))
     cmd = alloc.add_parser("logs", parents=[client], help="print a task's log")
     cmd.add_argument("id", metavar="ID", help="allocation id or a unique prefix")
     cmd.add_argument("task", metavar="TASK")
     cmd.add_argument("--stderr", action="store_true", help="the task's stderr instead of stdout")
     cmd.add_argument("-f", "--follow", action="store_true", help="keep printing until the allocation ends")
-    cmd.set_defaults(handler=lazy("orch.cli:alloc_logs"))
+    cmd.set_defaults(handler=lazy("orch.cli.commands:alloc_logs"))
 
 
 def add_job_commands(sub, client, reads) -> None:
@@ -194,20 +194,20 @@ def add_job_commands(sub, client, reads) -> None:
     cmd.add_argument("--detach", action="store_true", help="return once submitted")
     cmd.add_argument("--timeout", type=seconds, default=120.0,
                      help="give up following after this many seconds (default %(default)s)")
-    cmd.set_defaults(handler=lazy("orch.cli_job:job_run"))
+    cmd.set_defaults(handler=lazy("orch.cli.job:job_run"))
     cmd = job.add_parser("plan", parents=[reads],
                          help="dry run: what `job run FILE` would change; changes nothing")
     cmd.add_argument("file", metavar="FILE", help="JSON job file, or - for stdin")
-    cmd.set_defaults(handler=lazy("orch.cli_job:job_plan"))
+    cmd.set_defaults(handler=lazy("orch.cli.job:job_plan"))
     cmd = job.add_parser("inspect", parents=[reads], help="print a job's stored spec as JSON")
     cmd.add_argument("id", metavar="ID")
-    cmd.set_defaults(handler=lazy("orch.cli_job:job_inspect"))
+    cmd.set_defaults(handler=lazy("orch.cli.job:job_inspect"))
     cmd = job.add_parser("status", parents=[reads], help="list jobs, or show one")
     cmd.add_argument("id", metavar="ID", nargs="?")
-    cmd.set_defaults(handler=lazy("orch.cli_job:job_status"))
-    for name, handler, text in (("stop", lazy("orch.cli_job:job_stop"), "stop a job's allocations"),
-                                ("restart", lazy("orch.cli_job:job_restart"), "run a stopped job again"),
-                                ("delete", lazy("orch.cli_job:job_delete"), "delete a job and its allocations")):
+    cmd.set_defaults(handler=lazy("orch.cli.job:job_status"))
+    for name, handler, text in (("stop", lazy("orch.cli.job:job_stop"), "stop a job's allocations"),
+                                ("restart", lazy("orch.cli.job:job_restart"), "run a stopped job again"),
+                                ("delete", lazy("orch.cli.job:job_delete"), "delete a job and its allocations")):
         cmd = job.add_parser(name, parents=[client], help=text)
         cmd.add_argument("id", metavar="ID")
         cmd.set_defaults(handler=handler)

@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 
 from orch import errors
-from orch.cli_format import short
+from orch.cli.format import short
 from orch.client import Client, ClientError
 from orch.config import DEFAULT_ADDRESS, DevConfig
 

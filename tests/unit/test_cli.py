@@ -12,12 +12,12 @@ import pytest
 
 from orch import __version__, errors
 from orch import __main__ as entry
-from orch.cli import alloc_summary, follow_logs, load_job_file
-from orch.cli_format import (Style, ago, alloc_counts, colour_enabled,
+from orch.cli.commands import alloc_summary, follow_logs, load_job_file
+from orch.cli.format import (Style, ago, alloc_counts, colour_enabled,
                              describe_failures, describe_placement_failure,
                              group_progress, node_row, progress_line, table)
-from orch.cli_job import job_summary, plan_text
-from orch.cli_run import Live, RunMonitor
+from orch.cli.job import job_summary, plan_text
+from orch.cli.run import Live, RunMonitor
 from orch.client import Client, ClientError, WaitTimeout
 from orch.config import DEFAULT_ADDRESS, AgentConfig, ServerConfig
 
@@ -692,7 +692,7 @@ def test_follow_logs_reads_until_terminal():
 
 
 def test_short_ids_tell_time_ordered_ids_apart():
-    from orch.cli_format import matches_short, short
+    from orch.cli.format import matches_short, short
     v7 = ["01a21545-c0ca-7000-85bd-3332cf02f641", "01a21545-c0ca-7001-a1de-d77b139abf28"]
     assert [short(i) for i in v7] == ["cf02f641", "139abf28"]
     assert short("e8abc256-1111-4222-8333-444455556666") == "e8abc256"

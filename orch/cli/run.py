@@ -11,7 +11,7 @@ import sys
 import time
 
 from orch import errors
-from orch.cli_format import (Style, alloc_status, current_allocs,
+from orch.cli.format import (Style, alloc_status, current_allocs,
                              describe_placement_failure, group_progress,
                              is_terminal, progress_line, short, wanted_count)
 

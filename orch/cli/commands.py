@@ -1,6 +1,6 @@
 """Client commands of the CLI over ``orch.client``: shared plumbing, node and
-alloc commands. Job commands are in ``cli_job``, `job run`'s follower in
-``cli_run``."""
+alloc commands. Job commands are in ``job``, `job run`'s follower in
+``run``."""
 from __future__ import annotations
 
 import functools
@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 
 from orch import errors
-from orch.cli_format import (TERMINAL_ALLOC, Style, ago, alloc_status,
+from orch.cli.format import (TERMINAL_ALLOC, Style, ago, alloc_status,
                              colour_enabled, event_line, fields, matches_short,
                              node_row, table)
 from orch.client import Client, ClientError
