@@ -232,11 +232,20 @@ def test_error_status_maps_to_exception_class(canned, status, cls):
     assert exc.value.extra == {"field": "x"}
 
 
-def test_non_json_error_keeps_a_snippet(canned):
-    canned.add("GET", "/nodes", 502, "<html>Bad Gateway</html>", "text/html")
-    with pytest.raises(errors.OrchError) as exc:
+def test_non_json_error_names_the_url_and_what_it_answered(canned):
+    canned.add("GET", "/nodes", 502, "<html>Bad Gateway</html>", "text/html; charset=utf-8")
+    with pytest.raises(ClientError) as exc:
         Client(canned.url).nodes.list()
-    assert exc.value.message == "HTTP 502: <html>Bad Gateway</html>"
+    assert exc.value.message == (f"{canned.url}/nodes: answered 502 text/html, "
+                                 "not an orch server?")
+    assert exc.value.status == 502
+
+
+def test_json_error_without_an_error_field_is_not_orch(canned):
+    canned.add("GET", "/jobs", 404, {"detail": "Not Found"})
+    with pytest.raises(ClientError) as exc:
+        Client(canned.url).jobs.list()
+    assert exc.value.message.endswith("/jobs: answered 404 application/json, not an orch server?")
 
 
 def test_unreachable_server_is_a_client_error(canned):
@@ -250,8 +259,9 @@ def test_unreachable_server_is_a_client_error(canned):
 
 def test_non_json_success_is_a_client_error(canned):
     canned.add("GET", "/jobs", 200, "ok", "text/plain")
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as exc:
         Client(canned.url).jobs.list()
+    assert exc.value.message == f"{canned.url}/jobs: answered 200 text/plain, not an orch server?"
 
 
 def test_bearer_token_sent_only_when_set(canned):
