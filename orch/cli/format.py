@@ -21,8 +21,10 @@ def short(ident: str | None, n: int = 8) -> str:
 
 
 def matches_short(ident: str, given: str) -> bool:
-    """Does ``given`` (a prefix, or a short id as printed) name ``ident``?"""
-    return ident.startswith(given) or (bool(UUID7.fullmatch(ident)) and ident.endswith(given))
+    """Does ``given`` name ``ident``: the short id the tables print, or a
+    prefix of the full id? Never any other end of it: 8 characters then have
+    one meaning per id, the one a table showed."""
+    return given == short(ident) or ident.startswith(given)
 
 
 def table(headers: list[str], rows: list[list], paint=None) -> str:

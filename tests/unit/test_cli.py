@@ -709,3 +709,23 @@ def test_short_ids_tell_time_ordered_ids_apart():
     assert short(None) == "-" and short("web") == "web"
     assert matches_short(v7[0], "cf02f641") and matches_short(v7[0], "01a21545-c0ca-7000")
     assert not matches_short("e8abc256-1111-4222-8333-444455556666", "55556666")
+    # What a table shows, or a prefix: not just any end of a time-ordered id.
+    assert not matches_short(v7[0], "02f641") and not matches_short(v7[0], "3332cf02f641")
+
+
+def test_a_shown_short_id_is_accepted_and_no_other_end(canned, capsys):
+    v7 = ["01a21545-c0ca-7000-85bd-3332cf02f641", "01a21545-c0ca-7001-a1de-d77bcf02f641"]
+    allocs = [dict(alloc(i), allocation_id=a) for i, a in enumerate(v7)]
+    canned.add("GET", "/jobs", 200, {"jobs": [job_body(allocs=allocs)]})
+    canned.add("GET", f"/allocations/{v7[0]}", 200, dict(allocs[0], tasks={}))
+    canned.add("GET", "/jobs/web", 200, job_body(allocs=allocs[:1]))
+    assert entry.main(["job", "status", "web", "--address", canned.url]) == 0
+    shown = capsys.readouterr().out.split("Allocations\n")[1].splitlines()[1].split()[0]
+    assert shown == "cf02f641"
+    assert entry.main(["alloc", "status", shown, "--json", "--address", canned.url]) == 1
+    assert "matches 2 allocations" in capsys.readouterr().err   # both end so: say so
+    assert entry.main(["alloc", "status", "02f641", "--address", canned.url]) == 1
+    assert 'allocation "02f641" not found' in capsys.readouterr().err
+    assert entry.main(["alloc", "status", "01a21545-c0ca-7000", "--json",
+                       "--address", canned.url]) == 0
+    assert json.loads(capsys.readouterr().out)["allocation_id"] == v7[0]
