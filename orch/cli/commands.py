@@ -13,7 +13,8 @@ from orch import errors
 from orch.cli.format import (TERMINAL_ALLOC, Style, ago, alloc_status,
                              colour_enabled, event_line, fields, matches_short,
                              node_row, table)
-from orch.client import Client, ClientError
+from orch.cli.messages import in_english, with_english
+from orch.client import Client
 from orch.jobspec import parse_job
 
 EXIT_OK, EXIT_ERROR = 0, 1
@@ -32,10 +33,8 @@ def client_command(fn):
         client = Client(args.address, token=args.token)
         try:
             return fn(args, client)
-        except ClientError as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
-        except errors.OrchError as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
+        except errors.OrchError as exc:          # ClientError included
+            print(f"error: {with_english(exc.message)}", file=sys.stderr)
         finally:
             client.close()
         return EXIT_ERROR
@@ -79,7 +78,11 @@ def about_job(job_id: str):
     try:
         yield
     except errors.NotFound as exc:
-        raise errors.NotFound(f'job "{job_id}" not found ({exc.message})') from exc
+        said = f'job "{job_id}" not found'
+        # The seed's 作业不存在 gets the words with the id: 作业不存在 (job "web" not found).
+        message = (f"{exc.message} ({said})" if in_english(exc.message)
+                   else f"{said} ({exc.message})")
+        raise errors.NotFound(message) from exc
 
 
 def get_job(client: Client, job_id: str) -> dict:

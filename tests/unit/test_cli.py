@@ -4,6 +4,7 @@ The client is tested against a tiny real HTTP server on port 0 that answers
 canned JSON: that is a unit test of the client, not of orch's server.
 """
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -588,7 +589,61 @@ def test_job_status_table(canned, capsys):
 def test_missing_job_exits_1_with_the_error(canned, capsys):
     canned.add("DELETE", "/jobs/nope", 404, {"error": "作业不存在"})
     assert entry.main(["job", "stop", "nope", "--address", canned.url]) == 1
-    assert 'error: job "nope" not found (作业不存在)' in capsys.readouterr().err
+    assert 'error: 作业不存在 (job "nope" not found)' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method, path, argv, status, error, said", [
+    ("POST", "/jobs/web/restart", ["job", "restart", "web"], 409, "只能重启已停止的作业",
+     "error: 只能重启已停止的作业 (only a stopped job can be restarted)"),
+    ("GET", "/nodes", ["node", "status"], 500, "获取节点信息失败",
+     "error: 获取节点信息失败 (could not read the nodes)"),
+    ("GET", "/jobs/web", ["job", "status", "web"], 404, "作业不存在",
+     'error: 作业不存在 (job "web" not found)'),
+    ("POST", "/jobs/web/delete", ["job", "delete", "web"], 400, "something else",
+     "error: something else"),
+])
+def test_seed_messages_are_printed_with_english(canned, capsys, method, path, argv,
+                                                status, error, said):
+    canned.add(method, path, status, {"error": error})
+    assert entry.main([*argv, "--address", canned.url]) == 1
+    assert capsys.readouterr().err.strip() == said
+
+
+def test_every_seed_message_has_english():
+    from orch.cli.messages import SEED_MESSAGES, in_english, with_english
+    assert with_english("作业 web 已停止") == "作业 web 已停止 (job web stopped)"
+    assert in_english("作业 a b 及其相关资源已删除") == "job a b and its resources deleted"
+    assert in_english("作业评估已加入队列") == "job evaluation queued"
+    assert in_english("作业不存在!") is None and with_english("hi") == "hi"
+    assert len(SEED_MESSAGES) == 8          # every Chinese message of the seed API
+
+
+def test_the_server_sends_no_chinese_message_without_english():
+    """Every Chinese literal in the server's code is a seed message the CLI
+    can put into English (an f-string's job id stands for {job_id})."""
+    import ast
+    import pathlib
+
+    from orch.cli.messages import in_english
+    han = re.compile(r"[\u4e00-\u9fff]")
+    found = []
+    for path in pathlib.Path(entry.__file__).parent.joinpath("server").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr)
+                 for v in n.values}
+        for node in ast.walk(tree):
+            if id(node) in parts:
+                continue                  # a piece of an f-string, read whole below
+            if isinstance(node, ast.JoinedStr):
+                text = "".join(v.value if isinstance(v, ast.Constant) else "ID"
+                               for v in node.values)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+            else:
+                continue
+            if han.search(text):
+                found.append(text)
+    assert found and all(in_english(text) for text in found), found
 
 
 def test_unreachable_server_exits_1(capsys):
