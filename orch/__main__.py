@@ -179,7 +179,8 @@ def add_client_commands(sub, common) -> None:
     cmd.set_defaults(handler=lazy("orch.cli.commands:alloc_status_cmd"))
     cmd = alloc.add_parser("logs", parents=[client], help="print a task's log")
     cmd.add_argument("id", metavar="ID", help="allocation id or a unique prefix")
-    cmd.add_argument("task", metavar="TASK")
+    cmd.add_argument("task", metavar="TASK", nargs="?",
+                     help="the task; may be left out when the allocation has only one")
     cmd.add_argument("--stderr", action="store_true", help="the task's stderr instead of stdout")
     cmd.add_argument("-f", "--follow", action="store_true", help="keep printing until the allocation ends")
     cmd.set_defaults(handler=lazy("orch.cli.commands:alloc_logs"))

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from orch import errors
 from orch.cli.format import (TERMINAL_ALLOC, Style, ago, alloc_status,
                              colour_enabled, event_line, fields, matches_short,
-                             node_row, table)
+                             node_row, short, table)
 from orch.cli.messages import in_english, with_english
 from orch.client import Client
 from orch.jobspec import parse_job
@@ -167,16 +167,35 @@ def alloc_summary(alloc: dict, now: float, paint: Style = Style(False)) -> str:
 def alloc_logs(args, client: Client) -> int:
     alloc = resolve_alloc(client, args.id)
     alloc_id = alloc["allocation_id"]
+    task = args.task or only_task(client, alloc)
     out = sys.stdout.buffer
     if not args.follow:
-        out.write(client.allocs.logs(alloc_id, args.task, stderr=args.stderr))
+        out.write(client.allocs.logs(alloc_id, task, stderr=args.stderr))
         out.flush()
         return EXIT_OK
     try:
-        follow_logs(client, alloc_id, args.task, args.stderr, out)
+        follow_logs(client, alloc_id, task, args.stderr, out)
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def only_task(client: Client, alloc: dict) -> str:
+    """The allocation's one task; its group's spec says when no task has reported yet."""
+    names = sorted(alloc.get("tasks") or {})
+    if not names:
+        job = get_job(client, alloc.get("job_id", ""))
+        names = sorted(t.get("name") for tg in job.get("task_groups") or []
+                       if tg.get("name") == alloc.get("task_group")
+                       for t in tg.get("tasks") or [])
+    if len(names) == 1:
+        return names[0]
+    short_id = short(alloc.get("allocation_id"))
+    if not names:
+        raise errors.NotFound(f"allocation {short_id} has no task to read the log of")
+    raise errors.ValidationError(
+        f"allocation {short_id} has tasks {', '.join(names)}: name one "
+        f"(orch alloc logs {short_id} TASK)")
 
 
 def follow_logs(client: Client, alloc_id: str, task: str, stderr: bool, out,

@@ -88,7 +88,7 @@ def test_dev_flags():
     (["dev", "--agents", "0"], "at least 1"),
     (["--log-level", "loud", "version"], "one of"),
     (["job"], "required"),
-    (["alloc", "logs", "abc"], "required"),
+    (["alloc", "logs"], "required"),
 ])
 def test_bad_arguments_exit_2_with_a_reason(argv, bad, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -460,10 +460,15 @@ def test_load_job_file_errors(tmp_path):
 class FakeClient:
     """Plays back a sequence of evaluation and job bodies."""
 
-    def __init__(self, evals, jobs, allocs=None):
+    def __init__(self, evals, jobs, allocs=None, stderr=None):
         self._evals, self._jobs = list(evals), list(jobs)
         self.jobs = self.evaluations = self.allocs = self
         self._allocs = allocs or {}
+        self._stderr = stderr or {}          # (alloc id, task) -> bytes
+
+    def logs(self, alloc_id, task, stderr=False, offset=0):
+        assert stderr
+        return self._stderr.get((alloc_id, task), b"")[offset:offset + 5]   # small pages
 
     def get(self, ident):
         if ident.startswith("eval"):
@@ -561,12 +566,29 @@ def test_run_batch_waits_for_complete_and_reports_failures(capsys):
                     jobs=[job_body("running", [alloc(0)], count=1, job_type="batch"),
                           job_body("complete", [alloc(0, "complete")], count=1, job_type="batch")])
     assert monitor(ok, "batch").run() == 0
+    assert "    Allocation alloc-0- (web.g[0]) on node node-123: complete\n" \
+        in capsys.readouterr().out
     failed = dict(alloc(0, "failed"), tasks={"main": {"status": "failed", "exit_code": 3}})
+    lines = "".join(f"line {i}\n" for i in range(1, 13)).encode()
     bad = FakeClient(evals=[{"status": "complete", "placed": 1}],
                      jobs=[job_body("failed", [alloc(0, "failed")], count=1, job_type="batch")],
-                     allocs={failed["allocation_id"]: failed})
+                     allocs={failed["allocation_id"]: failed},
+                     stderr={(failed["allocation_id"], "main"): lines})
     assert monitor(bad, "batch").run() == 1
-    assert 'task "main": exit code 3' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert 'task "main": exit code 3' in out
+    tail = out.split("stderr (last 10 lines; orch alloc logs --stderr alloc-0- main):\n")[1]
+    assert tail.splitlines() == [f"      line {i}" for i in range(3, 13)]
+
+
+def test_run_lists_at_most_ten_allocations(capsys):
+    allocs = [alloc(i) for i in range(12)]
+    client = FakeClient(evals=[{"status": "complete", "placed": 12}],
+                        jobs=[job_body("running", allocs, count=12)])
+    assert monitor(client).run() == 0
+    out = capsys.readouterr().out
+    assert out.count("    Allocation ") == 10
+    assert "    ... and 2 more (orch job status web)" in out
 
 
 def test_run_times_out_with_exit_1(capsys):
@@ -784,3 +806,30 @@ def test_a_shown_short_id_is_accepted_and_no_other_end(canned, capsys):
     assert entry.main(["alloc", "status", "01a21545-c0ca-7000", "--json",
                        "--address", canned.url]) == 0
     assert json.loads(capsys.readouterr().out)["allocation_id"] == v7[0]
+
+
+def test_alloc_logs_without_a_task_reads_the_only_one(canned, capsysbinary):
+    one = alloc(0)
+    aid = one["allocation_id"]
+    canned.add("GET", f"/allocations/{aid}", 200, dict(one, tasks={"main": {"status": "running"}}))
+    canned.add("GET", f"/allocations/{aid}/logs/main", 200, b"hi\n", "text/plain")
+    assert entry.main(["alloc", "logs", aid, "--address", canned.url]) == 0
+    assert capsysbinary.readouterr().out == b"hi\n"
+    # No task has reported yet: the group's spec names it.
+    canned.add("GET", f"/allocations/{aid}", 200, dict(one, tasks={}, job_id="web"))
+    body = job_body(allocs=[one])
+    body["task_groups"][0]["tasks"] = [{"name": "main"}]
+    canned.add("GET", "/jobs/web", 200, body)
+    assert entry.main(["alloc", "logs", aid, "--address", canned.url]) == 0
+    assert capsysbinary.readouterr().out == b"hi\n"
+
+
+def test_alloc_logs_without_a_task_names_the_tasks_to_choose_from(canned, capsys):
+    one = alloc(0)
+    aid = one["allocation_id"]
+    canned.add("GET", f"/allocations/{aid}", 200,
+               dict(one, tasks={"web": {}, "sidecar": {}}))
+    assert entry.main(["alloc", "logs", aid, "--address", canned.url]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: allocation alloc-0- has tasks sidecar, web: name one "
+        "(orch alloc logs alloc-0- TASK)")
