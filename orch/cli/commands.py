@@ -121,8 +121,8 @@ def node_status(args, client: Client) -> int:
         now = time.time()
         rows = [node_row(n) + [ago(n.get("last_heartbeat"), now)]
                 for n in sorted(nodes, key=lambda n: n.get("node_id", ""))]
-        say(table(["ID", "Region", "Endpoint", "Healthy", "CPU", "Memory", "Allocs",
-                   "Heartbeat"], rows, paint=style().cell))
+        say(table(["ID", "Region", "Endpoint", "Healthy", "CPU Allocated",
+                   "Memory Allocated", "Allocs", "Heartbeat"], rows, paint=style().cell))
     return EXIT_OK
 
 

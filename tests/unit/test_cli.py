@@ -427,9 +427,12 @@ def test_node_row_counts_live_allocations():
             "allocations": [{"status": "running", "resources": {"cpu": 100, "memory": 64}},
                             {"status": "complete", "resources": {"cpu": 500, "memory": 500}}]}
     assert node_row(node) == ["abcdef01", "eu", "http://h:1", "true", "100/4000 MHz",
-                              "64/8192 MiB", 1]
+                              "64/8192 MB", 1]
     node["allocations"] = [{"status": "running"}]
-    assert node_row(node)[4:] == ["4000 MHz", "8192 MiB", 1]
+    assert node_row(node)[4:] == ["4000 MHz", "8192 MB", 1]
+    # The server's own count wins: one unit, MB, as job files and the API use.
+    node["allocated"] = {"cpu": 300, "memory": 128}
+    assert node_row(node)[4:] == ["300/4000 MHz", "128/8192 MB", 1]
 
 
 def test_alloc_summary_shows_tasks_and_events():
