@@ -83,6 +83,15 @@ def meta_pair(value: str) -> tuple[str, str]:
     return key.strip(), val
 
 
+def env_meta() -> list[tuple[str, str]]:
+    """ORCH_META: ``KEY=VALUE`` pairs separated by commas (``rack=r1,zone=a``)."""
+    raw = env("META", "")
+    try:
+        return [meta_pair(item.strip()) for item in raw.split(",") if item.strip()]
+    except argparse.ArgumentTypeError as exc:
+        sys.exit(f"orch: ORCH_META: {exc}")
+
+
 # ---- parser ----------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,8 +139,10 @@ def add_agent(sub, common) -> None:
     cmd.add_argument("--advertise", type=url, default=env("ADVERTISE", d.advertise), help="URL the server uses to reach this agent")
     cmd.add_argument("--region", default=env("REGION", d.region), help="region of this node (default %(default)s)")
     cmd.add_argument("--node-id", default=env("NODE_ID", d.node_id), help="node id (default: kept in the data dir)")
-    cmd.add_argument("--meta", type=meta_pair, action="append", default=[], metavar="KEY=VALUE",
-                     help="node metadata for constraints (repeatable)")
+    # --meta adds to (and overrides keys of) ORCH_META's pairs.
+    cmd.add_argument("--meta", type=meta_pair, action="append", default=env_meta(),
+                     metavar="KEY=VALUE",
+                     help="node metadata for constraints (repeatable; ORCH_META=k=v,k2=v2)")
     cmd.add_argument("--data-dir", default=env("DATA_DIR", d.data_dir), help="state directory (default %(default)s)")
     cmd.add_argument("--heartbeat-interval", type=seconds, default=env("HEARTBEAT_INTERVAL", d.heartbeat_interval),
                      help="seconds between heartbeats (default %(default)s)")

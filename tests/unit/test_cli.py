@@ -133,6 +133,17 @@ def test_config_flags_fall_back_to_environment(monkeypatch):
     assert entry.agent_config(parse("agent")).heartbeat_interval == 0.25
 
 
+def test_meta_falls_back_to_orch_meta_too(monkeypatch, capsys):
+    monkeypatch.setenv("ORCH_META", "rack=r1, zone=a")
+    assert entry.agent_config(parse("agent")).meta == {"rack": "r1", "zone": "a"}
+    assert entry.agent_config(parse("agent", "--meta", "rack=r2", "--meta", "x=1")).meta == \
+        {"rack": "r2", "zone": "a", "x": "1"}
+    monkeypatch.setenv("ORCH_META", "rack")
+    with pytest.raises(SystemExit) as exc:
+        parse("agent")
+    assert exc.value.code == "orch: ORCH_META: expected KEY=VALUE, got 'rack'"
+
+
 def test_log_level_on_top_level_subcommand_or_environment(monkeypatch):
     assert parse("version").log_level == "INFO"
     assert parse("--log-level", "debug", "server").log_level == "DEBUG"
