@@ -13,7 +13,8 @@ import time
 from orch import errors
 from orch.cli.format import (Style, alloc_status, current_allocs,
                              describe_placement_failure, group_progress,
-                             is_terminal, progress_line, short, wanted_count)
+                             is_terminal, plural, progress_line, short,
+                             wanted_count)
 
 EXIT_OK, EXIT_ERROR, EXIT_NOT_PLACED = 0, 1, 2
 TAIL_LINES = 10              # of a failed task's stderr, under its failure
@@ -199,8 +200,8 @@ class RunMonitor:
         except errors.OrchError:
             return                   # the node may be gone; the failure was said
         if tail:
-            self.say(f"    stderr (last {len(tail)} lines; orch alloc logs --stderr "
-                     f"{short(alloc_id)} {task}):")
+            self.say(f"    stderr (last {plural(len(tail), 'line')}; orch alloc logs "
+                     f"--stderr {short(alloc_id)} {task}):")
             for line in tail:
                 self.say(f"      {line}")
 
