@@ -275,7 +275,11 @@ def configure_logging(role: str, level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except ValueError as exc:          # an ORCH_* variable that is not a number
+        sys.exit(f"orch: {exc}")
+    args = parser.parse_args(argv)
     configure_logging(args.role, args.log_level)
     try:
         return args.handler(args)

@@ -144,6 +144,13 @@ def test_meta_falls_back_to_orch_meta_too(monkeypatch, capsys):
     assert exc.value.code == "orch: ORCH_META: expected KEY=VALUE, got 'rack'"
 
 
+def test_a_bad_number_in_the_environment_is_one_line(monkeypatch):
+    monkeypatch.setenv("ORCH_PORT", "http")
+    with pytest.raises(SystemExit) as exc:
+        entry.main(["version"])
+    assert exc.value.code == "orch: ORCH_PORT: not a number: 'http'"
+
+
 def test_log_level_on_top_level_subcommand_or_environment(monkeypatch):
     assert parse("version").log_level == "INFO"
     assert parse("--log-level", "debug", "server").log_level == "DEBUG"
