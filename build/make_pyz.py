@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +24,7 @@ DEFAULT_OUTPUT = ROOT / "dist" / "orch.pyz"
 ENTRY_POINT = "orch.__main__:main"
 SHEBANG = "/usr/bin/env python3"
 SOURCES = ("setup.py", "orch")
+MAIN_SCRIPT = ROOT / "build" / "pyz_main.py"
 
 
 def copy_sources(dest: Path) -> None:
@@ -56,7 +58,28 @@ def zipapp(site_packages: Path, output: Path) -> None:
          "--entry-point", ENTRY_POINT, "--output-file", str(tmp_output),
          "--python", SHEBANG, "--compressed", "--reproducible"],
         check=True)
+    replace_main(tmp_output)
     os.replace(tmp_output, output)
+
+
+def replace_main(path: Path) -> None:
+    """Put build/pyz_main.py in as the zipapp's `__main__.py`: shiv's bootstrap
+    behind a check of the extraction dir and a clean-up of old builds' dirs.
+
+    A zip cannot replace a member in place, so the archive is written anew,
+    each member with its original date (the build stays reproducible).
+    """
+    data = path.read_bytes()
+    shebang = data[:data.index(b"PK")]         # shiv's `#!...` line before the zip
+    main = MAIN_SCRIPT.read_bytes()
+    rewritten = path.with_name(path.name + ".main")
+    with zipfile.ZipFile(path) as old, open(rewritten, "wb") as f:
+        f.write(shebang)
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as new:
+            for info in old.infolist():
+                new.writestr(info, main if info.filename == "__main__.py" else old.read(info))
+    os.chmod(rewritten, 0o755)
+    os.replace(rewritten, path)
 
 
 def build(output: Path) -> Path:

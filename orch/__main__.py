@@ -83,6 +83,15 @@ def meta_pair(value: str) -> tuple[str, str]:
     return key.strip(), val
 
 
+def env_meta() -> list[tuple[str, str]]:
+    """ORCH_META: ``KEY=VALUE`` pairs separated by commas (``rack=r1,zone=a``)."""
+    raw = env("META", "")
+    try:
+        return [meta_pair(item.strip()) for item in raw.split(",") if item.strip()]
+    except argparse.ArgumentTypeError as exc:
+        sys.exit(f"orch: ORCH_META: {exc}")
+
+
 # ---- parser ----------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,8 +139,10 @@ def add_agent(sub, common) -> None:
     cmd.add_argument("--advertise", type=url, default=env("ADVERTISE", d.advertise), help="URL the server uses to reach this agent")
     cmd.add_argument("--region", default=env("REGION", d.region), help="region of this node (default %(default)s)")
     cmd.add_argument("--node-id", default=env("NODE_ID", d.node_id), help="node id (default: kept in the data dir)")
-    cmd.add_argument("--meta", type=meta_pair, action="append", default=[], metavar="KEY=VALUE",
-                     help="node metadata for constraints (repeatable)")
+    # --meta adds to (and overrides keys of) ORCH_META's pairs.
+    cmd.add_argument("--meta", type=meta_pair, action="append", default=env_meta(),
+                     metavar="KEY=VALUE",
+                     help="node metadata for constraints (repeatable; ORCH_META=k=v,k2=v2)")
     cmd.add_argument("--data-dir", default=env("DATA_DIR", d.data_dir), help="state directory (default %(default)s)")
     cmd.add_argument("--heartbeat-interval", type=seconds, default=env("HEARTBEAT_INTERVAL", d.heartbeat_interval),
                      help="seconds between heartbeats (default %(default)s)")
@@ -170,19 +181,20 @@ def add_client_commands(sub, common) -> None:
 
     node = sub.add_parser("node", help="inspect nodes").add_subparsers(
         dest="node_command", metavar="COMMAND", required=True)
-    node.add_parser("status", parents=[reads], help="list nodes").set_defaults(handler=lazy("orch.cli:node_status"))
+    node.add_parser("status", parents=[reads], help="list nodes").set_defaults(handler=lazy("orch.cli.commands:node_status"))
 
     alloc = sub.add_parser("alloc", help="inspect allocations").add_subparsers(
         dest="alloc_command", metavar="COMMAND", required=True)
     cmd = alloc.add_parser("status", parents=[reads], help="show an allocation and its tasks")
     cmd.add_argument("id", metavar="ID", help="allocation id or a unique prefix")
-    cmd.set_defaults(handler=lazy("orch.cli:alloc_status_cmd"))
+    cmd.set_defaults(handler=lazy("orch.cli.commands:alloc_status_cmd"))
     cmd = alloc.add_parser("logs", parents=[client], help="print a task's log")
     cmd.add_argument("id", metavar="ID", help="allocation id or a unique prefix")
-    cmd.add_argument("task", metavar="TASK")
+    cmd.add_argument("task", metavar="TASK", nargs="?",
+                     help="the task; may be left out when the allocation has only one")
     cmd.add_argument("--stderr", action="store_true", help="the task's stderr instead of stdout")
     cmd.add_argument("-f", "--follow", action="store_true", help="keep printing until the allocation ends")
-    cmd.set_defaults(handler=lazy("orch.cli:alloc_logs"))
+    cmd.set_defaults(handler=lazy("orch.cli.commands:alloc_logs"))
 
 
 def add_job_commands(sub, client, reads) -> None:
@@ -194,20 +206,20 @@ def add_job_commands(sub, client, reads) -> None:
     cmd.add_argument("--detach", action="store_true", help="return once submitted")
     cmd.add_argument("--timeout", type=seconds, default=120.0,
                      help="give up following after this many seconds (default %(default)s)")
-    cmd.set_defaults(handler=lazy("orch.cli_job:job_run"))
+    cmd.set_defaults(handler=lazy("orch.cli.job:job_run"))
     cmd = job.add_parser("plan", parents=[reads],
                          help="dry run: what `job run FILE` would change; changes nothing")
     cmd.add_argument("file", metavar="FILE", help="JSON job file, or - for stdin")
-    cmd.set_defaults(handler=lazy("orch.cli_job:job_plan"))
+    cmd.set_defaults(handler=lazy("orch.cli.job:job_plan"))
     cmd = job.add_parser("inspect", parents=[reads], help="print a job's stored spec as JSON")
     cmd.add_argument("id", metavar="ID")
-    cmd.set_defaults(handler=lazy("orch.cli_job:job_inspect"))
+    cmd.set_defaults(handler=lazy("orch.cli.job:job_inspect"))
     cmd = job.add_parser("status", parents=[reads], help="list jobs, or show one")
     cmd.add_argument("id", metavar="ID", nargs="?")
-    cmd.set_defaults(handler=lazy("orch.cli_job:job_status"))
-    for name, handler, text in (("stop", lazy("orch.cli_job:job_stop"), "stop a job's allocations"),
-                                ("restart", lazy("orch.cli_job:job_restart"), "run a stopped job again"),
-                                ("delete", lazy("orch.cli_job:job_delete"), "delete a job and its allocations")):
+    cmd.set_defaults(handler=lazy("orch.cli.job:job_status"))
+    for name, handler, text in (("stop", lazy("orch.cli.job:job_stop"), "stop a job's allocations"),
+                                ("restart", lazy("orch.cli.job:job_restart"), "run a stopped job again"),
+                                ("delete", lazy("orch.cli.job:job_delete"), "delete a job and its allocations")):
         cmd = job.add_parser(name, parents=[client], help=text)
         cmd.add_argument("id", metavar="ID")
         cmd.set_defaults(handler=handler)
@@ -263,7 +275,11 @@ def configure_logging(role: str, level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except ValueError as exc:          # an ORCH_* variable that is not a number
+        sys.exit(f"orch: {exc}")
+    args = parser.parse_args(argv)
     configure_logging(args.role, args.log_level)
     try:
         return args.handler(args)

@@ -91,21 +91,27 @@ def root_cause(exc: BaseException) -> str:
     return str(exc)
 
 
+def not_orch(resp: requests.Response) -> ClientError:
+    """An answer that is not orch's JSON: say which URL answered what."""
+    ctype = resp.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
+    exc = ClientError(f"{resp.url}: answered {resp.status_code} {ctype}, not an orch server?")
+    exc.status = resp.status_code
+    return exc
+
+
 def error_from_response(resp: requests.Response) -> errors.OrchError:
     """The typed exception for a non-2xx answer."""
     try:
         body = resp.json()
     except ValueError:
         body = None
-    if isinstance(body, dict) and "error" in body:
-        extra = {k: v for k, v in body.items() if k != "error"}
-        message = str(body["error"])
-    else:
-        extra = {}
-        snippet = resp.text.strip()[:200]
-        message = f"HTTP {resp.status_code}" + (f": {snippet}" if snippet else "")
+    if not (isinstance(body, dict) and "error" in body):
+        # orch answers every error with {"error": ...}; anything else (an
+        # HTML 404 page, a proxy's 502) came from something else.
+        return not_orch(resp)
+    extra = {k: v for k, v in body.items() if k != "error"}
     cls = _BY_STATUS.get(resp.status_code, errors.OrchError)
-    exc = cls(message, **extra)
+    exc = cls(str(body["error"]), **extra)
     exc.status = resp.status_code
     return exc
 
@@ -155,10 +161,10 @@ class Client:
         resp = self.request(method, path, **kwargs)
         try:
             body = resp.json()
-        except ValueError as exc:
-            raise ClientError(f"{method} {path}: answer is not JSON") from exc
+        except ValueError:
+            body = None
         if not isinstance(body, dict):
-            raise ClientError(f"{method} {path}: answer is not a JSON object")
+            raise not_orch(resp)
         return body
 
     def health(self, timeout: float | None = None) -> dict:

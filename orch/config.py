@@ -18,11 +18,14 @@ def env(name: str, default):
         return default
     if isinstance(default, bool):
         return raw.lower() in ("1", "true", "yes", "on")
-    if isinstance(default, float):
-        return float(raw)
-    if isinstance(default, int):
-        return int(raw)
-    return raw
+    cast = float if isinstance(default, float) else int if isinstance(default, int) else None
+    if cast is None:
+        return raw
+    try:
+        return cast(raw)
+    except ValueError:
+        # Named, so that `orch` can say which variable is wrong in one line.
+        raise ValueError(f"ORCH_{name}: not a number: {raw!r}") from None
 
 
 @dataclass(frozen=True)

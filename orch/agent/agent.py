@@ -41,7 +41,8 @@ class Agent:
         self.node_id = self.store.node_id(config.node_id)
         self.drivers = (drivers if drivers is not None
                         else default_drivers(task_user=config.task_user,
-                                             state_dir=self.store.data_dir))
+                                             state_dir=self.store.data_dir,
+                                             bind=config.bind))
         self.fingerprint = fingerprint(self.drivers)
         self.loop: NodeLoop | None = None
         self._allocs: dict[str, AllocRunner] = {}

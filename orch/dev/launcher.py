@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 
 from orch import errors
-from orch.cli_format import short
+from orch.cli.format import short
 from orch.client import Client, ClientError
 from orch.config import DEFAULT_ADDRESS, DevConfig
 
@@ -61,6 +61,24 @@ def free_port(bind: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((bind, 0))
         return sock.getsockname()[1]
+
+
+def port_taken(bind: str, port: int) -> str | None:
+    """Why the server could not listen on ``bind:port``, None if it could.
+
+    Checked before any child starts: a server that failed on a taken port
+    would leave its agents registering with whatever holds the port (another
+    `orch dev`, say). SO_REUSEADDR as the server sets it, so a port in
+    TIME_WAIT is not called taken.
+    """
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind, port))
+        except OSError as exc:
+            return (exc.strerror or str(exc)).lower()
+    return None
 
 
 def server_argv(config: DevConfig, port: int, data_dir: str) -> list[str]:
@@ -287,6 +305,12 @@ class DevCluster:
 
 
 def run(config: DevConfig) -> int:
+    if config.port:
+        why = port_taken(config.bind, config.port)
+        if why:
+            print(f"orch dev: cannot listen on {config.bind}:{config.port}: {why}; "
+                  f"pick another --port (or 0 for a free one)", file=sys.stderr, flush=True)
+            return 1
     ephemeral = config.data_dir is None
     data_dir = tempfile.mkdtemp(prefix="orch-dev-") if ephemeral else config.data_dir
     os.makedirs(data_dir, exist_ok=True)

@@ -53,12 +53,23 @@ def job_view(job: Job, status, allocs: list[Allocation], *, tasks: bool = True) 
 
 
 def node_view(node: Node, allocs: list[Allocation]) -> dict:
-    """A node with the allocations it holds now (the store's live ones)."""
+    """A node with the allocations it holds now (the store's live ones).
+
+    The seed's `resources` is the node's total and `usage` the last
+    heartbeat's numbers as sent (its `cpu`/`memory` are what was free). Added
+    so that no number needs guessing: `allocated` (held by live allocations)
+    and `free` (total minus allocated), CPU in MHz and memory in MB as
+    everywhere.
+    """
     out = node.to_dict()
     out["allocations"] = [
         {"allocation_id": a.allocation_id, "job_id": a.job_id,
          "task_group": a.task_group, "status": a.client_status.value,
          "desired_status": a.desired_status.value,
-         "start_time": a.start_time, "end_time": a.end_time}
+         "start_time": a.start_time, "end_time": a.end_time,
+         "resources": a.resources.to_dict()}
         for a in allocs]
+    held = sum((a.resources for a in allocs if a.holds_resources()), Resources())
+    out["allocated"] = held.to_dict()
+    out["free"] = (node.resources - held).to_dict()
     return out

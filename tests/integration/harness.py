@@ -67,7 +67,7 @@ def wait_until(fn, timeout: float = 10.0, interval: float = 0.05, what: str | No
 
 def sources_mtime() -> float:
     paths = [*ROOT.joinpath("orch").rglob("*.py"), ROOT / "setup.py", MAKE_PYZ,
-             ROOT / "requirements-dev.txt"]
+             ROOT / "build" / "pyz_main.py", ROOT / "requirements-dev.txt"]
     return max(p.stat().st_mtime for p in paths if p.exists())
 
 

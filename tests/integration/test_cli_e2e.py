@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from harness import ROOT, clean_env, http_get, nodes, wait_until
-from orch.cli_format import short
+from orch.cli.format import short
 
 EXAMPLES = ROOT / "examples"
 

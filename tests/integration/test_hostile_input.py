@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from helpers import nodes, wait_until
+from harness import nodes, wait_until
 
 TIMEOUT = 10.0
 JSON = {"Content-Type": "application/json"}

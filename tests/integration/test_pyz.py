@@ -32,7 +32,7 @@ def test_lone_pyz_prints_help_and_version(pyz, tmp_path):
 
 def test_pyz_holds_every_package_and_psutils_native_part(pyz):
     names = zipfile.ZipFile(pyz).namelist()
-    for module in ("orch/__main__.py", "orch/client.py", "orch/dev/launcher.py",
+    for module in ("orch/__main__.py", "orch/client.py", "orch/cli/commands.py", "orch/dev/launcher.py",
                    "orch/server/server.py", "orch/agent/agent.py",
                    "bottle.py", "waitress/__init__.py", "requests/__init__.py",
                    "docker/__init__.py"):

@@ -4,6 +4,7 @@ The client is tested against a tiny real HTTP server on port 0 that answers
 canned JSON: that is a unit test of the client, not of orch's server.
 """
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -12,12 +13,12 @@ import pytest
 
 from orch import __version__, errors
 from orch import __main__ as entry
-from orch.cli import alloc_summary, follow_logs, load_job_file
-from orch.cli_format import (Style, ago, alloc_counts, colour_enabled,
+from orch.cli.commands import alloc_summary, follow_logs, load_job_file
+from orch.cli.format import (Style, ago, alloc_counts, colour_enabled,
                              describe_failures, describe_placement_failure,
                              group_progress, node_row, progress_line, table)
-from orch.cli_job import job_summary, plan_text
-from orch.cli_run import Live, RunMonitor
+from orch.cli.job import job_summary, plan_text
+from orch.cli.run import Live, RunMonitor
 from orch.client import Client, ClientError, WaitTimeout
 from orch.config import DEFAULT_ADDRESS, AgentConfig, ServerConfig
 
@@ -87,7 +88,7 @@ def test_dev_flags():
     (["dev", "--agents", "0"], "at least 1"),
     (["--log-level", "loud", "version"], "one of"),
     (["job"], "required"),
-    (["alloc", "logs", "abc"], "required"),
+    (["alloc", "logs"], "required"),
 ])
 def test_bad_arguments_exit_2_with_a_reason(argv, bad, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -130,6 +131,24 @@ def test_config_flags_fall_back_to_environment(monkeypatch):
     assert entry.server_config(parse("server")).port == 7000
     assert entry.server_config(parse("server")).node_ttl == 4.0
     assert entry.agent_config(parse("agent")).heartbeat_interval == 0.25
+
+
+def test_meta_falls_back_to_orch_meta_too(monkeypatch, capsys):
+    monkeypatch.setenv("ORCH_META", "rack=r1, zone=a")
+    assert entry.agent_config(parse("agent")).meta == {"rack": "r1", "zone": "a"}
+    assert entry.agent_config(parse("agent", "--meta", "rack=r2", "--meta", "x=1")).meta == \
+        {"rack": "r2", "zone": "a", "x": "1"}
+    monkeypatch.setenv("ORCH_META", "rack")
+    with pytest.raises(SystemExit) as exc:
+        parse("agent")
+    assert exc.value.code == "orch: ORCH_META: expected KEY=VALUE, got 'rack'"
+
+
+def test_a_bad_number_in_the_environment_is_one_line(monkeypatch):
+    monkeypatch.setenv("ORCH_PORT", "http")
+    with pytest.raises(SystemExit) as exc:
+        entry.main(["version"])
+    assert exc.value.code == "orch: ORCH_PORT: not a number: 'http'"
 
 
 def test_log_level_on_top_level_subcommand_or_environment(monkeypatch):
@@ -232,11 +251,20 @@ def test_error_status_maps_to_exception_class(canned, status, cls):
     assert exc.value.extra == {"field": "x"}
 
 
-def test_non_json_error_keeps_a_snippet(canned):
-    canned.add("GET", "/nodes", 502, "<html>Bad Gateway</html>", "text/html")
-    with pytest.raises(errors.OrchError) as exc:
+def test_non_json_error_names_the_url_and_what_it_answered(canned):
+    canned.add("GET", "/nodes", 502, "<html>Bad Gateway</html>", "text/html; charset=utf-8")
+    with pytest.raises(ClientError) as exc:
         Client(canned.url).nodes.list()
-    assert exc.value.message == "HTTP 502: <html>Bad Gateway</html>"
+    assert exc.value.message == (f"{canned.url}/nodes: answered 502 text/html, "
+                                 "not an orch server?")
+    assert exc.value.status == 502
+
+
+def test_json_error_without_an_error_field_is_not_orch(canned):
+    canned.add("GET", "/jobs", 404, {"detail": "Not Found"})
+    with pytest.raises(ClientError) as exc:
+        Client(canned.url).jobs.list()
+    assert exc.value.message.endswith("/jobs: answered 404 application/json, not an orch server?")
 
 
 def test_unreachable_server_is_a_client_error(canned):
@@ -250,8 +278,9 @@ def test_unreachable_server_is_a_client_error(canned):
 
 def test_non_json_success_is_a_client_error(canned):
     canned.add("GET", "/jobs", 200, "ok", "text/plain")
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as exc:
         Client(canned.url).jobs.list()
+    assert exc.value.message == f"{canned.url}/jobs: answered 200 text/plain, not an orch server?"
 
 
 def test_bearer_token_sent_only_when_set(canned):
@@ -411,9 +440,12 @@ def test_node_row_counts_live_allocations():
             "allocations": [{"status": "running", "resources": {"cpu": 100, "memory": 64}},
                             {"status": "complete", "resources": {"cpu": 500, "memory": 500}}]}
     assert node_row(node) == ["abcdef01", "eu", "http://h:1", "true", "100/4000 MHz",
-                              "64/8192 MiB", 1]
+                              "64/8192 MB", 1]
     node["allocations"] = [{"status": "running"}]
-    assert node_row(node)[4:] == ["4000 MHz", "8192 MiB", 1]
+    assert node_row(node)[4:] == ["4000 MHz", "8192 MB", 1]
+    # The server's own count wins: one unit, MB, as job files and the API use.
+    node["allocated"] = {"cpu": 300, "memory": 128}
+    assert node_row(node)[4:] == ["300/4000 MHz", "128/8192 MB", 1]
 
 
 def test_alloc_summary_shows_tasks_and_events():
@@ -444,10 +476,15 @@ def test_load_job_file_errors(tmp_path):
 class FakeClient:
     """Plays back a sequence of evaluation and job bodies."""
 
-    def __init__(self, evals, jobs, allocs=None):
+    def __init__(self, evals, jobs, allocs=None, stderr=None):
         self._evals, self._jobs = list(evals), list(jobs)
         self.jobs = self.evaluations = self.allocs = self
         self._allocs = allocs or {}
+        self._stderr = stderr or {}          # (alloc id, task) -> bytes
+
+    def logs(self, alloc_id, task, stderr=False, offset=0):
+        assert stderr
+        return self._stderr.get((alloc_id, task), b"")[offset:offset + 5]   # small pages
 
     def get(self, ident):
         if ident.startswith("eval"):
@@ -545,12 +582,29 @@ def test_run_batch_waits_for_complete_and_reports_failures(capsys):
                     jobs=[job_body("running", [alloc(0)], count=1, job_type="batch"),
                           job_body("complete", [alloc(0, "complete")], count=1, job_type="batch")])
     assert monitor(ok, "batch").run() == 0
+    assert "    Allocation alloc-0- (web.g[0]) on node node-123: complete\n" \
+        in capsys.readouterr().out
     failed = dict(alloc(0, "failed"), tasks={"main": {"status": "failed", "exit_code": 3}})
+    lines = "".join(f"line {i}\n" for i in range(1, 13)).encode()
     bad = FakeClient(evals=[{"status": "complete", "placed": 1}],
                      jobs=[job_body("failed", [alloc(0, "failed")], count=1, job_type="batch")],
-                     allocs={failed["allocation_id"]: failed})
+                     allocs={failed["allocation_id"]: failed},
+                     stderr={(failed["allocation_id"], "main"): lines})
     assert monitor(bad, "batch").run() == 1
-    assert 'task "main": exit code 3' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert 'task "main": exit code 3' in out
+    tail = out.split("stderr (last 10 lines; orch alloc logs --stderr alloc-0- main):\n")[1]
+    assert tail.splitlines() == [f"      line {i}" for i in range(3, 13)]
+
+
+def test_run_lists_at_most_ten_allocations(capsys):
+    allocs = [alloc(i) for i in range(12)]
+    client = FakeClient(evals=[{"status": "complete", "placed": 12}],
+                        jobs=[job_body("running", allocs, count=12)])
+    assert monitor(client).run() == 0
+    out = capsys.readouterr().out
+    assert out.count("    Allocation ") == 10
+    assert "    ... and 2 more (orch job status web)" in out
 
 
 def test_run_times_out_with_exit_1(capsys):
@@ -573,7 +627,61 @@ def test_job_status_table(canned, capsys):
 def test_missing_job_exits_1_with_the_error(canned, capsys):
     canned.add("DELETE", "/jobs/nope", 404, {"error": "作业不存在"})
     assert entry.main(["job", "stop", "nope", "--address", canned.url]) == 1
-    assert 'error: job "nope" not found (作业不存在)' in capsys.readouterr().err
+    assert 'error: 作业不存在 (job "nope" not found)' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method, path, argv, status, error, said", [
+    ("POST", "/jobs/web/restart", ["job", "restart", "web"], 409, "只能重启已停止的作业",
+     "error: 只能重启已停止的作业 (only a stopped job can be restarted)"),
+    ("GET", "/nodes", ["node", "status"], 500, "获取节点信息失败",
+     "error: 获取节点信息失败 (could not read the nodes)"),
+    ("GET", "/jobs/web", ["job", "status", "web"], 404, "作业不存在",
+     'error: 作业不存在 (job "web" not found)'),
+    ("POST", "/jobs/web/delete", ["job", "delete", "web"], 400, "something else",
+     "error: something else"),
+])
+def test_seed_messages_are_printed_with_english(canned, capsys, method, path, argv,
+                                                status, error, said):
+    canned.add(method, path, status, {"error": error})
+    assert entry.main([*argv, "--address", canned.url]) == 1
+    assert capsys.readouterr().err.strip() == said
+
+
+def test_every_seed_message_has_english():
+    from orch.cli.messages import SEED_MESSAGES, in_english, with_english
+    assert with_english("作业 web 已停止") == "作业 web 已停止 (job web stopped)"
+    assert in_english("作业 a b 及其相关资源已删除") == "job a b and its resources deleted"
+    assert in_english("作业评估已加入队列") == "job evaluation queued"
+    assert in_english("作业不存在!") is None and with_english("hi") == "hi"
+    assert len(SEED_MESSAGES) == 8          # every Chinese message of the seed API
+
+
+def test_the_server_sends_no_chinese_message_without_english():
+    """Every Chinese literal in the server's code is a seed message the CLI
+    can put into English (an f-string's job id stands for {job_id})."""
+    import ast
+    import pathlib
+
+    from orch.cli.messages import in_english
+    han = re.compile(r"[\u4e00-\u9fff]")
+    found = []
+    for path in pathlib.Path(entry.__file__).parent.joinpath("server").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr)
+                 for v in n.values}
+        for node in ast.walk(tree):
+            if id(node) in parts:
+                continue                  # a piece of an f-string, read whole below
+            if isinstance(node, ast.JoinedStr):
+                text = "".join(v.value if isinstance(v, ast.Constant) else "ID"
+                               for v in node.values)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+            else:
+                continue
+            if han.search(text):
+                found.append(text)
+    assert found and all(in_english(text) for text in found), found
 
 
 def test_unreachable_server_exits_1(capsys):
@@ -691,10 +799,57 @@ def test_follow_logs_reads_until_terminal():
 
 
 def test_short_ids_tell_time_ordered_ids_apart():
-    from orch.cli_format import matches_short, short
+    from orch.cli.format import matches_short, short
     v7 = ["01a21545-c0ca-7000-85bd-3332cf02f641", "01a21545-c0ca-7001-a1de-d77b139abf28"]
     assert [short(i) for i in v7] == ["cf02f641", "139abf28"]
     assert short("e8abc256-1111-4222-8333-444455556666") == "e8abc256"
     assert short(None) == "-" and short("web") == "web"
     assert matches_short(v7[0], "cf02f641") and matches_short(v7[0], "01a21545-c0ca-7000")
     assert not matches_short("e8abc256-1111-4222-8333-444455556666", "55556666")
+    # What a table shows, or a prefix: not just any end of a time-ordered id.
+    assert not matches_short(v7[0], "02f641") and not matches_short(v7[0], "3332cf02f641")
+
+
+def test_a_shown_short_id_is_accepted_and_no_other_end(canned, capsys):
+    v7 = ["01a21545-c0ca-7000-85bd-3332cf02f641", "01a21545-c0ca-7001-a1de-d77bcf02f641"]
+    allocs = [dict(alloc(i), allocation_id=a) for i, a in enumerate(v7)]
+    canned.add("GET", "/jobs", 200, {"jobs": [job_body(allocs=allocs)]})
+    canned.add("GET", f"/allocations/{v7[0]}", 200, dict(allocs[0], tasks={}))
+    canned.add("GET", "/jobs/web", 200, job_body(allocs=allocs[:1]))
+    assert entry.main(["job", "status", "web", "--address", canned.url]) == 0
+    shown = capsys.readouterr().out.split("Allocations\n")[1].splitlines()[1].split()[0]
+    assert shown == "cf02f641"
+    assert entry.main(["alloc", "status", shown, "--json", "--address", canned.url]) == 1
+    assert "matches 2 allocations" in capsys.readouterr().err   # both end so: say so
+    assert entry.main(["alloc", "status", "02f641", "--address", canned.url]) == 1
+    assert 'allocation "02f641" not found' in capsys.readouterr().err
+    assert entry.main(["alloc", "status", "01a21545-c0ca-7000", "--json",
+                       "--address", canned.url]) == 0
+    assert json.loads(capsys.readouterr().out)["allocation_id"] == v7[0]
+
+
+def test_alloc_logs_without_a_task_reads_the_only_one(canned, capsysbinary):
+    one = alloc(0)
+    aid = one["allocation_id"]
+    canned.add("GET", f"/allocations/{aid}", 200, dict(one, tasks={"main": {"status": "running"}}))
+    canned.add("GET", f"/allocations/{aid}/logs/main", 200, b"hi\n", "text/plain")
+    assert entry.main(["alloc", "logs", aid, "--address", canned.url]) == 0
+    assert capsysbinary.readouterr().out == b"hi\n"
+    # No task has reported yet: the group's spec names it.
+    canned.add("GET", f"/allocations/{aid}", 200, dict(one, tasks={}, job_id="web"))
+    body = job_body(allocs=[one])
+    body["task_groups"][0]["tasks"] = [{"name": "main"}]
+    canned.add("GET", "/jobs/web", 200, body)
+    assert entry.main(["alloc", "logs", aid, "--address", canned.url]) == 0
+    assert capsysbinary.readouterr().out == b"hi\n"
+
+
+def test_alloc_logs_without_a_task_names_the_tasks_to_choose_from(canned, capsys):
+    one = alloc(0)
+    aid = one["allocation_id"]
+    canned.add("GET", f"/allocations/{aid}", 200,
+               dict(one, tasks={"web": {}, "sidecar": {}}))
+    assert entry.main(["alloc", "logs", aid, "--address", canned.url]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: allocation alloc-0- has tasks sidecar, web: name one "
+        "(orch alloc logs alloc-0- TASK)")

@@ -157,3 +157,21 @@ def test_a_second_signal_cuts_the_grace_short(tmp_path):
     sup.stop(grace=30)
     assert time.monotonic() - started < 5
     assert agent.proc.returncode == -signal.SIGKILL
+
+
+def test_a_taken_port_fails_at_once_naming_it(capsys, monkeypatch):
+    import socket
+    started = []
+    monkeypatch.setattr(launcher.Supervisor, "start",
+                        lambda self, name, args: started.append(name))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert launcher.port_taken("127.0.0.1", port) == "address already in use"
+        assert launcher.run(DevConfig(port=port, bind="127.0.0.1")) == 1
+    assert started == []                     # no server, no agent
+    assert capsys.readouterr().err.strip() == (
+        f"orch dev: cannot listen on 127.0.0.1:{port}: address already in use; "
+        "pick another --port (or 0 for a free one)")
+    assert launcher.port_taken("127.0.0.1", port) is None

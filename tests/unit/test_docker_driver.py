@@ -15,10 +15,12 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from orch.agent.drivers import DOCKER_FALLBACK, DOCKER_NO_COMMAND, select_driver  # noqa: E402
+from orch.agent.drivers import (DOCKER_FALLBACK, DOCKER_NO_COMMAND,  # noqa: E402
+                                default_drivers, select_driver)
 from orch.agent.drivers.base import TaskContext  # noqa: E402
-from orch.agent.drivers.docker import (DockerDriver, build_command,  # noqa: E402
-                                       container_name, cpu_shares, create_options)
+from orch.agent.drivers.docker import (DockerDriver, build_command, build_ports,  # noqa: E402
+                                       container_name, cpu_shares, create_options,
+                                       publish_ip)
 from orch.agent.drivers.exec import ExecDriver  # noqa: E402
 from orch.errors import DriverError  # noqa: E402
 from orch.structs import Resources, Task  # noqa: E402
@@ -59,6 +61,20 @@ def test_names_and_cpu_weight():
     assert container_name("a1b2", "web") == "orch-a1b2-web"
     assert container_name("a1", "we/b") == "orch-a1-we_b"
     assert cpu_shares(1000) == 1024 and cpu_shares(500) == 512 and cpu_shares(1) == 2
+
+
+def test_ports_are_published_on_the_agents_address_unless_the_task_says():
+    assert build_ports({}) is None
+    assert build_ports({"port": 8080}) == {"8080/tcp": ("127.0.0.1", 8080)}
+    assert build_ports({"port": 80, "container_port": 8080}, "10.0.0.5") == \
+        {"8080/tcp": ("10.0.0.5", 80)}
+    assert build_ports({"port": 80, "host_ip": "0.0.0.0"}) == {"80/tcp": ("0.0.0.0", 80)}
+    with pytest.raises(DriverError, match="config.host_ip"):
+        build_ports({"port": 80, "host_ip": "everywhere"})
+    assert publish_ip("0.0.0.0") == "0.0.0.0" and publish_ip("::1") == "::1"
+    assert publish_ip("localhost") == "127.0.0.1"
+    assert default_drivers(bind="192.0.2.7")["docker"]._host_ip == "192.0.2.7"
+    assert default_drivers()["docker"]._host_ip == "127.0.0.1"
 
 
 def test_no_engine_means_unavailable_and_fallback():
@@ -194,7 +210,7 @@ def test_stop_removes_the_container(run, engine, driver):
     assert result is not None and result.exit_code == 143
 
 
-def test_port_published_answers_http(run, make_ctx):
+def test_port_published_answers_http(run, make_ctx, engine):
     port = free_port()
     _, handle = run.start({"command": "echo hello-orch > /www/index.html && "
                                       "exec httpd -f -p 8080 -h /www",
@@ -206,6 +222,9 @@ def test_port_published_answers_http(run, make_ctx):
         except requests.RequestException:
             return ""
     assert wait_for(lambda: answers() == "hello-orch\n", 10.0)
+    # On the agent's (loopback) address only, not on every interface.
+    bound = engine.api.inspect_container(handle.container_id)["HostConfig"]["PortBindings"]
+    assert bound == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
 
 
 def test_oom_killed(run):

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from orch.agent.drivers.base import ExitResult, TaskContext
-from orch.agent.drivers.exec import ExecDriver, build_argv
+from orch.agent.drivers.exec import ExecDriver, ExecHandle, build_argv
 from orch.errors import DriverError
 from orch.structs import Resources
 from waiting import group_pids, live, wait_for
@@ -187,7 +187,23 @@ def test_stop_kills_a_child_that_left_the_group(run, driver, tmp_path):
     assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
     escaped = int(pidfile.read_text())
     driver.stop(handle, 2.0)
-    assert wait_for(lambda: not live(escaped), 2.0)
+    assert not live(escaped)             # stop returns once it is gone, not before
+
+
+def test_stop_after_the_end_waits_for_the_dying_rest_of_the_group(driver, tmp_path):
+    """The supervisor records the end right after SIGKILLing the group, whose
+    members take a moment to go: stop must not return before they have."""
+    record = tmp_path / "run-0.json"
+    record.write_text('{"supervisor_pid": 1}\n{"pid": 2}\n{"exit_code": 143, "signal": 15}\n')
+    # A member left behind that is still going: it goes by itself in 0.6s.
+    rest = subprocess.Popen(["sleep", "0.6"], start_new_session=True)
+    try:
+        handle = ExecHandle(pid=rest.pid, pgid=rest.pid, record_path=str(record))
+        driver.stop(handle, 5.0)
+        assert group_pids(rest.pid) == []
+    finally:
+        rest.kill()
+        rest.wait()
 
 
 def test_stragglers_die_when_the_leader_exits(run, tmp_path):

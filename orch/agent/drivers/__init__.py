@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from orch.agent.drivers.base import Driver
-from orch.agent.drivers.docker import DockerDriver
+from orch.agent.drivers.docker import DockerDriver, publish_ip
 from orch.agent.drivers.exec import ExecDriver
 from orch.errors import DriverError
 from orch.structs import Task
@@ -12,16 +12,17 @@ DOCKER_FALLBACK = ("docker unavailable on this node: running command with the "
 DOCKER_NO_COMMAND = "docker driver unavailable and task has no command to fall back on"
 
 
-def default_drivers(task_user: str | None = None,
-                    state_dir: str | None = None) -> dict[str, Driver]:
+def default_drivers(task_user: str | None = None, state_dir: str | None = None,
+                    bind: str = "127.0.0.1") -> dict[str, Driver]:
     """The drivers this node runs, by name; docker answers for its engine.
 
     `state_dir` (the agent's data dir) names the exec tasks' supervisor, so
-    that a restarted agent finds it. Raises DriverError when `task_user` does
-    not exist.
+    that a restarted agent finds it; docker publishes task ports on `bind`,
+    the agent's own address. Raises DriverError when `task_user` does not
+    exist.
     """
     return {"exec": ExecDriver(user=task_user, state_dir=state_dir),
-            "docker": DockerDriver()}
+            "docker": DockerDriver(host_ip=publish_ip(bind))}
 
 
 def select_driver(task: Task, drivers: dict[str, Driver]) -> tuple[Driver, str | None]:

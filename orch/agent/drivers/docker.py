@@ -6,7 +6,8 @@ the task it is), so that a restarted agent (or a test's cleanup) finds it
 again, also one it started but had not saved the handle of. Config: `image`,
 optional `command` (a string runs through `/bin/sh -c` inside the image, a list
 is the argv; `args` are appended), `env`, `port` (host port) published to
-`container_port` (default the same number). Resources: memory MB is a hard
+`container_port` (default the same number) on the agent's bind address, or on
+`host_ip` if the task gives one. Resources: memory MB is a hard
 limit (`mem_limit`, swap included, as Nomad does); CPU MHz becomes a CPU
 weight, 1000 MHz = 1024 shares (docker's default weight, one core's worth), at
 least 2. Output is streamed into the same per-task log files as the exec
@@ -22,6 +23,7 @@ or for the probe of a TLS or ssh engine.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import logging
 import math
 import os
@@ -60,6 +62,7 @@ _sdk_lock = threading.Lock()
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+DEFAULT_HOST_IP = "127.0.0.1"   # task ports are published here unless told otherwise
 LABEL_JOB, LABEL_ALLOC, LABEL_TASK = "orch.job_id", "orch.alloc_id", "orch.task"
 LABEL_ATTEMPT = "orch.attempt"
 PING_TIMEOUT = 1.0          # seconds: the engine probe must not slow a heartbeat
@@ -118,8 +121,11 @@ def build_environment(ctx: TaskContext) -> dict[str, str]:
     return env
 
 
-def build_ports(config: dict) -> dict | None:
-    """`port` on the host -> `container_port` (default the same) over TCP."""
+def build_ports(config: dict, host_ip: str = DEFAULT_HOST_IP) -> dict | None:
+    """`port` on the host -> `container_port` (default the same) over TCP,
+    published on `host_ip` (the agent's bind address) unless the task's
+    config names its own `host_ip`: a task is not put on every interface
+    of the node by default, as docker's bare `-p PORT` would."""
     host = config.get("port")
     if host is None:
         return None
@@ -127,10 +133,24 @@ def build_ports(config: dict) -> dict | None:
     for key, value in (("port", host), ("container_port", inner)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
             raise DriverError(f"config.{key}: must be an integer in 1..65535")
-    return {f"{inner}/tcp": host}
+    address = config.get("host_ip", host_ip)
+    try:
+        address = str(ipaddress.ip_address(address))
+    except ValueError:
+        raise DriverError("config.host_ip: must be an IP address, e.g. 0.0.0.0") from None
+    return {f"{inner}/tcp": (address, host)}
 
 
-def create_options(ctx: TaskContext) -> dict:
+def publish_ip(bind: str) -> str:
+    """The host address to publish ports on for an agent bound to ``bind``:
+    the same one, so a loopback agent keeps its tasks on loopback too."""
+    try:
+        return str(ipaddress.ip_address(bind))
+    except ValueError:
+        return DEFAULT_HOST_IP       # a host name: keep to loopback
+
+
+def create_options(ctx: TaskContext, host_ip: str = DEFAULT_HOST_IP) -> dict:
     """Keyword arguments for `containers.create`, from the task's context."""
     image = ctx.config.get("image")
     if not isinstance(image, str) or not image.strip():
@@ -140,7 +160,7 @@ def create_options(ctx: TaskContext) -> dict:
         "name": container_name(ctx.alloc_id, ctx.task_name),
         "labels": {LABEL_JOB: ctx.job_id, LABEL_ALLOC: ctx.alloc_id,
                    LABEL_TASK: ctx.task_name, LABEL_ATTEMPT: str(ctx.attempt)},
-        "environment": build_environment(ctx), "ports": build_ports(ctx.config),
+        "environment": build_environment(ctx), "ports": build_ports(ctx.config, host_ip),
         "detach": True, "stdin_open": False, "tty": False,
         # A shell or server as PID 1 ignores SIGTERM; tini forwards it, so a
         # stop is graceful instead of always waiting for the SIGKILL.
@@ -161,8 +181,9 @@ class DockerDriver(Driver):
     def __init__(self, *, environment: dict | None = None,
                  ping_timeout: float = PING_TIMEOUT, api_timeout: float = API_TIMEOUT,
                  pull_timeout: float = PULL_TIMEOUT, available_ttl: float = AVAILABLE_TTL,
-                 now=time.monotonic):
+                 host_ip: str = DEFAULT_HOST_IP, now=time.monotonic):
         self._environment = environment
+        self._host_ip = host_ip                 # where task ports are published
         self._ping_timeout, self._api_timeout = ping_timeout, api_timeout
         self._pull_timeout, self._ttl, self._now = pull_timeout, available_ttl, now
         self._lock = threading.Lock()
@@ -252,7 +273,7 @@ class DockerDriver(Driver):
     # -- the Driver interface ------------------------------------------------
 
     def start(self, ctx: TaskContext) -> DockerHandle:
-        options = create_options(ctx)
+        options = create_options(ctx, self._host_ip)
         client = self.client()
         self._ensure_image(client, options["image"])
         os.makedirs(os.path.dirname(ctx.stdout_path) or ".", exist_ok=True)

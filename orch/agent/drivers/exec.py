@@ -243,8 +243,15 @@ class ExecDriver(Driver):
         return exit_result(record, handle.memory_mb)
 
     def stop(self, handle: ExecHandle, timeout: float) -> None:
+        """Returns once every process of the task's group is gone."""
         if handle.record_path is not None and _ended(read_record(handle.record_path)):
-            return                          # over already: its pid may be another's now
+            # Over already: the supervisor SIGKILLed the group before reaping
+            # its leader, but members may still be dying. Wait, never signal:
+            # the leader's pid may be another's now.
+            if not self._wait_group_gone(handle, REAP_TIMEOUT):
+                log.warning("task pgid=%d still has processes %.1fs after its end",
+                            handle.pgid, REAP_TIMEOUT)
+            return
         escaped = _descendants(handle.pid)
         _signal_group(handle.pgid, signal.SIGTERM)
         if not self._wait_group_gone(handle, timeout):
@@ -257,6 +264,7 @@ class ExecDriver(Driver):
                 proc.kill()
             except psutil.Error:
                 pass
+        self._wait_procs_gone(escaped, REAP_TIMEOUT)
 
     def handle_to_json(self, handle: ExecHandle) -> dict:
         return {"driver": self.name, "pid": handle.pid, "pgid": handle.pgid,
@@ -296,14 +304,25 @@ class ExecDriver(Driver):
         return handle.pid
 
     def _wait_group_gone(self, handle: ExecHandle, timeout: float) -> bool:
+        """Until no member of the group is left (zombies aside).
+
+        The run's record saying the task ended is not enough: the supervisor
+        SIGKILLs the group and then records, and a killed process takes a
+        moment to go. While any member is left the group id cannot be reused,
+        so a group seen here is still the task's.
+        """
         deadline = time.monotonic() + timeout
         while True:
-            if handle.record_path is not None and _ended(read_record(handle.record_path)):
-                return True             # reaped, its group killed, by the supervisor
             if not _group_alive(handle.pgid):
                 return True
             if time.monotonic() >= deadline:
                 return False
+            time.sleep(self._poll)
+
+    def _wait_procs_gone(self, procs: list[psutil.Process], timeout: float) -> None:
+        """Until none is left but as a zombie: an orphan's reaper may be late."""
+        deadline = time.monotonic() + timeout
+        while any(_proc_alive(p) for p in procs) and time.monotonic() < deadline:
             time.sleep(self._poll)
 
     def _wait_foreign(self, handle: ExecHandle, timeout: float | None) -> bool:
@@ -453,6 +472,13 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
+
+
+def _proc_alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _create_time(pid: int) -> float | None:

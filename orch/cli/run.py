@@ -11,11 +11,15 @@ import sys
 import time
 
 from orch import errors
-from orch.cli_format import (Style, alloc_status, current_allocs,
+from orch.cli.format import (Style, alloc_status, current_allocs,
                              describe_placement_failure, group_progress,
-                             is_terminal, progress_line, short, wanted_count)
+                             is_terminal, plural, progress_line, short,
+                             wanted_count)
 
 EXIT_OK, EXIT_ERROR, EXIT_NOT_PLACED = 0, 1, 2
+TAIL_LINES = 10              # of a failed task's stderr, under its failure
+TAIL_MAX_BYTES = 4 << 20     # read no further into a huge log for its tail
+SHOWN_ALLOCS = 10            # allocation ids listed on success; the rest counted
 
 
 class Live:
@@ -152,6 +156,7 @@ class RunMonitor:
         if (job.get("type") or self.job_type) == "batch":
             if status == "complete":
                 self.say(self.style(f'==> Job "{self.job_id}" complete', "green"))
+                self.list_allocs(job)
                 return EXIT_OK
             return None
         wanted = wanted_count(job)
@@ -159,8 +164,20 @@ class RunMonitor:
         if running >= wanted:
             self.say(self.style(f'==> Job "{self.job_id}": {running} of {wanted} '
                                 f'allocations running', "green"))
+            self.list_allocs(job)
             return EXIT_OK
         return None
+
+    def list_allocs(self, job: dict) -> None:
+        """The allocations' ids as tables show them, for `alloc status`/`alloc logs`."""
+        allocs = sorted(current_allocs(job), key=lambda a: a.get("name") or "")
+        for alloc in allocs[:SHOWN_ALLOCS]:
+            self.say(f'    Allocation {short(alloc.get("allocation_id"))} '
+                     f'({alloc.get("name") or alloc.get("task_group")}) on node '
+                     f'{short(alloc.get("node_id"))}: {alloc_status(alloc)}')
+        if len(allocs) > SHOWN_ALLOCS:
+            self.say(f"    ... and {len(allocs) - SHOWN_ALLOCS} more "
+                     f"(orch job status {self.job_id})")
 
     def report_failures(self, job: dict) -> None:
         for alloc in job.get("allocations") or []:
@@ -175,3 +192,28 @@ class RunMonitor:
                     why = task.get("error") or f"exit code {task.get('exit_code')}"
                     self.say(f'    Allocation {short(alloc["allocation_id"])} '
                              f'task "{name}": {why}')
+                    self.show_stderr_tail(alloc["allocation_id"], name)
+
+    def show_stderr_tail(self, alloc_id: str, task: str) -> None:
+        try:
+            tail = stderr_tail(self.client, alloc_id, task)
+        except errors.OrchError:
+            return                   # the node may be gone; the failure was said
+        if tail:
+            self.say(f"    stderr (last {plural(len(tail), 'line')}; orch alloc logs "
+                     f"--stderr {short(alloc_id)} {task}):")
+            for line in tail:
+                self.say(f"      {line}")
+
+
+def stderr_tail(client, alloc_id: str, task: str, lines: int = TAIL_LINES) -> list[str]:
+    """The last lines of a task's stderr, paging through the log from its start."""
+    data, offset = b"", 0
+    while offset < TAIL_MAX_BYTES:
+        chunk = client.allocs.logs(alloc_id, task, stderr=True, offset=offset)
+        if not chunk:
+            break
+        offset += len(chunk)
+        data = (data + chunk)[-64 * 1024:]     # a tail needs only the end
+    text = data.decode("utf-8", errors="replace").rstrip("\n")
+    return text.split("\n")[-lines:] if text else []

@@ -21,8 +21,10 @@ def short(ident: str | None, n: int = 8) -> str:
 
 
 def matches_short(ident: str, given: str) -> bool:
-    """Does ``given`` (a prefix, or a short id as printed) name ``ident``?"""
-    return ident.startswith(given) or (bool(UUID7.fullmatch(ident)) and ident.endswith(given))
+    """Does ``given`` name ``ident``: the short id the tables print, or a
+    prefix of the full id? Never any other end of it: 8 characters then have
+    one meaning per id, the one a table showed."""
+    return given == short(ident) or ident.startswith(given)
 
 
 def table(headers: list[str], rows: list[list], paint=None) -> str:
@@ -167,16 +169,19 @@ def resource_cell(total: int | None, used: int | None, unit: str) -> str:
 
 
 def node_row(node: dict) -> list:
-    """ID, Region, Endpoint, Healthy, CPU, Memory, Allocs."""
+    """ID, Region, Endpoint, Healthy, CPU and Memory (allocated/total), Allocs."""
     live = [a for a in node.get("allocations") or [] if alloc_status(a) not in TERMINAL_ALLOC]
     res = node.get("resources") or {}
-    known = [a for a in live if isinstance(a.get("resources"), dict)]
-    cpu_used = sum(a["resources"].get("cpu", 0) for a in known) if known else None
-    mem_used = sum(a["resources"].get("memory", 0) for a in known) if known else None
+    held = node.get("allocated")
+    if not isinstance(held, dict):
+        # A server without the `allocated` field: add up what the allocations say.
+        known = [a["resources"] for a in live if isinstance(a.get("resources"), dict)]
+        held = ({"cpu": sum(r.get("cpu", 0) for r in known),
+                 "memory": sum(r.get("memory", 0) for r in known)} if known else {})
     return [short(node.get("node_id")), node.get("region"), node.get("endpoint"),
             str(bool(node.get("healthy"))).lower(),
-            resource_cell(res.get("cpu"), cpu_used, "MHz"),
-            resource_cell(res.get("memory"), mem_used, "MiB"), len(live)]
+            resource_cell(res.get("cpu"), held.get("cpu"), "MHz"),
+            resource_cell(res.get("memory"), held.get("memory"), "MB"), len(live)]
 
 
 def event_line(event, now: float) -> list:

@@ -1,6 +1,6 @@
 """Client commands of the CLI over ``orch.client``: shared plumbing, node and
-alloc commands. Job commands are in ``cli_job``, `job run`'s follower in
-``cli_run``."""
+alloc commands. Job commands are in ``job``, `job run`'s follower in
+``run``."""
 from __future__ import annotations
 
 import functools
@@ -10,10 +10,11 @@ import time
 from contextlib import contextmanager
 
 from orch import errors
-from orch.cli_format import (TERMINAL_ALLOC, Style, ago, alloc_status,
+from orch.cli.format import (TERMINAL_ALLOC, Style, ago, alloc_status,
                              colour_enabled, event_line, fields, matches_short,
-                             node_row, table)
-from orch.client import Client, ClientError
+                             node_row, short, table)
+from orch.cli.messages import in_english, with_english
+from orch.client import Client
 from orch.jobspec import parse_job
 
 EXIT_OK, EXIT_ERROR = 0, 1
@@ -32,10 +33,8 @@ def client_command(fn):
         client = Client(args.address, token=args.token)
         try:
             return fn(args, client)
-        except ClientError as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
-        except errors.OrchError as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
+        except errors.OrchError as exc:          # ClientError included
+            print(f"error: {with_english(exc.message)}", file=sys.stderr)
         finally:
             client.close()
         return EXIT_ERROR
@@ -79,7 +78,11 @@ def about_job(job_id: str):
     try:
         yield
     except errors.NotFound as exc:
-        raise errors.NotFound(f'job "{job_id}" not found ({exc.message})') from exc
+        said = f'job "{job_id}" not found'
+        # The seed's 作业不存在 gets the words with the id: 作业不存在 (job "web" not found).
+        message = (f"{exc.message} ({said})" if in_english(exc.message)
+                   else f"{said} ({exc.message})")
+        raise errors.NotFound(message) from exc
 
 
 def get_job(client: Client, job_id: str) -> dict:
@@ -118,8 +121,8 @@ def node_status(args, client: Client) -> int:
         now = time.time()
         rows = [node_row(n) + [ago(n.get("last_heartbeat"), now)]
                 for n in sorted(nodes, key=lambda n: n.get("node_id", ""))]
-        say(table(["ID", "Region", "Endpoint", "Healthy", "CPU", "Memory", "Allocs",
-                   "Heartbeat"], rows, paint=style().cell))
+        say(table(["ID", "Region", "Endpoint", "Healthy", "CPU Allocated",
+                   "Memory Allocated", "Allocs", "Heartbeat"], rows, paint=style().cell))
     return EXIT_OK
 
 
@@ -164,16 +167,35 @@ def alloc_summary(alloc: dict, now: float, paint: Style = Style(False)) -> str:
 def alloc_logs(args, client: Client) -> int:
     alloc = resolve_alloc(client, args.id)
     alloc_id = alloc["allocation_id"]
+    task = args.task or only_task(client, alloc)
     out = sys.stdout.buffer
     if not args.follow:
-        out.write(client.allocs.logs(alloc_id, args.task, stderr=args.stderr))
+        out.write(client.allocs.logs(alloc_id, task, stderr=args.stderr))
         out.flush()
         return EXIT_OK
     try:
-        follow_logs(client, alloc_id, args.task, args.stderr, out)
+        follow_logs(client, alloc_id, task, args.stderr, out)
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def only_task(client: Client, alloc: dict) -> str:
+    """The allocation's one task; its group's spec says when no task has reported yet."""
+    names = sorted(alloc.get("tasks") or {})
+    if not names:
+        job = get_job(client, alloc.get("job_id", ""))
+        names = sorted(t.get("name") for tg in job.get("task_groups") or []
+                       if tg.get("name") == alloc.get("task_group")
+                       for t in tg.get("tasks") or [])
+    if len(names) == 1:
+        return names[0]
+    short_id = short(alloc.get("allocation_id"))
+    if not names:
+        raise errors.NotFound(f"allocation {short_id} has no task to read the log of")
+    raise errors.ValidationError(
+        f"allocation {short_id} has tasks {', '.join(names)}: name one "
+        f"(orch alloc logs {short_id} TASK)")
 
 
 def follow_logs(client: Client, alloc_id: str, task: str, stderr: bool, out,

@@ -4,11 +4,11 @@ from __future__ import annotations
 import sys
 import time
 
-from orch.cli import (EXIT_OK, about_job, client_command, get_job, load_job_file,
+from orch.cli.commands import (EXIT_OK, about_job, client_command, get_job, load_job_file,
                       print_json, say, style)
-from orch.cli_format import (Style, ago, alloc_counts, alloc_status,
+from orch.cli.format import (Style, ago, alloc_counts, alloc_status,
                              describe_failures, fields, short, table)
-from orch.cli_run import EXIT_NOT_PLACED, Live, RunMonitor
+from orch.cli.run import EXIT_NOT_PLACED, Live, RunMonitor
 from orch.client import Client
 
 # What `job inspect` leaves out of GET /jobs/<id>: state, not the job's spec.
