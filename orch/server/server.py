@@ -23,7 +23,7 @@ from orch.server.sync import AllocSync
 from orch.server.worker import SchedulerWorker, new_eval
 from orch.structs import (
     Allocation, AllocStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node,
-    TriggeredBy, replace,
+    TriggeredBy, replace, short_id,
 )
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,11 @@ class Server:
         self.broker = EvalBroker()
         self.pusher = Pusher(endpoint_of=self.endpoint_of,
                              on_failed=self._push_failed,
+                             on_suspect=self._node_suspect,
                              workers=config.push_workers,
                              timeout=config.push_timeout,
-                             retries=config.push_retries, token=config.token)
+                             retries=config.push_retries, token=config.token,
+                             suspect_hold=config.node_ttl)
         self.monitor = HeartbeatMonitor(config.node_ttl, self.node_down)
         self.sync = AllocSync(self)
         self.workers = [SchedulerWorker(self, i)
@@ -213,6 +215,7 @@ class Server:
             raise ValidationError("allocations: must be an object")
         self.store.touch_node(node_id, time.time(), usage or {})
         self.monitor.reset(node_id)
+        self.pusher.heartbeat_ok(node_id)
         if not node.healthy and body.get("healthy", True):
             log.info("node %s is back", node_id[:8])
             self.store.set_node_health(node_id, True)
@@ -244,6 +247,12 @@ class Server:
         node = self.store.get_node(node_id)
         return node.endpoint.rstrip("/") if node and node.endpoint else None
 
+    def _node_suspect(self, node_id: str, suspect: bool) -> None:
+        """The pusher's verdict: no new placements on a node whose pushes fail."""
+        self.store.cluster.set_suspect(node_id, suspect)
+        if not suspect:
+            self.broker.unblock()
+
     def _push_failed(self, alloc: Allocation, failure: PushFailure) -> None:
         current = self.store.get_alloc(alloc.allocation_id)
         if current is None or current.desired_status != DesiredStatus.RUN \
@@ -253,13 +262,16 @@ class Server:
         node = self.store.get_node(alloc.node_id)
         if not failure.refused and node is not None and node.healthy \
                 and now - current.create_time < self.config.node_ttl:
-            # No answer (an agent restarting, say): it may have accepted the
-            # allocation already, so failing it and placing a replacement
-            # could run the work twice. The node's heartbeats decide: they
-            # report the allocation, or it is pushed again (AllocSync), or
-            # the node is declared down and the allocation lost.
+            # No answer (an agent restarting, a hung one): it may have
+            # accepted the allocation already, so failing it and placing a
+            # replacement could run the work twice. The node's heartbeats
+            # decide: they report the allocation, or it is pushed again
+            # (AllocSync), or the node is declared down and the allocation
+            # lost. A refusal (4xx, nothing listening) is certain: the
+            # allocation is failed and placed elsewhere at once, and the
+            # node, suspect, is not offered the replacement.
             log.info("alloc %s: push unanswered, node %s alive: its heartbeats "
-                     "decide", alloc.allocation_id, alloc.node_id[:8])
+                     "decide", short_id(alloc.allocation_id), alloc.node_id[:8])
             return
         self.store.update_allocs([replace(
             current, client_status=AllocStatus.FAILED,
