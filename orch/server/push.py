@@ -98,6 +98,9 @@ class Pusher:
         self._lock = threading.Lock()
         self._queues: dict[str, _NodeQueue] = {}
         self._suspect: dict[str, float] = {}   # node id -> monotonic time marked
+        # Held across a verdict and its callback, so that the scheduler
+        # learns verdicts in the order they were reached.
+        self._verdicts = threading.Lock()
         self._closed = False
         self.stats = {"placed": 0, "stopped": 0, "failed": 0}
 
@@ -111,11 +114,14 @@ class Pusher:
         for alloc in allocs:
             self._enqueue(_Wish(STOP, alloc))
 
-    def busy(self, alloc_id: str) -> bool:
-        """Whether a push of the allocation is waiting or in flight."""
+    def busy(self, alloc_id: str, node_id: str | None = None) -> bool:
+        """Whether a push of the allocation (to ``node_id``, if known: one
+        look-up instead of one per node with pushes) is waiting or in flight."""
         with self._lock:
+            queues = self._queues.values() if node_id is None \
+                else filter(None, [self._queues.get(node_id)])
             return any(alloc_id in q.pending or alloc_id in q.inflight
-                       for q in self._queues.values())
+                       for q in queues)
 
     def _enqueue(self, wish: _Wish) -> None:
         alloc_id, node_id = wish.alloc.allocation_id, wish.alloc.node_id
@@ -244,17 +250,18 @@ class Pusher:
             return node_id in self._suspect
 
     def _set_suspect(self, node_id: str, suspect: bool) -> None:
-        with self._lock:
-            if suspect == (node_id in self._suspect):
-                return
-            if suspect:
-                self._suspect[node_id] = time.monotonic()
-            else:
-                del self._suspect[node_id]
-        log.warning("node %s: %s", node_id[:8],
-                    "pushes fail: suspect, no new placements" if suspect
-                    else "pushes succeed again: no longer suspect")
-        self._on_suspect(node_id, suspect)
+        with self._verdicts:
+            with self._lock:
+                if suspect == (node_id in self._suspect):
+                    return
+                if suspect:
+                    self._suspect[node_id] = time.monotonic()
+                else:
+                    del self._suspect[node_id]
+            log.warning("node %s: %s", node_id[:8],
+                        "pushes fail: suspect, no new placements" if suspect
+                        else "answers again: no longer suspect")
+            self._on_suspect(node_id, suspect)
 
     def heartbeat_ok(self, node_id: str) -> None:
         """A heartbeat round trip worked: a suspect node is offered work again,

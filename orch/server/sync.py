@@ -153,7 +153,7 @@ class AllocSync:
             if alloc.allocation_id in reported:
                 continue
             if now - alloc.create_time < REPUSH_AFTER_S \
-                    or server.pusher.busy(alloc.allocation_id):
+                    or server.pusher.busy(alloc.allocation_id, node_id):
                 continue
             job = store.get_job(alloc.job_id)
             if job is not None and job.group(alloc.task_group) is not None:

@@ -138,6 +138,16 @@ def test_a_node_refusing_pushes_has_its_placements_moved_within_one_ttl(cluster)
                    if a["node_id"] == "dead-end"]
         assert refused, "some placements went to the refusing node first"
         assert all(a["status"] == "failed" for a in refused)
+        # The log relay answers for such a node with JSON, and relays a live
+        # node's answers as they are (status, content type, body).
+        resp = cluster.get(f"/allocations/{refused[0]['allocation_id']}/logs/t")
+        assert resp.status_code == 502 and "error" in resp.json()
+        live = cluster.live_allocs("moved")[0]["allocation_id"]
+        resp = cluster.get(f"/allocations/{live}/logs/t?offset=0")
+        assert resp.status_code == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        resp = cluster.get(f"/allocations/{live}/logs/nope")
+        assert resp.status_code == 404 and "error" in resp.json()
     finally:
         stop.set()
         beater.join(5)

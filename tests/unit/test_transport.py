@@ -86,3 +86,17 @@ def test_not_a_url_is_a_value_error():
     with pytest.raises(ValueError):
         HttpClient().get("ftp://example.com/")
     assert issubclass(ssl.SSLError, ERRORS)
+
+
+def test_docker_engine_ping_over_a_unix_socket(servers, tmp_path):
+    from orch.agent.drivers.docker import ping_engine
+
+    path = str(tmp_path / "docker.sock")
+    engine = servers(unix_path=path)
+    assert ping_engine({"DOCKER_HOST": f"unix://{path}"}, 1.0) == ""
+    assert engine.paths("GET") == ["/_ping"]
+    engine.answer = lambda method, p, body: (500, {"message": "sick"})
+    with pytest.raises(OSError, match="500"):
+        ping_engine({"DOCKER_HOST": f"unix://{path}"}, 1.0)
+    with pytest.raises(ConnectionRefusedError):
+        ping_engine({"DOCKER_HOST": closed_port_url().replace("http", "tcp")}, 1.0)
