@@ -81,7 +81,7 @@ class _NodeQueue:
 class Pusher:
     """Sends POST/DELETE /allocations to agents in the background."""
 
-    def __init__(self, *, endpoint_of, on_failed, on_suspect=None,
+    def __init__(self, *, endpoint_of, on_failed, on_suspect=None, wanted=None,
                  workers: int = 4, timeout: float = 5.0,
                  connect_timeout: float = 2.0, retries: int = 3,
                  token: str | None = None, backoff: float = 0.2,
@@ -89,6 +89,9 @@ class Pusher:
         self._endpoint_of = endpoint_of      # node_id -> URL or None
         self._on_failed = on_failed          # (alloc, PushFailure) -> None
         self._on_suspect = on_suspect or (lambda node_id, suspect: None)
+        # alloc -> still to run? Asked again just before a place goes out:
+        # behind a hung node's queue, a placement may be lost or purged by then.
+        self._wanted = wanted or (lambda alloc: True)
         self._workers = workers              # per node
         self._timeout = (min(connect_timeout, timeout), timeout)
         self._retries = retries
@@ -187,6 +190,10 @@ class Pusher:
 
     def _deliver(self, wish: _Wish, client: HttpClient) -> None:
         alloc = wish.alloc
+        if wish.kind == PLACE and not self._wanted(alloc):
+            log.debug("place skipped alloc=%s: no longer wanted",
+                      short_id(alloc.allocation_id))
+            return
         if wish.kind == PLACE:
             failure = self._call(client, "POST", alloc.node_id, "/allocations",
                                  wish.payload)
@@ -271,6 +278,10 @@ class Pusher:
             if since is None or time.monotonic() - since < self._suspect_hold \
                     or node_id in self._queues:
                 return
+        self._set_suspect(node_id, False)
+
+    def endpoint_changed(self, node_id: str) -> None:
+        """The node registered at a new address: what made it suspect is gone."""
         self._set_suspect(node_id, False)
 
     def close(self) -> None:

@@ -43,6 +43,7 @@ class Server:
         self.pusher = Pusher(endpoint_of=self.endpoint_of,
                              on_failed=self._push_failed,
                              on_suspect=self._node_suspect,
+                             wanted=self._still_wanted,
                              workers=config.push_workers,
                              timeout=config.push_timeout,
                              retries=config.push_retries, token=config.token,
@@ -189,6 +190,8 @@ class Server:
         node = replace(node, last_heartbeat=time.time())
         previous = self.store.upsert_node(node)
         self.monitor.reset(node.node_id)
+        if previous is not None and previous.endpoint != node.endpoint:
+            self.pusher.endpoint_changed(node.node_id)
         if previous is None or not previous.healthy \
                 or previous.resources != node.resources \
                 or previous.attributes != node.attributes \
@@ -252,6 +255,13 @@ class Server:
         self.store.cluster.set_suspect(node_id, suspect)
         if not suspect:
             self.broker.unblock()
+
+    def _still_wanted(self, alloc: Allocation) -> bool:
+        """Whether a placement waiting to be pushed should still run."""
+        current = self.store.get_alloc(alloc.allocation_id)
+        return current is not None and current.node_id == alloc.node_id \
+            and current.desired_status == DesiredStatus.RUN \
+            and not current.terminal()
 
     def _push_failed(self, alloc: Allocation, failure: PushFailure) -> None:
         current = self.store.get_alloc(alloc.allocation_id)

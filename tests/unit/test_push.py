@@ -163,3 +163,17 @@ def test_idle_node_workers_retire(closing, monkeypatch):
     h.pusher.place([alloc(i, "n") for i in range(20)], JOB)
     assert wait_for(lambda: len(agent.calls) == 20, timeout=3.0)
     assert wait_for(lambda: threading.active_count() <= before, timeout=3.0)
+
+
+def test_a_place_no_longer_wanted_when_its_turn_comes_is_not_sent(closing):
+    agent = Recorder()
+    closing(agent)
+    unwanted = {"alloc-0002"}
+    h = Harness(wanted=lambda a: a.allocation_id not in unwanted)
+    closing(h.pusher)
+    h.endpoints["n"] = agent.url
+    h.pusher.place([alloc(1, "n"), alloc(2, "n"), alloc(3, "n")], JOB)
+    assert wait_for(lambda: len(agent.calls) == 2, timeout=3.0)
+    assert wait_for(lambda: not h.pusher.busy("alloc-0002", "n"), timeout=3.0)
+    assert sorted(c[2]["allocation_id"] for c in agent.calls) == ["alloc-0001", "alloc-0003"]
+    assert h.failed == []
