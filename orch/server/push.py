@@ -141,9 +141,12 @@ class Pusher:
             # A stop replaces a place still waiting (it keeps its turn); one
             # behind a place in flight waits for it (next_wish skips it).
             queue.pending[alloc_id] = wish
+            # A suspect node gets one worker: its calls time out one by one
+            # instead of holding several threads.
+            limit = 1 if node_id in self._suspect else self._workers
             if queue.idle:
                 queue.ready.notify()
-            elif queue.workers < self._workers:
+            elif queue.workers < limit:
                 queue.workers += 1
                 threading.Thread(target=self._work, args=(node_id, queue),
                                  name=f"push-{node_id[:8]}", daemon=True).start()
@@ -255,6 +258,11 @@ class Pusher:
     def suspect(self, node_id: str) -> bool:
         with self._lock:
             return node_id in self._suspect
+
+    def suspects(self) -> int:
+        """How many nodes are suspect now (a metrics gauge)."""
+        with self._lock:
+            return len(self._suspect)
 
     def _set_suspect(self, node_id: str, suspect: bool) -> None:
         with self._verdicts:
