@@ -11,6 +11,8 @@ its own. `requests` stays with the CLI's Python client only (orch/client.py).
 Errors: what a failed exchange raises is in ``ERRORS``::
 
     OSError (connection refused, timeouts, ssl.SSLError and certificate checks)
+        ConnectionResetError
+            PeerGone (a kept connection broke, then the redial was refused)
     http.client.HTTPException (a malformed or missing answer)
 """
 from __future__ import annotations
@@ -31,6 +33,11 @@ ERRORS = (OSError, http.client.HTTPException)
 # its next request: dialing again once is safe (nothing was processed).
 STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine,
          ConnectionResetError, BrokenPipeError)
+
+
+class PeerGone(ConnectionResetError):
+    """Raised when a kept connection broke and dialing again was refused:
+    the peer went away, perhaps after it had read the request."""
 
 
 class Response:
@@ -127,12 +134,19 @@ class HttpClient:
         try:
             return self._exchange(key, parts, method, target, body, all_headers,
                                   connect, read)
-        except STALE:
+        except STALE as exc:
             if not reused:
                 raise
+            lost = exc
         # The kept connection had been closed by the peer: dial once more.
-        return self._exchange(key, parts, method, target, body, all_headers,
-                              connect, read)
+        try:
+            return self._exchange(key, parts, method, target, body, all_headers,
+                                  connect, read)
+        except ConnectionRefusedError as exc:
+            # Not a clean refusal: the lost connection may have carried the
+            # request before the peer went away (a push it did persist).
+            raise PeerGone(f"connection lost ({type(lost).__name__}), "
+                           f"then refused: {exc}") from lost
 
     def _exchange(self, key, parts, method, target, body, headers,
                   connect: float, read: float) -> Response:

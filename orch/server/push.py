@@ -19,10 +19,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orch.structs import Allocation, Job, short_id
-from orch.transport import ERRORS, HttpClient
+from orch.transport import ERRORS, HttpClient, PeerGone
 
 log = logging.getLogger(__name__)
 
@@ -220,17 +220,23 @@ class Pusher:
         A suspect node gets one attempt: its queue must not stall for
         retries that time out in turn."""
         failure = PushFailure("node has no endpoint", refused=True)
+        reached = False         # an earlier attempt may have got through
         for attempt in range(self._retries):
             endpoint = self._endpoint_of(node_id)
             if not endpoint:
-                return failure
+                return replace(failure, refused=failure.refused and not reached)
             failure = self._attempt(client, method, endpoint + path, body, ok)
             if failure is None:
                 self._set_suspect(node_id, False)
                 return None
             if failure.node_fault:
                 self._set_suspect(node_id, True)
-            if failure.refused or self.suspect(node_id):
+            if failure.refused:
+                # Refused now, but an unanswered attempt before may have
+                # been taken (the agent died after persisting it): unsure.
+                return replace(failure, refused=not reached)
+            reached = True
+            if self.suspect(node_id):
                 return failure
             time.sleep(self._backoff * (2 ** attempt))
         return failure
@@ -245,6 +251,10 @@ class Pusher:
                                node_fault=True)
         except TimeoutError as exc:
             return PushFailure(f"timed out: {exc}", refused=False, node_fault=True)
+        except PeerGone as exc:
+            # The agent went away, perhaps after it had read this call.
+            return PushFailure(f"{type(exc).__name__}: {exc}", refused=False,
+                               node_fault=True)
         except (*ERRORS, ValueError) as exc:
             return PushFailure(f"{type(exc).__name__}: {exc}", refused=False)
         if resp.status_code in ok:

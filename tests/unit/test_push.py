@@ -177,3 +177,18 @@ def test_a_place_no_longer_wanted_when_its_turn_comes_is_not_sent(closing):
     assert wait_for(lambda: not h.pusher.busy("alloc-0002", "n"), timeout=3.0)
     assert sorted(c[2]["allocation_id"] for c in agent.calls) == ["alloc-0001", "alloc-0003"]
     assert h.failed == []
+
+
+def test_a_refusal_after_the_agent_went_away_mid_call_is_not_certain(closing):
+    agent = Recorder(close_silently=True)
+    h = Harness(workers=1, retries=3, backoff=0.05)
+    closing(h.pusher)
+    h.endpoints["n"] = agent.url
+    h.pusher.place([alloc(1, "n")], JOB)
+    assert wait_for(lambda: len(agent.calls) == 1, timeout=3.0)
+    agent.close()           # the worker still keeps its connection to it
+    h.pusher.place([alloc(2, "n")], JOB)
+    assert wait_for(lambda: h.failed, timeout=3.0)
+    failure = h.failed[0][1]
+    assert not failure.refused, "it may have taken the call before it went away"
+    assert h.pusher.suspect("n")

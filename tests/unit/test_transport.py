@@ -100,3 +100,17 @@ def test_docker_engine_ping_over_a_unix_socket(servers, tmp_path):
         ping_engine({"DOCKER_HOST": f"unix://{path}"}, 1.0)
     with pytest.raises(ConnectionRefusedError):
         ping_engine({"DOCKER_HOST": closed_port_url().replace("http", "tcp")}, 1.0)
+
+
+def test_a_lost_connection_then_a_refusal_is_not_a_clean_refusal():
+    from orch.transport import PeerGone
+
+    server = Recorder(close_silently=True)
+    client = HttpClient(timeout=2.0)
+    assert client.post(server.url + "/allocations", {"a": 1}).status_code == 200
+    server.close()              # the agent is gone; the kept connection is stale
+    with pytest.raises(PeerGone):
+        client.post(server.url + "/allocations", {"a": 2})
+    with pytest.raises(ConnectionRefusedError) as refused:
+        client.post(server.url + "/allocations", {"a": 3})
+    assert not isinstance(refused.value, PeerGone)
