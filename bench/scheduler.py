@@ -62,8 +62,20 @@ class NullPusher:
     def stop(self, allocs) -> None:
         pass
 
-    def busy(self, alloc_id) -> bool:
+    def busy(self, alloc_id, node_id=None) -> bool:
         return False
+
+    def heartbeat_ok(self, node_id) -> None:
+        pass
+
+    def endpoint_changed(self, node_id) -> None:
+        pass
+
+    def suspects(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
 
 
 # ---- the simulated cluster ---------------------------------------------------

@@ -150,7 +150,12 @@ def add_agent(sub, common) -> None:
     cmd.add_argument("--task-user", default=env("TASK_USER", d.task_user),
                      help="run exec tasks as this user (the agent runs as root)")
     cmd.add_argument("--insecure", action="store_true", default=env("INSECURE", d.insecure),
-                     help="allow a non-loopback --bind without --token (ORCH_INSECURE)")
+                     help="allow a non-loopback --bind without --token (ORCH_INSECURE); "
+                          "certificates are still checked")
+    cmd.add_argument("--tls-skip-verify", action="store_true",
+                     default=env("TLS_SKIP_VERIFY", d.tls_skip_verify),
+                     help="DANGEROUS: do not check the https:// server's certificate "
+                          "(ORCH_TLS_SKIP_VERIFY)")
     cmd.set_defaults(handler=cmd_agent, role="agent")
 
 
@@ -239,7 +244,7 @@ def agent_config(args) -> AgentConfig:
                        node_id=args.node_id or None, meta=dict(args.meta),
                        data_dir=args.data_dir, heartbeat_interval=args.heartbeat_interval,
                        token=args.token or None, task_user=args.task_user or None,
-                       insecure=args.insecure)
+                       insecure=args.insecure, tls_skip_verify=args.tls_skip_verify)
 
 
 def dev_config(args) -> DevConfig:

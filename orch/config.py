@@ -37,7 +37,7 @@ class ServerConfig:
     token: str | None = None
     insecure: bool = False
     scheduler_workers: int = 1
-    push_workers: int = 16
+    push_workers: int = 4              # per node: each node has its own queue
     push_timeout: float = 5.0          # per HTTP call to an agent
     push_retries: int = 3
     max_count: int = 10_000            # cap on a task group's count
@@ -61,7 +61,8 @@ class AgentConfig:
     data_dir: str = "./orch-data/agent"
     heartbeat_interval: float = 2.0
     token: str | None = None
-    insecure: bool = False
+    insecure: bool = False             # a non-loopback bind without a token, nothing else
+    tls_skip_verify: bool = False      # no certificate checks towards an https:// server
     # Restart policy for service tasks (Nomad's defaults are 2 in 30m, delay 15s;
     # ours are shorter so that a dev cluster reacts within seconds).
     restart_attempts: int = 2

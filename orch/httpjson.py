@@ -51,7 +51,8 @@ def read_json(max_body: int | None = None):
 
 
 def passthrough(resp) -> bytes:
-    """Relay a requests.Response (status, content type, body) unchanged."""
+    """Relay an agent's answer (orch.transport.Response: status, content
+    type, body) unchanged."""
     bottle.response.status = resp.status_code
     bottle.response.content_type = resp.headers.get("Content-Type", JSON)
     return resp.content

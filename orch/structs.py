@@ -19,6 +19,15 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def short_id(any_id: str) -> str:
+    """An id's short form for logs: its last 8 characters.
+
+    Allocation ids are time-ordered (UUIDv7): their first characters are the
+    creation time, shared by every allocation of one evaluation, while the
+    end is random."""
+    return any_id[-8:]
+
+
 class JobType(str, Enum):
     BATCH = "batch"
     SERVICE = "service"

@@ -23,7 +23,7 @@ from orch.agent.runner import AllocRunner
 from orch.agent.spec import AllocSpec, parse_alloc
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig
-from orch.security import check_bind
+from orch.security import check_bind, warn_tls_skip_verify
 from orch.errors import DriverError, NotFound, ValidationError
 
 log = logging.getLogger(__name__)
@@ -294,6 +294,7 @@ def serve(config: AgentConfig, stop: threading.Event,
 def run(config: AgentConfig) -> int:
     """`orch agent`: serve until SIGTERM/SIGINT, then stop every task; returns 0."""
     check_bind("agent", config.bind, config.token, config.insecure)
+    warn_tls_skip_verify("agent", config.server, config.tls_skip_verify)
     stop = threading.Event()
 
     def on_signal(signum, _frame):

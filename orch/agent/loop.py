@@ -9,7 +9,6 @@ garbage-collected): register again, then heartbeat at once.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import threading
@@ -21,6 +20,7 @@ from orch.agent.fingerprint import Fingerprint
 from orch.config import AgentConfig
 from orch.memory import release_free_memory
 from orch.structs import TERMINAL_ALLOC
+from orch.transport import ERRORS as REQUEST_ERRORS, HttpClient, Response
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,13 @@ BACKOFF_START = 0.05          # register retry: 50 ms doubling up to 1 s
 BACKOFF_MAX = 1.0
 REGISTER_TIMEOUT = (1.0, 5.0)     # (connect, read) seconds
 HEARTBEAT_TIMEOUT = (1.0, 5.0)
+# A problem with the server is logged at WARNING when it starts, then again
+# every WARN_EVERY seconds while it lasts; never more than one WARNING per
+# WARN_GAP. A server that does not answer the first REGISTER_GRACE seconds is
+# only DEBUG: `orch dev` starts the agents beside the server.
+WARN_EVERY = 10.0
+WARN_GAP = 1.0
+REGISTER_GRACE = 2.0
 
 
 class NodeLoop:
@@ -45,7 +52,7 @@ class NodeLoop:
     def __init__(self, config: AgentConfig, node_id: str, endpoint: str,
                  fp: Fingerprint, reports: Callable[[set], dict],
                  used: Callable[[], tuple[int, int]],
-                 session: "ServerConnection | None" = None):
+                 session: HttpClient | None = None):
         self.config = config
         self.node_id = node_id
         self.endpoint = endpoint
@@ -56,13 +63,20 @@ class NodeLoop:
         self._acked: set[str] = set()
         self._used = used
         self._server = config.server.rstrip("/")
-        self._session = session or ServerConnection(self._server, insecure=config.insecure)
+        parts = urlsplit(self._server)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"server address must be http(s)://host[:port]: "
+                             f"{config.server}")
+        self._session = session or HttpClient(
+            timeout=HEARTBEAT_TIMEOUT, token=config.token,
+            tls_skip_verify=config.tls_skip_verify, max_hosts=1)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._registered = threading.Event()
         self._reregister = threading.Event()     # registered, but attributes changed
         self._thread = threading.Thread(target=self._run, name="node-loop", daemon=True)
         self._last_error = ""
+        self._last_warned = float("-inf")   # monotonic time of the last WARNING
         self._last_beat = 0.0               # monotonic time of the last heartbeat
         self._busy = True                   # changes since memory was last trimmed
 
@@ -177,9 +191,9 @@ class NodeLoop:
                     return True
                 self._warn(f"register answered {resp.status_code}: {_error(resp)}")
             except REQUEST_ERRORS as exc:
-                # Quiet while a dev cluster starts; loud if the server stays away.
-                self._warn(f"register failed, retrying: {exc.__class__.__name__}",
-                           debug=time.monotonic() - started < 5.0)
+                self._warn(f"cannot reach server {self._server} to register, "
+                           f"retrying: {exc.__class__.__name__}: {exc}",
+                           quiet=time.monotonic() - started < REGISTER_GRACE)
             self._stop.wait(delay)
             delay = min(delay * 2, BACKOFF_MAX)
         return False
@@ -190,7 +204,8 @@ class NodeLoop:
         try:
             resp = self._post("/heartbeat", body, HEARTBEAT_TIMEOUT)
         except REQUEST_ERRORS as exc:
-            self._warn(f"heartbeat failed: {exc.__class__.__name__}: {exc}")
+            self._warn(f"heartbeat to server {self._server} failed: "
+                       f"{exc.__class__.__name__}: {exc}")
             return
         if resp.status_code == 404:
             log.info("server does not know node %s: registering again", self.node_id)
@@ -203,17 +218,23 @@ class NodeLoop:
             self._last_error = ""
             self._acknowledge(sent)
 
-    def _post(self, path: str, body: dict | bytes, timeout) -> "Response":
-        headers = {}
-        if self.config.token:
-            headers["Authorization"] = f"Bearer {self.config.token}"
-        return self._session.post(path, body, headers, timeout)
+    def _post(self, path: str, body: dict | bytes, timeout) -> Response:
+        return self._session.post(self._server + path, body, timeout=timeout)
 
-    def _warn(self, message: str, debug: bool = False) -> None:
-        """Log a problem once, not on every retry."""
-        if message != self._last_error:
-            log.log(logging.DEBUG if debug else logging.WARNING, "%s", message)
-            self._last_error = message
+    def _warn(self, message: str, quiet: bool = False) -> None:
+        """WARNING for a new problem, again every WARN_EVERY s while it lasts.
+
+        Retries run every second or faster: repeating each would flood the
+        log, dropping every repeat would hide that the server is still away."""
+        now = time.monotonic()
+        since = now - self._last_warned
+        new = message != self._last_error
+        if quiet or since < WARN_GAP or not new and since < WARN_EVERY:
+            log.debug("%s", message)
+            return          # a new message not logged yet stays new
+        log.warning("%s", message)
+        self._last_warned = now
+        self._last_error = message
 
 
 def _error(resp: "Response") -> str:
@@ -221,99 +242,3 @@ def _error(resp: "Response") -> str:
         return str(resp.json().get("error"))
     except (ValueError, AttributeError):
         return resp.text[:200]
-
-
-# What a failed exchange with the server raises (timeouts are OSErrors).
-REQUEST_ERRORS = (OSError, http.client.HTTPException)
-
-
-class Response:
-    """The status and body of one answer."""
-
-    def __init__(self, status_code: int, content: bytes):
-        self.status_code = status_code
-        self.content = content
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", errors="replace")
-
-    def json(self):
-        return json.loads(self.content)
-
-
-class ServerConnection:
-    """One http.client connection to the server, kept alive until `close`.
-
-    Small and requests-free (the agent's memory): JSON POSTs with a
-    (connect, read) timeout. A kept connection the server has closed meanwhile
-    is reopened once, as a connection pool would.
-    """
-
-    def __init__(self, server: str, insecure: bool = False):
-        url = urlsplit(server)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"server address must be http(s)://host[:port]: {server}")
-        self._https = url.scheme == "https"
-        self._host = url.hostname
-        self._port = url.port
-        self._prefix = url.path.rstrip("/")
-        self._insecure = insecure
-        self._conn: http.client.HTTPConnection | None = None
-
-    def post(self, path: str, body: dict | bytes, headers: dict, timeout) -> Response:
-        """POST JSON: a dict to encode, or bytes already encoded."""
-        connect_timeout, read_timeout = (timeout if isinstance(timeout, tuple)
-                                         else (timeout, timeout))
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json",
-                   "Accept": "application/json", **headers}
-        reused = self._conn is not None
-        try:
-            return self._exchange(path, data, headers, connect_timeout, read_timeout)
-        except (http.client.RemoteDisconnected, ConnectionResetError,
-                BrokenPipeError, http.client.BadStatusLine):
-            self.close()
-            if not reused:
-                raise
-        except BaseException:
-            self.close()
-            raise
-        try:            # the kept connection had been closed by the server: once more
-            return self._exchange(path, data, headers, connect_timeout, read_timeout)
-        except BaseException:
-            self.close()
-            raise
-
-    def _exchange(self, path, data, headers, connect_timeout, read_timeout) -> Response:
-        if self._conn is None or self._conn.sock is None:
-            self._conn = self._connect(connect_timeout)
-        self._conn.sock.settimeout(read_timeout)
-        self._conn.request("POST", self._prefix + path, body=data, headers=headers)
-        resp = self._conn.getresponse()
-        content = resp.read()
-        if resp.will_close:
-            self.close()
-        return Response(resp.status, content)
-
-    def _connect(self, timeout: float) -> http.client.HTTPConnection:
-        if self._https:
-            import os
-            import ssl
-            # As requests did: a CA bundle named in the environment is trusted.
-            context = ssl.create_default_context(
-                cafile=os.environ.get("REQUESTS_CA_BUNDLE") or None)
-            if self._insecure:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
-                                               context=context)
-        else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-        conn.connect()
-        return conn
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()

@@ -6,14 +6,19 @@ their class (orch.errors); bottle's HTML error pages never reach a client.
 from __future__ import annotations
 
 import time
+from urllib.parse import quote
 
 import bottle
 
-from orch import httpjson
+from orch import httpjson, transport
 from orch.errors import NotFound
 from orch.server import views
 from orch.server.metrics import render_metrics
 from orch.openapi import SERVER_SPEC
+from orch.transport import HttpClient
+
+# (connect, read) seconds for relaying a task's log from its agent.
+LOG_RELAY_TIMEOUT = (2.0, 5.0)
 
 
 def make_app(server) -> bottle.Bottle:
@@ -119,22 +124,23 @@ def make_app(server) -> bottle.Bottle:
 
     @route("GET", "/allocations/<alloc_id>/logs/<task>", raw=True)
     def allocation_logs(alloc_id, task):
-        import requests     # here only: the server's start-up does without it
-
         alloc = store.get_alloc(alloc_id)
         if alloc is None:
             raise NotFound("Allocation not found")
         endpoint = server.endpoint_of(alloc.node_id)
         if endpoint is None:
             raise NotFound("the allocation's node is unknown")
-        headers = {"Authorization": f"Bearer {server.config.token}"} \
-            if server.config.token else {}
+        # One client per relay: waitress threads share nothing, and a log
+        # read is rare enough that a kept connection would only sit idle.
+        client = HttpClient(timeout=LOG_RELAY_TIMEOUT, token=server.config.token,
+                            keep_alive=False)
         try:
-            resp = requests.get(f"{endpoint}/allocations/{alloc_id}/logs/{task}",
-                                params=dict(bottle.request.query), timeout=5,
-                                headers=headers)
-        except requests.RequestException as exc:
+            resp = client.get(f"{endpoint}/allocations/{quote(alloc_id)}/logs/"
+                              f"{quote(task)}", params=dict(bottle.request.query))
+        except (*transport.ERRORS, ValueError) as exc:
             raise httpjson.BadGateway(f"node unreachable: {exc}") from exc
+        finally:
+            client.close()
         return httpjson.passthrough(resp)
 
     @route("GET", "/health", public=True)

@@ -34,4 +34,6 @@ def render_metrics(server) -> str:
     lines.append("# TYPE orch_push_total counter")
     lines += [_line("orch_push_total", n, {"result": s})
               for s, n in sorted(server.pusher.stats.items())]
+    lines.append("# TYPE orch_push_suspect_nodes gauge")
+    lines.append(_line("orch_push_suspect_nodes", server.pusher.suspects()))
     return "\n".join(lines) + "\n"

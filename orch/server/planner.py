@@ -117,9 +117,9 @@ class Dispatch:
     def stop(self, allocs: list[Allocation]) -> None:
         self._pusher.stop(allocs)
 
-    def busy(self, alloc_id: str) -> bool:
+    def busy(self, alloc_id: str, node_id: str | None = None) -> bool:
         """True while a push or stop of the allocation is under way."""
-        return self._pusher.busy(alloc_id)
+        return self._pusher.busy(alloc_id, node_id)
 
 
 class ServerPlanner:

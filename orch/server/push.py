@@ -1,36 +1,44 @@
-"""Pushes allocations to agents (seed agent API) from a bounded thread pool.
+"""Pushes allocations to agents (seed agent API), one delivery queue per node.
 
 Placement never waits on an agent: the scheduler commits, then hands the
-allocations here. A push that still fails after its retries is reported back
-(``on_failed``) so the allocation can be failed and placed elsewhere.
+allocations here. Each node has its own ordered queue and its own workers
+(started on demand, retired when idle), so a node that hangs delays only its
+own pushes. For one allocation the latest wish wins, and a stop is final: a
+stop replaces a place still waiting, follows one in flight, and a later place
+of a stopped allocation is ignored — a stop is never dropped.
+
+A push that still fails after its retries is reported back (``on_failed``)
+so the allocation can be failed and placed elsewhere. A node whose pushes
+time out or are refused at the door becomes *suspect* (``on_suspect``): the
+scheduler offers it no new placements until a push to it succeeds again, or
+it heartbeats with nothing of ours hanging on it after ``suspect_hold``.
 """
 from __future__ import annotations
 
-import http.client
-import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit
+from dataclasses import dataclass, replace
 
-from orch.structs import Allocation, Job
+from orch.structs import Allocation, Job, short_id
+from orch.transport import ERRORS, HttpClient, PeerGone
 
 log = logging.getLogger(__name__)
 
-# Keep-alive connections each push thread keeps open (least recently used
-# closed first), as a requests.Session keeps ten host pools.
-CONNECTIONS_PER_THREAD = 10
+PLACE, STOP = "place", "stop"
+IDLE_S = 2.0            # a node's worker with nothing to do retires after this
 
 
 @dataclass(frozen=True)
 class PushFailure:
     """Why a call to an agent failed; ``refused`` when it surely did nothing
-    (a 4xx answer, no endpoint), as opposed to no answer at all."""
+    (a 4xx answer, no endpoint, connection refused), as opposed to no answer."""
     message: str
     refused: bool
+    # The node did not take the call at all (timeout, connection refused):
+    # a sign about the node, not about this allocation.
+    node_fault: bool = False
 
 
 def alloc_payload(alloc: Allocation, job: Job) -> dict:
@@ -43,152 +51,259 @@ def alloc_payload(alloc: Allocation, job: Job) -> dict:
             "task_group": {"name": group.name, "tasks": tasks}}
 
 
+@dataclass(frozen=True)
+class _Wish:
+    kind: str                   # PLACE or STOP
+    alloc: Allocation
+    payload: dict | None = None
+
+
+class _NodeQueue:
+    """One node's pending wishes (by allocation, in order) and its workers."""
+
+    def __init__(self, lock: threading.Lock):
+        self.pending: OrderedDict[str, _Wish] = OrderedDict()
+        self.inflight: dict[str, str] = {}      # alloc id -> kind being delivered
+        self.workers = 0
+        self.idle = 0
+        self.ready = threading.Condition(lock)
+
+    def next_wish(self) -> _Wish | None:
+        """The first wish whose allocation is not in flight (lock held)."""
+        for alloc_id, wish in self.pending.items():
+            if alloc_id not in self.inflight:
+                del self.pending[alloc_id]
+                self.inflight[alloc_id] = wish.kind
+                return wish
+        return None
+
+
 class Pusher:
     """Sends POST/DELETE /allocations to agents in the background."""
 
-    def __init__(self, *, endpoint_of, on_failed, workers: int = 16,
-                 timeout: float = 5.0, retries: int = 3, token: str | None = None,
-                 backoff: float = 0.2):
+    def __init__(self, *, endpoint_of, on_failed, on_suspect=None, wanted=None,
+                 workers: int = 4, timeout: float = 5.0,
+                 connect_timeout: float = 2.0, retries: int = 3,
+                 token: str | None = None, backoff: float = 0.2,
+                 suspect_hold: float = 10.0):
         self._endpoint_of = endpoint_of      # node_id -> URL or None
         self._on_failed = on_failed          # (alloc, PushFailure) -> None
-        self._pool = ThreadPoolExecutor(max_workers=workers,
-                                        thread_name_prefix="push")
-        self._timeout = timeout
+        self._on_suspect = on_suspect or (lambda node_id, suspect: None)
+        # alloc -> still to run? Asked again just before a place goes out:
+        # behind a hung node's queue, a placement may be lost or purged by then.
+        self._wanted = wanted or (lambda alloc: True)
+        self._workers = workers              # per node
+        self._timeout = (min(connect_timeout, timeout), timeout)
         self._retries = retries
         self._backoff = backoff
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._local = threading.local()
+        self._token = token
+        self._suspect_hold = suspect_hold
         self._lock = threading.Lock()
-        self._inflight: set[str] = set()     # alloc ids being placed or stopped
+        self._queues: dict[str, _NodeQueue] = {}
+        self._suspect: dict[str, float] = {}   # node id -> monotonic time marked
+        # Held across a verdict and its callback, so that the scheduler
+        # learns verdicts in the order they were reached.
+        self._verdicts = threading.Lock()
+        self._closed = False
         self.stats = {"placed": 0, "stopped": 0, "failed": 0}
 
-    def _connections(self) -> OrderedDict:
-        conns = getattr(self._local, "conns", None)
-        if conns is None:
-            conns = self._local.conns = OrderedDict()
-        return conns
-
-    def _request(self, method: str, url: str, payload: bytes | None) -> tuple[int, bytes]:
-        """One HTTP exchange over this thread's keep-alive connection to the
-        agent (plain http.client: the server needs no HTTP client library)."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url}")
-        key = (parts.scheme, parts.netloc)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        headers = dict(self._headers)
-        if payload is not None:
-            headers["Content-Type"] = "application/json"
-        conns = self._connections()
-        for fresh in (False, True):
-            conn = conns.pop(key, None)
-            if conn is None or fresh:
-                if conn is not None:
-                    conn.close()
-                fresh = True
-                kind = http.client.HTTPSConnection if parts.scheme == "https" \
-                    else http.client.HTTPConnection
-                conn = kind(parts.hostname, parts.port, timeout=self._timeout)
-            try:
-                conn.request(method, target, body=payload, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError,
-                    ConnectionResetError):
-                conn.close()
-                if fresh:
-                    raise
-                continue            # the agent closed an idle connection: redial once
-            except BaseException:
-                conn.close()
-                raise
-            if resp.will_close:
-                conn.close()
-            else:
-                conns[key] = conn
-                while len(conns) > CONNECTIONS_PER_THREAD:
-                    conns.popitem(last=False)[1].close()
-            return resp.status, data
-        raise AssertionError("unreachable")
-
-    def busy(self, alloc_id: str) -> bool:
-        with self._lock:
-            return alloc_id in self._inflight
-
-    def _claim(self, alloc_id: str) -> bool:
-        with self._lock:
-            if alloc_id in self._inflight:
-                return False
-            self._inflight.add(alloc_id)
-            return True
-
-    def _release(self, alloc_id: str) -> None:
-        with self._lock:
-            self._inflight.discard(alloc_id)
+    # ---- wishes ------------------------------------------------------------
 
     def place(self, allocs: list[Allocation], job: Job) -> None:
         for alloc in allocs:
-            if self._claim(alloc.allocation_id):
-                self._pool.submit(self._place_one, alloc, alloc_payload(alloc, job))
+            self._enqueue(_Wish(PLACE, alloc, alloc_payload(alloc, job)))
 
     def stop(self, allocs: list[Allocation]) -> None:
         for alloc in allocs:
-            if self._claim(alloc.allocation_id):
-                self._pool.submit(self._stop_one, alloc)
+            self._enqueue(_Wish(STOP, alloc))
 
-    def _place_one(self, alloc: Allocation, payload: dict) -> None:
+    def busy(self, alloc_id: str, node_id: str | None = None) -> bool:
+        """Whether a push of the allocation (to ``node_id``, if known: one
+        look-up instead of one per node with pushes) is waiting or in flight."""
+        with self._lock:
+            queues = self._queues.values() if node_id is None \
+                else filter(None, [self._queues.get(node_id)])
+            return any(alloc_id in q.pending or alloc_id in q.inflight
+                       for q in queues)
+
+    def _enqueue(self, wish: _Wish) -> None:
+        alloc_id, node_id = wish.alloc.allocation_id, wish.alloc.node_id
+        with self._lock:
+            if self._closed:
+                return
+            queue = self._queues.get(node_id)
+            if queue is None:
+                queue = self._queues[node_id] = _NodeQueue(self._lock)
+            if wish.kind == PLACE and (
+                    getattr(queue.pending.get(alloc_id), "kind", None) == STOP
+                    or queue.inflight.get(alloc_id) == STOP):
+                return          # a stop is final: never place it again
+            # A stop replaces a place still waiting (it keeps its turn); one
+            # behind a place in flight waits for it (next_wish skips it).
+            queue.pending[alloc_id] = wish
+            # A suspect node gets one worker: its calls time out one by one
+            # instead of holding several threads.
+            limit = 1 if node_id in self._suspect else self._workers
+            if queue.idle:
+                queue.ready.notify()
+            elif queue.workers < limit:
+                queue.workers += 1
+                threading.Thread(target=self._work, args=(node_id, queue),
+                                 name=f"push-{node_id[:8]}", daemon=True).start()
+
+    # ---- a node's worker -----------------------------------------------------
+
+    def _work(self, node_id: str, queue: _NodeQueue) -> None:
+        client = HttpClient(timeout=self._timeout, token=self._token, max_hosts=1)
         try:
-            failure = self._call("POST", alloc.node_id, "/allocations", payload)
-            if failure is None:
-                self.stats["placed"] += 1
-            else:
-                self.stats["failed"] += 1
-                log.warning("push failed alloc=%s node=%s: %s",
-                            alloc.allocation_id[:8], alloc.node_id[:8], failure.message)
-                self._on_failed(alloc, failure)
-        except Exception:
-            log.exception("push crashed alloc=%s", alloc.allocation_id)
+            while True:
+                wish = self._take(node_id, queue)
+                if wish is None:
+                    return
+                try:
+                    self._deliver(wish, client)
+                except Exception:
+                    log.exception("push crashed alloc=%s",
+                                  wish.alloc.allocation_id)
+                finally:
+                    with self._lock:
+                        queue.inflight.pop(wish.alloc.allocation_id, None)
         finally:
-            self._release(alloc.allocation_id)
+            client.close()
 
-    def _stop_one(self, alloc: Allocation) -> None:
-        try:
-            path = f"/allocations/{alloc.allocation_id}"
-            failure = self._call("DELETE", alloc.node_id, path, None, ok=(200, 404))
-            if failure is None:
-                self.stats["stopped"] += 1
-            else:
-                log.warning("stop failed alloc=%s node=%s: %s",
-                            alloc.allocation_id[:8], alloc.node_id[:8], failure.message)
-        except Exception:
-            log.exception("stop crashed alloc=%s", alloc.allocation_id)
-        finally:
-            self._release(alloc.allocation_id)
+    def _take(self, node_id: str, queue: _NodeQueue) -> _Wish | None:
+        """The node's next wish; None when the worker retires (idle, closed)."""
+        with self._lock:
+            deadline = time.monotonic() + IDLE_S
+            while not self._closed:
+                wish = queue.next_wish()
+                if wish is not None:
+                    return wish
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                queue.idle += 1
+                queue.ready.wait(left)
+                queue.idle -= 1
+            queue.workers -= 1
+            if not queue.workers and not queue.pending \
+                    and self._queues.get(node_id) is queue:
+                del self._queues[node_id]
+            return None
 
-    def _call(self, method: str, node_id: str, path: str, body,
-              ok=(200,)) -> PushFailure | None:
-        """One call with retries; returns None on success, else the last failure."""
-        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+    def _deliver(self, wish: _Wish, client: HttpClient) -> None:
+        alloc = wish.alloc
+        if wish.kind == PLACE and not self._wanted(alloc):
+            log.debug("place skipped alloc=%s: no longer wanted",
+                      short_id(alloc.allocation_id))
+            return
+        if wish.kind == PLACE:
+            failure = self._call(client, "POST", alloc.node_id, "/allocations",
+                                 wish.payload)
+        else:
+            failure = self._call(client, "DELETE", alloc.node_id,
+                                 f"/allocations/{alloc.allocation_id}", None,
+                                 ok=(200, 404))
+        if failure is None:
+            self.stats["placed" if wish.kind == PLACE else "stopped"] += 1
+            return
+        log.warning("%s failed alloc=%s node=%s: %s", wish.kind,
+                    short_id(alloc.allocation_id), alloc.node_id[:8], failure.message)
+        if wish.kind == PLACE:
+            self.stats["failed"] += 1
+            self._on_failed(alloc, failure)
+
+    def _call(self, client: HttpClient, method: str, node_id: str, path: str,
+              body, ok=(200,)) -> PushFailure | None:
+        """One call with bounded retries; None on success, else the last failure.
+
+        A suspect node gets one attempt: its queue must not stall for
+        retries that time out in turn."""
         failure = PushFailure("node has no endpoint", refused=True)
+        reached = False         # an earlier attempt may have got through
         for attempt in range(self._retries):
             endpoint = self._endpoint_of(node_id)
             if not endpoint:
+                return replace(failure, refused=failure.refused and not reached)
+            failure = self._attempt(client, method, endpoint + path, body, ok)
+            if failure is None:
+                self._set_suspect(node_id, False)
+                return None
+            if failure.node_fault:
+                self._set_suspect(node_id, True)
+            if failure.refused:
+                # Refused now, but an unanswered attempt before may have
+                # been taken (the agent died after persisting it): unsure.
+                return replace(failure, refused=not reached)
+            reached = True
+            if self.suspect(node_id):
                 return failure
-            try:
-                status, data = self._request(method, endpoint + path, payload)
-                if status in ok:
-                    return None
-                message = f"agent answered {status}: {data[:200].decode(errors='replace')}"
-                if 400 <= status < 500:
-                    # The agent refused it: retrying won't help.
-                    return PushFailure(message, refused=True)
-                failure = PushFailure(message, refused=False)
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                failure = PushFailure(f"{type(exc).__name__}: {exc}", refused=False)
             time.sleep(self._backoff * (2 ** attempt))
         return failure
 
+    def _attempt(self, client: HttpClient, method: str, url: str, body,
+                 ok) -> PushFailure | None:
+        try:
+            resp = client.request(method, url, body=body)
+        except ConnectionRefusedError as exc:
+            # Nothing listens there: the agent surely did nothing.
+            return PushFailure(f"{type(exc).__name__}: {exc}", refused=True,
+                               node_fault=True)
+        except TimeoutError as exc:
+            return PushFailure(f"timed out: {exc}", refused=False, node_fault=True)
+        except PeerGone as exc:
+            # The agent went away, perhaps after it had read this call.
+            return PushFailure(f"{type(exc).__name__}: {exc}", refused=False,
+                               node_fault=True)
+        except (*ERRORS, ValueError) as exc:
+            return PushFailure(f"{type(exc).__name__}: {exc}", refused=False)
+        if resp.status_code in ok:
+            return None
+        message = f"agent answered {resp.status_code}: {resp.text[:200]}"
+        # A 4xx is the agent refusing this call: retrying won't help.
+        return PushFailure(message, refused=400 <= resp.status_code < 500)
+
+    # ---- suspect nodes -------------------------------------------------------
+
+    def suspect(self, node_id: str) -> bool:
+        with self._lock:
+            return node_id in self._suspect
+
+    def suspects(self) -> int:
+        """How many nodes are suspect now (a metrics gauge)."""
+        with self._lock:
+            return len(self._suspect)
+
+    def _set_suspect(self, node_id: str, suspect: bool) -> None:
+        with self._verdicts:
+            with self._lock:
+                if suspect == (node_id in self._suspect):
+                    return
+                if suspect:
+                    self._suspect[node_id] = time.monotonic()
+                else:
+                    del self._suspect[node_id]
+            log.warning("node %s: %s", node_id[:8],
+                        "pushes fail: suspect, no new placements" if suspect
+                        else "answers again: no longer suspect")
+            self._on_suspect(node_id, suspect)
+
+    def heartbeat_ok(self, node_id: str) -> None:
+        """A heartbeat round trip worked: a suspect node is offered work again,
+        once it was suspect for ``suspect_hold`` and no push to it hangs."""
+        with self._lock:
+            since = self._suspect.get(node_id)
+            if since is None or time.monotonic() - since < self._suspect_hold \
+                    or node_id in self._queues:
+                return
+        self._set_suspect(node_id, False)
+
+    def endpoint_changed(self, node_id: str) -> None:
+        """The node registered at a new address: what made it suspect is gone."""
+        self._set_suspect(node_id, False)
+
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            for queue in self._queues.values():
+                queue.ready.notify_all()

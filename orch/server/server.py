@@ -25,7 +25,7 @@ from orch.server.worker import SchedulerWorker
 from orch.validation import bodies as validation
 from orch.structs import (
     Allocation, AllocStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node,
-    TriggeredBy, replace,
+    TriggeredBy, replace, short_id,
 )
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,12 @@ class Server:
         self.broker = EvalBroker()
         self.pusher = Pusher(endpoint_of=self.endpoint_of,
                              on_failed=self._push_failed,
+                             on_suspect=self._node_suspect,
+                             wanted=self._still_wanted,
                              workers=config.push_workers,
                              timeout=config.push_timeout,
-                             retries=config.push_retries, token=config.token)
+                             retries=config.push_retries, token=config.token,
+                             suspect_hold=config.node_ttl)
         self.monitor = HeartbeatMonitor(config.node_ttl, self.node_down)
         # The scheduler side sees narrow interfaces, never the Server: the
         # store as state, the broker as queue, a planner, one dispatch.
@@ -144,6 +147,8 @@ class Server:
         node = replace(node, last_heartbeat=time.time())
         previous = self.store.upsert_node(node)
         self.monitor.reset(node.node_id)
+        if previous is not None and previous.endpoint != node.endpoint:
+            self.pusher.endpoint_changed(node.node_id)
         if previous is None or not previous.healthy \
                 or previous.resources != node.resources \
                 or previous.attributes != node.attributes \
@@ -161,6 +166,7 @@ class Server:
             raise NotFound("Node not registered")
         self.store.touch_node(node_id, time.time(), beat.usage)
         self.monitor.reset(node_id)
+        self.pusher.heartbeat_ok(node_id)
         if not node.healthy and beat.healthy:
             log.info("node %s is back", node_id[:8])
             self.store.set_node_health(node_id, True)
@@ -192,6 +198,19 @@ class Server:
         node = self.store.get_node(node_id)
         return node.endpoint.rstrip("/") if node and node.endpoint else None
 
+    def _node_suspect(self, node_id: str, suspect: bool) -> None:
+        """The pusher's verdict: no new placements on a node whose pushes fail."""
+        self.store.cluster.set_suspect(node_id, suspect)
+        if not suspect:
+            self.broker.unblock()
+
+    def _still_wanted(self, alloc: Allocation) -> bool:
+        """Whether a placement waiting to be pushed should still run."""
+        current = self.store.get_alloc(alloc.allocation_id)
+        return current is not None and current.node_id == alloc.node_id \
+            and current.desired_status == DesiredStatus.RUN \
+            and not current.terminal()
+
     def _push_failed(self, alloc: Allocation, failure: PushFailure) -> None:
         current = self.store.get_alloc(alloc.allocation_id)
         if current is None or current.desired_status != DesiredStatus.RUN \
@@ -201,13 +220,16 @@ class Server:
         node = self.store.get_node(alloc.node_id)
         if not failure.refused and node is not None and node.healthy \
                 and now - current.create_time < self.config.node_ttl:
-            # No answer (an agent restarting, say): it may have accepted the
-            # allocation already, so failing it and placing a replacement
-            # could run the work twice. The node's heartbeats decide: they
-            # report the allocation, or it is pushed again (AllocSync), or
-            # the node is declared down and the allocation lost.
+            # No answer (an agent restarting, a hung one): it may have
+            # accepted the allocation already, so failing it and placing a
+            # replacement could run the work twice. The node's heartbeats
+            # decide: they report the allocation, or it is pushed again
+            # (AllocSync), or the node is declared down and the allocation
+            # lost. A refusal (4xx, nothing listening) is certain: the
+            # allocation is failed and placed elsewhere at once, and the
+            # node, suspect, is not offered the replacement.
             log.info("alloc %s: push unanswered, node %s alive: its heartbeats "
-                     "decide", alloc.allocation_id, alloc.node_id[:8])
+                     "decide", short_id(alloc.allocation_id), alloc.node_id[:8])
             return
         self.store.update_allocs([replace(
             current, client_status=AllocStatus.FAILED,

@@ -14,7 +14,7 @@ import time
 from orch.server.planner import Dispatch, NodeAllocState, Planner
 from orch.structs import (
     TERMINAL_ALLOC, Allocation, AllocStatus, DesiredStatus, JobType,
-    TaskState, TriggeredBy, replace,
+    TaskState, TriggeredBy, replace, short_id,
 )
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class AllocSync:
         failed_services = set()
         for old, new in changed:
             if old.client_status != new.client_status:
-                log.info("alloc %s: %s -> %s", new.allocation_id[:8],
+                log.info("alloc %s: %s -> %s", short_id(new.allocation_id),
                          old.client_status.value, new.client_status.value)
             if new.client_status in TERMINAL_ALLOC and not old.terminal():
                 freed = True
@@ -153,10 +153,10 @@ class AllocSync:
             if alloc.allocation_id in reported:
                 continue
             if now - alloc.create_time < REPUSH_AFTER_S \
-                    or self._dispatch.busy(alloc.allocation_id):
+                    or self._dispatch.busy(alloc.allocation_id, node_id):
                 continue
             job = store.get_job(alloc.job_id)
             if job is not None and job.group(alloc.task_group) is not None:
                 log.info("alloc %s unknown to its node: pushing again",
-                         alloc.allocation_id[:8])
+                         short_id(alloc.allocation_id))
                 self._dispatch.place([alloc], job)

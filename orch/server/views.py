@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from orch.errors import ValidationError
-from orch.structs import Allocation, Job, Node
+from orch.structs import Allocation, Job, Node, Resources
 from orch.validation import bodies, fields
 
 

@@ -16,20 +16,18 @@ driver's.
 The engine is found as the docker CLI finds it (DOCKER_HOST, DOCKER_TLS_*).
 Whether it answers is probed with a short timeout and cached, so that
 `select_driver` and the fingerprint never block a heartbeat. The probe is a
-bare `GET /_ping` (http.client, over the unix socket or plain tcp); the SDK
+bare `GET /_ping` (orch.transport, over the unix socket or plain tcp); the SDK
 (with requests) is imported only when a docker task starts or is recovered,
 or for the probe of a TLS or ssh engine.
 """
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import logging
 import math
 import os
 import re
 import shlex
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from dataclasses import dataclass, field
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import cpu_shares  # noqa: F401 (part of this API)
 from orch.errors import DriverError
+from orch.transport import HttpClient
 
 
 class _NeverRaised(Exception):
@@ -540,22 +539,6 @@ def _load_sdk() -> None:
         docker = sdk
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def ping_engine(env: dict, timeout: float):
     """`GET /_ping` on the engine DOCKER_HOST names: its API version ("" if unsaid).
 
@@ -564,26 +547,25 @@ def ping_engine(env: dict, timeout: float):
     """
     host = env.get("DOCKER_HOST") or DEFAULT_HOST
     if host.startswith("unix://"):
-        conn = _UnixConnection(host[len("unix://"):], timeout)
+        client, url = HttpClient(timeout=timeout, unix_socket=host[len("unix://"):],
+                                 keep_alive=False), "http://localhost/_ping"
     elif host.startswith(("tcp://", "http://")) and not (
             env.get("DOCKER_TLS_VERIFY") or env.get("DOCKER_CERT_PATH")):
         address = host.split("://", 1)[1].split("/", 1)[0]
-        name, _, port = address.rpartition(":")
-        if not name:
-            name, port = address, "2375"
-        conn = http.client.HTTPConnection(name.strip("[]"), int(port), timeout=timeout)
+        if not address.rpartition(":")[0]:
+            address += ":2375"
+        client, url = HttpClient(timeout=timeout, keep_alive=False), \
+            f"http://{address}/_ping"
     else:
         return _NEEDS_SDK
     try:
-        conn.request("GET", "/_ping")
-        resp = conn.getresponse()
-        body = resp.read(64)
-        if resp.status != 200:
-            raise OSError(f"engine answered /_ping with {resp.status}: "
-                          f"{body.decode(errors='replace')}")
-        return resp.getheader("Api-Version") or ""
+        resp = client.get(url)
     finally:
-        conn.close()
+        client.close()
+    if resp.status_code != 200:
+        raise OSError(f"engine answered /_ping with {resp.status_code}: "
+                      f"{resp.content[:64].decode(errors='replace')}")
+    return resp.headers.get("Api-Version") or ""
 
 
 def _copy(stream, path: str) -> None:

@@ -65,6 +65,9 @@ class Cluster:
         # usage or health; class_room() caches its answer under the stamp.
         self._class_stamp: dict[str, int] = {}
         self._class_rooms: dict[str, tuple[int, tuple[int, int, int]]] = {}
+        # Healthy nodes whose pushes fail (orch.server.push): left out of the
+        # class sets, so that no new placement is routed there meanwhile.
+        self._suspect: set[str] = set()
 
     # ---- nodes ------------------------------------------------------------
 
@@ -81,7 +84,7 @@ class Cluster:
                 self._unlist(room)
                 room.cpu, room.memory = node.resources.cpu, node.resources.memory
                 room.healthy, room.node_class = node.healthy, node_class
-                if node.healthy:
+                if node.healthy and node.node_id not in self._suspect:
                     self._list(room)
                 self._touch(node_class)      # capacity may have changed
 
@@ -102,10 +105,29 @@ class Cluster:
             self._nodes[node_id] = replace(node, healthy=healthy)
             room = self._rooms[node_id]
             room.healthy = healthy
-            if healthy:
+            if healthy and node_id not in self._suspect:
                 self._list(room)
             else:
                 self._unlist(room)
+
+    def set_suspect(self, node_id: str, suspect: bool) -> None:
+        """A suspect node keeps its health and allocations but gets no new ones."""
+        with self._lock:
+            if suspect == (node_id in self._suspect):
+                return
+            room = self._room_for(node_id)
+            if suspect:
+                self._suspect.add(node_id)
+                self._unlist(room)
+            else:
+                self._suspect.discard(node_id)
+                if room.healthy and room.node_class is not None:
+                    self._list(room)
+            self._version += 1
+
+    def suspect(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._suspect)
 
     def _room_for(self, node_id: str) -> Room:
         room = self._rooms.get(node_id)

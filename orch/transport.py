@@ -1,0 +1,194 @@
+"""The one HTTP client layer of the server and the agent (over http.client).
+
+Server -> agent pushes, agent -> server register/heartbeat, the server's log
+relay and the docker engine ping all speak through ``HttpClient``: keep-alive
+HTTP/1.1, explicit (connect, read) timeouts, one redial when a kept
+connection turns out stale, https with certificate checks unless
+``tls_skip_verify``, an optional bearer token, and unix sockets (docker).
+A client is not thread-safe: each thread (a push worker, the node loop) owns
+its own. `requests` stays with the CLI's Python client only (orch/client.py).
+
+Errors: what a failed exchange raises is in ``ERRORS``::
+
+    OSError (connection refused, timeouts, ssl.SSLError and certificate checks)
+        ConnectionResetError
+            PeerGone (a kept connection broke, then the redial was refused)
+    http.client.HTTPException (a malformed or missing answer)
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import socket
+import ssl
+from collections import OrderedDict
+from urllib.parse import urlencode, urlsplit
+
+log = logging.getLogger(__name__)
+
+ERRORS = (OSError, http.client.HTTPException)
+# A kept connection the peer closed meanwhile fails in one of these ways on
+# its next request: dialing again once is safe (nothing was processed).
+STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine,
+         ConnectionResetError, BrokenPipeError)
+
+
+class PeerGone(ConnectionResetError):
+    """Raised when a kept connection broke and dialing again was refused:
+    the peer went away, perhaps after it had read the request."""
+
+
+class Response:
+    """The status, headers and body of one answer."""
+
+    def __init__(self, status: int, headers, content: bytes):
+        self.status_code = status
+        self.headers = headers
+        self.content = content
+
+    @property
+    def status(self) -> int:
+        return self.status_code
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (the docker engine's)."""
+
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def tls_context(skip_verify: bool) -> ssl.SSLContext:
+    """Certificates are checked unless the operator said --tls-skip-verify.
+
+    As requests did, a CA bundle named by REQUESTS_CA_BUNDLE is trusted."""
+    context = ssl.create_default_context(
+        cafile=os.environ.get("REQUESTS_CA_BUNDLE") or None)
+    if skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class HttpClient:
+    """Keep-alive connections to a few hosts (least recently used closed first)."""
+
+    def __init__(self, *, timeout: float | tuple[float, float] = 5.0,
+                 token: str | None = None, tls_skip_verify: bool = False,
+                 unix_socket: str | None = None, max_hosts: int = 10,
+                 keep_alive: bool = True):
+        self.timeout = _pair(timeout)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._tls_skip_verify = tls_skip_verify
+        self._tls: ssl.SSLContext | None = None
+        self._unix = unix_socket
+        self._max_hosts = max_hosts
+        self._keep_alive = keep_alive
+        self._conns: OrderedDict[tuple, http.client.HTTPConnection] = OrderedDict()
+
+    def get(self, url: str, *, params: dict | None = None, **kw) -> Response:
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode(params)
+        return self.request("GET", url, **kw)
+
+    def post(self, url: str, body, **kw) -> Response:
+        return self.request("POST", url, body=body, **kw)
+
+    def delete(self, url: str, **kw) -> Response:
+        return self.request("DELETE", url, **kw)
+
+    def request(self, method: str, url: str, *, body=None, headers: dict | None = None,
+                timeout: float | tuple[float, float] | None = None) -> Response:
+        """One exchange; ``body`` is a dict/list (sent as JSON) or bytes."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname and not self._unix:
+            raise ValueError(f"not an http(s) URL: {url}")
+        key = (parts.scheme, parts.netloc)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        all_headers = {"Accept": "application/json", **self._headers, **(headers or {})}
+        if body is not None and not isinstance(body, bytes):
+            body = json.dumps(body, separators=(",", ":")).encode()
+            all_headers.setdefault("Content-Type", "application/json")
+        connect, read = _pair(timeout) if timeout is not None else self.timeout
+        reused = key in self._conns
+        try:
+            return self._exchange(key, parts, method, target, body, all_headers,
+                                  connect, read)
+        except STALE as exc:
+            if not reused:
+                raise
+            lost = exc
+        # The kept connection had been closed by the peer: dial once more.
+        try:
+            return self._exchange(key, parts, method, target, body, all_headers,
+                                  connect, read)
+        except ConnectionRefusedError as exc:
+            # Not a clean refusal: the lost connection may have carried the
+            # request before the peer went away (a push it did persist).
+            raise PeerGone(f"connection lost ({type(lost).__name__}), "
+                           f"then refused: {exc}") from lost
+
+    def _exchange(self, key, parts, method, target, body, headers,
+                  connect: float, read: float) -> Response:
+        conn = self._conns.pop(key, None)
+        try:
+            if conn is None or conn.sock is None:
+                conn = self._dial(parts, connect)
+            conn.sock.settimeout(read)
+            conn.request(method, target, body=body, headers=headers)
+            resp = conn.getresponse()
+            content = resp.read()
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        if resp.will_close or not self._keep_alive:
+            conn.close()
+        else:
+            self._conns[key] = conn
+            while len(self._conns) > self._max_hosts:
+                self._conns.popitem(last=False)[1].close()
+        return Response(resp.status, resp.headers, content)
+
+    def _dial(self, parts, timeout: float) -> http.client.HTTPConnection:
+        if self._unix:
+            conn = _UnixConnection(self._unix, timeout)
+        elif parts.scheme == "https":
+            if self._tls is None:
+                self._tls = tls_context(self._tls_skip_verify)
+            conn = http.client.HTTPSConnection(parts.hostname, parts.port,
+                                               timeout=timeout, context=self._tls)
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port,
+                                              timeout=timeout)
+        conn.connect()
+        return conn
+
+    def close(self) -> None:
+        """Drop every kept connection (they are dialed again when needed)."""
+        while self._conns:
+            self._conns.popitem()[1].close()
+
+
+def _pair(timeout) -> tuple[float, float]:
+    return tuple(timeout) if isinstance(timeout, tuple) else (timeout, timeout)
