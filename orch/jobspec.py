@@ -112,7 +112,8 @@ def _group(raw: dict, path: str, max_count: int) -> TaskGroup:
         parsed.append(task)
     return TaskGroup(name=name, count=count, tasks=tuple(parsed),
                      constraints=_constraints(raw.get("constraints"),
-                                              f"{path}.constraints"))
+                                              f"{path}.constraints"),
+                     stop_after=_disconnect(raw.get("disconnect"), f"{path}.disconnect"))
 
 
 def _task(raw: dict, path: str) -> Task:
@@ -241,3 +242,38 @@ def _constraint_value(value, path: str) -> str:
     if not isinstance(value, str):
         fail(path, "is required (a string or a number)")
     return value
+
+
+# -- disconnect: Nomad's stop_after_client_disconnect ----------------------
+
+DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_STOP_AFTER = 7 * 86400.0
+
+
+def _disconnect(value, path: str) -> float | None:
+    """`{"stop_after": "30s"}`: seconds a cut-off agent keeps the group's tasks."""
+    if value is None:
+        return None
+    value = _object(value, path)
+    unknown = sorted(set(value) - {"stop_after"})
+    if unknown:
+        fail(f"{path}.{unknown[0]}", "unknown field (known: stop_after)")
+    raw = value.get("stop_after")
+    if raw is None:
+        return None
+    seconds = _duration(raw, f"{path}.stop_after")
+    if not 0 < seconds <= MAX_STOP_AFTER:
+        fail(f"{path}.stop_after", "must be more than 0 and at most 7 days")
+    return seconds
+
+
+def _duration(raw, path: str) -> float:
+    """A number of seconds, or a string such as "500ms", "10s", "1.5m", "2h"."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    match = DURATION_RE.fullmatch(raw) if isinstance(raw, str) else None
+    if match is None:
+        fail(path, 'must be a number of seconds or a duration such as "500ms", '
+                   '"10s", "1m", "2h"')
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]

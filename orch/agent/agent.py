@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 ALLOC_NOT_FOUND = "Allocation not found"
 MIN_PROBE_INTERVAL = 1.0     # seconds between driver probes (the docker engine ping)
+WATCH_INTERVAL = 0.2         # seconds between disconnect.stop_after checks
+DISCONNECTED = "no contact with the server for disconnect.stop_after"
 
 
 class Agent:
@@ -45,10 +47,18 @@ class Agent:
         self.fingerprint = fingerprint(self.drivers)
         self.loop: NodeLoop | None = None
         self._allocs: dict[str, AllocRunner] = {}
+        # DELETEd allocations: their last report, sent until the server has it,
+        # so that one stopped behind the server's back is replaced.
+        self._gone: dict[str, tuple[str, str]] = {}
+        # Finished allocations the server has taken (end time by id): only the
+        # newest config.gc_keep stay, files and all, for their logs.
+        self._collectable: dict[str, float] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._prober = threading.Thread(target=self._probe_drivers, daemon=True,
                                         name="driver-probe")
+        self._watch = threading.Thread(target=self._watch_disconnect, daemon=True,
+                                       name="disconnect-watch")
 
     # -- allocations --------------------------------------------------------
 
@@ -79,10 +89,15 @@ class Agent:
         heartbeats: the server already records it as stopped.
         """
         runner = self.get(alloc_id)
+        # An allocation that had finished keeps its final status; one we stop
+        # now reports `stopped` (the server knows whether it asked for that).
+        last = runner.heartbeat_report() if runner.finished else None
         runner.stop()
         with self._lock:
             if self._allocs.get(alloc_id) is runner:
                 del self._allocs[alloc_id]
+            self._gone[alloc_id] = last or runner.heartbeat_report()
+            self._collectable.pop(alloc_id, None)
         self.store.remove_alloc(alloc_id)
         if self.loop is not None:
             self.loop.forget(alloc_id)
@@ -103,7 +118,39 @@ class Agent:
         """{alloc id: (status, entry JSON)} of every allocation not in
         `exclude` (finished ones the server has already taken): what a
         heartbeat carries, encoded once per change, on disk first."""
-        return {r.spec.allocation_id: r.heartbeat_report() for r in self._reported(exclude)}
+        reports = {r.spec.allocation_id: r.heartbeat_report() for r in self._reported(exclude)}
+        with self._lock:
+            gone = [(k, v) for k, v in self._gone.items() if k not in exclude]
+        reports.update(gone)
+        return reports
+
+    def acknowledged(self, alloc_ids: set) -> None:
+        """The server has taken these finished allocations: forget the DELETEd
+        ones, and collect the oldest beyond `gc_keep`."""
+        with self._lock:
+            for alloc_id in alloc_ids:
+                if self._gone.pop(alloc_id, None) is not None:
+                    self._forget(alloc_id)
+                    continue
+                runner = self._allocs.get(alloc_id)
+                if runner is not None and runner.finished:
+                    self._collectable[alloc_id] = runner.end_time or time.time()
+            excess = len(self._collectable) - self.config.gc_keep
+            oldest = sorted(self._collectable, key=self._collectable.get)[:max(excess, 0)]
+            for alloc_id in oldest:
+                del self._collectable[alloc_id]
+                self._allocs.pop(alloc_id, None)
+        for alloc_id in oldest:
+            self.store.remove_alloc(alloc_id)
+            self._forget(alloc_id)
+        if oldest:
+            log.info("collected %d finished allocations", len(oldest))
+
+    def _forget(self, alloc_id: str) -> None:
+        """Drop the last trace of a removed allocation (it is gone for good)."""
+        self.store.forget_removal(alloc_id)
+        if self.loop is not None:
+            self.loop.forget(alloc_id)
 
     def _reported(self, exclude):
         """The allocations a heartbeat carries; what it says is on disk first."""
@@ -159,10 +206,37 @@ class Agent:
 
     def start_loop(self, endpoint: str) -> NodeLoop:
         self.loop = NodeLoop(self.config, self.node_id, endpoint, self.fingerprint,
-                             self.heartbeat_reports, self.used)
+                             self.heartbeat_reports, self.used,
+                             on_acked=self.acknowledged,
+                             secret=self.store.node_secret())
         self.loop.start()
         self._prober.start()
+        self._watch.start()
         return self.loop
+
+    def _watch_disconnect(self) -> None:
+        """Stop the tasks of groups with `disconnect.stop_after` once the
+        server has been out of reach that long (Nomad's
+        stop_after_client_disconnect): by then the server has placed them
+        elsewhere, and a service must not run twice for longer."""
+        stopping: set[str] = set()
+        while not self._closing.wait(WATCH_INTERVAL):
+            contact = self.loop.last_contact
+            if contact is None:
+                continue
+            away = time.monotonic() - contact
+            runners = self.allocations()
+            stopping &= {r.spec.allocation_id for r in runners}
+            for runner in runners:
+                limit = runner.spec.stop_after
+                if limit is not None and away >= limit and not runner.finished \
+                        and runner.spec.allocation_id not in stopping:
+                    stopping.add(runner.spec.allocation_id)
+                    log.warning("alloc %s: no contact with the server for %.1fs "
+                                "(disconnect.stop_after %gs): stopping its tasks",
+                                runner.short, away, limit)
+                    threading.Thread(target=runner.kill, daemon=True,
+                                     args=(DISCONNECTED,), kwargs={"fails": True}).start()
 
     def _probe_drivers(self) -> None:
         """Each heartbeat interval, probe the drivers; register again on a change.

@@ -6,11 +6,12 @@ request ever waits for placement or for an agent.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 
 from orch.config import ServerConfig
-from orch.errors import Conflict, NotFound, StorageError, ValidationError
+from orch.errors import Conflict, Forbidden, NotFound, StorageError, ValidationError
 from orch.jobspec import parse_job
 from orch.security import check_bind
 from orch.server import views
@@ -185,6 +186,7 @@ class Server:
     def register(self, body) -> Node:
         node = views.node_from_register(body)
         node = replace(node, last_heartbeat=time.time())
+        node = self._check_identity(node, self.store.get_node(node.node_id))
         previous = self.store.upsert_node(node)
         self.monitor.reset(node.node_id)
         if previous is None or not previous.healthy \
@@ -196,6 +198,31 @@ class Server:
             self.broker.unblock()
         return node
 
+    @staticmethod
+    def _check_identity(node: Node, previous: Node | None) -> Node:
+        """A node id is taken over only by its own agent (issue #10).
+
+        With a stored secret, the same secret is required (its agent may come
+        back on another port). Without one (a node registered by hand), a
+        different endpoint may not take the id while the node is healthy: its
+        pushes would go to whoever registered last.
+        """
+        if previous is None:
+            return node
+        if previous.secret_digest:
+            if not hmac.compare_digest(node.secret_digest, previous.secret_digest):
+                log.warning("node %s: register refused, secret_id does not match "
+                            "endpoint=%s", node.node_id[:8], node.endpoint)
+                raise Forbidden(f"node {node.node_id} is registered with another "
+                                f"secret_id")
+            return node
+        if previous.healthy and previous.endpoint != node.endpoint:
+            log.warning("node %s: register from endpoint=%s refused, healthy at %s",
+                        node.node_id[:8], node.endpoint, previous.endpoint)
+            raise Forbidden(f"node {node.node_id} is registered and healthy at "
+                            f"another endpoint")
+        return node
+
     def heartbeat(self, body) -> None:
         if not isinstance(body, dict):
             raise ValidationError("body: must be a JSON object")
@@ -205,6 +232,8 @@ class Server:
         node = self.store.get_node(node_id)
         if node is None:
             raise NotFound("Node not registered")
+        if node.secret_digest:
+            self._check_secret(node, body.get("secret_id"))
         usage = body.get("resources")
         allocations = body.get("allocations") or {}
         if not isinstance(usage, dict) and usage is not None:
@@ -218,6 +247,13 @@ class Server:
             self.store.set_node_health(node_id, True)
             self.broker.unblock()
         self.sync.apply(node_id, allocations)
+
+    @staticmethod
+    def _check_secret(node: Node, secret) -> None:
+        """A heartbeat for a node with a secret must carry it (one sha256)."""
+        digest = views.secret_digest(secret, "secret_id") if secret is not None else ""
+        if not hmac.compare_digest(digest, node.secret_digest):
+            raise Forbidden(f"node {node.node_id}: secret_id missing or wrong")
 
     def node_down(self, node_id: str) -> None:
         """The heartbeat monitor's verdict: lost allocations are placed again."""

@@ -1,10 +1,13 @@
 """Request bodies to dataclasses and dataclasses to the seed's response shapes."""
 from __future__ import annotations
 
+import hashlib
+
 from orch.errors import ValidationError
 from orch.structs import Allocation, Job, Node, Resources
 
 NODE_ID_MAX = 128
+SECRET_MAX = 256
 
 
 def _non_negative_int(value, path: str) -> int:
@@ -50,7 +53,18 @@ def node_from_register(body) -> Node:
     return Node(node_id=node_id, region=region, resources=Resources(cpu, memory),
                 healthy=healthy, endpoint=endpoint,
                 attributes=_string_map(body.get("attributes"), "attributes"),
-                meta=_string_map(body.get("meta"), "meta"))
+                meta=_string_map(body.get("meta"), "meta"),
+                secret_digest=secret_digest(body.get("secret_id"), "secret_id"))
+
+
+def secret_digest(secret, path: str) -> str:
+    """The stored form of an optional node secret ("" when absent)."""
+    if secret is None:
+        return ""
+    if not isinstance(secret, str) or not secret or len(secret) > SECRET_MAX:
+        raise ValidationError(f"{path}: must be a non-empty string "
+                              f"(at most {SECRET_MAX} characters)")
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def task_view(alloc: Allocation, job: Job | None) -> dict:
@@ -85,6 +99,7 @@ def job_view(job: Job, status, allocs: list[Allocation], *, tasks: bool = True) 
 def node_view(node: Node, allocs: list[Allocation]) -> dict:
     """A node with the allocations it holds now (the store's live ones)."""
     out = node.to_dict()
+    out.pop("secret_digest", None)
     out["allocations"] = [
         {"allocation_id": a.allocation_id, "job_id": a.job_id,
          "task_group": a.task_group, "status": a.client_status.value,

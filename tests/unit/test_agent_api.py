@@ -156,8 +156,12 @@ def test_delete_kills_and_removes(url, http, agent):
     assert not any(live(pid) for pid in pids)
     assert_json_error(http.get(f"{url}/allocations/a1", timeout=TIMEOUT), 404,
                       "Allocation not found")
-    assert "a1" not in reported(agent)
     assert not os.path.exists(agent.store.alloc_dir("a1"))
+    # The server hears that it stopped (it may not have asked), once: after
+    # it acknowledges, nothing of the allocation is left.
+    assert reported(agent)["a1"]["status"] == "stopped"
+    agent.acknowledged({"a1"})
+    assert "a1" not in reported(agent)
 
 
 def test_logs(url, http, agent):
