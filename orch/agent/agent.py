@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 ALLOC_NOT_FOUND = "Allocation not found"
 MIN_PROBE_INTERVAL = 1.0     # seconds between driver probes (the docker engine ping)
-WATCH_INTERVAL = 0.2         # seconds between disconnect.stop_after checks
+WATCH_INTERVAL = 0.2         # seconds between housekeeping rounds (GC, stop_after)
 DISCONNECTED = "no contact with the server for disconnect.stop_after"
 
 
@@ -57,8 +57,8 @@ class Agent:
         self._closing = threading.Event()
         self._prober = threading.Thread(target=self._probe_drivers, daemon=True,
                                         name="driver-probe")
-        self._watch = threading.Thread(target=self._watch_disconnect, daemon=True,
-                                       name="disconnect-watch")
+        self._housekeeper = threading.Thread(target=self._housekeep, daemon=True,
+                                             name="housekeeping")
 
     # -- allocations --------------------------------------------------------
 
@@ -133,18 +133,33 @@ class Agent:
                     self._forget(alloc_id)
                     continue
                 runner = self._allocs.get(alloc_id)
-                if runner is not None and runner.finished:
+                if runner is not None:
                     self._collectable[alloc_id] = runner.end_time or time.time()
+        self.collect()
+
+    def collect(self) -> None:
+        """Remove the oldest acknowledged allocations beyond `gc_keep`, files too.
+
+        Only those whose task threads are done: one reported finished may
+        still be writing its last state, which would bring its files back."""
+        with self._lock:
             excess = len(self._collectable) - self.config.gc_keep
-            oldest = sorted(self._collectable, key=self._collectable.get)[:max(excess, 0)]
-            for alloc_id in oldest:
+            if excess <= 0:
+                return
+            victims = []
+            for alloc_id in sorted(self._collectable, key=self._collectable.get):
+                if len(victims) == excess:
+                    break
+                if self._allocs[alloc_id].finished:
+                    victims.append(alloc_id)
+            for alloc_id in victims:
                 del self._collectable[alloc_id]
-                self._allocs.pop(alloc_id, None)
-        for alloc_id in oldest:
+                del self._allocs[alloc_id]
+        for alloc_id in victims:
             self.store.remove_alloc(alloc_id)
             self._forget(alloc_id)
-        if oldest:
-            log.info("collected %d finished allocations", len(oldest))
+        if victims:
+            log.info("collected %d finished allocations", len(victims))
 
     def _forget(self, alloc_id: str) -> None:
         """Drop the last trace of a removed allocation (it is gone for good)."""
@@ -211,32 +226,42 @@ class Agent:
                              secret=self.store.node_secret())
         self.loop.start()
         self._prober.start()
-        self._watch.start()
+        self._housekeeper.start()
         return self.loop
 
-    def _watch_disconnect(self) -> None:
+    def _housekeep(self) -> None:
+        """Every WATCH_INTERVAL: collect garbage, stop disconnected tasks."""
+        stopping: set[str] = set()
+        while not self._closing.wait(WATCH_INTERVAL):
+            try:
+                self.collect()          # what an acknowledgement left for later
+                self._stop_disconnected(stopping)
+            except Exception:           # a bug must not end the housekeeping
+                log.exception("housekeeping failed")
+
+    def _stop_disconnected(self, stopping: set[str]) -> None:
         """Stop the tasks of groups with `disconnect.stop_after` once the
         server has been out of reach that long (Nomad's
         stop_after_client_disconnect): by then the server has placed them
         elsewhere, and a service must not run twice for longer."""
-        stopping: set[str] = set()
-        while not self._closing.wait(WATCH_INTERVAL):
-            contact = self.loop.last_contact
-            if contact is None:
+        contact = self.loop.last_contact
+        if contact is None:
+            return
+        away = time.monotonic() - contact
+        runners = self.allocations()
+        stopping &= {r.spec.allocation_id for r in runners}
+        for runner in runners:
+            limit = runner.spec.stop_after
+            if limit is None or away < limit or runner.finished \
+                    or runner.spec.allocation_id in stopping:
                 continue
-            away = time.monotonic() - contact
-            runners = self.allocations()
-            stopping &= {r.spec.allocation_id for r in runners}
-            for runner in runners:
-                limit = runner.spec.stop_after
-                if limit is not None and away >= limit and not runner.finished \
-                        and runner.spec.allocation_id not in stopping:
-                    stopping.add(runner.spec.allocation_id)
-                    log.warning("alloc %s: no contact with the server for %.1fs "
-                                "(disconnect.stop_after %gs): stopping its tasks",
-                                runner.short, away, limit)
-                    threading.Thread(target=runner.kill, daemon=True,
-                                     args=(DISCONNECTED,), kwargs={"fails": True}).start()
+            stopping.add(runner.spec.allocation_id)
+            log.warning("alloc %s: no contact with the server for %.1fs "
+                        "(disconnect.stop_after %gs): stopping its tasks",
+                        runner.short, away, limit)
+            # Killing waits out the grace period: never in this thread.
+            threading.Thread(target=runner.kill, daemon=True, name=f"stop-{runner.short}",
+                             args=(DISCONNECTED,), kwargs={"fails": True}).start()
 
     def _probe_drivers(self) -> None:
         """Each heartbeat interval, probe the drivers; register again on a change.
