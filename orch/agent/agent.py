@@ -85,8 +85,9 @@ class Agent:
     def stop_alloc(self, alloc_id: str) -> None:
         """DELETE: kill the tasks, then forget the allocation and its files.
 
-        Once removed, an allocation is neither answered (404) nor listed in
-        heartbeats: the server already records it as stopped.
+        Once removed, an allocation is not answered (404); its last report is
+        still sent until the server acknowledges it: a DELETE may not have come
+        from the server, which must then replace what was stopped.
         """
         runner = self.get(alloc_id)
         # An allocation that had finished keeps its final status; one we stop
