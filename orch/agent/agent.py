@@ -97,11 +97,16 @@ class Agent:
         with self._lock:
             if self._allocs.get(alloc_id) is runner:
                 del self._allocs[alloc_id]
-            self._gone[alloc_id] = last or runner.heartbeat_report()
-            self._collectable.pop(alloc_id, None)
+            # One the server has already taken (finished, acknowledged) needs
+            # no last word: it is gone for good at once (a purged job's).
+            taken = self._collectable.pop(alloc_id, None) is not None
+            if not taken:
+                self._gone[alloc_id] = last or runner.heartbeat_report()
         self.store.remove_alloc(alloc_id)
-        if self.loop is not None:
-            self.loop.forget(alloc_id)
+        if taken:
+            self._forget(alloc_id)
+        elif self.loop is not None:
+            self.loop.forget(alloc_id)      # its last word must not be left out
         log.info("alloc %s stopped and removed", runner.short)
         self._notify()
 

@@ -8,9 +8,11 @@ jobs run after the warm-up (default 200; the report's figures used 500).
 from __future__ import annotations
 
 import os
+import time
 
 import psutil
 import pytest
+import requests
 
 from harness import Cluster, wait_until
 from test_end_to_end import job_body, submit
@@ -81,3 +83,28 @@ def test_finished_allocations_are_collected_and_the_agent_stays_flat(cluster, tm
     assert after["fds"] - after["sockets"] <= before["fds"] - before["sockets"] + 2
     assert after["rss_mb"] <= before["rss_mb"] + 8
     assert after["data_kb"] <= before["data_kb"] * 1.5 + 16
+
+
+def test_a_purged_jobs_allocations_leave_the_agent_for_good(cluster, tmp_path):
+    node_a = cluster.start_agent("a")
+    endpoint = cluster.node(node_a)["endpoint"]
+    submit(cluster, job_body("done", "echo done"))
+    submit(cluster, job_body("svc", cluster.pid_command("svc"), type_="service"))
+    cluster.wait_job("done", "complete")
+    cluster.wait_job("svc", "running")
+    ids = [cluster.job(j)["allocations"][0]["allocation_id"] for j in ("done", "svc")]
+    allocs_dir = tmp_path / "agent-a" / "allocs"
+    assert set(ids) <= set(os.listdir(allocs_dir))
+    for job_id in ("done", "svc"):
+        assert cluster.post(f"/jobs/{job_id}/delete").status_code == 200
+    wait_until(lambda: not set(ids) & set(os.listdir(allocs_dir)), timeout=15,
+               what="the purged allocations' files removed")
+    for alloc_id in ids:
+        resp = requests.get(f"{endpoint}/allocations/{alloc_id}", timeout=5)
+        assert resp.status_code == 404
+    # ... and they stay gone: the agent no longer reports them, nothing is sent back.
+    time.sleep(2.0)
+    assert not set(ids) & set(os.listdir(allocs_dir))
+    stops = cluster.server.log().count("stop failed")
+    assert stops == 0
+    assert requests.get(f"{endpoint}/health", timeout=5).json()["allocations"] == 0

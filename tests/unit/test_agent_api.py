@@ -171,6 +171,14 @@ def test_delete_of_a_finished_allocation_reports_how_it_ended(url, http, agent):
     assert http.delete(f"{url}/allocations/a1", timeout=TIMEOUT).status_code == 200
     entry = reported(agent)["a1"]
     assert entry["status"] == "failed" and entry["tasks"]["t"]["exit_code"] == 3
+    # One the server had already taken (a purged job's) leaves nothing behind.
+    http.post(f"{url}/allocations", json=body("a2", tasks=[
+        {"name": "t", "config": {"command": "true"}}]), timeout=TIMEOUT)
+    assert agent.get("a2").wait(5)
+    agent.acknowledged({"a2"})
+    assert http.delete(f"{url}/allocations/a2", timeout=TIMEOUT).status_code == 200
+    assert "a2" not in reported(agent) and "a2" not in agent.store._removed
+    assert not os.path.exists(agent.store.alloc_dir("a2"))
 
 
 def test_stop_after_reaches_the_agent_and_is_checked(url, http, agent):
