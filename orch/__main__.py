@@ -60,6 +60,16 @@ def seconds(value: str) -> float:
     return number
 
 
+def non_negative(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0: {number}")
+    return number
+
+
 def count(value: str) -> int:
     try:
         number = int(value)
@@ -149,6 +159,8 @@ def add_agent(sub, common) -> None:
     cmd.add_argument("--token", default=env("TOKEN", d.token), help="bearer token for the server and this agent's API (ORCH_TOKEN)")
     cmd.add_argument("--task-user", default=env("TASK_USER", d.task_user),
                      help="run exec tasks as this user (the agent runs as root)")
+    cmd.add_argument("--gc-keep", type=non_negative, default=env("GC_KEEP", d.gc_keep),
+                     help="finished allocations whose files (logs) are kept (default %(default)s)")
     cmd.add_argument("--insecure", action="store_true", default=env("INSECURE", d.insecure),
                      help="allow a non-loopback --bind without --token (ORCH_INSECURE); "
                           "certificates are still checked")
@@ -244,7 +256,8 @@ def agent_config(args) -> AgentConfig:
                        node_id=args.node_id or None, meta=dict(args.meta),
                        data_dir=args.data_dir, heartbeat_interval=args.heartbeat_interval,
                        token=args.token or None, task_user=args.task_user or None,
-                       insecure=args.insecure, tls_skip_verify=args.tls_skip_verify)
+                       gc_keep=args.gc_keep, insecure=args.insecure,
+                       tls_skip_verify=args.tls_skip_verify)
 
 
 def dev_config(args) -> DevConfig:

@@ -33,7 +33,8 @@ def job_from(d: dict) -> Job:
             tasks=tuple(Task(t["name"], t["driver"], dict(t.get("config") or {}),
                              resources_from(t.get("resources")))
                         for t in g["tasks"]),
-            constraints=tuple(constraint_from(c) for c in g.get("constraints") or ()))
+            constraints=tuple(constraint_from(c) for c in g.get("constraints") or ()),
+            stop_after=(g.get("disconnect") or {}).get("stop_after"))
         for g in d["task_groups"])
     return Job(job_id=d["job_id"], task_groups=groups,
                type=JobType(d.get("type") or "batch"),
@@ -50,7 +51,8 @@ def node_from(d: dict) -> Node:
                 attributes=dict(d.get("attributes") or {}),
                 meta=dict(d.get("meta") or {}),
                 last_heartbeat=float(d.get("last_heartbeat") or 0.0),
-                usage=dict(d.get("usage") or {}))
+                usage=dict(d.get("usage") or {}),
+                secret_digest=d.get("secret_digest") or "")
 
 
 def alloc_from(d: dict) -> Allocation:

@@ -71,6 +71,9 @@ class AgentConfig:
     kill_timeout: float = 5.0          # SIGTERM -> SIGKILL grace
     http_threads: int = 8
     task_user: str | None = None       # exec tasks run as this user (agent as root)
+    # Finished allocations the server has taken that keep their files (logs);
+    # older ones are removed, so a busy node's disk and memory stay flat.
+    gc_keep: int = 50
 
 
 @dataclass(frozen=True)

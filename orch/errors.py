@@ -36,6 +36,11 @@ class Unauthorized(OrchError):
     status = 401
 
 
+class Forbidden(OrchError):
+    """Raised when a caller may not act for what it names (another node's id)."""
+    status = 403
+
+
 class NotFound(OrchError):
     """Raised when a job, node, allocation or evaluation does not exist."""
     status = 404

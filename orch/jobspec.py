@@ -81,7 +81,8 @@ def _group(raw: dict, path: str, max_count: int) -> TaskGroup:
         parsed.append(task)
     return TaskGroup(name=name, count=count, tasks=tuple(parsed),
                      constraints=_constraints(raw.get("constraints"),
-                                              f"{path}.constraints"))
+                                              f"{path}.constraints"),
+                     stop_after=_disconnect(raw.get("disconnect"), f"{path}.disconnect"))
 
 
 def _task(raw: dict, path: str) -> Task:
@@ -203,3 +204,25 @@ def _constraint_value(value, path: str) -> str:
     if not isinstance(value, str):
         fail(path, "is required (a string or a number)")
     return fields.text(value, path, allow_empty=True)
+
+
+# -- disconnect: Nomad's stop_after_client_disconnect ----------------------
+
+MAX_STOP_AFTER = 7 * 86400.0
+
+
+def _disconnect(value, path: str) -> float | None:
+    """`{"stop_after": "30s"}`: seconds a cut-off agent keeps the group's tasks."""
+    if value is None:
+        return None
+    value = _object(value, path)
+    unknown = sorted(set(value) - {"stop_after"})
+    if unknown:
+        fail(f"{path}.{unknown[0]}", "unknown field (known: stop_after)")
+    raw = value.get("stop_after")
+    if raw is None:
+        return None
+    seconds = fields.duration(raw, f"{path}.stop_after")
+    if not 0 < seconds <= MAX_STOP_AFTER:
+        fail(f"{path}.stop_after", "must be more than 0 and at most 7 days")
+    return seconds

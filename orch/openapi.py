@@ -33,11 +33,12 @@ _REGISTER = {"type": "object",
                  "node_id": {"type": "string"}, "region": {"type": "string"},
                  "resources": _RESOURCES, "healthy": {"type": "boolean"},
                  "endpoint": {"type": "string"},
-                 "attributes": {"type": "object"}, "meta": {"type": "object"}}}
+                 "attributes": {"type": "object"}, "meta": {"type": "object"},
+                 "secret_id": {"type": "string"}}}
 _HEARTBEAT = {"type": "object", "required": ["node_id"], "properties": {
     "node_id": {"type": "string"}, "resources": {"type": "object"},
     "healthy": {"type": "boolean"}, "timestamp": {"type": "number"},
-    "allocations": {"type": "object"}}}
+    "allocations": {"type": "object"}, "secret_id": {"type": "string"}}}
 
 
 _PLAN = {"type": "object", "required": ["job_id", "diff", "failures", "version"],
@@ -84,8 +85,8 @@ SERVER_SPEC = {
     "openapi": "3.0.3",
     "info": {"title": "orch server", "version": "0.1.0"},
     "paths": {
-        "/register": {"post": _op("Register a node", _REGISTER)},
-        "/heartbeat": {"post": _op("Node heartbeat", _HEARTBEAT, errors=(400, 404))},
+        "/register": {"post": _op("Register a node", _REGISTER, errors=(400, 403))},
+        "/heartbeat": {"post": _op("Node heartbeat", _HEARTBEAT, errors=(400, 403, 404))},
         "/jobs": {"post": _op("Submit a job: create it, or update the job of its "
                               "job_id (unchanged: no new version, no evaluation; "
                               "the latest evaluation is returned)", _JOB),

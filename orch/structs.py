@@ -147,6 +147,8 @@ class TaskGroup:
     count: int
     tasks: tuple[Task, ...]
     constraints: tuple[Constraint, ...] = ()
+    # disconnect.stop_after: seconds a cut-off agent keeps running the tasks.
+    stop_after: float | None = None
 
     @property
     def resources(self) -> Resources:
@@ -161,13 +163,20 @@ class TaskGroup:
         """Hash of everything but count: equal hashes keep allocations on update."""
         body = {"tasks": [t.to_dict() for t in self.tasks],
                 "constraints": [c.to_dict() for c in self.constraints]}
+        if self.stop_after is not None:
+            # Agents learn it from the allocation: a change places new ones.
+            # (Left out when unset, so that existing hashes stay as they were.)
+            body["disconnect"] = {"stop_after": self.stop_after}
         raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "count": self.count,
-                "tasks": [t.to_dict() for t in self.tasks],
-                "constraints": [c.to_dict() for c in self.constraints]}
+        out = {"name": self.name, "count": self.count,
+               "tasks": [t.to_dict() for t in self.tasks],
+               "constraints": [c.to_dict() for c in self.constraints]}
+        if self.stop_after is not None:
+            out["disconnect"] = {"stop_after": self.stop_after}
+        return out
 
 
 @dataclass
@@ -215,6 +224,9 @@ class Node:
     last_heartbeat: float = 0.0
     # Reported usage of the machine (heartbeat "cpu_used"/"memory_used").
     usage: dict = field(default_factory=dict)
+    # sha256 of the secret its agent registered with (Nomad's node SecretID):
+    # stored, never shown; "" for a node registered without one.
+    secret_digest: str = field(default="", repr=False)
 
     def computed_class(self) -> str:
         """Nodes with equal class answer every feasibility check the same way."""
@@ -246,7 +258,8 @@ class Node:
                 "resources": self.resources.to_dict(), "healthy": self.healthy,
                 "endpoint": self.endpoint, "attributes": self.attributes,
                 "meta": self.meta, "last_heartbeat": self.last_heartbeat,
-                "usage": self.usage}
+                "usage": self.usage,
+                **({"secret_digest": self.secret_digest} if self.secret_digest else {})}
 
 
 @dataclass

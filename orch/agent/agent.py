@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 ALLOC_NOT_FOUND = "Allocation not found"
 MIN_PROBE_INTERVAL = 1.0     # seconds between driver probes (the docker engine ping)
+WATCH_INTERVAL = 0.2         # seconds between housekeeping rounds (GC, stop_after)
+DISCONNECTED = "no contact with the server for disconnect.stop_after"
 
 
 class Agent:
@@ -46,10 +48,18 @@ class Agent:
         self.fingerprint = fingerprint(self.drivers)
         self.loop: NodeLoop | None = None
         self._allocs: dict[str, AllocRunner] = {}
+        # DELETEd allocations: their last report, sent until the server has it,
+        # so that one stopped behind the server's back is replaced.
+        self._gone: dict[str, tuple[str, str]] = {}
+        # Finished allocations the server has taken (end time by id): only the
+        # newest config.gc_keep stay, files and all, for their logs.
+        self._collectable: dict[str, float] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._prober = threading.Thread(target=self._probe_drivers, daemon=True,
                                         name="driver-probe")
+        self._housekeeper = threading.Thread(target=self._housekeep, daemon=True,
+                                             name="housekeeping")
 
     # -- allocations --------------------------------------------------------
 
@@ -76,17 +86,28 @@ class Agent:
     def stop_alloc(self, alloc_id: str) -> None:
         """DELETE: kill the tasks, then forget the allocation and its files.
 
-        Once removed, an allocation is neither answered (404) nor listed in
-        heartbeats: the server already records it as stopped.
+        Once removed, an allocation is not answered (404); its last report is
+        still sent until the server acknowledges it: a DELETE may not have come
+        from the server, which must then replace what was stopped.
         """
         runner = self.get(alloc_id)
+        # An allocation that had finished keeps its final status; one we stop
+        # now reports `stopped` (the server knows whether it asked for that).
+        last = runner.heartbeat_report() if runner.finished else None
         runner.stop()
         with self._lock:
             if self._allocs.get(alloc_id) is runner:
                 del self._allocs[alloc_id]
+            # One the server has already taken (finished, acknowledged) needs
+            # no last word: it is gone for good at once (a purged job's).
+            taken = self._collectable.pop(alloc_id, None) is not None
+            if not taken:
+                self._gone[alloc_id] = last or runner.heartbeat_report()
         self.store.remove_alloc(alloc_id)
-        if self.loop is not None:
-            self.loop.forget(alloc_id)
+        if taken:
+            self._forget(alloc_id)
+        elif self.loop is not None:
+            self.loop.forget(alloc_id)      # its last word must not be left out
         log.info("alloc %s stopped and removed", runner.short)
         self._notify()
 
@@ -104,7 +125,54 @@ class Agent:
         """{alloc id: (status, entry JSON)} of every allocation not in
         `exclude` (finished ones the server has already taken): what a
         heartbeat carries, encoded once per change, on disk first."""
-        return {r.spec.allocation_id: r.heartbeat_report() for r in self._reported(exclude)}
+        reports = {r.spec.allocation_id: r.heartbeat_report() for r in self._reported(exclude)}
+        with self._lock:
+            gone = [(k, v) for k, v in self._gone.items() if k not in exclude]
+        reports.update(gone)
+        return reports
+
+    def acknowledged(self, alloc_ids: set) -> None:
+        """The server has taken these finished allocations: forget the DELETEd
+        ones, and collect the oldest beyond `gc_keep`."""
+        with self._lock:
+            for alloc_id in alloc_ids:
+                if self._gone.pop(alloc_id, None) is not None:
+                    self._forget(alloc_id)
+                    continue
+                runner = self._allocs.get(alloc_id)
+                if runner is not None:
+                    self._collectable[alloc_id] = runner.end_time or time.time()
+        self.collect()
+
+    def collect(self) -> None:
+        """Remove the oldest acknowledged allocations beyond `gc_keep`, files too.
+
+        Only those whose task threads are done: one reported finished may
+        still be writing its last state, which would bring its files back."""
+        with self._lock:
+            excess = len(self._collectable) - self.config.gc_keep
+            if excess <= 0:
+                return
+            victims = []
+            for alloc_id in sorted(self._collectable, key=self._collectable.get):
+                if len(victims) == excess:
+                    break
+                if self._allocs[alloc_id].finished:
+                    victims.append(alloc_id)
+            for alloc_id in victims:
+                del self._collectable[alloc_id]
+                del self._allocs[alloc_id]
+        for alloc_id in victims:
+            self.store.remove_alloc(alloc_id)
+            self._forget(alloc_id)
+        if victims:
+            log.info("collected %d finished allocations", len(victims))
+
+    def _forget(self, alloc_id: str) -> None:
+        """Drop the last trace of a removed allocation (it is gone for good)."""
+        self.store.forget_removal(alloc_id)
+        if self.loop is not None:
+            self.loop.forget(alloc_id)
 
     def _reported(self, exclude):
         """The allocations a heartbeat carries; what it says is on disk first."""
@@ -160,10 +228,47 @@ class Agent:
 
     def start_loop(self, endpoint: str) -> NodeLoop:
         self.loop = NodeLoop(self.config, self.node_id, endpoint, self.fingerprint,
-                             self.heartbeat_reports, self.used)
+                             self.heartbeat_reports, self.used,
+                             on_acked=self.acknowledged,
+                             secret=self.store.node_secret())
         self.loop.start()
         self._prober.start()
+        self._housekeeper.start()
         return self.loop
+
+    def _housekeep(self) -> None:
+        """Every WATCH_INTERVAL: collect garbage, stop disconnected tasks."""
+        stopping: set[str] = set()
+        while not self._closing.wait(WATCH_INTERVAL):
+            try:
+                self.collect()          # what an acknowledgement left for later
+                self._stop_disconnected(stopping)
+            except Exception:           # a bug must not end the housekeeping
+                log.exception("housekeeping failed")
+
+    def _stop_disconnected(self, stopping: set[str]) -> None:
+        """Stop the tasks of groups with `disconnect.stop_after` once the
+        server has been out of reach that long (Nomad's
+        stop_after_client_disconnect): by then the server has placed them
+        elsewhere, and a service must not run twice for longer."""
+        contact = self.loop.last_contact
+        if contact is None:
+            return
+        away = time.monotonic() - contact
+        runners = self.allocations()
+        stopping &= {r.spec.allocation_id for r in runners}
+        for runner in runners:
+            limit = runner.spec.stop_after
+            if limit is None or away < limit or runner.finished \
+                    or runner.spec.allocation_id in stopping:
+                continue
+            stopping.add(runner.spec.allocation_id)
+            log.warning("alloc %s: no contact with the server for %.1fs "
+                        "(disconnect.stop_after %gs): stopping its tasks",
+                        runner.short, away, limit)
+            # Killing waits out the grace period: never in this thread.
+            threading.Thread(target=runner.kill, daemon=True, name=f"stop-{runner.short}",
+                             args=(DISCONNECTED,), kwargs={"fails": True}).start()
 
     def _probe_drivers(self) -> None:
         """Each heartbeat interval, probe the drivers; register again on a change.

@@ -52,7 +52,9 @@ class NodeLoop:
     def __init__(self, config: AgentConfig, node_id: str, endpoint: str,
                  fp: Fingerprint, reports: Callable[[set], dict],
                  used: Callable[[], tuple[int, int]],
-                 session: HttpClient | None = None):
+                 session: HttpClient | None = None,
+                 on_acked: Callable[[set], None] | None = None,
+                 secret: str | None = None):
         self.config = config
         self.node_id = node_id
         self.endpoint = endpoint
@@ -61,6 +63,8 @@ class NodeLoop:
         # Finished allocations the server has taken: left out of heartbeats,
         # which would otherwise grow without end on a busy node.
         self._acked: set[str] = set()
+        self._on_acked = on_acked         # told which finished ones the server took
+        self._secret = secret             # proves we are this node (register, heartbeat)
         self._used = used
         self._server = config.server.rstrip("/")
         parts = urlsplit(self._server)
@@ -78,6 +82,7 @@ class NodeLoop:
         self._last_error = ""
         self._last_warned = float("-inf")   # monotonic time of the last WARNING
         self._last_beat = 0.0               # monotonic time of the last heartbeat
+        self.last_contact: float | None = None  # monotonic time the server last answered
         self._busy = True                   # changes since memory was last trimmed
 
     def start(self) -> None:
@@ -111,7 +116,8 @@ class NodeLoop:
                 "resources": {"cpu": res.cpu, "memory": res.memory},
                 "healthy": True, "endpoint": self.endpoint,
                 "attributes": self.fingerprint.attributes,
-                "meta": dict(self.config.meta)}
+                "meta": dict(self.config.meta),
+                **({"secret_id": self._secret} if self._secret else {})}
 
     def heartbeat_body(self) -> tuple[bytes, dict]:
         """The heartbeat's JSON and the status of each allocation in it.
@@ -125,6 +131,8 @@ class NodeLoop:
                               "memory": max(total.memory - memory_used, 0),
                               "cpu_used": cpu_used, "memory_used": memory_used},
                 "healthy": True, "timestamp": time.time()}
+        if self._secret:
+            head["secret_id"] = self._secret
         reports = self._reports(self._acked)
         allocations = ",".join(f"{json.dumps(alloc_id)}:{entry}"
                                for alloc_id, (_, entry) in reports.items())
@@ -137,8 +145,11 @@ class NodeLoop:
 
     def _acknowledge(self, sent: dict) -> None:
         """Finished allocations are sent until the server has taken them once."""
-        self._acked.update(alloc_id for alloc_id, status in sent.items()
-                           if status in TERMINAL)
+        fresh = {alloc_id for alloc_id, status in sent.items()
+                 if status in TERMINAL and alloc_id not in self._acked}
+        self._acked.update(fresh)
+        if fresh and self._on_acked is not None:
+            self._on_acked(fresh)
 
     # -- the thread -----------------------------------------------------------
 
@@ -183,6 +194,7 @@ class NodeLoop:
         while not self._stop.is_set():
             try:
                 resp = self._post("/register", self.register_body(), REGISTER_TIMEOUT)
+                self.last_contact = time.monotonic()
                 if resp.status_code == 200:
                     self._registered.set()
                     self._last_error = ""
@@ -207,6 +219,7 @@ class NodeLoop:
             self._warn(f"heartbeat to server {self._server} failed: "
                        f"{exc.__class__.__name__}: {exc}")
             return
+        self.last_contact = time.monotonic()    # any answer: the server is reachable
         if resp.status_code == 404:
             log.info("server does not know node %s: registering again", self.node_id)
             self._registered.clear()

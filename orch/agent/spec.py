@@ -19,6 +19,7 @@ class AllocSpec:
     task_group: str
     tasks: tuple[Task, ...]
     job_type: JobType = JobType.BATCH
+    stop_after: float | None = None     # the group's disconnect.stop_after, seconds
 
     @property
     def resources(self) -> Resources:
@@ -26,10 +27,11 @@ class AllocSpec:
 
     def to_dict(self) -> dict:
         """The `POST /allocations` body this spec was parsed from."""
+        group = {"name": self.task_group, "tasks": [t.to_dict() for t in self.tasks]}
+        if self.stop_after is not None:
+            group["disconnect"] = {"stop_after": self.stop_after}
         return {"allocation_id": self.allocation_id, "job_id": self.job_id,
-                "job_type": self.job_type.value,
-                "task_group": {"name": self.task_group,
-                               "tasks": [t.to_dict() for t in self.tasks]}}
+                "job_type": self.job_type.value, "task_group": group}
 
 
 def parse_alloc(body) -> AllocSpec:
@@ -54,7 +56,23 @@ def parse_alloc(body) -> AllocSpec:
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValidationError("task_group.tasks: task names must be unique")
-    return AllocSpec(alloc_id, job_id, name, tasks, job_type)
+    return AllocSpec(alloc_id, job_id, name, tasks, job_type,
+                     _stop_after(group.get("disconnect")))
+
+
+def _stop_after(raw) -> float | None:
+    """task_group.disconnect.stop_after: seconds (the server sends a number)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValidationError("task_group.disconnect: must be an object")
+    value = raw.get("stop_after")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValidationError(
+            "task_group.disconnect.stop_after: must be a non-negative number of seconds")
+    return float(value)
 
 
 def _parse_task(raw, path: str) -> Task:

@@ -1,6 +1,7 @@
 """The agent's own small state on disk: its node id and its allocations.
 
     <data_dir>/node_id
+    <data_dir>/node_secret                          (0600) proves the node id is ours
     <data_dir>/allocs/<alloc_id>/alloc.json        spec, task states, handles
     <data_dir>/allocs/<alloc_id>/<task>/stdout.log  (and stderr.log)
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import threading
 import uuid
@@ -48,6 +50,27 @@ class AgentStore:
         node_id = str(uuid.uuid4())
         _write_atomic(path, node_id.encode() + b"\n")
         return node_id
+
+    def node_secret(self) -> str:
+        """The node's secret (created once, readable by the agent's user only).
+
+        Like Nomad's node SecretID: the server accepts a register or heartbeat
+        for this node id only with it, so no one else can take the node over."""
+        path = os.path.join(self.data_dir, "node_secret")
+        try:
+            with open(path, encoding="utf-8") as f:
+                secret = f.read().strip()
+            if secret:
+                return secret
+        except FileNotFoundError:
+            pass
+        secret = secrets.token_hex(32)
+        tmp = f"{path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secret + "\n")
+        os.replace(tmp, path)
+        return secret
 
     def alloc_dir(self, alloc_id: str) -> str:
         return os.path.join(self.allocs_dir, alloc_id)

@@ -46,9 +46,11 @@ def alloc_payload(alloc: Allocation, job: Job) -> dict:
     group = job.group(alloc.task_group)
     tasks = [{"name": t.name, "driver": t.driver, "config": t.config,
               "resources": t.resources.to_dict()} for t in group.tasks]
+    payload = {"name": group.name, "tasks": tasks}
+    if group.stop_after is not None:
+        payload["disconnect"] = {"stop_after": group.stop_after}
     return {"allocation_id": alloc.allocation_id, "job_id": alloc.job_id,
-            "job_type": job.type.value,
-            "task_group": {"name": group.name, "tasks": tasks}}
+            "job_type": job.type.value, "task_group": payload}
 
 
 @dataclass(frozen=True)

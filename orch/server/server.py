@@ -6,11 +6,12 @@ request ever waits for placement or for an agent.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 
 from orch.config import ServerConfig
-from orch.errors import NotFound, StorageError
+from orch.errors import Forbidden, NotFound, StorageError
 from orch.jobspec import parse_job
 from orch.security import check_bind
 from orch.server import views
@@ -145,6 +146,7 @@ class Server:
     def register(self, body) -> Node:
         node = views.node_from_register(body)
         node = replace(node, last_heartbeat=time.time())
+        node = self._check_identity(node, self.store.get_node(node.node_id))
         previous = self.store.upsert_node(node)
         self.monitor.reset(node.node_id)
         if previous is not None and previous.endpoint != node.endpoint:
@@ -158,12 +160,39 @@ class Server:
             self.broker.unblock()
         return node
 
+    @staticmethod
+    def _check_identity(node: Node, previous: Node | None) -> Node:
+        """A node id is taken over only by its own agent (issue #10).
+
+        With a stored secret, the same secret is required (its agent may come
+        back on another port). Without one (a node registered by hand), a
+        different endpoint may not take the id while the node is healthy: its
+        pushes would go to whoever registered last.
+        """
+        if previous is None:
+            return node
+        if previous.secret_digest:
+            if not hmac.compare_digest(node.secret_digest, previous.secret_digest):
+                log.warning("node %s: register refused, secret_id does not match "
+                            "endpoint=%s", node.node_id[:8], node.endpoint)
+                raise Forbidden(f"node {node.node_id} is registered with another "
+                                f"secret_id")
+            return node
+        if previous.healthy and previous.endpoint != node.endpoint:
+            log.warning("node %s: register from endpoint=%s refused, healthy at %s",
+                        node.node_id[:8], node.endpoint, previous.endpoint)
+            raise Forbidden(f"node {node.node_id} is registered and healthy at "
+                            f"another endpoint")
+        return node
+
     def heartbeat(self, body) -> None:
         beat = validation.heartbeat(body)
         node_id = beat.node_id
         node = self.store.get_node(node_id)
         if node is None:
             raise NotFound("Node not registered")
+        if node.secret_digest:
+            self._check_secret(node, body.get("secret_id"))
         self.store.touch_node(node_id, time.time(), beat.usage)
         self.monitor.reset(node_id)
         self.pusher.heartbeat_ok(node_id)
@@ -172,6 +201,13 @@ class Server:
             self.store.set_node_health(node_id, True)
             self.broker.unblock()
         self.sync.apply(node_id, beat.allocations)
+
+    @staticmethod
+    def _check_secret(node: Node, secret) -> None:
+        """A heartbeat for a node with a secret must carry it (one sha256)."""
+        digest = validation.secret_digest(secret, "secret_id") if secret is not None else ""
+        if not hmac.compare_digest(digest, node.secret_digest):
+            raise Forbidden(f"node {node.node_id}: secret_id missing or wrong")
 
     def node_down(self, node_id: str) -> None:
         """The heartbeat monitor's verdict: lost allocations are placed again."""

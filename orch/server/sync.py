@@ -5,6 +5,12 @@ desired_status. Anything the agent runs that the server no longer wants
 (stopped, lost and replaced, purged) is told to stop; anything the server
 placed there that the agent does not know is pushed again (agents accept a
 repeated push idempotently).
+
+A node speaks only for itself: a report about an allocation the server
+placed on another node is ignored (and logged once), never turned into a
+stop sent to that other node. An allocation that ends as `stopped` while the
+server still wants it was stopped behind the server's back: it counts as
+failed, so the job's reschedule policy replaces it.
 """
 from __future__ import annotations
 
@@ -21,6 +27,10 @@ log = logging.getLogger(__name__)
 
 # A placement younger than this may simply not have reached the agent yet.
 REPUSH_AFTER_S = 2.0
+# (node, alloc) pairs already warned about; cleared when full, so a node that
+# keeps repeating a foreign allocation is logged again now and then, not forever.
+FOREIGN_LOG_MAX = 10_000
+UNASKED_STOP = "stopped on its node without the server asking"
 
 
 def _status(raw) -> AllocStatus | None:
@@ -73,6 +83,22 @@ def _unchanged(alloc: Allocation, report: dict) -> bool:
         _task_unchanged(raw, current.get(name)) for name, raw in tasks.items())
 
 
+_TERMINAL_VALUES = frozenset(status.value for status in TERMINAL_ALLOC)
+
+
+def _unasked_stop(alloc: Allocation) -> Allocation:
+    """A wanted allocation its node reports `stopped` failed, as far as the job goes.
+
+    The server asks for a stop by setting desired_status first, so `stopped`
+    under desired `run` means someone else stopped it (a DELETE sent straight
+    to the agent): a service is rescheduled, a batch allocation stays failed.
+    """
+    if alloc.client_status != AllocStatus.STOPPED:
+        return alloc
+    log.warning("alloc %s %s: counted as failed", alloc.allocation_id[:8], UNASKED_STOP)
+    return replace(alloc, client_status=AllocStatus.FAILED, description=UNASKED_STOP)
+
+
 def merge_report(alloc: Allocation, report: dict, now: float) -> Allocation | None:
     """The allocation updated by an agent's report, or None if nothing changed."""
     if _unchanged(alloc, report):
@@ -104,6 +130,7 @@ class AllocSync:
         self._state = state
         self._planner = planner
         self._dispatch = dispatch
+        self._foreign_logged: set[tuple[str, str]] = set()
 
     def apply(self, node_id: str, reported: dict) -> None:
         store = self._state
@@ -113,21 +140,43 @@ class AllocSync:
             if not isinstance(report, dict):
                 continue
             alloc = store.get_alloc(alloc_id)
-            if alloc is None or alloc.node_id != node_id \
-                    or alloc.desired_status == DesiredStatus.STOP:
-                unwanted.append(alloc or Allocation(
-                    allocation_id=alloc_id, job_id=str(report.get("job_id", "")),
-                    task_group="", node_id=node_id, index=0))
+            if alloc is None:
+                # Unknown (purged): only the node reporting it holds it.
+                if report.get("status") != AllocStatus.STOPPED.value:
+                    unwanted.append(Allocation(
+                        allocation_id=alloc_id, job_id=str(report.get("job_id", "")),
+                        task_group="", node_id=node_id, index=0))
                 continue
+            if alloc.node_id != node_id:
+                self._foreign(node_id, alloc)
+                continue
+            if alloc.desired_status == DesiredStatus.STOP:
+                if report.get("status") not in _TERMINAL_VALUES:
+                    unwanted.append(alloc)
+                continue
+            if alloc.description == UNASKED_STOP \
+                    and report.get("status") == AllocStatus.STOPPED.value:
+                continue                # already counted as failed
             updated = merge_report(alloc, report, now)
             if updated is not None:
-                changed.append((alloc, updated))
+                changed.append((alloc, _unasked_stop(updated)))
         if changed:
             store.update_allocs([new for _, new in changed])
             self._after_changes(changed)
         if unwanted:
             self._dispatch.stop(unwanted)
         self._repush_unknown(node_id, reported, now)
+
+    def _foreign(self, node_id: str, alloc: Allocation) -> None:
+        """A node reported an allocation placed on another node: ignored."""
+        key = (node_id, alloc.allocation_id)
+        if key in self._foreign_logged:
+            return
+        if len(self._foreign_logged) >= FOREIGN_LOG_MAX:
+            self._foreign_logged.clear()
+        self._foreign_logged.add(key)
+        log.warning("node %s reported alloc %s of node %s: ignored",
+                    node_id[:8], short_id(alloc.allocation_id), alloc.node_id[:8])
 
     def _after_changes(self, changed) -> None:
         freed = False

@@ -1,6 +1,7 @@
 """Request bodies to dataclasses and dataclasses to the seed's response shapes."""
 from __future__ import annotations
 
+
 from orch.errors import ValidationError
 from orch.structs import Allocation, Job, Node, Resources
 from orch.validation import bodies, fields
@@ -20,7 +21,8 @@ def node_from_register(body) -> Node:
     return Node(node_id=node_id, region=region, resources=resources,
                 healthy=healthy, endpoint=endpoint,
                 attributes=fields.scalar_map(body.get("attributes"), "attributes"),
-                meta=fields.scalar_map(body.get("meta"), "meta"))
+                meta=fields.scalar_map(body.get("meta"), "meta"),
+                secret_digest=bodies.secret_digest(body.get("secret_id"), "secret_id"))
 
 
 def task_view(alloc: Allocation, job: Job | None) -> dict:
@@ -62,6 +64,7 @@ def node_view(node: Node, allocs: list[Allocation]) -> dict:
     everywhere.
     """
     out = node.to_dict()
+    out.pop("secret_digest", None)
     out["allocations"] = [
         {"allocation_id": a.allocation_id, "job_id": a.job_id,
          "task_group": a.task_group, "status": a.client_status.value,

@@ -1,6 +1,7 @@
 """Register and heartbeat bodies, and the resources every body shares."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from orch.structs import Resources
@@ -11,6 +12,7 @@ from orch.validation.fields import (
 # Node ids come from agents (a UUID or a name the operator chose).
 NODE_ID_MAX = ID_MAX
 REGION_MAX = 128
+SECRET_MAX = 256
 ERROR_MAX = 64 * 1024
 
 
@@ -43,6 +45,15 @@ def endpoint(value, path: str = "endpoint") -> str:
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         fail(path, "must be an http(s) URL")
     return text(value, path, max_len=2048)
+
+
+def secret_digest(secret, path: str = "secret_id") -> str:
+    """The stored form of an optional node secret ("" when absent)."""
+    if secret is None:
+        return ""
+    if not isinstance(secret, str) or not secret:
+        fail(path, f"must be a non-empty string (at most {SECRET_MAX} characters)")
+    return hashlib.sha256(text(secret, path, max_len=SECRET_MAX).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -112,3 +112,20 @@ def scalar_map(value, path: str) -> dict:
             text(item, f"{path}.{key}", allow_empty=True)
         out[str(key)] = item
     return out
+
+
+# Durations as Nomad writes them: "500ms", "10s", "1m30s", "2h"; or seconds.
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(raw, path: str) -> float:
+    """A number of seconds, or a string such as "500ms", "10s", "1m30s", "2h"."""
+    if is_int(raw) or isinstance(raw, float):
+        return finite(raw, path)
+    if isinstance(raw, str) and raw and len(raw) <= 64:
+        parts = DURATION_PART.findall(raw)
+        if parts and "".join(n + u for n, u in parts) == raw:
+            return sum(float(n) * DURATION_UNITS[u] for n, u in parts)
+    fail(path, 'must be a number of seconds or a duration such as "500ms", '
+               '"10s", "1m30s", "2h"')

@@ -233,3 +233,42 @@ def test_partitioned_agent_is_replaced_and_its_stale_copy_stopped(cluster, net):
           f"was healthy in {back_after:.2f}s and the stale copy stopped in "
           f"{stale_stopped_after:.2f}s; two copies overlapped {watch.longest:.2f}s "
           f"(the partition itself)")
+
+
+STOP_AFTER = 2.0
+
+
+def test_a_cut_off_agent_stops_its_tasks_after_disconnect_stop_after(cluster, net):
+    """Nomad's stop_after_client_disconnect: the stale copy does not wait for the heal."""
+    cluster.start_server()
+    node_a = start_ns_agent(cluster, net, "a", 2)
+    submit(cluster, job_body("lone", cluster.pid_command("lone"), type_="service",
+                             disconnect={"stop_after": f"{STOP_AFTER:g}s"}))
+    cluster.wait_job("lone", "running")
+    first = cluster.live_allocs("lone")[0]
+    assert first["node_id"] == node_a
+    original = wait_until(lambda: cluster.task_pids("lone").get(first["allocation_id"]))
+    node_b = start_ns_agent(cluster, net, "b", 3)
+    time.sleep(STOP_AFTER + 1.0)        # in contact, nothing stops however long
+    assert pid_alive(original)
+
+    cut = time.monotonic()
+    net.cut("a")
+    wait_until(lambda: not pid_alive(original), timeout=STOP_AFTER + 10,
+               interval=0.05, what="the cut-off copy stopped")
+    stopped_after = time.monotonic() - cut
+    # The agent counts from its last answer, up to a heartbeat before the cut.
+    assert stopped_after <= STOP_AFTER + 1.5, stopped_after
+
+    def replaced():
+        live = [a for a in cluster.live_allocs("lone") if a["status"] == "running"]
+        return live[0] if len(live) == 1 and live[0]["node_id"] == node_b else None
+    replacement = wait_until(replaced, timeout=NODE_TTL + 20, what="replacement on b")
+    net.heal("a")
+    wait_until(lambda: cluster.node(node_a)["healthy"], timeout=NODE_TTL + 10,
+               what="node a healthy again")
+    time.sleep(NODE_TTL)                # and the stopped copy stays stopped
+    live = [p for p in cluster.task_pids("lone").values() if pid_alive(p)]
+    assert live == [cluster.task_pids("lone")[replacement["allocation_id"]]]
+    print(f"\ndisconnect.stop_after {STOP_AFTER:g}s: the cut-off copy stopped "
+          f"{stopped_after:.2f}s after the cut")

@@ -166,8 +166,44 @@ def test_delete_kills_and_removes(url, http, agent):
     assert not any(live(pid) for pid in pids)
     assert_json_error(http.get(f"{url}/allocations/a1", timeout=TIMEOUT), 404,
                       "Allocation not found")
-    assert "a1" not in reported(agent)
     assert not os.path.exists(agent.store.alloc_dir("a1"))
+    # The server hears that it stopped (it may not have asked), once: after
+    # it acknowledges, nothing of the allocation is left.
+    assert reported(agent)["a1"]["status"] == "stopped"
+    agent.acknowledged({"a1"})
+    assert "a1" not in reported(agent)
+
+
+def test_delete_of_a_finished_allocation_reports_how_it_ended(url, http, agent):
+    http.post(f"{url}/allocations", json=body(tasks=[
+        {"name": "t", "config": {"command": "exit 3"}}]), timeout=TIMEOUT)
+    assert agent.get("a1").wait(5)
+    assert http.delete(f"{url}/allocations/a1", timeout=TIMEOUT).status_code == 200
+    entry = reported(agent)["a1"]
+    assert entry["status"] == "failed" and entry["tasks"]["t"]["exit_code"] == 3
+    # One the server had already taken (a purged job's) leaves nothing behind.
+    http.post(f"{url}/allocations", json=body("a2", tasks=[
+        {"name": "t", "config": {"command": "true"}}]), timeout=TIMEOUT)
+    assert agent.get("a2").wait(5)
+    agent.acknowledged({"a2"})
+    assert http.delete(f"{url}/allocations/a2", timeout=TIMEOUT).status_code == 200
+    assert "a2" not in reported(agent) and "a2" not in agent.store._removed
+    assert not os.path.exists(agent.store.alloc_dir("a2"))
+
+
+def test_stop_after_reaches_the_agent_and_is_checked(url, http, agent):
+    group = {"name": "g", "disconnect": {"stop_after": 2.5},
+             "tasks": [{"name": "t", "config": {"command": "sleep 300"}}]}
+    resp = http.post(f"{url}/allocations", json=body(task_group=group), timeout=TIMEOUT)
+    assert resp.status_code == 200
+    assert agent.get("a1").spec.stop_after == 2.5
+    assert agent.get("a1").spec.to_dict()["task_group"]["disconnect"] == {"stop_after": 2.5}
+    for bad in ("2s", -1, True):
+        group = dict(group, disconnect={"stop_after": bad})
+        assert_json_error(http.post(f"{url}/allocations", json=body("a2", task_group=group),
+                                    timeout=TIMEOUT), 400,
+                          "task_group.disconnect.stop_after: must be a non-negative number "
+                          "of seconds")
 
 
 def test_logs(url, http, agent):

@@ -1,6 +1,7 @@
 """Register + heartbeat against a tiny recording HTTP server (http.server)."""
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -14,8 +15,9 @@ from orch.config import AgentConfig
 from waiting import wait_for
 
 REGISTER_KEYS = {"node_id", "region", "resources", "healthy", "endpoint",
-                 "attributes", "meta"}
-HEARTBEAT_KEYS = {"node_id", "resources", "healthy", "timestamp", "allocations"}
+                 "attributes", "meta", "secret_id"}
+HEARTBEAT_KEYS = {"node_id", "resources", "healthy", "timestamp", "allocations",
+                  "secret_id"}
 ALLOC_KEYS = {"status", "start_time", "end_time", "tasks"}
 TASK_KEYS = {"status", "start_time", "end_time", "error", "exit_code", "restarts", "events"}
 
@@ -125,6 +127,10 @@ def test_register_and_heartbeat_bodies(servers, agents, tmp_path):
     assert hb["resources"]["cpu"] == reg["resources"]["cpu"]
     assert hb["resources"]["cpu_used"] == 0 and hb["allocations"] == {}
     assert hb["healthy"] is True and isinstance(hb["timestamp"], float)
+    # The node's secret: the same in both, kept in the data dir for the agent only.
+    secret_path = tmp_path / "node_secret"
+    assert reg["secret_id"] == hb["secret_id"] == secret_path.read_text().strip()
+    assert len(reg["secret_id"]) == 64 and secret_path.stat().st_mode & 0o777 == 0o600
 
 
 def test_task_change_sends_a_heartbeat_at_once(servers, agents, tmp_path):
@@ -173,7 +179,7 @@ def test_registers_once_the_server_comes_up(servers, agents, tmp_path, caplog):
         port = probe.getsockname()[1]
     agent = agents(f"http://127.0.0.1:{port}", tmp_path, heartbeat_interval=30.0)
     # The server comes up only once the agent has found it down and is retrying.
-    assert wait_for(lambda: "register failed, retrying" in caplog.text, 5.0)
+    assert wait_for(lambda: "to register, retrying" in caplog.text, 5.0)
     assert not agent.loop.wait_registered(0)
     server = servers(port=port)
     up = time.monotonic()
@@ -248,3 +254,45 @@ def test_a_stream_of_changes_is_reported_in_spaced_heartbeats(servers, agents, t
     assert beats, "changes must be reported"
     # One heartbeat per MIN_SPACING at most (one more for the one in flight).
     assert len(beats) <= took / MIN_SPACING + 2
+
+
+def test_acknowledged_finished_allocations_beyond_gc_keep_are_collected(
+        servers, agents, tmp_path):
+    server = servers()
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.05, gc_keep=3)
+    for i in range(10):
+        agent.submit(alloc(f"b{i}", "true"))
+        assert agent.get(f"b{i}").wait(5)
+    # Every allocation reached the server as complete before it was collected.
+    assert wait_for(lambda: all(
+        any(b["allocations"].get(f"b{i}", {}).get("status") == "complete"
+            for _, b in server.bodies("/heartbeat")) for i in range(10)), 5.0)
+    assert wait_for(lambda: len(agent.allocations()) == 3, 5.0)
+    kept = sorted(r.spec.allocation_id for r in agent.allocations())
+    assert kept == ["b7", "b8", "b9"]                 # the newest stay, for their logs
+    # Nothing else is remembered (the loop thread may be finishing the removal).
+    assert wait_for(lambda: agent.loop._acked == set(kept)
+                    and agent.store._removed == set())
+    assert sorted(os.listdir(tmp_path / "allocs")) == kept
+
+
+def test_a_cut_off_agent_stops_tasks_after_disconnect_stop_after(
+        servers, agents, tmp_path):
+    server = servers()
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
+    spec = parse_alloc({"allocation_id": "svc", "job_id": "j1", "job_type": "service",
+                        "task_group": {"name": "g", "disconnect": {"stop_after": 0.5},
+                                       "tasks": [{"name": "t",
+                                                  "config": {"command": "sleep 300"}}]}})
+    agent.submit(spec)
+    agent.submit(alloc("plain", "sleep 300"))      # no stop_after: left running
+    assert wait_for(lambda: agent.get("svc").tasks["t"].handle_json is not None)
+    time.sleep(1.0)                                 # in contact: nothing stops
+    assert agent.get("svc").status().value == "running"
+    server.close()
+    cut = time.monotonic()
+    assert agent.get("svc").wait(5.0)
+    assert time.monotonic() - cut < 0.5 + 1.5       # stop_after + a small margin
+    state = agent.get("svc").tasks["t"].state
+    assert state.status.value == "failed" and "disconnect" in state.error
+    assert agent.get("plain").status().value == "running"

@@ -16,9 +16,8 @@ def test_a_suspect_node_leaves_the_classes_until_cleared():
     cluster = Cluster()
     cluster.upsert_node(node("a"))
     cluster.upsert_node(node("b"))
-    version = cluster.version
     cluster.set_suspect("a", True)
-    assert member_ids(cluster) == ["b"] and cluster.version > version
+    assert member_ids(cluster) == ["b"]
     assert cluster.suspect() == {"a"}
     assert cluster.node("a").healthy, "suspect is not down"
     # Changes to the node while suspect do not bring it back.

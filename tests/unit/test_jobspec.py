@@ -249,3 +249,42 @@ def test_tasks_must_be_non_empty_list():
     rejects(body(task_groups__0__tasks=None), "task_groups[0].tasks")
     rejects(body(task_groups__0__tasks=["app"]), "task_groups[0].tasks[0]")
     rejects(body(task_groups__0=["web"]), "task_groups[0]")
+
+
+@pytest.mark.parametrize("raw, seconds", [
+    ("30s", 30.0), ("500ms", 0.5), ("1m", 60.0), ("1.5h", 5400.0), (10, 10.0), (2.5, 2.5)])
+def test_disconnect_stop_after_durations(raw, seconds):
+    from orch.codec import job_from
+    job = parse_job(body(task_groups__0__disconnect={"stop_after": raw}))
+    group = job.task_groups[0]
+    assert group.stop_after == seconds
+    assert group.to_dict()["disconnect"] == {"stop_after": seconds}
+    assert job_from(job.to_dict()).task_groups[0].stop_after == seconds
+    # A change of stop_after replaces allocations (agents learn it from them).
+    assert group.spec_hash() != parse_job(body()).task_groups[0].spec_hash()
+
+
+def test_no_disconnect_leaves_the_group_as_it_was():
+    group = parse_job(body()).task_groups[0]
+    assert group.stop_after is None and "disconnect" not in group.to_dict()
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("soon", "task_groups[0].disconnect.stop_after: must be a number of seconds"),
+    ("10", "task_groups[0].disconnect.stop_after: must be a number of seconds"),
+    ("-1s", "task_groups[0].disconnect.stop_after: must be a number of seconds"),
+    (True, "task_groups[0].disconnect.stop_after: must be a number of seconds"),
+    (0, "task_groups[0].disconnect.stop_after: must be more than 0"),
+    ("9000h", "task_groups[0].disconnect.stop_after: must be more than 0"),
+])
+def test_bad_disconnect_stop_after_names_the_field(raw, message):
+    with pytest.raises(ValidationError) as err:
+        parse_job(body(task_groups__0__disconnect={"stop_after": raw}))
+    assert err.value.message.startswith(message)
+
+
+def test_disconnect_must_be_an_object_of_known_fields():
+    with pytest.raises(ValidationError, match=r"task_groups\[0\]\.disconnect: must be"):
+        parse_job(body(task_groups__0__disconnect="30s"))
+    with pytest.raises(ValidationError, match=r"task_groups\[0\]\.disconnect\.after: unknown"):
+        parse_job(body(task_groups__0__disconnect={"after": "30s"}))

@@ -39,7 +39,7 @@ class AgentCalls:
     def stop(self, allocs) -> None:
         self.stopped += [a.allocation_id for a in allocs]
 
-    def busy(self, alloc_id) -> bool:
+    def busy(self, alloc_id, node_id=None) -> bool:
         return alloc_id in self.in_flight
 
 

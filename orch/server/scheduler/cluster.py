@@ -123,7 +123,6 @@ class Cluster:
                 self._suspect.discard(node_id)
                 if room.healthy and room.node_class is not None:
                     self._list(room)
-            self._version += 1
 
     def suspect(self) -> frozenset[str]:
         with self._lock:
