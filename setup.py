@@ -1,11 +1,13 @@
 """Packaging for orch: `pip install .` gives the `orch` command."""
+
 import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
-VERSION = re.search(r'__version__ = "([^"]+)"',
-                    (Path(__file__).parent / "orch" / "__init__.py").read_text()).group(1)
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (Path(__file__).parent / "orch" / "__init__.py").read_text()
+).group(1)
 
 setup(
     name="orch",

@@ -1,4 +1,5 @@
 """Small helpers every benchmark script shares."""
+
 from __future__ import annotations
 
 import http.client
@@ -39,8 +40,7 @@ class JsonConnection:
 
     def __init__(self, url: str, timeout: float = 30.0):
         parts = urlsplit(url)
-        self._new = lambda: http.client.HTTPConnection(parts.hostname, parts.port,
-                                                       timeout=timeout)
+        self._new = lambda: http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         self._conn = self._new()
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
@@ -110,6 +110,8 @@ def check_targets(result: dict, targets: dict, higher_is_better: set = frozenset
         higher = key in higher_is_better
         ok = value is not None and (value >= target if higher else value <= target)
         met.append(ok)
-        log(f"  {key:28} {value!s:>8}  target {'>=' if higher else '<='} {target:g}"
-            f"  {'ok' if ok else 'MISSED'}")
+        log(
+            f"  {key:28} {value!s:>8}  target {'>=' if higher else '<='} {target:g}"
+            f"  {'ok' if ok else 'MISSED'}"
+        )
     return all(met)

@@ -24,6 +24,7 @@ starts (processes by PID/group, containers by label) is removed at the end.
     python bench/docker.py --json           # ... last line: one JSON object
     python bench/docker.py --smoke --json   # one quick run of 10 (seconds)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,20 +52,18 @@ sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
 
-from tests.docker_image import TEST_IMAGE, ensure_test_image  # noqa: E402
 from bench.benchutil import free_port, log  # noqa: E402
+from tests.docker_image import TEST_IMAGE, ensure_test_image  # noqa: E402
 
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
 TARGET_RATIO = 1.2
 FLOOR_THREADS = 8
-BENCH_LABEL = "orch-bench"          # on floor containers; orch's carry orch.job_id
+BENCH_LABEL = "orch-bench"  # on floor containers; orch's carry orch.job_id
 JOB_PREFIX = "bench-docker-"
 COMMAND = ["sleep", "3600"]
 START_TIMEOUT = 60.0
 RUN_TIMEOUT = 300.0
-POLL = 0.05               # status polls: coarse enough not to load the server
-
-
+POLL = 0.05  # status polls: coarse enough not to load the server
 
 
 def wait_until(fn, timeout: float, what: str):
@@ -82,6 +81,7 @@ def wait_until(fn, timeout: float, what: str):
 
 # ---- the cluster ----------------------------------------------------------
 
+
 class Cluster:
     """`orch server` + one `orch agent` from the zipapp, each in its own session."""
 
@@ -93,24 +93,50 @@ class Cluster:
 
     def _start(self, name: str, *args: str) -> None:
         out = open(self.workdir / f"{name}.log", "ab")
-        self.procs.append(subprocess.Popen(
-            [sys.executable, str(self.pyz), *args], stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(
+                [sys.executable, str(self.pyz), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         out.close()
 
     def start(self) -> None:
-        self._start("server", "server", "--port", str(self.port), "--data-dir",
-                    str(self.workdir / "server"), "--node-ttl", "30")
-        wait_until(lambda: requests.get(f"{self.url}/health", timeout=1).ok,
-                   START_TIMEOUT, "server /health")
-        self._start("agent", "agent", "--server", self.url, "--port", "0",
-                    "--data-dir", str(self.workdir / "agent"),
-                    "--heartbeat-interval", "1")
+        self._start(
+            "server",
+            "server",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.workdir / "server"),
+            "--node-ttl",
+            "30",
+        )
+        wait_until(
+            lambda: requests.get(f"{self.url}/health", timeout=1).ok,
+            START_TIMEOUT,
+            "server /health",
+        )
+        self._start(
+            "agent",
+            "agent",
+            "--server",
+            self.url,
+            "--port",
+            "0",
+            "--data-dir",
+            str(self.workdir / "agent"),
+            "--heartbeat-interval",
+            "1",
+        )
 
         def docker_node():
             nodes = requests.get(f"{self.url}/nodes", timeout=2).json()["nodes"]
-            return any(n["healthy"] and n.get("attributes", {}).get("driver.docker")
-                       for n in nodes)
+            return any(n["healthy"] and n.get("attributes", {}).get("driver.docker") for n in nodes)
+
         wait_until(docker_node, START_TIMEOUT, "a healthy agent with docker")
 
     def stop(self) -> None:
@@ -130,17 +156,33 @@ class Cluster:
 
 
 def job_body(job_id: str, count: int) -> dict:
-    return {"job_id": job_id, "type": "service", "task_groups": [{
-        "name": "web", "count": count, "tasks": [{
-            "name": "t", "driver": "docker",
-            "config": {"image": TEST_IMAGE, "command": COMMAND},
-            "resources": {"cpu": 20, "memory": 16}}]}]}
+    return {
+        "job_id": job_id,
+        "type": "service",
+        "task_groups": [
+            {
+                "name": "web",
+                "count": count,
+                "tasks": [
+                    {
+                        "name": "t",
+                        "driver": "docker",
+                        "config": {"image": TEST_IMAGE, "command": COMMAND},
+                        "resources": {"cpu": 20, "memory": 16},
+                    }
+                ],
+            }
+        ],
+    }
 
 
 def running_allocs(url: str, job_id: str) -> int:
     job = requests.get(f"{url}/jobs/{job_id}", timeout=5).json()
-    return sum(1 for a in job.get("allocations", [])
-               if a.get("status") == "running" and a.get("desired_status") == "run")
+    return sum(
+        1
+        for a in job.get("allocations", [])
+        if a.get("status") == "running" and a.get("desired_status") == "run"
+    )
 
 
 def orch_run(cluster: Cluster, engine, count: int) -> float:
@@ -149,13 +191,18 @@ def orch_run(cluster: Cluster, engine, count: int) -> float:
     started = time.monotonic()
     resp = requests.post(f"{cluster.url}/jobs", json=job_body(job_id, count), timeout=10)
     resp.raise_for_status()
-    wait_until(lambda: running_allocs(cluster.url, job_id) == count, RUN_TIMEOUT,
-               f"{count} allocations of {job_id} running")
+    wait_until(
+        lambda: running_allocs(cluster.url, job_id) == count,
+        RUN_TIMEOUT,
+        f"{count} allocations of {job_id} running",
+    )
     elapsed = time.monotonic() - started
     requests.delete(f"{cluster.url}/jobs/{job_id}", timeout=30)
-    wait_until(lambda: not engine.containers.list(
-        all=True, filters={"label": f"orch.job_id={job_id}"}), RUN_TIMEOUT,
-        f"containers of {job_id} removed")
+    wait_until(
+        lambda: not engine.containers.list(all=True, filters={"label": f"orch.job_id={job_id}"}),
+        RUN_TIMEOUT,
+        f"containers of {job_id} removed",
+    )
     return elapsed
 
 
@@ -164,8 +211,8 @@ def floor_run(engine, count: int) -> float:
     run_id = uuid.uuid4().hex[:8]
 
     def run_one(_):
-        return engine.containers.run(TEST_IMAGE, COMMAND, detach=True,
-                                     labels={BENCH_LABEL: run_id})
+        return engine.containers.run(TEST_IMAGE, COMMAND, detach=True, labels={BENCH_LABEL: run_id})
+
     started = time.monotonic()
     with ThreadPoolExecutor(FLOOR_THREADS) as pool:
         containers = list(pool.map(run_one, range(count)))
@@ -185,6 +232,7 @@ def remove_leftovers(engine) -> None:
 
 # ---- main -----------------------------------------------------------------
 
+
 def measure(pyz: Path, counts: list[int], runs: int) -> dict:
     engine = docker.from_env(timeout=120, max_pool_size=32)
     engine.ping()
@@ -202,14 +250,16 @@ def measure(pyz: Path, counts: list[int], runs: int) -> dict:
                 took = orch_run(cluster, engine, count)
                 results[count]["floor"].append(floor)
                 results[count]["orch"].append(took)
-                log(f"run {run} replicas={count}: orch {took:.2f}s, floor {floor:.2f}s "
-                    f"(x{took / floor:.2f})")
+                log(
+                    f"run {run} replicas={count}: orch {took:.2f}s, floor {floor:.2f}s "
+                    f"(x{took / floor:.2f})"
+                )
         ok = True
     finally:
         cluster.stop()
         remove_leftovers(engine)
         engine.close()
-        if ok:                      # the logs are kept only to explain a failure
+        if ok:  # the logs are kept only to explain a failure
             shutil.rmtree(workdir, ignore_errors=True)
     return results
 
@@ -222,8 +272,9 @@ def summary(results: dict) -> dict:
         out[f"floor{count}_s"] = round(floor, 3)
         out[f"ratio{count}"] = round(orch / floor, 3)
         # Each run's orch and floor ran back to back, under the same load.
-        out[f"paired_ratio{count}"] = round(statistics.median(
-            o / f for o, f in zip(series["orch"], series["floor"])), 3)
+        out[f"paired_ratio{count}"] = round(
+            statistics.median(o / f for o, f in zip(series["orch"], series["floor"])), 3
+        )
         out[f"runs{count}"] = len(series["orch"])
     return out
 
@@ -241,10 +292,12 @@ def main(argv=None) -> int:
     figures = summary(measure(args.pyz, counts, runs))
     for count in counts:
         ratio = figures[f"ratio{count}"]
-        log(f"replicas={count}: orch {figures[f'replicas{count}_s']:.2f}s, floor "
+        log(
+            f"replicas={count}: orch {figures[f'replicas{count}_s']:.2f}s, floor "
             f"{figures[f'floor{count}_s']:.2f}s, ratio {ratio:.2f} "
             f"({'meets' if ratio <= TARGET_RATIO else 'misses'} <= {TARGET_RATIO}x; "
-            f"median of paired runs {figures[f'paired_ratio{count}']:.2f})")
+            f"median of paired runs {figures[f'paired_ratio{count}']:.2f})"
+        )
     if args.json:
         for key in ("replicas10_s", "replicas50_s", "floor10_s", "floor50_s"):
             figures.setdefault(key, None)

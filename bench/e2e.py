@@ -25,6 +25,7 @@ process of it still alive (server, agents, tasks) is killed by PID/group.
     python bench/e2e.py --json          # ... last line: one JSON object
     python bench/e2e.py --smoke --json  # a tiny version (seconds)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,33 +43,43 @@ from pathlib import Path
 
 import psutil
 import requests
-
-from benchutil import (JsonConnection, check_targets, free_port,  # bench/ is on sys.path
-                       log, mb, percentile, wait_disk_quiet)
+from benchutil import (
+    JsonConnection,
+    check_targets,
+    free_port,  # bench/ is on sys.path
+    log,
+    mb,
+    percentile,
+    wait_disk_quiet,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
 
-TARGETS = {"cold_start_s": 1.0, "latency_p50_ms": 50.0, "latency_p99_ms": 200.0,
-           "batch_jobs_per_s": 200.0, "rss_agent_mb": 30.0, "rss_server_mb": 60.0}
+TARGETS = {
+    "cold_start_s": 1.0,
+    "latency_p50_ms": 50.0,
+    "latency_p99_ms": 200.0,
+    "batch_jobs_per_s": 200.0,
+    "rss_agent_mb": 30.0,
+    "rss_server_mb": 60.0,
+}
 
-START_TIMEOUT = 60.0       # a cluster not healthy by then is a failure
-JOB_TIMEOUT = 30.0         # one job not running by then is a failure
+START_TIMEOUT = 60.0  # a cluster not healthy by then is a failure
+JOB_TIMEOUT = 30.0  # one job not running by then is a failure
 BATCH_TIMEOUT = 300.0
-SETTLE_S = 2.0             # idle memory is read this long after start
-
-
-
-
+SETTLE_S = 2.0  # idle memory is read this long after start
 
 
 # ---- the cluster ----------------------------------------------------------
 
+
 class DevCluster:
     """One `orch dev` launcher process and everything it starts."""
 
-    def __init__(self, pyz: Path, workdir: Path, *, agents: int, shiv_root: Path,
-                 log_level: str, name: str):
+    def __init__(
+        self, pyz: Path, workdir: Path, *, agents: int, shiv_root: Path, log_level: str, name: str
+    ):
         self.agents = agents
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -79,11 +90,25 @@ class DevCluster:
         env["SHIV_ROOT"] = str(shiv_root)
         self.started = time.perf_counter()
         self.popen = subprocess.Popen(
-            [sys.executable, str(pyz), "dev", "--agents", str(agents),
-             "--port", str(self.port), "--data-dir", str(self.data_dir),
-             "--log-level", log_level],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True)
+            [
+                sys.executable,
+                str(pyz),
+                "dev",
+                "--agents",
+                str(agents),
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                "--log-level",
+                log_level,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         self.session = requests.Session()
         self._known: dict[int, psutil.Process] = {}
 
@@ -94,8 +119,9 @@ class DevCluster:
         deadline = self.started + timeout
         while time.perf_counter() < deadline:
             if self.popen.poll() is not None:
-                raise RuntimeError(f"orch dev exited with {self.popen.returncode}; "
-                                   f"see {self.log_path}")
+                raise RuntimeError(
+                    f"orch dev exited with {self.popen.returncode}; see {self.log_path}"
+                )
             try:
                 resp = self.session.get(self.url + "/nodes", timeout=1)
                 if resp.status_code == 200:
@@ -118,7 +144,7 @@ class DevCluster:
                 argv = child.cmdline()
             except psutil.Error:
                 continue
-            for role in ("server", "agent"):      # [python, orch.pyz, role, ...]
+            for role in ("server", "agent"):  # [python, orch.pyz, role, ...]
                 if role in argv[1:4]:
                     out[role].append(child)
                     break
@@ -128,15 +154,18 @@ class DevCluster:
         procs = self.processes()
         agents = [p.memory_info().rss for p in procs["agent"]]
         server = [p.memory_info().rss for p in procs["server"]]
-        return {"server_mb": mb(server[0]) if server else None,
-                "agents_mb": [mb(a) for a in agents],
-                "launcher_mb": mb(psutil.Process(self.popen.pid).memory_info().rss)}
+        return {
+            "server_mb": mb(server[0]) if server else None,
+            "agents_mb": [mb(a) for a in agents],
+            "launcher_mb": mb(psutil.Process(self.popen.pid).memory_info().rss),
+        }
 
     def cpu_seconds(self) -> dict:
         """CPU seconds (user + system) of the server and of all agents together.
 
         An agent's figure includes its task supervisor (a live child) and
         everything reaped by either: the tasks themselves."""
+
         def total(proc: psutil.Process) -> float:
             t = proc.cpu_times()
             return t.user + t.system + t.children_user + t.children_system
@@ -149,11 +178,14 @@ class DevCluster:
                 except psutil.Error:
                     continue
             return seconds
+
         procs = self.processes()
         agents = [(total(p), helpers(p)) for p in procs["agent"]]
-        return {"server": sum(total(p) for p in procs["server"]),
-                "agents": sum(own + extra for own, extra in agents),
-                "agents_supervisors": sum(extra for _, extra in agents)}
+        return {
+            "server": sum(total(p) for p in procs["server"]),
+            "agents": sum(own + extra for own, extra in agents),
+            "agents_supervisors": sum(extra for _, extra in agents),
+        }
 
     def _remember_all(self) -> None:
         try:
@@ -204,11 +236,26 @@ def settle(smoke: bool = False) -> None:
 
 # ---- workloads ----------------------------------------------------------------
 
+
 def job_body(job_id: str, command: str, type_: str) -> dict:
-    return {"job_id": job_id, "type": type_, "task_groups": [{
-        "name": "g", "count": 1,
-        "tasks": [{"name": "t", "driver": "exec", "config": {"command": command},
-                   "resources": {"cpu": 10, "memory": 8}}]}]}
+    return {
+        "job_id": job_id,
+        "type": type_,
+        "task_groups": [
+            {
+                "name": "g",
+                "count": 1,
+                "tasks": [
+                    {
+                        "name": "t",
+                        "driver": "exec",
+                        "config": {"command": command},
+                        "resources": {"cpu": 10, "memory": 8},
+                    }
+                ],
+            }
+        ],
+    }
 
 
 def submit_to_running(url: str, jobs: int, prefix: str, poll_sleep: float) -> list[float]:
@@ -251,6 +298,7 @@ def process_floor(total: int, threads: int) -> float:
     def run(count: int) -> None:
         for _ in range(count):
             subprocess.run(["/bin/sh", "-c", "true"], check=True)
+
     workers = [threading.Thread(target=run, args=(n,)) for n in shares]
     started = time.perf_counter()
     for worker in workers:
@@ -285,8 +333,7 @@ def batch_throughput(url: str, total: int, threads: int, prefix: str) -> dict:
         finally:
             session.close()
 
-    workers = [threading.Thread(target=submitter, args=(share,), daemon=True)
-               for share in shares]
+    workers = [threading.Thread(target=submitter, args=(share,), daemon=True) for share in shares]
     started = time.perf_counter()
     for worker in workers:
         worker.start()
@@ -326,35 +373,50 @@ def batch_throughput(url: str, total: int, threads: int, prefix: str) -> dict:
             else:
                 time.sleep(0.005)
         else:
-            raise RuntimeError(f"batch not finished after {BATCH_TIMEOUT}s "
-                               f"({checked} of {total} done)")
+            raise RuntimeError(
+                f"batch not finished after {BATCH_TIMEOUT}s ({checked} of {total} done)"
+            )
     finally:
         session.close()
     elapsed = time.perf_counter() - started
     if errors:
         raise RuntimeError(f"{len(errors)} submit errors, first: {errors[0]}")
-    return {"jobs": total, "elapsed_s": round(elapsed, 3),
-            "submit_s": round(submit_s or elapsed, 3),
-            "jobs_per_s": round(total / elapsed, 1), **outcome}
+    return {
+        "jobs": total,
+        "elapsed_s": round(elapsed, 3),
+        "submit_s": round(submit_s or elapsed, 3),
+        "jobs_per_s": round(total / elapsed, 1),
+        **outcome,
+    }
 
 
 # ---- main ---------------------------------------------------------------------
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pyz", type=Path, default=DEFAULT_PYZ, help="the built zipapp")
     p.add_argument("--agents", type=int, default=3)
-    p.add_argument("--runs", type=int, default=3, help="cold starts measured (after the extraction one)")
+    p.add_argument(
+        "--runs", type=int, default=3, help="cold starts measured (after the extraction one)"
+    )
     p.add_argument("--jobs", type=int, default=200, help="submit->running jobs, one after another")
     p.add_argument("--batch", type=int, default=1000, help="batch jobs for throughput")
     p.add_argument("--threads", type=int, default=8, help="client threads submitting the batch")
-    p.add_argument("--poll-sleep", type=float, default=0.0,
-                   help="seconds between GET /jobs/<id> polls (default 0: tight)")
+    p.add_argument(
+        "--poll-sleep",
+        type=float,
+        default=0.0,
+        help="seconds between GET /jobs/<id> polls (default 0: tight)",
+    )
     p.add_argument("--log-level", default="INFO", help="log level of the cluster (default INFO)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: runs 1, jobs 5, batch 20")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
-    p.add_argument("--workdir", default=None,
-                   help="where the cluster's data dirs go (default: the system temp dir)")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="where the cluster's data dirs go (default: the system temp dir)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args(argv)
     if args.smoke:
@@ -368,18 +430,27 @@ def main(argv=None) -> int:
         sys.exit(f"{args.pyz} not found: build it with `python build/make_pyz.py`")
     settle(args.smoke)  # not paying for whatever ran before us
     workdir = Path(tempfile.mkdtemp(prefix="orch-bench-e2e-", dir=args.workdir))
-    shiv_root = workdir / "shiv"        # empty: the first launch extracts
-    result: dict = {"nproc": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
-                    "mem_total_mb": mb(psutil.virtual_memory().total),
-                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "agents": args.agents}
+    shiv_root = workdir / "shiv"  # empty: the first launch extracts
+    result: dict = {
+        "nproc": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "mem_total_mb": mb(psutil.virtual_memory().total),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "agents": args.agents,
+    }
     cluster = None
     try:
         # -- cold starts ------------------------------------------------------
         starts = []
         for run in range(args.runs + 1):
-            cluster = DevCluster(args.pyz, workdir, agents=args.agents, shiv_root=shiv_root,
-                                 log_level=args.log_level, name=f"dev-{run}")
+            cluster = DevCluster(
+                args.pyz,
+                workdir,
+                agents=args.agents,
+                shiv_root=shiv_root,
+                log_level=args.log_level,
+                name=f"dev-{run}",
+            )
             took = cluster.wait_healthy()
             if run == 0:
                 result["cold_start_extract_s"] = round(took, 3)
@@ -400,19 +471,25 @@ def main(argv=None) -> int:
         result["rss_agent_mb"] = max(idle["agents_mb"])
         result["rss_agents_mb"] = idle["agents_mb"]
         result["rss_launcher_mb"] = idle["launcher_mb"]
-        log(f"idle RSS: server {idle['server_mb']} MB, agents {idle['agents_mb']} MB, "
-            f"launcher {idle['launcher_mb']} MB")
+        log(
+            f"idle RSS: server {idle['server_mb']} MB, agents {idle['agents_mb']} MB, "
+            f"launcher {idle['launcher_mb']} MB"
+        )
 
         # -- submit -> running -------------------------------------------------
         lat = submit_to_running(cluster.url, args.jobs, "lat", args.poll_sleep)
         ms = [x * 1000 for x in lat]
-        result.update(latency_p50_ms=round(percentile(ms, 50), 2),
-                      latency_p99_ms=round(percentile(ms, 99), 2),
-                      latency_max_ms=round(max(ms), 2),
-                      latency_mean_ms=round(statistics.fmean(ms), 2),
-                      latency_jobs=len(ms))
-        log(f"submit->running over {len(ms)} jobs: p50 {result['latency_p50_ms']} ms, "
-            f"p99 {result['latency_p99_ms']} ms, max {result['latency_max_ms']} ms")
+        result.update(
+            latency_p50_ms=round(percentile(ms, 50), 2),
+            latency_p99_ms=round(percentile(ms, 99), 2),
+            latency_max_ms=round(max(ms), 2),
+            latency_mean_ms=round(statistics.fmean(ms), 2),
+            latency_jobs=len(ms),
+        )
+        log(
+            f"submit->running over {len(ms)} jobs: p50 {result['latency_p50_ms']} ms, "
+            f"p99 {result['latency_p99_ms']} ms, max {result['latency_max_ms']} ms"
+        )
 
         # -- batch throughput ----------------------------------------------------
         # CPU per job as well as jobs/s: on a shared machine the wall clock
@@ -423,25 +500,31 @@ def main(argv=None) -> int:
         settle(args.smoke)
         floor = process_floor(args.batch, args.threads)
         result["batch_floor_jobs_per_s"] = round(floor, 1)
-        log(f"baseline: {args.batch} `sh -c true` from {args.threads} threads "
-            f"without orch: {floor:.1f}/s")
+        log(
+            f"baseline: {args.batch} `sh -c true` from {args.threads} threads "
+            f"without orch: {floor:.1f}/s"
+        )
         settle(args.smoke)
         cpu0, me0 = cluster.cpu_seconds(), psutil.Process().cpu_times()
         batch = batch_throughput(cluster.url, args.batch, args.threads, "batch")
         cpu1, me1 = cluster.cpu_seconds(), psutil.Process().cpu_times()
         per_job = {k: round((cpu1[k] - cpu0[k]) * 1000 / args.batch, 2) for k in cpu0}
-        per_job["client"] = round((me1.user + me1.system - me0.user - me0.system)
-                                  * 1000 / args.batch, 2)
+        per_job["client"] = round(
+            (me1.user + me1.system - me0.user - me0.system) * 1000 / args.batch, 2
+        )
         batch["cpu_ms_per_job"] = per_job
         result["batch_jobs_per_s"] = batch["jobs_per_s"]
         result["batch_vs_floor"] = round(batch["jobs_per_s"] / floor, 3)
         # agents_supervisors (with the tasks they reaped) is a part of agents.
         result["batch_cpu_ms_per_job"] = round(
-            per_job["server"] + per_job["agents"] + per_job["client"], 2)
+            per_job["server"] + per_job["agents"] + per_job["client"], 2
+        )
         result["batch"] = batch
-        log(f"batch: {batch['jobs']} jobs in {batch['elapsed_s']}s "
+        log(
+            f"batch: {batch['jobs']} jobs in {batch['elapsed_s']}s "
             f"({batch['jobs_per_s']} jobs/s; submitted in {batch['submit_s']}s; "
-            f"{batch['failed']} not complete); CPU per job {per_job} ms")
+            f"{batch['failed']} not complete); CPU per job {per_job} ms"
+        )
 
         # -- memory after ------------------------------------------------------------
         after = cluster.rss()
@@ -455,7 +538,7 @@ def main(argv=None) -> int:
             log(f"work dir kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-            settle(args.smoke)          # the next run does not pay for our files
+            settle(args.smoke)  # the next run does not pay for our files
 
     result["targets_met"] = check_targets(result, TARGETS, higher_is_better={"batch_jobs_per_s"})
     if args.json:

@@ -9,6 +9,7 @@ dir's disk, rather than orch, bounds the batch figure of `bench/e2e.py`.
 
     python bench/fsops.py /tmp /var/tmp /dev/shm [--tasks 300] [--json]
 """
+
 from __future__ import annotations
 
 import argparse

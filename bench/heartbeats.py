@@ -27,6 +27,7 @@ reads is reported too). Figures are medians over the rounds.
     python bench/heartbeats.py --json           # ... last line: one JSON object
     python bench/heartbeats.py --smoke --json   # a tiny version (seconds)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,16 +47,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
-
 from benchutil import check_targets, free_port, log, percentile  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
 TARGETS = {"server_cpu_ms_per_heartbeat": 0.5, "read_p99_ms": 50.0}
 HTTP_TIMEOUT = 30.0
-
-
-
 
 
 class Conn:
@@ -69,8 +66,9 @@ class Conn:
     def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         for attempt in (0, 1):
             if self._conn is None:
-                self._conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                                        timeout=HTTP_TIMEOUT)
+                self._conn = http.client.HTTPConnection(
+                    "127.0.0.1", self.port, timeout=HTTP_TIMEOUT
+                )
             try:
                 headers = {"Content-Type": "application/json"} if body is not None else {}
                 if not self.keepalive:
@@ -95,12 +93,13 @@ class Conn:
 
 # ---- the fake agents' endpoint --------------------------------------------------
 
+
 class FakeAgents:
     """Answers the server's pushes for every simulated node; records what each holds."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.allocs: dict[str, dict[str, dict]] = {}    # node id -> alloc id -> entry
+        self.allocs: dict[str, dict[str, dict]] = {}  # node id -> alloc id -> entry
         self.pushes = 0
         owner = self
 
@@ -125,8 +124,9 @@ class FakeAgents:
                     return self._answer(404, {"error": "no route"})
                 spec = json.loads(raw)
                 owner.accept(parts[0], spec)
-                self._answer(200, {"message": "Allocation accepted",
-                                   "allocation_id": spec["allocation_id"]})
+                self._answer(
+                    200, {"message": "Allocation accepted", "allocation_id": spec["allocation_id"]}
+                )
 
             def do_DELETE(self):
                 parts = self.path.strip("/").split("/")
@@ -145,12 +145,22 @@ class FakeAgents:
 
     def accept(self, node_id: str, spec: dict) -> None:
         now = time.time()
-        events = [{"time": now, "type": "Received", "message": "Task received by agent"},
-                  {"time": now, "type": "Started", "message": "Task started by agent"}]
-        tasks = {t["name"]: {"status": "running", "start_time": now, "end_time": None,
-                             "exit_code": None, "error": None, "restarts": 0,
-                             "events": events}
-                 for t in spec["task_group"]["tasks"]}
+        events = [
+            {"time": now, "type": "Received", "message": "Task received by agent"},
+            {"time": now, "type": "Started", "message": "Task started by agent"},
+        ]
+        tasks = {
+            t["name"]: {
+                "status": "running",
+                "start_time": now,
+                "end_time": None,
+                "exit_code": None,
+                "error": None,
+                "restarts": 0,
+                "events": events,
+            }
+            for t in spec["task_group"]["tasks"]
+        }
         entry = {"status": "running", "start_time": now, "end_time": None, "tasks": tasks}
         with self.lock:
             self.allocs.setdefault(node_id, {})[spec["allocation_id"]] = entry
@@ -170,36 +180,64 @@ class FakeAgents:
 
 # ---- nodes and load ------------------------------------------------------------------
 
+
 def node_id_of(i: int) -> str:
     return f"sim-{i:06d}"
 
 
 def register_body(i: int, endpoint_port: int) -> dict:
     node_id = node_id_of(i)
-    return {"node_id": node_id, "region": "global",
-            "resources": {"cpu": 8000, "memory": 16384}, "healthy": True,
-            "endpoint": f"http://127.0.0.1:{endpoint_port}/{node_id}",
-            "attributes": {"driver.exec": True, "driver.docker": False,
-                           "kernel.name": "linux", "cpu.arch": "x86_64",
-                           "cpu.numcores": 8, "unique.hostname": node_id},
-            "meta": {"rack": f"r{i % 40}", "sim": "1"}}
+    return {
+        "node_id": node_id,
+        "region": "global",
+        "resources": {"cpu": 8000, "memory": 16384},
+        "healthy": True,
+        "endpoint": f"http://127.0.0.1:{endpoint_port}/{node_id}",
+        "attributes": {
+            "driver.exec": True,
+            "driver.docker": False,
+            "kernel.name": "linux",
+            "cpu.arch": "x86_64",
+            "cpu.numcores": 8,
+            "unique.hostname": node_id,
+        },
+        "meta": {"rack": f"r{i % 40}", "sim": "1"},
+    }
 
 
 def heartbeat_body(node_id: str, allocs: dict) -> bytes:
     used = 10 * len(allocs)
-    return json.dumps({"node_id": node_id,
-                       "resources": {"cpu": 8000 - used, "memory": 16384 - 8 * len(allocs),
-                                     "cpu_used": used, "memory_used": 8 * len(allocs)},
-                       "healthy": True, "timestamp": time.time(),
-                       "allocations": allocs}, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "node_id": node_id,
+            "resources": {
+                "cpu": 8000 - used,
+                "memory": 16384 - 8 * len(allocs),
+                "cpu_used": used,
+                "memory_used": 8 * len(allocs),
+            },
+            "healthy": True,
+            "timestamp": time.time(),
+            "allocations": allocs,
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 class LoadGenerator:
     """Every node heartbeats once per interval, phases spread evenly."""
 
-    def __init__(self, port: int, nodes: int, interval: float, threads: int,
-                 fake: FakeAgents, stop_after: float, connections: int = 0,
-                 keepalive: bool = True):
+    def __init__(
+        self,
+        port: int,
+        nodes: int,
+        interval: float,
+        threads: int,
+        fake: FakeAgents,
+        stop_after: float,
+        connections: int = 0,
+        keepalive: bool = True,
+    ):
         self.keepalive = keepalive
         self.port, self.nodes, self.interval = port, nodes, interval
         # Node i speaks over connection i % connections (a real agent keeps
@@ -208,14 +246,16 @@ class LoadGenerator:
         self.fake = fake
         self.sent = 0
         self.errors = 0
-        self.late = 0                   # beats sent more than 1 s past their slot
+        self.late = 0  # beats sent more than 1 s past their slot
         self.latencies: list[float] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._start = time.monotonic() + 0.2
-        self._deadline = self._start + stop_after      # stops by itself
-        self._threads = [threading.Thread(target=self._run, args=(w, threads), daemon=True)
-                         for w in range(threads)]
+        self._deadline = self._start + stop_after  # stops by itself
+        self._threads = [
+            threading.Thread(target=self._run, args=(w, threads), daemon=True)
+            for w in range(threads)
+        ]
 
     def start(self) -> None:
         for t in self._threads:
@@ -315,19 +355,36 @@ class Reader:
 
 # ---- main -----------------------------------------------------------------------
 
+
 def cpu_seconds(proc: psutil.Process) -> float:
     times = proc.cpu_times()
     return times.user + times.system
 
 
-def start_server(pyz: Path, workdir: Path, port: int, ttl: float, log_level: str,
-                 env: dict) -> subprocess.Popen:
+def start_server(
+    pyz: Path, workdir: Path, port: int, ttl: float, log_level: str, env: dict
+) -> subprocess.Popen:
     out = open(workdir / "server.log", "wb")
     return subprocess.Popen(
-        [sys.executable, str(pyz), "server", "--port", str(port), "--data-dir",
-         str(workdir / "server"), "--node-ttl", f"{ttl:g}", "--log-level", log_level],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        start_new_session=True)
+        [
+            sys.executable,
+            str(pyz),
+            "server",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(workdir / "server"),
+            "--node-ttl",
+            f"{ttl:g}",
+            "--log-level",
+            log_level,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def wait_health(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -353,8 +410,9 @@ def register_all(port: int, nodes: int, endpoint_port: int, threads: int) -> Non
     def one(i: int) -> None:
         conn = getattr(local, "conn", None) or Conn(port)
         local.conn = conn
-        status, body = conn.call("POST", "/register",
-                                 json.dumps(register_body(i, endpoint_port)).encode())
+        status, body = conn.call(
+            "POST", "/register", json.dumps(register_body(i, endpoint_port)).encode()
+        )
         if status != 200:
             raise RuntimeError(f"register {i}: {status} {body[:200]!r}")
 
@@ -369,11 +427,24 @@ def submit_jobs(port: int, jobs: int, count: int) -> list[str]:
     try:
         for j in range(jobs):
             job_id = f"hb-job-{j}"
-            body = {"job_id": job_id, "type": "service", "task_groups": [{
-                "name": "g", "count": count,
-                "tasks": [{"name": "t", "driver": "exec",
-                           "config": {"command": "sleep 3600"},
-                           "resources": {"cpu": 10, "memory": 8}}]}]}
+            body = {
+                "job_id": job_id,
+                "type": "service",
+                "task_groups": [
+                    {
+                        "name": "g",
+                        "count": count,
+                        "tasks": [
+                            {
+                                "name": "t",
+                                "driver": "exec",
+                                "config": {"command": "sleep 3600"},
+                                "resources": {"cpu": 10, "memory": 8},
+                            }
+                        ],
+                    }
+                ],
+            }
             status, raw = conn.call("POST", "/jobs", json.dumps(body).encode())
             if status != 200:
                 raise RuntimeError(f"submit {job_id}: {status} {raw[:200]!r}")
@@ -397,20 +468,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pyz", type=Path, default=DEFAULT_PYZ)
     p.add_argument("--nodes", type=int, default=5000)
-    p.add_argument("--interval", type=float, default=10.0, help="seconds between a node's heartbeats")
+    p.add_argument(
+        "--interval", type=float, default=10.0, help="seconds between a node's heartbeats"
+    )
     p.add_argument("--jobs", type=int, default=50, help="service jobs placed before the load")
     p.add_argument("--count", type=int, default=20, help="allocations per job")
     p.add_argument("--threads", type=int, default=16, help="load generator threads")
-    p.add_argument("--connections", type=int, default=0,
-                   help="keep-alive connections the nodes share (default: one per thread; "
-                        "--connections N with N = --nodes gives every node its own, as real agents)")
-    p.add_argument("--no-keepalive", action="store_true",
-                   help="a new connection per heartbeat (Connection: close)")
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=0,
+        help="keep-alive connections the nodes share (default: one per thread; "
+        "--connections N with N = --nodes gives every node its own, as real agents)",
+    )
+    p.add_argument(
+        "--no-keepalive",
+        action="store_true",
+        help="a new connection per heartbeat (Connection: close)",
+    )
     p.add_argument("--window", type=float, default=20.0, help="seconds per measured window")
     p.add_argument("--runs", type=int, default=3, help="measured rounds (medians reported)")
     p.add_argument("--read-rate", type=float, default=20.0, help="GET /jobs/<id> per second")
     p.add_argument("--log-level", default="INFO", help="server log level (default INFO)")
-    p.add_argument("--smoke", action="store_true", help="tiny: 50 nodes, 1 s interval, 1 round of 2 s")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny: 50 nodes, 1 s interval, 1 round of 2 s"
+    )
     p.add_argument("--keep", action="store_true", help="keep the work dir (server log)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args(argv)
@@ -431,14 +513,17 @@ def main(argv=None) -> int:
     server = start_server(args.pyz, workdir, port, ttl, args.log_level, env)
     fake = FakeAgents()
     load = reader = None
-    result: dict = {"nproc": os.cpu_count(),
-                    "mem_total_mb": round(psutil.virtual_memory().total / 2**20),
-                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "nodes": args.nodes, "interval_s": args.interval,
-                    "connections": max(args.connections or args.threads, args.threads),
-                    "keepalive": not args.no_keepalive,
-                    "loadavg_1m": round(os.getloadavg()[0], 2),
-                    "allocations": args.jobs * args.count}
+    result: dict = {
+        "nproc": os.cpu_count(),
+        "mem_total_mb": round(psutil.virtual_memory().total / 2**20),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "nodes": args.nodes,
+        "interval_s": args.interval,
+        "connections": max(args.connections or args.threads, args.threads),
+        "keepalive": not args.no_keepalive,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "allocations": args.jobs * args.count,
+    }
     try:
         wait_health(port, server)
         proc = psutil.Process(server.pid)
@@ -455,10 +540,18 @@ def main(argv=None) -> int:
 
         rounds = args.runs
         total = args.interval + rounds * 2 * args.window + 5
-        load = LoadGenerator(port, args.nodes, args.interval, args.threads, fake, total,
-                             args.connections, keepalive=not args.no_keepalive)
+        load = LoadGenerator(
+            port,
+            args.nodes,
+            args.interval,
+            args.threads,
+            fake,
+            total,
+            args.connections,
+            keepalive=not args.no_keepalive,
+        )
         load.start()
-        time.sleep(args.interval + 0.5)       # warm-up: every node has beaten once
+        time.sleep(args.interval + 0.5)  # warm-up: every node has beaten once
         cpu_hb, cpu_mixed, rates, p99s, p50s = [], [], [], [], []
         for r in range(rounds):
             # Window A: heartbeats alone.
@@ -477,16 +570,20 @@ def main(argv=None) -> int:
             cpu1, (sent1, _) = cpu_seconds(proc), load.counters()
             reader.stop()
             if not reader.latencies:
-                raise RuntimeError(f"the reader got no answer in {args.window}s "
-                                   f"({reader.errors} errors): the server is stalled")
+                raise RuntimeError(
+                    f"the reader got no answer in {args.window}s "
+                    f"({reader.errors} errors): the server is stalled"
+                )
             lat_ms = [x * 1000 for x in reader.latencies]
             reader = None
             cpu_mixed.append((cpu1 - cpu0) * 1000 / max(sent1 - sent0, 1))
             p99s.append(percentile(lat_ms, 99))
             p50s.append(percentile(lat_ms, 50))
-            log(f"round {r + 1}: {rates[-1]:.0f} heartbeats/s, server CPU "
+            log(
+                f"round {r + 1}: {rates[-1]:.0f} heartbeats/s, server CPU "
                 f"{cpu_hb[-1]:.3f} ms/heartbeat ({cpu_mixed[-1]:.3f} with reads); "
-                f"read p50 {p50s[-1]:.2f} ms p99 {p99s[-1]:.2f} ms ({len(lat_ms)} reads)")
+                f"read p50 {p50s[-1]:.2f} ms p99 {p99s[-1]:.2f} ms ({len(lat_ms)} reads)"
+            )
         load.stop()
         hb_ms = [x * 1000 for x in load.latencies] or [0.0]
         result.update(
@@ -498,10 +595,12 @@ def main(argv=None) -> int:
             heartbeats_per_s_wanted=round(args.nodes / args.interval, 1),
             heartbeat_p50_ms=round(percentile(hb_ms, 50), 2),
             heartbeat_p99_ms=round(percentile(hb_ms, 99), 2),
-            heartbeat_errors=load.errors, heartbeats_late=load.late,
+            heartbeat_errors=load.errors,
+            heartbeats_late=load.late,
             server_rss_mb=round(proc.memory_info().rss / 2**20, 1),
             rounds_cpu_ms=[round(x, 4) for x in cpu_hb],
-            rounds_read_p99_ms=[round(x, 2) for x in p99s])
+            rounds_read_p99_ms=[round(x, 2) for x in p99s],
+        )
         load = None
     finally:
         if reader is not None:
@@ -516,7 +615,7 @@ def main(argv=None) -> int:
             except subprocess.TimeoutExpired:
                 pass
         try:
-            os.killpg(server.pid, signal.SIGKILL)      # its own session
+            os.killpg(server.pid, signal.SIGKILL)  # its own session
         except (ProcessLookupError, PermissionError):
             pass
         if server.poll() is None:
@@ -526,10 +625,12 @@ def main(argv=None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    log(f"heartbeats: {result['heartbeats_per_s']}/s of {result['heartbeats_per_s_wanted']} "
+    log(
+        f"heartbeats: {result['heartbeats_per_s']}/s of {result['heartbeats_per_s_wanted']} "
         f"wanted, p50 {result['heartbeat_p50_ms']} ms p99 {result['heartbeat_p99_ms']} ms, "
         f"{result['heartbeat_errors']} errors, {result['heartbeats_late']} late; "
-        f"server RSS {result['server_rss_mb']} MB")
+        f"server RSS {result['server_rss_mb']} MB"
+    )
     result["targets_met"] = check_targets(result, TARGETS)
     if args.json:
         print(json.dumps(result), flush=True)

@@ -24,6 +24,7 @@ Exit code 0 when there were no failures and the checks passed, else 1.
 The cluster runs in its own session; at the end it gets SIGTERM, then every
 process of it still alive is killed by PID.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,7 @@ REQUEST_TIMEOUT = 30.0
 
 # ---- the cluster ------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,23 +68,43 @@ class DevCluster:
         self._tmp = tempfile.TemporaryDirectory(prefix="orch-load-")
         self.log_path = log_path or os.path.join(self._tmp.name, "dev.log")
         self._log = open(self.log_path, "wb")
-        env = dict(os.environ, DOCKER_HOST="unix:///nonexistent.sock",
-                   SHIV_ROOT=os.environ.get("SHIV_ROOT", os.path.join(
-                       tempfile.gettempdir(), "orch-load-shiv")))
+        env = dict(
+            os.environ,
+            DOCKER_HOST="unix:///nonexistent.sock",
+            SHIV_ROOT=os.environ.get(
+                "SHIV_ROOT", os.path.join(tempfile.gettempdir(), "orch-load-shiv")
+            ),
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, str(pyz), "dev", "--agents", str(agents), "--port",
-             str(self.port), "--heartbeat-interval", "1", "--node-ttl", "10",
-             "--log-level", "WARNING"],
-            cwd=self._tmp.name, stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+            [
+                sys.executable,
+                str(pyz),
+                "dev",
+                "--agents",
+                str(agents),
+                "--port",
+                str(self.port),
+                "--heartbeat-interval",
+                "1",
+                "--node-ttl",
+                "10",
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=self._tmp.name,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
         self._members: set[int] = set()
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"orch dev exited {self.proc.returncode}; "
-                                   f"see {self.log_path}")
+                raise RuntimeError(f"orch dev exited {self.proc.returncode}; see {self.log_path}")
             try:
                 nodes = requests.get(f"{self.url}/nodes", timeout=2).json()["nodes"]
                 if len(nodes) == self.agents and all(n["healthy"] for n in nodes):
@@ -96,8 +118,8 @@ class DevCluster:
     def _remember_members(self) -> None:
         try:
             import psutil
-            self._members = {p.pid for p in
-                             psutil.Process(self.proc.pid).children(recursive=True)}
+
+            self._members = {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
         except Exception:
             self._members = set()
 
@@ -114,7 +136,7 @@ class DevCluster:
                     os.killpg(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-            for pid in self._members:        # server and agents, by PID
+            for pid in self._members:  # server and agents, by PID
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -127,11 +149,26 @@ class DevCluster:
 
 # ---- the clients --------------------------------------------------------------
 
+
 def job_body(job_id: str) -> dict:
-    return {"job_id": job_id, "type": "batch", "task_groups": [{
-        "name": "g", "count": 1, "tasks": [{
-            "name": "t", "driver": "exec", "config": {"command": "true"},
-            "resources": {"cpu": 10, "memory": 8}}]}]}
+    return {
+        "job_id": job_id,
+        "type": "batch",
+        "task_groups": [
+            {
+                "name": "g",
+                "count": 1,
+                "tasks": [
+                    {
+                        "name": "t",
+                        "driver": "exec",
+                        "config": {"command": "true"},
+                        "resources": {"cpu": 10, "memory": 8},
+                    }
+                ],
+            }
+        ],
+    }
 
 
 class Recorder:
@@ -139,9 +176,9 @@ class Recorder:
         self.lock = threading.Lock()
         self.latency: dict[str, list[float]] = {k: [] for k in KINDS}
         self.failures: list[str] = []
-        self.server_errors = 0           # 5xx
-        self.connection_errors = 0       # no answer: refused, reset, timeout
-        self.other_status = 0            # any other non-200
+        self.server_errors = 0  # 5xx
+        self.connection_errors = 0  # no answer: refused, reset, timeout
+        self.other_status = 0  # any other non-200
         self.acked: set[str] = set()
         self.stopped: set[str] = set()
 
@@ -161,8 +198,9 @@ class Recorder:
 
 
 class Client(threading.Thread):
-    def __init__(self, index: int, url: str, deadline: float, rec: Recorder,
-                 seed: int, headers: dict):
+    def __init__(
+        self, index: int, url: str, deadline: float, rec: Recorder, seed: int, headers: dict
+    ):
         super().__init__(name=f"load-{index}", daemon=True)
         self.index, self.url, self.deadline, self.rec = index, url, deadline, rec
         self.rng = random.Random(seed)
@@ -183,15 +221,14 @@ class Client(threading.Thread):
     def _call(self, kind: str, method: str, path: str, body=None):
         started = time.perf_counter()
         try:
-            resp = self.session.request(method, self.url + path, json=body,
-                                        timeout=REQUEST_TIMEOUT)
-            resp.content    # the whole body is part of the latency
+            resp = self.session.request(method, self.url + path, json=body, timeout=REQUEST_TIMEOUT)
+            resp.content  # the whole body is part of the latency
         except requests.RequestException as exc:
-            self.rec.record(kind, time.perf_counter() - started, None,
-                            f"{type(exc).__name__}: {exc}")
+            self.rec.record(
+                kind, time.perf_counter() - started, None, f"{type(exc).__name__}: {exc}"
+            )
             return None
-        self.rec.record(kind, time.perf_counter() - started, resp.status_code,
-                        resp.text)
+        self.rec.record(kind, time.perf_counter() - started, resp.status_code, resp.text)
         return resp if resp.status_code == 200 else None
 
     def submit(self) -> None:
@@ -237,19 +274,20 @@ def verify(url: str, rec: Recorder, headers: dict) -> list[str]:
         problems.append(f"{len(missing)} acknowledged jobs missing: {missing[:5]}")
     alive = sorted(j for j in rec.stopped if status.get(j) != "dead")
     if alive:
-        problems.append(f"{len(alive)} stopped jobs not dead: "
-                        f"{[(j, status.get(j)) for j in alive[:5]]}")
+        problems.append(
+            f"{len(alive)} stopped jobs not dead: {[(j, status.get(j)) for j in alive[:5]]}"
+        )
     return problems
 
 
-def run_load(url: str, *, seconds: float, clients: int, seed: int = 1,
-             token: str | None = None) -> dict:
+def run_load(
+    url: str, *, seconds: float, clients: int, seed: int = 1, token: str | None = None
+) -> dict:
     """Drive the cluster at `url`; returns the summary (see module doc)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     rec = Recorder()
     deadline = time.monotonic() + seconds
-    threads = [Client(i, url, deadline, rec, seed * 1000 + i, headers)
-               for i in range(clients)]
+    threads = [Client(i, url, deadline, rec, seed * 1000 + i, headers) for i in range(clients)]
     started = time.monotonic()
     for t in threads:
         t.start()
@@ -264,42 +302,53 @@ def run_load(url: str, *, seconds: float, clients: int, seed: int = 1,
     total = 0
     for kind, values in rec.latency.items():
         total += len(values)
-        kinds[kind] = {"count": len(values),
-                       "p50_ms": round(percentile(values, 0.50) * 1000, 2),
-                       "p99_ms": round(percentile(values, 0.99) * 1000, 2),
-                       "max_ms": round(max(values, default=0.0) * 1000, 2)}
-    return {"seconds": round(elapsed, 2), "clients": clients,
-            "requests": total, "requests_per_s": round(total / elapsed, 1),
-            "kinds": kinds, "server_errors": rec.server_errors,
-            "connection_errors": rec.connection_errors,
-            "other_status": rec.other_status, "failures": rec.failures[:10],
-            "jobs_submitted": len(rec.acked), "jobs_stopped": len(rec.stopped),
-            "check_problems": problems,
-            "ok": not (rec.server_errors or rec.connection_errors
-                       or rec.other_status or problems)}
+        kinds[kind] = {
+            "count": len(values),
+            "p50_ms": round(percentile(values, 0.50) * 1000, 2),
+            "p99_ms": round(percentile(values, 0.99) * 1000, 2),
+            "max_ms": round(max(values, default=0.0) * 1000, 2),
+        }
+    return {
+        "seconds": round(elapsed, 2),
+        "clients": clients,
+        "requests": total,
+        "requests_per_s": round(total / elapsed, 1),
+        "kinds": kinds,
+        "server_errors": rec.server_errors,
+        "connection_errors": rec.connection_errors,
+        "other_status": rec.other_status,
+        "failures": rec.failures[:10],
+        "jobs_submitted": len(rec.acked),
+        "jobs_stopped": len(rec.stopped),
+        "check_problems": problems,
+        "ok": not (rec.server_errors or rec.connection_errors or rec.other_status or problems),
+    }
 
 
 def machine() -> dict:
     try:
         import psutil
+
         memory_gb = round(psutil.virtual_memory().total / 2**30, 1)
     except Exception:
         memory_gb = None
-    return {"nproc": os.cpu_count(), "memory_gb": memory_gb,
-            "python": sys.version.split()[0]}
+    return {"nproc": os.cpu_count(), "memory_gb": memory_gb, "python": sys.version.split()[0]}
 
 
 def print_human(summary: dict) -> None:
-    print(f"{summary['clients']} clients, {summary['seconds']} s, "
-          f"{summary['requests']} requests ({summary['requests_per_s']}/s); "
-          f"{summary['jobs_submitted']} jobs submitted, "
-          f"{summary['jobs_stopped']} stopped")
+    print(
+        f"{summary['clients']} clients, {summary['seconds']} s, "
+        f"{summary['requests']} requests ({summary['requests_per_s']}/s); "
+        f"{summary['jobs_submitted']} jobs submitted, "
+        f"{summary['jobs_stopped']} stopped"
+    )
     print(f"{'kind':<12}{'count':>8}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     for kind, k in summary["kinds"].items():
-        print(f"{kind:<12}{k['count']:>8}{k['p50_ms']:>10}{k['p99_ms']:>10}"
-              f"{k['max_ms']:>10}")
-    print(f"5xx: {summary['server_errors']}  connection errors: "
-          f"{summary['connection_errors']}  other non-200: {summary['other_status']}")
+        print(f"{kind:<12}{k['count']:>8}{k['p50_ms']:>10}{k['p99_ms']:>10}{k['max_ms']:>10}")
+    print(
+        f"5xx: {summary['server_errors']}  connection errors: "
+        f"{summary['connection_errors']}  other non-200: {summary['other_status']}"
+    )
     for line in summary["failures"]:
         print("  ", line)
     for line in summary["check_problems"]:
@@ -317,8 +366,9 @@ def main(argv=None) -> int:
     parser.add_argument("--pyz", default=str(PYZ))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--smoke", action="store_true", help="5 s, 10 clients")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object as the last line")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object as the last line"
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.seconds, args.clients = 5.0, 10
@@ -327,14 +377,14 @@ def main(argv=None) -> int:
         url = args.url
         if url is None:
             if not Path(args.pyz).exists():
-                print(f"{args.pyz} missing: run python build/make_pyz.py",
-                      file=sys.stderr)
+                print(f"{args.pyz} missing: run python build/make_pyz.py", file=sys.stderr)
                 return 2
             cluster = DevCluster(Path(args.pyz), args.agents)
             cluster.wait_healthy()
             url = cluster.url
-        summary = run_load(url, seconds=args.seconds, clients=args.clients,
-                           seed=args.seed, token=args.token)
+        summary = run_load(
+            url, seconds=args.seconds, clients=args.clients, seed=args.seed, token=args.token
+        )
     finally:
         if cluster is not None:
             cluster.stop()

@@ -14,6 +14,7 @@ Every measured run happens in a fresh forked process, so memory figures
     python bench/scheduler.py --scale-sweep --allocs 100000
     python bench/scheduler.py --c1m
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,7 @@ from orch.server.worker import SchedulerWorker  # noqa: E402
 
 REGIONS = ("us-east", "eu-west", "ap-south")
 # (cpu MHz, memory MB, cores, weight): a mix of machine sizes.
-NODE_SIZES = ((4000, 8192, 4, 3), (8000, 16384, 8, 4),
-              (16000, 32768, 16, 2), (32000, 65536, 32, 1))
+NODE_SIZES = ((4000, 8192, 4, 3), (8000, 16384, 8, 4), (16000, 32768, 16, 2), (32000, 65536, 32, 1))
 TIERS = ("gold", "silver", "bronze")
 ZONES = ("a", "b")
 NO_DOCKER_SHARE = 0.25
@@ -80,6 +80,7 @@ class NullPusher:
 
 # ---- the simulated cluster ---------------------------------------------------
 
+
 def node_bodies(count: int, rng: random.Random) -> list[dict]:
     """Register bodies as an agent would send them (attributes and meta included)."""
     weights = [size[3] for size in NODE_SIZES]
@@ -87,32 +88,58 @@ def node_bodies(count: int, rng: random.Random) -> list[dict]:
     for i in range(count):
         cpu, memory, cores, _ = rng.choices(NODE_SIZES, weights)[0]
         docker = rng.random() >= NO_DOCKER_SHARE
-        bodies.append({
-            "node_id": str(uuid.UUID(int=rng.getrandbits(128))),
-            "region": REGIONS[i % len(REGIONS)],
-            "resources": {"cpu": cpu, "memory": memory},
-            "healthy": True,
-            "endpoint": f"http://10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}:4647",
-            "attributes": {"os": "linux", "arch": "x86_64",
-                           "hostname": f"node-{i:06d}", "cpu.cores": cores,
-                           "cpu.frequency": 1000, "kernel.version": "6.1.0",
-                           "driver.exec": True, "driver.docker": docker},
-            "meta": {"tier": rng.choice(TIERS), "zone": rng.choice(ZONES),
-                     "team": "platform"},
-        })
+        bodies.append(
+            {
+                "node_id": str(uuid.UUID(int=rng.getrandbits(128))),
+                "region": REGIONS[i % len(REGIONS)],
+                "resources": {"cpu": cpu, "memory": memory},
+                "healthy": True,
+                "endpoint": f"http://10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}:4647",
+                "attributes": {
+                    "os": "linux",
+                    "arch": "x86_64",
+                    "hostname": f"node-{i:06d}",
+                    "cpu.cores": cores,
+                    "cpu.frequency": 1000,
+                    "kernel.version": "6.1.0",
+                    "driver.exec": True,
+                    "driver.docker": docker,
+                },
+                "meta": {"tier": rng.choice(TIERS), "zone": rng.choice(ZONES), "team": "platform"},
+            }
+        )
     return bodies
 
 
-def job_body(job_id: str, count: int, cpu: int, memory: int, *,
-             job_type: str = "batch", docker: bool = False,
-             constraints: list | None = None) -> dict:
-    config = {"image": "redis:7", "command": "sleep 1d"} if docker \
-        else {"command": ["sleep", "1d"]}
-    body = {"job_id": job_id, "type": job_type, "task_groups": [{
-        "name": "g", "count": count,
-        "tasks": [{"name": "t", "driver": "docker" if docker else "exec",
-                   "config": config,
-                   "resources": {"cpu": cpu, "memory": memory}}]}]}
+def job_body(
+    job_id: str,
+    count: int,
+    cpu: int,
+    memory: int,
+    *,
+    job_type: str = "batch",
+    docker: bool = False,
+    constraints: list | None = None,
+) -> dict:
+    config = {"image": "redis:7", "command": "sleep 1d"} if docker else {"command": ["sleep", "1d"]}
+    body = {
+        "job_id": job_id,
+        "type": job_type,
+        "task_groups": [
+            {
+                "name": "g",
+                "count": count,
+                "tasks": [
+                    {
+                        "name": "t",
+                        "driver": "docker" if docker else "exec",
+                        "config": config,
+                        "resources": {"cpu": cpu, "memory": memory},
+                    }
+                ],
+            }
+        ],
+    }
     if constraints:
         body["constraints"] = constraints
     return body
@@ -141,17 +168,23 @@ def mixed_jobs(total: int, rng: random.Random) -> list[dict]:
         constraints, docker = [], False
         kind = rng.random()
         if kind < 0.12:
-            constraints = [{"attribute": "region", "operator": "=",
-                            "value": rng.choice(REGIONS)}]
+            constraints = [{"attribute": "region", "operator": "=", "value": rng.choice(REGIONS)}]
         elif kind < 0.22:
-            constraints = [{"attribute": "meta.tier", "operator": "!=",
-                            "value": "bronze"}]
+            constraints = [{"attribute": "meta.tier", "operator": "!=", "value": "bronze"}]
         elif kind < 0.33:
             docker = True
         memory = rng.choice((64, 128, 128, 256, 256, 512))
-        jobs.append(job_body(f"job-{n}", count, rng.choice((50, 100, 200)), memory,
-                             job_type=rng.choice(("batch", "batch", "service")),
-                             docker=docker, constraints=constraints))
+        jobs.append(
+            job_body(
+                f"job-{n}",
+                count,
+                rng.choice((50, 100, 200)),
+                memory,
+                job_type=rng.choice(("batch", "batch", "service")),
+                docker=docker,
+                constraints=constraints,
+            )
+        )
         if n % 50 == 0:
             jobs.append(_unplaceable(f"nofit-{n}", rng))
     return jobs
@@ -159,12 +192,18 @@ def mixed_jobs(total: int, rng: random.Random) -> list[dict]:
 
 def _unplaceable(job_id: str, rng: random.Random) -> dict:
     if rng.random() < 0.5:
-        return job_body(job_id, 5, 100, 128, constraints=[
-            {"attribute": "region", "operator": "=", "value": "mars"}])
+        return job_body(
+            job_id,
+            5,
+            100,
+            128,
+            constraints=[{"attribute": "region", "operator": "=", "value": "mars"}],
+        )
     return job_body(job_id, 5, 100, 1 << 20)
 
 
 # ---- driving the real server ---------------------------------------------------
+
 
 def new_server(data_dir: str, bodies: list[dict]) -> Server:
     server = Server(ServerConfig(data_dir=data_dir))
@@ -217,8 +256,7 @@ def _in_tmp(fn, *args):
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _throughput(data_dir: str, nodes: int, allocs: int, seed: int,
-                profile: str | None) -> dict:
+def _throughput(data_dir: str, nodes: int, allocs: int, seed: int, profile: str | None) -> dict:
     rng = random.Random(seed)
     server = new_server(data_dir, node_bodies(nodes, rng))
     jobs = mixed_jobs(allocs, rng)
@@ -226,6 +264,7 @@ def _throughput(data_dir: str, nodes: int, allocs: int, seed: int,
     profiler = None
     if profile:
         import cProfile
+
         profiler = cProfile.Profile()
         profiler.enable()
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -238,10 +277,17 @@ def _throughput(data_dir: str, nodes: int, allocs: int, seed: int,
         profiler.disable()
         profiler.dump_stats(profile)
     placed = server.store.counts()["allocations"]
-    result = {"nodes": nodes, "jobs": len(jobs), "placed": placed,
-              "evals": evals, "seconds": elapsed, "cpu_seconds": cpu,
-              "committed": committed_allocs(server), "rss_mb": _rss_mb(),
-              "peak_rss_mb": _peak_rss_mb()}
+    result = {
+        "nodes": nodes,
+        "jobs": len(jobs),
+        "placed": placed,
+        "evals": evals,
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "committed": committed_allocs(server),
+        "rss_mb": _rss_mb(),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
     server.stop()
     return result
 
@@ -258,10 +304,17 @@ def _c1m(data_dir: str, nodes: int, jobs: int, count: int, seed: int) -> dict:
     cpu = time.process_time() - cpu_start
     placed = server.store.counts()["allocations"]
     committed = committed_allocs(server)
-    result = {"nodes": nodes, "jobs": jobs, "placed": placed, "evals": evals,
-              "seconds": elapsed, "cpu_seconds": cpu, "committed": committed,
-              "rss_mb": _rss_mb(),
-              "peak_rss_mb": _peak_rss_mb()}
+    result = {
+        "nodes": nodes,
+        "jobs": jobs,
+        "placed": placed,
+        "evals": evals,
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "committed": committed,
+        "rss_mb": _rss_mb(),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
     server.stop()
     return result
 
@@ -274,11 +327,22 @@ def _small_evals(data_dir: str, nodes: int, jobs: int, seed: int) -> dict:
     worker = new_worker(server, seed)
     bodies = []
     for n in range(jobs):
-        constraints = [{"attribute": "region", "operator": "=",
-                        "value": rng.choice(REGIONS)}] if n % 3 == 0 else None
-        bodies.append(job_body(f"small-{n}", rng.randint(1, 3), 50, 128,
-                               job_type=rng.choice(("batch", "service")),
-                               docker=n % 5 == 0, constraints=constraints))
+        constraints = (
+            [{"attribute": "region", "operator": "=", "value": rng.choice(REGIONS)}]
+            if n % 3 == 0
+            else None
+        )
+        bodies.append(
+            job_body(
+                f"small-{n}",
+                rng.randint(1, 3),
+                50,
+                128,
+                job_type=rng.choice(("batch", "service")),
+                docker=n % 5 == 0,
+                constraints=constraints,
+            )
+        )
     start = time.perf_counter()
     for body in bodies:
         server.submit_job(body)
@@ -303,22 +367,25 @@ def _fill(data_dir: str, nodes: int, seed: int, count: int = 25) -> dict:
         # Memory binds: nodes offer ~0.5 MHz per MB, these ask 0.1-0.4.
         memory = rng.choice(FILL_MEMORY)
         cpu = int(memory * rng.uniform(0.1, 0.4))
-        _, ev = server.submit_job(job_body(
-            f"fill-{n}", count, cpu, memory,
-            job_type=rng.choice(("batch", "service"))))
+        _, ev = server.submit_job(
+            job_body(f"fill-{n}", count, cpu, memory, job_type=rng.choice(("batch", "service")))
+        )
         drain(server, worker)
         if store.get_eval(ev.eval_id).queued:
             break
     elapsed = time.perf_counter() - start
     total = sum(node.resources.memory for node in store.list_nodes())
-    used = sum(a.resources.memory for a in store._allocs.values()
-               if a.holds_resources())
+    used = sum(a.resources.memory for a in store._allocs.values() if a.holds_resources())
     total_cpu = sum(node.resources.cpu for node in store.list_nodes())
-    used_cpu = sum(a.resources.cpu for a in store._allocs.values()
-                   if a.holds_resources())
-    result = {"nodes": nodes, "jobs": n, "placed": store.counts()["allocations"],
-              "fill_ratio": used / total, "cpu_ratio": used_cpu / total_cpu,
-              "seconds": elapsed}
+    used_cpu = sum(a.resources.cpu for a in store._allocs.values() if a.holds_resources())
+    result = {
+        "nodes": nodes,
+        "jobs": n,
+        "placed": store.counts()["allocations"],
+        "fill_ratio": used / total,
+        "cpu_ratio": used_cpu / total_cpu,
+        "seconds": elapsed,
+    }
     server.stop()
     return result
 
@@ -332,12 +399,12 @@ def _isolated(fn, *args) -> dict:
 
 # ---- reporting -------------------------------------------------------------------
 
+
 def _median(runs: list[dict], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
-def sweep(node_counts, allocs: int, runs: int, seed: int, profile: str | None,
-          say) -> dict:
+def sweep(node_counts, allocs: int, runs: int, seed: int, profile: str | None, say) -> dict:
     by_nodes = {}
     wanted = min(allocs, ALLOCS_PER_NODE_CAP * min(node_counts))
     for nodes in node_counts:
@@ -350,57 +417,91 @@ def sweep(node_counts, allocs: int, runs: int, seed: int, profile: str | None,
             res["placements_per_s"] = res["placed"] / res["seconds"]
             res["evals_per_s"] = res["evals"] / res["seconds"]
             res["us_per_placement"] = res["seconds"] * 1e6 / max(1, res["placed"])
-            res["cpu_us_per_placement"] = (res["cpu_seconds"] * 1e6
-                                           / max(1, res["placed"]))
+            res["cpu_us_per_placement"] = res["cpu_seconds"] * 1e6 / max(1, res["placed"])
             results.append(res)
-            say(f"  nodes={nodes:<6} run={r + 1} placed={res['placed']} "
+            say(
+                f"  nodes={nodes:<6} run={r + 1} placed={res['placed']} "
                 f"evals={res['evals']} {res['seconds']:.2f}s "
                 f"{res['placements_per_s']:,.0f} placements/s "
                 f"{res['evals_per_s']:,.0f} evals/s "
                 f"{res['us_per_placement']:.1f} us/placement "
-                f"(cpu {res['cpu_us_per_placement']:.1f}) rss={res['rss_mb']:.0f}MB")
-        by_nodes[nodes] = {k: _median(results, k) for k in (
-            "placed", "evals", "seconds", "placements_per_s", "evals_per_s",
-            "us_per_placement", "cpu_us_per_placement", "rss_mb", "peak_rss_mb")}
+                f"(cpu {res['cpu_us_per_placement']:.1f}) rss={res['rss_mb']:.0f}MB"
+            )
+        by_nodes[nodes] = {
+            k: _median(results, k)
+            for k in (
+                "placed",
+                "evals",
+                "seconds",
+                "placements_per_s",
+                "evals_per_s",
+                "us_per_placement",
+                "cpu_us_per_placement",
+                "rss_mb",
+                "peak_rss_mb",
+            )
+        }
     return by_nodes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", default="5000",
-                        help="node count, or several comma-separated (default 5000)")
-    parser.add_argument("--allocs", type=int, default=100_000,
-                        help="allocations per run, the same at every node count "
-                             "(capped at 40 per node of the smallest cluster)")
+    parser.add_argument(
+        "--nodes", default="5000", help="node count, or several comma-separated (default 5000)"
+    )
+    parser.add_argument(
+        "--allocs",
+        type=int,
+        default=100_000,
+        help="allocations per run, the same at every node count "
+        "(capped at 40 per node of the smallest cluster)",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--scale-sweep", action="store_true",
-                        help=f"node counts {','.join(map(str, SCALE_SWEEP))}")
-    parser.add_argument("--fill-nodes", type=int, default=1000,
-                        help="cluster size for the fill-ratio run (0 skips it)")
-    parser.add_argument("--eval-jobs", type=int, default=2000,
-                        help="small jobs for the evaluations-per-second run (0 skips it)")
-    parser.add_argument("--c1m", action="store_true",
-                        help="also run 1,000 jobs x 1,000 on 5,000 nodes")
+    parser.add_argument(
+        "--scale-sweep", action="store_true", help=f"node counts {','.join(map(str, SCALE_SWEEP))}"
+    )
+    parser.add_argument(
+        "--fill-nodes",
+        type=int,
+        default=1000,
+        help="cluster size for the fill-ratio run (0 skips it)",
+    )
+    parser.add_argument(
+        "--eval-jobs",
+        type=int,
+        default=2000,
+        help="small jobs for the evaluations-per-second run (0 skips it)",
+    )
+    parser.add_argument(
+        "--c1m", action="store_true", help="also run 1,000 jobs x 1,000 on 5,000 nodes"
+    )
     parser.add_argument("--c1m-nodes", type=int, default=5000)
     parser.add_argument("--c1m-jobs", type=int, default=1000)
     parser.add_argument("--c1m-count", type=int, default=1000)
-    parser.add_argument("--tmp", metavar="DIR",
-                        help="where the runs' data dirs go (default: the system "
-                             "temp dir; /dev/shm separates disk from CPU)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes, a few seconds (CI)")
-    parser.add_argument("--profile", metavar="PREFIX",
-                        help="write cProfile stats of the first run per node count")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object as the last line")
+    parser.add_argument(
+        "--tmp",
+        metavar="DIR",
+        help="where the runs' data dirs go (default: the system "
+        "temp dir; /dev/shm separates disk from CPU)",
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
+    parser.add_argument(
+        "--profile", metavar="PREFIX", help="write cProfile stats of the first run per node count"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object as the last line"
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.nodes, args.allocs, args.runs, args.fill_nodes = "50,200", 2000, 3, 60
         args.eval_jobs = 100
         args.c1m_nodes, args.c1m_jobs, args.c1m_count = 100, 10, 100
-    args.node_counts = list(SCALE_SWEEP) if args.scale_sweep else \
-        [int(n) for n in str(args.nodes).split(",") if n.strip()]
+    args.node_counts = (
+        list(SCALE_SWEEP)
+        if args.scale_sweep
+        else [int(n) for n in str(args.nodes).split(",") if n.strip()]
+    )
     return args
 
 
@@ -412,57 +513,73 @@ def main(argv=None) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
-    say(f"scheduler benchmark: nodes={args.node_counts} allocs={args.allocs} "
+    say(
+        f"scheduler benchmark: nodes={args.node_counts} allocs={args.allocs} "
         f"runs={args.runs} cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} "
-        f"tmp={args.tmp or tempfile.gettempdir()}")
-    by_nodes = sweep(args.node_counts, args.allocs, args.runs, args.seed,
-                     args.profile, say)
+        f"tmp={args.tmp or tempfile.gettempdir()}"
+    )
+    by_nodes = sweep(args.node_counts, args.allocs, args.runs, args.seed, args.profile, say)
     headline = by_nodes.get(5000) or by_nodes[args.node_counts[-1]]
-    out = {"placements_per_s": round(headline["placements_per_s"]),
-           "evals_per_s": round(headline["evals_per_s"], 1),
-           "us_per_placement": {str(n): round(r["us_per_placement"], 2)
-                                for n, r in by_nodes.items()},
-           "fill_ratio": None,
-           "rss_mb": round(headline["rss_mb"], 1),
-           "by_nodes": {str(n): {k: round(v, 2) for k, v in r.items()}
-                        for n, r in by_nodes.items()}}
+    out = {
+        "placements_per_s": round(headline["placements_per_s"]),
+        "evals_per_s": round(headline["evals_per_s"], 1),
+        "us_per_placement": {str(n): round(r["us_per_placement"], 2) for n, r in by_nodes.items()},
+        "fill_ratio": None,
+        "rss_mb": round(headline["rss_mb"], 1),
+        "by_nodes": {str(n): {k: round(v, 2) for k, v in r.items()} for n, r in by_nodes.items()},
+    }
     smallest, largest = min(by_nodes), max(by_nodes)
     if largest != smallest:
-        out["scale_ratio"] = round(by_nodes[largest]["us_per_placement"]
-                                   / by_nodes[smallest]["us_per_placement"], 2)
-        out["cpu_scale_ratio"] = round(by_nodes[largest]["cpu_us_per_placement"]
-                                       / by_nodes[smallest]["cpu_us_per_placement"], 2)
+        out["scale_ratio"] = round(
+            by_nodes[largest]["us_per_placement"] / by_nodes[smallest]["us_per_placement"], 2
+        )
+        out["cpu_scale_ratio"] = round(
+            by_nodes[largest]["cpu_us_per_placement"] / by_nodes[smallest]["cpu_us_per_placement"],
+            2,
+        )
     if args.eval_jobs:
         nodes = 5000 if 5000 in by_nodes else args.node_counts[-1]
-        small = [_isolated(_small_evals, nodes, args.eval_jobs, args.seed + r)
-                 for r in range(args.runs)]
+        small = [
+            _isolated(_small_evals, nodes, args.eval_jobs, args.seed + r) for r in range(args.runs)
+        ]
         for res in small:
-            say(f"  small jobs nodes={nodes} evals={res['evals']} "
-                f"{res['seconds']:.2f}s {res['evals_per_s']:,.0f} evals/s")
+            say(
+                f"  small jobs nodes={nodes} evals={res['evals']} "
+                f"{res['seconds']:.2f}s {res['evals_per_s']:,.0f} evals/s"
+            )
         out["small_evals_per_s"] = round(_median(small, "evals_per_s"), 1)
     if args.fill_nodes:
-        fills = [_isolated(_fill, args.fill_nodes, args.seed + r)
-                 for r in range(args.runs)]
+        fills = [_isolated(_fill, args.fill_nodes, args.seed + r) for r in range(args.runs)]
         for fill in fills:
-            say(f"  fill nodes={fill['nodes']} jobs={fill['jobs']} "
+            say(
+                f"  fill nodes={fill['nodes']} jobs={fill['jobs']} "
                 f"placed={fill['placed']} memory={fill['fill_ratio']:.3f} "
-                f"cpu={fill['cpu_ratio']:.3f} {fill['seconds']:.1f}s")
+                f"cpu={fill['cpu_ratio']:.3f} {fill['seconds']:.1f}s"
+            )
         out["fill_ratio"] = round(_median(fills, "fill_ratio"), 4)
     if args.c1m or args.smoke:
-        res = _isolated(_c1m, args.c1m_nodes, args.c1m_jobs, args.c1m_count,
-                        args.seed)
-        say(f"  c1m nodes={res['nodes']} jobs={res['jobs']} placed={res['placed']} "
+        res = _isolated(_c1m, args.c1m_nodes, args.c1m_jobs, args.c1m_count, args.seed)
+        say(
+            f"  c1m nodes={res['nodes']} jobs={res['jobs']} placed={res['placed']} "
             f"committed={res['committed']} {res['seconds']:.1f}s "
-            f"peak_rss={res['peak_rss_mb']:.0f}MB")
+            f"peak_rss={res['peak_rss_mb']:.0f}MB"
+        )
         if res["committed"] != args.c1m_jobs * args.c1m_count:
-            say(f"  c1m: only {res['committed']} of "
-                f"{args.c1m_jobs * args.c1m_count} allocations committed")
-        out.update(c1m_s=round(res["seconds"], 2), c1m_cpu_s=round(res["cpu_seconds"], 2),
-                   c1m_placed=res["committed"],
-                   c1m_peak_rss_mb=round(res["peak_rss_mb"], 1))
-    say(f"placements/s={out['placements_per_s']:,} evals/s={out['evals_per_s']:,} "
+            say(
+                f"  c1m: only {res['committed']} of "
+                f"{args.c1m_jobs * args.c1m_count} allocations committed"
+            )
+        out.update(
+            c1m_s=round(res["seconds"], 2),
+            c1m_cpu_s=round(res["cpu_seconds"], 2),
+            c1m_placed=res["committed"],
+            c1m_peak_rss_mb=round(res["peak_rss_mb"], 1),
+        )
+    say(
+        f"placements/s={out['placements_per_s']:,} evals/s={out['evals_per_s']:,} "
         f"us/placement={out['us_per_placement']} fill_ratio={out['fill_ratio']} "
-        f"rss_mb={out['rss_mb']}")
+        f"rss_mb={out['rss_mb']}"
+    )
     if args.json:
         print(json.dumps(out, sort_keys=True), flush=True)
     return 0

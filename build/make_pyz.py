@@ -8,6 +8,7 @@ cannot linger in the zipapp. Dependencies are installed with the versions
 pinned in requirements-dev.txt; psutil's native extension comes in as the
 platform wheel pip picks for this machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,7 @@ def copy_sources(dest: Path) -> None:
     for name in SOURCES:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, dest / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(src, dest / name)
 
@@ -40,11 +40,23 @@ def copy_sources(dest: Path) -> None:
 def install(src: Path, site_packages: Path) -> None:
     """orch and its dependencies into a bare site-packages directory."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--root-user-action=ignore",
-         "--no-compile", "--target", str(site_packages),
-         "--constraint", str(ROOT / "requirements-dev.txt"), str(src)],
-        check=True)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--root-user-action=ignore",
+            "--no-compile",
+            "--target",
+            str(site_packages),
+            "--constraint",
+            str(ROOT / "requirements-dev.txt"),
+            str(src),
+        ],
+        check=True,
+    )
     # direct_url.json records the temporary source path: drop it so that equal
     # sources give an equal zipapp (and shiv's content-hash build id).
     for record in site_packages.glob("*.dist-info/direct_url.json"):
@@ -54,10 +66,23 @@ def install(src: Path, site_packages: Path) -> None:
 def zipapp(site_packages: Path, output: Path) -> None:
     tmp_output = output.with_name(output.name + ".tmp")
     subprocess.run(
-        [sys.executable, "-m", "shiv", "--site-packages", str(site_packages),
-         "--entry-point", ENTRY_POINT, "--output-file", str(tmp_output),
-         "--python", SHEBANG, "--compressed", "--reproducible"],
-        check=True)
+        [
+            sys.executable,
+            "-m",
+            "shiv",
+            "--site-packages",
+            str(site_packages),
+            "--entry-point",
+            ENTRY_POINT,
+            "--output-file",
+            str(tmp_output),
+            "--python",
+            SHEBANG,
+            "--compressed",
+            "--reproducible",
+        ],
+        check=True,
+    )
     replace_main(tmp_output)
     os.replace(tmp_output, output)
 
@@ -70,7 +95,7 @@ def replace_main(path: Path) -> None:
     each member with its original date (the build stays reproducible).
     """
     data = path.read_bytes()
-    shebang = data[:data.index(b"PK")]         # shiv's `#!...` line before the zip
+    shebang = data[: data.index(b"PK")]  # shiv's `#!...` line before the zip
     main = MAIN_SCRIPT.read_bytes()
     rewritten = path.with_name(path.name + ".main")
     with zipfile.ZipFile(path) as old, open(rewritten, "wb") as f:
@@ -95,14 +120,17 @@ def build(output: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the orch zipapp with shiv.")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
-                        help="where to write the zipapp (default %(default)s)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help="where to write the zipapp (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
         path = build(args.output.resolve())
     except subprocess.CalledProcessError as exc:
-        print(f"make_pyz: {exc.cmd[2]} failed with exit code {exc.returncode}",
-              file=sys.stderr)
+        print(f"make_pyz: {exc.cmd[2]} failed with exit code {exc.returncode}", file=sys.stderr)
         return 1
     print(f"built {path} ({path.stat().st_size // 1024} KiB)")
     return 0

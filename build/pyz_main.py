@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """The zipapp's `__main__.py` (put there by build/make_pyz.py): shiv's
 bootstrap, with two things around it.
 
@@ -13,6 +12,7 @@ bootstrap, with two things around it.
 
 Standard library only: it runs before anything is unpacked.
 """
+
 import fcntl
 import os
 import re
@@ -25,7 +25,7 @@ import _bootstrap
 from _bootstrap.environment import Environment
 
 EXIT_UNUSABLE_ROOT = 1
-_held = []                        # the lock's fd, open for the life of the process
+_held = []  # the lock's fd, open for the life of the process
 
 
 def in_use_lock(root: Path, build_dir: str) -> int:
@@ -60,7 +60,7 @@ def remove_old_builds(root: Path, name: str, build_id: str) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            os.close(fd)          # in use: left for a later run
+            os.close(fd)  # in use: left for a later run
             continue
         shutil.rmtree(root / entry, ignore_errors=True)
         shutil.rmtree(root / f"{entry}.tmp", ignore_errors=True)
@@ -84,10 +84,11 @@ def prepare() -> None:
     except OSError as exc:
         sys.stderr.write(
             f"orch: cannot unpack the zipapp into {root}: {exc.strerror or exc}; "
-            f"set SHIV_ROOT to a writable directory (e.g. SHIV_ROOT=/tmp/orch-shiv)\n")
+            f"set SHIV_ROOT to a writable directory (e.g. SHIV_ROOT=/tmp/orch-shiv)\n"
+        )
         sys.exit(EXIT_UNUSABLE_ROOT)
     if not target.exists():
-        name = target.name[:-len(env.build_id) - 1]
+        name = target.name[: -len(env.build_id) - 1]
         remove_old_builds(root, name, env.build_id)
 
 

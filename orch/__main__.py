@@ -3,6 +3,7 @@
 This is the only module that configures logging. Every flag's default falls
 back to an ``ORCH_*`` environment variable (``orch.config.env``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,7 @@ LISTEN_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
 
 # ---- argument types --------------------------------------------------------
 
+
 def lazy(target: str):
     """A handler imported only when its command runs: the server, agent and
     dev launcher then never load the client's modules (start-up time, RSS)."""
@@ -29,6 +31,7 @@ def lazy(target: str):
 
     def handler(args):
         return getattr(importlib.import_module(module), name)(args)
+
     handler.__name__ = handler.__qualname__ = name
     return handler
 
@@ -104,17 +107,24 @@ def env_meta() -> list[tuple[str, str]]:
 
 # ---- parser ----------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree; defaults are read from the environment now."""
     parser = argparse.ArgumentParser(
-        prog="orch", description="orch: a small Nomad-like cluster orchestrator.")
-    parser.add_argument("--log-level", type=log_level, default=env("LOG_LEVEL", "INFO"),
-                        help="DEBUG, INFO, WARNING or ERROR (ORCH_LOG_LEVEL; default %(default)s)")
+        prog="orch", description="orch: a small Nomad-like cluster orchestrator."
+    )
+    parser.add_argument(
+        "--log-level",
+        type=log_level,
+        default=env("LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR (ORCH_LOG_LEVEL; default %(default)s)",
+    )
     # Repeated on every subcommand so `orch server --log-level DEBUG` works too;
     # SUPPRESS keeps the top-level value when the subcommand does not set it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-level", type=log_level, default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS)
+    common.add_argument(
+        "--log-level", type=log_level, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     cmd = sub.add_parser("version", parents=[common], help="print the version")
@@ -129,67 +139,173 @@ def build_parser() -> argparse.ArgumentParser:
 def add_server(sub, common) -> None:
     d = ServerConfig
     cmd = sub.add_parser("server", parents=[common], help="run the control plane")
-    cmd.add_argument("--bind", default=env("BIND", d.bind), help="address to listen on (default %(default)s)")
-    cmd.add_argument("--port", type=port, default=env("PORT", d.port), help="port to listen on (default %(default)s)")
-    cmd.add_argument("--data-dir", default=env("DATA_DIR", d.data_dir), help="state directory (default %(default)s)")
-    cmd.add_argument("--node-ttl", type=seconds, default=env("NODE_TTL", d.node_ttl),
-                     help="seconds without heartbeat before a node is lost (default %(default)s)")
-    cmd.add_argument("--token", default=env("TOKEN", d.token), help="bearer token required on the API (ORCH_TOKEN)")
-    cmd.add_argument("--insecure", action="store_true", default=env("INSECURE", d.insecure),
-                     help="allow a non-loopback --bind without --token (ORCH_INSECURE)")
+    cmd.add_argument(
+        "--bind", default=env("BIND", d.bind), help="address to listen on (default %(default)s)"
+    )
+    cmd.add_argument(
+        "--port",
+        type=port,
+        default=env("PORT", d.port),
+        help="port to listen on (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--data-dir",
+        default=env("DATA_DIR", d.data_dir),
+        help="state directory (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--node-ttl",
+        type=seconds,
+        default=env("NODE_TTL", d.node_ttl),
+        help="seconds without heartbeat before a node is lost (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--token",
+        default=env("TOKEN", d.token),
+        help="bearer token required on the API (ORCH_TOKEN)",
+    )
+    cmd.add_argument(
+        "--insecure",
+        action="store_true",
+        default=env("INSECURE", d.insecure),
+        help="allow a non-loopback --bind without --token (ORCH_INSECURE)",
+    )
     cmd.set_defaults(handler=cmd_server, role="server")
 
 
 def add_agent(sub, common) -> None:
     d = AgentConfig
     cmd = sub.add_parser("agent", parents=[common], help="run a node agent")
-    cmd.add_argument("--server", type=url, default=env("SERVER", d.server), help="server URL (default %(default)s)")
-    cmd.add_argument("--bind", default=env("BIND", d.bind), help="address to listen on (default %(default)s)")
-    cmd.add_argument("--port", type=port, default=env("PORT", d.port), help="port to listen on; 0 picks a free one (default %(default)s)")
-    cmd.add_argument("--advertise", type=url, default=env("ADVERTISE", d.advertise), help="URL the server uses to reach this agent")
-    cmd.add_argument("--region", default=env("REGION", d.region), help="region of this node (default %(default)s)")
-    cmd.add_argument("--node-id", default=env("NODE_ID", d.node_id), help="node id (default: kept in the data dir)")
+    cmd.add_argument(
+        "--server",
+        type=url,
+        default=env("SERVER", d.server),
+        help="server URL (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--bind", default=env("BIND", d.bind), help="address to listen on (default %(default)s)"
+    )
+    cmd.add_argument(
+        "--port",
+        type=port,
+        default=env("PORT", d.port),
+        help="port to listen on; 0 picks a free one (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--advertise",
+        type=url,
+        default=env("ADVERTISE", d.advertise),
+        help="URL the server uses to reach this agent",
+    )
+    cmd.add_argument(
+        "--region",
+        default=env("REGION", d.region),
+        help="region of this node (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--node-id",
+        default=env("NODE_ID", d.node_id),
+        help="node id (default: kept in the data dir)",
+    )
     # --meta adds to (and overrides keys of) ORCH_META's pairs.
-    cmd.add_argument("--meta", type=meta_pair, action="append", default=env_meta(),
-                     metavar="KEY=VALUE",
-                     help="node metadata for constraints (repeatable; ORCH_META=k=v,k2=v2)")
-    cmd.add_argument("--data-dir", default=env("DATA_DIR", d.data_dir), help="state directory (default %(default)s)")
-    cmd.add_argument("--heartbeat-interval", type=seconds, default=env("HEARTBEAT_INTERVAL", d.heartbeat_interval),
-                     help="seconds between heartbeats (default %(default)s)")
-    cmd.add_argument("--token", default=env("TOKEN", d.token), help="bearer token for the server and this agent's API (ORCH_TOKEN)")
-    cmd.add_argument("--task-user", default=env("TASK_USER", d.task_user),
-                     help="run exec tasks as this user (the agent runs as root)")
-    cmd.add_argument("--gc-keep", type=non_negative, default=env("GC_KEEP", d.gc_keep),
-                     help="finished allocations whose files (logs) are kept (default %(default)s)")
-    cmd.add_argument("--insecure", action="store_true", default=env("INSECURE", d.insecure),
-                     help="allow a non-loopback --bind without --token (ORCH_INSECURE); "
-                          "certificates are still checked")
-    cmd.add_argument("--tls-skip-verify", action="store_true",
-                     default=env("TLS_SKIP_VERIFY", d.tls_skip_verify),
-                     help="DANGEROUS: do not check the https:// server's certificate "
-                          "(ORCH_TLS_SKIP_VERIFY)")
+    cmd.add_argument(
+        "--meta",
+        type=meta_pair,
+        action="append",
+        default=env_meta(),
+        metavar="KEY=VALUE",
+        help="node metadata for constraints (repeatable; ORCH_META=k=v,k2=v2)",
+    )
+    cmd.add_argument(
+        "--data-dir",
+        default=env("DATA_DIR", d.data_dir),
+        help="state directory (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--heartbeat-interval",
+        type=seconds,
+        default=env("HEARTBEAT_INTERVAL", d.heartbeat_interval),
+        help="seconds between heartbeats (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--token",
+        default=env("TOKEN", d.token),
+        help="bearer token for the server and this agent's API (ORCH_TOKEN)",
+    )
+    cmd.add_argument(
+        "--task-user",
+        default=env("TASK_USER", d.task_user),
+        help="run exec tasks as this user (the agent runs as root)",
+    )
+    cmd.add_argument(
+        "--gc-keep",
+        type=non_negative,
+        default=env("GC_KEEP", d.gc_keep),
+        help="finished allocations whose files (logs) are kept (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--insecure",
+        action="store_true",
+        default=env("INSECURE", d.insecure),
+        help="allow a non-loopback --bind without --token (ORCH_INSECURE); "
+        "certificates are still checked",
+    )
+    cmd.add_argument(
+        "--tls-skip-verify",
+        action="store_true",
+        default=env("TLS_SKIP_VERIFY", d.tls_skip_verify),
+        help="DANGEROUS: do not check the https:// server's certificate (ORCH_TLS_SKIP_VERIFY)",
+    )
     cmd.set_defaults(handler=cmd_agent, role="agent")
 
 
 def add_dev(sub, common) -> None:
     d = DevConfig
     cmd = sub.add_parser("dev", parents=[common], help="run a server and N agents locally")
-    cmd.add_argument("--agents", type=count, default=env("AGENTS", d.agents), help="number of agents (default %(default)s)")
-    cmd.add_argument("--port", type=port, default=env("PORT", d.port), help="server port (default %(default)s)")
-    cmd.add_argument("--bind", default=env("BIND", d.bind), help="address to listen on (default %(default)s)")
-    cmd.add_argument("--data-dir", default=env("DATA_DIR", d.data_dir), help="keep state here (default: a temporary dir removed at exit)")
-    cmd.add_argument("--node-ttl", type=seconds, default=env("NODE_TTL", d.node_ttl), help="server node TTL (default %(default)s)")
-    cmd.add_argument("--heartbeat-interval", type=seconds, default=env("HEARTBEAT_INTERVAL", d.heartbeat_interval),
-                     help="agent heartbeat interval (default %(default)s)")
-    cmd.add_argument("--token", default=env("TOKEN", d.token), help="bearer token for the cluster (ORCH_TOKEN)")
+    cmd.add_argument(
+        "--agents",
+        type=count,
+        default=env("AGENTS", d.agents),
+        help="number of agents (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--port", type=port, default=env("PORT", d.port), help="server port (default %(default)s)"
+    )
+    cmd.add_argument(
+        "--bind", default=env("BIND", d.bind), help="address to listen on (default %(default)s)"
+    )
+    cmd.add_argument(
+        "--data-dir",
+        default=env("DATA_DIR", d.data_dir),
+        help="keep state here (default: a temporary dir removed at exit)",
+    )
+    cmd.add_argument(
+        "--node-ttl",
+        type=seconds,
+        default=env("NODE_TTL", d.node_ttl),
+        help="server node TTL (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--heartbeat-interval",
+        type=seconds,
+        default=env("HEARTBEAT_INTERVAL", d.heartbeat_interval),
+        help="agent heartbeat interval (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--token", default=env("TOKEN", d.token), help="bearer token for the cluster (ORCH_TOKEN)"
+    )
     cmd.set_defaults(handler=cmd_dev, role="dev")
 
 
 def add_client_commands(sub, common) -> None:
 
     client = argparse.ArgumentParser(add_help=False, parents=[common])
-    client.add_argument("--address", type=url, default=env("ADDR", DEFAULT_ADDRESS),
-                        help="server URL (ORCH_ADDR; default %(default)s)")
+    client.add_argument(
+        "--address",
+        type=url,
+        default=env("ADDR", DEFAULT_ADDRESS),
+        help="server URL (ORCH_ADDR; default %(default)s)",
+    )
     client.add_argument("--token", default=env("TOKEN", None), help="bearer token (ORCH_TOKEN)")
     client.set_defaults(role="client")
     reads = argparse.ArgumentParser(add_help=False, parents=[client])
@@ -197,35 +313,51 @@ def add_client_commands(sub, common) -> None:
     add_job_commands(sub, client, reads)
 
     node = sub.add_parser("node", help="inspect nodes").add_subparsers(
-        dest="node_command", metavar="COMMAND", required=True)
-    node.add_parser("status", parents=[reads], help="list nodes").set_defaults(handler=lazy("orch.cli.commands:node_status"))
+        dest="node_command", metavar="COMMAND", required=True
+    )
+    node.add_parser("status", parents=[reads], help="list nodes").set_defaults(
+        handler=lazy("orch.cli.commands:node_status")
+    )
 
     alloc = sub.add_parser("alloc", help="inspect allocations").add_subparsers(
-        dest="alloc_command", metavar="COMMAND", required=True)
+        dest="alloc_command", metavar="COMMAND", required=True
+    )
     cmd = alloc.add_parser("status", parents=[reads], help="show an allocation and its tasks")
     cmd.add_argument("id", metavar="ID", help="allocation id or a unique prefix")
     cmd.set_defaults(handler=lazy("orch.cli.commands:alloc_status_cmd"))
     cmd = alloc.add_parser("logs", parents=[client], help="print a task's log")
     cmd.add_argument("id", metavar="ID", help="allocation id or a unique prefix")
-    cmd.add_argument("task", metavar="TASK", nargs="?",
-                     help="the task; may be left out when the allocation has only one")
+    cmd.add_argument(
+        "task",
+        metavar="TASK",
+        nargs="?",
+        help="the task; may be left out when the allocation has only one",
+    )
     cmd.add_argument("--stderr", action="store_true", help="the task's stderr instead of stdout")
-    cmd.add_argument("-f", "--follow", action="store_true", help="keep printing until the allocation ends")
+    cmd.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing until the allocation ends"
+    )
     cmd.set_defaults(handler=lazy("orch.cli.commands:alloc_logs"))
 
 
 def add_job_commands(sub, client, reads) -> None:
 
     job = sub.add_parser("job", help="submit and manage jobs").add_subparsers(
-        dest="job_command", metavar="COMMAND", required=True)
+        dest="job_command", metavar="COMMAND", required=True
+    )
     cmd = job.add_parser("run", parents=[client], help="submit a job file and follow its placement")
     cmd.add_argument("file", metavar="FILE", help="JSON job file, or - for stdin")
     cmd.add_argument("--detach", action="store_true", help="return once submitted")
-    cmd.add_argument("--timeout", type=seconds, default=120.0,
-                     help="give up following after this many seconds (default %(default)s)")
+    cmd.add_argument(
+        "--timeout",
+        type=seconds,
+        default=120.0,
+        help="give up following after this many seconds (default %(default)s)",
+    )
     cmd.set_defaults(handler=lazy("orch.cli.job:job_run"))
-    cmd = job.add_parser("plan", parents=[reads],
-                         help="dry run: what `job run FILE` would change; changes nothing")
+    cmd = job.add_parser(
+        "plan", parents=[reads], help="dry run: what `job run FILE` would change; changes nothing"
+    )
     cmd.add_argument("file", metavar="FILE", help="JSON job file, or - for stdin")
     cmd.set_defaults(handler=lazy("orch.cli.job:job_plan"))
     cmd = job.add_parser("inspect", parents=[reads], help="print a job's stored spec as JSON")
@@ -234,9 +366,11 @@ def add_job_commands(sub, client, reads) -> None:
     cmd = job.add_parser("status", parents=[reads], help="list jobs, or show one")
     cmd.add_argument("id", metavar="ID", nargs="?")
     cmd.set_defaults(handler=lazy("orch.cli.job:job_status"))
-    for name, handler, text in (("stop", lazy("orch.cli.job:job_stop"), "stop a job's allocations"),
-                                ("restart", lazy("orch.cli.job:job_restart"), "run a stopped job again"),
-                                ("delete", lazy("orch.cli.job:job_delete"), "delete a job and its allocations")):
+    for name, handler, text in (
+        ("stop", lazy("orch.cli.job:job_stop"), "stop a job's allocations"),
+        ("restart", lazy("orch.cli.job:job_restart"), "run a stopped job again"),
+        ("delete", lazy("orch.cli.job:job_delete"), "delete a job and its allocations"),
+    ):
         cmd = job.add_parser(name, parents=[client], help=text)
         cmd.add_argument("id", metavar="ID")
         cmd.set_defaults(handler=handler)
@@ -244,27 +378,48 @@ def add_job_commands(sub, client, reads) -> None:
 
 # ---- configs and handlers --------------------------------------------------
 
+
 def server_config(args) -> ServerConfig:
-    return ServerConfig(bind=args.bind, port=args.port, data_dir=args.data_dir,
-                        node_ttl=args.node_ttl, token=args.token or None,
-                        insecure=args.insecure)
+    return ServerConfig(
+        bind=args.bind,
+        port=args.port,
+        data_dir=args.data_dir,
+        node_ttl=args.node_ttl,
+        token=args.token or None,
+        insecure=args.insecure,
+    )
 
 
 def agent_config(args) -> AgentConfig:
-    return AgentConfig(server=args.server, bind=args.bind, port=args.port,
-                       advertise=args.advertise, region=args.region,
-                       node_id=args.node_id or None, meta=dict(args.meta),
-                       data_dir=args.data_dir, heartbeat_interval=args.heartbeat_interval,
-                       token=args.token or None, task_user=args.task_user or None,
-                       gc_keep=args.gc_keep, insecure=args.insecure,
-                       tls_skip_verify=args.tls_skip_verify)
+    return AgentConfig(
+        server=args.server,
+        bind=args.bind,
+        port=args.port,
+        advertise=args.advertise,
+        region=args.region,
+        node_id=args.node_id or None,
+        meta=dict(args.meta),
+        data_dir=args.data_dir,
+        heartbeat_interval=args.heartbeat_interval,
+        token=args.token or None,
+        task_user=args.task_user or None,
+        gc_keep=args.gc_keep,
+        insecure=args.insecure,
+        tls_skip_verify=args.tls_skip_verify,
+    )
 
 
 def dev_config(args) -> DevConfig:
-    return DevConfig(agents=args.agents, port=args.port, bind=args.bind,
-                     data_dir=args.data_dir or None, node_ttl=args.node_ttl,
-                     heartbeat_interval=args.heartbeat_interval,
-                     token=args.token or None, log_level=args.log_level)
+    return DevConfig(
+        agents=args.agents,
+        port=args.port,
+        bind=args.bind,
+        data_dir=args.data_dir or None,
+        node_ttl=args.node_ttl,
+        heartbeat_interval=args.heartbeat_interval,
+        token=args.token or None,
+        log_level=args.log_level,
+    )
 
 
 def cmd_version(args) -> int:
@@ -274,28 +429,35 @@ def cmd_version(args) -> int:
 
 def cmd_server(args) -> int:
     from orch.server.server import run
+
     return run(server_config(args))
 
 
 def cmd_agent(args) -> int:
     from orch.agent.agent import run
+
     return run(agent_config(args))
 
 
 def cmd_dev(args) -> int:
     from orch.dev.launcher import run
+
     return run(dev_config(args))
 
 
 def configure_logging(role: str, level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format=LOG_FORMAT.format(role=role), force=True)
+    logging.basicConfig(
+        level=getattr(logging, level),
+        stream=sys.stderr,
+        format=LOG_FORMAT.format(role=role),
+        force=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
-    except ValueError as exc:          # an ORCH_* variable that is not a number
+    except ValueError as exc:  # an ORCH_* variable that is not a number
         sys.exit(f"orch: {exc}")
     args = parser.parse_args(argv)
     configure_logging(args.role, args.log_level)
@@ -311,8 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno not in LISTEN_ERRNOS or not hasattr(args, "port"):
             raise
         # A taken port is a usage error, not a crash: one line, no traceback.
-        logging.getLogger("orch").error("cannot listen on %s:%s: %s", args.bind,
-                                        args.port, exc.strerror or exc)
+        logging.getLogger("orch").error(
+            "cannot listen on %s:%s: %s", args.bind, args.port, exc.strerror or exc
+        )
         return 1
 
 

@@ -23,6 +23,7 @@ Every call carries an explicit timeout. In short::
         alloc_id = job["allocations"][0]["allocation_id"]
         print(orch.allocs.logs(alloc_id, "main").decode())
 """
+
 from __future__ import annotations
 
 import time
@@ -32,15 +33,32 @@ import requests
 
 from orch import errors
 from orch.config import DEFAULT_ADDRESS
+
 # Re-exported: callers catch them as orch.client.NotFound and so on.
 from orch.errors import (
-    Conflict, MethodNotAllowed, NotFound, OrchError, PayloadTooLarge,
-    StorageError, Unauthorized, ValidationError,
+    Conflict,
+    MethodNotAllowed,
+    NotFound,
+    OrchError,
+    PayloadTooLarge,
+    StorageError,
+    Unauthorized,
+    ValidationError,
 )
 
-__all__ = ["Client", "ClientError", "WaitTimeout", "Conflict", "MethodNotAllowed",
-           "NotFound", "OrchError", "PayloadTooLarge", "StorageError",
-           "Unauthorized", "ValidationError"]
+__all__ = [
+    "Client",
+    "ClientError",
+    "WaitTimeout",
+    "Conflict",
+    "MethodNotAllowed",
+    "NotFound",
+    "OrchError",
+    "PayloadTooLarge",
+    "StorageError",
+    "Unauthorized",
+    "ValidationError",
+]
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -56,12 +74,14 @@ _BY_STATUS: dict[int, type[errors.OrchError]] = {
 
 class ClientError(errors.OrchError):
     """Raised when the server cannot be reached or answers something that is not orch's JSON."""
+
     status = 0
 
 
 class WaitTimeout(errors.OrchError, TimeoutError):
     """Raised by ``jobs.wait`` when the job did not reach the status in time;
     ``.job`` is the job as last seen."""
+
     status = 0
 
     def __init__(self, message: str, job: dict | None = None):
@@ -86,8 +106,12 @@ def root_cause(exc: BaseException) -> str:
         seen.add(id(cur))
         if isinstance(cur, OSError) and cur.strerror:
             return cur.strerror.lower()
-        todo += [getattr(cur, "reason", None), cur.__cause__, cur.__context__,
-                 *(a for a in cur.args if isinstance(a, BaseException))]
+        todo += [
+            getattr(cur, "reason", None),
+            cur.__cause__,
+            cur.__context__,
+            *(a for a in cur.args if isinstance(a, BaseException)),
+        ]
     return str(exc)
 
 
@@ -119,8 +143,12 @@ def error_from_response(resp: requests.Response) -> errors.OrchError:
 class Client:
     """Talks to one orch server; ``Client(address, token=None)``."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, token: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT):
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ):
         self.address = address.rstrip("/")
         self.token = token
         self.timeout = timeout
@@ -135,23 +163,29 @@ class Client:
     def close(self) -> None:
         self._session.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def request(self, method: str, path: str, *, json=None, params=None,
-                timeout: float | None = None) -> requests.Response:
+    def request(
+        self, method: str, path: str, *, json=None, params=None, timeout: float | None = None
+    ) -> requests.Response:
         """Send one request; raise the mapped exception unless the answer is 2xx."""
         url = self.address + path
         try:
             resp = self._session.request(
-                method, url, json=json, params=params,
-                timeout=self.timeout if timeout is None else timeout)
+                method,
+                url,
+                json=json,
+                params=params,
+                timeout=self.timeout if timeout is None else timeout,
+            )
         except requests.RequestException as exc:
             raise ClientError(
-                f"cannot reach orch server at {self.address}: {root_cause(exc)}") from exc
+                f"cannot reach orch server at {self.address}: {root_cause(exc)}"
+            ) from exc
         if not 200 <= resp.status_code < 300:
             raise error_from_response(resp)
         return resp
@@ -209,8 +243,7 @@ class Jobs(_Resource):
     def delete(self, job_id: str) -> dict:
         return self._client.call("POST", f"/jobs/{_seg(job_id)}/delete")
 
-    def wait(self, job_id: str, statuses, timeout: float = 30.0,
-             interval: float = 0.1) -> dict:
+    def wait(self, job_id: str, statuses, timeout: float = 30.0, interval: float = 0.1) -> dict:
         """Poll until the job's status is one of ``statuses``; TimeoutError otherwise."""
         wanted = {statuses} if isinstance(statuses, str) else {str(s) for s in statuses}
         deadline = time.monotonic() + timeout
@@ -221,7 +254,9 @@ class Jobs(_Resource):
             if time.monotonic() >= deadline:
                 raise WaitTimeout(
                     f"job {job_id} is {job.get('status')!r}, not one of "
-                    f"{sorted(wanted)} after {timeout:g}s", job)
+                    f"{sorted(wanted)} after {timeout:g}s",
+                    job,
+                )
             time.sleep(interval)
 
 
@@ -242,8 +277,7 @@ class Allocations(_Resource):
     def get(self, alloc_id: str) -> dict:
         return self._client.call("GET", f"/allocations/{_seg(alloc_id)}")
 
-    def logs(self, alloc_id: str, task: str, stderr: bool = False,
-             offset: int = 0) -> bytes:
+    def logs(self, alloc_id: str, task: str, stderr: bool = False, offset: int = 0) -> bytes:
         """The task's log from byte ``offset`` on."""
         params = {"type": "stderr" if stderr else "stdout", "offset": offset}
         path = f"/allocations/{_seg(alloc_id)}/logs/{_seg(task)}"

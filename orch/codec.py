@@ -4,6 +4,7 @@ Allocations, the one kind stored by the million, also have a fast encoder
 (``allocs_json``): their compact stored form leaves out fields at their
 default and the derived ``name``/``status``, which ``alloc_from`` restores.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,19 @@ import math
 from json.encoder import encode_basestring_ascii as _quote
 
 from orch.structs import (
-    Allocation, AllocStatus, Constraint, DesiredStatus, EvalStatus,
-    Evaluation, Job, JobType, Node, Resources, Task, TaskGroup, TaskState,
+    Allocation,
+    AllocStatus,
+    Constraint,
+    DesiredStatus,
+    EvalStatus,
+    Evaluation,
+    Job,
+    JobType,
+    Node,
+    Resources,
+    Task,
+    TaskGroup,
+    TaskState,
     TriggeredBy,
 )
 
@@ -29,61 +41,88 @@ def constraint_from(d: dict) -> Constraint:
 def job_from(d: dict) -> Job:
     groups = tuple(
         TaskGroup(
-            name=g["name"], count=int(g["count"]),
-            tasks=tuple(Task(t["name"], t["driver"], dict(t.get("config") or {}),
-                             resources_from(t.get("resources")))
-                        for t in g["tasks"]),
+            name=g["name"],
+            count=int(g["count"]),
+            tasks=tuple(
+                Task(
+                    t["name"],
+                    t["driver"],
+                    dict(t.get("config") or {}),
+                    resources_from(t.get("resources")),
+                )
+                for t in g["tasks"]
+            ),
             constraints=tuple(constraint_from(c) for c in g.get("constraints") or ()),
-            stop_after=(g.get("disconnect") or {}).get("stop_after"))
-        for g in d["task_groups"])
-    return Job(job_id=d["job_id"], task_groups=groups,
-               type=JobType(d.get("type") or "batch"),
-               constraints=tuple(constraint_from(c) for c in d.get("constraints") or ()),
-               stopped=bool(d.get("stopped")), version=int(d.get("version") or 0),
-               submit_time=float(d.get("submit_time") or 0.0))
+            stop_after=(g.get("disconnect") or {}).get("stop_after"),
+        )
+        for g in d["task_groups"]
+    )
+    return Job(
+        job_id=d["job_id"],
+        task_groups=groups,
+        type=JobType(d.get("type") or "batch"),
+        constraints=tuple(constraint_from(c) for c in d.get("constraints") or ()),
+        stopped=bool(d.get("stopped")),
+        version=int(d.get("version") or 0),
+        submit_time=float(d.get("submit_time") or 0.0),
+    )
 
 
 def node_from(d: dict) -> Node:
-    return Node(node_id=d["node_id"], region=d.get("region") or "global",
-                resources=resources_from(d.get("resources")),
-                healthy=bool(d.get("healthy", True)),
-                endpoint=d.get("endpoint") or "",
-                attributes=dict(d.get("attributes") or {}),
-                meta=dict(d.get("meta") or {}),
-                last_heartbeat=float(d.get("last_heartbeat") or 0.0),
-                usage=dict(d.get("usage") or {}),
-                secret_digest=d.get("secret_digest") or "")
+    return Node(
+        node_id=d["node_id"],
+        region=d.get("region") or "global",
+        resources=resources_from(d.get("resources")),
+        healthy=bool(d.get("healthy", True)),
+        endpoint=d.get("endpoint") or "",
+        attributes=dict(d.get("attributes") or {}),
+        meta=dict(d.get("meta") or {}),
+        last_heartbeat=float(d.get("last_heartbeat") or 0.0),
+        usage=dict(d.get("usage") or {}),
+        secret_digest=d.get("secret_digest") or "",
+    )
 
 
 def alloc_from(d: dict) -> Allocation:
     return Allocation(
-        allocation_id=d["allocation_id"], job_id=d["job_id"],
-        task_group=d["task_group"], node_id=d["node_id"], index=int(d["index"]),
+        allocation_id=d["allocation_id"],
+        job_id=d["job_id"],
+        task_group=d["task_group"],
+        node_id=d["node_id"],
+        index=int(d["index"]),
         resources=resources_from(d.get("resources")),
         desired_status=DesiredStatus(d.get("desired_status") or "run"),
         client_status=AllocStatus(d.get("client_status") or "pending"),
         description=d.get("description") or "",
         tasks={n: TaskState.from_dict(t) for n, t in (d.get("tasks") or {}).items()},
-        start_time=d.get("start_time"), end_time=d.get("end_time"),
+        start_time=d.get("start_time"),
+        end_time=d.get("end_time"),
         create_time=float(d.get("create_time") or 0.0),
         modify_time=float(d.get("modify_time") or 0.0),
         job_version=int(d.get("job_version") or 0),
-        group_hash=d.get("group_hash") or "", eval_id=d.get("eval_id") or "",
+        group_hash=d.get("group_hash") or "",
+        eval_id=d.get("eval_id") or "",
         previous_allocation=d.get("previous_allocation"),
-        reschedule_count=int(d.get("reschedule_count") or 0))
+        reschedule_count=int(d.get("reschedule_count") or 0),
+    )
 
 
 def eval_from(d: dict) -> Evaluation:
     return Evaluation(
-        eval_id=d["evaluation_id"], job_id=d["job_id"],
+        eval_id=d["evaluation_id"],
+        job_id=d["job_id"],
         triggered_by=TriggeredBy(d["triggered_by"]),
         status=EvalStatus(d.get("status") or "pending"),
         status_description=d.get("status_description") or "",
-        placed=int(d.get("placed") or 0), queued=int(d.get("queued") or 0),
-        failures=dict(d.get("failures") or {}), groups=dict(d.get("groups") or {}),
-        node_id=d.get("node_id"), create_time=float(d.get("create_time") or 0.0),
+        placed=int(d.get("placed") or 0),
+        queued=int(d.get("queued") or 0),
+        failures=dict(d.get("failures") or {}),
+        groups=dict(d.get("groups") or {}),
+        node_id=d.get("node_id"),
+        create_time=float(d.get("create_time") or 0.0),
         modify_time=float(d.get("modify_time") or 0.0),
-        failed_nodes=dict(d.get("failed_nodes") or {}))
+        failed_nodes=dict(d.get("failed_nodes") or {}),
+    )
 
 
 # allow_nan=False: NaN and Infinity are not JSON; written, they would make the
@@ -101,7 +140,7 @@ def _float(value) -> str:
 
 def allocs_json(allocs) -> list[str]:
     """The stored (compact) JSON of each allocation; ``alloc_from`` reads it back."""
-    tasks_json: dict[int, str] = {}     # id(tasks) -> JSON; plans share task maps
+    tasks_json: dict[int, str] = {}  # id(tasks) -> JSON; plans share task maps
     out = []
     for alloc in allocs:
         tasks = tasks_json.get(id(alloc.tasks))
@@ -126,24 +165,25 @@ def _alloc_json(a: Allocation, tasks: str) -> str:
         extra += f',"previous_allocation":{_quote(a.previous_allocation)}'
     if a.reschedule_count:
         extra += f',"reschedule_count":{int(a.reschedule_count):d}'
-    return (f'{{"allocation_id":{_quote(a.allocation_id)},"job_id":{_quote(a.job_id)},'
-            f'"task_group":{_quote(a.task_group)},"node_id":{_quote(a.node_id)},'
-            f'"index":{int(a.index):d},'
-            f'"resources":{{"cpu":{int(res.cpu):d},"memory":{int(res.memory):d}}},'
-            f'"desired_status":"{a.desired_status.value}",'
-            f'"client_status":"{a.client_status.value}",'
-            f'"create_time":{_float(a.create_time)},'
-            f'"modify_time":{_float(a.modify_time)},'
-            f'"group_hash":{_quote(a.group_hash)},"eval_id":{_quote(a.eval_id)}'
-            f'{extra},"tasks":{tasks}}}')
+    return (
+        f'{{"allocation_id":{_quote(a.allocation_id)},"job_id":{_quote(a.job_id)},'
+        f'"task_group":{_quote(a.task_group)},"node_id":{_quote(a.node_id)},'
+        f'"index":{int(a.index):d},'
+        f'"resources":{{"cpu":{int(res.cpu):d},"memory":{int(res.memory):d}}},'
+        f'"desired_status":"{a.desired_status.value}",'
+        f'"client_status":"{a.client_status.value}",'
+        f'"create_time":{_float(a.create_time)},'
+        f'"modify_time":{_float(a.modify_time)},'
+        f'"group_hash":{_quote(a.group_hash)},"eval_id":{_quote(a.eval_id)}'
+        f'{extra},"tasks":{tasks}}}'
+    )
 
 
 def _tasks_json(tasks: dict) -> str:
     compact = {}
     for name, state in tasks.items():
         full = state.to_dict()
-        compact[name] = {key: value for key, value in full.items()
-                         if value != _TASK_DEFAULTS[key]}
+        compact[name] = {key: value for key, value in full.items() if value != _TASK_DEFAULTS[key]}
     return _DUMP(compact)
 
 

@@ -2,6 +2,7 @@
 
 Configs are passed explicitly: no module-level mutable state anywhere.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,14 +34,14 @@ class ServerConfig:
     bind: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     data_dir: str = "./orch-data/server"
-    node_ttl: float = 10.0             # seconds without heartbeat before a node is lost
+    node_ttl: float = 10.0  # seconds without heartbeat before a node is lost
     token: str | None = None
     insecure: bool = False
     scheduler_workers: int = 1
-    push_workers: int = 4              # per node: each node has its own queue
-    push_timeout: float = 5.0          # per HTTP call to an agent
+    push_workers: int = 4  # per node: each node has its own queue
+    push_timeout: float = 5.0  # per HTTP call to an agent
     push_retries: int = 3
-    max_count: int = 10_000            # cap on a task group's count
+    max_count: int = 10_000  # cap on a task group's count
     max_body_bytes: int = 1 << 20
     # waitress worker threads. Handlers are short and share one GIL: more
     # threads cost CPU in hand-offs (server CPU per heartbeat at 500/s: 16
@@ -54,23 +55,23 @@ class AgentConfig:
     server: str = DEFAULT_ADDRESS
     bind: str = "127.0.0.1"
     port: int = 0
-    advertise: str | None = None       # URL the server uses to reach us
+    advertise: str | None = None  # URL the server uses to reach us
     region: str = "global"
     node_id: str | None = None
     meta: dict = field(default_factory=dict)
     data_dir: str = "./orch-data/agent"
     heartbeat_interval: float = 2.0
     token: str | None = None
-    insecure: bool = False             # a non-loopback bind without a token, nothing else
-    tls_skip_verify: bool = False      # no certificate checks towards an https:// server
+    insecure: bool = False  # a non-loopback bind without a token, nothing else
+    tls_skip_verify: bool = False  # no certificate checks towards an https:// server
     # Restart policy for service tasks (Nomad's defaults are 2 in 30m, delay 15s;
     # ours are shorter so that a dev cluster reacts within seconds).
     restart_attempts: int = 2
     restart_interval: float = 60.0
     restart_delay: float = 1.0
-    kill_timeout: float = 5.0          # SIGTERM -> SIGKILL grace
+    kill_timeout: float = 5.0  # SIGTERM -> SIGKILL grace
     http_threads: int = 8
-    task_user: str | None = None       # exec tasks run as this user (agent as root)
+    task_user: str | None = None  # exec tasks run as this user (agent as root)
     # Finished allocations the server has taken that keep their files (logs);
     # older ones are removed, so a busy node's disk and memory stay flat.
     gc_keep: int = 50
@@ -81,8 +82,8 @@ class DevConfig:
     agents: int = 3
     port: int = DEFAULT_PORT
     bind: str = "127.0.0.1"
-    data_dir: str | None = None        # ephemeral when None
+    data_dir: str | None = None  # ephemeral when None
     node_ttl: float = 10.0
     heartbeat_interval: float = 2.0
     token: str | None = None
-    log_level: str = "INFO"            # passed on to the server and the agents
+    log_level: str = "INFO"  # passed on to the server and the agents

@@ -1,20 +1,21 @@
 """Exception tree of orch; the HTTP status lives on the class.
 
-    OrchError (500)
-    ├── ValidationError (400)       bad input a client sent
-    ├── Unauthorized (401)
-    ├── NotFound (404)
-    ├── MethodNotAllowed (405)
-    ├── Conflict (400)              a valid request the current state refuses
-    ├── PayloadTooLarge (413)
-    ├── StorageError (503)          the state store could not write
-    ├── DriverError (500)           a task driver could not start or stop a task
-    └── BadGateway (502)            a node the server relays to is unreachable
+OrchError (500)
+├── ValidationError (400)       bad input a client sent
+├── Unauthorized (401)
+├── NotFound (404)
+├── MethodNotAllowed (405)
+├── Conflict (400)              a valid request the current state refuses
+├── PayloadTooLarge (413)
+├── StorageError (503)          the state store could not write
+├── DriverError (500)           a task driver could not start or stop a task
+└── BadGateway (502)            a node the server relays to is unreachable
 """
 
 
 class OrchError(Exception):
     """Raised for any orch failure; the root of the tree."""
+
     status = 500
 
     def __init__(self, message: str, **extra):
@@ -28,49 +29,59 @@ class OrchError(Exception):
 
 class ValidationError(OrchError):
     """Raised when a request body or job file is malformed."""
+
     status = 400
 
 
 class Unauthorized(OrchError):
     """Raised when a request lacks the right bearer token."""
+
     status = 401
 
 
 class Forbidden(OrchError):
     """Raised when a caller may not act for what it names (another node's id)."""
+
     status = 403
 
 
 class NotFound(OrchError):
     """Raised when a job, node, allocation or evaluation does not exist."""
+
     status = 404
 
 
 class MethodNotAllowed(OrchError):
     """Raised when a route exists but not for that method."""
+
     status = 405
 
 
 class Conflict(OrchError):
     """Raised when a valid request is refused by the current state."""
+
     status = 400
 
 
 class PayloadTooLarge(OrchError):
     """Raised when a request body exceeds the limit."""
+
     status = 413
 
 
 class StorageError(OrchError):
     """Raised when the state store cannot write; nothing stored is lost."""
+
     status = 503
 
 
 class DriverError(OrchError):
     """Raised when a driver cannot start, signal or inspect a task."""
+
     status = 500
 
 
 class BadGateway(OrchError):
     """Raised when a node the server relays to cannot be reached."""
+
     status = 502

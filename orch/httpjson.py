@@ -5,6 +5,7 @@ status; anything unexpected is a 500 with a JSON body. Bottle's own error
 pages (unknown route, wrong method) are replaced by JSON ones, which must be
 returned as *strings* with the content type set, or bottle renders HTML.
 """
+
 from __future__ import annotations
 
 import functools
@@ -15,7 +16,11 @@ import logging
 import bottle
 
 from orch.errors import (
-    BadGateway, OrchError, PayloadTooLarge, Unauthorized, ValidationError,
+    BadGateway,
+    OrchError,
+    PayloadTooLarge,
+    Unauthorized,
+    ValidationError,
 )
 from orch.validation import document
 
@@ -69,8 +74,7 @@ def _authorized(token: str | None) -> bool:
 class Router:
     """Registers handlers that return dicts and raise OrchError."""
 
-    def __init__(self, app: bottle.Bottle, *, token: str | None = None,
-                 max_body: int = 1 << 20):
+    def __init__(self, app: bottle.Bottle, *, token: str | None = None, max_body: int = 1 << 20):
         self.app = app
         self.token = token
         self.max_body = max_body
@@ -78,15 +82,16 @@ class Router:
         for code in (400, 404, 405, 413, 500):
             app.error(code)(self._bottle_error)
 
-    def __call__(self, method: str, path: str, *, public: bool = False,
-                 raw: bool = False):
+    def __call__(self, method: str, path: str, *, public: bool = False, raw: bool = False):
         def decorate(fn):
             @functools.wraps(fn)
             def handler(**kwargs):
                 return self._handle(fn, kwargs, public, raw)
+
             self.app.route(path, method)(handler)
             self.routes.append((method, path))
             return fn
+
         return decorate
 
     def _handle(self, fn, kwargs, public: bool, raw: bool):
@@ -100,8 +105,7 @@ class Router:
             bottle.response.content_type = JSON
             return _dumps(exc.to_dict())
         except Exception as exc:
-            log.exception("unexpected error on %s %s", bottle.request.method,
-                          bottle.request.path)
+            log.exception("unexpected error on %s %s", bottle.request.method, bottle.request.path)
             bottle.response.status = 500
             bottle.response.content_type = JSON
             return error_body(f"internal error: {type(exc).__name__}")
@@ -114,11 +118,11 @@ class Router:
     def _bottle_error(err: bottle.HTTPError) -> str:
         bottle.response.content_type = JSON
         if err.status_code == 404:
-            return error_body(f"no route for {bottle.request.method} "
-                              f"{bottle.request.path}")
+            return error_body(f"no route for {bottle.request.method} {bottle.request.path}")
         if err.status_code == 405:
-            return error_body(f"method {bottle.request.method} not allowed "
-                              f"on {bottle.request.path}")
+            return error_body(
+                f"method {bottle.request.method} not allowed on {bottle.request.path}"
+            )
         if err.status_code == 500:
             return error_body("internal error")
         return error_body(str(err.body or err.status_line))

@@ -4,14 +4,24 @@ Every error names the path of the offending field first, e.g.
 ``task_groups[0].tasks[1].resources.memory: must be a non-negative integer``,
 so a client can point at the exact spot of its file.
 """
+
 from __future__ import annotations
 
 from orch.structs import (
-    CONSTRAINT_OPERATORS, DRIVERS, Constraint, Job, JobType, Resources, Task,
-    TaskGroup, new_id,
+    CONSTRAINT_OPERATORS,
+    DRIVERS,
+    Constraint,
+    Job,
+    JobType,
+    Resources,
+    Task,
+    TaskGroup,
+    new_id,
 )
 from orch.validation import bodies, fields, regex
-from orch.validation.fields import fail, is_int as _int, obj as _object
+from orch.validation.fields import fail
+from orch.validation.fields import is_int as _int
+from orch.validation.fields import obj as _object
 
 DEFAULT_CPU = 100
 DEFAULT_MEMORY = 64
@@ -29,9 +39,12 @@ def parse_job(body, job_id: str | None = None, *, max_count: int = 10000) -> Job
         job_id = _job_id(body["job_id"], "job_id")
     else:
         job_id = new_id()
-    return Job(job_id=job_id, type=_job_type(body.get("type")),
-               task_groups=_groups(body.get("task_groups"), max_count),
-               constraints=_constraints(body.get("constraints"), "constraints"))
+    return Job(
+        job_id=job_id,
+        type=_job_type(body.get("type")),
+        task_groups=_groups(body.get("task_groups"), max_count),
+        constraints=_constraints(body.get("constraints"), "constraints"),
+    )
 
 
 _job_id = fields.ident
@@ -79,10 +92,13 @@ def _group(raw: dict, path: str, max_count: int) -> TaskGroup:
             fail(f"{task_path}.name", f'duplicate task name "{task.name}"')
         seen.add(task.name)
         parsed.append(task)
-    return TaskGroup(name=name, count=count, tasks=tuple(parsed),
-                     constraints=_constraints(raw.get("constraints"),
-                                              f"{path}.constraints"),
-                     stop_after=_disconnect(raw.get("disconnect"), f"{path}.disconnect"))
+    return TaskGroup(
+        name=name,
+        count=count,
+        tasks=tuple(parsed),
+        constraints=_constraints(raw.get("constraints"), f"{path}.constraints"),
+        stop_after=_disconnect(raw.get("disconnect"), f"{path}.disconnect"),
+    )
 
 
 def _task(raw: dict, path: str) -> Task:
@@ -91,8 +107,12 @@ def _task(raw: dict, path: str) -> Task:
     config = {} if config is None else dict(_object(config, f"{path}.config"))
     driver = _driver(raw.get("driver"), config, path)
     config = task_config(config, driver, f"{path}.config")
-    return Task(name=name, driver=driver, config=config,
-                resources=_resources(raw.get("resources"), f"{path}.resources"))
+    return Task(
+        name=name,
+        driver=driver,
+        config=config,
+        resources=_resources(raw.get("resources"), f"{path}.resources"),
+    )
 
 
 def _driver(value, config: dict, path: str) -> str:
@@ -141,8 +161,7 @@ def _command(value, path: str) -> None:
 
 
 def _strings(value, path: str) -> None:
-    if not isinstance(value, list) or not all(
-            isinstance(s, str) and "\0" not in s for s in value):
+    if not isinstance(value, list) or not all(isinstance(s, str) and "\0" not in s for s in value):
         fail(path, "must be a list of strings")
 
 
@@ -177,8 +196,9 @@ def _constraints(value, path: str) -> tuple[Constraint, ...]:
         return ()
     if not isinstance(value, list):
         fail(path, "must be a list")
-    return tuple(_constraint(_object(raw, f"{path}[{i}]"), f"{path}[{i}]")
-                 for i, raw in enumerate(value))
+    return tuple(
+        _constraint(_object(raw, f"{path}[{i}]"), f"{path}[{i}]") for i, raw in enumerate(value)
+    )
 
 
 def _constraint(raw: dict, path: str) -> Constraint:

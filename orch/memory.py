@@ -7,6 +7,7 @@ ever. `malloc_trim(0)` returns those pages; it costs well under a
 millisecond and is safe to call at any time. Elsewhere (musl, macOS) it is
 a no-op.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -1,64 +1,127 @@
 """OpenAPI 3 descriptions of the server's and the agent's routes (/openapi.json)."""
+
 from __future__ import annotations
 
-_ERROR = {"type": "object", "required": ["error"],
-          "properties": {"error": {"type": "string"}}}
+_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 _MESSAGE = {"type": "object", "properties": {"message": {"type": "string"}}}
-_RESOURCES = {"type": "object", "properties": {
-    "cpu": {"type": "integer", "minimum": 0},
-    "memory": {"type": "integer", "minimum": 0}}}
-_CONSTRAINT = {"type": "object", "required": ["attribute", "operator", "value"],
-               "properties": {
-                   "attribute": {"type": "string"},
-                   "operator": {"type": "string",
-                                "enum": ["=", "!=", ">", "<", ">=", "<=", "regex"]},
-                   "value": {"type": "string"}}}
-_TASK = {"type": "object", "required": ["name"], "properties": {
-    "name": {"type": "string"},
-    "driver": {"type": "string", "enum": ["exec", "docker"]},
-    "config": {"type": "object"},
-    "resources": _RESOURCES}}
-_JOB = {"type": "object", "required": ["task_groups"], "properties": {
-    "job_id": {"type": "string"},
-    "type": {"type": "string", "enum": ["batch", "service"]},
-    "constraints": {"type": "array", "items": _CONSTRAINT},
-    "task_groups": {"type": "array", "minItems": 1, "items": {
-        "type": "object", "required": ["name", "tasks"], "properties": {
-            "name": {"type": "string"},
-            "count": {"type": "integer", "minimum": 1},
-            "tasks": {"type": "array", "minItems": 1, "items": _TASK},
-            "constraints": {"type": "array", "items": _CONSTRAINT}}}}}}
-_REGISTER = {"type": "object",
-             "required": ["node_id", "resources", "endpoint"], "properties": {
-                 "node_id": {"type": "string"}, "region": {"type": "string"},
-                 "resources": _RESOURCES, "healthy": {"type": "boolean"},
-                 "endpoint": {"type": "string"},
-                 "attributes": {"type": "object"}, "meta": {"type": "object"},
-                 "secret_id": {"type": "string"}}}
-_HEARTBEAT = {"type": "object", "required": ["node_id"], "properties": {
-    "node_id": {"type": "string"}, "resources": {"type": "object"},
-    "healthy": {"type": "boolean"}, "timestamp": {"type": "number"},
-    "allocations": {"type": "object"}, "secret_id": {"type": "string"}}}
+_RESOURCES = {
+    "type": "object",
+    "properties": {
+        "cpu": {"type": "integer", "minimum": 0},
+        "memory": {"type": "integer", "minimum": 0},
+    },
+}
+_CONSTRAINT = {
+    "type": "object",
+    "required": ["attribute", "operator", "value"],
+    "properties": {
+        "attribute": {"type": "string"},
+        "operator": {"type": "string", "enum": ["=", "!=", ">", "<", ">=", "<=", "regex"]},
+        "value": {"type": "string"},
+    },
+}
+_TASK = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string"},
+        "driver": {"type": "string", "enum": ["exec", "docker"]},
+        "config": {"type": "object"},
+        "resources": _RESOURCES,
+    },
+}
+_JOB = {
+    "type": "object",
+    "required": ["task_groups"],
+    "properties": {
+        "job_id": {"type": "string"},
+        "type": {"type": "string", "enum": ["batch", "service"]},
+        "constraints": {"type": "array", "items": _CONSTRAINT},
+        "task_groups": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "tasks"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "count": {"type": "integer", "minimum": 1},
+                    "tasks": {"type": "array", "minItems": 1, "items": _TASK},
+                    "constraints": {"type": "array", "items": _CONSTRAINT},
+                },
+            },
+        },
+    },
+}
+_REGISTER = {
+    "type": "object",
+    "required": ["node_id", "resources", "endpoint"],
+    "properties": {
+        "node_id": {"type": "string"},
+        "region": {"type": "string"},
+        "resources": _RESOURCES,
+        "healthy": {"type": "boolean"},
+        "endpoint": {"type": "string"},
+        "attributes": {"type": "object"},
+        "meta": {"type": "object"},
+        "secret_id": {"type": "string"},
+    },
+}
+_HEARTBEAT = {
+    "type": "object",
+    "required": ["node_id"],
+    "properties": {
+        "node_id": {"type": "string"},
+        "resources": {"type": "object"},
+        "healthy": {"type": "boolean"},
+        "timestamp": {"type": "number"},
+        "allocations": {"type": "object"},
+        "secret_id": {"type": "string"},
+    },
+}
 
 
-_PLAN = {"type": "object", "required": ["job_id", "diff", "failures", "version"],
-         "properties": {
-             "job_id": {"type": "string"}, "exists": {"type": "boolean"},
-             "changed": {"type": "boolean"}, "version": {"type": "integer"},
-             "current_version": {"type": "integer", "nullable": True},
-             "diff": {"type": "object", "additionalProperties": {
-                 "type": "object", "properties": {
-                     "place": {"type": "integer"}, "stop": {"type": "integer"},
-                     "keep": {"type": "integer"}, "replace": {"type": "integer"},
-                     "scale": {"type": "string"}}}},
-             "failures": {"type": "object", "additionalProperties": {
-                 "type": "object", "properties": {
-                     "wanted": {"type": "integer"}, "failures": {"type": "object"},
-                     "nodes": {"type": "array", "items": {"type": "object"}}}}}}}
+_PLAN = {
+    "type": "object",
+    "required": ["job_id", "diff", "failures", "version"],
+    "properties": {
+        "job_id": {"type": "string"},
+        "exists": {"type": "boolean"},
+        "changed": {"type": "boolean"},
+        "version": {"type": "integer"},
+        "current_version": {"type": "integer", "nullable": True},
+        "diff": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "place": {"type": "integer"},
+                    "stop": {"type": "integer"},
+                    "keep": {"type": "integer"},
+                    "replace": {"type": "integer"},
+                    "scale": {"type": "string"},
+                },
+            },
+        },
+        "failures": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "wanted": {"type": "integer"},
+                    "failures": {"type": "object"},
+                    "nodes": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+        },
+    },
+}
 
 
-_LOG_QUERY = (("type", {"type": "string", "enum": ["stdout", "stderr"]}),
-              ("offset", {"type": "integer", "minimum": 0}))
+_LOG_QUERY = (
+    ("type", {"type": "string", "enum": ["stdout", "stderr"]}),
+    ("offset", {"type": "integer", "minimum": 0}),
+)
 
 
 def _json(schema):
@@ -66,16 +129,21 @@ def _json(schema):
 
 
 def _op(summary, body=None, ok=_MESSAGE, errors=(400,), params=(), query=()):
-    op = {"summary": summary,
-          "responses": {"200": {"description": "ok", **_json(ok)},
-                        **{str(c): {"description": "error", **_json(_ERROR)}
-                           for c in errors}}}
+    op = {
+        "summary": summary,
+        "responses": {
+            "200": {"description": "ok", **_json(ok)},
+            **{str(c): {"description": "error", **_json(_ERROR)} for c in errors},
+        },
+    }
     if body is not None:
         op["requestBody"] = {"required": True, **_json(body)}
-    parameters = [{"name": p, "in": "path", "required": True,
-                   "schema": {"type": "string"}} for p in params]
-    parameters += [{"name": name, "in": "query", "required": False,
-                    "schema": schema} for name, schema in query]
+    parameters = [
+        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
+    ]
+    parameters += [
+        {"name": name, "in": "query", "required": False, "schema": schema} for name, schema in query
+    ]
     if parameters:
         op["parameters"] = parameters
     return op
@@ -87,50 +155,76 @@ SERVER_SPEC = {
     "paths": {
         "/register": {"post": _op("Register a node", _REGISTER, errors=(400, 403))},
         "/heartbeat": {"post": _op("Node heartbeat", _HEARTBEAT, errors=(400, 403, 404))},
-        "/jobs": {"post": _op("Submit a job: create it, or update the job of its "
-                              "job_id (unchanged: no new version, no evaluation; "
-                              "the latest evaluation is returned)", _JOB),
-                  "get": _op("List jobs", ok={"type": "object"}, errors=())},
-        "/jobs/plan": {"post": _op("Dry run: what submitting the job would do; "
-                                   "changes nothing", _JOB, ok=_PLAN)},
+        "/jobs": {
+            "post": _op(
+                "Submit a job: create it, or update the job of its "
+                "job_id (unchanged: no new version, no evaluation; "
+                "the latest evaluation is returned)",
+                _JOB,
+            ),
+            "get": _op("List jobs", ok={"type": "object"}, errors=()),
+        },
+        "/jobs/plan": {
+            "post": _op(
+                "Dry run: what submitting the job would do; changes nothing", _JOB, ok=_PLAN
+            )
+        },
         "/jobs/{job_id}": {
             "put": _op("Update a job", _JOB, errors=(400, 404), params=["job_id"]),
             "delete": _op("Stop a job", errors=(404,), params=["job_id"]),
-            "get": _op("Get a job", ok={"type": "object"}, errors=(404,),
-                       params=["job_id"])},
-        "/jobs/{job_id}/delete": {"post": _op("Purge a job", errors=(404,),
-                                              params=["job_id"])},
-        "/jobs/{job_id}/restart": {"post": _op("Restart a stopped job",
-                                               errors=(400, 404), params=["job_id"])},
-        "/jobs/{job_id}/evaluations": {"get": _op(
-            "A job's evaluations", ok={"type": "object"}, errors=(404,),
-            params=["job_id"])},
+            "get": _op("Get a job", ok={"type": "object"}, errors=(404,), params=["job_id"]),
+        },
+        "/jobs/{job_id}/delete": {"post": _op("Purge a job", errors=(404,), params=["job_id"])},
+        "/jobs/{job_id}/restart": {
+            "post": _op("Restart a stopped job", errors=(400, 404), params=["job_id"])
+        },
+        "/jobs/{job_id}/evaluations": {
+            "get": _op(
+                "A job's evaluations", ok={"type": "object"}, errors=(404,), params=["job_id"]
+            )
+        },
         "/nodes": {"get": _op("List nodes", ok={"type": "object"}, errors=())},
-        "/nodes/{node_id}": {"get": _op("Get a node", ok={"type": "object"},
-                                        errors=(404,), params=["node_id"])},
-        "/evaluations/{eval_id}": {"get": _op(
-            "Get an evaluation", ok={"type": "object"}, errors=(404,),
-            params=["eval_id"])},
-        "/allocations/{alloc_id}": {"get": _op(
-            "Get an allocation", ok={"type": "object"}, errors=(404,),
-            params=["alloc_id"])},
-        "/allocations/{alloc_id}/logs/{task}": {"get": _op(
-            "A task's log, relayed from its node", ok={"type": "string"},
-            errors=(400, 404, 502), params=["alloc_id", "task"], query=_LOG_QUERY)},
+        "/nodes/{node_id}": {
+            "get": _op("Get a node", ok={"type": "object"}, errors=(404,), params=["node_id"])
+        },
+        "/evaluations/{eval_id}": {
+            "get": _op(
+                "Get an evaluation", ok={"type": "object"}, errors=(404,), params=["eval_id"]
+            )
+        },
+        "/allocations/{alloc_id}": {
+            "get": _op(
+                "Get an allocation", ok={"type": "object"}, errors=(404,), params=["alloc_id"]
+            )
+        },
+        "/allocations/{alloc_id}/logs/{task}": {
+            "get": _op(
+                "A task's log, relayed from its node",
+                ok={"type": "string"},
+                errors=(400, 404, 502),
+                params=["alloc_id", "task"],
+                query=_LOG_QUERY,
+            )
+        },
         "/health": {"get": _op("Liveness", ok={"type": "object"}, errors=())},
-        "/metrics": {"get": _op("Prometheus metrics", ok={"type": "string"},
-                                errors=())},
+        "/metrics": {"get": _op("Prometheus metrics", ok={"type": "string"}, errors=())},
     },
 }
 
-_ALLOC_BODY = {"type": "object", "required": ["allocation_id", "job_id", "task_group"],
-               "properties": {
-                   "allocation_id": {"type": "string"}, "job_id": {"type": "string"},
-                   "job_type": {"type": "string", "enum": ["batch", "service"]},
-                   "task_group": {"type": "object", "required": ["name", "tasks"],
-                                  "properties": {"name": {"type": "string"},
-                                                 "tasks": {"type": "array",
-                                                           "items": _TASK}}}}}
+_ALLOC_BODY = {
+    "type": "object",
+    "required": ["allocation_id", "job_id", "task_group"],
+    "properties": {
+        "allocation_id": {"type": "string"},
+        "job_id": {"type": "string"},
+        "job_type": {"type": "string", "enum": ["batch", "service"]},
+        "task_group": {
+            "type": "object",
+            "required": ["name", "tasks"],
+            "properties": {"name": {"type": "string"}, "tasks": {"type": "array", "items": _TASK}},
+        },
+    },
+}
 
 AGENT_SPEC = {
     "openapi": "3.0.3",
@@ -138,13 +232,20 @@ AGENT_SPEC = {
     "paths": {
         "/allocations": {"post": _op("Run an allocation", _ALLOC_BODY)},
         "/allocations/{alloc_id}": {
-            "get": _op("An allocation's status", ok={"type": "object"},
-                       errors=(404,), params=["alloc_id"]),
-            "delete": _op("Stop and remove an allocation", errors=(404,),
-                          params=["alloc_id"])},
-        "/allocations/{alloc_id}/logs/{task}": {"get": _op(
-            "A task's log", ok={"type": "string"}, errors=(400, 404),
-            params=["alloc_id", "task"], query=_LOG_QUERY)},
+            "get": _op(
+                "An allocation's status", ok={"type": "object"}, errors=(404,), params=["alloc_id"]
+            ),
+            "delete": _op("Stop and remove an allocation", errors=(404,), params=["alloc_id"]),
+        },
+        "/allocations/{alloc_id}/logs/{task}": {
+            "get": _op(
+                "A task's log",
+                ok={"type": "string"},
+                errors=(400, 404),
+                params=["alloc_id", "task"],
+                query=_LOG_QUERY,
+            )
+        },
         "/health": {"get": _op("Liveness", ok={"type": "object"}, errors=())},
     },
 }

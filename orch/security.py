@@ -6,6 +6,7 @@ operator says --insecure, and then the risk is logged at start. --insecure
 means only that: certificate checks are switched off by --tls-skip-verify
 alone (``warn_tls_skip_verify``).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -35,14 +36,22 @@ def check_bind(role: str, bind: str, token: str | None, insecure: bool) -> None:
         raise InsecureBind(
             f"orch {role}: refusing to bind {bind} without --token: anyone who "
             f"can reach it could run commands on the nodes (pass --token, or "
-            f"--insecure to accept that)")
-    log.warning("%s binds %s without a token (--insecure): its API is open to "
-                "anyone who can reach it", role, bind)
+            f"--insecure to accept that)"
+        )
+    log.warning(
+        "%s binds %s without a token (--insecure): its API is open to anyone who can reach it",
+        role,
+        bind,
+    )
 
 
 def warn_tls_skip_verify(role: str, server: str, skip: bool) -> None:
     """Say loudly at start that the server's certificate goes unchecked."""
     if skip:
-        log.warning("%s does not verify the TLS certificate of %s "
-                    "(--tls-skip-verify): anyone on the path can pose as the "
-                    "server", role, server)
+        log.warning(
+            "%s does not verify the TLS certificate of %s "
+            "(--tls-skip-verify): anyone on the path can pose as the "
+            "server",
+            role,
+            server,
+        )

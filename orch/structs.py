@@ -4,6 +4,7 @@ Vocabulary follows Nomad: job, task group, task, allocation, evaluation, node,
 plan, desired_status (what the server wants) and client_status (what the agent
 reports). Status enums are ``str`` so they go to JSON and SQL unchanged.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,6 +50,7 @@ class DesiredStatus(str, Enum):
 
 class AllocStatus(str, Enum):
     """Allocation client_status."""
+
     PENDING = "pending"
     RUNNING = "running"
     COMPLETE = "complete"
@@ -67,7 +69,7 @@ class TaskStatus(str, Enum):
 class EvalStatus(str, Enum):
     PENDING = "pending"
     COMPLETE = "complete"
-    BLOCKED = "blocked"      # some placements failed; retried when capacity appears
+    BLOCKED = "blocked"  # some placements failed; retried when capacity appears
     FAILED = "failed"
     CANCELED = "canceled"
 
@@ -82,11 +84,11 @@ class TriggeredBy(str, Enum):
     QUEUED_ALLOCS = "queued-allocs"
 
 
-TERMINAL_ALLOC = frozenset({AllocStatus.COMPLETE, AllocStatus.FAILED,
-                            AllocStatus.STOPPED, AllocStatus.LOST})
+TERMINAL_ALLOC = frozenset(
+    {AllocStatus.COMPLETE, AllocStatus.FAILED, AllocStatus.STOPPED, AllocStatus.LOST}
+)
 TERMINAL_TASK = frozenset({TaskStatus.COMPLETE, TaskStatus.FAILED})
-TERMINAL_EVAL = frozenset({EvalStatus.COMPLETE, EvalStatus.FAILED,
-                           EvalStatus.CANCELED})
+TERMINAL_EVAL = frozenset({EvalStatus.COMPLETE, EvalStatus.FAILED, EvalStatus.CANCELED})
 
 CONSTRAINT_OPERATORS = ("=", "!=", ">", "<", ">=", "<=", "regex")
 DRIVERS = ("exec", "docker")
@@ -94,13 +96,13 @@ DRIVERS = ("exec", "docker")
 
 @dataclass(frozen=True)
 class Resources:
-    cpu: int = 0        # MHz, as Nomad's CPU units
-    memory: int = 0     # MB
+    cpu: int = 0  # MHz, as Nomad's CPU units
+    memory: int = 0  # MB
 
-    def __add__(self, other: "Resources") -> "Resources":
+    def __add__(self, other: Resources) -> Resources:
         return Resources(self.cpu + other.cpu, self.memory + other.memory)
 
-    def __sub__(self, other: "Resources") -> "Resources":
+    def __sub__(self, other: Resources) -> Resources:
         return Resources(self.cpu - other.cpu, self.memory - other.memory)
 
     def to_dict(self) -> dict:
@@ -114,8 +116,7 @@ class Constraint:
     value: str
 
     def to_dict(self) -> dict:
-        return {"attribute": self.attribute, "operator": self.operator,
-                "value": self.value}
+        return {"attribute": self.attribute, "operator": self.operator, "value": self.value}
 
     def __str__(self) -> str:
         return f"{self.attribute} {self.operator} {self.value}"
@@ -124,13 +125,17 @@ class Constraint:
 @dataclass(frozen=True)
 class Task:
     name: str
-    driver: str                      # "exec" or "docker"
+    driver: str  # "exec" or "docker"
     config: dict = field(default_factory=dict, hash=False, compare=True)
     resources: Resources = Resources()
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "driver": self.driver,
-                "config": self.config, "resources": self.resources.to_dict()}
+        return {
+            "name": self.name,
+            "driver": self.driver,
+            "config": self.config,
+            "resources": self.resources.to_dict(),
+        }
 
 
 def total_resources(tasks) -> Resources:
@@ -161,8 +166,10 @@ class TaskGroup:
 
     def spec_hash(self) -> str:
         """Hash of everything but count: equal hashes keep allocations on update."""
-        body = {"tasks": [t.to_dict() for t in self.tasks],
-                "constraints": [c.to_dict() for c in self.constraints]}
+        body = {
+            "tasks": [t.to_dict() for t in self.tasks],
+            "constraints": [c.to_dict() for c in self.constraints],
+        }
         if self.stop_after is not None:
             # Agents learn it from the allocation: a change places new ones.
             # (Left out when unset, so that existing hashes stay as they were.)
@@ -171,9 +178,12 @@ class TaskGroup:
         return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
-        out = {"name": self.name, "count": self.count,
-               "tasks": [t.to_dict() for t in self.tasks],
-               "constraints": [c.to_dict() for c in self.constraints]}
+        out = {
+            "name": self.name,
+            "count": self.count,
+            "tasks": [t.to_dict() for t in self.tasks],
+            "constraints": [c.to_dict() for c in self.constraints],
+        }
         if self.stop_after is not None:
             out["disconnect"] = {"stop_after": self.stop_after}
         return out
@@ -184,11 +194,11 @@ class Job:
     job_id: str
     task_groups: tuple[TaskGroup, ...]
     type: JobType = JobType.BATCH
-    constraints: tuple[Constraint, ...] = ()   # job-level, apply to every group
-    stopped: bool = False                      # set by DELETE /jobs/<id>
-    version: int = 0                           # bumped on every PUT
+    constraints: tuple[Constraint, ...] = ()  # job-level, apply to every group
+    stopped: bool = False  # set by DELETE /jobs/<id>
+    version: int = 0  # bumped on every PUT
     submit_time: float = 0.0
-    status: JobStatus = JobStatus.PENDING      # derived, cached by the server
+    status: JobStatus = JobStatus.PENDING  # derived, cached by the server
 
     def group(self, name: str) -> TaskGroup | None:
         for tg in self.task_groups:
@@ -198,11 +208,16 @@ class Job:
 
     def to_dict(self) -> dict:
         """The seed's job body plus our optional fields."""
-        return {"job_id": self.job_id, "type": self.type.value,
-                "task_groups": [tg.to_dict() for tg in self.task_groups],
-                "constraints": [c.to_dict() for c in self.constraints],
-                "status": self.status.value, "stopped": self.stopped,
-                "version": self.version, "submit_time": self.submit_time}
+        return {
+            "job_id": self.job_id,
+            "type": self.type.value,
+            "task_groups": [tg.to_dict() for tg in self.task_groups],
+            "constraints": [c.to_dict() for c in self.constraints],
+            "status": self.status.value,
+            "stopped": self.stopped,
+            "version": self.version,
+            "submit_time": self.submit_time,
+        }
 
     def spec(self) -> dict:
         """What was submitted: to_dict without the fields the server sets."""
@@ -216,10 +231,10 @@ class Job:
 class Node:
     node_id: str
     region: str = "global"
-    resources: Resources = Resources()          # total capacity
+    resources: Resources = Resources()  # total capacity
     healthy: bool = True
     endpoint: str = ""
-    attributes: dict = field(default_factory=dict)   # fingerprinted: os, arch, driver.exec, ...
+    attributes: dict = field(default_factory=dict)  # fingerprinted: os, arch, driver.exec, ...
     meta: dict = field(default_factory=dict)
     last_heartbeat: float = 0.0
     # Reported usage of the machine (heartbeat "cpu_used"/"memory_used").
@@ -232,10 +247,12 @@ class Node:
         """Nodes with equal class answer every feasibility check the same way."""
         # Per-node attributes (hostname, unique.*) would make every node its own
         # class; constraints on them are checked node by node instead.
-        attributes = {k: v for k, v in self.attributes.items()
-                      if k != "hostname" and not k.startswith("unique.")}
-        body = {"region": self.region, "attributes": attributes,
-                "meta": self.meta}
+        attributes = {
+            k: v
+            for k, v in self.attributes.items()
+            if k != "hostname" and not k.startswith("unique.")
+        }
+        body = {"region": self.region, "attributes": attributes, "meta": self.meta}
         raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
@@ -254,38 +271,54 @@ class Node:
         return None
 
     def to_dict(self) -> dict:
-        return {"node_id": self.node_id, "region": self.region,
-                "resources": self.resources.to_dict(), "healthy": self.healthy,
-                "endpoint": self.endpoint, "attributes": self.attributes,
-                "meta": self.meta, "last_heartbeat": self.last_heartbeat,
-                "usage": self.usage,
-                **({"secret_digest": self.secret_digest} if self.secret_digest else {})}
+        return {
+            "node_id": self.node_id,
+            "region": self.region,
+            "resources": self.resources.to_dict(),
+            "healthy": self.healthy,
+            "endpoint": self.endpoint,
+            "attributes": self.attributes,
+            "meta": self.meta,
+            "last_heartbeat": self.last_heartbeat,
+            "usage": self.usage,
+            **({"secret_digest": self.secret_digest} if self.secret_digest else {}),
+        }
 
 
 @dataclass
 class TaskState:
     """One task inside an allocation, as the agent reports it."""
+
     status: TaskStatus = TaskStatus.PENDING
     start_time: float | None = None
     end_time: float | None = None
     exit_code: int | None = None
     error: str | None = None
     restarts: int = 0
-    events: list = field(default_factory=list)   # [{"time": t, "type": s, "message": s}]
+    events: list = field(default_factory=list)  # [{"time": t, "type": s, "message": s}]
 
     def to_dict(self) -> dict:
-        return {"status": self.status.value, "start_time": self.start_time,
-                "end_time": self.end_time, "exit_code": self.exit_code,
-                "error": self.error, "restarts": self.restarts,
-                "events": self.events}
+        return {
+            "status": self.status.value,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "restarts": self.restarts,
+            "events": self.events,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TaskState":
-        return cls(status=TaskStatus(d.get("status") or "pending"),
-                   start_time=d.get("start_time"), end_time=d.get("end_time"),
-                   exit_code=d.get("exit_code"), error=d.get("error"),
-                   restarts=int(d.get("restarts") or 0),
-                   events=list(d.get("events") or []))
+    def from_dict(cls, d: dict) -> TaskState:
+        return cls(
+            status=TaskStatus(d.get("status") or "pending"),
+            start_time=d.get("start_time"),
+            end_time=d.get("end_time"),
+            exit_code=d.get("exit_code"),
+            error=d.get("error"),
+            restarts=int(d.get("restarts") or 0),
+            events=list(d.get("events") or []),
+        )
 
 
 @dataclass
@@ -294,21 +327,21 @@ class Allocation:
     job_id: str
     task_group: str
     node_id: str
-    index: int                                   # slot within the group: 0..count-1
-    resources: Resources = Resources()           # the group's demand, reserved on the node
+    index: int  # slot within the group: 0..count-1
+    resources: Resources = Resources()  # the group's demand, reserved on the node
     desired_status: DesiredStatus = DesiredStatus.RUN
     client_status: AllocStatus = AllocStatus.PENDING
-    description: str = ""                        # why the status is what it is
-    tasks: dict = field(default_factory=dict)    # task name -> TaskState
+    description: str = ""  # why the status is what it is
+    tasks: dict = field(default_factory=dict)  # task name -> TaskState
     start_time: float | None = None
     end_time: float | None = None
     create_time: float = 0.0
     modify_time: float = 0.0
     job_version: int = 0
-    group_hash: str = ""                         # TaskGroup.spec_hash() it was placed for
+    group_hash: str = ""  # TaskGroup.spec_hash() it was placed for
     eval_id: str = ""
-    previous_allocation: str | None = None       # the one it replaces
-    reschedule_count: int = 0                    # how many replacements led here
+    previous_allocation: str | None = None  # the one it replaces
+    reschedule_count: int = 0  # how many replacements led here
 
     @property
     def name(self) -> str:
@@ -319,27 +352,33 @@ class Allocation:
 
     def holds_resources(self) -> bool:
         """Does this allocation still occupy its node's capacity?"""
-        return (self.desired_status == DesiredStatus.RUN
-                and self.client_status not in TERMINAL_ALLOC)
+        return self.desired_status == DesiredStatus.RUN and self.client_status not in TERMINAL_ALLOC
 
     def to_dict(self) -> dict:
         """Seed fields (status = client_status) plus Nomad's two axes."""
-        return {"allocation_id": self.allocation_id, "job_id": self.job_id,
-                "task_group": self.task_group, "node_id": self.node_id,
-                "name": self.name, "index": self.index,
-                "status": self.client_status.value,
-                "client_status": self.client_status.value,
-                "desired_status": self.desired_status.value,
-                "description": self.description,
-                "resources": self.resources.to_dict(),
-                "start_time": self.start_time, "end_time": self.end_time,
-                "create_time": self.create_time,
-                "modify_time": self.modify_time,
-                "job_version": self.job_version, "group_hash": self.group_hash,
-                "eval_id": self.eval_id,
-                "previous_allocation": self.previous_allocation,
-                "reschedule_count": self.reschedule_count,
-                "tasks": {n: ts.to_dict() for n, ts in self.tasks.items()}}
+        return {
+            "allocation_id": self.allocation_id,
+            "job_id": self.job_id,
+            "task_group": self.task_group,
+            "node_id": self.node_id,
+            "name": self.name,
+            "index": self.index,
+            "status": self.client_status.value,
+            "client_status": self.client_status.value,
+            "desired_status": self.desired_status.value,
+            "description": self.description,
+            "resources": self.resources.to_dict(),
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "create_time": self.create_time,
+            "modify_time": self.modify_time,
+            "job_version": self.job_version,
+            "group_hash": self.group_hash,
+            "eval_id": self.eval_id,
+            "previous_allocation": self.previous_allocation,
+            "reschedule_count": self.reschedule_count,
+            "tasks": {n: ts.to_dict() for n, ts in self.tasks.items()},
+        }
 
 
 @dataclass
@@ -349,13 +388,13 @@ class Evaluation:
     triggered_by: TriggeredBy
     status: EvalStatus = EvalStatus.PENDING
     status_description: str = ""
-    placed: int = 0                              # allocations placed by this eval
-    queued: int = 0                              # placements still wanted (not placed)
+    placed: int = 0  # allocations placed by this eval
+    queued: int = 0  # placements still wanted (not placed)
     # reason -> count, e.g. {"memory exhausted": 3, "constraint region = eu": 2}
     failures: dict = field(default_factory=dict)
     # group name -> {"wanted": n, "placed": n, "failed": n}
     groups: dict = field(default_factory=dict)
-    node_id: str | None = None                   # for node-update evals
+    node_id: str | None = None  # for node-update evals
     create_time: float = 0.0
     modify_time: float = 0.0
     # group -> up to a few nodes that lacked room, nearest misses first:
@@ -363,22 +402,30 @@ class Evaluation:
     failed_nodes: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"evaluation_id": self.eval_id, "job_id": self.job_id,
-                "triggered_by": self.triggered_by.value,
-                "status": self.status.value,
-                "status_description": self.status_description,
-                "placed": self.placed, "queued": self.queued,
-                "failures": self.failures, "groups": self.groups,
-                "node_id": self.node_id, "create_time": self.create_time,
-                "modify_time": self.modify_time, "failed_nodes": self.failed_nodes}
+        return {
+            "evaluation_id": self.eval_id,
+            "job_id": self.job_id,
+            "triggered_by": self.triggered_by.value,
+            "status": self.status.value,
+            "status_description": self.status_description,
+            "placed": self.placed,
+            "queued": self.queued,
+            "failures": self.failures,
+            "groups": self.groups,
+            "node_id": self.node_id,
+            "create_time": self.create_time,
+            "modify_time": self.modify_time,
+            "failed_nodes": self.failed_nodes,
+        }
 
 
 @dataclass
 class Plan:
     """What one evaluation decided, committed in one transaction."""
+
     eval_id: str
     job_id: str
-    place: list[Allocation] = field(default_factory=list)   # new allocations
+    place: list[Allocation] = field(default_factory=list)  # new allocations
     stop: list[tuple[str, str]] = field(default_factory=list)  # (alloc id, reason)
     # Failed placements: group name -> {"wanted": n, "failures": {reason: n}}
     failed: dict = field(default_factory=dict)

@@ -16,6 +16,7 @@ Installed, this module is also a pytest plugin (entry point ``pytest11``):
 the ``orch_cluster`` fixture yields a running cluster, and
 ``@pytest.mark.orch_cluster(agents=1)`` passes options to it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,13 +28,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from orch.client import Client, OrchError
 
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 20.0        # the launcher itself gives its children 10 s
+STOP_TIMEOUT = 20.0  # the launcher itself gives its children 10 s
 POLL_INTERVAL = 0.05
 
 
@@ -44,8 +45,9 @@ class ClusterError(OrchError):
 class DevCluster:
     """A running ``orch dev``: its ``address``, a ``client`` and its ``nodes``."""
 
-    def __init__(self, address: str, client: Client, process: subprocess.Popen,
-                 data_dir: str, log_path: str):
+    def __init__(
+        self, address: str, client: Client, process: subprocess.Popen, data_dir: str, log_path: str
+    ):
         self.address, self.client, self.process = address, client, process
         self.data_dir, self.log_path = data_dir, log_path
 
@@ -69,6 +71,7 @@ class DevCluster:
     def processes(self) -> list:
         """psutil.Process of everything the cluster runs now, tasks included."""
         import psutil
+
         try:
             return psutil.Process(self.pid).children(recursive=True)
         except psutil.NoSuchProcess:
@@ -76,10 +79,15 @@ class DevCluster:
 
 
 @contextlib.contextmanager
-def dev_cluster(agents: int = 3, *, pyz: str | os.PathLike | None = None,
-                token: str | None = None, timeout: float = START_TIMEOUT,
-                data_dir: str | os.PathLike | None = None,
-                extra_args: tuple[str, ...] = ()) -> Iterator[DevCluster]:
+def dev_cluster(
+    agents: int = 3,
+    *,
+    pyz: str | os.PathLike | None = None,
+    token: str | None = None,
+    timeout: float = START_TIMEOUT,
+    data_dir: str | os.PathLike | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[DevCluster]:
     """Start ``orch dev --agents N`` on a free port; stop it and all its tasks after."""
     pyz = pyz or os.environ.get("ORCH_PYZ") or None
     own_dir = data_dir is None
@@ -87,15 +95,28 @@ def dev_cluster(agents: int = 3, *, pyz: str | os.PathLike | None = None,
     os.makedirs(root, exist_ok=True)
     port = _free_port()
     address = f"http://127.0.0.1:{port}"
-    argv = _program(pyz) + ["dev", "--agents", str(agents), "--port", str(port),
-                            "--data-dir", os.path.join(root, "cluster"), *extra_args]
+    argv = _program(pyz) + [
+        "dev",
+        "--agents",
+        str(agents),
+        "--port",
+        str(port),
+        "--data-dir",
+        os.path.join(root, "cluster"),
+        *extra_args,
+    ]
     log_path = os.path.join(root, "dev.log")
     with open(log_path, "wb") as log:
         # A session of its own: signals meant for the test runner (Ctrl-C)
         # reach the cluster only through this context's teardown.
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, env=_env(pyz, token),
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_env(pyz, token),
+            start_new_session=True,
+        )
     cluster = DevCluster(address, Client(address, token=token), process, root, log_path)
     try:
         _wait_ready(cluster, agents, timeout)
@@ -121,8 +142,7 @@ def _env(pyz, token: str | None) -> dict:
     if not pyz:
         # The same orch as the caller's, installed or not.
         here = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (here, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -137,17 +157,19 @@ def _wait_ready(cluster: DevCluster, agents: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if cluster.process.poll() is not None:
-            raise ClusterError(f"orch dev exited with code {cluster.process.returncode}:\n"
-                               f"{cluster.log()[-3000:]}")
+            raise ClusterError(
+                f"orch dev exited with code {cluster.process.returncode}:\n{cluster.log()[-3000:]}"
+            )
         try:
             healthy = [n for n in cluster.client.nodes.list() if n.get("healthy")]
             if len(healthy) >= agents:
                 return
         except OrchError:
-            pass                     # not listening yet
+            pass  # not listening yet
         if time.monotonic() >= deadline:
-            raise ClusterError(f"orch dev: {agents} nodes not healthy after {timeout:g}s:\n"
-                               f"{cluster.log()[-3000:]}")
+            raise ClusterError(
+                f"orch dev: {agents} nodes not healthy after {timeout:g}s:\n{cluster.log()[-3000:]}"
+            )
         time.sleep(POLL_INTERVAL)
 
 
@@ -173,7 +195,7 @@ def _teardown(cluster: DevCluster) -> None:
     left = []
     for proc in started:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            if proc.status() != psutil.STATUS_ZOMBIE:   # dead, awaiting its reaper
+            if proc.status() != psutil.STATUS_ZOMBIE:  # dead, awaiting its reaper
                 proc.kill()
                 left.append(proc)
     psutil.wait_procs(left, timeout=5)
@@ -184,14 +206,17 @@ def _teardown(cluster: DevCluster) -> None:
 
 try:
     import pytest
-except ImportError:        # orch.testing without pytest: the context manager only
+except ImportError:  # orch.testing without pytest: the context manager only
     pytest = None
 
 if pytest is not None:
+
     def pytest_configure(config) -> None:
         config.addinivalue_line(
-            "markers", "orch_cluster(**options): options of the orch_cluster fixture "
-                       "(agents=, pyz=, token=, timeout=)")
+            "markers",
+            "orch_cluster(**options): options of the orch_cluster fixture "
+            "(agents=, pyz=, token=, timeout=)",
+        )
 
     @pytest.fixture
     def orch_cluster(request) -> Iterator[DevCluster]:

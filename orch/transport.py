@@ -15,6 +15,7 @@ Errors: what a failed exchange raises is in ``ERRORS``::
             PeerGone (a kept connection broke, then the redial was refused)
     http.client.HTTPException (a malformed or missing answer)
 """
+
 from __future__ import annotations
 
 import http.client
@@ -31,8 +32,12 @@ log = logging.getLogger(__name__)
 ERRORS = (OSError, http.client.HTTPException)
 # A kept connection the peer closed meanwhile fails in one of these ways on
 # its next request: dialing again once is safe (nothing was processed).
-STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine,
-         ConnectionResetError, BrokenPipeError)
+STALE = (
+    http.client.RemoteDisconnected,
+    http.client.BadStatusLine,
+    ConnectionResetError,
+    BrokenPipeError,
+)
 
 
 class PeerGone(ConnectionResetError):
@@ -82,8 +87,7 @@ def tls_context(skip_verify: bool) -> ssl.SSLContext:
     """Certificates are checked unless the operator said --tls-skip-verify.
 
     As requests did, a CA bundle named by REQUESTS_CA_BUNDLE is trusted."""
-    context = ssl.create_default_context(
-        cafile=os.environ.get("REQUESTS_CA_BUNDLE") or None)
+    context = ssl.create_default_context(cafile=os.environ.get("REQUESTS_CA_BUNDLE") or None)
     if skip_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -93,10 +97,16 @@ def tls_context(skip_verify: bool) -> ssl.SSLContext:
 class HttpClient:
     """Keep-alive connections to a few hosts (least recently used closed first)."""
 
-    def __init__(self, *, timeout: float | tuple[float, float] = 5.0,
-                 token: str | None = None, tls_skip_verify: bool = False,
-                 unix_socket: str | None = None, max_hosts: int = 10,
-                 keep_alive: bool = True):
+    def __init__(
+        self,
+        *,
+        timeout: float | tuple[float, float] = 5.0,
+        token: str | None = None,
+        tls_skip_verify: bool = False,
+        unix_socket: str | None = None,
+        max_hosts: int = 10,
+        keep_alive: bool = True,
+    ):
         self.timeout = _pair(timeout)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._tls_skip_verify = tls_skip_verify
@@ -117,8 +127,15 @@ class HttpClient:
     def delete(self, url: str, **kw) -> Response:
         return self.request("DELETE", url, **kw)
 
-    def request(self, method: str, url: str, *, body=None, headers: dict | None = None,
-                timeout: float | tuple[float, float] | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body=None,
+        headers: dict | None = None,
+        timeout: float | tuple[float, float] | None = None,
+    ) -> Response:
         """One exchange; ``body`` is a dict/list (sent as JSON) or bytes."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname and not self._unix:
@@ -132,24 +149,24 @@ class HttpClient:
         connect, read = _pair(timeout) if timeout is not None else self.timeout
         reused = key in self._conns
         try:
-            return self._exchange(key, parts, method, target, body, all_headers,
-                                  connect, read)
+            return self._exchange(key, parts, method, target, body, all_headers, connect, read)
         except STALE as exc:
             if not reused:
                 raise
             lost = exc
         # The kept connection had been closed by the peer: dial once more.
         try:
-            return self._exchange(key, parts, method, target, body, all_headers,
-                                  connect, read)
+            return self._exchange(key, parts, method, target, body, all_headers, connect, read)
         except ConnectionRefusedError as exc:
             # Not a clean refusal: the lost connection may have carried the
             # request before the peer went away (a push it did persist).
-            raise PeerGone(f"connection lost ({type(lost).__name__}), "
-                           f"then refused: {exc}") from lost
+            raise PeerGone(
+                f"connection lost ({type(lost).__name__}), then refused: {exc}"
+            ) from lost
 
-    def _exchange(self, key, parts, method, target, body, headers,
-                  connect: float, read: float) -> Response:
+    def _exchange(
+        self, key, parts, method, target, body, headers, connect: float, read: float
+    ) -> Response:
         conn = self._conns.pop(key, None)
         try:
             if conn is None or conn.sock is None:
@@ -176,11 +193,11 @@ class HttpClient:
         elif parts.scheme == "https":
             if self._tls is None:
                 self._tls = tls_context(self._tls_skip_verify)
-            conn = http.client.HTTPSConnection(parts.hostname, parts.port,
-                                               timeout=timeout, context=self._tls)
+            conn = http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=timeout, context=self._tls
+            )
         else:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port,
-                                              timeout=timeout)
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         conn.connect()
         return conn
 

@@ -3,6 +3,7 @@
 tests/integration is `integration`, tests/bench `bench`; a test that uses the
 `engine` fixture (a Docker client) is `docker`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ No registry is reachable from CI or a developer machine, so tests never pull:
 busybox-static, as `.ci/install-docker.sh` does. `require_engine` returns a
 client, skips outside CI when no engine answers, and fails in CI.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,7 +21,7 @@ import pytest
 TEST_IMAGE = "orch-test/busybox:latest"
 LABEL_ALLOC = "orch.alloc_id"
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
-PT_INTERP = 3          # an ELF program header naming a dynamic loader
+PT_INTERP = 3  # an ELF program header naming a dynamic loader
 
 
 def require_engine():
@@ -37,8 +38,10 @@ def require_engine():
             return client
         except Exception as exc:
             host = os.environ.get("DOCKER_HOST") or "the default socket"
-            reason = (f"no docker engine answers at {host} ({exc.__class__.__name__}); "
-                      "run `bash .ci/install-docker.sh` as root")
+            reason = (
+                f"no docker engine answers at {host} ({exc.__class__.__name__}); "
+                "run `bash .ci/install-docker.sh` as root"
+            )
     if os.environ.get("CI") == "true":
         pytest.fail(f"docker tests must run in CI: {reason}")
     pytest.skip(reason)
@@ -47,6 +50,7 @@ def require_engine():
 def ensure_test_image(client, tag: str = TEST_IMAGE) -> str:
     """Import the busybox test image unless the engine already has it."""
     import docker.errors
+
     try:
         client.images.get(tag)
         return tag
@@ -54,8 +58,11 @@ def ensure_test_image(client, tag: str = TEST_IMAGE) -> str:
         pass
     repository, _, version = tag.rpartition(":")
     client.api.import_image_from_data(
-        rootfs_tar(find_static_busybox()), repository=repository, tag=version,
-        changes=["ENV PATH=/bin", 'CMD ["/bin/sh"]'])
+        rootfs_tar(find_static_busybox()),
+        repository=repository,
+        tag=version,
+        changes=["ENV PATH=/bin", 'CMD ["/bin/sh"]'],
+    )
     client.images.get(tag)
     return tag
 
@@ -70,13 +77,13 @@ def find_static_busybox() -> str:
 
 def rootfs_tar(busybox: str) -> bytes:
     """A tar of /bin/busybox, a symlink per applet, /tmp, /www and /etc files."""
-    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True,
-                             check=True, timeout=10).stdout.split()
+    applets = subprocess.run(
+        [busybox, "--list"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout.split()
     buf = io.BytesIO()
     now = time.time()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, mode in (("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777),
-                           ("www", 0o755)):
+        for name, mode in (("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("www", 0o755)):
             info = tarfile.TarInfo(name)
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, now
             tar.addfile(info)
@@ -86,8 +93,10 @@ def rootfs_tar(busybox: str) -> bytes:
                 info = tarfile.TarInfo(f"bin/{applet}")
                 info.type, info.linkname, info.mtime = tarfile.SYMTYPE, "busybox", now
                 tar.addfile(info)
-        for name, text in (("etc/passwd", "root:x:0:0:root:/:/bin/sh\n"),
-                           ("etc/group", "root:x:0:\n")):
+        for name, text in (
+            ("etc/passwd", "root:x:0:0:root:/:/bin/sh\n"),
+            ("etc/group", "root:x:0:\n"),
+        ):
             data = text.encode()
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, now
@@ -115,16 +124,16 @@ def _dynamic(path: str) -> bool:
             header = f.read(64)
             if header[:4] != b"\x7fELF" or header[4] != 2:
                 return True
-            phoff, = struct.unpack_from("<Q", header, 32)
+            (phoff,) = struct.unpack_from("<Q", header, 32)
             phentsize, phnum = struct.unpack_from("<HH", header, 54)
             f.seek(phoff)
             table = f.read(phentsize * phnum)
     except (OSError, struct.error):
         return True
-    return any(struct.unpack_from("<I", table, i * phentsize)[0] == PT_INTERP
-               for i in range(phnum))
+    return any(struct.unpack_from("<I", table, i * phentsize)[0] == PT_INTERP for i in range(phnum))
 
 
 if __name__ == "__main__":
     import docker
+
     print(ensure_test_image(docker.from_env(timeout=60)))

@@ -3,6 +3,7 @@
 `run(config)` is the `orch agent` entry point. `Agent` is the in-process
 object the API and the loop share; tests drive it directly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,14 +24,14 @@ from orch.agent.runner import AllocRunner
 from orch.agent.spec import AllocSpec, parse_alloc
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig
-from orch.security import check_bind, warn_tls_skip_verify
 from orch.errors import DriverError, NotFound, ValidationError
+from orch.security import check_bind, warn_tls_skip_verify
 
 log = logging.getLogger(__name__)
 
 ALLOC_NOT_FOUND = "Allocation not found"
-MIN_PROBE_INTERVAL = 1.0     # seconds between driver probes (the docker engine ping)
-WATCH_INTERVAL = 0.2         # seconds between housekeeping rounds (GC, stop_after)
+MIN_PROBE_INTERVAL = 1.0  # seconds between driver probes (the docker engine ping)
+WATCH_INTERVAL = 0.2  # seconds between housekeeping rounds (GC, stop_after)
 DISCONNECTED = "no contact with the server for disconnect.stop_after"
 
 
@@ -41,10 +42,13 @@ class Agent:
         self.config = config
         self.store = AgentStore(config.data_dir)
         self.node_id = self.store.node_id(config.node_id)
-        self.drivers = (drivers if drivers is not None
-                        else default_drivers(task_user=config.task_user,
-                                             state_dir=self.store.data_dir,
-                                             bind=config.bind))
+        self.drivers = (
+            drivers
+            if drivers is not None
+            else default_drivers(
+                task_user=config.task_user, state_dir=self.store.data_dir, bind=config.bind
+            )
+        )
         self.fingerprint = fingerprint(self.drivers)
         self.loop: NodeLoop | None = None
         self._allocs: dict[str, AllocRunner] = {}
@@ -56,10 +60,12 @@ class Agent:
         self._collectable: dict[str, float] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._prober = threading.Thread(target=self._probe_drivers, daemon=True,
-                                        name="driver-probe")
-        self._housekeeper = threading.Thread(target=self._housekeep, daemon=True,
-                                             name="housekeeping")
+        self._prober = threading.Thread(
+            target=self._probe_drivers, daemon=True, name="driver-probe"
+        )
+        self._housekeeper = threading.Thread(
+            target=self._housekeep, daemon=True, name="housekeeping"
+        )
 
     # -- allocations --------------------------------------------------------
 
@@ -71,8 +77,13 @@ class Agent:
             self.store.forget_removal(spec.allocation_id)
             runner = self._new_runner(spec)
             self._allocs[spec.allocation_id] = runner
-        log.info("alloc %s accepted job=%s group=%s tasks=%d", runner.short,
-                 spec.job_id, spec.task_group, len(spec.tasks))
+        log.info(
+            "alloc %s accepted job=%s group=%s tasks=%d",
+            runner.short,
+            spec.job_id,
+            spec.task_group,
+            len(spec.tasks),
+        )
         runner.start()
         return True
 
@@ -107,7 +118,7 @@ class Agent:
         if taken:
             self._forget(alloc_id)
         elif self.loop is not None:
-            self.loop.forget(alloc_id)      # its last word must not be left out
+            self.loop.forget(alloc_id)  # its last word must not be left out
         log.info("alloc %s stopped and removed", runner.short)
         self._notify()
 
@@ -197,8 +208,12 @@ class Agent:
 
     def health(self) -> dict:
         registered = self.loop is not None and self.loop.wait_registered(0)
-        return {"status": "ok", "node_id": self.node_id, "registered": registered,
-                "allocations": len(self.allocations())}
+        return {
+            "status": "ok",
+            "node_id": self.node_id,
+            "registered": registered,
+            "allocations": len(self.allocations()),
+        }
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -211,9 +226,10 @@ class Agent:
             except ValidationError as exc:
                 log.warning("skipping persisted allocation: %s", exc)
                 continue
-            runner = AllocRunner.restore(doc, spec, self.config, self.drivers,
-                                         self.store, self._notify)
-            if runner.stopped:              # a DELETE was cut short: finish it
+            runner = AllocRunner.restore(
+                doc, spec, self.config, self.drivers, self.store, self._notify
+            )
+            if runner.stopped:  # a DELETE was cut short: finish it
                 runner.stop()
                 self.store.remove_alloc(spec.allocation_id)
                 self.store.forget_removal(spec.allocation_id)
@@ -227,10 +243,16 @@ class Agent:
         return count
 
     def start_loop(self, endpoint: str) -> NodeLoop:
-        self.loop = NodeLoop(self.config, self.node_id, endpoint, self.fingerprint,
-                             self.heartbeat_reports, self.used,
-                             on_acked=self.acknowledged,
-                             secret=self.store.node_secret())
+        self.loop = NodeLoop(
+            self.config,
+            self.node_id,
+            endpoint,
+            self.fingerprint,
+            self.heartbeat_reports,
+            self.used,
+            on_acked=self.acknowledged,
+            secret=self.store.node_secret(),
+        )
         self.loop.start()
         self._prober.start()
         self._housekeeper.start()
@@ -241,9 +263,9 @@ class Agent:
         stopping: set[str] = set()
         while not self._closing.wait(WATCH_INTERVAL):
             try:
-                self.collect()          # what an acknowledgement left for later
+                self.collect()  # what an acknowledgement left for later
                 self._stop_disconnected(stopping)
-            except Exception:           # a bug must not end the housekeeping
+            except Exception:  # a bug must not end the housekeeping
                 log.exception("housekeeping failed")
 
     def _stop_disconnected(self, stopping: set[str]) -> None:
@@ -259,16 +281,29 @@ class Agent:
         stopping &= {r.spec.allocation_id for r in runners}
         for runner in runners:
             limit = runner.spec.stop_after
-            if limit is None or away < limit or runner.finished \
-                    or runner.spec.allocation_id in stopping:
+            if (
+                limit is None
+                or away < limit
+                or runner.finished
+                or runner.spec.allocation_id in stopping
+            ):
                 continue
             stopping.add(runner.spec.allocation_id)
-            log.warning("alloc %s: no contact with the server for %.1fs "
-                        "(disconnect.stop_after %gs): stopping its tasks",
-                        runner.short, away, limit)
+            log.warning(
+                "alloc %s: no contact with the server for %.1fs "
+                "(disconnect.stop_after %gs): stopping its tasks",
+                runner.short,
+                away,
+                limit,
+            )
             # Killing waits out the grace period: never in this thread.
-            threading.Thread(target=runner.kill, daemon=True, name=f"stop-{runner.short}",
-                             args=(DISCONNECTED,), kwargs={"fails": True}).start()
+            threading.Thread(
+                target=runner.kill,
+                daemon=True,
+                name=f"stop-{runner.short}",
+                args=(DISCONNECTED,),
+                kwargs={"fails": True},
+            ).start()
 
     def _probe_drivers(self) -> None:
         """Each heartbeat interval, probe the drivers; register again on a change.
@@ -283,8 +318,11 @@ class Agent:
                 log.exception("driver probe failed")
                 continue
             if fresh is not self.fingerprint:
-                changed = {k: v for k, v in fresh.attributes.items()
-                           if self.fingerprint.attributes.get(k) != v}
+                changed = {
+                    k: v
+                    for k, v in fresh.attributes.items()
+                    if self.fingerprint.attributes.get(k) != v
+                }
                 log.info("driver attributes changed %s: registering again", changed)
                 self.fingerprint = fresh
                 self.loop.update_fingerprint(fresh)
@@ -297,9 +335,15 @@ class Agent:
         if self.loop is not None:
             self.loop.stop()
         if stop_tasks:
-            threads = [threading.Thread(target=r.kill, args=("agent shutting down",),
-                                        kwargs={"fails": True}, daemon=True)
-                       for r in self.allocations()]
+            threads = [
+                threading.Thread(
+                    target=r.kill,
+                    args=("agent shutting down",),
+                    kwargs={"fails": True},
+                    daemon=True,
+                )
+                for r in self.allocations()
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -321,7 +365,8 @@ class HttpServer:
 
     def __init__(self, app, bind: str, port: int, threads: int = 8):
         family, kind, proto, _, addr = socket.getaddrinfo(
-            bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         self._sock = socket.socket(family, kind, proto)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -330,10 +375,8 @@ class HttpServer:
             self._sock.close()
             raise
         self.host, self.port = self._sock.getsockname()[:2]
-        self._server = create_server(app, sockets=[self._sock], threads=threads,
-                                     ident="orch-agent")
-        self._thread = threading.Thread(target=self._server.run, name="http",
-                                        daemon=True)
+        self._server = create_server(app, sockets=[self._sock], threads=threads, ident="orch-agent")
+        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
 
     @property
     def url(self) -> str:
@@ -363,12 +406,16 @@ def endpoint_for(config: AgentConfig, server: HttpServer) -> str:
     return f"http://{host}:{server.port}"
 
 
-def serve(config: AgentConfig, stop: threading.Event,
-          ready: threading.Event | None = None, info: dict | None = None) -> int:
+def serve(
+    config: AgentConfig,
+    stop: threading.Event,
+    ready: threading.Event | None = None,
+    info: dict | None = None,
+) -> int:
     """Run an agent until `stop` is set; tests call this from a thread."""
     try:
         agent = Agent(config)
-    except DriverError as exc:          # e.g. --task-user names no user
+    except DriverError as exc:  # e.g. --task-user names no user
         log.error("cannot start the agent: %s", exc.message)
         return 1
     agent.restore()
@@ -390,7 +437,7 @@ def serve(config: AgentConfig, stop: threading.Event,
         pass
     log.info("agent stopping: killing tasks")
     started = time.monotonic()
-    server.stop()                      # no new allocations while we kill the old
+    server.stop()  # no new allocations while we kill the old
     agent.shutdown(stop_tasks=True)
     log.info("agent stopped in %.2fs", time.monotonic() - started)
     return 0

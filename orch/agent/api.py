@@ -4,6 +4,7 @@ Every answer is JSON except a log body; errors are `{"error": ...}` through
 the shared orch.httpjson router. With a token set, only callers that present
 it (the server) can create, read or stop allocations.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ from orch.openapi import AGENT_SPEC
 from orch.validation import fields
 
 MAX_BODY = 1 << 20
-MAX_LOG_CHUNK = 1 << 20        # a log read returns at most this; the client pages
+MAX_LOG_CHUNK = 1 << 20  # a log read returns at most this; the client pages
 
 
 def make_app(agent) -> Bottle:

@@ -1,4 +1,5 @@
 """What this node offers: total CPU (MHz) and memory (MB), and its attributes."""
+
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,7 @@ from orch.structs import Resources
 
 log = logging.getLogger(__name__)
 
-FALLBACK_MHZ = 1000.0     # per core, when the frequency cannot be read
+FALLBACK_MHZ = 1000.0  # per core, when the frequency cannot be read
 CPUINFO = "/proc/cpuinfo"
 
 
@@ -40,8 +41,7 @@ def fingerprint(drivers: dict[str, Driver], *, cpuinfo: str = CPUINFO) -> Finger
     }
     for driver in drivers.values():
         attributes.update(driver.fingerprint())
-    return Fingerprint(Resources(cpu=int(cores * mhz), memory=int(memory_mb)),
-                       attributes)
+    return Fingerprint(Resources(cpu=int(cores * mhz), memory=int(memory_mb)), attributes)
 
 
 def refresh_drivers(fp: Fingerprint, drivers: dict[str, Driver]) -> Fingerprint:

@@ -7,35 +7,37 @@ that a busy node reports many changes per heartbeat instead of one.
 A 404 means the server does not know us (it lost its state, or we were
 garbage-collected): register again, then heartbeat at once.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from orch.agent.fingerprint import Fingerprint
 from orch.config import AgentConfig
 from orch.memory import release_free_memory
 from orch.structs import TERMINAL_ALLOC
-from orch.transport import ERRORS as REQUEST_ERRORS, HttpClient, Response
+from orch.transport import ERRORS as REQUEST_ERRORS
+from orch.transport import HttpClient, Response
 
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset(status.value for status in TERMINAL_ALLOC)
-COALESCE = 0.005              # seconds: changes this close share one heartbeat
-MIN_SPACING = 0.015           # seconds between heartbeats caused by changes
+COALESCE = 0.005  # seconds: changes this close share one heartbeat
+MIN_SPACING = 0.015  # seconds between heartbeats caused by changes
 # The connection to the server is kept only while heartbeats come close
 # together (a burst of task changes); a node quiet this long lets it go. A
 # server holding one idle keep-alive connection per node stops answering past
 # waitress's connection limit (1,000) and slows with every connection it holds
 # (bench/E2E_HEARTBEATS.md).
 KEEPALIVE_IDLE = 0.1
-BACKOFF_START = 0.05          # register retry: 50 ms doubling up to 1 s
+BACKOFF_START = 0.05  # register retry: 50 ms doubling up to 1 s
 BACKOFF_MAX = 1.0
-REGISTER_TIMEOUT = (1.0, 5.0)     # (connect, read) seconds
+REGISTER_TIMEOUT = (1.0, 5.0)  # (connect, read) seconds
 HEARTBEAT_TIMEOUT = (1.0, 5.0)
 # A problem with the server is logged at WARNING when it starts, then again
 # every WARN_EVERY seconds while it lasts; never more than one WARNING per
@@ -49,41 +51,49 @@ REGISTER_GRACE = 2.0
 class NodeLoop:
     """The agent's one conversation with the server, in its own thread."""
 
-    def __init__(self, config: AgentConfig, node_id: str, endpoint: str,
-                 fp: Fingerprint, reports: Callable[[set], dict],
-                 used: Callable[[], tuple[int, int]],
-                 session: HttpClient | None = None,
-                 on_acked: Callable[[set], None] | None = None,
-                 secret: str | None = None):
+    def __init__(
+        self,
+        config: AgentConfig,
+        node_id: str,
+        endpoint: str,
+        fp: Fingerprint,
+        reports: Callable[[set], dict],
+        used: Callable[[], tuple[int, int]],
+        session: HttpClient | None = None,
+        on_acked: Callable[[set], None] | None = None,
+        secret: str | None = None,
+    ):
         self.config = config
         self.node_id = node_id
         self.endpoint = endpoint
         self.fingerprint = fp
-        self._reports = reports           # {alloc id: (status, entry JSON)}
+        self._reports = reports  # {alloc id: (status, entry JSON)}
         # Finished allocations the server has taken: left out of heartbeats,
         # which would otherwise grow without end on a busy node.
         self._acked: set[str] = set()
-        self._on_acked = on_acked         # told which finished ones the server took
-        self._secret = secret             # proves we are this node (register, heartbeat)
+        self._on_acked = on_acked  # told which finished ones the server took
+        self._secret = secret  # proves we are this node (register, heartbeat)
         self._used = used
         self._server = config.server.rstrip("/")
         parts = urlsplit(self._server)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"server address must be http(s)://host[:port]: "
-                             f"{config.server}")
+            raise ValueError(f"server address must be http(s)://host[:port]: {config.server}")
         self._session = session or HttpClient(
-            timeout=HEARTBEAT_TIMEOUT, token=config.token,
-            tls_skip_verify=config.tls_skip_verify, max_hosts=1)
+            timeout=HEARTBEAT_TIMEOUT,
+            token=config.token,
+            tls_skip_verify=config.tls_skip_verify,
+            max_hosts=1,
+        )
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._registered = threading.Event()
-        self._reregister = threading.Event()     # registered, but attributes changed
+        self._reregister = threading.Event()  # registered, but attributes changed
         self._thread = threading.Thread(target=self._run, name="node-loop", daemon=True)
         self._last_error = ""
-        self._last_warned = float("-inf")   # monotonic time of the last WARNING
-        self._last_beat = 0.0               # monotonic time of the last heartbeat
+        self._last_warned = float("-inf")  # monotonic time of the last WARNING
+        self._last_beat = 0.0  # monotonic time of the last heartbeat
         self.last_contact: float | None = None  # monotonic time the server last answered
-        self._busy = True                   # changes since memory was last trimmed
+        self._busy = True  # changes since memory was last trimmed
 
     def start(self) -> None:
         self._thread.start()
@@ -112,12 +122,16 @@ class NodeLoop:
 
     def register_body(self) -> dict:
         res = self.fingerprint.resources
-        return {"node_id": self.node_id, "region": self.config.region,
-                "resources": {"cpu": res.cpu, "memory": res.memory},
-                "healthy": True, "endpoint": self.endpoint,
-                "attributes": self.fingerprint.attributes,
-                "meta": dict(self.config.meta),
-                **({"secret_id": self._secret} if self._secret else {})}
+        return {
+            "node_id": self.node_id,
+            "region": self.config.region,
+            "resources": {"cpu": res.cpu, "memory": res.memory},
+            "healthy": True,
+            "endpoint": self.endpoint,
+            "attributes": self.fingerprint.attributes,
+            "meta": dict(self.config.meta),
+            **({"secret_id": self._secret} if self._secret else {}),
+        }
 
     def heartbeat_body(self) -> tuple[bytes, dict]:
         """The heartbeat's JSON and the status of each allocation in it.
@@ -126,16 +140,23 @@ class NodeLoop:
         however many heartbeats repeat it) and are spliced in as they are."""
         total = self.fingerprint.resources
         cpu_used, memory_used = self._used()
-        head = {"node_id": self.node_id,
-                "resources": {"cpu": max(total.cpu - cpu_used, 0),
-                              "memory": max(total.memory - memory_used, 0),
-                              "cpu_used": cpu_used, "memory_used": memory_used},
-                "healthy": True, "timestamp": time.time()}
+        head = {
+            "node_id": self.node_id,
+            "resources": {
+                "cpu": max(total.cpu - cpu_used, 0),
+                "memory": max(total.memory - memory_used, 0),
+                "cpu_used": cpu_used,
+                "memory_used": memory_used,
+            },
+            "healthy": True,
+            "timestamp": time.time(),
+        }
         if self._secret:
             head["secret_id"] = self._secret
         reports = self._reports(self._acked)
-        allocations = ",".join(f"{json.dumps(alloc_id)}:{entry}"
-                               for alloc_id, (_, entry) in reports.items())
+        allocations = ",".join(
+            f"{json.dumps(alloc_id)}:{entry}" for alloc_id, (_, entry) in reports.items()
+        )
         data = f'{json.dumps(head)[:-1]}, "allocations": {{{allocations}}}}}'
         return data.encode(), {alloc_id: status for alloc_id, (status, _) in reports.items()}
 
@@ -145,8 +166,11 @@ class NodeLoop:
 
     def _acknowledge(self, sent: dict) -> None:
         """Finished allocations are sent until the server has taken them once."""
-        fresh = {alloc_id for alloc_id, status in sent.items()
-                 if status in TERMINAL and alloc_id not in self._acked}
+        fresh = {
+            alloc_id
+            for alloc_id, status in sent.items()
+            if status in TERMINAL and alloc_id not in self._acked
+        }
         self._acked.update(fresh)
         if fresh and self._on_acked is not None:
             self._on_acked(fresh)
@@ -161,7 +185,7 @@ class NodeLoop:
                     if not self._register():
                         return
                 self._heartbeat()
-            except Exception:               # a bug must not silence the node
+            except Exception:  # a bug must not silence the node
                 log.exception("heartbeat loop error")
             self._idle_wait(self.config.heartbeat_interval)
             if self._stop.is_set():
@@ -180,7 +204,7 @@ class NodeLoop:
         if self._wake.wait(idle):
             self._busy = True
             return
-        self._session.close()           # its pools reopen on the next request
+        self._session.close()  # its pools reopen on the next request
         if self._busy:
             self._busy = False
             release_free_memory()
@@ -198,14 +222,20 @@ class NodeLoop:
                 if resp.status_code == 200:
                     self._registered.set()
                     self._last_error = ""
-                    log.info("registered node %s server=%s endpoint=%s",
-                             self.node_id, self._server, self.endpoint)
+                    log.info(
+                        "registered node %s server=%s endpoint=%s",
+                        self.node_id,
+                        self._server,
+                        self.endpoint,
+                    )
                     return True
                 self._warn(f"register answered {resp.status_code}: {_error(resp)}")
             except REQUEST_ERRORS as exc:
-                self._warn(f"cannot reach server {self._server} to register, "
-                           f"retrying: {exc.__class__.__name__}: {exc}",
-                           quiet=time.monotonic() - started < REGISTER_GRACE)
+                self._warn(
+                    f"cannot reach server {self._server} to register, "
+                    f"retrying: {exc.__class__.__name__}: {exc}",
+                    quiet=time.monotonic() - started < REGISTER_GRACE,
+                )
             self._stop.wait(delay)
             delay = min(delay * 2, BACKOFF_MAX)
         return False
@@ -216,15 +246,16 @@ class NodeLoop:
         try:
             resp = self._post("/heartbeat", body, HEARTBEAT_TIMEOUT)
         except REQUEST_ERRORS as exc:
-            self._warn(f"heartbeat to server {self._server} failed: "
-                       f"{exc.__class__.__name__}: {exc}")
+            self._warn(
+                f"heartbeat to server {self._server} failed: {exc.__class__.__name__}: {exc}"
+            )
             return
-        self.last_contact = time.monotonic()    # any answer: the server is reachable
+        self.last_contact = time.monotonic()  # any answer: the server is reachable
         if resp.status_code == 404:
             log.info("server does not know node %s: registering again", self.node_id)
             self._registered.clear()
-            self._acked.clear()             # a server that forgot us learns everything
-            self._wake.set()                # heartbeat right after registering
+            self._acked.clear()  # a server that forgot us learns everything
+            self._wake.set()  # heartbeat right after registering
         elif resp.status_code != 200:
             self._warn(f"heartbeat answered {resp.status_code}: {_error(resp)}")
         else:
@@ -244,13 +275,13 @@ class NodeLoop:
         new = message != self._last_error
         if quiet or since < WARN_GAP or not new and since < WARN_EVERY:
             log.debug("%s", message)
-            return          # a new message not logged yet stays new
+            return  # a new message not logged yet stays new
         log.warning("%s", message)
         self._last_warned = now
         self._last_error = message
 
 
-def _error(resp: "Response") -> str:
+def _error(resp: Response) -> str:
     try:
         return str(resp.json().get("error"))
     except (ValueError, AttributeError):

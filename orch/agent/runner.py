@@ -10,13 +10,15 @@ the heartbeat loop before it reports them (`persist()`), so a burst of changes
 costs one write. An agent killed before such a write finds its tasks again
 through their drivers (`Driver.find`).
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from orch.agent.drivers import select_driver
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext
@@ -24,18 +26,16 @@ from orch.agent.spec import AllocSpec
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig
 from orch.errors import DriverError
-from orch.structs import (TERMINAL_TASK, AllocStatus, JobType, Resources, Task,
-                          TaskState, TaskStatus)
+from orch.structs import TERMINAL_TASK, AllocStatus, JobType, Resources, Task, TaskState, TaskStatus
 
 log = logging.getLogger(__name__)
 
-MAX_EVENTS = 20          # per task, oldest dropped (Nomad keeps 10)
-JOIN_GRACE = 5.0         # after a stop returns, how long the task thread may take to record it
+MAX_EVENTS = 20  # per task, oldest dropped (Nomad keeps 10)
+JOIN_GRACE = 5.0  # after a stop returns, how long the task thread may take to record it
 
 LOST_ON_RESTART = "agent restarted; task state lost"
 
-P, R, C, F = (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.COMPLETE,
-              TaskStatus.FAILED)
+P, R, C, F = (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.COMPLETE, TaskStatus.FAILED)
 # Allowed task transitions; running -> pending is a restart waiting its delay.
 TASK_TRANSITIONS = {P: {R, C, F}, R: {P, C, F}, C: set(), F: set()}
 
@@ -43,8 +43,13 @@ TASK_TRANSITIONS = {P: {R, C, F}, R: {P, C, F}, C: set(), F: set()}
 class RestartTracker:
     """Nomad's restart tracker: at most `attempts` restarts per `interval`."""
 
-    def __init__(self, attempts: int, interval: float, delay: float,
-                 now: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        attempts: int,
+        interval: float,
+        delay: float,
+        now: Callable[[], float] = time.monotonic,
+    ):
         self.attempts, self.interval, self.delay = attempts, interval, delay
         self._now = now
         self._window_start: float | None = None
@@ -62,7 +67,7 @@ class RestartTracker:
 class TaskRunner:
     """Runs one task in its own thread; its state lives under the alloc's lock."""
 
-    def __init__(self, alloc: "AllocRunner", task: Task):
+    def __init__(self, alloc: AllocRunner, task: Task):
         self.alloc = alloc
         self.task = task
         self.state = TaskState()
@@ -74,11 +79,12 @@ class TaskRunner:
         self._kill_reason = ""
         self._kill_fails = False
         cfg = alloc.config
-        self._restarts = RestartTracker(cfg.restart_attempts, cfg.restart_interval,
-                                        cfg.restart_delay)
+        self._restarts = RestartTracker(
+            cfg.restart_attempts, cfg.restart_interval, cfg.restart_delay
+        )
         self._thread = threading.Thread(
-            target=self._run, daemon=True,
-            name=f"task-{alloc.short}-{task.name}")
+            target=self._run, daemon=True, name=f"task-{alloc.short}-{task.name}"
+        )
 
     @property
     def terminal(self) -> bool:
@@ -94,9 +100,8 @@ class TaskRunner:
         # Set before the thread starts, so that a kill finds the handle.
         self._recovered = (driver, handle)
         self._driver, self._handle, self.handle_json = driver, handle, handle_json
-        if self.state.status == P:      # started, but the agent died before saying so
-            self._set(R, start_time=self.alloc.now(), end_time=None,
-                      exit_code=None, error=None)
+        if self.state.status == P:  # started, but the agent died before saying so
+            self._set(R, start_time=self.alloc.now(), end_time=None, exit_code=None, error=None)
         self._event("Reattached", "Task process still alive after agent restart")
 
     def mark_lost(self) -> None:
@@ -105,9 +110,8 @@ class TaskRunner:
         self._event("Task Lost", LOST_ON_RESTART)
 
     def start(self) -> None:
-        with self.alloc.lock:            # a kill before start finishes the task itself
-            if (not self.terminal and not self._killed.is_set()
-                    and self._thread.ident is None):
+        with self.alloc.lock:  # a kill before start finishes the task itself
+            if not self.terminal and not self._killed.is_set() and self._thread.ident is None:
                 self._thread.start()
 
     def join(self, timeout: float | None = None) -> None:
@@ -119,7 +123,7 @@ class TaskRunner:
         with self.alloc.lock:
             if self.terminal:
                 return
-            first = not self._killed.is_set()     # else someone else is killing it
+            first = not self._killed.is_set()  # else someone else is killing it
             if first:
                 self._kill_reason, self._kill_fails = reason, fails
                 self._killed.set()
@@ -130,7 +134,7 @@ class TaskRunner:
             self.alloc.changed()
             if handle is not None:
                 driver.stop(handle, self.alloc.config.kill_timeout)
-        if never_started:                         # no thread will record it
+        if never_started:  # no thread will record it
             if first:
                 with self.alloc.lock:
                     self._finish_killed(None, self.alloc.now())
@@ -143,13 +147,13 @@ class TaskRunner:
     def _run(self) -> None:
         try:
             self._loop()
-        except Exception:                       # keep the agent alive, fail the task
-            log.exception("task runner crashed alloc=%s task=%s",
-                          self.alloc.short, self.task.name)
+        except Exception:  # keep the agent alive, fail the task
+            log.exception("task runner crashed alloc=%s task=%s", self.alloc.short, self.task.name)
             with self.alloc.lock:
                 if not self.terminal:
-                    self._set(F, error="internal error in the task runner",
-                              end_time=self.alloc.now())
+                    self._set(
+                        F, error="internal error in the task runner", end_time=self.alloc.now()
+                    )
             self.alloc.changed()
         self.alloc.task_finished(self)
 
@@ -177,8 +181,7 @@ class TaskRunner:
         with self.alloc.lock:
             self._driver, self._handle = driver, handle
             self.handle_json = driver.handle_to_json(handle)
-            self._set(R, start_time=self.alloc.now(), end_time=None,
-                      exit_code=None, error=None)
+            self._set(R, start_time=self.alloc.now(), end_time=None, exit_code=None, error=None)
             self._event("Started", "Task started by driver")
             killed_meanwhile = self._killed.is_set()
         self.alloc.changed()
@@ -210,9 +213,13 @@ class TaskRunner:
                 return False
             delay = self._restarts.next_delay()
             if delay is None:
-                self._event("Not Restarting", (
-                    f"Exceeded allowed attempts {self._restarts.attempts} in "
-                    f"interval {self._restarts.interval:g}s"))
+                self._event(
+                    "Not Restarting",
+                    (
+                        f"Exceeded allowed attempts {self._restarts.attempts} in "
+                        f"interval {self._restarts.interval:g}s"
+                    ),
+                )
                 self._finish(result, now, force_fail=True)
                 return False
             self.state.restarts += 1
@@ -248,14 +255,20 @@ class TaskRunner:
         """The one place a task's status is written; checks the transition."""
         old = self.state.status
         if status != old and status not in TASK_TRANSITIONS[old]:
-            raise RuntimeError(f"task {self.task.name}: illegal transition "
-                               f"{old.value} -> {status.value}")
+            raise RuntimeError(
+                f"task {self.task.name}: illegal transition {old.value} -> {status.value}"
+            )
         for name, value in fields.items():
             setattr(self.state, name, value)
         self.state.status = status
         if status != old:
-            log.debug("alloc %s task %s: %s -> %s", self.alloc.short,
-                     self.task.name, old.value, status.value)
+            log.debug(
+                "alloc %s task %s: %s -> %s",
+                self.alloc.short,
+                self.task.name,
+                old.value,
+                status.value,
+            )
 
     def _event(self, kind: str, message: str) -> None:
         events = self.state.events
@@ -271,10 +284,15 @@ class TaskRunner:
 class AllocRunner:
     """Owns one allocation: its task runners, its status, its file on disk."""
 
-    def __init__(self, spec: AllocSpec, config: AgentConfig,
-                 drivers: dict[str, Driver], store: AgentStore,
-                 on_change: Callable[[], None] = lambda: None,
-                 now: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        spec: AllocSpec,
+        config: AgentConfig,
+        drivers: dict[str, Driver],
+        store: AgentStore,
+        on_change: Callable[[], None] = lambda: None,
+        now: Callable[[], float] = time.time,
+    ):
         self.spec = spec
         self.config = config
         self.drivers = drivers
@@ -290,24 +308,31 @@ class AllocRunner:
         self._on_change = on_change
         self._done = threading.Event()
         self._finished: set[str] = set()
-        self._dirty = True              # state not yet on disk
-        self._saved = False             # written at least once
-        self._persist_lock = threading.Lock()   # one writer at a time, newest last
-        self._entry: dict | None = None         # heartbeat entry until the next change
-        self._report: tuple[str, str] | None = None     # ... and its status and JSON
-        self._spec_json: str | None = None      # the spec never changes: encoded once
+        self._dirty = True  # state not yet on disk
+        self._saved = False  # written at least once
+        self._persist_lock = threading.Lock()  # one writer at a time, newest last
+        self._entry: dict | None = None  # heartbeat entry until the next change
+        self._report: tuple[str, str] | None = None  # ... and its status and JSON
+        self._spec_json: str | None = None  # the spec never changes: encoded once
         self.tasks: dict[str, TaskRunner] = {}
         for task in spec.tasks:
             runner = TaskRunner(self, task)
-            runner.state.events.append({"time": now(), "type": "Received",
-                                        "message": "Task received by agent"})
+            runner.state.events.append(
+                {"time": now(), "type": "Received", "message": "Task received by agent"}
+            )
             self.tasks[task.name] = runner
 
     @classmethod
-    def restore(cls, doc: dict, spec: AllocSpec, config: AgentConfig,
-                drivers: dict[str, Driver], store: AgentStore,
-                on_change: Callable[[], None] = lambda: None,
-                now: Callable[[], float] = time.time) -> "AllocRunner":
+    def restore(
+        cls,
+        doc: dict,
+        spec: AllocSpec,
+        config: AgentConfig,
+        drivers: dict[str, Driver],
+        store: AgentStore,
+        on_change: Callable[[], None] = lambda: None,
+        now: Callable[[], float] = time.time,
+    ) -> AllocRunner:
         """Rebuild from alloc.json; live processes are reattached, dead ones lost.
 
         A task with no saved handle may have been started all the same (the
@@ -329,7 +354,7 @@ class AllocRunner:
             if recovered is not None:
                 runner.reattach(*recovered)
             elif handles.get(name) or state.status == R:
-                runner.mark_lost()          # it had a process, and that is gone
+                runner.mark_lost()  # it had a process, and that is gone
                 alloc._finished.add(name)
             # else: never started (or between restarts); its thread starts it.
         return alloc
@@ -417,15 +442,25 @@ class AllocRunner:
         alloc_id = self.spec.allocation_id
         runner = self.tasks.get(task.name)
         task_dir = self.store.task_dir(alloc_id, task.name)
-        env = {"ORCH_ALLOC_ID": alloc_id, "ORCH_JOB_ID": self.spec.job_id,
-               "ORCH_TASK_GROUP": self.spec.task_group,
-               "ORCH_TASK_NAME": task.name, "ORCH_TASK_DIR": task_dir}
+        env = {
+            "ORCH_ALLOC_ID": alloc_id,
+            "ORCH_JOB_ID": self.spec.job_id,
+            "ORCH_TASK_GROUP": self.spec.task_group,
+            "ORCH_TASK_NAME": task.name,
+            "ORCH_TASK_DIR": task_dir,
+        }
         return TaskContext(
-            alloc_id=alloc_id, job_id=self.spec.job_id, task_name=task.name,
-            config=task.config, resources=task.resources, task_dir=task_dir,
+            alloc_id=alloc_id,
+            job_id=self.spec.job_id,
+            task_name=task.name,
+            config=task.config,
+            resources=task.resources,
+            task_dir=task_dir,
             stdout_path=self.store.log_path(alloc_id, task.name, "stdout"),
             stderr_path=self.store.log_path(alloc_id, task.name, "stderr"),
-            env=env, attempt=runner.state.restarts if runner is not None else 0)
+            env=env,
+            attempt=runner.state.restarts if runner is not None else 0,
+        )
 
     def status(self) -> AllocStatus:
         """Derived from the tasks; a stopped allocation is `stopped`."""
@@ -441,8 +476,7 @@ class AllocRunner:
 
     def reserved(self) -> Resources:
         """Resources held on the node: the tasks' demand until terminal."""
-        if not self.finished and self.status() in (AllocStatus.PENDING,
-                                                   AllocStatus.RUNNING):
+        if not self.finished and self.status() in (AllocStatus.PENDING, AllocStatus.RUNNING):
             return self.spec.resources
         return Resources()
 
@@ -458,9 +492,12 @@ class AllocRunner:
                     state = runner.state.to_dict()
                     state["events"] = list(state["events"])
                     tasks[name] = state
-                self._entry = {"status": self.status().value,
-                               "start_time": self.start_time,
-                               "end_time": self.end_time, "tasks": tasks}
+                self._entry = {
+                    "status": self.status().value,
+                    "start_time": self.start_time,
+                    "end_time": self.end_time,
+                    "tasks": tasks,
+                }
             return self._entry
 
     def heartbeat_report(self) -> tuple[str, str]:
@@ -474,16 +511,22 @@ class AllocRunner:
     def to_dict(self) -> dict:
         """`GET /allocations/<id>`: the seed fields plus job_type."""
         entry = self.heartbeat_entry()
-        return {"allocation_id": self.spec.allocation_id,
-                "job_id": self.spec.job_id, "task_group": self.spec.task_group,
-                "job_type": self.spec.job_type.value, **entry}
+        return {
+            "allocation_id": self.spec.allocation_id,
+            "job_id": self.spec.job_id,
+            "task_group": self.spec.task_group,
+            "job_type": self.spec.job_type.value,
+            **entry,
+        }
 
     def _state_doc(self) -> dict:
-        return {"stopped": self.stopped,
-                "start_time": self.start_time, "end_time": self.end_time,
-                "tasks": {n: r.state.to_dict() for n, r in self.tasks.items()},
-                "handles": {n: r.handle_json for n, r in self.tasks.items()
-                            if r.handle_json}}
+        return {
+            "stopped": self.stopped,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "tasks": {n: r.state.to_dict() for n, r in self.tasks.items()},
+            "handles": {n: r.handle_json for n, r in self.tasks.items() if r.handle_json},
+        }
 
     def _doc_json(self) -> bytes:
         """What alloc.json holds (the spec, the task states, the drivers'
@@ -503,8 +546,11 @@ class AllocRunner:
             self._update_times()
             self._dirty = True
             self._entry = self._report = None
-            urgent = not self._saved or self.stopped or self.status() in (
-                AllocStatus.COMPLETE, AllocStatus.FAILED)
+            urgent = (
+                not self._saved
+                or self.stopped
+                or self.status() in (AllocStatus.COMPLETE, AllocStatus.FAILED)
+            )
         if urgent:
             self.persist()
         self._on_change()
@@ -543,8 +589,10 @@ class AllocRunner:
 def _kill_parallel(runners: list[TaskRunner], reason: str, fails: bool) -> None:
     """Kill tasks side by side, so the grace periods overlap instead of adding up."""
     runners = [r for r in runners if not r.terminal]
-    threads = [threading.Thread(target=r.kill, args=(reason,), kwargs={"fails": fails},
-                                daemon=True) for r in runners[1:]]
+    threads = [
+        threading.Thread(target=r.kill, args=(reason,), kwargs={"fails": fails}, daemon=True)
+        for r in runners[1:]
+    ]
     for thread in threads:
         thread.start()
     if runners:

@@ -1,4 +1,5 @@
 """The allocation an agent is asked to run: the body of `POST /allocations`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ class AllocSpec:
     task_group: str
     tasks: tuple[Task, ...]
     job_type: JobType = JobType.BATCH
-    stop_after: float | None = None     # the group's disconnect.stop_after, seconds
+    stop_after: float | None = None  # the group's disconnect.stop_after, seconds
 
     @property
     def resources(self) -> Resources:
@@ -30,8 +31,12 @@ class AllocSpec:
         group = {"name": self.task_group, "tasks": [t.to_dict() for t in self.tasks]}
         if self.stop_after is not None:
             group["disconnect"] = {"stop_after": self.stop_after}
-        return {"allocation_id": self.allocation_id, "job_id": self.job_id,
-                "job_type": self.job_type.value, "task_group": group}
+        return {
+            "allocation_id": self.allocation_id,
+            "job_id": self.job_id,
+            "job_type": self.job_type.value,
+            "task_group": group,
+        }
 
 
 def parse_alloc(body) -> AllocSpec:
@@ -51,13 +56,11 @@ def parse_alloc(body) -> AllocSpec:
     raw_tasks = group.get("tasks")
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise ValidationError("task_group.tasks: must be a non-empty list")
-    tasks = tuple(_parse_task(t, f"task_group.tasks[{i}]")
-                  for i, t in enumerate(raw_tasks))
+    tasks = tuple(_parse_task(t, f"task_group.tasks[{i}]") for i, t in enumerate(raw_tasks))
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValidationError("task_group.tasks: task names must be unique")
-    return AllocSpec(alloc_id, job_id, name, tasks, job_type,
-                     _stop_after(group.get("disconnect")))
+    return AllocSpec(alloc_id, job_id, name, tasks, job_type, _stop_after(group.get("disconnect")))
 
 
 def _stop_after(raw) -> float | None:
@@ -71,7 +74,8 @@ def _stop_after(raw) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValidationError(
-            "task_group.disconnect.stop_after: must be a non-negative number of seconds")
+            "task_group.disconnect.stop_after: must be a non-negative number of seconds"
+        )
     return float(value)
 
 
@@ -89,9 +93,12 @@ def _parse_task(raw, path: str) -> Task:
         raise ValidationError(f"{path}.driver: must be one of {', '.join(DRIVERS)}")
     # The job spec's config rules: the agent may be called without the server.
     config = task_config(dict(config), driver, f"{path}.config")
-    return Task(name=name, driver=driver, config=config,
-                resources=bodies.resources(raw.get("resources"), f"{path}.resources",
-                                    DEFAULT_RESOURCES))
+    return Task(
+        name=name,
+        driver=driver,
+        config=config,
+        resources=bodies.resources(raw.get("resources"), f"{path}.resources", DEFAULT_RESOURCES),
+    )
 
 
 def _infer_driver(config: dict, path: str) -> str:

@@ -8,6 +8,7 @@
 Files are written whole to a temporary name and renamed, so a crash leaves
 either the old or the new version.
 """
+
 from __future__ import annotations
 
 import json
@@ -90,7 +91,7 @@ class AgentStore:
                 return
             try:
                 _write_atomic(path, raw)
-            except FileNotFoundError:       # its first write: make the directory
+            except FileNotFoundError:  # its first write: make the directory
                 os.makedirs(self.alloc_dir(alloc_id), exist_ok=True)
                 _write_atomic(path, raw)
 
@@ -116,8 +117,7 @@ class AgentStore:
             except FileNotFoundError:
                 continue
             except (OSError, ValueError) as exc:
-                log.warning("skipping unreadable allocation state path=%s error=%s",
-                            path, exc)
+                log.warning("skipping unreadable allocation state path=%s error=%s", path, exc)
         return docs
 
 

@@ -31,6 +31,7 @@ the RSS of each such task's process tree and SIGKILLs the group past the limit.
 
     python -S -c "<path setup>; from orch.agent.supervisor import main; main()" NAME
 """
+
 from __future__ import annotations
 
 import errno
@@ -43,13 +44,14 @@ import subprocess
 import sys
 import time
 
-WATCHDOG_INTERVAL = 0.2     # seconds between RSS samples without cgroups
-RMDIR_RETRY = 0.05          # a cgroup may stay busy for a moment after its last kill
+WATCHDOG_INTERVAL = 0.2  # seconds between RSS samples without cgroups
+RMDIR_RETRY = 0.05  # a cgroup may stay busy for a moment after its last kill
 RMDIR_GIVE_UP = 5.0
-LONELY_EXIT = 10.0          # started, but no agent ever connected: leave
+LONELY_EXIT = 10.0  # started, but no agent ever connected: leave
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 READY = b"ready\n"
 IN_USE = b"in-use\n"
+
 
 def receive(sock: socket.socket) -> bytes:
     """What the peer sent; b"" once it is gone (closed, reset)."""
@@ -65,7 +67,7 @@ def take_lines(buf: bytearray) -> list[bytes]:
     if end < 0:
         return []
     lines = bytes(buf[:end]).split(b"\n")
-    del buf[:end + 1]
+    del buf[: end + 1]
     return lines
 
 
@@ -76,8 +78,8 @@ def socket_address(name: str) -> bytes:
 
 class Run:
     """One started task: what the supervisor must do when it ends."""
-    __slots__ = ("popen", "pid", "record_path", "watchdog_bytes", "oom", "oom_files",
-                 "cgroup_dirs")
+
+    __slots__ = ("popen", "pid", "record_path", "watchdog_bytes", "oom", "oom_files", "cgroup_dirs")
 
     def __init__(self, popen: subprocess.Popen, spec: dict):
         # Kept until reaped (by us, not by subprocess: see _reap), so that
@@ -98,7 +100,7 @@ class Supervisor:
         self.listener = listener
         self.clients: dict[int, tuple[socket.socket, bytearray]] = {}
         self.runs: dict[int, Run] = {}
-        self.rmdirs: list[tuple[float, str]] = []       # (give up at, cgroup dir)
+        self.rmdirs: list[tuple[float, str]] = []  # (give up at, cgroup dir)
         self.ever_connected = False
         self.started = time.monotonic()
         self.wake_r, self.wake_w = os.pipe()
@@ -106,11 +108,11 @@ class Supervisor:
         os.set_blocking(self.wake_w, False)
 
     def serve(self) -> None:
-        signal.signal(signal.SIGCHLD, lambda *_: None)   # wakes select via the fd
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select via the fd
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         next_watch = time.monotonic() + WATCHDOG_INTERVAL
         while True:
-            self._reap()            # also what arrived before the handler was set
+            self._reap()  # also what arrived before the handler was set
             if self._should_leave():
                 return
             timeout = None
@@ -175,7 +177,7 @@ class Supervisor:
                 reply = self._start(request["start"])
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 reply = {"error": f"bad request to the task supervisor: {exc!r}"}
-            except OSError as exc:      # e.g. the task dir was removed meanwhile
+            except OSError as exc:  # e.g. the task dir was removed meanwhile
                 reply = {"error": f"task supervisor could not start the task: {exc}"}
             reply["id"] = request.get("id") if isinstance(request, dict) else None
             self._send(conn, reply)
@@ -302,10 +304,19 @@ def _spawn(spec: dict) -> subprocess.Popen:
     try:
         _join(spec.get("cgroup_procs") or [])
         return subprocess.Popen(
-            spec["argv"], env=spec["env"], cwd=spec["cwd"], stdin=subprocess.DEVNULL,
-            stdout=out, stderr=err, close_fds=True, restore_signals=True,
-            process_group=0, user=user.get("uid"), group=user.get("gid"),
-            extra_groups=user.get("groups") if user else None)
+            spec["argv"],
+            env=spec["env"],
+            cwd=spec["cwd"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            close_fds=True,
+            restore_signals=True,
+            process_group=0,
+            user=user.get("uid"),
+            group=user.get("gid"),
+            extra_groups=user.get("groups") if user else None,
+        )
     finally:
         try:
             _join(homes)
@@ -374,7 +385,7 @@ def _process_tree() -> dict[int, list[int]]:
         stat = _read(f"/proc/{name}/stat")
         if stat is None:
             continue
-        fields = stat[stat.rfind(b")") + 2:].split()
+        fields = stat[stat.rfind(b")") + 2 :].split()
         if len(fields) > 1:
             parents.setdefault(int(fields[1]), []).append(int(name))
     return parents
@@ -487,14 +498,14 @@ def main(argv: list[str] | None = None) -> int:
     # a caught one is back to its default at their exec.
     for sig in (signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)     # subprocess restores it in tasks
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # subprocess restores it in tasks
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(socket_address(name))
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
-        _say(IN_USE)                # another supervisor serves this agent
+        _say(IN_USE)  # another supervisor serves this agent
         return 0
     listener.listen(16)
     _say(READY)

@@ -1,6 +1,7 @@
 """Client commands of the CLI over ``orch.client``: shared plumbing, node and
 alloc commands. Job commands are in ``job``, `job run`'s follower in
 ``run``."""
+
 from __future__ import annotations
 
 import functools
@@ -10,9 +11,19 @@ import time
 from contextlib import contextmanager
 
 from orch import errors
-from orch.cli.format import (TERMINAL_ALLOC, Style, ago, alloc_status,
-                             colour_enabled, event_line, fields, matches_short,
-                             node_row, short, table)
+from orch.cli.format import (
+    TERMINAL_ALLOC,
+    Style,
+    ago,
+    alloc_status,
+    colour_enabled,
+    event_line,
+    fields,
+    matches_short,
+    node_row,
+    short,
+    table,
+)
 from orch.cli.messages import in_english, with_english
 from orch.client import Client
 from orch.jobspec import parse_job
@@ -28,16 +39,18 @@ def say(line: str = "") -> None:
 
 def client_command(fn):
     """Open a Client from --address/--token; errors become one line and exit 1."""
+
     @functools.wraps(fn)
     def handler(args) -> int:
         client = Client(args.address, token=args.token)
         try:
             return fn(args, client)
-        except errors.OrchError as exc:          # ClientError included
+        except errors.OrchError as exc:  # ClientError included
             print(f"error: {with_english(exc.message)}", file=sys.stderr)
         finally:
             client.close()
         return EXIT_ERROR
+
     return handler
 
 
@@ -68,7 +81,7 @@ def load_job_file(path: str) -> dict:
         raise errors.ValidationError(f"{path}: a job is a JSON object")
     # Checked here first, so a bad file is pointed at by its field path
     # (`task_groups[0].tasks[1].resources.memory: ...`) before any request.
-    parse_job(spec, max_count=sys.maxsize)   # the server enforces its own limit
+    parse_job(spec, max_count=sys.maxsize)  # the server enforces its own limit
     return spec
 
 
@@ -80,8 +93,9 @@ def about_job(job_id: str):
     except errors.NotFound as exc:
         said = f'job "{job_id}" not found'
         # The seed's 作业不存在 gets the words with the id: 作业不存在 (job "web" not found).
-        message = (f"{exc.message} ({said})" if in_english(exc.message)
-                   else f"{said} ({exc.message})")
+        message = (
+            f"{exc.message} ({said})" if in_english(exc.message) else f"{said} ({exc.message})"
+        )
         raise errors.NotFound(message) from exc
 
 
@@ -97,18 +111,23 @@ def resolve_alloc(client: Client, ident: str) -> dict:
         return client.allocs.get(ident)
     except errors.NotFound:
         pass
-    matches = {a["allocation_id"] for job in client.jobs.list()
-               for a in job.get("allocations") or []
-               if matches_short(str(a.get("allocation_id", "")), ident)}
+    matches = {
+        a["allocation_id"]
+        for job in client.jobs.list()
+        for a in job.get("allocations") or []
+        if matches_short(str(a.get("allocation_id", "")), ident)
+    }
     if len(matches) > 1:
         raise errors.ValidationError(
-            f'allocation prefix "{ident}" matches {len(matches)} allocations')
+            f'allocation prefix "{ident}" matches {len(matches)} allocations'
+        )
     if not matches:
         raise errors.NotFound(f'allocation "{ident}" not found')
     return client.allocs.get(matches.pop())
 
 
 # ---- node status -----------------------------------------------------------
+
 
 @client_command
 def node_status(args, client: Client) -> int:
@@ -119,14 +138,31 @@ def node_status(args, client: Client) -> int:
         say("No nodes")
     else:
         now = time.time()
-        rows = [node_row(n) + [ago(n.get("last_heartbeat"), now)]
-                for n in sorted(nodes, key=lambda n: n.get("node_id", ""))]
-        say(table(["ID", "Region", "Endpoint", "Healthy", "CPU Allocated",
-                   "Memory Allocated", "Allocs", "Heartbeat"], rows, paint=style().cell))
+        rows = [
+            node_row(n) + [ago(n.get("last_heartbeat"), now)]
+            for n in sorted(nodes, key=lambda n: n.get("node_id", ""))
+        ]
+        say(
+            table(
+                [
+                    "ID",
+                    "Region",
+                    "Endpoint",
+                    "Healthy",
+                    "CPU Allocated",
+                    "Memory Allocated",
+                    "Allocs",
+                    "Heartbeat",
+                ],
+                rows,
+                paint=style().cell,
+            )
+        )
     return EXIT_OK
 
 
 # ---- alloc status / logs ---------------------------------------------------
+
 
 @client_command
 def alloc_status_cmd(args, client: Client) -> int:
@@ -139,27 +175,44 @@ def alloc_status_cmd(args, client: Client) -> int:
 
 
 def alloc_summary(alloc: dict, now: float, paint: Style = Style(False)) -> str:
-    out = [fields([
-        ("ID", alloc.get("allocation_id")), ("Name", alloc.get("name")),
-        ("Job", alloc.get("job_id")), ("Group", alloc.get("task_group")),
-        ("Node", alloc.get("node_id")),
-        ("Client Status", paint.status(alloc_status(alloc))),
-        ("Desired Status", alloc.get("desired_status")),
-        ("Description", alloc.get("description")),
-        ("Created", ago(alloc.get("create_time"), now)),
-        ("Started", ago(alloc.get("start_time"), now)),
-        ("Finished", ago(alloc.get("end_time"), now))])]
+    out = [
+        fields(
+            [
+                ("ID", alloc.get("allocation_id")),
+                ("Name", alloc.get("name")),
+                ("Job", alloc.get("job_id")),
+                ("Group", alloc.get("task_group")),
+                ("Node", alloc.get("node_id")),
+                ("Client Status", paint.status(alloc_status(alloc))),
+                ("Desired Status", alloc.get("desired_status")),
+                ("Description", alloc.get("description")),
+                ("Created", ago(alloc.get("create_time"), now)),
+                ("Started", ago(alloc.get("start_time"), now)),
+                ("Finished", ago(alloc.get("end_time"), now)),
+            ]
+        )
+    ]
     for name, task in sorted((alloc.get("tasks") or {}).items()):
         out.append("")
         out.append(f'Task "{name}" is "{paint.status(task.get("status", "pending"))}"')
-        out.append(fields([("Exit Code", task.get("exit_code")),
-                           ("Restarts", task.get("restarts", 0)),
-                           ("Error", task.get("error"))]))
+        out.append(
+            fields(
+                [
+                    ("Exit Code", task.get("exit_code")),
+                    ("Restarts", task.get("restarts", 0)),
+                    ("Error", task.get("error")),
+                ]
+            )
+        )
         events = task.get("events") or []
         if events:
             out.append("Recent Events:")
-            out.append(table(["Time", "Type", "Message"],
-                             [event_line(e, now) for e in reversed(events[-10:])]))
+            out.append(
+                table(
+                    ["Time", "Type", "Message"],
+                    [event_line(e, now) for e in reversed(events[-10:])],
+                )
+            )
     return "\n".join(out)
 
 
@@ -185,9 +238,12 @@ def only_task(client: Client, alloc: dict) -> str:
     names = sorted(alloc.get("tasks") or {})
     if not names:
         job = get_job(client, alloc.get("job_id", ""))
-        names = sorted(t.get("name") for tg in job.get("task_groups") or []
-                       if tg.get("name") == alloc.get("task_group")
-                       for t in tg.get("tasks") or [])
+        names = sorted(
+            t.get("name")
+            for tg in job.get("task_groups") or []
+            if tg.get("name") == alloc.get("task_group")
+            for t in tg.get("tasks") or []
+        )
     if len(names) == 1:
         return names[0]
     short_id = short(alloc.get("allocation_id"))
@@ -195,18 +251,27 @@ def only_task(client: Client, alloc: dict) -> str:
         raise errors.NotFound(f"allocation {short_id} has no task to read the log of")
     raise errors.ValidationError(
         f"allocation {short_id} has tasks {', '.join(names)}: name one "
-        f"(orch alloc logs {short_id} TASK)")
+        f"(orch alloc logs {short_id} TASK)"
+    )
 
 
-def follow_logs(client: Client, alloc_id: str, task: str, stderr: bool, out,
-                *, now=time.monotonic, sleep=time.sleep) -> None:
+def follow_logs(
+    client: Client,
+    alloc_id: str,
+    task: str,
+    stderr: bool,
+    out,
+    *,
+    now=time.monotonic,
+    sleep=time.sleep,
+) -> None:
     """Poll the log from the last offset until the allocation is terminal."""
     offset, terminal, next_check = 0, False, 0.0
     while True:
         try:
             chunk = client.allocs.logs(alloc_id, task, stderr=stderr, offset=offset)
         except errors.NotFound:
-            chunk = b""          # the task has not written its log yet
+            chunk = b""  # the task has not written its log yet
         if chunk:
             out.write(chunk)
             out.flush()
@@ -218,5 +283,5 @@ def follow_logs(client: Client, alloc_id: str, task: str, stderr: bool, out,
             terminal = alloc_status(client.allocs.get(alloc_id)) in TERMINAL_ALLOC
             next_check = now() + ALLOC_CHECK_INTERVAL
             if terminal:
-                continue         # read once more: the last lines may have landed
+                continue  # read once more: the last lines may have landed
         sleep(LOG_POLL_INTERVAL)

@@ -1,4 +1,5 @@
 """Pure text formatting for the CLI: tables, ages, placement failures in words."""
+
 from __future__ import annotations
 
 import os
@@ -33,13 +34,14 @@ def table(headers: list[str], rows: list[list], paint=None) -> str:
     ``paint(column, text)`` may wrap a body cell in colour; widths are those
     of the plain text, so colour codes never misalign the columns.
     """
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r]
-                                            for r in rows]
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for n, row in enumerate(cells):
-        out = [(paint(headers[i], c) if paint and n else c) + " " * (widths[i] - len(c))
-               for i, c in enumerate(row)]
+        out = [
+            (paint(headers[i], c) if paint and n else c) + " " * (widths[i] - len(c))
+            for i, c in enumerate(row)
+        ]
         lines.append("  ".join(out).rstrip())
     return "\n".join(lines)
 
@@ -47,8 +49,7 @@ def table(headers: list[str], rows: list[list], paint=None) -> str:
 def fields(pairs: list[tuple[str, object]]) -> str:
     """``Key = value`` lines with the ``=`` aligned, as Nomad prints summaries."""
     width = max((len(k) for k, _ in pairs), default=0)
-    return "\n".join(f"{k.ljust(width)} = {'-' if v is None or v == '' else v}"
-                     for k, v in pairs)
+    return "\n".join(f"{k.ljust(width)} = {'-' if v is None or v == '' else v}" for k, v in pairs)
 
 
 def ago(ts: float | None, now: float) -> str:
@@ -80,8 +81,9 @@ def describe_failures(failures: dict, nodes: list[dict] | None = None) -> str:
     and for a resource the nodes that came closest (``failed_nodes``)."""
     parts = []
     # Capacity first: it is what more nodes or smaller tasks would fix.
-    order = sorted(failures.items(),
-                   key=lambda kv: (not kv[0].endswith("exhausted"), -kv[1], kv[0]))
+    order = sorted(
+        failures.items(), key=lambda kv: (not kv[0].endswith("exhausted"), -kv[1], kv[0])
+    )
     for reason, count in order:
         count = int(count)
         if reason.endswith("exhausted"):
@@ -117,9 +119,11 @@ def describe_placement_failure(evaluation: dict) -> list[str]:
     failed_groups = {n: g for n, g in groups.items() if g.get("failed")}
     # Node detail belongs to one group's demand: inline only when one failed.
     inline = nodes.get(next(iter(failed_groups))) if len(failed_groups) == 1 else None
-    reasons = (describe_failures(evaluation.get("failures") or {}, inline)
-               or evaluation.get("status_description")
-               or "no eligible node")
+    reasons = (
+        describe_failures(evaluation.get("failures") or {}, inline)
+        or evaluation.get("status_description")
+        or "no eligible node"
+    )
     lines = [f"{failed} of {wanted} not placed: {reasons}"]
     if len(failed_groups) > 1:
         for name, g in sorted(failed_groups.items()):
@@ -133,9 +137,11 @@ def describe_placement_failure(evaluation: dict) -> list[str]:
 
 def _node_detail(node: dict) -> str:
     key, unit = ("cpu", "MHz") if str(node.get("reason")).startswith("cpu") else ("memory", "MB")
-    return (f"{node.get('reason')} on node {short(node.get('node_id'))} "
-            f"(needs {(node.get('needs') or {}).get(key)} {unit}, "
-            f"{(node.get('free') or {}).get(key)} free)")
+    return (
+        f"{node.get('reason')} on node {short(node.get('node_id'))} "
+        f"(needs {(node.get('needs') or {}).get(key)} {unit}, "
+        f"{(node.get('free') or {}).get(key)} free)"
+    )
 
 
 def wanted_count(job: dict) -> int:
@@ -149,8 +155,7 @@ def current_allocs(job: dict) -> list[dict]:
     keeps its allocations, with the version they were placed under; those
     the update replaces are set to stop by the same evaluation.
     """
-    return [a for a in job.get("allocations") or []
-            if a.get("desired_status", "run") == "run"]
+    return [a for a in job.get("allocations") or [] if a.get("desired_status", "run") == "run"]
 
 
 def alloc_counts(job: dict) -> str:
@@ -176,18 +181,28 @@ def node_row(node: dict) -> list:
     if not isinstance(held, dict):
         # A server without the `allocated` field: add up what the allocations say.
         known = [a["resources"] for a in live if isinstance(a.get("resources"), dict)]
-        held = ({"cpu": sum(r.get("cpu", 0) for r in known),
-                 "memory": sum(r.get("memory", 0) for r in known)} if known else {})
-    return [short(node.get("node_id")), node.get("region"), node.get("endpoint"),
-            str(bool(node.get("healthy"))).lower(),
-            resource_cell(res.get("cpu"), held.get("cpu"), "MHz"),
-            resource_cell(res.get("memory"), held.get("memory"), "MB"), len(live)]
+        held = (
+            {
+                "cpu": sum(r.get("cpu", 0) for r in known),
+                "memory": sum(r.get("memory", 0) for r in known),
+            }
+            if known
+            else {}
+        )
+    return [
+        short(node.get("node_id")),
+        node.get("region"),
+        node.get("endpoint"),
+        str(bool(node.get("healthy"))).lower(),
+        resource_cell(res.get("cpu"), held.get("cpu"), "MHz"),
+        resource_cell(res.get("memory"), held.get("memory"), "MB"),
+        len(live),
+    ]
 
 
 def event_line(event, now: float) -> list:
     if isinstance(event, dict):
-        return [ago(event.get("time"), now), event.get("type") or "-",
-                event.get("message") or ""]
+        return [ago(event.get("time"), now), event.get("type") or "-", event.get("message") or ""]
     return ["-", "-", str(event)]
 
 
@@ -195,9 +210,17 @@ def event_line(event, now: float) -> list:
 
 _CODES = {"green": "32", "red": "31", "yellow": "33", "bold": "1"}
 STATUS_COLOURS = {
-    "running": "green", "complete": "green", "true": "green", "ready": "green",
-    "failed": "red", "lost": "red", "dead": "red", "false": "red",
-    "pending": "yellow", "blocked": "yellow", "stopped": "yellow",
+    "running": "green",
+    "complete": "green",
+    "true": "green",
+    "ready": "green",
+    "failed": "red",
+    "lost": "red",
+    "dead": "red",
+    "false": "red",
+    "pending": "yellow",
+    "blocked": "yellow",
+    "stopped": "yellow",
 }
 STATUS_COLUMNS = frozenset({"Status", "Healthy", "Client Status"})
 
@@ -210,7 +233,7 @@ def is_terminal(stream, environ=None) -> bool:
     isatty = getattr(stream, "isatty", None)
     try:
         return bool(isatty and isatty())
-    except ValueError:       # a closed stream
+    except ValueError:  # a closed stream
         return False
 
 
@@ -241,13 +264,21 @@ class Style:
 
 # ---- job run progress ----------------------------------------------------------
 
+
 def group_progress(job: dict) -> dict[str, dict]:
     """Per group: count, and the placed, running, complete and failed
     allocations of the job as last submitted."""
     submitted = job.get("submit_time") or 0
-    out = {tg.get("name"): {"count": int(tg.get("count", 1)), "placed": 0,
-                            "running": 0, "complete": 0, "failed": 0}
-           for tg in job.get("task_groups") or []}
+    out = {
+        tg.get("name"): {
+            "count": int(tg.get("count", 1)),
+            "placed": 0,
+            "running": 0,
+            "complete": 0,
+            "failed": 0,
+        }
+        for tg in job.get("task_groups") or []
+    }
     for alloc in job.get("allocations") or []:
         counts = out.get(alloc.get("task_group"))
         if counts is None:
@@ -267,10 +298,13 @@ def group_progress(job: dict) -> dict[str, dict]:
 def progress_line(name: str, counts: dict, batch: bool, style: Style = Style(False)) -> str:
     """``web: 3 placed, 2 running, 0 failed of 3`` (batch: and ``complete``)."""
     failed = f"{counts['failed']} failed"
-    parts = [f"{counts['placed']} placed",
-             style(f"{counts['running']} running", "green" if counts["running"] else None)]
+    parts = [
+        f"{counts['placed']} placed",
+        style(f"{counts['running']} running", "green" if counts["running"] else None),
+    ]
     if batch:
-        parts.append(style(f"{counts['complete']} complete",
-                           "green" if counts["complete"] else None))
+        parts.append(
+            style(f"{counts['complete']} complete", "green" if counts["complete"] else None)
+        )
     parts.append(style(failed, "red" if counts["failed"] else None))
     return f"    {name}: {', '.join(parts)} of {counts['count']}"

@@ -1,13 +1,30 @@
 """The `orch job` commands: run, plan, inspect, status, stop, restart, delete."""
+
 from __future__ import annotations
 
 import sys
 import time
 
-from orch.cli.commands import (EXIT_OK, about_job, client_command, get_job, load_job_file,
-                      print_json, say, style)
-from orch.cli.format import (Style, ago, alloc_counts, alloc_status,
-                             describe_failures, fields, short, table)
+from orch.cli.commands import (
+    EXIT_OK,
+    about_job,
+    client_command,
+    get_job,
+    load_job_file,
+    print_json,
+    say,
+    style,
+)
+from orch.cli.format import (
+    Style,
+    ago,
+    alloc_counts,
+    alloc_status,
+    describe_failures,
+    fields,
+    short,
+    table,
+)
 from orch.cli.run import EXIT_NOT_PLACED, Live, RunMonitor
 from orch.client import Client
 
@@ -16,6 +33,7 @@ NOT_SPEC = ("allocations", "status")
 
 
 # ---- job run -----------------------------------------------------------------
+
 
 @client_command
 def job_run(args, client: Client) -> int:
@@ -26,16 +44,24 @@ def job_run(args, client: Client) -> int:
         say(f'Job "{job_id}" submitted; evaluation {eval_id}')
         return EXIT_OK
     say(f'==> Job "{job_id}" submitted; evaluation {short(eval_id)}')
-    monitor = RunMonitor(client, job_id, eval_id, spec.get("type") or "batch",
-                         timeout=args.timeout, live=Live(sys.stdout), style=style())
+    monitor = RunMonitor(
+        client,
+        job_id,
+        eval_id,
+        spec.get("type") or "batch",
+        timeout=args.timeout,
+        live=Live(sys.stdout),
+        style=style(),
+    )
     try:
         return monitor.run()
     except KeyboardInterrupt:
-        say(f'==> Stopped following; the job keeps going (orch job status {job_id})')
+        say(f"==> Stopped following; the job keeps going (orch job status {job_id})")
         return EXIT_OK
 
 
 # ---- job plan ----------------------------------------------------------------
+
 
 @client_command
 def job_plan(args, client: Client) -> int:
@@ -54,26 +80,32 @@ def plan_text(plan: dict, path: str, paint: Style = Style(False)) -> str:
     if plan.get("exists") and plan.get("changed") is False:
         head = f'Job "{job_id}": no change (version {plan.get("current_version")})'
     elif plan.get("exists"):
-        head = (f'Job "{job_id}": update, version {plan.get("current_version")}'
-                f' -> {plan.get("version")}')
+        head = (
+            f'Job "{job_id}": update, version {plan.get("current_version")}'
+            f" -> {plan.get('version')}"
+        )
     else:
         head = f'Job "{job_id}": new'
     lines = [paint(head, "bold")]
     for name, d in sorted((plan.get("diff") or {}).items()):
         scale = f", scale {d.get('scale')}" if d.get("scale") not in (None, "0") else ""
-        lines.append(f'    Group "{name}": {d.get("place", 0)} place, '
-                     f'{d.get("replace", 0)} replace (destructive), {d.get("stop", 0)} stop, '
-                     f'{d.get("keep", 0)} keep{scale}')
+        lines.append(
+            f'    Group "{name}": {d.get("place", 0)} place, '
+            f"{d.get('replace', 0)} replace (destructive), {d.get('stop', 0)} stop, "
+            f"{d.get('keep', 0)} keep{scale}"
+        )
     for name, f in sorted((plan.get("failures") or {}).items()):
         why = describe_failures(f.get("failures") or {}, f.get("nodes")) or "no eligible node"
-        lines.append(paint(f'==> Group "{name}": {f.get("wanted")} would not be placed: {why}',
-                           "red"))
+        lines.append(
+            paint(f'==> Group "{name}": {f.get("wanted")} would not be placed: {why}', "red")
+        )
     lines.append("")
     lines.append(f"Nothing was changed. To submit: orch job run {path}")
     return "\n".join(lines)
 
 
 # ---- job inspect / status ------------------------------------------------------
+
 
 @client_command
 def job_inspect(args, client: Client) -> int:
@@ -94,11 +126,17 @@ def job_status(args, client: Client) -> int:
             say("No jobs")
         else:
             now = time.time()
-            rows = [[j.get("job_id"), j.get("type", "batch"), j.get("status"),
-                     alloc_counts(j), ago(j.get("submit_time"), now)]
-                    for j in sorted(jobs, key=lambda j: j.get("job_id", ""))]
-            say(table(["ID", "Type", "Status", "Allocs", "Submitted"], rows,
-                      paint=paint.cell))
+            rows = [
+                [
+                    j.get("job_id"),
+                    j.get("type", "batch"),
+                    j.get("status"),
+                    alloc_counts(j),
+                    ago(j.get("submit_time"), now),
+                ]
+                for j in sorted(jobs, key=lambda j: j.get("job_id", ""))
+            ]
+            say(table(["ID", "Type", "Status", "Allocs", "Submitted"], rows, paint=paint.cell))
         return EXIT_OK
     job = get_job(client, args.id)
     if args.json:
@@ -109,25 +147,46 @@ def job_status(args, client: Client) -> int:
 
 
 def job_summary(job: dict, now: float, paint: Style = Style(False)) -> str:
-    groups = ", ".join(f"{tg.get('name')} (count {tg.get('count')})"
-                       for tg in job.get("task_groups") or [])
-    head = fields([("ID", job.get("job_id")), ("Type", job.get("type", "batch")),
-                   ("Status", paint.status(job.get("status"))),
-                   ("Version", job.get("version")),
-                   ("Submitted", ago(job.get("submit_time"), now)),
-                   ("Groups", groups), ("Allocs", alloc_counts(job))])
-    allocs = sorted(job.get("allocations") or [],
-                    key=lambda a: (-(a.get("create_time") or 0), a.get("name") or ""))
+    groups = ", ".join(
+        f"{tg.get('name')} (count {tg.get('count')})" for tg in job.get("task_groups") or []
+    )
+    head = fields(
+        [
+            ("ID", job.get("job_id")),
+            ("Type", job.get("type", "batch")),
+            ("Status", paint.status(job.get("status"))),
+            ("Version", job.get("version")),
+            ("Submitted", ago(job.get("submit_time"), now)),
+            ("Groups", groups),
+            ("Allocs", alloc_counts(job)),
+        ]
+    )
+    allocs = sorted(
+        job.get("allocations") or [],
+        key=lambda a: (-(a.get("create_time") or 0), a.get("name") or ""),
+    )
     if not allocs:
         return head + "\n\nNo allocations"
-    rows = [[short(a.get("allocation_id")), short(a.get("node_id")), a.get("task_group"),
-             alloc_status(a), a.get("desired_status", "run"),
-             ago(a.get("create_time") or a.get("start_time"), now)] for a in allocs]
-    return head + "\n\nAllocations\n" + table(
-        ["ID", "Node", "Group", "Status", "Desired", "Created"], rows, paint=paint.cell)
+    rows = [
+        [
+            short(a.get("allocation_id")),
+            short(a.get("node_id")),
+            a.get("task_group"),
+            alloc_status(a),
+            a.get("desired_status", "run"),
+            ago(a.get("create_time") or a.get("start_time"), now),
+        ]
+        for a in allocs
+    ]
+    return (
+        head
+        + "\n\nAllocations\n"
+        + table(["ID", "Node", "Group", "Status", "Desired", "Created"], rows, paint=paint.cell)
+    )
 
 
 # ---- job stop / restart / delete ---------------------------------------------------
+
 
 @client_command
 def job_stop(args, client: Client) -> int:

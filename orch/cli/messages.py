@@ -4,6 +4,7 @@ The CLI prints a message with its English beside it (``只能重启已停止的�
 (only a stopped job can be restarted)``); every Chinese message of the seed
 API is listed, a test checks that the server sends no other.
 """
+
 from __future__ import annotations
 
 import re

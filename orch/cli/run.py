@@ -4,6 +4,7 @@ On a terminal the group lines are redrawn in place; otherwise (a pipe, a CI
 log) a group's line is printed again only when it changed, so the output is
 a readable history rather than a screenful of escape codes.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -11,15 +12,23 @@ import sys
 import time
 
 from orch import errors
-from orch.cli.format import (Style, alloc_status, current_allocs,
-                             describe_placement_failure, group_progress,
-                             is_terminal, plural, progress_line, short,
-                             wanted_count)
+from orch.cli.format import (
+    Style,
+    alloc_status,
+    current_allocs,
+    describe_placement_failure,
+    group_progress,
+    is_terminal,
+    plural,
+    progress_line,
+    short,
+    wanted_count,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_NOT_PLACED = 0, 1, 2
-TAIL_LINES = 10              # of a failed task's stderr, under its failure
-TAIL_MAX_BYTES = 4 << 20     # read no further into a huge log for its tail
-SHOWN_ALLOCS = 10            # allocation ids listed on success; the rest counted
+TAIL_LINES = 10  # of a failed task's stderr, under its failure
+TAIL_MAX_BYTES = 4 << 20  # read no further into a huge log for its tail
+SHOWN_ALLOCS = 10  # allocation ids listed on success; the rest counted
 
 
 class Live:
@@ -28,9 +37,9 @@ class Live:
     def __init__(self, out=None, tty: bool | None = None):
         self.out = out or sys.stdout
         self.tty = is_terminal(self.out) if tty is None else tty
-        self._drawn = 0                        # lines of the block on screen (tty)
+        self._drawn = 0  # lines of the block on screen (tty)
         self._block: list[tuple[str, str]] = []
-        self._printed: dict[str, str] = {}     # key -> last line printed (not a tty)
+        self._printed: dict[str, str] = {}  # key -> last line printed (not a tty)
 
     def say(self, line: str = "") -> None:
         if self.tty:
@@ -64,7 +73,7 @@ class Live:
         width = shutil.get_terminal_size().columns
         for _, line in self._block:
             # A wrapped line would take two rows and spoil the next redraw.
-            self._write(line[:max(20, width - 1)] + "\n")
+            self._write(line[: max(20, width - 1)] + "\n")
         self._drawn = len(self._block)
 
     def _write(self, text: str) -> None:
@@ -75,10 +84,20 @@ class Live:
 class RunMonitor:
     """Follows one submission: its evaluation, then the job's allocations."""
 
-    def __init__(self, client, job_id: str, eval_id: str | None, job_type: str,
-                 *, timeout: float, interval: float = 0.1,
-                 now=time.monotonic, sleep=time.sleep, live: Live | None = None,
-                 style: Style | None = None):
+    def __init__(
+        self,
+        client,
+        job_id: str,
+        eval_id: str | None,
+        job_type: str,
+        *,
+        timeout: float,
+        interval: float = 0.1,
+        now=time.monotonic,
+        sleep=time.sleep,
+        live: Live | None = None,
+        style: Style | None = None,
+    ):
         self.client, self.job_id, self.eval_id = client, job_id, eval_id
         self.job_type = job_type
         self.timeout, self.interval = timeout, interval
@@ -107,15 +126,24 @@ class RunMonitor:
             if verdict is not None:
                 return verdict
             if self.now() >= deadline:
-                self.say(self.style(f'==> Timed out after {self.timeout:g}s: job '
-                                    f'"{self.job_id}" is {job.get("status")}', "red"))
+                self.say(
+                    self.style(
+                        f"==> Timed out after {self.timeout:g}s: job "
+                        f'"{self.job_id}" is {job.get("status")}',
+                        "red",
+                    )
+                )
                 return EXIT_ERROR
             self.sleep(self.interval)
 
     def show_groups(self, job: dict) -> None:
         batch = (job.get("type") or self.job_type) == "batch"
-        self.live.show([(name, progress_line(name, counts, batch, self.style))
-                        for name, counts in group_progress(job).items()])
+        self.live.show(
+            [
+                (name, progress_line(name, counts, batch, self.style))
+                for name, counts in group_progress(job).items()
+            ]
+        )
 
     def check_eval(self) -> tuple[dict, bool]:
         """The evaluation (its status said when it changes), and whether it is finished."""
@@ -123,8 +151,10 @@ class RunMonitor:
         status = ev.get("status")
         if status != self.eval_status:
             was = f"{self.eval_status} -> " if self.eval_status else ""
-            self.say(f"    Evaluation {short(self.eval_id)}: {was}{self.style.status(status)}"
-                     f" (placed {ev.get('placed', 0)})")
+            self.say(
+                f"    Evaluation {short(self.eval_id)}: {was}{self.style.status(status)}"
+                f" (placed {ev.get('placed', 0)})"
+            )
             self.eval_status = status
         return ev, status in ("complete", "canceled", "blocked", "failed")
 
@@ -140,8 +170,10 @@ class RunMonitor:
             return EXIT_ERROR
         for line in describe_placement_failure(ev):
             self.say(self.style(f"==> {line}", "red"))
-        self.say(f'    The job stays pending and is placed when capacity appears '
-                 f'(orch job status {self.job_id}).')
+        self.say(
+            f"    The job stays pending and is placed when capacity appears "
+            f"(orch job status {self.job_id})."
+        )
         return EXIT_NOT_PLACED
 
     def job_verdict(self, job: dict) -> int | None:
@@ -162,8 +194,11 @@ class RunMonitor:
         wanted = wanted_count(job)
         running = sum(1 for a in current_allocs(job) if alloc_status(a) == "running")
         if running >= wanted:
-            self.say(self.style(f'==> Job "{self.job_id}": {running} of {wanted} '
-                                f'allocations running', "green"))
+            self.say(
+                self.style(
+                    f'==> Job "{self.job_id}": {running} of {wanted} allocations running', "green"
+                )
+            )
             self.list_allocs(job)
             return EXIT_OK
         return None
@@ -172,12 +207,15 @@ class RunMonitor:
         """The allocations' ids as tables show them, for `alloc status`/`alloc logs`."""
         allocs = sorted(current_allocs(job), key=lambda a: a.get("name") or "")
         for alloc in allocs[:SHOWN_ALLOCS]:
-            self.say(f'    Allocation {short(alloc.get("allocation_id"))} '
-                     f'({alloc.get("name") or alloc.get("task_group")}) on node '
-                     f'{short(alloc.get("node_id"))}: {alloc_status(alloc)}')
+            self.say(
+                f"    Allocation {short(alloc.get('allocation_id'))} "
+                f"({alloc.get('name') or alloc.get('task_group')}) on node "
+                f"{short(alloc.get('node_id'))}: {alloc_status(alloc)}"
+            )
         if len(allocs) > SHOWN_ALLOCS:
-            self.say(f"    ... and {len(allocs) - SHOWN_ALLOCS} more "
-                     f"(orch job status {self.job_id})")
+            self.say(
+                f"    ... and {len(allocs) - SHOWN_ALLOCS} more (orch job status {self.job_id})"
+            )
 
     def report_failures(self, job: dict) -> None:
         for alloc in job.get("allocations") or []:
@@ -190,18 +228,19 @@ class RunMonitor:
             for name, task in (detail.get("tasks") or {}).items():
                 if task.get("status") == "failed":
                     why = task.get("error") or f"exit code {task.get('exit_code')}"
-                    self.say(f'    Allocation {short(alloc["allocation_id"])} '
-                             f'task "{name}": {why}')
+                    self.say(f'    Allocation {short(alloc["allocation_id"])} task "{name}": {why}')
                     self.show_stderr_tail(alloc["allocation_id"], name)
 
     def show_stderr_tail(self, alloc_id: str, task: str) -> None:
         try:
             tail = stderr_tail(self.client, alloc_id, task)
         except errors.OrchError:
-            return                   # the node may be gone; the failure was said
+            return  # the node may be gone; the failure was said
         if tail:
-            self.say(f"    stderr (last {plural(len(tail), 'line')}; orch alloc logs "
-                     f"--stderr {short(alloc_id)} {task}):")
+            self.say(
+                f"    stderr (last {plural(len(tail), 'line')}; orch alloc logs "
+                f"--stderr {short(alloc_id)} {task}):"
+            )
             for line in tail:
                 self.say(f"      {line}")
 
@@ -214,6 +253,6 @@ def stderr_tail(client, alloc_id: str, task: str, lines: int = TAIL_LINES) -> li
         if not chunk:
             break
         offset += len(chunk)
-        data = (data + chunk)[-64 * 1024:]     # a tail needs only the end
+        data = (data + chunk)[-64 * 1024 :]  # a tail needs only the end
     text = data.decode("utf-8", errors="replace").rstrip("\n")
     return text.split("\n")[-lines:] if text else []

@@ -6,6 +6,7 @@ stops the children in order: agents first, so that they stop their tasks while
 the server still listens, then the server. A child that dies on its own takes
 the rest down, as dramatiq's supervisor does.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -25,11 +26,11 @@ from orch.cli.format import short
 from orch.client import Client, ClientError
 from orch.config import DEFAULT_ADDRESS, DevConfig
 
-POLL_INTERVAL = 0.02       # readiness polling
-WATCH_INTERVAL = 0.1       # child liveness polling once ready
-STOP_GRACE = 10.0          # SIGTERM -> SIGKILL
-SERVER_GRACE = 2.0         # the server's least time to stop after the agents
-SLOW_START = 15.0          # say so if the nodes are not healthy by then
+POLL_INTERVAL = 0.02  # readiness polling
+WATCH_INTERVAL = 0.1  # child liveness polling once ready
+STOP_GRACE = 10.0  # SIGTERM -> SIGKILL
+SERVER_GRACE = 2.0  # the server's least time to stop after the agents
+SLOW_START = 15.0  # say so if the nodes are not healthy by then
 PR_SET_PDEATHSIG = 1
 
 
@@ -82,23 +83,46 @@ def port_taken(bind: str, port: int) -> str | None:
 
 
 def server_argv(config: DevConfig, port: int, data_dir: str) -> list[str]:
-    return ["server", "--bind", config.bind, "--port", str(port),
-            "--data-dir", data_dir, "--node-ttl", f"{config.node_ttl:g}",
-            "--log-level", config.log_level]
+    return [
+        "server",
+        "--bind",
+        config.bind,
+        "--port",
+        str(port),
+        "--data-dir",
+        data_dir,
+        "--node-ttl",
+        f"{config.node_ttl:g}",
+        "--log-level",
+        config.log_level,
+    ]
 
 
 def agent_argv(config: DevConfig, server_url: str, index: int, data_dir: str) -> list[str]:
-    return ["agent", "--server", server_url, "--bind", config.bind, "--port", "0",
-            "--data-dir", data_dir, "--heartbeat-interval", f"{config.heartbeat_interval:g}",
-            "--meta", f"dev_index={index}", "--log-level", config.log_level]
+    return [
+        "agent",
+        "--server",
+        server_url,
+        "--bind",
+        config.bind,
+        "--port",
+        "0",
+        "--data-dir",
+        data_dir,
+        "--heartbeat-interval",
+        f"{config.heartbeat_interval:g}",
+        "--meta",
+        f"dev_index={index}",
+        "--log-level",
+        config.log_level,
+    ]
 
 
 def child_env(environ: dict, token: str | None) -> dict:
     """The launcher passes every setting as a flag; inherited ORCH_* variables
     would give all agents one node id or one advertised URL, so drop them.
     The token travels in the environment, where `ps` does not show it."""
-    env = {k: v for k, v in environ.items()
-           if not k.startswith("ORCH_") or k == "ORCH_INSECURE"}
+    env = {k: v for k, v in environ.items() if not k.startswith("ORCH_") or k == "ORCH_INSECURE"}
     if token:
         env["ORCH_TOKEN"] = token
     return env
@@ -107,8 +131,11 @@ def child_env(environ: dict, token: str | None) -> dict:
 def fresh_healthy_nodes(nodes: list[dict], since: float) -> list[dict]:
     """Healthy nodes heard from since the launch: with a kept --data-dir the
     server also remembers last run's nodes until their TTL runs out."""
-    return [n for n in nodes if n.get("healthy")
-            and (not n.get("last_heartbeat") or n["last_heartbeat"] >= since)]
+    return [
+        n
+        for n in nodes
+        if n.get("healthy") and (not n.get("last_heartbeat") or n["last_heartbeat"] >= since)
+    ]
 
 
 def _die_with_parent() -> None:
@@ -154,8 +181,7 @@ class Child:
 class Supervisor:
     """Owns the child processes: start, watch, stop in order, kill by group."""
 
-    def __init__(self, base_argv: list[str], env: dict, *, now=time.monotonic,
-                 sleep=time.sleep):
+    def __init__(self, base_argv: list[str], env: dict, *, now=time.monotonic, sleep=time.sleep):
         self.base_argv, self.env = base_argv, env
         self.now, self.sleep = now, sleep
         self.children: list[Child] = []
@@ -166,9 +192,13 @@ class Supervisor:
 
     def start(self, name: str, args: list[str]) -> Child:
         preexec = _die_with_parent if sys.platform.startswith("linux") else None
-        proc = subprocess.Popen(self.base_argv + args, env=self.env,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=preexec)
+        proc = subprocess.Popen(
+            self.base_argv + args,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
         child = Child(name, proc)
         self.children.append(child)
         return child
@@ -222,8 +252,9 @@ class Supervisor:
 class DevCluster:
     """One `orch dev` run: start, report readiness, watch, stop."""
 
-    def __init__(self, config: DevConfig, supervisor: Supervisor, data_dir: str,
-                 port: int, out=None):
+    def __init__(
+        self, config: DevConfig, supervisor: Supervisor, data_dir: str, port: int, out=None
+    ):
         self.config, self.sup, self.data_dir = config, supervisor, data_dir
         self.url = f"http://{connect_host(config.bind)}:{port}"
         self.port = port
@@ -235,14 +266,17 @@ class DevCluster:
 
     def run(self) -> int:
         started, since = self.sup.now(), time.time() - 1.0
-        server = self.sup.start("server", server_argv(
-            self.config, self.port, os.path.join(self.data_dir, "server")))
+        server = self.sup.start(
+            "server", server_argv(self.config, self.port, os.path.join(self.data_dir, "server"))
+        )
         # Agents start beside the server, not after it: their start-up (imports,
         # fingerprinting) overlaps the server's, and they retry registering
         # within 50 ms of the server answering.
         for i in range(self.config.agents):
-            self.sup.start(f"agent {i + 1}", agent_argv(
-                self.config, self.url, i, os.path.join(self.data_dir, f"agent-{i + 1}")))
+            self.sup.start(
+                f"agent {i + 1}",
+                agent_argv(self.config, self.url, i, os.path.join(self.data_dir, f"agent-{i + 1}")),
+            )
         if not self.wait_for_server():
             return self.finish()
         self.say(f"server {self.url} (pid {server.pid})")
@@ -267,7 +301,7 @@ class DevCluster:
             except ClientError:
                 pass
             except errors.OrchError:
-                return True      # it answers, if not with 200: it is up
+                return True  # it answers, if not with 200: it is up
             self.sup.sleep(POLL_INTERVAL)
         return False
 
@@ -295,8 +329,10 @@ class DevCluster:
         """Stop everything; exit 1 if a child died on its own."""
         dead = None if self.sup.signals else self.sup.first_dead()
         if dead is not None:
-            self.say(f"{dead.name} (pid {dead.pid}) exited with code "
-                     f"{dead.exit_code}; stopping the others")
+            self.say(
+                f"{dead.name} (pid {dead.pid}) exited with code "
+                f"{dead.exit_code}; stopping the others"
+            )
         else:
             self.say("stopping agents, then the server")
         self.sup.stop()
@@ -308,8 +344,12 @@ def run(config: DevConfig) -> int:
     if config.port:
         why = port_taken(config.bind, config.port)
         if why:
-            print(f"orch dev: cannot listen on {config.bind}:{config.port}: {why}; "
-                  f"pick another --port (or 0 for a free one)", file=sys.stderr, flush=True)
+            print(
+                f"orch dev: cannot listen on {config.bind}:{config.port}: {why}; "
+                f"pick another --port (or 0 for a free one)",
+                file=sys.stderr,
+                flush=True,
+            )
             return 1
     ephemeral = config.data_dir is None
     data_dir = tempfile.mkdtemp(prefix="orch-dev-") if ephemeral else config.data_dir

@@ -3,6 +3,7 @@
 Every answer is JSON. Exceptions become ``{"error": ...}`` with the status on
 their class (orch.errors); bottle's HTML error pages never reach a client.
 """
+
 from __future__ import annotations
 
 import time
@@ -12,9 +13,9 @@ import bottle
 
 from orch import httpjson, transport
 from orch.errors import NotFound
+from orch.openapi import SERVER_SPEC
 from orch.server import views
 from orch.server.metrics import render_metrics
-from orch.openapi import SERVER_SPEC
 from orch.transport import HttpClient
 
 # (connect, read) seconds for relaying a task's log from its agent.
@@ -24,8 +25,7 @@ LOG_RELAY_TIMEOUT = (2.0, 5.0)
 def make_app(server) -> bottle.Bottle:
     app = bottle.Bottle()
     store = server.store
-    route = httpjson.Router(app, token=server.config.token,
-                            max_body=server.config.max_body_bytes)
+    route = httpjson.Router(app, token=server.config.token, max_body=server.config.max_body_bytes)
 
     # ---- seed: nodes -------------------------------------------------------
 
@@ -41,8 +41,9 @@ def make_app(server) -> bottle.Bottle:
 
     @route("GET", "/nodes")
     def list_nodes():
-        nodes = [views.node_view(n, store.live_allocs_for_node(n.node_id))
-                 for n in store.list_nodes()]
+        nodes = [
+            views.node_view(n, store.live_allocs_for_node(n.node_id)) for n in store.list_nodes()
+        ]
         return {"nodes": nodes, "count": len(nodes)}
 
     @route("GET", "/nodes/<node_id>")
@@ -57,14 +58,16 @@ def make_app(server) -> bottle.Bottle:
     @route("POST", "/jobs")
     def submit_job():
         job, ev = server.submit_job(httpjson.read_json())
-        return {"job_id": job.job_id, "evaluation_id": ev.eval_id,
-                "message": "作业评估已加入队列"}
+        return {"job_id": job.job_id, "evaluation_id": ev.eval_id, "message": "作业评估已加入队列"}
 
     @route("PUT", "/jobs/<job_id>")
     def update_job(job_id):
         job, ev = server.submit_job(httpjson.read_json(), job_id)
-        return {"job_id": job.job_id, "evaluation_id": ev.eval_id,
-                "message": "作业更新评估已加入队列"}
+        return {
+            "job_id": job.job_id,
+            "evaluation_id": ev.eval_id,
+            "message": "作业更新评估已加入队列",
+        }
 
     @route("DELETE", "/jobs/<job_id>")
     def stop_job(job_id):
@@ -93,8 +96,7 @@ def make_app(server) -> bottle.Bottle:
     @route("POST", "/jobs/<job_id>/restart")
     def restart_job(job_id):
         ev = server.restart_job(job_id)
-        return {"job_id": job_id, "evaluation_id": ev.eval_id,
-                "message": "作业重启评估已加入队列"}
+        return {"job_id": job_id, "evaluation_id": ev.eval_id, "message": "作业重启评估已加入队列"}
 
     # ---- beyond the seed -----------------------------------------------------
 
@@ -132,11 +134,12 @@ def make_app(server) -> bottle.Bottle:
             raise NotFound("the allocation's node is unknown")
         # One client per relay: waitress threads share nothing, and a log
         # read is rare enough that a kept connection would only sit idle.
-        client = HttpClient(timeout=LOG_RELAY_TIMEOUT, token=server.config.token,
-                            keep_alive=False)
+        client = HttpClient(timeout=LOG_RELAY_TIMEOUT, token=server.config.token, keep_alive=False)
         try:
-            resp = client.get(f"{endpoint}/allocations/{quote(alloc_id)}/logs/"
-                              f"{quote(task)}", params=dict(bottle.request.query))
+            resp = client.get(
+                f"{endpoint}/allocations/{quote(alloc_id)}/logs/{quote(task)}",
+                params=dict(bottle.request.query),
+            )
         except (*transport.ERRORS, ValueError) as exc:
             raise httpjson.BadGateway(f"node unreachable: {exc}") from exc
         finally:
@@ -145,8 +148,11 @@ def make_app(server) -> bottle.Bottle:
 
     @route("GET", "/health", public=True)
     def health():
-        return {"status": "ok", "uptime_s": round(time.time() - server.started, 3),
-                **store.counts()}
+        return {
+            "status": "ok",
+            "uptime_s": round(time.time() - server.started, 3),
+            **store.counts(),
+        }
 
     @route("GET", "/metrics", raw=True)
     def metrics():
@@ -158,4 +164,3 @@ def make_app(server) -> bottle.Bottle:
         return SERVER_SPEC
 
     return app
-

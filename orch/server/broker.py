@@ -7,6 +7,7 @@ for all of them, which is what keeps a burst of updates to one job cheap).
 Evaluations that could not place everything are parked as *blocked* and go
 back to the queue whenever cluster capacity changes.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -24,11 +25,11 @@ class EvalBroker:
     def __init__(self, *, now=time.monotonic, max_deliveries: int = 3):
         self._now = now
         self._cond = threading.Condition()
-        self._ready: deque[str] = deque()                 # job ids with work
-        self._pending: dict[str, OrderedDict] = {}        # job -> evals waiting
+        self._ready: deque[str] = deque()  # job ids with work
+        self._pending: dict[str, OrderedDict] = {}  # job -> evals waiting
         self._inflight: dict[str, tuple[str, list]] = {}  # job -> (token, evals)
-        self._blocked: dict[str, Evaluation] = {}          # job -> blocked eval
-        self._delayed: list = []                           # heap (time, seq, eval)
+        self._blocked: dict[str, Evaluation] = {}  # job -> blocked eval
+        self._delayed: list = []  # heap (time, seq, eval)
         self._seq = itertools.count()
         self._deliveries: dict[str, int] = {}
         self._max_deliveries = max_deliveries
@@ -71,7 +72,7 @@ class EvalBroker:
         with self._cond:
             pending = self._pending.get(ev.job_id)
             if pending:
-                return   # newer work for this job will re-plan anyway
+                return  # newer work for this job will re-plan anyway
             self._blocked[ev.job_id] = ev
 
     def unblock(self) -> int:
@@ -181,7 +182,9 @@ class EvalBroker:
 
     def stats(self) -> dict:
         with self._cond:
-            return {"ready": sum(len(v) for v in self._pending.values()),
-                    "inflight": len(self._inflight),
-                    "blocked": len(self._blocked),
-                    "delayed": len(self._delayed)}
+            return {
+                "ready": sum(len(v) for v in self._pending.values()),
+                "inflight": len(self._inflight),
+                "blocked": len(self._blocked),
+                "delayed": len(self._delayed),
+            }

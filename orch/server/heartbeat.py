@@ -3,6 +3,7 @@
 Deadlines sit in a heap with lazy deletion, so a heartbeat costs O(log n)
 and the monitor wakes only when the earliest deadline may have passed.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -35,10 +36,9 @@ class HeartbeatMonitor:
         self._heap: list[tuple[float, str]] = []
         self._cond = threading.Condition()
         self._stopped = False
-        self._wake_at: float | None = None     # when the monitor asked to wake
+        self._wake_at: float | None = None  # when the monitor asked to wake
         self._stall_after = max(STALL_S, ttl / 2)
-        self._thread = threading.Thread(target=self._run, name="heartbeat",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -78,8 +78,11 @@ class HeartbeatMonitor:
         self._wake_at = None
         if late < self._stall_after:
             return 0.0
-        log.warning("heartbeat monitor woke %.1fs late: the server stalled; "
-                    "re-arming %d node deadlines", late, len(self._deadlines))
+        log.warning(
+            "heartbeat monitor woke %.1fs late: the server stalled; re-arming %d node deadlines",
+            late,
+            len(self._deadlines),
+        )
         for node_id in self._deadlines:
             self._deadlines[node_id] = now + self._ttl
         self._compact()
@@ -120,15 +123,19 @@ class HeartbeatMonitor:
                 except Exception as exc:
                     # Dropping it would leave the node healthy for good, its
                     # allocations never lost nor replaced: try again.
-                    log.error("node expiry failed node=%s: %s; retrying in %.1fs",
-                              node_id, exc, min(self._ttl, EXPIRY_RETRY_S),
-                              exc_info=not isinstance(exc, OrchError))
+                    log.error(
+                        "node expiry failed node=%s: %s; retrying in %.1fs",
+                        node_id,
+                        exc,
+                        min(self._ttl, EXPIRY_RETRY_S),
+                        exc_info=not isinstance(exc, OrchError),
+                    )
                     self._retry(node_id)
 
     def _retry(self, node_id: str) -> None:
         with self._cond:
             if node_id in self._deadlines:
-                return                 # a heartbeat came in meanwhile
+                return  # a heartbeat came in meanwhile
             deadline = self._now() + min(self._ttl, EXPIRY_RETRY_S)
             self._deadlines[node_id] = deadline
             heapq.heappush(self._heap, (deadline, node_id))

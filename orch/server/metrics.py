@@ -1,4 +1,5 @@
 """Prometheus text exposition of the server's counters and gauges."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -26,14 +27,16 @@ def render_metrics(server) -> str:
         _line("orch_jobs", len(store.list_jobs())),
         "# TYPE orch_allocations gauge",
     ]
-    lines += [_line("orch_allocations", n, {"client_status": s})
-              for s, n in sorted(allocs.items())]
+    lines += [_line("orch_allocations", n, {"client_status": s}) for s, n in sorted(allocs.items())]
     lines.append("# TYPE orch_broker_evaluations gauge")
-    lines += [_line("orch_broker_evaluations", n, {"state": s})
-              for s, n in sorted(server.broker.stats().items())]
+    lines += [
+        _line("orch_broker_evaluations", n, {"state": s})
+        for s, n in sorted(server.broker.stats().items())
+    ]
     lines.append("# TYPE orch_push_total counter")
-    lines += [_line("orch_push_total", n, {"result": s})
-              for s, n in sorted(server.pusher.stats.items())]
+    lines += [
+        _line("orch_push_total", n, {"result": s}) for s, n in sorted(server.pusher.stats.items())
+    ]
     lines.append("# TYPE orch_push_suspect_nodes gauge")
     lines.append(_line("orch_push_suspect_nodes", server.pusher.suspects()))
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ fail or (re)block evaluations, schedule a follow-up, unblock. Whatever is
 committed that agents must hear of goes to ``Dispatch``, the one place where
 pushes and stops start.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,7 +18,14 @@ from typing import NamedTuple, Protocol
 from orch.errors import StorageError
 from orch.server.scheduler.cluster import Cluster
 from orch.structs import (
-    Allocation, EvalStatus, Evaluation, Job, Plan, TriggeredBy, new_id, replace,
+    Allocation,
+    EvalStatus,
+    Evaluation,
+    Job,
+    Plan,
+    TriggeredBy,
+    new_id,
+    replace,
 )
 
 log = logging.getLogger(__name__)
@@ -60,21 +68,22 @@ class EvalQueue(Protocol):
 
 class PlanResult(NamedTuple):
     """What the store committed of a plan (``StateStore.commit_plan``)."""
+
     placed: list[Allocation]
     stopped: list[Allocation]
-    rejected: int          # placements that no longer fit at commit time
+    rejected: int  # placements that no longer fit at commit time
 
 
 class Planner(Protocol):
     """What the scheduler side may change (Nomad's ``scheduler.Planner``)."""
 
-    def submit_plan(self, plan: Plan, evals: list[Evaluation], job: Job
-                    ) -> PlanResult: ...
+    def submit_plan(self, plan: Plan, evals: list[Evaluation], job: Job) -> PlanResult: ...
 
     def update_evals(self, evals: list[Evaluation]) -> None: ...
 
-    def create_evals(self, job_ids, trigger: TriggeredBy,
-                     node_id: str | None = None) -> list[Evaluation]: ...
+    def create_evals(
+        self, job_ids, trigger: TriggeredBy, node_id: str | None = None
+    ) -> list[Evaluation]: ...
 
     def schedule_followup(self, job_id: str, at: float) -> None: ...
 
@@ -87,10 +96,17 @@ class Planner(Protocol):
     def fail_eval(self, ev: Evaluation, why: str) -> None: ...
 
 
-def new_eval(job_id: str, trigger: TriggeredBy, now: float,
-             node_id: str | None = None) -> Evaluation:
-    return Evaluation(eval_id=new_id(), job_id=job_id, triggered_by=trigger,
-                      node_id=node_id, create_time=now, modify_time=now)
+def new_eval(
+    job_id: str, trigger: TriggeredBy, now: float, node_id: str | None = None
+) -> Evaluation:
+    return Evaluation(
+        eval_id=new_id(),
+        job_id=job_id,
+        triggered_by=trigger,
+        node_id=node_id,
+        create_time=now,
+        modify_time=now,
+    )
 
 
 class Dispatch:
@@ -140,8 +156,9 @@ class ServerPlanner:
     def update_evals(self, evals: list[Evaluation]) -> None:
         self._store.put_evals(evals)
 
-    def create_evals(self, job_ids, trigger: TriggeredBy,
-                     node_id: str | None = None) -> list[Evaluation]:
+    def create_evals(
+        self, job_ids, trigger: TriggeredBy, node_id: str | None = None
+    ) -> list[Evaluation]:
         now = time.time()
         evals = [new_eval(job_id, trigger, now, node_id) for job_id in job_ids]
         if evals:
@@ -172,17 +189,26 @@ class ServerPlanner:
         """Mark an evaluation the scheduler gave up on; a store that cannot
         write (full disk) is not the evaluation's fault: it is kept instead."""
         try:
-            self._store.put_evals([replace(ev, status=EvalStatus.FAILED,
-                                           status_description=why,
-                                           modify_time=time.time())])
+            self._store.put_evals(
+                [
+                    replace(
+                        ev,
+                        status=EvalStatus.FAILED,
+                        status_description=why,
+                        modify_time=time.time(),
+                    )
+                ]
+            )
         except StorageError:
             self.retry_later([ev])
 
     def retry_later(self, evals: list[Evaluation]) -> None:
         """Queue evaluations again after STORAGE_RETRY_S (the store was full)."""
-        log.warning("evaluations %s kept: the state store cannot write; "
-                    "retrying in %.0fs", [e.eval_id[:8] for e in evals],
-                    STORAGE_RETRY_S)
+        log.warning(
+            "evaluations %s kept: the state store cannot write; retrying in %.0fs",
+            [e.eval_id[:8] for e in evals],
+            STORAGE_RETRY_S,
+        )
         at = time.time() + STORAGE_RETRY_S
         for ev in evals:
             self._broker.enqueue_delayed(ev, at)

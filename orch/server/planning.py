@@ -5,6 +5,7 @@ compute_plan only reads the Cluster (the stack keeps its own placements in a
 local overlay), so a dry run commits nothing: no job, evaluation or
 allocation is written. It reads through ``SchedulerState`` only.
 """
+
 from __future__ import annotations
 
 import random
@@ -16,7 +17,12 @@ from orch.server.scheduler.explain import failed_nodes, released_by
 from orch.server.scheduler.generic import compute_plan
 from orch.server.scheduler.reconcile import GROUP_CHANGED
 from orch.structs import (
-    DesiredStatus, Evaluation, Job, TriggeredBy, new_id, replace,
+    DesiredStatus,
+    Evaluation,
+    Job,
+    TriggeredBy,
+    new_id,
+    replace,
 )
 
 
@@ -30,20 +36,32 @@ def dry_run(state: SchedulerState, body, *, max_count: int) -> dict:
         job = replace(job, version=existing.version + int(changed))
     allocs = state.allocs_for_job(job.job_id) if existing is not None else []
     now = time.time()
-    evaluation = Evaluation(eval_id=new_id(), job_id=job.job_id,
-                            triggered_by=TriggeredBy.JOB_UPDATE if existing
-                            else TriggeredBy.JOB_REGISTER,
-                            create_time=now, modify_time=now)
-    plan, _ = compute_plan(job, allocs, state.cluster, evaluation, now=now,
-                           rng=random.Random())
+    evaluation = Evaluation(
+        eval_id=new_id(),
+        job_id=job.job_id,
+        triggered_by=TriggeredBy.JOB_UPDATE if existing else TriggeredBy.JOB_REGISTER,
+        create_time=now,
+        modify_time=now,
+    )
+    plan, _ = compute_plan(job, allocs, state.cluster, evaluation, now=now, rng=random.Random())
     details = failed_nodes(plan, job, state.cluster, released_by(plan, allocs))
-    failures = {name: {"wanted": f.get("wanted", 0), "failures": dict(f.get("failures", {})),
-                       "nodes": details.get(name, [])}
-                for name, f in plan.failed.items()}
-    return {"job_id": job.job_id, "exists": existing is not None, "changed": changed,
-            "version": job.version,
-            "current_version": existing.version if existing is not None else None,
-            "diff": plan_diff(plan, job, existing, allocs), "failures": failures}
+    failures = {
+        name: {
+            "wanted": f.get("wanted", 0),
+            "failures": dict(f.get("failures", {})),
+            "nodes": details.get(name, []),
+        }
+        for name, f in plan.failed.items()
+    }
+    return {
+        "job_id": job.job_id,
+        "exists": existing is not None,
+        "changed": changed,
+        "version": job.version,
+        "current_version": existing.version if existing is not None else None,
+        "diff": plan_diff(plan, job, existing, allocs),
+        "failures": failures,
+    }
 
 
 def plan_diff(plan, job: Job, existing: Job | None, allocs) -> dict[str, dict]:
@@ -59,8 +77,7 @@ def plan_diff(plan, job: Job, existing: Job | None, allocs) -> dict[str, dict]:
             wanted[alloc.task_group] = wanted.get(alloc.task_group, 0) + 1
     names = [g.name for g in job.task_groups]
     names += [n for n in wanted if job.group(n) is None]
-    diff = {name: {"place": 0, "stop": 0, "keep": 0, "replace": 0, "scale": "0"}
-            for name in names}
+    diff = {name: {"place": 0, "stop": 0, "keep": 0, "replace": 0, "scale": "0"} for name in names}
     for alloc_id, reason in plan.stop:
         entry = diff.get(group_of.get(alloc_id, ""))
         if entry is not None:

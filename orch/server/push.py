@@ -13,6 +13,7 @@ time out or are refused at the door becomes *suspect* (``on_suspect``): the
 scheduler offers it no new placements until a push to it succeeds again, or
 it heartbeats with nothing of ours hanging on it after ``suspect_hold``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,13 +28,14 @@ from orch.transport import ERRORS, HttpClient, PeerGone
 log = logging.getLogger(__name__)
 
 PLACE, STOP = "place", "stop"
-IDLE_S = 2.0            # a node's worker with nothing to do retires after this
+IDLE_S = 2.0  # a node's worker with nothing to do retires after this
 
 
 @dataclass(frozen=True)
 class PushFailure:
     """Why a call to an agent failed; ``refused`` when it surely did nothing
     (a 4xx answer, no endpoint, connection refused), as opposed to no answer."""
+
     message: str
     refused: bool
     # The node did not take the call at all (timeout, connection refused):
@@ -44,18 +46,24 @@ class PushFailure:
 def alloc_payload(alloc: Allocation, job: Job) -> dict:
     """The agent's POST /allocations body (seed fields plus driver, job_type)."""
     group = job.group(alloc.task_group)
-    tasks = [{"name": t.name, "driver": t.driver, "config": t.config,
-              "resources": t.resources.to_dict()} for t in group.tasks]
+    tasks = [
+        {"name": t.name, "driver": t.driver, "config": t.config, "resources": t.resources.to_dict()}
+        for t in group.tasks
+    ]
     payload = {"name": group.name, "tasks": tasks}
     if group.stop_after is not None:
         payload["disconnect"] = {"stop_after": group.stop_after}
-    return {"allocation_id": alloc.allocation_id, "job_id": alloc.job_id,
-            "job_type": job.type.value, "task_group": payload}
+    return {
+        "allocation_id": alloc.allocation_id,
+        "job_id": alloc.job_id,
+        "job_type": job.type.value,
+        "task_group": payload,
+    }
 
 
 @dataclass(frozen=True)
 class _Wish:
-    kind: str                   # PLACE or STOP
+    kind: str  # PLACE or STOP
     alloc: Allocation
     payload: dict | None = None
 
@@ -65,7 +73,7 @@ class _NodeQueue:
 
     def __init__(self, lock: threading.Lock):
         self.pending: OrderedDict[str, _Wish] = OrderedDict()
-        self.inflight: dict[str, str] = {}      # alloc id -> kind being delivered
+        self.inflight: dict[str, str] = {}  # alloc id -> kind being delivered
         self.workers = 0
         self.idle = 0
         self.ready = threading.Condition(lock)
@@ -83,18 +91,28 @@ class _NodeQueue:
 class Pusher:
     """Sends POST/DELETE /allocations to agents in the background."""
 
-    def __init__(self, *, endpoint_of, on_failed, on_suspect=None, wanted=None,
-                 workers: int = 4, timeout: float = 5.0,
-                 connect_timeout: float = 2.0, retries: int = 3,
-                 token: str | None = None, backoff: float = 0.2,
-                 suspect_hold: float = 10.0):
-        self._endpoint_of = endpoint_of      # node_id -> URL or None
-        self._on_failed = on_failed          # (alloc, PushFailure) -> None
+    def __init__(
+        self,
+        *,
+        endpoint_of,
+        on_failed,
+        on_suspect=None,
+        wanted=None,
+        workers: int = 4,
+        timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        retries: int = 3,
+        token: str | None = None,
+        backoff: float = 0.2,
+        suspect_hold: float = 10.0,
+    ):
+        self._endpoint_of = endpoint_of  # node_id -> URL or None
+        self._on_failed = on_failed  # (alloc, PushFailure) -> None
         self._on_suspect = on_suspect or (lambda node_id, suspect: None)
         # alloc -> still to run? Asked again just before a place goes out:
         # behind a hung node's queue, a placement may be lost or purged by then.
         self._wanted = wanted or (lambda alloc: True)
-        self._workers = workers              # per node
+        self._workers = workers  # per node
         self._timeout = (min(connect_timeout, timeout), timeout)
         self._retries = retries
         self._backoff = backoff
@@ -102,7 +120,7 @@ class Pusher:
         self._suspect_hold = suspect_hold
         self._lock = threading.Lock()
         self._queues: dict[str, _NodeQueue] = {}
-        self._suspect: dict[str, float] = {}   # node id -> monotonic time marked
+        self._suspect: dict[str, float] = {}  # node id -> monotonic time marked
         # Held across a verdict and its callback, so that the scheduler
         # learns verdicts in the order they were reached.
         self._verdicts = threading.Lock()
@@ -123,10 +141,12 @@ class Pusher:
         """Whether a push of the allocation (to ``node_id``, if known: one
         look-up instead of one per node with pushes) is waiting or in flight."""
         with self._lock:
-            queues = self._queues.values() if node_id is None \
+            queues = (
+                self._queues.values()
+                if node_id is None
                 else filter(None, [self._queues.get(node_id)])
-            return any(alloc_id in q.pending or alloc_id in q.inflight
-                       for q in queues)
+            )
+            return any(alloc_id in q.pending or alloc_id in q.inflight for q in queues)
 
     def _enqueue(self, wish: _Wish) -> None:
         alloc_id, node_id = wish.alloc.allocation_id, wish.alloc.node_id
@@ -137,9 +157,10 @@ class Pusher:
             if queue is None:
                 queue = self._queues[node_id] = _NodeQueue(self._lock)
             if wish.kind == PLACE and (
-                    getattr(queue.pending.get(alloc_id), "kind", None) == STOP
-                    or queue.inflight.get(alloc_id) == STOP):
-                return          # a stop is final: never place it again
+                getattr(queue.pending.get(alloc_id), "kind", None) == STOP
+                or queue.inflight.get(alloc_id) == STOP
+            ):
+                return  # a stop is final: never place it again
             # A stop replaces a place still waiting (it keeps its turn); one
             # behind a place in flight waits for it (next_wish skips it).
             queue.pending[alloc_id] = wish
@@ -150,8 +171,12 @@ class Pusher:
                 queue.ready.notify()
             elif queue.workers < limit:
                 queue.workers += 1
-                threading.Thread(target=self._work, args=(node_id, queue),
-                                 name=f"push-{node_id[:8]}", daemon=True).start()
+                threading.Thread(
+                    target=self._work,
+                    args=(node_id, queue),
+                    name=f"push-{node_id[:8]}",
+                    daemon=True,
+                ).start()
 
     # ---- a node's worker -----------------------------------------------------
 
@@ -165,8 +190,7 @@ class Pusher:
                 try:
                     self._deliver(wish, client)
                 except Exception:
-                    log.exception("push crashed alloc=%s",
-                                  wish.alloc.allocation_id)
+                    log.exception("push crashed alloc=%s", wish.alloc.allocation_id)
                 finally:
                     with self._lock:
                         queue.inflight.pop(wish.alloc.allocation_id, None)
@@ -188,41 +212,49 @@ class Pusher:
                 queue.ready.wait(left)
                 queue.idle -= 1
             queue.workers -= 1
-            if not queue.workers and not queue.pending \
-                    and self._queues.get(node_id) is queue:
+            if not queue.workers and not queue.pending and self._queues.get(node_id) is queue:
                 del self._queues[node_id]
             return None
 
     def _deliver(self, wish: _Wish, client: HttpClient) -> None:
         alloc = wish.alloc
         if wish.kind == PLACE and not self._wanted(alloc):
-            log.debug("place skipped alloc=%s: no longer wanted",
-                      short_id(alloc.allocation_id))
+            log.debug("place skipped alloc=%s: no longer wanted", short_id(alloc.allocation_id))
             return
         if wish.kind == PLACE:
-            failure = self._call(client, "POST", alloc.node_id, "/allocations",
-                                 wish.payload)
+            failure = self._call(client, "POST", alloc.node_id, "/allocations", wish.payload)
         else:
-            failure = self._call(client, "DELETE", alloc.node_id,
-                                 f"/allocations/{alloc.allocation_id}", None,
-                                 ok=(200, 404))
+            failure = self._call(
+                client,
+                "DELETE",
+                alloc.node_id,
+                f"/allocations/{alloc.allocation_id}",
+                None,
+                ok=(200, 404),
+            )
         if failure is None:
             self.stats["placed" if wish.kind == PLACE else "stopped"] += 1
             return
-        log.warning("%s failed alloc=%s node=%s: %s", wish.kind,
-                    short_id(alloc.allocation_id), alloc.node_id[:8], failure.message)
+        log.warning(
+            "%s failed alloc=%s node=%s: %s",
+            wish.kind,
+            short_id(alloc.allocation_id),
+            alloc.node_id[:8],
+            failure.message,
+        )
         if wish.kind == PLACE:
             self.stats["failed"] += 1
             self._on_failed(alloc, failure)
 
-    def _call(self, client: HttpClient, method: str, node_id: str, path: str,
-              body, ok=(200,)) -> PushFailure | None:
+    def _call(
+        self, client: HttpClient, method: str, node_id: str, path: str, body, ok=(200,)
+    ) -> PushFailure | None:
         """One call with bounded retries; None on success, else the last failure.
 
         A suspect node gets one attempt: its queue must not stall for
         retries that time out in turn."""
         failure = PushFailure("node has no endpoint", refused=True)
-        reached = False         # an earlier attempt may have got through
+        reached = False  # an earlier attempt may have got through
         for attempt in range(self._retries):
             endpoint = self._endpoint_of(node_id)
             if not endpoint:
@@ -240,23 +272,20 @@ class Pusher:
             reached = True
             if self.suspect(node_id):
                 return failure
-            time.sleep(self._backoff * (2 ** attempt))
+            time.sleep(self._backoff * (2**attempt))
         return failure
 
-    def _attempt(self, client: HttpClient, method: str, url: str, body,
-                 ok) -> PushFailure | None:
+    def _attempt(self, client: HttpClient, method: str, url: str, body, ok) -> PushFailure | None:
         try:
             resp = client.request(method, url, body=body)
         except ConnectionRefusedError as exc:
             # Nothing listens there: the agent surely did nothing.
-            return PushFailure(f"{type(exc).__name__}: {exc}", refused=True,
-                               node_fault=True)
+            return PushFailure(f"{type(exc).__name__}: {exc}", refused=True, node_fault=True)
         except TimeoutError as exc:
             return PushFailure(f"timed out: {exc}", refused=False, node_fault=True)
         except PeerGone as exc:
             # The agent went away, perhaps after it had read this call.
-            return PushFailure(f"{type(exc).__name__}: {exc}", refused=False,
-                               node_fault=True)
+            return PushFailure(f"{type(exc).__name__}: {exc}", refused=False, node_fault=True)
         except (*ERRORS, ValueError) as exc:
             return PushFailure(f"{type(exc).__name__}: {exc}", refused=False)
         if resp.status_code in ok:
@@ -285,9 +314,13 @@ class Pusher:
                     self._suspect[node_id] = time.monotonic()
                 else:
                     del self._suspect[node_id]
-            log.warning("node %s: %s", node_id[:8],
-                        "pushes fail: suspect, no new placements" if suspect
-                        else "answers again: no longer suspect")
+            log.warning(
+                "node %s: %s",
+                node_id[:8],
+                "pushes fail: suspect, no new placements"
+                if suspect
+                else "answers again: no longer suspect",
+            )
             self._on_suspect(node_id, suspect)
 
     def heartbeat_ok(self, node_id: str) -> None:
@@ -295,8 +328,11 @@ class Pusher:
         once it was suspect for ``suspect_hold`` and no push to it hangs."""
         with self._lock:
             since = self._suspect.get(node_id)
-            if since is None or time.monotonic() - since < self._suspect_hold \
-                    or node_id in self._queues:
+            if (
+                since is None
+                or time.monotonic() - since < self._suspect_hold
+                or node_id in self._queues
+            ):
                 return
         self._set_suspect(node_id, False)
 

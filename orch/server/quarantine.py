@@ -6,6 +6,7 @@ dataclass is copied to the ``quarantine`` table with the reason and deleted
 from its own table, in one transaction: nothing is lost, an operator can
 read it back, and the rest of the state loads.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 
 # What a bad body can raise on its way through json.loads and a codec *_from.
-DECODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError,
-                 RecursionError)
+DECODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError)
 
 
 def _no_constant(name: str):
@@ -42,10 +42,17 @@ def read_table(db, table: str, key: str, decode) -> tuple[list, list]:
 def statements(table: str, key: str, bad: list, now: float) -> list[tuple[str, list]]:
     """The (sql, rows) pairs that move ``bad`` rows into quarantine; logs each."""
     for row_key, _body, reason in bad:
-        log.error("state row unreadable table=%s %s=%s: %s; moved to the "
-                  "quarantine table", table, key, row_key, reason)
+        log.error(
+            "state row unreadable table=%s %s=%s: %s; moved to the quarantine table",
+            table,
+            key,
+            row_key,
+            reason,
+        )
     return [
-        ("INSERT INTO quarantine (tbl, row_key, body, reason, time) VALUES (?,?,?,?,?)",
-         [(table, str(k), body, reason, now) for k, body, reason in bad]),
+        (
+            "INSERT INTO quarantine (tbl, row_key, body, reason, time) VALUES (?,?,?,?,?)",
+            [(table, str(k), body, reason, now) for k, body, reason in bad],
+        ),
         (f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k, _b, _r in bad]),
     ]

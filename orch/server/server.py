@@ -4,6 +4,7 @@ The API calls the methods here; each one validates, writes state durably,
 then hands follow-up work (evaluations, pushes) to background threads, so no
 request ever waits for placement or for an agent.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -18,16 +19,24 @@ from orch.server import views
 from orch.server.broker import EvalBroker
 from orch.server.heartbeat import HeartbeatMonitor
 from orch.server.planner import Dispatch, ServerPlanner, new_eval
-from orch.server.push import PushFailure, Pusher
+from orch.server.push import Pusher, PushFailure
 from orch.server.state import StateStore
 from orch.server.status import job_status
 from orch.server.sync import AllocSync
 from orch.server.worker import SchedulerWorker
-from orch.validation import bodies as validation
 from orch.structs import (
-    Allocation, AllocStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node,
-    TriggeredBy, replace, short_id,
+    Allocation,
+    AllocStatus,
+    DesiredStatus,
+    EvalStatus,
+    Evaluation,
+    Job,
+    Node,
+    TriggeredBy,
+    replace,
+    short_id,
 )
+from orch.validation import bodies as validation
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +48,27 @@ class Server:
         self.config = config
         self.store = StateStore(config.data_dir)
         self.broker = EvalBroker()
-        self.pusher = Pusher(endpoint_of=self.endpoint_of,
-                             on_failed=self._push_failed,
-                             on_suspect=self._node_suspect,
-                             wanted=self._still_wanted,
-                             workers=config.push_workers,
-                             timeout=config.push_timeout,
-                             retries=config.push_retries, token=config.token,
-                             suspect_hold=config.node_ttl)
+        self.pusher = Pusher(
+            endpoint_of=self.endpoint_of,
+            on_failed=self._push_failed,
+            on_suspect=self._node_suspect,
+            wanted=self._still_wanted,
+            workers=config.push_workers,
+            timeout=config.push_timeout,
+            retries=config.push_retries,
+            token=config.token,
+            suspect_hold=config.node_ttl,
+        )
         self.monitor = HeartbeatMonitor(config.node_ttl, self.node_down)
         # The scheduler side sees narrow interfaces, never the Server: the
         # store as state, the broker as queue, a planner, one dispatch.
         self.dispatch = Dispatch(self.pusher)
         self.planner = ServerPlanner(self.store, self.broker, self.dispatch)
         self.sync = AllocSync(self.store, self.planner, self.dispatch)
-        self.workers = [SchedulerWorker(self.broker, self.store, self.planner, i)
-                        for i in range(config.scheduler_workers)]
+        self.workers = [
+            SchedulerWorker(self.broker, self.store, self.planner, i)
+            for i in range(config.scheduler_workers)
+        ]
         self.started = time.time()
 
     # ---- lifecycle ---------------------------------------------------------
@@ -86,9 +100,12 @@ class Server:
     def _cancel_evals(self, dropped: list[Evaluation], why: str) -> None:
         if dropped:
             now = time.time()
-            self.store.put_evals([replace(e, status=EvalStatus.CANCELED,
-                                          status_description=why,
-                                          modify_time=now) for e in dropped])
+            self.store.put_evals(
+                [
+                    replace(e, status=EvalStatus.CANCELED, status_description=why, modify_time=now)
+                    for e in dropped
+                ]
+            )
 
     # ---- jobs -------------------------------------------------------------
     #
@@ -104,20 +121,29 @@ class Server:
             raise NotFound("作业不存在")
         job = parse_job(body, job_id, max_count=self.config.max_count)
         job, ev, changed = self.store.submit_job(
-            job, lambda trigger: new_eval(job.job_id, trigger, time.time()),
-            must_exist=job_id is not None, on_commit=self.broker.enqueue)
+            job,
+            lambda trigger: new_eval(job.job_id, trigger, time.time()),
+            must_exist=job_id is not None,
+            on_commit=self.broker.enqueue,
+        )
         if not changed:
-            log.info("job %s submitted unchanged: version %d kept, no evaluation",
-                     job.job_id, job.version)
+            log.info(
+                "job %s submitted unchanged: version %d kept, no evaluation",
+                job.job_id,
+                job.version,
+            )
         return job, ev
 
     def stop_job(self, job_id: str) -> None:
-        ev = replace(new_eval(job_id, TriggeredBy.JOB_DEREGISTER, time.time()),
-                     status=EvalStatus.COMPLETE,
-                     status_description="job stopped")
+        ev = replace(
+            new_eval(job_id, TriggeredBy.JOB_DEREGISTER, time.time()),
+            status=EvalStatus.COMPLETE,
+            status_description="job stopped",
+        )
         dropped: list[Evaluation] = []
         stopped = self.store.stop_job(
-            job_id, ev, on_commit=lambda: dropped.extend(self.broker.cancel_job(job_id)))
+            job_id, ev, on_commit=lambda: dropped.extend(self.broker.cancel_job(job_id))
+        )
         self._cancel_evals(dropped, "job stopped")
         self.dispatch.stop(stopped)
         if stopped:
@@ -125,13 +151,14 @@ class Server:
 
     def restart_job(self, job_id: str) -> Evaluation:
         return self.store.restart_job(
-            job_id, lambda trigger: new_eval(job_id, trigger, time.time()),
-            on_commit=self.broker.enqueue)
+            job_id,
+            lambda trigger: new_eval(job_id, trigger, time.time()),
+            on_commit=self.broker.enqueue,
+        )
 
     def delete_job(self, job_id: str) -> None:
         # The queued evaluations go with the job: they are purged with it.
-        allocs = self.store.delete_job(
-            job_id, on_commit=lambda: self.broker.cancel_job(job_id))
+        allocs = self.store.delete_job(job_id, on_commit=lambda: self.broker.cancel_job(job_id))
         # Agents forget every allocation of the job, finished ones included.
         self.dispatch.stop(allocs)
         self.broker.unblock()
@@ -151,12 +178,19 @@ class Server:
         self.monitor.reset(node.node_id)
         if previous is not None and previous.endpoint != node.endpoint:
             self.pusher.endpoint_changed(node.node_id)
-        if previous is None or not previous.healthy \
-                or previous.resources != node.resources \
-                or previous.attributes != node.attributes \
-                or previous.meta != node.meta:
-            log.info("node %s registered endpoint=%s healthy=%s",
-                     node.node_id[:8], node.endpoint, node.healthy)
+        if (
+            previous is None
+            or not previous.healthy
+            or previous.resources != node.resources
+            or previous.attributes != node.attributes
+            or previous.meta != node.meta
+        ):
+            log.info(
+                "node %s registered endpoint=%s healthy=%s",
+                node.node_id[:8],
+                node.endpoint,
+                node.healthy,
+            )
             self.broker.unblock()
         return node
 
@@ -173,16 +207,21 @@ class Server:
             return node
         if previous.secret_digest:
             if not hmac.compare_digest(node.secret_digest, previous.secret_digest):
-                log.warning("node %s: register refused, secret_id does not match "
-                            "endpoint=%s", node.node_id[:8], node.endpoint)
-                raise Forbidden(f"node {node.node_id} is registered with another "
-                                f"secret_id")
+                log.warning(
+                    "node %s: register refused, secret_id does not match endpoint=%s",
+                    node.node_id[:8],
+                    node.endpoint,
+                )
+                raise Forbidden(f"node {node.node_id} is registered with another secret_id")
             return node
         if previous.healthy and previous.endpoint != node.endpoint:
-            log.warning("node %s: register from endpoint=%s refused, healthy at %s",
-                        node.node_id[:8], node.endpoint, previous.endpoint)
-            raise Forbidden(f"node {node.node_id} is registered and healthy at "
-                            f"another endpoint")
+            log.warning(
+                "node %s: register from endpoint=%s refused, healthy at %s",
+                node.node_id[:8],
+                node.endpoint,
+                previous.endpoint,
+            )
+            raise Forbidden(f"node {node.node_id} is registered and healthy at another endpoint")
         return node
 
     def heartbeat(self, body) -> None:
@@ -218,15 +257,16 @@ class Server:
 
         def evals_for(lost):
             now = time.time()
-            evals[:] = [new_eval(job_id, TriggeredBy.NODE_UPDATE, now, node_id)
-                        for job_id in sorted({a.job_id for a in lost})]
+            evals[:] = [
+                new_eval(job_id, TriggeredBy.NODE_UPDATE, now, node_id)
+                for job_id in sorted({a.job_id for a in lost})
+            ]
             return evals
+
         # One transaction: if it fails (StorageError), nothing is half-done and
         # the heartbeat monitor tries the whole verdict again.
-        lost = self.store.mark_node_down(node_id, "node missed its heartbeats",
-                                         evals_for)
-        log.warning("node %s missed heartbeats: down, %d allocations lost",
-                    node_id[:8], len(lost))
+        lost = self.store.mark_node_down(node_id, "node missed its heartbeats", evals_for)
+        log.warning("node %s missed heartbeats: down, %d allocations lost", node_id[:8], len(lost))
         if evals:
             self.broker.enqueue_many(evals)
 
@@ -243,19 +283,29 @@ class Server:
     def _still_wanted(self, alloc: Allocation) -> bool:
         """Whether a placement waiting to be pushed should still run."""
         current = self.store.get_alloc(alloc.allocation_id)
-        return current is not None and current.node_id == alloc.node_id \
-            and current.desired_status == DesiredStatus.RUN \
+        return (
+            current is not None
+            and current.node_id == alloc.node_id
+            and current.desired_status == DesiredStatus.RUN
             and not current.terminal()
+        )
 
     def _push_failed(self, alloc: Allocation, failure: PushFailure) -> None:
         current = self.store.get_alloc(alloc.allocation_id)
-        if current is None or current.desired_status != DesiredStatus.RUN \
-                or current.client_status != AllocStatus.PENDING:
+        if (
+            current is None
+            or current.desired_status != DesiredStatus.RUN
+            or current.client_status != AllocStatus.PENDING
+        ):
             return
         now = time.time()
         node = self.store.get_node(alloc.node_id)
-        if not failure.refused and node is not None and node.healthy \
-                and now - current.create_time < self.config.node_ttl:
+        if (
+            not failure.refused
+            and node is not None
+            and node.healthy
+            and now - current.create_time < self.config.node_ttl
+        ):
             # No answer (an agent restarting, a hung one): it may have
             # accepted the allocation already, so failing it and placing a
             # replacement could run the work twice. The node's heartbeats
@@ -264,13 +314,24 @@ class Server:
             # lost. A refusal (4xx, nothing listening) is certain: the
             # allocation is failed and placed elsewhere at once, and the
             # node, suspect, is not offered the replacement.
-            log.info("alloc %s: push unanswered, node %s alive: its heartbeats "
-                     "decide", short_id(alloc.allocation_id), alloc.node_id[:8])
+            log.info(
+                "alloc %s: push unanswered, node %s alive: its heartbeats decide",
+                short_id(alloc.allocation_id),
+                alloc.node_id[:8],
+            )
             return
-        self.store.update_allocs([replace(
-            current, client_status=AllocStatus.FAILED,
-            desired_status=DesiredStatus.STOP, end_time=now, modify_time=now,
-            description=f"push to node failed: {failure.message}")])
+        self.store.update_allocs(
+            [
+                replace(
+                    current,
+                    client_status=AllocStatus.FAILED,
+                    desired_status=DesiredStatus.STOP,
+                    end_time=now,
+                    modify_time=now,
+                    description=f"push to node failed: {failure.message}",
+                )
+            ]
+        )
         self.planner.create_evals([alloc.job_id], TriggeredBy.ALLOC_FAILURE)
 
     # ---- dry run -------------------------------------------------------------
@@ -278,6 +339,7 @@ class Server:
     def plan_job(self, body) -> dict:
         """POST /jobs/plan: what submitting ``body`` would do; stores nothing."""
         from orch.server.planning import dry_run
+
         return dry_run(self.store, body, max_count=self.config.max_count)
 
 
@@ -296,10 +358,16 @@ def run(config: ServerConfig) -> int:
         log.error("%s", exc.message)
         return 1
     app = make_app(server)
-    http = create_server(app, host=config.bind, port=config.port,
-                         threads=config.http_threads, ident="orch",
-                         connection_limit=1000, channel_timeout=60,
-                         clear_untrusted_proxy_headers=True)
+    http = create_server(
+        app,
+        host=config.bind,
+        port=config.port,
+        threads=config.http_threads,
+        ident="orch",
+        connection_limit=1000,
+        channel_timeout=60,
+        clear_untrusted_proxy_headers=True,
+    )
 
     def _exit(signum, _frame):
         raise SystemExit(0)
@@ -308,8 +376,7 @@ def run(config: ServerConfig) -> int:
     signal.signal(signal.SIGINT, _exit)
     server.start()
     host, port = http.effective_host, http.effective_port
-    log.info("server listening on http://%s:%s data_dir=%s", host, port,
-             config.data_dir)
+    log.info("server listening on http://%s:%s data_dir=%s", host, port, config.data_dir)
     try:
         http.run()
     finally:

@@ -5,6 +5,7 @@ so a request is acknowledged only after its state is durable, and a failed
 write (disk full) leaves memory exactly as it was. Reads come from memory.
 Stored objects are never mutated: a change is a new object written back.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,20 +14,30 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from orch import codec
 from orch.errors import Conflict, NotFound, StorageError
 from orch.server import quarantine
 from orch.server.scheduler.cluster import Cluster
 from orch.structs import (
-    TERMINAL_ALLOC, TERMINAL_EVAL, Allocation, AllocStatus, DesiredStatus, Evaluation, Job,
-    Node, Plan, TriggeredBy, replace,
+    TERMINAL_ALLOC,
+    TERMINAL_EVAL,
+    Allocation,
+    AllocStatus,
+    DesiredStatus,
+    Evaluation,
+    Job,
+    Node,
+    Plan,
+    TriggeredBy,
+    replace,
 )
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS allocations (
@@ -37,7 +48,9 @@ CREATE TABLE IF NOT EXISTS evaluations (
     eval_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, status TEXT NOT NULL,
     body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS evaluations_job ON evaluations (job_id);
-""" + quarantine.SCHEMA
+"""
+    + quarantine.SCHEMA
+)
 
 
 def _dump(obj) -> str:
@@ -71,8 +84,7 @@ class StateStore:
     @staticmethod
     def _open(path: str) -> sqlite3.Connection:
         try:
-            db = sqlite3.connect(path, check_same_thread=False,
-                                 isolation_level=None)
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             # WAL + NORMAL: a commit survives the process being killed.
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -83,7 +95,8 @@ class StateStore:
         except sqlite3.Error as exc:
             raise StorageError(
                 f"cannot open state database {path}: {exc}; refusing to start "
-                f"(the file is left untouched)") from exc
+                f"(the file is left untouched)"
+            ) from exc
         return db
 
     def _load(self) -> None:
@@ -97,9 +110,14 @@ class StateStore:
         for ev in self._rows("evaluations", "eval_id", codec.eval_from):
             self._evals[ev.eval_id] = ev
             self._evals_by_job.setdefault(ev.job_id, {})[ev.eval_id] = None
-        log.info("state loaded path=%s nodes=%d jobs=%d allocs=%d evals=%d",
-                 self.path, len(self._nodes), len(self._jobs),
-                 len(self._allocs), len(self._evals))
+        log.info(
+            "state loaded path=%s nodes=%d jobs=%d allocs=%d evals=%d",
+            self.path,
+            len(self._nodes),
+            len(self._jobs),
+            len(self._allocs),
+            len(self._evals),
+        )
 
     def _rows(self, table: str, key: str, decode) -> list:
         """The table's objects; rows that do not decode are quarantined."""
@@ -140,13 +158,14 @@ class StateStore:
     @staticmethod
     def _alloc_rows(allocs: list[Allocation]) -> list:
         bodies = codec.allocs_json(allocs)
-        return [(a.allocation_id, a.job_id, a.node_id, body)
-                for a, body in zip(allocs, bodies)]
+        return [(a.allocation_id, a.job_id, a.node_id, body) for a, body in zip(allocs, bodies)]
 
-    _UPSERT_ALLOC = ("INSERT OR REPLACE INTO allocations "
-                     "(allocation_id, job_id, node_id, body) VALUES (?,?,?,?)")
-    _UPSERT_EVAL = ("INSERT OR REPLACE INTO evaluations "
-                    "(eval_id, job_id, status, body) VALUES (?,?,?,?)")
+    _UPSERT_ALLOC = (
+        "INSERT OR REPLACE INTO allocations (allocation_id, job_id, node_id, body) VALUES (?,?,?,?)"
+    )
+    _UPSERT_EVAL = (
+        "INSERT OR REPLACE INTO evaluations (eval_id, job_id, status, body) VALUES (?,?,?,?)"
+    )
     _UPSERT_JOB = "INSERT OR REPLACE INTO jobs (job_id, body) VALUES (?,?)"
     _UPSERT_NODE = "INSERT OR REPLACE INTO nodes (node_id, body) VALUES (?,?)"
 
@@ -175,7 +194,7 @@ class StateStore:
         fresh = []
         for alloc in allocs:
             alloc_id = alloc.allocation_id
-            if alloc_id in by_id:       # not new after all: the general path
+            if alloc_id in by_id:  # not new after all: the general path
                 self._index_alloc(alloc)
                 continue
             by_id[alloc_id] = alloc
@@ -246,13 +265,18 @@ class StateStore:
         return [e for e in map(self._evals.get, ids) if e is not None]
 
     def unfinished_evals(self) -> list[Evaluation]:
-        return sorted((e for e in self._evals.values()
-                       if e.status not in TERMINAL_EVAL),
-                      key=lambda e: e.create_time)
+        return sorted(
+            (e for e in self._evals.values() if e.status not in TERMINAL_EVAL),
+            key=lambda e: e.create_time,
+        )
 
     def counts(self) -> dict:
-        return {"nodes": len(self._nodes), "jobs": len(self._jobs),
-                "allocations": len(self._allocs), "evaluations": len(self._evals)}
+        return {
+            "nodes": len(self._nodes),
+            "jobs": len(self._jobs),
+            "allocations": len(self._allocs),
+            "evaluations": len(self._evals),
+        }
 
     # ---- node writes --------------------------------------------------------
 
@@ -283,8 +307,7 @@ class StateStore:
             self.cluster.set_healthy(node_id, healthy)
             return node
 
-    def mark_node_down(self, node_id: str, reason: str, evals_for=None
-                       ) -> list[Allocation]:
+    def mark_node_down(self, node_id: str, reason: str, evals_for=None) -> list[Allocation]:
         """Node unhealthy and its unfinished allocations lost, in one transaction.
 
         ``evals_for(lost) -> [Evaluation]``, if given, makes the evaluations
@@ -296,14 +319,25 @@ class StateStore:
                 return []
             node = replace(node, healthy=False)
             now = self._now()
-            lost = [replace(a, client_status=AllocStatus.LOST,
-                            desired_status=DesiredStatus.STOP,
-                            description=reason, end_time=now, modify_time=now)
-                    for a in self.live_allocs_for_node(node_id)]
+            lost = [
+                replace(
+                    a,
+                    client_status=AllocStatus.LOST,
+                    desired_status=DesiredStatus.STOP,
+                    description=reason,
+                    end_time=now,
+                    modify_time=now,
+                )
+                for a in self.live_allocs_for_node(node_id)
+            ]
             evals = evals_for(lost) if evals_for is not None else []
-            self._write([(self._UPSERT_NODE, [(node_id, _dump(node))]),
-                         (self._UPSERT_ALLOC, self._alloc_rows(lost)),
-                         (self._UPSERT_EVAL, self._eval_rows(evals))])
+            self._write(
+                [
+                    (self._UPSERT_NODE, [(node_id, _dump(node))]),
+                    (self._UPSERT_ALLOC, self._alloc_rows(lost)),
+                    (self._UPSERT_EVAL, self._eval_rows(evals)),
+                ]
+            )
             self._nodes[node_id] = node
             self.cluster.set_healthy(node_id, False)
             for alloc in lost:
@@ -318,8 +352,9 @@ class StateStore:
     # runs under the lock too, once the write is durable: the broker then sees
     # enqueues and cancellations in the order the writes were committed.
 
-    def submit_job(self, job: Job, make_eval, *, must_exist: bool = False,
-                   on_commit=None) -> tuple[Job, Evaluation, bool]:
+    def submit_job(
+        self, job: Job, make_eval, *, must_exist: bool = False, on_commit=None
+    ) -> tuple[Job, Evaluation, bool]:
         """Create or update a job; returns (job, evaluation, changed).
 
         ``make_eval(trigger)`` makes the evaluation of a change. An update gets
@@ -352,14 +387,17 @@ class StateStore:
             self._put_job(job, evaluation)
 
     def _put_job(self, job: Job, evaluation: Evaluation) -> None:
-        self._write([(self._UPSERT_JOB, [(job.job_id, _dump(job))]),
-                     (self._UPSERT_EVAL, self._eval_rows([evaluation]))])
+        self._write(
+            [
+                (self._UPSERT_JOB, [(job.job_id, _dump(job))]),
+                (self._UPSERT_EVAL, self._eval_rows([evaluation])),
+            ]
+        )
         self._jobs[job.job_id] = job
         self._index_evals([evaluation])
 
     def _latest_eval(self, job_id: str) -> Evaluation | None:
-        return max(self.evals_for_job(job_id), key=lambda e: e.create_time,
-                   default=None)
+        return max(self.evals_for_job(job_id), key=lambda e: e.create_time, default=None)
 
     def restart_job(self, job_id: str, make_eval, on_commit=None) -> Evaluation:
         """Run a stopped job again; Conflict if it is not stopped."""
@@ -373,18 +411,23 @@ class StateStore:
                 on_commit(evaluation)
             return evaluation
 
-    def stop_job(self, job_id: str, evaluation: Evaluation, on_commit=None
-                 ) -> list[Allocation]:
+    def stop_job(self, job_id: str, evaluation: Evaluation, on_commit=None) -> list[Allocation]:
         """Mark a job stopped and all its allocations to stop; returns those stopped."""
         with self._lock:
             job = replace(self.require_job(job_id), stopped=True)
             now = self._now()
-            stopped = [self._stopped(a, "job stopped", now)
-                       for a in self.allocs_for_job(job_id)
-                       if a.desired_status == DesiredStatus.RUN]
-            self._write([(self._UPSERT_JOB, [(job_id, _dump(job))]),
-                         (self._UPSERT_EVAL, self._eval_rows([evaluation])),
-                         (self._UPSERT_ALLOC, self._alloc_rows(stopped))])
+            stopped = [
+                self._stopped(a, "job stopped", now)
+                for a in self.allocs_for_job(job_id)
+                if a.desired_status == DesiredStatus.RUN
+            ]
+            self._write(
+                [
+                    (self._UPSERT_JOB, [(job_id, _dump(job))]),
+                    (self._UPSERT_EVAL, self._eval_rows([evaluation])),
+                    (self._UPSERT_ALLOC, self._alloc_rows(stopped)),
+                ]
+            )
             self._jobs[job_id] = job
             self._index_evals([evaluation])
             for alloc in stopped:
@@ -399,10 +442,13 @@ class StateStore:
             self.require_job(job_id)
             allocs = self.allocs_for_job(job_id)
             evals = list(self._evals_by_job.get(job_id, ()))
-            self._write([
-                ("DELETE FROM jobs WHERE job_id = ?", [(job_id,)]),
-                ("DELETE FROM allocations WHERE job_id = ?", [(job_id,)]),
-                ("DELETE FROM evaluations WHERE job_id = ?", [(job_id,)])])
+            self._write(
+                [
+                    ("DELETE FROM jobs WHERE job_id = ?", [(job_id,)]),
+                    ("DELETE FROM allocations WHERE job_id = ?", [(job_id,)]),
+                    ("DELETE FROM evaluations WHERE job_id = ?", [(job_id,)]),
+                ]
+            )
             self._jobs.pop(job_id, None)
             for alloc in allocs:
                 self._unindex_alloc(alloc.allocation_id)
@@ -419,9 +465,14 @@ class StateStore:
         status = alloc.client_status
         if status not in TERMINAL_ALLOC:
             status = AllocStatus.STOPPED
-        return replace(alloc, desired_status=DesiredStatus.STOP,
-                       client_status=status, description=reason,
-                       end_time=alloc.end_time or now, modify_time=now)
+        return replace(
+            alloc,
+            desired_status=DesiredStatus.STOP,
+            client_status=status,
+            description=reason,
+            end_time=alloc.end_time or now,
+            modify_time=now,
+        )
 
     # ---- evaluations, plans and allocation updates ------------------------------
 
@@ -437,8 +488,9 @@ class StateStore:
                 self._index_evals(evals)
             return evals
 
-    def commit_plan(self, plan: Plan, evals: list[Evaluation]
-                    ) -> tuple[list[Allocation], list[Allocation], int]:
+    def commit_plan(
+        self, plan: Plan, evals: list[Evaluation]
+    ) -> tuple[list[Allocation], list[Allocation], int]:
         """Apply a plan and its evaluations in one transaction.
 
         Placements are checked again against the live capacity index (a node
@@ -461,8 +513,12 @@ class StateStore:
             # A purged job's evaluations are not written back (its allocations
             # are gone from the index already, so nothing is stopped either).
             evals = [e for e in evals if e.job_id in self._jobs]
-            self._write([(self._UPSERT_ALLOC, self._alloc_rows(stopped + placed)),
-                         (self._UPSERT_EVAL, self._eval_rows(evals))])
+            self._write(
+                [
+                    (self._UPSERT_ALLOC, self._alloc_rows(stopped + placed)),
+                    (self._UPSERT_EVAL, self._eval_rows(evals)),
+                ]
+            )
             for alloc in stopped:
                 self._index_alloc(alloc)
             self._index_new_allocs(placed)
@@ -478,7 +534,7 @@ class StateStore:
                 mine[0] -= alloc.resources.cpu
                 mine[1] -= alloc.resources.memory
         room_of, nodes = self.cluster.room, self._nodes
-        used: dict[str, list[int]] = {}      # node -> [cpu, memory] with this plan
+        used: dict[str, list[int]] = {}  # node -> [cpu, memory] with this plan
         ok, rejected = [], 0
         for alloc in allocs:
             node_id = alloc.node_id
@@ -490,8 +546,7 @@ class StateStore:
             mine = used.get(node_id)
             if mine is None:
                 back = freed.get(node_id, (0, 0))
-                mine = used[node_id] = [room.cpu_used + back[0],
-                                        room.memory_used + back[1]]
+                mine = used[node_id] = [room.cpu_used + back[0], room.memory_used + back[1]]
             cpu = mine[0] + alloc.resources.cpu
             memory = mine[1] + alloc.resources.memory
             if cpu <= room.cpu and memory <= room.memory:
@@ -517,4 +572,5 @@ class StateStore:
         stored = self._allocs.get(alloc.allocation_id)
         return stored is not None and not (
             stored.desired_status == DesiredStatus.STOP
-            and alloc.desired_status == DesiredStatus.RUN)
+            and alloc.desired_status == DesiredStatus.RUN
+        )

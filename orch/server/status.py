@@ -2,9 +2,10 @@
 
 An allocation's status from its tasks is the agent's (AllocRunner.status).
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from orch.structs import Allocation, AllocStatus, Job, JobStatus
 
@@ -32,8 +33,11 @@ def job_status(job: Job, allocs: Iterable[Allocation]) -> JobStatus:
     if job.stopped:
         return JobStatus.DEAD
     newest = newest_by_slot(allocs)
-    slots = {_slot_status(newest.get((group.name, index)))
-             for group in job.task_groups for index in range(group.count)}
+    slots = {
+        _slot_status(newest.get((group.name, index)))
+        for group in job.task_groups
+        for index in range(group.count)
+    }
     if AllocStatus.RUNNING in slots:
         return JobStatus.RUNNING
     if AllocStatus.LOST in slots:
@@ -43,4 +47,3 @@ def job_status(job: Job, allocs: Iterable[Allocation]) -> JobStatus:
     if slots <= {AllocStatus.COMPLETE}:
         return JobStatus.COMPLETE
     return JobStatus.FAILED
-

@@ -12,6 +12,7 @@ stop sent to that other node. An allocation that ends as `stopped` while the
 server still wants it was stopped behind the server's back: it counts as
 failed, so the job's reschedule policy replaces it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,15 @@ import time
 
 from orch.server.planner import Dispatch, NodeAllocState, Planner
 from orch.structs import (
-    TERMINAL_ALLOC, Allocation, AllocStatus, DesiredStatus, JobType,
-    TaskState, TriggeredBy, replace, short_id,
+    TERMINAL_ALLOC,
+    Allocation,
+    AllocStatus,
+    DesiredStatus,
+    JobType,
+    TaskState,
+    TriggeredBy,
+    replace,
+    short_id,
 )
 
 log = logging.getLogger(__name__)
@@ -44,22 +52,24 @@ def _tasks(raw) -> dict | None:
     if not isinstance(raw, dict):
         return None
     try:
-        return {name: TaskState.from_dict(t) for name, t in raw.items()
-                if isinstance(t, dict)}
+        return {name: TaskState.from_dict(t) for name, t in raw.items() if isinstance(t, dict)}
     except (ValueError, TypeError):
         return None
 
 
 def _task_unchanged(raw, state: TaskState | None) -> bool:
     """True only if ``TaskState.from_dict(raw) == state`` (False may be either)."""
-    return (state is not None and isinstance(raw, dict)
-            and raw.get("status") == state.status.value
-            and raw.get("start_time") == state.start_time
-            and raw.get("end_time") == state.end_time
-            and raw.get("exit_code") == state.exit_code
-            and raw.get("error") == state.error
-            and (raw.get("restarts") or 0) == state.restarts
-            and (raw.get("events") or []) == state.events)
+    return (
+        state is not None
+        and isinstance(raw, dict)
+        and raw.get("status") == state.status.value
+        and raw.get("start_time") == state.start_time
+        and raw.get("end_time") == state.end_time
+        and raw.get("exit_code") == state.exit_code
+        and raw.get("error") == state.error
+        and (raw.get("restarts") or 0) == state.restarts
+        and (raw.get("events") or []) == state.events
+    )
 
 
 def _unchanged(alloc: Allocation, report: dict) -> bool:
@@ -77,10 +87,11 @@ def _unchanged(alloc: Allocation, report: dict) -> bool:
             return False
     tasks = report.get("tasks")
     if not isinstance(tasks, dict):
-        return True                      # no task map: tasks are left as they are
+        return True  # no task map: tasks are left as they are
     current = alloc.tasks
     return len(tasks) == len(current) and all(
-        _task_unchanged(raw, current.get(name)) for name, raw in tasks.items())
+        _task_unchanged(raw, current.get(name)) for name, raw in tasks.items()
+    )
 
 
 _TERMINAL_VALUES = frozenset(status.value for status in TERMINAL_ALLOC)
@@ -108,7 +119,7 @@ def merge_report(alloc: Allocation, report: dict, now: float) -> Allocation | No
     if status is None:
         return None
     if alloc.client_status in TERMINAL_ALLOC and status not in TERMINAL_ALLOC:
-        return None    # terminal on the server is final
+        return None  # terminal on the server is final
     changes = {}
     if status != alloc.client_status:
         changes["client_status"] = status
@@ -143,9 +154,15 @@ class AllocSync:
             if alloc is None:
                 # Unknown (purged): only the node reporting it holds it.
                 if report.get("status") != AllocStatus.STOPPED.value:
-                    unwanted.append(Allocation(
-                        allocation_id=alloc_id, job_id=str(report.get("job_id", "")),
-                        task_group="", node_id=node_id, index=0))
+                    unwanted.append(
+                        Allocation(
+                            allocation_id=alloc_id,
+                            job_id=str(report.get("job_id", "")),
+                            task_group="",
+                            node_id=node_id,
+                            index=0,
+                        )
+                    )
                 continue
             if alloc.node_id != node_id:
                 self._foreign(node_id, alloc)
@@ -154,9 +171,11 @@ class AllocSync:
                 if report.get("status") not in _TERMINAL_VALUES:
                     unwanted.append(alloc)
                 continue
-            if alloc.description == UNASKED_STOP \
-                    and report.get("status") == AllocStatus.STOPPED.value:
-                continue                # already counted as failed
+            if (
+                alloc.description == UNASKED_STOP
+                and report.get("status") == AllocStatus.STOPPED.value
+            ):
+                continue  # already counted as failed
             updated = merge_report(alloc, report, now)
             if updated is not None:
                 changed.append((alloc, _unasked_stop(updated)))
@@ -175,21 +194,32 @@ class AllocSync:
         if len(self._foreign_logged) >= FOREIGN_LOG_MAX:
             self._foreign_logged.clear()
         self._foreign_logged.add(key)
-        log.warning("node %s reported alloc %s of node %s: ignored",
-                    node_id[:8], short_id(alloc.allocation_id), alloc.node_id[:8])
+        log.warning(
+            "node %s reported alloc %s of node %s: ignored",
+            node_id[:8],
+            short_id(alloc.allocation_id),
+            alloc.node_id[:8],
+        )
 
     def _after_changes(self, changed) -> None:
         freed = False
         failed_services = set()
         for old, new in changed:
             if old.client_status != new.client_status:
-                log.info("alloc %s: %s -> %s", short_id(new.allocation_id),
-                         old.client_status.value, new.client_status.value)
+                log.info(
+                    "alloc %s: %s -> %s",
+                    short_id(new.allocation_id),
+                    old.client_status.value,
+                    new.client_status.value,
+                )
             if new.client_status in TERMINAL_ALLOC and not old.terminal():
                 freed = True
                 job = self._state.get_job(new.job_id)
-                if new.client_status == AllocStatus.FAILED and job is not None \
-                        and job.type == JobType.SERVICE:
+                if (
+                    new.client_status == AllocStatus.FAILED
+                    and job is not None
+                    and job.type == JobType.SERVICE
+                ):
                     failed_services.add(new.job_id)
         if failed_services:
             self._planner.create_evals(sorted(failed_services), TriggeredBy.ALLOC_FAILURE)
@@ -201,11 +231,13 @@ class AllocSync:
         for alloc in store.live_allocs_for_node(node_id):
             if alloc.allocation_id in reported:
                 continue
-            if now - alloc.create_time < REPUSH_AFTER_S \
-                    or self._dispatch.busy(alloc.allocation_id, node_id):
+            if now - alloc.create_time < REPUSH_AFTER_S or self._dispatch.busy(
+                alloc.allocation_id, node_id
+            ):
                 continue
             job = store.get_job(alloc.job_id)
             if job is not None and job.group(alloc.task_group) is not None:
-                log.info("alloc %s unknown to its node: pushing again",
-                         short_id(alloc.allocation_id))
+                log.info(
+                    "alloc %s unknown to its node: pushing again", short_id(alloc.allocation_id)
+                )
                 self._dispatch.place([alloc], job)

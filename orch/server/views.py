@@ -1,11 +1,10 @@
 """Request bodies to dataclasses and dataclasses to the seed's response shapes."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 from orch.errors import ValidationError
 from orch.structs import Allocation, Job, Node, Resources
 from orch.validation import bodies, fields
-
 
 
 def node_from_register(body) -> Node:
@@ -18,24 +17,42 @@ def node_from_register(body) -> Node:
     healthy = body.get("healthy", True)
     if not isinstance(healthy, bool):
         raise ValidationError("healthy: must be a boolean")
-    return Node(node_id=node_id, region=region, resources=resources,
-                healthy=healthy, endpoint=endpoint,
-                attributes=fields.scalar_map(body.get("attributes"), "attributes"),
-                meta=fields.scalar_map(body.get("meta"), "meta"),
-                secret_digest=bodies.secret_digest(body.get("secret_id"), "secret_id"))
+    return Node(
+        node_id=node_id,
+        region=region,
+        resources=resources,
+        healthy=healthy,
+        endpoint=endpoint,
+        attributes=fields.scalar_map(body.get("attributes"), "attributes"),
+        meta=fields.scalar_map(body.get("meta"), "meta"),
+        secret_digest=bodies.secret_digest(body.get("secret_id"), "secret_id"),
+    )
 
 
 def task_view(alloc: Allocation, job: Job | None) -> dict:
     """The seed's per-task map of GET /jobs: spec (resources, config) + state."""
     group = job.group(alloc.task_group) if job else None
     out = {}
-    for task in (group.tasks if group else ()):
+    for task in group.tasks if group else ():
         state = alloc.tasks.get(task.name)
-        entry = {"resources": task.resources.to_dict(), "config": task.config,
-                 "driver": task.driver}
-        entry.update(state.to_dict() if state else
-                     {"status": "pending", "start_time": None, "end_time": None,
-                      "exit_code": None, "error": None, "restarts": 0, "events": []})
+        entry = {
+            "resources": task.resources.to_dict(),
+            "config": task.config,
+            "driver": task.driver,
+        }
+        entry.update(
+            state.to_dict()
+            if state
+            else {
+                "status": "pending",
+                "start_time": None,
+                "end_time": None,
+                "exit_code": None,
+                "error": None,
+                "restarts": 0,
+                "events": [],
+            }
+        )
         out[task.name] = entry
     return out
 
@@ -49,8 +66,10 @@ def alloc_view(alloc: Allocation, job: Job | None, *, tasks: bool = True) -> dic
 def job_view(job: Job, status, allocs: list[Allocation], *, tasks: bool = True) -> dict:
     out = job.to_dict()
     out["status"] = status.value
-    out["allocations"] = [alloc_view(a, job, tasks=tasks)
-                          for a in sorted(allocs, key=lambda a: (a.create_time, a.task_group, a.index))]
+    out["allocations"] = [
+        alloc_view(a, job, tasks=tasks)
+        for a in sorted(allocs, key=lambda a: (a.create_time, a.task_group, a.index))
+    ]
     return out
 
 
@@ -66,12 +85,18 @@ def node_view(node: Node, allocs: list[Allocation]) -> dict:
     out = node.to_dict()
     out.pop("secret_digest", None)
     out["allocations"] = [
-        {"allocation_id": a.allocation_id, "job_id": a.job_id,
-         "task_group": a.task_group, "status": a.client_status.value,
-         "desired_status": a.desired_status.value,
-         "start_time": a.start_time, "end_time": a.end_time,
-         "resources": a.resources.to_dict()}
-        for a in allocs]
+        {
+            "allocation_id": a.allocation_id,
+            "job_id": a.job_id,
+            "task_group": a.task_group,
+            "status": a.client_status.value,
+            "desired_status": a.desired_status.value,
+            "start_time": a.start_time,
+            "end_time": a.end_time,
+            "resources": a.resources.to_dict(),
+        }
+        for a in allocs
+    ]
     held = sum((a.resources for a in allocs if a.holds_resources()), Resources())
     out["allocated"] = held.to_dict()
     out["free"] = (node.resources - held).to_dict()

@@ -3,6 +3,7 @@
 A worker sees only narrow interfaces (orch/server/planner.py): the queue it
 takes evaluations from, the state it reads and the planner it submits to.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,10 @@ import time
 from orch.errors import StorageError
 from orch.server.planner import EvalQueue, Planner, SchedulerState
 from orch.server.scheduler.explain import (
-    describe, failed_nodes, released_by, summarize,
+    describe,
+    failed_nodes,
+    released_by,
+    summarize,
 )
 from orch.server.scheduler.generic import compute_plan
 from orch.structs import EvalStatus, Evaluation, TriggeredBy, replace
@@ -24,8 +28,15 @@ log = logging.getLogger(__name__)
 class SchedulerWorker(threading.Thread):
     """Dequeues evaluations of one job at a time and applies their plan."""
 
-    def __init__(self, queue: EvalQueue, state: SchedulerState, planner: Planner,
-                 index: int, *, seed: int | None = None):
+    def __init__(
+        self,
+        queue: EvalQueue,
+        state: SchedulerState,
+        planner: Planner,
+        index: int,
+        *,
+        seed: int | None = None,
+    ):
         super().__init__(name=f"scheduler-{index}", daemon=True)
         self._queue = queue
         self._state = state
@@ -47,13 +58,19 @@ class SchedulerWorker(threading.Thread):
                 self.process(evals)
             except StorageError as exc:
                 # Not the evaluation's fault (a full disk): keep it, try later.
-                log.warning("state store cannot write (%s); evaluations of job "
-                            "%s kept for a retry", exc.message, evals[0].job_id)
+                log.warning(
+                    "state store cannot write (%s); evaluations of job %s kept for a retry",
+                    exc.message,
+                    evals[0].job_id,
+                )
                 broker.ack(token)
                 self._planner.retry_later(evals)
             except Exception:
-                log.exception("evaluation failed job=%s evals=%s",
-                              evals[0].job_id, [e.eval_id[:8] for e in evals])
+                log.exception(
+                    "evaluation failed job=%s evals=%s",
+                    evals[0].job_id,
+                    [e.eval_id[:8] for e in evals],
+                )
                 for ev in broker.nack(token):
                     self._planner.fail_eval(ev, "scheduler error; gave up after retries")
             else:
@@ -68,23 +85,30 @@ class SchedulerWorker(threading.Thread):
             # Stopping already stopped the allocations; a purged job's
             # evaluations are not stored again (put_evals drops them).
             why = "job not found" if job is None else "job stopped"
-            planner.update_evals([replace(e, status=EvalStatus.CANCELED, modify_time=now,
-                                          status_description=why)
-                                  for e in evals])
+            planner.update_evals(
+                [
+                    replace(e, status=EvalStatus.CANCELED, modify_time=now, status_description=why)
+                    for e in evals
+                ]
+            )
             return
         allocs = state.allocs_for_job(job.job_id)
-        plan, followup = compute_plan(job, allocs, state.cluster, evals[-1],
-                                      now=now, rng=self._rng)
+        plan, followup = compute_plan(job, allocs, state.cluster, evals[-1], now=now, rng=self._rng)
         placed, stopped, rejected = self._commit(plan, evals, job, now)
         if stopped:
-            planner.unblock()            # stopping freed capacity elsewhere
+            planner.unblock()  # stopping freed capacity elsewhere
         if rejected:
             # The cluster changed under the plan (a node went down): plan again.
             planner.create_evals([job.job_id], TriggeredBy.QUEUED_ALLOCS)
         if followup is not None:
             planner.schedule_followup(job.job_id, followup)
-        log.debug("eval job=%s placed=%d stopped=%d rejected=%d",
-                  job.job_id, len(placed), len(stopped), rejected)
+        log.debug(
+            "eval job=%s placed=%d stopped=%d rejected=%d",
+            job.job_id,
+            len(placed),
+            len(stopped),
+            rejected,
+        )
 
     def _commit(self, plan, evals, job, now):
         """Submit the plan with its evaluations' outcome; the planner pushes."""
@@ -95,14 +119,23 @@ class SchedulerWorker(threading.Thread):
             # Which nodes came closest, for `orch job run` to name (only on
             # failure: it reads the job's allocations again).
             state = self._state
-            nearest = failed_nodes(plan, job, state.cluster,
-                                   released_by(plan, state.allocs_for_job(job.job_id)))
-        updated = [replace(e, status=status, modify_time=now,
-                           placed=e.placed + len(plan.place),
-                           queued=summary["queued"], failures=summary["failures"],
-                           groups=summary["groups"], failed_nodes=nearest,
-                           status_description=describe(summary))
-                   for e in evals]
+            nearest = failed_nodes(
+                plan, job, state.cluster, released_by(plan, state.allocs_for_job(job.job_id))
+            )
+        updated = [
+            replace(
+                e,
+                status=status,
+                modify_time=now,
+                placed=e.placed + len(plan.place),
+                queued=summary["queued"],
+                failures=summary["failures"],
+                groups=summary["groups"],
+                failed_nodes=nearest,
+                status_description=describe(summary),
+            )
+            for e in evals
+        ]
         result = self._planner.submit_plan(plan, updated, job)
         if status == EvalStatus.BLOCKED:
             self._planner.reblock(updated[-1])

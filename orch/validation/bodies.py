@@ -1,4 +1,5 @@
 """Register and heartbeat bodies, and the resources every body shares."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,7 +7,14 @@ from dataclasses import dataclass
 
 from orch.structs import Resources
 from orch.validation.fields import (
-    ID_MAX, fail, finite, is_int, non_negative_int, obj, optional_time, text,
+    ID_MAX,
+    fail,
+    finite,
+    is_int,
+    non_negative_int,
+    obj,
+    optional_time,
+    text,
 )
 
 # Node ids come from agents (a UUID or a name the operator chose).
@@ -25,8 +33,7 @@ def resources(value, path: str, default: Resources | None = None) -> Resources:
     value = obj(value, path)
     amounts = {}
     for key in ("cpu", "memory"):
-        amount = value.get(key) if default is None else value.get(
-            key, getattr(default, key))
+        amount = value.get(key) if default is None else value.get(key, getattr(default, key))
         amounts[key] = non_negative_int(amount, f"{path}.{key}")
     return Resources(**amounts)
 
@@ -59,6 +66,7 @@ def secret_digest(secret, path: str = "secret_id") -> str:
 @dataclass(frozen=True)
 class Heartbeat:
     """A validated POST /heartbeat body."""
+
     node_id: str
     usage: dict
     allocations: dict
@@ -80,14 +88,13 @@ def heartbeat(body) -> Heartbeat:
         fail("allocations", "must be an object")
     for alloc_id, report in allocations.items():
         alloc_report(report, f"allocations.{alloc_id}")
-    return Heartbeat(nid, usage or {}, allocations,
-                     healthy=bool(body.get("healthy", True)))
+    return Heartbeat(nid, usage or {}, allocations, healthy=bool(body.get("healthy", True)))
 
 
 def alloc_report(report, path: str) -> None:
     """One allocation an agent reports: times finite, task counters integers."""
     if not isinstance(report, dict):
-        return                           # not a report: sync skips it
+        return  # not a report: sync skips it
     for key in ("start_time", "end_time"):
         optional_time(report.get(key), f"{path}.{key}")
     tasks = report.get("tasks")

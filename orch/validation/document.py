@@ -8,6 +8,7 @@ writes JSON that must read back), and so are lone UTF-16 surrogates, which
 no encoder can write as UTF-8 and which would poison every read of the
 object holding them.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,7 @@ def too_deep(raw: bytes, max_depth: int) -> bool:
 
 def depth(raw: bytes) -> int:
     """The deepest nesting of arrays and objects in a JSON text."""
-    structure = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(
-        None, _NOT_STRUCTURE)
+    structure = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
     # Split on quotes: even pieces lie outside strings, odd ones inside.
     brackets = b"".join(structure.split(b'"')[0::2])
     if not brackets:
@@ -67,8 +67,7 @@ def loads(raw: bytes, *, max_depth: int = MAX_DEPTH):
     if too_deep(raw, max_depth):
         raise ValidationError(f"body: nested deeper than {max_depth} levels")
     try:
-        value = json.loads(text, parse_constant=_reject_constant,
-                           parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         # Unreachable past the depth check; kept so that no parser path can 500.
         raise ValidationError(f"body: nested deeper than {max_depth} levels") from None
@@ -94,13 +93,13 @@ def check_strings(value, path: str) -> None:
         item, where = stack.pop()
         if isinstance(item, str):
             if _bad_string(item):
-                raise ValidationError(f"{where or 'body'}: must be valid "
-                                      f"Unicode (lone surrogate)")
+                raise ValidationError(f"{where or 'body'}: must be valid Unicode (lone surrogate)")
         elif isinstance(item, dict):
             for key, child in item.items():
                 if _bad_string(key):
-                    raise ValidationError(f"{where or 'body'}: keys must be "
-                                          f"valid Unicode (lone surrogate)")
+                    raise ValidationError(
+                        f"{where or 'body'}: keys must be valid Unicode (lone surrogate)"
+                    )
                 stack.append((child, f"{where}.{key}" if where else key))
         elif isinstance(item, list):
             stack.extend((child, f"{where or 'body'}[{i}]") for i, child in enumerate(item))

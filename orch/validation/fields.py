@@ -6,6 +6,7 @@ path, e.g. ``task_groups[0].tasks[1].name: ...``. Job, allocation, register
 and heartbeat bodies all use these, so one field means one rule everywhere;
 new job fields (ports, services, update...) build on them the same way.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (NAME_MAX - 1))
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (ID_MAX - 1))
 # Integers go to JSON readers that may use doubles (JavaScript, jq): beyond
 # 2**53 they would silently round, so counts and sizes stop there.
-INT_MAX = 2 ** 53
+INT_MAX = 2**53
 STRING_MAX = 64 * 1024
 # A constraint's attribute: a fingerprint name or meta.KEY.
 ATTRIBUTE_MAX = 256
@@ -47,21 +48,26 @@ def name(value, path: str) -> str:
     if value is None or value == "":
         fail(path, "is required")
     if not isinstance(value, str) or not NAME_RE.fullmatch(value) or ".." in value:
-        fail(path, f"must be 1-{NAME_MAX} characters of letters, digits, '_', '.' "
-                   "or '-', starting with a letter or digit, without '..'")
+        fail(
+            path,
+            f"must be 1-{NAME_MAX} characters of letters, digits, '_', '.' "
+            "or '-', starting with a letter or digit, without '..'",
+        )
     return value
 
 
 def ident(value, path: str) -> str:
     """A job or allocation id: 1-128 safe characters (it names directories)."""
     if not isinstance(value, str) or not ID_RE.fullmatch(value) or ".." in value:
-        fail(path, f"must be 1-{ID_MAX} characters of letters, digits, '_', '.' "
-                   "or '-', starting with a letter or digit, without '..'")
+        fail(
+            path,
+            f"must be 1-{ID_MAX} characters of letters, digits, '_', '.' "
+            "or '-', starting with a letter or digit, without '..'",
+        )
     return value
 
 
-def text(value, path: str, *, max_len: int = STRING_MAX,
-         allow_empty: bool = False) -> str:
+def text(value, path: str, *, max_len: int = STRING_MAX, allow_empty: bool = False) -> str:
     """A string of bounded length without NUL characters."""
     if not isinstance(value, str) or (not value and not allow_empty):
         fail(path, "must be a non-empty string")
@@ -87,7 +93,7 @@ def finite(value, path: str) -> float:
     try:
         number = float(value)
     except OverflowError:
-        number = math.inf               # an integer too large for a double
+        number = math.inf  # an integer too large for a double
     if not math.isfinite(number):
         fail(path, "must be a finite number")
     return number
@@ -127,5 +133,4 @@ def duration(raw, path: str) -> float:
         parts = DURATION_PART.findall(raw)
         if parts and "".join(n + u for n, u in parts) == raw:
             return sum(float(n) * DURATION_UNITS[u] for n, u in parts)
-    fail(path, 'must be a number of seconds or a duration such as "500ms", '
-               '"10s", "1m30s", "2h"')
+    fail(path, 'must be a number of seconds or a duration such as "500ms", "10s", "1m30s", "2h"')

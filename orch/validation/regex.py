@@ -6,6 +6,7 @@ included) stalls with it. RE2 (google-re2) refuses the features that need
 backtracking (backreferences, lookaround) at submission, and matches in
 time linear in the attribute's length.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,7 +21,7 @@ error = re2.error
 _MAX_MEM = 8 << 20
 
 
-def _options() -> "re2.Options":
+def _options() -> re2.Options:
     options = re2.Options()
     options.max_mem = _MAX_MEM
     # RE2 would also print every refused pattern to stderr: the 400 says it.

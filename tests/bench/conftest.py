@@ -1,4 +1,5 @@
 """The benchmarks' smoke runs share the integration harness's built zipapp."""
+
 from __future__ import annotations
 
 import sys

@@ -2,6 +2,7 @@
 
 Only the shape is checked: speed figures belong to the benchmark's report.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,12 @@ KEYS = {"replicas10_s", "replicas50_s", "floor10_s", "floor50_s"}
 def test_docker_bench_smoke_prints_json_last(pyz):
     require_engine().close()
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "docker.py"), "--smoke", "--json",
-         "--pyz", str(pyz)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [sys.executable, str(ROOT / "bench" / "docker.py"), "--smoke", "--json", "--pyz", str(pyz)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert KEYS <= summary.keys()

@@ -3,6 +3,7 @@
 No timing is asserted: only that each benchmark runs against the built
 zipapp, stops by itself, and ends with one JSON object carrying its keys.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,19 +13,29 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(240)   # each smoke run may take its 120 s
+pytestmark = pytest.mark.timeout(240)  # each smoke run may take its 120 s
 
 ROOT = Path(__file__).resolve().parents[2]
 
-E2E_KEYS = {"cold_start_s", "latency_p50_ms", "latency_p99_ms", "batch_jobs_per_s",
-            "rss_agent_mb", "rss_server_mb"}
+E2E_KEYS = {
+    "cold_start_s",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "batch_jobs_per_s",
+    "rss_agent_mb",
+    "rss_server_mb",
+}
 HEARTBEAT_KEYS = {"server_cpu_ms_per_heartbeat", "read_p99_ms"}
 
 
 def run_smoke(script: str, pyz: Path) -> dict:
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--smoke",
-                           "--json", "--pyz", str(pyz)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--smoke", "--json", "--pyz", str(pyz)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert lines, proc.stderr[-2000:]

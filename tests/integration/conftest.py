@@ -3,6 +3,7 @@
 Every process runs in its own session; teardown sends SIGTERM, waits, then
 SIGKILLs its process group, by the pid the fixture started and no other.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,15 @@ def proc_factory(pyz, tmp_path):
     started: list[Proc] = []
 
     def start(name: str, args: list[str], env: dict | None = None, cwd=None) -> Proc:
-        proc = Proc(args, tmp_path / f"{name}.stdout", env, cwd=cwd or tmp_path, pyz=pyz,
-                    stderr_path=tmp_path / f"{name}.stderr", name=name)
+        proc = Proc(
+            args,
+            tmp_path / f"{name}.stdout",
+            env,
+            cwd=cwd or tmp_path,
+            pyz=pyz,
+            stderr_path=tmp_path / f"{name}.stderr",
+            name=name,
+        )
         started.append(proc)
         return proc
 
@@ -56,7 +64,7 @@ class ServerHandle:
     args: list[str]
     start: object = field(repr=False)
 
-    def restart(self) -> "ServerHandle":
+    def restart(self) -> ServerHandle:
         """Stop (or find dead) and start again on the same port and data dir."""
         self.proc.stop()
         fresh = self.start(port=self.port, data_dir=self.data_dir, extra=self.args)
@@ -69,21 +77,36 @@ def server_factory(proc_factory, tmp_path):
     """``start(token=None, node_ttl=3.0, port=None, data_dir=None, extra=())``."""
     count = [0]
 
-    def start(token: str | None = None, node_ttl: float = 3.0, port: int | None = None,
-              data_dir: Path | None = None, extra=()) -> ServerHandle:
+    def start(
+        token: str | None = None,
+        node_ttl: float = 3.0,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        extra=(),
+    ) -> ServerHandle:
         count[0] += 1
         port = port or free_port()
         data_dir = data_dir or tmp_path / f"server-{count[0]}"
-        args = ["server", "--port", str(port), "--data-dir", str(data_dir),
-                "--node-ttl", f"{node_ttl:g}", *extra]
-        proc = proc_factory(f"server-{count[0]}", args,
-                            env={"ORCH_TOKEN": token} if token else None)
+        args = [
+            "server",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--node-ttl",
+            f"{node_ttl:g}",
+            *extra,
+        ]
+        proc = proc_factory(
+            f"server-{count[0]}", args, env={"ORCH_TOKEN": token} if token else None
+        )
         url = f"http://127.0.0.1:{port}"
 
         def healthy():
             if not proc.alive():
                 raise GiveUp(f"server exited:\n{proc.stderr()[-3000:]}")
             return http_get(url + "/health", token, timeout=1.0).status_code == 200
+
         wait_until(healthy, SERVER_START_TIMEOUT, what="server GET /health")
         return ServerHandle(proc, url, port, data_dir, token, list(extra), start)
 
@@ -112,20 +135,35 @@ def agent_factory(server, proc_factory, tmp_path):
     """
     count = [0]
 
-    def start(region: str | None = None, meta: dict | None = None, extra=(),
-              heartbeat_interval: float = 0.5, data_dir: Path | None = None,
-              wait: bool = True) -> AgentHandle:
+    def start(
+        region: str | None = None,
+        meta: dict | None = None,
+        extra=(),
+        heartbeat_interval: float = 0.5,
+        data_dir: Path | None = None,
+        wait: bool = True,
+    ) -> AgentHandle:
         count[0] += 1
         data_dir = data_dir or tmp_path / f"agent-{count[0]}"
-        args = ["agent", "--server", server.url, "--port", "0",
-                "--data-dir", str(data_dir), "--heartbeat-interval", f"{heartbeat_interval:g}"]
+        args = [
+            "agent",
+            "--server",
+            server.url,
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            "--heartbeat-interval",
+            f"{heartbeat_interval:g}",
+        ]
         if region:
             args += ["--region", region]
         for key, value in (meta or {}).items():
             args += ["--meta", f"{key}={value}"]
         args += list(extra)
-        proc = proc_factory(f"agent-{count[0]}", args,
-                            env={"ORCH_TOKEN": server.token} if server.token else None)
+        proc = proc_factory(
+            f"agent-{count[0]}", args, env={"ORCH_TOKEN": server.token} if server.token else None
+        )
         url = proc.wait_for_output(AGENT_URL.pattern, AGENT_START_TIMEOUT).group(1)
         if not wait:
             return AgentHandle(proc, url, "", data_dir)
@@ -135,6 +173,7 @@ def agent_factory(server, proc_factory, tmp_path):
                 if node.get("endpoint") == url and node.get("healthy"):
                     return node["node_id"]
             return None
+
         node_id = wait_until(registered, AGENT_START_TIMEOUT, what=f"node {url} in GET /nodes")
         return AgentHandle(proc, url, node_id, data_dir)
 

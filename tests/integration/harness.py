@@ -7,6 +7,7 @@ group can only reach what it started. Task processes started by agents have
 sessions of their own and are found through the PIDs tasks write.
 helpers.py re-exports this module under the names older tests import.
 """
+
 from __future__ import annotations
 
 import functools
@@ -56,7 +57,7 @@ def wait_until(fn, timeout: float = 10.0, interval: float = 0.05, what: str | No
                 return value
         except GiveUp:
             raise
-        except Exception as exc:   # noqa: BLE001 - polling: any failure means not yet
+        except Exception as exc:  # noqa: BLE001 - polling: any failure means not yet
             last_exc = exc
         if time.monotonic() >= deadline:
             label = what or getattr(fn, "__name__", "condition")
@@ -66,8 +67,13 @@ def wait_until(fn, timeout: float = 10.0, interval: float = 0.05, what: str | No
 
 
 def sources_mtime() -> float:
-    paths = [*ROOT.joinpath("orch").rglob("*.py"), ROOT / "setup.py", MAKE_PYZ,
-             ROOT / "build" / "pyz_main.py", ROOT / "requirements-dev.txt"]
+    paths = [
+        *ROOT.joinpath("orch").rglob("*.py"),
+        ROOT / "setup.py",
+        MAKE_PYZ,
+        ROOT / "build" / "pyz_main.py",
+        ROOT / "requirements-dev.txt",
+    ]
     return max(p.stat().st_mtime for p in paths if p.exists())
 
 
@@ -121,18 +127,31 @@ class Proc:
     ``prefix`` runs the zipapp under another command (``ip netns exec NS``).
     """
 
-    def __init__(self, args: list[str], log_path: Path, env: dict | None = None,
-                 prefix: list[str] | None = None, *, stderr_path: Path | None = None,
-                 cwd: Path | None = None, pyz: Path | None = None, name: str | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict | None = None,
+        prefix: list[str] | None = None,
+        *,
+        stderr_path: Path | None = None,
+        cwd: Path | None = None,
+        pyz: Path | None = None,
+        name: str | None = None,
+    ):
         self.args, self.name = list(args), name or log_path.stem
         self.log_path = self.stdout_path = log_path
         self.stderr_path = stderr_path or log_path
         with open(log_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.popen = subprocess.Popen(
                 [*(prefix or []), sys.executable, str(pyz or ensure_pyz()), *self.args],
-                stdin=subprocess.DEVNULL, stdout=out,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
                 stderr=subprocess.STDOUT if stderr_path is None else err,
-                env=clean_env(env), cwd=cwd, start_new_session=True)
+                env=clean_env(env),
+                cwd=cwd,
+                start_new_session=True,
+            )
 
     @property
     def pid(self) -> int:
@@ -163,6 +182,7 @@ class Proc:
             if not found and not self.alive():
                 raise GiveUp(f"{self.name} exited:\n{self.stderr()[-3000:]}")
             return found
+
         return wait_until(match, timeout, what=f"{pattern!r} from {self.name}")
 
     def signal(self, signum: int) -> None:
@@ -225,9 +245,15 @@ def nodes(base_url: str, token: str | None = None) -> list[dict]:
 class Cluster:
     """A server and agents started one by one, all torn down together."""
 
-    def __init__(self, tmp: Path, *, node_ttl: float = 2.0,
-                 heartbeat_interval: float = 0.5, bind: str = "127.0.0.1",
-                 token: str | None = None):
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        node_ttl: float = 2.0,
+        heartbeat_interval: float = 0.5,
+        bind: str = "127.0.0.1",
+        token: str | None = None,
+    ):
         self.tmp = tmp
         self.node_ttl = node_ttl
         self.heartbeat_interval = heartbeat_interval
@@ -245,8 +271,15 @@ class Cluster:
     # ---- processes ----------------------------------------------------
 
     def server_args(self, *extra: str) -> list[str]:
-        args = ["server", "--port", str(self.port), "--data-dir",
-                str(self.tmp / "server"), "--node-ttl", str(self.node_ttl)]
+        args = [
+            "server",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.tmp / "server"),
+            "--node-ttl",
+            str(self.node_ttl),
+        ]
         if self.bind != "127.0.0.1":
             args += ["--bind", self.bind]
         if self.token:
@@ -260,20 +293,36 @@ class Cluster:
             if not server.alive():
                 raise GiveUp(f"server exited:\n{server.log()[-3000:]}")
             return requests.get(f"{self.url}/health", timeout=1).ok
+
         wait_until(healthy, START_TIMEOUT, what="server /health")
         return server
 
-    def start_agent(self, name: str, *extra: str, env: dict | None = None,
-                    prefix: list[str] | None = None) -> str:
+    def start_agent(
+        self, name: str, *extra: str, env: dict | None = None, prefix: list[str] | None = None
+    ) -> str:
         """Start (or restart) agent `name`; returns its node id once registered.
 
         `extra` may carry its own --port (a later --port wins in argparse)."""
         data_dir = self.tmp / f"agent-{name}"
         token = ["--token", self.token] if self.token else []
-        proc = Proc(["agent", "--server", self.url, "--port", "0", "--data-dir",
-                     str(data_dir), "--heartbeat-interval",
-                     str(self.heartbeat_interval), *token, *extra],
-                    self.tmp / f"agent-{name}.log", env=env, prefix=prefix)
+        proc = Proc(
+            [
+                "agent",
+                "--server",
+                self.url,
+                "--port",
+                "0",
+                "--data-dir",
+                str(data_dir),
+                "--heartbeat-interval",
+                str(self.heartbeat_interval),
+                *token,
+                *extra,
+            ],
+            self.tmp / f"agent-{name}.log",
+            env=env,
+            prefix=prefix,
+        )
         if name in self.agents:
             self._dead.append(self.agents[name])
         self.agents[name] = proc
@@ -283,9 +332,13 @@ class Cluster:
             if not proc.alive():
                 raise GiveUp(f"agent {name} exited:\n{proc.log()[-3000:]}")
             return node_id_file.exists() and node_id_file.read_text().strip()
+
         node_id = wait_until(written, START_TIMEOUT, what=f"agent {name} node id")
-        wait_until(lambda: self.node(node_id) and self.node(node_id)["healthy"],
-                   START_TIMEOUT, what=f"agent {name} healthy")
+        wait_until(
+            lambda: self.node(node_id) and self.node(node_id)["healthy"],
+            START_TIMEOUT,
+            what=f"agent {name} healthy",
+        )
         return node_id
 
     def stop_all(self) -> None:
@@ -299,20 +352,16 @@ class Cluster:
     # ---- API --------------------------------------------------------------
 
     def get(self, path: str):
-        return requests.get(self.url + path, timeout=TIMEOUT,
-                            headers=self.headers)
+        return requests.get(self.url + path, timeout=TIMEOUT, headers=self.headers)
 
     def post(self, path: str, body=None):
-        return requests.post(self.url + path, json=body, timeout=TIMEOUT,
-                             headers=self.headers)
+        return requests.post(self.url + path, json=body, timeout=TIMEOUT, headers=self.headers)
 
     def put(self, path: str, body):
-        return requests.put(self.url + path, json=body, timeout=TIMEOUT,
-                            headers=self.headers)
+        return requests.put(self.url + path, json=body, timeout=TIMEOUT, headers=self.headers)
 
     def delete(self, path: str):
-        return requests.delete(self.url + path, timeout=TIMEOUT,
-                               headers=self.headers)
+        return requests.delete(self.url + path, timeout=TIMEOUT, headers=self.headers)
 
     def job(self, job_id: str) -> dict:
         resp = self.get(f"/jobs/{job_id}")
@@ -329,22 +378,26 @@ class Cluster:
         def reached():
             job = self.job(job_id)
             return job if job["status"] == status else None
+
         try:
             return wait_until(reached, timeout, what=f"job {job_id} {status}")
         except AssertionError:
-            raise AssertionError(f"job {job_id} never {status}: "
-                                 f"{json.dumps(self.job(job_id))[:2000]}") from None
+            raise AssertionError(
+                f"job {job_id} never {status}: {json.dumps(self.job(job_id))[:2000]}"
+            ) from None
 
     def live_allocs(self, job_id: str) -> list[dict]:
-        return [a for a in self.job(job_id)["allocations"]
-                if a["desired_status"] == "run"
-                and a["status"] in ("pending", "running")]
+        return [
+            a
+            for a in self.job(job_id)["allocations"]
+            if a["desired_status"] == "run" and a["status"] in ("pending", "running")
+        ]
 
     # ---- task processes -------------------------------------------------------
 
     def pid_command(self, tag: str, body: str = "exec sleep 300") -> str:
         """A shell command that records its PID under the test's pid dir first."""
-        return f'echo $$ > {self.task_pid_dir}/{tag}.$ORCH_ALLOC_ID; {body}'
+        return f"echo $$ > {self.task_pid_dir}/{tag}.$ORCH_ALLOC_ID; {body}"
 
     def task_pids(self, tag: str = "") -> dict[str, int]:
         """alloc id -> PID for tasks started with pid_command(tag)."""

@@ -5,6 +5,7 @@ each one, only the newest few keep their files, and the agent's memory,
 threads, open files and data dir stay flat. ORCH_TEST_GC_JOBS sets how many
 jobs run after the warm-up (default 200; the report's figures used 500).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,19 +39,28 @@ def run_batch_jobs(cluster: Cluster, prefix: str, count: int) -> None:
         jobs = cluster.get("/jobs").json()["jobs"]
         mine = [j for j in jobs if j["job_id"].startswith(f"{prefix}-")]
         return len(mine) == count and all(j["status"] == "complete" for j in mine)
-    wait_until(all_complete, timeout=60 + count * 0.5, interval=0.5,
-               what=f"{count} {prefix} jobs complete")
+
+    wait_until(
+        all_complete, timeout=60 + count * 0.5, interval=0.5, what=f"{count} {prefix} jobs complete"
+    )
 
 
 def measure(proc: psutil.Process, data_dir) -> dict:
     allocs = os.listdir(data_dir / "allocs")
-    size = sum(os.path.getsize(os.path.join(root, f))
-               for root, _, files in os.walk(data_dir) for f in files)
-    return {"rss_mb": round(proc.memory_info().rss / 2**20, 1),
-            "threads": proc.num_threads(), "fds": proc.num_fds(),
-            "files": len(proc.open_files()),
-            "sockets": len(proc.net_connections(kind="inet")),
-            "alloc_dirs": len(allocs), "data_kb": round(size / 1024)}
+    size = sum(
+        os.path.getsize(os.path.join(root, f))
+        for root, _, files in os.walk(data_dir)
+        for f in files
+    )
+    return {
+        "rss_mb": round(proc.memory_info().rss / 2**20, 1),
+        "threads": proc.num_threads(),
+        "fds": proc.num_fds(),
+        "files": len(proc.open_files()),
+        "sockets": len(proc.net_connections(kind="inet")),
+        "alloc_dirs": len(allocs),
+        "data_kb": round(size / 1024),
+    }
 
 
 def test_finished_allocations_are_collected_and_the_agent_stays_flat(cluster, tmp_path):
@@ -58,21 +68,28 @@ def test_finished_allocations_are_collected_and_the_agent_stays_flat(cluster, tm
     agent = psutil.Process(cluster.agents["a"].pid)
     data_dir = tmp_path / "agent-a"
     run_batch_jobs(cluster, "warm", WARMUP)
-    wait_until(lambda: len(os.listdir(data_dir / "allocs")) <= KEEP, timeout=10,
-               what="warm-up allocations collected")
+    wait_until(
+        lambda: len(os.listdir(data_dir / "allocs")) <= KEEP,
+        timeout=10,
+        what="warm-up allocations collected",
+    )
     before = measure(agent, data_dir)
 
     run_batch_jobs(cluster, "gc", JOBS)
-    wait_until(lambda: len(os.listdir(data_dir / "allocs")) <= KEEP, timeout=10,
-               what="allocations collected")
+    wait_until(
+        lambda: len(os.listdir(data_dir / "allocs")) <= KEEP,
+        timeout=10,
+        what="allocations collected",
+    )
     after = measure(agent, data_dir)
-    print(f"\nagent gc ({JOBS} batch jobs after {WARMUP}, --gc-keep {KEEP}): "
-          f"before {before} after {after}")
+    print(
+        f"\nagent gc ({JOBS} batch jobs after {WARMUP}, --gc-keep {KEEP}): "
+        f"before {before} after {after}"
+    )
 
     assert after["alloc_dirs"] == KEEP
     # The newest are the ones kept, and their logs can still be read.
-    allocs = [a for j in cluster.get("/jobs").json()["jobs"]
-              for a in j["allocations"]]
+    allocs = [a for j in cluster.get("/jobs").json()["jobs"] for a in j["allocations"]]
     newest = sorted(allocs, key=lambda a: a["end_time"])[-KEEP:]
     assert set(os.listdir(data_dir / "allocs")) == {a["allocation_id"] for a in newest}
     last = newest[-1]["allocation_id"]
@@ -97,8 +114,11 @@ def test_a_purged_jobs_allocations_leave_the_agent_for_good(cluster, tmp_path):
     assert set(ids) <= set(os.listdir(allocs_dir))
     for job_id in ("done", "svc"):
         assert cluster.post(f"/jobs/{job_id}/delete").status_code == 200
-    wait_until(lambda: not set(ids) & set(os.listdir(allocs_dir)), timeout=15,
-               what="the purged allocations' files removed")
+    wait_until(
+        lambda: not set(ids) & set(os.listdir(allocs_dir)),
+        timeout=15,
+        what="the purged allocations' files removed",
+    )
     for alloc_id in ids:
         resp = requests.get(f"{endpoint}/allocations/{alloc_id}", timeout=5)
         assert resp.status_code == 404

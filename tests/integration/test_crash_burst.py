@@ -8,6 +8,7 @@ complete, and every allocation's task ran exactly once: each task appends
 its PID to a file named after its allocation, so a lost task shows as a
 missing file and a duplicated one as a second line or a second live PID.
 """
+
 from __future__ import annotations
 
 import queue
@@ -22,10 +23,10 @@ from harness import Cluster, kill_pid, pid_alive, wait_until
 
 JOBS = 500
 THREADS = 8
-SERVICE_EVERY = 5            # job i is a service when i % SERVICE_EVERY == 0
-KILL_AFTER = 150             # acknowledged submits before the kill
+SERVICE_EVERY = 5  # job i is a service when i % SERVICE_EVERY == 0
+KILL_AFTER = 150  # acknowledged submits before the kill
 RESOURCES = {"cpu": 1, "memory": 1}
-DOWN_ACKS = 10               # submits acknowledged while the agent is down
+DOWN_ACKS = 10  # submits acknowledged while the agent is down
 
 # The burst may take 120 s, its clients 180 s more, settling 90 s.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -40,13 +41,12 @@ class Burst:
         self.todo: queue.Queue[str] = queue.Queue()
         for i in range(JOBS):
             self.todo.put(self.job_id(i))
-        self.acked: set[str] = set()        # POST answered 200
-        self.existing: set[str] = set()     # a retry said "already exists"
-        self.errors: list[str] = []         # anything else: the test fails
+        self.acked: set[str] = set()  # POST answered 200
+        self.existing: set[str] = set()  # a retry said "already exists"
+        self.errors: list[str] = []  # anything else: the test fails
         self.lock = threading.Lock()
         self.server_down = threading.Event()
-        self.threads = [threading.Thread(target=self._client, daemon=True)
-                        for _ in range(THREADS)]
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(THREADS)]
 
     @staticmethod
     def job_id(i: int) -> str:
@@ -56,10 +56,24 @@ class Burst:
         service = job_id.startswith("svc")
         work = "exec sleep 600" if service else "true"
         command = f"echo $$ >> {self.runs}/{job_id}.$ORCH_ALLOC_ID; {work}"
-        return {"job_id": job_id, "type": "service" if service else "batch",
-                "task_groups": [{"name": "g", "count": 1, "tasks": [{
-                    "name": "t", "driver": "exec",
-                    "config": {"command": command}, "resources": RESOURCES}]}]}
+        return {
+            "job_id": job_id,
+            "type": "service" if service else "batch",
+            "task_groups": [
+                {
+                    "name": "g",
+                    "count": 1,
+                    "tasks": [
+                        {
+                            "name": "t",
+                            "driver": "exec",
+                            "config": {"command": command},
+                            "resources": RESOURCES,
+                        }
+                    ],
+                }
+            ],
+        }
 
     def start(self) -> None:
         for t in self.threads:
@@ -87,17 +101,15 @@ class Burst:
         uncertain = False
         while time.monotonic() < deadline:
             try:
-                resp = session.post(f"{self.cluster.url}/jobs",
-                                    json=self.body(job_id), timeout=10)
+                resp = session.post(f"{self.cluster.url}/jobs", json=self.body(job_id), timeout=10)
             except requests.RequestException:
-                uncertain = True        # maybe stored, maybe not: ask again
+                uncertain = True  # maybe stored, maybe not: ask again
                 time.sleep(0.1)
                 continue
             with self.lock:
                 if resp.status_code == 200:
                     self.acked.add(job_id)
-                elif uncertain and resp.status_code == 400 \
-                        and "already exists" in resp.text:
+                elif uncertain and resp.status_code == 400 and "already exists" in resp.text:
                     self.existing.add(job_id)
                 else:
                     self.errors.append(f"{job_id}: {resp.status_code} {resp.text[:200]}")
@@ -123,8 +135,9 @@ class Burst:
         return [p for pids in self.runs_of().values() for p in pids]
 
 
-def settled(cluster: Cluster, job_ids: set[str], last: dict | None = None
-            ) -> dict[str, dict] | None:
+def settled(
+    cluster: Cluster, job_ids: set[str], last: dict | None = None
+) -> dict[str, dict] | None:
     """Every job listed, with its allocations, once all are running/complete.
 
     `last` keeps the jobs not there yet, for the failure message."""
@@ -147,10 +160,14 @@ def settled(cluster: Cluster, job_ids: set[str], last: dict | None = None
 
 def describe_jobs(jobs: dict[str, dict]) -> str:
     return "; ".join(
-        f"{job_id} {job['status']}: " + ", ".join(
+        f"{job_id} {job['status']}: "
+        + ", ".join(
             f"{a['allocation_id'][-8:]} {a['status']}/{a['desired_status']}"
-            f" {a.get('description', '')!r}" for a in job["allocations"])
-        for job_id, job in sorted(jobs.items())[:10])
+            f" {a.get('description', '')!r}"
+            for a in job["allocations"]
+        )
+        for job_id, job in sorted(jobs.items())[:10]
+    )
 
 
 def check_exactly_once(burst: Burst, jobs: dict[str, dict]) -> dict[str, int]:
@@ -178,9 +195,11 @@ def check_exactly_once(burst: Burst, jobs: dict[str, dict]) -> dict[str, int]:
             replaced += 1
             started = runs.get(other["allocation_id"], [])
             if started:
-                problems.append(f"{job_id}: replaced allocation "
-                                f"{other['allocation_id'][-8:]} "
-                                f"({other['status']}) also ran: duplicate")
+                problems.append(
+                    f"{job_id}: replaced allocation "
+                    f"{other['allocation_id'][-8:]} "
+                    f"({other['status']}) also ran: duplicate"
+                )
         if job_id.startswith("svc"):
             if alloc["status"] != "running" or not pid_alive(pids[0]):
                 problems.append(f"{job_id}: task not alive ({alloc['status']})")
@@ -197,8 +216,10 @@ def check_exactly_once(burst: Burst, jobs: dict[str, dict]) -> dict[str, int]:
     if len(live_pids) != services:
         problems.append(f"{len(live_pids)} live task processes for {services} services")
     assert not problems, f"{len(problems)} problems: {problems[:60]}"
-    print(f"exactly once: {len(jobs)} jobs, {services} live service tasks, "
-          f"{replaced} allocations replaced before they ran")
+    print(
+        f"exactly once: {len(jobs)} jobs, {services} live service tasks, "
+        f"{replaced} allocations replaced before they ran"
+    )
     return {"replaced": replaced}
 
 
@@ -223,8 +244,12 @@ def burst_cluster(tmp_path, pyz):
 def run_burst(cluster: Cluster, burst: Burst, crash) -> dict[str, dict]:
     started = time.monotonic()
     burst.start()
-    wait_until(lambda: burst.acked_count() >= KILL_AFTER, timeout=120,
-               interval=0.01, what=f"{KILL_AFTER} acknowledged submits")
+    wait_until(
+        lambda: burst.acked_count() >= KILL_AFTER,
+        timeout=120,
+        interval=0.01,
+        what=f"{KILL_AFTER} acknowledged submits",
+    )
     crash_at = burst.acked_count()
     crash()
     burst.join(timeout=180)
@@ -232,18 +257,22 @@ def run_burst(cluster: Cluster, burst: Burst, crash) -> dict[str, dict]:
     assert not burst.errors, burst.errors[:10]
     acked = burst.acked | burst.existing
     assert len(acked) == JOBS
-    print(f"\ncrash after {crash_at} acks; {len(burst.acked)} acked, "
-          f"{len(burst.existing)} stored before an unanswered POST; "
-          f"burst took {submitted:.1f}s")
+    print(
+        f"\ncrash after {crash_at} acks; {len(burst.acked)} acked, "
+        f"{len(burst.existing)} stored before an unanswered POST; "
+        f"burst took {submitted:.1f}s"
+    )
     waiting: dict = {}
     try:
-        jobs = wait_until(lambda: settled(cluster, acked, waiting), timeout=90,
-                          interval=1, what="every acknowledged job running/complete")
+        jobs = wait_until(
+            lambda: settled(cluster, acked, waiting),
+            timeout=90,
+            interval=1,
+            what="every acknowledged job running/complete",
+        )
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; {len(waiting)} not there: "
-                             f"{describe_jobs(waiting)}") from None
-    print(f"all {len(jobs)} jobs settled after "
-          f"{time.monotonic() - started:.1f}s")
+        raise AssertionError(f"{exc}; {len(waiting)} not there: {describe_jobs(waiting)}") from None
+    print(f"all {len(jobs)} jobs settled after {time.monotonic() - started:.1f}s")
     return {j: jobs[j] for j in acked}
 
 
@@ -263,8 +292,9 @@ def test_server_kill9_mid_burst_loses_no_acknowledged_job(burst_cluster):
     cluster.start_server()
     again = settled(cluster, set(jobs))
     assert again is not None
-    assert {j: [a["allocation_id"] for a in again[j]["allocations"]] for j in jobs} \
-        == {j: [a["allocation_id"] for a in jobs[j]["allocations"]] for j in jobs}
+    assert {j: [a["allocation_id"] for a in again[j]["allocations"]] for j in jobs} == {
+        j: [a["allocation_id"] for a in jobs[j]["allocations"]] for j in jobs
+    }
 
 
 def test_agent_kill9_mid_burst_loses_and_duplicates_no_task(burst_cluster):
@@ -277,8 +307,11 @@ def test_agent_kill9_mid_burst_loses_and_duplicates_no_task(burst_cluster):
         # Jobs keep arriving while the agent is down: their allocations are
         # placed on a node that cannot take them until it comes back.
         down_at = burst.acked_count()
-        wait_until(lambda: burst.acked_count() >= min(down_at + DOWN_ACKS, JOBS),
-                   timeout=60, what=f"{DOWN_ACKS} submits acknowledged with the agent down")
+        wait_until(
+            lambda: burst.acked_count() >= min(down_at + DOWN_ACKS, JOBS),
+            timeout=60,
+            what=f"{DOWN_ACKS} submits acknowledged with the agent down",
+        )
         assert cluster.start_agent("a") == node_id
 
     jobs = run_burst(cluster, burst, crash)

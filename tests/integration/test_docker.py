@@ -5,6 +5,7 @@ a socket that does not exist, `late` on a socket path the test makes appear.
 Jobs are pinned to a node with a `node_id` constraint. Runs in CI (the engine
 comes from `.ci/install-docker.sh`); elsewhere skips when no engine answers.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,12 @@ from harness import Cluster, Proc, free_port, wait_until
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from orch.agent.drivers import DOCKER_FALLBACK, DOCKER_NO_COMMAND  # noqa: E402
-from tests.docker_image import (TEST_IMAGE, ensure_test_image,  # noqa: E402
-                                remove_containers, require_engine)
+from tests.docker_image import (
+    TEST_IMAGE,
+    ensure_test_image,  # noqa: E402
+    remove_containers,
+    require_engine,
+)
 
 NO_ENGINE = "unix:///nonexistent.sock"
 ENGINE_SOCKET = "/var/run/docker.sock"
@@ -50,10 +55,11 @@ def cluster(engine, pyz, tmp_path_factory):
     c.late_socket.parent.mkdir()
     try:
         c.start_server()
-        c.nodes = {"docker": c.start_agent("docker"),
-                   "fallback": c.start_agent("fallback", env={"DOCKER_HOST": NO_ENGINE}),
-                   "late": c.start_agent("late",
-                                         env={"DOCKER_HOST": f"unix://{c.late_socket}"})}
+        c.nodes = {
+            "docker": c.start_agent("docker"),
+            "fallback": c.start_agent("fallback", env={"DOCKER_HOST": NO_ENGINE}),
+            "late": c.start_agent("late", env={"DOCKER_HOST": f"unix://{c.late_socket}"}),
+        }
         yield c
     finally:
         c.stop_all()
@@ -61,27 +67,44 @@ def cluster(engine, pyz, tmp_path_factory):
 
 def run_job(cluster, node: str, config: dict, job_type: str = "batch") -> str:
     job_id = f"{JOB_PREFIX}{uuid.uuid4().hex[:10]}"
-    resp = cluster.post("/jobs", {
-        "job_id": job_id, "type": job_type,
-        "constraints": [{"attribute": "node_id", "operator": "=",
-                         "value": cluster.nodes[node]}],
-        "task_groups": [{"name": "g", "count": 1, "tasks": [
-            {"name": "t", "config": config, "resources": {"cpu": 100, "memory": 64}}]}]})
+    resp = cluster.post(
+        "/jobs",
+        {
+            "job_id": job_id,
+            "type": job_type,
+            "constraints": [
+                {"attribute": "node_id", "operator": "=", "value": cluster.nodes[node]}
+            ],
+            "task_groups": [
+                {
+                    "name": "g",
+                    "count": 1,
+                    "tasks": [
+                        {"name": "t", "config": config, "resources": {"cpu": 100, "memory": 64}}
+                    ],
+                }
+            ],
+        },
+    )
     assert resp.status_code == 200, resp.text
     return job_id
 
 
 def wait_task(cluster, job_id: str, status: str, timeout: float = 30.0) -> dict:
     """The task state of the job's allocation once it reaches `status`."""
+
     def reached():
         allocs = cluster.job(job_id)["allocations"]
         task = allocs[-1]["tasks"]["t"] if allocs else {}
         return task if task.get("status") == status else None
+
     try:
         return wait_until(reached, timeout, what=f"task of {job_id} {status}")
     except AssertionError:
-        raise AssertionError(f"task never {status}: {cluster.job(job_id)}\n"
-                             + "\n".join(a.log()[-2000:] for a in cluster.agents.values()))
+        raise AssertionError(
+            f"task never {status}: {cluster.job(job_id)}\n"
+            + "\n".join(a.log()[-2000:] for a in cluster.agents.values())
+        )
 
 
 def containers(engine, job_id: str) -> list:
@@ -103,10 +126,17 @@ def test_fingerprints(cluster):
 
 def test_httpd_port_answers_then_stop_removes_container(cluster, engine):
     port = free_port()
-    job_id = run_job(cluster, "docker", {
-        "image": TEST_IMAGE, "port": port, "container_port": 8080,
-        "command": "echo served-by-orch > /www/index.html && exec httpd -f -p 8080 -h /www"},
-        job_type="service")
+    job_id = run_job(
+        cluster,
+        "docker",
+        {
+            "image": TEST_IMAGE,
+            "port": port,
+            "container_port": 8080,
+            "command": "echo served-by-orch > /www/index.html && exec httpd -f -p 8080 -h /www",
+        },
+        job_type="service",
+    )
     wait_task(cluster, job_id, "running")
     wait_until(lambda: http_text(port) == "served-by-orch\n", what=f"HTTP on port {port}")
     [container] = containers(engine, job_id)
@@ -124,8 +154,9 @@ def test_httpd_port_answers_then_stop_removes_container(cluster, engine):
 
 
 def test_exit_code_fails_the_task(cluster, engine):
-    job_id = run_job(cluster, "docker", {"image": TEST_IMAGE,
-                                         "command": "echo about to fail; exit 3"})
+    job_id = run_job(
+        cluster, "docker", {"image": TEST_IMAGE, "command": "echo about to fail; exit 3"}
+    )
     task = wait_task(cluster, job_id, "failed")
     assert task["exit_code"] == 3
     cluster.wait_job(job_id, "failed")
@@ -136,9 +167,11 @@ def test_exit_code_fails_the_task(cluster, engine):
 
 
 def test_fallback_runs_command_through_exec(cluster, engine):
-    job_id = run_job(cluster, "fallback", {"image": TEST_IMAGE,
-                                           "command": "echo fell back to $FROM",
-                                           "env": {"FROM": "exec"}})
+    job_id = run_job(
+        cluster,
+        "fallback",
+        {"image": TEST_IMAGE, "command": "echo fell back to $FROM", "env": {"FROM": "exec"}},
+    )
     task = wait_task(cluster, job_id, "complete")
     assert DOCKER_FALLBACK in [e["message"] for e in task["events"]]
     alloc_id = cluster.job(job_id)["allocations"][0]["allocation_id"]
@@ -149,31 +182,66 @@ def test_fallback_runs_command_through_exec(cluster, engine):
 def test_without_command_no_docker_node_fails(cluster, tmp_path):
     # The scheduler does not place it where docker is missing ...
     job_id = run_job(cluster, "fallback", {"image": TEST_IMAGE})
-    evals = wait_until(lambda: [e for e in cluster.get(f"/jobs/{job_id}/evaluations")
-                                .json()["evaluations"] if e["failures"]],
-                       what="a failed placement")
+    evals = wait_until(
+        lambda: [
+            e
+            for e in cluster.get(f"/jobs/{job_id}/evaluations").json()["evaluations"]
+            if e["failures"]
+        ],
+        what="a failed placement",
+    )
     assert "missing drivers" in evals[0]["failures"]
     assert cluster.job(job_id)["status"] == "pending"
     # ... and an agent handed one anyway fails it, saying why. This agent has
     # no server (a cluster's server stops an allocation it never placed).
     port = free_port()
-    agent = Proc(["agent", "--port", str(port), "--server", f"http://127.0.0.1:{free_port()}",
-                  "--data-dir", str(tmp_path / "lone")], tmp_path / "lone.log",
-                 env={"DOCKER_HOST": NO_ENGINE})
+    agent = Proc(
+        [
+            "agent",
+            "--port",
+            str(port),
+            "--server",
+            f"http://127.0.0.1:{free_port()}",
+            "--data-dir",
+            str(tmp_path / "lone"),
+        ],
+        tmp_path / "lone.log",
+        env={"DOCKER_HOST": NO_ENGINE},
+    )
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        wait_until(lambda: requests.get(f"{endpoint}/health", timeout=1).ok,
-                   what="lone agent /health")
+        wait_until(
+            lambda: requests.get(f"{endpoint}/health", timeout=1).ok, what="lone agent /health"
+        )
         alloc_id = str(uuid.uuid4())
-        resp = requests.post(f"{endpoint}/allocations", timeout=5, json={
-            "allocation_id": alloc_id, "job_id": job_id,
-            "task_group": {"name": "g", "tasks": [
-                {"name": "t", "driver": "docker", "config": {"image": TEST_IMAGE},
-                 "resources": {"cpu": 100, "memory": 64}}]}})
+        resp = requests.post(
+            f"{endpoint}/allocations",
+            timeout=5,
+            json={
+                "allocation_id": alloc_id,
+                "job_id": job_id,
+                "task_group": {
+                    "name": "g",
+                    "tasks": [
+                        {
+                            "name": "t",
+                            "driver": "docker",
+                            "config": {"image": TEST_IMAGE},
+                            "resources": {"cpu": 100, "memory": 64},
+                        }
+                    ],
+                },
+            },
+        )
         assert resp.status_code == 200, resp.text
-        alloc = wait_until(lambda: (a := requests.get(f"{endpoint}/allocations/{alloc_id}",
-                                                      timeout=2).json())
-                           and a["status"] == "failed" and a, what="allocation failed")
+        alloc = wait_until(
+            lambda: (
+                (a := requests.get(f"{endpoint}/allocations/{alloc_id}", timeout=2).json())
+                and a["status"] == "failed"
+                and a
+            ),
+            what="allocation failed",
+        )
         task = alloc["tasks"]["t"]
         assert task["status"] == "failed" and task["exit_code"] is None
         assert task["error"].startswith(DOCKER_NO_COMMAND)
@@ -186,8 +254,11 @@ def test_engine_appearing_reregisters_the_node(cluster):
     node_id = cluster.nodes["late"]
     assert cluster.node(node_id)["attributes"]["driver.docker"] is False
     os.symlink(ENGINE_SOCKET, cluster.late_socket)
-    wait_until(lambda: cluster.node(node_id)["attributes"]["driver.docker"] is True,
-               timeout=15, what="driver.docker true after the engine appeared")
+    wait_until(
+        lambda: cluster.node(node_id)["attributes"]["driver.docker"] is True,
+        timeout=15,
+        what="driver.docker true after the engine appeared",
+    )
     job_id = run_job(cluster, "late", {"image": TEST_IMAGE, "command": "exit 0"})
     task = wait_task(cluster, job_id, "complete")
     assert not any("fallback" in e["message"] for e in task["events"])

@@ -1,4 +1,5 @@
 """The seed's routes end to end: real server and agent processes (orch.pyz)."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,12 +16,28 @@ def cluster(tmp_path, pyz):
     c.stop_all()
 
 
-def job_body(job_id: str, command: str, *, count: int = 1, type_: str = "batch",
-             **group_extra) -> dict:
-    return {"job_id": job_id, "type": type_, "task_groups": [{
-        "name": "g", "count": count, **group_extra,
-        "tasks": [{"name": "t", "driver": "exec", "config": {"command": command},
-                   "resources": {"cpu": 100, "memory": 32}}]}]}
+def job_body(
+    job_id: str, command: str, *, count: int = 1, type_: str = "batch", **group_extra
+) -> dict:
+    return {
+        "job_id": job_id,
+        "type": type_,
+        "task_groups": [
+            {
+                "name": "g",
+                "count": count,
+                **group_extra,
+                "tasks": [
+                    {
+                        "name": "t",
+                        "driver": "exec",
+                        "config": {"command": command},
+                        "resources": {"cpu": 100, "memory": 32},
+                    }
+                ],
+            }
+        ],
+    }
 
 
 def submit(cluster: Cluster, body: dict) -> dict:
@@ -33,14 +50,22 @@ def submit(cluster: Cluster, body: dict) -> dict:
 
 
 def test_register_heartbeat_and_nodes_over_the_wire(cluster):
-    node = {"node_id": "seed-node", "region": "eu",
-            "resources": {"cpu": 2000, "memory": 1024}, "healthy": True,
-            "endpoint": "http://127.0.0.1:9"}
+    node = {
+        "node_id": "seed-node",
+        "region": "eu",
+        "resources": {"cpu": 2000, "memory": 1024},
+        "healthy": True,
+        "endpoint": "http://127.0.0.1:9",
+    }
     resp = cluster.post("/register", node)
     assert resp.json() == {"message": "Node registered successfully"}
-    beat = {"node_id": "seed-node", "healthy": True, "timestamp": 1.0,
-            "resources": {"cpu": 2000, "memory": 1024, "cpu_used": 0,
-                          "memory_used": 0}, "allocations": {}}
+    beat = {
+        "node_id": "seed-node",
+        "healthy": True,
+        "timestamp": 1.0,
+        "resources": {"cpu": 2000, "memory": 1024, "cpu_used": 0, "memory_used": 0},
+        "allocations": {},
+    }
     assert cluster.post("/heartbeat", beat).json() == {"message": "Heartbeat received"}
     unknown = cluster.post("/heartbeat", dict(beat, node_id="nobody"))
     assert unknown.status_code == 404 and "error" in unknown.json()
@@ -54,11 +79,12 @@ def test_register_heartbeat_and_nodes_over_the_wire(cluster):
 
 
 def test_bad_input_is_json_4xx_over_http(cluster):
-    for resp in (requests.post(cluster.url + "/jobs", data="{oops", timeout=5),
-                 cluster.post("/jobs", {"task_groups": [{"name": "g", "count": 0,
-                                                         "tasks": []}]}),
-                 cluster.get("/no/such/route"),
-                 requests.patch(cluster.url + "/jobs", timeout=5)):
+    for resp in (
+        requests.post(cluster.url + "/jobs", data="{oops", timeout=5),
+        cluster.post("/jobs", {"task_groups": [{"name": "g", "count": 0, "tasks": []}]}),
+        cluster.get("/no/such/route"),
+        requests.patch(cluster.url + "/jobs", timeout=5),
+    ):
         assert 400 <= resp.status_code < 500
         assert resp.headers["Content-Type"].startswith("application/json")
         assert resp.json()["error"]
@@ -73,7 +99,9 @@ def test_batch_job_completes_with_logs(cluster):
     for alloc in job["allocations"]:
         task = alloc["tasks"]["t"]
         assert alloc["status"] == "complete" and task["status"] == "complete"
-        assert task["exit_code"] == 0 and task["config"] == {"command": "echo hello from $ORCH_TASK_NAME"}
+        assert task["exit_code"] == 0 and task["config"] == {
+            "command": "echo hello from $ORCH_TASK_NAME"
+        }
         logs = cluster.get(f"/allocations/{alloc['allocation_id']}/logs/t")
         assert logs.text == "hello from t\n"
     listed = cluster.get("/jobs").json()
@@ -93,8 +121,7 @@ def test_failing_job_reports_its_exit_code(cluster):
 def test_stop_kills_task_trees_then_restart(cluster):
     cluster.start_agent("a")
     child = f"sleep 300 & echo $! > {cluster.task_pid_dir}/child.$ORCH_ALLOC_ID; wait"
-    body = job_body("svc", cluster.pid_command("main", child), count=2,
-                    type_="service")
+    body = job_body("svc", cluster.pid_command("main", child), count=2, type_="service")
     submit(cluster, body)
     cluster.wait_job("svc", "running")
     wait_until(lambda: len(cluster.task_pids("child")) == 2, what="child pids")
@@ -121,8 +148,12 @@ def test_update_keeps_unchanged_groups_and_replaces_changed(cluster):
     body = job_body("web", cluster.pid_command("v1"), count=2, type_="service")
     submit(cluster, body)
     cluster.wait_job("web", "running")
-    wait_until(lambda: len(cluster.live_allocs("web")) == 2
-               and all(a["status"] == "running" for a in cluster.live_allocs("web")))
+    wait_until(
+        lambda: (
+            len(cluster.live_allocs("web")) == 2
+            and all(a["status"] == "running" for a in cluster.live_allocs("web"))
+        )
+    )
     first = {a["allocation_id"] for a in cluster.live_allocs("web")}
 
     body["task_groups"][0]["count"] = 3
@@ -143,15 +174,13 @@ def test_update_keeps_unchanged_groups_and_replaces_changed(cluster):
     wait_until(lambda: cluster.task_pids("v2"), what="v2 started")
     replaced = {a["allocation_id"] for a in cluster.live_allocs("web")}
     assert len(replaced) == 1 and not replaced & scaled
-    wait_until(lambda: not any(pid_alive(p) for p in v1_pids.values()),
-               what="v1 tasks gone")
+    wait_until(lambda: not any(pid_alive(p) for p in v1_pids.values()), what="v1 tasks gone")
     assert cluster.put("/jobs/nope", body).json() == {"error": "作业不存在"}
 
 
 def test_delete_purges_job_allocations_and_evaluations(cluster):
     cluster.start_agent("a")
-    out = submit(cluster, job_body("gone", cluster.pid_command("gone"),
-                                   type_="service"))
+    out = submit(cluster, job_body("gone", cluster.pid_command("gone"), type_="service"))
     cluster.wait_job("gone", "running")
     pids = wait_until(lambda: cluster.task_pids("gone"))
     alloc_id = cluster.job("gone")["allocations"][0]["allocation_id"]
@@ -160,19 +189,24 @@ def test_delete_purges_job_allocations_and_evaluations(cluster):
     assert cluster.get("/jobs/gone").status_code == 404
     assert cluster.get(f"/evaluations/{out['evaluation_id']}").status_code == 404
     assert cluster.get(f"/allocations/{alloc_id}").status_code == 404
-    wait_until(lambda: not any(pid_alive(p) for p in pids.values()),
-               what="task gone")
+    wait_until(lambda: not any(pid_alive(p) for p in pids.values()), what="task gone")
 
 
 def test_unplaceable_job_waits_with_reasons_then_places(cluster):
     cluster.start_agent("a", "--region", "us")
-    body = job_body("eu-only", cluster.pid_command("eu"), type_="service",
-                    constraints=[{"attribute": "region", "operator": "=",
-                                  "value": "eu"}])
+    body = job_body(
+        "eu-only",
+        cluster.pid_command("eu"),
+        type_="service",
+        constraints=[{"attribute": "region", "operator": "=", "value": "eu"}],
+    )
     out = submit(cluster, body)
-    ev = wait_until(lambda: cluster.get(f"/evaluations/{out['evaluation_id']}")
-                    .json()["status"] == "blocked"
-                    and cluster.get(f"/evaluations/{out['evaluation_id']}").json())
+    ev = wait_until(
+        lambda: (
+            cluster.get(f"/evaluations/{out['evaluation_id']}").json()["status"] == "blocked"
+            and cluster.get(f"/evaluations/{out['evaluation_id']}").json()
+        )
+    )
     assert ev["failures"] == {"constraint region = eu": 1}
     assert cluster.job("eu-only")["status"] == "pending"
     cluster.start_agent("b", "--region", "eu")
@@ -188,6 +222,7 @@ def test_failing_service_restarts_then_is_replaced(cluster):
     def replaced():
         allocs = cluster.job("crashy")["allocations"]
         return len(allocs) >= 2 and allocs
+
     allocs = wait_until(replaced, timeout=30, what="failed allocation replaced")
     first, second = allocs[0], allocs[1]
     assert first["status"] == "failed"
@@ -209,12 +244,18 @@ def test_no_path_traversal_through_any_route(cluster):
         body["task_groups"][0]["tasks"][0]["name"] = name
         assert cluster.post("/jobs", body).status_code == 400
         assert cluster.post("/jobs", job_body(name, "true")).status_code in (400, 404, 405)
-        spec = {"allocation_id": name, "job_id": "x", "task_group": {
-            "name": "g", "tasks": [{"name": "t", "config": {"command": "true"}}]}}
+        spec = {
+            "allocation_id": name,
+            "job_id": "x",
+            "task_group": {"name": "g", "tasks": [{"name": "t", "config": {"command": "true"}}]},
+        }
         assert requests.post(f"{agent_url}/allocations", json=spec, timeout=5).status_code == 400
         for base in (cluster.url, agent_url):
-            for path in (f"/allocations/{name}/logs/t", f"/allocations/{alloc_id}/logs/{name}",
-                         f"/allocations/{alloc_id}/logs/t?type={name}"):
+            for path in (
+                f"/allocations/{name}/logs/t",
+                f"/allocations/{alloc_id}/logs/{name}",
+                f"/allocations/{alloc_id}/logs/t?type={name}",
+            ):
                 resp = requests.get(base + path, timeout=5)
                 assert 400 <= resp.status_code < 500, (base, path, resp.status_code)
                 assert "root:" not in resp.text

@@ -3,6 +3,7 @@
 A small Python script stands in for the zipapp (Proc runs ``python SCRIPT
 args``), so these run without dist/orch.pyz.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,6 +40,7 @@ def test_wait_until_returns_the_value_and_names_what_timed_out():
 
     def broken():
         raise KeyError("missing")
+
     with pytest.raises(AssertionError, match=r"waiting for the thing; last error: KeyError"):
         wait_until(broken, timeout=0.2, what="the thing")
 
@@ -48,6 +50,7 @@ def test_wait_until_gives_up_at_once_on_giveup():
 
     def dead():
         raise GiveUp("it died")
+
     with pytest.raises(GiveUp, match="it died"):
         wait_until(dead, timeout=30)
     assert time.monotonic() - started < 5
@@ -55,6 +58,7 @@ def test_wait_until_gives_up_at_once_on_giveup():
 
 def test_free_port_is_bindable():
     import socket
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", free_port()))
 
@@ -66,7 +70,7 @@ def test_stop_kills_the_process_group(script, tmp_path):
         proc.wait_for_output("ready", timeout=20)
         child = int(pidfile.read_text())
         assert proc.alive() and pid_alive(child)
-        assert os.getpgid(child) == proc.pid != os.getpgid(0)    # its own session
+        assert os.getpgid(child) == proc.pid != os.getpgid(0)  # its own session
         assert proc.stop(grace=5) == -signal.SIGTERM
         wait_until(lambda: not pid_alive(child), 10, what="the group's other process gone")
         assert "ready" in proc.log()
@@ -75,8 +79,7 @@ def test_stop_kills_the_process_group(script, tmp_path):
 
 
 def test_wait_for_output_fails_fast_when_the_process_exits(script, tmp_path):
-    proc = Proc(["exit"], tmp_path / "out.log", pyz=script,
-                stderr_path=tmp_path / "err.log")
+    proc = Proc(["exit"], tmp_path / "out.log", pyz=script, stderr_path=tmp_path / "err.log")
     try:
         started = time.monotonic()
         with pytest.raises(GiveUp, match="bye"):
@@ -91,8 +94,10 @@ def test_wait_for_output_fails_fast_when_the_process_exits(script, tmp_path):
 def test_orch_settings_of_the_developer_stay_out(script, tmp_path, monkeypatch):
     monkeypatch.setenv("ORCH_TOKEN", "from-my-shell")
     probe = tmp_path / "probe.py"
-    probe.write_text("import os, sys; print(os.environ.get('ORCH_TOKEN'), "
-                     "os.environ.get('ORCH_DATA'), file=sys.stderr)")
+    probe.write_text(
+        "import os, sys; print(os.environ.get('ORCH_TOKEN'), "
+        "os.environ.get('ORCH_DATA'), file=sys.stderr)"
+    )
     proc = Proc([], tmp_path / "env.log", {"ORCH_DATA": "given"}, pyz=probe)
     try:
         assert proc.wait(20) == 0

@@ -1,6 +1,7 @@
 """Hostile input against the real zipapp: every answer a JSON 4xx, no stall,
 and nothing stored that the server cannot read back (issue #10 items 1, 2, 5).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,26 @@ JSON = {"Content-Type": "application/json"}
 DEEP = b"[" * 10000 + b"]" * 10000
 
 
-def service(job_id: str, command: str = "exec sleep 300", count: int = 1,
-            constraints=()) -> dict:
-    return {"job_id": job_id, "type": "service", "constraints": list(constraints),
-            "task_groups": [{"name": "g", "count": count, "tasks": [{
-                "name": "t", "driver": "exec", "config": {"command": command},
-                "resources": {"cpu": 50, "memory": 32}}]}]}
+def service(job_id: str, command: str = "exec sleep 300", count: int = 1, constraints=()) -> dict:
+    return {
+        "job_id": job_id,
+        "type": "service",
+        "constraints": list(constraints),
+        "task_groups": [
+            {
+                "name": "g",
+                "count": count,
+                "tasks": [
+                    {
+                        "name": "t",
+                        "driver": "exec",
+                        "config": {"command": command},
+                        "resources": {"cpu": 50, "memory": 32},
+                    }
+                ],
+            }
+        ],
+    }
 
 
 def post_raw(url: str, raw: bytes) -> requests.Response:
@@ -44,6 +59,7 @@ def running_allocs(url: str, job_id: str, count: int = 1) -> list[dict]:
         job = requests.get(f"{url}/jobs/{job_id}", timeout=TIMEOUT).json()
         live = [a for a in job["allocations"] if a["status"] == "running"]
         return live if len(live) >= count else None
+
     return wait_until(running, 30.0, what=f"{count} running allocations of {job_id}")
 
 
@@ -60,9 +76,11 @@ def cluster(server, agent_factory):
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
 def test_non_finite_heartbeat_times_are_400_and_the_server_restarts(cluster, literal):
     server, agent, alloc = cluster
-    raw = ('{"node_id": %s, "allocations": {%s: {"job_id": "svc", "status": "complete",'
-           ' "end_time": %s}}}' % (json.dumps(agent.node_id),
-                                   json.dumps(alloc["allocation_id"]), literal))
+    raw = (
+        '{"node_id": %s, "allocations": {%s: {"job_id": "svc", "status": "complete",'
+        ' "end_time": %s}}}'
+        % (json.dumps(agent.node_id), json.dumps(alloc["allocation_id"]), literal)
+    )
     assert_json_400(post_raw(f"{server.url}/heartbeat", raw.encode()))
     server.restart()
     job = requests.get(f"{server.url}/jobs/svc", timeout=TIMEOUT).json()
@@ -71,9 +89,11 @@ def test_non_finite_heartbeat_times_are_400_and_the_server_restarts(cluster, lit
 
 def test_heartbeat_restarts_1e400_is_400(cluster):
     server, agent, alloc = cluster
-    raw = ('{"node_id": %s, "allocations": {%s: {"status": "running", "tasks": '
-           '{"t": {"status": "running", "restarts": 1e400}}}}}'
-           % (json.dumps(agent.node_id), json.dumps(alloc["allocation_id"])))
+    raw = (
+        '{"node_id": %s, "allocations": {%s: {"status": "running", "tasks": '
+        '{"t": {"status": "running", "restarts": 1e400}}}}}'
+        % (json.dumps(agent.node_id), json.dumps(alloc["allocation_id"]))
+    )
     assert_json_400(post_raw(f"{server.url}/heartbeat", raw.encode()))
 
 
@@ -81,14 +101,15 @@ def test_log_offset_past_2_63_is_400(cluster):
     _server, agent, alloc = cluster
     url = f"{agent.url}/allocations/{alloc['allocation_id']}/logs/t"
     assert requests.get(url, timeout=TIMEOUT).status_code == 200
-    for offset in (2 ** 63, 2 ** 64, -1, "1e3"):
+    for offset in (2**63, 2**64, -1, "1e3"):
         assert_json_400(requests.get(f"{url}?offset={offset}", timeout=TIMEOUT))
 
 
 def test_lone_surrogate_in_env_is_400_and_reads_stay_json(cluster):
     server, _agent, alloc = cluster
     body = json.dumps(service("bad-env")).replace(
-        '"command":', '"env": {"X": "\\ud800"}, "command":')
+        '"command":', '"env": {"X": "\\ud800"}, "command":'
+    )
     error = assert_json_400(post_raw(f"{server.url}/jobs", body.encode()))["error"]
     assert error.startswith("task_groups[0].tasks[0].config.env.X: ")
     for path in ("/jobs", "/jobs/svc", f"/allocations/{alloc['allocation_id']}"):
@@ -101,14 +122,14 @@ def test_json_nested_10000_deep_is_400_on_every_post_route(cluster):
     server, agent, _alloc = cluster
     for path in ("/jobs", "/jobs/plan", "/register", "/heartbeat"):
         assert_json_400(post_raw(server.url + path, DEEP))
-    assert_json_400(requests.put(f"{server.url}/jobs/svc", data=DEEP, headers=JSON,
-                                 timeout=TIMEOUT))
+    assert_json_400(
+        requests.put(f"{server.url}/jobs/svc", data=DEEP, headers=JSON, timeout=TIMEOUT)
+    )
     assert_json_400(post_raw(f"{agent.url}/allocations", DEEP))
     assert requests.get(f"{server.url}/health", timeout=TIMEOUT).status_code == 200
 
 
-def test_a_catastrophic_regex_neither_stalls_the_server_nor_downs_nodes(
-        server, agent_factory):
+def test_a_catastrophic_regex_neither_stalls_the_server_nor_downs_nodes(server, agent_factory):
     agent_factory()
     agent_factory()
     resp = requests.post(f"{server.url}/jobs", json=service("web", count=2), timeout=TIMEOUT)
@@ -116,8 +137,9 @@ def test_a_catastrophic_regex_neither_stalls_the_server_nor_downs_nodes(
     before = {a["allocation_id"] for a in running_allocs(server.url, "web", 2)}
     # Backtracking re needs an exponential number of steps on this pattern.
     evil = {"attribute": "kernel.version", "operator": "regex", "value": "(.*)" * 15 + "!"}
-    resp = requests.post(f"{server.url}/jobs", json=service("evil", constraints=[evil]),
-                         timeout=TIMEOUT)
+    resp = requests.post(
+        f"{server.url}/jobs", json=service("evil", constraints=[evil]), timeout=TIMEOUT
+    )
     assert resp.status_code == 200, resp.text
     latencies = []
     deadline = time.monotonic() + 5.0
@@ -131,6 +153,7 @@ def test_a_catastrophic_regex_neither_stalls_the_server_nor_downs_nodes(
     def evaluated():
         evals = requests.get(f"{server.url}/jobs/evil", timeout=TIMEOUT).json()
         return evals["status"] == "pending" and not evals["allocations"]
+
     wait_until(evaluated, TIMEOUT, what="the regex job evaluated, unplaced")
     assert all(node["healthy"] for node in nodes(server.url)), nodes(server.url)
     after = {a["allocation_id"] for a in running_allocs(server.url, "web", 2)}
@@ -142,8 +165,10 @@ def test_a_bad_row_is_quarantined_and_the_server_starts(cluster):
     server.proc.stop()
     db = sqlite3.connect(server.data_dir / "state.db")
     # What the old allocation encoder wrote for a NaN end time (repr: nan).
-    db.execute("INSERT INTO allocations (allocation_id, job_id, node_id, body) "
-               "VALUES ('bad', 'svc', 'n', '{\"allocation_id\":\"bad\",\"end_time\":nan}')")
+    db.execute(
+        "INSERT INTO allocations (allocation_id, job_id, node_id, body) "
+        "VALUES ('bad', 'svc', 'n', '{\"allocation_id\":\"bad\",\"end_time\":nan}')"
+    )
     db.commit()
     db.close()
     server.restart()
@@ -162,11 +187,14 @@ def test_a_stopped_server_does_not_blame_its_nodes_when_it_resumes(cluster):
     server, agent, alloc = cluster
     server.proc.signal(signal.SIGSTOP)
     try:
-        time.sleep(3.0 * 2)                # the stall itself: twice the node TTL
+        time.sleep(3.0 * 2)  # the stall itself: twice the node TTL
     finally:
         server.proc.signal(signal.SIGCONT)
-    wait_until(lambda: requests.get(f"{server.url}/health", timeout=TIMEOUT).ok,
-               TIMEOUT, what="server answering after SIGCONT")
+    wait_until(
+        lambda: requests.get(f"{server.url}/health", timeout=TIMEOUT).ok,
+        TIMEOUT,
+        what="server answering after SIGCONT",
+    )
     # Heartbeats flow again: two TTLs later the node must still never have gone down.
     end = time.monotonic() + 6.0
     while time.monotonic() < end:

@@ -4,6 +4,7 @@ The load generator is bench/load.py (its full run: `--seconds 60`); here it
 must see no 5xx, no connection error, no other non-200, every acknowledged
 submit present and every acknowledged stop `dead`.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,8 +35,15 @@ def test_fifty_clients_mixing_submits_reads_and_stops(tmp_path, pyz):
         summary = load.run_load(cluster.url, seconds=SECONDS, clients=CLIENTS)
     finally:
         cluster.stop()
-    print("\n" + json.dumps({k: summary[k] for k in (
-        "requests", "requests_per_s", "jobs_submitted", "jobs_stopped", "kinds")}))
+    print(
+        "\n"
+        + json.dumps(
+            {
+                k: summary[k]
+                for k in ("requests", "requests_per_s", "jobs_submitted", "jobs_stopped", "kinds")
+            }
+        )
+    )
     assert summary["server_errors"] == 0, summary["failures"]
     assert summary["connection_errors"] == 0, summary["failures"]
     assert summary["other_status"] == 0, summary["failures"]

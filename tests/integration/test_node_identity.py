@@ -4,6 +4,7 @@ Another node's heartbeat naming A's allocation, a DELETE sent straight to A's
 agent, and a register of A's node id from another endpoint: none of them may
 leave A's work dead and unreplaced.
 """
+
 from __future__ import annotations
 
 import threading
@@ -30,16 +31,20 @@ def running_service(cluster: Cluster, job_id: str) -> tuple[dict, int]:
     submit(cluster, job_body(job_id, cluster.pid_command(job_id), type_="service"))
     cluster.wait_job(job_id, "running")
     (alloc,) = cluster.live_allocs(job_id)
-    pid = wait_until(lambda: cluster.task_pids(job_id).get(alloc["allocation_id"]),
-                     what=f"{job_id} task pid")
+    pid = wait_until(
+        lambda: cluster.task_pids(job_id).get(alloc["allocation_id"]), what=f"{job_id} task pid"
+    )
     return alloc, pid
 
 
 def hand_node(node_id: str) -> dict:
     """A node registered by hand (the README's curl example): no secret."""
-    return {"node_id": node_id, "resources": {"cpu": 1000, "memory": 1024},
-            "endpoint": f"http://127.0.0.1:{free_port()}",
-            "attributes": {"driver.exec": False, "driver.docker": False}}
+    return {
+        "node_id": node_id,
+        "resources": {"cpu": 1000, "memory": 1024},
+        "endpoint": f"http://127.0.0.1:{free_port()}",
+        "attributes": {"driver.exec": False, "driver.docker": False},
+    }
 
 
 def test_another_nodes_heartbeat_naming_an_allocation_stops_nothing(cluster):
@@ -55,11 +60,18 @@ def test_another_nodes_heartbeat_naming_an_allocation_stops_nothing(cluster):
         for status in ["running", "complete", "failed", "stopped"] * 5:
             if stop.wait(HEARTBEAT):
                 return
-            report = {"status": status, "start_time": 1.0, "end_time": None,
-                      "tasks": {}}
-            answers.append(cluster.post("/heartbeat", {
-                "node_id": "node-b", "healthy": True,
-                "allocations": {alloc["allocation_id"]: report}}).status_code)
+            report = {"status": status, "start_time": 1.0, "end_time": None, "tasks": {}}
+            answers.append(
+                cluster.post(
+                    "/heartbeat",
+                    {
+                        "node_id": "node-b",
+                        "healthy": True,
+                        "allocations": {alloc["allocation_id"]: report},
+                    },
+                ).status_code
+            )
+
     beater = threading.Thread(target=beat, daemon=True)
     beater.start()
     try:
@@ -84,8 +96,8 @@ def test_a_delete_sent_straight_to_the_agent_is_replaced(cluster):
 
     def replaced():
         live = [a for a in cluster.live_allocs("svc") if a["status"] == "running"]
-        return live[0] if live and live[0]["allocation_id"] != alloc["allocation_id"] \
-            else None
+        return live[0] if live and live[0]["allocation_id"] != alloc["allocation_id"] else None
+
     replacement = wait_until(replaced, timeout=30, what="a replacement running")
     assert replacement["previous_allocation"] == alloc["allocation_id"]
     cluster.wait_job("svc", "running")
@@ -110,5 +122,7 @@ def test_a_register_from_another_endpoint_does_not_take_a_healthy_node(cluster):
     # A's own agent, restarted on another port (same data dir, same secret), is welcome.
     cluster.agents["a"].terminate()
     assert cluster.start_agent("a") == node_a
-    wait_until(lambda: cluster.node(node_a)["endpoint"] != endpoint,
-               what="a registered again from its new port")
+    wait_until(
+        lambda: cluster.node(node_a)["endpoint"] != endpoint,
+        what="a registered again from its new port",
+    )

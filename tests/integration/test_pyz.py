@@ -1,4 +1,5 @@
 """The zipapp on its own: copied into an empty directory, it still runs."""
+
 from __future__ import annotations
 
 import shutil
@@ -6,14 +7,20 @@ import subprocess
 import sys
 import zipfile
 
-from harness import ROOT, free_port
-
 from orch import __version__
+
+from harness import ROOT, free_port
 
 
 def run(args, cwd, timeout=60):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_lone_pyz_prints_help_and_version(pyz, tmp_path):
@@ -32,13 +39,20 @@ def test_lone_pyz_prints_help_and_version(pyz, tmp_path):
 
 def test_pyz_holds_every_package_and_psutils_native_part(pyz):
     names = zipfile.ZipFile(pyz).namelist()
-    for module in ("orch/__main__.py", "orch/client.py", "orch/cli/commands.py", "orch/dev/launcher.py",
-                   "orch/server/server.py", "orch/agent/agent.py",
-                   "bottle.py", "waitress/__init__.py", "requests/__init__.py",
-                   "docker/__init__.py"):
+    for module in (
+        "orch/__main__.py",
+        "orch/client.py",
+        "orch/cli/commands.py",
+        "orch/dev/launcher.py",
+        "orch/server/server.py",
+        "orch/agent/agent.py",
+        "bottle.py",
+        "waitress/__init__.py",
+        "requests/__init__.py",
+        "docker/__init__.py",
+    ):
         assert f"site-packages/{module}" in names, module
-    assert any(n.startswith("site-packages/psutil/_psutil_") and n.endswith(".so")
-               for n in names)
+    assert any(n.startswith("site-packages/psutil/_psutil_") and n.endswith(".so") for n in names)
 
 
 def test_client_command_against_nothing_exits_1(pyz, tmp_path):

@@ -5,6 +5,7 @@ in some serial order, and nothing purged may come back: no job, no running
 task, no evaluation or allocation left in the store (issue #10 items 4 and 7,
 issue #16 item 5).
 """
+
 from __future__ import annotations
 
 import re
@@ -33,12 +34,18 @@ def cluster(tmp_path, pyz):
 
 def body(cluster: Cluster, job_id: str, n: int, *, nowhere: bool = False) -> dict:
     """Job ``job_id``, its n-th spec (each n a different one)."""
-    task = {"name": "t", "driver": "exec",
-            "config": {"command": cluster.pid_command(job_id, f"exec sleep {300 + n}")},
-            "resources": {"cpu": 20, "memory": 16}}
-    out = {"job_id": job_id, "type": "service",
-           "task_groups": [{"name": "g", "count": 1, "tasks": [task]}]}
-    if nowhere:     # never placed: the versions are the point, not processes
+    task = {
+        "name": "t",
+        "driver": "exec",
+        "config": {"command": cluster.pid_command(job_id, f"exec sleep {300 + n}")},
+        "resources": {"cpu": 20, "memory": 16},
+    }
+    out = {
+        "job_id": job_id,
+        "type": "service",
+        "task_groups": [{"name": "g", "count": 1, "tasks": [task]}],
+    }
+    if nowhere:  # never placed: the versions are the point, not processes
         out["constraints"] = [{"attribute": "region", "operator": "=", "value": "nowhere"}]
     return out
 
@@ -56,10 +63,10 @@ def together(*calls) -> list:
         barrier.wait(timeout=30)
         try:
             out[i] = call()
-        except Exception as exc:   # noqa: BLE001 - reported by the caller's asserts
+        except Exception as exc:  # noqa: BLE001 - reported by the caller's asserts
             out[i] = exc
-    threads = [threading.Thread(target=run, args=(i, c), daemon=True)
-               for i, c in enumerate(calls)]
+
+    threads = [threading.Thread(target=run, args=(i, c), daemon=True) for i, c in enumerate(calls)]
     for t in threads:
         t.start()
     for t in threads:
@@ -74,10 +81,12 @@ def codes(resps) -> list:
 
 def settle(cluster: Cluster) -> None:
     """Wait until no evaluation is queued or being planned."""
+
     def idle():
         text = cluster.get("/metrics").text
         busy = re.findall(r'orch_broker_evaluations\{state="(?:ready|inflight)"\} (\d+)', text)
         return len(busy) == 2 and busy == ["0", "0"]
+
     wait_until(idle, SETTLE_S, what="the broker to be idle")
 
 
@@ -86,18 +95,24 @@ def orphans(cluster: Cluster) -> dict:
     path = cluster.tmp / "server" / "state.db"
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
-        return {table: db.execute(
-                    f"SELECT count(*) FROM {table} "
-                    "WHERE job_id NOT IN (SELECT job_id FROM jobs)").fetchone()[0]
-                for table in ("allocations", "evaluations")}
+        return {
+            table: db.execute(
+                f"SELECT count(*) FROM {table} WHERE job_id NOT IN (SELECT job_id FROM jobs)"
+            ).fetchone()[0]
+            for table in ("allocations", "evaluations")
+        }
     finally:
         db.close()
 
 
 def test_concurrent_posts_of_one_new_job_all_land(cluster):
     job_id = "posted"
-    resps = together(*[lambda n=n: cluster.post("/jobs", body(cluster, job_id, n, nowhere=True))
-                       for n in range(20)])
+    resps = together(
+        *[
+            lambda n=n: cluster.post("/jobs", body(cluster, job_id, n, nowhere=True))
+            for n in range(20)
+        ]
+    )
     assert codes(resps) == [200] * 20, [r.text for r in resps if r.status_code != 200]
     assert {r.json()["message"] for r in resps} == {"作业评估已加入队列"}
     acked = {r.json()["evaluation_id"] for r in resps}
@@ -112,9 +127,12 @@ def test_concurrent_posts_of_one_new_job_all_land(cluster):
 def test_concurrent_puts_each_make_a_version(cluster):
     job_id = "put"
     assert cluster.post("/jobs", body(cluster, job_id, 0, nowhere=True)).status_code == 200
-    resps = together(*[lambda n=n: cluster.put(f"/jobs/{job_id}",
-                                               body(cluster, job_id, n, nowhere=True))
-                       for n in range(1, 11)])
+    resps = together(
+        *[
+            lambda n=n: cluster.put(f"/jobs/{job_id}", body(cluster, job_id, n, nowhere=True))
+            for n in range(1, 11)
+        ]
+    )
     assert codes(resps) == [200] * 10, [r.text for r in resps if r.status_code != 200]
     assert {r.json()["message"] for r in resps} == {"作业更新评估已加入队列"}
     assert len({r.json()["evaluation_id"] for r in resps}) == 10
@@ -125,20 +143,27 @@ def test_stop_racing_put_applies_both_in_some_order(cluster):
     for rnd in range(STOP_PUT_ROUNDS):
         job_id = f"sp-{rnd}"
         assert cluster.post("/jobs", body(cluster, job_id, 0)).status_code == 200
-        stop, put = together(lambda: cluster.delete(f"/jobs/{job_id}"),
-                             lambda: cluster.put(f"/jobs/{job_id}", body(cluster, job_id, 1)))
+        stop, put = together(
+            lambda: cluster.delete(f"/jobs/{job_id}"),
+            lambda: cluster.put(f"/jobs/{job_id}", body(cluster, job_id, 1)),
+        )
         assert codes([stop, put]) == [200, 200], (stop.text, put.text)
         job = cluster.job(job_id)
         # Either order keeps the PUT: version 1 with its spec, stopped or not.
         assert (job["version"], command_of(job)) == (1, command_of(body(cluster, job_id, 1)))
         settle(cluster)
-        if job["stopped"]:      # PUT then stop: nothing of the job may run
-            wait_until(lambda: not cluster.live_allocs(job_id), SETTLE_S,
-                       what=f"{job_id} stopped")
-        else:                   # stop then PUT: version 1 runs
-            wait_until(lambda: [a for a in cluster.live_allocs(job_id)
-                                if a["job_version"] == 1 and a["status"] == "running"],
-                       SETTLE_S, what=f"{job_id} version 1 running")
+        if job["stopped"]:  # PUT then stop: nothing of the job may run
+            wait_until(lambda: not cluster.live_allocs(job_id), SETTLE_S, what=f"{job_id} stopped")
+        else:  # stop then PUT: version 1 runs
+            wait_until(
+                lambda: [
+                    a
+                    for a in cluster.live_allocs(job_id)
+                    if a["job_version"] == 1 and a["status"] == "running"
+                ],
+                SETTLE_S,
+                what=f"{job_id} version 1 running",
+            )
         assert cluster.job(job_id)["stopped"] == job["stopped"]
         assert cluster.post(f"/jobs/{job_id}/delete").status_code == 200
 
@@ -163,13 +188,17 @@ def test_purge_racing_restart_or_put_brings_nothing_back(cluster):
         purge_race(cluster, job_id, lambda: cluster.post(f"/jobs/{job_id}/restart"))
         job_id = f"pp-{rnd}"
         assert cluster.post("/jobs", body(cluster, job_id, 0)).status_code == 200
-        purge_race(cluster, job_id,
-                   lambda: cluster.put(f"/jobs/{job_id}", body(cluster, job_id, 1)))
+        purge_race(
+            cluster, job_id, lambda: cluster.put(f"/jobs/{job_id}", body(cluster, job_id, 1))
+        )
         purged += [f"pr-{rnd}", f"pp-{rnd}"]
     settle(cluster)
     assert [j for j in purged if cluster.get(f"/jobs/{j}").status_code != 404] == []
     assert orphans(cluster) == {"allocations": 0, "evaluations": 0}
     assert cluster.get("/jobs").json()["count"] == 0
     # Whatever was started before a purge is stopped by it; nothing restarts.
-    wait_until(lambda: not [p for tag in purged for p in cluster.task_pids(tag).values()
-                            if pid_alive(p)], SETTLE_S, what="purged jobs' tasks to end")
+    wait_until(
+        lambda: not [p for tag in purged for p in cluster.task_pids(tag).values() if pid_alive(p)],
+        SETTLE_S,
+        what="purged jobs' tasks to end",
+    )

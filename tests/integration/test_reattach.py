@@ -5,6 +5,7 @@ containers are found again by id. The node's TTL is long, so the server never
 marks the node down: it must see the same tasks keep running, then their true
 exit codes, including that of a task that ended while no agent was there.
 """
+
 from __future__ import annotations
 
 import sys
@@ -52,9 +53,21 @@ def containers(engine, job_id: str) -> list:
 
 def submit(cluster, name: str, config: dict) -> str:
     job_id = f"ra-{name}-{uuid.uuid4().hex[:6]}"
-    resp = cluster.post("/jobs", {"job_id": job_id, "task_groups": [{
-        "name": "g", "count": 1,
-        "tasks": [{"name": "t", "config": config, "resources": {"cpu": 100, "memory": 64}}]}]})
+    resp = cluster.post(
+        "/jobs",
+        {
+            "job_id": job_id,
+            "task_groups": [
+                {
+                    "name": "g",
+                    "count": 1,
+                    "tasks": [
+                        {"name": "t", "config": config, "resources": {"cpu": 100, "memory": 64}}
+                    ],
+                }
+            ],
+        },
+    )
     assert resp.status_code == 200, resp.text
     cluster.job_ids.append(job_id)
     return job_id
@@ -62,25 +75,29 @@ def submit(cluster, name: str, config: dict) -> str:
 
 def task(cluster, job_id: str) -> dict:
     [alloc] = cluster.job(job_id)["allocations"]
-    return {**alloc["tasks"]["t"], "alloc_status": alloc["status"],
-            "allocation_id": alloc["allocation_id"]}
+    return {
+        **alloc["tasks"]["t"],
+        "alloc_status": alloc["status"],
+        "allocation_id": alloc["allocation_id"],
+    }
 
 
 def wait_task(cluster, job_id: str, status: str, timeout: float = 20.0) -> dict:
     def reached():
         state = task(cluster, job_id)
         return state if state["status"] == status else None
+
     try:
         return wait_until(reached, timeout, what=f"task of {job_id} {status}")
     except AssertionError:
-        raise AssertionError(f"task never {status}: {cluster.job(job_id)}\n"
-                             + cluster.agents["a"].log()[-3000:])
+        raise AssertionError(
+            f"task never {status}: {cluster.job(job_id)}\n" + cluster.agents["a"].log()[-3000:]
+        )
 
 
 def gated(cluster, tag: str, gate: Path) -> str:
     """Records its pid, waits for the gate file, exits 7."""
-    return cluster.pid_command(
-        tag, f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 7")
+    return cluster.pid_command(tag, f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 7")
 
 
 def test_kill9_agent_then_restart_reattaches_and_reports_exit_codes(cluster, engine, tmp_path):
@@ -89,17 +106,18 @@ def test_kill9_agent_then_restart_reattaches_and_reports_exit_codes(cluster, eng
     early_job = submit(cluster, "early", {"command": gated(cluster, "early", early_gate)})
     jobs = [exec_job]
     if engine is not None:
-        docker_job = submit(cluster, "docker", {
-            "image": TEST_IMAGE,
-            "command": "while [ ! -e /tmp/go ]; do sleep 0.05; done; exit 7"})
+        docker_job = submit(
+            cluster,
+            "docker",
+            {"image": TEST_IMAGE, "command": "while [ ! -e /tmp/go ]; do sleep 0.05; done; exit 7"},
+        )
         jobs.append(docker_job)
     for job_id in (*jobs, early_job):
         wait_task(cluster, job_id, "running")
     exec_alloc = task(cluster, exec_job)["allocation_id"]
     early_alloc = task(cluster, early_job)["allocation_id"]
     exec_pid = wait_until(lambda: cluster.task_pids("exec").get(exec_alloc), what="exec pid")
-    early_pid = wait_until(lambda: cluster.task_pids("early").get(early_alloc),
-                           what="early pid")
+    early_pid = wait_until(lambda: cluster.task_pids("early").get(early_alloc), what="early pid")
     if engine is not None:
         [container] = containers(engine, docker_job)
 
@@ -108,12 +126,14 @@ def test_kill9_agent_then_restart_reattaches_and_reports_exit_codes(cluster, eng
     if engine is not None:
         container.reload()
         assert container.status == "running"
-    early_gate.touch()                  # this one ends while no agent is there
+    early_gate.touch()  # this one ends while no agent is there
     wait_until(lambda: not pid_alive(early_pid), what="early task exit")
 
     assert cluster.start_agent("a") == cluster.node_id
-    wait_until(lambda: f"restored {len(jobs) + 1} allocations" in cluster.agents["a"].log(),
-               what="allocations restored")
+    wait_until(
+        lambda: f"restored {len(jobs) + 1} allocations" in cluster.agents["a"].log(),
+        what="allocations restored",
+    )
     early = wait_task(cluster, early_job, "failed")
     assert early["exit_code"] == 7 and early["error"] == "exit code 7"
     for job_id in jobs:

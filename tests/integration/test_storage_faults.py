@@ -1,6 +1,7 @@
 """Storage faults through the real server process: a corrupt or unreadable
 state database stops the server with a clear message (the file untouched),
 and a full disk answers 503 JSON without losing anything acknowledged."""
+
 from __future__ import annotations
 
 import hashlib
@@ -94,9 +95,11 @@ def small_disk(tmp_path):
     """The server's data dir on an 8 MiB tmpfs, unmounted at teardown."""
     mnt = tmp_path / "server"
     mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}",
-                              "orch-test-tmpfs", str(mnt)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "orch-test-tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr}")
     try:
@@ -156,9 +159,11 @@ def _full_disk_scenario(cluster: Cluster, mnt: Path) -> None:
     # A service that keeps failing: its rescheduling evaluations (delayed, no
     # request behind them) reach the scheduler while the disk is full.
     submit(cluster, job_body("flappy", "sleep 0.3; exit 1", type_="service"))
-    wait_until(lambda: any(a["status"] == "failed"
-                           for a in cluster.job("flappy")["allocations"]),
-               timeout=20, what="flappy failed once")
+    wait_until(
+        lambda: any(a["status"] == "failed" for a in cluster.job("flappy")["allocations"]),
+        timeout=20,
+        what="flappy failed once",
+    )
 
     filler = mnt / "filler"
     filled = fill(filler)
@@ -170,7 +175,7 @@ def _full_disk_scenario(cluster: Cluster, mnt: Path) -> None:
         body = job_body(f"full-{i}", "true # " + "x" * 2000)
         resp = cluster.post("/jobs", body)
         if resp.status_code == 200:
-            acked.append(f"full-{i}")       # a WAL page happened to be free
+            acked.append(f"full-{i}")  # a WAL page happened to be free
             continue
         refused = resp
         break
@@ -179,7 +184,7 @@ def _full_disk_scenario(cluster: Cluster, mnt: Path) -> None:
     assert refused.status_code == 503, refused.text
     assert refused.headers["Content-Type"].startswith("application/json")
     error = refused.json()["error"]
-    assert "full" in error, error       # the real cause, not a follow-up error
+    assert "full" in error, error  # the real cause, not a follow-up error
     refused_id = f"full-{i}"
     # The refused job was not half-stored.
     assert cluster.get(f"/jobs/{refused_id}").status_code == 404
@@ -196,21 +201,33 @@ def _full_disk_scenario(cluster: Cluster, mnt: Path) -> None:
     # Node b's TTL runs out and its verdict hits the full disk, twice (the
     # first try and a retry): the server must live through both.
     failed = f"node expiry failed node={node_b}"
-    wait_until(lambda: cluster.server.log().count(failed) >= 2,
-               timeout=cluster.node_ttl + 20, what="two failed expiries of node b")
+    wait_until(
+        lambda: cluster.server.log().count(failed) >= 2,
+        timeout=cluster.node_ttl + 20,
+        what="two failed expiries of node b",
+    )
     assert cluster.server.alive(), "server died on a full disk"
     assert cluster.node(node_b)["healthy"], "node b down though nothing was written"
 
     filler.unlink()
     # Once there is room: node b is declared down, the service replaced on a.
-    wait_until(lambda: not cluster.node(node_b)["healthy"], timeout=15,
-               what="node b down after the disk has room again")
-    wait_until(lambda: cluster.get(f"/allocations/{svc_alloc['allocation_id']}")
-               .json()["status"] == "lost", timeout=5, what="svc allocation lost")
+    wait_until(
+        lambda: not cluster.node(node_b)["healthy"],
+        timeout=15,
+        what="node b down after the disk has room again",
+    )
+    wait_until(
+        lambda: (
+            cluster.get(f"/allocations/{svc_alloc['allocation_id']}").json()["status"] == "lost"
+        ),
+        timeout=5,
+        what="svc allocation lost",
+    )
+
     def replaced():
         live = cluster.live_allocs("svc")
-        return len(live) == 1 and live[0]["node_id"] != node_b \
-            and live[0]["status"] == "running"
+        return len(live) == 1 and live[0]["node_id"] != node_b and live[0]["status"] == "running"
+
     wait_until(replaced, timeout=30, what="svc replaced on node a")
     assert cluster.job("flappy")["status"] != "dead"
     assert cluster.delete("/jobs/flappy").status_code == 200
@@ -222,8 +239,7 @@ def _full_disk_scenario(cluster: Cluster, mnt: Path) -> None:
     # The scheduler recovers too: every acknowledged job runs to completion
     # (the ones it could not place while the disk was full included).
     for job_id in acked:
-        cluster.wait_job(job_id, "running" if job_id == "svc" else "complete",
-                         timeout=30)
+        cluster.wait_job(job_id, "running" if job_id == "svc" else "complete", timeout=30)
 
     cluster.server.kill9()
     cluster.start_server()

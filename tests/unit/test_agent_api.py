@@ -1,4 +1,5 @@
 """The agent's HTTP API through waitress on port 0, with real tasks."""
+
 import json
 import os
 
@@ -10,22 +11,37 @@ from orch.agent.agent import Agent, HttpServer
 from orch.agent.api import make_app
 from orch.config import AgentConfig
 from orch.errors import OrchError
+
 from waiting import live, reported, wait_for
 
 TIMEOUT = 5
 
 
 def body(alloc_id="a1", tasks=None, **extra):
-    tasks = tasks if tasks is not None else [{"name": "t", "config": {"command": "sleep 300"},
-                       "resources": {"cpu": 100, "memory": 64}}]
-    return {"allocation_id": alloc_id, "job_id": "j1",
-            "task_group": {"name": "g", "tasks": tasks}, **extra}
+    tasks = (
+        tasks
+        if tasks is not None
+        else [
+            {
+                "name": "t",
+                "config": {"command": "sleep 300"},
+                "resources": {"cpu": 100, "memory": 64},
+            }
+        ]
+    )
+    return {
+        "allocation_id": alloc_id,
+        "job_id": "j1",
+        "task_group": {"name": "g", "tasks": tasks},
+        **extra,
+    }
 
 
 @pytest.fixture
 def agent(tmp_path):
-    config = AgentConfig(server="http://127.0.0.1:9", data_dir=str(tmp_path),
-                         kill_timeout=1.0, restart_delay=0.05)
+    config = AgentConfig(
+        server="http://127.0.0.1:9", data_dir=str(tmp_path), kill_timeout=1.0, restart_delay=0.05
+    )
     agent = Agent(config)
     yield agent
     agent.shutdown(stop_tasks=True)
@@ -64,15 +80,24 @@ def test_post_accepts_and_runs(url, http, agent):
     resp = http.post(f"{url}/allocations", json=body(), timeout=TIMEOUT)
     assert resp.status_code == 200
     assert resp.json() == {"message": "Allocation accepted", "allocation_id": "a1"}
-    assert wait_for(lambda: http.get(f"{url}/allocations/a1", timeout=TIMEOUT)
-                    .json()["status"] == "running")
+    assert wait_for(
+        lambda: http.get(f"{url}/allocations/a1", timeout=TIMEOUT).json()["status"] == "running"
+    )
     data = http.get(f"{url}/allocations/a1", timeout=TIMEOUT).json()
-    assert {"allocation_id", "job_id", "task_group", "status", "start_time", "end_time",
-            "tasks"} <= set(data)
+    assert {
+        "allocation_id",
+        "job_id",
+        "task_group",
+        "status",
+        "start_time",
+        "end_time",
+        "tasks",
+    } <= set(data)
     assert data["task_group"] == "g" and data["job_id"] == "j1"
     task = data["tasks"]["t"]
-    assert {"status", "start_time", "end_time", "exit_code", "error", "events",
-            "restarts"} <= set(task)
+    assert {"status", "start_time", "end_time", "exit_code", "error", "events", "restarts"} <= set(
+        task
+    )
 
 
 def test_post_is_idempotent(url, http, agent):
@@ -90,20 +115,27 @@ def test_post_is_idempotent(url, http, agent):
     assert agent.get("a1").tasks["t"].handle_json["pid"] == pid
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"job_id": "j", "task_group": {"name": "g", "tasks": []}}, "allocation_id"),
-    (body(tasks=[]), "task_group.tasks"),
-    (body(tasks=[{"name": "t", "config": {}}]), "task_group.tasks[0].config"),
-    (body(tasks=[{"name": "t", "config": {"command": "x"},
-                  "resources": {"cpu": -1}}]), "task_group.tasks[0].resources.cpu"),
-    (body(tasks=[{"name": "a/b", "config": {"command": "x"}}]), "task_group.tasks[0].name"),
-    (body(tasks=[{"name": "t", "driver": "qemu", "config": {"command": "x"}}]),
-     "task_group.tasks[0].driver"),
-    (body(job_type="system"), "job_type"),
-    (body(alloc_id=".."), "allocation_id"),
-    ([1, 2], "body"),
-    ({**body(), "task_group": "g"}, "task_group"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"job_id": "j", "task_group": {"name": "g", "tasks": []}}, "allocation_id"),
+        (body(tasks=[]), "task_group.tasks"),
+        (body(tasks=[{"name": "t", "config": {}}]), "task_group.tasks[0].config"),
+        (
+            body(tasks=[{"name": "t", "config": {"command": "x"}, "resources": {"cpu": -1}}]),
+            "task_group.tasks[0].resources.cpu",
+        ),
+        (body(tasks=[{"name": "a/b", "config": {"command": "x"}}]), "task_group.tasks[0].name"),
+        (
+            body(tasks=[{"name": "t", "driver": "qemu", "config": {"command": "x"}}]),
+            "task_group.tasks[0].driver",
+        ),
+        (body(job_type="system"), "job_type"),
+        (body(alloc_id=".."), "allocation_id"),
+        ([1, 2], "body"),
+        ({**body(), "task_group": "g"}, "task_group"),
+    ],
+)
 def test_post_rejects_bad_bodies(url, http, bad, field):
     resp = http.post(f"{url}/allocations", json=bad, timeout=TIMEOUT)
     data = assert_json_error(resp, 400)
@@ -118,17 +150,31 @@ def test_post_duplicate_task_names(url, http):
 
 @pytest.mark.parametrize("raw", [b"{bad", b"", b"   ", b"\xff\xfe"])
 def test_malformed_json_is_400(url, http, raw):
-    resp = http.post(f"{url}/allocations", data=raw,
-                     headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
+    resp = http.post(
+        f"{url}/allocations",
+        data=raw,
+        headers={"Content-Type": "application/json"},
+        timeout=TIMEOUT,
+    )
     assert_json_error(resp, 400)
 
 
-@pytest.mark.parametrize("raw", [
-    b"[" * 10000 + b"]" * 10000, b'{"allocation_id": NaN}', b'{"x": 1e400}',
-    b'{"allocation_id": "a1", "job_id": "\\ud800"}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 10000 + b"]" * 10000,
+        b'{"allocation_id": NaN}',
+        b'{"x": 1e400}',
+        b'{"allocation_id": "a1", "job_id": "\\ud800"}',
+    ],
+)
 def test_hostile_json_is_400(url, http, raw):
-    resp = http.post(f"{url}/allocations", data=raw,
-                     headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
+    resp = http.post(
+        f"{url}/allocations",
+        data=raw,
+        headers={"Content-Type": "application/json"},
+        timeout=TIMEOUT,
+    )
     assert_json_error(resp, 400)
 
 
@@ -138,12 +184,15 @@ def test_too_large_body_is_413(url, http):
 
 
 def test_unknown_allocation_is_404(url, http):
-    assert_json_error(http.get(f"{url}/allocations/nope", timeout=TIMEOUT), 404,
-                      "Allocation not found")
-    assert_json_error(http.delete(f"{url}/allocations/nope", timeout=TIMEOUT), 404,
-                      "Allocation not found")
-    assert_json_error(http.get(f"{url}/allocations/nope/logs/t", timeout=TIMEOUT), 404,
-                      "Allocation not found")
+    assert_json_error(
+        http.get(f"{url}/allocations/nope", timeout=TIMEOUT), 404, "Allocation not found"
+    )
+    assert_json_error(
+        http.delete(f"{url}/allocations/nope", timeout=TIMEOUT), 404, "Allocation not found"
+    )
+    assert_json_error(
+        http.get(f"{url}/allocations/nope/logs/t", timeout=TIMEOUT), 404, "Allocation not found"
+    )
 
 
 def test_unknown_route_and_method_are_json(url, http):
@@ -153,9 +202,16 @@ def test_unknown_route_and_method_are_json(url, http):
 
 
 def test_delete_kills_and_removes(url, http, agent):
-    http.post(f"{url}/allocations", json=body(tasks=[
-        {"name": "t", "config": {"command": "sleep 300 & sleep 300; wait"}},
-        {"name": "u", "config": {"command": ["sleep", "300"]}}]), timeout=TIMEOUT)
+    http.post(
+        f"{url}/allocations",
+        json=body(
+            tasks=[
+                {"name": "t", "config": {"command": "sleep 300 & sleep 300; wait"}},
+                {"name": "u", "config": {"command": ["sleep", "300"]}},
+            ]
+        ),
+        timeout=TIMEOUT,
+    )
     assert wait_for(lambda: all(r.handle_json for r in agent.get("a1").tasks.values()))
     pids = [r.handle_json["pid"] for r in agent.get("a1").tasks.values()]
     pids += [c.pid for p in pids for c in psutil.Process(p).children(recursive=True)]
@@ -164,8 +220,9 @@ def test_delete_kills_and_removes(url, http, agent):
     assert resp.status_code == 200
     assert resp.json() == {"message": "Allocation a1 stopped and removed"}
     assert not any(live(pid) for pid in pids)
-    assert_json_error(http.get(f"{url}/allocations/a1", timeout=TIMEOUT), 404,
-                      "Allocation not found")
+    assert_json_error(
+        http.get(f"{url}/allocations/a1", timeout=TIMEOUT), 404, "Allocation not found"
+    )
     assert not os.path.exists(agent.store.alloc_dir("a1"))
     # The server hears that it stopped (it may not have asked), once: after
     # it acknowledges, nothing of the allocation is left.
@@ -175,15 +232,21 @@ def test_delete_kills_and_removes(url, http, agent):
 
 
 def test_delete_of_a_finished_allocation_reports_how_it_ended(url, http, agent):
-    http.post(f"{url}/allocations", json=body(tasks=[
-        {"name": "t", "config": {"command": "exit 3"}}]), timeout=TIMEOUT)
+    http.post(
+        f"{url}/allocations",
+        json=body(tasks=[{"name": "t", "config": {"command": "exit 3"}}]),
+        timeout=TIMEOUT,
+    )
     assert agent.get("a1").wait(5)
     assert http.delete(f"{url}/allocations/a1", timeout=TIMEOUT).status_code == 200
     entry = reported(agent)["a1"]
     assert entry["status"] == "failed" and entry["tasks"]["t"]["exit_code"] == 3
     # One the server had already taken (a purged job's) leaves nothing behind.
-    http.post(f"{url}/allocations", json=body("a2", tasks=[
-        {"name": "t", "config": {"command": "true"}}]), timeout=TIMEOUT)
+    http.post(
+        f"{url}/allocations",
+        json=body("a2", tasks=[{"name": "t", "config": {"command": "true"}}]),
+        timeout=TIMEOUT,
+    )
     assert agent.get("a2").wait(5)
     agent.acknowledged({"a2"})
     assert http.delete(f"{url}/allocations/a2", timeout=TIMEOUT).status_code == 200
@@ -192,18 +255,22 @@ def test_delete_of_a_finished_allocation_reports_how_it_ended(url, http, agent):
 
 
 def test_stop_after_reaches_the_agent_and_is_checked(url, http, agent):
-    group = {"name": "g", "disconnect": {"stop_after": 2.5},
-             "tasks": [{"name": "t", "config": {"command": "sleep 300"}}]}
+    group = {
+        "name": "g",
+        "disconnect": {"stop_after": 2.5},
+        "tasks": [{"name": "t", "config": {"command": "sleep 300"}}],
+    }
     resp = http.post(f"{url}/allocations", json=body(task_group=group), timeout=TIMEOUT)
     assert resp.status_code == 200
     assert agent.get("a1").spec.stop_after == 2.5
     assert agent.get("a1").spec.to_dict()["task_group"]["disconnect"] == {"stop_after": 2.5}
     for bad in ("2s", -1, True):
         group = dict(group, disconnect={"stop_after": bad})
-        assert_json_error(http.post(f"{url}/allocations", json=body("a2", task_group=group),
-                                    timeout=TIMEOUT), 400,
-                          "task_group.disconnect.stop_after: must be a non-negative number "
-                          "of seconds")
+        assert_json_error(
+            http.post(f"{url}/allocations", json=body("a2", task_group=group), timeout=TIMEOUT),
+            400,
+            "task_group.disconnect.stop_after: must be a non-negative number of seconds",
+        )
 
 
 def test_logs(url, http, agent):
@@ -220,10 +287,10 @@ def test_logs(url, http, agent):
     assert_json_error(http.get(f"{url}/allocations/a1/logs/t?type=x", timeout=TIMEOUT), 400)
     assert_json_error(http.get(f"{url}/allocations/a1/logs/t?offset=-1", timeout=TIMEOUT), 400)
     assert_json_error(http.get(f"{url}/allocations/a1/logs/t?offset=z", timeout=TIMEOUT), 400)
-    for bad in (2 ** 63, 2 ** 53 + 1, "1_0", "%207", "9" * 5000):
+    for bad in (2**63, 2**53 + 1, "1_0", "%207", "9" * 5000):
         resp = http.get(f"{url}/allocations/a1/logs/t?offset={bad}", timeout=TIMEOUT)
         assert_json_error(resp, 400)
-    assert http.get(f"{url}/allocations/a1/logs/t?offset={2 ** 53}", timeout=TIMEOUT).text == ""
+    assert http.get(f"{url}/allocations/a1/logs/t?offset={2**53}", timeout=TIMEOUT).text == ""
     assert_json_error(http.get(f"{url}/allocations/a1/logs/zz", timeout=TIMEOUT), 404)
 
 

@@ -1,4 +1,5 @@
 """Register + heartbeat against a tiny recording HTTP server (http.server)."""
+
 import json
 import logging
 import os
@@ -12,12 +13,20 @@ import pytest
 from orch.agent.agent import Agent
 from orch.agent.spec import parse_alloc
 from orch.config import AgentConfig
+
 from waiting import wait_for
 
-REGISTER_KEYS = {"node_id", "region", "resources", "healthy", "endpoint",
-                 "attributes", "meta", "secret_id"}
-HEARTBEAT_KEYS = {"node_id", "resources", "healthy", "timestamp", "allocations",
-                  "secret_id"}
+REGISTER_KEYS = {
+    "node_id",
+    "region",
+    "resources",
+    "healthy",
+    "endpoint",
+    "attributes",
+    "meta",
+    "secret_id",
+}
+HEARTBEAT_KEYS = {"node_id", "resources", "healthy", "timestamp", "allocations", "secret_id"}
 ALLOC_KEYS = {"status", "start_time", "end_time", "tasks"}
 TASK_KEYS = {"status", "start_time", "end_time", "error", "exit_code", "restarts", "events"}
 
@@ -26,7 +35,7 @@ class FakeServer:
     """Records every request; answers 404 to the first `fail_heartbeats` heartbeats."""
 
     def __init__(self, port=0, fail_heartbeats=0):
-        self.requests = []          # (arrival time, path, body, headers)
+        self.requests = []  # (arrival time, path, body, headers)
         self.fail_heartbeats = fail_heartbeats
         self.lock = threading.Lock()
         fake = self
@@ -35,8 +44,9 @@ class FakeServer:
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with fake.lock:
-                    fake.requests.append((time.time(), self.path, json.loads(raw),
-                                          dict(self.headers)))
+                    fake.requests.append(
+                        (time.time(), self.path, json.loads(raw), dict(self.headers))
+                    )
                     status, answer = 200, {"message": "ok"}
                     if self.path == "/heartbeat" and fake.fail_heartbeats > 0:
                         fake.fail_heartbeats -= 1
@@ -53,8 +63,7 @@ class FakeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
 
     def bodies(self, path):
@@ -78,6 +87,7 @@ def servers():
         server = FakeServer(**kw)
         made.append(server)
         return server
+
     yield make
     for server in made:
         server.close()
@@ -88,22 +98,36 @@ def agents():
     made = []
 
     def make(server_url, tmp_path, **kw):
-        config = AgentConfig(server=server_url, data_dir=str(tmp_path), meta={"rack": "r1"},
-                             kill_timeout=1.0, **kw)
+        config = AgentConfig(
+            server=server_url, data_dir=str(tmp_path), meta={"rack": "r1"}, kill_timeout=1.0, **kw
+        )
         agent = Agent(config)
         made.append(agent)
         agent.start_loop("http://127.0.0.1:5555")
         return agent
+
     yield make
     for agent in made:
         agent.shutdown(stop_tasks=True)
 
 
 def alloc(alloc_id, command, cpu=100, memory=64):
-    return parse_alloc({"allocation_id": alloc_id, "job_id": "j1",
-                        "task_group": {"name": "g", "tasks": [
-                            {"name": "t", "config": {"command": command},
-                             "resources": {"cpu": cpu, "memory": memory}}]}})
+    return parse_alloc(
+        {
+            "allocation_id": alloc_id,
+            "job_id": "j1",
+            "task_group": {
+                "name": "g",
+                "tasks": [
+                    {
+                        "name": "t",
+                        "config": {"command": command},
+                        "resources": {"cpu": cpu, "memory": memory},
+                    }
+                ],
+            },
+        }
+    )
 
 
 def test_register_and_heartbeat_bodies(servers, agents, tmp_path):
@@ -184,7 +208,7 @@ def test_registers_once_the_server_comes_up(servers, agents, tmp_path, caplog):
     server = servers(port=port)
     up = time.monotonic()
     assert agent.loop.wait_registered(2.0)
-    assert time.monotonic() - up < 2.5          # backoff is capped at 1 s
+    assert time.monotonic() - up < 2.5  # backoff is capped at 1 s
     assert wait_for(lambda: server.bodies("/heartbeat"), 1.0)
 
 
@@ -205,7 +229,7 @@ def test_stop_ends_the_loop(servers, agents, tmp_path):
     agent.loop.stop()
     # stop() returns once the loop's thread has ended: nothing can send after it.
     assert not agent.loop._thread.is_alive()
-    assert len(server.bodies("/heartbeat")) <= count + 1    # at most the one in flight
+    assert len(server.bodies("/heartbeat")) <= count + 1  # at most the one in flight
 
 
 def test_finished_allocations_are_sent_until_the_server_has_them(servers, agents, tmp_path):
@@ -216,8 +240,11 @@ def test_finished_allocations_are_sent_until_the_server_has_them(servers, agents
 
     def beats_with(alloc_id):
         return [b for _, b in server.bodies("/heartbeat") if alloc_id in b["allocations"]]
-    assert wait_for(lambda: any(b["allocations"]["done"]["status"] == "complete"
-                                for b in beats_with("done")), 5.0)
+
+    assert wait_for(
+        lambda: any(b["allocations"]["done"]["status"] == "complete" for b in beats_with("done")),
+        5.0,
+    )
     seen = len(server.bodies("/heartbeat"))
     assert wait_for(lambda: len(server.bodies("/heartbeat")) >= seen + 3, 5.0)
     later = server.bodies("/heartbeat")[seen:]
@@ -231,8 +258,11 @@ def test_what_a_heartbeat_reports_is_on_disk_first(servers, agents, tmp_path):
     agent.submit(alloc("a1", "sleep 30"))
 
     def reported_running():
-        return any(b["allocations"].get("a1", {}).get("status") == "running"
-                   for _, b in server.bodies("/heartbeat"))
+        return any(
+            b["allocations"].get("a1", {}).get("status") == "running"
+            for _, b in server.bodies("/heartbeat")
+        )
+
     assert wait_for(reported_running, 5.0)
     with open(tmp_path / "allocs" / "a1" / "alloc.json") as f:
         doc = json.load(f)
@@ -242,12 +272,13 @@ def test_what_a_heartbeat_reports_is_on_disk_first(servers, agents, tmp_path):
 
 def test_a_stream_of_changes_is_reported_in_spaced_heartbeats(servers, agents, tmp_path):
     from orch.agent.loop import MIN_SPACING
+
     server = servers()
     agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
     assert wait_for(lambda: len(server.bodies("/heartbeat")) == 1)
     started = time.monotonic()
     while time.monotonic() - started < 0.5:
-        agent.loop.notify()             # a change every millisecond
+        agent.loop.notify()  # a change every millisecond
         time.sleep(0.001)
     took = time.monotonic() - started
     beats = [t for t, _ in server.bodies("/heartbeat")[1:]]
@@ -256,43 +287,55 @@ def test_a_stream_of_changes_is_reported_in_spaced_heartbeats(servers, agents, t
     assert len(beats) <= took / MIN_SPACING + 2
 
 
-def test_acknowledged_finished_allocations_beyond_gc_keep_are_collected(
-        servers, agents, tmp_path):
+def test_acknowledged_finished_allocations_beyond_gc_keep_are_collected(servers, agents, tmp_path):
     server = servers()
     agent = agents(server.url, tmp_path, heartbeat_interval=0.05, gc_keep=3)
     for i in range(10):
         agent.submit(alloc(f"b{i}", "true"))
         assert agent.get(f"b{i}").wait(5)
     # Every allocation reached the server as complete before it was collected.
-    assert wait_for(lambda: all(
-        any(b["allocations"].get(f"b{i}", {}).get("status") == "complete"
-            for _, b in server.bodies("/heartbeat")) for i in range(10)), 5.0)
+    assert wait_for(
+        lambda: all(
+            any(
+                b["allocations"].get(f"b{i}", {}).get("status") == "complete"
+                for _, b in server.bodies("/heartbeat")
+            )
+            for i in range(10)
+        ),
+        5.0,
+    )
     assert wait_for(lambda: len(agent.allocations()) == 3, 5.0)
     kept = sorted(r.spec.allocation_id for r in agent.allocations())
-    assert kept == ["b7", "b8", "b9"]                 # the newest stay, for their logs
+    assert kept == ["b7", "b8", "b9"]  # the newest stay, for their logs
     # Nothing else is remembered (the loop thread may be finishing the removal).
-    assert wait_for(lambda: agent.loop._acked == set(kept)
-                    and agent.store._removed == set())
+    assert wait_for(lambda: agent.loop._acked == set(kept) and agent.store._removed == set())
     assert sorted(os.listdir(tmp_path / "allocs")) == kept
 
 
-def test_a_cut_off_agent_stops_tasks_after_disconnect_stop_after(
-        servers, agents, tmp_path):
+def test_a_cut_off_agent_stops_tasks_after_disconnect_stop_after(servers, agents, tmp_path):
     server = servers()
     agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
-    spec = parse_alloc({"allocation_id": "svc", "job_id": "j1", "job_type": "service",
-                        "task_group": {"name": "g", "disconnect": {"stop_after": 0.5},
-                                       "tasks": [{"name": "t",
-                                                  "config": {"command": "sleep 300"}}]}})
+    spec = parse_alloc(
+        {
+            "allocation_id": "svc",
+            "job_id": "j1",
+            "job_type": "service",
+            "task_group": {
+                "name": "g",
+                "disconnect": {"stop_after": 0.5},
+                "tasks": [{"name": "t", "config": {"command": "sleep 300"}}],
+            },
+        }
+    )
     agent.submit(spec)
-    agent.submit(alloc("plain", "sleep 300"))      # no stop_after: left running
+    agent.submit(alloc("plain", "sleep 300"))  # no stop_after: left running
     assert wait_for(lambda: agent.get("svc").tasks["t"].handle_json is not None)
-    time.sleep(1.0)                                 # in contact: nothing stops
+    time.sleep(1.0)  # in contact: nothing stops
     assert agent.get("svc").status().value == "running"
     server.close()
     cut = time.monotonic()
     assert agent.get("svc").wait(5.0)
-    assert time.monotonic() - cut < 0.5 + 1.5       # stop_after + a small margin
+    assert time.monotonic() - cut < 0.5 + 1.5  # stop_after + a small margin
     state = agent.get("svc").tasks["t"].state
     assert state.status.value == "failed" and "disconnect" in state.error
     assert agent.get("plain").status().value == "running"

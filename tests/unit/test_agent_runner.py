@@ -1,4 +1,5 @@
 """AllocRunner/TaskRunner with the real exec driver: states, restarts, kills."""
+
 import json
 import os
 import subprocess
@@ -7,25 +8,35 @@ import time
 
 import pytest
 
-from orch.agent.drivers.exec import ExecDriver, read_record
 from orch.agent.drivers import DOCKER_FALLBACK, DOCKER_NO_COMMAND, select_driver
+from orch.agent.drivers.exec import ExecDriver, read_record
 from orch.agent.runner import LOST_ON_RESTART, AllocRunner, RestartTracker
 from orch.agent.spec import parse_alloc
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig
 from orch.errors import DriverError
 from orch.structs import AllocStatus, Resources, Task
+
 from waiting import group_pids, live, wait_for
 
 
 def spec(tasks, alloc_id="a1", job_type="batch"):
-    return parse_alloc({"allocation_id": alloc_id, "job_id": "j1", "job_type": job_type,
-                        "task_group": {"name": "g", "tasks": tasks}})
+    return parse_alloc(
+        {
+            "allocation_id": alloc_id,
+            "job_id": "j1",
+            "job_type": job_type,
+            "task_group": {"name": "g", "tasks": tasks},
+        }
+    )
 
 
 def task(name, command, **extra):
-    return {"name": name, "config": {"command": command, **extra},
-            "resources": {"cpu": 50, "memory": 32}}
+    return {
+        "name": name,
+        "config": {"command": command, **extra},
+        "resources": {"cpu": 50, "memory": 32},
+    }
 
 
 class Changes:
@@ -42,8 +53,11 @@ def saved(runner) -> dict:
     """The allocation's document as an agent restarting finds it: persisted
     (as the heartbeat loop does), then read back from the data dir."""
     runner.persist()
-    return next(doc for doc in runner.store.load_allocs()
-                if doc["spec"]["allocation_id"] == runner.spec.allocation_id)
+    return next(
+        doc
+        for doc in runner.store.load_allocs()
+        if doc["spec"]["allocation_id"] == runner.spec.allocation_id
+    )
 
 
 @pytest.fixture
@@ -51,13 +65,17 @@ def env(tmp_path):
     """Builds AllocRunners on a tmp data dir; kills them all at teardown."""
     store = AgentStore(str(tmp_path))
     runners = []
-    config = AgentConfig(data_dir=str(tmp_path), restart_attempts=2, restart_interval=60,
-                         restart_delay=0.05, kill_timeout=1.0)
+    config = AgentConfig(
+        data_dir=str(tmp_path),
+        restart_attempts=2,
+        restart_interval=60,
+        restart_delay=0.05,
+        kill_timeout=1.0,
+    )
 
     def make(alloc_spec, *, drivers=None, config=config, start=True):
         changes = Changes()
-        runner = AllocRunner(alloc_spec, config, drivers or {"exec": ExecDriver()},
-                             store, changes)
+        runner = AllocRunner(alloc_spec, config, drivers or {"exec": ExecDriver()}, store, changes)
         runner.changes = changes
         runners.append(runner)
         if start:
@@ -106,8 +124,12 @@ def test_signal_is_a_failure(env):
 
 def test_running_status_and_reserved_resources(env):
     runner = env(spec([task("t", "sleep 300"), task("u", "sleep 300")]))
-    assert wait_for(lambda: runner.status() == AllocStatus.RUNNING
-                    and all(r.state.status == "running" for r in runner.tasks.values()))
+    assert wait_for(
+        lambda: (
+            runner.status() == AllocStatus.RUNNING
+            and all(r.state.status == "running" for r in runner.tasks.values())
+        )
+    )
     assert runner.reserved() == Resources(100, 64)
     entry = runner.heartbeat_entry()
     assert set(entry) == {"status", "start_time", "end_time", "tasks"}
@@ -175,8 +197,9 @@ def test_stop_kills_tasks_and_reports_stopped(env):
 
 
 def test_kill_during_restart_delay(env):
-    config = AgentConfig(data_dir=env.config.data_dir, restart_attempts=5,
-                         restart_delay=30.0, kill_timeout=1.0)
+    config = AgentConfig(
+        data_dir=env.config.data_dir, restart_attempts=5, restart_delay=30.0, kill_timeout=1.0
+    )
     runner = env(spec([task("t", "exit 1")], job_type="service"), config=config)
     assert wait_for(lambda: "Restarting" in events(runner, "t"))
     started = time.monotonic()
@@ -188,14 +211,22 @@ def test_kill_during_restart_delay(env):
 
 
 def test_docker_task_falls_back_to_exec(env):
-    alloc = spec([{"name": "t", "driver": "docker",
-                   "config": {"image": "alpine", "command": "echo fell back"}}])
+    alloc = spec(
+        [
+            {
+                "name": "t",
+                "driver": "docker",
+                "config": {"image": "alpine", "command": "echo fell back"},
+            }
+        ]
+    )
     runner = env(alloc)
     assert runner.wait(5)
     state = runner.tasks["t"].state
     assert state.status == "complete"
     assert {"type": "Driver", "message": DOCKER_FALLBACK}.items() <= next(
-        e for e in state.events if e["type"] == "Driver").items()
+        e for e in state.events if e["type"] == "Driver"
+    ).items()
     with open(env.store.log_path("a1", "t", "stdout")) as f:
         assert f.read() == "fell back\n"
 
@@ -248,10 +279,17 @@ def test_restore_marks_dead_tasks_lost(env, tmp_path):
     proc = subprocess.Popen(["true"])
     proc.wait()
     alloc = spec([task("t", "sleep 300"), task("done", "true")])
-    doc = {"spec": alloc.to_dict(), "stopped": False, "start_time": 1.0, "end_time": None,
-           "tasks": {"t": {"status": "running", "start_time": 1.0},
-                     "done": {"status": "complete", "exit_code": 0}},
-           "handles": {"t": {"pid": proc.pid, "pgid": proc.pid, "create_time": 1.0}}}
+    doc = {
+        "spec": alloc.to_dict(),
+        "stopped": False,
+        "start_time": 1.0,
+        "end_time": None,
+        "tasks": {
+            "t": {"status": "running", "start_time": 1.0},
+            "done": {"status": "complete", "exit_code": 0},
+        },
+        "handles": {"t": {"pid": proc.pid, "pgid": proc.pid, "create_time": 1.0}},
+    }
     runner = AllocRunner.restore(doc, alloc, env.config, {"exec": ExecDriver()}, env.store)
     runner.start()
     assert runner.wait(2)
@@ -266,8 +304,7 @@ def test_restore_reattaches_live_tasks(env):
     assert wait_for(lambda: first.tasks["t"].handle_json is not None)
     doc = saved(first)
     pid = doc["handles"]["t"]["pid"]
-    second = AllocRunner.restore(doc, first.spec, env.config, {"exec": ExecDriver()},
-                                 env.store)
+    second = AllocRunner.restore(doc, first.spec, env.config, {"exec": ExecDriver()}, env.store)
     second.start()
     assert second.status() == AllocStatus.RUNNING
     assert "Reattached" in events(second, "t")
@@ -278,8 +315,9 @@ def test_restore_reattaches_live_tasks(env):
 
 def test_siblings_are_killed_in_parallel(env):
     stubborn = "trap '' TERM; echo up; sleep 300 & wait; wait"
-    runner = env(spec([task("bad", "sleep 0.3; exit 1"), task("s1", stubborn),
-                       task("s2", stubborn)]))
+    runner = env(
+        spec([task("bad", "sleep 0.3; exit 1"), task("s1", stubborn), task("s2", stubborn)])
+    )
     logs = [env.store.log_path("a1", name, "stdout") for name in ("s1", "s2")]
     assert wait_for(lambda: all(os.path.exists(p) and open(p).read() == "up\n" for p in logs))
     assert runner.wait(10)
@@ -298,11 +336,10 @@ def test_restore_reports_the_true_exit_of_a_task_that_ended_meanwhile(env, tmp_p
     first = env(spec([task("t", f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 7")]))
     assert wait_for(lambda: first.tasks["t"].handle_json is not None)
     doc = saved(first)
-    gate.touch()                        # it ends while "no agent" watches it
+    gate.touch()  # it ends while "no agent" watches it
     record = doc["handles"]["t"]["record_path"]
     assert wait_for(lambda: "exit_code" in (read_record(record) or {}))
-    second = AllocRunner.restore(doc, first.spec, env.config, {"exec": ExecDriver()},
-                                 env.store)
+    second = AllocRunner.restore(doc, first.spec, env.config, {"exec": ExecDriver()}, env.store)
     second.start()
     assert second.wait(5)
     state = second.tasks["t"].state
@@ -312,6 +349,7 @@ def test_restore_reports_the_true_exit_of_a_task_that_ended_meanwhile(env, tmp_p
 
 class FindingDriver(ExecDriver):
     """Finds a task by name, as the docker driver does by container name."""
+
     name = "exec"
 
     def __init__(self, handle):
@@ -327,9 +365,10 @@ def test_restore_without_a_saved_handle_asks_the_driver_to_find_it(env):
     assert wait_for(lambda: first.tasks["t"].handle_json is not None)
     doc = saved(first)
     handle = first.tasks["t"]._handle
-    doc["handles"] = {}                 # killed before the handle was saved
-    second = AllocRunner.restore(doc, first.spec, env.config,
-                                 {"exec": FindingDriver(handle)}, env.store)
+    doc["handles"] = {}  # killed before the handle was saved
+    second = AllocRunner.restore(
+        doc, first.spec, env.config, {"exec": FindingDriver(handle)}, env.store
+    )
     second.start()
     assert second.status() == AllocStatus.RUNNING
     assert "Reattached" in events(second, "t")
@@ -340,8 +379,9 @@ def test_restore_without_a_saved_handle_asks_the_driver_to_find_it(env):
 
 def test_task_past_its_memory_limit_fails_with_an_oom_event(env):
     hog = 'python3 -c "b = bytearray(200 * 1024 * 1024); import time; time.sleep(5)"'
-    runner = env(spec([{"name": "t", "config": {"command": hog},
-                        "resources": {"cpu": 100, "memory": 64}}]))
+    runner = env(
+        spec([{"name": "t", "config": {"command": hog}, "resources": {"cpu": 100, "memory": 64}}])
+    )
     assert runner.wait(10)
     state = runner.tasks["t"].state
     assert state.status == "failed" and state.exit_code == 137
@@ -351,8 +391,14 @@ def test_task_past_its_memory_limit_fails_with_an_oom_event(env):
 
 def test_restore_starts_a_task_that_was_never_started(env, tmp_path):
     alloc = spec([task("t", f"echo ran >> {tmp_path}/runs")])
-    doc = {"spec": alloc.to_dict(), "stopped": False, "start_time": None, "end_time": None,
-           "tasks": {"t": {"status": "pending"}}, "handles": {}}
+    doc = {
+        "spec": alloc.to_dict(),
+        "stopped": False,
+        "start_time": None,
+        "end_time": None,
+        "tasks": {"t": {"status": "pending"}},
+        "handles": {},
+    }
     runner = AllocRunner.restore(doc, alloc, env.config, {"exec": ExecDriver()}, env.store)
     runner.start()
     assert runner.wait(5)
@@ -363,14 +409,22 @@ def test_restore_starts_a_task_that_was_never_started(env, tmp_path):
 def test_restore_takes_over_a_run_started_but_not_saved(env, tmp_path):
     """Killed after the supervisor started the task, before the handle was saved."""
     gate = tmp_path / "gate"
-    first = env(spec([task("t", f"echo ran >> {tmp_path}/runs; "
-                                f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 5")]))
+    first = env(
+        spec(
+            [
+                task(
+                    "t",
+                    f"echo ran >> {tmp_path}/runs; "
+                    f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 5",
+                )
+            ]
+        )
+    )
     assert wait_for(lambda: first.tasks["t"].handle_json is not None)
     doc = saved(first)
     doc["tasks"]["t"] = {"status": "pending"}
     doc["handles"] = {}
-    second = AllocRunner.restore(doc, first.spec, env.config, {"exec": ExecDriver()},
-                                 env.store)
+    second = AllocRunner.restore(doc, first.spec, env.config, {"exec": ExecDriver()}, env.store)
     second.start()
     assert second.status() == AllocStatus.RUNNING
     gate.touch()
@@ -382,13 +436,13 @@ def test_restore_takes_over_a_run_started_but_not_saved(env, tmp_path):
 def test_the_written_state_is_the_document_and_lands_at_the_end(env, tmp_path):
     runner = env(spec([task("t", "sleep 0.2")]))
     path = tmp_path / "allocs" / "a1" / "alloc.json"
-    first = json.loads(path.read_text())           # written before the task started
+    first = json.loads(path.read_text())  # written before the task started
     assert first["spec"]["allocation_id"] == "a1"
     assert runner.wait(5)
     # The end is written at once, without a heartbeat loop to flush it.
     on_disk = json.loads(path.read_text())
     assert on_disk["tasks"]["t"]["status"] == "complete"
-    runner.persist()                    # nothing was left for a loop to flush
+    runner.persist()  # nothing was left for a loop to flush
     assert json.loads(path.read_text()) == on_disk
 
 
@@ -397,7 +451,7 @@ def test_heartbeat_report_is_encoded_once_per_change(env):
     assert wait_for(lambda: runner.status() == AllocStatus.RUNNING, 5)
     status, encoded = runner.heartbeat_report()
     assert status == "running" and json.loads(encoded) == runner.heartbeat_entry()
-    assert runner.heartbeat_report()[1] is encoded      # unchanged: the same string
+    assert runner.heartbeat_report()[1] is encoded  # unchanged: the same string
     runner.kill("test", fails=False)
     status, again = runner.heartbeat_report()
     assert status == "complete" and again is not encoded

@@ -1,15 +1,16 @@
 """The agent's link to its server: TLS checks (--insecure vs --tls-skip-verify)
 and how an unreachable server is reported."""
+
 import logging
 import time
 
 import pytest
+from tiny_http import Recorder, closed_port_url, self_signed, wait_for
 
 import orch.agent.loop as loop
 from orch.__main__ import agent_config, build_parser
 from orch.agent.agent import Agent
 from orch.config import AgentConfig
-from tiny_http import Recorder, closed_port_url, self_signed, wait_for
 
 
 @pytest.fixture
@@ -17,12 +18,18 @@ def agents(tmp_path):
     made = []
 
     def make(server_url, **kw):
-        config = AgentConfig(server=server_url, data_dir=str(tmp_path / f"a{len(made)}"),
-                             kill_timeout=1.0, heartbeat_interval=30.0, **kw)
+        config = AgentConfig(
+            server=server_url,
+            data_dir=str(tmp_path / f"a{len(made)}"),
+            kill_timeout=1.0,
+            heartbeat_interval=30.0,
+            **kw,
+        )
         agent = Agent(config)
         made.append(agent)
         agent.start_loop("http://127.0.0.1:5555")
         return agent
+
     yield make
     for agent in made:
         agent.shutdown(stop_tasks=True)
@@ -64,16 +71,19 @@ def test_tls_skip_verify_from_the_environment(monkeypatch):
     assert config.tls_skip_verify and not config.insecure
 
 
-def test_an_unreachable_server_is_a_warning_within_seconds_and_again(
-        agents, caplog, monkeypatch):
+def test_an_unreachable_server_is_a_warning_within_seconds_and_again(agents, caplog, monkeypatch):
     monkeypatch.setattr(loop, "WARN_EVERY", 0.5, raising=False)
     caplog.set_level(logging.WARNING, logger="orch.agent.loop")
     started = time.monotonic()
     agents(closed_port_url())
 
     def warnings():
-        return [r for r in caplog.records if r.levelno == logging.WARNING
-                and "cannot reach server" in r.getMessage()]
+        return [
+            r
+            for r in caplog.records
+            if r.levelno == logging.WARNING and "cannot reach server" in r.getMessage()
+        ]
+
     assert wait_for(lambda: warnings(), timeout=4.0)
     first = time.monotonic() - started
     assert first < 4.0

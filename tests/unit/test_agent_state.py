@@ -1,4 +1,5 @@
 """Agent-side persistence, fingerprinting, restart, and the `run` entry point."""
+
 import json
 import os
 import platform
@@ -20,15 +21,20 @@ from orch.agent.spec import parse_alloc
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig
 from orch.structs import AllocStatus, Resources
+
 from waiting import live, reported, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def alloc(alloc_id, command):
-    return parse_alloc({"allocation_id": alloc_id, "job_id": "j1",
-                        "task_group": {"name": "g", "tasks": [
-                            {"name": "t", "config": {"command": command}}]}})
+    return parse_alloc(
+        {
+            "allocation_id": alloc_id,
+            "job_id": "j1",
+            "task_group": {"name": "g", "tasks": [{"name": "t", "config": {"command": command}}]},
+        }
+    )
 
 
 def test_node_id_persists_and_can_be_overridden(tmp_path):
@@ -44,7 +50,7 @@ def test_save_load_remove(tmp_path):
     store.save_alloc("a2", {"x": 2})
     assert store.load_allocs() == [{"x": 1}, {"x": 2}]
     store.remove_alloc("a1")
-    store.save_alloc("a1", {"x": 3})          # a late write after removal is dropped
+    store.save_alloc("a1", {"x": 3})  # a late write after removal is dropped
     assert store.load_allocs() == [{"x": 2}]
     with open(os.path.join(store.alloc_dir("a2"), "alloc.json"), "w") as f:
         f.write("{broken")
@@ -72,8 +78,7 @@ def test_cpu_mhz_sources(tmp_path, monkeypatch):
 
 
 def test_restarted_agent_reports_and_reattaches(tmp_path):
-    config = AgentConfig(server="http://127.0.0.1:9", data_dir=str(tmp_path),
-                         kill_timeout=1.0)
+    config = AgentConfig(server="http://127.0.0.1:9", data_dir=str(tmp_path), kill_timeout=1.0)
     first = Agent(config)
     first.submit(alloc("live", "sleep 300"))
     first.submit(alloc("done", "exit 5"))
@@ -84,12 +89,19 @@ def test_restarted_agent_reports_and_reattaches(tmp_path):
     lost = alloc("lost", "sleep 300")
     gone = subprocess.Popen(["true"])
     gone.wait()
-    first.store.save_alloc("lost", {
-        "spec": lost.to_dict(), "stopped": False, "start_time": 1.0, "end_time": None,
-        "tasks": {"t": {"status": "running", "start_time": 1.0}},
-        "handles": {"t": {"pid": gone.pid, "pgid": gone.pid, "create_time": 1.0}}})
+    first.store.save_alloc(
+        "lost",
+        {
+            "spec": lost.to_dict(),
+            "stopped": False,
+            "start_time": 1.0,
+            "end_time": None,
+            "tasks": {"t": {"status": "running", "start_time": 1.0}},
+            "handles": {"t": {"pid": gone.pid, "pgid": gone.pid, "create_time": 1.0}},
+        },
+    )
 
-    second = Agent(config)          # the first "died" without stopping anything
+    second = Agent(config)  # the first "died" without stopping anything
     try:
         assert second.node_id == first.node_id
         assert second.restore() == 3
@@ -131,9 +143,13 @@ AGENT_SCRIPT = textwrap.dedent("""
 def agent_process(tmp_path):
     log_path = tmp_path / "agent.log"
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(tmp_path / "data")],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", AGENT_SCRIPT, str(tmp_path / "data")],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     proc.log_path = log_path
     yield proc
     if proc.poll() is None:
@@ -146,12 +162,22 @@ def test_run_serves_until_sigterm_and_stops_tasks(agent_process):
     assert wait_for(lambda: "agent listening on http://" in proc.log_path.read_text(), 10)
     line = next(l for l in proc.log_path.read_text().splitlines() if "agent listening on" in l)
     url = line.split("agent listening on ")[1].split()[0]
-    resp = requests.post(f"{url}/allocations", timeout=5, json={
-        "allocation_id": "a1", "job_id": "j1",
-        "task_group": {"name": "g", "tasks": [{"name": "t", "config": {"command": "sleep 300"}}]}})
+    resp = requests.post(
+        f"{url}/allocations",
+        timeout=5,
+        json={
+            "allocation_id": "a1",
+            "job_id": "j1",
+            "task_group": {
+                "name": "g",
+                "tasks": [{"name": "t", "config": {"command": "sleep 300"}}],
+            },
+        },
+    )
     assert resp.status_code == 200
-    assert wait_for(lambda: requests.get(f"{url}/allocations/a1", timeout=5)
-                    .json()["status"] == "running")
+    assert wait_for(
+        lambda: requests.get(f"{url}/allocations/a1", timeout=5).json()["status"] == "running"
+    )
     children = psutil.Process(proc.pid).children(recursive=True)
     assert children
     proc.send_signal(signal.SIGTERM)
@@ -167,13 +193,27 @@ def test_restore_finishes_an_interrupted_delete(tmp_path):
     spec = alloc("a1", "sleep 300")
     os.makedirs(store.task_dir("a1", "t"))
     driver = ExecDriver()
-    handle = driver.start(TaskContext("a1", "j1", "t", {"command": "sleep 300"},
-                                      Resources(), store.task_dir("a1", "t"),
-                                      store.log_path("a1", "t", "stdout"),
-                                      store.log_path("a1", "t", "stderr")))
-    store.save_alloc("a1", {"spec": spec.to_dict(), "stopped": True,
-                            "tasks": {"t": {"status": "running"}},
-                            "handles": {"t": driver.handle_to_json(handle)}})
+    handle = driver.start(
+        TaskContext(
+            "a1",
+            "j1",
+            "t",
+            {"command": "sleep 300"},
+            Resources(),
+            store.task_dir("a1", "t"),
+            store.log_path("a1", "t", "stdout"),
+            store.log_path("a1", "t", "stderr"),
+        )
+    )
+    store.save_alloc(
+        "a1",
+        {
+            "spec": spec.to_dict(),
+            "stopped": True,
+            "tasks": {"t": {"status": "running"}},
+            "handles": {"t": driver.handle_to_json(handle)},
+        },
+    )
     agent = Agent(config)
     try:
         assert agent.restore() == 0

@@ -1,4 +1,5 @@
 """Every answer of the server's WSGI app is JSON, errors included."""
+
 import io
 import json
 from wsgiref.util import setup_testing_defaults
@@ -11,14 +12,22 @@ from orch.server.server import Server
 
 
 def call(app, method, path, body=None, headers=None):
-    raw = body if isinstance(body, bytes) else (
-        json.dumps(body).encode() if body is not None else b"")
+    raw = (
+        body
+        if isinstance(body, bytes)
+        else (json.dumps(body).encode() if body is not None else b"")
+    )
     environ = {}
     setup_testing_defaults(environ)
-    environ.update({"REQUEST_METHOD": method, "PATH_INFO": path,
-                    "CONTENT_LENGTH": str(len(raw)),
-                    "CONTENT_TYPE": "application/json",
-                    "wsgi.input": io.BytesIO(raw)})
+    environ.update(
+        {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "CONTENT_LENGTH": str(len(raw)),
+            "CONTENT_TYPE": "application/json",
+            "wsgi.input": io.BytesIO(raw),
+        }
+    )
     for key, value in (headers or {}).items():
         environ["HTTP_" + key.upper().replace("-", "_")] = value
     captured = {}
@@ -39,27 +48,43 @@ def app(tmp_path):
     server.stop()
 
 
-JOB = {"task_groups": [{"name": "g", "count": 1, "tasks": [
-    {"name": "t", "driver": "exec", "config": {"command": "true"},
-     "resources": {"cpu": 100, "memory": 64}}]}]}
+JOB = {
+    "task_groups": [
+        {
+            "name": "g",
+            "count": 1,
+            "tasks": [
+                {
+                    "name": "t",
+                    "driver": "exec",
+                    "config": {"command": "true"},
+                    "resources": {"cpu": 100, "memory": 64},
+                }
+            ],
+        }
+    ]
+}
 
 
-@pytest.mark.parametrize("method,path,body,status", [
-    ("POST", "/jobs", b"{not json", 400),
-    ("POST", "/jobs", b"[1, 2]", 400),
-    ("POST", "/jobs", b"", 400),
-    ("POST", "/jobs", {"task_groups": []}, 400),
-    ("POST", "/register", {"node_id": "x"}, 400),
-    ("POST", "/heartbeat", {"node_id": "unknown-node"}, 404),
-    ("GET", "/jobs/nope", None, 404),
-    ("PUT", "/jobs/nope", JOB, 404),
-    ("DELETE", "/jobs/nope", None, 404),
-    ("POST", "/jobs/nope/restart", None, 404),
-    ("POST", "/jobs/nope/delete", None, 404),
-    ("GET", "/no/such/route", None, 404),
-    ("PATCH", "/jobs", None, 405),
-    ("GET", "/evaluations/nope", None, 404),
-])
+@pytest.mark.parametrize(
+    "method,path,body,status",
+    [
+        ("POST", "/jobs", b"{not json", 400),
+        ("POST", "/jobs", b"[1, 2]", 400),
+        ("POST", "/jobs", b"", 400),
+        ("POST", "/jobs", {"task_groups": []}, 400),
+        ("POST", "/register", {"node_id": "x"}, 400),
+        ("POST", "/heartbeat", {"node_id": "unknown-node"}, 404),
+        ("GET", "/jobs/nope", None, 404),
+        ("PUT", "/jobs/nope", JOB, 404),
+        ("DELETE", "/jobs/nope", None, 404),
+        ("POST", "/jobs/nope/restart", None, 404),
+        ("POST", "/jobs/nope/delete", None, 404),
+        ("GET", "/no/such/route", None, 404),
+        ("PATCH", "/jobs", None, 405),
+        ("GET", "/evaluations/nope", None, 404),
+    ],
+)
 def test_errors_are_json_with_an_error_field(app, method, path, body, status):
     code, payload = call(app, method, path, body)
     assert code == status
@@ -69,12 +94,26 @@ def test_errors_are_json_with_an_error_field(app, method, path, body, status):
 DEEP = b"[" * 10000 + b"]" * 10000
 
 
-@pytest.mark.parametrize("method,path", [
-    ("POST", "/jobs"), ("PUT", "/jobs/j1"), ("POST", "/jobs/plan"),
-    ("POST", "/register"), ("POST", "/heartbeat")])
-@pytest.mark.parametrize("raw", [
-    DEEP, b'{"node_id": "n", "x": NaN}', b'{"x": Infinity}', b'{"x": -1e400}',
-    b'{"node_id": "\\udc00"}'])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("POST", "/jobs"),
+        ("PUT", "/jobs/j1"),
+        ("POST", "/jobs/plan"),
+        ("POST", "/register"),
+        ("POST", "/heartbeat"),
+    ],
+)
+@pytest.mark.parametrize(
+    "raw",
+    [
+        DEEP,
+        b'{"node_id": "n", "x": NaN}',
+        b'{"x": Infinity}',
+        b'{"x": -1e400}',
+        b'{"node_id": "\\udc00"}',
+    ],
+)
 def test_hostile_json_is_400_on_every_body_route(app, method, path, raw):
     code, payload = call(app, method, path, raw)
     assert code == 400, payload
@@ -82,11 +121,16 @@ def test_hostile_json_is_400_on_every_body_route(app, method, path, raw):
 
 
 def test_lone_surrogate_in_env_is_refused_and_reads_stay_json(app):
-    bad = json.dumps(dict(JOB, job_id="j1")).replace(
-        '"command": "true"', '"command": "true", "env": {"X": "\\ud800"}').encode()
+    bad = (
+        json.dumps(dict(JOB, job_id="j1"))
+        .replace('"command": "true"', '"command": "true", "env": {"X": "\\ud800"}')
+        .encode()
+    )
     code, payload = call(app, "POST", "/jobs", bad)
     assert (code, payload["error"]) == (
-        400, "task_groups[0].tasks[0].config.env.X: must be valid Unicode (lone surrogate)")
+        400,
+        "task_groups[0].tasks[0].config.env.X: must be valid Unicode (lone surrogate)",
+    )
     assert call(app, "GET", "/jobs")[0] == 200
 
 
@@ -97,13 +141,11 @@ def test_unknown_job_message_is_the_seeds(app):
 def test_restart_only_from_dead(app):
     code, body = call(app, "POST", "/jobs", dict(JOB, job_id="j1"))
     assert code == 200 and body["message"] == "作业评估已加入队列"
-    assert call(app, "POST", "/jobs/j1/restart") == (
-        400, {"error": "只能重启已停止的作业"})
+    assert call(app, "POST", "/jobs/j1/restart") == (400, {"error": "只能重启已停止的作业"})
     assert call(app, "DELETE", "/jobs/j1") == (200, {"message": "作业 j1 已停止"})
     code, body = call(app, "POST", "/jobs/j1/restart")
     assert code == 200 and body["message"] == "作业重启评估已加入队列"
-    assert call(app, "POST", "/jobs/j1/delete") == (
-        200, {"message": "作业 j1 及其相关资源已删除"})
+    assert call(app, "POST", "/jobs/j1/delete") == (200, {"message": "作业 j1 及其相关资源已删除"})
 
 
 def test_post_of_an_existing_job_updates_it_and_unchanged_is_a_no_op(app):
@@ -137,7 +179,6 @@ def test_token_required_when_set(tmp_path):
     try:
         assert call(app, "GET", "/jobs")[0] == 401
         assert call(app, "GET", "/health")[0] == 200
-        assert call(app, "GET", "/jobs", headers={
-            "Authorization": "Bearer s3cret"})[0] == 200
+        assert call(app, "GET", "/jobs", headers={"Authorization": "Bearer s3cret"})[0] == 200
     finally:
         server.stop()

@@ -1,4 +1,5 @@
 """The eval broker: one job in flight, coalescing, blocking, delays, nack."""
+
 import time
 
 from orch.server.broker import EvalBroker
@@ -6,8 +7,7 @@ from orch.structs import Evaluation, TriggeredBy
 
 
 def ev(job, n=0):
-    return Evaluation(eval_id=f"{job}-{n}", job_id=job,
-                      triggered_by=TriggeredBy.JOB_REGISTER)
+    return Evaluation(eval_id=f"{job}-{n}", job_id=job, triggered_by=TriggeredBy.JOB_REGISTER)
 
 
 def test_one_job_in_flight_and_coalesced_handout():
@@ -17,7 +17,7 @@ def test_one_job_in_flight_and_coalesced_handout():
     assert [e.eval_id for e in evals] == ["a-1"]
     broker.enqueue(ev("a", 2))
     broker.enqueue(ev("a", 3))
-    assert broker.dequeue(0.05) is None      # job a is in flight
+    assert broker.dequeue(0.05) is None  # job a is in flight
     broker.ack(token)
     token, evals = broker.dequeue(0.1)
     assert [e.eval_id for e in evals] == ["a-2", "a-3"]

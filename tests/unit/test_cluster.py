@@ -3,19 +3,22 @@ from orch.structs import Allocation, Node, Resources, replace
 
 
 def node(node_id, region="global", cpu=1000, memory=2000, healthy=True):
-    return Node(node_id, region=region, resources=Resources(cpu, memory),
-                healthy=healthy, attributes={"driver.exec": True})
+    return Node(
+        node_id,
+        region=region,
+        resources=Resources(cpu, memory),
+        healthy=healthy,
+        attributes={"driver.exec": True},
+    )
 
 
 def alloc(alloc_id, node_id="n1", job_id="j", cpu=100, memory=200):
-    return Allocation(alloc_id, job_id, "g", node_id, 0,
-                      resources=Resources(cpu, memory))
+    return Allocation(alloc_id, job_id, "g", node_id, 0, resources=Resources(cpu, memory))
 
 
 def classes(cluster) -> dict[str, list[str]]:
     """Healthy node ids by class, as the scheduler reads them (members())."""
-    return {cls: [room.node_id for room in rooms]
-            for cls, rooms in cluster.members().items()}
+    return {cls: [room.node_id for room in rooms] for cls, rooms in cluster.members().items()}
 
 
 def test_nodes_grouped_by_class():
@@ -85,4 +88,3 @@ def test_reservations_survive_node_upsert():
     cluster.upsert_node(node("n1", cpu=2000))
     assert cluster.free("n1") == Resources(1900, 1800)
     assert cluster.free("unknown") == Resources(0, 0)
-

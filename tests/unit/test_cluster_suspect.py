@@ -1,11 +1,17 @@
 """Suspect nodes (pushes to them fail) get no new placements."""
+
 from orch.server.scheduler.cluster import Cluster
 from orch.structs import Node, Resources, replace
 
 
 def node(node_id, cpu=1000, healthy=True):
-    return Node(node_id, region="global", resources=Resources(cpu, 2000),
-                healthy=healthy, attributes={"driver.exec": True})
+    return Node(
+        node_id,
+        region="global",
+        resources=Resources(cpu, 2000),
+        healthy=healthy,
+        attributes={"driver.exec": True},
+    )
 
 
 def member_ids(cluster):

@@ -4,6 +4,7 @@ Runs in CI (`.ci/install-docker.sh` starts the engine); elsewhere it skips when
 no engine answers. Every container made here carries this run's allocation
 label and is removed at teardown.
 """
+
 import socket
 import sys
 import time
@@ -15,17 +16,32 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from orch.agent.drivers import (DOCKER_FALLBACK, DOCKER_NO_COMMAND,  # noqa: E402
-                                default_drivers, select_driver)
+from orch.agent.drivers import (
+    DOCKER_FALLBACK,
+    DOCKER_NO_COMMAND,  # noqa: E402
+    default_drivers,
+    select_driver,
+)
 from orch.agent.drivers.base import TaskContext  # noqa: E402
-from orch.agent.drivers.docker import (DockerDriver, build_command, build_ports,  # noqa: E402
-                                       container_name, cpu_shares, create_options,
-                                       publish_ip)
+from orch.agent.drivers.docker import (
+    DockerDriver,
+    build_command,
+    build_ports,  # noqa: E402
+    container_name,
+    cpu_shares,
+    create_options,
+    publish_ip,
+)
 from orch.agent.drivers.exec import ExecDriver  # noqa: E402
 from orch.errors import DriverError  # noqa: E402
 from orch.structs import Resources, Task  # noqa: E402
-from tests.docker_image import (TEST_IMAGE, ensure_test_image,  # noqa: E402
-                                remove_containers, require_engine)
+from tests.docker_image import (
+    TEST_IMAGE,
+    ensure_test_image,  # noqa: E402
+    remove_containers,
+    require_engine,
+)
+
 from waiting import wait_for  # noqa: E402
 
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent.sock"}
@@ -47,10 +63,14 @@ def read(path):
 
 # -- pure parts: no engine needed ----------------------------------------------
 
+
 def test_command_shapes():
     assert build_command({}) is None
-    assert build_command({"command": "echo $A", "args": ["x y"]}) == \
-        ["/bin/sh", "-c", "echo $A 'x y'"]
+    assert build_command({"command": "echo $A", "args": ["x y"]}) == [
+        "/bin/sh",
+        "-c",
+        "echo $A 'x y'",
+    ]
     assert build_command({"command": ["echo", "a"], "args": ["b"]}) == ["echo", "a", "b"]
     assert build_command({"args": ["-v"]}) == ["-v"]
     with pytest.raises(DriverError, match="config.command"):
@@ -66,8 +86,9 @@ def test_names_and_cpu_weight():
 def test_ports_are_published_on_the_agents_address_unless_the_task_says():
     assert build_ports({}) is None
     assert build_ports({"port": 8080}) == {"8080/tcp": ("127.0.0.1", 8080)}
-    assert build_ports({"port": 80, "container_port": 8080}, "10.0.0.5") == \
-        {"8080/tcp": ("10.0.0.5", 80)}
+    assert build_ports({"port": 80, "container_port": 8080}, "10.0.0.5") == {
+        "8080/tcp": ("10.0.0.5", 80)
+    }
     assert build_ports({"port": 80, "host_ip": "0.0.0.0"}) == {"80/tcp": ("0.0.0.0", 80)}
     with pytest.raises(DriverError, match="config.host_ip"):
         build_ports({"port": 80, "host_ip": "everywhere"})
@@ -100,6 +121,7 @@ def test_refresh_drivers_reports_a_change():
 
         def fingerprint(self):
             return {"driver.docker": self.up}
+
     flaky = Flaky()
     fp = Fingerprint(Resources(1000, 1024), {"os": "linux", "driver.docker": False})
     assert refresh_drivers(fp, {"docker": flaky}) is fp
@@ -110,6 +132,7 @@ def test_refresh_drivers_reports_a_change():
 
 
 # -- against the engine ------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def engine():
@@ -133,12 +156,18 @@ def make_ctx(tmp_path, engine):
         config = {"image": TEST_IMAGE, **config}
         task_dir = tmp_path / name
         return TaskContext(
-            alloc_id=alloc_id, job_id="j1", task_name=name, config=config,
-            resources=Resources(cpu, memory), task_dir=str(task_dir),
+            alloc_id=alloc_id,
+            job_id="j1",
+            task_name=name,
+            config=config,
+            resources=Resources(cpu, memory),
+            task_dir=str(task_dir),
             stdout_path=str(task_dir / "stdout.log"),
             stderr_path=str(task_dir / "stderr.log"),
             env={"ORCH_ALLOC_ID": alloc_id, "ORCH_TASK_DIR": str(task_dir)},
-            attempt=attempt)
+            attempt=attempt,
+        )
+
     yield make
     remove_containers(engine, alloc_id)
 
@@ -158,6 +187,7 @@ def run(driver, make_ctx):
         result = driver.wait(handle, timeout)
         assert result is not None, "container did not exit in time"
         return ctx, handle, result
+
     run_to_end.start = start
     yield run_to_end
     for handle in handles:
@@ -172,9 +202,13 @@ def test_fingerprint_true_with_engine(driver):
 
 
 def test_exit_code_env_and_logs(run, engine):
-    ctx, handle, result = run({"command": "echo out $GREETING $ORCH_ALLOC_ID; "
-                                          "echo err >&2; echo dir=$ORCH_TASK_DIR; exit 3",
-                               "env": {"GREETING": "hello"}})
+    ctx, handle, result = run(
+        {
+            "command": "echo out $GREETING $ORCH_ALLOC_ID; "
+            "echo err >&2; echo dir=$ORCH_TASK_DIR; exit 3",
+            "env": {"GREETING": "hello"},
+        }
+    )
     assert result.exit_code == 3 and not result.successful and not result.oom_killed
     assert read(ctx.stdout_path) == f"out hello {ctx.alloc_id}\ndir=\n"
     assert read(ctx.stderr_path) == "err\n"
@@ -192,8 +226,12 @@ def test_name_labels_and_limits(run, engine, driver):
     ctx, handle = run.start({"command": "sleep 30"}, cpu=500, memory=48)
     info = engine.api.inspect_container(handle.container_id)
     assert info["Name"] == f"/orch-{ctx.alloc_id}-t"
-    assert info["Config"]["Labels"] == {"orch.job_id": "j1", "orch.alloc_id": ctx.alloc_id,
-                                        "orch.task": "t", "orch.attempt": "0"}
+    assert info["Config"]["Labels"] == {
+        "orch.job_id": "j1",
+        "orch.alloc_id": ctx.alloc_id,
+        "orch.task": "t",
+        "orch.attempt": "0",
+    }
     assert info["HostConfig"]["Memory"] == 48 * 1024 * 1024
     assert info["HostConfig"]["MemorySwap"] == 48 * 1024 * 1024
     assert info["HostConfig"]["CpuShares"] == 512
@@ -212,15 +250,20 @@ def test_stop_removes_the_container(run, engine, driver):
 
 def test_port_published_answers_http(run, make_ctx, engine):
     port = free_port()
-    _, handle = run.start({"command": "echo hello-orch > /www/index.html && "
-                                      "exec httpd -f -p 8080 -h /www",
-                           "port": port, "container_port": 8080})
+    _, handle = run.start(
+        {
+            "command": "echo hello-orch > /www/index.html && exec httpd -f -p 8080 -h /www",
+            "port": port,
+            "container_port": 8080,
+        }
+    )
 
     def answers():
         try:
             return requests.get(f"http://127.0.0.1:{port}/", timeout=1).text
         except requests.RequestException:
             return ""
+
     assert wait_for(lambda: answers() == "hello-orch\n", 10.0)
     # On the agent's (loopback) address only, not on every interface.
     bound = engine.api.inspect_container(handle.container_id)["HostConfig"]["PortBindings"]
@@ -228,8 +271,7 @@ def test_port_published_answers_http(run, make_ctx, engine):
 
 
 def test_oom_killed(run):
-    _, _, result = run({"command": "x=$(head -c 100000000 /dev/zero | tr '\\0' a)"},
-                       memory=16)
+    _, _, result = run({"command": "x=$(head -c 100000000 /dev/zero | tr '\\0' a)"}, memory=16)
     assert result.oom_killed and result.exit_code == 137
     assert "OOM killed" in result.error
 
@@ -249,16 +291,17 @@ def test_port_conflict_fails_and_leaves_nothing(run, make_ctx, driver, engine):
         ctx = make_ctx({"command": "sleep 30", "port": busy.getsockname()[1]})
         with pytest.raises(DriverError, match="failed to start container"):
             driver.start(ctx)
-    assert engine.containers.list(
-        all=True, filters={"label": f"orch.alloc_id={ctx.alloc_id}"}) == []
+    assert (
+        engine.containers.list(all=True, filters={"label": f"orch.alloc_id={ctx.alloc_id}"}) == []
+    )
 
 
 def test_recover_finds_the_container(run, driver):
     ctx, handle = run.start({"command": "echo before; sleep 1; echo after; exit 4"})
     assert wait_for(lambda: "before" in read(ctx.stdout_path), 10.0)
-    for stream in handle.streams:       # the first agent dies: its log copies end
+    for stream in handle.streams:  # the first agent dies: its log copies end
         stream.close()
-    fresh = DockerDriver()              # the next agent's driver
+    fresh = DockerDriver()  # the next agent's driver
     recovered = fresh.recover(driver.handle_to_json(handle))
     assert recovered is not None and recovered.container_id == handle.container_id
     result = fresh.wait(recovered, 30)
@@ -278,7 +321,7 @@ def test_restart_reuses_the_name(run):
 def test_starting_the_same_start_again_takes_over_its_container(run, driver, make_ctx):
     """An agent killed after starting a container, before saving its handle."""
     ctx, handle = run.start({"command": "echo up; sleep 300"})
-    fresh = DockerDriver()              # the next agent's driver, asked again
+    fresh = DockerDriver()  # the next agent's driver, asked again
     again = fresh.start(ctx)
     assert again.container_id == handle.container_id
     found = fresh.find(ctx)
@@ -290,7 +333,7 @@ def test_starting_the_same_start_again_takes_over_its_container(run, driver, mak
 def test_find_starts_a_container_created_but_never_started(driver, make_ctx, engine):
     ctx = make_ctx({"command": "echo ran; exit 6"})
     options = create_options(ctx)
-    engine.containers.create(**options)     # the agent died right after create
+    engine.containers.create(**options)  # the agent died right after create
     handle = DockerDriver().find(ctx)
     assert handle is not None
     result = driver.wait(handle, 30)
@@ -302,5 +345,9 @@ def test_leftover_of_another_start_is_replaced(run, driver, engine):
     ctx, first = run.start({"command": "sleep 300"})
     _, second = run.start({"command": "sleep 300"}, attempt=1)
     assert second.container_id != first.container_id
-    assert [c.id for c in engine.containers.list(
-        all=True, filters={"label": f"orch.alloc_id={ctx.alloc_id}"})] == [second.container_id]
+    assert [
+        c.id
+        for c in engine.containers.list(
+            all=True, filters={"label": f"orch.alloc_id={ctx.alloc_id}"}
+        )
+    ] == [second.container_id]

@@ -1,4 +1,5 @@
 """The exec driver against real processes: argv, env, cwd, logs, exits, kills."""
+
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ from orch.agent.drivers.base import ExitResult, TaskContext
 from orch.agent.drivers.exec import ExecDriver, ExecHandle, build_argv
 from orch.errors import DriverError
 from orch.structs import Resources
+
 from waiting import group_pids, live, wait_for
 
 
@@ -26,13 +28,18 @@ def make_ctx(tmp_path):
     def make(config, name="t", env=None, attempt=0):
         task_dir = tmp_path / "allocs" / "a1" / name
         return TaskContext(
-            alloc_id="a1", job_id="j1", task_name=name, config=config,
-            resources=Resources(100, 64), task_dir=str(task_dir),
+            alloc_id="a1",
+            job_id="j1",
+            task_name=name,
+            config=config,
+            resources=Resources(100, 64),
+            task_dir=str(task_dir),
             stdout_path=str(task_dir / "stdout.log"),
             stderr_path=str(task_dir / "stderr.log"),
-            env=env if env is not None else {"ORCH_ALLOC_ID": "a1",
-                                             "ORCH_TASK_DIR": str(task_dir)},
-            attempt=attempt)
+            env=env if env is not None else {"ORCH_ALLOC_ID": "a1", "ORCH_TASK_DIR": str(task_dir)},
+            attempt=attempt,
+        )
+
     return make
 
 
@@ -101,10 +108,10 @@ def test_env_base_orch_and_task_env(run):
     assert result.exit_code == 0
     env = dict(line.split("=", 1) for line in read(ctx.stdout_path).splitlines())
     assert env["FOO"] == "bar" and env["N"] == "3"
-    assert env["ORCH_ALLOC_ID"] == "mine"          # the task's env wins
+    assert env["ORCH_ALLOC_ID"] == "mine"  # the task's env wins
     assert env["ORCH_TASK_DIR"] == ctx.task_dir
     assert "PATH" in env and "HOME" in env
-    assert "PYTEST_CURRENT_TEST" not in env        # the agent's env does not leak
+    assert "PYTEST_CURRENT_TEST" not in env  # the agent's env does not leak
 
 
 def test_cwd_defaults_to_task_dir_and_may_be_relative(run, tmp_path):
@@ -132,9 +139,17 @@ def test_missing_binary_in_string_form_is_exit_127(run):
     assert result.exit_code == 127
 
 
-@pytest.mark.parametrize("config", [{}, {"command": ""}, {"command": []},
-                                    {"command": 5}, {"command": "x", "args": "a"},
-                                    {"command": [1, 2]}])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"command": ""},
+        {"command": []},
+        {"command": 5},
+        {"command": "x", "args": "a"},
+        {"command": [1, 2]},
+    ],
+)
 def test_bad_command_config(config):
     with pytest.raises(DriverError):
         build_argv(config)
@@ -183,11 +198,13 @@ def test_stop_escalates_to_sigkill(run, driver):
 @pytest.mark.skipif(shutil.which("setsid") is None, reason="needs the setsid binary")
 def test_stop_kills_a_child_that_left_the_group(run, driver, tmp_path):
     pidfile = tmp_path / "escaped.pid"
-    ctx, handle = run.start({"command": f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' & wait"})
+    ctx, handle = run.start(
+        {"command": f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' & wait"}
+    )
     assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
     escaped = int(pidfile.read_text())
     driver.stop(handle, 2.0)
-    assert not live(escaped)             # stop returns once it is gone, not before
+    assert not live(escaped)  # stop returns once it is gone, not before
 
 
 def test_stop_after_the_end_waits_for_the_dying_rest_of_the_group(driver, tmp_path):
@@ -231,8 +248,17 @@ def test_handle_json_and_recover(run, driver):
     # A supervisor gone without a record (here: another run's paths): lost.
     gone = subprocess.Popen(["true"])
     gone.wait()
-    assert driver.recover({**data, "supervisor_pid": gone.pid, "pid": gone.pid,
-                           "record_path": data["record_path"] + ".none"}) is None
+    assert (
+        driver.recover(
+            {
+                **data,
+                "supervisor_pid": gone.pid,
+                "pid": gone.pid,
+                "record_path": data["record_path"] + ".none",
+            }
+        )
+        is None
+    )
     result = []
     waiter = threading.Thread(target=lambda: result.append(driver.wait(recovered, None)))
     waiter.start()
@@ -250,20 +276,22 @@ def test_task_outlives_its_agent_and_its_exit_is_recorded(run, driver, tmp_path)
     gate = tmp_path / "gate"
     ctx, handle = run.start({"command": f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 7"})
     data = driver.handle_to_json(handle)
-    driver.close()                      # as if the agent that started it died
+    driver.close()  # as if the agent that started it died
     gate.touch()
-    successor = ExecDriver()            # not connected to that supervisor: it polls
+    successor = ExecDriver()  # not connected to that supervisor: it polls
     recovered = successor.recover(data)
     assert recovered is not None
     assert successor.wait(recovered, 10).exit_code == 7
-    assert successor.recover(data) is not None    # the file still tells, after the end
+    assert successor.recover(data) is not None  # the file still tells, after the end
 
 
 def test_a_restarted_agent_reconnects_to_its_supervisor(make_ctx, tmp_path):
     """Same data dir, same supervisor: it survives the agent and tells the next one."""
     gate = tmp_path / "gate"
     first = ExecDriver(state_dir=str(tmp_path))
-    handle = first.start(make_ctx({"command": f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 5"}))
+    handle = first.start(
+        make_ctx({"command": f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 5"})
+    )
     data = first.handle_to_json(handle)
     first.close()
     assert live(handle.supervisor_pid) and live(handle.pid)
@@ -286,8 +314,11 @@ def test_a_restarted_agent_reconnects_to_its_supervisor(make_ctx, tmp_path):
 def test_legacy_handle_without_supervisor(driver):
     proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
-        data = {"pid": proc.pid, "pgid": proc.pid,
-                "create_time": psutil.Process(proc.pid).create_time()}
+        data = {
+            "pid": proc.pid,
+            "pgid": proc.pid,
+            "create_time": psutil.Process(proc.pid).create_time(),
+        }
         recovered = driver.recover(data)
         assert recovered is not None and driver.wait(recovered, 0.05) is None
         assert driver.recover({**data, "create_time": data["create_time"] - 1000}) is None
@@ -308,10 +339,12 @@ def test_fingerprint():
 def test_a_run_is_started_once_and_found_by_its_record(run, driver, make_ctx, tmp_path):
     """An agent killed between start and saving the handle: the run is in the task dir."""
     gate = tmp_path / "gate"
-    config = {"command": f"echo started >> {tmp_path}/starts; "
-                         f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 3"}
+    config = {
+        "command": f"echo started >> {tmp_path}/starts; "
+        f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 3"
+    }
     ctx, handle = run.start(config)
-    assert driver.find(make_ctx(config, attempt=1)) is None      # never started
+    assert driver.find(make_ctx(config, attempt=1)) is None  # never started
     found = driver.find(ctx)
     assert found is not None and found.pid == handle.pid
     # Asked to start the same run again, the driver takes over the first one.
@@ -321,7 +354,7 @@ def test_a_run_is_started_once_and_found_by_its_record(run, driver, make_ctx, tm
     assert driver.wait(again, 10).exit_code == 3
     assert driver.wait(handle, 10).exit_code == 3
     assert read(tmp_path / "starts") == "started\n"
-    assert driver.find(ctx) is not None         # ended: its exit is still on record
+    assert driver.find(ctx) is not None  # ended: its exit is still on record
 
 
 def test_a_task_whose_supervisor_died_is_killed_not_left_behind(run, driver):

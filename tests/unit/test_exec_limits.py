@@ -1,4 +1,5 @@
 """Exec task limits: memory through cgroups or the supervisor's RSS watchdog, CPU weight."""
+
 import os
 import sys
 
@@ -33,10 +34,17 @@ def driver(request):
 
 def context(tmp_path, command, memory=64):
     task_dir = tmp_path / "t"
-    return TaskContext(alloc_id="a1", job_id="j1", task_name="t",
-                       config={"command": command}, resources=Resources(100, memory),
-                       task_dir=str(task_dir), stdout_path=str(task_dir / "stdout.log"),
-                       stderr_path=str(task_dir / "stderr.log"), env={})
+    return TaskContext(
+        alloc_id="a1",
+        job_id="j1",
+        task_name="t",
+        config={"command": command},
+        resources=Resources(100, memory),
+        task_dir=str(task_dir),
+        stdout_path=str(task_dir / "stdout.log"),
+        stderr_path=str(task_dir / "stderr.log"),
+        env={},
+    )
 
 
 def test_task_past_its_memory_limit_is_killed_and_says_why(driver, tmp_path):
@@ -109,7 +117,8 @@ def test_cgroup_v1_task_limits(tmp_path):
     (proc / "mounts").write_text(
         f"cgroup {root}/memory cgroup rw,relatime,memory 0 0\n"
         f"cgroup {root}/cpu,cpuacct cgroup rw,relatime,cpu,cpuacct 0 0\n"
-        f"cgroup2 {root}/unified cgroup2 rw 0 0\n")
+        f"cgroup2 {root}/unified cgroup2 rw 0 0\n"
+    )
     (proc / "cgroup").write_text("4:memory:/box\n1:cpu,cpuacct:/\n0::/\n")
     cgroups = Cgroups(root=str(root), proc=str(proc))
     assert cgroups.detect() == "v1"
@@ -154,8 +163,10 @@ def test_agent_with_an_unknown_task_user_does_not_start(tmp_path):
 
     from orch.agent.agent import serve
     from orch.config import AgentConfig
-    config = AgentConfig(server="http://127.0.0.1:9", data_dir=str(tmp_path),
-                         task_user="no-such-user-xyz")
+
+    config = AgentConfig(
+        server="http://127.0.0.1:9", data_dir=str(tmp_path), task_user="no-such-user-xyz"
+    )
     assert serve(config, threading.Event()) == 1
 
 

@@ -2,36 +2,62 @@ import pytest
 
 from orch.server.scheduler.cluster import Cluster
 from orch.server.scheduler.feasible import (
-    check_constraint, class_feasible, drivers_feasible, feasible_parts,
+    check_constraint,
+    class_feasible,
+    drivers_feasible,
+    feasible_parts,
 )
 from orch.structs import Constraint, Job, Node, Resources, Task, TaskGroup
 
-ATTRS = {"os": "linux", "arch": "amd64", "cpu.cores": 8, "hostname": "h1",
-         "driver.exec": True, "driver.docker": False, "kernel": "6.1.0-13"}
+ATTRS = {
+    "os": "linux",
+    "arch": "amd64",
+    "cpu.cores": 8,
+    "hostname": "h1",
+    "driver.exec": True,
+    "driver.docker": False,
+    "kernel": "6.1.0-13",
+}
 
 
 def node(node_id="n1", region="eu", attrs=None, meta=None):
-    return Node(node_id, region=region, resources=Resources(1000, 1000),
-                attributes=dict(ATTRS if attrs is None else attrs),
-                meta=meta or {"rack": "r1", "tier": "10"})
+    return Node(
+        node_id,
+        region=region,
+        resources=Resources(1000, 1000),
+        attributes=dict(ATTRS if attrs is None else attrs),
+        meta=meta or {"rack": "r1", "tier": "10"},
+    )
 
 
 def ok(attribute, op, value, n=None):
     return check_constraint(n or node(), Constraint(attribute, op, value))
 
 
-@pytest.mark.parametrize("attribute,op,value,expected", [
-    ("region", "=", "eu", True), ("region", "=", "us", False),
-    ("region", "!=", "us", True), ("region", "!=", "eu", False),
-    ("node_id", "=", "n1", True), ("hostname", "=", "h1", True),
-    ("os", "=", "linux", True), ("arch", "!=", "arm64", True),
-    ("cpu.cores", ">", "4", True), ("cpu.cores", ">", "8", False),
-    ("cpu.cores", ">=", "8", True), ("cpu.cores", "<", "8", False),
-    ("cpu.cores", "<=", "8.0", True), ("cpu.cores", "=", "8.0", True),
-    ("meta.rack", "=", "r1", True), ("meta.rack", "=", "r2", False),
-    ("kernel", "regex", r"^6\.", True), ("kernel", "regex", "^5", False),
-    ("region", "regex", "e", True),
-])
+@pytest.mark.parametrize(
+    "attribute,op,value,expected",
+    [
+        ("region", "=", "eu", True),
+        ("region", "=", "us", False),
+        ("region", "!=", "us", True),
+        ("region", "!=", "eu", False),
+        ("node_id", "=", "n1", True),
+        ("hostname", "=", "h1", True),
+        ("os", "=", "linux", True),
+        ("arch", "!=", "arm64", True),
+        ("cpu.cores", ">", "4", True),
+        ("cpu.cores", ">", "8", False),
+        ("cpu.cores", ">=", "8", True),
+        ("cpu.cores", "<", "8", False),
+        ("cpu.cores", "<=", "8.0", True),
+        ("cpu.cores", "=", "8.0", True),
+        ("meta.rack", "=", "r1", True),
+        ("meta.rack", "=", "r2", False),
+        ("kernel", "regex", r"^6\.", True),
+        ("kernel", "regex", "^5", False),
+        ("region", "regex", "e", True),
+    ],
+)
 def test_operators(attribute, op, value, expected):
     assert ok(attribute, op, value) is expected
 
@@ -60,21 +86,26 @@ def test_boolean_attributes():
 
 
 def group(*drivers, commands=True, constraints=()):
-    tasks = tuple(Task(f"t{i}", d, {"command": "x"} if commands else {"image": "i"})
-                  for i, d in enumerate(drivers))
+    tasks = tuple(
+        Task(f"t{i}", d, {"command": "x"} if commands else {"image": "i"})
+        for i, d in enumerate(drivers)
+    )
     return TaskGroup("g", 1, tasks, constraints)
 
 
-@pytest.mark.parametrize("exec_attr,docker_attr,drivers,commands,expected", [
-    (True, False, ("exec",), True, True),
-    (False, True, ("exec",), True, False),
-    (False, True, ("docker",), False, True),
-    ("1", "0", ("docker",), True, True),       # exec fallback with a command
-    (True, False, ("docker",), False, False),  # no command: no fallback
-    (False, False, ("docker",), True, False),
-    ("true", "false", ("exec", "docker"), True, True),
-    ("0", "true", ("exec", "docker"), True, False),
-])
+@pytest.mark.parametrize(
+    "exec_attr,docker_attr,drivers,commands,expected",
+    [
+        (True, False, ("exec",), True, True),
+        (False, True, ("exec",), True, False),
+        (False, True, ("docker",), False, True),
+        ("1", "0", ("docker",), True, True),  # exec fallback with a command
+        (True, False, ("docker",), False, False),  # no command: no fallback
+        (False, False, ("docker",), True, False),
+        ("true", "false", ("exec", "docker"), True, True),
+        ("0", "true", ("exec", "docker"), True, False),
+    ],
+)
 def test_drivers(exec_attr, docker_attr, drivers, commands, expected):
     n = node(attrs={"driver.exec": exec_attr, "driver.docker": docker_attr})
     assert drivers_feasible(n, group(*drivers, commands=commands)) is expected

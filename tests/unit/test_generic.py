@@ -4,8 +4,19 @@ from collections import Counter
 from orch.server.scheduler.cluster import Cluster
 from orch.server.scheduler.generic import compute_plan
 from orch.structs import (
-    Allocation, AllocStatus, Constraint, DesiredStatus, Evaluation, Job,
-    JobType, Node, Resources, Task, TaskGroup, TaskState, TriggeredBy,
+    Allocation,
+    AllocStatus,
+    Constraint,
+    DesiredStatus,
+    Evaluation,
+    Job,
+    JobType,
+    Node,
+    Resources,
+    Task,
+    TaskGroup,
+    TaskState,
+    TriggeredBy,
 )
 
 EVAL = Evaluation("e1", "j", TriggeredBy.JOB_REGISTER)
@@ -15,23 +26,35 @@ def cluster_of(*specs):
     """specs: (node_id, region, cpu, memory)."""
     cluster = Cluster()
     for node_id, region, cpu, memory in specs:
-        cluster.upsert_node(Node(node_id, region=region,
-                                 resources=Resources(cpu, memory),
-                                 attributes={"driver.exec": True}))
+        cluster.upsert_node(
+            Node(
+                node_id,
+                region=region,
+                resources=Resources(cpu, memory),
+                attributes={"driver.exec": True},
+            )
+        )
     return cluster
 
 
-def make_job(count, cpu=100, memory=100, constraints=(), job_constraints=(),
-             type=JobType.BATCH, stopped=False):
+def make_job(
+    count,
+    cpu=100,
+    memory=100,
+    constraints=(),
+    job_constraints=(),
+    type=JobType.BATCH,
+    stopped=False,
+):
     task = Task("t", "exec", {"command": "x"}, Resources(cpu, memory))
     group = TaskGroup("g", count, (task,), tuple(constraints))
-    return Job("j", (group,), type=type, constraints=tuple(job_constraints),
-               stopped=stopped, version=3)
+    return Job(
+        "j", (group,), type=type, constraints=tuple(job_constraints), stopped=stopped, version=3
+    )
 
 
 def plan_for(job, cluster, allocs=(), now=50.0, seed=1):
-    return compute_plan(job, list(allocs), cluster, EVAL, now=now,
-                        rng=random.Random(seed))
+    return compute_plan(job, list(allocs), cluster, EVAL, now=now, rng=random.Random(seed))
 
 
 def test_new_allocations_are_filled_in():
@@ -61,27 +84,32 @@ def test_placements_respect_capacity_across_one_eval():
 
 def test_existing_reservations_are_respected():
     cluster = cluster_of(("n1", "eu", 1000, 1000), ("n2", "eu", 1000, 1000))
-    cluster.reserve(Allocation("other", "k", "g", "n1", 0,
-                               resources=Resources(0, 950)))
+    cluster.reserve(Allocation("other", "k", "g", "n1", 0, resources=Resources(0, 950)))
     plan, _ = plan_for(make_job(2, memory=500), cluster)
     assert [a.node_id for a in plan.place] == ["n2", "n2"]
 
 
 def test_failure_reasons_are_counted_once_per_node():
-    cluster = cluster_of(("us1", "us", 1000, 1000), ("us2", "us", 1000, 1000),
-                         ("eu1", "eu", 1000, 100), ("eu2", "eu", 1000, 100),
-                         ("eu3", "eu", 1000, 100))
-    job = make_job(4, memory=200,
-                   job_constraints=[Constraint("region", "=", "eu")])
+    cluster = cluster_of(
+        ("us1", "us", 1000, 1000),
+        ("us2", "us", 1000, 1000),
+        ("eu1", "eu", 1000, 100),
+        ("eu2", "eu", 1000, 100),
+        ("eu3", "eu", 1000, 100),
+    )
+    job = make_job(4, memory=200, job_constraints=[Constraint("region", "=", "eu")])
     plan, _ = plan_for(job, cluster)
     assert plan.place == []
-    assert plan.failed == {"g": {"wanted": 4, "failures": {
-        "constraint region = eu": 2, "memory exhausted": 3}}}
+    assert plan.failed == {
+        "g": {"wanted": 4, "failures": {"constraint region = eu": 2, "memory exhausted": 3}}
+    }
 
 
 def test_job_level_constraints_apply():
-    cluster = cluster_of(*[(f"us{i}", "us", 1000, 1000) for i in range(3)],
-                         *[(f"eu{i}", "eu", 1000, 1000) for i in range(3)])
+    cluster = cluster_of(
+        *[(f"us{i}", "us", 1000, 1000) for i in range(3)],
+        *[(f"eu{i}", "eu", 1000, 1000) for i in range(3)],
+    )
     job = make_job(6, job_constraints=[Constraint("region", "=", "eu")])
     plan, _ = plan_for(job, cluster)
     assert len(plan.place) == 6
@@ -104,9 +132,17 @@ def test_service_job_spreads_too():
 def test_lost_allocation_is_replaced_elsewhere():
     cluster = cluster_of(("n1", "eu", 1000, 1000), ("n2", "eu", 1000, 1000))
     job = make_job(1)
-    lost = Allocation("old", "j", "g", "n1", 0, client_status=AllocStatus.LOST,
-                      desired_status=DesiredStatus.STOP, reschedule_count=1,
-                      group_hash=job.task_groups[0].spec_hash())
+    lost = Allocation(
+        "old",
+        "j",
+        "g",
+        "n1",
+        0,
+        client_status=AllocStatus.LOST,
+        desired_status=DesiredStatus.STOP,
+        reschedule_count=1,
+        group_hash=job.task_groups[0].spec_hash(),
+    )
     for seed in range(10):
         plan, _ = plan_for(job, cluster, [lost], seed=seed)
         (placed,) = plan.place
@@ -118,16 +154,25 @@ def test_lost_allocation_is_replaced_elsewhere():
 def test_previous_node_is_used_when_it_is_the_only_one():
     cluster = cluster_of(("n1", "eu", 1000, 1000))
     job = make_job(1)
-    lost = Allocation("old", "j", "g", "n1", 0, client_status=AllocStatus.LOST,
-                      desired_status=DesiredStatus.STOP)
+    lost = Allocation(
+        "old", "j", "g", "n1", 0, client_status=AllocStatus.LOST, desired_status=DesiredStatus.STOP
+    )
     plan, _ = plan_for(job, cluster, [lost])
     assert [a.node_id for a in plan.place] == ["n1"]
 
 
 def test_stops_in_the_plan_free_their_room():
     cluster = cluster_of(("n1", "eu", 1000, 1000))
-    old = Allocation("old", "j", "g", "n1", 0, resources=Resources(800, 800),
-                     client_status=AllocStatus.RUNNING, group_hash="stale")
+    old = Allocation(
+        "old",
+        "j",
+        "g",
+        "n1",
+        0,
+        resources=Resources(800, 800),
+        client_status=AllocStatus.RUNNING,
+        group_hash="stale",
+    )
     cluster.reserve(old)
     plan, _ = plan_for(make_job(1, cpu=800, memory=800), cluster, [old])
     assert plan.stop == [("old", "group changed")]
@@ -145,8 +190,16 @@ def test_stopped_job_only_stops():
 def test_followup_for_delayed_reschedule():
     cluster = cluster_of(("n1", "eu", 1000, 1000))
     job = make_job(1, type=JobType.SERVICE)
-    failed = Allocation("a", "j", "g", "n1", 0, client_status=AllocStatus.FAILED,
-                        modify_time=49.5, group_hash=job.task_groups[0].spec_hash())
+    failed = Allocation(
+        "a",
+        "j",
+        "g",
+        "n1",
+        0,
+        client_status=AllocStatus.FAILED,
+        modify_time=49.5,
+        group_hash=job.task_groups[0].spec_hash(),
+    )
     plan, followup = plan_for(job, cluster, [failed], now=50.0)
     assert (plan.place, plan.stop, followup) == ([], [], 50.5)
 

@@ -1,4 +1,5 @@
 """The heartbeat monitor's deadlines, on a fake clock (the thread is not started)."""
+
 import pytest
 
 from orch.server.heartbeat import HeartbeatMonitor
@@ -34,7 +35,7 @@ def test_superseded_deadlines_do_not_set_the_wake_up():
     nodes = [f"n{i}" for i in range(100)]
     for node in nodes:
         monitor.reset(node)
-    for _ in range(3):                  # everyone beats again: 200 stale entries
+    for _ in range(3):  # everyone beats again: 200 stale entries
         clock.t += 1.0
         for node in nodes:
             monitor.reset(node)

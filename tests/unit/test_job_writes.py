@@ -1,5 +1,6 @@
 """Job writes on an in-process Server: concurrent submits, and evaluations of
 stopped or purged jobs met by a worker driven by hand."""
+
 import copy
 import threading
 
@@ -12,10 +13,23 @@ from orch.structs import EvalStatus
 
 
 def job(command="sleep 60", job_id="web"):
-    return {"job_id": job_id, "type": "service", "task_groups": [{
-        "name": "g", "count": 2,
-        "tasks": [{"name": "t", "config": {"command": command},
-                   "resources": {"cpu": 100, "memory": 64}}]}]}
+    return {
+        "job_id": job_id,
+        "type": "service",
+        "task_groups": [
+            {
+                "name": "g",
+                "count": 2,
+                "tasks": [
+                    {
+                        "name": "t",
+                        "config": {"command": command},
+                        "resources": {"cpu": 100, "memory": 64},
+                    }
+                ],
+            }
+        ],
+    }
 
 
 @pytest.fixture
@@ -23,8 +37,13 @@ def server(tmp_path):
     srv = Server(ServerConfig(data_dir=str(tmp_path)))
     # No agents and no worker threads: evaluations wait for the test.
     srv.pusher.place = srv.pusher.stop = lambda *args, **kwargs: None
-    srv.register({"node_id": "node-0", "resources": {"cpu": 4000, "memory": 4000},
-                  "endpoint": "http://127.0.0.1:9"})
+    srv.register(
+        {
+            "node_id": "node-0",
+            "resources": {"cpu": 4000, "memory": 4000},
+            "endpoint": "http://127.0.0.1:9",
+        }
+    )
     yield srv
     srv.stop()
 
@@ -36,6 +55,7 @@ def test_concurrent_submits_of_one_new_job_make_one_version_each(server):
     def post(n):
         barrier.wait(timeout=10)
         answers.append(server.submit_job(job(f"sleep {60 + n}")))
+
     threads = [threading.Thread(target=post, args=(n,)) for n in range(20)]
     for t in threads:
         t.start()
@@ -64,12 +84,12 @@ def test_a_worker_finishing_after_a_purge_stores_nothing(server):
         # The purge lands while the worker holds its plan.
         server.delete_job("web")
         return real_commit(plan, evals)
+
     server.store.commit_plan = purge_first
     worker.process([ev])
     server.store.commit_plan = real_commit
-    worker.process([ev])            # the job's evaluation met again later
-    assert server.store.counts() == {"nodes": 1, "jobs": 0, "allocations": 0,
-                                     "evaluations": 0}
+    worker.process([ev])  # the job's evaluation met again later
+    assert server.store.counts() == {"nodes": 1, "jobs": 0, "allocations": 0, "evaluations": 0}
 
 
 def test_stop_after_submit_cancels_the_queued_evaluation(server):

@@ -7,16 +7,22 @@ from orch.jobspec import parse_job
 from orch.structs import Constraint, JobType, Resources
 
 BASE = {
-    "task_groups": [{
-        "name": "web", "count": 2,
-        "tasks": [
-            {"name": "app", "driver": "exec",
-             "config": {"command": "sleep 1"},
-             "resources": {"cpu": 200, "memory": 128}},
-            {"name": "db", "config": {"image": "redis:7", "port": 6379}},
-        ],
-        "constraints": [{"attribute": "region", "operator": "=", "value": "eu"}],
-    }],
+    "task_groups": [
+        {
+            "name": "web",
+            "count": 2,
+            "tasks": [
+                {
+                    "name": "app",
+                    "driver": "exec",
+                    "config": {"command": "sleep 1"},
+                    "resources": {"cpu": 200, "memory": 128},
+                },
+                {"name": "db", "config": {"image": "redis:7", "port": 6379}},
+            ],
+            "constraints": [{"attribute": "region", "operator": "=", "value": "eu"}],
+        }
+    ],
 }
 
 
@@ -58,8 +64,10 @@ def test_valid_job_parses_with_defaults_and_inference():
 def test_command_implies_exec_and_explicit_driver_wins():
     job = parse_job(body(task_groups__0__tasks__0__driver=None), "j")
     assert job.task_groups[0].tasks[0].driver == "exec"
-    data = body(task_groups__0__tasks__1__driver="docker",
-                task_groups__0__tasks__1__config={"image": "x", "command": "y"})
+    data = body(
+        task_groups__0__tasks__1__driver="docker",
+        task_groups__0__tasks__1__config={"image": "x", "command": "y"},
+    )
     assert parse_job(data, "j").task_groups[0].tasks[1].driver == "docker"
 
 
@@ -80,17 +88,26 @@ def test_job_id_parameter_wins_then_body_then_new():
 
 
 def test_service_type_and_job_constraints():
-    data = body(type="service",
-                constraints=[{"attribute": "cpu.cores", "operator": ">=", "value": 4}])
+    data = body(
+        type="service", constraints=[{"attribute": "cpu.cores", "operator": ">=", "value": 4}]
+    )
     job = parse_job(data, "j")
     assert job.type == JobType.SERVICE
     assert job.constraints == (Constraint("cpu.cores", ">=", "4"),)
 
 
 def test_env_numbers_are_stringified_and_extra_fields_ignored():
-    data = body(task_groups__0__tasks__0__config={
-        "command": ["sleep", "1"], "args": ["a"], "env": {"N": 3, "S": "x"},
-        "cwd": "/tmp", "whatever": 1}, status="running", allocations=[])
+    data = body(
+        task_groups__0__tasks__0__config={
+            "command": ["sleep", "1"],
+            "args": ["a"],
+            "env": {"N": 3, "S": "x"},
+            "cwd": "/tmp",
+            "whatever": 1,
+        },
+        status="running",
+        allocations=[],
+    )
     task = parse_job(data, "j").task_groups[0].tasks[0]
     assert task.config["env"] == {"N": "3", "S": "x"}
     assert task.config["whatever"] == 1
@@ -116,8 +133,7 @@ def test_count_above_max():
     assert "at most 10" in msg
 
 
-@pytest.mark.parametrize("name", [None, "", "a/b", "..", ".", "a..b", "-x",
-                                  "x" * 64, "ok\n", 7])
+@pytest.mark.parametrize("name", [None, "", "a/b", "..", ".", "a..b", "-x", "x" * 64, "ok\n", 7])
 def test_group_name_rejected(name):
     rejects(body(task_groups__0__name=name), "task_groups[0].name")
 
@@ -145,98 +161,132 @@ def test_duplicate_group_names():
 
 
 def test_duplicate_task_names():
-    msg = rejects(body(task_groups__0__tasks__1__name="app"),
-                  "task_groups[0].tasks[1].name")
+    msg = rejects(body(task_groups__0__tasks__1__name="app"), "task_groups[0].tasks[1].name")
     assert "duplicate" in msg
 
 
 @pytest.mark.parametrize("value", [-1, True, 1.5, "100"])
 def test_resources_must_be_non_negative_integers(value):
-    rejects(body(task_groups__0__tasks__1__resources={"memory": value}),
-            "task_groups[0].tasks[1].resources.memory")
-    rejects(body(task_groups__0__tasks__0__resources={"cpu": value}),
-            "task_groups[0].tasks[0].resources.cpu")
+    rejects(
+        body(task_groups__0__tasks__1__resources={"memory": value}),
+        "task_groups[0].tasks[1].resources.memory",
+    )
+    rejects(
+        body(task_groups__0__tasks__0__resources={"cpu": value}),
+        "task_groups[0].tasks[0].resources.cpu",
+    )
 
 
 def test_resources_must_be_object():
-    rejects(body(task_groups__0__tasks__0__resources=[1]),
-            "task_groups[0].tasks[0].resources")
+    rejects(body(task_groups__0__tasks__0__resources=[1]), "task_groups[0].tasks[0].resources")
 
 
-@pytest.mark.parametrize("field,value", [
-    ("operator", "~"), ("operator", None), ("attribute", ""), ("attribute", None),
-    ("value", None), ("value", [1]),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("operator", "~"),
+        ("operator", None),
+        ("attribute", ""),
+        ("attribute", None),
+        ("value", None),
+        ("value", [1]),
+    ],
+)
 def test_bad_group_constraint(field, value):
-    rejects(body(**{f"task_groups__0__constraints__0__{field}": value}),
-            f"task_groups[0].constraints[0].{field}")
+    rejects(
+        body(**{f"task_groups__0__constraints__0__{field}": value}),
+        f"task_groups[0].constraints[0].{field}",
+    )
 
 
 def test_invalid_regex():
-    msg = rejects(body(task_groups__0__constraints__0__operator="regex",
-                       task_groups__0__constraints__0__value="(["),
-                  "task_groups[0].constraints[0].value")
+    msg = rejects(
+        body(
+            task_groups__0__constraints__0__operator="regex",
+            task_groups__0__constraints__0__value="([",
+        ),
+        "task_groups[0].constraints[0].value",
+    )
     assert "regex" in msg
 
 
 def test_bad_job_constraint():
-    rejects(body(constraints=[{"attribute": "os", "operator": "like", "value": "x"}]),
-            "constraints[0].operator")
+    rejects(
+        body(constraints=[{"attribute": "os", "operator": "like", "value": "x"}]),
+        "constraints[0].operator",
+    )
     rejects(body(constraints="os=linux"), "constraints")
     rejects(body(constraints=["os"]), "constraints[0]")
 
 
 def test_unknown_driver():
-    rejects(body(task_groups__0__tasks__0__driver="qemu"),
-            "task_groups[0].tasks[0].driver")
+    rejects(body(task_groups__0__tasks__0__driver="qemu"), "task_groups[0].tasks[0].driver")
 
 
 def test_task_without_driver_or_command_or_image():
-    rejects(body(task_groups__0__tasks__1__config={"port": 80}),
-            "task_groups[0].tasks[1].driver")
-    rejects(body(task_groups__0__tasks__1__config=None),
-            "task_groups[0].tasks[1].driver")
+    rejects(body(task_groups__0__tasks__1__config={"port": 80}), "task_groups[0].tasks[1].driver")
+    rejects(body(task_groups__0__tasks__1__config=None), "task_groups[0].tasks[1].driver")
 
 
 def test_driver_requirements():
-    rejects(body(task_groups__0__tasks__0__config={"image": "x"}),
-            "task_groups[0].tasks[0].config.command")
-    rejects(body(task_groups__0__tasks__1__driver="docker",
-                 task_groups__0__tasks__1__config={"command": "x"}),
-            "task_groups[0].tasks[1].config.image")
+    rejects(
+        body(task_groups__0__tasks__0__config={"image": "x"}),
+        "task_groups[0].tasks[0].config.command",
+    )
+    rejects(
+        body(
+            task_groups__0__tasks__1__driver="docker",
+            task_groups__0__tasks__1__config={"command": "x"},
+        ),
+        "task_groups[0].tasks[1].config.image",
+    )
 
 
 def test_config_must_be_object():
-    rejects(body(task_groups__0__tasks__0__config="sleep 1"),
-            "task_groups[0].tasks[0].config")
+    rejects(body(task_groups__0__tasks__0__config="sleep 1"), "task_groups[0].tasks[0].config")
 
 
 @pytest.mark.parametrize("command", ["", "  ", [], [""], [1], {"a": 1}, 5, ["a", None]])
 def test_bad_command(command):
-    rejects(body(task_groups__0__tasks__0__config={"command": command}),
-            "task_groups[0].tasks[0].config.command")
+    rejects(
+        body(task_groups__0__tasks__0__config={"command": command}),
+        "task_groups[0].tasks[0].config.command",
+    )
 
 
 @pytest.mark.parametrize("args", ["a b", [1], [None], {"a": "b"}])
 def test_bad_args(args):
-    rejects(body(task_groups__0__tasks__0__config={"command": "x", "args": args}),
-            "task_groups[0].tasks[0].config.args")
+    rejects(
+        body(task_groups__0__tasks__0__config={"command": "x", "args": args}),
+        "task_groups[0].tasks[0].config.args",
+    )
 
 
-@pytest.mark.parametrize("env,path", [
-    (["A=1"], "env"), ({"A": None}, "env.A"), ({"A": True}, "env.A"),
-    ({"A": [1]}, "env.A"), ({"": "x"}, "env"), ({"A=B": "x"}, "env"),
-])
+@pytest.mark.parametrize(
+    "env,path",
+    [
+        (["A=1"], "env"),
+        ({"A": None}, "env.A"),
+        ({"A": True}, "env.A"),
+        ({"A": [1]}, "env.A"),
+        ({"": "x"}, "env"),
+        ({"A=B": "x"}, "env"),
+    ],
+)
 def test_bad_env(env, path):
-    rejects(body(task_groups__0__tasks__0__config={"command": "x", "env": env}),
-            f"task_groups[0].tasks[0].config.{path}")
+    rejects(
+        body(task_groups__0__tasks__0__config={"command": "x", "env": env}),
+        f"task_groups[0].tasks[0].config.{path}",
+    )
 
 
 @pytest.mark.parametrize("key", ["port", "container_port"])
 @pytest.mark.parametrize("port", [0, 65536, -1, "80", True, 80.0])
 def test_bad_ports(key, port):
-    rejects(body(**{f"task_groups__0__tasks__1__config__{key}": port}),
-            f"task_groups[0].tasks[1].config.{key}")
+    rejects(
+        body(**{f"task_groups__0__tasks__1__config__{key}": port}),
+        f"task_groups[0].tasks[1].config.{key}",
+    )
 
 
 @pytest.mark.parametrize("job_type", ["system", 1, ""])
@@ -251,10 +301,13 @@ def test_tasks_must_be_non_empty_list():
     rejects(body(task_groups__0=["web"]), "task_groups[0]")
 
 
-@pytest.mark.parametrize("raw, seconds", [
-    ("30s", 30.0), ("500ms", 0.5), ("1m", 60.0), ("1.5h", 5400.0), (10, 10.0), (2.5, 2.5)])
+@pytest.mark.parametrize(
+    "raw, seconds",
+    [("30s", 30.0), ("500ms", 0.5), ("1m", 60.0), ("1.5h", 5400.0), (10, 10.0), (2.5, 2.5)],
+)
 def test_disconnect_stop_after_durations(raw, seconds):
     from orch.codec import job_from
+
     job = parse_job(body(task_groups__0__disconnect={"stop_after": raw}))
     group = job.task_groups[0]
     assert group.stop_after == seconds
@@ -269,14 +322,17 @@ def test_no_disconnect_leaves_the_group_as_it_was():
     assert group.stop_after is None and "disconnect" not in group.to_dict()
 
 
-@pytest.mark.parametrize("raw, message", [
-    ("soon", "task_groups[0].disconnect.stop_after: must be a number of seconds"),
-    ("10", "task_groups[0].disconnect.stop_after: must be a number of seconds"),
-    ("-1s", "task_groups[0].disconnect.stop_after: must be a number of seconds"),
-    (True, "task_groups[0].disconnect.stop_after: must be a number of seconds"),
-    (0, "task_groups[0].disconnect.stop_after: must be more than 0"),
-    ("9000h", "task_groups[0].disconnect.stop_after: must be more than 0"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ("soon", "task_groups[0].disconnect.stop_after: must be a number of seconds"),
+        ("10", "task_groups[0].disconnect.stop_after: must be a number of seconds"),
+        ("-1s", "task_groups[0].disconnect.stop_after: must be a number of seconds"),
+        (True, "task_groups[0].disconnect.stop_after: must be a number of seconds"),
+        (0, "task_groups[0].disconnect.stop_after: must be more than 0"),
+        ("9000h", "task_groups[0].disconnect.stop_after: must be more than 0"),
+    ],
+)
 def test_bad_disconnect_stop_after_names_the_field(raw, message):
     with pytest.raises(ValidationError) as err:
         parse_job(body(task_groups__0__disconnect={"stop_after": raw}))

@@ -1,4 +1,5 @@
 """Freed heap pages go back to the OS (glibc's malloc_trim)."""
+
 import platform
 
 import pytest
@@ -21,7 +22,7 @@ def rss_kb() -> int:
 def test_freed_heap_pages_are_returned():
     # Blocks under glibc's mmap threshold live on the heap; one kept block
     # above them pins the heap's top, so only a trim can give them back.
-    blocks = [bytearray(100_000) for _ in range(400)]     # ~40 MB, touched
+    blocks = [bytearray(100_000) for _ in range(400)]  # ~40 MB, touched
     pin = bytearray(100_000)
     del blocks
     before = rss_kb()
@@ -46,9 +47,9 @@ def test_without_malloc_trim_it_answers_false_and_looks_once(monkeypatch):
 
     def no_trim(name):
         looked_up.append(name)
-        return object()                  # a library without malloc_trim
+        return object()  # a library without malloc_trim
 
     monkeypatch.setattr(memory, "_trim", None)
     monkeypatch.setattr(memory.ctypes, "CDLL", no_trim)
     assert [release_free_memory() for _ in range(3)] == [False, False, False]
-    assert looked_up == [None]           # the process's own symbols, once
+    assert looked_up == [None]  # the process's own symbols, once

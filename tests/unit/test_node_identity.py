@@ -1,9 +1,11 @@
 """A node speaks only for itself (issue #10): heartbeat reports about other
 nodes' allocations, allocations stopped behind the server's back, and who may
 register a node id; on an in-process Server whose pushes are recorded."""
+
 import copy
 
 import pytest
+from test_api_errors import call
 
 from orch.config import ServerConfig
 from orch.server.api import make_app
@@ -12,15 +14,16 @@ from orch.server.sync import UNASKED_STOP
 from orch.server.worker import SchedulerWorker
 from orch.structs import AllocStatus, TriggeredBy
 
-from test_api_errors import call
-
 SECRET_A = "a" * 64
 
 
 def node(node_id, endpoint, secret=None):
-    body = {"node_id": node_id, "resources": {"cpu": 4000, "memory": 4000},
-            "endpoint": endpoint,
-            "attributes": {"driver.exec": True, "driver.docker": False}}
+    body = {
+        "node_id": node_id,
+        "resources": {"cpu": 4000, "memory": 4000},
+        "endpoint": endpoint,
+        "attributes": {"driver.exec": True, "driver.docker": False},
+    }
     if secret is not None:
         body["secret_id"] = secret
     return body
@@ -46,9 +49,13 @@ def server(tmp_path):
 
 
 def place_service(server):
-    body = {"job_id": "web", "type": "service", "task_groups": [{
-        "name": "g", "count": 1,
-        "tasks": [{"name": "t", "config": {"command": "sleep 60"}}]}]}
+    body = {
+        "job_id": "web",
+        "type": "service",
+        "task_groups": [
+            {"name": "g", "count": 1, "tasks": [{"name": "t", "config": {"command": "sleep 60"}}]}
+        ],
+    }
     _, ev = server.submit_job(copy.deepcopy(body))
     SchedulerWorker(server.broker, server.store, server.planner, 0, seed=1).process([ev])
     (alloc,) = server.store.allocs_for_job("web")
@@ -73,8 +80,7 @@ def test_a_report_about_another_nodes_allocation_is_ignored(server):
 def test_an_unknown_allocation_is_stopped_on_the_reporting_node_only(server):
     server.register(node("node-b", "http://127.0.0.1:9002"))
     server.heartbeat(beat("node-b", {"purged-1": report("complete")}))
-    assert [(a.allocation_id, a.node_id) for a in server.pushed["stop"]] == \
-        [("purged-1", "node-b")]
+    assert [(a.allocation_id, a.node_id) for a in server.pushed["stop"]] == [("purged-1", "node-b")]
     # Its `stopped` report after the DELETE is not answered with another one.
     server.heartbeat(beat("node-b", {"purged-1": report("stopped")}))
     assert len(server.pushed["stop"]) == 1
@@ -87,8 +93,9 @@ def test_a_wanted_allocation_stopped_behind_the_servers_back_is_replaced(server)
     stored = server.store.get_alloc(alloc.allocation_id)
     assert stored.client_status == AllocStatus.FAILED
     assert stored.description == UNASKED_STOP
-    evals = [e for e in server.store.evals_for_job("web")
-             if e.triggered_by == TriggeredBy.ALLOC_FAILURE]
+    evals = [
+        e for e in server.store.evals_for_job("web") if e.triggered_by == TriggeredBy.ALLOC_FAILURE
+    ]
     assert len(evals) == 1
     # Repeating the report (until the agent hears the ack) changes nothing more.
     server.heartbeat(beat("node-a", {alloc.allocation_id: report("stopped")}, SECRET_A))
@@ -101,8 +108,9 @@ def test_a_node_with_a_secret_is_taken_only_with_it(server):
     moved = node("node-a", "http://127.0.0.1:9009", SECRET_A)
     assert call(app, "POST", "/register", moved)[0] == 200
     for secret in ("b" * 64, None):
-        status, body = call(app, "POST", "/register",
-                            node("node-a", "http://127.0.0.1:9666", secret))
+        status, body = call(
+            app, "POST", "/register", node("node-a", "http://127.0.0.1:9666", secret)
+        )
         assert status == 403 and "secret_id" in body["error"]
     assert server.store.get_node("node-a").endpoint == "http://127.0.0.1:9009"
     status, body = call(app, "POST", "/heartbeat", beat("node-a"))
@@ -121,7 +129,7 @@ def test_a_node_without_a_secret_is_not_taken_from_elsewhere_while_healthy(serve
     app = make_app(server)
     hand = node("hand", "http://127.0.0.1:9100")
     assert call(app, "POST", "/register", hand)[0] == 200
-    assert call(app, "POST", "/register", hand)[0] == 200      # same endpoint: fine
+    assert call(app, "POST", "/register", hand)[0] == 200  # same endpoint: fine
     status, body = call(app, "POST", "/register", node("hand", "http://127.0.0.1:9200"))
     assert status == 403 and "another endpoint" in body["error"]
     assert server.store.get_node("hand").endpoint == "http://127.0.0.1:9100"
@@ -133,6 +141,5 @@ def test_a_node_without_a_secret_is_not_taken_from_elsewhere_while_healthy(serve
 def test_a_bad_secret_id_is_a_field_error(server):
     app = make_app(server)
     for bad in (5, "", "x" * 300, ["x"]):
-        status, body = call(app, "POST", "/register",
-                            node("other", "http://127.0.0.1:9300", bad))
+        status, body = call(app, "POST", "/register", node("other", "http://127.0.0.1:9300", bad))
         assert status == 400 and body["error"].startswith("secret_id:"), body

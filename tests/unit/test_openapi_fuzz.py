@@ -2,6 +2,7 @@
 
 Bounded (a few examples per operation) so it stays a test, not a soak.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,7 @@ def agent_schema(agent_app):
     return schemathesis.openapi.from_wsgi("/openapi.json", agent_app)
 
 
-FUZZ = settings(max_examples=15, deadline=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @lazy_server.parametrize()

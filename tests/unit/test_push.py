@@ -1,21 +1,37 @@
 """The per-node pusher against real little agents on loopback."""
+
 import threading
 import time
 
 import pytest
+from tiny_http import Mute, Recorder, closed_port_url, wait_for
 
 from orch.server.push import Pusher
 from orch.structs import Allocation, Job, Resources, Task, TaskGroup
-from tiny_http import Mute, Recorder, closed_port_url, wait_for
 
-JOB = Job(job_id="web", task_groups=(TaskGroup(name="g", count=1, tasks=(
-    Task(name="t", driver="exec", config={"command": "true"},
-         resources=Resources(cpu=100, memory=64)),)),))
+JOB = Job(
+    job_id="web",
+    task_groups=(
+        TaskGroup(
+            name="g",
+            count=1,
+            tasks=(
+                Task(
+                    name="t",
+                    driver="exec",
+                    config={"command": "true"},
+                    resources=Resources(cpu=100, memory=64),
+                ),
+            ),
+        ),
+    ),
+)
 
 
 def alloc(n: int, node: str) -> Allocation:
-    return Allocation(allocation_id=f"alloc-{n:04d}", job_id="web", task_group="g",
-                      node_id=node, index=n)
+    return Allocation(
+        allocation_id=f"alloc-{n:04d}", job_id="web", task_group="g", node_id=node, index=n
+    )
 
 
 class Harness:
@@ -23,10 +39,12 @@ class Harness:
         self.endpoints: dict[str, str] = {}
         self.failed: list = []
         self.suspects: list = []
-        self.pusher = Pusher(endpoint_of=self.endpoints.get,
-                             on_failed=lambda a, f: self.failed.append((a, f)),
-                             on_suspect=lambda n, s: self.suspects.append((n, s)),
-                             **kwargs)
+        self.pusher = Pusher(
+            endpoint_of=self.endpoints.get,
+            on_failed=lambda a, f: self.failed.append((a, f)),
+            on_suspect=lambda n, s: self.suspects.append((n, s)),
+            **kwargs,
+        )
 
 
 @pytest.fixture
@@ -59,6 +77,7 @@ def test_a_stop_follows_a_place_in_flight(closing):
         if method == "POST":
             time.sleep(0.3)
         return 200, {"message": "ok"}
+
     agent = Recorder(slow)
     closing(agent)
     h = Harness(workers=4)
@@ -66,7 +85,7 @@ def test_a_stop_follows_a_place_in_flight(closing):
     h.endpoints["n"] = agent.url
     a = alloc(1, "n")
     h.pusher.place([a], JOB)
-    assert wait_for(lambda: agent.calls, timeout=2.0)     # the place is in flight
+    assert wait_for(lambda: agent.calls, timeout=2.0)  # the place is in flight
     h.pusher.stop([a])
     assert wait_for(lambda: len(agent.calls) == 2, timeout=3.0)
     assert [c[0] for c in agent.calls] == ["POST", "DELETE"]
@@ -79,6 +98,7 @@ def test_a_stop_replaces_a_waiting_place_and_a_later_place_is_ignored(closing):
     def gated(method, path, body):
         gate.wait(5)
         return 200, {"message": "ok"}
+
     agent = Recorder(gated)
     closing(agent)
     h = Harness(workers=1)
@@ -87,14 +107,16 @@ def test_a_stop_replaces_a_waiting_place_and_a_later_place_is_ignored(closing):
     first, second = alloc(1, "n"), alloc(2, "n")
     h.pusher.place([first, second], JOB)
     assert wait_for(lambda: agent.calls, timeout=2.0)
-    h.pusher.stop([second])             # still waiting behind the first
-    h.pusher.place([second], JOB)       # a stop is final
+    h.pusher.stop([second])  # still waiting behind the first
+    h.pusher.place([second], JOB)  # a stop is final
     assert h.pusher.busy(second.allocation_id)
     gate.set()
     assert wait_for(lambda: len(agent.calls) == 2, timeout=3.0)
     time.sleep(0.2)
     assert [(c[0], c[1]) for c in agent.calls] == [
-        ("POST", "/allocations"), ("DELETE", f"/allocations/{second.allocation_id}")]
+        ("POST", "/allocations"),
+        ("DELETE", f"/allocations/{second.allocation_id}"),
+    ]
     assert wait_for(lambda: not h.pusher.busy(second.allocation_id), timeout=2.0)
 
 
@@ -136,7 +158,7 @@ def test_a_suspect_node_is_cleared_by_a_push_or_a_quiet_heartbeat(closing):
     h.endpoints["n"] = closed_port_url()
     h.pusher.place([alloc(1, "n")], JOB)
     assert wait_for(lambda: h.pusher.suspect("n"), timeout=3.0)
-    h.pusher.heartbeat_ok("n")          # within the hold: still suspect
+    h.pusher.heartbeat_ok("n")  # within the hold: still suspect
     assert h.pusher.suspect("n")
     h.endpoints["n"] = agent.url
     h.pusher.place([alloc(2, "n")], JOB)
@@ -147,12 +169,12 @@ def test_a_suspect_node_is_cleared_by_a_push_or_a_quiet_heartbeat(closing):
     h.pusher.place([alloc(3, "n")], JOB)
     assert wait_for(lambda: h.pusher.suspect("n"), timeout=3.0)
     time.sleep(0.25)
-    assert wait_for(lambda: (h.pusher.heartbeat_ok("n"), not h.pusher.suspect("n"))[1],
-                    timeout=4.0)
+    assert wait_for(lambda: (h.pusher.heartbeat_ok("n"), not h.pusher.suspect("n"))[1], timeout=4.0)
 
 
 def test_idle_node_workers_retire(closing, monkeypatch):
     import orch.server.push as push
+
     monkeypatch.setattr(push, "IDLE_S", 0.1)
     agent = Recorder()
     closing(agent)
@@ -186,7 +208,7 @@ def test_a_refusal_after_the_agent_went_away_mid_call_is_not_certain(closing):
     h.endpoints["n"] = agent.url
     h.pusher.place([alloc(1, "n")], JOB)
     assert wait_for(lambda: len(agent.calls) == 1, timeout=3.0)
-    agent.close()           # the worker still keeps its connection to it
+    agent.close()  # the worker still keeps its connection to it
     h.pusher.place([alloc(2, "n")], JOB)
     assert wait_for(lambda: h.failed, timeout=3.0)
     failure = h.failed[0][1]

@@ -1,4 +1,5 @@
 """Ranking, through the stack that applies it (it inlines the bin-pack score)."""
+
 import random
 
 import pytest
@@ -17,8 +18,7 @@ def pick(nodes, demand, used=None):
     for node_id, total in nodes.items():
         cluster.upsert_node(Node(node_id, resources=total))
     for node_id, res in (used or {}).items():
-        cluster.reserve(Allocation(f"held-{node_id}", "other", "g", node_id, 0,
-                                   resources=res))
+        cluster.reserve(Allocation(f"held-{node_id}", "other", "g", node_id, 0, resources=res))
     stack = Stack(cluster, Job("j", (GROUP,)), rng=random.Random(0))
     node_id, failures = stack.select(GROUP, demand)
     assert failures == {}

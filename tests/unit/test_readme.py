@@ -1,4 +1,5 @@
 """The README's Python runs as written, and it links nothing outside the repo."""
+
 import re
 from pathlib import Path
 
@@ -11,11 +12,15 @@ def python_blocks() -> list[str]:
 
 
 def test_the_readmes_python_imports_run():
-    imports = [line for block in python_blocks() for line in block.splitlines()
-               if re.match(r"(from \S+ import |import )", line)]
+    imports = [
+        line
+        for block in python_blocks()
+        for line in block.splitlines()
+        if re.match(r"(from \S+ import |import )", line)
+    ]
     assert any("orch.client" in line for line in imports)
     for line in imports:
-        exec(compile(line, "README.md", "exec"), {})      # ImportError fails the test
+        exec(compile(line, "README.md", "exec"), {})  # ImportError fails the test
 
 
 def test_the_readme_links_nothing_outside_the_repo():

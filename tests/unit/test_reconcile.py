@@ -1,7 +1,16 @@
 from orch.server.scheduler.reconcile import reconcile, reschedule_delay
 from orch.structs import (
-    Allocation, AllocStatus as A, DesiredStatus as D, Job, JobType, Task,
+    Allocation,
+    Job,
+    JobType,
+    Task,
     TaskGroup,
+)
+from orch.structs import (
+    AllocStatus as A,
+)
+from orch.structs import (
+    DesiredStatus as D,
 )
 
 WEB = TaskGroup("web", 3, (Task("t", "exec", {"command": "run"}),))
@@ -12,13 +21,30 @@ def job(*groups, type=JobType.BATCH, stopped=False):
     return Job("j", groups or (WEB,), type=type, stopped=stopped)
 
 
-def alloc(index, status=A.RUNNING, group=WEB, desired=D.RUN, created=1.0,
-          modified=None, reschedules=0, node="n1", spec_hash=None):
-    return Allocation(f"{group.name}{index}@{created}", "j", group.name, node, index,
-                      desired_status=desired, client_status=status,
-                      create_time=created, modify_time=modified or created,
-                      group_hash=spec_hash or group.spec_hash(),
-                      reschedule_count=reschedules)
+def alloc(
+    index,
+    status=A.RUNNING,
+    group=WEB,
+    desired=D.RUN,
+    created=1.0,
+    modified=None,
+    reschedules=0,
+    node="n1",
+    spec_hash=None,
+):
+    return Allocation(
+        f"{group.name}{index}@{created}",
+        "j",
+        group.name,
+        node,
+        index,
+        desired_status=desired,
+        client_status=status,
+        create_time=created,
+        modify_time=modified or created,
+        group_hash=spec_hash or group.spec_hash(),
+        reschedule_count=reschedules,
+    )
 
 
 def ids(allocs):
@@ -116,8 +142,11 @@ def test_service_failed_is_rescheduled_after_delay():
 
 
 def test_followup_is_the_earliest_delay():
-    allocs = [alloc(0, A.FAILED, modified=100.0, reschedules=3),
-              alloc(1, A.FAILED, modified=100.0, reschedules=0), alloc(2)]
+    allocs = [
+        alloc(0, A.FAILED, modified=100.0, reschedules=3),
+        alloc(1, A.FAILED, modified=100.0, reschedules=0),
+        alloc(2),
+    ]
     result = reconcile(job(type=JobType.SERVICE), allocs, now=100.5)
     assert result.followup_at == 101.0
 

@@ -1,4 +1,5 @@
 """The scheduler's read-side indexes: rooms, shared class members, memo, rings."""
+
 import random
 from collections import Counter
 
@@ -6,20 +7,26 @@ from orch.server.scheduler.cluster import Cluster
 from orch.server.scheduler.feasible import feasible_parts, feasible_rooms
 from orch.server.scheduler.stack import Ring, Stack
 from orch.structs import (
-    Allocation, Constraint, Job, Node, Resources, Task, TaskGroup,
+    Allocation,
+    Constraint,
+    Job,
+    Node,
+    Resources,
+    Task,
+    TaskGroup,
 )
 
 GROUP = TaskGroup("g", 10, (Task("t", "exec", {"command": "x"}),))
 
 
 def node(node_id, region="eu", cpu=1000, memory=1000):
-    return Node(node_id, region=region, resources=Resources(cpu, memory),
-                attributes={"driver.exec": True})
+    return Node(
+        node_id, region=region, resources=Resources(cpu, memory), attributes={"driver.exec": True}
+    )
 
 
 def alloc(alloc_id, node_id, job_id="j", cpu=100, memory=100):
-    return Allocation(alloc_id, job_id, "g", node_id, 0,
-                      resources=Resources(cpu, memory))
+    return Allocation(alloc_id, job_id, "g", node_id, 0, resources=Resources(cpu, memory))
 
 
 def test_rooms_follow_capacity_usage_and_health():
@@ -29,6 +36,7 @@ def test_rooms_follow_capacity_usage_and_health():
 
     def seen():
         return (room.cpu, room.memory, room.cpu_used, room.memory_used, room.healthy)
+
     assert seen() == (1000, 1000, 0, 0, True)
     cluster.reserve_many([alloc("a1", "n1"), alloc("a1", "n1"), alloc("a2", "n1")])
     assert seen() == (1000, 1000, 200, 200, True)
@@ -150,7 +158,7 @@ def test_class_room_is_cached_until_the_class_changes():
     spare = cluster.room("free0").node_class
     assert cluster.class_room(spare) == (1000, 1000, 2)
     cluster.reserve(alloc("a", "free0", memory=700))
-    assert cluster.class_room(spare) == (1000, 1000, 2)    # free1 is untouched
+    assert cluster.class_room(spare) == (1000, 1000, 2)  # free1 is untouched
     cluster.reserve(alloc("b", "free1", cpu=300, memory=400))
     assert cluster.class_room(spare) == (900, 600, 2)
     cluster.set_healthy("free1", False)
@@ -172,8 +180,7 @@ def test_stops_in_the_plan_keep_their_class_in_a_crowded_cluster():
     running = alloc("x7", "full7", job_id="j", cpu=0, memory=100)
     cluster.release(alloc("x7", "full7"))
     cluster.reserve(running)
-    stack = Stack(cluster, Job("j", (GROUP,)), rng=random.Random(4),
-                  releasing=[running])
+    stack = Stack(cluster, Job("j", (GROUP,)), rng=random.Random(4), releasing=[running])
     picked = Counter(stack.select(GROUP, Resources(0, 100))[0] for _ in range(11))
     assert picked == {"free0": 10, "full7": 1}
 
@@ -182,7 +189,7 @@ def fit_score(total_cpu, total_memory, free_cpu, free_memory):
     """Nomad's ScoreFitBinPack, 0..1, written out plainly as the oracle."""
     cpu = min(1.0, max(0.0, free_cpu / total_cpu)) if total_cpu > 0 else 0.0
     memory = min(1.0, max(0.0, free_memory / total_memory)) if total_memory > 0 else 0.0
-    return min(18.0, max(0.0, 20.0 - (10.0 ** cpu + 10.0 ** memory))) / 18.0
+    return min(18.0, max(0.0, 20.0 - (10.0**cpu + 10.0**memory))) / 18.0
 
 
 def test_the_stack_ranks_as_the_binpack_score_does():
@@ -203,4 +210,5 @@ def test_the_stack_ranks_as_the_binpack_score_does():
         def score(node_id):
             n = cluster.node(node_id).resources
             return fit_score(n.cpu, n.memory, n.cpu - 300, n.memory - 300)
+
         assert chosen == max(first_two, key=score)

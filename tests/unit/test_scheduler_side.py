@@ -4,6 +4,7 @@ Each is built as the Server builds it, from a real StateStore on tmp_path, the
 real EvalBroker, a ServerPlanner and a Dispatch, never from a Server. Only the
 calls to agents are recorded instead of sent (there are no agents here).
 """
+
 from __future__ import annotations
 
 import time
@@ -18,8 +19,16 @@ from orch.server.state import StateStore
 from orch.server.sync import AllocSync
 from orch.server.worker import SchedulerWorker
 from orch.structs import (
-    AllocStatus, EvalStatus, Job, JobType, Node, Resources, Task,
-    TaskGroup, TriggeredBy, replace,
+    AllocStatus,
+    EvalStatus,
+    Job,
+    JobType,
+    Node,
+    Resources,
+    Task,
+    TaskGroup,
+    TriggeredBy,
+    replace,
 )
 
 from waiting import wait_for
@@ -51,20 +60,29 @@ def side(tmp_path):
     dispatch = Dispatch(calls)
     planner = ServerPlanner(store, broker, dispatch)
     for i in range(2):
-        store.upsert_node(Node(node_id=f"n{i}", resources=Resources(1000, 1000),
-                               endpoint="http://127.0.0.1:9",
-                               attributes={"driver.exec": True}))
-    yield SimpleNamespace(store=store, broker=broker, calls=calls, planner=planner,
-                          worker=SchedulerWorker(broker, store, planner, 0, seed=1),
-                          sync=AllocSync(store, planner, dispatch))
+        store.upsert_node(
+            Node(
+                node_id=f"n{i}",
+                resources=Resources(1000, 1000),
+                endpoint="http://127.0.0.1:9",
+                attributes={"driver.exec": True},
+            )
+        )
+    yield SimpleNamespace(
+        store=store,
+        broker=broker,
+        calls=calls,
+        planner=planner,
+        worker=SchedulerWorker(broker, store, planner, 0, seed=1),
+        sync=AllocSync(store, planner, dispatch),
+    )
     broker.close()
     store.close()
 
 
 def job(job_id="web", count=2, memory=100, job_type=JobType.SERVICE):
     task = Task("t", "exec", {"command": "sleep 60"}, Resources(100, memory))
-    return Job(job_id=job_id, type=job_type,
-               task_groups=(TaskGroup("g", count, (task,)),))
+    return Job(job_id=job_id, type=job_type, task_groups=(TaskGroup("g", count, (task,)),))
 
 
 def submit(side, spec):
@@ -102,8 +120,7 @@ def test_stops_are_dispatched_and_release_blocked_evaluations(side):
     assert blocked.status == EvalStatus.BLOCKED
     ev = submit(side, job(count=1, memory=600))
     assert ev.status == EvalStatus.COMPLETE
-    [stopped] = [a for a in side.store.allocs_for_job("web")
-                 if a.desired_status.value == "stop"]
+    [stopped] = [a for a in side.store.allocs_for_job("web") if a.desired_status.value == "stop"]
     assert side.calls.stopped == [stopped.allocation_id]
     stats = side.broker.stats()
     assert (stats["blocked"], stats["ready"]) == (0, 1)
@@ -122,7 +139,7 @@ def test_a_worker_keeps_evaluations_the_store_cannot_commit(side):
     spec = job(count=1)
     ev = new_eval(spec.job_id, TriggeredBy.JOB_REGISTER, time.time())
     side.store.put_job(spec, ev)
-    side.store._db.close()           # every write now fails, as on a full disk
+    side.store._db.close()  # every write now fails, as on a full disk
     side.worker.start()
     try:
         side.broker.enqueue(ev)
@@ -137,8 +154,9 @@ def test_a_worker_keeps_evaluations_the_store_cannot_commit(side):
 def placed_long_ago(side, spec, count=1):
     """Allocations committed as if placed a minute ago (past the re-push grace)."""
     submit(side, spec)
-    allocs = [replace(a, create_time=time.time() - 60)
-              for a in side.store.allocs_for_job(spec.job_id)][:count]
+    allocs = [
+        replace(a, create_time=time.time() - 60) for a in side.store.allocs_for_job(spec.job_id)
+    ][:count]
     side.store.update_allocs(allocs)
     side.calls.placed.clear()
     return allocs
@@ -146,9 +164,13 @@ def placed_long_ago(side, spec, count=1):
 
 def test_sync_records_reports_and_stops_what_the_server_does_not_want(side):
     [alloc] = placed_long_ago(side, job(count=1))
-    side.sync.apply(alloc.node_id, {
-        alloc.allocation_id: {"status": "running", "tasks": {}},
-        "not-ours": {"status": "running", "job_id": "web"}})
+    side.sync.apply(
+        alloc.node_id,
+        {
+            alloc.allocation_id: {"status": "running", "tasks": {}},
+            "not-ours": {"status": "running", "job_id": "web"},
+        },
+    )
     assert side.store.get_alloc(alloc.allocation_id).client_status == AllocStatus.RUNNING
     assert side.calls.stopped == ["not-ours"]
     assert side.calls.placed == []
@@ -167,7 +189,7 @@ def test_placements_unknown_to_their_node_are_pushed_again(side):
     [alloc] = placed_long_ago(side, job(count=1))
     side.calls.in_flight.add(alloc.allocation_id)
     side.sync.apply(alloc.node_id, {})
-    assert side.calls.placed == []           # a push is already under way
+    assert side.calls.placed == []  # a push is already under way
     side.calls.in_flight.clear()
     side.sync.apply(alloc.node_id, {})
     assert side.calls.placed == [alloc.allocation_id]
@@ -176,12 +198,24 @@ def test_placements_unknown_to_their_node_are_pushed_again(side):
 def test_dry_run_reads_the_state_and_writes_nothing(side):
     submit(side, job(count=2))
     before = (side.store.counts(), side.broker.stats(), list(side.calls.placed))
-    body = {"job_id": "web", "type": "service", "task_groups": [{
-        "name": "g", "count": 3, "tasks": [{
-            "name": "t", "config": {"command": "sleep 60"},
-            "resources": {"cpu": 100, "memory": 100}}]}]}
+    body = {
+        "job_id": "web",
+        "type": "service",
+        "task_groups": [
+            {
+                "name": "g",
+                "count": 3,
+                "tasks": [
+                    {
+                        "name": "t",
+                        "config": {"command": "sleep 60"},
+                        "resources": {"cpu": 100, "memory": 100},
+                    }
+                ],
+            }
+        ],
+    }
     out = dry_run(side.store, body, max_count=10)
     assert (out["exists"], out["version"], out["current_version"]) == (True, 1, 0)
-    assert out["diff"]["g"] == {"place": 1, "stop": 0, "keep": 2, "replace": 0,
-                                "scale": "+1"}
+    assert out["diff"]["g"] == {"place": 1, "stop": 0, "keep": 2, "replace": 0, "scale": "+1"}
     assert (side.store.counts(), side.broker.stats(), side.calls.placed) == before

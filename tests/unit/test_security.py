@@ -1,4 +1,5 @@
 """Binding beyond loopback needs a token or an explicit --insecure."""
+
 import logging
 
 import pytest

@@ -1,4 +1,5 @@
 """The state store: durable writes, reopen, capacity index kept in sync."""
+
 import sqlite3
 
 import pytest
@@ -6,14 +7,29 @@ import pytest
 from orch.errors import Conflict, NotFound, StorageError
 from orch.server.state import StateStore
 from orch.structs import (
-    Allocation, AllocStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node,
-    Plan, Resources, Task, TaskGroup, TriggeredBy, replace,
+    Allocation,
+    AllocStatus,
+    DesiredStatus,
+    EvalStatus,
+    Evaluation,
+    Job,
+    Node,
+    Plan,
+    Resources,
+    Task,
+    TaskGroup,
+    TriggeredBy,
+    replace,
 )
 
 
 def node(node_id="n1", cpu=1000, memory=1024):
-    return Node(node_id=node_id, resources=Resources(cpu, memory),
-                endpoint="http://127.0.0.1:1", attributes={"driver.exec": True})
+    return Node(
+        node_id=node_id,
+        resources=Resources(cpu, memory),
+        endpoint="http://127.0.0.1:1",
+        attributes={"driver.exec": True},
+    )
 
 
 def job(job_id="j1", count=1):
@@ -22,14 +38,19 @@ def job(job_id="j1", count=1):
 
 
 def evaluation(job_id="j1", eval_id="e1"):
-    return Evaluation(eval_id=eval_id, job_id=job_id,
-                      triggered_by=TriggeredBy.JOB_REGISTER)
+    return Evaluation(eval_id=eval_id, job_id=job_id, triggered_by=TriggeredBy.JOB_REGISTER)
 
 
 def alloc(alloc_id="a1", node_id="n1", job_id="j1", index=0):
-    return Allocation(allocation_id=alloc_id, job_id=job_id, task_group="g",
-                      node_id=node_id, index=index, resources=Resources(100, 64),
-                      create_time=1.0)
+    return Allocation(
+        allocation_id=alloc_id,
+        job_id=job_id,
+        task_group="g",
+        node_id=node_id,
+        index=index,
+        resources=Resources(100, 64),
+        create_time=1.0,
+    )
 
 
 def test_everything_survives_reopen(tmp_path):
@@ -38,7 +59,8 @@ def test_everything_survives_reopen(tmp_path):
     store.put_job(job(), evaluation())
     placed, stopped, rejected = store.commit_plan(
         Plan(eval_id="e1", job_id="j1", place=[alloc()]),
-        [replace(evaluation(), status=EvalStatus.COMPLETE, placed=1)])
+        [replace(evaluation(), status=EvalStatus.COMPLETE, placed=1)],
+    )
     assert (len(placed), stopped, rejected) == (1, [], 0)
     store.close()
 
@@ -55,8 +77,7 @@ def test_plan_is_checked_against_live_capacity(tmp_path):
     store = StateStore(str(tmp_path))
     store.upsert_node(node(cpu=150))
     store.put_job(job(count=2), evaluation())
-    plan = Plan(eval_id="e1", job_id="j1",
-                place=[alloc("a1"), alloc("a2", index=1)])
+    plan = Plan(eval_id="e1", job_id="j1", place=[alloc("a1"), alloc("a2", index=1)])
     placed, _, rejected = store.commit_plan(plan, [evaluation()])
     assert [a.allocation_id for a in placed] == ["a1"]
     assert rejected == 1
@@ -67,7 +88,8 @@ def test_stopped_job_gets_no_placements(tmp_path):
     store.upsert_node(node())
     store.put_job(replace(job(), stopped=True), evaluation())
     placed, _, _ = store.commit_plan(
-        Plan(eval_id="e1", job_id="j1", place=[alloc()]), [evaluation()])
+        Plan(eval_id="e1", job_id="j1", place=[alloc()]), [evaluation()]
+    )
     assert placed == []
 
 
@@ -75,8 +97,9 @@ def test_node_down_loses_unfinished_allocations_and_frees_capacity(tmp_path):
     store = StateStore(str(tmp_path))
     store.upsert_node(node())
     store.put_job(job(count=2), evaluation())
-    store.commit_plan(Plan(eval_id="e1", job_id="j1",
-                           place=[alloc("a1"), alloc("a2", index=1)]), [evaluation()])
+    store.commit_plan(
+        Plan(eval_id="e1", job_id="j1", place=[alloc("a1"), alloc("a2", index=1)]), [evaluation()]
+    )
     done = replace(store.get_alloc("a2"), client_status=AllocStatus.COMPLETE)
     store.update_allocs([done])
     lost = store.mark_node_down("n1", "gone")
@@ -101,14 +124,13 @@ def test_stop_and_delete_job(tmp_path):
         store.require_job("j1")
     store.close()
     again = StateStore(str(tmp_path))
-    assert again.counts() == {"nodes": 1, "jobs": 0, "allocations": 0,
-                              "evaluations": 0}
+    assert again.counts() == {"nodes": 1, "jobs": 0, "allocations": 0, "evaluations": 0}
 
 
 def test_failed_write_changes_nothing_in_memory(tmp_path):
     store = StateStore(str(tmp_path))
     store.upsert_node(node())
-    store._db.execute("DROP TABLE jobs")       # every later job write fails
+    store._db.execute("DROP TABLE jobs")  # every later job write fails
     with pytest.raises(StorageError):
         store.put_job(job(), evaluation())
     assert store.get_job("j1") is None
@@ -133,14 +155,20 @@ def test_write_is_on_disk_before_return(tmp_path):
 
 # ---- atomic check-and-write job methods ---------------------------------------
 
+
 def maker(job_id="j1"):
     """A make_eval callback numbering its evaluations and keeping the triggers."""
     made = []
 
     def make(trigger):
         made.append(trigger)
-        return Evaluation(eval_id=f"e{len(made)}", job_id=job_id,
-                          triggered_by=trigger, create_time=float(len(made)))
+        return Evaluation(
+            eval_id=f"e{len(made)}",
+            job_id=job_id,
+            triggered_by=trigger,
+            create_time=float(len(made)),
+        )
+
     make.made = made
     return make
 
@@ -165,7 +193,7 @@ def test_unchanged_resubmit_writes_nothing_and_returns_the_latest_evaluation(tmp
     store.submit_job(job(count=2), make)
     _, latest, _ = store.submit_job(job(count=3), make)
     store.close()
-    store = StateStore(str(tmp_path))      # the spec compared survives a reload
+    store = StateStore(str(tmp_path))  # the spec compared survives a reload
     same, ev, changed = store.submit_job(job(count=3), make, on_commit=seen.append)
     assert (same.version, ev, changed, seen) == (1, latest, False, [])
     assert len(make.made) == 2 and store.counts()["evaluations"] == 2
@@ -202,7 +230,8 @@ def test_purge_refuses_an_unknown_job_and_nothing_of_it_comes_back(tmp_path):
     # A worker that planned before the purge commits after it: nothing is kept.
     placed, stopped, _ = store.commit_plan(
         Plan(eval_id="e1", job_id="j1", place=[alloc()]),
-        [replace(evaluation(), status=EvalStatus.COMPLETE)])
+        [replace(evaluation(), status=EvalStatus.COMPLETE)],
+    )
     assert (placed, stopped) == ([], [])
     assert store.put_evals([replace(evaluation(), status=EvalStatus.CANCELED)]) == []
     assert store.counts() == {"nodes": 1, "jobs": 0, "allocations": 0, "evaluations": 0}
@@ -229,11 +258,14 @@ def test_unreadable_rows_are_quarantined_and_the_rest_loads(tmp_path, caplog):
     store.close()
     db = sqlite3.connect(tmp_path / "state.db")
     # What the old codec wrote for a NaN end time, and a body missing a field.
-    db.execute("UPDATE nodes SET body = ? WHERE node_id = 'n2'",
-               ('{"node_id":"n2","last_heartbeat":nan}',))
+    db.execute(
+        "UPDATE nodes SET body = ? WHERE node_id = 'n2'", ('{"node_id":"n2","last_heartbeat":nan}',)
+    )
     db.execute("INSERT INTO jobs (job_id, body) VALUES ('j2', '{\"job_id\":\"j2\"}')")
-    db.execute("INSERT INTO evaluations (eval_id, job_id, status, body) "
-               "VALUES ('e2', 'j1', 'pending', '{\"x\": NaN}')")
+    db.execute(
+        "INSERT INTO evaluations (eval_id, job_id, status, body) "
+        "VALUES ('e2', 'j1', 'pending', '{\"x\": NaN}')"
+    )
     db.commit()
     db.close()
     with caplog.at_level("ERROR", logger="orch.server.quarantine"):
@@ -242,13 +274,15 @@ def test_unreadable_rows_are_quarantined_and_the_rest_loads(tmp_path, caplog):
     assert [j.job_id for j in store.list_jobs()] == ["j1"]
     assert store.get_eval("e1") is not None and store.get_eval("e2") is None
     # One line per bad row (a handler left by another test may repeat records).
-    assert len({r.getMessage() for r in caplog.records
-                if r.name == "orch.server.quarantine"}) == 3
+    assert len({r.getMessage() for r in caplog.records if r.name == "orch.server.quarantine"}) == 3
     store.close()
     db = sqlite3.connect(tmp_path / "state.db")
     kept = db.execute("SELECT tbl, row_key, body FROM quarantine ORDER BY tbl").fetchall()
-    assert kept == [("evaluations", "e2", '{"x": NaN}'), ("jobs", "j2", '{"job_id":"j2"}'),
-                    ("nodes", "n2", '{"node_id":"n2","last_heartbeat":nan}')]
+    assert kept == [
+        ("evaluations", "e2", '{"x": NaN}'),
+        ("jobs", "j2", '{"job_id":"j2"}'),
+        ("nodes", "n2", '{"node_id":"n2","last_heartbeat":nan}'),
+    ]
     assert db.execute("SELECT count(*) FROM nodes").fetchone() == (1,)
     db.close()
     assert [n.node_id for n in StateStore(str(tmp_path)).list_nodes()] == ["n1"]

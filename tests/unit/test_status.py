@@ -1,7 +1,14 @@
 from orch.server.status import job_status
 from orch.structs import (
-    Allocation, AllocStatus as A, DesiredStatus, Job, JobStatus, Task,
+    Allocation,
+    DesiredStatus,
+    Job,
+    JobStatus,
+    Task,
     TaskGroup,
+)
+from orch.structs import (
+    AllocStatus as A,
 )
 
 
@@ -11,9 +18,16 @@ def job(count=2, stopped=False):
 
 
 def alloc(index, status, created=1.0, desired=DesiredStatus.RUN):
-    return Allocation(f"a{index}-{created}", "j", "g", "n1", index,
-                      client_status=status, desired_status=desired,
-                      create_time=created)
+    return Allocation(
+        f"a{index}-{created}",
+        "j",
+        "g",
+        "n1",
+        index,
+        client_status=status,
+        desired_status=desired,
+        create_time=created,
+    )
 
 
 def test_stopped_job_is_dead():
@@ -54,15 +68,21 @@ def test_all_terminal_one_failed_is_failed():
 
 
 def test_newest_allocation_of_a_slot_wins():
-    allocs = [alloc(0, A.FAILED, created=1.0), alloc(0, A.RUNNING, created=2.0),
-              alloc(1, A.COMPLETE, created=5.0), alloc(1, A.LOST, created=3.0)]
+    allocs = [
+        alloc(0, A.FAILED, created=1.0),
+        alloc(0, A.RUNNING, created=2.0),
+        alloc(1, A.COMPLETE, created=5.0),
+        alloc(1, A.LOST, created=3.0),
+    ]
     assert job_status(job(), allocs) == JobStatus.RUNNING
-    replaced = [alloc(0, A.LOST, 1.0, DesiredStatus.STOP), alloc(0, A.COMPLETE, 2.0),
-                alloc(1, A.COMPLETE)]
+    replaced = [
+        alloc(0, A.LOST, 1.0, DesiredStatus.STOP),
+        alloc(0, A.COMPLETE, 2.0),
+        alloc(1, A.COMPLETE),
+    ]
     assert job_status(job(), replaced) == JobStatus.COMPLETE
 
 
 def test_slots_beyond_count_are_ignored():
     allocs = [alloc(0, A.COMPLETE), alloc(5, A.RUNNING)]
     assert job_status(job(count=1), allocs) == JobStatus.COMPLETE
-

@@ -1,4 +1,5 @@
 """AllocSync's quick "nothing changed" check agrees with the full merge."""
+
 from __future__ import annotations
 
 import random
@@ -11,18 +12,28 @@ EVENTS = [{"time": NOW, "type": "Started", "message": "Task started by agent"}]
 
 
 def alloc(**fields) -> Allocation:
-    tasks = {"t": TaskState(status=TaskStatus.RUNNING, start_time=NOW,
-                            events=list(EVENTS))}
-    base = dict(allocation_id="a1", job_id="j", task_group="g", node_id="n", index=0,
-                client_status=AllocStatus.RUNNING, tasks=tasks, start_time=NOW)
+    tasks = {"t": TaskState(status=TaskStatus.RUNNING, start_time=NOW, events=list(EVENTS))}
+    base = dict(
+        allocation_id="a1",
+        job_id="j",
+        task_group="g",
+        node_id="n",
+        index=0,
+        client_status=AllocStatus.RUNNING,
+        tasks=tasks,
+        start_time=NOW,
+    )
     base.update(fields)
     return Allocation(**base)
 
 
 def report_of(a: Allocation) -> dict:
-    return {"status": a.client_status.value, "start_time": a.start_time,
-            "end_time": a.end_time,
-            "tasks": {n: t.to_dict() for n, t in a.tasks.items()}}
+    return {
+        "status": a.client_status.value,
+        "start_time": a.start_time,
+        "end_time": a.end_time,
+        "tasks": {n: t.to_dict() for n, t in a.tasks.items()},
+    }
 
 
 def test_an_identical_report_is_unchanged():
@@ -34,14 +45,19 @@ def test_an_identical_report_is_unchanged():
 def test_every_single_field_change_is_seen():
     a = alloc()
     variants = []
-    for key, value in (("status", "complete"), ("start_time", NOW + 1),
-                       ("end_time", NOW + 2)):
+    for key, value in (("status", "complete"), ("start_time", NOW + 1), ("end_time", NOW + 2)):
         r = report_of(a)
         r[key] = value
         variants.append(r)
-    for key, value in (("status", "complete"), ("start_time", NOW + 1), ("end_time", NOW),
-                       ("exit_code", 0), ("error", "boom"), ("restarts", 1),
-                       ("events", EVENTS * 2)):
+    for key, value in (
+        ("status", "complete"),
+        ("start_time", NOW + 1),
+        ("end_time", NOW),
+        ("exit_code", 0),
+        ("error", "boom"),
+        ("restarts", 1),
+        ("events", EVENTS * 2),
+    ):
         r = report_of(a)
         r["tasks"]["t"][key] = value
         variants.append(r)
@@ -58,11 +74,15 @@ def test_every_single_field_change_is_seen():
 
 def test_quick_check_never_hides_a_change_randomized():
     rng = random.Random(7)
-    choices = {"status": ["running", "complete", "failed", "pending", None, "bogus"],
-               "start_time": [NOW, NOW + 1, None, "x"],
-               "end_time": [None, NOW, 0],
-               "exit_code": [None, 0, 1], "error": [None, "e"],
-               "restarts": [0, None, 1, 0.0], "events": [EVENTS, [], None, EVENTS * 2]}
+    choices = {
+        "status": ["running", "complete", "failed", "pending", None, "bogus"],
+        "start_time": [NOW, NOW + 1, None, "x"],
+        "end_time": [None, NOW, 0],
+        "exit_code": [None, 0, 1],
+        "error": [None, "e"],
+        "restarts": [0, None, 1, 0.0],
+        "events": [EVENTS, [], None, EVENTS * 2],
+    }
     a = alloc()
     for _ in range(3000):
         r = report_of(a)

@@ -1,4 +1,5 @@
 """The per-agent task supervisor over its socket: requests, answers, exits."""
+
 import json
 import os
 import socket
@@ -8,6 +9,7 @@ import pytest
 from orch.agent.drivers.exec import read_record
 from orch.agent.drivers.supervision import SupervisorClient, supervisor_name
 from orch.agent.supervisor import socket_address
+
 from waiting import live, wait_for
 
 
@@ -37,10 +39,16 @@ def lines(sock: socket.socket, count: int) -> list[dict]:
 def start_spec(tmp_path, name: str, argv: list[str]) -> dict:
     run_dir = tmp_path / name / ".orch"
     run_dir.mkdir(parents=True)
-    return {"argv": argv, "env": {"PATH": os.environ["PATH"]}, "cwd": str(tmp_path),
-            "stdout": str(tmp_path / name / "stdout.log"),
-            "stderr": str(tmp_path / name / "stderr.log"),
-            "record_path": str(run_dir / "run-0.json"), "memory_mb": 0, "user": None}
+    return {
+        "argv": argv,
+        "env": {"PATH": os.environ["PATH"]},
+        "cwd": str(tmp_path),
+        "stdout": str(tmp_path / name / "stdout.log"),
+        "stderr": str(tmp_path / name / "stderr.log"),
+        "record_path": str(run_dir / "run-0.json"),
+        "memory_mb": 0,
+        "user": None,
+    }
 
 
 def test_bad_requests_are_answered_and_do_not_stop_it(client, tmp_path):
@@ -48,8 +56,13 @@ def test_bad_requests_are_answered_and_do_not_stop_it(client, tmp_path):
     assert "pid" in answer and live(pid)
     sock = raw_connection(client.name)
     try:
-        sock.sendall(b"not json\n" + json.dumps({"id": 7, "start": {}}).encode() + b"\n"
-                     + json.dumps({"id": 8}).encode() + b"\n")
+        sock.sendall(
+            b"not json\n"
+            + json.dumps({"id": 7, "start": {}}).encode()
+            + b"\n"
+            + json.dumps({"id": 8}).encode()
+            + b"\n"
+        )
         replies = lines(sock, 3)
     finally:
         sock.close()
@@ -59,10 +72,10 @@ def test_bad_requests_are_answered_and_do_not_stop_it(client, tmp_path):
 
 
 def test_every_agent_connected_hears_of_an_exit(client, tmp_path):
-    warm = start_spec(tmp_path, "warm", ["true"])              # the supervisor is up
+    warm = start_spec(tmp_path, "warm", ["true"])  # the supervisor is up
     client.start(warm)
     assert wait_for(lambda: "exit_code" in (read_record(warm["record_path"]) or {}), 5.0)
-    watcher = raw_connection(client.name)       # a second agent: it asked for nothing
+    watcher = raw_connection(client.name)  # a second agent: it asked for nothing
     try:
         spec = start_spec(tmp_path, "t", ["sh", "-c", "sleep 0.2; exit 3"])
         answer, _, _ = client.start(spec)

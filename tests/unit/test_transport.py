@@ -1,11 +1,12 @@
 """orch.transport against real little HTTP servers on loopback."""
+
 import ssl
 import time
 
 import pytest
+from tiny_http import Mute, Recorder, closed_port_url, self_signed
 
 from orch.transport import ERRORS, HttpClient
-from tiny_http import Mute, Recorder, closed_port_url, self_signed
 
 
 @pytest.fixture
@@ -16,6 +17,7 @@ def servers():
         server = (kwargs.pop("cls", Recorder))(*args, **kwargs)
         started.append(server)
         return server
+
     yield start
     for server in started:
         server.close()
@@ -62,8 +64,9 @@ def test_connection_refused_is_an_oserror():
 
 def test_bytes_bodies_are_sent_as_they_are(servers):
     server = servers()
-    HttpClient().post(server.url + "/heartbeat", b'{"raw": true}',
-                      headers={"Content-Type": "application/json"})
+    HttpClient().post(
+        server.url + "/heartbeat", b'{"raw": true}', headers={"Content-Type": "application/json"}
+    )
     assert server.calls[0][2] == {"raw": True}
 
 
@@ -108,7 +111,7 @@ def test_a_lost_connection_then_a_refusal_is_not_a_clean_refusal():
     server = Recorder(close_silently=True)
     client = HttpClient(timeout=2.0)
     assert client.post(server.url + "/allocations", {"a": 1}).status_code == 200
-    server.close()              # the agent is gone; the kept connection is stale
+    server.close()  # the agent is gone; the kept connection is stale
     with pytest.raises(PeerGone):
         client.post(server.url + "/allocations", {"a": 2})
     with pytest.raises(ConnectionRefusedError) as refused:

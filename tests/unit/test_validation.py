@@ -1,4 +1,5 @@
 """The one validation layer: document limits, shared field rules, bodies, regex."""
+
 import json
 import random
 
@@ -20,9 +21,10 @@ def message(fn, *args):
 
 # ---- document: bytes to JSON values ----------------------------------------
 
-@pytest.mark.parametrize("raw", [
-    b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}', b'{"a": 1e400}',
-    b'[-1e999]'])
+
+@pytest.mark.parametrize(
+    "raw", [b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}', b'{"a": 1e400}', b"[-1e999]"]
+)
 def test_non_finite_numbers_are_refused(raw):
     assert message(document.loads, raw).startswith("body: ")
 
@@ -37,7 +39,7 @@ def test_deep_nesting_is_refused_before_the_parser_recurses():
 
 def test_brackets_inside_strings_are_not_nesting():
     assert document.depth(b'{"a": "[[[[{{{{", "b": ["]]\\"]]"]}') == 2
-    text = json.dumps({"x": "[" * 200, "y": ["\\\"" + "{" * 200]}).encode()
+    text = json.dumps({"x": "[" * 200, "y": ['\\"' + "{" * 200]}).encode()
     assert document.loads(text)["x"] == "[" * 200
 
 
@@ -70,26 +72,31 @@ def test_depth_on_bytes_equals_the_parsed_depth():
 
 def test_lone_surrogates_are_refused_naming_the_field():
     raw = b'{"task_groups": [{"tasks": [{"config": {"env": {"X": "\\ud800"}}}]}]}'
-    assert message(document.loads, raw) == \
-        "task_groups[0].tasks[0].config.env.X: must be valid Unicode (lone surrogate)"
+    assert (
+        message(document.loads, raw)
+        == "task_groups[0].tasks[0].config.env.X: must be valid Unicode (lone surrogate)"
+    )
     assert message(document.loads, b'{"\\udfff": 1}').startswith("body: keys")
     assert message(document.loads, b'["\\uDC00"]').startswith("body[0]: ")
 
 
 def test_surrogate_pairs_and_raw_utf8_pass_and_raw_surrogates_do_not():
-    assert document.loads(b'{"e": "\\ud83d\\ude00"}') == {"e": "\U0001F600"}
+    assert document.loads(b'{"e": "\\ud83d\\ude00"}') == {"e": "\U0001f600"}
     assert document.loads('{"e": "é"}'.encode()) == {"e": "é"}
     assert "invalid UTF-8" in message(document.loads, b'"\xed\xa0\x80"')
 
 
 # ---- fields: one rule per field, wherever it appears ------------------------
 
+
 def test_names_are_63_characters_in_job_and_agent_bodies_alike():
     long = "a" * 64
-    job = {"task_groups": [{"name": "g", "tasks": [
-        {"name": long, "config": {"command": "true"}}]}]}
-    alloc = {"allocation_id": "a1", "job_id": "j1", "task_group": {
-        "name": "g", "tasks": [{"name": long, "config": {"command": "true"}}]}}
+    job = {"task_groups": [{"name": "g", "tasks": [{"name": long, "config": {"command": "true"}}]}]}
+    alloc = {
+        "allocation_id": "a1",
+        "job_id": "j1",
+        "task_group": {"name": "g", "tasks": [{"name": long, "config": {"command": "true"}}]},
+    }
     job_msg = message(parse_job, job, "j1")
     alloc_msg = message(parse_alloc, alloc)
     assert job_msg.split(": ", 1)[1] == alloc_msg.split(": ", 1)[1]
@@ -102,77 +109,106 @@ def test_ids_are_128_characters():
     assert message(parse_alloc, {"allocation_id": "a" * 129}).startswith("allocation_id")
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), 10 ** 400, True, "1"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 10**400, True, "1"])
 def test_finite_refuses_what_is_not_a_real_number(value):
     assert message(fields.finite, value, "x.y").startswith("x.y: must be a")
 
 
 def test_integers_are_bounded():
-    assert fields.non_negative_int(2 ** 53, "n") == 2 ** 53
-    assert message(fields.non_negative_int, 2 ** 53 + 1, "n") == f"n: must be at most {2 ** 53}"
+    assert fields.non_negative_int(2**53, "n") == 2**53
+    assert message(fields.non_negative_int, 2**53 + 1, "n") == f"n: must be at most {2**53}"
     assert message(fields.non_negative_int, 1.0, "n") == "n: must be a non-negative integer"
 
 
 def test_strings_are_bounded_and_nul_free():
-    assert message(fields.text, "x" * (fields.STRING_MAX + 1), "s").startswith(
-        "s: must be at most")
+    assert message(fields.text, "x" * (fields.STRING_MAX + 1), "s").startswith("s: must be at most")
     assert message(fields.text, "a\0b", "s") == "s: must not contain NUL characters"
 
 
 def test_resources_share_one_rule():
     assert bodies.resources(None, "r", Resources(1, 2)) == Resources(1, 2)
-    assert message(bodies.resources, {"cpu": -1}, "r", Resources(1, 2)) == \
-        "r.cpu: must be a non-negative integer"
-    assert message(bodies.resources, None, "resources") == \
-        "resources: must be an object with cpu and memory"
+    assert (
+        message(bodies.resources, {"cpu": -1}, "r", Resources(1, 2))
+        == "r.cpu: must be a non-negative integer"
+    )
+    assert (
+        message(bodies.resources, None, "resources")
+        == "resources: must be an object with cpu and memory"
+    )
 
 
 def test_job_env_refuses_non_finite_and_constraint_values_too():
-    job = {"task_groups": [{"name": "g", "tasks": [
-        {"name": "t", "config": {"command": "true", "env": {"X": float("nan")}}}]}]}
+    job = {
+        "task_groups": [
+            {
+                "name": "g",
+                "tasks": [{"name": "t", "config": {"command": "true", "env": {"X": float("nan")}}}],
+            }
+        ]
+    }
     assert message(parse_job, job, "j").startswith("task_groups[0].tasks[0].config.env.X:")
-    job = {"constraints": [{"attribute": "a", "operator": "=", "value": float("inf")}],
-           "task_groups": [{"name": "g", "tasks": [{"name": "t", "config": {"command": "x"}}]}]}
+    job = {
+        "constraints": [{"attribute": "a", "operator": "=", "value": float("inf")}],
+        "task_groups": [{"name": "g", "tasks": [{"name": "t", "config": {"command": "x"}}]}],
+    }
     assert message(parse_job, job, "j").startswith("constraints[0].value:")
 
 
 # ---- register and heartbeat bodies ----------------------------------------
 
-REGISTER = {"node_id": "n1", "resources": {"cpu": 1000, "memory": 1024},
-            "endpoint": "http://127.0.0.1:1"}
+REGISTER = {
+    "node_id": "n1",
+    "resources": {"cpu": 1000, "memory": 1024},
+    "endpoint": "http://127.0.0.1:1",
+}
 
 
 def test_register_uses_the_shared_rules():
     assert node_from_register(REGISTER).node_id == "n1"
-    assert message(node_from_register, {**REGISTER, "node_id": "n" * 129}).startswith(
-        "node_id: ")
-    assert message(node_from_register, {**REGISTER, "attributes": {
-        "x": float("nan")}}) == "attributes.x: must be a finite number"
-    assert message(node_from_register, {**REGISTER, "resources": {
-        "cpu": 1, "memory": 2 ** 60}}).startswith("resources.memory: must be at most")
+    assert message(node_from_register, {**REGISTER, "node_id": "n" * 129}).startswith("node_id: ")
+    assert (
+        message(node_from_register, {**REGISTER, "attributes": {"x": float("nan")}})
+        == "attributes.x: must be a finite number"
+    )
+    assert message(
+        node_from_register, {**REGISTER, "resources": {"cpu": 1, "memory": 2**60}}
+    ).startswith("resources.memory: must be at most")
 
 
 def test_heartbeat_reports_are_checked_field_by_field():
-    beat = bodies.heartbeat({"node_id": "n1", "allocations": {
-        "a1": {"status": "running", "start_time": 1.0,
-               "tasks": {"t": {"restarts": 2, "exit_code": None}}}}})
+    beat = bodies.heartbeat(
+        {
+            "node_id": "n1",
+            "allocations": {
+                "a1": {
+                    "status": "running",
+                    "start_time": 1.0,
+                    "tasks": {"t": {"restarts": 2, "exit_code": None}},
+                }
+            },
+        }
+    )
     assert beat.node_id == "n1" and beat.usage == {} and beat.healthy
     bad = {"node_id": "n1", "allocations": {"a1": {"end_time": float("nan")}}}
-    assert message(bodies.heartbeat, bad) == \
-        "allocations.a1.end_time: must be a finite number"
+    assert message(bodies.heartbeat, bad) == "allocations.a1.end_time: must be a finite number"
     bad = {"node_id": "n1", "allocations": {"a1": {"tasks": {"t": {"restarts": 1.5}}}}}
-    assert message(bodies.heartbeat, bad) == \
-        "allocations.a1.tasks.t.restarts: must be a non-negative integer"
-    assert message(bodies.heartbeat, {"node_id": "n1", "resources": {
-        "cpu": float("inf")}}) == "resources.cpu: must be a finite number"
-    assert message(bodies.heartbeat, {"node_id": ""}) == \
-        "node_id: must be a non-empty string"
+    assert (
+        message(bodies.heartbeat, bad)
+        == "allocations.a1.tasks.t.restarts: must be a non-negative integer"
+    )
+    assert (
+        message(bodies.heartbeat, {"node_id": "n1", "resources": {"cpu": float("inf")}})
+        == "resources.cpu: must be a finite number"
+    )
+    assert message(bodies.heartbeat, {"node_id": ""}) == "node_id: must be a non-empty string"
 
 
 # ---- regex constraints ------------------------------------------------------
 
+
 def test_catastrophic_patterns_match_in_linear_time():
     import time
+
     pattern = "(.*)" * 15 + "x"
     assert regex.pattern(pattern, "v") == pattern
     start = time.monotonic()
@@ -180,12 +216,19 @@ def test_catastrophic_patterns_match_in_linear_time():
     assert time.monotonic() - start < 0.5
 
 
-@pytest.mark.parametrize("pattern, detail", [
-    (r"(a)\1", "invalid regex"), ("(?=a)", "invalid regex"), ("[", "invalid regex"),
-    ("a" * 1001, "at most 1000 characters")])
+@pytest.mark.parametrize(
+    "pattern, detail",
+    [
+        (r"(a)\1", "invalid regex"),
+        ("(?=a)", "invalid regex"),
+        ("[", "invalid regex"),
+        ("a" * 1001, "at most 1000 characters"),
+    ],
+)
 def test_unsupported_or_long_patterns_are_refused_naming_the_field(pattern, detail):
-    job = {"constraints": [{"attribute": "kernel.version", "operator": "regex",
-                            "value": pattern}],
-           "task_groups": [{"name": "g", "tasks": [{"name": "t", "config": {"command": "x"}}]}]}
+    job = {
+        "constraints": [{"attribute": "kernel.version", "operator": "regex", "value": pattern}],
+        "task_groups": [{"name": "g", "tasks": [{"name": "t", "config": {"command": "x"}}]}],
+    }
     msg = message(parse_job, job, "j")
     assert msg.startswith("constraints[0].value: ") and detail in msg

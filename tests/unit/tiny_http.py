@@ -1,4 +1,5 @@
 """Real little HTTP servers on loopback for the transport and push tests."""
+
 from __future__ import annotations
 
 import datetime
@@ -16,8 +17,14 @@ class Recorder:
     """Answers every request with `answer(method, path, body)` -> (status, dict)
     and records (method, path, body, headers, client port) in arrival order."""
 
-    def __init__(self, answer=None, *, tls: tuple[str, str] | None = None,
-                 close_silently: bool = False, unix_path: str | None = None):
+    def __init__(
+        self,
+        answer=None,
+        *,
+        tls: tuple[str, str] | None = None,
+        close_silently: bool = False,
+        unix_path: str | None = None,
+    ):
         self.calls: list[tuple] = []
         self.lock = threading.Lock()
         self.answer = answer or (lambda method, path, body: (200, {"message": "ok"}))
@@ -31,8 +38,7 @@ class Recorder:
                 body = json.loads(raw) if raw else None
                 port = self.client_address[1] if isinstance(self.client_address, tuple) else 0
                 with recorder.lock:
-                    recorder.calls.append((self.command, self.path, body,
-                                           dict(self.headers), port))
+                    recorder.calls.append((self.command, self.path, body, dict(self.headers), port))
                 status, answer = recorder.answer(self.command, self.path, body)
                 data = json.dumps(answer).encode()
                 self.send_response(status)
@@ -57,6 +63,7 @@ class Recorder:
                 def get_request(self):
                     conn, _ = self.socket.accept()
                     return conn, ("unix", 0)
+
             self.httpd = UnixServer(unix_path, Handler)
             self.url = "http://localhost"
         else:
@@ -66,12 +73,10 @@ class Recorder:
             if tls:
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 context.load_cert_chain(*tls)
-                self.httpd.socket = context.wrap_socket(self.httpd.socket,
-                                                        server_side=True)
+                self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
                 scheme = "https"
             self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       args=(0.02,), daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
 
     def paths(self, method: str | None = None) -> list[str]:
@@ -114,19 +119,30 @@ def self_signed(dir_: Path) -> tuple[str, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = dir_ / "cert.pem", dir_ / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return str(cert_path), str(key_path)
 
 

@@ -1,4 +1,5 @@
 """Polling helpers shared by the unit tests that run real processes."""
+
 from __future__ import annotations
 
 import json
@@ -40,5 +41,6 @@ def group_pids(pgid: int) -> list[int]:
 
 def reported(agent) -> dict:
     """What the agent's next heartbeat would carry, decoded: {alloc id: entry}."""
-    return {alloc_id: json.loads(entry)
-            for alloc_id, (_, entry) in agent.heartbeat_reports().items()}
+    return {
+        alloc_id: json.loads(entry) for alloc_id, (_, entry) in agent.heartbeat_reports().items()
+    }

@@ -1,4 +1,5 @@
 """Task drivers and the one place that picks a driver for a task."""
+
 from __future__ import annotations
 
 from orch.agent.drivers.base import Driver
@@ -7,13 +8,13 @@ from orch.agent.drivers.exec import ExecDriver
 from orch.errors import DriverError
 from orch.structs import Task
 
-DOCKER_FALLBACK = ("docker unavailable on this node: running command with the "
-                   "exec driver (fallback)")
+DOCKER_FALLBACK = "docker unavailable on this node: running command with the exec driver (fallback)"
 DOCKER_NO_COMMAND = "docker driver unavailable and task has no command to fall back on"
 
 
-def default_drivers(task_user: str | None = None, state_dir: str | None = None,
-                    bind: str = "127.0.0.1") -> dict[str, Driver]:
+def default_drivers(
+    task_user: str | None = None, state_dir: str | None = None, bind: str = "127.0.0.1"
+) -> dict[str, Driver]:
     """The drivers this node runs, by name; docker answers for its engine.
 
     `state_dir` (the agent's data dir) names the exec tasks' supervisor, so
@@ -21,8 +22,10 @@ def default_drivers(task_user: str | None = None, state_dir: str | None = None,
     the agent's own address. Raises DriverError when `task_user` does not
     exist.
     """
-    return {"exec": ExecDriver(user=task_user, state_dir=state_dir),
-            "docker": DockerDriver(host_ip=publish_ip(bind))}
+    return {
+        "exec": ExecDriver(user=task_user, state_dir=state_dir),
+        "docker": DockerDriver(host_ip=publish_ip(bind)),
+    }
 
 
 def select_driver(task: Task, drivers: dict[str, Driver]) -> tuple[Driver, str | None]:

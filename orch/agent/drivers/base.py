@@ -3,6 +3,7 @@
 A driver owns one kind of process (a local process group, a container). Its
 handle is opaque to the runner; the runner only passes it back to the driver.
 """
+
 from __future__ import annotations
 
 import abc
@@ -15,6 +16,7 @@ from orch.structs import Resources
 @dataclass(frozen=True)
 class TaskContext:
     """Everything a driver needs to start one task of one allocation."""
+
     alloc_id: str
     job_id: str
     task_name: str
@@ -23,8 +25,8 @@ class TaskContext:
     task_dir: str
     stdout_path: str
     stderr_path: str
-    env: dict = field(default_factory=dict)   # ORCH_* variables set by the agent
-    attempt: int = 0            # which start of the task this is (its restarts so far)
+    env: dict = field(default_factory=dict)  # ORCH_* variables set by the agent
+    attempt: int = 0  # which start of the task this is (its restarts so far)
 
 
 def oom_error(memory_mb: int) -> str:
@@ -35,6 +37,7 @@ def oom_error(memory_mb: int) -> str:
 @dataclass(frozen=True)
 class ExitResult:
     """How a task's process ended."""
+
     exit_code: int | None
     signal: int | None = None
     oom_killed: bool = False
@@ -58,6 +61,7 @@ class ExitResult:
 
 class Driver(abc.ABC):
     """A task driver; one instance serves every task of its kind on the node."""
+
     name: str = ""
 
     @abc.abstractmethod

@@ -8,6 +8,7 @@ hierarchy is mounted and writable. Neither (no permission, a v2 cgroup that
 holds processes and so cannot delegate): `detect()` says why, and the exec
 driver falls back to the supervisor's RSS watchdog.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,13 +20,14 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 SUBDIR = "orch"
-STALE_AFTER = 600.0         # seconds: an empty task cgroup this old is a leftover
+STALE_AFTER = 600.0  # seconds: an empty task cgroup this old is a leftover
 
 
 @dataclass(frozen=True)
 class TaskCgroup:
     """What the supervisor needs: files to join, OOM counters, dirs to remove,
     and the agent's own cgroups (its home: it joins the task's to start it)."""
+
     procs: tuple[str, ...]
     oom_files: tuple[str, ...]
     dirs: tuple[str, ...]
@@ -45,17 +47,16 @@ def cpu_weight(shares: int) -> int:
 class Cgroups:
     """Creates task cgroups where the agent may; `version` is None otherwise."""
 
-    def __init__(self, root: str = "/sys/fs/cgroup", proc: str = "/proc/self",
-                 now=time.time):
+    def __init__(self, root: str = "/sys/fs/cgroup", proc: str = "/proc/self", now=time.time):
         self._root, self._proc, self._now = root, proc, now
         self._lock = threading.Lock()
         self._detected = False
         self.version: str | None = None
         self.reason = ""
-        self._parents: dict[str, str] = {}      # controller -> our "orch" cgroup dir
+        self._parents: dict[str, str] = {}  # controller -> our "orch" cgroup dir
 
     def detect(self) -> str | None:
-        """"v2", "v1" or None (then `reason` says why); probed once."""
+        """ "v2", "v1" or None (then `reason` says why); probed once."""
         with self._lock:
             if not self._detected:
                 self._detected = True
@@ -67,8 +68,11 @@ class Cgroups:
                     log.info("exec tasks limited through cgroup %s", self.version)
                     self._sweep()
                 else:
-                    log.info("no writable cgroup memory controller (%s): exec memory "
-                             "limits enforced by an RSS watchdog", self.reason)
+                    log.info(
+                        "no writable cgroup memory controller (%s): exec memory "
+                        "limits enforced by an RSS watchdog",
+                        self.reason,
+                    )
             return self.version
 
     def create(self, name: str, memory_mb: int, shares: int) -> TaskCgroup | None:
@@ -143,21 +147,25 @@ class Cgroups:
         if memory_mb > 0:
             _write(os.path.join(path, "memory.max"), str(memory_mb * 1024 * 1024))
             swap = os.path.join(path, "memory.swap.max")
-            if os.path.exists(swap):      # swap counts against the limit, as in docker
+            if os.path.exists(swap):  # swap counts against the limit, as in docker
                 _write(swap, "0")
         if shares > 0 and "cpu" in self._parents:
             _write(os.path.join(path, "cpu.weight"), str(cpu_weight(shares)))
-        return TaskCgroup(procs=(os.path.join(path, "cgroup.procs"),),
-                          oom_files=(os.path.join(path, "memory.events"),),
-                          dirs=(path,), home_procs=(self._home("memory"),))
+        return TaskCgroup(
+            procs=(os.path.join(path, "cgroup.procs"),),
+            oom_files=(os.path.join(path, "memory.events"),),
+            dirs=(path,),
+            home_procs=(self._home("memory"),),
+        )
 
     # -- v1 ------------------------------------------------------------------
 
     def _detect_v1(self) -> str | None:
         mounts = self._v1_mounts()
         if "memory" not in mounts:
-            self.reason = (self.reason + "; " if self.reason else "") + \
-                "no cgroup v1 memory hierarchy mounted"
+            self.reason = (
+                self.reason + "; " if self.reason else ""
+            ) + "no cgroup v1 memory hierarchy mounted"
             return None
         parents = {}
         for controller, mount in mounts.items():
@@ -190,7 +198,7 @@ class Cgroups:
             limit = str(memory_mb * 1024 * 1024)
             _write(os.path.join(mem, "memory.limit_in_bytes"), limit)
             memsw = os.path.join(mem, "memory.memsw.limit_in_bytes")
-            if os.path.exists(memsw):     # after the plain limit: memsw may not be lower
+            if os.path.exists(memsw):  # after the plain limit: memsw may not be lower
                 _write(memsw, limit)
         if shares > 0 and "cpu" in self._parents:
             cpu = os.path.join(self._parents["cpu"], name)
@@ -199,9 +207,12 @@ class Cgroups:
             procs.append(os.path.join(cpu, "cgroup.procs"))
             dirs.append(cpu)
             homes.append(self._home("cpu"))
-        return TaskCgroup(procs=tuple(procs),
-                          oom_files=(os.path.join(mem, "memory.oom_control"),),
-                          dirs=tuple(dirs), home_procs=tuple(homes))
+        return TaskCgroup(
+            procs=tuple(procs),
+            oom_files=(os.path.join(mem, "memory.oom_control"),),
+            dirs=tuple(dirs),
+            home_procs=tuple(homes),
+        )
 
     def _home(self, controller: str) -> str:
         """cgroup.procs of the agent's own cgroup (the parent of our "orch" dir)."""
@@ -234,8 +245,7 @@ def _enable(path: str, controllers: list[str]) -> None:
     current = (_read(os.path.join(path, "cgroup.subtree_control")) or "").split()
     missing = [c for c in controllers if c not in current]
     if missing:
-        _write(os.path.join(path, "cgroup.subtree_control"),
-               " ".join(f"+{c}" for c in missing))
+        _write(os.path.join(path, "cgroup.subtree_control"), " ".join(f"+{c}" for c in missing))
 
 
 def _read(path: str) -> str | None:

@@ -20,6 +20,7 @@ bare `GET /_ping` (orch.transport, over the unix socket or plain tcp); the SDK
 (with requests) is imported only when a docker task starts or is recovered,
 or for the probe of a TLS or ssh engine.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -48,6 +49,7 @@ class _Errors:
 
 class _Unloaded:
     """`docker` and `requests` until a task needs the SDK (see `_load_sdk`)."""
+
     errors = _Errors
     RequestException = _NeverRaised
 
@@ -61,23 +63,24 @@ _sdk_lock = threading.Lock()
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
-DEFAULT_HOST_IP = "127.0.0.1"   # task ports are published here unless told otherwise
+DEFAULT_HOST_IP = "127.0.0.1"  # task ports are published here unless told otherwise
 LABEL_JOB, LABEL_ALLOC, LABEL_TASK = "orch.job_id", "orch.alloc_id", "orch.task"
 LABEL_ATTEMPT = "orch.attempt"
-PING_TIMEOUT = 1.0          # seconds: the engine probe must not slow a heartbeat
-AVAILABLE_TTL = 5.0         # seconds a probe result is trusted by select_driver
-API_TIMEOUT = 60.0          # create/start/inspect/remove calls
-PULL_TIMEOUT = 30.0         # an image pull; no registry may be reachable at all
-LOG_DRAIN = 2.0             # after exit, how long the log pumps may take to finish
-WAIT_RETRY = 1.0            # engine hiccup while waiting: try again after this
-POOL_SIZE = 64              # each task holds a wait and two log streams
-HIDDEN_ENV = ("ORCH_TASK_DIR",)     # a host path, meaningless inside a container
+PING_TIMEOUT = 1.0  # seconds: the engine probe must not slow a heartbeat
+AVAILABLE_TTL = 5.0  # seconds a probe result is trusted by select_driver
+API_TIMEOUT = 60.0  # create/start/inspect/remove calls
+PULL_TIMEOUT = 30.0  # an image pull; no registry may be reachable at all
+LOG_DRAIN = 2.0  # after exit, how long the log pumps may take to finish
+WAIT_RETRY = 1.0  # engine hiccup while waiting: try again after this
+POOL_SIZE = 64  # each task holds a wait and two log streams
+HIDDEN_ENV = ("ORCH_TASK_DIR",)  # a host path, meaningless inside a container
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 @dataclass
 class DockerHandle:
     """A started container and the threads copying its output to the log files."""
+
     container_id: str
     name: str
     stdout_path: str
@@ -146,7 +149,7 @@ def publish_ip(bind: str) -> str:
     try:
         return str(ipaddress.ip_address(bind))
     except ValueError:
-        return DEFAULT_HOST_IP       # a host name: keep to loopback
+        return DEFAULT_HOST_IP  # a host name: keep to loopback
 
 
 def create_options(ctx: TaskContext, host_ip: str = DEFAULT_HOST_IP) -> dict:
@@ -155,12 +158,20 @@ def create_options(ctx: TaskContext, host_ip: str = DEFAULT_HOST_IP) -> dict:
     if not isinstance(image, str) or not image.strip():
         raise DriverError("config.image: must be a non-empty string for the docker driver")
     options = {
-        "image": image, "command": build_command(ctx.config),
+        "image": image,
+        "command": build_command(ctx.config),
         "name": container_name(ctx.alloc_id, ctx.task_name),
-        "labels": {LABEL_JOB: ctx.job_id, LABEL_ALLOC: ctx.alloc_id,
-                   LABEL_TASK: ctx.task_name, LABEL_ATTEMPT: str(ctx.attempt)},
-        "environment": build_environment(ctx), "ports": build_ports(ctx.config, host_ip),
-        "detach": True, "stdin_open": False, "tty": False,
+        "labels": {
+            LABEL_JOB: ctx.job_id,
+            LABEL_ALLOC: ctx.alloc_id,
+            LABEL_TASK: ctx.task_name,
+            LABEL_ATTEMPT: str(ctx.attempt),
+        },
+        "environment": build_environment(ctx),
+        "ports": build_ports(ctx.config, host_ip),
+        "detach": True,
+        "stdin_open": False,
+        "tty": False,
         # A shell or server as PID 1 ignores SIGTERM; tini forwards it, so a
         # stop is graceful instead of always waiting for the SIGKILL.
         "init": True,
@@ -175,14 +186,22 @@ def create_options(ctx: TaskContext, host_ip: str = DEFAULT_HOST_IP) -> dict:
 
 class DockerDriver(Driver):
     """Runs tasks as containers on the engine DOCKER_HOST names (or the default)."""
+
     name = "docker"
 
-    def __init__(self, *, environment: dict | None = None,
-                 ping_timeout: float = PING_TIMEOUT, api_timeout: float = API_TIMEOUT,
-                 pull_timeout: float = PULL_TIMEOUT, available_ttl: float = AVAILABLE_TTL,
-                 host_ip: str = DEFAULT_HOST_IP, now=time.monotonic):
+    def __init__(
+        self,
+        *,
+        environment: dict | None = None,
+        ping_timeout: float = PING_TIMEOUT,
+        api_timeout: float = API_TIMEOUT,
+        pull_timeout: float = PULL_TIMEOUT,
+        available_ttl: float = AVAILABLE_TTL,
+        host_ip: str = DEFAULT_HOST_IP,
+        now=time.monotonic,
+    ):
         self._environment = environment
-        self._host_ip = host_ip                 # where task ports are published
+        self._host_ip = host_ip  # where task ports are published
         self._ping_timeout, self._api_timeout = ping_timeout, api_timeout
         self._pull_timeout, self._ttl, self._now = pull_timeout, available_ttl, now
         self._lock = threading.Lock()
@@ -192,7 +211,7 @@ class DockerDriver(Driver):
         self._available = False
         self._checked_at: float | None = None
         self._reason = "docker engine not probed yet"
-        self._images: set[str] = set()      # known to be present on the engine
+        self._images: set[str] = set()  # known to be present on the engine
 
     # -- engine availability ----------------------------------------------
 
@@ -201,13 +220,16 @@ class DockerDriver(Driver):
         with self._lock:
             ok, reason = self._ping()
             if ok != self._available:
-                log.info("docker engine %s%s", "available" if ok else "unavailable",
-                         "" if ok else f": {reason}")
+                log.info(
+                    "docker engine %s%s",
+                    "available" if ok else "unavailable",
+                    "" if ok else f": {reason}",
+                )
             self._available, self._reason = ok, reason
             self._checked_at = self._now()
             if not ok:
                 self._probe_client = self._client = None
-                self._images.clear()        # the next engine may hold other images
+                self._images.clear()  # the next engine may hold other images
             return ok
 
     def available(self) -> bool:
@@ -229,11 +251,11 @@ class DockerDriver(Driver):
         host = env.get("DOCKER_HOST") or "the default socket"
         try:
             version = ping_engine(env, self._ping_timeout)
-            if version is _NEEDS_SDK:       # ssh://, TLS: the SDK's own transports
+            if version is _NEEDS_SDK:  # ssh://, TLS: the SDK's own transports
                 version = self._sdk_ping()
             self._api_version = version or self._api_version
             return True, ""
-        except Exception as exc:        # any failure means "no engine here"
+        except Exception as exc:  # any failure means "no engine here"
             return False, f"docker engine not reachable at {host}: {_short(exc)}"
 
     def _sdk_ping(self) -> str:
@@ -249,16 +271,18 @@ class DockerDriver(Driver):
         return self._environment if self._environment is not None else dict(os.environ)
 
     def _from_env(self, timeout: float, version: str | None):
-        return docker.from_env(timeout=timeout, version=version,
-                               max_pool_size=POOL_SIZE, environment=self._env())
+        return docker.from_env(
+            timeout=timeout, version=version, max_pool_size=POOL_SIZE, environment=self._env()
+        )
 
     def client(self):
         """The engine client for task work; raises DriverError if none answers."""
         try:
             _load_sdk()
         except ImportError as exc:
-            raise DriverError(f"docker engine unavailable: the docker python package "
-                              f"cannot be imported: {exc}")
+            raise DriverError(
+                f"docker engine unavailable: the docker python package cannot be imported: {exc}"
+            )
         with self._lock:
             if self._client is not None:
                 return self._client
@@ -280,34 +304,41 @@ class DockerDriver(Driver):
         try:
             container_id = self._create(client, options)
         except DriverError:
-            self._images.discard(options["image"])    # it may have been removed
+            self._images.discard(options["image"])  # it may have been removed
             raise
         if container_id is None:
             # The name is taken. By this very start, made by an agent killed
             # before it saved the handle: take it over. Else a leftover.
             handle = self.find(ctx)
             if handle is not None:
-                log.info("container %s of this start already exists: taken over",
-                         options["name"])
+                log.info("container %s of this start already exists: taken over", options["name"])
                 return handle
             log.info("removing leftover container %s", options["name"])
             self._remove(client, options["name"])
             container_id = self._create(client, options)
             if container_id is None:
-                raise DriverError(f"failed to create container {options['name']}: "
-                                  "the name stays taken")
+                raise DriverError(
+                    f"failed to create container {options['name']}: the name stays taken"
+                )
         try:
             client.api.start(container_id)
         except Exception as exc:
             self._remove(client, container_id)
-            raise DriverError(f"failed to start container {options['name']}: "
-                              f"{_short(exc)}")
-        handle = DockerHandle(container_id=container_id, name=options["name"],
-                              stdout_path=ctx.stdout_path, stderr_path=ctx.stderr_path,
-                              memory_mb=ctx.resources.memory)
+            raise DriverError(f"failed to start container {options['name']}: {_short(exc)}")
+        handle = DockerHandle(
+            container_id=container_id,
+            name=options["name"],
+            stdout_path=ctx.stdout_path,
+            stderr_path=ctx.stderr_path,
+            memory_mb=ctx.resources.memory,
+        )
         self._pump_logs(client, handle, since=None)
-        log.debug("docker started alloc=%s task=%s container=%s", ctx.alloc_id,
-                  ctx.task_name, container_id[:12])
+        log.debug(
+            "docker started alloc=%s task=%s container=%s",
+            ctx.alloc_id,
+            ctx.task_name,
+            container_id[:12],
+        )
         return handle
 
     def wait(self, handle: DockerHandle, timeout: float | None) -> ExitResult | None:
@@ -321,9 +352,10 @@ class DockerDriver(Driver):
             return None
         except docker.errors.NotFound:
             return self._settle(handle, None) or ExitResult(
-                exit_code=None, error=f"container {handle.name} disappeared")
+                exit_code=None, error=f"container {handle.name} disappeared"
+            )
         except (requests.RequestException, docker.errors.APIError) as exc:
-            if timeout is None:          # the engine hiccuped: the runner asks again
+            if timeout is None:  # the engine hiccuped: the runner asks again
                 log.warning("waiting for container %s failed: %s", handle.name, _short(exc))
                 time.sleep(WAIT_RETRY)
             return None
@@ -342,15 +374,21 @@ class DockerDriver(Driver):
         except docker.errors.NotFound:
             pass
         except (requests.RequestException, docker.errors.APIError) as exc:
-            log.warning("stopping container %s failed: %s; removing it by force",
-                        handle.name, _short(exc))
+            log.warning(
+                "stopping container %s failed: %s; removing it by force", handle.name, _short(exc)
+            )
         self._settle(handle, None)
         self._remove(client, handle.container_id, handle)
 
     def handle_to_json(self, handle: DockerHandle) -> dict:
-        return {"driver": self.name, "container_id": handle.container_id,
-                "name": handle.name, "stdout_path": handle.stdout_path,
-                "stderr_path": handle.stderr_path, "memory_mb": handle.memory_mb}
+        return {
+            "driver": self.name,
+            "container_id": handle.container_id,
+            "name": handle.name,
+            "stdout_path": handle.stdout_path,
+            "stderr_path": handle.stderr_path,
+            "memory_mb": handle.memory_mb,
+        }
 
     def recover(self, handle_json: dict) -> DockerHandle | None:
         container_id = handle_json.get("container_id")
@@ -359,9 +397,12 @@ class DockerDriver(Driver):
         info = self._inspect(container_id)
         if info is None:
             return None
-        return self._attach(info, handle_json.get("stdout_path"),
-                            handle_json.get("stderr_path"),
-                            int(handle_json.get("memory_mb") or 0))
+        return self._attach(
+            info,
+            handle_json.get("stdout_path"),
+            handle_json.get("stderr_path"),
+            int(handle_json.get("memory_mb") or 0),
+        )
 
     def find(self, ctx: TaskContext) -> DockerHandle | None:
         """This start's container by name and labels; one never started is started now."""
@@ -369,12 +410,15 @@ class DockerDriver(Driver):
             return None
         info = self._inspect(container_name(ctx.alloc_id, ctx.task_name))
         labels = ((info or {}).get("Config") or {}).get("Labels") or {}
-        if info is None or labels.get(LABEL_ALLOC) != ctx.alloc_id \
-                or labels.get(LABEL_TASK) != ctx.task_name \
-                or labels.get(LABEL_ATTEMPT, "0") != str(ctx.attempt):
+        if (
+            info is None
+            or labels.get(LABEL_ALLOC) != ctx.alloc_id
+            or labels.get(LABEL_TASK) != ctx.task_name
+            or labels.get(LABEL_ATTEMPT, "0") != str(ctx.attempt)
+        ):
             return None
         if (info.get("State") or {}).get("Status") == "created":
-            try:                # created, and the agent died before starting it
+            try:  # created, and the agent died before starting it
                 self.client().api.start(info["Id"])
             except (DriverError, requests.RequestException, docker.errors.APIError) as exc:
                 log.warning("cannot start container %s: %s", info["Id"][:12], _short(exc))
@@ -390,12 +434,16 @@ class DockerDriver(Driver):
             log.warning("cannot inspect container %s: %s", container[:12], _short(exc))
             return None
 
-    def _attach(self, info: dict, stdout_path: str | None, stderr_path: str | None,
-                memory_mb: int) -> DockerHandle:
+    def _attach(
+        self, info: dict, stdout_path: str | None, stderr_path: str | None, memory_mb: int
+    ) -> DockerHandle:
         handle = DockerHandle(
-            container_id=info["Id"], name=info["Name"].lstrip("/"),
-            stdout_path=stdout_path or os.devnull, stderr_path=stderr_path or os.devnull,
-            memory_mb=memory_mb)
+            container_id=info["Id"],
+            name=info["Name"].lstrip("/"),
+            stdout_path=stdout_path or os.devnull,
+            stderr_path=stderr_path or os.devnull,
+            memory_mb=memory_mb,
+        )
         for path in (handle.stdout_path, handle.stderr_path):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         # Append only what the container wrote since our last write to the file.
@@ -406,7 +454,7 @@ class DockerDriver(Driver):
 
     def _ensure_image(self, client, image: str) -> None:
         """The image is local, or is pulled now; else the task fails saying so."""
-        if image in self._images:       # seen before: one inspect per image, not per task
+        if image in self._images:  # seen before: one inspect per image, not per task
             return
         try:
             client.images.get(image)
@@ -425,8 +473,7 @@ class DockerDriver(Driver):
                 puller.close()
             self._images.add(image)
         except Exception as exc:
-            raise DriverError(f"image {image} not found locally and pull failed: "
-                              f"{_short(exc)}")
+            raise DriverError(f"image {image} not found locally and pull failed: {_short(exc)}")
 
     def _create(self, client, options: dict) -> str | None:
         """Create the container and return its id; None when the name is taken."""
@@ -438,11 +485,9 @@ class DockerDriver(Driver):
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
                 return None
-            raise DriverError(f"failed to create container {options['name']}: "
-                              f"{_short(exc)}")
+            raise DriverError(f"failed to create container {options['name']}: {_short(exc)}")
         except requests.RequestException as exc:
-            raise DriverError(f"failed to create container {options['name']}: "
-                              f"{_short(exc)}")
+            raise DriverError(f"failed to create container {options['name']}: {_short(exc)}")
 
     def _pump_logs(self, client, handle: DockerHandle, since: float | None) -> None:
         """Copy the container's output to the log files, from threads of their own.
@@ -451,18 +496,27 @@ class DockerDriver(Driver):
         does not wait for its log streams to open.
         """
         for kind, path in (("stdout", handle.stdout_path), ("stderr", handle.stderr_path)):
-            thread = threading.Thread(target=self._follow,
-                                      args=(client, handle, kind, path, since), daemon=True,
-                                      name=f"docker-{kind}-{handle.container_id[:8]}")
+            thread = threading.Thread(
+                target=self._follow,
+                args=(client, handle, kind, path, since),
+                daemon=True,
+                name=f"docker-{kind}-{handle.container_id[:8]}",
+            )
             handle.pumps.append(thread)
             thread.start()
 
-    def _follow(self, client, handle: DockerHandle, kind: str, path: str,
-                since: float | None) -> None:
+    def _follow(
+        self, client, handle: DockerHandle, kind: str, path: str, since: float | None
+    ) -> None:
         try:
-            stream = client.api.logs(handle.container_id, stdout=kind == "stdout",
-                                     stderr=kind == "stderr", stream=True,
-                                     follow=True, since=since)
+            stream = client.api.logs(
+                handle.container_id,
+                stdout=kind == "stdout",
+                stderr=kind == "stderr",
+                stream=True,
+                follow=True,
+                since=since,
+            )
         except (requests.RequestException, docker.errors.APIError) as exc:
             log.warning("no %s from container %s: %s", kind, handle.name, _short(exc))
             return
@@ -504,7 +558,7 @@ class DockerDriver(Driver):
         except docker.errors.NotFound:
             pass
         except (requests.RequestException, docker.errors.APIError) as exc:
-            if getattr(exc, "status_code", None) != 409:    # removal in progress
+            if getattr(exc, "status_code", None) != 409:  # removal in progress
                 log.warning("cannot remove container %s: %s", container, _short(exc))
 
 
@@ -515,6 +569,7 @@ def sdk_installed() -> bool:
     if docker is not _Unloaded:
         return True
     import importlib.util
+
     try:
         return importlib.util.find_spec("docker") is not None
     except (ImportError, ValueError):
@@ -534,6 +589,7 @@ def _load_sdk() -> None:
         import docker.utils  # noqa: F401
         import requests as http
         from docker.models.containers import _create_container_args as create_args
+
         _create_container_args = create_args
         requests = http
         docker = sdk
@@ -547,15 +603,17 @@ def ping_engine(env: dict, timeout: float):
     """
     host = env.get("DOCKER_HOST") or DEFAULT_HOST
     if host.startswith("unix://"):
-        client, url = HttpClient(timeout=timeout, unix_socket=host[len("unix://"):],
-                                 keep_alive=False), "http://localhost/_ping"
+        client, url = (
+            HttpClient(timeout=timeout, unix_socket=host[len("unix://") :], keep_alive=False),
+            "http://localhost/_ping",
+        )
     elif host.startswith(("tcp://", "http://")) and not (
-            env.get("DOCKER_TLS_VERIFY") or env.get("DOCKER_CERT_PATH")):
+        env.get("DOCKER_TLS_VERIFY") or env.get("DOCKER_CERT_PATH")
+    ):
         address = host.split("://", 1)[1].split("/", 1)[0]
         if not address.rpartition(":")[0]:
             address += ":2375"
-        client, url = HttpClient(timeout=timeout, keep_alive=False), \
-            f"http://{address}/_ping"
+        client, url = HttpClient(timeout=timeout, keep_alive=False), f"http://{address}/_ping"
     else:
         return _NEEDS_SDK
     try:
@@ -563,8 +621,10 @@ def ping_engine(env: dict, timeout: float):
     finally:
         client.close()
     if resp.status_code != 200:
-        raise OSError(f"engine answered /_ping with {resp.status_code}: "
-                      f"{resp.content[:64].decode(errors='replace')}")
+        raise OSError(
+            f"engine answered /_ping with {resp.status_code}: "
+            f"{resp.content[:64].decode(errors='replace')}"
+        )
     return resp.headers.get("Api-Version") or ""
 
 
@@ -575,7 +635,7 @@ def _copy(stream, path: str) -> None:
             for chunk in stream:
                 out.write(chunk)
                 out.flush()
-    except Exception as exc:            # the engine went away, or the file did
+    except Exception as exc:  # the engine went away, or the file did
         log.debug("log stream to %s ended: %s", path, exc)
 
 

@@ -14,6 +14,7 @@ Memory (a hard limit, swap included) and CPU weight go into a cgroup per task
 where the agent may create one (`cgroups.py`); elsewhere the supervisor
 watches the RSS of the task's process tree and kills it past the limit.
 """
+
 from __future__ import annotations
 
 import errno
@@ -39,23 +40,24 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POLL_INTERVAL = 0.02
-REAP_TIMEOUT = 5.0          # after SIGKILL, how long we wait for the group to vanish
-FOREIGN_POLL = 0.2          # polling a reattached process we are not the parent of
-RUN_DIR = ".orch"            # in the task dir: one record per run (start) of the task
-SUPERVISOR_LOG = "supervisor.log"    # in the agent's data dir
-CLAIM_WAIT = 5.0            # how long a run's record may lack its pid while starting
+REAP_TIMEOUT = 5.0  # after SIGKILL, how long we wait for the group to vanish
+FOREIGN_POLL = 0.2  # polling a reattached process we are not the parent of
+RUN_DIR = ".orch"  # in the task dir: one record per run (start) of the task
+SUPERVISOR_LOG = "supervisor.log"  # in the agent's data dir
+CLAIM_WAIT = 5.0  # how long a run's record may lack its pid while starting
 STATUS_LOST = "task supervisor ended without recording the exit status"
 
 
 @dataclass
 class ExecHandle:
     """A started task: its group leader and the supervisor that reaps it."""
+
     pid: int
     pgid: int
     create_time: float | None = None
     supervisor_pid: int | None = None
     supervisor_create_time: float | None = None
-    record_path: str | None = None      # the run's record (None: a legacy pid-only handle)
+    record_path: str | None = None  # the run's record (None: a legacy pid-only handle)
     memory_mb: int = 0
 
 
@@ -69,16 +71,22 @@ def build_argv(config: dict) -> list[str]:
     if isinstance(command, str) and command.strip():
         line = " ".join([command] + [shlex.quote(a) for a in args])
         return ["/bin/sh", "-c", line]
-    if (isinstance(command, list) and command
-            and all(isinstance(c, str) for c in command) and command[0]):
+    if (
+        isinstance(command, list)
+        and command
+        and all(isinstance(c, str) for c in command)
+        and command[0]
+    ):
         return list(command) + args
     raise DriverError("config.command: must be a non-empty string or list of strings")
 
 
 def build_env(ctx: TaskContext) -> dict[str, str]:
     """Base env (PATH, HOME, ORCH_*) with the task's `env` merged over it."""
-    env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH,
-           "HOME": os.environ.get("HOME") or ctx.task_dir}
+    env = {
+        "PATH": os.environ.get("PATH") or DEFAULT_PATH,
+        "HOME": os.environ.get("HOME") or ctx.task_dir,
+    }
     env.update({k: str(v) for k, v in ctx.env.items()})
     extra = ctx.config.get("env") or {}
     if not isinstance(extra, dict):
@@ -105,11 +113,17 @@ def resolve_cwd(ctx: TaskContext) -> str:
 
 class ExecDriver(Driver):
     """Runs tasks as local process groups."""
+
     name = "exec"
 
-    def __init__(self, *, poll_interval: float = POLL_INTERVAL,
-                 cgroups: Cgroups | None = None, user: str | None = None,
-                 state_dir: str | None = None):
+    def __init__(
+        self,
+        *,
+        poll_interval: float = POLL_INTERVAL,
+        cgroups: Cgroups | None = None,
+        user: str | None = None,
+        state_dir: str | None = None,
+    ):
         self._poll = poll_interval
         self._cgroups = cgroups if cgroups is not None else Cgroups()
         self._user = resolve_user(user) if user else None
@@ -125,42 +139,66 @@ class ExecDriver(Driver):
         argv = build_argv(ctx.config)
         env = build_env(ctx)
         os.makedirs(ctx.task_dir, exist_ok=True)
-        if self._user is not None:          # the task's own dir is writable by it
+        if self._user is not None:  # the task's own dir is writable by it
             _chown(ctx.task_dir, self._user)
         cwd = resolve_cwd(ctx)
         record_path = run_path(ctx)
         os.makedirs(os.path.dirname(record_path), exist_ok=True)
-        spec = {"argv": argv, "env": env, "cwd": cwd, "stdout": ctx.stdout_path,
-                "stderr": ctx.stderr_path, "record_path": record_path,
-                "memory_mb": ctx.resources.memory,
-                "user": self._user}
+        spec = {
+            "argv": argv,
+            "env": env,
+            "cwd": cwd,
+            "stdout": ctx.stdout_path,
+            "stderr": ctx.stderr_path,
+            "record_path": record_path,
+            "memory_mb": ctx.resources.memory,
+            "user": self._user,
+        }
         spec.update(self._limits(ctx))
         try:
             answer, sup_pid, sup_created = self._supervisor.start(spec)
         except DriverError:
-            remove_cgroups(spec.get("cgroup_dirs") or [])    # it never got them
+            remove_cgroups(spec.get("cgroup_dirs") or [])  # it never got them
             raise
         if "error" in answer:
             raise DriverError(answer["error"])
         if answer.get("claimed"):
             return self._claimed(ctx)
         pid = int(answer["pid"])
-        log.debug("exec started alloc=%s task=%s pid=%d supervisor=%d", ctx.alloc_id,
-                  ctx.task_name, pid, sup_pid)
-        return ExecHandle(pid=pid, pgid=pid, create_time=_create_time(pid),
-                          supervisor_pid=sup_pid, supervisor_create_time=sup_created,
-                          record_path=record_path, memory_mb=ctx.resources.memory)
+        log.debug(
+            "exec started alloc=%s task=%s pid=%d supervisor=%d",
+            ctx.alloc_id,
+            ctx.task_name,
+            pid,
+            sup_pid,
+        )
+        return ExecHandle(
+            pid=pid,
+            pgid=pid,
+            create_time=_create_time(pid),
+            supervisor_pid=sup_pid,
+            supervisor_create_time=sup_created,
+            record_path=record_path,
+            memory_mb=ctx.resources.memory,
+        )
 
     def _claimed(self, ctx: TaskContext) -> ExecHandle:
         """This run was started by an earlier agent's supervisor: take it over."""
         handle = self.find(ctx)
         if handle is None:
             doc = read_record(run_path(ctx)) or {}
-            raise DriverError(doc.get("error") or (
-                f"task run {ctx.attempt} was claimed by a supervisor that did not start it"))
-        log.info("exec alloc=%s task=%s run %d already started by an earlier "
-                 "supervisor: reattached pid=%d", ctx.alloc_id, ctx.task_name,
-                 ctx.attempt, handle.pid)
+            raise DriverError(
+                doc.get("error")
+                or (f"task run {ctx.attempt} was claimed by a supervisor that did not start it")
+            )
+        log.info(
+            "exec alloc=%s task=%s run %d already started by an earlier "
+            "supervisor: reattached pid=%d",
+            ctx.alloc_id,
+            ctx.task_name,
+            ctx.attempt,
+            handle.pid,
+        )
         return handle
 
     def find(self, ctx: TaskContext) -> ExecHandle | None:
@@ -170,19 +208,24 @@ class ExecDriver(Driver):
         while True:
             doc = read_record(path)
             if doc is None:
-                return None                 # never started
+                return None  # never started
             if "pid" in doc or "error" in doc:
                 break
             sup = doc.get("supervisor_pid")
             if sup is None or not _alive(sup, None) or time.monotonic() > deadline:
                 return None
-            time.sleep(FOREIGN_POLL / 4)    # its supervisor is starting it right now
+            time.sleep(FOREIGN_POLL / 4)  # its supervisor is starting it right now
         if "pid" not in doc:
             return None
         pid = int(doc["pid"])
-        handle = ExecHandle(pid=pid, pgid=pid, create_time=None,
-                            supervisor_pid=doc.get("supervisor_pid"),
-                            record_path=path, memory_mb=int(doc.get("memory_mb") or 0))
+        handle = ExecHandle(
+            pid=pid,
+            pgid=pid,
+            create_time=None,
+            supervisor_pid=doc.get("supervisor_pid"),
+            record_path=path,
+            memory_mb=int(doc.get("memory_mb") or 0),
+        )
         if _ended(doc) or self._supervised(handle):
             return handle
         return None
@@ -197,8 +240,12 @@ class ExecDriver(Driver):
         group = self._cgroups.create(name, memory, cpu_shares(cpu) if cpu > 0 else 0)
         if group is None:
             return {"watchdog_mb": memory}
-        return {"cgroup_procs": list(group.procs), "cgroup_oom_files": list(group.oom_files),
-                "cgroup_dirs": list(group.dirs), "cgroup_home_procs": list(group.home_procs)}
+        return {
+            "cgroup_procs": list(group.procs),
+            "cgroup_oom_files": list(group.oom_files),
+            "cgroup_dirs": list(group.dirs),
+            "cgroup_home_procs": list(group.home_procs),
+        }
 
     def wait(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
         if handle.record_path is not None:
@@ -209,8 +256,10 @@ class ExecDriver(Driver):
         # The group is the task: stragglers (background children) die with
         # the leader, as Nomad's executor does, so nothing leaks.
         _signal_group(handle.pgid, signal.SIGKILL)
-        return ExitResult(exit_code=None, error=(
-            "task exited while the agent was not its parent: exit status unknown"))
+        return ExitResult(
+            exit_code=None,
+            error=("task exited while the agent was not its parent: exit status unknown"),
+        )
 
     def _wait_supervised(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
         """Until the run's record says how it ended: the supervisor we are
@@ -227,7 +276,7 @@ class ExecDriver(Driver):
                 ours = self._supervisor.serves(handle.supervisor_pid)
                 if not ours and not self._supervised(handle):
                     record = read_record(handle.record_path)
-                    if _ended(record):                  # written as it left
+                    if _ended(record):  # written as it left
                         break
                     _kill_orphan(handle)
                     return ExitResult(exit_code=None, error=STATUS_LOST)
@@ -249,8 +298,11 @@ class ExecDriver(Driver):
             # its leader, but members may still be dying. Wait, never signal:
             # the leader's pid may be another's now.
             if not self._wait_group_gone(handle, REAP_TIMEOUT):
-                log.warning("task pgid=%d still has processes %.1fs after its end",
-                            handle.pgid, REAP_TIMEOUT)
+                log.warning(
+                    "task pgid=%d still has processes %.1fs after its end",
+                    handle.pgid,
+                    REAP_TIMEOUT,
+                )
             return
         escaped = _descendants(handle.pid)
         _signal_group(handle.pgid, signal.SIGTERM)
@@ -267,11 +319,16 @@ class ExecDriver(Driver):
         self._wait_procs_gone(escaped, REAP_TIMEOUT)
 
     def handle_to_json(self, handle: ExecHandle) -> dict:
-        return {"driver": self.name, "pid": handle.pid, "pgid": handle.pgid,
-                "create_time": handle.create_time,
-                "supervisor_pid": handle.supervisor_pid,
-                "supervisor_create_time": handle.supervisor_create_time,
-                "record_path": handle.record_path, "memory_mb": handle.memory_mb}
+        return {
+            "driver": self.name,
+            "pid": handle.pid,
+            "pgid": handle.pgid,
+            "create_time": handle.create_time,
+            "supervisor_pid": handle.supervisor_pid,
+            "supervisor_create_time": handle.supervisor_create_time,
+            "record_path": handle.record_path,
+            "memory_mb": handle.memory_mb,
+        }
 
     def recover(self, handle_json: dict) -> ExecHandle | None:
         try:
@@ -284,10 +341,15 @@ class ExecDriver(Driver):
             return None
         created = handle_json.get("create_time")
         record_path = handle_json.get("record_path")
-        handle = ExecHandle(pid=pid, pgid=pgid, create_time=created,
-                            supervisor_pid=sup_pid,
-                            supervisor_create_time=handle_json.get("supervisor_create_time"),
-                            record_path=record_path, memory_mb=memory_mb)
+        handle = ExecHandle(
+            pid=pid,
+            pgid=pgid,
+            create_time=created,
+            supervisor_pid=sup_pid,
+            supervisor_create_time=handle_json.get("supervisor_create_time"),
+            record_path=record_path,
+            memory_mb=memory_mb,
+        )
         if record_path:
             # Ended while we were away (the record says how), or still supervised.
             if _ended(read_record(record_path)) or self._supervised(handle):
@@ -297,8 +359,9 @@ class ExecDriver(Driver):
         return handle if _alive(pid, created) else None
 
     def _supervised(self, handle: ExecHandle) -> bool:
-        return (handle.supervisor_pid is not None
-                and _alive(handle.supervisor_pid, handle.supervisor_create_time))
+        return handle.supervisor_pid is not None and _alive(
+            handle.supervisor_pid, handle.supervisor_create_time
+        )
 
     def pid(self, handle: ExecHandle) -> int | None:
         return handle.pid
@@ -328,12 +391,14 @@ class ExecDriver(Driver):
     def _wait_foreign(self, handle: ExecHandle, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         if handle.record_path is not None:
+
             def running():
-                return (not _ended(read_record(handle.record_path))
-                        and self._supervised(handle))
+                return not _ended(read_record(handle.record_path)) and self._supervised(handle)
         else:
+
             def running():
                 return _alive(handle.pid, handle.create_time)
+
         while running():
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -364,7 +429,7 @@ def read_record(path: str) -> dict | None:
         try:
             part = json.loads(line)
         except ValueError:
-            continue                        # empty, or being written
+            continue  # empty, or being written
         if isinstance(part, dict):
             doc.update(part)
     return doc or None
@@ -380,8 +445,7 @@ def exit_result(record: dict | None, memory_mb: int) -> ExitResult:
         return ExitResult(exit_code=None, error=STATUS_LOST)
     code, sig = record.get("exit_code"), record.get("signal")
     if record.get("oom_killed"):
-        return ExitResult(exit_code=code, signal=sig, oom_killed=True,
-                          error=oom_error(memory_mb))
+        return ExitResult(exit_code=code, signal=sig, oom_killed=True, error=oom_error(memory_mb))
     if code is None:
         return ExitResult(exit_code=None, error=record.get("exit_error") or STATUS_LOST)
     if sig:
@@ -393,12 +457,12 @@ def resolve_user(name: str) -> dict:
     """uid, gid and groups of a local user, for running tasks as them."""
     import grp
     import pwd
+
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
         raise DriverError(f"task user {name} does not exist on this node")
-    groups = sorted({g.gr_gid for g in grp.getgrall() if name in g.gr_mem}
-                    | {entry.pw_gid})
+    groups = sorted({g.gr_gid for g in grp.getgrall() if name in g.gr_mem} | {entry.pw_gid})
     return {"name": name, "uid": entry.pw_uid, "gid": entry.pw_gid, "groups": groups}
 
 
@@ -453,7 +517,7 @@ def _group_states(pgid: int) -> list[str]:
                     stat = f.read()
             except OSError:
                 continue
-            fields = stat[stat.rfind(b")") + 2:].split()
+            fields = stat[stat.rfind(b")") + 2 :].split()
             if len(fields) > 2 and int(fields[2]) == pgid:
                 states.append(fields[0].decode())
         return states
@@ -501,7 +565,8 @@ def _alive(pid: int, create_time: float | None) -> bool:
 
 def _scalar(value) -> bool:
     return isinstance(value, (str, int, float, bool)) and not (
-        isinstance(value, str) and "\0" in value)
+        isinstance(value, str) and "\0" in value
+    )
 
 
 def _text(value) -> str:

@@ -7,6 +7,7 @@ fresh interpreter without site packages that imports only the supervisor
 module, in a session of its own. A reader thread takes its answers to start
 requests and its word that a task ended, and wakes whoever waits for either.
 """
+
 from __future__ import annotations
 
 import errno
@@ -31,12 +32,14 @@ from orch.errors import DriverError
 log = logging.getLogger(__name__)
 
 CONNECT_TRIES = 5
-START_TIMEOUT = 10.0        # a supervisor that has not said READY by then is broken
-ANSWER_TIMEOUT = 30.0       # one start: claim, fork, exec
+START_TIMEOUT = 10.0  # a supervisor that has not said READY by then is broken
+ANSWER_TIMEOUT = 30.0  # one start: claim, fork, exec
 LOST = "task supervisor connection lost"
 # The supervisor's command line: only our package on the path, no site.
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
-         "from orch.agent.supervisor import main; sys.exit(main(sys.argv[2:]))")
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from orch.agent.supervisor import main; sys.exit(main(sys.argv[2:]))"
+)
 
 
 def supervisor_name(state_dir: str | None) -> str:
@@ -59,7 +62,7 @@ class SupervisorClient:
     def __init__(self, name: str, log_path: str | None = None):
         self.name = name
         self._log_path = log_path
-        self._lock = threading.Lock()           # the connection and the tables
+        self._lock = threading.Lock()  # the connection and the tables
         self._send_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._pid: int | None = None
@@ -139,8 +142,9 @@ class SupervisorClient:
                 if sock is not None:
                     break
             else:
-                raise DriverError("cannot reach the task supervisor "
-                                  f"(see {self._log_path or 'its log'})")
+                raise DriverError(
+                    f"cannot reach the task supervisor (see {self._log_path or 'its log'})"
+                )
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
             self._pid = int.from_bytes(creds[0:4], sys.byteorder)
             try:
@@ -148,8 +152,9 @@ class SupervisorClient:
             except psutil.Error:
                 self._created = None
             self._sock = sock
-            threading.Thread(target=self._read, args=(sock,), daemon=True,
-                             name="supervisor-reader").start()
+            threading.Thread(
+                target=self._read, args=(sock,), daemon=True, name="supervisor-reader"
+            ).start()
             log.debug("connected to task supervisor pid=%d", self._pid)
             return sock, self._pid, self._created
 
@@ -173,8 +178,12 @@ class SupervisorClient:
             with open(log_path, "ab") as err:
                 popen = subprocess.Popen(
                     [sys.executable, "-S", "-E", "-c", _BOOT, root, self.name],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                    start_new_session=True, close_fds=True)
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    start_new_session=True,
+                    close_fds=True,
+                )
         except OSError as exc:
             raise DriverError(f"failed to start the task supervisor: {exc}")
         try:

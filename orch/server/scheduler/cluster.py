@@ -16,6 +16,7 @@ counts are grouped by job and keyed by record; and, for a crowded cluster,
 each class's most free cpu and memory (``class_room``) is cached until a
 node of the class changes.
 """
+
 from __future__ import annotations
 
 import threading
@@ -26,19 +27,20 @@ from orch.structs import Allocation, Node, Resources, replace
 class Room:
     """One node as the scheduler sees it; updated in place, hashed by identity."""
 
-    __slots__ = ("node_id", "cpu", "memory", "cpu_used", "memory_used",
-                 "healthy", "node_class")
+    __slots__ = ("node_id", "cpu", "memory", "cpu_used", "memory_used", "healthy", "node_class")
 
     def __init__(self, node_id: str):
         self.node_id = node_id
-        self.cpu = self.memory = 0            # capacity (0 while unknown)
+        self.cpu = self.memory = 0  # capacity (0 while unknown)
         self.cpu_used = self.memory_used = 0  # reserved by allocations
         self.healthy = False
         self.node_class: str | None = None
 
     def __repr__(self) -> str:
-        return (f"Room({self.node_id!r}, cpu={self.cpu_used}/{self.cpu}, "
-                f"memory={self.memory_used}/{self.memory}, healthy={self.healthy})")
+        return (
+            f"Room({self.node_id!r}, cpu={self.cpu_used}/{self.cpu}, "
+            f"memory={self.memory_used}/{self.memory}, healthy={self.healthy})"
+        )
 
 
 class Cluster:
@@ -78,22 +80,30 @@ class Cluster:
             room = self._room_for(node.node_id)
             node_class = self._class_for(node, old, room)
             self._nodes[node.node_id] = node
-            changed = (old is None or old.resources != node.resources
-                       or old.healthy != node.healthy or room.node_class != node_class)
+            changed = (
+                old is None
+                or old.resources != node.resources
+                or old.healthy != node.healthy
+                or room.node_class != node_class
+            )
             if changed:
                 self._unlist(room)
                 room.cpu, room.memory = node.resources.cpu, node.resources.memory
                 room.healthy, room.node_class = node.healthy, node_class
                 if node.healthy and node.node_id not in self._suspect:
                     self._list(room)
-                self._touch(node_class)      # capacity may have changed
+                self._touch(node_class)  # capacity may have changed
 
     @staticmethod
     def _class_for(node: Node, old: Node | None, room: Room) -> str:
         # Hashing is the expensive part of an upsert; skip it when nothing it covers changed.
-        if (old is not None and room.node_class is not None
-                and old.region == node.region and old.attributes == node.attributes
-                and old.meta == node.meta):
+        if (
+            old is not None
+            and room.node_class is not None
+            and old.region == node.region
+            and old.attributes == node.attributes
+            and old.meta == node.meta
+        ):
             return room.node_class
         return node.computed_class()
 
@@ -215,8 +225,9 @@ class Cluster:
         if node is None:
             return Resources()
         room = self._rooms[node_id]
-        return Resources(node.resources.cpu - room.cpu_used,
-                         node.resources.memory - room.memory_used)
+        return Resources(
+            node.resources.cpu - room.cpu_used, node.resources.memory - room.memory_used
+        )
 
     def job_nodes(self, job_id: str) -> dict[Room, int]:
         """Record -> allocations of the job holding resources there; read-only."""

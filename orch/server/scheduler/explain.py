@@ -6,6 +6,7 @@ which nodes came closest and what they lacked (the evaluation's
 ``failed_nodes`` field, read by ``orch job run``). Pure functions of a plan,
 its job and the capacity index, next to the scheduler that made the plan.
 """
+
 from __future__ import annotations
 
 from itertools import islice
@@ -31,9 +32,11 @@ def summarize(plan, job) -> dict:
         placed_by_group[alloc.task_group] = placed_by_group.get(alloc.task_group, 0) + 1
     for tg in job.task_groups:
         failed = plan.failed.get(tg.name, {})
-        groups[tg.name] = {"wanted": tg.count,
-                           "placed": placed_by_group.get(tg.name, 0),
-                           "failed": failed.get("wanted", 0)}
+        groups[tg.name] = {
+            "wanted": tg.count,
+            "placed": placed_by_group.get(tg.name, 0),
+            "failed": failed.get("wanted", 0),
+        }
         for reason, count in failed.get("failures", {}).items():
             failures[reason] = failures.get(reason, 0) + count
     queued = sum(f.get("wanted", 0) for f in plan.failed.values())
@@ -44,13 +47,19 @@ def describe(summary: dict) -> str:
     """The evaluation's status_description for a ``summarize`` result."""
     if not summary["queued"]:
         return "all allocations placed"
-    reasons = "; ".join(f"{reason} on {n} node{'s' if n != 1 else ''}"
-                        for reason, n in summary["failures"].items())
+    reasons = "; ".join(
+        f"{reason} on {n} node{'s' if n != 1 else ''}" for reason, n in summary["failures"].items()
+    )
     return f"{summary['queued']} allocation(s) not placed: {reasons or 'no nodes'}"
 
 
-def failed_nodes(plan, job: Job, cluster, released: dict[str, Resources] | None = None,
-                 limit: int = MAX_FAILED_NODES) -> dict[str, list[dict]]:
+def failed_nodes(
+    plan,
+    job: Job,
+    cluster,
+    released: dict[str, Resources] | None = None,
+    limit: int = MAX_FAILED_NODES,
+) -> dict[str, list[dict]]:
     """{group: [{"node_id", "reason", "needs", "free"}]} for the plan's failed
     groups: the feasible nodes without room that came closest to fitting.
 
@@ -74,15 +83,19 @@ def failed_nodes(plan, job: Job, cluster, released: dict[str, Resources] | None 
         ids = islice((node_id for _, part in parts for node_id in part), MAX_SCAN)
         misses = []
         for node_id in ids:
-            free = (cluster.free(node_id) - placed.get(node_id, Resources())
-                    + released.get(node_id, Resources()))
+            free = (
+                cluster.free(node_id)
+                - placed.get(node_id, Resources())
+                + released.get(node_id, Resources())
+            )
             reason = _lacking(needs, free)
             if reason is not None:
                 misses.append((_shortfall(needs, free), node_id, reason, free))
         misses.sort(key=lambda m: (m[0], m[1]))
-        out[group_name] = [{"node_id": node_id, "reason": reason,
-                            "needs": needs.to_dict(), "free": free.to_dict()}
-                           for _, node_id, reason, free in misses[:limit]]
+        out[group_name] = [
+            {"node_id": node_id, "reason": reason, "needs": needs.to_dict(), "free": free.to_dict()}
+            for _, node_id, reason, free in misses[:limit]
+        ]
     return out
 
 

@@ -8,6 +8,7 @@ verdict is remembered by the cluster for later evaluations asking the same),
 except for constraints on attributes unique to a node (``node_id``,
 ``hostname``), which run per node as Nomad's "escaped" constraints do.
 """
+
 from __future__ import annotations
 
 import operator
@@ -23,8 +24,14 @@ MISSING_DRIVERS = "missing drivers"
 UNIQUE_ATTRIBUTES = frozenset({"node_id", "hostname", "attr.hostname"})
 DRIVER_ATTRIBUTES = ("driver.exec", "driver.docker")
 
-_COMPARE = {"=": operator.eq, "!=": operator.ne, ">": operator.gt,
-            "<": operator.lt, ">=": operator.ge, "<=": operator.le}
+_COMPARE = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    "<": operator.lt,
+    ">=": operator.ge,
+    "<=": operator.le,
+}
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -53,12 +60,15 @@ def check_constraint(node: Node, constraint: Constraint) -> bool:
         try:
             return regex.search(wanted, _text(actual))
         except regex.error:
-            return False           # stored before patterns were checked with RE2
+            return False  # stored before patterns were checked with RE2
     compare = _COMPARE.get(op)
     if compare is None:
         return False
-    if isinstance(actual, bool) and op in ("=", "!=") and (
-            wanted.lower() in _TRUE or wanted.lower() in _FALSE):
+    if (
+        isinstance(actual, bool)
+        and op in ("=", "!=")
+        and (wanted.lower() in _TRUE or wanted.lower() in _FALSE)
+    ):
         return compare(actual, wanted.lower() in _TRUE)
     left, right = _text(actual), wanted
     left_num, right_num = _number(left), _number(right)
@@ -88,16 +98,16 @@ def drivers_feasible(node: Node, group: TaskGroup) -> bool:
     for task in group.tasks:
         if has_driver(node, task.driver):
             continue
-        exec_fallback = (task.driver == "docker" and "command" in task.config
-                         and has_driver(node, "exec"))
+        exec_fallback = (
+            task.driver == "docker" and "command" in task.config and has_driver(node, "exec")
+        )
         if not exec_fallback:
             return False
     return True
 
 
 def is_unique(constraint: Constraint) -> bool:
-    return constraint.attribute in UNIQUE_ATTRIBUTES or \
-        constraint.attribute.startswith("unique.")
+    return constraint.attribute in UNIQUE_ATTRIBUTES or constraint.attribute.startswith("unique.")
 
 
 def _first_failed(node: Node, constraints: Iterable[Constraint]) -> str | None:
@@ -121,8 +131,9 @@ def node_feasible(node: Node, job: Job, group: TaskGroup) -> str | None:
     return _first_failed(node, unique)
 
 
-def feasible_parts(cluster, job: Job, group: TaskGroup
-                   ) -> tuple[list[tuple[str, Sequence[str]]], Counter]:
+def feasible_parts(
+    cluster, job: Job, group: TaskGroup
+) -> tuple[list[tuple[str, Sequence[str]]], Counter]:
     """feasible_rooms with node ids: (class, ids) pairs, and the rejections."""
     parts, failures = feasible_rooms(cluster, job, group)
     return [(node_class, NodeIds(rooms)) for node_class, rooms in parts], failures
@@ -155,8 +166,11 @@ MAX_ASKS = 10_000
 def _asks(job: Job, group: TaskGroup) -> tuple:
     """Everything class_feasible reads from the job and group, as plain tuples."""
     drivers = tuple((t.driver, "command" in t.config) for t in group.tasks)
-    shared = tuple((c.attribute, c.operator, c.value)
-                   for c in (*job.constraints, *group.constraints) if not is_unique(c))
+    shared = tuple(
+        (c.attribute, c.operator, c.value)
+        for c in (*job.constraints, *group.constraints)
+        if not is_unique(c)
+    )
     return drivers, shared
 
 

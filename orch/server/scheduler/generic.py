@@ -11,6 +11,7 @@ state store appends to the end of its primary-key index instead of touching
 a random page per allocation, which is most of the cost of committing a
 large plan to SQLite.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,20 +20,29 @@ from orch.server.scheduler.cluster import Cluster
 from orch.server.scheduler.reconcile import reconcile
 from orch.server.scheduler.stack import Stack
 from orch.structs import (
-    Allocation, AllocStatus, DesiredStatus, Evaluation, Job, Plan, TaskGroup,
+    Allocation,
+    AllocStatus,
+    DesiredStatus,
+    Evaluation,
+    Job,
+    Plan,
+    TaskGroup,
     TaskState,
 )
 
 
-def compute_plan(job: Job, allocs: list[Allocation], cluster: Cluster,
-                 evaluation: Evaluation, *, now: float, rng
-                 ) -> tuple[Plan, float | None]:
+def compute_plan(
+    job: Job, allocs: list[Allocation], cluster: Cluster, evaluation: Evaluation, *, now: float, rng
+) -> tuple[Plan, float | None]:
     """Plan the evaluation; also return when to look again (delayed reschedules)."""
     diff = reconcile(job, allocs, now=now)
-    plan = Plan(eval_id=evaluation.eval_id, job_id=job.job_id,
-                stop=[(alloc.allocation_id, reason) for alloc, reason in diff.stop])
+    plan = Plan(
+        eval_id=evaluation.eval_id,
+        job_id=job.job_id,
+        stop=[(alloc.allocation_id, reason) for alloc, reason in diff.stop],
+    )
     stack = Stack(cluster, job, rng=rng, releasing=[a for a, _ in diff.stop])
-    templates: dict[str, tuple] = {}    # group -> (demand, spec hash, tasks)
+    templates: dict[str, tuple] = {}  # group -> (demand, spec hash, tasks)
     ids = AllocIds(now)
     for group, index, previous in diff.place:
         failed = plan.failed.get(group.name)
@@ -44,30 +54,50 @@ def compute_plan(job: Job, allocs: list[Allocation], cluster: Cluster,
             # New allocations are never mutated (copy on write), so those of
             # one group share their initial task states.
             template = templates[group.name] = (
-                group.resources, group.spec_hash(),
-                {task.name: TaskState() for task in group.tasks})
-        node_id, failures = stack.select(
-            group, template[0], previous.node_id if previous else None)
+                group.resources,
+                group.spec_hash(),
+                {task.name: TaskState() for task in group.tasks},
+            )
+        node_id, failures = stack.select(group, template[0], previous.node_id if previous else None)
         if node_id is None:
             plan.failed[group.name] = {"wanted": 1, "failures": failures}
             continue
-        plan.place.append(_allocation(ids.next(), job, group, index, previous,
-                                      node_id, template, evaluation, now))
+        plan.place.append(
+            _allocation(ids.next(), job, group, index, previous, node_id, template, evaluation, now)
+        )
     return plan, diff.followup_at
 
 
-def _allocation(allocation_id: str, job: Job, group: TaskGroup, index: int,
-                previous: Allocation | None, node_id: str, template: tuple,
-                evaluation: Evaluation, now: float) -> Allocation:
+def _allocation(
+    allocation_id: str,
+    job: Job,
+    group: TaskGroup,
+    index: int,
+    previous: Allocation | None,
+    node_id: str,
+    template: tuple,
+    evaluation: Evaluation,
+    now: float,
+) -> Allocation:
     demand, spec_hash, tasks = template
     return Allocation(
-        allocation_id=allocation_id, job_id=job.job_id, task_group=group.name,
-        node_id=node_id, index=index, resources=demand,
-        desired_status=DesiredStatus.RUN, client_status=AllocStatus.PENDING,
-        tasks=tasks, create_time=now, modify_time=now, job_version=job.version,
-        group_hash=spec_hash, eval_id=evaluation.eval_id,
+        allocation_id=allocation_id,
+        job_id=job.job_id,
+        task_group=group.name,
+        node_id=node_id,
+        index=index,
+        resources=demand,
+        desired_status=DesiredStatus.RUN,
+        client_status=AllocStatus.PENDING,
+        tasks=tasks,
+        create_time=now,
+        modify_time=now,
+        job_version=job.version,
+        group_hash=spec_hash,
+        eval_id=evaluation.eval_id,
         previous_allocation=previous.allocation_id if previous else None,
-        reschedule_count=previous.reschedule_count + 1 if previous else 0)
+        reschedule_count=previous.reschedule_count + 1 if previous else 0,
+    )
 
 
 class AllocIds:
@@ -78,8 +108,8 @@ class AllocIds:
     def __init__(self, now: float):
         self._millis = int(now * 1000)
         self._count = 0
-        self._noise = ""        # hex of random bytes, 16 digits per id
-        self._prefix = ""       # "mmmmmmmm-mmmm-7": millisecond field and version
+        self._noise = ""  # hex of random bytes, 16 digits per id
+        self._prefix = ""  # "mmmmmmmm-mmmm-7": millisecond field and version
 
     def next(self) -> str:
         i = self._count
@@ -92,9 +122,8 @@ class AllocIds:
             # past 4096 ids the millisecond field moves on instead.
             millis = f"{(self._millis + (i >> 12)) & (1 << 48) - 1:012x}"
             self._prefix = f"{millis[:8]}-{millis[8:]}-7"
-        noise = self._noise[at:at + 16]
-        return (f"{self._prefix}{i & 0xFFF:03x}-{_VARIANT[noise[0]]}{noise[1:4]}"
-                f"-{noise[4:]}")
+        noise = self._noise[at : at + 16]
+        return f"{self._prefix}{i & 0xFFF:03x}-{_VARIANT[noise[0]]}{noise[1:4]}-{noise[4:]}"
 
 
 # First hex digit of the 4th group: variant bits 10, then 2 random bits.

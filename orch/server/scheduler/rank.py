@@ -6,6 +6,7 @@ spread one job's allocations and move a replacement away from the node its
 predecessor failed on. The bin-pack score itself is computed in the stack's
 inner loop (stack.py), where a call per node visit is a measurable share.
 """
+
 from __future__ import annotations
 
 # Nomad's binpack score ranges 0 (idle node) .. 18 (perfect fit).

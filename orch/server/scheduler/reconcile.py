@@ -4,17 +4,23 @@ For every group and slot ``0..count-1`` the *current* allocation is the
 newest one the server still wants running (``desired_status == run``); the
 rules of docs/DESIGN.md "Reconcile rules" decide what to place, stop and keep.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from orch.structs import (
-    Allocation, AllocStatus, DesiredStatus, Job, JobType, TaskGroup,
+    Allocation,
+    AllocStatus,
+    DesiredStatus,
+    Job,
+    JobType,
+    TaskGroup,
 )
 
-RESCHEDULE_BASE = 1.0      # seconds; doubles with every reschedule
+RESCHEDULE_BASE = 1.0  # seconds; doubles with every reschedule
 RESCHEDULE_MAX = 30.0
 
 JOB_STOPPED = "job stopped"
@@ -28,10 +34,11 @@ DUPLICATE = "duplicate"
 @dataclass
 class Reconciliation:
     """What to do: place (group, index, previous), stop (alloc, reason), keep."""
+
     place: list[tuple[TaskGroup, int, Allocation | None]] = field(default_factory=list)
     stop: list[tuple[Allocation, str]] = field(default_factory=list)
     keep: list[Allocation] = field(default_factory=list)
-    followup_at: float | None = None     # earliest delayed reschedule, clock of `now`
+    followup_at: float | None = None  # earliest delayed reschedule, clock of `now`
 
     def defer(self, when: float) -> None:
         if self.followup_at is None or when < self.followup_at:
@@ -64,15 +71,15 @@ def reconcile(job: Job, allocs: Iterable[Allocation], *, now: float) -> Reconcil
         by_group[alloc.task_group].append(alloc)
     for name, group_allocs in by_group.items():
         if job.group(name) is None:
-            result.stop += [(a, GROUP_REMOVED)
-                            for a in _highest_first(_wanted(group_allocs))]
+            result.stop += [(a, GROUP_REMOVED) for a in _highest_first(_wanted(group_allocs))]
     for group in job.task_groups:
         _reconcile_group(job, group, by_group.get(group.name, []), now, result)
     return result
 
 
-def _reconcile_group(job: Job, group: TaskGroup, allocs: list[Allocation],
-                     now: float, result: Reconciliation) -> None:
+def _reconcile_group(
+    job: Job, group: TaskGroup, allocs: list[Allocation], now: float, result: Reconciliation
+) -> None:
     if not allocs:
         # A new group (the common case of a large submit): every slot is placed.
         result.place += [(group, index, None) for index in range(group.count)]
@@ -84,13 +91,18 @@ def _reconcile_group(job: Job, group: TaskGroup, allocs: list[Allocation],
     result.stop += [(a, SCALED_DOWN) for a in _highest_first(_wanted(extra))]
     spec_hash = group.spec_hash()
     for index in range(group.count):
-        _reconcile_slot(job, group, index, slots.get(index, []), spec_hash,
-                        now, result)
+        _reconcile_slot(job, group, index, slots.get(index, []), spec_hash, now, result)
 
 
-def _reconcile_slot(job: Job, group: TaskGroup, index: int,
-                    allocs: list[Allocation], spec_hash: str, now: float,
-                    result: Reconciliation) -> None:
+def _reconcile_slot(
+    job: Job,
+    group: TaskGroup,
+    index: int,
+    allocs: list[Allocation],
+    spec_hash: str,
+    now: float,
+    result: Reconciliation,
+) -> None:
     wanted = sorted(_wanted(allocs), key=lambda a: a.create_time)
     if not wanted:
         previous = max(allocs, key=lambda a: a.create_time, default=None)
@@ -113,8 +125,9 @@ def _reconcile_slot(job: Job, group: TaskGroup, index: int,
         result.keep.append(current)
 
 
-def _reschedule_failed(group: TaskGroup, index: int, alloc: Allocation,
-                       now: float, result: Reconciliation) -> None:
+def _reschedule_failed(
+    group: TaskGroup, index: int, alloc: Allocation, now: float, result: Reconciliation
+) -> None:
     """Replace a failed service allocation once its back-off delay has passed."""
     failed_at = alloc.modify_time or alloc.end_time or alloc.create_time
     ready_at = failed_at + reschedule_delay(alloc.reschedule_count)

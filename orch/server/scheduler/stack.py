@@ -16,18 +16,21 @@ not O(nodes). A placement fails only after every feasible node was seen, or
 ruled out with its class, without room: the stack never gives up early on a
 cluster that could still take the allocation.
 """
+
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate, islice
-from typing import Iterable, Iterator, Sequence
 
 from orch.server.scheduler.cluster import Cluster, Room
 from orch.server.scheduler.feasible import feasible_rooms
 from orch.server.scheduler.rank import (
-    BINPACK_MAX, RESCHEDULE_PENALTY, anti_affinity_penalty,
+    BINPACK_MAX,
+    RESCHEDULE_PENALTY,
+    anti_affinity_penalty,
 )
 from orch.structs import Allocation, Job, JobType, Resources, TaskGroup
 
@@ -60,7 +63,7 @@ class Ring:
         """A ring over the concatenation of ``parts``, without concatenating."""
         self._parts = [part for part in parts if part]
         self._live = sum(map(len, self._parts))
-        self._dropped: set = set()          # dropped during the current lap
+        self._dropped: set = set()  # dropped during the current lap
         # The walk is a generator: its state lives in fast locals, and a
         # select() that stops early resumes it where it stopped.
         self.walk = self._walk(rng.random)
@@ -127,10 +130,10 @@ class _Placing:
     __slots__ = ("ring", "classes", "filtered", "full", "limit", "prunable")
 
     def __init__(self, classes, filtered: Counter, limit: int, rng):
-        self.classes = classes              # [(class, node records)] the ring walks
+        self.classes = classes  # [(class, node records)] the ring walks
         self.ring = Ring([rooms for _, rooms in classes], rng)
-        self.filtered = filtered            # infeasible: reason -> nodes
-        self.full: Counter = Counter()      # classes pruned as full: reason -> nodes
+        self.filtered = filtered  # infeasible: reason -> nodes
+        self.full: Counter = Counter()  # classes pruned as full: reason -> nodes
         self.limit = limit
         self.prunable = True
 
@@ -142,8 +145,7 @@ class Stack:
     read in place); ids appear only in what select() returns.
     """
 
-    def __init__(self, cluster: Cluster, job: Job, *, rng,
-                 releasing: Iterable[Allocation] = ()):
+    def __init__(self, cluster: Cluster, job: Job, *, rng, releasing: Iterable[Allocation] = ()):
         self._cluster = cluster
         self._job = job
         self._rng = rng
@@ -151,8 +153,8 @@ class Stack:
         # node -> [cpu, memory, allocations of the job] placed by this evaluation
         self._local: dict[Room, list[int]] = {}
         self._placing: dict[tuple[str, Resources], _Placing] = {}
-        self._last: tuple = (None, None, None)     # (group, demand, _Placing)
-        self._releasing: set[Room] = set()         # nodes where this plan frees room
+        self._last: tuple = (None, None, None)  # (group, demand, _Placing)
+        self._releasing: set[Room] = set()  # nodes where this plan frees room
         # Stops in the same plan free their room for its placements, as in Nomad.
         for alloc in releasing:
             room = cluster.room(alloc.node_id)
@@ -174,44 +176,69 @@ class Stack:
         # so the ring drops it.
         last_group, last_demand, placing = self._last
         if group is last_group and demand is last_demand:
-            return placing    # the usual case: the same group, placement after placement
+            return placing  # the usual case: the same group, placement after placement
         key = (group.name, demand)
         placing = self._placing.get(key)
         if placing is None:
             classes, filtered = feasible_rooms(self._cluster, self._job, group)
             candidates = sum(len(rooms) for _, rooms in classes)
             placing = self._placing[key] = _Placing(
-                classes, filtered, placement_limit(self._job, candidates), self._rng)
+                classes, filtered, placement_limit(self._job, candidates), self._rng
+            )
         self._last = (group, demand, placing)
         return placing
 
-    def select(self, group: TaskGroup, demand: Resources,
-               previous_node: str | None = None) -> tuple[str | None, dict]:
+    def select(
+        self, group: TaskGroup, demand: Resources, previous_node: str | None = None
+    ) -> tuple[str | None, dict]:
         """(node id, {}) for the best node, or (None, {reason: node count})."""
         placing = self._state(group, demand)
         kept, skipped = [], []
-        crowded = self._walk(placing, group, demand, previous_node, kept, skipped,
-                             PRUNE_AFTER if placing.prunable else None)
+        crowded = self._walk(
+            placing,
+            group,
+            demand,
+            previous_node,
+            kept,
+            skipped,
+            PRUNE_AFTER if placing.prunable else None,
+        )
         if crowded:
             # Most nodes met had no room: set aside the classes where no node
             # can take the demand, then walk what is left.
             self._prune(placing, demand)
-            self._walk(placing, group, demand, previous_node, kept, skipped, None,
-                       seen={room for _, room in kept + skipped})
+            self._walk(
+                placing,
+                group,
+                demand,
+                previous_node,
+                kept,
+                skipped,
+                None,
+                seen={room for _, room in kept + skipped},
+            )
         pool = kept if len(kept) >= placing.limit else kept + skipped
         if not pool:
             reasons = placing.filtered + placing.full + self._exhausted(placing, demand)
             return None, dict(reasons)
         best_score, best = pool[0]
         for score, room in pool:
-            if score > best_score:      # ties: the first seen wins, as max() does
+            if score > best_score:  # ties: the first seen wins, as max() does
                 best_score, best = score, room
         self._hold(best, demand, 1)
         return best.node_id, {}
 
-    def _walk(self, placing: _Placing, group: TaskGroup, demand: Resources,
-              previous_node: str | None, kept: list, skipped: list,
-              prune_after: int | None, seen: set = frozenset()) -> bool:
+    def _walk(
+        self,
+        placing: _Placing,
+        group: TaskGroup,
+        demand: Resources,
+        previous_node: str | None,
+        kept: list,
+        skipped: list,
+        prune_after: int | None,
+        seen: set = frozenset(),
+    ) -> bool:
         """Rank nodes until ``limit`` are kept or a lap is done.
 
         True if it stopped early instead, after ``prune_after`` nodes without room.
@@ -222,7 +249,7 @@ class Stack:
         misses = 0
         # One lap at most: every node not dropped, once.
         for room in islice(ring.walk, len(ring)):
-            if not room.healthy or room in seen:   # down since the evaluation began
+            if not room.healthy or room in seen:  # down since the evaluation began
                 continue
             total_cpu, total_memory = room.cpu, room.memory
             free_cpu = total_cpu - room.cpu_used - need_cpu
@@ -244,10 +271,13 @@ class Stack:
             # the sum rewards filling the emptier dimension most; 0..1.
             share_cpu = free_cpu / total_cpu if total_cpu > 0 else 0.0
             share_memory = free_memory / total_memory if total_memory > 0 else 0.0
-            score = 20.0 - ((10.0 ** share_cpu if share_cpu < 1.0 else 10.0)
-                            + (10.0 ** share_memory if share_memory < 1.0 else 10.0))
-            score = (0.0 if score <= 0.0 else score if score < BINPACK_MAX
-                     else BINPACK_MAX) / BINPACK_MAX
+            score = 20.0 - (
+                (10.0**share_cpu if share_cpu < 1.0 else 10.0)
+                + (10.0**share_memory if share_memory < 1.0 else 10.0)
+            )
+            score = (
+                0.0 if score <= 0.0 else score if score < BINPACK_MAX else BINPACK_MAX
+            ) / BINPACK_MAX
             if collisions > 0:
                 score -= anti_affinity_penalty(collisions, group.count)
             if previous_node is not None and room.node_id == previous_node:
