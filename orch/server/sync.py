@@ -106,7 +106,7 @@ def _unasked_stop(alloc: Allocation) -> Allocation:
     """
     if alloc.client_status != AllocStatus.STOPPED:
         return alloc
-    log.warning("alloc %s %s: counted as failed", alloc.allocation_id[:8], UNASKED_STOP)
+    log.warning("alloc %s %s: counted as failed", short_id(alloc.allocation_id), UNASKED_STOP)
     return replace(alloc, client_status=AllocStatus.FAILED, description=UNASKED_STOP)
 
 
