@@ -82,13 +82,21 @@ class Drainer(threading.Thread):
         self._now = now
         self._wake = threading.Event()
         self._stopped = threading.Event()
+        # Nodes to look at; the first tick finds the drains stored before a
+        # restart, later ones only those it was told of: a tick does not walk
+        # every node of a large cluster.
+        self._draining: set[str] = set()
+        self._scanned = False
+        self._lock = threading.Lock()
 
     def stop(self) -> None:
         self._stopped.set()
         self._wake.set()
 
-    def wake(self) -> None:
-        """Look at the drains now (one was started, or an allocation changed)."""
+    def watch(self, node_id: str) -> None:
+        """A drain was started on the node: look at it now."""
+        with self._lock:
+            self._draining.add(node_id)
         self._wake.set()
 
     def run(self) -> None:
@@ -106,9 +114,25 @@ class Drainer(threading.Thread):
 
     def tick(self) -> None:
         """One pass over every draining node."""
-        for node in self._store.list_nodes():
-            if node.drain is not None:
-                self.drain_node(node)
+        with self._lock:
+            if not self._scanned:
+                self._draining |= {n.node_id for n in self._store.list_nodes() if n.drain}
+                self._scanned = True
+            draining = sorted(self._draining)
+        for node_id in draining:
+            node = self._store.get_node(node_id)
+            if node is None or node.drain is None:
+                self._forget(node_id)
+                continue
+            self.drain_node(node)
+
+    def _forget(self, node_id: str) -> None:
+        # Read again under the lock: a drain started meanwhile is written
+        # before watch() takes the lock, so it is either seen here or re-added.
+        with self._lock:
+            node = self._store.get_node(node_id)
+            if node is None or node.drain is None:
+                self._draining.discard(node_id)
 
     def drain_node(self, node: Node) -> None:
         drain = node.drain or {}

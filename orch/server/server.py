@@ -315,7 +315,7 @@ class Server:
         drain = new_drain(request.deadline_s, request.ignore_system_jobs, time.time(), started)
         node = self.store.set_node_scheduling(node_id, eligible=False, drain=drain)
         log.info("node %s drain started deadline=%.0fs", node_id[:8], request.deadline_s)
-        self.drainer.wake()
+        self.drainer.watch(node_id)
         return node
 
     def _cancel_drain(self, node: Node) -> Node:

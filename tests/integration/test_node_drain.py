@@ -147,3 +147,26 @@ def test_eligibility_off_then_on(cluster, pyz):
     assert node_a in {a["node_id"] for a in running(cluster, "second")}
     # What ran on the node all along stays where it was.
     assert {a["node_id"] for a in running(cluster, "first")} == {node_b}
+
+
+@pytest.mark.timeout(180)
+def test_a_drain_survives_a_server_kill9(cluster):
+    node_a = cluster.start_agent("a")
+    node_b = cluster.start_agent("b")
+    submit(cluster, job_body("work", cluster.pid_command("work")))
+    wait_until(lambda: running(cluster, "work"), 60, what="batch allocation running")
+    (first,) = running(cluster, "work")
+    other = node_b if first["node_id"] == node_a else node_a
+    resp = cluster.post(f"/nodes/{first['node_id']}/drain", {"deadline_s": 4})
+    assert resp.status_code == 200, resp.text
+    cluster.server.kill9()
+    cluster.start_server()
+    assert cluster.node(first["node_id"])["drain"]["deadline_s"] == 4
+    assert cluster.node(first["node_id"])["eligibility"] == "ineligible"
+
+    def replaced():
+        return [a for a in running(cluster, "work") if a["node_id"] == other]
+
+    wait_until(replaced, 60, what="the batch allocation placed again after the restart")
+    wait_until(lambda: cluster.node(first["node_id"])["drain"] is None, 30, what="drain done")
+    assert cluster.node(first["node_id"])["eligibility"] == "ineligible"
