@@ -135,6 +135,7 @@ class Drainer(threading.Thread):
                 self._draining.discard(node_id)
 
     def drain_node(self, node: Node) -> None:
+        """One step of one node's drain."""
         drain = node.drain or {}
         now = self._now()
         ignore_system = bool(drain.get("ignore_system_jobs"))
@@ -152,10 +153,10 @@ class Drainer(threading.Thread):
             if not service and not batch and system and not ignore_system:
                 self._stop(system, DRAINED, node.node_id)
         if not self._remaining(node.node_id, ignore_system):
-            self._store.set_node_scheduling(
-                node.node_id, eligible=False, drain=None, drain_complete=now
-            )
-            log.info("node %s drained: ineligible and empty", node.node_id[:8])
+            # Checked and written under the store's lock: a drain canceled or
+            # changed since this tick read the node is not ended here.
+            if self._store.finish_drain(node.node_id, drain, now):
+                log.info("node %s drained: ineligible and empty", node.node_id[:8])
 
     def _partition(self, allocs: list[Allocation]):
         service, batch, system = [], [], []

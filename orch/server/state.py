@@ -324,6 +324,15 @@ class StateStore:
             self.cluster.upsert_node(node)
             return node
 
+    def finish_drain(self, node_id: str, drain: dict, now: float) -> bool:
+        """End the node's drain if it is still ``drain`` (not canceled or changed)."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None or node.drain != drain:
+                return False
+            self.set_node_scheduling(node_id, eligible=False, drain=None, drain_complete=now)
+            return True
+
     def mark_node_down(self, node_id: str, reason: str, evals_for=None) -> list[Allocation]:
         """Node unhealthy and its unfinished allocations lost, in one transaction.
 

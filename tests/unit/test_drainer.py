@@ -298,3 +298,12 @@ def test_the_drain_and_eligibility_survive_a_restart(env, tmp_path):
     Drainer(store, env.planner, env.dispatch, now=env.clock).tick()
     assert store.live_allocs_for_node("n1") == [] and store.get_node("n1").drain is None
     env.store = store
+
+
+def test_a_drain_canceled_under_a_tick_is_not_ended_by_it(env):
+    start_drain(env)
+    stale = env.store.get_node("n1")
+    env.store.set_node_scheduling("n1", eligible=True, drain=None)  # canceled meanwhile
+    env.drainer.drain_node(stale)
+    node = env.store.get_node("n1")
+    assert node.eligible and node.drain is None and node.drain_complete is None
