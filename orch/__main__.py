@@ -63,6 +63,24 @@ def seconds(value: str) -> float:
     return number
 
 
+def duration(value: str) -> float:
+    """A duration such as "90s", "1m30s" or a number of seconds, at least 0."""
+    from orch.errors import ValidationError
+    from orch.validation.fields import duration as parse
+
+    try:
+        raw: str | float = float(value)
+    except ValueError:
+        raw = value
+    try:
+        seconds = parse(raw, "duration")
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.message.removeprefix("duration: ")) from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return seconds
+
+
 def non_negative(value: str) -> int:
     try:
         number = int(value)
@@ -318,6 +336,7 @@ def add_client_commands(sub, common) -> None:
     node.add_parser("status", parents=[reads], help="list nodes").set_defaults(
         handler=lazy("orch.cli.commands:node_status")
     )
+    add_node_commands(node, reads)
 
     alloc = sub.add_parser("alloc", help="inspect allocations").add_subparsers(
         dest="alloc_command", metavar="COMMAND", required=True
@@ -338,6 +357,32 @@ def add_client_commands(sub, common) -> None:
         "-f", "--follow", action="store_true", help="keep printing until the allocation ends"
     )
     cmd.set_defaults(handler=lazy("orch.cli.commands:alloc_logs"))
+
+
+def add_node_commands(node, reads) -> None:
+    cmd = node.add_parser(
+        "drain", parents=[reads], help="move a node's allocations off it, leaving it ineligible"
+    )
+    cmd.add_argument("id", metavar="ID", help="node id or a unique prefix")
+    cmd.add_argument(
+        "--deadline",
+        type=duration,
+        default=None,
+        help='time allowed before what is left is stopped, e.g. "1m" (default 1h; 0: at once)',
+    )
+    cmd.add_argument("--cancel", action="store_true", help="end the drain; the node is eligible")
+    cmd.add_argument(
+        "--ignore-system", action="store_true", help="leave system jobs' allocations running"
+    )
+    cmd.set_defaults(handler=lazy("orch.cli.node:node_drain"))
+    cmd = node.add_parser(
+        "eligibility", parents=[reads], help="allow or refuse new placements on a node"
+    )
+    cmd.add_argument("id", metavar="ID", help="node id or a unique prefix")
+    which = cmd.add_mutually_exclusive_group(required=True)
+    which.add_argument("--enable", action="store_true", help="new placements allowed")
+    which.add_argument("--disable", action="store_true", help="no new placements")
+    cmd.set_defaults(handler=lazy("orch.cli.node:node_eligibility"))
 
 
 def add_job_commands(sub, client, reads) -> None:

@@ -272,6 +272,23 @@ class Nodes(_Resource):
     def get(self, node_id: str) -> dict:
         return self._client.call("GET", f"/nodes/{_seg(node_id)}")
 
+    def eligibility(self, node_id: str, eligible: bool) -> dict:
+        body = {"eligible": eligible}
+        return self._client.call("POST", f"/nodes/{_seg(node_id)}/eligibility", json=body)
+
+    def drain(
+        self,
+        node_id: str,
+        deadline_s: float | None = None,
+        ignore_system_jobs: bool = False,
+        cancel: bool = False,
+    ) -> dict:
+        """Start (or update) a drain; ``cancel`` ends it and makes the node eligible."""
+        body: dict = {"cancel": True} if cancel else {"ignore_system_jobs": ignore_system_jobs}
+        if deadline_s is not None and not cancel:
+            body["deadline_s"] = deadline_s
+        return self._client.call("POST", f"/nodes/{_seg(node_id)}/drain", json=body)
+
 
 class Allocations(_Resource):
     def get(self, alloc_id: str) -> dict:

@@ -54,6 +54,7 @@ def job_from(d: dict) -> Job:
             ),
             constraints=tuple(constraint_from(c) for c in g.get("constraints") or ()),
             stop_after=(g.get("disconnect") or {}).get("stop_after"),
+            migrate_max_parallel=int((g.get("migrate") or {}).get("max_parallel") or 1),
         )
         for g in d["task_groups"]
     )
@@ -80,6 +81,9 @@ def node_from(d: dict) -> Node:
         last_heartbeat=float(d.get("last_heartbeat") or 0.0),
         usage=dict(d.get("usage") or {}),
         secret_digest=d.get("secret_digest") or "",
+        eligible=d.get("eligibility", "eligible") != "ineligible",
+        drain=dict(d["drain"]) if d.get("drain") else None,
+        drain_complete=d.get("drain_complete"),
     )
 
 
@@ -104,6 +108,7 @@ def alloc_from(d: dict) -> Allocation:
         eval_id=d.get("eval_id") or "",
         previous_allocation=d.get("previous_allocation"),
         reschedule_count=int(d.get("reschedule_count") or 0),
+        migrate=bool(d.get("migrate")),
     )
 
 
@@ -165,6 +170,8 @@ def _alloc_json(a: Allocation, tasks: str) -> str:
         extra += f',"previous_allocation":{_quote(a.previous_allocation)}'
     if a.reschedule_count:
         extra += f',"reschedule_count":{int(a.reschedule_count):d}'
+    if a.migrate:
+        extra += ',"migrate":true'
     return (
         f'{{"allocation_id":{_quote(a.allocation_id)},"job_id":{_quote(a.job_id)},'
         f'"task_group":{_quote(a.task_group)},"node_id":{_quote(a.node_id)},'

@@ -19,6 +19,7 @@ from orch.structs import (
     new_id,
 )
 from orch.validation import bodies, fields, regex
+from orch.validation import drain as drain_rules
 from orch.validation.fields import fail
 from orch.validation.fields import is_int as _int
 from orch.validation.fields import obj as _object
@@ -98,6 +99,7 @@ def _group(raw: dict, path: str, max_count: int) -> TaskGroup:
         tasks=tuple(parsed),
         constraints=_constraints(raw.get("constraints"), f"{path}.constraints"),
         stop_after=_disconnect(raw.get("disconnect"), f"{path}.disconnect"),
+        migrate_max_parallel=drain_rules.migrate(raw.get("migrate"), f"{path}.migrate"),
     )
 
 

@@ -48,9 +48,39 @@ _JOB = {
                     "count": {"type": "integer", "minimum": 1},
                     "tasks": {"type": "array", "minItems": 1, "items": _TASK},
                     "constraints": {"type": "array", "items": _CONSTRAINT},
+                    "migrate": {
+                        "type": "object",
+                        "properties": {"max_parallel": {"type": "integer", "minimum": 1}},
+                    },
                 },
             },
         },
+    },
+}
+_ELIGIBILITY = {
+    "type": "object",
+    "required": ["eligible"],
+    "properties": {"eligible": {"type": "boolean"}},
+}
+_DRAIN = {
+    "type": "object",
+    "properties": {
+        "deadline_s": {
+            "description": 'seconds, or a duration such as "1m"; 0 stops everything at once',
+            "oneOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
+        },
+        "ignore_system_jobs": {"type": "boolean"},
+        "cancel": {"type": "boolean", "description": "end the drain; the node is eligible"},
+    },
+}
+_NODE_SCHEDULING = {
+    "type": "object",
+    "required": ["node_id", "eligibility", "message"],
+    "properties": {
+        "node_id": {"type": "string"},
+        "eligibility": {"type": "string", "enum": ["eligible", "ineligible"]},
+        "drain": {"type": "object", "nullable": True},
+        "message": {"type": "string"},
     },
 }
 _REGISTER = {
@@ -186,6 +216,24 @@ SERVER_SPEC = {
         "/nodes": {"get": _op("List nodes", ok={"type": "object"}, errors=())},
         "/nodes/{node_id}": {
             "get": _op("Get a node", ok={"type": "object"}, errors=(404,), params=["node_id"])
+        },
+        "/nodes/{node_id}/eligibility": {
+            "post": _op(
+                "Allow or refuse new placements on a node (it keeps what it runs)",
+                _ELIGIBILITY,
+                ok=_NODE_SCHEDULING,
+                errors=(400, 404),
+                params=["node_id"],
+            )
+        },
+        "/nodes/{node_id}/drain": {
+            "post": _op(
+                "Start or update a node drain, or cancel it ({cancel: true})",
+                _DRAIN,
+                ok=_NODE_SCHEDULING,
+                errors=(400, 404),
+                params=["node_id"],
+            )
         },
         "/evaluations/{eval_id}": {
             "get": _op(

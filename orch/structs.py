@@ -82,6 +82,7 @@ class TriggeredBy(str, Enum):
     NODE_UPDATE = "node-update"
     ALLOC_FAILURE = "alloc-failure"
     QUEUED_ALLOCS = "queued-allocs"
+    NODE_DRAIN = "node-drain"
 
 
 TERMINAL_ALLOC = frozenset(
@@ -154,6 +155,9 @@ class TaskGroup:
     constraints: tuple[Constraint, ...] = ()
     # disconnect.stop_after: seconds a cut-off agent keeps running the tasks.
     stop_after: float | None = None
+    # migrate.max_parallel: allocations of the group moved off a draining
+    # node at a time (a drain only; not part of the spec hash).
+    migrate_max_parallel: int = 1
 
     @property
     def resources(self) -> Resources:
@@ -186,6 +190,9 @@ class TaskGroup:
         }
         if self.stop_after is not None:
             out["disconnect"] = {"stop_after": self.stop_after}
+        if self.migrate_max_parallel != 1:
+            # Left out at the default, so that specs (and their equality) stay as they were.
+            out["migrate"] = {"max_parallel": self.migrate_max_parallel}
         return out
 
 
@@ -242,6 +249,13 @@ class Node:
     # sha256 of the secret its agent registered with (Nomad's node SecretID):
     # stored, never shown; "" for a node registered without one.
     secret_digest: str = field(default="", repr=False)
+    # Scheduling eligibility: an ineligible node gets no new placements and
+    # keeps what it runs. Set by the operator or a drain; a register keeps it.
+    eligible: bool = True
+    # The drain under way, or None: {"deadline_s", "deadline" (unix time),
+    # "started", "ignore_system_jobs"} (orch.server.drainer).
+    drain: dict | None = None
+    drain_complete: float | None = None  # when the last drain ended
 
     def computed_class(self) -> str:
         """Nodes with equal class answer every feasibility check the same way."""
@@ -282,6 +296,9 @@ class Node:
             "last_heartbeat": self.last_heartbeat,
             "usage": self.usage,
             **({"secret_digest": self.secret_digest} if self.secret_digest else {}),
+            "eligibility": "eligible" if self.eligible else "ineligible",
+            "drain": self.drain,
+            "drain_complete": self.drain_complete,
         }
 
 
@@ -342,6 +359,10 @@ class Allocation:
     eval_id: str = ""
     previous_allocation: str | None = None  # the one it replaces
     reschedule_count: int = 0  # how many replacements led here
+    # Marked by a node drain (Nomad's DesiredTransition.Migrate): the
+    # scheduler places a replacement and keeps this one until the drainer
+    # stops it, once the replacement runs.
+    migrate: bool = False
 
     @property
     def name(self) -> str:
@@ -377,6 +398,7 @@ class Allocation:
             "eval_id": self.eval_id,
             "previous_allocation": self.previous_allocation,
             "reschedule_count": self.reschedule_count,
+            "migrate": self.migrate,
             "tasks": {n: ts.to_dict() for n, ts in self.tasks.items()},
         }
 

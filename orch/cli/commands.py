@@ -17,6 +17,7 @@ from orch.cli.format import (
     ago,
     alloc_status,
     colour_enabled,
+    drain_cells,
     event_line,
     fields,
     matches_short,
@@ -139,7 +140,7 @@ def node_status(args, client: Client) -> int:
     else:
         now = time.time()
         rows = [
-            node_row(n) + [ago(n.get("last_heartbeat"), now)]
+            node_row(n) + drain_cells(n, now) + [ago(n.get("last_heartbeat"), now)]
             for n in sorted(nodes, key=lambda n: n.get("node_id", ""))
         ]
         say(
@@ -152,6 +153,8 @@ def node_status(args, client: Client) -> int:
                     "CPU Allocated",
                     "Memory Allocated",
                     "Allocs",
+                    "Eligibility",
+                    "Drain",
                     "Heartbeat",
                 ],
                 rows,

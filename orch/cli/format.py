@@ -200,6 +200,21 @@ def node_row(node: dict) -> list:
     ]
 
 
+def drain_cells(node: dict, now: float) -> list:
+    """Eligibility and Drain columns: "draining: 2 left, deadline in 45s" or "-"."""
+    drain = node.get("drain")
+    if isinstance(drain, dict):
+        left = drain.get("remaining_allocations")
+        deadline = drain.get("deadline")
+        until = f", deadline in {max(0, round(deadline - now))}s" if deadline else ""
+        state = f"draining: {left} left{until}"
+    elif node.get("drain_complete"):
+        state = f"drained {ago(node.get('drain_complete'), now)}"
+    else:
+        state = "-"
+    return [node.get("eligibility", "eligible"), state]
+
+
 def event_line(event, now: float) -> list:
     if isinstance(event, dict):
         return [ago(event.get("time"), now), event.get("type") or "-", event.get("message") or ""]

@@ -29,7 +29,7 @@ from orch.cli.run import EXIT_NOT_PLACED, Live, RunMonitor
 from orch.client import Client
 
 # What `job inspect` leaves out of GET /jobs/<id>: state, not the job's spec.
-NOT_SPEC = ("allocations", "status")
+NOT_SPEC = ("allocations", "status", "summary", "children")
 
 
 # ---- job run -----------------------------------------------------------------
@@ -111,7 +111,9 @@ def plan_text(plan: dict, path: str, paint: Style = Style(False)) -> str:
 def job_inspect(args, client: Client) -> int:
     """The stored job as JSON (what was submitted, with its version)."""
     job = get_job(client, args.id)
-    print_json({k: v for k, v in job.items() if k not in NOT_SPEC})
+    print_json(
+        {k: v for k, v in job.items() if k not in NOT_SPEC and not (k == "parent_id" and v is None)}
+    )
     return EXIT_OK
 
 
@@ -161,6 +163,7 @@ def job_summary(job: dict, now: float, paint: Style = Style(False)) -> str:
             ("Allocs", alloc_counts(job)),
         ]
     )
+    head += summary_text(job)
     allocs = sorted(
         job.get("allocations") or [],
         key=lambda a: (-(a.get("create_time") or 0), a.get("name") or ""),
@@ -183,6 +186,31 @@ def job_summary(job: dict, now: float, paint: Style = Style(False)) -> str:
         + "\n\nAllocations\n"
         + table(["ID", "Node", "Group", "Status", "Desired", "Created"], rows, paint=paint.cell)
     )
+
+
+SUMMARY_COLUMNS = ("queued", "starting", "running", "complete", "failed", "lost")
+
+
+def summary_text(job: dict) -> str:
+    """Parent, children and the per-group summary (Nomad's job summary), if any."""
+    out = ""
+    links = []
+    if job.get("parent_id"):
+        links.append(("Parent", job["parent_id"]))
+    if job.get("children"):
+        links.append(("Children", ", ".join(job["children"])))
+    if links:
+        out += "\n" + fields(links)
+    summary = job.get("summary")
+    if isinstance(summary, dict) and summary:
+        rows = [
+            [name] + [counts.get(key, 0) for key in SUMMARY_COLUMNS]
+            for name, counts in sorted(summary.items())
+            if isinstance(counts, dict)
+        ]
+        headers = ["Group"] + [key.capitalize() for key in SUMMARY_COLUMNS]
+        out += "\n\nSummary\n" + table(headers, rows)
+    return out
 
 
 # ---- job stop / restart / delete ---------------------------------------------------

@@ -17,6 +17,7 @@ from orch.openapi import SERVER_SPEC
 from orch.server import views
 from orch.server.metrics import render_metrics
 from orch.transport import HttpClient
+from orch.validation import drain as drain_rules
 
 # (connect, read) seconds for relaying a task's log from its agent.
 LOG_RELAY_TIMEOUT = (2.0, 5.0)
@@ -53,6 +54,31 @@ def make_app(server) -> bottle.Bottle:
             raise NotFound("Node not found")
         return views.node_view(node, store.live_allocs_for_node(node_id))
 
+    # ---- beyond the seed: node eligibility and drain ---------------------------
+
+    @route("POST", "/nodes/<node_id>/eligibility")
+    def node_eligibility(node_id):
+        node = server.set_eligibility(node_id, drain_rules.eligibility(httpjson.read_json()))
+        view = views.node_view(node, store.live_allocs_for_node(node_id))
+        return {
+            "node_id": node_id,
+            "eligibility": view["eligibility"],
+            "message": f"node {node_id} is {view['eligibility']}",
+        }
+
+    @route("POST", "/nodes/<node_id>/drain")
+    def node_drain(node_id):
+        request = drain_rules.drain(httpjson.read_json())
+        node = server.drain_node(node_id, request)
+        view = views.node_view(node, store.live_allocs_for_node(node_id))
+        message = "drain canceled" if request.cancel else "drain started"
+        return {
+            "node_id": node_id,
+            "eligibility": view["eligibility"],
+            "drain": view["drain"],
+            "message": f"node {node_id}: {message}",
+        }
+
     # ---- seed: jobs ----------------------------------------------------------
 
     @route("POST", "/jobs")
@@ -74,19 +100,35 @@ def make_app(server) -> bottle.Bottle:
         server.stop_job(job_id)
         return {"message": f"作业 {job_id} 已停止"}
 
+    def job_view(job, children):
+        allocs = store.allocs_for_job(job.job_id)
+        return views.job_view(
+            job,
+            server.job_status(job, allocs),
+            allocs,
+            summary=server.job_summary(job, allocs),
+            children=children.get(job.job_id, []),
+        )
+
+    def children_of(jobs) -> dict[str, list[str]]:
+        children: dict[str, list[str]] = {}
+        for job in jobs:
+            parent = getattr(job, "parent_id", None)
+            if parent:
+                children.setdefault(parent, []).append(job.job_id)
+        return {parent: sorted(ids) for parent, ids in children.items()}
+
     @route("GET", "/jobs")
     def list_jobs():
-        jobs = []
-        for job in store.list_jobs():
-            allocs = store.allocs_for_job(job.job_id)
-            jobs.append(views.job_view(job, server.job_status(job, allocs), allocs))
+        listed = store.list_jobs()
+        children = children_of(listed)
+        jobs = [job_view(job, children) for job in listed]
         return {"jobs": jobs, "count": len(jobs)}
 
     @route("GET", "/jobs/<job_id>")
     def get_job(job_id):
         job = store.require_job(job_id)
-        allocs = store.allocs_for_job(job_id)
-        return views.job_view(job, server.job_status(job, allocs), allocs)
+        return job_view(job, children_of(store.list_jobs()))
 
     @route("POST", "/jobs/<job_id>/delete")
     def delete_job(job_id):

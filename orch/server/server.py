@@ -12,16 +12,17 @@ import logging
 import time
 
 from orch.config import ServerConfig
-from orch.errors import Forbidden, NotFound, StorageError
+from orch.errors import Conflict, Forbidden, NotFound, StorageError
 from orch.jobspec import parse_job
 from orch.security import check_bind
 from orch.server import views
 from orch.server.broker import EvalBroker
+from orch.server.drainer import Drainer, new_drain
 from orch.server.heartbeat import HeartbeatMonitor
 from orch.server.planner import Dispatch, ServerPlanner, new_eval
 from orch.server.push import Pusher, PushFailure
 from orch.server.state import StateStore
-from orch.server.status import job_status
+from orch.server.status import job_status, job_summary
 from orch.server.sync import AllocSync
 from orch.server.worker import SchedulerWorker
 from orch.structs import (
@@ -37,6 +38,7 @@ from orch.structs import (
     short_id,
 )
 from orch.validation import bodies as validation
+from orch.validation.drain import DrainRequest
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class Server:
             SchedulerWorker(self.broker, self.store, self.planner, i)
             for i in range(config.scheduler_workers)
         ]
+        self.drainer = Drainer(self.store, self.planner, self.dispatch)
         self.started = time.time()
 
     # ---- lifecycle ---------------------------------------------------------
@@ -86,9 +89,11 @@ class Server:
         self.monitor.start()
         for worker in self.workers:
             worker.start()
+        self.drainer.start()  # drains stored before a restart carry on
 
     def stop(self) -> None:
         self.monitor.stop()
+        self.drainer.stop()
         for worker in self.workers:
             worker.stop()
         self.broker.close()
@@ -168,12 +173,28 @@ class Server:
             allocs = self.store.allocs_for_job(job.job_id)
         return job_status(job, allocs)
 
+    def job_summary(self, job: Job, allocs: list[Allocation]) -> dict:
+        """Per-group allocation counts and queued placements (GET /jobs)."""
+        latest = max(
+            self.store.evals_for_job(job.job_id), key=lambda e: e.create_time, default=None
+        )
+        return job_summary(job, allocs, latest)
+
     # ---- nodes --------------------------------------------------------------
 
     def register(self, body) -> Node:
         node = views.node_from_register(body)
         node = replace(node, last_heartbeat=time.time())
-        node = self._check_identity(node, self.store.get_node(node.node_id))
+        known = self.store.get_node(node.node_id)
+        node = self._check_identity(node, known)
+        if known is not None:
+            # Eligibility and a drain are the operator's: a register keeps them.
+            node = replace(
+                node,
+                eligible=known.eligible,
+                drain=known.drain,
+                drain_complete=known.drain_complete,
+            )
         previous = self.store.upsert_node(node)
         self.monitor.reset(node.node_id)
         if previous is not None and previous.endpoint != node.endpoint:
@@ -269,6 +290,47 @@ class Server:
         log.warning("node %s missed heartbeats: down, %d allocations lost", node_id[:8], len(lost))
         if evals:
             self.broker.enqueue_many(evals)
+
+    def set_eligibility(self, node_id: str, eligible: bool) -> Node:
+        """POST /nodes/<id>/eligibility; a draining node stays ineligible."""
+        node = self.store.get_node(node_id)
+        if node is None:
+            raise NotFound("Node not found")
+        if eligible and node.drain is not None:
+            raise Conflict("node is draining: cancel the drain to make it eligible")
+        node = self.store.set_node_scheduling(node_id, eligible=eligible, drain=node.drain)
+        log.info("node %s eligibility: %s", node_id[:8], "eligible" if eligible else "ineligible")
+        if eligible:
+            self.broker.unblock()  # blocked evaluations may fit there now
+        return node
+
+    def drain_node(self, node_id: str, request: DrainRequest) -> Node:
+        """POST /nodes/<id>/drain: start or update a drain, or cancel it."""
+        node = self.store.get_node(node_id)
+        if node is None:
+            raise NotFound("Node not found")
+        if request.cancel:
+            return self._cancel_drain(node)
+        started = node.drain.get("started") if node.drain else None
+        drain = new_drain(request.deadline_s, request.ignore_system_jobs, time.time(), started)
+        node = self.store.set_node_scheduling(node_id, eligible=False, drain=drain)
+        log.info("node %s drain started deadline=%.0fs", node_id[:8], request.deadline_s)
+        self.drainer.watch(node_id)
+        return node
+
+    def _cancel_drain(self, node: Node) -> Node:
+        """As Nomad's `node drain -disable`: the node is eligible again."""
+        node = self.store.set_node_scheduling(node.node_id, eligible=True, drain=None)
+        marked = [a for a in self.store.live_allocs_for_node(node.node_id) if a.migrate]
+        if marked:
+            # Unmarked, a copy whose replacement was placed is a duplicate
+            # in its slot: the jobs' evaluations keep one of the two.
+            self.store.set_migrate([a.allocation_id for a in marked], False)
+            jobs = sorted({a.job_id for a in marked})
+            self.planner.create_evals(jobs, TriggeredBy.NODE_DRAIN, node.node_id)
+        log.info("node %s drain canceled: eligible", node.node_id[:8])
+        self.broker.unblock()
+        return node
 
     def endpoint_of(self, node_id: str) -> str | None:
         node = self.store.get_node(node_id)

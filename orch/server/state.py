@@ -307,6 +307,32 @@ class StateStore:
             self.cluster.set_healthy(node_id, healthy)
             return node
 
+    def set_node_scheduling(
+        self, node_id: str, *, eligible: bool, drain: dict | None, drain_complete=None
+    ) -> Node:
+        """Write a node's eligibility and drain (durable); NotFound if unknown."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None:
+                raise NotFound("Node not found")
+            changes: dict = {"eligible": eligible, "drain": drain}
+            if drain_complete is not None:
+                changes["drain_complete"] = drain_complete
+            node = replace(node, **changes)
+            self._write([(self._UPSERT_NODE, [(node_id, _dump(node))])])
+            self._nodes[node_id] = node
+            self.cluster.upsert_node(node)
+            return node
+
+    def finish_drain(self, node_id: str, drain: dict, now: float) -> bool:
+        """End the node's drain if it is still ``drain`` (not canceled or changed)."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None or node.drain != drain:
+                return False
+            self.set_node_scheduling(node_id, eligible=False, drain=None, drain_complete=now)
+            return True
+
     def mark_node_down(self, node_id: str, reason: str, evals_for=None) -> list[Allocation]:
         """Node unhealthy and its unfinished allocations lost, in one transaction.
 
@@ -540,7 +566,13 @@ class StateStore:
             node_id = alloc.node_id
             room = room_of(node_id)
             node = nodes.get(node_id)
-            if room is None or not room.healthy or node is None or not node.healthy:
+            if (
+                room is None
+                or not room.healthy
+                or node is None
+                or not node.healthy
+                or not node.eligible  # made ineligible (drained) under the plan
+            ):
                 rejected += 1
                 continue
             mine = used.get(node_id)
@@ -563,10 +595,46 @@ class StateStore:
         with self._lock:
             # Updates are built from a read made before the lock: one that
             # would undo a stop committed meanwhile (job stopped) is stale.
-            live = [a for a in allocs if self._still_current(a)]
+            live = [self._keep_migrate(a) for a in allocs if self._still_current(a)]
             self._write([(self._UPSERT_ALLOC, self._alloc_rows(live))])
             for alloc in live:
                 self._index_alloc(alloc)
+
+    def _keep_migrate(self, alloc: Allocation) -> Allocation:
+        # Only set_migrate changes the drain's mark: an update read before
+        # the drainer marked the allocation must not erase it.
+        stored = self._allocs[alloc.allocation_id]
+        if stored.migrate != alloc.migrate:
+            return replace(alloc, migrate=stored.migrate)
+        return alloc
+
+    def set_migrate(self, alloc_ids: Iterable[str], migrate: bool) -> list[Allocation]:
+        """Mark (or unmark) wanted allocations for migration off a draining node."""
+        with self._lock:
+            now = self._now()
+            changed = [
+                replace(a, migrate=migrate, modify_time=now)
+                for a in map(self._allocs.get, alloc_ids)
+                if a is not None and a.desired_status == DesiredStatus.RUN and a.migrate != migrate
+            ]
+            self._write([(self._UPSERT_ALLOC, self._alloc_rows(changed))])
+            for alloc in changed:
+                self._index_alloc(alloc)
+            return changed
+
+    def stop_allocs(self, alloc_ids: Iterable[str], reason: str) -> list[Allocation]:
+        """Stop wanted allocations (a drain); returns those stopped."""
+        with self._lock:
+            now = self._now()
+            stopped = [
+                self._stopped(a, reason, now)
+                for a in map(self._allocs.get, alloc_ids)
+                if a is not None and a.desired_status == DesiredStatus.RUN
+            ]
+            self._write([(self._UPSERT_ALLOC, self._alloc_rows(stopped))])
+            for alloc in stopped:
+                self._index_alloc(alloc)
+            return stopped
 
     def _still_current(self, alloc: Allocation) -> bool:
         stored = self._allocs.get(alloc.allocation_id)

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from orch.structs import Allocation, AllocStatus, Job, JobStatus
+from orch.structs import (
+    Allocation,
+    AllocStatus,
+    DesiredStatus,
+    EvalStatus,
+    Evaluation,
+    Job,
+    JobStatus,
+)
 
 
 def newest_by_slot(allocs: Iterable[Allocation]) -> dict[tuple[str, int], Allocation]:
@@ -47,3 +55,43 @@ def job_status(job: Job, allocs: Iterable[Allocation]) -> JobStatus:
     if slots <= {AllocStatus.COMPLETE}:
         return JobStatus.COMPLETE
     return JobStatus.FAILED
+
+
+# Nomad's job summary, per group. A stopped allocation counts as complete, as
+# in Nomad (its client reports a stopped allocation complete).
+SUMMARY_KEYS = ("queued", "starting", "running", "complete", "failed", "lost")
+_SUMMARY_KEY = {
+    AllocStatus.PENDING: "starting",
+    AllocStatus.RUNNING: "running",
+    AllocStatus.COMPLETE: "complete",
+    AllocStatus.STOPPED: "complete",
+    AllocStatus.FAILED: "failed",
+    AllocStatus.LOST: "lost",
+}
+
+
+def job_summary(
+    job: Job, allocs: Iterable[Allocation], latest: Evaluation | None
+) -> dict[str, dict[str, int]]:
+    """Per group: allocations by client status, and placements still queued.
+
+    ``queued`` is what the latest evaluation could not place (blocked), or,
+    while it waits for a worker, the slots without a wanted allocation."""
+    summary = {g.name: dict.fromkeys(SUMMARY_KEYS, 0) for g in job.task_groups}
+    wanted: dict[str, int] = {}
+    for alloc in allocs:
+        counts = summary.setdefault(alloc.task_group, dict.fromkeys(SUMMARY_KEYS, 0))
+        counts[_SUMMARY_KEY[alloc.client_status]] += 1
+        if alloc.desired_status == DesiredStatus.RUN:
+            wanted[alloc.task_group] = wanted.get(alloc.task_group, 0) + 1
+    if job.stopped or latest is None:
+        return summary
+    for group in job.task_groups:
+        if latest.status == EvalStatus.BLOCKED:
+            queued = int((latest.groups.get(group.name) or {}).get("failed") or 0)
+        elif latest.status == EvalStatus.PENDING:
+            queued = max(0, group.count - wanted.get(group.name, 0))
+        else:
+            queued = 0
+        summary[group.name]["queued"] = queued
+    return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from orch.errors import ValidationError
+from orch.server.drainer import progress
 from orch.structs import Allocation, Job, Node, Resources
 from orch.validation import bodies, fields
 
@@ -63,9 +64,24 @@ def alloc_view(alloc: Allocation, job: Job | None, *, tasks: bool = True) -> dic
     return out
 
 
-def job_view(job: Job, status, allocs: list[Allocation], *, tasks: bool = True) -> dict:
+def job_view(
+    job: Job,
+    status,
+    allocs: list[Allocation],
+    *,
+    tasks: bool = True,
+    summary: dict | None = None,
+    children: list[str] | None = None,
+) -> dict:
     out = job.to_dict()
     out["status"] = status.value
+    if summary is not None:
+        out["summary"] = summary
+    # Periodic and dispatch children name their parent (a field of Job once
+    # those kinds exist); a parent lists its children.
+    out["parent_id"] = getattr(job, "parent_id", None)
+    if children is not None:
+        out["children"] = children
     out["allocations"] = [
         alloc_view(a, job, tasks=tasks)
         for a in sorted(allocs, key=lambda a: (a.create_time, a.task_group, a.index))
@@ -84,6 +100,7 @@ def node_view(node: Node, allocs: list[Allocation]) -> dict:
     """
     out = node.to_dict()
     out.pop("secret_digest", None)
+    out["drain"] = progress(node, allocs)
     out["allocations"] = [
         {
             "allocation_id": a.allocation_id,

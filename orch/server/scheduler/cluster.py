@@ -70,6 +70,8 @@ class Cluster:
         # Healthy nodes whose pushes fail (orch.server.push): left out of the
         # class sets, so that no new placement is routed there meanwhile.
         self._suspect: set[str] = set()
+        # Nodes made ineligible (by hand or by a drain): left out the same way.
+        self._ineligible: set[str] = set()
 
     # ---- nodes ------------------------------------------------------------
 
@@ -84,13 +86,18 @@ class Cluster:
                 old is None
                 or old.resources != node.resources
                 or old.healthy != node.healthy
+                or old.eligible != node.eligible
                 or room.node_class != node_class
             )
             if changed:
                 self._unlist(room)
                 room.cpu, room.memory = node.resources.cpu, node.resources.memory
                 room.healthy, room.node_class = node.healthy, node_class
-                if node.healthy and node.node_id not in self._suspect:
+                if node.eligible:
+                    self._ineligible.discard(node.node_id)
+                else:
+                    self._ineligible.add(node.node_id)
+                if self._listable(room):
                     self._list(room)
                 self._touch(node_class)  # capacity may have changed
 
@@ -115,7 +122,7 @@ class Cluster:
             self._nodes[node_id] = replace(node, healthy=healthy)
             room = self._rooms[node_id]
             room.healthy = healthy
-            if healthy and node_id not in self._suspect:
+            if self._listable(room):
                 self._list(room)
             else:
                 self._unlist(room)
@@ -131,12 +138,21 @@ class Cluster:
                 self._unlist(room)
             else:
                 self._suspect.discard(node_id)
-                if room.healthy and room.node_class is not None:
+                if self._listable(room):
                     self._list(room)
 
     def suspect(self) -> frozenset[str]:
         with self._lock:
             return frozenset(self._suspect)
+
+    def _listable(self, room: Room) -> bool:
+        """May the node take new placements: healthy, known, not suspect, eligible?"""
+        return (
+            room.healthy
+            and room.node_class is not None
+            and room.node_id not in self._suspect
+            and room.node_id not in self._ineligible
+        )
 
     def _room_for(self, node_id: str) -> Room:
         room = self._rooms.get(node_id)

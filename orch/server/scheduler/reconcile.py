@@ -109,12 +109,21 @@ def _reconcile_slot(
         result.place.append((group, index, previous))
         return
     current = wanted[-1]
-    # Only a bug or a race leaves two wanted allocations in a slot; keep one.
-    result.stop += [(a, DUPLICATE) for a in wanted[:-1]]
+    # A node drain marks an allocation `migrate`: it keeps running beside its
+    # replacement until the drainer (orch/server/drainer.py) stops it once the
+    # replacement runs, so the group never drops by more than migrate.max_parallel.
+    migrating = [a for a in wanted[:-1] if a.migrate]
+    result.keep += migrating
+    # Otherwise only a bug or a race leaves two wanted allocations in a slot; keep one.
+    result.stop += [(a, DUPLICATE) for a in wanted[:-1] if not a.migrate]
     status = current.client_status
     if current.group_hash != spec_hash:
         result.stop.append((current, GROUP_CHANGED))
         result.place.append((group, index, None))
+    elif current.migrate and status in (AllocStatus.PENDING, AllocStatus.RUNNING):
+        # The replacement: placed elsewhere (the stack avoids `previous`'s node).
+        result.keep.append(current)
+        result.place.append((group, index, current))
     elif status in (AllocStatus.LOST, AllocStatus.STOPPED):
         # Gone without the server asking: the work is unfinished, place it again.
         result.stop.append((current, RESCHEDULED))
