@@ -90,4 +90,4 @@ def _read_from(path: str, offset: int) -> bytes:
     except IsADirectoryError:
         return b""
     except OSError as exc:
-        raise OrchError(f"cannot read log: {os.path.basename(path)}: {exc.strerror}")
+        raise OrchError(f"cannot read log: {os.path.basename(path)}: {exc.strerror}") from exc

@@ -158,7 +158,10 @@ class StateStore:
     @staticmethod
     def _alloc_rows(allocs: list[Allocation]) -> list:
         bodies = codec.allocs_json(allocs)
-        return [(a.allocation_id, a.job_id, a.node_id, body) for a, body in zip(allocs, bodies)]
+        return [
+            (a.allocation_id, a.job_id, a.node_id, body)
+            for a, body in zip(allocs, bodies, strict=True)
+        ]
 
     _UPSERT_ALLOC = (
         "INSERT OR REPLACE INTO allocations (allocation_id, job_id, node_id, body) VALUES (?,?,?,?)"

@@ -255,7 +255,7 @@ class DockerDriver(Driver):
                 version = self._sdk_ping()
             self._api_version = version or self._api_version
             return True, ""
-        except Exception as exc:  # any failure means "no engine here"
+        except Exception as exc:  # noqa: BLE001 - any failure means "no engine here"
             return False, f"docker engine not reachable at {host}: {_short(exc)}"
 
     def _sdk_ping(self) -> str:
@@ -282,7 +282,7 @@ class DockerDriver(Driver):
         except ImportError as exc:
             raise DriverError(
                 f"docker engine unavailable: the docker python package cannot be imported: {exc}"
-            )
+            ) from exc
         with self._lock:
             if self._client is not None:
                 return self._client
@@ -322,9 +322,11 @@ class DockerDriver(Driver):
                 )
         try:
             client.api.start(container_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the container must not linger
             self._remove(client, container_id)
-            raise DriverError(f"failed to start container {options['name']}: {_short(exc)}")
+            raise DriverError(
+                f"failed to start container {options['name']}: {_short(exc)}"
+            ) from exc
         handle = DockerHandle(
             container_id=container_id,
             name=options["name"],
@@ -463,7 +465,7 @@ class DockerDriver(Driver):
         except docker.errors.ImageNotFound:
             pass
         except (requests.RequestException, docker.errors.APIError) as exc:
-            raise DriverError(f"cannot inspect image {image}: {_short(exc)}")
+            raise DriverError(f"cannot inspect image {image}: {_short(exc)}") from exc
         repository, tag = docker.utils.parse_repository_tag(image)
         try:
             puller = self._from_env(self._pull_timeout, self._api_version)
@@ -472,8 +474,10 @@ class DockerDriver(Driver):
             finally:
                 puller.close()
             self._images.add(image)
-        except Exception as exc:
-            raise DriverError(f"image {image} not found locally and pull failed: {_short(exc)}")
+        except Exception as exc:  # noqa: BLE001 - the task fails with the pull's reason, whatever it is
+            raise DriverError(
+                f"image {image} not found locally and pull failed: {_short(exc)}"
+            ) from exc
 
     def _create(self, client, options: dict) -> str | None:
         """Create the container and return its id; None when the name is taken."""
@@ -485,9 +489,13 @@ class DockerDriver(Driver):
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
                 return None
-            raise DriverError(f"failed to create container {options['name']}: {_short(exc)}")
+            raise DriverError(
+                f"failed to create container {options['name']}: {_short(exc)}"
+            ) from exc
         except requests.RequestException as exc:
-            raise DriverError(f"failed to create container {options['name']}: {_short(exc)}")
+            raise DriverError(
+                f"failed to create container {options['name']}: {_short(exc)}"
+            ) from exc
 
     def _pump_logs(self, client, handle: DockerHandle, since: float | None) -> None:
         """Copy the container's output to the log files, from threads of their own.
@@ -635,14 +643,14 @@ def _copy(stream, path: str) -> None:
             for chunk in stream:
                 out.write(chunk)
                 out.flush()
-    except Exception as exc:  # the engine went away, or the file did
+    except Exception as exc:  # noqa: BLE001 - a log thread ends quietly: the engine or file went away
         log.debug("log stream to %s ended: %s", path, exc)
 
 
 def _close(stream) -> None:
     try:
         stream.close()
-    except Exception:
+    except Exception:  # noqa: BLE001 - best effort: the stream may already be broken
         pass
 
 

@@ -461,7 +461,7 @@ def resolve_user(name: str) -> dict:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        raise DriverError(f"task user {name} does not exist on this node")
+        raise DriverError(f"task user {name} does not exist on this node") from None
     groups = sorted({g.gr_gid for g in grp.getgrall() if name in g.gr_mem} | {entry.pw_gid})
     return {"name": name, "uid": entry.pw_uid, "gid": entry.pw_gid, "groups": groups}
 
@@ -470,7 +470,9 @@ def _chown(path: str, user: dict) -> None:
     try:
         os.chown(path, user["uid"], user["gid"])
     except OSError as exc:
-        raise DriverError(f"cannot give the task dir to user {user['name']}: {exc.strerror}")
+        raise DriverError(
+            f"cannot give the task dir to user {user['name']}: {exc.strerror}"
+        ) from exc
 
 
 def _kill_orphan(handle: ExecHandle) -> None:

@@ -89,7 +89,7 @@ class SupervisorClient:
                     sock.sendall(data)
             except OSError as exc:
                 self._lost(sock)
-                raise DriverError(f"{LOST}: {exc}")
+                raise DriverError(f"{LOST}: {exc}") from exc
             if not pending.event.wait(ANSWER_TIMEOUT):
                 raise DriverError("task supervisor did not answer")
         finally:
@@ -185,7 +185,7 @@ class SupervisorClient:
                     close_fds=True,
                 )
         except OSError as exc:
-            raise DriverError(f"failed to start the task supervisor: {exc}")
+            raise DriverError(f"failed to start the task supervisor: {exc}") from exc
         try:
             line = _read_line(popen.stdout, START_TIMEOUT)
         finally:
