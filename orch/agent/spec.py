@@ -28,7 +28,10 @@ class AllocSpec:
 
     def to_dict(self) -> dict:
         """The `POST /allocations` body this spec was parsed from."""
-        group = {"name": self.task_group, "tasks": [t.to_dict() for t in self.tasks]}
+        group: dict[str, object] = {
+            "name": self.task_group,
+            "tasks": [t.to_dict() for t in self.tasks],
+        }
         if self.stop_after is not None:
             group["disconnect"] = {"stop_after": self.stop_after}
         return {

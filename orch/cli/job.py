@@ -40,7 +40,7 @@ NOT_SPEC = ("allocations", "status")
 def job_run(args, client: Client) -> int:
     spec = load_job_file(args.file)
     resp = client.jobs.submit(spec)
-    job_id, eval_id = resp.get("job_id"), resp.get("evaluation_id")
+    job_id, eval_id = str(resp.get("job_id")), resp.get("evaluation_id")
     if args.detach:
         say(f'Job "{job_id}" submitted; evaluation {eval_id}')
         return EXIT_OK

@@ -77,7 +77,7 @@ def plan_diff(plan, job: Job, existing: Job | None, allocs) -> dict[str, dict]:
             wanted[alloc.task_group] = wanted.get(alloc.task_group, 0) + 1
     names = [g.name for g in job.task_groups]
     names += [n for n in wanted if job.group(n) is None]
-    diff = {name: {"place": 0, "stop": 0, "keep": 0, "replace": 0, "scale": "0"} for name in names}
+    diff = {name: {"place": 0, "stop": 0, "keep": 0, "replace": 0} for name in names}
     for alloc_id, reason in plan.stop:
         entry = diff.get(group_of.get(alloc_id, ""))
         if entry is not None:
@@ -89,8 +89,7 @@ def plan_diff(plan, job: Job, existing: Job | None, allocs) -> dict[str, dict]:
         entry["keep"] = max(0, wanted.get(name, 0) - stopping)
         # Replacements are placed too; count each once, as a replace.
         entry["place"] = max(0, entry["place"] - entry["replace"])
-        entry["scale"] = _scale(job, existing, name)
-    return diff
+    return {name: {**entry, "scale": _scale(job, existing, name)} for name, entry in diff.items()}
 
 
 def _scale(job: Job, existing: Job | None, name: str) -> str:

@@ -183,7 +183,7 @@ class StateStore:
         self._allocs[alloc.allocation_id] = alloc
         self._allocs_by_job.setdefault(alloc.job_id, {})[alloc.allocation_id] = None
         held = old is not None and old.holds_resources()
-        if held and not alloc.holds_resources():
+        if old is not None and held and not alloc.holds_resources():
             self.cluster.release(old)
             self._live_by_node.get(old.node_id, {}).pop(alloc.allocation_id, None)
         elif alloc.holds_resources() and not held:
@@ -193,7 +193,11 @@ class StateStore:
     def _index_new_allocs(self, allocs: list[Allocation]) -> None:
         """_index_alloc for a plan's placements, with one capacity-index call."""
         by_id, by_job, by_node = self._allocs, self._allocs_by_job, self._live_by_node
-        job_index = node_index = job_id = node_id = None
+        # Placements come grouped by job and node: look their indexes up once a run.
+        job_id: str | None = None
+        node_id: str | None = None
+        job_index: dict[str, None] = {}
+        node_index: dict[str, None] = {}
         fresh = []
         for alloc in allocs:
             alloc_id = alloc.allocation_id
@@ -533,9 +537,9 @@ class StateStore:
         freed: dict[str, list[int]] = {}
         for alloc in stopping:
             if self._allocs[alloc.allocation_id].holds_resources():
-                mine = freed.setdefault(alloc.node_id, [0, 0])
-                mine[0] -= alloc.resources.cpu
-                mine[1] -= alloc.resources.memory
+                gone = freed.setdefault(alloc.node_id, [0, 0])
+                gone[0] -= alloc.resources.cpu
+                gone[1] -= alloc.resources.memory
         room_of, nodes = self.cluster.room, self._nodes
         used: dict[str, list[int]] = {}  # node -> [cpu, memory] with this plan
         ok, rejected = [], 0

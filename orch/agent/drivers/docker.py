@@ -32,6 +32,7 @@ import shlex
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import cpu_shares  # noqa: F401 (part of this API)
@@ -56,8 +57,10 @@ class _Unloaded:
 
 # The SDK (with requests and urllib3) costs the agent ~10 MB: it is imported
 # when a docker task starts or is recovered, not for the engine probe.
-docker = requests = _Unloaded
-_create_container_args = None
+# Any: they hold the stand-ins above or the modules, and the SDK ships no types.
+docker: Any = _Unloaded
+requests: Any = _Unloaded
+_create_container_args: Any = None
 _sdk_lock = threading.Lock()
 
 log = logging.getLogger(__name__)
@@ -157,7 +160,7 @@ def create_options(ctx: TaskContext, host_ip: str = DEFAULT_HOST_IP) -> dict:
     image = ctx.config.get("image")
     if not isinstance(image, str) or not image.strip():
         raise DriverError("config.image: must be a non-empty string for the docker driver")
-    options = {
+    options: dict[str, Any] = {
         "image": image,
         "command": build_command(ctx.config),
         "name": container_name(ctx.alloc_id, ctx.task_name),
@@ -205,8 +208,9 @@ class DockerDriver(Driver):
         self._ping_timeout, self._api_timeout = ping_timeout, api_timeout
         self._pull_timeout, self._ttl, self._now = pull_timeout, available_ttl, now
         self._lock = threading.Lock()
-        self._probe_client = None
-        self._client = None
+        # docker.DockerClient instances (untyped SDK), made on first use.
+        self._probe_client: Any = None
+        self._client: Any = None
         self._api_version: str | None = None
         self._available = False
         self._checked_at: float | None = None
