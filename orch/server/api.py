@@ -7,6 +7,7 @@ their class (orch.errors); bottle's HTML error pages never reach a client.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import bottle
@@ -18,11 +19,14 @@ from orch.server import views
 from orch.server.metrics import render_metrics
 from orch.transport import HttpClient
 
+if TYPE_CHECKING:
+    from orch.server.server import Server
+
 # (connect, read) seconds for relaying a task's log from its agent.
 LOG_RELAY_TIMEOUT = (2.0, 5.0)
 
 
-def make_app(server) -> bottle.Bottle:
+def make_app(server: Server) -> bottle.Bottle:
     app = bottle.Bottle()
     store = server.store
     route = httpjson.Router(app, token=server.config.token, max_body=server.config.max_body_bytes)

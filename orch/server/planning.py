@@ -17,9 +17,11 @@ from orch.server.scheduler.explain import failed_nodes, released_by
 from orch.server.scheduler.generic import compute_plan
 from orch.server.scheduler.reconcile import GROUP_CHANGED
 from orch.structs import (
+    Allocation,
     DesiredStatus,
     Evaluation,
     Job,
+    Plan,
     TriggeredBy,
     new_id,
     replace,
@@ -64,7 +66,9 @@ def dry_run(state: SchedulerState, body, *, max_count: int) -> dict:
     }
 
 
-def plan_diff(plan, job: Job, existing: Job | None, allocs) -> dict[str, dict]:
+def plan_diff(
+    plan: Plan, job: Job, existing: Job | None, allocs: list[Allocation]
+) -> dict[str, dict]:
     """Per group: place, stop, keep, replace (destructive) and scale.
 
     As Nomad counts them: a destructive replacement is one ``replace``, not a

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from orch import codec
 from orch.errors import Conflict, NotFound, StorageError
@@ -58,10 +58,14 @@ def _dump(obj) -> str:
     return json.dumps(obj.to_dict(), separators=(",", ":"), allow_nan=False)
 
 
+# The evaluation a job write makes, given why (the store picks the trigger).
+MakeEval = Callable[[TriggeredBy], Evaluation]
+
+
 class StateStore:
     """SQLite-backed store of nodes, jobs, allocations and evaluations."""
 
-    def __init__(self, data_dir: str, *, now=time.time):
+    def __init__(self, data_dir: str, *, now: Callable[[], float] = time.time):
         self._now = now
         self._lock = threading.RLock()
         os.makedirs(data_dir, exist_ok=True)
@@ -277,7 +281,7 @@ class StateStore:
             key=lambda e: e.create_time,
         )
 
-    def counts(self) -> dict:
+    def counts(self) -> dict[str, int]:
         return {
             "nodes": len(self._nodes),
             "jobs": len(self._jobs),
@@ -314,7 +318,12 @@ class StateStore:
             self.cluster.set_healthy(node_id, healthy)
             return node
 
-    def mark_node_down(self, node_id: str, reason: str, evals_for=None) -> list[Allocation]:
+    def mark_node_down(
+        self,
+        node_id: str,
+        reason: str,
+        evals_for: Callable[[list[Allocation]], list[Evaluation]] | None = None,
+    ) -> list[Allocation]:
         """Node unhealthy and its unfinished allocations lost, in one transaction.
 
         ``evals_for(lost) -> [Evaluation]``, if given, makes the evaluations
@@ -360,7 +369,12 @@ class StateStore:
     # enqueues and cancellations in the order the writes were committed.
 
     def submit_job(
-        self, job: Job, make_eval, *, must_exist: bool = False, on_commit=None
+        self,
+        job: Job,
+        make_eval: MakeEval,
+        *,
+        must_exist: bool = False,
+        on_commit: Callable[[Evaluation], object] | None = None,
     ) -> tuple[Job, Evaluation, bool]:
         """Create or update a job; returns (job, evaluation, changed).
 
@@ -406,7 +420,12 @@ class StateStore:
     def _latest_eval(self, job_id: str) -> Evaluation | None:
         return max(self.evals_for_job(job_id), key=lambda e: e.create_time, default=None)
 
-    def restart_job(self, job_id: str, make_eval, on_commit=None) -> Evaluation:
+    def restart_job(
+        self,
+        job_id: str,
+        make_eval: MakeEval,
+        on_commit: Callable[[Evaluation], object] | None = None,
+    ) -> Evaluation:
         """Run a stopped job again; Conflict if it is not stopped."""
         with self._lock:
             job = self.require_job(job_id)
@@ -418,7 +437,12 @@ class StateStore:
                 on_commit(evaluation)
             return evaluation
 
-    def stop_job(self, job_id: str, evaluation: Evaluation, on_commit=None) -> list[Allocation]:
+    def stop_job(
+        self,
+        job_id: str,
+        evaluation: Evaluation,
+        on_commit: Callable[[], object] | None = None,
+    ) -> list[Allocation]:
         """Mark a job stopped and all its allocations to stop; returns those stopped."""
         with self._lock:
             job = replace(self.require_job(job_id), stopped=True)
@@ -443,7 +467,9 @@ class StateStore:
                 on_commit()
             return stopped
 
-    def delete_job(self, job_id: str, on_commit=None) -> list[Allocation]:
+    def delete_job(
+        self, job_id: str, on_commit: Callable[[], object] | None = None
+    ) -> list[Allocation]:
         """Purge a job, its allocations and evaluations; returns the allocations."""
         with self._lock:
             self.require_job(job_id)
