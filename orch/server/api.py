@@ -1,7 +1,11 @@
 """HTTP routes of the server: parse, call the Server, return a dict.
 
-Every answer is JSON. Exceptions become ``{"error": ...}`` with the status on
-their class (orch.errors); bottle's HTML error pages never reach a client.
+One route does more: a task's log is relayed from its agent, the agent's
+answer passed through unchanged.
+
+Every other answer is JSON, but /metrics (Prometheus text). Exceptions
+become ``{"error": ...}`` with the status on their class (orch.errors);
+bottle's HTML error pages never reach a client.
 """
 
 from __future__ import annotations
