@@ -273,7 +273,8 @@ def summary(results: dict) -> dict:
         out[f"ratio{count}"] = round(orch / floor, 3)
         # Each run's orch and floor ran back to back, under the same load.
         out[f"paired_ratio{count}"] = round(
-            statistics.median(o / f for o, f in zip(series["orch"], series["floor"])), 3
+            statistics.median(o / f for o, f in zip(series["orch"], series["floor"], strict=True)),
+            3,
         )
         out[f"runs{count}"] = len(series["orch"])
     return out

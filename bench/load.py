@@ -40,6 +40,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,10 +118,8 @@ class DevCluster:
 
     def _remember_members(self) -> None:
         try:
-            import psutil
-
             self._members = {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
-        except Exception:
+        except psutil.Error:
             self._members = set()
 
     def stop(self) -> None:
@@ -222,7 +221,7 @@ class Client(threading.Thread):
         started = time.perf_counter()
         try:
             resp = self.session.request(method, self.url + path, json=body, timeout=REQUEST_TIMEOUT)
-            resp.content  # the whole body is part of the latency
+            _ = resp.content  # the whole body is part of the latency
         except requests.RequestException as exc:
             self.rec.record(
                 kind, time.perf_counter() - started, None, f"{type(exc).__name__}: {exc}"
@@ -326,12 +325,7 @@ def run_load(
 
 
 def machine() -> dict:
-    try:
-        import psutil
-
-        memory_gb = round(psutil.virtual_memory().total / 2**30, 1)
-    except Exception:
-        memory_gb = None
+    memory_gb = round(psutil.virtual_memory().total / 2**30, 1)
     return {"nproc": os.cpu_count(), "memory_gb": memory_gb, "python": sys.version.split()[0]}
 
 

@@ -1,7 +1,9 @@
 """The `orch` command: server, agent, dev cluster and client subcommands.
 
-This is the only module that configures logging. Every flag's default falls
-back to an ``ORCH_*`` environment variable (``orch.config.env``).
+This is the only module that configures logging. The flags of server, agent
+and dev, ``--address``, ``--token`` and ``--log-level`` fall back to an
+``ORCH_*`` environment variable (``orch.config.env``); ``ORCH_META`` gives
+pairs that ``--meta`` flags add to.
 """
 
 from __future__ import annotations

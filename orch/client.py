@@ -98,7 +98,8 @@ def root_cause(exc: BaseException) -> str:
     """``connection refused`` rather than urllib3's three nested wrappers."""
     if isinstance(exc, requests.Timeout):
         return "timed out"
-    seen, todo = set(), [exc]
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
     while todo:
         cur = todo.pop(0)
         if cur is None or id(cur) in seen:

@@ -12,6 +12,8 @@ import functools
 import hmac
 import json
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import bottle
 
@@ -24,23 +26,31 @@ from orch.errors import (
 )
 from orch.validation import document
 
+if TYPE_CHECKING:
+    from orch.transport import Response
+
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 
+# A route handler: path parameters in, a JSON-able value (or, raw, the body) out.
+Handler = Callable[..., Any]
+
 __all__ = ["Router", "read_json", "passthrough", "BadGateway", "error_body"]
 
 
-def error_body(message: str, **extra) -> str:
+def error_body(message: str, **extra: object) -> str:
     return json.dumps({"error": message, **extra}, ensure_ascii=False)
 
 
-def _dumps(payload) -> str:
+def _dumps(payload: object) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
-def read_json(max_body: int | None = None):
-    """The request body parsed as JSON; ValidationError if it is not safe JSON."""
+def read_json(max_body: int | None = None) -> Any:
+    """The request body parsed as JSON; ValidationError if it is not safe JSON.
+
+    Any JSON value: the validation layer checks its shape."""
     limit = max_body or bottle.request.environ.get("orch.max_body", 1 << 20)
     length = bottle.request.content_length
     if length > limit:
@@ -55,7 +65,7 @@ def read_json(max_body: int | None = None):
     return document.loads(raw)
 
 
-def passthrough(resp) -> bytes:
+def passthrough(resp: Response) -> bytes:
     """Relay an agent's answer (orch.transport.Response: status, content
     type, body) unchanged."""
     bottle.response.status = resp.status_code
@@ -82,10 +92,12 @@ class Router:
         for code in (400, 404, 405, 413, 500):
             app.error(code)(self._bottle_error)
 
-    def __call__(self, method: str, path: str, *, public: bool = False, raw: bool = False):
-        def decorate(fn):
+    def __call__(
+        self, method: str, path: str, *, public: bool = False, raw: bool = False
+    ) -> Callable[[Handler], Handler]:
+        def decorate(fn: Handler) -> Handler:
             @functools.wraps(fn)
-            def handler(**kwargs):
+            def handler(**kwargs: str) -> object:
                 return self._handle(fn, kwargs, public, raw)
 
             self.app.route(path, method)(handler)
@@ -94,7 +106,7 @@ class Router:
 
         return decorate
 
-    def _handle(self, fn, kwargs, public: bool, raw: bool):
+    def _handle(self, fn: Handler, kwargs: dict[str, str], public: bool, raw: bool) -> object:
         bottle.request.environ["orch.max_body"] = self.max_body
         try:
             if not public and not _authorized(self.token):

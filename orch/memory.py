@@ -11,11 +11,13 @@ a no-op.
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
-_trim = None
+# None: not looked up yet; False: the C library has no malloc_trim.
+_trim: Any = None
 
 
-def _load():
+def _load() -> Any:
     global _trim
     if _trim is None:
         try:

@@ -91,7 +91,7 @@ def dev_cluster(
     """Start ``orch dev --agents N`` on a free port; stop it and all its tasks after."""
     pyz = pyz or os.environ.get("ORCH_PYZ") or None
     own_dir = data_dir is None
-    root = tempfile.mkdtemp(prefix="orch-testing-") if own_dir else os.fspath(data_dir)
+    root = tempfile.mkdtemp(prefix="orch-testing-") if data_dir is None else os.fspath(data_dir)
     os.makedirs(root, exist_ok=True)
     port = _free_port()
     address = f"http://127.0.0.1:{port}"
@@ -207,9 +207,11 @@ def _teardown(cluster: DevCluster) -> None:
 try:
     import pytest
 except ImportError:  # orch.testing without pytest: the context manager only
-    pytest = None
+    _have_pytest = False
+else:
+    _have_pytest = True
 
-if pytest is not None:
+if _have_pytest:
 
     def pytest_configure(config) -> None:
         config.addinivalue_line(

@@ -188,6 +188,7 @@ class HttpClient:
         return Response(resp.status, resp.headers, content)
 
     def _dial(self, parts, timeout: float) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection
         if self._unix:
             conn = _UnixConnection(self._unix, timeout)
         elif parts.scheme == "https":

@@ -36,7 +36,7 @@ def require_engine():
             client = docker.from_env(timeout=30)
             client.ping()
             return client
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means "no engine": the tests skip
             host = os.environ.get("DOCKER_HOST") or "the default socket"
             reason = (
                 f"no docker engine answers at {host} ({exc.__class__.__name__}); "
@@ -112,7 +112,7 @@ def remove_containers(client, label_value: str | None = None) -> int:
         try:
             container.remove(force=True)
             removed += 1
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort: it may be gone already
             pass
     return removed
 

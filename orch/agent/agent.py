@@ -164,8 +164,8 @@ class Agent:
             excess = len(self._collectable) - self.config.gc_keep
             if excess <= 0:
                 return
-            victims = []
-            for alloc_id in sorted(self._collectable, key=self._collectable.get):
+            victims: list[str] = []
+            for alloc_id in sorted(self._collectable, key=self._collectable.__getitem__):
                 if len(victims) == excess:
                     break
                 if self._allocs[alloc_id].finished:
@@ -273,7 +273,7 @@ class Agent:
         server has been out of reach that long (Nomad's
         stop_after_client_disconnect): by then the server has placed them
         elsewhere, and a service must not run twice for longer."""
-        contact = self.loop.last_contact
+        contact = None if self.loop is None else self.loop.last_contact
         if contact is None:
             return
         away = time.monotonic() - contact
@@ -325,7 +325,8 @@ class Agent:
                 }
                 log.info("driver attributes changed %s: registering again", changed)
                 self.fingerprint = fresh
-                self.loop.update_fingerprint(fresh)
+                if self.loop is not None:  # started before this thread: always
+                    self.loop.update_fingerprint(fresh)
 
     def shutdown(self, stop_tasks: bool) -> None:
         """Stop heartbeating; with stop_tasks, kill every task (in parallel)."""

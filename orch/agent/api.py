@@ -8,6 +8,7 @@ it (the server) can create, read or stop allocations.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from bottle import Bottle, request, response
 
@@ -18,11 +19,14 @@ from orch.errors import OrchError, ValidationError
 from orch.openapi import AGENT_SPEC
 from orch.validation import fields
 
+if TYPE_CHECKING:
+    from orch.agent.agent import Agent
+
 MAX_BODY = 1 << 20
 MAX_LOG_CHUNK = 1 << 20  # a log read returns at most this; the client pages
 
 
-def make_app(agent) -> Bottle:
+def make_app(agent: Agent) -> Bottle:
     """A bottle app serving `agent` (an orch.agent.agent.Agent)."""
     app = Bottle()
     route = httpjson.Router(app, token=agent.config.token, max_body=MAX_BODY)
@@ -90,4 +94,4 @@ def _read_from(path: str, offset: int) -> bytes:
     except IsADirectoryError:
         return b""
     except OSError as exc:
-        raise OrchError(f"cannot read log: {os.path.basename(path)}: {exc.strerror}")
+        raise OrchError(f"cannot read log: {os.path.basename(path)}: {exc.strerror}") from exc

@@ -28,7 +28,10 @@ class AllocSpec:
 
     def to_dict(self) -> dict:
         """The `POST /allocations` body this spec was parsed from."""
-        group = {"name": self.task_group, "tasks": [t.to_dict() for t in self.tasks]}
+        group: dict[str, object] = {
+            "name": self.task_group,
+            "tasks": [t.to_dict() for t in self.tasks],
+        }
         if self.stop_after is not None:
             group["disconnect"] = {"stop_after": self.stop_after}
         return {
@@ -48,7 +51,7 @@ def parse_alloc(body) -> AllocSpec:
     try:
         job_type = JobType(job_type)
     except ValueError:
-        raise ValidationError("job_type: must be batch or service")
+        raise ValidationError("job_type: must be batch or service") from None
     group = body.get("task_group")
     if not isinstance(group, dict):
         raise ValidationError("task_group: must be an object")

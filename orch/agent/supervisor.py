@@ -127,7 +127,11 @@ class Supervisor:
                 timeout = RMDIR_RETRY if timeout is None else min(timeout, RMDIR_RETRY)
             if not self.ever_connected:
                 timeout = 1.0 if timeout is None else min(timeout, 1.0)
-            fds = [self.listener, self.wake_r, *(c for c, _ in self.clients.values())]
+            fds: list[socket.socket | int] = [
+                self.listener,
+                self.wake_r,
+                *(c for c, _ in self.clients.values()),
+            ]
             try:
                 readable, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
@@ -135,7 +139,7 @@ class Supervisor:
             for fd in readable:
                 if fd is self.listener:
                     self._accept()
-                elif fd == self.wake_r:
+                elif isinstance(fd, int):  # the wake pipe, the only plain fd
                     _drain(self.wake_r)
                 else:
                     self._read(fd)
@@ -445,6 +449,7 @@ def _cgroup_oom(paths: list[str]) -> bool:
 
 def _exit_doc(status: int | None, oom: bool) -> dict:
     """How the task ended, as its record's last line."""
+    doc: dict[str, object]
     if status is None:
         doc = {"exit_code": None, "signal": None, "exit_error": "task exit status lost"}
     elif os.WIFSIGNALED(status):

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 from orch import errors
 from orch.cli.format import (
+    PLAIN,
     TERMINAL_ALLOC,
     Style,
     ago,
@@ -177,7 +178,7 @@ def alloc_status_cmd(args, client: Client) -> int:
     return EXIT_OK
 
 
-def alloc_summary(alloc: dict, now: float, paint: Style = Style(False)) -> str:
+def alloc_summary(alloc: dict, now: float, paint: Style = PLAIN) -> str:
     out = [
         fields(
             [

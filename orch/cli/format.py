@@ -277,6 +277,10 @@ class Style:
         return self.status(text) if column in STATUS_COLUMNS else text
 
 
+# The default of every `paint=`/`style=` parameter: one shared colourless Style.
+PLAIN = Style(False)
+
+
 # ---- job run progress ----------------------------------------------------------
 
 
@@ -310,7 +314,7 @@ def group_progress(job: dict) -> dict[str, dict]:
     return out
 
 
-def progress_line(name: str, counts: dict, batch: bool, style: Style = Style(False)) -> str:
+def progress_line(name: str, counts: dict, batch: bool, style: Style = PLAIN) -> str:
     """``web: 3 placed, 2 running, 0 failed of 3`` (batch: and ``complete``)."""
     failed = f"{counts['failed']} failed"
     parts = [

@@ -16,6 +16,7 @@ from orch.cli.commands import (
     style,
 )
 from orch.cli.format import (
+    PLAIN,
     Style,
     ago,
     alloc_counts,
@@ -39,7 +40,7 @@ NOT_SPEC = ("allocations", "status", "summary", "children")
 def job_run(args, client: Client) -> int:
     spec = load_job_file(args.file)
     resp = client.jobs.submit(spec)
-    job_id, eval_id = resp.get("job_id"), resp.get("evaluation_id")
+    job_id, eval_id = str(resp.get("job_id")), resp.get("evaluation_id")
     if args.detach:
         say(f'Job "{job_id}" submitted; evaluation {eval_id}')
         return EXIT_OK
@@ -75,7 +76,7 @@ def job_plan(args, client: Client) -> int:
     return EXIT_NOT_PLACED if plan.get("failures") else EXIT_OK
 
 
-def plan_text(plan: dict, path: str, paint: Style = Style(False)) -> str:
+def plan_text(plan: dict, path: str, paint: Style = PLAIN) -> str:
     job_id = plan.get("job_id")
     if plan.get("exists") and plan.get("changed") is False:
         head = f'Job "{job_id}": no change (version {plan.get("current_version")})'
@@ -148,7 +149,7 @@ def job_status(args, client: Client) -> int:
     return EXIT_OK
 
 
-def job_summary(job: dict, now: float, paint: Style = Style(False)) -> str:
+def job_summary(job: dict, now: float, paint: Style = PLAIN) -> str:
     groups = ", ".join(
         f"{tg.get('name')} (count {tg.get('count')})" for tg in job.get("task_groups") or []
     )

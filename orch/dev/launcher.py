@@ -314,8 +314,9 @@ class DevCluster:
             except errors.OrchError:
                 nodes = []
             for node in nodes:
-                if node.get("node_id") not in shown:
-                    shown.add(node.get("node_id"))
+                node_id = str(node.get("node_id"))
+                if node_id not in shown:
+                    shown.add(node_id)
                     self.say(f"agent {node.get('endpoint')} node {short(node.get('node_id'))}")
             if len(nodes) >= self.config.agents:
                 return True
@@ -352,7 +353,9 @@ def run(config: DevConfig) -> int:
             )
             return 1
     ephemeral = config.data_dir is None
-    data_dir = tempfile.mkdtemp(prefix="orch-dev-") if ephemeral else config.data_dir
+    data_dir = (
+        config.data_dir if config.data_dir is not None else tempfile.mkdtemp(prefix="orch-dev-")
+    )
     os.makedirs(data_dir, exist_ok=True)
     port = config.port or free_port(config.bind)
     sup = Supervisor(program(), child_env(dict(os.environ), config.token))

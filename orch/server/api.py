@@ -1,12 +1,17 @@
 """HTTP routes of the server: parse, call the Server, return a dict.
 
-Every answer is JSON. Exceptions become ``{"error": ...}`` with the status on
-their class (orch.errors); bottle's HTML error pages never reach a client.
+One route does more: a task's log is relayed from its agent, the agent's
+answer passed through unchanged.
+
+Every other answer is JSON, but /metrics (Prometheus text). Exceptions
+become ``{"error": ...}`` with the status on their class (orch.errors);
+bottle's HTML error pages never reach a client.
 """
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import bottle
@@ -19,11 +24,14 @@ from orch.server.metrics import render_metrics
 from orch.transport import HttpClient
 from orch.validation import drain as drain_rules
 
+if TYPE_CHECKING:
+    from orch.server.server import Server
+
 # (connect, read) seconds for relaying a task's log from its agent.
 LOG_RELAY_TIMEOUT = (2.0, 5.0)
 
 
-def make_app(server) -> bottle.Bottle:
+def make_app(server: Server) -> bottle.Bottle:
     app = bottle.Bottle()
     store = server.store
     route = httpjson.Router(app, token=server.config.token, max_body=server.config.max_body_bytes)

@@ -15,7 +15,7 @@ def _line(name: str, value, labels: dict | None = None) -> str:
 def render_metrics(server) -> str:
     store = server.store
     nodes = store.list_nodes()
-    allocs = Counter()
+    allocs: Counter[str] = Counter()
     for job in store.list_jobs():
         for alloc in store.allocs_for_job(job.job_id):
             allocs[alloc.client_status.value] += 1

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import NamedTuple, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from orch.errors import StorageError
 from orch.server.scheduler.cluster import Cluster
@@ -27,6 +28,11 @@ from orch.structs import (
     new_id,
     replace,
 )
+
+if TYPE_CHECKING:  # the concrete parts, for annotations only
+    from orch.server.broker import EvalBroker
+    from orch.server.push import Pusher
+    from orch.server.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +88,7 @@ class Planner(Protocol):
     def update_evals(self, evals: list[Evaluation]) -> None: ...
 
     def create_evals(
-        self, job_ids, trigger: TriggeredBy, node_id: str | None = None
+        self, job_ids: Iterable[str], trigger: TriggeredBy, node_id: str | None = None
     ) -> list[Evaluation]: ...
 
     def schedule_followup(self, job_id: str, at: float) -> None: ...
@@ -118,7 +124,7 @@ class Dispatch:
     agent does not know (pushed again). Agents accept repeats idempotently.
     """
 
-    def __init__(self, pusher):
+    def __init__(self, pusher: Pusher):
         self._pusher = pusher
 
     def plan_committed(self, result: PlanResult, job: Job) -> None:
@@ -141,7 +147,7 @@ class Dispatch:
 class ServerPlanner:
     """The Planner of one server: its state store, broker and dispatch."""
 
-    def __init__(self, store, broker, dispatch: Dispatch):
+    def __init__(self, store: StateStore, broker: EvalBroker, dispatch: Dispatch):
         self._store = store
         self._broker = broker
         self._dispatch = dispatch
@@ -157,7 +163,7 @@ class ServerPlanner:
         self._store.put_evals(evals)
 
     def create_evals(
-        self, job_ids, trigger: TriggeredBy, node_id: str | None = None
+        self, job_ids: Iterable[str], trigger: TriggeredBy, node_id: str | None = None
     ) -> list[Evaluation]:
         now = time.time()
         evals = [new_eval(job_id, trigger, now, node_id) for job_id in job_ids]

@@ -17,9 +17,11 @@ from orch.server.scheduler.explain import failed_nodes, released_by
 from orch.server.scheduler.generic import compute_plan
 from orch.server.scheduler.reconcile import GROUP_CHANGED
 from orch.structs import (
+    Allocation,
     DesiredStatus,
     Evaluation,
     Job,
+    Plan,
     TriggeredBy,
     new_id,
     replace,
@@ -64,7 +66,9 @@ def dry_run(state: SchedulerState, body, *, max_count: int) -> dict:
     }
 
 
-def plan_diff(plan, job: Job, existing: Job | None, allocs) -> dict[str, dict]:
+def plan_diff(
+    plan: Plan, job: Job, existing: Job | None, allocs: list[Allocation]
+) -> dict[str, dict]:
     """Per group: place, stop, keep, replace (destructive) and scale.
 
     As Nomad counts them: a destructive replacement is one ``replace``, not a
@@ -77,7 +81,7 @@ def plan_diff(plan, job: Job, existing: Job | None, allocs) -> dict[str, dict]:
             wanted[alloc.task_group] = wanted.get(alloc.task_group, 0) + 1
     names = [g.name for g in job.task_groups]
     names += [n for n in wanted if job.group(n) is None]
-    diff = {name: {"place": 0, "stop": 0, "keep": 0, "replace": 0, "scale": "0"} for name in names}
+    diff = {name: {"place": 0, "stop": 0, "keep": 0, "replace": 0} for name in names}
     for alloc_id, reason in plan.stop:
         entry = diff.get(group_of.get(alloc_id, ""))
         if entry is not None:
@@ -89,8 +93,7 @@ def plan_diff(plan, job: Job, existing: Job | None, allocs) -> dict[str, dict]:
         entry["keep"] = max(0, wanted.get(name, 0) - stopping)
         # Replacements are placed too; count each once, as a replace.
         entry["place"] = max(0, entry["place"] - entry["replace"])
-        entry["scale"] = _scale(job, existing, name)
-    return diff
+    return {name: {**entry, "scale": _scale(job, existing, name)} for name, entry in diff.items()}
 
 
 def _scale(job: Job, existing: Job | None, name: str) -> str:

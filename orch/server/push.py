@@ -46,11 +46,13 @@ class PushFailure:
 def alloc_payload(alloc: Allocation, job: Job) -> dict:
     """The agent's POST /allocations body (seed fields plus driver, job_type)."""
     group = job.group(alloc.task_group)
+    if group is None:  # place() gets the job the allocations were made from
+        raise ValueError(f"job {job.job_id} has no task group {alloc.task_group}")
     tasks = [
         {"name": t.name, "driver": t.driver, "config": t.config, "resources": t.resources.to_dict()}
         for t in group.tasks
     ]
-    payload = {"name": group.name, "tasks": tasks}
+    payload: dict[str, object] = {"name": group.name, "tasks": tasks}
     if group.stop_after is not None:
         payload["disconnect"] = {"stop_after": group.stop_after}
     return {
@@ -259,10 +261,11 @@ class Pusher:
             endpoint = self._endpoint_of(node_id)
             if not endpoint:
                 return replace(failure, refused=failure.refused and not reached)
-            failure = self._attempt(client, method, endpoint + path, body, ok)
-            if failure is None:
+            outcome = self._attempt(client, method, endpoint + path, body, ok)
+            if outcome is None:
                 self._set_suspect(node_id, False)
                 return None
+            failure = outcome
             if failure.node_fault:
                 self._set_suspect(node_id, True)
             if failure.refused:

@@ -32,6 +32,7 @@ from orch.structs import (
     EvalStatus,
     Evaluation,
     Job,
+    JobStatus,
     Node,
     TriggeredBy,
     replace,
@@ -168,7 +169,7 @@ class Server:
         self.dispatch.stop(allocs)
         self.broker.unblock()
 
-    def job_status(self, job: Job, allocs: list[Allocation] | None = None):
+    def job_status(self, job: Job, allocs: list[Allocation] | None = None) -> JobStatus:
         if allocs is None:
             allocs = self.store.allocs_for_job(job.job_id)
         return job_status(job, allocs)

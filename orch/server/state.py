@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from orch import codec
 from orch.errors import Conflict, NotFound, StorageError
@@ -58,10 +58,14 @@ def _dump(obj) -> str:
     return json.dumps(obj.to_dict(), separators=(",", ":"), allow_nan=False)
 
 
+# The evaluation a job write makes, given why (the store picks the trigger).
+MakeEval = Callable[[TriggeredBy], Evaluation]
+
+
 class StateStore:
     """SQLite-backed store of nodes, jobs, allocations and evaluations."""
 
-    def __init__(self, data_dir: str, *, now=time.time):
+    def __init__(self, data_dir: str, *, now: Callable[[], float] = time.time):
         self._now = now
         self._lock = threading.RLock()
         os.makedirs(data_dir, exist_ok=True)
@@ -158,7 +162,10 @@ class StateStore:
     @staticmethod
     def _alloc_rows(allocs: list[Allocation]) -> list:
         bodies = codec.allocs_json(allocs)
-        return [(a.allocation_id, a.job_id, a.node_id, body) for a, body in zip(allocs, bodies)]
+        return [
+            (a.allocation_id, a.job_id, a.node_id, body)
+            for a, body in zip(allocs, bodies, strict=True)
+        ]
 
     _UPSERT_ALLOC = (
         "INSERT OR REPLACE INTO allocations (allocation_id, job_id, node_id, body) VALUES (?,?,?,?)"
@@ -180,7 +187,7 @@ class StateStore:
         self._allocs[alloc.allocation_id] = alloc
         self._allocs_by_job.setdefault(alloc.job_id, {})[alloc.allocation_id] = None
         held = old is not None and old.holds_resources()
-        if held and not alloc.holds_resources():
+        if old is not None and held and not alloc.holds_resources():
             self.cluster.release(old)
             self._live_by_node.get(old.node_id, {}).pop(alloc.allocation_id, None)
         elif alloc.holds_resources() and not held:
@@ -190,7 +197,11 @@ class StateStore:
     def _index_new_allocs(self, allocs: list[Allocation]) -> None:
         """_index_alloc for a plan's placements, with one capacity-index call."""
         by_id, by_job, by_node = self._allocs, self._allocs_by_job, self._live_by_node
-        job_index = node_index = job_id = node_id = None
+        # Placements come grouped by job and node: look their indexes up once a run.
+        job_id: str | None = None
+        node_id: str | None = None
+        job_index: dict[str, None] = {}
+        node_index: dict[str, None] = {}
         fresh = []
         for alloc in allocs:
             alloc_id = alloc.allocation_id
@@ -270,7 +281,7 @@ class StateStore:
             key=lambda e: e.create_time,
         )
 
-    def counts(self) -> dict:
+    def counts(self) -> dict[str, int]:
         return {
             "nodes": len(self._nodes),
             "jobs": len(self._jobs),
@@ -333,7 +344,12 @@ class StateStore:
             self.set_node_scheduling(node_id, eligible=False, drain=None, drain_complete=now)
             return True
 
-    def mark_node_down(self, node_id: str, reason: str, evals_for=None) -> list[Allocation]:
+    def mark_node_down(
+        self,
+        node_id: str,
+        reason: str,
+        evals_for: Callable[[list[Allocation]], list[Evaluation]] | None = None,
+    ) -> list[Allocation]:
         """Node unhealthy and its unfinished allocations lost, in one transaction.
 
         ``evals_for(lost) -> [Evaluation]``, if given, makes the evaluations
@@ -379,7 +395,12 @@ class StateStore:
     # enqueues and cancellations in the order the writes were committed.
 
     def submit_job(
-        self, job: Job, make_eval, *, must_exist: bool = False, on_commit=None
+        self,
+        job: Job,
+        make_eval: MakeEval,
+        *,
+        must_exist: bool = False,
+        on_commit: Callable[[Evaluation], object] | None = None,
     ) -> tuple[Job, Evaluation, bool]:
         """Create or update a job; returns (job, evaluation, changed).
 
@@ -425,7 +446,12 @@ class StateStore:
     def _latest_eval(self, job_id: str) -> Evaluation | None:
         return max(self.evals_for_job(job_id), key=lambda e: e.create_time, default=None)
 
-    def restart_job(self, job_id: str, make_eval, on_commit=None) -> Evaluation:
+    def restart_job(
+        self,
+        job_id: str,
+        make_eval: MakeEval,
+        on_commit: Callable[[Evaluation], object] | None = None,
+    ) -> Evaluation:
         """Run a stopped job again; Conflict if it is not stopped."""
         with self._lock:
             job = self.require_job(job_id)
@@ -437,7 +463,12 @@ class StateStore:
                 on_commit(evaluation)
             return evaluation
 
-    def stop_job(self, job_id: str, evaluation: Evaluation, on_commit=None) -> list[Allocation]:
+    def stop_job(
+        self,
+        job_id: str,
+        evaluation: Evaluation,
+        on_commit: Callable[[], object] | None = None,
+    ) -> list[Allocation]:
         """Mark a job stopped and all its allocations to stop; returns those stopped."""
         with self._lock:
             job = replace(self.require_job(job_id), stopped=True)
@@ -462,7 +493,9 @@ class StateStore:
                 on_commit()
             return stopped
 
-    def delete_job(self, job_id: str, on_commit=None) -> list[Allocation]:
+    def delete_job(
+        self, job_id: str, on_commit: Callable[[], object] | None = None
+    ) -> list[Allocation]:
         """Purge a job, its allocations and evaluations; returns the allocations."""
         with self._lock:
             self.require_job(job_id)
@@ -556,9 +589,9 @@ class StateStore:
         freed: dict[str, list[int]] = {}
         for alloc in stopping:
             if self._allocs[alloc.allocation_id].holds_resources():
-                mine = freed.setdefault(alloc.node_id, [0, 0])
-                mine[0] -= alloc.resources.cpu
-                mine[1] -= alloc.resources.memory
+                gone = freed.setdefault(alloc.node_id, [0, 0])
+                gone[0] -= alloc.resources.cpu
+                gone[1] -= alloc.resources.memory
         room_of, nodes = self.cluster.room, self._nodes
         used: dict[str, list[int]] = {}  # node -> [cpu, memory] with this plan
         ok, rejected = [], 0

@@ -120,7 +120,7 @@ def merge_report(alloc: Allocation, report: dict, now: float) -> Allocation | No
         return None
     if alloc.client_status in TERMINAL_ALLOC and status not in TERMINAL_ALLOC:
         return None  # terminal on the server is final
-    changes = {}
+    changes: dict[str, object] = {}
     if status != alloc.client_status:
         changes["client_status"] = status
     if tasks is not None and tasks != alloc.tasks:

@@ -12,7 +12,7 @@ import threading
 import time
 
 from orch.errors import StorageError
-from orch.server.planner import EvalQueue, Planner, SchedulerState
+from orch.server.planner import EvalQueue, Planner, PlanResult, SchedulerState
 from orch.server.scheduler.explain import (
     describe,
     failed_nodes,
@@ -20,7 +20,7 @@ from orch.server.scheduler.explain import (
     summarize,
 )
 from orch.server.scheduler.generic import compute_plan
-from orch.structs import EvalStatus, Evaluation, TriggeredBy, replace
+from orch.structs import EvalStatus, Evaluation, Job, Plan, TriggeredBy, replace
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +110,11 @@ class SchedulerWorker(threading.Thread):
             rejected,
         )
 
-    def _commit(self, plan, evals, job, now):
+    def _commit(self, plan: Plan, evals: list[Evaluation], job: Job, now: float) -> PlanResult:
         """Submit the plan with its evaluations' outcome; the planner pushes."""
         summary = summarize(plan, job)
         status = EvalStatus.BLOCKED if summary["queued"] else EvalStatus.COMPLETE
-        nearest = {}
+        nearest: dict[str, list[dict]] = {}
         if plan.failed:
             # Which nodes came closest, for `orch job run` to name (only on
             # failure: it reads the job's allocations again).

@@ -18,8 +18,8 @@ from orch.errors import ValidationError
 # Names become file and container names: no separators, no leading dot.
 NAME_MAX = 63
 ID_MAX = 128
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (NAME_MAX - 1))
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (ID_MAX - 1))
+NAME_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}")
+ID_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{ID_MAX - 1}}}")
 # Integers go to JSON readers that may use doubles (JavaScript, jq): beyond
 # 2**53 they would silently round, so counts and sizes stop there.
 INT_MAX = 2**53

@@ -100,11 +100,11 @@ def wait_task(cluster, job_id: str, status: str, timeout: float = 30.0) -> dict:
 
     try:
         return wait_until(reached, timeout, what=f"task of {job_id} {status}")
-    except AssertionError:
+    except AssertionError as exc:
         raise AssertionError(
             f"task never {status}: {cluster.job(job_id)}\n"
             + "\n".join(a.log()[-2000:] for a in cluster.agents.values())
-        )
+        ) from exc
 
 
 def containers(engine, job_id: str) -> list:

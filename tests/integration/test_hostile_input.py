@@ -76,10 +76,11 @@ def cluster(server, agent_factory):
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
 def test_non_finite_heartbeat_times_are_400_and_the_server_restarts(cluster, literal):
     server, agent, alloc = cluster
+    node_id, alloc_id = json.dumps(agent.node_id), json.dumps(alloc["allocation_id"])
+    # A raw body: json.dumps cannot write these literals.
     raw = (
-        '{"node_id": %s, "allocations": {%s: {"job_id": "svc", "status": "complete",'
-        ' "end_time": %s}}}'
-        % (json.dumps(agent.node_id), json.dumps(alloc["allocation_id"]), literal)
+        f'{{"node_id": {node_id}, "allocations": {{{alloc_id}: {{"job_id": "svc",'
+        f' "status": "complete", "end_time": {literal}}}}}}}'
     )
     assert_json_400(post_raw(f"{server.url}/heartbeat", raw.encode()))
     server.restart()
@@ -89,10 +90,10 @@ def test_non_finite_heartbeat_times_are_400_and_the_server_restarts(cluster, lit
 
 def test_heartbeat_restarts_1e400_is_400(cluster):
     server, agent, alloc = cluster
+    node_id, alloc_id = json.dumps(agent.node_id), json.dumps(alloc["allocation_id"])
     raw = (
-        '{"node_id": %s, "allocations": {%s: {"status": "running", "tasks": '
-        '{"t": {"status": "running", "restarts": 1e400}}}}}'
-        % (json.dumps(agent.node_id), json.dumps(alloc["allocation_id"]))
+        f'{{"node_id": {node_id}, "allocations": {{{alloc_id}: {{"status": "running", "tasks": '
+        f'{{"t": {{"status": "running", "restarts": 1e400}}}}}}}}}}'
     )
     assert_json_400(post_raw(f"{server.url}/heartbeat", raw.encode()))
 

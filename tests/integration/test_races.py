@@ -144,8 +144,8 @@ def test_stop_racing_put_applies_both_in_some_order(cluster):
         job_id = f"sp-{rnd}"
         assert cluster.post("/jobs", body(cluster, job_id, 0)).status_code == 200
         stop, put = together(
-            lambda: cluster.delete(f"/jobs/{job_id}"),
-            lambda: cluster.put(f"/jobs/{job_id}", body(cluster, job_id, 1)),
+            lambda job_id=job_id: cluster.delete(f"/jobs/{job_id}"),
+            lambda job_id=job_id: cluster.put(f"/jobs/{job_id}", body(cluster, job_id, 1)),
         )
         assert codes([stop, put]) == [200, 200], (stop.text, put.text)
         job = cluster.job(job_id)
@@ -153,10 +153,14 @@ def test_stop_racing_put_applies_both_in_some_order(cluster):
         assert (job["version"], command_of(job)) == (1, command_of(body(cluster, job_id, 1)))
         settle(cluster)
         if job["stopped"]:  # PUT then stop: nothing of the job may run
-            wait_until(lambda: not cluster.live_allocs(job_id), SETTLE_S, what=f"{job_id} stopped")
+            wait_until(
+                lambda job_id=job_id: not cluster.live_allocs(job_id),
+                SETTLE_S,
+                what=f"{job_id} stopped",
+            )
         else:  # stop then PUT: version 1 runs
             wait_until(
-                lambda: [
+                lambda job_id=job_id: [
                     a
                     for a in cluster.live_allocs(job_id)
                     if a["job_version"] == 1 and a["status"] == "running"
@@ -185,11 +189,13 @@ def test_purge_racing_restart_or_put_brings_nothing_back(cluster):
         job_id = f"pr-{rnd}"
         assert cluster.post("/jobs", body(cluster, job_id, 0)).status_code == 200
         assert cluster.delete(f"/jobs/{job_id}").status_code == 200
-        purge_race(cluster, job_id, lambda: cluster.post(f"/jobs/{job_id}/restart"))
+        purge_race(cluster, job_id, lambda job_id=job_id: cluster.post(f"/jobs/{job_id}/restart"))
         job_id = f"pp-{rnd}"
         assert cluster.post("/jobs", body(cluster, job_id, 0)).status_code == 200
         purge_race(
-            cluster, job_id, lambda: cluster.put(f"/jobs/{job_id}", body(cluster, job_id, 1))
+            cluster,
+            job_id,
+            lambda job_id=job_id: cluster.put(f"/jobs/{job_id}", body(cluster, job_id, 1)),
         )
         purged += [f"pr-{rnd}", f"pp-{rnd}"]
     settle(cluster)

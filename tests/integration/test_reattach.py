@@ -89,10 +89,10 @@ def wait_task(cluster, job_id: str, status: str, timeout: float = 20.0) -> dict:
 
     try:
         return wait_until(reached, timeout, what=f"task of {job_id} {status}")
-    except AssertionError:
+    except AssertionError as exc:
         raise AssertionError(
             f"task never {status}: {cluster.job(job_id)}\n" + cluster.agents["a"].log()[-3000:]
-        )
+        ) from exc
 
 
 def gated(cluster, tag: str, gate: Path) -> str:

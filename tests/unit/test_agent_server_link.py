@@ -1,6 +1,7 @@
 """The agent's link to its server: TLS checks (--insecure vs --tls-skip-verify)
 and how an unreachable server is reported."""
 
+import itertools
 import logging
 import time
 
@@ -89,6 +90,6 @@ def test_an_unreachable_server_is_a_warning_within_seconds_and_again(agents, cap
     assert first < 4.0
     assert wait_for(lambda: len(warnings()) >= 3, timeout=4.0), "repeated while it lasts"
     times = [r.created for r in warnings()]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     # Retries run every second or faster; WARNINGs are spaced (bounded rate).
     assert all(gap >= 0.45 for gap in gaps), gaps

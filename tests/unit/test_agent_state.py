@@ -160,7 +160,7 @@ def agent_process(tmp_path):
 def test_run_serves_until_sigterm_and_stops_tasks(agent_process):
     proc = agent_process
     assert wait_for(lambda: "agent listening on http://" in proc.log_path.read_text(), 10)
-    line = next(l for l in proc.log_path.read_text().splitlines() if "agent listening on" in l)
+    line = next(s for s in proc.log_path.read_text().splitlines() if "agent listening on" in s)
     url = line.split("agent listening on ")[1].split()[0]
     resp = requests.post(
         f"{url}/allocations",

@@ -30,6 +30,7 @@ def test_json_body_token_and_keep_alive(servers):
     second = client.get(server.url + "/nodes", params={"x": "1 2"})
     client.close()
     assert first.status_code == 200 and first.json() == {"message": "ok"}
+    assert second.status_code == 200 and second.json() == {"message": "ok"}
     assert first.headers.get("Content-Type") == "application/json"
     (m1, p1, b1, h1, port1), (m2, p2, b2, h2, port2) = server.calls
     assert (m1, p1, b1) == ("POST", "/register", {"a": 1})

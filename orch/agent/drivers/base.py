@@ -104,5 +104,5 @@ class Driver(abc.ABC):
         """Node attributes this driver contributes, e.g. {"driver.exec": True}."""
         return {f"driver.{self.name}": True}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook: most drivers hold nothing to let go of
         """The agent is leaving: let go of what the driver holds (tasks run on)."""

@@ -128,7 +128,7 @@ class Cgroups:
             return None
         own = self._own_path(lambda ctrls: ctrls == "")
         base = os.path.join(self._root, own.lstrip("/"))
-        wanted = [c for c in ("memory", "cpu") if c in controllers.split()]
+        wanted: list[str] = [c for c in ("memory", "cpu") if c in controllers.split()]
         parent = os.path.join(base, SUBDIR)
         try:
             _enable(base, wanted)
@@ -220,7 +220,7 @@ class Cgroups:
 
     def _v1_mounts(self) -> dict[str, str]:
         """controller -> mount point of its v1 hierarchy."""
-        mounts = {}
+        mounts: dict[str, str] = {}
         text = _read(os.path.join(self._proc, "mounts")) or ""
         for line in text.splitlines():
             fields = line.split()

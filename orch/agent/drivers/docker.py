@@ -32,6 +32,7 @@ import shlex
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import cpu_shares  # noqa: F401 (part of this API)
@@ -56,8 +57,10 @@ class _Unloaded:
 
 # The SDK (with requests and urllib3) costs the agent ~10 MB: it is imported
 # when a docker task starts or is recovered, not for the engine probe.
-docker = requests = _Unloaded
-_create_container_args = None
+# Any: they hold the stand-ins above or the modules, and the SDK ships no types.
+docker: Any = _Unloaded
+requests: Any = _Unloaded
+_create_container_args: Any = None
 _sdk_lock = threading.Lock()
 
 log = logging.getLogger(__name__)
@@ -157,7 +160,7 @@ def create_options(ctx: TaskContext, host_ip: str = DEFAULT_HOST_IP) -> dict:
     image = ctx.config.get("image")
     if not isinstance(image, str) or not image.strip():
         raise DriverError("config.image: must be a non-empty string for the docker driver")
-    options = {
+    options: dict[str, Any] = {
         "image": image,
         "command": build_command(ctx.config),
         "name": container_name(ctx.alloc_id, ctx.task_name),
@@ -205,8 +208,9 @@ class DockerDriver(Driver):
         self._ping_timeout, self._api_timeout = ping_timeout, api_timeout
         self._pull_timeout, self._ttl, self._now = pull_timeout, available_ttl, now
         self._lock = threading.Lock()
-        self._probe_client = None
-        self._client = None
+        # docker.DockerClient instances (untyped SDK), made on first use.
+        self._probe_client: Any = None
+        self._client: Any = None
         self._api_version: str | None = None
         self._available = False
         self._checked_at: float | None = None
@@ -255,7 +259,7 @@ class DockerDriver(Driver):
                 version = self._sdk_ping()
             self._api_version = version or self._api_version
             return True, ""
-        except Exception as exc:  # any failure means "no engine here"
+        except Exception as exc:  # noqa: BLE001 - any failure means "no engine here"
             return False, f"docker engine not reachable at {host}: {_short(exc)}"
 
     def _sdk_ping(self) -> str:
@@ -282,7 +286,7 @@ class DockerDriver(Driver):
         except ImportError as exc:
             raise DriverError(
                 f"docker engine unavailable: the docker python package cannot be imported: {exc}"
-            )
+            ) from exc
         with self._lock:
             if self._client is not None:
                 return self._client
@@ -322,9 +326,11 @@ class DockerDriver(Driver):
                 )
         try:
             client.api.start(container_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the container must not linger
             self._remove(client, container_id)
-            raise DriverError(f"failed to start container {options['name']}: {_short(exc)}")
+            raise DriverError(
+                f"failed to start container {options['name']}: {_short(exc)}"
+            ) from exc
         handle = DockerHandle(
             container_id=container_id,
             name=options["name"],
@@ -463,7 +469,7 @@ class DockerDriver(Driver):
         except docker.errors.ImageNotFound:
             pass
         except (requests.RequestException, docker.errors.APIError) as exc:
-            raise DriverError(f"cannot inspect image {image}: {_short(exc)}")
+            raise DriverError(f"cannot inspect image {image}: {_short(exc)}") from exc
         repository, tag = docker.utils.parse_repository_tag(image)
         try:
             puller = self._from_env(self._pull_timeout, self._api_version)
@@ -472,8 +478,10 @@ class DockerDriver(Driver):
             finally:
                 puller.close()
             self._images.add(image)
-        except Exception as exc:
-            raise DriverError(f"image {image} not found locally and pull failed: {_short(exc)}")
+        except Exception as exc:  # noqa: BLE001 - the task fails with the pull's reason, whatever it is
+            raise DriverError(
+                f"image {image} not found locally and pull failed: {_short(exc)}"
+            ) from exc
 
     def _create(self, client, options: dict) -> str | None:
         """Create the container and return its id; None when the name is taken."""
@@ -485,9 +493,13 @@ class DockerDriver(Driver):
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
                 return None
-            raise DriverError(f"failed to create container {options['name']}: {_short(exc)}")
+            raise DriverError(
+                f"failed to create container {options['name']}: {_short(exc)}"
+            ) from exc
         except requests.RequestException as exc:
-            raise DriverError(f"failed to create container {options['name']}: {_short(exc)}")
+            raise DriverError(
+                f"failed to create container {options['name']}: {_short(exc)}"
+            ) from exc
 
     def _pump_logs(self, client, handle: DockerHandle, since: float | None) -> None:
         """Copy the container's output to the log files, from threads of their own.
@@ -635,14 +647,14 @@ def _copy(stream, path: str) -> None:
             for chunk in stream:
                 out.write(chunk)
                 out.flush()
-    except Exception as exc:  # the engine went away, or the file did
+    except Exception as exc:  # noqa: BLE001 - a log thread ends quietly: the engine or file went away
         log.debug("log stream to %s ended: %s", path, exc)
 
 
 def _close(stream) -> None:
     try:
         stream.close()
-    except Exception:
+    except Exception:  # noqa: BLE001 - best effort: the stream may already be broken
         pass
 
 

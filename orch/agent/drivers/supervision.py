@@ -89,7 +89,7 @@ class SupervisorClient:
                     sock.sendall(data)
             except OSError as exc:
                 self._lost(sock)
-                raise DriverError(f"{LOST}: {exc}")
+                raise DriverError(f"{LOST}: {exc}") from exc
             if not pending.event.wait(ANSWER_TIMEOUT):
                 raise DriverError("task supervisor did not answer")
         finally:
@@ -131,7 +131,7 @@ class SupervisorClient:
 
     def _connection(self) -> tuple[socket.socket, int, float | None]:
         with self._lock:
-            if self._sock is not None:
+            if self._sock is not None and self._pid is not None:  # set together
                 return self._sock, self._pid, self._created
             self._closed = False
             for _ in range(CONNECT_TRIES):
@@ -146,17 +146,17 @@ class SupervisorClient:
                     f"cannot reach the task supervisor (see {self._log_path or 'its log'})"
                 )
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-            self._pid = int.from_bytes(creds[0:4], sys.byteorder)
+            self._pid = pid = int.from_bytes(creds[0:4], sys.byteorder)
             try:
-                self._created = psutil.Process(self._pid).create_time()
+                self._created = psutil.Process(pid).create_time()
             except psutil.Error:
                 self._created = None
             self._sock = sock
             threading.Thread(
                 target=self._read, args=(sock,), daemon=True, name="supervisor-reader"
             ).start()
-            log.debug("connected to task supervisor pid=%d", self._pid)
-            return sock, self._pid, self._created
+            log.debug("connected to task supervisor pid=%d", pid)
+            return sock, pid, self._created
 
     def _connect(self) -> socket.socket | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -185,11 +185,13 @@ class SupervisorClient:
                     close_fds=True,
                 )
         except OSError as exc:
-            raise DriverError(f"failed to start the task supervisor: {exc}")
+            raise DriverError(f"failed to start the task supervisor: {exc}") from exc
+        stdout = popen.stdout
+        assert stdout is not None  # stdout=PIPE
         try:
-            line = _read_line(popen.stdout, START_TIMEOUT)
+            line = _read_line(stdout, START_TIMEOUT)
         finally:
-            popen.stdout.close()
+            stdout.close()
         if line == READY:
             self._popen = popen
             log.info("task supervisor started pid=%d", popen.pid)
@@ -233,7 +235,8 @@ class SupervisorClient:
                 for event in self._watchers.get(doc["exited"], ()):
                     event.set()
                 return
-            pending = self._pending.get(doc.get("id"))
+            line_id = doc.get("id")
+            pending = self._pending.get(line_id) if isinstance(line_id, int) else None
         if pending is not None:
             pending.reply = doc
             pending.event.set()

@@ -162,20 +162,24 @@ class Cluster:
 
     def _list(self, room: Room) -> None:
         """Add a record to its class's healthy set (lock held)."""
-        self._by_class.setdefault(room.node_class, {})[room] = None
-        self._stale.add(room.node_class)
-        self._touch(room.node_class)
+        node_class = room.node_class
+        if node_class is None:  # no node upserted for it yet: nothing to place on
+            return
+        self._by_class.setdefault(node_class, {})[room] = None
+        self._stale.add(node_class)
+        self._touch(node_class)
 
     def _unlist(self, room: Room) -> None:
         """Drop a record from its class's healthy set (lock held)."""
-        members = self._by_class.get(room.node_class)
-        if members is None or room not in members:
+        node_class = room.node_class
+        members = None if node_class is None else self._by_class.get(node_class)
+        if node_class is None or members is None or room not in members:
             return
         del members[room]
-        self._stale.add(room.node_class)
-        self._touch(room.node_class)
+        self._stale.add(node_class)
+        self._touch(node_class)
         if not members:
-            del self._by_class[room.node_class]
+            del self._by_class[node_class]
 
     def _touch(self, node_class: str | None) -> None:
         if node_class is not None:
@@ -191,7 +195,9 @@ class Cluster:
         """reserve() for each allocation, under one lock acquisition."""
         with self._lock:
             reserved, job_counts = self._reserved, self._job_counts
-            job_id = per_node = None
+            # per_node: the counts of job_id's, looked up again when the job changes.
+            job_id: str | None = None
+            per_node: dict[Room, int] = {}
             for alloc in allocs:
                 if alloc.allocation_id in reserved:
                     continue
@@ -202,9 +208,7 @@ class Cluster:
                 self._touch(room.node_class)
                 if alloc.job_id != job_id:
                     job_id = alloc.job_id
-                    per_node = job_counts.get(job_id)
-                    if per_node is None:
-                        per_node = job_counts[job_id] = {}
+                    per_node = job_counts.setdefault(job_id, {})
                 per_node[room] = per_node.get(room, 0) + 1
 
     def release(self, alloc: Allocation) -> None:

@@ -23,6 +23,7 @@ import math
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from itertools import accumulate, islice
 
 from orch.server.scheduler.cluster import Cluster, Room
@@ -193,7 +194,8 @@ class Stack:
     ) -> tuple[str | None, dict]:
         """(node id, {}) for the best node, or (None, {reason: node count})."""
         placing = self._state(group, demand)
-        kept, skipped = [], []
+        kept: list[tuple[float, Room]] = []
+        skipped: list[tuple[float, Room]] = []
         crowded = self._walk(
             placing,
             group,
@@ -234,10 +236,10 @@ class Stack:
         group: TaskGroup,
         demand: Resources,
         previous_node: str | None,
-        kept: list,
-        skipped: list,
+        kept: list[tuple[float, Room]],
+        skipped: list[tuple[float, Room]],
         prune_after: int | None,
-        seen: set = frozenset(),
+        seen: AbstractSet[Room] = frozenset(),
     ) -> bool:
         """Rank nodes until ``limit`` are kept or a lap is done.
 
