@@ -86,7 +86,10 @@ def make_app(server) -> bottle.Bottle:
     def get_job(job_id):
         job = store.require_job(job_id)
         allocs = store.allocs_for_job(job_id)
-        return views.job_view(job, server.job_status(job, allocs), allocs)
+        out = views.job_view(job, server.job_status(job, allocs), allocs)
+        if job.is_parent:
+            out.update(server.children_view(job))
+        return out
 
     @route("POST", "/jobs/<job_id>/delete")
     def delete_job(job_id):
@@ -103,6 +106,28 @@ def make_app(server) -> bottle.Bottle:
     @route("POST", "/jobs/plan")
     def plan_job():
         return server.plan_job(httpjson.read_json())
+
+    @route("POST", "/jobs/<job_id>/dispatch")
+    def dispatch_job(job_id):
+        # An empty body is a dispatch without meta or payload.
+        body = httpjson.read_json() if bottle.request.content_length != 0 else None
+        child, ev = server.dispatch_job(job_id, body)
+        return {
+            "job_id": child.job_id,
+            "dispatched_job_id": child.job_id,
+            "evaluation_id": ev.eval_id,
+            "message": f"job {job_id} dispatched as {child.job_id}",
+        }
+
+    @route("POST", "/jobs/<job_id>/periodic/force")
+    def force_periodic(job_id):
+        child = server.force_periodic(job_id)
+        evals = store.evals_for_job(child.job_id)
+        return {
+            "job_id": child.job_id,
+            "evaluation_id": evals[0].eval_id if evals else None,
+            "message": f"periodic job {job_id} launched {child.job_id}",
+        }
 
     @route("GET", "/jobs/<job_id>/evaluations")
     def job_evaluations(job_id):
