@@ -173,7 +173,7 @@ class TaskGroup:
 
     def spec_hash(self) -> str:
         """Hash of everything but count: equal hashes keep allocations on update."""
-        body = {
+        body: dict = {
             "tasks": [t.to_dict() for t in self.tasks],
             "constraints": [c.to_dict() for c in self.constraints],
         }

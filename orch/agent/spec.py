@@ -39,7 +39,7 @@ class AllocSpec:
 
     def to_dict(self) -> dict:
         """The `POST /allocations` body this spec was parsed from."""
-        group = {"name": self.task_group, "tasks": [t.to_dict() for t in self.tasks]}
+        group: dict = {"name": self.task_group, "tasks": [t.to_dict() for t in self.tasks]}
         if self.stop_after is not None:
             group["disconnect"] = {"stop_after": self.stop_after}
         if self.meta:

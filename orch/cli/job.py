@@ -25,6 +25,7 @@ from orch.cli.format import (
     short,
     table,
 )
+from orch.cli.launch import children_text
 from orch.cli.run import EXIT_NOT_PLACED, Live, RunMonitor
 from orch.client import Client
 
@@ -143,6 +144,8 @@ def job_status(args, client: Client) -> int:
         print_json(job)
     else:
         say(job_summary(job, time.time(), paint))
+        if "children" in job:
+            say(children_text(job, time.time()))
     return EXIT_OK
 
 
@@ -154,6 +157,7 @@ def job_summary(job: dict, now: float, paint: Style = Style(False)) -> str:
         [
             ("ID", job.get("job_id")),
             ("Type", job.get("type", "batch")),
+            *([("Parent", job["parent_id"])] if job.get("parent_id") else []),
             ("Status", paint.status(job.get("status"))),
             ("Version", job.get("version")),
             ("Submitted", ago(job.get("submit_time"), now)),

@@ -16,7 +16,7 @@ import os
 
 from orch.errors import Conflict, ValidationError
 from orch.server.planner import new_eval
-from orch.structs import Job, JobStatus, TriggeredBy, replace
+from orch.structs import Evaluation, Job, JobStatus, TriggeredBy, replace
 from orch.validation import fields
 from orch.validation.meta import meta
 
@@ -72,7 +72,7 @@ def _payload(value, mode: str) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def dispatch(store, parent_id: str, body, enqueue, *, now: float) -> tuple[Job, object]:
+def dispatch(store, parent_id: str, body, enqueue, *, now: float) -> tuple[Job, Evaluation]:
     """Store a dispatched child and its evaluation; returns (child, evaluation)."""
     parent = store.require_job(parent_id)
     given, payload = dispatch_request(parent, body)

@@ -1,0 +1,75 @@
+"""`orch job dispatch` and `orch job periodic force`: children of parent jobs."""
+
+from __future__ import annotations
+
+import base64
+import sys
+
+from orch import errors
+from orch.cli.commands import EXIT_OK, about_job, client_command, say
+from orch.cli.format import ago, table
+from orch.client import Client
+
+
+def parse_meta(pairs: list[str] | None) -> dict[str, str]:
+    """`-meta k=v` pairs (repeatable) as a dict."""
+    meta = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise errors.ValidationError(f"-meta {pair!r}: must be KEY=VALUE")
+        meta[key] = value
+    return meta
+
+
+def read_payload(path: str | None) -> str | None:
+    """The payload file (or - for stdin) as base64; None without one."""
+    if path is None:
+        return None
+    try:
+        if path == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                raw = f.read()
+    except OSError as exc:
+        raise errors.ValidationError(f"{path}: {exc.strerror}") from exc
+    return base64.b64encode(raw).decode("ascii")
+
+
+@client_command
+def job_dispatch(args, client: Client) -> int:
+    meta, payload = parse_meta(args.meta), read_payload(args.payload)
+    with about_job(args.id):
+        resp = client.jobs.dispatch(args.id, meta, payload)
+    say(f'Dispatched job "{resp.get("dispatched_job_id")}"; evaluation {resp.get("evaluation_id")}')
+    return EXIT_OK
+
+
+@client_command
+def job_periodic_force(args, client: Client) -> int:
+    with about_job(args.id):
+        resp = client.jobs.periodic_force(args.id)
+    say(f'Launched job "{resp.get("job_id")}"; evaluation {resp.get("evaluation_id")}')
+    return EXIT_OK
+
+
+def children_text(job: dict, now: float) -> str:
+    """The lines `orch job status ID` adds for a periodic or parameterized job."""
+    out = []
+    if "next_launch" in job:
+        nxt = job.get("next_launch")
+        out.append(f"Next launch  = {'none' if nxt is None else _in(nxt, now)}")
+    children = job.get("children")
+    if children is None:
+        return "\n".join(out)
+    if not children:
+        out.append("\nNo children")
+    else:
+        rows = [[c.get("job_id"), c.get("status")] for c in children]
+        out.append("\nChildren\n" + table(["ID", "Status"], rows))
+    return "\n".join(out)
+
+
+def _in(when: float, now: float) -> str:
+    return f"in {int(when - now)}s" if when >= now else ago(when, now)
