@@ -1,6 +1,6 @@
 """The periodic launcher on a real store with an injected clock."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -11,7 +11,7 @@ from orch.server.planner import new_eval
 from orch.server.state import StateStore
 from orch.structs import Allocation, AllocStatus, JobStatus, TriggeredBy, replace
 
-T0 = datetime(2026, 1, 1, 10, 0, 30, tzinfo=timezone.utc).timestamp()  # 10:00:30 UTC
+T0 = datetime(2026, 1, 1, 10, 0, 30, tzinfo=UTC).timestamp()  # 10:00:30 UTC
 
 
 class Clock:
@@ -60,7 +60,7 @@ def test_launches_at_each_due_time_once(tmp_path, clock):
     clock.t += 269  # 10:04:59
     assert launcher.tick() == []
     clock.t += 1  # 10:05:00 exactly
-    due = int(datetime(2026, 1, 1, 10, 5, tzinfo=timezone.utc).timestamp())
+    due = int(datetime(2026, 1, 1, 10, 5, tzinfo=UTC).timestamp())
     assert launcher.tick() == [f"nightly-periodic-{due}"]
     assert launcher.tick() == []
     child = store.get_job(f"nightly-periodic-{due}")
@@ -79,7 +79,7 @@ def test_restart_fires_the_missed_launch_once(tmp_path, clock):
     clock.t += 20 * 60
     store = open_store(tmp_path, clock)
     launcher = PeriodicLauncher(store, lambda e: None, now=clock)
-    due = int(datetime(2026, 1, 1, 10, 25, tzinfo=timezone.utc).timestamp())
+    due = int(datetime(2026, 1, 1, 10, 25, tzinfo=UTC).timestamp())
     assert launcher.tick() == [f"nightly-periodic-{due}"]
     store.close()
     # Killed right after the launch: the new launcher does not fire it again.
@@ -116,10 +116,10 @@ def test_disabled_and_stopped_jobs_launch_nothing(tmp_path, clock):
 
 def test_time_zone_is_honoured():
     periodic = {"crons": ["0 3 * * *"], "time_zone": "Europe/Berlin", "enabled": True}
-    now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc).timestamp()
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC).timestamp()
     # 03:00 in Berlin is 02:00 UTC in winter.
-    assert next_launch(periodic, now) == datetime(2026, 1, 2, 2, 0, tzinfo=timezone.utc).timestamp()
-    assert latest_due(periodic, now) == datetime(2026, 1, 1, 2, 0, tzinfo=timezone.utc).timestamp()
+    assert next_launch(periodic, now) == datetime(2026, 1, 2, 2, 0, tzinfo=UTC).timestamp()
+    assert latest_due(periodic, now) == datetime(2026, 1, 1, 2, 0, tzinfo=UTC).timestamp()
     assert next_launch({**periodic, "enabled": False}, now) is None
 
 
