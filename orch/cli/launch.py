@@ -22,6 +22,25 @@ def parse_meta(pairs: list[str] | None) -> dict[str, str]:
     return meta
 
 
+def dispatch_target(meta: list[str] | None, rest: list[str]) -> tuple[list[str], str | None]:
+    """`-meta k=v` pairs and the payload path from what follows the job id."""
+    pairs, payload = list(meta or ()), None
+    words = iter(rest)
+    for word in words:
+        if word in ("-meta", "--meta"):
+            pair = next(words, None)
+            if pair is None:
+                raise errors.ValidationError(f"{word}: needs KEY=VALUE")
+            pairs.append(pair)
+        elif word.startswith(("-meta=", "--meta=")):
+            pairs.append(word.split("=", 1)[1])
+        elif payload is None and (word == "-" or not word.startswith("-")):
+            payload = word
+        else:
+            raise errors.ValidationError(f"unexpected argument: {word}")
+    return pairs, payload
+
+
 def read_payload(path: str | None) -> str | None:
     """The payload file (or - for stdin) as base64; None without one."""
     if path is None:
@@ -39,7 +58,8 @@ def read_payload(path: str | None) -> str | None:
 
 @client_command
 def job_dispatch(args, client: Client) -> int:
-    meta, payload = parse_meta(args.meta), read_payload(args.payload)
+    pairs, payload_path = dispatch_target(args.meta, args.rest)
+    meta, payload = parse_meta(pairs), read_payload(payload_path)
     with about_job(args.id):
         resp = client.jobs.dispatch(args.id, meta, payload)
     say(f'Dispatched job "{resp.get("dispatched_job_id")}"; evaluation {resp.get("evaluation_id")}')

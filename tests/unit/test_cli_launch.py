@@ -1,0 +1,55 @@
+"""`orch job dispatch` / `orch job periodic force` parsing and the status lines."""
+
+import base64
+
+import pytest
+
+from orch import __main__ as entry
+from orch import errors
+from orch.cli.launch import children_text, dispatch_target, parse_meta, read_payload
+
+
+def parse(*argv):
+    return entry.build_parser().parse_args(list(argv))
+
+
+def test_dispatch_takes_single_and_double_dash_meta_and_a_payload_file():
+    args = parse("job", "dispatch", "work", "-meta", "user=ann", "--meta", "mode=a=b", "in.json")
+    assert args.id == "work"
+    pairs, payload = dispatch_target(args.meta, args.rest)
+    assert payload == "in.json" and parse_meta(pairs) == {"user": "ann", "mode": "a=b"}
+    args = parse("job", "dispatch", "-meta", "a=1", "work", "-", "--meta=b=2")
+    assert dispatch_target(args.meta, args.rest) == (["a=1", "b=2"], "-")
+    args = parse("job", "dispatch", "work")
+    assert dispatch_target(args.meta, args.rest) == ([], None)
+    with pytest.raises(errors.ValidationError, match="unexpected"):
+        dispatch_target(None, ["a", "b"])
+    with pytest.raises(errors.ValidationError, match="needs KEY=VALUE"):
+        dispatch_target(None, ["-meta"])
+    assert parse("job", "periodic", "force", "nightly").id == "nightly"
+
+
+@pytest.mark.parametrize("pair", ["novalue", "=x"])
+def test_bad_meta_pairs_are_refused(pair):
+    with pytest.raises(errors.ValidationError, match="KEY=VALUE"):
+        parse_meta([pair])
+
+
+def test_payload_file_is_sent_as_base64(tmp_path):
+    path = tmp_path / "in.bin"
+    path.write_bytes(b"\x00\xffdata")
+    assert base64.b64decode(read_payload(str(path))) == b"\x00\xffdata"
+    assert read_payload(None) is None
+    with pytest.raises(errors.ValidationError):
+        read_payload(str(tmp_path / "missing"))
+
+
+def test_children_and_next_launch_lines():
+    job = {
+        "children": [{"job_id": "nightly-periodic-100", "status": "complete"}],
+        "next_launch": 1060.0,
+    }
+    text = children_text(job, 1000.0)
+    assert "Next launch  = in 60s" in text
+    assert "nightly-periodic-100" in text and "complete" in text
+    assert "No children" in children_text({"children": []}, 0.0)
