@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import sys
 
@@ -22,23 +23,23 @@ def parse_meta(pairs: list[str] | None) -> dict[str, str]:
     return meta
 
 
-def dispatch_target(meta: list[str] | None, rest: list[str]) -> tuple[list[str], str | None]:
-    """`-meta k=v` pairs and the payload path from what follows the job id."""
-    pairs, payload = list(meta or ()), None
-    words = iter(rest)
-    for word in words:
-        if word in ("-meta", "--meta"):
-            pair = next(words, None)
-            if pair is None:
-                raise errors.ValidationError(f"{word}: needs KEY=VALUE")
-            pairs.append(pair)
-        elif word.startswith(("-meta=", "--meta=")):
-            pairs.append(word.split("=", 1)[1])
-        elif payload is None and (word == "-" or not word.startswith("-")):
-            payload = word
-        else:
-            raise errors.ValidationError(f"unexpected argument: {word}")
-    return pairs, payload
+def dispatch_target(args) -> tuple[list[str], str | None]:
+    """`-meta k=v` pairs and the payload path; what follows the job id is parsed here.
+
+    argparse cannot give an optional positional its value once options came
+    between (`ID -meta k=v FILE`); a parser for the rest alone can, intermixed.
+    Client options given after the id (`--address`, `--token`) are applied."""
+    rest = argparse.ArgumentParser(prog="orch job dispatch ID", add_help=False)
+    rest.add_argument("-meta", "--meta", action="append", default=[])
+    rest.add_argument("--address")
+    rest.add_argument("--token")
+    rest.add_argument("payload", nargs="?")
+    parsed = rest.parse_intermixed_args(args.rest)
+    if parsed.address:
+        args.address = parsed.address.rstrip("/")
+    if parsed.token:
+        args.token = parsed.token
+    return [*(args.meta or ()), *parsed.meta], parsed.payload
 
 
 def read_payload(path: str | None) -> str | None:
@@ -56,10 +57,14 @@ def read_payload(path: str | None) -> str | None:
     return base64.b64encode(raw).decode("ascii")
 
 
+def job_dispatch(args) -> int:
+    args.meta_pairs, args.payload = dispatch_target(args)  # may set args.address
+    return _dispatch(args)
+
+
 @client_command
-def job_dispatch(args, client: Client) -> int:
-    pairs, payload_path = dispatch_target(args.meta, args.rest)
-    meta, payload = parse_meta(pairs), read_payload(payload_path)
+def _dispatch(args, client: Client) -> int:
+    meta, payload = parse_meta(args.meta_pairs), read_payload(args.payload)
     with about_job(args.id):
         resp = client.jobs.dispatch(args.id, meta, payload)
     say(f'Dispatched job "{resp.get("dispatched_job_id")}"; evaluation {resp.get("evaluation_id")}')

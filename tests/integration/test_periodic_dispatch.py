@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import Cluster, wait_until
+from harness import Cluster, clean_env, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +145,29 @@ def test_a_hundred_dispatches_from_8_threads_all_complete(cluster):
         return len(done) == 100
 
     wait_until(all_complete, 240, interval=1.0, what="100 dispatched jobs complete")
+
+
+def orch(pyz, url, *args, stdin=None):
+    return subprocess.run(
+        [sys.executable, str(pyz), *args],
+        input=stdin,
+        capture_output=True,
+        timeout=90,
+        env={**clean_env(), "ORCH_ADDR": url},
+    )
+
+
+def test_cli_dispatch_with_meta_and_payload_from_stdin_and_status(cluster, pyz):
+    cluster.start_agent("a")
+    params = {"meta_required": ["user"], "payload": "required"}
+    assert cluster.post("/jobs", job_body("work", PRINT, parameterized=params)).ok
+    run = orch(pyz, cluster.url, "job", "dispatch", "work", "-meta", "user=cli", "-", stdin=b"42\n")
+    assert run.returncode == 0, run.stderr
+    child_id = run.stdout.decode().split('"')[1]
+    assert child_id.startswith("work-dispatch-")
+    child = cluster.wait_job(child_id, "complete", timeout=30)
+    assert logs_of(cluster, child) == "cli blue gold\n42\n"
+    status = orch(pyz, cluster.url, "job", "status", "work")
+    assert status.returncode == 0 and child_id in status.stdout.decode()
+    missing = orch(pyz, cluster.url, "job", "dispatch", "work", "-meta", "user=x")
+    assert missing.returncode == 1 and b"payload: required" in missing.stderr

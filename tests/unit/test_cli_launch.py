@@ -16,16 +16,14 @@ def parse(*argv):
 def test_dispatch_takes_single_and_double_dash_meta_and_a_payload_file():
     args = parse("job", "dispatch", "work", "-meta", "user=ann", "--meta", "mode=a=b", "in.json")
     assert args.id == "work"
-    pairs, payload = dispatch_target(args.meta, args.rest)
+    pairs, payload = dispatch_target(args)
     assert payload == "in.json" and parse_meta(pairs) == {"user": "ann", "mode": "a=b"}
     args = parse("job", "dispatch", "-meta", "a=1", "work", "-", "--meta=b=2")
-    assert dispatch_target(args.meta, args.rest) == (["a=1", "b=2"], "-")
-    args = parse("job", "dispatch", "work")
-    assert dispatch_target(args.meta, args.rest) == ([], None)
-    with pytest.raises(errors.ValidationError, match="unexpected"):
-        dispatch_target(None, ["a", "b"])
-    with pytest.raises(errors.ValidationError, match="needs KEY=VALUE"):
-        dispatch_target(None, ["-meta"])
+    assert dispatch_target(args) == (["a=1", "b=2"], "-")
+    args = parse("job", "dispatch", "work", "--address", "http://h:1/", "-meta", "c=3")
+    assert dispatch_target(args) == (["c=3"], None) and args.address == "http://h:1"
+    with pytest.raises(SystemExit):
+        dispatch_target(parse("job", "dispatch", "work", "a", "b"))
     assert parse("job", "periodic", "force", "nightly").id == "nightly"
 
 
