@@ -44,6 +44,11 @@ def job_run(args, client: Client) -> int:
     if args.detach:
         say(f'Job "{job_id}" submitted; evaluation {eval_id}')
         return EXIT_OK
+    if spec.get("periodic") is not None or spec.get("parameterized") is not None:
+        # Never placed itself (as Nomad): nothing to follow but its children.
+        how = "dispatch" if spec.get("periodic") is None else "periodic force"
+        say(f'==> Job "{job_id}" registered; it runs through child jobs (orch job {how} {job_id})')
+        return EXIT_OK
     say(f'==> Job "{job_id}" submitted; evaluation {short(eval_id)}')
     monitor = RunMonitor(
         client,

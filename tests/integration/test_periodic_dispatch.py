@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -171,3 +172,12 @@ def test_cli_dispatch_with_meta_and_payload_from_stdin_and_status(cluster, pyz):
     assert status.returncode == 0 and child_id in status.stdout.decode()
     missing = orch(pyz, cluster.url, "job", "dispatch", "work", "-meta", "user=x")
     assert missing.returncode == 1 and b"payload: required" in missing.stderr
+
+
+def test_cli_job_run_of_a_periodic_job_returns_at_once(cluster, pyz, tmp_path):
+    path = tmp_path / "nightly.json"
+    path.write_text(json.dumps(job_body("nightly", "true", periodic={"crons": ["@daily"]})))
+    run = orch(pyz, cluster.url, "job", "run", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert b"orch job periodic force nightly" in run.stdout
+    assert cluster.job("nightly")["status"] == "running"
