@@ -25,7 +25,7 @@ from orch.cli.format import (
     short,
     table,
 )
-from orch.cli.launch import children_text
+from orch.cli.launch import children_text, next_launch_text
 from orch.cli.run import EXIT_NOT_PLACED, Live, RunMonitor
 from orch.client import Client
 
@@ -163,6 +163,7 @@ def job_summary(job: dict, now: float, paint: Style = Style(False)) -> str:
             ("ID", job.get("job_id")),
             ("Type", job.get("type", "batch")),
             *([("Parent", job["parent_id"])] if job.get("parent_id") else []),
+            *([("Next launch", next_launch_text(job, now))] if "next_launch" in job else []),
             ("Status", paint.status(job.get("status"))),
             ("Version", job.get("version")),
             ("Submitted", ago(job.get("submit_time"), now)),

@@ -79,22 +79,18 @@ def job_periodic_force(args, client: Client) -> int:
     return EXIT_OK
 
 
-def children_text(job: dict, now: float) -> str:
-    """The lines `orch job status ID` adds for a periodic or parameterized job."""
-    out = []
-    if "next_launch" in job:
-        nxt = job.get("next_launch")
-        out.append(f"Next launch  = {'none' if nxt is None else _in(nxt, now)}")
-    children = job.get("children")
-    if children is None:
-        return "\n".join(out)
-    if not children:
-        out.append("\nNo children")
-    else:
-        rows = [[c.get("job_id"), c.get("status")] for c in children]
-        out.append("\nChildren\n" + table(["ID", "Status"], rows))
-    return "\n".join(out)
-
-
-def _in(when: float, now: float) -> str:
+def next_launch_text(job: dict, now: float) -> str:
+    """A periodic job's next launch: "in 60s", or "none" when disabled or stopped."""
+    when = job.get("next_launch")
+    if when is None:
+        return "none"
     return f"in {int(when - now)}s" if when >= now else ago(when, now)
+
+
+def children_text(job: dict, now: float) -> str:
+    """The table `orch job status ID` adds for a periodic or parameterized job."""
+    children = job.get("children") or []
+    if not children:
+        return "\nNo children"
+    rows = [[c.get("job_id"), c.get("status")] for c in children]
+    return "\nChildren\n" + table(["ID", "Status"], rows)

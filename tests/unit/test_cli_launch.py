@@ -1,12 +1,20 @@
 """`orch job dispatch` / `orch job periodic force` parsing and the status lines."""
 
 import base64
+import re
 
 import pytest
 
 from orch import __main__ as entry
 from orch import errors
-from orch.cli.launch import children_text, dispatch_target, parse_meta, read_payload
+from orch.cli.job import job_summary
+from orch.cli.launch import (
+    children_text,
+    dispatch_target,
+    next_launch_text,
+    parse_meta,
+    read_payload,
+)
 
 
 def parse(*argv):
@@ -44,10 +52,14 @@ def test_payload_file_is_sent_as_base64(tmp_path):
 
 def test_children_and_next_launch_lines():
     job = {
+        "job_id": "nightly",
+        "status": "running",
+        "task_groups": [{"name": "g", "count": 1}],
         "children": [{"job_id": "nightly-periodic-100", "status": "complete"}],
         "next_launch": 1060.0,
     }
+    assert re.search(r"Next launch += in 60s", job_summary(job, 1000.0))
     text = children_text(job, 1000.0)
-    assert "Next launch  = in 60s" in text
-    assert "nightly-periodic-100" in text and "complete" in text
+    assert re.search(r"nightly-periodic-100 +complete", text)
     assert "No children" in children_text({"children": []}, 0.0)
+    assert next_launch_text({"next_launch": None}, 0.0) == "none"
