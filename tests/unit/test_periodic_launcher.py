@@ -9,7 +9,16 @@ from orch.jobspec import parse_job
 from orch.server.periodic import PeriodicLauncher, latest_due, next_launch
 from orch.server.planner import new_eval
 from orch.server.state import StateStore
-from orch.structs import Allocation, AllocStatus, JobStatus, TriggeredBy, replace
+from orch.structs import (
+    Allocation,
+    AllocStatus,
+    JobStatus,
+    Node,
+    Plan,
+    Resources,
+    TriggeredBy,
+    replace,
+)
 
 T0 = datetime(2026, 1, 1, 10, 0, 30, tzinfo=UTC).timestamp()  # 10:00:30 UTC
 
@@ -94,11 +103,14 @@ def test_prohibit_overlap_skips_while_the_child_runs(tmp_path, clock):
     launcher = PeriodicLauncher(store, lambda e: None, now=clock)
     clock.t += 270
     [first] = launcher.tick()
-    alloc = Allocation("a1", first, "g", "n1", 0, client_status=AllocStatus.RUNNING)
-    store._index_alloc(alloc)  # the child runs (as a heartbeat would record)
+    # The child runs: placed on a node, reported running.
+    store.upsert_node(Node("n1", resources=Resources(1000, 1000), endpoint="http://127.0.0.1:1"))
+    alloc = Allocation("a1", first, "g", "n1", 0, resources=Resources(100, 64))
+    store.commit_plan(Plan("e1", first, place=[alloc]), [])
+    store.update_allocs([replace(alloc, client_status=AllocStatus.RUNNING)])
     clock.t += 300
     assert launcher.tick() == []  # skipped, and not owed later
-    store._index_alloc(replace(alloc, client_status=AllocStatus.COMPLETE))
+    store.update_allocs([replace(alloc, client_status=AllocStatus.COMPLETE)])
     assert launcher.tick() == []
     clock.t += 300
     assert len(launcher.tick()) == 1
