@@ -15,7 +15,15 @@ setup(
     description="A small Nomad-like cluster orchestrator",
     packages=find_packages(include=["orch", "orch.*"]),
     python_requires=">=3.11",
-    install_requires=["bottle", "waitress", "requests", "psutil", "docker", "google-re2"],
+    install_requires=[
+        "bottle",
+        "waitress",
+        "requests",
+        "psutil",
+        "docker",
+        "google-re2",
+        "croniter",
+    ],
     entry_points={
         "console_scripts": ["orch=orch.__main__:main"],
         # `orch_cluster` fixture and `dev_cluster()` for the tests of orch's users.

@@ -421,6 +421,28 @@ def add_job_commands(sub, client, reads) -> None:
         cmd = job.add_parser(name, parents=[client], help=text)
         cmd.add_argument("id", metavar="ID")
         cmd.set_defaults(handler=handler)
+    add_launch_commands(job, client)
+
+
+def add_launch_commands(job, client) -> None:
+    """`job dispatch` and `job periodic force`: children of parent jobs."""
+    cmd = job.add_parser("dispatch", parents=[client], help="dispatch a parameterized job")
+    cmd.add_argument("id", metavar="ID")
+    # argparse cannot give an optional positional its value once options came
+    # between (`ID -meta k=v FILE`): what follows ID is split by hand.
+    cmd.add_argument(
+        "rest", nargs=argparse.REMAINDER, metavar="[PAYLOAD]", help="payload file, or - for stdin"
+    )
+    cmd.add_argument(
+        "-meta", "--meta", action="append", metavar="KEY=VALUE", help="dispatch meta (repeatable)"
+    )
+    cmd.set_defaults(handler=lazy("orch.cli.launch:job_dispatch"))
+    periodic = job.add_parser("periodic", help="periodic jobs").add_subparsers(
+        dest="periodic_command", metavar="COMMAND", required=True
+    )
+    cmd = periodic.add_parser("force", parents=[client], help="launch a periodic job's child now")
+    cmd.add_argument("id", metavar="ID")
+    cmd.set_defaults(handler=lazy("orch.cli.launch:job_periodic_force"))
 
 
 # ---- configs and handlers --------------------------------------------------

@@ -244,6 +244,15 @@ class Jobs(_Resource):
     def delete(self, job_id: str) -> dict:
         return self._client.call("POST", f"/jobs/{_seg(job_id)}/delete")
 
+    def dispatch(self, job_id: str, meta: dict, payload: str | None = None) -> dict:
+        body: dict = {"meta": meta}
+        if payload is not None:
+            body["payload"] = payload
+        return self._client.call("POST", f"/jobs/{_seg(job_id)}/dispatch", json=body)
+
+    def periodic_force(self, job_id: str) -> dict:
+        return self._client.call("POST", f"/jobs/{_seg(job_id)}/periodic/force")
+
     def wait(self, job_id: str, statuses, timeout: float = 30.0, interval: float = 0.1) -> dict:
         """Poll until the job's status is one of ``statuses``; TimeoutError otherwise."""
         wanted = {statuses} if isinstance(statuses, str) else {str(s) for s in statuses}

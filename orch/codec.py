@@ -49,12 +49,14 @@ def job_from(d: dict) -> Job:
                     t["driver"],
                     dict(t.get("config") or {}),
                     resources_from(t.get("resources")),
+                    (t.get("dispatch_payload") or {}).get("file"),
                 )
                 for t in g["tasks"]
             ),
             constraints=tuple(constraint_from(c) for c in g.get("constraints") or ()),
             stop_after=(g.get("disconnect") or {}).get("stop_after"),
             migrate_max_parallel=int((g.get("migrate") or {}).get("max_parallel") or 1),
+            meta=dict(g.get("meta") or {}),
         )
         for g in d["task_groups"]
     )
@@ -66,6 +68,11 @@ def job_from(d: dict) -> Job:
         stopped=bool(d.get("stopped")),
         version=int(d.get("version") or 0),
         submit_time=float(d.get("submit_time") or 0.0),
+        meta=dict(d.get("meta") or {}),
+        periodic=d.get("periodic") or None,
+        parameterized=d.get("parameterized") or None,
+        parent_id=d.get("parent_id") or None,
+        payload=d.get("payload") or "",
     )
 
 

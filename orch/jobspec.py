@@ -23,6 +23,10 @@ from orch.validation import drain as drain_rules
 from orch.validation.fields import fail
 from orch.validation.fields import is_int as _int
 from orch.validation.fields import obj as _object
+from orch.validation.meta import meta as _meta
+from orch.validation.parameterized import dispatch_payload as _dispatch_payload
+from orch.validation.parameterized import parameterized as _parameterized
+from orch.validation.periodic import periodic as _periodic
 
 DEFAULT_CPU = 100
 DEFAULT_MEMORY = 64
@@ -40,12 +44,33 @@ def parse_job(body, job_id: str | None = None, *, max_count: int = 10000) -> Job
         job_id = _job_id(body["job_id"], "job_id")
     else:
         job_id = new_id()
-    return Job(
+    job = Job(
         job_id=job_id,
         type=_job_type(body.get("type")),
         task_groups=_groups(body.get("task_groups"), max_count),
         constraints=_constraints(body.get("constraints"), "constraints"),
+        meta=_meta(body.get("meta"), "meta"),
+        periodic=_periodic(body.get("periodic")),
+        parameterized=_parameterized(body.get("parameterized")),
     )
+    _launcher_rules(job)
+    return job
+
+
+# A child's id is the parent's plus "-periodic-<unix time>" or
+# "-dispatch-<unix time>-<4 hex>" (at most 27 characters): it must stay an id.
+PARENT_ID_MAX = fields.ID_MAX - 27
+
+
+def _launcher_rules(job: Job) -> None:
+    """Periodic and parameterized jobs: batch only, one or the other."""
+    if job.periodic is not None and job.parameterized is not None:
+        fail("periodic", "a job cannot be both periodic and parameterized")
+    block = "periodic" if job.periodic is not None else "parameterized"
+    if job.is_parent and job.type != JobType.BATCH:
+        fail(block, "is only allowed on batch jobs")
+    if job.is_parent and len(job.job_id) > PARENT_ID_MAX:
+        fail("job_id", f"must be at most {PARENT_ID_MAX} characters for a {block} job")
 
 
 _job_id = fields.ident
@@ -100,6 +125,7 @@ def _group(raw: dict, path: str, max_count: int) -> TaskGroup:
         constraints=_constraints(raw.get("constraints"), f"{path}.constraints"),
         stop_after=_disconnect(raw.get("disconnect"), f"{path}.disconnect"),
         migrate_max_parallel=drain_rules.migrate(raw.get("migrate"), f"{path}.migrate"),
+        meta=_meta(raw.get("meta"), f"{path}.meta"),
     )
 
 
@@ -114,6 +140,7 @@ def _task(raw: dict, path: str) -> Task:
         driver=driver,
         config=config,
         resources=_resources(raw.get("resources"), f"{path}.resources"),
+        payload_file=_dispatch_payload(raw.get("dispatch_payload"), f"{path}.dispatch_payload"),
     )
 
 

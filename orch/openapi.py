@@ -30,11 +30,46 @@ _TASK = {
         "resources": _RESOURCES,
     },
 }
+_META = {"type": "object", "additionalProperties": {"type": "string"}}
+_PERIODIC = {
+    "type": "object",
+    "required": ["crons"],
+    "properties": {
+        "crons": {"type": "array", "items": {"type": "string"}},
+        "time_zone": {"type": "string"},
+        "prohibit_overlap": {"type": "boolean"},
+        "enabled": {"type": "boolean"},
+    },
+}
+_PARAMETERIZED = {
+    "type": "object",
+    "properties": {
+        "meta_required": {"type": "array", "items": {"type": "string"}},
+        "meta_optional": {"type": "array", "items": {"type": "string"}},
+        "payload": {"type": "string", "enum": ["optional", "required", "forbidden"]},
+    },
+}
+_DISPATCH = {
+    "type": "object",
+    "properties": {"meta": _META, "payload": {"type": "string", "format": "byte"}},
+}
+_DISPATCHED = {
+    "type": "object",
+    "properties": {
+        "job_id": {"type": "string"},
+        "dispatched_job_id": {"type": "string"},
+        "evaluation_id": {"type": "string"},
+        "message": {"type": "string"},
+    },
+}
 _JOB = {
     "type": "object",
     "required": ["task_groups"],
     "properties": {
         "job_id": {"type": "string"},
+        "meta": _META,
+        "periodic": _PERIODIC,
+        "parameterized": _PARAMETERIZED,
         "type": {"type": "string", "enum": ["batch", "service"]},
         "constraints": {"type": "array", "items": _CONSTRAINT},
         "task_groups": {
@@ -52,6 +87,7 @@ _JOB = {
                         "type": "object",
                         "properties": {"max_parallel": {"type": "integer", "minimum": 1}},
                     },
+                    "meta": _META,
                 },
             },
         },
@@ -207,6 +243,23 @@ SERVER_SPEC = {
         "/jobs/{job_id}/delete": {"post": _op("Purge a job", errors=(404,), params=["job_id"])},
         "/jobs/{job_id}/restart": {
             "post": _op("Restart a stopped job", errors=(400, 404), params=["job_id"])
+        },
+        "/jobs/{job_id}/dispatch": {
+            "post": _op(
+                "Dispatch a parameterized job: a child job with this meta and payload",
+                _DISPATCH,
+                ok=_DISPATCHED,
+                errors=(400, 404, 413),
+                params=["job_id"],
+            )
+        },
+        "/jobs/{job_id}/periodic/force": {
+            "post": _op(
+                "Launch a periodic job's child now",
+                ok=_DISPATCHED,
+                errors=(400, 404),
+                params=["job_id"],
+            )
         },
         "/jobs/{job_id}/evaluations": {
             "get": _op(

@@ -129,14 +129,20 @@ class Task:
     driver: str  # "exec" or "docker"
     config: dict = field(default_factory=dict, hash=False, compare=True)
     resources: Resources = Resources()
+    # dispatch_payload.file: where a dispatched job's payload is written
+    # (relative to the task dir); None when the task takes no payload.
+    payload_file: str | None = None
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "driver": self.driver,
             "config": self.config,
             "resources": self.resources.to_dict(),
         }
+        if self.payload_file is not None:
+            out["dispatch_payload"] = {"file": self.payload_file}
+        return out
 
 
 def total_resources(tasks) -> Resources:
@@ -158,6 +164,7 @@ class TaskGroup:
     # migrate.max_parallel: allocations of the group moved off a draining
     # node at a time (a drain only; not part of the spec hash).
     migrate_max_parallel: int = 1
+    meta: dict = field(default_factory=dict, hash=False, compare=True)  # wins over job meta
 
     @property
     def resources(self) -> Resources:
@@ -178,6 +185,8 @@ class TaskGroup:
             # Agents learn it from the allocation: a change places new ones.
             # (Left out when unset, so that existing hashes stay as they were.)
             body["disconnect"] = {"stop_after": self.stop_after}
+        if self.meta:
+            body["meta"] = self.meta  # tasks see it in their environment
         raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
@@ -193,6 +202,8 @@ class TaskGroup:
         if self.migrate_max_parallel != 1:
             # Left out at the default, so that specs (and their equality) stay as they were.
             out["migrate"] = {"max_parallel": self.migrate_max_parallel}
+        if self.meta:
+            out["meta"] = self.meta
         return out
 
 
@@ -206,6 +217,18 @@ class Job:
     version: int = 0  # bumped on every PUT
     submit_time: float = 0.0
     status: JobStatus = JobStatus.PENDING  # derived, cached by the server
+    meta: dict = field(default_factory=dict)  # tasks see ORCH_META_<KEY>
+    # The periodic block as validated (orch.validation.periodic); None: not periodic.
+    periodic: dict | None = None
+    # The parameterized block (orch.validation.parameterized); None: not dispatchable.
+    parameterized: dict | None = None
+    parent_id: str | None = None  # the periodic or parameterized job that launched it
+    payload: str = ""  # a dispatched child's payload, base64
+
+    @property
+    def is_parent(self) -> bool:
+        """A periodic or parameterized job: never placed, it launches children."""
+        return self.periodic is not None or self.parameterized is not None
 
     def group(self, name: str) -> TaskGroup | None:
         for tg in self.task_groups:
@@ -215,7 +238,7 @@ class Job:
 
     def to_dict(self) -> dict:
         """The seed's job body plus our optional fields."""
-        return {
+        out = {
             "job_id": self.job_id,
             "type": self.type.value,
             "task_groups": [tg.to_dict() for tg in self.task_groups],
@@ -225,6 +248,12 @@ class Job:
             "version": self.version,
             "submit_time": self.submit_time,
         }
+        # Left out when unset: a job without them keeps its seed shape.
+        for key in ("meta", "periodic", "parameterized", "parent_id", "payload"):
+            value = getattr(self, key)
+            if value:
+                out[key] = value
+        return out
 
     def spec(self) -> dict:
         """What was submitted: to_dict without the fields the server sets."""

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from orch.agent import taskenv
 from orch.agent.drivers import select_driver
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext
 from orch.agent.spec import AllocSpec
@@ -175,7 +176,11 @@ class TaskRunner:
             driver, note = select_driver(self.task, self.alloc.drivers)
             if note:
                 self._locked_event("Driver", note)
-            handle = driver.start(self.alloc.task_context(self.task))
+            ctx = self.alloc.task_context(self.task)
+            taskenv.write_payload(
+                ctx.task_dir, self.task.payload_file, self.alloc.spec.payload_bytes()
+            )
+            handle = driver.start(ctx)
         except DriverError as exc:
             self._locked_event("Driver Failure", exc.message)
             return ExitResult(exit_code=None, error=exc.message)
@@ -450,6 +455,7 @@ class AllocRunner:
             "ORCH_TASK_GROUP": self.spec.task_group,
             "ORCH_TASK_NAME": task.name,
             "ORCH_TASK_DIR": task_dir,
+            **taskenv.meta_env(self.spec.meta),
         }
         return TaskContext(
             alloc_id=alloc_id,

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+import binascii
+from dataclasses import dataclass, field
 
 from orch.errors import ValidationError
 from orch.jobspec import DEFAULT_RESOURCES, task_config
 from orch.structs import DRIVERS, JobType, Resources, Task, total_resources
 from orch.validation import bodies, fields
+from orch.validation.meta import meta as _meta
+from orch.validation.parameterized import dispatch_payload as _dispatch_payload
+
+MAX_PAYLOAD = 16 * 1024  # decoded bytes, as the server's dispatch limit
 
 # Ids and names become directory, file and container names under the data
 # dir: the same rules as in the job spec (orch.validation.fields).
@@ -21,6 +27,11 @@ class AllocSpec:
     tasks: tuple[Task, ...]
     job_type: JobType = JobType.BATCH
     stop_after: float | None = None  # the group's disconnect.stop_after, seconds
+    meta: dict = field(default_factory=dict, hash=False)  # job meta with the group's over it
+    payload: str = ""  # a dispatched job's payload, base64
+
+    def payload_bytes(self) -> bytes:
+        return base64.b64decode(self.payload) if self.payload else b""
 
     @property
     def resources(self) -> Resources:
@@ -34,12 +45,17 @@ class AllocSpec:
         }
         if self.stop_after is not None:
             group["disconnect"] = {"stop_after": self.stop_after}
-        return {
+        if self.meta:
+            group["meta"] = self.meta
+        out = {
             "allocation_id": self.allocation_id,
             "job_id": self.job_id,
             "job_type": self.job_type.value,
             "task_group": group,
         }
+        if self.payload:
+            out["dispatch_payload"] = self.payload
+        return out
 
 
 def parse_alloc(body) -> AllocSpec:
@@ -63,7 +79,31 @@ def parse_alloc(body) -> AllocSpec:
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValidationError("task_group.tasks: task names must be unique")
-    return AllocSpec(alloc_id, job_id, name, tasks, job_type, _stop_after(group.get("disconnect")))
+    return AllocSpec(
+        alloc_id,
+        job_id,
+        name,
+        tasks,
+        job_type,
+        _stop_after(group.get("disconnect")),
+        _meta(group.get("meta"), "task_group.meta"),
+        _payload(body.get("dispatch_payload")),
+    )
+
+
+def _payload(raw) -> str:
+    """dispatch_payload: base64 of at most MAX_PAYLOAD bytes."""
+    if raw is None or raw == "":
+        return ""
+    if not isinstance(raw, str) or len(raw) > 2 * MAX_PAYLOAD:
+        raise ValidationError("dispatch_payload: must be base64 of at most 16 KiB")
+    try:
+        decoded = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationError("dispatch_payload: not valid base64") from None
+    if len(decoded) > MAX_PAYLOAD:
+        raise ValidationError("dispatch_payload: must be base64 of at most 16 KiB")
+    return raw
 
 
 def _stop_after(raw) -> float | None:
@@ -101,6 +141,7 @@ def _parse_task(raw, path: str) -> Task:
         driver=driver,
         config=config,
         resources=bodies.resources(raw.get("resources"), f"{path}.resources", DEFAULT_RESOURCES),
+        payload_file=_dispatch_payload(raw.get("dispatch_payload"), f"{path}.dispatch_payload"),
     )
 
 

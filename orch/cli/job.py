@@ -26,6 +26,7 @@ from orch.cli.format import (
     short,
     table,
 )
+from orch.cli.launch import children_text, next_launch_text
 from orch.cli.run import EXIT_NOT_PLACED, Live, RunMonitor
 from orch.client import Client
 
@@ -43,6 +44,11 @@ def job_run(args, client: Client) -> int:
     job_id, eval_id = str(resp.get("job_id")), resp.get("evaluation_id")
     if args.detach:
         say(f'Job "{job_id}" submitted; evaluation {eval_id}')
+        return EXIT_OK
+    if spec.get("periodic") is not None or spec.get("parameterized") is not None:
+        # Never placed itself (as Nomad): nothing to follow but its children.
+        how = "dispatch" if spec.get("periodic") is None else "periodic force"
+        say(f'==> Job "{job_id}" registered; it runs through child jobs (orch job {how} {job_id})')
         return EXIT_OK
     say(f'==> Job "{job_id}" submitted; evaluation {short(eval_id)}')
     monitor = RunMonitor(
@@ -146,6 +152,8 @@ def job_status(args, client: Client) -> int:
         print_json(job)
     else:
         say(job_summary(job, time.time(), paint))
+        if "children" in job:
+            say(children_text(job, time.time()))
     return EXIT_OK
 
 
@@ -157,6 +165,8 @@ def job_summary(job: dict, now: float, paint: Style = PLAIN) -> str:
         [
             ("ID", job.get("job_id")),
             ("Type", job.get("type", "batch")),
+            *([("Parent", job["parent_id"])] if job.get("parent_id") else []),
+            *([("Next launch", next_launch_text(job, now))] if "next_launch" in job else []),
             ("Status", paint.status(job.get("status"))),
             ("Version", job.get("version")),
             ("Submitted", ago(job.get("submit_time"), now)),
@@ -193,15 +203,9 @@ SUMMARY_COLUMNS = ("queued", "starting", "running", "complete", "failed", "lost"
 
 
 def summary_text(job: dict) -> str:
-    """Parent, children and the per-group summary (Nomad's job summary), if any."""
+    """The per-group summary (Nomad's job summary), if any; the parent is in the
+    head and the children have their own table (children_text)."""
     out = ""
-    links = []
-    if job.get("parent_id"):
-        links.append(("Parent", job["parent_id"]))
-    if job.get("children"):
-        links.append(("Children", ", ".join(job["children"])))
-    if links:
-        out += "\n" + fields(links)
     summary = job.get("summary")
     if isinstance(summary, dict) and summary:
         rows = [

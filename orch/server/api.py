@@ -21,6 +21,7 @@ from orch.errors import NotFound
 from orch.openapi import SERVER_SPEC
 from orch.server import views
 from orch.server.metrics import render_metrics
+from orch.structs import Job
 from orch.transport import HttpClient
 from orch.validation import drain as drain_rules
 
@@ -118,13 +119,19 @@ def make_app(server: Server) -> bottle.Bottle:
             children=children.get(job.job_id, []),
         )
 
-    def children_of(jobs) -> dict[str, list[str]]:
-        children: dict[str, list[str]] = {}
+    def children_of(jobs) -> dict[str, list[dict]]:
+        """Each parent's children as GET /jobs/<id> shows them (id, status)."""
+        children: dict[str, list[Job]] = {}
         for job in jobs:
-            parent = getattr(job, "parent_id", None)
-            if parent:
-                children.setdefault(parent, []).append(job.job_id)
-        return {parent: sorted(ids) for parent, ids in children.items()}
+            if job.parent_id:
+                children.setdefault(job.parent_id, []).append(job)
+        return {
+            parent: [
+                {"job_id": c.job_id, "status": server.job_status(c).value}
+                for c in sorted(kids, key=lambda c: c.submit_time)
+            ]
+            for parent, kids in children.items()
+        }
 
     @route("GET", "/jobs")
     def list_jobs():
@@ -136,7 +143,10 @@ def make_app(server: Server) -> bottle.Bottle:
     @route("GET", "/jobs/<job_id>")
     def get_job(job_id):
         job = store.require_job(job_id)
-        return job_view(job, children_of(store.list_jobs()))
+        out = job_view(job, {})
+        if job.is_parent:
+            out.update(server.children_view(job))
+        return out
 
     @route("POST", "/jobs/<job_id>/delete")
     def delete_job(job_id):
@@ -153,6 +163,28 @@ def make_app(server: Server) -> bottle.Bottle:
     @route("POST", "/jobs/plan")
     def plan_job():
         return server.plan_job(httpjson.read_json())
+
+    @route("POST", "/jobs/<job_id>/dispatch")
+    def dispatch_job(job_id):
+        # An empty body is a dispatch without meta or payload.
+        body = httpjson.read_json() if bottle.request.content_length != 0 else None
+        child, ev = server.dispatch_job(job_id, body)
+        return {
+            "job_id": child.job_id,
+            "dispatched_job_id": child.job_id,
+            "evaluation_id": ev.eval_id,
+            "message": f"job {job_id} dispatched as {child.job_id}",
+        }
+
+    @route("POST", "/jobs/<job_id>/periodic/force")
+    def force_periodic(job_id):
+        child = server.force_periodic(job_id)
+        evals = store.evals_for_job(child.job_id)
+        return {
+            "job_id": child.job_id,
+            "evaluation_id": evals[0].eval_id if evals else None,
+            "message": f"periodic job {job_id} launched {child.job_id}",
+        }
 
     @route("GET", "/jobs/<job_id>/evaluations")
     def job_evaluations(job_id):

@@ -55,12 +55,28 @@ def alloc_payload(alloc: Allocation, job: Job) -> dict:
     payload: dict[str, object] = {"name": group.name, "tasks": tasks}
     if group.stop_after is not None:
         payload["disconnect"] = {"stop_after": group.stop_after}
-    return {
+    body = {
         "allocation_id": alloc.allocation_id,
         "job_id": alloc.job_id,
         "job_type": job.type.value,
         "task_group": payload,
     }
+    _add_meta_and_payload(body, job, group)
+    return body
+
+
+def _add_meta_and_payload(body: dict, job: Job, group) -> None:
+    """Job meta with the group's over it, and a dispatched job's payload (if used)."""
+    meta = {**job.meta, **group.meta}
+    if meta:
+        body["task_group"]["meta"] = meta
+    takes_payload = False
+    for entry, task in zip(body["task_group"]["tasks"], group.tasks, strict=True):
+        if task.payload_file is not None:
+            entry["dispatch_payload"] = {"file": task.payload_file}
+            takes_payload = True
+    if takes_payload and job.payload:
+        body["dispatch_payload"] = job.payload
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ from orch.jobspec import parse_job
 from orch.security import check_bind
 from orch.server import views
 from orch.server.broker import EvalBroker
+from orch.server.dispatch import dispatch
 from orch.server.drainer import Drainer, new_drain
 from orch.server.heartbeat import HeartbeatMonitor
+from orch.server.periodic import PeriodicLauncher, next_launch
 from orch.server.planner import Dispatch, ServerPlanner, new_eval
 from orch.server.push import Pusher, PushFailure
 from orch.server.state import StateStore
@@ -73,6 +75,7 @@ class Server:
             for i in range(config.scheduler_workers)
         ]
         self.drainer = Drainer(self.store, self.planner, self.dispatch)
+        self.periodic = PeriodicLauncher(self.store, self.broker.enqueue)
         self.started = time.time()
 
     # ---- lifecycle ---------------------------------------------------------
@@ -91,8 +94,10 @@ class Server:
         for worker in self.workers:
             worker.start()
         self.drainer.start()  # drains stored before a restart carry on
+        self.periodic.start()
 
     def stop(self) -> None:
+        self.periodic.stop()
         self.monitor.stop()
         self.drainer.stop()
         for worker in self.workers:
@@ -170,6 +175,8 @@ class Server:
         self.broker.unblock()
 
     def job_status(self, job: Job, allocs: list[Allocation] | None = None) -> JobStatus:
+        if job.is_parent and not job.stopped:
+            return JobStatus.RUNNING  # as Nomad: it runs by launching children
         if allocs is None:
             allocs = self.store.allocs_for_job(job.job_id)
         return job_status(job, allocs)
@@ -180,6 +187,26 @@ class Server:
             self.store.evals_for_job(job.job_id), key=lambda e: e.create_time, default=None
         )
         return job_summary(job, allocs, latest)
+
+    # ---- periodic and parameterized jobs ----------------------------------
+
+    def dispatch_job(self, job_id: str, body) -> tuple[Job, Evaluation]:
+        """POST /jobs/<id>/dispatch: a child of a parameterized job."""
+        return dispatch(self.store, job_id, body, self.broker.enqueue, now=time.time())
+
+    def force_periodic(self, job_id: str) -> Job:
+        """POST /jobs/<id>/periodic/force: a child of a periodic job, now."""
+        return self.periodic.force(job_id)
+
+    def children_view(self, job: Job) -> dict:
+        """A parent's children (id, status) and, if periodic, its next launch."""
+        children = sorted(self.store.children_of(job.job_id), key=lambda j: j.submit_time)
+        out: dict = {
+            "children": [{"job_id": c.job_id, "status": self.job_status(c).value} for c in children]
+        }
+        if job.periodic is not None:
+            out["next_launch"] = None if job.stopped else next_launch(job.periodic, time.time())
+        return out
 
     # ---- nodes --------------------------------------------------------------
 

@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
     eval_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, status TEXT NOT NULL,
     body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS evaluations_job ON evaluations (job_id);
+CREATE TABLE IF NOT EXISTS periodic_launches (
+    job_id TEXT PRIMARY KEY, launch REAL NOT NULL, child_id TEXT NOT NULL);
 """
     + quarantine.SCHEMA
 )
@@ -81,6 +83,8 @@ class StateStore:
         self._live_by_node: dict[str, dict[str, None]] = {}
         self._evals: dict[str, Evaluation] = {}
         self._evals_by_job: dict[str, dict[str, None]] = {}
+        # periodic job -> (its last launch time, its newest child's id)
+        self._launches: dict[str, tuple[float, str]] = {}
         self._load()
 
     # ---- opening -------------------------------------------------------
@@ -114,6 +118,10 @@ class StateStore:
         for ev in self._rows("evaluations", "eval_id", codec.eval_from):
             self._evals[ev.eval_id] = ev
             self._evals_by_job.setdefault(ev.job_id, {})[ev.eval_id] = None
+        for job_id, launch, child_id in self._db.execute(
+            "SELECT job_id, launch, child_id FROM periodic_launches"
+        ):
+            self._launches[job_id] = (float(launch), child_id)
         log.info(
             "state loaded path=%s nodes=%d jobs=%d allocs=%d evals=%d",
             self.path,
@@ -506,9 +514,11 @@ class StateStore:
                     ("DELETE FROM jobs WHERE job_id = ?", [(job_id,)]),
                     ("DELETE FROM allocations WHERE job_id = ?", [(job_id,)]),
                     ("DELETE FROM evaluations WHERE job_id = ?", [(job_id,)]),
+                    ("DELETE FROM periodic_launches WHERE job_id = ?", [(job_id,)]),
                 ]
             )
             self._jobs.pop(job_id, None)
+            self._launches.pop(job_id, None)
             for alloc in allocs:
                 self._unindex_alloc(alloc.allocation_id)
             self._allocs_by_job.pop(job_id, None)
@@ -518,6 +528,64 @@ class StateStore:
             if on_commit is not None:
                 on_commit()
             return allocs
+
+    # ---- children of periodic and parameterized jobs ------------------------
+
+    _UPSERT_LAUNCH = (
+        "INSERT OR REPLACE INTO periodic_launches (job_id, launch, child_id) VALUES (?,?,?)"
+    )
+
+    def last_launch(self, job_id: str) -> tuple[float, str] | None:
+        """A periodic job's last launch time and newest child id, if any."""
+        return self._launches.get(job_id)
+
+    def children_of(self, job_id: str) -> list[Job]:
+        return [j for j in self._jobs.values() if j.parent_id == job_id]
+
+    def launch_child(
+        self, child: Job, evaluation: Evaluation, launch: float | None = None, on_commit=None
+    ) -> bool:
+        """Store a child job of a live parent with its evaluation; False if not launched.
+
+        With ``launch`` (a periodic launch), the parent's last launch time is
+        written in the same transaction, and a launch not later than the
+        stored one is refused: a due launch fires once, restarts included."""
+        with self._lock:
+            parent = self.require_job(child.parent_id or "")
+            if parent.stopped:
+                raise Conflict(f"job {parent.job_id} is stopped")
+            if child.job_id in self._jobs:
+                raise Conflict(f"job {child.job_id} exists already")
+            launches = []
+            if launch is not None:
+                last = self._launches.get(parent.job_id)
+                if last is not None and launch <= last[0]:
+                    return False
+                launches = [(parent.job_id, launch, child.job_id)]
+            self._write(
+                [
+                    (self._UPSERT_JOB, [(child.job_id, _dump(child))]),
+                    (self._UPSERT_EVAL, self._eval_rows([evaluation])),
+                    (self._UPSERT_LAUNCH, launches),
+                ]
+            )
+            self._jobs[child.job_id] = child
+            self._index_evals([evaluation])
+            if launch is not None:
+                self._launches[parent.job_id] = (launch, child.job_id)
+            if on_commit is not None:
+                on_commit(evaluation)
+            return True
+
+    def skip_launch(self, job_id: str, launch: float) -> None:
+        """Record a launch that was skipped (prohibit_overlap): it is not due again."""
+        with self._lock:
+            last = self._launches.get(job_id)
+            if job_id not in self._jobs or (last is not None and launch <= last[0]):
+                return
+            child_id = last[1] if last is not None else ""
+            self._write([(self._UPSERT_LAUNCH, [(job_id, launch, child_id)])])
+            self._launches[job_id] = (launch, child_id)
 
     @staticmethod
     def _stopped(alloc: Allocation, reason: str, now: float) -> Allocation:

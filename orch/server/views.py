@@ -71,15 +71,14 @@ def job_view(
     *,
     tasks: bool = True,
     summary: dict | None = None,
-    children: list[str] | None = None,
+    children: list[dict] | None = None,
 ) -> dict:
     out = job.to_dict()
     out["status"] = status.value
     if summary is not None:
         out["summary"] = summary
-    # Periodic and dispatch children name their parent (a field of Job once
-    # those kinds exist); a parent lists its children.
-    out["parent_id"] = getattr(job, "parent_id", None)
+    # Periodic and dispatch children name their parent; a parent lists its children.
+    out["parent_id"] = job.parent_id
     if children is not None:
         out["children"] = children
     out["allocations"] = [

@@ -92,6 +92,16 @@ class SchedulerWorker(threading.Thread):
                 ]
             )
             return
+        if job.is_parent:
+            # Periodic and parameterized jobs run through their children.
+            why = "periodic or parameterized job: children are placed, not the job"
+            planner.update_evals(
+                [
+                    replace(e, status=EvalStatus.COMPLETE, modify_time=now, status_description=why)
+                    for e in evals
+                ]
+            )
+            return
         allocs = state.allocs_for_job(job.job_id)
         plan, followup = compute_plan(job, allocs, state.cluster, evals[-1], now=now, rng=self._rng)
         placed, stopped, rejected = self._commit(plan, evals, job, now)

@@ -56,3 +56,13 @@ def test_heartbeats_smoke_prints_its_summary(pyz):
     assert HEARTBEAT_KEYS <= summary.keys(), summary
     for key in HEARTBEAT_KEYS:
         assert isinstance(summary[key], (int, float)), (key, summary[key])
+
+
+DISPATCH_KEYS = {"dispatches_per_s", "dispatch_jobs_per_s", "submits_per_s", "batch_jobs_per_s"}
+
+
+def test_dispatch_smoke_prints_its_summary(pyz):
+    summary = run_smoke("dispatch.py", pyz)
+    assert DISPATCH_KEYS <= summary.keys(), summary
+    for key in DISPATCH_KEYS:
+        assert isinstance(summary[key], (int, float)), (key, summary[key])

@@ -1,0 +1,158 @@
+"""The periodic launcher on a real store with an injected clock."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from orch.errors import Conflict, ValidationError
+from orch.jobspec import parse_job
+from orch.server.periodic import PeriodicLauncher, latest_due, next_launch
+from orch.server.planner import new_eval
+from orch.server.state import StateStore
+from orch.structs import (
+    Allocation,
+    AllocStatus,
+    JobStatus,
+    Node,
+    Plan,
+    Resources,
+    TriggeredBy,
+    replace,
+)
+
+T0 = datetime(2026, 1, 1, 10, 0, 30, tzinfo=UTC).timestamp()  # 10:00:30 UTC
+
+
+class Clock:
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def periodic_body(job_id="nightly", **periodic):
+    periodic.setdefault("crons", ["*/5 * * * *"])
+    return {
+        "job_id": job_id,
+        "periodic": periodic,
+        "meta": {"owner": "ops"},
+        "task_groups": [{"name": "g", "tasks": [{"name": "t", "config": {"command": "true"}}]}],
+    }
+
+
+@pytest.fixture
+def clock():
+    return Clock(T0)
+
+
+def open_store(path, clock):
+    return StateStore(str(path), now=clock)
+
+
+def submit(store, body, clock):
+    job = parse_job(body)
+    store.submit_job(job, lambda trigger: new_eval(job.job_id, trigger, clock()))
+    return job
+
+
+def children(store, job_id="nightly"):
+    return sorted(c.job_id for c in store.children_of(job_id))
+
+
+def test_launches_at_each_due_time_once(tmp_path, clock):
+    store = open_store(tmp_path, clock)
+    submit(store, periodic_body(), clock)
+    queued = []
+    launcher = PeriodicLauncher(store, queued.append, now=clock)
+    assert launcher.tick() == []  # 10:00 was before the job existed
+    clock.t += 269  # 10:04:59
+    assert launcher.tick() == []
+    clock.t += 1  # 10:05:00 exactly
+    due = int(datetime(2026, 1, 1, 10, 5, tzinfo=UTC).timestamp())
+    assert launcher.tick() == [f"nightly-periodic-{due}"]
+    assert launcher.tick() == []
+    child = store.get_job(f"nightly-periodic-{due}")
+    assert child.parent_id == "nightly" and child.periodic is None
+    assert child.meta == {"owner": "ops"}
+    assert [e.job_id for e in queued] == [child.job_id]
+
+
+def test_restart_fires_the_missed_launch_once(tmp_path, clock):
+    store = open_store(tmp_path, clock)
+    submit(store, periodic_body(), clock)
+    clock.t += 270
+    assert len(PeriodicLauncher(store, lambda e: None, now=clock).tick()) == 1
+    store.close()
+    # Down for 20 minutes: four launches were due; Nomad launches the latest.
+    clock.t += 20 * 60
+    store = open_store(tmp_path, clock)
+    launcher = PeriodicLauncher(store, lambda e: None, now=clock)
+    due = int(datetime(2026, 1, 1, 10, 25, tzinfo=UTC).timestamp())
+    assert launcher.tick() == [f"nightly-periodic-{due}"]
+    store.close()
+    # Killed right after the launch: the new launcher does not fire it again.
+    store = open_store(tmp_path, clock)
+    assert PeriodicLauncher(store, lambda e: None, now=clock).tick() == []
+    assert len(children(store)) == 2
+
+
+def test_prohibit_overlap_skips_while_the_child_runs(tmp_path, clock):
+    store = open_store(tmp_path, clock)
+    submit(store, periodic_body(prohibit_overlap=True), clock)
+    launcher = PeriodicLauncher(store, lambda e: None, now=clock)
+    clock.t += 270
+    [first] = launcher.tick()
+    # The child runs: placed on a node, reported running.
+    store.upsert_node(Node("n1", resources=Resources(1000, 1000), endpoint="http://127.0.0.1:1"))
+    alloc = Allocation("a1", first, "g", "n1", 0, resources=Resources(100, 64))
+    store.commit_plan(Plan("e1", first, place=[alloc]), [])
+    store.update_allocs([replace(alloc, client_status=AllocStatus.RUNNING)])
+    clock.t += 300
+    assert launcher.tick() == []  # skipped, and not owed later
+    store.update_allocs([replace(alloc, client_status=AllocStatus.COMPLETE)])
+    assert launcher.tick() == []
+    clock.t += 300
+    assert len(launcher.tick()) == 1
+    assert len(children(store)) == 2
+
+
+def test_disabled_and_stopped_jobs_launch_nothing(tmp_path, clock):
+    store = open_store(tmp_path, clock)
+    submit(store, periodic_body("off", enabled=False), clock)
+    submit(store, periodic_body("stopped"), clock)
+    store.stop_job("stopped", new_eval("stopped", TriggeredBy.JOB_DEREGISTER, clock()))
+    clock.t += 3600
+    assert PeriodicLauncher(store, lambda e: None, now=clock).tick() == []
+
+
+def test_time_zone_is_honoured():
+    periodic = {"crons": ["0 3 * * *"], "time_zone": "Europe/Berlin", "enabled": True}
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC).timestamp()
+    # 03:00 in Berlin is 02:00 UTC in winter.
+    assert next_launch(periodic, now) == datetime(2026, 1, 2, 2, 0, tzinfo=UTC).timestamp()
+    assert latest_due(periodic, now) == datetime(2026, 1, 1, 2, 0, tzinfo=UTC).timestamp()
+    assert next_launch({**periodic, "enabled": False}, now) is None
+
+
+def test_force_launches_now_and_not_twice_a_second(tmp_path, clock):
+    store = open_store(tmp_path, clock)
+    submit(store, periodic_body(), clock)
+    launcher = PeriodicLauncher(store, lambda e: None, now=clock)
+    child = launcher.force("nightly")
+    assert child.job_id == f"nightly-periodic-{int(T0)}"
+    with pytest.raises(Conflict):
+        launcher.force("nightly")
+    submit(store, {**periodic_body("plain"), "periodic": None}, clock)
+    with pytest.raises(ValidationError):
+        launcher.force("plain")
+
+
+def test_children_survive_a_purged_parent(tmp_path, clock):
+    store = open_store(tmp_path, clock)
+    submit(store, periodic_body(), clock)
+    child = PeriodicLauncher(store, lambda e: None, now=clock).force("nightly")
+    store.delete_job("nightly")
+    assert store.get_job(child.job_id) is not None
+    assert store.last_launch("nightly") is None
+    assert store.get_job(child.job_id).status == JobStatus.PENDING
