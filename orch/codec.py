@@ -7,6 +7,7 @@ default and the derived ``name``/``status``, which ``alloc_from`` restores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from json.encoder import encode_basestring_ascii as _quote
@@ -26,6 +27,7 @@ from orch.structs import (
     TaskGroup,
     TaskState,
     TriggeredBy,
+    UpdateStrategy,
 )
 
 
@@ -54,6 +56,7 @@ def job_from(d: dict) -> Job:
             ),
             constraints=tuple(constraint_from(c) for c in g.get("constraints") or ()),
             stop_after=(g.get("disconnect") or {}).get("stop_after"),
+            update=update_from(g.get("update")),
         )
         for g in d["task_groups"]
     )
@@ -65,7 +68,16 @@ def job_from(d: dict) -> Job:
         stopped=bool(d.get("stopped")),
         version=int(d.get("version") or 0),
         submit_time=float(d.get("submit_time") or 0.0),
+        update=update_from(d.get("update")),
     )
+
+
+def update_from(d: dict | None) -> UpdateStrategy | None:
+    """A stored update block (complete, as to_dict wrote it); None when absent."""
+    if not d:
+        return None
+    known = {f.name for f in dataclasses.fields(UpdateStrategy)}
+    return UpdateStrategy(**{key: value for key, value in d.items() if key in known})
 
 
 def node_from(d: dict) -> Node:

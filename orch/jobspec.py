@@ -18,7 +18,7 @@ from orch.structs import (
     TaskGroup,
     new_id,
 )
-from orch.validation import bodies, fields, regex
+from orch.validation import bodies, fields, regex, update
 from orch.validation.fields import fail
 from orch.validation.fields import is_int as _int
 from orch.validation.fields import obj as _object
@@ -39,12 +39,14 @@ def parse_job(body, job_id: str | None = None, *, max_count: int = 10000) -> Job
         job_id = _job_id(body["job_id"], "job_id")
     else:
         job_id = new_id()
-    return Job(
+    job = Job(
         job_id=job_id,
         type=_job_type(body.get("type")),
         task_groups=_groups(body.get("task_groups"), max_count),
         constraints=_constraints(body.get("constraints"), "constraints"),
     )
+    job = update.with_updates(job, body)
+    return job
 
 
 _job_id = fields.ident

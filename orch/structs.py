@@ -32,6 +32,8 @@ def short_id(any_id: str) -> str:
 class JobType(str, Enum):
     BATCH = "batch"
     SERVICE = "service"
+    SYSTEM = "system"  # one allocation of each group on every eligible node
+    SYSBATCH = "sysbatch"  # system, but each node's copy runs once to completion
 
 
 class JobStatus(str, Enum):
@@ -83,6 +85,9 @@ class TriggeredBy(str, Enum):
     ALLOC_FAILURE = "alloc-failure"
     QUEUED_ALLOCS = "queued-allocs"
 
+
+# Job types placed per node rather than per count (orch/server/scheduler/system.py).
+SYSTEM_TYPES = frozenset({JobType.SYSTEM, JobType.SYSBATCH})
 
 TERMINAL_ALLOC = frozenset(
     {AllocStatus.COMPLETE, AllocStatus.FAILED, AllocStatus.STOPPED, AllocStatus.LOST}
@@ -138,6 +143,27 @@ class Task:
         }
 
 
+@dataclass(frozen=True)
+class UpdateStrategy:
+    """The ``update`` block: how allocations are replaced when a job changes.
+
+    Durations are seconds. System jobs use max_parallel (copies replaced at
+    a time); the rest is validated and stored for rolling service updates.
+    """
+
+    max_parallel: int = 1
+    health_check: str = "checks"  # checks | task_states | manual
+    min_healthy_time: float = 10.0
+    healthy_deadline: float = 300.0
+    progress_deadline: float = 600.0
+    auto_revert: bool = False
+    canary: int = 0
+    auto_promote: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def total_resources(tasks) -> Resources:
     """What a set of tasks reserves together on one node."""
     total = Resources()
@@ -154,6 +180,8 @@ class TaskGroup:
     constraints: tuple[Constraint, ...] = ()
     # disconnect.stop_after: seconds a cut-off agent keeps running the tasks.
     stop_after: float | None = None
+    # The group's update block, already merged over the job's (group wins).
+    update: UpdateStrategy | None = None
 
     @property
     def resources(self) -> Resources:
@@ -186,6 +214,9 @@ class TaskGroup:
         }
         if self.stop_after is not None:
             out["disconnect"] = {"stop_after": self.stop_after}
+        if self.update is not None:
+            # Left out of spec_hash: changing how to update replaces nothing.
+            out["update"] = self.update.to_dict()
         return out
 
 
@@ -199,12 +230,17 @@ class Job:
     version: int = 0  # bumped on every PUT
     submit_time: float = 0.0
     status: JobStatus = JobStatus.PENDING  # derived, cached by the server
+    update: UpdateStrategy | None = None  # job-level update block
 
     def group(self, name: str) -> TaskGroup | None:
         for tg in self.task_groups:
             if tg.name == name:
                 return tg
         return None
+
+    def update_for(self, group: TaskGroup) -> UpdateStrategy:
+        """The update strategy a group follows: its own, the job's, or the default."""
+        return group.update or self.update or DEFAULT_UPDATE
 
     def to_dict(self) -> dict:
         """The seed's job body plus our optional fields."""
@@ -217,6 +253,7 @@ class Job:
             "stopped": self.stopped,
             "version": self.version,
             "submit_time": self.submit_time,
+            **({"update": self.update.to_dict()} if self.update is not None else {}),
         }
 
     def spec(self) -> dict:
@@ -225,6 +262,9 @@ class Job:
         for key in ("status", "stopped", "version", "submit_time"):
             del out[key]
         return out
+
+
+DEFAULT_UPDATE = UpdateStrategy()
 
 
 @dataclass
