@@ -149,3 +149,28 @@ def test_sysbatch_completes_once_on_every_node(server, agent_factory):
 
 def allocs_on_any(server, job_id: str, node_id: str) -> list[dict]:
     return [a for a in get_job(server, job_id)["allocations"] if a["node_id"] == node_id]
+
+
+@pytest.mark.timeout(180)
+def test_system_update_replaces_copies_max_parallel_at_a_time(server, agent_factory):
+    nodes = [agent_factory(heartbeat_interval=HEARTBEAT).node_id for _ in range(3)]
+    update = {"update": {"max_parallel": 1}}
+    submit(server, system_job("roll", "sleep 300", **update))
+    wait_until(lambda: running_on(server, "roll", nodes), 60, what="version 0 running")
+    submit(server, system_job("roll", "sleep 301", **update))
+    widest = 0
+
+    def updated() -> bool:
+        nonlocal widest
+        allocs = get_job(server, "roll")["allocations"]
+        serving = {a["node_id"] for a in allocs if a["client_status"] == "running"}
+        widest = max(widest, len(set(nodes) - serving))
+        current = [a for a in allocs if a["desired_status"] == "run"]
+        return len(current) == 3 and all(
+            a["job_version"] == 1 and a["client_status"] == "running" for a in current
+        )
+
+    wait_until(updated, 90, interval=0.02, what="every copy at version 1")
+    # One node at a time was without a running copy, never more.
+    assert widest == 1
+    assert sorted(copies(server, "roll")) == sorted(nodes)
