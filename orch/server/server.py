@@ -193,7 +193,7 @@ class Server:
                 node.healthy,
             )
             self.broker.unblock()
-            self._evaluate_system_jobs(node.node_id)
+            self.evaluate_system_jobs(node.node_id)
         return node
 
     @staticmethod
@@ -241,7 +241,7 @@ class Server:
             log.info("node %s is back", node_id[:8])
             self.store.set_node_health(node_id, True)
             self.broker.unblock()
-            self._evaluate_system_jobs(node_id)
+            self.evaluate_system_jobs(node_id)
         self.sync.apply(node_id, beat.allocations)
 
     @staticmethod
@@ -282,9 +282,9 @@ class Server:
         self.store.cluster.set_suspect(node_id, suspect)
         if not suspect:
             self.broker.unblock()
-            self._evaluate_system_jobs(node_id)
+            self.evaluate_system_jobs(node_id)
 
-    def _evaluate_system_jobs(self, node_id: str) -> None:
+    def evaluate_system_jobs(self, node_id: str) -> None:
         """A node that may take placements (again) gets its system jobs' copies.
 
         Called when a node registers, comes back healthy or stops being
