@@ -18,7 +18,7 @@ from orch.structs import (
     TaskGroup,
     new_id,
 )
-from orch.validation import bodies, fields, regex, update
+from orch.validation import bodies, fields, regex, system, update
 from orch.validation.fields import fail
 from orch.validation.fields import is_int as _int
 from orch.validation.fields import obj as _object
@@ -46,6 +46,7 @@ def parse_job(body, job_id: str | None = None, *, max_count: int = 10000) -> Job
         constraints=_constraints(body.get("constraints"), "constraints"),
     )
     job = update.with_updates(job, body)
+    system.system_groups(job)
     return job
 
 

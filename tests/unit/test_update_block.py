@@ -117,3 +117,11 @@ def test_canaries_are_not_for_system_jobs():
 def test_progress_deadline_zero_means_none():
     job = parse_job(body({"progress_deadline": 0, "healthy_deadline": "20m"}))
     assert job.update.progress_deadline == 0 and job.update.healthy_deadline == 1200
+
+
+def test_system_groups_run_once_per_node():
+    data = body(type="system")
+    data["task_groups"][1]["count"] = 3
+    rejects(data, "task_groups[1].count")
+    data["task_groups"][1]["count"] = 1
+    assert parse_job(data).task_groups[1].count == 1
