@@ -145,6 +145,9 @@ def _node_detail(node: dict) -> str:
 
 
 def wanted_count(job: dict) -> int:
+    if job.get("type") in ("system", "sysbatch"):
+        # One copy per eligible node: what the server placed is what it wants.
+        return len(current_allocs(job))
     return sum(int(tg.get("count", 1)) for tg in job.get("task_groups") or [])
 
 

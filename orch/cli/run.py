@@ -194,10 +194,8 @@ class RunMonitor:
                 self.list_allocs(job)
                 return EXIT_OK
             return None
-        wanted = wanted_count(job)
-        if job_type == "system":
-            # One copy per eligible node: as many as the server placed.
-            wanted = max(1, len(current_allocs(job)))
+        # A system job wants as many copies as the server placed: at least one.
+        wanted = max(1, wanted_count(job))
         running = sum(1 for a in current_allocs(job) if alloc_status(a) == "running")
         if running >= wanted:
             self.say(
