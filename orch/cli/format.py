@@ -295,6 +295,9 @@ def group_progress(job: dict) -> dict[str, dict]:
             counts["placed"] += 1
             if status in ("running", "complete"):
                 counts[status] += 1
+    if job.get("type") in ("system", "sysbatch"):
+        for counts in out.values():
+            counts["count"] = counts["placed"]  # one copy per node, not a count
     return out
 
 

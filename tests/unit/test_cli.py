@@ -1173,3 +1173,10 @@ def test_run_sysbatch_waits_for_complete(capsys):
     )
     assert monitor(client, "sysbatch").run() == 0
     assert 'Job "web" complete' in capsys.readouterr().out
+
+
+def test_system_group_progress_counts_copies_not_count():
+    job = job_body("running", [alloc(0), alloc(1, "pending"), alloc(2)], 1, "system")
+    assert progress_line("g", group_progress(job)["g"], batch=False) == (
+        "    g: 3 placed, 2 running, 0 failed of 3"
+    )
