@@ -352,6 +352,28 @@ def _small_evals(data_dir: str, nodes: int, jobs: int, seed: int) -> dict:
     return {"evals": evals, "seconds": elapsed, "evals_per_s": evals / elapsed}
 
 
+def _system_job(data_dir: str, nodes: int, seed: int) -> dict:
+    """One system job on every node: all copies placed by one evaluation."""
+    rng = random.Random(seed)
+    server = new_server(data_dir, node_bodies(nodes, rng))
+    worker = new_worker(server, seed)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    _, ev = server.submit_job(job_body("system-bench", 1, 50, 64, job_type="system"))
+    evals = drain(server, worker)
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
+    result = {
+        "nodes": nodes,
+        "placed": server.store.get_eval(ev.eval_id).placed,
+        "evals": evals,
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "committed": committed_allocs(server),
+    }
+    server.stop()
+    return result
+
+
 FILL_MEMORY = (100, 200, 300, 450, 700, 1000, 1500, 2200, 3000)
 
 
@@ -444,6 +466,23 @@ def sweep(node_counts, allocs: int, runs: int, seed: int, profile: str | None, s
     return by_nodes
 
 
+def _system_report(args, say) -> dict:
+    """Median of ``--runs`` placements of one system job on ``--system-nodes`` nodes."""
+    runs = [_isolated(_system_job, args.system_nodes, args.seed + r) for r in range(args.runs)]
+    for res in runs:
+        say(
+            f"  system job nodes={res['nodes']} placed={res['placed']} evals={res['evals']} "
+            f"committed={res['committed']} {res['seconds']:.2f}s (cpu {res['cpu_seconds']:.2f}s)"
+        )
+        if res["placed"] != res["nodes"] or res["evals"] != 1:
+            raise SystemExit(f"system job: {res['placed']} of {res['nodes']} placed")
+    return {
+        "system_job_nodes": args.system_nodes,
+        "system_job_s": round(_median(runs, "seconds"), 3),
+        "system_job_cpu_s": round(_median(runs, "cpu_seconds"), 3),
+    }
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -474,6 +513,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="small jobs for the evaluations-per-second run (0 skips it)",
     )
     parser.add_argument(
+        "--system-nodes",
+        type=int,
+        default=5000,
+        help="cluster size for the one-system-job run (0 skips it)",
+    )
+    parser.add_argument(
         "--c1m", action="store_true", help="also run 1,000 jobs x 1,000 on 5,000 nodes"
     )
     parser.add_argument("--c1m-nodes", type=int, default=5000)
@@ -495,7 +540,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.nodes, args.allocs, args.runs, args.fill_nodes = "50,200", 2000, 3, 60
-        args.eval_jobs = 100
+        args.eval_jobs, args.system_nodes = 100, 200
         args.c1m_nodes, args.c1m_jobs, args.c1m_count = 100, 10, 100
     args.node_counts = (
         list(SCALE_SWEEP)
@@ -548,6 +593,8 @@ def main(argv=None) -> int:
                 f"{res['seconds']:.2f}s {res['evals_per_s']:,.0f} evals/s"
             )
         out["small_evals_per_s"] = round(_median(small, "evals_per_s"), 1)
+    if args.system_nodes:
+        out.update(_system_report(args, say))
     if args.fill_nodes:
         fills = [_isolated(_fill, args.fill_nodes, args.seed + r) for r in range(args.runs)]
         for fill in fills:

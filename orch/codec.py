@@ -7,6 +7,7 @@ default and the derived ``name``/``status``, which ``alloc_from`` restores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from json.encoder import encode_basestring_ascii as _quote
@@ -26,6 +27,7 @@ from orch.structs import (
     TaskGroup,
     TaskState,
     TriggeredBy,
+    UpdateStrategy,
 )
 
 
@@ -57,6 +59,7 @@ def job_from(d: dict) -> Job:
             stop_after=(g.get("disconnect") or {}).get("stop_after"),
             migrate_max_parallel=int((g.get("migrate") or {}).get("max_parallel") or 1),
             meta=dict(g.get("meta") or {}),
+            update=update_from(g.get("update")),
         )
         for g in d["task_groups"]
     )
@@ -73,7 +76,16 @@ def job_from(d: dict) -> Job:
         parameterized=d.get("parameterized") or None,
         parent_id=d.get("parent_id") or None,
         payload=d.get("payload") or "",
+        update=update_from(d.get("update")),
     )
+
+
+def update_from(d: dict | None) -> UpdateStrategy | None:
+    """A stored update block (complete, as to_dict wrote it); None when absent."""
+    if not d:
+        return None
+    known = {f.name for f in dataclasses.fields(UpdateStrategy)}
+    return UpdateStrategy(**{key: value for key, value in d.items() if key in known})
 
 
 def node_from(d: dict) -> Node:

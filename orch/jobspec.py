@@ -18,7 +18,7 @@ from orch.structs import (
     TaskGroup,
     new_id,
 )
-from orch.validation import bodies, fields, regex
+from orch.validation import bodies, fields, regex, system, update
 from orch.validation import drain as drain_rules
 from orch.validation.fields import fail
 from orch.validation.fields import is_int as _int
@@ -53,6 +53,8 @@ def parse_job(body, job_id: str | None = None, *, max_count: int = 10000) -> Job
         periodic=_periodic(body.get("periodic")),
         parameterized=_parameterized(body.get("parameterized")),
     )
+    job = update.with_updates(job, body)
+    system.system_groups(job)
     _launcher_rules(job)
     return job
 

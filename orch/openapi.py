@@ -62,6 +62,21 @@ _DISPATCHED = {
         "message": {"type": "string"},
     },
 }
+# The update block (job and group level, group wins); durations as "10s" or seconds.
+_DURATION = {"oneOf": [{"type": "string"}, {"type": "number", "minimum": 0}]}
+_UPDATE = {
+    "type": "object",
+    "properties": {
+        "max_parallel": {"type": "integer", "minimum": 0},
+        "health_check": {"type": "string", "enum": ["checks", "task_states", "manual"]},
+        "min_healthy_time": _DURATION,
+        "healthy_deadline": _DURATION,
+        "progress_deadline": _DURATION,
+        "auto_revert": {"type": "boolean"},
+        "canary": {"type": "integer", "minimum": 0},
+        "auto_promote": {"type": "boolean"},
+    },
+}
 _JOB = {
     "type": "object",
     "required": ["task_groups"],
@@ -70,8 +85,9 @@ _JOB = {
         "meta": _META,
         "periodic": _PERIODIC,
         "parameterized": _PARAMETERIZED,
-        "type": {"type": "string", "enum": ["batch", "service"]},
+        "type": {"type": "string", "enum": ["batch", "service", "system", "sysbatch"]},
         "constraints": {"type": "array", "items": _CONSTRAINT},
+        "update": _UPDATE,
         "task_groups": {
             "type": "array",
             "minItems": 1,
@@ -88,6 +104,7 @@ _JOB = {
                         "properties": {"max_parallel": {"type": "integer", "minimum": 1}},
                     },
                     "meta": _META,
+                    "update": _UPDATE,
                 },
             },
         },
@@ -318,7 +335,7 @@ _ALLOC_BODY = {
     "properties": {
         "allocation_id": {"type": "string"},
         "job_id": {"type": "string"},
-        "job_type": {"type": "string", "enum": ["batch", "service"]},
+        "job_type": {"type": "string", "enum": ["batch", "service", "system", "sysbatch"]},
         "task_group": {
             "type": "object",
             "required": ["name", "tasks"],

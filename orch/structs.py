@@ -32,6 +32,8 @@ def short_id(any_id: str) -> str:
 class JobType(str, Enum):
     BATCH = "batch"
     SERVICE = "service"
+    SYSTEM = "system"  # one allocation of each group on every eligible node
+    SYSBATCH = "sysbatch"  # system, but each node's copy runs once to completion
 
 
 class JobStatus(str, Enum):
@@ -84,6 +86,9 @@ class TriggeredBy(str, Enum):
     QUEUED_ALLOCS = "queued-allocs"
     NODE_DRAIN = "node-drain"
 
+
+# Job types placed per node rather than per count (orch/server/scheduler/system.py).
+SYSTEM_TYPES = frozenset({JobType.SYSTEM, JobType.SYSBATCH})
 
 TERMINAL_ALLOC = frozenset(
     {AllocStatus.COMPLETE, AllocStatus.FAILED, AllocStatus.STOPPED, AllocStatus.LOST}
@@ -145,6 +150,27 @@ class Task:
         return out
 
 
+@dataclass(frozen=True)
+class UpdateStrategy:
+    """The ``update`` block: how allocations are replaced when a job changes.
+
+    Durations are seconds. System jobs use max_parallel (copies replaced at
+    a time); the rest is validated and stored for rolling service updates.
+    """
+
+    max_parallel: int = 1
+    health_check: str = "checks"  # checks | task_states | manual
+    min_healthy_time: float = 10.0
+    healthy_deadline: float = 300.0
+    progress_deadline: float = 600.0
+    auto_revert: bool = False
+    canary: int = 0
+    auto_promote: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def total_resources(tasks) -> Resources:
     """What a set of tasks reserves together on one node."""
     total = Resources()
@@ -165,6 +191,8 @@ class TaskGroup:
     # node at a time (a drain only; not part of the spec hash).
     migrate_max_parallel: int = 1
     meta: dict = field(default_factory=dict, hash=False, compare=True)  # wins over job meta
+    # The group's update block, already merged over the job's (group wins).
+    update: UpdateStrategy | None = None
 
     @property
     def resources(self) -> Resources:
@@ -204,6 +232,9 @@ class TaskGroup:
             out["migrate"] = {"max_parallel": self.migrate_max_parallel}
         if self.meta:
             out["meta"] = self.meta
+        if self.update is not None:
+            # Left out of spec_hash: changing how to update replaces nothing.
+            out["update"] = self.update.to_dict()
         return out
 
 
@@ -230,11 +261,17 @@ class Job:
         """A periodic or parameterized job: never placed, it launches children."""
         return self.periodic is not None or self.parameterized is not None
 
+    update: UpdateStrategy | None = None  # job-level update block
+
     def group(self, name: str) -> TaskGroup | None:
         for tg in self.task_groups:
             if tg.name == name:
                 return tg
         return None
+
+    def update_for(self, group: TaskGroup) -> UpdateStrategy:
+        """The update strategy a group follows: its own, the job's, or the default."""
+        return group.update or self.update or DEFAULT_UPDATE
 
     def to_dict(self) -> dict:
         """The seed's job body plus our optional fields."""
@@ -247,6 +284,7 @@ class Job:
             "stopped": self.stopped,
             "version": self.version,
             "submit_time": self.submit_time,
+            **({"update": self.update.to_dict()} if self.update is not None else {}),
         }
         # Left out when unset: a job without them keeps its seed shape.
         for key in ("meta", "periodic", "parameterized", "parent_id", "payload"):
@@ -261,6 +299,9 @@ class Job:
         for key in ("status", "stopped", "version", "submit_time"):
             del out[key]
         return out
+
+
+DEFAULT_UPDATE = UpdateStrategy()
 
 
 @dataclass

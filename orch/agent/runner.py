@@ -215,7 +215,8 @@ class TaskRunner:
             if self._killed.is_set() or result is None:
                 self._finish_killed(result, now)
                 return False
-            if self.alloc.spec.job_type != JobType.SERVICE:
+            # Long-running kinds restart their tasks; batch and sysbatch finish.
+            if self.alloc.spec.job_type not in (JobType.SERVICE, JobType.SYSTEM):
                 self._finish(result, now)
                 return False
             delay = self._restarts.next_delay()

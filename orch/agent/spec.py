@@ -67,7 +67,9 @@ def parse_alloc(body) -> AllocSpec:
     try:
         job_type = JobType(job_type)
     except ValueError:
-        raise ValidationError("job_type: must be batch or service") from None
+        raise ValidationError(
+            f"job_type: must be one of {', '.join(t.value for t in JobType)}"
+        ) from None
     group = body.get("task_group")
     if not isinstance(group, dict):
         raise ValidationError("task_group: must be an object")

@@ -145,6 +145,9 @@ def _node_detail(node: dict) -> str:
 
 
 def wanted_count(job: dict) -> int:
+    if job.get("type") in ("system", "sysbatch"):
+        # One copy per eligible node: what the server placed is what it wants.
+        return len(current_allocs(job))
     return sum(int(tg.get("count", 1)) for tg in job.get("task_groups") or [])
 
 
@@ -311,6 +314,9 @@ def group_progress(job: dict) -> dict[str, dict]:
             counts["placed"] += 1
             if status in ("running", "complete"):
                 counts[status] += 1
+    if job.get("type") in ("system", "sysbatch"):
+        for counts in out.values():
+            counts["count"] = counts["placed"]  # one copy per node, not a count
     return out
 
 

@@ -28,6 +28,8 @@ from orch.cli.format import (
 EXIT_OK, EXIT_ERROR, EXIT_NOT_PLACED = 0, 1, 2
 TAIL_LINES = 10  # of a failed task's stderr, under its failure
 TAIL_MAX_BYTES = 4 << 20  # read no further into a huge log for its tail
+# Job types whose allocations run to completion (the others keep running).
+RUN_ONCE_TYPES = ("batch", "sysbatch")
 SHOWN_ALLOCS = 10  # allocation ids listed on success; the rest counted
 
 
@@ -137,7 +139,7 @@ class RunMonitor:
             self.sleep(self.interval)
 
     def show_groups(self, job: dict) -> None:
-        batch = (job.get("type") or self.job_type) == "batch"
+        batch = (job.get("type") or self.job_type) in RUN_ONCE_TYPES
         self.live.show(
             [
                 (name, progress_line(name, counts, batch, self.style))
@@ -185,13 +187,15 @@ class RunMonitor:
             self.say(self.style(f'==> Job "{self.job_id}" failed', "red"))
             self.report_failures(job)
             return EXIT_ERROR
-        if (job.get("type") or self.job_type) == "batch":
+        job_type = job.get("type") or self.job_type
+        if job_type in RUN_ONCE_TYPES:
             if status == "complete":
                 self.say(self.style(f'==> Job "{self.job_id}" complete', "green"))
                 self.list_allocs(job)
                 return EXIT_OK
             return None
-        wanted = wanted_count(job)
+        # A system job wants as many copies as the server placed: at least one.
+        wanted = max(1, wanted_count(job))
         running = sum(1 for a in current_allocs(job) if alloc_status(a) == "running")
         if running >= wanted:
             self.say(

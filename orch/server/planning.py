@@ -13,8 +13,8 @@ import time
 
 from orch.jobspec import parse_job
 from orch.server.planner import SchedulerState
+from orch.server.scheduler import scheduler_for
 from orch.server.scheduler.explain import failed_nodes, released_by
-from orch.server.scheduler.generic import compute_plan
 from orch.server.scheduler.reconcile import GROUP_CHANGED
 from orch.structs import (
     Allocation,
@@ -45,6 +45,7 @@ def dry_run(state: SchedulerState, body, *, max_count: int) -> dict:
         create_time=now,
         modify_time=now,
     )
+    compute_plan = scheduler_for(job)
     plan, _ = compute_plan(job, allocs, state.cluster, evaluation, now=now, rng=random.Random())
     details = failed_nodes(plan, job, state.cluster, released_by(plan, allocs))
     failures = {

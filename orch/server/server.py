@@ -28,6 +28,7 @@ from orch.server.status import job_status, job_summary
 from orch.server.sync import AllocSync
 from orch.server.worker import SchedulerWorker
 from orch.structs import (
+    SYSTEM_TYPES,
     Allocation,
     AllocStatus,
     DesiredStatus,
@@ -241,6 +242,7 @@ class Server:
                 node.healthy,
             )
             self.broker.unblock()
+            self.evaluate_system_jobs(node.node_id)
         return node
 
     @staticmethod
@@ -288,6 +290,7 @@ class Server:
             log.info("node %s is back", node_id[:8])
             self.store.set_node_health(node_id, True)
             self.broker.unblock()
+            self.evaluate_system_jobs(node_id)
         self.sync.apply(node_id, beat.allocations)
 
     @staticmethod
@@ -369,6 +372,23 @@ class Server:
         self.store.cluster.set_suspect(node_id, suspect)
         if not suspect:
             self.broker.unblock()
+            self.evaluate_system_jobs(node_id)
+
+    def evaluate_system_jobs(self, node_id: str) -> None:
+        """A node that may take placements (again) gets its system jobs' copies.
+
+        Called when a node registers, comes back healthy or stops being
+        suspect (and when it becomes eligible): an evaluation per system or
+        sysbatch job, at once, so the copy lands within the heartbeat.
+        """
+        job_ids = [
+            job.job_id
+            for job in self.store.list_jobs()
+            if job.type in SYSTEM_TYPES and not job.stopped
+        ]
+        if job_ids:
+            log.info("node %s: evaluating %d system jobs", node_id[:8], len(job_ids))
+            self.planner.create_evals(job_ids, TriggeredBy.NODE_UPDATE, node_id)
 
     def _still_wanted(self, alloc: Allocation) -> bool:
         """Whether a placement waiting to be pushed should still run."""

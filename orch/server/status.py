@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from orch.structs import (
+    SYSTEM_TYPES,
     Allocation,
     AllocStatus,
     DesiredStatus,
@@ -40,12 +41,38 @@ def job_status(job: Job, allocs: Iterable[Allocation]) -> JobStatus:
     """The job's status from the newest allocation of each of its slots."""
     if job.stopped:
         return JobStatus.DEAD
+    if job.type in SYSTEM_TYPES:
+        return _from_copies(system_copies(job, allocs))
     newest = newest_by_slot(allocs)
     slots = {
         _slot_status(newest.get((group.name, index)))
         for group in job.task_groups
         for index in range(group.count)
     }
+    return _from_copies(slots)
+
+
+def system_copies(job: Job, allocs: Iterable[Allocation]) -> set[AllocStatus]:
+    """The statuses of a system job's current copies, one per group and node.
+
+    A copy the server stopped (its node lost or no longer feasible) is not
+    replaced elsewhere: it leaves the job's status. With no copy at all the
+    job is pending (no eligible node yet).
+    """
+    groups = {group.name for group in job.task_groups}
+    newest: dict[tuple[str, str], Allocation] = {}
+    for alloc in allocs:
+        if alloc.task_group not in groups or alloc.desired_status != DesiredStatus.RUN:
+            continue
+        key = (alloc.task_group, alloc.node_id)
+        seen = newest.get(key)
+        if seen is None or alloc.create_time >= seen.create_time:
+            newest[key] = alloc
+    return {_slot_status(alloc) for alloc in newest.values()} or {AllocStatus.PENDING}
+
+
+def _from_copies(slots: set[AllocStatus]) -> JobStatus:
+    """Running if anything runs; then lost, pending, complete, failed."""
     if AllocStatus.RUNNING in slots:
         return JobStatus.RUNNING
     if AllocStatus.LOST in slots:

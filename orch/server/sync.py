@@ -218,7 +218,7 @@ class AllocSync:
                 if (
                     new.client_status == AllocStatus.FAILED
                     and job is not None
-                    and job.type == JobType.SERVICE
+                    and job.type in (JobType.SERVICE, JobType.SYSTEM)
                 ):
                     failed_services.add(new.job_id)
         if failed_services:

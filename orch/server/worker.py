@@ -13,13 +13,13 @@ import time
 
 from orch.errors import StorageError
 from orch.server.planner import EvalQueue, Planner, PlanResult, SchedulerState
+from orch.server.scheduler import scheduler_for
 from orch.server.scheduler.explain import (
     describe,
     failed_nodes,
     released_by,
     summarize,
 )
-from orch.server.scheduler.generic import compute_plan
 from orch.structs import EvalStatus, Evaluation, Job, Plan, TriggeredBy, replace
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class SchedulerWorker(threading.Thread):
             )
             return
         allocs = state.allocs_for_job(job.job_id)
+        compute_plan = scheduler_for(job)
         plan, followup = compute_plan(job, allocs, state.cluster, evals[-1], now=now, rng=self._rng)
         placed, stopped, rejected = self._commit(plan, evals, job, now)
         if stopped:

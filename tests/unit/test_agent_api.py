@@ -130,7 +130,7 @@ def test_post_is_idempotent(url, http, agent):
             body(tasks=[{"name": "t", "driver": "qemu", "config": {"command": "x"}}]),
             "task_group.tasks[0].driver",
         ),
-        (body(job_type="system"), "job_type"),
+        (body(job_type="periodic"), "job_type"),
         (body(alloc_id=".."), "allocation_id"),
         ([1, 2], "body"),
         ({**body(), "task_group": "g"}, "task_group"),

@@ -1148,3 +1148,35 @@ def test_alloc_logs_without_a_task_names_the_tasks_to_choose_from(canned, capsys
         "error: allocation alloc-0- has tasks sidecar, web: name one "
         "(orch alloc logs alloc-0- TASK)"
     )
+
+
+def test_run_system_waits_for_a_running_copy_on_every_placed_node(capsys):
+    client = FakeClient(
+        evals=[{"status": "complete", "placed": 3}],
+        jobs=[
+            job_body("running", [alloc(0), alloc(1, "pending"), alloc(2)], 1, "system"),
+            job_body("running", [alloc(0), alloc(1), alloc(2)], 1, "system"),
+        ],
+    )
+    assert monitor(client, "system").run() == 0
+    assert "3 of 3 allocations running" in capsys.readouterr().out
+
+
+def test_run_sysbatch_waits_for_complete(capsys):
+    done = [alloc(0, "complete"), alloc(1, "complete")]
+    client = FakeClient(
+        evals=[{"status": "complete", "placed": 2}],
+        jobs=[
+            job_body("running", [alloc(0, "complete"), alloc(1)], 1, "sysbatch"),
+            job_body("complete", done, 1, "sysbatch"),
+        ],
+    )
+    assert monitor(client, "sysbatch").run() == 0
+    assert 'Job "web" complete' in capsys.readouterr().out
+
+
+def test_system_group_progress_counts_copies_not_count():
+    job = job_body("running", [alloc(0), alloc(1, "pending"), alloc(2)], 1, "system")
+    assert progress_line("g", group_progress(job)["g"], batch=False) == (
+        "    g: 3 placed, 2 running, 0 failed of 3"
+    )

@@ -5,6 +5,7 @@ import pytest
 from orch import __main__ as entry
 from orch.cli.format import drain_cells
 from orch.cli.job import job_summary
+from orch.cli.launch import children_text
 
 
 def parse(*argv):
@@ -57,7 +58,7 @@ def test_job_status_shows_type_links_and_summary():
         "type": "batch",
         "status": "running",
         "task_groups": [{"name": "g", "count": 2}],
-        "children": ["nightly-periodic-1700000000"],
+        "children": [{"job_id": "nightly-periodic-1700000000", "status": "complete"}],
         "parent_id": None,
         "summary": {
             "g": {"queued": 1, "starting": 0, "running": 1, "complete": 3, "failed": 0, "lost": 0}
@@ -66,7 +67,8 @@ def test_job_status_shows_type_links_and_summary():
     }
     text = job_summary(job, 0.0)
     assert any(line.split() == ["Type", "=", "batch"] for line in text.splitlines())
-    assert "Children" in text and "nightly-periodic-1700000000" in text
+    # Children have their own table, printed after the summary.
+    assert "nightly-periodic-1700000000" in children_text(job, 0.0)
     lines = text.splitlines()
     header = lines.index("Summary") + 1
     assert lines[header].split() == [

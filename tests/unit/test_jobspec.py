@@ -289,7 +289,7 @@ def test_bad_ports(key, port):
     )
 
 
-@pytest.mark.parametrize("job_type", ["system", 1, ""])
+@pytest.mark.parametrize("job_type", ["periodic", 1, ""])
 def test_unknown_type(job_type):
     rejects(body(type=job_type), "type")
 

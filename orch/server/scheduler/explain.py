@@ -13,7 +13,7 @@ from itertools import islice
 
 from orch.server.scheduler.feasible import feasible_parts
 from orch.server.scheduler.stack import CPU_EXHAUSTED, MEMORY_EXHAUSTED
-from orch.structs import Job, Resources
+from orch.structs import SYSTEM_TYPES, Job, Resources
 
 # Nodes named per failed group: enough to show the nearest misses.
 MAX_FAILED_NODES = 3
@@ -33,7 +33,10 @@ def summarize(plan, job) -> dict:
     for tg in job.task_groups:
         failed = plan.failed.get(tg.name, {})
         groups[tg.name] = {
-            "wanted": tg.count,
+            # A system group wants a copy per node: what this plan tried to place.
+            "wanted": tg.count
+            if job.type not in SYSTEM_TYPES
+            else placed_by_group.get(tg.name, 0) + failed.get("wanted", 0),
             "placed": placed_by_group.get(tg.name, 0),
             "failed": failed.get("wanted", 0),
         }
