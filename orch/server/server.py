@@ -333,6 +333,7 @@ class Server:
         log.info("node %s eligibility: %s", node_id[:8], "eligible" if eligible else "ineligible")
         if eligible:
             self.broker.unblock()  # blocked evaluations may fit there now
+            self.evaluate_system_jobs(node_id)
         return node
 
     def drain_node(self, node_id: str, request: DrainRequest) -> Node:
@@ -361,6 +362,7 @@ class Server:
             self.planner.create_evals(jobs, TriggeredBy.NODE_DRAIN, node.node_id)
         log.info("node %s drain canceled: eligible", node.node_id[:8])
         self.broker.unblock()
+        self.evaluate_system_jobs(node.node_id)
         return node
 
     def endpoint_of(self, node_id: str) -> str | None:
