@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from orch.agent.drivers.exec import read_record
-from orch.agent.drivers.supervision import SupervisorClient, supervisor_name
-from orch.agent.supervisor import socket_address
+from orch.agent.tasksup.client import SupervisorClient, supervisor_name
+from orch.agent.tasksup.server import socket_address
 
 from waiting import live, wait_for
 

@@ -2,8 +2,8 @@
 
 `command` as a string runs through `/bin/sh -c` (with `args` appended,
 shell-quoted); as a list it is exec'd directly. Tasks are started, reaped and
-recorded by one small supervisor process per agent (`orch.agent.supervisor`,
-reached through `supervision.SupervisorClient`) that outlives the agent: each
+recorded by one small supervisor process per agent (`orch.agent.tasksup`,
+reached through `tasksup.client.SupervisorClient`) that outlives the agent: each
 run (start) of a task has a record, `<task dir>/.orch/run-<n>.json`, claimed
 before the start, then appended to: its pid, then how it ended (see
 `read_record`). A restarted agent reattaches through these records, also to
@@ -32,8 +32,8 @@ import psutil
 
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import Cgroups, cpu_shares
-from orch.agent.drivers.supervision import SupervisorClient, supervisor_name
-from orch.agent.supervisor import remove_cgroups
+from orch.agent.tasksup.client import SupervisorClient, supervisor_name
+from orch.agent.tasksup.server import remove_cgroups
 from orch.errors import DriverError
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ held by the kernel; the supervisor only reads the OOM count afterwards and
 removes the cgroups. Without cgroups (`watchdog_mb`), the supervisor samples
 the RSS of each such task's process tree and SIGKILLs the group past the limit.
 
-    python -S -c "<path setup>; from orch.agent.supervisor import main; main()" NAME
+    python -S -c "<path setup>; from orch.agent.tasksup.server import main; main()" NAME
 """
 
 from __future__ import annotations
