@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from orch.agent.drivers.exec import read_record
 from orch.agent.tasksup.client import SupervisorClient, supervisor_name
-from orch.agent.tasksup.server import socket_address
+from orch.agent.tasksup.protocol import socket_address
+from orch.agent.tasksup.records import read_record
 
 from waiting import live, wait_for
 

@@ -6,7 +6,7 @@ recorded by one small supervisor process per agent (`orch.agent.tasksup`,
 reached through `tasksup.client.SupervisorClient`) that outlives the agent: each
 run (start) of a task has a record, `<task dir>/.orch/run-<n>.json`, claimed
 before the start, then appended to: its pid, then how it ended (see
-`read_record`). A restarted agent reattaches through these records, also to
+`tasksup/records.py`). A restarted agent reattaches through these records, also to
 a run it asked for but had not yet saved the handle of. The process group is the unit
 of control, as in supervisor/circus: SIGTERM to the group, poll, then SIGKILL.
 
@@ -18,7 +18,6 @@ watches the RSS of the task's process tree and kills it past the limit.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shlex
@@ -33,7 +32,8 @@ import psutil
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import Cgroups, cpu_shares
 from orch.agent.tasksup.client import SupervisorClient, supervisor_name
-from orch.agent.tasksup.server import remove_cgroups
+from orch.agent.tasksup.limits import remove_cgroups
+from orch.agent.tasksup.records import read_record, run_ended
 from orch.errors import DriverError
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class ExecDriver(Driver):
             record_path=path,
             memory_mb=int(doc.get("memory_mb") or 0),
         )
-        if _ended(doc) or self._supervised(handle):
+        if run_ended(doc) or self._supervised(handle):
             return handle
         return None
 
@@ -271,12 +271,12 @@ class ExecDriver(Driver):
             while True:
                 ended.clear()
                 record = read_record(handle.record_path)
-                if _ended(record):
+                if run_ended(record):
                     break
                 ours = self._supervisor.serves(handle.supervisor_pid)
                 if not ours and not self._supervised(handle):
                     record = read_record(handle.record_path)
-                    if _ended(record):  # written as it left
+                    if run_ended(record):  # written as it left
                         break
                     _kill_orphan(handle)
                     return ExitResult(exit_code=None, error=STATUS_LOST)
@@ -293,7 +293,7 @@ class ExecDriver(Driver):
 
     def stop(self, handle: ExecHandle, timeout: float) -> None:
         """Returns once every process of the task's group is gone."""
-        if handle.record_path is not None and _ended(read_record(handle.record_path)):
+        if handle.record_path is not None and run_ended(read_record(handle.record_path)):
             # Over already: the supervisor SIGKILLed the group before reaping
             # its leader, but members may still be dying. Wait, never signal:
             # the leader's pid may be another's now.
@@ -352,7 +352,7 @@ class ExecDriver(Driver):
         )
         if record_path:
             # Ended while we were away (the record says how), or still supervised.
-            if _ended(read_record(record_path)) or self._supervised(handle):
+            if run_ended(read_record(record_path)) or self._supervised(handle):
                 return handle
             _kill_orphan(handle)
             return None
@@ -393,7 +393,7 @@ class ExecDriver(Driver):
         if handle.record_path is not None:
 
             def running():
-                return not _ended(read_record(handle.record_path)) and self._supervised(handle)
+                return not run_ended(read_record(handle.record_path)) and self._supervised(handle)
         else:
 
             def running():
@@ -411,37 +411,9 @@ def run_path(ctx: TaskContext) -> str:
     return os.path.join(ctx.task_dir, RUN_DIR, f"run-{ctx.attempt}.json")
 
 
-def read_record(path: str) -> dict | None:
-    """A run's record: its JSON lines merged in order, None if it has none.
-
-    The supervisor claims the run with a first line (`supervisor_pid`), then
-    appends the task's `pid` (or a start `error`), then how it ended
-    (`exit_code`, `signal`, `oom_killed`): appends are cheap where creating
-    and renaming files is not. A line not yet whole is not read.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    doc: dict = {}
-    for line in data.split(b"\n"):
-        try:
-            part = json.loads(line)
-        except ValueError:
-            continue  # empty, or being written
-        if isinstance(part, dict):
-            doc.update(part)
-    return doc or None
-
-
-def _ended(record: dict | None) -> bool:
-    return record is not None and "exit_code" in record
-
-
 def exit_result(record: dict | None, memory_mb: int) -> ExitResult:
     """How a task ended, from its run's record."""
-    if not _ended(record):
+    if not run_ended(record):
         return ExitResult(exit_code=None, error=STATUS_LOST)
     code, sig = record.get("exit_code"), record.get("signal")
     if record.get("oom_killed"):
