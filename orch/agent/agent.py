@@ -15,12 +15,12 @@ import time
 from waitress import wasyncore
 from waitress.server import create_server
 
+from orch.agent.allocrunner import AllocRunner
 from orch.agent.api import make_app
 from orch.agent.drivers import default_drivers
 from orch.agent.drivers.base import Driver
 from orch.agent.fingerprint import fingerprint, refresh_drivers
 from orch.agent.loop import NodeLoop
-from orch.agent.runner import AllocRunner
 from orch.agent.spec import AllocSpec, parse_alloc
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig

@@ -16,9 +16,9 @@ from orch.agent import fingerprint as fp
 from orch.agent.agent import Agent
 from orch.agent.drivers.base import TaskContext
 from orch.agent.drivers.exec import ExecDriver
-from orch.agent.runner import LOST_ON_RESTART
 from orch.agent.spec import parse_alloc
 from orch.agent.state import AgentStore
+from orch.agent.taskrunner import LOST_ON_RESTART
 from orch.config import AgentConfig
 from orch.structs import AllocStatus, Resources
 
