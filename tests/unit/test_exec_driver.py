@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 from orch.agent.drivers.base import ExitResult, TaskContext
-from orch.agent.drivers.exec import ExecDriver, ExecHandle, build_argv
+from orch.agent.drivers.exec import ExecDriver, ExecHandle
+from orch.agent.drivers.exec_config import build_argv
 from orch.errors import DriverError
 from orch.structs import Resources
 

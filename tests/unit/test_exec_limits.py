@@ -7,7 +7,8 @@ import pytest
 
 from orch.agent.drivers.base import TaskContext
 from orch.agent.drivers.cgroups import Cgroups, cpu_weight
-from orch.agent.drivers.exec import ExecDriver, resolve_user
+from orch.agent.drivers.exec import ExecDriver
+from orch.agent.drivers.exec_config import resolve_user
 from orch.errors import DriverError
 from orch.structs import Resources
 
