@@ -434,7 +434,7 @@ def cmd_server(args) -> int:
 
 
 def cmd_agent(args) -> int:
-    from orch.agent.agent import run
+    from orch.agent.main import run
 
     return run(agent_config(args))
 

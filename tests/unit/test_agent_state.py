@@ -132,7 +132,7 @@ def test_shutdown_stop_tasks(tmp_path):
 AGENT_SCRIPT = textwrap.dedent("""
     import logging, sys
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-    from orch.agent.agent import run
+    from orch.agent.main import run
     from orch.config import AgentConfig
     sys.exit(run(AgentConfig(server="http://127.0.0.1:9", data_dir=sys.argv[1],
                              kill_timeout=1.0)))
