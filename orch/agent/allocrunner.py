@@ -164,7 +164,7 @@ class AllocRunner:
         self.changed()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Until every task is terminal (tests, shutdown)."""
+        """Until every task is terminal, or `timeout` seconds: True if they all are."""
         return self._done.wait(timeout)
 
     @property

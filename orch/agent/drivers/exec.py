@@ -313,9 +313,6 @@ class ExecDriver(Driver):
             handle.supervisor_pid, handle.supervisor_create_time
         )
 
-    def pid(self, handle: ExecHandle) -> int | None:
-        return handle.pid
-
     def _wait_group_gone(self, handle: ExecHandle, timeout: float) -> bool:
         """Until no member of the group is left (zombies aside).
 
