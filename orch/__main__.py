@@ -1,5 +1,7 @@
 """The `orch` command: server, agent, dev cluster and client subcommands.
 
+Over 400 lines on purpose: it is the flag table of every role; each add_* is one role's flags.
+
 This is the only module that configures logging. Every flag's default falls
 back to an ``ORCH_*`` environment variable (``orch.config.env``).
 """
