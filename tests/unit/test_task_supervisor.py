@@ -52,8 +52,12 @@ def start_spec(tmp_path, name: str, argv: list[str]) -> dict:
 
 
 def test_bad_requests_are_answered_and_do_not_stop_it(client, tmp_path):
-    answer, pid, _ = client.start(start_spec(tmp_path, "ok", ["true"]))
+    spec = start_spec(tmp_path, "ok", ["true"])
+    answer, pid, _ = client.start(spec)
     assert "pid" in answer and live(pid)
+    # Its {"exited"} goes to every connection: sent (same loop turn as the
+    # record's last line) before the supervisor accepts ours.
+    assert wait_for(lambda: "exit_code" in (read_record(spec["record_path"]) or {}), 5.0)
     sock = raw_connection(client.name)
     try:
         sock.sendall(
