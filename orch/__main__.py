@@ -1,5 +1,7 @@
 """The `orch` command: server, agent, dev cluster and client subcommands.
 
+Over 400 lines on purpose: it is the flag table of every role; each add_* is one role's flags.
+
 This is the only module that configures logging. The flags of server, agent
 and dev, ``--address``, ``--token`` and ``--log-level`` fall back to an
 ``ORCH_*`` environment variable (``orch.config.env``); ``ORCH_META`` gives
@@ -503,7 +505,7 @@ def cmd_server(args) -> int:
 
 
 def cmd_agent(args) -> int:
-    from orch.agent.agent import run
+    from orch.agent.main import run
 
     return run(agent_config(args))
 

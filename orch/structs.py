@@ -1,5 +1,7 @@
 """Core data model shared by server, agent and scheduler (stdlib only).
 
+Over 400 lines on purpose: the whole data model in one stdlib-only module (STYLE.md).
+
 Vocabulary follows Nomad: job, task group, task, allocation, evaluation, node,
 plan, desired_status (what the server wants) and client_status (what the agent
 reports). Status enums are ``str`` so they go to JSON and SQL unchanged.

@@ -1,5 +1,7 @@
 """The server's state: SQLite on disk, indexes in memory, one writer.
 
+Over 400 lines on purpose: one class owns the lock, the SQL and the indexes (one writer).
+
 Every write goes to SQLite in one transaction first and only then to memory,
 so a request is acknowledged only after its state is durable, and a failed
 write (disk full) leaves memory exactly as it was. Reads come from memory.

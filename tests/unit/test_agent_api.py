@@ -7,8 +7,9 @@ import psutil
 import pytest
 import requests
 
-from orch.agent.agent import Agent, HttpServer
+from orch.agent.agent import Agent
 from orch.agent.api import make_app
+from orch.agent.main import HttpServer
 from orch.config import AgentConfig
 from orch.errors import OrchError
 

@@ -8,11 +8,13 @@ import time
 
 import pytest
 
+from orch.agent.allocrunner import AllocRunner
 from orch.agent.drivers import DOCKER_FALLBACK, DOCKER_NO_COMMAND, select_driver
-from orch.agent.drivers.exec import ExecDriver, read_record
-from orch.agent.runner import LOST_ON_RESTART, AllocRunner, RestartTracker
+from orch.agent.drivers.exec import ExecDriver
 from orch.agent.spec import parse_alloc
 from orch.agent.state import AgentStore
+from orch.agent.taskrunner import LOST_ON_RESTART, RestartTracker
+from orch.agent.tasksup.records import read_record
 from orch.config import AgentConfig
 from orch.errors import DriverError
 from orch.structs import AllocStatus, Resources, Task

@@ -16,9 +16,9 @@ from orch.agent import fingerprint as fp
 from orch.agent.agent import Agent
 from orch.agent.drivers.base import TaskContext
 from orch.agent.drivers.exec import ExecDriver
-from orch.agent.runner import LOST_ON_RESTART
 from orch.agent.spec import parse_alloc
 from orch.agent.state import AgentStore
+from orch.agent.taskrunner import LOST_ON_RESTART
 from orch.config import AgentConfig
 from orch.structs import AllocStatus, Resources
 
@@ -132,7 +132,7 @@ def test_shutdown_stop_tasks(tmp_path):
 AGENT_SCRIPT = textwrap.dedent("""
     import logging, sys
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-    from orch.agent.agent import run
+    from orch.agent.main import run
     from orch.config import AgentConfig
     sys.exit(run(AgentConfig(server="http://127.0.0.1:9", data_dir=sys.argv[1],
                              kill_timeout=1.0)))

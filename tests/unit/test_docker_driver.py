@@ -23,12 +23,12 @@ from orch.agent.drivers import (
     select_driver,
 )
 from orch.agent.drivers.base import TaskContext  # noqa: E402
-from orch.agent.drivers.docker import (
-    DockerDriver,
+from orch.agent.drivers.cgroups import cpu_shares  # noqa: E402
+from orch.agent.drivers.docker import DockerDriver  # noqa: E402
+from orch.agent.drivers.docker_config import (  # noqa: E402
     build_command,
-    build_ports,  # noqa: E402
+    build_ports,
     container_name,
-    cpu_shares,
     create_options,
     publish_ip,
 )

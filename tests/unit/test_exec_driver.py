@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 from orch.agent.drivers.base import ExitResult, TaskContext
-from orch.agent.drivers.exec import ExecDriver, ExecHandle, build_argv
+from orch.agent.drivers.exec import ExecDriver, ExecHandle
+from orch.agent.drivers.exec_config import build_argv
 from orch.errors import DriverError
 from orch.structs import Resources
 
@@ -240,7 +241,7 @@ def test_stop_is_idempotent_and_tolerates_dead_tasks(run, driver):
 def test_handle_json_and_recover(run, driver):
     _, handle = run.start({"command": "sleep 300"})
     data = driver.handle_to_json(handle)
-    assert data["pid"] == handle.pid == driver.pid(handle)
+    assert data["pid"] == handle.pid
     assert data["supervisor_pid"] != handle.pid
     recovered = driver.recover(data)
     assert recovered is not None

@@ -7,7 +7,8 @@ import pytest
 
 from orch.agent.drivers.base import TaskContext
 from orch.agent.drivers.cgroups import Cgroups, cpu_weight
-from orch.agent.drivers.exec import ExecDriver, resolve_user
+from orch.agent.drivers.exec import ExecDriver
+from orch.agent.drivers.exec_config import resolve_user
 from orch.errors import DriverError
 from orch.structs import Resources
 
@@ -161,7 +162,7 @@ def test_task_runs_as_the_task_user(tmp_path):
 def test_agent_with_an_unknown_task_user_does_not_start(tmp_path):
     import threading
 
-    from orch.agent.agent import serve
+    from orch.agent.main import serve
     from orch.config import AgentConfig
 
     config = AgentConfig(

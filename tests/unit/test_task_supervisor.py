@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from orch.agent.drivers.exec import read_record
-from orch.agent.drivers.supervision import SupervisorClient, supervisor_name
-from orch.agent.supervisor import socket_address
+from orch.agent.tasksup.client import SupervisorClient, supervisor_name
+from orch.agent.tasksup.protocol import socket_address
+from orch.agent.tasksup.records import read_record
 
 from waiting import live, wait_for
 
@@ -60,8 +60,12 @@ def start_spec(tmp_path, name: str, argv: list[str]) -> dict:
 
 
 def test_bad_requests_are_answered_and_do_not_stop_it(client, tmp_path):
-    answer, pid, _ = client.start(start_spec(tmp_path, "ok", ["true"]))
+    spec = start_spec(tmp_path, "ok", ["true"])
+    answer, pid, _ = client.start(spec)
     assert "pid" in answer and live(pid)
+    # Its {"exited"} goes to every connection: sent (same loop turn as the
+    # record's last line) before the supervisor accepts ours.
+    assert wait_for(lambda: "exit_code" in (read_record(spec["record_path"]) or {}), 5.0)
     sock = raw_connection(client.name)
     try:
         sock.sendall(

@@ -93,7 +93,7 @@ def test_not_a_url_is_a_value_error():
 
 
 def test_docker_engine_ping_over_a_unix_socket(servers, tmp_path):
-    from orch.agent.drivers.docker import ping_engine
+    from orch.agent.drivers.docker_engine import ping_engine
 
     path = str(tmp_path / "docker.sock")
     engine = servers(unix_path=path)

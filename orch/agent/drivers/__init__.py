@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from orch.agent.drivers.base import Driver
-from orch.agent.drivers.docker import DockerDriver, publish_ip
+from orch.agent.drivers.docker import DockerDriver
+from orch.agent.drivers.docker_config import publish_ip
 from orch.agent.drivers.exec import ExecDriver
 from orch.errors import DriverError
 from orch.structs import Task

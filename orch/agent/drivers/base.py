@@ -88,10 +88,6 @@ class Driver(abc.ABC):
         """A handle for the task's process found by its name alone, if the driver can."""
         return None
 
-    def pid(self, handle: Any) -> int | None:
-        """The task's main process id, when it has one on this host."""
-        return None
-
     def available(self) -> bool:
         """Can it start tasks now? Cheap (cached); False sends docker tasks to exec."""
         return True

@@ -1,14 +1,15 @@
 """The exec driver: a task is a local process group started by the agent's task supervisor.
 
-`command` as a string runs through `/bin/sh -c` (with `args` appended,
-shell-quoted); as a list it is exec'd directly. Tasks are started, reaped and
-recorded by one small supervisor process per agent (`orch.agent.supervisor`,
-reached through `supervision.SupervisorClient`) that outlives the agent: each
-run (start) of a task has a record, `<task dir>/.orch/run-<n>.json`, claimed
-before the start, then appended to: its pid, then how it ended (see
-`read_record`). A restarted agent reattaches through these records, also to
-a run it asked for but had not yet saved the handle of. The process group is the unit
-of control, as in supervisor/circus: SIGTERM to the group, poll, then SIGKILL.
+What runs (argv, env, cwd, user) comes from the task's config
+(`exec_config.py`). Tasks are started, reaped and recorded by one small
+supervisor process per agent (`orch.agent.tasksup`, reached through
+`tasksup.client.SupervisorClient`) that outlives the agent: each run (start)
+of a task has a record, `<task dir>/.orch/run-<n>.json`, claimed before the
+start, then appended to: its pid, then how it ended (see
+`tasksup/records.py`). A restarted agent reattaches through these records,
+also to a run it asked for but had not yet saved the handle of. The process
+group is the unit of control, as in supervisor/circus (`procs.py`): SIGTERM
+to the group, poll, then SIGKILL.
 
 Memory (a hard limit, swap included) and CPU weight go into a cgroup per task
 where the agent may create one (`cgroups.py`); elsewhere the supervisor
@@ -17,29 +18,27 @@ watches the RSS of the task's process tree and kills it past the limit.
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 import os
-import shlex
 import signal
 import time
 import uuid
 import weakref
 from dataclasses import dataclass
-from typing import Any
 
 import psutil
 
+from orch.agent.drivers import procs
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import Cgroups, cpu_shares
-from orch.agent.drivers.supervision import SupervisorClient, supervisor_name
-from orch.agent.supervisor import remove_cgroups
+from orch.agent.drivers.exec_config import build_argv, build_env, resolve_cwd, resolve_user
+from orch.agent.tasksup.client import SupervisorClient, supervisor_name
+from orch.agent.tasksup.limits import remove_cgroups
+from orch.agent.tasksup.records import read_record, run_ended
 from orch.errors import DriverError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POLL_INTERVAL = 0.02
 REAP_TIMEOUT = 5.0  # after SIGKILL, how long we wait for the group to vanish
 FOREIGN_POLL = 0.2  # polling a reattached process we are not the parent of
@@ -60,56 +59,6 @@ class ExecHandle:
     supervisor_create_time: float | None = None
     record_path: str | None = None  # the run's record (None: a legacy pid-only handle)
     memory_mb: int = 0
-
-
-def build_argv(config: dict) -> list[str]:
-    """The argv for a task's `command` and `args`; raises DriverError."""
-    command = config.get("command")
-    args = config.get("args") or []
-    if not isinstance(args, list) or not all(_scalar(a) for a in args):
-        raise DriverError("config.args: must be a list of strings")
-    args = [_text(a) for a in args]
-    if isinstance(command, str) and command.strip():
-        line = " ".join([command] + [shlex.quote(a) for a in args])
-        return ["/bin/sh", "-c", line]
-    if (
-        isinstance(command, list)
-        and command
-        and all(isinstance(c, str) for c in command)
-        and command[0]
-    ):
-        return list(command) + args
-    raise DriverError("config.command: must be a non-empty string or list of strings")
-
-
-def build_env(ctx: TaskContext) -> dict[str, str]:
-    """Base env (PATH, HOME, ORCH_*) with the task's `env` merged over it."""
-    env = {
-        "PATH": os.environ.get("PATH") or DEFAULT_PATH,
-        "HOME": os.environ.get("HOME") or ctx.task_dir,
-    }
-    env.update({k: str(v) for k, v in ctx.env.items()})
-    extra = ctx.config.get("env") or {}
-    if not isinstance(extra, dict):
-        raise DriverError("config.env: must be an object of strings")
-    for key, value in extra.items():
-        if not key or "=" in key or "\0" in key or not _scalar(value):
-            raise DriverError(f"config.env.{key}: must be a string")
-        env[key] = _text(value)
-    return env
-
-
-def resolve_cwd(ctx: TaskContext) -> str:
-    """`cwd` from the config (relative to the task dir), default the task dir."""
-    cwd = ctx.config.get("cwd")
-    if cwd is None or cwd == "":
-        return ctx.task_dir
-    if not isinstance(cwd, str):
-        raise DriverError("config.cwd: must be a string")
-    path = os.path.join(ctx.task_dir, cwd)
-    if not os.path.isdir(path):
-        raise DriverError(f"config.cwd: {cwd} is not a directory")
-    return path
 
 
 class ExecDriver(Driver):
@@ -145,7 +94,7 @@ class ExecDriver(Driver):
         cwd = resolve_cwd(ctx)
         record_path = run_path(ctx)
         os.makedirs(os.path.dirname(record_path), exist_ok=True)
-        spec: dict[str, Any] = {
+        spec = {
             "argv": argv,
             "env": env,
             "cwd": cwd,
@@ -176,7 +125,7 @@ class ExecDriver(Driver):
         return ExecHandle(
             pid=pid,
             pgid=pid,
-            create_time=_create_time(pid),
+            create_time=procs.create_time(pid),
             supervisor_pid=sup_pid,
             supervisor_create_time=sup_created,
             record_path=record_path,
@@ -213,7 +162,7 @@ class ExecDriver(Driver):
             if "pid" in doc or "error" in doc:
                 break
             sup = doc.get("supervisor_pid")
-            if sup is None or not _alive(sup, None) or time.monotonic() > deadline:
+            if sup is None or not procs.alive(sup, None) or time.monotonic() > deadline:
                 return None
             time.sleep(FOREIGN_POLL / 4)  # its supervisor is starting it right now
         if "pid" not in doc:
@@ -227,7 +176,7 @@ class ExecDriver(Driver):
             record_path=path,
             memory_mb=int(doc.get("memory_mb") or 0),
         )
-        if _ended(doc) or self._supervised(handle):
+        if run_ended(doc) or self._supervised(handle):
             return handle
         return None
 
@@ -250,21 +199,19 @@ class ExecDriver(Driver):
 
     def wait(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
         if handle.record_path is not None:
-            return self._wait_supervised(handle, handle.record_path, timeout)
+            return self._wait_supervised(handle, timeout)
         # A handle of an older agent without a supervisor: its pid is all we have.
         if not self._wait_foreign(handle, timeout):
             return None
         # The group is the task: stragglers (background children) die with
         # the leader, as Nomad's executor does, so nothing leaks.
-        _signal_group(handle.pgid, signal.SIGKILL)
+        procs.signal_group(handle.pgid, signal.SIGKILL)
         return ExitResult(
             exit_code=None,
             error=("task exited while the agent was not its parent: exit status unknown"),
         )
 
-    def _wait_supervised(
-        self, handle: ExecHandle, record_path: str, timeout: float | None
-    ) -> ExitResult | None:
+    def _wait_supervised(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
         """Until the run's record says how it ended: the supervisor we are
         connected to says when; one we are not (an earlier agent's) is
         checked every FOREIGN_POLL."""
@@ -273,13 +220,13 @@ class ExecDriver(Driver):
         try:
             while True:
                 ended.clear()
-                record = read_record(record_path)
-                if _ended(record):
+                record = read_record(handle.record_path)
+                if run_ended(record):
                     break
                 ours = self._supervisor.serves(handle.supervisor_pid)
                 if not ours and not self._supervised(handle):
-                    record = read_record(record_path)
-                    if _ended(record):  # written as it left
+                    record = read_record(handle.record_path)
+                    if run_ended(record):  # written as it left
                         break
                     _kill_orphan(handle)
                     return ExitResult(exit_code=None, error=STATUS_LOST)
@@ -296,7 +243,7 @@ class ExecDriver(Driver):
 
     def stop(self, handle: ExecHandle, timeout: float) -> None:
         """Returns once every process of the task's group is gone."""
-        if handle.record_path is not None and _ended(read_record(handle.record_path)):
+        if handle.record_path is not None and run_ended(read_record(handle.record_path)):
             # Over already: the supervisor SIGKILLed the group before reaping
             # its leader, but members may still be dying. Wait, never signal:
             # the leader's pid may be another's now.
@@ -307,11 +254,11 @@ class ExecDriver(Driver):
                     REAP_TIMEOUT,
                 )
             return
-        escaped = _descendants(handle.pid)
-        _signal_group(handle.pgid, signal.SIGTERM)
+        escaped = procs.descendants(handle.pid)
+        procs.signal_group(handle.pgid, signal.SIGTERM)
         if not self._wait_group_gone(handle, timeout):
             log.info("task pgid=%d ignored SIGTERM for %.1fs: SIGKILL", handle.pgid, timeout)
-            _signal_group(handle.pgid, signal.SIGKILL)
+            procs.signal_group(handle.pgid, signal.SIGKILL)
             self._wait_group_gone(handle, REAP_TIMEOUT)
         # Children that left the group (setsid) were snapshotted before the kill.
         for proc in escaped:
@@ -355,19 +302,16 @@ class ExecDriver(Driver):
         )
         if record_path:
             # Ended while we were away (the record says how), or still supervised.
-            if _ended(read_record(record_path)) or self._supervised(handle):
+            if run_ended(read_record(record_path)) or self._supervised(handle):
                 return handle
             _kill_orphan(handle)
             return None
-        return handle if _alive(pid, created) else None
+        return handle if procs.alive(pid, created) else None
 
     def _supervised(self, handle: ExecHandle) -> bool:
-        return handle.supervisor_pid is not None and _alive(
+        return handle.supervisor_pid is not None and procs.alive(
             handle.supervisor_pid, handle.supervisor_create_time
         )
-
-    def pid(self, handle: ExecHandle) -> int | None:
-        return handle.pid
 
     def _wait_group_gone(self, handle: ExecHandle, timeout: float) -> bool:
         """Until no member of the group is left (zombies aside).
@@ -379,29 +323,28 @@ class ExecDriver(Driver):
         """
         deadline = time.monotonic() + timeout
         while True:
-            if not _group_alive(handle.pgid):
+            if not procs.group_alive(handle.pgid):
                 return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(self._poll)
 
-    def _wait_procs_gone(self, procs: list[psutil.Process], timeout: float) -> None:
+    def _wait_procs_gone(self, processes: list[psutil.Process], timeout: float) -> None:
         """Until none is left but as a zombie: an orphan's reaper may be late."""
         deadline = time.monotonic() + timeout
-        while any(_proc_alive(p) for p in procs) and time.monotonic() < deadline:
+        while any(procs.proc_alive(p) for p in processes) and time.monotonic() < deadline:
             time.sleep(self._poll)
 
     def _wait_foreign(self, handle: ExecHandle, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        record_path = handle.record_path
-        if record_path is not None:
+        if handle.record_path is not None:
 
             def running():
-                return not _ended(read_record(record_path)) and self._supervised(handle)
+                return not run_ended(read_record(handle.record_path)) and self._supervised(handle)
         else:
 
             def running():
-                return _alive(handle.pid, handle.create_time)
+                return procs.alive(handle.pid, handle.create_time)
 
         while running():
             if deadline is not None and time.monotonic() >= deadline:
@@ -415,37 +358,9 @@ def run_path(ctx: TaskContext) -> str:
     return os.path.join(ctx.task_dir, RUN_DIR, f"run-{ctx.attempt}.json")
 
 
-def read_record(path: str) -> dict | None:
-    """A run's record: its JSON lines merged in order, None if it has none.
-
-    The supervisor claims the run with a first line (`supervisor_pid`), then
-    appends the task's `pid` (or a start `error`), then how it ended
-    (`exit_code`, `signal`, `oom_killed`): appends are cheap where creating
-    and renaming files is not. A line not yet whole is not read.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    doc: dict = {}
-    for line in data.split(b"\n"):
-        try:
-            part = json.loads(line)
-        except ValueError:
-            continue  # empty, or being written
-        if isinstance(part, dict):
-            doc.update(part)
-    return doc or None
-
-
-def _ended(record: dict | None) -> bool:
-    return record is not None and "exit_code" in record
-
-
 def exit_result(record: dict | None, memory_mb: int) -> ExitResult:
     """How a task ended, from its run's record."""
-    if record is None or not _ended(record):
+    if not run_ended(record):
         return ExitResult(exit_code=None, error=STATUS_LOST)
     code, sig = record.get("exit_code"), record.get("signal")
     if record.get("oom_killed"):
@@ -457,125 +372,15 @@ def exit_result(record: dict | None, memory_mb: int) -> ExitResult:
     return ExitResult(exit_code=code)
 
 
-def resolve_user(name: str) -> dict:
-    """uid, gid and groups of a local user, for running tasks as them."""
-    import grp
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise DriverError(f"task user {name} does not exist on this node") from None
-    groups = sorted({g.gr_gid for g in grp.getgrall() if name in g.gr_mem} | {entry.pw_gid})
-    return {"name": name, "uid": entry.pw_uid, "gid": entry.pw_gid, "groups": groups}
-
-
 def _chown(path: str, user: dict) -> None:
     try:
         os.chown(path, user["uid"], user["gid"])
     except OSError as exc:
-        raise DriverError(
-            f"cannot give the task dir to user {user['name']}: {exc.strerror}"
-        ) from exc
+        raise DriverError(f"cannot give the task dir to user {user['name']}: {exc.strerror}")
 
 
 def _kill_orphan(handle: ExecHandle) -> None:
     """Its supervisor died without a record: nothing would ever report the task."""
-    if handle.create_time is not None and _alive(handle.pid, handle.create_time):
+    if handle.create_time is not None and procs.alive(handle.pid, handle.create_time):
         log.warning("task pid=%d lost its supervisor: killing its group", handle.pid)
-        _signal_group(handle.pgid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        log.warning("no permission to signal pgid=%d", pgid)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Does the group have a member that is not a zombie?
-
-    Orphaned members are reparented to init, which may reap them late (in a
-    container, PID 1 is often not a real init); a zombie has no process left.
-    """
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError as exc:
-        if exc.errno != errno.EPERM:
-            return False
-    return any(state != "Z" for state in _group_states(pgid))
-
-
-def _group_states(pgid: int) -> list[str]:
-    """Process states ("R", "S", "Z", ...) of the members of a process group."""
-    states = []
-    if os.path.isdir("/proc/self"):
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            if len(fields) > 2 and int(fields[2]) == pgid:
-                states.append(fields[0].decode())
-        return states
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid:
-                zombie = proc.info["status"] == psutil.STATUS_ZOMBIE
-                states.append("Z" if zombie else "R")
-        except (OSError, psutil.Error):
-            continue
-    return states
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _proc_alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def _alive(pid: int, create_time: float | None) -> bool:
-    """Is pid running and the same process (not a reused pid)?"""
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return create_time is None or abs(proc.create_time() - create_time) < 0.5
-    except psutil.Error:
-        return False
-
-
-def _scalar(value) -> bool:
-    return isinstance(value, (str, int, float, bool)) and not (
-        isinstance(value, str) and "\0" in value
-    )
-
-
-def _text(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+        procs.signal_group(handle.pgid, signal.SIGKILL)

@@ -1,35 +1,27 @@
-"""The task supervisor: one small process per agent that starts, reaps and records exec tasks.
+"""The task supervisor process: one per agent, it starts, reaps and records exec tasks.
 
 As runit or containerd's shim, but one per node: the agent's exec driver
-starts it (a fresh interpreter importing only this module, so it is small and
-single-threaded) in a session of its own, and talks to it over a Unix socket
-in the abstract namespace named after the agent's data dir. It outlives the
-agent: `kill -9` of the agent leaves it and the tasks running, and the
-restarted agent connects to it again by the same name. A supervisor that
-finds another already bound to its name leaves at once; one with no agent
-connected and no task left leaves too.
+starts it (a fresh interpreter importing only this package, so it is small
+and single-threaded) in a session of its own, and talks to it over a Unix
+socket in the abstract namespace named after the agent's data dir
+(`protocol.py`: one JSON object per line). It outlives the agent: `kill -9`
+of the agent leaves it and the tasks running, and the restarted agent
+connects to it again by the same name. A supervisor that finds another
+already bound to its name leaves at once; one with no agent connected and no
+task left leaves too.
 
-Protocol, one JSON object per line:
-    agent -> supervisor  {"id": n, "start": {spec}}
-    supervisor -> agent  {"id": n, "pid": p} | {"id": n, "error": ".."} | {"id": n, "claimed": true}
-    supervisor -> agents {"exited": p}        once the run's record says how it ended
+Each start of a task is one run with its own record (`records.py`), claimed
+before the task starts. When the task ends, the supervisor kills what is
+left of its process group (the unit the agent signals), reaps it, and
+appends how it ended before saying so.
 
-Each start of a task is one run with its own record, `record_path`, created
-exclusively before the task starts (a first JSON line), then appended to:
-the task's pid (or why it could not start), then how it ended. An agent
-killed between asking for a start and saving the handle finds the run
-there, and a start asked twice (by that agent, then by its successor) runs
-once. When the task ends, the supervisor kills what is left of its process
-group (the unit the agent signals), reaps it, and appends how it ended
-before saying so. Appending costs a write; creating and renaming files, on
-a busy disk, costs a hundred times more.
+Memory limit (`limits.py`): a task in its cgroups (`cgroup_procs`, joined
+before exec) is held by the kernel; the supervisor only reads the OOM count
+afterwards and removes the cgroups. Without cgroups (`watchdog_mb`), the
+supervisor samples the RSS of each such task's process tree and SIGKILLs
+the group past the limit.
 
-Memory limit: a task in its cgroups (`cgroup_procs`, joined before exec) is
-held by the kernel; the supervisor only reads the OOM count afterwards and
-removes the cgroups. Without cgroups (`watchdog_mb`), the supervisor samples
-the RSS of each such task's process tree and SIGKILLs the group past the limit.
-
-    python -S -c "<path setup>; from orch.agent.supervisor import main; main()" NAME
+    python -S -c "<path setup>; from orch.agent.tasksup.server import main; main()" NAME
 """
 
 from __future__ import annotations
@@ -44,36 +36,20 @@ import subprocess
 import sys
 import time
 
+from orch.agent.tasksup.limits import (
+    cgroup_oom,
+    join_cgroups,
+    process_tree,
+    remove_cgroups,
+    tree_rss,
+)
+from orch.agent.tasksup.protocol import IN_USE, READY, receive, socket_address, take_lines
+from orch.agent.tasksup.records import append, claim, exit_doc, write_all
+
 WATCHDOG_INTERVAL = 0.2  # seconds between RSS samples without cgroups
 RMDIR_RETRY = 0.05  # a cgroup may stay busy for a moment after its last kill
 RMDIR_GIVE_UP = 5.0
 LONELY_EXIT = 10.0  # started, but no agent ever connected: leave
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-READY = b"ready\n"
-IN_USE = b"in-use\n"
-
-
-def receive(sock: socket.socket) -> bytes:
-    """What the peer sent; b"" once it is gone (closed, reset)."""
-    try:
-        return sock.recv(65536)
-    except OSError:
-        return b""
-
-
-def take_lines(buf: bytearray) -> list[bytes]:
-    """The whole lines at the front of `buf`, taken off it (a partial one waits)."""
-    end = buf.rfind(b"\n")
-    if end < 0:
-        return []
-    lines = bytes(buf[:end]).split(b"\n")
-    del buf[: end + 1]
-    return lines
-
-
-def socket_address(name: str) -> bytes:
-    """The abstract-namespace address: no file to leave behind, no path length limit."""
-    return b"\0" + name.encode()
 
 
 class Run:
@@ -127,11 +103,7 @@ class Supervisor:
                 timeout = RMDIR_RETRY if timeout is None else min(timeout, RMDIR_RETRY)
             if not self.ever_connected:
                 timeout = 1.0 if timeout is None else min(timeout, 1.0)
-            fds: list[socket.socket | int] = [
-                self.listener,
-                self.wake_r,
-                *(c for c, _ in self.clients.values()),
-            ]
+            fds = [self.listener, self.wake_r, *(c for c, _ in self.clients.values())]
             try:
                 readable, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
@@ -139,7 +111,7 @@ class Supervisor:
             for fd in readable:
                 if fd is self.listener:
                     self._accept()
-                elif isinstance(fd, int):  # the wake pipe, the only plain fd
+                elif fd == self.wake_r:
                     _drain(self.wake_r)
                 else:
                     self._read(fd)
@@ -204,7 +176,7 @@ class Supervisor:
 
     def _start(self, spec: dict) -> dict:
         record = spec["record_path"]
-        if not _claim(record):
+        if not claim(record):
             # The run was started already (by this supervisor, for an agent
             # that died before saving its handle): never twice.
             remove_cgroups(spec.get("cgroup_dirs") or [])
@@ -213,13 +185,13 @@ class Supervisor:
             popen = _spawn(spec)
         except OSError as exc:
             error = _start_error(spec["argv"][0], exc)
-            _append(record, {"error": error})
+            append(record, {"error": error})
             remove_cgroups(spec.get("cgroup_dirs") or [])
             return {"error": error}
         pid = popen.pid
         self.runs[pid] = Run(popen, spec)
         try:
-            _append(record, {"pid": pid, "memory_mb": spec.get("memory_mb") or 0})
+            append(record, {"pid": pid, "memory_mb": spec.get("memory_mb") or 0})
         except OSError as exc:
             # Its directory is gone already (a DELETE): the task is not wanted.
             _note(f"cannot record the task's run: {exc}")
@@ -252,9 +224,9 @@ class Supervisor:
                 self._finish(run, status)
 
     def _finish(self, run: Run, status: int) -> None:
-        oom = run.oom or _cgroup_oom(run.oom_files)
+        oom = run.oom or cgroup_oom(run.oom_files)
         try:
-            _append(run.record_path, _exit_doc(status, oom))
+            append(run.record_path, exit_doc(status, oom))
         except OSError as exc:
             _note(f"cannot record the task's exit: {exc}")
         # Usually empty at once (the group is dead and reaped); a busy one is
@@ -280,9 +252,9 @@ class Supervisor:
         watched = [r for r in self.runs.values() if r.watchdog_bytes and not r.oom]
         if not watched:
             return
-        tree = _process_tree()
+        tree = process_tree()
         for run in watched:
-            if _tree_rss(run.pid, tree) > run.watchdog_bytes:
+            if tree_rss(run.pid, tree) > run.watchdog_bytes:
                 run.oom = True
                 _killpg(run.pid, signal.SIGKILL)
 
@@ -306,7 +278,7 @@ def _spawn(spec: dict) -> subprocess.Popen:
     user = spec.get("user") or {}
     homes = spec.get("cgroup_home_procs") or []
     try:
-        _join(spec.get("cgroup_procs") or [])
+        join_cgroups(spec.get("cgroup_procs") or [])
         return subprocess.Popen(
             spec["argv"],
             env=spec["env"],
@@ -323,49 +295,18 @@ def _spawn(spec: dict) -> subprocess.Popen:
         )
     finally:
         try:
-            _join(homes)
+            join_cgroups(homes)
         finally:
             os.close(out)
             os.close(err)
 
 
-def _join(procs_files: list[str]) -> None:
-    """Move this process into the cgroups whose cgroup.procs files are given."""
-    me = str(os.getpid()).encode()
-    for path in procs_files:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.write(fd, me)
-        finally:
-            os.close(fd)
-
-
-def _claim(path: str) -> bool:
-    """Create the run's record exclusively: True if this start is the one."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-    except FileExistsError:
-        return False
-    try:
-        _write_all(fd, json.dumps({"supervisor_pid": os.getpid()}).encode() + b"\n")
-    finally:
-        os.close(fd)
-    return True
-
-
 def _note(message: str) -> None:
     """A line in the supervisor's log (fd 2)."""
     try:
-        _write_all(2, (message + "\n").encode(errors="replace"))
+        write_all(2, (message + "\n").encode(errors="replace"))
     except OSError:
         pass
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 def _drain(fd: int) -> None:
@@ -374,110 +315,6 @@ def _drain(fd: int) -> None:
             pass
     except (BlockingIOError, InterruptedError):
         pass
-
-
-def _process_tree() -> dict[int, list[int]]:
-    """parent pid -> child pids, from one pass over /proc."""
-    parents: dict[int, list[int]] = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return parents
-    for name in names:
-        if not name.isdigit():
-            continue
-        stat = _read(f"/proc/{name}/stat")
-        if stat is None:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1:
-            parents.setdefault(int(fields[1]), []).append(int(name))
-    return parents
-
-
-def _tree_rss(pid: int, parents: dict[int, list[int]]) -> int:
-    """Bytes resident in the task and every descendant."""
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        statm = _read(f"/proc/{current}/statm")
-        if statm is not None:
-            fields = statm.split()
-            if len(fields) > 1:
-                total += int(fields[1]) * PAGE_SIZE
-        todo.extend(parents.get(current, ()))
-    return total
-
-
-def _read(path: str) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _cgroup_oom(paths: list[str]) -> bool:
-    """Did the kernel OOM-kill in the task's memory cgroup? (v2 memory.events, v1 oom_control)"""
-    for path in paths:
-        data = _read(path)
-        if data is None:
-            continue
-        for line in data.splitlines():
-            key, _, value = line.partition(b" ")
-            try:
-                if key == b"oom_kill" and int(value) > 0:
-                    return True
-            except ValueError:
-                continue
-    return False
-
-
-def _exit_doc(status: int | None, oom: bool) -> dict:
-    """How the task ended, as its record's last line."""
-    doc: dict[str, object]
-    if status is None:
-        doc = {"exit_code": None, "signal": None, "exit_error": "task exit status lost"}
-    elif os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        doc = {"exit_code": 128 + sig, "signal": sig}
-    else:
-        doc = {"exit_code": os.WEXITSTATUS(status), "signal": None}
-    doc["oom_killed"] = oom
-    doc["finished_at"] = time.time()
-    return doc
-
-
-def _append(path: str, doc: dict) -> None:
-    """One line, in one write, at the end of a run's record."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        _write_all(fd, json.dumps(doc).encode() + b"\n")
-    finally:
-        os.close(fd)
-
-
-def remove_cgroups(dirs: list[str]) -> None:
-    """Cgroups no process ever joined: empty, so removable at once."""
-    for path in dirs:
-        try:
-            os.rmdir(path)
-        except OSError:
-            pass
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -521,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 def _say(line: bytes) -> None:
     """One line to whoever started us, then stdout is let go (it may die)."""
     try:
-        _write_all(1, line)
+        write_all(1, line)
     except OSError:
         pass
     devnull = os.open(os.devnull, os.O_WRONLY)

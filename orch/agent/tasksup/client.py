@@ -1,10 +1,10 @@
-"""The exec driver's line to its task supervisor (`orch.agent.supervisor`).
+"""The exec driver's line to its task supervisor (`server.py`).
 
 One supervisor process per agent, found by name: the name derives from the
 agent's data dir, so a restarted agent reaches the supervisor its predecessor
 started (and the tasks it still watches). If none answers, one is started: a
 fresh interpreter without site packages that imports only the supervisor
-module, in a session of its own. A reader thread takes its answers to start
+package, in a session of its own. A reader thread takes its answers to start
 requests and its word that a task ended, and wakes whoever waits for either.
 """
 
@@ -26,7 +26,7 @@ import uuid
 import psutil
 
 import orch
-from orch.agent.supervisor import IN_USE, READY, receive, socket_address, take_lines
+from orch.agent.tasksup.protocol import IN_USE, READY, receive, socket_address, take_lines
 from orch.errors import DriverError
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ LOST = "task supervisor connection lost"
 # The supervisor's command line: only our package on the path, no site.
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from orch.agent.supervisor import main; sys.exit(main(sys.argv[2:]))"
+    "from orch.agent.tasksup.server import main; sys.exit(main(sys.argv[2:]))"
 )
 
 

@@ -1,14 +1,13 @@
-"""AllocRunner and TaskRunner: run an allocation's tasks and track their state.
+"""AllocRunner: an allocation's tasks together, its status, its file on disk.
 
-One thread per task drives pending -> running -> complete|failed through a
-driver, applies the restart policy (service jobs only, as Nomad's restart
-stanza), and when a task fails for good kills its siblings. Every state change
-is reported through `on_change()`, which the heartbeat loop turns into an
-immediate heartbeat. On disk, an allocation is written when it arrives (before
-any task starts) and when it ends, at once; changes in between are written by
-the heartbeat loop before it reports them (`persist()`), so a burst of changes
-costs one write. An agent killed before such a write finds its tasks again
-through their drivers (`Driver.find`).
+Each task has a TaskRunner (`taskrunner.py`: its thread, state machine and
+restart policy); when one fails for good the allocation kills its siblings.
+Every state change is reported through `on_change()`, which the heartbeat
+loop turns into an immediate heartbeat. On disk, an allocation is written
+when it arrives (before any task starts) and when it ends, at once; changes
+in between are written by the heartbeat loop before it reports them
+(`persist()`), so a burst of changes costs one write. An agent killed before
+such a write finds its tasks again through their drivers (`Driver.find`).
 """
 
 from __future__ import annotations
@@ -18,275 +17,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from orch.agent import taskenv
 from orch.agent.drivers import select_driver
-from orch.agent.drivers.base import Driver, ExitResult, TaskContext
+from orch.agent.drivers.base import Driver, TaskContext
 from orch.agent.spec import AllocSpec
 from orch.agent.state import AgentStore
+from orch.agent.taskrunner import TaskRunner
 from orch.config import AgentConfig
 from orch.errors import DriverError
-from orch.structs import TERMINAL_TASK, AllocStatus, JobType, Resources, Task, TaskState, TaskStatus
+from orch.structs import TERMINAL_TASK, AllocStatus, Resources, Task, TaskState, TaskStatus
 
 log = logging.getLogger(__name__)
 
-MAX_EVENTS = 20  # per task, oldest dropped (Nomad keeps 10)
-JOIN_GRACE = 5.0  # after a stop returns, how long the task thread may take to record it
-
-LOST_ON_RESTART = "agent restarted; task state lost"
-
-P, R, C, F = (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.COMPLETE, TaskStatus.FAILED)
-# Allowed task transitions; running -> pending is a restart waiting its delay.
-TASK_TRANSITIONS = {P: {R, C, F}, R: {P, C, F}, C: set(), F: set()}
-
-
-class RestartTracker:
-    """Nomad's restart tracker: at most `attempts` restarts per `interval`."""
-
-    def __init__(
-        self,
-        attempts: int,
-        interval: float,
-        delay: float,
-        now: Callable[[], float] = time.monotonic,
-    ):
-        self.attempts, self.interval, self.delay = attempts, interval, delay
-        self._now = now
-        self._window_start: float | None = None
-        self._count = 0
-
-    def next_delay(self) -> float | None:
-        """Seconds to wait before the next restart, None when out of attempts."""
-        now = self._now()
-        if self._window_start is None or now - self._window_start > self.interval:
-            self._window_start, self._count = now, 0
-        self._count += 1
-        return self.delay if self._count <= self.attempts else None
-
-
-class TaskRunner:
-    """Runs one task in its own thread; its state lives under the alloc's lock."""
-
-    def __init__(self, alloc: AllocRunner, task: Task):
-        self.alloc = alloc
-        self.task = task
-        self.state = TaskState()
-        self.handle_json: dict | None = None
-        self._recovered: tuple[Driver, Any] | None = None
-        self._driver: Driver | None = None
-        self._handle: Any = None
-        self._killed = threading.Event()
-        self._kill_reason = ""
-        self._kill_fails = False
-        cfg = alloc.config
-        self._restarts = RestartTracker(
-            cfg.restart_attempts, cfg.restart_interval, cfg.restart_delay
-        )
-        self._thread = threading.Thread(
-            target=self._run, daemon=True, name=f"task-{alloc.short}-{task.name}"
-        )
-
-    @property
-    def terminal(self) -> bool:
-        return self.state.status in TERMINAL_TASK
-
-    @property
-    def failed_by_itself(self) -> bool:
-        """Failed for its own reasons (not killed by us)."""
-        return self.state.status == F and not self._killed.is_set()
-
-    def reattach(self, driver: Driver, handle: Any, handle_json: dict) -> None:
-        """Watch a process an earlier agent started instead of starting one."""
-        # Set before the thread starts, so that a kill finds the handle.
-        self._recovered = (driver, handle)
-        self._driver, self._handle, self.handle_json = driver, handle, handle_json
-        if self.state.status == P:  # started, but the agent died before saying so
-            self._set(R, start_time=self.alloc.now(), end_time=None, exit_code=None, error=None)
-        self._event("Reattached", "Task process still alive after agent restart")
-
-    def mark_lost(self) -> None:
-        """Its process died with an earlier agent: what happened is unknown."""
-        self._set(F, error=LOST_ON_RESTART, end_time=self.alloc.now())
-        self._event("Task Lost", LOST_ON_RESTART)
-
-    def start(self) -> None:
-        with self.alloc.lock:  # a kill before start finishes the task itself
-            if not self.terminal and not self._killed.is_set() and self._thread.ident is None:
-                self._thread.start()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-
-    def kill(self, reason: str, *, fails: bool) -> None:
-        """Stop the task for good; blocks until its process is dead."""
-        with self.alloc.lock:
-            if self.terminal:
-                return
-            first = not self._killed.is_set()  # else someone else is killing it
-            if first:
-                self._kill_reason, self._kill_fails = reason, fails
-                self._killed.set()
-                self._event("Killing", reason)
-            driver, handle = self._driver, self._handle
-            never_started = self._thread.ident is None
-        if first:
-            self.alloc.changed()
-            if driver is not None and handle is not None:  # set together
-                driver.stop(handle, self.alloc.config.kill_timeout)
-        if never_started:  # no thread will record it
-            if first:
-                with self.alloc.lock:
-                    self._finish_killed(None, self.alloc.now())
-                self.alloc.task_finished(self)
-            return
-        self.join(self.alloc.config.kill_timeout + JOIN_GRACE)
-
-    # -- the task thread -------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except Exception:  # keep the agent alive, fail the task
-            log.exception("task runner crashed alloc=%s task=%s", self.alloc.short, self.task.name)
-            with self.alloc.lock:
-                if not self.terminal:
-                    self._set(
-                        F, error="internal error in the task runner", end_time=self.alloc.now()
-                    )
-            self.alloc.changed()
-        self.alloc.task_finished(self)
-
-    def _loop(self) -> None:
-        result: ExitResult | None
-        if self._recovered is not None:
-            driver, handle = self._recovered
-            self._recovered = None
-            result = self._wait(driver, handle)
-        else:
-            result = self._start_and_wait()
-        while self._after_exit(result):
-            result = self._start_and_wait()
-
-    def _start_and_wait(self) -> ExitResult | None:
-        if self._killed.is_set():
-            return None
-        try:
-            driver, note = select_driver(self.task, self.alloc.drivers)
-            if note:
-                self._locked_event("Driver", note)
-            ctx = self.alloc.task_context(self.task)
-            taskenv.write_payload(
-                ctx.task_dir, self.task.payload_file, self.alloc.spec.payload_bytes()
-            )
-            handle = driver.start(ctx)
-        except DriverError as exc:
-            self._locked_event("Driver Failure", exc.message)
-            return ExitResult(exit_code=None, error=exc.message)
-        with self.alloc.lock:
-            self._driver, self._handle = driver, handle
-            self.handle_json = driver.handle_to_json(handle)
-            self._set(R, start_time=self.alloc.now(), end_time=None, exit_code=None, error=None)
-            self._event("Started", "Task started by driver")
-            killed_meanwhile = self._killed.is_set()
-        self.alloc.changed()
-        if killed_meanwhile:
-            driver.stop(handle, self.alloc.config.kill_timeout)
-        return self._wait(driver, handle)
-
-    def _wait(self, driver: Driver, handle: Any) -> ExitResult:
-        result = None
-        while result is None:
-            result = driver.wait(handle, None)
-        with self.alloc.lock:
-            self._handle = None
-            self.handle_json = None
-            if result.oom_killed:
-                self._event("OOM", result.error or "memory limit exceeded")
-            self._event("Terminated", result.describe())
-        return result
-
-    def _after_exit(self, result: ExitResult | None) -> bool:
-        """Record an exit (None: killed before starting); True to start again."""
-        now = self.alloc.now()
-        with self.alloc.lock:
-            # None comes only from a kill (the flag is never cleared).
-            if self._killed.is_set() or result is None:
-                self._finish_killed(result, now)
-                return False
-            # Long-running kinds restart their tasks; batch and sysbatch finish.
-            if self.alloc.spec.job_type not in (JobType.SERVICE, JobType.SYSTEM):
-                self._finish(result, now)
-                return False
-            delay = self._restarts.next_delay()
-            if delay is None:
-                self._event(
-                    "Not Restarting",
-                    (
-                        f"Exceeded allowed attempts {self._restarts.attempts} in "
-                        f"interval {self._restarts.interval:g}s"
-                    ),
-                )
-                self._finish(result, now, force_fail=True)
-                return False
-            self.state.restarts += 1
-            self._event("Restarting", f"Task restarting in {delay:g}s")
-            self._set(P, exit_code=result.exit_code, error=result.error)
-        self.alloc.changed()
-        if self._killed.wait(delay):
-            with self.alloc.lock:
-                self._finish_killed(None, self.alloc.now())
-            return False
-        return True
-
-    def _finish(self, result: ExitResult, now: float, force_fail: bool = False) -> None:
-        if result.successful and not force_fail:
-            self._set(C, exit_code=result.exit_code, error=None, end_time=now)
-            return
-        error = result.error or f"exit code {result.exit_code}"
-        if force_fail:
-            error = f"restart attempts exhausted; last exit: {error}"
-        self._set(F, exit_code=result.exit_code, error=error, end_time=now)
-
-    def _finish_killed(self, result: ExitResult | None, now: float) -> None:
-        self._event("Killed", "Task successfully killed")
-        code = result.exit_code if result is not None else self.state.exit_code
-        if self._kill_fails:
-            self._set(F, exit_code=code, error=self._kill_reason, end_time=now)
-        else:
-            self._set(C, exit_code=code, error=None, end_time=now)
-
-    # -- state writes (caller holds alloc.lock) ---------------------------
-
-    def _set(self, status: TaskStatus, **fields) -> None:
-        """The one place a task's status is written; checks the transition."""
-        old = self.state.status
-        if status != old and status not in TASK_TRANSITIONS[old]:
-            raise RuntimeError(
-                f"task {self.task.name}: illegal transition {old.value} -> {status.value}"
-            )
-        for name, value in fields.items():
-            setattr(self.state, name, value)
-        self.state.status = status
-        if status != old:
-            log.debug(
-                "alloc %s task %s: %s -> %s",
-                self.alloc.short,
-                self.task.name,
-                old.value,
-                status.value,
-            )
-
-    def _event(self, kind: str, message: str) -> None:
-        events = self.state.events
-        events.append({"time": self.alloc.now(), "type": kind, "message": message})
-        del events[:-MAX_EVENTS]
-
-    def _locked_event(self, kind: str, message: str) -> None:
-        with self.alloc.lock:
-            self._event(kind, message)
-        self.alloc.changed()
+R, F = TaskStatus.RUNNING, TaskStatus.FAILED
 
 
 class AllocRunner:
@@ -421,7 +165,7 @@ class AllocRunner:
         self.changed()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Until every task is terminal (tests, shutdown)."""
+        """Until every task is terminal, or `timeout` seconds: True if they all are."""
         return self._done.wait(timeout)
 
     @property

@@ -1,0 +1,102 @@
+"""Process groups and pids, as the exec driver sees them: signal, alive, members.
+
+The process group is the unit of control (as in supervisor/circus); a pid
+with its create time names one process, not whoever reuses the number.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """Signal the group; one already gone is fine."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        log.warning("no permission to signal pgid=%d", pgid)
+
+
+def group_alive(pgid: int) -> bool:
+    """Does the group have a member that is not a zombie?
+
+    Orphaned members are reparented to init, which may reap them late (in a
+    container, PID 1 is often not a real init); a zombie has no process left.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError as exc:
+        if exc.errno != errno.EPERM:
+            return False
+    return any(state != "Z" for state in group_states(pgid))
+
+
+def group_states(pgid: int) -> list[str]:
+    """Process states ("R", "S", "Z", ...) of the members of a process group."""
+    states = []
+    if os.path.isdir("/proc/self"):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if len(fields) > 2 and int(fields[2]) == pgid:
+                states.append(fields[0].decode())
+        return states
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                zombie = proc.info["status"] == psutil.STATUS_ZOMBIE
+                states.append("Z" if zombie else "R")
+        except (OSError, psutil.Error):
+            continue
+    return states
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every process below pid, also those that left its group (setsid)."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def proc_alive(proc: psutil.Process) -> bool:
+    """Running, and not a zombie."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def create_time(pid: int) -> float | None:
+    """When pid started (None: gone), to tell it from a later one with its number."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def alive(pid: int, create_time: float | None) -> bool:
+    """Is pid running and the same process (not a reused pid)?"""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(proc.create_time() - create_time) < 0.5
+    except psutil.Error:
+        return False

@@ -1,0 +1,86 @@
+"""Run records: one file per start (run) of a task, JSON lines appended in order.
+
+The supervisor claims the run with a first line (`supervisor_pid`), created
+exclusively before the task starts, then appends the task's `pid` (or why it
+could not start), then how it ended (`exit_code`, `signal`, `oom_killed`).
+An agent killed between asking for a start and saving the handle finds the
+run there, and a start asked twice (by that agent, then by its successor)
+runs once. Appending costs a write; creating and renaming files, on a busy
+disk, costs a hundred times more. Stdlib only: the supervisor imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+
+def claim(path: str) -> bool:
+    """Create the run's record exclusively: True if this start is the one."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        write_all(fd, json.dumps({"supervisor_pid": os.getpid()}).encode() + b"\n")
+    finally:
+        os.close(fd)
+    return True
+
+
+def append(path: str, doc: dict) -> None:
+    """One line, in one write, at the end of a run's record."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        write_all(fd, json.dumps(doc).encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def exit_doc(status: int | None, oom: bool) -> dict:
+    """How the task ended, as its record's last line."""
+    if status is None:
+        doc = {"exit_code": None, "signal": None, "exit_error": "task exit status lost"}
+    elif os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        doc = {"exit_code": 128 + sig, "signal": sig}
+    else:
+        doc = {"exit_code": os.WEXITSTATUS(status), "signal": None}
+    doc["oom_killed"] = oom
+    doc["finished_at"] = time.time()
+    return doc
+
+
+def read_record(path: str) -> dict | None:
+    """A run's record: its JSON lines merged in order, None if it has none.
+
+    A line not yet whole is not read.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    doc: dict = {}
+    for line in data.split(b"\n"):
+        try:
+            part = json.loads(line)
+        except ValueError:
+            continue  # empty, or being written
+        if isinstance(part, dict):
+            doc.update(part)
+    return doc or None
+
+
+def run_ended(record: dict | None) -> bool:
+    """Does the record say how the task ended?"""
+    return record is not None and "exit_code" in record
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd` (os.write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
