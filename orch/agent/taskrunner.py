@@ -127,7 +127,7 @@ class TaskRunner:
             never_started = self._thread.ident is None
         if first:
             self.alloc.changed()
-            if handle is not None:
+            if driver is not None and handle is not None:  # set together
                 driver.stop(handle, self.alloc.config.kill_timeout)
         if never_started:  # no thread will record it
             if first:
@@ -153,6 +153,7 @@ class TaskRunner:
         self.alloc.task_finished(self)
 
     def _loop(self) -> None:
+        result: ExitResult | None
         if self._recovered is not None:
             driver, handle = self._recovered
             self._recovered = None
@@ -204,7 +205,8 @@ class TaskRunner:
         """Record an exit (None: killed before starting); True to start again."""
         now = self.alloc.now()
         with self.alloc.lock:
-            if self._killed.is_set():
+            # None comes only from a kill (the flag is never cleared).
+            if self._killed.is_set() or result is None:
                 self._finish_killed(result, now)
                 return False
             # Long-running kinds restart their tasks; batch and sysbatch finish.

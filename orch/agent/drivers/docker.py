@@ -125,9 +125,9 @@ class DockerDriver(Driver):
                 )
         try:
             client.api.start(container_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the container must not linger
             self._remove(client, container_id)
-            raise DriverError(f"failed to start container {options['name']}: {short(exc)}")
+            raise DriverError(f"failed to start container {options['name']}: {short(exc)}") from exc
         handle = DockerHandle(
             container_id=container_id,
             name=options["name"],
@@ -337,14 +337,14 @@ def _copy(stream, path: str) -> None:
             for chunk in stream:
                 out.write(chunk)
                 out.flush()
-    except Exception as exc:  # the engine went away, or the file did
+    except Exception as exc:  # noqa: BLE001 - a log thread ends quietly: the engine or file went away
         log.debug("log stream to %s ended: %s", path, exc)
 
 
 def _close(stream) -> None:
     try:
         stream.close()
-    except Exception:
+    except Exception:  # noqa: BLE001 - best effort: the stream may already be broken
         pass
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+from typing import Any
 
 from orch.agent.drivers.base import TaskContext
 from orch.agent.drivers.cgroups import cpu_shares
@@ -92,7 +93,7 @@ def create_options(ctx: TaskContext, host_ip: str = DEFAULT_HOST_IP) -> dict:
     image = ctx.config.get("image")
     if not isinstance(image, str) or not image.strip():
         raise DriverError("config.image: must be a non-empty string for the docker driver")
-    options = {
+    options: dict[str, Any] = {
         "image": image,
         "command": build_command(ctx.config),
         "name": container_name(ctx.alloc_id, ctx.task_name),

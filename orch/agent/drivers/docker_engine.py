@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from typing import Any
 
 from orch.errors import DriverError
 from orch.transport import HttpClient
@@ -38,8 +39,10 @@ class _Unloaded:
 
 # The SDK (with requests and urllib3) costs the agent ~10 MB: it is imported
 # when a docker task starts or is recovered, not for the engine probe.
-docker = requests = _Unloaded
-_create_container_args = None
+# Any: they hold the stand-ins above or the modules, and the SDK ships no types.
+docker: Any = _Unloaded
+requests: Any = _Unloaded
+_create_container_args: Any = None
 _sdk_lock = threading.Lock()
 
 log = logging.getLogger(__name__)
@@ -69,8 +72,9 @@ class Engine:
         self._ping_timeout, self._api_timeout = ping_timeout, api_timeout
         self._pull_timeout, self._ttl, self._now = pull_timeout, available_ttl, now
         self._lock = threading.Lock()
-        self._probe_client = None
-        self._client = None
+        # docker.DockerClient instances (untyped SDK), made on first use.
+        self._probe_client: Any = None
+        self._client: Any = None
         self._api_version: str | None = None
         self._available = False
         self._checked_at: float | None = None
@@ -117,7 +121,7 @@ class Engine:
                 version = self._sdk_ping()
             self._api_version = version or self._api_version
             return True, ""
-        except Exception as exc:  # any failure means "no engine here"
+        except Exception as exc:  # noqa: BLE001 - any failure means "no engine here"
             return False, f"docker engine not reachable at {host}: {short(exc)}"
 
     def _sdk_ping(self) -> str:
@@ -144,7 +148,7 @@ class Engine:
         except ImportError as exc:
             raise DriverError(
                 f"docker engine unavailable: the docker python package cannot be imported: {exc}"
-            )
+            ) from exc
         with self._lock:
             if self._client is not None:
                 return self._client
@@ -168,7 +172,7 @@ class Engine:
         except docker.errors.ImageNotFound:
             pass
         except (requests.RequestException, docker.errors.APIError) as exc:
-            raise DriverError(f"cannot inspect image {image}: {short(exc)}")
+            raise DriverError(f"cannot inspect image {image}: {short(exc)}") from exc
         repository, tag = docker.utils.parse_repository_tag(image)
         try:
             puller = self._from_env(self._pull_timeout, self._api_version)
@@ -177,8 +181,10 @@ class Engine:
             finally:
                 puller.close()
             self.images.add(image)
-        except Exception as exc:
-            raise DriverError(f"image {image} not found locally and pull failed: {short(exc)}")
+        except Exception as exc:  # noqa: BLE001 - the task fails with the pull's reason, whatever it is
+            raise DriverError(
+                f"image {image} not found locally and pull failed: {short(exc)}"
+            ) from exc
 
     def create(self, client, options: dict) -> str | None:
         """Create the container and return its id; None when the name is taken."""
@@ -190,9 +196,13 @@ class Engine:
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
                 return None
-            raise DriverError(f"failed to create container {options['name']}: {short(exc)}")
+            raise DriverError(
+                f"failed to create container {options['name']}: {short(exc)}"
+            ) from exc
         except requests.RequestException as exc:
-            raise DriverError(f"failed to create container {options['name']}: {short(exc)}")
+            raise DriverError(
+                f"failed to create container {options['name']}: {short(exc)}"
+            ) from exc
 
     def inspect(self, container: str) -> dict | None:
         """The container's inspected state; None if it is gone or the engine is."""

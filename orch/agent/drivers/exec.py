@@ -25,6 +25,7 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -94,7 +95,7 @@ class ExecDriver(Driver):
         cwd = resolve_cwd(ctx)
         record_path = run_path(ctx)
         os.makedirs(os.path.dirname(record_path), exist_ok=True)
-        spec = {
+        spec: dict[str, Any] = {
             "argv": argv,
             "env": env,
             "cwd": cwd,
@@ -199,7 +200,7 @@ class ExecDriver(Driver):
 
     def wait(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
         if handle.record_path is not None:
-            return self._wait_supervised(handle, timeout)
+            return self._wait_supervised(handle, handle.record_path, timeout)
         # A handle of an older agent without a supervisor: its pid is all we have.
         if not self._wait_foreign(handle, timeout):
             return None
@@ -211,7 +212,9 @@ class ExecDriver(Driver):
             error=("task exited while the agent was not its parent: exit status unknown"),
         )
 
-    def _wait_supervised(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
+    def _wait_supervised(
+        self, handle: ExecHandle, record_path: str, timeout: float | None
+    ) -> ExitResult | None:
         """Until the run's record says how it ended: the supervisor we are
         connected to says when; one we are not (an earlier agent's) is
         checked every FOREIGN_POLL."""
@@ -220,12 +223,12 @@ class ExecDriver(Driver):
         try:
             while True:
                 ended.clear()
-                record = read_record(handle.record_path)
+                record = read_record(record_path)
                 if run_ended(record):
                     break
                 ours = self._supervisor.serves(handle.supervisor_pid)
                 if not ours and not self._supervised(handle):
-                    record = read_record(handle.record_path)
+                    record = read_record(record_path)
                     if run_ended(record):  # written as it left
                         break
                     _kill_orphan(handle)
@@ -337,10 +340,11 @@ class ExecDriver(Driver):
 
     def _wait_foreign(self, handle: ExecHandle, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        if handle.record_path is not None:
+        record_path = handle.record_path
+        if record_path is not None:
 
             def running():
-                return not run_ended(read_record(handle.record_path)) and self._supervised(handle)
+                return not run_ended(read_record(record_path)) and self._supervised(handle)
         else:
 
             def running():
@@ -360,7 +364,7 @@ def run_path(ctx: TaskContext) -> str:
 
 def exit_result(record: dict | None, memory_mb: int) -> ExitResult:
     """How a task ended, from its run's record."""
-    if not run_ended(record):
+    if record is None or not run_ended(record):
         return ExitResult(exit_code=None, error=STATUS_LOST)
     code, sig = record.get("exit_code"), record.get("signal")
     if record.get("oom_killed"):
@@ -376,7 +380,9 @@ def _chown(path: str, user: dict) -> None:
     try:
         os.chown(path, user["uid"], user["gid"])
     except OSError as exc:
-        raise DriverError(f"cannot give the task dir to user {user['name']}: {exc.strerror}")
+        raise DriverError(
+            f"cannot give the task dir to user {user['name']}: {exc.strerror}"
+        ) from exc
 
 
 def _kill_orphan(handle: ExecHandle) -> None:

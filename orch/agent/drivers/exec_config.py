@@ -74,7 +74,7 @@ def resolve_user(name: str) -> dict:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        raise DriverError(f"task user {name} does not exist on this node")
+        raise DriverError(f"task user {name} does not exist on this node") from None
     groups = sorted({g.gr_gid for g in grp.getgrall() if name in g.gr_mem} | {entry.pw_gid})
     return {"name": name, "uid": entry.pw_uid, "gid": entry.pw_gid, "groups": groups}
 

@@ -40,6 +40,7 @@ def append(path: str, doc: dict) -> None:
 
 def exit_doc(status: int | None, oom: bool) -> dict:
     """How the task ended, as its record's last line."""
+    doc: dict[str, object]
     if status is None:
         doc = {"exit_code": None, "signal": None, "exit_error": "task exit status lost"}
     elif os.WIFSIGNALED(status):

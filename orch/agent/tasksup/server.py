@@ -103,7 +103,11 @@ class Supervisor:
                 timeout = RMDIR_RETRY if timeout is None else min(timeout, RMDIR_RETRY)
             if not self.ever_connected:
                 timeout = 1.0 if timeout is None else min(timeout, 1.0)
-            fds = [self.listener, self.wake_r, *(c for c, _ in self.clients.values())]
+            fds: list[socket.socket | int] = [
+                self.listener,
+                self.wake_r,
+                *(c for c, _ in self.clients.values()),
+            ]
             try:
                 readable, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
@@ -111,7 +115,7 @@ class Supervisor:
             for fd in readable:
                 if fd is self.listener:
                     self._accept()
-                elif fd == self.wake_r:
+                elif isinstance(fd, int):  # the wake pipe, the only plain fd
                     _drain(self.wake_r)
                 else:
                     self._read(fd)
