@@ -5,6 +5,7 @@ no engine answers. Every container made here carries this run's allocation
 label and is removed at teardown.
 """
 
+import os
 import socket
 import sys
 import time
@@ -201,16 +202,26 @@ def test_fingerprint_true_with_engine(driver):
     assert select_driver(task, {"exec": ExecDriver(), "docker": driver}) == (driver, None)
 
 
-def test_exit_code_env_and_logs(run, engine):
-    ctx, handle, result = run(
+def test_exit_code_env_and_logs(driver, make_ctx, engine):
+    ctx = make_ctx(
         {
             "command": "echo out $GREETING $ORCH_ALLOC_ID; "
-            "echo err >&2; echo dir=$ORCH_TASK_DIR; exit 3",
+            "echo err >&2; echo dir=$ORCH_TASK_DIR; cat /local/note; exit 3",
             "env": {"GREETING": "hello"},
         }
     )
-    assert result.exit_code == 3 and not result.successful and not result.oom_killed
-    assert read(ctx.stdout_path) == f"out hello {ctx.alloc_id}\ndir=\n"
+    os.makedirs(ctx.task_dir, exist_ok=True)
+    with open(os.path.join(ctx.task_dir, "note"), "w") as note:
+        note.write("from the host\n")
+    handle = driver.start(ctx)
+    try:
+        result = driver.wait(handle, 30)
+    finally:
+        driver.stop(handle, 1)
+    assert result is not None and result.exit_code == 3
+    assert not result.successful and not result.oom_killed
+    # The host's task dir is mounted at /local (where a dispatch payload lands).
+    assert read(ctx.stdout_path) == f"out hello {ctx.alloc_id}\ndir=/local\nfrom the host\n"
     assert read(ctx.stderr_path) == "err\n"
     # The container is gone once its exit is collected.
     assert engine.containers.list(all=True, filters={"id": handle.container_id}) == []

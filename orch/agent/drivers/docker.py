@@ -104,6 +104,8 @@ class DockerDriver(Driver):
         self._engine.ensure_image(client, options["image"])
         os.makedirs(os.path.dirname(ctx.stdout_path) or ".", exist_ok=True)
         os.makedirs(os.path.dirname(ctx.stderr_path) or ".", exist_ok=True)
+        if ctx.task_dir:
+            os.makedirs(ctx.task_dir, exist_ok=True)  # mounted at /local
         try:
             container_id = self._engine.create(client, options)
         except DriverError:

@@ -24,7 +24,9 @@ from orch.errors import DriverError
 DEFAULT_HOST_IP = "127.0.0.1"  # task ports are published here unless told otherwise
 LABEL_JOB, LABEL_ALLOC, LABEL_TASK = "orch.job_id", "orch.alloc_id", "orch.task"
 LABEL_ATTEMPT = "orch.attempt"
-HIDDEN_ENV = ("ORCH_TASK_DIR",)  # a host path, meaningless inside a container
+# The task dir is mounted here (Nomad's /local): the dispatch payload file and
+# anything else the agent puts there reach the container.
+TASK_DIR_IN_CONTAINER = "/local"
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -47,8 +49,10 @@ def build_command(config: dict) -> list[str] | None:
 
 
 def build_environment(ctx: TaskContext) -> dict[str, str]:
-    """ORCH_* variables (less host paths) with the task's `env` over them."""
-    env = {k: str(v) for k, v in ctx.env.items() if k not in HIDDEN_ENV}
+    """ORCH_* variables (the task dir as the container sees it) with the task's `env` over them."""
+    env = {k: str(v) for k, v in ctx.env.items()}
+    if "ORCH_TASK_DIR" in env:
+        env["ORCH_TASK_DIR"] = TASK_DIR_IN_CONTAINER
     extra = ctx.config.get("env") or {}
     if not isinstance(extra, dict):
         raise DriverError("config.env: must be an object of strings")
@@ -112,6 +116,8 @@ def create_options(ctx: TaskContext, host_ip: str = DEFAULT_HOST_IP) -> dict:
         # stop is graceful instead of always waiting for the SIGKILL.
         "init": True,
     }
+    if ctx.task_dir:
+        options["volumes"] = {ctx.task_dir: {"bind": TASK_DIR_IN_CONTAINER, "mode": "rw"}}
     if ctx.resources.memory > 0:
         options["mem_limit"] = f"{ctx.resources.memory}m"
         options["memswap_limit"] = f"{ctx.resources.memory}m"
