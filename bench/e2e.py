@@ -1,5 +1,7 @@
 """End-to-end benchmark: a real `orch dev --agents 3` cluster from the zipapp.
 
+Over 400 lines on purpose: a benchmark script kept in one file so it can be run and read alone.
+
 Every figure is taken from the outside, over HTTP, against separate processes
 started from the built zipapp (``dist/orch.pyz``; build it first with
 ``python build/make_pyz.py``):

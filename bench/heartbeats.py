@@ -1,5 +1,7 @@
 """Heartbeat load benchmark: N simulated agents against one real `orch server`.
 
+Over 400 lines on purpose: a benchmark script kept in one file so it can be run and read alone.
+
 The server is the built zipapp (``dist/orch.pyz``), a separate process on a
 free port, killed by PID at the end. Everything else runs in this process:
 

@@ -1,5 +1,7 @@
 """Scheduler benchmark: simulated nodes, real server, real evaluation path.
 
+Over 400 lines on purpose: a benchmark script kept in one file so it can be run and read alone.
+
 Nodes are registered through ``Server.register`` (the seed's register body
 with attributes and meta), jobs through ``Server.submit_job``; evaluations go
 broker -> ``SchedulerWorker.process`` (reconcile, feasibility, stack) ->

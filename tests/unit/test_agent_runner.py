@@ -1,4 +1,7 @@
-"""AllocRunner/TaskRunner with the real exec driver: states, restarts, kills."""
+"""AllocRunner/TaskRunner with the real exec driver: states, restarts, kills.
+
+Over 400 lines on purpose: one runner's state machine, its tests sharing real-process fixtures.
+"""
 
 import json
 import os

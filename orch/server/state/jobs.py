@@ -1,0 +1,204 @@
+"""Job writes: submit, stop, restart, purge, and children of parent jobs.
+
+Each one checks and writes under the lock, in one transaction, so that
+concurrent requests on a job apply in some serial order. ``on_commit`` runs
+under the lock too, once the write is durable: the broker then sees enqueues
+and cancellations in the order the writes were committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from orch.errors import Conflict, NotFound
+from orch.server.state.store import MakeEval, StoreCore, _dump
+from orch.structs import Allocation, DesiredStatus, Evaluation, Job, TriggeredBy, replace
+
+
+class JobWrites(StoreCore):
+    """The store's job writes, each a check and a write under the lock."""
+
+    def submit_job(
+        self,
+        job: Job,
+        make_eval: MakeEval,
+        *,
+        must_exist: bool = False,
+        on_commit: Callable[[Evaluation], object] | None = None,
+    ) -> tuple[Job, Evaluation, bool]:
+        """Create or update a job; returns (job, evaluation, changed).
+
+        ``make_eval(trigger)`` makes the evaluation of a change. An update gets
+        version = stored version + 1. A job submitted again unchanged (and not
+        stopped) is left alone, as Nomad does: no new version, no evaluation;
+        the evaluation returned is then the job's latest one."""
+        with self._lock:
+            existing = self._jobs.get(job.job_id)
+            if existing is None and must_exist:
+                raise NotFound("作业不存在")
+            trigger = TriggeredBy.JOB_REGISTER
+            if existing is not None:
+                if not existing.stopped and existing.spec() == job.spec():
+                    latest = self._latest_eval(job.job_id)
+                    # Every stored job has one; were it missing, write anew.
+                    if latest is not None:
+                        return existing, latest, False
+                trigger = TriggeredBy.JOB_UPDATE
+                job = replace(job, version=existing.version + 1)
+            job = replace(job, stopped=False, submit_time=self._now())
+            evaluation = make_eval(trigger)
+            self._put_job(job, evaluation)
+            if on_commit is not None:
+                on_commit(evaluation)
+            return job, evaluation, True
+
+    def put_job(self, job: Job, evaluation: Evaluation) -> None:
+        """Store a job and the evaluation it triggers, atomically."""
+        with self._lock:
+            self._put_job(job, evaluation)
+
+    def _put_job(self, job: Job, evaluation: Evaluation) -> None:
+        self._write(
+            [
+                (self._UPSERT_JOB, [(job.job_id, _dump(job))]),
+                (self._UPSERT_EVAL, self._eval_rows([evaluation])),
+            ]
+        )
+        self._jobs[job.job_id] = job
+        self._index_evals([evaluation])
+
+    def _latest_eval(self, job_id: str) -> Evaluation | None:
+        return max(self.evals_for_job(job_id), key=lambda e: e.create_time, default=None)
+
+    def restart_job(
+        self,
+        job_id: str,
+        make_eval: MakeEval,
+        on_commit: Callable[[Evaluation], object] | None = None,
+    ) -> Evaluation:
+        """Run a stopped job again; Conflict if it is not stopped."""
+        with self._lock:
+            job = self.require_job(job_id)
+            if not job.stopped:
+                raise Conflict("只能重启已停止的作业")
+            evaluation = make_eval(TriggeredBy.JOB_RESTART)
+            self._put_job(replace(job, stopped=False), evaluation)
+            if on_commit is not None:
+                on_commit(evaluation)
+            return evaluation
+
+    def stop_job(
+        self,
+        job_id: str,
+        evaluation: Evaluation,
+        on_commit: Callable[[], object] | None = None,
+    ) -> list[Allocation]:
+        """Mark a job stopped and all its allocations to stop; returns those stopped."""
+        with self._lock:
+            job = replace(self.require_job(job_id), stopped=True)
+            now = self._now()
+            stopped = [
+                self._stopped(a, "job stopped", now)
+                for a in self.allocs_for_job(job_id)
+                if a.desired_status == DesiredStatus.RUN
+            ]
+            self._write(
+                [
+                    (self._UPSERT_JOB, [(job_id, _dump(job))]),
+                    (self._UPSERT_EVAL, self._eval_rows([evaluation])),
+                    (self._UPSERT_ALLOC, self._alloc_rows(stopped)),
+                ]
+            )
+            self._jobs[job_id] = job
+            self._index_evals([evaluation])
+            for alloc in stopped:
+                self._index_alloc(alloc)
+            if on_commit is not None:
+                on_commit()
+            return stopped
+
+    def delete_job(
+        self, job_id: str, on_commit: Callable[[], object] | None = None
+    ) -> list[Allocation]:
+        """Purge a job, its allocations and evaluations; returns the allocations."""
+        with self._lock:
+            self.require_job(job_id)
+            allocs = self.allocs_for_job(job_id)
+            evals = list(self._evals_by_job.get(job_id, ()))
+            self._write(
+                [
+                    ("DELETE FROM jobs WHERE job_id = ?", [(job_id,)]),
+                    ("DELETE FROM allocations WHERE job_id = ?", [(job_id,)]),
+                    ("DELETE FROM evaluations WHERE job_id = ?", [(job_id,)]),
+                    ("DELETE FROM periodic_launches WHERE job_id = ?", [(job_id,)]),
+                ]
+            )
+            self._jobs.pop(job_id, None)
+            self._launches.pop(job_id, None)
+            for alloc in allocs:
+                self._unindex_alloc(alloc.allocation_id)
+            self._allocs_by_job.pop(job_id, None)
+            for eval_id in evals:
+                self._evals.pop(eval_id, None)
+            self._evals_by_job.pop(job_id, None)
+            if on_commit is not None:
+                on_commit()
+            return allocs
+
+    # ---- children of periodic and parameterized jobs ------------------------
+
+    _UPSERT_LAUNCH = (
+        "INSERT OR REPLACE INTO periodic_launches (job_id, launch, child_id) VALUES (?,?,?)"
+    )
+
+    def last_launch(self, job_id: str) -> tuple[float, str] | None:
+        """A periodic job's last launch time and newest child id, if any."""
+        return self._launches.get(job_id)
+
+    def children_of(self, job_id: str) -> list[Job]:
+        return [j for j in self._jobs.values() if j.parent_id == job_id]
+
+    def launch_child(
+        self, child: Job, evaluation: Evaluation, launch: float | None = None, on_commit=None
+    ) -> bool:
+        """Store a child job of a live parent with its evaluation; False if not launched.
+
+        With ``launch`` (a periodic launch), the parent's last launch time is
+        written in the same transaction, and a launch not later than the
+        stored one is refused: a due launch fires once, restarts included."""
+        with self._lock:
+            parent = self.require_job(child.parent_id or "")
+            if parent.stopped:
+                raise Conflict(f"job {parent.job_id} is stopped")
+            if child.job_id in self._jobs:
+                raise Conflict(f"job {child.job_id} exists already")
+            launches = []
+            if launch is not None:
+                last = self._launches.get(parent.job_id)
+                if last is not None and launch <= last[0]:
+                    return False
+                launches = [(parent.job_id, launch, child.job_id)]
+            self._write(
+                [
+                    (self._UPSERT_JOB, [(child.job_id, _dump(child))]),
+                    (self._UPSERT_EVAL, self._eval_rows([evaluation])),
+                    (self._UPSERT_LAUNCH, launches),
+                ]
+            )
+            self._jobs[child.job_id] = child
+            self._index_evals([evaluation])
+            if launch is not None:
+                self._launches[parent.job_id] = (launch, child.job_id)
+            if on_commit is not None:
+                on_commit(evaluation)
+            return True
+
+    def skip_launch(self, job_id: str, launch: float) -> None:
+        """Record a launch that was skipped (prohibit_overlap): it is not due again."""
+        with self._lock:
+            last = self._launches.get(job_id)
+            if job_id not in self._jobs or (last is not None and launch <= last[0]):
+                return
+            child_id = last[1] if last is not None else ""
+            self._write([(self._UPSERT_LAUNCH, [(job_id, launch, child_id)])])
+            self._launches[job_id] = (launch, child_id)

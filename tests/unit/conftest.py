@@ -1,0 +1,78 @@
+"""Fixtures of the unit tests: a clean ORCH_* environment, a canned HTTP server.
+
+The canned server is a tiny real HTTP server on port 0 that answers canned
+JSON: tests of the client against it are unit tests of the client, not of
+orch's server.
+"""
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No ORCH_* variable of the caller's environment leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("ORCH_"):
+            monkeypatch.delenv(name)
+
+
+class Canned:
+    """Routes (method, path) to (status, body, content type); records requests."""
+
+    def __init__(self):
+        self.routes = {}
+        self.requests = []
+
+    def add(self, method, path, status=200, body=None, ctype="application/json"):
+        if not isinstance(body, (bytes, str)):
+            body = json.dumps(body if body is not None else {})
+        self.routes[(method, path)] = (status, body, ctype)
+
+
+@pytest.fixture
+def canned():
+    routes = Canned()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self):
+            parts = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            routes.requests.append(
+                {
+                    "method": self.command,
+                    "path": parts.path,
+                    "query": parse_qs(parts.query),
+                    "headers": dict(self.headers),
+                    "body": json.loads(body) if body else None,
+                }
+            )
+            status, payload, ctype = routes.routes.get(
+                (self.command, parts.path),
+                (404, json.dumps({"error": "no route"}), "application/json"),
+            )
+            data = payload.encode() if isinstance(payload, str) else payload
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    routes.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield routes
+    httpd.shutdown()
+    httpd.server_close()
