@@ -1,0 +1,11 @@
+<section class="card">
+<div class="toolbar"><h1>Topology <span class="muted">({{len(boxes)}} nodes)</span></h1><span class="muted">each box is a node, filled by its allocations' memory; hover a block for its name</span></div>
+% if not boxes:
+<p class="empty">No nodes registered.</p>
+% end
+<div id="topology" class="topology">
+% for b in boxes:
+<div class="node-box{{'' if b['healthy'] else ' down'}}" data-node-id="{{b['id']}}" title="{{b['id']}}: {{round(b['used'])}}% of {{b['mem']}} MB{{'' if b['healthy'] else ' (down)'}}"><span class="node-name">{{b['id']}}</span><span class="fill">{{!''.join('<i class="alloc-block" data-alloc-id="%s" title="%s" style="width:%s%%;background:hsl(%d,60%%,50%%)"></i>' % (escape(a['id']), escape(a['title']), a['pct'], a['hue']) for a in b['blocks'])}}</span></div>
+% end
+</div>
+</section>
