@@ -204,3 +204,9 @@ def topology(server: Server) -> list[dict]:
             }
         )
     return boxes
+
+
+def legend(boxes: list[dict]) -> list[tuple[str, int]]:
+    """Each job on the topology with its colour: the colour is never the only clue."""
+    jobs = {b["title"].split("/", 1)[0] for box in boxes for b in box["blocks"]}
+    return [(job_id, hue(job_id)) for job_id in sorted(jobs)]

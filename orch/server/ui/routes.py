@@ -153,7 +153,11 @@ def mount(app: bottle.Bottle, route: httpjson.Router, server: Server) -> None:
 
     @route("GET", "/ui/topology", public=True, raw=True)
     def ui_topology():
-        return page("topology", lambda: {"boxes": render.topology(server)})
+        def data():
+            boxes = render.topology(server)
+            return {"boxes": boxes, "legend": render.legend(boxes)}
+
+        return page("topology", data)
 
     @route("GET", "/ui/run", public=True, raw=True)
     def ui_run():

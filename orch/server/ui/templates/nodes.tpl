@@ -12,8 +12,8 @@
 <td class="mono">{{n['id']}}</td>
 <td class="node-health"><span class="status s-{{'ready' if n['healthy'] else 'down'}}">{{'healthy' if n['healthy'] else 'down'}}</span></td>
 <td class="node-eligibility">{{n['eligibility']}}{{' · draining' if n['draining'] else ''}}</td>
-<td><span class="meter" role="img" title="{{n['cpu'][0]}} of {{n['cpu'][1]}} MHz"><i style="width:{{n['cpu'][2]}}%"></i></span> {{n['cpu'][0]}} / {{n['cpu'][1]}} MHz</td>
-<td><span class="meter" role="img" title="{{n['mem'][0]}} of {{n['mem'][1]}} MB"><i style="width:{{n['mem'][2]}}%"></i></span> {{n['mem'][0]}} / {{n['mem'][1]}} MB</td>
+<td class="use"><span class="meter" role="img" title="{{n['cpu'][0]}} of {{n['cpu'][1]}} MHz"><i style="width:{{n['cpu'][2]}}%"></i></span> {{n['cpu'][0]}} / {{n['cpu'][1]}} MHz</td>
+<td class="use"><span class="meter" role="img" title="{{n['mem'][0]}} of {{n['mem'][1]}} MB"><i style="width:{{n['mem'][2]}}%"></i></span> {{n['mem'][0]}} / {{n['mem'][1]}} MB</td>
 <td>{{n['allocs']}}</td>
 <td><details><summary>{{len(n['attributes'])}} attributes, {{len(n['meta'])}} meta</summary><dl class="kv">{{!''.join('<dt>%s</dt><dd>%s</dd>' % (escape(k), escape(v)) for k, v in n['attributes'])}}{{!''.join('<dt>meta.%s</dt><dd>%s</dd>' % (escape(k), escape(v)) for k, v in n['meta'])}}</dl></details></td>
 </tr>
