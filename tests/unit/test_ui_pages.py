@@ -144,7 +144,8 @@ def test_fragments_need_the_token_and_shells_do_not(tmp_path):
         app = make_app(srv)
         for path in SHELLS:
             status, _, text = request(app, "GET", path)
-            assert status == 200 and "node-0" not in text, path
+            assert status == 200 and "node-0" not in text and TOKEN not in text, path
+            assert '<meta name="orch-auth" content="token">' in text
             status, headers, text = request(app, "GET", path + "?fragment=1")
             assert status == 401 and headers["Content-Type"].startswith("application/json")
             assert json.loads(text)["error"]

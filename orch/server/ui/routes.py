@@ -114,6 +114,9 @@ def mount(app: bottle.Bottle, route: httpjson.Router, server: Server) -> None:
                 title=PAGES[name],
                 attrs=data_attrs(params),
                 run_form=run_form,
+                # Whether to ask for a token before the first call (no 401 to
+                # see first); says nothing about the token itself.
+                auth=bool(token),
             )
         )
 

@@ -46,6 +46,7 @@
   /* fetch with the bearer token; a 401 asks for the token and tries again. */
   async function call(url, opts) {
     opts = opts || {};
+    if (meta("orch-auth") === "token" && !sessionStorage.getItem(TOKEN_KEY)) await askToken();
     for (;;) {
       const headers = Object.assign({}, opts.headers || {});
       const token = sessionStorage.getItem(TOKEN_KEY);

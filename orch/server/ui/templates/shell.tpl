@@ -6,6 +6,7 @@
 <meta name="color-scheme" content="light dark">
 <meta name="orch-base" content="{{base}}">
 <meta name="orch-api" content="{{api}}">
+<meta name="orch-auth" content="{{'token' if auth else 'none'}}">
 <title>{{title}} · orch</title>
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="{{base}}/static/app.css">
