@@ -203,6 +203,9 @@ def test_the_prefix_flag_and_the_forwarded_header(tmp_path):
             )
         status, _, body = request(app, "GET", "/orch/health")
         assert status == 200 and json.loads(body)["status"] == "ok"
+        # A route added under the prefix itself is not shadowed by the stripping.
+        app.route("/orch/ui/own", "GET", lambda: "own route")
+        assert request(app, "GET", "/orch/ui/own")[2] == "own route"
         _, _, frag = request(app, "GET", "/orch/ui/jobs?fragment=1")
         assert 'href="/orch/ui/jobs/web"' not in frag  # no jobs yet; links below
     finally:

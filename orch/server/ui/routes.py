@@ -92,10 +92,16 @@ def mount(app: bottle.Bottle, route: httpjson.Router, server: Server) -> None:
 
         @app.hook("before_request")
         def strip_prefix():
-            # A proxy that forwards the prefix unchanged reaches the same routes.
-            path = bottle.request.environ.get("PATH_INFO", "")
-            if path == configured or path.startswith(configured + "/"):
-                bottle.request.environ["PATH_INFO"] = path[len(configured) :] or "/"
+            # A proxy that forwards the prefix unchanged reaches the same
+            # routes; a route registered under the prefix itself still wins.
+            environ = bottle.request.environ
+            path = environ.get("PATH_INFO", "")
+            if not (path == configured or path.startswith(configured + "/")):
+                return
+            try:
+                app.router.match(environ)
+            except bottle.HTTPError:
+                environ["PATH_INFO"] = path[len(configured) :] or "/"
 
     def page(name: str, render_data, **params: str) -> str:
         prefix = prefix_of(configured)
