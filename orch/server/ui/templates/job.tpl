@@ -10,7 +10,7 @@
 </div>
 % if job['reason']:
 <div id="pending-reason" class="reason" role="note">
-<strong>Why it is not running everywhere yet:</strong>
+<strong>{{'Why it is pending:' if job['status'] == 'pending' else 'Why not every allocation is placed:'}}</strong>
 <ul>
 % for line in job['reason']:
 <li>{{line}}</li>
