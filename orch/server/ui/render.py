@@ -155,23 +155,31 @@ def pct(part: float, whole: float) -> float:
     return round(min(100.0, 100.0 * part / whole), 1) if whole else 0.0
 
 
+def pairs(mapping: dict | None) -> str:
+    """A map as one line of ``key=value`` text (escaped by the template)."""
+    return "  ".join(f"{k}={v}" for k, v in (mapping or {}).items())
+
+
 def node_rows(server: Server) -> list[dict]:
-    """The nodes page: health, scheduling, attributes, meta and use bars."""
+    """The nodes page: health, scheduling, attributes, meta and use bars.
+
+    GET /nodes's ``allocated`` (views.allocated), without the rest of its
+    view: at 5,000 nodes the page must render in well under 300 ms."""
     store, rows = server.store, []
     for node in sorted(store.list_nodes(), key=lambda n: n.node_id):
-        view = views.node_view(node, store.live_allocs_for_node(node.node_id))
-        total, held = view["resources"], view["allocated"]
+        allocs = store.live_allocs_for_node(node.node_id)
+        held, total = views.allocated(allocs), node.resources
+        scheduling = "eligible" if node.eligible else "ineligible"
         rows.append(
             {
                 "id": node.node_id,
-                "healthy": node.healthy,
-                "eligibility": view["eligibility"],
-                "draining": bool(view.get("drain")),
-                "attributes": sorted(view.get("attributes", {}).items()),
-                "meta": sorted(view.get("meta", {}).items()),
-                "cpu": (held["cpu"], total["cpu"], pct(held["cpu"], total["cpu"])),
-                "mem": (held["memory"], total["memory"], pct(held["memory"], total["memory"])),
-                "allocs": len(view["allocations"]),
+                "health": "healthy" if node.healthy else "down",
+                "scheduling": scheduling + (" · draining" if node.drain is not None else ""),
+                "cpu": (f"{held.cpu} / {total.cpu} MHz", pct(held.cpu, total.cpu)),
+                "mem": (f"{held.memory} / {total.memory} MB", pct(held.memory, total.memory)),
+                "allocs": len(allocs),
+                "attributes": pairs(node.attributes),
+                "meta": pairs(node.meta),
             }
         )
     return rows

@@ -10,12 +10,12 @@
 % for n in rows:
 <tr data-node-id="{{n['id']}}">
 <td class="mono">{{n['id']}}</td>
-<td class="node-health"><span class="status s-{{'ready' if n['healthy'] else 'down'}}">{{'healthy' if n['healthy'] else 'down'}}</span></td>
-<td class="node-eligibility">{{n['eligibility']}}{{' · draining' if n['draining'] else ''}}</td>
-<td class="use"><span class="meter" role="img" title="{{n['cpu'][0]}} of {{n['cpu'][1]}} MHz"><i style="width:{{n['cpu'][2]}}%"></i></span> {{n['cpu'][0]}} / {{n['cpu'][1]}} MHz</td>
-<td class="use"><span class="meter" role="img" title="{{n['mem'][0]}} of {{n['mem'][1]}} MB"><i style="width:{{n['mem'][2]}}%"></i></span> {{n['mem'][0]}} / {{n['mem'][1]}} MB</td>
+<td class="node-health"><span class="status s-{{n['health']}}">{{n['health']}}</span></td>
+<td class="node-eligibility">{{n['scheduling']}}</td>
+<td class="use"><span class="meter"><i style="width:{{n['cpu'][1]}}%"></i></span> {{n['cpu'][0]}}</td>
+<td class="use"><span class="meter"><i style="width:{{n['mem'][1]}}%"></i></span> {{n['mem'][0]}}</td>
 <td>{{n['allocs']}}</td>
-<td><details><summary>{{len(n['attributes'])}} attributes, {{len(n['meta'])}} meta</summary><dl class="kv">{{!''.join('<dt>%s</dt><dd>%s</dd>' % (escape(k), escape(v)) for k, v in n['attributes'])}}{{!''.join('<dt>meta.%s</dt><dd>%s</dd>' % (escape(k), escape(v)) for k, v in n['meta'])}}</dl></details></td>
+<td class="kv">{{n['attributes']}}{{!'<br><span class="meta">meta: ' if n['meta'] else ''}}{{n['meta']}}{{!'</span>' if n['meta'] else ''}}</td>
 </tr>
 % end
 </tbody>
