@@ -229,10 +229,14 @@ def test_the_prefix_flag_and_the_forwarded_header(tmp_path):
 
 
 def test_unknown_job_or_allocation_fragment_is_a_json_404(app):
-    for path in ("/ui/jobs/nope?fragment=1", "/ui/allocations/nope?fragment=1"):
+    # The store's own messages: the route exists, the object does not.
+    for path, message in (
+        ("/ui/jobs/nope?fragment=1", "作业不存在"),
+        ("/ui/allocations/nope?fragment=1", "Allocation not found"),
+    ):
         status, headers, body = request(app, "GET", path)
         assert status == 404 and headers["Content-Type"].startswith("application/json")
-        assert json.loads(body)["error"]
+        assert json.loads(body)["error"] == message
 
 
 @pytest.mark.parametrize(
