@@ -336,6 +336,12 @@ def add_dev(sub, common) -> None:
     cmd.add_argument(
         "--token", default=env("TOKEN", d.token), help="bearer token for the cluster (ORCH_TOKEN)"
     )
+    cmd.add_argument(
+        "--ui-prefix",
+        type=ui_prefix,
+        default=env("UI_PREFIX", d.ui_prefix),
+        help="the server's --ui-prefix (ORCH_UI_PREFIX)",
+    )
     cmd.set_defaults(handler=cmd_dev, role="dev")
 
 
@@ -511,6 +517,7 @@ def dev_config(args) -> DevConfig:
         heartbeat_interval=args.heartbeat_interval,
         token=args.token or None,
         log_level=args.log_level,
+        ui_prefix=args.ui_prefix,
     )
 
 

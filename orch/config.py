@@ -108,3 +108,4 @@ class DevConfig:
     heartbeat_interval: float = 2.0
     token: str | None = None
     log_level: str = "INFO"  # passed on to the server and the agents
+    ui_prefix: str = ""  # passed on to the server (--ui-prefix)
