@@ -173,6 +173,7 @@ def node_rows(server: Server) -> list[dict]:
         rows.append(
             {
                 "id": node.node_id,
+                "name": str(node.attributes.get("hostname", "")),
                 "health": "healthy" if node.healthy else "down",
                 "scheduling": scheduling + (" · draining" if node.drain is not None else ""),
                 "cpu": (f"{held.cpu} / {total.cpu} MHz", pct(held.cpu, total.cpu)),

@@ -161,6 +161,10 @@
     });
   }
 
+  document.addEventListener("click", (event) => {
+    const cell = event.target.closest("div.kv");
+    if (cell) cell.classList.toggle("open");
+  });
   document.addEventListener("input", (event) => {
     if (event.target.id === "search") { filters.q = event.target.value; applyFilters(); }
   });

@@ -9,13 +9,13 @@
 <tbody>
 % for n in rows:
 <tr data-node-id="{{n['id']}}">
-<td class="mono">{{n['id']}}</td>
+<td class="node-id"><span class="mono" title="{{n['id']}}">{{n['id'][:8]}}</span> <span class="muted">{{n['name']}}</span></td>
 <td class="node-health"><span class="status s-{{n['health']}}">{{n['health']}}</span></td>
 <td class="node-eligibility">{{n['scheduling']}}</td>
 <td class="use"><span class="meter"><i style="width:{{n['cpu'][1]}}%"></i></span> {{n['cpu'][0]}}</td>
 <td class="use"><span class="meter"><i style="width:{{n['mem'][1]}}%"></i></span> {{n['mem'][0]}}</td>
 <td>{{n['allocs']}}</td>
-<td class="kv">{{n['attributes']}}{{!'<br><span class="meta">meta: ' if n['meta'] else ''}}{{n['meta']}}{{!'</span>' if n['meta'] else ''}}</td>
+<td><div class="kv" title="click to show all">{{n['attributes']}}{{!'<br><span class="meta">meta: ' if n['meta'] else ''}}{{n['meta']}}{{!'</span>' if n['meta'] else ''}}</div></td>
 </tr>
 % end
 </tbody>

@@ -4,11 +4,13 @@
 <p class="empty">No nodes registered.</p>
 % end
 % if legend:
-<ul class="legend" aria-label="jobs by colour">
+<details class="legend-box"{{!' open' if len(legend) <= 12 else ''}}><summary>{{len(legend)}} job{{'' if len(legend) == 1 else 's'}} by colour</summary>
+<ul class="legend">
 % for job_id, h in legend:
 <li><i class="swatch" style="background:hsl({{h}},60%,50%)"></i><a href="{{base}}/jobs/{{job_id}}">{{job_id}}</a></li>
 % end
 </ul>
+</details>
 % end
 <div id="topology" class="topology">
 % for b in boxes:
