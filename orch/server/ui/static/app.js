@@ -148,7 +148,11 @@
       if (filter) filter.value = filters.status;
       applyFilters();
     }
-    if (PAGE === "job") loadVersions();
+    if (PAGE === "job") {
+      /* The last list at once (no "loading" flash on every change), then fresh. */
+      if (versions.length && $("#versions")) renderVersions($("#versions"));
+      loadVersions();
+    }
     if (PAGE === "alloc") syncLogTasks();
   }
 
