@@ -206,6 +206,9 @@ def test_the_prefix_flag_and_the_forwarded_header(tmp_path):
         # A route added under the prefix itself is not shadowed by the stripping.
         app.route("/orch/ui/own", "GET", lambda: "own route")
         assert request(app, "GET", "/orch/ui/own")[2] == "own route"
+        assert request(app, "GET", "/ui/own")[2] == "own route"
+        status, _, body = request(app, "GET", "/orch/nowhere")
+        assert status == 404 and json.loads(body)["error"] == "no route for GET /orch/nowhere"
         _, _, frag = request(app, "GET", "/orch/ui/jobs?fragment=1")
         assert 'href="/orch/ui/jobs/web"' not in frag  # no jobs yet; links below
     finally:

@@ -83,6 +83,14 @@ def html(body: str) -> str:
     return body
 
 
+def _matches(app: bottle.Bottle, environ: dict) -> bool:
+    try:
+        app.router.match(environ)
+    except bottle.HTTPError:
+        return False
+    return True
+
+
 def mount(app: bottle.Bottle, route: httpjson.Router, server: Server) -> None:
     """Add the UI under /ui (and <prefix>/ui) to the server's app."""
     configured = server.config.ui_prefix
@@ -91,17 +99,20 @@ def mount(app: bottle.Bottle, route: httpjson.Router, server: Server) -> None:
     if configured:
 
         @app.hook("before_request")
-        def strip_prefix():
-            # A proxy that forwards the prefix unchanged reaches the same
-            # routes; a route registered under the prefix itself still wins.
+        def route_with_or_without_prefix():
+            # Proxies that strip the prefix and proxies that keep it reach the
+            # same routes, whether a route was added with the prefix or without.
             environ = bottle.request.environ
             path = environ.get("PATH_INFO", "")
-            if not (path == configured or path.startswith(configured + "/")):
+            if _matches(app, environ):
                 return
-            try:
-                app.router.match(environ)
-            except bottle.HTTPError:
-                environ["PATH_INFO"] = path[len(configured) :] or "/"
+            if path == configured or path.startswith(configured + "/"):
+                other = path[len(configured) :] or "/"
+            else:
+                other = configured + path
+            environ["PATH_INFO"] = other
+            if not _matches(app, environ):
+                environ["PATH_INFO"] = path  # the 404 names the path asked for
 
     def page(name: str, render_data, **params: str) -> str:
         prefix = prefix_of(configured)
