@@ -18,7 +18,14 @@ import os
 import sys
 
 from orch import __version__
-from orch.config import DEFAULT_ADDRESS, AgentConfig, DevConfig, ServerConfig, env
+from orch.config import (
+    DEFAULT_ADDRESS,
+    AgentConfig,
+    DevConfig,
+    ServerConfig,
+    clean_prefix,
+    env,
+)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [{role} pid=%(process)d] %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -55,6 +62,13 @@ def port(value: str) -> int:
     if not 0 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"port out of range: {number}")
     return number
+
+
+def ui_prefix(value: str) -> str:
+    try:
+        return clean_prefix(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def seconds(value: str) -> float:
@@ -192,6 +206,12 @@ def add_server(sub, common) -> None:
         default=env("INSECURE", d.insecure),
         help="allow a non-loopback --bind without --token (ORCH_INSECURE)",
     )
+    cmd.add_argument(
+        "--ui-prefix",
+        type=ui_prefix,
+        default=env("UI_PREFIX", d.ui_prefix),
+        help="path prefix a reverse proxy serves orch under, e.g. /orch (ORCH_UI_PREFIX)",
+    )
     cmd.set_defaults(handler=cmd_server, role="server")
 
 
@@ -315,6 +335,12 @@ def add_dev(sub, common) -> None:
     )
     cmd.add_argument(
         "--token", default=env("TOKEN", d.token), help="bearer token for the cluster (ORCH_TOKEN)"
+    )
+    cmd.add_argument(
+        "--ui-prefix",
+        type=ui_prefix,
+        default=env("UI_PREFIX", d.ui_prefix),
+        help="the server's --ui-prefix (ORCH_UI_PREFIX)",
     )
     cmd.set_defaults(handler=cmd_dev, role="dev")
 
@@ -458,6 +484,7 @@ def server_config(args) -> ServerConfig:
         node_ttl=args.node_ttl,
         token=args.token or None,
         insecure=args.insecure,
+        ui_prefix=args.ui_prefix,
     )
 
 
@@ -490,6 +517,7 @@ def dev_config(args) -> DevConfig:
         heartbeat_interval=args.heartbeat_interval,
         token=args.token or None,
         log_level=args.log_level,
+        ui_prefix=args.ui_prefix,
     )
 
 

@@ -19,7 +19,7 @@ import bottle
 from orch import httpjson, transport
 from orch.errors import NotFound
 from orch.openapi import SERVER_SPEC
-from orch.server import views
+from orch.server import ui, views
 from orch.server.metrics import render_metrics
 from orch.structs import Job
 from orch.transport import HttpClient
@@ -245,4 +245,5 @@ def make_app(server: Server) -> bottle.Bottle:
     def openapi():
         return SERVER_SPEC
 
+    ui.mount(app, route, server)
     return app

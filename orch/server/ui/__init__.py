@@ -1,0 +1,5 @@
+"""orch's web UI: server-rendered pages under <prefix>/ui/ (see routes.py)."""
+
+from orch.server.ui.routes import mount
+
+__all__ = ["mount"]
