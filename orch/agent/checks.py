@@ -141,6 +141,7 @@ class CheckRunner:
             alloc = check.alloc
             if alloc.finished:
                 self.unwatch(alloc.spec.allocation_id)
+                alloc.clear_checks()
                 continue
             if alloc.status() != AllocStatus.RUNNING:
                 # Between restarts or not started: what was known no longer holds.
