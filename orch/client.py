@@ -313,12 +313,12 @@ class Allocations(_Resource):
 
 
 class Services(_Resource):
-    def list(self) -> list[dict]:
-        return self._client.call("GET", "/services").get("services", [])
-
     def instances(self, name: str, healthy: bool = False) -> list[dict]:
         """A service's instances; only the healthy ones with ``healthy``."""
         params = {"healthy": "true"} if healthy else None
         return self._client.call("GET", f"/services/{_seg(name)}", params=params).get(
             "instances", []
         )
+
+    def list(self) -> list[dict]:
+        return self._client.call("GET", "/services").get("services", [])
