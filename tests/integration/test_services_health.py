@@ -6,6 +6,7 @@ as a number: the test picks a free one and the task listens on it.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -183,3 +184,23 @@ def test_failing_check_shows_unhealthy_and_check_restart_restarts(
     # Health is unknown between the restart and the next check, then failing again.
     wait_until(lambda: the_alloc(server, "sick")["health"] == "unhealthy", 30)
     assert the_alloc(server, "sick")["client_status"] == "running"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_instances_of_a_lost_node_leave_the_catalog_within_the_ttl(
+    pyz, server, agent_factory, script
+):
+    agent = agent_factory()
+    port = free_port()
+    assert requests.post(server.url + "/jobs", json=web_job("far", script, port), timeout=5).ok
+    wait_until(lambda: get(server, "/services/far-svc?healthy=true")["count"] == 1, 60)
+    # A frozen agent misses its heartbeats (its task keeps running): the node
+    # is lost after the server's node TTL (3 s here), and its instances with it.
+    agent.proc.signal(signal.SIGSTOP)
+    try:
+        frozen_at = time.monotonic()
+        wait_until(lambda: get(server, "/services/far-svc")["count"] == 0, 30, what="drop")
+        assert time.monotonic() - frozen_at < 3.0 + 3.0  # the TTL, plus the monitor's tick
+    finally:
+        agent.proc.signal(signal.SIGCONT)
