@@ -1,8 +1,9 @@
 """Built-in service discovery: `GET /services` and `GET /services/<name>`.
 
-The store keeps an index service name -> live allocation ids (maintained
-with its other allocation indexes, StoreCore._index_alloc), so a lookup costs
-the instances of one service, never a walk of every allocation. An instance
+The store keeps an index service name -> live allocation ids, with the
+services each was placed with (maintained with its other allocation indexes,
+StoreCore._index_alloc), so a lookup costs the instances of one service,
+never a walk of every allocation. An instance
 is an allocation that holds its resources (desired run, not terminal): one
 stopped or lost leaves the catalog with the report or node-down that says so.
 """
@@ -47,52 +48,41 @@ def is_healthy(alloc: Allocation) -> bool:
     return alloc.client_status == AllocStatus.RUNNING and alloc.health == "healthy"
 
 
-def instance(name: str, alloc: Allocation, job: Job | None, node: Node | None) -> dict | None:
-    """One allocation's instance of service `name`; None if the job no longer has it."""
-    for service in group_services(job, alloc.task_group):
-        if service["name"] == name:
-            return {
-                "service": name,
-                "address": node_address(node),
-                "port": service_port(service, alloc),
-                "tags": list(service.get("tags") or ()),
-                "alloc_id": alloc.allocation_id,
-                "node_id": alloc.node_id,
-                "job_id": alloc.job_id,
-                "healthy": is_healthy(alloc),
-            }
-    return None
-
-
-def summary(name: str, instances: list[dict]) -> dict:
-    """A `GET /services` row: the service's tags and its instance counts."""
-    tags: list[str] = []
-    for inst in instances:
-        tags.extend(t for t in inst["tags"] if t not in tags)
+def instance(service: dict, alloc: Allocation, node: Node | None) -> dict:
+    """One allocation's instance of a service."""
     return {
-        "name": name,
-        "tags": tags,
-        "instances": len(instances),
-        "healthy": sum(1 for inst in instances if inst["healthy"]),
+        "service": service["name"],
+        "address": node_address(node),
+        "port": service_port(service, alloc),
+        "tags": list(service.get("tags") or ()),
+        "alloc_id": alloc.allocation_id,
+        "node_id": alloc.node_id,
+        "job_id": alloc.job_id,
+        "healthy": is_healthy(alloc),
     }
 
 
 def list_services(store) -> dict:
     """`GET /services`: every service with live instances, by name."""
-    rows = [summary(name, instances(store, name)) for name in store.service_names()]
-    rows = [row for row in rows if row["instances"]]
+    rows = []
+    for name in store.service_names():
+        entries = store.service_allocs(name)
+        if not entries:
+            continue
+        tags: list[str] = []
+        for _, service in entries:
+            tags.extend(t for t in service.get("tags") or () if t not in tags)
+        healthy = sum(1 for alloc, _ in entries if is_healthy(alloc))
+        rows.append({"name": name, "tags": tags, "instances": len(entries), "healthy": healthy})
     return {"services": rows, "count": len(rows)}
 
 
 def instances(store, name: str, *, healthy_only: bool = False) -> list[dict]:
     """The instances of one service, healthy ones only if asked."""
-    out = []
-    jobs: dict[str, Job | None] = {}
-    for alloc in store.service_allocs(name):
-        if alloc.job_id not in jobs:
-            jobs[alloc.job_id] = store.get_job(alloc.job_id)
-        inst = instance(name, alloc, jobs[alloc.job_id], store.get_node(alloc.node_id))
-        if inst is not None and (inst["healthy"] or not healthy_only):
-            out.append(inst)
+    out = [
+        instance(service, alloc, store.get_node(alloc.node_id))
+        for alloc, service in store.service_allocs(name)
+        if is_healthy(alloc) or not healthy_only
+    ]
     out.sort(key=lambda inst: (inst["job_id"], inst["alloc_id"]))
     return out

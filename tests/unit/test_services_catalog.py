@@ -186,3 +186,13 @@ def test_catalog_index_is_rebuilt_on_reopen(tmp_path):
     again = StateStore(str(tmp_path))
     assert [i["alloc_id"] for i in catalog.instances(again, "admin")] == ["a0", "a1"]
     assert catalog.instances(again, "nope") == []
+
+
+def test_instances_keep_the_service_they_were_placed_with(tmp_path):
+    store = _store_with(tmp_path, count=1)
+    changed = parse_job(job_body([{**WEB, "port": 9090, "tags": ["v2"]}], count=1))
+    store.put_job(changed, Evaluation("e2", changed.job_id, TriggeredBy.JOB_UPDATE))
+    (old,) = catalog.instances(store, "web")
+    assert (old["port"], old["tags"]) == (8080, ["v1"])  # still the old copy's
+    # The service the new version dropped still lists its running copy.
+    assert [i["alloc_id"] for i in catalog.instances(store, "admin")] == ["a0"]

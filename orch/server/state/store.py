@@ -79,9 +79,10 @@ class StoreCore:
         # these, never a node's whole history.
         self._live_by_node: dict[str, dict[str, None]] = {}
         # The service catalog: service name -> live allocation ids, and the
-        # names each one was entered under (its job may change meanwhile).
+        # services each one was entered with (as its job version declared
+        # them: a later version may change them while it still runs).
         self._services: dict[str, dict[str, None]] = {}
-        self._alloc_services: dict[str, tuple[str, ...]] = {}
+        self._alloc_services: dict[str, tuple[dict, ...]] = {}
         self._evals: dict[str, Evaluation] = {}
         self._evals_by_job: dict[str, dict[str, None]] = {}
         # periodic job -> (its last launch time, its newest child's id)
@@ -207,21 +208,22 @@ class StoreCore:
     def _catalog(self, alloc: Allocation) -> None:
         """Keep the service index in step: live allocations are instances."""
         alloc_id = alloc.allocation_id
-        names = self._alloc_services.get(alloc_id)
+        entered = alloc_id in self._alloc_services
         if not alloc.holds_resources():
-            if names is not None:
+            if entered:
                 self._uncatalog(alloc_id)
             return
-        if names is not None:
+        if entered:
             return
         services = catalog.group_services(self._jobs.get(alloc.job_id), alloc.task_group)
         if services:
-            names = self._alloc_services[alloc_id] = tuple(s["name"] for s in services)
-            for name in names:
-                self._services.setdefault(name, {})[alloc_id] = None
+            self._alloc_services[alloc_id] = services
+            for service in services:
+                self._services.setdefault(service["name"], {})[alloc_id] = None
 
     def _uncatalog(self, alloc_id: str) -> None:
-        for name in self._alloc_services.pop(alloc_id, ()):
+        for service in self._alloc_services.pop(alloc_id, ()):
+            name = service["name"]
             ids = self._services.get(name)
             if ids is not None:
                 ids.pop(alloc_id, None)
@@ -308,11 +310,16 @@ class StoreCore:
         with self._lock:
             return sorted(self._services)
 
-    def service_allocs(self, name: str) -> list[Allocation]:
-        """The live allocations that are instances of service `name`."""
+    def service_allocs(self, name: str) -> list[tuple[Allocation, dict]]:
+        """(allocation, its service `name` as entered) of each live instance."""
         with self._lock:
-            ids = list(self._services.get(name, ()))
-        return [a for a in map(self._allocs.get, ids) if a is not None]
+            out = []
+            for alloc_id in self._services.get(name, ()):
+                alloc = self._allocs.get(alloc_id)
+                for service in self._alloc_services.get(alloc_id, ()):
+                    if alloc is not None and service["name"] == name:
+                        out.append((alloc, service))
+            return out
 
     def get_eval(self, eval_id: str) -> Evaluation | None:
         return self._evals.get(eval_id)
