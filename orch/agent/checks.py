@@ -63,11 +63,16 @@ def checks_of(alloc: AllocRunner) -> list[Check]:
                     alloc=alloc,
                     key=f"{service['name']}/{spec['name']}",
                     spec=spec,
-                    port=service.get("port"),
+                    port=_host_port(service.get("port")),
                     restart=spec.get("check_restart") or service.get("check_restart"),
                 )
             )
     return out
+
+
+def _host_port(port) -> int | None:
+    """The pushed port, a number (the server resolved any label); else none."""
+    return port if isinstance(port, int) and not isinstance(port, bool) else None
 
 
 class CheckRunner:

@@ -187,3 +187,11 @@ def test_unwatched_allocations_are_no_longer_checked(make, server):
     seen = len(server.paths())
     time.sleep(0.5)
     assert len(server.paths()) == seen
+
+
+def test_an_unresolved_port_label_is_never_dialed(make):
+    # A label the server could not resolve must not become a named port ("http" = 80).
+    runner = make([{"name": "web", "port": "http", "checks": [{"type": "tcp", "interval": 0.1}]}])
+    assert wait_for(lambda: runner.health() == "unhealthy", 10)
+    output = runner.to_dict()["checks"]["web/tcp-0"]["output"]
+    assert output == "the service has no port to check"
