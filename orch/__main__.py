@@ -387,6 +387,20 @@ def add_client_commands(sub, common) -> None:
         "-f", "--follow", action="store_true", help="keep printing until the allocation ends"
     )
     cmd.set_defaults(handler=lazy("orch.cli.commands:alloc_logs"))
+    add_service_commands(sub, reads)
+
+
+def add_service_commands(sub, reads) -> None:
+    """`orch service list|info`: the built-in service catalog."""
+    service = sub.add_parser("service", help="discover services").add_subparsers(
+        dest="service_command", metavar="COMMAND", required=True
+    )
+    cmd = service.add_parser("list", parents=[reads], help="list services and instance counts")
+    cmd.set_defaults(handler=lazy("orch.cli.service:service_list"))
+    cmd = service.add_parser("info", parents=[reads], help="list a service's instances")
+    cmd.add_argument("name", metavar="NAME", help="the service name")
+    cmd.add_argument("--healthy", action="store_true", help="only the healthy instances")
+    cmd.set_defaults(handler=lazy("orch.cli.service:service_info"))
 
 
 def add_node_commands(node, reads) -> None:

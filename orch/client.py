@@ -160,6 +160,7 @@ class Client:
         self.evaluations = Evaluations(self)
         self.nodes = Nodes(self)
         self.allocs = Allocations(self)
+        self.services = Services(self)
 
     def close(self) -> None:
         self._session.close()
@@ -309,3 +310,15 @@ class Allocations(_Resource):
         params = {"type": "stderr" if stderr else "stdout", "offset": offset}
         path = f"/allocations/{_seg(alloc_id)}/logs/{_seg(task)}"
         return self._client.request("GET", path, params=params).content
+
+
+class Services(_Resource):
+    def instances(self, name: str, healthy: bool = False) -> list[dict]:
+        """A service's instances; only the healthy ones with ``healthy``."""
+        params = {"healthy": "true"} if healthy else None
+        return self._client.call("GET", f"/services/{_seg(name)}", params=params).get(
+            "instances", []
+        )
+
+    def list(self) -> list[dict]:
+        return self._client.call("GET", "/services").get("services", [])

@@ -60,6 +60,7 @@ def job_from(d: dict) -> Job:
             migrate_max_parallel=int((g.get("migrate") or {}).get("max_parallel") or 1),
             meta=dict(g.get("meta") or {}),
             update=update_from(g.get("update")),
+            services=tuple(g.get("services") or ()),
         )
         for g in d["task_groups"]
     )
@@ -128,6 +129,8 @@ def alloc_from(d: dict) -> Allocation:
         previous_allocation=d.get("previous_allocation"),
         reschedule_count=int(d.get("reschedule_count") or 0),
         migrate=bool(d.get("migrate")),
+        health=d.get("health") or None,
+        checks=dict(d.get("checks") or {}),
     )
 
 
@@ -191,6 +194,10 @@ def _alloc_json(a: Allocation, tasks: str) -> str:
         extra += f',"reschedule_count":{int(a.reschedule_count):d}'
     if a.migrate:
         extra += ',"migrate":true'
+    if a.health is not None:
+        extra += f',"health":{_quote(a.health)}'
+    if a.checks:
+        extra += f',"checks":{_DUMP(a.checks)}'
     return (
         f'{{"allocation_id":{_quote(a.allocation_id)},"job_id":{_quote(a.job_id)},'
         f'"task_group":{_quote(a.task_group)},"node_id":{_quote(a.node_id)},'

@@ -18,7 +18,7 @@ from orch.structs import (
     TaskGroup,
     new_id,
 )
-from orch.validation import bodies, fields, regex, system, update
+from orch.validation import bodies, fields, regex, services, system, update
 from orch.validation import drain as drain_rules
 from orch.validation.fields import fail
 from orch.validation.fields import is_int as _int
@@ -128,6 +128,7 @@ def _group(raw: dict, path: str, max_count: int) -> TaskGroup:
         stop_after=_disconnect(raw.get("disconnect"), f"{path}.disconnect"),
         migrate_max_parallel=drain_rules.migrate(raw.get("migrate"), f"{path}.migrate"),
         meta=_meta(raw.get("meta"), f"{path}.meta"),
+        services=services.services(raw.get("services"), f"{path}.services"),
     )
 
 

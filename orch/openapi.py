@@ -207,6 +207,22 @@ _LOG_QUERY = (
 )
 
 
+_SERVICES = {
+    "type": "object",
+    "required": ["services", "count"],
+    "properties": {"services": {"type": "array"}, "count": {"type": "integer"}},
+}
+_INSTANCES = {
+    "type": "object",
+    "required": ["service", "instances", "count"],
+    "properties": {
+        "service": {"type": "string"},
+        "instances": {"type": "array"},
+        "count": {"type": "integer"},
+    },
+}
+
+
 def _json(schema):
     return {"content": {"application/json": {"schema": schema}}}
 
@@ -322,6 +338,15 @@ SERVER_SPEC = {
                 errors=(400, 404, 502),
                 params=["alloc_id", "task"],
                 query=_LOG_QUERY,
+            )
+        },
+        "/services": {"get": _op("Services with live instances", ok=_SERVICES, errors=())},
+        "/services/{name}": {
+            "get": _op(
+                "A service's instances (healthy=true: only healthy ones)",
+                ok=_INSTANCES,
+                params=["name"],
+                query=(("healthy", {"type": "string", "enum": ["true", "false", "1", "0"]}),),
             )
         },
         "/health": {"get": _op("Liveness", ok={"type": "object"}, errors=())},

@@ -195,6 +195,8 @@ class TaskGroup:
     meta: dict = field(default_factory=dict, hash=False, compare=True)  # wins over job meta
     # The group's update block, already merged over the job's (group wins).
     update: UpdateStrategy | None = None
+    # Validated service dicts (orch.validation.services): name, port, tags, checks.
+    services: tuple = field(default=(), hash=False, compare=True)
 
     @property
     def resources(self) -> Resources:
@@ -217,6 +219,8 @@ class TaskGroup:
             body["disconnect"] = {"stop_after": self.stop_after}
         if self.meta:
             body["meta"] = self.meta  # tasks see it in their environment
+        if self.services:
+            body["services"] = list(self.services)  # the agent runs their checks
         raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
@@ -237,6 +241,8 @@ class TaskGroup:
         if self.update is not None:
             # Left out of spec_hash: changing how to update replaces nothing.
             out["update"] = self.update.to_dict()
+        if self.services:
+            out["services"] = [dict(s) for s in self.services]
         return out
 
 
@@ -435,6 +441,11 @@ class Allocation:
     # scheduler places a replacement and keeps this one until the drainer
     # stops it, once the replacement runs.
     migrate: bool = False
+    # What the agent's health checks say: "healthy", "unhealthy" or None
+    # (unknown: no checks, or no result yet), and the last result of each
+    # check by "<service>/<check>": {"status", "output", "time"}.
+    health: str | None = None
+    checks: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -472,6 +483,8 @@ class Allocation:
             "reschedule_count": self.reschedule_count,
             "migrate": self.migrate,
             "tasks": {n: ts.to_dict() for n, ts in self.tasks.items()},
+            "health": self.health,
+            "checks": self.checks,
         }
 
 

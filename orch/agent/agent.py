@@ -12,6 +12,7 @@ import threading
 import time
 
 from orch.agent.allocrunner import AllocRunner
+from orch.agent.checks import CheckRunner, check_host
 from orch.agent.drivers import default_drivers
 from orch.agent.drivers.base import Driver
 from orch.agent.fingerprint import fingerprint, refresh_drivers
@@ -54,6 +55,7 @@ class Agent:
         self._collectable: dict[str, float] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        self.checks = CheckRunner(check_host(config))
         self._prober = threading.Thread(
             target=self._probe_drivers, daemon=True, name="driver-probe"
         )
@@ -79,6 +81,7 @@ class Agent:
             len(spec.tasks),
         )
         runner.start()
+        self.checks.watch(runner)
         return True
 
     def get(self, alloc_id: str) -> AllocRunner:
@@ -99,6 +102,7 @@ class Agent:
         # An allocation that had finished keeps its final status; one we stop
         # now reports `stopped` (the server knows whether it asked for that).
         last = runner.heartbeat_report() if runner.finished else None
+        self.checks.unwatch(alloc_id)
         runner.stop()
         with self._lock:
             if self._allocs.get(alloc_id) is runner:
@@ -168,6 +172,7 @@ class Agent:
                 del self._collectable[alloc_id]
                 del self._allocs[alloc_id]
         for alloc_id in victims:
+            self.checks.unwatch(alloc_id)
             self.store.remove_alloc(alloc_id)
             self._forget(alloc_id)
         if victims:
@@ -231,6 +236,7 @@ class Agent:
             with self._lock:
                 self._allocs[spec.allocation_id] = runner
             runner.start()
+            self.checks.watch(runner)
             count += 1
         if count:
             log.info("restored %d allocations from %s", count, self.store.data_dir)
@@ -327,6 +333,7 @@ class Agent:
         # The loop goes first: a leaving node's last word must not be the
         # failures we cause ourselves; the server marks its allocations lost.
         self._closing.set()
+        self.checks.close()
         if self.loop is not None:
             self.loop.stop()
         if stop_tasks:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -66,6 +67,10 @@ class AllocRunner:
         self._entry: dict | None = None  # heartbeat entry until the next change
         self._report: tuple[str, str] | None = None  # ... and its status and JSON
         self._spec_json: str | None = None  # the spec never changes: encoded once
+        # The last result of each health check by "<service>/<check>"
+        # (orch.agent.checks); reported, never persisted: checks run again.
+        self.check_results: dict[str, dict] = {}
+        self._check_count = sum(len(s.get("checks") or ()) for s in spec.services)
         self.tasks: dict[str, TaskRunner] = {}
         for task in spec.tasks:
             runner = TaskRunner(self, task)
@@ -251,7 +256,58 @@ class AllocRunner:
                     "end_time": self.end_time,
                     "tasks": tasks,
                 }
+                if self.check_results:
+                    self._entry["checks"] = {k: dict(v) for k, v in self.check_results.items()}
+                    self._entry["health"] = self.health()
             return self._entry
+
+    # -- health checks (orch.agent.checks) ----------------------------------
+
+    def record_check(self, key: str, ok: bool, output: str, when: float) -> None:
+        """A check's result; the heartbeat hears of it only when it changed."""
+        result = {"status": "passing" if ok else "failing", "output": output, "time": when}
+        with self.lock:
+            old = self.check_results.get(key)
+            if old is not None and old["status"] == result["status"]:
+                if old["output"] == output:
+                    return
+            self.check_results[key] = result
+            self._entry = self._report = None
+        self._on_change()
+
+    def clear_checks(self) -> None:
+        """Forget the results (the tasks are not running): health is unknown again."""
+        with self.lock:
+            if not self.check_results:
+                return
+            self.check_results = {}
+            self._entry = self._report = None
+        self._on_change()
+
+    def health(self) -> str | None:
+        """healthy (every check passing), unhealthy (any failing), None (unknown)."""
+        with self.lock:
+            statuses = [r["status"] for r in self.check_results.values()]
+        if "failing" in statuses:
+            return "unhealthy"
+        if statuses and len(statuses) == self._check_count:
+            return "healthy"
+        return None
+
+    def last_task_start(self) -> float | None:
+        """When a task last (re)started: check_restart's grace counts from it."""
+        with self.lock:
+            starts = [r.state.start_time for r in self.tasks.values() if r.state.start_time]
+        return max(starts) if starts else None
+
+    def restart_tasks(self, reason: str) -> None:
+        """Restart every running task (a check failed `check_restart.limit` times)."""
+        for runner in list(self.tasks.values()):
+            runner.restart(reason)
+
+    def check_env(self) -> dict:
+        """A script check's environment: the agent's, with the first task's over it."""
+        return {**os.environ, **self.task_context(self.spec.tasks[0]).env}
 
     def heartbeat_report(self) -> tuple[str, str]:
         """(status, the heartbeat entry as JSON), encoded once per change."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from orch.errors import ValidationError
 from orch.jobspec import DEFAULT_RESOURCES, task_config
 from orch.structs import DRIVERS, JobType, Resources, Task, total_resources
-from orch.validation import bodies, fields
+from orch.validation import bodies, fields, services
 from orch.validation.meta import meta as _meta
 from orch.validation.parameterized import dispatch_payload as _dispatch_payload
 
@@ -29,6 +29,9 @@ class AllocSpec:
     stop_after: float | None = None  # the group's disconnect.stop_after, seconds
     meta: dict = field(default_factory=dict, hash=False)  # job meta with the group's over it
     payload: str = ""  # a dispatched job's payload, base64
+    # The group's services (orch.validation.services), their ports resolved
+    # to host port numbers by the server: the agent runs their checks.
+    services: tuple = field(default=(), hash=False)
 
     def payload_bytes(self) -> bytes:
         return base64.b64decode(self.payload) if self.payload else b""
@@ -47,6 +50,8 @@ class AllocSpec:
             group["disconnect"] = {"stop_after": self.stop_after}
         if self.meta:
             group["meta"] = self.meta
+        if self.services:
+            group["services"] = [dict(s) for s in self.services]
         out = {
             "allocation_id": self.allocation_id,
             "job_id": self.job_id,
@@ -90,6 +95,7 @@ def parse_alloc(body) -> AllocSpec:
         _stop_after(group.get("disconnect")),
         _meta(group.get("meta"), "task_group.meta"),
         _payload(body.get("dispatch_payload")),
+        services.services(group.get("services"), "task_group.services"),
     )
 
 

@@ -73,6 +73,7 @@ class TaskRunner:
         self._killed = threading.Event()
         self._kill_reason = ""
         self._kill_fails = False
+        self._restart_reason = ""  # set by restart(): the next exit starts it again
         cfg = alloc.config
         self._restarts = RestartTracker(
             cfg.restart_attempts, cfg.restart_interval, cfg.restart_delay
@@ -136,6 +137,19 @@ class TaskRunner:
                 self.alloc.task_finished(self)
             return
         self.join(self.alloc.config.kill_timeout + JOIN_GRACE)
+
+    def restart(self, reason: str) -> bool:
+        """Stop the running process so that it starts again at once (check_restart)."""
+        with self.alloc.lock:
+            if self.state.status != R or self._killed.is_set() or self._handle is None:
+                return False
+            self._restart_reason = reason
+            driver, handle = self._driver, self._handle
+            self._event("Restart Signaled", reason)
+        self.alloc.changed()
+        if driver is not None:
+            driver.stop(handle, self.alloc.config.kill_timeout)
+        return True
 
     # -- the task thread -------------------------------------------------
 
@@ -209,23 +223,29 @@ class TaskRunner:
             if self._killed.is_set() or result is None:
                 self._finish_killed(result, now)
                 return False
+            if self._restart_reason:
+                # Asked for (a failing check): at once, outside the restart policy.
+                delay, message = 0.0, self._restart_reason
+                self._restart_reason = ""
             # Long-running kinds restart their tasks; batch and sysbatch finish.
-            if self.alloc.spec.job_type not in (JobType.SERVICE, JobType.SYSTEM):
+            elif self.alloc.spec.job_type not in (JobType.SERVICE, JobType.SYSTEM):
                 self._finish(result, now)
                 return False
-            delay = self._restarts.next_delay()
-            if delay is None:
-                self._event(
-                    "Not Restarting",
-                    (
-                        f"Exceeded allowed attempts {self._restarts.attempts} in "
-                        f"interval {self._restarts.interval:g}s"
-                    ),
-                )
-                self._finish(result, now, force_fail=True)
-                return False
+            else:
+                next_delay = self._restarts.next_delay()
+                if next_delay is None:
+                    self._event(
+                        "Not Restarting",
+                        (
+                            f"Exceeded allowed attempts {self._restarts.attempts} in "
+                            f"interval {self._restarts.interval:g}s"
+                        ),
+                    )
+                    self._finish(result, now, force_fail=True)
+                    return False
+                delay, message = next_delay, f"Task restarting in {next_delay:g}s"
             self.state.restarts += 1
-            self._event("Restarting", f"Task restarting in {delay:g}s")
+            self._event("Restarting", message)
             self._set(P, exit_code=result.exit_code, error=result.error)
         self.alloc.changed()
         if self._killed.wait(delay):

@@ -193,9 +193,11 @@ def alloc_summary(alloc: dict, now: float, paint: Style = PLAIN) -> str:
                 ("Created", ago(alloc.get("create_time"), now)),
                 ("Started", ago(alloc.get("start_time"), now)),
                 ("Finished", ago(alloc.get("end_time"), now)),
+                *health_fields(alloc),
             ]
         )
     ]
+    out.extend(checks_table(alloc, now))
     for name, task in sorted((alloc.get("tasks") or {}).items()):
         out.append("")
         out.append(f'Task "{name}" is "{paint.status(task.get("status", "pending"))}"')
@@ -218,6 +220,25 @@ def alloc_summary(alloc: dict, now: float, paint: Style = PLAIN) -> str:
                 )
             )
     return "\n".join(out)
+
+
+def health_fields(alloc: dict) -> list[tuple[str, object]]:
+    """The Health line of an allocation whose group has checks."""
+    if alloc.get("health") is None and not alloc.get("checks"):
+        return []
+    return [("Health", alloc.get("health") or "unknown")]
+
+
+def checks_table(alloc: dict, now: float) -> list[str]:
+    """The last result of each health check, output on one line."""
+    checks = alloc.get("checks") or {}
+    if not checks:
+        return []
+    rows = [
+        [key, c.get("status"), ago(c.get("time"), now), " ".join(str(c.get("output")).split())]
+        for key, c in sorted(checks.items())
+    ]
+    return ["", "Checks", table(["Check", "Status", "Since", "Output"], rows)]
 
 
 @client_command

@@ -181,22 +181,22 @@ def job_summary(job: dict, now: float, paint: Style = PLAIN) -> str:
     )
     if not allocs:
         return head + "\n\nNo allocations"
+    # A Health column where a group has services (their checks make health).
+    checked = any(tg.get("services") for tg in job.get("task_groups") or [])
     rows = [
         [
             short(a.get("allocation_id")),
             short(a.get("node_id")),
             a.get("task_group"),
             alloc_status(a),
+            *([a.get("health") or "unknown"] if checked else []),
             a.get("desired_status", "run"),
             ago(a.get("create_time") or a.get("start_time"), now),
         ]
         for a in allocs
     ]
-    return (
-        head
-        + "\n\nAllocations\n"
-        + table(["ID", "Node", "Group", "Status", "Desired", "Created"], rows, paint=paint.cell)
-    )
+    header = ["ID", "Node", "Group", "Status", *(["Health"] if checked else []), "Desired"]
+    return head + "\n\nAllocations\n" + table([*header, "Created"], rows, paint=paint.cell)
 
 
 SUMMARY_COLUMNS = ("queued", "starting", "running", "complete", "failed", "lost")

@@ -17,9 +17,9 @@ from urllib.parse import quote
 import bottle
 
 from orch import httpjson, transport
-from orch.errors import NotFound
+from orch.errors import NotFound, ValidationError
 from orch.openapi import SERVER_SPEC
-from orch.server import ui, views
+from orch.server import catalog, ui, views
 from orch.server.metrics import render_metrics
 from orch.structs import Job
 from orch.transport import HttpClient
@@ -228,6 +228,18 @@ def make_app(server: Server) -> bottle.Bottle:
             client.close()
         return httpjson.passthrough(resp)
 
+    # ---- service discovery (orch.server.catalog) -----------------------------
+
+    @route("GET", "/services")
+    def list_services():
+        return catalog.list_services(store)
+
+    @route("GET", "/services/<name>")
+    def get_service(name):
+        healthy = _flag(bottle.request.query.get("healthy"), "healthy")
+        found = catalog.instances(store, name, healthy_only=healthy)
+        return {"service": name, "instances": found, "count": len(found)}
+
     @route("GET", "/health", public=True)
     def health():
         return {
@@ -247,3 +259,14 @@ def make_app(server: Server) -> bottle.Bottle:
 
     ui.mount(app, route, server)
     return app
+
+
+def _flag(raw: str | None, name: str) -> bool:
+    """A boolean query parameter: true/false/1/0 (absent: false)."""
+    if raw is None or raw == "":
+        return False
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise ValidationError(f"{name}: must be true or false")

@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
+from orch.server import catalog
 from orch.structs import Allocation, Job, short_id
 from orch.transport import ERRORS, HttpClient, PeerGone
 
@@ -55,6 +56,11 @@ def alloc_payload(alloc: Allocation, job: Job) -> dict:
     payload: dict[str, object] = {"name": group.name, "tasks": tasks}
     if group.stop_after is not None:
         payload["disconnect"] = {"stop_after": group.stop_after}
+    if group.services:
+        # The agent checks a host port: the label is resolved here, once.
+        payload["services"] = [
+            {**s, "port": catalog.service_port(s, alloc)} for s in group.services
+        ]
     body = {
         "allocation_id": alloc.allocation_id,
         "job_id": alloc.job_id,

@@ -85,6 +85,8 @@ def _unchanged(alloc: Allocation, report: dict) -> bool:
         value = report.get(key)
         if isinstance(value, (int, float)) and value != getattr(alloc, key):
             return False
+    if report.get("health") != alloc.health or (report.get("checks") or {}) != alloc.checks:
+        return False
     tasks = report.get("tasks")
     if not isinstance(tasks, dict):
         return True  # no task map: tasks are left as they are
@@ -92,6 +94,18 @@ def _unchanged(alloc: Allocation, report: dict) -> bool:
     return len(tasks) == len(current) and all(
         _task_unchanged(raw, current.get(name)) for name, raw in tasks.items()
     )
+
+
+def _health_changes(alloc: Allocation, report: dict) -> dict:
+    """The health and check results a report brings (validated by bodies.check_report)."""
+    health = report.get("health")
+    checks = report.get("checks") or {}
+    changes: dict[str, object] = {}
+    if health != alloc.health:
+        changes["health"] = health
+    if checks != alloc.checks:
+        changes["checks"] = dict(checks)
+    return changes
 
 
 _TERMINAL_VALUES = frozenset(status.value for status in TERMINAL_ALLOC)
@@ -129,6 +143,7 @@ def merge_report(alloc: Allocation, report: dict, now: float) -> Allocation | No
         value = report.get(key)
         if isinstance(value, (int, float)) and value != getattr(alloc, key):
             changes[key] = float(value)
+    changes.update(_health_changes(alloc, report))
     if not changes:
         return None
     return replace(alloc, modify_time=now, **changes)

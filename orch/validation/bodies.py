@@ -97,12 +97,40 @@ def alloc_report(report, path: str) -> None:
         return  # not a report: sync skips it
     for key in ("start_time", "end_time"):
         optional_time(report.get(key), f"{path}.{key}")
+    check_report(report, path)
     tasks = report.get("tasks")
     if not isinstance(tasks, dict):
         return
     for name, task in tasks.items():
         if isinstance(task, dict):
             task_report(task, f"{path}.tasks.{name}")
+
+
+HEALTH_VALUES = ("healthy", "unhealthy")
+CHECK_STATUSES = ("passing", "failing")
+CHECKS_MAX = 256  # results in one allocation's report (16 services x 16 checks)
+CHECK_OUTPUT_MAX = 4096
+
+
+def check_report(report: dict, path: str) -> None:
+    """An allocation's `health` and `checks` ({"<service>/<check>": result})."""
+    health = report.get("health")
+    if health is not None and health not in HEALTH_VALUES:
+        fail(f"{path}.health", "must be healthy, unhealthy or null")
+    checks = report.get("checks")
+    if checks is None:
+        return
+    if not isinstance(checks, dict) or len(checks) > CHECKS_MAX:
+        fail(f"{path}.checks", f"must be an object of at most {CHECKS_MAX} results")
+    for key, result in checks.items():
+        where = f"{path}.checks.{key}"
+        text(key, where, max_len=2 * 64 + 1)
+        if not isinstance(result, dict) or result.get("status") not in CHECK_STATUSES:
+            fail(f"{where}.status", "must be passing or failing")
+        text(
+            result.get("output", ""), f"{where}.output", max_len=CHECK_OUTPUT_MAX, allow_empty=True
+        )
+        optional_time(result.get("time"), f"{where}.time")
 
 
 def task_report(task: dict, path: str) -> None:

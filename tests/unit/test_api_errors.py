@@ -11,7 +11,7 @@ from orch.server.api import make_app
 from orch.server.server import Server
 
 
-def call(app, method, path, body=None, headers=None):
+def call(app, method, path, body=None, headers=None, query=""):
     raw = (
         body
         if isinstance(body, bytes)
@@ -23,6 +23,7 @@ def call(app, method, path, body=None, headers=None):
         {
             "REQUEST_METHOD": method,
             "PATH_INFO": path,
+            "QUERY_STRING": query,
             "CONTENT_LENGTH": str(len(raw)),
             "CONTENT_TYPE": "application/json",
             "wsgi.input": io.BytesIO(raw),
@@ -182,3 +183,12 @@ def test_token_required_when_set(tmp_path):
         assert call(app, "GET", "/jobs", headers={"Authorization": "Bearer s3cret"})[0] == 200
     finally:
         server.stop()
+
+
+def test_service_routes_answer_json_and_refuse_a_bad_flag(app):
+    assert call(app, "GET", "/services") == (200, {"services": [], "count": 0})
+    status, body = call(app, "GET", "/services/web")
+    assert (status, body) == (200, {"service": "web", "instances": [], "count": 0})
+    status, body = call(app, "GET", "/services/web", query="healthy=maybe")
+    assert status == 400 and body["error"] == "healthy: must be true or false"
+    assert call(app, "GET", "/services/web", query="healthy=true")[0] == 200

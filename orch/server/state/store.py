@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 from orch import codec
 from orch.errors import NotFound, StorageError
-from orch.server import quarantine
+from orch.server import catalog, quarantine
 from orch.server.scheduler.cluster import Cluster
 from orch.structs import (
     TERMINAL_ALLOC,
@@ -78,6 +78,11 @@ class StoreCore:
         # Only allocations holding resources: heartbeats and node views walk
         # these, never a node's whole history.
         self._live_by_node: dict[str, dict[str, None]] = {}
+        # The service catalog: service name -> live allocation ids, and the
+        # services each one was entered with (as its job version declared
+        # them: a later version may change them while it still runs).
+        self._services: dict[str, dict[str, None]] = {}
+        self._alloc_services: dict[str, tuple[dict, ...]] = {}
         self._evals: dict[str, Evaluation] = {}
         self._evals_by_job: dict[str, dict[str, None]] = {}
         # periodic job -> (its last launch time, its newest child's id)
@@ -198,6 +203,32 @@ class StoreCore:
         elif alloc.holds_resources() and not held:
             self.cluster.reserve(alloc)
             self._live_by_node.setdefault(alloc.node_id, {})[alloc.allocation_id] = None
+        self._catalog(alloc)
+
+    def _catalog(self, alloc: Allocation) -> None:
+        """Keep the service index in step: live allocations are instances."""
+        alloc_id = alloc.allocation_id
+        entered = alloc_id in self._alloc_services
+        if not alloc.holds_resources():
+            if entered:
+                self._uncatalog(alloc_id)
+            return
+        if entered:
+            return
+        services = catalog.group_services(self._jobs.get(alloc.job_id), alloc.task_group)
+        if services:
+            self._alloc_services[alloc_id] = services
+            for service in services:
+                self._services.setdefault(service["name"], {})[alloc_id] = None
+
+    def _uncatalog(self, alloc_id: str) -> None:
+        for service in self._alloc_services.pop(alloc_id, ()):
+            name = service["name"]
+            ids = self._services.get(name)
+            if ids is not None:
+                ids.pop(alloc_id, None)
+                if not ids:
+                    del self._services[name]
 
     def _index_new_allocs(self, allocs: list[Allocation]) -> None:
         """_index_alloc for a plan's placements, with one capacity-index call."""
@@ -225,6 +256,7 @@ class StoreCore:
                 node_index = by_node.setdefault(node_id, {})
             node_index[alloc_id] = None
             fresh.append(alloc)
+            self._catalog(alloc)
         self.cluster.reserve_many(fresh)
 
     def _unindex_alloc(self, alloc_id: str) -> None:
@@ -232,6 +264,7 @@ class StoreCore:
         if alloc is None:
             return
         self._allocs_by_job.get(alloc.job_id, {}).pop(alloc_id, None)
+        self._uncatalog(alloc_id)
         if alloc.holds_resources():
             self.cluster.release(alloc)
             self._live_by_node.get(alloc.node_id, {}).pop(alloc_id, None)
@@ -272,6 +305,21 @@ class StoreCore:
         """A node's allocations that still hold resources (wanted, unfinished)."""
         ids = list(self._live_by_node.get(node_id, ()))
         return [a for a in map(self._allocs.get, ids) if a is not None]
+
+    def service_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._services)
+
+    def service_allocs(self, name: str) -> list[tuple[Allocation, dict]]:
+        """(allocation, its service `name` as entered) of each live instance."""
+        with self._lock:
+            out = []
+            for alloc_id in self._services.get(name, ()):
+                alloc = self._allocs.get(alloc_id)
+                for service in self._alloc_services.get(alloc_id, ()):
+                    if alloc is not None and service["name"] == name:
+                        out.append((alloc, service))
+            return out
 
     def get_eval(self, eval_id: str) -> Evaluation | None:
         return self._evals.get(eval_id)

@@ -1,0 +1,260 @@
+"""Health checks run by the agent: http, tcp and script, on one timer thread.
+
+Nomad's client runs each check in its own goroutine; threads cost more in
+Python, so one scheduler thread keeps a heap of next-run times and hands
+due checks to a small pool (a slow check, up to its timeout, holds a pool
+worker, not the timer). A check runs only while its allocation is running;
+its result goes to the AllocRunner (``record_check``), which puts it in the
+heartbeat when it changes. ``check_restart``: after `limit` failures in a
+row (counted once `grace` has passed since the task started) the tasks are
+restarted through the task runner's restart path.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from orch import transport
+from orch.structs import AllocStatus
+
+if TYPE_CHECKING:
+    from orch.agent.allocrunner import AllocRunner
+
+log = logging.getLogger(__name__)
+
+OUTPUT_MAX = 1024  # bytes of a check's output kept (and reported)
+WORKERS = 4
+# How often a check whose allocation is not running (yet) looks again.
+IDLE_POLL = 0.5
+
+
+@dataclass(eq=False)
+class Check:
+    """One check of one allocation's service, and its failure streak."""
+
+    alloc: AllocRunner
+    key: str  # "<service>/<check>"
+    spec: dict  # orch.validation.services check dict
+    port: int | None
+    restart: dict | None  # check_restart: the check's own, else the service's
+    failures: int = 0
+    cancelled: bool = False
+
+
+def checks_of(alloc: AllocRunner) -> list[Check]:
+    """The checks an allocation's services declare."""
+    out = []
+    for service in alloc.spec.services:
+        for spec in service.get("checks") or ():
+            out.append(
+                Check(
+                    alloc=alloc,
+                    key=f"{service['name']}/{spec['name']}",
+                    spec=spec,
+                    port=_host_port(service.get("port")),
+                    restart=spec.get("check_restart") or service.get("check_restart"),
+                )
+            )
+    return out
+
+
+def _host_port(port) -> int | None:
+    """The pushed port, a number (the server resolved any label); else none."""
+    return port if isinstance(port, int) and not isinstance(port, bool) else None
+
+
+class CheckRunner:
+    """The agent's check scheduler: a heap of (next run, check), one thread."""
+
+    def __init__(self, host: str = "127.0.0.1", *, now=time.time):
+        self.host = host
+        self.now = now
+        self._heap: list[tuple[float, int, Check]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._by_alloc: dict[str, list[Check]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="check")
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="checks")
+
+    def watch(self, alloc: AllocRunner) -> None:
+        """Start checking an allocation's services (no-op without checks)."""
+        checks = checks_of(alloc)
+        if not checks:
+            return
+        with self._cond:
+            if self._closed or alloc.spec.allocation_id in self._by_alloc:
+                return
+            self._by_alloc[alloc.spec.allocation_id] = checks
+            for check in checks:
+                self._push(check, 0.0)
+            if self._thread.ident is None:
+                self._thread.start()
+            self._cond.notify()
+
+    def unwatch(self, alloc_id: str) -> None:
+        """Stop checking an allocation (its checks fall off the heap when due)."""
+        with self._cond:
+            for check in self._by_alloc.pop(alloc_id, ()):
+                check.cancelled = True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _push(self, check: Check, delay: float) -> None:
+        """Schedule a check `delay` seconds from now (caller holds the condition)."""
+        heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), check))
+
+    def _schedule(self, check: Check, delay: float) -> None:
+        with self._cond:
+            if not check.cancelled and not self._closed:
+                self._push(check, delay)
+                self._cond.notify()
+
+    def _next_due(self) -> Check | None:
+        """Wait for the next due check; None once closed."""
+        with self._cond:
+            while not self._closed:
+                if self._heap:
+                    wait = self._heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        return heapq.heappop(self._heap)[2]
+                    self._cond.wait(wait)
+                else:
+                    self._cond.wait()
+            return None
+
+    def _run(self) -> None:
+        while (check := self._next_due()) is not None:
+            if check.cancelled:
+                continue
+            alloc = check.alloc
+            if alloc.finished:
+                self.unwatch(alloc.spec.allocation_id)
+                alloc.clear_checks()
+                continue
+            if alloc.status() != AllocStatus.RUNNING:
+                # Between restarts or not started: what was known no longer holds.
+                check.failures = 0
+                alloc.clear_checks()
+                self._schedule(check, min(IDLE_POLL, check.spec["interval"]))
+                continue
+            try:
+                self._pool.submit(self._execute, check)
+            except RuntimeError:  # the pool is shut down: closing
+                return
+
+    def _execute(self, check: Check) -> None:
+        try:
+            ok, output = self.probe(check)
+        except Exception as exc:  # a check must never take the scheduler down
+            log.exception("check %s crashed", check.key)
+            ok, output = False, f"check error: {exc}"
+        if check.cancelled:
+            return
+        check.alloc.record_check(check.key, ok, output[:OUTPUT_MAX], self.now())
+        self._count(check, ok)
+        self._schedule(check, check.spec["interval"])
+
+    def _count(self, check: Check, ok: bool) -> None:
+        """Track the failure streak; restart the tasks when it reaches the limit."""
+        rule = check.restart
+        if ok or not rule or rule["limit"] <= 0:
+            check.failures = 0
+            return
+        started = check.alloc.last_task_start()
+        if started is None or self.now() - started < rule["grace"]:
+            return  # failures during the grace period do not count
+        check.failures += 1
+        if check.failures >= rule["limit"]:
+            check.failures = 0
+            reason = f"restarted by check {check.key}: {rule['limit']} consecutive failures"
+            log.info("alloc %s: %s", check.alloc.short, reason)
+            check.alloc.restart_tasks(reason)
+
+    def probe(self, check: Check) -> tuple[bool, str]:
+        """Run one check once: (passing, output)."""
+        kind, timeout = check.spec["type"], check.spec["timeout"]
+        if kind == "script":
+            return run_script(check.spec["command"], timeout, check.alloc.check_env())
+        if check.port is None:
+            return False, "the service has no port to check"
+        if kind == "tcp":
+            return tcp_check(self.host, check.port, timeout)
+        return http_check(self.host, check.port, check.spec.get("path") or "/", timeout)
+
+
+def http_check(host: str, port: int, path: str, timeout: float) -> tuple[bool, str]:
+    """GET http://host:port/path: passing on a 2xx or 3xx answer."""
+    client = transport.HttpClient(timeout=timeout, keep_alive=False)
+    try:
+        resp = client.get(f"http://{host}:{port}{path}", headers={"Accept": "*/*"})
+    except (*transport.ERRORS, ValueError) as exc:
+        return False, f"GET {path}: {exc or type(exc).__name__}"
+    finally:
+        client.close()
+    body = resp.content[:OUTPUT_MAX].decode("utf-8", "replace")
+    return 200 <= resp.status < 400, f"HTTP {resp.status}: {body}"
+
+
+def tcp_check(host: str, port: int, timeout: float) -> tuple[bool, str]:
+    """Connect to host:port: passing when the connection is accepted."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, f"TCP connect {host}:{port}: success"
+    except OSError as exc:
+        return False, f"TCP connect {host}:{port}: {exc or type(exc).__name__}"
+
+
+def run_script(command, timeout: float, env: dict | None) -> tuple[bool, str]:
+    """Run a command (a string goes through /bin/sh -c): passing on exit 0."""
+    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own group: a timeout kills its children too
+        )
+    except OSError as exc:
+        return False, f"cannot run the check: {exc}"
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return False, f"timed out after {timeout:g}s"
+    text = out[:OUTPUT_MAX].decode("utf-8", "replace")
+    return proc.returncode == 0, text if text else f"exit code {proc.returncode}"
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
+
+
+def check_host(config) -> str:
+    """Where http and tcp checks connect: the host the node advertises (the
+    catalog's address), else the agent's bind address, else loopback."""
+    host = urlsplit(config.advertise).hostname if config.advertise else None
+    host = host or config.bind
+    return "127.0.0.1" if host in (None, "", "0.0.0.0", "::") else host

@@ -1,0 +1,197 @@
+"""The agent's health checks against real tiny servers and real tasks."""
+
+import json
+import socket
+import time
+
+import pytest
+from tiny_http import Mute, Recorder
+
+from orch.agent.allocrunner import AllocRunner
+from orch.agent.checks import CheckRunner, check_host, http_check, run_script, tcp_check
+from orch.agent.drivers.exec import ExecDriver
+from orch.agent.spec import parse_alloc
+from orch.agent.state import AgentStore
+from orch.config import AgentConfig
+
+from waiting import wait_for
+
+
+@pytest.fixture
+def server():
+    """A loopback HTTP server: /ok answers 200, /redirect 302, anything else 500."""
+    codes = {"/ok": 200, "/redirect": 302}
+    recorder = Recorder(lambda method, path, body: (codes.get(path, 500), {"path": path}))
+    yield recorder
+    recorder.close()
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def test_http_check_passes_on_2xx_and_3xx_and_fails_otherwise(server):
+    port = port_of(server.url)
+    assert http_check("127.0.0.1", port, "/ok", 2)[0] is True
+    assert http_check("127.0.0.1", port, "/redirect", 2)[0] is True
+    ok, output = http_check("127.0.0.1", port, "/broken", 2)
+    assert ok is False and output.startswith("HTTP 500") and "/broken" in output
+
+
+def test_http_check_times_out():
+    mute = Mute()
+    try:
+        started = time.monotonic()
+        ok, output = http_check("127.0.0.1", port_of(mute.url), "/", 0.3)
+        assert ok is False and "timed out" in output
+        assert time.monotonic() - started < 2
+    finally:
+        mute.close()
+
+
+def test_tcp_check_open_and_closed():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    assert tcp_check("127.0.0.1", port, 1)[0] is True
+    listener.close()
+    ok, output = tcp_check("127.0.0.1", port, 1)
+    assert ok is False and "refused" in output.lower()
+
+
+def test_script_check_exit_codes_output_and_timeout():
+    assert run_script("echo fine", 2, None) == (True, "fine\n")
+    ok, output = run_script("echo broken >&2; exit 3", 2, None)
+    assert ok is False and output == "broken\n"
+    assert run_script(["/bin/sh", "-c", "exit 0"], 2, None) == (True, "exit code 0")
+    ok, output = run_script("head -c 5000 /dev/zero | tr '\\0' x", 2, None)
+    assert ok is True and len(output) == 1024
+    started = time.monotonic()
+    ok, output = run_script("sleep 30", 0.3, None)
+    assert ok is False and "timed out" in output and time.monotonic() - started < 5
+    assert run_script("echo $CHECK_VAR", 2, {"CHECK_VAR": "from-env", "PATH": "/bin"}) == (
+        True,
+        "from-env\n",
+    )
+
+
+def test_check_host_follows_the_advertised_address():
+    assert check_host(AgentConfig()) == "127.0.0.1"
+    assert check_host(AgentConfig(bind="0.0.0.0")) == "127.0.0.1"
+    assert check_host(AgentConfig(bind="0.0.0.0", advertise="http://10.0.0.5:4647")) == "10.0.0.5"
+
+
+@pytest.fixture
+def make(tmp_path):
+    """Real allocations (exec driver) watched by a real CheckRunner."""
+    store = AgentStore(str(tmp_path))
+    config = AgentConfig(data_dir=str(tmp_path), restart_delay=0.05, kill_timeout=1.0)
+    checks = CheckRunner("127.0.0.1")
+    runners = []
+
+    def build(services, command="sleep 60"):
+        spec = parse_alloc(
+            {
+                "allocation_id": f"a{len(runners)}",
+                "job_id": "j1",
+                "job_type": "service",
+                "task_group": {
+                    "name": "g",
+                    "tasks": [{"name": "t", "config": {"command": command}}],
+                    "services": services,
+                },
+            }
+        )
+        runner = AllocRunner(spec, config, {"exec": ExecDriver()}, store)
+        runners.append(runner)
+        runner.start()
+        checks.watch(runner)
+        return runner
+
+    build.checks = checks
+    yield build
+    checks.close()
+    for runner in runners:
+        runner.kill("test teardown", fails=False)
+
+
+def test_health_follows_the_checks_and_reaches_the_report(make, server):
+    port = port_of(server.url)
+    good = {"type": "http", "path": "/ok", "interval": 0.1, "timeout": 1}
+    runner = make([{"name": "web", "port": port, "checks": [good, {"type": "tcp"}]}])
+    assert wait_for(lambda: runner.health() == "healthy", 10)
+    entry = json.loads(runner.heartbeat_report()[1])
+    assert entry["health"] == "healthy"
+    assert set(entry["checks"]) == {"web/http-0", "web/tcp-1"}
+    assert entry["checks"]["web/http-0"]["output"].startswith("HTTP 200")
+    # The same result again is not a change: the encoded report is kept.
+    report = runner.heartbeat_report()
+    time.sleep(0.4)
+    assert runner.heartbeat_report() is report
+
+    bad = make([{"name": "api", "port": port, "checks": [{**good, "path": "/down"}]}])
+    assert wait_for(lambda: bad.health() == "unhealthy", 10)
+    result = bad.to_dict()["checks"]["api/http-0"]
+    assert result["status"] == "failing" and result["output"].startswith("HTTP 500")
+
+
+def test_checks_run_only_while_the_tasks_run(make, server):
+    service = {"name": "web", "port": port_of(server.url), "checks": [{"type": "tcp"}]}
+    service["checks"][0]["interval"] = 0.1
+    runner = make([service])
+    assert wait_for(lambda: runner.health() == "healthy", 10)
+    runner.kill("test", fails=False)
+    assert wait_for(lambda: runner.health() is None and "checks" not in runner.to_dict(), 10)
+
+
+def test_check_restart_restarts_the_task_after_the_limit(make, server):
+    check = {"type": "http", "path": "/down", "interval": 0.1, "timeout": 1}
+    restart = {"limit": 3, "grace": 0}
+    runner = make(
+        [{"name": "web", "port": port_of(server.url), "checks": [check], "check_restart": restart}]
+    )
+    task = runner.tasks["t"]
+    assert wait_for(lambda: task.state.restarts >= 1, 15)
+    messages = [e["message"] for e in task.state.events if e["type"] == "Restarting"]
+    assert messages[0] == "restarted by check web/http-0: 3 consecutive failures"
+    assert wait_for(lambda: task.state.status == "running", 10)
+    # Not counted against the restart policy: the task keeps coming back.
+    assert wait_for(lambda: task.state.restarts >= 3, 20)
+    assert task.state.status in ("running", "pending")
+
+
+def test_failures_within_the_grace_period_do_not_restart(make, server):
+    check = {"type": "http", "path": "/down", "interval": 0.1, "timeout": 1}
+    runner = make(
+        [
+            {
+                "name": "web",
+                "port": port_of(server.url),
+                "checks": [check],
+                "check_restart": {"limit": 1, "grace": 60},
+            }
+        ]
+    )
+    assert wait_for(lambda: runner.health() == "unhealthy", 10)
+    time.sleep(0.5)
+    assert runner.tasks["t"].state.restarts == 0
+
+
+def test_unwatched_allocations_are_no_longer_checked(make, server):
+    check = {"type": "http", "path": "/ok", "interval": 0.1, "timeout": 1}
+    runner = make([{"name": "web", "port": port_of(server.url), "checks": [check]}])
+    assert wait_for(lambda: len(server.paths()) >= 2, 10)
+    make.checks.unwatch(runner.spec.allocation_id)
+    time.sleep(0.3)
+    seen = len(server.paths())
+    time.sleep(0.5)
+    assert len(server.paths()) == seen
+
+
+def test_an_unresolved_port_label_is_never_dialed(make):
+    # A label the server could not resolve must not become a named port ("http" = 80).
+    runner = make([{"name": "web", "port": "http", "checks": [{"type": "tcp", "interval": 0.1}]}])
+    assert wait_for(lambda: runner.health() == "unhealthy", 10)
+    output = runner.to_dict()["checks"]["web/tcp-0"]["output"]
+    assert output == "the service has no port to check"
