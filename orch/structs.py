@@ -173,6 +173,23 @@ class UpdateStrategy:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Port:
+    """One ``network.ports`` entry: a static host port, or dynamic (static None)."""
+
+    label: str
+    static: int | None = None
+    to: int | None = None  # the port inside the task (docker); None: the host port
+
+    def to_dict(self) -> dict:
+        out: dict[str, object] = {"label": self.label}
+        if self.static is not None:
+            out["static"] = self.static
+        if self.to is not None:
+            out["to"] = self.to
+        return out
+
+
 def total_resources(tasks) -> Resources:
     """What a set of tasks reserves together on one node."""
     total = Resources()
@@ -195,6 +212,8 @@ class TaskGroup:
     meta: dict = field(default_factory=dict, hash=False, compare=True)  # wins over job meta
     # The group's update block, already merged over the job's (group wins).
     update: UpdateStrategy | None = None
+    # network.ports: host ports the scheduler reserves per allocation.
+    ports: tuple[Port, ...] = ()
 
     @property
     def resources(self) -> Resources:
@@ -217,6 +236,8 @@ class TaskGroup:
             body["disconnect"] = {"stop_after": self.stop_after}
         if self.meta:
             body["meta"] = self.meta  # tasks see it in their environment
+        if self.ports:
+            body["network"] = self.network_dict()  # a port change places new copies
         raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
@@ -237,7 +258,12 @@ class TaskGroup:
         if self.update is not None:
             # Left out of spec_hash: changing how to update replaces nothing.
             out["update"] = self.update.to_dict()
+        if self.ports:
+            out["network"] = self.network_dict()
         return out
+
+    def network_dict(self) -> dict:
+        return {"ports": [p.to_dict() for p in self.ports]}
 
 
 @dataclass
@@ -328,6 +354,8 @@ class Node:
     # "started", "ignore_system_jobs"} (orch.server.drainer).
     drain: dict | None = None
     drain_complete: float | None = None  # when the last drain ended
+    # Host ports the scheduler may hand out as dynamic ports (agent --port-range).
+    port_range: tuple[int, int] = (20000, 32000)
 
     def computed_class(self) -> str:
         """Nodes with equal class answer every feasibility check the same way."""
@@ -371,6 +399,7 @@ class Node:
             "eligibility": "eligible" if self.eligible else "ineligible",
             "drain": self.drain,
             "drain_complete": self.drain_complete,
+            "port_range": f"{self.port_range[0]}-{self.port_range[1]}",
         }
 
 
@@ -435,6 +464,8 @@ class Allocation:
     # scheduler places a replacement and keeps this one until the drainer
     # stops it, once the replacement runs.
     migrate: bool = False
+    # Host ports reserved for it: [{"label", "value", "to"}] (to: None unless mapped).
+    ports: list = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -472,6 +503,7 @@ class Allocation:
             "reschedule_count": self.reschedule_count,
             "migrate": self.migrate,
             "tasks": {n: ts.to_dict() for n, ts in self.tasks.items()},
+            **({"ports": self.ports} if self.ports else {}),
         }
 
 

@@ -55,12 +55,15 @@ def alloc_payload(alloc: Allocation, job: Job) -> dict:
     payload: dict[str, object] = {"name": group.name, "tasks": tasks}
     if group.stop_after is not None:
         payload["disconnect"] = {"stop_after": group.stop_after}
-    body = {
+    body: dict[str, object] = {
         "allocation_id": alloc.allocation_id,
         "job_id": alloc.job_id,
         "job_type": job.type.value,
         "task_group": payload,
+        "index": alloc.index,  # the task's ORCH_ALLOC_INDEX and ORCH_ALLOC_NAME
     }
+    if alloc.ports:
+        body["ports"] = alloc.ports
     _add_meta_and_payload(body, job, group)
     return body
 

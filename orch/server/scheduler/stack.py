@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from itertools import accumulate, islice
 
+from orch.server.scheduler import ports as host_ports
 from orch.server.scheduler.cluster import Cluster, Room
 from orch.server.scheduler.feasible import feasible_rooms
 from orch.server.scheduler.rank import (
@@ -156,12 +157,18 @@ class Stack:
         self._placing: dict[tuple[str, Resources], _Placing] = {}
         self._last: tuple = (None, None, None)  # (group, demand, _Placing)
         self._releasing: set[Room] = set()  # nodes where this plan frees room
+        # Host ports: those this plan frees and those its placements took, per node.
+        self._freed_ports: dict[Room, set[int]] = {}
+        self._local_ports: dict[Room, set[int]] = {}
+        self.ports: list[dict] = []  # the host ports of the last successful select()
         # Stops in the same plan free their room for its placements, as in Nomad.
         for alloc in releasing:
             room = cluster.room(alloc.node_id)
             if alloc.holds_resources() and room is not None:
                 self._hold(room, alloc.resources, -1)
                 self._releasing.add(room)
+                if alloc.ports:
+                    self._freed_ports.setdefault(room, set()).update(host_ports.values([alloc]))
 
     def _hold(self, room: Room, res: Resources, count: int) -> None:
         mine = self._local.get(room)
@@ -221,14 +228,33 @@ class Stack:
             )
         pool = kept if len(kept) >= placing.limit else kept + skipped
         if not pool:
-            reasons = placing.filtered + placing.full + self._exhausted(placing, demand)
+            reasons = placing.filtered + placing.full + self._exhausted(placing, group, demand)
             return None, dict(reasons)
         best_score, best = pool[0]
         for score, room in pool:
             if score > best_score:  # ties: the first seen wins, as max() does
                 best_score, best = score, room
         self._hold(best, demand, 1)
+        self.ports = self._take_ports(group, best) if group.ports else []
         return best.node_id, {}
+
+    def _port_conflict(self, group: TaskGroup, room: Room) -> str | None:
+        return host_ports.conflict(
+            group,
+            room.ports,
+            room.port_range,
+            self._freed_ports.get(room, ()),
+            self._local_ports.get(room, ()),
+        )
+
+    def _take_ports(self, group: TaskGroup, room: Room) -> list[dict]:
+        """Pick the placement's host ports and hold them for the rest of the plan."""
+        local = self._local_ports.setdefault(room, set())
+        chosen = host_ports.assign(
+            group, room.ports, room.port_range, self._rng, self._freed_ports.get(room, ()), local
+        )
+        local.update(p["value"] for p in chosen)
+        return chosen
 
     def _walk(
         self,
@@ -248,6 +274,7 @@ class Stack:
         ring, limit = placing.ring, placing.limit
         collisions_of, local_of = self._job_nodes.get, self._local.get
         need_cpu, need_memory = demand.cpu, demand.memory
+        needs_ports = bool(group.ports)
         misses = 0
         # One lap at most: every node not dropped, once.
         for room in islice(ring.walk, len(ring)):
@@ -262,7 +289,11 @@ class Stack:
                 free_cpu -= mine[0]
                 free_memory -= mine[1]
                 collisions += mine[2]
-            if free_cpu < 0 or free_memory < 0:
+            if (
+                free_cpu < 0
+                or free_memory < 0
+                or (needs_ports and self._port_conflict(group, room) is not None)
+            ):
                 ring.drop(room)
                 misses += 1
                 if misses == prune_after:
@@ -321,7 +352,7 @@ class Stack:
             placing.classes = kept
             placing.ring = Ring([rooms for _, rooms in kept], self._rng)
 
-    def _exhausted(self, placing: _Placing, demand: Resources) -> Counter:
+    def _exhausted(self, placing: _Placing, group: TaskGroup, demand: Resources) -> Counter:
         """Why each healthy node of the ring has no room (after a failed select)."""
         reasons: Counter = Counter()
         for room in placing.ring.members():
@@ -332,6 +363,10 @@ class Stack:
                 reasons[CPU_EXHAUSTED] += 1
             elif room.memory - room.memory_used - mine[1] < demand.memory:
                 reasons[MEMORY_EXHAUSTED] += 1
+            elif group.ports:
+                reason = self._port_conflict(group, room)
+                if reason is not None:
+                    reasons[reason] += 1
         return reasons
 
 
