@@ -11,6 +11,7 @@ from orch.jobspec import DEFAULT_RESOURCES, task_config
 from orch.structs import DRIVERS, JobType, Resources, Task, total_resources
 from orch.validation import bodies, fields
 from orch.validation.meta import meta as _meta
+from orch.validation.network import LABEL_RE, MAX_PORTS, PORT_MAX
 from orch.validation.parameterized import dispatch_payload as _dispatch_payload
 
 MAX_PAYLOAD = 16 * 1024  # decoded bytes, as the server's dispatch limit
@@ -29,6 +30,14 @@ class AllocSpec:
     stop_after: float | None = None  # the group's disconnect.stop_after, seconds
     meta: dict = field(default_factory=dict, hash=False)  # job meta with the group's over it
     payload: str = ""  # a dispatched job's payload, base64
+    index: int = 0  # the allocation's slot in its group
+    # Host ports the scheduler reserved: ({"label", "value", "to"}, ...), to None if unmapped.
+    ports: tuple = field(default=(), hash=False)
+
+    @property
+    def name(self) -> str:
+        """The allocation's name, as the server's: <job>.<group>[<index>]."""
+        return f"{self.job_id}.{self.task_group}[{self.index}]"
 
     def payload_bytes(self) -> bytes:
         return base64.b64decode(self.payload) if self.payload else b""
@@ -47,7 +56,7 @@ class AllocSpec:
             group["disconnect"] = {"stop_after": self.stop_after}
         if self.meta:
             group["meta"] = self.meta
-        out = {
+        out: dict[str, object] = {
             "allocation_id": self.allocation_id,
             "job_id": self.job_id,
             "job_type": self.job_type.value,
@@ -55,6 +64,10 @@ class AllocSpec:
         }
         if self.payload:
             out["dispatch_payload"] = self.payload
+        if self.index:
+            out["index"] = self.index
+        if self.ports:
+            out["ports"] = [dict(p) for p in self.ports]
         return out
 
 
@@ -90,7 +103,33 @@ def parse_alloc(body) -> AllocSpec:
         _stop_after(group.get("disconnect")),
         _meta(group.get("meta"), "task_group.meta"),
         _payload(body.get("dispatch_payload")),
+        fields.non_negative_int(body.get("index") or 0, "index"),
+        _ports(body.get("ports")),
     )
+
+
+def _ports(raw) -> tuple:
+    """ports: the host ports the scheduler picked, as alloc_payload sends them."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_PORTS:
+        raise ValidationError(f"ports: must be a list of at most {MAX_PORTS} entries")
+    out = []
+    for i, item in enumerate(raw):
+        entry = fields.obj(item, f"ports[{i}]")
+        label = entry.get("label")
+        if not isinstance(label, str) or not LABEL_RE.fullmatch(label):
+            raise ValidationError(f"ports[{i}].label: must be a port label (letters, digits, _)")
+        value = _port_number(entry.get("value"), f"ports[{i}].value")
+        to = None if entry.get("to") is None else _port_number(entry["to"], f"ports[{i}].to")
+        out.append({"label": label, "value": value, "to": to})
+    return tuple(out)
+
+
+def _port_number(value, path: str) -> int:
+    if not fields.is_int(value) or not 1 <= value <= PORT_MAX:
+        raise ValidationError(f"{path}: must be an integer from 1 to {PORT_MAX}")
+    return value
 
 
 def _payload(raw) -> str:
