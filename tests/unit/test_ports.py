@@ -275,3 +275,10 @@ def test_ports_are_reserved_again_after_a_restart_and_freed_on_stop(tmp_path, se
         )
     finally:
         again.stop()
+
+
+def test_the_cli_says_a_port_conflict_in_words():
+    from orch.cli.format import describe_failures
+
+    said = describe_failures({"port 8080 taken": 2, host_ports.PORTS_EXHAUSTED: 1})
+    assert said == "dynamic ports exhausted on 1 node; port 8080 taken on 2 nodes"
