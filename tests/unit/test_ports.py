@@ -282,3 +282,16 @@ def test_the_cli_says_a_port_conflict_in_words():
 
     said = describe_failures({"port 8080 taken": 2, host_ports.PORTS_EXHAUSTED: 1})
     assert said == "dynamic ports exhausted on 1 node; port 8080 taken on 2 nodes"
+
+
+def test_an_update_reuses_a_static_port_its_own_stop_frees(server):
+    first = body([{"label": "http", "static": 8080}])
+    submit(server, first)
+    (old,) = server.store.allocs_for_job("web")
+    changed = copy.deepcopy(first)
+    changed["task_groups"][0]["tasks"][0]["config"]["command"] = "sleep 61"
+    ev = submit(server, changed)
+    assert ev.placed == 1 and not ev.failures
+    live = [a for a in server.store.allocs_for_job("web") if a.holds_resources()]
+    assert [a.ports[0]["value"] for a in live] == [8080] and live[0] is not old
+    assert server.store.cluster.room("n1").ports == {8080: 1}
