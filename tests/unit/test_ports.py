@@ -295,3 +295,19 @@ def test_an_update_reuses_a_static_port_its_own_stop_frees(server):
     live = [a for a in server.store.allocs_for_job("web") if a.holds_resources()]
     assert [a.ports[0]["value"] for a in live] == [8080] and live[0] is not old
     assert server.store.cluster.room("n1").ports == {8080: 1}
+
+
+def test_a_bad_port_range_in_a_register_is_a_400(server):
+    from test_api_errors import call
+
+    from orch.server.api import make_app
+
+    reg = {
+        "node_id": "n2",
+        "resources": {"cpu": 1, "memory": 1},
+        "endpoint": "http://127.0.0.1:9",
+        "port_range": "9-1",
+    }
+    status, answer = call(make_app(server), "POST", "/register", reg)
+    assert status == 400 and "port_range" in answer["error"]
+    assert server.store.get_node("n2") is None
