@@ -10,7 +10,8 @@ and which host ports does the placement get.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections import defaultdict
+from collections.abc import Collection, Iterable
 
 from orch.structs import Allocation, TaskGroup
 
@@ -87,6 +88,47 @@ def assign(
     return out
 
 
-def values(allocs: Collection[Allocation]) -> set[int]:
+def values(allocs: Iterable[Allocation]) -> set[int]:
     """Every host port held by the allocations."""
     return {p["value"] for alloc in allocs for p in alloc.ports}
+
+
+class PlanPorts:
+    """The host ports one plan frees (its stops) and takes (its placements), per node.
+
+    Read over a node's index record (``room.ports``, ``room.port_range``):
+    the shared helper of every path that places or commits allocations.
+    """
+
+    def __init__(self, stopping: Iterable[Allocation] = ()):
+        """``stopping``: the plan's stops that still hold their ports."""
+        self._freed: dict[str, set[int]] = defaultdict(set)
+        self._taken: dict[str, set[int]] = defaultdict(set)
+        for alloc in stopping:
+            if alloc.ports:
+                self._freed[alloc.node_id].update(values([alloc]))
+
+    def conflict(self, group: TaskGroup, room) -> str | None:
+        """Why the group's ports do not fit on the node now, or None."""
+        node_id = room.node_id
+        return conflict(
+            group, room.ports, room.port_range, self._freed[node_id], self._taken[node_id]
+        )
+
+    def take(self, group: TaskGroup, room, rng) -> list[dict]:
+        """Pick a placement's host ports (after conflict() said None) and hold them."""
+        node_id = room.node_id
+        chosen = assign(
+            group, room.ports, room.port_range, rng, self._freed[node_id], self._taken[node_id]
+        )
+        self._taken[node_id].update(p["value"] for p in chosen)
+        return chosen
+
+    def clash(self, alloc: Allocation, room) -> bool:
+        """Is a port of a planned allocation in use now (the commit's re-check)?"""
+        freed, taken = self._freed[alloc.node_id], self._taken[alloc.node_id]
+        return any(in_use(room.ports, p["value"], freed, taken) for p in alloc.ports)
+
+    def hold(self, alloc: Allocation) -> None:
+        """Count a committed allocation's ports as taken by the plan."""
+        self._taken[alloc.node_id].update(p["value"] for p in alloc.ports)

@@ -157,9 +157,9 @@ class Stack:
         self._placing: dict[tuple[str, Resources], _Placing] = {}
         self._last: tuple = (None, None, None)  # (group, demand, _Placing)
         self._releasing: set[Room] = set()  # nodes where this plan frees room
+        releasing = list(releasing)
         # Host ports: those this plan frees and those its placements took, per node.
-        self._freed_ports: dict[Room, set[int]] = {}
-        self._local_ports: dict[Room, set[int]] = {}
+        self._ports = host_ports.PlanPorts(a for a in releasing if a.holds_resources())
         self.ports: list[dict] = []  # the host ports of the last successful select()
         # Stops in the same plan free their room for its placements, as in Nomad.
         for alloc in releasing:
@@ -167,8 +167,6 @@ class Stack:
             if alloc.holds_resources() and room is not None:
                 self._hold(room, alloc.resources, -1)
                 self._releasing.add(room)
-                if alloc.ports:
-                    self._freed_ports.setdefault(room, set()).update(host_ports.values([alloc]))
 
     def _hold(self, room: Room, res: Resources, count: int) -> None:
         mine = self._local.get(room)
@@ -235,26 +233,8 @@ class Stack:
             if score > best_score:  # ties: the first seen wins, as max() does
                 best_score, best = score, room
         self._hold(best, demand, 1)
-        self.ports = self._take_ports(group, best) if group.ports else []
+        self.ports = self._ports.take(group, best, self._rng) if group.ports else []
         return best.node_id, {}
-
-    def _port_conflict(self, group: TaskGroup, room: Room) -> str | None:
-        return host_ports.conflict(
-            group,
-            room.ports,
-            room.port_range,
-            self._freed_ports.get(room, ()),
-            self._local_ports.get(room, ()),
-        )
-
-    def _take_ports(self, group: TaskGroup, room: Room) -> list[dict]:
-        """Pick the placement's host ports and hold them for the rest of the plan."""
-        local = self._local_ports.setdefault(room, set())
-        chosen = host_ports.assign(
-            group, room.ports, room.port_range, self._rng, self._freed_ports.get(room, ()), local
-        )
-        local.update(p["value"] for p in chosen)
-        return chosen
 
     def _walk(
         self,
@@ -292,7 +272,7 @@ class Stack:
             if (
                 free_cpu < 0
                 or free_memory < 0
-                or (needs_ports and self._port_conflict(group, room) is not None)
+                or (needs_ports and self._ports.conflict(group, room) is not None)
             ):
                 ring.drop(room)
                 misses += 1
@@ -364,7 +344,7 @@ class Stack:
             elif room.memory - room.memory_used - mine[1] < demand.memory:
                 reasons[MEMORY_EXHAUSTED] += 1
             elif group.ports:
-                reason = self._port_conflict(group, room)
+                reason = self._ports.conflict(group, room)
                 if reason is not None:
                     reasons[reason] += 1
         return reasons

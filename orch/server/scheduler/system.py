@@ -274,14 +274,11 @@ def _place(
     """Each placement on its node if the node has room, else a failure with its reason."""
     # node -> [cpu, memory] this plan takes there (negative: what its stops free).
     local: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    # node -> host ports this plan frees there, and those its placements take.
-    freed: dict[str, set[int]] = defaultdict(set)
-    taken: dict[str, set[int]] = defaultdict(set)
     for alloc, _ in diff.stop:
         if alloc.holds_resources():
             local[alloc.node_id][0] -= alloc.resources.cpu
             local[alloc.node_id][1] -= alloc.resources.memory
-            freed[alloc.node_id].update(host_ports.values([alloc]))
+    ports = host_ports.PlanPorts(a for a, _ in diff.stop if a.holds_resources())
     ids = AllocIds(now)
     templates: dict[str, tuple] = {}
     for group, node_id, previous in diff.place:
@@ -294,9 +291,7 @@ def _place(
         mine = local[node_id]
         lacking = _lacking(room, mine, demand.cpu, demand.memory)
         if lacking is None and group.ports:
-            lacking = host_ports.conflict(
-                group, room.ports, room.port_range, freed[node_id], taken[node_id]
-            )
+            lacking = ports.conflict(group, room)
         if lacking is not None:
             failed = plan.failed.setdefault(group.name, {"wanted": 0, "failures": Counter()})
             failed["wanted"] += 1
@@ -308,10 +303,7 @@ def _place(
             ids.next(), job, group, SYSTEM_INDEX, previous, node_id, template, evaluation, now
         )
         if group.ports:
-            alloc.ports = host_ports.assign(
-                group, room.ports, room.port_range, rng, freed[node_id], taken[node_id]
-            )
-            taken[node_id].update(p["value"] for p in alloc.ports)
+            alloc.ports = ports.take(group, room, rng)
         plan.place.append(alloc)
     for failed in plan.failed.values():
         failed["failures"] = dict(failed["failures"])

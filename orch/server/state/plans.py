@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from orch.server.scheduler.ports import in_use
+from orch.server.scheduler.ports import PlanPorts
 from orch.server.state.store import StoreCore
 from orch.structs import Allocation, DesiredStatus, Evaluation, Plan, replace
 
@@ -64,14 +64,12 @@ class PlanWrites(StoreCore):
     def _verify_placements(self, allocs: list[Allocation], stopping: list[Allocation]):
         # Room freed by the plan's own stops counts (a replaced group may reuse it).
         freed: dict[str, list[int]] = {}
-        freed_ports: dict[str, set[int]] = {}
-        for alloc in stopping:
-            if self._allocs[alloc.allocation_id].holds_resources():
-                gone = freed.setdefault(alloc.node_id, [0, 0])
-                gone[0] -= alloc.resources.cpu
-                gone[1] -= alloc.resources.memory
-                freed_ports.setdefault(alloc.node_id, set()).update(p["value"] for p in alloc.ports)
-        taken: dict[str, set[int]] = {}  # node -> host ports this plan's placements take
+        releasing = [a for a in stopping if self._allocs[a.allocation_id].holds_resources()]
+        for alloc in releasing:
+            gone = freed.setdefault(alloc.node_id, [0, 0])
+            gone[0] -= alloc.resources.cpu
+            gone[1] -= alloc.resources.memory
+        ports = PlanPorts(releasing)
         room_of, nodes = self.cluster.room, self._nodes
         used: dict[str, list[int]] = {}  # node -> [cpu, memory] with this plan
         ok, rejected = [], 0
@@ -99,12 +97,10 @@ class PlanWrites(StoreCore):
                 continue
             if alloc.ports:
                 # Another plan may have taken a port since this one was computed.
-                ports = taken.setdefault(node_id, set())
-                back_ports = freed_ports.get(node_id, set())
-                if any(in_use(room.ports, p["value"], back_ports, ports) for p in alloc.ports):
+                if ports.clash(alloc, room):
                     rejected += 1
                     continue
-                ports.update(p["value"] for p in alloc.ports)
+                ports.hold(alloc)
             mine[0], mine[1] = cpu, memory
             ok.append(alloc)
         return ok, rejected
