@@ -71,6 +71,18 @@ def ui_prefix(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def port_range(value: str) -> str:
+    """An agent's --port-range, "LOW-HIGH", checked as the server checks it."""
+    from orch.errors import ValidationError
+    from orch.validation.bodies import port_range as parse
+
+    try:
+        low, high = parse(value, "--port-range")
+    except ValidationError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return f"{low}-{high}"
+
+
 def seconds(value: str) -> float:
     try:
         number = float(value)
@@ -268,6 +280,13 @@ def add_agent(sub, common) -> None:
         type=seconds,
         default=env("HEARTBEAT_INTERVAL", d.heartbeat_interval),
         help="seconds between heartbeats (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--port-range",
+        type=port_range,
+        default=env("PORT_RANGE", d.port_range),
+        metavar="LOW-HIGH",
+        help="host ports for dynamic task ports (default %(default)s)",
     )
     cmd.add_argument(
         "--token",
@@ -516,6 +535,7 @@ def agent_config(args) -> AgentConfig:
         token=args.token or None,
         task_user=args.task_user or None,
         gc_keep=args.gc_keep,
+        port_range=args.port_range,
         insecure=args.insecure,
         tls_skip_verify=args.tls_skip_verify,
     )

@@ -22,6 +22,7 @@ from orch.structs import (
     Job,
     JobType,
     Node,
+    Port,
     Resources,
     Task,
     TaskGroup,
@@ -61,6 +62,7 @@ def job_from(d: dict) -> Job:
             meta=dict(g.get("meta") or {}),
             update=update_from(g.get("update")),
             services=tuple(g.get("services") or ()),
+            ports=ports_from(g.get("network")),
         )
         for g in d["task_groups"]
     )
@@ -79,6 +81,20 @@ def job_from(d: dict) -> Job:
         payload=d.get("payload") or "",
         update=update_from(d.get("update")),
     )
+
+
+def ports_from(network: dict | None) -> tuple[Port, ...]:
+    """A stored group's network block (as to_dict wrote it) as Port entries."""
+    return tuple(
+        Port(p["label"], p.get("static"), p.get("to")) for p in (network or {}).get("ports") or ()
+    )
+
+
+def _port_range(value) -> tuple[int, int]:
+    if not value:
+        return Node.__dataclass_fields__["port_range"].default  # type: ignore[return-value]
+    low, _, high = str(value).partition("-")
+    return int(low), int(high)
 
 
 def update_from(d: dict | None) -> UpdateStrategy | None:
@@ -104,6 +120,7 @@ def node_from(d: dict) -> Node:
         eligible=d.get("eligibility", "eligible") != "ineligible",
         drain=dict(d["drain"]) if d.get("drain") else None,
         drain_complete=d.get("drain_complete"),
+        port_range=_port_range(d.get("port_range")),
     )
 
 
@@ -131,6 +148,7 @@ def alloc_from(d: dict) -> Allocation:
         migrate=bool(d.get("migrate")),
         health=d.get("health") or None,
         checks=dict(d.get("checks") or {}),
+        ports=[dict(p) for p in d.get("ports") or ()],
     )
 
 
@@ -198,6 +216,8 @@ def _alloc_json(a: Allocation, tasks: str) -> str:
         extra += f',"health":{_quote(a.health)}'
     if a.checks:
         extra += f',"checks":{_DUMP(a.checks)}'
+    if a.ports:
+        extra += f',"ports":{_DUMP(a.ports)}'
     return (
         f'{{"allocation_id":{_quote(a.allocation_id)},"job_id":{_quote(a.job_id)},'
         f'"task_group":{_quote(a.task_group)},"node_id":{_quote(a.node_id)},'

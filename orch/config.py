@@ -96,6 +96,8 @@ class AgentConfig:
     # Finished allocations the server has taken that keep their files (logs);
     # older ones are removed, so a busy node's disk and memory stay flat.
     gc_keep: int = 50
+    # Host ports the scheduler may give this node's allocations ("LOW-HIGH").
+    port_range: str = "20000-32000"
 
 
 @dataclass(frozen=True)

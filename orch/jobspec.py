@@ -24,6 +24,7 @@ from orch.validation.fields import fail
 from orch.validation.fields import is_int as _int
 from orch.validation.fields import obj as _object
 from orch.validation.meta import meta as _meta
+from orch.validation.network import network as _network
 from orch.validation.parameterized import dispatch_payload as _dispatch_payload
 from orch.validation.parameterized import parameterized as _parameterized
 from orch.validation.periodic import periodic as _periodic
@@ -129,6 +130,7 @@ def _group(raw: dict, path: str, max_count: int) -> TaskGroup:
         migrate_max_parallel=drain_rules.migrate(raw.get("migrate"), f"{path}.migrate"),
         meta=_meta(raw.get("meta"), f"{path}.meta"),
         services=services.services(raw.get("services"), f"{path}.services"),
+        ports=_network(raw.get("network"), f"{path}.network"),
     )
 
 

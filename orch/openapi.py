@@ -77,6 +77,26 @@ _UPDATE = {
         "auto_promote": {"type": "boolean"},
     },
 }
+# The group network block: host ports the scheduler reserves (no static: dynamic).
+_PORT_NUMBER = {"type": "integer", "minimum": 1, "maximum": 65535}
+_NETWORK = {
+    "type": "object",
+    "properties": {
+        "ports": {
+            "type": "array",
+            "maxItems": 32,
+            "items": {
+                "type": "object",
+                "required": ["label"],
+                "properties": {
+                    "label": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$"},
+                    "static": _PORT_NUMBER,
+                    "to": _PORT_NUMBER,
+                },
+            },
+        }
+    },
+}
 _JOB = {
     "type": "object",
     "required": ["task_groups"],
@@ -105,6 +125,7 @@ _JOB = {
                     },
                     "meta": _META,
                     "update": _UPDATE,
+                    "network": _NETWORK,
                 },
             },
         },
@@ -148,6 +169,10 @@ _REGISTER = {
         "attributes": {"type": "object"},
         "meta": {"type": "object"},
         "secret_id": {"type": "string"},
+        "port_range": {
+            "type": "string",
+            "description": 'host ports for dynamic task ports, "LOW-HIGH" (default 20000-32000)',
+        },
     },
 }
 _HEARTBEAT = {

@@ -173,6 +173,23 @@ class UpdateStrategy:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Port:
+    """One ``network.ports`` entry: a static host port, or dynamic (static None)."""
+
+    label: str
+    static: int | None = None
+    to: int | None = None  # the port inside the task (docker); None: the host port
+
+    def to_dict(self) -> dict:
+        out: dict[str, object] = {"label": self.label}
+        if self.static is not None:
+            out["static"] = self.static
+        if self.to is not None:
+            out["to"] = self.to
+        return out
+
+
 def total_resources(tasks) -> Resources:
     """What a set of tasks reserves together on one node."""
     total = Resources()
@@ -197,6 +214,8 @@ class TaskGroup:
     update: UpdateStrategy | None = None
     # Validated service dicts (orch.validation.services): name, port, tags, checks.
     services: tuple = field(default=(), hash=False, compare=True)
+    # network.ports: host ports the scheduler reserves per allocation.
+    ports: tuple[Port, ...] = ()
 
     @property
     def resources(self) -> Resources:
@@ -221,6 +240,8 @@ class TaskGroup:
             body["meta"] = self.meta  # tasks see it in their environment
         if self.services:
             body["services"] = list(self.services)  # the agent runs their checks
+        if self.ports:
+            body["network"] = self.network_dict()  # a port change places new copies
         raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
@@ -243,7 +264,12 @@ class TaskGroup:
             out["update"] = self.update.to_dict()
         if self.services:
             out["services"] = [dict(s) for s in self.services]
+        if self.ports:
+            out["network"] = self.network_dict()
         return out
+
+    def network_dict(self) -> dict:
+        return {"ports": [p.to_dict() for p in self.ports]}
 
 
 @dataclass
@@ -334,6 +360,8 @@ class Node:
     # "started", "ignore_system_jobs"} (orch.server.drainer).
     drain: dict | None = None
     drain_complete: float | None = None  # when the last drain ended
+    # Host ports the scheduler may hand out as dynamic ports (agent --port-range).
+    port_range: tuple[int, int] = (20000, 32000)
 
     def computed_class(self) -> str:
         """Nodes with equal class answer every feasibility check the same way."""
@@ -377,6 +405,7 @@ class Node:
             "eligibility": "eligible" if self.eligible else "ineligible",
             "drain": self.drain,
             "drain_complete": self.drain_complete,
+            "port_range": f"{self.port_range[0]}-{self.port_range[1]}",
         }
 
 
@@ -446,6 +475,8 @@ class Allocation:
     # check by "<service>/<check>": {"status", "output", "time"}.
     health: str | None = None
     checks: dict = field(default_factory=dict)
+    # Host ports reserved for it: [{"label", "value", "to"}] (to: None unless mapped).
+    ports: list = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -485,6 +516,7 @@ class Allocation:
             "tasks": {n: ts.to_dict() for n, ts in self.tasks.items()},
             "health": self.health,
             "checks": self.checks,
+            **({"ports": self.ports} if self.ports else {}),
         }
 
 

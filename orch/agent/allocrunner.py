@@ -199,14 +199,13 @@ class AllocRunner:
         alloc_id = self.spec.allocation_id
         runner = self.tasks.get(task.name)
         task_dir = self.store.task_dir(alloc_id, task.name)
-        env = {
-            "ORCH_ALLOC_ID": alloc_id,
-            "ORCH_JOB_ID": self.spec.job_id,
-            "ORCH_TASK_GROUP": self.spec.task_group,
-            "ORCH_TASK_NAME": task.name,
-            "ORCH_TASK_DIR": task_dir,
-            **taskenv.meta_env(self.spec.meta),
-        }
+        env = taskenv.task_env(
+            self.spec,
+            task,
+            self.config,
+            alloc_dir=self.store.alloc_dir(alloc_id),
+            task_dir=task_dir,
+        )
         return TaskContext(
             alloc_id=alloc_id,
             job_id=self.spec.job_id,
@@ -218,6 +217,7 @@ class AllocRunner:
             stderr_path=self.store.log_path(alloc_id, task.name, "stderr"),
             env=env,
             attempt=runner.state.restarts if runner is not None else 0,
+            ports=self.spec.ports,
         )
 
     def status(self) -> AllocStatus:

@@ -130,6 +130,7 @@ class NodeLoop:
             "endpoint": self.endpoint,
             "attributes": self.fingerprint.attributes,
             "meta": dict(self.config.meta),
+            "port_range": self.config.port_range,
             **({"secret_id": self._secret} if self._secret else {}),
         }
 

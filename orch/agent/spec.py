@@ -11,6 +11,7 @@ from orch.jobspec import DEFAULT_RESOURCES, task_config
 from orch.structs import DRIVERS, JobType, Resources, Task, total_resources
 from orch.validation import bodies, fields, services
 from orch.validation.meta import meta as _meta
+from orch.validation.network import LABEL_RE, MAX_PORTS, PORT_MAX
 from orch.validation.parameterized import dispatch_payload as _dispatch_payload
 
 MAX_PAYLOAD = 16 * 1024  # decoded bytes, as the server's dispatch limit
@@ -32,6 +33,14 @@ class AllocSpec:
     # The group's services (orch.validation.services), their ports resolved
     # to host port numbers by the server: the agent runs their checks.
     services: tuple = field(default=(), hash=False)
+    index: int = 0  # the allocation's slot in its group
+    # Host ports the scheduler reserved: ({"label", "value", "to"}, ...), to None if unmapped.
+    ports: tuple = field(default=(), hash=False)
+
+    @property
+    def name(self) -> str:
+        """The allocation's name, as the server's: <job>.<group>[<index>]."""
+        return f"{self.job_id}.{self.task_group}[{self.index}]"
 
     def payload_bytes(self) -> bytes:
         return base64.b64decode(self.payload) if self.payload else b""
@@ -52,7 +61,7 @@ class AllocSpec:
             group["meta"] = self.meta
         if self.services:
             group["services"] = [dict(s) for s in self.services]
-        out = {
+        out: dict[str, object] = {
             "allocation_id": self.allocation_id,
             "job_id": self.job_id,
             "job_type": self.job_type.value,
@@ -60,6 +69,10 @@ class AllocSpec:
         }
         if self.payload:
             out["dispatch_payload"] = self.payload
+        if self.index:
+            out["index"] = self.index
+        if self.ports:
+            out["ports"] = [dict(p) for p in self.ports]
         return out
 
 
@@ -96,7 +109,33 @@ def parse_alloc(body) -> AllocSpec:
         _meta(group.get("meta"), "task_group.meta"),
         _payload(body.get("dispatch_payload")),
         services.services(group.get("services"), "task_group.services"),
+        fields.non_negative_int(body.get("index") or 0, "index"),
+        _ports(body.get("ports")),
     )
+
+
+def _ports(raw) -> tuple:
+    """ports: the host ports the scheduler picked, as alloc_payload sends them."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_PORTS:
+        raise ValidationError(f"ports: must be a list of at most {MAX_PORTS} entries")
+    out = []
+    for i, item in enumerate(raw):
+        entry = fields.obj(item, f"ports[{i}]")
+        label = entry.get("label")
+        if not isinstance(label, str) or not LABEL_RE.fullmatch(label):
+            raise ValidationError(f"ports[{i}].label: must be a port label (letters, digits, _)")
+        value = _port_number(entry.get("value"), f"ports[{i}].value")
+        to = None if entry.get("to") is None else _port_number(entry["to"], f"ports[{i}].to")
+        out.append({"label": label, "value": value, "to": to})
+    return tuple(out)
+
+
+def _port_number(value, path: str) -> int:
+    if not fields.is_int(value) or not 1 <= value <= PORT_MAX:
+        raise ValidationError(f"{path}: must be an integer from 1 to {PORT_MAX}")
+    return value
 
 
 def _payload(raw) -> str:

@@ -86,7 +86,7 @@ def describe_failures(failures: dict, nodes: list[dict] | None = None) -> str:
     )
     for reason, count in order:
         count = int(count)
-        if reason.endswith("exhausted"):
+        if reason.endswith(("exhausted", " taken")):  # a resource (cpu, memory, ports)
             near = [n for n in nodes or () if n.get("reason") == reason]
             parts.append(_exhausted(reason, count, near))
         else:

@@ -100,9 +100,20 @@ def server_argv(config: DevConfig, port: int, data_dir: str) -> list[str]:
     ]
 
 
+def dev_port_range(index: int, agents: int, low: int = 20000, high: int = 32000) -> str:
+    """Agent ``index``'s slice of the dynamic port range: all dev agents share
+    one host, so two nodes must never hand out the same host port."""
+    size = (high - low + 1) // max(agents, 1)
+    start = low + index * size
+    end = high if index == agents - 1 else start + size - 1
+    return f"{start}-{end}"
+
+
 def agent_argv(config: DevConfig, server_url: str, index: int, data_dir: str) -> list[str]:
     return [
         "agent",
+        "--port-range",
+        dev_port_range(index, config.agents),
         "--server",
         server_url,
         "--bind",

@@ -61,12 +61,15 @@ def alloc_payload(alloc: Allocation, job: Job) -> dict:
         payload["services"] = [
             {**s, "port": catalog.service_port(s, alloc)} for s in group.services
         ]
-    body = {
+    body: dict[str, object] = {
         "allocation_id": alloc.allocation_id,
         "job_id": alloc.job_id,
         "job_type": job.type.value,
         "task_group": payload,
+        "index": alloc.index,  # the task's ORCH_ALLOC_INDEX and ORCH_ALLOC_NAME
     }
+    if alloc.ports:
+        body["ports"] = alloc.ports
     _add_meta_and_payload(body, job, group)
     return body
 

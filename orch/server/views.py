@@ -27,6 +27,7 @@ def node_from_register(body) -> Node:
         attributes=fields.scalar_map(body.get("attributes"), "attributes"),
         meta=fields.scalar_map(body.get("meta"), "meta"),
         secret_digest=bodies.secret_digest(body.get("secret_id"), "secret_id"),
+        port_range=bodies.port_range(body.get("port_range")),
     )
 
 

@@ -22,6 +22,7 @@ NODE_ID_MAX = ID_MAX
 REGION_MAX = 128
 SECRET_MAX = 256
 ERROR_MAX = 64 * 1024
+DEFAULT_PORT_RANGE = (20000, 32000)
 
 
 def resources(value, path: str, default: Resources | None = None) -> Resources:
@@ -52,6 +53,16 @@ def endpoint(value, path: str = "endpoint") -> str:
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         fail(path, "must be an http(s) URL")
     return text(value, path, max_len=2048)
+
+
+def port_range(value, path: str = "port_range") -> tuple[int, int]:
+    """An agent's dynamic port range, "LOW-HIGH" (1..65535, LOW <= HIGH); absent: the default."""
+    if value is None:
+        return DEFAULT_PORT_RANGE
+    low, dash, high = value.partition("-") if isinstance(value, str) else ("", "", "")
+    if dash and low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 65535:
+        return int(low), int(high)
+    fail(path, 'must be "LOW-HIGH" with 1 <= LOW <= HIGH <= 65535, e.g. "20000-32000"')
 
 
 def secret_digest(secret, path: str = "secret_id") -> str:

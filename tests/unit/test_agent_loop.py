@@ -24,6 +24,7 @@ REGISTER_KEYS = {
     "endpoint",
     "attributes",
     "meta",
+    "port_range",  # issue #11: the dynamic port range
     "secret_id",
 }
 HEARTBEAT_KEYS = {"node_id", "resources", "healthy", "timestamp", "allocations", "secret_id"}

@@ -17,6 +17,7 @@ from orch.dev.launcher import (
     agent_argv,
     child_env,
     connect_host,
+    dev_port_range,
     fresh_healthy_nodes,
     peek_exit,
     program,
@@ -64,6 +65,13 @@ def test_child_argv_parse_under_the_cli():
     )
     assert agent.meta == {"dev_index": "1"}
     assert args.log_level == "DEBUG"
+    # Agents on one host get disjoint dynamic port ranges (issue #11).
+    assert agent.port_range == "26000-32000"
+    assert dev_port_range(0, 2) == "20000-25999"
+    slices = [dev_port_range(i, 3) for i in range(3)]
+    bounds = [tuple(map(int, r.split("-"))) for r in slices]
+    assert bounds[0][0] == 20000 and bounds[-1][1] == 32000
+    assert all(a[1] + 1 == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
 
 
 def test_token_goes_through_the_environment_not_argv():

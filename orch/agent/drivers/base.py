@@ -27,6 +27,8 @@ class TaskContext:
     stderr_path: str
     env: dict = field(default_factory=dict)  # ORCH_* variables set by the agent
     attempt: int = 0  # which start of the task this is (its restarts so far)
+    # The allocation's reserved host ports: ({"label", "value", "to"}, ...).
+    ports: tuple = ()
 
 
 def oom_error(memory_mb: int) -> str:

@@ -3,7 +3,10 @@
 Config: `image`, optional `command` (a string runs through `/bin/sh -c`
 inside the image, a list is the argv; `args` are appended), `env`, `port`
 (host port) published to `container_port` (default the same number) on the
-agent's bind address, or on `host_ip` if the task gives one. Resources:
+agent's bind address, or on `host_ip` if the task gives one. The group's
+network ports the scheduler reserved are published the same way, each host
+port to its `to` (or the same number). `${ORCH_...}` in command, args and
+env is interpolated with the container's view (task dir /local, alloc dir /alloc). Resources:
 memory MB is a hard limit (`mem_limit`, swap included, as Nomad does); CPU
 MHz becomes a CPU weight, 1000 MHz = 1024 shares (docker's default weight,
 one core's worth), at least 2. The container's name and labels let a
@@ -12,11 +15,13 @@ restarted agent find it again.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import shlex
 from typing import Any
 
+from orch.agent import taskenv
 from orch.agent.drivers.base import TaskContext
 from orch.agent.drivers.cgroups import cpu_shares
 from orch.errors import DriverError
@@ -27,6 +32,7 @@ LABEL_ATTEMPT = "orch.attempt"
 # The task dir is mounted here (Nomad's /local): the dispatch payload file and
 # anything else the agent puts there reach the container.
 TASK_DIR_IN_CONTAINER = "/local"
+ALLOC_DIR_IN_CONTAINER = "/alloc"  # the allocation's dir, as Nomad's
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -50,9 +56,7 @@ def build_command(config: dict) -> list[str] | None:
 
 def build_environment(ctx: TaskContext) -> dict[str, str]:
     """ORCH_* variables (the task dir as the container sees it) with the task's `env` over them."""
-    env = {k: str(v) for k, v in ctx.env.items()}
-    if "ORCH_TASK_DIR" in env:
-        env["ORCH_TASK_DIR"] = TASK_DIR_IN_CONTAINER
+    env = container_env(ctx.env)
     extra = ctx.config.get("env") or {}
     if not isinstance(extra, dict):
         raise DriverError("config.env: must be an object of strings")
@@ -61,6 +65,21 @@ def build_environment(ctx: TaskContext) -> dict[str, str]:
             raise DriverError(f"config.env.{key}: invalid variable name")
         env[key] = "true" if value is True else "false" if value is False else str(value)
     return env
+
+
+def container_env(orch_env: dict) -> dict[str, str]:
+    """The agent's ORCH_* variables with the dirs as the container mounts them."""
+    env = {k: str(v) for k, v in orch_env.items()}
+    if "ORCH_TASK_DIR" in env:
+        env["ORCH_TASK_DIR"] = TASK_DIR_IN_CONTAINER
+    if "ORCH_ALLOC_DIR" in env:
+        env["ORCH_ALLOC_DIR"] = ALLOC_DIR_IN_CONTAINER
+    return env
+
+
+def network_ports(ports, host_ip: str) -> dict:
+    """The group's reserved host ports: each published to its `to` (or the same) port."""
+    return {f"{p.get('to') or p['value']}/tcp": (host_ip, p["value"]) for p in ports}
 
 
 def build_ports(config: dict, host_ip: str = DEFAULT_HOST_IP) -> dict | None:
@@ -94,6 +113,11 @@ def publish_ip(bind: str) -> str:
 
 def create_options(ctx: TaskContext, host_ip: str = DEFAULT_HOST_IP) -> dict:
     """Keyword arguments for `containers.create`, from the task's context."""
+    ctx = dataclasses.replace(
+        ctx, config=taskenv.interpolate_config(ctx.config, container_env(ctx.env))
+    )
+    published = network_ports(ctx.ports, host_ip)
+    published.update(build_ports(ctx.config, host_ip) or {})
     image = ctx.config.get("image")
     if not isinstance(image, str) or not image.strip():
         raise DriverError("config.image: must be a non-empty string for the docker driver")
@@ -108,7 +132,7 @@ def create_options(ctx: TaskContext, host_ip: str = DEFAULT_HOST_IP) -> dict:
             LABEL_ATTEMPT: str(ctx.attempt),
         },
         "environment": build_environment(ctx),
-        "ports": build_ports(ctx.config, host_ip),
+        "ports": published or None,
         "detach": True,
         "stdin_open": False,
         "tty": False,
@@ -118,6 +142,9 @@ def create_options(ctx: TaskContext, host_ip: str = DEFAULT_HOST_IP) -> dict:
     }
     if ctx.task_dir:
         options["volumes"] = {ctx.task_dir: {"bind": TASK_DIR_IN_CONTAINER, "mode": "rw"}}
+        alloc_dir = ctx.env.get("ORCH_ALLOC_DIR")
+        if alloc_dir:
+            options["volumes"][alloc_dir] = {"bind": ALLOC_DIR_IN_CONTAINER, "mode": "rw"}
     if ctx.resources.memory > 0:
         options["mem_limit"] = f"{ctx.resources.memory}m"
         options["memswap_limit"] = f"{ctx.resources.memory}m"

@@ -29,6 +29,7 @@ from typing import Any
 
 import psutil
 
+from orch.agent import taskenv
 from orch.agent.drivers import procs
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import Cgroups, cpu_shares
@@ -87,6 +88,7 @@ class ExecDriver(Driver):
         self._supervisor.close()
 
     def start(self, ctx: TaskContext) -> ExecHandle:
+        ctx = taskenv.interpolated(ctx)  # ${ORCH_...} in command, args and env
         argv = build_argv(ctx.config)
         env = build_env(ctx)
         os.makedirs(ctx.task_dir, exist_ok=True)

@@ -27,7 +27,17 @@ from orch.structs import Allocation, Node, Resources, replace
 class Room:
     """One node as the scheduler sees it; updated in place, hashed by identity."""
 
-    __slots__ = ("node_id", "cpu", "memory", "cpu_used", "memory_used", "healthy", "node_class")
+    __slots__ = (
+        "node_id",
+        "cpu",
+        "memory",
+        "cpu_used",
+        "memory_used",
+        "healthy",
+        "node_class",
+        "ports",
+        "port_range",
+    )
 
     def __init__(self, node_id: str):
         self.node_id = node_id
@@ -35,6 +45,10 @@ class Room:
         self.cpu_used = self.memory_used = 0  # reserved by allocations
         self.healthy = False
         self.node_class: str | None = None
+        # Host ports held by allocations: port -> holders (more than one only
+        # if stored allocations disagree, e.g. written before ports existed).
+        self.ports: dict[int, int] = {}
+        self.port_range: tuple[int, int] = (20000, 32000)  # where dynamic ports come from
 
     def __repr__(self) -> str:
         return (
@@ -54,7 +68,8 @@ class Cluster:
         self._rooms: dict[str, Room] = {}
         # Healthy records by class; dicts as insertion-ordered sets.
         self._by_class: dict[str, dict[Room, None]] = {}
-        self._reserved: dict[str, tuple[Room, Resources, str]] = {}  # alloc -> (room, res, job)
+        # alloc -> (room, res, job, host ports)
+        self._reserved: dict[str, tuple[Room, Resources, str, tuple[int, ...]]] = {}
         self._job_counts: dict[str, dict[Room, int]] = {}  # job -> node -> allocs
         # Shared read side of _by_class: tuples per class, and the classes
         # changed since they were last built.
@@ -82,6 +97,7 @@ class Cluster:
             room = self._room_for(node.node_id)
             node_class = self._class_for(node, old, room)
             self._nodes[node.node_id] = node
+            room.port_range = node.port_range
             changed = (
                 old is None
                 or old.resources != node.resources
@@ -202,9 +218,12 @@ class Cluster:
                 if alloc.allocation_id in reserved:
                     continue
                 res, room = alloc.resources, self._room_for(alloc.node_id)
-                reserved[alloc.allocation_id] = (room, res, alloc.job_id)
+                ports = tuple(p["value"] for p in alloc.ports) if alloc.ports else ()
+                reserved[alloc.allocation_id] = (room, res, alloc.job_id, ports)
                 room.cpu_used += res.cpu
                 room.memory_used += res.memory
+                for port in ports:
+                    room.ports[port] = room.ports.get(port, 0) + 1
                 self._touch(room.node_class)
                 if alloc.job_id != job_id:
                     job_id = alloc.job_id
@@ -217,9 +236,13 @@ class Cluster:
             held = self._reserved.pop(alloc.allocation_id, None)
             if held is None:
                 return
-            room, res, job_id = held
+            room, res, job_id, ports = held
             room.cpu_used -= res.cpu
             room.memory_used -= res.memory
+            for port in ports:
+                left = room.ports.pop(port, 0) - 1
+                if left > 0:
+                    room.ports[port] = left
             self._touch(room.node_class)
             per_node = self._job_counts.get(job_id, {})
             remaining = per_node.get(room, 0) - 1

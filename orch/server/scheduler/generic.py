@@ -62,9 +62,12 @@ def compute_plan(
         if node_id is None:
             plan.failed[group.name] = {"wanted": 1, "failures": failures}
             continue
-        plan.place.append(
-            _allocation(ids.next(), job, group, index, previous, node_id, template, evaluation, now)
+        alloc = _allocation(
+            ids.next(), job, group, index, previous, node_id, template, evaluation, now
         )
+        if stack.ports:
+            alloc.ports = stack.ports
+        plan.place.append(alloc)
     return plan, diff.followup_at
 
 

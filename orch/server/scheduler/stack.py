@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from itertools import accumulate, islice
 
+from orch.server.scheduler import ports as host_ports
 from orch.server.scheduler.cluster import Cluster, Room
 from orch.server.scheduler.feasible import feasible_rooms
 from orch.server.scheduler.rank import (
@@ -156,6 +157,10 @@ class Stack:
         self._placing: dict[tuple[str, Resources], _Placing] = {}
         self._last: tuple = (None, None, None)  # (group, demand, _Placing)
         self._releasing: set[Room] = set()  # nodes where this plan frees room
+        releasing = list(releasing)
+        # Host ports: those this plan frees and those its placements took, per node.
+        self._ports = host_ports.PlanPorts(a for a in releasing if a.holds_resources())
+        self.ports: list[dict] = []  # the host ports of the last successful select()
         # Stops in the same plan free their room for its placements, as in Nomad.
         for alloc in releasing:
             room = cluster.room(alloc.node_id)
@@ -221,13 +226,14 @@ class Stack:
             )
         pool = kept if len(kept) >= placing.limit else kept + skipped
         if not pool:
-            reasons = placing.filtered + placing.full + self._exhausted(placing, demand)
+            reasons = placing.filtered + placing.full + self._exhausted(placing, group, demand)
             return None, dict(reasons)
         best_score, best = pool[0]
         for score, room in pool:
             if score > best_score:  # ties: the first seen wins, as max() does
                 best_score, best = score, room
         self._hold(best, demand, 1)
+        self.ports = self._ports.take(group, best, self._rng) if group.ports else []
         return best.node_id, {}
 
     def _walk(
@@ -248,6 +254,7 @@ class Stack:
         ring, limit = placing.ring, placing.limit
         collisions_of, local_of = self._job_nodes.get, self._local.get
         need_cpu, need_memory = demand.cpu, demand.memory
+        needs_ports = bool(group.ports)
         misses = 0
         # One lap at most: every node not dropped, once.
         for room in islice(ring.walk, len(ring)):
@@ -262,7 +269,11 @@ class Stack:
                 free_cpu -= mine[0]
                 free_memory -= mine[1]
                 collisions += mine[2]
-            if free_cpu < 0 or free_memory < 0:
+            if (
+                free_cpu < 0
+                or free_memory < 0
+                or (needs_ports and self._ports.conflict(group, room) is not None)
+            ):
                 ring.drop(room)
                 misses += 1
                 if misses == prune_after:
@@ -321,7 +332,7 @@ class Stack:
             placing.classes = kept
             placing.ring = Ring([rooms for _, rooms in kept], self._rng)
 
-    def _exhausted(self, placing: _Placing, demand: Resources) -> Counter:
+    def _exhausted(self, placing: _Placing, group: TaskGroup, demand: Resources) -> Counter:
         """Why each healthy node of the ring has no room (after a failed select)."""
         reasons: Counter = Counter()
         for room in placing.ring.members():
@@ -332,6 +343,10 @@ class Stack:
                 reasons[CPU_EXHAUSTED] += 1
             elif room.memory - room.memory_used - mine[1] < demand.memory:
                 reasons[MEMORY_EXHAUSTED] += 1
+            elif group.ports:
+                reason = self._ports.conflict(group, room)
+                if reason is not None:
+                    reasons[reason] += 1
         return reasons
 
 

@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from orch.server.scheduler import ports as host_ports
 from orch.server.scheduler.cluster import Cluster, Room
 from orch.server.scheduler.feasible import class_feasible, feasible_rooms, node_feasible
 from orch.server.scheduler.generic import AllocIds, _allocation
@@ -238,7 +239,7 @@ def infeasible_nodes(
 def compute_system_plan(
     job: Job, allocs: list[Allocation], cluster: Cluster, evaluation: Evaluation, *, now: float, rng
 ) -> tuple[Plan, float | None]:
-    """Plan the evaluation of a system or sysbatch job (``rng`` unused: no choice to make)."""
+    """Plan the evaluation of a system or sysbatch job (``rng`` picks dynamic ports)."""
     feasible: dict[str, dict[str, Room]] = {}
     infeasible: dict[str, list[str]] = {}
     for group in job.task_groups:
@@ -257,7 +258,7 @@ def compute_system_plan(
         job_id=job.job_id,
         stop=[(alloc.allocation_id, reason) for alloc, reason in diff.stop],
     )
-    _place(plan, diff, feasible, job, evaluation, now)
+    _place(plan, diff, feasible, job, evaluation, now, rng)
     return plan, diff.followup_at
 
 
@@ -268,6 +269,7 @@ def _place(
     job: Job,
     evaluation: Evaluation,
     now: float,
+    rng,
 ) -> None:
     """Each placement on its node if the node has room, else a failure with its reason."""
     # node -> [cpu, memory] this plan takes there (negative: what its stops free).
@@ -276,6 +278,7 @@ def _place(
         if alloc.holds_resources():
             local[alloc.node_id][0] -= alloc.resources.cpu
             local[alloc.node_id][1] -= alloc.resources.memory
+    ports = host_ports.PlanPorts(a for a, _ in diff.stop if a.holds_resources())
     ids = AllocIds(now)
     templates: dict[str, tuple] = {}
     for group, node_id, previous in diff.place:
@@ -287,6 +290,8 @@ def _place(
         room = feasible[group.name][node_id]
         mine = local[node_id]
         lacking = _lacking(room, mine, demand.cpu, demand.memory)
+        if lacking is None and group.ports:
+            lacking = ports.conflict(group, room)
         if lacking is not None:
             failed = plan.failed.setdefault(group.name, {"wanted": 0, "failures": Counter()})
             failed["wanted"] += 1
@@ -294,11 +299,12 @@ def _place(
             continue
         mine[0] += demand.cpu
         mine[1] += demand.memory
-        plan.place.append(
-            _allocation(
-                ids.next(), job, group, SYSTEM_INDEX, previous, node_id, template, evaluation, now
-            )
+        alloc = _allocation(
+            ids.next(), job, group, SYSTEM_INDEX, previous, node_id, template, evaluation, now
         )
+        if group.ports:
+            alloc.ports = ports.take(group, room, rng)
+        plan.place.append(alloc)
     for failed in plan.failed.values():
         failed["failures"] = dict(failed["failures"])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from orch.server.scheduler.ports import PlanPorts
 from orch.server.state.store import StoreCore
 from orch.structs import Allocation, DesiredStatus, Evaluation, Plan, replace
 
@@ -63,11 +64,12 @@ class PlanWrites(StoreCore):
     def _verify_placements(self, allocs: list[Allocation], stopping: list[Allocation]):
         # Room freed by the plan's own stops counts (a replaced group may reuse it).
         freed: dict[str, list[int]] = {}
-        for alloc in stopping:
-            if self._allocs[alloc.allocation_id].holds_resources():
-                gone = freed.setdefault(alloc.node_id, [0, 0])
-                gone[0] -= alloc.resources.cpu
-                gone[1] -= alloc.resources.memory
+        releasing = [a for a in stopping if self._allocs[a.allocation_id].holds_resources()]
+        for alloc in releasing:
+            gone = freed.setdefault(alloc.node_id, [0, 0])
+            gone[0] -= alloc.resources.cpu
+            gone[1] -= alloc.resources.memory
+        ports = PlanPorts(releasing)
         room_of, nodes = self.cluster.room, self._nodes
         used: dict[str, list[int]] = {}  # node -> [cpu, memory] with this plan
         ok, rejected = [], 0
@@ -90,11 +92,17 @@ class PlanWrites(StoreCore):
                 mine = used[node_id] = [room.cpu_used + back[0], room.memory_used + back[1]]
             cpu = mine[0] + alloc.resources.cpu
             memory = mine[1] + alloc.resources.memory
-            if cpu <= room.cpu and memory <= room.memory:
-                mine[0], mine[1] = cpu, memory
-                ok.append(alloc)
-            else:
+            if cpu > room.cpu or memory > room.memory:
                 rejected += 1
+                continue
+            if alloc.ports:
+                # Another plan may have taken a port since this one was computed.
+                if ports.clash(alloc, room):
+                    rejected += 1
+                    continue
+                ports.hold(alloc)
+            mine[0], mine[1] = cpu, memory
+            ok.append(alloc)
         return ok, rejected
 
     def update_allocs(self, allocs: list[Allocation]) -> None:
