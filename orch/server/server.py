@@ -25,6 +25,7 @@ from orch.server.push import Pusher, PushFailure
 from orch.server.state import StateStore
 from orch.server.status import job_status, job_summary
 from orch.server.sync import AllocSync
+from orch.server.ui.streams import StreamSlots
 from orch.server.worker import SchedulerWorker
 from orch.structs import (
     Allocation,
@@ -72,6 +73,8 @@ class Server(NodeOps):
         ]
         self.drainer = Drainer(self.store, self.planner, self.dispatch)
         self.periodic = PeriodicLauncher(self.store, self.broker.enqueue)
+        # The UI's open event and log streams, capped (orch.server.ui.streams).
+        self.ui_streams = StreamSlots(config.ui_max_streams)
         self.started = time.time()
 
     # ---- lifecycle ---------------------------------------------------------
@@ -332,7 +335,9 @@ def run(config: ServerConfig) -> int:
         http.run()
     finally:
         log.info("server shutting down")
-        server.store.changes.close()  # open UI streams end before waitress does
+        # Open UI streams end first: waitress closing under them logs errors.
+        server.store.changes.close()
+        server.ui_streams.wait_idle(5.0)
         http.close()
         server.stop()
     return 0

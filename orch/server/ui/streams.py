@@ -52,21 +52,27 @@ class StreamSlots:
     def __init__(self, cap: int):
         self.cap = cap
         self._open = 0
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
 
     @property
     def open(self) -> int:
         return self._open
 
     def acquire(self) -> None:
-        with self._lock:
+        with self._cond:
             if self._open >= self.cap:
                 raise Unavailable(f"too many open UI streams (at most {self.cap}); try again later")
             self._open += 1
 
     def release(self) -> None:
-        with self._lock:
+        with self._cond:
             self._open -= 1
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether every stream ended within ``timeout`` s (shutdown waits on it)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._open == 0, timeout)
 
 
 def sse(event: str, data: dict) -> bytes:
@@ -89,7 +95,8 @@ def _gone_check() -> Callable[[], bool]:
 
 
 def register_stream_routes(app_or_router, server: Server, base: str) -> StreamSlots:
-    """Add ``<base>/events`` and ``<base>/logs/<alloc_id>/<task>``; returns the slots.
+    """Add ``<base>/events`` and ``<base>/logs/<alloc_id>/<task>``; returns the slots
+    (the server's ``ui_streams``: one cap however many times routes are added).
 
     Takes the server's httpjson.Router, or a bottle app (a Router with the
     server's token is made for it)."""
@@ -97,7 +104,7 @@ def register_stream_routes(app_or_router, server: Server, base: str) -> StreamSl
     if isinstance(app_or_router, bottle.Bottle):
         config = server.config
         route = httpjson.Router(app_or_router, token=config.token, max_body=config.max_body_bytes)
-    slots = StreamSlots(server.config.ui_max_streams)
+    slots = server.ui_streams
     base = base.rstrip("/")
 
     @route("GET", f"{base}/events", raw=True)
