@@ -14,6 +14,8 @@ setup(
     version=VERSION,
     description="A small Nomad-like cluster orchestrator",
     packages=find_packages(include=["orch", "orch.*"]),
+    # The web UI's templates and static files are read from the package.
+    package_data={"orch.server.ui": ["templates/*.tpl", "static/*"]},
     python_requires=">=3.11",
     install_requires=[
         "bottle",

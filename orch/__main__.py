@@ -18,7 +18,14 @@ import os
 import sys
 
 from orch import __version__
-from orch.config import DEFAULT_ADDRESS, AgentConfig, DevConfig, ServerConfig, env
+from orch.config import (
+    DEFAULT_ADDRESS,
+    AgentConfig,
+    DevConfig,
+    ServerConfig,
+    clean_prefix,
+    env,
+)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [{role} pid=%(process)d] %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -55,6 +62,13 @@ def port(value: str) -> int:
     if not 0 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"port out of range: {number}")
     return number
+
+
+def ui_prefix(value: str) -> str:
+    try:
+        return clean_prefix(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def seconds(value: str) -> float:
@@ -214,6 +228,12 @@ def add_server(sub, common) -> None:
         default=env("UI_MAX_STREAMS", d.ui_max_streams),
         help="UI event and log streams open at once (ORCH_UI_MAX_STREAMS; default %(default)s)",
     )
+    cmd.add_argument(
+        "--ui-prefix",
+        type=ui_prefix,
+        default=env("UI_PREFIX", d.ui_prefix),
+        help="path prefix a reverse proxy serves orch under, e.g. /orch (ORCH_UI_PREFIX)",
+    )
     cmd.set_defaults(handler=cmd_server, role="server")
 
 
@@ -337,6 +357,12 @@ def add_dev(sub, common) -> None:
     )
     cmd.add_argument(
         "--token", default=env("TOKEN", d.token), help="bearer token for the cluster (ORCH_TOKEN)"
+    )
+    cmd.add_argument(
+        "--ui-prefix",
+        type=ui_prefix,
+        default=env("UI_PREFIX", d.ui_prefix),
+        help="the server's --ui-prefix (ORCH_UI_PREFIX)",
     )
     cmd.set_defaults(handler=cmd_dev, role="dev")
 
@@ -489,6 +515,7 @@ def server_config(args) -> ServerConfig:
         insecure=args.insecure,
         job_versions=args.job_versions,
         ui_max_streams=args.ui_max_streams,
+        ui_prefix=args.ui_prefix,
     )
 
 
@@ -521,6 +548,7 @@ def dev_config(args) -> DevConfig:
         heartbeat_interval=args.heartbeat_interval,
         token=args.token or None,
         log_level=args.log_level,
+        ui_prefix=args.ui_prefix,
     )
 
 

@@ -29,6 +29,24 @@ def env(name: str, default):
         raise ValueError(f"ORCH_{name}: not a number: {raw!r}") from None
 
 
+_PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/-._~")
+
+
+def clean_prefix(raw: str) -> str:
+    """A URL path prefix as "/a/b" ("" for none); ValueError if it is not one.
+
+    Only unreserved characters: the prefix goes into every link the UI
+    renders, so nothing in it may need escaping."""
+    prefix = (raw or "").strip().rstrip("/")
+    if not prefix:
+        return ""
+    if not prefix.startswith("/") or "//" in prefix or not set(prefix) <= _PREFIX_CHARS:
+        raise ValueError(f"not a path prefix such as /orch: {raw!r}")
+    if any(part in (".", "..") for part in prefix.split("/")):
+        raise ValueError(f"not a path prefix such as /orch: {raw!r}")
+    return prefix
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     bind: str = "127.0.0.1"
@@ -55,6 +73,9 @@ class ServerConfig:
     # so `run` adds this many threads on top of http_threads: a page left
     # open never takes a thread from the API.
     ui_max_streams: int = 32
+    # The web UI's path prefix when a reverse proxy serves orch under one
+    # ("/orch" -> links to /orch/ui/...); X-Forwarded-Prefix overrides it.
+    ui_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,3 +115,4 @@ class DevConfig:
     heartbeat_interval: float = 2.0
     token: str | None = None
     log_level: str = "INFO"  # passed on to the server and the agents
+    ui_prefix: str = ""  # passed on to the server (--ui-prefix)

@@ -19,6 +19,7 @@ import bottle
 
 from orch.errors import (
     BadGateway,
+    Forbidden,
     OrchError,
     PayloadTooLarge,
     Unauthorized,
@@ -36,7 +37,15 @@ JSON = "application/json"
 # A route handler: path parameters in, a JSON-able value (or, raw, the body) out.
 Handler = Callable[..., Any]
 
-__all__ = ["Router", "read_json", "passthrough", "BadGateway", "error_body"]
+__all__ = [
+    "Router",
+    "read_json",
+    "passthrough",
+    "BadGateway",
+    "error_body",
+    "require_token",
+    "check_origin",
+]
 
 
 def error_body(message: str, **extra: object) -> str:
@@ -71,6 +80,53 @@ def passthrough(resp: Response) -> bytes:
     bottle.response.status = resp.status_code
     bottle.response.content_type = resp.headers.get("Content-Type", JSON)
     return resp.content
+
+
+def require_token(token: str | None) -> None:
+    """Unauthorized unless the request carries the bearer token (if one is set)."""
+    if not _authorized(token):
+        raise Unauthorized("missing or invalid bearer token")
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+_WRITES = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+
+
+def _host_port(host: str, scheme: str) -> str:
+    """``host:port`` lower-cased, the scheme's default port filled in.
+
+    A ``Host`` without a port gets the Origin's scheme's default: the browser
+    omits the default port of the scheme it used (behind a TLS proxy, 443).
+    """
+    host = host.strip().lower()
+    if host.endswith("]") or ":" not in host.rsplit("]", 1)[-1]:
+        host = f"{host}:{_DEFAULT_PORTS.get(scheme, '80')}"
+    return host
+
+
+def check_origin() -> None:
+    """Forbidden for a state-changing request from another site.
+
+    Browsers send ``Origin`` on cross-site writes; the CLI and agents send
+    none, so only a browser on a foreign page is refused. A proxy in front
+    may rewrite ``Host``; its ``X-Forwarded-Host`` counts too (a foreign page
+    cannot set that header without a CORS preflight, which orch never grants).
+    """
+    if bottle.request.method not in _WRITES:
+        return
+    origin = bottle.request.get_header("Origin")
+    if origin is None:
+        return
+    scheme, sep, rest = origin.partition("://")
+    if not sep or not rest or "/" in rest:
+        raise Forbidden(f"cross-origin request refused (Origin {origin!r})")
+    candidates = [
+        bottle.request.get_header("Host", ""),
+        bottle.request.get_header("X-Forwarded-Host", ""),
+    ]
+    claimed = _host_port(rest, scheme.lower())
+    if not any(h and _host_port(h.split(",")[0], scheme.lower()) == claimed for h in candidates):
+        raise Forbidden(f"cross-origin request refused (Origin {origin!r})")
 
 
 def _authorized(token: str | None) -> bool:
@@ -109,6 +165,7 @@ class Router:
     def _handle(self, fn: Handler, kwargs: dict[str, str], public: bool, raw: bool) -> object:
         bottle.request.environ["orch.max_body"] = self.max_body
         try:
+            check_origin()
             if not public and not _authorized(self.token):
                 raise Unauthorized("missing or invalid bearer token")
             result = fn(**kwargs)

@@ -95,6 +95,8 @@ def server_argv(config: DevConfig, port: int, data_dir: str) -> list[str]:
         f"{config.node_ttl:g}",
         "--log-level",
         config.log_level,
+        # ORCH_* variables are not passed on to the children: the flag is.
+        *(["--ui-prefix", config.ui_prefix] if config.ui_prefix else []),
     ]
 
 

@@ -19,7 +19,7 @@ import bottle
 from orch import httpjson, transport
 from orch.errors import NotFound, ValidationError
 from orch.openapi import SERVER_SPEC
-from orch.server import views
+from orch.server import ui, views
 from orch.server.metrics import render_metrics
 from orch.server.ui.streams import register_stream_routes
 from orch.server.versions import versions_view
@@ -276,6 +276,7 @@ def make_app(server: Server) -> bottle.Bottle:
     def openapi():
         return SERVER_SPEC
 
+    ui.mount(app, route, server)
     # The UI's event and log streams (the pages: orch.server.ui). Added under
     # /ui as the pages are: a --ui-prefix is handled for every UI route alike.
     register_stream_routes(route, server, "/ui")

@@ -88,6 +88,11 @@ def job_view(
     return out
 
 
+def allocated(allocs: list[Allocation]) -> Resources:
+    """What a node's allocations hold of it (the ones that still occupy it)."""
+    return sum((a.resources for a in allocs if a.holds_resources()), Resources())
+
+
 def node_view(node: Node, allocs: list[Allocation]) -> dict:
     """A node with the allocations it holds now (the store's live ones).
 
@@ -113,7 +118,7 @@ def node_view(node: Node, allocs: list[Allocation]) -> dict:
         }
         for a in allocs
     ]
-    held = sum((a.resources for a in allocs if a.holds_resources()), Resources())
+    held = allocated(allocs)
     out["allocated"] = held.to_dict()
     out["free"] = (node.resources - held).to_dict()
     return out

@@ -69,6 +69,8 @@ def wait_until(fn, timeout: float = 10.0, interval: float = 0.05, what: str | No
 def sources_mtime() -> float:
     paths = [
         *ROOT.joinpath("orch").rglob("*.py"),
+        # The web UI's templates and static files ship in the zipapp too.
+        *ROOT.joinpath("orch", "server", "ui").rglob("*.*"),
         ROOT / "setup.py",
         MAKE_PYZ,
         ROOT / "build" / "pyz_main.py",

@@ -5,6 +5,7 @@ import signal
 import sys
 import time
 import zipfile
+from dataclasses import replace
 
 import pytest
 
@@ -48,6 +49,9 @@ def test_child_argv_parse_under_the_cli():
         entry.build_parser().parse_args(server_argv(config, 4747, "/d/server"))
     )
     assert (server.port, server.data_dir, server.node_ttl) == (4747, "/d/server", 3.0)
+    prefixed = replace(config, ui_prefix="/orch")
+    args = entry.build_parser().parse_args(server_argv(prefixed, 4747, "/d/server"))
+    assert (entry.server_config(args).ui_prefix, server.ui_prefix) == ("/orch", "")
     args = entry.build_parser().parse_args(
         agent_argv(config, "http://127.0.0.1:4747", 1, "/d/agent-2")
     )

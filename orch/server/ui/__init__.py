@@ -1,1 +1,6 @@
-"""The web UI served by the server at <prefix>/ui/ (pages, static files, streams)."""
+"""orch's web UI: server-rendered pages under <prefix>/ui/ (see routes.py),
+and their event and log streams (streams.py)."""
+
+from orch.server.ui.routes import mount
+
+__all__ = ["mount"]
