@@ -13,6 +13,7 @@ import pytest
 from selenium.webdriver.support import expected_conditions as ec
 from uihelp import (
     assert_clean_console,
+    click,
     css,
     css_all,
     get_json,
@@ -35,16 +36,17 @@ def plan_and_submit(browser, dev, shots) -> None:
     wait_for(browser, lambda d: css(d, "textarea#job-spec"), what="the job spec box")
     assert css_all(browser, "input#job-file[type=file]"), "no file upload on the Run page"
     set_textarea(browser, "textarea#job-spec", json.dumps(looping_job(JOB_ID, LINE), indent=2))
-    css(browser, "button#btn-plan").click()
-    plan = wait_for(
+    click(browser, "button#btn-plan")
+    wait_for(
         browser,
         lambda d: text_of(d, "#plan-output").strip() and not css_all(d, "#plan-output .loading"),
         what="the plan in #plan-output",
     )
+    plan = text_of(browser, "#plan-output")
     assert "web" in plan or "place" in plan.lower(), f"plan names no placement: {plan!r}"
     screenshot(browser, shots, "run")
     assert_clean_console(browser, "run")
-    css(browser, "button#btn-submit").click()
+    click(browser, "button#btn-submit")
     wait_for(
         browser,
         lambda d: d.current_url.rstrip("/").endswith(f"/ui/jobs/{JOB_ID}"),
@@ -71,7 +73,7 @@ def watch_running(browser, shots) -> None:
 
 def read_live_log(browser, shots) -> None:
     """Open the allocation; the task's line appears in the live log, HTML as text."""
-    css(browser, "table#allocs-table tr[data-alloc-id] td.alloc-status a").click()
+    click(browser, "table#allocs-table tr[data-alloc-id] td.alloc-status a")
     wait_for(browser, lambda d: "/ui/allocations/" in d.current_url, what="the allocation page")
     wait_for(browser, lambda d: css_all(d, "#tasks ol.events li"), what="task events in #tasks")
     assert css_all(browser, "select#log-task") and css_all(browser, "select#log-type")
@@ -95,7 +97,7 @@ def stop_from_button(browser, dev) -> None:
     wait_for(browser, lambda d: css(d, "#btn-stop").is_displayed(), what="#btn-stop")
     for selector in ("#btn-restart", "#btn-delete"):
         assert css_all(browser, selector), f"no {selector} on the job page"
-    css(browser, "#btn-stop").click()
+    click(browser, "#btn-stop")
     wait_for(browser, ec.alert_is_present(), what="the stop confirmation")
     browser.switch_to.alert.accept()
     wait_for(

@@ -6,7 +6,11 @@ import json
 from pathlib import Path
 
 import requests
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    JavascriptException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -23,7 +27,11 @@ def wait_for(driver, condition, timeout: float = WAIT, what: str = "condition"):
         driver,
         timeout,
         poll_frequency=0.1,
-        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        ignored_exceptions=(
+            NoSuchElementException,
+            StaleElementReferenceException,
+            JavascriptException,
+        ),
     ).until(condition, message=f"timed out after {timeout:g}s waiting for {what}")
 
 
@@ -35,10 +43,21 @@ def css_all(driver, selector: str):
     return driver.find_elements(By.CSS_SELECTOR, selector)
 
 
+def click(driver, selector: str) -> None:
+    """Click the element, found again if a live update swapped it meanwhile."""
+
+    def found_and_clicked(d) -> bool:
+        css(d, selector).click()
+        return True
+
+    wait_for(driver, found_and_clicked, what=f"a click on {selector}")
+
+
 def text_of(driver, selector: str) -> str:
-    """The element's text, '' while it is absent."""
-    found = css_all(driver, selector)
-    return found[0].text if found else ""
+    """The element's text, '' while it is absent (read in one script: no stale element)."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", selector
+    )
 
 
 def console_errors(driver, allowed: tuple[str, ...] = ()) -> list[str]:
