@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import requests
-from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from uihelp import (
     assert_clean_console,
@@ -94,7 +95,9 @@ def test_jobs_page_lists_updates_and_searches(browser, dev_ui, shots):
 
 @pytest.mark.timeout(240)
 def test_nodes_and_topology_pages(browser, dev_ui, shots):
-    submit_job(dev_ui, looping_job("topo-web", "topo", count=3, memory=64))
+    # Big enough to be seen in the topology's boxes, small enough for any CI host.
+    submit_job(dev_ui, looping_job("topo-web", "topo", count=3, memory=1024))
+    submit_job(dev_ui, looping_job("topo-db", "db", count=2, memory=2048))
     node_ids = {n["node_id"] for n in get_json(dev_ui, "/nodes")["nodes"]}
     assert len(node_ids) == 2
 
@@ -106,30 +109,40 @@ def test_nodes_and_topology_pages(browser, dev_ui, shots):
         ),
         what="both nodes in #nodes-table",
     )
-    rows = css_all(browser, "table#nodes-table tr[data-node-id]")
     # The contract names no class for these bars: U1's pages draw them as .meter.
-    meters = [r.find_elements(By.CSS_SELECTOR, ".bar, .meter") for r in rows]
-    assert all(len(m) >= 2 for m in meters), "no CPU and memory bars in a node's row"
-    assert "192" in "".join(r.text for r in rows) or "128" in "".join(r.text for r in rows)
+    meters = browser.execute_script(
+        "return [...document.querySelectorAll('#nodes-table tr[data-node-id]')]"
+        ".map(r => r.querySelectorAll('.bar, .meter').length)"
+    )
+    assert meters and min(meters) >= 2, f"no CPU and memory bars in a node's row: {meters}"
+
+    def allocated_mb(d) -> int:
+        return sum(int(n) for n in re.findall(r"(\d+) / \d+ MB", text_of(d, "#nodes-table")))
+
+    # Allocated memory shows in the rows: 7168 MB in all, split over the two nodes.
+    wait_for(browser, lambda d: allocated_mb(d) == 3 * 1024 + 2 * 2048, what="allocated MB")
     screenshot(browser, shots, "nodes")
     assert_clean_console(browser, "nodes")
 
     browser.get(dev_ui.ui + "/topology")
     wait_for(
         browser,
-        lambda d: len(css_all(d, "#topology .alloc-block[data-alloc-id]")) == 3,
-        what="three allocation blocks in #topology",
+        lambda d: len(css_all(d, "#topology .alloc-block[data-alloc-id]")) == 5,
+        what="five allocation blocks in #topology",
     )
     boxes = {b.get_attribute("data-node-id") for b in css_all(browser, "#topology .node-box")}
     assert boxes == node_ids
     titles = [b.get_attribute("title") for b in css_all(browser, "#topology .alloc-block")]
-    assert all(t.startswith("topo-web/web[") and "64" in t for t in titles), titles
+    web = [t for t in titles if t.startswith("topo-web/web[")]
+    db = [t for t in titles if t.startswith("topo-db/web[")]
+    assert len(web) == 3 and all("1024" in t for t in web), titles
+    assert len(db) == 2 and all("2048" in t for t in db), titles
     screenshot(browser, shots, "topology")
     assert_clean_console(browser, "topology")
 
 
 @pytest.mark.timeout(240)
-def test_pending_job_says_why_on_its_page(browser, dev_ui):
+def test_pending_job_says_why_on_its_page(browser, dev_ui, shots):
     # No node has a terabyte of memory: the scheduler blocks the evaluation.
     submit_job(dev_ui, looping_job("too-big", "never", memory=1_000_000))
     browser.get(dev_ui.ui + "/jobs/too-big")
@@ -140,6 +153,7 @@ def test_pending_job_says_why_on_its_page(browser, dev_ui):
     assert "2" in reason, f"reason does not say on how many nodes: {reason!r}"
     assert "pending" in text_of(browser, "#job-status")
     assert "memory" in text_of(browser, "#evals").lower(), "evaluations show no failure"
+    screenshot(browser, shots, "job-pending")
     assert_clean_console(browser, "job (pending)")
 
 
