@@ -8,6 +8,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from uihelp import (
     assert_clean_console,
     click,
+    css_all,
     get_json,
     looping_job,
     mark_page,
@@ -38,7 +39,10 @@ def _versions_shown(driver) -> list[str]:
 @pytest.mark.timeout(240)
 def test_versions_diff_revert_and_buttons_that_ask(browser, dev_ui):
     submit_job(dev_ui, looping_job(JOB_ID, "v"))
-    submit_job(dev_ui, looping_job(JOB_ID, "v", count=2))  # version 1: count 1 -> 2
+    # Version 1: count 1 -> 2, and an env value with HTML in it (shown as text).
+    changed = looping_job(JOB_ID, "v", count=2)
+    changed["task_groups"][0]["tasks"][0]["config"]["env"] = {"GREETING": "<i>hi</i>"}
+    submit_job(dev_ui, changed)
     browser.get(f"{dev_ui.ui}/jobs/{JOB_ID}")
     wait_for(browser, lambda d: sorted(_versions_shown(d)) == ["0", "1"], what="versions 0 and 1")
     mark_page(browser)
@@ -46,6 +50,7 @@ def test_versions_diff_revert_and_buttons_that_ask(browser, dev_ui):
     click(browser, "#versions button.show-diff[data-version='1']")
     diff = wait_for(browser, lambda d: text_of(d, "#version-diff"), what="#version-diff")
     assert "task_groups[0].count" in diff and "1 -> 2" in diff, diff
+    assert "<i>hi</i>" in diff and not css_all(browser, "#version-diff i"), diff
 
     # Revert asks first; once confirmed, version 0's spec comes back as version 2.
     click(browser, "#versions button.revert[data-version='0']")
