@@ -3,7 +3,8 @@
 The browser is Debian's chromium through /usr/bin/chromedriver (.ci/install-browser.sh);
 selenium is handed that driver path so that selenium-manager never downloads
 anything. Without chromium, chromedriver or selenium the tests skip and say which
-is missing. Teardown kills the driver, the browser and `orch dev` by their pids.
+is missing; in CI, where .ci/run installs them, they fail instead. Teardown kills
+the driver, the browser and `orch dev` by their pids.
 """
 
 from __future__ import annotations
@@ -66,15 +67,22 @@ def missing_browser_parts() -> list[str]:
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Every test here is `browser`; all skip, with the reason, when a part is missing."""
-    missing = missing_browser_parts()
+    """Every test here is `browser`."""
     here = Path(__file__).resolve().parent
     for item in items:
-        if here not in Path(str(item.fspath)).resolve().parents:
-            continue
-        item.add_marker(pytest.mark.browser)
-        if missing:
-            item.add_marker(pytest.mark.skip(reason="needs " + "; ".join(missing)))
+        if here in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(autouse=True)
+def _browser_parts() -> None:
+    """Skip, naming what is missing; in CI (CI=true), where .ci/run installs it all, fail."""
+    missing = missing_browser_parts()
+    if missing:
+        reason = "needs " + "; ".join(missing)
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI=true: .ci/run installs the browser, nothing may be missing)")
+        pytest.skip(reason)
 
 
 @dataclass
