@@ -101,14 +101,16 @@ class DevUI:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
-def start_dev(tmp_path: Path, token: str | None = None, agents: int = 2) -> DevUI:
+def start_dev(
+    tmp_path: Path, token: str | None = None, agents: int = 2, env: dict | None = None
+) -> DevUI:
     """`orch dev` from the zipapp with fast heartbeats, once all its nodes are healthy."""
     port = free_port()
     args = ["dev", "--agents", str(agents), "--port", str(port), "--heartbeat-interval", "0.5"]
     proc = Proc(
         args,
         tmp_path / "dev.stdout",
-        {"ORCH_TOKEN": token} if token else None,
+        {**({"ORCH_TOKEN": token} if token else {}), **(env or {})},
         stderr_path=tmp_path / "dev.stderr",
         cwd=tmp_path,
         pyz=ensure_pyz(),
@@ -134,6 +136,14 @@ def dev_ui(tmp_path) -> Iterator[DevUI]:
 def dev_ui_token(tmp_path) -> Iterator[DevUI]:
     """`orch dev --agents 1` that requires a bearer token on its API."""
     dev = start_dev(tmp_path, token="ui-test-token-7f3a", agents=1)
+    yield dev
+    dev.proc.stop()
+
+
+@pytest.fixture
+def dev_ui_prefix(tmp_path) -> Iterator[DevUI]:
+    """`orch dev --agents 1` whose server serves the UI under /orch (ORCH_UI_PREFIX)."""
+    dev = start_dev(tmp_path, agents=1, env={"ORCH_UI_PREFIX": "/orch"})
     yield dev
     dev.proc.stop()
 
