@@ -179,11 +179,13 @@ class DockerDriver(Driver):
             log.warning("cannot stop container %s: %s", handle.name, exc.message)
             return
         try:
+            grace = max(0, math.ceil(timeout))
             if sig != signal.SIGTERM:
                 # The engine's stop sends the image's StopSignal: another
-                # signal goes by kill, then the same wait and SIGKILL.
+                # signal goes by kill and our own wait; then stop kills at once.
                 self._signal_and_wait(client, handle, sig, timeout)
-            client.api.stop(handle.container_id, timeout=max(0, math.ceil(timeout)))
+                grace = 0
+            client.api.stop(handle.container_id, timeout=grace)
         except docker_engine.docker.errors.NotFound:
             pass
         except (
