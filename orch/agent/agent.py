@@ -100,9 +100,9 @@ class Agent:
         from the server, which must then replace what was stopped.
         """
         runner = self.get(alloc_id)
-        if runner.spec.shutdown_delay and not runner.finished:
-            # Stopping outlasts the server's call: answer now, stop behind it
-            # (a repeated DELETE meanwhile finds it under way).
+        if runner.slow_stop and not runner.finished:
+            # Stopping may outlast the server's call (push_timeout): answer
+            # now, stop behind it (a repeated DELETE finds it under way).
             with self._lock:
                 if alloc_id in self._stopping:
                     return

@@ -185,6 +185,12 @@ class AllocRunner:
             runner.note("Waiting for shutdown delay", f"{delay:g}s before the kill signal")
         self._hurry.wait(delay)
 
+    @property
+    def slow_stop(self) -> bool:
+        """A shutdown_delay, or a kill_timeout longer than the agent's default."""
+        longest = max(runner.kill_timeout for runner in self.tasks.values())
+        return bool(self.spec.shutdown_delay) or longest > self.config.kill_timeout
+
     def hurry(self) -> None:
         """The agent is leaving: a stop under way skips what is left of its shutdown_delay."""
         self._hurry.set()

@@ -7,13 +7,14 @@ import time
 import pytest
 
 from orch import codec
+from orch.agent.agent import Agent
 from orch.agent.allocrunner import AllocRunner
 from orch.agent.drivers.base import TaskContext
 from orch.agent.drivers.exec import ExecDriver
 from orch.agent.spec import parse_alloc
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig
-from orch.errors import ValidationError
+from orch.errors import NotFound, ValidationError
 from orch.jobspec import parse_job
 from orch.server.push import alloc_payload
 from orch.structs import Allocation, AllocStatus, Resources
@@ -232,3 +233,40 @@ def test_task_kill_timeout_overrides_the_agent_default(make_runner):
     runner.stop()  # the agent's default here is 3 s
     assert 0.3 <= time.monotonic() - began < 2.5
     assert runner.status() == AllocStatus.STOPPED
+
+
+# -- the agent: a DELETE does not wait the delay out -----------------------------
+
+
+@pytest.fixture
+def agent(tmp_path):
+    config = AgentConfig(server="http://127.0.0.1:9", data_dir=str(tmp_path), kill_timeout=1.0)
+    agent = Agent(config)
+    yield agent
+    agent.shutdown(stop_tasks=True)
+
+
+def test_a_delete_with_a_shutdown_delay_answers_at_once_and_stops_behind(agent):
+    task = {"name": "t", "config": {"command": "sleep 300"}}
+    group = {"name": "g", "tasks": [task], "shutdown_delay": "1s"}
+    spec = parse_alloc({"allocation_id": "a1", "job_id": "j1", "task_group": group})
+    assert agent.submit(spec)
+    runner = agent.get("a1")
+    assert wait_for(lambda: runner.tasks["t"].handle_json is not None)
+    pgid = runner.tasks["t"].handle_json["pgid"]
+    began = time.monotonic()
+    agent.stop_alloc("a1")
+    agent.stop_alloc("a1")  # the server's retry finds the stop under way
+    assert time.monotonic() - began < 0.5
+    assert group_pids(pgid) != []  # still serving through the delay
+    assert wait_for(lambda: group_pids(pgid) == [], timeout=10)
+    assert time.monotonic() - began >= 1.0
+
+    def removed():
+        try:
+            agent.get("a1")
+        except NotFound:
+            return True
+        return False
+
+    assert wait_for(removed, timeout=5)
