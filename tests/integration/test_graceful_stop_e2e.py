@@ -9,14 +9,27 @@ and only then get its kill signal.
 
 from __future__ import annotations
 
+import http.server
 import sys
 import textwrap
+import threading
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 import requests
 
 from harness import free_port, wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.docker_image import (  # noqa: E402
+    TEST_IMAGE,
+    ensure_test_image,
+    remove_containers,
+    require_engine,
+)
 
 DELAY = 2.0
 
@@ -115,3 +128,97 @@ def test_instance_leaves_the_catalog_before_the_task_gets_its_signal(
         30,
         what="the allocation's end",
     )
+
+
+# -- the same with the docker driver, where an engine answers --------------------
+
+
+class _Hearer(http.server.BaseHTTPRequestHandler):
+    """Records each GET's path and arrival time: the container's trap calls home."""
+
+    heard: list = []
+
+    def do_GET(self):
+        self.heard.append((self.path, time.time()))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hearer():
+    _Hearer.heard = []
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), _Hearer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], _Hearer.heard
+    server.shutdown()
+    server.server_close()
+
+
+def docker_job(job_id: str, port: int, home: int) -> dict:
+    # On SIGINT the container tells the host (its gateway) and exits.
+    # (busybox's wget needs a resolver the static image lacks: nc it is.)
+    gateway = "$(ip route | awk '/default/ {print $3}')"
+    call_home = f"printf 'GET /INT HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {gateway} {home}"
+    command = (
+        f"home() {{ {call_home}; }}; trap 'home; exit 0' INT; "
+        "echo up > /www/index.html; httpd -f -p 8080 -h /www & "
+        "while :; do sleep 0.1; done"
+    )
+    service = {
+        "name": f"{job_id}-svc",
+        "port": port,
+        "checks": [{"type": "tcp", "interval": "200ms", "timeout": "1s"}],
+    }
+    task = {
+        "name": "t",
+        "driver": "docker",
+        "config": {"image": TEST_IMAGE, "port": port, "container_port": 8080, "command": command},
+        "resources": {"cpu": 100, "memory": 64},
+        "kill_signal": "SIGINT",
+    }
+    group = {"name": "g", "services": [service], "shutdown_delay": f"{DELAY}s", "tasks": [task]}
+    return {"job_id": job_id, "type": "service", "task_groups": [group]}
+
+
+@pytest.mark.integration
+@pytest.mark.docker
+@pytest.mark.timeout(240)
+def test_docker_task_gets_its_kill_signal_after_the_delay(pyz, server, agent_factory, hearer):
+    engine = require_engine()
+    ensure_test_image(engine)
+    agent_factory()
+    home, heard = hearer
+    job_id = f"gs-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    resp = requests.post(server.url + "/jobs", json=docker_job(job_id, port, home), timeout=5)
+    assert resp.status_code == 200, resp.text
+    svc = f"/services/{job_id}-svc"
+    try:
+        wait_until(
+            lambda: requests.get(server.url + svc + "?healthy=true", timeout=5).json()["count"], 90
+        )
+        deleted_at = time.time()
+        assert requests.delete(server.url + f"/jobs/{job_id}", timeout=10).status_code == 200
+        wait_until(lambda: requests.get(server.url + svc, timeout=5).json()["count"] == 0, 10, 0.02)
+        gone_at = time.time()
+        path, signalled_at = wait_until(lambda: heard and heard[0], 30, what="the container's call")
+        print(f"deleted {deleted_at:.3f} gone {gone_at:.3f} signalled {signalled_at:.3f}")
+        assert path == "/INT"
+        assert gone_at < signalled_at and signalled_at - deleted_at >= DELAY
+        wait_until(
+            lambda: (
+                not engine.containers.list(all=True, filters={"label": f"orch.job_id={job_id}"})
+            ),
+            30,
+            what="the container removed",
+        )
+    finally:
+        for container in engine.containers.list(
+            all=True, filters={"label": f"orch.job_id={job_id}"}
+        ):
+            remove_containers(engine, container.labels.get("orch.alloc_id"))
+        engine.close()
