@@ -251,6 +251,7 @@ class Agent:
                 doc, spec, self.config, self.drivers, self.store, self._notify
             )
             if runner.stopped:  # a DELETE was cut short: finish it
+                runner.hurry()  # its shutdown_delay began before we died: no new wait
                 runner.stop()
                 self.store.remove_alloc(spec.allocation_id)
                 self.store.forget_removal(spec.allocation_id)

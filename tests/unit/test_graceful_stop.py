@@ -1,5 +1,6 @@
 """Graceful stops: kill_signal, kill_timeout, shutdown_delay from job file to process."""
 
+import os
 import signal
 import threading
 import time
@@ -270,3 +271,40 @@ def test_a_delete_with_a_shutdown_delay_answers_at_once_and_stops_behind(agent):
         return False
 
     assert wait_for(removed, timeout=5)
+
+
+def test_restore_finishing_an_interrupted_delete_does_not_wait_the_delay_again(tmp_path):
+    config = AgentConfig(data_dir=str(tmp_path), kill_timeout=1.0)
+    store = AgentStore(str(tmp_path))
+    task = {"name": "t", "config": {"command": "sleep 300"}}
+    group = {"name": "g", "tasks": [task], "shutdown_delay": "10m"}
+    spec = parse_alloc({"allocation_id": "a1", "job_id": "j1", "task_group": group})
+    os.makedirs(store.task_dir("a1", "t"))
+    driver = ExecDriver()
+    ctx = TaskContext(
+        "a1",
+        "j1",
+        "t",
+        {"command": "sleep 300"},
+        Resources(),
+        store.task_dir("a1", "t"),
+        store.log_path("a1", "t", "stdout"),
+        store.log_path("a1", "t", "stderr"),
+    )
+    handle = driver.start(ctx)
+    doc = {
+        "spec": spec.to_dict(),
+        "stopped": True,
+        "tasks": {"t": {"status": "running"}},
+        "handles": {"t": driver.handle_to_json(handle)},
+    }
+    store.save_alloc("a1", doc)
+    agent = Agent(config)
+    try:
+        began = time.monotonic()
+        assert agent.restore() == 0
+        assert time.monotonic() - began < 10
+        assert group_pids(handle.pgid) == []
+    finally:
+        agent.shutdown(stop_tasks=True)
+        driver.stop(handle, 0.5)
