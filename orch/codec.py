@@ -53,6 +53,8 @@ def job_from(d: dict) -> Job:
                     dict(t.get("config") or {}),
                     resources_from(t.get("resources")),
                     (t.get("dispatch_payload") or {}).get("file"),
+                    t.get("kill_signal"),
+                    t.get("kill_timeout"),
                 )
                 for t in g["tasks"]
             ),
@@ -63,6 +65,7 @@ def job_from(d: dict) -> Job:
             update=update_from(g.get("update")),
             services=tuple(g.get("services") or ()),
             ports=ports_from(g.get("network")),
+            shutdown_delay=float(g.get("shutdown_delay") or 0.0),
         )
         for g in d["task_groups"]
     )

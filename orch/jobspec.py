@@ -18,7 +18,7 @@ from orch.structs import (
     TaskGroup,
     new_id,
 )
-from orch.validation import bodies, fields, regex, services, system, update
+from orch.validation import bodies, fields, kill, regex, services, system, update
 from orch.validation import drain as drain_rules
 from orch.validation.fields import fail
 from orch.validation.fields import is_int as _int
@@ -131,6 +131,7 @@ def _group(raw: dict, path: str, max_count: int) -> TaskGroup:
         meta=_meta(raw.get("meta"), f"{path}.meta"),
         services=services.services(raw.get("services"), f"{path}.services"),
         ports=_network(raw.get("network"), f"{path}.network"),
+        shutdown_delay=kill.shutdown_delay(raw.get("shutdown_delay"), f"{path}.shutdown_delay"),
     )
 
 
@@ -146,6 +147,8 @@ def _task(raw: dict, path: str) -> Task:
         config=config,
         resources=_resources(raw.get("resources"), f"{path}.resources"),
         payload_file=_dispatch_payload(raw.get("dispatch_payload"), f"{path}.dispatch_payload"),
+        kill_signal=kill.kill_signal(raw.get("kill_signal"), f"{path}.kill_signal"),
+        kill_timeout=kill.kill_timeout(raw.get("kill_timeout"), f"{path}.kill_timeout"),
     )
 
 

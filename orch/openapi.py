@@ -28,6 +28,11 @@ _TASK = {
         "driver": {"type": "string", "enum": ["exec", "docker"]},
         "config": {"type": "object"},
         "resources": _RESOURCES,
+        "kill_signal": {"type": "string", "description": "default SIGTERM"},
+        "kill_timeout": {
+            "description": 'seconds before SIGKILL, or a duration such as "5s" (default)',
+            "oneOf": [{"type": "string"}, {"type": "number", "minimum": 0}],
+        },
     },
 }
 _META = {"type": "object", "additionalProperties": {"type": "string"}}
@@ -160,6 +165,7 @@ _JOB = {
                     "meta": _META,
                     "update": _UPDATE,
                     "network": _NETWORK,
+                    "shutdown_delay": _DURATION,
                 },
             },
         },

@@ -139,9 +139,13 @@ class Task:
     # dispatch_payload.file: where a dispatched job's payload is written
     # (relative to the task dir); None when the task takes no payload.
     payload_file: str | None = None
+    # How it is stopped (orch.validation.kill): a signal name and the seconds
+    # before SIGKILL; None: the agent's defaults (SIGTERM, its kill_timeout).
+    kill_signal: str | None = None
+    kill_timeout: float | None = None
 
     def to_dict(self) -> dict:
-        out = {
+        out: dict[str, object] = {
             "name": self.name,
             "driver": self.driver,
             "config": self.config,
@@ -149,6 +153,11 @@ class Task:
         }
         if self.payload_file is not None:
             out["dispatch_payload"] = {"file": self.payload_file}
+        # Left out when unset, so that spec hashes stay as they were.
+        if self.kill_signal is not None:
+            out["kill_signal"] = self.kill_signal
+        if self.kill_timeout is not None:
+            out["kill_timeout"] = self.kill_timeout
         return out
 
 
@@ -216,6 +225,8 @@ class TaskGroup:
     services: tuple = field(default=(), hash=False, compare=True)
     # network.ports: host ports the scheduler reserves per allocation.
     ports: tuple[Port, ...] = ()
+    # Seconds between leaving the service catalog and the tasks' kill_signal.
+    shutdown_delay: float = 0.0
 
     @property
     def resources(self) -> Resources:
@@ -266,6 +277,9 @@ class TaskGroup:
             out["services"] = [dict(s) for s in self.services]
         if self.ports:
             out["network"] = self.network_dict()
+        if self.shutdown_delay:
+            # Not in spec_hash: how old copies are stopped replaces nothing.
+            out["shutdown_delay"] = self.shutdown_delay
         return out
 
     def network_dict(self) -> dict:

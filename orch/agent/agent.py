@@ -54,6 +54,7 @@ class Agent:
         # newest config.gc_keep stay, files and all, for their logs.
         self._collectable: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._stopping: set[str] = set()  # DELETEd, waiting their shutdown_delay
         self._closing = threading.Event()
         self.checks = CheckRunner(check_host(config))
         self._prober = threading.Thread(
@@ -99,6 +100,25 @@ class Agent:
         from the server, which must then replace what was stopped.
         """
         runner = self.get(alloc_id)
+        if runner.slow_stop and not runner.finished:
+            # Stopping may outlast the server's call (push_timeout): answer
+            # now, stop behind it (a repeated DELETE finds it under way).
+            with self._lock:
+                if alloc_id in self._stopping:
+                    return
+                self._stopping.add(alloc_id)
+            self.checks.unwatch(alloc_id)  # out of the checks at once
+            threading.Thread(
+                target=self._stop_and_remove,
+                args=(alloc_id, runner),
+                daemon=True,
+                name=f"stop-{runner.short}",
+            ).start()
+            return
+        self._stop_and_remove(alloc_id, runner)
+
+    def _stop_and_remove(self, alloc_id: str, runner: AllocRunner) -> None:
+        """stop_alloc's work: kill the tasks, then forget the allocation."""
         # An allocation that had finished keeps its final status; one we stop
         # now reports `stopped` (the server knows whether it asked for that).
         last = runner.heartbeat_report() if runner.finished else None
@@ -118,6 +138,8 @@ class Agent:
         elif self.loop is not None:
             self.loop.forget(alloc_id)  # its last word must not be left out
         log.info("alloc %s stopped and removed", runner.short)
+        with self._lock:
+            self._stopping.discard(alloc_id)
         self._notify()
 
     def log_path(self, alloc_id: str, task: str, kind: str) -> str:
@@ -229,6 +251,7 @@ class Agent:
                 doc, spec, self.config, self.drivers, self.store, self._notify
             )
             if runner.stopped:  # a DELETE was cut short: finish it
+                runner.hurry()  # its shutdown_delay began before we died: no new wait
                 runner.stop()
                 self.store.remove_alloc(spec.allocation_id)
                 self.store.forget_removal(spec.allocation_id)
@@ -336,6 +359,8 @@ class Agent:
         self.checks.close()
         if self.loop is not None:
             self.loop.stop()
+        for runner in self.allocations():
+            runner.hurry()  # a stop under way must not wait out its shutdown_delay
         if stop_tasks:
             threads = [
                 threading.Thread(

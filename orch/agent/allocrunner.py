@@ -60,6 +60,7 @@ class AllocRunner:
         self._last_status = AllocStatus.PENDING
         self._on_change = on_change
         self._done = threading.Event()
+        self._hurry = threading.Event()  # set on agent shutdown: no shutdown_delay
         self._finished: set[str] = set()
         self._dirty = True  # state not yet on disk
         self._saved = False  # written at least once
@@ -160,14 +161,39 @@ class AllocRunner:
         self.changed()
 
     def stop(self) -> None:
-        """DELETE: stop the allocation for good; its status becomes stopped."""
+        """DELETE: stop the allocation for good; its status becomes stopped.
+
+        The caller has taken it out of the health checks (and the server out
+        of the catalog); the group's shutdown_delay lets clients that found
+        it a moment earlier finish before the tasks get their kill signal.
+        """
         with self.lock:
             self.stopped = True
+        self._shutdown_delay()
         self.kill("allocation stopped", fails=False)
         with self.lock:
             if self.end_time is None:
                 self.end_time = self.now()
         self.changed()
+
+    def _shutdown_delay(self) -> None:
+        delay = self.spec.shutdown_delay
+        if not delay or self.finished or self._hurry.is_set():
+            return
+        log.info("alloc %s: waiting shutdown_delay %gs before killing", self.short, delay)
+        for runner in self.tasks.values():
+            runner.note("Waiting for shutdown delay", f"{delay:g}s before the kill signal")
+        self._hurry.wait(delay)
+
+    @property
+    def slow_stop(self) -> bool:
+        """A shutdown_delay, or a kill_timeout longer than the agent's default."""
+        longest = max(runner.kill_timeout for runner in self.tasks.values())
+        return bool(self.spec.shutdown_delay) or longest > self.config.kill_timeout
+
+    def hurry(self) -> None:
+        """The agent is leaving: a stop under way skips what is left of its shutdown_delay."""
+        self._hurry.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Until every task is terminal, or `timeout` seconds: True if they all are."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from orch.errors import ValidationError
 from orch.jobspec import DEFAULT_RESOURCES, task_config
 from orch.structs import DRIVERS, JobType, Resources, Task, total_resources
-from orch.validation import bodies, fields, services
+from orch.validation import bodies, fields, kill, services
 from orch.validation.meta import meta as _meta
 from orch.validation.network import LABEL_RE, MAX_PORTS, PORT_MAX
 from orch.validation.parameterized import dispatch_payload as _dispatch_payload
@@ -36,6 +36,7 @@ class AllocSpec:
     index: int = 0  # the allocation's slot in its group
     # Host ports the scheduler reserved: ({"label", "value", "to"}, ...), to None if unmapped.
     ports: tuple = field(default=(), hash=False)
+    shutdown_delay: float = 0.0  # seconds out of the catalog before the kill signal
 
     @property
     def name(self) -> str:
@@ -61,6 +62,8 @@ class AllocSpec:
             group["meta"] = self.meta
         if self.services:
             group["services"] = [dict(s) for s in self.services]
+        if self.shutdown_delay:
+            group["shutdown_delay"] = self.shutdown_delay
         out: dict[str, object] = {
             "allocation_id": self.allocation_id,
             "job_id": self.job_id,
@@ -111,6 +114,7 @@ def parse_alloc(body) -> AllocSpec:
         services.services(group.get("services"), "task_group.services"),
         fields.non_negative_int(body.get("index") or 0, "index"),
         _ports(body.get("ports")),
+        kill.shutdown_delay(group.get("shutdown_delay"), "task_group.shutdown_delay"),
     )
 
 
@@ -189,6 +193,8 @@ def _parse_task(raw, path: str) -> Task:
         config=config,
         resources=bodies.resources(raw.get("resources"), f"{path}.resources", DEFAULT_RESOURCES),
         payload_file=_dispatch_payload(raw.get("dispatch_payload"), f"{path}.dispatch_payload"),
+        kill_signal=kill.kill_signal(raw.get("kill_signal"), f"{path}.kill_signal"),
+        kill_timeout=kill.kill_timeout(raw.get("kill_timeout"), f"{path}.kill_timeout"),
     )
 
 

@@ -19,6 +19,7 @@ from orch.agent.drivers import select_driver
 from orch.agent.drivers.base import Driver, ExitResult
 from orch.errors import DriverError
 from orch.structs import TERMINAL_TASK, JobType, Task, TaskState, TaskStatus
+from orch.validation import kill
 
 if TYPE_CHECKING:
     from orch.agent.allocrunner import AllocRunner
@@ -129,14 +130,25 @@ class TaskRunner:
         if first:
             self.alloc.changed()
             if driver is not None and handle is not None:  # set together
-                driver.stop(handle, self.alloc.config.kill_timeout)
+                self._stop_process(driver, handle)
         if never_started:  # no thread will record it
             if first:
                 with self.alloc.lock:
                     self._finish_killed(None, self.alloc.now())
                 self.alloc.task_finished(self)
             return
-        self.join(self.alloc.config.kill_timeout + JOIN_GRACE)
+        self.join(self.kill_timeout + JOIN_GRACE)
+
+    @property
+    def kill_timeout(self) -> float:
+        """The task's kill_timeout, else the agent's default."""
+        if self.task.kill_timeout is not None:
+            return self.task.kill_timeout
+        return self.alloc.config.kill_timeout
+
+    def _stop_process(self, driver: Driver, handle: Any) -> None:
+        """The task's kill_signal (SIGTERM by default), SIGKILL after its kill_timeout."""
+        driver.stop(handle, self.kill_timeout, kill.signal_number(self.task.kill_signal))
 
     def restart(self, reason: str) -> bool:
         """Stop the running process so that it starts again at once (check_restart)."""
@@ -148,7 +160,7 @@ class TaskRunner:
             self._event("Restart Signaled", reason)
         self.alloc.changed()
         if driver is not None:
-            driver.stop(handle, self.alloc.config.kill_timeout)
+            self._stop_process(driver, handle)
         return True
 
     # -- the task thread -------------------------------------------------
@@ -200,7 +212,7 @@ class TaskRunner:
             killed_meanwhile = self._killed.is_set()
         self.alloc.changed()
         if killed_meanwhile:
-            driver.stop(handle, self.alloc.config.kill_timeout)
+            self._stop_process(driver, handle)
         return self._wait(driver, handle)
 
     def _wait(self, driver: Driver, handle: Any) -> ExitResult:
@@ -296,6 +308,11 @@ class TaskRunner:
         events = self.state.events
         events.append({"time": self.alloc.now(), "type": kind, "message": message})
         del events[:-MAX_EVENTS]
+
+    def note(self, kind: str, message: str) -> None:
+        """An event on a task still alive (e.g. waiting its shutdown_delay)."""
+        if not self.terminal:
+            self._locked_event(kind, message)
 
     def _locked_event(self, kind: str, message: str) -> None:
         with self.alloc.lock:

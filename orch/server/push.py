@@ -49,11 +49,11 @@ def alloc_payload(alloc: Allocation, job: Job) -> dict:
     group = job.group(alloc.task_group)
     if group is None:  # place() gets the job the allocations were made from
         raise ValueError(f"job {job.job_id} has no task group {alloc.task_group}")
-    tasks = [
-        {"name": t.name, "driver": t.driver, "config": t.config, "resources": t.resources.to_dict()}
-        for t in group.tasks
-    ]
+    # Task.to_dict: the seed fields plus kill_signal/kill_timeout when set.
+    tasks = [{k: v for k, v in t.to_dict().items() if k != "dispatch_payload"} for t in group.tasks]
     payload: dict[str, object] = {"name": group.name, "tasks": tasks}
+    if group.shutdown_delay:
+        payload["shutdown_delay"] = group.shutdown_delay
     if group.stop_after is not None:
         payload["disconnect"] = {"stop_after": group.stop_after}
     if group.services:

@@ -7,6 +7,7 @@ handle is opaque to the runner; the runner only passes it back to the driver.
 from __future__ import annotations
 
 import abc
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,8 +76,8 @@ class Driver(abc.ABC):
         """Block until the task exits (None: forever); None if still running."""
 
     @abc.abstractmethod
-    def stop(self, handle: Any, timeout: float) -> None:
-        """Stop gracefully, kill after timeout seconds; returns once it is dead."""
+    def stop(self, handle: Any, timeout: float, sig: int = signal.SIGTERM) -> None:
+        """Send `sig`, SIGKILL after timeout seconds; returns once it is dead."""
 
     @abc.abstractmethod
     def handle_to_json(self, handle: Any) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -171,14 +172,20 @@ class DockerDriver(Driver):
         self._remove(client, handle.container_id, handle)
         return result
 
-    def stop(self, handle: DockerHandle, timeout: float) -> None:
+    def stop(self, handle: DockerHandle, timeout: float, sig: int = signal.SIGTERM) -> None:
         try:
             client = self._engine.client()
         except DriverError as exc:
             log.warning("cannot stop container %s: %s", handle.name, exc.message)
             return
         try:
-            client.api.stop(handle.container_id, timeout=max(0, math.ceil(timeout)))
+            grace = max(0, math.ceil(timeout))
+            if sig != signal.SIGTERM:
+                # The engine's stop sends the image's StopSignal: another
+                # signal goes by kill and our own wait; then stop kills at once.
+                self._signal_and_wait(client, handle, sig, timeout)
+                grace = 0
+            client.api.stop(handle.container_id, timeout=grace)
         except docker_engine.docker.errors.NotFound:
             pass
         except (
@@ -190,6 +197,19 @@ class DockerDriver(Driver):
             )
         self._settle(handle, None)
         self._remove(client, handle.container_id, handle)
+
+    def _signal_and_wait(self, client, handle: DockerHandle, sig: int, timeout: float) -> None:
+        """Send `sig` to the container; wait up to `timeout` for it to exit."""
+        client.api.kill(handle.container_id, signal=signal.Signals(sig).name)
+        try:
+            client.api.wait(handle.container_id, timeout=max(1, math.ceil(timeout)))
+        except docker_engine.requests.RequestException:
+            log.info(
+                "container %s ignored %s for %.1fs: killing it",
+                handle.name,
+                signal.Signals(sig).name,
+                timeout,
+            )
 
     def handle_to_json(self, handle: DockerHandle) -> dict:
         return {

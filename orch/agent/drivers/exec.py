@@ -246,7 +246,7 @@ class ExecDriver(Driver):
             self._supervisor.unwatch(handle.pid, ended)
         return exit_result(record, handle.memory_mb)
 
-    def stop(self, handle: ExecHandle, timeout: float) -> None:
+    def stop(self, handle: ExecHandle, timeout: float, sig: int = signal.SIGTERM) -> None:
         """Returns once every process of the task's group is gone."""
         if handle.record_path is not None and run_ended(read_record(handle.record_path)):
             # Over already: the supervisor SIGKILLed the group before reaping
@@ -260,9 +260,10 @@ class ExecDriver(Driver):
                 )
             return
         escaped = procs.descendants(handle.pid)
-        procs.signal_group(handle.pgid, signal.SIGTERM)
+        procs.signal_group(handle.pgid, sig)
         if not self._wait_group_gone(handle, timeout):
-            log.info("task pgid=%d ignored SIGTERM for %.1fs: SIGKILL", handle.pgid, timeout)
+            name = signal.Signals(sig).name
+            log.info("task pgid=%d ignored %s for %.1fs: SIGKILL", handle.pgid, name, timeout)
             procs.signal_group(handle.pgid, signal.SIGKILL)
             self._wait_group_gone(handle, REAP_TIMEOUT)
         # Children that left the group (setsid) were snapshotted before the kill.
