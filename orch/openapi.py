@@ -313,6 +313,26 @@ def _op(summary, body=None, ok=_MESSAGE, errors=(400,), params=(), query=()):
     return op
 
 
+_USAGE = {
+    "type": "object",
+    "required": ["memory_rss_mb", "cpu_percent", "pids"],
+    "properties": {
+        "memory_rss_mb": {"type": "number"},
+        "cpu_percent": {"type": "number"},
+        "pids": {"type": "integer"},
+    },
+}
+
+_ALLOC_STATS = {
+    "type": "object",
+    "required": ["tasks", "total", "time"],
+    "properties": {
+        "tasks": {"type": "object", "additionalProperties": _USAGE},
+        "total": _USAGE,
+        "time": {"type": "number"},
+    },
+}
+
 SERVER_SPEC = {
     "openapi": "3.0.3",
     "info": {"title": "orch server", "version": "0.1.0"},
@@ -422,6 +442,14 @@ SERVER_SPEC = {
                 query=_LOG_QUERY,
             )
         },
+        "/allocations/{alloc_id}/stats": {
+            "get": _op(
+                "Measured resource use of an allocation's tasks, relayed from its node",
+                ok=_ALLOC_STATS,
+                errors=(404, 502),
+                params=["alloc_id"],
+            )
+        },
         "/services": {"get": _op("Services with live instances", ok=_SERVICES, errors=())},
         "/services/{name}": {
             "get": _op(
@@ -469,6 +497,14 @@ AGENT_SPEC = {
                 errors=(400, 404),
                 params=["alloc_id", "task"],
                 query=_LOG_QUERY,
+            )
+        },
+        "/allocations/{alloc_id}/stats": {
+            "get": _op(
+                "Measured resource use of an allocation's tasks",
+                ok=_ALLOC_STATS,
+                errors=(404,),
+                params=["alloc_id"],
             )
         },
         "/health": {"get": _op("Liveness", ok={"type": "object"}, errors=())},

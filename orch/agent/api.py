@@ -1,4 +1,4 @@
-"""The agent's HTTP API (seed routes + logs + health): parse, call Agent, return.
+"""The agent's HTTP API (seed routes + logs + stats + health): parse, call Agent, return.
 
 Every answer is JSON except a log body; errors are `{"error": ...}` through
 the shared orch.httpjson router. With a token set, only callers that present
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from bottle import Bottle, request, response
 
 from orch import httpjson
+from orch.agent import stats
 from orch.agent.spec import parse_alloc
 from orch.agent.state import LOG_TYPES
 from orch.errors import OrchError, ValidationError
@@ -45,6 +46,10 @@ def make_app(agent: Agent) -> Bottle:
     def delete_allocation(alloc_id):
         agent.stop_alloc(alloc_id)
         return {"message": f"Allocation {alloc_id} stopped and removed"}
+
+    @route("GET", "/allocations/<alloc_id>/stats")
+    def allocation_stats(alloc_id):
+        return stats.alloc_stats(agent.get(alloc_id))
 
     @route("GET", "/allocations/<alloc_id>/logs/<task>", raw=True)
     def task_logs(alloc_id, task):

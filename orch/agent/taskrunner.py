@@ -92,6 +92,13 @@ class TaskRunner:
         """Failed for its own reasons (not killed by us)."""
         return self.state.status == F and not self._killed.is_set()
 
+    def live_handle(self) -> tuple[Driver, Any] | None:
+        """(driver, handle) of the running process, None when none runs."""
+        with self.alloc.lock:
+            if self._driver is None or self._handle is None:
+                return None
+            return self._driver, self._handle
+
     def reattach(self, driver: Driver, handle: Any, handle_json: dict) -> None:
         """Watch a process an earlier agent started instead of starting one."""
         # Set before the thread starts, so that a kill finds the handle.

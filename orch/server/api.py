@@ -1,7 +1,7 @@
 """HTTP routes of the server: parse, call the Server, return a dict.
 
-One route does more: a task's log is relayed from its agent, the agent's
-answer passed through unchanged.
+Two routes do more: a task's log and an allocation's measured resource use
+are relayed from its agent, the agent's answer passed through unchanged.
 
 Every other answer is JSON, but /metrics (Prometheus text). Exceptions
 become ``{"error": ...}`` with the status on their class (orch.errors);
@@ -19,7 +19,7 @@ import bottle
 from orch import httpjson, transport
 from orch.errors import NotFound, ValidationError
 from orch.openapi import SERVER_SPEC
-from orch.server import catalog, ui, views
+from orch.server import allocstats, catalog, ui, views
 from orch.server.metrics import render_metrics
 from orch.server.ui.streams import register_stream_routes
 from orch.server.versions import versions_view
@@ -258,6 +258,13 @@ def make_app(server: Server) -> bottle.Bottle:
         finally:
             client.close()
         return httpjson.passthrough(resp)
+
+    @route("GET", "/allocations/<alloc_id>/stats", raw=True)
+    def allocation_stats(alloc_id):
+        alloc = store.get_alloc(alloc_id)
+        if alloc is None:
+            raise NotFound("Allocation not found")
+        return httpjson.passthrough(allocstats.fetch(server, alloc))
 
     # ---- service discovery (orch.server.catalog) -----------------------------
 

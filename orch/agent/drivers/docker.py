@@ -211,6 +211,10 @@ class DockerDriver(Driver):
                 timeout,
             )
 
+    def stats(self, handle: DockerHandle) -> dict | None:
+        """The engine's one-shot stats of the task's container (None: unavailable)."""
+        return self._engine.stats(handle.container_id)
+
     def handle_to_json(self, handle: DockerHandle) -> dict:
         return {
             "driver": self.name,

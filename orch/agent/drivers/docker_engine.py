@@ -214,6 +214,16 @@ class Engine:
             log.warning("cannot inspect container %s: %s", container[:12], short(exc))
             return None
 
+    def stats(self, container: str) -> dict | None:
+        """The engine's one-shot stats of the container; None if it or the engine is gone."""
+        try:
+            return self.client().api.stats(container, stream=False)
+        except (DriverError, docker.errors.NotFound):
+            return None
+        except (requests.RequestException, docker.errors.APIError) as exc:
+            log.warning("cannot read stats of container %s: %s", container[:12], short(exc))
+            return None
+
     def remove(self, client, container: str) -> None:
         """Remove the container by force; one already gone (or going) is fine."""
         try:

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 from orch.errors import NotFound
-from orch.server import views
+from orch.server import allocstats, views
 from orch.server.ui.render import bars, eval_row, pending_reason, when
 from orch.structs import Allocation, AllocStatus
 
@@ -78,6 +78,7 @@ def alloc_detail(server: Server, alloc_id: str) -> dict:
     if alloc is None:
         raise NotFound("Allocation not found")
     view = views.alloc_view(alloc, store.get_job(alloc.job_id))
+    measured = allocstats.for_page(server, alloc)
     tasks = []
     for name, task in sorted(view["tasks"].items()):
         tasks.append(
@@ -91,6 +92,7 @@ def alloc_detail(server: Server, alloc_id: str) -> dict:
                 "error": task.get("error"),
                 "restarts": task.get("restarts", 0),
                 "events": [event_row(e, now) for e in task.get("events") or []],
+                "use": usage(task["resources"].get("memory", 0), measured, name),
             }
         )
     return {
@@ -101,4 +103,18 @@ def alloc_detail(server: Server, alloc_id: str) -> dict:
         "cpu": alloc.resources.cpu,
         "memory": alloc.resources.memory,
         "tasks": tasks,
+        "measured": measured is not None,
     }
+
+
+def usage(reserved_mb: int, measured: dict | None, task: str) -> dict | None:
+    """A task's measured memory (MB, % of reserved for the bar) and CPU %; None: unknown."""
+    figures = (measured or {}).get(task)
+    if not isinstance(figures, dict):
+        return None
+    try:
+        rss, cpu = float(figures["memory_rss_mb"]), float(figures["cpu_percent"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    share = 100.0 * rss / reserved_mb if reserved_mb > 0 else 0.0
+    return {"memory": round(rss, 1), "percent": round(min(share, 100.0)), "cpu": round(cpu, 1)}

@@ -22,6 +22,13 @@
 <div class="task" data-task="{{t['name']}}">
 <h3>{{t['name']}} <span class="status s-{{t['status']}}">{{t['status']}}</span></h3>
 <p class="muted">{{t['driver']}} · {{t['cpu']}} MHz · {{t['memory']}} MB · restarts {{t['restarts']}}{{' · exit code %s' % t['exit_code'] if t['exit_code'] is not None else ''}}{{' · ' + t['error'] if t['error'] else ''}}</p>
+<p class="stats" data-stats="{{'1' if t['use'] else '0'}}">
+% if t['use']:
+used <span class="meter"><i style="width:{{t['use']['percent']}}%"></i></span> {{t['use']['memory']}} MB of {{t['memory']}} MB · CPU {{t['use']['cpu']}}%
+% elif t['status'] == 'running':
+<span class="muted">resource use unavailable</span>
+% end
+</p>
 <ol class="events">
 % for ev in t['events']:
 <li><time datetime="{{ev['when']['iso']}}" title="{{ev['when']['iso']}}">{{ev['when']['age']}} ago</time> <strong>{{ev['type']}}</strong> {{ev['message']}}</li>
