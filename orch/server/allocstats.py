@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 # (connect, read) seconds: the agent samples CPU for ~0.1 s, so 5 s is slack.
 RELAY_TIMEOUT = (2.0, 5.0)
-# The UI's page must not wait on a slow agent: past this, "unavailable".
-PAGE_TIMEOUT = (0.5, 1.0)
+# The UI's page must not wait long on a slow agent: past this, "unavailable".
+# Not 1 s: the docker engine answers a stats call after ~1 s (its next sample).
+PAGE_TIMEOUT = (0.5, 2.0)
 
 
 def fetch(server: Server, alloc: Allocation, timeout=RELAY_TIMEOUT) -> Response:

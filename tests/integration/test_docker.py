@@ -153,6 +153,28 @@ def test_httpd_port_answers_then_stop_removes_container(cluster, engine):
     assert http_text(port) == ""
 
 
+def test_stats_of_a_busy_container_are_relayed(cluster, engine):
+    job_id = run_job(
+        cluster, "docker", {"image": TEST_IMAGE, "command": "while :; do :; done"}, "service"
+    )
+    wait_task(cluster, job_id, "running")
+    alloc_id = cluster.job(job_id)["allocations"][0]["allocation_id"]
+
+    def busy():
+        resp = cluster.get(f"/allocations/{alloc_id}/stats")
+        assert resp.status_code == 200, resp.text
+        figures = resp.json()["tasks"]["t"]
+        # The engine's first sample may lack a previous one: polled.
+        ok = figures["cpu_percent"] > 20 and figures["memory_rss_mb"] > 0
+        return figures if ok and figures["pids"] >= 1 else None
+
+    wait_until(busy, 30, what="measured use of the busy container")
+    page = cluster.get(f"/ui/allocations/{alloc_id}?fragment=1")
+    assert page.status_code == 200 and 'data-stats="1"' in page.text and "MB of 64 MB" in page.text
+    assert cluster.delete(f"/jobs/{job_id}").status_code == 200
+    wait_until(lambda: containers(engine, job_id) == [], what="container removed")
+
+
 def test_exit_code_fails_the_task(cluster, engine):
     job_id = run_job(
         cluster, "docker", {"image": TEST_IMAGE, "command": "echo about to fail; exit 3"}
