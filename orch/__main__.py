@@ -121,6 +121,16 @@ def non_negative(value: str) -> int:
     return number
 
 
+def version_number(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a version number: {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {number}")
+    return number
+
+
 def count(value: str) -> int:
     try:
         number = int(value)
@@ -223,6 +233,18 @@ def add_server(sub, common) -> None:
         type=ui_prefix,
         default=env("UI_PREFIX", d.ui_prefix),
         help="path prefix a reverse proxy serves orch under, e.g. /orch (ORCH_UI_PREFIX)",
+    )
+    cmd.add_argument(
+        "--job-versions",
+        type=count,
+        default=env("JOB_VERSIONS", d.job_versions),
+        help="versions kept per job (ORCH_JOB_VERSIONS; default %(default)s)",
+    )
+    cmd.add_argument(
+        "--ui-max-streams",
+        type=count,
+        default=env("UI_MAX_STREAMS", d.ui_max_streams),
+        help="UI event and log streams open at once (ORCH_UI_MAX_STREAMS; default %(default)s)",
     )
     cmd.set_defaults(handler=cmd_server, role="server")
 
@@ -482,6 +504,13 @@ def add_job_commands(sub, client, reads) -> None:
         cmd = job.add_parser(name, parents=[client], help=text)
         cmd.add_argument("id", metavar="ID")
         cmd.set_defaults(handler=handler)
+    cmd = job.add_parser("history", parents=[reads], help="a job's versions and their diffs")
+    cmd.add_argument("id", metavar="ID")
+    cmd.set_defaults(handler=lazy("orch.cli.history:job_history"))
+    cmd = job.add_parser("revert", parents=[client], help="submit a job's earlier version again")
+    cmd.add_argument("id", metavar="ID")
+    cmd.add_argument("version", metavar="VERSION", type=version_number)
+    cmd.set_defaults(handler=lazy("orch.cli.history:job_revert"))
     add_launch_commands(job, client)
 
 
@@ -518,6 +547,8 @@ def server_config(args) -> ServerConfig:
         token=args.token or None,
         insecure=args.insecure,
         ui_prefix=args.ui_prefix,
+        job_versions=args.job_versions,
+        ui_max_streams=args.ui_max_streams,
     )
 
 

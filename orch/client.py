@@ -245,6 +245,14 @@ class Jobs(_Resource):
     def delete(self, job_id: str) -> dict:
         return self._client.call("POST", f"/jobs/{_seg(job_id)}/delete")
 
+    def versions(self, job_id: str) -> dict:
+        """The job's kept versions, newest first, each with its diff to the one before."""
+        return self._client.call("GET", f"/jobs/{_seg(job_id)}/versions")
+
+    def revert(self, job_id: str, version: int) -> dict:
+        """Submit a kept version's spec again, as a new version."""
+        return self._client.call("POST", f"/jobs/{_seg(job_id)}/revert", json={"version": version})
+
     def dispatch(self, job_id: str, meta: dict, payload: str | None = None) -> dict:
         body: dict = {"meta": meta}
         if payload is not None:

@@ -69,6 +69,13 @@ class ServerConfig:
     # The web UI's path prefix when a reverse proxy serves orch under one
     # ("/orch" -> links to /orch/ui/...); X-Forwarded-Prefix overrides it.
     ui_prefix: str = ""
+    # Versions kept per job (GET /jobs/<id>/versions, revert), as Nomad keeps
+    # a job's history; kept small: each is a full job body on disk.
+    job_versions: int = 10
+    # UI streams (events, logs) open at once. Each holds a waitress thread,
+    # so `run` adds this many threads on top of http_threads: a page left
+    # open never takes a thread from the API.
+    ui_max_streams: int = 32
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ OrchError (500)
 ├── Conflict (400)              a valid request the current state refuses
 ├── PayloadTooLarge (413)
 ├── StorageError (503)          the state store could not write
+├── Unavailable (503)           a capacity limit is reached (UI streams)
 ├── DriverError (500)           a task driver could not start or stop a task
 └── BadGateway (502)            a node the server relays to is unreachable
 """
@@ -71,6 +72,12 @@ class PayloadTooLarge(OrchError):
 
 class StorageError(OrchError):
     """Raised when the state store cannot write; nothing stored is lost."""
+
+    status = 503
+
+
+class Unavailable(OrchError):
+    """Raised when the server is at a capacity limit (open UI streams); try later."""
 
     status = 503
 

@@ -53,6 +53,40 @@ _DISPATCH = {
     "type": "object",
     "properties": {"meta": _META, "payload": {"type": "string", "format": "byte"}},
 }
+_REVERT = {
+    "type": "object",
+    "required": ["version"],
+    "properties": {"version": {"type": "integer", "minimum": 0}},
+    "additionalProperties": False,
+}
+_REVERTED = {
+    "type": "object",
+    "properties": {
+        "job_id": {"type": "string"},
+        "evaluation_id": {"type": "string"},
+        "version": {"type": "integer"},
+        "message": {"type": "string"},
+    },
+}
+_VERSIONS = {
+    "type": "object",
+    "properties": {
+        "versions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "version": {"type": "integer"},
+                    "submit_time": {"type": "number"},
+                    "stable": {"type": "boolean"},
+                    "job": {"type": "object"},
+                    "diff": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+        },
+        "count": {"type": "integer"},
+    },
+}
 _DISPATCHED = {
     "type": "object",
     "properties": {
@@ -315,6 +349,23 @@ SERVER_SPEC = {
             "post": _op(
                 "Launch a periodic job's child now",
                 ok=_DISPATCHED,
+                errors=(400, 404),
+                params=["job_id"],
+            )
+        },
+        "/jobs/{job_id}/versions": {
+            "get": _op(
+                "A job's kept versions, newest first, each with its diff to the one before",
+                ok=_VERSIONS,
+                errors=(404,),
+                params=["job_id"],
+            )
+        },
+        "/jobs/{job_id}/revert": {
+            "post": _op(
+                "Submit a kept version's spec as a new version (unchanged: a no-op)",
+                _REVERT,
+                ok=_REVERTED,
                 errors=(400, 404),
                 params=["job_id"],
             )

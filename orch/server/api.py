@@ -21,6 +21,8 @@ from orch.errors import NotFound, ValidationError
 from orch.openapi import SERVER_SPEC
 from orch.server import catalog, ui, views
 from orch.server.metrics import render_metrics
+from orch.server.ui.streams import register_stream_routes
+from orch.server.versions import versions_view
 from orch.structs import Job
 from orch.transport import HttpClient
 from orch.validation import drain as drain_rules
@@ -30,6 +32,20 @@ if TYPE_CHECKING:
 
 # (connect, read) seconds for relaying a task's log from its agent.
 LOG_RELAY_TIMEOUT = (2.0, 5.0)
+
+
+def revert_version(body) -> int:
+    """The version a revert asks for: {"version": N}, N a non-negative integer."""
+    if not isinstance(body, dict):
+        raise ValidationError("body: must be a JSON object")
+    unknown = sorted(set(body) - {"version"})
+    if unknown:
+        raise ValidationError(f"{unknown[0]}: unknown field")
+    version = body.get("version")
+    # bool is an int to Python; true is no version number.
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ValidationError("version: must be a non-negative integer")
+    return version
 
 
 def make_app(server: Server) -> bottle.Bottle:
@@ -164,6 +180,21 @@ def make_app(server: Server) -> bottle.Bottle:
     def plan_job():
         return server.plan_job(httpjson.read_json())
 
+    @route("GET", "/jobs/<job_id>/versions")
+    def job_versions(job_id):
+        return versions_view(store.job_versions(job_id))
+
+    @route("POST", "/jobs/<job_id>/revert")
+    def revert_job(job_id):
+        version = revert_version(httpjson.read_json())
+        job, ev = server.revert_job(job_id, version)
+        return {
+            "job_id": job.job_id,
+            "evaluation_id": ev.eval_id,
+            "version": job.version,
+            "message": f"job reverted to version {version}",
+        }
+
     @route("POST", "/jobs/<job_id>/dispatch")
     def dispatch_job(job_id):
         # An empty body is a dispatch without meta or payload.
@@ -258,6 +289,9 @@ def make_app(server: Server) -> bottle.Bottle:
         return SERVER_SPEC
 
     ui.mount(app, route, server)
+    # The UI's event and log streams (the pages themselves: orch.server.ui).
+    prefix = getattr(server.config, "ui_prefix", "") or ""
+    register_stream_routes(route, server, f"{prefix.rstrip('/')}/ui")
     return app
 
 

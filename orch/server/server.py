@@ -25,6 +25,7 @@ from orch.server.push import Pusher, PushFailure
 from orch.server.state import StateStore
 from orch.server.status import job_status, job_summary
 from orch.server.sync import AllocSync
+from orch.server.ui.streams import StreamSlots
 from orch.server.worker import SchedulerWorker
 from orch.structs import (
     Allocation,
@@ -47,7 +48,7 @@ class Server(NodeOps):
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.store = StateStore(config.data_dir)
+        self.store = StateStore(config.data_dir, versions_kept=config.job_versions)
         self.broker = EvalBroker()
         self.pusher = Pusher(
             endpoint_of=self.endpoint_of,
@@ -72,6 +73,8 @@ class Server(NodeOps):
         ]
         self.drainer = Drainer(self.store, self.planner, self.dispatch)
         self.periodic = PeriodicLauncher(self.store, self.broker.enqueue)
+        # The UI's open event and log streams, capped (orch.server.ui.streams).
+        self.ui_streams = StreamSlots(config.ui_max_streams)
         self.started = time.time()
 
     # ---- lifecycle ---------------------------------------------------------
@@ -139,6 +142,26 @@ class Server(NodeOps):
                 job.job_id,
                 job.version,
             )
+        return job, ev
+
+    def revert_job(self, job_id: str, version: int) -> tuple[Job, Evaluation]:
+        """POST /jobs/<id>/revert: submit a kept version's spec as a new version.
+
+        Reverting to the spec the job has already is a no-op, as an unchanged
+        submit is; NotFound for an unknown job or version."""
+        old = self.store.job_version(job_id, version)
+        job, ev, changed = self.store.submit_job(
+            replace(old, status=JobStatus.PENDING),
+            lambda trigger: new_eval(job_id, trigger, time.time()),
+            must_exist=True,
+            on_commit=self.broker.enqueue,
+        )
+        log.info(
+            "job %s reverted to version %d: %s",
+            job_id,
+            version,
+            f"now version {job.version}" if changed else "unchanged",
+        )
         return job, ev
 
     def stop_job(self, job_id: str) -> None:
@@ -288,7 +311,12 @@ def run(config: ServerConfig) -> int:
         app,
         host=config.bind,
         port=config.port,
-        threads=config.http_threads,
+        # A UI stream holds its thread for as long as the page is open: the
+        # streams get threads of their own on top of the API's.
+        threads=config.http_threads + config.ui_max_streams,
+        # Lookahead lets waitress read a stream's socket while its task runs,
+        # so a closed browser tab is seen at once (waitress.client_disconnected).
+        channel_request_lookahead=1,
         ident="orch",
         connection_limit=1000,
         channel_timeout=60,
@@ -307,6 +335,9 @@ def run(config: ServerConfig) -> int:
         http.run()
     finally:
         log.info("server shutting down")
+        # Open UI streams end first: waitress closing under them logs errors.
+        server.store.changes.close()
+        server.ui_streams.wait_idle(5.0)
         http.close()
         server.stop()
     return 0

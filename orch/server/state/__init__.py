@@ -12,6 +12,7 @@ path (``StoreCore._write``):
 - ``store``: opening, schema, load, the write path, the indexes, the reads;
 - ``nodes``: node writes (register, health, eligibility and drain, node down);
 - ``jobs``: job writes (submit, stop, restart, purge, periodic launches);
+- ``versions``: the last N versions of each job, written with the job;
 - ``plans``: evaluations, plan commits, allocation updates, drain marks.
 """
 

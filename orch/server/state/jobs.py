@@ -1,6 +1,7 @@
 """Job writes: submit, stop, restart, purge, and children of parent jobs.
 
-Each one checks and writes under the lock, in one transaction, so that
+Every accepted change of a job is also recorded as a version (``versions``)
+in the same transaction. Each one checks and writes under the lock, in one transaction, so that
 concurrent requests on a job apply in some serial order. ``on_commit`` runs
 under the lock too, once the write is durable: the broker then sees enqueues
 and cancellations in the order the writes were committed.
@@ -11,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orch.errors import Conflict, NotFound
-from orch.server.state.store import MakeEval, StoreCore, _dump
+from orch.server.state.store import MakeEval, _dump
+from orch.server.state.versions import JobVersions
 from orch.structs import Allocation, DesiredStatus, Evaluation, Job, TriggeredBy, replace
 
 
-class JobWrites(StoreCore):
+class JobWrites(JobVersions):
     """The store's job writes, each a check and a write under the lock."""
 
     def submit_job(
@@ -62,6 +64,7 @@ class JobWrites(StoreCore):
             [
                 (self._UPSERT_JOB, [(job.job_id, _dump(job))]),
                 (self._UPSERT_EVAL, self._eval_rows([evaluation])),
+                *self._version_statements(job),
             ]
         )
         self._jobs[job.job_id] = job
@@ -131,6 +134,7 @@ class JobWrites(StoreCore):
                     ("DELETE FROM allocations WHERE job_id = ?", [(job_id,)]),
                     ("DELETE FROM evaluations WHERE job_id = ?", [(job_id,)]),
                     ("DELETE FROM periodic_launches WHERE job_id = ?", [(job_id,)]),
+                    (self._PURGE_VERSIONS, [(job_id,)]),
                 ]
             )
             self._jobs.pop(job_id, None)
@@ -183,6 +187,7 @@ class JobWrites(StoreCore):
                     (self._UPSERT_JOB, [(child.job_id, _dump(child))]),
                     (self._UPSERT_EVAL, self._eval_rows([evaluation])),
                     (self._UPSERT_LAUNCH, launches),
+                    *self._version_statements(child),
                 ]
             )
             self._jobs[child.job_id] = child

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from orch import codec
 from orch.errors import NotFound, StorageError
 from orch.server import catalog, quarantine
+from orch.server.changes import ChangeFeed
 from orch.server.scheduler.cluster import Cluster
 from orch.structs import (
     TERMINAL_ALLOC,
@@ -47,6 +48,10 @@ CREATE TABLE IF NOT EXISTS evaluations (
 CREATE INDEX IF NOT EXISTS evaluations_job ON evaluations (job_id);
 CREATE TABLE IF NOT EXISTS periodic_launches (
     job_id TEXT PRIMARY KEY, launch REAL NOT NULL, child_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS job_versions (
+    job_id TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL,
+    submit_time REAL NOT NULL, stable INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, version));
 """
     + quarantine.SCHEMA
 )
@@ -64,9 +69,14 @@ MakeEval = Callable[[TriggeredBy], Evaluation]
 class StoreCore:
     """The lock, the database, the memory indexes and the reads of the store."""
 
-    def __init__(self, data_dir: str, *, now: Callable[[], float] = time.time):
+    def __init__(
+        self, data_dir: str, *, now: Callable[[], float] = time.time, versions_kept: int = 10
+    ):
         self._now = now
         self._lock = threading.RLock()
+        # Bumped after every commit: the UI's event stream waits on it.
+        self.changes = ChangeFeed()
+        self.versions_kept = max(1, versions_kept)
         os.makedirs(data_dir, exist_ok=True)
         self.path = os.path.join(data_dir, "state.db")
         self._db = self._open(self.path)
@@ -141,8 +151,17 @@ class StoreCore:
         return objects
 
     def close(self) -> None:
+        self.changes.close()
         with self._lock:
             self._db.close()
+
+    def settle(self) -> None:
+        """Return once no write is half applied (its commit done, memory not yet).
+
+        Writes bump the feed after the commit but before memory follows, all
+        under the lock: a reader woken by the feed takes the lock once first."""
+        with self._lock:
+            pass
 
     # ---- the one write path ---------------------------------------------
 
@@ -156,6 +175,7 @@ class StoreCore:
                     if rows:
                         db.executemany(sql, rows)
                 db.execute("COMMIT")
+                self.changes.bump()
             except BaseException:
                 # SQLite may already have rolled back by itself (SQLITE_FULL
                 # does): a ROLLBACK then fails and would hide the real error.

@@ -1,0 +1,191 @@
+"""Job versions: stored with the job, trimmed, diffed, reverted, purged."""
+
+from __future__ import annotations
+
+import io
+import json
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+
+from orch.config import ServerConfig
+from orch.errors import NotFound
+from orch.server.api import make_app
+from orch.server.server import Server
+from orch.server.state import StateStore
+from orch.server.versions import diff
+
+
+def spec(count=1, command="true", job_id="web") -> dict:
+    return {
+        "job_id": job_id,
+        "type": "batch",
+        "task_groups": [
+            {
+                "name": "g",
+                "count": count,
+                "tasks": [
+                    {
+                        "name": "t",
+                        "driver": "exec",
+                        "config": {"command": command},
+                        "resources": {"cpu": 10, "memory": 16},
+                    }
+                ],
+            }
+        ],
+    }
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = Server(ServerConfig(data_dir=str(tmp_path), job_versions=3))
+    yield srv
+    srv.stop()
+
+
+def call(app, method, path, body=None):
+    raw = json.dumps(body).encode() if body is not None else b""
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ.update(
+        REQUEST_METHOD=method,
+        PATH_INFO=path,
+        CONTENT_LENGTH=str(len(raw)),
+        CONTENT_TYPE="application/json",
+        **{"wsgi.input": io.BytesIO(raw)},
+    )
+    captured = {}
+
+    def start_response(status, headers, exc_info=None):
+        captured["status"] = int(status.split()[0])
+        captured["headers"] = dict(headers)
+
+    out = b"".join(app(environ, start_response))
+    assert captured["headers"]["Content-Type"].startswith("application/json"), out
+    return captured["status"], json.loads(out)
+
+
+# ---- diff ------------------------------------------------------------------
+
+
+def test_diff_names_changed_leaves_by_path():
+    old, new = spec(count=2, command="a"), spec(count=3, command="b")
+    assert diff(old, new) == [
+        {"path": "task_groups[0].count", "old": 2, "new": 3},
+        {"path": "task_groups[0].tasks[0].config.command", "old": "a", "new": "b"},
+    ]
+
+
+def test_diff_of_added_and_removed_keys_and_items():
+    assert diff({"a": 1}, {"a": 1, "b": [1, 2]}) == [{"path": "b", "old": None, "new": [1, 2]}]
+    assert diff({"l": [1, 2, 3]}, {"l": [1]}) == [
+        {"path": "l[1]", "old": 2, "new": None},
+        {"path": "l[2]", "old": 3, "new": None},
+    ]
+    assert diff({"x": True}, {"x": 1}) == [{"path": "x", "old": True, "new": 1}]
+    assert diff(spec(), spec()) == []
+
+
+# ---- store -----------------------------------------------------------------
+
+
+def test_versions_round_trip_and_survive_a_restart(tmp_path, server):
+    server.submit_job(spec(count=1))
+    server.submit_job(spec(count=2))
+    versions = server.store.job_versions("web")
+    assert [(j.version, j.task_groups[0].count) for j, _ in versions] == [(1, 2), (0, 1)]
+    server.store.close()
+    reopened = StateStore(str(tmp_path), versions_kept=3)
+    assert [j.version for j, _ in reopened.job_versions("web")] == [1, 0]
+    reopened.close()
+
+
+def test_only_the_last_n_versions_are_kept(server):
+    for count in range(1, 7):
+        server.submit_job(spec(count=count))
+    versions = server.store.job_versions("web")
+    assert [j.version for j, _ in versions] == [5, 4, 3]
+
+
+def test_an_unchanged_submit_makes_no_version(server):
+    server.submit_job(spec())
+    server.submit_job(spec())
+    assert len(server.store.job_versions("web")) == 1
+
+
+def test_purge_deletes_the_versions(server):
+    server.submit_job(spec(count=1))
+    server.submit_job(spec(count=2))
+    server.delete_job("web")
+    with pytest.raises(NotFound):
+        server.store.job_versions("web")
+    server.submit_job(spec(count=5))  # a new job of the same id starts over
+    assert [j.version for j, _ in server.store.job_versions("web")] == [0]
+
+
+def test_revert_submits_the_old_spec_as_a_new_version(server):
+    server.submit_job(spec(count=1))
+    server.submit_job(spec(count=2, command="new"))
+    job, ev = server.revert_job("web", 0)
+    assert job.version == 2
+    assert job.task_groups[0].count == 1
+    assert job.task_groups[0].tasks[0].config == {"command": "true"}
+    assert server.store.get_job("web").version == 2
+    # Reverting to what the job is already is a no-op, as an unchanged submit.
+    again, _ = server.revert_job("web", 2)
+    assert again.version == 2
+    with pytest.raises(NotFound):
+        server.revert_job("web", 9)
+
+
+# ---- API -------------------------------------------------------------------
+
+
+def test_versions_route_shows_newest_first_with_diffs(server):
+    app = make_app(server)
+    server.submit_job(spec(count=1))
+    server.submit_job(spec(count=3))
+    status, body = call(app, "GET", "/jobs/web/versions")
+    assert status == 200
+    assert body["count"] == 2
+    newest, oldest = body["versions"]
+    assert newest["version"] == 1 and newest["stable"] is False
+    assert newest["job"]["task_groups"][0]["count"] == 3
+    assert newest["diff"] == [{"path": "task_groups[0].count", "old": 1, "new": 3}]
+    assert oldest["diff"] == []
+    assert newest["submit_time"] >= oldest["submit_time"] > 0
+
+
+def test_revert_route(server):
+    app = make_app(server)
+    server.submit_job(spec(count=1))
+    server.submit_job(spec(count=3))
+    status, body = call(app, "POST", "/jobs/web/revert", {"version": 0})
+    assert status == 200, body
+    assert body["version"] == 2
+    assert body["message"] == "job reverted to version 0"
+    assert body["evaluation_id"]
+    assert server.store.get_job("web").task_groups[0].count == 1
+
+
+@pytest.mark.parametrize(
+    "path,body,code",
+    [
+        ("/jobs/web/revert", {"version": 7}, 404),
+        ("/jobs/nope/revert", {"version": 0}, 404),
+        ("/jobs/nope/versions", None, 404),
+        ("/jobs/web/revert", {"version": -1}, 400),
+        ("/jobs/web/revert", {"version": True}, 400),
+        ("/jobs/web/revert", {"version": "1"}, 400),
+        ("/jobs/web/revert", {"version": 0, "x": 1}, 400),
+        ("/jobs/web/revert", [0], 400),
+    ],
+)
+def test_bad_versions_requests_get_json_errors(server, path, body, code):
+    app = make_app(server)
+    server.submit_job(spec())
+    method = "GET" if path.endswith("versions") else "POST"
+    status, out = call(app, method, path, body)
+    assert status == code, out
+    assert "error" in out
