@@ -109,6 +109,7 @@ class RunMonitor:
         self.style = style or Style(False)
         self.eval_status: str | None = None
         self.deployment_seen: tuple | None = None
+        self.deployment_version: int | None = None
 
     def say(self, line: str) -> None:
         self.live.say(line)
@@ -218,9 +219,18 @@ class RunMonitor:
         deployments = getattr(self.client, "deployments", None)
         if deployments is None:
             return False, None
-        d = deployments.of_job(self.job_id)
-        if d is None or d.get("job_version") != job.get("version"):
+        if self.deployment_version is None:
+            # The version submitted: an auto-revert makes a newer one, whose
+            # deployment is not the one this run follows.
+            self.deployment_version = job.get("version")
+        found = [
+            d
+            for d in deployments.for_job(self.job_id)
+            if d.get("job_version") == self.deployment_version
+        ]
+        if not found:
             return False, None
+        d = found[0]
         verdict = deployment_verdict(d, self.deployment_seen, self.say)
         self.deployment_seen = (d.get("status"), d.get("groups"))
         return True, verdict

@@ -1,0 +1,192 @@
+"""Rolling updates on the real zipapp: a count-3 HTTP service with an http check.
+
+The service answers its version on "/" and its health on "/health" (a "bad"
+build answers 500 there). Throughout each update the test reads the catalog
+(`GET /services/<name>?healthy=true`): with max_parallel 1 it never lists
+fewer than count - max_parallel healthy instances.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import requests
+
+from harness import clean_env, wait_until
+
+WEB = textwrap.dedent(
+    """
+    import sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    PORT, VERSION, BUILD = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            code = 500 if self.path == "/health" and BUILD == "bad" else 200
+            body = VERSION.encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", PORT), H).serve_forever()
+    """
+)
+SERVICE = "roll-svc"
+COUNT = 3
+MAX_PARALLEL = 1
+
+
+def web_job(script, version: str, build: str = "good") -> dict:
+    check = {"type": "http", "path": "/health", "interval": "200ms", "timeout": "1s"}
+    command = [sys.executable, str(script), "${ORCH_PORT_http}", version, build]
+    return {
+        "job_id": "roll",
+        "type": "service",
+        "update": {
+            "max_parallel": MAX_PARALLEL,
+            "min_healthy_time": "1s",
+            "healthy_deadline": "15s",
+            "progress_deadline": "60s",
+            "auto_revert": True,
+        },
+        "task_groups": [
+            {
+                "name": "web",
+                "count": COUNT,
+                "network": {"ports": [{"label": "http"}]},
+                "services": [{"name": SERVICE, "port": "http", "checks": [check]}],
+                "tasks": [
+                    {
+                        "name": "srv",
+                        "driver": "exec",
+                        "config": {"command": command},
+                        "resources": {"cpu": 50, "memory": 64},
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def get(server, path: str) -> dict:
+    resp = requests.get(server.url + path, timeout=5)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def healthy(server) -> list[dict]:
+    return get(server, f"/services/{SERVICE}?healthy=true")["instances"]
+
+
+def versions(server) -> list[str]:
+    """What each healthy instance answers on "/"."""
+    out = []
+    for inst in healthy(server):
+        url = f"http://{inst['address']}:{inst['port']}/"
+        out.append(requests.get(url, timeout=2).text)
+    return sorted(out)
+
+
+class CatalogWatch(threading.Thread):
+    """Reads the healthy instances every 50 ms; keeps the fewest seen."""
+
+    def __init__(self, server):
+        super().__init__(daemon=True)
+        self.server, self.fewest, self.reads = server, COUNT, 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            try:
+                count = len(healthy(self.server))
+            except requests.RequestException:
+                continue  # the server stopping at teardown
+            self.fewest = min(self.fewest, count)
+            self.reads += 1
+
+    def stop(self) -> int:
+        self.done.set()
+        self.join(10)
+        return self.fewest
+
+
+def run_cli(pyz, server, tmp_path, job: dict) -> subprocess.CompletedProcess:
+    path = tmp_path / f"job-{random.randrange(1 << 30)}.json"
+    path.write_text(json.dumps(job))
+    return subprocess.run(
+        [sys.executable, str(pyz), "job", "run", str(path), "--address", server.url],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        stdin=subprocess.DEVNULL,
+        env=clean_env(),
+    )
+
+
+@pytest.fixture
+def script(tmp_path):
+    path = tmp_path / "web.py"
+    path.write_text(WEB)
+    return path
+
+
+@pytest.fixture
+def running_v1(pyz, server, agent_factory, script):
+    low = random.randrange(22000, 30000)
+    agent_factory(extra=["--port-range", f"{low}-{low + 40}"])
+    resp = requests.post(server.url + "/jobs", json=web_job(script, "v1"), timeout=5)
+    assert resp.status_code == 200, resp.text
+    wait_until(lambda: len(healthy(server)) == COUNT, 60, what="3 healthy v1 instances")
+    return server
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_rolling_update_keeps_healthy_copies_then_a_bad_version_reverts(
+    pyz, running_v1, script, tmp_path
+):
+    server = running_v1
+    watch = CatalogWatch(server)
+    watch.start()
+    done = run_cli(pyz, server, tmp_path, web_job(script, "v2"))
+    fewest = watch.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "successful" in done.stdout
+    print(f"rolling update: fewest healthy instances {fewest} over {watch.reads} reads")
+    assert fewest >= COUNT - MAX_PARALLEL
+    d = get(server, "/jobs/roll/deployment")
+    assert d["status"] == "successful" and d["job_version"] == 1
+    assert d["groups"]["web"]["healthy"] == COUNT
+    wait_until(lambda: versions(server) == ["v2"] * COUNT, 30, what="every instance on v2")
+    assert [v["stable"] for v in get(server, "/jobs/roll/versions")["versions"]][:1] == [True]
+
+    # A version whose check fails: the deployment fails, auto-reverts to v2.
+    watch = CatalogWatch(server)
+    watch.start()
+    bad = run_cli(pyz, server, tmp_path, web_job(script, "v3", build="bad"))
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "failed" in bad.stdout and "healthy_deadline" in bad.stdout, bad.stdout
+    assert "rolling back to job version 1" in bad.stdout, bad.stdout
+
+    def reverted():
+        d = get(server, "/jobs/roll/deployment")
+        return d if d["job_version"] == 3 and d["status"] == "successful" else None
+
+    wait_until(reverted, 90, what="the revert's deployment to succeed")
+    fewest = watch.stop()
+    print(f"failed update + revert: fewest healthy instances {fewest}")
+    assert fewest >= COUNT - MAX_PARALLEL
+    wait_until(lambda: versions(server) == ["v2"] * COUNT, 30, what="every instance back on v2")
+    deployments = get(server, "/jobs/roll/deployments")["deployments"]
+    assert [d["status"] for d in deployments[:3]] == ["successful", "failed", "successful"]
