@@ -190,3 +190,77 @@ def test_rolling_update_keeps_healthy_copies_then_a_bad_version_reverts(
     wait_until(lambda: versions(server) == ["v2"] * COUNT, 30, what="every instance back on v2")
     deployments = get(server, "/jobs/roll/deployments")["deployments"]
     assert [d["status"] for d in deployments[:3]] == ["successful", "failed", "successful"]
+
+
+def cli(pyz, server, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(pyz), *args, "--address", server.url],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        stdin=subprocess.DEVNULL,
+        env=clean_env(),
+    )
+
+
+def alloc_ids(server) -> set[str]:
+    allocs = get(server, "/jobs/roll")["allocations"]
+    return {a["allocation_id"] for a in allocs if a["desired_status"] == "run"}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_canary_waits_for_promote_then_rollout_replaces_every_copy(
+    pyz, running_v1, script, tmp_path
+):
+    server = running_v1
+    job = web_job(script, "v2")
+    job["update"]["canary"] = 1
+    resp = requests.put(server.url + "/jobs/roll", json=job, timeout=5)
+    assert resp.status_code == 200, resp.text
+
+    def canary_healthy():
+        d = get(server, "/jobs/roll/deployment")
+        return d if d["groups"]["web"]["healthy"] == 1 else None
+
+    d = wait_until(canary_healthy, 60, what="the canary to turn healthy")
+    assert d["status"] == "running" and d["groups"]["web"]["promoted"] is False
+    # The canary serves beside the three old copies, which wait for promotion.
+    assert versions(server) == ["v1", "v1", "v1", "v2"]
+    shown = cli(pyz, server, "deployment", "status", "roll")
+    assert shown.returncode == 0 and "running" in shown.stdout, shown.stdout + shown.stderr
+    promoted = cli(pyz, server, "job", "promote", "roll")
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+
+    def succeeded():
+        d = get(server, f"/deployments/{d_id}")
+        return d if d["status"] == "successful" else None
+
+    d_id = d["deployment_id"]
+    wait_until(succeeded, 90, what="the promoted deployment to succeed")
+    wait_until(lambda: versions(server) == ["v2"] * COUNT, 30, what="every instance on v2")
+
+    # A rolling restart without a spec change: every copy replaced, none lost.
+    before = alloc_ids(server)
+    watch = CatalogWatch(server)
+    watch.start()
+    rolled = cli(pyz, server, "job", "promote", "roll")
+    assert rolled.returncode == 1 and "no running deployment" in rolled.stderr + rolled.stdout
+    # The rollout follows the update block, canary included.
+    rolled = cli(pyz, server, "job", "rollout", "roll", "--detach")
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    rollout = wait_until(
+        lambda: (d := canary_healthy()) and d["deployment_id"] != d_id and d,
+        60,
+        what="the rollout's canary to turn healthy",
+    )
+    promoted = cli(pyz, server, "job", "promote", "roll")
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    d_id = rollout["deployment_id"]
+    wait_until(succeeded, 90, what="the rollout's deployment to succeed")
+    fewest = watch.stop()
+    print(f"rollout: fewest healthy instances {fewest}")
+    assert fewest >= COUNT - MAX_PARALLEL
+    wait_until(lambda: len(healthy(server)) == COUNT, 30, what="3 healthy after the rollout")
+    assert not (alloc_ids(server) & before)
+    assert versions(server) == ["v2"] * COUNT
