@@ -33,7 +33,8 @@ def group_hash(job: Job, group: TaskGroup) -> str:
 
 
 def _checks_based(group: TaskGroup, strategy: UpdateStrategy) -> bool:
-    # A group without checks is judged by its tasks, as Nomad's is.
+    # A group without checks is judged by its tasks, as Nomad's is; so is
+    # "manual" (orch has no route to set a copy's health by hand).
     has_checks = any(s.get("checks") for s in group.services)
     return strategy.health_check == "checks" and has_checks
 

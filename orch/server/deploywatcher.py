@@ -165,7 +165,9 @@ def _group_progress(
     state.update(placed=len(placed), healthy=healthy, unhealthy=len(reasons), promoted=promoted)
     finished = promoted and healthy >= group.count and not old_left
     why = f"group {group.name}: {reasons[0]}" if reasons else ""
-    if not why and not finished and now > float(state.get("progress_deadline") or now):
+    # progress_deadline 0: no deadline (the update block's rule, as Nomad's).
+    deadline = float(state.get("progress_deadline") or 0) if strategy.progress_deadline else 0
+    if not why and not finished and deadline and now > deadline:
         limit = strategy.progress_deadline
         why = f"group {group.name}: no progress within progress_deadline {limit:g}s"
     return state, why, finished

@@ -201,3 +201,22 @@ def test_deployments_survive_a_restart(env, tmp_path):
     finally:
         again.close()
     env.store = StateStore(str(tmp_path))  # the fixture closes it
+
+
+def test_progress_deadline_zero_means_none(env):
+    v0 = submit(env, make_job("v0"))
+    place(env, v0, 0, healthy_since=env.clock())
+    job = make_job("v1")
+    group = job.task_groups[0]
+    strategy = UpdateStrategy(max_parallel=1, min_healthy_time=1.0, progress_deadline=0)
+    job = Job(
+        "web",
+        (TaskGroup("web", 2, group.tasks, services=CHECKS, update=strategy),),
+        type=JobType.SERVICE,
+    )
+    v1 = submit(env, job)
+    d = deploy.new_deployment(v1, list(v1.task_groups), env.clock())
+    env.store.put_deployment(d)
+    env.clock.t += 10_000
+    env.watcher.tick()
+    assert env.store.get_deployment(d.deployment_id).status == DeploymentStatus.RUNNING

@@ -111,3 +111,9 @@ def test_rollout_number_changes_the_hash():
     assert deploy.group_hash(j, j.task_groups[0]) != deploy.group_hash(
         Job("j", j.task_groups, type=JobType.SERVICE, rollout=1), j.task_groups[0]
     )
+
+
+def test_max_parallel_zero_places_every_copy_at_once():
+    j = job(max_parallel=0)
+    diff = reconcile(j, olds(), now=20.0, deployment=deployment(j))
+    assert placed(diff) == [0, 1, 2, 3] and diff.stop == []

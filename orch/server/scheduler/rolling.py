@@ -75,7 +75,8 @@ def reconcile_rolling(
     if not active:
         budget = 0  # failed, cancelled or not yet created: no new copies
     elif promoted:
-        budget = strategy.max_parallel - in_flight
+        # max_parallel 0: every copy at once (old ones still wait for theirs).
+        budget = (strategy.max_parallel or group.count) - in_flight
     else:
         budget = strategy.canary - replacing
     for index, alloc in waiting:
