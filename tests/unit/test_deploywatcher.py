@@ -220,3 +220,9 @@ def test_progress_deadline_zero_means_none(env):
     env.clock.t += 10_000
     env.watcher.tick()
     assert env.store.get_deployment(d.deployment_id).status == DeploymentStatus.RUNNING
+
+
+def test_deleting_the_job_purges_its_deployments(env):
+    start(env)
+    env.store.delete_job("web")
+    assert env.store.deployments_for_job("web") == []
