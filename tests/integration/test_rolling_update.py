@@ -264,3 +264,70 @@ def test_canary_waits_for_promote_then_rollout_replaces_every_copy(
     wait_until(lambda: len(healthy(server)) == COUNT, 30, what="3 healthy after the rollout")
     assert not (alloc_ids(server) & before)
     assert versions(server) == ["v2"] * COUNT
+
+
+class Client(threading.Thread):
+    """A client of the service: resolves it through the catalog before every request."""
+
+    def __init__(self, server):
+        super().__init__(daemon=True)
+        self.server, self.sent, self.failed, self.answers = server, 0, [], []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        turn = 0
+        while not self.done.wait(0.02):
+            try:
+                found = healthy(self.server)
+            except requests.RequestException:
+                continue  # the catalog, not the service: not a request to it
+            if not found:
+                self.failed.append("no healthy instance")
+                continue
+            inst = found[turn % len(found)]
+            turn += 1
+            self.sent += 1
+            try:
+                url = f"http://{inst['address']}:{inst['port']}/"
+                resp = requests.get(url, timeout=2)
+                resp.raise_for_status()
+                self.answers.append(resp.text)
+            except requests.RequestException as exc:
+                self.failed.append(repr(exc))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(10)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_zero_downtime_rolling_update(pyz, running_v1, script, tmp_path):
+    server = running_v1
+    client = Client(server)
+    client.start()
+    done = run_cli(pyz, server, tmp_path, web_job(script, "v2"))
+    wait_until(lambda: versions(server) == ["v2"] * COUNT, 30, what="every instance on v2")
+    mark = len(client.answers)
+    wait_until(lambda: len(client.answers) > mark + 20, 30, what="requests after the update")
+    client.stop()
+    print(f"zero downtime: {client.sent} requests, {len(client.failed)} failed {client.failed[:3]}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert client.failed == []
+    assert set(client.answers[mark:]) == {"v2"}
+
+    # A version whose check fails, auto-reverted: still no failed request.
+    client = Client(server)
+    client.start()
+    bad = run_cli(pyz, server, tmp_path, web_job(script, "v3", build="bad"))
+
+    def reverted():
+        d = get(server, "/jobs/roll/deployment")
+        return d["job_version"] == 3 and d["status"] == "successful"
+
+    wait_until(reverted, 90, what="the revert's deployment to succeed")
+    client.stop()
+    print(f"failed update: {client.sent} requests, {len(client.failed)} failed {client.failed[:3]}")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert client.failed == []
+    assert set(client.answers) == {"v2"}  # the bad copies never entered the healthy set
