@@ -229,12 +229,6 @@ def add_server(sub, common) -> None:
         help="allow a non-loopback --bind without --token (ORCH_INSECURE)",
     )
     cmd.add_argument(
-        "--ui-prefix",
-        type=ui_prefix,
-        default=env("UI_PREFIX", d.ui_prefix),
-        help="path prefix a reverse proxy serves orch under, e.g. /orch (ORCH_UI_PREFIX)",
-    )
-    cmd.add_argument(
         "--job-versions",
         type=count,
         default=env("JOB_VERSIONS", d.job_versions),
@@ -245,6 +239,12 @@ def add_server(sub, common) -> None:
         type=count,
         default=env("UI_MAX_STREAMS", d.ui_max_streams),
         help="UI event and log streams open at once (ORCH_UI_MAX_STREAMS; default %(default)s)",
+    )
+    cmd.add_argument(
+        "--ui-prefix",
+        type=ui_prefix,
+        default=env("UI_PREFIX", d.ui_prefix),
+        help="path prefix a reverse proxy serves orch under, e.g. /orch (ORCH_UI_PREFIX)",
     )
     cmd.set_defaults(handler=cmd_server, role="server")
 
@@ -577,9 +577,9 @@ def server_config(args) -> ServerConfig:
         node_ttl=args.node_ttl,
         token=args.token or None,
         insecure=args.insecure,
-        ui_prefix=args.ui_prefix,
         job_versions=args.job_versions,
         ui_max_streams=args.ui_max_streams,
+        ui_prefix=args.ui_prefix,
     )
 
 

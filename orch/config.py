@@ -66,9 +66,6 @@ class ServerConfig:
     # threads 0.49 ms, 8 0.43, 4 0.40), fewer leave less room for slow ones
     # (a log relay waits up to 5 s on an unreachable agent).
     http_threads: int = 8
-    # The web UI's path prefix when a reverse proxy serves orch under one
-    # ("/orch" -> links to /orch/ui/...); X-Forwarded-Prefix overrides it.
-    ui_prefix: str = ""
     # Versions kept per job (GET /jobs/<id>/versions, revert), as Nomad keeps
     # a job's history; kept small: each is a full job body on disk.
     job_versions: int = 10
@@ -76,6 +73,9 @@ class ServerConfig:
     # so `run` adds this many threads on top of http_threads: a page left
     # open never takes a thread from the API.
     ui_max_streams: int = 32
+    # The web UI's path prefix when a reverse proxy serves orch under one
+    # ("/orch" -> links to /orch/ui/...); X-Forwarded-Prefix overrides it.
+    ui_prefix: str = ""
 
 
 @dataclass(frozen=True)

@@ -329,9 +329,9 @@ def make_app(server: Server) -> bottle.Bottle:
         return SERVER_SPEC
 
     ui.mount(app, route, server)
-    # The UI's event and log streams (the pages themselves: orch.server.ui).
-    prefix = getattr(server.config, "ui_prefix", "") or ""
-    register_stream_routes(route, server, f"{prefix.rstrip('/')}/ui")
+    # The UI's event and log streams (the pages: orch.server.ui). Added under
+    # /ui as the pages are: a --ui-prefix is handled for every UI route alike.
+    register_stream_routes(route, server, "/ui")
     return app
 
 

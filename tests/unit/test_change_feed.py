@@ -73,6 +73,9 @@ def test_store_writes_bump_and_a_heartbeat_does_not(tmp_path):
     # An unchanged submit writes nothing: no change either.
     store.submit_job(_job(), lambda t: new_eval("web", t, time.time()))
     assert feed.index == after_node
+    store.update_allocs([])  # nothing to write
+    store._write([("DELETE FROM jobs WHERE job_id = ?", [])])
+    assert feed.index == after_node
     store.delete_job("web")
     assert feed.index > after_node
     store.close()

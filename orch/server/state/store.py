@@ -175,11 +175,14 @@ class StoreCore:
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
+                wrote = False
                 for sql, rows in statements:
                     if rows:
                         db.executemany(sql, rows)
+                        wrote = True
                 db.execute("COMMIT")
-                self.changes.bump()
+                if wrote:  # a write of nothing (all rows filtered out) is no change
+                    self.changes.bump()
             except BaseException:
                 # SQLite may already have rolled back by itself (SQLITE_FULL
                 # does): a ROLLBACK then fails and would hide the real error.
