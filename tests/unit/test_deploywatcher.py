@@ -226,3 +226,19 @@ def test_deleting_the_job_purges_its_deployments(env):
     start(env)
     env.store.delete_job("web")
     assert env.store.deployments_for_job("web") == []
+
+
+def test_the_server_stamps_when_a_copy_turned_healthy():
+    from orch.server.sync import merge_report
+
+    alloc = Allocation("a1", "j", "g", "n1", 0, client_status=AllocStatus.RUNNING)
+    check = {"status": "passing", "output": "HTTP 200", "time": 1.0}
+    healthy = merge_report(
+        alloc, {"status": "running", "health": "healthy", "checks": {"c": check}}, 5.0
+    )
+    assert healthy.healthy_since == 5.0
+    failing = {"status": "failing", "output": "HTTP 500", "time": 2.0}
+    report = {"status": "running", "health": "healthy", "checks": {"c": failing}}
+    assert merge_report(healthy, report, 6.0).healthy_since == 5.0  # still healthy: kept
+    unhealthy = merge_report(healthy, {**report, "health": "unhealthy"}, 7.0)
+    assert unhealthy.healthy_since is None
