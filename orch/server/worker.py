@@ -140,8 +140,10 @@ class SchedulerWorker(threading.Thread):
     def _deployment(self, job: Job, allocs: list, now: float) -> Deployment | None:
         """The job's latest deployment; a new one when a rolling group changed."""
         latest = getattr(self._state, "latest_deployment", None)
-        if latest is None:
-            return None  # a state without deployments (scheduler tests)
+        if latest is None or not any(deploy.rolling(job, g) for g in job.task_groups):
+            # No update block (or a state without deployments: scheduler
+            # tests): no read of the deployments table on this evaluation.
+            return None
         current = latest(job.job_id)
         groups = deploy.needs_deployment(job, allocs)
         if not groups or (current is not None and current.job_version == job.version):
