@@ -238,6 +238,8 @@ def test_canary_waits_for_promote_then_rollout_replaces_every_copy(
 
     d_id = d["deployment_id"]
     wait_until(succeeded, 90, what="the promoted deployment to succeed")
+    status = cli(pyz, server, "job", "status", "roll")
+    assert "Latest Deployment" in status.stdout and "successful" in status.stdout, status.stdout
     wait_until(lambda: versions(server) == ["v2"] * COUNT, 30, what="every instance on v2")
 
     # A rolling restart without a spec change: every copy replaced, none lost.
