@@ -4,6 +4,7 @@ import types
 
 import pytest
 
+from orch.errors import Conflict, NotFound
 from orch.server import deploy
 from orch.server.deploywatcher import DeploymentWatcher, promote
 from orch.server.state import StateStore
@@ -242,3 +243,15 @@ def test_the_server_stamps_when_a_copy_turned_healthy():
     assert merge_report(healthy, report, 6.0).healthy_since == 5.0  # still healthy: kept
     unhealthy = merge_report(healthy, {**report, "health": "unhealthy"}, 7.0)
     assert unhealthy.healthy_since is None
+
+
+def test_failing_by_hand_reverts_and_a_second_fail_is_refused(env):
+    _v1, _old, d = start(env)
+    failed = env.watcher.fail(d.deployment_id)
+    assert failed.status == DeploymentStatus.FAILED
+    assert failed.status_description.startswith("deployment marked failed by user")
+    assert env.reverted == [("web", 0)]
+    with pytest.raises(Conflict, match="not running"):
+        env.watcher.fail(d.deployment_id)
+    with pytest.raises(NotFound):
+        env.watcher.fail("nope")
