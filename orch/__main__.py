@@ -511,7 +511,38 @@ def add_job_commands(sub, client, reads) -> None:
     cmd.add_argument("id", metavar="ID")
     cmd.add_argument("version", metavar="VERSION", type=version_number)
     cmd.set_defaults(handler=lazy("orch.cli.history:job_revert"))
+    add_deployment_commands(sub, job, client, reads)
     add_launch_commands(job, client)
+
+
+def add_deployment_commands(sub, job, client, reads) -> None:
+    """`orch job promote|rollout` and `orch deployment status|fail`: rolling updates."""
+    cmd = job.add_parser("promote", parents=[client], help="promote a deployment's canaries")
+    cmd.add_argument("id", metavar="ID")
+    cmd.set_defaults(handler=lazy("orch.cli.deployment:job_promote"))
+    cmd = job.add_parser(
+        "rollout", parents=[client], help="replace every allocation under the update rules"
+    )
+    cmd.add_argument("id", metavar="ID")
+    cmd.add_argument("--detach", action="store_true", help="return once started")
+    cmd.add_argument(
+        "--timeout",
+        type=seconds,
+        default=600.0,
+        help="give up following after this many seconds (default %(default)s)",
+    )
+    cmd.set_defaults(handler=lazy("orch.cli.deployment:job_rollout"))
+    deployment = sub.add_parser("deployment", help="inspect rolling updates").add_subparsers(
+        dest="deployment_command", metavar="COMMAND", required=True
+    )
+    cmd = deployment.add_parser(
+        "status", parents=[reads], help="show a deployment (by its id or its job's id)"
+    )
+    cmd.add_argument("id", metavar="ID")
+    cmd.set_defaults(handler=lazy("orch.cli.deployment:deployment_status"))
+    cmd = deployment.add_parser("fail", parents=[client], help="fail a running deployment")
+    cmd.add_argument("id", metavar="ID")
+    cmd.set_defaults(handler=lazy("orch.cli.deployment:deployment_fail"))
 
 
 def add_launch_commands(job, client) -> None:

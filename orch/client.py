@@ -161,6 +161,7 @@ class Client:
         self.nodes = Nodes(self)
         self.allocs = Allocations(self)
         self.services = Services(self)
+        self.deployments = Deployments(self)
 
     def close(self) -> None:
         self._session.close()
@@ -244,6 +245,10 @@ class Jobs(_Resource):
 
     def delete(self, job_id: str) -> dict:
         return self._client.call("POST", f"/jobs/{_seg(job_id)}/delete")
+
+    def rollout(self, job_id: str) -> dict:
+        """Replace every allocation under the job's update rules (a new version)."""
+        return self._client.call("POST", f"/jobs/{_seg(job_id)}/rollout")
 
     def versions(self, job_id: str) -> dict:
         """The job's kept versions, newest first, each with its diff to the one before."""
@@ -330,3 +335,23 @@ class Services(_Resource):
 
     def list(self) -> list[dict]:
         return self._client.call("GET", "/services").get("services", [])
+
+
+class Deployments(_Resource):
+    def get(self, deployment_id: str) -> dict:
+        return self._client.call("GET", f"/deployments/{_seg(deployment_id)}")
+
+    def of_job(self, job_id: str) -> dict | None:
+        """The job's latest deployment, None if it never had one (NotFound if no job)."""
+        found = self.for_job(job_id)
+        return found[0] if found else None
+
+    def for_job(self, job_id: str) -> list[dict]:
+        """The job's deployments, newest first."""
+        return self._client.call("GET", f"/jobs/{_seg(job_id)}/deployments").get("deployments", [])
+
+    def promote(self, deployment_id: str) -> dict:
+        return self._client.call("POST", f"/deployments/{_seg(deployment_id)}/promote")
+
+    def fail(self, deployment_id: str) -> dict:
+        return self._client.call("POST", f"/deployments/{_seg(deployment_id)}/fail")

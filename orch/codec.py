@@ -16,6 +16,8 @@ from orch.structs import (
     Allocation,
     AllocStatus,
     Constraint,
+    Deployment,
+    DeploymentStatus,
     DesiredStatus,
     EvalStatus,
     Evaluation,
@@ -83,6 +85,7 @@ def job_from(d: dict) -> Job:
         parent_id=d.get("parent_id") or None,
         payload=d.get("payload") or "",
         update=update_from(d.get("update")),
+        rollout=int(d.get("rollout") or 0),
     )
 
 
@@ -152,6 +155,20 @@ def alloc_from(d: dict) -> Allocation:
         health=d.get("health") or None,
         checks=dict(d.get("checks") or {}),
         ports=[dict(p) for p in d.get("ports") or ()],
+        healthy_since=d.get("healthy_since"),
+    )
+
+
+def deployment_from(d: dict) -> Deployment:
+    return Deployment(
+        deployment_id=d["deployment_id"],
+        job_id=d["job_id"],
+        job_version=int(d.get("job_version") or 0),
+        status=DeploymentStatus(d.get("status") or "running"),
+        status_description=d.get("status_description") or "",
+        groups={name: dict(g) for name, g in (d.get("groups") or {}).items()},
+        create_time=float(d.get("create_time") or 0.0),
+        modify_time=float(d.get("modify_time") or 0.0),
     )
 
 
@@ -221,6 +238,8 @@ def _alloc_json(a: Allocation, tasks: str) -> str:
         extra += f',"checks":{_DUMP(a.checks)}'
     if a.ports:
         extra += f',"ports":{_DUMP(a.ports)}'
+    if a.healthy_since is not None:
+        extra += f',"healthy_since":{_float(a.healthy_since)}'
     return (
         f'{{"allocation_id":{_quote(a.allocation_id)},"job_id":{_quote(a.job_id)},'
         f'"task_group":{_quote(a.task_group)},"node_id":{_quote(a.node_id)},'

@@ -292,6 +292,20 @@ def _json(schema):
     return {"content": {"application/json": {"schema": schema}}}
 
 
+_DEPLOYMENT = {
+    "type": "object",
+    "required": ["deployment_id", "job_id", "job_version", "status", "groups"],
+    "properties": {
+        "deployment_id": {"type": "string"},
+        "job_id": {"type": "string"},
+        "job_version": {"type": "integer"},
+        "status": {"enum": ["running", "successful", "failed", "cancelled"]},
+        "status_description": {"type": "string"},
+        "groups": {"type": "object"},
+    },
+}
+
+
 def _op(summary, body=None, ok=_MESSAGE, errors=(400,), params=(), query=()):
     op = {
         "summary": summary,
@@ -394,6 +408,46 @@ SERVER_SPEC = {
                 ok=_REVERTED,
                 errors=(400, 404),
                 params=["job_id"],
+            )
+        },
+        "/jobs/{job_id}/deployments": {
+            "get": _op(
+                "A job's deployments, newest first",
+                ok={"type": "object", "required": ["deployments", "count"]},
+                errors=(404,),
+                params=["job_id"],
+            )
+        },
+        "/jobs/{job_id}/deployment": {
+            "get": _op(
+                "A job's latest deployment", ok=_DEPLOYMENT, errors=(404,), params=["job_id"]
+            )
+        },
+        "/jobs/{job_id}/rollout": {
+            "post": _op(
+                "Replace every allocation under the update rules, without a spec change",
+                ok=_REVERTED,
+                errors=(400, 404),
+                params=["job_id"],
+            )
+        },
+        "/deployments/{deployment_id}": {
+            "get": _op("Get a deployment", ok=_DEPLOYMENT, errors=(404,), params=["deployment_id"])
+        },
+        "/deployments/{deployment_id}/promote": {
+            "post": _op(
+                "Promote a running deployment's canaries",
+                ok=_DEPLOYMENT,
+                errors=(400, 404),
+                params=["deployment_id"],
+            )
+        },
+        "/deployments/{deployment_id}/fail": {
+            "post": _op(
+                "Fail a running deployment (auto_revert rolls back)",
+                ok=_DEPLOYMENT,
+                errors=(400, 404),
+                params=["deployment_id"],
             )
         },
         "/jobs/{job_id}/evaluations": {

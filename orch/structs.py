@@ -87,6 +87,7 @@ class TriggeredBy(str, Enum):
     ALLOC_FAILURE = "alloc-failure"
     QUEUED_ALLOCS = "queued-allocs"
     NODE_DRAIN = "node-drain"
+    DEPLOYMENT_WATCHER = "deployment-watcher"
 
 
 # Job types placed per node rather than per count (orch/server/scheduler/system.py).
@@ -310,6 +311,9 @@ class Job:
         return self.periodic is not None or self.parameterized is not None
 
     update: UpdateStrategy | None = None  # job-level update block
+    # Bumped by `orch job rollout`: part of every group's allocation hash, so
+    # all copies are replaced under the update rules without a spec change.
+    rollout: int = 0
 
     def group(self, name: str) -> TaskGroup | None:
         for tg in self.task_groups:
@@ -335,7 +339,7 @@ class Job:
             **({"update": self.update.to_dict()} if self.update is not None else {}),
         }
         # Left out when unset: a job without them keeps its seed shape.
-        for key in ("meta", "periodic", "parameterized", "parent_id", "payload"):
+        for key in ("meta", "periodic", "parameterized", "parent_id", "payload", "rollout"):
             value = getattr(self, key)
             if value:
                 out[key] = value
@@ -491,6 +495,9 @@ class Allocation:
     checks: dict = field(default_factory=dict)
     # Host ports reserved for it: [{"label", "value", "to"}] (to: None unless mapped).
     ports: list = field(default_factory=list)
+    # When the server saw `health` turn healthy (None: not healthy now); a
+    # deployment counts the copy healthy min_healthy_time after it.
+    healthy_since: float | None = None
 
     @property
     def name(self) -> str:
@@ -531,6 +538,7 @@ class Allocation:
             "health": self.health,
             "checks": self.checks,
             **({"ports": self.ports} if self.ports else {}),
+            "healthy_since": self.healthy_since,
         }
 
 
@@ -582,6 +590,47 @@ class Plan:
     stop: list[tuple[str, str]] = field(default_factory=list)  # (alloc id, reason)
     # Failed placements: group name -> {"wanted": n, "failures": {reason: n}}
     failed: dict = field(default_factory=dict)
+
+
+class DeploymentStatus(str, Enum):
+    RUNNING = "running"
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class Deployment:
+    """A rolling update of one job version (Nomad's deployment).
+
+    ``groups``: group name -> {desired_total, desired_canaries, placed_canaries,
+    placed, healthy, unhealthy, promoted, progress_deadline (a time)}.
+    """
+
+    deployment_id: str
+    job_id: str
+    job_version: int
+    status: DeploymentStatus = DeploymentStatus.RUNNING
+    status_description: str = ""
+    groups: dict = field(default_factory=dict)
+    create_time: float = 0.0
+    modify_time: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.status == DeploymentStatus.RUNNING
+
+    def to_dict(self) -> dict:
+        return {
+            "deployment_id": self.deployment_id,
+            "job_id": self.job_id,
+            "job_version": self.job_version,
+            "status": self.status.value,
+            "status_description": self.status_description,
+            "groups": {name: dict(g) for name, g in self.groups.items()},
+            "create_time": self.create_time,
+            "modify_time": self.modify_time,
+        }
 
 
 def replace(obj, **changes):

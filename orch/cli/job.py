@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
+from orch import errors
 from orch.cli.commands import (
     EXIT_OK,
     about_job,
@@ -152,9 +153,33 @@ def job_status(args, client: Client) -> int:
         print_json(job)
     else:
         say(job_summary(job, time.time(), paint))
+        latest = latest_deployment(client, job)
+        if latest is not None:
+            say("\nLatest Deployment\n" + latest)
         if "children" in job:
             say(children_text(job, time.time()))
     return EXIT_OK
+
+
+def latest_deployment(client: Client, job: dict) -> str | None:
+    """The latest deployment's summary for a service job, as Nomad's job status shows."""
+    deployments = getattr(client, "deployments", None)
+    if job.get("type") != "service" or deployments is None:
+        return None
+    try:
+        d = deployments.of_job(str(job.get("job_id")))
+    except errors.OrchError:
+        return None  # a server without deployments: the rest of the status stands
+    if d is None:
+        return None
+    return fields(
+        [
+            ("ID", short(d.get("deployment_id"))),
+            ("Version", d.get("job_version")),
+            ("Status", d.get("status")),
+            ("Description", d.get("status_description")),
+        ]
+    )
 
 
 def job_summary(job: dict, now: float, paint: Style = PLAIN) -> str:

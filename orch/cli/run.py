@@ -12,6 +12,7 @@ import sys
 import time
 
 from orch import errors
+from orch.cli.deployment import deployment_verdict
 from orch.cli.format import (
     Style,
     alloc_status,
@@ -107,6 +108,8 @@ class RunMonitor:
         self.live = live or Live()
         self.style = style or Style(False)
         self.eval_status: str | None = None
+        self.deployment_seen: tuple | None = None
+        self.deployment_version: int | None = None
 
     def say(self, line: str) -> None:
         self.live.say(line)
@@ -194,6 +197,10 @@ class RunMonitor:
                 self.list_allocs(job)
                 return EXIT_OK
             return None
+        if job_type == "service":
+            followed, verdict = self.deployment_verdict(job)
+            if followed:
+                return verdict
         # A system job wants as many copies as the server placed: at least one.
         wanted = max(1, wanted_count(job))
         running = sum(1 for a in current_allocs(job) if alloc_status(a) == "running")
@@ -206,6 +213,27 @@ class RunMonitor:
             self.list_allocs(job)
             return EXIT_OK
         return None
+
+    def deployment_verdict(self, job: dict) -> tuple[bool, int | None]:
+        """(a deployment of this version is followed, its exit code once it ended)."""
+        deployments = getattr(self.client, "deployments", None)
+        if deployments is None:
+            return False, None
+        if self.deployment_version is None:
+            # The version submitted: an auto-revert makes a newer one, whose
+            # deployment is not the one this run follows.
+            self.deployment_version = job.get("version")
+        found = [
+            d
+            for d in deployments.for_job(self.job_id)
+            if d.get("job_version") == self.deployment_version
+        ]
+        if not found:
+            return False, None
+        d = found[0]
+        verdict = deployment_verdict(d, self.deployment_seen, self.say)
+        self.deployment_seen = (d.get("status"), d.get("groups"))
+        return True, verdict
 
     def list_allocs(self, job: dict) -> None:
         """The allocations' ids as tables show them, for `alloc status`/`alloc logs`."""

@@ -195,6 +195,46 @@ def make_app(server: Server) -> bottle.Bottle:
             "message": f"job reverted to version {version}",
         }
 
+    # ---- deployments (rolling updates) ---------------------------------------
+
+    @route("GET", "/jobs/<job_id>/deployments")
+    def job_deployments(job_id):
+        store.require_job(job_id)
+        found = store.deployments_for_job(job_id)
+        return {"deployments": [d.to_dict() for d in found], "count": len(found)}
+
+    @route("GET", "/jobs/<job_id>/deployment")
+    def job_deployment(job_id):
+        store.require_job(job_id)
+        latest = store.latest_deployment(job_id)
+        if latest is None:
+            raise NotFound(f"job {job_id} has no deployment")
+        return latest.to_dict()
+
+    @route("GET", "/deployments/<deployment_id>")
+    def get_deployment(deployment_id):
+        return store.get_deployment(deployment_id).to_dict()
+
+    @route("POST", "/deployments/<deployment_id>/promote")
+    def promote_deployment(deployment_id):
+        d = server.promote_deployment(deployment_id)
+        return {**d.to_dict(), "message": "deployment promoted"}
+
+    @route("POST", "/deployments/<deployment_id>/fail")
+    def fail_deployment(deployment_id):
+        d = server.fail_deployment(deployment_id)
+        return {**d.to_dict(), "message": d.status_description}
+
+    @route("POST", "/jobs/<job_id>/rollout")
+    def rollout_job(job_id):
+        job, ev = server.rollout_job(job_id)
+        return {
+            "job_id": job.job_id,
+            "evaluation_id": ev.eval_id,
+            "version": job.version,
+            "message": f"rollout {job.rollout} started: version {job.version}",
+        }
+
     @route("POST", "/jobs/<job_id>/dispatch")
     def dispatch_job(job_id):
         # An empty body is a dispatch without meta or payload.

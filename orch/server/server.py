@@ -11,10 +11,11 @@ import logging
 import time
 
 from orch.config import ServerConfig
-from orch.errors import NotFound, StorageError
+from orch.errors import Conflict, NotFound, StorageError
 from orch.jobspec import parse_job
 from orch.security import check_bind
 from orch.server.broker import EvalBroker
+from orch.server.deploywatcher import DeploymentWatcher, promote
 from orch.server.dispatch import dispatch
 from orch.server.drainer import Drainer
 from orch.server.heartbeat import HeartbeatMonitor
@@ -30,6 +31,7 @@ from orch.server.worker import SchedulerWorker
 from orch.structs import (
     Allocation,
     AllocStatus,
+    Deployment,
     DesiredStatus,
     EvalStatus,
     Evaluation,
@@ -73,6 +75,7 @@ class Server(NodeOps):
         ]
         self.drainer = Drainer(self.store, self.planner, self.dispatch)
         self.periodic = PeriodicLauncher(self.store, self.broker.enqueue)
+        self.deployments = DeploymentWatcher(self.store, self._evaluate, self.revert_job)
         # The UI's open event and log streams, capped (orch.server.ui.streams).
         self.ui_streams = StreamSlots(config.ui_max_streams)
         self.started = time.time()
@@ -94,8 +97,10 @@ class Server(NodeOps):
             worker.start()
         self.drainer.start()  # drains stored before a restart carry on
         self.periodic.start()
+        self.deployments.start()
 
     def stop(self) -> None:
+        self.deployments.stop()
         self.periodic.stop()
         self.monitor.stop()
         self.drainer.stop()
@@ -130,6 +135,11 @@ class Server(NodeOps):
         if job_id is not None and self.store.get_job(job_id) is None:
             raise NotFound("作业不存在")
         job = parse_job(body, job_id, max_count=self.config.max_count)
+        existing = self.store.get_job(job.job_id)
+        if existing is not None and existing.rollout:
+            # A rollout is not part of the spec a user submits: keep it, or
+            # submitting the same spec again would replace every copy.
+            job = replace(job, rollout=existing.rollout)
         job, ev, changed = self.store.submit_job(
             job,
             lambda trigger: new_eval(job.job_id, trigger, time.time()),
@@ -162,6 +172,39 @@ class Server(NodeOps):
             version,
             f"now version {job.version}" if changed else "unchanged",
         )
+        return job, ev
+
+    # ---- deployments -------------------------------------------------------
+
+    def _evaluate(self, job_id: str) -> None:
+        self.planner.create_evals([job_id], TriggeredBy.DEPLOYMENT_WATCHER)
+
+    def promote_deployment(self, deployment_id: str) -> Deployment:
+        """POST /deployments/<id>/promote: let the rollout go past its canaries."""
+        d = promote(self.store, deployment_id, time.time())
+        self._evaluate(d.job_id)
+        return d
+
+    def fail_deployment(self, deployment_id: str) -> Deployment:
+        """POST /deployments/<id>/fail (rolls back under auto_revert)."""
+        return self.deployments.fail(deployment_id)
+
+    def rollout_job(self, job_id: str) -> tuple[Job, Evaluation]:
+        """POST /jobs/<id>/rollout: replace every copy under the update rules.
+
+        A new version that differs only in its rollout number: each group's
+        allocation hash changes, so the scheduler replaces copies as for a
+        changed spec (hashicorp/nomad#698)."""
+        current = self.store.require_job(job_id)
+        if current.stopped:
+            raise Conflict(f"job {job_id} is stopped")
+        job, ev, _changed = self.store.submit_job(
+            replace(current, rollout=current.rollout + 1, status=JobStatus.PENDING),
+            lambda trigger: new_eval(job_id, trigger, time.time()),
+            must_exist=True,
+            on_commit=self.broker.enqueue,
+        )
+        log.info("job %s rollout %d: version %d", job_id, job.rollout, job.version)
         return job, ev
 
     def stop_job(self, job_id: str) -> None:

@@ -96,13 +96,15 @@ def _unchanged(alloc: Allocation, report: dict) -> bool:
     )
 
 
-def _health_changes(alloc: Allocation, report: dict) -> dict:
+def _health_changes(alloc: Allocation, report: dict, now: float) -> dict:
     """The health and check results a report brings (validated by bodies.check_report)."""
     health = report.get("health")
     checks = report.get("checks") or {}
     changes: dict[str, object] = {}
     if health != alloc.health:
         changes["health"] = health
+        # The server's clock, not the agent's: deployments compare it with theirs.
+        changes["healthy_since"] = now if health == "healthy" else None
     if checks != alloc.checks:
         changes["checks"] = dict(checks)
     return changes
@@ -143,7 +145,7 @@ def merge_report(alloc: Allocation, report: dict, now: float) -> Allocation | No
         value = report.get(key)
         if isinstance(value, (int, float)) and value != getattr(alloc, key):
             changes[key] = float(value)
-    changes.update(_health_changes(alloc, report))
+    changes.update(_health_changes(alloc, report, now))
     if not changes:
         return None
     return replace(alloc, modify_time=now, **changes)

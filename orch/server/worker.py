@@ -12,6 +12,7 @@ import threading
 import time
 
 from orch.errors import StorageError
+from orch.server import deploy
 from orch.server.planner import EvalQueue, Planner, PlanResult, SchedulerState
 from orch.server.scheduler import scheduler_for
 from orch.server.scheduler.explain import (
@@ -20,7 +21,17 @@ from orch.server.scheduler.explain import (
     released_by,
     summarize,
 )
-from orch.structs import EvalStatus, Evaluation, Job, Plan, TriggeredBy, replace
+from orch.structs import (
+    Deployment,
+    DeploymentStatus,
+    EvalStatus,
+    Evaluation,
+    Job,
+    JobType,
+    Plan,
+    TriggeredBy,
+    replace,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +115,12 @@ class SchedulerWorker(threading.Thread):
             return
         allocs = state.allocs_for_job(job.job_id)
         compute_plan = scheduler_for(job)
-        plan, followup = compute_plan(job, allocs, state.cluster, evals[-1], now=now, rng=self._rng)
+        extra = {}
+        if job.type == JobType.SERVICE:
+            extra["deployment"] = self._deployment(job, allocs, now)
+        plan, followup = compute_plan(
+            job, allocs, state.cluster, evals[-1], now=now, rng=self._rng, **extra
+        )
         placed, stopped, rejected = self._commit(plan, evals, job, now)
         if stopped:
             planner.unblock()  # stopping freed capacity elsewhere
@@ -120,6 +136,34 @@ class SchedulerWorker(threading.Thread):
             len(stopped),
             rejected,
         )
+
+    def _deployment(self, job: Job, allocs: list, now: float) -> Deployment | None:
+        """The job's latest deployment; a new one when a rolling group changed."""
+        latest = getattr(self._state, "latest_deployment", None)
+        if latest is None or not any(deploy.rolling(job, g) for g in job.task_groups):
+            # No update block (or a state without deployments: scheduler
+            # tests): no read of the deployments table on this evaluation.
+            return None
+        current = latest(job.job_id)
+        groups = deploy.needs_deployment(job, allocs)
+        if not groups or (current is not None and current.job_version == job.version):
+            return current
+        put = self._state.put_deployment  # type: ignore[attr-defined]
+        if current is not None and current.active:
+            put(
+                replace(
+                    current,
+                    status=DeploymentStatus.CANCELLED,
+                    status_description=f"cancelled by version {job.version}",
+                    modify_time=now,
+                )
+            )
+        created = deploy.new_deployment(job, groups, now)
+        put(created)
+        log.info(
+            "deployment %s job=%s version=%d", created.deployment_id[:8], job.job_id, job.version
+        )
+        return created
 
     def _commit(self, plan: Plan, evals: list[Evaluation], job: Job, now: float) -> PlanResult:
         """Submit the plan with its evaluations' outcome; the planner pushes."""

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import os
 
+from orch.server import deploy
 from orch.server.scheduler.cluster import Cluster
 from orch.server.scheduler.reconcile import reconcile
 from orch.server.scheduler.stack import Stack
 from orch.structs import (
     Allocation,
     AllocStatus,
+    Deployment,
     DesiredStatus,
     Evaluation,
     Job,
@@ -32,10 +34,17 @@ from orch.structs import (
 
 
 def compute_plan(
-    job: Job, allocs: list[Allocation], cluster: Cluster, evaluation: Evaluation, *, now: float, rng
+    job: Job,
+    allocs: list[Allocation],
+    cluster: Cluster,
+    evaluation: Evaluation,
+    *,
+    now: float,
+    rng,
+    deployment: Deployment | None = None,
 ) -> tuple[Plan, float | None]:
     """Plan the evaluation; also return when to look again (delayed reschedules)."""
-    diff = reconcile(job, allocs, now=now)
+    diff = reconcile(job, allocs, now=now, deployment=deployment)
     plan = Plan(
         eval_id=evaluation.eval_id,
         job_id=job.job_id,
@@ -55,7 +64,7 @@ def compute_plan(
             # one group share their initial task states.
             template = templates[group.name] = (
                 group.resources,
-                group.spec_hash(),
+                deploy.group_hash(job, group),
                 {task.name: TaskState() for task in group.tasks},
             )
         node_id, failures = stack.select(group, template[0], previous.node_id if previous else None)

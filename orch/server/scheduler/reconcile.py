@@ -11,9 +11,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from orch.server import deploy
+from orch.server.scheduler.rolling import reconcile_rolling
 from orch.structs import (
     Allocation,
     AllocStatus,
+    Deployment,
     DesiredStatus,
     Job,
     JobType,
@@ -59,8 +62,16 @@ def _highest_first(allocs: Iterable[Allocation]) -> list[Allocation]:
     return sorted(allocs, key=lambda a: (-a.index, -a.create_time))
 
 
-def reconcile(job: Job, allocs: Iterable[Allocation], *, now: float) -> Reconciliation:
-    """Diff the job against all of its allocations (any status)."""
+def reconcile(
+    job: Job,
+    allocs: Iterable[Allocation],
+    *,
+    now: float,
+    deployment: Deployment | None = None,
+) -> Reconciliation:
+    """Diff the job against all of its allocations (any status).
+
+    ``deployment``: the job's latest, which paces groups with an update block."""
     result = Reconciliation()
     allocs = list(allocs)
     if job.stopped:
@@ -73,12 +84,17 @@ def reconcile(job: Job, allocs: Iterable[Allocation], *, now: float) -> Reconcil
         if job.group(name) is None:
             result.stop += [(a, GROUP_REMOVED) for a in _highest_first(_wanted(group_allocs))]
     for group in job.task_groups:
-        _reconcile_group(job, group, by_group.get(group.name, []), now, result)
+        _reconcile_group(job, group, by_group.get(group.name, []), now, result, deployment)
     return result
 
 
 def _reconcile_group(
-    job: Job, group: TaskGroup, allocs: list[Allocation], now: float, result: Reconciliation
+    job: Job,
+    group: TaskGroup,
+    allocs: list[Allocation],
+    now: float,
+    result: Reconciliation,
+    deployment: Deployment | None,
 ) -> None:
     if not allocs:
         # A new group (the common case of a large submit): every slot is placed.
@@ -89,7 +105,13 @@ def _reconcile_group(
         slots[alloc.index].append(alloc)
     extra = [a for a in allocs if a.index >= group.count]
     result.stop += [(a, SCALED_DOWN) for a in _highest_first(_wanted(extra))]
-    spec_hash = group.spec_hash()
+    spec_hash = deploy.group_hash(job, group)
+    if deploy.rolling(job, group):
+        slot_allocs = {i: slots.get(i, []) for i in range(group.count)}
+        reconcile_rolling(
+            job, group, slot_allocs, spec_hash, deployment, now, result, _reconcile_slot
+        )
+        return
     for index in range(group.count):
         _reconcile_slot(job, group, index, slots.get(index, []), spec_hash, now, result)
 

@@ -13,9 +13,11 @@ path (``StoreCore._write``):
 - ``nodes``: node writes (register, health, eligibility and drain, node down);
 - ``jobs``: job writes (submit, stop, restart, purge, periodic launches);
 - ``versions``: the last N versions of each job, written with the job;
-- ``plans``: evaluations, plan commits, allocation updates, drain marks.
+- ``plans``: evaluations, plan commits, allocation updates, drain marks;
+- ``deployments``: rolling updates, and the `stable` mark of job versions.
 """
 
+from orch.server.state.deployments import Deployments
 from orch.server.state.jobs import JobWrites
 from orch.server.state.nodes import NodeWrites
 from orch.server.state.plans import PlanWrites
@@ -24,5 +26,5 @@ from orch.server.state.store import SCHEMA, MakeEval, StoreCore
 __all__ = ["SCHEMA", "MakeEval", "StateStore", "StoreCore"]
 
 
-class StateStore(NodeWrites, JobWrites, PlanWrites):
+class StateStore(NodeWrites, JobWrites, PlanWrites, Deployments):
     """SQLite-backed store of nodes, jobs, allocations and evaluations."""

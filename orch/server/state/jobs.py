@@ -135,6 +135,7 @@ class JobWrites(JobVersions):
                     ("DELETE FROM evaluations WHERE job_id = ?", [(job_id,)]),
                     ("DELETE FROM periodic_launches WHERE job_id = ?", [(job_id,)]),
                     (self._PURGE_VERSIONS, [(job_id,)]),
+                    ("DELETE FROM deployments WHERE job_id = ?", [(job_id,)]),
                 ]
             )
             self._jobs.pop(job_id, None)

@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS job_versions (
     job_id TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL,
     submit_time REAL NOT NULL, stable INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, version));
+CREATE TABLE IF NOT EXISTS deployments (
+    deployment_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, job_version INTEGER NOT NULL,
+    status TEXT NOT NULL, create_time REAL NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS deployments_job ON deployments (job_id);
 """
     + quarantine.SCHEMA
 )

@@ -1,0 +1,184 @@
+"""The deployment watcher: moves running deployments on, or fails them.
+
+Every tick it reads each running deployment and the allocations of its job
+from the store (the state lives there, never here): new copies turning
+healthy make an evaluation so the scheduler replaces the next batch; a new
+copy failing, or no progress within ``progress_deadline``, fails the
+deployment, and with ``auto_revert`` the last stable version is submitted
+again. All groups healthy with no old copy left: successful, and the job's
+version is marked stable (after Nomad's nomad/deploymentwatcher).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from orch.errors import Conflict
+from orch.server import deploy
+from orch.structs import (
+    Allocation,
+    Deployment,
+    DeploymentStatus,
+    DesiredStatus,
+    Job,
+    TaskGroup,
+    replace,
+)
+
+log = logging.getLogger(__name__)
+
+TICK = 0.25  # seconds between passes: well under a heartbeat
+
+
+class DeploymentWatcher:
+    """Advances deployments; ``evaluate(job_id)`` and ``revert(job_id, version)`` act."""
+
+    def __init__(
+        self,
+        store,
+        evaluate: Callable[[str], object],
+        revert: Callable[[str, int], object],
+        *,
+        clock: Callable[[], float] = time.time,
+        interval: float = TICK,
+    ):
+        self._store = store
+        self._evaluate = evaluate
+        self._revert = revert
+        self._clock = clock
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="deploy-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self.tick()
+            except Exception:  # a bad pass must not end the watcher
+                log.exception("deployment watcher pass failed")
+
+    def tick(self) -> None:
+        """One pass over every running deployment."""
+        for deployment in self._store.running_deployments():
+            self._watch(deployment, self._clock())
+
+    # ---- one deployment ----------------------------------------------------
+
+    def _watch(self, d: Deployment, now: float) -> None:
+        job = self._store.get_job(d.job_id)
+        if job is None or job.stopped or job.version != d.job_version:
+            why = "job stopped" if job is None or job.stopped else "superseded by a newer version"
+            self._finish(d, DeploymentStatus.CANCELLED, why, now)
+            return
+        allocs = self._store.allocs_for_job(d.job_id)
+        groups: dict[str, dict] = {}
+        why = ""
+        done, moved = True, False
+        for name, state in d.groups.items():
+            group = job.group(name)
+            if group is None:
+                continue
+            state, reason, finished = _group_progress(job, group, state, allocs, d, now)
+            moved = moved or state["healthy"] > d.groups[name].get("healthy", 0)
+            moved = moved or (state["promoted"] and not d.groups[name].get("promoted"))
+            done = done and finished
+            why = why or reason
+            groups[name] = state
+        if why:
+            self._fail(replace(d, groups=groups), job, why, now)
+        elif done:
+            self._finish(replace(d, groups=groups), DeploymentStatus.SUCCESSFUL, "", now)
+        elif groups != d.groups:
+            self._store.put_deployment(replace(d, groups=groups, modify_time=now))
+            if moved:
+                self._evaluate(d.job_id)
+
+    def fail(self, deployment_id: str) -> Deployment:
+        """`orch deployment fail`: fail a running deployment (and auto-revert)."""
+        d = self._store.get_deployment(deployment_id)
+        if not d.active:
+            raise Conflict(f"deployment {deployment_id} is {d.status.value}, not running")
+        job = self._store.require_job(d.job_id)
+        self._fail(d, job, "deployment marked failed by user", self._clock())
+        return self._store.get_deployment(deployment_id)
+
+    def _finish(self, d: Deployment, status: DeploymentStatus, why: str, now: float) -> None:
+        text = why or "deployment completed successfully"
+        stable = status == DeploymentStatus.SUCCESSFUL
+        self._store.put_deployment(
+            replace(d, status=status, status_description=text, modify_time=now),
+            stable_version=stable,
+        )
+        log.info("deployment %s job=%s %s: %s", d.deployment_id[:8], d.job_id, status.value, text)
+
+    def _fail(self, d: Deployment, job: Job, why: str, now: float) -> None:
+        revert = any(job.update_for(g).auto_revert for g in job.task_groups if g.name in d.groups)
+        target = self._store.last_stable_version(job.job_id, job.version) if revert else None
+        if revert:
+            why += (
+                f"; rolling back to job version {target}"
+                if target is not None
+                else "; no stable version to roll back to"
+            )
+        self._finish(d, DeploymentStatus.FAILED, why, now)
+        if target is not None:
+            try:
+                self._revert(job.job_id, target)
+            except Conflict as exc:
+                log.warning("auto-revert of %s failed: %s", job.job_id, exc)
+
+
+def _group_progress(
+    job: Job, group: TaskGroup, state: dict, allocs: list[Allocation], d: Deployment, now: float
+) -> tuple[dict, str, bool]:
+    """The group's new state, why it failed ("" if not), whether it is done."""
+    strategy = job.update_for(group)
+    spec = deploy.group_hash(job, group)
+    mine = [a for a in allocs if a.task_group == group.name]
+    new = [a for a in mine if a.group_hash == spec]
+    wanted_new = [a for a in new if a.desired_status == DesiredStatus.RUN]
+    placed = [a for a in new if a.create_time >= d.create_time]
+    healthy = sum(1 for a in wanted_new if deploy.is_healthy(a, group, strategy, now))
+    reasons = [deploy.is_unhealthy(a, group, strategy, now) for a in placed]
+    reasons = [r for r in reasons if r]
+    state = dict(state)
+    if healthy > state.get("healthy", 0):
+        state["progress_deadline"] = now + strategy.progress_deadline
+    promoted = bool(state.get("promoted"))
+    if not promoted:
+        state["placed_canaries"] = len([a for a in placed if a.desired_status == DesiredStatus.RUN])
+        if strategy.auto_promote and healthy >= strategy.canary:
+            promoted = True
+    old_left = any(a.desired_status == DesiredStatus.RUN and a.group_hash != spec for a in mine)
+    state.update(placed=len(placed), healthy=healthy, unhealthy=len(reasons), promoted=promoted)
+    finished = promoted and healthy >= group.count and not old_left
+    why = f"group {group.name}: {reasons[0]}" if reasons else ""
+    # progress_deadline 0: no deadline (the update block's rule, as Nomad's).
+    deadline = float(state.get("progress_deadline") or 0) if strategy.progress_deadline else 0
+    if not why and not finished and deadline and now > deadline:
+        limit = strategy.progress_deadline
+        why = f"group {group.name}: no progress within progress_deadline {limit:g}s"
+    return state, why, finished
+
+
+def promote(store, deployment_id: str, now: float) -> Deployment:
+    """Promote a running deployment's canaries; Conflict if it is not running."""
+    d = store.get_deployment(deployment_id)
+    if not d.active:
+        raise Conflict(f"deployment {deployment_id} is {d.status.value}, not running")
+    groups = {name: {**state, "promoted": True} for name, state in d.groups.items()}
+    d = replace(d, groups=groups, modify_time=now, status_description="deployment promoted")
+    store.put_deployment(d)
+    return d

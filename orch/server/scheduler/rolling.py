@@ -1,0 +1,86 @@
+"""Rolling replacement of a changed service group (Nomad's update block).
+
+Unlike Nomad, which stops an old copy first under max_parallel, an old copy
+is stopped only once its replacement is healthy (issue #11): a slot holds the
+old and the new copy side by side meanwhile, so the group never serves with
+fewer than ``count`` copies minus those not yet replaced. At most
+``max_parallel`` replacements are in flight; with ``canary: N`` only N are
+placed until the deployment is promoted, and old copies are kept until then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from orch.server import deploy
+from orch.structs import Allocation, AllocStatus, Deployment, DesiredStatus, Job, TaskGroup
+
+GROUP_CHANGED = "group changed"
+DUPLICATE = "duplicate"
+REPLACED = "replaced by a healthy copy"
+
+# _reconcile_slot's signature (job, group, index, allocs, spec_hash, now, result)
+SlotRule = Callable[..., None]
+
+
+def reconcile_rolling(
+    job: Job,
+    group: TaskGroup,
+    slots: dict[int, list[Allocation]],
+    spec_hash: str,
+    deployment: Deployment | None,
+    now: float,
+    result,
+    slot_rule: SlotRule,
+) -> None:
+    """Reconcile slots 0..count-1 of a group under its update strategy."""
+    strategy = job.update_for(group)
+    state = (deployment.groups.get(group.name) if deployment else None) or {}
+    active = deployment is not None and deployment.active and deployment.job_version == job.version
+    promoted = bool(state.get("promoted", strategy.canary == 0))
+    waiting: list[tuple[int, Allocation]] = []
+    replacing = in_flight = 0
+    for index in range(group.count):
+        allocs = slots.get(index, [])
+        wanted = sorted(
+            (a for a in allocs if a.desired_status == DesiredStatus.RUN),
+            key=lambda a: a.create_time,
+        )
+        new = [a for a in wanted if a.group_hash == spec_hash]
+        old = [a for a in wanted if a.group_hash != spec_hash]
+        if not old:
+            slot_rule(job, group, index, allocs, spec_hash, now, result)
+            continue
+        keep_old = old[-1]
+        result.stop += [(a, DUPLICATE) for a in old[:-1]]
+        if not new:
+            if keep_old.client_status in (AllocStatus.RUNNING, AllocStatus.PENDING):
+                waiting.append((index, keep_old))
+            else:
+                # Gone or failed: nothing to keep serving, replace it now.
+                result.stop.append((keep_old, GROUP_CHANGED))
+                result.place.append((group, index, None))
+            continue
+        replacing += 1
+        slot_rule(job, group, index, new, spec_hash, now, result)
+        if promoted and deploy.is_healthy(new[-1], group, strategy, now):
+            result.stop.append((keep_old, REPLACED))
+            continue
+        result.keep.append(keep_old)
+        if promoted:
+            in_flight += 1
+        at = deploy.healthy_at(new[-1], group, strategy)
+        if at is not None and at > now:
+            result.defer(at)  # min_healthy_time ends: look again then
+    if not active:
+        budget = 0  # failed, cancelled or not yet created: no new copies
+    elif promoted:
+        # max_parallel 0: every copy at once (old ones still wait for theirs).
+        budget = (strategy.max_parallel or group.count) - in_flight
+    else:
+        budget = strategy.canary - replacing
+    for index, alloc in waiting:
+        if budget > 0:
+            result.place.append((group, index, None))
+            budget -= 1
+        result.keep.append(alloc)

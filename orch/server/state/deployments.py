@@ -1,0 +1,91 @@
+"""Deployments: durable rows, read from SQLite (few, and read rarely).
+
+The web UI and the deployment watcher read them from here, never from a
+worker's memory, so a restarted or new leader carries on where one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+
+from orch import codec
+from orch.errors import NotFound
+from orch.server.state.store import StoreCore, _dump
+from orch.structs import Deployment
+
+
+class Deployments(StoreCore):
+    """Deployment rows and the `stable` mark of job versions."""
+
+    _UPSERT = (
+        "INSERT OR REPLACE INTO deployments "
+        "(deployment_id, job_id, job_version, status, create_time, body) VALUES (?,?,?,?,?,?)"
+    )
+
+    def _deployment_rows(self, where: str, args: tuple) -> list[Deployment]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT body FROM deployments WHERE {where} ORDER BY create_time DESC, rowid DESC",
+                args,
+            ).fetchall()
+        return [codec.deployment_from(json.loads(body)) for (body,) in rows]
+
+    def put_deployment(self, deployment: Deployment, *, stable_version: bool = False) -> None:
+        """Write a deployment; with stable_version, mark its job version stable too."""
+        d = deployment
+        statements: list[tuple[str, list]] = [
+            (
+                self._UPSERT,
+                [
+                    (
+                        d.deployment_id,
+                        d.job_id,
+                        d.job_version,
+                        d.status.value,
+                        d.create_time,
+                        _dump(d),
+                    )
+                ],
+            )
+        ]
+        if stable_version:
+            statements.append(
+                (
+                    "UPDATE job_versions SET stable = 1 WHERE job_id = ? AND version = ?",
+                    [(d.job_id, d.job_version)],
+                )
+            )
+        with self._lock:
+            self._write(statements)
+
+    def get_deployment(self, deployment_id: str) -> Deployment:
+        """One deployment; NotFound if unknown."""
+        found = self._deployment_rows("deployment_id = ?", (deployment_id,))
+        if not found:
+            raise NotFound(f"deployment {deployment_id} not found")
+        return found[0]
+
+    def deployments_for_job(self, job_id: str) -> list[Deployment]:
+        """A job's deployments, newest first."""
+        return self._deployment_rows("job_id = ?", (job_id,))
+
+    def latest_deployment(self, job_id: str) -> Deployment | None:
+        found = self.deployments_for_job(job_id)
+        return found[0] if found else None
+
+    def running_deployments(self) -> list[Deployment]:
+        return self._deployment_rows("status = ?", ("running",))
+
+    def last_stable_version(self, job_id: str, below: int) -> int | None:
+        """The newest stable version of a job older than ``below``, if one is kept.
+
+        A version no deployment ever ran for (a first registration) counts as
+        stable: it went live whole, as Nomad marks a job's first version."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MAX(version) FROM job_versions WHERE job_id = ? AND version < ? "
+                "AND (stable = 1 OR version NOT IN "
+                "(SELECT job_version FROM deployments WHERE job_id = ?))",
+                (job_id, below, job_id),
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
