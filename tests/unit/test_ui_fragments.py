@@ -291,3 +291,23 @@ def test_the_jobs_fragment_renders_1000_jobs_fast(tmp_path):
         assert elapsed < 0.3, f"1000 jobs rendered in {elapsed * 1000:.0f} ms"
     finally:
         srv.stop()
+
+
+def test_the_job_page_shows_the_latest_deployment_with_its_buttons(app, server):
+    from orch.structs import Deployment
+
+    status, _, text = request(app, "GET", "/ui/jobs/web?fragment=1")
+    assert status == 200 and "No deployments yet." in text
+    server.store.put_deployment(
+        Deployment(
+            deployment_id="d1d2d3d4-0000",
+            job_id="web",
+            job_version=1,
+            groups={"g": {"desired_total": 2, "desired_canaries": 1, "placed": 1, "healthy": 1}},
+            create_time=time.time(),
+        )
+    )
+    status, _, text = request(app, "GET", "/ui/jobs/web?fragment=1")
+    assert status == 200 and 'id="deployment-status"' in text and ">running<" in text
+    assert "1 of 2 healthy" in text and "waiting for promotion" in text
+    assert 'id="btn-promote"' in text and 'id="btn-fail"' in text

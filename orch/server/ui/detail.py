@@ -60,6 +60,40 @@ def job_detail(server: Server, job_id: str) -> dict:
         "allocs": [alloc_row(a, now) for a in ordered],
         "evals": [eval_row(e, now) for e in evals[:20]],
         "eval_count": len(evals),
+        "deployment": deployment_row(store.latest_deployment(job_id), now),
+    }
+
+
+def deployment_row(deployment, now: float) -> dict | None:
+    """The job's latest deployment: status, why, and per-group progress."""
+    if deployment is None:
+        return None
+    groups = []
+    for name, g in sorted(deployment.groups.items()):
+        total = int(g.get("desired_total") or 0)
+        healthy = int(g.get("healthy") or 0)
+        groups.append(
+            {
+                "name": name,
+                "healthy": healthy,
+                "total": total,
+                "placed": int(g.get("placed") or 0),
+                "unhealthy": int(g.get("unhealthy") or 0),
+                "canaries": int(g.get("desired_canaries") or 0),
+                "promoted": bool(g.get("promoted")),
+                "pct": round(100.0 * healthy / total, 1) if total else 0.0,
+            }
+        )
+    return {
+        "id": deployment.deployment_id,
+        "version": deployment.job_version,
+        "status": deployment.status.value,
+        "description": deployment.status_description,
+        "active": deployment.active,
+        "needs_promotion": deployment.active
+        and any(g["canaries"] and not g["promoted"] for g in groups),
+        "when": when(deployment.create_time, now),
+        "groups": groups,
     }
 
 

@@ -283,6 +283,8 @@
     "btn-stop": { ask: "Stop job %s? Its allocations will be stopped.", run: (id) => send("DELETE", `/jobs/${enc(id)}`) },
     "btn-restart": { ask: "Restart job %s? Every allocation is replaced.", run: (id) => send("POST", `/jobs/${enc(id)}/restart`, {}) },
     "btn-delete": { ask: "Delete job %s and everything it left behind? This cannot be undone.", run: (id) => send("POST", `/jobs/${enc(id)}/delete`, {}) },
+    "btn-promote": { ask: "Promote deployment %s? Its canaries replace the old copies.", run: (id) => send("POST", `/deployments/${enc(id)}/promote`, {}) },
+    "btn-fail": { ask: "Fail deployment %s? With auto_revert the job rolls back.", run: (id) => send("POST", `/deployments/${enc(id)}/fail`, {}) },
   };
 
   document.addEventListener("click", async (event) => {
@@ -290,7 +292,7 @@
     if (!button) return;
     const action = ACTIONS[button.id];
     if (action) {
-      const id = button.dataset.jobId;
+      const id = button.dataset.jobId || button.dataset.deploymentId;
       if (!window.confirm(action.ask.replace("%s", id))) return;
       button.disabled = true;
       try {

@@ -49,7 +49,28 @@
 </section>
 <section class="card" id="deployment">
 <h2>Deployment</h2>
+% d = job['deployment']
+% if d is None:
 <p class="empty">No deployments yet.</p>
+% else:
+<div class="toolbar">
+  <span id="deployment-status" class="status s-{{d['status']}}" data-status="{{d['status']}}">{{d['status']}}</span>
+  <span class="mono" title="{{d['id']}}">{{d['id'][:8]}}</span>
+  <span class="muted">version {{d['version']}}, started <time datetime="{{d['when']['iso']}}" title="{{d['when']['iso']}}">{{d['when']['age']}}</time> ago{{'. ' + d['description'] if d['description'] else ''}}</span>
+  <span class="spacer"></span>
+% if d['needs_promotion']:
+  <button id="btn-promote" type="button" data-deployment-id="{{d['id']}}">Promote</button>
+% end
+% if d['active']:
+  <button id="btn-fail" type="button" class="danger" data-deployment-id="{{d['id']}}">Fail</button>
+% end
+</div>
+<div class="groups">
+% for g in d['groups']:
+<div class="group-bar deploy-group" data-group="{{g['name']}}"><span class="gname">{{g['name']}}</span><span class="meter"><i style="width:{{g['pct']}}%"></i></span><span class="counts">{{g['healthy']}} of {{g['total']}} healthy, {{g['placed']}} placed, {{g['unhealthy']}} unhealthy{{', canaries %d (%s)' % (g['canaries'], 'promoted' if g['promoted'] else 'waiting for promotion') if g['canaries'] else ''}}</span></div>
+% end
+</div>
+% end
 </section>
 <section class="card">
 <h2>Versions</h2>
