@@ -89,7 +89,7 @@ def machine() -> dict:
     }
 
 
-def web_job(job_id: str, script: Path, copies: int, version: str) -> dict:
+def web_job(job_id: str, script: Path, copies: int, version: str, delay: str) -> dict:
     """A service job of `copies` HTTP servers answering `version`."""
     check = {"type": "http", "path": "/", "interval": "100ms", "timeout": "1s"}
     command = [sys.executable, str(script), "${ORCH_PORT_http}", version]
@@ -106,6 +106,9 @@ def web_job(job_id: str, script: Path, copies: int, version: str) -> dict:
             {
                 "name": "web",
                 "count": copies,
+                # Out of the catalog before the kill: a client that resolved
+                # an old copy a moment ago still gets its answer.
+                "shutdown_delay": delay,
                 "network": {"ports": [{"label": "http"}]},
                 "services": [{"name": job_id, "port": "http", "checks": [check]}],
                 "tasks": [
@@ -210,26 +213,31 @@ class Client(threading.Thread):
         self.join(10)
 
 
-def one_run(orch: Orch, script: Path, copies: int, run: int) -> dict:
+def one_run(orch: Orch, script: Path, copies: int, run: int, delay: str) -> dict:
     """Cold start then rollout of `copies` copies; the job is stopped at the end."""
     job_id = f"roll{copies}-{run}"
     budget = 60 + 4 * copies
-    orch.submit(web_job(job_id, script, copies, "v1"))
+    orch.submit(web_job(job_id, script, copies, "v1", delay))
     cold = wait_for(lambda: len(orch.healthy(job_id)) >= copies, budget, f"{copies} healthy v1")
     client = Client(orch, job_id)
     client.start()
     try:
         started = time.perf_counter()
-        orch.submit(web_job(job_id, script, copies, "v2"))
+        orch.submit(web_job(job_id, script, copies, "v2", delay))
+
+        served: list[float] = []
 
         def rolled() -> bool:
+            # The catalog can show N healthy v2 copies before the deployment
+            # is marked successful: both moments are kept.
+            if not served:
+                healthy = orch.healthy(job_id)
+                if len(healthy) == copies and answers(healthy) == ["v2"] * copies:
+                    served.append(time.perf_counter() - started)
             d = orch.get(f"/jobs/{job_id}/deployment")
-            if d.get("job_version") != 1 or d.get("status") != "successful":
-                if d.get("status") == "failed":
-                    raise RuntimeError(f"deployment failed: {d.get('status_description')}")
-                return False
-            healthy = orch.healthy(job_id)
-            return len(healthy) == copies and answers(healthy) == ["v2"] * copies
+            if d.get("status") == "failed":
+                raise RuntimeError(f"deployment failed: {d.get('status_description')}")
+            return bool(served) and d.get("job_version") == 1 and d.get("status") == "successful"
 
         wait_for(rolled, budget, f"{copies} copies rolled to v2")
         rollout = time.perf_counter() - started
@@ -239,9 +247,16 @@ def one_run(orch: Orch, script: Path, copies: int, run: int) -> dict:
     wait_for(lambda: not orch.healthy(job_id), budget, f"{job_id} to stop")
     log(
         f"  {copies} copies run {run}: cold {cold:.2f}s rollout {rollout:.2f}s "
+        f"(all on v2 after {served[0]:.2f}s) "
         f"requests {client.sent} failed {client.failed} {client.errors[:3]}"
     )
-    return {"cold_s": cold, "rollout_s": rollout, "sent": client.sent, "failed": client.failed}
+    return {
+        "cold_s": cold,
+        "rollout_s": rollout,
+        "served_v2_s": served[0],
+        "sent": client.sent,
+        "failed": client.failed,
+    }
 
 
 def bench_orch(args: argparse.Namespace, workdir: Path) -> dict:
@@ -256,13 +271,14 @@ def bench_orch(args: argparse.Namespace, workdir: Path) -> dict:
         cluster.wait_healthy()
         orch = Orch(cluster.url)
         for copies in args.copies:
-            runs = [one_run(orch, script, copies, r) for r in range(args.runs)]
+            runs = [one_run(orch, script, copies, r, args.shutdown_delay) for r in range(args.runs)]
             cold = statistics.median(r["cold_s"] for r in runs)
             roll = statistics.median(r["rollout_s"] for r in runs)
             out[str(copies)] = {
                 "cold_s": round(cold, 2),
                 "rollout_s": round(roll, 2),
                 "ratio": round(roll / cold, 2),
+                "served_v2_s": round(statistics.median(r["served_v2_s"] for r in runs), 2),
                 "requests": sum(r["sent"] for r in runs),
                 "failed_requests": sum(r["failed"] for r in runs),
             }
@@ -357,6 +373,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pyz", type=Path, default=DEFAULT_PYZ, help="the built zipapp")
     p.add_argument("--copies", default="10,50", help="comma-separated copy counts")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument(
+        "--shutdown-delay", default="500ms", help="the group's shutdown_delay (0s: kill at once)"
+    )
     p.add_argument("--no-swarm", action="store_true", help="skip the Docker Swarm peer")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     p.add_argument("--workdir", default=None, help="where the cluster's files go")
@@ -371,6 +390,7 @@ def main(argv=None) -> int:
         sys.exit(f"{args.pyz} not found: build it with `python build/make_pyz.py`")
     workdir = Path(tempfile.mkdtemp(prefix="orch-bench-rollout-", dir=args.workdir))
     result: dict = {"machine": machine(), "max_parallel": MAX_PARALLEL, "runs": args.runs}
+    result["shutdown_delay"] = args.shutdown_delay
     log(f"host: {result['machine']}")
     result["orch"] = bench_orch(args, workdir)
     result["swarm"] = bench_swarm(args)
