@@ -71,6 +71,9 @@ def web_job(script, version: str, build: str = "good") -> dict:
             {
                 "name": "web",
                 "count": COUNT,
+                # As Nomad users do: a stopped copy leaves the catalog, then waits
+                # before its signal, so a client that resolved it just before is served.
+                "shutdown_delay": "500ms",
                 "network": {"ports": [{"label": "http"}]},
                 "services": [{"name": SERVICE, "port": "http", "checks": [check]}],
                 "tasks": [

@@ -58,6 +58,9 @@ def docker_job(version: str, build: str = "good") -> dict:
             {
                 "name": "web",
                 "count": COUNT,
+                # As Nomad users do: a stopped copy leaves the catalog, then waits
+                # before its signal, so a client that resolved it just before is served.
+                "shutdown_delay": "500ms",
                 "network": {"ports": [{"label": "http", "to": CONTAINER_PORT}]},
                 "services": [{"name": "roll-svc", "port": "http", "checks": [check]}],
                 "tasks": [
