@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
-from wsgiref.util import setup_testing_defaults
-
 import pytest
 
 from orch.config import ServerConfig
@@ -14,6 +10,8 @@ from orch.server.api import make_app
 from orch.server.server import Server
 from orch.server.state import StateStore
 from orch.server.versions import diff
+
+from helpers import call
 
 
 def spec(count=1, command="true", job_id="web") -> dict:
@@ -42,28 +40,6 @@ def server(tmp_path):
     srv = Server(ServerConfig(data_dir=str(tmp_path), job_versions=3))
     yield srv
     srv.stop()
-
-
-def call(app, method, path, body=None):
-    raw = json.dumps(body).encode() if body is not None else b""
-    environ: dict = {}
-    setup_testing_defaults(environ)
-    environ.update(
-        REQUEST_METHOD=method,
-        PATH_INFO=path,
-        CONTENT_LENGTH=str(len(raw)),
-        CONTENT_TYPE="application/json",
-        **{"wsgi.input": io.BytesIO(raw)},
-    )
-    captured = {}
-
-    def start_response(status, headers, exc_info=None):
-        captured["status"] = int(status.split()[0])
-        captured["headers"] = dict(headers)
-
-    out = b"".join(app(environ, start_response))
-    assert captured["headers"]["Content-Type"].startswith("application/json"), out
-    return captured["status"], json.loads(out)
 
 
 # ---- diff ------------------------------------------------------------------

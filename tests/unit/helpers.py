@@ -1,0 +1,41 @@
+"""Helpers shared by the unit tests: calls through the server's WSGI app."""
+
+import io
+import json
+from wsgiref.util import setup_testing_defaults
+
+
+def request(app, method, path, *, body=b"", headers=None):
+    """(status, headers, text) of one call to the WSGI app; ``path`` may hold ``?query``."""
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    path, _, query = path.partition("?")
+    environ.update(
+        {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "CONTENT_LENGTH": str(len(body)),
+            "CONTENT_TYPE": "application/json",
+            "wsgi.input": io.BytesIO(body),
+        }
+    )
+    for key, value in (headers or {}).items():
+        environ["HTTP_" + key.upper().replace("-", "_")] = value
+    captured = {}
+
+    def start_response(status, response_headers, exc_info=None):
+        captured["status"] = int(status.split()[0])
+        captured["headers"] = dict(response_headers)
+
+    out = b"".join(app(environ, start_response)).decode()
+    return captured["status"], captured["headers"], out
+
+
+def call(app, method, path, body=None, headers=None, query=""):
+    """(status, JSON body) of one call; ``body`` is bytes as they are, else encoded as JSON."""
+    raw = body if isinstance(body, bytes) else (b"" if body is None else json.dumps(body).encode())
+    target = f"{path}?{query}" if query else path
+    status, response_headers, out = request(app, method, target, body=raw, headers=headers)
+    assert response_headers["Content-Type"].startswith("application/json"), out
+    return status, json.loads(out)
