@@ -1,8 +1,11 @@
-"""Helpers shared by the unit tests: calls through the server's WSGI app."""
+"""Helpers shared by the unit tests: calls through the server's WSGI app, clusters."""
 
 import io
 import json
 from wsgiref.util import setup_testing_defaults
+
+from orch.server.scheduler.cluster import Cluster
+from orch.structs import Node, Resources
 
 
 def request(app, method, path, *, body=b"", headers=None):
@@ -39,3 +42,18 @@ def call(app, method, path, body=None, headers=None, query=""):
     status, response_headers, out = request(app, method, target, body=raw, headers=headers)
     assert response_headers["Content-Type"].startswith("application/json"), out
     return status, json.loads(out)
+
+
+def cluster_of(*specs) -> Cluster:
+    """specs: (node_id, region, cpu, memory); every node runs exec tasks."""
+    cluster = Cluster()
+    for node_id, region, cpu, memory in specs:
+        cluster.upsert_node(
+            Node(
+                node_id,
+                region=region,
+                resources=Resources(cpu, memory),
+                attributes={"driver.exec": True},
+            )
+        )
+    return cluster
