@@ -1,9 +1,10 @@
-"""Helpers shared by the unit tests: calls through the server's WSGI app, clusters."""
+"""Helpers shared by the unit tests: WSGI calls, clusters, task contexts, log reads."""
 
 import io
 import json
 from wsgiref.util import setup_testing_defaults
 
+from orch.agent.drivers.base import TaskContext
 from orch.server.scheduler.cluster import Cluster
 from orch.structs import Node, Resources
 
@@ -57,3 +58,26 @@ def cluster_of(*specs) -> Cluster:
             )
         )
     return cluster
+
+
+def store_task_context(store, command: str = "sleep 300") -> TaskContext:
+    """Task t of allocation a1 (job j1) running ``command``, in the agent store's dirs."""
+    return TaskContext(
+        "a1",
+        "j1",
+        "t",
+        {"command": command},
+        Resources(),
+        store.task_dir("a1", "t"),
+        store.log_path("a1", "t", "stdout"),
+        store.log_path("a1", "t", "stderr"),
+    )
+
+
+def read_or_empty(path) -> str:
+    """The file's text; "" while it does not exist yet."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""

@@ -13,17 +13,10 @@ import pytest
 from orch.agent.drivers.base import TaskContext
 from orch.agent.drivers.docker import DockerDriver
 from orch.structs import Resources
-from tests.docker_image import TEST_IMAGE, ensure_test_image, remove_containers, require_engine
+from tests.docker_image import TEST_IMAGE, remove_containers
 
+from helpers import read_or_empty
 from waiting import wait_for
-
-
-@pytest.fixture(scope="module")
-def engine():
-    client = require_engine()
-    ensure_test_image(client)
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -56,27 +49,19 @@ def start(tmp_path, engine):
     remove_containers(engine, alloc_id)
 
 
-def _read(path) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
-
-
 def test_the_kill_signal_reaches_the_container(start, engine):
     ctx, handle = start("trap 'echo got INT; exit 0' INT; echo ready; while :; do sleep 0.1; done")
-    assert wait_for(lambda: "ready" in _read(ctx.stdout_path), timeout=30)
+    assert wait_for(lambda: "ready" in read_or_empty(ctx.stdout_path), timeout=30)
     start.driver.stop(handle, 10, signal.SIGINT)
     result = start.driver.wait(handle, 5)
     assert result is not None and result.exit_code == 0
-    assert wait_for(lambda: "got INT" in _read(ctx.stdout_path), timeout=10)
+    assert wait_for(lambda: "got INT" in read_or_empty(ctx.stdout_path), timeout=10)
     assert engine.containers.list(all=True, filters={"id": handle.container_id}) == []
 
 
 def test_an_ignored_signal_ends_in_sigkill_after_the_timeout(start, engine):
     ctx, handle = start("trap '' INT TERM; echo ready; while :; do sleep 0.1; done")
-    assert wait_for(lambda: "ready" in _read(ctx.stdout_path), timeout=30)
+    assert wait_for(lambda: "ready" in read_or_empty(ctx.stdout_path), timeout=30)
     began = time.monotonic()
     start.driver.stop(handle, 1, signal.SIGINT)
     assert 1.0 <= time.monotonic() - began < 8
