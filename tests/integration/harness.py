@@ -238,6 +238,25 @@ def http_get(url: str, token: str | None = None, timeout: float = 2.0) -> reques
     return requests.get(url, headers=headers, timeout=timeout)
 
 
+def get_json(server, path: str) -> dict:
+    """The JSON answer of GET ``path`` on ``server`` (anything with a ``url``); 200 or fail."""
+    resp = requests.get(server.url + path, timeout=TIMEOUT)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def orch_cli(pyz, server, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the zipapp's CLI with ``args`` against ``server`` (anything with a ``url``)."""
+    return subprocess.run(
+        [sys.executable, str(pyz), *args, "--address", server.url],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=clean_env(),
+    )
+
+
 def nodes(base_url: str, token: str | None = None) -> list[dict]:
     resp = http_get(base_url + "/nodes", token)
     resp.raise_for_status()

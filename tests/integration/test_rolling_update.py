@@ -18,7 +18,8 @@ import threading
 import pytest
 import requests
 
-from harness import clean_env, wait_until
+from harness import get_json as get
+from harness import orch_cli, wait_until
 
 WEB = textwrap.dedent(
     """
@@ -79,12 +80,6 @@ def web_job(script, version: str, build: str = "good") -> dict:
     }
 
 
-def get(server, path: str) -> dict:
-    resp = requests.get(server.url + path, timeout=5)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
-
-
 def healthy(server) -> list[dict]:
     return get(server, f"/services/{SERVICE}?healthy=true")["instances"]
 
@@ -124,14 +119,7 @@ class CatalogWatch(threading.Thread):
 def run_cli(pyz, server, tmp_path, job: dict) -> subprocess.CompletedProcess:
     path = tmp_path / f"job-{random.randrange(1 << 30)}.json"
     path.write_text(json.dumps(job))
-    return subprocess.run(
-        [sys.executable, str(pyz), "job", "run", str(path), "--address", server.url],
-        capture_output=True,
-        text=True,
-        timeout=170,
-        stdin=subprocess.DEVNULL,
-        env=clean_env(),
-    )
+    return orch_cli(pyz, server, "job", "run", str(path), timeout=170)
 
 
 @pytest.fixture
@@ -193,14 +181,7 @@ def test_rolling_update_keeps_healthy_copies_then_a_bad_version_reverts(
 
 
 def cli(pyz, server, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(pyz), *args, "--address", server.url],
-        capture_output=True,
-        text=True,
-        timeout=170,
-        stdin=subprocess.DEVNULL,
-        env=clean_env(),
-    )
+    return orch_cli(pyz, server, *args, timeout=170)
 
 
 def alloc_ids(server) -> set[str]:
