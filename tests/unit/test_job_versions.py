@@ -10,29 +10,13 @@ from orch.server.api import make_app
 from orch.server.server import Server
 from orch.server.state import StateStore
 from orch.server.versions import diff
+from tests.jobspec import exec_job
 
 from helpers import call
 
 
 def spec(count=1, command="true", job_id="web") -> dict:
-    return {
-        "job_id": job_id,
-        "type": "batch",
-        "task_groups": [
-            {
-                "name": "g",
-                "count": count,
-                "tasks": [
-                    {
-                        "name": "t",
-                        "driver": "exec",
-                        "config": {"command": command},
-                        "resources": {"cpu": 10, "memory": 16},
-                    }
-                ],
-            }
-        ],
-    }
+    return exec_job(job_id, command, count=count, cpu=10, memory=16)
 
 
 @pytest.fixture
