@@ -245,15 +245,19 @@ def get_json(server, path: str) -> dict:
     return resp.json()
 
 
-def orch_cli(pyz, server, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run the zipapp's CLI with ``args`` against ``server`` (anything with a ``url``)."""
+def orch_cli(
+    pyz, server, *args: str, timeout: float = 60, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run the zipapp's CLI with ``args`` against ``server`` (anything with a ``url``).
+
+    ``env``: ORCH_* variables to set in the otherwise clean environment."""
     return subprocess.run(
         [sys.executable, str(pyz), *args, "--address", server.url],
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
-        env=clean_env(),
+        env=clean_env(env),
     )
 
 
