@@ -81,3 +81,32 @@ def read_or_empty(path) -> str:
             return f.read()
     except FileNotFoundError:
         return ""
+
+
+class TaskStarter:
+    """Starts task ``t`` of one allocation on a driver, once per command; stops them all."""
+
+    def __init__(self, driver, alloc_id: str, task_dir, *, config=None, env=None):
+        self.driver, self.alloc_id, self.task_dir = driver, alloc_id, task_dir
+        self.config, self.env = config or {}, env or {}
+        self.handles: list = []
+
+    def __call__(self, command):
+        ctx = TaskContext(
+            alloc_id=self.alloc_id,
+            job_id="j1",
+            task_name="t",
+            config={**self.config, "command": command},
+            resources=Resources(100, 64),
+            task_dir=str(self.task_dir),
+            stdout_path=str(self.task_dir / "stdout.log"),
+            stderr_path=str(self.task_dir / "stderr.log"),
+            env=self.env,
+        )
+        handle = self.driver.start(ctx)
+        self.handles.append(handle)
+        return ctx, handle
+
+    def stop_all(self, timeout: float) -> None:
+        for handle in self.handles:
+            self.driver.stop(handle, timeout)

@@ -10,42 +10,22 @@ import uuid
 
 import pytest
 
-from orch.agent.drivers.base import TaskContext
 from orch.agent.drivers.docker import DockerDriver
-from orch.structs import Resources
 from tests.docker_image import TEST_IMAGE, remove_containers
 
-from helpers import read_or_empty
+from helpers import TaskStarter, read_or_empty
 from waiting import wait_for
 
 
 @pytest.fixture
 def start(tmp_path, engine):
-    driver = DockerDriver()
     alloc_id = f"test-{uuid.uuid4().hex[:12]}"
-    handles = []
-
-    def run(command):
-        task_dir = tmp_path / "t"
-        ctx = TaskContext(
-            alloc_id=alloc_id,
-            job_id="j1",
-            task_name="t",
-            config={"image": TEST_IMAGE, "command": command},
-            resources=Resources(100, 64),
-            task_dir=str(task_dir),
-            stdout_path=str(task_dir / "stdout.log"),
-            stderr_path=str(task_dir / "stderr.log"),
-            env={"ORCH_ALLOC_ID": alloc_id},
-        )
-        handle = driver.start(ctx)
-        handles.append(handle)
-        return ctx, handle
-
-    run.driver = driver
+    env = {"ORCH_ALLOC_ID": alloc_id}
+    run = TaskStarter(
+        DockerDriver(), alloc_id, tmp_path / "t", config={"image": TEST_IMAGE}, env=env
+    )
     yield run
-    for handle in handles:
-        driver.stop(handle, 1)
+    run.stop_all(1)
     remove_containers(engine, alloc_id)
 
 

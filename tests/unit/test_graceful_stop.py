@@ -10,7 +10,6 @@ import pytest
 from orch import codec
 from orch.agent.agent import Agent
 from orch.agent.allocrunner import AllocRunner
-from orch.agent.drivers.base import TaskContext
 from orch.agent.drivers.exec import ExecDriver
 from orch.agent.spec import parse_alloc
 from orch.agent.state import AgentStore
@@ -20,7 +19,7 @@ from orch.jobspec import parse_job
 from orch.server.push import alloc_payload
 from orch.structs import Allocation, AllocStatus, Resources
 
-from helpers import read_or_empty, store_task_context
+from helpers import TaskStarter, read_or_empty, store_task_context
 from waiting import group_pids, wait_for
 
 
@@ -106,30 +105,10 @@ def test_the_agent_validates_what_it_is_sent():
 
 @pytest.fixture
 def start(tmp_path):
-    driver = ExecDriver()
-    handles = []
-
-    def run(command):
-        task_dir = tmp_path / "allocs" / "a1" / "t"
-        ctx = TaskContext(
-            alloc_id="a1",
-            job_id="j1",
-            task_name="t",
-            config={"command": command},
-            resources=Resources(100, 64),
-            task_dir=str(task_dir),
-            stdout_path=str(task_dir / "stdout.log"),
-            stderr_path=str(task_dir / "stderr.log"),
-            env={"ORCH_TASK_DIR": str(task_dir)},
-        )
-        handle = driver.start(ctx)
-        handles.append(handle)
-        return ctx, handle
-
-    run.driver = driver
+    task_dir = tmp_path / "allocs" / "a1" / "t"
+    run = TaskStarter(ExecDriver(), "a1", task_dir, env={"ORCH_TASK_DIR": str(task_dir)})
     yield run
-    for handle in handles:
-        driver.stop(handle, 0.5)
+    run.stop_all(0.5)
 
 
 def test_exec_stop_sends_the_kill_signal(start, tmp_path):
