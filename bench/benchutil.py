@@ -6,12 +6,27 @@ import http.client
 import json
 import os
 import socket
+import subprocess
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
 def log(line: str) -> None:
     print(line, flush=True)
+
+
+def spawn(argv: list[str], log_path: Path, env: dict) -> subprocess.Popen:
+    """Start ``argv`` in its own session, stdout and stderr to ``log_path``."""
+    out = open(log_path, "wb")
+    return subprocess.Popen(
+        argv,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def free_port() -> int:

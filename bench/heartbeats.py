@@ -49,7 +49,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
-from benchutil import check_targets, free_port, log, percentile  # bench/ is on sys.path
+from benchutil import check_targets, free_port, log, percentile, spawn  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
@@ -366,27 +366,20 @@ def cpu_seconds(proc: psutil.Process) -> float:
 def start_server(
     pyz: Path, workdir: Path, port: int, ttl: float, log_level: str, env: dict
 ) -> subprocess.Popen:
-    out = open(workdir / "server.log", "wb")
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(pyz),
-            "server",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(workdir / "server"),
-            "--node-ttl",
-            f"{ttl:g}",
-            "--log-level",
-            log_level,
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
+    argv = [
+        sys.executable,
+        str(pyz),
+        "server",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(workdir / "server"),
+        "--node-ttl",
+        f"{ttl:g}",
+        "--log-level",
+        log_level,
+    ]
+    return spawn(argv, workdir / "server.log", env)
 
 
 def wait_health(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:

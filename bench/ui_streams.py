@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
-from benchutil import check_targets, free_port  # bench/ is on sys.path
+from benchutil import check_targets, free_port, spawn  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
@@ -103,15 +103,8 @@ def measure_streams(
 
 
 def start_server(pyz: Path, workdir: Path, port: int, env: dict) -> subprocess.Popen:
-    out = open(workdir / "server.log", "wb")
-    return subprocess.Popen(
-        [sys.executable, str(pyz), "server", "--port", str(port), "--data-dir", str(workdir)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
+    argv = [sys.executable, str(pyz), "server", "--port", str(port), "--data-dir", str(workdir)]
+    return spawn(argv, workdir / "server.log", env)
 
 
 def wait_health(url: str, server: subprocess.Popen, timeout: float = 30.0) -> None:
