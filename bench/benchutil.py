@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -27,6 +28,22 @@ def spawn(argv: list[str], log_path: Path, env: dict) -> subprocess.Popen:
         env=env,
         start_new_session=True,
     )
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM, up to 15 s, then SIGKILL to its session (started by spawn); reaped."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(server.pid, signal.SIGKILL)  # its own session, started here
+    except (ProcessLookupError, PermissionError):
+        pass
+    if server.poll() is None:
+        server.wait(timeout=10)
 
 
 def free_port() -> int:
