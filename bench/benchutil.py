@@ -5,13 +5,45 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
+import subprocess
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
 def log(line: str) -> None:
     print(line, flush=True)
+
+
+def spawn(argv: list[str], log_path: Path, env: dict) -> subprocess.Popen:
+    """Start ``argv`` in its own session, stdout and stderr to ``log_path``."""
+    out = open(log_path, "wb")
+    return subprocess.Popen(
+        argv,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM, up to 15 s, then SIGKILL to its session (started by spawn); reaped."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(server.pid, signal.SIGKILL)  # its own session, started here
+    except (ProcessLookupError, PermissionError):
+        pass
+    if server.poll() is None:
+        server.wait(timeout=10)
 
 
 def free_port() -> int:

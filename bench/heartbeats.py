@@ -37,7 +37,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
-from benchutil import check_targets, free_port, log, percentile  # bench/ is on sys.path
+from benchutil import (  # bench/ is on sys.path
+    check_targets,
+    free_port,
+    log,
+    percentile,
+    spawn,
+    stop_server,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
@@ -366,27 +372,20 @@ def cpu_seconds(proc: psutil.Process) -> float:
 def start_server(
     pyz: Path, workdir: Path, port: int, ttl: float, log_level: str, env: dict
 ) -> subprocess.Popen:
-    out = open(workdir / "server.log", "wb")
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(pyz),
-            "server",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(workdir / "server"),
-            "--node-ttl",
-            f"{ttl:g}",
-            "--log-level",
-            log_level,
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
+    argv = [
+        sys.executable,
+        str(pyz),
+        "server",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(workdir / "server"),
+        "--node-ttl",
+        f"{ttl:g}",
+        "--log-level",
+        log_level,
+    ]
+    return spawn(argv, workdir / "server.log", env)
 
 
 def wait_health(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -610,18 +609,7 @@ def main(argv=None) -> int:
         if load is not None:
             load.stop()
         fake.stop()
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(server.pid, signal.SIGKILL)  # its own session
-        except (ProcessLookupError, PermissionError):
-            pass
-        if server.poll() is None:
-            server.wait(timeout=10)
+        stop_server(server)
         if args.keep:
             log(f"work dir kept: {workdir}")
         else:

@@ -21,7 +21,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
-from benchutil import check_targets, free_port  # bench/ is on sys.path
+from benchutil import check_targets, free_port, spawn, stop_server  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
@@ -103,15 +102,8 @@ def measure_streams(
 
 
 def start_server(pyz: Path, workdir: Path, port: int, env: dict) -> subprocess.Popen:
-    out = open(workdir / "server.log", "wb")
-    return subprocess.Popen(
-        [sys.executable, str(pyz), "server", "--port", str(port), "--data-dir", str(workdir)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
+    argv = [sys.executable, str(pyz), "server", "--port", str(port), "--data-dir", str(workdir)]
+    return spawn(argv, workdir / "server.log", env)
 
 
 def wait_health(url: str, server: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -130,21 +122,6 @@ def wait_health(url: str, server: subprocess.Popen, timeout: float = 30.0) -> No
         finally:
             conn.close()
     raise RuntimeError("server not answering /health")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(server.pid, signal.SIGKILL)  # its own session, started here
-    except (ProcessLookupError, PermissionError):
-        pass
-    if server.poll() is None:
-        server.wait(timeout=10)
 
 
 def main(argv=None) -> int:

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from orch.agent import taskenv
 from orch.agent.drivers import select_driver
@@ -81,23 +82,14 @@ class AllocRunner:
             self.tasks[task.name] = runner
 
     @classmethod
-    def restore(
-        cls,
-        doc: dict,
-        spec: AllocSpec,
-        config: AgentConfig,
-        drivers: dict[str, Driver],
-        store: AgentStore,
-        on_change: Callable[[], None] = lambda: None,
-        now: Callable[[], float] = time.time,
-    ) -> AllocRunner:
+    def restore(cls, doc: dict, *args: Any, **kwargs: Any) -> AllocRunner:
         """Rebuild from alloc.json; live processes are reattached, dead ones lost.
 
         A task with no saved handle may have been started all the same (the
         agent died before saving it): its driver is asked to find it, and
         if it cannot, the task was never started and starts now.
         """
-        alloc = cls(spec, config, drivers, store, on_change, now)
+        alloc = cls(*args, **kwargs)
         alloc.start_time, alloc.end_time = doc.get("start_time"), doc.get("end_time")
         alloc.stopped = bool(doc.get("stopped"))
         states = doc.get("tasks") or {}

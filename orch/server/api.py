@@ -23,7 +23,7 @@ from orch.server import allocstats, catalog, ui, views
 from orch.server.metrics import render_metrics
 from orch.server.ui.streams import register_stream_routes
 from orch.server.versions import versions_view
-from orch.structs import Job
+from orch.structs import Evaluation, Job
 from orch.transport import HttpClient
 from orch.validation import drain as drain_rules
 
@@ -46,6 +46,16 @@ def revert_version(body) -> int:
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise ValidationError("version: must be a non-negative integer")
     return version
+
+
+def _new_version(job: Job, ev: Evaluation, message: str) -> dict:
+    """The answer to a change that wrote a new job version (revert, rollout)."""
+    return {
+        "job_id": job.job_id,
+        "evaluation_id": ev.eval_id,
+        "version": job.version,
+        "message": message,
+    }
 
 
 def make_app(server: Server) -> bottle.Bottle:
@@ -188,12 +198,7 @@ def make_app(server: Server) -> bottle.Bottle:
     def revert_job(job_id):
         version = revert_version(httpjson.read_json())
         job, ev = server.revert_job(job_id, version)
-        return {
-            "job_id": job.job_id,
-            "evaluation_id": ev.eval_id,
-            "version": job.version,
-            "message": f"job reverted to version {version}",
-        }
+        return _new_version(job, ev, f"job reverted to version {version}")
 
     # ---- deployments (rolling updates) ---------------------------------------
 
@@ -228,12 +233,7 @@ def make_app(server: Server) -> bottle.Bottle:
     @route("POST", "/jobs/<job_id>/rollout")
     def rollout_job(job_id):
         job, ev = server.rollout_job(job_id)
-        return {
-            "job_id": job.job_id,
-            "evaluation_id": ev.eval_id,
-            "version": job.version,
-            "message": f"rollout {job.rollout} started: version {job.version}",
-        }
+        return _new_version(job, ev, f"rollout {job.rollout} started: version {job.version}")
 
     @route("POST", "/jobs/<job_id>/dispatch")
     def dispatch_job(job_id):

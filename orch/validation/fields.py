@@ -43,6 +43,15 @@ def obj(value, path: str) -> dict:
     return value
 
 
+def block(value, path: str, known: tuple[str, ...]) -> dict:
+    """An object whose keys are all in ``known``: the first unknown one fails."""
+    raw = obj(value, path)
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        fail(f"{path}.{unknown[0]}", f"unknown field (known: {', '.join(known)})")
+    return raw
+
+
 def name(value, path: str) -> str:
     """A task group or task name: 1-63 safe characters."""
     if value is None or value == "":

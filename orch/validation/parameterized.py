@@ -16,10 +16,7 @@ def parameterized(value, path: str = "parameterized") -> dict | None:
     """The validated block, normalised (every key present); None when absent."""
     if value is None:
         return None
-    raw = fields.obj(value, path)
-    unknown = sorted(set(raw) - set(KNOWN))
-    if unknown:
-        fail(f"{path}.{unknown[0]}", f"unknown field (known: {', '.join(KNOWN)})")
+    raw = fields.block(value, path, KNOWN)
     required = _keys(raw.get("meta_required"), f"{path}.meta_required")
     optional = _keys(raw.get("meta_optional"), f"{path}.meta_optional")
     both = sorted(set(required) & set(optional))
@@ -44,10 +41,7 @@ def dispatch_payload(value, path: str) -> str | None:
     """`{"file": "input.json"}`: a relative path inside the task dir."""
     if value is None:
         return None
-    raw = fields.obj(value, path)
-    unknown = sorted(set(raw) - {"file"})
-    if unknown:
-        fail(f"{path}.{unknown[0]}", "unknown field (known: file)")
+    raw = fields.block(value, path, ("file",))
     name = fields.text(raw.get("file"), f"{path}.file", max_len=255)
     parts = name.split("/")
     # Written by the agent before the task starts: it must land in the task

@@ -23,10 +23,7 @@ def periodic(value, path: str = "periodic") -> dict | None:
     """The validated block, normalised (every key present); None when absent."""
     if value is None:
         return None
-    raw = fields.obj(value, path)
-    unknown = sorted(set(raw) - set(KNOWN))
-    if unknown:
-        fail(f"{path}.{unknown[0]}", f"unknown field (known: {', '.join(KNOWN)})")
+    raw = fields.block(value, path, KNOWN)
     crons = raw.get("crons")
     if not isinstance(crons, list) or not crons:
         fail(f"{path}.crons", "must be a non-empty list of cron expressions")

@@ -13,11 +13,19 @@ from pathlib import Path
 
 import pytest
 
-# harness.py (and helpers.py, its old name) sit beside this file; import them
-# under any import mode.
+# harness.py sits beside this file; import it under any import mode.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import GiveUp, Proc, ensure_pyz, free_port, http_get, nodes, wait_until  # noqa: E402
+from harness import (  # noqa: E402
+    Cluster,
+    GiveUp,
+    Proc,
+    ensure_pyz,
+    free_port,
+    http_get,
+    nodes,
+    wait_until,
+)
 
 SERVER_START_TIMEOUT = 20.0
 AGENT_START_TIMEOUT = 20.0
@@ -29,6 +37,15 @@ SERVER_URL = re.compile(r"server listening on (http://\S+)")
 def pyz() -> Path:
     """dist/orch.pyz, built once per session if missing or stale."""
     return ensure_pyz()
+
+
+@pytest.fixture
+def cluster(tmp_path, pyz):
+    """A server of a Cluster, no agents yet; a test file may define its own."""
+    c = Cluster(tmp_path)
+    c.start_server()
+    yield c
+    c.stop_all()
 
 
 @pytest.fixture

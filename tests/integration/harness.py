@@ -5,7 +5,6 @@ when older than the sources) in its own session, and is not reaped before it
 is stopped: until then its pid cannot be reused, so signalling its process
 group can only reach what it started. Task processes started by agents have
 sessions of their own and are found through the PIDs tasks write.
-helpers.py re-exports this module under the names older tests import.
 """
 
 from __future__ import annotations
@@ -236,6 +235,29 @@ class Proc:
 def http_get(url: str, token: str | None = None, timeout: float = 2.0) -> requests.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return requests.get(url, headers=headers, timeout=timeout)
+
+
+def get_json(server, path: str) -> dict:
+    """The JSON answer of GET ``path`` on ``server`` (anything with a ``url``); 200 or fail."""
+    resp = requests.get(server.url + path, timeout=TIMEOUT)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def orch_cli(
+    pyz, server, *args: str, timeout: float = 60, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run the zipapp's CLI with ``args`` against ``server`` (anything with a ``url``).
+
+    ``env``: ORCH_* variables to set in the otherwise clean environment."""
+    return subprocess.run(
+        [sys.executable, str(pyz), *args, "--address", server.url],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=clean_env(env),
+    )
 
 
 def nodes(base_url: str, token: str | None = None) -> list[dict]:

@@ -2,42 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import requests
 
+from tests.jobspec import exec_job as job_body
+
 from harness import Cluster, pid_alive, wait_until
-
-
-@pytest.fixture
-def cluster(tmp_path, pyz):
-    c = Cluster(tmp_path)
-    c.start_server()
-    yield c
-    c.stop_all()
-
-
-def job_body(
-    job_id: str, command: str, *, count: int = 1, type_: str = "batch", **group_extra
-) -> dict:
-    return {
-        "job_id": job_id,
-        "type": type_,
-        "task_groups": [
-            {
-                "name": "g",
-                "count": count,
-                **group_extra,
-                "tasks": [
-                    {
-                        "name": "t",
-                        "driver": "exec",
-                        "config": {"command": command},
-                        "resources": {"cpu": 100, "memory": 32},
-                    }
-                ],
-            }
-        ],
-    }
 
 
 def submit(cluster: Cluster, body: dict) -> dict:

@@ -13,6 +13,8 @@ import time
 import pytest
 import requests
 
+from tests.jobspec import exec_job
+
 from harness import nodes, wait_until
 
 TIMEOUT = 10.0
@@ -21,25 +23,8 @@ DEEP = b"[" * 10000 + b"]" * 10000
 
 
 def service(job_id: str, command: str = "exec sleep 300", count: int = 1, constraints=()) -> dict:
-    return {
-        "job_id": job_id,
-        "type": "service",
-        "constraints": list(constraints),
-        "task_groups": [
-            {
-                "name": "g",
-                "count": count,
-                "tasks": [
-                    {
-                        "name": "t",
-                        "driver": "exec",
-                        "config": {"command": command},
-                        "resources": {"cpu": 50, "memory": 32},
-                    }
-                ],
-            }
-        ],
-    }
+    body = exec_job(job_id, command, count=count, type_="service", cpu=50)
+    return {**body, "constraints": list(constraints)}
 
 
 def post_raw(url: str, raw: bytes) -> requests.Response:

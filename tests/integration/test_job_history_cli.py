@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import requests
 
-from harness import clean_env
+from harness import orch_cli
 
 pytestmark = pytest.mark.integration
 
@@ -17,14 +15,7 @@ TOKEN = "hist-token"
 
 
 def orch(pyz, server, *args, timeout=60):
-    return subprocess.run(
-        [sys.executable, str(pyz), *args, "--address", server.url],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env=clean_env({"ORCH_TOKEN": TOKEN}),
-    )
+    return orch_cli(pyz, server, *args, timeout=timeout, env={"ORCH_TOKEN": TOKEN})
 
 
 def write_job(tmp_path, count: int, command: str = "true"):

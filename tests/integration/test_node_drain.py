@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from harness import Cluster, clean_env, pid_alive, wait_until
+from harness import Cluster, orch_cli, pid_alive, wait_until
 from test_end_to_end import job_body, submit
 
 
@@ -23,14 +21,7 @@ def cluster(tmp_path, pyz):
 
 def orch(pyz, cluster, *args):
     """Run the CLI against the cluster; its exit status must be 0."""
-    done = subprocess.run(
-        [sys.executable, str(pyz), *args, "--address", cluster.url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env=clean_env(),
-    )
+    done = orch_cli(pyz, cluster, *args)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -106,16 +97,22 @@ def test_draining_a_node_keeps_the_service_up_and_empties_the_node(cluster, pyz)
     assert "Summary" in job and "service" in job
 
 
-@pytest.mark.timeout(180)
-def test_a_batch_allocation_is_stopped_at_the_deadline_and_placed_again(cluster):
+def drain_batch_work(cluster, deadline_s: float) -> tuple[dict, str]:
+    """Run one batch allocation on two agents, drain its node: (the allocation, the other node)."""
     node_a = cluster.start_agent("a")
     node_b = cluster.start_agent("b")
     submit(cluster, job_body("work", cluster.pid_command("work")))
     wait_until(lambda: running(cluster, "work"), 60, what="batch allocation running")
     (first,) = running(cluster, "work")
     other = node_b if first["node_id"] == node_a else node_a
-    resp = cluster.post(f"/nodes/{first['node_id']}/drain", {"deadline_s": 3})
+    resp = cluster.post(f"/nodes/{first['node_id']}/drain", {"deadline_s": deadline_s})
     assert resp.status_code == 200, resp.text
+    return first, other
+
+
+@pytest.mark.timeout(180)
+def test_a_batch_allocation_is_stopped_at_the_deadline_and_placed_again(cluster):
+    first, other = drain_batch_work(cluster, deadline_s=3)
     started = time.time()
 
     def replaced():
@@ -151,14 +148,7 @@ def test_eligibility_off_then_on(cluster, pyz):
 
 @pytest.mark.timeout(180)
 def test_a_drain_survives_a_server_kill9(cluster):
-    node_a = cluster.start_agent("a")
-    node_b = cluster.start_agent("b")
-    submit(cluster, job_body("work", cluster.pid_command("work")))
-    wait_until(lambda: running(cluster, "work"), 60, what="batch allocation running")
-    (first,) = running(cluster, "work")
-    other = node_b if first["node_id"] == node_a else node_a
-    resp = cluster.post(f"/nodes/{first['node_id']}/drain", {"deadline_s": 4})
-    assert resp.status_code == 200, resp.text
+    first, other = drain_batch_work(cluster, deadline_s=4)
     cluster.server.kill9()
     cluster.start_server()
     assert cluster.node(first["node_id"])["drain"]["deadline_s"] == 4

@@ -15,14 +15,6 @@ from harness import Cluster, clean_env, wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def cluster(tmp_path, pyz):
-    c = Cluster(tmp_path)
-    c.start_server()
-    yield c
-    c.stop_all()
-
-
 def job_body(job_id: str, command: str, **extra) -> dict:
     return {
         "job_id": job_id,

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.jobspec import exec_job
+
 from harness import Cluster, free_port, wait_until
 
 TTL = 3.0
@@ -27,24 +29,7 @@ def cluster(tmp_path, pyz):
 
 
 def service(job_id: str, command: str, count: int) -> dict:
-    return {
-        "job_id": job_id,
-        "type": "service",
-        "task_groups": [
-            {
-                "name": "g",
-                "count": count,
-                "tasks": [
-                    {
-                        "name": "t",
-                        "driver": "exec",
-                        "config": {"command": command},
-                        "resources": {"cpu": 1, "memory": 1},
-                    }
-                ],
-            }
-        ],
-    }
+    return exec_job(job_id, command, count=count, type_="service", cpu=1, memory=1)
 
 
 def running_on(cluster: Cluster, job_id: str, node_id: str) -> int:

@@ -7,7 +7,6 @@ as a number: the test picks a free one and the task listens on it.
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -15,7 +14,9 @@ import time
 import pytest
 import requests
 
-from harness import clean_env, free_port, wait_until
+from harness import free_port, wait_until
+from harness import get_json as get
+from harness import orch_cli as cli
 
 # A tiny web service: "/" answers 200 with its pid, "/fail" always 500.
 WEB = textwrap.dedent(
@@ -70,28 +71,11 @@ def web_job(job_id: str, script, port: int, path: str = "/", check_restart=None)
     }
 
 
-def get(server, path: str) -> dict:
-    resp = requests.get(server.url + path, timeout=5)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
-
-
 def the_alloc(server, job_id: str) -> dict:
     allocs = get(server, f"/jobs/{job_id}")["allocations"]
     live = [a for a in allocs if a["desired_status"] == "run"]
     assert len(live) == 1, allocs
     return get(server, f"/allocations/{live[0]['allocation_id']}")
-
-
-def cli(pyz, server, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(pyz), *args, "--address", server.url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env=clean_env(),
-    )
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from tiny_http import Recorder, self_signed  # noqa: E402
 
-from helpers import wait_until  # noqa: E402
+from harness import wait_until  # noqa: E402
 
 
 @pytest.fixture

@@ -76,3 +76,14 @@ def canned():
     yield routes
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """A docker client of a real engine with the test image; skips without an engine."""
+    from tests.docker_image import ensure_test_image, require_engine
+
+    client = require_engine()
+    ensure_test_image(client)
+    yield client
+    client.close()

@@ -14,14 +14,14 @@ import requests
 
 from orch.agent import fingerprint as fp
 from orch.agent.agent import Agent
-from orch.agent.drivers.base import TaskContext
 from orch.agent.drivers.exec import ExecDriver
 from orch.agent.spec import parse_alloc
 from orch.agent.state import AgentStore
 from orch.agent.taskrunner import LOST_ON_RESTART
 from orch.config import AgentConfig
-from orch.structs import AllocStatus, Resources
+from orch.structs import AllocStatus
 
+from helpers import store_task_context
 from waiting import live, reported, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -193,18 +193,7 @@ def test_restore_finishes_an_interrupted_delete(tmp_path):
     spec = alloc("a1", "sleep 300")
     os.makedirs(store.task_dir("a1", "t"))
     driver = ExecDriver()
-    handle = driver.start(
-        TaskContext(
-            "a1",
-            "j1",
-            "t",
-            {"command": "sleep 300"},
-            Resources(),
-            store.task_dir("a1", "t"),
-            store.log_path("a1", "t", "stdout"),
-            store.log_path("a1", "t", "stderr"),
-        )
-    )
+    handle = driver.start(store_task_context(store))
     store.save_alloc(
         "a1",
         {

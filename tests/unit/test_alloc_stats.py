@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import requests
-from test_ui_fragments import request
 
 from orch.agent import stats
 from orch.agent.agent import Agent
@@ -21,6 +20,7 @@ from orch.server.server import Server
 from orch.server.worker import SchedulerWorker
 from orch.structs import AllocStatus, TaskState, TaskStatus
 
+from helpers import request
 from waiting import wait_for
 
 # ~30 MB touched (bytearray zero-fills every page), then idle.

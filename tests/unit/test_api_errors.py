@@ -1,8 +1,6 @@
 """Every answer of the server's WSGI app is JSON, errors included."""
 
-import io
 import json
-from wsgiref.util import setup_testing_defaults
 
 import pytest
 
@@ -10,36 +8,7 @@ from orch.config import ServerConfig
 from orch.server.api import make_app
 from orch.server.server import Server
 
-
-def call(app, method, path, body=None, headers=None, query=""):
-    raw = (
-        body
-        if isinstance(body, bytes)
-        else (json.dumps(body).encode() if body is not None else b"")
-    )
-    environ = {}
-    setup_testing_defaults(environ)
-    environ.update(
-        {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "CONTENT_LENGTH": str(len(raw)),
-            "CONTENT_TYPE": "application/json",
-            "wsgi.input": io.BytesIO(raw),
-        }
-    )
-    for key, value in (headers or {}).items():
-        environ["HTTP_" + key.upper().replace("-", "_")] = value
-    captured = {}
-
-    def start_response(status, response_headers, exc_info=None):
-        captured["status"] = int(status.split()[0])
-        captured["headers"] = dict(response_headers)
-
-    out = b"".join(app(environ, start_response))
-    assert captured["headers"]["Content-Type"].startswith("application/json"), out
-    return captured["status"], json.loads(out)
+from helpers import call
 
 
 @pytest.fixture

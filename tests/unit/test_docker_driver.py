@@ -38,9 +38,7 @@ from orch.errors import DriverError  # noqa: E402
 from orch.structs import Resources, Task  # noqa: E402
 from tests.docker_image import (
     TEST_IMAGE,
-    ensure_test_image,  # noqa: E402
     remove_containers,
-    require_engine,
 )
 
 from waiting import wait_for  # noqa: E402
@@ -133,14 +131,6 @@ def test_refresh_drivers_reports_a_change():
 
 
 # -- against the engine ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def engine():
-    client = require_engine()
-    ensure_test_image(client)
-    yield client
-    client.close()
 
 
 @pytest.fixture

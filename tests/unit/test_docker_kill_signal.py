@@ -10,73 +10,38 @@ import uuid
 
 import pytest
 
-from orch.agent.drivers.base import TaskContext
 from orch.agent.drivers.docker import DockerDriver
-from orch.structs import Resources
-from tests.docker_image import TEST_IMAGE, ensure_test_image, remove_containers, require_engine
+from tests.docker_image import TEST_IMAGE, remove_containers
 
+from helpers import TaskStarter, read_or_empty
 from waiting import wait_for
-
-
-@pytest.fixture(scope="module")
-def engine():
-    client = require_engine()
-    ensure_test_image(client)
-    yield client
-    client.close()
 
 
 @pytest.fixture
 def start(tmp_path, engine):
-    driver = DockerDriver()
     alloc_id = f"test-{uuid.uuid4().hex[:12]}"
-    handles = []
-
-    def run(command):
-        task_dir = tmp_path / "t"
-        ctx = TaskContext(
-            alloc_id=alloc_id,
-            job_id="j1",
-            task_name="t",
-            config={"image": TEST_IMAGE, "command": command},
-            resources=Resources(100, 64),
-            task_dir=str(task_dir),
-            stdout_path=str(task_dir / "stdout.log"),
-            stderr_path=str(task_dir / "stderr.log"),
-            env={"ORCH_ALLOC_ID": alloc_id},
-        )
-        handle = driver.start(ctx)
-        handles.append(handle)
-        return ctx, handle
-
-    run.driver = driver
+    env = {"ORCH_ALLOC_ID": alloc_id}
+    run = TaskStarter(
+        DockerDriver(), alloc_id, tmp_path / "t", config={"image": TEST_IMAGE}, env=env
+    )
     yield run
-    for handle in handles:
-        driver.stop(handle, 1)
+    run.stop_all(1)
     remove_containers(engine, alloc_id)
-
-
-def _read(path) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
 
 
 def test_the_kill_signal_reaches_the_container(start, engine):
     ctx, handle = start("trap 'echo got INT; exit 0' INT; echo ready; while :; do sleep 0.1; done")
-    assert wait_for(lambda: "ready" in _read(ctx.stdout_path), timeout=30)
+    assert wait_for(lambda: "ready" in read_or_empty(ctx.stdout_path), timeout=30)
     start.driver.stop(handle, 10, signal.SIGINT)
     result = start.driver.wait(handle, 5)
     assert result is not None and result.exit_code == 0
-    assert wait_for(lambda: "got INT" in _read(ctx.stdout_path), timeout=10)
+    assert wait_for(lambda: "got INT" in read_or_empty(ctx.stdout_path), timeout=10)
     assert engine.containers.list(all=True, filters={"id": handle.container_id}) == []
 
 
 def test_an_ignored_signal_ends_in_sigkill_after_the_timeout(start, engine):
     ctx, handle = start("trap '' INT TERM; echo ready; while :; do sleep 0.1; done")
-    assert wait_for(lambda: "ready" in _read(ctx.stdout_path), timeout=30)
+    assert wait_for(lambda: "ready" in read_or_empty(ctx.stdout_path), timeout=30)
     began = time.monotonic()
     start.driver.stop(handle, 1, signal.SIGINT)
     assert 1.0 <= time.monotonic() - began < 8

@@ -11,7 +11,6 @@ from orch.structs import (
     Evaluation,
     Job,
     JobType,
-    Node,
     Resources,
     Task,
     TaskGroup,
@@ -19,22 +18,9 @@ from orch.structs import (
     TriggeredBy,
 )
 
+from helpers import cluster_of
+
 EVAL = Evaluation("e1", "j", TriggeredBy.JOB_REGISTER)
-
-
-def cluster_of(*specs):
-    """specs: (node_id, region, cpu, memory)."""
-    cluster = Cluster()
-    for node_id, region, cpu, memory in specs:
-        cluster.upsert_node(
-            Node(
-                node_id,
-                region=region,
-                resources=Resources(cpu, memory),
-                attributes={"driver.exec": True},
-            )
-        )
-    return cluster
 
 
 def make_job(

@@ -10,7 +10,6 @@ import pytest
 from orch import codec
 from orch.agent.agent import Agent
 from orch.agent.allocrunner import AllocRunner
-from orch.agent.drivers.base import TaskContext
 from orch.agent.drivers.exec import ExecDriver
 from orch.agent.spec import parse_alloc
 from orch.agent.state import AgentStore
@@ -20,6 +19,7 @@ from orch.jobspec import parse_job
 from orch.server.push import alloc_payload
 from orch.structs import Allocation, AllocStatus, Resources
 
+from helpers import TaskStarter, read_or_empty, store_task_context
 from waiting import group_pids, wait_for
 
 
@@ -105,52 +105,24 @@ def test_the_agent_validates_what_it_is_sent():
 
 @pytest.fixture
 def start(tmp_path):
-    driver = ExecDriver()
-    handles = []
-
-    def run(command):
-        task_dir = tmp_path / "allocs" / "a1" / "t"
-        ctx = TaskContext(
-            alloc_id="a1",
-            job_id="j1",
-            task_name="t",
-            config={"command": command},
-            resources=Resources(100, 64),
-            task_dir=str(task_dir),
-            stdout_path=str(task_dir / "stdout.log"),
-            stderr_path=str(task_dir / "stderr.log"),
-            env={"ORCH_TASK_DIR": str(task_dir)},
-        )
-        handle = driver.start(ctx)
-        handles.append(handle)
-        return ctx, handle
-
-    run.driver = driver
+    task_dir = tmp_path / "allocs" / "a1" / "t"
+    run = TaskStarter(ExecDriver(), "a1", task_dir, env={"ORCH_TASK_DIR": str(task_dir)})
     yield run
-    for handle in handles:
-        driver.stop(handle, 0.5)
-
-
-def _read(path) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
+    run.stop_all(0.5)
 
 
 def test_exec_stop_sends_the_kill_signal(start, tmp_path):
     marker = tmp_path / "got"
     ctx, handle = start(f"trap 'echo INT > {marker}; exit 0' INT; echo ready; sleep 300 & wait")
-    assert wait_for(lambda: _read(ctx.stdout_path) == "ready\n")
+    assert wait_for(lambda: read_or_empty(ctx.stdout_path) == "ready\n")
     start.driver.stop(handle, 5.0, signal.SIGINT)
-    assert _read(marker) == "INT\n"
+    assert read_or_empty(marker) == "INT\n"
     assert group_pids(handle.pgid) == []
 
 
 def test_exec_kill_timeout_then_sigkill(start):
     ctx, handle = start("trap '' INT TERM; echo ready; while :; do sleep 0.1; done")
-    assert wait_for(lambda: _read(ctx.stdout_path) == "ready\n")
+    assert wait_for(lambda: read_or_empty(ctx.stdout_path) == "ready\n")
     started = time.monotonic()
     start.driver.stop(handle, 0.8, signal.SIGINT)
     elapsed = time.monotonic() - started
@@ -198,7 +170,7 @@ def test_the_task_kill_signal_reaches_the_task(make_runner, tmp_path):
     marker = tmp_path / "got"
     runner = make_runner(_trap(marker, "INT"), task_extra={"kill_signal": "SIGINT"})
     runner.stop()
-    assert _read(marker), "the task never saw SIGINT"
+    assert read_or_empty(marker), "the task never saw SIGINT"
     assert runner.status() == AllocStatus.STOPPED
 
 
@@ -209,7 +181,7 @@ def test_shutdown_delay_comes_before_the_signal(make_runner, tmp_path):
     began = time.time()
     runner.stop()
     assert time.time() - began >= 1.0
-    assert float(_read(marker)) >= began + 1.0  # signalled only after the delay
+    assert float(read_or_empty(marker)) >= began + 1.0  # signalled only after the delay
     assert group_pids(pgid) == []
     assert "Waiting for shutdown delay" in [e["type"] for e in runner.tasks["t"].state.events]
 
@@ -281,16 +253,7 @@ def test_restore_finishing_an_interrupted_delete_does_not_wait_the_delay_again(t
     spec = parse_alloc({"allocation_id": "a1", "job_id": "j1", "task_group": group})
     os.makedirs(store.task_dir("a1", "t"))
     driver = ExecDriver()
-    ctx = TaskContext(
-        "a1",
-        "j1",
-        "t",
-        {"command": "sleep 300"},
-        Resources(),
-        store.task_dir("a1", "t"),
-        store.log_path("a1", "t", "stdout"),
-        store.log_path("a1", "t", "stderr"),
-    )
+    ctx = store_task_context(store)
     handle = driver.start(ctx)
     doc = {
         "spec": spec.to_dict(),

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
-from wsgiref.util import setup_testing_defaults
-
 import pytest
 
 from orch.config import ServerConfig
@@ -14,27 +10,13 @@ from orch.server.api import make_app
 from orch.server.server import Server
 from orch.server.state import StateStore
 from orch.server.versions import diff
+from tests.jobspec import exec_job
+
+from helpers import call
 
 
 def spec(count=1, command="true", job_id="web") -> dict:
-    return {
-        "job_id": job_id,
-        "type": "batch",
-        "task_groups": [
-            {
-                "name": "g",
-                "count": count,
-                "tasks": [
-                    {
-                        "name": "t",
-                        "driver": "exec",
-                        "config": {"command": command},
-                        "resources": {"cpu": 10, "memory": 16},
-                    }
-                ],
-            }
-        ],
-    }
+    return exec_job(job_id, command, count=count, cpu=10, memory=16)
 
 
 @pytest.fixture
@@ -42,28 +24,6 @@ def server(tmp_path):
     srv = Server(ServerConfig(data_dir=str(tmp_path), job_versions=3))
     yield srv
     srv.stop()
-
-
-def call(app, method, path, body=None):
-    raw = json.dumps(body).encode() if body is not None else b""
-    environ: dict = {}
-    setup_testing_defaults(environ)
-    environ.update(
-        REQUEST_METHOD=method,
-        PATH_INFO=path,
-        CONTENT_LENGTH=str(len(raw)),
-        CONTENT_TYPE="application/json",
-        **{"wsgi.input": io.BytesIO(raw)},
-    )
-    captured = {}
-
-    def start_response(status, headers, exc_info=None):
-        captured["status"] = int(status.split()[0])
-        captured["headers"] = dict(headers)
-
-    out = b"".join(app(environ, start_response))
-    assert captured["headers"]["Content-Type"].startswith("application/json"), out
-    return captured["status"], json.loads(out)
 
 
 # ---- diff ------------------------------------------------------------------

@@ -4,13 +4,14 @@ whose pushes are recorded (no agents)."""
 import copy
 
 import pytest
-from test_api_errors import call
 
 from orch.config import ServerConfig
 from orch.server.api import make_app
 from orch.server.server import Server
 from orch.server.worker import SchedulerWorker
 from orch.structs import AllocStatus, replace
+
+from helpers import call
 
 NODE = {
     "node_id": "node-a",

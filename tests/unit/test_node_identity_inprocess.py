@@ -5,7 +5,6 @@ register a node id; on an in-process Server whose pushes are recorded."""
 import copy
 
 import pytest
-from test_api_errors import call
 
 from orch.config import ServerConfig
 from orch.server.api import make_app
@@ -13,6 +12,8 @@ from orch.server.server import Server
 from orch.server.sync import UNASKED_STOP
 from orch.server.worker import SchedulerWorker
 from orch.structs import AllocStatus, TriggeredBy
+
+from helpers import call
 
 SECRET_A = "a" * 64
 

@@ -5,12 +5,13 @@ import copy
 import json
 
 import pytest
-from test_api_errors import call
 
 from orch.config import ServerConfig
 from orch.server.api import make_app
 from orch.server.server import Server
 from orch.server.worker import SchedulerWorker
+
+from helpers import call
 
 NODE_MEMORY = 1000
 

@@ -298,9 +298,9 @@ def test_an_update_reuses_a_static_port_its_own_stop_frees(server):
 
 
 def test_a_bad_port_range_in_a_register_is_a_400(server):
-    from test_api_errors import call
-
     from orch.server.api import make_app
+
+    from helpers import call
 
     reg = {
         "node_id": "n2",

@@ -7,7 +7,6 @@ import random
 import pytest
 
 from orch.server.scheduler import scheduler_for
-from orch.server.scheduler.cluster import Cluster
 from orch.server.scheduler.explain import summarize
 from orch.server.scheduler.generic import compute_plan
 from orch.server.scheduler.reconcile import GROUP_CHANGED, RESCHEDULED
@@ -27,7 +26,6 @@ from orch.structs import (
     Job,
     JobStatus,
     JobType,
-    Node,
     Resources,
     Task,
     TaskGroup,
@@ -35,6 +33,8 @@ from orch.structs import (
     UpdateStrategy,
     replace,
 )
+
+from helpers import cluster_of
 
 EVAL = Evaluation("e1", "sys", TriggeredBy.JOB_REGISTER)
 NOW = 1000.0
@@ -174,28 +174,13 @@ def test_stopped_job_stops_every_copy():
 # ---- placement on a cluster ----------------------------------------------------
 
 
-def cluster_of(*nodes) -> Cluster:
-    """nodes: (node_id, cpu, memory, region)."""
-    cluster = Cluster()
-    for node_id, cpu, memory, region in nodes:
-        cluster.upsert_node(
-            Node(
-                node_id,
-                region=region,
-                resources=Resources(cpu, memory),
-                attributes={"driver.exec": True},
-            )
-        )
-    return cluster
-
-
 def plan_for(job, cluster, allocs=()):
     return compute_system_plan(job, list(allocs), cluster, EVAL, now=NOW, rng=random.Random(1))
 
 
 def test_places_on_every_node_that_passes_the_constraints():
     job = make_job(constraints=[Constraint("region", "=", "eu")])
-    cluster = cluster_of(("a", 1000, 1000, "eu"), ("b", 1000, 1000, "eu"), ("c", 1000, 1000, "us"))
+    cluster = cluster_of(("a", "eu", 1000, 1000), ("b", "eu", 1000, 1000), ("c", "us", 1000, 1000))
     plan, followup = plan_for(job, cluster)
     assert sorted(a.node_id for a in plan.place) == ["a", "b"]
     assert plan.failed == {} and followup is None
@@ -207,7 +192,7 @@ def test_places_on_every_node_that_passes_the_constraints():
 
 def test_a_node_without_room_is_a_failure_with_its_reason():
     job = make_job(cpu=500, memory=100)
-    cluster = cluster_of(("big", 1000, 1000, "eu"), ("small", 200, 1000, "eu"))
+    cluster = cluster_of(("big", "eu", 1000, 1000), ("small", "eu", 200, 1000))
     plan, _ = plan_for(job, cluster)
     assert [a.node_id for a in plan.place] == ["big"]
     assert plan.failed == {"g": {"wanted": 1, "failures": {"cpu exhausted": 1}}}
@@ -215,7 +200,7 @@ def test_a_node_without_room_is_a_failure_with_its_reason():
 
 def test_an_update_reuses_the_room_its_stop_frees():
     old_job, new_job = make_job(command="old", cpu=800), make_job(command="new", cpu=800)
-    cluster = cluster_of(("a", 1000, 1000, "eu"))
+    cluster = cluster_of(("a", "eu", 1000, 1000))
     old = alloc(old_job, "a")
     cluster.reserve(old)
     plan, _ = plan_for(new_job, cluster, [old])
@@ -225,7 +210,7 @@ def test_an_update_reuses_the_room_its_stop_frees():
 
 def test_unhealthy_node_gets_nothing_and_keeps_its_copy():
     job = make_job()
-    cluster = cluster_of(("a", 1000, 1000, "eu"), ("b", 1000, 1000, "eu"))
+    cluster = cluster_of(("a", "eu", 1000, 1000), ("b", "eu", 1000, 1000))
     cluster.set_healthy("b", False)
     on_b = alloc(job, "b")
     plan, _ = plan_for(job, cluster, [on_b])
@@ -235,7 +220,7 @@ def test_unhealthy_node_gets_nothing_and_keeps_its_copy():
 def test_a_constraint_change_stops_copies_on_nodes_that_no_longer_fit():
     before = make_job()
     after = make_job(constraints=[Constraint("region", "=", "eu")])
-    cluster = cluster_of(("a", 1000, 1000, "eu"), ("b", 1000, 1000, "us"))
+    cluster = cluster_of(("a", "eu", 1000, 1000), ("b", "us", 1000, 1000))
     allocs = [alloc(before, "a"), alloc(before, "b")]
     plan, _ = plan_for(after, cluster, allocs)
     assert (allocs[1].allocation_id, NOT_FEASIBLE) in plan.stop

@@ -1,10 +1,8 @@
 """The web UI through the server's WSGI app: shells, fragments, escaping, prefix, Origin."""
 
 import dataclasses
-import io
 import json
 import time
-from wsgiref.util import setup_testing_defaults
 
 import pytest
 
@@ -14,35 +12,10 @@ from orch.server.server import Server
 from orch.server.worker import SchedulerWorker
 from orch.structs import AllocStatus, TaskState, TaskStatus
 
+from helpers import request
+
 TOKEN = "s3cret"
 SHELLS = ["/ui/jobs", "/ui/jobs/web", "/ui/nodes", "/ui/topology", "/ui/run"]
-
-
-def request(app, method, path, *, body=b"", headers=None):
-    """(status, headers, text) of one call to the WSGI app."""
-    environ = {}
-    setup_testing_defaults(environ)
-    path, _, query = path.partition("?")
-    environ.update(
-        {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "CONTENT_LENGTH": str(len(body)),
-            "CONTENT_TYPE": "application/json",
-            "wsgi.input": io.BytesIO(body),
-        }
-    )
-    for key, value in (headers or {}).items():
-        environ["HTTP_" + key.upper().replace("-", "_")] = value
-    captured = {}
-
-    def start_response(status, response_headers, exc_info=None):
-        captured["status"] = int(status.split()[0])
-        captured["headers"] = dict(response_headers)
-
-    out = b"".join(app(environ, start_response)).decode()
-    return captured["status"], captured["headers"], out
 
 
 def job(job_id="web", memory=64, constraint=None):

@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from orch.agent.drivers import docker_engine
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
@@ -31,14 +32,7 @@ from orch.agent.drivers.docker_config import (
     container_name,
     create_options,
 )
-from orch.agent.drivers.docker_engine import (
-    API_TIMEOUT,
-    AVAILABLE_TTL,
-    PING_TIMEOUT,
-    PULL_TIMEOUT,
-    Engine,
-    short,
-)
+from orch.agent.drivers.docker_engine import Engine, short
 from orch.errors import DriverError
 
 log = logging.getLogger(__name__)
@@ -67,26 +61,10 @@ class DockerDriver(Driver):
 
     name = "docker"
 
-    def __init__(
-        self,
-        *,
-        environment: dict | None = None,
-        ping_timeout: float = PING_TIMEOUT,
-        api_timeout: float = API_TIMEOUT,
-        pull_timeout: float = PULL_TIMEOUT,
-        available_ttl: float = AVAILABLE_TTL,
-        host_ip: str = DEFAULT_HOST_IP,
-        now=time.monotonic,
-    ):
+    def __init__(self, *, host_ip: str = DEFAULT_HOST_IP, **engine_options: Any):
+        """``engine_options``: Engine's keywords (environment, timeouts, now)."""
         self._host_ip = host_ip  # where task ports are published
-        self._engine = Engine(
-            environment=environment,
-            ping_timeout=ping_timeout,
-            api_timeout=api_timeout,
-            pull_timeout=pull_timeout,
-            available_ttl=available_ttl,
-            now=now,
-        )
+        self._engine = Engine(**engine_options)
 
     def available(self) -> bool:
         return self._engine.available()

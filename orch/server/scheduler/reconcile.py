@@ -77,15 +77,21 @@ def reconcile(
     if job.stopped:
         result.stop = [(a, JOB_STOPPED) for a in _highest_first(_wanted(allocs))]
         return result
-    by_group: dict[str, list[Allocation]] = defaultdict(list)
-    for alloc in allocs:
-        by_group[alloc.task_group].append(alloc)
+    by_group = by_task_group(allocs)
     for name, group_allocs in by_group.items():
         if job.group(name) is None:
             result.stop += [(a, GROUP_REMOVED) for a in _highest_first(_wanted(group_allocs))]
     for group in job.task_groups:
         _reconcile_group(job, group, by_group.get(group.name, []), now, result, deployment)
     return result
+
+
+def by_task_group(allocs: list[Allocation]) -> dict[str, list[Allocation]]:
+    """Allocations by the name of their task group, in the order given."""
+    by_group: dict[str, list[Allocation]] = defaultdict(list)
+    for alloc in allocs:
+        by_group[alloc.task_group].append(alloc)
+    return by_group
 
 
 def _reconcile_group(

@@ -32,6 +32,7 @@ from orch.server.scheduler.reconcile import (
     GROUP_REMOVED,
     JOB_STOPPED,
     RESCHEDULED,
+    by_task_group,
     reschedule_delay,
 )
 from orch.server.scheduler.stack import CPU_EXHAUSTED, MEMORY_EXHAUSTED
@@ -95,9 +96,7 @@ def reconcile_system(
     if job.stopped:
         diff.stop = [(a, JOB_STOPPED) for a in _wanted(allocs)]
         return diff
-    by_group: dict[str, list[Allocation]] = defaultdict(list)
-    for alloc in allocs:
-        by_group[alloc.task_group].append(alloc)
+    by_group = by_task_group(allocs)
     for name, group_allocs in by_group.items():
         if job.group(name) is None:
             diff.stop += [(a, GROUP_REMOVED) for a in _wanted(group_allocs)]
