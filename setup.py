@@ -25,6 +25,9 @@ setup(
         "docker",
         "google-re2",
         "croniter",
+        "psycopg[binary]",
+        "psycopg-pool",
+        "python-hcl2",
     ],
     entry_points={
         "console_scripts": ["orch=orch.__main__:main"],

@@ -23,3 +23,31 @@ def pytest_collection_modifyitems(items) -> None:
                 item.add_marker(getattr(pytest.mark, mark))
         if "engine" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL for the test session (initdb, free port, unprivileged)."""
+    from orch.dev.postgres import ThrowawayPostgres
+
+    server = ThrowawayPostgres()
+    server.start()
+    yield server
+    server.stop()
+
+
+_db_serial = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the session's PostgreSQL; dropped afterwards."""
+    import psycopg
+
+    name = f"t{next(_db_serial)}"
+    admin = postgres_server.url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield postgres_server.url.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
