@@ -15,7 +15,7 @@ checked by ``orch.jobspec.parse_job`` like any orch body.
 
 from __future__ import annotations
 
-import fnmatch
+import re
 
 from orch.nomad.mapping import (
     ANY_DATACENTER,
@@ -192,9 +192,13 @@ def datacenter_constraints(datacenters, path: str) -> list[dict]:
             fail(f"{path}[{i}]", "must be a non-empty string")
     if len(names) == 1 and not any(c in names[0] for c in "*?["):
         return [{"attribute": "region", "operator": "=", "value": names[0]}]
-    # Globs ("dc-*") as Nomad allows them, anchored: one regex for the list.
-    pattern = "|".join(fnmatch.translate(n).removesuffix(r"\Z").removeprefix("(?s:") for n in names)
+    # Globs ("dc-*", "eu-?") as Nomad allows them: one anchored regex for the list.
+    pattern = "|".join(_glob(n) for n in names)
     return [{"attribute": "region", "operator": "regex", "value": f"^(?:{pattern})$"}]
+
+
+def _glob(name: str) -> str:
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in name)
 
 
 def _datacenters(field: Field, value, path: str, out: dict) -> None:
