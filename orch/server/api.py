@@ -18,6 +18,7 @@ import bottle
 
 from orch import httpjson, transport
 from orch.errors import NotFound, ValidationError
+from orch.nomad import api as nomad_api
 from orch.openapi import SERVER_SPEC
 from orch.server import allocstats, catalog, ui, views
 from orch.server.metrics import render_metrics
@@ -339,6 +340,9 @@ def make_app(server: Server) -> bottle.Bottle:
     # The UI's event and log streams (the pages: orch.server.ui). Added under
     # /ui as the pages are: a --ui-prefix is handled for every UI route alike.
     register_stream_routes(route, server, "/ui")
+    # The Nomad-compatible face (orch.nomad.api): Nomad's routes and shapes
+    # under /v1, over the same Server methods as the routes above.
+    nomad_api.mount(app, server)
     return app
 
 

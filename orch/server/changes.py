@@ -18,6 +18,8 @@ class ChangeFeed:
         self._cond = threading.Condition()
         self._index = 0
         self._closed = False
+        # When the last change was recorded (the /v1 API's list indexes).
+        self.changed_at = time.time()
 
     @property
     def index(self) -> int:
@@ -31,6 +33,7 @@ class ChangeFeed:
         """Record one change and wake every waiter; returns the new index."""
         with self._cond:
             self._index += 1
+            self.changed_at = time.time()
             self._cond.notify_all()
             return self._index
 

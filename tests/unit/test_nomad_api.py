@@ -1,0 +1,312 @@
+"""The /v1 API through the server's WSGI app: Nomad's shapes, indexes and error form."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from orch.config import ServerConfig
+from orch.server.api import make_app
+from orch.server.server import Server
+
+from helpers import request
+
+NODE_ID = "11111111-2222-4333-8444-555555555555"
+
+
+def nomad_job(job_id: str = "web", count: int = 2, **extra) -> dict:
+    """A job in Nomad's API JSON form, as python-nomad users write it."""
+    return {
+        "ID": job_id,
+        "Name": job_id,
+        "Type": "service",
+        "Datacenters": ["dc1"],
+        "TaskGroups": [
+            {
+                "Name": "g",
+                "Count": count,
+                "Tasks": [
+                    {
+                        "Name": "t",
+                        "Driver": "raw_exec",
+                        "Config": {"command": "/bin/sleep", "args": ["300"]},
+                        "Env": {"MODE": "test"},
+                        "Resources": {"CPU": 100, "MemoryMB": 64},
+                        "KillTimeout": 3_000_000_000,
+                    }
+                ],
+            }
+        ],
+        **extra,
+    }
+
+
+@pytest.fixture
+def server(tmp_path):
+    server = Server(ServerConfig(data_dir=str(tmp_path), token="s3cret"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def app(server):
+    return make_app(server)
+
+
+AUTH = {"X-Nomad-Token": "s3cret"}
+
+
+def call(app, method, path, body=None, headers=AUTH):
+    """(status, headers, body: JSON when the answer is JSON, else text)."""
+    raw = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    status, out_headers, text = request(app, method, path, body=raw, headers=headers)
+    if out_headers.get("Content-Type", "").startswith("application/json"):
+        return status, out_headers, json.loads(text)
+    return status, out_headers, text
+
+
+def register(app, job=None) -> dict:
+    status, _, out = call(app, "POST", "/v1/jobs", {"Job": job or nomad_job()})
+    assert status == 200, out
+    return out
+
+
+def add_node(app, node_id: str = NODE_ID) -> None:
+    body = {
+        "node_id": node_id,
+        "region": "dc1",
+        "resources": {"cpu": 4000, "memory": 4096},
+        "endpoint": "http://127.0.0.1:9",
+        "attributes": {"hostname": "n1", "driver.exec": True, "driver.docker": False},
+    }
+    status, _, out = call(app, "POST", "/register", body, {"Authorization": "Bearer s3cret"})
+    assert status == 200, out
+
+
+def test_register_answers_nomads_fields_and_the_job_reads_back(app):
+    out = register(app)
+    assert set(out) >= {"EvalID", "EvalCreateIndex", "JobModifyIndex", "Warnings"}
+    status, headers, job = call(app, "GET", "/v1/job/web")
+    assert status == 200
+    assert int(headers["X-Nomad-Index"]) == job["ModifyIndex"] > 0
+    assert job["ID"] == "web" and job["Type"] == "service" and job["Status"] == "pending"
+    assert job["JobModifyIndex"] == out["JobModifyIndex"]
+    assert job["CreateIndex"] <= job["JobModifyIndex"] <= job["ModifyIndex"]
+    assert isinstance(job["SubmitTime"], int) and job["SubmitTime"] > 1_700_000_000 * 10**9
+    [group] = job["TaskGroups"]
+    [task] = group["Tasks"]
+    assert group["Count"] == 2
+    assert task["Driver"] == "exec" and task["Env"] == {"MODE": "test"}
+    assert task["Resources"] == {"CPU": 100, "MemoryMB": 64}
+    assert task["KillTimeout"] == 3_000_000_000
+    assert task["Config"] == {"command": "/bin/sleep", "args": ["300"]}
+    assert job["Constraints"] == [
+        {"LTarget": "${node.datacenter}", "RTarget": "dc1", "Operand": "="}
+    ]
+
+
+def test_a_job_read_back_registers_again_unchanged(app):
+    first = register(app)
+    _, _, job = call(app, "GET", "/v1/job/web")
+    status, _, again = call(app, "POST", "/v1/job/web", {"Job": job})
+    assert status == 200, again
+    # Unchanged: no new version, the same evaluation, the same modify index.
+    assert again["EvalID"] == first["EvalID"]
+    assert again["JobModifyIndex"] == first["JobModifyIndex"]
+    assert call(app, "GET", "/v1/job/web")[2]["Version"] == 0
+
+
+def test_an_update_raises_the_indexes_and_keeps_versions(app):
+    first = register(app)
+    time.sleep(0.002)
+    second = register(app, nomad_job(count=3))
+    assert second["JobModifyIndex"] > first["JobModifyIndex"]
+    assert second["EvalID"] != first["EvalID"]
+    status, _, versions = call(app, "GET", "/v1/job/web/versions")
+    assert status == 200
+    assert [v["Version"] for v in versions["Versions"]] == [1, 0]
+    assert [v["TaskGroups"][0]["Count"] for v in versions["Versions"]] == [3, 2]
+
+
+def test_lists_are_nomads_stubs_with_an_index(app):
+    register(app)
+    register(app, nomad_job("api"))
+    status, headers, jobs = call(app, "GET", "/v1/jobs")
+    assert status == 200 and int(headers["X-Nomad-Index"]) > 0
+    assert [j["ID"] for j in jobs] == ["api", "web"]
+    stub = jobs[1]
+    assert stub["JobSummary"]["Summary"]["g"] == {
+        "Queued": 2,
+        "Complete": 0,
+        "Failed": 0,
+        "Running": 0,
+        "Starting": 0,
+        "Lost": 0,
+        "Unknown": 0,
+    }
+    assert [j["ID"] for j in call(app, "GET", "/v1/jobs?prefix=a")[2]] == ["api"]
+    _, _, evals = call(app, "GET", "/v1/evaluations")
+    assert {e["JobID"] for e in evals} == {"api", "web"}
+    assert all(e["TriggeredBy"] == "job-register" and e["Type"] == "service" for e in evals)
+    _, _, one = call(app, "GET", f"/v1/evaluation/{evals[0]['ID']}")
+    assert one["ID"] == evals[0]["ID"] and one["Status"] == "pending"
+    assert call(app, "GET", "/v1/allocations")[:2][0] == 200
+    assert call(app, "GET", "/v1/job/web/allocations")[2] == []
+    _, _, job_evals = call(app, "GET", "/v1/job/web/evaluations")
+    assert [e["JobID"] for e in job_evals] == ["web"]
+    _, _, summary = call(app, "GET", "/v1/job/web/summary")
+    assert summary["JobID"] == "web" and summary["Summary"]["g"]["Queued"] == 2
+
+
+def test_deregister_stops_and_purge_forgets_any_case(app):
+    register(app)
+    status, _, out = call(app, "DELETE", "/v1/job/web")
+    assert status == 200 and out["EvalID"]
+    _, _, job = call(app, "GET", "/v1/job/web")
+    assert job["Stop"] is True and job["Status"] == "dead"
+    status, _, out = call(app, "DELETE", "/v1/job/web?purge=TRUE")
+    assert status == 200 and out["EvalID"]
+    status, headers, text = call(app, "GET", "/v1/job/web")
+    assert status == 404 and headers["Content-Type"].startswith("text/plain") and text
+
+
+@pytest.mark.parametrize(
+    "method,path,body,status",
+    [
+        ("GET", "/v1/job/nope", None, 404),
+        ("GET", "/v1/allocation/nope", None, 404),
+        ("GET", "/v1/evaluation/nope", None, 404),
+        ("GET", "/v1/node/nope", None, 404),
+        ("GET", "/v1/deployment/nope", None, 404),
+        ("GET", "/v1/nowhere", None, 404),
+        ("DELETE", "/v1/jobs", None, 405),
+        ("POST", "/v1/jobs", b"{not json", 400),
+        ("POST", "/v1/jobs", {"NoJob": 1}, 400),
+        ("POST", "/v1/jobs", {"Job": {"ID": "x", "Vault": {}}}, 400),
+        ("POST", "/v1/job/other", {"Job": nomad_job()}, 400),
+        ("DELETE", "/v1/job/nope?purge=maybe", None, 404),
+        ("GET", "/v1/jobs?index=x", None, 400),
+        ("POST", "/v1/jobs/parse", {"JobHCL": ""}, 400),
+        ("POST", "/v1/node/nope/eligibility", {"Eligibility": "eligible"}, 404),
+        ("GET", "/v1/client/fs/logs/nope?task=t&type=stdout", None, 404),
+        ("GET", "/v1/client/fs/logs/nope?task=t&type=nope", None, 400),
+    ],
+)
+def test_errors_are_plain_text_with_nomads_status(app, method, path, body, status):
+    got, headers, text = call(app, method, path, body)
+    assert got == status, text
+    assert headers["Content-Type"].startswith("text/plain")
+    assert isinstance(text, str) and text and "<" not in text
+
+
+def test_the_token_comes_as_x_nomad_token_or_bearer(app):
+    status, _, text = call(app, "GET", "/v1/jobs", headers={})
+    assert (status, text) == (403, "Permission denied")
+    assert call(app, "GET", "/v1/jobs", headers={"X-Nomad-Token": "wrong"})[0] == 403
+    assert call(app, "GET", "/v1/jobs", headers={"Authorization": "Bearer s3cret"})[0] == 200
+    assert call(app, "GET", "/v1/jobs")[0] == 200
+    # orch's own routes keep their 401 and JSON.
+    status, _, out = call(app, "GET", "/jobs", headers={})
+    assert status == 401 and "error" in out
+
+
+def test_a_blocking_query_waits_for_a_change(app):
+    register(app)
+    _, headers, _ = call(app, "GET", "/v1/job/web")
+    index = int(headers["X-Nomad-Index"])
+    start = time.monotonic()
+    _, again, _ = call(app, "GET", f"/v1/job/web?index={index}&wait=200ms")
+    assert time.monotonic() - start >= 0.19
+    assert int(again["X-Nomad-Index"]) == index
+
+    def update():
+        time.sleep(0.2)
+        register(app, nomad_job(count=5))
+
+    writer = threading.Thread(target=update)
+    writer.start()
+    start = time.monotonic()
+    _, woke, job = call(app, "GET", f"/v1/job/web?index={index}&wait=30s")
+    writer.join()
+    assert time.monotonic() - start < 20
+    assert int(woke["X-Nomad-Index"]) > index and job["TaskGroups"][0]["Count"] == 5
+
+
+def test_plan_and_revert(app):
+    register(app)
+    status, _, plan = call(
+        app, "POST", "/v1/job/web/plan", {"Job": nomad_job(count=3), "Diff": True}
+    )
+    assert status == 200, plan
+    assert plan["Diff"]["Type"] == "Edited"
+    assert set(plan["Annotations"]["DesiredTGUpdates"]["g"]) >= {"Place", "Stop", "Ignore"}
+    register(app, nomad_job(count=3))
+    status, _, out = call(app, "POST", "/v1/job/web/revert", {"JobID": "web", "JobVersion": 0})
+    assert status == 200 and out["EvalID"]
+    _, _, job = call(app, "GET", "/v1/job/web")
+    assert job["Version"] == 2 and job["TaskGroups"][0]["Count"] == 2
+    body = {"JobID": "web", "JobVersion": 0, "EnforcePriorVersion": 1}
+    assert call(app, "POST", "/v1/job/web/revert", body)[0] == 400
+    assert call(app, "POST", "/v1/job/web/revert", {"JobID": "web", "JobVersion": 9})[0] == 404
+
+
+def test_nodes_eligibility_and_drain(app):
+    add_node(app)
+    status, headers, nodes = call(app, "GET", "/v1/nodes")
+    assert status == 200 and "X-Nomad-Index" in headers
+    [stub] = nodes
+    assert stub["ID"] == NODE_ID and stub["Name"] == "n1" and stub["Address"] == "127.0.0.1"
+    assert stub["Status"] == "ready" and stub["SchedulingEligibility"] == "eligible"
+    assert stub["Drivers"]["exec"]["Healthy"] is True
+    body = {"Eligibility": "ineligible", "NodeID": NODE_ID}
+    status, _, out = call(app, "POST", f"/v1/node/{NODE_ID}/eligibility", body)
+    assert status == 200 and out["NodeModifyIndex"] > 0
+    assert call(app, "GET", f"/v1/node/{NODE_ID}")[2]["SchedulingEligibility"] == "ineligible"
+    spec = {"NodeID": NODE_ID, "DrainSpec": {"Deadline": 60 * 10**9, "IgnoreSystemJobs": False}}
+    assert call(app, "POST", f"/v1/node/{NODE_ID}/drain", spec)[0] == 200
+    node = call(app, "GET", f"/v1/node/{NODE_ID}")[2]
+    assert node["Drain"] is True and node["DrainStrategy"]["Deadline"] == 60 * 10**9
+    # python-nomad's drain_node(id, enable=False): the old query form.
+    assert call(app, "POST", f"/v1/node/{NODE_ID}/drain?enable=False")[0] == 200
+    assert call(app, "GET", f"/v1/node/{NODE_ID}")[2]["Drain"] is False
+    cancel = {"NodeID": NODE_ID, "DrainSpec": None, "MarkEligible": True}
+    assert call(app, "POST", f"/v1/node/{NODE_ID}/drain", cancel)[0] == 200
+    assert call(app, "GET", f"/v1/node/{NODE_ID}")[2]["SchedulingEligibility"] == "eligible"
+    assert call(app, "POST", f"/v1/node/{NODE_ID}/eligibility", {"Eligibility": "x"})[0] == 400
+
+
+def test_dispatch_and_periodic_force(app):
+    params = {"ParameterizedJob": {"Payload": "optional", "MetaRequired": ["user"]}}
+    register(app, {**nomad_job("work", count=1), "Type": "batch", **params})
+    body = {"Meta": {"user": "ann"}, "Payload": "aGk=", "IdPrefixTemplate": None}
+    status, _, out = call(app, "POST", "/v1/job/work/dispatch", body)
+    assert status == 200, out
+    assert out["DispatchedJobID"].startswith("work-dispatch-") and out["EvalID"]
+    child = call(app, "GET", f"/v1/job/{out['DispatchedJobID']}")[2]
+    assert child["ParentID"] == "work" and child["Meta"] == {"user": "ann"}
+    assert call(app, "POST", "/v1/job/work/dispatch", {"Meta": {}})[0] == 400
+    summary = call(app, "GET", "/v1/job/work/summary")[2]
+    assert summary["Children"] == {"Pending": 1, "Running": 0, "Dead": 0}
+    periodic = {"Periodic": {"Enabled": True, "Spec": "0 3 * * *", "TimeZone": "UTC"}}
+    register(app, {**nomad_job("nightly", count=1), "Type": "batch", **periodic})
+    status, _, out = call(app, "POST", "/v1/job/nightly/periodic/force")
+    assert status == 200 and out["EvalID"] and out["EvalCreateIndex"] > 0
+    assert call(app, "POST", "/v1/job/web/periodic/force")[0] == 404
+
+
+def test_deployments_status_agent_and_services(app):
+    register(app)
+    assert call(app, "GET", "/v1/deployments")[:3:2] == (200, [])
+    assert call(app, "GET", "/v1/job/web/deployments")[2] == []
+    assert call(app, "GET", "/v1/job/web/deployment")[2] is None
+    assert call(app, "POST", "/v1/deployment/fail/nope")[0] == 404
+    assert call(app, "POST", "/v1/deployment/promote/nope", {"All": True})[0] == 404
+    status, _, leader = call(app, "GET", "/v1/status/leader")
+    assert status == 200 and leader == "127.0.0.1:4646"
+    _, _, me = call(app, "GET", "/v1/agent/self")
+    assert me["member"]["Port"] == 4646 and me["config"]["ACL"]["Enabled"] is True
+    assert call(app, "GET", "/v1/services")[2] == [{"Namespace": "default", "Services": []}]
+    assert call(app, "GET", "/v1/service/nope")[2] == []
