@@ -28,7 +28,9 @@ class Reads:
         )
 
     def status(self, job: Job) -> str:
-        return self.server.job_status(job).value
+        """Nomad's job status: pending, running or dead (orch's finished ones)."""
+        status = self.server.job_status(job).value
+        return status if status in ("pending", "running") else "dead"
 
     def job(self, job: Job) -> dict:
         return present.job(job, self.status(job), self.job_indexes(job))
