@@ -470,13 +470,16 @@ def add_node_commands(node, reads) -> None:
     cmd.set_defaults(handler=lazy("orch.cli.node:node_eligibility"))
 
 
+JOB_FILE_HELP = "job file: orch JSON, Nomad HCL (.hcl, .nomad) or Nomad job JSON; - for stdin"
+
+
 def add_job_commands(sub, client, reads) -> None:
 
     job = sub.add_parser("job", help="submit and manage jobs").add_subparsers(
         dest="job_command", metavar="COMMAND", required=True
     )
     cmd = job.add_parser("run", parents=[client], help="submit a job file and follow its placement")
-    cmd.add_argument("file", metavar="FILE", help="JSON job file, or - for stdin")
+    cmd.add_argument("file", metavar="FILE", help=JOB_FILE_HELP)
     cmd.add_argument("--detach", action="store_true", help="return once submitted")
     cmd.add_argument(
         "--timeout",
@@ -488,8 +491,13 @@ def add_job_commands(sub, client, reads) -> None:
     cmd = job.add_parser(
         "plan", parents=[reads], help="dry run: what `job run FILE` would change; changes nothing"
     )
-    cmd.add_argument("file", metavar="FILE", help="JSON job file, or - for stdin")
+    cmd.add_argument("file", metavar="FILE", help=JOB_FILE_HELP)
     cmd.set_defaults(handler=lazy("orch.cli.job:job_plan"))
+    cmd = job.add_parser(
+        "convert", help="print the orch JSON job a Nomad job file (HCL or JSON) translates to"
+    )
+    cmd.add_argument("file", metavar="FILE", help=JOB_FILE_HELP)
+    cmd.set_defaults(handler=lazy("orch.cli.job:job_convert"), role="client")
     cmd = job.add_parser("inspect", parents=[reads], help="print a job's stored spec as JSON")
     cmd.add_argument("id", metavar="ID")
     cmd.set_defaults(handler=lazy("orch.cli.job:job_inspect"))

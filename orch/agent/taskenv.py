@@ -6,7 +6,7 @@ interpolation of their config (``interpolate_config``) and the same payload file
 
 Interpolation: ``${NAME}`` in ``command``, ``args`` and ``env`` values is
 replaced by the task's variable NAME when the agent sets it (every such
-variable starts with ``ORCH_``); any other ``${...}`` or ``$`` is left as
+variable starts with ``ORCH_``, each also as ``NOMAD_``); any other ``${...}`` or ``$`` is left as
 written (no escapes), so a shell command keeps its own ``$VARS``.
 """
 
@@ -54,7 +54,24 @@ def task_env(
     }
     env.update(port_env(spec.ports, advertise_ip(config)))
     env.update(meta_env(spec.meta))
+    env.update(nomad_env(env))
     return env
+
+
+# Nomad's names orch has no ORCH_ twin for. orch's region plays Nomad's
+# datacenter (orch.nomad.translate): NOMAD_DC is the region, and NOMAD_REGION
+# Nomad's default region, one server being one Nomad region.
+NOMAD_REGION = "global"
+
+
+def nomad_env(env: dict[str, str]) -> dict[str, str]:
+    """Every ``ORCH_*`` variable also as ``NOMAD_*`` (job files written for Nomad)."""
+    nomad = {f"NOMAD_{k[5:]}": v for k, v in env.items() if k.startswith("ORCH_")}
+    nomad["NOMAD_SHORT_ALLOC_ID"] = env["ORCH_ALLOC_ID"][:8]
+    nomad["NOMAD_JOB_NAME"] = env["ORCH_JOB_ID"]
+    nomad["NOMAD_DC"] = env["ORCH_REGION"]
+    nomad["NOMAD_REGION"] = NOMAD_REGION
+    return nomad
 
 
 def port_env(ports, ip: str) -> dict[str, str]:

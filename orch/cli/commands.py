@@ -29,6 +29,8 @@ from orch.cli.format import (
 from orch.cli.messages import in_english, with_english
 from orch.client import Client
 from orch.jobspec import parse_job
+from orch.nomad.hcl import job_from_hcl
+from orch.nomad.translate import is_nomad_job, job_from_nomad
 
 EXIT_OK, EXIT_ERROR = 0, 1
 LOG_POLL_INTERVAL = 0.25
@@ -66,7 +68,10 @@ def style() -> Style:
 
 
 def load_job_file(path: str) -> dict:
-    """A job file is the seed's JSON job body; ``-`` reads stdin."""
+    """A job file: the seed's JSON job body, or a Nomad job (HCL or its JSON), translated.
+
+    HCL is recognised by its extension (``.hcl``, ``.nomad``) or by not being
+    JSON; ``-`` reads stdin."""
     try:
         if path == "-":
             text = sys.stdin.read()
@@ -75,12 +80,19 @@ def load_job_file(path: str) -> dict:
                 text = f.read()
     except OSError as exc:
         raise errors.ValidationError(f"{path}: {exc.strerror}") from exc
+    if path.endswith((".hcl", ".nomad")) or not text.lstrip().startswith(("{", "[")):
+        try:
+            return job_from_hcl(text)  # translated and checked, errors with their line
+        except errors.ValidationError as exc:
+            raise errors.ValidationError(f"{path}: {exc.message}") from exc
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as exc:
         raise errors.ValidationError(f"{path}: invalid JSON: {exc}") from exc
     if not isinstance(spec, dict):
         raise errors.ValidationError(f"{path}: a job is a JSON object")
+    if is_nomad_job(spec):
+        spec = job_from_nomad(spec)
     # Checked here first, so a bad file is pointed at by its field path
     # (`task_groups[0].tasks[1].resources.memory: ...`) before any request.
     parse_job(spec, max_count=sys.maxsize)  # the server enforces its own limit

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
 from orch import errors
 from orch.cli.commands import (
+    EXIT_ERROR,
     EXIT_OK,
     about_job,
     client_command,
@@ -66,6 +68,20 @@ def job_run(args, client: Client) -> int:
     except KeyboardInterrupt:
         say(f"==> Stopped following; the job keeps going (orch job status {job_id})")
         return EXIT_OK
+
+
+# ---- job convert -------------------------------------------------------------
+
+
+def job_convert(args) -> int:
+    """Print the orch job body a job file (Nomad HCL or JSON, or orch's) stands for."""
+    try:
+        spec = load_job_file(args.file)
+    except errors.OrchError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    say(json.dumps(spec, indent=2, ensure_ascii=False))
+    return EXIT_OK
 
 
 # ---- job plan ----------------------------------------------------------------

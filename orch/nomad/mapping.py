@@ -93,6 +93,7 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         Field("PortLabel", "port"),
         Field("Tags", "tags"),
         Field("Checks", "checks", "list:Check"),
+        Field("CheckRestart", "check_restart", "CheckRestart"),
     ),
     "Check": (
         Field("Name", "name"),
@@ -144,6 +145,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "TaskGroup": {"EphemeralDisk": {"SizeMB": 300}},
     "Task": {"LogConfig": {"MaxFiles": 10, "MaxFileSizeMB": 10}},
     "Update": {"Stagger": 30 * NS},
+    "Periodic": {"SpecType": "cron"},
     "Network": {"Mode": "host"},
     "Service": {"Provider": "nomad", "AddressMode": "auto"},
     "Check": {"Method": "GET", "Protocol": "http", "AddressMode": "host"},

@@ -35,6 +35,11 @@ from orch.validation import fields
 from orch.validation.fields import fail
 
 
+def is_nomad_job(body: dict) -> bool:
+    """Nomad's job JSON (``{"Job": {...}}`` or the bare object) rather than an orch body."""
+    return "Job" in body or "TaskGroups" in body
+
+
 def job_from_nomad(job: dict) -> dict:
     """An orch job body for Nomad's ``Job`` object; ValidationError names what is refused."""
     if isinstance(job, dict) and set(job) == {"Job"}:

@@ -88,7 +88,8 @@ def test_task_env_has_every_variable():
     spec = parse_alloc(alloc_body("x"))
     config = AgentConfig(region="eu", bind="0.0.0.0")
     got = taskenv.task_env(spec, spec.tasks[0], config, alloc_dir="/d/a", task_dir="/d/a/t")
-    assert got == {
+    orch = {k: v for k, v in got.items() if k.startswith("ORCH_")}
+    assert orch == {
         "ORCH_ALLOC_ID": "a-env",
         "ORCH_ALLOC_INDEX": "2",
         "ORCH_ALLOC_NAME": "web.g[2]",
@@ -112,6 +113,20 @@ def test_task_env_has_every_variable():
         "ORCH_META_team": "core",
         "ORCH_META_TEAM": "core",
     }
+    # Job files written for Nomad: every variable under its NOMAD_ name too.
+    nomad = {k: v for k, v in got.items() if k.startswith("NOMAD_")}
+    assert nomad == {
+        **{f"NOMAD_{k[5:]}": v for k, v in orch.items()},
+        "NOMAD_SHORT_ALLOC_ID": "a-env",
+        "NOMAD_JOB_NAME": "web",
+        "NOMAD_DC": "eu",
+        "NOMAD_REGION": "global",
+    }
+    assert set(got) == set(orch) | set(nomad)
+    assert nomad["NOMAD_ADDR_http"] == "127.0.0.1:21034" and nomad["NOMAD_PORT_admin"] == "80"
+    config = {"command": "run ${NOMAD_PORT_http} ${ORCH_TASK_DIR}", "env": {"A": "${NOMAD_DC}"}}
+    done = taskenv.interpolate_config(config, got)
+    assert done == {"command": "run 21034 /d/a/t", "env": {"A": "eu"}}
 
 
 def test_the_advertised_ip_is_the_advertise_host_else_the_bind():
@@ -150,7 +165,7 @@ def test_docker_publishes_each_port_to_its_to_and_sees_container_paths(tmp_path)
         config={
             "image": "busybox",
             "command": "httpd -p ${ORCH_PORT_admin} -h ${ORCH_TASK_DIR}",
-            "env": {"DATA": "${ORCH_ALLOC_DIR}/data"},
+            "env": {"DATA": "${ORCH_ALLOC_DIR}/data", "LOGS": "${NOMAD_ALLOC_DIR}/logs"},
             "port": 9000,
         },
         resources=Resources(100, 64),
@@ -160,6 +175,7 @@ def test_docker_publishes_each_port_to_its_to_and_sees_container_paths(tmp_path)
         env={
             "ORCH_TASK_DIR": str(tmp_path / "t"),
             "ORCH_ALLOC_DIR": str(tmp_path),
+            "NOMAD_ALLOC_DIR": str(tmp_path),
             "ORCH_PORT_admin": "80",
         },
         ports=tuple(PORTS),
@@ -173,6 +189,8 @@ def test_docker_publishes_each_port_to_its_to_and_sees_container_paths(tmp_path)
     assert options["command"] == ["/bin/sh", "-c", "httpd -p 80 -h /local"]
     assert options["environment"]["DATA"] == "/alloc/data"
     assert options["environment"]["ORCH_ALLOC_DIR"] == "/alloc"
+    assert options["environment"]["NOMAD_ALLOC_DIR"] == "/alloc"
+    assert options["environment"]["LOGS"] == "/alloc/logs"
     assert options["volumes"][str(tmp_path)] == {"bind": "/alloc", "mode": "rw"}
 
 

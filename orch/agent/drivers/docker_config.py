@@ -70,10 +70,11 @@ def build_environment(ctx: TaskContext) -> dict[str, str]:
 def container_env(orch_env: dict) -> dict[str, str]:
     """The agent's ORCH_* variables with the dirs as the container mounts them."""
     env = {k: str(v) for k, v in orch_env.items()}
-    if "ORCH_TASK_DIR" in env:
-        env["ORCH_TASK_DIR"] = TASK_DIR_IN_CONTAINER
-    if "ORCH_ALLOC_DIR" in env:
-        env["ORCH_ALLOC_DIR"] = ALLOC_DIR_IN_CONTAINER
+    for prefix in ("ORCH_", "NOMAD_"):  # NOMAD_* twins: orch.agent.taskenv.nomad_env
+        if f"{prefix}TASK_DIR" in env:
+            env[f"{prefix}TASK_DIR"] = TASK_DIR_IN_CONTAINER
+        if f"{prefix}ALLOC_DIR" in env:
+            env[f"{prefix}ALLOC_DIR"] = ALLOC_DIR_IN_CONTAINER
     return env
 
 
