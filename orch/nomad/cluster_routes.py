@@ -167,7 +167,9 @@ def log_routes(route: NomadRouter, server: Server) -> None:
             follow=http.flag("follow"),
             plain=http.flag("plain"),
         )
-        body = logs.stream(logs.LogReader(server, alloc_id, req))
+        gone = bottle.request.environ.get("waitress.client_disconnected")
+        reader = logs.LogReader(server, alloc_id, req)
+        body = logs.stream(reader, gone if callable(gone) else (lambda: False))
         plain = "text/plain; charset=utf-8"
         bottle.response.content_type = plain if req.plain else "application/json"
         return body

@@ -91,6 +91,8 @@ def job_write_routes(route: NomadRouter, server: Server, reads: Reads) -> None:
         text = body.get("JobHCL")
         if not isinstance(text, str) or not text.strip():
             raise ValidationError("Job HCL must be specified")
+        # Imported here: python-hcl2 and its grammar cost a server start
+        # ~0.3 s, and most servers never parse HCL.
         from orch.nomad.hcl import parse_hcl
 
         job = parse_hcl(text)

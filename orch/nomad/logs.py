@@ -10,25 +10,34 @@ terminal and its log drained (Nomad's stream would stay open for good).
 from __future__ import annotations
 
 import base64
-import itertools
 import json
+import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from orch import transport
-from orch.errors import BadGateway, NotFound, ValidationError
+from orch.errors import BadGateway, NotFound, OrchError, Unavailable, ValidationError
 from orch.transport import HttpClient
 
 if TYPE_CHECKING:
     from orch.server.server import Server
     from orch.structs import Allocation
 
+log = logging.getLogger(__name__)
+
 # (connect, read) seconds for each poll of the agent.
 POLL_TIMEOUT = (2.0, 5.0)
 POLL_INTERVAL = 0.25
+# Following a quiet log: Nomad's empty heartbeat frame this often, which is
+# also how a client that left is noticed.
+HEARTBEAT = 10.0
+# Follows open at once (each holds a waitress thread for its whole life).
+MAX_FOLLOWS = 4
+_follows = threading.BoundedSemaphore(MAX_FOLLOWS)
 # origin=end reads the log forward to find its end: at most this many bytes.
 MAX_SCAN = 64 << 20
 
@@ -105,43 +114,69 @@ class LogReader:
             end = end_next
         return max(0, end - self.req.offset)
 
-    def chunks(self, offset: int) -> Iterator[tuple[int, bytes]]:
-        """(offset, data) of each chunk; polls on while following a live task."""
+    def chunks(self, offset: int, gone: Callable[[], bool]) -> Iterator[tuple[int, bytes]]:
+        """(offset, data) of each chunk; while following a live task, polls on
+        and yields an empty chunk after each HEARTBEAT s without data."""
+        quiet_since = time.monotonic()
         try:
-            while not self.server.store.changes.closed:
+            while not self.server.store.changes.closed and not gone():
                 terminal = self.alloc().terminal()
                 data, nxt = self.read(offset)
                 if data:
                     yield offset, data
-                    offset = nxt
+                    offset, quiet_since = nxt, time.monotonic()
                     continue
                 if terminal or not self.req.follow:
                     return
+                if time.monotonic() - quiet_since >= HEARTBEAT:
+                    yield offset, b""
+                    quiet_since = time.monotonic()
                 time.sleep(POLL_INTERVAL)
         finally:
             self.client.close()
 
 
 def frame(offset: int, data: bytes, file: str) -> bytes:
-    """One StreamFrame as Nomad encodes it (Data in base64); Offset is where it ends."""
+    """One StreamFrame as Nomad encodes it (Data in base64); Offset is where it ends.
+
+    An empty chunk is Nomad's heartbeat frame, ``{}``."""
+    if not data:
+        return b"{}"
     body = {"Offset": offset + len(data), "Data": base64.b64encode(data).decode(), "File": file}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def stream(reader: LogReader) -> Iterator[bytes]:
-    """The response body: plain bytes or frames. The first read happens here,
-    before any byte is sent, so an unknown allocation is still a 4xx."""
+def stream(reader: LogReader, gone: Callable[[], bool]) -> Iterator[bytes]:
+    """The response body: plain bytes or frames.
+
+    The allocation and task are checked here, before any byte is sent, so
+    an unknown one is still a 4xx. A follow holds a waitress thread: at most
+    MAX_FOLLOWS at once, over that Unavailable (503)."""
     try:
-        chunks = reader.chunks(reader.start())
-        first = next(chunks, None)
+        reader.alloc()
+        offset = reader.start()
     except Exception:
         reader.client.close()
         raise
+    if reader.req.follow and not _follows.acquire(blocking=False):
+        reader.client.close()
+        raise Unavailable(f"too many log streams followed at once (at most {MAX_FOLLOWS})")
 
     def body() -> Iterator[bytes]:
-        if first is None:
-            return
-        for off, data in itertools.chain([first], chunks):
-            yield data if reader.req.plain else frame(off, data, reader.file)
+        try:
+            if reader.req.follow and not reader.req.plain:
+                # bottle holds the headers until the first non-empty item: a
+                # heartbeat frame sends them now, not with the log's next line.
+                yield frame(offset, b"", reader.file)
+            for off, data in reader.chunks(offset, gone):
+                if data or not reader.req.plain:
+                    yield data if reader.req.plain else frame(off, data, reader.file)
+        except OrchError as exc:
+            # Headers are sent: the stream can only end (the client sees it cut).
+            log.warning("log stream of alloc %s ended: %s", reader.alloc_id, exc.message)
+        finally:
+            reader.client.close()
+            if reader.req.follow:
+                _follows.release()
 
     return body()

@@ -127,11 +127,80 @@ def test_python_nomad_registers_runs_reads_logs_and_purges(cluster, n):
     )
     assert tail == "hello\n"
 
+    # follow on a live task: frames as the log grows, heartbeats ({}) between.
+    with requests.get(
+        f"{cluster.url}/v1/client/fs/logs/{alloc['ID']}",
+        params={"task": "t", "type": "stdout", "follow": "True"},
+        headers={"X-Nomad-Token": TOKEN},
+        stream=True,
+        timeout=10,
+    ) as live:
+        assert live.status_code == 200
+        seen = b""
+        for chunk in live.iter_content(None):
+            seen += chunk
+            if b"Data" in seen and seen.endswith(b"}"):
+                break
+    assert frames(seen.decode())[0] == {}
+    assert base64.b64decode(frames(seen.decode())[1]["Data"]) == b"hello from hello\n"
+
     stop = n.job.deregister_job("hello")
     assert stop["EvalID"]
     assert wait_status(n, "hello", "dead")["Stop"] is True
     n.job.deregister_job("hello", purge=True)
     assert "hello" not in n.job and "hello" not in n.jobs
+
+
+HCL = """
+job "from-hcl" {
+  datacenters = ["dc1"]
+  type        = "batch"
+
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "echo parsed from HCL on $${NOMAD_DC:-?}; echo err >&2"]
+      }
+      resources {
+        cpu    = 50
+        memory = 32
+      }
+    }
+  }
+}
+"""
+
+
+def test_python_nomad_parses_hcl_and_runs_the_job(cluster, n, tmp_path):
+    path = tmp_path / "from-hcl.nomad.hcl"
+    path.write_text(HCL)
+    job = n.jobs.parse(path.read_text())
+    assert job["ID"] == "from-hcl" and job["Type"] == "batch"
+    assert job["TaskGroups"][0]["Tasks"][0]["Driver"] == "raw_exec"
+    assert n.jobs.parse(path.read_text(), canonicalize=True)["Namespace"] == "default"
+    out = n.jobs.register_job({"Job": job})
+    assert out["EvalID"]
+    wait_status(n, "from-hcl", "dead")
+    [alloc] = n.job.get_allocations("from-hcl")
+    assert alloc["ClientStatus"] == "complete"
+    stream = n.client.stream_logs.stream
+    assert stream(alloc["ID"], "t", "stdout", plain=True) == "parsed from HCL on dc1\n"
+    assert stream(alloc["ID"], "t", "stderr", plain=True) == "err\n"
+    # follow on a finished task: the stream ends once its log is drained.
+    resp = requests.get(
+        f"{cluster.url}/v1/client/fs/logs/{alloc['ID']}",
+        params={"task": "t", "type": "stderr", "follow": "true"},
+        headers={"X-Nomad-Token": TOKEN},
+        timeout=10,
+    )
+    data = [base64.b64decode(f["Data"]) for f in frames(resp.text) if f]
+    assert data == [b"err\n"]
+    with pytest.raises(BadRequestNomadException) as refused:
+        n.jobs.parse('job "x" {\n  group "g" {\n    volume "v" {}\n  }\n}\n')
+    assert "volume" in refused.value.nomad_resp.text
+    n.job.deregister_job("from-hcl", purge=True)
 
 
 def test_python_nomad_raises_the_exceptions_nomad_clients_expect(cluster, n):

@@ -310,3 +310,21 @@ def test_deployments_status_agent_and_services(app):
     assert me["member"]["Port"] == 4646 and me["config"]["ACL"]["Enabled"] is True
     assert call(app, "GET", "/v1/services")[2] == [{"Namespace": "default", "Services": []}]
     assert call(app, "GET", "/v1/service/nope")[2] == []
+
+
+def test_parse_returns_the_bare_job(app):
+    hcl = (
+        'job "hello" {\n  group "g" {\n    task "t" {\n      driver = "exec"\n'
+        '      config {\n        command = "/bin/true"\n      }\n    }\n  }\n}\n'
+    )
+    status, _, job = call(app, "POST", "/v1/jobs/parse", {"JobHCL": hcl, "Canonicalize": True})
+    assert status == 200, job
+    assert job["ID"] == "hello" and job["Type"] == "service"
+    assert job["TaskGroups"][0]["Tasks"][0]["Config"]["command"] == "/bin/true"
+
+
+def test_parse_refuses_what_orch_lacks_with_its_line(app):
+    hcl = 'job "x" {\n  vault {\n    policies = ["a"]\n  }\n}\n'
+    status, headers, text = call(app, "POST", "/v1/jobs/parse", {"JobHCL": hcl})
+    assert status == 400 and headers["Content-Type"].startswith("text/plain")
+    assert "vault" in text and "line 2" in text
