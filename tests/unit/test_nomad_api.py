@@ -276,6 +276,7 @@ def test_nodes_eligibility_and_drain(app):
     assert call(app, "POST", f"/v1/node/{NODE_ID}/drain", cancel)[0] == 200
     assert call(app, "GET", f"/v1/node/{NODE_ID}")[2]["SchedulingEligibility"] == "eligible"
     assert call(app, "POST", f"/v1/node/{NODE_ID}/eligibility", {"Eligibility": "x"})[0] == 400
+    assert call(app, "GET", f"/v1/node/{NODE_ID}/allocations")[:3:2] == (200, [])
 
 
 def test_dispatch_and_periodic_force(app):
@@ -306,6 +307,7 @@ def test_deployments_status_agent_and_services(app):
     assert call(app, "POST", "/v1/deployment/promote/nope", {"All": True})[0] == 404
     status, _, leader = call(app, "GET", "/v1/status/leader")
     assert status == 200 and leader == "127.0.0.1:4646"
+    assert call(app, "GET", "/v1/status/peers")[2] == ["127.0.0.1:4646"]
     _, _, me = call(app, "GET", "/v1/agent/self")
     assert me["member"]["Port"] == 4646 and me["config"]["ACL"]["Enabled"] is True
     assert call(app, "GET", "/v1/services")[2] == [{"Namespace": "default", "Services": []}]
@@ -328,3 +330,73 @@ def test_parse_refuses_what_orch_lacks_with_its_line(app):
     status, headers, text = call(app, "POST", "/v1/jobs/parse", {"JobHCL": hcl})
     assert status == 400 and headers["Content-Type"].startswith("text/plain")
     assert "vault" in text and "line 2" in text
+
+
+RICH = {
+    "ID": "rich",
+    "Type": "service",
+    "Datacenters": ["dc1"],
+    "Constraints": [{"LTarget": "${attr.kernel.name}", "RTarget": "linux", "Operand": "="}],
+    "Meta": {"team": "blue"},
+    "Update": {"MaxParallel": 2, "MinHealthyTime": 5 * 10**9, "HealthCheck": "task_states"},
+    "TaskGroups": [
+        {
+            "Name": "web",
+            "Count": 2,
+            "Meta": {"tier": "gold"},
+            "Networks": [
+                {
+                    "ReservedPorts": [{"Label": "admin", "Value": 9901}],
+                    "DynamicPorts": [{"Label": "http", "To": 8080}],
+                }
+            ],
+            "Services": [
+                {
+                    "Name": "web",
+                    "PortLabel": "http",
+                    "Tags": ["a"],
+                    "Checks": [
+                        {
+                            "Name": "alive",
+                            "Type": "http",
+                            "Path": "/health",
+                            "Interval": 10 * 10**9,
+                            "Timeout": 2 * 10**9,
+                        }
+                    ],
+                }
+            ],
+            "Tasks": [
+                {
+                    "Name": "srv",
+                    "Driver": "docker",
+                    "Config": {"image": "nginx:1", "ports": ["http"]},
+                    "Resources": {"CPU": 200, "MemoryMB": 128},
+                    "KillSignal": "SIGINT",
+                }
+            ],
+        }
+    ],
+}
+
+
+def test_every_field_read_back_translates_to_the_same_orch_job(app, server):
+    register(app, RICH)
+    before = server.store.require_job("rich").spec()
+    _, _, job = call(app, "GET", "/v1/job/rich")
+    assert job["TaskGroups"][0]["Networks"][0]["DynamicPorts"] == [
+        {"Label": "http", "Value": 0, "To": 8080}
+    ]
+    assert job["TaskGroups"][0]["Services"][0]["Checks"][0]["Interval"] == 10 * 10**9
+    assert job["Update"]["MinHealthyTime"] == 5 * 10**9
+    status, _, out = call(app, "PUT", "/v1/job/rich", {"Job": job})
+    assert status == 200, out
+    assert server.store.require_job("rich").spec() == before
+    assert server.store.require_job("rich").version == 0
+
+
+def test_query_booleans_are_checked(app):
+    register(app)
+    status, headers, text = call(app, "DELETE", "/v1/job/web?purge=maybe")
+    assert status == 400 and "purge" in text
+    assert call(app, "GET", "/v1/job/web")[2]["Stop"] is False
