@@ -100,10 +100,10 @@ def job_write_routes(route: NomadRouter, server: Server, reads: Reads) -> None:
 
     @route("DELETE", "/v1/job/<job_id>")
     def deregister(job_id):
-        job = store.require_job(job_id)
+        store.require_job(job_id)
         purge = http.flag("purge")
-        if not job.stopped or not purge:
-            server.stop_job(job_id)
+        # Every deregister writes its evaluation, a stopped job's too (as Nomad).
+        server.stop_job(job_id)
         stops = [
             e for e in store.evals_for_job(job_id) if e.triggered_by == TriggeredBy.JOB_DEREGISTER
         ]

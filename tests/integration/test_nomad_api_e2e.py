@@ -332,3 +332,27 @@ def running_allocs(n, job_id: str) -> list[dict]:
         for a in n.job.get_allocations(job_id)
         if a["ClientStatus"] == "running" and a["DesiredStatus"] == "run"
     ]
+
+
+def test_services_of_a_running_job_are_listed_as_nomad_lists_them(cluster, n):
+    group = {
+        "Networks": [{"DynamicPorts": [{"Label": "http"}]}],
+        "Services": [{"Name": "pinger", "PortLabel": "http", "Tags": ["v1"]}],
+    }
+    n.job.register_job("pinger", {"Job": sh_job(cluster, "pinger", "exec sleep 300", group=group)})
+    wait_status(n, "pinger", "running")
+    [alloc] = n.job.get_allocations("pinger")
+    headers = {"X-Nomad-Token": TOKEN}
+
+    def listed():
+        resp = requests.get(f"{cluster.url}/v1/services", headers=headers, timeout=5)
+        return resp.json() if resp.ok and resp.json() else None
+
+    [namespace] = wait_until(listed, WAIT, what="the service in /v1/services")
+    assert {"ServiceName": "pinger", "Tags": ["v1"]} in namespace["Services"]
+    resp = requests.get(f"{cluster.url}/v1/service/pinger", headers=headers, timeout=5)
+    [instance] = resp.json()
+    assert int(resp.headers["X-Nomad-Index"]) > 0
+    assert instance["AllocID"] == alloc["ID"] and instance["JobID"] == "pinger"
+    assert instance["Address"] == "127.0.0.1" and 20000 <= instance["Port"] <= 32000
+    n.job.deregister_job("pinger", purge=True)

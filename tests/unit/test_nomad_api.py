@@ -310,7 +310,7 @@ def test_deployments_status_agent_and_services(app):
     assert call(app, "GET", "/v1/status/peers")[2] == ["127.0.0.1:4646"]
     _, _, me = call(app, "GET", "/v1/agent/self")
     assert me["member"]["Port"] == 4646 and me["config"]["ACL"]["Enabled"] is True
-    assert call(app, "GET", "/v1/services")[2] == [{"Namespace": "default", "Services": []}]
+    assert call(app, "GET", "/v1/services")[2] == []
     assert call(app, "GET", "/v1/service/nope")[2] == []
 
 
