@@ -407,3 +407,15 @@ def test_a_bad_count_points_at_its_group():
 def test_every_corpus_file_translates_into_a_valid_orch_job(path):
     body = job_from_hcl(path.read_text())
     assert parse_job(body).job_id == body["job_id"]
+
+
+def test_maps_as_attributes_and_nomads_default_type():
+    text = 'job "j" {\n  meta = {\n    team = "core"\n  }\n  group "g" {\n'
+    text += '    meta = { tier = "one" }\n    task "t" {\n      driver = "exec"\n'
+    text += '      config = { command = "/bin/true" }\n    }\n  }\n}\n'
+    job = parse_hcl(text)
+    assert job["Meta"] == {"team": "core"} and job["TaskGroups"][0]["Meta"] == {"tier": "one"}
+    body = job_from_hcl(text)
+    # Without `type` a Nomad job is a service (orch's own default is batch).
+    assert body["type"] == "service" and body["meta"] == {"team": "core"}
+    assert body["task_groups"][0]["tasks"][0]["config"] == {"command": ["/bin/true"]}
