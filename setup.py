@@ -27,7 +27,7 @@ setup(
         "croniter",
         "psycopg[binary]",
         "psycopg-pool",
-        "python-hcl2",
+        "python-hcl2>=7.3,<8",  # 8 changes its output shape (orch/nomad/hcl.py)
     ],
     entry_points={
         "console_scripts": ["orch=orch.__main__:main"],

@@ -241,6 +241,8 @@ def _convert(kind: str, labels: tuple[str, ...], body: dict, path: str, lines: L
             continue
         if key in spec.blocks and _is_block(value):
             _children(key, value, spec.blocks[key], path, out, lines)
+        elif key in spec.blocks and key in MAPS and isinstance(value, dict):
+            out[spec.blocks[key]] = _value(value, line)  # `meta = {...}`: a map attribute
         elif key in spec.attrs:
             out.update(_attribute(key, value, spec.attrs[key], kind, line))
         elif _is_block(value):

@@ -34,6 +34,9 @@ from orch.nomad.mapping import (
 from orch.validation import fields
 from orch.validation.fields import fail
 
+# Nomad's default job type (orch's is batch): a Nomad file without `type` is a service.
+DEFAULT_TYPE = "service"
+
 
 def is_nomad_job(body: dict) -> bool:
     """Nomad's job JSON (``{"Job": {...}}`` or the bare object) rather than an orch body."""
@@ -48,6 +51,7 @@ def job_from_nomad(job: dict) -> dict:
     if job.get("ID") is None and job.get("Name") is not None:
         job = {**job, "ID": job["Name"]}
     body = _block("Job", job, "Job")
+    body.setdefault("type", DEFAULT_TYPE)
     _check_name(job)
     constraints = body.pop("datacenters", []) + body.get("constraints", [])
     if constraints:

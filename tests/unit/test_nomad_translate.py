@@ -1,0 +1,281 @@
+"""orch.nomad.translate: Nomad's job JSON into orch job bodies; what orch lacks is refused."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+
+from orch.errors import ValidationError
+from orch.jobspec import parse_job
+from orch.nomad.mapping import FIELDS
+from orch.nomad.translate import datacenter_constraints, is_nomad_job, job_from_nomad
+
+S = 1_000_000_000
+
+
+def nomad_job(**extra) -> dict:
+    """A Nomad API Job as the API canonicalises it (defaults filled in)."""
+    job = {
+        "ID": "web",
+        "Name": "web",
+        "Type": "service",
+        "Region": "global",
+        "Namespace": "default",
+        "Priority": 50,
+        "AllAtOnce": False,
+        "Datacenters": ["*"],
+        "Status": "running",
+        "Version": 3,
+        "CreateIndex": 10,
+        "ModifyIndex": 12,
+        "Update": {"Stagger": 30 * S, "MaxParallel": 1, "MinHealthyTime": 10 * S},
+        "TaskGroups": [
+            {
+                "Name": "g",
+                "Count": 2,
+                "EphemeralDisk": {"SizeMB": 300, "Sticky": False, "Migrate": False},
+                "Networks": [
+                    {
+                        "Mode": "host",
+                        "DynamicPorts": [{"Label": "http", "Value": 0, "To": 8080}],
+                        "ReservedPorts": [{"Label": "dns", "Value": 5353, "To": 0}],
+                    }
+                ],
+                "Tasks": [
+                    {
+                        "Name": "t",
+                        "Driver": "raw_exec",
+                        "Config": {"command": "/bin/sleep", "args": ["60"]},
+                        "Env": {"A": "${NOMAD_PORT_http}"},
+                        "Resources": {"CPU": 200, "MemoryMB": 128, "DiskMB": 0},
+                        "KillTimeout": 5 * S,
+                        "LogConfig": {"MaxFiles": 10, "MaxFileSizeMB": 10},
+                        "Templates": [],
+                        "Vault": None,
+                    }
+                ],
+            }
+        ],
+    }
+    job.update(extra)
+    return job
+
+
+def test_a_canonical_job_translates_with_its_defaults_accepted():
+    body = job_from_nomad(nomad_job())
+    assert body == {
+        "job_id": "web",
+        "type": "service",
+        "update": {"max_parallel": 1, "min_healthy_time": 10},
+        "task_groups": [
+            {
+                "name": "g",
+                "count": 2,
+                "network": {
+                    "ports": [{"label": "http", "to": 8080}, {"label": "dns", "static": 5353}]
+                },
+                "tasks": [
+                    {
+                        "name": "t",
+                        "driver": "exec",
+                        "config": {
+                            "command": ["/bin/sleep"],
+                            "args": ["60"],
+                            "env": {"A": "${NOMAD_PORT_http}"},
+                        },
+                        "resources": {"cpu": 200, "memory": 128},
+                        "kill_timeout": 5,
+                    }
+                ],
+            }
+        ],
+    }
+    parse_job(body)
+    assert job_from_nomad({"Job": nomad_job()}) == body  # the register body's wrapper
+
+
+def test_is_nomad_job_tells_the_shapes_apart():
+    assert is_nomad_job({"Job": {}}) and is_nomad_job({"ID": "x", "TaskGroups": []})
+    assert not is_nomad_job({"job_id": "x", "task_groups": []})
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        (("Priority",), 70, "Job.Priority: is not supported by orch"),
+        (("Region",), "eu", "Job.Region: is not supported by orch"),
+        (("Name",), "other", "Job.Name: must equal Job.ID"),
+        (("Spreads",), [{"Attribute": "x"}], "Job.Spreads: is not supported"),
+        (("TaskGroups", 0, "EphemeralDisk"), {"SizeMB": 500}, "TaskGroups[0].EphemeralDisk"),
+        (("TaskGroups", 0, "RestartPolicy"), {"Attempts": 2}, "TaskGroups[0].RestartPolicy"),
+        (("TaskGroups", 0, "Volumes"), {"v": {"Type": "host"}}, "TaskGroups[0].Volumes"),
+        (("TaskGroups", 0, "Tasks", 0, "Templates"), [{"EmbeddedTmpl": "x"}], "Tasks[0].Templates"),
+        (("TaskGroups", 0, "Tasks", 0, "Artifacts"), [{"GetterSource": "x"}], "Tasks[0].Artifacts"),
+        (("TaskGroups", 0, "Tasks", 0, "Vault"), {"Policies": ["p"]}, "Tasks[0].Vault"),
+        (("TaskGroups", 0, "Tasks", 0, "Lifecycle"), {"Hook": "prestart"}, "Tasks[0].Lifecycle"),
+        (("TaskGroups", 0, "Tasks", 0, "User"), "nobody", "Tasks[0].User"),
+        (("TaskGroups", 0, "Tasks", 0, "LogConfig"), {"MaxFiles": 3}, "Tasks[0].LogConfig:"),
+        (("TaskGroups", 0, "Tasks", 0, "Resources", "Cores"), 2, "Resources.Cores"),
+        (("TaskGroups", 0, "Tasks", 0, "Driver"), "java", "driver 'java' is not supported"),
+        (("TaskGroups", 0, "Tasks", 0, "Config", "privileged"), True, "Config.privileged"),
+        (("TaskGroups", 0, "Networks", 0, "Mode"), "bridge", "Networks[0].Mode"),
+        (("TaskGroups", 0, "KillTimeout"), -1, "TaskGroups[0].KillTimeout"),
+        (("Update", "MinHealthyTime"), -5, "must be a non-negative integer of nanoseconds"),
+    ],
+)
+def test_what_orch_lacks_is_refused_by_its_path(path, value, message):
+    job = nomad_job()
+    target = job
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(ValidationError) as err:
+        job_from_nomad(job)
+    assert message in err.value.message
+
+
+@pytest.mark.parametrize(
+    "target, attribute",
+    [
+        ("${attr.kernel.name}", "os"),
+        ("${attr.cpu.arch}", "arch"),
+        ("${node.unique.name}", "hostname"),
+        ("${attr.unique.hostname}", "hostname"),
+        ("${node.unique.id}", "node_id"),
+        ("${node.datacenter}", "region"),
+        ("${attr.driver.docker}", "driver.docker"),
+        ("${attr.driver.raw_exec}", "driver.exec"),
+        ("${attr.cpu.numcores}", "cpu.cores"),
+        ("${meta.rack}", "meta.rack"),
+    ],
+)
+def test_constraint_targets_map_to_orch_attributes(target, attribute):
+    body = job_from_nomad(
+        nomad_job(Constraints=[{"LTarget": target, "RTarget": "x", "Operand": "!="}])
+    )
+    assert body["constraints"] == [{"attribute": attribute, "operator": "!=", "value": "x"}]
+
+
+def test_operators_arch_names_and_refusals():
+    def one(**c) -> dict:
+        return job_from_nomad(nomad_job(Constraints=[c]))["constraints"][0]
+
+    assert one(LTarget="${attr.cpu.arch}", RTarget="amd64")["value"] == "x86_64"
+    assert one(LTarget="${attr.cpu.arch}", RTarget="arm64", Operand="==")["value"] == "aarch64"
+    assert one(LTarget="${meta.k}", RTarget="^a", Operand="regexp")["operator"] == "regex"
+    assert one(LTarget="${meta.k}", RTarget="3", Operand=">=")["operator"] == ">="
+    for bad, message in [
+        ({"LTarget": "${attr.os.name}", "RTarget": "x"}, "attribute '${attr.os.name}'"),
+        ({"Operand": "distinct_hosts", "RTarget": "true"}, "operator 'distinct_hosts'"),
+        ({"LTarget": "${meta.a}", "RTarget": "${meta.b}"}, "interpolation"),
+        ({"LTarget": "${meta.a}", "RTarget": "x", "Weight": 50}, "Constraints[0].Weight"),
+    ]:
+        with pytest.raises(ValidationError, match=re.escape(message)):
+            one(**bad)
+
+
+@pytest.mark.parametrize(
+    "datacenters, matches, misses",
+    [
+        (["dc1"], ["dc1"], ["dc2", "dc10"]),
+        (["dc1", "eu-west"], ["dc1", "eu-west"], ["dc2", "eu-wes"]),
+        (["eu-*"], ["eu-west", "eu-"], ["us-east", "xeu-west"]),
+        (["dc?"], ["dc1", "dcx"], ["dc", "dc12"]),
+    ],
+)
+def test_datacenters_are_regions(datacenters, matches, misses):
+    [c] = datacenter_constraints(datacenters, "Job.Datacenters")
+    assert c["attribute"] == "region"
+    if c["operator"] == "=":
+        pattern = re.escape(c["value"])
+    else:
+        assert c["operator"] == "regex"
+        pattern = c["value"]
+    assert all(re.fullmatch(pattern, m) for m in matches)
+    assert not any(re.fullmatch(pattern, m) for m in misses)
+
+
+def test_any_datacenter_means_no_constraint():
+    assert datacenter_constraints(["*"], "p") == datacenter_constraints([], "p") == []
+    body = job_from_nomad(nomad_job(Datacenters=["dc1"]))
+    assert body["constraints"] == [{"attribute": "region", "operator": "=", "value": "dc1"}]
+
+
+def test_task_level_fields_are_lifted_into_the_group():
+    job = nomad_job()
+    group = job["TaskGroups"][0]
+    group["Services"] = [{"PortLabel": "http"}]
+    group["Tasks"][0].update(
+        Constraints=[{"LTarget": "${meta.zone}", "RTarget": "a"}],
+        Services=[
+            {
+                "PortLabel": "dns",
+                "Checks": [
+                    {"Type": "script", "Command": "/bin/check", "Args": ["-q"], "Interval": S}
+                ],
+            },
+            {"Name": "${TASK}-admin", "PortLabel": "http"},
+        ],
+        ShutdownDelay=2 * S,
+        Meta={"owner": "me"},
+    )
+    body = job_from_nomad(job)
+    out = body["task_groups"][0]
+    assert out["constraints"] == [{"attribute": "meta.zone", "operator": "=", "value": "a"}]
+    assert [s["name"] for s in out["services"]] == ["web-g", "web-g-t", "t-admin"]
+    assert out["services"][1]["checks"] == [
+        {"type": "script", "command": ["/bin/check", "-q"], "interval": 1}
+    ]
+    assert out["shutdown_delay"] == 2 and out["meta"] == {"owner": "me"}
+    parsed = parse_job(body).task_groups[0]
+    assert parsed.shutdown_delay == 2.0 and parsed.meta == {"owner": "me"}
+    # With two tasks a task's meta would leak to its sibling: refused.
+    second = copy.deepcopy(group["Tasks"][0])
+    second["Name"] = "u"
+    group["Tasks"].append(second)
+    with pytest.raises(ValidationError, match=r"Tasks\[0\].Meta: .*several tasks"):
+        job_from_nomad(job)
+
+
+def test_docker_ports_must_name_group_ports():
+    job = nomad_job()
+    task = job["TaskGroups"][0]["Tasks"][0]
+    task.update(Driver="docker", Config={"image": "busybox", "ports": ["http"]})
+    body = job_from_nomad(job)
+    assert body["task_groups"][0]["tasks"][0]["config"] == {
+        "image": "busybox",
+        "env": {"A": "${NOMAD_PORT_http}"},
+    }
+    task["Config"]["ports"] = ["nope"]
+    with pytest.raises(ValidationError, match="Config.ports: port 'nope' is not in the group"):
+        job_from_nomad(job)
+
+
+def test_periodic_parameterized_and_durations():
+    periodic = {"Enabled": True, "Spec": "*/5 * * * *", "SpecType": "cron", "TimeZone": "UTC"}
+    body = job_from_nomad(nomad_job(Type="batch", Periodic=periodic, Update=None))
+    assert body["periodic"] == {"crons": ["*/5 * * * *"], "enabled": True, "time_zone": "UTC"}
+    parse_job(body)
+    periodic = {"Specs": ["@daily", "@hourly"], "ProhibitOverlap": True}
+    assert job_from_nomad(nomad_job(Type="batch", Periodic=periodic))["periodic"]["crons"] == [
+        "@daily",
+        "@hourly",
+    ]
+    params = {"Payload": "forbidden", "MetaRequired": ["a"], "MetaOptional": None}
+    body = job_from_nomad(nomad_job(Type="batch", ParameterizedJob=params))
+    assert body["parameterized"] == {"payload": "forbidden", "meta_required": ["a"]}
+    job = nomad_job()
+    job["TaskGroups"][0]["Tasks"][0]["KillTimeout"] = 1_500_000_000
+    job["Update"] = {"HealthyDeadline": "90s"}  # a duration string, as an HCL mind writes it
+    body = job_from_nomad(job)
+    assert body["task_groups"][0]["tasks"][0]["kill_timeout"] == 1.5
+    assert body["update"] == {"healthy_deadline": 90.0}
+
+
+def test_the_table_names_every_orch_field_once_per_block():
+    for block, fields in FIELDS.items():
+        names = [f.nomad for f in fields]
+        assert len(names) == len(set(names)), block
+        assert all(f.orch and f.kind for f in fields), block
