@@ -6,6 +6,7 @@ method behind orch's own route, so validation and storage are orch's.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import bottle
@@ -21,6 +22,8 @@ from orch.validation import fields
 if TYPE_CHECKING:
     from orch.server.server import Server
 
+log = logging.getLogger(__name__)
+
 # Canonicalize fills in what Nomad's parser leaves for the server to default.
 CANONICAL = {"Namespace": "default", "Region": "global", "Type": "service", "Priority": 50}
 
@@ -33,7 +36,14 @@ def job_body(body, path_id: str | None = None) -> dict:
         raise ValidationError("Job must be specified")
     if path_id is not None and job.get("ID") != path_id:
         raise ValidationError("Job ID does not match URL")
-    return job_from_nomad(job)
+    try:
+        return job_from_nomad(job)
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        # A value of the wrong JSON type where the translation expected
+        # another: bad input, so a 400, never a 500 (logged: the translation
+        # should name the field itself).
+        log.warning("job %r did not translate: %r", job.get("ID"), exc)
+        raise ValidationError(f"Job: a field has the wrong type ({exc})") from exc
 
 
 def _enforce_index(body: dict, reads: Reads, job_id: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import random
 import threading
 import time
 
@@ -400,3 +402,42 @@ def test_query_booleans_are_checked(app):
     status, headers, text = call(app, "DELETE", "/v1/job/web?purge=maybe")
     assert status == 400 and "purge" in text
     assert call(app, "GET", "/v1/job/web")[2]["Stop"] is False
+
+
+WRONG_TYPES = [None, 1, -1, 1.5, "x", "", [], {}, [1], [{}], {"a": 1}, True, 10**30]
+
+
+def mutations(job: dict, rng: random.Random, count: int):
+    """``count`` copies of ``job``, each with one value anywhere replaced by a wrong type."""
+
+    def paths(value, at=()):
+        yield at
+        items = (
+            value.items()
+            if isinstance(value, dict)
+            else enumerate(value)
+            if isinstance(value, list)
+            else ()
+        )
+        for key, child in items:
+            yield from paths(child, (*at, key))
+
+    every = list(paths(job))[1:]
+    for _ in range(count):
+        out = copy.deepcopy(job)
+        where = rng.choice(every)
+        parent = out
+        for key in where[:-1]:
+            parent = parent[key]
+        parent[where[-1]] = rng.choice(WRONG_TYPES)
+        yield out
+
+
+def test_hostile_job_bodies_are_4xx_never_5xx(app):
+    rng = random.Random(15)
+    for job in mutations(RICH, rng, 300):
+        for path in ("/v1/jobs", "/v1/job/rich/plan"):
+            status, headers, text = call(app, "POST", path, {"Job": job})
+            assert status < 500, (path, job, text)
+            if status >= 400:
+                assert headers["Content-Type"].startswith("text/plain"), text
