@@ -40,7 +40,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def n(cluster):
-    return nomad.Nomad(host="127.0.0.1", port=cluster.port, token=TOKEN, timeout=10)
+    return nomad.Nomad(host="127.0.0.1", port=cluster.port, token=TOKEN, timeout=30)
 
 
 def sh_job(cluster: Cluster, job_id: str, script: str, *, count: int = 1, **extra) -> dict:
@@ -133,7 +133,7 @@ def test_python_nomad_registers_runs_reads_logs_and_purges(cluster, n):
         params={"task": "t", "type": "stdout", "follow": "True"},
         headers={"X-Nomad-Token": TOKEN},
         stream=True,
-        timeout=10,
+        timeout=30,
     ) as live:
         assert live.status_code == 200
         seen = b""
@@ -193,7 +193,7 @@ def test_python_nomad_parses_hcl_and_runs_the_job(cluster, n, tmp_path):
         f"{cluster.url}/v1/client/fs/logs/{alloc['ID']}",
         params={"task": "t", "type": "stderr", "follow": "true"},
         headers={"X-Nomad-Token": TOKEN},
-        timeout=10,
+        timeout=30,
     )
     data = [base64.b64decode(f["Data"]) for f in frames(resp.text) if f]
     assert data == [b"err\n"]
@@ -216,10 +216,10 @@ def test_python_nomad_raises_the_exceptions_nomad_clients_expect(cluster, n):
             "v", {"Job": {**sh_job(cluster, "v", "true"), "Vault": {"Policies": ["x"]}}}
         )
     assert "Vault" in refused.value.nomad_resp.text
-    stranger = nomad.Nomad(host="127.0.0.1", port=cluster.port, token="wrong", timeout=10)
+    stranger = nomad.Nomad(host="127.0.0.1", port=cluster.port, token="wrong", timeout=30)
     with pytest.raises(URLNotAuthorizedNomadException):
         stranger.jobs.get_jobs()
-    resp = requests.get(f"{cluster.url}/v1/jobs", timeout=5)
+    resp = requests.get(f"{cluster.url}/v1/jobs", timeout=30)
     assert resp.status_code == 403 and resp.text == "Permission denied"
     assert n.status.leader.get_leader() == f"127.0.0.1:{cluster.port}"
     assert n.agent.get_agent()["config"]["ACL"]["Enabled"] is True
@@ -345,12 +345,12 @@ def test_services_of_a_running_job_are_listed_as_nomad_lists_them(cluster, n):
     headers = {"X-Nomad-Token": TOKEN}
 
     def listed():
-        resp = requests.get(f"{cluster.url}/v1/services", headers=headers, timeout=5)
+        resp = requests.get(f"{cluster.url}/v1/services", headers=headers, timeout=30)
         return resp.json() if resp.ok and resp.json() else None
 
     [namespace] = wait_until(listed, WAIT, what="the service in /v1/services")
     assert {"ServiceName": "pinger", "Tags": ["v1"]} in namespace["Services"]
-    resp = requests.get(f"{cluster.url}/v1/service/pinger", headers=headers, timeout=5)
+    resp = requests.get(f"{cluster.url}/v1/service/pinger", headers=headers, timeout=30)
     [instance] = resp.json()
     assert int(resp.headers["X-Nomad-Index"]) > 0
     assert instance["AllocID"] == alloc["ID"] and instance["JobID"] == "pinger"
