@@ -35,16 +35,18 @@ class Reads:
     def job(self, job: Job) -> dict:
         return present.job(job, self.status(job), self.job_indexes(job))
 
-    def summary(self, job: Job) -> dict:
+    def summary(self, job: Job, indexes: dict | None = None) -> dict:
         allocs = self.store.allocs_for_job(job.job_id)
-        out = present.summary(job, self.server.job_summary(job, allocs), self.job_indexes(job))
+        counts = self.server.job_summary(job, allocs)
+        out = present.summary(job, counts, indexes or self.job_indexes(job))
         if job.is_parent:
             kids = self.store.children_of(job.job_id)
             out["Children"] = present.children([self.status(k) for k in kids])
         return out
 
     def job_stub(self, job: Job) -> dict:
-        return present.job_stub(job, self.status(job), self.summary(job), self.job_indexes(job))
+        indexes = self.job_indexes(job)
+        return present.job_stub(job, self.status(job), self.summary(job, indexes), indexes)
 
     def alloc_stubs(self, allocs: list[Allocation]) -> list[dict]:
         nodes = {n.node_id: n for n in self.store.list_nodes()}
