@@ -102,7 +102,7 @@ class NomadRouter:
     def catch_all(self, prefix: str) -> None:
         """Unknown /v1 paths: Nomad's plain-text 404 (405 for a known path)."""
 
-        def unknown(rest: str) -> str:
+        def unknown(rest: str = "") -> str:
             bottle.response.content_type = TEXT
             if self._other_method_matches():
                 bottle.response.status = 405
@@ -110,7 +110,8 @@ class NomadRouter:
             bottle.response.status = 404
             return "Invalid URL"
 
-        self.app.route(f"{prefix}/<rest:path>", "ANY")(unknown)
+        for path in (prefix, f"{prefix}/", f"{prefix}/<rest:path>"):
+            self.app.route(path, "ANY")(unknown)
 
     def _other_method_matches(self) -> bool:
         environ = dict(bottle.request.environ)

@@ -184,6 +184,8 @@ def test_deregister_stops_and_purge_forgets_any_case(app):
         ("GET", "/v1/node/nope", None, 404),
         ("GET", "/v1/deployment/nope", None, 404),
         ("GET", "/v1/nowhere", None, 404),
+        ("GET", "/v1", None, 404),
+        ("GET", "/v1/", None, 404),
         ("DELETE", "/v1/jobs", None, 405),
         ("POST", "/v1/jobs", b"{not json", 400),
         ("POST", "/v1/jobs", {"NoJob": 1}, 400),
