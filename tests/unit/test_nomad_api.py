@@ -443,3 +443,27 @@ def test_hostile_job_bodies_are_4xx_never_5xx(app):
             assert status < 500, (path, job, text)
             if status >= 400:
                 assert headers["Content-Type"].startswith("text/plain"), text
+
+
+def test_blocking_queries_past_the_cap_are_answered_at_once(app):
+    register(app)
+    index = int(call(app, "GET", "/v1/job/web")[1]["X-Nomad-Index"])
+    path = f"/v1/job/web?index={index}&wait=60s"
+    waiting = [threading.Thread(target=call, args=(app, "GET", path)) for _ in range(4)]
+    for t in waiting:
+        t.start()
+    # Until the four hold their slots, a fifth query may take one and wait
+    # its full second; once they do, it is answered at once.
+    deadline = time.monotonic() + 30
+    while True:
+        start = time.monotonic()
+        status, headers, _ = call(app, "GET", f"/v1/job/web?index={index}&wait=1s")
+        took = time.monotonic() - start
+        assert status == 200 and int(headers["X-Nomad-Index"]) == index
+        if took < 0.5 or time.monotonic() > deadline:
+            break
+    assert took < 0.5
+    register(app, nomad_job(count=4))  # a change wakes the four
+    for t in waiting:
+        t.join(timeout=20)
+        assert not t.is_alive()
