@@ -322,7 +322,7 @@ def in_task(block: str) -> str:
         'volume_mount {\n volume = "v"\n destination = "/d"\n }',
         'lifecycle {\n hook = "prestart"\n }',
         "identity {\n env = true\n }",
-        "restart {\n attempts = 1\n }",
+        "scaling {\n min = 1\n }",
         "logs {\n max_files = 3\n }",
         'csi_plugin {\n id = "x"\n }',
         'consul {\n namespace = "x"\n }',
@@ -419,3 +419,34 @@ def test_maps_as_attributes_and_nomads_default_type():
     # Without `type` a Nomad job is a service (orch's own default is batch).
     assert body["type"] == "service" and body["meta"] == {"team": "core"}
     assert body["task_groups"][0]["tasks"][0]["config"] == {"command": ["/bin/true"]}
+
+
+def test_restart_blocks_of_group_and_task():
+    text = (
+        in_task('restart {\n attempts = 1\n delay = "2s"\n }')
+        .replace('driver = "docker"', 'driver = "exec"')
+        .replace('image = "busybox"', 'command = "x"')
+    )
+    text = text.replace(
+        '  group "g" {\n',
+        '  group "g" {\n    restart {\n      attempts = 1\n      delay = "2s"\n'
+        '      mode = "delay"\n    }\n',
+        1,
+    )
+    group = parse_hcl(text)["TaskGroups"][0]
+    policy = {"Attempts": 1, "Delay": 2 * S, "Mode": "delay"}
+    assert group["RestartPolicy"] == policy
+    assert group["Tasks"][0]["RestartPolicy"] == {"Attempts": 1, "Delay": 2 * S}
+    # The task's block differs from its group's (mode): orch has one per group.
+    with pytest.raises(
+        ValidationError, match=r"^line 11: Job.TaskGroups\[0\].Tasks\[0\].RestartPolicy: differs"
+    ):
+        job_from_hcl(text)
+    body = job_from_hcl(text.replace('      mode = "delay"\n', ""))
+    assert body["task_groups"][0]["restart"] == {"attempts": 1, "delay": 2}
+    assert parse_job(body).task_groups[0].restart == {  # a service: Nomad's service defaults
+        "attempts": 1,
+        "interval": 1800.0,
+        "delay": 2.0,
+        "mode": "fail",
+    }
