@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
 
+from orch.cli.commands import load_job_file
+from orch.cli.job import job_convert
 from orch.errors import ValidationError
 from orch.jobspec import parse_job
 from orch.nomad.hcl import job_from_hcl, parse_hcl
@@ -450,3 +454,19 @@ def test_restart_blocks_of_group_and_task():
         "delay": 2.0,
         "mode": "fail",
     }
+
+
+def test_the_cli_reads_hcl_by_extension_or_content_and_nomad_json(tmp_path, capsys):
+    text = in_task("").replace('driver = "docker"', 'driver = "raw_exec"')
+    text = text.replace('image = "busybox"', 'command = "/bin/true"')
+    for name in ("web.nomad.hcl", "web.nomad", "web.job"):  # the last one: by content
+        (tmp_path / name).write_text(text)
+        assert load_job_file(str(tmp_path / name)) == job_from_hcl(text)
+    (tmp_path / "web.json").write_text(json.dumps({"Job": parse_hcl(text)}))
+    assert load_job_file(str(tmp_path / "web.json")) == job_from_hcl(text)
+    assert job_convert(Namespace(file=str(tmp_path / "web.job"))) == 0
+    assert json.loads(capsys.readouterr().out) == job_from_hcl(text)
+    (tmp_path / "bad.hcl").write_text(in_task('template {\n data = "x"\n }'))
+    assert job_convert(Namespace(file=str(tmp_path / "bad.hcl"))) == 1
+    err = capsys.readouterr().err
+    assert err == f'error: {tmp_path}/bad.hcl: block "template" (line 6) is not supported by orch\n'
