@@ -68,6 +68,7 @@ def job_from(d: dict) -> Job:
             services=tuple(g.get("services") or ()),
             ports=ports_from(g.get("network")),
             shutdown_delay=float(g.get("shutdown_delay") or 0.0),
+            restart=g.get("restart"),
         )
         for g in d["task_groups"]
     )

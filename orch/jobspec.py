@@ -18,7 +18,7 @@ from orch.structs import (
     TaskGroup,
     new_id,
 )
-from orch.validation import bodies, fields, kill, regex, services, system, update
+from orch.validation import bodies, fields, kill, regex, restart, services, system, update
 from orch.validation import drain as drain_rules
 from orch.validation.fields import fail
 from orch.validation.fields import is_int as _int
@@ -55,6 +55,7 @@ def parse_job(body, job_id: str | None = None, *, max_count: int = 10000) -> Job
         parameterized=_parameterized(body.get("parameterized")),
     )
     job = update.with_updates(job, body)
+    job = restart.with_restarts(job, body)
     system.system_groups(job)
     _launcher_rules(job)
     return job

@@ -166,6 +166,15 @@ _JOB = {
                     "update": _UPDATE,
                     "network": _NETWORK,
                     "shutdown_delay": _DURATION,
+                    "restart": {
+                        "type": "object",
+                        "properties": {
+                            "attempts": {"type": "integer", "minimum": 0},
+                            "interval": _DURATION,
+                            "delay": _DURATION,
+                            "mode": {"type": "string", "enum": ["fail", "delay"]},
+                        },
+                    },
                 },
             },
         },

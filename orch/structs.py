@@ -228,6 +228,8 @@ class TaskGroup:
     ports: tuple[Port, ...] = ()
     # Seconds between leaving the service catalog and the tasks' kill_signal.
     shutdown_delay: float = 0.0
+    # The restart block (orch.validation.restart), complete; None: the agent's policy.
+    restart: dict | None = field(default=None, hash=False, compare=True)
 
     @property
     def resources(self) -> Resources:
@@ -254,6 +256,8 @@ class TaskGroup:
             body["services"] = list(self.services)  # the agent runs their checks
         if self.ports:
             body["network"] = self.network_dict()  # a port change places new copies
+        if self.restart is not None:
+            body["restart"] = self.restart  # agents learn it from the allocation
         raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
@@ -281,6 +285,8 @@ class TaskGroup:
         if self.shutdown_delay:
             # Not in spec_hash: how old copies are stopped replaces nothing.
             out["shutdown_delay"] = self.shutdown_delay
+        if self.restart is not None:
+            out["restart"] = dict(self.restart)
         return out
 
     def network_dict(self) -> dict:

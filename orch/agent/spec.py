@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from orch.errors import ValidationError
 from orch.jobspec import DEFAULT_RESOURCES, task_config
 from orch.structs import DRIVERS, JobType, Resources, Task, total_resources
-from orch.validation import bodies, fields, kill, services
+from orch.validation import bodies, fields, kill, restart, services
 from orch.validation.meta import meta as _meta
 from orch.validation.network import LABEL_RE, MAX_PORTS, PORT_MAX
 from orch.validation.parameterized import dispatch_payload as _dispatch_payload
@@ -37,6 +37,8 @@ class AllocSpec:
     # Host ports the scheduler reserved: ({"label", "value", "to"}, ...), to None if unmapped.
     ports: tuple = field(default=(), hash=False)
     shutdown_delay: float = 0.0  # seconds out of the catalog before the kill signal
+    # The group's restart block (orch.validation.restart); None: the agent's policy.
+    restart: dict | None = field(default=None, hash=False)
 
     @property
     def name(self) -> str:
@@ -64,6 +66,8 @@ class AllocSpec:
             group["services"] = [dict(s) for s in self.services]
         if self.shutdown_delay:
             group["shutdown_delay"] = self.shutdown_delay
+        if self.restart is not None:
+            group["restart"] = dict(self.restart)
         out: dict[str, object] = {
             "allocation_id": self.allocation_id,
             "job_id": self.job_id,
@@ -115,6 +119,7 @@ def parse_alloc(body) -> AllocSpec:
         fields.non_negative_int(body.get("index") or 0, "index"),
         _ports(body.get("ports")),
         kill.shutdown_delay(group.get("shutdown_delay"), "task_group.shutdown_delay"),
+        restart.restart(group.get("restart"), "task_group.restart", job_type),
     )
 
 

@@ -1,7 +1,9 @@
 """TaskRunner: one task's thread, its state machine, restart policy and events.
 
 The thread drives pending -> running -> complete|failed through a driver and
-applies the restart policy (service jobs only, as Nomad's restart stanza).
+applies the restart policy (as Nomad's restart block: the group's, else the
+agent's for service and system jobs; batch tasks restart only after a failure
+and only with a group restart block).
 Its state lives under the allocation's lock; every change is told to the
 allocation (`allocrunner.py`), which reports and persists it.
 """
@@ -45,11 +47,20 @@ class RestartTracker:
         interval: float,
         delay: float,
         now: Callable[[], float] = time.monotonic,
+        mode: str = "fail",
     ):
         self.attempts, self.interval, self.delay = attempts, interval, delay
+        self.mode = mode
         self._now = now
         self._window_start: float | None = None
         self._count = 0
+
+    @classmethod
+    def for_group(cls, policy: dict | None, cfg) -> RestartTracker:
+        """The group's restart block, else the agent's built-in policy."""
+        if policy is None:
+            return cls(cfg.restart_attempts, cfg.restart_interval, cfg.restart_delay)
+        return cls(policy["attempts"], policy["interval"], policy["delay"], mode=policy["mode"])
 
     def next_delay(self) -> float | None:
         """Seconds to wait before the next restart, None when out of attempts."""
@@ -57,7 +68,15 @@ class RestartTracker:
         if self._window_start is None or now - self._window_start > self.interval:
             self._window_start, self._count = now, 0
         self._count += 1
-        return self.delay if self._count <= self.attempts else None
+        if self._count <= self.attempts:
+            return self.delay
+        if self.mode != "delay":
+            return None
+        # Nomad's "delay" mode: wait out the window, then start a fresh one
+        # that this restart opens.
+        wait = max(self.delay, self._window_start + self.interval - now)
+        self._window_start, self._count = now + wait, 1
+        return wait
 
 
 class TaskRunner:
@@ -75,10 +94,7 @@ class TaskRunner:
         self._kill_reason = ""
         self._kill_fails = False
         self._restart_reason = ""  # set by restart(): the next exit starts it again
-        cfg = alloc.config
-        self._restarts = RestartTracker(
-            cfg.restart_attempts, cfg.restart_interval, cfg.restart_delay
-        )
+        self._restarts = RestartTracker.for_group(alloc.spec.restart, alloc.config)
         self._thread = threading.Thread(
             target=self._run, daemon=True, name=f"task-{alloc.short}-{task.name}"
         )
@@ -246,8 +262,7 @@ class TaskRunner:
                 # Asked for (a failing check): at once, outside the restart policy.
                 delay, message = 0.0, self._restart_reason
                 self._restart_reason = ""
-            # Long-running kinds restart their tasks; batch and sysbatch finish.
-            elif self.alloc.spec.job_type not in (JobType.SERVICE, JobType.SYSTEM):
+            elif not self._restarts_after(result):
                 self._finish(result, now)
                 return False
             else:
@@ -272,6 +287,14 @@ class TaskRunner:
                 self._finish_killed(None, self.alloc.now())
             return False
         return True
+
+    def _restarts_after(self, result: ExitResult) -> bool:
+        """Long-running kinds restart their tasks; batch and sysbatch ones finish,
+        unless their group has a restart block and the task failed (as Nomad's)."""
+        spec = self.alloc.spec
+        if spec.job_type in (JobType.SERVICE, JobType.SYSTEM):
+            return True
+        return spec.restart is not None and not result.successful
 
     def _finish(self, result: ExitResult, now: float, force_fail: bool = False) -> None:
         if result.successful and not force_fail:

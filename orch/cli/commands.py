@@ -29,7 +29,6 @@ from orch.cli.format import (
 from orch.cli.messages import in_english, with_english
 from orch.client import Client
 from orch.jobspec import parse_job
-from orch.nomad.hcl import job_from_hcl
 from orch.nomad.translate import is_nomad_job, job_from_nomad
 
 EXIT_OK, EXIT_ERROR = 0, 1
@@ -81,6 +80,10 @@ def load_job_file(path: str) -> dict:
     except OSError as exc:
         raise errors.ValidationError(f"{path}: {exc.strerror}") from exc
     if path.endswith((".hcl", ".nomad")) or not text.lstrip().startswith(("{", "[")):
+        # Imported here: python-hcl2 builds its grammar on import (~0.4 s), which
+        # no other command should pay for.
+        from orch.nomad.hcl import job_from_hcl
+
         try:
             return job_from_hcl(text)  # translated and checked, errors with their line
         except errors.ValidationError as exc:

@@ -74,6 +74,7 @@ BLOCKS: dict[str, Block] = {
             "network": "Networks[]",
             "service": "Services[]",
             "migrate": "Migrate",
+            "restart": "RestartPolicy",
             "task": "Tasks[]",
         },
     ),
@@ -94,6 +95,7 @@ BLOCKS: dict[str, Block] = {
             "resources": "Resources",
             "service": "Services[]",
             "dispatch_payload": "DispatchPayload",
+            "restart": "RestartPolicy",
         },
     ),
     "constraint": Block((), _CONSTRAINT),
@@ -135,6 +137,9 @@ BLOCKS: dict[str, Block] = {
     ),
     "check_restart": Block((), {"limit": "Limit", "grace": "~Grace"}),
     "migrate": Block((), {"max_parallel": "MaxParallel"}),
+    "restart": Block(
+        (), {"attempts": "Attempts", "interval": "~Interval", "delay": "~Delay", "mode": "Mode"}
+    ),
     "resources": Block((), {"cpu": "CPU", "memory": "MemoryMB"}),
     "dispatch_payload": Block((), {"file": "File"}),
 }

@@ -48,6 +48,7 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         Field("Services", "services", "list:Service"),
         Field("ShutdownDelay", "shutdown_delay", "seconds"),
         Field("Migrate", "migrate", "Migrate"),
+        Field("RestartPolicy", "restart", "RestartPolicy"),
         Field("Tasks", "tasks", "list:Task"),
     ),
     "Task": (
@@ -64,6 +65,7 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         Field("Services", "services", "group"),
         Field("ShutdownDelay", "shutdown_delay", "group"),
         Field("Meta", "meta", "group"),
+        Field("RestartPolicy", "restart", "group"),
     ),
     "Update": (
         Field("MaxParallel", "max_parallel"),
@@ -88,6 +90,12 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         Field("Payload", "payload"),
     ),
     "Migrate": (Field("MaxParallel", "max_parallel"),),
+    "RestartPolicy": (
+        Field("Attempts", "attempts"),
+        Field("Interval", "interval", "seconds"),
+        Field("Delay", "delay", "seconds"),
+        Field("Mode", "mode"),
+    ),
     "Service": (
         Field("Name", "name"),
         Field("PortLabel", "port"),

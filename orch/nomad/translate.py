@@ -341,6 +341,11 @@ def _lift(group: dict, key: str, value, path: str, task: dict) -> None:
     elif key == "ShutdownDelay":
         delay = seconds(value, path)
         group["shutdown_delay"] = max(delay, group.get("shutdown_delay") or 0)
+    elif key == "RestartPolicy":
+        policy = _block("RestartPolicy", _object(value, path), path)
+        if group.get("restart") not in (None, policy):
+            fail(path, "differs from the group's: orch keeps one restart policy per group")
+        group["restart"] = policy
     elif key == "Meta" and value:
         if len(group.get("tasks") or []) > 1:
             fail(path, "is not supported by orch in a group of several tasks (use group meta)")

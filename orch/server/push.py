@@ -56,6 +56,8 @@ def alloc_payload(alloc: Allocation, job: Job) -> dict:
         payload["shutdown_delay"] = group.shutdown_delay
     if group.stop_after is not None:
         payload["disconnect"] = {"stop_after": group.stop_after}
+    if group.restart is not None:
+        payload["restart"] = group.restart
     if group.services:
         # The agent checks a host port: the label is resolved here, once.
         payload["services"] = [

@@ -1,8 +1,8 @@
 """Nomad job files (tests/nomad_jobs/) through convert -> plan -> run on a real cluster.
 
 Each file says what it should reach in its header (``# expect: running``,
-``# expect-service: NAME``, ``# expect-allocs: nodes``, ``# requires:
-docker``). Three agents stand for Nomad datacenters (orch regions): ``a`` and
+``# expect-service: NAME``, ``# expect-allocs: nodes``, ``# expect-restarts:
+N``, ``# requires: docker``). Three agents stand for Nomad datacenters (orch regions): ``a`` and
 ``c`` in dc1, ``b`` in dc2 with ``meta.rack = r2``. Docker files run on an
 agent that talks to the local engine and skip where the docker tests skip.
 """
@@ -138,6 +138,10 @@ def reach(c: Cluster, job_id: str, expect: dict) -> None:
         c.wait_job(job_id, state, WAIT)
     if expect.get("expect-allocs") == "nodes":
         wait_until(lambda: len(c.live_allocs(job_id)) == len(c.nodes), WAIT, what="one per node")
+    if "expect-restarts" in expect:
+        [alloc] = c.job(job_id)["allocations"]
+        restarts = [t["restarts"] for t in alloc["tasks"].values()]
+        assert restarts == [int(expect["expect-restarts"])], alloc
     if "expect-service" in expect:
         name, count = expect["expect-service"], c.job(job_id)["task_groups"][0]["count"]
         wait_until(lambda: healthy(c, name) == count, WAIT, what=f"{count} healthy {name}")

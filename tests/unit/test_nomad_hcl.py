@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
 
+from orch.cli.commands import load_job_file
+from orch.cli.job import job_convert
 from orch.errors import ValidationError
 from orch.jobspec import parse_job
 from orch.nomad.hcl import job_from_hcl, parse_hcl
@@ -322,7 +326,7 @@ def in_task(block: str) -> str:
         'volume_mount {\n volume = "v"\n destination = "/d"\n }',
         'lifecycle {\n hook = "prestart"\n }',
         "identity {\n env = true\n }",
-        "restart {\n attempts = 1\n }",
+        "scaling {\n min = 1\n }",
         "logs {\n max_files = 3\n }",
         'csi_plugin {\n id = "x"\n }',
         'consul {\n namespace = "x"\n }',
@@ -419,3 +423,50 @@ def test_maps_as_attributes_and_nomads_default_type():
     # Without `type` a Nomad job is a service (orch's own default is batch).
     assert body["type"] == "service" and body["meta"] == {"team": "core"}
     assert body["task_groups"][0]["tasks"][0]["config"] == {"command": ["/bin/true"]}
+
+
+def test_restart_blocks_of_group_and_task():
+    text = (
+        in_task('restart {\n attempts = 1\n delay = "2s"\n }')
+        .replace('driver = "docker"', 'driver = "exec"')
+        .replace('image = "busybox"', 'command = "x"')
+    )
+    text = text.replace(
+        '  group "g" {\n',
+        '  group "g" {\n    restart {\n      attempts = 1\n      delay = "2s"\n'
+        '      mode = "delay"\n    }\n',
+        1,
+    )
+    group = parse_hcl(text)["TaskGroups"][0]
+    policy = {"Attempts": 1, "Delay": 2 * S, "Mode": "delay"}
+    assert group["RestartPolicy"] == policy
+    assert group["Tasks"][0]["RestartPolicy"] == {"Attempts": 1, "Delay": 2 * S}
+    # The task's block differs from its group's (mode): orch has one per group.
+    with pytest.raises(
+        ValidationError, match=r"^line 11: Job.TaskGroups\[0\].Tasks\[0\].RestartPolicy: differs"
+    ):
+        job_from_hcl(text)
+    body = job_from_hcl(text.replace('      mode = "delay"\n', ""))
+    assert body["task_groups"][0]["restart"] == {"attempts": 1, "delay": 2}
+    assert parse_job(body).task_groups[0].restart == {  # a service: Nomad's service defaults
+        "attempts": 1,
+        "interval": 1800.0,
+        "delay": 2.0,
+        "mode": "fail",
+    }
+
+
+def test_the_cli_reads_hcl_by_extension_or_content_and_nomad_json(tmp_path, capsys):
+    text = in_task("").replace('driver = "docker"', 'driver = "raw_exec"')
+    text = text.replace('image = "busybox"', 'command = "/bin/true"')
+    for name in ("web.nomad.hcl", "web.nomad", "web.job"):  # the last one: by content
+        (tmp_path / name).write_text(text)
+        assert load_job_file(str(tmp_path / name)) == job_from_hcl(text)
+    (tmp_path / "web.json").write_text(json.dumps({"Job": parse_hcl(text)}))
+    assert load_job_file(str(tmp_path / "web.json")) == job_from_hcl(text)
+    assert job_convert(Namespace(file=str(tmp_path / "web.job"))) == 0
+    assert json.loads(capsys.readouterr().out) == job_from_hcl(text)
+    (tmp_path / "bad.hcl").write_text(in_task('template {\n data = "x"\n }'))
+    assert job_convert(Namespace(file=str(tmp_path / "bad.hcl"))) == 1
+    err = capsys.readouterr().err
+    assert err == f'error: {tmp_path}/bad.hcl: block "template" (line 6) is not supported by orch\n'

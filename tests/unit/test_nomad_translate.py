@@ -109,7 +109,11 @@ def test_is_nomad_job_tells_the_shapes_apart():
         (("Name",), "other", "Job.Name: must equal Job.ID"),
         (("Spreads",), [{"Attribute": "x"}], "Job.Spreads: is not supported"),
         (("TaskGroups", 0, "EphemeralDisk"), {"SizeMB": 500}, "TaskGroups[0].EphemeralDisk"),
-        (("TaskGroups", 0, "RestartPolicy"), {"Attempts": 2}, "TaskGroups[0].RestartPolicy"),
+        (
+            ("TaskGroups", 0, "RestartPolicy"),
+            {"Attempts": 2, "RenderTemplates": True},
+            "TaskGroups[0].RestartPolicy.RenderTemplates",
+        ),
         (("TaskGroups", 0, "Volumes"), {"v": {"Type": "host"}}, "TaskGroups[0].Volumes"),
         (("TaskGroups", 0, "Tasks", 0, "Templates"), [{"EmbeddedTmpl": "x"}], "Tasks[0].Templates"),
         (("TaskGroups", 0, "Tasks", 0, "Artifacts"), [{"GetterSource": "x"}], "Tasks[0].Artifacts"),
@@ -279,3 +283,22 @@ def test_the_table_names_every_orch_field_once_per_block():
         names = [f.nomad for f in fields]
         assert len(names) == len(set(names)), block
         assert all(f.orch and f.kind for f in fields), block
+
+
+def test_restart_policies_canonical_copies_on_tasks_are_accepted():
+    job = nomad_job()
+    policy = {"Attempts": 2, "Interval": 1800 * S, "Delay": 15 * S, "Mode": "fail"}
+    job["TaskGroups"][0]["RestartPolicy"] = policy
+    job["TaskGroups"][0]["Tasks"][0]["RestartPolicy"] = dict(policy, RenderTemplates=False)
+    body = job_from_nomad(job)
+    expected = {"attempts": 2, "interval": 1800, "delay": 15, "mode": "fail"}
+    assert body["task_groups"][0]["restart"] == expected
+    assert parse_job(body).task_groups[0].restart == {
+        "attempts": 2,
+        "interval": 1800.0,
+        "delay": 15.0,
+        "mode": "fail",
+    }
+    job["TaskGroups"][0]["Tasks"][0]["RestartPolicy"]["Attempts"] = 9
+    with pytest.raises(ValidationError, match=r"Tasks\[0\].RestartPolicy: differs"):
+        job_from_nomad(job)
