@@ -13,6 +13,7 @@ version.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable
 
 from orch.nomad import mapping
@@ -95,14 +96,22 @@ def _update(u) -> dict | None:
     }
 
 
+def _argv(command, args) -> list[str]:
+    """orch's command as the argv Nomad runs: a string is a shell line (as
+    orch's exec driver runs it, args quoted onto it), a list an argv."""
+    if isinstance(command, str):
+        return ["/bin/sh", "-c", " ".join([command, *(shlex.quote(a) for a in args)])]
+    return [*command, *args]
+
+
 def _config(task: Task) -> tuple[dict, dict]:
     """A task's Config as Nomad writes it (command + args) and its Env."""
     config = dict(task.config)
     env = config.pop("env", None) or {}
     command = config.get("command")
-    if isinstance(command, list) and command:
-        config["command"] = command[0]
-        config["args"] = [*command[1:], *(config.get("args") or [])]
+    if command and task.driver == "exec":
+        argv = _argv(command, config.pop("args", None) or [])
+        config["command"], config["args"] = argv[0], argv[1:]
     return config, env
 
 
@@ -120,22 +129,47 @@ def task(t: Task) -> dict:
     }
 
 
+def _check_restart(raw: dict | None) -> dict | None:
+    if not raw:
+        return None
+    return {"Limit": raw.get("limit", 0), "Grace": ns(raw.get("grace"))}
+
+
+def _check(c: dict) -> dict:
+    out = {
+        "Name": c.get("name", ""),
+        "Type": c.get("type", ""),
+        "Interval": ns(c.get("interval")),
+        "Timeout": ns(c.get("timeout")),
+        "CheckRestart": _check_restart(c.get("check_restart")),
+    }
+    if c.get("path") is not None:
+        out["Path"] = c["path"]
+    if c.get("command"):
+        argv = _argv(c["command"], [])
+        out["Command"], out["Args"] = argv[0], argv[1:]
+    return out
+
+
 def _service(s: dict) -> dict:
     return {
         "Name": s["name"],
         "PortLabel": "" if s.get("port") is None else str(s["port"]),
         "Tags": list(s.get("tags") or ()),
         "Provider": "nomad",
-        "Checks": [
-            {
-                "Name": c.get("name", ""),
-                "Type": c.get("type", ""),
-                "Path": c.get("path", ""),
-                "Interval": ns(c.get("interval")),
-                "Timeout": ns(c.get("timeout")),
-            }
-            for c in s.get("checks") or ()
-        ],
+        "Checks": [_check(c) for c in s.get("checks") or ()],
+        "CheckRestart": _check_restart(s.get("check_restart")),
+    }
+
+
+def _restart(policy: dict | None) -> dict | None:
+    if policy is None:
+        return None
+    return {
+        "Attempts": policy["attempts"],
+        "Interval": ns(policy["interval"]),
+        "Delay": ns(policy["delay"]),
+        "Mode": policy["mode"],
     }
 
 
@@ -163,6 +197,7 @@ def task_group(group: TaskGroup) -> dict:
         "Services": [_service(s) for s in group.services],
         "Update": _update(group.update),
         "Migrate": {"MaxParallel": group.migrate_max_parallel},
+        "RestartPolicy": _restart(group.restart),
         "Meta": group.meta or None,
         "ShutdownDelay": ns(group.shutdown_delay),
     }

@@ -366,10 +366,25 @@ RICH = {
                             "Path": "/health",
                             "Interval": 10 * 10**9,
                             "Timeout": 2 * 10**9,
-                        }
+                        },
+                        {
+                            "Name": "script",
+                            "Type": "script",
+                            "Command": "/bin/check",
+                            "Args": ["-q"],
+                            "Interval": 10 * 10**9,
+                            "Timeout": 2 * 10**9,
+                            "CheckRestart": {"Limit": 3, "Grace": 5 * 10**9},
+                        },
                     ],
                 }
             ],
+            "RestartPolicy": {
+                "Attempts": 2,
+                "Interval": 60 * 10**9,
+                "Delay": 10**9,
+                "Mode": "fail",
+            },
             "Tasks": [
                 {
                     "Name": "srv",
@@ -393,6 +408,9 @@ def test_every_field_read_back_translates_to_the_same_orch_job(app, server):
     ]
     assert job["TaskGroups"][0]["Services"][0]["Checks"][0]["Interval"] == 10 * 10**9
     assert job["Update"]["MinHealthyTime"] == 5 * 10**9
+    assert job["TaskGroups"][0]["RestartPolicy"]["Delay"] == 10**9
+    script = job["TaskGroups"][0]["Services"][0]["Checks"][1]
+    assert (script["Command"], script["Args"]) == ("/bin/check", ["-q"])
     status, _, out = call(app, "PUT", "/v1/job/rich", {"Job": job})
     assert status == 200, out
     assert server.store.require_job("rich").spec() == before
@@ -467,3 +485,19 @@ def test_blocking_queries_past_the_cap_are_answered_at_once(app):
     for t in waiting:
         t.join(timeout=20)
         assert not t.is_alive()
+
+
+def test_an_orch_shell_command_reads_back_as_sh_c(app):
+    body = {
+        "job_id": "native",
+        "task_groups": [
+            {
+                "name": "g",
+                "tasks": [{"name": "t", "config": {"command": "echo $HOME", "args": ["a b"]}}],
+            }
+        ],
+    }
+    status, _, out = call(app, "POST", "/jobs", body, {"Authorization": "Bearer s3cret"})
+    assert status == 200, out
+    [task] = call(app, "GET", "/v1/job/native")[2]["TaskGroups"][0]["Tasks"]
+    assert task["Config"] == {"command": "/bin/sh", "args": ["-c", "echo $HOME 'a b'"]}
