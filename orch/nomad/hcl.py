@@ -326,8 +326,10 @@ def _check_config(task: dict, body: dict) -> None:
     """A task's config holds only what orch's driver for it reads."""
     config, driver = task.get("Config") or {}, task.get("Driver")
     line = _first_line(body.get("config"))
+    if not isinstance(driver, str) or driver not in CONFIG_KEYS:
+        return  # an unknown driver is refused by the translation, with its line
     for key in config:
-        if driver in CONFIG_KEYS and key not in CONFIG_KEYS[driver]:
+        if key not in CONFIG_KEYS[driver]:
             raise ValidationError(
                 f'"{key}" in block "config"{_at(line)} is not supported by orch '
                 f"for the {driver} driver"

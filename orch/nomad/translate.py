@@ -66,6 +66,8 @@ def _service_names(body: dict) -> None:
     for group in body.get("task_groups") or []:
         for service in group.get("services") or []:
             name = service.get("name") or "${JOB}-${TASKGROUP}"
+            if not isinstance(name, str):
+                continue  # parse_job names the bad value
             names = {"JOB": job_id, "NOMAD_JOB_NAME": job_id}
             names.update(TASKGROUP=group.get("name"), NOMAD_GROUP_NAME=group.get("name"))
             for variable, value in names.items():
@@ -243,7 +245,7 @@ def _port(raw: dict, path: str, kind: str) -> dict:
 
 
 def _driver(field: Field, value, path: str, out: dict) -> None:
-    if value not in DRIVERS:
+    if not isinstance(value, str) or value not in DRIVERS:
         fail(path, f"driver {value!r} is not supported by orch (known: {', '.join(DRIVERS)})")
     out["nomad_driver"] = value  # for the config check; removed by _finish
     out[field.orch] = DRIVERS[value]
@@ -317,12 +319,12 @@ def _finish_task(task: dict, path: str) -> None:
 def _finish_group(group: dict, path: str) -> None:
     """Each task's group-level fields lifted into the group (orch has them there)."""
     tasks = group.get("tasks") or []
-    labels = {p.get("label") for p in (group.get("network") or {}).get("ports", [])}
+    labels = [p.get("label") for p in (group.get("network") or {}).get("ports", [])]
     for i, task in enumerate(tasks):
-        for label in task.get("config", {}).pop("ports", None) or []:
+        here = f"{path}.Tasks[{i}].Config.ports"
+        for label in _list(task.get("config", {}).pop("ports", None) or [], here):
             # orch publishes every group port to its `to`: a docker port list adds nothing.
             if label not in labels:
-                here = f"{path}.Tasks[{i}].Config.ports"
                 fail(here, f"port {label!r} is not in the group's network")
         for key, (value, here) in task.pop("to_group", {}).items():
             _lift(group, key, value, here, task)
@@ -335,8 +337,9 @@ def _lift(group: dict, key: str, value, path: str, task: dict) -> None:
     elif key == "Services":
         for i, raw in enumerate(_list(value, path)):
             service = _block("Service", _object(raw, f"{path}[{i}]"), f"{path}[{i}]")
-            service["name"] = service.get("name") or "${JOB}-${TASKGROUP}-${TASK}"
-            service["name"] = service["name"].replace("${TASK}", str(task.get("name")))
+            name = service.get("name") or "${JOB}-${TASKGROUP}-${TASK}"
+            if isinstance(name, str):  # otherwise parse_job names the bad value
+                service["name"] = name.replace("${TASK}", str(task.get("name")))
             group.setdefault("services", []).append(service)
     elif key == "ShutdownDelay":
         delay = seconds(value, path)

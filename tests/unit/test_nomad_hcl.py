@@ -470,3 +470,9 @@ def test_the_cli_reads_hcl_by_extension_or_content_and_nomad_json(tmp_path, caps
     assert job_convert(Namespace(file=str(tmp_path / "bad.hcl"))) == 1
     err = capsys.readouterr().err
     assert err == f'error: {tmp_path}/bad.hcl: block "template" (line 6) is not supported by orch\n'
+
+
+def test_a_driver_of_the_wrong_type_is_a_validation_error():
+    text = in_task("").replace('driver = "docker"', 'driver = ["docker"]')
+    with pytest.raises(ValidationError, match=r"^line 3: Job.TaskGroups\[0\].Tasks\[0\].Driver"):
+        job_from_hcl(text)

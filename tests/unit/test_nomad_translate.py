@@ -302,3 +302,29 @@ def test_restart_policies_canonical_copies_on_tasks_are_accepted():
     job["TaskGroups"][0]["Tasks"][0]["RestartPolicy"]["Attempts"] = 9
     with pytest.raises(ValidationError, match=r"Tasks\[0\].RestartPolicy: differs"):
         job_from_nomad(job)
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("TaskGroups", 0, "Tasks", 0, "Driver"), {"a": 1}),
+        (("TaskGroups", 0, "Tasks", 0, "Config", "ports"), 5),
+        (("TaskGroups", 0, "Tasks", 0, "Services"), [{"Name": 1.5}]),
+        (("TaskGroups", 0, "Services"), [{"Name": True}]),
+        (("TaskGroups", 0, "Networks", 0, "DynamicPorts"), [{"Label": ["x"]}]),
+        (("TaskGroups", 0, "Tasks"), [None]),
+        (("Constraints",), [{"LTarget": 5}]),
+        (("Datacenters",), "dc1"),
+        (("Meta",), ["a"]),
+    ],
+)
+def test_values_of_the_wrong_json_type_are_validation_errors(path, value):
+    job = nomad_job()
+    job["TaskGroups"][0]["Tasks"][0]["Driver"] = "docker"
+    job["TaskGroups"][0]["Tasks"][0]["Config"] = {"image": "busybox", "ports": ["http"]}
+    target = job
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(ValidationError):
+        parse_job(job_from_nomad(job))
