@@ -33,7 +33,7 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         Field("Constraints", "constraints", "constraints"),
         Field("Datacenters", "constraints", "datacenters"),
         Field("Meta", "meta"),
-        Field("Update", "update", "Update"),
+        Field("Update", "update", "update"),
         Field("Periodic", "periodic", "Periodic"),
         Field("ParameterizedJob", "parameterized", "ParameterizedJob"),
         Field("TaskGroups", "task_groups", "list:TaskGroup"),
@@ -43,7 +43,7 @@ FIELDS: dict[str, tuple[Field, ...]] = {
         Field("Count", "count"),
         Field("Constraints", "constraints", "constraints"),
         Field("Meta", "meta"),
-        Field("Update", "update", "Update"),
+        Field("Update", "update", "update"),
         Field("Networks", "network", "networks"),
         Field("Services", "services", "list:Service"),
         Field("ShutdownDelay", "shutdown_delay", "seconds"),
@@ -150,14 +150,42 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "AllAtOnce": False,
         "NodePool": "default",
     },
-    "TaskGroup": {"EphemeralDisk": {"SizeMB": 300}},
-    "Task": {"LogConfig": {"MaxFiles": 10, "MaxFileSizeMB": 10}},
+    "TaskGroup": {"EphemeralDisk": {"SizeMB": 300}, "Consul": {"Cluster": "default"}},
+    "Task": {
+        "LogConfig": {"MaxFiles": 10, "MaxFileSizeMB": 10},
+        # The workload identity Nomad (1.7+) gives every task.
+        "Identity": {"Audience": ["nomadproject.io"], "Name": "default"},
+    },
     "Update": {"Stagger": 30 * NS},
+    "Migrate": {"HealthCheck": "checks", "MinHealthyTime": 10 * NS, "HealthyDeadline": 300 * NS},
     "Periodic": {"SpecType": "cron"},
     "Network": {"Mode": "host"},
-    "Service": {"Provider": "nomad", "AddressMode": "auto"},
-    "Check": {"Method": "GET", "Protocol": "http", "AddressMode": "host"},
+    "Service": {
+        "Provider": "nomad",
+        "AddressMode": "auto",
+        "Cluster": "default",
+        "OnUpdate": "require_healthy",
+    },
+    "Check": {
+        "Method": "GET",
+        "Protocol": "http",
+        "AddressMode": "host",
+        "OnUpdate": "require_healthy",
+    },
     "Port": {"HostNetwork": "default"},
+}
+
+# A group's ReschedulePolicy as Nomad fills it in, per job type (system jobs'
+# is all zero): accepted, as orch reschedules failed allocations by itself
+# (orch.server.scheduler.reconcile); any other policy is refused.
+RESCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "service": {
+        "Delay": 30 * NS,
+        "DelayFunction": "exponential",
+        "MaxDelay": 3600 * NS,
+        "Unlimited": True,
+    },
+    "batch": {"Attempts": 1, "Interval": 86400 * NS, "Delay": 5 * NS, "DelayFunction": "constant"},
 }
 
 # Constraint targets: Nomad's interpolations -> orch's node attributes.

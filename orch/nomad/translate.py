@@ -29,6 +29,7 @@ from orch.nomad.mapping import (
     NS,
     OPERATORS,
     READ_ONLY,
+    RESCHEDULE_DEFAULTS,
     Field,
 )
 from orch.validation import fields
@@ -50,7 +51,7 @@ def job_from_nomad(job: dict) -> dict:
     job = _object(job, "Job")
     if job.get("ID") is None and job.get("Name") is not None:
         job = {**job, "ID": job["Name"]}
-    body = _block("Job", job, "Job")
+    body = _block("Job", _without_default_reschedule(job), "Job")
     body.setdefault("type", DEFAULT_TYPE)
     _check_name(job)
     constraints = body.pop("datacenters", []) + body.get("constraints", [])
@@ -58,6 +59,21 @@ def job_from_nomad(job: dict) -> dict:
         body["constraints"] = constraints
     _service_names(body)
     return body
+
+
+def _without_default_reschedule(job: dict) -> dict:
+    """The job with its groups' ReschedulePolicy dropped where it is Nomad's default."""
+    groups, job_type = job.get("TaskGroups"), job.get("Type") or DEFAULT_TYPE
+    if not isinstance(groups, list) or not isinstance(job_type, str):
+        return job  # the table's checks name the bad value
+    default = RESCHEDULE_DEFAULTS.get(job_type, {})
+    kept = []
+    for group in groups:
+        policy = group.get("ReschedulePolicy") if isinstance(group, dict) else None
+        if isinstance(policy, dict) and _is_default(policy, default):
+            group = {k: v for k, v in group.items() if k != "ReschedulePolicy"}
+        kept.append(group)
+    return {**job, "TaskGroups": kept}
 
 
 def _service_names(body: dict) -> None:
@@ -97,7 +113,9 @@ def _block(kind: str, raw: dict, path: str) -> dict:
         field = known.get(key)
         if field is None:
             _unmapped(kind, key, value, here)
-        elif value is not None:
+        elif value is not None and value != "":
+            # Nomad's Go structs cannot tell "" from unset (`nomad job inspect`
+            # prints `"KillSignal": ""`): an empty string is the default.
             _convert(field, value, here, out)
     if kind in ("Task", "TaskGroup", "Service", "Check", "Constraint"):
         _finish(kind, out, path)
@@ -156,6 +174,16 @@ def seconds(value, path: str):
 # ---- fields that need more than a rename ---------------------------------------
 
 
+def _update(field: Field, value, path: str, out: dict) -> None:
+    """An update block; the zeros of Nomad's job-level template mean unset."""
+    raw = _object(value, path)
+    if _is_default(raw, DEFAULTS["Update"]):
+        return  # all zero (a batch job's, as Nomad prints it): no update block
+    # HealthyDeadline must be > 0 where it applies: 0 is only ever "unset".
+    raw = {k: v for k, v in raw.items() if not (k == "HealthyDeadline" and v == 0)}
+    out[field.orch] = _block("Update", raw, path)
+
+
 def _constraints(field: Field, value, path: str, out: dict) -> None:
     items = _list(value, path)
     out.setdefault(field.orch, []).extend(
@@ -169,7 +197,7 @@ def constraint(raw: dict, path: str) -> dict:
     if unknown:
         fail(f"{path}.{unknown[0]}", "is not supported by orch")
     operand = raw.get("Operand") or "="
-    operator = OPERATORS.get(operand)
+    operator = OPERATORS.get(operand) if isinstance(operand, str) else None
     if operator is None:
         fail(f"{path}.Operand", f"operator {operand!r} is not supported by orch")
     attribute = _attribute(raw.get("LTarget"), f"{path}.LTarget")
@@ -282,6 +310,7 @@ def _command(field: Field, value, path: str, out: dict) -> None:
 
 
 SPECIAL = {
+    "update": _update,
     "constraints": _constraints,
     "datacenters": _datacenters,
     "networks": _networks,

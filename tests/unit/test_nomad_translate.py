@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -328,3 +330,88 @@ def test_values_of_the_wrong_json_type_are_validation_errors(path, value):
     target[path[-1]] = value
     with pytest.raises(ValidationError):
         parse_job(job_from_nomad(job))
+
+
+INSPECTED = Path(__file__).resolve().parents[1] / "nomad_jobs" / "inspected"
+# Values of every JSON type, and the edges: each must be accepted or refused
+# as a ValidationError, never a TypeError from deep inside the translation.
+HOSTILE = [None, 1, -1, 1.5, 10**30, True, "", "x", [], [None], ["x"], {}, {"a": None}, {"a": 1}]
+
+
+def _inspected(name: str) -> dict:
+    return json.loads((INSPECTED / name).read_text())
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in INSPECTED.glob("*.json")))
+def test_a_job_as_nomad_job_inspect_prints_it_registers(name):
+    # Written in the shape Nomad 1.8's `nomad job inspect` prints: every
+    # field present, unset ones as null, "", 0 or Nomad's defaults.
+    body = job_from_nomad(_inspected(name))
+    job = parse_job(body)
+    task = body["task_groups"][0]["tasks"][0]
+    assert "kill_signal" not in task  # "KillSignal": "" is unset
+    assert job.task_groups[0].tasks[0].kill_timeout == 5
+
+
+def test_the_inspected_service_keeps_what_it_says():
+    body = job_from_nomad(_inspected("web.inspect.json"))
+    group = body["task_groups"][0]
+    assert group["update"]["healthy_deadline"] == 300 and group["migrate"] == {"max_parallel": 1}
+    assert "healthy_deadline" not in body["update"]  # the job-level template's 0: unset
+    assert group["services"][0]["checks"][0] == {
+        "name": "alive",
+        "type": "http",
+        "path": "/",
+        "interval": 10,
+        "timeout": 2,
+    }
+
+
+def test_an_all_zero_update_is_no_update_block():
+    body = job_from_nomad(_inspected("report.inspect.json"))
+    assert "update" not in body and body["periodic"]["crons"] == ["*/15 * * * *"]
+
+
+def test_a_kill_signal_that_is_set_is_kept():
+    job = _inspected("web.inspect.json")
+    job["Job"]["TaskGroups"][0]["Tasks"][0]["KillSignal"] = "SIGINT"
+    assert job_from_nomad(job)["task_groups"][0]["tasks"][0]["kill_signal"] == "SIGINT"
+
+
+def test_a_reschedule_policy_other_than_the_job_types_default_is_refused():
+    job = _inspected("web.inspect.json")
+    job["Job"]["TaskGroups"][0]["ReschedulePolicy"]["Attempts"] = 3
+    with pytest.raises(ValidationError, match=r"TaskGroups\[0\].ReschedulePolicy: is not"):
+        job_from_nomad(job)
+    batch = _inspected("web.inspect.json")
+    batch["Job"]["Type"] = "batch"  # a service's default is not a batch job's
+    with pytest.raises(ValidationError, match=r"ReschedulePolicy"):
+        job_from_nomad(batch)
+
+
+def _paths(value, path=()):
+    yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _paths(item, (*path, i))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in INSPECTED.glob("*.json")))
+def test_any_value_anywhere_in_an_inspected_job_is_accepted_or_a_validation_error(name):
+    base = _inspected(name)
+    refused = 0
+    for path in list(_paths(base))[1:]:
+        for value in HOSTILE:
+            job = copy.deepcopy(base)
+            target = job
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = value
+            try:
+                parse_job(job_from_nomad(job))
+            except ValidationError:
+                refused += 1
+    assert refused > 100  # the mutations do reach the checks
