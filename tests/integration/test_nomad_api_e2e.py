@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import nomad
 import pytest
@@ -356,3 +357,33 @@ def test_services_of_a_running_job_are_listed_as_nomad_lists_them(cluster, n):
     assert instance["AllocID"] == alloc["ID"] and instance["JobID"] == "pinger"
     assert instance["Address"] == "127.0.0.1" and 20000 <= instance["Port"] <= 32000
     n.job.deregister_job("pinger", purge=True)
+
+
+def test_the_readmes_job_file_runs_through_python_nomad(cluster, n):
+    # README "Coming from Nomad" says its side-by-side file runs as it is.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("One job file side by side", 1)[1]
+    job = n.jobs.parse(section.split("```hcl\n", 1)[1].split("```", 1)[0])
+    try:
+        n.job.register_job(job["ID"], {"Job": job})
+        wait_until(lambda: len(running_allocs(n, "web")) == 2, WAIT, what="2 web allocs")
+
+        def healthy():
+            resp = cluster.get("/services/web?healthy=true")
+            return resp.ok and resp.json()["count"] == 2
+
+        wait_until(healthy, WAIT, what="2 healthy instances of the web service")
+        [instance, _] = requests.get(
+            f"{cluster.url}/v1/service/web", headers={"X-Nomad-Token": TOKEN}, timeout=30
+        ).json()
+        page = requests.get(f"http://{instance['Address']}:{instance['Port']}/", timeout=30)
+        assert page.ok and "Directory listing" in page.text  # python3 -m http.server
+    finally:
+        n.job.deregister_job("web", purge=False)
+        # Purged once its tasks are gone, so that none outlives the test.
+        wait_until(
+            lambda: all(a["ClientStatus"] != "running" for a in n.job.get_allocations("web")),
+            WAIT,
+            what="web's tasks stopped",
+        )
+        n.job.deregister_job("web", purge=True)

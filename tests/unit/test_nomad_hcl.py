@@ -476,3 +476,13 @@ def test_a_driver_of_the_wrong_type_is_a_validation_error():
     text = in_task("").replace('driver = "docker"', 'driver = ["docker"]')
     with pytest.raises(ValidationError, match=r"^line 3: Job.TaskGroups\[0\].Tasks\[0\].Driver"):
         job_from_hcl(text)
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readmes_side_by_side_is_what_convert_prints():
+    section = README.read_text().split("One job file side by side", 1)[1]
+    hcl = section.split("```hcl\n", 1)[1].split("```", 1)[0]
+    shown = section.split("```json\n", 1)[1].split("```", 1)[0]
+    assert job_from_hcl(hcl) == json.loads(shown)
