@@ -148,6 +148,13 @@ MAPS = ("meta", "env", "config")
 LINE_KEYS = ("__start_line__", "__end_line__")
 # Terraform-style variables are resolved by Nomad's `-var` flags: orch has none.
 _VARIABLE = re.compile(r"\$\{\s*(var|local)\.")
+# python-hcl2 gives an expression it does not evaluate (`count = 1 + 2`,
+# `1e400`, a function call, a `%{ if }` directive) as a "${...}" string, where
+# Nomad would evaluate it: orch refuses it rather than pass the text on. A
+# plain reference (`${NOMAD_PORT_http}`, `${attr.kernel.name}`) is runtime
+# interpolation, kept.
+_EXPRESSION = re.compile(r"(?<!\$)\$\{([^}]*)\}|(?<!%)%\{")
+_REFERENCE = re.compile(r"\s*[A-Za-z_][\w.\-]*(?:\[\"[^\"]*\"\])?\s*")
 
 
 class Lines(dict):
@@ -309,6 +316,12 @@ def _value(value, line: int | None):
             raise ValidationError(
                 f"line {line}: {found.group(1)}.* variables are not supported by orch: {value!r}"
             )
+        for expr in _EXPRESSION.finditer(value):
+            if expr.group(1) is None or not _REFERENCE.fullmatch(expr.group(1)):
+                raise ValidationError(
+                    f"line {line}: HCL expressions are not supported by orch "
+                    f"(write the value): {value!r}"
+                )
         return value.replace("$${", "${")
     if isinstance(value, list):
         return [_value(v, line) for v in value]

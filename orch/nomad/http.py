@@ -49,9 +49,10 @@ def flag(name: str, default: bool = False) -> bool:
     raw = bottle.request.query.get(name)
     if raw is None or raw == "":
         return default
-    if raw.lower() in ("true", "1"):
+    # Go's strconv.ParseBool's words (Nomad's parser), in any case.
+    if raw.lower() in ("true", "t", "1"):
         return True
-    if raw.lower() in ("false", "0"):
+    if raw.lower() in ("false", "f", "0"):
         return False
     raise ValidationError(f"{name}: must be true or false")
 

@@ -501,3 +501,121 @@ def test_an_orch_shell_command_reads_back_as_sh_c(app):
     assert status == 200, out
     [task] = call(app, "GET", "/v1/job/native")[2]["TaskGroups"][0]["Tasks"]
     assert task["Config"] == {"command": "/bin/sh", "args": ["-c", "echo $HOME 'a b'"]}
+
+
+POST_ROUTES = [
+    "/v1/jobs",
+    "/v1/job/web",
+    "/v1/job/nosuch",
+    "/v1/jobs/parse",
+    "/v1/job/web/plan",
+    "/v1/job/web/revert",
+    "/v1/job/nosuch/revert",
+    "/v1/job/web/dispatch",
+    "/v1/job/nosuch/dispatch",
+    "/v1/job/web/periodic/force",
+    f"/v1/node/{NODE_ID}/drain",
+    "/v1/node/nosuch/drain",
+    f"/v1/node/{NODE_ID}/eligibility",
+    "/v1/node/nosuch/eligibility",
+    "/v1/deployment/promote/nosuch",
+    "/v1/deployment/fail/nosuch",
+]
+HOSTILE_BODIES = [
+    b"{",
+    b"\xff\xfe",
+    b"null",
+    b"[]",
+    b'"x"',
+    b"[" * 5000 + b"]" * 5000,
+    b'{"Job": NaN}',
+    b'{"a": 1e999}',
+]
+# The first MALFORMED bodies are no JSON object at all: a 4xx on every route.
+MALFORMED = len(HOSTILE_BODIES)
+HOSTILE_BODIES += [
+    json.dumps({"Job": {"ID": 10**40}}).encode(),
+    json.dumps({"Job": {"ID": "web", "TaskGroups": [{"Count": 10**30}]}}).encode(),
+    json.dumps({"Job": {"ID": "web", "TaskGroups": [{"Constraints": [{"Operand": []}]}]}}).encode(),
+    json.dumps({"JobHCL": 'job "a" {\n  group "g" {\n    count = 1e400\n  }\n}\n'}).encode(),
+    json.dumps({"JobHCL": ["job"]}).encode(),
+    json.dumps({"JobVersion": 10**30, "EnforcePriorVersion": "1"}).encode(),
+    json.dumps({"Meta": [1], "Payload": 5}).encode(),
+    json.dumps({"DrainSpec": {"Deadline": 10**30}, "MarkEligible": "yes"}).encode(),
+    json.dumps({"Eligibility": ["eligible"]}).encode(),
+    json.dumps({"EnforceIndex": True, "JobModifyIndex": [1], "Job": {"ID": "web"}}).encode(),
+]
+GET_ROUTES = [
+    "/v1/jobs",
+    "/v1/job/web",
+    "/v1/job/web/allocations",
+    "/v1/job/web/evaluations",
+    "/v1/job/web/versions",
+    "/v1/job/web/summary",
+    "/v1/job/web/deployment",
+    "/v1/job/nosuch/versions",
+    "/v1/allocations",
+    "/v1/allocation/nosuch",
+    "/v1/evaluations",
+    "/v1/evaluation/nosuch",
+    "/v1/nodes",
+    f"/v1/node/{NODE_ID}",
+    "/v1/node/nosuch",
+    "/v1/client/fs/logs/nosuch",
+    "/v1/status/leader",
+    "/v1/agent/self",
+    "/v1/services",
+    "/v1/service/nosuch",
+]
+HOSTILE_QUERIES = [
+    "?index=99999999999999999999999",
+    "?index=-1",
+    "?index=%EF%BC%91",  # a fullwidth digit: not ASCII
+    "?index=1&wait=1e400s",
+    "?index=1&wait=-5s",
+    "?prefix=%00",
+    "?all=maybe&purge=2&plain=yes&follow=",
+    "?task=t&type=stdout&offset=99999999999999999999",
+    "?task=t&type=bogus&origin=middle",
+]
+
+
+def _is_nomad_error(status: int, headers: dict) -> bool:
+    return 400 <= status < 500 and headers["Content-Type"].startswith("text/plain")
+
+
+def test_every_v1_post_route_answers_hostile_bodies_with_nomads_4xx(app):
+    add_node(app)
+    register(app)
+    for path in POST_ROUTES:
+        for i, raw in enumerate(HOSTILE_BODIES):
+            status, headers, text = call(app, "POST", path, raw)
+            if i < MALFORMED:
+                assert _is_nomad_error(status, headers), (path, raw[:40], status, text)
+            else:  # JSON objects: a route may ignore fields it does not read (as Nomad)
+                assert status < 500, (path, raw[:40], text)
+                assert status < 400 or _is_nomad_error(status, headers), (path, raw[:40])
+    assert call(app, "GET", "/v1/job/web")[2]["TaskGroups"][0]["Count"] == 2  # unchanged
+
+
+def test_every_v1_get_route_answers_hostile_queries_without_a_5xx(app):
+    add_node(app)
+    register(app)
+    for path in GET_ROUTES:
+        for query in HOSTILE_QUERIES:
+            status, headers, text = call(app, "GET", path + query)
+            assert status < 500, (path, query, text)
+            if status >= 400:
+                assert _is_nomad_error(status, headers), (path, query, text)
+
+
+@pytest.mark.parametrize("word, stops", [("TRUE", True), ("t", True), ("F", False), ("1", True)])
+def test_query_booleans_are_gos_words_in_any_case(app, word, stops):
+    register(app)
+    status, _, _ = call(app, "DELETE", f"/v1/job/web?purge={word}")
+    assert status == 200
+    status, _, out = call(app, "GET", "/v1/job/web")
+    assert (status == 404) if stops else (out["Stop"] is True)
+    # The same words everywhere: a log's flags are read before the alloc is looked up.
+    status, _, text = call(app, "GET", f"/v1/client/fs/logs/nosuch?task=t&type=stdout&plain={word}")
+    assert status == 404 and "alloc not found" in text

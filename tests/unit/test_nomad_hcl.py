@@ -486,3 +486,30 @@ def test_the_readmes_side_by_side_is_what_convert_prints():
     hcl = section.split("```hcl\n", 1)[1].split("```", 1)[0]
     shown = section.split("```json\n", 1)[1].split("```", 1)[0]
     assert job_from_hcl(hcl) == json.loads(shown)
+
+
+EXPRESSION_JOB = """\
+job "a" {
+  group "g" {
+    count = %s
+    task "t" {
+      driver = "exec"
+      config {
+        command = "/bin/echo"
+        args    = ["${NOMAD_PORT_http}", "${attr.kernel.name}-x", "$${HOME}"]
+      }
+    }
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("value", ["1 + 2", "1e400", 'upper("x")', '"%{ if true }x%{ endif }"'])
+def test_expressions_hcl_would_evaluate_are_refused_with_their_line(value):
+    with pytest.raises(ValidationError, match=r"line \d+: HCL expressions are not supported"):
+        parse_hcl(EXPRESSION_JOB % value)
+
+
+def test_runtime_references_and_escapes_are_kept():
+    args = parse_hcl(EXPRESSION_JOB % "2")["TaskGroups"][0]["Tasks"][0]["Config"]["args"]
+    assert args == ["${NOMAD_PORT_http}", "${attr.kernel.name}-x", "${HOME}"]
