@@ -177,8 +177,10 @@ def seconds(value, path: str):
 def _update(field: Field, value, path: str, out: dict) -> None:
     """An update block; the zeros of Nomad's job-level template mean unset."""
     raw = _object(value, path)
-    if _is_default(raw, DEFAULTS["Update"]):
-        return  # all zero (a batch job's, as Nomad prints it): no update block
+    if raw.get("MaxParallel") == 0 and _is_default(raw, DEFAULTS["Update"]):
+        # MaxParallel 0 is Nomad's "no rolling updates" (a batch job's block
+        # as Nomad prints it, all zero): orch's job without an update block.
+        return
     # HealthyDeadline must be > 0 where it applies: 0 is only ever "unset".
     raw = {k: v for k, v in raw.items() if not (k == "HealthyDeadline" and v == 0)}
     out[field.orch] = _block("Update", raw, path)

@@ -367,9 +367,11 @@ def test_the_inspected_service_keeps_what_it_says():
     }
 
 
-def test_an_all_zero_update_is_no_update_block():
+def test_an_all_zero_update_is_no_update_block_but_an_empty_one_rolls():
+    # MaxParallel 0 is Nomad's "no rolling updates"; `update {}` is its defaults.
     body = job_from_nomad(_inspected("report.inspect.json"))
     assert "update" not in body and body["periodic"]["crons"] == ["*/15 * * * *"]
+    assert job_from_nomad(nomad_job(Update={}))["update"] == {}
 
 
 def test_a_kill_signal_that_is_set_is_kept():
