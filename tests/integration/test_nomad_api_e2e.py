@@ -387,3 +387,22 @@ def test_the_readmes_job_file_runs_through_python_nomad(cluster, n):
             what="web's tasks stopped",
         )
         n.job.deregister_job("web", purge=True)
+
+
+def test_a_job_as_nomad_job_inspect_prints_it_registers_and_runs(cluster, n):
+    # tests/nomad_jobs/inspected/: every field as Nomad prints it ("KillSignal": "", ...).
+    inspected = Path(__file__).resolve().parents[1] / "nomad_jobs" / "inspected"
+    job = json.loads((inspected / "web.inspect.json").read_text())
+    try:
+        assert n.job.register_job("web", job)["EvalID"]
+        wait_until(lambda: len(running_allocs(n, "web")) == 1, WAIT, what="the web alloc")
+        again = n.job.register_job("web", {"Job": n.job.get_job("web")})
+        assert again["JobModifyIndex"] == n.job.get_job("web")["JobModifyIndex"]  # unchanged
+    finally:
+        n.job.deregister_job("web", purge=False)
+        wait_until(
+            lambda: all(a["ClientStatus"] != "running" for a in n.job.get_allocations("web")),
+            WAIT,
+            what="web's tasks stopped",
+        )
+        n.job.deregister_job("web", purge=True)
