@@ -181,10 +181,9 @@ def parse_hcl_lines(text: str) -> tuple[dict, Lines]:
     try:
         tree = hcl2.loads(text, with_meta=True)
     except lark.exceptions.UnexpectedInput as exc:
-        first = str(exc).splitlines()[0]
-        raise ValidationError(f"line {exc.line}: syntax error: {first}") from exc
+        raise ValidationError(f"line {exc.line}: syntax error: {_first(exc)}") from exc
     except Exception as exc:  # python-hcl2 raises bare Exceptions for some input
-        raise ValidationError(f"syntax error: {str(exc).splitlines()[0]}") from exc
+        raise ValidationError(f"syntax error: {_first(exc)}") from exc
     for key, value in tree.items():
         if key != "job":
             line = _first_line(value)
@@ -196,6 +195,11 @@ def parse_hcl_lines(text: str) -> tuple[dict, Lines]:
     label, body = _labelled(jobs[0], "job")
     job = _job(label, body, lines)
     return job, lines
+
+
+def _first(exc: Exception) -> str:
+    """The first line of an exception's message (its type when it has none)."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _kind(key: str) -> str:

@@ -513,3 +513,14 @@ def test_expressions_hcl_would_evaluate_are_refused_with_their_line(value):
 def test_runtime_references_and_escapes_are_kept():
     args = parse_hcl(EXPRESSION_JOB % "2")["TaskGroups"][0]["Tasks"][0]["Config"]["args"]
     assert args == ["${NOMAD_PORT_http}", "${attr.kernel.name}-x", "${HOME}"]
+
+
+def test_a_parser_error_without_a_message_is_still_a_validation_error(monkeypatch):
+    import hcl2
+
+    def fail(*args, **kwargs):
+        raise Exception()  # as python-hcl2 can, with nothing to say
+
+    monkeypatch.setattr(hcl2, "loads", fail)
+    with pytest.raises(ValidationError, match="syntax error: Exception"):
+        parse_hcl('job "a" {}\n')
