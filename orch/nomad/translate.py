@@ -58,7 +58,23 @@ def job_from_nomad(job: dict) -> dict:
     if constraints:
         body["constraints"] = constraints
     _service_names(body)
+    _default_update(job, body)
     return body
+
+
+def _default_update(job: dict, body: dict) -> None:
+    """A service job without any update block gets Nomad's default rolling update.
+
+    Nomad applies its default strategy (one at a time, with a deployment) when
+    the block is omitted; orch's `update {}` reads with the same defaults. A
+    block that is given, even Nomad's all-zero "no rolling updates", is kept."""
+    if body.get("type") != "service" or job.get("Update") is not None:
+        return
+    groups = job.get("TaskGroups")
+    groups = groups if isinstance(groups, list) else []
+    if any(isinstance(g, dict) and g.get("Update") is not None for g in groups):
+        return
+    body["update"] = {}
 
 
 def _without_default_reschedule(job: dict) -> dict:

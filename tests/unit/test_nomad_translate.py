@@ -374,6 +374,18 @@ def test_an_all_zero_update_is_no_update_block_but_an_empty_one_rolls():
     assert job_from_nomad(nomad_job(Update={}))["update"] == {}
 
 
+def test_a_service_without_update_block_gets_nomads_default_rolling_update():
+    # Nomad applies its default strategy when the block is omitted.
+    assert job_from_nomad(nomad_job(Type="service", Update=None))["update"] == {}
+    assert "update" not in job_from_nomad(nomad_job(Type="batch", Update=None))
+    no_rolling = nomad_job(Type="service", Update={"MaxParallel": 0})
+    assert "update" not in job_from_nomad(no_rolling)
+    grouped = nomad_job(Type="service", Update=None)
+    grouped["TaskGroups"][0]["Update"] = {"MaxParallel": 2}
+    body = job_from_nomad(grouped)
+    assert "update" not in body and body["task_groups"][0]["update"]["max_parallel"] == 2
+
+
 def test_a_kill_signal_that_is_set_is_kept():
     job = _inspected("web.inspect.json")
     job["Job"]["TaskGroups"][0]["Tasks"][0]["KillSignal"] = "SIGINT"
