@@ -111,7 +111,8 @@ def bulk(sql: str) -> str | None:
     _verb, table, cols, _rest = match.groups()
     names = [c.strip() for c in cols.split(",")]
     keys = PRIMARY_KEYS[table]
-    arrays = ", ".join(["%s::text[]"] * len(names))
+    # %b: arrays in binary form, their strings sent as they are (no escaping).
+    arrays = ", ".join(["%b::text[]"] * len(names))
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c not in keys)
     return (
         f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays}) "
