@@ -72,6 +72,10 @@ class Following(StoreCore):
         with self._lock:
             self._catch_up()
 
+    def catch_up(self) -> None:
+        """Apply now what other servers committed (a new leader, before it schedules)."""
+        self._follow()
+
     def _catch_up(self, log_rows: tuple[int, list] | None = None) -> None:
         """Apply the log after our position (read now, unless given); StorageError if lost."""
         if not self.backend.shared:
