@@ -147,6 +147,12 @@ def url(value: str) -> str:
     return value.rstrip("/")
 
 
+def database_url(value: str) -> str:
+    if value and not value.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError(f"not a postgresql:// URL: {value!r}")
+    return value
+
+
 def meta_pair(value: str) -> tuple[str, str]:
     key, sep, val = value.partition("=")
     if not sep or not key.strip():
@@ -210,6 +216,13 @@ def add_server(sub, common) -> None:
         "--data-dir",
         default=env("DATA_DIR", d.data_dir),
         help="state directory (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--database",
+        type=database_url,
+        default=env("DATABASE", ""),
+        help="postgresql://user@host:port/db to keep the state in PostgreSQL, shared by "
+        "several servers (ORCH_DATABASE; default: SQLite in --data-dir)",
     )
     cmd.add_argument(
         "--node-ttl",
@@ -582,6 +595,7 @@ def server_config(args) -> ServerConfig:
         bind=args.bind,
         port=args.port,
         data_dir=args.data_dir,
+        database=args.database or None,
         node_ttl=args.node_ttl,
         token=args.token or None,
         insecure=args.insecure,

@@ -50,7 +50,9 @@ class Server(NodeOps):
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.store = StateStore(config.data_dir, versions_kept=config.job_versions)
+        self.store = StateStore(
+            config.data_dir, database=config.database, versions_kept=config.job_versions
+        )
         self.broker = EvalBroker()
         self.pusher = Pusher(
             endpoint_of=self.endpoint_of,
