@@ -110,7 +110,9 @@ class CheckRunner:
 
     def kick(self, alloc: AllocRunner) -> None:
         """The allocation changed: if it now runs, its idle checks run at once."""
-        if alloc.status() != AllocStatus.RUNNING:
+        # Called on every change of every allocation: most have no idle check.
+        checks = self._by_alloc.get(alloc.spec.allocation_id, ())
+        if not any(c.idle for c in checks) or alloc.status() != AllocStatus.RUNNING:
             return
         with self._cond:
             for check in self._by_alloc.get(alloc.spec.allocation_id, ()):
