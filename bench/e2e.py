@@ -92,9 +92,23 @@ class DevCluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
         env["SHIV_ROOT"] = str(shiv_root)
         self.started = time.perf_counter()
-        argv = [sys.executable, str(pyz), "dev", "--agents", str(agents), "--port", str(self.port)]
-        argv += ["--data-dir", str(self.data_dir), "--log-level", log_level]
-        self.popen = spawn(argv, self.log_path, env)
+        self.popen = spawn(
+            [
+                sys.executable,
+                str(pyz),
+                "dev",
+                "--agents",
+                str(agents),
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                "--log-level",
+                log_level,
+            ],
+            self.log_path,
+            env,
+        )
         self.session = requests.Session()
         self._known: dict[int, psutil.Process] = {}
 
