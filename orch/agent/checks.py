@@ -175,6 +175,7 @@ class CheckRunner:
                 check.failures = 0
                 alloc.clear_checks()
                 self._schedule(check, min(IDLE_POLL, check.spec["interval"]), idle=True)
+                self.kick(alloc)  # the tasks may have started since the look above
                 continue
             try:
                 self._pool.submit(self._execute, check)
