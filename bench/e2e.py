@@ -52,6 +52,8 @@ from benchutil import (
     log,
     mb,
     percentile,
+    spawn,
+    stop_server,
     wait_disk_quiet,
 )
 
@@ -87,11 +89,10 @@ class DevCluster:
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = workdir / name
         self.log_path = workdir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
         env["SHIV_ROOT"] = str(shiv_root)
         self.started = time.perf_counter()
-        self.popen = subprocess.Popen(
+        self.popen = spawn(
             [
                 sys.executable,
                 str(pyz),
@@ -105,11 +106,8 @@ class DevCluster:
                 "--log-level",
                 log_level,
             ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
+            self.log_path,
+            env,
         )
         self.session = requests.Session()
         self._known: dict[int, psutil.Process] = {}
@@ -201,15 +199,10 @@ class DevCluster:
         whatever is left afterwards is killed by process group and by PID."""
         self._remember_all()
         self.session.close()
-        if self.popen.poll() is None:
-            try:
-                self.popen.send_signal(signal.SIGTERM)
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        # The launcher's own group, then each child's (they run in sessions of
-        # their own), then any remembered process (tasks) still alive.
-        for pgid in [self.popen.pid, *self._known]:
+        stop_server(self.popen)  # the launcher and its own group
+        # Then each child's group (they run in sessions of their own), then
+        # any remembered process (tasks) still alive.
+        for pgid in self._known:
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -220,9 +213,6 @@ class DevCluster:
                     proc.kill()
             except psutil.Error:
                 pass
-        if self.popen.poll() is None:
-            self.popen.wait(timeout=10)
-        self._log.close()
 
 
 def settle(smoke: bool = False) -> None:

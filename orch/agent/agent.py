@@ -380,7 +380,15 @@ class Agent:
             driver.close()
 
     def _new_runner(self, spec: AllocSpec) -> AllocRunner:
-        return AllocRunner(spec, self.config, self.drivers, self.store, self._notify)
+        runner: AllocRunner | None = None
+
+        def changed() -> None:
+            self._notify()
+            if runner is not None:
+                self.checks.kick(runner)  # tasks just started: check them now
+
+        runner = AllocRunner(spec, self.config, self.drivers, self.store, changed)
+        return runner
 
     def _notify(self) -> None:
         if self.loop is not None:

@@ -5,7 +5,9 @@ Python, so one scheduler thread keeps a heap of next-run times and hands
 due checks to a small pool (a slow check, up to its timeout, holds a pool
 worker, not the timer). A check runs only while its allocation is running;
 its result goes to the AllocRunner (``record_check``), which puts it in the
-heartbeat when it changes. ``check_restart``: after `limit` failures in a
+heartbeat when it changes. A check waiting for its allocation to run is run
+the moment the tasks start (``kick``), not at its next poll: a deployment
+waits on that first result. ``check_restart``: after `limit` failures in a
 row (counted once `grace` has passed since the task started) the tasks are
 restarted through the task runner's restart path.
 """
@@ -51,6 +53,8 @@ class Check:
     restart: dict | None  # check_restart: the check's own, else the service's
     failures: int = 0
     cancelled: bool = False
+    idle: bool = False  # waiting for the allocation to run (see kick)
+    due: int = -1  # the heap entry that counts; an earlier one is stale
 
 
 def checks_of(alloc: AllocRunner) -> list[Check]:
@@ -104,6 +108,19 @@ class CheckRunner:
                 self._thread.start()
             self._cond.notify()
 
+    def kick(self, alloc: AllocRunner) -> None:
+        """The allocation changed: if it now runs, its idle checks run at once."""
+        # Called on every change of every allocation: most have no idle check.
+        checks = self._by_alloc.get(alloc.spec.allocation_id, ())
+        if not any(c.idle for c in checks) or alloc.status() != AllocStatus.RUNNING:
+            return
+        with self._cond:
+            for check in self._by_alloc.get(alloc.spec.allocation_id, ()):
+                if check.idle and not self._closed:
+                    check.idle = False
+                    self._push(check, 0.0)
+                    self._cond.notify()
+
     def unwatch(self, alloc_id: str) -> None:
         """Stop checking an allocation (its checks fall off the heap when due)."""
         with self._cond:
@@ -118,11 +135,13 @@ class CheckRunner:
 
     def _push(self, check: Check, delay: float) -> None:
         """Schedule a check `delay` seconds from now (caller holds the condition)."""
-        heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), check))
+        check.due = next(self._seq)
+        heapq.heappush(self._heap, (time.monotonic() + delay, check.due, check))
 
-    def _schedule(self, check: Check, delay: float) -> None:
+    def _schedule(self, check: Check, delay: float, *, idle: bool = False) -> None:
         with self._cond:
             if not check.cancelled and not self._closed:
+                check.idle = idle
                 self._push(check, delay)
                 self._cond.notify()
 
@@ -133,7 +152,10 @@ class CheckRunner:
                 if self._heap:
                     wait = self._heap[0][0] - time.monotonic()
                     if wait <= 0:
-                        return heapq.heappop(self._heap)[2]
+                        _, due, check = heapq.heappop(self._heap)
+                        if due == check.due:  # else kicked: a newer entry counts
+                            return check
+                        continue
                     self._cond.wait(wait)
                 else:
                     self._cond.wait()
@@ -152,7 +174,8 @@ class CheckRunner:
                 # Between restarts or not started: what was known no longer holds.
                 check.failures = 0
                 alloc.clear_checks()
-                self._schedule(check, min(IDLE_POLL, check.spec["interval"]))
+                self._schedule(check, min(IDLE_POLL, check.spec["interval"]), idle=True)
+                self.kick(alloc)  # the tasks may have started since the look above
                 continue
             try:
                 self._pool.submit(self._execute, check)

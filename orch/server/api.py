@@ -49,6 +49,14 @@ def revert_version(body) -> int:
     return version
 
 
+def no_fields(body) -> None:
+    """The body of a route that takes no fields: none, or an empty object."""
+    if not isinstance(body, dict):
+        raise ValidationError("body: must be a JSON object")
+    if body:
+        raise ValidationError(f"{sorted(body)[0]}: unknown field (this route takes none)")
+
+
 def _new_version(job: Job, ev: Evaluation, message: str) -> dict:
     """The answer to a change that wrote a new job version (revert, rollout)."""
     return {
@@ -233,6 +241,7 @@ def make_app(server: Server) -> bottle.Bottle:
 
     @route("POST", "/jobs/<job_id>/rollout")
     def rollout_job(job_id):
+        no_fields(httpjson.read_json() if bottle.request.content_length != 0 else {})
         job, ev = server.rollout_job(job_id)
         return _new_version(job, ev, f"rollout {job.rollout} started: version {job.version}")
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from orch.structs import Allocation, AllocStatus, Job, Node
 
 
-def service_port(service: dict, alloc: Allocation | None) -> int | None:
+def service_port(service: dict, alloc: Allocation) -> int | None:
     """The host port a service answers on: its port label looked up in the
     allocation's ports (`[{"label", "value", "to"}]`, set by the scheduler
     where the group has a network), else a port number given as is.
@@ -23,7 +23,7 @@ def service_port(service: dict, alloc: Allocation | None) -> int | None:
     The one place a service's port is resolved (the push to the agent and
     the catalog both ask here)."""
     port = service.get("port")
-    for entry in getattr(alloc, "ports", None) or ():
+    for entry in alloc.ports:
         if isinstance(entry, dict) and entry.get("label") == port:
             value = entry.get("value")
             return value if isinstance(value, int) else None

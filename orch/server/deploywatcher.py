@@ -1,8 +1,14 @@
 """The deployment watcher: moves running deployments on, or fails them.
 
-Every tick it reads each running deployment and the allocations of its job
-from the store (the state lives there, never here): new copies turning
-healthy make an evaluation so the scheduler replaces the next batch; a new
+Each pass reads every running deployment and the allocations of its job
+from the store (the state lives there, never here). A pass runs as soon as
+the store's change feed moves (a heartbeat reporting a copy healthy, a plan
+committed), and at least every ``TICK`` for the clock's own events
+(``min_healthy_time`` ending, deadlines). Each new copy turning healthy
+makes an evaluation at once, so the scheduler stops the old copy it replaces
+and places the next one: replacements are pipelined, ``max_parallel`` in
+flight, not batched (as Nomad's watcher creates an evaluation whenever an
+allocation's health changes). A new
 copy failing, or no progress within ``progress_deadline``, fails the
 deployment, and with ``auto_revert`` the last stable version is submitted
 again. All groups healthy with no old copy left: successful, and the job's
@@ -30,7 +36,11 @@ from orch.structs import (
 
 log = logging.getLogger(__name__)
 
-TICK = 0.25  # seconds between passes: well under a heartbeat
+TICK = 0.25  # seconds between passes without a change: well under a heartbeat
+# A burst of commits (a heartbeat's allocations, then the plan they cause)
+# gives one pass, not one per commit; it also bounds the store reads a busy
+# cluster's change feed can cause.
+SPACING = 0.01
 
 
 class DeploymentWatcher:
@@ -63,11 +73,18 @@ class DeploymentWatcher:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stopped.wait(self._interval):
+        feed = self._store.changes
+        seen = feed.index
+        while not self._stopped.is_set():
+            seen = feed.wait(seen, self._interval)
+            if self._stopped.is_set() or feed.closed:
+                return
+            self._store.settle()  # the woken write is in memory too
             try:
                 self.tick()
             except Exception:  # a bad pass must not end the watcher
                 log.exception("deployment watcher pass failed")
+            self._stopped.wait(SPACING)
 
     def tick(self) -> None:
         """One pass over every running deployment."""

@@ -1,8 +1,9 @@
-"""What the rolling-update tests share: the catalog reads, the watchers and the CLI.
+"""What the rolling-update tests share: the job, the catalog reads, the watchers, the CLI.
 
 The exec and docker variants deploy the same job (`roll`, service `roll-svc`,
-count 3, max_parallel 1) with different tasks; these helpers only read the
-catalog and the job, so they serve both.
+count 3, max_parallel 1, an http check on "/health") around different tasks
+(`roll_job`); the other helpers only read the catalog and the job, so they
+serve both.
 """
 
 from __future__ import annotations
@@ -20,6 +21,35 @@ from harness import clean_env
 SERVICE = "roll-svc"
 COUNT = 3
 MAX_PARALLEL = 1
+
+
+def roll_job(task: dict, to: int | None = None) -> dict:
+    """The `roll` job around its one task; `to`: the container port the http port maps to."""
+    check = {"type": "http", "path": "/health", "interval": "200ms", "timeout": "1s"}
+    port: dict = {"label": "http"} if to is None else {"label": "http", "to": to}
+    return {
+        "job_id": "roll",
+        "type": "service",
+        "update": {
+            "max_parallel": MAX_PARALLEL,
+            "min_healthy_time": "1s",
+            "healthy_deadline": "15s",
+            "progress_deadline": "60s",
+            "auto_revert": True,
+        },
+        "task_groups": [
+            {
+                "name": "web",
+                "count": COUNT,
+                # As Nomad users do: a stopped copy leaves the catalog, then waits
+                # before its signal, so a client that resolved it just before is served.
+                "shutdown_delay": "500ms",
+                "network": {"ports": [port]},
+                "services": [{"name": SERVICE, "port": "http", "checks": [check]}],
+                "tasks": [task],
+            }
+        ],
+    }
 
 
 def get(server, path: str) -> dict:

@@ -19,13 +19,13 @@ from harness import wait_until
 from rolling import (
     COUNT,
     MAX_PARALLEL,
-    SERVICE,
     CatalogWatch,
     Client,
     alloc_ids,
     cli,
     get,
     healthy,
+    roll_job,
     run_cli,
     versions,
 )
@@ -55,38 +55,14 @@ WEB = textwrap.dedent(
 
 
 def web_job(script, version: str, build: str = "good") -> dict:
-    check = {"type": "http", "path": "/health", "interval": "200ms", "timeout": "1s"}
     command = [sys.executable, str(script), "${ORCH_PORT_http}", version, build]
-    return {
-        "job_id": "roll",
-        "type": "service",
-        "update": {
-            "max_parallel": MAX_PARALLEL,
-            "min_healthy_time": "1s",
-            "healthy_deadline": "15s",
-            "progress_deadline": "60s",
-            "auto_revert": True,
-        },
-        "task_groups": [
-            {
-                "name": "web",
-                "count": COUNT,
-                # As Nomad users do: a stopped copy leaves the catalog, then waits
-                # before its signal, so a client that resolved it just before is served.
-                "shutdown_delay": "500ms",
-                "network": {"ports": [{"label": "http"}]},
-                "services": [{"name": SERVICE, "port": "http", "checks": [check]}],
-                "tasks": [
-                    {
-                        "name": "srv",
-                        "driver": "exec",
-                        "config": {"command": command},
-                        "resources": {"cpu": 50, "memory": 64},
-                    }
-                ],
-            }
-        ],
+    task = {
+        "name": "srv",
+        "driver": "exec",
+        "config": {"command": command},
+        "resources": {"cpu": 50, "memory": 64},
     }
+    return roll_job(task)
 
 
 @pytest.fixture

@@ -20,7 +20,18 @@ import pytest
 import requests
 
 from harness import wait_until
-from rolling import COUNT, MAX_PARALLEL, CatalogWatch, Client, cli, get, healthy, run_cli, versions
+from rolling import (
+    COUNT,
+    MAX_PARALLEL,
+    CatalogWatch,
+    Client,
+    cli,
+    get,
+    healthy,
+    roll_job,
+    run_cli,
+    versions,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -43,37 +54,13 @@ def docker_job(version: str, build: str = "good") -> dict:
         f"mkdir -p /www && printf {version} > /www/index.html && {health}"
         f"exec httpd -f -p {CONTAINER_PORT} -h /www"
     )
-    check = {"type": "http", "path": "/health", "interval": "200ms", "timeout": "1s"}
-    return {
-        "job_id": "roll",
-        "type": "service",
-        "update": {
-            "max_parallel": MAX_PARALLEL,
-            "min_healthy_time": "1s",
-            "healthy_deadline": "15s",
-            "progress_deadline": "60s",
-            "auto_revert": True,
-        },
-        "task_groups": [
-            {
-                "name": "web",
-                "count": COUNT,
-                # As Nomad users do: a stopped copy leaves the catalog, then waits
-                # before its signal, so a client that resolved it just before is served.
-                "shutdown_delay": "500ms",
-                "network": {"ports": [{"label": "http", "to": CONTAINER_PORT}]},
-                "services": [{"name": "roll-svc", "port": "http", "checks": [check]}],
-                "tasks": [
-                    {
-                        "name": "srv",
-                        "driver": "docker",
-                        "config": {"image": TEST_IMAGE, "command": command},
-                        "resources": {"cpu": 50, "memory": 32},
-                    }
-                ],
-            }
-        ],
+    task = {
+        "name": "srv",
+        "driver": "docker",
+        "config": {"image": TEST_IMAGE, "command": command},
+        "resources": {"cpu": 50, "memory": 32},
     }
+    return roll_job(task, to=CONTAINER_PORT)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from orch.structs import (
     new_id,
 )
 
+from waiting import wait_for
+
 CHECKS = ({"name": "web", "port": "http", "checks": [{"type": "tcp"}]},)
 
 
@@ -122,6 +124,22 @@ def test_healthy_copies_advance_then_succeed_and_mark_the_version_stable(env):
     assert done.status == DeploymentStatus.SUCCESSFUL
     assert [stable for job, stable in env.store.job_versions("web")] == [True, False]
     assert env.store.last_stable_version("web", 5) == 1
+
+
+def test_the_running_watcher_acts_on_a_store_change_not_on_its_tick(env):
+    v1, _old, d = start(env)
+    watcher = DeploymentWatcher(
+        env.store, env.evaluated.append, lambda *a: None, clock=env.clock, interval=60
+    )
+    watcher.start()
+    try:
+        # Healthy past min_healthy_time already: its commit alone must wake the
+        # watcher, well before the minute-long tick.
+        place(env, v1, 0, healthy_since=env.clock() - 5)
+        assert wait_for(lambda: env.evaluated == ["web"], 10)
+        assert env.store.get_deployment(d.deployment_id).groups["web"]["healthy"] == 1
+    finally:
+        watcher.stop()
 
 
 def test_old_copy_still_running_keeps_it_running(env):

@@ -7,6 +7,7 @@ import time
 import pytest
 from tiny_http import Mute, Recorder
 
+from orch.agent import checks as checks_module
 from orch.agent.allocrunner import AllocRunner
 from orch.agent.checks import CheckRunner, check_host, http_check, run_script, tcp_check
 from orch.agent.drivers.exec import ExecDriver
@@ -90,7 +91,8 @@ def make(tmp_path):
     checks = CheckRunner("127.0.0.1")
     runners = []
 
-    def build(services, command="sleep 60"):
+    def build(services, command="sleep 60", kick=False):
+        """kick: wired as the agent does it, and watched before its tasks start."""
         spec = parse_alloc(
             {
                 "allocation_id": f"a{len(runners)}",
@@ -103,10 +105,16 @@ def make(tmp_path):
                 },
             }
         )
-        runner = AllocRunner(spec, config, {"exec": ExecDriver()}, store)
+        cell: list[AllocRunner] = []
+        on_change = (lambda: checks.kick(cell[0]) if cell else None) if kick else (lambda: None)
+        runner = AllocRunner(spec, config, {"exec": ExecDriver()}, store, on_change)
+        cell.append(runner)
         runners.append(runner)
+        if kick:
+            checks.watch(runner)
         runner.start()
-        checks.watch(runner)
+        if not kick:
+            checks.watch(runner)
         return runner
 
     build.checks = checks
@@ -143,6 +151,28 @@ def test_checks_run_only_while_the_tasks_run(make, server):
     assert wait_for(lambda: runner.health() == "healthy", 10)
     runner.kill("test", fails=False)
     assert wait_for(lambda: runner.health() is None and "checks" not in runner.to_dict(), 10)
+
+
+def test_a_check_waiting_for_its_tasks_runs_as_soon_as_they_start(make, server, monkeypatch):
+    # Interval and idle poll a minute long: only the kick on the tasks'
+    # start can run the check within the wait.
+    monkeypatch.setattr(checks_module, "IDLE_POLL", 60.0)
+    service = {"name": "web", "port": port_of(server.url), "checks": [{"type": "tcp"}]}
+    service["checks"][0]["interval"] = 60
+    started = time.monotonic()
+    runner = make([service], kick=True)
+    assert wait_for(lambda: runner.health() == "healthy", 10)
+    assert time.monotonic() - started < 10
+
+
+def test_a_kicked_check_runs_once_per_interval(make, server, monkeypatch):
+    # The idle entry a kick replaced falls due soon after: it must not run it again.
+    monkeypatch.setattr(checks_module, "IDLE_POLL", 0.3)
+    check = {"type": "http", "path": "/ok", "interval": 60, "timeout": 1}
+    runner = make([{"name": "web", "port": port_of(server.url), "checks": [check]}], kick=True)
+    assert wait_for(lambda: runner.health() == "healthy", 10)
+    time.sleep(0.8)
+    assert server.paths() == ["/ok"]
 
 
 def test_check_restart_restarts_the_task_after_the_limit(make, server):

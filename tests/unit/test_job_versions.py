@@ -147,3 +147,32 @@ def test_bad_versions_requests_get_json_errors(server, path, body, code):
     status, out = call(app, method, path, body)
     assert status == code, out
     assert "error" in out
+
+
+def test_rollout_route_takes_no_body_or_an_empty_object(server):
+    app = make_app(server)
+    server.submit_job(exec_job("web", "sleep 60", type_="service", cpu=10, memory=16))
+    status, body = call(app, "POST", "/jobs/web/rollout")
+    assert status == 200, body
+    assert body["version"] == 1 and body["evaluation_id"]
+    status, body = call(app, "POST", "/jobs/web/rollout", {})
+    assert status == 200, body
+    assert body["version"] == 2
+
+
+@pytest.mark.parametrize(
+    "body,says",
+    [
+        (b"{not json", "JSON"),
+        (b"[1]", "body: must be a JSON object"),
+        (b'"x"', "body: must be a JSON object"),
+        (b'{"count": 3}', "count: unknown field"),
+    ],
+)
+def test_rollout_route_refuses_a_bad_body_with_json(server, body, says):
+    app = make_app(server)
+    server.submit_job(exec_job("web", "sleep 60", type_="service", cpu=10, memory=16))
+    status, out = call(app, "POST", "/jobs/web/rollout", body)
+    assert status == 400, out
+    assert says in out["error"]
+    assert server.store.get_job("web").version == 0  # nothing rolled out

@@ -114,7 +114,8 @@ def test_push_resolves_the_port_and_the_agent_validates_it():
     assert [s["port"] for s in body["task_group"]["services"]] == [None, 9000]
     # A label resolves through the allocation's ports (the scheduler's, where set).
     ports = [{"label": "http", "value": 21000, "to": 80}]
-    assert catalog.service_port({"port": "http"}, type("A", (), {"ports": ports})()) == 21000
+    placed = Allocation("a1", "web", "g", "n1", 0, ports=ports)
+    assert catalog.service_port({"port": "http"}, placed) == 21000
     spec = parse_alloc(body)
     assert spec.services[1]["port"] == 9000 and spec.services[0]["checks"][0]["path"] == "/health"
     assert parse_alloc(spec.to_dict()) == spec
