@@ -76,6 +76,11 @@ class ServerConfig:
     # The web UI's path prefix when a reverse proxy serves orch under one
     # ("/orch" -> links to /orch/ui/...); X-Forwarded-Prefix overrides it.
     ui_prefix: str = ""
+    # Several servers on one PostgreSQL: the URL agents are redirected to
+    # when this server leads (default: http://<bind>:<port>), and the
+    # leader's lease in seconds (renewed every third of it).
+    advertise: str | None = None
+    lease: float = 3.0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ OrchError (500)
 ├── Conflict (400)              a valid request the current state refuses
 ├── PayloadTooLarge (413)
 ├── StorageError (503)          the state store could not write
+│   └── NotLeader (503)         a deposed leader's commit, refused by its fence
 ├── Unavailable (503)           a capacity limit is reached (UI streams)
 ├── DriverError (500)           a task driver could not start or stop a task
 └── BadGateway (502)            a node the server relays to is unreachable
@@ -74,6 +75,10 @@ class StorageError(OrchError):
     """Raised when the state store cannot write; nothing stored is lost."""
 
     status = 503
+
+
+class NotLeader(StorageError):
+    """Raised when a commit needs the leader's term and this server no longer holds it."""
 
 
 class Unavailable(OrchError):
