@@ -147,6 +147,16 @@ def url(value: str) -> str:
     return value.rstrip("/")
 
 
+def urls(value: str) -> str:
+    """One server URL or several, comma-separated (``URL1,URL2,URL3``)."""
+    from orch.transport import server_list
+
+    try:
+        return ",".join(server_list(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def meta_pair(value: str) -> tuple[str, str]:
     key, sep, val = value.partition("=")
     if not sep or not key.strip():
@@ -254,9 +264,9 @@ def add_agent(sub, common) -> None:
     cmd = sub.add_parser("agent", parents=[common], help="run a node agent")
     cmd.add_argument(
         "--server",
-        type=url,
+        type=urls,
         default=env("SERVER", d.server),
-        help="server URL (default %(default)s)",
+        help="server URL, or several: URL1,URL2,URL3 (ORCH_SERVER; default %(default)s)",
     )
     cmd.add_argument(
         "--bind", default=env("BIND", d.bind), help="address to listen on (default %(default)s)"
@@ -391,9 +401,9 @@ def add_client_commands(sub, common) -> None:
     client = argparse.ArgumentParser(add_help=False, parents=[common])
     client.add_argument(
         "--address",
-        type=url,
+        type=urls,
         default=env("ADDR", DEFAULT_ADDRESS),
-        help="server URL (ORCH_ADDR; default %(default)s)",
+        help="server URL, or several: URL1,URL2 (ORCH_ADDR; default %(default)s)",
     )
     client.add_argument("--token", default=env("TOKEN", None), help="bearer token (ORCH_TOKEN)")
     client.set_defaults(role="client")
