@@ -8,7 +8,7 @@ OrchError (500)
 ├── Conflict (400)              a valid request the current state refuses
 ├── PayloadTooLarge (413)
 ├── StorageError (503)          the state store could not write
-│   └── NotLeader (503)         a deposed leader's commit, refused by its fence
+├── NotLeader (503)             a leader-only write from a server that no longer leads
 ├── Unavailable (503)           a capacity limit is reached (UI streams)
 ├── DriverError (500)           a task driver could not start or stop a task
 └── BadGateway (502)            a node the server relays to is unreachable
@@ -77,8 +77,10 @@ class StorageError(OrchError):
     status = 503
 
 
-class NotLeader(StorageError):
-    """Raised when a commit needs the leader's term and this server no longer holds it."""
+class NotLeader(OrchError):
+    """Raised when a leader-only write (a plan commit) comes from a deposed leader."""
+
+    status = 503
 
 
 class Unavailable(OrchError):
