@@ -157,6 +157,12 @@ def urls(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def database_url(value: str) -> str:
+    if value and not value.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError(f"not a postgresql:// URL: {value!r}")
+    return value
+
+
 def meta_pair(value: str) -> tuple[str, str]:
     key, sep, val = value.partition("=")
     if not sep or not key.strip():
@@ -255,6 +261,18 @@ def add_server(sub, common) -> None:
         type=ui_prefix,
         default=env("UI_PREFIX", d.ui_prefix),
         help="path prefix a reverse proxy serves orch under, e.g. /orch (ORCH_UI_PREFIX)",
+    )
+    cmd.add_argument(
+        "--advertise",
+        type=url,
+        default=env("ADVERTISE", d.advertise),
+        help="URL agents reach this server at when it leads (default http://<bind>:<port>)",
+    )
+    cmd.add_argument(
+        "--lease",
+        type=seconds,
+        default=env("LEASE", d.lease),
+        help="the leader's lease on PostgreSQL, renewed every third of it (default %(default)s)",
     )
     cmd.set_defaults(handler=cmd_server, role="server")
 
@@ -392,6 +410,20 @@ def add_dev(sub, common) -> None:
         type=ui_prefix,
         default=env("UI_PREFIX", d.ui_prefix),
         help="the server's --ui-prefix (ORCH_UI_PREFIX)",
+    )
+    cmd.add_argument(
+        "--servers",
+        type=count,
+        default=d.servers,
+        help="servers sharing one PostgreSQL (default %(default)s: one, on SQLite); "
+        "without --database dev mode starts a throwaway PostgreSQL",
+    )
+    cmd.add_argument(
+        "--database",
+        type=database_url,
+        default=env("DATABASE", ""),
+        help="postgresql://... the servers share (ORCH_DATABASE; default: SQLite for one "
+        "server, a throwaway PostgreSQL for several)",
     )
     cmd.set_defaults(handler=cmd_dev, role="dev")
 
@@ -590,6 +622,8 @@ def server_config(args) -> ServerConfig:
         job_versions=args.job_versions,
         ui_max_streams=args.ui_max_streams,
         ui_prefix=args.ui_prefix,
+        advertise=args.advertise,
+        lease=args.lease,
     )
 
 
@@ -624,6 +658,8 @@ def dev_config(args) -> DevConfig:
         token=args.token or None,
         log_level=args.log_level,
         ui_prefix=args.ui_prefix,
+        servers=args.servers,
+        database=args.database or None,
     )
 
 

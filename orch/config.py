@@ -123,3 +123,7 @@ class DevConfig:
     token: str | None = None
     log_level: str = "INFO"  # passed on to the server and the agents
     ui_prefix: str = ""  # passed on to the server (--ui-prefix)
+    # Servers on one PostgreSQL (--database, else one dev mode starts itself
+    # when there are several); 1 without a database: SQLite, as before.
+    servers: int = 1
+    database: str | None = None
