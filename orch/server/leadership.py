@@ -168,7 +168,7 @@ class LeaseLeadership:
         """Create the table, then keep the lease and call the transitions
         (in order, on their own thread, so a slow one never delays a renewal)."""
         self._on_gain, self._on_lose = on_gain, on_lose
-        self._create_schema()
+        self.create_schema()
         for target, name in (
             (self._keep, "leadership"),
             (self._watchdog, "leadership-fence"),
@@ -210,7 +210,7 @@ class LeaseLeadership:
             )
         return self._conn
 
-    def _create_schema(self) -> None:
+    def create_schema(self) -> None:
         conn = self._connection()
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
@@ -219,14 +219,21 @@ class LeaseLeadership:
     def _keep(self) -> None:
         while not self._stopped.is_set():
             sent = self._now()
-            try:
-                term = self._attempt()
-            except Exception as exc:
-                log.warning("leadership: lease query failed: %s", exc)
-                self._drop_connection()
-                term = None
-            self._update(term, sent)
+            self.renew_once(sent)
             self._stopped.wait(self._next_attempt(sent))
+
+    def renew_once(self, sent: float | None = None) -> bool:
+        """One round: take or renew the lease (else learn who holds it);
+        whether we lead. ``sent``: when the round began, by our clock."""
+        sent = self._now() if sent is None else sent
+        try:
+            term = self._attempt()
+        except Exception as exc:
+            log.warning("leadership: lease query failed: %s", exc)
+            self._drop_connection()
+            term = None
+        self._update(term, sent)
+        return term is not None
 
     def _attempt(self) -> int | None:
         """One round trip: take or renew the lease; else read who holds it."""

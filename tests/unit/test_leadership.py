@@ -1,0 +1,108 @@
+"""Leadership on a real PostgreSQL: one leader, terms, self-fencing, the commit fence."""
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from orch.errors import NotLeader
+from orch.server.leadership import LeaseLeadership, SoleLeadership
+
+from waiting import wait_for
+
+LEASE = 1.0
+
+
+def fenced_commit(url: str, fence: tuple) -> bool:
+    """What a plan commit does: the fence in its own transaction; whether a row came."""
+    with psycopg.connect(url) as conn, conn.transaction():
+        return conn.execute(*fence).fetchone() is not None
+
+
+@pytest.fixture
+def pair(postgres_url):
+    made = []
+
+    def make(name: str) -> LeaseLeadership:
+        lead = LeaseLeadership(postgres_url, f"http://{name}:4646", lease=LEASE, server_id=name)
+        lead.create_schema()
+        made.append(lead)
+        return lead
+
+    yield make
+    for lead in made:
+        lead.stop()
+
+
+def test_one_leader_and_a_deposed_leaders_commit_is_refused(pair, postgres_url):
+    a, b = pair("a"), pair("b")
+    assert a.renew_once() and a.is_leader()
+    assert not b.renew_once() and not b.is_leader()
+    # The follower knows where the leader listens (agents are sent there).
+    assert b.leader().url == "http://a:4646" and b.leader().term == a.leader().term
+    term = a.leader().term
+    fence_a = a.fence()
+    assert fenced_commit(postgres_url, fence_a)
+    with pytest.raises(NotLeader):
+        b.fence()
+
+    # A stalls: no renewal. By its own clock it stops leading before the
+    # database lets anyone else in (the margin).
+    wait_for(lambda: not a.is_leader(), timeout=LEASE)
+    assert not b.renew_once(), "the lease is still A's by the database's clock"
+    with pytest.raises(NotLeader):
+        a.fence()
+    wait_for(b.renew_once, timeout=5 * LEASE, interval=0.05)
+    assert b.leader().term == term + 1
+    # A's late commit (its fence taken while it led) finds no row: refused.
+    assert not fenced_commit(postgres_url, fence_a)
+    assert fenced_commit(postgres_url, b.fence())
+    # A comes back: it follows the new term, it does not take over.
+    assert not a.renew_once()
+    assert a.leader().holder == "b" and a.leader().term == term + 1
+
+
+def test_renewals_keep_the_term(pair):
+    a, b = pair("a"), pair("b")
+    assert a.renew_once()
+    term = a.leader().term
+    for _ in range(3):
+        time.sleep(LEASE / 3)
+        assert a.renew_once() and a.leader().term == term
+        assert not b.renew_once()
+
+
+def test_transitions_on_threads_and_a_clean_handover(pair):
+    events: list[tuple[str, str, int]] = []
+    lock = threading.Lock()
+
+    def record(name, what):
+        def call(term):
+            with lock:
+                events.append((name, what, term))
+
+        return call
+
+    a, b = pair("a"), pair("b")
+    a.start(record("a", "gain"), record("a", "lose"))
+    wait_for(a.is_leader, timeout=10)
+    b.start(record("b", "gain"), record("b", "lose"))
+    time.sleep(LEASE)  # b keeps trying while a renews
+    assert not b.is_leader()
+    first = a.leader().term
+    started = time.monotonic()
+    a.stop()  # steps down and releases the lease: b need not wait it out
+    wait_for(b.is_leader, timeout=10)
+    assert time.monotonic() - started < LEASE + 1.0
+    wait_for(lambda: ("b", "gain", first + 1) in events, timeout=5)
+    assert events[:2] == [("a", "gain", first), ("a", "lose", first)]
+
+
+def test_sqlite_server_always_leads():
+    sole = SoleLeadership("http://x:1")
+    seen = []
+    sole.start(lambda t: seen.append(("gain", t)), lambda t: seen.append(("lose", t)))
+    assert sole.is_leader() and sole.fence() is None and sole.leader().term == 1
+    sole.stop()
+    assert seen == [("gain", 1), ("lose", 1)]
