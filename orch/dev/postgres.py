@@ -117,7 +117,9 @@ class ThrowawayPostgres:
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 preexec_fn=_demote(self.user), cwd=self.base_dir,
             )  # fmt: skip
-        self.port = _free_port()
+        # Started again (a test of the database's loss), it keeps its port:
+        # the servers hold its URL.
+        self.port = self.port or _free_port()
         log_path = os.path.join(self.base_dir, "postgres.log")
         # Opened by us (root may own it): the child only inherits the descriptor.
         log_file = open(log_path, "ab")  # noqa: SIM115 - lives as long as the server
