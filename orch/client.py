@@ -33,7 +33,6 @@ import requests
 
 from orch import errors
 from orch.config import DEFAULT_ADDRESS
-from orch.transport import UNAVAILABLE, Servers
 
 # Re-exported: callers catch them as orch.client.NotFound and so on.
 from orch.errors import (
@@ -46,6 +45,7 @@ from orch.errors import (
     Unauthorized,
     ValidationError,
 )
+from orch.transport import UNAVAILABLE, Servers
 
 __all__ = [
     "Client",

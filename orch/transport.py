@@ -30,8 +30,8 @@ import logging
 import os
 import socket
 import ssl
-from collections import OrderedDict
 import threading
+from collections import OrderedDict
 from urllib.parse import urlencode, urljoin, urlsplit
 
 log = logging.getLogger(__name__)

@@ -86,7 +86,9 @@ def port_taken(bind: str, port: int) -> str | None:
     return None
 
 
-def server_argv(config: DevConfig, port: int, data_dir: str, database: str | None = None) -> list[str]:
+def server_argv(
+    config: DevConfig, port: int, data_dir: str, database: str | None = None
+) -> list[str]:
     return [
         "server",
         "--bind",

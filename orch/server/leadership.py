@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from orch.errors import NotLeader
 
@@ -133,7 +134,7 @@ class LeaseLeadership:
         self._valid_until = 0.0  # monotonic: our lease ends (with the margin)
         self._known = LeaderInfo()
         self._expires_in = 0.0  # seconds the lease read last had left
-        self._conn = None
+        self._conn: Any = None  # a psycopg connection, made when first needed
         self._stopped = threading.Event()
         self._events: queue.Queue = queue.Queue()
         self._on_gain: Transition = _nothing
@@ -187,10 +188,12 @@ class LeaseLeadership:
         with self._lock:
             term, self._term = self._term, 0
         if term:
+            import psycopg
+
             self._on_lose(term)
             try:
                 self._connection().execute(RELEASE, (term, self.server_id))
-            except Exception as exc:  # the lease expires on its own
+            except psycopg.Error as exc:  # the lease expires on its own
                 log.warning("leadership: could not release the lease: %s", exc)
         if self._conn is not None:
             self._conn.close()
@@ -225,10 +228,12 @@ class LeaseLeadership:
     def renew_once(self, sent: float | None = None) -> bool:
         """One round: take or renew the lease (else learn who holds it);
         whether we lead. ``sent``: when the round began, by our clock."""
+        import psycopg
+
         sent = self._now() if sent is None else sent
         try:
             term = self._attempt()
-        except Exception as exc:
+        except psycopg.Error as exc:
             log.warning("leadership: lease query failed: %s", exc)
             self._drop_connection()
             term = None
