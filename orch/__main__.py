@@ -228,6 +228,13 @@ def add_server(sub, common) -> None:
         help="state directory (default %(default)s)",
     )
     cmd.add_argument(
+        "--database",
+        type=database_url,
+        default=env("DATABASE", ""),
+        help="postgresql://user@host:port/db to keep the state in PostgreSQL, shared by "
+        "several servers (ORCH_DATABASE; default: SQLite in --data-dir)",
+    )
+    cmd.add_argument(
         "--node-ttl",
         type=seconds,
         default=env("NODE_TTL", d.node_ttl),
@@ -616,6 +623,7 @@ def server_config(args) -> ServerConfig:
         bind=args.bind,
         port=args.port,
         data_dir=args.data_dir,
+        database=args.database or None,
         node_ttl=args.node_ttl,
         token=args.token or None,
         insecure=args.insecure,

@@ -52,6 +52,8 @@ class ServerConfig:
     bind: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     data_dir: str = "./orch-data/server"
+    # postgresql://... to share the state with other servers; None: SQLite in data_dir.
+    database: str | None = None
     node_ttl: float = 10.0  # seconds without heartbeat before a node is lost
     token: str | None = None
     insecure: bool = False

@@ -52,7 +52,9 @@ class Server(NodeOps):
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.store = StateStore(config.data_dir, versions_kept=config.job_versions)
+        self.store = StateStore(
+            config.data_dir, database=config.database, versions_kept=config.job_versions
+        )
         self.broker = EvalBroker()
         self.pusher = Pusher(
             endpoint_of=self.endpoint_of,
@@ -93,9 +95,10 @@ class Server(NodeOps):
         ``url`` is where this server's API listens: agents are redirected to
         the leader's, which it advertises in its lease."""
         self.url = self.config.advertise or url
-        database = getattr(self.config, "database", None)
-        if database:
-            self.leadership = LeaseLeadership(database, self.url, lease=self.config.lease)
+        if self.config.database:
+            self.leadership = LeaseLeadership(
+                self.config.database, self.url, lease=self.config.lease
+            )
             self.store.fence = self.leadership.fence
             self.store.on_remote_evals.append(self._remote_evals)
         else:
@@ -110,9 +113,8 @@ class Server(NodeOps):
         establishLeadership): the broker restored from the store, heartbeat
         deadlines re-armed, periodic launches, drains, deployments."""
         started = time.monotonic()
-        catch_up = getattr(self.store, "catch_up", None)
-        if catch_up is not None:
-            catch_up()  # the predecessor's last commits, before any plan
+        if not self._caught_up():
+            return  # lost again before the database answered
         self.broker.set_enabled(True)
         unfinished = self.store.unfinished_evals()
         if unfinished:
@@ -131,6 +133,20 @@ class Server(NodeOps):
         self.periodic.start()
         self.deployments.start()
         log.info("leading term %d (took %.3fs)", term, time.monotonic() - started)
+
+    def _caught_up(self) -> bool:
+        """The predecessor's last commits in memory before any plan is
+        computed (its fence lets none land after our take-over); retried
+        while the database is away, given up if leadership goes first."""
+        while True:
+            try:
+                self.store.catch_up()
+                return True
+            except StorageError as exc:
+                log.warning("new leader cannot read the change log yet: %s", exc.message)
+            if not self.leadership.is_leader():
+                return False
+            time.sleep(0.2)
 
     def _leader_threads(self) -> None:
         """Fresh leader-only threads: a thread starts once, a term may come again."""

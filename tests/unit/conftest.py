@@ -87,3 +87,28 @@ def engine():
     ensure_test_image(client)
     yield client
     client.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_database(request):
+    """None (SQLite in the data dir) or a fresh PostgreSQL database: store tests run on both."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def open_store(tmp_path, state_database):
+    """Open a StateStore on the test's database (each call the same one: a reopen)."""
+    from orch.server.state import StateStore
+
+    opened = []
+
+    def open_(**kwargs):
+        store = StateStore(str(tmp_path), database=state_database, **kwargs)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()

@@ -50,9 +50,9 @@ def make_job(command, auto_revert=True, canary=0, auto_promote=False):
 
 
 @pytest.fixture
-def env(tmp_path):
+def env(tmp_path, state_database):
     clock = Clock()
-    store = StateStore(str(tmp_path), now=clock)
+    store = StateStore(str(tmp_path), database=state_database, now=clock)
     store.upsert_node(Node("n1", resources=Resources(4000, 4000), attributes={"driver.exec": True}))
     evaluated, reverted = [], []
     watcher = DeploymentWatcher(
@@ -61,10 +61,11 @@ def env(tmp_path):
         lambda job_id, version: reverted.append((job_id, version)),
         clock=clock,
     )
-    yield types.SimpleNamespace(
+    env = types.SimpleNamespace(
         store=store, clock=clock, watcher=watcher, evaluated=evaluated, reverted=reverted
     )
-    store.close()
+    yield env
+    env.store.close()  # a test may have reopened it
 
 
 def submit(env, job):
@@ -192,16 +193,16 @@ def test_a_newer_version_cancels_it(env):
     assert env.store.get_deployment(d.deployment_id).status == DeploymentStatus.CANCELLED
 
 
-def test_deployments_survive_a_restart(env, tmp_path):
+def test_deployments_survive_a_restart(env, tmp_path, state_database):
     _v1, _old, d = start(env)
     env.store.close()
-    again = StateStore(str(tmp_path))
+    again = StateStore(str(tmp_path), database=state_database)
     try:
         assert again.latest_deployment("web").deployment_id == d.deployment_id
         assert again.running_deployments()[0].groups["web"]["desired_total"] == 2
     finally:
         again.close()
-    env.store = StateStore(str(tmp_path))  # the fixture closes it
+    env.store = StateStore(str(tmp_path), database=state_database)  # the fixture closes it
 
 
 def test_progress_deadline_zero_means_none(env):

@@ -8,7 +8,6 @@ from orch.config import ServerConfig
 from orch.errors import NotFound
 from orch.server.api import make_app
 from orch.server.server import Server
-from orch.server.state import StateStore
 from orch.server.versions import diff
 from tests.jobspec import exec_job
 
@@ -20,8 +19,8 @@ def spec(count=1, command="true", job_id="web") -> dict:
 
 
 @pytest.fixture
-def server(tmp_path):
-    srv = Server(ServerConfig(data_dir=str(tmp_path), job_versions=3))
+def server(tmp_path, state_database):
+    srv = Server(ServerConfig(data_dir=str(tmp_path), database=state_database, job_versions=3))
     yield srv
     srv.stop()
 
@@ -50,15 +49,14 @@ def test_diff_of_added_and_removed_keys_and_items():
 # ---- store -----------------------------------------------------------------
 
 
-def test_versions_round_trip_and_survive_a_restart(tmp_path, server):
+def test_versions_round_trip_and_survive_a_restart(open_store, server):
     server.submit_job(spec(count=1))
     server.submit_job(spec(count=2))
     versions = server.store.job_versions("web")
     assert [(j.version, j.task_groups[0].count) for j, _ in versions] == [(1, 2), (0, 1)]
     server.store.close()
-    reopened = StateStore(str(tmp_path), versions_kept=3)
+    reopened = open_store(versions_kept=3)
     assert [j.version for j, _ in reopened.job_versions("web")] == [1, 0]
-    reopened.close()
 
 
 def test_only_the_last_n_versions_are_kept(server):

@@ -53,8 +53,8 @@ def alloc(alloc_id="a1", node_id="n1", job_id="j1", index=0):
     )
 
 
-def test_everything_survives_reopen(tmp_path):
-    store = StateStore(str(tmp_path))
+def test_everything_survives_reopen(open_store):
+    store = open_store()
     store.upsert_node(node())
     store.put_job(job(), evaluation())
     placed, stopped, rejected = store.commit_plan(
@@ -64,7 +64,7 @@ def test_everything_survives_reopen(tmp_path):
     assert (len(placed), stopped, rejected) == (1, [], 0)
     store.close()
 
-    again = StateStore(str(tmp_path))
+    again = open_store()
     assert again.get_node("n1").resources == Resources(1000, 1024)
     assert again.get_job("j1").task_groups[0].tasks[0].config == {"command": "true"}
     assert [a.allocation_id for a in again.allocs_for_job("j1")] == ["a1"]
@@ -73,8 +73,8 @@ def test_everything_survives_reopen(tmp_path):
     assert again.unfinished_evals() == []
 
 
-def test_plan_is_checked_against_live_capacity(tmp_path):
-    store = StateStore(str(tmp_path))
+def test_plan_is_checked_against_live_capacity(open_store):
+    store = open_store()
     store.upsert_node(node(cpu=150))
     store.put_job(job(count=2), evaluation())
     plan = Plan(eval_id="e1", job_id="j1", place=[alloc("a1"), alloc("a2", index=1)])
@@ -83,8 +83,8 @@ def test_plan_is_checked_against_live_capacity(tmp_path):
     assert rejected == 1
 
 
-def test_stopped_job_gets_no_placements(tmp_path):
-    store = StateStore(str(tmp_path))
+def test_stopped_job_gets_no_placements(open_store):
+    store = open_store()
     store.upsert_node(node())
     store.put_job(replace(job(), stopped=True), evaluation())
     placed, _, _ = store.commit_plan(
@@ -93,8 +93,8 @@ def test_stopped_job_gets_no_placements(tmp_path):
     assert placed == []
 
 
-def test_node_down_loses_unfinished_allocations_and_frees_capacity(tmp_path):
-    store = StateStore(str(tmp_path))
+def test_node_down_loses_unfinished_allocations_and_frees_capacity(open_store):
+    store = open_store()
     store.upsert_node(node())
     store.put_job(job(count=2), evaluation())
     store.commit_plan(
@@ -111,8 +111,8 @@ def test_node_down_loses_unfinished_allocations_and_frees_capacity(tmp_path):
     assert store.cluster.free("n1") == Resources(1000, 1024)
 
 
-def test_stop_and_delete_job(tmp_path):
-    store = StateStore(str(tmp_path))
+def test_stop_and_delete_job(open_store):
+    store = open_store()
     store.upsert_node(node())
     store.put_job(job(), evaluation())
     store.commit_plan(Plan(eval_id="e1", job_id="j1", place=[alloc()]), [evaluation()])
@@ -123,14 +123,14 @@ def test_stop_and_delete_job(tmp_path):
     with pytest.raises(NotFound):
         store.require_job("j1")
     store.close()
-    again = StateStore(str(tmp_path))
+    again = open_store()
     assert again.counts() == {"nodes": 1, "jobs": 0, "allocations": 0, "evaluations": 0}
 
 
-def test_failed_write_changes_nothing_in_memory(tmp_path):
-    store = StateStore(str(tmp_path))
+def test_failed_write_changes_nothing_in_memory(open_store):
+    store = open_store()
     store.upsert_node(node())
-    store._db.execute("DROP TABLE jobs")  # every later job write fails
+    store.backend.execute("DROP TABLE jobs")  # every later job write fails
     with pytest.raises(StorageError):
         store.put_job(job(), evaluation())
     assert store.get_job("j1") is None
@@ -173,8 +173,8 @@ def maker(job_id="j1"):
     return make
 
 
-def test_submit_creates_then_updates_with_the_next_version(tmp_path):
-    store = StateStore(str(tmp_path), now=lambda: 7.0)
+def test_submit_creates_then_updates_with_the_next_version(open_store):
+    store = open_store(now=lambda: 7.0)
     make, seen = maker(), []
     created, ev, changed = store.submit_job(job(), make, on_commit=seen.append)
     assert (created.version, created.submit_time, changed) == (0, 7.0, True)
@@ -187,13 +187,13 @@ def test_submit_creates_then_updates_with_the_next_version(tmp_path):
     assert store.get_job("nope") is None
 
 
-def test_unchanged_resubmit_writes_nothing_and_returns_the_latest_evaluation(tmp_path):
-    store = StateStore(str(tmp_path))
+def test_unchanged_resubmit_writes_nothing_and_returns_the_latest_evaluation(open_store):
+    store = open_store()
     make, seen = maker(), []
     store.submit_job(job(count=2), make)
     _, latest, _ = store.submit_job(job(count=3), make)
     store.close()
-    store = StateStore(str(tmp_path))  # the spec compared survives a reload
+    store = open_store()  # the spec compared survives a reload
     same, ev, changed = store.submit_job(job(count=3), make, on_commit=seen.append)
     assert (same.version, ev, changed, seen) == (1, latest, False, [])
     assert len(make.made) == 2 and store.counts()["evaluations"] == 2
@@ -203,8 +203,8 @@ def test_unchanged_resubmit_writes_nothing_and_returns_the_latest_evaluation(tmp
     assert (again.version, again.stopped, changed) == (2, False, True)
 
 
-def test_stop_and_restart_check_under_the_lock(tmp_path):
-    store = StateStore(str(tmp_path))
+def test_stop_and_restart_check_under_the_lock(open_store):
+    store = open_store()
     make, calls = maker(), []
     with pytest.raises(NotFound):
         store.stop_job("j1", evaluation(), on_commit=lambda: calls.append("stop"))
@@ -218,8 +218,8 @@ def test_stop_and_restart_check_under_the_lock(tmp_path):
     assert not store.get_job("j1").stopped and store.get_job("j1").version == 0
 
 
-def test_purge_refuses_an_unknown_job_and_nothing_of_it_comes_back(tmp_path):
-    store = StateStore(str(tmp_path))
+def test_purge_refuses_an_unknown_job_and_nothing_of_it_comes_back(open_store):
+    store = open_store()
     store.upsert_node(node())
     with pytest.raises(NotFound):
         store.delete_job("j1")
@@ -236,11 +236,11 @@ def test_purge_refuses_an_unknown_job_and_nothing_of_it_comes_back(tmp_path):
     assert store.put_evals([replace(evaluation(), status=EvalStatus.CANCELED)]) == []
     assert store.counts() == {"nodes": 1, "jobs": 0, "allocations": 0, "evaluations": 0}
     store.close()
-    assert StateStore(str(tmp_path)).counts()["evaluations"] == 0
+    assert open_store().counts()["evaluations"] == 0
 
 
-def test_a_stale_allocation_update_does_not_undo_a_stop(tmp_path):
-    store = StateStore(str(tmp_path))
+def test_a_stale_allocation_update_does_not_undo_a_stop(open_store):
+    store = open_store()
     store.upsert_node(node())
     store.put_job(job(), evaluation())
     store.commit_plan(Plan(eval_id="e1", job_id="j1", place=[alloc()]), [evaluation()])

@@ -1,4 +1,4 @@
-"""Deployments: durable rows, read from SQLite (few, and read rarely).
+"""Deployments: durable rows, read from the database (few, and read rarely).
 
 The web UI and the deployment watcher read them from here, never from a
 worker's memory, so a restarted or new leader carries on where one stopped.
@@ -24,10 +24,10 @@ class Deployments(StoreCore):
 
     def _deployment_rows(self, where: str, args: tuple) -> list[Deployment]:
         with self._lock:
-            rows = self._db.execute(
+            rows = self.backend.execute(
                 f"SELECT body FROM deployments WHERE {where} ORDER BY create_time DESC, rowid DESC",
                 args,
-            ).fetchall()
+            )
         return [codec.deployment_from(json.loads(body)) for (body,) in rows]
 
     def put_deployment(self, deployment: Deployment, *, stable_version: bool = False) -> None:
@@ -55,7 +55,7 @@ class Deployments(StoreCore):
                     [(d.job_id, d.job_version)],
                 )
             )
-        with self._lock:
+        with self._writing():
             self._write(statements)
 
     def get_deployment(self, deployment_id: str) -> Deployment:
@@ -82,10 +82,10 @@ class Deployments(StoreCore):
         A version no deployment ever ran for (a first registration) counts as
         stable: it went live whole, as Nomad marks a job's first version."""
         with self._lock:
-            row = self._db.execute(
+            rows = self.backend.execute(
                 "SELECT MAX(version) FROM job_versions WHERE job_id = ? AND version < ? "
                 "AND (stable = 1 OR version NOT IN "
                 "(SELECT job_version FROM deployments WHERE job_id = ?))",
                 (job_id, below, job_id),
-            ).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+            )
+        return None if not rows or rows[0][0] is None else int(rows[0][0])

@@ -34,7 +34,7 @@ class JobWrites(JobVersions):
         version = stored version + 1. A job submitted again unchanged (and not
         stopped) is left alone, as Nomad does: no new version, no evaluation;
         the evaluation returned is then the job's latest one."""
-        with self._lock:
+        with self._writing():
             existing = self._jobs.get(job.job_id)
             if existing is None and must_exist:
                 raise NotFound("作业不存在")
@@ -56,7 +56,7 @@ class JobWrites(JobVersions):
 
     def put_job(self, job: Job, evaluation: Evaluation) -> None:
         """Store a job and the evaluation it triggers, atomically."""
-        with self._lock:
+        with self._writing():
             self._put_job(job, evaluation)
 
     def _put_job(self, job: Job, evaluation: Evaluation) -> None:
@@ -80,7 +80,7 @@ class JobWrites(JobVersions):
         on_commit: Callable[[Evaluation], object] | None = None,
     ) -> Evaluation:
         """Run a stopped job again; Conflict if it is not stopped."""
-        with self._lock:
+        with self._writing():
             job = self.require_job(job_id)
             if not job.stopped:
                 raise Conflict("只能重启已停止的作业")
@@ -97,7 +97,7 @@ class JobWrites(JobVersions):
         on_commit: Callable[[], object] | None = None,
     ) -> list[Allocation]:
         """Mark a job stopped and all its allocations to stop; returns those stopped."""
-        with self._lock:
+        with self._writing():
             job = replace(self.require_job(job_id), stopped=True)
             now = self._now()
             stopped = [
@@ -124,7 +124,7 @@ class JobWrites(JobVersions):
         self, job_id: str, on_commit: Callable[[], object] | None = None
     ) -> list[Allocation]:
         """Purge a job, its allocations and evaluations; returns the allocations."""
-        with self._lock:
+        with self._writing():
             self.require_job(job_id)
             allocs = self.allocs_for_job(job_id)
             evals = list(self._evals_by_job.get(job_id, ()))
@@ -171,7 +171,7 @@ class JobWrites(JobVersions):
         With ``launch`` (a periodic launch), the parent's last launch time is
         written in the same transaction, and a launch not later than the
         stored one is refused: a due launch fires once, restarts included."""
-        with self._lock:
+        with self._writing():
             parent = self.require_job(child.parent_id or "")
             if parent.stopped:
                 raise Conflict(f"job {parent.job_id} is stopped")
@@ -201,7 +201,7 @@ class JobWrites(JobVersions):
 
     def skip_launch(self, job_id: str, launch: float) -> None:
         """Record a launch that was skipped (prohibit_overlap): it is not due again."""
-        with self._lock:
+        with self._writing():
             last = self._launches.get(job_id)
             if job_id not in self._jobs or (last is not None and launch <= last[0]):
                 return

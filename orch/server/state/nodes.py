@@ -14,7 +14,7 @@ class NodeWrites(StoreCore):
 
     def upsert_node(self, node: Node) -> Node | None:
         """Store a node (register); returns the previous version."""
-        with self._lock:
+        with self._writing():
             self._write([(self._UPSERT_NODE, [(node.node_id, _dump(node))])])
             previous = self._nodes.get(node.node_id)
             self._nodes[node.node_id] = node
@@ -32,7 +32,7 @@ class NodeWrites(StoreCore):
             return node
 
     def set_node_health(self, node_id: str, healthy: bool) -> Node:
-        with self._lock:
+        with self._writing():
             node = replace(self._nodes[node_id], healthy=healthy)
             self._write([(self._UPSERT_NODE, [(node_id, _dump(node))])])
             self._nodes[node_id] = node
@@ -43,7 +43,7 @@ class NodeWrites(StoreCore):
         self, node_id: str, *, eligible: bool, drain: dict | None, drain_complete=None
     ) -> Node:
         """Write a node's eligibility and drain (durable); NotFound if unknown."""
-        with self._lock:
+        with self._writing():
             node = self._nodes.get(node_id)
             if node is None:
                 raise NotFound("Node not found")
@@ -58,7 +58,7 @@ class NodeWrites(StoreCore):
 
     def finish_drain(self, node_id: str, drain: dict, now: float) -> bool:
         """End the node's drain if it is still ``drain`` (not canceled or changed)."""
-        with self._lock:
+        with self._writing():
             node = self._nodes.get(node_id)
             if node is None or node.drain != drain:
                 return False
@@ -76,7 +76,7 @@ class NodeWrites(StoreCore):
         ``evals_for(lost) -> [Evaluation]``, if given, makes the evaluations
         that replace them, written in the same transaction: a failed write
         leaves neither, so the verdict can simply be tried again."""
-        with self._lock:
+        with self._writing():
             node = self._nodes.get(node_id)
             if node is None:
                 return []
@@ -99,7 +99,8 @@ class NodeWrites(StoreCore):
                     (self._UPSERT_NODE, [(node_id, _dump(node))]),
                     (self._UPSERT_ALLOC, self._alloc_rows(lost)),
                     (self._UPSERT_EVAL, self._eval_rows(evals)),
-                ]
+                ],
+                fenced=True,  # the heartbeat monitor's verdict: the leader's alone
             )
             self._nodes[node_id] = node
             self.cluster.set_healthy(node_id, False)

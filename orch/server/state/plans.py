@@ -17,7 +17,7 @@ class PlanWrites(StoreCore):
 
         An evaluation of a purged job (a worker finishing it, a follow-up)
         is dropped: nothing of a purged job may come back."""
-        with self._lock:
+        with self._writing():
             evals = [e for e in evals if e.job_id in self._jobs]
             if evals:
                 self._write([(self._UPSERT_EVAL, self._eval_rows(evals))])
@@ -34,7 +34,7 @@ class PlanWrites(StoreCore):
         fit are dropped and counted in the third return value.
         Returns (placed, stopped, rejected).
         """
-        with self._lock:
+        with self._writing():
             now = self._now()
             job = self._jobs.get(plan.job_id)
             stopped = []
@@ -53,7 +53,8 @@ class PlanWrites(StoreCore):
                 [
                     (self._UPSERT_ALLOC, self._alloc_rows(stopped + placed)),
                     (self._UPSERT_EVAL, self._eval_rows(evals)),
-                ]
+                ],
+                fenced=True,  # a deposed leader's late plan is refused (NotLeader)
             )
             for alloc in stopped:
                 self._index_alloc(alloc)
@@ -109,7 +110,7 @@ class PlanWrites(StoreCore):
         """Persist allocation changes (client status from heartbeats, push failures)."""
         if not allocs:
             return
-        with self._lock:
+        with self._writing():
             # Updates are built from a read made before the lock: one that
             # would undo a stop committed meanwhile (job stopped) is stale.
             live = [self._keep_migrate(a) for a in allocs if self._still_current(a)]
@@ -127,7 +128,7 @@ class PlanWrites(StoreCore):
 
     def set_migrate(self, alloc_ids: Iterable[str], migrate: bool) -> list[Allocation]:
         """Mark (or unmark) wanted allocations for migration off a draining node."""
-        with self._lock:
+        with self._writing():
             now = self._now()
             changed = [
                 replace(a, migrate=migrate, modify_time=now)
@@ -141,7 +142,7 @@ class PlanWrites(StoreCore):
 
     def stop_allocs(self, alloc_ids: Iterable[str], reason: str) -> list[Allocation]:
         """Stop wanted allocations (a drain); returns those stopped."""
-        with self._lock:
+        with self._writing():
             now = self._now()
             stopped = [
                 self._stopped(a, reason, now)

@@ -1,4 +1,4 @@
-"""The store's core: opening, schema, load, the one write path, indexes, reads.
+"""The store's core: opening, load, the one write path, indexes, reads.
 
 The write mixins (nodes, jobs, plans) build on this class; the package's
 docstring explains the durability and locking design they all follow.
@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 
 from orch import codec
-from orch.errors import NotFound, StorageError
+from orch.errors import NotFound
 from orch.server import catalog, quarantine
 from orch.server.changes import ChangeFeed
 from orch.server.scheduler.cluster import Cluster
+from orch.server.state.backend import Fence, open_backend
 from orch.structs import (
     TERMINAL_ALLOC,
     TERMINAL_EVAL,
@@ -34,32 +34,6 @@ from orch.structs import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA = (
-    """
-CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS allocations (
-    allocation_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, node_id TEXT NOT NULL,
-    body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS allocations_job ON allocations (job_id);
-CREATE TABLE IF NOT EXISTS evaluations (
-    eval_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, status TEXT NOT NULL,
-    body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS evaluations_job ON evaluations (job_id);
-CREATE TABLE IF NOT EXISTS periodic_launches (
-    job_id TEXT PRIMARY KEY, launch REAL NOT NULL, child_id TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS job_versions (
-    job_id TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL,
-    submit_time REAL NOT NULL, stable INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (job_id, version));
-CREATE TABLE IF NOT EXISTS deployments (
-    deployment_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, job_version INTEGER NOT NULL,
-    status TEXT NOT NULL, create_time REAL NOT NULL, body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS deployments_job ON deployments (job_id);
-"""
-    + quarantine.SCHEMA
-)
-
 
 def _dump(obj) -> str:
     # allow_nan=False: a NaN written is a row that cannot be read back.
@@ -74,16 +48,31 @@ class StoreCore:
     """The lock, the database, the memory indexes and the reads of the store."""
 
     def __init__(
-        self, data_dir: str, *, now: Callable[[], float] = time.time, versions_kept: int = 10
+        self,
+        data_dir: str,
+        *,
+        database: str | None = None,
+        now: Callable[[], float] = time.time,
+        versions_kept: int = 10,
     ):
         self._now = now
         self._lock = threading.RLock()
         # Bumped after every commit: the UI's event stream waits on it.
         self.changes = ChangeFeed()
         self.versions_kept = max(1, versions_kept)
-        os.makedirs(data_dir, exist_ok=True)
-        self.path = os.path.join(data_dir, "state.db")
-        self._db = self._open(self.path)
+        self.backend = open_backend(data_dir, database)
+        self.path = getattr(self.backend, "path", self.backend.where)
+        # Set by the leader: plan commits check it in their transaction.
+        self.fence: Fence | None = None
+        # Called (under the lock) with evaluations other servers wrote.
+        self.on_remote_evals: list[Callable[[list[Evaluation]], object]] = []
+        self._seq = 0  # the change-log position memory reflects (shared engines)
+        self._depth = 0  # nesting of _writing() blocks
+        self._reset_memory()
+        self._load()
+        self.backend.follow(self._follow)
+
+    def _reset_memory(self) -> None:
         self.cluster = Cluster()
         self._nodes: dict[str, Node] = {}
         self._jobs: dict[str, Job] = {}
@@ -101,63 +90,60 @@ class StoreCore:
         self._evals_by_job: dict[str, dict[str, None]] = {}
         # periodic job -> (its last launch time, its newest child's id)
         self._launches: dict[str, tuple[float, str]] = {}
-        self._load()
 
-    # ---- opening -------------------------------------------------------
+    @property
+    def _db(self):
+        """SQLite's connection (tests reach the file through it)."""
+        return self.backend.db  # type: ignore[attr-defined]
 
-    @staticmethod
-    def _open(path: str) -> sqlite3.Connection:
-        try:
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            # WAL + NORMAL: a commit survives the process being killed.
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(check)
-            db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise StorageError(
-                f"cannot open state database {path}: {exc}; refusing to start "
-                f"(the file is left untouched)"
-            ) from exc
-        return db
+    # ---- loading ---------------------------------------------------------
 
     def _load(self) -> None:
-        for node in self._rows("nodes", "node_id", codec.node_from):
+        """Fill memory from the tables, with the log position they reflect."""
+        backend = self.backend
+        bad: list = []
+        # Inside a write transaction the cluster's write lock already holds
+        # every writer off: the tables cannot move under the read.
+        with nullcontext() if backend.in_transaction() else backend.snapshot():
+            self._seq = backend.log_position()
+            nodes = self._rows("nodes", "node_id", codec.node_from, bad)
+            jobs = self._rows("jobs", "job_id", codec.job_from, bad)
+            allocs = self._rows("allocations", "allocation_id", codec.alloc_from, bad)
+            evals = self._rows("evaluations", "eval_id", codec.eval_from, bad)
+            launches = backend.execute("SELECT job_id, launch, child_id FROM periodic_launches")
+        for node in nodes:
             self._nodes[node.node_id] = node
             self.cluster.upsert_node(node)
-        for job in self._rows("jobs", "job_id", codec.job_from):
+        for job in jobs:
             self._jobs[job.job_id] = job
-        for alloc in self._rows("allocations", "allocation_id", codec.alloc_from):
+        for alloc in allocs:
             self._index_alloc(alloc)
-        for ev in self._rows("evaluations", "eval_id", codec.eval_from):
-            self._evals[ev.eval_id] = ev
-            self._evals_by_job.setdefault(ev.job_id, {})[ev.eval_id] = None
-        for job_id, launch, child_id in self._db.execute(
-            "SELECT job_id, launch, child_id FROM periodic_launches"
-        ):
+        self._index_evals(evals)
+        for job_id, launch, child_id in launches:
             self._launches[job_id] = (float(launch), child_id)
+        for table, key, rows in bad:
+            self._write(quarantine.statements(table, key, rows, self._now()))
         log.info(
-            "state loaded path=%s nodes=%d jobs=%d allocs=%d evals=%d",
-            self.path,
+            "state loaded database=%s nodes=%d jobs=%d allocs=%d evals=%d",
+            backend.where,
             len(self._nodes),
             len(self._jobs),
             len(self._allocs),
             len(self._evals),
         )
 
-    def _rows(self, table: str, key: str, decode) -> list:
-        """The table's objects; rows that do not decode are quarantined."""
-        objects, bad = quarantine.read_table(self._db, table, key, decode)
-        if bad:
-            self._write(quarantine.statements(table, key, bad, self._now()))
+    def _rows(self, table: str, key: str, decode, bad: list) -> list:
+        """The table's objects; rows that do not decode are added to ``bad``."""
+        objects, unreadable = quarantine.read_table(self.backend, table, key, decode)
+        if unreadable:
+            bad.append((table, key, unreadable))
         return objects
 
     def close(self) -> None:
         self.changes.close()
+        self.backend.stop_following()
         with self._lock:
-            self._db.close()
+            self.backend.close()
 
     def settle(self) -> None:
         """Return once no write is half applied (its commit done, memory not yet).
@@ -169,32 +155,55 @@ class StoreCore:
 
     # ---- the one write path ---------------------------------------------
 
-    def _write(self, statements: Iterable[tuple[str, list]]) -> None:
-        """Run (sql, rows) pairs in one transaction; StorageError on failure."""
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The lock of a write; on a shared database also the cluster's, memory caught up.
+
+        Every write method computes inside this block: on PostgreSQL the
+        transaction opens here, so what it reads from memory is the state
+        every server has committed, and nobody commits until it is done."""
+        with self._lock:
+            outer = self._depth == 0
+            self._depth += 1
             try:
-                wrote = False
-                for sql, rows in statements:
-                    if rows:
-                        db.executemany(sql, rows)
-                        wrote = True
-                db.execute("COMMIT")
-                if wrote:  # a write of nothing (all rows filtered out) is no change
-                    self.changes.bump()
-            except BaseException:
-                # SQLite may already have rolled back by itself (SQLITE_FULL
-                # does): a ROLLBACK then fails and would hide the real error.
-                if db.in_transaction:
-                    try:
-                        db.execute("ROLLBACK")
-                    except sqlite3.Error as exc:
-                        log.error("state rollback failed: %s", exc)
-                raise
-        except sqlite3.Error as exc:
-            log.error("state write failed: %s", exc)
-            raise StorageError(f"state store unavailable: {exc}") from exc
+                if outer and self.backend.shared:
+                    self.backend.begin()
+                    self._catch_up()
+                yield
+            finally:
+                self._depth -= 1
+                if outer:
+                    self.backend.rollback()  # still open: the write wrote nothing
+
+    def _write(self, statements: Iterable[tuple[str, list]], *, fenced: bool = False) -> None:
+        """Run (sql, rows) pairs in one transaction; StorageError on failure.
+
+        ``fenced`` writes (the leader's) run ``self.fence`` first, if set."""
+        statements = list(statements)
+        wrote = any(rows for _sql, rows in statements)
+        backend = self.backend
+        with self._lock:
+            if backend.shared and not backend.in_transaction():
+                backend.begin()
+                self._catch_up()
+            body = self._change_body(statements) if backend.shared and wrote else None
+            seq = backend.run(statements, self.fence if fenced else None, body)
+            if seq is not None:
+                # Caught up under the cluster's lock: ours is the next change.
+                self._seq = seq
+            if wrote:  # a write of nothing (all rows filtered out) is no change
+                self.changes.bump()
+
+    def _catch_up(self) -> None:
+        """Apply the changes other servers committed (``follow.Following``)."""
+
+    def _follow(self) -> None:
+        """Catch memory up now (the follower thread, on a NOTIFY or its slow poll)."""
+
+    @staticmethod
+    def _change_body(statements: list[tuple[str, list]]) -> str:
+        """The change-log row of a write (``follow.Following``)."""
+        raise NotImplementedError
 
     @staticmethod
     def _alloc_rows(allocs: list[Allocation]) -> list:

@@ -43,10 +43,10 @@ class JobVersions(StoreCore):
         spec stands as its only version."""
         with self._lock:
             current = self.require_job(job_id)
-            rows = self._db.execute(
+            rows = self.backend.execute(
                 "SELECT body, stable FROM job_versions WHERE job_id = ? ORDER BY version DESC",
                 (job_id,),
-            ).fetchall()
+            )
         versions = [(codec.job_from(json.loads(body)), bool(stable)) for body, stable in rows]
         return versions or [(current, False)]
 

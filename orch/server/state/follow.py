@@ -1,0 +1,152 @@
+"""Following the change log: every server's memory tracks what the others commit.
+
+On a shared database (PostgreSQL) each write appends one row to ``changes``:
+the rows it put into, and the keys it deleted from, the tables memory holds.
+A server applies the rows after its position, in order, and moves its
+position on: its follower thread does so when NOTIFY wakes it (and on a slow
+safety poll), and every write does so first, under the cluster's write lock,
+so no write computes on stale memory. A server that fell behind the log's
+trimmed floor loads its memory again from the tables.
+
+The hooks for the leader's services: ``on_remote_evals`` listeners get the
+evaluations applied from other servers (the broker enqueues them), and
+``changes.bump()`` wakes the UI's streams.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+from orch import codec
+from orch.errors import StorageError
+from orch.server.state.store import StoreCore
+from orch.structs import Evaluation, Node, replace
+
+log = logging.getLogger(__name__)
+
+_INSERT = re.compile(r"^\s*INSERT (?:OR \w+ )?INTO (\w+) ")
+_DELETE = re.compile(r"^\s*DELETE FROM (\w+) WHERE (\w+) = \?\s*$")
+# The tables memory holds; the others (versions, deployments) are read from SQL.
+MEMORY_TABLES = frozenset({"nodes", "jobs", "allocations", "evaluations", "periodic_launches"})
+
+
+def change_body(statements: list[tuple[str, list]]) -> str:
+    """A write's change-log row: [table, "put", rows] and [table, "del", column, keys]."""
+    entries: list[list] = []
+    for sql, rows in statements:
+        if not rows:
+            continue
+        put = _INSERT.match(sql)
+        if put and put.group(1) in MEMORY_TABLES:
+            entries.append([put.group(1), "put", [list(r) for r in rows]])
+            continue
+        gone = _DELETE.match(sql)
+        if gone and gone.group(1) in MEMORY_TABLES:
+            entries.append([gone.group(1), "del", gone.group(2), [r[0] for r in rows]])
+    return json.dumps(entries, separators=(",", ":"))
+
+
+class Following(StoreCore):
+    """The store's side of the change log: catching memory up."""
+
+    @staticmethod
+    def _change_body(statements: list[tuple[str, list]]) -> str:
+        return change_body(statements)
+
+    def _follow(self) -> None:
+        with self._lock:
+            self._catch_up()
+
+    def catch_up(self) -> None:
+        """Apply now what other servers committed (a new leader, before it schedules)."""
+        self._follow()
+
+    def _catch_up(self) -> None:
+        """Apply the log after our position; StorageError if the database is lost."""
+        if not self.backend.shared:
+            return
+        floor, rows = self.backend.changes_after(self._seq)
+        if floor > self._seq:
+            log.warning("state change log trimmed past position=%d (floor %d): reloading",
+                        self._seq, floor)  # fmt: skip
+            self._reset_memory()
+            self._load()
+            self.changes.bump()
+            return
+        if not rows:
+            return
+        evals: list[Evaluation] = []
+        for seq, body in rows:
+            for entry in json.loads(body):
+                self._apply(entry, evals)
+            self._seq = seq
+        self.changes.bump()
+        if evals:
+            self._tell_remote_evals(evals)
+
+    def _tell_remote_evals(self, evals: list[Evaluation]) -> None:
+        for listener in list(self.on_remote_evals):
+            try:
+                listener(evals)
+            except (StorageError, RuntimeError, ValueError) as exc:
+                log.error("remote evaluation listener failed: %s", exc)
+
+    def _apply(self, entry: list, evals: list[Evaluation]) -> None:
+        table, op = entry[0], entry[1]
+        if op == "put":
+            self._apply_put(table, entry[2], evals)
+        else:
+            self._apply_delete(table, entry[2], entry[3])
+
+    def _apply_put(self, table: str, rows: list, evals: list[Evaluation]) -> None:
+        if table == "nodes":
+            for _node_id, body in rows:
+                self._put_remote_node(codec.node_from(json.loads(body)))
+        elif table == "jobs":
+            for job_id, body in rows:
+                self._jobs[job_id] = codec.job_from(json.loads(body))
+        elif table == "allocations":
+            for row in rows:
+                self._index_alloc(codec.alloc_from(json.loads(row[3])))
+        elif table == "evaluations":
+            fresh = [codec.eval_from(json.loads(row[3])) for row in rows]
+            self._index_evals(fresh)
+            evals.extend(fresh)
+        elif table == "periodic_launches":
+            for job_id, launch, child_id in rows:
+                self._launches[job_id] = (float(launch), child_id)
+
+    def _put_remote_node(self, node: Node) -> None:
+        # Heartbeats live in the memory of the server that got them: a newer
+        # one seen here is not undone by another server's node write.
+        mine = self._nodes.get(node.node_id)
+        if mine is not None and mine.last_heartbeat > node.last_heartbeat:
+            node = replace(node, last_heartbeat=mine.last_heartbeat, usage=mine.usage)
+        self._nodes[node.node_id] = node
+        self.cluster.upsert_node(node)
+
+    def _apply_delete(self, table: str, column: str, keys: list) -> None:
+        for key in keys:
+            if table == "jobs":
+                self._jobs.pop(key, None)
+            elif table == "periodic_launches":
+                self._launches.pop(key, None)
+            elif table == "nodes":
+                self._nodes.pop(key, None)
+            elif table == "allocations":
+                ids = self._allocs_by_job.pop(key, {}) if column == "job_id" else {key: None}
+                for alloc_id in list(ids):
+                    self._unindex_alloc(alloc_id)
+            elif table == "evaluations":
+                self._delete_evals(column, key)
+
+    def _delete_evals(self, column: str, key: str) -> None:
+        if column == "job_id":
+            for eval_id in self._evals_by_job.pop(key, {}):
+                self._evals.pop(eval_id, None)
+            return
+        ev = self._evals.pop(key, None)
+        if ev is not None:
+            self._evals_by_job.get(ev.job_id, {}).pop(key, None)

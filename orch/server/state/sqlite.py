@@ -1,0 +1,120 @@
+"""The SQLite backend: one file in the data directory, WAL, one server."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable
+from contextlib import contextmanager
+
+from orch.errors import NotLeader, StorageError
+from orch.server.state import migrations
+from orch.server.state.backend import Fence
+
+log = logging.getLogger(__name__)
+
+
+class SqliteBackend:
+    """A state.db file; the store's SQL runs as written."""
+
+    engine = "sqlite"
+    shared = False  # one server per file: no change log to follow
+
+    def __init__(self, path: str):
+        self.where = self.path = path
+        try:
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            # WAL + NORMAL: a commit survives the process being killed.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            self.db = db
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StorageError(
+                f"cannot open state database {path}: {exc}; refusing to start "
+                f"(the file is left untouched)"
+            ) from exc
+
+    def _migrate(self) -> None:
+        db = self.db
+        db.execute(migrations.VERSION_TABLE)
+        current = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+        for step in migrations.pending(current, self.path):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql in step.statements(self.engine):
+                    db.execute(sql)
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (step.version,))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            log.info("state schema migrated path=%s version=%d (%s)", self.path, step.version,
+                     step.summary)  # fmt: skip
+
+    def begin(self) -> None:
+        """Nothing: one server per file, the store's lock serialises its writers."""
+
+    def rollback(self) -> None:
+        """Nothing to drop: run() opens and ends its own transaction."""
+
+    def run(
+        self, statements: Iterable[tuple[str, list]], fence: Fence | None, log_body: str | None
+    ) -> int | None:
+        """Run (sql, rows) pairs in one transaction; StorageError on failure."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if fence is not None and db.execute(*fence()).fetchone() is None:
+                    raise NotLeader("not the leader: the plan was not committed")
+                for sql, rows in statements:
+                    if rows:
+                        db.executemany(sql, rows)
+                db.execute("COMMIT")
+            except BaseException:
+                # SQLite may already have rolled back by itself (SQLITE_FULL
+                # does): a ROLLBACK then fails and would hide the real error.
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error as exc:
+                        log.error("state rollback failed: %s", exc)
+                raise
+        except sqlite3.Error as exc:
+            log.error("state write failed: %s", exc)
+            raise StorageError(f"state store unavailable: {exc}") from exc
+        return None
+
+    def execute(self, sql: str, args: tuple = ()) -> list[tuple]:
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"state store unavailable: {exc}") from exc
+
+    def changes_after(self, seq: int) -> tuple[int, list[tuple[int, str]]]:
+        return 0, []
+
+    @contextmanager
+    def snapshot(self):
+        """Nothing: the only writer is this process, under the store's lock."""
+        yield
+
+    def log_position(self) -> int:
+        return 0
+
+    def in_transaction(self) -> bool:
+        return False  # run() opens and ends its own
+
+    def follow(self, catch_up) -> None:
+        """Nothing to follow: no other server writes this file."""
+
+    def stop_following(self) -> None:
+        """Nothing started."""
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,133 @@
+"""Two StateStores on one PostgreSQL database: each follows what the other commits."""
+
+import threading
+import time
+
+import pytest
+
+from orch.errors import NotLeader
+from orch.server.state import StateStore
+from orch.structs import EvalStatus, Plan, replace
+from tests.unit.test_state import alloc, evaluation, job, maker, node
+
+
+def wait_until(check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"not within {timeout} s: {check}")
+
+
+def snapshot(store):
+    """Everything a store holds in memory, comparable across stores."""
+    with store._lock:
+        return {
+            "nodes": {n.node_id: replace(n, last_heartbeat=0.0) for n in store.list_nodes()},
+            "jobs": {j.job_id: j for j in store.list_jobs()},
+            "allocs": dict(store._allocs),
+            "evals": dict(store._evals),
+            "launches": dict(store._launches),
+            "free": {n: store.cluster.free(n) for n in store._nodes},
+        }
+
+
+@pytest.fixture
+def pair(tmp_path, postgres_url):
+    stores = [StateStore(str(tmp_path / name), database=postgres_url) for name in "ab"]
+    yield stores
+    for store in stores:
+        store.close()
+
+
+def test_interleaved_writes_on_two_servers_converge(pair):
+    a, b = pair
+    a.upsert_node(node("n1", cpu=1000))
+    b.upsert_node(node("n2", cpu=1000))
+    a.put_job(job("j1", count=2), evaluation("j1", "e1"))
+    b.put_job(job("j2"), evaluation("j2", "e2"))
+    # b plans j1 with what a wrote: it caught up under the cluster's lock.
+    placed, _, rejected = b.commit_plan(
+        Plan(
+            eval_id="e1", job_id="j1", place=[alloc("a1", "n1", "j1"), alloc("a2", "n2", "j1", 1)]
+        ),
+        [replace(evaluation("j1", "e1"), status=EvalStatus.COMPLETE)],
+    )
+    assert (len(placed), rejected) == (2, 0)
+    a.commit_plan(Plan(eval_id="e2", job_id="j2", place=[alloc("a3", "n1", "j2")]), [])
+    b.stop_job("j2", evaluation("j2", "e3"))
+    a.delete_job("j2")
+    b.set_node_scheduling("n2", eligible=False, drain=None)
+    wait_until(lambda: snapshot(a) == snapshot(b))
+    state = snapshot(a)
+    assert set(state["jobs"]) == {"j1"} and set(state["allocs"]) == {"a1", "a2"}
+    assert state["free"]["n1"].cpu == 900 and not b.get_node("n2").eligible
+    assert a.get_node("n2").eligible is False
+
+
+def test_a_write_sees_every_committed_change_at_once(pair):
+    a, b = pair
+    b.backend.stop_following()  # b learns of a's write only by its own catch-up
+    a.put_job(job("j1"), evaluation("j1", "e1"))
+    # Read-your-writes on a; b's next write computes on a's job.
+    assert a.get_job("j1") is not None
+    updated, _, changed = b.submit_job(job("j1", count=3), maker("j1"))
+    assert changed and updated.version == 1
+
+
+def test_concurrent_version_bumps_from_two_servers_never_lose_one(pair):
+    a, b = pair
+    a.submit_job(job("j1", count=1), maker("j1"))
+    per_store, errors = 15, []
+
+    def bump(store, base):
+        try:
+            for i in range(per_store):
+                store.submit_job(job("j1", count=base + i), maker("j1"))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump, args=(s, base)) for s, base in ((a, 100), (b, 200))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    expected = 2 * per_store
+    assert a.get_job("j1").version == expected
+    wait_until(lambda: b.get_job("j1").version == expected)
+    versions = [j.version for j, _ in a.job_versions("j1")]
+    assert versions == list(range(expected, expected - a.versions_kept, -1))
+
+
+def test_evaluations_written_elsewhere_reach_the_listeners(pair):
+    a, b = pair
+    seen = []
+    a.on_remote_evals.append(lambda evals: seen.extend(e.eval_id for e in evals))
+    index = a.changes.index
+    b.put_job(job("j1"), evaluation("j1", "e1"))
+    wait_until(lambda: seen == ["e1"])
+    assert a.changes.index > index
+    a.put_job(job("j2"), evaluation("j2", "e2"))  # its own: not "remote"
+    assert seen == ["e1"]
+
+
+def test_a_fenced_plan_commit_is_refused_when_the_fence_finds_no_row(pair):
+    a, b = pair
+    a.upsert_node(node("n1"))
+    a.put_job(job("j1"), evaluation("j1", "e1"))
+    term = {"now": 1}
+    a.backend.execute("CREATE TABLE leadership (term BIGINT NOT NULL)")
+    a.backend.execute("INSERT INTO leadership VALUES (2)")
+    a.fence = lambda: ("SELECT 1 FROM leadership WHERE term = %s", (term["now"],))
+    with pytest.raises(NotLeader):
+        a.commit_plan(Plan(eval_id="e1", job_id="j1", place=[alloc()]), [])
+    assert a.get_alloc("a1") is None and a.cluster.free("n1").cpu == 1000
+    term["now"] = 2
+    placed, _, _ = a.commit_plan(Plan(eval_id="e1", job_id="j1", place=[alloc()]), [])
+    assert len(placed) == 1
+    wait_until(lambda: b.get_alloc("a1") is not None)
+    # Writes that are not the leader's are not fenced.
+    term["now"] = 3
+    a.put_job(job("j2"), evaluation("j2", "e2"))
