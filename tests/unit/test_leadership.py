@@ -8,6 +8,9 @@ import pytest
 
 from orch.errors import NotLeader
 from orch.server.leadership import LeaseLeadership, SoleLeadership
+from orch.server.state import StateStore
+from orch.structs import Plan
+from tests.unit.test_state import alloc, evaluation, job, node
 
 from waiting import wait_for
 
@@ -106,3 +109,35 @@ def test_sqlite_server_always_leads():
     assert sole.is_leader() and sole.fence() is None and sole.leader().term == 1
     sole.stop()
     assert seen == [("gain", 1), ("lose", 1)]
+
+
+def test_a_deposed_leaders_plan_commit_is_refused_by_the_store(pair, postgres_url, tmp_path):
+    a, b = pair("a"), pair("b")
+    stores = [StateStore(str(tmp_path / n), database=postgres_url) for n in "ab"]
+    try:
+        store_a, store_b = stores
+        store_a.upsert_node(node("n1"))
+        store_a.put_job(job("j1"), evaluation("j1", "e1"))
+        assert a.renew_once()
+        store_a.fence = a.fence
+        placed, _, _ = store_a.commit_plan(Plan(eval_id="e1", job_id="j1", place=[alloc()]), [])
+        assert len(placed) == 1
+        captured = a.fence()  # what a commit already under way would run
+        wait_for(b.renew_once, timeout=5 * LEASE, interval=0.05)
+        store_b.fence = b.fence
+        late = Plan(eval_id="e1", job_id="j1", place=[alloc("a2")])
+        # By its own clock A knows it no longer leads: refused before the database.
+        with pytest.raises(NotLeader):
+            store_a.commit_plan(late, [])
+        # A commit that took its fence while A still led finds another term.
+        store_a.fence = lambda: captured
+        with pytest.raises(NotLeader):
+            store_a.commit_plan(late, [])
+        assert store_a.get_alloc("a2") is None
+        store_b.catch_up()
+        assert store_b.get_alloc("a1") is not None and store_b.get_alloc("a2") is None
+        placed, _, _ = store_b.commit_plan(late, [])
+        assert [p.allocation_id for p in placed] == ["a2"]
+    finally:
+        for store in stores:
+            store.close()
