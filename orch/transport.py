@@ -234,7 +234,7 @@ def server_list(raw: str) -> list[str]:
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"server address must be http(s)://host[:port]: {url}")
+            raise ValueError(f"not an http(s) URL such as http://host:4646: {url!r}")
     return urls
 
 
