@@ -66,6 +66,8 @@ FENCE = (
     "SELECT 1 FROM leadership WHERE id = 1 AND term = %s AND holder = %s "
     "AND expires > now() FOR SHARE"
 )
+# A lease query that got no answer is tried again this soon.
+RETRY_S = 0.25
 RELEASE = "UPDATE leadership SET expires = now() WHERE id = 1 AND term = %s AND holder = %s"
 
 
@@ -134,6 +136,7 @@ class LeaseLeadership:
         self._valid_until = 0.0  # monotonic: our lease ends (with the margin)
         self._known = LeaderInfo()
         self._expires_in = 0.0  # seconds the lease read last had left
+        self._failing = False  # the last lease query failed (no answer)
         self._conn: Any = None  # a psycopg connection, made when first needed
         self._stopped = threading.Event()
         self._events: queue.Queue = queue.Queue()
@@ -223,7 +226,8 @@ class LeaseLeadership:
         while not self._stopped.is_set():
             sent = self._now()
             self.renew_once(sent)
-            self._stopped.wait(self._next_attempt(sent))
+            wait = RETRY_S if self._failing else self._next_attempt(sent)
+            self._stopped.wait(wait)
 
     def renew_once(self, sent: float | None = None) -> bool:
         """One round: take or renew the lease (else learn who holds it);
@@ -234,9 +238,16 @@ class LeaseLeadership:
         try:
             term = self._attempt()
         except psycopg.Error as exc:
-            log.warning("leadership: lease query failed: %s", exc)
+            # Not an answer: a leader keeps leading until its own deadline
+            # (the watchdog's), retrying meanwhile; one slow query under load
+            # must not hand the cluster over.
+            (log.debug if self._failing else log.warning)("leadership: lease query failed: %s", exc)
+            self._failing = True
             self._drop_connection()
-            term = None
+            return self.is_leader()
+        if self._failing:
+            log.info("leadership: the database answers again")
+            self._failing = False
         self._update(term, sent)
         return term is not None
 

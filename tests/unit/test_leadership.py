@@ -141,3 +141,12 @@ def test_a_deposed_leaders_plan_commit_is_refused_by_the_store(pair, postgres_ur
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_lease_query_without_answer_does_not_hand_over(pair):
+    a = pair("a")
+    assert a.renew_once()
+    term = a.leader().term
+    a._connection().close()  # the next query gets no answer (a broken session)
+    assert a.renew_once(), "still the leader until its own deadline"
+    assert a.renew_once() and a.leader().term == term  # reconnected, same term
