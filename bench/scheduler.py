@@ -8,6 +8,10 @@ broker -> ``SchedulerWorker.process`` (reconcile, feasibility, stack) ->
 ``StateStore.commit_plan`` (SQLite, WAL) exactly as in production. Only the
 push to agents is left out: the worker's planner dispatches to a no-op pusher.
 
+With ``--database URL`` (or ``throwaway``: a private PostgreSQL started for
+the run) the placement runs (and C1M) are repeated on PostgreSQL, each run on
+a fresh database of that server, and reported beside SQLite's.
+
 Every measured run happens in a fresh forked process, so memory figures
 (RSS, peak RSS) belong to that run alone.
 
@@ -15,6 +19,7 @@ Every measured run happens in a fresh forked process, so memory figures
     python bench/scheduler.py --nodes 5000 --allocs 100000 --runs 3
     python bench/scheduler.py --scale-sweep --allocs 100000
     python bench/scheduler.py --c1m
+    python bench/scheduler.py --nodes 5000 --database throwaway --c1m
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, nullcontext
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -207,8 +213,8 @@ def _unplaceable(job_id: str, rng: random.Random) -> dict:
 # ---- driving the real server ---------------------------------------------------
 
 
-def new_server(data_dir: str, bodies: list[dict]) -> Server:
-    server = Server(ServerConfig(data_dir=data_dir))
+def new_server(data_dir: str, bodies: list[dict], database: str | None = None) -> Server:
+    server = Server(ServerConfig(data_dir=data_dir, database=database))
     for body in bodies:
         server.register(body)
     return server
@@ -234,12 +240,39 @@ def drain(server: Server, worker: SchedulerWorker) -> int:
 
 
 def committed_allocs(server: Server) -> int:
-    """Allocation rows in SQLite, read through a second connection."""
+    """Allocation rows in the database, read through a second connection."""
+    database = server.config.database
+    if database:
+        import psycopg
+
+        with psycopg.connect(database) as conn:
+            return conn.execute("SELECT COUNT(*) FROM allocations").fetchone()[0]
     db = sqlite3.connect(server.store.path)
     try:
         return db.execute("SELECT COUNT(*) FROM allocations").fetchone()[0]
     finally:
         db.close()
+
+
+@contextmanager
+def fresh_database(server_url: str):
+    """A new empty database on the PostgreSQL server of ``server_url``; dropped after."""
+    import psycopg
+
+    base = server_url.rsplit("/", 1)[0]
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _database(database: str | None):
+    """A fresh database on PostgreSQL for one run, or None (SQLite) as it is."""
+    return fresh_database(database) if database else nullcontext(None)
 
 
 def _rss_mb() -> float:
@@ -258,9 +291,16 @@ def _in_tmp(fn, *args):
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _throughput(data_dir: str, nodes: int, allocs: int, seed: int, profile: str | None) -> dict:
+def _throughput(
+    data_dir: str, nodes: int, allocs: int, seed: int, profile: str | None, database=None
+) -> dict:
+    with _database(database) as url:
+        return _throughput_on(data_dir, nodes, allocs, seed, profile, url)
+
+
+def _throughput_on(data_dir, nodes, allocs, seed, profile, database) -> dict:
     rng = random.Random(seed)
-    server = new_server(data_dir, node_bodies(nodes, rng))
+    server = new_server(data_dir, node_bodies(nodes, rng), database)
     jobs = mixed_jobs(allocs, rng)
     worker = new_worker(server, seed)
     profiler = None
@@ -294,9 +334,14 @@ def _throughput(data_dir: str, nodes: int, allocs: int, seed: int, profile: str 
     return result
 
 
-def _c1m(data_dir: str, nodes: int, jobs: int, count: int, seed: int) -> dict:
+def _c1m(data_dir: str, nodes: int, jobs: int, count: int, seed: int, database=None) -> dict:
+    with _database(database) as url:
+        return _c1m_on(data_dir, nodes, jobs, count, seed, url)
+
+
+def _c1m_on(data_dir, nodes, jobs, count, seed, database) -> dict:
     rng = random.Random(seed)
-    server = new_server(data_dir, node_bodies(nodes, rng))
+    server = new_server(data_dir, node_bodies(nodes, rng), database)
     worker = new_worker(server, seed)
     start, cpu_start = time.perf_counter(), time.process_time()
     for n in range(jobs):
@@ -428,14 +473,17 @@ def _median(runs: list[dict], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
-def sweep(node_counts, allocs: int, runs: int, seed: int, profile: str | None, say) -> dict:
+def sweep(
+    node_counts, allocs: int, runs: int, seed: int, profile: str | None, say, database=None
+) -> dict:
     by_nodes = {}
+    engine = "postgresql" if database else "sqlite"
     wanted = min(allocs, ALLOCS_PER_NODE_CAP * min(node_counts))
     for nodes in node_counts:
         results = []
         for r in range(runs):
             prof = f"{profile}.{nodes}.prof" if profile and r == 0 else None
-            res = _isolated(_throughput, nodes, wanted, seed + r, prof)
+            res = _isolated(_throughput, nodes, wanted, seed + r, prof, database)
             if res["committed"] != res["placed"]:
                 raise SystemExit(f"committed {res['committed']} != placed {res['placed']}")
             res["placements_per_s"] = res["placed"] / res["seconds"]
@@ -444,7 +492,7 @@ def sweep(node_counts, allocs: int, runs: int, seed: int, profile: str | None, s
             res["cpu_us_per_placement"] = res["cpu_seconds"] * 1e6 / max(1, res["placed"])
             results.append(res)
             say(
-                f"  nodes={nodes:<6} run={r + 1} placed={res['placed']} "
+                f"  {engine} nodes={nodes:<6} run={r + 1} placed={res['placed']} "
                 f"evals={res['evals']} {res['seconds']:.2f}s "
                 f"{res['placements_per_s']:,.0f} placements/s "
                 f"{res['evals_per_s']:,.0f} evals/s "
@@ -483,6 +531,56 @@ def _system_report(args, say) -> dict:
         "system_job_s": round(_median(runs, "seconds"), 3),
         "system_job_cpu_s": round(_median(runs, "cpu_seconds"), 3),
     }
+
+
+def _c1m_report(args, say, database: str | None = None) -> dict:
+    """One C1M run (1,000 jobs x 1,000 allocations on 5,000 nodes by default)."""
+    res = _isolated(_c1m, args.c1m_nodes, args.c1m_jobs, args.c1m_count, args.seed, database)
+    say(
+        f"  {'postgresql' if database else 'sqlite'} c1m nodes={res['nodes']} jobs={res['jobs']} "
+        f"placed={res['placed']} committed={res['committed']} {res['seconds']:.1f}s "
+        f"peak_rss={res['peak_rss_mb']:.0f}MB"
+    )
+    if res["committed"] != args.c1m_jobs * args.c1m_count:
+        say(
+            f"  c1m: only {res['committed']} of "
+            f"{args.c1m_jobs * args.c1m_count} allocations committed"
+        )
+    return {
+        "c1m_s": round(res["seconds"], 2),
+        "c1m_cpu_s": round(res["cpu_seconds"], 2),
+        "c1m_placed": res["committed"],
+        "c1m_peak_rss_mb": round(res["peak_rss_mb"], 1),
+    }
+
+
+def _postgres_report(args, say) -> dict:
+    """The placement runs (and C1M) again, on PostgreSQL."""
+    throwaway = None
+    url = args.database
+    if url == "throwaway":
+        from orch.dev.postgres import ThrowawayPostgres
+
+        throwaway = ThrowawayPostgres(tempfile.mkdtemp(prefix="orch-bench-pg-", dir=args.tmp))
+        url = throwaway.start()
+    try:
+        by_nodes = sweep(args.node_counts, args.allocs, args.runs, args.seed, None, say, url)
+        headline = by_nodes.get(5000) or by_nodes[args.node_counts[-1]]
+        out = {
+            "placements_per_s": round(headline["placements_per_s"]),
+            "evals_per_s": round(headline["evals_per_s"], 1),
+            "by_nodes": {
+                str(n): {k: round(v, 2) for k, v in r.items()} for n, r in by_nodes.items()
+            },
+        }
+        if args.c1m or args.smoke:
+            out.update(_c1m_report(args, say, url))
+        say(f"postgresql placements/s={out['placements_per_s']:,} evals/s={out['evals_per_s']:,}")
+        return out
+    finally:
+        if throwaway is not None:
+            throwaway.stop()
+            shutil.rmtree(throwaway.base_dir, ignore_errors=True)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -531,6 +629,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="DIR",
         help="where the runs' data dirs go (default: the system "
         "temp dir; /dev/shm separates disk from CPU)",
+    )
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="also run the placements (and C1M) on PostgreSQL: a postgresql:// URL "
+        "(each run gets a fresh database on that server) or `throwaway`",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
     parser.add_argument(
@@ -607,23 +711,9 @@ def main(argv=None) -> int:
             )
         out["fill_ratio"] = round(_median(fills, "fill_ratio"), 4)
     if args.c1m or args.smoke:
-        res = _isolated(_c1m, args.c1m_nodes, args.c1m_jobs, args.c1m_count, args.seed)
-        say(
-            f"  c1m nodes={res['nodes']} jobs={res['jobs']} placed={res['placed']} "
-            f"committed={res['committed']} {res['seconds']:.1f}s "
-            f"peak_rss={res['peak_rss_mb']:.0f}MB"
-        )
-        if res["committed"] != args.c1m_jobs * args.c1m_count:
-            say(
-                f"  c1m: only {res['committed']} of "
-                f"{args.c1m_jobs * args.c1m_count} allocations committed"
-            )
-        out.update(
-            c1m_s=round(res["seconds"], 2),
-            c1m_cpu_s=round(res["cpu_seconds"], 2),
-            c1m_placed=res["committed"],
-            c1m_peak_rss_mb=round(res["peak_rss_mb"], 1),
-        )
+        out.update(_c1m_report(args, say))
+    if args.database:
+        out["postgresql"] = _postgres_report(args, say)
     say(
         f"placements/s={out['placements_per_s']:,} evals/s={out['evals_per_s']:,} "
         f"us/placement={out['us_per_placement']} fill_ratio={out['fill_ratio']} "

@@ -107,8 +107,10 @@ class ThrowawayPostgres:
                 path = os.path.dirname(path)
             os.chown(self.base_dir, self.user.pw_uid, self.user.pw_gid)
 
-    def start(self, timeout: float = 60.0) -> str:
-        """initdb (first time only), start the server, create the database; its URL."""
+    def start(self, timeout: float = 60.0, *, port: int | None = None) -> str:
+        """initdb (first time only), start the server, create the database; its URL.
+
+        ``port`` starts it again where it was (a restart its clients reconnect to)."""
         self._prepare_dir()
         if not os.path.exists(os.path.join(self.data_dir, "PG_VERSION")):
             subprocess.run(
@@ -117,9 +119,7 @@ class ThrowawayPostgres:
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 preexec_fn=_demote(self.user), cwd=self.base_dir,
             )  # fmt: skip
-        # Started again (a test of the database's loss), it keeps its port:
-        # the servers hold its URL.
-        self.port = self.port or _free_port()
+        self.port = port or _free_port()
         log_path = os.path.join(self.base_dir, "postgres.log")
         # Opened by us (root may own it): the child only inherits the descriptor.
         log_file = open(log_path, "ab")  # noqa: SIM115 - lives as long as the server

@@ -39,6 +39,14 @@ def pyz() -> Path:
     return ensure_pyz()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_database(request):
+    """None (SQLite) or a fresh PostgreSQL database: for tests that run on both engines."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture
 def cluster(tmp_path, pyz):
     """A server of a Cluster, no agents yet; a test file may define its own."""

@@ -277,8 +277,11 @@ class Cluster:
         heartbeat_interval: float = 0.5,
         bind: str = "127.0.0.1",
         token: str | None = None,
+        database: str | None = None,
     ):
         self.tmp = tmp
+        # postgresql://... for a server on PostgreSQL; None: SQLite in its data dir.
+        self.database = database
         self.node_ttl = node_ttl
         self.heartbeat_interval = heartbeat_interval
         self.bind = bind
@@ -308,6 +311,8 @@ class Cluster:
             args += ["--bind", self.bind]
         if self.token:
             args += ["--token", self.token]
+        if self.database:
+            args += ["--database", self.database]
         return [*args, *extra]
 
     def start_server(self, *extra: str) -> Proc:

@@ -224,10 +224,10 @@ def check_exactly_once(burst: Burst, jobs: dict[str, dict]) -> dict[str, int]:
 
 
 @pytest.fixture
-def burst_cluster(tmp_path, pyz):
+def burst_cluster(tmp_path, pyz, state_database):
     # A TTL well above the restart time: the restarted process must pick up
     # where it was, not have its node declared down and its work replaced.
-    cluster = Cluster(tmp_path, node_ttl=15.0, heartbeat_interval=0.5)
+    cluster = Cluster(tmp_path, node_ttl=15.0, heartbeat_interval=0.5, database=state_database)
     runs = tmp_path / "runs"
     runs.mkdir()
     burst = Burst(cluster, runs)

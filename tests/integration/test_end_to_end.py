@@ -1,12 +1,24 @@
-"""The seed's routes end to end: real server and agent processes (orch.pyz)."""
+"""The seed's routes end to end: real server and agent processes (orch.pyz).
+
+Each runs twice: the server on SQLite, and on PostgreSQL (``--database``).
+"""
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from tests.jobspec import exec_job as job_body
 
 from harness import Cluster, pid_alive, wait_until
+
+
+@pytest.fixture
+def cluster(tmp_path, pyz, state_database):
+    c = Cluster(tmp_path, database=state_database)
+    c.start_server()
+    yield c
+    c.stop_all()
 
 
 def submit(cluster: Cluster, body: dict) -> dict:

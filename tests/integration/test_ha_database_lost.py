@@ -65,7 +65,7 @@ def test_database_lost_and_back(ha: HaCluster, pg: ThrowawayPostgres):
         assert pid_alive(pid)
         time.sleep(0.5)
 
-    pg.start()
+    pg.start(port=pg.port)  # where the servers look for it
     ha.wait_leader(timeout=60)
     wait_until(lambda: ha.post("/jobs", job(ha, "svc-after")).status_code == 200, 60,
                what="a submit accepted again")  # fmt: skip

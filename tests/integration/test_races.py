@@ -24,8 +24,8 @@ SETTLE_S = 30.0
 
 
 @pytest.fixture
-def cluster(tmp_path, pyz):
-    c = Cluster(tmp_path)
+def cluster(tmp_path, pyz, state_database):
+    c = Cluster(tmp_path, database=state_database)
     c.start_server()
     c.start_agent("a")
     yield c

@@ -4,8 +4,9 @@ The store's modules write their SQL once, in SQLite's form (``?``
 placeholders, ``INSERT OR REPLACE``); a backend runs it in its own dialect.
 The interface, all of it called under the store's lock:
 
-- ``begin()``: open a write transaction; on a shared database also take the
-  cluster-wide write lock, so memory can be caught up before computing;
+- ``begin(after)``: open a write transaction; on a shared database also take
+  the cluster-wide write lock and return the change log after ``after`` (the
+  floor and the rows), so memory is caught up before the write computes;
 - ``run(statements, fence, log)``: run (sql, rows) pairs, commit, and return
   the change-log position written (None when the engine keeps no log);
 - ``rollback()``: drop an open transaction (a write that wrote nothing);
@@ -38,7 +39,7 @@ class Backend(Protocol):
     where: str
     shared: bool
 
-    def begin(self) -> None: ...
+    def begin(self, after: int) -> tuple[int, list[tuple[int, str]]]: ...
 
     def run(
         self, statements: Iterable[tuple[str, list]], fence: Fence | None, log: str | None

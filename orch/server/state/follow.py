@@ -63,11 +63,11 @@ class Following(StoreCore):
         """Apply now what other servers committed (a new leader, before it schedules)."""
         self._follow()
 
-    def _catch_up(self) -> None:
-        """Apply the log after our position; StorageError if the database is lost."""
+    def _catch_up(self, log_rows: tuple[int, list] | None = None) -> None:
+        """Apply the log after our position (read now, unless given); StorageError if lost."""
         if not self.backend.shared:
             return
-        floor, rows = self.backend.changes_after(self._seq)
+        floor, rows = log_rows if log_rows is not None else self.backend.changes_after(self._seq)
         if floor > self._seq:
             log.warning("state change log trimmed past position=%d (floor %d): reloading",
                         self._seq, floor)  # fmt: skip

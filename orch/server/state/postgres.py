@@ -76,6 +76,62 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
+# The floor and the rows in one statement: one snapshot, so a trim is seen.
+_LOG_AFTER = (
+    "SELECT f.seq, c.seq, c.body FROM change_floor f "
+    "LEFT JOIN changes c ON c.seq > %s ORDER BY c.seq"
+)
+_LOG_INSERT = (
+    "WITH c AS (INSERT INTO changes (body) VALUES (%s) RETURNING seq) "
+    "SELECT seq, pg_notify(%s, seq::text) FROM c"
+)
+_TRIM = (
+    "WITH gone AS (DELETE FROM changes WHERE at < now() - make_interval(secs => %s) "
+    "RETURNING seq) UPDATE change_floor SET seq = GREATEST(seq, "
+    "(SELECT COALESCE(MAX(seq), 0) FROM gone))"
+)
+
+
+def _log_rows(rows: list[tuple]) -> tuple[int, list[tuple[int, str]]]:
+    floor = int(rows[0][0]) if rows else 0
+    return floor, [(seq, body) for _floor, seq, body in rows if seq is not None]
+
+
+# Tables whose columns are all TEXT: big upserts of them go as arrays.
+_TEXT_TABLES = frozenset({"nodes", "jobs", "allocations", "evaluations"})
+BULK_ROWS = 20  # from this many rows, one statement with arrays beats a row each
+
+
+@lru_cache(maxsize=64)
+def bulk(sql: str) -> str | None:
+    """The unnest() form of a text-only upsert: all rows in one statement; else None."""
+    match = _UPSERT.match(sql)
+    if not match or match.group(1) != "REPLACE" or match.group(2) not in _TEXT_TABLES:
+        return None
+    _verb, table, cols, _rest = match.groups()
+    names = [c.strip() for c in cols.split(",")]
+    keys = PRIMARY_KEYS[table]
+    # %b: arrays in binary form, their strings sent as they are (no escaping).
+    arrays = ", ".join(["%b::text[]"] * len(names))
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c not in keys)
+    return (
+        f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    )
+
+
+def _put_rows(cur: psycopg.Cursor, sql: str, rows: list) -> None:
+    """executemany (pipelined), or one unnest() statement for a big text upsert."""
+    many = bulk(sql) if len(rows) >= BULK_ROWS else None
+    if many is None:
+        cur.executemany(dialect(sql), rows)
+        return
+    # One statement may not touch a row twice: the last write of a key wins,
+    # as it would row by row.
+    last = {row[0]: row for row in rows}
+    cur.execute(many, [list(col) for col in zip(*last.values(), strict=True)])
+
+
 class PostgresBackend:
     """A PostgreSQL database several servers share; see the module docstring."""
 
@@ -144,13 +200,20 @@ class PostgresBackend:
 
     # ---- writes -----------------------------------------------------------
 
-    def begin(self) -> None:
-        """BEGIN and take the cluster-wide write lock; StorageError if unreachable."""
+    def begin(self, after: int) -> tuple[int, list[tuple[int, str]]]:
+        """BEGIN, the cluster-wide write lock, and the change log after ``after``.
+
+        One round trip (a pipeline): the log rows are read once the lock is
+        held, so they are every change committed before this write."""
         try:
             conn = self._connection()
-            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                return self.changes_after(after)
+            with conn.pipeline():
                 conn.execute("BEGIN")
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                cur = conn.execute(_LOG_AFTER, (after,))
+            return _log_rows(cur.fetchall())
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
 
@@ -168,45 +231,33 @@ class PostgresBackend:
     def run(
         self, statements: Iterable[tuple[str, list]], fence: Fence | None, log_body: str | None
     ) -> int | None:
-        """Run (sql, rows) pairs and the change-log row in the open transaction; commit."""
-        self.begin()
+        """Run (sql, rows) pairs and the change-log row in the open transaction; commit.
+
+        All in one pipeline: the write costs a round trip or two, not one a row."""
         conn = self._conn
-        assert conn is not None
-        seq = None
+        assert conn is not None and self.in_transaction(), "begin() first"
         try:
-            with conn.cursor() as cur:
+            with conn.pipeline(), conn.cursor() as cur:
                 if fence is not None:
                     cur.execute(*fence())
                     if cur.fetchone() is None:
                         raise NotLeader("not the leader: the plan was not committed")
                 for sql, rows in statements:
                     if rows:
-                        # executemany pipelines the rows: one round trip, not one each.
-                        cur.executemany(dialect(sql), rows)
+                        _put_rows(cur, sql, rows)
+                logged = None
                 if log_body is not None:
-                    cur.execute("INSERT INTO changes (body) VALUES (%s) RETURNING seq", (log_body,))
-                    seq = cur.fetchone()[0]  # type: ignore[index]
-                    cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(seq)))
+                    logged = conn.execute(_LOG_INSERT, (log_body, CHANNEL))
                     self._writes += 1
                     if self._writes % TRIM_EVERY == 0:
-                        self._trim(cur)
-            conn.execute("COMMIT")
+                        conn.execute(_TRIM, (LOG_RETENTION,))
+                conn.execute("COMMIT")
+            return None if logged is None else int(logged.fetchone()[0])  # type: ignore[index]
         except NotLeader:
             self._drop_transaction()
             raise
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
-        return seq
-
-    @staticmethod
-    def _trim(cur: psycopg.Cursor) -> None:
-        """Drop old change-log rows; the floor tells a server that lags behind them."""
-        cur.execute(
-            "WITH gone AS (DELETE FROM changes WHERE at < now() - make_interval(secs => %s) "
-            "RETURNING seq) UPDATE change_floor SET seq = GREATEST(seq, "
-            "(SELECT COALESCE(MAX(seq), 0) FROM gone))",
-            (LOG_RETENTION,),
-        )
 
     # ---- reads ------------------------------------------------------------
 
@@ -220,10 +271,7 @@ class PostgresBackend:
 
     def changes_after(self, seq: int) -> tuple[int, list[tuple[int, str]]]:
         """(the log's floor, its rows after ``seq`` in order)."""
-        rows = self.execute("SELECT seq, body FROM changes WHERE seq > ? ORDER BY seq", (seq,))
-        # The floor after the rows: a trim between the two reads is then seen.
-        floor = self.execute("SELECT seq FROM change_floor")
-        return (floor[0][0] if floor else 0), rows
+        return _log_rows(self.execute(_LOG_AFTER, (seq,)))
 
     @contextmanager
     def snapshot(self):

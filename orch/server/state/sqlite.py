@@ -56,8 +56,9 @@ class SqliteBackend:
             log.info("state schema migrated path=%s version=%d (%s)", self.path, step.version,
                      step.summary)  # fmt: skip
 
-    def begin(self) -> None:
+    def begin(self, after: int) -> tuple[int, list[tuple[int, str]]]:
         """Nothing: one server per file, the store's lock serialises its writers."""
+        return 0, []
 
     def rollback(self) -> None:
         """Nothing to drop: run() opens and ends its own transaction."""

@@ -167,8 +167,7 @@ class StoreCore:
             self._depth += 1
             try:
                 if outer and self.backend.shared:
-                    self.backend.begin()
-                    self._catch_up()
+                    self._catch_up(self.backend.begin(self._seq))
                 yield
             finally:
                 self._depth -= 1
@@ -184,8 +183,7 @@ class StoreCore:
         backend = self.backend
         with self._lock:
             if backend.shared and not backend.in_transaction():
-                backend.begin()
-                self._catch_up()
+                self._catch_up(backend.begin(self._seq))
             body = self._change_body(statements) if backend.shared and wrote else None
             seq = backend.run(statements, self.fence if fenced else None, body)
             if seq is not None:
@@ -194,7 +192,7 @@ class StoreCore:
             if wrote:  # a write of nothing (all rows filtered out) is no change
                 self.changes.bump()
 
-    def _catch_up(self) -> None:
+    def _catch_up(self, log: tuple[int, list] | None = None) -> None:
         """Apply the changes other servers committed (``follow.Following``)."""
 
     def _follow(self) -> None:
