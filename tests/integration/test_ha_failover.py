@@ -21,7 +21,7 @@ import pytest
 from orch.client import Client, ClientError, OrchError
 
 from ha_cluster import HaCluster, batch_job, service_job
-from harness import wait_until
+from harness import GiveUp, wait_until
 
 JOBS = 300
 THREADS = 8
@@ -127,6 +127,9 @@ def test_leader_killed_mid_burst(ha: HaCluster):
     def settled(job_id: str) -> bool:
         job = ha.job(job_id)
         want = "running" if job_id.startswith("svc") else "complete"
+        if job is not None and job["status"] in ("failed", "dead"):
+            events = [(a["client_status"], a["tasks"]) for a in job["allocations"]]
+            raise GiveUp(f"{job_id} {job['status']}: {events}")
         return job is not None and job["status"] == want
 
     for job_id in sorted(burst.acked):
