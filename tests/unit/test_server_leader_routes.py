@@ -72,6 +72,15 @@ def test_health_and_status_say_who_leads(two):
         }
 
 
+def test_metrics_say_who_leads(two):
+    leader, follower = two
+    for server, flag in ((leader, 1), (follower, 0)):
+        status, _headers, text = request(make_app(server), "GET", "/metrics")
+        assert status == 200
+        assert f"orch_leader {flag}\n" in text
+        assert f"orch_leader_term {leader.leadership.leader().term}\n" in text
+
+
 def test_a_job_submitted_to_a_follower_is_evaluated_by_the_leader(two):
     leader, follower = two
     status, body = call(make_app(follower), "POST", "/jobs", JOB)
