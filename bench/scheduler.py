@@ -275,6 +275,15 @@ def _database(database: str | None):
     return fresh_database(database) if database else nullcontext(None)
 
 
+def calibration_ms() -> float:
+    """A fixed pure-Python loop's time now: compares runs across loads and hosts."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(2_000_000):
+        total += i % 7
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
 def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
@@ -664,10 +673,11 @@ def main(argv=None) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
+    calibration = calibration_ms()
     say(
         f"scheduler benchmark: nodes={args.node_counts} allocs={args.allocs} "
         f"runs={args.runs} cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} "
-        f"tmp={args.tmp or tempfile.gettempdir()}"
+        f"calibration_loop={calibration}ms tmp={args.tmp or tempfile.gettempdir()}"
     )
     by_nodes = sweep(args.node_counts, args.allocs, args.runs, args.seed, args.profile, say)
     headline = by_nodes.get(5000) or by_nodes[args.node_counts[-1]]
@@ -678,6 +688,8 @@ def main(argv=None) -> int:
         "fill_ratio": None,
         "rss_mb": round(headline["rss_mb"], 1),
         "by_nodes": {str(n): {k: round(v, 2) for k, v in r.items()} for n, r in by_nodes.items()},
+        "calibration_loop_ms": calibration,
+        "load_1m": round(os.getloadavg()[0], 2),
     }
     smallest, largest = min(by_nodes), max(by_nodes)
     if largest != smallest:

@@ -91,16 +91,20 @@ def settle(cluster: Cluster) -> None:
 
 
 def orphans(cluster: Cluster) -> dict:
-    """Rows in the server's store that belong to no stored job."""
+    """Rows in the server's store that belong to no stored job (SQLite or PostgreSQL)."""
+    queries = {
+        table: f"SELECT count(*) FROM {table} WHERE job_id NOT IN (SELECT job_id FROM jobs)"
+        for table in ("allocations", "evaluations")
+    }
+    if cluster.database:
+        import psycopg
+
+        with psycopg.connect(cluster.database) as conn:
+            return {t: conn.execute(q).fetchone()[0] for t, q in queries.items()}
     path = cluster.tmp / "server" / "state.db"
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
-        return {
-            table: db.execute(
-                f"SELECT count(*) FROM {table} WHERE job_id NOT IN (SELECT job_id FROM jobs)"
-            ).fetchone()[0]
-            for table in ("allocations", "evaluations")
-        }
+        return {t: db.execute(q).fetchone()[0] for t, q in queries.items()}
     finally:
         db.close()
 

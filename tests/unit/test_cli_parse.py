@@ -225,3 +225,14 @@ def test_logging_format_names_role_and_pid():
     line = root.handlers[0].format(record)
     assert f"INFO [agent pid={os.getpid()}] orch.x: hello w" in line
     assert root.level == logging.DEBUG
+
+
+def test_server_database_flag_environment_and_bad_url(monkeypatch, capsys):
+    url = "postgresql://orch@db.internal:5432/orch"
+    assert entry.server_config(parse("server", "--database", url)).database == url
+    assert entry.server_config(parse("server")).database is None
+    monkeypatch.setenv("ORCH_DATABASE", url)
+    assert entry.server_config(parse("server")).database == url
+    with pytest.raises(SystemExit) as exc:
+        parse("server", "--database", "mysql://db/orch")
+    assert exc.value.code == 2 and "not a postgresql:// URL" in capsys.readouterr().err

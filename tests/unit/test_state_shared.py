@@ -160,3 +160,17 @@ def test_a_lost_database_fails_writes_keeps_reads_and_is_reconnected(tmp_path):
         for s in stores:
             s.close()
         pg.stop()
+
+
+def test_a_commit_reaches_the_other_servers_memory_within_milliseconds(pair):
+    a, b = pair
+    delays = []
+    for n in range(20):
+        a.put_job(job(f"j{n}"), evaluation(f"j{n}", f"e{n}"))
+        start = time.perf_counter()
+        wait_until(lambda n=n: b.get_job(f"j{n}") is not None, timeout=5)
+        delays.append(time.perf_counter() - start)
+    delays.sort()
+    print(f"follower delay p50={delays[10] * 1000:.1f} ms max={delays[-1] * 1000:.1f} ms")
+    # NOTIFY wakes the follower: far below the 5 s safety poll even on a loaded host.
+    assert delays[10] < 1.0

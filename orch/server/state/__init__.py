@@ -35,8 +35,10 @@ Hooks for the leader's services (set by whoever runs them):
   and ``mark_node_down`` -- run it first in their transaction and raise
   ``NotLeader`` (503), writing nothing, when it returns no row.
 - ``store.on_remote_evals``: callables given the evaluations the store
-  applied from other servers' commits (called under the store's lock: keep
-  them short, e.g. the broker's enqueue).
+  applied from other servers' commits, as stored when read (one may be
+  complete already: skip terminal ones); called under the store's lock, so
+  keep them short (the broker's enqueue).
+- ``store.catch_up()``: apply now what other servers committed.
 - ``store.changes``: bumped after every commit, local or followed.
 """
 

@@ -1,8 +1,10 @@
 """Following the change log: every server's memory tracks what the others commit.
 
 On a shared database (PostgreSQL) each write appends one row to ``changes``:
-the rows it put into, and the keys it deleted from, the tables memory holds.
-A server applies the rows after its position, in order, and moves its
+the keys it wrote to, and deleted from, the tables memory holds (not the
+bodies: a plan's thousand allocations would be written twice). A server
+applies the rows after its position, in order, reading the bodies of the
+keys put from their tables (a key no longer there is gone), and moves its
 position on: its follower thread does so when NOTIFY wakes it (and on a slow
 safety poll), and every write does so first, under the cluster's write lock,
 so no write computes on stale memory. A server that fell behind the log's
@@ -28,19 +30,30 @@ log = logging.getLogger(__name__)
 
 _INSERT = re.compile(r"^\s*INSERT (?:OR \w+ )?INTO (\w+) ")
 _DELETE = re.compile(r"^\s*DELETE FROM (\w+) WHERE (\w+) = \?\s*$")
-# The tables memory holds; the others (versions, deployments) are read from SQL.
-MEMORY_TABLES = frozenset({"nodes", "jobs", "allocations", "evaluations", "periodic_launches"})
+# The tables memory holds, by key column; the others (versions, deployments)
+# are read from SQL. periodic_launches rows are small: logged whole.
+BODY_TABLES = {
+    "nodes": "node_id",
+    "jobs": "job_id",
+    "allocations": "allocation_id",
+    "evaluations": "eval_id",
+}
+MEMORY_TABLES = frozenset({*BODY_TABLES, "periodic_launches"})
 
 
 def change_body(statements: list[tuple[str, list]]) -> str:
-    """A write's change-log row: [table, "put", rows] and [table, "del", column, keys]."""
+    """A write's change-log row: [table, "put", keys], [table, "rows", rows] (small
+    tables) and [table, "del", column, keys]."""
     entries: list[list] = []
     for sql, rows in statements:
         if not rows:
             continue
         put = _INSERT.match(sql)
+        if put and put.group(1) in BODY_TABLES:
+            entries.append([put.group(1), "put", [r[0] for r in rows]])
+            continue
         if put and put.group(1) in MEMORY_TABLES:
-            entries.append([put.group(1), "put", [list(r) for r in rows]])
+            entries.append([put.group(1), "rows", [list(r) for r in rows]])
             continue
         gone = _DELETE.match(sql)
         if gone and gone.group(1) in MEMORY_TABLES:
@@ -97,26 +110,36 @@ class Following(StoreCore):
         table, op = entry[0], entry[1]
         if op == "put":
             self._apply_put(table, entry[2], evals)
+        elif op == "rows":
+            for job_id, launch, child_id in entry[2]:
+                self._launches[job_id] = (float(launch), child_id)
         else:
             self._apply_delete(table, entry[2], entry[3])
 
-    def _apply_put(self, table: str, rows: list, evals: list[Evaluation]) -> None:
+    def _apply_put(self, table: str, keys: list, evals: list[Evaluation]) -> None:
+        """Read the keys' rows as they are now; a key no longer stored is gone."""
+        key = BODY_TABLES[table]
+        found = dict(
+            self.backend.execute(f"SELECT {key}, body FROM {table} WHERE {key} = ANY(?)", (keys,))
+        )
+        bodies = [json.loads(found[k]) for k in keys if k in found]
         if table == "nodes":
-            for _node_id, body in rows:
-                self._put_remote_node(codec.node_from(json.loads(body)))
+            for body in bodies:
+                self._put_remote_node(codec.node_from(body))
         elif table == "jobs":
-            for job_id, body in rows:
-                self._jobs[job_id] = codec.job_from(json.loads(body))
+            for body in bodies:
+                job = codec.job_from(body)
+                self._jobs[job.job_id] = job
         elif table == "allocations":
-            for row in rows:
-                self._index_alloc(codec.alloc_from(json.loads(row[3])))
-        elif table == "evaluations":
-            fresh = [codec.eval_from(json.loads(row[3])) for row in rows]
+            for body in bodies:
+                self._index_alloc(codec.alloc_from(body))
+        else:
+            fresh = [codec.eval_from(body) for body in bodies]
             self._index_evals(fresh)
             evals.extend(fresh)
-        elif table == "periodic_launches":
-            for job_id, launch, child_id in rows:
-                self._launches[job_id] = (float(launch), child_id)
+        gone = [k for k in keys if k not in found]
+        if gone:
+            self._apply_delete(table, key, gone)
 
     def _put_remote_node(self, node: Node) -> None:
         # Heartbeats live in the memory of the server that got them: a newer

@@ -332,6 +332,9 @@ class Follower:
             except (psycopg.Error, StorageError, OSError) as exc:
                 log.warning("state follower: %s; retrying", exc)
                 self._stopped.wait(1.0)
+            except Exception:  # noqa: BLE001 - the thread must outlive any one bad change
+                log.exception("state follower failed; retrying")
+                self._stopped.wait(1.0)
 
     def _listen(self) -> None:
         with self._connect() as conn:
