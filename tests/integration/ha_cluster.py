@@ -171,6 +171,32 @@ class HaCluster:
             kill_pid(pid)
 
 
+def placed_more_than_once(cluster: HaCluster, job_ids) -> dict[str, str]:
+    """Jobs whose task ran in more than one allocation, or more often than its
+    one allocation's restarts explain; {} when each was placed once.
+
+    Each test task appends its PID to ``<pid dir>/<job>.<allocation id>``: a
+    second placement shows as a second file. A second line in one file is a
+    restart by the agent (counted in the allocation's ``restarts``), not a
+    placement."""
+    files: dict[str, list] = {}
+    for path in cluster.pid_dir.iterdir():
+        job_id, _, alloc_id = path.name.partition(".")
+        files.setdefault(job_id, []).append((alloc_id, path.read_text().split()))
+    wrong = {}
+    for job_id in job_ids:
+        runs = files.get(job_id, [])
+        allocs = {a["allocation_id"]: a for a in (cluster.job(job_id) or {}).get("allocations", [])}
+        if len(runs) != 1 or len(allocs) != 1:
+            wrong[job_id] = f"{len(runs)} allocation files, {len(allocs)} allocations"
+            continue
+        alloc_id, pids = runs[0]
+        restarts = allocs.get(alloc_id, {}).get("tasks", {}).get("t", {}).get("restarts", 0)
+        if len(pids) != 1 + restarts:
+            wrong[job_id] = f"{len(pids)} runs in allocation {alloc_id}, {restarts} restarts"
+    return wrong
+
+
 def running_allocs(cluster: HaCluster, job_id: str) -> list[dict]:
     job = cluster.job(job_id) or {}
     return [

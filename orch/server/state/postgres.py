@@ -39,6 +39,10 @@ LOG_RETENTION = 300.0
 TRIM_EVERY = 500  # writes between two trims
 # A NOTIFY wakes followers at once; the poll only covers one lost with its connection.
 SAFETY_POLL = 5.0
+# A server frozen (SIGSTOP, swap) inside a write transaction would hold the
+# cluster's write lock, and stall every other server, for as long as it is
+# frozen: the database ends such a session after this long idle in it.
+IDLE_IN_TRANSACTION_MS = 5000
 
 PRIMARY_KEYS = {
     "nodes": ("node_id",),
@@ -155,7 +159,12 @@ class PostgresBackend:
 
     def connect(self) -> psycopg.Connection:
         """A new autocommit connection (the follower's LISTEN uses one too)."""
-        return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        return psycopg.connect(
+            self.url,
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT,
+            options=f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+        )
 
     def _connection(self) -> psycopg.Connection:
         conn = self._conn
