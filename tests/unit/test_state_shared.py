@@ -174,3 +174,22 @@ def test_a_commit_reaches_the_other_servers_memory_within_milliseconds(pair):
     print(f"follower delay p50={delays[10] * 1000:.1f} ms max={delays[-1] * 1000:.1f} ms")
     # NOTIFY wakes the follower: far below the 5 s safety poll even on a loaded host.
     assert delays[10] < 1.0
+
+
+def test_a_writer_stalled_inside_its_transaction_does_not_block_the_cluster(pair, monkeypatch):
+    from orch.server.state import postgres
+
+    a, b = pair
+    # A short timeout for this test's new connections (the stalled writer's).
+    monkeypatch.setattr(postgres, "STALLED_WRITER_MS", 500)
+    a.backend.close()
+    a.upsert_node(node("n1"))  # reconnects with the short timeout
+    with a._writing():  # holds the cluster's write lock, then stalls
+        start = time.monotonic()
+        b.put_job(job("j1"), evaluation("j1", "e1"))  # waits, then gets the lock
+        waited = time.monotonic() - start
+        with pytest.raises(StorageError):
+            a._write([(a._UPSERT_JOB, [("j2", "{}")])])
+    assert 0.3 < waited < 10
+    a.put_job(job("j3"), evaluation("j3", "e3"))  # a stalled server writes again after
+    wait_until(lambda: b.get_job("j3") is not None and a.get_job("j1") is not None)

@@ -34,15 +34,17 @@ log = logging.getLogger(__name__)
 WRITE_LOCK = 0x6F726368  # "orch"
 CHANNEL = "orch_changes"
 CONNECT_TIMEOUT = 3  # seconds: a write on a lost database fails fast (503)
+# A server that stalls inside a write (SIGSTOP, swapped out) holds the
+# cluster's write lock: PostgreSQL ends its session after this long idle in
+# the transaction, so the others go on (its write fails: 503, nothing half
+# done). A write waiting longer than LOCK_WAIT for the lock fails the same way.
+STALLED_WRITER_MS = 5_000
+LOCK_WAIT_MS = 20_000
 # Change-log rows older than this are trimmed; a server further behind reloads.
 LOG_RETENTION = 300.0
 TRIM_EVERY = 500  # writes between two trims
 # A NOTIFY wakes followers at once; the poll only covers one lost with its connection.
 SAFETY_POLL = 5.0
-# A server frozen (SIGSTOP, swap) inside a write transaction would hold the
-# cluster's write lock, and stall every other server, for as long as it is
-# frozen: the database ends such a session after this long idle in it.
-IDLE_IN_TRANSACTION_MS = 5000
 
 PRIMARY_KEYS = {
     "nodes": ("node_id",),
@@ -163,7 +165,8 @@ class PostgresBackend:
             self.url,
             autocommit=True,
             connect_timeout=CONNECT_TIMEOUT,
-            options=f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+            options=f"-c idle_in_transaction_session_timeout={STALLED_WRITER_MS} "
+            f"-c lock_timeout={LOCK_WAIT_MS}",
         )
 
     def _connection(self) -> psycopg.Connection:
@@ -212,17 +215,15 @@ class PostgresBackend:
     def begin(self, after: int) -> tuple[int, list[tuple[int, str]]]:
         """BEGIN, the cluster-wide write lock, and the change log after ``after``.
 
-        One round trip (a pipeline): the log rows are read once the lock is
-        held, so they are every change committed before this write."""
+        BEGIN and the lock go as one simple query (one round trip), the log
+        read once the lock is held, so it holds every change committed before
+        this write. Not a pipeline: PostgreSQL 15 then leaves the session's
+        idle-in-transaction timeout unarmed, and a stalled writer's lock held."""
         try:
             conn = self._connection()
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                return self.changes_after(after)
-            with conn.pipeline():
-                conn.execute("BEGIN")
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-                cur = conn.execute(_LOG_AFTER, (after,))
-            return _log_rows(cur.fetchall())
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+            return _log_rows(conn.execute(_LOG_AFTER, (after,)).fetchall())
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
 
