@@ -26,6 +26,8 @@ process of it still alive (server, agents, tasks) is killed by PID/group.
     python bench/e2e.py                 # full run, human-readable
     python bench/e2e.py --json          # ... last line: one JSON object
     python bench/e2e.py --smoke --json  # a tiny version (seconds)
+    python bench/e2e.py --servers 3     # SQLite beside 1 and 3 servers on PostgreSQL
+                                        # (bench/e2e_ha.py): latency, reads/s
 """
 
 from __future__ import annotations
@@ -82,7 +84,15 @@ class DevCluster:
     """One `orch dev` launcher process and everything it starts."""
 
     def __init__(
-        self, pyz: Path, workdir: Path, *, agents: int, shiv_root: Path, log_level: str, name: str
+        self,
+        pyz: Path,
+        workdir: Path,
+        *,
+        agents: int,
+        shiv_root: Path,
+        log_level: str,
+        name: str,
+        extra: tuple[str, ...] = (),
     ):
         self.agents = agents
         self.port = free_port()
@@ -105,6 +115,7 @@ class DevCluster:
                 str(self.data_dir),
                 "--log-level",
                 log_level,
+                *extra,
             ],
             self.log_path,
             env,
@@ -410,6 +421,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="where the cluster's data dirs go (default: the system temp dir)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="above 1: SQLite, then 1 and N servers on PostgreSQL (bench/e2e_ha.py)",
+    )
+    p.add_argument("--read-seconds", type=float, default=5.0, help="read load per cluster")
     args = p.parse_args(argv)
     if args.smoke:
         args.runs, args.jobs, args.batch, args.threads = 1, 5, 20, 4
@@ -420,6 +438,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.pyz.is_file():
         sys.exit(f"{args.pyz} not found: build it with `python build/make_pyz.py`")
+    if args.servers > 1:
+        from e2e_ha import run_ha  # bench/ is on sys.path
+
+        return run_ha(args)
     settle(args.smoke)  # not paying for whatever ran before us
     workdir = Path(tempfile.mkdtemp(prefix="orch-bench-e2e-", dir=args.workdir))
     shiv_root = workdir / "shiv"  # empty: the first launch extracts

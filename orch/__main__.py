@@ -147,6 +147,16 @@ def url(value: str) -> str:
     return value.rstrip("/")
 
 
+def urls(value: str) -> str:
+    """One server URL or several, comma-separated (``URL1,URL2,URL3``)."""
+    from orch.transport import server_list
+
+    try:
+        return ",".join(server_list(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def database_url(value: str) -> str:
     if value and not value.startswith(("postgresql://", "postgres://")):
         raise argparse.ArgumentTypeError(f"not a postgresql:// URL: {value!r}")
@@ -259,6 +269,18 @@ def add_server(sub, common) -> None:
         default=env("UI_PREFIX", d.ui_prefix),
         help="path prefix a reverse proxy serves orch under, e.g. /orch (ORCH_UI_PREFIX)",
     )
+    cmd.add_argument(
+        "--advertise",
+        type=url,
+        default=env("ADVERTISE", d.advertise),
+        help="URL agents reach this server at when it leads (default http://<bind>:<port>)",
+    )
+    cmd.add_argument(
+        "--lease",
+        type=seconds,
+        default=env("LEASE", d.lease),
+        help="the leader's lease on PostgreSQL, renewed every third of it (default %(default)s)",
+    )
     cmd.set_defaults(handler=cmd_server, role="server")
 
 
@@ -267,9 +289,9 @@ def add_agent(sub, common) -> None:
     cmd = sub.add_parser("agent", parents=[common], help="run a node agent")
     cmd.add_argument(
         "--server",
-        type=url,
+        type=urls,
         default=env("SERVER", d.server),
-        help="server URL (default %(default)s)",
+        help="server URL, or several: URL1,URL2,URL3 (ORCH_SERVER; default %(default)s)",
     )
     cmd.add_argument(
         "--bind", default=env("BIND", d.bind), help="address to listen on (default %(default)s)"
@@ -396,6 +418,20 @@ def add_dev(sub, common) -> None:
         default=env("UI_PREFIX", d.ui_prefix),
         help="the server's --ui-prefix (ORCH_UI_PREFIX)",
     )
+    cmd.add_argument(
+        "--servers",
+        type=count,
+        default=d.servers,
+        help="servers sharing one PostgreSQL (default %(default)s: one, on SQLite); "
+        "without --database dev mode starts a throwaway PostgreSQL",
+    )
+    cmd.add_argument(
+        "--database",
+        type=database_url,
+        default=env("DATABASE", ""),
+        help="postgresql://... the servers share (ORCH_DATABASE; default: SQLite for one "
+        "server, a throwaway PostgreSQL for several)",
+    )
     cmd.set_defaults(handler=cmd_dev, role="dev")
 
 
@@ -404,9 +440,9 @@ def add_client_commands(sub, common) -> None:
     client = argparse.ArgumentParser(add_help=False, parents=[common])
     client.add_argument(
         "--address",
-        type=url,
+        type=urls,
         default=env("ADDR", DEFAULT_ADDRESS),
-        help="server URL (ORCH_ADDR; default %(default)s)",
+        help="server URL, or several: URL1,URL2 (ORCH_ADDR; default %(default)s)",
     )
     client.add_argument("--token", default=env("TOKEN", None), help="bearer token (ORCH_TOKEN)")
     client.set_defaults(role="client")
@@ -602,6 +638,8 @@ def server_config(args) -> ServerConfig:
         job_versions=args.job_versions,
         ui_max_streams=args.ui_max_streams,
         ui_prefix=args.ui_prefix,
+        advertise=args.advertise,
+        lease=args.lease,
     )
 
 
@@ -636,6 +674,8 @@ def dev_config(args) -> DevConfig:
         token=args.token or None,
         log_level=args.log_level,
         ui_prefix=args.ui_prefix,
+        servers=args.servers,
+        database=args.database or None,
     )
 
 

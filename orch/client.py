@@ -45,6 +45,7 @@ from orch.errors import (
     Unauthorized,
     ValidationError,
 )
+from orch.transport import UNAVAILABLE, Servers
 
 __all__ = [
     "Client",
@@ -142,7 +143,11 @@ def error_from_response(resp: requests.Response) -> errors.OrchError:
 
 
 class Client:
-    """Talks to one orch server; ``Client(address, token=None)``."""
+    """Talks to orch; ``Client(address, token=None)``.
+
+    ``address`` may list several servers (``URL1,URL2``): a request goes to
+    the one that answered last, to the next on a connection error or a 503;
+    a follower's 307 is followed (requests keeps the method and body)."""
 
     def __init__(
         self,
@@ -150,7 +155,11 @@ class Client:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ):
-        self.address = address.rstrip("/")
+        try:
+            self.servers = Servers(address)
+        except ValueError as exc:
+            raise ClientError(str(exc)) from None
+        self.address = self.servers.urls[0]
         self.token = token
         self.timeout = timeout
         self._session = requests.Session()
@@ -176,19 +185,26 @@ class Client:
         self, method: str, path: str, *, json=None, params=None, timeout: float | None = None
     ) -> requests.Response:
         """Send one request; raise the mapped exception unless the answer is 2xx."""
-        url = self.address + path
-        try:
-            resp = self._session.request(
-                method,
-                url,
-                json=json,
-                params=params,
-                timeout=self.timeout if timeout is None else timeout,
-            )
-        except requests.RequestException as exc:
-            raise ClientError(
-                f"cannot reach orch server at {self.address}: {root_cause(exc)}"
-            ) from exc
+        resp: requests.Response | None = None
+        failed: list[str] = []
+        for base in self.servers.order():
+            try:
+                resp = self._session.request(
+                    method,
+                    base + path,
+                    json=json,
+                    params=params,
+                    timeout=self.timeout if timeout is None else timeout,
+                )
+            except requests.RequestException as exc:
+                failed.append(f"{base}: {root_cause(exc)}")
+                continue
+            if resp.status_code not in UNAVAILABLE:
+                self.servers.answered(base)
+                break
+        if resp is None:
+            where = "; ".join(failed)
+            raise ClientError(f"cannot reach orch server at {where}")
         if not 200 <= resp.status_code < 300:
             raise error_from_response(resp)
         return resp

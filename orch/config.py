@@ -78,6 +78,11 @@ class ServerConfig:
     # The web UI's path prefix when a reverse proxy serves orch under one
     # ("/orch" -> links to /orch/ui/...); X-Forwarded-Prefix overrides it.
     ui_prefix: str = ""
+    # Several servers on one PostgreSQL: the URL agents are redirected to
+    # when this server leads (default: http://<bind>:<port>), and the
+    # leader's lease in seconds (renewed every third of it).
+    advertise: str | None = None
+    lease: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -120,3 +125,7 @@ class DevConfig:
     token: str | None = None
     log_level: str = "INFO"  # passed on to the server and the agents
     ui_prefix: str = ""  # passed on to the server (--ui-prefix)
+    # Servers on one PostgreSQL (--database, else one dev mode starts itself
+    # when there are several); 1 without a database: SQLite, as before.
+    servers: int = 1
+    database: str | None = None

@@ -523,6 +523,9 @@ SERVER_SPEC = {
             )
         },
         "/health": {"get": _op("Liveness", ok={"type": "object"}, errors=())},
+        "/status/leader": {
+            "get": _op("Which server leads the cluster", ok={"type": "object"}, errors=())
+        },
         "/metrics": {"get": _op("Prometheus metrics", ok={"type": "string"}, errors=())},
     },
 }

@@ -8,6 +8,12 @@ connection turns out stale, https with certificate checks unless
 A client is not thread-safe: each thread (a push worker, the node loop) owns
 its own. `requests` stays with the CLI's Python client only (orch/client.py).
 
+Several servers (``--server URL1,URL2,URL3``, ``ORCH_ADDR``): ``Servers``
+keeps the list and which one answered last, and ``FailoverClient`` sends
+each request to the servers in that order: the next one on a connection
+error or a 503 (a follower without a leader, a database away), a
+follower's 307 followed to the leader, which is then asked first.
+
 Errors: what a failed exchange raises is in ``ERRORS``::
 
     OSError (connection refused, timeouts, ssl.SSLError and certificate checks)
@@ -24,8 +30,9 @@ import logging
 import os
 import socket
 import ssl
+import threading
 from collections import OrderedDict
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -210,3 +217,100 @@ class HttpClient:
 
 def _pair(timeout) -> tuple[float, float]:
     return tuple(timeout) if isinstance(timeout, tuple) else (timeout, timeout)
+
+
+# A follower sends agents to the leader with these; the body is sent again.
+REDIRECTS = frozenset({307, 308})
+MAX_REDIRECTS = 3
+# Answers that mean "not here, try another server": nothing was written.
+UNAVAILABLE = frozenset({503})
+
+
+def server_list(raw: str) -> list[str]:
+    """``URL1,URL2`` as a list of base URLs; ValueError for a bad one."""
+    urls = [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("no server URL given")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL such as http://host:4646: {url!r}")
+    return urls
+
+
+def base_url(url: str) -> str:
+    """scheme://host:port of a URL."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class Servers:
+    """Several servers' base URLs; the one that answered last is tried first."""
+
+    def __init__(self, urls: list[str] | str):
+        self.urls = server_list(urls) if isinstance(urls, str) else list(urls)
+        self._first = self.urls[0]
+        self._lock = threading.Lock()
+
+    def order(self) -> list[str]:
+        """Every server once, the one that answered last first."""
+        with self._lock:
+            first = self._first
+        return [first, *(u for u in self.urls if u != first)]
+
+    def answered(self, url: str) -> None:
+        """``url`` answered (a leader we were redirected to may be new to us)."""
+        with self._lock:
+            self._first = url
+
+    def __str__(self) -> str:
+        return ",".join(self.order())
+
+
+class FailoverClient:
+    """Requests by path to whichever of several servers can answer them."""
+
+    def __init__(self, servers: Servers, client: HttpClient):
+        self.servers = servers
+        self.client = client
+
+    def request(self, method: str, path: str, *, body=None, timeout=None) -> Response:
+        """The first usable answer; the last 503 when every server gave one;
+        the last connection error when none answered at all."""
+        unavailable: Response | None = None
+        error: BaseException | None = None
+        for base in self.servers.order():
+            try:
+                resp, answered = self._follow(method, base + path, body, timeout)
+            except ERRORS as exc:
+                log.debug("server %s: %s: %s", base, type(exc).__name__, exc)
+                error = exc
+                continue
+            if resp.status_code in UNAVAILABLE:
+                unavailable = resp
+                continue
+            self.servers.answered(answered)
+            return resp
+        if unavailable is not None:
+            return unavailable
+        assert error is not None
+        raise error
+
+    def post(self, path: str, body, **kw) -> Response:
+        return self.request("POST", path, body=body, **kw)
+
+    def get(self, path: str, **kw) -> Response:
+        return self.request("GET", path, **kw)
+
+    def _follow(self, method: str, url: str, body, timeout) -> tuple[Response, str]:
+        """One request and the redirects it answers with; (answer, its server)."""
+        for _ in range(MAX_REDIRECTS):
+            resp = self.client.request(method, url, body=body, timeout=timeout)
+            location = resp.headers.get("Location") if resp.status_code in REDIRECTS else None
+            if not location:
+                return resp, base_url(url)
+            url = urljoin(url, location)
+        return self.client.request(method, url, body=body, timeout=timeout), base_url(url)
+
+    def close(self) -> None:
+        self.client.close()

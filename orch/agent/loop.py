@@ -6,6 +6,9 @@ under a stream of changes, heartbeats are at least MIN_SPACING apart, so
 that a busy node reports many changes per heartbeat instead of one.
 A 404 means the server does not know us (it lost its state, or we were
 garbage-collected): register again, then heartbeat at once.
+With several servers (``--server URL1,URL2,URL3``) each call goes to the
+one that answered last, the next on a connection error or a 503, and a
+follower's redirect is followed to the leader (orch.transport.FailoverClient).
 """
 
 from __future__ import annotations
@@ -15,14 +18,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from orch.agent.fingerprint import Fingerprint
 from orch.config import AgentConfig
 from orch.memory import release_free_memory
 from orch.structs import TERMINAL_ALLOC
 from orch.transport import ERRORS as REQUEST_ERRORS
-from orch.transport import HttpClient, Response
+from orch.transport import FailoverClient, HttpClient, Response, Servers
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +76,15 @@ class NodeLoop:
         self._on_acked = on_acked  # told which finished ones the server took
         self._secret = secret  # proves we are this node (register, heartbeat)
         self._used = used
-        self._server = config.server.rstrip("/")
-        parts = urlsplit(self._server)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"server address must be http(s)://host[:port]: {config.server}")
+        self._servers = Servers(config.server)  # ValueError for a bad URL
         self._session = session or HttpClient(
             timeout=HEARTBEAT_TIMEOUT,
             token=config.token,
             tls_skip_verify=config.tls_skip_verify,
-            max_hosts=1,
+            # The servers listed and a leader we were sent to.
+            max_hosts=len(self._servers.urls) + 1,
         )
+        self._failover = FailoverClient(self._servers, self._session)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._registered = threading.Event()
@@ -226,14 +227,14 @@ class NodeLoop:
                     log.info(
                         "registered node %s server=%s endpoint=%s",
                         self.node_id,
-                        self._server,
+                        self._servers.order()[0],
                         self.endpoint,
                     )
                     return True
                 self._warn(f"register answered {resp.status_code}: {_error(resp)}")
             except REQUEST_ERRORS as exc:
                 self._warn(
-                    f"cannot reach server {self._server} to register, "
+                    f"cannot reach server {self._servers} to register, "
                     f"retrying: {exc.__class__.__name__}: {exc}",
                     quiet=time.monotonic() - started < REGISTER_GRACE,
                 )
@@ -248,7 +249,7 @@ class NodeLoop:
             resp = self._post("/heartbeat", body, HEARTBEAT_TIMEOUT)
         except REQUEST_ERRORS as exc:
             self._warn(
-                f"heartbeat to server {self._server} failed: {exc.__class__.__name__}: {exc}"
+                f"heartbeat to server {self._servers} failed: {exc.__class__.__name__}: {exc}"
             )
             return
         self.last_contact = time.monotonic()  # any answer: the server is reachable
@@ -264,7 +265,7 @@ class NodeLoop:
             self._acknowledge(sent)
 
     def _post(self, path: str, body: dict | bytes, timeout) -> Response:
-        return self._session.post(self._server + path, body, timeout=timeout)
+        return self._failover.post(path, body, timeout=timeout)
 
     def _warn(self, message: str, quiet: bool = False) -> None:
         """WARNING for a new problem, again every WARN_EVERY s while it lasts.

@@ -1,10 +1,14 @@
-"""`orch dev`: a server and N agents as separate local processes.
+"""`orch dev`: a server (or several) and N agents as separate local processes.
 
 Each child is this same program (the zipapp, or ``python -m orch``) in its own
 session, so a Ctrl-C in the terminal reaches only the launcher, which then
 stops the children in order: agents first, so that they stop their tasks while
 the server still listens, then the server. A child that dies on its own takes
 the rest down, as dramatiq's supervisor does.
+
+With ``--servers 3`` (or ``--database``) the servers share one PostgreSQL:
+the one given, else a throwaway instance started here (orch/dev/postgres.py)
+and stopped last; the agents are given every server's URL.
 """
 
 from __future__ import annotations
@@ -82,7 +86,9 @@ def port_taken(bind: str, port: int) -> str | None:
     return None
 
 
-def server_argv(config: DevConfig, port: int, data_dir: str) -> list[str]:
+def server_argv(
+    config: DevConfig, port: int, data_dir: str, database: str | None = None
+) -> list[str]:
     return [
         "server",
         "--bind",
@@ -97,6 +103,7 @@ def server_argv(config: DevConfig, port: int, data_dir: str) -> list[str]:
         config.log_level,
         # ORCH_* variables are not passed on to the children: the flag is.
         *(["--ui-prefix", config.ui_prefix] if config.ui_prefix else []),
+        *(["--database", database] if database else []),
     ]
 
 
@@ -229,8 +236,8 @@ class Supervisor:
         """
         deadline = self.now() + grace
         signals_before = self.signals
-        agents = [c for c in self.children if c.name != "server"]
-        servers = [c for c in self.children if c.name == "server"]
+        agents = [c for c in self.children if not c.name.startswith("server")]
+        servers = [c for c in self.children if c.name.startswith("server")]
         for group, until in ((agents, deadline), (servers, None)):
             for child in group:
                 self._signal(child, signal.SIGTERM)
@@ -266,10 +273,21 @@ class DevCluster:
     """One `orch dev` run: start, report readiness, watch, stop."""
 
     def __init__(
-        self, config: DevConfig, supervisor: Supervisor, data_dir: str, port: int, out=None
+        self,
+        config: DevConfig,
+        supervisor: Supervisor,
+        data_dir: str,
+        port: int,
+        out=None,
+        *,
+        database: str | None = None,
     ):
         self.config, self.sup, self.data_dir = config, supervisor, data_dir
-        self.url = f"http://{connect_host(config.bind)}:{port}"
+        self.database = database
+        host = connect_host(config.bind)
+        self.ports = [port] + [free_port(config.bind) for _ in range(config.servers - 1)]
+        self.urls = [f"http://{host}:{p}" for p in self.ports]
+        self.url = ",".join(self.urls)
         self.port = port
         self.out = out or sys.stdout
         self.client = Client(self.url, token=config.token, timeout=1.0)
@@ -279,9 +297,18 @@ class DevCluster:
 
     def run(self) -> int:
         started, since = self.sup.now(), time.time() - 1.0
-        server = self.sup.start(
-            "server", server_argv(self.config, self.port, os.path.join(self.data_dir, "server"))
-        )
+        servers = [
+            self.sup.start(
+                "server" if i == 0 else f"server {i + 1}",
+                server_argv(
+                    self.config,
+                    port,
+                    os.path.join(self.data_dir, "server" if i == 0 else f"server-{i + 1}"),
+                    self.database,
+                ),
+            )
+            for i, port in enumerate(self.ports)
+        ]
         # Agents start beside the server, not after it: their start-up (imports,
         # fingerprinting) overlaps the server's, and they retry registering
         # within 50 ms of the server answering.
@@ -292,7 +319,10 @@ class DevCluster:
             )
         if not self.wait_for_server():
             return self.finish()
-        self.say(f"server {self.url} (pid {server.pid})")
+        for url, server in zip(self.urls, servers, strict=True):
+            self.say(f"server {url} (pid {server.pid})")
+        if self.database:
+            self.say(f"state in PostgreSQL {self.database}")
         if self.url != DEFAULT_ADDRESS:
             self.say(f"export ORCH_ADDR={self.url}")
         if not self.wait_for_nodes(started, since):
@@ -354,6 +384,22 @@ class DevCluster:
         return 1 if dead is not None else 0
 
 
+def start_database(config: DevConfig, data_dir: str):
+    """The servers' PostgreSQL: (url, a throwaway instance to stop, or None).
+
+    None for the url when there is one server and no --database (SQLite)."""
+    if config.database or config.servers <= 1:
+        return config.database, None
+    from orch.dev.postgres import PostgresUnavailable, ThrowawayPostgres
+
+    try:
+        pg = ThrowawayPostgres(os.path.join(data_dir, "postgres"))
+    except PostgresUnavailable as exc:
+        raise SystemExit(f"orch dev: --servers {config.servers} needs PostgreSQL: {exc}") from None
+    print("orch dev: starting PostgreSQL for the servers", flush=True)
+    return pg.start(), pg
+
+
 def run(config: DevConfig) -> int:
     if config.port:
         why = port_taken(config.bind, config.port)
@@ -373,11 +419,16 @@ def run(config: DevConfig) -> int:
     port = config.port or free_port(config.bind)
     sup = Supervisor(program(), child_env(dict(os.environ), config.token))
     previous = {s: signal.signal(s, sup.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    pg = None
     try:
-        return DevCluster(config, sup, os.path.abspath(data_dir), port).run()
+        database, pg = start_database(config, os.path.abspath(data_dir))
+        cluster = DevCluster(config, sup, os.path.abspath(data_dir), port, database=database)
+        return cluster.run()
     finally:
         if any(c.proc.returncode is None for c in sup.children):
             sup.stop()
+        if pg is not None:
+            pg.stop()  # after the servers: they would log its loss at length
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if ephemeral:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import bottle
 
 from orch import httpjson, transport
-from orch.errors import NotFound, ValidationError
+from orch.errors import NotFound, NotLeader, ValidationError
 from orch.nomad import api as nomad_api
 from orch.openapi import SERVER_SPEC
 from orch.server import allocstats, catalog, ui, views
@@ -74,13 +74,32 @@ def make_app(server: Server) -> bottle.Bottle:
 
     # ---- seed: nodes -------------------------------------------------------
 
+    def to_leader():
+        """Agents talk to the leader (its heartbeat monitor): a follower
+        answers 307 with the leader's URL, or 503 while none is elected."""
+        if server.leadership.is_leader():
+            return None
+        leader = server.leadership.leader()
+        if not leader.url or leader.holder == server.leadership.server_id:
+            raise NotLeader("no leader elected yet: try again shortly")
+        location = leader.url.rstrip("/") + bottle.request.fullpath
+        bottle.response.status = 307
+        bottle.response.set_header("Location", location)
+        return {"error": "this server is not the leader", "leader": leader.url}
+
     @route("POST", "/register")
     def register():
+        moved = to_leader()
+        if moved is not None:
+            return moved
         server.register(httpjson.read_json())
         return {"message": "Node registered successfully"}
 
     @route("POST", "/heartbeat")
     def heartbeat():
+        moved = to_leader()
+        if moved is not None:
+            return moved
         server.heartbeat(httpjson.read_json())
         return {"message": "Heartbeat received"}
 
@@ -334,6 +353,32 @@ def make_app(server: Server) -> bottle.Bottle:
             "status": "ok",
             "uptime_s": round(time.time() - server.started, 3),
             **store.counts(),
+            **leader_view(),
+        }
+
+    def leader_view() -> dict:
+        leader = server.leadership.leader()
+        return {
+            "leader": server.leadership.is_leader(),
+            "leader_url": leader.url or None,
+            "term": leader.term,
+            "server_id": server.leadership.server_id,
+            "url": server.url or None,
+        }
+
+    @route("GET", "/status/leader")
+    def status_leader():
+        """Who leads: its URL (null while none is elected), term and server id."""
+        leader = server.leadership.leader()
+        return {
+            "leader": leader.url or None,
+            "leader_id": leader.holder or None,
+            "term": leader.term,
+            "this_server": {
+                "server_id": server.leadership.server_id,
+                "url": server.url or None,
+                "leader": server.leadership.is_leader(),
+            },
         }
 
     @route("GET", "/metrics", raw=True)

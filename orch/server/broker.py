@@ -6,6 +6,11 @@ wait; when it is acked they are handed out *together* (the scheduler runs once
 for all of them, which is what keeps a burst of updates to one job cheap).
 Evaluations that could not place everything are parked as *blocked* and go
 back to the queue whenever cluster capacity changes.
+
+Only the leader's broker is enabled (Nomad's ``SetEnabled``): a follower's
+drops what it is given, since the leader restores every unfinished
+evaluation from the store when it takes over, and losing leadership
+flushes the queue.
 """
 
 from __future__ import annotations
@@ -34,16 +39,38 @@ class EvalBroker:
         self._deliveries: dict[str, int] = {}
         self._max_deliveries = max_deliveries
         self._closed = False
+        self._enabled = True
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Leadership gained (True) or lost (False: everything queued is dropped)."""
+        with self._cond:
+            self._enabled = enabled
+            if not enabled:
+                self._ready.clear()
+                self._pending.clear()
+                self._inflight.clear()
+                self._blocked.clear()
+                self._delayed.clear()
+                self._deliveries.clear()
+            self._cond.notify_all()
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
 
     # ---- producers ----------------------------------------------------
 
     def enqueue(self, ev: Evaluation) -> None:
         with self._cond:
+            if not self._enabled:
+                return
             self._add(ev)
             self._cond.notify()
 
     def enqueue_many(self, evals: list[Evaluation]) -> None:
         with self._cond:
+            if not self._enabled:
+                return
             for ev in evals:
                 self._add(ev)
             self._cond.notify_all()
@@ -52,6 +79,8 @@ class EvalBroker:
         """Enqueue once the wall-clock time ``at_wall`` has come."""
         wait = max(0.0, at_wall - time.time())
         with self._cond:
+            if not self._enabled:
+                return
             heapq.heappush(self._delayed, (self._now() + wait, next(self._seq), ev))
             self._cond.notify()
 
@@ -70,6 +99,8 @@ class EvalBroker:
     def block(self, ev: Evaluation) -> None:
         """Park an evaluation until capacity changes (see ``unblock``)."""
         with self._cond:
+            if not self._enabled:
+                return
             pending = self._pending.get(ev.job_id)
             if pending:
                 return  # newer work for this job will re-plan anyway
@@ -109,6 +140,12 @@ class EvalBroker:
         deadline = self._now() + timeout
         with self._cond:
             while not self._closed:
+                if not self._enabled:
+                    remaining = deadline - self._now()
+                    if remaining <= 0:
+                        return None
+                    self._cond.wait(remaining)
+                    continue
                 self._promote_delayed()
                 job_id = self._next_ready_job()
                 if job_id is not None:

@@ -39,4 +39,9 @@ def render_metrics(server) -> str:
     ]
     lines.append("# TYPE orch_push_suspect_nodes gauge")
     lines.append(_line("orch_push_suspect_nodes", server.pusher.suspects()))
+    # Several servers: alert when no server, or more than one, reports 1.
+    lines.append("# TYPE orch_leader gauge")
+    lines.append(_line("orch_leader", int(server.leadership.is_leader())))
+    lines.append("# TYPE orch_leader_term gauge")
+    lines.append(_line("orch_leader_term", server.leadership.leader().term))
     return "\n".join(lines) + "\n"

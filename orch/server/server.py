@@ -19,6 +19,7 @@ from orch.server.deploywatcher import DeploymentWatcher, promote
 from orch.server.dispatch import dispatch
 from orch.server.drainer import Drainer
 from orch.server.heartbeat import HeartbeatMonitor
+from orch.server.leadership import LeaseLeadership, SoleLeadership
 from orch.server.nodes import NodeOps
 from orch.server.periodic import PeriodicLauncher, next_launch
 from orch.server.planner import Dispatch, ServerPlanner, new_eval
@@ -29,6 +30,7 @@ from orch.server.sync import AllocSync
 from orch.server.ui.streams import StreamSlots
 from orch.server.worker import SchedulerWorker
 from orch.structs import (
+    TERMINAL_EVAL,
     Allocation,
     AllocStatus,
     Deployment,
@@ -81,31 +83,94 @@ class Server(NodeOps):
         # The UI's open event and log streams, capped (orch.server.ui.streams).
         self.ui_streams = StreamSlots(config.ui_max_streams)
         self.started = time.time()
+        self.url = config.advertise or ""
+        # SQLite until start() knows better: routes answer as the leader.
+        self.leadership: SoleLeadership | LeaseLeadership = SoleLeadership()
 
     # ---- lifecycle ---------------------------------------------------------
 
-    def start(self) -> None:
-        # Nodes get a full TTL after a server restart before they can be lost:
-        # the server was not listening, so their silence proves nothing.
-        for node in self.store.list_nodes():
-            if node.healthy:
-                self.monitor.reset(node.node_id)
+    def start(self, url: str = "") -> None:
+        """Serve as a follower until leadership is gained (at once on SQLite).
+
+        ``url`` is where this server's API listens: agents are redirected to
+        the leader's, which it advertises in its lease."""
+        self.url = self.config.advertise or url
+        if self.config.database:
+            self.leadership = LeaseLeadership(
+                self.config.database, self.url, lease=self.config.lease
+            )
+            self.store.fence = self.leadership.fence
+            self.store.on_remote_evals.append(self._remote_evals)
+        else:
+            self.leadership = SoleLeadership(self.url)
+        self.broker.set_enabled(False)
+        for worker in self.workers:
+            worker.start()  # they wait on the broker, enabled while leading
+        self.leadership.start(self._lead, self._follow)
+
+    def _lead(self, term: int) -> None:
+        """Leadership gained: start what only the leader runs (Nomad's
+        establishLeadership): the broker restored from the store, heartbeat
+        deadlines re-armed, periodic launches, drains, deployments."""
+        started = time.monotonic()
+        if not self._caught_up():
+            return  # lost again before the database answered
+        self.broker.set_enabled(True)
         unfinished = self.store.unfinished_evals()
         if unfinished:
             log.info("re-enqueueing %d unfinished evaluations", len(unfinished))
             self.broker.enqueue_many(unfinished)
+        # Nodes get a full TTL after a restart or a failover before they can
+        # be lost: no server was listening to them, so silence proves nothing.
+        monitor = HeartbeatMonitor(self.config.node_ttl, self.node_down)
+        for node in self.store.list_nodes():
+            if node.healthy:
+                monitor.reset(node.node_id)
+        self.monitor = monitor
+        self._leader_threads()
         self.monitor.start()
-        for worker in self.workers:
-            worker.start()
         self.drainer.start()  # drains stored before a restart carry on
         self.periodic.start()
         self.deployments.start()
+        log.info("leading term %d (took %.3fs)", term, time.monotonic() - started)
+
+    def _caught_up(self) -> bool:
+        """The predecessor's last commits in memory before any plan is
+        computed (its fence lets none land after our take-over); retried
+        while the database is away, given up if leadership goes first."""
+        while True:
+            try:
+                self.store.catch_up()
+                return True
+            except StorageError as exc:
+                log.warning("new leader cannot read the change log yet: %s", exc.message)
+            if not self.leadership.is_leader():
+                return False
+            time.sleep(0.2)
+
+    def _leader_threads(self) -> None:
+        """Fresh leader-only threads: a thread starts once, a term may come again."""
+        self.drainer = Drainer(self.store, self.planner, self.dispatch)
+        self.periodic = PeriodicLauncher(self.store, self.broker.enqueue)
+        self.deployments = DeploymentWatcher(self.store, self._evaluate, self.revert_job)
+
+    def _follow(self, term: int) -> None:
+        """Leadership lost: stop scheduling first, then the rest (Nomad's
+        revokeLeadership); the objects stay, idle, for the routes."""
+        self.broker.set_enabled(False)
+        self.monitor.stop()
+        self.periodic.stop()
+        self.drainer.stop()
+        self.deployments.stop()
+        self._leader_threads()
+        log.warning("following since term %d ended", term)
+
+    def _remote_evals(self, evals: list[Evaluation]) -> None:
+        """Evaluations another server stored (a job submitted there)."""
+        self.broker.enqueue_many([e for e in evals if e.status not in TERMINAL_EVAL])
 
     def stop(self) -> None:
-        self.deployments.stop()
-        self.periodic.stop()
-        self.monitor.stop()
-        self.drainer.stop()
+        self.leadership.stop()  # steps down: the leader-only threads stop
         for worker in self.workers:
             worker.stop()
         self.broker.close()
@@ -373,8 +438,8 @@ def run(config: ServerConfig) -> int:
 
     signal.signal(signal.SIGTERM, _exit)
     signal.signal(signal.SIGINT, _exit)
-    server.start()
     host, port = http.effective_host, http.effective_port
+    server.start(f"http://{_url_host(host)}:{port}")
     log.info("server listening on http://%s:%s data_dir=%s", host, port, config.data_dir)
     try:
         http.run()
@@ -386,3 +451,12 @@ def run(config: ServerConfig) -> int:
         http.close()
         server.stop()
     return 0
+
+
+def _url_host(host: str) -> str:
+    """A bind address as a URL's host: IPv6 in brackets, 0.0.0.0 as this machine."""
+    if host in ("0.0.0.0", "::", ""):
+        import socket
+
+        return socket.getfqdn()
+    return f"[{host}]" if ":" in host else host

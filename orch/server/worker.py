@@ -11,7 +11,7 @@ import random
 import threading
 import time
 
-from orch.errors import StorageError
+from orch.errors import NotLeader, StorageError
 from orch.server import deploy
 from orch.server.planner import EvalQueue, Planner, PlanResult, SchedulerState
 from orch.server.scheduler import scheduler_for
@@ -67,6 +67,14 @@ class SchedulerWorker(threading.Thread):
             token, evals = work
             try:
                 self.process(evals)
+            except NotLeader:
+                # Deposed while planning: the plan was refused, and the new
+                # leader restored these evaluations from the store.
+                log.info(
+                    "no longer the leader: evaluations of job %s left to the new leader",
+                    evals[0].job_id,
+                )
+                broker.ack(token)
             except StorageError as exc:
                 # Not the evaluation's fault (a full disk): keep it, try later.
                 log.warning(

@@ -1,0 +1,85 @@
+"""`orch dev --servers 3`: three servers on a PostgreSQL dev mode starts itself.
+
+The launcher prints every server's URL; they agree on one leader; a job
+submitted to a follower runs; Ctrl-C (SIGINT) stops agents, servers and
+PostgreSQL (its postmaster.pid goes with a clean shutdown) and exits 0.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+import requests
+
+from harness import clean_env, free_port, pid_alive, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def test_dev_three_servers_on_their_own_postgres(tmp_path, pyz):
+    data = tmp_path / "dev"
+    log_path = tmp_path / "dev.log"
+    pid_file = tmp_path / "task.pid"
+    with open(log_path, "wb") as log:
+        dev = subprocess.Popen(
+            [sys.executable, str(pyz), "dev", "--servers", "3", "--agents", "2",
+             "--port", str(free_port()), "--data-dir", str(data),
+             "--heartbeat-interval", "0.5"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=clean_env(),
+        )  # fmt: skip
+    try:
+        wait_until(
+            lambda: dev.poll() is None and "2 nodes healthy" in log_path.read_text(),
+            90,
+            what="orch dev ready",
+        )
+        text = log_path.read_text()
+        urls = re.findall(r"orch dev: server (http://\S+) \(pid", text)
+        assert len(set(urls)) == 3, text
+        leaders = {requests.get(f"{u}/status/leader", timeout=5).json()["leader"] for u in urls}
+        assert len(leaders) == 1 and leaders <= set(urls)
+        follower = next(u for u in urls if u not in leaders)
+        job = {
+            "job_id": "dev-ha",
+            "type": "service",
+            "task_groups": [
+                {
+                    "name": "g",
+                    "count": 1,
+                    "tasks": [
+                        {
+                            "name": "t",
+                            "config": {"command": f"echo $$ > {pid_file}; exec sleep 300"},
+                        }
+                    ],
+                }
+            ],
+        }
+        assert requests.post(f"{follower}/jobs", json=job, timeout=5).status_code == 200
+        wait_until(
+            lambda: (
+                requests.get(f"{follower}/jobs/dev-ha", timeout=2).json()["status"] == "running"
+            ),
+            60,
+            what="job running",
+        )
+        task_pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text()))
+        postmaster = data / "postgres" / "pgdata" / "postmaster.pid"
+        pg_pid = int(postmaster.read_text().split()[0])
+        assert psutil.pid_exists(pg_pid)
+
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(timeout=90) == 0
+        assert not postmaster.exists(), "PostgreSQL was not shut down cleanly"
+        wait_until(lambda: not pid_alive(pg_pid), 10, what="postgres gone")
+        wait_until(lambda: not pid_alive(task_pid), 10, what="task stopped")
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
