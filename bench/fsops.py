@@ -19,6 +19,8 @@ import shutil
 import tempfile
 import time
 
+from benchutil import host  # bench/ is on sys.path
+
 
 def one_task(root: str, i: int) -> None:
     alloc = os.path.join(root, f"alloc-{i}")
@@ -58,11 +60,12 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", type=int, default=300)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    machine = host()
     result = {d: round(measure(d, args.tasks), 3) for d in args.dirs}
     for d, ms in result.items():
         print(f"{d:20s} {ms:.3f} ms of CPU per task")
     if args.json:
-        print(json.dumps({"cpu_ms_per_task": result}))
+        print(json.dumps({"cpu_ms_per_task": result, "calibration": machine["calibration"]}))
     return 0
 
 

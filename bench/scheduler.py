@@ -37,6 +37,7 @@ from concurrent.futures import ProcessPoolExecutor
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import psutil  # noqa: E402
+from benchutil import host  # noqa: E402  (bench/ is on sys.path)
 
 from orch.config import ServerConfig  # noqa: E402
 from orch.server.planner import Dispatch, ServerPlanner  # noqa: E402
@@ -560,6 +561,7 @@ def main(argv=None) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
+    machine = host()
     say(
         f"scheduler benchmark: nodes={args.node_counts} allocs={args.allocs} "
         f"runs={args.runs} cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} "
@@ -568,6 +570,7 @@ def main(argv=None) -> int:
     by_nodes = sweep(args.node_counts, args.allocs, args.runs, args.seed, args.profile, say)
     headline = by_nodes.get(5000) or by_nodes[args.node_counts[-1]]
     out = {
+        "calibration": machine["calibration"],
         "placements_per_s": round(headline["placements_per_s"]),
         "evals_per_s": round(headline["evals_per_s"], 1),
         "us_per_placement": {str(n): round(r["us_per_placement"], 2) for n, r in by_nodes.items()},
