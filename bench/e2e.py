@@ -252,13 +252,13 @@ class DevCluster:
         self._log.close()
 
 
-def settle(smoke: bool = False) -> None:
-    """Flush dirty files to disk and wait until the disks are quiet.
+def settle(smoke: bool = False, max_s: float = 90.0) -> None:
+    """Flush dirty files to disk and wait until the disks are quiet (`max_s` at most).
 
     A smoke run measures nothing, so it waits 5 s at most: on a shared
     machine the disks may never go quiet, and four 90 s waits outlast any
     test's patience."""
-    waited = wait_disk_quiet(max_s=5.0 if smoke else 90.0)
+    waited = wait_disk_quiet(max_s=5.0 if smoke else max_s)
     if waited > 3:
         log(f"waited {waited:.1f}s for the disks to go quiet")
 
@@ -452,9 +452,9 @@ def batch_rounds(cluster: DevCluster, args: argparse.Namespace) -> dict:
     `discard` the trims of a clean-up, are not the run's work)."""
     rounds = []
     for i in range(args.repeat):
-        settle(args.smoke)
+        settle(args.smoke, args.settle_max)
         floor = floor_round(args.batch, args.threads)
-        settle(args.smoke)
+        settle(args.smoke, args.settle_max)
         batch = orch_round(cluster, args.batch, args.threads, f"batch{i}")
         batch["floor_jobs_per_s"] = floor["jobs_per_s"]
         batch["floor_cpu_ms_per_job"] = floor["cpu_ms_per_job"]
@@ -523,6 +523,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0.0,
         help="seconds between GET /jobs/<id> polls (default 0: tight)",
     )
+    p.add_argument(
+        "--settle-max",
+        type=float,
+        default=90.0,
+        help="longest wait for quiet disks before each run (default 90 s)",
+    )
     p.add_argument("--log-level", default="INFO", help="log level of the cluster (default INFO)")
     p.add_argument(
         "--smoke", action="store_true", help="tiny sizes: runs 1, jobs 5, batch 20, repeat 2"
@@ -546,7 +552,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.pyz.is_file():
         sys.exit(f"{args.pyz} not found: build it with `python build/make_pyz.py`")
-    settle(args.smoke)  # not paying for whatever ran before us
+    settle(args.smoke, args.settle_max)  # not paying for whatever ran before us
     workdir = Path(tempfile.mkdtemp(prefix="orch-bench-e2e-", dir=args.workdir))
     shiv_root = workdir / "shiv"  # empty: the first launch extracts
     result: dict = {
@@ -622,7 +628,7 @@ def main(argv=None) -> int:
             log(f"work dir kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-            settle(args.smoke)  # the next run does not pay for our files
+            settle(args.smoke, args.settle_max)  # the next run does not pay for our files
 
     log(f"targets at calibration {result['calibration']} (1.0 = a quiet host here):")
     result["targets_met"] = check_targets(
