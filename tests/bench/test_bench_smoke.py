@@ -60,5 +60,6 @@ def test_fsops_measures_and_cleans_up(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["cpu_ms_per_task"][str(tmp_path)] > 0
+    assert summary["remove_ms_per_task"][str(tmp_path)] > 0
     assert summary["calibration"] > 0
     assert list(tmp_path.iterdir()) == []
