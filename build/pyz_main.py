@@ -71,16 +71,18 @@ def unpacked_site_packages():
     name = os.path.basename(os.path.realpath(sys.argv[0]))
     target = os.path.join(os.path.expanduser(root), f"{name}_{env['build_id']}")
     site_packages = os.path.join(target, "site-packages")
+    # The lock first: a newer build's first run removes an unpacked build
+    # only while no process holds its lock, so once held the dir stays.
+    try:
+        _held.append(in_use_lock(os.path.dirname(target), os.path.basename(target)))
+    except OSError:
+        return None  # shiv's path says why, in its one line
     try:
         # A .pth file would need site.addsitedir to run it: shiv's path does.
         if any(entry.endswith(".pth") for entry in os.listdir(site_packages)):
             return None
     except OSError:
-        return None  # not unpacked yet
-    try:
-        _held.append(in_use_lock(os.path.dirname(target), os.path.basename(target)))
-    except OSError:
-        return None  # shiv's path says why, in its one line
+        return None  # not unpacked yet: shiv's path unpacks it
     return site_packages, env["entry_point"]
 
 
