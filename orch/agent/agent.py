@@ -164,8 +164,7 @@ class Agent:
 
     def acknowledged(self, alloc_ids: set) -> None:
         """The server has taken these finished allocations: forget the DELETEd
-        ones; the housekeeper collects the oldest beyond `gc_keep` (the
-        heartbeat thread does not wait for their files to be deleted)."""
+        ones, and collect the oldest beyond `gc_keep`."""
         with self._lock:
             for alloc_id in alloc_ids:
                 if self._gone.pop(alloc_id, None) is not None:
@@ -174,6 +173,7 @@ class Agent:
                 runner = self._allocs.get(alloc_id)
                 if runner is not None:
                     self._collectable[alloc_id] = runner.end_time or time.time()
+        self.collect()
 
     def collect(self) -> None:
         """Remove the oldest acknowledged allocations beyond `gc_keep`, files too.
