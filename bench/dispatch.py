@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from benchutil import JsonConnection, log  # bench/ is on sys.path
+from benchutil import JsonConnection, host, log  # bench/ is on sys.path
 from e2e import DEFAULT_PYZ, DevCluster, job_body, settle
 
 TIMEOUT = 600.0
@@ -139,9 +138,7 @@ def main(argv=None) -> int:
     settle(args.smoke)
     workdir = Path(tempfile.mkdtemp(prefix="orch-bench-dispatch-", dir=args.workdir))
     result: dict = {
-        "nproc": os.cpu_count(),
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **host(),
         "agents": args.agents,
         "threads": args.threads,
         "dispatches": args.dispatches,

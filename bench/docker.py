@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
 
-from bench.benchutil import free_port, log  # noqa: E402
+from bench.benchutil import free_port, host, log  # noqa: E402
 from tests.docker_image import TEST_IMAGE, ensure_test_image  # noqa: E402
 
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
@@ -290,7 +290,8 @@ def main(argv=None) -> int:
     if not args.pyz.exists():
         subprocess.run([sys.executable, str(ROOT / "build" / "make_pyz.py")], check=True)
     counts, runs = ([10], 1) if args.smoke else ([10, 50], max(1, args.runs))
-    figures = summary(measure(args.pyz, counts, runs))
+    machine = host()
+    figures = {**summary(measure(args.pyz, counts, runs)), "calibration": machine["calibration"]}
     for count in counts:
         ratio = figures[f"ratio{count}"]
         log(

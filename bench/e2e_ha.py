@@ -15,8 +15,8 @@ throwaway PostgreSQL started here. Each is measured the same way:
   Reads are answered from each server's memory, so N servers should serve
   about N times the reads of one, as far as the host's cores allow.
 
-The host calibration (a fixed pure-Python loop, load average) is taken at
-the start and at the end: on a shared machine it says how fast the host ran.
+The host calibration (``benchutil.host()``: CPU seconds of JSON round trips
+of a heartbeat body, and the load average) is taken at the start and at the end: on a shared machine it says how fast the host ran.
 """
 
 from __future__ import annotations
@@ -33,24 +33,12 @@ import time
 from pathlib import Path
 
 import psutil
-from benchutil import JsonConnection, log, percentile
+from benchutil import JsonConnection, host, log, percentile
 from e2e import DevCluster, job_body, settle
 
 READERS = 6
 JOB_TIMEOUT = 30.0
 SERVER_URL = re.compile(r"orch dev: server (http://\S+) \(pid")
-
-
-def calibration() -> dict:
-    """How fast this host runs a fixed pure-Python loop right now, and its load."""
-    started = time.perf_counter()
-    total = 0
-    for i in range(2_000_000):
-        total += i % 7
-    return {
-        "calibration_loop_ms": round((time.perf_counter() - started) * 1000, 1),
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-    }
 
 
 def server_urls(cluster: DevCluster, servers: int, timeout: float = 60.0) -> list[str]:
@@ -190,13 +178,8 @@ def run_ha(args) -> int:
         args.read_seconds = min(args.read_seconds, 2.0)
     settle(args.smoke)
     workdir = Path(tempfile.mkdtemp(prefix="orch-bench-ha-", dir=args.workdir))
-    result: dict = {
-        "nproc": os.cpu_count(),
-        "mem_total_mb": round(psutil.virtual_memory().total / 2**20),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "agents": args.agents,
-        "calibration_start": calibration(),
-    }
+    start = host(mem_total_mb=round(psutil.virtual_memory().total / 2**20))
+    result: dict = {**start, "agents": args.agents, "calibration_start": start["calibration"]}
     pg = ThrowawayPostgres(str(workdir / "pg"))
     try:
         database = pg.start()
@@ -211,7 +194,7 @@ def run_ha(args) -> int:
             log(f"work dir kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    result["calibration_end"] = calibration()
+    result["calibration_end"] = host()["calibration"]
     one, many = (
         result["postgres_1"]["reads_per_s"],
         result[f"postgres_{args.servers}"]["reads_per_s"],

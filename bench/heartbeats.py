@@ -51,6 +51,7 @@ import psutil
 from benchutil import (  # bench/ is on sys.path
     check_targets,
     free_port,
+    host,
     log,
     percentile,
     spawn,
@@ -515,6 +516,7 @@ def main(argv=None) -> int:
     fake = FakeAgents()
     load = reader = None
     result: dict = {
+        **host(),  # the server is up but idle: it does not skew the calibration
         "nproc": os.cpu_count(),
         "mem_total_mb": round(psutil.virtual_memory().total / 2**20),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

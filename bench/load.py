@@ -42,6 +42,7 @@ from pathlib import Path
 
 import psutil
 import requests
+from benchutil import host  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 PYZ = ROOT / "dist" / "orch.pyz"
@@ -326,7 +327,7 @@ def run_load(
 
 def machine() -> dict:
     memory_gb = round(psutil.virtual_memory().total / 2**30, 1)
-    return {"nproc": os.cpu_count(), "memory_gb": memory_gb, "python": sys.version.split()[0]}
+    return {**host(), "memory_gb": memory_gb}
 
 
 def print_human(summary: dict) -> None:
@@ -383,6 +384,7 @@ def main(argv=None) -> int:
         if cluster is not None:
             cluster.stop()
     summary["machine"] = machine()
+    summary["calibration"] = summary["machine"]["calibration"]
     summary["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print_human(summary)
     if args.json:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import psutil
 import requests
-from benchutil import check_targets, log  # bench/ is on sys.path
+from benchutil import calibration, check_targets, log  # bench/ is on sys.path
 from e2e import DEFAULT_PYZ, DevCluster
 
 TARGETS = {"ratio_max": 1.5, "failed_requests": 0}
@@ -76,17 +76,13 @@ WEB = textwrap.dedent(
 
 
 def machine() -> dict:
-    """The host, and how fast it runs a fixed pure-Python loop right now (calibration)."""
-    started = time.perf_counter()
-    total = 0
-    for i in range(2_000_000):
-        total += i % 7
+    """The host, and its calibration (benchutil.calibration: CPU s of a fixed JSON workload)."""
     return {
+        "calibration": calibration(),
         "nproc": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "load_1m": round(os.getloadavg()[0], 2),
         "python": sys.version.split()[0],
-        "calibration_loop_ms": round((time.perf_counter() - started) * 1000, 1),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -402,6 +398,7 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="orch-bench-rollout-", dir=args.workdir))
     result: dict = {"machine": machine(), "max_parallel": MAX_PARALLEL, "runs": args.runs}
     result["shutdown_delay"] = args.shutdown_delay
+    result["calibration"] = result["machine"]["calibration"]
     log(f"host: {result['machine']}")
     result["orch"] = bench_orch(args, workdir)
     result["swarm"] = bench_swarm(args)

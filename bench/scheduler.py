@@ -43,6 +43,7 @@ from contextlib import contextmanager, nullcontext
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import psutil  # noqa: E402
+from benchutil import host  # noqa: E402  (bench/ is on sys.path)
 
 from orch.config import ServerConfig  # noqa: E402
 from orch.server.planner import Dispatch, ServerPlanner  # noqa: E402
@@ -273,15 +274,6 @@ def fresh_database(server_url: str):
 def _database(database: str | None):
     """A fresh database on PostgreSQL for one run, or None (SQLite) as it is."""
     return fresh_database(database) if database else nullcontext(None)
-
-
-def calibration_ms() -> float:
-    """A fixed pure-Python loop's time now: compares runs across loads and hosts."""
-    started = time.perf_counter()
-    total = 0
-    for i in range(2_000_000):
-        total += i % 7
-    return round((time.perf_counter() - started) * 1000, 1)
 
 
 def _rss_mb() -> float:
@@ -673,22 +665,22 @@ def main(argv=None) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
-    calibration = calibration_ms()
+    machine = host()
     say(
         f"scheduler benchmark: nodes={args.node_counts} allocs={args.allocs} "
         f"runs={args.runs} cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} "
-        f"calibration_loop={calibration}ms tmp={args.tmp or tempfile.gettempdir()}"
+        f"calibration={machine['calibration']} tmp={args.tmp or tempfile.gettempdir()}"
     )
     by_nodes = sweep(args.node_counts, args.allocs, args.runs, args.seed, args.profile, say)
     headline = by_nodes.get(5000) or by_nodes[args.node_counts[-1]]
     out = {
+        "calibration": machine["calibration"],
         "placements_per_s": round(headline["placements_per_s"]),
         "evals_per_s": round(headline["evals_per_s"], 1),
         "us_per_placement": {str(n): round(r["us_per_placement"], 2) for n, r in by_nodes.items()},
         "fill_ratio": None,
         "rss_mb": round(headline["rss_mb"], 1),
         "by_nodes": {str(n): {k: round(v, 2) for k, v in r.items()} for n, r in by_nodes.items()},
-        "calibration_loop_ms": calibration,
         "load_1m": round(os.getloadavg()[0], 2),
     }
     smallest, largest = min(by_nodes), max(by_nodes)

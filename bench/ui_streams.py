@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
-from benchutil import check_targets, free_port, spawn, stop_server  # bench/ is on sys.path
+from benchutil import check_targets, free_port, host, spawn, stop_server  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYZ = ROOT / "dist" / "orch.pyz"
@@ -138,13 +138,12 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="orch-bench-ui-streams-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     url = f"http://127.0.0.1:{free_port()}"
+    machine = host()  # before the server starts: nothing else of ours runs
     server = start_server(args.pyz, workdir, int(urlsplit(url).port or 0), env)
     try:
         wait_health(url, server)
         result = {
-            "nproc": os.cpu_count(),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **machine,
             **measure_streams(url, server.pid, streams=args.streams, window=window),
         }
     finally:

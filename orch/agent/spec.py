@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from orch.errors import ValidationError
 from orch.jobspec import DEFAULT_RESOURCES, task_config
@@ -48,8 +49,9 @@ class AllocSpec:
     def payload_bytes(self) -> bytes:
         return base64.b64decode(self.payload) if self.payload else b""
 
-    @property
+    @cached_property
     def resources(self) -> Resources:
+        """The tasks' demand together; computed once (each heartbeat asks)."""
         return total_resources(self.tasks)
 
     def to_dict(self) -> dict:

@@ -96,10 +96,13 @@ class AgentStore:
                 _write_atomic(path, raw)
 
     def remove_alloc(self, alloc_id: str) -> None:
-        """Delete the allocation's directory: state and logs."""
+        """Delete the allocation's directory: state and logs.
+
+        Marked removed under the lock (no write after that brings a file
+        back), deleted outside it: other allocations' writes do not wait."""
         with self._lock:
             self._removed.add(alloc_id)
-            shutil.rmtree(self.alloc_dir(alloc_id), ignore_errors=True)
+        shutil.rmtree(self.alloc_dir(alloc_id), ignore_errors=True)
 
     def forget_removal(self, alloc_id: str) -> None:
         """Allow an allocation id to be stored again (accepted anew)."""

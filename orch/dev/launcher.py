@@ -24,11 +24,13 @@ import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from orch import errors
 from orch.cli.format import short
-from orch.client import Client, ClientError
 from orch.config import DEFAULT_ADDRESS, DevConfig
+
+if TYPE_CHECKING:
+    from orch.transport import HttpClient
 
 POLL_INTERVAL = 0.02  # readiness polling
 WATCH_INTERVAL = 0.1  # child liveness polling once ready
@@ -290,7 +292,7 @@ class DevCluster:
         self.url = ",".join(self.urls)
         self.port = port
         self.out = out or sys.stdout
-        self.client = Client(self.url, token=config.token, timeout=1.0)
+        self._http: HttpClient | None = None  # made once the children are started
 
     def say(self, line: str) -> None:
         print(f"orch dev: {line}", file=self.out, flush=True)
@@ -317,6 +319,9 @@ class DevCluster:
                 f"agent {i + 1}",
                 agent_argv(self.config, self.url, i, os.path.join(self.data_dir, f"agent-{i + 1}")),
             )
+        # The launcher's HTTP client is imported only now: the children's
+        # start-up (interpreters, imports) overlaps it instead of waiting for it.
+        self.http()
         if not self.wait_for_server():
             return self.finish()
         for url, server in zip(self.urls, servers, strict=True):
@@ -336,26 +341,43 @@ class DevCluster:
     def interrupted(self) -> bool:
         return bool(self.sup.signals) or self.sup.first_dead() is not None
 
+    def http(self) -> HttpClient:
+        """The client for the server (orch.transport: requests would cost the
+        launcher ~0.1 s of imports before its children start)."""
+        if self._http is None:
+            from orch.transport import HttpClient
+
+            self._http = HttpClient(token=self.config.token, timeout=1.0)
+        return self._http
+
     def wait_for_server(self) -> bool:
+        from orch.transport import ERRORS
+
         while not self.interrupted():
             try:
-                self.client.health(timeout=0.5)
-                return True
-            except ClientError:
-                pass
-            except errors.OrchError:
+                self.http().get(self.url + "/health", timeout=0.5)
                 return True  # it answers, if not with 200: it is up
+            except ERRORS:
+                pass
             self.sup.sleep(POLL_INTERVAL)
         return False
+
+    def healthy_nodes(self, since: float) -> list[dict]:
+        """The fresh healthy nodes the server lists; none while it cannot say."""
+        from orch.transport import ERRORS
+
+        try:
+            resp = self.http().get(self.url + "/nodes", timeout=1.0)
+            listed = resp.json().get("nodes", []) if resp.status_code == 200 else []
+        except (*ERRORS, ValueError, AttributeError):
+            return []
+        return fresh_healthy_nodes(listed, since)
 
     def wait_for_nodes(self, started: float, since: float) -> bool:
         shown: set[str] = set()
         warned = False
         while not self.interrupted():
-            try:
-                nodes = fresh_healthy_nodes(self.client.nodes.list(), since)
-            except errors.OrchError:
-                nodes = []
+            nodes = self.healthy_nodes(since)
             for node in nodes:
                 node_id = str(node.get("node_id"))
                 if node_id not in shown:
@@ -380,7 +402,8 @@ class DevCluster:
         else:
             self.say("stopping agents, then the server")
         self.sup.stop()
-        self.client.close()
+        if self._http is not None:
+            self._http.close()
         return 1 if dead is not None else 0
 
 

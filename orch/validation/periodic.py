@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import zoneinfo
 
-from croniter import croniter
-
 from orch.validation import fields
 from orch.validation.fields import fail
 
@@ -45,6 +43,10 @@ def _cron(value, path: str) -> None:
     # (and Nomad's parser) do not.
     if not value.startswith("@") and len(value.split()) != 5:
         fail(path, f"invalid cron expression {value!r}: needs 5 fields or an @name")
+    # Imported here: croniter (and dateutil under it) is a good part of the
+    # import time of an agent, which parses job specs but rarely a cron.
+    from croniter import croniter
+
     if not croniter.is_valid(value):
         fail(path, f"invalid cron expression {value!r}")
 

@@ -18,14 +18,20 @@ pytestmark = pytest.mark.timeout(240)  # each smoke run may take its 120 s
 ROOT = Path(__file__).resolve().parents[2]
 
 E2E_KEYS = {
+    "calibration",
     "cold_start_s",
     "latency_p50_ms",
     "latency_p99_ms",
     "batch_jobs_per_s",
     "rss_agent_mb",
     "rss_server_mb",
+    "batch_vs_floor",
+    "batch_floor_jobs_per_s",
+    "server_cpu_ms_per_job",
+    "agent_cpu_ms_per_job",
 }
-HEARTBEAT_KEYS = {"server_cpu_ms_per_heartbeat", "read_p99_ms"}
+PROCESS_KINDS = {"server", "agents", "supervisors", "tasks", "agents_total", "client"}
+HEARTBEAT_KEYS = {"calibration", "server_cpu_ms_per_heartbeat", "read_p99_ms"}
 
 
 def run_smoke(script: str, pyz: Path) -> dict:
@@ -49,6 +55,19 @@ def test_e2e_smoke_prints_its_summary(pyz):
     assert E2E_KEYS <= summary.keys(), summary
     for key in E2E_KEYS:
         assert isinstance(summary[key], (int, float)), (key, summary[key])
+    assert summary["calibration"] > 0
+    # --smoke interleaves two rounds of floor and orch; the figures are their medians.
+    assert summary["batch_rounds"] == 2 and len(summary["batch_runs"]) == 2
+    assert PROCESS_KINDS == summary["cpu_ms_per_job"].keys()
+    for run in summary["batch_runs"]:
+        assert run["complete"] == run["jobs"] and run["floor_jobs_per_s"] > 0
+        assert PROCESS_KINDS == run["cpu_ms_per_job"].keys()
+    # The agent side adds up, and the tasks really ran under the supervisors.
+    agent = summary["batch_runs"][0]["cpu_ms_per_job"]
+    assert agent["agents_total"] == pytest.approx(
+        agent["agents"] + agent["supervisors"] + agent["tasks"], abs=0.01
+    )
+    assert summary["agent_cpu_ms_per_job"] == summary["cpu_ms_per_job"]["agents_total"] > 0
 
 
 def test_heartbeats_smoke_prints_its_summary(pyz):
@@ -58,7 +77,13 @@ def test_heartbeats_smoke_prints_its_summary(pyz):
         assert isinstance(summary[key], (int, float)), (key, summary[key])
 
 
-DISPATCH_KEYS = {"dispatches_per_s", "dispatch_jobs_per_s", "submits_per_s", "batch_jobs_per_s"}
+DISPATCH_KEYS = {
+    "calibration",
+    "dispatches_per_s",
+    "dispatch_jobs_per_s",
+    "submits_per_s",
+    "batch_jobs_per_s",
+}
 
 
 def test_dispatch_smoke_prints_its_summary(pyz):

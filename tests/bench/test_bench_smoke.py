@@ -11,7 +11,14 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KEYS = {"placements_per_s", "evals_per_s", "us_per_placement", "fill_ratio", "rss_mb"}
+KEYS = {
+    "calibration",
+    "placements_per_s",
+    "evals_per_s",
+    "us_per_placement",
+    "fill_ratio",
+    "rss_mb",
+}
 
 
 @pytest.mark.timeout(360)  # the run itself may take its 300 s
@@ -53,4 +60,6 @@ def test_fsops_measures_and_cleans_up(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["cpu_ms_per_task"][str(tmp_path)] > 0
+    assert summary["remove_ms_per_task"][str(tmp_path)] > 0
+    assert summary["calibration"] > 0
     assert list(tmp_path.iterdir()) == []

@@ -4,7 +4,7 @@ What runs (argv, env, cwd, user) comes from the task's config
 (`exec_config.py`). Tasks are started, reaped and recorded by one small
 supervisor process per agent (`orch.agent.tasksup`, reached through
 `tasksup.client.SupervisorClient`) that outlives the agent: each run (start)
-of a task has a record, `<task dir>/.orch/run-<n>.json`, claimed before the
+of a task has a record, `<task dir>/.orch-run-<n>.json`, claimed before the
 start, then appended to: its pid, then how it ended (see
 `tasksup/records.py`). A restarted agent reattaches through these records,
 also to a run it asked for but had not yet saved the handle of. The process
@@ -44,7 +44,12 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.02
 REAP_TIMEOUT = 5.0  # after SIGKILL, how long we wait for the group to vanish
 FOREIGN_POLL = 0.2  # polling a reattached process we are not the parent of
-RUN_DIR = ".orch"  # in the task dir: one record per run (start) of the task
+# In the task dir: one record per run (start) of the task. A file beside the
+# logs, not in a directory of its own: a directory more per task cost a mkdir
+# and, at garbage collection, an rmdir, the dearest of the task's file
+# operations on ext4. Runs recorded by older agents are still found.
+RUN_PREFIX = ".orch-run-"
+LEGACY_RUN_DIR = ".orch"
 SUPERVISOR_LOG = "supervisor.log"  # in the agent's data dir
 CLAIM_WAIT = 5.0  # how long a run's record may lack its pid while starting
 STATUS_LOST = "task supervisor ended without recording the exit status"
@@ -96,7 +101,6 @@ class ExecDriver(Driver):
             _chown(ctx.task_dir, self._user)
         cwd = resolve_cwd(ctx)
         record_path = run_path(ctx)
-        os.makedirs(os.path.dirname(record_path), exist_ok=True)
         spec: dict[str, Any] = {
             "argv": argv,
             "env": env,
@@ -156,7 +160,7 @@ class ExecDriver(Driver):
 
     def find(self, ctx: TaskContext) -> ExecHandle | None:
         """The run of this start, from its record in the task dir, if it was started."""
-        path = run_path(ctx)
+        path = recorded_run_path(ctx)
         deadline = time.monotonic() + CLAIM_WAIT
         while True:
             doc = read_record(path)
@@ -362,7 +366,14 @@ class ExecDriver(Driver):
 
 def run_path(ctx: TaskContext) -> str:
     """The record of this start (run) of the task."""
-    return os.path.join(ctx.task_dir, RUN_DIR, f"run-{ctx.attempt}.json")
+    return os.path.join(ctx.task_dir, f"{RUN_PREFIX}{ctx.attempt}.json")
+
+
+def recorded_run_path(ctx: TaskContext) -> str:
+    """Where this run's record is: run_path, or where an older agent put it."""
+    path = run_path(ctx)
+    legacy = os.path.join(ctx.task_dir, LEGACY_RUN_DIR, f"run-{ctx.attempt}.json")
+    return legacy if not os.path.exists(path) and os.path.exists(legacy) else path
 
 
 def exit_result(record: dict | None, memory_mb: int) -> ExitResult:
