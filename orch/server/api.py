@@ -72,8 +72,7 @@ def make_app(server: Server) -> bottle.Bottle:
 
     @route("POST", "/heartbeat")
     def heartbeat():
-        server.heartbeat(httpjson.read_json())
-        return {"message": "Heartbeat received"}
+        return server.heartbeat(httpjson.read_json())
 
     @route("GET", "/nodes")
     def list_nodes():
