@@ -357,9 +357,12 @@ def run(config: ServerConfig) -> int:
         # A UI stream holds its thread for as long as the page is open: the
         # streams get threads of their own on top of the API's.
         threads=config.http_threads + config.ui_max_streams,
-        # Lookahead lets waitress read a stream's socket while its task runs,
-        # so a closed browser tab is seen at once (waitress.client_disconnected).
-        channel_request_lookahead=1,
+        # No lookahead: with it, waitress keeps reading a connection while its
+        # request runs, which doubled the server's CPU per request (0.36-0.43
+        # ms without, 0.53-0.86 ms with, an empty heartbeat on a loaded host;
+        # bench/README.md). The price: an open UI stream sees its browser tab
+        # closed at its next write (an event or the 15 s keepalive), not at once.
+        channel_request_lookahead=0,
         ident="orch",
         connection_limit=1000,
         channel_timeout=60,
