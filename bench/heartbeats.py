@@ -214,10 +214,17 @@ def register_body(i: int, endpoint_port: int) -> dict:
     }
 
 
-def heartbeat_body(node_id: str, allocs: dict) -> bytes:
+def heartbeat_body(node_id: str, allocs: dict, seq: int | None = None, delta=None) -> bytes:
+    """The seed's heartbeat; with ``seq`` a numbered one, with ``delta`` (the
+    reports the server has acknowledged) carrying only the changed reports."""
     used = 10 * len(allocs)
+    extra: dict = {} if seq is None else {"seq": seq}
+    if delta is not None:
+        extra["delta"] = True
+        allocs = {i: r for i, r in allocs.items() if delta.get(i) != r}
     return json.dumps(
         {
+            **extra,
             "node_id": node_id,
             "resources": {
                 "cpu": 8000 - used,
@@ -246,8 +253,13 @@ class LoadGenerator:
         stop_after: float,
         connections: int = 0,
         keepalive: bool = True,
+        deltas: bool = False,
     ):
         self.keepalive = keepalive
+        # --delta: beats as orch's agent sends them to a server that
+        # acknowledges them (node -> [seq, acknowledged reports or None]).
+        self.deltas = deltas
+        self._seqs: dict[str, list] = {}
         self.port, self.nodes, self.interval = port, nodes, interval
         # Node i speaks over connection i % connections (a real agent keeps
         # one of its own); each connection belongs to one thread.
@@ -294,14 +306,17 @@ class LoadGenerator:
                     if time.monotonic() > self._deadline:
                         return
                     node_id = node_id_of(i)
-                    body = heartbeat_body(node_id, self.fake.map_of(node_id))
+                    allocs = self.fake.map_of(node_id)
+                    body = self._body(node_id, allocs)
                     conn = conns.get(i % self.connections)
                     if conn is None:
                         conn = conns[i % self.connections] = Conn(self.port, self.keepalive)
                     started = time.perf_counter()
                     try:
-                        status, _ = conn.call("POST", "/heartbeat", body)
+                        status, answer = conn.call("POST", "/heartbeat", body)
                         ok = status == 200
+                        if ok and self.deltas:
+                            self._answered(node_id, allocs, answer)
                     except (OSError, http.client.HTTPException):
                         ok = False
                     took = time.perf_counter() - started
@@ -318,6 +333,22 @@ class LoadGenerator:
         finally:
             for conn in conns.values():
                 conn.close()
+
+    def _body(self, node_id: str, allocs: dict) -> bytes:
+        if not self.deltas:
+            return heartbeat_body(node_id, allocs)
+        state = self._seqs.setdefault(node_id, [0, None])
+        state[0] += 1
+        return heartbeat_body(node_id, allocs, state[0], state[1])
+
+    def _answered(self, node_id: str, allocs: dict, answer: bytes) -> None:
+        """The agent's rule: reports are delivered once their beat is acknowledged."""
+        state = self._seqs[node_id]
+        reply = json.loads(answer)
+        if reply.get("ack") != state[0] or reply.get("resync"):
+            state[1] = None  # the next beat is full
+        else:
+            state[1] = dict(allocs)
 
 
 class Reader:
@@ -495,6 +526,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--smoke", action="store_true", help="tiny: 50 nodes, 1 s interval, 1 round of 2 s"
     )
+    p.add_argument(
+        "--delta",
+        action="store_true",
+        help="numbered beats carrying only changed reports, as orch's agent sends them",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work dir (server log)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args(argv)
@@ -521,6 +557,7 @@ def main(argv=None) -> int:
         "mem_total_mb": round(psutil.virtual_memory().total / 2**20),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "nodes": args.nodes,
+        "delta": args.delta,
         "interval_s": args.interval,
         "connections": max(args.connections or args.threads, args.threads),
         "keepalive": not args.no_keepalive,
@@ -552,6 +589,7 @@ def main(argv=None) -> int:
             total,
             args.connections,
             keepalive=not args.no_keepalive,
+            deltas=args.delta,
         )
         load.start()
         time.sleep(args.interval + 0.5)  # warm-up: every node has beaten once

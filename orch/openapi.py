@@ -550,6 +550,16 @@ AGENT_SPEC = {
     "info": {"title": "orch agent", "version": "0.1.0"},
     "paths": {
         "/allocations": {"post": _op("Run an allocation", _ALLOC_BODY)},
+        "/allocations/batch": {
+            "post": _op(
+                "Run several allocations (one push per node); a result per allocation",
+                {
+                    "type": "object",
+                    "required": ["allocations"],
+                    "properties": {"allocations": {"type": "array", "items": _ALLOC_BODY}},
+                },
+            )
+        },
         "/allocations/{alloc_id}": {
             "get": _op(
                 "An allocation's status", ok={"type": "object"}, errors=(404,), params=["alloc_id"]

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from orch.agent.agent import Agent
 
 MAX_BODY = 1 << 20
+BATCH_MAX = 256  # allocations in one POST /allocations/batch
 MAX_LOG_CHUNK = 1 << 20  # a log read returns at most this; the client pages
 
 
@@ -37,6 +38,22 @@ def make_app(agent: Agent) -> Bottle:
         spec = parse_alloc(httpjson.read_json())
         agent.submit(spec)
         return {"message": "Allocation accepted", "allocation_id": spec.allocation_id}
+
+    @route("POST", "/allocations/batch")
+    def create_allocations():
+        """Several allocations in one call: each accepted or refused on its own."""
+        items = _batch(httpjson.read_json())
+        results: dict[str, object] = {}
+        for i, item in enumerate(items):
+            alloc_id = item.get("allocation_id") if isinstance(item, dict) else None
+            key = alloc_id if isinstance(alloc_id, str) else f"#{i}"
+            try:
+                agent.submit(parse_alloc(item))
+            except OrchError as exc:
+                results[key] = {"error": str(exc)}
+                continue
+            results[key] = "accepted"
+        return {"message": "Allocations accepted", "allocations": results}
 
     @route("GET", "/allocations/<alloc_id>")
     def get_allocation(alloc_id):
@@ -72,6 +89,14 @@ def make_app(agent: Agent) -> Bottle:
         return AGENT_SPEC
 
     return app
+
+
+def _batch(body) -> list:
+    """The list of a POST /allocations/batch body, bounded."""
+    items = fields.obj(body, "body").get("allocations")
+    if not isinstance(items, list) or not 0 < len(items) <= BATCH_MAX:
+        raise ValidationError(f"allocations: must be a list of 1 to {BATCH_MAX} allocations")
+    return items
 
 
 def _offset(raw: str | None) -> int:

@@ -9,6 +9,16 @@ garbage-collected): register again, then heartbeat at once.
 With several servers (``--server URL1,URL2,URL3``) each call goes to the
 one that answered last, the next on a connection error or a 503, and a
 follower's redirect is followed to the leader (orch.transport.FailoverClient).
+
+Heartbeats are numbered (``seq``). Once the server has shown it reads the
+numbers (its answer echoes one as ``ack``), a beat carries only the
+allocation reports that changed since the server last acknowledged a beat
+(``delta``): a report counts as delivered only when the beat that carried it
+is answered with its own number, so a lost beat or answer only means the
+changes go again. Every FULL_BEAT_S, after registering and whenever the
+server asks (``resync``), a beat carries every report, as the seed's does:
+the server needs the whole picture to push what we lack and stop what it no
+longer wants.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ HEARTBEAT_TIMEOUT = (1.0, 5.0)
 WARN_EVERY = 10.0
 WARN_GAP = 1.0
 REGISTER_GRACE = 2.0
+FULL_BEAT_S = 30.0  # seconds between heartbeats carrying every report
 
 
 class NodeLoop:
@@ -95,6 +106,11 @@ class NodeLoop:
         self._last_beat = 0.0  # monotonic time of the last heartbeat
         self.last_contact: float | None = None  # monotonic time the server last answered
         self._busy = True  # changes since memory was last trimmed
+        self._seq = 0  # the last heartbeat's number
+        self._deltas = False  # the server acknowledges numbered beats
+        self._full_at = 0.0  # monotonic time the next beat must be full
+        # The report (entry JSON) the server last acknowledged per allocation.
+        self._delivered: dict[str, str] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -135,11 +151,12 @@ class NodeLoop:
             **({"secret_id": self._secret} if self._secret else {}),
         }
 
-    def heartbeat_body(self) -> tuple[bytes, dict]:
-        """The heartbeat's JSON and the status of each allocation in it.
+    def heartbeat_body(self, full: bool = True) -> tuple[bytes, dict]:
+        """The heartbeat's JSON and the entry of each allocation in it.
 
         Allocation entries arrive encoded (each is encoded once per change,
-        however many heartbeats repeat it) and are spliced in as they are."""
+        however many heartbeats repeat it) and are spliced in as they are;
+        unless ``full``, only those the server has not acknowledged yet."""
         total = self.fingerprint.resources
         cpu_used, memory_used = self._used()
         head = {
@@ -155,22 +172,33 @@ class NodeLoop:
         }
         if self._secret:
             head["secret_id"] = self._secret
+        self._seq += 1
+        head["seq"] = self._seq
         reports = self._reports(self._acked)
+        if not full:
+            head["delta"] = True
+            delivered = self._delivered
+            reports = {i: r for i, r in reports.items() if delivered.get(i) != r[1]}
         allocations = ",".join(
             f"{json.dumps(alloc_id)}:{entry}" for alloc_id, (_, entry) in reports.items()
         )
         data = f'{json.dumps(head)[:-1]}, "allocations": {{{allocations}}}}}'
-        return data.encode(), {alloc_id: status for alloc_id, (status, _) in reports.items()}
+        return data.encode(), reports
 
     def forget(self, alloc_id: str) -> None:
         """The allocation was removed from this node."""
         self._acked.discard(alloc_id)
+        self._delivered.pop(alloc_id, None)
 
-    def _acknowledge(self, sent: dict) -> None:
+    def _acknowledge(self, sent: dict, full: bool) -> None:
         """Finished allocations are sent until the server has taken them once."""
+        if full:  # what the node no longer holds is forgotten
+            self._delivered = {alloc_id: entry for alloc_id, (_, entry) in sent.items()}
+        else:
+            self._delivered.update((alloc_id, entry) for alloc_id, (_, entry) in sent.items())
         fresh = {
             alloc_id
-            for alloc_id, status in sent.items()
+            for alloc_id, (status, _) in sent.items()
             if status in TERMINAL and alloc_id not in self._acked
         }
         self._acked.update(fresh)
@@ -222,6 +250,7 @@ class NodeLoop:
                 resp = self._post("/register", self.register_body(), REGISTER_TIMEOUT)
                 self.last_contact = time.monotonic()
                 if resp.status_code == 200:
+                    self._full_at = 0.0  # a new session starts with every report
                     self._registered.set()
                     self._last_error = ""
                     log.info(
@@ -243,7 +272,8 @@ class NodeLoop:
         return False
 
     def _heartbeat(self) -> None:
-        body, sent = self.heartbeat_body()
+        full = not self._deltas or time.monotonic() >= self._full_at
+        body, sent = self.heartbeat_body(full)
         self._last_beat = time.monotonic()
         try:
             resp = self._post("/heartbeat", body, HEARTBEAT_TIMEOUT)
@@ -257,12 +287,35 @@ class NodeLoop:
             log.info("server does not know node %s: registering again", self.node_id)
             self._registered.clear()
             self._acked.clear()  # a server that forgot us learns everything
+            self._deltas = False
             self._wake.set()  # heartbeat right after registering
         elif resp.status_code != 200:
             self._warn(f"heartbeat answered {resp.status_code}: {_error(resp)}")
         else:
             self._last_error = ""
-            self._acknowledge(sent)
+            self._answered(resp, sent, full)
+
+    def _answered(self, resp: Response, sent: dict, full: bool) -> None:
+        """A 200: what the beat carried is delivered if the answer names it."""
+        try:
+            answer = resp.json()
+        except ValueError:
+            answer = None
+        acked = isinstance(answer, dict) and answer.get("ack") == self._seq
+        if not acked:
+            # A server without numbered beats (or a garbled answer): keep
+            # sending everything, as the seed's agent does.
+            self._deltas = False
+            if full:
+                self._acknowledge(sent, full)
+            return
+        self._acknowledge(sent, full)
+        if full:
+            self._full_at = time.monotonic() + FULL_BEAT_S
+        self._deltas = True
+        if answer.get("resync") is True:
+            self._full_at = 0.0
+            self._wake.set()
 
     def _post(self, path: str, body: dict | bytes, timeout) -> Response:
         return self._failover.post(path, body, timeout=timeout)

@@ -355,7 +355,7 @@ class DevCluster:
 
         while not self.interrupted():
             try:
-                self.http().get(self.url + "/health", timeout=0.5)
+                self.http().get(self.urls[0] + "/health", timeout=0.5)
                 return True  # it answers, if not with 200: it is up
             except ERRORS:
                 pass
@@ -367,7 +367,8 @@ class DevCluster:
         from orch.transport import ERRORS
 
         try:
-            resp = self.http().get(self.url + "/nodes", timeout=1.0)
+            # Any server lists the nodes (followers read the shared state).
+            resp = self.http().get(self.urls[0] + "/nodes", timeout=1.0)
             listed = resp.json().get("nodes", []) if resp.status_code == 200 else []
         except (*ERRORS, ValueError, AttributeError):
             return []

@@ -100,8 +100,7 @@ def make_app(server: Server) -> bottle.Bottle:
         moved = to_leader()
         if moved is not None:
             return moved
-        server.heartbeat(httpjson.read_json())
-        return {"message": "Heartbeat received"}
+        return server.heartbeat(httpjson.read_json())
 
     @route("GET", "/nodes")
     def list_nodes():

@@ -60,6 +60,7 @@ class NodeOps:
             )
         previous = self.store.upsert_node(node)
         self.monitor.reset(node.node_id)
+        self.sync.forget(node.node_id)  # a new session: its first beat is whole
         if previous is not None and previous.endpoint != node.endpoint:
             self.pusher.endpoint_changed(node.node_id)
         if (
@@ -109,7 +110,10 @@ class NodeOps:
             raise Forbidden(f"node {node.node_id} is registered and healthy at another endpoint")
         return node
 
-    def heartbeat(self, body) -> None:
+    def heartbeat(self, body) -> dict:
+        """POST /heartbeat; the answer acknowledges a numbered beat (``ack``)
+        and asks for every report (``resync``) when a delta cannot be trusted
+        to complete what this server knows."""
         beat = validation.heartbeat(body)
         node_id = beat.node_id
         node = self.store.get_node(node_id)
@@ -125,7 +129,11 @@ class NodeOps:
             self.store.set_node_health(node_id, True)
             self.broker.unblock()
             self.evaluate_system_jobs(node_id)
-        self.sync.apply(node_id, beat.allocations)
+        resync = self.sync.apply(node_id, beat.allocations, full=not beat.delta)
+        answer: dict[str, object] = {"message": "Heartbeat received"}
+        if beat.seq is not None:
+            answer.update(ack=beat.seq, resync=resync)
+        return answer
 
     @staticmethod
     def _check_secret(node: Node, secret) -> None:
@@ -152,6 +160,9 @@ class NodeOps:
         # One transaction: if it fails (StorageError), nothing is half-done and
         # the heartbeat monitor tries the whole verdict again.
         lost = self.store.mark_node_down(node_id, "node missed its heartbeats", evals_for)
+        # Its lost allocations may still run there unchanged, so unreported in
+        # deltas: the node's next beat is answered with a resync.
+        self.sync.forget(node_id)
         log.warning("node %s missed heartbeats: down, %d allocations lost", node_id[:8], len(lost))
         if evals:
             self.broker.enqueue_many(evals)

@@ -7,11 +7,21 @@ own pushes. For one allocation the latest wish wins, and a stop is final: a
 stop replaces a place still waiting, follows one in flight, and a later place
 of a stopped allocation is ignored — a stop is never dropped.
 
+Places waiting together for one node (an evaluation's allocations, or a
+stream of small jobs arriving faster than the node answers) go out as one
+``POST /allocations/batch``: one request per node instead of one per
+allocation, each allocation still accepted or refused on its own. An agent
+without that route (it answers 404 or 405) gets them one by one from then on.
+
 A push that still fails after its retries is reported back (``on_failed``)
 so the allocation can be failed and placed elsewhere. A node whose pushes
 time out or are refused at the door becomes *suspect* (``on_suspect``): the
 scheduler offers it no new placements until a push to it succeeds again, or
 it heartbeats with nothing of ours hanging on it after ``suspect_hold``.
+
+Past 400 lines: the queues, their workers, the batch and the retries share
+one lock and one set of invariants (what is pending, what is in flight), which
+splitting would spread over modules.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PLACE, STOP = "place", "stop"
 IDLE_S = 2.0  # a node's worker with nothing to do retires after this
+BATCH_MAX = 64  # places in one POST /allocations/batch (the agent takes 256)
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class PushFailure:
     # The node did not take the call at all (timeout, connection refused):
     # a sign about the node, not about this allocation.
     node_fault: bool = False
+    status: int | None = None  # the agent's HTTP status, if it answered
 
 
 def alloc_payload(alloc: Allocation, job: Job) -> dict:
@@ -90,6 +102,20 @@ def _add_meta_and_payload(body: dict, job: Job, group) -> None:
         body["dispatch_payload"] = job.payload
 
 
+def _results(answer) -> dict | None:
+    """A batch answer's per-allocation results (None if it has none)."""
+    results = answer.get("allocations") if isinstance(answer, dict) else None
+    return results if isinstance(results, dict) else None
+
+
+def _item_failure(result) -> PushFailure:
+    """One allocation of a batch the agent refused, or left out of its answer."""
+    if isinstance(result, dict):
+        return PushFailure(f"agent refused it: {str(result.get('error'))[:200]}", refused=True)
+    # Unanswered for: the agent may or may not have taken it.
+    return PushFailure("agent's batch answer left it out", refused=False)
+
+
 @dataclass(frozen=True)
 class _Wish:
     kind: str  # PLACE or STOP
@@ -107,14 +133,25 @@ class _NodeQueue:
         self.idle = 0
         self.ready = threading.Condition(lock)
 
-    def next_wish(self) -> _Wish | None:
-        """The first wish whose allocation is not in flight (lock held)."""
+    def next_wishes(self, limit: int) -> list[_Wish]:
+        """The first wish whose allocation is not in flight and, if it is a
+        place, the places right behind it, up to ``limit`` (lock held)."""
+        taken: list[_Wish] = []
         for alloc_id, wish in self.pending.items():
-            if alloc_id not in self.inflight:
-                del self.pending[alloc_id]
-                self.inflight[alloc_id] = wish.kind
-                return wish
-        return None
+            if alloc_id in self.inflight:
+                if taken:
+                    break  # keep the queue's order: nothing overtakes it
+                continue
+            if taken and (wish.kind != PLACE or len(taken) >= limit):
+                break
+            taken.append(wish)
+            if wish.kind != PLACE:
+                break
+        for wish in taken:
+            alloc_id = wish.alloc.allocation_id
+            del self.pending[alloc_id]
+            self.inflight[alloc_id] = wish.kind
+        return taken
 
 
 class Pusher:
@@ -134,6 +171,7 @@ class Pusher:
         token: str | None = None,
         backoff: float = 0.2,
         suspect_hold: float = 10.0,
+        batch_max: int = BATCH_MAX,
     ):
         self._endpoint_of = endpoint_of  # node_id -> URL or None
         self._on_failed = on_failed  # (alloc, PushFailure) -> None
@@ -154,7 +192,9 @@ class Pusher:
         # learns verdicts in the order they were reached.
         self._verdicts = threading.Lock()
         self._closed = False
-        self.stats = {"placed": 0, "stopped": 0, "failed": 0}
+        self._batch_max = batch_max  # 1: the seed's call for every place
+        self._single: set[str] = set()  # nodes whose agent has no batch route
+        self.stats = {"placed": 0, "stopped": 0, "failed": 0, "batches": 0}
 
     # ---- wishes ------------------------------------------------------------
 
@@ -213,27 +253,29 @@ class Pusher:
         client = HttpClient(timeout=self._timeout, token=self._token, max_hosts=1)
         try:
             while True:
-                wish = self._take(node_id, queue)
-                if wish is None:
+                wishes = self._take(node_id, queue)
+                if not wishes:
                     return
                 try:
-                    self._deliver(wish, client)
+                    self._deliver_many(wishes, client)
                 except Exception:
-                    log.exception("push crashed alloc=%s", wish.alloc.allocation_id)
+                    log.exception("push crashed alloc=%s", wishes[0].alloc.allocation_id)
                 finally:
                     with self._lock:
-                        queue.inflight.pop(wish.alloc.allocation_id, None)
+                        for wish in wishes:
+                            queue.inflight.pop(wish.alloc.allocation_id, None)
         finally:
             client.close()
 
-    def _take(self, node_id: str, queue: _NodeQueue) -> _Wish | None:
-        """The node's next wish; None when the worker retires (idle, closed)."""
+    def _take(self, node_id: str, queue: _NodeQueue) -> list[_Wish]:
+        """The node's next wishes; none when the worker retires (idle, closed)."""
+        limit = 1 if node_id in self._single else self._batch_max
         with self._lock:
             deadline = time.monotonic() + IDLE_S
             while not self._closed:
-                wish = queue.next_wish()
-                if wish is not None:
-                    return wish
+                wishes = queue.next_wishes(limit)
+                if wishes:
+                    return wishes
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -243,7 +285,47 @@ class Pusher:
             queue.workers -= 1
             if not queue.workers and not queue.pending and self._queues.get(node_id) is queue:
                 del self._queues[node_id]
-            return None
+            return []
+
+    def _deliver_many(self, wishes: list[_Wish], client: HttpClient) -> None:
+        """One wish as the seed's call; several places as one batch."""
+        if len(wishes) == 1:
+            self._deliver(wishes[0], client)
+            return
+        wanted = [w for w in wishes if w.kind != PLACE or self._wanted(w.alloc)]
+        if len(wanted) < len(wishes):
+            log.debug("%d places skipped: no longer wanted", len(wishes) - len(wanted))
+        if len(wanted) == 1:
+            self._deliver(wanted[0], client)
+        elif wanted:
+            self._deliver_batch(wanted, client)
+
+    def _deliver_batch(self, wishes: list[_Wish], client: HttpClient) -> None:
+        node_id = wishes[0].alloc.node_id
+        body = {"allocations": [w.payload for w in wishes]}
+        answers: list = []
+        failure = self._call(client, "POST", node_id, "/allocations/batch", body, answers=answers)
+        results = _results(answers[0]) if answers else None
+        # No such route (or an answer without results: not orch's agent), or
+        # too large a body: the allocations go one by one (a repeated push
+        # is taken idempotently).
+        if (failure is None and results is None) or (
+            failure is not None and failure.status in (404, 405, 413)
+        ):
+            if failure is None or failure.status != 413:
+                log.info("node %s has no batch route: one push per allocation", node_id[:8])
+                self._single.add(node_id)
+            for wish in wishes:
+                self._deliver(wish, client)
+            return
+        self.stats["batches"] += failure is None
+        results = results or {}
+        for wish in wishes:
+            result = results.get(wish.alloc.allocation_id) if failure is None else None
+            if result == "accepted":
+                self.stats["placed"] += 1
+                continue
+            self._failed(wish, failure or _item_failure(result))
 
     def _deliver(self, wish: _Wish, client: HttpClient) -> None:
         alloc = wish.alloc
@@ -264,6 +346,10 @@ class Pusher:
         if failure is None:
             self.stats["placed" if wish.kind == PLACE else "stopped"] += 1
             return
+        self._failed(wish, failure)
+
+    def _failed(self, wish: _Wish, failure: PushFailure) -> None:
+        alloc = wish.alloc
         log.warning(
             "%s failed alloc=%s node=%s: %s",
             wish.kind,
@@ -276,19 +362,27 @@ class Pusher:
             self._on_failed(alloc, failure)
 
     def _call(
-        self, client: HttpClient, method: str, node_id: str, path: str, body, ok=(200,)
+        self,
+        client: HttpClient,
+        method: str,
+        node_id: str,
+        path: str,
+        body,
+        ok=(200,),
+        answers: list | None = None,
     ) -> PushFailure | None:
         """One call with bounded retries; None on success, else the last failure.
 
         A suspect node gets one attempt: its queue must not stall for
-        retries that time out in turn."""
+        retries that time out in turn. The successful answer's JSON goes to
+        ``answers`` when given."""
         failure = PushFailure("node has no endpoint", refused=True)
         reached = False  # an earlier attempt may have got through
         for attempt in range(self._retries):
             endpoint = self._endpoint_of(node_id)
             if not endpoint:
                 return replace(failure, refused=failure.refused and not reached)
-            outcome = self._attempt(client, method, endpoint + path, body, ok)
+            outcome = self._attempt(client, method, endpoint + path, body, ok, answers)
             if outcome is None:
                 self._set_suspect(node_id, False)
                 return None
@@ -305,7 +399,9 @@ class Pusher:
             time.sleep(self._backoff * (2**attempt))
         return failure
 
-    def _attempt(self, client: HttpClient, method: str, url: str, body, ok) -> PushFailure | None:
+    def _attempt(
+        self, client: HttpClient, method: str, url: str, body, ok, answers: list | None = None
+    ) -> PushFailure | None:
         try:
             resp = client.request(method, url, body=body)
         except ConnectionRefusedError as exc:
@@ -319,10 +415,15 @@ class Pusher:
         except (*ERRORS, ValueError) as exc:
             return PushFailure(f"{type(exc).__name__}: {exc}", refused=False)
         if resp.status_code in ok:
+            if answers is not None:
+                try:
+                    answers.append(resp.json())
+                except ValueError:
+                    answers.append(None)
             return None
         message = f"agent answered {resp.status_code}: {resp.text[:200]}"
         # A 4xx is the agent refusing this call: retrying won't help.
-        return PushFailure(message, refused=400 <= resp.status_code < 500)
+        return PushFailure(message, refused=400 <= resp.status_code < 500, status=resp.status_code)
 
     # ---- suspect nodes -------------------------------------------------------
 

@@ -6,6 +6,14 @@ desired_status. Anything the agent runs that the server no longer wants
 placed there that the agent does not know is pushed again (agents accept a
 repeated push idempotently).
 
+A node may send only the reports that changed since its last acknowledged
+beat (a *delta*): they are applied as they come, but the two repairs that
+need the node's whole picture (pushing what it does not know, stopping what
+it runs unchanged and unwanted) wait for a full beat. The agent sends one
+every ``orch.agent.loop.FULL_BEAT_S`` and whenever the answer asks for it (``resync``), which it
+does until a full beat has come from the node since this server started, it
+registered or it was declared down.
+
 A node speaks only for itself: a report about an allocation the server
 placed on another node is ignored (and logged once), never turned into a
 stop sent to that other node. An allocation that ends as `stopped` while the
@@ -159,8 +167,28 @@ class AllocSync:
         self._planner = planner
         self._dispatch = dispatch
         self._foreign_logged: set[tuple[str, str]] = set()
+        # Nodes whose full picture this process has had since their (re)start.
+        self._synced: set[str] = set()
 
-    def apply(self, node_id: str, reported: dict) -> None:
+    def forget(self, node_id: str) -> None:
+        """The node's next delta is answered with a resync."""
+        self._synced.discard(node_id)
+
+    def forget_all(self) -> None:
+        """Every node's next delta is answered with a resync (leadership regained:
+        another leader took the beats in between)."""
+        self._synced.clear()
+
+    def apply(self, node_id: str, reported: dict, full: bool = True) -> bool:
+        """Fold in a node's reports; True if the node should send a full beat."""
+        self._fold(node_id, reported)
+        if not full:
+            return node_id not in self._synced
+        self._repush_unknown(node_id, reported, time.time())
+        self._synced.add(node_id)
+        return False
+
+    def _fold(self, node_id: str, reported: dict) -> None:
         store = self._state
         now = time.time()
         changed, unwanted = [], []
@@ -201,7 +229,6 @@ class AllocSync:
             self._after_changes(changed)
         if unwanted:
             self._dispatch.stop(unwanted)
-        self._repush_unknown(node_id, reported, now)
 
     def _foreign(self, node_id: str, alloc: Allocation) -> None:
         """A node reported an allocation placed on another node: ignored."""

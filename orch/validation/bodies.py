@@ -82,10 +82,18 @@ class Heartbeat:
     usage: dict
     allocations: dict
     healthy: bool = True
+    # None: the seed's heartbeat, every allocation the node holds. A number:
+    # the beat's sequence; with ``delta`` it carries only the reports that
+    # changed since the node's last acknowledged beat.
+    seq: int | None = None
+    delta: bool = False
 
 
 def heartbeat(body) -> Heartbeat:
-    """Validate a POST /heartbeat body, its per-allocation reports included."""
+    """Validate a POST /heartbeat body, its per-allocation reports included.
+
+    Only the reports the body carries are walked: a delta beat carries the
+    changed ones alone."""
     body = obj(body, "body")
     nid = node_id(body.get("node_id"))
     usage = body.get("resources")
@@ -99,7 +107,15 @@ def heartbeat(body) -> Heartbeat:
         fail("allocations", "must be an object")
     for alloc_id, report in allocations.items():
         alloc_report(report, f"allocations.{alloc_id}")
-    return Heartbeat(nid, usage or {}, allocations, healthy=bool(body.get("healthy", True)))
+    seq = body.get("seq")
+    if seq is not None:
+        non_negative_int(seq, "seq")
+    delta = body.get("delta", False)
+    if not isinstance(delta, bool) or (delta and seq is None):
+        fail("delta", "must be a boolean, true only with a seq")
+    return Heartbeat(
+        nid, usage or {}, allocations, healthy=bool(body.get("healthy", True)), seq=seq, delta=delta
+    )
 
 
 def alloc_report(report, path: str) -> None:

@@ -320,3 +320,25 @@ def test_unexpected_errors_are_json_500():
         assert json.loads(resp.text) == {"error": "driver exploded", "detail": "x"}
     finally:
         server.stop()
+
+
+def test_batch_accepts_each_allocation_on_its_own(url, http, agent):
+    items = [body("b1"), body("b2", tasks=[]), "not an allocation", body("b3")]
+    resp = http.post(f"{url}/allocations/batch", json={"allocations": items}, timeout=TIMEOUT)
+    assert resp.status_code == 200
+    results = resp.json()["allocations"]
+    assert results["b1"] == results["b3"] == "accepted"
+    assert isinstance(results["b2"]["error"], str) and isinstance(results["#2"]["error"], str)
+    assert wait_for(lambda: all(agent.get(a).status().value == "running" for a in ("b1", "b3")))
+    # Repeated, the batch is taken idempotently: the same tasks keep running.
+    pid = agent.get("b1").tasks["t"].handle_json["pid"]
+    again = http.post(f"{url}/allocations/batch", json={"allocations": items[:1]}, timeout=TIMEOUT)
+    assert again.json()["allocations"] == {"b1": "accepted"}
+    assert agent.get("b1").tasks["t"].handle_json["pid"] == pid
+
+
+@pytest.mark.parametrize(
+    "bad", [[], {"allocations": []}, {"allocations": {}}, {"allocations": [{}] * 257}]
+)
+def test_batch_rejects_bad_bodies(url, http, bad):
+    assert_json_error(http.post(f"{url}/allocations/batch", json=bad, timeout=TIMEOUT), 400)

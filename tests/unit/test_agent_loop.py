@@ -27,7 +27,8 @@ REGISTER_KEYS = {
     "port_range",  # issue #11: the dynamic port range
     "secret_id",
 }
-HEARTBEAT_KEYS = {"node_id", "resources", "healthy", "timestamp", "allocations", "secret_id"}
+# The seed's heartbeat keys, the node's secret and the beat's number.
+HEARTBEAT_KEYS = {"node_id", "resources", "healthy", "timestamp", "allocations", "secret_id", "seq"}
 ALLOC_KEYS = {"status", "start_time", "end_time", "tasks"}
 TASK_KEYS = {"status", "start_time", "end_time", "error", "exit_code", "restarts", "events"}
 
@@ -35,9 +36,15 @@ TASK_KEYS = {"status", "start_time", "end_time", "error", "exit_code", "restarts
 class FakeServer:
     """Records every request; answers 404 to the first `fail_heartbeats` heartbeats."""
 
-    def __init__(self, port=0, fail_heartbeats=0):
+    def __init__(self, port=0, fail_heartbeats=0, acks=False):
         self.requests = []  # (arrival time, path, body, headers)
         self.fail_heartbeats = fail_heartbeats
+        # acks: answer numbered beats as orch's server does (ack, resync);
+        # drop_beats: that many beats with reports answered 500 once recorded;
+        # resync: that many beats answered with resync.
+        self.acks = acks
+        self.drop_beats = 0
+        self.resync = 0
         self.lock = threading.Lock()
         fake = self
 
@@ -52,6 +59,8 @@ class FakeServer:
                     if self.path == "/heartbeat" and fake.fail_heartbeats > 0:
                         fake.fail_heartbeats -= 1
                         status, answer = 404, {"error": "unknown node"}
+                    elif self.path == "/heartbeat" and fake.acks:
+                        status, answer = fake.answer(fake.requests[-1][2])
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -66,6 +75,15 @@ class FakeServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
+
+    def answer(self, beat):
+        """A numbered beat's answer (lock held)."""
+        if self.drop_beats > 0 and beat["allocations"]:
+            self.drop_beats -= 1
+            return 500, {"error": "lost"}
+        resync = self.resync > 0
+        self.resync -= resync
+        return 200, {"message": "Heartbeat received", "ack": beat["seq"], "resync": resync}
 
     def bodies(self, path):
         with self.lock:
@@ -340,3 +358,65 @@ def test_a_cut_off_agent_stops_tasks_after_disconnect_stop_after(servers, agents
     state = agent.get("svc").tasks["t"].state
     assert state.status.value == "failed" and "disconnect" in state.error
     assert agent.get("plain").status().value == "running"
+
+
+def test_beats_carry_only_changes_once_the_server_acknowledges(servers, agents, tmp_path):
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
+    agent.submit(alloc("a1", "sleep 30"))
+    assert wait_for(lambda: agent.get("a1").status().value == "running", 5.0)
+    assert wait_for(lambda: _reported(server, "a1", "running"), 5.0)
+    count = len(server.bodies("/heartbeat"))
+    assert wait_for(lambda: len(server.bodies("/heartbeat")) >= count + 3, 5.0)
+    later = [body for _, body in server.bodies("/heartbeat")[count:]]
+    # Nothing changed: numbered delta beats without the running allocation.
+    assert all(body["delta"] is True and body["allocations"] == {} for body in later)
+    seqs = [body["seq"] for _, body in server.bodies("/heartbeat")]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    agent.stop_alloc("a1")
+    assert wait_for(lambda: _reported(server, "a1", "stopped"), 5.0)
+
+
+def test_a_change_in_a_lost_beat_is_sent_again(servers, agents, tmp_path):
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
+    assert wait_for(lambda: any(b.get("delta") for _, b in server.bodies("/heartbeat")), 5.0)
+    with server.lock:
+        server.drop_beats = 3
+    agent.submit(alloc("a1", "sleep 30"))
+    assert wait_for(lambda: _reported(server, "a1", "running"), 5.0)
+    with server.lock:
+        assert server.drop_beats == 0
+    beats = [body for _, body in server.bodies("/heartbeat") if "a1" in body["allocations"]]
+    # Every beat until one was acknowledged carried the allocation; then none.
+    assert len(beats) >= 4
+    last = server.bodies("/heartbeat")[-1][1]["seq"]
+    assert wait_for(lambda: server.bodies("/heartbeat")[-1][1]["seq"] >= last + 2, 5.0)
+    assert "a1" not in server.bodies("/heartbeat")[-1][1]["allocations"]
+
+
+def test_resync_asked_gets_a_full_beat(servers, agents, tmp_path):
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
+    agent.submit(alloc("a1", "sleep 30"))
+    assert wait_for(lambda: _reported(server, "a1", "running"), 5.0)
+    assert wait_for(lambda: server.bodies("/heartbeat")[-1][1]["allocations"] == {}, 5.0)
+    with server.lock:
+        server.resync = 1
+        count = len(server.requests)
+    assert wait_for(lambda: _full_after(server, count), 5.0)
+    full = _full_after(server, count)
+    assert "a1" in full["allocations"] and "delta" not in full
+
+
+def _reported(server, alloc_id, status):
+    return any(
+        body["allocations"].get(alloc_id, {}).get("status") == status
+        for _, body in server.bodies("/heartbeat")
+    )
+
+
+def _full_after(server, count):
+    with server.lock:
+        later = [body for _, path, body, _ in server.requests[count:] if path == "/heartbeat"]
+    return next((body for body in later if not body.get("delta")), None)

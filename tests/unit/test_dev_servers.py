@@ -37,4 +37,3 @@ def test_each_server_gets_a_port_and_the_agents_all_urls(tmp_path):
     argv = server_argv(config, 4646, str(tmp_path / "s"), "postgresql://x")
     assert argv[argv.index("--database") + 1] == "postgresql://x"
     assert "--database" not in server_argv(config, 4646, str(tmp_path / "s"))
-    cluster.client.close()

@@ -35,7 +35,11 @@ def alloc(n: int, node: str) -> Allocation:
 
 
 class Harness:
+    """A Pusher to the little agents; one call per allocation (the seed's
+    route) unless ``batch_max`` says otherwise."""
+
     def __init__(self, **kwargs):
+        kwargs.setdefault("batch_max", 1)
         self.endpoints: dict[str, str] = {}
         self.failed: list = []
         self.suspects: list = []
@@ -214,3 +218,63 @@ def test_a_refusal_after_the_agent_went_away_mid_call_is_not_certain(closing):
     failure = h.failed[0][1]
     assert not failure.refused, "it may have taken the call before it went away"
     assert h.pusher.suspect("n")
+
+
+def batch_agent(refuse=()):
+    """Answers POST /allocations/batch as orch's agent does, refusing some ids."""
+
+    def answer(method, path, body):
+        if path != "/allocations/batch":
+            return 200, {"message": "ok"}
+        results = {}
+        for item in body["allocations"]:
+            alloc_id = item["allocation_id"]
+            results[alloc_id] = {"error": "no"} if alloc_id in refuse else "accepted"
+        return 200, {"message": "Allocations accepted", "allocations": results}
+
+    return answer
+
+
+def test_places_waiting_for_a_node_go_out_as_one_batch(closing):
+    gate = threading.Event()
+
+    def answer(method, path, body):
+        gate.wait(5)  # the first call holds the node: the rest wait together
+        return batch_agent(refuse={"alloc-0007"})(method, path, body)
+
+    agent = Recorder(answer)
+    closing(agent)
+    h = Harness(workers=1, batch_max=64)
+    closing(h.pusher)
+    h.endpoints["n"] = agent.url
+    h.pusher.place([alloc(0, "n")], JOB)
+    assert wait_for(lambda: len(agent.calls) == 1)
+    h.pusher.place([alloc(i, "n") for i in range(1, 11)], JOB)
+    gate.set()
+    assert wait_for(lambda: h.pusher.stats["placed"] == 10 and len(h.failed) == 1)
+    assert agent.paths("POST") == ["/allocations", "/allocations/batch"]
+    batch = agent.calls[1][2]["allocations"]
+    assert [a["allocation_id"] for a in batch] == [f"alloc-{i:04d}" for i in range(1, 11)]
+    ((failed, failure),) = h.failed
+    assert failed.allocation_id == "alloc-0007" and failure.refused
+
+
+def test_an_agent_without_the_batch_route_gets_one_call_each(closing):
+    gate = threading.Event()
+
+    def answer(method, path, body):
+        gate.wait(5)
+        return (404, {"error": "not found"}) if path.endswith("/batch") else (200, {})
+
+    agent = Recorder(answer)
+    closing(agent)
+    h = Harness(workers=1, batch_max=64)
+    closing(h.pusher)
+    h.endpoints["n"] = agent.url
+    h.pusher.place([alloc(0, "n")], JOB)
+    assert wait_for(lambda: len(agent.calls) == 1)
+    h.pusher.place([alloc(i, "n") for i in range(1, 6)], JOB)
+    gate.set()
+    assert wait_for(lambda: h.pusher.stats["placed"] == 6)
+    assert agent.paths("POST") == ["/allocations", "/allocations/batch"] + ["/allocations"] * 5
+    assert h.failed == []
