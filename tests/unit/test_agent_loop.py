@@ -384,9 +384,15 @@ def test_a_change_in_a_lost_beat_is_sent_again(servers, agents, tmp_path):
     with server.lock:
         server.drop_beats = 3
     agent.submit(alloc("a1", "sleep 30"))
+    assert wait_for(lambda: server.drop_beats == 0, 5.0)
+
+    def carrying_a1() -> list[dict]:
+        return [body for _, body in server.bodies("/heartbeat") if "a1" in body["allocations"]]
+
+    lost = max(body["seq"] for body in carrying_a1())
+    # The lost beats' change goes again in the next beat, which is acknowledged.
+    assert wait_for(lambda: any(body["seq"] > lost for body in carrying_a1()), 5.0)
     assert wait_for(lambda: _reported(server, "a1", "running"), 5.0)
-    with server.lock:
-        assert server.drop_beats == 0
     beats = [body for _, body in server.bodies("/heartbeat") if "a1" in body["allocations"]]
     # Every beat until one was acknowledged carried the allocation; then none.
     assert len(beats) >= 4

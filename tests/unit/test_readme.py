@@ -28,7 +28,9 @@ def test_the_readme_links_nothing_outside_the_repo():
         assert "://" not in target, target
         assert (ROOT / target.split("#")[0]).exists(), target
     hosts = re.findall(r"https?://([^/\s:`'\"]+)", README)
-    assert set(hosts) <= {"127.0.0.1", "SERVER", "localhost"}, hosts
+    # SERVER, SERVER1..: placeholders for the reader's own machines.
+    placeholders = {h for h in hosts if re.fullmatch(r"SERVER\d?", h)}
+    assert set(hosts) - placeholders <= {"127.0.0.1", "localhost"}, hosts
 
 
 DESIGN = (ROOT / "docs" / "DESIGN.md").read_text(encoding="utf-8")
