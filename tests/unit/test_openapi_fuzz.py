@@ -14,9 +14,7 @@ a larger timeout; every other operation keeps the full budget.
 
 from __future__ import annotations
 
-import io
 import json
-import wsgiref.util
 
 import pytest
 import schemathesis
@@ -28,6 +26,8 @@ from orch.config import AgentConfig, ServerConfig
 from orch.openapi import AGENT_SPEC, SERVER_SPEC
 from orch.server.api import make_app as make_server_app
 from orch.server.server import Server
+
+from helpers import request as wsgi_request
 
 # The job every PUT /jobs/{job_id} example updates: with a random job_id the
 # server answers 404 before reading the body, and the fuzzed body tests nothing.
@@ -67,29 +67,6 @@ LIGHT = settings(max_examples=15, **_COMMON)
 HEAVY = settings(max_examples=8, **_COMMON)
 
 
-def _wsgi_get(app, path: str) -> tuple[str, bytes]:
-    environ: dict = {"REQUEST_METHOD": "GET", "PATH_INFO": path}
-    wsgiref.util.setup_testing_defaults(environ)
-    status: list[str] = []
-    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
-    return status[0], body
-
-
-def _wsgi_post_json(app, path: str, payload: dict) -> str:
-    data = json.dumps(payload).encode()
-    environ: dict = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": path,
-        "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(len(data)),
-    }
-    wsgiref.util.setup_testing_defaults(environ)
-    environ["wsgi.input"] = io.BytesIO(data)
-    status: list[str] = []
-    b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
-    return status[0]
-
-
 @pytest.fixture(scope="module")
 def server_app(tmp_path_factory):
     server = Server(ServerConfig(data_dir=str(tmp_path_factory.mktemp("server"))))
@@ -100,7 +77,8 @@ def server_app(tmp_path_factory):
             {"name": "g", "tasks": [{"name": "t", "driver": "exec", "config": {"command": "true"}}]}
         ],
     }
-    assert _wsgi_post_json(app, "/jobs", job).startswith("200"), "could not seed the fuzzed job"
+    status, _, text = wsgi_request(app, "POST", "/jobs", body=json.dumps(job).encode())
+    assert status == 200, f"could not seed the fuzzed job: {text}"
     yield app
     server.stop()
 
@@ -147,8 +125,8 @@ def _call_agent(case, app) -> None:
 
 @pytest.mark.parametrize(("app", "spec"), [("server_app", SERVER_SPEC), ("agent_app", AGENT_SPEC)])
 def test_fuzzed_schema_is_the_served_one(request, app, spec):
-    status, body = _wsgi_get(request.getfixturevalue(app), "/openapi.json")
-    assert status.startswith("200") and json.loads(body) == spec
+    status, _, text = wsgi_request(request.getfixturevalue(app), "GET", "/openapi.json")
+    assert status == 200 and json.loads(text) == spec
 
 
 def test_job_body_operations_are_found():
