@@ -6,6 +6,7 @@ import re
 
 import pytest
 import requests
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 from uihelp import (
     assert_clean_console,
@@ -30,8 +31,12 @@ def _row_visible(driver, job_id: str) -> bool:
     return bool(rows) and rows[0].is_displayed()
 
 
-def row_snapshot(driver, job_id: str) -> dict:
-    """One job row's cells, read in one script: live updates swap rows at any time."""
+def row_snapshot(driver, job_id: str, ready=lambda row: True, what: str = "") -> dict:
+    """One job row's cells, read in one script: live updates swap rows at any time.
+
+    Polled until ``ready(cells)``: a row can first be drawn before the job's
+    allocations exist (no count bars yet), and is redrawn on the next change.
+    """
     script = """
         const row = document.querySelector(arguments[0]);
         const time = row.querySelector('time[title]');
@@ -39,10 +44,20 @@ def row_snapshot(driver, job_id: str) -> dict:
                 bars: row.querySelectorAll('.bar').length,
                 time: time ? time.getAttribute('title') : ''};
     """
-    return wait_for(
-        driver,
-        lambda d: d.execute_script(script, ROW.format(job_id)),
-        what=f"{job_id}'s row",
+
+    def cells(d):
+        row = d.execute_script(script, ROW.format(job_id))
+        return row if row and ready(row) else None
+
+    return wait_for(driver, cells, what=f"{job_id}'s row {what}".strip())
+
+
+def _row_visible_now(driver, job_id: str) -> bool:
+    """Like _row_visible, read in one script (a live update may swap the row meanwhile)."""
+    return driver.execute_script(
+        "const r = document.querySelector(arguments[0]); return !!r && !r.hidden"
+        " && r.getClientRects().length > 0;",
+        ROW.format(job_id),
     )
 
 
@@ -57,8 +72,10 @@ def test_jobs_page_lists_updates_and_searches(browser, dev_ui, shots):
         assert css_all(browser, nav), f"no {nav} link"
     # Without --token there is nothing to ask, and the stream is not lost.
     assert not css(browser, "#token-form").is_displayed()
+    # The banner is hidden in the shell and shown only once a stream attempt has
+    # failed: a slow first connection on a loaded host must not show it.
     assert not css(browser, "#conn-banner").is_displayed()
-    row = row_snapshot(browser, "alpha-web")
+    row = row_snapshot(browser, "alpha-web", lambda r: r["bars"] > 0, "with count bars")
     assert row["type"] == "service"
     assert row["bars"] > 0, "no count bars in the row"
     stamp = row["time"]
@@ -77,13 +94,17 @@ def test_jobs_page_lists_updates_and_searches(browser, dev_ui, shots):
     screenshot(browser, shots, "jobs")
 
     # `/` focuses the search box (and is not typed into it); a search filters rows.
+    # Keys go to whatever has focus (ActionChains, no element handle): a live
+    # update swaps #main's content, search box included, and gives focus back
+    # to the new box, so a held handle would go stale mid-typing.
     css(browser, "body").send_keys("/")
     assert browser.execute_script("return document.activeElement.id") == "search"
-    assert css(browser, "input#search").get_attribute("value") == ""
+    assert browser.execute_script("return document.querySelector('input#search').value") == ""
     assert css_all(browser, "select#status-filter"), "no status filter"
-    browser.switch_to.active_element.send_keys("alpha")
+    ActionChains(browser).send_keys("alpha").perform()
     wait_for(browser, lambda d: not _row_visible(d, "beta-web"), what="beta-web filtered out")
-    assert _row_visible(browser, "alpha-web")
+    assert browser.execute_script("return document.querySelector('input#search').value") == "alpha"
+    assert _row_visible_now(browser, "alpha-web")
     assert_clean_console(browser, "jobs")
 
     click(browser, ROW.format("alpha-web") + " a")

@@ -140,7 +140,7 @@ def make_runner(tmp_path):
     config = AgentConfig(data_dir=str(tmp_path), kill_timeout=3.0)
     runners = []
 
-    def make(command, *, task_extra=None, shutdown_delay=None):
+    def make(command, *, task_extra=None, shutdown_delay=None, ready=None):
         task = {"name": "t", "config": {"command": command}, **(task_extra or {})}
         group = {"name": "g", "tasks": [task]}
         if shutdown_delay is not None:
@@ -150,6 +150,11 @@ def make_runner(tmp_path):
         runners.append(runner)
         runner.start()
         assert wait_for(lambda: runner.tasks["t"].handle_json is not None)
+        # A live process has not necessarily run its `trap` yet (on a loaded
+        # host, long after start): a signal sent before it would kill the
+        # shell outright. Commands that trap create `ready` once they have.
+        if ready is not None:
+            assert wait_for(ready.exists), "the task never set its trap"
         return runner
 
     yield make
@@ -162,13 +167,19 @@ def _trap(marker, sig="TERM") -> str:
     # The time the signal arrived, in the file: compared with when stop began.
     return (
         f"trap 'python3 -c \"import time; print(time.time())\" > {marker}; exit 0' {sig}; "
-        "sleep 300 & wait"
+        f"touch {marker}.ready; sleep 300 & wait"
     )
+
+
+def _ready(marker):
+    return marker.with_name(marker.name + ".ready")
 
 
 def test_the_task_kill_signal_reaches_the_task(make_runner, tmp_path):
     marker = tmp_path / "got"
-    runner = make_runner(_trap(marker, "INT"), task_extra={"kill_signal": "SIGINT"})
+    runner = make_runner(
+        _trap(marker, "INT"), task_extra={"kill_signal": "SIGINT"}, ready=_ready(marker)
+    )
     runner.stop()
     assert read_or_empty(marker), "the task never saw SIGINT"
     assert runner.status() == AllocStatus.STOPPED
@@ -176,7 +187,7 @@ def test_the_task_kill_signal_reaches_the_task(make_runner, tmp_path):
 
 def test_shutdown_delay_comes_before_the_signal(make_runner, tmp_path):
     marker = tmp_path / "got"
-    runner = make_runner(_trap(marker), shutdown_delay=1.0)
+    runner = make_runner(_trap(marker), shutdown_delay=1.0, ready=_ready(marker))
     pgid = runner.tasks["t"].handle_json["pgid"]
     began = time.time()
     runner.stop()
@@ -198,9 +209,12 @@ def test_agent_shutdown_cuts_the_delay_short(make_runner):
     assert runner.status() == AllocStatus.STOPPED
 
 
-def test_task_kill_timeout_overrides_the_agent_default(make_runner):
+def test_task_kill_timeout_overrides_the_agent_default(make_runner, tmp_path):
+    ready = tmp_path / "trapped"
     runner = make_runner(
-        "trap '' TERM; while :; do sleep 0.1; done", task_extra={"kill_timeout": "300ms"}
+        f"trap '' TERM; touch {ready}; while :; do sleep 0.1; done",
+        task_extra={"kill_timeout": "300ms"},
+        ready=ready,
     )
     began = time.monotonic()
     runner.stop()  # the agent's default here is 3 s

@@ -257,11 +257,13 @@ def test_the_jobs_fragment_renders_1000_jobs_fast(tmp_path):
             srv.submit_job(job(f"job-{n:04d}"))
         app = make_app(srv)
         request(app, "GET", "/ui/jobs?fragment=1")  # compile the template once
-        started = time.perf_counter()
+        # CPU time of this thread (the request runs in it), not wall time: on a
+        # shared CI host the wall clock measures the other processes' load.
+        started = time.thread_time()
         status, _, text = request(app, "GET", "/ui/jobs?fragment=1")
-        elapsed = time.perf_counter() - started
+        elapsed = time.thread_time() - started
         assert status == 200 and text.count("<tr data-job-id=") == 1000
-        assert elapsed < 0.3, f"1000 jobs rendered in {elapsed * 1000:.0f} ms"
+        assert elapsed < 0.3, f"1000 jobs rendered in {elapsed * 1000:.0f} ms of CPU"
     finally:
         srv.stop()
 
