@@ -548,6 +548,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="above 1: SQLite, then 1 and N servers on PostgreSQL (bench/e2e_ha.py)",
     )
     p.add_argument("--read-seconds", type=float, default=5.0, help="read load per cluster")
+    p.add_argument("--wrk", action="store_true", help="with --servers: read load from wrk")
     args = p.parse_args(argv)
     if args.smoke:
         args.runs, args.jobs, args.batch, args.threads, args.repeat = 1, 5, 20, 4, 2

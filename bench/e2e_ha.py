@@ -9,24 +9,27 @@ throwaway PostgreSQL started here. Each is measured the same way:
   to the next server in turn and polled on that server until ``running``
   (on PostgreSQL a follower's job reaches the leader through the database,
   and the allocation's status comes back the same way);
-- reads/s: ``READERS`` client *processes* (a thread pool would measure our
-  own GIL), each on its own keep-alive connection to one server (spread
-  over all of them), ``GET /nodes`` in a loop for ``--read-seconds``.
+- reads/s: ``GET /nodes`` for ``--read-seconds`` from ``READERS`` Python
+  client *processes* (a thread pool would measure our own GIL), each on its
+  own keep-alive connection to one server (spread over all of them); with
+  ``--wrk``, from one Debian `wrk` per server instead (a C client: the
+  clients leave the host's cores to the servers).
   Reads are answered from each server's memory, so N servers should serve
   about N times the reads of one, as far as the host's cores allow.
 
 The host calibration (``benchutil.host()``: CPU seconds of JSON round trips
-of a heartbeat body, and the load average) is taken at the start and at the end: on a shared machine it says how fast the host ran.
+of a heartbeat body, and the load average) is taken at the start and at the
+end: on a shared machine it says how fast the host ran.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,9 +100,45 @@ def _reader(url: str, seconds: float, go, out) -> None:
     out.put((count, errors))
 
 
-def read_throughput(cluster: DevCluster, urls: list[str], seconds: float) -> dict:
-    """Reads per second served by ``urls`` to READERS client processes, and
-    per CPU second of the servers (what more cores would multiply)."""
+# Connections per server, the same for one server as for three: more open
+# connections on one server cost it CPU (thread hand-offs), not throughput.
+WRK_CONNECTIONS = 2
+WRK_TOTAL = re.compile(r"(\d+) requests in ")
+WRK_BAD = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+def wrk_reads(cluster: DevCluster, urls: list[str], seconds: float) -> dict:
+    """Reads per second from one `wrk` per server (C, a few microseconds of
+    client CPU a request): on a 2-core host the Python readers below take
+    much of the CPU the servers would use, and cap what three servers show."""
+    cpu0 = cluster.cpu_seconds()["server"]
+    procs = [
+        subprocess.Popen(
+            ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds:g}s", url + "/nodes"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for url in urls
+    ]
+    outputs = [proc.communicate(timeout=seconds + 60)[0] for proc in procs]
+    cpu = cluster.cpu_seconds()["server"] - cpu0
+    total = sum(int(m.group(1)) for out in outputs if (m := WRK_TOTAL.search(out)))
+    bad = sum(int(m.group(1)) for out in outputs if (m := WRK_BAD.search(out)))
+    reads = total - bad
+    return {
+        "reads_per_s": round(reads / seconds, 1),
+        "reads_per_server_cpu_s": round(reads / cpu, 1) if cpu else None,
+        "server_cpu_s": round(cpu, 2),
+        "errors": bad,
+        "readers": "wrk",
+    }
+
+
+def read_throughput(cluster: DevCluster, urls: list[str], seconds: float, wrk: bool) -> dict:
+    """Reads per second served by ``urls`` to READERS client processes (or
+    wrk), and per CPU second of the servers (what more cores would multiply)."""
+    if wrk:
+        return wrk_reads(cluster, urls, seconds)
     ctx = multiprocessing.get_context("spawn")
     go, out = ctx.Event(), ctx.Queue()
     procs = [
@@ -148,7 +187,7 @@ def measure(args, workdir: Path, name: str, servers: int, database: str | None) 
         urls = server_urls(cluster, servers)
         log(f"{name}: {servers} server(s) {urls}, healthy in {started:.2f}s")
         ms = [x * 1000 for x in submit_to_running(urls, args.jobs, f"{name}-lat")]
-        reads = read_throughput(cluster, urls, args.read_seconds)
+        reads = read_throughput(cluster, urls, args.read_seconds, args.wrk)
         out = {
             "servers": servers,
             "store": "postgresql" if database else "sqlite",
@@ -162,7 +201,7 @@ def measure(args, workdir: Path, name: str, servers: int, database: str | None) 
             f"{name}: submit->running p50 {out['latency_p50_ms']} ms, "
             f"p99 {out['latency_p99_ms']} ms; reads {out['reads_per_s']}/s, "
             f"{out['reads_per_server_cpu_s']} per server CPU second "
-            f"({READERS} client processes, {out['errors']} errors)"
+            f"(readers: {out['readers']}, {out['errors']} errors)"
         )
         return out
     finally:
