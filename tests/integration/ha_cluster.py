@@ -11,6 +11,8 @@ from pathlib import Path
 
 import requests
 
+from tests.jobspec import exec_job
+
 from harness import START_TIMEOUT, GiveUp, Proc, free_port, kill_pid, wait_until
 
 TIMEOUT = 5
@@ -21,24 +23,8 @@ def batch_job(job_id: str, command: str = "true", resources: dict | None = None)
 
 
 def service_job(job_id: str, command: str = "exec sleep 600", resources: dict | None = None):
-    return {
-        "job_id": job_id,
-        "type": "service",
-        "task_groups": [
-            {
-                "name": "g",
-                "count": 1,
-                "tasks": [
-                    {
-                        "name": "t",
-                        "driver": "exec",
-                        "config": {"command": command},
-                        "resources": resources or {"cpu": 1, "memory": 1},
-                    }
-                ],
-            }
-        ],
-    }
+    sizes = resources or {"cpu": 1, "memory": 1}
+    return exec_job(job_id, command, type_="service", cpu=sizes["cpu"], memory=sizes["memory"])
 
 
 class HaCluster:

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.jobspec import exec_job
+
 from harness import Cluster, kill_pid, pid_alive, wait_until
 
 JOBS = 500
@@ -56,24 +58,13 @@ class Burst:
         service = job_id.startswith("svc")
         work = "exec sleep 600" if service else "true"
         command = f"echo $$ >> {self.runs}/{job_id}.$ORCH_ALLOC_ID; {work}"
-        return {
-            "job_id": job_id,
-            "type": "service" if service else "batch",
-            "task_groups": [
-                {
-                    "name": "g",
-                    "count": 1,
-                    "tasks": [
-                        {
-                            "name": "t",
-                            "driver": "exec",
-                            "config": {"command": command},
-                            "resources": RESOURCES,
-                        }
-                    ],
-                }
-            ],
-        }
+        return exec_job(
+            job_id,
+            command,
+            type_="service" if service else "batch",
+            cpu=RESOURCES["cpu"],
+            memory=RESOURCES["memory"],
+        )
 
     def start(self) -> None:
         for t in self.threads:
