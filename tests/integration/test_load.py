@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -21,6 +22,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def load_module():
+    # bench/load.py imports its neighbour benchutil, as when run as a script.
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("bench_load", ROOT / "bench" / "load.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
