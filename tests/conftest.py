@@ -26,7 +26,19 @@ def pytest_collection_modifyitems(items) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_server():
+def postgres_programs() -> str:
+    """PostgreSQL's server programs' directory; the test skips, saying what to
+    install, on a machine without them (as the Docker and browser tests do)."""
+    from orch.dev.postgres import PostgresUnavailable, find_bindir
+
+    try:
+        return find_bindir()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"{exc} (.ci/install-postgres.sh installs them)")
+
+
+@pytest.fixture(scope="session")
+def postgres_server(postgres_programs):
     """One throwaway PostgreSQL for the test session (initdb, free port, unprivileged)."""
     from orch.dev.postgres import ThrowawayPostgres
 

@@ -18,7 +18,11 @@ import requests
 
 from harness import clean_env, free_port, pid_alive, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [
+    pytest.mark.usefixtures("postgres_programs"),
+    pytest.mark.slow,
+    pytest.mark.timeout(240),
+]
 
 
 def test_dev_three_servers_on_their_own_postgres(tmp_path, pyz):

@@ -23,7 +23,11 @@ from harness import pid_alive, wait_until
 
 NODE_TTL = 4.0
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.usefixtures("postgres_programs"),
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+]
 
 
 @pytest.fixture

@@ -10,6 +10,9 @@ from orch.server.state import StateStore
 from orch.structs import EvalStatus, Plan, replace
 from tests.unit.test_state import alloc, evaluation, job, maker, node
 
+# Skips, saying what to install, on a machine without PostgreSQL.
+pytestmark = pytest.mark.usefixtures("postgres_programs")
+
 
 def wait_until(check, timeout=10.0):
     deadline = time.monotonic() + timeout

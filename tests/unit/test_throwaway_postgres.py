@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 
 import psycopg
+import pytest
 
 from orch.dev.postgres import ThrowawayPostgres
+
+# Skips, saying what to install, on a machine without PostgreSQL.
+pytestmark = pytest.mark.usefixtures("postgres_programs")
 
 
 def test_starts_as_unprivileged_user_and_cleans_up(tmp_path):
