@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import psutil
 import requests
-from benchutil import calibration, check_targets, log  # bench/ is on sys.path
+from benchutil import check_targets, host, log  # bench/ is on sys.path
 from e2e import DEFAULT_PYZ, DevCluster
 
 TARGETS = {"ratio_max": 1.5, "failed_requests": 0}
@@ -73,18 +72,6 @@ WEB = textwrap.dedent(
     ThreadingHTTPServer(("127.0.0.1", PORT), H).serve_forever()
     """
 )
-
-
-def machine() -> dict:
-    """The host, and its calibration (benchutil.calibration: CPU s of a fixed JSON workload)."""
-    return {
-        "calibration": calibration(),
-        "nproc": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_1m": round(os.getloadavg()[0], 2),
-        "python": sys.version.split()[0],
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
 
 
 def web_job(job_id: str, script: Path, copies: int, version: str, delay: str) -> dict:
@@ -396,10 +383,11 @@ def main(argv=None) -> int:
     if not args.pyz.is_file():
         sys.exit(f"{args.pyz} not found: build it with `python build/make_pyz.py`")
     workdir = Path(tempfile.mkdtemp(prefix="orch-bench-rollout-", dir=args.workdir))
-    result: dict = {"machine": machine(), "max_parallel": MAX_PARALLEL, "runs": args.runs}
+    memory_gb = round(psutil.virtual_memory().total / 2**30, 1)
+    result: dict = {"machine": host(memory_gb=memory_gb), "max_parallel": MAX_PARALLEL}
+    result["runs"] = args.runs
     result["shutdown_delay"] = args.shutdown_delay
     result["calibration"] = result["machine"]["calibration"]
-    log(f"host: {result['machine']}")
     result["orch"] = bench_orch(args, workdir)
     result["swarm"] = bench_swarm(args)
     figures = result["orch"].values()

@@ -36,7 +36,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import psutil  # noqa: E402
-from benchutil import calibration, check_targets, free_port, log, percentile  # noqa: E402
+from benchutil import check_targets, free_port, host, log, percentile  # noqa: E402
 from scheduler import drain, job_body, new_server, new_worker, node_bodies  # noqa: E402
 
 from orch.server.api import make_app  # noqa: E402
@@ -46,17 +46,6 @@ PAGES = ("jobs", "nodes", "topology")
 ALLOCS_PER_JOB = 10
 RUNNING_SHARE = 0.9  # the rest stay pending: the bars show more than one colour
 TARGETS = {"render_p95_ms_max": 300.0, "stream_cpu_share": 0.05}
-
-
-def machine() -> dict:
-    """The host, and its calibration (benchutil.calibration: CPU s of a fixed JSON workload)."""
-    return {
-        "calibration": calibration(),
-        "nproc": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_1m": round(os.getloadavg()[0], 2),
-        "python": sys.version.split()[0],
-    }
 
 
 # ---- render ------------------------------------------------------------------
@@ -221,7 +210,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args) -> dict:
-    summary: dict = {"machine": machine(), "nodes": args.nodes, "allocs": args.allocs}
+    summary: dict = {
+        "machine": host(memory_gb=round(psutil.virtual_memory().total / 2**30, 1)),
+        "nodes": args.nodes,
+        "allocs": args.allocs,
+    }
     summary["calibration"] = summary["machine"]["calibration"]
     log(f"host: {json.dumps(summary['machine'])}")
     data_dir = tempfile.mkdtemp(prefix="orch-bench-ui-")
