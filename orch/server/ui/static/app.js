@@ -93,10 +93,11 @@
   const FRAGMENT = PAGE === "run" ? "" : location.pathname + "?fragment=1";
   let loading = false;
   let again = false;
+  let leaving = false; /* a delete in progress: the page's job is going away, load nothing more */
   const filters = { q: "", status: "" };
 
   async function loadFragment() {
-    if (!FRAGMENT) return;
+    if (!FRAGMENT || leaving) return;
     if (loading) { again = true; return; }
     loading = true;
     try {
@@ -295,11 +296,17 @@
       const id = button.dataset.jobId || button.dataset.deploymentId;
       if (!window.confirm(action.ask.replace("%s", id))) return;
       button.disabled = true;
+      if (button.id === "btn-delete") {
+        /* No reload may race the delete: it would fetch a job that is gone (a 404). */
+        leaving = true;
+        while (loading) await sleep(20);
+      }
       try {
         const answer = await action.run(id);
         notice(answer.message || "done");
         if (button.id === "btn-delete") { location.assign(`${BASE}/jobs`); return; }
       } catch (e) {
+        leaving = false;
         notice(e.message, true);
       }
       loadFragment();
