@@ -52,6 +52,7 @@ class Server(NodeOps):
 
     def __init__(self, config: ServerConfig):
         self.config = config
+        self._stopping = False
         self.store = StateStore(
             config.data_dir, database=config.database, versions_kept=config.job_versions
         )
@@ -164,13 +165,17 @@ class Server(NodeOps):
         self.drainer.stop()
         self.deployments.stop()
         self._leader_threads()
-        log.warning("following since term %d ended", term)
+        # Stepping down on shutdown is the normal path; losing a term while
+        # serving is what an operator should notice.
+        level = logging.INFO if self._stopping else logging.WARNING
+        log.log(level, "following since term %d ended", term)
 
     def _remote_evals(self, evals: list[Evaluation]) -> None:
         """Evaluations another server stored (a job submitted there)."""
         self.broker.enqueue_many([e for e in evals if e.status not in TERMINAL_EVAL])
 
     def stop(self) -> None:
+        self._stopping = True
         self.leadership.stop()  # steps down: the leader-only threads stop
         for worker in self.workers:
             worker.stop()
