@@ -7,9 +7,11 @@ worker, not the timer). A check runs only while its allocation is running;
 its result goes to the AllocRunner (``record_check``), which puts it in the
 heartbeat when it changes. A check waiting for its allocation to run is run
 the moment the tasks start (``kick``), not at its next poll: a deployment
-waits on that first result. ``check_restart``: after `limit` failures in a
-row (counted once `grace` has passed since the task started) the tasks are
-restarted through the task runner's restart path.
+waits on that first result. Until an http or tcp check first passes after
+its tasks (re)start, it is probed again sooner than its interval (see
+QUICK_FIRST). ``check_restart``: after `limit` failures in a row (counted
+once `grace` has passed since the task started) the tasks are restarted
+through the task runner's restart path.
 """
 
 from __future__ import annotations
@@ -40,6 +42,18 @@ OUTPUT_MAX = 1024  # bytes of a check's output kept (and reported)
 WORKERS = 4
 # How often a check whose allocation is not running (yet) looks again.
 IDLE_POLL = 0.5
+# A fresh task is probed again QUICK_FIRST after a failing first probe, the
+# delay doubling up to QUICK_MAX (never past the interval), until the check
+# first passes or QUICK_WINDOW has gone by since the task started. Nomad
+# waits out the interval; nothing forbids looking sooner, and a deployment
+# waits on that first pass: with a 100 ms interval a copy that listens after
+# 120 ms was seen at 200 ms, now at 120-170 ms. Only http and tcp: a refused
+# connect costs ~40 us, while a script check forks a process. check_restart
+# counts failures at the interval's pace all the same (see _execute).
+QUICK_FIRST = 0.01
+QUICK_MAX = 0.05
+QUICK_WINDOW = 10.0
+QUICK_TYPES = frozenset({"http", "tcp"})
 
 
 @dataclass(eq=False)
@@ -55,6 +69,29 @@ class Check:
     cancelled: bool = False
     idle: bool = False  # waiting for the allocation to run (see kick)
     due: int = -1  # the heap entry that counts; an earlier one is stale
+    quick: float = QUICK_FIRST  # the next quick retry's delay; 0: none (see QUICK_FIRST)
+    counted_at: float = float("-inf")  # monotonic time of the last result counted
+
+    def next_delay(self, ok: bool, since_start: float | None) -> tuple[float, bool]:
+        """(seconds until the next probe, whether this result was a quick probe's)."""
+        interval, quick = self.spec["interval"], self.quick
+        fresh = since_start is not None and since_start <= QUICK_WINDOW
+        if (
+            ok
+            or not fresh
+            or not quick
+            or quick >= interval
+            or self.spec["type"] not in QUICK_TYPES
+        ):
+            self.quick = 0.0  # passed once (or too late): the interval from now on
+            return interval, False
+        self.quick = min(quick * 2, QUICK_MAX)
+        return quick, True
+
+    def rearm(self) -> None:
+        """The tasks are not running: their next start is probed quickly again."""
+        self.failures = 0
+        self.quick = QUICK_FIRST
 
 
 def checks_of(alloc: AllocRunner) -> list[Check]:
@@ -172,7 +209,7 @@ class CheckRunner:
                 continue
             if alloc.status() != AllocStatus.RUNNING:
                 # Between restarts or not started: what was known no longer holds.
-                check.failures = 0
+                check.rearm()
                 alloc.clear_checks()
                 self._schedule(check, min(IDLE_POLL, check.spec["interval"]), idle=True)
                 self.kick(alloc)  # the tasks may have started since the look above
@@ -191,8 +228,15 @@ class CheckRunner:
         if check.cancelled:
             return
         check.alloc.record_check(check.key, ok, output[:OUTPUT_MAX], self.now())
-        self._count(check, ok)
-        self._schedule(check, check.spec["interval"])
+        started = check.alloc.last_task_start()
+        delay, quick = check.next_delay(ok, None if started is None else self.now() - started)
+        # A quick retry is not one of the check's runs: a failure streak
+        # grows at most once per interval, so check_restart fires no sooner.
+        now = time.monotonic()
+        if ok or not quick or now - check.counted_at >= check.spec["interval"]:
+            check.counted_at = now
+            self._count(check, ok)
+        self._schedule(check, delay)
 
     def _count(self, check: Check, ok: bool) -> None:
         """Track the failure streak; restart the tasks when it reaches the limit."""

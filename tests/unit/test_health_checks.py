@@ -225,3 +225,65 @@ def test_an_unresolved_port_label_is_never_dialed(make):
     assert wait_for(lambda: runner.health() == "unhealthy", 10)
     output = runner.to_dict()["checks"]["web/tcp-0"]["output"]
     assert output == "the service has no port to check"
+
+
+def _check(kind: str, interval: float) -> checks_module.Check:
+    spec = {"name": "c", "type": kind, "interval": interval, "timeout": 1}
+    return checks_module.Check(alloc=None, key="web/c", spec=spec, port=1, restart=None)
+
+
+def test_a_fresh_check_retries_quickly_until_it_first_passes():
+    check = _check("http", 1.0)
+    delays = [check.next_delay(False, 0.5) for _ in range(5)]
+    assert delays == [(0.01, True), (0.02, True), (0.04, True), (0.05, True), (0.05, True)]
+    assert check.next_delay(True, 0.6) == (1.0, False)
+    # Passed once: a later failure waits out the interval.
+    assert check.next_delay(False, 0.7) == (1.0, False)
+    check.rearm()  # the tasks stopped: their next start is fresh again
+    assert check.next_delay(False, 0.1) == (0.01, True)
+
+
+def test_quick_retries_stop_at_the_interval_the_window_and_for_scripts():
+    short = _check("tcp", 0.03)
+    assert [short.next_delay(False, 0.1) for _ in range(3)] == [
+        (0.01, True),
+        (0.02, True),
+        (0.03, False),
+    ]
+    late = _check("http", 1.0)
+    assert late.next_delay(False, checks_module.QUICK_WINDOW + 1) == (1.0, False)
+    assert late.next_delay(False, 0.1) == (1.0, False)
+    assert _check("http", 1.0).next_delay(False, None) == (1.0, False)
+    assert _check("script", 1.0).next_delay(False, 0.1) == (1.0, False)
+
+
+def test_a_task_listening_late_is_seen_long_before_its_interval(make):
+    # The port is bound but not listening when the task starts (refused),
+    # listening 0.3 s later: only a quick retry can see it within the wait.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        check = {"type": "tcp", "interval": 60, "timeout": 1}
+        runner = make([{"name": "web", "port": sock.getsockname()[1], "checks": [check]}])
+        assert wait_for(lambda: runner.health() == "unhealthy", 10)
+        sock.listen(4)
+        listening = time.monotonic()
+        assert wait_for(lambda: runner.health() == "healthy", 10)
+        assert time.monotonic() - listening < 5
+    finally:
+        sock.close()
+
+
+def test_quick_retries_do_not_hasten_check_restart(make, server):
+    check = {"type": "http", "path": "/down", "interval": 1.0, "timeout": 1}
+    restart = {"limit": 2, "grace": 0}
+    runner = make(
+        [{"name": "web", "port": port_of(server.url), "checks": [check], "check_restart": restart}]
+    )
+    task = runner.tasks["t"]
+    started = time.monotonic()
+    assert wait_for(lambda: len(server.paths()) >= 4, 10)  # quick retries have run
+    # Two failures counted a whole interval apart: no restart before then
+    # (unless the host was so slow that the interval has gone by anyway).
+    assert task.state.restarts == 0 or time.monotonic() - started > 0.9
+    assert wait_for(lambda: task.state.restarts >= 1, 15)
