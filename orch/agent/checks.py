@@ -268,15 +268,12 @@ class CheckRunner:
 
 def http_check(host: str, port: int, path: str, timeout: float) -> tuple[bool, str]:
     """GET http://host:port/path: passing on a 2xx or 3xx answer."""
-    client = transport.HttpClient(timeout=timeout, keep_alive=False)
     try:
-        resp = client.get(f"http://{host}:{port}{path}", headers={"Accept": "*/*"})
+        status, content = transport.get_once(host, port, path, timeout, OUTPUT_MAX)
     except (*transport.ERRORS, ValueError) as exc:
         return False, f"GET {path}: {exc or type(exc).__name__}"
-    finally:
-        client.close()
-    body = resp.content[:OUTPUT_MAX].decode("utf-8", "replace")
-    return 200 <= resp.status < 400, f"HTTP {resp.status}: {body}"
+    body = content.decode("utf-8", "replace")
+    return 200 <= status < 400, f"HTTP {status}: {body}"
 
 
 def tcp_check(host: str, port: int, timeout: float) -> tuple[bool, str]:
