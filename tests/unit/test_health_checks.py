@@ -287,3 +287,29 @@ def test_quick_retries_do_not_hasten_check_restart(make, server):
     # (unless the host was so slow that the interval has gone by anyway).
     assert task.state.restarts == 0 or time.monotonic() - started > 0.9
     assert wait_for(lambda: task.state.restarts >= 1, 15)
+
+
+def test_a_changed_check_result_wakes_the_heartbeat_and_a_repeat_does_not(tmp_path):
+    # The agent wires on_change to NodeLoop.notify: a health change is sent at
+    # once, not at the next heartbeat tick; an unchanged result sends nothing.
+    spec = parse_alloc(
+        {
+            "allocation_id": "a1",
+            "job_id": "j1",
+            "job_type": "service",
+            "task_group": {"name": "g", "tasks": [{"name": "t", "config": {"command": "true"}}]},
+        }
+    )
+    woken = []
+    runner = AllocRunner(
+        spec,
+        AgentConfig(data_dir=str(tmp_path)),
+        {},
+        AgentStore(str(tmp_path)),
+        lambda: woken.append(1),
+    )
+    runner.record_check("web/http-0", False, "refused", 1.0)
+    runner.record_check("web/http-0", False, "refused", 1.1)
+    assert len(woken) == 1
+    runner.record_check("web/http-0", True, "HTTP 200: ok", 1.2)
+    assert len(woken) == 2 and runner.check_results["web/http-0"]["status"] == "passing"
