@@ -225,3 +225,116 @@ def test_an_unresolved_port_label_is_never_dialed(make):
     assert wait_for(lambda: runner.health() == "unhealthy", 10)
     output = runner.to_dict()["checks"]["web/tcp-0"]["output"]
     assert output == "the service has no port to check"
+
+
+def _check(kind: str, interval: float) -> checks_module.Check:
+    spec = {"name": "c", "type": kind, "interval": interval, "timeout": 1}
+    return checks_module.Check(alloc=None, key="web/c", spec=spec, port=1, restart=None)
+
+
+def test_a_fresh_check_retries_quickly_while_nothing_listens():
+    check = _check("http", 1.0)
+    delays = [check.next_delay(True, 0.5) for _ in range(5)]
+    assert delays == [(0.01, True), (0.02, True), (0.04, True), (0.05, True), (0.05, True)]
+    assert check.next_delay(False, 0.6) == (1.0, False)  # it answered (passing or not)
+    # Something listened once: a later refusal waits out the interval.
+    assert check.next_delay(True, 0.7) == (1.0, False)
+    check.rearm()  # the tasks stopped: their next start is fresh again
+    assert check.next_delay(True, 0.1) == (0.01, True)
+
+
+def test_quick_retries_stop_at_the_interval_the_window_and_an_answer():
+    short = _check("tcp", 0.03)
+    assert [short.next_delay(True, 0.1) for _ in range(3)] == [
+        (0.01, True),
+        (0.02, True),
+        (0.03, False),
+    ]
+    late = _check("http", 1.0)
+    assert late.next_delay(True, checks_module.QUICK_WINDOW + 1) == (1.0, False)
+    assert late.next_delay(True, 0.1) == (1.0, False)
+    assert _check("http", 1.0).next_delay(True, None) == (1.0, False)
+    # A 503 while warming up is an answer: the service sees only its interval.
+    assert _check("http", 1.0).next_delay(False, 0.1) == (1.0, False)
+
+
+def test_probes_tell_a_refusal_from_an_answer(server):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, not listening: refused
+    try:
+        closed = sock.getsockname()[1]
+        assert checks_module.tcp_probe("127.0.0.1", closed, 1)[2] is True
+        assert checks_module.http_probe("127.0.0.1", closed, "/", 1)[2] is True
+    finally:
+        sock.close()
+    ok, output, refused = checks_module.http_probe("127.0.0.1", port_of(server.url), "/down", 1)
+    assert (ok, refused) == (False, False) and output.startswith("HTTP 500")
+
+
+def test_a_task_listening_late_is_seen_long_before_its_interval(make):
+    # The port is bound but not listening when the task starts (refused),
+    # listening 0.3 s later: only a quick retry can see it within the wait.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        check = {"type": "tcp", "interval": 60, "timeout": 1}
+        runner = make([{"name": "web", "port": sock.getsockname()[1], "checks": [check]}])
+        assert wait_for(lambda: runner.health() == "unhealthy", 10)
+        sock.listen(4)
+        listening = time.monotonic()
+        assert wait_for(lambda: runner.health() == "healthy", 10)
+        assert time.monotonic() - listening < 5
+    finally:
+        sock.close()
+
+
+def test_quick_retries_do_not_hasten_check_restart(make):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # never listens: every probe is refused
+    probes = []
+    real_probe = make.checks.probe
+
+    def counted(check):
+        probes.append(time.monotonic())
+        return real_probe(check)
+
+    make.checks.probe = counted  # counts the real probes, changes nothing
+    try:
+        check = {"type": "tcp", "interval": 1.0, "timeout": 1}
+        restart = {"limit": 2, "grace": 0}
+        service = {"name": "web", "port": sock.getsockname()[1], "checks": [check]}
+        runner = make([{**service, "check_restart": restart}])
+        task = runner.tasks["t"]
+        assert wait_for(lambda: len(probes) >= 4, 10)  # quick retries have run
+        # Two failures counted a whole interval apart: no restart before then
+        # (unless the host was so slow that the interval has gone by anyway).
+        assert task.state.restarts == 0 or time.monotonic() - probes[0] > 0.9
+        assert wait_for(lambda: task.state.restarts >= 1, 15)
+    finally:
+        sock.close()
+
+
+def test_a_changed_check_result_wakes_the_heartbeat_and_a_repeat_does_not(tmp_path):
+    # The agent wires on_change to NodeLoop.notify: a health change is sent at
+    # once, not at the next heartbeat tick; an unchanged result sends nothing.
+    spec = parse_alloc(
+        {
+            "allocation_id": "a1",
+            "job_id": "j1",
+            "job_type": "service",
+            "task_group": {"name": "g", "tasks": [{"name": "t", "config": {"command": "true"}}]},
+        }
+    )
+    woken = []
+    runner = AllocRunner(
+        spec,
+        AgentConfig(data_dir=str(tmp_path)),
+        {},
+        AgentStore(str(tmp_path)),
+        lambda: woken.append(1),
+    )
+    runner.record_check("web/http-0", False, "refused", 1.0)
+    runner.record_check("web/http-0", False, "refused", 1.1)
+    assert len(woken) == 1
+    runner.record_check("web/http-0", True, "HTTP 200: ok", 1.2)
+    assert len(woken) == 2 and runner.check_results["web/http-0"]["status"] == "passing"

@@ -1,12 +1,14 @@
 """orch.transport against real little HTTP servers on loopback."""
 
+import socket
 import ssl
+import threading
 import time
 
 import pytest
 from tiny_http import Mute, Recorder, closed_port_url, self_signed
 
-from orch.transport import ERRORS, HttpClient
+from orch.transport import ERRORS, HttpClient, get_once
 
 
 @pytest.fixture
@@ -118,3 +120,59 @@ def test_a_lost_connection_then_a_refusal_is_not_a_clean_refusal():
     with pytest.raises(ConnectionRefusedError) as refused:
         client.post(server.url + "/allocations", {"a": 3})
     assert not isinstance(refused.value, PeerGone)
+
+
+class Scripted:
+    """Answers each connection with the given bytes (in pieces, `pause` apart), then closes."""
+
+    def __init__(self, pieces: list[bytes], pause: float = 0.0):
+        self.requests: list[bytes] = []
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._pieces, self._pause = pieces, pause
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn:
+                self.requests.append(conn.recv(65536))
+                try:
+                    for piece in self._pieces:
+                        conn.sendall(piece)
+                        time.sleep(self._pause)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def test_get_once_reads_status_and_the_body_up_to_the_limit(servers):
+    body = b"x" * 5000
+    head = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 5000\r\n\r\n"
+    server = servers([head + body[:100], body[100:]], cls=Scripted)
+    assert get_once("127.0.0.1", server.port, "/ready?x=1", 2.0, 1024) == (503, body[:1024])
+    request = server.requests[0].decode()
+    assert request.startswith("GET /ready?x=1 HTTP/1.0\r\n")
+    assert f"Host: 127.0.0.1:{server.port}\r\n" in request
+    # No Content-Length: the body ends with the connection.
+    server = servers([b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\nhel", b"lo"], cls=Scripted)
+    assert get_once("127.0.0.1", server.port, "/", 2.0, 1024) == (200, b"hello")
+
+
+def test_get_once_fails_on_garbage_a_cut_answer_refusal_and_time(servers):
+    bad = servers([b"SSH-2.0-OpenSSH\r\n\r\n"], cls=Scripted)
+    cut = servers([b"HTTP/1.0 200 OK\r\nContent-"], cls=Scripted)
+    for port in (bad.port, cut.port, int(closed_port_url().rsplit(":", 1)[1])):
+        with pytest.raises(ERRORS):
+            get_once("127.0.0.1", port, "/", 2.0, 1024)
+    # A slow drip of bytes cannot stretch the exchange past its timeout.
+    drip = servers([b"HTTP/1.0 200 OK\r\n"] + [b"X: y\r\n"] * 50, pause=0.05, cls=Scripted)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        get_once("127.0.0.1", drip.port, "/", 0.5, 1024)
+    assert time.monotonic() - started < 1.5
