@@ -21,6 +21,7 @@ from orch.agent.spec import AllocSpec, parse_alloc
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig
 from orch.errors import NotFound, ValidationError
+from orch.structs import AllocStatus
 
 log = logging.getLogger(__name__)
 
@@ -383,6 +384,8 @@ class Agent:
         runner: AllocRunner | None = None
 
         def changed() -> None:
+            if runner is not None and _nothing_new(runner):
+                return
             self._notify()
             if runner is not None:
                 self.checks.kick(runner)  # tasks just started: check them now
@@ -393,3 +396,11 @@ class Agent:
     def _notify(self) -> None:
         if self.loop is not None:
             self.loop.notify()
+
+
+def _nothing_new(runner: AllocRunner) -> bool:
+    """True for an allocation that has not started a task yet: the server
+    placed it pending and knows that much, so a heartbeat now would cost it a
+    request that says nothing; the first start (or failure) is what it waits
+    for, and the next heartbeat carries the entry anyway."""
+    return runner.status() is AllocStatus.PENDING and runner.last_task_start() is None

@@ -1,9 +1,11 @@
 """Register with the server, then heartbeat: every interval and on task changes.
 
-A task state change wakes the loop, which waits ~5 ms so that a burst of
-changes (an allocation's tasks starting together) goes out as one heartbeat;
-under a stream of changes, heartbeats are at least MIN_SPACING apart, so
-that a busy node reports many changes per heartbeat instead of one.
+A task state change wakes the loop, which heartbeats at once when the last
+heartbeat is at least MIN_SPACING old: a report waits on no timer when the
+node is quiet (submit -> running is what a user waits for). Changes that
+come while a heartbeat is in flight, or sooner than MIN_SPACING after it,
+go out together in the next one, so that a busy node reports many changes
+per heartbeat instead of one.
 A 404 means the server does not know us (it lost its state, or we were
 garbage-collected): register again, then heartbeat at once.
 With several servers (``--server URL1,URL2,URL3``) each call goes to the
@@ -39,7 +41,6 @@ from orch.transport import FailoverClient, HttpClient, Response, Servers
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset(status.value for status in TERMINAL_ALLOC)
-COALESCE = 0.005  # seconds: changes this close share one heartbeat
 MIN_SPACING = 0.015  # seconds between heartbeats caused by changes
 # The connection to the server is kept only while heartbeats come close
 # together (a burst of task changes); a node quiet this long lets it go. A
@@ -221,8 +222,11 @@ class NodeLoop:
             if self._stop.is_set():
                 return
             if self._wake.is_set():
-                since = time.monotonic() - self._last_beat
-                self._stop.wait(max(COALESCE, MIN_SPACING - since))
+                # Quiet since the last beat: this change goes now. Otherwise
+                # it waits out the spacing, gathering whatever else changes.
+                wait = MIN_SPACING - (time.monotonic() - self._last_beat)
+                if wait > 0:
+                    self._stop.wait(wait)
                 self._wake.clear()
 
     def _idle_wait(self, interval: float) -> None:

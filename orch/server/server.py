@@ -412,9 +412,8 @@ def run(config: ServerConfig) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code."""
     import signal
 
-    from waitress import create_server
-
     from orch.server.api import make_app
+    from orch.server.wsgi import http_server
 
     check_bind("server", config.bind, config.token, config.insecure)
     try:
@@ -422,25 +421,7 @@ def run(config: ServerConfig) -> int:
     except StorageError as exc:
         log.error("%s", exc.message)
         return 1
-    app = make_app(server)
-    http = create_server(
-        app,
-        host=config.bind,
-        port=config.port,
-        # A UI stream holds its thread for as long as the page is open: the
-        # streams get threads of their own on top of the API's.
-        threads=config.http_threads + config.ui_max_streams,
-        # No lookahead: with it, waitress keeps reading a connection while its
-        # request runs, which doubled the server's CPU per request (0.36-0.43
-        # ms without, 0.53-0.86 ms with, an empty heartbeat on a loaded host;
-        # bench/README.md). The price: an open UI stream sees its browser tab
-        # closed at its next write (an event or the 15 s keepalive), not at once.
-        channel_request_lookahead=0,
-        ident="orch",
-        connection_limit=1000,
-        channel_timeout=60,
-        clear_untrusted_proxy_headers=True,
-    )
+    http = http_server(make_app(server), config)
 
     def _exit(signum, _frame):
         raise SystemExit(0)

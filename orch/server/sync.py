@@ -119,6 +119,8 @@ def _health_changes(alloc: Allocation, report: dict, now: float) -> dict:
 
 
 _TERMINAL_VALUES = frozenset(status.value for status in TERMINAL_ALLOC)
+# Transitions every healthy allocation makes: logged at DEBUG (see _after_changes).
+_ROUTINE = frozenset({AllocStatus.PENDING, AllocStatus.RUNNING, AllocStatus.COMPLETE})
 
 
 def _unasked_stop(alloc: Allocation) -> Allocation:
@@ -250,7 +252,11 @@ class AllocSync:
         failed_services = set()
         for old, new in changed:
             if old.client_status != new.client_status:
-                log.info(
+                # Every allocation passes through running and complete: at
+                # INFO, a batch of small jobs costs a log line per change.
+                # What went wrong (failed, lost) stays at INFO.
+                log.log(
+                    logging.DEBUG if new.client_status in _ROUTINE else logging.INFO,
                     "alloc %s: %s -> %s",
                     short_id(new.allocation_id),
                     old.client_status.value,

@@ -426,3 +426,64 @@ def _full_after(server, count):
     with server.lock:
         later = [body for _, path, body, _ in server.requests[count:] if path == "/heartbeat"]
     return next((body for body in later if not body.get("delta")), None)
+
+
+def test_a_change_after_a_quiet_spell_is_reported_without_a_timer(servers, agents, tmp_path):
+    """A quiet node's change goes at once; only one sooner than MIN_SPACING
+    after the last beat waits (the old 5 ms coalescing timer is gone)."""
+    from orch.agent.loop import MIN_SPACING
+
+    server = servers()
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    assert wait_for(lambda: len(server.bodies("/heartbeat")) == 1)
+    loop = agent.loop
+    waits: list[float] = []
+    real_wait = loop._stop.wait
+
+    def recording_wait(timeout=None):
+        waits.append(timeout)
+        return real_wait(timeout)
+
+    loop._stop.wait = recording_wait
+    time.sleep(MIN_SPACING * 3)  # quiet: the last beat is older than the spacing
+    loop.notify()
+    assert wait_for(lambda: len(server.bodies("/heartbeat")) == 2)
+    assert waits == [], f"a quiet node's change waited {waits} s before its beat"
+    # Right behind that beat, a change waits out the spacing, no longer.
+    loop.notify()
+    assert wait_for(lambda: len(server.bodies("/heartbeat")) == 3)
+    assert len(waits) == 1 and 0 < waits[0] <= MIN_SPACING
+
+
+def test_an_allocation_not_started_yet_wakes_no_heartbeat(servers, agents, tmp_path):
+    """Arrival is no news to the server (it placed the allocation pending):
+    the first beat an allocation causes carries a started (or failed) task."""
+    from orch.structs import AllocStatus
+
+    server = servers()
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    assert wait_for(lambda: len(server.bodies("/heartbeat")) == 1)
+    seen: list[tuple] = []
+    real_notify = agent.loop.notify
+
+    def recording_notify():
+        runner = agent._allocs.get("a1")
+        if runner is not None:
+            seen.append((runner.status(), runner.last_task_start()))
+        real_notify()
+
+    agent.loop.notify = recording_notify
+    agent.submit(alloc("a1", "sleep 0.2"))
+    assert agent.get("a1").wait(5)
+    assert seen, "the allocation's changes must wake the loop"
+    assert all(status != AllocStatus.PENDING or started for status, started in seen), seen
+
+    def reported():
+        return [
+            body["allocations"]["a1"]["status"]
+            for _, body in server.bodies("/heartbeat")
+            if "a1" in body["allocations"]
+        ]
+
+    assert wait_for(lambda: "complete" in reported())
+    assert reported()[0] != "pending", reported()

@@ -60,11 +60,12 @@ class JobWrites(JobVersions):
             self._put_job(job, evaluation)
 
     def _put_job(self, job: Job, evaluation: Evaluation) -> None:
+        body = _dump(job)  # the job's row and its version's: one encode
         self._write(
             [
-                (self._UPSERT_JOB, [(job.job_id, _dump(job))]),
+                (self._UPSERT_JOB, [(job.job_id, body)]),
                 (self._UPSERT_EVAL, self._eval_rows([evaluation])),
-                *self._version_statements(job),
+                *self._version_statements(job, body),
             ]
         )
         self._jobs[job.job_id] = job

@@ -29,10 +29,12 @@ class JobVersions(StoreCore):
     _TRIM_VERSIONS = "DELETE FROM job_versions WHERE job_id = ? AND version <= ?"
     _PURGE_VERSIONS = "DELETE FROM job_versions WHERE job_id = ?"
 
-    def _version_statements(self, job: Job) -> list[tuple[str, list]]:
-        """The statements recording ``job`` as a version and trimming older ones."""
+    def _version_statements(self, job: Job, body: str | None = None) -> list[tuple[str, list]]:
+        """The statements recording ``job`` as a version and trimming older ones
+        (``body``: the job's JSON, when the caller has encoded it already)."""
+        body = _dump(job) if body is None else body
         return [
-            (self._INSERT_VERSION, [(job.job_id, job.version, _dump(job), job.submit_time)]),
+            (self._INSERT_VERSION, [(job.job_id, job.version, body, job.submit_time)]),
             (self._TRIM_VERSIONS, [(job.job_id, job.version - self.versions_kept)]),
         ]
 
