@@ -54,6 +54,9 @@ class Agent:
         # newest config.gc_keep stay, files and all, for their logs.
         self._collectable: dict[str, float] = {}
         self._lock = threading.Lock()
+        # Those not yet finished: what `used()` sums each heartbeat, without
+        # walking the finished ones kept for their logs.
+        self._unfinished: dict[str, AllocRunner] = {}
         self._stopping: set[str] = set()  # DELETEd, waiting their shutdown_delay
         self._closing = threading.Event()
         self.checks = CheckRunner(check_host(config))
@@ -74,6 +77,7 @@ class Agent:
             self.store.forget_removal(spec.allocation_id)
             runner = self._new_runner(spec)
             self._allocs[spec.allocation_id] = runner
+            self._unfinished[spec.allocation_id] = runner
         log.info(
             "alloc %s accepted job=%s group=%s tasks=%d",
             runner.short,
@@ -127,6 +131,7 @@ class Agent:
         with self._lock:
             if self._allocs.get(alloc_id) is runner:
                 del self._allocs[alloc_id]
+                self._unfinished.pop(alloc_id, None)
             # One the server has already taken (finished, acknowledged) needs
             # no last word: it is gone for good at once (a purged job's).
             taken = self._collectable.pop(alloc_id, None) is not None
@@ -152,11 +157,16 @@ class Agent:
         with self._lock:
             return list(self._allocs.values())
 
-    def heartbeat_reports(self, exclude: set | frozenset = frozenset()) -> dict:
+    def heartbeat_reports(
+        self, exclude: set | frozenset = frozenset(), only: set | None = None
+    ) -> dict:
         """{alloc id: (status, entry JSON)} of every allocation not in
-        `exclude` (finished ones the server has already taken): what a
-        heartbeat carries, encoded once per change, on disk first."""
-        reports = {r.spec.allocation_id: r.heartbeat_report() for r in self._reported(exclude)}
+        `exclude` (finished ones the server has already taken), or of those
+        in `only` (the ones that changed): what a heartbeat carries, encoded
+        once per change, on disk first."""
+        reports = {
+            r.spec.allocation_id: r.heartbeat_report() for r in self._reported(exclude, only)
+        }
         with self._lock:
             gone = [(k, v) for k, v in self._gone.items() if k not in exclude]
         reports.update(gone)
@@ -206,9 +216,14 @@ class Agent:
         if self.loop is not None:
             self.loop.forget(alloc_id)
 
-    def _reported(self, exclude):
+    def _reported(self, exclude, only):
         """The allocations a heartbeat carries; what it says is on disk first."""
-        for runner in self.allocations():
+        if only is None:
+            runners = self.allocations()
+        else:
+            with self._lock:
+                runners = [r for r in map(self._allocs.get, only) if r is not None]
+        for runner in runners:
             if runner.spec.allocation_id not in exclude:
                 runner.persist()
                 yield runner
@@ -221,10 +236,15 @@ class Agent:
     def used(self) -> tuple[int, int]:
         """(cpu MHz, memory MB) reserved by allocations not yet terminal."""
         cpu = memory = 0
-        for runner in self.allocations():
-            if not runner.finished:
-                held = runner.reserved()
-                cpu, memory = cpu + held.cpu, memory + held.memory
+        with self._lock:
+            runners = list(self._unfinished.items())
+        for alloc_id, runner in runners:
+            if runner.finished:
+                with self._lock:
+                    self._unfinished.pop(alloc_id, None)
+                continue
+            held = runner.reserved()
+            cpu, memory = cpu + held.cpu, memory + held.memory
         return cpu, memory
 
     def health(self) -> dict:
@@ -248,7 +268,7 @@ class Agent:
                 log.warning("skipping persisted allocation: %s", exc)
                 continue
             runner = AllocRunner.restore(
-                doc, spec, self.config, self.drivers, self.store, self._notify
+                doc, spec, self.config, self.drivers, self.store, self._notifier(spec)
             )
             if runner.stopped:  # a DELETE was cut short: finish it
                 runner.hurry()  # its shutdown_delay began before we died: no new wait
@@ -258,6 +278,7 @@ class Agent:
                 continue
             with self._lock:
                 self._allocs[spec.allocation_id] = runner
+                self._unfinished[spec.allocation_id] = runner
             runner.start()
             self.checks.watch(runner)
             count += 1
@@ -382,13 +403,25 @@ class Agent:
     def _new_runner(self, spec: AllocSpec) -> AllocRunner:
         runner: AllocRunner | None = None
 
+        notify = self._notifier(spec)
+
         def changed() -> None:
-            self._notify()
+            notify()
             if runner is not None:
                 self.checks.kick(runner)  # tasks just started: check them now
 
         runner = AllocRunner(spec, self.config, self.drivers, self.store, changed)
         return runner
+
+    def _notifier(self, spec: AllocSpec):
+        """What an allocation calls on a change: the next heartbeat carries it."""
+        alloc_id = spec.allocation_id
+
+        def notify() -> None:
+            if self.loop is not None:
+                self.loop.notify(alloc_id)
+
+        return notify
 
     def _notify(self) -> None:
         if self.loop is not None:

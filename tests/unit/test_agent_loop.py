@@ -401,6 +401,43 @@ def test_a_change_in_a_lost_beat_is_sent_again(servers, agents, tmp_path):
     assert "a1" not in server.bodies("/heartbeat")[-1][1]["allocations"]
 
 
+def test_a_delta_beat_looks_only_at_the_allocations_that_changed(servers, agents, tmp_path):
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
+    for alloc_id in ("a1", "a2"):
+        agent.submit(alloc(alloc_id, "sleep 30"))
+    assert wait_for(lambda: _reported(server, "a1", "running"), 5.0)
+    assert wait_for(lambda: _reported(server, "a2", "running"), 5.0)
+    asked: list = []
+    reports = agent.loop._reports
+    agent.loop._reports = lambda exclude, only: asked.append(only) or reports(exclude, only)
+    # Quiet: delta beats build no allocation's report at all.
+    assert wait_for(lambda: len(asked) >= 2, 5.0)
+    assert all(only == set() for only in asked)
+    agent.get("a1").record_check("web/alive", True, "ok", time.time())
+    assert wait_for(lambda: {"a1"} in asked, 5.0)
+    assert "a2" not in set().union(*(only or set() for only in asked))
+    assert wait_for(
+        lambda: any(
+            "checks" in body["allocations"].get("a1", {}) and body.get("delta")
+            for _, body in server.bodies("/heartbeat")
+        ),
+        5.0,
+    )
+
+
+def test_used_resources_leave_with_the_finished_allocations(servers, agents, tmp_path):
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
+    agent.submit(alloc("a1", "sleep 30", cpu=100, memory=64))
+    agent.submit(alloc("a2", "true", cpu=30, memory=16))
+    assert wait_for(lambda: agent.get("a2").finished, 5.0)
+    assert agent.used() == (100, 64)
+    assert set(agent._unfinished) == {"a1"}
+    agent.stop_alloc("a1")
+    assert agent.used() == (0, 0) and not agent._unfinished
+
+
 def test_resync_asked_gets_a_full_beat(servers, agents, tmp_path):
     server = servers(acks=True)
     agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
