@@ -4,10 +4,12 @@ Each task has a TaskRunner (`taskrunner.py`: its thread, state machine and
 restart policy); when one fails for good the allocation kills its siblings.
 Every state change is reported through `on_change()`, which the heartbeat
 loop turns into an immediate heartbeat. On disk, an allocation is written
-when it arrives (before any task starts) and when it ends, at once; changes
-in between are written by the heartbeat loop before it reports them
-(`persist()`), so a burst of changes costs one write. An agent killed before
-such a write finds its tasks again through their drivers (`Driver.find`).
+when it arrives (before any task starts) and when it ends, at once, unless
+its tasks all completed under a driver that keeps their exits (exec's run
+records); other changes are written by the heartbeat loop before it reports
+them (`persist()`), so a burst of changes costs one write. An agent killed
+before such a write finds its tasks again through their drivers
+(`Driver.find`), and how they ended.
 """
 
 from __future__ import annotations
@@ -366,21 +368,23 @@ class AllocRunner:
     def changed(self) -> None:
         """Update alloc times, mark for writing, and tell the heartbeat loop.
 
-        Written at once the first time and when the allocation is over;
-        otherwise by the next `persist()` (the heartbeat loop's, before it
-        reports the change)."""
+        Written at once the first time and when the allocation is over
+        (unless its drivers keep how it ended); otherwise by the next
+        `persist()` (the heartbeat loop's, before it reports the change)."""
         with self.lock:
             self._update_times()
             self._dirty = True
             self._entry = self._report = None
-            urgent = (
-                not self._saved
-                or self.stopped
-                or self.status() in (AllocStatus.COMPLETE, AllocStatus.FAILED)
-            )
+            urgent = not self._saved or self.stopped or self._ended_unrecorded()
         if urgent:
             self.persist()
         self._on_change()
+
+    def _ended_unrecorded(self) -> bool:
+        """Over, and only this file would say how (caller holds the lock)."""
+        if self.status() not in (AllocStatus.COMPLETE, AllocStatus.FAILED):
+            return False
+        return not all(runner.exit_kept for runner in self.tasks.values())
 
     def persist(self) -> None:
         """Write the allocation's state if it changed since the last write."""

@@ -108,6 +108,17 @@ class TaskRunner:
         """Failed for its own reasons (not killed by us)."""
         return self.state.status == F and not self._killed.is_set()
 
+    @property
+    def exit_kept(self) -> bool:
+        """Completed on its own under a driver that keeps its exit (caller holds alloc.lock)."""
+        driver = self._driver
+        return (
+            self.state.status == C
+            and not self._killed.is_set()
+            and driver is not None
+            and driver.keeps_exits
+        )
+
     def live_handle(self) -> tuple[Driver, Any] | None:
         """(driver, handle) of the running process, None when none runs."""
         with self.alloc.lock:

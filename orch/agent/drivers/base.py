@@ -66,6 +66,11 @@ class Driver(abc.ABC):
     """A task driver; one instance serves every task of its kind on the node."""
 
     name: str = ""
+    # Does a task's exit outlive the agent (kept where `find` and `recover`
+    # read it again, as the exec driver's run records)? Then an allocation
+    # whose tasks completed need not be written at once: a restarted agent
+    # learns how they ended from the driver.
+    keeps_exits: bool = False
 
     @abc.abstractmethod
     def start(self, ctx: TaskContext) -> Any:

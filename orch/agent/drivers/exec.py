@@ -72,6 +72,7 @@ class ExecDriver(Driver):
     """Runs tasks as local process groups."""
 
     name = "exec"
+    keeps_exits = True  # the run record says how each run ended
 
     def __init__(
         self,
