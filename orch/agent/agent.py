@@ -54,9 +54,12 @@ class Agent:
         # newest config.gc_keep stay, files and all, for their logs.
         self._collectable: dict[str, float] = {}
         self._lock = threading.Lock()
-        # Those not yet finished: what `used()` sums each heartbeat, without
-        # walking the finished ones kept for their logs.
-        self._unfinished: dict[str, AllocRunner] = {}
+        # What each allocation holds (cpu, memory) and the node's total, kept
+        # up to date from the allocations that changed (`_unaccounted`), so
+        # that a heartbeat's `used()` does not walk every allocation.
+        self._held: dict[str, tuple[int, int]] = {}
+        self._held_total = (0, 0)
+        self._unaccounted: set[str] = set()
         self._stopping: set[str] = set()  # DELETEd, waiting their shutdown_delay
         self._closing = threading.Event()
         self.checks = CheckRunner(check_host(config))
@@ -77,7 +80,7 @@ class Agent:
             self.store.forget_removal(spec.allocation_id)
             runner = self._new_runner(spec)
             self._allocs[spec.allocation_id] = runner
-            self._unfinished[spec.allocation_id] = runner
+            self._unaccounted.add(spec.allocation_id)
         log.info(
             "alloc %s accepted job=%s group=%s tasks=%d",
             runner.short,
@@ -131,7 +134,7 @@ class Agent:
         with self._lock:
             if self._allocs.get(alloc_id) is runner:
                 del self._allocs[alloc_id]
-                self._unfinished.pop(alloc_id, None)
+                self._unaccounted.add(alloc_id)
             # One the server has already taken (finished, acknowledged) needs
             # no last word: it is gone for good at once (a purged job's).
             taken = self._collectable.pop(alloc_id, None) is not None
@@ -203,6 +206,7 @@ class Agent:
             for alloc_id in victims:
                 del self._collectable[alloc_id]
                 del self._allocs[alloc_id]
+                self._unaccounted.add(alloc_id)
         for alloc_id in victims:
             self.checks.unwatch(alloc_id)
             self.store.remove_alloc(alloc_id)
@@ -235,16 +239,19 @@ class Agent:
 
     def used(self) -> tuple[int, int]:
         """(cpu MHz, memory MB) reserved by allocations not yet terminal."""
-        cpu = memory = 0
-        with self._lock:
-            runners = list(self._unfinished.items())
-        for alloc_id, runner in runners:
-            if runner.finished:
-                with self._lock:
-                    self._unfinished.pop(alloc_id, None)
-                continue
-            held = runner.reserved()
-            cpu, memory = cpu + held.cpu, memory + held.memory
+        with self._lock:  # one reader at a time: totals move in order
+            # Taken before reading: a change meanwhile is accounted next time.
+            changed, self._unaccounted = self._unaccounted, set()
+            cpu, memory = self._held_total
+            for alloc_id in changed:
+                runner = self._allocs.get(alloc_id)
+                res = runner.reserved() if runner is not None else None
+                old_cpu, old_memory = self._held.pop(alloc_id, (0, 0))
+                cpu, memory = cpu - old_cpu, memory - old_memory
+                if res is not None and (res.cpu or res.memory):
+                    self._held[alloc_id] = (res.cpu, res.memory)
+                    cpu, memory = cpu + res.cpu, memory + res.memory
+            self._held_total = (cpu, memory)
         return cpu, memory
 
     def health(self) -> dict:
@@ -278,7 +285,7 @@ class Agent:
                 continue
             with self._lock:
                 self._allocs[spec.allocation_id] = runner
-                self._unfinished[spec.allocation_id] = runner
+                self._unaccounted.add(spec.allocation_id)
             runner.start()
             self.checks.watch(runner)
             count += 1
@@ -418,6 +425,8 @@ class Agent:
         alloc_id = spec.allocation_id
 
         def notify() -> None:
+            with self._lock:
+                self._unaccounted.add(alloc_id)
             if self.loop is not None:
                 self.loop.notify(alloc_id)
 

@@ -433,9 +433,13 @@ def test_used_resources_leave_with_the_finished_allocations(servers, agents, tmp
     agent.submit(alloc("a2", "true", cpu=30, memory=16))
     assert wait_for(lambda: agent.get("a2").finished, 5.0)
     assert agent.used() == (100, 64)
-    assert set(agent._unfinished) == {"a1"}
+    assert agent._held == {"a1": (100, 64)}  # the finished one holds nothing
+    assert not agent._unaccounted  # nothing changed since: the next beat reads no allocation
+    agent.submit(alloc("a3", "sleep 30", cpu=7, memory=5))
+    assert agent.used() == (107, 69)
     agent.stop_alloc("a1")
-    assert agent.used() == (0, 0) and not agent._unfinished
+    agent.stop_alloc("a3")
+    assert agent.used() == (0, 0) and not agent._held
 
 
 def test_resync_asked_gets_a_full_beat(servers, agents, tmp_path):
