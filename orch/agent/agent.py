@@ -221,7 +221,8 @@ class Agent:
             self.loop.forget(alloc_id)
 
     def _reported(self, exclude, only):
-        """The allocations a heartbeat carries; what it says is on disk first."""
+        """The allocations a heartbeat carries; what it says is on disk first,
+        or kept by the task's driver (exec's run records)."""
         if only is None:
             runners = self.allocations()
         else:
@@ -229,7 +230,7 @@ class Agent:
                 runners = [r for r in map(self._allocs.get, only) if r is not None]
         for runner in runners:
             if runner.spec.allocation_id not in exclude:
-                runner.persist()
+                runner.persist(all_changes=False)
                 yield runner
 
     def persist(self) -> None:

@@ -66,6 +66,9 @@ class AllocRunner:
         self._hurry = threading.Event()  # set on agent shutdown: no shutdown_delay
         self._finished: set[str] = set()
         self._dirty = True  # state not yet on disk
+        # ... of which some no driver could tell a restarted agent (a restart
+        # count, a failure, a kill): what a heartbeat may not report unwritten.
+        self._must_write = True
         self._saved = False  # written at least once
         self._persist_lock = threading.Lock()  # one writer at a time, newest last
         self._entry: dict | None = None  # heartbeat entry until the next change
@@ -144,7 +147,7 @@ class AllocRunner:
         for name, runner in self.tasks.items():
             if name not in self._finished and not runner.terminal:
                 runner.start()
-        self.changed()
+        self.changed(recoverable=True)  # the threads say what they change
         failed = [r for r in self.tasks.values() if r.state.status == F]
         if failed:
             self._kill_siblings(failed[0])
@@ -203,9 +206,10 @@ class AllocRunner:
         with self.lock:
             self._finished.add(runner.task.name)
             all_done = self._finished == self.tasks.keys()
+            kept = runner.exit_kept
         if runner.failed_by_itself:
             self._kill_siblings(runner)
-        self.changed()
+        self.changed(recoverable=kept)
         if all_done:
             self._done.set()
 
@@ -365,15 +369,19 @@ class AllocRunner:
         state = json.dumps(self._state_doc(), separators=(",", ":"))
         return f'{{"spec":{self._spec_json},{state[1:]}'.encode()
 
-    def changed(self) -> None:
+    def changed(self, recoverable: bool = False) -> None:
         """Update alloc times, mark for writing, and tell the heartbeat loop.
 
         Written at once the first time and when the allocation is over
         (unless its drivers keep how it ended); otherwise by the next
-        `persist()` (the heartbeat loop's, before it reports the change)."""
+        `persist()` (the heartbeat loop's, before it reports the change).
+        `recoverable`: a restarted agent learns this change from the driver
+        (an exec task started or completed: its run record), so a heartbeat
+        may report it before it is written."""
         with self.lock:
             self._update_times()
             self._dirty = True
+            self._must_write = self._must_write or not recoverable
             self._entry = self._report = None
             urgent = not self._saved or self.stopped or self._ended_unrecorded()
         if urgent:
@@ -386,13 +394,14 @@ class AllocRunner:
             return False
         return not all(runner.exit_kept for runner in self.tasks.values())
 
-    def persist(self) -> None:
-        """Write the allocation's state if it changed since the last write."""
+    def persist(self, all_changes: bool = True) -> None:
+        """Write the allocation's state if it changed since the last write;
+        unless `all_changes`, only if a change no driver recovers is unwritten."""
         with self._persist_lock:
             with self.lock:
-                if not self._dirty:
+                if not self._dirty or not (all_changes or self._must_write):
                     return
-                self._dirty = False
+                self._dirty = self._must_write = False
                 self._saved = True
                 doc = self._doc_json()
             try:
@@ -400,7 +409,7 @@ class AllocRunner:
             except OSError as exc:
                 log.warning("cannot persist alloc=%s error=%s", self.short, exc)
                 with self.lock:
-                    self._dirty = True
+                    self._dirty = self._must_write = True
 
     def _update_times(self) -> None:
         starts = [r.state.start_time for r in self.tasks.values() if r.state.start_time]

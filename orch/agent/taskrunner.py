@@ -244,7 +244,9 @@ class TaskRunner:
             self._set(R, start_time=self.alloc.now(), end_time=None, exit_code=None, error=None)
             self._event("Started", "Task started by driver")
             killed_meanwhile = self._killed.is_set()
-        self.alloc.changed()
+        # A driver that keeps its runs (exec) finds this one again after an
+        # agent restart: the heartbeat need not wait for it to be written.
+        self.alloc.changed(recoverable=driver.keeps_exits)
         if killed_meanwhile:
             self._stop_process(driver, handle)
         return self._wait(driver, handle)

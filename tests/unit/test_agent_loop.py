@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from orch.agent.agent import Agent
+from orch.agent.allocrunner import AllocRunner
 from orch.agent.spec import parse_alloc
 from orch.config import AgentConfig
 
@@ -131,22 +132,24 @@ def agents():
 
 
 def alloc(alloc_id, command, cpu=100, memory=64):
-    return parse_alloc(
-        {
-            "allocation_id": alloc_id,
-            "job_id": "j1",
-            "task_group": {
-                "name": "g",
-                "tasks": [
-                    {
-                        "name": "t",
-                        "config": {"command": command},
-                        "resources": {"cpu": cpu, "memory": memory},
-                    }
-                ],
-            },
-        }
-    )
+    return parse_alloc(_body(alloc_id, command, cpu, memory))
+
+
+def _body(alloc_id, command, cpu=100, memory=64):
+    return {
+        "allocation_id": alloc_id,
+        "job_id": "j1",
+        "task_group": {
+            "name": "g",
+            "tasks": [
+                {
+                    "name": "t",
+                    "config": {"command": command},
+                    "resources": {"cpu": cpu, "memory": memory},
+                }
+            ],
+        },
+    }
 
 
 def test_register_and_heartbeat_bodies(servers, agents, tmp_path):
@@ -270,23 +273,33 @@ def test_finished_allocations_are_sent_until_the_server_has_them(servers, agents
     assert all("done" not in body["allocations"] for _, body in later)
 
 
-def test_what_a_heartbeat_reports_is_on_disk_first(servers, agents, tmp_path):
-    """Between arrival and end, state is written by the loop before it reports it."""
+def test_what_a_heartbeat_reports_is_on_disk_first_or_in_the_run_record(servers, agents, tmp_path):
+    """Between arrival and end, state is written by the loop before it reports
+    it, unless the driver keeps it: an exec task's start is in its run record."""
     server = servers()
-    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0, restart_delay=30.0)
     agent.submit(alloc("a1", "sleep 30"))
-
-    def reported_running():
-        return any(
-            b["allocations"].get("a1", {}).get("status") == "running"
-            for _, b in server.bodies("/heartbeat")
-        )
-
-    assert wait_for(reported_running, 5.0)
+    assert wait_for(lambda: _reported(server, "a1", "running"), 5.0)
     with open(tmp_path / "allocs" / "a1" / "alloc.json") as f:
         doc = json.load(f)
-    assert doc["tasks"]["t"]["status"] == "running"
-    assert doc["handles"]["t"]["pid"] == agent.get("a1").tasks["t"]._handle.pid
+    assert doc["tasks"]["t"]["status"] == "pending" and not doc["handles"]  # as it arrived
+    # An agent restarted from that file finds the very process running.
+    runner = agent.get("a1")
+    restored = AllocRunner.restore(doc, runner.spec, agent.config, agent.drivers, agent.store)
+    assert restored.status().value == "running"
+    assert restored.tasks["t"]._handle.pid == runner.tasks["t"]._handle.pid
+    # A restart count is no driver's to keep: on disk before it is reported.
+    agent.submit(parse_alloc({**_body("a2", "exit 3"), "job_type": "service"}))
+
+    def restarted() -> bool:
+        return any(
+            body["allocations"].get("a2", {}).get("tasks", {}).get("t", {}).get("restarts")
+            for _, body in server.bodies("/heartbeat")
+        )
+
+    assert wait_for(restarted, 5.0)
+    with open(tmp_path / "allocs" / "a2" / "alloc.json") as f:
+        assert json.load(f)["tasks"]["t"]["restarts"] == 1
 
 
 def test_a_stream_of_changes_is_reported_in_spaced_heartbeats(servers, agents, tmp_path):
