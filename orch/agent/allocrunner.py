@@ -7,8 +7,9 @@ loop turns into an immediate heartbeat. On disk, an allocation is written
 when it arrives (before any task starts) and when it ends, at once, unless
 its tasks all completed under a driver that keeps their exits (exec's run
 records); other changes are written by the heartbeat loop before it reports
-them (`persist()`), so a burst of changes costs one write. An agent killed
-before such a write finds its tasks again through their drivers
+them (`persist()`), so a burst of changes costs one write, except those the
+driver keeps (`changed(recoverable=True)`: an exec task's start). An agent
+killed before such a write finds its tasks again through their drivers
 (`Driver.find`), and how they ended.
 """
 
