@@ -109,11 +109,17 @@ class AllocRunner:
             recovered = alloc._recover(runner.task, handles.get(name))
             if recovered is not None:
                 runner.reattach(*recovered)
-            elif handles.get(name) or state.status == R:
+            elif handles.get(name) or state.status == R or alloc._was_started(runner.task):
                 runner.mark_lost()  # it had a process, and that is gone
                 alloc._finished.add(name)
             # else: never started (or between restarts); its thread starts it.
         return alloc
+
+    def _was_started(self, task: Task) -> bool:
+        """Started, though the file does not say so (an exec start is not
+        written before it is reported: its run record says it happened)."""
+        driver = self.drivers.get(task.driver)
+        return driver is not None and driver.was_started(self.task_context(task))
 
     def _recover(self, task: Task, handle_json: dict | None):
         """(driver, handle, handle_json) of a task's live (or ended) process, or None."""

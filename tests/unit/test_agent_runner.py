@@ -304,6 +304,25 @@ def test_restore_marks_dead_tasks_lost(env, tmp_path):
     assert runner.status() == AllocStatus.FAILED
 
 
+def test_restore_marks_lost_a_start_its_record_knows_but_the_file_does_not(env, tmp_path):
+    """A reboot: the start was reported unwritten (exec keeps it in the run
+    record), then the supervisor and the task died without recording an end."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    alloc = spec([task("t", "echo ran >> " + str(tmp_path / "runs"))])
+    task_dir = tmp_path / "allocs" / "a1" / "t"
+    task_dir.mkdir(parents=True)
+    lines = [{"supervisor_pid": proc.pid}, {"pid": proc.pid, "memory_mb": 0}]
+    (task_dir / ".orch-run-0.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    doc = {"spec": alloc.to_dict(), "tasks": {"t": {"status": "pending"}}, "handles": {}}
+    runner = AllocRunner.restore(doc, alloc, env.config, {"exec": ExecDriver()}, env.store)
+    runner.start()
+    assert runner.wait(2)
+    state = runner.tasks["t"].state
+    assert state.status == "failed" and state.error == LOST_ON_RESTART
+    assert not (tmp_path / "runs").exists()  # not started a second time
+
+
 def test_restore_reattaches_live_tasks(env):
     first = env(spec([task("t", "sleep 300")]))
     assert wait_for(lambda: first.tasks["t"].handle_json is not None)

@@ -96,6 +96,11 @@ class Driver(abc.ABC):
         """A handle for the task's process found by its name alone, if the driver can."""
         return None
 
+    def was_started(self, ctx: TaskContext) -> bool:
+        """Did this start (ctx.attempt) of the task happen, even if `find`
+        finds nothing of it now (its process gone without a trace)?"""
+        return False
+
     def available(self) -> bool:
         """Can it start tasks now? Cheap (cached); False sends docker tasks to exec."""
         return True

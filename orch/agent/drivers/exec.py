@@ -188,6 +188,10 @@ class ExecDriver(Driver):
             return handle
         return None
 
+    def was_started(self, ctx: TaskContext) -> bool:
+        """Its run's record has a pid: started, even if nothing now says how it ended."""
+        return "pid" in (read_record(recorded_run_path(ctx)) or {})
+
     def _limits(self, ctx: TaskContext) -> dict:
         """The supervisor's share of the limits: cgroups to join, else a watchdog."""
         memory, cpu = ctx.resources.memory, ctx.resources.cpu
