@@ -55,6 +55,12 @@ class Agent:
         # newest config.gc_keep stay, files and all, for their logs.
         self._collectable: dict[str, float] = {}
         self._lock = threading.Lock()
+        # What each allocation holds (cpu, memory) and the node's total, kept
+        # up to date from the allocations that changed (`_unaccounted`), so
+        # that a heartbeat's `used()` does not walk every allocation.
+        self._held: dict[str, tuple[int, int]] = {}
+        self._held_total = (0, 0)
+        self._unaccounted: set[str] = set()
         self._stopping: set[str] = set()  # DELETEd, waiting their shutdown_delay
         self._closing = threading.Event()
         self.checks = CheckRunner(check_host(config))
@@ -75,6 +81,7 @@ class Agent:
             self.store.forget_removal(spec.allocation_id)
             runner = self._new_runner(spec)
             self._allocs[spec.allocation_id] = runner
+            self._unaccounted.add(spec.allocation_id)
         log.info(
             "alloc %s accepted job=%s group=%s tasks=%d",
             runner.short,
@@ -128,6 +135,7 @@ class Agent:
         with self._lock:
             if self._allocs.get(alloc_id) is runner:
                 del self._allocs[alloc_id]
+                self._unaccounted.add(alloc_id)
             # One the server has already taken (finished, acknowledged) needs
             # no last word: it is gone for good at once (a purged job's).
             taken = self._collectable.pop(alloc_id, None) is not None
@@ -153,11 +161,16 @@ class Agent:
         with self._lock:
             return list(self._allocs.values())
 
-    def heartbeat_reports(self, exclude: set | frozenset = frozenset()) -> dict:
+    def heartbeat_reports(
+        self, exclude: set | frozenset = frozenset(), only: set | None = None
+    ) -> dict:
         """{alloc id: (status, entry JSON)} of every allocation not in
-        `exclude` (finished ones the server has already taken): what a
-        heartbeat carries, encoded once per change, on disk first."""
-        reports = {r.spec.allocation_id: r.heartbeat_report() for r in self._reported(exclude)}
+        `exclude` (finished ones the server has already taken), or of those
+        in `only` (the ones that changed): what a heartbeat carries, encoded
+        once per change, on disk first."""
+        reports = {
+            r.spec.allocation_id: r.heartbeat_report() for r in self._reported(exclude, only)
+        }
         with self._lock:
             gone = [(k, v) for k, v in self._gone.items() if k not in exclude]
         reports.update(gone)
@@ -194,6 +207,7 @@ class Agent:
             for alloc_id in victims:
                 del self._collectable[alloc_id]
                 del self._allocs[alloc_id]
+                self._unaccounted.add(alloc_id)
         for alloc_id in victims:
             self.checks.unwatch(alloc_id)
             self.store.remove_alloc(alloc_id)
@@ -207,11 +221,17 @@ class Agent:
         if self.loop is not None:
             self.loop.forget(alloc_id)
 
-    def _reported(self, exclude):
-        """The allocations a heartbeat carries; what it says is on disk first."""
-        for runner in self.allocations():
+    def _reported(self, exclude, only):
+        """The allocations a heartbeat carries; what it says is on disk first,
+        or kept by the task's driver (exec's run records)."""
+        if only is None:
+            runners = self.allocations()
+        else:
+            with self._lock:
+                runners = [r for r in map(self._allocs.get, only) if r is not None]
+        for runner in runners:
             if runner.spec.allocation_id not in exclude:
-                runner.persist()
+                runner.persist(all_changes=False)
                 yield runner
 
     def persist(self) -> None:
@@ -221,11 +241,19 @@ class Agent:
 
     def used(self) -> tuple[int, int]:
         """(cpu MHz, memory MB) reserved by allocations not yet terminal."""
-        cpu = memory = 0
-        for runner in self.allocations():
-            if not runner.finished:
-                held = runner.reserved()
-                cpu, memory = cpu + held.cpu, memory + held.memory
+        with self._lock:  # one reader at a time: totals move in order
+            # Taken before reading: a change meanwhile is accounted next time.
+            changed, self._unaccounted = self._unaccounted, set()
+            cpu, memory = self._held_total
+            for alloc_id in changed:
+                runner = self._allocs.get(alloc_id)
+                res = runner.reserved() if runner is not None else None
+                old_cpu, old_memory = self._held.pop(alloc_id, (0, 0))
+                cpu, memory = cpu - old_cpu, memory - old_memory
+                if res is not None and (res.cpu or res.memory):
+                    self._held[alloc_id] = (res.cpu, res.memory)
+                    cpu, memory = cpu + res.cpu, memory + res.memory
+            self._held_total = (cpu, memory)
         return cpu, memory
 
     def health(self) -> dict:
@@ -249,7 +277,7 @@ class Agent:
                 log.warning("skipping persisted allocation: %s", exc)
                 continue
             runner = AllocRunner.restore(
-                doc, spec, self.config, self.drivers, self.store, self._notify
+                doc, spec, self.config, self.drivers, self.store, self._notifier(spec)
             )
             if runner.stopped:  # a DELETE was cut short: finish it
                 runner.hurry()  # its shutdown_delay began before we died: no new wait
@@ -259,6 +287,7 @@ class Agent:
                 continue
             with self._lock:
                 self._allocs[spec.allocation_id] = runner
+                self._unaccounted.add(spec.allocation_id)
             runner.start()
             self.checks.watch(runner)
             count += 1
@@ -383,15 +412,30 @@ class Agent:
     def _new_runner(self, spec: AllocSpec) -> AllocRunner:
         runner: AllocRunner | None = None
 
+        notify = self._notifier(spec)
+
         def changed() -> None:
             if runner is not None and _nothing_new(runner):
+                notify(wake=False)  # its resources count; no beat for it yet
                 return
-            self._notify()
+            notify()
             if runner is not None:
                 self.checks.kick(runner)  # tasks just started: check them now
 
         runner = AllocRunner(spec, self.config, self.drivers, self.store, changed)
         return runner
+
+    def _notifier(self, spec: AllocSpec):
+        """What an allocation calls on a change: the next heartbeat carries it."""
+        alloc_id = spec.allocation_id
+
+        def notify(wake: bool = True) -> None:
+            with self._lock:
+                self._unaccounted.add(alloc_id)
+            if wake and self.loop is not None:
+                self.loop.notify(alloc_id)
+
+        return notify
 
     def _notify(self) -> None:
         if self.loop is not None:

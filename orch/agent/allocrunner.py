@@ -4,10 +4,13 @@ Each task has a TaskRunner (`taskrunner.py`: its thread, state machine and
 restart policy); when one fails for good the allocation kills its siblings.
 Every state change is reported through `on_change()`, which the heartbeat
 loop turns into an immediate heartbeat. On disk, an allocation is written
-when it arrives (before any task starts) and when it ends, at once; changes
-in between are written by the heartbeat loop before it reports them
-(`persist()`), so a burst of changes costs one write. An agent killed before
-such a write finds its tasks again through their drivers (`Driver.find`).
+when it arrives (before any task starts) and when it ends, at once, unless
+its tasks all completed under a driver that keeps their exits (exec's run
+records); other changes are written by the heartbeat loop before it reports
+them (`persist()`), so a burst of changes costs one write, except those the
+driver keeps (`changed(recoverable=True)`: an exec task's start). An agent
+killed before such a write finds its tasks again through their drivers
+(`Driver.find`), and how they ended.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class AllocRunner:
         self._hurry = threading.Event()  # set on agent shutdown: no shutdown_delay
         self._finished: set[str] = set()
         self._dirty = True  # state not yet on disk
+        # ... of which some no driver could tell a restarted agent (a restart
+        # count, a failure, a kill): what a heartbeat may not report unwritten.
+        self._must_write = True
         self._saved = False  # written at least once
         self._persist_lock = threading.Lock()  # one writer at a time, newest last
         self._entry: dict | None = None  # heartbeat entry until the next change
@@ -103,11 +109,17 @@ class AllocRunner:
             recovered = alloc._recover(runner.task, handles.get(name))
             if recovered is not None:
                 runner.reattach(*recovered)
-            elif handles.get(name) or state.status == R:
+            elif handles.get(name) or state.status == R or alloc._was_started(runner.task):
                 runner.mark_lost()  # it had a process, and that is gone
                 alloc._finished.add(name)
             # else: never started (or between restarts); its thread starts it.
         return alloc
+
+    def _was_started(self, task: Task) -> bool:
+        """Started, though the file does not say so (an exec start is not
+        written before it is reported: its run record says it happened)."""
+        driver = self.drivers.get(task.driver)
+        return driver is not None and driver.was_started(self.task_context(task))
 
     def _recover(self, task: Task, handle_json: dict | None):
         """(driver, handle, handle_json) of a task's live (or ended) process, or None."""
@@ -142,7 +154,7 @@ class AllocRunner:
         for name, runner in self.tasks.items():
             if name not in self._finished and not runner.terminal:
                 runner.start()
-        self.changed()
+        self.changed(recoverable=True)  # the threads say what they change
         failed = [r for r in self.tasks.values() if r.state.status == F]
         if failed:
             self._kill_siblings(failed[0])
@@ -201,9 +213,10 @@ class AllocRunner:
         with self.lock:
             self._finished.add(runner.task.name)
             all_done = self._finished == self.tasks.keys()
+            kept = runner.exit_kept
         if runner.failed_by_itself:
             self._kill_siblings(runner)
-        self.changed()
+        self.changed(recoverable=kept)
         if all_done:
             self._done.set()
 
@@ -363,32 +376,39 @@ class AllocRunner:
         state = json.dumps(self._state_doc(), separators=(",", ":"))
         return f'{{"spec":{self._spec_json},{state[1:]}'.encode()
 
-    def changed(self) -> None:
+    def changed(self, recoverable: bool = False) -> None:
         """Update alloc times, mark for writing, and tell the heartbeat loop.
 
-        Written at once the first time and when the allocation is over;
-        otherwise by the next `persist()` (the heartbeat loop's, before it
-        reports the change)."""
+        Written at once the first time and when the allocation is over
+        (unless its drivers keep how it ended); otherwise by the next
+        `persist()` (the heartbeat loop's, before it reports the change).
+        `recoverable`: a restarted agent learns this change from the driver
+        (an exec task started or completed: its run record), so a heartbeat
+        may report it before it is written."""
         with self.lock:
             self._update_times()
             self._dirty = True
+            self._must_write = self._must_write or not recoverable
             self._entry = self._report = None
-            urgent = (
-                not self._saved
-                or self.stopped
-                or self.status() in (AllocStatus.COMPLETE, AllocStatus.FAILED)
-            )
+            urgent = not self._saved or self.stopped or self._ended_unrecorded()
         if urgent:
             self.persist()
         self._on_change()
 
-    def persist(self) -> None:
-        """Write the allocation's state if it changed since the last write."""
+    def _ended_unrecorded(self) -> bool:
+        """Over, and only this file would say how (caller holds the lock)."""
+        if self.status() not in (AllocStatus.COMPLETE, AllocStatus.FAILED):
+            return False
+        return not all(runner.exit_kept for runner in self.tasks.values())
+
+    def persist(self, all_changes: bool = True) -> None:
+        """Write the allocation's state if it changed since the last write;
+        unless `all_changes`, only if a change no driver recovers is unwritten."""
         with self._persist_lock:
             with self.lock:
-                if not self._dirty:
+                if not self._dirty or not (all_changes or self._must_write):
                     return
-                self._dirty = False
+                self._dirty = self._must_write = False
                 self._saved = True
                 doc = self._doc_json()
             try:
@@ -396,7 +416,7 @@ class AllocRunner:
             except OSError as exc:
                 log.warning("cannot persist alloc=%s error=%s", self.short, exc)
                 with self.lock:
-                    self._dirty = True
+                    self._dirty = self._must_write = True
 
     def _update_times(self) -> None:
         starts = [r.state.start_time for r in self.tasks.values() if r.state.start_time]

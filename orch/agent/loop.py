@@ -71,7 +71,7 @@ class NodeLoop:
         node_id: str,
         endpoint: str,
         fp: Fingerprint,
-        reports: Callable[[set], dict],
+        reports: Callable[[set, set | None], dict],
         used: Callable[[], tuple[int, int]],
         session: HttpClient | None = None,
         on_acked: Callable[[set], None] | None = None,
@@ -81,7 +81,7 @@ class NodeLoop:
         self.node_id = node_id
         self.endpoint = endpoint
         self.fingerprint = fp
-        self._reports = reports  # {alloc id: (status, entry JSON)}
+        self._reports = reports  # (exclude, only) -> {alloc id: (status, entry JSON)}
         # Finished allocations the server has taken: left out of heartbeats,
         # which would otherwise grow without end on a busy node.
         self._acked: set[str] = set()
@@ -98,6 +98,10 @@ class NodeLoop:
         )
         self._failover = FailoverClient(self._servers, self._session)
         self._wake = threading.Event()
+        # Allocations changed since the last beat was built: a delta beat
+        # looks at these only, not at every allocation the node holds.
+        self._changed: set[str] = set()
+        self._changed_lock = threading.Lock()
         self._stop = threading.Event()
         self._registered = threading.Event()
         self._reregister = threading.Event()  # registered, but attributes changed
@@ -123,9 +127,22 @@ class NodeLoop:
             self._thread.join(timeout)
         self._session.close()
 
-    def notify(self) -> None:
-        """A task changed state: heartbeat now (coalesced)."""
+    def notify(self, alloc_id: str | None = None) -> None:
+        """A task (of `alloc_id`) changed state: heartbeat now (coalesced)."""
+        if alloc_id is not None:
+            with self._changed_lock:
+                self._changed.add(alloc_id)
         self._wake.set()
+
+    def _take_changed(self) -> set[str]:
+        with self._changed_lock:
+            changed, self._changed = self._changed, set()
+        return changed
+
+    def _requeue(self, changed: set[str]) -> None:
+        """A beat not acknowledged: what it carried goes again with the next."""
+        with self._changed_lock:
+            self._changed |= changed
 
     def update_fingerprint(self, fp: Fingerprint) -> None:
         """Attributes changed (a driver came or went): register again with them."""
@@ -152,12 +169,15 @@ class NodeLoop:
             **({"secret_id": self._secret} if self._secret else {}),
         }
 
-    def heartbeat_body(self, full: bool = True) -> tuple[bytes, dict]:
+    def heartbeat_body(
+        self, full: bool = True, changed: set[str] | None = None
+    ) -> tuple[bytes, dict]:
         """The heartbeat's JSON and the entry of each allocation in it.
 
         Allocation entries arrive encoded (each is encoded once per change,
         however many heartbeats repeat it) and are spliced in as they are;
-        unless ``full``, only those the server has not acknowledged yet."""
+        unless ``full``, only those the server has not acknowledged yet,
+        looked for among ``changed`` when it is given."""
         total = self.fingerprint.resources
         cpu_used, memory_used = self._used()
         head = {
@@ -175,7 +195,7 @@ class NodeLoop:
             head["secret_id"] = self._secret
         self._seq += 1
         head["seq"] = self._seq
-        reports = self._reports(self._acked)
+        reports = self._reports(self._acked, None if full else changed)
         if not full:
             head["delta"] = True
             delivered = self._delivered
@@ -277,15 +297,21 @@ class NodeLoop:
 
     def _heartbeat(self) -> None:
         full = not self._deltas or time.monotonic() >= self._full_at
-        body, sent = self.heartbeat_body(full)
+        changed = self._take_changed()
+        body, sent = self.heartbeat_body(full, changed)
         self._last_beat = time.monotonic()
+        if not self._beat(body, sent, full):
+            self._requeue(changed)
+
+    def _beat(self, body: bytes, sent: dict, full: bool) -> bool:
+        """Send one beat: True once the server acknowledged what it carried."""
         try:
             resp = self._post("/heartbeat", body, HEARTBEAT_TIMEOUT)
         except REQUEST_ERRORS as exc:
             self._warn(
                 f"heartbeat to server {self._servers} failed: {exc.__class__.__name__}: {exc}"
             )
-            return
+            return False
         self.last_contact = time.monotonic()  # any answer: the server is reachable
         if resp.status_code == 404:
             log.info("server does not know node %s: registering again", self.node_id)
@@ -293,13 +319,14 @@ class NodeLoop:
             self._acked.clear()  # a server that forgot us learns everything
             self._deltas = False
             self._wake.set()  # heartbeat right after registering
-        elif resp.status_code != 200:
+            return False
+        if resp.status_code != 200:
             self._warn(f"heartbeat answered {resp.status_code}: {_error(resp)}")
-        else:
-            self._last_error = ""
-            self._answered(resp, sent, full)
+            return False
+        self._last_error = ""
+        return self._answered(resp, sent, full)
 
-    def _answered(self, resp: Response, sent: dict, full: bool) -> None:
+    def _answered(self, resp: Response, sent: dict, full: bool) -> bool:
         """A 200: what the beat carried is delivered if the answer names it."""
         try:
             answer = resp.json()
@@ -312,7 +339,7 @@ class NodeLoop:
             self._deltas = False
             if full:
                 self._acknowledge(sent, full)
-            return
+            return False
         self._acknowledge(sent, full)
         if full:
             self._full_at = time.monotonic() + FULL_BEAT_S
@@ -320,6 +347,7 @@ class NodeLoop:
         if answer.get("resync") is True:
             self._full_at = 0.0
             self._wake.set()
+        return True
 
     def _post(self, path: str, body: dict | bytes, timeout) -> Response:
         return self._failover.post(path, body, timeout=timeout)

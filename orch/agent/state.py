@@ -34,6 +34,7 @@ class AgentStore:
         os.makedirs(self.allocs_dir, exist_ok=True)
         self._lock = threading.Lock()
         self._removed: set[str] = set()
+        self._made: set[str] = set()  # allocation dirs made by this store
 
     def node_id(self, override: str | None = None) -> str:
         """The persisted node id (created once); an override replaces it."""
@@ -89,9 +90,12 @@ class AgentStore:
         with self._lock:
             if alloc_id in self._removed:
                 return
+            if alloc_id not in self._made:  # its first write: make the directory
+                os.makedirs(self.alloc_dir(alloc_id), exist_ok=True)
+                self._made.add(alloc_id)
             try:
                 _write_atomic(path, raw)
-            except FileNotFoundError:  # its first write: make the directory
+            except FileNotFoundError:  # removed behind our back: make it again
                 os.makedirs(self.alloc_dir(alloc_id), exist_ok=True)
                 _write_atomic(path, raw)
 
@@ -102,6 +106,7 @@ class AgentStore:
         back), deleted outside it: other allocations' writes do not wait."""
         with self._lock:
             self._removed.add(alloc_id)
+            self._made.discard(alloc_id)
         shutil.rmtree(self.alloc_dir(alloc_id), ignore_errors=True)
 
     def forget_removal(self, alloc_id: str) -> None:

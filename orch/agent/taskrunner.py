@@ -108,6 +108,17 @@ class TaskRunner:
         """Failed for its own reasons (not killed by us)."""
         return self.state.status == F and not self._killed.is_set()
 
+    @property
+    def exit_kept(self) -> bool:
+        """Completed on its own under a driver that keeps its exit (caller holds alloc.lock)."""
+        driver = self._driver
+        return (
+            self.state.status == C
+            and not self._killed.is_set()
+            and driver is not None
+            and driver.keeps_exits
+        )
+
     def live_handle(self) -> tuple[Driver, Any] | None:
         """(driver, handle) of the running process, None when none runs."""
         with self.alloc.lock:
@@ -233,7 +244,9 @@ class TaskRunner:
             self._set(R, start_time=self.alloc.now(), end_time=None, exit_code=None, error=None)
             self._event("Started", "Task started by driver")
             killed_meanwhile = self._killed.is_set()
-        self.alloc.changed()
+        # A driver that keeps its runs (exec) finds this one again after an
+        # agent restart: the heartbeat need not wait for it to be written.
+        self.alloc.changed(recoverable=driver.keeps_exits)
         if killed_meanwhile:
             self._stop_process(driver, handle)
         return self._wait(driver, handle)

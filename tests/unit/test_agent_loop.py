@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from orch.agent.agent import Agent
+from orch.agent.allocrunner import AllocRunner
 from orch.agent.spec import parse_alloc
 from orch.config import AgentConfig
 
@@ -131,22 +132,24 @@ def agents():
 
 
 def alloc(alloc_id, command, cpu=100, memory=64):
-    return parse_alloc(
-        {
-            "allocation_id": alloc_id,
-            "job_id": "j1",
-            "task_group": {
-                "name": "g",
-                "tasks": [
-                    {
-                        "name": "t",
-                        "config": {"command": command},
-                        "resources": {"cpu": cpu, "memory": memory},
-                    }
-                ],
-            },
-        }
-    )
+    return parse_alloc(_body(alloc_id, command, cpu, memory))
+
+
+def _body(alloc_id, command, cpu=100, memory=64):
+    return {
+        "allocation_id": alloc_id,
+        "job_id": "j1",
+        "task_group": {
+            "name": "g",
+            "tasks": [
+                {
+                    "name": "t",
+                    "config": {"command": command},
+                    "resources": {"cpu": cpu, "memory": memory},
+                }
+            ],
+        },
+    }
 
 
 def test_register_and_heartbeat_bodies(servers, agents, tmp_path):
@@ -270,23 +273,33 @@ def test_finished_allocations_are_sent_until_the_server_has_them(servers, agents
     assert all("done" not in body["allocations"] for _, body in later)
 
 
-def test_what_a_heartbeat_reports_is_on_disk_first(servers, agents, tmp_path):
-    """Between arrival and end, state is written by the loop before it reports it."""
+def test_what_a_heartbeat_reports_is_on_disk_first_or_in_the_run_record(servers, agents, tmp_path):
+    """Between arrival and end, state is written by the loop before it reports
+    it, unless the driver keeps it: an exec task's start is in its run record."""
     server = servers()
-    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0, restart_delay=30.0)
     agent.submit(alloc("a1", "sleep 30"))
-
-    def reported_running():
-        return any(
-            b["allocations"].get("a1", {}).get("status") == "running"
-            for _, b in server.bodies("/heartbeat")
-        )
-
-    assert wait_for(reported_running, 5.0)
+    assert wait_for(lambda: _reported(server, "a1", "running"), 5.0)
     with open(tmp_path / "allocs" / "a1" / "alloc.json") as f:
         doc = json.load(f)
-    assert doc["tasks"]["t"]["status"] == "running"
-    assert doc["handles"]["t"]["pid"] == agent.get("a1").tasks["t"]._handle.pid
+    assert doc["tasks"]["t"]["status"] == "pending" and not doc["handles"]  # as it arrived
+    # An agent restarted from that file finds the very process running.
+    runner = agent.get("a1")
+    restored = AllocRunner.restore(doc, runner.spec, agent.config, agent.drivers, agent.store)
+    assert restored.status().value == "running"
+    assert restored.tasks["t"]._handle.pid == runner.tasks["t"]._handle.pid
+    # A restart count is no driver's to keep: on disk before it is reported.
+    agent.submit(parse_alloc({**_body("a2", "exit 3"), "job_type": "service"}))
+
+    def restarted() -> bool:
+        return any(
+            body["allocations"].get("a2", {}).get("tasks", {}).get("t", {}).get("restarts")
+            for _, body in server.bodies("/heartbeat")
+        )
+
+    assert wait_for(restarted, 5.0)
+    with open(tmp_path / "allocs" / "a2" / "alloc.json") as f:
+        assert json.load(f)["tasks"]["t"]["restarts"] == 1
 
 
 def test_a_stream_of_changes_is_reported_in_spaced_heartbeats(servers, agents, tmp_path):
@@ -401,6 +414,47 @@ def test_a_change_in_a_lost_beat_is_sent_again(servers, agents, tmp_path):
     assert "a1" not in server.bodies("/heartbeat")[-1][1]["allocations"]
 
 
+def test_a_delta_beat_looks_only_at_the_allocations_that_changed(servers, agents, tmp_path):
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
+    for alloc_id in ("a1", "a2"):
+        agent.submit(alloc(alloc_id, "sleep 30"))
+    assert wait_for(lambda: _reported(server, "a1", "running"), 5.0)
+    assert wait_for(lambda: _reported(server, "a2", "running"), 5.0)
+    asked: list = []
+    reports = agent.loop._reports
+    agent.loop._reports = lambda exclude, only: asked.append(only) or reports(exclude, only)
+    # Quiet: delta beats build no allocation's report at all.
+    assert wait_for(lambda: len(asked) >= 2, 5.0)
+    assert all(only == set() for only in asked)
+    agent.get("a1").record_check("web/alive", True, "ok", time.time())
+    assert wait_for(lambda: {"a1"} in asked, 5.0)
+    assert "a2" not in set().union(*(only or set() for only in asked))
+    assert wait_for(
+        lambda: any(
+            "checks" in body["allocations"].get("a1", {}) and body.get("delta")
+            for _, body in server.bodies("/heartbeat")
+        ),
+        5.0,
+    )
+
+
+def test_used_resources_leave_with_the_finished_allocations(servers, agents, tmp_path):
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
+    agent.submit(alloc("a1", "sleep 30", cpu=100, memory=64))
+    agent.submit(alloc("a2", "true", cpu=30, memory=16))
+    assert wait_for(lambda: agent.get("a2").finished, 5.0)
+    assert agent.used() == (100, 64)
+    assert agent._held == {"a1": (100, 64)}  # the finished one holds nothing
+    assert not agent._unaccounted  # nothing changed since: the next beat reads no allocation
+    agent.submit(alloc("a3", "sleep 30", cpu=7, memory=5))
+    assert agent.used() == (107, 69)
+    agent.stop_alloc("a1")
+    agent.stop_alloc("a3")
+    assert agent.used() == (0, 0) and not agent._held
+
+
 def test_resync_asked_gets_a_full_beat(servers, agents, tmp_path):
     server = servers(acks=True)
     agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
@@ -466,11 +520,11 @@ def test_an_allocation_not_started_yet_wakes_no_heartbeat(servers, agents, tmp_p
     seen: list[tuple] = []
     real_notify = agent.loop.notify
 
-    def recording_notify():
+    def recording_notify(alloc_id=None):
         runner = agent._allocs.get("a1")
         if runner is not None:
             seen.append((runner.status(), runner.last_task_start()))
-        real_notify()
+        real_notify(alloc_id)
 
     agent.loop.notify = recording_notify
     agent.submit(alloc("a1", "sleep 0.2"))

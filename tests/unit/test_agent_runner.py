@@ -304,6 +304,25 @@ def test_restore_marks_dead_tasks_lost(env, tmp_path):
     assert runner.status() == AllocStatus.FAILED
 
 
+def test_restore_marks_lost_a_start_its_record_knows_but_the_file_does_not(env, tmp_path):
+    """A reboot: the start was reported unwritten (exec keeps it in the run
+    record), then the supervisor and the task died without recording an end."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    alloc = spec([task("t", "echo ran >> " + str(tmp_path / "runs"))])
+    task_dir = tmp_path / "allocs" / "a1" / "t"
+    task_dir.mkdir(parents=True)
+    lines = [{"supervisor_pid": proc.pid}, {"pid": proc.pid, "memory_mb": 0}]
+    (task_dir / ".orch-run-0.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    doc = {"spec": alloc.to_dict(), "tasks": {"t": {"status": "pending"}}, "handles": {}}
+    runner = AllocRunner.restore(doc, alloc, env.config, {"exec": ExecDriver()}, env.store)
+    runner.start()
+    assert runner.wait(2)
+    state = runner.tasks["t"].state
+    assert state.status == "failed" and state.error == LOST_ON_RESTART
+    assert not (tmp_path / "runs").exists()  # not started a second time
+
+
 def test_restore_reattaches_live_tasks(env):
     first = env(spec([task("t", "sleep 300")]))
     assert wait_for(lambda: first.tasks["t"].handle_json is not None)
@@ -444,11 +463,39 @@ def test_the_written_state_is_the_document_and_lands_at_the_end(env, tmp_path):
     first = json.loads(path.read_text())  # written before the task started
     assert first["spec"]["allocation_id"] == "a1"
     assert runner.wait(5)
-    # The end is written at once, without a heartbeat loop to flush it.
+    # Completed under exec, whose run record keeps the exit: the end waits
+    # for the next persist() (the heartbeat loop's, before it reports it).
+    assert json.loads(path.read_text())["tasks"]["t"]["status"] != "complete"
+    runner.persist()
     on_disk = json.loads(path.read_text())
     assert on_disk["tasks"]["t"]["status"] == "complete"
-    runner.persist()  # nothing was left for a loop to flush
+    runner.persist()  # nothing was left to write
     assert json.loads(path.read_text()) == on_disk
+
+
+def test_a_completed_run_not_yet_written_is_complete_after_a_restart(env, tmp_path):
+    first = env(spec([task("t", "exit 0")]))
+    assert first.wait(5)
+    doc = json.loads((tmp_path / "allocs" / "a1" / "alloc.json").read_text())
+    assert doc["tasks"]["t"]["status"] != "complete"  # what an agent killed now leaves
+    second = AllocRunner.restore(doc, first.spec, env.config, {"exec": ExecDriver()}, env.store)
+    second.start()
+    assert second.wait(5)
+    state = second.tasks["t"].state
+    assert state.status == "complete" and state.exit_code == 0 and state.restarts == 0
+    assert not (tmp_path / "allocs" / "a1" / "t" / ".orch-run-1.json").exists()  # no rerun
+
+
+def test_an_end_no_driver_keeps_is_written_at_once(env, tmp_path):
+    path = tmp_path / "allocs" / "a1" / "alloc.json"
+    failed = env(spec([task("t", "exit 4")]))
+    assert failed.wait(5)  # a failure: the restart policy's count is only here
+    assert json.loads(path.read_text())["tasks"]["t"]["status"] == "failed"
+    killed = env(spec([task("t", "sleep 30")], alloc_id="a2"))
+    assert wait_for(lambda: killed.status() == AllocStatus.RUNNING)
+    killed.kill("test", fails=False)  # complete, but by our kill: not in the record
+    doc = json.loads((tmp_path / "allocs" / "a2" / "alloc.json").read_text())
+    assert doc["tasks"]["t"]["status"] == "complete"
 
 
 def test_heartbeat_report_is_encoded_once_per_change(env):

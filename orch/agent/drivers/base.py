@@ -66,6 +66,11 @@ class Driver(abc.ABC):
     """A task driver; one instance serves every task of its kind on the node."""
 
     name: str = ""
+    # Does a task's exit outlive the agent (kept where `find` and `recover`
+    # read it again, as the exec driver's run records)? Then an allocation
+    # whose tasks completed need not be written at once: a restarted agent
+    # learns how they ended from the driver.
+    keeps_exits: bool = False
 
     @abc.abstractmethod
     def start(self, ctx: TaskContext) -> Any:
@@ -90,6 +95,11 @@ class Driver(abc.ABC):
     def find(self, ctx: TaskContext) -> Any | None:
         """A handle for the task's process found by its name alone, if the driver can."""
         return None
+
+    def was_started(self, ctx: TaskContext) -> bool:
+        """Did this start (ctx.attempt) of the task happen, even if `find`
+        finds nothing of it now (its process gone without a trace)?"""
+        return False
 
     def available(self) -> bool:
         """Can it start tasks now? Cheap (cached); False sends docker tasks to exec."""

@@ -54,6 +54,7 @@ class Cgroups:
         self.version: str | None = None
         self.reason = ""
         self._parents: dict[str, str] = {}  # controller -> our "orch" cgroup dir
+        self._files: dict[str, bool] = {}  # optional files of task cgroups: present?
 
     def detect(self) -> str | None:
         """ "v2", "v1" or None (then `reason` says why); probed once."""
@@ -143,11 +144,11 @@ class Cgroups:
 
     def _create_v2(self, name: str, memory_mb: int, shares: int) -> TaskCgroup:
         path = os.path.join(self._parents["memory"], name)
-        os.makedirs(path, exist_ok=True)
+        _mkdir(path)
         if memory_mb > 0:
             _write(os.path.join(path, "memory.max"), str(memory_mb * 1024 * 1024))
             swap = os.path.join(path, "memory.swap.max")
-            if os.path.exists(swap):  # swap counts against the limit, as in docker
+            if self._has(swap):  # swap counts against the limit, as in docker
                 _write(swap, "0")
         if shares > 0 and "cpu" in self._parents:
             _write(os.path.join(path, "cpu.weight"), str(cpu_weight(shares)))
@@ -191,18 +192,18 @@ class Cgroups:
 
     def _create_v1(self, name: str, memory_mb: int, shares: int) -> TaskCgroup:
         mem = os.path.join(self._parents["memory"], name)
-        os.makedirs(mem, exist_ok=True)
+        _mkdir(mem)
         procs, dirs = [os.path.join(mem, "cgroup.procs")], [mem]
         homes = [self._home("memory")]
         if memory_mb > 0:
             limit = str(memory_mb * 1024 * 1024)
             _write(os.path.join(mem, "memory.limit_in_bytes"), limit)
             memsw = os.path.join(mem, "memory.memsw.limit_in_bytes")
-            if os.path.exists(memsw):  # after the plain limit: memsw may not be lower
+            if self._has(memsw):  # after the plain limit: memsw may not be lower
                 _write(memsw, limit)
         if shares > 0 and "cpu" in self._parents:
             cpu = os.path.join(self._parents["cpu"], name)
-            os.makedirs(cpu, exist_ok=True)
+            _mkdir(cpu)
             _write(os.path.join(cpu, "cpu.shares"), str(shares))
             procs.append(os.path.join(cpu, "cgroup.procs"))
             dirs.append(cpu)
@@ -213,6 +214,15 @@ class Cgroups:
             dirs=tuple(dirs),
             home_procs=tuple(homes),
         )
+
+    def _has(self, path: str) -> bool:
+        """Does a task cgroup have this file? Asked of the first, then remembered:
+        every task cgroup of a hierarchy has the same files."""
+        kind = os.path.basename(path)
+        known = self._files.get(kind)
+        if known is None:
+            known = self._files[kind] = os.path.exists(path)
+        return known
 
     def _home(self, controller: str) -> str:
         """cgroup.procs of the agent's own cgroup (the parent of our "orch" dir)."""
@@ -256,6 +266,19 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _mkdir(path: str) -> None:
+    """A task's cgroup dir (its parent exists: made once at detection)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+
+
 def _write(path: str, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
+    # One write(2) without the io stack: a cgroup file takes its value whole.
+    # (The flags of open(path, "w"): the kernel ignores them on cgroupfs.)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)

@@ -72,6 +72,7 @@ class ExecDriver(Driver):
     """Runs tasks as local process groups."""
 
     name = "exec"
+    keeps_exits = True  # the run record says how each run ended
 
     def __init__(
         self,
@@ -186,6 +187,10 @@ class ExecDriver(Driver):
         if run_ended(doc) or self._supervised(handle):
             return handle
         return None
+
+    def was_started(self, ctx: TaskContext) -> bool:
+        """Its run's record has a pid: started, even if nothing now says how it ended."""
+        return "pid" in (read_record(recorded_run_path(ctx)) or {})
 
     def _limits(self, ctx: TaskContext) -> dict:
         """The supervisor's share of the limits: cgroups to join, else a watchdog."""
