@@ -3,6 +3,10 @@
 `Agent` is the in-process object the API and the server loop share; tests
 drive it directly. The process around it (HTTP server, signals, `run`, the
 `orch agent` entry point) is `main.py`.
+
+Over 400 lines on purpose: the allocation table, its resource totals and
+the heartbeat's reports share one lock, and the delta bookkeeping only
+makes sense beside the table it summarises.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ them (`persist()`), so a burst of changes costs one write, except those the
 driver keeps (`changed(recoverable=True)`: an exec task's start). An agent
 killed before such a write finds its tasks again through their drivers
 (`Driver.find`), and how they ended.
+
+Over 400 lines on purpose: an allocation's status, its tasks' lifecycle and
+what goes to disk when share one lock; the file write rules (what a crash
+may lose) are read best beside the state changes that trigger them.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ the rest down, as dramatiq's supervisor does.
 With ``--servers 3`` (or ``--database``) the servers share one PostgreSQL:
 the one given, else a throwaway instance started here (orch/dev/postgres.py)
 and stopped last; the agents are given every server's URL.
+
+Over 400 lines on purpose: starting, watching and stopping the children
+(servers, PostgreSQL, agents) follow one ordering rule, kept in one file.
 """
 
 from __future__ import annotations

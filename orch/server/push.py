@@ -22,6 +22,10 @@ it heartbeats with nothing of ours hanging on it after ``suspect_hold``.
 Past 400 lines: the queues, their workers, the batch and the retries share
 one lock and one set of invariants (what is pending, what is in flight), which
 splitting would spread over modules.
+
+Over 400 lines on purpose: the per-node queue, its workers and the batch
+fallback share one lock and one set of invariants (a stop is never dropped)
+that are easier to check in one file.
 """
 
 from __future__ import annotations

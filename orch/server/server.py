@@ -3,6 +3,10 @@
 The API calls the methods here; each one validates, writes state durably,
 then hands follow-up work (evaluations, pushes) to background threads, so no
 request ever waits for placement or for an agent.
+
+Over 400 lines on purpose: it is the one place where every server-side
+part meets (leadership terms, the job, node and deployment entry points the
+API calls); split, each half would import the other.
 """
 
 from __future__ import annotations
