@@ -21,6 +21,7 @@ from orch.agent.api import make_app
 from orch.config import AgentConfig
 from orch.errors import DriverError
 from orch.security import check_bind, warn_tls_skip_verify
+from orch.wsgichannel import use_orch_channels
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class HttpServer:
             raise
         self.host, self.port = self._sock.getsockname()[:2]
         self._server = create_server(app, sockets=[self._sock], threads=threads, ident="orch-agent")
+        use_orch_channels(self._server)
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
 
     @property

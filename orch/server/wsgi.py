@@ -1,70 +1,16 @@
-"""The server's waitress: how it is set up, and an answer in one send().
-
-waitress (pinned in requirements.txt) writes an answer's header and its body
-as two socket sends from the worker thread: two syscalls and two TCP
-segments, which the client reads as two wake-ups, for every answer however
-small. Here the header is held back and goes out with the first part of the
-body, so an ordinary JSON answer is one send. Streams (UI events, log
-follows) are unchanged: each later part is still sent as it is written.
-"""
+"""The server's waitress: how it is set up (its connections are
+``orch.wsgichannel``'s: an answer in one send, no busy loop)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from waitress import create_server
-from waitress.channel import HTTPChannel
-from waitress.server import BaseWSGIServer, MultiSocketServer
-from waitress.task import WSGITask
+
+from orch.wsgichannel import use_orch_channels
 
 if TYPE_CHECKING:
     from orch.config import ServerConfig
-
-
-class _Channel(HTTPChannel):
-    """A connection whose task can hold its header for the body's first part."""
-
-    _hold = False
-    _held = b""
-
-    def write_soon(self, data):
-        if self._hold and data:
-            # The header: kept until the body's first part joins it.
-            self._hold = False
-            self._held = bytes(data)
-            return len(data)
-        if self._held:
-            held, self._held = self._held, b""
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                super().write_soon(held)  # a file (wsgi.file_wrapper) follows it
-            else:
-                data = held + bytes(data)
-        return super().write_soon(data)
-
-    def release(self) -> None:
-        """Send a header still held (an answer without a body)."""
-        self._hold = False
-        if self._held:
-            self.write_soon(b"")
-
-
-class _Task(WSGITask):
-    """Sends the header together with the first part of the body."""
-
-    channel: _Channel
-
-    def write(self, data):
-        if self.wrote_header or not data:
-            return super().write(data)
-        channel = self.channel
-        channel._hold = True
-        try:
-            return super().write(data)
-        finally:
-            channel.release()
-
-
-_Channel.task_class = _Task
 
 
 def http_server(app, config: ServerConfig):
@@ -87,10 +33,5 @@ def http_server(app, config: ServerConfig):
         channel_timeout=60,
         clear_untrusted_proxy_headers=True,
     )
-    # One listening server per address (a name may resolve to several): each
-    # makes its connections from its channel_class.
-    listeners = http.map if isinstance(http, MultiSocketServer) else http._map
-    for dispatcher in list(listeners.values()):
-        if isinstance(dispatcher, BaseWSGIServer):
-            dispatcher.channel_class = _Channel
+    use_orch_channels(http)
     return http

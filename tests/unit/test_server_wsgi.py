@@ -97,3 +97,50 @@ def test_a_stream_is_sent_as_it_is_written(serve):
             got += sock.recv(4096)
     finally:
         sock.close()
+
+
+def test_the_io_thread_does_not_spin_while_workers_write(serve, monkeypatch):
+    """With several connections busy, waitress's I/O thread used to call
+    handle_write over and over while a worker held the output lock (165
+    calls per answer measured at 3 connections): each call finds nothing to
+    do. Now a connection whose worker holds the lock is not writable."""
+    calls = []
+    real = HTTPChannel.handle_write
+
+    def counting(self):
+        calls.append(1)
+        return real(self)
+
+    monkeypatch.setattr(HTTPChannel, "handle_write", counting)
+    port = serve(_app())
+    answers = []
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for _ in range(200):
+            conn.request("GET", "/small")
+            resp = conn.getresponse()
+            answers.append(resp.status == 200 and resp.read() != b"")
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == 800 and all(answers)
+    assert len(calls) < len(answers) / 4, f"{len(calls)} handle_write calls for 800 answers"
+
+
+def test_the_agent_serves_on_the_same_connections():
+    from orch.agent.main import HttpServer
+    from orch.wsgichannel import _Channel
+
+    server = HttpServer(bottle.Bottle(), "127.0.0.1", 0)
+    try:
+        channels = {
+            d.channel_class for d in server._server._map.values() if hasattr(d, "channel_class")
+        }
+        assert channels == {_Channel}
+    finally:
+        server._sock.close()
