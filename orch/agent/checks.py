@@ -262,14 +262,9 @@ class CheckRunner:
         return http_probe(self.host, check.port, check.spec.get("path") or "/", timeout)
 
 
-def http_check(host: str, port: int, path: str, timeout: float) -> tuple[bool, str]:
-    """GET http://host:port/path: passing on a 2xx or 3xx answer."""
-    ok, output, _ = http_probe(host, port, path, timeout)
-    return ok, output
-
-
 def http_probe(host: str, port: int, path: str, timeout: float) -> tuple[bool, str, bool]:
-    """http_check, and whether the connection was refused."""
+    """GET http://host:port/path: (passing on a 2xx or 3xx answer, output,
+    whether the connection was refused)."""
     try:
         status, content = transport.get_once(host, port, path, timeout, OUTPUT_MAX)
     except (*transport.ERRORS, ValueError) as exc:
@@ -279,14 +274,9 @@ def http_probe(host: str, port: int, path: str, timeout: float) -> tuple[bool, s
     return 200 <= status < 400, f"HTTP {status}: {body}", False
 
 
-def tcp_check(host: str, port: int, timeout: float) -> tuple[bool, str]:
-    """Connect to host:port: passing when the connection is accepted."""
-    ok, output, _ = tcp_probe(host, port, timeout)
-    return ok, output
-
-
 def tcp_probe(host: str, port: int, timeout: float) -> tuple[bool, str, bool]:
-    """tcp_check, and whether the connection was refused."""
+    """Connect to host:port: (passing when the connection is accepted, output,
+    whether it was refused)."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True, f"TCP connect {host}:{port}: success", False

@@ -9,7 +9,17 @@ from tiny_http import Mute, Recorder
 
 from orch.agent import checks as checks_module
 from orch.agent.allocrunner import AllocRunner
-from orch.agent.checks import CheckRunner, check_host, http_check, run_script, tcp_check
+from orch.agent.checks import CheckRunner, check_host, http_probe, run_script, tcp_probe
+
+
+def http_check(host, port, path, timeout):
+    return http_probe(host, port, path, timeout)[:2]
+
+
+def tcp_check(host, port, timeout):
+    return tcp_probe(host, port, timeout)[:2]
+
+
 from orch.agent.drivers.exec import ExecDriver
 from orch.agent.spec import parse_alloc
 from orch.agent.state import AgentStore
