@@ -33,7 +33,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -223,16 +223,22 @@ def _pair(timeout) -> tuple[float, float]:
 HEAD_MAX = 65536  # bytes of status line and headers get_once accepts
 
 
+# What a path keeps as is when percent-encoded: RFC 3986's reserved and
+# unreserved characters, and "%" (a path may come encoded already).
+URL_PATH_SAFE = "/?#[]@!$&'()*+,;=:%~"
+
+
 def get_once(host: str, port: int, path: str, timeout: float, limit: int) -> tuple[int, bytes]:
     """One GET over a fresh connection: (status, the body's first ``limit`` bytes).
 
     An agent's http health checks make hundreds of these a second; read by
     hand, an HTTP/1.0 exchange (never chunked) costs a fraction of the CPU
     of http.client's, whose header parsing goes through the email package.
-    ``timeout`` bounds the whole exchange. Raises what ERRORS lists (and
-    ValueError for a path that is not ASCII)."""
+    ``timeout`` bounds the whole exchange. Raises what ERRORS lists. A path
+    that is not ASCII is percent-encoded (UTF-8), as a browser sends it."""
     deadline = time.monotonic() + timeout
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    path = quote(path, safe=URL_PATH_SAFE)
     request = f"GET {path} HTTP/1.0\r\nHost: {netloc}\r\nAccept: */*\r\n\r\n".encode("ascii")
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(request)

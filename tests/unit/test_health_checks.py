@@ -10,6 +10,12 @@ from tiny_http import Mute, Recorder
 from orch.agent import checks as checks_module
 from orch.agent.allocrunner import AllocRunner
 from orch.agent.checks import CheckRunner, check_host, http_probe, run_script, tcp_probe
+from orch.agent.drivers.exec import ExecDriver
+from orch.agent.spec import parse_alloc
+from orch.agent.state import AgentStore
+from orch.config import AgentConfig
+
+from waiting import wait_for
 
 
 def http_check(host, port, path, timeout):
@@ -18,14 +24,6 @@ def http_check(host, port, path, timeout):
 
 def tcp_check(host, port, timeout):
     return tcp_probe(host, port, timeout)[:2]
-
-
-from orch.agent.drivers.exec import ExecDriver
-from orch.agent.spec import parse_alloc
-from orch.agent.state import AgentStore
-from orch.config import AgentConfig
-
-from waiting import wait_for
 
 
 @pytest.fixture

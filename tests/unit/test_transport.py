@@ -176,3 +176,10 @@ def test_get_once_fails_on_garbage_a_cut_answer_refusal_and_time(servers):
     with pytest.raises(TimeoutError):
         get_once("127.0.0.1", drip.port, "/", 0.5, 1024)
     assert time.monotonic() - started < 1.5
+
+
+def test_get_once_percent_encodes_a_path_that_is_not_ascii(servers):
+    server = servers([b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"], cls=Scripted)
+    assert get_once("127.0.0.1", server.port, "/état?q=é&x=%2F", 2.0, 1024) == (200, b"ok")
+    request = server.requests[0].decode("ascii")
+    assert request.startswith("GET /%C3%A9tat?q=%C3%A9&x=%2F HTTP/1.0\r\n")
