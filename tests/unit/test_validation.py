@@ -213,7 +213,9 @@ def test_catastrophic_patterns_match_in_linear_time():
     assert regex.pattern(pattern, "v") == pattern
     start = time.monotonic()
     assert not regex.search(pattern, "5.15.0-91-generic" * 4)
-    assert time.monotonic() - start < 0.5
+    # Backtracking would take years on this input; the bound only has to
+    # tell linear from exponential, so it is loose enough for a loaded host.
+    assert time.monotonic() - start < 5
 
 
 @pytest.mark.parametrize(
