@@ -18,8 +18,6 @@ import functools
 import hmac
 import json
 import logging
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,9 +33,6 @@ log = logging.getLogger(__name__)
 # Nomad's defaults for a blocking query: 5 min unless ``wait`` says, at most 10.
 DEFAULT_WAIT_S = 300.0
 MAX_WAIT_S = 600.0
-# Blocking queries hold a waitress thread each: past this many at once, a
-# query is answered at once (still correct: the client asks again).
-MAX_BLOCKING = 4
 TEXT = "text/plain; charset=utf-8"
 METHODS = ("GET", "POST", "PUT", "DELETE")
 
@@ -87,7 +82,6 @@ class NomadRouter:
         self.app = app
         self.token = token
         self.changes = changes
-        self._blocking = threading.BoundedSemaphore(MAX_BLOCKING)
 
     def __call__(self, method: str, path: str, *, raw: bool = False):
         def decorate(fn: Handler) -> Handler:
@@ -157,19 +151,7 @@ class NomadRouter:
         after = integer("index")
         if bottle.request.method != "GET" or after == 0:
             return fn(**kwargs)
-        deadline = time.monotonic() + wait_seconds()
-        if not self._blocking.acquire(blocking=False):
-            return fn(**kwargs)
-        try:
-            while True:
-                seen = self.changes.index
-                payload, index = fn(**kwargs)
-                left = deadline - time.monotonic()
-                if index is None or index > after or left <= 0 or self.changes.closed:
-                    return payload, index
-                self.changes.wait(seen, left)
-        finally:
-            self._blocking.release()
+        return self.changes.block(lambda: fn(**kwargs), after, wait_seconds())
 
     def _authorized(self) -> bool:
         if not self.token:

@@ -21,6 +21,7 @@ from orch.errors import NotFound, NotLeader, ValidationError
 from orch.nomad import api as nomad_api
 from orch.openapi import SERVER_SPEC
 from orch.server import allocstats, catalog, ui, views
+from orch.server import blocking as orch_blocking
 from orch.server.metrics import render_metrics
 from orch.server.ui.streams import register_stream_routes
 from orch.server.versions import versions_view
@@ -186,20 +187,36 @@ def make_app(server: Server) -> bottle.Bottle:
             for parent, kids in children.items()
         }
 
+    def blocking(index, read):
+        """``read()``, blocking while ``?index=`` asks (orch.server.blocking)."""
+        return orch_blocking.answer(store.changes, store.settle, index, read)
+
+    def job_index(job_id: str) -> int:
+        """A job's modify index; a parent's moves with its children too."""
+        feed = store.changes
+        kids = store.children_of(job_id) if store.require_job(job_id).is_parent else []
+        return max([feed.job_index(job_id), *(feed.job_index(k.job_id) for k in kids)])
+
     @route("GET", "/jobs")
     def list_jobs():
-        listed = store.list_jobs()
-        children = children_of(listed)
-        jobs = [job_view(job, children) for job in listed]
-        return {"jobs": jobs, "count": len(jobs)}
+        def read():
+            listed = store.list_jobs()
+            children = children_of(listed)
+            jobs = [job_view(job, children) for job in listed]
+            return {"jobs": jobs, "count": len(jobs)}
+
+        return blocking(lambda: store.changes.index, read)
 
     @route("GET", "/jobs/<job_id>")
     def get_job(job_id):
-        job = store.require_job(job_id)
-        out = job_view(job, {})
-        if job.is_parent:
-            out.update(server.children_view(job))
-        return out
+        def read():
+            job = store.require_job(job_id)
+            out = job_view(job, {})
+            if job.is_parent:
+                out.update(server.children_view(job))
+            return out
+
+        return blocking(lambda: job_index(job_id), read)
 
     @route("POST", "/jobs/<job_id>/delete")
     def delete_job(job_id):
@@ -300,10 +317,19 @@ def make_app(server: Server) -> bottle.Bottle:
 
     @route("GET", "/allocations/<alloc_id>")
     def get_allocation(alloc_id):
-        alloc = store.get_alloc(alloc_id)
-        if alloc is None:
-            raise NotFound("Allocation not found")
-        return views.alloc_view(alloc, store.get_job(alloc.job_id))
+        def alloc_index() -> int:
+            alloc = store.get_alloc(alloc_id)
+            if alloc is None:
+                raise NotFound("Allocation not found")
+            return store.changes.job_index(alloc.job_id)
+
+        def read():
+            alloc = store.get_alloc(alloc_id)
+            if alloc is None:
+                raise NotFound("Allocation not found")
+            return views.alloc_view(alloc, store.get_job(alloc.job_id))
+
+        return blocking(alloc_index, read)
 
     @route("GET", "/allocations/<alloc_id>/logs/<task>", raw=True)
     def allocation_logs(alloc_id, task):

@@ -3,23 +3,57 @@
 The store bumps it after each commit that changes jobs, allocations, nodes
 or evaluations; the UI's event stream waits on it. A heartbeat that changes
 nothing writes nothing, so it does not bump: idle streams stay asleep.
+
+It also keeps each job's modify index (the feed index of the last write that
+touched the job, its allocations or evaluations), and runs blocking queries
+for both HTTP faces (orch's ``?index=N`` and /v1's): an answer waits until
+its index passes the client's or the wait runs out. On a shared database a
+write's index is its change-log sequence number, the same on every server,
+so a client may ask any of them (a follower bumps as it applies the log).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+# Blocking queries hold an HTTP worker thread each: past this many at once
+# (orch's API and /v1 together), a query is answered at once (still correct:
+# the client asks again).
+MAX_BLOCKING = 4
+# Jobs whose modify index is remembered; past it the oldest half is dropped
+# and their index becomes the floor (they changed at or before it).
+MAX_TRACKED = 20_000
+
+Answer = Callable[[], tuple[Any, "int | None"]]
 
 
 class ChangeFeed:
     """A monotonically increasing index with a condition to wait on."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_blocking: int = MAX_BLOCKING) -> None:
         self._cond = threading.Condition()
         self._index = 0
         self._closed = False
+        self._jobs: dict[str, int] = {}
+        self._floor = 0
+        self._blocking = threading.BoundedSemaphore(max_blocking)
         # When the last change was recorded (the /v1 API's list indexes).
         self.changed_at = time.time()
+
+    def start_at(self, index: int) -> None:
+        """Start counting at ``index``: every job's modify index is at most it.
+
+        The store starts a shared database's feed at the change log's position
+        and SQLite's at the wall clock in microseconds: either way above any
+        index an earlier run of this server answered (a change a microsecond
+        at most), so a client's index from before a restart is not mistaken
+        for a recent one."""
+        with self._cond:
+            self._index = self._floor = index
+            self._jobs.clear()
 
     @property
     def index(self) -> int:
@@ -29,13 +63,37 @@ class ChangeFeed:
     def closed(self) -> bool:
         return self._closed
 
-    def bump(self) -> int:
-        """Record one change and wake every waiter; returns the new index."""
+    def bump(
+        self, jobs: Iterable[str] = (), seq: int | None = None, *, all_jobs: bool = False
+    ) -> int:
+        """Record one change to ``jobs`` (every job: ``all_jobs``) and wake every
+        waiter; returns the new index.
+
+        ``seq`` is the change log's number of the write (shared databases):
+        the index jumps to it, so that servers agree on indexes."""
         with self._cond:
-            self._index += 1
+            self._index = max(self._index + 1, seq or 0)
+            if all_jobs:
+                self._jobs.clear()
+                self._floor = self._index
+            for job_id in jobs:
+                self._jobs.pop(job_id, None)  # re-inserted last: the dict stays in age order
+                self._jobs[job_id] = self._index
+            if len(self._jobs) > MAX_TRACKED:
+                self._forget_oldest()
             self.changed_at = time.time()
             self._cond.notify_all()
             return self._index
+
+    def _forget_oldest(self) -> None:
+        drop = list(self._jobs)[: len(self._jobs) // 2]
+        self._floor = max(self._jobs[job_id] for job_id in drop)
+        for job_id in drop:
+            del self._jobs[job_id]
+
+    def job_index(self, job_id: str) -> int:
+        """The index of the last change to the job (the floor if not remembered)."""
+        return self._jobs.get(job_id, self._floor)
 
     def wait(self, after: int, timeout: float) -> int:
         """The index once it is past ``after``, or as it is after ``timeout`` s.
@@ -49,6 +107,23 @@ class ChangeFeed:
                     break
                 self._cond.wait(left)
             return self._index
+
+    def block(self, answer: Answer, after: int, wait_s: float) -> tuple[Any, int | None]:
+        """``answer()``'s (payload, index) once its index passes ``after``, or when
+        ``wait_s`` runs out; a query past the waiters' cap is answered at once."""
+        if after <= 0 or not self._blocking.acquire(blocking=False):
+            return answer()
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                seen = self._index
+                payload, index = answer()
+                left = deadline - time.monotonic()
+                if index is None or index > after or left <= 0 or self._closed:
+                    return payload, index
+                self.wait(seen, left)
+        finally:
+            self._blocking.release()
 
     def close(self) -> None:
         """Wake every waiter for good: streams end on server shutdown."""

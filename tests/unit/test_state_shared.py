@@ -196,3 +196,17 @@ def test_a_writer_stalled_inside_its_transaction_does_not_block_the_cluster(pair
     assert 0.3 < waited < 10
     a.put_job(job("j3"), evaluation("j3", "e3"))  # a stalled server writes again after
     wait_until(lambda: b.get_job("j3") is not None and a.get_job("j1") is not None)
+
+
+def test_a_jobs_index_moves_on_the_follower_and_both_servers_agree(pair):
+    a, b = pair
+    a.put_job(job("j1"), evaluation("j1", "e1"))
+    wait_until(lambda: b.get_job("j1") is not None)
+    wait_until(lambda: b.changes.job_index("j1") == a.changes.job_index("j1"))
+    before = b.changes.job_index("j1")
+    other = b.changes.job_index("j2")
+    a.put_job(job("j1", count=3), evaluation("j1", "e2"))  # a change to j1 only
+    wait_until(lambda: b.changes.job_index("j1") > before)
+    # The change log's number: the same index on both servers.
+    assert b.changes.job_index("j1") == a.changes.job_index("j1")
+    assert b.changes.job_index("j2") == other

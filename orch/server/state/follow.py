@@ -86,16 +86,17 @@ class Following(StoreCore):
                         self._seq, floor)  # fmt: skip
             self._reset_memory()
             self._load()
-            self.changes.bump()
+            self.changes.bump(seq=self._seq, all_jobs=True)
             return
         if not rows:
             return
         evals: list[Evaluation] = []
+        touched: set[str] = set()
         for seq, body in rows:
             for entry in json.loads(body):
-                self._apply(entry, evals)
+                self._apply(entry, evals, touched)
             self._seq = seq
-        self.changes.bump()
+        self.changes.bump(touched, self._seq)
         if evals:
             self._tell_remote_evals(evals)
 
@@ -106,17 +107,23 @@ class Following(StoreCore):
             except (StorageError, RuntimeError, ValueError) as exc:
                 log.error("remote evaluation listener failed: %s", exc)
 
-    def _apply(self, entry: list, evals: list[Evaluation]) -> None:
+    def _apply(self, entry: list, evals: list[Evaluation], touched: set[str]) -> None:
+        """Apply one entry; the ids of the jobs it changed go into ``touched``."""
         table, op = entry[0], entry[1]
         if op == "put":
-            self._apply_put(table, entry[2], evals)
+            self._apply_put(table, entry[2], evals, touched)
         elif op == "rows":
             for job_id, launch, child_id in entry[2]:
                 self._launches[job_id] = (float(launch), child_id)
+                touched.add(job_id)
         else:
+            if entry[2] == "job_id" or table == "jobs":
+                touched.update(entry[3])
             self._apply_delete(table, entry[2], entry[3])
 
-    def _apply_put(self, table: str, keys: list, evals: list[Evaluation]) -> None:
+    def _apply_put(
+        self, table: str, keys: list, evals: list[Evaluation], touched: set[str]
+    ) -> None:
         """Read the keys' rows as they are now; a key no longer stored is gone."""
         key = BODY_TABLES[table]
         found = dict(
@@ -130,14 +137,20 @@ class Following(StoreCore):
             for body in bodies:
                 job = codec.job_from(body)
                 self._jobs[job.job_id] = job
+                touched.add(job.job_id)
         elif table == "allocations":
             for body in bodies:
-                self._index_alloc(codec.alloc_from(body))
+                alloc = codec.alloc_from(body)
+                self._index_alloc(alloc)
+                touched.add(alloc.job_id)
         else:
             fresh = [codec.eval_from(body) for body in bodies]
             self._index_evals(fresh)
             evals.extend(fresh)
+            touched.update(ev.job_id for ev in fresh)
         gone = [k for k in keys if k not in found]
+        if table == "jobs":
+            touched.update(gone)
         if gone:
             self._apply_delete(table, key, gone)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +41,24 @@ def _dump(obj) -> str:
     return json.dumps(obj.to_dict(), separators=(",", ":"), allow_nan=False)
 
 
+# Tables whose rows name a job, and the column that does (statements keyed by
+# job_id put it first): a write to them changes what GET /jobs/<id> shows.
+_JOB_COLUMN = {"jobs": 0, "allocations": 1, "evaluations": 1, "periodic_launches": 0}
+_TABLE = re.compile(r"^\s*(?:INSERT (?:OR \w+ )?INTO|DELETE FROM) (\w+) ")
+
+
+def jobs_written(statements: list[tuple[str, list]]) -> set[str]:
+    """The job ids a write's statements touch (the jobs' modify indexes move)."""
+    touched: set[str] = set()
+    for sql, rows in statements:
+        table = _TABLE.match(sql)
+        if not rows or table is None or table.group(1) not in _JOB_COLUMN:
+            continue
+        column = 0 if sql.lstrip().startswith("DELETE") else _JOB_COLUMN[table.group(1)]
+        touched.update(row[column] for row in rows)
+    return touched
+
+
 # The evaluation a job write makes, given why (the store picks the trigger).
 MakeEval = Callable[[TriggeredBy], Evaluation]
 
@@ -70,6 +89,7 @@ class StoreCore:
         self._depth = 0  # nesting of _writing() blocks
         self._reset_memory()
         self._load()
+        self.changes.start_at(self._seq if self.backend.shared else time.time_ns() // 1000)
         self.backend.follow(self._follow)
 
     def _reset_memory(self) -> None:
@@ -190,7 +210,7 @@ class StoreCore:
                 # Caught up under the cluster's lock: ours is the next change.
                 self._seq = seq
             if wrote:  # a write of nothing (all rows filtered out) is no change
-                self.changes.bump()
+                self.changes.bump(jobs_written(statements), seq)
 
     def _catch_up(self, log: tuple[int, list] | None = None) -> None:
         """Apply the changes other servers committed (``follow.Following``)."""
