@@ -121,6 +121,9 @@ class JsonConnection:
         parts = urlsplit(url)
         self._new = lambda: http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         self._conn = self._new()
+        # The last answer's X-Orch-Index (a blocking query's next `index`);
+        # 0 from a server without blocking queries.
+        self.index = 0
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         data = None if body is None else json.dumps(body).encode()
@@ -136,6 +139,8 @@ class JsonConnection:
                 self._conn = self._new()
                 if attempt == 2:
                     raise
+        index = resp.getheader("X-Orch-Index") or ""
+        self.index = int(index) if index.isdigit() else 0
         try:
             doc = json.loads(raw) if raw else {}
         except ValueError:

@@ -12,8 +12,10 @@ started from the built zipapp (``dist/orch.pyz``; build it first with
   launch is reported on its own (``cold_start_extract_s``) and the median is
   taken over the ``--runs`` launches after it;
 - submit -> running: ``--jobs`` service jobs (``sleep 30``) one after
-  another: POST /jobs, then GET /jobs/<id> in a tight loop until the server
-  says ``running``; the job is stopped (DELETE) before the next one;
+  another: POST /jobs, then GET /jobs/<id> until the server says
+  ``running`` (a blocking query on the job's ``X-Orch-Index``; against a
+  build without one, a tight poll); the job is stopped (DELETE) before the
+  next one;
 - batch throughput: ``--batch`` batch jobs running ``true`` submitted from
   ``--threads`` client threads, timed from the first POST until the server
   reports every one of them ``complete``;
@@ -97,6 +99,8 @@ def scaled_targets(calibration: float) -> dict:
 START_TIMEOUT = 60.0  # a cluster not healthy by then is a failure
 JOB_TIMEOUT = 30.0  # one job not running by then is a failure
 BATCH_TIMEOUT = 300.0
+# A blocking query's wait: well under the clients' socket timeouts (10 s).
+WATCH_WAIT_S = 5.0
 SETTLE_S = 2.0  # idle memory is read this long after start
 
 
@@ -288,6 +292,15 @@ def job_body(job_id: str, command: str, type_: str) -> dict:
     }
 
 
+def job_path(job_id: str, index: int) -> str:
+    """GET /jobs/<id>; with the index of the last answer, a blocking query
+    (answered when the job changes). A build without blocking queries sends
+    no index, so its clients poll as they always did."""
+    if not index:
+        return f"/jobs/{job_id}"
+    return f"/jobs/{job_id}?index={index}&wait={WATCH_WAIT_S:g}s"
+
+
 def submit_to_running(url: str, jobs: int, prefix: str, poll_sleep: float) -> list[float]:
     """Seconds from POST to GET /jobs/<id> saying running, per job."""
     session = JsonConnection(url, timeout=10)
@@ -300,8 +313,10 @@ def submit_to_running(url: str, jobs: int, prefix: str, poll_sleep: float) -> li
             code, doc = session.request("POST", "/jobs", body)
             if code != 200:
                 raise RuntimeError(f"submit {job_id}: {code} {doc}")
+            index = 0
             while True:
-                status = session.request("GET", f"/jobs/{job_id}")[1]["status"]
+                status = session.request("GET", job_path(job_id, index))[1]["status"]
+                index = session.index
                 if status == "running":
                     latencies.append(time.perf_counter() - started)
                     break
@@ -309,7 +324,7 @@ def submit_to_running(url: str, jobs: int, prefix: str, poll_sleep: float) -> li
                     raise RuntimeError(f"job {job_id} went {status}, not running")
                 if time.perf_counter() - started > JOB_TIMEOUT:
                     raise RuntimeError(f"job {job_id} not running after {JOB_TIMEOUT}s")
-                if poll_sleep:
+                if poll_sleep and not index:
                     time.sleep(poll_sleep)
             code, doc = session.request("DELETE", f"/jobs/{job_id}")
             if code != 200:
@@ -379,6 +394,7 @@ def batch_throughput(url: str, total: int, threads: int, prefix: str) -> dict:
     # that order, so it mostly waits on one job at a time (light on the server).
     session = JsonConnection(url, timeout=10)
     checked, outcome = 0, {"complete": 0, "failed": 0}
+    watched = ("", 0)  # the job last read and its index
     submit_s = None
     deadline = started + BATCH_TIMEOUT
     try:
@@ -396,11 +412,13 @@ def batch_throughput(url: str, total: int, threads: int, prefix: str) -> dict:
             if submit_s is None and done_submitting.is_set():
                 submit_s = time.perf_counter() - started
             job_id = pending[0]
-            status = session.request("GET", f"/jobs/{job_id}")[1]["status"]
+            after = watched[1] if watched[0] == job_id else 0
+            status = session.request("GET", job_path(job_id, after))[1]["status"]
+            watched = (job_id, session.index)
             if status in ("complete", "failed", "dead", "lost"):
                 outcome["complete" if status == "complete" else "failed"] += 1
                 checked += 1
-            else:
+            elif not session.index:  # no blocking queries: poll
                 time.sleep(0.005)
         else:
             raise RuntimeError(
@@ -522,7 +540,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--poll-sleep",
         type=float,
         default=0.0,
-        help="seconds between GET /jobs/<id> polls (default 0: tight)",
+        help="seconds between GET /jobs/<id> polls of a build without blocking queries "
+        "(default 0: tight)",
     )
     p.add_argument(
         "--settle-max",

@@ -62,6 +62,9 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 10.0
+# The header of a read's index (orch.server.blocking): a server without
+# blocking queries sends none, and its reads give index 0.
+INDEX_HEADER = "X-Orch-Index"
 
 _BY_STATUS: dict[int, type[errors.OrchError]] = {
     400: errors.ValidationError,
@@ -211,7 +214,19 @@ class Client:
 
     def call(self, method: str, path: str, **kwargs) -> dict:
         """A request whose 2xx answer is a JSON object."""
-        resp = self.request(method, path, **kwargs)
+        return self._object(self.request(method, path, **kwargs))
+
+    def read_indexed(self, path: str, after: int = 0, wait: float = 0.0) -> tuple[dict, int]:
+        """A GET's JSON object and its index; with ``after``, a blocking query:
+        answered once the index passes ``after`` or ``wait`` seconds run out."""
+        params = {"index": str(after), "wait": f"{max(1, int(wait * 1000))}ms"} if after else None
+        extra = wait if after else 0.0
+        resp = self.request("GET", path, params=params, timeout=self.timeout + extra)
+        raw = resp.headers.get(INDEX_HEADER, "")
+        return self._object(resp), int(raw) if raw.isdigit() else 0
+
+    @staticmethod
+    def _object(resp: requests.Response) -> dict:
         try:
             body = resp.json()
         except ValueError:
@@ -252,6 +267,11 @@ class Jobs(_Resource):
 
     def get(self, job_id: str) -> dict:
         return self._client.call("GET", f"/jobs/{_seg(job_id)}")
+
+    def watch(self, job_id: str, after: int = 0, wait: float = 0.0) -> tuple[dict, int]:
+        """The job and its index, once the index passes ``after`` (0: at once) or
+        ``wait`` s run out; index 0 from a server without blocking queries."""
+        return self._client.read_indexed(f"/jobs/{_seg(job_id)}", after, wait)
 
     def stop(self, job_id: str) -> dict:
         return self._client.call("DELETE", f"/jobs/{_seg(job_id)}")

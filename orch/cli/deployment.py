@@ -11,6 +11,8 @@ from orch.client import Client
 
 EXIT_FAILED = 1
 FOLLOW_INTERVAL = 0.25
+# The longest one blocking read of the job waits (orch.cli.run's reason).
+WATCH_WAIT_S = 1.0
 
 
 def find_deployment(client: Client, ident: str) -> dict:
@@ -99,6 +101,7 @@ def follow(client: Client, job_id: str, version: int, timeout: float) -> int:
     """Wait for the job version's deployment to end: 0 successful, 1 otherwise."""
     deadline = time.monotonic() + timeout
     seen = None
+    index = 0
     while time.monotonic() < deadline:
         d = client.deployments.of_job(job_id)
         if d is not None and d.get("job_version") == version:
@@ -106,7 +109,12 @@ def follow(client: Client, job_id: str, version: int, timeout: float) -> int:
             seen = (d.get("status"), d.get("groups"))
             if verdict is not None:
                 return verdict
-        time.sleep(FOLLOW_INTERVAL)
+        # Wait for the job to change (its deployments, allocations) rather than
+        # poll; a server without blocking queries answers index 0: sleep then.
+        wait = min(WATCH_WAIT_S, max(0.0, deadline - time.monotonic()))
+        index = client.jobs.watch(job_id, index, wait)[1]
+        if not index:
+            time.sleep(FOLLOW_INTERVAL)
     say(f'==> Timed out after {timeout:g}s following the deployment of job "{job_id}"')
     return EXIT_FAILED
 

@@ -32,6 +32,11 @@ TAIL_MAX_BYTES = 4 << 20  # read no further into a huge log for its tail
 # Job types whose allocations run to completion (the others keep running).
 RUN_ONCE_TYPES = ("batch", "sysbatch")
 SHOWN_ALLOCS = 10  # allocation ids listed on success; the rest counted
+# The longest a blocking read of the job waits for a change. The job's index
+# moves with its evaluations, allocations and deployments, but a follower
+# server learns of a deployment's own change only from its table: this bounds
+# how late the follow may see one there.
+WATCH_WAIT_S = 1.0
 
 
 class Live:
@@ -117,13 +122,17 @@ class RunMonitor:
     def run(self) -> int:
         deadline = self.now() + self.timeout
         eval_done = self.eval_id is None
+        index = 0
         while True:
             ev = None
             if not eval_done:
                 ev, eval_done = self.check_eval()
             # Read after the evaluation: once it is done, the job shows its
-            # plan (the allocations it replaces already set to stop).
-            job = self.client.jobs.get(self.job_id)
+            # plan (the allocations it replaces already set to stop). From the
+            # second read on, it waits for the job to change (a blocking
+            # query): the evaluation's changes move the job's index too.
+            wait = min(WATCH_WAIT_S, max(0.0, deadline - self.now()))
+            job, index = self.client.jobs.watch(self.job_id, index, wait)
             self.show_groups(job)
             verdict = self.eval_verdict(ev) if ev is not None else None
             if verdict is None and eval_done:
@@ -139,7 +148,8 @@ class RunMonitor:
                     )
                 )
                 return EXIT_ERROR
-            self.sleep(self.interval)
+            if not index:  # a server without blocking queries: poll
+                self.sleep(self.interval)
 
     def show_groups(self, job: dict) -> None:
         batch = (job.get("type") or self.job_type) in RUN_ONCE_TYPES

@@ -28,6 +28,10 @@ class FakeClient:
         assert stderr
         return self._stderr.get((alloc_id, task), b"")[offset : offset + 5]  # small pages
 
+    def watch(self, job_id, after=0, wait=0.0):
+        """A server without blocking queries: index 0, the monitor polls."""
+        return self.get(job_id), 0
+
     def get(self, ident):
         if ident.startswith("eval"):
             return self._evals.pop(0) if len(self._evals) > 1 else self._evals[0]

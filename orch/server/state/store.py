@@ -42,8 +42,16 @@ def _dump(obj) -> str:
 
 
 # Tables whose rows name a job, and the column that does (statements keyed by
-# job_id put it first): a write to them changes what GET /jobs/<id> shows.
-_JOB_COLUMN = {"jobs": 0, "allocations": 1, "evaluations": 1, "periodic_launches": 0}
+# job_id put it first): a write to them changes what GET /jobs/<id> shows, or
+# its deployment (a follower learns of a deployment's write only from its
+# table, not the change log: its job index does not move there).
+_JOB_COLUMN = {
+    "jobs": 0,
+    "allocations": 1,
+    "evaluations": 1,
+    "periodic_launches": 0,
+    "deployments": 1,
+}
 _TABLE = re.compile(r"^\s*(?:INSERT (?:OR \w+ )?INTO|DELETE FROM) (\w+) ")
 
 
