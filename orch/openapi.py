@@ -373,7 +373,11 @@ SERVER_SPEC = {
                 "the latest evaluation is returned)",
                 _JOB,
             ),
-            "get": _op("List jobs", ok={"type": "object"}, errors=()),
+            "get": _op(
+                "List jobs (X-Orch-Index; ?index=N&wait=30s blocks until any job changes)",
+                ok={"type": "object"},
+                errors=(400,),
+            ),
         },
         "/jobs/plan": {
             "post": _op(
@@ -383,7 +387,12 @@ SERVER_SPEC = {
         "/jobs/{job_id}": {
             "put": _op("Update a job", _JOB, errors=(400, 404), params=["job_id"]),
             "delete": _op("Stop a job", errors=(404,), params=["job_id"]),
-            "get": _op("Get a job", ok={"type": "object"}, errors=(404,), params=["job_id"]),
+            "get": _op(
+                "Get a job (X-Orch-Index; ?index=N&wait=30s blocks until the job changes)",
+                ok={"type": "object"},
+                errors=(400, 404),
+                params=["job_id"],
+            ),
         },
         "/jobs/{job_id}/delete": {"post": _op("Purge a job", errors=(404,), params=["job_id"])},
         "/jobs/{job_id}/restart": {

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import psutil
 import pytest
@@ -74,6 +75,7 @@ def test_dev_three_servers_on_their_own_postgres(tmp_path, pyz):
             what="job running",
         )
         task_pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text()))
+        follower_wakes_on_the_leaders_write(follower, next(iter(leaders)))
         postmaster = data / "postgres" / "pgdata" / "postmaster.pid"
         pg_pid = int(postmaster.read_text().split()[0])
         assert psutil.pid_exists(pg_pid)
@@ -87,3 +89,31 @@ def test_dev_three_servers_on_their_own_postgres(tmp_path, pyz):
         if dev.poll() is None:
             dev.kill()
             dev.wait()
+
+
+def follower_wakes_on_the_leaders_write(follower: str, leader: str) -> None:
+    """A blocking query on a follower wakes when the leader stops the job (the
+    change log), and both servers answer the job with the same index."""
+    before = requests.get(f"{follower}/jobs/dev-ha", timeout=5)
+    index = int(before.headers["X-Orch-Index"])
+    woke: list = []
+
+    def blocking_read() -> None:
+        woke.append(requests.get(f"{follower}/jobs/dev-ha?index={index}&wait=60s", timeout=90))
+
+    reader = threading.Thread(target=blocking_read)
+    reader.start()
+    try:
+        assert requests.delete(f"{leader}/jobs/dev-ha", timeout=5).status_code == 200
+    finally:
+        reader.join(90)
+    assert woke and woke[0].status_code == 200
+    assert int(woke[0].headers["X-Orch-Index"]) > index
+    wait_until(
+        lambda: (
+            requests.get(f"{follower}/jobs/dev-ha", timeout=5).headers["X-Orch-Index"]
+            == requests.get(f"{leader}/jobs/dev-ha", timeout=5).headers["X-Orch-Index"]
+        ),
+        30,
+        what="the same index on leader and follower",
+    )

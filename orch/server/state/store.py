@@ -6,6 +6,7 @@ docstring explains the durability and locking design they all follow.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -55,15 +56,22 @@ _JOB_COLUMN = {
 _TABLE = re.compile(r"^\s*(?:INSERT (?:OR \w+ )?INTO|DELETE FROM) (\w+) ")
 
 
+@functools.lru_cache(maxsize=256)
+def _job_column(sql: str) -> int | None:
+    """The column of a statement's rows that holds the job id, None if none does."""
+    table = _TABLE.match(sql)
+    if table is None or table.group(1) not in _JOB_COLUMN:
+        return None
+    return 0 if sql.lstrip().startswith("DELETE") else _JOB_COLUMN[table.group(1)]
+
+
 def jobs_written(statements: list[tuple[str, list]]) -> set[str]:
     """The job ids a write's statements touch (the jobs' modify indexes move)."""
     touched: set[str] = set()
     for sql, rows in statements:
-        table = _TABLE.match(sql)
-        if not rows or table is None or table.group(1) not in _JOB_COLUMN:
-            continue
-        column = 0 if sql.lstrip().startswith("DELETE") else _JOB_COLUMN[table.group(1)]
-        touched.update(row[column] for row in rows)
+        column = _job_column(sql) if rows else None
+        if column is not None:
+            touched.update(row[column] for row in rows)
     return touched
 
 

@@ -1,0 +1,66 @@
+"""Blocking queries on a real `orch dev` cluster: a client waits on X-Orch-Index."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+
+from harness import wait_until
+
+JOB = {
+    "job_id": "blocking",
+    "type": "service",
+    "task_groups": [
+        {
+            "name": "g",
+            "count": 1,
+            "tasks": [{"name": "t", "driver": "exec", "config": {"command": "exec sleep 300"}}],
+        }
+    ],
+}
+
+
+def read(url: str, index: int = 0, wait: str = "30s") -> tuple[dict, int, float]:
+    query = f"?index={index}&wait={wait}" if index else ""
+    start = time.monotonic()
+    resp = requests.get(f"{url}/jobs/blocking{query}", timeout=90)
+    assert resp.status_code == 200, resp.text
+    return resp.json(), int(resp.headers["X-Orch-Index"]), time.monotonic() - start
+
+
+def test_a_client_follows_a_job_to_running_without_polling(dev_cluster):
+    url = dev_cluster.url
+    assert requests.post(f"{url}/jobs", json=JOB, timeout=10).status_code == 200
+    job, index, _ = read(url)
+    reads = 1
+    while job["status"] != "running":
+        job, newer, _ = read(url, index)
+        reads += 1
+        # Woken by a change (or the 30 s wait, never reached here).
+        assert newer > index, job
+        index = newer
+        assert reads < 20, "a blocking client polls"
+    # Running and nothing changing: the same index waits out its wait.
+    same, again, took = read(url, index, "700ms")
+    assert again == index and took >= 0.65 and same["status"] == "running"
+
+    woke: list = []
+    reader = threading.Thread(target=lambda: woke.append(read(url, index, "60s")))
+    reader.start()
+    time.sleep(0.2)  # the reader is waiting (if not, it is answered at once all the same)
+    assert requests.delete(f"{url}/jobs/blocking", timeout=10).status_code == 200
+    reader.join(90)
+    assert woke and woke[0][1] > index and woke[0][2] < 30
+    wait_until(lambda: read(url)[0]["status"] == "dead", 30, what="the job dead")
+
+
+def test_bad_values_are_400_and_plain_reads_unchanged(dev_cluster):
+    url = dev_cluster.url
+    for query in ("index=-1", "index=x", "index=1&wait=soon"):
+        resp = requests.get(f"{url}/jobs?{query}", timeout=10)
+        assert resp.status_code == 400 and "error" in resp.json(), (query, resp.text)
+    plain = requests.get(f"{url}/jobs", timeout=10)
+    assert plain.status_code == 200 and set(plain.json()) == {"jobs", "count"}
+    assert int(plain.headers["X-Orch-Index"]) > 0
