@@ -187,15 +187,10 @@ def make_app(server: Server) -> bottle.Bottle:
             for parent, kids in children.items()
         }
 
-    def blocking(index, read):
+    def blocking(jobs, read):
         """``read()``, blocking while ``?index=`` asks (orch.server.blocking)."""
-        return orch_blocking.answer(store.changes, store.settle, index, read)
+        return orch_blocking.answer(store.changes, store.settle, jobs, read)
 
-    def job_index(job_id: str) -> int:
-        """A job's modify index; a parent's moves with its children too."""
-        feed = store.changes
-        kids = store.children_of(job_id) if store.require_job(job_id).is_parent else []
-        return max([feed.job_index(job_id), *(feed.job_index(k.job_id) for k in kids)])
 
     @route("GET", "/jobs")
     def list_jobs():
@@ -205,7 +200,7 @@ def make_app(server: Server) -> bottle.Bottle:
             jobs = [job_view(job, children) for job in listed]
             return {"jobs": jobs, "count": len(jobs)}
 
-        return blocking(lambda: store.changes.index, read)
+        return blocking(None, read)
 
     @route("GET", "/jobs/<job_id>")
     def get_job(job_id):
@@ -216,7 +211,8 @@ def make_app(server: Server) -> bottle.Bottle:
                 out.update(server.children_view(job))
             return out
 
-        return blocking(lambda: job_index(job_id), read)
+        store.require_job(job_id)  # 404 at once, blocking or not
+        return blocking([job_id], read)
 
     @route("POST", "/jobs/<job_id>/delete")
     def delete_job(job_id):
@@ -317,19 +313,16 @@ def make_app(server: Server) -> bottle.Bottle:
 
     @route("GET", "/allocations/<alloc_id>")
     def get_allocation(alloc_id):
-        def alloc_index() -> int:
-            alloc = store.get_alloc(alloc_id)
-            if alloc is None:
-                raise NotFound("Allocation not found")
-            return store.changes.job_index(alloc.job_id)
-
         def read():
             alloc = store.get_alloc(alloc_id)
             if alloc is None:
                 raise NotFound("Allocation not found")
             return views.alloc_view(alloc, store.get_job(alloc.job_id))
 
-        return blocking(alloc_index, read)
+        alloc = store.get_alloc(alloc_id)
+        if alloc is None:
+            raise NotFound("Allocation not found")
+        return blocking([alloc.job_id], read)
 
     @route("GET", "/allocations/<alloc_id>/logs/<task>", raw=True)
     def allocation_logs(alloc_id, task):

@@ -1,14 +1,15 @@
 """Blocking queries on orch's own reads: ``GET /jobs/<id>?index=N&wait=30s``.
 
-As Nomad's (and the /v1 face's, over the same ``ChangeFeed.block``): a read
+As Nomad's (and the /v1 face's, over the same ``ChangeFeed``): a read
 answers with its index in ``X-Orch-Index``; the same read sent with
 ``?index=N`` is answered at once if the index is past N, otherwise when it
 passes N or ``wait`` runs out (5 min unless given, at most 10), the answer
 then unchanged with the same index. A job's index moves with every write to
-the job, its allocations or evaluations; a list's with any write. The body
-is what the read answers without ``index``: a client that sends none sees
-nothing new but the header. An index above the server's own (one from before
-a restart, or from another server) is answered at once.
+the job, its allocations, evaluations, deployments or child jobs, and only
+those wake a query on it; a list's moves with any write. The body is what
+the read answers without ``index``: a client that sends none sees nothing
+new but the header. An index above the server's own (one from before a
+restart, or from another server) is answered at once.
 """
 
 from __future__ import annotations
@@ -26,24 +27,36 @@ HEADER = "X-Orch-Index"
 Read = Callable[[], Any]
 
 
-def answer(feed: ChangeFeed, settle: Callable[[], None], index: Callable[[], int], read: Read):
+def answer(feed: ChangeFeed, settle: Callable[[], None], jobs: list[str] | None, read: Read):
     """``read()``'s answer with its index, blocking while ``?index=`` says so.
 
+    ``jobs``: the jobs whose index is the answer's (a write to a child moves
+    its parent's too); None for a list, whose index is the feed's.
     The index is taken before the read, and ``settle`` (the store's: no write
     half applied) between them, so an answer is never older than its index:
     a client asking past it cannot miss a change."""
+
+    def index() -> int:
+        if jobs is None:
+            return feed.index
+        return max(feed.job_index(job_id) for job_id in jobs)
 
     def indexed() -> tuple[Any, int]:
         at = index()
         settle()
         return read(), at
 
-    after = integer("index")
+    at: int | None
     # wait is read only with index: without it the read is the seed's, as it was.
-    if "index" in bottle.request.query:
-        wait = wait_seconds()
-        payload, at = feed.block(indexed, after if after <= feed.index else 0, wait)
-    else:
+    if "index" not in bottle.request.query:
         payload, at = indexed()
+    else:
+        after = integer("index")
+        wait = wait_seconds()
+        after = after if after <= feed.index else 0  # from before a restart: at once
+        if jobs is None:
+            payload, at = feed.block(indexed, after, wait)
+        else:
+            payload, at = feed.block_on(jobs, indexed, after, wait)
     bottle.response.set_header(HEADER, str(at))
     return payload

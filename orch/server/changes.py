@@ -40,6 +40,8 @@ class ChangeFeed:
         self._jobs: dict[str, int] = {}
         self._floor = 0
         self._blocking = threading.BoundedSemaphore(max_blocking)
+        # job id -> the events of the blocking queries waiting on it (block_on)
+        self._watchers: dict[str, set[threading.Event]] = {}
         # When the last change was recorded (the /v1 API's list indexes).
         self.changed_at = time.time()
 
@@ -71,6 +73,7 @@ class ChangeFeed:
 
         ``seq`` is the change log's number of the write (shared databases):
         the index jumps to it, so that servers agree on indexes."""
+        jobs = list(jobs)
         with self._cond:
             self._index = max(self._index + 1, seq or 0)
             if all_jobs:
@@ -83,6 +86,7 @@ class ChangeFeed:
                 self._forget_oldest()
             self.changed_at = time.time()
             self._cond.notify_all()
+            self._wake_watchers(None if all_jobs else jobs)
             return self._index
 
     def _forget_oldest(self) -> None:
@@ -125,8 +129,56 @@ class ChangeFeed:
         finally:
             self._blocking.release()
 
+    def block_on(
+        self, jobs: list[str], answer: Answer, after: int, wait_s: float
+    ) -> tuple[Any, int | None]:
+        """``answer()`` once the greatest index of ``jobs`` passes ``after``, or
+        when ``wait_s`` runs out. Only a write to one of the jobs wakes it: a
+        busy cluster's other writes do not make it read again."""
+        if after <= 0 or not self._blocking.acquire(blocking=False):
+            return answer()
+        deadline = time.monotonic() + wait_s
+        woken = threading.Event()
+        # Registered before the first look: a bump in between sets the event.
+        with self._cond:
+            for job_id in jobs:
+                self._watchers.setdefault(job_id, set()).add(woken)
+        try:
+            while not self._closed:
+                left = deadline - time.monotonic()
+                if max(self.job_index(j) for j in jobs) > after or left <= 0:
+                    break
+                woken.wait(left)
+                woken.clear()
+            return answer()
+        finally:
+            self._unwatch(jobs, woken)
+            self._blocking.release()
+
+    def _unwatch(self, jobs: list[str], woken: threading.Event) -> None:
+        with self._cond:
+            for job_id in jobs:
+                watching = self._watchers.get(job_id)
+                if watching is not None:
+                    watching.discard(woken)
+                    if not watching:
+                        del self._watchers[job_id]
+
+    def _wake_watchers(self, jobs: Iterable[str] | None) -> None:
+        """Set the events of the queries on ``jobs`` (None: on every job)."""
+        if not self._watchers:
+            return
+        if jobs is None:
+            groups = list(self._watchers.values())
+        else:
+            groups = [self._watchers[j] for j in jobs if j in self._watchers]
+        for group in groups:
+            for woken in group:
+                woken.set()
+
     def close(self) -> None:
         """Wake every waiter for good: streams end on server shutdown."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._wake_watchers(None)

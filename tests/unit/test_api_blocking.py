@@ -198,3 +198,55 @@ def test_past_the_waiters_cap_a_query_is_answered_at_once():
     feed.bump()
     hold.join(10)
     assert not hold.is_alive()
+
+
+def test_a_query_on_a_job_reads_once_whatever_else_changes():
+    feed = ChangeFeed()
+    feed.start_at(10)
+    reads = []
+
+    def answer():
+        reads.append(feed.index)
+        return None, feed.job_index("web")
+
+    def writes():
+        for _ in range(50):
+            feed.bump(["other"])
+        time.sleep(0.2)
+        feed.bump(["web"])
+
+    writer = threading.Thread(target=writes)
+    writer.start()
+    _, index = feed.block_on(["web"], answer, 10, 30.0)
+    writer.join()
+    assert index == feed.index == 61 and len(reads) == 1
+
+
+def test_a_parents_query_wakes_on_a_child():
+    feed = ChangeFeed()
+    feed.start_at(10)
+    writer = threading.Timer(0.2, feed.bump, args=(["child"],))
+    writer.start()
+    start = time.monotonic()
+    _, index = feed.block_on(["parent", "child"], lambda: (None, feed.index), 10, 30.0)
+    writer.join()
+    assert index == 11 and time.monotonic() - start < 20
+
+
+def test_a_dispatched_child_moves_its_parents_index(app):
+    body = job_body("param")
+    body["parameterized"] = {}
+    status, _, out = call(app, "POST", "/jobs", body)
+    assert status == 200, out
+    index = int(call(app, "GET", "/jobs/param")[1][HEADER])
+
+    def dispatch():
+        time.sleep(0.2)
+        assert call(app, "POST", "/jobs/param/dispatch", {})[0] == 200
+
+    writer = threading.Thread(target=dispatch)
+    writer.start()
+    status, headers, out, took = timed(app, f"/jobs/param?index={index}&wait=60s")
+    writer.join()
+    assert status == 200 and len(out["children"]) == 1
+    assert int(headers[HEADER]) > index and took < 30

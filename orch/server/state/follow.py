@@ -96,7 +96,7 @@ class Following(StoreCore):
             for entry in json.loads(body):
                 self._apply(entry, evals, touched)
             self._seq = seq
-        self.changes.bump(touched, self._seq)
+        self.changes.bump(self._with_parents(touched), self._seq)
         if evals:
             self._tell_remote_evals(evals)
 

@@ -190,7 +190,8 @@ class JobWrites(JobVersions):
                     (self._UPSERT_EVAL, self._eval_rows([evaluation])),
                     (self._UPSERT_LAUNCH, launches),
                     *self._version_statements(child),
-                ]
+                ],
+                also=[parent.job_id],  # its view lists its children
             )
             self._jobs[child.job_id] = child
             self._index_evals([evaluation])

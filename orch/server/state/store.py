@@ -210,10 +210,17 @@ class StoreCore:
                 if outer:
                     self.backend.rollback()  # still open: the write wrote nothing
 
-    def _write(self, statements: Iterable[tuple[str, list]], *, fenced: bool = False) -> None:
+    def _write(
+        self,
+        statements: Iterable[tuple[str, list]],
+        *,
+        fenced: bool = False,
+        also: Iterable[str] = (),
+    ) -> None:
         """Run (sql, rows) pairs in one transaction; StorageError on failure.
 
-        ``fenced`` writes (the leader's) run ``self.fence`` first, if set."""
+        ``fenced`` writes (the leader's) run ``self.fence`` first, if set;
+        ``also``: jobs whose view changes beyond the rows' own (a child's parent)."""
         statements = list(statements)
         wrote = any(rows for _sql, rows in statements)
         backend = self.backend
@@ -226,7 +233,16 @@ class StoreCore:
                 # Caught up under the cluster's lock: ours is the next change.
                 self._seq = seq
             if wrote:  # a write of nothing (all rows filtered out) is no change
-                self.changes.bump(jobs_written(statements), seq)
+                self.changes.bump(self._with_parents(jobs_written(statements), also), seq)
+
+    def _with_parents(self, touched: set[str], also: Iterable[str] = ()) -> set[str]:
+        """The jobs a write touched and their parents: a parent's view lists its children."""
+        touched.update(also)
+        for job_id in list(touched):
+            job = self._jobs.get(job_id)
+            if job is not None and job.parent_id:
+                touched.add(job.parent_id)
+        return touched
 
     def _catch_up(self, log: tuple[int, list] | None = None) -> None:
         """Apply the changes other servers committed (``follow.Following``)."""
