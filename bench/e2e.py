@@ -316,7 +316,7 @@ def submit_to_running(url: str, jobs: int, prefix: str, poll_sleep: float) -> li
             index = 0
             while True:
                 status = session.request("GET", job_path(job_id, index))[1]["status"]
-                index = session.index
+                unchanged, index = session.index == index, session.index
                 if status == "running":
                     latencies.append(time.perf_counter() - started)
                     break
@@ -324,7 +324,7 @@ def submit_to_running(url: str, jobs: int, prefix: str, poll_sleep: float) -> li
                     raise RuntimeError(f"job {job_id} went {status}, not running")
                 if time.perf_counter() - started > JOB_TIMEOUT:
                     raise RuntimeError(f"job {job_id} not running after {JOB_TIMEOUT}s")
-                if poll_sleep and not index:
+                if poll_sleep and unchanged:  # index 0: a build without blocking queries
                     time.sleep(poll_sleep)
             code, doc = session.request("DELETE", f"/jobs/{job_id}")
             if code != 200:
@@ -418,7 +418,7 @@ def batch_throughput(url: str, total: int, threads: int, prefix: str) -> dict:
             if status in ("complete", "failed", "dead", "lost"):
                 outcome["complete" if status == "complete" else "failed"] += 1
                 checked += 1
-            elif not session.index:  # no blocking queries: poll
+            elif session.index == after:  # no blocking queries (index 0): poll
                 time.sleep(0.005)
         else:
             raise RuntimeError(

@@ -110,11 +110,13 @@ def follow(client: Client, job_id: str, version: int, timeout: float) -> int:
             if verdict is not None:
                 return verdict
         # Wait for the job to change (its deployments, allocations) rather than
-        # poll; a server without blocking queries answers index 0: sleep then.
+        # poll; an unchanged index (a server without blocking queries answers
+        # 0, a busy one may not wait) makes it sleep as before.
         wait = min(WATCH_WAIT_S, max(0.0, deadline - time.monotonic()))
-        index = client.jobs.watch(job_id, index, wait)[1]
-        if not index:
+        newer = client.jobs.watch(job_id, index, wait)[1]
+        if newer == index:
             time.sleep(FOLLOW_INTERVAL)
+        index = newer
     say(f'==> Timed out after {timeout:g}s following the deployment of job "{job_id}"')
     return EXIT_FAILED
 

@@ -132,7 +132,10 @@ class RunMonitor:
             # second read on, it waits for the job to change (a blocking
             # query): the evaluation's changes move the job's index too.
             wait = min(WATCH_WAIT_S, max(0.0, deadline - self.now()))
-            job, index = self.client.jobs.watch(self.job_id, index, wait)
+            job, newer = self.client.jobs.watch(self.job_id, index, wait)
+            # Unchanged: the wait ran out, or the server had no thread to wait
+            # in (its cap on blocking queries): then this client polls.
+            unchanged, index = newer == index, newer
             self.show_groups(job)
             verdict = self.eval_verdict(ev) if ev is not None else None
             if verdict is None and eval_done:
@@ -148,7 +151,7 @@ class RunMonitor:
                     )
                 )
                 return EXIT_ERROR
-            if not index:  # a server without blocking queries: poll
+            if unchanged:  # index 0: a server without blocking queries
                 self.sleep(self.interval)
 
     def show_groups(self, job: dict) -> None:

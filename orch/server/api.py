@@ -191,7 +191,6 @@ def make_app(server: Server) -> bottle.Bottle:
         """``read()``, blocking while ``?index=`` asks (orch.server.blocking)."""
         return orch_blocking.answer(store.changes, store.settle, jobs, read)
 
-
     @route("GET", "/jobs")
     def list_jobs():
         def read():
