@@ -47,6 +47,9 @@ def test_dev_three_servers_on_their_own_postgres(tmp_path, pyz):
         text = log_path.read_text()
         urls = re.findall(r"orch dev: server (http://\S+) \(pid", text)
         assert len(set(urls)) == 3, text
+        # "nodes healthy" needs only the leader: a follower may still be
+        # loading its state, not yet listening.
+        wait_until(lambda: all(answers(u) for u in urls), 60, what="every server answering")
         leaders = {requests.get(f"{u}/status/leader", timeout=5).json()["leader"] for u in urls}
         assert len(leaders) == 1 and leaders <= set(urls)
         follower = next(u for u in urls if u not in leaders)
@@ -89,6 +92,13 @@ def test_dev_three_servers_on_their_own_postgres(tmp_path, pyz):
         if dev.poll() is None:
             dev.kill()
             dev.wait()
+
+
+def answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/status/leader", timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
 
 
 def follower_wakes_on_the_leaders_write(follower: str, leader: str) -> None:
