@@ -214,3 +214,14 @@ def test_zero_downtime_rolling_update(pyz, running_v1, script, tmp_path):
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert client.failed == []
     assert set(client.answers) == {"v2"}  # the bad copies never entered the healthy set
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_rollout_follows_its_deployment_to_the_end(pyz, running_v1):
+    # Without --detach the CLI waits on the job's blocking reads until the
+    # deployment ends, and says so.
+    rolled = cli(pyz, running_v1, "job", "rollout", "roll")
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert "successful" in rolled.stdout, rolled.stdout
+    assert get(running_v1, "/jobs/roll/deployment")["status"] == "successful"
