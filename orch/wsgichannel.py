@@ -68,7 +68,9 @@ class _Channel(HTTPChannel):
             if not self.outbuf_lock.acquire(False):
                 return False
             self.outbuf_lock.release()
-        return super().writable()
+        # HTTPChannel.writable, inline: the loop asks every connection at
+        # every turn.
+        return self.total_outbufs_len or self.will_close or self.close_when_flushed
 
     def write_soon(self, data):
         if self._hold and data:
@@ -122,7 +124,7 @@ class _InlineTasks:
     def __init__(self, add_task, routes: Mapping[tuple[str, str], Inline]):
         self._add_task = add_task
         self._routes = dict(routes)
-        self._date = (0, "")  # (second, its HTTP date): one format a second
+        self._date = (0, b"")  # (second, its HTTP date): one format a second
 
     def __call__(self, channel) -> None:
         while channel.requests:
@@ -163,30 +165,34 @@ class _InlineTasks:
             log.exception("inline %s %s failed", request.command, request.path)
             return None
 
-    def _http_date(self) -> str:
+    def _http_date(self) -> bytes:
         now = int(time.time())
         if self._date[0] != now:
-            self._date = (now, build_http_date(now))
+            self._date = (now, build_http_date(now).encode("latin-1"))
         return self._date[1]
 
     def _send(self, channel, body: bytes, close: bool) -> None:
         ident = channel.server.adj.ident
-        head = (
-            "HTTP/1.1 200 OK\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "Content-Type: application/json\r\n"
-            f"Date: {self._http_date()}\r\n"
-            + (f"Server: {ident}\r\n" if ident else "")
-            + ("Connection: close\r\n" if close else "")
-            + "\r\n"
-        )
-        data = head.encode("latin-1") + body
+        data = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(body)
+        data += b"Content-Type: application/json\r\nDate: %s\r\n" % self._http_date()
+        if ident:
+            data += b"Server: %s\r\n" % ident.encode("latin-1")
+        if close:
+            data += b"Connection: close\r\n"
+        data += b"\r\n" + body
         with channel.outbuf_lock:
-            channel.outbufs[-1].append(data)
-            channel.current_outbuf_count += len(data)
-            channel.total_outbufs_len += len(data)
-            # Sent now: waiting for the loop's next turn costs a turn.
-            channel._flush_exception(channel._flush_some)
+            if not channel.total_outbufs_len:
+                # Nothing queued before it: straight to the socket (0 when
+                # it would block); waitress's buffers take what is left.
+                try:
+                    data = data[channel.send(data) :]
+                except OSError:
+                    pass  # the buffered send below meets it again and closes
+            if data:
+                channel.outbufs[-1].append(data)
+                channel.current_outbuf_count += len(data)
+                channel.total_outbufs_len += len(data)
+                channel._flush_exception(channel._flush_some)
         channel.last_activity = time.time()
 
 
