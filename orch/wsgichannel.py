@@ -188,7 +188,7 @@ class _InlineTasks:
                     data = data[channel.send(data) :]
                 except OSError:
                     pass  # the buffered send below meets it again and closes
-            if data:
+            if data and channel.connected:  # a send that found it gone closed it
                 channel.outbufs[-1].append(data)
                 channel.current_outbuf_count += len(data)
                 channel.total_outbufs_len += len(data)

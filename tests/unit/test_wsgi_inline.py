@@ -134,3 +134,14 @@ def test_pipelined_requests_are_answered_in_order(serve):
         b'{"by":"inline',
     ]
     assert got.count(b"Connection: close") == 1
+
+
+def test_an_answer_larger_than_the_socket_takes_is_sent_whole(serve):
+    """What one send() leaves (a full socket buffer) goes through waitress's
+    buffers, after which the connection serves the next request."""
+    big = b'"' + b"x" * (8 << 20) + b'"'
+    port = serve(_app([]), {("POST", "/beat"): lambda headers, body: big})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for _ in range(2):
+        assert _post(conn, b"x") == (200, "application/json", big)
+    conn.close()
