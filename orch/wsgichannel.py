@@ -12,15 +12,39 @@ requests per millisecond, fixed here by subclassing its channel and task:
   of the body, so an ordinary JSON answer is one send. Streams (UI events,
   log follows) are unchanged: each later part is still sent as it is written.
 
-Both rely on waitress 3.0's internals (``HTTPChannel.writable``,
-``write_soon``, ``outbuf_lock``, ``WSGITask.write``): re-check on an upgrade.
+A third is optional: *inline routes* (``use_orch_channels(http, inline=...)``)
+answer a request on the thread that parsed it, without a worker thread, a
+WSGI environ or bottle, when their handler can (the server's heartbeat that
+changes nothing durable: most of them). Handing a request to a worker and
+back cost more than such a request's own work; a handler that cannot answer
+at once returns None and the request takes the ordinary path.
+
+All rely on waitress 3.0's internals (``HTTPChannel.writable``,
+``write_soon``, ``outbuf_lock``, ``WSGITask.write``, ``add_task``,
+``requests``): re-check on an upgrade.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Mapping
+
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import WSGITask
+from waitress.utilities import build_http_date
+
+log = logging.getLogger(__name__)
+
+# An inline route's handler: the request's headers (waitress's names:
+# upper case, ``_`` for ``-``) and body in, a JSON answer (200) out, or None
+# to leave the request to the WSGI app. It runs on waitress's I/O thread: it
+# must never block (no I/O, no lock another thread holds across I/O).
+Inline = Callable[[Mapping[str, str], bytes], "bytes | None"]
+# Inline bodies are small (a heartbeat that carries nothing); a larger one
+# is parsed by a worker, off the I/O thread.
+INLINE_MAX_BODY = 16 * 1024
 
 
 class _Channel(HTTPChannel):
@@ -44,7 +68,9 @@ class _Channel(HTTPChannel):
             if not self.outbuf_lock.acquire(False):
                 return False
             self.outbuf_lock.release()
-        return super().writable()
+        # HTTPChannel.writable, inline: the loop asks every connection at
+        # every turn.
+        return self.total_outbufs_len or self.will_close or self.close_when_flushed
 
     def write_soon(self, data):
         if self._hold and data:
@@ -86,11 +112,98 @@ class _Task(WSGITask):
 _Channel.task_class = _Task
 
 
-def use_orch_channels(http) -> None:
+class _InlineTasks:
+    """A listener's ``add_task``: inline routes answered on the spot, the rest
+    handed to the worker threads as before.
+
+    waitress calls it with the channel's ``requests_lock`` held, its first
+    request complete and no worker serving the channel (from the I/O thread
+    when a request arrives, from a worker when one request follows another).
+    """
+
+    def __init__(self, add_task, routes: Mapping[tuple[str, str], Inline]):
+        self._add_task = add_task
+        self._routes = dict(routes)
+        self._date = (0, b"")  # (second, its HTTP date): one format a second
+
+    def __call__(self, channel) -> None:
+        while channel.requests:
+            answer = self._answer(channel.requests[0])
+            if answer is None:
+                self._add_task(channel)
+                return
+            request = channel.requests.pop(0)
+            close = request.headers.get("CONNECTION", "").lower() == "close"
+            self._send(channel, answer, close)
+            request.close()
+            if close:
+                for later in channel.requests:
+                    later.close()
+                channel.requests = []
+                channel.close_when_flushed = True
+                return
+
+    def _answer(self, request) -> bytes | None:
+        """The inline answer's body, or None: the WSGI app serves the request."""
+        handler = self._routes.get((request.command, request.path))
+        if (
+            handler is None
+            or request.error
+            or request.query
+            or request.version != "1.1"
+            or request.chunked
+            or request.content_length > INLINE_MAX_BODY
+        ):
+            return None
+        try:
+            # get() leaves the buffer as it was: the WSGI app reads it again
+            # if the handler declines.
+            body = request.body_rcv.getbuf().get() if request.body_rcv is not None else b""
+            return handler(request.headers, body)
+        except Exception:
+            # The ordinary path answers it (and reports what is wrong).
+            log.exception("inline %s %s failed", request.command, request.path)
+            return None
+
+    def _http_date(self) -> bytes:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, build_http_date(now).encode("latin-1"))
+        return self._date[1]
+
+    def _send(self, channel, body: bytes, close: bool) -> None:
+        ident = channel.server.adj.ident
+        data = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(body)
+        data += b"Content-Type: application/json\r\nDate: %s\r\n" % self._http_date()
+        if ident:
+            data += b"Server: %s\r\n" % ident.encode("latin-1")
+        if close:
+            data += b"Connection: close\r\n"
+        data += b"\r\n" + body
+        with channel.outbuf_lock:
+            if not channel.total_outbufs_len:
+                # Nothing queued before it: straight to the socket (0 when
+                # it would block); waitress's buffers take what is left.
+                try:
+                    data = data[channel.send(data) :]
+                except OSError:
+                    pass  # the buffered send below meets it again and closes
+            if data and channel.connected:  # a send that found it gone closed it
+                channel.outbufs[-1].append(data)
+                channel.current_outbuf_count += len(data)
+                channel.total_outbufs_len += len(data)
+                channel._flush_exception(channel._flush_some)
+        channel.last_activity = time.time()
+
+
+def use_orch_channels(http, inline: Mapping[tuple[str, str], Inline] | None = None) -> None:
     """Make every listener of a waitress server (``create_server``'s result)
-    open its connections as ``_Channel``."""
+    open its connections as ``_Channel``; ``inline`` maps (method, path) to
+    handlers answered without a worker thread."""
     # One listening server per address (a name may resolve to several).
     listeners = http.map if isinstance(http, MultiSocketServer) else http._map
     for dispatcher in list(listeners.values()):
         if isinstance(dispatcher, BaseWSGIServer):
             dispatcher.channel_class = _Channel
+            if inline:
+                dispatcher.add_task = _InlineTasks(dispatcher.add_task, inline)

@@ -13,12 +13,13 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from orch.errors import Conflict, Forbidden, NotFound
+from orch.errors import Conflict, Forbidden, NotFound, ValidationError
 from orch.server import views
 from orch.server.drainer import new_drain
 from orch.server.planner import new_eval
 from orch.structs import SYSTEM_TYPES, Evaluation, Node, TriggeredBy, replace
 from orch.validation import bodies as validation
+from orch.validation import document
 from orch.validation.drain import DrainRequest
 
 if TYPE_CHECKING:
@@ -130,6 +131,43 @@ class NodeOps:
             self.broker.unblock()
             self.evaluate_system_jobs(node_id)
         resync = self.sync.apply(node_id, beat.allocations, full=not beat.delta)
+        answer: dict[str, object] = {"message": "Heartbeat received"}
+        if beat.seq is not None:
+            answer.update(ack=beat.seq, resync=resync)
+        return answer
+
+    def quiet_heartbeat(self, raw: bytes) -> dict | None:
+        """The answer to a beat that changes nothing durable, or None: the
+        beat needs ``heartbeat`` (a report to fold in, a node coming back, a
+        repair due, an error to report, a write holding the store).
+
+        Called on waitress's I/O thread (``orch.server.inline``): it takes
+        no lock that another thread holds across I/O."""
+        try:
+            body = document.loads(raw)
+            beat = validation.heartbeat(body)
+        except ValidationError:
+            return None
+        node_id = beat.node_id
+        node = self.store.get_node(node_id)
+        if (
+            beat.allocations
+            or node is None
+            or (beat.healthy and not node.healthy)
+            or self.pusher.suspect(node_id)
+            # A full beat may find allocations to push again.
+            or (not beat.delta and self.store.live_allocs_for_node(node_id))
+        ):
+            return None
+        if node.secret_digest:
+            try:
+                self._check_secret(node, body.get("secret_id"))
+            except (Forbidden, ValidationError):
+                return None
+        if self.store.touch_node(node_id, time.time(), beat.usage, wait=False) is None:
+            return None
+        self.monitor.reset(node_id)
+        resync = self.sync.apply(node_id, {}, full=not beat.delta)
         answer: dict[str, object] = {"message": "Heartbeat received"}
         if beat.seq is not None:
             answer.update(ack=beat.seq, resync=resync)

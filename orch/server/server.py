@@ -417,6 +417,7 @@ def run(config: ServerConfig) -> int:
     import signal
 
     from orch.server.api import make_app
+    from orch.server.inline import inline_routes
     from orch.server.wsgi import http_server
 
     check_bind("server", config.bind, config.token, config.insecure)
@@ -425,7 +426,7 @@ def run(config: ServerConfig) -> int:
     except StorageError as exc:
         log.error("%s", exc.message)
         return 1
-    http = http_server(make_app(server), config)
+    http = http_server(make_app(server), config, inline_routes(server))
 
     def _exit(signum, _frame):
         raise SystemExit(0)

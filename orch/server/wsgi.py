@@ -10,11 +10,15 @@ from waitress import create_server
 from orch.wsgichannel import use_orch_channels
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from orch.config import ServerConfig
+    from orch.wsgichannel import Inline
 
 
-def http_server(app, config: ServerConfig):
-    """The waitress server that serves ``app`` (not yet running)."""
+def http_server(app, config: ServerConfig, inline: Mapping[tuple[str, str], Inline] | None = None):
+    """The waitress server that serves ``app`` (not yet running); ``inline``
+    routes are answered without it when their handler can."""
     http = create_server(
         app,
         host=config.bind,
@@ -33,5 +37,5 @@ def http_server(app, config: ServerConfig):
         channel_timeout=60,
         clear_untrusted_proxy_headers=True,
     )
-    use_orch_channels(http)
+    use_orch_channels(http, inline)
     return http

@@ -21,15 +21,28 @@ class NodeWrites(StoreCore):
             self.cluster.upsert_node(node)
             return previous
 
-    def touch_node(self, node_id: str, timestamp: float, usage: dict) -> Node | None:
-        """Record a heartbeat in memory only: it changes nothing durable."""
-        with self._lock:
-            node = self._nodes.get(node_id)
-            if node is None:
+    def touch_node(
+        self, node_id: str, timestamp: float, usage: dict, *, wait: bool = True
+    ) -> Node | None:
+        """Record a heartbeat in memory only: it changes nothing durable.
+
+        None if the node is unknown or, with ``wait=False``, if a write holds
+        the store (the caller must not block: waitress's I/O thread)."""
+        if not self._lock.acquire(wait):
+            return None
+        try:
+            old = self._nodes.get(node_id)
+            if old is None:
                 return None
-            node = replace(node, last_heartbeat=timestamp, usage=usage)
+            # A copy of the attributes, not dataclasses.replace: that re-runs
+            # __init__ over every field, 4x the cost, on every heartbeat.
+            node = object.__new__(Node)
+            node.__dict__.update(old.__dict__)
+            node.last_heartbeat, node.usage = timestamp, usage
             self._nodes[node_id] = node
             return node
+        finally:
+            self._lock.release()
 
     def set_node_health(self, node_id: str, healthy: bool) -> Node:
         with self._writing():

@@ -1,0 +1,147 @@
+"""Inline routes (orch.wsgichannel): answered on the thread that parsed the
+request, without the WSGI app, unless their handler declines."""
+
+import http.client
+import socket
+import threading
+
+import bottle
+import pytest
+
+from orch.config import ServerConfig
+from orch.server import wsgi
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Run an app with inline routes on the server's waitress; yields its port."""
+    running = []
+
+    def start(app, inline):
+        config = ServerConfig(data_dir=str(tmp_path), bind="127.0.0.1", port=0)
+        server = wsgi.http_server(app, config, inline)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        return server.effective_port
+
+    yield start
+    for server, thread in running:
+        server.close()
+        thread.join(5)
+
+
+def _app(seen):
+    app = bottle.Bottle()
+
+    @app.route("/beat", method="POST")
+    def beat():
+        seen.append(("app", bottle.request.body.read()))
+        bottle.response.content_type = "application/json"
+        return '{"by":"app"}'
+
+    return app
+
+
+def _inline(seen):
+    def handler(headers, body):
+        seen.append(("inline", body))
+        if body == b"boom":
+            raise RuntimeError("handler bug")
+        if body.startswith(b"app"):
+            return None
+        return b'{"by":"inline","ua":"%s"}' % headers.get("USER_AGENT", "").encode()
+
+    return {("POST", "/beat"): handler}
+
+
+def _post(conn, body, **headers):
+    conn.request("POST", "/beat", body=body, headers=headers)
+    resp = conn.getresponse()
+    return resp.status, resp.getheader("Content-Type"), resp.read()
+
+
+def test_the_handler_answers_without_the_app(serve):
+    seen = []
+    port = serve(_app(seen), _inline(seen))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for _ in range(3):
+        answer = _post(conn, b"x", **{"User-Agent": "t"})
+        assert answer == (200, "application/json", b'{"by":"inline","ua":"t"}')
+    conn.close()
+    assert seen == [("inline", b"x")] * 3
+
+
+def test_a_declined_request_goes_to_the_app_with_its_body(serve):
+    seen = []
+    port = serve(_app(seen), _inline(seen))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    assert _post(conn, b"app-1") == (200, "application/json", b'{"by":"app"}')
+    # The same connection keeps working, inline again.
+    assert _post(conn, b"x")[2].startswith(b'{"by":"inline"')
+    conn.close()
+    assert seen == [("inline", b"app-1"), ("app", b"app-1"), ("inline", b"x")]
+
+
+def test_a_failing_handler_leaves_the_request_to_the_app(serve):
+    seen = []
+    port = serve(_app(seen), _inline(seen))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    assert _post(conn, b"boom")[2] == b'{"by":"app"}'
+    conn.close()
+
+
+def test_other_routes_and_a_query_are_not_inline(serve):
+    seen = []
+    port = serve(_app(seen), _inline(seen))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/beat?x=1", body=b"x")
+    assert conn.getresponse().read() == b'{"by":"app"}'
+    conn.request("GET", "/nothing")
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 404
+    conn.close()
+    assert seen == [("app", b"x")]
+
+
+def _exchange(port, raw: bytes) -> bytes:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(raw)
+        got = b""
+        while True:
+            part = sock.recv(65536)
+            if not part:
+                return got
+            got += part
+    finally:
+        sock.close()
+
+
+def test_pipelined_requests_are_answered_in_order(serve):
+    seen = []
+    port = serve(_app(seen), _inline(seen))
+    one = b"POST /beat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+    raw = one % (1, b"a") + one % (5, b"app-2") + one % (1, b"c")
+    raw += b"POST /beat HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1\r\n\r\nd"
+    got = _exchange(port, raw)  # the last one closes the connection
+    bodies = [part.split(b"\r\n\r\n", 1)[1] for part in got.split(b"HTTP/1.1 200 OK")[1:]]
+    assert [b[:13] for b in bodies] == [
+        b'{"by":"inline',
+        b'{"by":"app"}',
+        b'{"by":"inline',
+        b'{"by":"inline',
+    ]
+    assert got.count(b"Connection: close") == 1
+
+
+def test_an_answer_larger_than_the_socket_takes_is_sent_whole(serve):
+    """What one send() leaves (a full socket buffer) goes through waitress's
+    buffers, after which the connection serves the next request."""
+    big = b'"' + b"x" * (8 << 20) + b'"'
+    port = serve(_app([]), {("POST", "/beat"): lambda headers, body: big})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for _ in range(2):
+        assert _post(conn, b"x") == (200, "application/json", big)
+    conn.close()
