@@ -137,3 +137,29 @@ def test_it_leaves_when_no_agent_and_no_task_is_left(tmp_path):
     _, pid, _ = client.start(start_spec(tmp_path, "t", ["true"]))
     client.close()
     assert wait_for(lambda: not live(pid), 5.0)
+
+
+def test_its_home_cgroups_are_opened_once_for_every_start(tmp_path, monkeypatch):
+    from orch.agent.tasksup.server import HomeCgroups
+
+    paths = [str(tmp_path / "cpu.procs"), str(tmp_path / "memory.procs")]
+    for path in paths:
+        open(path, "w").close()
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a: (opened.append(p), real_open(p, *a))[1])
+    homes = HomeCgroups()
+    for _ in range(3):
+        homes.join(paths)
+    assert opened == paths  # the first start opens them; the next two reuse them
+    me = str(os.getpid())
+    for path in paths:
+        with open(path) as f:
+            assert f.read() == me * 3  # every start wrote itself back
+
+
+def test_a_cgroup_file_that_cannot_be_opened_is_an_error(tmp_path):
+    from orch.agent.tasksup.server import HomeCgroups
+
+    with pytest.raises(OSError):
+        HomeCgroups().join([str(tmp_path / "gone" / "cgroup.procs")])

@@ -79,6 +79,9 @@ class Supervisor:
         self.rmdirs: list[tuple[float, str]] = []  # (give up at, cgroup dir)
         self.ever_connected = False
         self.started = time.monotonic()
+        # Opened once, not per start: each open is a syscall on the start path.
+        self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.homes = HomeCgroups()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -186,7 +189,7 @@ class Supervisor:
             remove_cgroups(spec.get("cgroup_dirs") or [])
             return {"claimed": True}
         try:
-            popen = _spawn(spec)
+            popen = _spawn(spec, self.devnull, self.homes)
         except OSError as exc:
             error = _start_error(spec["argv"][0], exc)
             append(record, {"error": error})
@@ -263,7 +266,32 @@ class Supervisor:
                 _killpg(run.pid, signal.SIGKILL)
 
 
-def _spawn(spec: dict) -> subprocess.Popen:
+class HomeCgroups:
+    """The supervisor's own cgroup.procs files, kept open: it goes back to
+    them after every start with cgroups, two opens a start saved."""
+
+    MAX_OPEN = 8  # one per controller hierarchy; more would be a bug elsewhere
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+
+    def join(self, procs_files: list[str]) -> None:
+        """Move this process back into these cgroups."""
+        me = str(os.getpid()).encode()
+        for path in procs_files:
+            fd = self.fds.get(path)
+            if fd is None:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                if len(self.fds) < self.MAX_OPEN:
+                    self.fds[path] = fd
+            try:
+                os.write(fd, me)
+            finally:
+                if self.fds.get(path) != fd:
+                    os.close(fd)
+
+
+def _spawn(spec: dict, stdin: int, homes: HomeCgroups) -> subprocess.Popen:
     """Start the task in a process group of its own; raises OSError if it cannot start.
 
     subprocess starts it without running Python in the child (vfork and
@@ -280,14 +308,14 @@ def _spawn(spec: dict) -> subprocess.Popen:
         os.close(out)
         raise
     user = spec.get("user") or {}
-    homes = spec.get("cgroup_home_procs") or []
+    home_procs = spec.get("cgroup_home_procs") or []
     try:
         join_cgroups(spec.get("cgroup_procs") or [])
         return subprocess.Popen(
             spec["argv"],
             env=spec["env"],
             cwd=spec["cwd"],
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=out,
             stderr=err,
             close_fds=True,
@@ -299,7 +327,7 @@ def _spawn(spec: dict) -> subprocess.Popen:
         )
     finally:
         try:
-            join_cgroups(homes)
+            homes.join(home_procs)
         finally:
             os.close(out)
             os.close(err)
