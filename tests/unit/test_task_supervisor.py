@@ -163,3 +163,20 @@ def test_a_cgroup_file_that_cannot_be_opened_is_an_error(tmp_path):
 
     with pytest.raises(OSError):
         HomeCgroups().join([str(tmp_path / "gone" / "cgroup.procs")])
+
+
+def test_a_start_answer_says_when_the_task_started_even_if_it_ended_at_once(client, tmp_path):
+    import psutil
+
+    answer, _, _ = client.start(start_spec(tmp_path, "quick", ["/bin/true"]))
+    # Read before the supervisor could reap it: a task as short as `true`
+    # is gone by the time the agent reads the answer.
+    started = answer["create_time"]
+    assert started is not None
+    assert abs(started - psutil.Process(os.getpid()).create_time()) < 3600
+    long_answer, _, _ = client.start(start_spec(tmp_path, "slow", ["sleep", "5"]))
+    try:
+        created = psutil.Process(long_answer["pid"]).create_time()
+        assert abs(long_answer["create_time"] - created) < 0.05  # psutil's own figure
+    finally:
+        os.killpg(long_answer["pid"], 9)

@@ -50,6 +50,7 @@ WATCHDOG_INTERVAL = 0.2  # seconds between RSS samples without cgroups
 RMDIR_RETRY = 0.05  # a cgroup may stay busy for a moment after its last kill
 RMDIR_GIVE_UP = 5.0
 LONELY_EXIT = 10.0  # started, but no agent ever connected: leave
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Run:
@@ -82,6 +83,7 @@ class Supervisor:
         # Opened once, not per start: each open is a syscall on the start path.
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.homes = HomeCgroups()
+        self.boot_time = _boot_time()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -203,7 +205,7 @@ class Supervisor:
             # Its directory is gone already (a DELETE): the task is not wanted.
             _note(f"cannot record the task's run: {exc}")
             _killpg(pid, signal.SIGKILL)
-        return {"pid": pid}
+        return {"pid": pid, "create_time": _create_time(pid, self.boot_time)}
 
     # -- ending ---------------------------------------------------------------
 
@@ -331,6 +333,37 @@ def _spawn(spec: dict, stdin: int, homes: HomeCgroups) -> subprocess.Popen:
         finally:
             os.close(out)
             os.close(err)
+
+
+def _boot_time() -> float | None:
+    """The kernel's boot time (btime in /proc/stat), as psutil reads it."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _create_time(pid: int, boot_time: float | None) -> float | None:
+    """When our child `pid` started, as psutil computes it; None if unknown.
+
+    Read here, where the child cannot be gone yet (it is not reaped before
+    this returns): the agent, reading it after our answer, found a task as
+    short as `true` already reaped most of the time, and then paid psutil's
+    slower path to learn nothing."""
+    if boot_time is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # After the command name, which may hold spaces and parentheses.
+        ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    return boot_time + ticks / CLOCK_TICKS
 
 
 def _note(message: str) -> None:
