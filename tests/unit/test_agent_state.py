@@ -57,6 +57,32 @@ def test_save_load_remove(tmp_path):
     assert store.load_allocs() == []
 
 
+def test_an_allocations_first_write_is_in_place_later_ones_renamed(tmp_path, monkeypatch):
+    store = AgentStore(str(tmp_path))
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renames.append(b), real_replace(a, b)))
+    store.save_alloc("a1", {"x": 1})
+    assert renames == []  # created and written, no temporary file
+    assert sorted(os.listdir(store.alloc_dir("a1"))) == ["alloc.json"]
+    store.save_alloc("a1", {"x": 2})
+    assert len(renames) == 1  # a later version replaces the file whole
+    assert store.load_allocs() == [{"x": 2}]
+    # A restarted agent's store finds the file: it replaces it, never appends.
+    again = AgentStore(str(tmp_path))
+    again.save_alloc("a1", {"x": 3})
+    assert len(renames) == 2 and again.load_allocs() == [{"x": 3}]
+
+
+def test_an_alloc_file_created_but_never_written_is_skipped(tmp_path, caplog):
+    store = AgentStore(str(tmp_path))
+    os.makedirs(store.alloc_dir("a1"))
+    open(os.path.join(store.alloc_dir("a1"), "alloc.json"), "w").close()
+    store.save_alloc("a2", {"x": 2})
+    assert store.load_allocs() == [{"x": 2}]
+    assert "unreadable" not in caplog.text
+
+
 def test_fingerprint_measures_the_node():
     result = fp.fingerprint({"exec": ExecDriver()})
     assert result.resources.cpu > 0 and result.resources.memory > 0

@@ -137,3 +137,46 @@ def test_it_leaves_when_no_agent_and_no_task_is_left(tmp_path):
     _, pid, _ = client.start(start_spec(tmp_path, "t", ["true"]))
     client.close()
     assert wait_for(lambda: not live(pid), 5.0)
+
+
+def test_its_home_cgroups_are_opened_once_for_every_start(tmp_path, monkeypatch):
+    from orch.agent.tasksup.server import HomeCgroups
+
+    paths = [str(tmp_path / "cpu.procs"), str(tmp_path / "memory.procs")]
+    for path in paths:
+        open(path, "w").close()
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a: (opened.append(p), real_open(p, *a))[1])
+    homes = HomeCgroups()
+    for _ in range(3):
+        homes.join(paths)
+    assert opened == paths  # the first start opens them; the next two reuse them
+    me = str(os.getpid())
+    for path in paths:
+        with open(path) as f:
+            assert f.read() == me * 3  # every start wrote itself back
+
+
+def test_a_cgroup_file_that_cannot_be_opened_is_an_error(tmp_path):
+    from orch.agent.tasksup.server import HomeCgroups
+
+    with pytest.raises(OSError):
+        HomeCgroups().join([str(tmp_path / "gone" / "cgroup.procs")])
+
+
+def test_a_start_answer_says_when_the_task_started_even_if_it_ended_at_once(client, tmp_path):
+    import psutil
+
+    answer, _, _ = client.start(start_spec(tmp_path, "quick", ["/bin/true"]))
+    # Read before the supervisor could reap it: a task as short as `true`
+    # is gone by the time the agent reads the answer.
+    started = answer["create_time"]
+    assert started is not None
+    assert abs(started - psutil.Process(os.getpid()).create_time()) < 3600
+    long_answer, _, _ = client.start(start_spec(tmp_path, "slow", ["sleep", "5"]))
+    try:
+        created = psutil.Process(long_answer["pid"]).create_time()
+        assert abs(long_answer["create_time"] - created) < 0.05  # psutil's own figure
+    finally:
+        os.killpg(long_answer["pid"], 9)

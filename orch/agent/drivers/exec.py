@@ -123,6 +123,9 @@ class ExecDriver(Driver):
         if answer.get("claimed"):
             return self._claimed(ctx)
         pid = int(answer["pid"])
+        # The supervisor reads it before the task can be reaped; an older
+        # supervisor (still serving after an agent upgrade) does not send it.
+        created = answer.get("create_time")
         log.debug(
             "exec started alloc=%s task=%s pid=%d supervisor=%d",
             ctx.alloc_id,
@@ -133,7 +136,7 @@ class ExecDriver(Driver):
         return ExecHandle(
             pid=pid,
             pgid=pid,
-            create_time=procs.create_time(pid),
+            create_time=created if created is not None else procs.create_time(pid),
             supervisor_pid=sup_pid,
             supervisor_create_time=sup_created,
             record_path=record_path,

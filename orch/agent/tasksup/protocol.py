@@ -1,7 +1,8 @@
 """The wire between agents and their task supervisor: one JSON object per line.
 
     agent -> supervisor  {"id": n, "start": {spec}}
-    supervisor -> agent  {"id": n, "pid": p} | {"id": n, "error": ".."} | {"id": n, "claimed": true}
+    supervisor -> agent  {"id": n, "pid": p, "create_time": t} | {"id": n, "error": ".."}
+                         | {"id": n, "claimed": true}
     supervisor -> agents {"exited": p}        once the run's record says how it ended
 
 The supervisor says READY (or IN_USE: another serves the name) on its stdout

@@ -50,6 +50,7 @@ WATCHDOG_INTERVAL = 0.2  # seconds between RSS samples without cgroups
 RMDIR_RETRY = 0.05  # a cgroup may stay busy for a moment after its last kill
 RMDIR_GIVE_UP = 5.0
 LONELY_EXIT = 10.0  # started, but no agent ever connected: leave
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Run:
@@ -79,6 +80,10 @@ class Supervisor:
         self.rmdirs: list[tuple[float, str]] = []  # (give up at, cgroup dir)
         self.ever_connected = False
         self.started = time.monotonic()
+        # Opened once, not per start: each open is a syscall on the start path.
+        self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.homes = HomeCgroups()
+        self.boot_time = _boot_time()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -186,7 +191,7 @@ class Supervisor:
             remove_cgroups(spec.get("cgroup_dirs") or [])
             return {"claimed": True}
         try:
-            popen = _spawn(spec)
+            popen = _spawn(spec, self.devnull, self.homes)
         except OSError as exc:
             error = _start_error(spec["argv"][0], exc)
             append(record, {"error": error})
@@ -200,7 +205,7 @@ class Supervisor:
             # Its directory is gone already (a DELETE): the task is not wanted.
             _note(f"cannot record the task's run: {exc}")
             _killpg(pid, signal.SIGKILL)
-        return {"pid": pid}
+        return {"pid": pid, "create_time": _create_time(pid, self.boot_time)}
 
     # -- ending ---------------------------------------------------------------
 
@@ -263,7 +268,32 @@ class Supervisor:
                 _killpg(run.pid, signal.SIGKILL)
 
 
-def _spawn(spec: dict) -> subprocess.Popen:
+class HomeCgroups:
+    """The supervisor's own cgroup.procs files, kept open: it goes back to
+    them after every start with cgroups, two opens a start saved."""
+
+    MAX_OPEN = 8  # one per controller hierarchy; more would be a bug elsewhere
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+
+    def join(self, procs_files: list[str]) -> None:
+        """Move this process back into these cgroups."""
+        me = str(os.getpid()).encode()
+        for path in procs_files:
+            fd = self.fds.get(path)
+            if fd is None:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                if len(self.fds) < self.MAX_OPEN:
+                    self.fds[path] = fd
+            try:
+                os.write(fd, me)
+            finally:
+                if self.fds.get(path) != fd:
+                    os.close(fd)
+
+
+def _spawn(spec: dict, stdin: int, homes: HomeCgroups) -> subprocess.Popen:
     """Start the task in a process group of its own; raises OSError if it cannot start.
 
     subprocess starts it without running Python in the child (vfork and
@@ -280,14 +310,14 @@ def _spawn(spec: dict) -> subprocess.Popen:
         os.close(out)
         raise
     user = spec.get("user") or {}
-    homes = spec.get("cgroup_home_procs") or []
+    home_procs = spec.get("cgroup_home_procs") or []
     try:
         join_cgroups(spec.get("cgroup_procs") or [])
         return subprocess.Popen(
             spec["argv"],
             env=spec["env"],
             cwd=spec["cwd"],
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=out,
             stderr=err,
             close_fds=True,
@@ -299,10 +329,41 @@ def _spawn(spec: dict) -> subprocess.Popen:
         )
     finally:
         try:
-            join_cgroups(homes)
+            homes.join(home_procs)
         finally:
             os.close(out)
             os.close(err)
+
+
+def _boot_time() -> float | None:
+    """The kernel's boot time (btime in /proc/stat), as psutil reads it."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _create_time(pid: int, boot_time: float | None) -> float | None:
+    """When our child `pid` started, as psutil computes it; None if unknown.
+
+    Read here, where the child cannot be gone yet (it is not reaped before
+    this returns): the agent, reading it after our answer, found a task as
+    short as `true` already reaped most of the time, and then paid psutil's
+    slower path to learn nothing."""
+    if boot_time is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # After the command name, which may hold spaces and parentheses.
+        ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    return boot_time + ticks / CLOCK_TICKS
 
 
 def _note(message: str) -> None:
