@@ -112,3 +112,26 @@ def open_store(tmp_path, state_database):
     yield open_
     for store in opened:
         store.close()
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Run an app (with optional inline routes) on the server's waitress at
+    port 0; yields a function that starts one and returns its port."""
+    from orch.config import ServerConfig
+    from orch.server import wsgi
+
+    running = []
+
+    def start(app, inline=None):
+        config = ServerConfig(data_dir=str(tmp_path), bind="127.0.0.1", port=0)
+        server = wsgi.http_server(app, config, inline)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        return server.effective_port
+
+    yield start
+    for server, thread in running:
+        server.close()
+        thread.join(5)

@@ -6,30 +6,7 @@ import threading
 import time
 
 import bottle
-import pytest
 from waitress.channel import HTTPChannel
-
-from orch.config import ServerConfig
-from orch.server import wsgi
-
-
-@pytest.fixture
-def serve(tmp_path):
-    """Run an app on the server's waitress (port 0); yields its port."""
-    running = []
-
-    def start(app):
-        config = ServerConfig(data_dir=str(tmp_path), bind="127.0.0.1", port=0)
-        server = wsgi.http_server(app, config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        running.append((server, thread))
-        return server.effective_port
-
-    yield start
-    for server, thread in running:
-        server.close()
-        thread.join(5)
 
 
 def _app():

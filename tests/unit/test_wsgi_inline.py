@@ -3,32 +3,8 @@ request, without the WSGI app, unless their handler declines."""
 
 import http.client
 import socket
-import threading
 
 import bottle
-import pytest
-
-from orch.config import ServerConfig
-from orch.server import wsgi
-
-
-@pytest.fixture
-def serve(tmp_path):
-    """Run an app with inline routes on the server's waitress; yields its port."""
-    running = []
-
-    def start(app, inline):
-        config = ServerConfig(data_dir=str(tmp_path), bind="127.0.0.1", port=0)
-        server = wsgi.http_server(app, config, inline)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        running.append((server, thread))
-        return server.effective_port
-
-    yield start
-    for server, thread in running:
-        server.close()
-        thread.join(5)
 
 
 def _app(seen):
