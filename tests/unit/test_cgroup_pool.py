@@ -109,3 +109,12 @@ def test_kept_cgroups_of_an_earlier_agent_are_removed_only_under_ours(tmp_path):
     parent = cgroups._parents["memory"]
     cgroups.release([os.path.join(parent, "old-t"), str(tmp_path / "elsewhere")])
     assert removed == [os.path.join(parent, "old-t")]
+
+
+def test_drain_removes_pooled_and_handed_out_cgroups(tmp_path):
+    cgroups, _, removed = pool(tmp_path)
+    pooled, out = cgroups.create("a1-t", 64, 1024), cgroups.create("a2-t", 64, 1024)
+    cgroups.release(ended(pooled))
+    cgroups.drain()
+    assert sorted(removed) == sorted([pooled.dirs[0], out.dirs[0]])
+    assert cgroups.create("a3-t", 64, 1024) not in (pooled, out)

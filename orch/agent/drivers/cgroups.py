@@ -165,11 +165,15 @@ class Cgroups:
         self._remove(dirs)
 
     def drain(self) -> None:
-        """Remove every idle pooled cgroup (the agent stops)."""
+        """The agent stops: remove every pooled cgroup, and those handed out
+        whose task is over (kept for us, never handed back: the kernel
+        refuses to remove the others, which hold running tasks)."""
         with self._lock:
-            idle = [g for groups in self._pool.values() for g, _ in groups]
+            groups = [g for idle in self._pool.values() for g, _ in idle]
+            groups += [g for _, _, g in self._out.values()]
             self._pool.clear()
-        for group in idle:
+            self._out.clear()
+        for group in groups:
             self._remove(list(group.dirs))
 
     def _reuse(self, key: tuple[int, int]) -> TaskCgroup | None:

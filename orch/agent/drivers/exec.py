@@ -90,8 +90,10 @@ class ExecDriver(Driver):
         log_path = os.path.join(state_dir, SUPERVISOR_LOG) if state_dir else None
         self._supervisor = SupervisorClient(supervisor_name(state_dir), log_path)
         self._task_cgroups: dict[str, list[str]] = {}  # run record -> its cgroup dirs
-        # A driver dropped without close() (tests) still lets its supervisor go.
+        # A driver dropped without close() (tests) still lets its supervisor go
+        # and removes its idle pooled cgroups.
         weakref.finalize(self, self._supervisor.close)
+        weakref.finalize(self, self._cgroups.drain)
 
     def close(self) -> None:
         self._supervisor.close()
