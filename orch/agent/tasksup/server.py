@@ -25,6 +25,10 @@ supervisor samples the RSS of each such task's process tree and SIGKILLs
 the group past the limit.
 
     python -S -c "<path setup>; from orch.agent.tasksup.server import main; main()" NAME
+
+Over 400 lines, kept whole: the supervisor is one event loop over its
+runs, and splitting the loop from what it does at a start and an end would
+only pass its state around.
 """
 
 from __future__ import annotations
