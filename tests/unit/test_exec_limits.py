@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -66,18 +67,51 @@ def test_task_within_its_memory_limit_completes(driver, tmp_path):
     assert result.exit_code == 0 and not result.oom_killed and result.successful
 
 
-def test_task_cgroups_are_removed_when_it_ends(tmp_path):
+def real_cgroups():
     cgroups = Cgroups()
     if cgroups.detect() is None:
         pytest.skip(f"no writable cgroups here: {cgroups.reason}")
-    driver = ExecDriver(cgroups=cgroups)
     made = []
     create = cgroups.create
     cgroups.create = lambda *a: made.append(create(*a)) or made[-1]
-    handle = driver.start(context(tmp_path, "exit 0"))
-    assert driver.wait(handle, 10).exit_code == 0
-    assert made and made[0] is not None
-    assert not any(os.path.exists(d) for d in made[0].dirs)
+    return cgroups, made
+
+
+def test_task_cgroups_are_reused_by_the_next_task_then_removed(tmp_path):
+    cgroups, made = real_cgroups()
+    driver = ExecDriver(cgroups=cgroups)
+    try:
+        for n in range(2):
+            handle = driver.start(context(tmp_path / str(n), "exit 0"))
+            assert driver.wait(handle, 10).exit_code == 0
+        assert len(made) == 2 and made[0] is not None
+        assert made[1] == made[0], "the second task made its own cgroups"
+        assert all(os.path.isdir(d) for d in made[0].dirs)
+        # Different limits: cgroups of their own.
+        handle = driver.start(context(tmp_path / "2", "exit 0", memory=32))
+        assert driver.wait(handle, 10).exit_code == 0
+        assert made[2] != made[0]
+    finally:
+        driver.close()
+    assert not any(os.path.exists(d) for g in made for d in g.dirs)
+
+
+def test_cgroups_of_an_oom_killed_task_are_removed_not_reused(tmp_path):
+    cgroups, made = real_cgroups()
+    driver = ExecDriver(cgroups=cgroups)
+    try:
+        handle = driver.start(context(tmp_path, HOG))
+        assert driver.wait(handle, 10).oom_killed
+        driver.stop(handle, 0.5)
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(d) for d in made[0].dirs) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the supervisor retries while the cgroup is busy
+        assert not any(os.path.exists(d) for d in made[0].dirs)
+        handle = driver.start(context(tmp_path / "next", "exit 0"))
+        assert driver.wait(handle, 10).exit_code == 0
+        assert made[1] != made[0]
+    finally:
+        driver.close()
 
 
 def fake_v2(tmp_path, controllers="cpu io memory pids"):

@@ -180,3 +180,42 @@ def test_a_start_answer_says_when_the_task_started_even_if_it_ended_at_once(clie
         assert abs(long_answer["create_time"] - created) < 0.05  # psutil's own figure
     finally:
         os.killpg(long_answer["pid"], 9)
+
+
+def test_task_cgroups_are_kept_only_for_an_agent_still_connected(tmp_path):
+    from orch.agent.drivers.cgroups import Cgroups
+
+    cgroups = Cgroups()
+    if cgroups.detect() is None:
+        pytest.skip(f"no writable cgroups here: {cgroups.reason}")
+    name = supervisor_name(str(tmp_path))
+    client = SupervisorClient(name)
+    try:
+        client.start({**start_spec(tmp_path, "warm", ["true"])})  # spawns the supervisor
+        records = {}
+        for which, argv in (("stays", ["true"]), ("leaves", ["sleep", "0.5"])):
+            group = cgroups.create(f"sup-test-{which}", 16, 0)
+            spec = start_spec(tmp_path, which, argv)
+            spec.update(cgroup_procs=list(group.procs), cgroup_oom_files=list(group.oom_files))
+            spec.update(cgroup_dirs=list(group.dirs), cgroup_keep=True)
+            spec.update(cgroup_home_procs=list(group.home_procs))
+            sock = raw_connection(name)
+            sock.sendall(json.dumps({"id": 1, "start": spec}).encode() + b"\n")
+            assert "pid" in lines(sock, 1, skip_exits=True)[0]
+            records[which] = (spec["record_path"], group, sock)
+        records["leaves"][2].close()  # that agent is gone before its task ends
+        for which, (path, group, sock) in records.items():
+            assert wait_for(lambda p=path: "exit_code" in (read_record(p) or {}), 10)
+        path, group, sock = records["stays"]
+        assert read_record(path)["cgroups_kept"] == list(group.dirs)
+        assert all(os.path.isdir(d) for d in group.dirs)
+        cgroups.release(list(group.dirs))  # pooled by the agent that made it
+        assert all(os.path.isdir(d) for d in group.dirs)
+        cgroups.drain()
+        assert not any(os.path.exists(d) for d in group.dirs)
+        sock.close()
+        path, group, _ = records["leaves"]
+        assert "cgroups_kept" not in read_record(path)
+        assert wait_for(lambda: not any(os.path.exists(d) for d in group.dirs), 10)
+    finally:
+        client.close()

@@ -7,6 +7,13 @@ controllers can be delegated to our subtree; else v1 when its `memory`
 hierarchy is mounted and writable. Neither (no permission, a v2 cgroup that
 holds processes and so cannot delegate): `detect()` says why, and the exec
 driver falls back to the supervisor's RSS watchdog.
+
+A task's cgroups outlive it in a small pool: the supervisor keeps them when
+the task ends with them empty and not OOM-killed (`cgroups_kept` in its run
+record), the driver hands them back (`release`), and the next task with the
+same limits joins them as they are. Making and removing a cgroup (a mkdir,
+its limit writes, an rmdir, per controller) is the dearest file-system work
+of a short task. The dir's name keeps its first task's: nothing reads it.
 """
 
 from __future__ import annotations
@@ -17,10 +24,22 @@ import threading
 import time
 from dataclasses import dataclass
 
+from orch.agent.tasksup.limits import read_file
+
 log = logging.getLogger(__name__)
 
 SUBDIR = "orch"
 STALE_AFTER = 600.0  # seconds: an empty task cgroup this old is a leftover
+POOL_PER_LIMITS = 16  # idle task cgroups kept for each (memory, shares)
+POOL_MAX = 64  # idle task cgroups kept in all
+# Reused only while younger than this: another agent's sweep (STALE_AFTER,
+# by mtime, which joining does not change) must never find one idle.
+POOL_MAX_AGE = STALE_AFTER / 2
+# Memory still charged to an ended task's cgroup (page cache, tmpfs files)
+# would count against the next task's limit: a cgroup holding more than this
+# share of its limit (or than POOL_MAX_CHARGE) is removed, not reused.
+POOL_CHARGE_SHARE = 4
+POOL_MAX_CHARGE = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -47,14 +66,25 @@ def cpu_weight(shares: int) -> int:
 class Cgroups:
     """Creates task cgroups where the agent may; `version` is None otherwise."""
 
-    def __init__(self, root: str = "/sys/fs/cgroup", proc: str = "/proc/self", now=time.time):
-        self._root, self._proc, self._now = root, proc, now
+    def __init__(
+        self,
+        root: str = "/sys/fs/cgroup",
+        proc: str = "/proc/self",
+        now=time.time,
+        clock=time.monotonic,
+    ):
+        self._root, self._proc, self._now, self._clock = root, proc, now, clock
+        self._rmdir = os.rmdir  # tests replace it: a fake cgroup dir holds plain files
         self._lock = threading.Lock()
         self._detected = False
         self.version: str | None = None
         self.reason = ""
         self._parents: dict[str, str] = {}  # controller -> our "orch" cgroup dir
         self._files: dict[str, bool] = {}  # optional files of task cgroups: present?
+        # (memory MB, shares) -> idle task cgroups and when each was made
+        self._pool: dict[tuple[int, int], list[tuple[TaskCgroup, float]]] = {}
+        # first dir -> (limits, made at, group) of each cgroup handed out for a task
+        self._out: dict[str, tuple[tuple[int, int], float, TaskCgroup]] = {}
 
     def detect(self) -> str | None:
         """ "v2", "v1" or None (then `reason` says why); probed once."""
@@ -81,13 +111,104 @@ class Cgroups:
         version = self.detect()
         if version is None:
             return None
+        key = (memory_mb, shares)
+        group = self._reuse(key)
+        if group is not None:
+            return group
         try:
             if version == "v2":
-                return self._create_v2(name, memory_mb, shares)
-            return self._create_v1(name, memory_mb, shares)
+                group = self._create_v2(name, memory_mb, shares)
+            else:
+                group = self._create_v1(name, memory_mb, shares)
         except OSError as exc:
             log.warning("cannot create cgroup for %s: %s; using the RSS watchdog", name, exc)
             return None
+        with self._lock:
+            self._out[group.dirs[0]] = (key, self._clock(), group)
+        return group
+
+    def release(self, dirs: list[str], kept: bool = True) -> None:
+        """An ended task's cgroups. Kept (empty) by the supervisor: pooled for
+        the next task with the same limits, or removed; not kept: it removes
+        them. Idempotent: a run's end may be seen twice; kept cgroups this
+        agent did not hand out (an earlier agent's) are removed."""
+        if not dirs:
+            return
+        with self._lock:
+            if any(dirs[0] == g.dirs[0] for idle in self._pool.values() for g, _ in idle):
+                return  # pooled already
+            out = self._out.pop(dirs[0], None)
+            if not kept:
+                return
+            if out is not None:
+                key, made, group = out
+                idle = self._pool.setdefault(key, [])
+                if (
+                    len(idle) < POOL_PER_LIMITS
+                    and sum(map(len, self._pool.values())) < POOL_MAX
+                    and self._clock() - made < POOL_MAX_AGE
+                    and self._reusable(group, key[0])
+                ):
+                    idle.append((group, made))
+                    return
+            # Only ever a task cgroup: the paths came from a run record, a
+            # file in a dir the task may write to.
+            ours = set(self._parents.values())
+            dirs = [d for d in dirs if os.path.dirname(d) in ours]
+        self._remove(dirs)
+
+    def forget(self, dirs: list[str]) -> None:
+        """Cgroups handed out for a start that did not happen: removed."""
+        with self._lock:
+            if dirs:
+                self._out.pop(dirs[0], None)
+        self._remove(dirs)
+
+    def drain(self) -> None:
+        """The agent stops: remove every pooled cgroup, and those handed out
+        whose task is over (kept for us, never handed back: the kernel
+        refuses to remove the others, which hold running tasks)."""
+        with self._lock:
+            groups = [g for idle in self._pool.values() for g, _ in idle]
+            groups += [g for _, _, g in self._out.values()]
+            self._pool.clear()
+            self._out.clear()
+        for group in groups:
+            self._remove(list(group.dirs))
+
+    def _reuse(self, key: tuple[int, int]) -> TaskCgroup | None:
+        """A pooled cgroup with these limits, checked empty and young; else None."""
+        while True:
+            with self._lock:
+                idle = self._pool.get(key)
+                if not idle:
+                    return None
+                group, made = idle.pop()
+            # The memory cgroup's list alone: a task's processes are in all of its cgroups.
+            if self._clock() - made < POOL_MAX_AGE and read_file(group.procs[0]) == b"":
+                with self._lock:
+                    self._out[group.dirs[0]] = (key, made, group)
+                return group
+            self._remove(list(group.dirs))
+
+    def _reusable(self, group: TaskCgroup, memory_mb: int) -> bool:
+        """Not holding memory the next task would be charged for (the
+        supervisor kept it empty; `_reuse` checks that again)."""
+        usage = "memory.current" if self.version == "v2" else "memory.usage_in_bytes"
+        text = read_file(os.path.join(group.dirs[0], usage))
+        try:
+            charged = int(text or "")
+        except ValueError:
+            return False
+        limit = memory_mb * 1024 * 1024 // POOL_CHARGE_SHARE if memory_mb > 0 else POOL_MAX_CHARGE
+        return charged <= min(limit, POOL_MAX_CHARGE)
+
+    def _remove(self, dirs: list[str]) -> None:
+        for path in dirs:
+            try:
+                self._rmdir(path)
+            except OSError:
+                pass
 
     def _sweep(self) -> int:
         """Remove empty task cgroups left by supervisors that were killed.

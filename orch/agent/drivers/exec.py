@@ -14,6 +14,9 @@ to the group, poll, then SIGKILL.
 Memory (a hard limit, swap included) and CPU weight go into a cgroup per task
 where the agent may create one (`cgroups.py`); elsewhere the supervisor
 watches the RSS of the task's process tree and kills it past the limit.
+A task's cgroups go back to the `Cgroups` pool when its run ends (the
+supervisor keeps them for us, `cgroups_kept` in the record), so the next
+task with the same limits need not make its own.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import Cgroups, cpu_shares
 from orch.agent.drivers.exec_config import build_argv, build_env, resolve_cwd, resolve_user
 from orch.agent.tasksup.client import SupervisorClient, supervisor_name
-from orch.agent.tasksup.limits import remove_cgroups
 from orch.agent.tasksup.records import read_record, run_ended
 from orch.errors import DriverError
 
@@ -87,11 +89,15 @@ class ExecDriver(Driver):
         self._user = resolve_user(user) if user else None
         log_path = os.path.join(state_dir, SUPERVISOR_LOG) if state_dir else None
         self._supervisor = SupervisorClient(supervisor_name(state_dir), log_path)
-        # A driver dropped without close() (tests) still lets its supervisor go.
+        self._task_cgroups: dict[str, list[str]] = {}  # run record -> its cgroup dirs
+        # A driver dropped without close() (tests) still lets its supervisor go
+        # and removes its idle pooled cgroups.
         weakref.finalize(self, self._supervisor.close)
+        weakref.finalize(self, self._cgroups.drain)
 
     def close(self) -> None:
         self._supervisor.close()
+        self._cgroups.drain()
 
     def start(self, ctx: TaskContext) -> ExecHandle:
         ctx = taskenv.interpolated(ctx)  # ${ORCH_...} in command, args and env
@@ -113,15 +119,19 @@ class ExecDriver(Driver):
             "user": self._user,
         }
         spec.update(self._limits(ctx))
+        dirs = spec.get("cgroup_dirs") or []
         try:
             answer, sup_pid, sup_created = self._supervisor.start(spec)
         except DriverError:
-            remove_cgroups(spec.get("cgroup_dirs") or [])  # it never got them
+            self._cgroups.forget(dirs)  # it never got them
             raise
-        if "error" in answer:
-            raise DriverError(answer["error"])
-        if answer.get("claimed"):
+        if "error" in answer or answer.get("claimed"):
+            self._cgroups.forget(dirs)  # the supervisor removed them already
+            if "error" in answer:
+                raise DriverError(answer["error"])
             return self._claimed(ctx)
+        if dirs:
+            self._task_cgroups[record_path] = dirs
         pid = int(answer["pid"])
         # The supervisor reads it before the task can be reaped; an older
         # supervisor (still serving after an agent upgrade) does not send it.
@@ -210,6 +220,7 @@ class ExecDriver(Driver):
             "cgroup_oom_files": list(group.oom_files),
             "cgroup_dirs": list(group.dirs),
             "cgroup_home_procs": list(group.home_procs),
+            "cgroup_keep": True,
         }
 
     def wait(self, handle: ExecHandle, timeout: float | None) -> ExitResult | None:
@@ -256,7 +267,18 @@ class ExecDriver(Driver):
                 ended.wait(wait)
         finally:
             self._supervisor.unwatch(handle.pid, ended)
+        self._release_cgroups(record_path, record)
         return exit_result(record, handle.memory_mb)
+
+    def _release_cgroups(self, record_path: str, record: dict | None) -> None:
+        """The ended run's cgroups back to the pool (or removed, if an
+        earlier agent made them); the supervisor removes those it did not keep."""
+        dirs = self._task_cgroups.pop(record_path, None)
+        kept = (record or {}).get("cgroups_kept")
+        if isinstance(kept, list) and all(isinstance(d, str) for d in kept):
+            self._cgroups.release(kept)
+        elif dirs:
+            self._cgroups.release(dirs, kept=False)
 
     def stop(self, handle: ExecHandle, timeout: float, sig: int = signal.SIGTERM) -> None:
         """Returns once every process of the task's group is gone."""

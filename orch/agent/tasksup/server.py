@@ -17,11 +17,18 @@ appends how it ended before saying so.
 
 Memory limit (`limits.py`): a task in its cgroups (`cgroup_procs`, joined
 before exec) is held by the kernel; the supervisor only reads the OOM count
-afterwards and removes the cgroups. Without cgroups (`watchdog_mb`), the
+afterwards and removes the cgroups, or, where the agent asked
+(`cgroup_keep`) and is still connected, keeps them for its next task when
+they are empty and saw no OOM kill (`cgroups_kept` in the record: the
+agent's pool, `drivers/cgroups.py`). Without cgroups (`watchdog_mb`), the
 supervisor samples the RSS of each such task's process tree and SIGKILLs
 the group past the limit.
 
     python -S -c "<path setup>; from orch.agent.tasksup.server import main; main()" NAME
+
+Over 400 lines, kept whole: the supervisor is one event loop over its
+runs, and splitting the loop from what it does at a start and an end would
+only pass its state around.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from orch.agent.tasksup.limits import (
     cgroup_oom,
     join_cgroups,
     process_tree,
+    read_file,
     remove_cgroups,
     tree_rss,
 )
@@ -56,9 +64,19 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 class Run:
     """One started task: what the supervisor must do when it ends."""
 
-    __slots__ = ("popen", "pid", "record_path", "watchdog_bytes", "oom", "oom_files", "cgroup_dirs")
+    __slots__ = (
+        "popen",
+        "pid",
+        "record_path",
+        "watchdog_bytes",
+        "oom",
+        "oom_files",
+        "cgroup_dirs",
+        "cgroup_procs",
+        "keeper",
+    )
 
-    def __init__(self, popen: subprocess.Popen, spec: dict):
+    def __init__(self, popen: subprocess.Popen, spec: dict, keeper: socket.socket | None):
         # Kept until reaped (by us, not by subprocess: see _reap), so that
         # subprocess never waits for it behind our back.
         self.popen = popen
@@ -68,6 +86,9 @@ class Run:
         self.oom = False
         self.oom_files = spec.get("cgroup_oom_files") or []
         self.cgroup_dirs = spec.get("cgroup_dirs") or []
+        self.cgroup_procs = spec.get("cgroup_procs") or []
+        # The agent connection that will take the cgroups back, if it asked to.
+        self.keeper = keeper if spec.get("cgroup_keep") else None
 
 
 class Supervisor:
@@ -159,7 +180,7 @@ class Supervisor:
             request: dict = {}
             try:
                 request = json.loads(line)
-                reply = self._start(request["start"])
+                reply = self._start(request["start"], conn)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 reply = {"error": f"bad request to the task supervisor: {exc!r}"}
             except OSError as exc:  # e.g. the task dir was removed meanwhile
@@ -183,7 +204,7 @@ class Supervisor:
 
     # -- starting -------------------------------------------------------------
 
-    def _start(self, spec: dict) -> dict:
+    def _start(self, spec: dict, conn: socket.socket | None = None) -> dict:
         record = spec["record_path"]
         if not claim(record):
             # The run was started already (by this supervisor, for an agent
@@ -198,7 +219,7 @@ class Supervisor:
             remove_cgroups(spec.get("cgroup_dirs") or [])
             return {"error": error}
         pid = popen.pid
-        self.runs[pid] = Run(popen, spec)
+        self.runs[pid] = Run(popen, spec, conn)
         try:
             append(record, {"pid": pid, "memory_mb": spec.get("memory_mb") or 0})
         except OSError as exc:
@@ -234,16 +255,36 @@ class Supervisor:
 
     def _finish(self, run: Run, status: int) -> None:
         oom = run.oom or cgroup_oom(run.oom_files)
+        doc = exit_doc(status, oom)
+        kept = not oom and self._keeps(run)
+        if kept:
+            doc["cgroups_kept"] = run.cgroup_dirs
         try:
-            append(run.record_path, exit_doc(status, oom))
+            append(run.record_path, doc)
         except OSError as exc:
             _note(f"cannot record the task's exit: {exc}")
+        if not kept:
+            self._remove_later(run.cgroup_dirs)
+        self._broadcast({"exited": run.pid})
+
+    def _keeps(self, run: Run) -> bool:
+        """Hand the cgroups back to the agent that asked? Only to one still
+        connected (it pools them), and only empty ones (reusable at once)."""
+        if run.keeper is None or not run.cgroup_dirs:
+            return False
+        client = self.clients.get(run.keeper.fileno())
+        if client is None or client[0] is not run.keeper:
+            return False
+        # The memory cgroup's list alone: the task's processes are in all of its cgroups.
+        return read_file(run.cgroup_procs[0]) == b"" if run.cgroup_procs else False
+
+    def _remove_later(self, dirs: list[str]) -> None:
+        """Remove the cgroups now, or retry from the loop while they are busy."""
         # Usually empty at once (the group is dead and reaped); a busy one is
         # retried from the loop rather than holding up every other task.
         deadline = time.monotonic() + RMDIR_GIVE_UP
-        self.rmdirs.extend((deadline, path) for path in run.cgroup_dirs)
+        self.rmdirs.extend((deadline, path) for path in dirs)
         self._retry_rmdirs(time.monotonic())
-        self._broadcast({"exited": run.pid})
 
     def _retry_rmdirs(self, now: float) -> None:
         keep = []
