@@ -204,7 +204,7 @@ def test_task_cgroups_are_kept_only_for_an_agent_still_connected(tmp_path):
             assert "pid" in lines(sock, 1, skip_exits=True)[0]
             records[which] = (spec["record_path"], group, sock)
         records["leaves"][2].close()  # that agent is gone before its task ends
-        for which, (path, group, sock) in records.items():
+        for path, _group, _sock in records.values():
             assert wait_for(lambda p=path: "exit_code" in (read_record(p) or {}), 10)
         path, group, sock = records["stays"]
         assert read_record(path)["cgroups_kept"] == list(group.dirs)
