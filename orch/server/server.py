@@ -106,6 +106,7 @@ class Server(NodeOps):
             )
             self.store.fence = self.leadership.fence
             self.store.on_remote_evals.append(self._remote_evals)
+            self.store.on_remote_stops.append(self._remote_stops)
         else:
             self.leadership = SoleLeadership(self.url)
         self.broker.set_enabled(False)
@@ -177,6 +178,20 @@ class Server(NodeOps):
     def _remote_evals(self, evals: list[Evaluation]) -> None:
         """Evaluations another server stored (a job submitted there)."""
         self.broker.enqueue_many([e for e in evals if e.status not in TERMINAL_EVAL])
+
+    def _remote_stops(self, allocs: list[Allocation]) -> None:
+        """Allocations another server stopped or purged: the leader tells their agents."""
+        if self.leadership.is_leader():
+            log.info("pushing %d stops committed by another server", len(allocs))
+            self.dispatch.stop(allocs)
+
+    def _push_if_leader(self, allocs: list[Allocation]) -> None:
+        """Stops this server committed: pushed by the leader only (issue #13);
+        a follower's reach the leader through the change log (_remote_stops)."""
+        if self.leadership.is_leader():
+            self.dispatch.stop(allocs)
+        elif allocs:
+            log.info("%d stops committed: left to the leader to push", len(allocs))
 
     def stop(self) -> None:
         self._stopping = True
@@ -295,7 +310,7 @@ class Server(NodeOps):
             job_id, ev, on_commit=lambda: dropped.extend(self.broker.cancel_job(job_id))
         )
         self._cancel_evals(dropped, "job stopped")
-        self.dispatch.stop(stopped)
+        self._push_if_leader(stopped)
         if stopped:
             self.broker.unblock()
 
@@ -310,7 +325,7 @@ class Server(NodeOps):
         # The queued evaluations go with the job: they are purged with it.
         allocs = self.store.delete_job(job_id, on_commit=lambda: self.broker.cancel_job(job_id))
         # Agents forget every allocation of the job, finished ones included.
-        self.dispatch.stop(allocs)
+        self._push_if_leader(allocs)
         self.broker.unblock()
 
     def job_status(self, job: Job, allocs: list[Allocation] | None = None) -> JobStatus:

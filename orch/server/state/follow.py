@@ -11,8 +11,10 @@ so no write computes on stale memory. A server that fell behind the log's
 trimmed floor loads its memory again from the tables.
 
 The hooks for the leader's services: ``on_remote_evals`` listeners get the
-evaluations applied from other servers (the broker enqueues them), and
-``changes.bump()`` wakes the UI's streams.
+evaluations applied from other servers (the broker enqueues them),
+``on_remote_stops`` listeners the allocations another server stopped or
+purged (only the leader pushes: a follower that stops a job commits, and the
+leader tells the agents), and ``changes.bump()`` wakes the UI's streams.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import re
 from orch import codec
 from orch.errors import StorageError
 from orch.server.state.store import StoreCore
-from orch.structs import Evaluation, Node, replace
+from orch.structs import Allocation, DesiredStatus, Evaluation, Node, replace
 
 log = logging.getLogger(__name__)
 
@@ -91,27 +93,34 @@ class Following(StoreCore):
         if not rows:
             return
         evals: list[Evaluation] = []
+        stops: list[Allocation] = []
         touched: set[str] = set()
         for seq, body in rows:
             for entry in json.loads(body):
-                self._apply(entry, evals, touched)
+                self._apply(entry, evals, touched, stops)
             self._seq = seq
         self.changes.bump(self._with_parents(touched), self._seq)
         if evals:
-            self._tell_remote_evals(evals)
+            self._tell_remote(self.on_remote_evals, evals, "evaluation")
+        if stops:
+            self._tell_remote(self.on_remote_stops, stops, "stop")
 
-    def _tell_remote_evals(self, evals: list[Evaluation]) -> None:
-        for listener in list(self.on_remote_evals):
+    @staticmethod
+    def _tell_remote(listeners: list, items: list, what: str) -> None:
+        for listener in list(listeners):
             try:
-                listener(evals)
+                listener(items)
             except (StorageError, RuntimeError, ValueError) as exc:
-                log.error("remote evaluation listener failed: %s", exc)
+                log.error("remote %s listener failed: %s", what, exc)
 
-    def _apply(self, entry: list, evals: list[Evaluation], touched: set[str]) -> None:
-        """Apply one entry; the ids of the jobs it changed go into ``touched``."""
+    def _apply(
+        self, entry: list, evals: list[Evaluation], touched: set[str], stops: list[Allocation]
+    ) -> None:
+        """Apply one entry; the ids of the jobs it changed go into ``touched``,
+        allocations it stopped or purged into ``stops``."""
         table, op = entry[0], entry[1]
         if op == "put":
-            self._apply_put(table, entry[2], evals, touched)
+            self._apply_put(table, entry[2], evals, touched, stops)
         elif op == "rows":
             for job_id, launch, child_id in entry[2]:
                 self._launches[job_id] = (float(launch), child_id)
@@ -119,10 +128,15 @@ class Following(StoreCore):
         else:
             if entry[2] == "job_id" or table == "jobs":
                 touched.update(entry[3])
-            self._apply_delete(table, entry[2], entry[3])
+            self._apply_delete(table, entry[2], entry[3], stops)
 
     def _apply_put(
-        self, table: str, keys: list, evals: list[Evaluation], touched: set[str]
+        self,
+        table: str,
+        keys: list,
+        evals: list[Evaluation],
+        touched: set[str],
+        stops: list[Allocation],
     ) -> None:
         """Read the keys' rows as they are now; a key no longer stored is gone."""
         key = BODY_TABLES[table]
@@ -141,6 +155,8 @@ class Following(StoreCore):
         elif table == "allocations":
             for body in bodies:
                 alloc = codec.alloc_from(body)
+                if self._newly_stopped(alloc):
+                    stops.append(alloc)
                 self._index_alloc(alloc)
                 touched.add(alloc.job_id)
         else:
@@ -152,7 +168,16 @@ class Following(StoreCore):
         if table == "jobs":
             touched.update(gone)
         if gone:
-            self._apply_delete(table, key, gone)
+            self._apply_delete(table, key, gone, stops)
+
+    def _newly_stopped(self, alloc: Allocation) -> bool:
+        """Whether the write turned a wanted allocation we know into a stop."""
+        old = self._allocs.get(alloc.allocation_id)
+        return (
+            old is not None
+            and old.desired_status == DesiredStatus.RUN
+            and alloc.desired_status == DesiredStatus.STOP
+        )
 
     def _put_remote_node(self, node: Node) -> None:
         # Heartbeats live in the memory of the server that got them: a newer
@@ -163,7 +188,10 @@ class Following(StoreCore):
         self._nodes[node.node_id] = node
         self.cluster.upsert_node(node)
 
-    def _apply_delete(self, table: str, column: str, keys: list) -> None:
+    def _apply_delete(
+        self, table: str, column: str, keys: list, stops: list[Allocation] | None = None
+    ) -> None:
+        """Forget the keys; purged allocations go into ``stops`` (their agents forget them too)."""
         for key in keys:
             if table == "jobs":
                 self._jobs.pop(key, None)
@@ -174,6 +202,9 @@ class Following(StoreCore):
             elif table == "allocations":
                 ids = self._allocs_by_job.pop(key, {}) if column == "job_id" else {key: None}
                 for alloc_id in list(ids):
+                    alloc = self._allocs.get(alloc_id)
+                    if alloc is not None and stops is not None:
+                        stops.append(alloc)
                     self._unindex_alloc(alloc_id)
             elif table == "evaluations":
                 self._delete_evals(column, key)
