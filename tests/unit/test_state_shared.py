@@ -122,9 +122,7 @@ def test_stops_and_purges_written_elsewhere_reach_the_listeners(pair):
     a.on_remote_stops.append(lambda allocs: stops.append(allocs))
     a.upsert_node(node("n1"))
     a.put_job(job("j1", count=2), evaluation("j1", "e1"))
-    a.commit_plan(
-        Plan(eval_id="e1", job_id="j1", place=[alloc("a1"), alloc("a2", index=1)]), []
-    )
+    a.commit_plan(Plan(eval_id="e1", job_id="j1", place=[alloc("a1"), alloc("a2", index=1)]), [])
     wait_until(lambda: b.get_alloc("a2") is not None)
     b.stop_job("j1", evaluation("j1", "e2"))  # a follower's stop: a pushes it
     wait_until(lambda: len(stops) == 1)
