@@ -15,7 +15,8 @@ import logging
 import time
 
 from orch.config import ServerConfig
-from orch.errors import Conflict, NotFound, StorageError
+from orch.datadir import lock_data_dir
+from orch.errors import Conflict, DataDirInUse, NotFound, StorageError
 from orch.jobspec import parse_job
 from orch.security import check_bind
 from orch.server.broker import EvalBroker
@@ -437,8 +438,12 @@ def run(config: ServerConfig) -> int:
 
     check_bind("server", config.bind, config.token, config.insecure)
     try:
+        if not config.database:
+            # One writer per SQLite file; several PostgreSQL servers share
+            # the database, not a data dir.
+            lock_data_dir(config.data_dir, "server")
         server = Server(config)
-    except StorageError as exc:
+    except (StorageError, DataDirInUse) as exc:
         log.error("%s", exc.message)
         return 1
     http = http_server(make_app(server), config, inline_routes(server))
