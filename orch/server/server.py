@@ -44,6 +44,7 @@ from orch.structs import (
     Evaluation,
     Job,
     JobStatus,
+    Node,
     TriggeredBy,
     replace,
     short_id,
@@ -108,6 +109,7 @@ class Server(NodeOps):
             self.store.fence = self.leadership.fence
             self.store.on_remote_evals.append(self._remote_evals)
             self.store.on_remote_stops.append(self._remote_stops)
+            self.store.on_remote_nodes.append(self._remote_nodes)
         else:
             self.leadership = SoleLeadership(self.url)
         self.broker.set_enabled(False)
@@ -181,10 +183,24 @@ class Server(NodeOps):
         self.broker.enqueue_many([e for e in evals if e.status not in TERMINAL_EVAL])
 
     def _remote_stops(self, allocs: list[Allocation]) -> None:
-        """Allocations another server stopped or purged: the leader tells their agents."""
+        """Allocations another server stopped or purged: the leader tells their
+        agents, and blocked evaluations may fit in the room freed."""
         if self.leadership.is_leader():
             log.info("pushing %d stops committed by another server", len(allocs))
             self.dispatch.stop(allocs)
+            self.broker.unblock()
+
+    def _remote_nodes(self, nodes: list[Node]) -> None:
+        """Nodes another server drained or made (in)eligible: the leader's
+        drainer takes the drains, blocked evaluations try eligible nodes."""
+        if not self.leadership.is_leader():
+            return
+        for node in nodes:
+            if node.drain is not None:
+                log.info("node %s: drain started on another server", node.node_id[:8])
+                self.drainer.watch(node.node_id)
+        if any(node.eligible for node in nodes):
+            self.broker.unblock()
 
     def _push_if_leader(self, allocs: list[Allocation]) -> None:
         """Stops this server committed: pushed by the leader only (issue #13);

@@ -72,3 +72,29 @@ def test_a_followers_stop_and_purge_are_pushed_by_the_leader(ha: HaCluster):
     assert follower_log.count("left to the leader to push") == 2, follower_log[-3000:]
     assert "committed by another server" not in follower_log
     assert leader_log.count("stops committed by another server") == 2, leader_log[-3000:]
+
+
+def test_a_drain_started_on_a_follower_is_driven_by_the_leader(ha: HaCluster):
+    ha.start_servers()
+    first = ha.start_agent("a")
+    leader = ha.wait_leader()
+    follower = next(u for u in ha.urls if u != leader)
+    run_job(ha, "svc-drained", follower)
+    alloc = ha.job("svc-drained")["allocations"][0]
+    source = alloc["node_id"]
+    second = ha.start_agent("b")
+    target = second if source == first else first
+
+    resp = ha.post(f"/nodes/{source}/drain", {"deadline_s": 60}, url=follower)
+    assert resp.status_code == 200, resp.text
+
+    def moved():
+        allocs = (ha.job("svc-drained") or {}).get("allocations", [])
+        running = [a for a in allocs if a["status"] == "running" and a["desired_status"] == "run"]
+        return [a["node_id"] for a in running] == [target]
+
+    # Migrated by the leader's drainer: a replacement on the other node runs,
+    # the old copy is stopped (without the leader hearing of the drain,
+    # nothing would move before a failover).
+    wait_until(moved, 60, what="the drained job's copy on the other node")
+    assert "drain started on another server" in ha.servers[leader].log()

@@ -139,6 +139,20 @@ def test_stops_and_purges_written_elsewhere_reach_the_listeners(pair):
     assert len(stops) == 2
 
 
+def test_drains_and_eligibility_changed_elsewhere_reach_the_listeners(pair):
+    a, b = pair
+    seen = []
+    a.on_remote_nodes.append(lambda nodes: seen.append([(n.node_id, n.eligible) for n in nodes]))
+    a.upsert_node(node("n1"))
+    drain = {"deadline": 1.0e12, "deadline_s": 60.0, "started": 1.0, "ignore_system_jobs": False}
+    b.set_node_scheduling("n1", eligible=False, drain=drain)
+    wait_until(lambda: seen == [[("n1", False)]])
+    assert a.get_node("n1").drain == drain
+    b.set_node_scheduling("n1", eligible=True, drain=None)
+    wait_until(lambda: len(seen) == 2)
+    assert seen[1] == [("n1", True)]
+
+
 def test_a_fenced_plan_commit_is_refused_when_the_fence_finds_no_row(pair):
     a, b = pair
     a.upsert_node(node("n1"))

@@ -103,6 +103,8 @@ class StoreCore:
         self.on_remote_evals: list[Callable[[list[Evaluation]], object]] = []
         # Called (under the lock) with allocations other servers stopped or purged.
         self.on_remote_stops: list[Callable[[list[Allocation]], object]] = []
+        # ... and with nodes they added or whose eligibility or drain changed.
+        self.on_remote_nodes: list[Callable[[list[Node]], object]] = []
         self._seq = 0  # the change-log position memory reflects (shared engines)
         self._depth = 0  # nesting of _writing() blocks
         self._reset_memory()
