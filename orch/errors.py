@@ -11,6 +11,7 @@ OrchError (500)
 ├── NotLeader (503)             a leader-only write from a server that no longer leads
 ├── Unavailable (503)           a capacity limit is reached (UI streams)
 ├── DriverError (500)           a task driver could not start or stop a task
+├── DataDirInUse (500)          another orch process holds the data dir (at start)
 └── BadGateway (502)            a node the server relays to is unreachable
 """
 
@@ -75,6 +76,10 @@ class StorageError(OrchError):
     """Raised when the state store cannot write; nothing stored is lost."""
 
     status = 503
+
+
+class DataDirInUse(OrchError):
+    """Raised when another live orch process holds the data dir's lock."""
 
 
 class NotLeader(OrchError):

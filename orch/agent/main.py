@@ -19,7 +19,8 @@ from waitress.server import create_server
 from orch.agent.agent import Agent
 from orch.agent.api import make_app
 from orch.config import AgentConfig
-from orch.errors import DriverError
+from orch.datadir import lock_data_dir
+from orch.errors import DataDirInUse, DriverError
 from orch.security import check_bind, warn_tls_skip_verify
 from orch.wsgichannel import use_orch_channels
 
@@ -114,6 +115,12 @@ def run(config: AgentConfig) -> int:
     """`orch agent`: serve until SIGTERM/SIGINT, then stop every task; returns 0."""
     check_bind("agent", config.bind, config.token, config.insecure)
     warn_tls_skip_verify("agent", config.server, config.tls_skip_verify)
+    try:
+        # Two agents on one data dir would run (and kill) each other's tasks.
+        lock_data_dir(config.data_dir, "agent")
+    except DataDirInUse as exc:
+        log.error("%s", exc.message)
+        return 1
     stop = threading.Event()
 
     def on_signal(signum, _frame):

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 
 from orch.cli.format import short
 from orch.config import DEFAULT_ADDRESS, DevConfig
+from orch.datadir import lock_data_dir
+from orch.errors import DataDirInUse
 
 if TYPE_CHECKING:
     from orch.transport import HttpClient
@@ -442,7 +444,13 @@ def run(config: DevConfig) -> int:
     data_dir = (
         config.data_dir if config.data_dir is not None else tempfile.mkdtemp(prefix="orch-dev-")
     )
-    os.makedirs(data_dir, exist_ok=True)
+    try:
+        # Its servers and agents lock their own dirs; this lock refuses a
+        # second `orch dev` before it touches the first one's PostgreSQL.
+        lock_data_dir(data_dir, "orch dev")
+    except DataDirInUse as exc:
+        print(f"orch dev: {exc.message}", file=sys.stderr, flush=True)
+        return 1
     port = config.port or free_port(config.bind)
     sup = Supervisor(program(), child_env(dict(os.environ), config.token))
     previous = {s: signal.signal(s, sup.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from orch.errors import StorageError
+from orch.errors import NotLeader, StorageError
 from orch.server.scheduler.cluster import Cluster
 from orch.structs import (
     Allocation,
@@ -160,7 +160,8 @@ class ServerPlanner:
         return result
 
     def update_evals(self, evals: list[Evaluation]) -> None:
-        self._store.put_evals(evals)
+        """A worker's verdict on evaluations; NotLeader from a deposed leader."""
+        self._store.put_evals(evals, fenced=True)
 
     def create_evals(
         self, job_ids: Iterable[str], trigger: TriggeredBy, node_id: str | None = None
@@ -193,20 +194,18 @@ class ServerPlanner:
 
     def fail_eval(self, ev: Evaluation, why: str) -> None:
         """Mark an evaluation the scheduler gave up on; a store that cannot
-        write (full disk) is not the evaluation's fault: it is kept instead."""
+        write (full disk) is not the evaluation's fault: it is kept instead;
+        a deposed leader's verdict is refused and the evaluation left to the
+        new leader, which restored it from the store."""
+        failed = replace(
+            ev, status=EvalStatus.FAILED, status_description=why, modify_time=time.time()
+        )
         try:
-            self._store.put_evals(
-                [
-                    replace(
-                        ev,
-                        status=EvalStatus.FAILED,
-                        status_description=why,
-                        modify_time=time.time(),
-                    )
-                ]
-            )
+            self._store.put_evals([failed], fenced=True)
         except StorageError:
             self.retry_later([ev])
+        except NotLeader:
+            log.warning("eval %s: not marked failed, no longer the leader", ev.eval_id[:8])
 
     def retry_later(self, evals: list[Evaluation]) -> None:
         """Queue evaluations again after STORAGE_RETRY_S (the store was full)."""

@@ -15,7 +15,8 @@ import logging
 import time
 
 from orch.config import ServerConfig
-from orch.errors import Conflict, NotFound, StorageError
+from orch.datadir import lock_data_dir
+from orch.errors import Conflict, DataDirInUse, NotFound, StorageError
 from orch.jobspec import parse_job
 from orch.security import check_bind
 from orch.server.broker import EvalBroker
@@ -43,6 +44,7 @@ from orch.structs import (
     Evaluation,
     Job,
     JobStatus,
+    Node,
     TriggeredBy,
     replace,
     short_id,
@@ -106,6 +108,8 @@ class Server(NodeOps):
             )
             self.store.fence = self.leadership.fence
             self.store.on_remote_evals.append(self._remote_evals)
+            self.store.on_remote_stops.append(self._remote_stops)
+            self.store.on_remote_nodes.append(self._remote_nodes)
         else:
             self.leadership = SoleLeadership(self.url)
         self.broker.set_enabled(False)
@@ -177,6 +181,34 @@ class Server(NodeOps):
     def _remote_evals(self, evals: list[Evaluation]) -> None:
         """Evaluations another server stored (a job submitted there)."""
         self.broker.enqueue_many([e for e in evals if e.status not in TERMINAL_EVAL])
+
+    def _remote_stops(self, allocs: list[Allocation]) -> None:
+        """Allocations another server stopped or purged: the leader tells their
+        agents, and blocked evaluations may fit in the room freed."""
+        if self.leadership.is_leader():
+            log.info("pushing %d stops committed by another server", len(allocs))
+            self.dispatch.stop(allocs)
+            self.broker.unblock()
+
+    def _remote_nodes(self, nodes: list[Node]) -> None:
+        """Nodes another server drained or made (in)eligible: the leader's
+        drainer takes the drains, blocked evaluations try eligible nodes."""
+        if not self.leadership.is_leader():
+            return
+        for node in nodes:
+            if node.drain is not None:
+                log.info("node %s: drain started on another server", node.node_id[:8])
+                self.drainer.watch(node.node_id)
+        if any(node.eligible for node in nodes):
+            self.broker.unblock()
+
+    def _push_if_leader(self, allocs: list[Allocation]) -> None:
+        """Stops this server committed: pushed by the leader only (issue #13);
+        a follower's reach the leader through the change log (_remote_stops)."""
+        if self.leadership.is_leader():
+            self.dispatch.stop(allocs)
+        elif allocs:
+            log.info("%d stops committed: left to the leader to push", len(allocs))
 
     def stop(self) -> None:
         self._stopping = True
@@ -295,7 +327,7 @@ class Server(NodeOps):
             job_id, ev, on_commit=lambda: dropped.extend(self.broker.cancel_job(job_id))
         )
         self._cancel_evals(dropped, "job stopped")
-        self.dispatch.stop(stopped)
+        self._push_if_leader(stopped)
         if stopped:
             self.broker.unblock()
 
@@ -310,7 +342,7 @@ class Server(NodeOps):
         # The queued evaluations go with the job: they are purged with it.
         allocs = self.store.delete_job(job_id, on_commit=lambda: self.broker.cancel_job(job_id))
         # Agents forget every allocation of the job, finished ones included.
-        self.dispatch.stop(allocs)
+        self._push_if_leader(allocs)
         self.broker.unblock()
 
     def job_status(self, job: Job, allocs: list[Allocation] | None = None) -> JobStatus:
@@ -422,8 +454,12 @@ def run(config: ServerConfig) -> int:
 
     check_bind("server", config.bind, config.token, config.insecure)
     try:
+        if not config.database:
+            # One writer per SQLite file; several PostgreSQL servers share
+            # the database, not a data dir.
+            lock_data_dir(config.data_dir, "server")
         server = Server(config)
-    except StorageError as exc:
+    except (StorageError, DataDirInUse) as exc:
         log.error("%s", exc.message)
         return 1
     http = http_server(make_app(server), config, inline_routes(server))

@@ -68,8 +68,9 @@ class SchedulerWorker(threading.Thread):
             try:
                 self.process(evals)
             except NotLeader:
-                # Deposed while planning: the plan was refused, and the new
-                # leader restored these evaluations from the store.
+                # Deposed while planning: the plan (or the evaluations'
+                # status) was refused, and the new leader restored these
+                # evaluations from the store.
                 log.info(
                     "no longer the leader: evaluations of job %s left to the new leader",
                     evals[0].job_id,

@@ -1,5 +1,6 @@
 """Leadership on a real PostgreSQL: one leader, terms, self-fencing, the commit fence."""
 
+import logging
 import threading
 import time
 
@@ -7,9 +8,11 @@ import psycopg
 import pytest
 
 from orch.errors import NotLeader
+from orch.server.broker import EvalBroker
 from orch.server.leadership import LeaseLeadership, SoleLeadership
+from orch.server.planner import ServerPlanner
 from orch.server.state import StateStore
-from orch.structs import Plan
+from orch.structs import EvalStatus, Plan, replace
 from tests.unit.test_state import alloc, evaluation, job, node
 
 from waiting import wait_for
@@ -138,6 +141,44 @@ def test_a_deposed_leaders_plan_commit_is_refused_by_the_store(pair, postgres_ur
         assert store_b.get_alloc("a1") is not None and store_b.get_alloc("a2") is None
         placed, _, _ = store_b.commit_plan(late, [])
         assert [p.allocation_id for p in placed] == ["a2"]
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_deposed_leaders_evaluation_status_is_refused(pair, postgres_url, tmp_path, caplog):
+    a, b = pair("a"), pair("b")
+    stores = [StateStore(str(tmp_path / n), database=postgres_url) for n in "ab"]
+    try:
+        store_a, store_b = stores
+        store_a.put_job(job("j1"), evaluation("j1", "e1"))
+        store_a.put_job(job("j2"), evaluation("j2", "e2"))
+        assert a.renew_once()
+        store_a.fence = a.fence
+        planner = ServerPlanner(store_a, EvalBroker(), dispatch=None)  # type: ignore[arg-type]
+        done = replace(evaluation("j1", "e1"), status=EvalStatus.COMPLETE)
+        planner.update_evals([done])  # the leader's verdict is written
+        assert store_a.get_eval("e1").status == EvalStatus.COMPLETE
+        captured = a.fence()  # what a write already under way would run
+        wait_for(b.renew_once, timeout=5 * LEASE, interval=0.05)
+        canceled = replace(evaluation("j2", "e2"), status=EvalStatus.CANCELED)
+        # By its own clock A no longer leads: refused before the database...
+        with pytest.raises(NotLeader):
+            planner.update_evals([canceled])
+        # ...and a write that took its fence while A led finds another term.
+        store_a.fence = lambda: captured
+        with pytest.raises(NotLeader):
+            planner.update_evals([canceled])
+        with caplog.at_level(logging.WARNING, logger="orch.server.planner"):
+            planner.fail_eval(evaluation("j2", "e2"), "scheduler error")
+        assert "not marked failed, no longer the leader" in caplog.text
+        # The evaluation is left, pending, for the new leader.
+        assert store_a.get_eval("e2").status == EvalStatus.PENDING
+        store_b.catch_up()
+        assert [e.eval_id for e in store_b.unfinished_evals()] == ["e2"]
+        store_b.fence = b.fence
+        store_b.put_evals([canceled], fenced=True)
+        assert store_b.get_eval("e2").status == EvalStatus.CANCELED
     finally:
         for store in stores:
             store.close()

@@ -7,7 +7,7 @@ import pytest
 
 from orch.errors import NotLeader, StorageError
 from orch.server.state import StateStore
-from orch.structs import EvalStatus, Plan, replace
+from orch.structs import DesiredStatus, EvalStatus, Plan, replace
 from tests.unit.test_state import alloc, evaluation, job, maker, node
 
 # Skips, saying what to install, on a machine without PostgreSQL.
@@ -114,6 +114,43 @@ def test_evaluations_written_elsewhere_reach_the_listeners(pair):
     assert a.changes.index > index
     a.put_job(job("j2"), evaluation("j2", "e2"))  # its own: not "remote"
     assert seen == ["e1"]
+
+
+def test_stops_and_purges_written_elsewhere_reach_the_listeners(pair):
+    a, b = pair
+    stops = []
+    a.on_remote_stops.append(lambda allocs: stops.append(allocs))
+    a.upsert_node(node("n1"))
+    a.put_job(job("j1", count=2), evaluation("j1", "e1"))
+    a.commit_plan(Plan(eval_id="e1", job_id="j1", place=[alloc("a1"), alloc("a2", index=1)]), [])
+    wait_until(lambda: b.get_alloc("a2") is not None)
+    b.stop_job("j1", evaluation("j1", "e2"))  # a follower's stop: a pushes it
+    wait_until(lambda: len(stops) == 1)
+    assert sorted(x.allocation_id for x in stops[0]) == ["a1", "a2"]
+    assert all(x.desired_status == DesiredStatus.STOP for x in stops[0])
+    b.delete_job("j1")  # the purge: the agents forget them too
+    wait_until(lambda: len(stops) == 2)
+    assert sorted(x.allocation_id for x in stops[1]) == ["a1", "a2"]
+    a.put_job(job("j2"), evaluation("j2", "e3"))
+    a.commit_plan(Plan(eval_id="e3", job_id="j2", place=[alloc("a3", job_id="j2")]), [])
+    a.stop_job("j2", evaluation("j2", "e4"))  # its own: pushed by its caller
+    b.put_job(job("j3"), evaluation("j3", "e5"))  # a later change, applied by a
+    wait_until(lambda: a.get_job("j3") is not None)
+    assert len(stops) == 2
+
+
+def test_drains_and_eligibility_changed_elsewhere_reach_the_listeners(pair):
+    a, b = pair
+    seen = []
+    a.on_remote_nodes.append(lambda nodes: seen.append([(n.node_id, n.eligible) for n in nodes]))
+    a.upsert_node(node("n1"))
+    drain = {"deadline": 1.0e12, "deadline_s": 60.0, "started": 1.0, "ignore_system_jobs": False}
+    b.set_node_scheduling("n1", eligible=False, drain=drain)
+    wait_until(lambda: seen == [[("n1", False)]])
+    assert a.get_node("n1").drain == drain
+    b.set_node_scheduling("n1", eligible=True, drain=None)
+    wait_until(lambda: len(seen) == 2)
+    assert seen[1] == [("n1", True)]
 
 
 def test_a_fenced_plan_commit_is_refused_when_the_fence_finds_no_row(pair):

@@ -38,6 +38,11 @@ Hooks for the leader's services (set by whoever runs them):
   applied from other servers' commits, as stored when read (one may be
   complete already: skip terminal ones); called under the store's lock, so
   keep them short (the broker's enqueue).
+- ``store.on_remote_stops``: callables given the allocations another
+  server's commit stopped (desired run -> stop) or purged, as they are now
+  (purged: as they were); under the lock too (the leader's pusher queues).
+- ``store.on_remote_nodes``: callables given the nodes another server's
+  commit added or whose eligibility or drain it changed; under the lock too.
 - ``store.catch_up()``: apply now what other servers committed.
 - ``store.changes``: bumped after every commit, local or followed.
 """

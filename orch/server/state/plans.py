@@ -12,15 +12,17 @@ from orch.structs import Allocation, DesiredStatus, Evaluation, Plan, replace
 class PlanWrites(StoreCore):
     """The store's writes of evaluations, plans, allocation updates and drain marks."""
 
-    def put_evals(self, evals: list[Evaluation]) -> list[Evaluation]:
+    def put_evals(self, evals: list[Evaluation], *, fenced: bool = False) -> list[Evaluation]:
         """Store evaluations of jobs that exist; returns those stored.
 
         An evaluation of a purged job (a worker finishing it, a follow-up)
-        is dropped: nothing of a purged job may come back."""
+        is dropped: nothing of a purged job may come back. ``fenced``: the
+        leader's verdict on an evaluation (a worker's), refused (NotLeader)
+        from a term no longer current, as a plan commit is."""
         with self._writing():
             evals = [e for e in evals if e.job_id in self._jobs]
             if evals:
-                self._write([(self._UPSERT_EVAL, self._eval_rows(evals))])
+                self._write([(self._UPSERT_EVAL, self._eval_rows(evals))], fenced=fenced)
                 self._index_evals(evals)
             return evals
 

@@ -251,7 +251,7 @@ class PostgresBackend:
                 if fence is not None:
                     cur.execute(*fence())
                     if cur.fetchone() is None:
-                        raise NotLeader("not the leader: the plan was not committed")
+                        raise NotLeader("not the leader: the write was not committed")
                 for sql, rows in statements:
                     if rows:
                         _put_rows(cur, sql, rows)

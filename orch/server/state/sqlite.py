@@ -72,7 +72,7 @@ class SqliteBackend:
             db.execute("BEGIN IMMEDIATE")
             try:
                 if fence is not None and db.execute(*fence()).fetchone() is None:
-                    raise NotLeader("not the leader: the plan was not committed")
+                    raise NotLeader("not the leader: the write was not committed")
                 for sql, rows in statements:
                     if rows:
                         db.executemany(sql, rows)

@@ -101,6 +101,10 @@ class StoreCore:
         self.fence: Fence | None = None
         # Called (under the lock) with evaluations other servers wrote.
         self.on_remote_evals: list[Callable[[list[Evaluation]], object]] = []
+        # Called (under the lock) with allocations other servers stopped or purged.
+        self.on_remote_stops: list[Callable[[list[Allocation]], object]] = []
+        # ... and with nodes they added or whose eligibility or drain changed.
+        self.on_remote_nodes: list[Callable[[list[Node]], object]] = []
         self._seq = 0  # the change-log position memory reflects (shared engines)
         self._depth = 0  # nesting of _writing() blocks
         self._reset_memory()

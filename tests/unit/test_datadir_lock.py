@@ -1,0 +1,32 @@
+"""lock_data_dir: one holder per data dir, its PID in the lock file, freed on close."""
+
+import os
+
+import pytest
+
+from orch.datadir import LOCK_FILE, lock_data_dir
+from orch.errors import DataDirInUse
+
+
+def test_a_second_lock_is_refused_naming_the_holder(tmp_path):
+    data = tmp_path / "data"
+    fd = lock_data_dir(str(data), "server")  # creates the dir
+    try:
+        assert (data / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        # flock is per open file: a second open, even in this process, is refused.
+        with pytest.raises(DataDirInUse) as refused:
+            lock_data_dir(str(data), "server")
+        assert f"data dir {data} " in refused.value.message
+        assert f"pid {os.getpid()}" in refused.value.message
+    finally:
+        os.close(fd)
+    # Closed (as at the holder's death): free again, no stale lock to remove.
+    os.close(lock_data_dir(str(data), "server"))
+
+
+def test_the_lock_is_not_inherited_by_children(tmp_path):
+    fd = lock_data_dir(str(tmp_path), "agent")
+    try:
+        assert not os.get_inheritable(fd)
+    finally:
+        os.close(fd)
