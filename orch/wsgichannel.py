@@ -214,7 +214,8 @@ class _InlineTasks:
 def use_orch_channels(http, inline: Mapping[tuple[str, str], Inline] | None = None) -> None:
     """Make every listener of a waitress server (``create_server``'s result)
     open its connections as ``_Channel``; ``inline`` maps (method, path) to
-    handlers answered without a worker thread."""
+    handlers answered without a worker thread (a path ending ``/*``: any one
+    last segment, which the handler gets)."""
     # One listening server per address (a name may resolve to several).
     listeners = http.map if isinstance(http, MultiSocketServer) else http._map
     for dispatcher in list(listeners.values()):
