@@ -40,6 +40,7 @@ Handler = Callable[..., Any]
 __all__ = [
     "Router",
     "read_json",
+    "dumps",
     "passthrough",
     "BadGateway",
     "error_body",
@@ -52,7 +53,8 @@ def error_body(message: str, **extra: object) -> str:
     return json.dumps({"error": message, **extra}, ensure_ascii=False)
 
 
-def _dumps(payload: object) -> str:
+def dumps(payload: object) -> str:
+    """A route's JSON answer as text (compact, UTF-8 as is)."""
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -172,7 +174,7 @@ class Router:
         except OrchError as exc:
             bottle.response.status = exc.status
             bottle.response.content_type = JSON
-            return _dumps(exc.to_dict())
+            return dumps(exc.to_dict())
         except Exception as exc:
             log.exception("unexpected error on %s %s", bottle.request.method, bottle.request.path)
             bottle.response.status = 500
@@ -181,7 +183,7 @@ class Router:
         if raw:
             return result
         bottle.response.content_type = JSON
-        return _dumps(result)
+        return dumps(result)
 
     @staticmethod
     def _bottle_error(err: bottle.HTTPError) -> str:

@@ -15,9 +15,10 @@ requests per millisecond, fixed here by subclassing its channel and task:
 A third is optional: *inline routes* (``use_orch_channels(http, inline=...)``)
 answer a request on the thread that parsed it, without a worker thread, a
 WSGI environ or bottle, when their handler can (the server's heartbeat that
-changes nothing durable: most of them). Handing a request to a worker and
-back cost more than such a request's own work; a handler that cannot answer
-at once returns None and the request takes the ordinary path.
+changes nothing durable: most of them; a job's or an allocation's read).
+Handing a request to a worker and back cost more than such a request's own
+work; a handler that cannot answer at once returns None and the request
+takes the ordinary path.
 
 All rely on waitress 3.0's internals (``HTTPChannel.writable``,
 ``write_soon``, ``outbuf_lock``, ``WSGITask.write``, ``add_task``,
@@ -37,11 +38,14 @@ from waitress.utilities import build_http_date
 
 log = logging.getLogger(__name__)
 
-# An inline route's handler: the request's headers (waitress's names:
-# upper case, ``_`` for ``-``) and body in, a JSON answer (200) out, or None
-# to leave the request to the WSGI app. It runs on waitress's I/O thread: it
-# must never block (no I/O, no lock another thread holds across I/O).
-Inline = Callable[[Mapping[str, str], bytes], "bytes | None"]
+# An inline answer: its JSON body (200), and the extra headers it carries.
+InlineAnswer = tuple[bytes, Mapping[str, str]]
+# An inline route's handler: the request's headers (waitress's names: upper
+# case, ``_`` for ``-``), body and path parameter (the last segment of a
+# path registered as ``/prefix/*``; "" for an exact path) in, an answer out,
+# or None to leave the request to the WSGI app. It runs on waitress's I/O
+# thread: it must never block (no I/O, no lock taken with waiting).
+Inline = Callable[[Mapping[str, str], bytes, str], "InlineAnswer | None"]
 # Inline bodies are small (a heartbeat that carries nothing); a larger one
 # is parsed by a worker, off the I/O thread.
 INLINE_MAX_BODY = 16 * 1024
@@ -134,7 +138,7 @@ class _InlineTasks:
                 return
             request = channel.requests.pop(0)
             close = request.headers.get("CONNECTION", "").lower() == "close"
-            self._send(channel, answer, close)
+            self._send(channel, answer[0], answer[1], close)
             request.close()
             if close:
                 for later in channel.requests:
@@ -143,9 +147,18 @@ class _InlineTasks:
                 channel.close_when_flushed = True
                 return
 
-    def _answer(self, request) -> bytes | None:
-        """The inline answer's body, or None: the WSGI app serves the request."""
-        handler = self._routes.get((request.command, request.path))
+    def _route(self, command: str, path: str) -> tuple[Inline | None, str]:
+        """The handler of ``path`` and its parameter: an exact route first,
+        then ``/prefix/*`` for the path's last segment."""
+        handler = self._routes.get((command, path))
+        if handler is not None:
+            return handler, ""
+        head, _, tail = path.rpartition("/")
+        return self._routes.get((command, head + "/*")), tail
+
+    def _answer(self, request) -> InlineAnswer | None:
+        """The inline answer, or None: the WSGI app serves the request."""
+        handler, param = self._route(request.command, request.path)
         if (
             handler is None
             or request.error
@@ -159,7 +172,7 @@ class _InlineTasks:
             # get() leaves the buffer as it was: the WSGI app reads it again
             # if the handler declines.
             body = request.body_rcv.getbuf().get() if request.body_rcv is not None else b""
-            return handler(request.headers, body)
+            return handler(request.headers, body, param)
         except Exception:
             # The ordinary path answers it (and reports what is wrong).
             log.exception("inline %s %s failed", request.command, request.path)
@@ -171,10 +184,12 @@ class _InlineTasks:
             self._date = (now, build_http_date(now).encode("latin-1"))
         return self._date[1]
 
-    def _send(self, channel, body: bytes, close: bool) -> None:
+    def _send(self, channel, body: bytes, headers: Mapping[str, str], close: bool) -> None:
         ident = channel.server.adj.ident
         data = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(body)
         data += b"Content-Type: application/json\r\nDate: %s\r\n" % self._http_date()
+        for name, value in headers.items():
+            data += b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
         if ident:
             data += b"Server: %s\r\n" % ident.encode("latin-1")
         if close:
@@ -199,7 +214,8 @@ class _InlineTasks:
 def use_orch_channels(http, inline: Mapping[tuple[str, str], Inline] | None = None) -> None:
     """Make every listener of a waitress server (``create_server``'s result)
     open its connections as ``_Channel``; ``inline`` maps (method, path) to
-    handlers answered without a worker thread."""
+    handlers answered without a worker thread (a path ending ``/*``: any one
+    last segment, which the handler gets)."""
     # One listening server per address (a name may resolve to several).
     listeners = http.map if isinstance(http, MultiSocketServer) else http._map
     for dispatcher in list(listeners.values()):

@@ -28,7 +28,7 @@ from orch.server import blocking as orch_blocking
 from orch.server.metrics import render_metrics
 from orch.server.ui.streams import register_stream_routes
 from orch.server.versions import versions_view
-from orch.structs import Evaluation, Job
+from orch.structs import Allocation, Evaluation, Job
 from orch.transport import HttpClient
 from orch.validation import drain as drain_rules
 
@@ -69,6 +69,26 @@ def _new_version(job: Job, ev: Evaluation, message: str) -> dict:
         "version": job.version,
         "message": message,
     }
+
+
+def job_detail(server: Server, job: Job) -> dict:
+    """GET /jobs/<id>'s body (the route's and its inline twin's)."""
+    allocs = server.store.allocs_for_job(job.job_id)
+    out = views.job_view(
+        job,
+        server.job_status(job, allocs),
+        allocs,
+        summary=server.job_summary(job, allocs),
+        children=[],
+    )
+    if job.is_parent:
+        out.update(server.children_view(job))
+    return out
+
+
+def alloc_detail(server: Server, alloc: Allocation) -> dict:
+    """GET /allocations/<id>'s body (the route's and its inline twin's)."""
+    return views.alloc_view(alloc, server.store.get_job(alloc.job_id))
 
 
 def make_app(server: Server) -> bottle.Bottle:
@@ -207,11 +227,7 @@ def make_app(server: Server) -> bottle.Bottle:
     @route("GET", "/jobs/<job_id>")
     def get_job(job_id):
         def read():
-            job = store.require_job(job_id)
-            out = job_view(job, {})
-            if job.is_parent:
-                out.update(server.children_view(job))
-            return out
+            return job_detail(server, store.require_job(job_id))
 
         store.require_job(job_id)  # 404 at once, blocking or not
         return blocking([job_id], read)
@@ -322,8 +338,7 @@ def make_app(server: Server) -> bottle.Bottle:
     @route("GET", "/allocations/<alloc_id>")
     def get_allocation(alloc_id):
         def read():
-            alloc = require_alloc(alloc_id)
-            return views.alloc_view(alloc, store.get_job(alloc.job_id))
+            return alloc_detail(server, require_alloc(alloc_id))
 
         return blocking([require_alloc(alloc_id).job_id], read)
 

@@ -128,10 +128,16 @@ def test_a_node_secret_is_checked(server):
     assert server.quiet_heartbeat(good) is not None
 
 
+def _beat_handler(server):
+    """The inline route's handler as waitress calls it: (headers, body) in."""
+    route = inline_routes(server)[("POST", "/heartbeat")]
+    return lambda headers, body: route(headers, body, "")
+
+
 def test_the_inline_route_makes_the_routes_checks(server):
-    (handler,) = inline_routes(server).values()
+    handler = _beat_handler(server)
     body = raw("node-b", seq=1, delta=True)
-    assert json.loads(handler({}, body)) == {
+    assert json.loads(handler({}, body)[0]) == {
         "message": "Heartbeat received",
         "ack": 1,
         "resync": True,
@@ -145,7 +151,7 @@ def test_the_inline_route_checks_the_token(tmp_path):
     srv = Server(ServerConfig(data_dir=str(tmp_path), token="t0ken"))
     try:
         srv.register(copy.deepcopy(IDLE))
-        (handler,) = inline_routes(srv).values()
+        handler = _beat_handler(srv)
         body = raw("node-b")
         assert handler({}, body) is None
         assert handler({"AUTHORIZATION": "Bearer wrong"}, body) is None

@@ -20,13 +20,13 @@ def _app(seen):
 
 
 def _inline(seen):
-    def handler(headers, body):
+    def handler(headers, body, _param):
         seen.append(("inline", body))
         if body == b"boom":
             raise RuntimeError("handler bug")
         if body.startswith(b"app"):
             return None
-        return b'{"by":"inline","ua":"%s"}' % headers.get("USER_AGENT", "").encode()
+        return b'{"by":"inline","ua":"%s"}' % headers.get("USER_AGENT", "").encode(), {}
 
     return {("POST", "/beat"): handler}
 
@@ -116,8 +116,32 @@ def test_an_answer_larger_than_the_socket_takes_is_sent_whole(serve):
     """What one send() leaves (a full socket buffer) goes through waitress's
     buffers, after which the connection serves the next request."""
     big = b'"' + b"x" * (8 << 20) + b'"'
-    port = serve(_app([]), {("POST", "/beat"): lambda headers, body: big})
+    port = serve(_app([]), {("POST", "/beat"): lambda headers, body, param: (big, {})})
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     for _ in range(2):
         assert _post(conn, b"x") == (200, "application/json", big)
     conn.close()
+
+
+def test_a_prefix_route_gets_the_last_segment_and_sends_its_headers(serve):
+    seen = []
+
+    def item(headers, body, param):
+        seen.append(param)
+        return b'{"id":"%s"}' % param.encode(), {"X-Orch-Index": "7"}
+
+    app = bottle.Bottle()
+
+    @app.route("/items/<a>/<b>")
+    def deeper(a, b):
+        return "deeper"
+
+    port = serve(app, {("GET", "/items/*"): item})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/items/a%2Db")
+    resp = conn.getresponse()
+    assert (resp.status, resp.getheader("X-Orch-Index"), resp.read()) == (200, "7", b'{"id":"a-b"}')
+    conn.request("GET", "/items/a/b")  # not the prefix's last segment: the app's
+    assert conn.getresponse().read() == b"deeper"
+    conn.close()
+    assert seen == ["a-b"]

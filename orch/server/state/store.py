@@ -193,6 +193,18 @@ class StoreCore:
         with self._lock:
             pass
 
+    @contextmanager
+    def settled_now(self) -> Iterator[bool]:
+        """``settle`` without waiting: holds the lock and yields True when no
+        write holds it, yields False at once otherwise (waitress's I/O thread)."""
+        if not self._lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._lock.release()
+
     # ---- the one write path ---------------------------------------------
 
     @contextmanager

@@ -1,0 +1,195 @@
+"""GET /jobs/<id> and GET /allocations/<id> answered inline (orch.server.inline):
+the same status, body and headers that matter as the bottle route for the
+same state, every other read left to the route."""
+
+import copy
+import http.client
+import threading
+
+import pytest
+
+from orch.config import ServerConfig
+from orch.server import wsgi
+from orch.server.api import make_app
+from orch.server.inline import inline_routes
+from orch.server.server import Server
+from orch.server.worker import SchedulerWorker
+
+from waiting import wait_for
+
+NODE = {
+    "node_id": "node-a",
+    "resources": {"cpu": 4000, "memory": 4000},
+    "endpoint": "http://127.0.0.1:9001",
+    "attributes": {"driver.exec": True, "driver.docker": False},
+}
+JOB = {
+    "job_id": "web",
+    "type": "service",
+    "task_groups": [
+        {"name": "g", "count": 2, "tasks": [{"name": "t", "config": {"command": "sleep 60"}}]}
+    ],
+}
+HEADERS = ("Content-Type", "X-Orch-Index", "Content-Length")
+
+
+class Pair:
+    """One Server behind two waitress servers: with inline routes and without.
+
+    ``answered`` records what each inline handler returned (None: declined)."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.answered: list[tuple[str, bool]] = []
+        routes = {key: self._recording(key[1], fn) for key, fn in inline_routes(server).items()}
+        app = make_app(server)
+        self._https = [wsgi.http_server(app, server.config, routes)]
+        self._https.append(wsgi.http_server(app, server.config))
+        self._threads = [threading.Thread(target=h.run, daemon=True) for h in self._https]
+        for thread in self._threads:
+            thread.start()
+        self.inline_port, self.app_port = (h.effective_port for h in self._https)
+
+    def _recording(self, path, handler):
+        def call(headers, body, param):
+            answer = handler(headers, body, param)
+            self.answered.append((path, answer is not None))
+            return answer
+
+        return call
+
+    def get(self, port: int, path: str, method: str = "GET", **headers):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request(method, path, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, {h: resp.getheader(h) for h in HEADERS}, resp.read()
+        finally:
+            conn.close()
+
+    def both(self, path: str, **headers):
+        """(inline server's answer, app-only server's answer) for the same state."""
+        return self.get(self.inline_port, path, **headers), self.get(self.app_port, path, **headers)
+
+    def close(self):
+        for h in self._https:
+            h.close()
+        for thread in self._threads:
+            thread.join(5)
+
+
+def _serve(tmp_path, **config) -> Pair:
+    srv = Server(ServerConfig(data_dir=str(tmp_path), bind="127.0.0.1", port=0, **config))
+    srv.pusher.place = lambda allocs, job: None
+    srv.pusher.stop = lambda allocs: None
+    srv.register(copy.deepcopy(NODE))
+    _, ev = srv.submit_job(copy.deepcopy(JOB))
+    SchedulerWorker(srv.broker, srv.store, srv.planner, 0, seed=1).process([ev])
+    return Pair(srv)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    p = _serve(tmp_path)
+    yield p
+    p.close()
+    p.server.stop()
+
+
+def test_a_job_read_is_the_routes_answer_byte_for_byte(pair):
+    inline, routed = pair.both("/jobs/web")
+    assert inline[0] == 200
+    assert inline == routed
+    assert int(inline[1]["X-Orch-Index"]) > 0
+    assert inline[1]["Content-Type"] == "application/json"
+    assert b'"allocations":[{' in inline[2]
+    assert pair.answered == [("/jobs/*", True)]
+
+
+def test_an_allocation_read_is_the_routes_answer_byte_for_byte(pair):
+    alloc = pair.server.store.allocs_for_job("web")[0]
+    inline, routed = pair.both(f"/allocations/{alloc.allocation_id}")
+    assert inline[0] == 200
+    assert inline == routed
+    assert alloc.allocation_id.encode() in inline[2]
+    assert pair.answered == [("/allocations/*", True)]
+
+
+def test_a_read_after_a_write_shows_it_with_the_new_index(pair):
+    before = pair.get(pair.inline_port, "/jobs/web")
+    pair.server.stop_job("web")
+    inline, routed = pair.both("/jobs/web")
+    assert inline == routed
+    assert int(inline[1]["X-Orch-Index"]) > int(before[1]["X-Orch-Index"])
+    assert b'"status":"dead"' in inline[2]
+
+
+def test_unknown_ids_get_the_routes_404(pair):
+    for path in ("/jobs/nope", "/allocations/nope", "/jobs/"):
+        inline, routed = pair.both(path)
+        assert inline[0] == 404
+        assert inline[2] == routed[2]
+    assert pair.answered == [("/jobs/*", False), ("/allocations/*", False), ("/jobs/*", False)]
+
+
+def test_queries_head_and_cross_origin_reads_go_to_the_route(pair):
+    status, headers, body = pair.get(pair.inline_port, "/jobs/web")
+    index = headers["X-Orch-Index"]
+    blocking = pair.get(pair.inline_port, f"/jobs/web?index={int(index) - 1}&wait=1s")
+    assert blocking == (status, headers, body)
+    head = pair.get(pair.inline_port, "/jobs/web", method="HEAD")
+    assert head[0] == 200 and head[2] == b""
+    origin = pair.get(pair.inline_port, "/jobs/web", Origin="http://elsewhere")
+    assert origin == (status, headers, body)
+    # Other routes under the same prefixes are never matched inline.
+    versions = pair.get(pair.inline_port, "/jobs/web/versions")
+    assert versions[0] == 200
+    # Only the plain read and the cross-origin one reached the handler; the
+    # latter was declined.
+    assert pair.answered == [("/jobs/*", True), ("/jobs/*", False)]
+
+
+def test_a_write_in_progress_sends_the_read_to_the_route(pair):
+    held, release = threading.Event(), threading.Event()
+
+    def writer():
+        with pair.server.store._lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(10)
+    answer: list = []
+    reader = threading.Thread(target=lambda: answer.append(pair.get(pair.inline_port, "/jobs/web")))
+    reader.start()
+    try:
+        # The handler declined at once; the route waits (settle) for the write.
+        assert wait_for(lambda: pair.answered, timeout=10)
+        assert pair.answered == [("/jobs/*", False)]
+        assert not answer
+    finally:
+        release.set()
+        thread.join(10)
+    reader.join(10)
+    assert answer and answer[0][0] == 200
+
+
+def test_a_token_protected_server_refuses_without_the_token(tmp_path):
+    p = _serve(tmp_path, token="t0ken")
+    try:
+        for path in (
+            "/jobs/web",
+            f"/allocations/{p.server.store.allocs_for_job('web')[0].allocation_id}",
+        ):
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                inline, routed = p.both(path, **headers)
+                assert inline[0] == 401
+                assert inline == routed
+            good = p.both(path, Authorization="Bearer t0ken")
+            assert good[0][0] == 200
+            assert good[0] == good[1]
+        assert [ok for _path, ok in p.answered] == [False, False, True] * 2
+    finally:
+        p.close()
+        p.server.stop()
