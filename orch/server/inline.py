@@ -19,7 +19,6 @@ it as before and reports what is wrong with it.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +59,7 @@ def inline_routes(server: Server) -> dict[tuple[str, str], Inline]:
         answer = server.quiet_heartbeat(body)
         if answer is None:
             return None
-        return json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode(), _NO_HEADERS
+        return dumps(answer).encode(), _NO_HEADERS
 
     store = server.store
     read_job = _reader(server, allowed, store.get_job, lambda job: job.job_id, job_detail)

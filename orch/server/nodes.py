@@ -131,10 +131,7 @@ class NodeOps:
             self.broker.unblock()
             self.evaluate_system_jobs(node_id)
         resync = self.sync.apply(node_id, beat.allocations, full=not beat.delta)
-        answer: dict[str, object] = {"message": "Heartbeat received"}
-        if beat.seq is not None:
-            answer.update(ack=beat.seq, resync=resync)
-        return answer
+        return _beat_answer(beat.seq, resync)
 
     def quiet_heartbeat(self, raw: bytes) -> dict | None:
         """The answer to a beat that changes nothing durable, or None: the
@@ -168,10 +165,7 @@ class NodeOps:
             return None
         self.monitor.reset(node_id)
         resync = self.sync.apply(node_id, {}, full=not beat.delta)
-        answer: dict[str, object] = {"message": "Heartbeat received"}
-        if beat.seq is not None:
-            answer.update(ack=beat.seq, resync=resync)
-        return answer
+        return _beat_answer(beat.seq, resync)
 
     @staticmethod
     def _check_secret(node: Node, secret) -> None:
@@ -274,3 +268,11 @@ class NodeOps:
         if job_ids:
             log.info("node %s: evaluating %d system jobs", node_id[:8], len(job_ids))
             self.planner.create_evals(job_ids, TriggeredBy.NODE_UPDATE, node_id)
+
+
+def _beat_answer(seq: int | None, resync: bool) -> dict:
+    """The seed's answer, with ``ack``/``resync`` for a numbered beat."""
+    answer: dict[str, object] = {"message": "Heartbeat received"}
+    if seq is not None:
+        answer.update(ack=seq, resync=resync)
+    return answer
