@@ -10,6 +10,11 @@ bootstrap, with three things around it.
   Shiv's own path still does the first unpacking, and any start it is asked
   to treat specially (``SHIV_FORCE_EXTRACT``, ``SHIV_ENTRY_POINT``, ...).
 
+- `orch dev` started without ``-S`` runs again with it (one exec, before
+  anything is imported): its servers and agents are forked from it
+  (orch/dev/zygote.py), and must carry no more of the host's site-packages
+  (their ``.pth`` start-up hooks) than the ``python3 -S orch.pyz agent``
+  they stand for.
 - The extraction dir (`~/.shiv`, or `SHIV_ROOT`) must be writable: if not,
   one line says so and how to pick another, instead of a traceback.
 - Each build unpacks into its own dir, so old builds' dirs would pile up.
@@ -156,7 +161,33 @@ def prepare() -> None:
         remove_old_builds(root, name, env.build_id)
 
 
+def command(argv):
+    """The subcommand named in ``argv`` (the first word not an option or the
+    value of the top-level ``--log-level``)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--log-level":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def without_site() -> None:
+    """Run `orch dev` again under ``-S`` when site ran (see the docstring)."""
+    if sys.flags.no_site or command(sys.argv[1:]) != "dev" or not sys.executable:
+        return
+    argv0 = os.path.abspath(sys.argv[0])
+    try:
+        os.execv(sys.executable, [sys.executable, "-S", argv0, *sys.argv[1:]])
+    except OSError:
+        pass  # run on as we are: the children then carry what site loaded
+
+
 def main() -> None:
+    without_site()
     found = unpacked_site_packages()
     if found is not None:
         fast_start(*found)

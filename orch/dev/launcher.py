@@ -1,7 +1,9 @@
 """`orch dev`: a server (or several) and N agents as separate local processes.
 
 Each child is this same program (the zipapp, or ``python -m orch``) in its own
-session, so a Ctrl-C in the terminal reaches only the launcher, which then
+session, forked from the launcher where that is safe (orch/dev/zygote.py:
+the interpreter and the agents' imports paid once), else exec'ed; a Ctrl-C in
+the terminal reaches only the launcher, which then
 stops the children in order: agents first, so that they stop their tasks while
 the server still listens, then the server. A child that dies on its own takes
 the rest down, as dramatiq's supervisor does.
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING
 from orch.cli.format import short
 from orch.config import DEFAULT_ADDRESS, DevConfig
 from orch.datadir import lock_data_dir
+from orch.dev import zygote
 from orch.errors import DataDirInUse
 
 if TYPE_CHECKING:
@@ -174,7 +177,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def peek_exit(proc: subprocess.Popen) -> int | None:
+def peek_exit(proc: subprocess.Popen | zygote.Forked) -> int | None:
     """The exit code (negative: killed by that signal) without reaping the child.
 
     An unreaped child keeps its pid, and so its process group id, from being
@@ -194,7 +197,7 @@ def peek_exit(proc: subprocess.Popen) -> int | None:
 @dataclass
 class Child:
     name: str
-    proc: subprocess.Popen
+    proc: subprocess.Popen | zygote.Forked
 
     @property
     def pid(self) -> int:
@@ -208,8 +211,16 @@ class Child:
 class Supervisor:
     """Owns the child processes: start, watch, stop in order, kill by group."""
 
-    def __init__(self, base_argv: list[str], env: dict, *, now=time.monotonic, sleep=time.sleep):
-        self.base_argv, self.env = base_argv, env
+    def __init__(
+        self,
+        base_argv: list[str],
+        env: dict,
+        *,
+        fork: bool = False,
+        now=time.monotonic,
+        sleep=time.sleep,
+    ):
+        self.base_argv, self.env, self.fork = base_argv, env, fork
         self.now, self.sleep = now, sleep
         self.children: list[Child] = []
         self.signals = 0
@@ -218,14 +229,19 @@ class Supervisor:
         self.signals += 1
 
     def start(self, name: str, args: list[str]) -> Child:
-        preexec = _die_with_parent if sys.platform.startswith("linux") else None
-        proc = subprocess.Popen(
-            self.base_argv + args,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=preexec,
-        )
+        """``base_argv + args`` as a child: forked when asked and still safe."""
+        proc: subprocess.Popen | zygote.Forked
+        if self.fork and zygote.can_fork():
+            proc = zygote.fork_child(self.base_argv, args, self.env)
+        else:
+            preexec = _die_with_parent if sys.platform.startswith("linux") else None
+            proc = subprocess.Popen(
+                self.base_argv + args,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
         child = Child(name, proc)
         self.children.append(child)
         return child
@@ -318,7 +334,10 @@ class DevCluster:
         ]
         # Agents start beside the server, not after it: their start-up (imports,
         # fingerprinting) overlaps the server's, and they retry registering
-        # within 50 ms of the server answering.
+        # within 50 ms of the server answering. Forked, they share one import
+        # of their modules, made here while the server imports its own.
+        if self.sup.fork:
+            zygote.preload()
         for i in range(self.config.agents):
             self.sup.start(
                 f"agent {i + 1}",
@@ -452,7 +471,7 @@ def run(config: DevConfig) -> int:
         print(f"orch dev: {exc.message}", file=sys.stderr, flush=True)
         return 1
     port = config.port or free_port(config.bind)
-    sup = Supervisor(program(), child_env(dict(os.environ), config.token))
+    sup = Supervisor(program(), child_env(dict(os.environ), config.token), fork=zygote.can_fork())
     previous = {s: signal.signal(s, sup.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     pg = None
     try:
