@@ -104,6 +104,7 @@ class NodeLoop:
         self._changed_lock = threading.Lock()
         self._stop = threading.Event()
         self._registered = threading.Event()
+        self._registered_once = False  # the first registration retries faster
         self._reregister = threading.Event()  # registered, but attributes changed
         self._thread = threading.Thread(target=self._run, name="node-loop", daemon=True)
         self._last_error = ""
@@ -269,6 +270,11 @@ class NodeLoop:
         """Retry until registered; False if stopped first."""
         delay = BACKOFF_START
         started = time.monotonic()
+        # The first registration of a process started beside its server (`orch
+        # dev`) retries at BACKOFF_START through the grace: a doubling delay
+        # made the nodes up to 0.4 s late for a server that took 0.5 s to listen.
+        # Re-registrations (a fleet after a server restart) back off as before.
+        flat_until = started + REGISTER_GRACE if not self._registered_once else started
         while not self._stop.is_set():
             try:
                 resp = self._post("/register", self.register_body(), REGISTER_TIMEOUT)
@@ -276,6 +282,7 @@ class NodeLoop:
                 if resp.status_code == 200:
                     self._full_at = 0.0  # a new session starts with every report
                     self._registered.set()
+                    self._registered_once = True
                     self._last_error = ""
                     log.info(
                         "registered node %s server=%s endpoint=%s",
@@ -292,7 +299,8 @@ class NodeLoop:
                     quiet=time.monotonic() - started < REGISTER_GRACE,
                 )
             self._stop.wait(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
+            if time.monotonic() >= flat_until:
+                delay = min(delay * 2, BACKOFF_MAX)
         return False
 
     def _heartbeat(self) -> None:

@@ -541,3 +541,32 @@ def test_an_allocation_not_started_yet_wakes_no_heartbeat(servers, agents, tmp_p
 
     assert wait_for(lambda: "complete" in reported())
     assert reported()[0] != "pending", reported()
+
+
+class RecordingEvent(threading.Event):
+    """An Event that notes every timeout it is waited with."""
+
+    def __init__(self):
+        super().__init__()
+        self.timeouts: list[float | None] = []
+
+    def wait(self, timeout=None):
+        self.timeouts.append(timeout)
+        return super().wait(timeout)
+
+
+def test_a_first_registration_retries_at_the_start_interval_through_the_grace(
+    servers, agents, tmp_path
+):
+    """`orch dev` starts agents beside their server: no doubling while it comes up."""
+    from orch.agent import loop as node_loop
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    agent = agents(f"http://127.0.0.1:{port}", tmp_path, heartbeat_interval=30.0)
+    agent.loop._stop = stop = RecordingEvent()
+    assert wait_for(lambda: len(stop.timeouts) >= 4, 5.0)
+    assert stop.timeouts[:4] == [node_loop.BACKOFF_START] * 4
+    servers(port=port)
+    assert agent.loop.wait_registered(2.0)
