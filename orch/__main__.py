@@ -182,8 +182,27 @@ def env_meta() -> list[tuple[str, str]]:
 # ---- parser ----------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command tree; defaults are read from the environment now."""
+ROLES = ("server", "agent", "dev")  # the long-running commands
+
+
+def first_command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is neither an option
+    nor the top-level ``--log-level``'s value (build/pyz_main.py has a copy)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(roles_only: bool = False) -> argparse.ArgumentParser:
+    """The whole command tree; defaults are read from the environment now.
+
+    ``roles_only``: server, agent, dev and version alone. The client commands
+    are three quarters of the tree's ~15 ms, paid by every server and agent
+    started; a role's own parse does not depend on them."""
     parser = argparse.ArgumentParser(
         prog="orch", description="orch: a small Nomad-like cluster orchestrator."
     )
@@ -206,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_server(sub, common)
     add_agent(sub, common)
     add_dev(sub, common)
-    add_client_commands(sub, common)
+    if not roles_only:
+        add_client_commands(sub, common)
     return parser
 
 
@@ -712,11 +732,12 @@ def configure_logging(role: str, level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
     try:
-        parser = build_parser()
+        parser = build_parser(roles_only=first_command(words) in ROLES)
     except ValueError as exc:  # an ORCH_* variable that is not a number
         sys.exit(f"orch: {exc}")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
     configure_logging(args.role, args.log_level)
     try:
         return args.handler(args)

@@ -320,6 +320,8 @@ class DevCluster:
 
     def run(self) -> int:
         started, since = self.sup.now(), time.time() - 1.0
+        if self.sup.fork:
+            zygote.preload(zygote.SHARED_MODULES)
         servers = [
             self.sup.start(
                 "server" if i == 0 else f"server {i + 1}",
@@ -337,7 +339,7 @@ class DevCluster:
         # within 50 ms of the server answering. Forked, they share one import
         # of their modules, made here while the server imports its own.
         if self.sup.fork:
-            zygote.preload()
+            zygote.preload(zygote.AGENT_MODULES)
         for i in range(self.config.agents):
             self.sup.start(
                 f"agent {i + 1}",

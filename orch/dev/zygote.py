@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -28,7 +29,19 @@ log = logging.getLogger(__name__)
 
 SPAWN_ENV = "ORCH_DEV_SPAWN"  # "exec" forces the exec path (a debugging aid)
 PR_SET_PDEATHSIG = 1
-# What an agent imports (a server's imports are its own: see preload).
+# Imported by the server and by every agent alike: loaded before the server
+# is forked (a unit test holds both sides to this list).
+SHARED_MODULES = (
+    "bottle",
+    "orch.httpjson",
+    "orch.security",
+    "orch.structs",
+    "orch.transport",
+    "orch.validation",
+    "orch.wsgichannel",
+)
+# The rest of an agent's imports: loaded once the server is forked, while it
+# imports its own, so that neither carries the other's modules (memory).
 AGENT_MODULES = ("orch.agent.main",)
 
 
@@ -39,12 +52,8 @@ def can_fork(environ=os.environ) -> bool:
     return sys.platform.startswith("linux") and threading.active_count() == 1
 
 
-def preload(modules=AGENT_MODULES) -> None:
-    """Import what the forked children share, once, before the first fork.
-
-    Only the agents' modules: the server is forked before they are imported
-    and imports its own, in parallel with this, so that no agent carries the
-    server's modules (the agent's memory target) and vice versa."""
+def preload(modules: tuple[str, ...]) -> None:
+    """Import, once, modules the children to be forked next would import."""
     for name in modules:
         __import__(name)
 
@@ -85,6 +94,9 @@ def fork_child(argv0: list[str], args: list[str], env: dict) -> Forked:
     """Fork a child that runs ``orch <args>`` as exec'ing ``argv0 + args`` would."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # else the child would write the launcher's buffer again
+    # What exists now is shared copy-on-write; kept out of the collector's
+    # passes, it stays shared instead of being copied page by page.
+    gc.freeze()
     parent = os.getpid()
     pid = os.fork()
     if pid:

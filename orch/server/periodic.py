@@ -18,8 +18,6 @@ import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
-
 from orch.errors import Conflict, NotFound, ValidationError
 from orch.server.planner import new_eval
 from orch.server.status import job_status
@@ -33,6 +31,14 @@ UNFINISHED = frozenset({JobStatus.PENDING, JobStatus.RUNNING})
 
 def _start(periodic: dict, at: float) -> datetime:
     return datetime.fromtimestamp(at, ZoneInfo(periodic["time_zone"]))
+
+
+def croniter(cron: str, start: datetime):
+    """croniter's iterator, imported at the first periodic job: croniter and
+    dateutil are ~12 ms of a server's start, on `orch dev`'s critical path."""
+    from croniter import croniter as iterator
+
+    return iterator(cron, start)
 
 
 def latest_due(periodic: dict, now: float) -> float | None:

@@ -236,3 +236,23 @@ def test_server_database_flag_environment_and_bad_url(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         parse("server", "--database", "mysql://db/orch")
     assert exc.value.code == 2 and "not a postgresql:// URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["server", "--port", "5000", "--data-dir", "/d", "--node-ttl", "2.5"],
+        ["--log-level", "DEBUG", "agent", "--server", "http://h:1", "--meta", "a=b", "--port", "0"],
+        ["dev", "--agents", "2", "--log-level", "WARNING"],
+    ],
+)
+def test_a_role_parses_the_same_without_the_client_commands(argv):
+    assert entry.first_command(argv) in entry.ROLES
+    lean = entry.build_parser(roles_only=True).parse_args(argv)
+    assert vars(lean) == vars(entry.build_parser().parse_args(argv))
+
+
+def test_first_command_skips_options_and_the_log_level_value():
+    assert entry.first_command(["--log-level", "agent", "server"]) == "server"
+    assert entry.first_command(["-h"]) is None
+    assert entry.first_command(["job", "run", "x.json"]) == "job"

@@ -123,3 +123,25 @@ def test_a_long_command_line_spills_over_the_environment_area():
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize(
+    "role_imports",
+    [
+        "import orch.agent.main",
+        # What `orch server` imports: orch.server.server, then run()'s own imports.
+        "import orch.server.server, orch.server.api, orch.server.inline, orch.server.wsgi",
+    ],
+)
+def test_the_shared_modules_are_ones_each_role_imports_anyway(role_imports):
+    """Preloaded before the server is forked: none may burden a role that would not load it."""
+    shared = zygote.SHARED_MODULES
+    check = f"import sys; {role_imports}; print([m for m in {shared!r} if m not in sys.modules])"
+    done = subprocess.run(
+        [sys.executable, "-c", check],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=60,
+    )
+    assert done.stdout.strip() == "[]", done.stderr
