@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from orch.transport import HttpClient
 
 POLL_INTERVAL = 0.02  # readiness polling
+WAIT_CHANGE = 0.5  # a blocking query's longest wait for the nodes to change
 WATCH_INTERVAL = 0.1  # child liveness polling once ready
 STOP_GRACE = 10.0  # SIGTERM -> SIGKILL
 SERVER_GRACE = 2.0  # the server's least time to stop after the agents
@@ -403,6 +404,7 @@ class DevCluster:
     def wait_for_nodes(self, started: float, since: float) -> bool:
         shown: set[str] = set()
         warned = False
+        index = self.wait_for_change(0)  # at once: the index the list below is at least at
         while not self.interrupted():
             nodes = self.healthy_nodes(since)
             for node in nodes:
@@ -415,8 +417,29 @@ class DevCluster:
             if not warned and self.sup.now() - started > SLOW_START:
                 warned = True
                 self.say(f"still waiting: {len(nodes)} of {self.config.agents} nodes healthy")
-            self.sup.sleep(POLL_INTERVAL)
+            index = self.wait_for_change(index)
         return False
+
+    def wait_for_change(self, index: int) -> int:
+        """Until the state moves past ``index`` (a node registering is a write)
+        or WAIT_CHANGE passes: the new index. A Nomad blocking query on
+        /v1/nodes instead of a poll every POLL_INTERVAL, each poll a request
+        the starting server had to answer. Polls with several servers (a
+        follower's wake-ups follow the database) or when the query fails."""
+        from orch.transport import ERRORS
+
+        if len(self.urls) == 1:
+            params = {"index": str(index), "wait": f"{WAIT_CHANGE:g}s"}
+            try:
+                resp = self.http().get(
+                    self.urls[0] + "/v1/nodes", params=params, timeout=WAIT_CHANGE + 1.0
+                )
+                if resp.status_code == 200:
+                    return int(resp.headers.get("X-Nomad-Index") or index)
+            except (*ERRORS, ValueError):
+                pass
+        self.sup.sleep(POLL_INTERVAL)
+        return index
 
     def finish(self) -> int:
         """Stop everything; exit 1 if a child died on its own."""
