@@ -91,3 +91,21 @@ def test_dispatch_smoke_prints_its_summary(pyz):
     assert DISPATCH_KEYS <= summary.keys(), summary
     for key in DISPATCH_KEYS:
         assert isinstance(summary[key], (int, float)), (key, summary[key])
+
+
+def test_coldstart_smoke_prints_its_summary(pyz):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "coldstart.py"), "--smoke", "--json"]
+        + ["--pyz", str(pyz)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    figures = summary["builds"][str(pyz)]
+    assert summary["calibration"] > 0 and figures["wall_s"] > 0 and figures["cpu_s"] > 0
+    # Every role found by its command line, forked or exec'ed.
+    assert {"cpu_launcher_s", "cpu_server_s", "cpu_agent_s", "rss_agent_mb"} <= figures.keys()
+    assert len(summary["runs"][str(pyz)][0]["cpu_by_role"]["agent"]) == 3
