@@ -27,11 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from orch.cli.format import short
 from orch.config import DEFAULT_ADDRESS, DevConfig
 from orch.datadir import lock_data_dir
 from orch.dev import zygote
@@ -47,6 +45,8 @@ STOP_GRACE = 10.0  # SIGTERM -> SIGKILL
 SERVER_GRACE = 2.0  # the server's least time to stop after the agents
 SLOW_START = 15.0  # say so if the nodes are not healthy by then
 PR_SET_PDEATHSIG = 1
+ZIP_END = b"PK\x05\x06"  # a zip's end-of-central-directory signature
+ZIP_TAIL = 22 + 0xFFFF  # the record and the longest comment it may carry
 
 
 def program(argv0: str | None = None, executable: str | None = None) -> list[str]:
@@ -58,9 +58,23 @@ def program(argv0: str | None = None, executable: str | None = None) -> list[str
     """
     argv0 = sys.argv[0] if argv0 is None else argv0
     executable = executable or sys.executable
-    if argv0 and os.path.isfile(argv0) and zipfile.is_zipfile(argv0):
+    if argv0 and os.path.isfile(argv0) and is_zip(argv0):
         return [executable, "-S", os.path.abspath(argv0)]
     return [executable, "-m", "orch"]
+
+
+def is_zip(path: str) -> bool:
+    """Whether ``path`` ends with a zip's end-of-central-directory record.
+
+    What zipfile.is_zipfile looks for, without importing zipfile (and
+    pathlib under it) into a launcher whose children are forked from it."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - ZIP_TAIL))
+            return ZIP_END in f.read()
+    except OSError:
+        return False
 
 
 def connect_host(bind: str) -> str:
@@ -402,6 +416,8 @@ class DevCluster:
         return fresh_healthy_nodes(listed, since)
 
     def wait_for_nodes(self, started: float, since: float) -> bool:
+        from orch.cli.format import short  # the launcher's alone: after the forks
+
         shown: set[str] = set()
         warned = False
         index = self.wait_for_change(0)  # at once: the index the list below is at least at
