@@ -18,7 +18,6 @@ Over 400 lines on purpose: starting, watching and stopping the children
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -44,7 +43,6 @@ WATCH_INTERVAL = 0.1  # child liveness polling once ready
 STOP_GRACE = 10.0  # SIGTERM -> SIGKILL
 SERVER_GRACE = 2.0  # the server's least time to stop after the agents
 SLOW_START = 15.0  # say so if the nodes are not healthy by then
-PR_SET_PDEATHSIG = 1
 ZIP_END = b"PK\x05\x06"  # a zip's end-of-central-directory signature
 ZIP_TAIL = 22 + 0xFFFF  # the record and the longest comment it may carry
 
@@ -183,15 +181,6 @@ def fresh_healthy_nodes(nodes: list[dict], since: float) -> list[dict]:
     ]
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it if the launcher itself is killed."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
 def peek_exit(proc: subprocess.Popen | zygote.Forked) -> int | None:
     """The exit code (negative: killed by that signal) without reaping the child.
 
@@ -249,7 +238,7 @@ class Supervisor:
         if self.fork and zygote.can_fork():
             proc = zygote.fork_child(self.base_argv, args, self.env)
         else:
-            preexec = _die_with_parent if sys.platform.startswith("linux") else None
+            preexec = zygote.die_with_parent if sys.platform.startswith("linux") else None
             proc = subprocess.Popen(
                 self.base_argv + args,
                 env=self.env,

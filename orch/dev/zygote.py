@@ -18,14 +18,11 @@ from __future__ import annotations
 import atexit
 import ctypes
 import gc
-import logging
 import os
 import signal
 import sys
 import threading
 import traceback
-
-log = logging.getLogger(__name__)
 
 SPAWN_ENV = "ORCH_DEV_SPAWN"  # "exec" forces the exec path (a debugging aid)
 PR_SET_PDEATHSIG = 1
@@ -115,7 +112,7 @@ def fork_child(argv0: list[str], args: list[str], env: dict) -> Forked:
 def become(argv: list[str], args: list[str], env: dict, parent: int) -> None:
     """Make this fresh fork look like the exec'ed child would from the inside."""
     os.setsid()  # a Ctrl-C in the terminal reaches only the launcher
-    _die_with(parent)
+    die_with_parent(parent)
     # A fresh interpreter's dispositions, not the launcher's counting handlers.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -158,14 +155,15 @@ def exit_code(value) -> int:
     return 1
 
 
-def _die_with(parent: int) -> None:
-    """SIGTERM this child when the launcher dies, as the exec'ed children get."""
+def die_with_parent(parent: int | None = None) -> None:
+    """SIGTERM this child when the launcher dies (Linux), forked or about to
+    exec; with ``parent``, at once if the launcher died before the prctl."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent:  # it died before the prctl took effect
+    if parent is not None and os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
