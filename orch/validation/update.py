@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from orch.structs import DEFAULT_UPDATE, SYSTEM_TYPES, Job, JobType, UpdateStrategy
+from orch.structs import (
+    DEFAULT_UPDATE,
+    SYSTEM_TYPES,
+    Job,
+    JobType,
+    UpdateStrategy,
+    replace,
+)
 from orch.validation.fields import duration, fail, is_int, obj
 
 HEALTH_CHECKS = ("checks", "task_states", "manual")
@@ -94,8 +101,6 @@ def with_updates(job: Job, body: dict) -> Job:
         raw = body["task_groups"][i]  # _groups validated these already
         path = f"task_groups[{i}].update"
         groups.append(
-            dataclasses.replace(
-                group, update=update_block(raw.get("update"), path, job.type, job_update)
-            )
+            replace(group, update=update_block(raw.get("update"), path, job.type, job_update))
         )
-    return dataclasses.replace(job, update=job_update, task_groups=tuple(groups))
+    return replace(job, update=job_update, task_groups=tuple(groups))
