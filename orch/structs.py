@@ -639,40 +639,6 @@ class Deployment:
         }
 
 
-# class -> its field names, or None when replace() must run __init__ (below).
-_COPYABLE: dict[type, frozenset[str] | None] = {}
-
-
-def _copyable(cls: type) -> frozenset[str] | None:
-    """The field names of a dataclass whose instances are their __dict__ of
-    fields: no __post_init__, no init=False field, no __slots__."""
-    if cls in _COPYABLE:
-        return _COPYABLE[cls]
-    fields = dataclasses.fields(cls)
-    plain = (
-        not hasattr(cls, "__post_init__")
-        and all(f.init for f in fields)
-        and "__slots__" not in cls.__dict__
-    )
-    _COPYABLE[cls] = frozenset(f.name for f in fields) if plain else None
-    return _COPYABLE[cls]
-
-
 def replace(obj, **changes):
-    """dataclasses.replace: a copy of ``obj`` with ``changes``; TypeError for an unknown field.
-
-    A job's path copies objects about eight times (validation, submit, plan,
-    each report); dataclasses.replace re-runs __init__ with every field as a
-    keyword each time. Where __init__ would only assign the fields, the copy
-    is the instance dict copied and updated, for a quarter of the CPU."""
-    names = _copyable(type(obj))
-    if names is None:
-        return dataclasses.replace(obj, **changes)
-    if not names.issuperset(changes):
-        unknown = sorted(set(changes) - names)
-        raise TypeError(f"{type(obj).__name__} has no field {', '.join(unknown)}")
-    new = object.__new__(type(obj))
-    state = new.__dict__
-    state.update(obj.__dict__)
-    state.update(changes)
-    return new
+    """dataclasses.replace, re-exported so callers need one import."""
+    return dataclasses.replace(obj, **changes)

@@ -15,7 +15,9 @@ same dict again with ``restart`` (orch/agent/spec.py).
 
 from __future__ import annotations
 
-from orch.structs import Job, JobType, replace
+import dataclasses
+
+from orch.structs import Job, JobType
 from orch.validation import fields
 from orch.validation.fields import fail
 
@@ -74,5 +76,5 @@ def with_restarts(job: Job, body: dict) -> Job:
     for i, group in enumerate(job.task_groups):
         raw = body["task_groups"][i].get("restart")  # parse_job checked the groups
         policy = restart(raw, f"task_groups[{i}].restart", job.type)
-        groups.append(replace(group, restart=policy))
-    return replace(job, task_groups=tuple(groups))
+        groups.append(dataclasses.replace(group, restart=policy))
+    return dataclasses.replace(job, task_groups=tuple(groups))

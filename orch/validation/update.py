@@ -9,14 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from orch.structs import (
-    DEFAULT_UPDATE,
-    SYSTEM_TYPES,
-    Job,
-    JobType,
-    UpdateStrategy,
-    replace,
-)
+from orch.structs import DEFAULT_UPDATE, SYSTEM_TYPES, Job, JobType, UpdateStrategy
 from orch.validation.fields import duration, fail, is_int, obj
 
 HEALTH_CHECKS = ("checks", "task_states", "manual")
@@ -101,6 +94,8 @@ def with_updates(job: Job, body: dict) -> Job:
         raw = body["task_groups"][i]  # _groups validated these already
         path = f"task_groups[{i}].update"
         groups.append(
-            replace(group, update=update_block(raw.get("update"), path, job.type, job_update))
+            dataclasses.replace(
+                group, update=update_block(raw.get("update"), path, job.type, job_update)
+            )
         )
-    return replace(job, update=job_update, task_groups=tuple(groups))
+    return dataclasses.replace(job, update=job_update, task_groups=tuple(groups))
