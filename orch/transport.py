@@ -1,4 +1,10 @@
-"""The one HTTP client layer of the server and the agent (over http.client).
+"""The one HTTP client layer of the server and the agent.
+
+http.client dials (TCP, TLS with its checks, unix sockets); the exchange on
+a kept connection is written and read here (``_request_head``,
+``_read_answer``: Content-Length, chunked, or to the end of the connection):
+http.client's own request building and email-based header parsing cost
+several times the bytes' work.
 
 Server -> agent pushes, agent -> server register/heartbeat, the server's log
 relay and the docker engine ping all speak through ``HttpClient``: keep-alive
