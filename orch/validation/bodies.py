@@ -14,6 +14,7 @@ from orch.validation.fields import (
     non_negative_int,
     obj,
     optional_time,
+    plain_finite,
     text,
 )
 
@@ -101,7 +102,8 @@ def heartbeat(body) -> Heartbeat:
         fail("resources", "must be an object")
     for key, amount in (usage or {}).items():
         if not isinstance(amount, (dict, list, str)) and amount is not None:
-            finite(amount, f"resources.{key}")
+            if not plain_finite(amount):
+                finite(amount, f"resources.{key}")
     allocations = body.get("allocations") or {}
     if not isinstance(allocations, dict):
         fail("allocations", "must be an object")
@@ -123,7 +125,9 @@ def alloc_report(report, path: str) -> None:
     if not isinstance(report, dict):
         return  # not a report: sync skips it
     for key in ("start_time", "end_time"):
-        optional_time(report.get(key), f"{path}.{key}")
+        value = report.get(key)
+        if value is not None and not plain_finite(value):
+            finite(value, f"{path}.{key}")
     check_report(report, path)
     tasks = report.get("tasks")
     if not isinstance(tasks, dict):
@@ -162,7 +166,9 @@ def check_report(report: dict, path: str) -> None:
 
 def task_report(task: dict, path: str) -> None:
     for key in ("start_time", "end_time"):
-        optional_time(task.get(key), f"{path}.{key}")
+        value = task.get(key)
+        if value is not None and not plain_finite(value):
+            finite(value, f"{path}.{key}")
     if task.get("restarts") is not None:
         non_negative_int(task["restarts"], f"{path}.restarts")
     code = task.get("exit_code")
@@ -175,5 +181,6 @@ def task_report(task: dict, path: str) -> None:
     if events is not None and not isinstance(events, list):
         fail(f"{path}.events", "must be a list")
     for i, event in enumerate(events or ()):
-        if isinstance(event, dict) and event.get("time") is not None:
-            finite(event["time"], f"{path}.events[{i}].time")
+        when = event.get("time") if isinstance(event, dict) else None
+        if when is not None and not plain_finite(when):
+            finite(when, f"{path}.events[{i}].time")

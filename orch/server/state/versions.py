@@ -33,9 +33,11 @@ class JobVersions(StoreCore):
         """The statements recording ``job`` as a version and trimming older ones
         (``body``: the job's JSON, when the caller has encoded it already)."""
         body = _dump(job) if body is None else body
+        oldest = job.version - self.versions_kept  # versions up to this one go
         return [
             (self._INSERT_VERSION, [(job.job_id, job.version, body, job.submit_time)]),
-            (self._TRIM_VERSIONS, [(job.job_id, job.version - self.versions_kept)]),
+            # Versions count from 0: a young job has nothing to trim (no statement).
+            (self._TRIM_VERSIONS, [(job.job_id, oldest)] if oldest >= 0 else []),
         ]
 
     def job_versions(self, job_id: str) -> list[tuple[Job, bool]]:
