@@ -91,9 +91,12 @@ def test_every_agent_connected_hears_of_an_exit(client, tmp_path):
     try:
         spec = start_spec(tmp_path, "t", ["sh", "-c", "sleep 0.2; exit 3"])
         answer, _, _ = client.start(spec)
-        assert lines(watcher, 1) == [{"exited": answer["pid"]}]
+        [line] = lines(watcher, 1)
         record = read_record(spec["record_path"])
         assert record["exit_code"] == 3 and record["pid"] == answer["pid"]
+        # The line carries what was appended to the record: no need to read it.
+        assert line == {"exited": answer["pid"], **{k: record[k] for k in line if k != "exited"}}
+        assert line["exit_code"] == 3 and line["signal"] is None and not line["oom_killed"]
     finally:
         watcher.close()
 

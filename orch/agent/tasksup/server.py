@@ -259,13 +259,17 @@ class Supervisor:
         kept = not oom and self._keeps(run)
         if kept:
             doc["cgroups_kept"] = run.cgroup_dirs
+        line: dict = {"exited": run.pid}
         try:
             append(run.record_path, doc)
+            # Recorded: the agent may take the end from this line, without
+            # opening the record.
+            line.update(doc)
         except OSError as exc:
             _note(f"cannot record the task's exit: {exc}")
         if not kept:
             self._remove_later(run.cgroup_dirs)
-        self._broadcast({"exited": run.pid})
+        self._broadcast(line)
 
     def _keeps(self, run: Run) -> bool:
         """Hand the cgroups back to the agent that asked? Only to one still
