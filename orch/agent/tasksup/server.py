@@ -46,6 +46,7 @@ import time
 from orch.agent.tasksup.limits import (
     cgroup_oom,
     join_cgroups,
+    open_join,
     process_tree,
     read_file,
     remove_cgroups,
@@ -320,21 +321,19 @@ class HomeCgroups:
     MAX_OPEN = 8  # one per controller hierarchy; more would be a bug elsewhere
 
     def __init__(self) -> None:
-        self.fds: dict[str, int] = {}
+        self.fds: dict[str, tuple[int, bytes]] = {}
 
     def join(self, procs_files: list[str]) -> None:
         """Move this process back into these cgroups."""
-        me = str(os.getpid()).encode()
         for path in procs_files:
-            fd = self.fds.get(path)
-            if fd is None:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                if len(self.fds) < self.MAX_OPEN:
-                    self.fds[path] = fd
+            kept = self.fds.get(path)
+            fd, data = kept if kept is not None else open_join(path)
+            if kept is None and len(self.fds) < self.MAX_OPEN:
+                self.fds[path] = (fd, data)
             try:
-                os.write(fd, me)
+                os.write(fd, data)
             finally:
-                if self.fds.get(path) != fd:
+                if path not in self.fds:
                     os.close(fd)
 
 
