@@ -1,5 +1,9 @@
 """TaskRunner: one task's state machine, restart policy and events.
 
+Over 400 lines on purpose: the threaded and the notified paths of a run
+share its state transitions, restart policy and kill handshake, which only
+read right side by side.
+
 It drives pending -> running -> complete|failed through a driver and
 applies the restart policy (as Nomad's restart block: the group's, else the
 agent's for service and system jobs; batch tasks restart only after a failure
@@ -237,6 +241,10 @@ class TaskRunner:
         except DriverError as exc:
             self._locked_event("Driver Failure", exc.message)
             self._exited(ExitResult(exit_code=None, error=exc.message))
+        except Exception:  # as a task thread's crash: never the caller's (the push's)
+            log.exception("task runner crashed alloc=%s task=%s", self.alloc.short, self.task.name)
+            self._crashed()
+            self._after(None)
         return True
 
     def _on_started(self, driver: Driver) -> Callable[[Any, DriverError | None], None]:
@@ -262,6 +270,10 @@ class TaskRunner:
             log.exception("task runner crashed alloc=%s task=%s", self.alloc.short, self.task.name)
             self._crashed()
             delay = None
+        self._after(delay)
+
+    def _after(self, delay: float | None) -> None:
+        """A notified run is recorded: restart it after `delay`, or finish."""
         if delay is not None:
             self._spawn(lambda: self._restart_after(delay))
         elif self.failed_by_itself and len(self.alloc.tasks) > 1:

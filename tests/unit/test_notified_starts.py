@@ -186,3 +186,14 @@ def test_the_client_calls_back_with_the_answer_and_the_end(tmp_path):
         assert wait_for(lambda: not live(pid), 10)
     finally:
         client.close()
+
+
+def test_a_start_that_crashes_fails_the_task_not_the_caller(make, monkeypatch):
+    def broken(ctx):
+        raise PermissionError("no room for the task dir")
+
+    monkeypatch.setattr(exec_driver.ExecDriver, "_spec", lambda self, ctx: broken(ctx))
+    runner = make(spec("true"))  # start() returns: the push is still answered
+    assert runner.wait(10)
+    state = runner.tasks["t"].state
+    assert state.status == "failed" and state.error == "internal error in the task runner"

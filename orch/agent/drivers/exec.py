@@ -1,5 +1,8 @@
 """The exec driver: a task is a local process group started by the agent's task supervisor.
 
+Over 400 lines on purpose: starting, waiting (blocking or notified),
+stopping and recovering a run all read the same run record and handle.
+
 What runs (argv, env, cwd, user) comes from the task's config
 (`exec_config.py`). Tasks are started, reaped and recorded by one small
 supervisor process per agent (`orch.agent.tasksup`, reached through
