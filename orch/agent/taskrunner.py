@@ -1,11 +1,21 @@
-"""TaskRunner: one task's thread, its state machine, restart policy and events.
+"""TaskRunner: one task's state machine, restart policy and events.
 
-The thread drives pending -> running -> complete|failed through a driver and
+Over 400 lines on purpose: the threaded and the notified paths of a run
+share its state transitions, restart policy and kill handshake, which only
+read right side by side.
+
+It drives pending -> running -> complete|failed through a driver and
 applies the restart policy (as Nomad's restart block: the group's, else the
 agent's for service and system jobs; batch tasks restart only after a failure
 and only with a group restart block).
 Its state lives under the allocation's lock; every change is told to the
 allocation (`allocrunner.py`), which reports and persists it.
+
+A task whose driver notifies (exec: its supervisor's lines say when a task
+started and ended) has no thread of its own for its first run: the start is
+asked from the caller's thread, and the driver's calls record the rest. A
+thread is started where something must wait: a restart's delay, a kill
+asked before the answer came, a reattached process, other drivers.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from orch.agent import taskenv
 from orch.agent.drivers import select_driver
-from orch.agent.drivers.base import Driver, ExitResult
+from orch.agent.drivers.base import Driver, ExitResult, TaskContext
 from orch.errors import DriverError
 from orch.structs import TERMINAL_TASK, JobType, Task, TaskState, TaskStatus
 from orch.validation import kill
@@ -95,9 +105,9 @@ class TaskRunner:
         self._kill_fails = False
         self._restart_reason = ""  # set by restart(): the next exit starts it again
         self._restarts = RestartTracker.for_group(alloc.spec.restart, alloc.config)
-        self._thread = threading.Thread(
-            target=self._run, daemon=True, name=f"task-{alloc.short}-{task.name}"
-        )
+        self._started = False  # start() was called: something will record the end
+        self._thread: threading.Thread | None = None  # the one waiting for it, if any
+        self._over = threading.Event()  # ended for good, recorded, allocation told
 
     @property
     def terminal(self) -> bool:
@@ -142,12 +152,26 @@ class TaskRunner:
 
     def start(self) -> None:
         with self.alloc.lock:  # a kill before start finishes the task itself
-            if not self.terminal and not self._killed.is_set() and self._thread.ident is None:
-                self._thread.start()
+            if self.terminal or self._killed.is_set() or self._started:
+                return
+            self._started = True
+            recovered = self._recovered is not None
+        if recovered or not self._start_notified():
+            self._spawn(self._loop)
 
     def join(self, timeout: float | None = None) -> None:
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        """Until the task's end is recorded (at once if it never started)."""
+        if self._started and threading.current_thread() is not self._thread:
+            self._over.wait(timeout)
+
+    def _spawn(self, body: Callable[[], None]) -> None:
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(body,),
+            daemon=True,
+            name=f"task-{self.alloc.short}-{self.task.name}",
+        )
+        self._thread.start()
 
     def kill(self, reason: str, *, fails: bool) -> None:
         """Stop the task for good; blocks until its process is dead."""
@@ -160,7 +184,7 @@ class TaskRunner:
                 self._killed.set()
                 self._event("Killing", reason)
             driver, handle = self._driver, self._handle
-            never_started = self._thread.ident is None
+            never_started = not self._started
         if first:
             self.alloc.changed()
             if driver is not None and handle is not None:  # set together
@@ -170,6 +194,7 @@ class TaskRunner:
                 with self.alloc.lock:
                     self._finish_killed(None, self.alloc.now())
                 self.alloc.task_finished(self)
+                self._over.set()
             return
         self.join(self.kill_timeout + JOIN_GRACE)
 
@@ -197,20 +222,82 @@ class TaskRunner:
             self._stop_process(driver, handle)
         return True
 
+    # -- without a thread (a driver that notifies) ------------------------
+
+    def _start_notified(self) -> bool:
+        """Start through a driver that calls back; False: it needs the thread."""
+        try:
+            driver, note = select_driver(self.task, self.alloc.drivers)
+        except DriverError:
+            return False  # the thread records why
+        if not driver.notifies:
+            return False
+        if self._killed.is_set():
+            self._exited(None)
+            return True
+        try:
+            ctx = self._prepare(driver, note)
+            driver.start_notified(ctx, self._on_started(driver), self._exited)
+        except DriverError as exc:
+            self._locked_event("Driver Failure", exc.message)
+            self._exited(ExitResult(exit_code=None, error=exc.message))
+        except Exception:  # as a task thread's crash: never the caller's (the push's)
+            log.exception("task runner crashed alloc=%s task=%s", self.alloc.short, self.task.name)
+            self._crashed()
+            self._after(None)
+        return True
+
+    def _on_started(self, driver: Driver) -> Callable[[Any, DriverError | None], None]:
+        def started(handle: Any, error: DriverError | None) -> None:
+            if error is not None:
+                self._locked_event("Driver Failure", error.message)
+                self._exited(ExitResult(exit_code=None, error=error.message))
+            elif self._running(driver, handle):
+                # Killed while the start was asked: stopping waits, not here.
+                threading.Thread(
+                    target=self._stop_process, args=(driver, handle), daemon=True
+                ).start()
+
+        return started
+
+    def _exited(self, result: ExitResult | None) -> None:
+        """The run of a notifying driver ended (None: killed before it started)."""
+        try:
+            if result is not None:
+                self._ended(result)
+            delay = self._record_exit(result)
+        except Exception:  # as a thread's crash: the task fails, the agent goes on
+            log.exception("task runner crashed alloc=%s task=%s", self.alloc.short, self.task.name)
+            self._crashed()
+            delay = None
+        self._after(delay)
+
+    def _after(self, delay: float | None) -> None:
+        """A notified run is recorded: restart it after `delay`, or finish."""
+        if delay is not None:
+            self._spawn(lambda: self._restart_after(delay))
+        elif self.failed_by_itself and len(self.alloc.tasks) > 1:
+            self._spawn(lambda: None)  # killing its siblings waits: not here
+        else:
+            self.alloc.task_finished(self)
+            self._over.set()
+
     # -- the task thread -------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, body: Callable[[], None]) -> None:
         try:
-            self._loop()
+            body()
         except Exception:  # keep the agent alive, fail the task
             log.exception("task runner crashed alloc=%s task=%s", self.alloc.short, self.task.name)
-            with self.alloc.lock:
-                if not self.terminal:
-                    self._set(
-                        F, error="internal error in the task runner", end_time=self.alloc.now()
-                    )
-            self.alloc.changed()
+            self._crashed()
         self.alloc.task_finished(self)
+        self._over.set()
+
+    def _crashed(self) -> None:
+        with self.alloc.lock:
+            if not self.terminal:
+                self._set(F, error="internal error in the task runner", end_time=self.alloc.now())
+        self.alloc.changed()
 
     def _loop(self) -> None:
         result: ExitResult | None
@@ -220,24 +307,50 @@ class TaskRunner:
             result = self._wait(driver, handle)
         else:
             result = self._start_and_wait()
-        while self._after_exit(result):
+        self._restart_loop(result)
+
+    def _restart_after(self, delay: float) -> None:
+        if self._restart_wait(delay):
+            self._restart_loop(self._start_and_wait())
+
+    def _restart_loop(self, result: ExitResult | None) -> None:
+        while True:
+            delay = self._record_exit(result)
+            if delay is None or not self._restart_wait(delay):
+                return
             result = self._start_and_wait()
+
+    def _restart_wait(self, delay: float) -> bool:
+        """Wait out a restart's delay; False if killed meanwhile (recorded)."""
+        if self._killed.wait(delay):
+            with self.alloc.lock:
+                self._finish_killed(None, self.alloc.now())
+            return False
+        return True
+
+    def _prepare(self, driver: Driver, note: str | None) -> TaskContext:
+        """The context of the next start, its payload written."""
+        if note:
+            self._locked_event("Driver", note)
+        ctx = self.alloc.task_context(self.task)
+        taskenv.write_payload(ctx.task_dir, self.task.payload_file, self.alloc.spec.payload_bytes())
+        return ctx
 
     def _start_and_wait(self) -> ExitResult | None:
         if self._killed.is_set():
             return None
         try:
             driver, note = select_driver(self.task, self.alloc.drivers)
-            if note:
-                self._locked_event("Driver", note)
-            ctx = self.alloc.task_context(self.task)
-            taskenv.write_payload(
-                ctx.task_dir, self.task.payload_file, self.alloc.spec.payload_bytes()
-            )
-            handle = driver.start(ctx)
+            handle = driver.start(self._prepare(driver, note))
         except DriverError as exc:
             self._locked_event("Driver Failure", exc.message)
             return ExitResult(exit_code=None, error=exc.message)
+        if self._running(driver, handle):
+            self._stop_process(driver, handle)
+        return self._wait(driver, handle)
+
+    def _running(self, driver: Driver, handle: Any) -> bool:
+        """Record a started process; True if a kill came meanwhile (stop it)."""
         with self.alloc.lock:
             self._driver, self._handle = driver, handle
             self.handle_json = driver.handle_to_json(handle)
@@ -247,37 +360,40 @@ class TaskRunner:
         # A driver that keeps its runs (exec) finds this one again after an
         # agent restart: the heartbeat need not wait for it to be written.
         self.alloc.changed(recoverable=driver.keeps_exits)
-        if killed_meanwhile:
-            self._stop_process(driver, handle)
-        return self._wait(driver, handle)
+        return killed_meanwhile
 
     def _wait(self, driver: Driver, handle: Any) -> ExitResult:
         result = None
         while result is None:
             result = driver.wait(handle, None)
+        self._ended(result)
+        return result
+
+    def _ended(self, result: ExitResult) -> None:
+        """The process is gone: forget its handle, say how it ended."""
         with self.alloc.lock:
             self._handle = None
             self.handle_json = None
             if result.oom_killed:
                 self._event("OOM", result.error or "memory limit exceeded")
             self._event("Terminated", result.describe())
-        return result
 
-    def _after_exit(self, result: ExitResult | None) -> bool:
-        """Record an exit (None: killed before starting); True to start again."""
+    def _record_exit(self, result: ExitResult | None) -> float | None:
+        """Record an exit (None: killed before starting); the delay before
+        starting again, None when the task is over."""
         now = self.alloc.now()
         with self.alloc.lock:
             # None comes only from a kill (the flag is never cleared).
             if self._killed.is_set() or result is None:
                 self._finish_killed(result, now)
-                return False
+                return None
             if self._restart_reason:
                 # Asked for (a failing check): at once, outside the restart policy.
                 delay, message = 0.0, self._restart_reason
                 self._restart_reason = ""
             elif not self._restarts_after(result):
                 self._finish(result, now)
-                return False
+                return None
             else:
                 next_delay = self._restarts.next_delay()
                 if next_delay is None:
@@ -289,17 +405,13 @@ class TaskRunner:
                         ),
                     )
                     self._finish(result, now, force_fail=True)
-                    return False
+                    return None
                 delay, message = next_delay, f"Task restarting in {next_delay:g}s"
             self.state.restarts += 1
             self._event("Restarting", message)
             self._set(P, exit_code=result.exit_code, error=result.error)
         self.alloc.changed()
-        if self._killed.wait(delay):
-            with self.alloc.lock:
-                self._finish_killed(None, self.alloc.now())
-            return False
-        return True
+        return delay
 
     def _restarts_after(self, result: ExitResult) -> bool:
         """Long-running kinds restart their tasks; batch and sysbatch ones finish,

@@ -217,3 +217,23 @@ def test_stale_empty_task_cgroups_are_swept_at_detection(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "rmdir", lambda path: removed.append(os.path.basename(path)))
     assert cgroups.detect() == "v2"
     assert removed == ["old-empty"]
+
+
+def test_a_task_runs_in_its_cgroups_and_its_supervisor_goes_back_home(tmp_path):
+    cgroups = Cgroups()
+    if cgroups.detect() is None:
+        pytest.skip(f"no writable cgroups here: {cgroups.reason}")
+    driver = ExecDriver(cgroups=cgroups)
+    try:
+        ctx = context(tmp_path, "cat /proc/self/cgroup")
+        handle = driver.start(ctx)
+        assert driver.wait(handle, 10).successful
+        mine = open(ctx.stdout_path).read()
+        with open(f"/proc/{handle.supervisor_pid}/cgroup") as f:
+            supervisor = f.read()
+    finally:
+        driver.close()
+    # Every controller the task was limited by names its cgroup (a1-t-<id>).
+    limited = [line for line in mine.splitlines() if "a1-t-" in line]
+    assert limited and any("memory" in line or line.startswith("0::") for line in limited)
+    assert "a1-t-" not in supervisor

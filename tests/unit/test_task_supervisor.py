@@ -91,9 +91,12 @@ def test_every_agent_connected_hears_of_an_exit(client, tmp_path):
     try:
         spec = start_spec(tmp_path, "t", ["sh", "-c", "sleep 0.2; exit 3"])
         answer, _, _ = client.start(spec)
-        assert lines(watcher, 1) == [{"exited": answer["pid"]}]
+        [line] = lines(watcher, 1)
         record = read_record(spec["record_path"])
         assert record["exit_code"] == 3 and record["pid"] == answer["pid"]
+        # The line carries what was appended to the record: no need to read it.
+        assert line == {"exited": answer["pid"], **{k: record[k] for k in line if k != "exited"}}
+        assert line["exit_code"] == 3 and line["signal"] is None and not line["oom_killed"]
     finally:
         watcher.close()
 
@@ -219,3 +222,24 @@ def test_task_cgroups_are_kept_only_for_an_agent_still_connected(tmp_path):
         assert wait_for(lambda: not any(os.path.exists(d) for d in group.dirs), 10)
     finally:
         client.close()
+
+
+def test_a_v1_cgroup_is_joined_through_its_tasks_file_by_the_thread_alone(tmp_path):
+    from orch.agent.tasksup.limits import join_cgroups
+    from orch.agent.tasksup.server import HomeCgroups
+
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    for d in (v1, v2):
+        d.mkdir()
+        (d / "cgroup.procs").write_text("")
+    (v1 / "tasks").write_text("")  # only v1 has one
+    paths = [str(v1 / "cgroup.procs"), str(v2 / "cgroup.procs")]
+    join_cgroups(paths)
+    # v1: "0" (this thread) to `tasks`, no global lock; v2: our pid to cgroup.procs.
+    assert (v1 / "tasks").read_text() == "0" and (v1 / "cgroup.procs").read_text() == ""
+    assert (v2 / "cgroup.procs").read_text() == str(os.getpid())
+    homes = HomeCgroups()  # the same choice, its fds kept: each join appends here
+    homes.join(paths)
+    homes.join(paths)
+    assert (v1 / "tasks").read_text() == "00" and (v1 / "cgroup.procs").read_text() == ""
+    assert (v2 / "cgroup.procs").read_text() == str(os.getpid()) * 2

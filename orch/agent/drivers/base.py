@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import abc
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from orch.errors import DriverError
 from orch.structs import Resources
 
 
@@ -71,10 +73,23 @@ class Driver(abc.ABC):
     # whose tasks completed need not be written at once: a restarted agent
     # learns how they ended from the driver.
     keeps_exits: bool = False
+    # Can it start a task without a thread waiting on it (`start_notified`)?
+    notifies: bool = False
 
     @abc.abstractmethod
     def start(self, ctx: TaskContext) -> Any:
         """Start the task without waiting for it; raises errors.DriverError."""
+
+    def start_notified(
+        self,
+        ctx: TaskContext,
+        on_started: Callable[[Any, DriverError | None], None],
+        on_exit: Callable[[ExitResult], None],
+    ) -> None:
+        """Start the task and return: `on_started(handle, None)` (or `(None,
+        error)`) and then `on_exit(result)` are called when that happens,
+        never while a caller waits on them. Only where `notifies` is True."""
+        raise NotImplementedError(f"the {self.name} driver does not notify")
 
     @abc.abstractmethod
     def wait(self, handle: Any, timeout: float | None) -> ExitResult | None:

@@ -1,5 +1,8 @@
 """The exec driver: a task is a local process group started by the agent's task supervisor.
 
+Over 400 lines on purpose: starting, waiting (blocking or notified),
+stopping and recovering a run all read the same run record and handle.
+
 What runs (argv, env, cwd, user) comes from the task's config
 (`exec_config.py`). Tasks are started, reaped and recorded by one small
 supervisor process per agent (`orch.agent.tasksup`, reached through
@@ -24,9 +27,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +60,8 @@ LEGACY_RUN_DIR = ".orch"
 SUPERVISOR_LOG = "supervisor.log"  # in the agent's data dir
 CLAIM_WAIT = 5.0  # how long a run's record may lack its pid while starting
 STATUS_LOST = "task supervisor ended without recording the exit status"
+# start_notified's first call: (handle, None) once started, (None, error) if not.
+StartedCallback = Callable[["ExecHandle | None", "DriverError | None"], None]
 
 
 @dataclass
@@ -75,6 +82,7 @@ class ExecDriver(Driver):
 
     name = "exec"
     keeps_exits = True  # the run record says how each run ended
+    notifies = True  # start_notified: the supervisor's lines say when it started and ended
 
     def __init__(
         self,
@@ -100,6 +108,78 @@ class ExecDriver(Driver):
         self._cgroups.drain()
 
     def start(self, ctx: TaskContext) -> ExecHandle:
+        spec = self._spec(ctx)
+        dirs = spec.get("cgroup_dirs") or []
+        try:
+            answer, sup_pid, sup_created = self._supervisor.start(spec)
+        except DriverError:
+            self._cgroups.forget(dirs)  # it never got them
+            raise
+        return self._started(ctx, spec, answer, sup_pid, sup_created)
+
+    def start_notified(self, ctx: TaskContext, on_started: StartedCallback, on_exit) -> None:
+        """start() without waiting: `on_started(handle, error)`, then
+        `on_exit(result)`, come from the supervisor's reader thread (or from
+        a thread of their own where they would have to wait: a run an
+        earlier supervisor claimed, a lost connection)."""
+        spec = self._spec(ctx)
+        dirs = spec.get("cgroup_dirs") or []
+
+        def answered(answer: dict, sup_pid: int, sup_created: float | None) -> None:
+            if answer.get("claimed") and "error" not in answer:
+                # Taking over an earlier start may wait for its record: not here.
+                threading.Thread(
+                    target=self._take_over, args=(ctx, on_started, on_exit), daemon=True
+                ).start()
+                self._cgroups.forget(dirs)
+                return
+            try:
+                handle = self._started(ctx, spec, answer, sup_pid, sup_created)
+            except DriverError as exc:
+                on_started(None, exc)
+                return
+            # Before on_started: the end line cannot come before we return.
+            self._supervisor.on_exit(handle.pid, lambda line: self._ended(handle, line, on_exit))
+            on_started(handle, None)
+
+        try:
+            self._supervisor.start_async(spec, answered)
+        except DriverError:
+            self._cgroups.forget(dirs)
+            raise
+
+    def _take_over(self, ctx: TaskContext, on_started: StartedCallback, on_exit) -> None:
+        try:
+            handle = self._claimed(ctx)
+        except DriverError as exc:
+            on_started(None, exc)
+            return
+        on_started(handle, None)
+        on_exit(self._wait_blocking(handle))
+
+    def _ended(self, handle: ExecHandle, line: dict | None, on_exit) -> None:
+        """The supervisor said the run ended (None: we lost it first)."""
+        record_path = handle.record_path
+        assert record_path is not None  # a started handle always has its record
+        if line is not None and not run_ended(line):  # an older supervisor's bare line
+            line = read_record(record_path)
+        if line is None or not run_ended(line):
+            # Lost, or the end is not recorded: wait the long way, in a thread.
+            threading.Thread(
+                target=lambda: on_exit(self._wait_blocking(handle)), daemon=True
+            ).start()
+            return
+        self._release_cgroups(record_path, line)
+        on_exit(exit_result(line, handle.memory_mb))
+
+    def _wait_blocking(self, handle: ExecHandle) -> ExitResult:
+        result = None
+        while result is None:
+            result = self.wait(handle, None)
+        return result
+
+    def _spec(self, ctx: TaskContext) -> dict:
+        """The supervisor's start request: what runs, where, with which limits."""
         ctx = taskenv.interpolated(ctx)  # ${ORCH_...} in command, args and env
         argv = build_argv(ctx.config)
         env = build_env(ctx)
@@ -107,24 +187,25 @@ class ExecDriver(Driver):
         if self._user is not None:  # the task's own dir is writable by it
             _chown(ctx.task_dir, self._user)
         cwd = resolve_cwd(ctx)
-        record_path = run_path(ctx)
         spec: dict[str, Any] = {
             "argv": argv,
             "env": env,
             "cwd": cwd,
             "stdout": ctx.stdout_path,
             "stderr": ctx.stderr_path,
-            "record_path": record_path,
+            "record_path": run_path(ctx),
             "memory_mb": ctx.resources.memory,
             "user": self._user,
         }
         spec.update(self._limits(ctx))
+        return spec
+
+    def _started(
+        self, ctx: TaskContext, spec: dict, answer: dict, sup_pid: int, sup_created: float | None
+    ) -> ExecHandle:
+        """The handle from the supervisor's answer to a start; raises DriverError."""
         dirs = spec.get("cgroup_dirs") or []
-        try:
-            answer, sup_pid, sup_created = self._supervisor.start(spec)
-        except DriverError:
-            self._cgroups.forget(dirs)  # it never got them
-            raise
+        record_path = spec["record_path"]
         if "error" in answer or answer.get("claimed"):
             self._cgroups.forget(dirs)  # the supervisor removed them already
             if "error" in answer:

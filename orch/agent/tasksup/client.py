@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 
 import psutil
 
@@ -48,12 +49,20 @@ def supervisor_name(state_dir: str | None) -> str:
     return "orch-supervisor-" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-class _Pending:
-    __slots__ = ("event", "reply")
+# A start's answer, the supervisor's pid and create time; called on the reader thread.
+AnswerCallback = Callable[[dict, int, "float | None"], None]
+# A task's end line (its exit fields when the supervisor sends them), None
+# when the connection was lost first; called on the reader thread.
+ExitCallback = Callable[["dict | None"], None]
 
-    def __init__(self):
+
+class _Pending:
+    __slots__ = ("event", "reply", "callback")
+
+    def __init__(self, callback: Callable[[dict], None] | None = None):
         self.event = threading.Event()
         self.reply: dict | None = None
+        self.callback = callback
 
 
 class SupervisorClient:
@@ -71,6 +80,7 @@ class SupervisorClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._watchers: dict[int, set[threading.Event]] = {}
+        self._exit_calls: dict[int, ExitCallback] = {}
         self._closed = False
 
     # -- requests ---------------------------------------------------------------
@@ -97,6 +107,38 @@ class SupervisorClient:
                 self._pending.pop(line_id, None)
         reply = pending.reply or {"error": LOST}
         return reply, pid, created
+
+    def start_async(self, spec: dict, on_answer: AnswerCallback) -> None:
+        """Ask for a start without waiting: `on_answer(answer, pid, created)`
+        is called from the reader thread (with {"error": LOST} if the
+        connection goes first); raises DriverError if it cannot be sent."""
+        line_id = next(self._ids)
+        sock, pid, created = self._connection()
+        pending = _Pending(lambda reply: on_answer(reply, pid, created))
+        with self._lock:
+            self._pending[line_id] = pending
+        data = json.dumps({"id": line_id, "start": spec}).encode() + b"\n"
+        try:
+            with self._send_lock:
+                sock.sendall(data)
+        except OSError as exc:
+            with self._lock:
+                unanswered = self._pending.pop(line_id, None) is not None
+            self._lost(sock)
+            if unanswered:  # else the loss was told to `on_answer` already
+                raise DriverError(f"{LOST}: {exc}") from exc
+
+    def on_exit(self, pid: int, callback: ExitCallback) -> None:
+        """Call `callback` once, from the reader thread, when task `pid` ends.
+
+        Registered from an answer's callback (the reader thread), it cannot
+        miss the end line: the supervisor sends that after the answer."""
+        with self._lock:
+            lost = self._sock is None
+            if not lost:
+                self._exit_calls[pid] = callback
+        if lost:
+            callback(None)
 
     def watch(self, pid: int) -> threading.Event:
         """An event set when task `pid` ended (or the connection was lost)."""
@@ -230,13 +272,21 @@ class SupervisorClient:
                     log.warning("task supervisor sent an unreadable line: %r", line[:200])
 
     def _dispatch(self, doc: dict) -> None:
+        call: Callable | None = None
         with self._lock:
             if "exited" in doc:
                 for event in self._watchers.get(doc["exited"], ()):
                     event.set()
-                return
-            line_id = doc.get("id")
-            pending = self._pending.get(line_id) if isinstance(line_id, int) else None
+                call = self._exit_calls.pop(doc["exited"], None)
+                pending = None
+            else:
+                line_id = doc.get("id")
+                pending = self._pending.get(line_id) if isinstance(line_id, int) else None
+                if pending is not None and pending.callback is not None:
+                    self._pending.pop(doc["id"])  # no caller waits to take it off
+                    call, pending = pending.callback, None
+        if call is not None:
+            _call(call, doc)
         if pending is not None:
             pending.reply = doc
             pending.event.set()
@@ -252,10 +302,25 @@ class SupervisorClient:
             for events in self._watchers.values():
                 for event in events:
                     event.set()
+            answers = [p.callback for p in self._pending.values() if p.callback is not None]
+            self._pending = {k: p for k, p in self._pending.items() if p.callback is None}
+            exits, self._exit_calls = list(self._exit_calls.values()), {}
+        for answer in answers:  # outside the lock: they may start again
+            _call(answer, {"error": LOST})
+        for call in exits:
+            _call(call, None)
         _close(sock)
         if not closed:
             log.warning("lost the connection to the task supervisor")
         self._reap(timeout=0.5)
+
+
+def _call(callback: Callable, arg: dict | None) -> None:
+    """A caller's callback; its bug must not end the reader thread."""
+    try:
+        callback(arg)
+    except Exception:
+        log.exception("task supervisor callback failed")
 
 
 def _read_line(stream, timeout: float) -> bytes:

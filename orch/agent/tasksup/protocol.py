@@ -3,7 +3,9 @@
     agent -> supervisor  {"id": n, "start": {spec}}
     supervisor -> agent  {"id": n, "pid": p, "create_time": t} | {"id": n, "error": ".."}
                          | {"id": n, "claimed": true}
-    supervisor -> agents {"exited": p}        once the run's record says how it ended
+    supervisor -> agents {"exited": p, ...}   once the run's record says how it ended,
+                         with the fields it appended there (exit_code, signal,
+                         oom_killed, cgroups_kept...); bare if that append failed
 
 The supervisor says READY (or IN_USE: another serves the name) on its stdout
 once bound. Both sides import this module; the supervisor runs without site

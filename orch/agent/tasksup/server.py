@@ -46,6 +46,7 @@ import time
 from orch.agent.tasksup.limits import (
     cgroup_oom,
     join_cgroups,
+    open_join,
     process_tree,
     read_file,
     remove_cgroups,
@@ -259,13 +260,17 @@ class Supervisor:
         kept = not oom and self._keeps(run)
         if kept:
             doc["cgroups_kept"] = run.cgroup_dirs
+        line: dict = {"exited": run.pid}
         try:
             append(run.record_path, doc)
+            # Recorded: the agent may take the end from this line, without
+            # opening the record.
+            line.update(doc)
         except OSError as exc:
             _note(f"cannot record the task's exit: {exc}")
         if not kept:
             self._remove_later(run.cgroup_dirs)
-        self._broadcast({"exited": run.pid})
+        self._broadcast(line)
 
     def _keeps(self, run: Run) -> bool:
         """Hand the cgroups back to the agent that asked? Only to one still
@@ -316,21 +321,19 @@ class HomeCgroups:
     MAX_OPEN = 8  # one per controller hierarchy; more would be a bug elsewhere
 
     def __init__(self) -> None:
-        self.fds: dict[str, int] = {}
+        self.fds: dict[str, tuple[int, bytes]] = {}
 
     def join(self, procs_files: list[str]) -> None:
         """Move this process back into these cgroups."""
-        me = str(os.getpid()).encode()
         for path in procs_files:
-            fd = self.fds.get(path)
-            if fd is None:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                if len(self.fds) < self.MAX_OPEN:
-                    self.fds[path] = fd
+            kept = self.fds.get(path)
+            fd, data = kept if kept is not None else open_join(path)
+            if kept is None and len(self.fds) < self.MAX_OPEN:
+                self.fds[path] = (fd, data)
             try:
-                os.write(fd, me)
+                os.write(fd, data)
             finally:
-                if self.fds.get(path) != fd:
+                if path not in self.fds:
                     os.close(fd)
 
 
