@@ -20,9 +20,11 @@ asks only these again:
   been told to close.
 
 An idle connection (readable, nothing to write, no request) stays
-registered for input and is not visited until it sends something. The
-events are handled by ``wasyncore.readwrite``, as in waitress's poll loop,
-and a socket with no interest is unregistered, as that loop leaves it out.
+registered for input and is not visited until it sends something. Only the
+events a socket waits for go to ``wasyncore.readwrite``, as in waitress's
+poll loop (which leaves a socket with no interest out). epoll's interest is
+widened at once and narrowed lazily: a connection a worker serves stays
+registered for input, and is narrowed only if an unwanted event comes.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 
 _READ = select.POLLIN | select.POLLPRI
 _WRITE = select.POLLOUT
+_INTEREST = _READ | _WRITE
+# Reported whatever the interest, as poll() reports them for a registered fd.
+_ALWAYS = select.POLLERR | select.POLLHUP | select.POLLNVAL
 HAVE_EPOLL = hasattr(select, "epoll")
 
 
@@ -51,6 +56,7 @@ class EpollMap(dict):
         # and a worker thread may close a connection (remove its fd).
         self._pending: set[int] = set()
         self._registered: dict[int, tuple[Any, int]] = {}  # fd -> (dispatcher, mask)
+        self._wanted: dict[int, int] = {}  # fd -> events it waits for, this turn
         self._epoll: Any = None
         self.visits = 0  # sockets asked readable()/writable(), for tests
 
@@ -75,6 +81,7 @@ class EpollMap(dict):
         finally:
             self._epoll.close()
             self._registered.clear()
+            self._wanted.clear()
 
     def poll(self, timeout: float) -> None:
         """One turn: update the interests that may have changed, wait, handle."""
@@ -83,7 +90,21 @@ class EpollMap(dict):
             self._pending.add(fd)
             obj = self.get(fd)
             if obj is not None:
-                wasyncore.readwrite(obj, flags)
+                flags = self._wanted_events(fd, obj, flags)
+                if flags:
+                    wasyncore.readwrite(obj, flags)
+
+    def _wanted_events(self, fd: int, obj, flags: int) -> int:
+        """The events waitress's poll loop would hand over: those the socket
+        waits for (errors and hang-ups only if it waits for anything)."""
+        want = self._wanted.get(fd, 0)
+        if not want or flags & ~want & _INTEREST:
+            # Registered wider than wanted (narrowed lazily, see _update): ask
+            # again, the socket may have changed since the turn began.
+            want = self._wanted[fd] = self._want(obj)
+            if not want or flags & ~want & _INTEREST:
+                self._register(fd, obj, want, self._registered.get(fd, (None, 0))[1])
+        return flags & (want | _ALWAYS) if want else 0
 
     def _refresh(self) -> None:
         pending, busy = self._pending, []
@@ -94,27 +115,38 @@ class EpollMap(dict):
         pending.update(busy)
 
     def _update(self, fd: int) -> bool:
-        """Register what ``fd``'s dispatcher waits for now; True if it must be
-        asked again next turn (it is not an idle connection)."""
+        """Note what ``fd``'s dispatcher waits for now, registering it if epoll
+        lacks some of it; True if it must be asked again next turn (it is not
+        an idle connection)."""
         obj = self.get(fd)
         registered = self._registered.get(fd)
         if registered is not None and registered[0] is not obj:
             self._unregister(fd)  # closed, or its fd number taken by a new socket
             registered = None
         if obj is None:
+            self._wanted.pop(fd, None)
             return False
-        self.visits += 1
         cleanup = getattr(obj, "next_channel_cleanup", None)
-        mask = _READ if obj.readable() else 0
-        if obj.writable() and not obj.accepting:
-            mask |= _WRITE
+        mask = self._wanted[fd] = self._want(obj)
         if isinstance(obj, BaseWSGIServer) and obj.next_channel_cleanup != cleanup:
             # Maintenance ran: some connections may now be closing.
             self._pending.update(obj.active_channels)
         old = registered[1] if registered is not None else 0
-        if mask != old:
+        # Wider than wanted is left as it is: a connection a worker serves
+        # goes back to reading when it is done, and narrowing it in between
+        # cost two epoll_ctl calls a request (each a GIL handover with the
+        # worker). An event it does not want narrows it then (poll).
+        if mask & ~old:
             self._register(fd, obj, mask, old)
         return not (mask == _READ and isinstance(obj, HTTPChannel) and not obj.requests)
+
+    def _want(self, obj) -> int:
+        """The events ``obj`` waits for, asked as waitress's poll loop asks."""
+        self.visits += 1
+        mask = _READ if obj.readable() else 0
+        if obj.writable() and not obj.accepting:
+            mask |= _WRITE
+        return mask
 
     def _register(self, fd: int, obj, mask: int, old: int) -> None:
         if not mask:
