@@ -1,8 +1,8 @@
 """A strict fast path in front of waitress's request header parser.
 
 waitress's ``HTTPRequestParser.parse_header`` matches a regular expression
-per header line, ``urlsplit``s the target and unquotes the path: about half
-of what a small request costs the server's I/O thread (bench/README.md).
+per header line, ``urlsplit``s the target and unquotes the path: a quarter
+of the server's I/O thread under heartbeat load (bench/README.md).
 Almost every request orch hears has one plain shape - a request line with an
 upper-case method, an origin-form target and HTTP/1.0 or 1.1, then printable
 ASCII ``Name: value`` lines, each name once, the body (if any) sized by one
