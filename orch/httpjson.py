@@ -54,9 +54,13 @@ def error_body(message: str, **extra: object) -> str:
     return json.dumps({"error": message, **extra}, ensure_ascii=False)
 
 
+# One encoder for all answers: json.dumps with options builds one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(payload: object) -> str:
     """A route's JSON answer as text (compact, UTF-8 as is)."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(payload)
 
 
 def read_json(max_body: int | None = None) -> Any:

@@ -36,6 +36,9 @@ from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import WSGITask
 from waitress.utilities import build_http_date
 
+from orch.wsgiloop import Asyncore, EpollMap
+from orch.wsgiparser import FastParser
+
 log = logging.getLogger(__name__)
 
 # An inline answer: its JSON body (200), and the extra headers it carries.
@@ -114,6 +117,7 @@ class _Task(WSGITask):
 
 
 _Channel.task_class = _Task
+_Channel.parser_class = FastParser
 
 
 class _InlineTasks:
@@ -213,11 +217,15 @@ class _InlineTasks:
 
 def use_orch_channels(http, inline: Mapping[tuple[str, str], Inline] | None = None) -> None:
     """Make every listener of a waitress server (``create_server``'s result)
-    open its connections as ``_Channel``; ``inline`` maps (method, path) to
+    open its connections as ``_Channel``, and loop with epoll if it was made
+    with ``orch.wsgiloop.socket_map()``; ``inline`` maps (method, path) to
     handlers answered without a worker thread (a path ending ``/*``: any one
     last segment, which the handler gets)."""
     # One listening server per address (a name may resolve to several).
     listeners = http.map if isinstance(http, MultiSocketServer) else http._map
+    if isinstance(listeners, EpollMap):
+        # waitress's run() loops through this attribute: epoll, not select.
+        http.asyncore = Asyncore
     for dispatcher in list(listeners.values()):
         if isinstance(dispatcher, BaseWSGIServer):
             dispatcher.channel_class = _Channel

@@ -23,6 +23,7 @@ from orch.datadir import lock_data_dir
 from orch.errors import DataDirInUse, DriverError
 from orch.security import check_bind, warn_tls_skip_verify
 from orch.wsgichannel import use_orch_channels
+from orch.wsgiloop import socket_map
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ class HttpServer:
             self._sock.close()
             raise
         self.host, self.port = self._sock.getsockname()[:2]
-        self._server = create_server(app, sockets=[self._sock], threads=threads, ident="orch-agent")
+        self._server = create_server(
+            app, map=socket_map(), sockets=[self._sock], threads=threads, ident="orch-agent"
+        )
         use_orch_channels(self._server)
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
 

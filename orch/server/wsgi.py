@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from waitress import create_server
 
 from orch.wsgichannel import use_orch_channels
+from orch.wsgiloop import socket_map
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -21,6 +22,7 @@ def http_server(app, config: ServerConfig, inline: Mapping[tuple[str, str], Inli
     routes are answered without it when their handler can."""
     http = create_server(
         app,
+        map=socket_map(),  # epoll: a turn visits only the connections that changed
         host=config.bind,
         port=config.port,
         # A UI stream holds its thread for as long as the page is open: the

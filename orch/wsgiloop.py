@@ -1,0 +1,188 @@
+"""waitress's I/O loop with epoll: a turn visits the sockets that changed,
+not every open connection.
+
+``wasyncore.loop`` asks every socket in its map ``readable()`` and
+``writable()`` at every turn and hands all of them to ``select()``: with one
+keep-alive connection per agent (thousands) each request paid for all the
+idle ones. ``EpollMap`` is the socket map waitress is given
+(``create_server(map=...)``, its documented parameter); it notes every
+socket added or removed, and ``run`` (what the server's ``run()`` calls
+through its ``asyncore`` attribute, see ``orch.wsgichannel``) keeps the
+interest of each socket registered with a level-triggered epoll. A turn
+asks only these again:
+
+- sockets that had an event, or were added or removed;
+- connections that are not idle (a request in progress, output queued,
+  closing): workers change them and pull the trigger, as for waitress's loop;
+- the listeners and the trigger (a few): a listener's ``readable()`` runs
+  waitress's maintenance (``channel_timeout``) and its connection limit;
+  when maintenance runs, every connection is asked again, as it may have
+  been told to close.
+
+An idle connection (readable, nothing to write, no request) stays
+registered for input and is not visited until it sends something. Only the
+events a socket waits for go to ``wasyncore.readwrite``, as in waitress's
+poll loop (which leaves a socket with no interest out). epoll's interest is
+widened at once and narrowed lazily: a connection a worker serves stays
+registered for input, and is narrowed only if an unwanted event comes.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+from typing import Any
+
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer
+
+log = logging.getLogger(__name__)
+
+_READ = select.POLLIN | select.POLLPRI
+_WRITE = select.POLLOUT
+_INTEREST = _READ | _WRITE
+# Reported whatever the interest, as poll() reports them for a registered fd.
+_ALWAYS = select.POLLERR | select.POLLHUP | select.POLLNVAL
+HAVE_EPOLL = hasattr(select, "epoll")
+
+
+class EpollMap(dict):
+    """waitress's socket map (fd -> dispatcher) that polls with epoll."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # fds to ask again at the next turn; set.pop() and .add() are atomic,
+        # and a worker thread may close a connection (remove its fd).
+        self._pending: set[int] = set()
+        self._registered: dict[int, tuple[Any, int]] = {}  # fd -> (dispatcher, mask)
+        self._wanted: dict[int, int] = {}  # fd -> events it waits for, this turn
+        self._epoll: Any = None
+        self.visits = 0  # sockets asked readable()/writable(), for tests
+
+    def __setitem__(self, fd, obj) -> None:
+        super().__setitem__(fd, obj)
+        self._pending.add(fd)
+
+    def __delitem__(self, fd) -> None:
+        super().__delitem__(fd)
+        self._pending.add(fd)
+
+    def clear(self) -> None:
+        self._pending.update(self)
+        super().clear()
+
+    def run(self, timeout: float) -> None:
+        """Serve until the map is empty (every socket closed)."""
+        self._epoll = select.epoll()
+        try:
+            while self:
+                self.poll(timeout)
+        finally:
+            self._epoll.close()
+            self._registered.clear()
+            self._wanted.clear()
+
+    def poll(self, timeout: float) -> None:
+        """One turn: update the interests that may have changed, wait, handle."""
+        self._refresh()
+        for fd, flags in self._epoll.poll(timeout):
+            self._pending.add(fd)
+            obj = self.get(fd)
+            if obj is not None:
+                flags = self._wanted_events(fd, obj, flags)
+                if flags:
+                    wasyncore.readwrite(obj, flags)
+
+    def _wanted_events(self, fd: int, obj, flags: int) -> int:
+        """The events waitress's poll loop would hand over: those the socket
+        waits for (errors and hang-ups only if it waits for anything)."""
+        want = self._wanted.get(fd, 0)
+        if not want or flags & ~want & _INTEREST:
+            # Registered wider than wanted (narrowed lazily, see _update): ask
+            # again, the socket may have changed since the turn began.
+            want = self._wanted[fd] = self._want(obj)
+            if not want or flags & ~want & _INTEREST:
+                self._register(fd, obj, want, self._registered.get(fd, (None, 0))[1])
+        return flags & (want | _ALWAYS) if want else 0
+
+    def _refresh(self) -> None:
+        pending, busy = self._pending, []
+        while pending:
+            fd = pending.pop()
+            if self._update(fd):
+                busy.append(fd)
+        pending.update(busy)
+
+    def _update(self, fd: int) -> bool:
+        """Note what ``fd``'s dispatcher waits for now, registering it if epoll
+        lacks some of it; True if it must be asked again next turn (it is not
+        an idle connection)."""
+        obj = self.get(fd)
+        registered = self._registered.get(fd)
+        if registered is not None and registered[0] is not obj:
+            self._unregister(fd)  # closed, or its fd number taken by a new socket
+            registered = None
+        if obj is None:
+            self._wanted.pop(fd, None)
+            return False
+        cleanup = getattr(obj, "next_channel_cleanup", None)
+        mask = self._wanted[fd] = self._want(obj)
+        if isinstance(obj, BaseWSGIServer) and obj.next_channel_cleanup != cleanup:
+            # Maintenance ran: some connections may now be closing.
+            self._pending.update(obj.active_channels)
+        old = registered[1] if registered is not None else 0
+        # Wider than wanted is left as it is: a connection a worker serves
+        # goes back to reading when it is done, and narrowing it in between
+        # cost two epoll_ctl calls a request (each a GIL handover with the
+        # worker). An event it does not want narrows it then (poll).
+        if mask & ~old:
+            self._register(fd, obj, mask, old)
+        return not (mask == _READ and isinstance(obj, HTTPChannel) and not obj.requests)
+
+    def _want(self, obj) -> int:
+        """The events ``obj`` waits for, asked as waitress's poll loop asks."""
+        self.visits += 1
+        mask = _READ if obj.readable() else 0
+        if obj.writable() and not obj.accepting:
+            mask |= _WRITE
+        return mask
+
+    def _register(self, fd: int, obj, mask: int, old: int) -> None:
+        if not mask:
+            self._unregister(fd)
+            return
+        try:
+            if old:
+                self._epoll.modify(fd, mask)
+            else:
+                self._epoll.register(fd, mask)
+        except FileExistsError:
+            self._epoll.modify(fd, mask)
+        self._registered[fd] = (obj, mask)
+
+    def _unregister(self, fd: int) -> None:
+        self._registered.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except OSError:
+            pass  # closed: the kernel dropped it already
+
+
+class Asyncore:
+    """What a waitress server's ``run()`` finds as ``self.asyncore``: its
+    ``loop`` runs an ``EpollMap``, any other map as waitress does."""
+
+    @staticmethod
+    def loop(timeout=30.0, use_poll=False, map=None, count=None):
+        """``wasyncore.loop``'s signature."""
+        if isinstance(map, EpollMap) and count is None:
+            map.run(timeout)
+        else:
+            wasyncore.loop(timeout=timeout, use_poll=use_poll, map=map, count=count)
+
+
+def socket_map() -> dict:
+    """A new socket map for ``create_server(map=...)``: an ``EpollMap`` where
+    the platform has epoll."""
+    return EpollMap() if HAVE_EPOLL else {}
