@@ -1,10 +1,9 @@
 """The one HTTP client layer of the server and the agent.
 
 http.client dials (TCP, TLS with its checks, unix sockets); the exchange on
-a kept connection is written and read here (``_request_head``,
-``_read_answer``: Content-Length, chunked, or to the end of the connection):
-http.client's own request building and email-based header parsing cost
-several times the bytes' work.
+a kept connection is written and read by orch/httpwire.py (http.client's own
+request building and email-based header parsing cost several times the
+bytes' work).
 
 Server -> agent pushes, agent -> server register/heartbeat, the server's log
 relay and the docker engine ping all speak through ``HttpClient``: keep-alive
@@ -40,6 +39,8 @@ import threading
 import time
 from collections import OrderedDict
 from urllib.parse import quote, urlencode, urljoin, urlsplit
+
+from orch.httpwire import Conn, read_answer, request_head
 
 log = logging.getLogger(__name__)
 
@@ -77,133 +78,6 @@ class Response:
 
     def json(self):
         return json.loads(self.content)
-
-
-class Headers(dict):
-    """An answer's headers by name, case-insensitive (the first of a repeated name)."""
-
-    def __getitem__(self, name: str) -> str:
-        return super().__getitem__(name.lower())
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and super().__contains__(name.lower())
-
-    def get(self, name: str, default=None):
-        return super().get(name.lower(), default)
-
-
-class _Conn:
-    """A dialed socket and the buffered reader of its answers (kept alive together)."""
-
-    __slots__ = ("sock", "reader")
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.reader = sock.makefile("rb")
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
-
-
-# http.client's limits on an answer's head.
-LINE_MAX = 65536
-HEADERS_MAX = 100
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_BAD_IN_TARGET = frozenset(chr(c) for c in (*range(0x21), 0x7F))
-
-
-def _request_head(method: str, target: str, host: str, headers: dict, body) -> bytes:
-    """The request line and headers as http.client would send them, encoded once.
-
-    http.client builds a request in a dozen calls and parses the answer's
-    headers with the email package: a push's exchange cost about twice what
-    writing and reading the bytes directly costs."""
-    if not _BAD_IN_TARGET.isdisjoint(target):
-        raise http.client.InvalidURL(f"URL can't contain control characters: {target!r}")
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity"]
-    for name, value in headers.items():
-        value = str(value)
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise ValueError(f"Invalid header {name!r}: {value!r}")
-        lines.append(f"{name}: {value}")
-    if body is not None or method in _BODY_METHODS:
-        lines.append(f"Content-Length: {len(body or b'')}")
-    lines.append("\r\n")
-    target.encode("ascii")  # UnicodeEncodeError, as http.client raises for such a path
-    return "\r\n".join(lines).encode("latin-1")
-
-
-def _read_line(reader, what: str) -> bytes:
-    line = reader.readline(LINE_MAX + 1)
-    if len(line) > LINE_MAX:
-        raise http.client.LineTooLong(what)
-    return line
-
-
-def _read_headers(reader) -> Headers:
-    headers = Headers()
-    for _ in range(HEADERS_MAX + 1):
-        line = _read_line(reader, "header line")
-        if line in (b"\r\n", b"\n", b""):
-            return headers
-        name, sep, value = line.decode("latin-1").partition(":")
-        if sep:
-            headers.setdefault(name.strip().lower(), value.strip())
-    raise http.client.HTTPException(f"got more than {HEADERS_MAX} headers")
-
-
-def _read_answer(reader, method: str) -> tuple[int, Headers, bytes, bool]:
-    """(status, headers, body, whether the connection ends) of one answer."""
-    while True:
-        line = _read_line(reader, "status line")
-        if not line:
-            # A kept connection the peer closed: STALE, dialed again once.
-            raise http.client.RemoteDisconnected("Remote end closed connection without response")
-        version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
-        code = rest[:3]
-        if not version.startswith("HTTP/") or not code.isdigit() or rest[3:4] not in ("", " "):
-            raise http.client.BadStatusLine(line.decode("latin-1")[:100])
-        status = int(code)
-        headers = _read_headers(reader)
-        if not 100 <= status < 200 or status == 101:
-            break  # an interim answer (100 Continue) is followed by the real one
-    connection = headers.get("connection", "").lower()
-    will_close = "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
-    if method == "HEAD" or status in (101, 204, 304):
-        return status, headers, b"", will_close
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return status, headers, _read_chunked(reader), will_close
-    length = headers.get("content-length")
-    if length is None:
-        return status, headers, reader.read(), True  # the body ends with the connection
-    if not length.isdigit():
-        raise http.client.HTTPException(f"bad Content-Length {length[:40]!r}")
-    return status, headers, _read_exactly(reader, int(length)), will_close
-
-
-def _read_exactly(reader, size: int) -> bytes:
-    data = reader.read(size)
-    if len(data) < size:
-        raise http.client.IncompleteRead(data, size - len(data))
-    return data
-
-
-def _read_chunked(reader) -> bytes:
-    parts: list[bytes] = []
-    while True:
-        line = _read_line(reader, "chunk size")
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise http.client.IncompleteRead(b"".join(parts)) from None
-        if size == 0:
-            break
-        parts.append(_read_exactly(reader, size))
-        _read_exactly(reader, 2)  # the chunk's CRLF
-    while _read_line(reader, "trailer") not in (b"\r\n", b"\n", b""):
-        pass  # trailers: none that orch reads
-    return b"".join(parts)
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -255,7 +129,7 @@ class HttpClient:
         self._unix = unix_socket
         self._max_hosts = max_hosts
         self._keep_alive = keep_alive
-        self._conns: OrderedDict[tuple, _Conn] = OrderedDict()
+        self._conns: OrderedDict[tuple, Conn] = OrderedDict()
 
     def get(self, url: str, *, params: dict | None = None, **kw) -> Response:
         if params:
@@ -314,8 +188,8 @@ class HttpClient:
                 conn = self._dial(parts, connect)
             conn.sock.settimeout(read)
             host = "localhost" if self._unix else parts.netloc.rpartition("@")[2]
-            conn.sock.sendall(_request_head(method, target, host, headers, body) + (body or b""))
-            status, answer_headers, content, will_close = _read_answer(conn.reader, method)
+            conn.sock.sendall(request_head(method, target, host, headers, body) + (body or b""))
+            status, answer_headers, content, will_close = read_answer(conn.reader, method)
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -328,7 +202,7 @@ class HttpClient:
                 self._conns.popitem(last=False)[1].close()
         return Response(status, answer_headers, content)
 
-    def _dial(self, parts, timeout: float) -> _Conn:
+    def _dial(self, parts, timeout: float) -> Conn:
         conn: http.client.HTTPConnection
         if self._unix:
             conn = _UnixConnection(self._unix, timeout)
@@ -341,10 +215,10 @@ class HttpClient:
         else:
             conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         # http.client dials (proxy-free TCP, TLS with its checks, unix); the
-        # exchanges on the socket are ours (_request_head, _read_answer).
+        # exchanges on the socket are ours (request_head, read_answer).
         conn.connect()
         sock, conn.sock = conn.sock, None
-        return _Conn(sock)
+        return Conn(sock)
 
     def close(self) -> None:
         """Drop every kept connection (they are dialed again when needed)."""
