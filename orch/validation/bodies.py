@@ -124,10 +124,7 @@ def alloc_report(report, path: str) -> None:
     """One allocation an agent reports: times finite, task counters integers."""
     if not isinstance(report, dict):
         return  # not a report: sync skips it
-    for key in ("start_time", "end_time"):
-        value = report.get(key)
-        if value is not None and not plain_finite(value):
-            finite(value, f"{path}.{key}")
+    _times(report, path)
     check_report(report, path)
     tasks = report.get("tasks")
     if not isinstance(tasks, dict):
@@ -165,10 +162,7 @@ def check_report(report: dict, path: str) -> None:
 
 
 def task_report(task: dict, path: str) -> None:
-    for key in ("start_time", "end_time"):
-        value = task.get(key)
-        if value is not None and not plain_finite(value):
-            finite(value, f"{path}.{key}")
+    _times(task, path)
     if task.get("restarts") is not None:
         non_negative_int(task["restarts"], f"{path}.restarts")
     code = task.get("exit_code")
@@ -184,3 +178,12 @@ def task_report(task: dict, path: str) -> None:
         when = event.get("time") if isinstance(event, dict) else None
         if when is not None and not plain_finite(when):
             finite(when, f"{path}.events[{i}].time")
+
+
+def _times(report: dict, path: str) -> None:
+    """A report's start and end times: finite or null (the path is built only
+    to name a bad one; a heartbeat carries a dozen of them)."""
+    for key in ("start_time", "end_time"):
+        value = report.get(key)
+        if value is not None and not plain_finite(value):
+            finite(value, f"{path}.{key}")
