@@ -25,7 +25,7 @@ from orch.agent.spec import AllocSpec, parse_alloc
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig
 from orch.errors import NotFound, ValidationError
-from orch.structs import AllocStatus
+from orch.structs import AllocStatus, JobType
 
 log = logging.getLogger(__name__)
 
@@ -432,12 +432,13 @@ class Agent:
     def _notifier(self, spec: AllocSpec):
         """What an allocation calls on a change: the next heartbeat carries it."""
         alloc_id = spec.allocation_id
+        awaited = spec.job_type is not JobType.BATCH  # its start is waited for
 
         def notify(wake: bool = True) -> None:
             with self._lock:
                 self._unaccounted.add(alloc_id)
             if wake and self.loop is not None:
-                self.loop.notify(alloc_id)
+                self.loop.notify(alloc_id, awaited)
 
         return notify
 

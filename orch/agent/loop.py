@@ -2,10 +2,17 @@
 
 A task state change wakes the loop, which heartbeats at once when the last
 heartbeat is at least MIN_SPACING old: a report waits on no timer when the
-node is quiet (submit -> running is what a user waits for). Changes that
-come while a heartbeat is in flight, or sooner than MIN_SPACING after it,
-go out together in the next one, so that a busy node reports many changes
-per heartbeat instead of one.
+node is quiet. Changes that come while a heartbeat is in flight, or sooner
+than MIN_SPACING after it, go out together in the next one, so that a busy
+node reports many changes per heartbeat instead of one. News is the
+exception: the first report of a service or system allocation the server
+has heard nothing about from this node (its tasks just started, or failed
+to) goes at once, spacing or not. That is the change a submitter waits for
+(submit -> running; a deployment's progress); the spacing made it wait up
+to MIN_SPACING behind the report of whatever else the node did just before,
+such as the previous job's stop. Batch allocations stay spaced: their user
+waits for the batch, and a busy batch node's cost is its beats per job
+(news for each would double them: bench/README.md).
 A 404 means the server does not know us (it lost its state, or we were
 garbage-collected): register again, then heartbeat at once.
 With several servers (``--server URL1,URL2,URL3``) each call goes to the
@@ -98,6 +105,7 @@ class NodeLoop:
         )
         self._failover = FailoverClient(self._servers, self._session)
         self._wake = threading.Event()
+        self._news = threading.Event()  # a change the spacing must not hold back
         # Allocations changed since the last beat was built: a delta beat
         # looks at these only, not at every allocation the node holds.
         self._changed: set[str] = set()
@@ -117,6 +125,9 @@ class NodeLoop:
         self._full_at = 0.0  # monotonic time the next beat must be full
         # The report (entry JSON) the server last acknowledged per allocation.
         self._delivered: dict[str, str] = {}
+        # Allocations some beat has carried a report of (answered or not):
+        # a change of any other is news.
+        self._announced: set[str] = set()
 
     def start(self) -> None:
         self._thread.start()
@@ -124,15 +135,22 @@ class NodeLoop:
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()
+        self._news.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._session.close()
 
-    def notify(self, alloc_id: str | None = None) -> None:
-        """A task (of `alloc_id`) changed state: heartbeat now (coalesced)."""
+    def notify(self, alloc_id: str | None = None, awaited: bool = False) -> None:
+        """A task (of `alloc_id`) changed state: heartbeat now (coalesced).
+
+        ``awaited``: someone waits for the allocation to start (a service or
+        system job's), so its first report is news."""
         if alloc_id is not None:
             with self._changed_lock:
                 self._changed.add(alloc_id)
+            # Only a server that takes deltas is known to have no report yet.
+            if awaited and self._deltas and alloc_id not in self._announced:
+                self._news.set()
         self._wake.set()
 
     def _take_changed(self) -> set[str]:
@@ -197,10 +215,13 @@ class NodeLoop:
         self._seq += 1
         head["seq"] = self._seq
         reports = self._reports(self._acked, None if full else changed)
-        if not full:
+        if full:  # it names every allocation the node still holds
+            self._announced = set(reports)
+        else:
             head["delta"] = True
             delivered = self._delivered
             reports = {i: r for i, r in reports.items() if delivered.get(i) != r[1]}
+            self._announced.update(reports)
         allocations = ",".join(
             f"{json.dumps(alloc_id)}:{entry}" for alloc_id, (_, entry) in reports.items()
         )
@@ -211,6 +232,7 @@ class NodeLoop:
         """The allocation was removed from this node."""
         self._acked.discard(alloc_id)
         self._delivered.pop(alloc_id, None)
+        self._announced.discard(alloc_id)
 
     def _acknowledge(self, sent: dict, full: bool) -> None:
         """Finished allocations are sent until the server has taken them once."""
@@ -243,12 +265,14 @@ class NodeLoop:
             if self._stop.is_set():
                 return
             if self._wake.is_set():
-                # Quiet since the last beat: this change goes now. Otherwise
-                # it waits out the spacing, gathering whatever else changes.
+                # Quiet since the last beat, or news: this change goes now.
+                # Otherwise it waits out the spacing (news cuts the wait
+                # short), gathering whatever else changes.
                 wait = MIN_SPACING - (time.monotonic() - self._last_beat)
-                if wait > 0:
-                    self._stop.wait(wait)
+                if wait > 0 and not self._news.is_set():
+                    self._news.wait(wait)
                 self._wake.clear()
+                self._news.clear()
 
     def _idle_wait(self, interval: float) -> None:
         """Wait for a change or the next interval; drop the connection meanwhile.

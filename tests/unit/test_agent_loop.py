@@ -491,14 +491,7 @@ def test_a_change_after_a_quiet_spell_is_reported_without_a_timer(servers, agent
     agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
     assert wait_for(lambda: len(server.bodies("/heartbeat")) == 1)
     loop = agent.loop
-    waits: list[float] = []
-    real_wait = loop._stop.wait
-
-    def recording_wait(timeout=None):
-        waits.append(timeout)
-        return real_wait(timeout)
-
-    loop._stop.wait = recording_wait
+    waits = _record_spacing_waits(loop)
     time.sleep(MIN_SPACING * 3)  # quiet: the last beat is older than the spacing
     loop.notify()
     assert wait_for(lambda: len(server.bodies("/heartbeat")) == 2)
@@ -507,6 +500,57 @@ def test_a_change_after_a_quiet_spell_is_reported_without_a_timer(servers, agent
     loop.notify()
     assert wait_for(lambda: len(server.bodies("/heartbeat")) == 3)
     assert len(waits) == 1 and 0 < waits[0] <= MIN_SPACING
+
+
+def _record_spacing_waits(loop) -> list[float]:
+    """The loop's waits for the spacing, recorded as they happen."""
+    waits: list[float] = []
+    real_wait = loop._news.wait
+
+    def recording_wait(timeout=None):
+        waits.append(timeout)
+        return real_wait(timeout)
+
+    loop._news.wait = recording_wait
+    return waits
+
+
+def test_news_goes_at_once_however_recent_the_last_beat(servers, agents, tmp_path, monkeypatch):
+    """An allocation's first report is not held back by the spacing (a user
+    waits for it); a later change of one already reported still is."""
+    import orch.agent.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "MIN_SPACING", 2.0)  # any spacing wait is plain
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    loop = agent.loop
+    assert wait_for(lambda: loop._deltas)  # news is known only to a server taking deltas
+    waits = _record_spacing_waits(loop)
+    started = time.monotonic()
+    for alloc_id in ("a1", "a2", "a3"):  # each starts right behind the last one's beat
+        agent.submit(_service(alloc_id, "sleep 30"))
+        assert wait_for(lambda: _reported(server, alloc_id, "running"), 5.0)
+    assert waits == [] and time.monotonic() - started < 2.0
+    # A change of an allocation already reported waits out the spacing...
+    count = len(server.bodies("/heartbeat"))
+    loop.notify("a1")
+    assert wait_for(lambda: len(waits) == 1)
+    assert 0 < waits[0] <= 2.0
+    # ...unless news comes meanwhile: it cuts the wait short.
+    agent.submit(_service("a4", "sleep 30"))
+    assert wait_for(lambda: _reported(server, "a4", "running"), 1.5)
+    assert len(server.bodies("/heartbeat")) == count + 1
+    assert loop._announced >= {"a1", "a2", "a3", "a4"}
+    loop.forget("a4")
+    assert "a4" not in loop._announced
+    # A batch allocation's start is no news: it waits out the spacing.
+    agent.submit(alloc("b1", "sleep 30"))
+    assert wait_for(lambda: len(waits) == 2)
+    assert wait_for(lambda: _reported(server, "b1", "running"), 5.0)
+
+
+def _service(alloc_id, command):
+    return parse_alloc({**_body(alloc_id, command), "job_type": "service"})
 
 
 def test_an_allocation_not_started_yet_wakes_no_heartbeat(servers, agents, tmp_path):
@@ -520,11 +564,11 @@ def test_an_allocation_not_started_yet_wakes_no_heartbeat(servers, agents, tmp_p
     seen: list[tuple] = []
     real_notify = agent.loop.notify
 
-    def recording_notify(alloc_id=None):
+    def recording_notify(alloc_id=None, awaited=False):
         runner = agent._allocs.get("a1")
         if runner is not None:
             seen.append((runner.status(), runner.last_task_start()))
-        real_notify(alloc_id)
+        real_notify(alloc_id, awaited)
 
     agent.loop.notify = recording_notify
     agent.submit(alloc("a1", "sleep 0.2"))
