@@ -529,7 +529,7 @@ def test_news_goes_at_once_however_recent_the_last_beat(servers, agents, tmp_pat
     started = time.monotonic()
     for alloc_id in ("a1", "a2", "a3"):  # each starts right behind the last one's beat
         agent.submit(_service(alloc_id, "sleep 30"))
-        assert wait_for(lambda: _reported(server, alloc_id, "running"), 5.0)
+        assert wait_for(lambda a=alloc_id: _reported(server, a, "running"), 5.0)
     assert waits == [] and time.monotonic() - started < 2.0
     # A change of an allocation already reported waits out the spacing...
     count = len(server.bodies("/heartbeat"))
