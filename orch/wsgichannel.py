@@ -47,7 +47,8 @@ InlineAnswer = tuple[bytes, Mapping[str, str]]
 # case, ``_`` for ``-``), body and path parameter (the last segment of a
 # path registered as ``/prefix/*``; "" for an exact path) in, an answer out,
 # or None to leave the request to the WSGI app. It runs on waitress's I/O
-# thread: it must never block (no I/O, no lock taken with waiting).
+# thread: it must never block (no I/O, no lock taken with waiting; the
+# server's inline submit is the one bounded exception, orch.server.inline).
 Inline = Callable[[Mapping[str, str], bytes, str], "InlineAnswer | None"]
 # Inline bodies are small (a heartbeat that carries nothing); a larger one
 # is parsed by a worker, off the I/O thread.

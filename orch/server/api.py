@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 # (connect, read) seconds for relaying a task's log from its agent.
 LOG_RELAY_TIMEOUT = (2.0, 5.0)
+# POST /jobs's answer's message (the seed's; orch.server.inline sends it too).
+SUBMITTED = "作业评估已加入队列"
 
 
 def revert_version(body) -> int:
@@ -170,7 +172,7 @@ def make_app(server: Server) -> bottle.Bottle:
     @route("POST", "/jobs")
     def submit_job():
         job, ev = server.submit_job(httpjson.read_json())
-        return {"job_id": job.job_id, "evaluation_id": ev.eval_id, "message": "作业评估已加入队列"}
+        return {"job_id": job.job_id, "evaluation_id": ev.eval_id, "message": SUBMITTED}
 
     @route("PUT", "/jobs/<job_id>")
     def update_job(job_id):

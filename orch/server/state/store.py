@@ -194,10 +194,12 @@ class StoreCore:
             pass
 
     @contextmanager
-    def settled_now(self) -> Iterator[bool]:
-        """``settle`` without waiting: holds the lock and yields True when no
-        write holds it, yields False at once otherwise (waitress's I/O thread)."""
-        if not self._lock.acquire(blocking=False):
+    def settled_now(self, wait: float = 0.0) -> Iterator[bool]:
+        """``settle`` without waiting (or ``wait`` seconds at most): holds the
+        lock and yields True when no write holds it, yields False otherwise
+        (waitress's I/O thread)."""
+        lock = self._lock
+        if not (lock.acquire(timeout=wait) if wait > 0 else lock.acquire(blocking=False)):
             yield False
             return
         try:

@@ -1,0 +1,234 @@
+"""POST /jobs answered on waitress's I/O thread (orch.server.inline): the
+route's answer for a good submit, committed before it is sent; every bad
+one, a cross-origin one or one that meets a write in progress left to the
+route, which answers it as before."""
+
+import copy
+import http.client
+import json
+import threading
+
+import pytest
+
+from orch.config import ServerConfig
+from orch.server import wsgi
+from orch.server.api import make_app
+from orch.server.inline import inline_routes
+from orch.server.server import Server
+
+from waiting import wait_for
+
+JOB = {
+    "job_id": "batch-1",
+    "type": "batch",
+    "task_groups": [
+        {"name": "g", "count": 1, "tasks": [{"name": "t", "config": {"command": "true"}}]}
+    ],
+}
+
+
+class Pair:
+    """One Server behind two waitress servers: with inline routes and without."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.answered: list[bool] = []
+        routes = inline_routes(server)
+        submit = routes[("POST", "/jobs")]
+
+        def recording(headers, body, param):
+            answer = submit(headers, body, param)
+            self.answered.append(answer is not None)
+            return answer
+
+        routes[("POST", "/jobs")] = recording
+        app = make_app(server)
+        self._https = [
+            wsgi.http_server(app, server.config, routes),
+            wsgi.http_server(app, server.config),
+        ]
+        self._threads = [threading.Thread(target=h.run, daemon=True) for h in self._https]
+        for thread in self._threads:
+            thread.start()
+        self.inline_port, self.app_port = (h.effective_port for h in self._https)
+
+    def post(self, port: int, body: bytes, **headers):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("POST", "/jobs", body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.getheader("Content-Type"), resp.read()
+        finally:
+            conn.close()
+
+    def close(self):
+        for h in self._https:
+            h.close()
+        for thread in self._threads:
+            thread.join(5)
+
+
+def _serve(tmp_path, **config) -> Pair:
+    srv = Server(ServerConfig(data_dir=str(tmp_path), bind="127.0.0.1", port=0, **config))
+    return Pair(srv)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    p = _serve(tmp_path)
+    yield p
+    p.close()
+    p.server.stop()
+
+
+def _job(job_id: str, **changes) -> bytes:
+    body = copy.deepcopy(JOB)
+    body["job_id"] = job_id
+    body.update(changes)
+    return json.dumps(body).encode()
+
+
+def test_a_submit_is_committed_queued_and_answered_as_the_route_answers(pair):
+    inline = pair.post(pair.inline_port, _job("a"))
+    routed = pair.post(pair.app_port, _job("b"))
+    assert pair.answered == [True]
+    assert inline[:2] == routed[:2] == (200, "application/json")
+    got, want = json.loads(inline[2]), json.loads(routed[2])
+    assert got.keys() == want.keys()
+    assert got["job_id"] == "a" and got["message"] == want["message"] == "作业评估已加入队列"
+    store = pair.server.store
+    assert store.get_job("a") is not None
+    assert store.get_eval(got["evaluation_id"]).job_id == "a"
+    # Committed, not only in memory: the row is in the file.
+    rows = store.backend.execute(
+        "SELECT job_id FROM evaluations WHERE eval_id = ?", (got["evaluation_id"],)
+    )
+    assert rows == [("a",)]
+    assert pair.server.broker.stats()["ready"] == 2
+
+
+def test_the_same_job_again_returns_its_evaluation_without_a_new_one(pair):
+    first = json.loads(pair.post(pair.inline_port, _job("a"))[2])
+    again = json.loads(pair.post(pair.inline_port, _job("a"))[2])
+    assert pair.answered == [True, True]
+    assert again["evaluation_id"] == first["evaluation_id"]
+    assert pair.server.store.get_job("a").version == 0
+    groups = copy.deepcopy(JOB["task_groups"])
+    groups[0]["count"] = 2
+    changed = json.loads(pair.post(pair.inline_port, _job("a", task_groups=groups))[2])
+    assert changed["evaluation_id"] != first["evaluation_id"]
+    assert pair.server.store.get_job("a").version == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{not json",
+        b"[]",
+        b'{"job_id": "x"}',
+        _job("bad id!"),
+        _job("a", type="nope"),
+        b'{"job_id": "a", "n": NaN}',
+        b"\xff\xfe",
+    ],
+)
+def test_bad_bodies_get_the_routes_400_and_nothing_is_stored(pair, body):
+    inline, routed = pair.post(pair.inline_port, body), pair.post(pair.app_port, body)
+    assert inline == routed
+    assert inline[0] == 400 and "error" in json.loads(inline[2])
+    assert pair.answered in ([], [False])  # an empty body may not reach the handler
+    assert pair.server.store.list_jobs() == []
+
+
+def test_a_cross_origin_submit_goes_to_the_route(pair):
+    origin = {"Origin": "http://elsewhere.example"}
+    inline = pair.post(pair.inline_port, _job("a"), **origin)
+    routed = pair.post(pair.app_port, _job("a"), **origin)
+    assert inline == routed and inline[0] == 403
+    assert pair.answered == [False]
+    assert pair.server.store.list_jobs() == []
+
+
+def test_a_write_in_progress_sends_the_submit_to_the_route(pair):
+    held, release = threading.Event(), threading.Event()
+
+    def writer():
+        with pair.server.store._lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(10)
+    answer: list = []
+    client = threading.Thread(target=lambda: answer.append(pair.post(pair.inline_port, _job("a"))))
+    client.start()
+    try:
+        # Declined at once; the route's worker waits for the lock.
+        assert wait_for(lambda: pair.answered, timeout=10)
+        assert pair.answered == [False]
+        assert not answer and pair.server.store.get_job("a") is None
+    finally:
+        release.set()
+        thread.join(10)
+    client.join(10)
+    assert answer and answer[0][0] == 200
+    assert pair.server.store.get_job("a") is not None
+
+
+def test_a_token_protected_server_refuses_without_the_token(tmp_path):
+    p = _serve(tmp_path, token="t0ken")
+    try:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            inline, routed = (
+                p.post(p.inline_port, _job("a"), **headers),
+                p.post(p.app_port, _job("a"), **headers),
+            )
+            assert inline == routed and inline[0] == 401
+        assert p.server.store.list_jobs() == []
+        good = p.post(p.inline_port, _job("a"), Authorization="Bearer t0ken")
+        assert good[0] == 200
+        assert p.answered == [False, False, True]
+    finally:
+        p.close()
+        p.server.stop()
+
+
+def test_postgresql_submits_are_never_answered_inline(tmp_path, postgres_url):
+    srv = Server(
+        ServerConfig(data_dir=str(tmp_path), bind="127.0.0.1", port=0, database=postgres_url)
+    )
+    try:
+        routes = inline_routes(srv)
+        assert ("POST", "/jobs") not in routes
+        assert ("POST", "/heartbeat") in routes
+    finally:
+        srv.stop()
+
+
+def test_settled_now_waits_for_a_write_only_as_long_as_it_is_told(pair):
+    store = pair.server.store
+    held, release = threading.Event(), threading.Event()
+
+    def writer():
+        with store._lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(10)
+    try:
+        with store.settled_now() as free:
+            assert not free
+        with store.settled_now(0.05) as free:
+            assert not free
+        threading.Timer(0.1, release.set).start()
+        with store.settled_now(10) as free:
+            assert free and release.is_set()
+    finally:
+        release.set()
+        thread.join(10)
+    with store.settled_now() as free:
+        assert free
