@@ -42,18 +42,7 @@ def make_app(agent: Agent) -> Bottle:
     @route("POST", "/allocations/batch")
     def create_allocations():
         """Several allocations in one call: each accepted or refused on its own."""
-        items = _batch(httpjson.read_json())
-        results: dict[str, object] = {}
-        for i, item in enumerate(items):
-            alloc_id = item.get("allocation_id") if isinstance(item, dict) else None
-            key = alloc_id if isinstance(alloc_id, str) else f"#{i}"
-            try:
-                agent.submit(parse_alloc(item))
-            except OrchError as exc:
-                results[key] = {"error": str(exc)}
-                continue
-            results[key] = "accepted"
-        return {"message": "Allocations accepted", "allocations": results}
+        return batch_answer(agent, _batch(httpjson.read_json()))
 
     @route("GET", "/allocations/<alloc_id>")
     def get_allocation(alloc_id):
@@ -89,6 +78,21 @@ def make_app(agent: Agent) -> Bottle:
         return AGENT_SPEC
 
     return app
+
+
+def batch_answer(agent: Agent, items: list) -> dict:
+    """Submit a batch's allocations, each accepted or refused on its own: the answer."""
+    results: dict[str, object] = {}
+    for i, item in enumerate(items):
+        alloc_id = item.get("allocation_id") if isinstance(item, dict) else None
+        key = alloc_id if isinstance(alloc_id, str) else f"#{i}"
+        try:
+            agent.submit(parse_alloc(item))
+        except OrchError as exc:
+            results[key] = {"error": str(exc)}
+            continue
+        results[key] = "accepted"
+    return {"message": "Allocations accepted", "allocations": results}
 
 
 def _batch(body) -> list:

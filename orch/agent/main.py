@@ -12,17 +12,19 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Mapping
 
 from waitress import wasyncore
 from waitress.server import create_server
 
 from orch.agent.agent import Agent
 from orch.agent.api import make_app
+from orch.agent.inline import inline_routes
 from orch.config import AgentConfig
 from orch.datadir import lock_data_dir
 from orch.errors import DataDirInUse, DriverError
 from orch.security import check_bind, warn_tls_skip_verify
-from orch.wsgichannel import use_orch_channels
+from orch.wsgichannel import Inline, use_orch_channels
 from orch.wsgiloop import socket_map
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,14 @@ log = logging.getLogger(__name__)
 class HttpServer:
     """waitress on our own socket, so that port 0 yields a known free port."""
 
-    def __init__(self, app, bind: str, port: int, threads: int = 8):
+    def __init__(
+        self,
+        app,
+        bind: str,
+        port: int,
+        threads: int = 8,
+        inline: Mapping[tuple[str, str], Inline] | None = None,
+    ):
         family, kind, proto, _, addr = socket.getaddrinfo(
             bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
@@ -46,7 +55,7 @@ class HttpServer:
         self._server = create_server(
             app, map=socket_map(), sockets=[self._sock], threads=threads, ident="orch-agent"
         )
-        use_orch_channels(self._server)
+        use_orch_channels(self._server, inline)
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
 
     @property
@@ -91,7 +100,9 @@ def serve(
         return 1
     agent.restore()
     try:
-        server = HttpServer(make_app(agent), config.bind, config.port, config.http_threads)
+        server = HttpServer(
+            make_app(agent), config.bind, config.port, config.http_threads, inline_routes(agent)
+        )
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.bind, config.port, exc)
         agent.shutdown(stop_tasks=True)

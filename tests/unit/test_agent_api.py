@@ -9,6 +9,7 @@ import requests
 
 from orch.agent.agent import Agent
 from orch.agent.api import make_app
+from orch.agent.inline import inline_routes
 from orch.agent.main import HttpServer
 from orch.config import AgentConfig
 from orch.errors import OrchError
@@ -48,15 +49,16 @@ def agent(tmp_path):
     agent.shutdown(stop_tasks=True)
 
 
-def serve_app(app):
-    server = HttpServer(app, "127.0.0.1", 0, threads=4)
+def serve_app(app, inline=None):
+    server = HttpServer(app, "127.0.0.1", 0, threads=4, inline=inline)
     server.start()
     return server
 
 
 @pytest.fixture
 def url(agent):
-    server = serve_app(make_app(agent))
+    # As `orch agent` serves it: the pushes answered inline where they can be.
+    server = serve_app(make_app(agent), inline_routes(agent))
     yield server.url
     server.stop()
 

@@ -1,9 +1,11 @@
 """Agent-side persistence, fingerprinting, restart, and the `run` entry point."""
 
+import fcntl
 import json
 import os
 import platform
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -16,7 +18,7 @@ from orch.agent import fingerprint as fp
 from orch.agent.agent import Agent
 from orch.agent.drivers.exec import ExecDriver
 from orch.agent.spec import parse_alloc
-from orch.agent.state import AgentStore
+from orch.agent.state import FS_IOC_GETFLAGS, FS_TOPDIR_FL, AgentStore, spread_subdirs
 from orch.agent.taskrunner import LOST_ON_RESTART
 from orch.config import AgentConfig
 from orch.structs import AllocStatus
@@ -239,3 +241,36 @@ def test_restore_finishes_an_interrupted_delete(tmp_path):
         agent.shutdown(stop_tasks=True)
         driver.stop(handle, 0.5)
         driver.wait(handle, 1)
+
+
+def _inode_flags(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 4))[0]
+    finally:
+        os.close(fd)
+
+
+def test_the_allocs_dir_asks_the_file_system_to_spread_its_subdirs(tmp_path):
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if not spread_subdirs(str(probe)):
+        pytest.skip("the file system under tmp_path has no TOPDIR flag")
+    before = _inode_flags(str(probe))
+    assert before & FS_TOPDIR_FL
+    assert spread_subdirs(str(probe)) and _inode_flags(str(probe)) == before  # idempotent
+    store = AgentStore(str(tmp_path / "data"))
+    assert _inode_flags(store.allocs_dir) & FS_TOPDIR_FL
+    # Only a hint: the allocation's files are where they always were.
+    store.save_alloc("a1", {"allocation_id": "a1"})
+    with open(os.path.join(store.alloc_dir("a1"), "alloc.json")) as f:
+        assert json.load(f) == {"allocation_id": "a1"}
+
+
+def test_spreading_subdirs_is_a_hint_that_may_be_refused(tmp_path):
+    assert spread_subdirs(str(tmp_path / "missing")) is False
+    plain = tmp_path / "file"
+    plain.write_text("x")
+    assert spread_subdirs(str(plain)) is False  # not a directory
+    if os.path.isdir("/proc/self"):
+        assert spread_subdirs("/proc/self") is False  # procfs has no such flags

@@ -243,3 +243,51 @@ def test_a_v1_cgroup_is_joined_through_its_tasks_file_by_the_thread_alone(tmp_pa
     homes.join(paths)
     assert (v1 / "tasks").read_text() == "00" and (v1 / "cgroup.procs").read_text() == ""
     assert (v2 / "cgroup.procs").read_text() == str(os.getpid()) * 2
+
+
+def test_a_claim_hands_back_its_fd_once_and_says_when_the_record_is_gone(tmp_path):
+    from orch.agent.tasksup.records import append_fd, claim
+
+    path = str(tmp_path / "run-0.json")
+    fd = claim(path)
+    assert fd is not None
+    try:
+        assert claim(path) is None  # a start asked twice runs once
+        assert append_fd(fd, {"pid": 12}) is True
+        assert read_record(path) == {"supervisor_pid": os.getpid(), "pid": 12}
+        os.unlink(path)  # the task dir was removed (a DELETE) meanwhile
+        assert append_fd(fd, {"exit_code": 0}) is False
+    finally:
+        os.close(fd)
+
+
+def test_a_task_whose_record_vanished_during_its_start_is_killed(tmp_path, monkeypatch):
+    import signal
+
+    from orch.agent.tasksup import server
+
+    real_spawn = server._spawn
+
+    def spawn_then_delete(spec, stdin, homes):
+        popen = real_spawn(spec, stdin, homes)
+        os.unlink(spec["record_path"])  # the agent removed the task dir meanwhile
+        return popen
+
+    monkeypatch.setattr(server, "_spawn", spawn_then_delete)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sup = server.Supervisor(listener)
+    try:
+        answer = sup._start(start_spec(tmp_path, "t", ["sleep", "20"]))
+        pid = answer["pid"]
+        # Our own child: waited for directly (not through the supervisor's
+        # reaping, which would wait for any child of this test process).
+        _, status = os.waitpid(pid, 0)
+        sup.runs.pop(pid)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    finally:
+        for pid in list(sup.runs):
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        listener.close()
+        for fd in (sup.devnull, sup.wake_r, sup.wake_w):
+            os.close(fd)

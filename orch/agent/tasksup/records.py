@@ -16,17 +16,31 @@ import os
 import time
 
 
-def claim(path: str) -> bool:
-    """Create the run's record exclusively: True if this start is the one."""
+def claim(path: str) -> int | None:
+    """Create the run's record exclusively, with its first line: its fd if
+    this start is the one (the caller appends the start's line through it
+    with `append_fd`, then closes it), None if the run was claimed before.
+
+    The fd saves the start a second open of the record (a path walk down
+    the task dir): one of the supervisor's ~10 opens a start."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        fd = os.open(path, flags, 0o644)
     except FileExistsError:
-        return False
+        return None
     try:
         write_all(fd, json.dumps({"supervisor_pid": os.getpid()}).encode() + b"\n")
-    finally:
+    except BaseException:
         os.close(fd)
-    return True
+        raise
+    return fd
+
+
+def append_fd(fd: int, doc: dict) -> bool:
+    """One line, in one write, through a claimed record's fd: False if the
+    record was deleted meanwhile (its task dir removed: nobody will read it)."""
+    write_all(fd, json.dumps(doc).encode() + b"\n")
+    return os.fstat(fd).st_nlink > 0
 
 
 def append(path: str, doc: dict) -> None:

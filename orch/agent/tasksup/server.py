@@ -53,7 +53,7 @@ from orch.agent.tasksup.limits import (
     tree_rss,
 )
 from orch.agent.tasksup.protocol import IN_USE, READY, receive, socket_address, take_lines
-from orch.agent.tasksup.records import append, claim, exit_doc, write_all
+from orch.agent.tasksup.records import append, append_fd, claim, exit_doc, write_all
 
 WATCHDOG_INTERVAL = 0.2  # seconds between RSS samples without cgroups
 RMDIR_RETRY = 0.05  # a cgroup may stay busy for a moment after its last kill
@@ -207,25 +207,36 @@ class Supervisor:
 
     def _start(self, spec: dict, conn: socket.socket | None = None) -> dict:
         record = spec["record_path"]
-        if not claim(record):
+        fd = claim(record)
+        if fd is None:
             # The run was started already (by this supervisor, for an agent
             # that died before saving its handle): never twice.
             remove_cgroups(spec.get("cgroup_dirs") or [])
             return {"claimed": True}
         try:
+            return self._spawn_claimed(spec, fd, conn)
+        finally:
+            os.close(fd)
+
+    def _spawn_claimed(self, spec: dict, fd: int, conn: socket.socket | None) -> dict:
+        """Start a claimed run; its record's lines go through `fd`."""
+        try:
             popen = _spawn(spec, self.devnull, self.homes)
         except OSError as exc:
             error = _start_error(spec["argv"][0], exc)
-            append(record, {"error": error})
+            append_fd(fd, {"error": error})
             remove_cgroups(spec.get("cgroup_dirs") or [])
             return {"error": error}
         pid = popen.pid
         self.runs[pid] = Run(popen, spec, conn)
         try:
-            append(record, {"pid": pid, "memory_mb": spec.get("memory_mb") or 0})
+            recorded = append_fd(fd, {"pid": pid, "memory_mb": spec.get("memory_mb") or 0})
         except OSError as exc:
-            # Its directory is gone already (a DELETE): the task is not wanted.
             _note(f"cannot record the task's run: {exc}")
+            recorded = False
+        if not recorded:
+            # Its directory is gone already (a DELETE): the task is not wanted.
+            _note(f"the task's run record {spec['record_path']} is gone: killing it")
             _killpg(pid, signal.SIGKILL)
         return {"pid": pid, "create_time": _create_time(pid, self.boot_time)}
 
@@ -400,12 +411,13 @@ def _create_time(pid: int, boot_time: float | None) -> float | None:
     slower path to learn nothing."""
     if boot_time is None:
         return None
+    stat = read_file(f"/proc/{pid}/stat")  # os.open/read: no io objects
+    if not stat:
+        return None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
         # After the command name, which may hold spaces and parentheses.
         ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return None
     return boot_time + ticks / CLOCK_TICKS
 
