@@ -66,13 +66,21 @@ class ChangeFeed:
         return self._closed
 
     def bump(
-        self, jobs: Iterable[str] = (), seq: int | None = None, *, all_jobs: bool = False
+        self,
+        jobs: Iterable[str] = (),
+        seq: int | None = None,
+        *,
+        all_jobs: bool = False,
+        wake: bool = True,
     ) -> int:
         """Record one change to ``jobs`` (every job: ``all_jobs``) and wake every
         waiter; returns the new index.
 
         ``seq`` is the change log's number of the write (shared databases):
-        the index jumps to it, so that servers agree on indexes."""
+        the index jumps to it, so that servers agree on indexes. Without
+        ``wake`` the waiters are woken by a later ``wake(jobs)``: the store
+        wakes them once its lock is free, as a reader woken while the write
+        still holds it would only go back to sleep on the lock."""
         jobs = list(jobs)
         with self._cond:
             self._index = max(self._index + 1, seq or 0)
@@ -85,9 +93,16 @@ class ChangeFeed:
             if len(self._jobs) > MAX_TRACKED:
                 self._forget_oldest()
             self.changed_at = time.time()
-            self._cond.notify_all()
-            self._wake_watchers(None if all_jobs else jobs)
+            if wake:
+                self._cond.notify_all()
+                self._wake_watchers(None if all_jobs else jobs)
             return self._index
+
+    def wake(self, jobs: Iterable[str]) -> None:
+        """Wake the waiters of changes to ``jobs`` bumped without waking."""
+        with self._cond:
+            self._cond.notify_all()
+            self._wake_watchers(jobs)
 
     def _forget_oldest(self) -> None:
         drop = list(self._jobs)[: len(self._jobs) // 2]

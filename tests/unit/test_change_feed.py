@@ -80,3 +80,40 @@ def test_store_writes_bump_and_a_heartbeat_does_not(tmp_path):
     assert feed.index > after_node
     store.close()
     assert feed.closed
+
+
+def test_readers_of_a_write_are_woken_once_the_store_lock_is_free(tmp_path):
+    """A reader woken while the write still holds the lock would only sleep
+    again on it (``settle``): the wake comes after the release, and comes
+    for writes that touch no job too (list readers)."""
+    store = StateStore(str(tmp_path))
+    feed = store.changes
+    woken: list[tuple[set | None, bool]] = []
+    real_wake = feed.wake
+
+    def recording_wake(jobs):
+        woken.append((set(jobs), store._lock._is_owned()))
+        real_wake(jobs)
+
+    feed.wake = recording_wake
+    job_waiter = threading.Event()
+    with feed._cond:
+        feed._watchers["web"] = {job_waiter}
+    store.submit_job(_job(), lambda t: new_eval("web", t, time.time()))
+    assert woken == [({"web"}, False)]
+    assert job_waiter.is_set()
+    node = Node("n1", resources=Resources(cpu=100, memory=100), endpoint="http://127.0.0.1:1")
+    listed = []
+    waiter = threading.Thread(target=lambda: listed.append(feed.wait(feed.index, timeout=10)))
+    waiter.start()
+    time.sleep(0.05)
+    store.upsert_node(node)
+    waiter.join(5)
+    assert woken[1] == (set(), False) and listed == [feed.index]
+    # Nested write blocks wake once, on the outer block's way out.
+    with store._writing():
+        store.upsert_node(node.__class__("n2", resources=node.resources, endpoint=node.endpoint))
+        store.delete_job("web")
+        assert len(woken) == 2
+    assert len(woken) == 3 and woken[2] == ({"web"}, False)
+    store.close()

@@ -107,6 +107,9 @@ class StoreCore:
         self.on_remote_nodes: list[Callable[[list[Node]], object]] = []
         self._seq = 0  # the change-log position memory reflects (shared engines)
         self._depth = 0  # nesting of _writing() blocks
+        # Changes the feed has counted whose readers wait for the lock's
+        # release (None: none), and the jobs they touched.
+        self._unwoken: set[str] | None = None
         self._reset_memory()
         self._load()
         self.changes.start_at(self._seq if self.backend.shared else time.time_ns() // 1000)
@@ -215,18 +218,25 @@ class StoreCore:
 
         Every write method computes inside this block: on PostgreSQL the
         transaction opens here, so what it reads from memory is the state
-        every server has committed, and nobody commits until it is done."""
-        with self._lock:
-            outer = self._depth == 0
-            self._depth += 1
-            try:
-                if outer and self.backend.shared:
-                    self._catch_up(self.backend.begin(self._seq))
-                yield
-            finally:
-                self._depth -= 1
-                if outer:
-                    self.backend.rollback()  # still open: the write wrote nothing
+        every server has committed, and nobody commits until it is done.
+        The readers of what it wrote are woken once the lock is released."""
+        woken: set[str] | None = None
+        try:
+            with self._lock:
+                outer = self._depth == 0
+                self._depth += 1
+                try:
+                    if outer and self.backend.shared:
+                        self._catch_up(self.backend.begin(self._seq))
+                    yield
+                finally:
+                    self._depth -= 1
+                    if outer:
+                        self.backend.rollback()  # still open: the write wrote nothing
+                        woken, self._unwoken = self._unwoken, None
+        finally:
+            if woken is not None:
+                self.changes.wake(woken)
 
     def _write(
         self,
@@ -251,7 +261,11 @@ class StoreCore:
                 # Caught up under the cluster's lock: ours is the next change.
                 self._seq = seq
             if wrote:  # a write of nothing (all rows filtered out) is no change
-                self.changes.bump(self._with_parents(jobs_written(statements), also), seq)
+                jobs = self._with_parents(jobs_written(statements), also)
+                inside = self._depth > 0  # _writing() wakes the readers on its way out
+                self.changes.bump(jobs, seq, wake=not inside)
+                if inside:
+                    self._unwoken = jobs if self._unwoken is None else self._unwoken | jobs
 
     def _with_parents(self, touched: set[str], also: Iterable[str] = ()) -> set[str]:
         """The jobs a write touched and their parents: a parent's view lists its children."""
