@@ -260,6 +260,9 @@ def _alloc_json(a: Allocation, tasks: str) -> str:
 
 
 def _tasks_json(tasks: dict) -> str:
+    if all(state == _TASK_FRESH for state in tasks.values()):
+        # A new placement's tasks (every plan's): nothing to write but names.
+        return "{" + ",".join(f"{_quote(name)}:{{}}" for name in tasks) + "}"
     compact = {}
     for name, state in tasks.items():
         full = state.to_dict()
@@ -267,7 +270,8 @@ def _tasks_json(tasks: dict) -> str:
     return _DUMP(compact)
 
 
-_TASK_DEFAULTS = TaskState().to_dict()
+_TASK_FRESH = TaskState()
+_TASK_DEFAULTS = _TASK_FRESH.to_dict()
 
 
 def _number(value) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import uuid
 
 import pytest
@@ -84,6 +85,56 @@ def test_allocation_ids_are_uuids_in_creation_order():
         parsed = uuid.UUID(text)
         assert str(parsed) == text and parsed.version == 7
         assert parsed.variant == uuid.RFC_4122
+
+
+def test_allocation_ids_read_randomness_as_the_plan_grows(monkeypatch):
+    # A one-placement plan (most) reads 8 random bytes, not a 2 KiB batch;
+    # ids across each read's boundary keep distinct random bits.
+    from orch.server.scheduler import generic
+
+    reads = []
+    real = os.urandom
+
+    def urandom(n):
+        reads.append(n)
+        return real(n)
+
+    monkeypatch.setattr(generic.os, "urandom", urandom)
+    AllocIds(1_700_000_000.0).next()
+    assert reads == [8]
+    reads.clear()
+    ids = AllocIds(1_700_000_000.0)
+    made = [ids.next() for _ in range(1 + 16 + 256 * 3)]
+    assert reads == [8, 8 * 16, 8 * 256, 8 * 256, 8 * 256]
+    noise = [text[-17:] for text in made]  # the 62 random bits' digits and the variant
+    assert len(set(noise)) == len(noise)
+    assert made == sorted(made)
+
+
+def test_fresh_task_states_are_written_as_the_general_path_writes_them():
+    def general(tasks):
+        # _tasks_json's general path: each state without its default fields.
+        defaults = TaskState().to_dict()
+        return json.dumps(
+            {
+                name: {k: v for k, v in state.to_dict().items() if v != defaults[k]}
+                for name, state in tasks.items()
+            },
+            separators=(",", ":"),
+        )
+
+    running = TaskState(status=TaskStatus.RUNNING, start_time=2.5)
+    for tasks in (
+        {"t": TaskState()},
+        {"web": TaskState(), '日志-"x"': TaskState(), "z": TaskState(restarts=0)},
+        {"a": TaskState(), "b": running},
+        {"a": TaskState(events=[{"time": 1.0, "type": "Received", "message": "收到"}])},
+        {},
+    ):
+        alloc = Allocation("a1", "job", "g", "n1", 0, tasks=tasks)
+        (body,) = codec.allocs_json([alloc])
+        assert body.endswith(f',"tasks":{general(tasks)}}}')
+        assert codec.alloc_from(json.loads(body)) == alloc
 
 
 def test_non_finite_numbers_are_never_written():
