@@ -285,8 +285,38 @@ def _number(value) -> str:
 
 
 def _mapping(value) -> str:
-    # Most evaluations have no failures and no near misses: skip the encoder.
-    return "{}" if type(value) is dict and not value else _DUMP(value)
+    """A dict as _DUMP writes it; counts ({str: int}, one level deep) by hand.
+
+    An evaluation's failures ({reason: n}) and groups ({group: {wanted: n,
+    ...}}) are that shape; the generic encoder's set-up per call cost more
+    than writing them (anything else goes to it)."""
+    if type(value) is not dict:
+        return _DUMP(value)
+    parts = []
+    for key, item in value.items():
+        kind = type(item)
+        if type(key) is not str:
+            return _DUMP(value)
+        if kind is dict:
+            inner = _counts(item)
+            if inner is None:
+                return _DUMP(value)
+            parts.append(f"{_quote(key)}:{inner}")
+        elif kind is int:
+            parts.append(f"{_quote(key)}:{int.__repr__(item)}")
+        else:
+            return _DUMP(value)
+    return "{" + ",".join(parts) + "}"
+
+
+def _counts(value: dict) -> str | None:
+    """{str: int} as JSON; None for any other shape."""
+    parts = []
+    for key, item in value.items():
+        if type(key) is not str or type(item) is not int:
+            return None
+        parts.append(f"{_quote(key)}:{int.__repr__(item)}")
+    return "{" + ",".join(parts) + "}"
 
 
 def eval_json(e: Evaluation) -> str:

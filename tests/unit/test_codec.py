@@ -185,6 +185,37 @@ def test_evaluation_json_is_the_generic_encoders_byte_for_byte():
         assert codec.eval_from(json.loads(body)) == ev
 
 
+def test_evaluation_maps_of_any_shape_are_written_as_the_generic_encoder_writes_them():
+    # Counts ({str: int}, one level deep) are written by hand; every other
+    # shape (bools, floats, None, lists, int keys, deeper maps) by json.
+    import random
+
+    rng = random.Random(17)
+    leaves = [0, 7, -3, 2**70, True, False, None, 1.5, "x", "资源", [1, "a"], {}]
+    keys = ["g", "内存 exhausted", 'q"\\', "", 3, 2.5, None, False]
+
+    def mapping(depth):
+        out = {}
+        for _ in range(rng.randrange(4)):
+            key = rng.choice(keys[:4] if rng.random() < 0.8 else keys)
+            if depth and rng.random() < 0.5:
+                out[key] = mapping(depth - 1)
+            else:
+                out[key] = rng.choice(leaves[:3] if rng.random() < 0.7 else leaves)
+        return out
+
+    for _ in range(3000):
+        ev = Evaluation(
+            "e",
+            "j",
+            TriggeredBy.JOB_REGISTER,
+            failures=mapping(0),
+            groups=mapping(2),
+            failed_nodes=mapping(1),
+        )
+        assert codec.eval_json(ev) == _generic(ev)
+
+
 def test_evaluation_with_non_finite_time_is_never_written():
     for field in ("create_time", "modify_time"):
         for bad in (math.nan, math.inf, -math.inf):
