@@ -3,6 +3,8 @@
 Allocations, the one kind stored by the million, also have a fast encoder
 (``allocs_json``): their compact stored form leaves out fields at their
 default and the derived ``name``/``status``, which ``alloc_from`` restores.
+Evaluations, written twice per job (submitted, then decided), have one too
+(``eval_json``), whose output is byte for byte ``to_dict``'s JSON.
 """
 
 from __future__ import annotations
@@ -193,7 +195,9 @@ def eval_from(d: dict) -> Evaluation:
 
 # allow_nan=False: NaN and Infinity are not JSON; written, they would make the
 # row unreadable at the next start.
-_DUMP = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+# One encoder kept: json.dumps with options builds a new one per call.
+dumps_compact = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_DUMP = dumps_compact
 
 
 def _float(value) -> str:
@@ -256,6 +260,9 @@ def _alloc_json(a: Allocation, tasks: str) -> str:
 
 
 def _tasks_json(tasks: dict) -> str:
+    if all(state == _TASK_FRESH for state in tasks.values()):
+        # A new placement's tasks (every plan's): nothing to write but names.
+        return "{" + ",".join(f"{_quote(name)}:{{}}" for name in tasks) + "}"
     compact = {}
     for name, state in tasks.items():
         full = state.to_dict()
@@ -263,4 +270,64 @@ def _tasks_json(tasks: dict) -> str:
     return _DUMP(compact)
 
 
-_TASK_DEFAULTS = TaskState().to_dict()
+_TASK_FRESH = TaskState()
+_TASK_DEFAULTS = _TASK_FRESH.to_dict()
+
+
+def _number(value) -> str:
+    """An int or float field as json.dumps writes it (ValueError for NaN)."""
+    kind = type(value)
+    if kind is float:
+        return _float(value)
+    if kind is int:
+        return int.__repr__(value)
+    return _DUMP(value)  # anything else (a bool, a subclass): as json writes it
+
+
+def _mapping(value) -> str:
+    """A dict as _DUMP writes it; counts ({str: int}, one level deep) by hand.
+
+    An evaluation's failures ({reason: n}) and groups ({group: {wanted: n,
+    ...}}) are that shape; the generic encoder's set-up per call cost more
+    than writing them (anything else goes to it)."""
+    if type(value) is not dict:
+        return _DUMP(value)
+    parts = []
+    for key, item in value.items():
+        kind = type(item)
+        if type(key) is not str:
+            return _DUMP(value)
+        if kind is dict:
+            inner = _counts(item)
+            if inner is None:
+                return _DUMP(value)
+            parts.append(f"{_quote(key)}:{inner}")
+        elif kind is int:
+            parts.append(f"{_quote(key)}:{int.__repr__(item)}")
+        else:
+            return _DUMP(value)
+    return "{" + ",".join(parts) + "}"
+
+
+def _counts(value: dict) -> str | None:
+    """{str: int} as JSON; None for any other shape."""
+    parts = []
+    for key, item in value.items():
+        if type(key) is not str or type(item) is not int:
+            return None
+        parts.append(f"{_quote(key)}:{int.__repr__(item)}")
+    return "{" + ",".join(parts) + "}"
+
+
+def eval_json(e: Evaluation) -> str:
+    """``json.dumps(e.to_dict())`` (compact, no NaN), built without the generic encoder."""
+    node_id = "null" if e.node_id is None else _quote(e.node_id)
+    return (
+        f'{{"evaluation_id":{_quote(e.eval_id)},"job_id":{_quote(e.job_id)},'
+        f'"triggered_by":{_quote(e.triggered_by.value)},"status":{_quote(e.status.value)},'
+        f'"status_description":{_quote(e.status_description)},'
+        f'"placed":{_number(e.placed)},"queued":{_number(e.queued)},'
+        f'"failures":{_mapping(e.failures)},"groups":{_mapping(e.groups)},'
+        f'"node_id":{node_id},"create_time":{_number(e.create_time)},'
+        f'"modify_time":{_number(e.modify_time)},"failed_nodes":{_mapping(e.failed_nodes)}}}'
+    )

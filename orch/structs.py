@@ -98,6 +98,9 @@ TERMINAL_ALLOC = frozenset(
 )
 TERMINAL_TASK = frozenset({TaskStatus.COMPLETE, TaskStatus.FAILED})
 TERMINAL_EVAL = frozenset({EvalStatus.COMPLETE, EvalStatus.FAILED, EvalStatus.CANCELED})
+# The hashes' encoder, kept (json.dumps with options builds one per call);
+# its output is json.dumps(sort_keys=True)'s, so stored hashes stay valid.
+_HASH_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 CONSTRAINT_OPERATORS = ("=", "!=", ">", "<", ">=", "<=", "regex")
 DRIVERS = ("exec", "docker")
@@ -258,7 +261,7 @@ class TaskGroup:
             body["network"] = self.network_dict()  # a port change places new copies
         if self.restart is not None:
             body["restart"] = self.restart  # agents learn it from the allocation
-        raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        raw = _HASH_JSON(body)
         return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -397,7 +400,7 @@ class Node:
             if k != "hostname" and not k.startswith("unique.")
         }
         body = {"region": self.region, "attributes": attributes, "meta": self.meta}
-        raw = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        raw = _HASH_JSON(body)
         return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
     def attribute(self, name: str) -> Any:

@@ -45,6 +45,8 @@ from orch.httpwire import Conn, read_answer, request_head
 log = logging.getLogger(__name__)
 
 ERRORS = (OSError, http.client.HTTPException)
+# Request bodies' encoder, kept: json.dumps with options builds one per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 # A kept connection the peer closed meanwhile fails in one of these ways on
 # its next request: dialing again once is safe (nothing was processed).
 STALE = (
@@ -159,7 +161,7 @@ class HttpClient:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         all_headers = {"Accept": "application/json", **self._headers, **(headers or {})}
         if body is not None and not isinstance(body, bytes):
-            body = json.dumps(body, separators=(",", ":")).encode()
+            body = _ENCODE(body).encode()
             all_headers.setdefault("Content-Type", "application/json")
         connect, read = _pair(timeout) if timeout is not None else self.timeout
         reused = key in self._conns

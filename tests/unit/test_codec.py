@@ -1,7 +1,8 @@
-"""Stored allocation JSON: compact, and read back to the same allocation."""
+"""Stored allocation and evaluation JSON: compact, and read back to the same struct."""
 
 import json
 import math
+import os
 import uuid
 
 import pytest
@@ -12,9 +13,12 @@ from orch.structs import (
     Allocation,
     AllocStatus,
     DesiredStatus,
+    EvalStatus,
+    Evaluation,
     Resources,
     TaskState,
     TaskStatus,
+    TriggeredBy,
 )
 
 
@@ -83,6 +87,56 @@ def test_allocation_ids_are_uuids_in_creation_order():
         assert parsed.variant == uuid.RFC_4122
 
 
+def test_allocation_ids_read_randomness_as_the_plan_grows(monkeypatch):
+    # A one-placement plan (most) reads 8 random bytes, not a 2 KiB batch;
+    # ids across each read's boundary keep distinct random bits.
+    from orch.server.scheduler import generic
+
+    reads = []
+    real = os.urandom
+
+    def urandom(n):
+        reads.append(n)
+        return real(n)
+
+    monkeypatch.setattr(generic.os, "urandom", urandom)
+    AllocIds(1_700_000_000.0).next()
+    assert reads == [8]
+    reads.clear()
+    ids = AllocIds(1_700_000_000.0)
+    made = [ids.next() for _ in range(1 + 16 + 256 * 3)]
+    assert reads == [8, 8 * 16, 8 * 256, 8 * 256, 8 * 256]
+    noise = [text[-17:] for text in made]  # the 62 random bits' digits and the variant
+    assert len(set(noise)) == len(noise)
+    assert made == sorted(made)
+
+
+def test_fresh_task_states_are_written_as_the_general_path_writes_them():
+    def general(tasks):
+        # _tasks_json's general path: each state without its default fields.
+        defaults = TaskState().to_dict()
+        return json.dumps(
+            {
+                name: {k: v for k, v in state.to_dict().items() if v != defaults[k]}
+                for name, state in tasks.items()
+            },
+            separators=(",", ":"),
+        )
+
+    running = TaskState(status=TaskStatus.RUNNING, start_time=2.5)
+    for tasks in (
+        {"t": TaskState()},
+        {"web": TaskState(), '日志-"x"': TaskState(), "z": TaskState(restarts=0)},
+        {"a": TaskState(), "b": running},
+        {"a": TaskState(events=[{"time": 1.0, "type": "Received", "message": "收到"}])},
+        {},
+    ):
+        alloc = Allocation("a1", "job", "g", "n1", 0, tasks=tasks)
+        (body,) = codec.allocs_json([alloc])
+        assert body.endswith(f',"tasks":{general(tasks)}}}')
+        assert codec.alloc_from(json.loads(body)) == alloc
+
+
 def test_non_finite_numbers_are_never_written():
     for field in ("start_time", "end_time", "create_time", "modify_time"):
         for bad in (math.nan, math.inf, -math.inf):
@@ -92,3 +146,81 @@ def test_non_finite_numbers_are_never_written():
     alloc = Allocation("a1", "job", "g", "n1", 0, tasks={"t": TaskState(start_time=math.nan)})
     with pytest.raises(ValueError):
         codec.allocs_json([alloc])
+
+
+def _generic(ev: Evaluation) -> str:
+    """What the store wrote before eval_json: the generic encoder's output."""
+    return json.dumps(ev.to_dict(), separators=(",", ":"), allow_nan=False)
+
+
+def _evaluations():
+    yield Evaluation("e1", "job", TriggeredBy.JOB_REGISTER)
+    yield Evaluation(
+        "e2", "job", TriggeredBy.NODE_UPDATE, node_id="n1", create_time=1.5, modify_time=7
+    )
+    yield Evaluation(
+        str(uuid.uuid4()),
+        '作业-"quoted"\\x',
+        TriggeredBy.QUEUED_ALLOCS,
+        status=EvalStatus.BLOCKED,
+        status_description="资源不足: 2 placements failed\n",
+        placed=3,
+        queued=2,
+        failures={"memory exhausted": 2, "constraint ${attr.x} = é": 1},
+        groups={"g": {"wanted": 5, "placed": 3, "failed": 2}, "h": {}},
+        create_time=1e-7,
+        modify_time=1735689600.123456,
+        failed_nodes={"g": [{"node_id": "n", "reason": "memory", "free": {"cpu": 0}}]},
+    )
+    for status in EvalStatus:
+        yield Evaluation("e3", "j", TriggeredBy.JOB_DEREGISTER, status=status, modify_time=2.0)
+
+
+def test_evaluation_json_is_the_generic_encoders_byte_for_byte():
+    # Rows written before and after the fast encoder must read the same, and
+    # the change log (followers) carries these bytes.
+    for ev in _evaluations():
+        body = codec.eval_json(ev)
+        assert body == _generic(ev)
+        assert codec.eval_from(json.loads(body)) == ev
+
+
+def test_evaluation_maps_of_any_shape_are_written_as_the_generic_encoder_writes_them():
+    # Counts ({str: int}, one level deep) are written by hand; every other
+    # shape (bools, floats, None, lists, int keys, deeper maps) by json.
+    import random
+
+    rng = random.Random(17)
+    leaves = [0, 7, -3, 2**70, True, False, None, 1.5, "x", "资源", [1, "a"], {}]
+    keys = ["g", "内存 exhausted", 'q"\\', "", 3, 2.5, None, False]
+
+    def mapping(depth):
+        out = {}
+        for _ in range(rng.randrange(4)):
+            key = rng.choice(keys[:4] if rng.random() < 0.8 else keys)
+            if depth and rng.random() < 0.5:
+                out[key] = mapping(depth - 1)
+            else:
+                out[key] = rng.choice(leaves[:3] if rng.random() < 0.7 else leaves)
+        return out
+
+    for _ in range(3000):
+        ev = Evaluation(
+            "e",
+            "j",
+            TriggeredBy.JOB_REGISTER,
+            failures=mapping(0),
+            groups=mapping(2),
+            failed_nodes=mapping(1),
+        )
+        assert codec.eval_json(ev) == _generic(ev)
+
+
+def test_evaluation_with_non_finite_time_is_never_written():
+    for field in ("create_time", "modify_time"):
+        for bad in (math.nan, math.inf, -math.inf):
+            with pytest.raises(ValueError):
+                codec.eval_json(Evaluation("e", "j", TriggeredBy.JOB_REGISTER, **{field: bad}))
+    nan_in_map = Evaluation("e", "j", TriggeredBy.JOB_REGISTER, failures={"x": math.nan})
+    with pytest.raises(ValueError):
+        codec.eval_json(nan_in_map)

@@ -344,3 +344,43 @@ def test_disconnect_must_be_an_object_of_known_fields():
         parse_job(body(task_groups__0__disconnect="30s"))
     with pytest.raises(ValidationError, match=r"task_groups\[0\]\.disconnect\.after: unknown"):
         parse_job(body(task_groups__0__disconnect={"after": "30s"}))
+
+
+def test_spec_and_class_hashes_stay_those_already_stored():
+    # Allocations in a state store carry the hash they were placed for, and
+    # nodes their class: an encoder change that moved either would replace
+    # every running copy on the next evaluation. (Values from main at fb5fc93.)
+    from orch.structs import Node
+
+    job = parse_job(
+        {
+            "job_id": "j",
+            "type": "service",
+            "task_groups": [
+                {
+                    "name": "web",
+                    "count": 2,
+                    "meta": {"k": "v"},
+                    "tasks": [
+                        {
+                            "name": "t",
+                            "driver": "exec",
+                            "config": {"command": "/bin/echo", "args": ["é", "x"]},
+                            "resources": {"cpu": 10, "memory": 8},
+                            "env": {"B": "1", "A": "2"},
+                        }
+                    ],
+                    "constraints": [
+                        {"attribute": "${attr.kernel.name}", "operator": "=", "value": "linux"}
+                    ],
+                }
+            ],
+        }
+    )
+    assert job.task_groups[0].spec_hash() == "9700c83017c20249"
+    node = Node(
+        "n1",
+        attributes={"kernel.name": "linux", "hostname": "h", "unique.x": "1", "cpu.arch": "amd64"},
+        meta={"rack": "r1"},
+    )
+    assert node.computed_class() == "7012f8500d2dcc98"

@@ -115,20 +115,27 @@ def _allocation(
 class AllocIds:
     """UUIDv7-shaped ids for one plan: increasing, 62 random bits each."""
 
-    _BATCH = 256
+    _BATCH = 256  # ids' worth of random bytes read at a time, at most
 
     def __init__(self, now: float):
         self._millis = int(now * 1000)
         self._count = 0
         self._noise = ""  # hex of random bytes, 16 digits per id
+        self._at = 0  # the next id's digits in _noise
+        # Most plans place one allocation: reading 2 KiB for it cost more
+        # than the rest of its id, so the reads grow with the plan (1, 16, 256).
+        self._chunk = 1
         self._prefix = ""  # "mmmmmmmm-mmmm-7": millisecond field and version
 
     def next(self) -> str:
         i = self._count
         self._count = i + 1
-        at = i % self._BATCH * 16
-        if at == 0:
-            self._noise = os.urandom(8 * self._BATCH).hex()
+        at = self._at
+        if at == len(self._noise):
+            self._noise = os.urandom(8 * self._chunk).hex()
+            self._chunk = min(self._chunk * 16, self._BATCH)
+            at = 0
+        self._at = at + 16
         if i & 0xFFF == 0:
             # The 12-bit counter field (rand_a) orders ids within a millisecond;
             # past 4096 ids the millisecond field moves on instead.

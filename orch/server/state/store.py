@@ -7,7 +7,6 @@ docstring explains the durability and locking design they all follow.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 import threading
@@ -39,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def _dump(obj) -> str:
     # allow_nan=False: a NaN written is a row that cannot be read back.
-    return json.dumps(obj.to_dict(), separators=(",", ":"), allow_nan=False)
+    return codec.dumps_compact(obj.to_dict())
 
 
 # Tables whose rows name a job, and the column that does (statements keyed by
@@ -306,7 +305,8 @@ class StoreCore:
 
     @staticmethod
     def _eval_rows(evals: Iterable[Evaluation]) -> list:
-        return [(e.eval_id, e.job_id, e.status.value, _dump(e)) for e in evals]
+        # codec.eval_json: _dump's bytes, without the generic encoder.
+        return [(e.eval_id, e.job_id, e.status.value, codec.eval_json(e)) for e in evals]
 
     # ---- memory indexes ---------------------------------------------------
 
