@@ -4,9 +4,9 @@ other beat is declined (None) and left to the full path."""
 
 import copy
 import json
-import threading
 
 import pytest
+from inline_pair import store_lock_held
 
 from orch.config import ServerConfig
 from orch.server.inline import inline_routes
@@ -103,21 +103,8 @@ def test_a_node_coming_back_takes_the_full_path(server):
 
 
 def test_a_write_in_progress_is_not_waited_for(server):
-    held, release = threading.Event(), threading.Event()
-
-    def writer():
-        with server.store._lock:
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        held.wait(10)
+    with store_lock_held(server):
         assert server.quiet_heartbeat(raw("node-b", seq=1, delta=True)) is None
-    finally:
-        release.set()
-        thread.join(10)
     assert server.quiet_heartbeat(raw("node-b", seq=1, delta=True)) is not None
 
 

@@ -3,15 +3,12 @@ the same status, body and headers that matter as the bottle route for the
 same state, every other read left to the route."""
 
 import copy
-import http.client
 import threading
 
 import pytest
+from inline_pair import InlinePair, store_lock_held
 
 from orch.config import ServerConfig
-from orch.server import wsgi
-from orch.server.api import make_app
-from orch.server.inline import inline_routes
 from orch.server.server import Server
 from orch.server.worker import SchedulerWorker
 
@@ -33,49 +30,21 @@ JOB = {
 HEADERS = ("Content-Type", "X-Orch-Index", "Content-Length")
 
 
-class Pair:
-    """One Server behind two waitress servers: with inline routes and without.
+class Pair(InlinePair):
+    """``answered``: what each inline handler did, (its route's path, True if
+    it answered)."""
 
-    ``answered`` records what each inline handler returned (None: declined)."""
-
-    def __init__(self, server: Server):
-        self.server = server
-        self.answered: list[tuple[str, bool]] = []
-        routes = {key: self._recording(key[1], fn) for key, fn in inline_routes(server).items()}
-        app = make_app(server)
-        self._https = [wsgi.http_server(app, server.config, routes)]
-        self._https.append(wsgi.http_server(app, server.config))
-        self._threads = [threading.Thread(target=h.run, daemon=True) for h in self._https]
-        for thread in self._threads:
-            thread.start()
-        self.inline_port, self.app_port = (h.effective_port for h in self._https)
-
-    def _recording(self, path, handler):
-        def call(headers, body, param):
-            answer = handler(headers, body, param)
-            self.answered.append((path, answer is not None))
-            return answer
-
-        return call
+    @property
+    def answered(self) -> list[tuple[str, bool]]:
+        return self.calls
 
     def get(self, port: int, path: str, method: str = "GET", **headers):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            conn.request(method, path, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, {h: resp.getheader(h) for h in HEADERS}, resp.read()
-        finally:
-            conn.close()
+        status, resp, body = self.request(port, method, path, **headers)
+        return status, {h: resp.getheader(h) for h in HEADERS}, body
 
     def both(self, path: str, **headers):
         """(inline server's answer, app-only server's answer) for the same state."""
         return self.get(self.inline_port, path, **headers), self.get(self.app_port, path, **headers)
-
-    def close(self):
-        for h in self._https:
-            h.close()
-        for thread in self._threads:
-            thread.join(5)
 
 
 def _serve(tmp_path, **config) -> Pair:
@@ -150,27 +119,14 @@ def test_queries_head_and_cross_origin_reads_go_to_the_route(pair):
 
 
 def test_a_write_in_progress_sends_the_read_to_the_route(pair):
-    held, release = threading.Event(), threading.Event()
-
-    def writer():
-        with pair.server.store._lock:
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    held.wait(10)
     answer: list = []
     reader = threading.Thread(target=lambda: answer.append(pair.get(pair.inline_port, "/jobs/web")))
-    reader.start()
-    try:
+    with store_lock_held(pair.server):
+        reader.start()
         # The handler declined at once; the route waits (settle) for the write.
         assert wait_for(lambda: pair.answered, timeout=10)
         assert pair.answered == [("/jobs/*", False)]
         assert not answer
-    finally:
-        release.set()
-        thread.join(10)
     reader.join(10)
     assert answer and answer[0][0] == 200
 

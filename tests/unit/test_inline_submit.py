@@ -4,15 +4,13 @@ one, a cross-origin one or one that meets a write in progress left to the
 route, which answers it as before."""
 
 import copy
-import http.client
 import json
 import threading
 
 import pytest
+from inline_pair import InlinePair, store_lock_held
 
 from orch.config import ServerConfig
-from orch.server import wsgi
-from orch.server.api import make_app
 from orch.server.inline import inline_routes
 from orch.server.server import Server
 
@@ -27,45 +25,16 @@ JOB = {
 }
 
 
-class Pair:
-    """One Server behind two waitress servers: with inline routes and without."""
+class Pair(InlinePair):
+    """``answered``: what the inline submit did with each POST it saw."""
 
-    def __init__(self, server: Server):
-        self.server = server
-        self.answered: list[bool] = []
-        routes = inline_routes(server)
-        submit = routes[("POST", "/jobs")]
-
-        def recording(headers, body, param):
-            answer = submit(headers, body, param)
-            self.answered.append(answer is not None)
-            return answer
-
-        routes[("POST", "/jobs")] = recording
-        app = make_app(server)
-        self._https = [
-            wsgi.http_server(app, server.config, routes),
-            wsgi.http_server(app, server.config),
-        ]
-        self._threads = [threading.Thread(target=h.run, daemon=True) for h in self._https]
-        for thread in self._threads:
-            thread.start()
-        self.inline_port, self.app_port = (h.effective_port for h in self._https)
+    @property
+    def answered(self) -> list[bool]:
+        return [ok for path, ok in self.calls if path == "/jobs"]
 
     def post(self, port: int, body: bytes, **headers):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            conn.request("POST", "/jobs", body=body, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, resp.getheader("Content-Type"), resp.read()
-        finally:
-            conn.close()
-
-    def close(self):
-        for h in self._https:
-            h.close()
-        for thread in self._threads:
-            thread.join(5)
+        status, resp, out = self.request(port, "POST", "/jobs", body, **headers)
+        return status, resp.getheader("Content-Type"), out
 
 
 def _serve(tmp_path, **config) -> Pair:
@@ -151,27 +120,14 @@ def test_a_cross_origin_submit_goes_to_the_route(pair):
 
 
 def test_a_write_in_progress_sends_the_submit_to_the_route(pair):
-    held, release = threading.Event(), threading.Event()
-
-    def writer():
-        with pair.server.store._lock:
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    held.wait(10)
     answer: list = []
     client = threading.Thread(target=lambda: answer.append(pair.post(pair.inline_port, _job("a"))))
-    client.start()
-    try:
+    with store_lock_held(pair.server):
+        client.start()
         # Declined at once; the route's worker waits for the lock.
         assert wait_for(lambda: pair.answered, timeout=10)
         assert pair.answered == [False]
         assert not answer and pair.server.store.get_job("a") is None
-    finally:
-        release.set()
-        thread.join(10)
     client.join(10)
     assert answer and answer[0][0] == 200
     assert pair.server.store.get_job("a") is not None
@@ -209,17 +165,7 @@ def test_postgresql_submits_are_never_answered_inline(tmp_path, postgres_url):
 
 def test_settled_now_waits_for_a_write_only_as_long_as_it_is_told(pair):
     store = pair.server.store
-    held, release = threading.Event(), threading.Event()
-
-    def writer():
-        with store._lock:
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    held.wait(10)
-    try:
+    with store_lock_held(pair.server) as release:
         with store.settled_now() as free:
             assert not free
         with store.settled_now(0.05) as free:
@@ -227,8 +173,5 @@ def test_settled_now_waits_for_a_write_only_as_long_as_it_is_told(pair):
         threading.Timer(0.1, release.set).start()
         with store.settled_now(10) as free:
             assert free and release.is_set()
-    finally:
-        release.set()
-        thread.join(10)
     with store.settled_now() as free:
         assert free

@@ -1,0 +1,78 @@
+"""Shared by the inline-route tests: one Server behind two waitress servers,
+with its inline routes and without, and a writer holding the store's lock."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from orch.server import wsgi
+from orch.server.api import make_app
+from orch.server.inline import inline_routes
+from orch.server.server import Server
+
+
+class InlinePair:
+    """``calls`` records what each inline handler returned: (its route's
+    path, True if it answered, False if it declined)."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.calls: list[tuple[str, bool]] = []
+        routes = {key: self._recording(key[1], fn) for key, fn in inline_routes(server).items()}
+        app = make_app(server)
+        self._https = [
+            wsgi.http_server(app, server.config, routes),
+            wsgi.http_server(app, server.config),
+        ]
+        self._threads = [threading.Thread(target=h.run, daemon=True) for h in self._https]
+        for thread in self._threads:
+            thread.start()
+        self.inline_port, self.app_port = (h.effective_port for h in self._https)
+
+    def _recording(self, path, handler):
+        def call(headers, body, param):
+            answer = handler(headers, body, param)
+            self.calls.append((path, answer is not None))
+            return answer
+
+        return call
+
+    def request(self, port: int, method: str, path: str, body: bytes | None = None, **headers):
+        """(status, the response, its body) of one request on its own connection."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp, resp.read()
+        finally:
+            conn.close()
+
+    def close(self):
+        for h in self._https:
+            h.close()
+        for thread in self._threads:
+            thread.join(5)
+
+
+@contextmanager
+def store_lock_held(server: Server) -> Iterator[threading.Event]:
+    """Another thread holds the store's lock (a write in progress) meanwhile,
+    or until the event given is set."""
+    held, release = threading.Event(), threading.Event()
+
+    def writer():
+        with server.store._lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(10)
+    try:
+        yield release
+    finally:
+        release.set()
+        thread.join(10)
