@@ -36,6 +36,9 @@ from orch.structs import (
 
 log = logging.getLogger(__name__)
 
+# A user's promote or fail read the deployment while the watcher wrote it:
+# read again, this many times at most.
+CHANGE_RETRIES = 5
 TICK = 0.25  # seconds between passes without a change: well under a heartbeat
 # A burst of commits (a heartbeat's allocations, then the plan they cause)
 # gives one pass, not one per commit; it also bounds the store reads a busy
@@ -97,7 +100,7 @@ class DeploymentWatcher:
         job = self._store.get_job(d.job_id)
         if job is None or job.stopped or job.version != d.job_version:
             why = "job stopped" if job is None or job.stopped else "superseded by a newer version"
-            self._finish(d, DeploymentStatus.CANCELLED, why, now)
+            self._finish(d, DeploymentStatus.CANCELLED, why, now, read=d)
             return
         allocs = self._store.allocs_for_job(d.job_id)
         groups: dict[str, dict] = {}
@@ -113,34 +116,47 @@ class DeploymentWatcher:
             done = done and finished
             why = why or reason
             groups[name] = state
+        # Each write is conditional on the deployment as this pass read it: a
+        # user's promote or fail in between wins, and the next pass starts
+        # from it.
         if why:
-            self._fail(replace(d, groups=groups), job, why, now)
+            self._fail(replace(d, groups=groups), job, why, now, read=d)
         elif done:
-            self._finish(replace(d, groups=groups), DeploymentStatus.SUCCESSFUL, "", now)
+            self._finish(replace(d, groups=groups), DeploymentStatus.SUCCESSFUL, "", now, read=d)
         elif groups != d.groups:
-            self._store.put_deployment(replace(d, groups=groups, modify_time=now))
-            if moved:
+            written = self._store.put_deployment(
+                replace(d, groups=groups, modify_time=now), expect=d
+            )
+            if written and moved:
                 self._evaluate(d.job_id)
 
     def fail(self, deployment_id: str) -> Deployment:
         """`orch deployment fail`: fail a running deployment (and auto-revert)."""
-        d = self._store.get_deployment(deployment_id)
-        if not d.active:
-            raise Conflict(f"deployment {deployment_id} is {d.status.value}, not running")
-        job = self._store.require_job(d.job_id)
-        self._fail(d, job, "deployment marked failed by user", self._clock())
-        return self._store.get_deployment(deployment_id)
+        for _ in range(CHANGE_RETRIES):
+            d = self._store.get_deployment(deployment_id)
+            if not d.active:
+                raise Conflict(f"deployment {deployment_id} is {d.status.value}, not running")
+            job = self._store.require_job(d.job_id)
+            if self._fail(d, job, "deployment marked failed by user", self._clock(), read=d):
+                return self._store.get_deployment(deployment_id)
+        raise Conflict(f"deployment {deployment_id} is changing; try again")
 
-    def _finish(self, d: Deployment, status: DeploymentStatus, why: str, now: float) -> None:
+    def _finish(
+        self, d: Deployment, status: DeploymentStatus, why: str, now: float, read: Deployment
+    ) -> bool:
+        """Write the deployment's end if it is still as ``read``; False if not."""
         text = why or "deployment completed successfully"
         stable = status == DeploymentStatus.SUCCESSFUL
-        self._store.put_deployment(
+        if not self._store.put_deployment(
             replace(d, status=status, status_description=text, modify_time=now),
             stable_version=stable,
-        )
+            expect=read,
+        ):
+            return False
         log.info("deployment %s job=%s %s: %s", d.deployment_id[:8], d.job_id, status.value, text)
+        return True
 
-    def _fail(self, d: Deployment, job: Job, why: str, now: float) -> None:
+    def _fail(self, d: Deployment, job: Job, why: str, now: float, read: Deployment) -> bool:
         revert = any(job.update_for(g).auto_revert for g in job.task_groups if g.name in d.groups)
         target = self._store.last_stable_version(job.job_id, job.version) if revert else None
         if revert:
@@ -149,12 +165,14 @@ class DeploymentWatcher:
                 if target is not None
                 else "; no stable version to roll back to"
             )
-        self._finish(d, DeploymentStatus.FAILED, why, now)
+        if not self._finish(d, DeploymentStatus.FAILED, why, now, read):
+            return False
         if target is not None:
             try:
                 self._revert(job.job_id, target)
             except Conflict as exc:
                 log.warning("auto-revert of %s failed: %s", job.job_id, exc)
+        return True
 
 
 def _group_progress(
@@ -192,10 +210,14 @@ def _group_progress(
 
 def promote(store, deployment_id: str, now: float) -> Deployment:
     """Promote a running deployment's canaries; Conflict if it is not running."""
-    d = store.get_deployment(deployment_id)
-    if not d.active:
-        raise Conflict(f"deployment {deployment_id} is {d.status.value}, not running")
-    groups = {name: {**state, "promoted": True} for name, state in d.groups.items()}
-    d = replace(d, groups=groups, modify_time=now, status_description="deployment promoted")
-    store.put_deployment(d)
-    return d
+    for _ in range(CHANGE_RETRIES):
+        d = store.get_deployment(deployment_id)
+        if not d.active:
+            raise Conflict(f"deployment {deployment_id} is {d.status.value}, not running")
+        groups = {name: {**state, "promoted": True} for name, state in d.groups.items()}
+        promoted = replace(
+            d, groups=groups, modify_time=now, status_description="deployment promoted"
+        )
+        if store.put_deployment(promoted, expect=d):
+            return promoted
+    raise Conflict(f"deployment {deployment_id} is changing; try again")

@@ -165,7 +165,8 @@ class SchedulerWorker(threading.Thread):
                     status=DeploymentStatus.CANCELLED,
                     status_description=f"cancelled by version {job.version}",
                     modify_time=now,
-                )
+                ),
+                expect=current,  # one a user failed meanwhile stays failed
             )
         created = deploy.new_deployment(job, groups, now)
         put(created)

@@ -274,3 +274,30 @@ def test_failing_by_hand_reverts_and_a_second_fail_is_refused(env):
         env.watcher.fail(d.deployment_id)
     with pytest.raises(NotFound):
         env.watcher.fail("nope")
+
+
+def test_a_pass_on_a_stale_read_never_undoes_a_users_fail_or_promote(env):
+    """The watcher's pass reads a deployment, then writes what it computed:
+    a user's fail or promote in between must survive that write."""
+    v1, _old, d = start(env)
+    place(env, v1, 0, healthy_since=env.clock())
+    env.clock.t += 2.5
+    stale = env.store.get_deployment(d.deployment_id)  # the pass's read
+    promoted = promote(env.store, d.deployment_id, env.clock())
+    assert promoted.groups["web"]["promoted"]
+    env.watcher._watch(stale, env.clock())  # its write (one healthy copy) is refused
+    stored = env.store.get_deployment(d.deployment_id)
+    assert stored.groups["web"]["promoted"] and stored.groups["web"].get("healthy", 0) == 0
+    assert env.evaluated == []
+    env.watcher.tick()  # the next pass starts from the promoted one
+    assert env.store.get_deployment(d.deployment_id).groups["web"]["healthy"] == 1
+    stale = env.store.get_deployment(d.deployment_id)
+    failed = env.watcher.fail(d.deployment_id)
+    assert failed.status == DeploymentStatus.FAILED
+    env.clock.t += 2.5
+    place(env, v1, 1, healthy_since=env.clock())
+    env.clock.t += 2.5
+    env.watcher._watch(stale, env.clock())  # would finish it SUCCESSFUL from the stale read
+    assert env.store.get_deployment(d.deployment_id).status == DeploymentStatus.FAILED
+    with pytest.raises(Conflict):
+        promote(env.store, d.deployment_id, env.clock())

@@ -30,8 +30,19 @@ class Deployments(StoreCore):
             )
         return [codec.deployment_from(json.loads(body)) for (body,) in rows]
 
-    def put_deployment(self, deployment: Deployment, *, stable_version: bool = False) -> None:
-        """Write a deployment; with stable_version, mark its job version stable too."""
+    def put_deployment(
+        self,
+        deployment: Deployment,
+        *,
+        stable_version: bool = False,
+        expect: Deployment | None = None,
+    ) -> bool:
+        """Write a deployment; with stable_version, mark its job version stable too.
+
+        ``expect``: the deployment as the caller read it. The write happens
+        only if it is still stored so, and False says another write (the
+        watcher's pass, a user's promote or fail) came in between: written
+        from a stale read, it would undo that one."""
         d = deployment
         statements: list[tuple[str, list]] = [
             (
@@ -56,7 +67,12 @@ class Deployments(StoreCore):
                 )
             )
         with self._writing():
+            if expect is not None:
+                stored = self._deployment_rows("deployment_id = ?", (d.deployment_id,))
+                if not stored or stored[0] != expect:
+                    return False
             self._write(statements)
+        return True
 
     def get_deployment(self, deployment_id: str) -> Deployment:
         """One deployment; NotFound if unknown."""
