@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from orch.config import ServerConfig
 from orch.server import wsgi
 from orch.server.api import make_app
 from orch.server.inline import inline_routes
@@ -55,6 +56,16 @@ class InlinePair:
             h.close()
         for thread in self._threads:
             thread.join(5)
+
+    def stop(self):
+        """Both waitress servers, then the Server itself."""
+        self.close()
+        self.server.stop()
+
+
+def server_at(tmp_path, **config) -> Server:
+    """A Server on a free loopback port with its data in ``tmp_path``."""
+    return Server(ServerConfig(data_dir=str(tmp_path), bind="127.0.0.1", port=0, **config))
 
 
 @contextmanager

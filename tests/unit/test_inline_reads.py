@@ -6,10 +6,8 @@ import copy
 import threading
 
 import pytest
-from inline_pair import InlinePair, store_lock_held
+from inline_pair import InlinePair, server_at, store_lock_held
 
-from orch.config import ServerConfig
-from orch.server.server import Server
 from orch.server.worker import SchedulerWorker
 
 from waiting import wait_for
@@ -48,7 +46,7 @@ class Pair(InlinePair):
 
 
 def _serve(tmp_path, **config) -> Pair:
-    srv = Server(ServerConfig(data_dir=str(tmp_path), bind="127.0.0.1", port=0, **config))
+    srv = server_at(tmp_path, **config)
     srv.pusher.place = lambda allocs, job: None
     srv.pusher.stop = lambda allocs: None
     srv.register(copy.deepcopy(NODE))
@@ -61,8 +59,7 @@ def _serve(tmp_path, **config) -> Pair:
 def pair(tmp_path):
     p = _serve(tmp_path)
     yield p
-    p.close()
-    p.server.stop()
+    p.stop()
 
 
 def test_a_job_read_is_the_routes_answer_byte_for_byte(pair):
@@ -147,5 +144,4 @@ def test_a_token_protected_server_refuses_without_the_token(tmp_path):
             assert good[0] == good[1]
         assert [ok for _path, ok in p.answered] == [False, False, True] * 2
     finally:
-        p.close()
-        p.server.stop()
+        p.stop()

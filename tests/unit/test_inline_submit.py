@@ -8,11 +8,9 @@ import json
 import threading
 
 import pytest
-from inline_pair import InlinePair, store_lock_held
+from inline_pair import InlinePair, server_at, store_lock_held
 
-from orch.config import ServerConfig
 from orch.server.inline import inline_routes
-from orch.server.server import Server
 
 from waiting import wait_for
 
@@ -38,7 +36,7 @@ class Pair(InlinePair):
 
 
 def _serve(tmp_path, **config) -> Pair:
-    srv = Server(ServerConfig(data_dir=str(tmp_path), bind="127.0.0.1", port=0, **config))
+    srv = server_at(tmp_path, **config)
     return Pair(srv)
 
 
@@ -46,8 +44,7 @@ def _serve(tmp_path, **config) -> Pair:
 def pair(tmp_path):
     p = _serve(tmp_path)
     yield p
-    p.close()
-    p.server.stop()
+    p.stop()
 
 
 def _job(job_id: str, **changes) -> bytes:
@@ -147,14 +144,11 @@ def test_a_token_protected_server_refuses_without_the_token(tmp_path):
         assert good[0] == 200
         assert p.answered == [False, False, True]
     finally:
-        p.close()
-        p.server.stop()
+        p.stop()
 
 
 def test_postgresql_submits_are_never_answered_inline(tmp_path, postgres_url):
-    srv = Server(
-        ServerConfig(data_dir=str(tmp_path), bind="127.0.0.1", port=0, database=postgres_url)
-    )
+    srv = server_at(tmp_path, database=postgres_url)
     try:
         routes = inline_routes(srv)
         assert ("POST", "/jobs") not in routes
