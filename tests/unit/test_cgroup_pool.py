@@ -70,12 +70,44 @@ def test_charged_cgroups_are_removed_not_pooled(tmp_path):
 
 def test_pool_is_bounded_per_limits(tmp_path):
     cgroups, _, removed = pool(tmp_path)
-    groups = [cgroups.create(f"a{i}-t", 64, 1024) for i in range(cg.POOL_PER_LIMITS + 1)]
+    count = cg.POOL_PER_LIMITS_MAX + 1
+    groups = [cgroups.create(f"a{i}-t", 64, 1024) for i in range(count)]
     for group in groups:
         cgroups.release(ended(group))
     assert removed == [groups[-1].dirs[0]]
     cgroups.drain()
     assert sorted(removed) == sorted(g.dirs[0] for g in groups)
+
+
+def test_pool_holds_no_more_than_was_out_at_once(tmp_path):
+    cgroups, _, removed = pool(tmp_path)
+    for i in range(cg.POOL_PER_LIMITS + 2):  # one at a time: one out at once
+        cgroups.release(ended(cgroups.create(f"a{i}-t", 64, 1024)))
+    assert removed == []  # each was the pooled one again
+    # Bursts beyond the floor, then fewer: the pool keeps the burst, not more.
+    first = [cgroups.create(f"b{i}-t", 64, 1024) for i in range(cg.POOL_PER_LIMITS + 2)]
+    extra = cgroups.create("c-t", 64, 1024)
+    for group in first:
+        cgroups.release(ended(group))
+    cgroups.release(ended(extra))
+    assert removed == []
+    made_before = set(os.listdir(cgroups._parents["memory"]))
+    second = [cgroups.create(f"d{i}-t", 64, 1024) for i in range(cg.POOL_PER_LIMITS + 3)]
+    assert set(os.listdir(cgroups._parents["memory"])) == made_before  # no new dir
+    assert {g.dirs[0] for g in second} == {g.dirs[0] for g in [*first, extra]}
+
+
+def test_a_burst_larger_than_the_floor_is_reused_whole(tmp_path):
+    cgroups, _, removed = pool(tmp_path)
+    burst = cg.POOL_PER_LIMITS * 2
+    for round_ in range(3):
+        groups = [cgroups.create(f"r{round_}-{i}-t", 64, 1024) for i in range(burst)]
+        for group in groups:
+            cgroups.release(ended(group))
+    assert removed == []
+    parent = cgroups._parents["memory"]
+    made = [n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))]
+    assert len(made) == burst
 
 
 def test_old_cgroups_are_not_reused(tmp_path):
