@@ -268,10 +268,10 @@ def test_a_task_whose_record_vanished_during_its_start_is_killed(tmp_path, monke
 
     real_spawn = server._spawn
 
-    def spawn_then_delete(spec, stdin, homes):
-        popen = real_spawn(spec, stdin, homes)
+    def spawn_then_delete(spec, stdin, homes, home_dir):
+        started = real_spawn(spec, stdin, homes, home_dir)
         os.unlink(spec["record_path"])  # the agent removed the task dir meanwhile
-        return popen
+        return started
 
     monkeypatch.setattr(server, "_spawn", spawn_then_delete)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

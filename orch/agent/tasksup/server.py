@@ -60,6 +60,15 @@ RMDIR_RETRY = 0.05  # a cgroup may stay busy for a moment after its last kill
 RMDIR_GIVE_UP = 5.0
 LONELY_EXIT = 10.0  # started, but no agent ever connected: leave
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Run records kept open from the claim to the exit line (one open and one
+# path walk fewer a run); beyond this many running tasks the rest are
+# reopened by path at their end, so a node of long services keeps its fds.
+RECORD_FDS_MAX = 256
+# What subprocess's restore_signals puts back to default in a task: the
+# supervisor ignores SIGPIPE; SIGXFSZ as Python sets it.
+RESTORED_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+)
 
 
 class Run:
@@ -69,6 +78,7 @@ class Run:
         "popen",
         "pid",
         "record_path",
+        "record_fd",
         "watchdog_bytes",
         "oom",
         "oom_files",
@@ -77,12 +87,21 @@ class Run:
         "keeper",
     )
 
-    def __init__(self, popen: subprocess.Popen, spec: dict, keeper: socket.socket | None):
-        # Kept until reaped (by us, not by subprocess: see _reap), so that
-        # subprocess never waits for it behind our back.
+    def __init__(
+        self,
+        pid: int,
+        popen: subprocess.Popen | None,
+        spec: dict,
+        keeper: socket.socket | None,
+        record_fd: int | None = None,
+    ):
+        # A Popen (a task started as another user) is kept until reaped (by
+        # us, not by subprocess: see _reap), so that subprocess never waits
+        # for it behind our back.
         self.popen = popen
-        self.pid = popen.pid
+        self.pid = pid
         self.record_path = spec["record_path"]
+        self.record_fd = record_fd  # the claimed record, for the exit line
         self.watchdog_bytes = (spec.get("watchdog_mb") or 0) * 1024 * 1024
         self.oom = False
         self.oom_files = spec.get("cgroup_oom_files") or []
@@ -104,6 +123,9 @@ class Supervisor:
         self.started = time.monotonic()
         # Opened once, not per start: each open is a syscall on the start path.
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        # Where the supervisor goes back to after starting a task in its cwd.
+        self.home_dir = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
+        self.record_fds = 0  # runs holding their record open (RECORD_FDS_MAX)
         self.homes = HomeCgroups()
         self.boot_time = _boot_time()
         self.wake_r, self.wake_w = os.pipe()
@@ -213,22 +235,28 @@ class Supervisor:
             # that died before saving its handle): never twice.
             remove_cgroups(spec.get("cgroup_dirs") or [])
             return {"claimed": True}
+        kept = False
         try:
-            return self._spawn_claimed(spec, fd, conn)
+            reply, kept = self._spawn_claimed(spec, fd, conn)
+            return reply
         finally:
-            os.close(fd)
+            if not kept:
+                os.close(fd)
 
-    def _spawn_claimed(self, spec: dict, fd: int, conn: socket.socket | None) -> dict:
-        """Start a claimed run; its record's lines go through `fd`."""
+    def _spawn_claimed(self, spec: dict, fd: int, conn: socket.socket | None) -> tuple[dict, bool]:
+        """Start a claimed run; its record's lines go through `fd`. Also
+        says whether the run kept `fd` open for its exit line."""
         try:
-            popen = _spawn(spec, self.devnull, self.homes)
+            pid, popen = _spawn(spec, self.devnull, self.homes, self.home_dir)
         except OSError as exc:
             error = _start_error(spec["argv"][0], exc)
             append_fd(fd, {"error": error})
             remove_cgroups(spec.get("cgroup_dirs") or [])
-            return {"error": error}
-        pid = popen.pid
-        self.runs[pid] = Run(popen, spec, conn)
+            return {"error": error}, False
+        keep_fd = self.record_fds < RECORD_FDS_MAX
+        self.record_fds += keep_fd
+        run = Run(pid, popen, spec, conn, fd if keep_fd else None)
+        self.runs[pid] = run
         try:
             recorded = append_fd(fd, {"pid": pid, "memory_mb": spec.get("memory_mb") or 0})
         except OSError as exc:
@@ -238,7 +266,7 @@ class Supervisor:
             # Its directory is gone already (a DELETE): the task is not wanted.
             _note(f"the task's run record {spec['record_path']} is gone: killing it")
             _killpg(pid, signal.SIGKILL)
-        return {"pid": pid, "create_time": _create_time(pid, self.boot_time)}
+        return {"pid": pid, "create_time": _create_time(pid, self.boot_time)}, keep_fd
 
     # -- ending ---------------------------------------------------------------
 
@@ -262,7 +290,8 @@ class Supervisor:
                 continue
             run = self.runs.pop(pid, None)
             if run is not None:
-                run.popen.returncode = os.waitstatus_to_exitcode(status)
+                if run.popen is not None:
+                    run.popen.returncode = os.waitstatus_to_exitcode(status)
                 self._finish(run, status)
 
     def _finish(self, run: Run, status: int) -> None:
@@ -273,12 +302,20 @@ class Supervisor:
             doc["cgroups_kept"] = run.cgroup_dirs
         line: dict = {"exited": run.pid}
         try:
-            append(run.record_path, doc)
+            if run.record_fd is not None:
+                append_fd(run.record_fd, doc)
+            else:
+                append(run.record_path, doc)
             # Recorded: the agent may take the end from this line, without
             # opening the record.
             line.update(doc)
         except OSError as exc:
             _note(f"cannot record the task's exit: {exc}")
+        finally:
+            if run.record_fd is not None:
+                os.close(run.record_fd)
+                run.record_fd = None
+                self.record_fds -= 1
         if not kept:
             self._remove_later(run.cgroup_dirs)
         self._broadcast(line)
@@ -348,14 +385,16 @@ class HomeCgroups:
                     os.close(fd)
 
 
-def _spawn(spec: dict, stdin: int, homes: HomeCgroups) -> subprocess.Popen:
-    """Start the task in a process group of its own; raises OSError if it cannot start.
+def _spawn(
+    spec: dict, stdin: int, homes: HomeCgroups, home_dir: int
+) -> tuple[int, subprocess.Popen | None]:
+    """Start the task in a process group of its own: its pid, and its Popen
+    if subprocess started it; raises OSError if it cannot start.
 
-    subprocess starts it without running Python in the child (vfork and
-    exec where it can), which costs a fraction of a fork of this process. A
-    task with cgroups is started from inside them: the supervisor joins the
-    task's cgroups, starts it (a child is born in its parent's cgroups), and
-    goes back to its own.
+    Neither way runs Python in the child (vfork and exec), which costs a
+    fraction of a fork of this process. A task with cgroups is started from
+    inside them: the supervisor joins the task's cgroups, starts it (a child
+    is born in its parent's cgroups), and goes back to its own.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
     out = os.open(spec["stdout"], flags, 0o644)
@@ -368,7 +407,9 @@ def _spawn(spec: dict, stdin: int, homes: HomeCgroups) -> subprocess.Popen:
     home_procs = spec.get("cgroup_home_procs") or []
     try:
         join_cgroups(spec.get("cgroup_procs") or [])
-        return subprocess.Popen(
+        if not user:
+            return _posix_spawn(spec, (stdin, out, err), home_dir), None
+        popen = subprocess.Popen(
             spec["argv"],
             env=spec["env"],
             cwd=spec["cwd"],
@@ -380,14 +421,71 @@ def _spawn(spec: dict, stdin: int, homes: HomeCgroups) -> subprocess.Popen:
             process_group=0,
             user=user.get("uid"),
             group=user.get("gid"),
-            extra_groups=user.get("groups") if user else None,
+            extra_groups=user.get("groups"),
         )
+        return popen.pid, popen
     finally:
         try:
             homes.join(home_procs)
         finally:
             os.close(out)
             os.close(err)
+
+
+def _posix_spawn(spec: dict, stdio: tuple[int, int, int], home_dir: int) -> int:
+    """The task started by posix_spawn, as subprocess would start it without a user.
+
+    subprocess's own path costs twice the supervisor's CPU a start (its
+    error pipe, the fd sweep, the environment encoded in Python, the Popen
+    object). The child gets only stdio: every fd of the supervisor is
+    close-on-exec (`_no_inherited_fds`). posix_spawn has no cwd in Python
+    3.11, so the supervisor, single-threaded, steps into it for the start.
+    """
+    env = spec["env"]
+    program = _find_program(spec["argv"][0], env)
+    os.chdir(spec["cwd"])
+    try:
+        return os.posix_spawn(
+            program,
+            spec["argv"],
+            env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)],
+            setpgroup=0,
+            setsigdef=RESTORED_SIGNALS,
+        )
+    finally:
+        os.fchdir(home_dir)
+
+
+def _find_program(program: str, env: dict) -> str:
+    """`program` looked up on the task's PATH, as subprocess does; raises FileNotFoundError."""
+    if os.sep in program:
+        return program
+    denied = None
+    for directory in os.get_exec_path(env):
+        path = os.path.join(directory, program)
+        if os.path.isfile(path):
+            if os.access(path, os.X_OK):
+                return path
+            denied = path
+    if denied is not None:  # as execvp: found, but not executable
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), denied)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+
+
+def _no_inherited_fds() -> None:
+    """Every fd above stdio close-on-exec: posix_spawn closes nothing itself."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        names = [str(fd) for fd in range(3, 256)]
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
 
 
 def _boot_time() -> float | None:
@@ -461,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     # a caught one is back to its default at their exec.
     for sig in (signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # subprocess restores it in tasks
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # restored in tasks (RESTORED_SIGNALS)
+    _no_inherited_fds()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(socket_address(name))
