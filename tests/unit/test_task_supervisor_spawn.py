@@ -142,3 +142,29 @@ def test_a_task_started_as_a_user_still_goes_through_subprocess(sup, tmp_path):
     spec["user"] = {"uid": os.getuid(), "gid": os.getgid(), "groups": []}
     pid = sup._start(spec)["pid"]
     assert isinstance(sup.runs[pid].popen, subprocess.Popen)
+
+
+def test_answers_to_a_batch_of_starts_go_in_one_write(sup, tmp_path):
+    import json
+
+    mine, theirs = socket.socketpair()
+    try:
+        sup.clients[theirs.fileno()] = (theirs, bytearray())
+        specs = [spec_in(tmp_path, f"t{i}", ["sleep", "30"]) for i in range(3)]
+        mine.sendall(
+            b"".join(
+                json.dumps({"id": i, "start": s}).encode() + b"\n" for i, s in enumerate(specs)
+            )
+        )
+        sup._read(theirs)
+        mine.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            mine.recv(65536)  # queued, not sent line by line
+        sup._flush()
+        answers = [json.loads(line) for line in mine.recv(65536).splitlines()]
+        assert [a["id"] for a in answers] == [0, 1, 2] and all("pid" in a for a in answers)
+        assert sup.outbox == {}
+    finally:
+        mine.close()
+        sup.clients.pop(theirs.fileno(), None)
+        theirs.close()

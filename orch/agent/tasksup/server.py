@@ -117,6 +117,10 @@ class Supervisor:
     def __init__(self, listener: socket.socket):
         self.listener = listener
         self.clients: dict[int, tuple[socket.socket, bytearray]] = {}
+        # Lines for each agent, sent once a loop turn: the answers to a
+        # batch of starts and the ends reaped meanwhile wake the agent's
+        # reader once, not once a line.
+        self.outbox: dict[socket.socket, bytearray] = {}
         self.runs: dict[int, Run] = {}
         self.rmdirs: list[tuple[float, str]] = []  # (give up at, cgroup dir)
         self.ever_connected = False
@@ -138,6 +142,7 @@ class Supervisor:
         next_watch = time.monotonic() + WATCHDOG_INTERVAL
         while True:
             self._reap()  # also what arrived before the handler was set
+            self._flush()
             if self._should_leave():
                 return
             timeout = None
@@ -212,13 +217,25 @@ class Supervisor:
             self._send(conn, reply)
 
     def _send(self, conn: socket.socket, doc: dict) -> None:
-        try:
-            conn.sendall(json.dumps(doc).encode() + b"\n")
-        except OSError:
-            self._drop(conn)
+        """Queue a line for `conn`: `_flush` sends it before the loop waits again."""
+        out = self.outbox.get(conn)
+        if out is None:
+            out = self.outbox[conn] = bytearray()
+        out += json.dumps(doc).encode() + b"\n"
+
+    def _flush(self) -> None:
+        outbox, self.outbox = self.outbox, {}
+        for conn, data in outbox.items():
+            if conn.fileno() < 0:  # dropped meanwhile
+                continue
+            try:
+                conn.sendall(data)
+            except OSError:
+                self._drop(conn)
 
     def _drop(self, conn: socket.socket) -> None:
         self.clients.pop(conn.fileno(), None)
+        self.outbox.pop(conn, None)
         conn.close()
 
     def _broadcast(self, doc: dict) -> None:
