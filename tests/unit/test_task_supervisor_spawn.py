@@ -168,3 +168,64 @@ def test_answers_to_a_batch_of_starts_go_in_one_write(sup, tmp_path):
         mine.close()
         sup.clients.pop(theirs.fileno(), None)
         theirs.close()
+
+
+def test_task_cgroup_files_stay_open_from_one_task_to_the_next(tmp_path, monkeypatch):
+    from orch.agent.tasksup.limits import CgroupFiles
+
+    group = tmp_path / "orch" / "a1-t"
+    group.mkdir(parents=True)
+    for name in ("tasks", "cgroup.procs", "memory.oom_control"):
+        (group / name).write_text("")
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: (opened.append(p), real_open(p, *a, **k))[1])
+    files = CgroupFiles()
+    for _ in range(3):  # three tasks in the same pooled cgroup
+        files.join([str(group / "cgroup.procs")])
+        assert files.read(str(group / "cgroup.procs")) == b""
+        (group / "memory.oom_control").write_text("oom_kill 0\n")
+        assert files.read(str(group / "memory.oom_control")) == b"oom_kill 0\n"
+    assert sorted(opened) == sorted(
+        str(group / n) for n in ("tasks", "cgroup.procs", "memory.oom_control")
+    )
+    assert (group / "tasks").read_text() == "000"
+    # Removed: its fds go, and a later read opens the path again (gone: None).
+    files.forget_dirs([str(group)])
+    assert files._fds == {}
+    for name in ("tasks", "cgroup.procs", "memory.oom_control"):
+        (group / name).unlink()
+    group.rmdir()
+    assert files.read(str(group / "cgroup.procs")) is None
+    with pytest.raises(FileNotFoundError):
+        files.join([str(group / "cgroup.procs")])
+
+
+def test_a_kept_cgroup_fd_that_fails_is_opened_again_once(tmp_path, monkeypatch):
+    import errno
+
+    from orch.agent.tasksup.limits import CgroupFiles
+
+    (tmp_path / "tasks").write_text("")
+    path = str(tmp_path / "tasks")
+    files = CgroupFiles(max_open=2)
+    files.write(path, b"0")
+    stale = files._fds[path]
+    real_write = os.write
+    failed: list[int] = []
+
+    def write(fd, data):
+        if fd == stale and not failed:  # once: the fd number may come back
+            failed.append(fd)
+            raise OSError(errno.ENODEV, "removed cgroup")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    (tmp_path / "tasks").write_text("")
+    files.write(path, b"1")  # the stale fd dropped, the path opened anew
+    assert failed and (tmp_path / "tasks").read_text() == "1"
+    # Bounded: the least recently used goes first.
+    for name in ("a", "b"):
+        (tmp_path / name).write_text(name)
+        assert files.read(str(tmp_path / name)) == name.encode()
+    assert list(files._fds) == [str(tmp_path / "a"), str(tmp_path / "b")]

@@ -36,6 +36,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -44,8 +45,8 @@ import sys
 import time
 
 from orch.agent.tasksup.limits import (
+    CgroupFiles,
     cgroup_oom,
-    join_cgroups,
     open_join,
     process_tree,
     read_file,
@@ -129,8 +130,10 @@ class Supervisor:
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         # Where the supervisor goes back to after starting a task in its cwd.
         self.home_dir = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
-        self.record_fds = 0  # runs holding their record open (RECORD_FDS_MAX)
+        self.record_fds = 0  # runs holding their record open (record_fds_max)
+        self.record_fds_max = _fd_budget(RECORD_FDS_MAX)
         self.homes = HomeCgroups()
+        self.files = CgroupFiles(_fd_budget(512))
         self.boot_time = _boot_time()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -264,13 +267,14 @@ class Supervisor:
         """Start a claimed run; its record's lines go through `fd`. Also
         says whether the run kept `fd` open for its exit line."""
         try:
-            pid, popen = _spawn(spec, self.devnull, self.homes, self.home_dir)
+            pid, popen = _spawn(spec, self.devnull, (self.homes, self.files), self.home_dir)
         except OSError as exc:
             error = _start_error(spec["argv"][0], exc)
             append_fd(fd, {"error": error})
+            self.files.forget_dirs(spec.get("cgroup_dirs") or [])
             remove_cgroups(spec.get("cgroup_dirs") or [])
             return {"error": error}, False
-        keep_fd = self.record_fds < RECORD_FDS_MAX
+        keep_fd = self.record_fds < min(RECORD_FDS_MAX, self.record_fds_max)
         self.record_fds += keep_fd
         run = Run(pid, popen, spec, conn, fd if keep_fd else None)
         self.runs[pid] = run
@@ -312,7 +316,7 @@ class Supervisor:
                 self._finish(run, status)
 
     def _finish(self, run: Run, status: int) -> None:
-        oom = run.oom or cgroup_oom(run.oom_files)
+        oom = run.oom or cgroup_oom(run.oom_files, self.files.read)
         doc = exit_doc(status, oom)
         kept = not oom and self._keeps(run)
         if kept:
@@ -346,13 +350,14 @@ class Supervisor:
         if client is None or client[0] is not run.keeper:
             return False
         # The memory cgroup's list alone: the task's processes are in all of its cgroups.
-        return read_file(run.cgroup_procs[0]) == b"" if run.cgroup_procs else False
+        return self.files.read(run.cgroup_procs[0]) == b"" if run.cgroup_procs else False
 
     def _remove_later(self, dirs: list[str]) -> None:
         """Remove the cgroups now, or retry from the loop while they are busy."""
         # Usually empty at once (the group is dead and reaped); a busy one is
         # retried from the loop rather than holding up every other task.
         deadline = time.monotonic() + RMDIR_GIVE_UP
+        self.files.forget_dirs(dirs)
         self.rmdirs.extend((deadline, path) for path in dirs)
         self._retry_rmdirs(time.monotonic())
 
@@ -403,7 +408,7 @@ class HomeCgroups:
 
 
 def _spawn(
-    spec: dict, stdin: int, homes: HomeCgroups, home_dir: int
+    spec: dict, stdin: int, cgroups: tuple[HomeCgroups, CgroupFiles], home_dir: int
 ) -> tuple[int, subprocess.Popen | None]:
     """Start the task in a process group of its own: its pid, and its Popen
     if subprocess started it; raises OSError if it cannot start.
@@ -422,8 +427,9 @@ def _spawn(
         raise
     user = spec.get("user") or {}
     home_procs = spec.get("cgroup_home_procs") or []
+    homes, files = cgroups
     try:
-        join_cgroups(spec.get("cgroup_procs") or [])
+        files.join(spec.get("cgroup_procs") or [])
         if not user:
             return _posix_spawn(spec, (stdin, out, err), home_dir), None
         popen = subprocess.Popen(
@@ -503,6 +509,15 @@ def _no_inherited_fds() -> None:
                 os.set_inheritable(fd, False)
             except OSError:
                 pass
+
+
+def _fd_budget(wanted: int) -> int:
+    """`wanted` fds kept open, or a quarter of what this process may open if less."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return wanted
+    return wanted if soft == resource.RLIM_INFINITY else max(0, min(wanted, soft // 4))
 
 
 def _boot_time() -> float | None:
