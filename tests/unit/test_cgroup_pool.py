@@ -150,3 +150,22 @@ def test_drain_removes_pooled_and_handed_out_cgroups(tmp_path):
     cgroups.drain()
     assert sorted(removed) == sorted([pooled.dirs[0], out.dirs[0]])
     assert cgroups.create("a3-t", 64, 1024) not in (pooled, out)
+
+
+def test_a_pooled_cgroups_files_are_opened_once(tmp_path, monkeypatch):
+    cgroups, _, removed = pool(tmp_path)
+    first = cgroups.create("a1-t", 64, 1024)
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: (opened.append(p), real_open(p, *a, **k))[1])
+    for i in range(5):  # released (charge read), taken again (emptiness read)
+        cgroups.release(ended(first))
+        assert cgroups.create(f"a{i + 2}-t", 64, 1024) == first
+    assert sorted(opened) == sorted(
+        os.path.join(first.dirs[0], name) for name in ("cgroup.procs", "memory.current")
+    )
+    # A busy one found at a take is removed, and its kept fds closed.
+    cgroups.release(ended(first))
+    ended(first, procs="4242\n")
+    assert cgroups.create("b-t", 64, 1024) != first
+    assert removed == [first.dirs[0]] and not cgroups._kept_files._fds

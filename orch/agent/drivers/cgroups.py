@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from orch.agent.tasksup.limits import read_file
+from orch.agent.tasksup.limits import CgroupFiles
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ class Cgroups:
         self._idle_dirs: set[str] = set()  # first dir of each pooled cgroup
         self._out_count: dict[tuple[int, int], int] = {}  # handed out now, per limits
         self._peak: dict[tuple[int, int], int] = {}  # most handed out at once
+        # The two files read per task of a pooled cgroup (empty? charged?),
+        # kept open: a cgroupfs path walk is the slow kind (CgroupFiles).
+        self._kept_files = CgroupFiles(max_open=2 * POOL_MAX)
+        self._files_lock = threading.Lock()
 
     def detect(self) -> str | None:
         """ "v2", "v1" or None (then `reason` says why); probed once."""
@@ -162,7 +166,9 @@ class Cgroups:
             if dirs[0] in self._idle_dirs:
                 return  # pooled already
             out = self._take_back(dirs[0])
-            if not kept:
+            if not kept:  # the supervisor removes them
+                with self._files_lock:
+                    self._kept_files.forget_dirs(dirs)
                 return
             if out is not None:
                 key, made, group = out
@@ -213,7 +219,7 @@ class Cgroups:
                 group, made = idle.pop()
                 self._idle_dirs.discard(group.dirs[0])
             # The memory cgroup's list alone: a task's processes are in all of its cgroups.
-            if self._clock() - made < POOL_MAX_AGE and read_file(group.procs[0]) == b"":
+            if self._clock() - made < POOL_MAX_AGE and self._read(group.procs[0]) == b"":
                 with self._lock:
                     self._hand_out(key, made, group)
                 return group
@@ -227,7 +233,7 @@ class Cgroups:
         """Not holding memory the next task would be charged for (the
         supervisor kept it empty; `_reuse` checks that again)."""
         usage = "memory.current" if self.version == "v2" else "memory.usage_in_bytes"
-        text = read_file(os.path.join(group.dirs[0], usage))
+        text = self._read(os.path.join(group.dirs[0], usage))
         try:
             charged = int(text or "")
         except ValueError:
@@ -235,7 +241,13 @@ class Cgroups:
         limit = memory_mb * 1024 * 1024 // POOL_CHARGE_SHARE if memory_mb > 0 else POOL_MAX_CHARGE
         return charged <= min(limit, POOL_MAX_CHARGE)
 
+    def _read(self, path: str) -> bytes | None:
+        with self._files_lock:
+            return self._kept_files.read(path)
+
     def _remove(self, dirs: list[str]) -> None:
+        with self._files_lock:
+            self._kept_files.forget_dirs(dirs)
         for path in dirs:
             try:
                 self._rmdir(path)
