@@ -229,3 +229,23 @@ def test_a_kept_cgroup_fd_that_fails_is_opened_again_once(tmp_path, monkeypatch)
         (tmp_path / name).write_text(name)
         assert files.read(str(tmp_path / name)) == name.encode()
     assert list(files._fds) == [str(tmp_path / "a"), str(tmp_path / "b")]
+
+
+def test_a_supervisor_started_in_a_removed_dir_still_starts_tasks(tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    made = server.Supervisor(listener)
+    try:
+        pid = made._start(spec_in(tmp_path, "t", ["sleep", "30"]))["pid"]
+        assert os.readlink(f"/proc/{pid}/cwd") == str(tmp_path / "t")
+        assert os.readlink("/proc/self/cwd").startswith(str(gone))  # back where it was
+    finally:
+        for pid in list(made.runs):
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        listener.close()
+        for fd in (made.devnull, made.wake_r, made.wake_w, made.home_dir):
+            os.close(fd)

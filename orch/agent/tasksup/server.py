@@ -128,8 +128,9 @@ class Supervisor:
         self.started = time.monotonic()
         # Opened once, not per start: each open is a syscall on the start path.
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        # Where the supervisor goes back to after starting a task in its cwd.
-        self.home_dir = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
+        # Where the supervisor goes back to after starting a task in its cwd
+        # (O_PATH: a cwd it may not list is still one to come back to).
+        self.home_dir = _open_cwd()
         self.record_fds = 0  # runs holding their record open (record_fds_max)
         self.record_fds_max = _fd_budget(RECORD_FDS_MAX)
         self.homes = HomeCgroups()
@@ -509,6 +510,15 @@ def _no_inherited_fds() -> None:
                 os.set_inheritable(fd, False)
             except OSError:
                 pass
+
+
+def _open_cwd() -> int:
+    """An fd of the current directory to fchdir back to; of / if it is gone."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        return os.open(".", flags)
+    except OSError:
+        return os.open("/", flags)
 
 
 def _fd_budget(wanted: int) -> int:
