@@ -55,6 +55,7 @@ from orch.agent.tasksup.limits import (
 )
 from orch.agent.tasksup.protocol import IN_USE, READY, receive, socket_address, take_lines
 from orch.agent.tasksup.records import append, append_fd, claim, exit_doc, write_all
+from orch.agent.tasksup.spawn import no_inherited_fds, open_cwd, posix_spawn_task
 
 WATCHDOG_INTERVAL = 0.2  # seconds between RSS samples without cgroups
 RMDIR_RETRY = 0.05  # a cgroup may stay busy for a moment after its last kill
@@ -65,11 +66,6 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # path walk fewer a run); beyond this many running tasks the rest are
 # reopened by path at their end, so a node of long services keeps its fds.
 RECORD_FDS_MAX = 256
-# What subprocess's restore_signals puts back to default in a task: the
-# supervisor ignores SIGPIPE; SIGXFSZ as Python sets it.
-RESTORED_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
-)
 
 
 class Run:
@@ -130,7 +126,7 @@ class Supervisor:
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         # Where the supervisor goes back to after starting a task in its cwd
         # (O_PATH: a cwd it may not list is still one to come back to).
-        self.home_dir = _open_cwd()
+        self.home_dir = open_cwd()
         self.record_fds = 0  # runs holding their record open (record_fds_max)
         self.record_fds_max = _fd_budget(RECORD_FDS_MAX)
         self.homes = HomeCgroups()
@@ -432,7 +428,7 @@ def _spawn(
     try:
         files.join(spec.get("cgroup_procs") or [])
         if not user:
-            return _posix_spawn(spec, (stdin, out, err), home_dir), None
+            return posix_spawn_task(spec, (stdin, out, err), home_dir), None
         popen = subprocess.Popen(
             spec["argv"],
             env=spec["env"],
@@ -454,71 +450,6 @@ def _spawn(
         finally:
             os.close(out)
             os.close(err)
-
-
-def _posix_spawn(spec: dict, stdio: tuple[int, int, int], home_dir: int) -> int:
-    """The task started by posix_spawn, as subprocess would start it without a user.
-
-    subprocess's own path costs twice the supervisor's CPU a start (its
-    error pipe, the fd sweep, the environment encoded in Python, the Popen
-    object). The child gets only stdio: every fd of the supervisor is
-    close-on-exec (`_no_inherited_fds`). posix_spawn has no cwd in Python
-    3.11, so the supervisor, single-threaded, steps into it for the start.
-    """
-    env = spec["env"]
-    program = _find_program(spec["argv"][0], env)
-    os.chdir(spec["cwd"])
-    try:
-        return os.posix_spawn(
-            program,
-            spec["argv"],
-            env,
-            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)],
-            setpgroup=0,
-            setsigdef=RESTORED_SIGNALS,
-        )
-    finally:
-        os.fchdir(home_dir)
-
-
-def _find_program(program: str, env: dict) -> str:
-    """`program` looked up on the task's PATH, as subprocess does; raises FileNotFoundError."""
-    if os.sep in program:
-        return program
-    denied = None
-    for directory in os.get_exec_path(env):
-        path = os.path.join(directory, program)
-        if os.path.isfile(path):
-            if os.access(path, os.X_OK):
-                return path
-            denied = path
-    if denied is not None:  # as execvp: found, but not executable
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), denied)
-    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
-
-
-def _no_inherited_fds() -> None:
-    """Every fd above stdio close-on-exec: posix_spawn closes nothing itself."""
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        names = [str(fd) for fd in range(3, 256)]
-    for name in names:
-        fd = int(name)
-        if fd > 2:
-            try:
-                os.set_inheritable(fd, False)
-            except OSError:
-                pass
-
-
-def _open_cwd() -> int:
-    """An fd of the current directory to fchdir back to; of / if it is gone."""
-    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-    try:
-        return os.open(".", flags)
-    except OSError:
-        return os.open("/", flags)
 
 
 def _fd_budget(wanted: int) -> int:
@@ -601,8 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     # a caught one is back to its default at their exec.
     for sig in (signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # restored in tasks (RESTORED_SIGNALS)
-    _no_inherited_fds()
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # restored in tasks (spawn.RESTORED_SIGNALS)
+    no_inherited_fds()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(socket_address(name))
