@@ -25,6 +25,7 @@ MAX_DEPTH = 64
 # are dropped first, so that every quote left opens or closes a string.
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _DELTA = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+_TO_PARENS = bytes.maketrans(b"[{]}", b"(())")
 # A \uD800-\uDFFF escape: only then can a parsed string hold a surrogate
 # (raw bytes are decoded strictly first).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -49,17 +50,35 @@ def too_deep(raw: bytes, max_depth: int) -> bool:
     # Nesting needs as many opening brackets: most bodies stop at this count.
     if raw.count(b"[") + raw.count(b"{") <= max_depth:
         return False
+    # Each pass takes the innermost level off all at once (an opening
+    # bracket next to a closing one): a balanced text is gone after as many
+    # passes as it is deep, a handful of C-level scans instead of a Python
+    # step per bracket (which cost as much as parsing the body). What is
+    # left after max_depth passes is measured exactly.
+    pairs = _brackets(raw).translate(_TO_PARENS)
+    for _ in range(max_depth):
+        peeled = pairs.replace(b"()", b"")
+        if len(peeled) == len(pairs):
+            break
+        pairs = peeled
+    if not pairs:
+        return False
     return depth(raw) > max_depth
 
 
 def depth(raw: bytes) -> int:
     """The deepest nesting of arrays and objects in a JSON text."""
-    structure = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
-    # Split on quotes: even pieces lie outside strings, odd ones inside.
-    brackets = b"".join(structure.split(b'"')[0::2])
+    brackets = _brackets(raw)
     if not brackets:
         return 0
     return max(accumulate(map(_DELTA.__getitem__, brackets)))
+
+
+def _brackets(raw: bytes) -> bytes:
+    """The brackets of a JSON text outside its strings, in order."""
+    structure = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+    # Split on quotes: even pieces lie outside strings, odd ones inside.
+    return b"".join(structure.split(b'"')[0::2])
 
 
 def loads(raw: bytes, *, max_depth: int = MAX_DEPTH):

@@ -274,3 +274,49 @@ def test_spreading_subdirs_is_a_hint_that_may_be_refused(tmp_path):
     assert spread_subdirs(str(plain)) is False  # not a directory
     if os.path.isdir("/proc/self"):
         assert spread_subdirs("/proc/self") is False  # procfs has no such flags
+
+
+def test_removal_takes_the_whole_tree_and_follows_no_symlink(tmp_path):
+    from orch.agent import state
+
+    store = AgentStore(str(tmp_path / "data"))
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "file").write_text("mine")
+    store.save_alloc("a1", {"x": 1})
+    task = os.path.join(store.alloc_dir("a1"), "t")
+    os.makedirs(os.path.join(task, "sub", "deeper"))
+    for rel in ("stdout.log", ".orch-run-0.json", "sub/deeper/f"):
+        with open(os.path.join(task, rel), "w") as f:
+            f.write("x")
+    os.symlink(outside, os.path.join(task, "link"))  # a task's own symlinks
+    os.symlink(outside / "keep", os.path.join(task, "sub", "dirlink"))
+    # A task dir swapped for a symlink to the outside: the link alone goes.
+    store.save_alloc("a2", {"x": 2})
+    os.symlink(outside, os.path.join(store.alloc_dir("a2"), "t"))
+    store.remove_alloc("a1")
+    store.remove_alloc("a2")
+    assert os.listdir(store.allocs_dir) == []
+    assert (outside / "keep" / "file").read_text() == "mine"
+    # The allocation's dir itself a symlink: unlinked, not walked.
+    os.symlink(outside, os.path.join(store.allocs_dir, "a3"))
+    store.remove_alloc("a3")
+    assert os.listdir(store.allocs_dir) == [] and (outside / "keep" / "file").exists()
+    store.remove_alloc("never-made")  # nothing to do, no error
+    # Nesting past the bound is left behind, without an error.
+    deep = os.path.join(store.alloc_dir("a4"), *["d"] * (state.REMOVE_DEPTH_MAX + 3))
+    os.makedirs(deep)
+    store.remove_alloc("a4")
+    assert os.path.isdir(store.alloc_dir("a4"))
+
+
+def test_removal_walks_no_path_from_the_root(tmp_path, monkeypatch):
+    store = AgentStore(str(tmp_path))
+    store.save_alloc("a1", {"x": 1})
+    os.makedirs(os.path.join(store.alloc_dir("a1"), "t"))
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: (opened.append(p), real_open(p, *a, **k))[1])
+    store.remove_alloc("a1")
+    assert opened == ["a1", "t"]  # relative to their parents' fds
+    assert os.listdir(store.allocs_dir) == []

@@ -70,12 +70,44 @@ def test_charged_cgroups_are_removed_not_pooled(tmp_path):
 
 def test_pool_is_bounded_per_limits(tmp_path):
     cgroups, _, removed = pool(tmp_path)
-    groups = [cgroups.create(f"a{i}-t", 64, 1024) for i in range(cg.POOL_PER_LIMITS + 1)]
+    count = cg.POOL_PER_LIMITS_MAX + 1
+    groups = [cgroups.create(f"a{i}-t", 64, 1024) for i in range(count)]
     for group in groups:
         cgroups.release(ended(group))
     assert removed == [groups[-1].dirs[0]]
     cgroups.drain()
     assert sorted(removed) == sorted(g.dirs[0] for g in groups)
+
+
+def test_pool_holds_no_more_than_was_out_at_once(tmp_path):
+    cgroups, _, removed = pool(tmp_path)
+    for i in range(cg.POOL_PER_LIMITS + 2):  # one at a time: one out at once
+        cgroups.release(ended(cgroups.create(f"a{i}-t", 64, 1024)))
+    assert removed == []  # each was the pooled one again
+    # Bursts beyond the floor, then fewer: the pool keeps the burst, not more.
+    first = [cgroups.create(f"b{i}-t", 64, 1024) for i in range(cg.POOL_PER_LIMITS + 2)]
+    extra = cgroups.create("c-t", 64, 1024)
+    for group in first:
+        cgroups.release(ended(group))
+    cgroups.release(ended(extra))
+    assert removed == []
+    made_before = set(os.listdir(cgroups._parents["memory"]))
+    second = [cgroups.create(f"d{i}-t", 64, 1024) for i in range(cg.POOL_PER_LIMITS + 3)]
+    assert set(os.listdir(cgroups._parents["memory"])) == made_before  # no new dir
+    assert {g.dirs[0] for g in second} == {g.dirs[0] for g in [*first, extra]}
+
+
+def test_a_burst_larger_than_the_floor_is_reused_whole(tmp_path):
+    cgroups, _, removed = pool(tmp_path)
+    burst = cg.POOL_PER_LIMITS * 2
+    for round_ in range(3):
+        groups = [cgroups.create(f"r{round_}-{i}-t", 64, 1024) for i in range(burst)]
+        for group in groups:
+            cgroups.release(ended(group))
+    assert removed == []
+    parent = cgroups._parents["memory"]
+    made = [n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))]
+    assert len(made) == burst
 
 
 def test_old_cgroups_are_not_reused(tmp_path):
@@ -118,3 +150,22 @@ def test_drain_removes_pooled_and_handed_out_cgroups(tmp_path):
     cgroups.drain()
     assert sorted(removed) == sorted([pooled.dirs[0], out.dirs[0]])
     assert cgroups.create("a3-t", 64, 1024) not in (pooled, out)
+
+
+def test_a_pooled_cgroups_files_are_opened_once(tmp_path, monkeypatch):
+    cgroups, _, removed = pool(tmp_path)
+    first = cgroups.create("a1-t", 64, 1024)
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: (opened.append(p), real_open(p, *a, **k))[1])
+    for i in range(5):  # released (charge read), taken again (emptiness read)
+        cgroups.release(ended(first))
+        assert cgroups.create(f"a{i + 2}-t", 64, 1024) == first
+    assert sorted(opened) == sorted(
+        os.path.join(first.dirs[0], name) for name in ("cgroup.procs", "memory.current")
+    )
+    # A busy one found at a take is removed, and its kept fds closed.
+    cgroups.release(ended(first))
+    ended(first, procs="4242\n")
+    assert cgroups.create("b-t", 64, 1024) != first
+    assert removed == [first.dirs[0]] and not cgroups._kept_files._fds

@@ -225,7 +225,7 @@ def test_task_cgroups_are_kept_only_for_an_agent_still_connected(tmp_path):
 
 
 def test_a_v1_cgroup_is_joined_through_its_tasks_file_by_the_thread_alone(tmp_path):
-    from orch.agent.tasksup.limits import join_cgroups
+    from orch.agent.tasksup.limits import CgroupFiles
     from orch.agent.tasksup.server import HomeCgroups
 
     v1, v2 = tmp_path / "v1", tmp_path / "v2"
@@ -234,7 +234,7 @@ def test_a_v1_cgroup_is_joined_through_its_tasks_file_by_the_thread_alone(tmp_pa
         (d / "cgroup.procs").write_text("")
     (v1 / "tasks").write_text("")  # only v1 has one
     paths = [str(v1 / "cgroup.procs"), str(v2 / "cgroup.procs")]
-    join_cgroups(paths)
+    CgroupFiles().join(paths)
     # v1: "0" (this thread) to `tasks`, no global lock; v2: our pid to cgroup.procs.
     assert (v1 / "tasks").read_text() == "0" and (v1 / "cgroup.procs").read_text() == ""
     assert (v2 / "cgroup.procs").read_text() == str(os.getpid())
@@ -268,10 +268,10 @@ def test_a_task_whose_record_vanished_during_its_start_is_killed(tmp_path, monke
 
     real_spawn = server._spawn
 
-    def spawn_then_delete(spec, stdin, homes):
-        popen = real_spawn(spec, stdin, homes)
+    def spawn_then_delete(spec, stdin, homes, home_dir):
+        started = real_spawn(spec, stdin, homes, home_dir)
         os.unlink(spec["record_path"])  # the agent removed the task dir meanwhile
-        return popen
+        return started
 
     monkeypatch.setattr(server, "_spawn", spawn_then_delete)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -70,6 +70,26 @@ def test_depth_on_bytes_equals_the_parsed_depth():
             assert document.depth(raw) == _tree_depth(value), raw
 
 
+def test_too_deep_agrees_with_the_exact_depth_at_every_bound():
+    rng = random.Random(11)
+    for _ in range(500):
+        raw = json.dumps(_random_json(rng)).encode()
+        exact = document.depth(raw)
+        for bound in range(max(0, exact - 2), exact + 2):
+            assert document.too_deep(raw, bound) == (exact > bound), (raw, bound)
+    # Unbalanced texts (the parser refuses them later) are measured as before.
+    for raw in (b"[" * 70, b"]]]" + b"[" * 70, b"[" * 40 + b"]" * 45 + b"[" * 40, b"{" * 65 + b"]"):
+        assert document.too_deep(raw, 64) == (document.depth(raw) > 64), raw
+
+
+def test_too_deep_measures_a_balanced_body_without_a_step_per_bracket(monkeypatch):
+    # Many brackets, shallow: the peeling decides, the per-bracket walk never runs.
+    raw = json.dumps({"allocations": [{"tasks": [{"env": {}, "meta": {}}]}] * 200}).encode()
+    monkeypatch.setattr(document, "depth", lambda raw: 10**6)
+    assert not document.too_deep(raw, 64)
+    assert document.too_deep(b"[" * 65 + b"]" * 65, 64)  # deeper: measured exactly
+
+
 def test_lone_surrogates_are_refused_naming_the_field():
     raw = b'{"task_groups": [{"tasks": [{"config": {"env": {"X": "\\ud800"}}}]}]}'
     assert (

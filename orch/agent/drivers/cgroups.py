@@ -24,14 +24,20 @@ import threading
 import time
 from dataclasses import dataclass
 
-from orch.agent.tasksup.limits import read_file
+from orch.agent.tasksup.limits import CgroupFiles
 
 log = logging.getLogger(__name__)
 
 SUBDIR = "orch"
 STALE_AFTER = 600.0  # seconds: an empty task cgroup this old is a leftover
-POOL_PER_LIMITS = 16  # idle task cgroups kept for each (memory, shares)
-POOL_MAX = 64  # idle task cgroups kept in all
+# Idle task cgroups kept for each (memory, shares): as many as the agent
+# ever had out at once for those limits (a batch arrives in bursts, and a
+# burst larger than the pool made and removed the excess every time), at
+# least POOL_PER_LIMITS, at most POOL_PER_LIMITS_MAX. The pool so never holds
+# more cgroups than the node held while those tasks ran.
+POOL_PER_LIMITS = 16
+POOL_PER_LIMITS_MAX = 128
+POOL_MAX = 256  # idle task cgroups kept in all
 # Reused only while younger than this: another agent's sweep (STALE_AFTER,
 # by mtime, which joining does not change) must never find one idle.
 POOL_MAX_AGE = STALE_AFTER / 2
@@ -85,6 +91,13 @@ class Cgroups:
         self._pool: dict[tuple[int, int], list[tuple[TaskCgroup, float]]] = {}
         # first dir -> (limits, made at, group) of each cgroup handed out for a task
         self._out: dict[str, tuple[tuple[int, int], float, TaskCgroup]] = {}
+        self._idle_dirs: set[str] = set()  # first dir of each pooled cgroup
+        self._out_count: dict[tuple[int, int], int] = {}  # handed out now, per limits
+        self._peak: dict[tuple[int, int], int] = {}  # most handed out at once
+        # The two files read per task of a pooled cgroup (empty? charged?),
+        # kept open: a cgroupfs path walk is the slow kind (CgroupFiles).
+        self._kept_files = CgroupFiles(max_open=2 * POOL_MAX)
+        self._files_lock = threading.Lock()
 
     def detect(self) -> str | None:
         """ "v2", "v1" or None (then `reason` says why); probed once."""
@@ -124,8 +137,23 @@ class Cgroups:
             log.warning("cannot create cgroup for %s: %s; using the RSS watchdog", name, exc)
             return None
         with self._lock:
-            self._out[group.dirs[0]] = (key, self._clock(), group)
+            self._hand_out(key, self._clock(), group)
         return group
+
+    def _hand_out(self, key: tuple[int, int], made: float, group: TaskCgroup) -> None:
+        """Note `group` as out for a task (the lock held)."""
+        self._out[group.dirs[0]] = (key, made, group)
+        count = self._out_count.get(key, 0) + 1
+        self._out_count[key] = count
+        if count > self._peak.get(key, 0):
+            self._peak[key] = count
+
+    def _take_back(self, first_dir: str) -> tuple[tuple[int, int], float, TaskCgroup] | None:
+        """What was handed out under `first_dir`, no longer out (the lock held)."""
+        out = self._out.pop(first_dir, None)
+        if out is not None:
+            self._out_count[out[0]] -= 1
+        return out
 
     def release(self, dirs: list[str], kept: bool = True) -> None:
         """An ended task's cgroups. Kept (empty) by the supervisor: pooled for
@@ -135,21 +163,24 @@ class Cgroups:
         if not dirs:
             return
         with self._lock:
-            if any(dirs[0] == g.dirs[0] for idle in self._pool.values() for g, _ in idle):
+            if dirs[0] in self._idle_dirs:
                 return  # pooled already
-            out = self._out.pop(dirs[0], None)
-            if not kept:
+            out = self._take_back(dirs[0])
+            if not kept:  # the supervisor removes them
+                with self._files_lock:
+                    self._kept_files.forget_dirs(dirs)
                 return
             if out is not None:
                 key, made, group = out
                 idle = self._pool.setdefault(key, [])
                 if (
-                    len(idle) < POOL_PER_LIMITS
-                    and sum(map(len, self._pool.values())) < POOL_MAX
+                    len(idle) < self._pool_limit(key)
+                    and len(self._idle_dirs) < POOL_MAX
                     and self._clock() - made < POOL_MAX_AGE
                     and self._reusable(group, key[0])
                 ):
                     idle.append((group, made))
+                    self._idle_dirs.add(group.dirs[0])
                     return
             # Only ever a task cgroup: the paths came from a run record, a
             # file in a dir the task may write to.
@@ -161,7 +192,7 @@ class Cgroups:
         """Cgroups handed out for a start that did not happen: removed."""
         with self._lock:
             if dirs:
-                self._out.pop(dirs[0], None)
+                self._take_back(dirs[0])
         self._remove(dirs)
 
     def drain(self) -> None:
@@ -172,7 +203,9 @@ class Cgroups:
             groups = [g for idle in self._pool.values() for g, _ in idle]
             groups += [g for _, _, g in self._out.values()]
             self._pool.clear()
+            self._idle_dirs.clear()
             self._out.clear()
+            self._out_count.clear()
         for group in groups:
             self._remove(list(group.dirs))
 
@@ -184,18 +217,23 @@ class Cgroups:
                 if not idle:
                     return None
                 group, made = idle.pop()
+                self._idle_dirs.discard(group.dirs[0])
             # The memory cgroup's list alone: a task's processes are in all of its cgroups.
-            if self._clock() - made < POOL_MAX_AGE and read_file(group.procs[0]) == b"":
+            if self._clock() - made < POOL_MAX_AGE and self._read(group.procs[0]) == b"":
                 with self._lock:
-                    self._out[group.dirs[0]] = (key, made, group)
+                    self._hand_out(key, made, group)
                 return group
             self._remove(list(group.dirs))
+
+    def _pool_limit(self, key: tuple[int, int]) -> int:
+        """Idle cgroups kept for these limits: the most ever out at once, bounded."""
+        return min(POOL_PER_LIMITS_MAX, max(POOL_PER_LIMITS, self._peak.get(key, 0)))
 
     def _reusable(self, group: TaskCgroup, memory_mb: int) -> bool:
         """Not holding memory the next task would be charged for (the
         supervisor kept it empty; `_reuse` checks that again)."""
         usage = "memory.current" if self.version == "v2" else "memory.usage_in_bytes"
-        text = read_file(os.path.join(group.dirs[0], usage))
+        text = self._read(os.path.join(group.dirs[0], usage))
         try:
             charged = int(text or "")
         except ValueError:
@@ -203,7 +241,13 @@ class Cgroups:
         limit = memory_mb * 1024 * 1024 // POOL_CHARGE_SHARE if memory_mb > 0 else POOL_MAX_CHARGE
         return charged <= min(limit, POOL_MAX_CHARGE)
 
+    def _read(self, path: str) -> bytes | None:
+        with self._files_lock:
+            return self._kept_files.read(path)
+
     def _remove(self, dirs: list[str]) -> None:
+        with self._files_lock:
+            self._kept_files.forget_dirs(dirs)
         for path in dirs:
             try:
                 self._rmdir(path)

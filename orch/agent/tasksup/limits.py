@@ -9,18 +9,9 @@ task's process tree from /proc. Stdlib only: the supervisor imports it.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def join_cgroups(procs_files: list[str]) -> None:
-    """Move this process into the cgroups whose cgroup.procs files are given."""
-    for path in procs_files:
-        fd, data = open_join(path)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
 
 
 def open_join(procs_file: str) -> tuple[int, bytes]:
@@ -44,6 +35,94 @@ def open_join(procs_file: str) -> tuple[int, bytes]:
     return os.open(procs_file, os.O_WRONLY | os.O_CLOEXEC), str(os.getpid()).encode()
 
 
+class CgroupFiles:
+    """Task cgroup files kept open from one task to the next (LRU, bounded).
+
+    The agent's pool hands the same cgroups to task after task, and each
+    start and end opened four of their files (two `tasks` to join, the OOM
+    count, `cgroup.procs`). A path through cgroupfs cannot take the kernel's
+    lock-free lookup (kernfs revalidates every dentry), so each open walked
+    its seven components the slow way. A kept fd of a cgroup removed since
+    fails (ENODEV); it is dropped and the path opened again, which then
+    fails as it always did.
+    """
+
+    def __init__(self, max_open: int = 512):
+        self.max_open = max_open
+        self._fds: OrderedDict[str, int] = OrderedDict()
+
+    def join(self, procs_files: list[str]) -> None:
+        """Move this (single-threaded) process into these cgroups (see `open_join`)."""
+        for path in procs_files:
+            if path.endswith("/cgroup.procs"):
+                try:
+                    self.write(path[: -len("cgroup.procs")] + "tasks", b"0")
+                    continue
+                except FileNotFoundError:  # v2: no tasks file
+                    pass
+            self.write(path, str(os.getpid()).encode())
+
+    def write(self, path: str, data: bytes) -> None:
+        """`data` in one write to `path`; raises OSError."""
+        for retry in (False, True):
+            fd = self._fd(path, os.O_WRONLY)
+            try:
+                os.write(fd, data)
+                return
+            except OSError:
+                self.forget([path])
+                if retry:
+                    raise
+
+    def read(self, path: str) -> bytes | None:
+        """A cgroup file's bytes, None if it cannot be read."""
+        for _ in range(2):
+            try:
+                fd = self._fd(path, os.O_RDONLY)
+            except OSError:
+                return None
+            try:
+                return _pread_all(fd)
+            except OSError:
+                self.forget([path])
+        return None
+
+    def forget(self, paths: list[str]) -> None:
+        for path in paths:
+            fd = self._fds.pop(path, None)
+            if fd is not None:
+                os.close(fd)
+
+    def forget_dirs(self, dirs: list[str]) -> None:
+        """Close what is kept open in these cgroups (they are being removed)."""
+        if dirs:
+            gone = set(dirs)
+            self.forget([p for p in self._fds if os.path.dirname(p) in gone])
+
+    def _fd(self, path: str, flags: int) -> int:
+        fd = self._fds.get(path)
+        if fd is not None:
+            self._fds.move_to_end(path)
+            return fd
+        fd = os.open(path, flags | os.O_CLOEXEC)
+        self._fds[path] = fd
+        if len(self._fds) > self.max_open:
+            _, oldest = self._fds.popitem(last=False)
+            os.close(oldest)
+        return fd
+
+
+def _pread_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 65536, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
+
+
 def remove_cgroups(dirs: list[str]) -> None:
     """Cgroups no process ever joined: empty, so removable at once."""
     for path in dirs:
@@ -53,10 +132,10 @@ def remove_cgroups(dirs: list[str]) -> None:
             pass
 
 
-def cgroup_oom(paths: list[str]) -> bool:
+def cgroup_oom(paths: list[str], read=None) -> bool:
     """Did the kernel OOM-kill in the task's memory cgroup? (v2 memory.events, v1 oom_control)"""
     for path in paths:
-        data = read_file(path)
+        data = (read or read_file)(path)
         if data is None:
             continue
         for line in data.splitlines():

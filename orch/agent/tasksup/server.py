@@ -36,6 +36,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -44,8 +45,8 @@ import sys
 import time
 
 from orch.agent.tasksup.limits import (
+    CgroupFiles,
     cgroup_oom,
-    join_cgroups,
     open_join,
     process_tree,
     read_file,
@@ -54,12 +55,17 @@ from orch.agent.tasksup.limits import (
 )
 from orch.agent.tasksup.protocol import IN_USE, READY, receive, socket_address, take_lines
 from orch.agent.tasksup.records import append, append_fd, claim, exit_doc, write_all
+from orch.agent.tasksup.spawn import no_inherited_fds, open_cwd, posix_spawn_task
 
 WATCHDOG_INTERVAL = 0.2  # seconds between RSS samples without cgroups
 RMDIR_RETRY = 0.05  # a cgroup may stay busy for a moment after its last kill
 RMDIR_GIVE_UP = 5.0
 LONELY_EXIT = 10.0  # started, but no agent ever connected: leave
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Run records kept open from the claim to the exit line (one open and one
+# path walk fewer a run); beyond this many running tasks the rest are
+# reopened by path at their end, so a node of long services keeps its fds.
+RECORD_FDS_MAX = 256
 
 
 class Run:
@@ -69,6 +75,7 @@ class Run:
         "popen",
         "pid",
         "record_path",
+        "record_fd",
         "watchdog_bytes",
         "oom",
         "oom_files",
@@ -77,12 +84,21 @@ class Run:
         "keeper",
     )
 
-    def __init__(self, popen: subprocess.Popen, spec: dict, keeper: socket.socket | None):
-        # Kept until reaped (by us, not by subprocess: see _reap), so that
-        # subprocess never waits for it behind our back.
+    def __init__(
+        self,
+        pid: int,
+        popen: subprocess.Popen | None,
+        spec: dict,
+        keeper: socket.socket | None,
+        record_fd: int | None = None,
+    ):
+        # A Popen (a task started as another user) is kept until reaped (by
+        # us, not by subprocess: see _reap), so that subprocess never waits
+        # for it behind our back.
         self.popen = popen
-        self.pid = popen.pid
+        self.pid = pid
         self.record_path = spec["record_path"]
+        self.record_fd = record_fd  # the claimed record, for the exit line
         self.watchdog_bytes = (spec.get("watchdog_mb") or 0) * 1024 * 1024
         self.oom = False
         self.oom_files = spec.get("cgroup_oom_files") or []
@@ -98,13 +114,23 @@ class Supervisor:
     def __init__(self, listener: socket.socket):
         self.listener = listener
         self.clients: dict[int, tuple[socket.socket, bytearray]] = {}
+        # Lines for each agent, sent once a loop turn: the answers to a
+        # batch of starts and the ends reaped meanwhile wake the agent's
+        # reader once, not once a line.
+        self.outbox: dict[socket.socket, bytearray] = {}
         self.runs: dict[int, Run] = {}
         self.rmdirs: list[tuple[float, str]] = []  # (give up at, cgroup dir)
         self.ever_connected = False
         self.started = time.monotonic()
         # Opened once, not per start: each open is a syscall on the start path.
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        # Where the supervisor goes back to after starting a task in its cwd
+        # (O_PATH: a cwd it may not list is still one to come back to).
+        self.home_dir = open_cwd()
+        self.record_fds = 0  # runs holding their record open (record_fds_max)
+        self.record_fds_max = _fd_budget(RECORD_FDS_MAX)
         self.homes = HomeCgroups()
+        self.files = CgroupFiles(_fd_budget(512))
         self.boot_time = _boot_time()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -116,6 +142,7 @@ class Supervisor:
         next_watch = time.monotonic() + WATCHDOG_INTERVAL
         while True:
             self._reap()  # also what arrived before the handler was set
+            self._flush()
             if self._should_leave():
                 return
             timeout = None
@@ -190,13 +217,25 @@ class Supervisor:
             self._send(conn, reply)
 
     def _send(self, conn: socket.socket, doc: dict) -> None:
-        try:
-            conn.sendall(json.dumps(doc).encode() + b"\n")
-        except OSError:
-            self._drop(conn)
+        """Queue a line for `conn`: `_flush` sends it before the loop waits again."""
+        out = self.outbox.get(conn)
+        if out is None:
+            out = self.outbox[conn] = bytearray()
+        out += json.dumps(doc).encode() + b"\n"
+
+    def _flush(self) -> None:
+        outbox, self.outbox = self.outbox, {}
+        for conn, data in outbox.items():
+            if conn.fileno() < 0:  # dropped meanwhile
+                continue
+            try:
+                conn.sendall(data)
+            except OSError:
+                self._drop(conn)
 
     def _drop(self, conn: socket.socket) -> None:
         self.clients.pop(conn.fileno(), None)
+        self.outbox.pop(conn, None)
         conn.close()
 
     def _broadcast(self, doc: dict) -> None:
@@ -213,22 +252,29 @@ class Supervisor:
             # that died before saving its handle): never twice.
             remove_cgroups(spec.get("cgroup_dirs") or [])
             return {"claimed": True}
+        kept = False
         try:
-            return self._spawn_claimed(spec, fd, conn)
+            reply, kept = self._spawn_claimed(spec, fd, conn)
+            return reply
         finally:
-            os.close(fd)
+            if not kept:
+                os.close(fd)
 
-    def _spawn_claimed(self, spec: dict, fd: int, conn: socket.socket | None) -> dict:
-        """Start a claimed run; its record's lines go through `fd`."""
+    def _spawn_claimed(self, spec: dict, fd: int, conn: socket.socket | None) -> tuple[dict, bool]:
+        """Start a claimed run; its record's lines go through `fd`. Also
+        says whether the run kept `fd` open for its exit line."""
         try:
-            popen = _spawn(spec, self.devnull, self.homes)
+            pid, popen = _spawn(spec, self.devnull, (self.homes, self.files), self.home_dir)
         except OSError as exc:
             error = _start_error(spec["argv"][0], exc)
             append_fd(fd, {"error": error})
+            self.files.forget_dirs(spec.get("cgroup_dirs") or [])
             remove_cgroups(spec.get("cgroup_dirs") or [])
-            return {"error": error}
-        pid = popen.pid
-        self.runs[pid] = Run(popen, spec, conn)
+            return {"error": error}, False
+        keep_fd = self.record_fds < min(RECORD_FDS_MAX, self.record_fds_max)
+        self.record_fds += keep_fd
+        run = Run(pid, popen, spec, conn, fd if keep_fd else None)
+        self.runs[pid] = run
         try:
             recorded = append_fd(fd, {"pid": pid, "memory_mb": spec.get("memory_mb") or 0})
         except OSError as exc:
@@ -238,7 +284,7 @@ class Supervisor:
             # Its directory is gone already (a DELETE): the task is not wanted.
             _note(f"the task's run record {spec['record_path']} is gone: killing it")
             _killpg(pid, signal.SIGKILL)
-        return {"pid": pid, "create_time": _create_time(pid, self.boot_time)}
+        return {"pid": pid, "create_time": _create_time(pid, self.boot_time)}, keep_fd
 
     # -- ending ---------------------------------------------------------------
 
@@ -262,23 +308,32 @@ class Supervisor:
                 continue
             run = self.runs.pop(pid, None)
             if run is not None:
-                run.popen.returncode = os.waitstatus_to_exitcode(status)
+                if run.popen is not None:
+                    run.popen.returncode = os.waitstatus_to_exitcode(status)
                 self._finish(run, status)
 
     def _finish(self, run: Run, status: int) -> None:
-        oom = run.oom or cgroup_oom(run.oom_files)
+        oom = run.oom or cgroup_oom(run.oom_files, self.files.read)
         doc = exit_doc(status, oom)
         kept = not oom and self._keeps(run)
         if kept:
             doc["cgroups_kept"] = run.cgroup_dirs
         line: dict = {"exited": run.pid}
         try:
-            append(run.record_path, doc)
+            if run.record_fd is not None:
+                append_fd(run.record_fd, doc)
+            else:
+                append(run.record_path, doc)
             # Recorded: the agent may take the end from this line, without
             # opening the record.
             line.update(doc)
         except OSError as exc:
             _note(f"cannot record the task's exit: {exc}")
+        finally:
+            if run.record_fd is not None:
+                os.close(run.record_fd)
+                run.record_fd = None
+                self.record_fds -= 1
         if not kept:
             self._remove_later(run.cgroup_dirs)
         self._broadcast(line)
@@ -292,13 +347,14 @@ class Supervisor:
         if client is None or client[0] is not run.keeper:
             return False
         # The memory cgroup's list alone: the task's processes are in all of its cgroups.
-        return read_file(run.cgroup_procs[0]) == b"" if run.cgroup_procs else False
+        return self.files.read(run.cgroup_procs[0]) == b"" if run.cgroup_procs else False
 
     def _remove_later(self, dirs: list[str]) -> None:
         """Remove the cgroups now, or retry from the loop while they are busy."""
         # Usually empty at once (the group is dead and reaped); a busy one is
         # retried from the loop rather than holding up every other task.
         deadline = time.monotonic() + RMDIR_GIVE_UP
+        self.files.forget_dirs(dirs)
         self.rmdirs.extend((deadline, path) for path in dirs)
         self._retry_rmdirs(time.monotonic())
 
@@ -348,14 +404,16 @@ class HomeCgroups:
                     os.close(fd)
 
 
-def _spawn(spec: dict, stdin: int, homes: HomeCgroups) -> subprocess.Popen:
-    """Start the task in a process group of its own; raises OSError if it cannot start.
+def _spawn(
+    spec: dict, stdin: int, cgroups: tuple[HomeCgroups, CgroupFiles], home_dir: int
+) -> tuple[int, subprocess.Popen | None]:
+    """Start the task in a process group of its own: its pid, and its Popen
+    if subprocess started it; raises OSError if it cannot start.
 
-    subprocess starts it without running Python in the child (vfork and
-    exec where it can), which costs a fraction of a fork of this process. A
-    task with cgroups is started from inside them: the supervisor joins the
-    task's cgroups, starts it (a child is born in its parent's cgroups), and
-    goes back to its own.
+    Neither way runs Python in the child (vfork and exec), which costs a
+    fraction of a fork of this process. A task with cgroups is started from
+    inside them: the supervisor joins the task's cgroups, starts it (a child
+    is born in its parent's cgroups), and goes back to its own.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
     out = os.open(spec["stdout"], flags, 0o644)
@@ -366,9 +424,12 @@ def _spawn(spec: dict, stdin: int, homes: HomeCgroups) -> subprocess.Popen:
         raise
     user = spec.get("user") or {}
     home_procs = spec.get("cgroup_home_procs") or []
+    homes, files = cgroups
     try:
-        join_cgroups(spec.get("cgroup_procs") or [])
-        return subprocess.Popen(
+        files.join(spec.get("cgroup_procs") or [])
+        if not user:
+            return posix_spawn_task(spec, (stdin, out, err), home_dir), None
+        popen = subprocess.Popen(
             spec["argv"],
             env=spec["env"],
             cwd=spec["cwd"],
@@ -380,14 +441,24 @@ def _spawn(spec: dict, stdin: int, homes: HomeCgroups) -> subprocess.Popen:
             process_group=0,
             user=user.get("uid"),
             group=user.get("gid"),
-            extra_groups=user.get("groups") if user else None,
+            extra_groups=user.get("groups"),
         )
+        return popen.pid, popen
     finally:
         try:
             homes.join(home_procs)
         finally:
             os.close(out)
             os.close(err)
+
+
+def _fd_budget(wanted: int) -> int:
+    """`wanted` fds kept open, or a quarter of what this process may open if less."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return wanted
+    return wanted if soft == resource.RLIM_INFINITY else max(0, min(wanted, soft // 4))
 
 
 def _boot_time() -> float | None:
@@ -461,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     # a caught one is back to its default at their exec.
     for sig in (signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # subprocess restores it in tasks
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # restored in tasks (spawn.RESTORED_SIGNALS)
+    no_inherited_fds()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(socket_address(name))
