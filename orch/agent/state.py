@@ -24,10 +24,10 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import struct
 import threading
 import uuid
-import weakref
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ LOG_TYPES = ("stdout", "stderr")
 FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
 FS_TOPDIR_FL = 0x00020000
-# Deeper than this, a task's own subdirectories are left behind at removal
-# (each level holds an fd and two Python frames); nothing orch makes is.
-REMOVE_DEPTH_MAX = 128
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class AgentStore:
@@ -52,9 +48,6 @@ class AgentStore:
         self.allocs_dir = os.path.join(self.data_dir, "allocs")
         os.makedirs(self.allocs_dir, exist_ok=True)
         spread_subdirs(self.allocs_dir)
-        # Allocation dirs are removed relative to it: no path walk from the root.
-        self._allocs_fd = os.open(self.allocs_dir, _DIR_FLAGS)
-        weakref.finalize(self, os.close, self._allocs_fd)
         self._lock = threading.Lock()
         self._removed: set[str] = set()
         self._made: set[str] = set()  # allocation dirs made by this store
@@ -132,7 +125,7 @@ class AgentStore:
         with self._lock:
             self._removed.add(alloc_id)
             self._made.discard(alloc_id)
-        remove_tree_at(self._allocs_fd, alloc_id)
+        shutil.rmtree(self.alloc_dir(alloc_id), ignore_errors=True)
 
     def forget_removal(self, alloc_id: str) -> None:
         """Allow an allocation id to be stored again (accepted anew)."""
@@ -186,52 +179,6 @@ def spread_subdirs(path: str) -> bool:
         return False
     finally:
         os.close(fd)
-
-
-def remove_tree_at(dir_fd: int, name: str, depth: int = 0) -> None:
-    """Remove `name` in the directory `dir_fd`, and all under it; errors ignored.
-
-    shutil.rmtree's fd-based walk, for the few small trees of an
-    allocation: every open relative to its parent's fd and O_NOFOLLOW, so a
-    task that swaps one of its dirs for a symlink steers no delete outside
-    its tree, without rmtree's lstat/fstat pair per directory and its path
-    walks from the root (a third of its system calls on an allocation).
-    """
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return
-    except OSError:  # a file or a symlink (ELOOP, ENOTDIR): that alone goes
-        try:
-            os.unlink(name, dir_fd=dir_fd)
-        except OSError:
-            pass
-        return
-    try:
-        with os.scandir(fd) as entries:
-            found = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-        for child, is_dir in found:
-            if not is_dir:
-                _unlink_at(fd, child)
-            elif depth < REMOVE_DEPTH_MAX:
-                remove_tree_at(fd, child, depth + 1)
-    except OSError as exc:
-        log.debug("removing %s: %s", name, exc)
-    finally:
-        os.close(fd)
-    try:
-        os.rmdir(name, dir_fd=dir_fd)
-    except OSError:
-        pass
-
-
-def _unlink_at(dir_fd: int, name: str) -> None:
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except IsADirectoryError:  # a dir swapped in since it was listed
-        remove_tree_at(dir_fd, name, REMOVE_DEPTH_MAX)
-    except OSError:
-        pass
 
 
 def _write_new(path: str, raw: bytes) -> bool:
