@@ -66,15 +66,9 @@ class FastParser(HTTPRequestParser):
     def _parse_plain(self, header_plus: bytes) -> bool:
         """Fill in the fields from a header of the plain shape; False (nothing
         set) for any other header."""
-        fields = _PARSED.get(header_plus)
+        fields = plain_header(header_plus)
         if fields is None:
-            fields = _plain_fields(header_plus)
-            if fields is None:
-                return False
-            if len(header_plus) <= PARSED_KEY_MAX:
-                if len(_PARSED) >= PARSED_MAX:
-                    _PARSED.clear()
-                _PARSED[header_plus] = fields
+            return False
         self._set_fields(*fields)
         FastParser.fast_count += 1
         return True
@@ -100,6 +94,20 @@ class FastParser(HTTPRequestParser):
         self.content_length = length
         if length > 0:
             self.body_rcv = FixedStreamReceiver(length, OverflowableBuffer(self.adj.inbuf_overflow))
+
+
+def plain_header(header_plus: bytes) -> tuple | None:
+    """The fields of a header of the plain shape, kept or parsed (the
+    arguments of ``FastParser._set_fields``: its headers dict must not be
+    changed); None for any other header."""
+    fields = _PARSED.get(header_plus)
+    if fields is None:
+        fields = _plain_fields(header_plus)
+        if fields is not None and len(header_plus) <= PARSED_KEY_MAX:
+            if len(_PARSED) >= PARSED_MAX:
+                _PARSED.clear()
+            _PARSED[header_plus] = fields
+    return fields
 
 
 def _plain_fields(header_plus: bytes) -> tuple | None:
