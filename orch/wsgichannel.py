@@ -18,7 +18,10 @@ WSGI environ or bottle, when their handler can (the server's heartbeat that
 changes nothing durable: most of them; a job's or an allocation's read).
 Handing a request to a worker and back cost more than such a request's own
 work; a handler that cannot answer at once returns None and the request
-takes the ordinary path.
+takes the ordinary path. A whole plain request that arrives in one read
+(orch's transport sends head and body together) is offered to its handler
+straight from the bytes, before waitress builds a parser and a body buffer
+for it (``_Channel.received``).
 
 All rely on waitress 3.0's internals (``HTTPChannel.writable``,
 ``write_soon``, ``outbuf_lock``, ``WSGITask.write``, ``add_task``,
