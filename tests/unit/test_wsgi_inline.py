@@ -190,7 +190,11 @@ def test_a_whole_request_is_answered_from_its_bytes(tmp_path):
         assert _answer(sock).endswith(b'{"by":"app"}')
         head, body = (one % (2, b"yz")).split(b"\r\n\r\n")
         sock.sendall(head + b"\r\n\r\n")
-        time.sleep(0.2)  # the header read alone first
+        # The header read alone first: waitress's parser holds it.
+        deadline = time.monotonic() + 20
+        while not any(c.request is not None for c in list(server.active_channels.values())):
+            assert time.monotonic() < deadline, "the header was not read"
+            time.sleep(0.01)
         sock.sendall(body)
         assert _answer(sock).endswith(b'{"by":"inline","ua":"t"}')
         sock.close()
