@@ -107,8 +107,8 @@ class _Channel(HTTPChannel):
     def received(self, data):
         # One whole plain request in one read, nothing before it: an inline
         # route may answer it straight from the bytes (no parser object, no
-        # body buffer, no requests lock; most heartbeats). Anything else, or
-        # a declined request, goes the way waitress reads it.
+        # body buffer: most heartbeats). Anything else, or a declined
+        # request, goes the way waitress reads it.
         tasks = self.server.add_task
         if self.request is None and isinstance(tasks, _InlineTasks):
             # Under the lock, as waitress reads: a worker may be ending the
