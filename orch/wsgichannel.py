@@ -18,7 +18,10 @@ WSGI environ or bottle, when their handler can (the server's heartbeat that
 changes nothing durable: most of them; a job's or an allocation's read).
 Handing a request to a worker and back cost more than such a request's own
 work; a handler that cannot answer at once returns None and the request
-takes the ordinary path.
+takes the ordinary path. A whole plain request that arrives in one read
+(orch's transport sends head and body together) is offered to its handler
+straight from the bytes, before waitress builds a parser and a body buffer
+for it (``_Channel.received``).
 
 All rely on waitress 3.0's internals (``HTTPChannel.writable``,
 ``write_soon``, ``outbuf_lock``, ``WSGITask.write``, ``add_task``,
@@ -37,7 +40,7 @@ from waitress.task import WSGITask
 from waitress.utilities import build_http_date
 
 from orch.wsgiloop import Asyncore, EpollMap
-from orch.wsgiparser import FastParser
+from orch.wsgiparser import FastParser, plain_header
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class _Channel(HTTPChannel):
 
     _hold = False
     _held = b""
+    _declined = False  # the request being read was declined by its handler
 
     def writable(self):
         # While a worker writes (and flushes) under the outbuf lock, waitress
@@ -100,6 +104,24 @@ class _Channel(HTTPChannel):
         if self._held:
             self.write_soon(b"")
 
+    def received(self, data):
+        # One whole plain request in one read, nothing before it: an inline
+        # route may answer it straight from the bytes (no parser object, no
+        # body buffer: most heartbeats). Anything else, or a declined
+        # request, goes the way waitress reads it.
+        tasks = self.server.add_task
+        if self.request is None and isinstance(tasks, _InlineTasks):
+            # Under the lock, as waitress reads: a worker may be ending the
+            # connection (will_close) or finishing the request before it.
+            with self.requests_lock:
+                if (
+                    not self.requests
+                    and not (self.will_close or self.close_when_flushed)
+                    and tasks.answer_whole(self, data)
+                ):
+                    return True
+        return super().received(data)
+
 
 class _Task(WSGITask):
     """Sends the header together with the first part of the body."""
@@ -134,8 +156,14 @@ class _InlineTasks:
         self._add_task = add_task
         self._routes = dict(routes)
         self._date = (0, b"")  # (second, its HTTP date): one format a second
+        self.whole = 0  # requests answered by answer_whole (tests)
 
     def __call__(self, channel) -> None:
+        if channel._declined:
+            # Its handler declined it in answer_whole: not asked twice.
+            channel._declined = False
+            self._add_task(channel)
+            return
         while channel.requests:
             answer = self._answer(channel.requests[0])
             if answer is None:
@@ -151,6 +179,39 @@ class _InlineTasks:
                 channel.requests = []
                 channel.close_when_flushed = True
                 return
+
+    def answer_whole(self, channel, data: bytes) -> bool:
+        """Answer ``data`` if it is exactly one plain request (header kept by
+        FastParser) for an inline route that the handler answers; False
+        leaves it to waitress's reading (``channel._declined`` set if the
+        handler was asked and declined)."""
+        end = data.find(b"\r\n\r\n") + 4
+        fields = plain_header(data[:end]) if end > 3 else None
+        if fields is None:
+            return False
+        _, headers, (_, command, version, path, query), close, expect, length = fields
+        handler, param = self._route(command, path)
+        if (
+            handler is None
+            or query
+            or version != "1.1"
+            or close
+            or expect
+            or length > INLINE_MAX_BODY
+            or length != len(data) - end  # a part, or requests pipelined behind
+        ):
+            return False
+        try:
+            answer = handler(headers, data[end:], param)
+        except Exception:
+            log.exception("inline %s %s failed", command, path)
+            answer = None
+        if answer is None:
+            channel._declined = True
+            return False
+        self.whole += 1
+        self._send(channel, answer[0], answer[1], False)
+        return True
 
     def _route(self, command: str, path: str) -> tuple[Inline | None, str]:
         """The handler of ``path`` and its parameter: an exact route first,

@@ -14,10 +14,13 @@ asks only these again:
 - sockets that had an event, or were added or removed;
 - connections that are not idle (a request in progress, output queued,
   closing): workers change them and pull the trigger, as for waitress's loop;
-- the listeners and the trigger (a few): a listener's ``readable()`` runs
-  waitress's maintenance (``channel_timeout``) and its connection limit;
-  when maintenance runs, every connection is asked again, as it may have
-  been told to close.
+- the listeners, when a socket came or went (their ``readable()`` applies
+  waitress's connection limit) or their maintenance (``channel_timeout``) is
+  due: ``readable()`` runs it then; when it has run, every connection is
+  asked again, as it may have been told to close. The loop's wait ends by
+  then. Between the two a listener's answer cannot change, nor the
+  trigger's (always readable): asking them at every turn was two of a
+  quiet heartbeat's four visits.
 
 An idle connection (readable, nothing to write, no request) stays
 registered for input and is not visited until it sends something. Only the
@@ -31,11 +34,13 @@ from __future__ import annotations
 
 import logging
 import select
+import time
 from typing import Any
 
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
+from waitress.trigger import trigger as Trigger
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,11 @@ class EpollMap(dict):
         self._registered: dict[int, tuple[Any, int]] = {}  # fd -> (dispatcher, mask)
         self._wanted: dict[int, int] = {}  # fd -> events it waits for, this turn
         self._epoll: Any = None
+        self._listeners: set[int] = set()
+        # When the listeners are asked again: their earliest maintenance, or
+        # as soon as the number of sockets changes.
+        self._cleanup_at = 0.0
+        self._size = -1
         self.visits = 0  # sockets asked readable()/writable(), for tests
 
     def __setitem__(self, fd, obj) -> None:
@@ -86,6 +96,9 @@ class EpollMap(dict):
     def poll(self, timeout: float) -> None:
         """One turn: update the interests that may have changed, wait, handle."""
         self._refresh()
+        if self._listeners:
+            # Wake for the listeners' maintenance even if nothing happens.
+            timeout = min(timeout, max(self._cleanup_at - time.time(), 0.0))
         for fd, flags in self._epoll.poll(timeout):
             self._pending.add(fd)
             obj = self.get(fd)
@@ -108,6 +121,10 @@ class EpollMap(dict):
 
     def _refresh(self) -> None:
         pending, busy = self._pending, []
+        if self._listeners and (len(self) != self._size or time.time() >= self._cleanup_at):
+            self._size = len(self)
+            self._cleanup_at = float("inf")
+            pending.update(self._listeners)
         while pending:
             fd = pending.pop()
             if self._update(fd):
@@ -125,12 +142,16 @@ class EpollMap(dict):
             registered = None
         if obj is None:
             self._wanted.pop(fd, None)
+            self._listeners.discard(fd)
             return False
         cleanup = getattr(obj, "next_channel_cleanup", None)
         mask = self._wanted[fd] = self._want(obj)
-        if isinstance(obj, BaseWSGIServer) and obj.next_channel_cleanup != cleanup:
-            # Maintenance ran: some connections may now be closing.
-            self._pending.update(obj.active_channels)
+        if isinstance(obj, BaseWSGIServer):
+            if obj.next_channel_cleanup != cleanup:
+                # Maintenance ran: some connections may now be closing.
+                self._pending.update(obj.active_channels)
+            self._listeners.add(fd)
+            self._cleanup_at = min(self._cleanup_at, obj.next_channel_cleanup)
         old = registered[1] if registered is not None else 0
         # Wider than wanted is left as it is: a connection a worker serves
         # goes back to reading when it is done, and narrowing it in between
@@ -138,6 +159,8 @@ class EpollMap(dict):
         # worker). An event it does not want narrows it then (poll).
         if mask & ~old:
             self._register(fd, obj, mask, old)
+        if isinstance(obj, BaseWSGIServer) or (mask == _READ and isinstance(obj, Trigger)):
+            return False  # asked again as _refresh decides / never changes
         return not (mask == _READ and isinstance(obj, HTTPChannel) and not obj.requests)
 
     def _want(self, obj) -> int:

@@ -109,8 +109,12 @@ def finite(value, path: str) -> float:
 
 
 def plain_finite(value) -> bool:
-    """A finite float: ``finite``'s common case, checked before its field path
-    is even formatted (a heartbeat's reports hold a dozen times each)."""
+    """A finite float, or an integer a float holds: ``finite``'s common cases,
+    checked before its field path is even formatted (a heartbeat's reports
+    hold a dozen times each, its resources four integers). False says only
+    "ask ``finite``", which decides (a larger integer may still fit)."""
+    if type(value) is int:
+        return value.bit_length() <= 1023  # below 2**1023: float() never overflows
     return type(value) is float and math.isfinite(value)
 
 

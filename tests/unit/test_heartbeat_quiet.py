@@ -9,7 +9,8 @@ import pytest
 from inline_pair import store_lock_held
 
 from orch.config import ServerConfig
-from orch.server.inline import inline_routes
+from orch.httpjson import dumps
+from orch.server.inline import beat_answer_bytes, inline_routes
 from orch.server.server import Server
 from orch.server.worker import SchedulerWorker
 from orch.structs import AllocStatus
@@ -145,3 +146,19 @@ def test_the_inline_route_checks_the_token(tmp_path):
         assert handler({"AUTHORIZATION": "Bearer t0ken"}, body) is not None
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"message": "Heartbeat received", "ack": 0, "resync": False},
+        {"message": "Heartbeat received", "ack": 2**53 + 1, "resync": True},
+        {"message": "Heartbeat received", "ack": 7, "resync": False},
+        {"message": "Heartbeat received"},  # the seed's beat: no seq
+        {"message": "Heartbeat received", "ack": True, "resync": False},
+        {"message": "Heartbeat received", "resync": False, "ack": 3},
+        {"message": "其他", "ack": 3, "resync": False},
+    ],
+)
+def test_the_answer_bytes_are_the_encoders(answer):
+    assert beat_answer_bytes(answer) == dumps(answer).encode()

@@ -1,6 +1,7 @@
 """The one validation layer: document limits, shared field rules, bodies, regex."""
 
 import json
+import math
 import random
 
 import pytest
@@ -254,3 +255,51 @@ def test_unsupported_or_long_patterns_are_refused_naming_the_field(pattern, deta
     }
     msg = message(parse_job, job, "j")
     assert msg.startswith("constraints[0].value: ") and detail in msg
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        -1,
+        8000,
+        2**53,
+        2**1023 - 1,
+        -(2**1023) + 1,
+        2**1023,
+        2**1024 - 1,
+        2**1024,
+        10**400,
+        True,
+        False,
+        1.5,
+        float("inf"),
+        float("nan"),
+        -0.0,
+        "1",
+        None,
+    ],
+)
+def test_plain_finite_says_yes_only_where_finite_accepts(value):
+    """The fast check in front of ``finite``: never True for a value finite
+    refuses, and True for the integers a heartbeat's resources carry."""
+    try:
+        accepted = math.isfinite(fields.finite(value, "x"))
+    except ValidationError:
+        accepted = False
+    if fields.plain_finite(value):
+        assert accepted, value
+    if type(value) is int and abs(value) < 2**1023:
+        assert fields.plain_finite(value), value
+
+
+def test_heartbeat_resources_integers_and_overflow():
+    base = {"node_id": "n", "healthy": True}
+    assert bodies.heartbeat({**base, "resources": {"cpu": 8000, "cpu_used": 0}}).usage == {
+        "cpu": 8000,
+        "cpu_used": 0,
+    }
+    with pytest.raises(ValidationError, match="resources.cpu"):
+        bodies.heartbeat({**base, "resources": {"cpu": 10**400}})
+    with pytest.raises(ValidationError, match="resources.memory"):
+        bodies.heartbeat({**base, "resources": {"memory": True}})

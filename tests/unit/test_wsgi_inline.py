@@ -3,6 +3,8 @@ request, without the WSGI app, unless their handler declines."""
 
 import http.client
 import socket
+import threading
+import time
 
 import bottle
 
@@ -145,3 +147,63 @@ def test_a_prefix_route_gets_the_last_segment_and_sends_its_headers(serve):
     assert conn.getresponse().read() == b"deeper"
     conn.close()
     assert seen == ["a-b"]
+
+
+def _inline_tasks(server):
+    from orch.wsgichannel import _InlineTasks
+
+    tasks = [getattr(d, "add_task", None) for d in server._map.values()]
+    (found,) = [t for t in tasks if isinstance(t, _InlineTasks)]
+    return found
+
+
+def _answer(sock) -> bytes:
+    got = b""
+    while not got.endswith(b"}"):
+        part = sock.recv(4096)
+        assert part, "closed by the server"
+        got += part
+    return got
+
+
+def test_a_whole_request_is_answered_from_its_bytes(tmp_path):
+    """One plain request in one read (as orch's transport sends it) is
+    answered without a parser object; a declined one is asked once; one
+    that arrives in parts takes waitress's reading, inline still."""
+    from orch.config import ServerConfig
+    from orch.server import wsgi
+
+    seen = []
+    config = ServerConfig(data_dir=str(tmp_path), port=0)
+    server = wsgi.http_server(_app(seen), config, _inline(seen))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    one = b"POST /beat HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\nContent-Length: %d\r\n\r\n%s"
+    try:
+        tasks = _inline_tasks(server)
+        sock = socket.create_connection(("127.0.0.1", server.effective_port), timeout=10)
+        for _ in range(3):
+            sock.sendall(one % (1, b"x"))
+            assert _answer(sock).endswith(b'{"by":"inline","ua":"t"}')
+        assert tasks.whole == 3
+        sock.sendall(one % (5, b"app-1"))
+        assert _answer(sock).endswith(b'{"by":"app"}')
+        head, body = (one % (2, b"yz")).split(b"\r\n\r\n")
+        sock.sendall(head + b"\r\n\r\n")
+        # The header read alone first: waitress's parser holds it.
+        deadline = time.monotonic() + 20
+        while not any(c.request is not None for c in list(server.active_channels.values())):
+            assert time.monotonic() < deadline, "the header was not read"
+            time.sleep(0.01)
+        sock.sendall(body)
+        assert _answer(sock).endswith(b'{"by":"inline","ua":"t"}')
+        sock.close()
+        assert tasks.whole == 3
+        assert seen == [("inline", b"x")] * 3 + [
+            ("inline", b"app-1"),
+            ("app", b"app-1"),
+            ("inline", b"yz"),
+        ]
+    finally:
+        server.close()
+        thread.join(5)

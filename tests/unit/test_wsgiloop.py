@@ -160,3 +160,48 @@ def test_data_while_a_worker_serves_the_connection(serve):
     assert answer.index(b"/first") < answer.index(b"/second")
     assert smap.visits - before < 60  # a spin would be thousands in 0.3 s
     sock.close()
+
+
+def test_inline_request_visits_its_connection_alone(serve):
+    """A request answered inline costs one visit: its connection. The
+    listener and the trigger are not asked again at every turn (their
+    answers change only when a socket comes or goes, or at maintenance)."""
+    http, smap = serve()
+    for dispatcher in list(smap.values()):
+        if hasattr(dispatcher, "add_task"):
+            use_orch_channels(http, inline={("GET", "/x"): lambda h, b, p: (b"ok", {})})
+            break
+    sock = _connect(http)
+    _ask(sock)  # connected: the listener was asked then
+    before = smap.visits
+    for _ in range(50):
+        assert _ask(sock).startswith(b"HTTP/1.1 200 OK")
+    visits = smap.visits - before
+    # Asking the listener and the trigger as well: three a request.
+    assert visits <= 50 + 5, visits
+    sock.close()
+
+
+def test_connection_limit_still_applies(serve):
+    """At the limit the listener stops accepting; a connection that goes
+    makes room (the listener is asked again when the sockets change)."""
+    # waitress counts every socket of its map: the listener and the trigger too.
+    http, smap = serve(connection_limit=4)
+    first, second = _connect(http), _connect(http)
+    _ask(first)
+    _ask(second)
+    third = _connect(http)  # queued in the backlog, not accepted
+    third.sendall(REQUEST)
+    third.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        third.recv(10)
+    first.close()
+    third.settimeout(15)
+    answer = b""
+    while not answer.endswith(b"\r\n\r\nok"):
+        data = third.recv(4096)
+        assert data, "closed by the server"
+        answer += data
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    second.close()
+    third.close()

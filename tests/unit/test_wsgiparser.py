@@ -9,6 +9,7 @@ import pytest
 from waitress.adjustments import Adjustments
 from waitress.parser import HTTPRequestParser
 
+from orch import wsgiparser
 from orch.wsgiparser import FAST_MAX_HEADER, FastParser
 
 ADJ = Adjustments(max_request_body_size=1_000_000)
@@ -173,3 +174,26 @@ def test_pipelined_requests_parse_one_at_a_time():
     second = FastParser(ADJ)
     second.received(raw[n:])
     assert second.completed and second.path == "/jobs/web-1" and second.query == "index=12&wait=5s"
+
+
+def test_a_header_seen_before_is_not_parsed_again(monkeypatch):
+    """The second parse of the same header comes from the kept fields: the
+    same fields as waitress's, and headers of its own (not shared)."""
+    raw = PLAIN[11]
+    wsgiparser._PARSED.clear()
+    first, _ = _parse(FastParser, raw, 1 << 20)
+    first.headers["X_CHANGED"] = "by the first request"
+    monkeypatch.setattr(wsgiparser, "_plain_fields", None)  # parsing again would fail
+    assert _same(raw, 1 << 20)
+    second, _ = _parse(FastParser, raw, 1 << 20)
+    assert "X_CHANGED" not in second.headers
+
+
+def test_the_kept_headers_are_bounded():
+    wsgiparser._PARSED.clear()
+    for i in range(wsgiparser.PARSED_MAX + 50):
+        assert _same(b"GET /jobs/j%d HTTP/1.1\r\nHost: a\r\n\r\n" % i, 1 << 20)
+        assert len(wsgiparser._PARSED) <= wsgiparser.PARSED_MAX
+    big = b"GET /x HTTP/1.1\r\nX-Big: " + b"a" * wsgiparser.PARSED_KEY_MAX + b"\r\n\r\n"
+    assert _same(big, 1 << 20)
+    assert all(len(key) <= wsgiparser.PARSED_KEY_MAX for key in wsgiparser._PARSED)
