@@ -168,10 +168,11 @@ class NodeOps:
         return _beat_answer(beat.seq, resync)
 
     def report_heartbeat(self, raw: bytes, lock_wait: float) -> dict | None:
-        """The answer to a delta beat whose reports change allocations, folded
-        in on the calling thread (waitress's I/O thread, SQLite), or None: the
-        beat goes to ``heartbeat`` (a node coming back or suspect, a full
-        beat, an error to report, a write holding the store past ``lock_wait``).
+        """The answer to a delta beat carrying allocation reports, folded in
+        on the calling thread (waitress's I/O thread, SQLite), or None: the
+        beat goes to ``heartbeat`` (no report, a node coming back or suspect, a
+        full beat, an error to report, a write holding the store past
+        ``lock_wait``).
 
         The running report a submitter waits for is such a beat: through a
         worker it paid two thread hand-offs more (bench/README.md)."""
@@ -184,7 +185,13 @@ class NodeOps:
         node = self.store.get_node(node_id)
         # A suspect node is left to the route, which calls heartbeat_ok: its
         # verdict lock is taken before the store's (a push thread's order).
-        if not beat.delta or node is None or not node.healthy or self.pusher.suspect(node_id):
+        if (
+            not beat.delta
+            or not beat.allocations  # the quiet path's, or the route's
+            or node is None
+            or not node.healthy
+            or self.pusher.suspect(node_id)
+        ):
             return None
         if node.secret_digest:
             try:

@@ -100,13 +100,14 @@ def _declined_cases(srv):
     alloc_id = srv.alloc.allocation_id
     return {
         "full beat": beat(alloc_id, delta=False),
+        "no report": beat(alloc_id, allocations={}),
         "unknown node": beat(alloc_id, node="node-z"),
         "bad body": b'{"node_id": 1}',
         "not json": b"{",
     }
 
 
-@pytest.mark.parametrize("case", ["full beat", "unknown node", "bad body", "not json"])
+@pytest.mark.parametrize("case", ["full beat", "no report", "unknown node", "bad body", "not json"])
 def test_declined(server, case):
     body = _declined_cases(server)[case]
     assert server.report_heartbeat(body, SUBMIT_LOCK_WAIT) is None
