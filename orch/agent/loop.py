@@ -12,7 +12,12 @@ to) goes at once, spacing or not. That is the change a submitter waits for
 to MIN_SPACING behind the report of whatever else the node did just before,
 such as the previous job's stop. Batch allocations stay spaced: their user
 waits for the batch, and a busy batch node's cost is its beats per job
-(news for each would double them: bench/README.md).
+(news for each would double them: bench/README.md). When no beat is in
+flight, news goes from the thread that learnt it (the task supervisor's
+reader), not through a wake-up of this loop's thread: one thread hand-off
+less on the report a submitter waits for. It waits NEWS_TIMEOUT at most for
+the answer, and a beat that fails there leaves the news to this loop, which
+alone sends news until one of its beats is answered.
 A 404 means the server does not know us (it lost its state, or we were
 garbage-collected): register again, then heartbeat at once.
 With several servers (``--server URL1,URL2,URL3``) each call goes to the
@@ -59,6 +64,10 @@ BACKOFF_START = 0.05  # register retry: 50 ms doubling up to 1 s
 BACKOFF_MAX = 1.0
 REGISTER_TIMEOUT = (1.0, 5.0)  # (connect, read) seconds
 HEARTBEAT_TIMEOUT = (1.0, 5.0)
+# News sent from the thread that learnt it: that thread (the supervisor's
+# reader) has other tasks' starts and exits to pass on, so it gives the
+# server this long, then leaves the news to the loop's thread.
+NEWS_TIMEOUT = (0.25, 0.5)
 # A problem with the server is logged at WARNING when it starts, then again
 # every WARN_EVERY seconds while it lasts; never more than one WARNING per
 # WARN_GAP. A server that does not answer the first REGISTER_GRACE seconds is
@@ -110,6 +119,13 @@ class NodeLoop:
         # looks at these only, not at every allocation the node holds.
         self._changed: set[str] = set()
         self._changed_lock = threading.Lock()
+        # One beat at a time, from the loop's thread or a news sender's; it
+        # also guards the session, which a beat in flight is using.
+        self._beating = threading.Lock()
+        self._news_here = True  # off after a news beat failed, until a loop beat works
+        # notify() calls so far, and how many of them the last beat built took.
+        self._wakes = 0
+        self._wakes_taken = 0
         self._stop = threading.Event()
         self._registered = threading.Event()
         self._registered_once = False  # the first registration retries faster
@@ -138,25 +154,67 @@ class NodeLoop:
         self._news.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self._session.close()
+        with self._beating:
+            self._session.close()
 
     def notify(self, alloc_id: str | None = None, awaited: bool = False) -> None:
         """A task (of `alloc_id`) changed state: heartbeat now (coalesced).
 
         ``awaited``: someone waits for the allocation to start (a service or
         system job's), so its first report is news."""
-        if alloc_id is not None:
-            with self._changed_lock:
+        with self._changed_lock:
+            self._wakes += 1
+            if alloc_id is not None:
                 self._changed.add(alloc_id)
+        if alloc_id is not None:
             # Only a server that takes deltas is known to have no report yet.
             if awaited and self._deltas and alloc_id not in self._announced:
+                if self._send_news():
+                    return
                 self._news.set()
         self._wake.set()
+
+    def _send_news(self) -> bool:
+        """Send the news from this thread if no beat is in flight; True if a
+        beat carried every change there was (the loop need not wake)."""
+        if (
+            not self._news_here
+            or self._stop.is_set()
+            or self._reregister.is_set()
+            or not self._registered.is_set()
+            or not self._beating.acquire(blocking=False)
+        ):
+            return False
+        try:
+            sent = self._heartbeat(NEWS_TIMEOUT)
+        except Exception:  # a bug must not reach the caller (the supervisor's reader)
+            log.exception("news heartbeat error")
+            sent = False
+        finally:
+            self._beating.release()
+        if not sent:
+            self._news_here = False  # the loop's next beat tries again
+            return False
+        if self._wake.is_set():
+            # The loop waits out the spacing for changes this beat carried:
+            # it need not (_covered), nor send an empty beat after it.
+            self._news.set()
+        with self._changed_lock:
+            return not self._changed
 
     def _take_changed(self) -> set[str]:
         with self._changed_lock:
             changed, self._changed = self._changed, set()
+            self._wakes_taken = self._wakes
         return changed
+
+    def _covered(self) -> bool:
+        """Every change notified so far went with a beat (a news beat sent
+        while the loop waited out the spacing) and none is due for another
+        reason (a full beat, a resync): the loop's beat would carry nothing."""
+        with self._changed_lock:
+            taken = self._wakes_taken == self._wakes
+        return taken and self._deltas and time.monotonic() < self._full_at
 
     def _requeue(self, changed: set[str]) -> None:
         """A beat not acknowledged: what it carried goes again with the next."""
@@ -252,16 +310,20 @@ class NodeLoop:
     # -- the thread -----------------------------------------------------------
 
     def _run(self) -> None:
+        woken = False  # by a change, not by the interval
         while not self._stop.is_set():
             try:
                 if self._reregister.is_set() or not self._registered.is_set():
                     self._reregister.clear()
                     if not self._register():
                         return
-                self._heartbeat()
+                with self._beating:
+                    if not (woken and self._covered()) and self._heartbeat():
+                        self._news_here = True
             except Exception:  # a bug must not silence the node
                 log.exception("heartbeat loop error")
             self._idle_wait(self.config.heartbeat_interval)
+            woken = self._wake.is_set()
             if self._stop.is_set():
                 return
             if self._wake.is_set():
@@ -283,7 +345,10 @@ class NodeLoop:
         if self._wake.wait(idle):
             self._busy = True
             return
-        self._session.close()  # its pools reopen on the next request
+        with self._beating:  # not under a news beat in flight
+            # Not right after a news beat either: the next one may follow.
+            if time.monotonic() - self._last_beat >= idle:
+                self._session.close()  # its pools reopen on the next request
         if self._busy:
             self._busy = False
             release_free_memory()
@@ -327,18 +392,21 @@ class NodeLoop:
                 delay = min(delay * 2, BACKOFF_MAX)
         return False
 
-    def _heartbeat(self) -> None:
+    def _heartbeat(self, timeout=HEARTBEAT_TIMEOUT) -> bool:
+        """One beat (the caller holds ``_beating``); True if it was answered."""
         full = not self._deltas or time.monotonic() >= self._full_at
         changed = self._take_changed()
         body, sent = self.heartbeat_body(full, changed)
         self._last_beat = time.monotonic()
-        if not self._beat(body, sent, full):
+        if not self._beat(body, sent, full, timeout):
             self._requeue(changed)
+            return False
+        return True
 
-    def _beat(self, body: bytes, sent: dict, full: bool) -> bool:
+    def _beat(self, body: bytes, sent: dict, full: bool, timeout=HEARTBEAT_TIMEOUT) -> bool:
         """Send one beat: True once the server acknowledged what it carried."""
         try:
-            resp = self._post("/heartbeat", body, HEARTBEAT_TIMEOUT)
+            resp = self._post("/heartbeat", body, timeout)
         except REQUEST_ERRORS as exc:
             self._warn(
                 f"heartbeat to server {self._servers} failed: {exc.__class__.__name__}: {exc}"

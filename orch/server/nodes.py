@@ -167,6 +167,48 @@ class NodeOps:
         resync = self.sync.apply(node_id, {}, full=not beat.delta)
         return _beat_answer(beat.seq, resync)
 
+    def report_heartbeat(self, raw: bytes, lock_wait: float) -> dict | None:
+        """The answer to a delta beat carrying allocation reports, folded in
+        on the calling thread (waitress's I/O thread, SQLite), or None: the
+        beat goes to ``heartbeat`` (no report, a node coming back or suspect, a
+        full beat, an error to report, a write holding the store past
+        ``lock_wait``).
+
+        The running report a submitter waits for is such a beat: through a
+        worker it paid two thread hand-offs more (bench/README.md)."""
+        try:
+            body = document.loads(raw)
+            beat = validation.heartbeat(body)
+        except ValidationError:
+            return None
+        node_id = beat.node_id
+        node = self.store.get_node(node_id)
+        # A suspect node is left to the route, which calls heartbeat_ok: its
+        # verdict lock is taken before the store's (a push thread's order).
+        if (
+            not beat.delta
+            or not beat.allocations  # the quiet path's, or the route's
+            or node is None
+            or not node.healthy
+            or self.pusher.suspect(node_id)
+        ):
+            return None
+        if node.secret_digest:
+            try:
+                self._check_secret(node, body.get("secret_id"))
+            except (Forbidden, ValidationError):
+                return None
+        # Before the store's lock: the monitor's is never held around it.
+        self.monitor.reset(node_id)
+        with self.store.settled_now(lock_wait) as free:
+            if not free:
+                return None
+            self.store.touch_node(node_id, time.time(), beat.usage)
+            # An OrchError (a full disk) leaves the beat to the route, which
+            # folds in again what is left and reports the error.
+            resync = self.sync.apply(node_id, beat.allocations, full=False)
+        return _beat_answer(beat.seq, resync)
+
     @staticmethod
     def _check_secret(node: Node, secret) -> None:
         """A heartbeat for a node with a secret must carry it (one sha256)."""

@@ -553,6 +553,83 @@ def _service(alloc_id, command):
     return parse_alloc({**_body(alloc_id, command), "job_type": "service"})
 
 
+def _record_beat_threads(loop) -> list[tuple[str, bytes]]:
+    """(thread name, body) of each heartbeat the loop sends, as it is sent."""
+    sent: list[tuple[str, bytes]] = []
+    real_post = loop._post
+
+    def recording_post(path, body, timeout):
+        if path == "/heartbeat":
+            sent.append((threading.current_thread().name, body))
+        return real_post(path, body, timeout)
+
+    loop._post = recording_post
+    return sent
+
+
+def _carrier(sent, alloc_id: str) -> str:
+    """The thread that sent the first beat reporting the allocation running."""
+    for name, body in sent:
+        entry = json.loads(body)["allocations"].get(alloc_id)
+        if entry and entry["status"] == "running":
+            return name
+    raise AssertionError(f"no beat reported {alloc_id} running")
+
+
+def test_news_goes_from_the_thread_that_learnt_it(servers, agents, tmp_path):
+    """No beat in flight: the first report goes from the notifying thread
+    (the supervisor's reader), not through a wake-up of the loop's thread,
+    and the loop sends no empty beat after it."""
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    loop = agent.loop
+    assert wait_for(lambda: loop._deltas)
+    sent = _record_beat_threads(loop)
+    agent.submit(_service("a1", "sleep 30"))
+    assert wait_for(lambda: _reported(server, "a1", "running"), 5.0)
+    assert _carrier(sent, "a1") != "node-loop"
+    time.sleep(0.3)  # the loop's thread, had it been woken, would have beaten by now
+    assert len(sent) == 1
+    # A batch allocation's start is no news: the loop's thread sends it.
+    agent.submit(alloc("b1", "sleep 30"))
+    assert wait_for(lambda: _reported(server, "b1", "running"), 5.0)
+    assert _carrier(sent, "b1") == "node-loop"
+
+
+def test_news_meeting_a_beat_in_flight_is_left_to_the_loop(servers, agents, tmp_path):
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    loop = agent.loop
+    assert wait_for(lambda: loop._deltas)
+    sent = _record_beat_threads(loop)
+    with loop._beating:  # a beat in flight
+        agent.submit(_service("a1", "sleep 30"))
+        assert wait_for(lambda: agent.get("a1").status().value == "running", 5.0)
+        time.sleep(0.1)
+        assert sent == []
+    assert wait_for(lambda: _reported(server, "a1", "running"), 5.0)
+    assert _carrier(sent, "a1") == "node-loop"
+
+
+def test_a_news_beat_that_fails_leaves_news_to_the_loop_until_it_is_answered(
+    servers, agents, tmp_path
+):
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    loop = agent.loop
+    assert wait_for(lambda: loop._deltas)
+    sent = _record_beat_threads(loop)
+    server.fail_heartbeats = 1  # the news beat meets a server that lost us
+    agent.submit(_service("a1", "sleep 30"))
+    assert wait_for(lambda: sent, 5.0) and sent[0][0] != "node-loop"
+    assert wait_for(lambda: not loop._news_here or len(sent) > 1, 5.0)
+    # The loop registers again and reports it in its next beat, which
+    # lets news go from where it is learnt again.
+    assert wait_for(lambda: len(server.bodies("/register")) == 2, 5.0)
+    assert wait_for(lambda: loop._news_here, 5.0)
+    assert _carrier(sent[1:], "a1") == "node-loop"
+
+
 def test_an_allocation_not_started_yet_wakes_no_heartbeat(servers, agents, tmp_path):
     """Arrival is no news to the server (it placed the allocation pending):
     the first beat an allocation causes carries a started (or failed) task."""
