@@ -31,9 +31,9 @@ few pages (no fsync in WAL with synchronous=NORMAL); PostgreSQL's is a
 round trip to the database, which must not stall the I/O thread.
 
 A beat that reports allocation changes (a task running, finished) is the
-other write answered here, on SQLite, when the quiet path declines it: the
+other write answered here, on SQLite: the
 running report a submitter waits for paid the same two hand-offs on its way
-(``NodeOps.report_heartbeat``; it waits for the store's lock as a submit
+(``NodeOps.inline_heartbeat``; it waits for the store's lock as a submit
 does, and leaves a suspect node, a node coming back and a full beat to the
 route).
 """
@@ -75,6 +75,9 @@ def inline_routes(server: Server) -> dict[tuple[str, str], Inline]:
             headers.get("AUTHORIZATION", "").encode(), expected
         )
 
+    # Reports are committed here on SQLite only, as a submit is (below).
+    report_wait = None if server.store.backend.shared else SUBMIT_LOCK_WAIT
+
     def heartbeat(headers: Mapping[str, str], body: bytes, _param: str) -> InlineAnswer | None:
         # The route's checks, in its order; a request that would fail one
         # goes to the route, which refuses it with the right error.
@@ -83,7 +86,10 @@ def inline_routes(server: Server) -> dict[tuple[str, str], Inline]:
         # A follower redirects beats to the leader: the route does that.
         if not server.leadership.is_leader():
             return None
-        answer = server.quiet_heartbeat(body)
+        try:
+            answer = server.inline_heartbeat(body, report_wait)
+        except OrchError:
+            return None  # the route folds in what is left and reports the error
         if answer is None:
             return None
         return beat_answer_bytes(answer), _NO_HEADERS
@@ -118,7 +124,6 @@ def inline_routes(server: Server) -> dict[tuple[str, str], Inline]:
     }
     if not store.backend.shared:
         routes[("POST", "/jobs")] = submit
-        routes[("POST", "/heartbeat")] = _first_of(heartbeat, _reports(server, allowed))
     return routes
 
 
@@ -144,37 +149,6 @@ def beat_answer_bytes(answer: dict) -> bytes:
     ):
         return _ACKED[resync] % ack
     return dumps(answer).encode()
-
-
-def _reports(server: Server, allowed: Callable[[Mapping[str, str]], bool]) -> Inline:
-    """A delta beat whose reports change allocations, folded in here (SQLite
-    only, as a submit: it commits) under the store's lock, waited for as a
-    submit waits; what ``NodeOps.report_heartbeat`` declines takes the route."""
-    max_body = server.config.max_body_bytes
-
-    def report(headers: Mapping[str, str], body: bytes, _param: str) -> InlineAnswer | None:
-        if len(body) > max_body or not allowed(headers) or not server.leadership.is_leader():
-            return None
-        try:
-            answer = server.report_heartbeat(body, SUBMIT_LOCK_WAIT)
-        except OrchError:
-            return None  # the route folds in what is left and reports the error
-        return None if answer is None else (beat_answer_bytes(answer), _NO_HEADERS)
-
-    return report
-
-
-def _first_of(*handlers: Inline) -> Inline:
-    """The first handler's answer that is not None (each may decline)."""
-
-    def first(headers: Mapping[str, str], body: bytes, param: str) -> InlineAnswer | None:
-        for handler in handlers:
-            answer = handler(headers, body, param)
-            if answer is not None:
-                return answer
-        return None
-
-    return first
 
 
 def _reader(

@@ -133,71 +133,53 @@ class NodeOps:
         resync = self.sync.apply(node_id, beat.allocations, full=not beat.delta)
         return _beat_answer(beat.seq, resync)
 
-    def quiet_heartbeat(self, raw: bytes) -> dict | None:
-        """The answer to a beat that changes nothing durable, or None: the
-        beat needs ``heartbeat`` (a report to fold in, a node coming back, a
-        repair due, an error to report, a write holding the store).
+    def inline_heartbeat(self, raw: bytes, report_wait: float | None = None) -> dict | None:
+        """The answer to a beat taken on waitress's I/O thread
+        (``orch.server.inline``), or None: the beat needs ``heartbeat`` (a
+        node coming back or suspect, a repair due, an error to report).
 
-        Called on waitress's I/O thread (``orch.server.inline``): it takes
-        no lock that another thread holds across I/O."""
+        A beat that changes nothing durable is answered without waiting for
+        any lock another thread holds across I/O. A delta beat carrying
+        allocation reports is folded in and committed only with
+        ``report_wait`` (SQLite: it waits that long at most for the store's
+        lock, as a submit does): the running report a submitter waits for
+        paid two thread hand-offs more through a worker (bench/README.md)."""
         try:
             body = document.loads(raw)
             beat = validation.heartbeat(body)
         except ValidationError:
             return None
-        node_id = beat.node_id
-        node = self.store.get_node(node_id)
-        if (
-            beat.allocations
-            or node is None
-            or (beat.healthy and not node.healthy)
-            or self.pusher.suspect(node_id)
-            # A full beat may find allocations to push again.
-            or (not beat.delta and self.store.live_allocs_for_node(node_id))
-        ):
+        node = self.store.get_node(beat.node_id)
+        if node is None or self.pusher.suspect(beat.node_id):
+            # A suspect node is left to the route, which calls heartbeat_ok:
+            # its verdict lock is taken before the store's (a push thread's order).
             return None
         if node.secret_digest:
             try:
                 self._check_secret(node, body.get("secret_id"))
             except (Forbidden, ValidationError):
                 return None
+        if not beat.allocations:
+            return self._quiet_beat(beat, node)
+        if report_wait is None or not beat.delta or not node.healthy:
+            return None
+        return self._report_beat(beat, report_wait)
+
+    def _quiet_beat(self, beat: validation.Heartbeat, node: Node) -> dict | None:
+        node_id = node.node_id
+        if (beat.healthy and not node.healthy) or (
+            # A full beat may find allocations to push again.
+            not beat.delta and self.store.live_allocs_for_node(node_id)
+        ):
+            return None
         if self.store.touch_node(node_id, time.time(), beat.usage, wait=False) is None:
             return None
         self.monitor.reset(node_id)
         resync = self.sync.apply(node_id, {}, full=not beat.delta)
         return _beat_answer(beat.seq, resync)
 
-    def report_heartbeat(self, raw: bytes, lock_wait: float) -> dict | None:
-        """The answer to a delta beat carrying allocation reports, folded in
-        on the calling thread (waitress's I/O thread, SQLite), or None: the
-        beat goes to ``heartbeat`` (no report, a node coming back or suspect, a
-        full beat, an error to report, a write holding the store past
-        ``lock_wait``).
-
-        The running report a submitter waits for is such a beat: through a
-        worker it paid two thread hand-offs more (bench/README.md)."""
-        try:
-            body = document.loads(raw)
-            beat = validation.heartbeat(body)
-        except ValidationError:
-            return None
+    def _report_beat(self, beat: validation.Heartbeat, lock_wait: float) -> dict | None:
         node_id = beat.node_id
-        node = self.store.get_node(node_id)
-        # A suspect node is left to the route, which calls heartbeat_ok: its
-        # verdict lock is taken before the store's (a push thread's order).
-        if (
-            not beat.delta
-            or not beat.allocations  # the quiet path's, or the route's
-            or node is None
-            or not node.healthy
-            or self.pusher.suspect(node_id)
-        ):
-            return None
-        if node.secret_digest:
-            try:
-                self._check_secret(node, body.get("secret_id"))
-            except (Forbidden, ValidationError):
-                return None
         # Before the store's lock: the monitor's is never held around it.
         self.monitor.reset(node_id)
         with self.store.settled_now(lock_wait) as free:

@@ -1,4 +1,4 @@
-"""The quiet heartbeat (NodeOps.quiet_heartbeat): a beat that changes nothing
+"""The quiet heartbeat (NodeOps.inline_heartbeat): a beat that changes nothing
 durable is answered from memory, exactly as the full path answers it; any
 other beat is declined (None) and left to the full path."""
 
@@ -55,7 +55,7 @@ def test_an_empty_delta_is_answered_as_the_full_path_answers_it(server):
     before = server.store.get_node("node-a").last_heartbeat
     deadline = server.monitor._deadlines["node-a"]
     body = raw(seq=2, delta=True, resources={"cpu": 123})
-    answer = server.quiet_heartbeat(body)
+    answer = server.inline_heartbeat(body)
     assert answer == {"message": "Heartbeat received", "ack": 2, "resync": False}
     assert answer == server.heartbeat(json.loads(body))
     node = server.store.get_node("node-a")
@@ -64,13 +64,13 @@ def test_an_empty_delta_is_answered_as_the_full_path_answers_it(server):
 
 
 def test_a_delta_before_a_full_beat_still_asks_for_a_resync(server):
-    assert server.quiet_heartbeat(raw(seq=1, delta=True))["resync"] is True
+    assert server.inline_heartbeat(raw(seq=1, delta=True))["resync"] is True
 
 
 def test_the_seed_beat_of_a_node_without_allocations(server):
-    assert server.quiet_heartbeat(raw("node-b")) == {"message": "Heartbeat received"}
+    assert server.inline_heartbeat(raw("node-b")) == {"message": "Heartbeat received"}
     # Its full beat counted: a delta now needs no resync.
-    assert server.quiet_heartbeat(raw("node-b", seq=1, delta=True))["resync"] is False
+    assert server.inline_heartbeat(raw("node-b", seq=1, delta=True))["resync"] is False
 
 
 @pytest.mark.parametrize(
@@ -84,36 +84,36 @@ def test_the_seed_beat_of_a_node_without_allocations(server):
     ],
 )
 def test_declined(server, body):
-    assert server.quiet_heartbeat(body) is None
+    assert server.inline_heartbeat(body) is None
 
 
 def test_a_report_is_folded_in_by_the_full_path(server):
     alloc_id = server.alloc.allocation_id
     report = {"status": "running", "start_time": 1.0, "tasks": {}}
     body = raw(seq=1, delta=True, allocations={alloc_id: report})
-    assert server.quiet_heartbeat(body) is None
+    assert server.inline_heartbeat(body) is None
     assert server.store.get_alloc(alloc_id).client_status == AllocStatus.PENDING
 
 
 def test_a_node_coming_back_takes_the_full_path(server):
     server.node_down("node-b")
-    assert server.quiet_heartbeat(raw("node-b", seq=1, delta=True)) is None
+    assert server.inline_heartbeat(raw("node-b", seq=1, delta=True)) is None
     server.heartbeat(json.loads(raw("node-b", seq=1, delta=True)))
     assert server.store.get_node("node-b").healthy
-    assert server.quiet_heartbeat(raw("node-b", seq=2, delta=True)) is not None
+    assert server.inline_heartbeat(raw("node-b", seq=2, delta=True)) is not None
 
 
 def test_a_write_in_progress_is_not_waited_for(server):
     with store_lock_held(server):
-        assert server.quiet_heartbeat(raw("node-b", seq=1, delta=True)) is None
-    assert server.quiet_heartbeat(raw("node-b", seq=1, delta=True)) is not None
+        assert server.inline_heartbeat(raw("node-b", seq=1, delta=True)) is None
+    assert server.inline_heartbeat(raw("node-b", seq=1, delta=True)) is not None
 
 
 def test_a_node_secret_is_checked(server):
     server.register({**copy.deepcopy(IDLE), "secret_id": "s" * 36})
-    assert server.quiet_heartbeat(raw("node-b", seq=1, delta=True)) is None
+    assert server.inline_heartbeat(raw("node-b", seq=1, delta=True)) is None
     good = raw("node-b", seq=1, delta=True, secret_id="s" * 36)
-    assert server.quiet_heartbeat(good) is not None
+    assert server.inline_heartbeat(good) is not None
 
 
 def _beat_handler(server):

@@ -1,4 +1,4 @@
-"""Report beats answered on waitress's I/O thread (NodeOps.report_heartbeat,
+"""Report beats answered on waitress's I/O thread (NodeOps.inline_heartbeat,
 orch.server.inline): a delta beat whose reports change allocations is folded
 in and committed before its answer, as the route does it; anything the route
 must see (a full beat, a node coming back or suspect, a bad secret, a write
@@ -77,7 +77,7 @@ def test_a_running_report_is_committed_before_the_routes_answer(server):
     alloc_id = server.alloc.allocation_id
     before = server.store.get_node("node-a").last_heartbeat
     deadline = server.monitor._deadlines["node-a"]
-    assert server.report_heartbeat(beat(alloc_id), SUBMIT_LOCK_WAIT) == ANSWER
+    assert server.inline_heartbeat(beat(alloc_id), SUBMIT_LOCK_WAIT) == ANSWER
     assert server.store.get_alloc(alloc_id).client_status == AllocStatus.RUNNING
     assert _stored_status(server, alloc_id) == "running"
     assert server.store.get_node("node-a").last_heartbeat > before
@@ -90,7 +90,7 @@ def test_a_failed_service_is_rescheduled_as_the_route_does_it(server):
     alloc_id = server.alloc.allocation_id
     server.broker._ready.clear()
     server.broker._pending.clear()
-    assert server.report_heartbeat(beat(alloc_id, "failed"), SUBMIT_LOCK_WAIT) == ANSWER
+    assert server.inline_heartbeat(beat(alloc_id, "failed"), SUBMIT_LOCK_WAIT) == ANSWER
     assert _stored_status(server, alloc_id) == "failed"
     evals = server.store.evals_for_job("web")
     assert any(e.triggered_by == TriggeredBy.ALLOC_FAILURE for e in evals)
@@ -100,23 +100,36 @@ def _declined_cases(srv):
     alloc_id = srv.alloc.allocation_id
     return {
         "full beat": beat(alloc_id, delta=False),
-        "no report": beat(alloc_id, allocations={}),
         "unknown node": beat(alloc_id, node="node-z"),
         "bad body": b'{"node_id": 1}',
         "not json": b"{",
     }
 
 
-@pytest.mark.parametrize("case", ["full beat", "no report", "unknown node", "bad body", "not json"])
+@pytest.mark.parametrize("case", ["full beat", "unknown node", "bad body", "not json"])
 def test_declined(server, case):
     body = _declined_cases(server)[case]
-    assert server.report_heartbeat(body, SUBMIT_LOCK_WAIT) is None
+    assert server.inline_heartbeat(body, SUBMIT_LOCK_WAIT) is None
+    assert server.store.get_alloc(server.alloc.allocation_id).client_status == AllocStatus.PENDING
+
+
+def test_a_beat_without_reports_is_answered_quietly_whatever_the_wait(server):
+    quiet = beat(server.alloc.allocation_id, allocations={})
+    assert server.inline_heartbeat(quiet, SUBMIT_LOCK_WAIT) == ANSWER
+    with store_lock_held(server):  # the quiet path never waits for the lock
+        assert server.inline_heartbeat(quiet, SUBMIT_LOCK_WAIT) is None
+    assert server.store.get_alloc(server.alloc.allocation_id).client_status == AllocStatus.PENDING
+
+
+def test_reports_are_left_to_the_route_without_a_wait(server):
+    """PostgreSQL: no report_wait, the route commits the reports."""
+    assert server.inline_heartbeat(beat(server.alloc.allocation_id)) is None
     assert server.store.get_alloc(server.alloc.allocation_id).client_status == AllocStatus.PENDING
 
 
 def test_a_node_coming_back_takes_the_route(server):
     server.node_down("node-a")
-    assert server.report_heartbeat(beat(server.alloc.allocation_id), SUBMIT_LOCK_WAIT) is None
+    assert server.inline_heartbeat(beat(server.alloc.allocation_id), SUBMIT_LOCK_WAIT) is None
     assert not server.store.get_node("node-a").healthy
 
 
@@ -125,7 +138,7 @@ def test_a_suspect_node_takes_the_route_which_clears_it(server):
     I/O thread, holding the store's lock, must not; the route does it."""
     alloc_id = server.alloc.allocation_id
     server.pusher._suspect["node-a"] = time.monotonic() - 3600
-    assert server.report_heartbeat(beat(alloc_id), SUBMIT_LOCK_WAIT) is None
+    assert server.inline_heartbeat(beat(alloc_id), SUBMIT_LOCK_WAIT) is None
     assert server.store.get_alloc(alloc_id).client_status == AllocStatus.PENDING
     assert server.heartbeat(json.loads(beat(alloc_id))) == ANSWER
     assert not server.pusher.suspect("node-a")
@@ -135,20 +148,20 @@ def test_a_suspect_node_takes_the_route_which_clears_it(server):
 def test_a_node_secret_is_checked(server):
     server.register({**copy.deepcopy(NODE), "secret_id": "s" * 36})
     alloc_id = server.alloc.allocation_id
-    assert server.report_heartbeat(beat(alloc_id), SUBMIT_LOCK_WAIT) is None
+    assert server.inline_heartbeat(beat(alloc_id), SUBMIT_LOCK_WAIT) is None
     good = beat(alloc_id, secret_id="s" * 36)
     # Registered again: a delta is answered with a resync, as by the route.
-    assert server.report_heartbeat(good, SUBMIT_LOCK_WAIT) == {**ANSWER, "resync": True}
+    assert server.inline_heartbeat(good, SUBMIT_LOCK_WAIT) == {**ANSWER, "resync": True}
 
 
 def test_a_write_holding_the_store_is_waited_for_only_briefly(server):
     alloc_id = server.alloc.allocation_id
     with store_lock_held(server):
         started = time.monotonic()
-        assert server.report_heartbeat(beat(alloc_id), 0.05) is None
+        assert server.inline_heartbeat(beat(alloc_id), 0.05) is None
         assert time.monotonic() - started < 5
         assert server.store.get_alloc(alloc_id).client_status == AllocStatus.PENDING
-    assert server.report_heartbeat(beat(alloc_id), 0.05) == ANSWER
+    assert server.inline_heartbeat(beat(alloc_id), 0.05) == ANSWER
 
 
 def test_over_http_the_inline_answer_is_the_routes(server):
