@@ -14,6 +14,24 @@ from orch.server.api import make_app
 from orch.server.inline import inline_routes
 from orch.server.server import Server
 
+# The node the inline tests register (exec only, so a job places on it).
+NODE = {
+    "node_id": "node-a",
+    "resources": {"cpu": 4000, "memory": 4000},
+    "endpoint": "http://127.0.0.1:9001",
+    "attributes": {"driver.exec": True, "driver.docker": False},
+}
+
+
+def service_job(count: int) -> dict:
+    """A service job "web" of `count` sleeping allocations."""
+    task = {"name": "t", "config": {"command": "sleep 60"}}
+    return {
+        "job_id": "web",
+        "type": "service",
+        "task_groups": [{"name": "g", "count": count, "tasks": [task]}],
+    }
+
 
 class InlinePair:
     """``calls`` records what each inline handler returned: (its route's

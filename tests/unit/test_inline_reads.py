@@ -6,25 +6,13 @@ import copy
 import threading
 
 import pytest
-from inline_pair import InlinePair, server_at, store_lock_held
+from inline_pair import NODE, InlinePair, server_at, service_job, store_lock_held
 
 from orch.server.worker import SchedulerWorker
 
 from waiting import wait_for
 
-NODE = {
-    "node_id": "node-a",
-    "resources": {"cpu": 4000, "memory": 4000},
-    "endpoint": "http://127.0.0.1:9001",
-    "attributes": {"driver.exec": True, "driver.docker": False},
-}
-JOB = {
-    "job_id": "web",
-    "type": "service",
-    "task_groups": [
-        {"name": "g", "count": 2, "tasks": [{"name": "t", "config": {"command": "sleep 60"}}]}
-    ],
-}
+JOB = service_job(2)
 HEADERS = ("Content-Type", "X-Orch-Index", "Content-Length")
 
 

@@ -9,25 +9,13 @@ import json
 import time
 
 import pytest
-from inline_pair import InlinePair, server_at, store_lock_held
+from inline_pair import NODE, InlinePair, server_at, service_job, store_lock_held
 
 from orch.server.inline import SUBMIT_LOCK_WAIT, inline_routes
 from orch.server.worker import SchedulerWorker
 from orch.structs import AllocStatus, TriggeredBy
 
-NODE = {
-    "node_id": "node-a",
-    "resources": {"cpu": 4000, "memory": 4000},
-    "endpoint": "http://127.0.0.1:9001",
-    "attributes": {"driver.exec": True, "driver.docker": False},
-}
-JOB = {
-    "job_id": "web",
-    "type": "service",
-    "task_groups": [
-        {"name": "g", "count": 1, "tasks": [{"name": "t", "config": {"command": "sleep 60"}}]}
-    ],
-}
+JOB = service_job(1)
 ANSWER = {"message": "Heartbeat received", "ack": 2, "resync": False}
 
 

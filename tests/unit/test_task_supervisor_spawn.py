@@ -5,6 +5,7 @@ import signal
 import socket
 import stat
 import subprocess
+from contextlib import contextmanager
 
 import pytest
 
@@ -22,18 +23,27 @@ def client():
     made.close()
 
 
-@pytest.fixture
-def sup():
-    """A supervisor in this process (no socket served): its starts are our children."""
+@contextmanager
+def supervisor_here():
+    """A supervisor in this process (no socket served): its starts are our
+    children, killed and reaped at the end with its fds closed."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     made = server.Supervisor(listener)
-    yield made
-    for pid in list(made.runs):
-        os.killpg(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    listener.close()
-    for fd in (made.devnull, made.wake_r, made.wake_w, made.home_dir):
-        os.close(fd)
+    try:
+        yield made
+    finally:
+        for pid in list(made.runs):
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        listener.close()
+        for fd in (made.devnull, made.wake_r, made.wake_w, made.home_dir):
+            os.close(fd)
+
+
+@pytest.fixture
+def sup():
+    with supervisor_here() as made:
+        yield made
 
 
 def spec_in(tmp_path, name: str, argv: list[str], path: str | None = None) -> dict:
@@ -236,16 +246,7 @@ def test_a_supervisor_started_in_a_removed_dir_still_starts_tasks(tmp_path, monk
     gone.mkdir()
     monkeypatch.chdir(gone)
     gone.rmdir()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    made = server.Supervisor(listener)
-    try:
+    with supervisor_here() as made:
         pid = made._start(spec_in(tmp_path, "t", ["sleep", "30"]))["pid"]
         assert os.readlink(f"/proc/{pid}/cwd") == str(tmp_path / "t")
         assert os.readlink("/proc/self/cwd").startswith(str(gone))  # back where it was
-    finally:
-        for pid in list(made.runs):
-            os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        listener.close()
-        for fd in (made.devnull, made.wake_r, made.wake_w, made.home_dir):
-            os.close(fd)
