@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def open_join(procs_file: str) -> tuple[int, bytes]:
-    """An fd that moves this (single-threaded) process into a cgroup, and what to write to it.
+def join_targets(procs_file: str) -> list[tuple[str, bytes]]:
+    """What to write where to move this process into a cgroup: (path, bytes), best first.
 
     Under cgroup v1, "0" written to the `tasks` file beside `cgroup.procs`
     moves the calling thread alone, and the kernel then skips the global
@@ -26,13 +30,28 @@ def open_join(procs_file: str) -> tuple[int, bytes]:
     cgroups of the thread that forks it, so the task lands where it did.
     v2 has no `tasks` file: `cgroup.procs` there.
     """
+    targets = [(procs_file, str(os.getpid()).encode())]
     if procs_file.endswith("/cgroup.procs"):
-        tasks = procs_file[: -len("cgroup.procs")] + "tasks"
+        targets.insert(0, (procs_file[: -len("cgroup.procs")] + "tasks", b"0"))
+    return targets
+
+
+def _first_present(procs_file: str, use: Callable[[str, bytes], T]) -> T:
+    """`use(path, data)` on the first of `join_targets` whose file exists."""
+    *preferred, (last_path, last_data) = join_targets(procs_file)
+    for path, data in preferred:
         try:
-            return os.open(tasks, os.O_WRONLY | os.O_CLOEXEC), b"0"
-        except FileNotFoundError:
+            return use(path, data)
+        except FileNotFoundError:  # v2: no tasks file
             pass
-    return os.open(procs_file, os.O_WRONLY | os.O_CLOEXEC), str(os.getpid()).encode()
+    return use(last_path, last_data)
+
+
+def open_join(procs_file: str) -> tuple[int, bytes]:
+    """An fd that moves this process into a cgroup, and what to write to it (`join_targets`)."""
+    return _first_present(
+        procs_file, lambda path, data: (os.open(path, os.O_WRONLY | os.O_CLOEXEC), data)
+    )
 
 
 class CgroupFiles:
@@ -52,15 +71,9 @@ class CgroupFiles:
         self._fds: OrderedDict[str, int] = OrderedDict()
 
     def join(self, procs_files: list[str]) -> None:
-        """Move this (single-threaded) process into these cgroups (see `open_join`)."""
+        """Move this (single-threaded) process into these cgroups (see `join_targets`)."""
         for path in procs_files:
-            if path.endswith("/cgroup.procs"):
-                try:
-                    self.write(path[: -len("cgroup.procs")] + "tasks", b"0")
-                    continue
-                except FileNotFoundError:  # v2: no tasks file
-                    pass
-            self.write(path, str(os.getpid()).encode())
+            _first_present(path, self.write)
 
     def write(self, path: str, data: bytes) -> None:
         """`data` in one write to `path`; raises OSError."""
