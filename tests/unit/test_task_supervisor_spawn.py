@@ -220,7 +220,7 @@ def test_a_kept_cgroup_fd_that_fails_is_opened_again_once(tmp_path, monkeypatch)
     path = str(tmp_path / "tasks")
     files = CgroupFiles(max_open=2)
     files.write(path, b"0")
-    stale = files._fds[path]
+    stale = files._fds[(path, os.O_WRONLY)]
     real_write = os.write
     failed: list[int] = []
 
@@ -238,7 +238,7 @@ def test_a_kept_cgroup_fd_that_fails_is_opened_again_once(tmp_path, monkeypatch)
     for name in ("a", "b"):
         (tmp_path / name).write_text(name)
         assert files.read(str(tmp_path / name)) == name.encode()
-    assert list(files._fds) == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert [p for p, _ in files._fds] == [str(tmp_path / "a"), str(tmp_path / "b")]
 
 
 def test_a_supervisor_started_in_a_removed_dir_still_starts_tasks(tmp_path, monkeypatch):

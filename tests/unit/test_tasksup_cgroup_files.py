@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from orch.agent.tasksup.limits import CgroupFiles, join_targets, open_join
 
 
@@ -35,3 +37,22 @@ def _join_once(procs_files):
             os.write(fd, data)
         finally:
             os.close(fd)
+
+
+def test_a_v2_cgroup_procs_written_and_read_keeps_one_fd_each_way(tmp_path, monkeypatch):
+    procs = _group(tmp_path / "v2", "cgroup.procs")
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: (opened.append(p), real_open(p, *a, **k))[1])
+    files = CgroupFiles()
+    for _ in range(3):  # three tasks in the same pooled cgroup: join, then "empty?"
+        files.join([procs])
+        assert files.read(procs) is not None
+    # Once to write, once to read (no ping-pong), and v2's missing tasks file tried once.
+    assert opened == [procs[: -len("cgroup.procs")] + "tasks", procs, procs]
+    kept = list(files._fds.values())
+    files.forget_dirs([str(tmp_path / "v2")])
+    assert files._fds == {}
+    for fd in kept:
+        with pytest.raises(OSError):
+            os.fstat(fd)

@@ -68,12 +68,18 @@ class CgroupFiles:
 
     def __init__(self, max_open: int = 512):
         self.max_open = max_open
-        self._fds: OrderedDict[str, int] = OrderedDict()
+        # Keyed by (path, mode): on v2 the same `cgroup.procs` is written to
+        # join and read to see the cgroup empty; one fd for both would fail
+        # the other way each time and be closed and opened again.
+        self._fds: OrderedDict[tuple[str, int], int] = OrderedDict()
 
     def join(self, procs_files: list[str]) -> None:
         """Move this (single-threaded) process into these cgroups (see `join_targets`)."""
         for path in procs_files:
-            _first_present(path, self.write)
+            if (path, os.O_WRONLY) in self._fds:  # v2, kept: no tasks file to try again
+                self.write(path, str(os.getpid()).encode())
+            else:
+                _first_present(path, self.write)
 
     def write(self, path: str, data: bytes) -> None:
         """`data` in one write to `path`; raises OSError."""
@@ -102,23 +108,25 @@ class CgroupFiles:
 
     def forget(self, paths: list[str]) -> None:
         for path in paths:
-            fd = self._fds.pop(path, None)
-            if fd is not None:
-                os.close(fd)
+            for mode in (os.O_RDONLY, os.O_WRONLY):
+                fd = self._fds.pop((path, mode), None)
+                if fd is not None:
+                    os.close(fd)
 
     def forget_dirs(self, dirs: list[str]) -> None:
         """Close what is kept open in these cgroups (they are being removed)."""
         if dirs:
             gone = set(dirs)
-            self.forget([p for p in self._fds if os.path.dirname(p) in gone])
+            self.forget(list({p for p, _ in self._fds if os.path.dirname(p) in gone}))
 
     def _fd(self, path: str, flags: int) -> int:
-        fd = self._fds.get(path)
+        key = (path, flags)
+        fd = self._fds.get(key)
         if fd is not None:
-            self._fds.move_to_end(path)
+            self._fds.move_to_end(key)
             return fd
         fd = os.open(path, flags | os.O_CLOEXEC)
-        self._fds[path] = fd
+        self._fds[key] = fd
         if len(self._fds) > self.max_open:
             _, oldest = self._fds.popitem(last=False)
             os.close(oldest)
