@@ -47,6 +47,8 @@ def find_program(program: str, env: dict) -> str:
     """`program` looked up on the task's PATH, as subprocess does; raises FileNotFoundError."""
     if os.sep in program:
         return program
+    # Not shutil.which: it skips a file found but not executable, and the
+    # task's error must say "permission denied" there, as execvp would.
     denied = None
     for directory in os.get_exec_path(env):
         path = os.path.join(directory, program)
