@@ -86,7 +86,9 @@ class Agent:
             runner = self._new_runner(spec)
             self._allocs[spec.allocation_id] = runner
             self._unaccounted.add(spec.allocation_id)
-        log.info(
+        # DEBUG: at batch rates a line per allocation cost the push thread
+        # as much as writing its alloc.json; a batch push says INFO once.
+        log.debug(
             "alloc %s accepted job=%s group=%s tasks=%d",
             runner.short,
             spec.job_id,

@@ -7,6 +7,7 @@ it (the server) can create, read or stop allocations.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ from orch.validation import fields
 
 if TYPE_CHECKING:
     from orch.agent.agent import Agent
+
+log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
 BATCH_MAX = 256  # allocations in one POST /allocations/batch
@@ -92,6 +95,8 @@ def batch_answer(agent: Agent, items: list) -> dict:
             results[key] = {"error": str(exc)}
             continue
         results[key] = "accepted"
+    refused = sum(1 for v in results.values() if v != "accepted")
+    log.info("push accepted=%d refused=%d", len(results) - refused, refused)
     return {"message": "Allocations accepted", "allocations": results}
 
 

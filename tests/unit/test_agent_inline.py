@@ -69,6 +69,17 @@ def test_a_batch_push_is_accepted_inline_each_allocation_on_its_own(served):
     assert set(threads) == {"http"}
 
 
+def test_a_batch_push_logs_one_info_line_not_one_per_allocation(served, caplog):
+    agent, url, _ = served
+    body = {"allocations": [alloc("c1"), alloc("c2"), {"allocation_id": "c3"}]}
+    with caplog.at_level("INFO", logger="orch.agent"):
+        resp = requests.post(f"{url}/allocations/batch", json=body, headers=AUTH, timeout=5)
+        assert resp.status_code == 200
+        requests.post(f"{url}/allocations", json=alloc("c4"), headers=AUTH, timeout=5)
+    accepted = [r.getMessage() for r in caplog.records if "accept" in r.getMessage()]
+    assert accepted == ["push accepted=2 refused=1"]
+
+
 @pytest.mark.parametrize(
     "path, body, headers, status",
     [
