@@ -291,3 +291,26 @@ def test_a_task_whose_record_vanished_during_its_start_is_killed(tmp_path, monke
         listener.close()
         for fd in (sup.devnull, sup.wake_r, sup.wake_w):
             os.close(fd)
+
+
+def test_an_async_start_is_answered_through_its_callback_without_an_event(
+    client, tmp_path, monkeypatch
+):
+    import threading
+
+    from orch.agent.tasksup import client as client_module
+
+    client.start(start_spec(tmp_path, "first", ["/bin/true"]))  # connected: the reader runs
+    made: list[threading.Event] = []
+    real_event = threading.Event
+    monkeypatch.setattr(
+        client_module.threading, "Event", lambda: made.append(real_event()) or made[-1]
+    )
+    answers: list[dict] = []
+    done = real_event()
+    client.start_async(
+        start_spec(tmp_path, "async", ["/bin/true"]),
+        lambda answer, pid, created: (answers.append(answer), done.set()),
+    )
+    assert done.wait(10) and "pid" in answers[0]
+    assert made == []  # the reader hands the answer to the callback: nothing waits

@@ -59,8 +59,14 @@ ExitCallback = Callable[["dict | None"], None]
 class _Pending:
     __slots__ = ("event", "reply", "callback")
 
-    def __init__(self, callback: Callable[[dict], None] | None = None):
-        self.event = threading.Event()
+    def __init__(
+        self,
+        callback: Callable[[dict], None] | None = None,
+        event: threading.Event | None = None,
+    ):
+        # Only a caller that waits needs an Event (a lock and a condition):
+        # an answer with a callback is handed over by the reader directly.
+        self.event = event
         self.reply: dict | None = None
         self.callback = callback
 
@@ -88,7 +94,8 @@ class SupervisorClient:
     def start(self, spec: dict) -> tuple[dict, int, float | None]:
         """Ask for a start: (answer, supervisor pid, its create time); raises DriverError."""
         line_id = next(self._ids)
-        pending = _Pending()
+        answered = threading.Event()
+        pending = _Pending(event=answered)
         sock, pid, created = self._connection()
         with self._lock:
             self._pending[line_id] = pending
@@ -100,7 +107,7 @@ class SupervisorClient:
             except OSError as exc:
                 self._lost(sock)
                 raise DriverError(f"{LOST}: {exc}") from exc
-            if not pending.event.wait(ANSWER_TIMEOUT):
+            if not answered.wait(ANSWER_TIMEOUT):
                 raise DriverError("task supervisor did not answer")
         finally:
             with self._lock:
@@ -287,7 +294,7 @@ class SupervisorClient:
                     call, pending = pending.callback, None
         if call is not None:
             _call(call, doc)
-        if pending is not None:
+        if pending is not None and pending.event is not None:
             pending.reply = doc
             pending.event.set()
 
@@ -298,7 +305,8 @@ class SupervisorClient:
                 self._sock = None
             closed = self._closed
             for pending in self._pending.values():
-                pending.event.set()
+                if pending.event is not None:
+                    pending.event.set()
             for events in self._watchers.values():
                 for event in events:
                     event.set()
