@@ -66,6 +66,9 @@ class Agent:
         self._held_total = (0, 0)
         self._unaccounted: set[str] = set()
         self._stopping: set[str] = set()  # DELETEd, waiting their shutdown_delay
+        # Those with `disconnect.stop_after`: the housekeeping's round looks
+        # at these only, not at every allocation kept (gc_keep) 5 times a second.
+        self._stop_after: set[str] = set()
         self._closing = threading.Event()
         self.checks = CheckRunner(check_host(config))
         self._prober = threading.Thread(
@@ -84,8 +87,7 @@ class Agent:
                 return False
             self.store.forget_removal(spec.allocation_id)
             runner = self._new_runner(spec)
-            self._allocs[spec.allocation_id] = runner
-            self._unaccounted.add(spec.allocation_id)
+            self._add(runner)
         # DEBUG: at batch rates a line per allocation cost the push thread
         # as much as writing its alloc.json; a batch push says INFO once.
         log.debug(
@@ -140,8 +142,7 @@ class Agent:
         runner.stop()
         with self._lock:
             if self._allocs.get(alloc_id) is runner:
-                del self._allocs[alloc_id]
-                self._unaccounted.add(alloc_id)
+                self._drop(alloc_id)
             # One the server has already taken (finished, acknowledged) needs
             # no last word: it is gone for good at once (a purged job's).
             taken = self._collectable.pop(alloc_id, None) is not None
@@ -212,14 +213,27 @@ class Agent:
                     victims.append(alloc_id)
             for alloc_id in victims:
                 del self._collectable[alloc_id]
-                del self._allocs[alloc_id]
-                self._unaccounted.add(alloc_id)
+                self._drop(alloc_id)
         for alloc_id in victims:
             self.checks.unwatch(alloc_id)
             self.store.remove_alloc(alloc_id)
             self._forget(alloc_id)
         if victims:
             log.info("collected %d finished allocations", len(victims))
+
+    def _add(self, runner: AllocRunner) -> None:
+        """Into the table (caller holds the lock)."""
+        alloc_id = runner.spec.allocation_id
+        self._allocs[alloc_id] = runner
+        self._unaccounted.add(alloc_id)
+        if runner.spec.stop_after is not None:
+            self._stop_after.add(alloc_id)
+
+    def _drop(self, alloc_id: str) -> None:
+        """Out of the table (caller holds the lock)."""
+        del self._allocs[alloc_id]
+        self._unaccounted.add(alloc_id)
+        self._stop_after.discard(alloc_id)
 
     def _forget(self, alloc_id: str) -> None:
         """Drop the last trace of a removed allocation (it is gone for good)."""
@@ -292,8 +306,7 @@ class Agent:
                 self.store.forget_removal(spec.allocation_id)
                 continue
             with self._lock:
-                self._allocs[spec.allocation_id] = runner
-                self._unaccounted.add(spec.allocation_id)
+                self._add(runner)
             runner.start()
             self.checks.watch(runner)
             count += 1
@@ -332,12 +345,13 @@ class Agent:
         server has been out of reach that long (Nomad's
         stop_after_client_disconnect): by then the server has placed them
         elsewhere, and a service must not run twice for longer."""
+        with self._lock:
+            runners = [self._allocs[alloc_id] for alloc_id in self._stop_after]
+        stopping &= {r.spec.allocation_id for r in runners}
         contact = None if self.loop is None else self.loop.last_contact
-        if contact is None:
+        if contact is None or not runners:
             return
         away = time.monotonic() - contact
-        runners = self.allocations()
-        stopping &= {r.spec.allocation_id for r in runners}
         for runner in runners:
             limit = runner.spec.stop_after
             if (

@@ -373,6 +373,35 @@ def test_a_cut_off_agent_stops_tasks_after_disconnect_stop_after(servers, agents
     assert agent.get("plain").status().value == "running"
 
 
+def test_the_housekeeping_looks_only_at_allocations_with_stop_after(servers, agents, tmp_path):
+    server = servers()
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
+    doc = _body("svc", "sleep 300")
+    doc["task_group"]["disconnect"] = {"stop_after": 30}
+    agent.submit(parse_alloc(doc))
+    agent.submit(alloc("plain", "sleep 300"))
+    assert agent._stop_after == {"svc"}
+    plain = agent.get("plain")
+    looked: list[str] = []
+    plain.spec = _Watched(plain.spec, looked)
+    agent._stop_disconnected(set())
+    assert looked == []  # a round does not walk what cannot be stopped
+    agent.stop_alloc("svc")
+    assert agent._stop_after == set()
+
+
+class _Watched:
+    """A spec that notes who reads its stop_after."""
+
+    def __init__(self, spec, looked):
+        self._spec, self._looked = spec, looked
+
+    def __getattr__(self, name):
+        if name == "stop_after":
+            self._looked.append(name)
+        return getattr(self._spec, name)
+
+
 def test_beats_carry_only_changes_once_the_server_acknowledges(servers, agents, tmp_path):
     server = servers(acks=True)
     agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
