@@ -13,6 +13,7 @@ written (no escapes), so a shell command keeps its own ``$VARS``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 import os
@@ -90,8 +91,15 @@ def advertise_ip(config: AgentConfig) -> str:
     """The address others reach this node's tasks on: --advertise's host, else --bind.
 
     A wildcard bind (0.0.0.0, ::) names no address: loopback then."""
-    host = urlsplit(config.advertise).hostname if config.advertise else None
-    host = host or config.bind
+    return _advertise_ip(config.advertise, config.bind)
+
+
+# Every task's environment asks; parsing the URL and the address each time
+# was a few percent of the push thread's Python at batch rates.
+@functools.lru_cache(maxsize=16)
+def _advertise_ip(advertise: str | None, bind: str) -> str:
+    host = urlsplit(advertise).hostname if advertise else None
+    host = host or bind
     try:
         if ipaddress.ip_address(host).is_unspecified:
             return "127.0.0.1"

@@ -212,3 +212,17 @@ def test_an_exec_task_sees_its_variables_and_interpolated_config(env):  # noqa: 
     out = os.path.join(runner.store.task_dir("a-env", "t"), "out.txt")
     with open(out) as f:
         assert f.read().split() == ["web.g[2]", "21034", "http://127.0.0.1:21035/${NOPE}", "50"]
+
+
+def test_the_advertised_address_is_worked_out_once_per_setting(monkeypatch):
+    taskenv._advertise_ip.cache_clear()
+    parsed: list[str] = []
+    real = taskenv.ipaddress.ip_address
+    monkeypatch.setattr(
+        taskenv.ipaddress, "ip_address", lambda host: parsed.append(host) or real(host)
+    )
+    config = AgentConfig(bind="192.0.2.77")
+    for _ in range(3):  # every task's environment asks
+        assert taskenv.advertise_ip(config) == "192.0.2.77"
+    assert taskenv.advertise_ip(AgentConfig(bind="0.0.0.0", advertise=None)) == "127.0.0.1"
+    assert parsed == ["192.0.2.77", "0.0.0.0"]
