@@ -108,7 +108,7 @@ class AgentStore:
                 return
             first = alloc_id not in self._made
             if first:  # its first write: make the directory
-                os.makedirs(self.alloc_dir(alloc_id), exist_ok=True)
+                make_dir(self.alloc_dir(alloc_id))
                 self._made.add(alloc_id)
             try:
                 if not (first and _write_new(path, raw)):
@@ -148,6 +148,20 @@ class AgentStore:
             except (OSError, ValueError) as exc:
                 log.warning("skipping unreadable allocation state path=%s error=%s", path, exc)
         return docs
+
+
+def make_dir(path: str) -> None:
+    """`os.makedirs(path, exist_ok=True)`, in one system call when the parent is there.
+
+    makedirs stats the parent first, and the path again when it exists:
+    three calls where one does, for every allocation's dir and task dir."""
+    try:
+        os.mkdir(path)
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
 
 
 def spread_subdirs(path: str) -> bool:

@@ -18,7 +18,7 @@ from orch.agent import fingerprint as fp
 from orch.agent.agent import Agent
 from orch.agent.drivers.exec import ExecDriver
 from orch.agent.spec import parse_alloc
-from orch.agent.state import FS_IOC_GETFLAGS, FS_TOPDIR_FL, AgentStore, spread_subdirs
+from orch.agent.state import FS_IOC_GETFLAGS, FS_TOPDIR_FL, AgentStore, make_dir, spread_subdirs
 from orch.agent.taskrunner import LOST_ON_RESTART
 from orch.config import AgentConfig
 from orch.structs import AllocStatus
@@ -274,3 +274,21 @@ def test_spreading_subdirs_is_a_hint_that_may_be_refused(tmp_path):
     assert spread_subdirs(str(plain)) is False  # not a directory
     if os.path.isdir("/proc/self"):
         assert spread_subdirs("/proc/self") is False  # procfs has no such flags
+
+
+def test_make_dir_takes_one_system_call_when_the_parent_is_there(tmp_path, monkeypatch):
+    calls: list[str] = []
+    for name in ("mkdir", "stat", "lstat"):
+        real = getattr(os, name)
+        monkeypatch.setattr(
+            os, name, lambda *a, _n=name, _r=real, **k: (calls.append(_n), _r(*a, **k))[1]
+        )
+    make_dir(str(tmp_path / "a1"))
+    assert calls == ["mkdir"]
+    monkeypatch.undo()
+    make_dir(str(tmp_path / "a1"))  # there already: as makedirs(exist_ok=True)
+    make_dir(str(tmp_path / "b" / "c"))  # no parent: made too
+    assert (tmp_path / "a1").is_dir() and (tmp_path / "b" / "c").is_dir()
+    (tmp_path / "f").write_text("")
+    with pytest.raises(FileExistsError):
+        make_dir(str(tmp_path / "f"))

@@ -42,6 +42,7 @@ from orch.agent.drivers import procs
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import Cgroups, cpu_shares
 from orch.agent.drivers.exec_config import build_argv, build_env, resolve_cwd, resolve_user
+from orch.agent.state import make_dir
 from orch.agent.tasksup.client import SupervisorClient, supervisor_name
 from orch.agent.tasksup.records import read_record, run_ended
 from orch.errors import DriverError
@@ -183,7 +184,7 @@ class ExecDriver(Driver):
         ctx = taskenv.interpolated(ctx)  # ${ORCH_...} in command, args and env
         argv = build_argv(ctx.config)
         env = build_env(ctx)
-        os.makedirs(ctx.task_dir, exist_ok=True)
+        make_dir(ctx.task_dir)
         if self._user is not None:  # the task's own dir is writable by it
             _chown(ctx.task_dir, self._user)
         cwd = resolve_cwd(ctx)
