@@ -18,6 +18,14 @@ reader), not through a wake-up of this loop's thread: one thread hand-off
 less on the report a submitter waits for. It waits NEWS_TIMEOUT at most for
 the answer, and a beat that fails there leaves the news to this loop, which
 alone sends news until one of its beats is answered.
+A batch allocation's first report is held instead, for up to BATCH_HOLD
+after its tasks started (Nomad's client gathers allocation updates for
+200 ms, keeping the newest per allocation): a short batch job has ended by
+then, and its one report (complete or failed, with the start and the task
+events) replaces the two, `running` then `complete`, that each cost the
+server a fold and a write and the agent an encoding. A terminal report is
+never held; a batch job still running when the hold ends is reported then,
+without waiting for another change.
 A 404 means the server does not know us (it lost its state, or we were
 garbage-collected): register again, then heartbeat at once.
 With several servers (``--server URL1,URL2,URL3``) each call goes to the
@@ -54,6 +62,9 @@ log = logging.getLogger(__name__)
 
 TERMINAL = frozenset(status.value for status in TERMINAL_ALLOC)
 MIN_SPACING = 0.015  # seconds between heartbeats caused by changes
+# How long a batch allocation's first report waits for its end (above): its
+# `running` is shown this much later, a short job's end no later.
+BATCH_HOLD = 0.1
 # The connection to the server is kept only while heartbeats come close
 # together (a burst of task changes); a node quiet this long lets it go. A
 # server holding one idle keep-alive connection per node stops answering past
@@ -76,6 +87,43 @@ WARN_EVERY = 10.0
 WARN_GAP = 1.0
 REGISTER_GRACE = 2.0
 FULL_BEAT_S = 30.0  # seconds between heartbeats carrying every report
+
+
+class _Wake:
+    """threading.Event's set, is_set, clear and wait, and ``poke``: a waiter
+    with a ``due`` callable looks at its deadline again."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._cond:
+            self._flag = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._flag = False
+
+    def poke(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait(self, timeout: float, due: Callable[[], float] | None = None) -> bool:
+        """True once set; False when ``timeout`` or the time ``due()`` gives
+        (monotonic) has passed first."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while not self._flag:
+                left = (end if due is None else min(end, due())) - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
 
 
 class NodeLoop:
@@ -113,12 +161,15 @@ class NodeLoop:
             max_hosts=len(self._servers.urls) + 1,
         )
         self._failover = FailoverClient(self._servers, self._session)
-        self._wake = threading.Event()
+        self._wake = _Wake()
         self._news = threading.Event()  # a change the spacing must not hold back
         # Allocations changed since the last beat was built: a delta beat
         # looks at these only, not at every allocation the node holds.
         self._changed: set[str] = set()
         self._changed_lock = threading.Lock()
+        # Batch allocations whose first report is held, and until when
+        # (monotonic; in the order they came, so the first is due first).
+        self._held: dict[str, float] = {}
         # One beat at a time, from the loop's thread or a news sender's; it
         # also guards the session, which a beat in flight is using.
         self._beating = threading.Lock()
@@ -157,15 +208,34 @@ class NodeLoop:
         with self._beating:
             self._session.close()
 
-    def notify(self, alloc_id: str | None = None, awaited: bool = False) -> None:
+    def notify(
+        self, alloc_id: str | None = None, awaited: bool = False, hold: bool = False
+    ) -> None:
         """A task (of `alloc_id`) changed state: heartbeat now (coalesced).
 
         ``awaited``: someone waits for the allocation to start (a service or
-        system job's), so its first report is news."""
+        system job's), so its first report is news. ``hold``: a batch
+        allocation not finished yet, whose first report may wait BATCH_HOLD
+        for its end."""
+        first = False
         with self._changed_lock:
-            self._wakes += 1
             if alloc_id is not None:
                 self._changed.add(alloc_id)
+                if hold and alloc_id not in self._announced:
+                    first = not self._held
+                    self._held.setdefault(alloc_id, time.monotonic() + BATCH_HOLD)
+                else:
+                    hold = False
+                    self._held.pop(alloc_id, None)  # its end: it goes now
+            if not hold:
+                self._wakes += 1
+        if hold:
+            # No beat for it now. A hold made while none was pending is due
+            # before the loop's next wake-up: the waiting loop must see it
+            # (later ones are due after it).
+            if first:
+                self._wake.poke()
+            return
         if alloc_id is not None:
             # Only a server that takes deltas is known to have no report yet.
             if awaited and self._deltas and alloc_id not in self._announced:
@@ -214,7 +284,26 @@ class NodeLoop:
         reason (a full beat, a resync): the loop's beat would carry nothing."""
         with self._changed_lock:
             taken = self._wakes_taken == self._wakes
-        return taken and self._deltas and time.monotonic() < self._full_at
+        # A held report coming due needs a beat too.
+        return taken and self._deltas and time.monotonic() < min(self._full_at, self._hold_due())
+
+    def _hold_due(self) -> float:
+        """When the first held report is due (monotonic), inf if none is held."""
+        return next(iter(self._held.values()), float("inf"))
+
+    def _hold_back(self, changed: set[str], full: bool) -> set[str]:
+        """Take the reports still held out of ``changed`` and return them;
+        the others' holds end (a full beat carries every report)."""
+        if not self._held:
+            return set()
+        now = time.monotonic()
+        with self._changed_lock:
+            held = self._held
+            back = set() if full else {i for i in changed if held.get(i, now) > now}
+            for alloc_id in changed - back:
+                held.pop(alloc_id, None)
+        changed -= back
+        return back
 
     def _requeue(self, changed: set[str]) -> None:
         """A beat not acknowledged: what it carried goes again with the next."""
@@ -291,6 +380,8 @@ class NodeLoop:
         self._acked.discard(alloc_id)
         self._delivered.pop(alloc_id, None)
         self._announced.discard(alloc_id)
+        with self._changed_lock:
+            self._held.pop(alloc_id, None)
 
     def _acknowledge(self, sent: dict, full: bool) -> None:
         """Finished allocations are sent until the server has taken them once."""
@@ -342,7 +433,7 @@ class NodeLoop:
         The first whole interval without a change after a busy spell (or
         after registering) is also when the heap's freed pages go back."""
         idle = min(KEEPALIVE_IDLE, interval)
-        if self._wake.wait(idle):
+        if self._wait_change(idle):
             self._busy = True
             return
         with self._beating:  # not under a news beat in flight
@@ -352,8 +443,18 @@ class NodeLoop:
         if self._busy:
             self._busy = False
             release_free_memory()
-        if self._wake.wait(interval - idle):
+        if self._wait_change(interval - idle):
             self._busy = True
+
+    def _wait_change(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a change: True if one came, a held
+        report's hold ending included (which then wakes the loop as a change)."""
+        if self._wake.wait(timeout, self._hold_due):
+            return True
+        if self._hold_due() > time.monotonic():
+            return False
+        self._wake.set()
+        return True
 
     def _register(self) -> bool:
         """Retry until registered; False if stopped first."""
@@ -396,11 +497,14 @@ class NodeLoop:
         """One beat (the caller holds ``_beating``); True if it was answered."""
         full = not self._deltas or time.monotonic() >= self._full_at
         changed = self._take_changed()
+        held = self._hold_back(changed, full)
         body, sent = self.heartbeat_body(full, changed)
         self._last_beat = time.monotonic()
         if not self._beat(body, sent, full, timeout):
-            self._requeue(changed)
+            self._requeue(changed | held)
             return False
+        if held:
+            self._requeue(held)
         return True
 
     def _beat(self, body: bytes, sent: dict, full: bool, timeout=HEARTBEAT_TIMEOUT) -> bool:

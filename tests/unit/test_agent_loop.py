@@ -641,11 +641,11 @@ def test_an_allocation_not_started_yet_wakes_no_heartbeat(servers, agents, tmp_p
     seen: list[tuple] = []
     real_notify = agent.loop.notify
 
-    def recording_notify(alloc_id=None, awaited=False):
+    def recording_notify(alloc_id=None, awaited=False, hold=False):
         runner = agent._allocs.get("a1")
         if runner is not None:
             seen.append((runner.status(), runner.last_task_start()))
-        real_notify(alloc_id, awaited)
+        real_notify(alloc_id, awaited, hold)
 
     agent.loop.notify = recording_notify
     agent.submit(alloc("a1", "sleep 0.2"))
