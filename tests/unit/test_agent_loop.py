@@ -691,3 +691,63 @@ def test_a_first_registration_retries_at_the_start_interval_through_the_grace(
     assert stop.timeouts[:4] == [node_loop.BACKOFF_START] * 4
     servers(port=port)
     assert agent.loop.wait_registered(2.0)
+
+
+def _statuses(server, alloc_id) -> list[str]:
+    """The statuses the beats reported for the allocation, in order."""
+    return [
+        body["allocations"][alloc_id]["status"]
+        for _, body in server.bodies("/heartbeat")
+        if alloc_id in body["allocations"]
+    ]
+
+
+def test_a_short_batch_allocation_is_reported_once_it_has_ended(
+    servers, agents, tmp_path, monkeypatch
+):
+    """Its first report waits for its end (BATCH_HOLD): one report, complete,
+    with the task's start, exit code and events, instead of running then
+    complete; the end goes at once, without waiting out the hold."""
+    import orch.agent.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "BATCH_HOLD", 30.0)
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    assert wait_for(lambda: agent.loop._deltas)
+    agent.submit(alloc("b1", "sleep 0.3"))
+    assert wait_for(lambda: _statuses(server, "b1"), 10.0)
+    assert _statuses(server, "b1") == ["complete"]
+    entry = next(
+        body["allocations"]["b1"]
+        for _, body in server.bodies("/heartbeat")
+        if "b1" in body["allocations"]
+    )
+    task = entry["tasks"]["t"]
+    assert task["exit_code"] == 0 and task["start_time"] and entry["start_time"]
+    assert task["start_time"] < task["end_time"] and task["events"]
+    assert not agent.loop._held
+
+
+def test_a_held_batch_report_goes_when_the_hold_ends(servers, agents, tmp_path, monkeypatch):
+    """A batch allocation still running when its hold ends is reported then,
+    by the loop's thread, without another change and long before the
+    heartbeat interval; a service allocation's start is never held."""
+    import orch.agent.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "BATCH_HOLD", 0.3)
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    loop = agent.loop
+    assert wait_for(lambda: loop._deltas)
+    time.sleep(0.2)  # the loop is in its long idle wait: the hold must wake it
+    sent = _record_beat_threads(loop)
+    agent.submit(alloc("b1", "sleep 30"))
+    assert wait_for(lambda: _statuses(server, "b1"), 10.0)
+    assert _statuses(server, "b1") == ["running"]
+    assert _carrier(sent, "b1") == "node-loop"
+    beat_time = next(t for t, body in server.bodies("/heartbeat") if "b1" in body["allocations"])
+    started = agent.get("b1").tasks["t"].state.start_time
+    assert beat_time - started >= 0.3 - 0.05  # held, not sent at the start
+    agent.submit(_service("s1", "sleep 30"))
+    assert wait_for(lambda: _statuses(server, "s1"), 10.0)
+    assert "s1" not in loop._held
