@@ -302,6 +302,10 @@ class NodeLoop:
             back = set() if full else {i for i in changed if held.get(i, now) > now}
             for alloc_id in changed - back:
                 held.pop(alloc_id, None)
+            # A hold runs out even if its change was lost (a beat's bug): a
+            # hold left due would wake the loop again and again.
+            while held and next(iter(held.values())) <= now:
+                del held[next(iter(held))]
         changed -= back
         return back
 

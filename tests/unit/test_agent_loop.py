@@ -751,3 +751,19 @@ def test_a_held_batch_report_goes_when_the_hold_ends(servers, agents, tmp_path, 
     agent.submit(_service("s1", "sleep 30"))
     assert wait_for(lambda: _statuses(server, "s1"), 10.0)
     assert "s1" not in loop._held
+
+
+def test_a_hold_runs_out_even_without_its_change(servers, agents, tmp_path):
+    """A hold whose change is not pending any more (lost with a beat that
+    raised) ends when due: a hold left due would wake the loop again and again."""
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    loop = agent.loop
+    assert wait_for(lambda: loop._deltas)
+    now = time.monotonic()
+    with loop._changed_lock:
+        loop._held.update({"gone": now - 1.0, "later": now + 60.0})
+    changed = {"later", "other"}
+    assert loop._hold_back(changed, full=False) == {"later"}
+    assert changed == {"other"} and list(loop._held) == ["later"]
+    assert loop._hold_back({"later"}, full=True) == set() and not loop._held
