@@ -25,7 +25,11 @@ then, and its one report (complete or failed, with the start and the task
 events) replaces the two, `running` then `complete`, that each cost the
 server a fold and a write and the agent an encoding. A terminal report is
 never held; a batch job still running when the hold ends is reported then,
-without waiting for another change.
+without waiting for another change. While only batch allocations' reports
+are pending, beats are spaced BATCH_SPACING apart instead of MIN_SPACING:
+a node finishing batch jobs at a steady rate sent one beat per job; at
+this spacing it sends one per BATCH_SPACING, however many jobs ended
+meanwhile. Any other change (news included) ends that longer wait.
 A 404 means the server does not know us (it lost its state, or we were
 garbage-collected): register again, then heartbeat at once.
 With several servers (``--server URL1,URL2,URL3``) each call goes to the
@@ -65,6 +69,8 @@ MIN_SPACING = 0.015  # seconds between heartbeats caused by changes
 # How long a batch allocation's first report waits for its end (above): its
 # `running` is shown this much later, a short job's end no later.
 BATCH_HOLD = 0.1
+# Seconds between beats carrying only batch allocations' reports (above).
+BATCH_SPACING = 0.05
 # The connection to the server is kept only while heartbeats come close
 # together (a burst of task changes); a node quiet this long lets it go. A
 # server holding one idle keep-alive connection per node stops answering past
@@ -167,6 +173,10 @@ class NodeLoop:
         # looks at these only, not at every allocation the node holds.
         self._changed: set[str] = set()
         self._changed_lock = threading.Lock()
+        # A change other than a batch allocation's is pending (MIN_SPACING
+        # applies), and whether the loop waits out BATCH_SPACING right now.
+        self._urgent = False
+        self._stretched = False
         # Batch allocations whose first report is held, and until when
         # (monotonic; in the order they came, so the first is due first).
         self._held: dict[str, float] = {}
@@ -229,6 +239,12 @@ class NodeLoop:
                     self._held.pop(alloc_id, None)  # its end: it goes now
             if not hold:
                 self._wakes += 1
+            cut = False
+            if alloc_id is None or awaited:
+                self._urgent = True
+                cut = self._stretched
+        if cut:
+            self._news.set()  # the batch spacing is not this change's
         if hold:
             # No beat for it now. A hold made while none was pending is due
             # before the loop's next wake-up: the waiting loop must see it
@@ -276,6 +292,7 @@ class NodeLoop:
         with self._changed_lock:
             changed, self._changed = self._changed, set()
             self._wakes_taken = self._wakes
+            self._urgent = False
         return changed
 
     def _covered(self) -> bool:
@@ -428,8 +445,24 @@ class NodeLoop:
                 wait = MIN_SPACING - (time.monotonic() - self._last_beat)
                 if wait > 0 and not self._news.is_set():
                     self._news.wait(wait)
+                self._batch_wait()
                 self._wake.clear()
                 self._news.clear()
+
+    def _batch_wait(self) -> None:
+        """Only batch allocations' reports pending: wait out BATCH_SPACING
+        since the last beat; news or any other change ends the wait."""
+        with self._changed_lock:
+            if self._urgent or self._news.is_set():
+                return
+            self._stretched = True
+        try:
+            wait = BATCH_SPACING - (time.monotonic() - self._last_beat)
+            if wait > 0:
+                self._news.wait(wait)
+        finally:
+            with self._changed_lock:
+                self._stretched = False
 
     def _idle_wait(self, interval: float) -> None:
         """Wait for a change or the next interval; drop the connection meanwhile.

@@ -767,3 +767,35 @@ def test_a_hold_runs_out_even_without_its_change(servers, agents, tmp_path):
     assert loop._hold_back(changed, full=False) == {"later"}
     assert changed == {"other"} and list(loop._held) == ["later"]
     assert loop._hold_back({"later"}, full=True) == set() and not loop._held
+
+
+def _beat_time(server, alloc_id) -> float:
+    """When the server received the first beat carrying the allocation."""
+    return next(t for t, body in server.bodies("/heartbeat") if alloc_id in body["allocations"])
+
+
+def test_batch_reports_alone_are_spaced_batch_spacing_apart(servers, agents, tmp_path, monkeypatch):
+    """Batch allocations' ends behind a recent beat wait out BATCH_SPACING
+    and go together; any other change ends that wait (MIN_SPACING is its)."""
+    import orch.agent.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "BATCH_SPACING", 2.0)
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    loop = agent.loop
+    assert wait_for(lambda: loop._deltas)
+    time.sleep(0.1)  # quiet: the first end goes at once
+    agent.submit(alloc("b1", "true"))
+    assert wait_for(lambda: _statuses(server, "b1"), 10.0)
+    agent.submit(alloc("b2", "true"))
+    agent.submit(alloc("b3", "true"))
+    assert wait_for(lambda: _statuses(server, "b2") and _statuses(server, "b3"), 10.0)
+    assert _beat_time(server, "b2") - _beat_time(server, "b1") >= 2.0 - 0.05
+    assert _beat_time(server, "b2") == _beat_time(server, "b3")  # one beat
+    # Behind that beat, a batch end waits again, until another change comes.
+    agent.submit(alloc("b4", "true"))
+    assert agent.get("b4").wait(5)
+    assert wait_for(lambda: loop._stretched, 5.0)  # waiting out the batch spacing
+    loop.notify()
+    assert wait_for(lambda: _statuses(server, "b4"), 10.0)
+    assert _beat_time(server, "b4") - _beat_time(server, "b2") < 1.5
