@@ -1,5 +1,9 @@
 """Register with the server, then heartbeat: every interval and on task changes.
 
+Over 400 lines on purpose: registration, the beat's bodies and the rules for
+when a beat goes (spacing, news, holds, deltas) share one thread's state and
+one lock; split, each part would reach into the others' fields.
+
 A task state change wakes the loop, which heartbeats at once when the last
 heartbeat is at least MIN_SPACING old: a report waits on no timer when the
 node is quiet. Changes that come while a heartbeat is in flight, or sooner
@@ -56,6 +60,7 @@ import time
 from collections.abc import Callable
 
 from orch.agent.fingerprint import Fingerprint
+from orch.agent.wake import Wake
 from orch.config import AgentConfig
 from orch.memory import release_free_memory
 from orch.structs import TERMINAL_ALLOC
@@ -95,43 +100,6 @@ REGISTER_GRACE = 2.0
 FULL_BEAT_S = 30.0  # seconds between heartbeats carrying every report
 
 
-class _Wake:
-    """threading.Event's set, is_set, clear and wait, and ``poke``: a waiter
-    with a ``due`` callable looks at its deadline again."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._flag = False
-
-    def is_set(self) -> bool:
-        return self._flag
-
-    def set(self) -> None:
-        with self._cond:
-            self._flag = True
-            self._cond.notify_all()
-
-    def clear(self) -> None:
-        with self._cond:
-            self._flag = False
-
-    def poke(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait(self, timeout: float, due: Callable[[], float] | None = None) -> bool:
-        """True once set; False when ``timeout`` or the time ``due()`` gives
-        (monotonic) has passed first."""
-        end = time.monotonic() + timeout
-        with self._cond:
-            while not self._flag:
-                left = (end if due is None else min(end, due())) - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
-
-
 class NodeLoop:
     """The agent's one conversation with the server, in its own thread."""
 
@@ -167,7 +135,7 @@ class NodeLoop:
             max_hosts=len(self._servers.urls) + 1,
         )
         self._failover = FailoverClient(self._servers, self._session)
-        self._wake = _Wake()
+        self._wake = Wake()
         self._news = threading.Event()  # a change the spacing must not hold back
         # Allocations changed since the last beat was built: a delta beat
         # looks at these only, not at every allocation the node holds.
