@@ -25,7 +25,7 @@ from orch.agent.spec import AllocSpec, parse_alloc
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig
 from orch.errors import NotFound, ValidationError
-from orch.structs import AllocStatus, JobType
+from orch.structs import TERMINAL_ALLOC, AllocStatus, JobType
 
 log = logging.getLogger(__name__)
 
@@ -433,12 +433,14 @@ class Agent:
         runner: AllocRunner | None = None
 
         notify = self._notifier(spec)
+        batch = spec.job_type is JobType.BATCH
 
         def changed() -> None:
             if runner is not None and _nothing_new(runner):
                 notify(wake=False)  # its resources count; no beat for it yet
                 return
-            notify()
+            # A batch allocation's first report may wait for its end (loop.py).
+            notify(hold=batch and runner is not None and runner.status() not in TERMINAL_ALLOC)
             if runner is not None:
                 self.checks.kick(runner)  # tasks just started: check them now
 
@@ -450,11 +452,11 @@ class Agent:
         alloc_id = spec.allocation_id
         awaited = spec.job_type is not JobType.BATCH  # its start is waited for
 
-        def notify(wake: bool = True) -> None:
+        def notify(wake: bool = True, hold: bool = False) -> None:
             with self._lock:
                 self._unaccounted.add(alloc_id)
             if wake and self.loop is not None:
-                self.loop.notify(alloc_id, awaited)
+                self.loop.notify(alloc_id, awaited, hold)
 
         return notify
 

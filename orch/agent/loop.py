@@ -1,5 +1,9 @@
 """Register with the server, then heartbeat: every interval and on task changes.
 
+Over 400 lines on purpose: registration, the beat's bodies and the rules for
+when a beat goes (spacing, news, holds, deltas) share one thread's state and
+one lock; split, each part would reach into the others' fields.
+
 A task state change wakes the loop, which heartbeats at once when the last
 heartbeat is at least MIN_SPACING old: a report waits on no timer when the
 node is quiet. Changes that come while a heartbeat is in flight, or sooner
@@ -18,6 +22,18 @@ reader), not through a wake-up of this loop's thread: one thread hand-off
 less on the report a submitter waits for. It waits NEWS_TIMEOUT at most for
 the answer, and a beat that fails there leaves the news to this loop, which
 alone sends news until one of its beats is answered.
+A batch allocation's first report is held instead, for up to BATCH_HOLD
+after its tasks started (Nomad's client gathers allocation updates for
+200 ms, keeping the newest per allocation): a short batch job has ended by
+then, and its one report (complete or failed, with the start and the task
+events) replaces the two, `running` then `complete`, that each cost the
+server a fold and a write and the agent an encoding. A terminal report is
+never held; a batch job still running when the hold ends is reported then,
+without waiting for another change. While only batch allocations' reports
+are pending, beats are spaced BATCH_SPACING apart instead of MIN_SPACING:
+a node finishing batch jobs at a steady rate sent one beat per job; at
+this spacing it sends one per BATCH_SPACING, however many jobs ended
+meanwhile. Any other change (news included) ends that longer wait.
 A 404 means the server does not know us (it lost its state, or we were
 garbage-collected): register again, then heartbeat at once.
 With several servers (``--server URL1,URL2,URL3``) each call goes to the
@@ -44,6 +60,7 @@ import time
 from collections.abc import Callable
 
 from orch.agent.fingerprint import Fingerprint
+from orch.agent.wake import Wake
 from orch.config import AgentConfig
 from orch.memory import release_free_memory
 from orch.structs import TERMINAL_ALLOC
@@ -54,6 +71,11 @@ log = logging.getLogger(__name__)
 
 TERMINAL = frozenset(status.value for status in TERMINAL_ALLOC)
 MIN_SPACING = 0.015  # seconds between heartbeats caused by changes
+# How long a batch allocation's first report waits for its end (above): its
+# `running` is shown this much later, a short job's end no later.
+BATCH_HOLD = 0.1
+# Seconds between beats carrying only batch allocations' reports (above).
+BATCH_SPACING = 0.05
 # The connection to the server is kept only while heartbeats come close
 # together (a burst of task changes); a node quiet this long lets it go. A
 # server holding one idle keep-alive connection per node stops answering past
@@ -113,12 +135,19 @@ class NodeLoop:
             max_hosts=len(self._servers.urls) + 1,
         )
         self._failover = FailoverClient(self._servers, self._session)
-        self._wake = threading.Event()
+        self._wake = Wake()
         self._news = threading.Event()  # a change the spacing must not hold back
         # Allocations changed since the last beat was built: a delta beat
         # looks at these only, not at every allocation the node holds.
         self._changed: set[str] = set()
         self._changed_lock = threading.Lock()
+        # A change other than a batch allocation's is pending (MIN_SPACING
+        # applies), and whether the loop waits out BATCH_SPACING right now.
+        self._urgent = False
+        self._stretched = False
+        # Batch allocations whose first report is held, and until when
+        # (monotonic; in the order they came, so the first is due first).
+        self._held: dict[str, float] = {}
         # One beat at a time, from the loop's thread or a news sender's; it
         # also guards the session, which a beat in flight is using.
         self._beating = threading.Lock()
@@ -157,15 +186,40 @@ class NodeLoop:
         with self._beating:
             self._session.close()
 
-    def notify(self, alloc_id: str | None = None, awaited: bool = False) -> None:
+    def notify(
+        self, alloc_id: str | None = None, awaited: bool = False, hold: bool = False
+    ) -> None:
         """A task (of `alloc_id`) changed state: heartbeat now (coalesced).
 
         ``awaited``: someone waits for the allocation to start (a service or
-        system job's), so its first report is news."""
+        system job's), so its first report is news. ``hold``: a batch
+        allocation not finished yet, whose first report may wait BATCH_HOLD
+        for its end."""
+        first = False
         with self._changed_lock:
-            self._wakes += 1
             if alloc_id is not None:
                 self._changed.add(alloc_id)
+                if hold and alloc_id not in self._announced:
+                    first = not self._held
+                    self._held.setdefault(alloc_id, time.monotonic() + BATCH_HOLD)
+                else:
+                    hold = False
+                    self._held.pop(alloc_id, None)  # its end: it goes now
+            if not hold:
+                self._wakes += 1
+            cut = False
+            if alloc_id is None or awaited:
+                self._urgent = True
+                cut = self._stretched
+        if cut:
+            self._news.set()  # the batch spacing is not this change's
+        if hold:
+            # No beat for it now. A hold made while none was pending is due
+            # before the loop's next wake-up: the waiting loop must see it
+            # (later ones are due after it).
+            if first:
+                self._wake.poke()
+            return
         if alloc_id is not None:
             # Only a server that takes deltas is known to have no report yet.
             if awaited and self._deltas and alloc_id not in self._announced:
@@ -206,6 +260,7 @@ class NodeLoop:
         with self._changed_lock:
             changed, self._changed = self._changed, set()
             self._wakes_taken = self._wakes
+            self._urgent = False
         return changed
 
     def _covered(self) -> bool:
@@ -214,7 +269,30 @@ class NodeLoop:
         reason (a full beat, a resync): the loop's beat would carry nothing."""
         with self._changed_lock:
             taken = self._wakes_taken == self._wakes
-        return taken and self._deltas and time.monotonic() < self._full_at
+        # A held report coming due needs a beat too.
+        return taken and self._deltas and time.monotonic() < min(self._full_at, self._hold_due())
+
+    def _hold_due(self) -> float:
+        """When the first held report is due (monotonic), inf if none is held."""
+        return next(iter(self._held.values()), float("inf"))
+
+    def _hold_back(self, changed: set[str], full: bool) -> set[str]:
+        """Take the reports still held out of ``changed`` and return them;
+        the others' holds end (a full beat carries every report)."""
+        if not self._held:
+            return set()
+        now = time.monotonic()
+        with self._changed_lock:
+            held = self._held
+            back = set() if full else {i for i in changed if held.get(i, now) > now}
+            for alloc_id in changed - back:
+                held.pop(alloc_id, None)
+            # A hold runs out even if its change was lost (a beat's bug): a
+            # hold left due would wake the loop again and again.
+            while held and next(iter(held.values())) <= now:
+                del held[next(iter(held))]
+        changed -= back
+        return back
 
     def _requeue(self, changed: set[str]) -> None:
         """A beat not acknowledged: what it carried goes again with the next."""
@@ -291,6 +369,8 @@ class NodeLoop:
         self._acked.discard(alloc_id)
         self._delivered.pop(alloc_id, None)
         self._announced.discard(alloc_id)
+        with self._changed_lock:
+            self._held.pop(alloc_id, None)
 
     def _acknowledge(self, sent: dict, full: bool) -> None:
         """Finished allocations are sent until the server has taken them once."""
@@ -333,8 +413,24 @@ class NodeLoop:
                 wait = MIN_SPACING - (time.monotonic() - self._last_beat)
                 if wait > 0 and not self._news.is_set():
                     self._news.wait(wait)
+                self._batch_wait()
                 self._wake.clear()
                 self._news.clear()
+
+    def _batch_wait(self) -> None:
+        """Only batch allocations' reports pending: wait out BATCH_SPACING
+        since the last beat; news or any other change ends the wait."""
+        with self._changed_lock:
+            if self._urgent or self._news.is_set():
+                return
+            self._stretched = True
+        try:
+            wait = BATCH_SPACING - (time.monotonic() - self._last_beat)
+            if wait > 0:
+                self._news.wait(wait)
+        finally:
+            with self._changed_lock:
+                self._stretched = False
 
     def _idle_wait(self, interval: float) -> None:
         """Wait for a change or the next interval; drop the connection meanwhile.
@@ -342,7 +438,7 @@ class NodeLoop:
         The first whole interval without a change after a busy spell (or
         after registering) is also when the heap's freed pages go back."""
         idle = min(KEEPALIVE_IDLE, interval)
-        if self._wake.wait(idle):
+        if self._wait_change(idle):
             self._busy = True
             return
         with self._beating:  # not under a news beat in flight
@@ -352,8 +448,18 @@ class NodeLoop:
         if self._busy:
             self._busy = False
             release_free_memory()
-        if self._wake.wait(interval - idle):
+        if self._wait_change(interval - idle):
             self._busy = True
+
+    def _wait_change(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a change: True if one came, a held
+        report's hold ending included (which then wakes the loop as a change)."""
+        if self._wake.wait(timeout, self._hold_due):
+            return True
+        if self._hold_due() > time.monotonic():
+            return False
+        self._wake.set()
+        return True
 
     def _register(self) -> bool:
         """Retry until registered; False if stopped first."""
@@ -396,11 +502,14 @@ class NodeLoop:
         """One beat (the caller holds ``_beating``); True if it was answered."""
         full = not self._deltas or time.monotonic() >= self._full_at
         changed = self._take_changed()
+        held = self._hold_back(changed, full)
         body, sent = self.heartbeat_body(full, changed)
         self._last_beat = time.monotonic()
         if not self._beat(body, sent, full, timeout):
-            self._requeue(changed)
+            self._requeue(changed | held)
             return False
+        if held:
+            self._requeue(held)
         return True
 
     def _beat(self, body: bytes, sent: dict, full: bool, timeout=HEARTBEAT_TIMEOUT) -> bool:

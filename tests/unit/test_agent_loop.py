@@ -670,11 +670,11 @@ def test_an_allocation_not_started_yet_wakes_no_heartbeat(servers, agents, tmp_p
     seen: list[tuple] = []
     real_notify = agent.loop.notify
 
-    def recording_notify(alloc_id=None, awaited=False):
+    def recording_notify(alloc_id=None, awaited=False, hold=False):
         runner = agent._allocs.get("a1")
         if runner is not None:
             seen.append((runner.status(), runner.last_task_start()))
-        real_notify(alloc_id, awaited)
+        real_notify(alloc_id, awaited, hold)
 
     agent.loop.notify = recording_notify
     agent.submit(alloc("a1", "sleep 0.2"))
@@ -720,3 +720,112 @@ def test_a_first_registration_retries_at_the_start_interval_through_the_grace(
     assert stop.timeouts[:4] == [node_loop.BACKOFF_START] * 4
     servers(port=port)
     assert agent.loop.wait_registered(2.0)
+
+
+def _statuses(server, alloc_id) -> list[str]:
+    """The statuses the beats reported for the allocation, in order."""
+    return [
+        body["allocations"][alloc_id]["status"]
+        for _, body in server.bodies("/heartbeat")
+        if alloc_id in body["allocations"]
+    ]
+
+
+def test_a_short_batch_allocation_is_reported_once_it_has_ended(
+    servers, agents, tmp_path, monkeypatch
+):
+    """Its first report waits for its end (BATCH_HOLD): one report, complete,
+    with the task's start, exit code and events, instead of running then
+    complete; the end goes at once, without waiting out the hold."""
+    import orch.agent.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "BATCH_HOLD", 30.0)
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    assert wait_for(lambda: agent.loop._deltas)
+    agent.submit(alloc("b1", "sleep 0.3"))
+    assert wait_for(lambda: _statuses(server, "b1"), 10.0)
+    assert _statuses(server, "b1") == ["complete"]
+    entry = next(
+        body["allocations"]["b1"]
+        for _, body in server.bodies("/heartbeat")
+        if "b1" in body["allocations"]
+    )
+    task = entry["tasks"]["t"]
+    assert task["exit_code"] == 0 and task["start_time"] and entry["start_time"]
+    assert task["start_time"] < task["end_time"] and task["events"]
+    assert not agent.loop._held
+
+
+def test_a_held_batch_report_goes_when_the_hold_ends(servers, agents, tmp_path, monkeypatch):
+    """A batch allocation still running when its hold ends is reported then,
+    by the loop's thread, without another change and long before the
+    heartbeat interval; a service allocation's start is never held."""
+    import orch.agent.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "BATCH_HOLD", 0.3)
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    loop = agent.loop
+    assert wait_for(lambda: loop._deltas)
+    time.sleep(0.2)  # the loop is in its long idle wait: the hold must wake it
+    sent = _record_beat_threads(loop)
+    agent.submit(alloc("b1", "sleep 30"))
+    assert wait_for(lambda: _statuses(server, "b1"), 10.0)
+    assert _statuses(server, "b1") == ["running"]
+    assert _carrier(sent, "b1") == "node-loop"
+    beat_time = next(t for t, body in server.bodies("/heartbeat") if "b1" in body["allocations"])
+    started = agent.get("b1").tasks["t"].state.start_time
+    assert beat_time - started >= 0.3 - 0.05  # held, not sent at the start
+    agent.submit(_service("s1", "sleep 30"))
+    assert wait_for(lambda: _statuses(server, "s1"), 10.0)
+    assert "s1" not in loop._held
+
+
+def test_a_hold_runs_out_even_without_its_change(servers, agents, tmp_path):
+    """A hold whose change is not pending any more (lost with a beat that
+    raised) ends when due: a hold left due would wake the loop again and again."""
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    loop = agent.loop
+    assert wait_for(lambda: loop._deltas)
+    now = time.monotonic()
+    with loop._changed_lock:
+        loop._held.update({"gone": now - 1.0, "later": now + 60.0})
+    changed = {"later", "other"}
+    assert loop._hold_back(changed, full=False) == {"later"}
+    assert changed == {"other"} and list(loop._held) == ["later"]
+    assert loop._hold_back({"later"}, full=True) == set() and not loop._held
+
+
+def _beat_time(server, alloc_id) -> float:
+    """When the server received the first beat carrying the allocation."""
+    return next(t for t, body in server.bodies("/heartbeat") if alloc_id in body["allocations"])
+
+
+def test_batch_reports_alone_are_spaced_batch_spacing_apart(servers, agents, tmp_path, monkeypatch):
+    """Batch allocations' ends behind a recent beat wait out BATCH_SPACING
+    and go together; any other change ends that wait (MIN_SPACING is its)."""
+    import orch.agent.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "BATCH_SPACING", 3.0)
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    loop = agent.loop
+    assert wait_for(lambda: loop._deltas)
+    time.sleep(0.1)  # quiet: the first end goes at once
+    agent.submit(alloc("b1", "true"))
+    assert wait_for(lambda: _statuses(server, "b1"), 10.0)
+    agent.submit(alloc("b2", "true"))
+    agent.submit(alloc("b3", "true"))
+    assert wait_for(lambda: _statuses(server, "b2") and _statuses(server, "b3"), 10.0)
+    # (the spacing counts from the send; the server saw b1 a little later)
+    assert _beat_time(server, "b2") - _beat_time(server, "b1") >= 3.0 - 0.5
+    assert _beat_time(server, "b2") == _beat_time(server, "b3")  # one beat
+    # Behind that beat, a batch end waits again, until another change comes.
+    agent.submit(alloc("b4", "true"))
+    assert agent.get("b4").wait(5)
+    assert wait_for(lambda: loop._stretched, 5.0)  # waiting out the batch spacing
+    loop.notify()
+    assert wait_for(lambda: _statuses(server, "b4"), 10.0)
+    assert _beat_time(server, "b4") - _beat_time(server, "b2") < 2.5
