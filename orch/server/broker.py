@@ -58,6 +58,12 @@ class EvalBroker:
     def enabled(self) -> bool:
         return self._enabled
 
+    def quiet(self) -> bool:
+        """Leading and no evaluation waits to be planned (in flight is fine:
+        its plan is checked again at commit)."""
+        with self._cond:
+            return self._enabled and not self._ready and not self._pending
+
     # ---- producers ----------------------------------------------------
 
     def enqueue(self, ev: Evaluation) -> None:

@@ -72,27 +72,42 @@ class DeploymentWatcher:
 
     def stop(self) -> None:
         self._stopped.set()
+        self._store.deployment_written.set()  # an idle watcher waits on it
         if self._thread is not None:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
         feed = self._store.changes
+        started = self._store.deployment_written
         seen = feed.index
+        running = True  # the first pass looks
         while not self._stopped.is_set():
-            seen = feed.wait(seen, self._interval)
+            if running:
+                seen = feed.wait(seen, self._interval)
+            else:
+                # No deployment runs: no write matters here until one starts,
+                # and its write sets ``started``. Waiting on the feed instead
+                # woke this thread at every commit (a batch job's submit, its
+                # reports) for a pass and a store read that found nothing.
+                started.wait(self._interval)
+                seen = feed.index
             if self._stopped.is_set() or feed.closed:
                 return
+            started.clear()  # before the pass: a deployment started during it wakes the next
             self._store.settle()  # the woken write is in memory too
             try:
-                self.tick()
+                running = self.tick()
             except Exception:  # a bad pass must not end the watcher
+                running = True
                 log.exception("deployment watcher pass failed")
             self._stopped.wait(SPACING)
 
-    def tick(self) -> None:
-        """One pass over every running deployment."""
-        for deployment in self._store.running_deployments():
+    def tick(self) -> bool:
+        """One pass over every running deployment; whether any ran."""
+        deployments = self._store.running_deployments()
+        for deployment in deployments:
             self._watch(deployment, self._clock())
+        return bool(deployments)
 
     # ---- one deployment ----------------------------------------------------
 

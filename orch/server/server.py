@@ -31,6 +31,7 @@ from orch.server.planner import Dispatch, ServerPlanner, new_eval
 from orch.server.push import Pusher, PushFailure
 from orch.server.state import StateStore
 from orch.server.status import job_status, job_summary
+from orch.server.submitplan import SubmitPlanner
 from orch.server.sync import AllocSync
 from orch.server.ui.streams import StreamSlots
 from orch.server.worker import SchedulerWorker
@@ -84,6 +85,13 @@ class Server(NodeOps):
             SchedulerWorker(self.broker, self.store, self.planner, i)
             for i in range(config.scheduler_workers)
         ]
+        # SQLite, workers on: a new small batch job is planned in its
+        # submit's transaction (orch.server.submitplan).
+        self.submit_planner = (
+            SubmitPlanner(self.broker, self.store)
+            if config.scheduler_workers > 0 and not self.store.backend.shared
+            else None
+        )
         self.drainer = Drainer(self.store, self.planner, self.dispatch)
         self.periodic = PeriodicLauncher(self.store, self.broker.enqueue)
         self.deployments = DeploymentWatcher(self.store, self._evaluate, self.revert_job)
@@ -254,6 +262,8 @@ class Server(NodeOps):
             lambda trigger: new_eval(job.job_id, trigger, time.time()),
             must_exist=job_id is not None,
             on_commit=self.broker.enqueue,
+            plan_now=self.submit_planner,
+            on_placed=self.dispatch.place,
         )
         if not changed:
             log.info(

@@ -72,6 +72,7 @@ class Deployments(StoreCore):
                 if not stored or stored[0] != expect:
                     return False
             self._write(statements)
+        self.deployment_written.set()
         return True
 
     def get_deployment(self, deployment_id: str) -> Deployment:

@@ -12,13 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orch.errors import Conflict, NotFound
+from orch.server.state.plans import PlanWrites
 from orch.server.state.store import MakeEval, _dump
 from orch.server.state.versions import JobVersions
-from orch.structs import Allocation, DesiredStatus, Evaluation, Job, TriggeredBy, replace
+from orch.structs import Allocation, DesiredStatus, Evaluation, Job, Plan, TriggeredBy, replace
+
+# A new job's plan made at its submit (``orch.server.submitplan``): (the plan,
+# its evaluation decided), or None to leave it to the broker.
+PlanNow = Callable[[Job, Evaluation], "tuple[Plan, Evaluation] | None"]
 
 
-class JobWrites(JobVersions):
-    """The store's job writes, each a check and a write under the lock."""
+class JobWrites(JobVersions, PlanWrites):
+    """The store's job writes, each a check and a write under the lock
+    (a new job planned at its submit checks its placements as a plan does)."""
 
     def submit_job(
         self,
@@ -27,13 +33,18 @@ class JobWrites(JobVersions):
         *,
         must_exist: bool = False,
         on_commit: Callable[[Evaluation], object] | None = None,
+        plan_now: PlanNow | None = None,
+        on_placed: Callable[[list[Allocation], Job], object] | None = None,
     ) -> tuple[Job, Evaluation, bool]:
         """Create or update a job; returns (job, evaluation, changed).
 
         ``make_eval(trigger)`` makes the evaluation of a change. An update gets
         version = stored version + 1. A job submitted again unchanged (and not
         stopped) is left alone, as Nomad does: no new version, no evaluation;
-        the evaluation returned is then the job's latest one."""
+        the evaluation returned is then the job's latest one. A new job that
+        ``plan_now`` plans (``submitplan``) is written with its decided
+        evaluation and its allocations, and ``on_placed`` is called instead
+        of ``on_commit``."""
         with self._writing():
             existing = self._jobs.get(job.job_id)
             if existing is None and must_exist:
@@ -49,6 +60,13 @@ class JobWrites(JobVersions):
                 job = replace(job, version=existing.version + 1)
             job = replace(job, stopped=False, submit_time=self._now())
             evaluation = make_eval(trigger)
+            planned = plan_now(job, evaluation) if plan_now and existing is None else None
+            if planned is not None:
+                placed = self._put_planned(job, *planned)
+                if placed is not None:
+                    if on_placed is not None:
+                        on_placed(placed, job)
+                    return job, planned[1], True
             self._put_job(job, evaluation)
             if on_commit is not None:
                 on_commit(evaluation)
@@ -70,6 +88,27 @@ class JobWrites(JobVersions):
         )
         self._jobs[job.job_id] = job
         self._index_evals([evaluation])
+
+    def _put_planned(self, job: Job, plan: Plan, decided: Evaluation) -> list[Allocation] | None:
+        """A new job, its decided evaluation and its placements in one
+        transaction; None (nothing written) if a placement no longer fits."""
+        placed, rejected = self._verify_placements(plan.place, [])
+        if rejected:
+            return None
+        body = _dump(job)
+        self._write(
+            [
+                (self._UPSERT_JOB, [(job.job_id, body)]),
+                (self._UPSERT_EVAL, self._eval_rows([decided])),
+                *self._version_statements(job, body),
+                (self._UPSERT_ALLOC, self._alloc_rows(placed)),
+            ],
+            fenced=True,  # as a plan's commit
+        )
+        self._jobs[job.job_id] = job  # before the allocations: the catalog reads it
+        self._index_evals([decided])
+        self._index_new_allocs(placed)
+        return placed
 
     def _latest_eval(self, job_id: str) -> Evaluation | None:
         return max(self.evals_for_job(job_id), key=lambda e: e.create_time, default=None)

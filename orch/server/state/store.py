@@ -93,6 +93,9 @@ class StoreCore:
         self._lock = threading.RLock()
         # Bumped after every commit: the UI's event stream waits on it.
         self.changes = ChangeFeed()
+        # Set at every deployment write: wakes the deployment watcher while
+        # no deployment runs (it then leaves the feed alone).
+        self.deployment_written = threading.Event()
         self.versions_kept = max(1, versions_kept)
         self.backend = open_backend(data_dir, database)
         self.path = getattr(self.backend, "path", self.backend.where)
