@@ -216,9 +216,6 @@ def _unplaceable(job_id: str, rng: random.Random) -> dict:
 
 def new_server(data_dir: str, bodies: list[dict], database: str | None = None) -> Server:
     server = Server(ServerConfig(data_dir=data_dir, database=database))
-    # A small batch job is planned at its submit (orch/server/submitplan.py)
-    # and pushed through the server's dispatch: no agents here either.
-    server.dispatch = Dispatch(NullPusher())
     for body in bodies:
         server.register(body)
     return server
@@ -397,9 +394,7 @@ def _small_evals(data_dir: str, nodes: int, jobs: int, seed: int) -> dict:
     start = time.perf_counter()
     for body in bodies:
         server.submit_job(body)
-    # Those decided already were planned at their submit (small batch jobs).
-    at_submit = server.store.counts()["evaluations"] - len(server.store.unfinished_evals())
-    evals = drain(server, worker) + at_submit
+    evals = drain(server, worker)
     elapsed = time.perf_counter() - start
     server.stop()
     return {"evals": evals, "seconds": elapsed, "evals_per_s": evals / elapsed}

@@ -85,13 +85,10 @@ class Server(NodeOps):
             SchedulerWorker(self.broker, self.store, self.planner, i)
             for i in range(config.scheduler_workers)
         ]
-        # SQLite, workers on: a new small batch job is planned in its
-        # submit's transaction (orch.server.submitplan).
-        self.submit_planner = (
-            SubmitPlanner(self.broker, self.store)
-            if config.scheduler_workers > 0 and not self.store.backend.shared
-            else None
-        )
+        # Set by start() (SQLite, workers on): a new small batch job is then
+        # planned in its submit's transaction (orch.server.submitplan). Not
+        # before: a server whose scheduler does not run places nothing.
+        self.submit_planner: SubmitPlanner | None = None
         self.drainer = Drainer(self.store, self.planner, self.dispatch)
         self.periodic = PeriodicLauncher(self.store, self.broker.enqueue)
         self.deployments = DeploymentWatcher(self.store, self._evaluate, self.revert_job)
@@ -123,6 +120,8 @@ class Server(NodeOps):
         self.broker.set_enabled(False)
         for worker in self.workers:
             worker.start()  # they wait on the broker, enabled while leading
+        if self.workers and not self.store.backend.shared:
+            self.submit_planner = SubmitPlanner(self.broker, self.store)
         self.leadership.start(self._lead, self._follow)
 
     def _lead(self, term: int) -> None:
@@ -220,6 +219,7 @@ class Server(NodeOps):
 
     def stop(self) -> None:
         self._stopping = True
+        self.submit_planner = None  # a submit now leaves its job to the broker
         self.leadership.stop()  # steps down: the leader-only threads stop
         for worker in self.workers:
             worker.stop()

@@ -25,6 +25,8 @@ from orch.structs import (
     TriggeredBy,
 )
 
+from waiting import wait_for
+
 
 class Pushes:
     """In place of the Dispatch: records the placements that would be pushed."""
@@ -212,6 +214,8 @@ BODY = {
 def test_the_server_plans_a_batch_submit_and_pushes_it(tmp_path):
     srv, pushes = _server(tmp_path)
     try:
+        srv.start()
+        assert wait_for(lambda: srv.broker.enabled)  # leading
         stored, ev = srv.submit_job(BODY)
         assert ev.status == EvalStatus.COMPLETE
         assert pushes.placed == [("b", a.allocation_id) for a in srv.store.allocs_for_job("b")]
@@ -225,5 +229,16 @@ def test_a_server_without_workers_plans_nothing_at_submit(tmp_path):
     try:
         _stored, ev = srv.submit_job(BODY)
         assert ev.status == EvalStatus.PENDING and pushes.placed == []
+    finally:
+        srv.stop()
+
+
+def test_a_server_not_started_plans_nothing_at_submit(tmp_path):
+    """Its scheduler does not run: the evaluation waits, nothing is pushed."""
+    srv, pushes = _server(tmp_path)
+    try:
+        _stored, ev = srv.submit_job(BODY)
+        assert ev.status == EvalStatus.PENDING and pushes.placed == []
+        assert srv.store.allocs_for_job("b") == []
     finally:
         srv.stop()
