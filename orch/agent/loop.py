@@ -273,8 +273,12 @@ class NodeLoop:
         return taken and self._deltas and time.monotonic() < min(self._full_at, self._hold_due())
 
     def _hold_due(self) -> float:
-        """When the first held report is due (monotonic), inf if none is held."""
-        return next(iter(self._held.values()), float("inf"))
+        """When the first held report is due (monotonic), inf if none is held.
+
+        Under the lock: a notifier adding a hold while this reads would make
+        the dict's iterator fail. Never called with the lock held."""
+        with self._changed_lock:
+            return next(iter(self._held.values()), float("inf"))
 
     def _hold_back(self, changed: set[str], full: bool) -> set[str]:
         """Take the reports still held out of ``changed`` and return them;
