@@ -573,6 +573,17 @@ AGENT_SPEC = {
                 },
             )
         },
+        "/allocations/stop": {
+            "post": _op(
+                "Stop and remove several allocations side by side; a result per allocation"
+                " (stopped, not_found or an error)",
+                {
+                    "type": "object",
+                    "required": ["allocations"],
+                    "properties": {"allocations": {"type": "array", "items": {"type": "string"}}},
+                },
+            )
+        },
         "/allocations/{alloc_id}": {
             "get": _op(
                 "An allocation's status", ok={"type": "object"}, errors=(404,), params=["alloc_id"]

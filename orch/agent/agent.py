@@ -133,6 +133,35 @@ class Agent:
             return
         self._stop_and_remove(alloc_id, runner)
 
+    def stop_allocs(self, alloc_ids: list[str]) -> dict[str, object]:
+        """POST /allocations/stop: `stop_alloc` for each, side by side (their
+        kill grace periods overlap, as one allocation's tasks' do); answered
+        once all are stopped and removed, with each one's result."""
+        unique = list(dict.fromkeys(alloc_ids))
+        results: dict[str, object] = {}
+
+        def stop(alloc_id: str) -> None:
+            try:
+                self.stop_alloc(alloc_id)
+                results[alloc_id] = "stopped"
+            except NotFound:
+                results[alloc_id] = "not_found"
+            except Exception as exc:  # one allocation's failure is its own
+                log.exception("stop of alloc %s failed", alloc_id[-8:])
+                results[alloc_id] = {"error": f"{type(exc).__name__}: {exc}"}
+
+        threads = [
+            threading.Thread(target=stop, args=(alloc_id,), daemon=True, name="stop-batch")
+            for alloc_id in unique[1:]
+        ]
+        for thread in threads:
+            thread.start()
+        if unique:
+            stop(unique[0])
+        for thread in threads:
+            thread.join()
+        return {alloc_id: results[alloc_id] for alloc_id in unique}
+
     def _stop_and_remove(self, alloc_id: str, runner: AllocRunner) -> None:
         """stop_alloc's work: kill the tasks, then forget the allocation."""
         # An allocation that had finished keeps its final status; one we stop

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
 BATCH_MAX = 256  # allocations in one POST /allocations/batch
+MAX_ID = 128  # characters of an allocation id in a batch stop
 MAX_LOG_CHUNK = 1 << 20  # a log read returns at most this; the client pages
 
 
@@ -46,6 +47,12 @@ def make_app(agent: Agent) -> Bottle:
     def create_allocations():
         """Several allocations in one call: each accepted or refused on its own."""
         return batch_answer(agent, _batch(httpjson.read_json()))
+
+    @route("POST", "/allocations/stop")
+    def stop_allocations():
+        """Several stops in one call, carried out side by side: a result per allocation."""
+        results = agent.stop_allocs(_stop_ids(httpjson.read_json()))
+        return {"message": "Allocations stopped and removed", "allocations": results}
 
     @route("GET", "/allocations/<alloc_id>")
     def get_allocation(alloc_id):
@@ -106,6 +113,17 @@ def _batch(body) -> list:
     if not isinstance(items, list) or not 0 < len(items) <= BATCH_MAX:
         raise ValidationError(f"allocations: must be a list of 1 to {BATCH_MAX} allocations")
     return items
+
+
+def _stop_ids(body) -> list[str]:
+    """The allocation ids of a POST /allocations/stop body, bounded."""
+    ids = fields.obj(body, "body").get("allocations")
+    if not isinstance(ids, list) or not 0 < len(ids) <= BATCH_MAX:
+        raise ValidationError(f"allocations: must be a list of 1 to {BATCH_MAX} allocation ids")
+    for alloc_id in ids:
+        if not isinstance(alloc_id, str) or not 0 < len(alloc_id) <= MAX_ID:
+            raise ValidationError(f"allocations: each must be an id of 1 to {MAX_ID} characters")
+    return ids
 
 
 def _offset(raw: str | None) -> int:

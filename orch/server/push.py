@@ -10,8 +10,11 @@ of a stopped allocation is ignored — a stop is never dropped.
 Places waiting together for one node (an evaluation's allocations, or a
 stream of small jobs arriving faster than the node answers) go out as one
 ``POST /allocations/batch``: one request per node instead of one per
-allocation, each allocation still accepted or refused on its own. An agent
-without that route (it answers 404 or 405) gets them one by one from then on.
+allocation, each allocation still accepted or refused on its own. Stops
+waiting together go out the same way as one ``POST /allocations/stop``, which
+the agent carries out side by side: a purge of a large job no longer waits for
+its allocations' kills one after another. An agent without either route (it
+answers 404 or 405) gets those one by one from then on.
 
 A push that still fails after its retries is reported back (``on_failed``)
 so the allocation can be failed and placed elsewhere. A node whose pushes
@@ -19,13 +22,9 @@ time out or are refused at the door becomes *suspect* (``on_suspect``): the
 scheduler offers it no new placements until a push to it succeeds again, or
 it heartbeats with nothing of ours hanging on it after ``suspect_hold``.
 
-Past 400 lines: the queues, their workers, the batch and the retries share
-one lock and one set of invariants (what is pending, what is in flight), which
-splitting would spread over modules.
-
-Over 400 lines on purpose: the per-node queue, its workers and the batch
-fallback share one lock and one set of invariants (a stop is never dropped)
-that are easier to check in one file.
+Past 400 lines: the queues, their workers, the batches and the retries share
+one lock and one set of invariants (what is pending, what is in flight; a stop
+is never dropped), which splitting would spread over modules.
 """
 
 from __future__ import annotations
@@ -45,6 +44,10 @@ log = logging.getLogger(__name__)
 PLACE, STOP = "place", "stop"
 IDLE_S = 2.0  # a node's worker with nothing to do retires after this
 BATCH_MAX = 64  # places in one POST /allocations/batch (the agent takes 256)
+# Stops in one POST /allocations/stop. The agent kills them side by side, so
+# the call lasts about as long as one stop; fewer than the places, to keep
+# the threads the agent starts for them few.
+STOP_BATCH_MAX = 32
 
 
 @dataclass(frozen=True)
@@ -137,20 +140,18 @@ class _NodeQueue:
         self.idle = 0
         self.ready = threading.Condition(lock)
 
-    def next_wishes(self, limit: int) -> list[_Wish]:
-        """The first wish whose allocation is not in flight and, if it is a
-        place, the places right behind it, up to ``limit`` (lock held)."""
+    def next_wishes(self, limits: dict[str, int]) -> list[_Wish]:
+        """The first wish whose allocation is not in flight and the wishes of
+        its kind right behind it, up to ``limits[kind]`` (lock held)."""
         taken: list[_Wish] = []
         for alloc_id, wish in self.pending.items():
             if alloc_id in self.inflight:
                 if taken:
                     break  # keep the queue's order: nothing overtakes it
                 continue
-            if taken and (wish.kind != PLACE or len(taken) >= limit):
+            if taken and (wish.kind != taken[0].kind or len(taken) >= limits[wish.kind]):
                 break
             taken.append(wish)
-            if wish.kind != PLACE:
-                break
         for wish in taken:
             alloc_id = wish.alloc.allocation_id
             del self.pending[alloc_id]
@@ -198,6 +199,7 @@ class Pusher:
         self._closed = False
         self._batch_max = batch_max  # 1: the seed's call for every place
         self._single: set[str] = set()  # nodes whose agent has no batch route
+        self._single_stop: set[str] = set()  # ... and no batch stop route
         self.stats = {"placed": 0, "stopped": 0, "failed": 0, "batches": 0}
 
     # ---- wishes ------------------------------------------------------------
@@ -273,11 +275,14 @@ class Pusher:
 
     def _take(self, node_id: str, queue: _NodeQueue) -> list[_Wish]:
         """The node's next wishes; none when the worker retires (idle, closed)."""
-        limit = 1 if node_id in self._single else self._batch_max
+        limits = {
+            PLACE: 1 if node_id in self._single else self._batch_max,
+            STOP: 1 if node_id in self._single_stop else min(self._batch_max, STOP_BATCH_MAX),
+        }
         with self._lock:
             deadline = time.monotonic() + IDLE_S
             while not self._closed:
-                wishes = queue.next_wishes(limit)
+                wishes = queue.next_wishes(limits)
                 if wishes:
                     return wishes
                 left = deadline - time.monotonic()
@@ -292,9 +297,12 @@ class Pusher:
             return []
 
     def _deliver_many(self, wishes: list[_Wish], client: HttpClient) -> None:
-        """One wish as the seed's call; several places as one batch."""
+        """One wish as the seed's call; several places, or stops, as one batch."""
         if len(wishes) == 1:
             self._deliver(wishes[0], client)
+            return
+        if wishes[0].kind == STOP:
+            self._deliver_stops(wishes, client)
             return
         wanted = [w for w in wishes if w.kind != PLACE or self._wanted(w.alloc)]
         if len(wanted) < len(wishes):
@@ -328,6 +336,29 @@ class Pusher:
             result = results.get(wish.alloc.allocation_id) if failure is None else None
             if result == "accepted":
                 self.stats["placed"] += 1
+                continue
+            self._failed(wish, failure or _item_failure(result))
+
+    def _deliver_stops(self, wishes: list[_Wish], client: HttpClient) -> None:
+        node_id = wishes[0].alloc.node_id
+        body = {"allocations": [w.alloc.allocation_id for w in wishes]}
+        answers: list = []
+        failure = self._call(client, "POST", node_id, "/allocations/stop", body, answers=answers)
+        results = _results(answers[0]) if answers else None
+        if (failure is None and results is None) or (
+            failure is not None and failure.status in (404, 405, 413)
+        ):
+            if failure is None or failure.status != 413:
+                log.info("node %s has no batch stop route: one stop per allocation", node_id[:8])
+                self._single_stop.add(node_id)
+            for wish in wishes:
+                self._deliver(wish, client)
+            return
+        results = results or {}
+        for wish in wishes:
+            result = results.get(wish.alloc.allocation_id) if failure is None else None
+            if result in ("stopped", "not_found"):  # as the DELETE's 200 and 404
+                self.stats["stopped"] += 1
                 continue
             self._failed(wish, failure or _item_failure(result))
 

@@ -344,3 +344,42 @@ def test_batch_accepts_each_allocation_on_its_own(url, http, agent):
 )
 def test_batch_rejects_bad_bodies(url, http, bad):
     assert_json_error(http.post(f"{url}/allocations/batch", json=bad, timeout=TIMEOUT), 400)
+
+
+def test_batch_stop_stops_each_side_by_side_and_says_how(url, http, agent):
+    # Tasks that ignore SIGTERM: each stop takes the whole kill_timeout (1 s),
+    # so four stopped one after another would take 4 s; side by side, ~1 s.
+    stubborn = [{"name": "t", "config": {"command": "trap '' TERM; sleep 300 & wait"}}]
+    ids = [f"s{i}" for i in range(4)]
+    for alloc_id in ids:
+        http.post(f"{url}/allocations", json=body(alloc_id, tasks=stubborn), timeout=TIMEOUT)
+    assert wait_for(lambda: all(agent.get(a).tasks["t"].handle_json for a in ids))
+    pids = [agent.get(a).tasks["t"].handle_json["pid"] for a in ids]
+    resp = http.post(
+        f"{url}/allocations/stop", json={"allocations": [*ids, "nope", "s0"]}, timeout=TIMEOUT
+    )
+    assert resp.status_code == 200
+    assert resp.json()["allocations"] == {**dict.fromkeys(ids, "stopped"), "nope": "not_found"}
+    assert not any(live(pid) for pid in pids)
+    for alloc_id in ids:
+        assert not os.path.exists(agent.store.alloc_dir(alloc_id))
+        assert reported(agent)[alloc_id]["status"] == "stopped"
+    # Side by side: the grace periods overlapped (this only says "not one
+    # after another": 4 x 1 s would need over 3 s more).
+    assert resp.elapsed.total_seconds() < 3.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [],
+        {"allocations": []},
+        {"allocations": "s1"},
+        {"allocations": [1]},
+        {"allocations": [""]},
+        {"allocations": ["x" * 129]},
+        {"allocations": ["a"] * 257},
+    ],
+)
+def test_batch_stop_rejects_bad_bodies(url, http, bad):
+    assert_json_error(http.post(f"{url}/allocations/stop", json=bad, timeout=TIMEOUT), 400)

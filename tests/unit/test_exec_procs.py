@@ -1,11 +1,17 @@
-"""orch.agent.drivers.procs: a process's create time as psutil gives it, read cheaply."""
+"""orch.agent.drivers.procs: create times read cheaply; group members and descendants
+from one shared walk of /proc."""
 
+import os
 import shutil
 import subprocess
+import threading
+import time
 
 import psutil
 
 from orch.agent.drivers import procs
+
+from waiting import wait_for
 
 
 def test_create_time_is_psutils_and_tells_a_process_from_a_later_one(tmp_path):
@@ -24,3 +30,61 @@ def test_create_time_is_psutils_and_tells_a_process_from_a_later_one(tmp_path):
         proc.kill()
         proc.wait()
     assert procs.create_time(proc.pid) is None  # gone (reaped)
+
+
+def test_group_members_and_descendants_come_from_a_walk_begun_after_the_question():
+    # A group leader with a child in its group and one that left it (setsid).
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 30 & setsid sleep 30 & wait"], start_new_session=True
+    )
+    try:
+        assert wait_for(lambda: len(procs.descendants(leader.pid)) == 2)
+        kids = procs.descendants(leader.pid)
+        assert {p.ppid() for p in kids} == {leader.pid}
+        states = procs.group_states(leader.pid)
+        assert len(states) == 2  # the leader and the child that stayed; not the setsid one
+        assert procs.group_alive(leader.pid)
+        # A process started after an earlier walk is in the next answer: no
+        # caller is served rows older than its question.
+        procs.PROC_SCAN.rows()
+        late = subprocess.Popen(["sleep", "30"], start_new_session=True)
+        try:
+            assert len(procs.group_states(late.pid)) == 1
+            assert procs.group_alive(late.pid)
+        finally:
+            late.kill()
+            late.wait()
+    finally:
+        for proc in procs.descendants(leader.pid):
+            proc.kill()
+        leader.kill()
+        leader.wait()
+    assert not procs.group_alive(leader.pid)
+
+
+def test_threads_asking_together_share_walks(monkeypatch):
+    walks = []
+    real = procs._walk_proc
+
+    def counted():
+        walks.append(1)
+        time.sleep(0.05)  # long enough for the others to ask meanwhile
+        return real()
+
+    monkeypatch.setattr(procs, "_walk_proc", counted)
+    scan = procs.ProcScan()
+    start = threading.Barrier(16)
+    answers = []
+
+    def ask():
+        start.wait()
+        answers.append(scan.rows())
+
+    threads = [threading.Thread(target=ask) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(answers) == 16 and all(any(r[0] == os.getpid() for r in a) for a in answers)
+    # One walk begun before the others asked, one after at most: never one each.
+    assert len(walks) <= 2

@@ -278,3 +278,75 @@ def test_an_agent_without_the_batch_route_gets_one_call_each(closing):
     assert wait_for(lambda: h.pusher.stats["placed"] == 6)
     assert agent.paths("POST") == ["/allocations", "/allocations/batch"] + ["/allocations"] * 5
     assert h.failed == []
+
+
+def stop_agent(missing=(), broken=()):
+    """Answers POST /allocations/stop as orch's agent does."""
+
+    def answer(method, path, body):
+        if path != "/allocations/stop":
+            return 200, {"message": "ok"}
+        results = {}
+        for alloc_id in body["allocations"]:
+            if alloc_id in broken:
+                results[alloc_id] = {"error": "no"}
+            else:
+                results[alloc_id] = "not_found" if alloc_id in missing else "stopped"
+        return 200, {"message": "Allocations stopped and removed", "allocations": results}
+
+    return answer
+
+
+def test_stops_waiting_for_a_node_go_out_as_one_batch(closing):
+    gate = threading.Event()
+
+    def answer(method, path, body):
+        gate.wait(5)  # the first call holds the node: the rest wait together
+        return stop_agent(missing={"alloc-0003"}, broken={"alloc-0005"})(method, path, body)
+
+    agent = Recorder(answer)
+    closing(agent)
+    h = Harness(workers=1, batch_max=64)
+    closing(h.pusher)
+    h.endpoints["n"] = agent.url
+    h.pusher.stop([alloc(0, "n")])
+    assert wait_for(lambda: len(agent.calls) == 1)
+    h.pusher.stop([alloc(i, "n") for i in range(1, 8)])
+    h.pusher.place([alloc(8, "n")], JOB)  # a place behind them is not in their batch
+    gate.set()
+    assert wait_for(lambda: h.pusher.stats["stopped"] == 7 and h.pusher.stats["placed"] == 1)
+    assert [c[:2] for c in agent.calls] == [
+        ("DELETE", "/allocations/alloc-0000"),
+        ("POST", "/allocations/stop"),
+        ("POST", "/allocations"),
+    ]
+    assert agent.calls[1][2]["allocations"] == [f"alloc-{i:04d}" for i in range(1, 8)]
+    assert h.failed == []  # a stop that failed is logged; nothing to place elsewhere
+    assert not h.pusher.busy("alloc-0005", "n")
+
+
+def test_an_agent_without_the_batch_stop_route_gets_one_delete_each(closing):
+    gate = threading.Event()
+
+    def answer(method, path, body):
+        gate.wait(5)
+        return (405, {"error": "method not allowed"}) if path.endswith("/stop") else (200, {})
+
+    agent = Recorder(answer)
+    closing(agent)
+    h = Harness(workers=1, batch_max=64)
+    closing(h.pusher)
+    h.endpoints["n"] = agent.url
+    h.pusher.stop([alloc(0, "n")])
+    assert wait_for(lambda: len(agent.calls) == 1)
+    h.pusher.stop([alloc(i, "n") for i in range(1, 4)])
+    gate.set()
+    assert wait_for(lambda: h.pusher.stats["stopped"] == 4)
+    paths = [c[1] for c in agent.calls]
+    assert paths == ["/allocations/alloc-0000", "/allocations/stop"] + [
+        f"/allocations/alloc-{i:04d}" for i in range(1, 4)
+    ]
+    # From then on that node gets one DELETE a stop, without asking again.
+    h.pusher.stop([alloc(i, "n") for i in range(4, 6)])
+    assert wait_for(lambda: h.pusher.stats["stopped"] == 6)
+    assert all(c[1] != "/allocations/stop" for c in agent.calls[5:])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
+import time
 
 import psutil
 
@@ -43,20 +45,9 @@ def group_alive(pgid: int) -> bool:
 
 def group_states(pgid: int) -> list[str]:
     """Process states ("R", "S", "Z", ...) of the members of a process group."""
-    states = []
     if os.path.isdir("/proc/self"):
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            if len(fields) > 2 and int(fields[2]) == pgid:
-                states.append(fields[0].decode())
-        return states
+        return [state for _, _, group, state in PROC_SCAN.rows() if group == pgid]
+    states = []
     for proc in psutil.process_iter(["status"]):
         try:
             if os.getpgid(proc.pid) == pgid:
@@ -69,10 +60,80 @@ def group_states(pgid: int) -> list[str]:
 
 def descendants(pid: int) -> list[psutil.Process]:
     """Every process below pid, also those that left its group (setsid)."""
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
+    if not os.path.isdir("/proc/self"):
+        try:
+            return psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            return []
+    children: dict[int, list[int]] = {}
+    for child, parent, _, _ in PROC_SCAN.rows():
+        children.setdefault(parent, []).append(child)
+    found, todo = [], list(children.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        try:
+            found.append(psutil.Process(child))
+        except psutil.Error:
+            continue  # gone since the walk: nothing to kill
+        todo.extend(children.get(child, ()))
+    return found
+
+
+class ProcScan:
+    """One walk of /proc shared by every thread that asks at about the same time.
+
+    Stopping a large job waits for hundreds of process groups to empty, and
+    each wait polled with a walk of all of /proc of its own: n stops of n
+    tasks read n^2 stat files, and a purge of 300 allocations outlasted the
+    server's push timeout. A caller gets the rows of a walk begun no earlier
+    than its question (never an older view than it would see by walking
+    itself); callers asking while such a walk runs share it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._walking_since: float | None = None  # monotonic start of the walk under way
+        self._last: tuple[float, list[tuple[int, int, int, str]]] = (-1.0, [])
+
+    def rows(self) -> list[tuple[int, int, int, str]]:
+        """(pid, ppid, pgid, state) of every process."""
+        asked = time.monotonic()
+        with self._cond:
+            while self._last[0] < asked:
+                if self._walking_since is None:
+                    break  # nobody walks: this thread does
+                self._cond.wait()  # a walk under way: if it began after we asked, it serves
+            else:
+                return self._last[1]
+            started = self._walking_since = time.monotonic()
+        rows: list[tuple[int, int, int, str]] = []
+        try:
+            rows = _walk_proc()
+        finally:
+            with self._cond:
+                self._walking_since = None
+                self._last = (started, rows)
+                self._cond.notify_all()
+        return rows
+
+
+def _walk_proc() -> list[tuple[int, int, int, str]]:
+    rows = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2:
+            rows.append((int(name), int(fields[1]), int(fields[2]), fields[0].decode()))
+    return rows
+
+
+PROC_SCAN = ProcScan()
 
 
 def proc_alive(proc: psutil.Process) -> bool:
