@@ -205,18 +205,19 @@ class Agent:
             excess = len(self._collectable) - self.config.gc_keep
             if excess <= 0:
                 return
-            victims: list[str] = []
+            victims: list[tuple[str, bool]] = []  # (id, its dirs reusable)
             for alloc_id in sorted(self._collectable, key=self._collectable.__getitem__):
                 if len(victims) == excess:
                     break
-                if self._allocs[alloc_id].finished:
-                    victims.append(alloc_id)
-            for alloc_id in victims:
+                runner = self._allocs[alloc_id]
+                if runner.finished:
+                    victims.append((alloc_id, runner.contained))
+            for alloc_id, _ in victims:
                 del self._collectable[alloc_id]
                 self._drop(alloc_id)
-        for alloc_id in victims:
+        for alloc_id, contained in victims:
             self.checks.unwatch(alloc_id)
-            self.store.remove_alloc(alloc_id)
+            self.store.remove_alloc(alloc_id, reuse=contained)
             self._forget(alloc_id)
         if victims:
             log.info("collected %d finished allocations", len(victims))
