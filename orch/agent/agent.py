@@ -211,7 +211,7 @@ class Agent:
                     break
                 runner = self._allocs[alloc_id]
                 if runner.finished:
-                    victims.append((alloc_id, runner.contained))
+                    victims.append((alloc_id, self._reusable(runner)))
             for alloc_id, _ in victims:
                 del self._collectable[alloc_id]
                 self._drop(alloc_id)
@@ -221,6 +221,13 @@ class Agent:
             self._forget(alloc_id)
         if victims:
             log.info("collected %d finished allocations", len(victims))
+
+    def _reusable(self, runner: AllocRunner) -> bool:
+        """May its emptied dirs serve the next allocation? Only if no process
+        of it is left, and its tasks ran as the agent's own user: a task
+        user owns its task dir and could leave a mode or ACL on it for the
+        next job."""
+        return self.config.task_user is None and runner.contained
 
     def _add(self, runner: AllocRunner) -> None:
         """Into the table (caller holds the lock)."""

@@ -95,10 +95,12 @@ def test_the_store_reuses_only_what_it_is_told_it_may(tmp_path):
     assert store.load_allocs() == [{"x": 3}]  # the spares are not allocations
 
 
-def cgroup_agent(tmp_path):
+def cgroup_agent(tmp_path, **config):
     if Cgroups().detect() is None:
         pytest.skip("no writable cgroups here: runs are contained only with them")
-    return Agent(AgentConfig(server="http://127.0.0.1:9", data_dir=str(tmp_path), gc_keep=0))
+    return Agent(
+        AgentConfig(server="http://127.0.0.1:9", data_dir=str(tmp_path), gc_keep=0, **config)
+    )
 
 
 def batch(alloc_id, command):
@@ -130,8 +132,10 @@ def collected(agent, alloc_id):
     return runner
 
 
-# "escaped": out of the task's process group (which the supervisor kills), still in its cgroups.
-agent_command = {"clean": "exit 0", "again": "true", "escaped": "setsid sleep 2 & exit 0"}
+# "escaped": out of the task's process group (which the supervisor kills), still in its
+# cgroups; the task ends once the file says its child has left the group.
+ESCAPE = "setsid sh -c 'touch escaped; exec sleep 3' & while [ ! -e escaped ]; do sleep 0.01; done"
+agent_command = {"clean": "exit 0", "again": "true", "escaped": ESCAPE}
 
 
 def test_an_allocation_whose_tasks_left_nothing_gives_its_dirs_to_the_next(tmp_path):
@@ -150,5 +154,15 @@ def test_one_that_left_a_process_in_its_cgroups_is_removed_not_reused(tmp_path):
     try:
         runner = collected(agent, "escaped")
         assert not runner.contained and len(agent.store.spares) == 0
+    finally:
+        agent.shutdown(stop_tasks=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a task as another user needs root")
+def test_dirs_a_task_user_owned_are_removed_not_reused(tmp_path):
+    agent = cgroup_agent(tmp_path, task_user="nobody")
+    try:
+        runner = collected(agent, "clean")
+        assert runner.contained and len(agent.store.spares) == 0
     finally:
         agent.shutdown(stop_tasks=True)
