@@ -234,21 +234,29 @@ class Agent:
             excess = len(self._collectable) - self.config.gc_keep
             if excess <= 0:
                 return
-            victims: list[str] = []
+            victims: list[tuple[str, bool]] = []  # (id, its dirs reusable)
             for alloc_id in sorted(self._collectable, key=self._collectable.__getitem__):
                 if len(victims) == excess:
                     break
-                if self._allocs[alloc_id].finished:
-                    victims.append(alloc_id)
-            for alloc_id in victims:
+                runner = self._allocs[alloc_id]
+                if runner.finished:
+                    victims.append((alloc_id, self._reusable(runner)))
+            for alloc_id, _ in victims:
                 del self._collectable[alloc_id]
                 self._drop(alloc_id)
-        for alloc_id in victims:
+        for alloc_id, contained in victims:
             self.checks.unwatch(alloc_id)
-            self.store.remove_alloc(alloc_id)
+            self.store.remove_alloc(alloc_id, reuse=contained)
             self._forget(alloc_id)
         if victims:
             log.info("collected %d finished allocations", len(victims))
+
+    def _reusable(self, runner: AllocRunner) -> bool:
+        """May its emptied dirs serve the next allocation? Only if no process
+        of it is left, and its tasks ran as the agent's own user: a task
+        user owns its task dir and could leave a mode or ACL on it for the
+        next job."""
+        return self.config.task_user is None and runner.contained
 
     def _add(self, runner: AllocRunner) -> None:
         """Into the table (caller holds the lock)."""

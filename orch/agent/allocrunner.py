@@ -212,6 +212,11 @@ class AllocRunner:
         """Every task is terminal: nothing more will happen here."""
         return self._done.is_set()
 
+    @property
+    def contained(self) -> bool:
+        """Finished, and no task left a process behind: its dirs may be reused."""
+        return self.finished and all(r.contained for r in self.tasks.values())
+
     def task_finished(self, runner: TaskRunner) -> None:
         """Called by a task thread when it is done for good."""
         with self.lock:
@@ -416,7 +421,7 @@ class AllocRunner:
                 self._saved = True
                 doc = self._doc_json()
             try:
-                self.store.save_alloc(self.spec.allocation_id, doc)
+                self.store.save_alloc(self.spec.allocation_id, doc, tuple(self.tasks))
             except OSError as exc:
                 log.warning("cannot persist alloc=%s error=%s", self.short, exc)
                 with self.lock:

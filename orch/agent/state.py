@@ -4,6 +4,7 @@
     <data_dir>/node_secret                          (0600) proves the node id is ours
     <data_dir>/allocs/<alloc_id>/alloc.json        spec, task states, handles
     <data_dir>/allocs/<alloc_id>/<task>/stdout.log  (and stderr.log)
+    <data_dir>/spare/                               emptied allocation dirs (`spare.py`)
 
 Files are written whole to a temporary name and renamed, so a crash leaves
 either the old or the new version. An allocation's first version is written
@@ -29,6 +30,8 @@ import struct
 import threading
 import uuid
 
+from orch.agent.spare import SpareDirs
+
 log = logging.getLogger(__name__)
 
 ALLOC_FILE = "alloc.json"
@@ -51,6 +54,7 @@ class AgentStore:
         self._lock = threading.Lock()
         self._removed: set[str] = set()
         self._made: set[str] = set()  # allocation dirs made by this store
+        self.spares = SpareDirs(os.path.join(self.data_dir, "spare"))
 
     def node_id(self, override: str | None = None) -> str:
         """The persisted node id (created once); an override replaces it."""
@@ -99,8 +103,10 @@ class AgentStore:
     def log_path(self, alloc_id: str, task: str, kind: str) -> str:
         return os.path.join(self.task_dir(alloc_id, task), f"{kind}.log")
 
-    def save_alloc(self, alloc_id: str, doc: dict | bytes) -> None:
-        """Persist an allocation (a document, or its JSON); a no-op once it was removed."""
+    def save_alloc(self, alloc_id: str, doc: dict | bytes, tasks: tuple[str, ...] = ()) -> None:
+        """Persist an allocation (a document, or its JSON); a no-op once it was
+        removed. Its first write makes its dir, from a spare one with these
+        task dirs if there is one."""
         raw = doc if isinstance(doc, bytes) else json.dumps(doc, separators=(",", ":")).encode()
         path = os.path.join(self.allocs_dir, alloc_id, ALLOC_FILE)
         with self._lock:
@@ -108,7 +114,8 @@ class AgentStore:
                 return
             first = alloc_id not in self._made
             if first:  # its first write: make the directory
-                make_dir(self.alloc_dir(alloc_id))
+                if not (tasks and self.spares.take(self.alloc_dir(alloc_id), tasks)):
+                    make_dir(self.alloc_dir(alloc_id))
                 self._made.add(alloc_id)
             try:
                 if not (first and _write_new(path, raw)):
@@ -117,15 +124,18 @@ class AgentStore:
                 os.makedirs(self.alloc_dir(alloc_id), exist_ok=True)
                 _write_atomic(path, raw)
 
-    def remove_alloc(self, alloc_id: str) -> None:
-        """Delete the allocation's directory: state and logs.
+    def remove_alloc(self, alloc_id: str, reuse: bool = False) -> None:
+        """Delete the allocation's directory: state and logs. With `reuse`
+        (nothing of its tasks is left), its emptied dirs may be kept as spares.
 
         Marked removed under the lock (no write after that brings a file
         back), deleted outside it: other allocations' writes do not wait."""
         with self._lock:
             self._removed.add(alloc_id)
             self._made.discard(alloc_id)
-        shutil.rmtree(self.alloc_dir(alloc_id), ignore_errors=True)
+        path = self.alloc_dir(alloc_id)
+        if not (reuse and self.spares.give(path)):
+            shutil.rmtree(path, ignore_errors=True)
 
     def forget_removal(self, alloc_id: str) -> None:
         """Allow an allocation id to be stored again (accepted anew)."""

@@ -108,10 +108,17 @@ class TaskRunner:
         self._started = False  # start() was called: something will record the end
         self._thread: threading.Thread | None = None  # the one waiting for it, if any
         self._over = threading.Event()  # ended for good, recorded, allocation told
+        # Every run so far left nothing behind (None: no run ended yet).
+        self._runs_contained: bool | None = None
 
     @property
     def terminal(self) -> bool:
         return self.state.status in TERMINAL_TASK
+
+    @property
+    def contained(self) -> bool:
+        """Runs ended, and each left no process behind (its cgroups were empty)."""
+        return self._runs_contained is True
 
     @property
     def failed_by_itself(self) -> bool:
@@ -147,6 +154,7 @@ class TaskRunner:
 
     def mark_lost(self) -> None:
         """Its process died with an earlier agent: what happened is unknown."""
+        self._runs_contained = False
         self._set(F, error=LOST_ON_RESTART, end_time=self.alloc.now())
         self._event("Task Lost", LOST_ON_RESTART)
 
@@ -294,6 +302,7 @@ class TaskRunner:
         self._over.set()
 
     def _crashed(self) -> None:
+        self._runs_contained = False
         with self.alloc.lock:
             if not self.terminal:
                 self._set(F, error="internal error in the task runner", end_time=self.alloc.now())
@@ -382,6 +391,9 @@ class TaskRunner:
         """Record an exit (None: killed before starting); the delay before
         starting again, None when the task is over."""
         now = self.alloc.now()
+        # Every end passes here; None (killed before its start was answered) is not known clean.
+        ok = result is not None and result.contained
+        self._runs_contained = ok and self._runs_contained is not False
         with self.alloc.lock:
             # None comes only from a kill (the flag is never cleared).
             if self._killed.is_set() or result is None:

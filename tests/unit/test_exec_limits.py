@@ -237,3 +237,11 @@ def test_a_task_runs_in_its_cgroups_and_its_supervisor_goes_back_home(tmp_path):
     limited = [line for line in mine.splitlines() if "a1-t-" in line]
     assert limited and any("memory" in line or line.startswith("0::") for line in limited)
     assert "a1-t-" not in supervisor
+
+
+def test_a_run_is_contained_only_when_its_cgroups_were_empty_at_its_end(driver, tmp_path):
+    handle = driver.start(context(tmp_path, "exit 0"))
+    result = driver.wait(handle, 10)
+    assert result.exit_code == 0
+    # Without cgroups nothing says no process of it is left.
+    assert result.contained is not isinstance(driver._cgroups, NoCgroups)

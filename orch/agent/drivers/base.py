@@ -47,6 +47,9 @@ class ExitResult:
     signal: int | None = None
     oom_killed: bool = False
     error: str | None = None
+    # Nothing of the run was left when it ended (its cgroups were empty):
+    # no process of it can still use the allocation's dirs.
+    contained: bool = field(default=False, compare=False)
 
     @property
     def successful(self) -> bool:

@@ -495,11 +495,16 @@ def exit_result(record: dict | None, memory_mb: int) -> ExitResult:
     code, sig = record.get("exit_code"), record.get("signal")
     if record.get("oom_killed"):
         return ExitResult(exit_code=code, signal=sig, oom_killed=True, error=oom_error(memory_mb))
+    # The supervisor keeps a run's cgroups only when they are empty at its end.
+    contained = isinstance(record.get("cgroups_kept"), list) and bool(record["cgroups_kept"])
     if code is None:
-        return ExitResult(exit_code=None, error=record.get("exit_error") or STATUS_LOST)
+        error = record.get("exit_error") or STATUS_LOST
+        return ExitResult(exit_code=None, error=error, contained=contained)
     if sig:
-        return ExitResult(exit_code=code, signal=sig, error=f"killed by signal {sig}")
-    return ExitResult(exit_code=code)
+        return ExitResult(
+            exit_code=code, signal=sig, error=f"killed by signal {sig}", contained=contained
+        )
+    return ExitResult(exit_code=code, contained=contained)
 
 
 def _chown(path: str, user: dict) -> None:
