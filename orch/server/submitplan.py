@@ -16,8 +16,8 @@ Only what the worker would decide the same way and cheaply: a new batch
 or service job of at most ``MAX_PLACEMENTS`` allocations (the I/O thread
 serves nobody while it plans), no evaluation waiting in the broker (a job
 planned here would jump the queue), and a plan that places every allocation
-with no follow-up. A new service job gets no deployment from the worker
-either: one exists only while copies of an older spec are replaced
+with no follow-up. The worker gives a new service job no deployment:
+one exists only while copies of an older spec are replaced
 (``deploy.needs_deployment``), and a group with no allocations is placed
 whole whatever the deployment (``reconcile``), so its first version's plan
 is the worker's. Anything else - a full cluster, a system job, an update, a
