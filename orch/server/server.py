@@ -458,6 +458,7 @@ def run(config: ServerConfig) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code."""
     import signal
 
+    from orch.server import collector
     from orch.server.api import make_app
     from orch.server.inline import inline_routes
     from orch.server.wsgi import http_server
@@ -480,6 +481,7 @@ def run(config: ServerConfig) -> int:
     signal.signal(signal.SIGTERM, _exit)
     signal.signal(signal.SIGINT, _exit)
     host, port = http.effective_host, http.effective_port
+    collector.tune()  # the state is loaded: kept out of the collector's passes
     server.start(f"http://{_url_host(host)}:{port}")
     log.info("server listening on http://%s:%s data_dir=%s", host, port, config.data_dir)
     try:

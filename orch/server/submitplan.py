@@ -1,6 +1,6 @@
-"""A new small batch job planned inside its submit's transaction (SQLite).
+"""A new small batch or service job planned inside its submit's transaction (SQLite).
 
-Through the broker a batch job costs two transactions (the submit writes the
+Through the broker a job costs two transactions (the submit writes the
 job and its pending evaluation; the worker's plan writes the allocation and
 rewrites the evaluation decided), the broker's enqueue and the scheduler
 thread's wake-up, which then fights the I/O thread for the GIL. Nomad's
@@ -13,12 +13,16 @@ acknowledged job is as durable as before: the answer still follows that
 commit.
 
 Only what the worker would decide the same way and cheaply: a new batch
-job of at most ``MAX_PLACEMENTS`` allocations (the I/O thread serves nobody
-while it plans), no evaluation waiting in the broker (a job planned here
-would jump the queue), and a plan that places every allocation with no
-follow-up. Anything else - a full cluster, a service job (deployments), an
-update, a periodic parent - goes to the broker as before. PostgreSQL keeps
-the broker: its writes are fenced round trips a follower may lose.
+or service job of at most ``MAX_PLACEMENTS`` allocations (the I/O thread
+serves nobody while it plans), no evaluation waiting in the broker (a job
+planned here would jump the queue), and a plan that places every allocation
+with no follow-up. The worker gives a new service job no deployment:
+one exists only while copies of an older spec are replaced
+(``deploy.needs_deployment``), and a group with no allocations is placed
+whole whatever the deployment (``reconcile``), so its first version's plan
+is the worker's. Anything else - a full cluster, a system job, an update, a
+periodic parent - goes to the broker as before. PostgreSQL keeps the
+broker: its writes are fenced round trips a follower may lose.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from orch.structs import EvalStatus, Evaluation, Job, JobType, Plan, replace
 
 log = logging.getLogger(__name__)
 
+# The worker's generic scheduler, no deployment read (see above).
+PLANNED_TYPES = frozenset({JobType.BATCH, JobType.SERVICE})
+
 # Placements planned on the submitting thread, at most: ~40 us each on a
 # 5,000-node cluster (bench/scheduler.py), a few hundred us in all.
 MAX_PLACEMENTS = 8
@@ -49,7 +56,7 @@ class State(Protocol):
 
 
 class SubmitPlanner:
-    """Plans a new small batch job for the store's submit, or declines (None)."""
+    """Plans a new small batch or service job for the store's submit, or declines (None)."""
 
     def __init__(self, queue: Queue, state: State, *, seed: int | None = None):
         self._queue = queue
@@ -60,7 +67,7 @@ class SubmitPlanner:
         """(plan, the evaluation decided) for the submit's transaction; None:
         the evaluation goes to the broker. Called under the store's lock."""
         if (
-            job.type != JobType.BATCH
+            job.type not in PLANNED_TYPES
             or job.is_parent
             or sum(g.count for g in job.task_groups) > MAX_PLACEMENTS
             or not self._queue.quiet()

@@ -1,7 +1,7 @@
 """A new small batch job planned in its submit's transaction
-(orch.server.submitplan): one commit holds the job, its decided evaluation
-and its allocations, the broker never sees it, the pushes follow; everything
-else takes the broker as before."""
+(orch.server.submitplan; a service job: test_submit_plan_service): one
+commit holds the job, its decided evaluation and its allocations, the broker
+never sees it, the pushes follow; everything else takes the broker as before."""
 
 from __future__ import annotations
 
@@ -123,11 +123,11 @@ def _went_to_the_broker(store, broker, ev, commits) -> None:
 @pytest.mark.parametrize(
     "spec",
     [
-        job(job_type=JobType.SERVICE),  # deployments: the worker's
+        job(job_type=JobType.SYSTEM),  # the system scheduler: the worker's
         job(count=MAX_PLACEMENTS + 1, memory=1),  # too much for the submitting thread
         job(count=3, memory=600),  # does not fit: the worker blocks it
     ],
-    ids=["service", "large", "no-room"],
+    ids=["system", "large", "no-room"],
 )
 def test_other_jobs_go_to_the_broker_as_before(store, broker, spec):
     pushes = Pushes()

@@ -125,3 +125,23 @@ def test_system_groups_run_once_per_node():
     rejects(data, "task_groups[1].count")
     data["task_groups"][1]["count"] = 1
     assert parse_job(data).task_groups[1].count == 1
+
+
+def test_a_job_without_blocks_is_returned_as_parsed_and_one_with_them_is_copied():
+    from orch.validation.restart import with_restarts
+    from orch.validation.update import with_updates
+
+    plain = parse_job(body(type="batch"))
+    assert with_updates(plain, body(type="batch")) is plain  # nothing to add: no copies
+    assert with_restarts(plain, body(type="batch")) is plain
+    data = body(type="batch")
+    data["task_groups"][1]["restart"] = {"attempts": 1}
+    restarted = with_restarts(plain, data)
+    assert restarted is not plain and restarted.task_groups[0] is plain.task_groups[0]
+    assert restarted.task_groups[1].restart["attempts"] == 1
+    service = parse_job(body())
+    updated = with_updates(service, body({"max_parallel": 2}))
+    assert updated is not service and updated.update.max_parallel == 2
+    grouped = with_updates(service, body(None, {"max_parallel": 3}))
+    assert grouped.task_groups[0].update.max_parallel == 3
+    assert grouped.task_groups[1] is service.task_groups[1]
