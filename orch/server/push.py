@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from orch.server import catalog
@@ -130,6 +131,28 @@ class _Wish:
     payload: dict | None = None
 
 
+@dataclass(frozen=True)
+class _BatchRoute:
+    """An additive agent route that takes several wishes of one kind at once."""
+
+    path: str
+    item: Callable[[_Wish], object]  # one wish's entry in the body's list
+    # The per-allocation results that count as done (a tuple: a refusal's
+    # result is a dict, which a set could not be asked about).
+    delivered: tuple[str, ...]
+    stat: str  # the stats counter a delivered wish adds to
+
+
+_PLACE_BATCH = _BatchRoute("/allocations/batch", lambda w: w.payload, ("accepted",), "placed")
+# "not_found" as the seed DELETE's 404: nothing left to stop.
+_STOP_BATCH = _BatchRoute(
+    "/allocations/stop",
+    lambda w: w.alloc.allocation_id,
+    ("stopped", "not_found"),
+    "stopped",
+)
+
+
 class _NodeQueue:
     """One node's pending wishes (by allocation, in order) and its workers."""
 
@@ -198,8 +221,11 @@ class Pusher:
         self._verdicts = threading.Lock()
         self._closed = False
         self._batch_max = batch_max  # 1: the seed's call for every place
-        self._single: set[str] = set()  # nodes whose agent has no batch route
-        self._single_stop: set[str] = set()  # ... and no batch stop route
+        # route -> the nodes whose agent lacks it (an older or other agent)
+        self._no_batch_route: dict[str, set[str]] = {
+            _PLACE_BATCH.path: set(),
+            _STOP_BATCH.path: set(),
+        }
         self.stats = {"placed": 0, "stopped": 0, "failed": 0, "batches": 0}
 
     # ---- wishes ------------------------------------------------------------
@@ -276,8 +302,10 @@ class Pusher:
     def _take(self, node_id: str, queue: _NodeQueue) -> list[_Wish]:
         """The node's next wishes; none when the worker retires (idle, closed)."""
         limits = {
-            PLACE: 1 if node_id in self._single else self._batch_max,
-            STOP: 1 if node_id in self._single_stop else min(self._batch_max, STOP_BATCH_MAX),
+            PLACE: 1 if node_id in self._no_batch_route[_PLACE_BATCH.path] else self._batch_max,
+            STOP: 1
+            if node_id in self._no_batch_route[_STOP_BATCH.path]
+            else min(self._batch_max, STOP_BATCH_MAX),
         }
         with self._lock:
             deadline = time.monotonic() + IDLE_S
@@ -302,7 +330,7 @@ class Pusher:
             self._deliver(wishes[0], client)
             return
         if wishes[0].kind == STOP:
-            self._deliver_stops(wishes, client)
+            self._deliver_batch(wishes, client, _STOP_BATCH)
             return
         wanted = [w for w in wishes if w.kind != PLACE or self._wanted(w.alloc)]
         if len(wanted) < len(wishes):
@@ -310,23 +338,25 @@ class Pusher:
         if len(wanted) == 1:
             self._deliver(wanted[0], client)
         elif wanted:
-            self._deliver_batch(wanted, client)
+            self._deliver_batch(wanted, client, _PLACE_BATCH)
 
-    def _deliver_batch(self, wishes: list[_Wish], client: HttpClient) -> None:
+    def _deliver_batch(self, wishes: list[_Wish], client: HttpClient, route: _BatchRoute) -> None:
         node_id = wishes[0].alloc.node_id
-        body = {"allocations": [w.payload for w in wishes]}
+        body = {"allocations": [route.item(w) for w in wishes]}
         answers: list = []
-        failure = self._call(client, "POST", node_id, "/allocations/batch", body, answers=answers)
+        failure = self._call(client, "POST", node_id, route.path, body, answers=answers)
         results = _results(answers[0]) if answers else None
         # No such route (or an answer without results: not orch's agent), or
-        # too large a body: the allocations go one by one (a repeated push
-        # is taken idempotently).
+        # too large a body: the wishes go one by one by the seed's calls (a
+        # repeated push or stop is taken idempotently).
         if (failure is None and results is None) or (
             failure is not None and failure.status in (404, 405, 413)
         ):
             if failure is None or failure.status != 413:
-                log.info("node %s has no batch route: one push per allocation", node_id[:8])
-                self._single.add(node_id)
+                log.info(
+                    "node %s has no %s route: one call per allocation", node_id[:8], route.path
+                )
+                self._no_batch_route[route.path].add(node_id)
             for wish in wishes:
                 self._deliver(wish, client)
             return
@@ -334,31 +364,8 @@ class Pusher:
         results = results or {}
         for wish in wishes:
             result = results.get(wish.alloc.allocation_id) if failure is None else None
-            if result == "accepted":
-                self.stats["placed"] += 1
-                continue
-            self._failed(wish, failure or _item_failure(result))
-
-    def _deliver_stops(self, wishes: list[_Wish], client: HttpClient) -> None:
-        node_id = wishes[0].alloc.node_id
-        body = {"allocations": [w.alloc.allocation_id for w in wishes]}
-        answers: list = []
-        failure = self._call(client, "POST", node_id, "/allocations/stop", body, answers=answers)
-        results = _results(answers[0]) if answers else None
-        if (failure is None and results is None) or (
-            failure is not None and failure.status in (404, 405, 413)
-        ):
-            if failure is None or failure.status != 413:
-                log.info("node %s has no batch stop route: one stop per allocation", node_id[:8])
-                self._single_stop.add(node_id)
-            for wish in wishes:
-                self._deliver(wish, client)
-            return
-        results = results or {}
-        for wish in wishes:
-            result = results.get(wish.alloc.allocation_id) if failure is None else None
-            if result in ("stopped", "not_found"):  # as the DELETE's 200 and 404
-                self.stats["stopped"] += 1
+            if result in route.delivered:
+                self.stats[route.stat] += 1
                 continue
             self._failed(wish, failure or _item_failure(result))
 
