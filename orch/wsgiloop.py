@@ -28,12 +28,15 @@ events a socket waits for go to ``wasyncore.readwrite``, as in waitress's
 poll loop (which leaves a socket with no interest out). epoll's interest is
 widened at once and narrowed lazily: a connection a worker serves stays
 registered for input, and is narrowed only if an unwanted event comes.
+
+``stop_serving`` stops a server whose ``run()`` loops in a thread of ours.
 """
 
 from __future__ import annotations
 
 import logging
 import select
+import threading
 import time
 from typing import Any
 
@@ -209,3 +212,40 @@ def socket_map() -> dict:
     """A new socket map for ``create_server(map=...)``: an ``EpollMap`` where
     the platform has epoll."""
     return EpollMap() if HAVE_EPOLL else {}
+
+
+def stop_serving(
+    http, thread: threading.Thread, timeout: float = 3.0, workers_timeout: float = 2.0
+) -> bool:
+    """Stop a waitress server of one listener whose ``run()`` loops in
+    ``thread``: its sockets closed from the loop, the loop and the workers
+    joined, then its trigger closed; False (the trigger left open) if the
+    loop or a worker outlived its timeout."""
+    # The trigger is closed last, here, not by the thunk (close_all would):
+    # pull_trigger queues the thunk before it writes its byte, and a worker's
+    # pull may wake the loop in between. The thunk then closed the pipe first
+    # and the write failed with EBADF, or went to whatever file had taken the
+    # fd's number. A worker ending a request pulls it too: it stays open
+    # until the workers have left.
+    trigger = http.trigger
+    if trigger._closed:
+        return True  # stopped before: its fd numbers may be another file's now
+
+    def close_all_but_the_trigger() -> None:
+        others = {}
+        for fd, obj in list(http._map.items()):
+            if isinstance(obj, BaseWSGIServer):
+                wasyncore.dispatcher.close(obj)  # its own close() closes the trigger too
+            elif obj is not trigger:
+                others[fd] = obj
+        wasyncore.close_all(others)  # each leaves http._map as it closes
+        trigger.del_channel()  # the map is empty: the loop returns
+
+    trigger.pull_trigger(close_all_but_the_trigger)
+    thread.join(timeout)
+    http.task_dispatcher.shutdown(timeout=workers_timeout)
+    if thread.is_alive() or http.task_dispatcher.threads:
+        log.warning("waitress did not stop in time: its trigger is left open")
+        return False
+    trigger.close()
+    return True

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Mapping
 
-from waitress import wasyncore
 from waitress.server import create_server
 
 from orch.agent.agent import Agent
@@ -25,7 +24,7 @@ from orch.datadir import lock_data_dir
 from orch.errors import DataDirInUse, DriverError
 from orch.security import check_bind, warn_tls_skip_verify
 from orch.wsgichannel import Inline, use_orch_channels
-from orch.wsgiloop import socket_map
+from orch.wsgiloop import socket_map, stop_serving
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +66,7 @@ class HttpServer:
         self._thread.start()
 
     def stop(self) -> None:
-        # Close every socket from inside the loop thread (the trigger runs the
-        # thunk there), so the loop sees an empty map and returns at once.
-        server = self._server
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-        self._thread.join(3)
-        server.task_dispatcher.shutdown(timeout=2)
+        stop_serving(self._server, self._thread)
 
 
 def endpoint_for(config: AgentConfig, server: HttpServer) -> str:

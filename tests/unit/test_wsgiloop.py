@@ -8,10 +8,10 @@ import threading
 import time
 
 import pytest
-from waitress import create_server, wasyncore
+from waitress import create_server
 
 from orch.wsgichannel import use_orch_channels
-from orch.wsgiloop import HAVE_EPOLL, EpollMap, socket_map
+from orch.wsgiloop import HAVE_EPOLL, EpollMap, socket_map, stop_serving
 
 pytestmark = pytest.mark.skipif(not HAVE_EPOLL, reason="no epoll on this platform")
 
@@ -40,10 +40,7 @@ def serve():
 
     yield start
     for http, thread in started:
-        http.trigger.pull_trigger(lambda http=http: wasyncore.close_all(http._map))
-        thread.join(10)
-        http.task_dispatcher.shutdown(timeout=2)
-        assert not thread.is_alive()
+        assert stop_serving(http, thread, timeout=10)
 
 
 def _connect(http) -> socket.socket:
@@ -205,3 +202,29 @@ def test_connection_limit_still_applies(serve):
     assert answer.startswith(b"HTTP/1.1 200 OK")
     second.close()
     third.close()
+
+
+def test_a_worker_that_outlives_the_stop_keeps_the_trigger_open():
+    """A worker still serving when stop_serving gives up may pull the
+    trigger yet: its pipe stays open until a later stop closes it."""
+    entered, release = threading.Event(), threading.Event()
+
+    def held_app(environ, start_response):
+        entered.set()
+        release.wait(10)
+        return _app(environ, start_response)
+
+    http = create_server(held_app, map=socket_map(), host="127.0.0.1", port=0, threads=1)
+    use_orch_channels(http)
+    thread = threading.Thread(target=http.run, daemon=True)
+    thread.start()
+    sock = _connect(http)
+    sock.sendall(REQUEST)
+    assert entered.wait(10)
+    assert stop_serving(http, thread, timeout=10, workers_timeout=0.1) is False
+    assert not thread.is_alive() and not http.trigger._closed
+    release.set()
+    http.pull_trigger()  # as the worker does when it ends: the pipe is there
+    assert stop_serving(http, thread, timeout=10) is True
+    assert http.trigger._closed
+    sock.close()
