@@ -20,6 +20,7 @@ from orch.config import ServerConfig
 from orch.server.api import make_app
 from orch.server.server import Server
 from orch.structs import Allocation, AllocStatus, Node, Plan, Resources, replace
+from orch.wsgiloop import stop_serving
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -57,8 +58,9 @@ class Served:
     def close(self):
         self.server.store.changes.close()
         assert self.server.ui_streams.wait_idle(10), "streams still open after shutdown"
-        self.http.close()
-        self.thread.join(10)
+        # Closed from its loop thread: closing its sockets from here, under
+        # the loop's select(), failed that select with EBADF.
+        assert stop_serving(self.http, self.thread, timeout=10)
         self.server.stop()
 
 
