@@ -477,7 +477,7 @@ class Agent:
                 notify(wake=False)  # its resources count; no beat for it yet
                 return
             # A batch allocation's first report may wait for its end (loop.py).
-            notify(hold=batch and runner is not None and runner.status() not in TERMINAL_ALLOC)
+            notify(hold=batch and runner is not None and runner.last_status not in TERMINAL_ALLOC)
             if runner is not None:
                 self.checks.kick(runner)  # tasks just started: check them now
 
@@ -506,5 +506,6 @@ def _nothing_new(runner: AllocRunner) -> bool:
     """True for an allocation that has not started a task yet: the server
     placed it pending and knows that much, so a heartbeat now would cost it a
     request that says nothing; the first start (or failure) is what it waits
-    for, and the next heartbeat carries the entry anyway."""
-    return runner.status() is AllocStatus.PENDING and runner.last_task_start() is None
+    for, and the next heartbeat carries the entry anyway. Called after each
+    change, which derived the status just before (`last_status`)."""
+    return runner.last_status is AllocStatus.PENDING and runner.last_task_start() is None

@@ -30,6 +30,7 @@ from typing import Any
 from orch.agent import taskenv
 from orch.agent.drivers import select_driver
 from orch.agent.drivers.base import Driver, TaskContext
+from orch.agent.flag import Flag
 from orch.agent.spec import AllocSpec
 from orch.agent.state import AgentStore
 from orch.agent.taskrunner import TaskRunner
@@ -67,8 +68,8 @@ class AllocRunner:
         self.stopped = False
         self._last_status = AllocStatus.PENDING
         self._on_change = on_change
-        self._done = threading.Event()
-        self._hurry = threading.Event()  # set on agent shutdown: no shutdown_delay
+        self._done = Flag()
+        self._hurry = Flag()  # set on agent shutdown: no shutdown_delay
         self._finished: set[str] = set()
         self._dirty = True  # state not yet on disk
         # ... of which some no driver could tell a restarted agent (a restart
@@ -271,6 +272,12 @@ class AllocRunner:
         if all(s in TERMINAL_TASK for s in statuses):
             return AllocStatus.FAILED if F in statuses else AllocStatus.COMPLETE
         return AllocStatus.PENDING
+
+    @property
+    def last_status(self) -> AllocStatus:
+        """The status as of the last `changed()`: what its notifier reads
+        after each change, without deriving it from the tasks again."""
+        return self._last_status
 
     def reserved(self) -> Resources:
         """Resources held on the node: the tasks' demand until terminal."""

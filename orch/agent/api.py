@@ -103,7 +103,15 @@ def batch_answer(agent: Agent, items: list) -> dict:
             continue
         results[key] = "accepted"
     refused = sum(1 for v in results.values() if v != "accepted")
-    log.info("push accepted=%d refused=%d", len(results) - refused, refused)
+    # At batch rates a push carries one or two allocations: an INFO line per
+    # push cost the push thread as much as writing the allocation's file.
+    # A refusal is worth a line; an acceptance is DEBUG, as submit's own.
+    log.log(
+        logging.INFO if refused else logging.DEBUG,
+        "push accepted=%d refused=%d",
+        len(results) - refused,
+        refused,
+    )
     return {"message": "Allocations accepted", "allocations": results}
 
 

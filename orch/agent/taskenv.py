@@ -134,7 +134,22 @@ def interpolate_config(config: dict, env: dict) -> dict:
 
 def interpolated(ctx: TaskContext) -> TaskContext:
     """The context with its config interpolated against its own env (as the driver sees it)."""
+    if not _references(ctx.config):
+        return ctx  # most configs have no ${...}: no copies, no dataclass rebuilt
     return dataclasses.replace(ctx, config=interpolate_config(ctx.config, ctx.env))
+
+
+def _references(config: dict) -> bool:
+    """Might `interpolate_config` change anything (a "${" in command, args or env)?"""
+    command, args, extra = config.get("command"), config.get("args"), config.get("env")
+    values: list = [command]
+    if isinstance(command, list):
+        values += command
+    if isinstance(args, list):
+        values += args
+    if isinstance(extra, dict):
+        values += extra.values()
+    return any(isinstance(v, str) and "${" in v for v in values)
 
 
 def meta_env(meta: dict) -> dict[str, str]:

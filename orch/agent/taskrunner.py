@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from orch.agent import taskenv
 from orch.agent.drivers import select_driver
 from orch.agent.drivers.base import Driver, ExitResult, TaskContext
+from orch.agent.flag import Flag
 from orch.errors import DriverError
 from orch.structs import TERMINAL_TASK, JobType, Task, TaskState, TaskStatus
 from orch.validation import kill
@@ -100,14 +101,14 @@ class TaskRunner:
         self._recovered: tuple[Driver, Any] | None = None
         self._driver: Driver | None = None
         self._handle: Any = None
-        self._killed = threading.Event()
+        self._killed = Flag()
         self._kill_reason = ""
         self._kill_fails = False
         self._restart_reason = ""  # set by restart(): the next exit starts it again
         self._restarts = RestartTracker.for_group(alloc.spec.restart, alloc.config)
         self._started = False  # start() was called: something will record the end
         self._thread: threading.Thread | None = None  # the one waiting for it, if any
-        self._over = threading.Event()  # ended for good, recorded, allocation told
+        self._over = Flag()  # ended for good, recorded, allocation told
         # Every run so far left nothing behind (None: no run ended yet).
         self._runs_contained: bool | None = None
 

@@ -80,6 +80,16 @@ def test_a_batch_push_logs_one_info_line_not_one_per_allocation(served, caplog):
     assert accepted == ["push accepted=2 refused=1"]
 
 
+def test_a_batch_push_with_nothing_refused_says_so_at_debug_only(served, caplog):
+    agent, url, _ = served
+    body = {"allocations": [alloc("d1"), alloc("d2")]}
+    with caplog.at_level("DEBUG", logger="orch.agent"):
+        resp = requests.post(f"{url}/allocations/batch", json=body, headers=AUTH, timeout=5)
+        assert resp.status_code == 200
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if "push" in r.getMessage()]
+    assert lines == [("DEBUG", "push accepted=2 refused=0")]
+
+
 @pytest.mark.parametrize(
     "path, body, headers, status",
     [

@@ -169,3 +169,17 @@ def test_a_pooled_cgroups_files_are_opened_once(tmp_path, monkeypatch):
     ended(first, procs="4242\n")
     assert cgroups.create("b-t", 64, 1024) != first
     assert removed == [first.dirs[0]] and not cgroups._kept_files._fds
+
+
+def test_a_name_given_as_a_function_is_asked_for_only_when_a_cgroup_is_made(tmp_path):
+    cgroups, _, _ = pool(tmp_path)
+    asked: list[str] = []
+
+    def name(which):
+        return lambda: asked.append(which) or which
+
+    first = cgroups.create(name("a1-t"), 64, 1024)
+    assert asked == ["a1-t"] and first.dirs[0].endswith("a1-t")
+    cgroups.release(ended(first))
+    assert cgroups.create(name("a2-t"), 64, 1024) == first  # pooled: no name needed
+    assert asked == ["a1-t"]

@@ -157,6 +157,40 @@ def test_interpolation_replaces_known_names_only():
     assert config["command"] == ["serve", "${ORCH_PORT_http}"]  # the spec is not changed
 
 
+def context(config):
+    return TaskContext(
+        alloc_id="a1",
+        job_id="web",
+        task_name="t",
+        config=config,
+        resources=Resources(100, 64),
+        task_dir="/t",
+        stdout_path="o",
+        stderr_path="e",
+        env={"ORCH_JOB_ID": "web"},
+    )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"command": "echo ${ORCH_JOB_ID}"},
+        {"command": ["echo", "${ORCH_JOB_ID}"]},
+        {"command": "echo", "args": ["${ORCH_JOB_ID}"]},
+        {"command": "env", "env": {"JOB": "${ORCH_JOB_ID}"}},
+    ],
+)
+def test_a_config_with_a_reference_anywhere_is_interpolated(config):
+    ctx = context(config)
+    out = taskenv.interpolated(ctx)
+    assert out is not ctx and "${" not in repr(out.config) and "web" in repr(out.config)
+
+
+def test_a_config_without_references_is_the_context_itself():
+    ctx = context({"command": ["echo", "$HOME", "{x}"], "args": ["$", 1], "env": {"A": "b"}})
+    assert taskenv.interpolated(ctx) is ctx
+
+
 def test_docker_publishes_each_port_to_its_to_and_sees_container_paths(tmp_path):
     ctx = TaskContext(
         alloc_id="a1",

@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from orch.agent.tasksup.limits import CgroupFiles
@@ -119,8 +120,12 @@ class Cgroups:
                     )
             return self.version
 
-    def create(self, name: str, memory_mb: int, shares: int) -> TaskCgroup | None:
-        """A task's cgroup with its limits written; None where cgroups are unusable."""
+    def create(
+        self, name: str | Callable[[], str], memory_mb: int, shares: int
+    ) -> TaskCgroup | None:
+        """A task's cgroup with its limits written; None where cgroups are unusable.
+
+        `name` may be a function, called only when a new cgroup is made."""
         version = self.detect()
         if version is None:
             return None
@@ -128,6 +133,8 @@ class Cgroups:
         group = self._reuse(key)
         if group is not None:
             return group
+        if callable(name):
+            name = name()
         try:
             if version == "v2":
                 group = self._create_v2(name, memory_mb, shares)

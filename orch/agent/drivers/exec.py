@@ -292,8 +292,12 @@ class ExecDriver(Driver):
         memory, cpu = ctx.resources.memory, ctx.resources.cpu
         if memory <= 0 and cpu <= 0:
             return {}
-        # Unique per start: a previous run's supervisor may still be removing its own.
-        name = f"{ctx.alloc_id}-{ctx.task_name}-{uuid.uuid4().hex[:8]}"
+
+        # Unique per start: a previous run's supervisor may still be removing
+        # its own. Named only when one is made (most starts reuse a pooled one).
+        def name() -> str:
+            return f"{ctx.alloc_id}-{ctx.task_name}-{uuid.uuid4().hex[:8]}"
+
         group = self._cgroups.create(name, memory, cpu_shares(cpu) if cpu > 0 else 0)
         if group is None:
             return {"watchdog_mb": memory}
