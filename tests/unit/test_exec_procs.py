@@ -1,13 +1,16 @@
-"""orch.agent.drivers.procs: create times read cheaply; group members and descendants
-from one shared walk of /proc."""
+"""orch.agent.drivers.procs: create times read cheaply; group members from one
+shared walk of /proc, unless the leader answers; descendants from the task's
+own subtree."""
 
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
 
 import psutil
+import pytest
 
 from orch.agent.drivers import procs
 
@@ -88,3 +91,74 @@ def test_threads_asking_together_share_walks(monkeypatch):
     assert len(answers) == 16 and all(any(r[0] == os.getpid() for r in a) for a in answers)
     # One walk begun before the others asked, one after at most: never one each.
     assert len(walks) <= 2
+
+
+def _count_walks(monkeypatch) -> list[int]:
+    walks: list[int] = []
+    real = procs._walk_proc
+
+    def counted():
+        walks.append(1)
+        return real()
+
+    monkeypatch.setattr(procs, "_walk_proc", counted)
+    return walks
+
+
+def _kill_tree(leader: subprocess.Popen) -> None:
+    for proc in procs.descendants(leader.pid):
+        proc.kill()
+    leader.kill()
+    leader.wait()
+
+
+@pytest.mark.skipif(
+    not procs._HAS_CHILDREN_FILES, reason="no /proc/<pid>/task/<tid>/children in this kernel"
+)
+def test_descendants_come_from_the_tasks_own_subtree_as_a_walk_finds_them(monkeypatch):
+    # A child in the group, and one that left it (setsid) with a child of its own.
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 30 & setsid sh -c 'sleep 30 & wait' & wait"],
+        start_new_session=True,
+    )
+    try:
+        assert wait_for(lambda: len(procs.descendants(leader.pid)) == 3)
+        walks = _count_walks(monkeypatch)
+        ours = {p.pid for p in procs.descendants(leader.pid)}
+        assert walks == []  # the subtree's children files, not all of /proc
+        by_walk = procs._walked_children()
+        walked, todo = set(), list(by_walk(leader.pid))
+        while todo:
+            walked.add(todo[-1])
+            todo.extend(by_walk(todo.pop()))
+        assert ours == walked and len(walks) == 1
+        assert procs.descendants(2**22 + 1) == []  # no such process
+    finally:
+        _kill_tree(leader)
+
+
+def test_group_alive_asks_the_leader_first_and_walks_only_when_it_is_gone(monkeypatch):
+    walks = _count_walks(monkeypatch)
+    alone = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert procs.group_alive(alone.pid)
+        assert walks == []  # its leader is alive: no walk of /proc
+    finally:
+        alone.kill()
+        alone.wait()
+    assert not procs.group_alive(alone.pid)
+    # The leader ended (a zombie until waited for), a member lives on: only
+    # a walk finds it.
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 30 & echo $!"], stdout=subprocess.PIPE, start_new_session=True
+    )
+    member = int(leader.stdout.readline())
+    leader.stdout.close()
+    try:
+        assert wait_for(lambda: procs._leader_state(leader.pid) in (None, "Z"))
+        assert procs.group_alive(leader.pid)
+        assert walks
+    finally:
+        os.kill(member, signal.SIGKILL)
+        leader.wait()
+    assert wait_for(lambda: not procs.group_alive(leader.pid))

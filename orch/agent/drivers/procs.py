@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -40,7 +41,30 @@ def group_alive(pgid: int) -> bool:
     except OSError as exc:
         if exc.errno != errno.EPERM:
             return False
+    # The leader alive answers without a walk of /proc (3-4 ms of CPU at ~100
+    # processes): a stop asks right after its signal, while it is dying.
+    if _leader_state(pgid) not in (None, "Z"):
+        return True
     return any(state != "Z" for state in group_states(pgid))
+
+
+def _leader_state(pgid: int) -> str | None:
+    """The state of the group's leader (pid ``pgid``); None if it is gone or
+    left the group (its pid cannot be reused while the group exists)."""
+    fields = _stat_fields(pgid)
+    if fields is None or len(fields) < 3 or int(fields[2]) != pgid:
+        return None
+    return fields[0].decode()
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat's fields after the command name (state first)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()
 
 
 def group_states(pgid: int) -> list[str]:
@@ -65,18 +89,46 @@ def descendants(pid: int) -> list[psutil.Process]:
             return psutil.Process(pid).children(recursive=True)
         except psutil.Error:
             return []
-    children: dict[int, list[int]] = {}
-    for child, parent, _, _ in PROC_SCAN.rows():
-        children.setdefault(parent, []).append(child)
-    found, todo = [], list(children.get(pid, ()))
+    # The task's own subtree, not all of /proc: a stop asks this before its
+    # signal, and a walk cost 3-4 ms of CPU beside the next task's start.
+    children_of = _children if _HAS_CHILDREN_FILES else _walked_children()
+    found, todo = [], list(children_of(pid))
     while todo:
         child = todo.pop()
         try:
             found.append(psutil.Process(child))
         except psutil.Error:
             continue  # gone since the walk: nothing to kill
-        todo.extend(children.get(child, ()))
+        todo.extend(children_of(child))
     return found
+
+
+def _walked_children() -> Callable[[int], list[int]]:
+    """pid -> its children, from one walk of /proc."""
+    children: dict[int, list[int]] = {}
+    for child, parent, _, _ in PROC_SCAN.rows():
+        children.setdefault(parent, []).append(child)
+    return lambda parent: children.get(parent, [])
+
+
+def _children(pid: int) -> list[int]:
+    """pid's children, from each of its threads' ``children`` file."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []  # gone
+    kids: list[int] = []
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids.extend(int(kid) for kid in f.read().split())
+        except OSError:
+            continue  # the thread (or the process) ended meanwhile
+    return kids
+
+
+# Linux with CONFIG_PROC_CHILDREN (most kernels); elsewhere, a walk of /proc.
+_HAS_CHILDREN_FILES = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
 
 
 class ProcScan:
