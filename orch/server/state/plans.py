@@ -116,7 +116,10 @@ class PlanWrites(StoreCore):
             # Updates are built from a read made before the lock: one that
             # would undo a stop committed meanwhile (job stopped) is stale.
             live = [self._keep_migrate(a) for a in allocs if self._still_current(a)]
-            self._write([(self._UPSERT_ALLOC, self._alloc_rows(live))])
+            # Each one stored (_still_current): on SQLite its row is updated in
+            # place; PostgreSQL's change log replays upserts only.
+            sql = self._UPSERT_ALLOC if self.backend.shared else self._UPDATE_ALLOC
+            self._write([(sql, self._alloc_rows(live))])
             for alloc in live:
                 self._index_alloc(alloc)
 
