@@ -216,9 +216,13 @@ def test_delete_kills_and_removes(url, http, agent):
         timeout=TIMEOUT,
     )
     assert wait_for(lambda: all(r.handle_json for r in agent.get("a1").tasks.values()))
-    pids = [r.handle_json["pid"] for r in agent.get("a1").tasks.values()]
-    pids += [c.pid for p in pids for c in psutil.Process(p).children(recursive=True)]
-    assert len(pids) >= 3
+    leaders = [r.handle_json["pid"] for r in agent.get("a1").tasks.values()]
+
+    def family() -> list[int]:  # the shell forks its sleeps after it starts
+        return leaders + [c.pid for p in leaders for c in psutil.Process(p).children(True)]
+
+    assert wait_for(lambda: len(family()) >= 4)  # two leaders, t's two sleeps
+    pids = family()
     resp = http.delete(f"{url}/allocations/a1", timeout=TIMEOUT)
     assert resp.status_code == 200
     assert resp.json() == {"message": "Allocation a1 stopped and removed"}
