@@ -49,14 +49,22 @@ def find_program(program: str, env: dict) -> str:
         return program
     # Not shutil.which: it skips a file found but not executable, and the
     # task's error must say "permission denied" there, as execvp would.
-    denied = None
-    for directory in os.get_exec_path(env):
-        path = os.path.join(directory, program)
-        if os.path.isfile(path):
-            if os.access(path, os.X_OK):
-                return path
-            denied = path
-    if denied is not None:  # as execvp: found, but not executable
+    # A miss is one access() without an exception (isfile raises and catches
+    # one per missing file), a dir named twice on PATH is looked in once, and
+    # not os.get_exec_path (its warnings guard alone costs a miss or two): the
+    # lookup runs at every start, and agents' PATHs are often long.
+    path = env.get("PATH")
+    dirs = list(dict.fromkeys((os.defpath if path is None else path).split(os.pathsep)))
+    for directory in dirs:
+        candidate = os.path.join(directory, program)
+        if os.access(candidate, os.X_OK) and os.path.isfile(candidate):
+            return candidate
+    denied = None  # nothing runnable: as execvp, say so if a file was there
+    for directory in dirs:
+        candidate = os.path.join(directory, program)
+        if os.path.isfile(candidate):
+            denied = candidate
+    if denied is not None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), denied)
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
 
