@@ -21,6 +21,7 @@ from orch.agent.drivers import default_drivers
 from orch.agent.drivers.base import Driver
 from orch.agent.fingerprint import fingerprint, refresh_drivers
 from orch.agent.loop import NodeLoop
+from orch.agent.sidebyside import side_by_side
 from orch.agent.spec import AllocSpec, parse_alloc
 from orch.agent.state import AgentStore
 from orch.config import AgentConfig
@@ -150,16 +151,7 @@ class Agent:
                 log.exception("stop of alloc %s failed", alloc_id[-8:])
                 results[alloc_id] = {"error": f"{type(exc).__name__}: {exc}"}
 
-        threads = [
-            threading.Thread(target=stop, args=(alloc_id,), daemon=True, name="stop-batch")
-            for alloc_id in unique[1:]
-        ]
-        for thread in threads:
-            thread.start()
-        if unique:
-            stop(unique[0])
-        for thread in threads:
-            thread.join()
+        side_by_side(stop, unique, "stop-batch")
         return {alloc_id: results[alloc_id] for alloc_id in unique}
 
     def _stop_and_remove(self, alloc_id: str, runner: AllocRunner) -> None:
@@ -449,19 +441,9 @@ class Agent:
         for runner in self.allocations():
             runner.hurry()  # a stop under way must not wait out its shutdown_delay
         if stop_tasks:
-            threads = [
-                threading.Thread(
-                    target=r.kill,
-                    args=("agent shutting down",),
-                    kwargs={"fails": True},
-                    daemon=True,
-                )
-                for r in self.allocations()
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            side_by_side(
+                lambda r: r.kill("agent shutting down", fails=True), self.allocations(), "shutdown"
+            )
         self.persist()
         for driver in self.drivers.values():
             driver.close()

@@ -31,6 +31,7 @@ from orch.agent import taskenv
 from orch.agent.drivers import select_driver
 from orch.agent.drivers.base import Driver, TaskContext
 from orch.agent.flag import Flag
+from orch.agent.sidebyside import side_by_side
 from orch.agent.spec import AllocSpec
 from orch.agent.state import AgentStore
 from orch.agent.taskrunner import TaskRunner
@@ -451,14 +452,6 @@ class AllocRunner:
 
 def _kill_parallel(runners: list[TaskRunner], reason: str, fails: bool) -> None:
     """Kill tasks side by side, so the grace periods overlap instead of adding up."""
-    runners = [r for r in runners if not r.terminal]
-    threads = [
-        threading.Thread(target=r.kill, args=(reason,), kwargs={"fails": fails}, daemon=True)
-        for r in runners[1:]
-    ]
-    for thread in threads:
-        thread.start()
-    if runners:
-        runners[0].kill(reason, fails=fails)
-    for thread in threads:
-        thread.join()
+    side_by_side(
+        lambda r: r.kill(reason, fails=fails), [r for r in runners if not r.terminal], "kill"
+    )

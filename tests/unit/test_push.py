@@ -235,18 +235,26 @@ def batch_agent(refuse=()):
     return answer
 
 
-def test_places_waiting_for_a_node_go_out_as_one_batch(closing):
+def held_node(answer, closing):
+    """(agent, harness, gate): a little agent whose answers wait for the gate,
+    and a batching pusher to it as node "n". The first call holds the node, so
+    the wishes made meanwhile wait together behind it."""
     gate = threading.Event()
 
-    def answer(method, path, body):
-        gate.wait(5)  # the first call holds the node: the rest wait together
-        return batch_agent(refuse={"alloc-0007"})(method, path, body)
+    def held(method, path, body):
+        gate.wait(5)
+        return answer(method, path, body)
 
-    agent = Recorder(answer)
+    agent = Recorder(held)
     closing(agent)
     h = Harness(workers=1, batch_max=64)
     closing(h.pusher)
     h.endpoints["n"] = agent.url
+    return agent, h, gate
+
+
+def test_places_waiting_for_a_node_go_out_as_one_batch(closing):
+    agent, h, gate = held_node(batch_agent(refuse={"alloc-0007"}), closing)
     h.pusher.place([alloc(0, "n")], JOB)
     assert wait_for(lambda: len(agent.calls) == 1)
     h.pusher.place([alloc(i, "n") for i in range(1, 11)], JOB)
@@ -260,17 +268,12 @@ def test_places_waiting_for_a_node_go_out_as_one_batch(closing):
 
 
 def test_an_agent_without_the_batch_route_gets_one_call_each(closing):
-    gate = threading.Event()
-
-    def answer(method, path, body):
-        gate.wait(5)
-        return (404, {"error": "not found"}) if path.endswith("/batch") else (200, {})
-
-    agent = Recorder(answer)
-    closing(agent)
-    h = Harness(workers=1, batch_max=64)
-    closing(h.pusher)
-    h.endpoints["n"] = agent.url
+    agent, h, gate = held_node(
+        lambda method, path, body: (
+            (404, {"error": "not found"}) if path.endswith("/batch") else (200, {})
+        ),
+        closing,
+    )
     h.pusher.place([alloc(0, "n")], JOB)
     assert wait_for(lambda: len(agent.calls) == 1)
     h.pusher.place([alloc(i, "n") for i in range(1, 6)], JOB)
@@ -298,17 +301,7 @@ def stop_agent(missing=(), broken=()):
 
 
 def test_stops_waiting_for_a_node_go_out_as_one_batch(closing):
-    gate = threading.Event()
-
-    def answer(method, path, body):
-        gate.wait(5)  # the first call holds the node: the rest wait together
-        return stop_agent(missing={"alloc-0003"}, broken={"alloc-0005"})(method, path, body)
-
-    agent = Recorder(answer)
-    closing(agent)
-    h = Harness(workers=1, batch_max=64)
-    closing(h.pusher)
-    h.endpoints["n"] = agent.url
+    agent, h, gate = held_node(stop_agent(missing={"alloc-0003"}, broken={"alloc-0005"}), closing)
     h.pusher.stop([alloc(0, "n")])
     assert wait_for(lambda: len(agent.calls) == 1)
     h.pusher.stop([alloc(i, "n") for i in range(1, 8)])
@@ -326,17 +319,12 @@ def test_stops_waiting_for_a_node_go_out_as_one_batch(closing):
 
 
 def test_an_agent_without_the_batch_stop_route_gets_one_delete_each(closing):
-    gate = threading.Event()
-
-    def answer(method, path, body):
-        gate.wait(5)
-        return (405, {"error": "method not allowed"}) if path.endswith("/stop") else (200, {})
-
-    agent = Recorder(answer)
-    closing(agent)
-    h = Harness(workers=1, batch_max=64)
-    closing(h.pusher)
-    h.endpoints["n"] = agent.url
+    agent, h, gate = held_node(
+        lambda method, path, body: (
+            (405, {"error": "method not allowed"}) if path.endswith("/stop") else (200, {})
+        ),
+        closing,
+    )
     h.pusher.stop([alloc(0, "n")])
     assert wait_for(lambda: len(agent.calls) == 1)
     h.pusher.stop([alloc(i, "n") for i in range(1, 4)])

@@ -174,13 +174,8 @@ def _walk_proc() -> list[tuple[int, int, int, str]]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2:
+        fields = _stat_fields(int(name))
+        if fields is not None and len(fields) > 2:
             rows.append((int(name), int(fields[1]), int(fields[2]), fields[0].decode()))
     return rows
 
