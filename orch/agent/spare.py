@@ -21,7 +21,13 @@ import os
 import shutil
 import threading
 
-SPARE_MAX = 64  # dirs kept: a burst's worth; beyond, collected ones are removed
+# Dirs kept: a burst's worth; beyond, collected ones are removed. A node's
+# allocation dirs peak during a burst (in flight, not yet acknowledged, and
+# the gc_keep newest): bench/e2e.py's 1,000 batch jobs on 3 agents peaked at
+# ~190 a node, and a pool of 64 then overflowed at every burst's end (an
+# rmtree per dir beyond it) and came up short in the next (a mkdir per dir
+# missing). An empty pair of dirs holds two inodes and ~8 KB: 256 = ~2 MB.
+SPARE_MAX = 256
 
 
 class SpareDirs:

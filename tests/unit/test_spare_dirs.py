@@ -166,3 +166,22 @@ def test_dirs_a_task_user_owned_are_removed_not_reused(tmp_path):
         assert runner.contained and len(agent.store.spares) == 0
     finally:
         agent.shutdown(stop_tasks=True)
+
+
+def test_a_burst_of_200_allocations_is_all_kept_and_all_reused(tmp_path):
+    """A node's dirs peak in a burst (bench/e2e.py's batch: ~190 a node):
+    every one is kept when the burst is collected, and the next burst makes none."""
+    store = AgentStore(str(tmp_path))
+    burst = [f"a{i}" for i in range(200)]
+    for alloc_id in burst:  # all live at once
+        store.save_alloc(alloc_id, {"x": 1}, ("t",))
+        os.mkdir(store.task_dir(alloc_id, "t"))
+    inodes = {os.stat(store.alloc_dir(a)).st_ino for a in burst}
+    for alloc_id in burst:
+        store.remove_alloc(alloc_id, reuse=True)
+    assert len(store.spares) == 200 and os.listdir(store.allocs_dir) == []
+    for alloc_id in (f"b{i}" for i in range(200)):
+        store.save_alloc(alloc_id, {"x": 2}, ("t",))
+        assert os.stat(store.alloc_dir(alloc_id)).st_ino in inodes  # a spare, not a mkdir
+        assert os.path.isdir(store.task_dir(alloc_id, "t"))
+    assert len(store.spares) == 0
