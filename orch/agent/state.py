@@ -94,21 +94,25 @@ class AgentStore:
         os.replace(tmp, path)
         return secret
 
+    # Allocation ids and task names are validated (orch.validation.fields: no
+    # '/', no '..'), so a path is their plain concatenation: os.path.join
+    # costs ~2 us a call, and a job's start and collection made ~10 of them.
+
     def alloc_dir(self, alloc_id: str) -> str:
-        return os.path.join(self.allocs_dir, alloc_id)
+        return f"{self.allocs_dir}/{alloc_id}"
 
     def task_dir(self, alloc_id: str, task: str) -> str:
-        return os.path.join(self.allocs_dir, alloc_id, task)
+        return f"{self.allocs_dir}/{alloc_id}/{task}"
 
     def log_path(self, alloc_id: str, task: str, kind: str) -> str:
-        return os.path.join(self.task_dir(alloc_id, task), f"{kind}.log")
+        return f"{self.allocs_dir}/{alloc_id}/{task}/{kind}.log"
 
     def save_alloc(self, alloc_id: str, doc: dict | bytes, tasks: tuple[str, ...] = ()) -> None:
         """Persist an allocation (a document, or its JSON); a no-op once it was
         removed. Its first write makes its dir, from a spare one with these
         task dirs if there is one."""
         raw = doc if isinstance(doc, bytes) else json.dumps(doc, separators=(",", ":")).encode()
-        path = os.path.join(self.allocs_dir, alloc_id, ALLOC_FILE)
+        path = f"{self.allocs_dir}/{alloc_id}/{ALLOC_FILE}"
         with self._lock:
             if alloc_id in self._removed:
                 return

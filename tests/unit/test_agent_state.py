@@ -292,3 +292,18 @@ def test_make_dir_takes_one_system_call_when_the_parent_is_there(tmp_path, monke
     (tmp_path / "f").write_text("")
     with pytest.raises(FileExistsError):
         make_dir(str(tmp_path / "f"))
+
+
+def test_paths_are_the_joins_of_their_parts_however_the_data_dir_is_written(tmp_path, monkeypatch):
+    """The store concatenates validated ids and names (no '/', no '..') instead of
+    calling os.path.join: the result must be the same path."""
+    monkeypatch.chdir(tmp_path)
+    for data_dir in ("rel/", "rel//agent/", f"{tmp_path}/abs/", "."):
+        store = AgentStore(data_dir)
+        allocs = os.path.join(os.path.abspath(data_dir), "allocs")
+        assert store.alloc_dir("a-1.x_y") == os.path.join(allocs, "a-1.x_y")
+        assert store.task_dir("a-1", "web.1") == os.path.join(allocs, "a-1", "web.1")
+        assert store.log_path("a-1", "t", "stderr") == os.path.join(allocs, "a-1", "t", "stderr.log")
+        store.save_alloc("a-1", {"x": 1})
+        assert os.path.isfile(os.path.join(allocs, "a-1", "alloc.json"))
+        store.remove_alloc("a-1")
