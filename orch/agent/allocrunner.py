@@ -413,8 +413,9 @@ class AllocRunner:
         self._on_change()
 
     def _ended_unrecorded(self) -> bool:
-        """Over, and only this file would say how (caller holds the lock)."""
-        if self.status() not in (AllocStatus.COMPLETE, AllocStatus.FAILED):
+        """Over, and only this file would say how (caller holds the lock, and
+        has just derived the status: `_update_times`)."""
+        if self._last_status not in (AllocStatus.COMPLETE, AllocStatus.FAILED):
             return False
         return not all(runner.exit_kept for runner in self.tasks.values())
 
