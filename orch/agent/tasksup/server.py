@@ -49,7 +49,6 @@ from orch.agent.tasksup.limits import (
     cgroup_oom,
     open_join,
     process_tree,
-    read_file,
     remove_cgroups,
     tree_rss,
 )
@@ -62,6 +61,7 @@ RMDIR_RETRY = 0.05  # a cgroup may stay busy for a moment after its last kill
 RMDIR_GIVE_UP = 5.0
 LONELY_EXIT = 10.0  # started, but no agent ever connected: leave
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+TICK_NS = 1_000_000_000 // CLOCK_TICKS  # as the kernel's nsec_to_clock_t rounds
 # Run records kept open from the claim to the exit line (one open and one
 # path walk fewer a run); beyond this many running tasks the rest are
 # reopened by path at their end, so a node of long services keeps its fds.
@@ -263,6 +263,8 @@ class Supervisor:
     def _spawn_claimed(self, spec: dict, fd: int, conn: socket.socket | None) -> tuple[dict, bool]:
         """Start a claimed run; its record's lines go through `fd`. Also
         says whether the run kept `fd` open for its exit line."""
+        # Just before the fork: the task's start time to the kernel's tick.
+        before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         try:
             pid, popen = _spawn(spec, self.devnull, (self.homes, self.files), self.home_dir)
         except OSError as exc:
@@ -284,7 +286,7 @@ class Supervisor:
             # Its directory is gone already (a DELETE): the task is not wanted.
             _note(f"the task's run record {spec['record_path']} is gone: killing it")
             _killpg(pid, signal.SIGKILL)
-        return {"pid": pid, "create_time": _create_time(pid, self.boot_time)}, keep_fd
+        return {"pid": pid, "create_time": _create_time(before, self.boot_time)}, keep_fd
 
     # -- ending ---------------------------------------------------------------
 
@@ -473,24 +475,19 @@ def _boot_time() -> float | None:
     return None
 
 
-def _create_time(pid: int, boot_time: float | None) -> float | None:
-    """When our child `pid` started, as psutil computes it; None if unknown.
+def _create_time(boottime_ns: int, boot_time: float | None) -> float | None:
+    """psutil's create time of a child forked at `boottime_ns` (CLOCK_BOOTTIME,
+    read just before the fork); None if unknown.
 
-    Read here, where the child cannot be gone yet (it is not reaped before
-    this returns): the agent, reading it after our answer, found a task as
-    short as `true` already reaped most of the time, and then paid psutil's
-    slower path to learn nothing."""
+    /proc/<pid>/stat's start time is the same clock at the fork, in ticks:
+    taken from our own clock, the start saves that file's open, read and
+    close (its start time a tick early at worst, when a tick falls between
+    the read and the fork; agents tell pids apart to 0.5 s). The agent,
+    reading it itself after our answer, found a task as short as `true`
+    already reaped most of the time."""
     if boot_time is None:
         return None
-    stat = read_file(f"/proc/{pid}/stat")  # os.open/read: no io objects
-    if not stat:
-        return None
-    try:
-        # After the command name, which may hold spaces and parentheses.
-        ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
-    except (ValueError, IndexError):
-        return None
-    return boot_time + ticks / CLOCK_TICKS
+    return boot_time + boottime_ns // TICK_NS / CLOCK_TICKS
 
 
 def _note(message: str) -> None:
