@@ -52,8 +52,23 @@ from orch.agent.tasksup.limits import (
     remove_cgroups,
     tree_rss,
 )
-from orch.agent.tasksup.protocol import IN_USE, READY, receive, socket_address, take_lines
-from orch.agent.tasksup.records import append, append_fd, claim, exit_doc, write_all
+from orch.agent.tasksup.protocol import (
+    IN_USE,
+    READY,
+    encode,
+    receive,
+    socket_address,
+    take_lines,
+)
+from orch.agent.tasksup.records import (
+    append,
+    append_fd,
+    claim,
+    exit_doc,
+    line_of,
+    start_line,
+    write_all,
+)
 from orch.agent.tasksup.spawn import no_inherited_fds, open_cwd, posix_spawn_task
 
 WATCHDOG_INTERVAL = 0.2  # seconds between RSS samples without cgroups
@@ -122,6 +137,7 @@ class Supervisor:
         self.rmdirs: list[tuple[float, str]] = []  # (give up at, cgroup dir)
         self.ever_connected = False
         self.started = time.monotonic()
+        self.pid = os.getpid()  # each record's first line: a syscall a start saved
         # Opened once, not per start: each open is a syscall on the start path.
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         # Where the supervisor goes back to after starting a task in its cwd
@@ -216,12 +232,13 @@ class Supervisor:
             reply["id"] = request.get("id") if isinstance(request, dict) else None
             self._send(conn, reply)
 
-    def _send(self, conn: socket.socket, doc: dict) -> None:
-        """Queue a line for `conn`: `_flush` sends it before the loop waits again."""
+    def _send(self, conn: socket.socket, doc: dict | bytes) -> None:
+        """Queue a line (a dict, or its encoded line) for `conn`: `_flush`
+        sends it before the loop waits again."""
         out = self.outbox.get(conn)
         if out is None:
             out = self.outbox[conn] = bytearray()
-        out += json.dumps(doc).encode() + b"\n"
+        out += doc if isinstance(doc, bytes) else encode(doc)
 
     def _flush(self) -> None:
         outbox, self.outbox = self.outbox, {}
@@ -238,7 +255,7 @@ class Supervisor:
         self.outbox.pop(conn, None)
         conn.close()
 
-    def _broadcast(self, doc: dict) -> None:
+    def _broadcast(self, doc: dict | bytes) -> None:
         for conn, _ in list(self.clients.values()):
             self._send(conn, doc)
 
@@ -246,7 +263,7 @@ class Supervisor:
 
     def _start(self, spec: dict, conn: socket.socket | None = None) -> dict:
         record = spec["record_path"]
-        fd = claim(record)
+        fd = claim(record, self.pid)
         if fd is None:
             # The run was started already (by this supervisor, for an agent
             # that died before saving its handle): never twice.
@@ -278,7 +295,7 @@ class Supervisor:
         run = Run(pid, popen, spec, conn, fd if keep_fd else None)
         self.runs[pid] = run
         try:
-            recorded = append_fd(fd, {"pid": pid, "memory_mb": spec.get("memory_mb") or 0})
+            recorded = append_fd(fd, start_line(pid, spec.get("memory_mb") or 0))
         except OSError as exc:
             _note(f"cannot record the task's run: {exc}")
             recorded = False
@@ -320,15 +337,17 @@ class Supervisor:
         kept = not oom and self._keeps(run)
         if kept:
             doc["cgroups_kept"] = run.cgroup_dirs
-        line: dict = {"exited": run.pid}
+        line = b'{"exited": %d}\n' % run.pid
         try:
+            recorded = line_of(doc)  # encoded once: the record's line and the agents'
             if run.record_fd is not None:
-                append_fd(run.record_fd, doc)
+                # No link count asked: the task is over, whoever reads the record.
+                write_all(run.record_fd, recorded)
             else:
-                append(run.record_path, doc)
+                append(run.record_path, recorded)
             # Recorded: the agent may take the end from this line, without
             # opening the record.
-            line.update(doc)
+            line = b'{"exited": %d, ' % run.pid + recorded[1:]
         except OSError as exc:
             _note(f"cannot record the task's exit: {exc}")
         finally:
