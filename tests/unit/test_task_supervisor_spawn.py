@@ -147,6 +147,29 @@ def test_the_exit_line_goes_through_the_claimed_record(sup, tmp_path, monkeypatc
             os.fstat(kept)  # closed
 
 
+def test_the_create_time_in_an_answer_is_psutils_to_the_tick_without_reading_proc(
+    sup, tmp_path, monkeypatch
+):
+    import psutil
+
+    opened: list[str] = []
+    real_open = os.open
+
+    def open_noted(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(server.os, "open", open_noted)
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    for i in range(5):
+        answer = sup._start(spec_in(tmp_path, f"t{i}", ["sleep", "30"]))
+        # Taken from the clock just before the fork: at worst a tick early,
+        # never late (psutil's figure is that fork's tick).
+        lag = psutil.Process(answer["pid"]).create_time() - answer["create_time"]
+        assert -1e-6 <= lag <= tick + 1e-6
+    assert not [path for path in opened if path.startswith("/proc/")]
+
+
 def test_a_task_started_as_a_user_still_goes_through_subprocess(sup, tmp_path):
     spec = spec_in(tmp_path, "t", ["sleep", "30"])
     spec["user"] = {"uid": os.getuid(), "gid": os.getgid(), "groups": []}

@@ -215,8 +215,8 @@ class ExecDriver(Driver):
         if dirs:
             self._task_cgroups[record_path] = dirs
         pid = int(answer["pid"])
-        # The supervisor reads it before the task can be reaped; an older
-        # supervisor (still serving after an agent upgrade) does not send it.
+        # The supervisor takes it from its clock at the fork; an older
+        # supervisor (still serving after an agent upgrade) may not send it.
         created = answer.get("create_time")
         log.debug(
             "exec started alloc=%s task=%s pid=%d supervisor=%d",

@@ -14,10 +14,13 @@ packages, so it stays stdlib only.
 
 from __future__ import annotations
 
+import json
+import math
 import socket
 
 READY = b"ready\n"
 IN_USE = b"in-use\n"
+_ANSWER_KEYS = {"pid", "create_time", "id"}  # a start's answer (`encode`)
 
 
 def receive(sock: socket.socket) -> bytes:
@@ -36,6 +39,19 @@ def take_lines(buf: bytearray) -> list[bytes]:
     lines = bytes(buf[:end]).split(b"\n")
     del buf[: end + 1]
     return lines
+
+
+def encode(doc: dict) -> bytes:
+    """`doc` as a line. A start's answer, one a start, is formatted (~1 us
+    against ~7 for json.dumps); anything else goes through json."""
+    if doc.keys() == _ANSWER_KEYS:
+        pid, created, line_id = doc["pid"], doc["create_time"], doc["id"]
+        if type(pid) is int and type(line_id) is int:
+            if type(created) is float and math.isfinite(created):
+                return b'{"pid": %d, "create_time": %r, "id": %d}\n' % (pid, created, line_id)
+            if created is None:
+                return b'{"pid": %d, "create_time": null, "id": %d}\n' % (pid, line_id)
+    return json.dumps(doc).encode() + b"\n"
 
 
 def socket_address(name: str) -> bytes:

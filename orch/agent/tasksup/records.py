@@ -16,7 +16,7 @@ import os
 import time
 
 
-def claim(path: str) -> int | None:
+def claim(path: str, supervisor_pid: int | None = None) -> int | None:
     """Create the run's record exclusively, with its first line: its fd if
     this start is the one (the caller appends the start's line through it
     with `append_fd`, then closes it), None if the run was claimed before.
@@ -28,26 +28,41 @@ def claim(path: str) -> int | None:
         fd = os.open(path, flags, 0o644)
     except FileExistsError:
         return None
+    pid = os.getpid() if supervisor_pid is None else supervisor_pid
     try:
-        write_all(fd, json.dumps({"supervisor_pid": os.getpid()}).encode() + b"\n")
+        write_all(fd, b'{"supervisor_pid": %d}\n' % pid)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def append_fd(fd: int, doc: dict) -> bool:
-    """One line, in one write, through a claimed record's fd: False if the
-    record was deleted meanwhile (its task dir removed: nobody will read it)."""
-    write_all(fd, json.dumps(doc).encode() + b"\n")
+def start_line(pid: int, memory_mb: object) -> bytes:
+    """The started run's line (its pid): formatted, not json.dumps (~1 us
+    against ~7, on every start), unless memory_mb is not a plain int."""
+    if type(memory_mb) is int:
+        return b'{"pid": %d, "memory_mb": %d}\n' % (pid, memory_mb)
+    return line_of({"pid": pid, "memory_mb": memory_mb})
+
+
+def line_of(doc: dict) -> bytes:
+    """A record's line: the JSON object and its newline."""
+    return json.dumps(doc).encode() + b"\n"
+
+
+def append_fd(fd: int, doc: dict | bytes) -> bool:
+    """One line (a dict, or one `line_of`), in one write, through a claimed
+    record's fd: False if the record was deleted meanwhile (its task dir
+    removed: nobody will read it)."""
+    write_all(fd, doc if isinstance(doc, bytes) else line_of(doc))
     return os.fstat(fd).st_nlink > 0
 
 
-def append(path: str, doc: dict) -> None:
-    """One line, in one write, at the end of a run's record."""
+def append(path: str, doc: dict | bytes) -> None:
+    """One line (a dict, or one `line_of`), in one write, at the end of a run's record."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
-        write_all(fd, json.dumps(doc).encode() + b"\n")
+        write_all(fd, doc if isinstance(doc, bytes) else line_of(doc))
     finally:
         os.close(fd)
 

@@ -49,12 +49,26 @@ from orch.agent.tasksup.limits import (
     cgroup_oom,
     open_join,
     process_tree,
-    read_file,
     remove_cgroups,
     tree_rss,
 )
-from orch.agent.tasksup.protocol import IN_USE, READY, receive, socket_address, take_lines
-from orch.agent.tasksup.records import append, append_fd, claim, exit_doc, write_all
+from orch.agent.tasksup.protocol import (
+    IN_USE,
+    READY,
+    encode,
+    receive,
+    socket_address,
+    take_lines,
+)
+from orch.agent.tasksup.records import (
+    append,
+    append_fd,
+    claim,
+    exit_doc,
+    line_of,
+    start_line,
+    write_all,
+)
 from orch.agent.tasksup.spawn import no_inherited_fds, open_cwd, posix_spawn_task
 
 WATCHDOG_INTERVAL = 0.2  # seconds between RSS samples without cgroups
@@ -62,6 +76,7 @@ RMDIR_RETRY = 0.05  # a cgroup may stay busy for a moment after its last kill
 RMDIR_GIVE_UP = 5.0
 LONELY_EXIT = 10.0  # started, but no agent ever connected: leave
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+TICK_NS = 1_000_000_000 // CLOCK_TICKS  # as the kernel's nsec_to_clock_t rounds
 # Run records kept open from the claim to the exit line (one open and one
 # path walk fewer a run); beyond this many running tasks the rest are
 # reopened by path at their end, so a node of long services keeps its fds.
@@ -122,6 +137,7 @@ class Supervisor:
         self.rmdirs: list[tuple[float, str]] = []  # (give up at, cgroup dir)
         self.ever_connected = False
         self.started = time.monotonic()
+        self.pid = os.getpid()  # each record's first line: a syscall a start saved
         # Opened once, not per start: each open is a syscall on the start path.
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         # Where the supervisor goes back to after starting a task in its cwd
@@ -216,12 +232,13 @@ class Supervisor:
             reply["id"] = request.get("id") if isinstance(request, dict) else None
             self._send(conn, reply)
 
-    def _send(self, conn: socket.socket, doc: dict) -> None:
-        """Queue a line for `conn`: `_flush` sends it before the loop waits again."""
+    def _send(self, conn: socket.socket, doc: dict | bytes) -> None:
+        """Queue a line (a dict, or its encoded line) for `conn`: `_flush`
+        sends it before the loop waits again."""
         out = self.outbox.get(conn)
         if out is None:
             out = self.outbox[conn] = bytearray()
-        out += json.dumps(doc).encode() + b"\n"
+        out += doc if isinstance(doc, bytes) else encode(doc)
 
     def _flush(self) -> None:
         outbox, self.outbox = self.outbox, {}
@@ -238,7 +255,7 @@ class Supervisor:
         self.outbox.pop(conn, None)
         conn.close()
 
-    def _broadcast(self, doc: dict) -> None:
+    def _broadcast(self, doc: dict | bytes) -> None:
         for conn, _ in list(self.clients.values()):
             self._send(conn, doc)
 
@@ -246,7 +263,7 @@ class Supervisor:
 
     def _start(self, spec: dict, conn: socket.socket | None = None) -> dict:
         record = spec["record_path"]
-        fd = claim(record)
+        fd = claim(record, self.pid)
         if fd is None:
             # The run was started already (by this supervisor, for an agent
             # that died before saving its handle): never twice.
@@ -263,6 +280,8 @@ class Supervisor:
     def _spawn_claimed(self, spec: dict, fd: int, conn: socket.socket | None) -> tuple[dict, bool]:
         """Start a claimed run; its record's lines go through `fd`. Also
         says whether the run kept `fd` open for its exit line."""
+        # Just before the fork: the task's start time to the kernel's tick.
+        before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         try:
             pid, popen = _spawn(spec, self.devnull, (self.homes, self.files), self.home_dir)
         except OSError as exc:
@@ -276,7 +295,7 @@ class Supervisor:
         run = Run(pid, popen, spec, conn, fd if keep_fd else None)
         self.runs[pid] = run
         try:
-            recorded = append_fd(fd, {"pid": pid, "memory_mb": spec.get("memory_mb") or 0})
+            recorded = append_fd(fd, start_line(pid, spec.get("memory_mb") or 0))
         except OSError as exc:
             _note(f"cannot record the task's run: {exc}")
             recorded = False
@@ -284,7 +303,7 @@ class Supervisor:
             # Its directory is gone already (a DELETE): the task is not wanted.
             _note(f"the task's run record {spec['record_path']} is gone: killing it")
             _killpg(pid, signal.SIGKILL)
-        return {"pid": pid, "create_time": _create_time(pid, self.boot_time)}, keep_fd
+        return {"pid": pid, "create_time": _create_time(before, self.boot_time)}, keep_fd
 
     # -- ending ---------------------------------------------------------------
 
@@ -318,15 +337,17 @@ class Supervisor:
         kept = not oom and self._keeps(run)
         if kept:
             doc["cgroups_kept"] = run.cgroup_dirs
-        line: dict = {"exited": run.pid}
+        line = b'{"exited": %d}\n' % run.pid
         try:
+            recorded = line_of(doc)  # encoded once: the record's line and the agents'
             if run.record_fd is not None:
-                append_fd(run.record_fd, doc)
+                # No link count asked: the task is over, whoever reads the record.
+                write_all(run.record_fd, recorded)
             else:
-                append(run.record_path, doc)
+                append(run.record_path, recorded)
             # Recorded: the agent may take the end from this line, without
             # opening the record.
-            line.update(doc)
+            line = b'{"exited": %d, ' % run.pid + recorded[1:]
         except OSError as exc:
             _note(f"cannot record the task's exit: {exc}")
         finally:
@@ -473,24 +494,19 @@ def _boot_time() -> float | None:
     return None
 
 
-def _create_time(pid: int, boot_time: float | None) -> float | None:
-    """When our child `pid` started, as psutil computes it; None if unknown.
+def _create_time(boottime_ns: int, boot_time: float | None) -> float | None:
+    """psutil's create time of a child forked at `boottime_ns` (CLOCK_BOOTTIME,
+    read just before the fork); None if unknown.
 
-    Read here, where the child cannot be gone yet (it is not reaped before
-    this returns): the agent, reading it after our answer, found a task as
-    short as `true` already reaped most of the time, and then paid psutil's
-    slower path to learn nothing."""
+    /proc/<pid>/stat's start time is the same clock at the fork, in ticks:
+    taken from our own clock, the start saves that file's open, read and
+    close (its start time a tick early at worst, when a tick falls between
+    the read and the fork; agents tell pids apart to 0.5 s). The agent,
+    reading it itself after our answer, found a task as short as `true`
+    already reaped most of the time."""
     if boot_time is None:
         return None
-    stat = read_file(f"/proc/{pid}/stat")  # os.open/read: no io objects
-    if not stat:
-        return None
-    try:
-        # After the command name, which may hold spaces and parentheses.
-        ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
-    except (ValueError, IndexError):
-        return None
-    return boot_time + ticks / CLOCK_TICKS
+    return boot_time + boottime_ns // TICK_NS / CLOCK_TICKS
 
 
 def _note(message: str) -> None:
