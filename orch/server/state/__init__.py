@@ -20,7 +20,9 @@ path (``StoreCore._writing`` around the computation, ``StoreCore._write``):
 - ``jobs``: job writes (submit, stop, restart, purge, periodic launches);
 - ``versions``: the last N versions of each job, written with the job;
 - ``plans``: evaluations, plan commits, allocation updates, drain marks;
-- ``deployments``: rolling updates, and the `stable` mark of job versions.
+- ``deployments``: rolling updates, and the `stable` mark of job versions;
+- ``group``: on SQLite, the inline writes of one I/O loop turn in one
+  transaction (group commit); ``after_commit`` holds their effects.
 
 Several servers on one PostgreSQL database: every write transaction takes
 one advisory lock first (``pg_advisory_xact_lock``) and applies the change
@@ -49,6 +51,7 @@ Hooks for the leader's services (set by whoever runs them):
 
 from orch.server.state.deployments import Deployments
 from orch.server.state.follow import Following
+from orch.server.state.group import GroupCommit
 from orch.server.state.jobs import JobWrites
 from orch.server.state.nodes import NodeWrites
 from orch.server.state.plans import PlanWrites
@@ -57,5 +60,5 @@ from orch.server.state.store import MakeEval, StoreCore
 __all__ = ["MakeEval", "StateStore", "StoreCore"]
 
 
-class StateStore(Following, NodeWrites, JobWrites, PlanWrites, Deployments):
+class StateStore(Following, NodeWrites, JobWrites, PlanWrites, Deployments, GroupCommit):
     """The store of nodes, jobs, allocations and evaluations (SQLite or PostgreSQL)."""
