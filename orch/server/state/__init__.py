@@ -3,7 +3,8 @@
 Every write goes to the database in one transaction first and only then to
 memory, so a request is acknowledged only after its state is durable, and a
 failed write (disk full, database lost: StorageError, 503) leaves memory
-exactly as it was. Reads come from memory (versions and deployments, read
+exactly as it was (in a group commit, ``group``, a failed COMMIT instead
+reloads memory from the database). Reads come from memory (versions and deployments, read
 rarely, from SQL). Stored objects are never mutated: a change is a new
 object written back.
 
