@@ -33,12 +33,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
+from typing import Protocol
 
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import WSGITask
 from waitress.utilities import build_http_date
 
+from orch.httpjson import error_body
 from orch.wsgiloop import Asyncore, EpollMap
 from orch.wsgiparser import FastParser, plain_header
 
@@ -53,6 +56,21 @@ InlineAnswer = tuple[bytes, Mapping[str, str]]
 # thread: it must never block (no I/O, no lock taken with waiting; the
 # server's inline submit is the one bounded exception, orch.server.inline).
 Inline = Callable[[Mapping[str, str], bytes, str], "InlineAnswer | None"]
+
+
+class TurnWrites(Protocol):
+    """Writes the inline routes of one I/O loop turn commit together
+    (``orch.server.state.group``): the loop calls ``start`` before it handles
+    a turn's events and ``end`` after; an answer given while ``pending()`` is
+    held until ``end`` has committed, and becomes its error if that failed."""
+
+    def start(self) -> None: ...
+
+    def pending(self) -> bool: ...
+
+    def end(self) -> Exception | None: ...
+
+
 # Inline bodies are small (a heartbeat that carries nothing); a larger one
 # is parsed by a worker, off the I/O thread.
 INLINE_MAX_BODY = 16 * 1024
@@ -152,10 +170,16 @@ class _InlineTasks:
     when a request arrives, from a worker when one request follows another).
     """
 
-    def __init__(self, add_task, routes: Mapping[tuple[str, str], Inline]):
+    def __init__(
+        self,
+        add_task,
+        routes: Mapping[tuple[str, str], Inline],
+        held: _HeldAnswers | None = None,
+    ):
         self._add_task = add_task
         self._routes = dict(routes)
         self._date = (0, b"")  # (second, its HTTP date): one format a second
+        self._held = held
         self.whole = 0  # requests answered by answer_whole (tests)
 
     def __call__(self, channel) -> None:
@@ -250,9 +274,19 @@ class _InlineTasks:
             self._date = (now, build_http_date(now).encode("latin-1"))
         return self._date[1]
 
-    def _send(self, channel, body: bytes, headers: Mapping[str, str], close: bool) -> None:
+    def _send(
+        self,
+        channel,
+        body: bytes,
+        headers: Mapping[str, str],
+        close: bool,
+        status: bytes = b"200 OK",
+    ) -> None:
+        held = self._held
+        if held is not None and held.hold(self, channel, body, headers, close):
+            return
         ident = channel.server.adj.ident
-        data = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(body)
+        data = b"HTTP/1.1 %s\r\nContent-Length: %d\r\n" % (status, len(body))
         data += b"Content-Type: application/json\r\nDate: %s\r\n" % self._http_date()
         for name, value in headers.items():
             data += b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
@@ -277,19 +311,63 @@ class _InlineTasks:
         channel.last_activity = time.time()
 
 
-def use_orch_channels(http, inline: Mapping[tuple[str, str], Inline] | None = None) -> None:
+class _HeldAnswers:
+    """The inline answers of one loop turn, held while its writes are not
+    committed (``TurnWrites``); the loop's turn hooks."""
+
+    def __init__(self, writes: TurnWrites):
+        self._writes = writes
+        self._answers: list[tuple[_InlineTasks, object, bytes, Mapping[str, str], bool]] = []
+
+    def start(self) -> None:
+        self._writes.start()
+
+    def hold(self, tasks: _InlineTasks, channel, body: bytes, headers, close: bool) -> bool:
+        if not self._writes.pending():
+            return False
+        self._answers.append((tasks, channel, body, headers, close))
+        return True
+
+    def end(self) -> None:
+        failed = self._writes.end()
+        answers, self._answers = self._answers, []
+        if failed is None:
+            for tasks, channel, body, headers, close in answers:
+                tasks._send(channel, body, headers, close)
+            return
+        # Computed on writes that are not in the database: each gets their error.
+        message = getattr(failed, "message", str(failed))
+        status = HTTPStatus(getattr(failed, "status", 503))
+        line = b"%d %s" % (status.value, status.phrase.encode())
+        error = error_body(message).encode()
+        for tasks, channel, _body, _headers, close in answers:
+            tasks._send(channel, error, _NO_HEADERS, close, line)
+
+
+_NO_HEADERS: Mapping[str, str] = {}
+
+
+def use_orch_channels(
+    http,
+    inline: Mapping[tuple[str, str], Inline] | None = None,
+    writes: TurnWrites | None = None,
+) -> None:
     """Make every listener of a waitress server (``create_server``'s result)
     open its connections as ``_Channel``, and loop with epoll if it was made
     with ``orch.wsgiloop.socket_map()``; ``inline`` maps (method, path) to
     handlers answered without a worker thread (a path ending ``/*``: any one
-    last segment, which the handler gets)."""
+    last segment, which the handler gets). ``writes``: the inline routes'
+    writes of one epoll turn are committed together (``TurnWrites``)."""
     # One listening server per address (a name may resolve to several).
     listeners = http.map if isinstance(http, MultiSocketServer) else http._map
+    held = None
     if isinstance(listeners, EpollMap):
         # waitress's run() loops through this attribute: epoll, not select.
         http.asyncore = Asyncore
+        if writes is not None and inline:
+            held = listeners.turns = _HeldAnswers(writes)
     for dispatcher in list(listeners.values()):
         if isinstance(dispatcher, BaseWSGIServer):
             dispatcher.channel_class = _Channel
             if inline:
-                dispatcher.add_task = _InlineTasks(dispatcher.add_task, inline)
+                dispatcher.add_task = _InlineTasks(dispatcher.add_task, inline, held)

@@ -72,6 +72,9 @@ class EpollMap(dict):
         self._cleanup_at = 0.0
         self._size = -1
         self.visits = 0  # sockets asked readable()/writable(), for tests
+        # Hooks around the handling of a turn's events (start(), end()): the
+        # inline writes of a turn share one commit (orch.wsgichannel).
+        self.turns: Any = None
 
     def __setitem__(self, fd, obj) -> None:
         super().__setitem__(fd, obj)
@@ -102,7 +105,19 @@ class EpollMap(dict):
         if self._listeners:
             # Wake for the listeners' maintenance even if nothing happens.
             timeout = min(timeout, max(self._cleanup_at - time.time(), 0.0))
-        for fd, flags in self._epoll.poll(timeout):
+        events = self._epoll.poll(timeout)
+        turns = self.turns
+        if turns is None or not events:
+            self._handle(events)
+            return
+        turns.start()
+        try:
+            self._handle(events)
+        finally:
+            turns.end()
+
+    def _handle(self, events: list[tuple[int, int]]) -> None:
+        for fd, flags in events:
             self._pending.add(fd)
             obj = self.get(fd)
             if obj is not None:

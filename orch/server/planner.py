@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from orch.errors import NotLeader, StorageError
@@ -115,6 +116,10 @@ def new_eval(
     )
 
 
+def _at_once(effect: Callable[[], object]) -> None:
+    effect()
+
+
 class Dispatch:
     """The one place where committed changes become calls to agents.
 
@@ -124,20 +129,25 @@ class Dispatch:
     agent does not know (pushed again). Agents accept repeats idempotently.
     """
 
-    def __init__(self, pusher: Pusher):
+    def __init__(
+        self, pusher: Pusher, after_commit: Callable[[Callable[[], object]], None] | None = None
+    ):
         self._pusher = pusher
+        # The store's: a write of the I/O loop's group is durable only at
+        # the group's COMMIT, and nothing of it may reach an agent before.
+        self._after_commit = after_commit or _at_once
 
     def plan_committed(self, result: PlanResult, job: Job) -> None:
         if result.placed:
-            self._pusher.place(result.placed, job)
+            self.place(result.placed, job)
         if result.stopped:
-            self._pusher.stop(result.stopped)
+            self.stop(result.stopped)
 
     def place(self, allocs: list[Allocation], job: Job) -> None:
-        self._pusher.place(allocs, job)
+        self._after_commit(partial(self._pusher.place, allocs, job))
 
     def stop(self, allocs: list[Allocation]) -> None:
-        self._pusher.stop(allocs)
+        self._after_commit(partial(self._pusher.stop, allocs))
 
     def busy(self, alloc_id: str, node_id: str | None = None) -> bool:
         """True while a push or stop of the allocation is under way."""
@@ -171,7 +181,7 @@ class ServerPlanner:
         if evals:
             # Those of a job purged meanwhile are not stored: not queued either.
             evals = self._store.put_evals(evals)
-            self._broker.enqueue_many(evals)
+            self._store.after_commit(partial(self._broker.enqueue_many, evals))
         return evals
 
     def schedule_followup(self, job_id: str, at: float) -> None:

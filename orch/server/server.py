@@ -78,7 +78,7 @@ class Server(NodeOps):
         self.monitor = HeartbeatMonitor(config.node_ttl, self.node_down)
         # The scheduler side sees narrow interfaces, never the Server: the
         # store as state, the broker as queue, a planner, one dispatch.
-        self.dispatch = Dispatch(self.pusher)
+        self.dispatch = Dispatch(self.pusher, self.store.after_commit)
         self.planner = ServerPlanner(self.store, self.broker, self.dispatch)
         self.sync = AllocSync(self.store, self.planner, self.dispatch)
         self.workers = [
@@ -461,6 +461,7 @@ def run(config: ServerConfig) -> int:
     from orch.server import collector
     from orch.server.api import make_app
     from orch.server.inline import inline_routes
+    from orch.server.state.group import TurnCommit
     from orch.server.wsgi import http_server
 
     check_bind("server", config.bind, config.token, config.insecure)
@@ -473,7 +474,9 @@ def run(config: ServerConfig) -> int:
     except (StorageError, DataDirInUse) as exc:
         log.error("%s", exc.message)
         return 1
-    http = http_server(make_app(server), config, inline_routes(server))
+    # SQLite: the inline writes of one I/O loop turn share a commit.
+    writes = None if server.store.backend.shared else TurnCommit(server.store)
+    http = http_server(make_app(server), config, inline_routes(server), writes)
 
     def _exit(signum, _frame):
         raise SystemExit(0)

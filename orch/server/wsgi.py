@@ -14,12 +14,18 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from orch.config import ServerConfig
-    from orch.wsgichannel import Inline
+    from orch.wsgichannel import Inline, TurnWrites
 
 
-def http_server(app, config: ServerConfig, inline: Mapping[tuple[str, str], Inline] | None = None):
+def http_server(
+    app,
+    config: ServerConfig,
+    inline: Mapping[tuple[str, str], Inline] | None = None,
+    writes: TurnWrites | None = None,
+):
     """The waitress server that serves ``app`` (not yet running); ``inline``
-    routes are answered without it when their handler can."""
+    routes are answered without it when their handler can, their ``writes``
+    of one loop turn committed together."""
     http = create_server(
         app,
         map=socket_map(),  # epoll: a turn visits only the connections that changed
@@ -39,5 +45,5 @@ def http_server(app, config: ServerConfig, inline: Mapping[tuple[str, str], Inli
         channel_timeout=60,
         clear_untrusted_proxy_headers=True,
     )
-    use_orch_channels(http, inline)
+    use_orch_channels(http, inline, writes)
     return http

@@ -3,7 +3,8 @@
 Every write goes to the database in one transaction first and only then to
 memory, so a request is acknowledged only after its state is durable, and a
 failed write (disk full, database lost: StorageError, 503) leaves memory
-exactly as it was. Reads come from memory (versions and deployments, read
+exactly as it was (in a group commit, ``group``, a failed COMMIT instead
+reloads memory from the database). Reads come from memory (versions and deployments, read
 rarely, from SQL). Stored objects are never mutated: a change is a new
 object written back.
 
@@ -20,7 +21,9 @@ path (``StoreCore._writing`` around the computation, ``StoreCore._write``):
 - ``jobs``: job writes (submit, stop, restart, purge, periodic launches);
 - ``versions``: the last N versions of each job, written with the job;
 - ``plans``: evaluations, plan commits, allocation updates, drain marks;
-- ``deployments``: rolling updates, and the `stable` mark of job versions.
+- ``deployments``: rolling updates, and the `stable` mark of job versions;
+- ``group``: on SQLite, the inline writes of one I/O loop turn in one
+  transaction (group commit); ``after_commit`` holds their effects.
 
 Several servers on one PostgreSQL database: every write transaction takes
 one advisory lock first (``pg_advisory_xact_lock``) and applies the change
@@ -49,6 +52,7 @@ Hooks for the leader's services (set by whoever runs them):
 
 from orch.server.state.deployments import Deployments
 from orch.server.state.follow import Following
+from orch.server.state.group import GroupCommit
 from orch.server.state.jobs import JobWrites
 from orch.server.state.nodes import NodeWrites
 from orch.server.state.plans import PlanWrites
@@ -57,5 +61,5 @@ from orch.server.state.store import MakeEval, StoreCore
 __all__ = ["MakeEval", "StateStore", "StoreCore"]
 
 
-class StateStore(Following, NodeWrites, JobWrites, PlanWrites, Deployments):
+class StateStore(Following, NodeWrites, JobWrites, PlanWrites, Deployments, GroupCommit):
     """The store of nodes, jobs, allocations and evaluations (SQLite or PostgreSQL)."""

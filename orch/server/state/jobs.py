@@ -10,6 +10,7 @@ and cancellations in the order the writes were committed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from orch.errors import Conflict, NotFound
 from orch.server.state.plans import PlanWrites
@@ -65,11 +66,13 @@ class JobWrites(JobVersions, PlanWrites):
                 placed = self._put_planned(job, *planned)
                 if placed is not None:
                     if on_placed is not None:
-                        on_placed(placed, job)
+                        # After the COMMIT: a write of the I/O loop's group
+                        # has none yet (orch.server.state.group).
+                        self.after_commit(partial(on_placed, placed, job))
                     return job, planned[1], True
             self._put_job(job, evaluation)
             if on_commit is not None:
-                on_commit(evaluation)
+                self.after_commit(partial(on_commit, evaluation))
             return job, evaluation, True
 
     def put_job(self, job: Job, evaluation: Evaluation) -> None:

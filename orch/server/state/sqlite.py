@@ -19,6 +19,9 @@ class SqliteBackend:
 
     engine = "sqlite"
     shared = False  # one server per file: no change log to follow
+    groups = True  # open_group / close_group: one transaction for several writes
+    _group = False
+    _group_lost: BaseException | None = None  # what ended a group's transaction early
 
     def __init__(self, path: str):
         self.where = self.path = path
@@ -70,30 +73,106 @@ class SqliteBackend:
     def run(
         self, statements: Iterable[tuple[str, list]], fence: Fence | None, log_body: str | None
     ) -> int | None:
-        """Run (sql, rows) pairs in one transaction; StorageError on failure."""
+        """Run (sql, rows) pairs in one transaction; StorageError on failure.
+
+        In a group (``open_group``) the transaction is left open for the
+        group's next writes and ``close_group``'s COMMIT; the group's first
+        write opens it, each later one is a savepoint of its own, so a
+        failing write takes back only its own rows."""
+        if self._group:
+            self._run_grouped(statements, fence)
+            return None
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                if fence is not None and db.execute(*fence()).fetchone() is None:
-                    raise NotLeader("not the leader: the write was not committed")
-                for sql, rows in statements:
-                    if rows:
-                        db.executemany(sql, rows)
+                self._statements(statements, fence)
                 db.execute("COMMIT")
             except BaseException:
-                # SQLite may already have rolled back by itself (SQLITE_FULL
-                # does): a ROLLBACK then fails and would hide the real error.
-                if db.in_transaction:
-                    try:
-                        db.execute("ROLLBACK")
-                    except sqlite3.Error as exc:
-                        log.error("state rollback failed: %s", exc)
+                self._rollback()
                 raise
         except sqlite3.Error as exc:
             log.error("state write failed: %s", exc)
             raise StorageError(f"state store unavailable: {exc}") from exc
         return None
+
+    def _statements(self, statements: Iterable[tuple[str, list]], fence: Fence | None) -> None:
+        db = self.db
+        if fence is not None and db.execute(*fence()).fetchone() is None:
+            raise NotLeader("not the leader: the write was not committed")
+        for sql, rows in statements:
+            if rows:
+                db.executemany(sql, rows)
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back by itself (SQLITE_FULL
+        # does): a ROLLBACK then fails and would hide the real error.
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.error("state rollback failed: %s", exc)
+
+    # ---- group commit (orch.server.state.group) ---------------------------
+
+    def open_group(self) -> None:
+        """Writes from now to ``close_group`` share one transaction."""
+        self._group = True
+
+    def _run_grouped(self, statements: Iterable[tuple[str, list]], fence: Fence | None) -> None:
+        db = self.db
+        if self._group_lost is not None:
+            raise StorageError(f"state store unavailable: {self._group_lost}")
+        first = not db.in_transaction
+        try:
+            # The first write needs no savepoint: failing, it rolls back a
+            # transaction that holds nothing else.
+            db.execute("BEGIN IMMEDIATE" if first else "SAVEPOINT grouped")
+            try:
+                self._statements(statements, fence)
+                if not first:
+                    db.execute("RELEASE grouped")
+            except BaseException as exc:
+                if first:
+                    self._rollback()
+                else:
+                    self._undo_savepoint(exc)
+                raise
+        except sqlite3.Error as exc:
+            log.error("state write failed: %s", exc)
+            raise StorageError(f"state store unavailable: {exc}") from exc
+
+    def _undo_savepoint(self, cause: BaseException) -> None:
+        """Take back a grouped write's rows, keeping the group's others; if
+        that cannot be done, the group is lost (``close_group`` says so)."""
+        db = self.db
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK TO grouped")
+                db.execute("RELEASE grouped")
+                return
+            except sqlite3.Error as exc:
+                cause = exc
+        # SQLite ended the whole transaction itself (a full disk, an I/O
+        # error): the group's earlier writes are gone too.
+        self._group_lost = cause
+
+    def close_group(self) -> None:
+        """COMMIT the group's writes; StorageError if any of them is lost."""
+        db, lost = self.db, self._group_lost
+        self._group, self._group_lost = False, None
+        try:
+            if lost is not None:
+                raise StorageError(f"state store unavailable: {lost}")
+            if db.in_transaction:  # else no write, or only failed ones
+                try:
+                    db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    log.error("state group commit failed: %s", exc)
+                    raise StorageError(f"state store unavailable: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            raise
 
     def execute(self, sql: str, args: tuple = ()) -> list[tuple]:
         try:

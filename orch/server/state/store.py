@@ -112,6 +112,10 @@ class StoreCore:
         # Changes the feed has counted whose readers wait for the lock's
         # release (None: none), and the jobs they touched.
         self._unwoken: set[str] | None = None
+        # Group commit (``group.GroupCommit``): the thread whose writes join
+        # the open group, and whether a group holds the lock now.
+        self._group_thread: int | None = None
+        self._grouped = False
         self._reset_memory()
         self._load()
         self.changes.start_at(self._seq if self.backend.shared else time.time_ns() // 1000)
@@ -235,6 +239,7 @@ class StoreCore:
                     self._depth -= 1
                     if outer:
                         self.backend.rollback()  # still open: the write wrote nothing
+                    if self._depth == 0:  # not inside a group, which wakes them itself
                         woken, self._unwoken = self._unwoken, None
         finally:
             if woken is not None:
@@ -257,6 +262,8 @@ class StoreCore:
         with self._lock:
             if backend.shared and not backend.in_transaction():
                 self._catch_up(backend.begin(self._seq))
+            if self._group_thread == threading.get_ident() and not self._grouped:
+                self._join_group()
             body = self._change_body(statements) if backend.shared and wrote else None
             seq = backend.run(statements, self.fence if fenced else None, body)
             if seq is not None:
@@ -277,6 +284,13 @@ class StoreCore:
             if job is not None and job.parent_id:
                 touched.add(job.parent_id)
         return touched
+
+    def _join_group(self) -> None:
+        """Open the group this thread's writes join (``group.GroupCommit``)."""
+
+    def after_commit(self, effect: Callable[[], object]) -> None:
+        """Run ``effect`` once what was written is durable (``group.GroupCommit``)."""
+        effect()
 
     def _catch_up(self, log: tuple[int, list] | None = None) -> None:
         """Apply the changes other servers committed (``follow.Following``)."""
