@@ -303,7 +303,9 @@ def test_paths_are_the_joins_of_their_parts_however_the_data_dir_is_written(tmp_
         allocs = os.path.join(os.path.abspath(data_dir), "allocs")
         assert store.alloc_dir("a-1.x_y") == os.path.join(allocs, "a-1.x_y")
         assert store.task_dir("a-1", "web.1") == os.path.join(allocs, "a-1", "web.1")
-        assert store.log_path("a-1", "t", "stderr") == os.path.join(allocs, "a-1", "t", "stderr.log")
+        assert store.log_path("a-1", "t", "stderr") == os.path.join(
+            allocs, "a-1", "t", "stderr.log"
+        )
         store.save_alloc("a-1", {"x": 1})
         assert os.path.isfile(os.path.join(allocs, "a-1", "alloc.json"))
         store.remove_alloc("a-1")
