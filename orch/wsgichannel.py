@@ -41,7 +41,8 @@ from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import WSGITask
 from waitress.utilities import build_http_date
 
-from orch.httpjson import error_body
+from orch.errors import OrchError
+from orch.httpjson import dumps
 from orch.wsgiloop import Asyncore, EpollMap
 from orch.wsgiparser import FastParser, plain_header
 
@@ -68,7 +69,7 @@ class TurnWrites(Protocol):
 
     def pending(self) -> bool: ...
 
-    def end(self) -> Exception | None: ...
+    def end(self) -> OrchError | None: ...
 
 
 # Inline bodies are small (a heartbeat that carries nothing); a larger one
@@ -335,11 +336,11 @@ class _HeldAnswers:
             for tasks, channel, body, headers, close in answers:
                 tasks._send(channel, body, headers, close)
             return
-        # Computed on writes that are not in the database: each gets their error.
-        message = getattr(failed, "message", str(failed))
-        status = HTTPStatus(getattr(failed, "status", 503))
+        # Computed on writes that are not in the database: each gets their
+        # error, as the routes render one (orch.httpjson.Router).
+        status = HTTPStatus(failed.status)
         line = b"%d %s" % (status.value, status.phrase.encode())
-        error = error_body(message).encode()
+        error = dumps(failed.to_dict()).encode()
         for tasks, channel, _body, _headers, close in answers:
             tasks._send(channel, error, _NO_HEADERS, close, line)
 
