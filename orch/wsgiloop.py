@@ -29,7 +29,8 @@ poll loop (which leaves a socket with no interest out). epoll's interest is
 widened at once and narrowed lazily: a connection a worker serves stays
 registered for input, and is narrowed only if an unwanted event comes.
 
-``stop_serving`` stops a server whose ``run()`` loops in a thread of ours.
+``stop_serving`` stops a server whose ``run()`` loops in a thread of ours;
+``close_after_run`` closes one whose ``run()`` has returned (a signal).
 """
 
 from __future__ import annotations
@@ -246,21 +247,40 @@ def stop_serving(
     if trigger._closed:
         return True  # stopped before: its fd numbers may be another file's now
 
-    def close_all_but_the_trigger() -> None:
-        others = {}
-        for fd, obj in list(http._map.items()):
-            if isinstance(obj, BaseWSGIServer):
-                wasyncore.dispatcher.close(obj)  # its own close() closes the trigger too
-            elif obj is not trigger:
-                others[fd] = obj
-        wasyncore.close_all(others)  # each leaves http._map as it closes
-        trigger.del_channel()  # the map is empty: the loop returns
-
-    trigger.pull_trigger(close_all_but_the_trigger)
+    trigger.pull_trigger(lambda: _close_all_but_the_trigger(http))
     thread.join(timeout)
+    return _close_trigger_after_workers(http, workers_timeout, loop_alive=thread.is_alive())
+
+
+def close_after_run(http, workers_timeout: float = 2.0) -> bool:
+    """Close a waitress server whose ``run()`` has returned on this thread
+    (a signal's SystemExit): its sockets, then the workers joined, then its
+    trigger; False (the trigger left open) if a worker outlived the timeout.
+
+    waitress's own ``close()`` closes the trigger first: a worker ending its
+    request after that pulled a closed pipe, as in ``stop_serving``."""
+    if http.trigger._closed:
+        return True
+    _close_all_but_the_trigger(http)
+    return _close_trigger_after_workers(http, workers_timeout, loop_alive=False)
+
+
+def _close_all_but_the_trigger(http) -> None:
+    trigger = http.trigger
+    others = {}
+    for fd, obj in list(http._map.items()):
+        if isinstance(obj, BaseWSGIServer):
+            wasyncore.dispatcher.close(obj)  # its own close() closes the trigger too
+        elif obj is not trigger:
+            others[fd] = obj
+    wasyncore.close_all(others)  # each leaves http._map as it closes
+    trigger.del_channel()  # the map is empty: a running loop returns
+
+
+def _close_trigger_after_workers(http, workers_timeout: float, loop_alive: bool) -> bool:
     http.task_dispatcher.shutdown(timeout=workers_timeout)
-    if thread.is_alive() or http.task_dispatcher.threads:
+    if loop_alive or http.task_dispatcher.threads:
         log.warning("waitress did not stop in time: its trigger is left open")
         return False
-    trigger.close()
+    http.trigger.close()
     return True

@@ -463,6 +463,7 @@ def run(config: ServerConfig) -> int:
     from orch.server.inline import inline_routes
     from orch.server.state.group import TurnCommit
     from orch.server.wsgi import http_server
+    from orch.wsgiloop import close_after_run
 
     check_bind("server", config.bind, config.token, config.insecure)
     try:
@@ -494,7 +495,7 @@ def run(config: ServerConfig) -> int:
         # Open UI streams end first: waitress closing under them logs errors.
         server.store.changes.close()
         server.ui_streams.wait_idle(5.0)
-        http.close()
+        close_after_run(http)  # the workers' writes end before the store closes
         server.stop()
     return 0
 

@@ -3,6 +3,8 @@ and still times out, closes and shuts down as waitress's own loop does."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -11,7 +13,7 @@ import pytest
 from waitress import create_server
 
 from orch.wsgichannel import use_orch_channels
-from orch.wsgiloop import HAVE_EPOLL, EpollMap, socket_map, stop_serving
+from orch.wsgiloop import HAVE_EPOLL, EpollMap, close_after_run, socket_map, stop_serving
 
 pytestmark = pytest.mark.skipif(not HAVE_EPOLL, reason="no epoll on this platform")
 
@@ -227,4 +229,53 @@ def test_a_worker_that_outlives_the_stop_keeps_the_trigger_open():
     http.pull_trigger()  # as the worker does when it ends: the pipe is there
     assert stop_serving(http, thread, timeout=10) is True
     assert http.trigger._closed
+    sock.close()
+
+
+class _Signalled(Exception):
+    pass
+
+
+def test_after_a_signal_ends_run_the_trigger_outlives_the_workers():
+    """The server's exit (orch/server/server.py): a signal's exception ends
+    run() on this thread while a worker still serves. The trigger stays open
+    until that worker has ended (and pulled it); waitress's close() closed
+    it first, so the worker's pull hit a closed pipe, or another file."""
+    entered, release = threading.Event(), threading.Event()
+
+    def held_app(environ, start_response):
+        entered.set()
+        release.wait(10)
+        return _app(environ, start_response)
+
+    http = create_server(held_app, map=socket_map(), host="127.0.0.1", port=0, threads=1)
+    use_orch_channels(http)
+    sock = _connect(http)
+    sock.sendall(REQUEST)
+
+    def interrupt(_signum, _frame):
+        raise _Signalled
+
+    def signal_once_served():
+        entered.wait(10)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        threading.Thread(target=signal_once_served, daemon=True).start()
+        with pytest.raises(_Signalled):
+            http.run()  # on this (the main) thread, as the server's main()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    closed: list[bool] = []
+    closer = threading.Thread(target=lambda: closed.append(close_after_run(http, 10.0)))
+    closer.start()
+    _wait(lambda: http.socket is None or http.socket.fileno() == -1)  # the listener goes at once
+    time.sleep(0.1)
+    assert not http.trigger._closed  # the worker may still pull it
+    release.set()
+    closer.join(15)
+    assert closed == [True] and not http.task_dispatcher.threads
+    assert http.trigger._closed
+    assert close_after_run(http) is True  # again: nothing touches the closed pipe
     sock.close()
