@@ -108,7 +108,12 @@ def remove_containers(client, label_value: str | None = None) -> int:
     """Remove containers orch created (all, or one allocation's); returns how many."""
     label = LABEL_ALLOC if label_value is None else f"{LABEL_ALLOC}={label_value}"
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": label}):
+    # ignore_removed: docker-py lists, then inspects each container; one the
+    # agent removed in between raised NotFound (a CI teardown). Every list of
+    # the tests' containers says so too.
+    for container in client.containers.list(
+        all=True, ignore_removed=True, filters={"label": label}
+    ):
         try:
             container.remove(force=True)
             removed += 1

@@ -42,7 +42,9 @@ def engine():
     ensure_test_image(client)
     yield client
     # Whatever a failed test left behind: containers of this module's jobs.
-    for container in client.containers.list(all=True, filters={"label": "orch.job_id"}):
+    for container in client.containers.list(
+        all=True, ignore_removed=True, filters={"label": "orch.job_id"}
+    ):
         if container.labels["orch.job_id"].startswith(JOB_PREFIX):
             remove_containers(client, container.labels.get("orch.alloc_id"))
     client.close()
@@ -108,7 +110,9 @@ def wait_task(cluster, job_id: str, status: str, timeout: float = 30.0) -> dict:
 
 
 def containers(engine, job_id: str) -> list:
-    return engine.containers.list(all=True, filters={"label": f"orch.job_id={job_id}"})
+    return engine.containers.list(
+        all=True, ignore_removed=True, filters={"label": f"orch.job_id={job_id}"}
+    )
 
 
 def http_text(port: int) -> str:

@@ -211,14 +211,16 @@ def test_docker_task_gets_its_kill_signal_after_the_delay(pyz, server, agent_fac
         assert gone_at < signalled_at and signalled_at - deleted_at >= DELAY
         wait_until(
             lambda: (
-                not engine.containers.list(all=True, filters={"label": f"orch.job_id={job_id}"})
+                not engine.containers.list(
+                    all=True, ignore_removed=True, filters={"label": f"orch.job_id={job_id}"}
+                )
             ),
             30,
             what="the container removed",
         )
     finally:
         for container in engine.containers.list(
-            all=True, filters={"label": f"orch.job_id={job_id}"}
+            all=True, ignore_removed=True, filters={"label": f"orch.job_id={job_id}"}
         ):
             remove_containers(engine, container.labels.get("orch.alloc_id"))
         engine.close()

@@ -48,7 +48,9 @@ def cluster(tmp_path, pyz, engine):
 
 
 def containers(engine, job_id: str) -> list:
-    return engine.containers.list(all=True, filters={"label": f"orch.job_id={job_id}"})
+    return engine.containers.list(
+        all=True, ignore_removed=True, filters={"label": f"orch.job_id={job_id}"}
+    )
 
 
 def submit(cluster, name: str, config: dict) -> str:

@@ -91,7 +91,7 @@ def running_v1(engine, server, agent_factory):
 
 def ours(engine, alloc_ids: set[str]) -> list:
     """The running containers of these allocations."""
-    found = engine.containers.list(filters={"label": "orch.job_id=roll"})
+    found = engine.containers.list(ignore_removed=True, filters={"label": "orch.job_id=roll"})
     return [c for c in found if c.labels.get(LABEL_ALLOC) in alloc_ids]
 
 

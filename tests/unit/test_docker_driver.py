@@ -214,7 +214,10 @@ def test_exit_code_env_and_logs(driver, make_ctx, engine):
     assert read(ctx.stdout_path) == f"out hello {ctx.alloc_id}\ndir=/local\nfrom the host\n"
     assert read(ctx.stderr_path) == "err\n"
     # The container is gone once its exit is collected.
-    assert engine.containers.list(all=True, filters={"id": handle.container_id}) == []
+    assert (
+        engine.containers.list(all=True, ignore_removed=True, filters={"id": handle.container_id})
+        == []
+    )
 
 
 def test_list_command_and_success(run):
@@ -244,7 +247,10 @@ def test_stop_removes_the_container(run, engine, driver):
     started = time.monotonic()
     driver.stop(handle, 5)
     assert time.monotonic() - started < 4, "SIGTERM should end it (init forwards it)"
-    assert engine.containers.list(all=True, filters={"id": handle.container_id}) == []
+    assert (
+        engine.containers.list(all=True, ignore_removed=True, filters={"id": handle.container_id})
+        == []
+    )
     result = driver.wait(handle, 5)
     assert result is not None and result.exit_code == 143
 
@@ -293,7 +299,10 @@ def test_port_conflict_fails_and_leaves_nothing(run, make_ctx, driver, engine):
         with pytest.raises(DriverError, match="failed to start container"):
             driver.start(ctx)
     assert (
-        engine.containers.list(all=True, filters={"label": f"orch.alloc_id={ctx.alloc_id}"}) == []
+        engine.containers.list(
+            all=True, ignore_removed=True, filters={"label": f"orch.alloc_id={ctx.alloc_id}"}
+        )
+        == []
     )
 
 
@@ -349,6 +358,6 @@ def test_leftover_of_another_start_is_replaced(run, driver, engine):
     assert [
         c.id
         for c in engine.containers.list(
-            all=True, filters={"label": f"orch.alloc_id={ctx.alloc_id}"}
+            all=True, ignore_removed=True, filters={"label": f"orch.alloc_id={ctx.alloc_id}"}
         )
     ] == [second.container_id]

@@ -36,7 +36,10 @@ def test_the_kill_signal_reaches_the_container(start, engine):
     result = start.driver.wait(handle, 5)
     assert result is not None and result.exit_code == 0
     assert wait_for(lambda: "got INT" in read_or_empty(ctx.stdout_path), timeout=10)
-    assert engine.containers.list(all=True, filters={"id": handle.container_id}) == []
+    assert (
+        engine.containers.list(all=True, ignore_removed=True, filters={"id": handle.container_id})
+        == []
+    )
 
 
 def test_an_ignored_signal_ends_in_sigkill_after_the_timeout(start, engine):
@@ -47,4 +50,7 @@ def test_an_ignored_signal_ends_in_sigkill_after_the_timeout(start, engine):
     assert 1.0 <= time.monotonic() - began < 8
     result = start.driver.wait(handle, 5)
     assert result is not None and result.exit_code == 137
-    assert engine.containers.list(all=True, filters={"id": handle.container_id}) == []
+    assert (
+        engine.containers.list(all=True, ignore_removed=True, filters={"id": handle.container_id})
+        == []
+    )
