@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from bottle import Bottle, request, response
 
@@ -149,14 +149,32 @@ def _offset(raw: str | None) -> int:
 def _read_from(path: str, offset: int) -> bytes:
     try:
         with open(path, "rb") as f:
-            # Past the end there is nothing yet; seeking there may be EINVAL.
-            if offset >= os.fstat(f.fileno()).st_size:
-                return b""
-            f.seek(offset)
-            return f.read(MAX_LOG_CHUNK)
+            return read_own(f, path, offset)
     except FileNotFoundError:
         return b""
     except IsADirectoryError:
         return b""
     except OSError as exc:
         raise OrchError(f"cannot read log: {os.path.basename(path)}: {exc.strerror}") from exc
+
+
+def read_own(f: BinaryIO, path: str, offset: int) -> bytes:
+    """Up to MAX_LOG_CHUNK bytes of the open log `f` from `offset`, if `path`
+    still names it once read; else nothing.
+
+    A log left empty goes on to the next allocation that reuses its dir
+    (spare.py): a read racing its allocation's collection may have opened
+    it before it moved, then read the next task's output. It moves before
+    it is reused, so the path naming it still after the read means what was
+    read is this allocation's own."""
+    opened = os.fstat(f.fileno())
+    # Past the end there is nothing yet; seeking there may be EINVAL.
+    if offset >= opened.st_size:
+        return b""
+    f.seek(offset)
+    data = f.read(MAX_LOG_CHUNK)
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return b""
+    return data if (now.st_ino, now.st_dev) == (opened.st_ino, opened.st_dev) else b""

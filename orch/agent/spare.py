@@ -12,6 +12,15 @@ with its cgroups empty (`ExitResult.contained`), so no process left behind
     <data_dir>/spare/<n>/            an emptied allocation dir
     <data_dir>/spare/<n>/<task>/     its emptied task dirs (kept: the next
                                      allocation of the same task names reuses them)
+
+A task's logs that stayed empty (a batch job that printed nothing) are left
+in its task dir, not unlinked: the next task's supervisor opens its logs
+with O_CREAT|O_APPEND, finds them there, and writes to them as to new ones.
+An empty file holds no blocks, so this costs no truncate (keeping files that
+held data did: bench/README.md, tenth round); it saves the agent two unlinks
+and the supervisor two inode creates a job. Only a file exactly as a create
+would make it is kept (a regular file, empty, one link, ours, the create's
+mode); anything else goes as before.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import stat
 import threading
 
 # Dirs kept: a burst's worth; beyond, collected ones are removed. A node's
@@ -33,9 +43,14 @@ SPARE_MAX = 256
 class SpareDirs:
     """A pool of emptied allocation dirs, by their task dirs' names; thread-safe."""
 
-    def __init__(self, path: str, limit: int = SPARE_MAX):
+    def __init__(self, path: str, limit: int = SPARE_MAX, keep_empty: tuple[str, ...] = ()):
         self.path = path
         self.limit = limit
+        # Names of the files in task dirs kept when empty (the logs), and the
+        # mode a create gives them (0o644 under the umask); none if unknown.
+        mode = _created_mode(0o644)
+        self._keep = frozenset(keep_empty) if mode is not None else frozenset()
+        self._mode = mode
         # An earlier agent's spares are not trusted (it may have died emptying one).
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path, exist_ok=True)
@@ -72,7 +87,7 @@ class SpareDirs:
                 return False
             self._count += 1  # a place held while emptying, outside the lock
         try:
-            tasks = _empty(path)
+            tasks = _empty(path, self._keep, self._mode)
             if tasks is not None:
                 spare = os.path.join(self.path, str(next(self._names)))
                 os.rename(path, spare)
@@ -86,10 +101,11 @@ class SpareDirs:
         return False
 
 
-def _empty(path: str) -> tuple[str, ...] | None:
-    """Remove the files of an allocation dir and of its task dirs; the task
-    dirs' names, or None if a task dir holds a dir (a task's own tree: the
-    caller removes the whole)."""
+def _empty(path: str, keep: frozenset[str], mode: int | None) -> tuple[str, ...] | None:
+    """Remove the files of an allocation dir and of its task dirs, but those
+    of a task dir named in `keep` that are as a create leaves them (above);
+    the task dirs' names, or None if a task dir holds a dir (a task's own
+    tree: the caller removes the whole)."""
     tasks = []
     with os.scandir(path) as entries:
         listed = list(entries)
@@ -102,6 +118,37 @@ def _empty(path: str) -> tuple[str, ...] | None:
         if any(e.is_dir(follow_symlinks=False) for e in inner):
             return None
         for e in inner:
-            os.unlink(e.path)
+            if not (e.name in keep and _as_created(e, mode)):
+                os.unlink(e.path)
         tasks.append(entry.name)
     return tuple(sorted(tasks))
+
+
+def _as_created(entry: os.DirEntry, mode: int | None) -> bool:
+    """An empty regular file of ours with one link and the create's mode: what
+    the next task's O_CREAT would have made (no one else may see it: no
+    other link; no mode or ACL mask a task changed)."""
+    st = entry.stat(follow_symlinks=False)
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_size == 0
+        and st.st_nlink == 1
+        and st.st_uid == os.geteuid()
+        and stat.S_IMODE(st.st_mode) == mode
+    )
+
+
+def _created_mode(requested: int) -> int | None:
+    """The mode a file created with `requested` gets under this process's
+    umask (inherited by the task supervisors); None where /proc does not say.
+
+    Read from /proc, not by setting the umask to learn it: that would
+    change it for a moment under every other thread's creates."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return requested & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -54,7 +54,9 @@ class AgentStore:
         self._lock = threading.Lock()
         self._removed: set[str] = set()
         self._made: set[str] = set()  # allocation dirs made by this store
-        self.spares = SpareDirs(os.path.join(self.data_dir, "spare"))
+        self.spares = SpareDirs(
+            os.path.join(self.data_dir, "spare"), keep_empty=tuple(f"{k}.log" for k in LOG_TYPES)
+        )
 
     def node_id(self, override: str | None = None) -> str:
         """The persisted node id (created once); an override replaces it."""

@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from orch.agent.agent import Agent
-from orch.agent.api import make_app
+from orch.agent.api import make_app, read_own
 from orch.agent.inline import inline_routes
 from orch.agent.main import HttpServer
 from orch.config import AgentConfig
@@ -387,3 +387,18 @@ def test_batch_stop_stops_each_side_by_side_and_says_how(url, http, agent):
 )
 def test_batch_stop_rejects_bad_bodies(url, http, bad):
     assert_json_error(http.post(f"{url}/allocations/stop", json=bad, timeout=TIMEOUT), 400)
+
+
+def test_a_log_read_that_raced_its_dirs_reuse_gives_nothing(tmp_path):
+    """A log left empty moves on with its dir to the next allocation (spare.py):
+    a read that opened it before the move must not return the next task's output."""
+    task_dir = tmp_path / "a1" / "t"
+    task_dir.mkdir(parents=True)
+    log = task_dir / "stdout.log"
+    log.write_bytes(b"")
+    with open(log, "rb") as f:  # opened while a1 is still there
+        os.rename(tmp_path / "a1", tmp_path / "a2")  # collected, taken by a2
+        (tmp_path / "a2" / "t" / "stdout.log").write_bytes(b"a2's output")
+        assert read_own(f, str(log), 0) == b""
+    with open(tmp_path / "a2" / "t" / "stdout.log", "rb") as f:  # a2's own read
+        assert read_own(f, str(tmp_path / "a2" / "t" / "stdout.log"), 2) == b"'s output"

@@ -63,6 +63,71 @@ def test_a_symlink_in_it_goes_but_not_what_it_points_at(tmp_path):
     assert (outside / "keep.txt").read_text() == "mine"
 
 
+LOGS = ("stdout.log", "stderr.log")
+
+
+def created(path, data=b""):
+    """A file as the task supervisor creates a log (O_CREAT, 0o644 under the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(fd, data)
+    os.close(fd)
+    return os.stat(path).st_ino
+
+
+def test_logs_left_empty_stay_for_the_next_task_and_the_rest_goes(tmp_path):
+    spares = SpareDirs(str(tmp_path / "spare"), keep_empty=LOGS)
+    old = str(tmp_path / "a1")
+    os.makedirs(os.path.join(old, "t"))
+    empty = created(os.path.join(old, "t", "stdout.log"))
+    created(os.path.join(old, "t", "stderr.log"), b"it said something")
+    created(os.path.join(old, "t", ".orch-run-0.json"))  # empty, but not a log
+    created(os.path.join(old, "alloc.json"))
+    assert spares.give(old)
+    new = str(tmp_path / "a2")
+    assert spares.take(new, ("t",))
+    assert os.listdir(new) == ["t"]
+    assert os.listdir(os.path.join(new, "t")) == ["stdout.log"]
+    # The next task's supervisor opens it as it would create it: the same file, empty.
+    assert created(os.path.join(new, "t", "stdout.log"), b"next\n") == empty
+    with open(os.path.join(new, "t", "stdout.log"), "rb") as f:
+        assert f.read() == b"next\n"
+
+
+def test_an_empty_log_a_task_changed_is_not_kept(tmp_path):
+    spares = SpareDirs(str(tmp_path / "spare"), keep_empty=LOGS)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    trees = []
+    for i, change in enumerate(("mode", "link", "symlink")):
+        task_dir = tmp_path / f"a{i}" / "t"
+        task_dir.mkdir(parents=True)
+        log = task_dir / "stdout.log"
+        if change == "symlink":
+            created(str(elsewhere / "target"))
+            os.symlink(elsewhere / "target", log)
+        else:
+            created(str(log))
+        if change == "mode":
+            os.chmod(log, 0o666)  # others could write the next job's log
+        if change == "link":
+            os.link(log, elsewhere / "peek")  # another name would see the next job's output
+        trees.append(str(tmp_path / f"a{i}"))
+    for tree in trees:
+        assert spares.give(tree)
+        assert spares.take(tree + "-next", ("t",))
+        assert os.listdir(os.path.join(tree + "-next", "t")) == []
+    assert (elsewhere / "target").exists() and os.stat(elsewhere / "peek").st_nlink == 1
+
+
+def test_without_keep_empty_every_file_goes(tmp_path):
+    spares = SpareDirs(str(tmp_path / "spare"))
+    old = str(tmp_path / "a1")
+    os.makedirs(os.path.join(old, "t"))
+    created(os.path.join(old, "t", "stdout.log"))
+    assert spares.give(old) and spares.take(str(tmp_path / "a2"), ("t",))
+    assert os.listdir(tmp_path / "a2" / "t") == []
+
+
 def test_no_more_than_the_limit_are_kept(tmp_path):
     spares = SpareDirs(str(tmp_path / "spare"), limit=1)
     assert spares.give(alloc_tree(str(tmp_path / "a1")))
@@ -135,7 +200,7 @@ def collected(agent, alloc_id):
 # "escaped": out of the task's process group (which the supervisor kills), still in its
 # cgroups; the task ends once the file says its child has left the group.
 ESCAPE = "setsid sh -c 'touch escaped; exec sleep 3' & while [ ! -e escaped ]; do sleep 0.01; done"
-agent_command = {"clean": "exit 0", "again": "true", "escaped": ESCAPE}
+agent_command = {"clean": "exit 0", "again": "true", "escaped": ESCAPE, "says": "echo hi"}
 
 
 def test_an_allocation_whose_tasks_left_nothing_gives_its_dirs_to_the_next(tmp_path):
@@ -145,6 +210,26 @@ def test_an_allocation_whose_tasks_left_nothing_gives_its_dirs_to_the_next(tmp_p
         assert runner.contained and len(agent.store.spares) == 1
         runner = collected(agent, "again")  # took the spare, gave it back
         assert runner.contained and len(agent.store.spares) == 1
+    finally:
+        agent.shutdown(stop_tasks=True)
+
+
+def test_the_next_allocation_logs_into_the_empty_logs_of_the_last(tmp_path):
+    agent = cgroup_agent(tmp_path)
+    try:
+        collected(agent, "clean")  # printed nothing: its logs stay in the spare
+        agent.submit(batch("says", agent_command["says"]))
+        assert agent.get("says").wait(10)
+        stdout = agent.log_path("says", "t", "stdout")
+        with open(stdout, "rb") as f:
+            assert f.read() == b"hi\n"  # its own output only
+        assert os.path.getsize(agent.log_path("says", "t", "stderr")) == 0
+        agent.acknowledged({"says"})
+        assert wait_for(lambda: len(agent.store.spares) == 1)
+        spare_task_dir = os.path.join(
+            agent.store.spares.path, os.listdir(agent.store.spares.path)[0], "t"
+        )
+        assert os.listdir(spare_task_dir) == ["stderr.log"]  # the one that held output went
     finally:
         agent.shutdown(stop_tasks=True)
 
