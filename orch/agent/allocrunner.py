@@ -42,7 +42,7 @@ from orch.structs import TERMINAL_TASK, AllocStatus, Resources, Task, TaskState,
 log = logging.getLogger(__name__)
 
 R, F = TaskStatus.RUNNING, TaskStatus.FAILED
-# The heartbeat entry's encoder, made once: json.dumps with options builds a
+# The heartbeat entry's and alloc.json's encoder, made once: json.dumps with options builds a
 # JSONEncoder per call, a third of a report's encoding (bench/README.md).
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 
@@ -392,8 +392,8 @@ class AllocRunner:
         """What alloc.json holds (the spec, the task states, the drivers'
         handles) encoded, the spec's part only once (caller holds the lock)."""
         if self._spec_json is None:
-            self._spec_json = json.dumps(self.spec.to_dict(), separators=(",", ":"))
-        state = json.dumps(self._state_doc(), separators=(",", ":"))
+            self._spec_json = _COMPACT.encode(self.spec.to_dict())
+        state = _COMPACT.encode(self._state_doc())
         return f'{{"spec":{self._spec_json},{state[1:]}'.encode()
 
     def changed(self, recoverable: bool = False) -> None:
