@@ -158,19 +158,26 @@ def test_system_update_replaces_copies_max_parallel_at_a_time(server, agent_fact
     submit(server, system_job("roll", "sleep 300", **update))
     wait_until(lambda: running_on(server, "roll", nodes), 60, what="version 0 running")
     submit(server, system_job("roll", "sleep 301", **update))
-    widest = 0
+    widest = replacing = 0
 
     def updated() -> bool:
-        nonlocal widest
+        nonlocal widest, replacing
         allocs = get_job(server, "roll")["allocations"]
         serving = {a["node_id"] for a in allocs if a["client_status"] == "running"}
         widest = max(widest, len(set(nodes) - serving))
         current = [a for a in allocs if a["desired_status"] == "run"]
+        # Placed at version 1, not running yet: a node being replaced.
+        started = [a for a in current if a["job_version"] == 1 and a["client_status"] != "running"]
+        replacing = max(replacing, len(started))
         return len(current) == 3 and all(
             a["job_version"] == 1 and a["client_status"] == "running" for a in current
         )
 
     wait_until(updated, 90, interval=0.02, what="every copy at version 1")
-    # One node at a time was without a running copy, never more.
-    assert widest == 1
+    # One node at a time was without a running copy (or being replaced),
+    # never more. Polls are samples: a gap between one copy's stop and the
+    # next's start may fall between two (a loaded host's poll saw none, and
+    # an agent may report the stop and the start in one beat), so none seen
+    # is no failure.
+    assert widest <= 1 and replacing <= 1
     assert sorted(copies(server, "roll")) == sorted(nodes)

@@ -214,7 +214,8 @@ def test_task_change_sends_a_heartbeat_at_once(servers, agents, tmp_path):
 def test_404_heartbeat_registers_again(servers, agents, tmp_path):
     server = servers(fail_heartbeats=1)
     agents(server.url, tmp_path, heartbeat_interval=30.0)
-    assert wait_for(lambda: len(server.bodies("/heartbeat")) >= 2, 2.0)
+    # At once, not at the 30 s interval: 10 s leaves a loaded host its stalls.
+    assert wait_for(lambda: len(server.bodies("/heartbeat")) >= 2, 10.0)
     assert server.paths()[:4] == ["/register", "/heartbeat", "/register", "/heartbeat"]
 
 
@@ -231,7 +232,8 @@ def test_registers_once_the_server_comes_up(servers, agents, tmp_path, caplog):
     up = time.monotonic()
     assert agent.loop.wait_registered(2.0)
     assert time.monotonic() - up < 2.5  # backoff is capped at 1 s
-    assert wait_for(lambda: server.bodies("/heartbeat"), 1.0)
+    # The first beat follows the registration, not the 30 s interval.
+    assert wait_for(lambda: server.bodies("/heartbeat"), 10.0)
 
 
 def test_bearer_token(servers, agents, tmp_path):
@@ -511,34 +513,50 @@ def _full_after(server, count):
     return next((body for body in later if not body.get("delta")), None)
 
 
-def test_a_change_after_a_quiet_spell_is_reported_without_a_timer(servers, agents, tmp_path):
+def test_a_change_after_a_quiet_spell_is_reported_without_a_timer(
+    servers, agents, tmp_path, monkeypatch
+):
     """A quiet node's change goes at once; only one sooner than MIN_SPACING
     after the last beat waits (the old 5 ms coalescing timer is gone)."""
-    from orch.agent.loop import MIN_SPACING
+    import orch.agent.loop as loop_module
 
+    # Not the real 15 ms: a loaded host stalled the test longer than that
+    # between a beat and the next change, which then had nothing to wait out.
+    spacing = 1.0
+    monkeypatch.setattr(loop_module, "MIN_SPACING", spacing)
     server = servers()
     agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
     assert wait_for(lambda: len(server.bodies("/heartbeat")) == 1)
     loop = agent.loop
     waits = _record_spacing_waits(loop)
-    time.sleep(MIN_SPACING * 3)  # quiet: the last beat is older than the spacing
+    time.sleep(spacing * 1.5)  # quiet: the last beat is older than the spacing
     loop.notify()
     assert wait_for(lambda: len(server.bodies("/heartbeat")) == 2)
     assert waits == [], f"a quiet node's change waited {waits} s before its beat"
-    # Right behind that beat, a change waits out the spacing, no longer.
-    loop.notify()
-    assert wait_for(lambda: len(server.bodies("/heartbeat")) == 3)
-    assert len(waits) == 1 and 0 < waits[0] <= MIN_SPACING
+    # Right behind that beat, a change waits out the spacing, no longer. (A
+    # stall past the spacing leaves it nothing to wait: tried again behind
+    # the next beat, a few times.)
+    for _ in range(5):
+        beats = len(server.bodies("/heartbeat"))
+        loop.notify()
+        assert wait_for(lambda n=beats: len(server.bodies("/heartbeat")) == n + 1, spacing + 5)
+        if waits:
+            break
+    assert len(waits) == 1 and 0 < waits[0] <= spacing
 
 
-def _record_spacing_waits(loop) -> list[float]:
-    """The loop's waits for the spacing, recorded as they happen."""
+def _record_spacing_waits(loop, ends: list[bool] | None = None) -> list[float]:
+    """The loop's waits for the spacing, recorded as they happen; ``ends``
+    gets how each ended (True: cut short by news, False: timed out)."""
     waits: list[float] = []
     real_wait = loop._news.wait
 
     def recording_wait(timeout=None):
         waits.append(timeout)
-        return real_wait(timeout)
+        ended = real_wait(timeout)
+        if ends is not None:
+            ends.append(ended)
+        return ended
 
     loop._news.wait = recording_wait
     return waits
@@ -546,7 +564,13 @@ def _record_spacing_waits(loop) -> list[float]:
 
 def test_news_goes_at_once_however_recent_the_last_beat(servers, agents, tmp_path, monkeypatch):
     """An allocation's first report is not held back by the spacing (a user
-    waits for it); a later change of one already reported still is."""
+    waits for it); a later change of one already reported still is.
+
+    On a loaded host the submitting thread's own look at an allocation after
+    its start (AllocRunner.start) may come after the task's report went as
+    news: a change of an allocation already reported, which waits out the
+    spacing and may go in a beat carrying nothing new. The test counts those
+    late changes and lets each have its wait and its beat, no more."""
     import orch.agent.loop as loop_module
 
     # Any spacing wait is plain, and a loaded host's stall between a beat and
@@ -557,33 +581,69 @@ def test_news_goes_at_once_however_recent_the_last_beat(servers, agents, tmp_pat
     agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
     loop = agent.loop
     assert wait_for(lambda: loop._deltas)  # news is known only to a server taking deltas
-    waits = _record_spacing_waits(loop)
+    ends: list[bool] = []
+    waits = _record_spacing_waits(loop, ends)
+    notes = _record_notifies(loop)
     started = time.monotonic()
     for alloc_id in ("a1", "a2", "a3"):  # each starts right behind the last one's beat
         agent.submit(_service(alloc_id, "sleep 30"))
         assert wait_for(lambda a=alloc_id: _reported(server, a, "running"), 5.0)
-    assert waits == [] and time.monotonic() - started < spacing
+    assert time.monotonic() - started < spacing
+    # No first report waited the spacing out; late changes alone waited.
+    assert False not in ends and len(waits) <= sum(notes)
+    _settle(loop, spacing)
     # A change of an allocation already reported waits out the spacing...
-    count = len(server.bodies("/heartbeat"))
+    count, seen = len(server.bodies("/heartbeat")), len(waits)
     loop.notify("a1")
-    assert wait_for(lambda: len(waits) == 1)
-    assert 0 < waits[0] <= spacing
+    assert wait_for(lambda: len(waits) == seen + 1)
+    assert 0 < waits[seen] <= spacing
     # ...unless news comes meanwhile: it goes at once, and the loop's wait
     # ends without a beat of its own carrying nothing. (A later change of a4
     # may follow in a beat of its own if the news beat was built before it.)
-    cut = time.time()
+    notes.clear()
     agent.submit(_service("a4", "sleep 30"))
-    assert wait_for(lambda: _reported(server, "a4", "running"), 1.5)
+    assert wait_for(lambda: _reported(server, "a4", "running"), spacing + 3.0)
+    # At once: its beat cut the spacing wait short (told by how the wait
+    # ended, not by a 1.5 s bound a loaded host can outlast).
+    assert wait_for(lambda: len(ends) > seen) and ends[seen] is True
     later = server.bodies("/heartbeat")[count:]
-    assert "a4" in later[0][1]["allocations"] and later[0][0] - cut < 1.5
-    assert all(body["allocations"] for _, body in later)
+    assert "a4" in later[0][1]["allocations"]
+    assert sum(1 for _, body in later if not body["allocations"]) <= sum(notes)
     assert loop._announced >= {"a1", "a2", "a3", "a4"}
     loop.forget("a4")
     assert "a4" not in loop._announced
+    _settle(loop, spacing)
     # A batch allocation's start is no news: it waits out the spacing.
+    seen = len(waits)
     agent.submit(alloc("b1", "sleep 30"))
-    assert wait_for(lambda: len(waits) == 2)
+    assert wait_for(lambda: len(waits) > seen)
     assert wait_for(lambda: _reported(server, "b1", "running"), spacing + 3.0)
+
+
+def _record_notifies(loop) -> list[bool]:
+    """For each change the loop is told of, whether its allocation had been
+    reported already (the late look of a submitting thread is one)."""
+    notes: list[bool] = []
+    real_notify = loop.notify
+
+    def recording_notify(alloc_id=None, awaited=False, hold=False):
+        notes.append(alloc_id in loop._announced)
+        return real_notify(alloc_id, awaited, hold)
+
+    loop.notify = recording_notify
+    return notes
+
+
+def _settle(loop, spacing: float) -> None:
+    """Until the loop owes no beat: every change taken by one, none in flight."""
+    assert wait_for(
+        lambda: (
+            loop._wakes_taken == loop._wakes
+            and not loop._wake.is_set()
+            and not loop._beating.locked()
+        ),
+        spacing + 5.0,
+    )
 
 
 def _service(alloc_id, command):

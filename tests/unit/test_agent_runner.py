@@ -192,7 +192,8 @@ def test_stop_kills_tasks_and_reports_stopped(env):
     pgid = runner.tasks["t"].handle_json["pgid"]
     started = time.monotonic()
     runner.stop()
-    assert time.monotonic() - started < 2.0
+    # A hang catcher: even a SIGTERM ignored is killed 1 s on (kill_timeout).
+    assert time.monotonic() - started < 10.0
     assert runner.status() == AllocStatus.STOPPED
     state = runner.tasks["t"].state
     assert state.status == "complete" and state.restarts == 0
@@ -209,7 +210,7 @@ def test_kill_during_restart_delay(env):
     assert wait_for(lambda: "Restarting" in events(runner, "t"))
     started = time.monotonic()
     runner.stop()
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10.0  # not after the 30 s restart delay
     assert runner.wait(1)
     assert runner.tasks["t"].state.status == "complete"
     assert runner.status() == AllocStatus.STOPPED

@@ -15,8 +15,9 @@ def test_wait_returns_at_once_when_already_past():
     feed = ChangeFeed()
     feed.bump()
     start = time.monotonic()
-    assert feed.wait(0, timeout=5) == 1
-    assert time.monotonic() - start < 1
+    # Bounds far below the timeouts: a wake-up told from a timeout however loaded the host.
+    assert feed.wait(0, timeout=30) == 1
+    assert time.monotonic() - start < 10
 
 
 def test_wait_times_out_with_the_index_unchanged():
@@ -29,14 +30,14 @@ def test_wait_times_out_with_the_index_unchanged():
 def test_a_bump_wakes_a_waiter():
     feed = ChangeFeed()
     got = []
-    waiter = threading.Thread(target=lambda: got.append(feed.wait(0, timeout=10)))
+    waiter = threading.Thread(target=lambda: got.append(feed.wait(0, timeout=30)))
     waiter.start()
     time.sleep(0.05)
     start = time.monotonic()
     feed.bump()
-    waiter.join(5)
+    waiter.join(30)
     assert got == [1]
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 10
 
 
 def test_close_wakes_waiters_for_good():
@@ -49,7 +50,7 @@ def test_close_wakes_waiters_for_good():
     assert feed.closed
     start = time.monotonic()
     feed.wait(0, timeout=30)  # returns at once once closed
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 10
 
 
 def _job(job_id="web", count=1) -> Job:

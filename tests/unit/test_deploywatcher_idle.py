@@ -8,8 +8,9 @@ import time
 import pytest
 
 from orch.server.deploywatcher import DeploymentWatcher
+from orch.server.planner import new_eval
 from orch.server.state import StateStore
-from orch.structs import Deployment, Node, Resources
+from orch.structs import Deployment, Job, Node, Resources, Task, TaskGroup, TriggeredBy
 
 from waiting import wait_for
 
@@ -51,9 +52,21 @@ def test_commits_without_a_deployment_wake_no_pass(watched):
 
 def test_a_deployment_written_wakes_the_watcher_and_then_the_feed_does(watched):
     store, passes = watched
-    store.put_deployment(Deployment("d1", "web", 0, create_time=1.0, modify_time=1.0))
+    # A deployment that stays running: of a stored job, its one group waiting
+    # for a copy, its state as a pass computes it (so a pass writes nothing).
+    # One of a job not stored was cancelled by its first pass; after that no
+    # commit woke the watcher, and the test passed only if it looked at
+    # ``passes`` before that next pass did (a loaded host's test did not).
+    task = Task("t", "exec", {"command": "true"}, Resources(cpu=10, memory=10))
+    job = Job("web", (TaskGroup("g", 1, (task,)),))
+    store.put_job(job, new_eval("web", TriggeredBy.JOB_REGISTER, 1.0))
+    version = store.get_job("web").version
+    state = {"promoted": True, "placed": 0, "healthy": 0, "unhealthy": 0}
+    deployment = Deployment("d1", "web", version, groups={"g": state}, create_time=1.0)
+    store.put_deployment(deployment)
     assert wait_for(lambda: len(passes) >= 2, timeout=10)
     # A deployment runs: each commit is looked at again.
+    assert store.get_deployment("d1").active  # its passes leave it running
     seen = len(passes)
     store.upsert_node(_node(2))
     assert wait_for(lambda: len(passes) > seen, timeout=10)

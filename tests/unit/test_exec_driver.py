@@ -179,7 +179,7 @@ def test_stop_kills_the_whole_process_tree(run, driver, make_ctx):
     assert len(pids) == 3
     started = time.monotonic()
     driver.stop(handle, 5.0)
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 4.0  # SIGTERM did it, not the SIGKILL 5 s on
     assert group_pids(handle.pgid) == []
     assert not any(live(pid) for pid in pids)
     result = driver.wait(handle, 1)

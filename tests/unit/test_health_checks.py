@@ -221,10 +221,11 @@ def test_unwatched_allocations_are_no_longer_checked(make, server):
     runner = make([{"name": "web", "port": port_of(server.url), "checks": [check]}])
     assert wait_for(lambda: len(server.paths()) >= 2, 10)
     make.checks.unwatch(runner.spec.allocation_id)
-    time.sleep(0.3)
     seen = len(server.paths())
-    time.sleep(0.5)
-    assert len(server.paths()) == seen
+    time.sleep(0.8)  # eight intervals
+    # Only a probe already under way at the unwatch may still land (on a
+    # loaded host, any time later): one check, so one probe at most.
+    assert len(server.paths()) <= seen + 1
 
 
 def test_an_unresolved_port_label_is_never_dialed(make):

@@ -30,8 +30,8 @@ def fenced_commit(url: str, fence: tuple) -> bool:
 def pair(postgres_url):
     made = []
 
-    def make(name: str) -> LeaseLeadership:
-        lead = LeaseLeadership(postgres_url, f"http://{name}:4646", lease=LEASE, server_id=name)
+    def make(name: str, lease: float = LEASE) -> LeaseLeadership:
+        lead = LeaseLeadership(postgres_url, f"http://{name}:4646", lease=lease, server_id=name)
         lead.create_schema()
         made.append(lead)
         return lead
@@ -70,7 +70,10 @@ def test_one_leader_and_a_deposed_leaders_commit_is_refused(pair, postgres_url):
 
 
 def test_renewals_keep_the_term(pair):
-    a, b = pair("a"), pair("b")
+    # Renewed every LEASE/3 under a lease of 3 * LEASE: a loaded host's stall
+    # between two renewals cannot let the lease run out (under LEASE, a stall
+    # of 0.67 s could, and the next renewal took a new term).
+    a, b = pair("a", lease=3 * LEASE), pair("b", lease=3 * LEASE)
     assert a.renew_once()
     term = a.leader().term
     for _ in range(3):
