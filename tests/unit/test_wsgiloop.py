@@ -206,9 +206,9 @@ def test_connection_limit_still_applies(serve):
     third.close()
 
 
-def test_a_worker_that_outlives_the_stop_keeps_the_trigger_open():
-    """A worker still serving when stop_serving gives up may pull the
-    trigger yet: its pipe stays open until a later stop closes it."""
+def _held_server():
+    """A one-worker server whose app holds each request until ``release``;
+    ``entered`` is set once one is held."""
     entered, release = threading.Event(), threading.Event()
 
     def held_app(environ, start_response):
@@ -218,6 +218,13 @@ def test_a_worker_that_outlives_the_stop_keeps_the_trigger_open():
 
     http = create_server(held_app, map=socket_map(), host="127.0.0.1", port=0, threads=1)
     use_orch_channels(http)
+    return http, entered, release
+
+
+def test_a_worker_that_outlives_the_stop_keeps_the_trigger_open():
+    """A worker still serving when stop_serving gives up may pull the
+    trigger yet: its pipe stays open until a later stop closes it."""
+    http, entered, release = _held_server()
     thread = threading.Thread(target=http.run, daemon=True)
     thread.start()
     sock = _connect(http)
@@ -241,15 +248,7 @@ def test_after_a_signal_ends_run_the_trigger_outlives_the_workers():
     run() on this thread while a worker still serves. The trigger stays open
     until that worker has ended (and pulled it); waitress's close() closed
     it first, so the worker's pull hit a closed pipe, or another file."""
-    entered, release = threading.Event(), threading.Event()
-
-    def held_app(environ, start_response):
-        entered.set()
-        release.wait(10)
-        return _app(environ, start_response)
-
-    http = create_server(held_app, map=socket_map(), host="127.0.0.1", port=0, threads=1)
-    use_orch_channels(http)
+    http, entered, release = _held_server()
     sock = _connect(http)
     sock.sendall(REQUEST)
 
