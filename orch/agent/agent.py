@@ -453,8 +453,6 @@ class Agent:
 
         notify = self._notifier(spec)
         batch = spec.job_type is JobType.BATCH
-        # Only services declare checks: the others' changes need no kick.
-        checked = any(service.get("checks") for service in spec.services)
 
         def changed() -> None:
             if runner is not None and _nothing_new(runner):
@@ -462,7 +460,7 @@ class Agent:
                 return
             # A batch allocation's first report may wait for its end (loop.py).
             notify(hold=batch and runner is not None and runner.last_status not in TERMINAL_ALLOC)
-            if runner is not None and checked:
+            if runner is not None:
                 self.checks.kick(runner)  # tasks just started: check them now
 
         runner = AllocRunner(spec, self.config, self.drivers, self.store, changed)

@@ -47,10 +47,11 @@ class SpareDirs:
         self.path = path
         self.limit = limit
         # Names of the files in task dirs kept when empty (the logs), and the
-        # mode a create gives them (0o644 under the umask); none if unknown.
+        # owner and mode a create gives them (0o644 under the umask), read
+        # once; none kept if the mode is unknown.
         mode = _created_mode(0o644)
         self._keep = frozenset(keep_empty) if mode is not None else frozenset()
-        self._mode = mode
+        self._created = (os.geteuid(), mode)
         # An earlier agent's spares are not trusted (it may have died emptying one).
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path, exist_ok=True)
@@ -87,7 +88,7 @@ class SpareDirs:
                 return False
             self._count += 1  # a place held while emptying, outside the lock
         try:
-            tasks = _empty(path, self._keep, self._mode)
+            tasks = _empty(path, self._keep, self._created)
             if tasks is not None:
                 spare = os.path.join(self.path, str(next(self._names)))
                 os.rename(path, spare)
@@ -101,7 +102,9 @@ class SpareDirs:
         return False
 
 
-def _empty(path: str, keep: frozenset[str], mode: int | None) -> tuple[str, ...] | None:
+def _empty(
+    path: str, keep: frozenset[str], created: tuple[int, int | None]
+) -> tuple[str, ...] | None:
     """Remove the files of an allocation dir and of its task dirs, but those
     of a task dir named in `keep` that are as a create leaves them (above);
     the task dirs' names, or None if a task dir holds a dir (a task's own
@@ -118,13 +121,13 @@ def _empty(path: str, keep: frozenset[str], mode: int | None) -> tuple[str, ...]
         if any(e.is_dir(follow_symlinks=False) for e in inner):
             return None
         for e in inner:
-            if not (e.name in keep and _as_created(e, mode)):
+            if not (e.name in keep and _as_created(e, created)):
                 os.unlink(e.path)
         tasks.append(entry.name)
     return tuple(sorted(tasks))
 
 
-def _as_created(entry: os.DirEntry, mode: int | None) -> bool:
+def _as_created(entry: os.DirEntry, created: tuple[int, int | None]) -> bool:
     """An empty regular file of ours with one link and the create's mode: what
     the next task's O_CREAT would have made (no one else may see it: no
     other link; no mode or ACL mask a task changed)."""
@@ -133,8 +136,7 @@ def _as_created(entry: os.DirEntry, mode: int | None) -> bool:
         stat.S_ISREG(st.st_mode)
         and st.st_size == 0
         and st.st_nlink == 1
-        and st.st_uid == os.geteuid()
-        and stat.S_IMODE(st.st_mode) == mode
+        and (st.st_uid, stat.S_IMODE(st.st_mode)) == created
     )
 
 
