@@ -14,6 +14,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+# The client's HTTP wire is orch's own (the checkout's sources, not the
+# zipapp under test: every build is driven by the same client).
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+from orch.httpwire import Conn, read_answer, request_head  # noqa: E402
+
 # What an agent sends when nothing changed: the seed's heartbeat body with an
 # empty allocation map (heartbeats carry only changes).
 HEARTBEAT_BODY = {
@@ -24,6 +29,7 @@ HEARTBEAT_BODY = {
     "allocations": {},
 }
 CALIBRATION_ROUNDS = 100_000
+_JSON_BODY = {"Content-Type": "application/json"}
 
 
 def log(line: str) -> None:
@@ -113,42 +119,58 @@ def mb(nbytes: int) -> float:
 class JsonConnection:
     """One keep-alive HTTP connection speaking JSON, for load generators.
 
-    Lighter than a requests session (the client shares the machine's CPU
-    with the cluster it measures); reconnects once if the server closed it.
+    The client shares the machine's CPU with the cluster it measures, so it
+    writes and reads the exchange with orch's own wire (orch/httpwire.py: the
+    request head built in one go, the answer's headers read without the email
+    package) rather than http.client: ~0.2 ms of CPU less per request here.
+    Reconnects once if the server closed the kept connection.
     """
 
     def __init__(self, url: str, timeout: float = 30.0):
         parts = urlsplit(url)
-        self._new = lambda: http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-        self._conn = self._new()
+        self._address = (parts.hostname, parts.port)
+        self._host = parts.netloc
+        self._timeout = timeout
+        self._conn: Conn | None = None
         # The last answer's X-Orch-Index (a blocking query's next `index`);
         # 0 from a server without blocking queries.
         self.index = 0
 
+    def _dial(self) -> Conn:
+        sock = socket.create_connection(self._address, timeout=self._timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return Conn(sock)
+
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
+        headers = _JSON_BODY if data is not None else {}
+        message = request_head(method, path, self._host, headers, data) + (data or b"")
         for attempt in (1, 2):
+            conn, self._conn = self._conn or self._dial(), None
             try:
-                self._conn.request(method, path, body=data, headers=headers)
-                resp = self._conn.getresponse()
-                raw = resp.read()
+                conn.sock.sendall(message)
+                status, answer_headers, raw, will_close = read_answer(conn.reader, method)
                 break
             except (http.client.HTTPException, ConnectionError):
-                self._conn.close()
-                self._conn = self._new()
+                conn.close()
                 if attempt == 2:
                     raise
-        index = resp.getheader("X-Orch-Index") or ""
+        if will_close:
+            conn.close()
+        else:
+            self._conn = conn
+        index = answer_headers.get("x-orch-index", "")
         self.index = int(index) if index.isdigit() else 0
         try:
             doc = json.loads(raw) if raw else {}
         except ValueError:
             doc = {"error": raw[:200].decode(errors="replace")}
-        return resp.status, doc
+        return status, doc
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def disk_activity() -> tuple[int, int]:
