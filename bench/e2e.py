@@ -28,6 +28,7 @@ process of it still alive (server, agents, tasks) is killed by PID/group.
     python bench/e2e.py                 # full run, human-readable
     python bench/e2e.py --json          # ... last line: one JSON object
     python bench/e2e.py --smoke --json  # a tiny version (seconds)
+    python bench/e2e.py --python /usr/bin/python3.11  # the cluster on another CPython build
     python bench/e2e.py --servers 3     # SQLite beside 1 and 3 servers on PostgreSQL
                                         # (bench/e2e_ha.py): latency, reads/s
 """
@@ -55,6 +56,7 @@ from benchutil import (
     check_targets,
     free_port,  # bench/ is on sys.path
     host,
+    interpreter,
     log,
     mb,
     median,
@@ -120,6 +122,7 @@ class DevCluster:
         log_level: str,
         name: str,
         extra: tuple[str, ...] = (),
+        python: str = sys.executable,
     ):
         self.agents = agents
         self.port = free_port()
@@ -131,7 +134,7 @@ class DevCluster:
         self.started = time.perf_counter()
         self.popen = spawn(
             [
-                sys.executable,
+                python,
                 str(pyz),
                 "dev",
                 "--agents",
@@ -525,6 +528,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pyz", type=Path, default=DEFAULT_PYZ, help="the built zipapp")
     p.add_argument("--agents", type=int, default=3)
     p.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the interpreter that runs the cluster (default: this one); the client, "
+        "the floor and the calibration always run in this one",
+    )
+    p.add_argument(
         "--runs", type=int, default=3, help="cold starts measured (after the extraction one)"
     )
     p.add_argument("--jobs", type=int, default=200, help="submit->running jobs, one after another")
@@ -591,7 +600,12 @@ def main(argv=None) -> int:
         **host(),
         "mem_total_mb": mb(psutil.virtual_memory().total),
         "agents": args.agents,
+        "cluster_python": interpreter(args.python),
     }
+    python = result["cluster_python"]
+    log(
+        f"cluster python: {python['executable']} {python['version']}, libpython {python['libpython']}"
+    )
     cluster = None
     try:
         # -- cold starts ------------------------------------------------------
@@ -604,6 +618,7 @@ def main(argv=None) -> int:
                 shiv_root=shiv_root,
                 log_level=args.log_level,
                 name=f"dev-{run}",
+                python=args.python,
             )
             took = cluster.wait_healthy()
             if run == 0:
@@ -625,6 +640,10 @@ def main(argv=None) -> int:
         result["rss_agent_mb"] = max(idle["agents_mb"])
         result["rss_agents_mb"] = idle["agents_mb"]
         result["rss_launcher_mb"] = idle["launcher_mb"]
+        # What really runs the server and the agents (the launcher forks them).
+        result["cluster_exes"] = sorted(
+            {proc.exe() for procs in cluster.processes().values() for proc in procs}
+        )
         log(
             f"idle RSS: server {idle['server_mb']} MB, agents {idle['agents_mb']} MB, "
             f"launcher {idle['launcher_mb']} MB"

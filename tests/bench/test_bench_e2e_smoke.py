@@ -7,6 +7,7 @@ zipapp, stops by itself, and ends with one JSON object carrying its keys.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +35,10 @@ PROCESS_KINDS = {"server", "agents", "supervisors", "tasks", "agents_total", "cl
 HEARTBEAT_KEYS = {"calibration", "server_cpu_ms_per_heartbeat", "read_p99_ms"}
 
 
-def run_smoke(script: str, pyz: Path) -> dict:
+def run_smoke(script: str, pyz: Path, *extra: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), "--smoke", "--json", "--pyz", str(pyz)],
+        [sys.executable, str(ROOT / "bench" / script), "--smoke", "--json", "--pyz", str(pyz)]
+        + list(extra),
         capture_output=True,
         text=True,
         timeout=120,
@@ -56,6 +58,12 @@ def test_e2e_smoke_prints_its_summary(pyz):
     for key in E2E_KEYS:
         assert isinstance(summary[key], (int, float)), (key, summary[key])
     assert summary["calibration"] > 0
+    # The figures name the CPython build that ran the cluster (by default the
+    # benchmark's own) and the one the calibration ran in.
+    python = summary["cluster_python"]
+    assert python["executable"] == sys.executable and python["version"].startswith("3.")
+    assert python["libpython"] == summary["libpython"] in ("shared", "static")
+    assert summary["cluster_exes"] == [os.path.realpath(sys.executable)]
     # --smoke interleaves two rounds of floor and orch; the figures are their medians.
     assert summary["batch_rounds"] == 2 and len(summary["batch_runs"]) == 2
     assert PROCESS_KINDS == summary["cpu_ms_per_job"].keys()
@@ -68,6 +76,26 @@ def test_e2e_smoke_prints_its_summary(pyz):
         agent["agents"] + agent["supervisors"] + agent["tasks"], abs=0.01
     )
     assert summary["agent_cpu_ms_per_job"] == summary["cpu_ms_per_job"]["agents_total"] > 0
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.skipif(
+    not os.path.exists(SYSTEM_PYTHON)
+    or os.path.realpath(SYSTEM_PYTHON) == os.path.realpath(sys.executable),
+    reason="no system python3 other than the one running the tests",
+)
+def test_e2e_runs_the_cluster_on_the_python_asked_for(pyz):
+    """--python: the zipapp's server and agents run on the system's python3
+    (what `python3 -S orch.pyz` is on a Debian node); the client, the floor
+    and the calibration stay on the benchmark's own."""
+    summary = run_smoke("e2e.py", pyz, "--python", SYSTEM_PYTHON)
+    assert summary["cluster_exes"] == [os.path.realpath(SYSTEM_PYTHON)]
+    assert summary["cluster_python"]["executable"] == SYSTEM_PYTHON
+    assert summary["python"] == sys.version.split()[0]
+    for run in summary["batch_runs"]:
+        assert run["complete"] == run["jobs"]
 
 
 def test_heartbeats_smoke_prints_its_summary(pyz):
