@@ -603,9 +603,7 @@ def main(argv=None) -> int:
         "cluster_python": interpreter(args.python),
     }
     python = result["cluster_python"]
-    log(
-        f"cluster python: {python['executable']} {python['version']}, libpython {python['libpython']}"
-    )
+    log(f"cluster python: {python['executable']} {python['version']} ({python['libpython']})")
     cluster = None
     try:
         # -- cold starts ------------------------------------------------------
