@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -69,9 +70,11 @@ _INTERPRETER_PROBE = (
 )
 
 
+@functools.cache  # a build does not change under a running benchmark
 def interpreter(executable: str = sys.executable) -> dict:
     """The CPython build at ``executable``: path, version, libpython shared
-    or static (None where /proc is missing)."""
+    or static (None where /proc is missing). OSError or
+    subprocess.SubprocessError if it cannot be run."""
     out = subprocess.run(
         [executable, "-S", "-c", _INTERPRETER_PROBE],
         capture_output=True,

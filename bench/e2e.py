@@ -589,6 +589,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.pyz.is_file():
         sys.exit(f"{args.pyz} not found: build it with `python build/make_pyz.py`")
+    try:  # before anything starts: a --python that cannot run ends here
+        cluster_python = interpreter(args.python)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        sys.exit(f"--python {args.python}: cannot run it ({exc})")
     if args.servers > 1:
         from e2e_ha import run_ha  # bench/ is on sys.path
 
@@ -600,10 +604,12 @@ def main(argv=None) -> int:
         **host(),
         "mem_total_mb": mb(psutil.virtual_memory().total),
         "agents": args.agents,
-        "cluster_python": interpreter(args.python),
+        "cluster_python": cluster_python,
     }
-    python = result["cluster_python"]
-    log(f"cluster python: {python['executable']} {python['version']} ({python['libpython']})")
+    log(
+        f"cluster python: {cluster_python['executable']} {cluster_python['version']} "
+        f"({cluster_python['libpython']})"
+    )
     cluster = None
     try:
         # -- cold starts ------------------------------------------------------

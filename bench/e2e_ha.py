@@ -205,7 +205,7 @@ def measure(args, workdir: Path, name: str, servers: int, database: str | None) 
         extra += ("--database", database)
     cluster = DevCluster(
         args.pyz, workdir, agents=args.agents, shiv_root=workdir / "shiv",
-        log_level=args.log_level, name=name, extra=extra,
+        log_level=args.log_level, name=name, extra=extra, python=args.python,
     )  # fmt: skip
     try:
         started = cluster.wait_healthy()

@@ -98,6 +98,23 @@ def test_e2e_runs_the_cluster_on_the_python_asked_for(pyz):
         assert run["complete"] == run["jobs"]
 
 
+def test_e2e_refuses_a_python_it_cannot_run(pyz, tmp_path):
+    """A wrong --python ends the run before any cluster starts, with a line
+    naming it rather than a traceback."""
+    for bad in (str(tmp_path / "no-such-python"), "/bin/false"):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "e2e.py"), "--smoke", "--json"]
+            + ["--pyz", str(pyz), "--python", bad],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert proc.returncode != 0
+        assert f"--python {bad}: cannot run it" in proc.stderr
+        assert "Traceback" not in proc.stderr and "cold start" not in proc.stdout
+
+
 def test_heartbeats_smoke_prints_its_summary(pyz):
     summary = run_smoke("heartbeats.py", pyz)
     assert HEARTBEAT_KEYS <= summary.keys(), summary
