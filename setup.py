@@ -24,6 +24,7 @@ setup(
         "psutil",
         "docker",
         "google-re2",
+        "orjson",
         "croniter",
         "psycopg[binary]",
         "psycopg-pool",

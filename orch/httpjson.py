@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import bottle
 
+from orch import fastjson
 from orch.errors import (
     BadGateway,
     Forbidden,
@@ -54,13 +55,9 @@ def error_body(message: str, **extra: object) -> str:
     return json.dumps({"error": message, **extra}, ensure_ascii=False)
 
 
-# One encoder for all answers: json.dumps with options builds one per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
 def dumps(payload: object) -> str:
     """A route's JSON answer as text (compact, UTF-8 as is)."""
-    return _ENCODER.encode(payload)
+    return fastjson.dumps(payload).decode()
 
 
 def read_json(max_body: int | None = None) -> Any:

@@ -30,7 +30,6 @@ Errors: what a failed exchange raises is in ``ERRORS``::
 from __future__ import annotations
 
 import http.client
-import json
 import logging
 import os
 import socket
@@ -40,13 +39,12 @@ import time
 from collections import OrderedDict
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
+from orch import fastjson
 from orch.httpwire import Conn, read_answer, request_head
 
 log = logging.getLogger(__name__)
 
 ERRORS = (OSError, http.client.HTTPException)
-# Request bodies' encoder, kept: json.dumps with options builds one per call.
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 # A kept connection the peer closed meanwhile fails in one of these ways on
 # its next request: dialing again once is safe (nothing was processed).
 STALE = (
@@ -79,7 +77,7 @@ class Response:
         return self.content.decode("utf-8", errors="replace")
 
     def json(self):
-        return json.loads(self.content)
+        return fastjson.loads(self.content)
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -161,7 +159,7 @@ class HttpClient:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         all_headers = {"Accept": "application/json", **self._headers, **(headers or {})}
         if body is not None and not isinstance(body, bytes):
-            body = _ENCODE(body).encode()
+            body = fastjson.dumps(body, escape=True)
             all_headers.setdefault("Content-Type", "application/json")
         connect, read = _pair(timeout) if timeout is not None else self.timeout
         reused = key in self._conns

@@ -41,8 +41,8 @@ from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import WSGITask
 from waitress.utilities import build_http_date
 
+from orch import fastjson
 from orch.errors import OrchError
-from orch.httpjson import dumps
 from orch.wsgiloop import Asyncore, EpollMap
 from orch.wsgiparser import FastParser, plain_header
 
@@ -340,7 +340,7 @@ class _HeldAnswers:
         # error, as the routes render one (orch.httpjson.Router).
         status = HTTPStatus(failed.status)
         line = b"%d %s" % (status.value, status.phrase.encode())
-        error = dumps(failed.to_dict()).encode()
+        error = fastjson.dumps(failed.to_dict())
         for tasks, channel, _body, _headers, close in answers:
             tasks._send(channel, error, _NO_HEADERS, close, line)
 

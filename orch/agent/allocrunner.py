@@ -19,7 +19,6 @@ may lose) are read best beside the state changes that trigger them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -27,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from orch import fastjson
 from orch.agent import taskenv
 from orch.agent.drivers import select_driver
 from orch.agent.drivers.base import Driver, TaskContext
@@ -42,9 +42,6 @@ from orch.structs import TERMINAL_TASK, AllocStatus, Resources, Task, TaskState,
 log = logging.getLogger(__name__)
 
 R, F = TaskStatus.RUNNING, TaskStatus.FAILED
-# The heartbeat entry's and alloc.json's encoder, made once: json.dumps with options builds a
-# JSONEncoder per call, a third of a report's encoding (bench/README.md).
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class AllocRunner:
@@ -83,7 +80,7 @@ class AllocRunner:
         self._persist_lock = threading.Lock()  # one writer at a time, newest last
         self._entry: dict | None = None  # heartbeat entry until the next change
         self._report: tuple[str, str] | None = None  # ... and its status and JSON
-        self._spec_json: str | None = None  # the spec never changes: encoded once
+        self._spec_json: bytes | None = None  # the spec never changes: encoded once
         # The last result of each health check by "<service>/<check>"
         # (orch.agent.checks); reported, never persisted: checks run again.
         self.check_results: dict[str, dict] = {}
@@ -365,7 +362,7 @@ class AllocRunner:
         with self.lock:
             if self._report is None:
                 entry = self.heartbeat_entry()
-                self._report = (entry["status"], _COMPACT.encode(entry))
+                self._report = (entry["status"], fastjson.dumps(entry, escape=True).decode())
             return self._report
 
     def to_dict(self) -> dict:
@@ -392,9 +389,9 @@ class AllocRunner:
         """What alloc.json holds (the spec, the task states, the drivers'
         handles) encoded, the spec's part only once (caller holds the lock)."""
         if self._spec_json is None:
-            self._spec_json = _COMPACT.encode(self.spec.to_dict())
-        state = _COMPACT.encode(self._state_doc())
-        return f'{{"spec":{self._spec_json},{state[1:]}'.encode()
+            self._spec_json = fastjson.dumps(self.spec.to_dict(), escape=True)
+        state = fastjson.dumps(self._state_doc(), escape=True)
+        return b'{"spec":%s,%s' % (self._spec_json, state[1:])
 
     def changed(self, recoverable: bool = False) -> None:
         """Update alloc times, mark for writing, and tell the heartbeat loop.

@@ -22,10 +22,10 @@ import hmac
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from orch import fastjson
 from orch.agent.api import BATCH_MAX, MAX_BODY, batch_answer
 from orch.agent.spec import parse_alloc
 from orch.errors import OrchError
-from orch.httpjson import dumps
 from orch.validation import document
 
 if TYPE_CHECKING:
@@ -63,14 +63,14 @@ def inline_routes(agent: Agent) -> dict[tuple[str, str], Inline]:
             return None  # the route says what is wrong with it
         agent.submit(spec)
         answer = {"message": "Allocation accepted", "allocation_id": spec.allocation_id}
-        return dumps(answer).encode(), _NO_HEADERS
+        return fastjson.dumps(answer), _NO_HEADERS
 
     def push_batch(headers: Mapping[str, str], body: bytes, _param: str) -> InlineAnswer | None:
         doc = body_of(headers, body)
         items = doc.get("allocations") if isinstance(doc, dict) else None
         if not isinstance(items, list) or not 0 < len(items) <= BATCH_MAX:
             return None
-        return dumps(batch_answer(agent, items)).encode(), _NO_HEADERS
+        return fastjson.dumps(batch_answer(agent, items)), _NO_HEADERS
 
     return {
         ("POST", "/allocations"): push,

@@ -59,6 +59,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from orch import fastjson
 from orch.agent.fingerprint import Fingerprint
 from orch.agent.wake import Wake
 from orch.config import AgentConfig
@@ -365,7 +366,9 @@ class NodeLoop:
         allocations = ",".join(
             f"{json.dumps(alloc_id)}:{entry}" for alloc_id, (_, entry) in reports.items()
         )
-        data = f'{json.dumps(head)[:-1]}, "allocations": {{{allocations}}}}}'
+        data = (
+            f'{fastjson.dumps(head, escape=True).decode()[:-1]},"allocations":{{{allocations}}}}}'
+        )
         return data.encode(), reports
 
     def forget(self, alloc_id: str) -> None:

@@ -21,7 +21,6 @@ flag, `chattr +T`): see `spread_subdirs`.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import secrets
@@ -30,6 +29,7 @@ import struct
 import threading
 import uuid
 
+from orch import fastjson
 from orch.agent.spare import SpareDirs
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class AgentStore:
         """Persist an allocation (a document, or its JSON); a no-op once it was
         removed. Its first write makes its dir, from a spare one with these
         task dirs if there is one."""
-        raw = doc if isinstance(doc, bytes) else json.dumps(doc, separators=(",", ":")).encode()
+        raw = doc if isinstance(doc, bytes) else fastjson.dumps(doc, escape=True)
         path = f"{self.allocs_dir}/{alloc_id}/{ALLOC_FILE}"
         with self._lock:
             if alloc_id in self._removed:
@@ -158,7 +158,7 @@ class AgentStore:
                     text = f.read()
                 if not text:  # created, not yet written: as if never written
                     continue
-                docs.append(json.loads(text))
+                docs.append(fastjson.loads(text))
             except FileNotFoundError:
                 continue
             except (OSError, ValueError) as exc:

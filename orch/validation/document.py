@@ -17,6 +17,7 @@ import math
 import re
 from itertools import accumulate
 
+from orch import fastjson
 from orch.errors import ValidationError
 
 MAX_DEPTH = 64
@@ -94,9 +95,11 @@ def loads(raw: bytes, *, max_depth: int = MAX_DEPTH):
         raise ValidationError(f"body: nested deeper than {max_depth} levels")
     try:
         # One decoder for all: json.loads with hooks builds one per call. A
-        # second BOM goes to json.loads, which words that error.
+        # second BOM goes to json.loads, which words that error. orjson takes
+        # what it reads as they would (it refuses NaN, Infinity, overflowing
+        # numbers and lone surrogates: those come back to them).
         parse = json.loads if text.startswith("\ufeff") else _DECODER.decode
-        value = parse(text)
+        value = fastjson.loads(raw[sig:] if sig else raw, lambda _raw: parse(text))
     except RecursionError:
         # Unreachable past the depth check; kept so that no parser path can 500.
         raise ValidationError(f"body: nested deeper than {max_depth} levels") from None

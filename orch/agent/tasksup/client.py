@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
-import json
 import logging
 import os
 import selectors
@@ -27,6 +26,7 @@ from collections.abc import Callable
 import psutil
 
 import orch
+from orch import fastjson
 from orch.agent.tasksup.protocol import IN_USE, READY, receive, socket_address, take_lines
 from orch.errors import DriverError
 
@@ -100,7 +100,7 @@ class SupervisorClient:
         with self._lock:
             self._pending[line_id] = pending
         try:
-            data = json.dumps({"id": line_id, "start": spec}).encode() + b"\n"
+            data = fastjson.dumps({"id": line_id, "start": spec}, escape=True) + b"\n"
             try:
                 with self._send_lock:
                     sock.sendall(data)
@@ -124,7 +124,7 @@ class SupervisorClient:
         pending = _Pending(lambda reply: on_answer(reply, pid, created))
         with self._lock:
             self._pending[line_id] = pending
-        data = json.dumps({"id": line_id, "start": spec}).encode() + b"\n"
+        data = fastjson.dumps({"id": line_id, "start": spec}, escape=True) + b"\n"
         try:
             with self._send_lock:
                 sock.sendall(data)
@@ -274,7 +274,7 @@ class SupervisorClient:
             buf += data
             for line in take_lines(buf):
                 try:
-                    self._dispatch(json.loads(line))
+                    self._dispatch(fastjson.loads(line))
                 except (ValueError, TypeError, AttributeError):
                     log.warning("task supervisor sent an unreadable line: %r", line[:200])
 

@@ -14,9 +14,10 @@ packages, so it stays stdlib only.
 
 from __future__ import annotations
 
-import json
 import math
 import socket
+
+from orch import fastjson
 
 READY = b"ready\n"
 IN_USE = b"in-use\n"
@@ -51,7 +52,7 @@ def encode(doc: dict) -> bytes:
                 return b'{"pid": %d, "create_time": %r, "id": %d}\n' % (pid, created, line_id)
             if created is None:
                 return b'{"pid": %d, "create_time": null, "id": %d}\n' % (pid, line_id)
-    return json.dumps(doc).encode() + b"\n"
+    return fastjson.dumps(doc, escape=True) + b"\n"
 
 
 def socket_address(name: str) -> bytes:

@@ -11,9 +11,10 @@ disk, costs a hundred times more. Stdlib only: the supervisor imports it.
 
 from __future__ import annotations
 
-import json
 import os
 import time
+
+from orch import fastjson
 
 
 def claim(path: str, supervisor_pid: int | None = None) -> int | None:
@@ -47,7 +48,7 @@ def start_line(pid: int, memory_mb: object) -> bytes:
 
 def line_of(doc: dict) -> bytes:
     """A record's line: the JSON object and its newline."""
-    return json.dumps(doc).encode() + b"\n"
+    return fastjson.dumps(doc, escape=True) + b"\n"
 
 
 def append_fd(fd: int, doc: dict | bytes) -> bool:
@@ -95,7 +96,7 @@ def read_record(path: str) -> dict | None:
     doc: dict = {}
     for line in data.split(b"\n"):
         try:
-            part = json.loads(line)
+            part = fastjson.loads(line)
         except ValueError:
             continue  # empty, or being written
         if isinstance(part, dict):

@@ -34,7 +34,6 @@ only pass its state around.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import resource
 import select
@@ -44,6 +43,7 @@ import subprocess
 import sys
 import time
 
+from orch import fastjson
 from orch.agent.tasksup.limits import (
     CgroupFiles,
     cgroup_oom,
@@ -223,7 +223,7 @@ class Supervisor:
         for line in take_lines(buf):
             request: dict = {}
             try:
-                request = json.loads(line)
+                request = fastjson.loads(line)
                 reply = self._start(request["start"], conn)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 reply = {"error": f"bad request to the task supervisor: {exc!r}"}

@@ -1,0 +1,83 @@
+"""JSON on the paths every job takes: orjson where its answer is the
+standard library's, the standard library where it is not.
+
+A batch job crosses a dozen small documents on its way through the cluster
+(its submit, the push, the start line and the exit, reports, beats, their
+answers, the reads). The standard library's encoder is set up anew per call
+and calls back into Python for every float; orjson writes a job's 400-byte
+detail in ~1 us against ~15 and reads it in ~4 against ~14 (bench/README.md,
+issue #17).
+
+The same answer, exactly:
+
+- ``dumps``: what orjson will not write as ``json`` would (keys other than
+  str, ints beyond 64 bits, lone surrogates; dataclasses and datetimes, passed
+  through on purpose) goes to the standard library, which writes it, or
+  raises, as before. Two differences remain, both in what no caller writes
+  (request bodies refuse NaN and infinities at the door): a float in the
+  other exponent style (``1e-05`` is written ``0.00001``, the same number),
+  and NaN or an infinity written as null instead of the non-JSON ``NaN``.
+- ``loads``: orjson refuses every text the standard library refuses, and a
+  few more (NaN, Infinity, numbers that overflow, UTF-8-encoded surrogates, a
+  byte-order mark); those go to the standard library, which answers as
+  before. Integers of 19 digits or more, which orjson would read as floats
+  beyond 64 bits, go there first.
+
+Without orjson (a checkout run without its dependencies installed), the
+standard library does everything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - the zipapp and the tests have it
+    orjson = None  # type: ignore[assignment]
+
+# Kept encoders: json.dumps with options builds one per call.
+_UTF8_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ESCAPED_TEXT = json.JSONEncoder(separators=(",", ":")).encode
+# orjson writes these natively where json raises TypeError: passed through,
+# they come back to the standard library, which raises as before.
+_OPTIONS = (
+    0 if orjson is None else orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+)
+# A number orjson could read beyond 64 bits (as a float); a string holding
+# such a digit run also takes the standard library's (equal, slower) way.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS_TEXT = re.compile(r"[0-9]{19}")
+
+
+def dumps(value: Any, *, escape: bool = False) -> bytes:
+    """``value`` as compact JSON in UTF-8.
+
+    ``escape``: where orjson declines, write non-ASCII characters as \\u
+    escapes, as ``json.dumps`` does by default (a lone surrogate then goes
+    through as an escape instead of raising); the document is the same."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(value, option=_OPTIONS)
+        except TypeError:  # orjson.JSONEncodeError is one
+            pass
+    if escape:
+        return _ESCAPED_TEXT(value).encode()
+    return _UTF8_TEXT(value).encode()
+
+
+def loads(raw: bytes | str, fallback: Callable[[Any], Any] = json.loads) -> Any:
+    """A JSON text parsed as ``json.loads`` (or ``fallback``: a parse with
+    hooks, or with its own errors) parses it; ``fallback`` has every text
+    orjson declines."""
+    if orjson is not None:
+        long_digits = _LONG_DIGITS_TEXT if isinstance(raw, str) else _LONG_DIGITS
+        if not long_digits.search(raw):  # type: ignore[arg-type]
+            try:
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                pass
+    return fallback(raw)
