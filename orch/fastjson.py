@@ -23,8 +23,10 @@ The same answer, exactly:
   before. Integers of 19 digits or more, which orjson would read as floats
   beyond 64 bits, go there first.
 
-Without orjson (a checkout run without its dependencies installed), the
-standard library does everything.
+Without orjson the standard library does everything. That is the case in
+the task supervisor of a checkout, which has only the dir holding orch on
+its path (``orch/agent/tasksup/client.py``); the zipapp's supervisor finds
+orjson beside orch.
 """
 
 from __future__ import annotations

@@ -133,10 +133,14 @@ def test_texts_orjson_declines_or_misreads_are_read_as_json_reads_them(codec, te
     ],
 )
 def test_what_json_refuses_is_refused(codec, text):
-    with pytest.raises(ValueError):
-        json.loads(text)
-    with pytest.raises(ValueError):
-        codec.loads(text)
+    _both_raise(ValueError, lambda: json.loads(text), lambda: codec.loads(text))
+
+
+def _both_raise(error: type[Exception], reference, ours) -> None:
+    with pytest.raises(error):
+        reference()
+    with pytest.raises(error):
+        ours()
 
 
 def test_the_fallback_parses_every_declined_text_and_nothing_else(codec):
@@ -172,10 +176,7 @@ def test_documents_orjson_declines_are_written_by_json(codec, value):
 
 @pytest.mark.parametrize("value", [_Record("x"), {"at": datetime.datetime(2026, 12, 3)}, {1, 2}])
 def test_what_json_cannot_write_raises_as_json_raises(codec, value):
-    with pytest.raises(TypeError):
-        json.dumps(value)
-    with pytest.raises(TypeError):
-        codec.dumps(value)
+    _both_raise(TypeError, lambda: json.dumps(value), lambda: codec.dumps(value))
 
 
 def test_a_lone_surrogate_is_escaped_on_request_and_refused_otherwise(codec):

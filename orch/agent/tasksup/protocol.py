@@ -9,7 +9,9 @@
 
 The supervisor says READY (or IN_USE: another serves the name) on its stdout
 once bound. Both sides import this module; the supervisor runs without site
-packages, so it stays stdlib only.
+packages, so it stays stdlib only, but for orjson through ``orch.fastjson``
+where the dir that holds orch holds it too (the zipapp's does; a checkout's
+does not, and the standard library does the JSON).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ could not start), then how it ended (`exit_code`, `signal`, `oom_killed`).
 An agent killed between asking for a start and saving the handle finds the
 run there, and a start asked twice (by that agent, then by its successor)
 runs once. Appending costs a write; creating and renaming files, on a busy
-disk, costs a hundred times more. Stdlib only: the supervisor imports it.
+disk, costs a hundred times more. Stdlib only (the supervisor imports it), but
+for orjson where it can be imported (``orch.fastjson``, as in ``protocol.py``).
 """
 
 from __future__ import annotations
