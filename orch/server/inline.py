@@ -92,7 +92,7 @@ def inline_routes(server: Server) -> dict[tuple[str, str], Inline]:
             return None  # the route folds in what is left and reports the error
         if answer is None:
             return None
-        return beat_answer_bytes(answer), _NO_HEADERS
+        return fastjson.dumps(answer), _NO_HEADERS
 
     store = server.store
 
@@ -125,30 +125,6 @@ def inline_routes(server: Server) -> dict[tuple[str, str], Inline]:
     if not store.backend.shared:
         routes[("POST", "/jobs")] = submit
     return routes
-
-
-# A numbered beat's answer, as ``dumps`` writes it (the key order of
-# nodes._beat_answer), formatted without the JSON encoder: the encoder was
-# 6% of the I/O thread's samples under heartbeat load.
-_ACKED = (
-    b'{"message":"Heartbeat received","ack":%d,"resync":false}',
-    b'{"message":"Heartbeat received","ack":%d,"resync":true}',
-)
-_ACK_KEYS = ("message", "ack", "resync")
-
-
-def beat_answer_bytes(answer: dict) -> bytes:
-    """``fastjson.dumps(answer)`` for a heartbeat's answer, quicker for the
-    usual one (a numbered beat acknowledged)."""
-    ack, resync = answer.get("ack"), answer.get("resync")
-    if (
-        type(ack) is int
-        and type(resync) is bool
-        and tuple(answer) == _ACK_KEYS
-        and answer["message"] == "Heartbeat received"
-    ):
-        return _ACKED[resync] % ack
-    return fastjson.dumps(answer)
 
 
 def _reader(

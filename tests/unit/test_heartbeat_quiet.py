@@ -8,9 +8,10 @@ import json
 import pytest
 from inline_pair import store_lock_held
 
+from orch import fastjson
 from orch.config import ServerConfig
 from orch.httpjson import dumps
-from orch.server.inline import beat_answer_bytes, inline_routes
+from orch.server.inline import inline_routes
 from orch.server.server import Server
 from orch.server.worker import SchedulerWorker
 from orch.structs import AllocStatus
@@ -161,4 +162,4 @@ def test_the_inline_route_checks_the_token(tmp_path):
     ],
 )
 def test_the_answer_bytes_are_the_encoders(answer):
-    assert beat_answer_bytes(answer) == dumps(answer).encode()
+    assert fastjson.dumps(answer) == dumps(answer).encode()  # the inline route's encoder

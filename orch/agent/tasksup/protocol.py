@@ -16,14 +16,12 @@ does not, and the standard library does the JSON).
 
 from __future__ import annotations
 
-import math
 import socket
 
 from orch import fastjson
 
 READY = b"ready\n"
 IN_USE = b"in-use\n"
-_ANSWER_KEYS = {"pid", "create_time", "id"}  # a start's answer (`encode`)
 
 
 def receive(sock: socket.socket) -> bytes:
@@ -45,15 +43,8 @@ def take_lines(buf: bytearray) -> list[bytes]:
 
 
 def encode(doc: dict) -> bytes:
-    """`doc` as a line. A start's answer, one a start, is formatted (~1 us
-    against ~7 for json.dumps); anything else goes through json."""
-    if doc.keys() == _ANSWER_KEYS:
-        pid, created, line_id = doc["pid"], doc["create_time"], doc["id"]
-        if type(pid) is int and type(line_id) is int:
-            if type(created) is float and math.isfinite(created):
-                return b'{"pid": %d, "create_time": %r, "id": %d}\n' % (pid, created, line_id)
-            if created is None:
-                return b'{"pid": %d, "create_time": null, "id": %d}\n' % (pid, line_id)
+    """`doc` as a line (orjson writes a start's answer in ~0.4 us, where the
+    hand-formatted line it replaced took ~2.5)."""
     return fastjson.dumps(doc, escape=True) + b"\n"
 
 
