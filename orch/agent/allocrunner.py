@@ -159,8 +159,7 @@ class AllocRunner:
             self._done.set()
         for name, runner in self.tasks.items():
             if name not in self._finished and not runner.terminal:
-                runner.start()
-        self.changed(recoverable=True)  # the threads say what they change
+                runner.start()  # its changes it tells itself (_locked_event, _running, ...)
         failed = [r for r in self.tasks.values() if r.state.status == F]
         if failed:
             self._kill_siblings(failed[0])

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from waitress.server import create_server
 
+from orch import collector
 from orch.agent.agent import Agent
 from orch.agent.api import make_app
 from orch.agent.inline import inline_routes
@@ -85,14 +86,21 @@ def serve(
     stop: threading.Event,
     ready: threading.Event | None = None,
     info: dict | None = None,
+    *,
+    own_process: bool = False,
 ) -> int:
-    """Run an agent until `stop` is set; tests call this from a thread."""
+    """Run an agent until `stop` is set; tests call this from a thread.
+
+    `own_process`: the process is the agent's alone (`orch agent`), so its
+    collector is set for a long-lived daemon once the state is restored."""
     try:
         agent = Agent(config)
     except DriverError as exc:  # e.g. --task-user names no user
         log.error("cannot start the agent: %s", exc.message)
         return 1
     agent.restore()
+    if own_process:
+        collector.tune()
     try:
         server = HttpServer(
             make_app(agent), config.bind, config.port, config.http_threads, inline_routes(agent)
@@ -138,4 +146,4 @@ def run(config: AgentConfig) -> int:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)
-    return serve(config, stop)
+    return serve(config, stop, own_process=True)

@@ -458,7 +458,7 @@ def run(config: ServerConfig) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code."""
     import signal
 
-    from orch.server import collector
+    from orch import collector
     from orch.server.api import make_app
     from orch.server.inline import inline_routes
     from orch.server.state.group import TurnCommit

@@ -107,7 +107,7 @@ def test_batch_task_completes(env):
     assert events(runner, "t") == ["Received", "Started", "Terminated"]
     assert state.events[-1]["message"] == "Exit Code: 0"
     assert runner.start_time and runner.end_time >= runner.start_time
-    assert runner.changes.count >= 3
+    assert runner.changes.count == 3  # one each: arrival, start, end (each wakes the beat)
     assert runner.reserved() == Resources()
 
 
@@ -235,6 +235,37 @@ def test_docker_task_falls_back_to_exec(env):
     ).items()
     with open(env.store.log_path("a1", "t", "stdout")) as f:
         assert f.read() == "fell back\n"
+
+
+class HeldExec(ExecDriver):
+    """The exec driver, its starts held until `release` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+
+    def start_notified(self, ctx, started, exited):
+        self.release.wait(5)
+        super().start_notified(ctx, started, exited)
+
+
+def test_a_driver_note_is_told_before_the_start_returns(env):
+    held = HeldExec()
+    runner = env(
+        spec([{"name": "t", "driver": "docker", "config": {"image": "alpine", "command": "true"}}]),
+        drivers={"exec": held},
+        start=False,
+    )
+    starting = threading.Thread(target=runner.start)
+    starting.start()
+    try:
+        # Arrival, then the fallback's note: told while the start still waits.
+        assert wait_for(lambda: runner.changes.count >= 2, timeout=5)
+        assert events(runner, "t")[-1] == "Driver" and starting.is_alive()
+    finally:
+        held.release.set()
+        starting.join(5)
+    assert runner.wait(5) and runner.tasks["t"].state.status == "complete"
 
 
 def test_docker_task_without_command_fails(env):

@@ -1,4 +1,4 @@
-"""The server process's collector settings (orch.server.collector)."""
+"""A daemon's collector settings (orch.collector)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from orch.server import collector
+from orch import collector
 
 
 @pytest.fixture
@@ -54,3 +54,28 @@ def test_cycles_made_later_are_still_collected(restored):
     a.partner, b.partner = b, a
     del a, b
     assert gc.collect() >= 2
+
+
+@pytest.mark.parametrize("own_process", [True, False])
+def test_an_agent_sets_the_collector_only_in_a_process_of_its_own(
+    tmp_path, monkeypatch, own_process
+):
+    import socket
+    import threading
+
+    from orch.agent import main
+    from orch.config import AgentConfig
+
+    calls = []
+    monkeypatch.setattr(main.collector, "tune", lambda: calls.append("tuned"))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:  # the port is taken: serve returns once the state is restored
+        config = AgentConfig(
+            server="http://127.0.0.1:9", data_dir=str(tmp_path), port=taken.getsockname()[1]
+        )
+        assert main.serve(config, threading.Event(), own_process=own_process) == 1
+    finally:
+        taken.close()
+    assert calls == (["tuned"] if own_process else [])
