@@ -192,7 +192,7 @@ def test_past_the_waiters_cap_a_query_is_answered_at_once():
     # Asked only once the first holds the only slot: asked sooner, it could
     # take the slot, the first (answered at once) would leave, and every
     # later ask would wait its time out.
-    assert wait_for(lambda: feed._blocking._value == 0, timeout=20)
+    assert wait_for(lambda: feed.blocked == 1, timeout=20)
     start = time.monotonic()
     feed.block(lambda: (None, feed.index), 10, 30.0)
     assert time.monotonic() - start < 10  # with the slot, it would wait 30 s
@@ -251,3 +251,23 @@ def test_a_dispatched_child_moves_its_parents_index(app):
     writer.join()
     assert status == 200 and len(out["children"]) == 1
     assert int(headers[HEADER]) > index and took < 30
+
+
+def test_a_waiters_slot_is_given_back_however_its_query_ends():
+    feed = ChangeFeed(max_blocking=1)
+    feed.start_at(10)
+    assert feed.block(lambda: (None, 11), 10, 5.0) == (None, 11)  # answered at once
+    assert feed.block_on(["j"], lambda: (None, None), 10, 0.01) == (None, None)  # timed out
+
+    def broken():
+        raise RuntimeError("the answer failed")
+
+    with pytest.raises(RuntimeError):
+        feed.block(broken, 10, 5.0)
+    with pytest.raises(RuntimeError):
+        feed.block_on(["j"], broken, 10, 0.01)
+    assert feed.blocked == 0
+    # The one slot is free: a query waits again rather than being answered at once.
+    start = time.monotonic()
+    feed.block(lambda: (None, feed.index), 10, 0.2)
+    assert time.monotonic() - start >= 0.2

@@ -474,8 +474,8 @@ def test_blocking_queries_past_the_cap_are_answered_at_once(app, server):
     # The fifth asks only once the four hold every slot. Asked sooner, it could
     # take a slot itself, and one of the four, answered at once, left the slot
     # to it for good: on a loaded host it then waited its second every time.
-    slots = server.store.changes._blocking
-    assert wait_for(lambda: slots._value == 0, timeout=30)
+    feed = server.store.changes
+    assert wait_for(lambda: feed.blocked == 4, timeout=30)
     start = time.monotonic()
     status, headers, _ = call(app, "GET", f"/v1/job/web?index={index}&wait=30s")
     took = time.monotonic() - start

@@ -180,9 +180,34 @@ def test_a_start_answer_says_when_the_task_started_even_if_it_ended_at_once(clie
     long_answer, _, _ = client.start(start_spec(tmp_path, "slow", ["sleep", "5"]))
     try:
         created = psutil.Process(long_answer["pid"]).create_time()
-        assert abs(long_answer["create_time"] - created) < 0.05  # psutil's own figure
+        assert abs(long_answer["create_time"] - created) < 1e-6  # psutil's own figure
     finally:
         os.killpg(long_answer["pid"], 9)
+
+
+def test_a_create_time_is_the_forks_tick_even_when_a_tick_fell_during_the_start():
+    import subprocess
+
+    import psutil
+
+    from orch.agent.tasksup import server
+
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        created = psutil.Process(child.pid).create_time()
+        boot = psutil.boot_time()
+        tick = server.TICK_NS
+        # Readings a tick apart: the clock cannot say which, /proc can.
+        spanning = (0, 10 * tick)
+        assert abs(server._create_time(child.pid, spanning, boot) - created) < 1e-6
+        # Readings within one tick: that tick, without /proc.
+        within = (7 * tick + 1, 8 * tick - 1)
+        assert server._create_time(child.pid, within, boot) == boot + 7 / server.CLOCK_TICKS
+        assert server._create_time(child.pid, within, None) is None
+    finally:
+        child.kill()
+        child.wait()
+    assert server._create_time(child.pid, spanning, boot) is None  # reaped: unknown
 
 
 def test_task_cgroups_are_kept_only_for_an_agent_still_connected(tmp_path):

@@ -280,10 +280,8 @@ class Supervisor:
     def _spawn_claimed(self, spec: dict, fd: int, conn: socket.socket | None) -> tuple[dict, bool]:
         """Start a claimed run; its record's lines go through `fd`. Also
         says whether the run kept `fd` open for its exit line."""
-        # Just before the fork: the task's start time to the kernel's tick.
-        before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         try:
-            pid, popen = _spawn(spec, self.devnull, (self.homes, self.files), self.home_dir)
+            pid, popen, forked = _spawn(spec, self.devnull, (self.homes, self.files), self.home_dir)
         except OSError as exc:
             error = _start_error(spec["argv"][0], exc)
             append_fd(fd, {"error": error})
@@ -303,7 +301,7 @@ class Supervisor:
             # Its directory is gone already (a DELETE): the task is not wanted.
             _note(f"the task's run record {spec['record_path']} is gone: killing it")
             _killpg(pid, signal.SIGKILL)
-        return {"pid": pid, "create_time": _create_time(before, self.boot_time)}, keep_fd
+        return {"pid": pid, "create_time": _create_time(pid, forked, self.boot_time)}, keep_fd
 
     # -- ending ---------------------------------------------------------------
 
@@ -427,9 +425,10 @@ class HomeCgroups:
 
 def _spawn(
     spec: dict, stdin: int, cgroups: tuple[HomeCgroups, CgroupFiles], home_dir: int
-) -> tuple[int, subprocess.Popen | None]:
-    """Start the task in a process group of its own: its pid, and its Popen
-    if subprocess started it; raises OSError if it cannot start.
+) -> tuple[int, subprocess.Popen | None, tuple[int, int]]:
+    """Start the task in a process group of its own: its pid, its Popen if
+    subprocess started it, and CLOCK_BOOTTIME read just before and just after
+    the start (the fork is between); raises OSError if it cannot start.
 
     Neither way runs Python in the child (vfork and exec), which costs a
     fraction of a fork of this process. A task with cgroups is started from
@@ -448,8 +447,10 @@ def _spawn(
     homes, files = cgroups
     try:
         files.join(spec.get("cgroup_procs") or [])
+        before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         if not user:
-            return posix_spawn_task(spec, (stdin, out, err), home_dir), None
+            pid = posix_spawn_task(spec, (stdin, out, err), home_dir)
+            return pid, None, (before, time.clock_gettime_ns(time.CLOCK_BOOTTIME))
         popen = subprocess.Popen(
             spec["argv"],
             env=spec["env"],
@@ -464,7 +465,7 @@ def _spawn(
             group=user.get("gid"),
             extra_groups=user.get("groups"),
         )
-        return popen.pid, popen
+        return popen.pid, popen, (before, time.clock_gettime_ns(time.CLOCK_BOOTTIME))
     finally:
         try:
             homes.join(home_procs)
@@ -494,19 +495,31 @@ def _boot_time() -> float | None:
     return None
 
 
-def _create_time(boottime_ns: int, boot_time: float | None) -> float | None:
-    """psutil's create time of a child forked at `boottime_ns` (CLOCK_BOOTTIME,
-    read just before the fork); None if unknown.
+def _create_time(pid: int, forked: tuple[int, int], boot_time: float | None) -> float | None:
+    """psutil's create time of our child `pid`, forked between the two
+    CLOCK_BOOTTIME readings of `forked`; None if unknown.
 
-    /proc/<pid>/stat's start time is the same clock at the fork, in ticks:
-    taken from our own clock, the start saves that file's open, read and
-    close (its start time a tick early at worst, when a tick falls between
-    the read and the fork; agents tell pids apart to 0.5 s). The agent,
-    reading it itself after our answer, found a task as short as `true`
-    already reaped most of the time."""
+    /proc/<pid>/stat's start time is that clock at the fork, in ticks. When
+    no tick falls between the readings (nearly always: they are ~20 us
+    apart), it is their tick, and the start saves that file's open, read and
+    close; else the file says which. The child is not reaped yet, so the
+    file is there. The agent, reading it itself after our answer, found a
+    task as short as `true` already reaped most of the time."""
     if boot_time is None:
         return None
-    return boot_time + boottime_ns // TICK_NS / CLOCK_TICKS
+    first, last = (ns // TICK_NS for ns in forked)
+    ticks = first if first == last else _start_ticks(pid)
+    return None if ticks is None else boot_time + ticks / CLOCK_TICKS
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The start time in /proc/<pid>/stat (field 22), in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _note(message: str) -> None:
