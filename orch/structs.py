@@ -643,5 +643,38 @@ class Deployment:
 
 
 def replace(obj, **changes):
-    """dataclasses.replace, re-exported so callers need one import."""
-    return dataclasses.replace(obj, **changes)
+    """``dataclasses.replace(obj, **changes)``, by copying the attributes.
+
+    dataclasses.replace calls ``__init__`` with every field: 10 us for an
+    Allocation, against ~1.7 here, and the server replaces a few records per
+    job (bench/README.md, issue #17). The copy is the same object for these
+    classes: every field is an init field with nothing to re-run (no
+    ``__post_init__``, no ``init=False`` field, no slots) and an instance
+    holds only its fields. Any other class, or a name that is not an init
+    field, goes to dataclasses.replace, which builds it or raises."""
+    cls = obj.__class__
+    fields = _COPYABLE.get(cls)
+    if fields is None:
+        fields = _COPYABLE[cls] = _copyable_fields(cls)
+    if not fields or not fields.issuperset(changes):
+        return dataclasses.replace(obj, **changes)
+    state = obj.__dict__.copy()
+    state.update(changes)
+    new = object.__new__(cls)
+    object.__setattr__(new, "__dict__", state)  # a frozen class's too
+    return new
+
+
+# class -> its init fields' names, or an empty set: not copyable (replace above)
+_COPYABLE: dict[type, frozenset[str]] = {}
+
+
+def _copyable_fields(cls: type) -> frozenset[str]:
+    if not dataclasses.is_dataclass(cls) or hasattr(cls, "__post_init__"):
+        return frozenset()
+    if "__slots__" in cls.__dict__:
+        return frozenset()
+    fields = dataclasses.fields(cls)
+    if not fields or not all(f.init for f in fields):
+        return frozenset()
+    return frozenset(f.name for f in fields)

@@ -15,10 +15,9 @@ same dict again with ``restart`` (orch/agent/spec.py).
 
 from __future__ import annotations
 
-import dataclasses
 import operator
 
-from orch.structs import Job, JobType
+from orch.structs import Job, JobType, replace
 from orch.validation import fields
 from orch.validation.fields import fail
 
@@ -77,9 +76,7 @@ def with_restarts(job: Job, body: dict) -> Job:
     for i, group in enumerate(job.task_groups):
         raw = body["task_groups"][i].get("restart")  # parse_job checked the groups
         policy = restart(raw, f"task_groups[{i}].restart", job.type)
-        groups.append(
-            group if policy == group.restart else dataclasses.replace(group, restart=policy)
-        )
+        groups.append(group if policy == group.restart else replace(group, restart=policy))
     if all(map(operator.is_, groups, job.task_groups)):
         return job  # no block anywhere (most jobs): no copies to build
-    return dataclasses.replace(job, task_groups=tuple(groups))
+    return replace(job, task_groups=tuple(groups))

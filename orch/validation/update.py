@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 
-from orch.structs import DEFAULT_UPDATE, SYSTEM_TYPES, Job, JobType, UpdateStrategy
+from orch.structs import DEFAULT_UPDATE, SYSTEM_TYPES, Job, JobType, UpdateStrategy, replace
 from orch.validation.fields import duration, fail, is_int, obj
 
 HEALTH_CHECKS = ("checks", "task_states", "manual")
@@ -95,9 +95,7 @@ def with_updates(job: Job, body: dict) -> Job:
         raw = body["task_groups"][i]  # _groups validated these already
         path = f"task_groups[{i}].update"
         strategy = update_block(raw.get("update"), path, job.type, job_update)
-        groups.append(
-            group if strategy == group.update else dataclasses.replace(group, update=strategy)
-        )
+        groups.append(group if strategy == group.update else replace(group, update=strategy))
     if job_update == job.update and all(map(operator.is_, groups, job.task_groups)):
         return job  # no block anywhere (most jobs): no copies to build
-    return dataclasses.replace(job, update=job_update, task_groups=tuple(groups))
+    return replace(job, update=job_update, task_groups=tuple(groups))
