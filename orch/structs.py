@@ -658,10 +658,13 @@ def replace(obj, **changes):
         fields = _COPYABLE[cls] = _copyable_fields(cls)
     if not fields or not fields.issuperset(changes):
         return dataclasses.replace(obj, **changes)
-    state = obj.__dict__.copy()
-    state.update(changes)
     new = object.__new__(cls)
-    object.__setattr__(new, "__dict__", state)  # a frozen class's too
+    # Filled in place (a frozen class's too: no __setattr__), not given a
+    # copied dict: the instance keeps its class's shared-key layout, and
+    # reading its attributes later stays ~2x faster.
+    attributes = new.__dict__
+    attributes.update(obj.__dict__)
+    attributes.update(changes)
     return new
 
 

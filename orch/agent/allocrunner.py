@@ -159,7 +159,7 @@ class AllocRunner:
             self._done.set()
         for name, runner in self.tasks.items():
             if name not in self._finished and not runner.terminal:
-                runner.start()  # its changes it tells itself (_locked_event, _running, ...)
+                runner.start()  # each start tells its own changes (events, running, ended)
         failed = [r for r in self.tasks.values() if r.state.status == F]
         if failed:
             self._kill_siblings(failed[0])
