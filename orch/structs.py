@@ -651,7 +651,9 @@ def replace(obj, **changes):
     classes: every field is an init field with nothing to re-run (no
     ``__post_init__``, no ``init=False`` field, no slots) and an instance
     holds only its fields. Any other class, or a name that is not an init
-    field, goes to dataclasses.replace, which builds it or raises."""
+    field, goes to dataclasses.replace, which builds it or raises. A copy's
+    attributes read a little slower (~30 ns, against ~18 for an instance
+    built by ``__init__``): ~300 reads to undo what one copy saves."""
     cls = obj.__class__
     fields = _COPYABLE.get(cls)
     if fields is None:
