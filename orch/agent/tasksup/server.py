@@ -281,7 +281,9 @@ class Supervisor:
         """Start a claimed run; its record's lines go through `fd`. Also
         says whether the run kept `fd` open for its exit line."""
         try:
-            pid, popen, forked = _spawn(spec, self.devnull, (self.homes, self.files), self.home_dir)
+            pid, popen, spawn_ns = _spawn(
+                spec, self.devnull, (self.homes, self.files), self.home_dir
+            )
         except OSError as exc:
             error = _start_error(spec["argv"][0], exc)
             append_fd(fd, {"error": error})
@@ -301,7 +303,7 @@ class Supervisor:
             # Its directory is gone already (a DELETE): the task is not wanted.
             _note(f"the task's run record {spec['record_path']} is gone: killing it")
             _killpg(pid, signal.SIGKILL)
-        return {"pid": pid, "create_time": _create_time(pid, forked, self.boot_time)}, keep_fd
+        return {"pid": pid, "create_time": _create_time(spawn_ns, self.boot_time)}, keep_fd
 
     # -- ending ---------------------------------------------------------------
 
@@ -425,10 +427,11 @@ class HomeCgroups:
 
 def _spawn(
     spec: dict, stdin: int, cgroups: tuple[HomeCgroups, CgroupFiles], home_dir: int
-) -> tuple[int, subprocess.Popen | None, tuple[int, int]]:
+) -> tuple[int, subprocess.Popen | None, int]:
     """Start the task in a process group of its own: its pid, its Popen if
-    subprocess started it, and CLOCK_BOOTTIME read just before and just after
-    the start (the fork is between); raises OSError if it cannot start.
+    subprocess started it, and CLOCK_BOOTTIME read just before the start
+    (after the cgroup joins, whose waits can last ticks); raises OSError if
+    it cannot start.
 
     Neither way runs Python in the child (vfork and exec), which costs a
     fraction of a fork of this process. A task with cgroups is started from
@@ -449,8 +452,7 @@ def _spawn(
         files.join(spec.get("cgroup_procs") or [])
         before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         if not user:
-            pid = posix_spawn_task(spec, (stdin, out, err), home_dir)
-            return pid, None, (before, time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+            return posix_spawn_task(spec, (stdin, out, err), home_dir), None, before
         popen = subprocess.Popen(
             spec["argv"],
             env=spec["env"],
@@ -465,7 +467,7 @@ def _spawn(
             group=user.get("gid"),
             extra_groups=user.get("groups"),
         )
-        return popen.pid, popen, (before, time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+        return popen.pid, popen, before
     finally:
         try:
             homes.join(home_procs)
@@ -495,32 +497,20 @@ def _boot_time() -> float | None:
     return None
 
 
-def _create_time(pid: int, forked: tuple[int, int], boot_time: float | None) -> float | None:
-    """psutil's create time of our child `pid`, forked between the two
-    CLOCK_BOOTTIME readings of `forked`; None if unknown.
+def _create_time(boottime_ns: int, boot_time: float | None) -> float | None:
+    """psutil's create time of a child forked at `boottime_ns` (CLOCK_BOOTTIME,
+    read just before the spawn); None if unknown.
 
-    /proc/<pid>/stat's start time is that clock at the fork, in ticks. When
-    no tick falls between the readings, it is their tick, and the start
-    saves that file's open, read and close; else the file says which (~2%
-    of starts here: the readings are one spawn apart, ~0.2 ms, a tick 10).
-    The child is not reaped yet, so the file is there. The agent, reading
-    it itself after our answer, found a task as short as `true` already
-    reaped most of the time."""
+    /proc/<pid>/stat's start time is the same clock at the fork, in ticks:
+    taken from our own clock, the start saves that file's open, read and
+    close (~17 us). It is a tick early when a tick falls between the reading
+    and the fork, tens of microseconds apart, or more if the supervisor is
+    preempted there; agents tell pids apart to 0.5 s. The agent, reading it
+    itself after our answer, found a task as short as `true` already reaped
+    most of the time."""
     if boot_time is None:
         return None
-    first, last = (ns // TICK_NS for ns in forked)
-    ticks = first if first == last else _start_ticks(pid)
-    return None if ticks is None else boot_time + ticks / CLOCK_TICKS
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The start time in /proc/<pid>/stat (field 22), in clock ticks."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return int(stat[stat.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    return boot_time + boottime_ns // TICK_NS / CLOCK_TICKS
 
 
 def _note(message: str) -> None:
