@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from orch.slots import Slots
+
 # Blocking queries hold an HTTP worker thread each: past this many at once
 # (orch's API and /v1 together), a query is answered at once (still correct:
 # the client asks again).
@@ -39,9 +41,7 @@ class ChangeFeed:
         self._closed = False
         self._jobs: dict[str, int] = {}
         self._floor = 0
-        self._max_blocking = max_blocking
-        self._slots = threading.Lock()
-        self._blocked = 0  # blocking queries holding a slot (under _slots)
+        self._slots = Slots(max_blocking)  # one per blocking query waiting
         # job id -> the events of the blocking queries waiting on it (block_on)
         self._watchers: dict[str, set[threading.Event]] = {}
         # When the last change was recorded (the /v1 API's list indexes).
@@ -132,7 +132,7 @@ class ChangeFeed:
     def block(self, answer: Answer, after: int, wait_s: float) -> tuple[Any, int | None]:
         """``answer()``'s (payload, index) once its index passes ``after``, or when
         ``wait_s`` runs out; a query past the waiters' cap is answered at once."""
-        if after <= 0 or not self._take_slot():
+        if after <= 0 or not self._slots.try_take():
             return answer()
         deadline = time.monotonic() + wait_s
         try:
@@ -144,7 +144,7 @@ class ChangeFeed:
                     return payload, index
                 self.wait(seen, left)
         finally:
-            self._give_slot()
+            self._slots.give()
 
     def block_on(
         self, jobs: list[str], answer: Answer, after: int, wait_s: float
@@ -152,7 +152,7 @@ class ChangeFeed:
         """``answer()`` once the greatest index of ``jobs`` passes ``after``, or
         when ``wait_s`` runs out. Only a write to one of the jobs wakes it: a
         busy cluster's other writes do not make it read again."""
-        if after <= 0 or not self._take_slot():
+        if after <= 0 or not self._slots.try_take():
             return answer()
         deadline = time.monotonic() + wait_s
         woken = threading.Event()
@@ -170,24 +170,12 @@ class ChangeFeed:
             return answer()
         finally:
             self._unwatch(jobs, woken)
-            self._give_slot()
+            self._slots.give()
 
     @property
     def blocked(self) -> int:
         """How many blocking queries are waiting now (each holds a slot)."""
-        return self._blocked
-
-    def _take_slot(self) -> bool:
-        """A waiter's slot, if one of the ``max_blocking`` is free."""
-        with self._slots:
-            if self._blocked >= self._max_blocking:
-                return False
-            self._blocked += 1
-            return True
-
-    def _give_slot(self) -> None:
-        with self._slots:
-            self._blocked -= 1
+        return self._slots.held
 
     def _unwatch(self, jobs: list[str], woken: threading.Event) -> None:
         with self._cond:

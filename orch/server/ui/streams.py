@@ -20,7 +20,6 @@ from __future__ import annotations
 import codecs
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -30,6 +29,7 @@ import bottle
 
 from orch import httpjson, transport
 from orch.errors import NotFound, Unavailable, ValidationError
+from orch.slots import Slots
 from orch.transport import HttpClient
 
 if TYPE_CHECKING:
@@ -46,33 +46,19 @@ LOG_TIMEOUT = (2.0, 5.0)
 LOG_TYPES = ("stdout", "stderr")
 
 
-class StreamSlots:
-    """A counter of open streams with a cap; over it, Unavailable (503)."""
-
-    def __init__(self, cap: int):
-        self.cap = cap
-        self._open = 0
-        self._cond = threading.Condition()
+class StreamSlots(Slots):
+    """The open UI streams, capped; over the cap, Unavailable (503)."""
 
     @property
     def open(self) -> int:
-        return self._open
+        return self.held
 
     def acquire(self) -> None:
-        with self._cond:
-            if self._open >= self.cap:
-                raise Unavailable(f"too many open UI streams (at most {self.cap}); try again later")
-            self._open += 1
+        if not self.try_take():
+            raise Unavailable(f"too many open UI streams (at most {self.cap}); try again later")
 
     def release(self) -> None:
-        with self._cond:
-            self._open -= 1
-            self._cond.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Whether every stream ended within ``timeout`` s (shutdown waits on it)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._open == 0, timeout)
+        self.give()
 
 
 def sse(event: str, data: dict) -> bytes:
