@@ -49,10 +49,6 @@ LOG_TYPES = ("stdout", "stderr")
 class StreamSlots(Slots):
     """The open UI streams, capped; over the cap, Unavailable (503)."""
 
-    @property
-    def open(self) -> int:
-        return self.held
-
     def acquire(self) -> None:
         if not self.try_take():
             raise Unavailable(f"too many open UI streams (at most {self.cap}); try again later")
