@@ -14,6 +14,8 @@ import json
 import math
 from json.encoder import encode_basestring_ascii as _quote
 
+from orch import fastjson
+
 from orch.structs import (
     Allocation,
     AllocStatus,
@@ -196,16 +198,35 @@ def eval_from(d: dict) -> Evaluation:
 # allow_nan=False: NaN and Infinity are not JSON; written, they would make the
 # row unreadable at the next start.
 # One encoder kept: json.dumps with options builds a new one per call.
-dumps_compact = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_STRICT = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def dumps_compact(value) -> str:
+    """A stored row's JSON: compact, ASCII, and ValueError for NaN and
+    infinities, as ``_STRICT`` writes it.
+
+    orjson writes it in a tenth of the time (a job's row ~2 us against ~20;
+    a float's digits alone cost the standard library ~1.2 us). Its text is
+    taken where it is the same document: ASCII (it writes other characters
+    as UTF-8, not \\u escapes: a PostgreSQL database in another encoding
+    might refuse them) and free of ``null``, which is how it writes NaN and
+    the infinities. Anything else (a ``null``, even a rightful one, non-ASCII
+    text, what orjson declines) is written by ``_STRICT`` as before. A float
+    under 1e-4 may come out in the other style (``0.00001`` for ``1e-05``):
+    the same number read back."""
+    raw = fastjson.strict_ascii(value)
+    return raw if raw is not None else _STRICT(value)
+
+
 _DUMP = dumps_compact
 
 
 def _float(value) -> str:
-    """A float as a JSON number; ValueError for NaN and infinities."""
+    """A float as a JSON number (repr's text); ValueError for NaN and infinities."""
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"out of range float value {value!r} is not JSON")
-    return repr(value)
+    return fastjson.float_text(value)
 
 
 def allocs_json(allocs) -> list[str]:

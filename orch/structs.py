@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from orch import fastjson
+
 
 def new_id() -> str:
     return str(uuid.uuid4())
@@ -100,7 +102,14 @@ TERMINAL_TASK = frozenset({TaskStatus.COMPLETE, TaskStatus.FAILED})
 TERMINAL_EVAL = frozenset({EvalStatus.COMPLETE, EvalStatus.FAILED, EvalStatus.CANCELED})
 # The hashes' encoder, kept (json.dumps with options builds one per call);
 # its output is json.dumps(sort_keys=True)'s, so stored hashes stay valid.
-_HASH_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+_SORTED_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+def _hash_json(body: dict) -> str:
+    """The text a spec hash is taken of: json's, sorted (fastjson.sorted_ascii)."""
+    text = fastjson.sorted_ascii(body)
+    return text if text is not None else _SORTED_JSON(body)
+
 
 CONSTRAINT_OPERATORS = ("=", "!=", ">", "<", ">=", "<=", "regex")
 DRIVERS = ("exec", "docker")
@@ -261,7 +270,7 @@ class TaskGroup:
             body["network"] = self.network_dict()  # a port change places new copies
         if self.restart is not None:
             body["restart"] = self.restart  # agents learn it from the allocation
-        raw = _HASH_JSON(body)
+        raw = _hash_json(body)
         return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -400,7 +409,7 @@ class Node:
             if k != "hostname" and not k.startswith("unique.")
         }
         body = {"region": self.region, "attributes": attributes, "meta": self.meta}
-        raw = _HASH_JSON(body)
+        raw = _hash_json(body)
         return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
     def attribute(self, name: str) -> Any:

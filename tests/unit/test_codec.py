@@ -148,6 +148,23 @@ def test_non_finite_numbers_are_never_written():
         codec.allocs_json([alloc])
 
 
+def test_rows_refuse_nan_anywhere_and_keep_their_text_otherwise():
+    strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+    for bad in (math.nan, math.inf, -math.inf):
+        for doc in ({"meta": {"x": [1, bad]}}, [bad], {"t": {"events": [{"time": bad}]}}):
+            with pytest.raises(ValueError):
+                codec.dumps_compact(doc)
+        state = TaskState(TaskStatus.RUNNING, events=[{"time": bad, "type": "x", "message": ""}])
+        with pytest.raises(ValueError):
+            codec.allocs_json([Allocation("a1", "job", "g", "n1", 0, tasks={"t": state})])
+    for doc in (
+        {"job_id": "j", "meta": {"k": "v"}, "count": 3, "submit_time": 1764790000.125},
+        {"job_id": "作业", "x": None},  # non-ASCII, a null: the strict encoder's own text
+        {"message": 'quote " backslash \\ tab \t'},
+    ):
+        assert codec.dumps_compact(doc) == strict(doc)
+
+
 def _generic(ev: Evaluation) -> str:
     """What the store wrote before eval_json: the generic encoder's output."""
     return json.dumps(ev.to_dict(), separators=(",", ":"), allow_nan=False)
