@@ -15,7 +15,6 @@ import math
 from json.encoder import encode_basestring_ascii as _quote
 
 from orch import fastjson
-
 from orch.structs import (
     Allocation,
     AllocStatus,
