@@ -91,15 +91,7 @@ def strict_ascii(value: Any) -> str | None:
     """orjson's compact text of ``value`` if it is ASCII and holds no
     ``null`` (how orjson writes NaN and the infinities); None otherwise,
     and where orjson declines: the caller writes it with the standard library."""
-    if orjson is None:
-        return None
-    try:
-        raw = orjson.dumps(value, option=_OPTIONS)
-    except TypeError:
-        return None
-    if b"null" in raw or not raw.isascii():
-        return None
-    return raw.decode()
+    return _ascii_text(value, 0, ())
 
 
 # What orjson writes differently from ``json.dumps`` with its default escapes:
@@ -117,11 +109,19 @@ def sorted_ascii(value: Any) -> str | None:
     another style (a string holding those only costs the fallback)."""
     if orjson is None:
         return None
+    return _ascii_text(value, orjson.OPT_SORT_KEYS, _NOT_AS_JSON)
+
+
+def _ascii_text(value: Any, option: int, unlike_json: tuple[bytes, ...]) -> str | None:
+    """orjson's text of ``value`` if ASCII, without ``null`` and without any
+    of ``unlike_json``; None otherwise (or without orjson, or if it declines)."""
+    if orjson is None:
+        return None
     try:
-        raw = orjson.dumps(value, option=_OPTIONS | orjson.OPT_SORT_KEYS)
+        raw = orjson.dumps(value, option=_OPTIONS | option)
     except TypeError:
         return None
-    if not raw.isascii() or b"null" in raw or any(part in raw for part in _NOT_AS_JSON):
+    if not raw.isascii() or b"null" in raw or any(part in raw for part in unlike_json):
         return None
     return raw.decode()
 
