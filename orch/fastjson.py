@@ -91,7 +91,7 @@ def strict_ascii(value: Any) -> str | None:
     """orjson's compact text of ``value`` if it is ASCII and holds no
     ``null`` (how orjson writes NaN and the infinities); None otherwise,
     and where orjson declines: the caller writes it with the standard library."""
-    return _ascii_text(value, 0, ())
+    return _ascii_text(value, False, ())
 
 
 # What orjson writes differently from ``json.dumps`` with its default escapes:
@@ -107,18 +107,18 @@ def sorted_ascii(value: Any) -> str | None:
     if ASCII (json escapes the rest), free of ``null`` (how orjson writes NaN)
     and of any sign of a float under 1e-4 or of DEL, which orjson writes in
     another style (a string holding those only costs the fallback)."""
-    if orjson is None:
-        return None
-    return _ascii_text(value, orjson.OPT_SORT_KEYS, _NOT_AS_JSON)
+    return _ascii_text(value, True, _NOT_AS_JSON)
 
 
-def _ascii_text(value: Any, option: int, unlike_json: tuple[bytes, ...]) -> str | None:
-    """orjson's text of ``value`` if ASCII, without ``null`` and without any
-    of ``unlike_json``; None otherwise (or without orjson, or if it declines)."""
+def _ascii_text(value: Any, sort_keys: bool, unlike_json: tuple[bytes, ...]) -> str | None:
+    """orjson's text of ``value`` (keys sorted if asked) if ASCII, without
+    ``null`` and without any of ``unlike_json``; None otherwise (or without
+    orjson, or if it declines)."""
     if orjson is None:
         return None
+    option = _OPTIONS | orjson.OPT_SORT_KEYS if sort_keys else _OPTIONS
     try:
-        raw = orjson.dumps(value, option=_OPTIONS | option)
+        raw = orjson.dumps(value, option=option)
     except TypeError:
         return None
     if not raw.isascii() or b"null" in raw or any(part in raw for part in unlike_json):
