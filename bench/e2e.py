@@ -16,6 +16,9 @@ started from the built zipapp (``dist/orch.pyz``; build it first with
   ``running`` (a blocking query on the job's ``X-Orch-Index``; against a
   build without one, a tight poll); the job is stopped (DELETE) before the
   next one;
+- batch submit -> complete: ``--jobs`` batch jobs (``true``) one after
+  another, each until GET /jobs/<id> says ``complete``: what a script that
+  runs short jobs in turn waits;
 - batch throughput: ``--batch`` batch jobs running ``true`` submitted from
   ``--threads`` client threads, timed from the first POST until the server
   reports every one of them ``complete``;
@@ -306,32 +309,42 @@ def job_path(job_id: str, index: int) -> str:
 
 def submit_to_running(url: str, jobs: int, prefix: str, poll_sleep: float) -> list[float]:
     """Seconds from POST to GET /jobs/<id> saying running, per job."""
+    return one_after_another(url, jobs, prefix, poll_sleep, "service", "running")
+
+
+def one_after_another(
+    url: str, jobs: int, prefix: str, poll_sleep: float, type_: str, wanted: str
+) -> list[float]:
+    """Seconds from POST to GET /jobs/<id> saying `wanted`, per job, each job
+    submitted once the one before got there: a service (`exec sleep 30`,
+    stopped then) until running, or a batch job (`true`) until complete."""
+    command = "exec sleep 30" if type_ == "service" else "true"
     session = JsonConnection(url, timeout=10)
     latencies = []
     try:
         for i in range(jobs):
             job_id = f"{prefix}-{i}"
-            body = job_body(job_id, "exec sleep 30", "service")
             started = time.perf_counter()
-            code, doc = session.request("POST", "/jobs", body)
+            code, doc = session.request("POST", "/jobs", job_body(job_id, command, type_))
             if code != 200:
                 raise RuntimeError(f"submit {job_id}: {code} {doc}")
             index = 0
             while True:
                 status = session.request("GET", job_path(job_id, index))[1]["status"]
                 unchanged, index = session.index == index, session.index
-                if status == "running":
+                if status == wanted:
                     latencies.append(time.perf_counter() - started)
                     break
                 if status in ("failed", "dead", "complete", "lost"):
-                    raise RuntimeError(f"job {job_id} went {status}, not running")
+                    raise RuntimeError(f"job {job_id} went {status}, not {wanted}")
                 if time.perf_counter() - started > JOB_TIMEOUT:
-                    raise RuntimeError(f"job {job_id} not running after {JOB_TIMEOUT}s")
+                    raise RuntimeError(f"job {job_id} not {wanted} after {JOB_TIMEOUT}s")
                 if poll_sleep and unchanged:  # index 0: a build without blocking queries
                     time.sleep(poll_sleep)
-            code, doc = session.request("DELETE", f"/jobs/{job_id}")
-            if code != 200:
-                raise RuntimeError(f"stop {job_id}: {code} {doc}")
+            if type_ == "service":
+                code, doc = session.request("DELETE", f"/jobs/{job_id}")
+                if code != 200:
+                    raise RuntimeError(f"stop {job_id}: {code} {doc}")
     finally:
         session.close()
     return latencies
@@ -666,6 +679,22 @@ def main(argv=None) -> int:
         log(
             f"submit->running over {len(ms)} jobs: p50 {result['latency_p50_ms']} ms, "
             f"p99 {result['latency_p99_ms']} ms, max {result['latency_max_ms']} ms"
+        )
+
+        # -- a batch job's submit -> complete, one after another ---------------
+        done = [
+            x * 1000
+            for x in one_after_another(
+                cluster.url, args.jobs, "seq", args.poll_sleep, "batch", "complete"
+            )
+        ]
+        result.update(
+            batch_one_by_one_p50_ms=round(percentile(done, 50), 2),
+            batch_one_by_one_p99_ms=round(percentile(done, 99), 2),
+        )
+        log(
+            f"batch submit->complete, one after another, over {len(done)} jobs: p50 "
+            f"{result['batch_one_by_one_p50_ms']} ms, p99 {result['batch_one_by_one_p99_ms']} ms"
         )
 
         # -- batch throughput, interleaved with the floor ----------------------

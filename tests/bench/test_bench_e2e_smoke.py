@@ -23,6 +23,8 @@ E2E_KEYS = {
     "cold_start_s",
     "latency_p50_ms",
     "latency_p99_ms",
+    "batch_one_by_one_p50_ms",
+    "batch_one_by_one_p99_ms",
     "batch_jobs_per_s",
     "rss_agent_mb",
     "rss_server_mb",
