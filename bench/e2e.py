@@ -307,11 +307,6 @@ def job_path(job_id: str, index: int) -> str:
     return f"/jobs/{job_id}?index={index}&wait={WATCH_WAIT_S:g}s"
 
 
-def submit_to_running(url: str, jobs: int, prefix: str, poll_sleep: float) -> list[float]:
-    """Seconds from POST to GET /jobs/<id> saying running, per job."""
-    return one_after_another(url, jobs, prefix, poll_sleep, "service", "running")
-
-
 def one_after_another(
     url: str, jobs: int, prefix: str, poll_sleep: float, type_: str, wanted: str
 ) -> list[float]:
@@ -667,7 +662,9 @@ def main(argv=None) -> int:
         )
 
         # -- submit -> running -------------------------------------------------
-        lat = submit_to_running(cluster.url, args.jobs, "lat", args.poll_sleep)
+        lat = one_after_another(
+            cluster.url, args.jobs, "lat", args.poll_sleep, "service", "running"
+        )
         ms = [x * 1000 for x in lat]
         result.update(
             latency_p50_ms=round(percentile(ms, 50), 2),
