@@ -22,12 +22,34 @@ from pathlib import Path
 
 import requests
 
+from orch.agent.drivers.cgroups import Cgroups
+from orch.agent.tasksup.client import data_dir_tag
+
 ROOT = Path(__file__).resolve().parents[2]
 PYZ = ROOT / "dist" / "orch.pyz"
 MAKE_PYZ = ROOT / "build" / "make_pyz.py"
 TIMEOUT = 5
 START_TIMEOUT = 20.0
 STOP_GRACE = 15.0
+
+
+def agent_cgroups(data_dir: Path) -> dict[str, bool] | None:
+    """The task cgroups named for an agent's data dir, by path: empty?
+    (None where this host gives no cgroups.)"""
+    cgroups = Cgroups()
+    if cgroups.detect() is None:
+        return None
+    tag = data_dir_tag(str(data_dir))[:12] + "-"
+    found = {}
+    for parent in set(cgroups._parents.values()):
+        for name in os.listdir(parent):
+            if name.startswith(tag):
+                path = os.path.join(parent, name)
+                try:
+                    found[path] = not Path(path, "cgroup.procs").read_text().strip()
+                except OSError:  # removed meanwhile
+                    continue
+    return found
 
 
 class GiveUp(AssertionError):
@@ -377,6 +399,14 @@ class Cluster:
             self.server.cleanup()
         for pid in self.task_pids().values():
             kill_pid(pid)
+        # An agent stopped cleanly drained its idle cgroups; one killed left them.
+        for name in self.agents:
+            for path, empty in (agent_cgroups(self.tmp / f"agent-{name}") or {}).items():
+                if empty:
+                    try:
+                        os.rmdir(path)
+                    except OSError:  # a task's supervisor removing it too
+                        pass
 
     # ---- API --------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import requests
 
 from tests.jobspec import exec_job
 
-from harness import Cluster, kill_pid, pid_alive, wait_until
+from harness import Cluster, agent_cgroups, kill_pid, pid_alive, wait_until
 
 JOBS = 500
 THREADS = 8
@@ -292,9 +292,11 @@ def test_agent_kill9_mid_burst_loses_and_duplicates_no_task(burst_cluster):
     cluster, burst = burst_cluster
     cluster.start_server()
     node_id = cluster.start_agent("a")
+    left: list[dict[str, bool] | None] = []
 
     def crash():
         cluster.agents["a"].kill9()
+        left.append(agent_cgroups(cluster.tmp / "agent-a"))
         # Jobs keep arriving while the agent is down: their allocations are
         # placed on a node that cannot take them until it comes back.
         down_at = burst.acked_count()
@@ -309,3 +311,12 @@ def test_agent_kill9_mid_burst_loses_and_duplicates_no_task(burst_cluster):
     check_exactly_once(burst, jobs)
     node = cluster.node(node_id)
     assert node["healthy"]
+    # The killed agent's idle cgroups were taken back by its successor at
+    # its start: what is still there of them holds a running task. (Those
+    # busy at the kill and emptied since went with their tasks' ends.)
+    killed = left[0]
+    if killed is not None:
+        print(f"cgroups at the kill: {len(killed)}, {sum(killed.values())} of them idle")
+        now = agent_cgroups(cluster.tmp / "agent-a") or {}
+        stale = sorted(path for path in killed if now.get(path))
+        assert not stale, f"{len(stale)} of {len(killed)} empty cgroups left: {stale[:4]}"

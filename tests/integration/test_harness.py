@@ -1,7 +1,8 @@
 """The harness itself: polling gives up when it must, Proc kills what it started.
 
 A small Python script stands in for the zipapp (Proc runs ``python SCRIPT
-args``), so these run without dist/orch.pyz.
+args``), so most of these run without dist/orch.pyz; the last, on what a
+killed agent leaves, runs a real cluster.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import time
 
 import pytest
 
-from harness import GiveUp, Proc, free_port, pid_alive, wait_until
+from tests.jobspec import exec_job
+
+from harness import Cluster, GiveUp, Proc, agent_cgroups, free_port, pid_alive, wait_until
 
 SCRIPT = textwrap.dedent("""
     import os, subprocess, sys, time
@@ -104,3 +107,25 @@ def test_orch_settings_of_the_developer_stay_out(script, tmp_path, monkeypatch):
         assert proc.log() == "None given\n"
     finally:
         proc.kill()
+
+
+def test_stop_all_takes_back_the_idle_cgroups_of_a_killed_agent(tmp_path, pyz):
+    # A killed agent cannot drain its pool of idle task cgroups: the harness
+    # removes them (empty, and named for that agent's data dir) at the end.
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start_server()
+        cluster.start_agent("a")
+        for i in range(3):
+            resp = cluster.post("/jobs", exec_job(f"b{i}", "true"))
+            assert resp.status_code == 200, resp.text
+        for i in range(3):
+            cluster.wait_job(f"b{i}", "complete")
+        cluster.agents["a"].kill9()
+        left = agent_cgroups(tmp_path / "agent-a")
+        if left is None:
+            pytest.skip("no writable cgroups here")
+        assert left and all(left.values()), left
+    finally:
+        cluster.stop_all()
+    assert agent_cgroups(tmp_path / "agent-a") == {}

@@ -143,6 +143,18 @@ def test_kept_cgroups_of_an_earlier_agent_are_removed_only_under_ours(tmp_path):
     assert removed == [os.path.join(parent, "old-t")]
 
 
+def test_kept_cgroups_released_before_any_create_are_removed(tmp_path):
+    # A restarted agent reattaches (and releases an earlier agent's kept
+    # cgroups) before it makes any: it must still know which parent is ours.
+    cgroups, _, _ = pool(tmp_path)
+    parent = cgroups._parents["memory"]
+    fresh = Cgroups(root=cgroups._root, proc=cgroups._proc)
+    removed: list[str] = []
+    fresh._rmdir = removed.append
+    fresh.release([os.path.join(parent, "old-t")])
+    assert removed == [os.path.join(parent, "old-t")]
+
+
 def test_drain_removes_pooled_and_handed_out_cgroups(tmp_path):
     cgroups, _, removed = pool(tmp_path)
     pooled, out = cgroups.create("a1-t", 64, 1024), cgroups.create("a2-t", 64, 1024)

@@ -219,6 +219,34 @@ def test_stale_empty_task_cgroups_are_swept_at_detection(tmp_path, monkeypatch):
     assert removed == ["old-empty"]
 
 
+def test_an_earlier_agents_empty_cgroups_are_swept_at_any_age(tmp_path, monkeypatch):
+    # A killed agent's idle pool: the next agent of the same data dir (the
+    # same owner tag) takes it back at once; another agent's young ones stay.
+    cgroups, base = fake_v2(tmp_path)
+    cgroups = Cgroups(root=cgroups._root, proc=cgroups._proc, owner="d1")
+    parent = base / "orch"
+    for name, procs in (("d1-a-t", ""), ("d1-b-t", "123\n"), ("d2-c-t", ""), ("d1x-t", "")):
+        (parent / name).mkdir(parents=True)
+        (parent / name / "cgroup.procs").write_text(procs)
+    removed = []
+    monkeypatch.setattr(os, "rmdir", lambda path: removed.append(os.path.basename(path)))
+    assert cgroups.detect() == "v2"
+    assert removed == ["d1-a-t"]
+    group = cgroups.create("a9-t", 64, 1024)
+    assert group is not None and os.path.basename(group.dirs[0]) == "d1-a9-t"
+
+
+def test_agents_of_one_data_dir_share_an_owner_tag(tmp_path):
+    from orch.agent.tasksup.client import data_dir_tag, supervisor_name
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    os.symlink(tmp_path / "a", tmp_path / "link")
+    assert data_dir_tag(str(tmp_path / "a")) == data_dir_tag(str(tmp_path / "link"))
+    assert data_dir_tag(str(tmp_path / "a")) != data_dir_tag(str(tmp_path / "b"))
+    assert supervisor_name(str(tmp_path / "a")).endswith(data_dir_tag(str(tmp_path / "a")))
+
+
 def test_a_task_runs_in_its_cgroups_and_its_supervisor_goes_back_home(tmp_path):
     cgroups = Cgroups()
     if cgroups.detect() is None:

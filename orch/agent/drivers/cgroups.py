@@ -14,6 +14,13 @@ record), the driver hands them back (`release`), and the next task with the
 same limits joins them as they are. Making and removing a cgroup (a mkdir,
 its limit writes, an rmdir, per controller) is the dearest file-system work
 of a short task. The dir's name keeps its first task's: nothing reads it.
+
+An agent that is killed leaves its idle pool behind (up to POOL_MAX per
+controller). Where the agent has a data dir, its cgroups' names start with a
+tag of that dir (`owner`), and the next agent of the same dir, the only one
+that can hold it, removes every empty cgroup with its tag when it starts;
+others' empty cgroups go only once older than STALE_AFTER, since agents of
+one host may share a parent and one may be starting a task in one right now.
 """
 
 from __future__ import annotations
@@ -79,8 +86,12 @@ class Cgroups:
         proc: str = "/proc/self",
         now=time.time,
         clock=time.monotonic,
+        owner: str = "",
     ):
         self._root, self._proc, self._now, self._clock = root, proc, now, clock
+        # Our cgroups' names start with this (an earlier agent of our data
+        # dir made those that do and we did not); "" for none.
+        self._owned = f"{owner}-" if owner else ""
         self._rmdir = os.rmdir  # tests replace it: a fake cgroup dir holds plain files
         self._lock = threading.Lock()
         self._detected = False
@@ -135,6 +146,7 @@ class Cgroups:
             return group
         if callable(name):
             name = name()
+        name = self._owned + name
         try:
             if version == "v2":
                 group = self._create_v2(name, memory_mb, shares)
@@ -169,6 +181,8 @@ class Cgroups:
         agent did not hand out (an earlier agent's) are removed."""
         if not dirs:
             return
+        if not self._detected:  # a reattached run, before our first create: learn our parents
+            self.detect()
         with self._lock:
             if dirs[0] in self._idle_dirs:
                 return  # pooled already
@@ -262,13 +276,17 @@ class Cgroups:
                 pass
 
     def _sweep(self) -> int:
-        """Remove empty task cgroups left by supervisors that were killed.
+        """Remove empty task cgroups left by killed agents and supervisors.
 
-        Only old ones: a young empty cgroup may belong to a task another agent
-        is starting right now (agents of one host may share a parent).
+        Those named with our tag at any age: an earlier agent of our data dir
+        made them (we have made none yet), and no other agent holds that dir.
+        Others' only once old: a young empty cgroup may belong to a task
+        another agent is starting right now (agents of one host may share a
+        parent).
         """
         removed = 0
         cutoff = self._now() - STALE_AFTER
+        owned = self._owned
         for parent in set(self._parents.values()):
             try:
                 names = os.listdir(parent)
@@ -277,7 +295,9 @@ class Cgroups:
             for name in names:
                 path = os.path.join(parent, name)
                 try:
-                    if not os.path.isdir(path) or os.stat(path).st_mtime > cutoff:
+                    if not os.path.isdir(path):
+                        continue
+                    if not (owned and name.startswith(owned)) and os.stat(path).st_mtime > cutoff:
                         continue
                     if (_read(os.path.join(path, "cgroup.procs")) or "").strip():
                         continue

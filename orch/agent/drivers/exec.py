@@ -43,7 +43,7 @@ from orch.agent.drivers.base import Driver, ExitResult, TaskContext, oom_error
 from orch.agent.drivers.cgroups import Cgroups, cpu_shares
 from orch.agent.drivers.exec_config import build_argv, build_env, resolve_cwd, resolve_user
 from orch.agent.state import make_dir
-from orch.agent.tasksup.client import SupervisorClient, supervisor_name
+from orch.agent.tasksup.client import SupervisorClient, data_dir_tag, supervisor_name
 from orch.agent.tasksup.records import read_record, run_ended
 from orch.errors import DriverError
 
@@ -94,7 +94,13 @@ class ExecDriver(Driver):
         state_dir: str | None = None,
     ):
         self._poll = poll_interval
-        self._cgroups = cgroups if cgroups is not None else Cgroups()
+        if cgroups is None:
+            # Named for our data dir: a restarted agent takes back at once
+            # the idle cgroups a killed one left (`Cgroups._sweep`).
+            cgroups = Cgroups(owner=data_dir_tag(state_dir)[:12] if state_dir else "")
+            if state_dir:
+                cgroups.detect()
+        self._cgroups = cgroups
         self._user = resolve_user(user) if user else None
         log_path = os.path.join(state_dir, SUPERVISOR_LOG) if state_dir else None
         self._supervisor = SupervisorClient(supervisor_name(state_dir), log_path)

@@ -43,10 +43,14 @@ _BOOT = (
 )
 
 
+def data_dir_tag(state_dir: str) -> str:
+    """A name for an agent data dir: the same for every agent that holds it."""
+    return hashlib.sha256(os.path.realpath(state_dir).encode()).hexdigest()[:24]
+
+
 def supervisor_name(state_dir: str | None) -> str:
     """One name per agent data dir; a private one for a driver without a dir."""
-    key = os.path.realpath(state_dir) if state_dir else uuid.uuid4().hex
-    return "orch-supervisor-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+    return "orch-supervisor-" + (data_dir_tag(state_dir) if state_dir else uuid.uuid4().hex[:24])
 
 
 # A start's answer, the supervisor's pid and create time; called on the reader thread.
