@@ -25,6 +25,7 @@ E2E_KEYS = {
     "latency_p99_ms",
     "batch_one_by_one_p50_ms",
     "batch_one_by_one_p99_ms",
+    "batch_one_by_one_mean_ms",
     "batch_jobs_per_s",
     "rss_agent_mb",
     "rss_server_mb",
