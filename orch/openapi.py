@@ -584,6 +584,17 @@ AGENT_SPEC = {
                 },
             )
         },
+        "/allocations/hurry": {
+            "post": _op(
+                "A client waits on these allocations: their next reports go at once, not"
+                " batched; answers how many are on this node",
+                {
+                    "type": "object",
+                    "required": ["allocations"],
+                    "properties": {"allocations": {"type": "array", "items": {"type": "string"}}},
+                },
+            )
+        },
         "/allocations/{alloc_id}": {
             "get": _op(
                 "An allocation's status", ok={"type": "object"}, errors=(404,), params=["alloc_id"]

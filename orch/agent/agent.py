@@ -34,6 +34,7 @@ ALLOC_NOT_FOUND = "Allocation not found"
 MIN_PROBE_INTERVAL = 1.0  # seconds between driver probes (the docker engine ping)
 WATCH_INTERVAL = 0.2  # seconds between housekeeping rounds (GC, stop_after)
 DISCONNECTED = "no contact with the server for disconnect.stop_after"
+WAITED_MAX = 4096  # allocations remembered as waited on (POST /allocations/hurry)
 
 
 class Agent:
@@ -70,6 +71,8 @@ class Agent:
         # Those with `disconnect.stop_after`: the housekeeping's round looks
         # at these only, not at every allocation kept (gc_keep) 5 times a second.
         self._stop_after: set[str] = set()
+        # Batch allocations someone waits on (`hurry`): their reports are news.
+        self._waited: set[str] = set()
         self._closing = threading.Event()
         self.checks = CheckRunner(check_host(config))
         self._prober = threading.Thread(
@@ -108,6 +111,22 @@ class Agent:
         if runner is None:
             raise NotFound(ALLOC_NOT_FOUND)
         return runner
+
+    def hurry(self, alloc_ids: list[str]) -> int:
+        """POST /allocations/hurry: a client waits on these allocations (a
+        blocking read of their batch job), so their reports are news from now
+        on, not held for the batch spacing (loop.py); a report already waiting
+        goes at once. Returns how many are ours (unknown ones may be in flight
+        to us: they are remembered too)."""
+        with self._lock:
+            if len(self._waited) + len(alloc_ids) > WAITED_MAX:
+                self._waited.clear()  # long done with, most of them
+            self._waited.update(alloc_ids)
+            ours = [a for a in alloc_ids if a in self._allocs]
+        if self.loop is not None:
+            for alloc_id in ours:
+                self.loop.expedite(alloc_id)
+        return len(ours)
 
     def stop_alloc(self, alloc_id: str) -> None:
         """DELETE: kill the tasks, then forget the allocation and its files.
@@ -469,11 +488,13 @@ class Agent:
     def _notifier(self, spec: AllocSpec):
         """What an allocation calls on a change: the next heartbeat carries it."""
         alloc_id = spec.allocation_id
-        awaited = spec.job_type is not JobType.BATCH  # its start is waited for
+        service = spec.job_type is not JobType.BATCH  # its start is waited for
 
         def notify(wake: bool = True, hold: bool = False) -> None:
             with self._lock:
                 self._unaccounted.add(alloc_id)
+                # A waited batch allocation's end (or a report its hold let go).
+                awaited = service or (not hold and alloc_id in self._waited)
             if wake and self.loop is not None:
                 self.loop.notify(alloc_id, awaited, hold)
 

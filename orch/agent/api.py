@@ -51,8 +51,14 @@ def make_app(agent: Agent) -> Bottle:
     @route("POST", "/allocations/stop")
     def stop_allocations():
         """Several stops in one call, carried out side by side: a result per allocation."""
-        results = agent.stop_allocs(_stop_ids(httpjson.read_json()))
+        results = agent.stop_allocs(_alloc_ids(httpjson.read_json()))
         return {"message": "Allocations stopped and removed", "allocations": results}
+
+    @route("POST", "/allocations/hurry")
+    def hurry_allocations():
+        """A client waits on these allocations (the server saw a blocking read
+        of their batch job): their reports go at once, not batched."""
+        return {"hurried": agent.hurry(_alloc_ids(httpjson.read_json()))}
 
     @route("GET", "/allocations/<alloc_id>")
     def get_allocation(alloc_id):
@@ -123,8 +129,8 @@ def _batch(body) -> list:
     return items
 
 
-def _stop_ids(body) -> list[str]:
-    """The allocation ids of a POST /allocations/stop body, bounded."""
+def _alloc_ids(body) -> list[str]:
+    """The allocation ids of a POST /allocations/stop or /hurry body, bounded."""
     ids = fields.obj(body, "body").get("allocations")
     if not isinstance(ids, list) or not 0 < len(ids) <= BATCH_MAX:
         raise ValidationError(f"allocations: must be a list of 1 to {BATCH_MAX} allocation ids")

@@ -33,7 +33,11 @@ without waiting for another change. While only batch allocations' reports
 are pending, beats are spaced BATCH_SPACING apart instead of MIN_SPACING:
 a node finishing batch jobs at a steady rate sent one beat per job; at
 this spacing it sends one per BATCH_SPACING, however many jobs ended
-meanwhile. Any other change (news included) ends that longer wait.
+meanwhile. Any other change (news included) ends that longer wait. The
+reports of allocations a client waits on are news (`expedite`; the server
+says so with POST /allocations/hurry when a blocking read on their batch
+job waits): a script running short jobs one after another does not wait
+out the spacing, which only a stream nobody waits on needs.
 A 404 means the server does not know us (it lost its state, or we were
 garbage-collected): register again, then heartbeat at once.
 With several servers (``--server URL1,URL2,URL3``) each call goes to the
@@ -228,6 +232,15 @@ class NodeLoop:
                     return
                 self._news.set()
         self._wake.set()
+
+    def expedite(self, alloc_id: str) -> None:
+        """Someone waits for this allocation's report: one waiting out the
+        batch spacing goes now, as news. A held first report stays held (its
+        end, due soon, is the one waited for, and comes as news)."""
+        with self._changed_lock:
+            pending = alloc_id in self._changed and alloc_id not in self._held
+        if pending:
+            self.notify(alloc_id, awaited=True)
 
     def _send_news(self) -> bool:
         """Send the news from this thread if no beat is in flight; True if a

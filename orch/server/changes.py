@@ -14,12 +14,15 @@ so a client may ask any of them (a follower bumps as it applies the log).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from orch.slots import Slots
+
+log = logging.getLogger(__name__)
 
 # Blocking queries hold an HTTP worker thread each: past this many at once
 # (orch's API and /v1 together), a query is answered at once (still correct:
@@ -46,6 +49,9 @@ class ChangeFeed:
         self._watchers: dict[str, set[threading.Event]] = {}
         # When the last change was recorded (the /v1 API's list indexes).
         self.changed_at = time.time()
+        # Called with the jobs of a blocking query about to wait (the server
+        # asks their batch allocations' nodes to report at once).
+        self.on_wait: Callable[[list[str]], None] | None = None
 
     def start_at(self, index: int) -> None:
         """Start counting at ``index``: every job's modify index is at most it.
@@ -160,17 +166,30 @@ class ChangeFeed:
         with self._cond:
             for job_id in jobs:
                 self._watchers.setdefault(job_id, set()).add(woken)
+        told = self.on_wait is None
         try:
             while not self._closed:
                 left = deadline - time.monotonic()
                 if max(self.job_index(j) for j in jobs) > after or left <= 0:
                     break
+                if not told:
+                    told = True
+                    self._tell_waiting(jobs)
                 woken.wait(left)
                 woken.clear()
             return answer()
         finally:
             self._unwatch(jobs, woken)
             self._slots.give()
+
+    def _tell_waiting(self, jobs: list[str]) -> None:
+        on_wait = self.on_wait
+        if on_wait is None:
+            return
+        try:
+            on_wait(jobs)
+        except Exception:  # a hint only: the query still waits and answers
+            log.exception("blocking query's on_wait failed")
 
     @property
     def blocked(self) -> int:

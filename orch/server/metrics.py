@@ -37,6 +37,10 @@ def render_metrics(server) -> str:
     lines += [
         _line("orch_push_total", n, {"result": s}) for s, n in sorted(server.pusher.stats.items())
     ]
+    lines.append("# TYPE orch_hurry_total counter")
+    lines += [
+        _line("orch_hurry_total", n, {"result": s}) for s, n in sorted(server.hurrier.stats.items())
+    ]
     lines.append("# TYPE orch_push_suspect_nodes gauge")
     lines.append(_line("orch_push_suspect_nodes", server.pusher.suspects()))
     # Several servers: alert when no server, or more than one, reports 1.

@@ -24,6 +24,7 @@ from orch.server.deploywatcher import DeploymentWatcher, promote
 from orch.server.dispatch import dispatch
 from orch.server.drainer import Drainer
 from orch.server.heartbeat import HeartbeatMonitor
+from orch.server.hurry import Hurrier
 from orch.server.leadership import LeaseLeadership, SoleLeadership
 from orch.server.nodes import NodeOps
 from orch.server.periodic import PeriodicLauncher, next_launch
@@ -76,6 +77,9 @@ class Server(NodeOps):
             suspect_hold=config.node_ttl,
         )
         self.monitor = HeartbeatMonitor(config.node_ttl, self.node_down)
+        # A blocking read about to wait on a batch job: its nodes report at once.
+        self.hurrier = Hurrier(self.store, self.endpoint_of, token=config.token)
+        self.store.changes.on_wait = self.hurrier.waiting
         # The scheduler side sees narrow interfaces, never the Server: the
         # store as state, the broker as queue, a planner, one dispatch.
         self.dispatch = Dispatch(self.pusher, self.store.after_commit)
@@ -225,6 +229,7 @@ class Server(NodeOps):
             worker.stop()
         self.broker.close()
         self.pusher.close()
+        self.hurrier.close()
         self.store.close()
 
     # ---- evaluations -----------------------------------------------------

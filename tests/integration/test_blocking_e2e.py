@@ -64,3 +64,38 @@ def test_bad_values_are_400_and_plain_reads_unchanged(dev_cluster):
     plain = requests.get(f"{url}/jobs", timeout=10)
     assert plain.status_code == 200 and set(plain.json()) == {"jobs", "count"}
     assert int(plain.headers["X-Orch-Index"]) > 0
+
+
+def hurries(url: str) -> int:
+    """orch_hurry_total{result="sent"} from /metrics."""
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith('orch_hurry_total{result="sent"}'):
+            return int(float(line.split()[-1]))
+    raise AssertionError("no orch_hurry_total in /metrics")
+
+
+def test_a_client_waiting_on_a_batch_job_hurries_its_node(dev_cluster):
+    """A blocking read that waits on a batch job asks the job's node to
+    report at once (POST /allocations/hurry); the agent answers it, and the
+    job's end reaches the waiting client."""
+    url = dev_cluster.url
+    before = hurries(url)
+    body = {
+        "job_id": "waited",
+        "type": "batch",
+        "task_groups": [
+            {
+                "name": "g",
+                "count": 1,
+                "tasks": [{"name": "t", "driver": "exec", "config": {"command": "sleep 1"}}],
+            }
+        ],
+    }
+    assert requests.post(f"{url}/jobs", json=body, timeout=10).status_code == 200
+    resp = requests.get(f"{url}/jobs/waited", timeout=10)
+    job, index = resp.json(), int(resp.headers["X-Orch-Index"])
+    while job["status"] != "complete":
+        assert job["status"] in ("pending", "running"), job
+        resp = requests.get(f"{url}/jobs/waited?index={index}&wait=30s", timeout=60)
+        job, index = resp.json(), int(resp.headers["X-Orch-Index"])
+    wait_until(lambda: hurries(url) > before, 10, what="a hurry answered by the agent")

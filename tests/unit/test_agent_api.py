@@ -385,8 +385,14 @@ def test_batch_stop_stops_each_side_by_side_and_says_how(url, http, agent):
         {"allocations": ["a"] * 257},
     ],
 )
-def test_batch_stop_rejects_bad_bodies(url, http, bad):
-    assert_json_error(http.post(f"{url}/allocations/stop", json=bad, timeout=TIMEOUT), 400)
+@pytest.mark.parametrize("route", ["stop", "hurry"])
+def test_batch_stop_and_hurry_reject_bad_bodies(url, http, route, bad):
+    assert_json_error(http.post(f"{url}/allocations/{route}", json=bad, timeout=TIMEOUT), 400)
+
+
+def test_hurry_answers_how_many_allocations_are_ours(url, http):
+    resp = http.post(f"{url}/allocations/hurry", json={"allocations": ["nope"]}, timeout=TIMEOUT)
+    assert resp.status_code == 200 and resp.json() == {"hurried": 0}
 
 
 def test_a_log_read_that_raced_its_dirs_reuse_gives_nothing(tmp_path):

@@ -897,3 +897,34 @@ def test_batch_reports_alone_are_spaced_batch_spacing_apart(servers, agents, tmp
     loop.notify()
     assert wait_for(lambda: _statuses(server, "b4"), 10.0)
     assert _beat_time(server, "b4") - _beat_time(server, "b2") < 2.5
+
+
+def test_a_waited_batch_allocation_is_not_held_for_the_spacing(
+    servers, agents, tmp_path, monkeypatch
+):
+    """POST /allocations/hurry (a client's blocking read on the job): the
+    allocation's end goes at once however recent the last beat, and an end
+    already waiting out the spacing goes when the hurry comes."""
+    import orch.agent.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "BATCH_SPACING", 3.0)
+    server = servers(acks=True)
+    agent = agents(server.url, tmp_path, heartbeat_interval=30.0)
+    loop = agent.loop
+    assert wait_for(lambda: loop._deltas)
+    time.sleep(0.1)
+    agent.submit(alloc("b1", "true"))
+    assert wait_for(lambda: _statuses(server, "b1"), 10.0)
+    # Waited on before it arrives (the hurry may overtake the push).
+    assert agent.hurry(["b2"]) == 0
+    agent.submit(alloc("b2", "true"))
+    assert wait_for(lambda: _statuses(server, "b2"), 10.0)
+    assert _beat_time(server, "b2") - _beat_time(server, "b1") < 2.0
+    # Not waited on: its end waits out the spacing, until the hurry.
+    agent.submit(alloc("b3", "true"))
+    assert agent.get("b3").wait(5)
+    assert wait_for(lambda: loop._stretched, 5.0)
+    assert agent.hurry(["b3", "elsewhere"]) == 1
+    assert wait_for(lambda: _statuses(server, "b3"), 10.0)
+    assert _beat_time(server, "b3") - _beat_time(server, "b2") < 2.0
+    assert _statuses(server, "b3") == ["complete"]
