@@ -166,7 +166,7 @@ class ChangeFeed:
         with self._cond:
             for job_id in jobs:
                 self._watchers.setdefault(job_id, set()).add(woken)
-        told = self.on_wait is None
+        told = False
         try:
             while not self._closed:
                 left = deadline - time.monotonic()

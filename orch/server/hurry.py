@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 PATH = "/allocations/hurry"
 TIMEOUT = (1.0, 2.0)  # (connect, read) seconds: a hint is not worth waiting on
 REMEMBERED = 4096  # (allocation, status) pairs already told, newest kept
+PER_CALL = 256  # allocation ids in one call (the agent takes 256)
 
 
 class Hurrier:
@@ -70,7 +71,8 @@ class Hurrier:
         if by_node:
             self._start()
             for node_id, alloc_ids in by_node.items():
-                self._queue.put((node_id, alloc_ids))
+                for at in range(0, len(alloc_ids), PER_CALL):
+                    self._queue.put((node_id, alloc_ids[at : at + PER_CALL]))
 
     def close(self) -> None:
         with self._lock:
@@ -105,7 +107,7 @@ class Hurrier:
                 if not endpoint:
                     continue
                 try:
-                    resp = client.post(endpoint + PATH, {"allocations": alloc_ids[:256]})
+                    resp = client.post(endpoint + PATH, {"allocations": alloc_ids})
                     ok = resp.status_code == 200  # an older agent: 404
                 except ERRORS as exc:
                     log.debug("hurry to node %s failed: %s", node_id, exc)

@@ -161,3 +161,20 @@ def test_an_agent_without_the_route_is_counted_and_left_alone(agents):
         assert hurrier.stats == {"sent": 0, "failed": 1}
     finally:
         hurrier.close()
+
+
+def test_a_node_with_more_allocations_than_one_call_takes_gets_several(agents):
+    node = agents()
+    store = Store()
+    store.jobs["b"] = Job("b", (), type=JobType.BATCH)
+    store.allocs["b"] = [_alloc(f"a{i}", "n1") for i in range(300)]
+    hurrier = Hurrier(store, {"n1": node.url}.get)
+    try:
+        hurrier.waiting(["b"])
+        calls = node.wait_calls(2)
+        assert [len(body["allocations"]) for _, body in calls] == [256, 44]
+        assert [a for _, body in calls for a in body["allocations"]] == [
+            f"a{i}" for i in range(300)
+        ]
+    finally:
+        hurrier.close()

@@ -94,13 +94,12 @@ class ExecDriver(Driver):
         state_dir: str | None = None,
     ):
         self._poll = poll_interval
-        if cgroups is None:
+        if cgroups is None and state_dir:
             # Named for our data dir: a restarted agent takes back at once
             # the idle cgroups a killed one left (`Cgroups._sweep`).
-            cgroups = Cgroups(owner=data_dir_tag(state_dir)[:12] if state_dir else "")
-            if state_dir:
-                cgroups.detect()
-        self._cgroups = cgroups
+            cgroups = Cgroups(owner=data_dir_tag(state_dir)[:12])
+            cgroups.detect()
+        self._cgroups = cgroups if cgroups is not None else Cgroups()
         self._user = resolve_user(user) if user else None
         log_path = os.path.join(state_dir, SUPERVISOR_LOG) if state_dir else None
         self._supervisor = SupervisorClient(supervisor_name(state_dir), log_path)
