@@ -1,5 +1,8 @@
 """The waitress connection both orch HTTP servers (server and agent) use.
 
+A little over 400 lines on purpose: the inline route path (whole request,
+parsed request, held answers, parked answers) reads best in one place.
+
 waitress (pinned in requirements.txt) has two costs that show at a few
 requests per millisecond, fixed here by subclassing its channel and task:
 
@@ -18,7 +21,9 @@ WSGI environ or bottle, when their handler can (the server's heartbeat that
 changes nothing durable: most of them; a job's or an allocation's read).
 Handing a request to a worker and back cost more than such a request's own
 work; a handler that cannot answer at once returns None and the request
-takes the ordinary path. A whole plain request that arrives in one read
+takes the ordinary path, and a blocking query asked of one may answer
+``Later`` (``orch.wsgipark``: it waits parked on the loop, holding no
+thread). A whole plain request that arrives in one read
 (orch's transport sends head and body together) is offered to its handler
 straight from the bytes, before waitress builds a parser and a body buffer
 for it (``_Channel.received``).
@@ -44,6 +49,7 @@ from waitress.utilities import build_http_date
 from orch import fastjson
 from orch.errors import OrchError
 from orch.wsgiloop import Asyncore, EpollMap
+from orch.wsgipark import Later, park
 from orch.wsgiparser import FastParser, plain_header
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,10 @@ InlineAnswer = tuple[bytes, Mapping[str, str]]
 # thread: it must never block (no I/O, no lock taken with waiting; the
 # server's inline submit is the one bounded exception, orch.server.inline).
 Inline = Callable[[Mapping[str, str], bytes, str], "InlineAnswer | None"]
+# A route's handler for the same request with a query string (a blocking
+# query: ``?index=&wait=``): the query instead of the body; it may also
+# answer ``Later`` (``orch.wsgipark``: parked on the loop, no thread held).
+Waiting = Callable[[Mapping[str, str], str, str], "InlineAnswer | Later | None"]
 
 
 class TurnWrites(Protocol):
@@ -84,6 +94,7 @@ class _Channel(HTTPChannel):
     _hold = False
     _held = b""
     _declined = False  # the request being read was declined by its handler
+    parked = None  # the orch.wsgipark.Parked its first request waits as
 
     def writable(self):
         # While a worker writes (and flushes) under the outbuf lock, waitress
@@ -176,9 +187,11 @@ class _InlineTasks:
         add_task,
         routes: Mapping[tuple[str, str], Inline],
         held: _HeldAnswers | None = None,
+        waiting: Mapping[tuple[str, str], Waiting] | None = None,
     ):
         self._add_task = add_task
         self._routes = dict(routes)
+        self._waiting = dict(waiting or {})
         self._date = (0, b"")  # (second, its HTTP date): one format a second
         self._held = held
         self.whole = 0  # requests answered by answer_whole (tests)
@@ -191,19 +204,37 @@ class _InlineTasks:
             return
         while channel.requests:
             answer = self._answer(channel.requests[0])
-            if answer is None:
+            if isinstance(answer, Later) and park(self, channel, answer):
+                return  # answered by unpark
+            if answer is None or isinstance(answer, Later):
                 self._add_task(channel)
                 return
-            request = channel.requests.pop(0)
-            close = request.headers.get("CONNECTION", "").lower() == "close"
-            self._send(channel, answer[0], answer[1], close)
-            request.close()
-            if close:
-                for later in channel.requests:
-                    later.close()
-                channel.requests = []
-                channel.close_when_flushed = True
+            if not self._reply(channel, answer):
                 return
+
+    def unpark(self, channel, answer: InlineAnswer | None) -> None:
+        """On the loop's thread: the parked first request's answer (None:
+        the route's, on a worker), then the requests behind it."""
+        with channel.requests_lock:
+            if not channel.requests:
+                return
+            if answer is None:
+                self._add_task(channel)
+            elif self._reply(channel, answer) and channel.requests:
+                self(channel)
+
+    def _reply(self, channel, answer: InlineAnswer) -> bool:
+        """Send the first request's answer; False if the connection closes."""
+        request = channel.requests.pop(0)
+        close = request.headers.get("CONNECTION", "").lower() == "close"
+        self._send(channel, answer[0], answer[1], close)
+        request.close()
+        if close:
+            for later in channel.requests:
+                later.close()
+            channel.requests = []
+            channel.close_when_flushed = True
+        return not close
 
     def answer_whole(self, channel, data: bytes) -> bool:
         """Answer ``data`` if it is exactly one plain request (header kept by
@@ -247,18 +278,19 @@ class _InlineTasks:
         head, _, tail = path.rpartition("/")
         return self._routes.get((command, head + "/*")), tail
 
-    def _answer(self, request) -> InlineAnswer | None:
+    def _answer(self, request) -> InlineAnswer | Later | None:
         """The inline answer, or None: the WSGI app serves the request."""
         handler, param = self._route(request.command, request.path)
         if (
             handler is None
             or request.error
-            or request.query
             or request.version != "1.1"
             or request.chunked
             or request.content_length > INLINE_MAX_BODY
         ):
             return None
+        if request.query:
+            return self._answer_query(request, param)
         try:
             # get() leaves the buffer as it was: the WSGI app reads it again
             # if the handler declines.
@@ -268,6 +300,21 @@ class _InlineTasks:
             # The ordinary path answers it (and reports what is wrong).
             log.exception("inline %s %s failed", request.command, request.path)
             return None
+
+    def _answer_query(self, request, param: str) -> InlineAnswer | Later | None:
+        waiting = self._waiting.get(self._route_key(request.command, request.path))
+        if waiting is None or request.content_length:
+            return None
+        try:
+            return waiting(request.headers, request.query, param)
+        except Exception:
+            log.exception("inline %s %s failed", request.command, request.path)
+            return None
+
+    def _route_key(self, command: str, path: str) -> tuple[str, str]:
+        if (command, path) in self._routes:
+            return command, path
+        return command, path.rpartition("/")[0] + "/*"
 
     def _http_date(self) -> bytes:
         now = int(time.time())
@@ -352,13 +399,15 @@ def use_orch_channels(
     http,
     inline: Mapping[tuple[str, str], Inline] | None = None,
     writes: TurnWrites | None = None,
+    waiting: Mapping[tuple[str, str], Waiting] | None = None,
 ) -> None:
     """Make every listener of a waitress server (``create_server``'s result)
     open its connections as ``_Channel``, and loop with epoll if it was made
     with ``orch.wsgiloop.socket_map()``; ``inline`` maps (method, path) to
     handlers answered without a worker thread (a path ending ``/*``: any one
     last segment, which the handler gets). ``writes``: the inline routes'
-    writes of one epoll turn are committed together (``TurnWrites``)."""
+    writes of one epoll turn are committed together (``TurnWrites``);
+    ``waiting``: handlers of the same inline routes asked with a query string."""
     # One listening server per address (a name may resolve to several).
     listeners = http.map if isinstance(http, MultiSocketServer) else http._map
     held = None
@@ -371,4 +420,4 @@ def use_orch_channels(
         if isinstance(dispatcher, BaseWSGIServer):
             dispatcher.channel_class = _Channel
             if inline:
-                dispatcher.add_task = _InlineTasks(dispatcher.add_task, inline, held)
+                dispatcher.add_task = _InlineTasks(dispatcher.add_task, inline, held, waiting)

@@ -29,16 +29,23 @@ poll loop (which leaves a socket with no interest out). epoll's interest is
 widened at once and narrowed lazily: a connection a worker serves stays
 registered for input, and is narrowed only if an unwanted event comes.
 
+The loop also keeps timers (``call_at``: a parked blocking query's deadline,
+``orch.wsgipark``), run on its thread at the end of the turn they fall in;
+a connection parked that way is idle as well until it is ``touch``-ed.
+
 ``stop_serving`` stops a server whose ``run()`` loops in a thread of ours;
 ``close_after_run`` closes one whose ``run()`` has returned (a signal).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import select
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from waitress import wasyncore
@@ -76,6 +83,46 @@ class EpollMap(dict):
         # Hooks around the handling of a turn's events (start(), end()): the
         # inline writes of a turn share one commit (orch.wsgichannel).
         self.turns: Any = None
+        # [monotonic deadline, order, callback or None once cancelled],
+        # soonest first; the cancelled are dropped when they come up, or all
+        # at once when they are most of the heap.
+        self._timers: list[list[Any]] = []
+        self._order = itertools.count()
+        self._cancelled = 0
+        # Callbacks from other threads, run at the end of the next turn
+        # (deque: append and popleft are atomic).
+        self._soon: deque[Any] = deque()
+
+    def call_soon_threadsafe(self, callback, trigger) -> None:
+        """Run ``callback()`` on the loop's thread at its next turn, from any
+        thread; ``trigger`` (the server's) wakes the loop. Unlike
+        ``trigger.pull_trigger(thunk)`` it takes no lock: waitress runs the
+        thunks under the trigger's lock, and a caller holding a lock of its
+        own that a thunk takes would deadlock with it."""
+        self._soon.append(callback)
+        trigger.pull_trigger()
+
+    def call_at(self, deadline: float, callback) -> list[Any]:
+        """Run ``callback()`` on the loop's thread once ``time.monotonic()``
+        reaches ``deadline``; the handle is for ``cancel``. Only from the
+        loop's thread, as ``cancel``."""
+        timer = [deadline, next(self._order), callback]
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def cancel(self, timer: list[Any]) -> None:
+        if timer[2] is None:
+            return
+        timer[2] = None
+        self._cancelled += 1
+        if self._cancelled > 64 and self._cancelled * 2 > len(self._timers):
+            self._timers = [t for t in self._timers if t[2] is not None]
+            heapq.heapify(self._timers)
+            self._cancelled = 0
+
+    def touch(self, fd: int) -> None:
+        """Ask ``fd``'s dispatcher again next turn (a parked one is not)."""
+        self._pending.add(fd)
 
     def __setitem__(self, fd, obj) -> None:
         super().__setitem__(fd, obj)
@@ -106,16 +153,43 @@ class EpollMap(dict):
         if self._listeners:
             # Wake for the listeners' maintenance even if nothing happens.
             timeout = min(timeout, max(self._cleanup_at - time.time(), 0.0))
+        if self._timers:
+            timeout = min(timeout, max(self._timers[0][0] - time.monotonic(), 0.0))
+        if self._soon:
+            timeout = 0.0
         events = self._epoll.poll(timeout)
         turns = self.turns
         if turns is None or not events:
             self._handle(events)
-            return
-        turns.start()
+        else:
+            turns.start()
+            try:
+                self._handle(events)
+            finally:
+                turns.end()
+        soon = self._soon
+        while soon:
+            self._run(soon.popleft())
+        if self._timers:
+            self._run_timers()
+
+    @staticmethod
+    def _run(callback) -> None:
         try:
-            self._handle(events)
-        finally:
-            turns.end()
+            callback()
+        except Exception:
+            log.exception("a callback of the I/O loop failed")
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        # self._timers is read again each time: a callback's cancel may rebuild it.
+        while self._timers and self._timers[0][0] <= now:
+            timer = heapq.heappop(self._timers)
+            callback, timer[2] = timer[2], None  # run: a cancel now does nothing
+            if callback is None:
+                self._cancelled -= 1
+                continue
+            self._run(callback)
 
     def _handle(self, events: list[tuple[int, int]]) -> None:
         for fd, flags in events:
@@ -180,6 +254,8 @@ class EpollMap(dict):
             self._register(fd, obj, mask, old)
         if isinstance(obj, BaseWSGIServer) or (mask == _READ and isinstance(obj, Trigger)):
             return False  # asked again as _refresh decides / never changes
+        if getattr(obj, "parked", None) is not None:
+            return False  # waits for its answer: touched when it has one
         return not (mask == _READ and isinstance(obj, HTTPChannel) and not obj.requests)
 
     def _want(self, obj) -> int:

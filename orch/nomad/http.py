@@ -54,7 +54,16 @@ def flag(name: str, default: bool = False) -> bool:
 
 def integer(name: str, default: int = 0) -> int:
     """A non-negative integer query parameter (ASCII digits only)."""
-    raw = bottle.request.query.get(name)
+    return parse_integer(bottle.request.query.get(name), name, default)
+
+
+def wait_seconds() -> float:
+    """A blocking query's ``wait`` ("30s", "5m"; capped at 10 min as in Nomad)."""
+    return parse_wait(bottle.request.query.get("wait"))
+
+
+def parse_integer(raw: str | None, name: str, default: int = 0) -> int:
+    """``integer``'s rule for a parameter's text (None: not given)."""
     if raw is None or raw == "":
         return default
     if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) > fields.INT_MAX:
@@ -62,9 +71,8 @@ def integer(name: str, default: int = 0) -> int:
     return int(raw)
 
 
-def wait_seconds() -> float:
-    """A blocking query's ``wait`` ("30s", "5m"; capped at 10 min as in Nomad)."""
-    raw = bottle.request.query.get("wait")
+def parse_wait(raw: str | None) -> float:
+    """``wait_seconds``'s rule for the parameter's text (None: not given)."""
     if not raw:
         return DEFAULT_WAIT_S
     return min(MAX_WAIT_S, max(0.0, fields.duration(raw, "wait")))

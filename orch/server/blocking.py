@@ -19,7 +19,8 @@ from typing import Any
 
 import bottle
 
-from orch.nomad.http import integer, wait_seconds
+from orch.errors import ValidationError
+from orch.nomad.http import integer, parse_integer, parse_wait, wait_seconds
 from orch.server.changes import ChangeFeed
 
 HEADER = "X-Orch-Index"
@@ -60,3 +61,22 @@ def answer(feed: ChangeFeed, settle: Callable[[], None], jobs: list[str] | None,
             payload, at = feed.block_on(jobs, indexed, after, wait)
     bottle.response.set_header(HEADER, str(at))
     return payload
+
+
+def asked(query: str) -> tuple[int, float] | None:
+    """(index, wait) of a raw query string as ``answer`` reads them from
+    bottle's, index 0 if it asks no wait; None for anything else (another
+    parameter, one given twice, an escape, a value the route refuses):
+    the route reads that one itself. For the routes answered inline."""
+    given: dict[str, str] = {}
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name not in ("index", "wait") or name in given or "%" in value or "+" in value:
+            return None
+        given[name] = value
+    if "index" not in given:
+        return 0, 0.0
+    try:
+        return parse_integer(given["index"], "index"), parse_wait(given.get("wait"))
+    except ValidationError:
+        return None

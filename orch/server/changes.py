@@ -18,21 +18,31 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from orch.slots import Slots
 
 log = logging.getLogger(__name__)
 
-# Blocking queries hold an HTTP worker thread each: past this many at once
-# (orch's API and /v1 together), a query is answered at once (still correct:
-# the client asks again).
+# A blocking query answered by a route holds an HTTP worker thread while it
+# waits (orch's lists, the /v1 face; orch's job and allocation reads wait
+# parked on the I/O loop instead, holding none: orch.wsgipark). Past this
+# many at once a query is answered at once (still correct: the client asks
+# again, but a client that loops spins). Not more threads for them: 64 more
+# in the pool cost ~12% more server CPU per heartbeat (waitress wakes its
+# threads in turn, each with a cold stack) and 4 MB (bench/README.md).
 MAX_BLOCKING = 4
 # Jobs whose modify index is remembered; past it the oldest half is dropped
 # and their index becomes the floor (they changed at or before it).
 MAX_TRACKED = 20_000
 
 Answer = Callable[[], tuple[Any, "int | None"]]
+
+
+class Waker(Protocol):
+    """What a watcher of jobs is told a change by (``threading.Event`` is one)."""
+
+    def set(self) -> None: ...
 
 
 class ChangeFeed:
@@ -46,7 +56,7 @@ class ChangeFeed:
         self._floor = 0
         self._slots = Slots(max_blocking)  # one per blocking query waiting
         # job id -> the events of the blocking queries waiting on it (block_on)
-        self._watchers: dict[str, set[threading.Event]] = {}
+        self._watchers: dict[str, set[Waker]] = {}
         # When the last change was recorded (the /v1 API's list indexes).
         self.changed_at = time.time()
         # Called with the jobs of a blocking query about to wait (the server
@@ -163,9 +173,7 @@ class ChangeFeed:
         deadline = time.monotonic() + wait_s
         woken = threading.Event()
         # Registered before the first look: a bump in between sets the event.
-        with self._cond:
-            for job_id in jobs:
-                self._watchers.setdefault(job_id, set()).add(woken)
+        self.watch(jobs, woken)
         told = False
         try:
             while not self._closed:
@@ -174,15 +182,34 @@ class ChangeFeed:
                     break
                 if not told:
                     told = True
-                    self._tell_waiting(jobs)
+                    self.tell_waiting(jobs)
                 woken.wait(left)
                 woken.clear()
             return answer()
         finally:
-            self._unwatch(jobs, woken)
+            self.unwatch(jobs, woken)
             self._slots.give()
 
-    def _tell_waiting(self, jobs: list[str]) -> None:
+    def watch(self, jobs: list[str], waker: Waker) -> None:
+        """Call ``waker.set()`` (on the writer's thread, under the feed's lock:
+        it must not block) at every change to one of ``jobs`` until
+        ``unwatch``: a blocking query that holds no thread
+        (``orch.server.inline``) waits so."""
+        with self._cond:
+            for job_id in jobs:
+                self._watchers.setdefault(job_id, set()).add(waker)
+
+    def unwatch(self, jobs: list[str], waker: Waker) -> None:
+        with self._cond:
+            for job_id in jobs:
+                watching = self._watchers.get(job_id)
+                if watching is not None:
+                    watching.discard(waker)
+                    if not watching:
+                        del self._watchers[job_id]
+
+    def tell_waiting(self, jobs: list[str]) -> None:
+        """``on_wait`` of a blocking query about to wait on ``jobs``."""
         on_wait = self.on_wait
         if on_wait is None:
             return
@@ -195,15 +222,6 @@ class ChangeFeed:
     def blocked(self) -> int:
         """How many blocking queries are waiting now (each holds a slot)."""
         return self._slots.held
-
-    def _unwatch(self, jobs: list[str], woken: threading.Event) -> None:
-        with self._cond:
-            for job_id in jobs:
-                watching = self._watchers.get(job_id)
-                if watching is not None:
-                    watching.discard(woken)
-                    if not watching:
-                        del self._watchers[job_id]
 
     def _wake_watchers(self, jobs: Iterable[str] | None) -> None:
         """Set the events of the queries on ``jobs`` (None: on every job)."""

@@ -41,18 +41,20 @@ route).
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from orch import fastjson
 from orch.errors import OrchError
 from orch.server.api import SUBMITTED, alloc_detail, job_detail
-from orch.server.blocking import HEADER
+from orch.server.blocking import HEADER, asked
 from orch.validation import document
+from orch.wsgipark import Declined, Later
 
 if TYPE_CHECKING:
     from orch.server.server import Server
-    from orch.wsgichannel import Inline, InlineAnswer
+    from orch.wsgichannel import Inline, InlineAnswer, Waiting
 
 _NO_HEADERS: Mapping[str, str] = {}
 # How long a submit answered inline waits for the store's lock, at most,
@@ -62,6 +64,17 @@ SUBMIT_LOCK_WAIT = 0.002
 
 def inline_routes(server: Server) -> dict[tuple[str, str], Inline]:
     """(method, path) -> the handler ``orch.wsgichannel`` calls inline."""
+    return _routes(server)[0]
+
+
+def waiting_routes(server: Server) -> dict[tuple[str, str], Waiting]:
+    """(method, path) -> the handler of its read asked as a blocking query."""
+    return _routes(server)[1]
+
+
+def _routes(
+    server: Server,
+) -> tuple[dict[tuple[str, str], Inline], dict[tuple[str, str], Waiting]]:
     token = server.config.token
     expected = f"Bearer {token}".encode() if token else None
     max_body = server.config.max_body_bytes
@@ -115,8 +128,10 @@ def inline_routes(server: Server) -> dict[tuple[str, str], Inline]:
         answer = {"job_id": job.job_id, "evaluation_id": ev.eval_id, "message": SUBMITTED}
         return fastjson.dumps(answer), _NO_HEADERS
 
-    read_job = _reader(server, allowed, store.get_job, lambda job: job.job_id, job_detail)
-    read_alloc = _reader(server, allowed, store.get_alloc, lambda alloc: alloc.job_id, alloc_detail)
+    read_job, wait_job = _reader(server, allowed, store.get_job, lambda job: job.job_id, job_detail)
+    read_alloc, wait_alloc = _reader(
+        server, allowed, store.get_alloc, lambda alloc: alloc.job_id, alloc_detail
+    )
     routes: dict[tuple[str, str], Inline] = {
         ("POST", "/heartbeat"): heartbeat,
         ("GET", "/jobs/*"): read_job,
@@ -124,7 +139,11 @@ def inline_routes(server: Server) -> dict[tuple[str, str], Inline]:
     }
     if not store.backend.shared:
         routes[("POST", "/jobs")] = submit
-    return routes
+    waiting: dict[tuple[str, str], Waiting] = {
+        ("GET", "/jobs/*"): wait_job,
+        ("GET", "/allocations/*"): wait_alloc,
+    }
+    return routes, waiting
 
 
 def _reader(
@@ -133,24 +152,64 @@ def _reader(
     find: Callable[[str], Any],
     job_of: Callable[[Any], str],
     detail: Callable[[Server, Any], dict],
-) -> Inline:
-    """A read answered as its route answers it without ``?index=``: the body
-    ``detail`` builds and the index of the job it belongs to."""
+) -> tuple[Inline, Waiting]:
+    """A read answered as its route answers it: the body ``detail`` builds
+    and the index of the job it belongs to; and the same read asked with
+    ``?index=&wait=``, which waits for the job's next change parked on the
+    I/O loop (``orch.wsgipark``) rather than on a worker thread."""
     store = server.store
+    feed = store.changes
+
+    def lookup(param: str) -> InlineAnswer | None | Literal[False]:
+        """The answer; None if the store is busy; False if nothing is found."""
+        # The route takes its index, settles (no write half applied), reads:
+        # here the store's lock, taken only if free, holds writes off for both.
+        with store.settled_now() as settled:
+            if not settled:
+                return None
+            found = find(param)
+            if found is None:
+                return False
+            at = feed.job_index(job_of(found))
+            payload = detail(server, found)
+        return fastjson.dumps(payload), {HEADER: str(at)}
 
     def read(headers: Mapping[str, str], _body: bytes, param: str) -> InlineAnswer | None:
         # bottle decodes the path as UTF-8, waitress as Latin-1: only an
         # ASCII id is the same id to both.
         if not param.isascii() or not allowed(headers):
             return None
-        # The route takes its index, settles (no write half applied), reads:
-        # here the store's lock, taken only if free, holds writes off for both.
+        return lookup(param) or None
+
+    def wait(headers: Mapping[str, str], query: str, param: str) -> InlineAnswer | Later | None:
+        query_asks = asked(query)
+        if query_asks is None or not param.isascii() or not allowed(headers):
+            return None
+        after, wait_s = query_asks
+        if after <= 0 or after > feed.index or feed.closed:
+            return lookup(param) or None  # at once, as the route answers it
         with store.settled_now() as settled:
             found = find(param) if settled else None
-            if found is None:
-                return None
-            at = store.changes.job_index(job_of(found))
-            payload = detail(server, found)
-        return fastjson.dumps(payload), {HEADER: str(at)}
+        if found is None:
+            return None  # the route: its 404, or a wait for the busy lock
+        jobs = [job_of(found)]
+        if feed.job_index(jobs[0]) > after:
+            return lookup(param) or None
 
-    return read
+        def watch(waker) -> None:
+            feed.watch(jobs, waker)
+            # Registered before this look: a change in between woke it too.
+            if feed.job_index(jobs[0]) > after or feed.closed:
+                waker.set()
+            else:
+                feed.tell_waiting(jobs)
+
+        def answer() -> InlineAnswer | None:
+            found = lookup(param)
+            if found is False:
+                raise Declined  # gone meanwhile: the route's 404
+            return found
+
+        return Later(time.monotonic() + wait_s, watch, lambda w: feed.unwatch(jobs, w), answer)
+
+    return read, wait

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from orch.config import ServerConfig
-    from orch.wsgichannel import Inline, TurnWrites
+    from orch.wsgichannel import Inline, TurnWrites, Waiting
 
 
 def http_server(
@@ -22,10 +22,12 @@ def http_server(
     config: ServerConfig,
     inline: Mapping[tuple[str, str], Inline] | None = None,
     writes: TurnWrites | None = None,
+    waiting: Mapping[tuple[str, str], Waiting] | None = None,
 ):
     """The waitress server that serves ``app`` (not yet running); ``inline``
     routes are answered without it when their handler can, their ``writes``
-    of one loop turn committed together."""
+    of one loop turn committed together, and their blocking queries
+    (``waiting``) parked on its I/O loop."""
     http = create_server(
         app,
         map=socket_map(),  # epoll: a turn visits only the connections that changed
@@ -45,5 +47,5 @@ def http_server(
         channel_timeout=60,
         clear_untrusted_proxy_headers=True,
     )
-    use_orch_channels(http, inline, writes)
+    use_orch_channels(http, inline, writes, waiting)
     return http

@@ -99,3 +99,44 @@ def test_a_client_waiting_on_a_batch_job_hurries_its_node(dev_cluster):
         resp = requests.get(f"{url}/jobs/waited?index={index}&wait=30s", timeout=60)
         job, index = resp.json(), int(resp.headers["X-Orch-Index"])
     wait_until(lambda: hurries(url) > before, 10, what="a hurry answered by the agent")
+
+
+def test_many_waiting_clients_wait_instead_of_spinning(dev_cluster):
+    """More blocking readers than the server has threads for them: each one
+    waits out its wait (parked on the server's I/O loop), none is answered
+    at once over and over; a change still wakes them all."""
+    url = dev_cluster.url
+    body = dict(JOB, job_id="watched")
+    assert requests.post(f"{url}/jobs", json=body, timeout=10).status_code == 200
+    wait_until(
+        lambda: requests.get(f"{url}/jobs/watched", timeout=10).json()["status"] == "running",
+        30,
+        what="the watched job running",
+    )
+    index = int(requests.get(f"{url}/jobs/watched", timeout=10).headers["X-Orch-Index"])
+    watchers, stop_at = 12, time.monotonic() + 2.0
+    reads = [0] * watchers
+    woken: list = []
+
+    def watch(i: int) -> None:
+        session = requests.Session()
+        seen = index
+        while time.monotonic() < stop_at:
+            resp = session.get(f"{url}/jobs/watched?index={seen}&wait=1s", timeout=30)
+            assert resp.status_code == 200, resp.text
+            reads[i] += 1
+            seen = int(resp.headers["X-Orch-Index"])
+        resp = session.get(f"{url}/jobs/watched?index={seen}&wait=60s", timeout=90)
+        woken.append(int(resp.headers["X-Orch-Index"]) > seen)
+
+    threads = [threading.Thread(target=watch, args=(i,)) for i in range(watchers)]
+    for thread in threads:
+        thread.start()
+    # Each read waits its 1 s: two or three in the 2 s, not hundreds.
+    assert max(reads) <= 4, reads
+    time.sleep(2.5)
+    assert max(reads) <= 4, reads
+    assert requests.delete(f"{url}/jobs/watched", timeout=10).status_code == 200
+    for thread in threads:
+        thread.join(90)
+    assert woken == [True] * watchers

@@ -123,9 +123,9 @@ def serve(tmp_path):
 
     running = []
 
-    def start(app, inline=None):
+    def start(app, inline=None, waiting=None):
         config = ServerConfig(data_dir=str(tmp_path), bind="127.0.0.1", port=0)
-        server = wsgi.http_server(app, config, inline)
+        server = wsgi.http_server(app, config, inline, waiting=waiting)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         running.append((server, thread))

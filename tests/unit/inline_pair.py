@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from orch.config import ServerConfig
 from orch.server import wsgi
 from orch.server.api import make_app
-from orch.server.inline import inline_routes
+from orch.server.inline import inline_routes, waiting_routes
 from orch.server.server import Server
 
 # The node the inline tests register (exec only, so a job places on it).
@@ -37,13 +37,15 @@ class InlinePair:
     """``calls`` records what each inline handler returned: (its route's
     path, True if it answered, False if it declined)."""
 
-    def __init__(self, server: Server):
+    def __init__(self, server: Server, waiting: bool = False):
         self.server = server
         self.calls: list[tuple[str, bool]] = []
         routes = {key: self._recording(key[1], fn) for key, fn in inline_routes(server).items()}
         app = make_app(server)
         self._https = [
-            wsgi.http_server(app, server.config, routes),
+            wsgi.http_server(
+                app, server.config, routes, waiting=waiting_routes(server) if waiting else None
+            ),
             wsgi.http_server(app, server.config),
         ]
         self._threads = [threading.Thread(target=h.run, daemon=True) for h in self._https]

@@ -12,6 +12,7 @@ import pytest
 
 from orch.config import ServerConfig
 from orch.server.api import make_app
+from orch.server.changes import MAX_BLOCKING
 from orch.server.server import Server
 
 from helpers import request
@@ -468,20 +469,20 @@ def test_blocking_queries_past_the_cap_are_answered_at_once(app, server):
     register(app)
     index = int(call(app, "GET", "/v1/job/web")[1]["X-Nomad-Index"])
     path = f"/v1/job/web?index={index}&wait=60s"
-    waiting = [threading.Thread(target=call, args=(app, "GET", path)) for _ in range(4)]
+    waiting = [threading.Thread(target=call, args=(app, "GET", path)) for _ in range(MAX_BLOCKING)]
     for t in waiting:
         t.start()
-    # The fifth asks only once the four hold every slot. Asked sooner, it could
-    # take a slot itself, and one of the four, answered at once, left the slot
+    # The last asks only once the others hold every slot. Asked sooner, it could
+    # take a slot itself, and one of the others, answered at once, left the slot
     # to it for good: on a loaded host it then waited its second every time.
     feed = server.store.changes
-    assert wait_for(lambda: feed.blocked == 4, timeout=30)
+    assert wait_for(lambda: feed.blocked == MAX_BLOCKING, timeout=30)
     start = time.monotonic()
     status, headers, _ = call(app, "GET", f"/v1/job/web?index={index}&wait=30s")
     took = time.monotonic() - start
     assert status == 200 and int(headers["X-Nomad-Index"]) == index
     assert took < 10, "past the cap, yet it waited"  # with a slot, it would wait 30 s
-    register(app, nomad_job(count=4))  # a change wakes the four
+    register(app, nomad_job(count=4))  # a change wakes the others
     for t in waiting:
         t.join(timeout=20)
         assert not t.is_alive()
