@@ -39,7 +39,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
-from typing import Protocol
+from typing import Any, Protocol
 
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer
@@ -269,18 +269,22 @@ class _InlineTasks:
         self._send(channel, answer[0], answer[1], False)
         return True
 
-    def _route(self, command: str, path: str) -> tuple[Inline | None, str]:
-        """The handler of ``path`` and its parameter: an exact route first,
-        then ``/prefix/*`` for the path's last segment."""
-        handler = self._routes.get((command, path))
+    def _route(self, command: str, path: str, routes: Mapping | None = None) -> tuple[Any, str]:
+        """The handler of ``path`` in ``routes`` (the inline ones unless
+        given) and its parameter: an exact route first, then ``/prefix/*``
+        for the path's last segment."""
+        routes = self._routes if routes is None else routes
+        handler = routes.get((command, path))
         if handler is not None:
             return handler, ""
         head, _, tail = path.rpartition("/")
-        return self._routes.get((command, head + "/*")), tail
+        return routes.get((command, head + "/*")), tail
 
     def _answer(self, request) -> InlineAnswer | Later | None:
-        """The inline answer, or None: the WSGI app serves the request."""
-        handler, param = self._route(request.command, request.path)
+        """The inline answer, or None: the WSGI app serves the request. A
+        request with a query string is its route's waiting handler's."""
+        routes = self._waiting if request.query else self._routes
+        handler, param = self._route(request.command, request.path, routes)
         if (
             handler is None
             or request.error
@@ -289,9 +293,9 @@ class _InlineTasks:
             or request.content_length > INLINE_MAX_BODY
         ):
             return None
-        if request.query:
-            return self._answer_query(request, param)
         try:
+            if request.query:
+                return handler(request.headers, request.query, param)
             # get() leaves the buffer as it was: the WSGI app reads it again
             # if the handler declines.
             body = request.body_rcv.getbuf().get() if request.body_rcv is not None else b""
@@ -300,21 +304,6 @@ class _InlineTasks:
             # The ordinary path answers it (and reports what is wrong).
             log.exception("inline %s %s failed", request.command, request.path)
             return None
-
-    def _answer_query(self, request, param: str) -> InlineAnswer | Later | None:
-        waiting = self._waiting.get(self._route_key(request.command, request.path))
-        if waiting is None or request.content_length:
-            return None
-        try:
-            return waiting(request.headers, request.query, param)
-        except Exception:
-            log.exception("inline %s %s failed", request.command, request.path)
-            return None
-
-    def _route_key(self, command: str, path: str) -> tuple[str, str]:
-        if (command, path) in self._routes:
-            return command, path
-        return command, path.rpartition("/")[0] + "/*"
 
     def _http_date(self) -> bytes:
         now = int(time.time())

@@ -64,17 +64,14 @@ SUBMIT_LOCK_WAIT = 0.002
 
 def inline_routes(server: Server) -> dict[tuple[str, str], Inline]:
     """(method, path) -> the handler ``orch.wsgichannel`` calls inline."""
-    return _routes(server)[0]
+    return server_routes(server)[0]
 
 
-def waiting_routes(server: Server) -> dict[tuple[str, str], Waiting]:
-    """(method, path) -> the handler of its read asked as a blocking query."""
-    return _routes(server)[1]
-
-
-def _routes(
+def server_routes(
     server: Server,
 ) -> tuple[dict[tuple[str, str], Inline], dict[tuple[str, str], Waiting]]:
+    """The inline routes, and the handlers of their reads asked as blocking
+    queries ((method, path) -> handler, both)."""
     token = server.config.token
     expected = f"Bearer {token}".encode() if token else None
     max_body = server.config.max_body_bytes
@@ -188,10 +185,9 @@ def _reader(
         after, wait_s = query_asks
         if after <= 0 or after > feed.index or feed.closed:
             return lookup(param) or None  # at once, as the route answers it
-        with store.settled_now() as settled:
-            found = find(param) if settled else None
+        found = find(param)  # a dict read: its job's id needs no lock
         if found is None:
-            return None  # the route: its 404, or a wait for the busy lock
+            return None  # the route's 404
         jobs = [job_of(found)]
         if feed.job_index(jobs[0]) > after:
             return lookup(param) or None

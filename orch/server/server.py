@@ -465,7 +465,7 @@ def run(config: ServerConfig) -> int:
 
     from orch import collector
     from orch.server.api import make_app
-    from orch.server.inline import inline_routes, waiting_routes
+    from orch.server.inline import server_routes
     from orch.server.state.group import TurnCommit
     from orch.server.wsgi import http_server
     from orch.wsgiloop import close_after_run
@@ -482,9 +482,8 @@ def run(config: ServerConfig) -> int:
         return 1
     # SQLite: the inline writes of one I/O loop turn share a commit.
     writes = None if server.store.backend.shared else TurnCommit(server.store)
-    http = http_server(
-        make_app(server), config, inline_routes(server), writes, waiting_routes(server)
-    )
+    inline, waiting = server_routes(server)
+    http = http_server(make_app(server), config, inline, writes, waiting)
 
     def _exit(signum, _frame):
         raise SystemExit(0)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from orch.config import ServerConfig
 from orch.server import wsgi
 from orch.server.api import make_app
-from orch.server.inline import inline_routes, waiting_routes
+from orch.server.inline import inline_routes, server_routes
 from orch.server.server import Server
 
 # The node the inline tests register (exec only, so a job places on it).
@@ -44,7 +44,7 @@ class InlinePair:
         app = make_app(server)
         self._https = [
             wsgi.http_server(
-                app, server.config, routes, waiting=waiting_routes(server) if waiting else None
+                app, server.config, routes, waiting=server_routes(server)[1] if waiting else None
             ),
             wsgi.http_server(app, server.config),
         ]
