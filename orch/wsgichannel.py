@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer
-from waitress.task import WSGITask
+from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import build_http_date
 
 from orch import fastjson
@@ -169,7 +169,26 @@ class _Task(WSGITask):
             channel.release()
 
 
+class _ErrorTask(ErrorTask):
+    """waitress's own answer to a request it cannot read (a bad request
+    line, a bad Content-Length, a header too large), as orch's JSON error.
+    The Nomad face keeps waitress's plain text: Nomad's errors are text."""
+
+    def execute(self):
+        path = getattr(self.request, "path", "") or ""
+        if path.startswith("/v1/"):
+            return super().execute()
+        failed = self.request.error
+        body = fastjson.dumps({"error": f"{failed.reason}: {failed.body}"})
+        self.status = f"{failed.code} {failed.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
 _Channel.task_class = _Task
+_Channel.error_task_class = _ErrorTask
 _Channel.parser_class = FastParser
 
 
@@ -283,11 +302,14 @@ class _InlineTasks:
     def _answer(self, request) -> InlineAnswer | Later | None:
         """The inline answer, or None: the WSGI app serves the request. A
         request with a query string is its route's waiting handler's."""
+        if request.error:
+            # waitress's error answer (a 400 of its own): the request line
+            # may not have been read, so it has no path or query.
+            return None
         routes = self._waiting if request.query else self._routes
         handler, param = self._route(request.command, request.path, routes)
         if (
             handler is None
-            or request.error
             or request.version != "1.1"
             or request.chunked
             or request.content_length > INLINE_MAX_BODY
