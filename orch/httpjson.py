@@ -183,14 +183,23 @@ class Router:
             app.error(code)(self._bottle_error)
 
     def __call__(
-        self, method: str, path: str, *, public: bool = False, raw: bool = False
+        self,
+        method: str,
+        path: str,
+        *,
+        public: bool = False,
+        raw: bool = False,
+        blocking: bool = False,
     ) -> Callable[[Handler], Handler]:
+        """``blocking``: a read that answers ``?index=&wait=`` as a blocking
+        query (its route's config says so: orch.server.parkedreads parks it)."""
+
         def decorate(fn: Handler) -> Handler:
             @functools.wraps(fn)
             def handler(**kwargs: str) -> object:
                 return self._handle(fn, kwargs, public, raw)
 
-            self.app.route(path, method)(handler)
+            self.app.route(path, method, blocking=blocking)(handler)
             self.routes.append((method, path))
             return fn
 

@@ -49,7 +49,7 @@ from waitress.utilities import build_http_date
 from orch import fastjson
 from orch.errors import OrchError
 from orch.wsgiloop import Asyncore, EpollMap
-from orch.wsgipark import Later, park
+from orch.wsgipark import Later, Response, park
 from orch.wsgiparser import FastParser, plain_header
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ Inline = Callable[[Mapping[str, str], bytes, str], "InlineAnswer | None"]
 # query: ``?index=&wait=``): the query instead of the body; it may also
 # answer ``Later`` (``orch.wsgipark``: parked on the loop, no thread held).
 Waiting = Callable[[Mapping[str, str], str, str], "InlineAnswer | Later | None"]
+# Any other GET with a query (orch.server.parkedreads): its channel and
+# waitress's request in, ``Later`` out to park it, None for its route.
+ParkedReads = Callable[[Any, Any], "Later | None"]
 
 
 class TurnWrites(Protocol):
@@ -207,8 +210,10 @@ class _InlineTasks:
         routes: Mapping[tuple[str, str], Inline],
         held: _HeldAnswers | None = None,
         waiting: Mapping[tuple[str, str], Waiting] | None = None,
+        parked_reads: ParkedReads | None = None,
     ):
         self._add_task = add_task
+        self._parked_reads = parked_reads
         self._routes = dict(routes)
         self._waiting = dict(waiting or {})
         self._date = (0, b"")  # (second, its HTTP date): one format a second
@@ -222,7 +227,7 @@ class _InlineTasks:
             self._add_task(channel)
             return
         while channel.requests:
-            answer = self._answer(channel.requests[0])
+            answer = self._answer(channel, channel.requests[0])
             if isinstance(answer, Later) and park(self, channel, answer):
                 return  # answered by unpark
             if answer is None or isinstance(answer, Later):
@@ -231,7 +236,7 @@ class _InlineTasks:
             if not self._reply(channel, answer):
                 return
 
-    def unpark(self, channel, answer: InlineAnswer | None) -> None:
+    def unpark(self, channel, answer: InlineAnswer | Response | None) -> None:
         """On the loop's thread: the parked first request's answer (None:
         the route's, on a worker), then the requests behind it."""
         with channel.requests_lock:
@@ -242,11 +247,18 @@ class _InlineTasks:
             elif self._reply(channel, answer) and channel.requests:
                 self(channel)
 
-    def _reply(self, channel, answer: InlineAnswer) -> bool:
+    def _reply(self, channel, answer: InlineAnswer | Response) -> bool:
         """Send the first request's answer; False if the connection closes."""
         request = channel.requests.pop(0)
         close = request.headers.get("CONNECTION", "").lower() == "close"
-        self._send(channel, answer[0], answer[1], close)
+        if isinstance(answer, Response):
+            # A worker's answer, read like any other worker's: not held for
+            # the loop turn's writes.
+            self._send_now(
+                channel, answer.body, answer.headers, close, answer.status, answer.content_type
+            )
+        else:
+            self._send(channel, answer[0], answer[1], close)
         request.close()
         if close:
             for later in channel.requests:
@@ -299,15 +311,22 @@ class _InlineTasks:
         head, _, tail = path.rpartition("/")
         return routes.get((command, head + "/*")), tail
 
-    def _answer(self, request) -> InlineAnswer | Later | None:
+    def _answer(self, channel, request) -> InlineAnswer | Later | None:
         """The inline answer, or None: the WSGI app serves the request. A
-        request with a query string is its route's waiting handler's."""
+        request with a query string is its route's waiting handler's; a GET
+        with one and no such handler, ``parked_reads``'."""
         if request.error:
             # waitress's error answer (a 400 of its own): the request line
             # may not have been read, so it has no path or query.
             return None
         routes = self._waiting if request.query else self._routes
         handler, param = self._route(request.command, request.path, routes)
+        if handler is None and request.query and self._parked_reads is not None:
+            try:
+                return self._parked_reads(channel, request)
+            except Exception:
+                log.exception("parked read of %s failed", request.path)
+                return None
         if (
             handler is None
             or request.version != "1.1"
@@ -344,9 +363,20 @@ class _InlineTasks:
         held = self._held
         if held is not None and held.hold(self, channel, body, headers, close):
             return
+        self._send_now(channel, body, headers, close, status)
+
+    def _send_now(
+        self,
+        channel,
+        body: bytes,
+        headers: Mapping[str, str],
+        close: bool,
+        status: bytes = b"200 OK",
+        content_type: bytes = b"application/json",
+    ) -> None:
         ident = channel.server.adj.ident
         data = b"HTTP/1.1 %s\r\nContent-Length: %d\r\n" % (status, len(body))
-        data += b"Content-Type: application/json\r\nDate: %s\r\n" % self._http_date()
+        data += b"Content-Type: %s\r\nDate: %s\r\n" % (content_type, self._http_date())
         for name, value in headers.items():
             data += b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
         if ident:
@@ -411,6 +441,7 @@ def use_orch_channels(
     inline: Mapping[tuple[str, str], Inline] | None = None,
     writes: TurnWrites | None = None,
     waiting: Mapping[tuple[str, str], Waiting] | None = None,
+    parked_reads: ParkedReads | None = None,
 ) -> None:
     """Make every listener of a waitress server (``create_server``'s result)
     open its connections as ``_Channel``, and loop with epoll if it was made
@@ -418,7 +449,8 @@ def use_orch_channels(
     handlers answered without a worker thread (a path ending ``/*``: any one
     last segment, which the handler gets). ``writes``: the inline routes'
     writes of one epoll turn are committed together (``TurnWrites``);
-    ``waiting``: handlers of the same inline routes asked with a query string."""
+    ``waiting``: handlers of the same inline routes asked with a query string;
+    ``parked_reads``: any other GET with one (blocking queries parked)."""
     # One listening server per address (a name may resolve to several).
     listeners = http.map if isinstance(http, MultiSocketServer) else http._map
     held = None
@@ -431,4 +463,6 @@ def use_orch_channels(
         if isinstance(dispatcher, BaseWSGIServer):
             dispatcher.channel_class = _Channel
             if inline:
-                dispatcher.add_task = _InlineTasks(dispatcher.add_task, inline, held, waiting)
+                dispatcher.add_task = _InlineTasks(
+                    dispatcher.add_task, inline, held, waiting, parked_reads
+                )

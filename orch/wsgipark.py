@@ -22,6 +22,11 @@ its deadline:
   subject is gone, or the read fails, the request goes to a worker, whose
   route answers it (a 404, or the error) as before.
 
+Other blocking reads (orch's lists, the /v1 face) are answered by their
+route, computed on a thread of their own (``orch.server.parkedreads``): the
+request waits parked the same way between one computation and the next,
+and ``Later.answer`` says ``PENDING`` while nothing is ready to send.
+
 How many may wait is bounded by the connections waitress accepts.
 """
 
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +52,25 @@ class Declined(Exception):
     """``Later.answer``: the route must answer this one (on a worker)."""
 
 
+class _Pending:
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+# ``Later.answer``: nothing to send yet; asked again at the next ``set()``.
+PENDING: Any = _Pending()
+
+
+@dataclass(frozen=True)
+class Response:
+    """A whole answer (any status and type), as a WSGI app gave it."""
+
+    status: bytes  # b"200 OK"
+    content_type: bytes
+    body: bytes
+    headers: Mapping[str, str]
+
+
 @dataclass(eq=False)
 class Later:
     """An inline route's answer that waits for a change.
@@ -54,13 +78,15 @@ class Later:
     ``watch(waker)`` calls ``waker.set()`` at each change (from any thread,
     without blocking), and at once if the change came already;
     ``unwatch(waker)`` stops that; ``answer()`` reads the answer on the loop's
-    thread: None if it cannot yet (asked again), ``Declined`` for the route.
+    thread (an ``InlineAnswer`` or a ``Response``): None if it cannot yet
+    (asked again shortly), ``PENDING`` if it waits for the next ``set()``,
+    ``Declined`` for the route.
     ``deadline`` (``time.monotonic()``): answered then, changed or not."""
 
     deadline: float
     watch: Callable[[Any], None]
     unwatch: Callable[[Any], None]
-    answer: Callable[[], InlineAnswer | None]
+    answer: Callable[[], InlineAnswer | Response | None]
 
 
 @dataclass(eq=False)
@@ -94,9 +120,11 @@ class Parked:
         channel = self.channel
         if channel.parked is not self:
             return  # answered already (a change and the deadline both came)
-        answer: InlineAnswer | None = None
+        answer: InlineAnswer | Response | None = None
         declined = False
         if channel.connected:
+            # Before the answer is asked: a set() while it is read is not lost.
+            self.woken = False
             try:
                 answer = self.later.answer()
             except Declined:
@@ -104,6 +132,8 @@ class Parked:
             except Exception:
                 log.exception("a parked blocking query's answer failed")
                 declined = True
+            if answer is PENDING:
+                return
             if answer is None and not declined:
                 # Not readable now: soon again (the deadline's timer stays).
                 self.loop.call_at(time.monotonic() + RETRY_S, self.resume)

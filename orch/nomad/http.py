@@ -97,7 +97,8 @@ class NomadRouter:
             def handler(**kwargs: str) -> object:
                 return self._handle(fn, kwargs, raw)
 
-            self.app.route(path, method)(handler)
+            # Every JSON read answers ?index= as a blocking query (_answer).
+            self.app.route(path, method, blocking=method == "GET" and not raw)(handler)
             return fn
 
         return decorate

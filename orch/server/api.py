@@ -216,7 +216,7 @@ def make_app(server: Server) -> bottle.Bottle:
         """``read()``, blocking while ``?index=`` asks (orch.server.blocking)."""
         return orch_blocking.answer(store.changes, store.settle, jobs, read)
 
-    @route("GET", "/jobs")
+    @route("GET", "/jobs", blocking=True)
     def list_jobs():
         def read():
             listed = store.list_jobs()
@@ -226,7 +226,7 @@ def make_app(server: Server) -> bottle.Bottle:
 
         return blocking(None, read)
 
-    @route("GET", "/jobs/<job_id>")
+    @route("GET", "/jobs/<job_id>", blocking=True)
     def get_job(job_id):
         def read():
             return job_detail(server, store.require_job(job_id))
@@ -337,7 +337,7 @@ def make_app(server: Server) -> bottle.Bottle:
             raise NotFound("Allocation not found")
         return alloc
 
-    @route("GET", "/allocations/<alloc_id>")
+    @route("GET", "/allocations/<alloc_id>", blocking=True)
     def get_allocation(alloc_id):
         def read():
             return alloc_detail(server, require_alloc(alloc_id))

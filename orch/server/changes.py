@@ -25,8 +25,9 @@ from orch.slots import Slots
 log = logging.getLogger(__name__)
 
 # A blocking query answered by a route holds an HTTP worker thread while it
-# waits (orch's lists, the /v1 face; orch's job and allocation reads wait
-# parked on the I/O loop instead, holding none: orch.wsgipark). Past this
+# waits: only where the server's loop cannot park it (every blocking read
+# waits parked on the I/O loop, holding no thread: orch.wsgipark,
+# orch.server.parkedreads), or one with a query it does not read. Past this
 # many at once a query is answered at once (still correct: the client asks
 # again, but a client that loops spins). Not more threads for them: 64 more
 # in the pool cost ~12% more server CPU per heartbeat (waitress wakes its
@@ -57,6 +58,8 @@ class ChangeFeed:
         self._slots = Slots(max_blocking)  # one per blocking query waiting
         # job id -> the events of the blocking queries waiting on it (block_on)
         self._watchers: dict[str, set[Waker]] = {}
+        # the parked blocking reads woken by any change (watch_any)
+        self._any_watchers: set[Waker] = set()
         # When the last change was recorded (the /v1 API's list indexes).
         self.changed_at = time.time()
         # Called with the jobs of a blocking query about to wait (the server
@@ -199,6 +202,15 @@ class ChangeFeed:
             for job_id in jobs:
                 self._watchers.setdefault(job_id, set()).add(waker)
 
+    def watch_any(self, waker: Waker) -> None:
+        """``watch`` every change (orch.server.parkedreads)."""
+        with self._cond:
+            self._any_watchers.add(waker)
+
+    def unwatch_any(self, waker: Waker) -> None:
+        with self._cond:
+            self._any_watchers.discard(waker)
+
     def unwatch(self, jobs: list[str], waker: Waker) -> None:
         with self._cond:
             for job_id in jobs:
@@ -225,6 +237,8 @@ class ChangeFeed:
 
     def _wake_watchers(self, jobs: Iterable[str] | None) -> None:
         """Set the events of the queries on ``jobs`` (None: on every job)."""
+        for waker in self._any_watchers:
+            waker.set()
         if not self._watchers:
             return
         if jobs is None:

@@ -466,6 +466,7 @@ def run(config: ServerConfig) -> int:
     from orch import collector
     from orch.server.api import make_app
     from orch.server.inline import server_routes
+    from orch.server.parkedreads import ParkedReads
     from orch.server.state.group import TurnCommit
     from orch.server.wsgi import http_server
     from orch.wsgiloop import close_after_run
@@ -483,7 +484,9 @@ def run(config: ServerConfig) -> int:
     # SQLite: the inline writes of one I/O loop turn share a commit.
     writes = None if server.store.backend.shared else TurnCommit(server.store)
     inline, waiting = server_routes(server)
-    http = http_server(make_app(server), config, inline, writes, waiting)
+    app = make_app(server)
+    parked_reads = ParkedReads(app, server.store.changes)
+    http = http_server(app, config, inline, writes, waiting, parked_reads)
 
     def _exit(signum, _frame):
         raise SystemExit(0)
@@ -502,6 +505,7 @@ def run(config: ServerConfig) -> int:
         server.store.changes.close()
         server.ui_streams.wait_idle(5.0)
         close_after_run(http)  # the workers' writes end before the store closes
+        parked_reads.close()
         server.stop()
     return 0
 

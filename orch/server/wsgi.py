@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from orch.config import ServerConfig
-    from orch.wsgichannel import Inline, TurnWrites, Waiting
+    from orch.wsgichannel import Inline, ParkedReads, TurnWrites, Waiting
 
 
 def http_server(
@@ -23,11 +23,13 @@ def http_server(
     inline: Mapping[tuple[str, str], Inline] | None = None,
     writes: TurnWrites | None = None,
     waiting: Mapping[tuple[str, str], Waiting] | None = None,
+    parked_reads: ParkedReads | None = None,
 ):
     """The waitress server that serves ``app`` (not yet running); ``inline``
     routes are answered without it when their handler can, their ``writes``
     of one loop turn committed together, and their blocking queries
-    (``waiting``) parked on its I/O loop."""
+    (``waiting``) parked on its I/O loop, as every other GET's with a query
+    that ``parked_reads`` parks."""
     http = create_server(
         app,
         map=socket_map(),  # epoll: a turn visits only the connections that changed
@@ -47,5 +49,5 @@ def http_server(
         channel_timeout=60,
         clear_untrusted_proxy_headers=True,
     )
-    use_orch_channels(http, inline, writes, waiting)
+    use_orch_channels(http, inline, writes, waiting, parked_reads)
     return http

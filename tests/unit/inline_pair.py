@@ -12,6 +12,7 @@ from orch.config import ServerConfig
 from orch.server import wsgi
 from orch.server.api import make_app
 from orch.server.inline import inline_routes, server_routes
+from orch.server.parkedreads import ParkedReads
 from orch.server.server import Server
 
 # The node the inline tests register (exec only, so a job places on it).
@@ -37,14 +38,19 @@ class InlinePair:
     """``calls`` records what each inline handler returned: (its route's
     path, True if it answered, False if it declined)."""
 
-    def __init__(self, server: Server, waiting: bool = False):
+    def __init__(self, server: Server, waiting: bool = False, parked_reads: bool = False):
         self.server = server
         self.calls: list[tuple[str, bool]] = []
         routes = {key: self._recording(key[1], fn) for key, fn in inline_routes(server).items()}
         app = make_app(server)
+        self.parked_reads = ParkedReads(app, server.store.changes) if parked_reads else None
         self._https = [
             wsgi.http_server(
-                app, server.config, routes, waiting=server_routes(server)[1] if waiting else None
+                app,
+                server.config,
+                routes,
+                waiting=server_routes(server)[1] if waiting else None,
+                parked_reads=self.parked_reads,
             ),
             wsgi.http_server(app, server.config),
         ]
@@ -76,6 +82,8 @@ class InlinePair:
             h.close()
         for thread in self._threads:
             thread.join(5)
+        if self.parked_reads is not None:
+            self.parked_reads.close()
 
     def stop(self):
         """Both waitress servers, then the Server itself."""

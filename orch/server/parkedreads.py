@@ -1,0 +1,227 @@
+"""Blocking queries of every other read, parked: orch's lists, the /v1 face.
+
+orch's job and allocation reads wait parked on the I/O loop with their
+answer read there (``orch.server.inline``). Every other blocking read
+(``GET /jobs?index=``, ``GET /v1/...?index=``) held a worker thread while it
+waited, 4 at once (``changes.MAX_BLOCKING``); past that each was answered
+at once, unchanged, and a client that loops spun.
+
+Here such a GET waits parked too (``orch.wsgipark``), if its route is a
+blocking read (registered ``blocking=True``: orch's ``GET /jobs``, every
+/v1 JSON read; never a stream, whose answer would not end). Its answer is its
+route's, computed by the WSGI app on a thread of this module's own, asked
+without ``index`` and ``wait`` (so the route answers at once, with the
+index it has now). The answer is sent when its index passes the client's,
+when it is not a 200 with an index (an error, a read that does not block),
+or when ``wait`` runs out. Otherwise the request waits for the next state
+change (any: as the thread-held wait, which read again at each), and the
+route is asked again. A change while it computes asks it once more after.
+The computations of all parked reads share ``THREADS`` threads: a busy
+cluster's changes make them read as often as the threads can, as the
+thread-held waits did, but no waiter is answered unchanged before its time.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import bottle
+
+from orch.errors import ValidationError
+from orch.nomad.http import parse_integer, parse_wait
+from orch.server.blocking import HEADER as ORCH_INDEX
+from orch.server.changes import ChangeFeed
+from orch.wsgipark import PENDING, Declined, Later, Response
+
+log = logging.getLogger(__name__)
+
+# Threads that compute parked reads' answers (started when first needed).
+THREADS = 2
+NOMAD_INDEX = "X-Nomad-Index"
+# Headers the connection writes itself.
+_OWN_HEADERS = frozenset(("content-type", "content-length", "connection", "date", "server"))
+
+
+def split_query(query: str) -> tuple[int, float, str] | None:
+    """(index, wait, the query without them) of a blocking GET; None when it
+    does not block (no index, or 0) or the route must read it (a value
+    given twice, escaped, or one the route refuses: its 400)."""
+    given: dict[str, str] = {}
+    kept: list[str] = []
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name not in ("index", "wait"):
+            kept.append(part)
+        elif name in given or "%" in value or "+" in value:
+            return None
+        else:
+            given[name] = value
+    if "index" not in given:
+        return None
+    try:
+        after = parse_integer(given["index"], "index")
+        wait_s = parse_wait(given.get("wait"))
+    except ValidationError:
+        return None
+    if after <= 0:
+        return None
+    return after, wait_s, "&".join(kept)
+
+
+class ParkedReads:
+    """The ``parked_reads`` of the server's connections (``orch.wsgichannel``)."""
+
+    def __init__(self, app, feed: ChangeFeed, threads: int = THREADS):
+        self._app = app
+        self._feed = feed
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="parked-read")
+
+    def __call__(self, channel, request) -> Later | None:
+        """Park ``request`` (a GET with a query, on ``channel``), or None:
+        its route answers it on a worker, as before."""
+        if request.command != "GET" or request.content_length or self._feed.closed:
+            return None
+        asked = split_query(request.query)
+        if asked is None:
+            return None
+        after, wait_s, rest = asked
+        # waitress's own WSGI environ for it, asked without index and wait.
+        environ = channel.task_class(channel, request).get_environment()
+        if not self._blocking(environ):
+            return None
+        environ["QUERY_STRING"] = rest
+        return _Read(self, environ, after, time.monotonic() + wait_s).later()
+
+    def _blocking(self, environ: dict) -> bool:
+        """Whether the request's route is a blocking read (its config says
+        so): only those are computed here, never a stream, which would not
+        end."""
+        if not environ["PATH_INFO"].isascii():
+            return False  # bottle decodes it otherwise: its route reads it
+        try:
+            route, _ = self._app.router.match(environ)
+        except bottle.HTTPError:
+            return False
+        return bool(route.config.get("blocking"))
+
+    def compute(self, environ: dict) -> Response:
+        """The app's answer to a copy of ``environ`` (on a pool thread)."""
+        environ = dict(environ)
+        environ["wsgi.input"] = io.BytesIO()
+        started: list[Any] = []
+
+        def start_response(status, headers, exc_info=None):
+            started[:] = [status, headers]
+
+        chunks = self._app(environ, start_response)
+        try:
+            body = b"".join(chunks)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        status, headers = started
+        content_type = "application/json"
+        kept: dict[str, str] = {}
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "content-type":
+                content_type = value
+            elif lower not in _OWN_HEADERS:
+                kept[name] = value
+        return Response(status.encode("latin-1"), content_type.encode("latin-1"), body, kept)
+
+    def submit(self, fn) -> None:
+        self._pool.submit(fn)
+
+    @property
+    def feed(self) -> ChangeFeed:
+        return self._feed
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Read:
+    """One parked read: its last answer, and whether one is being computed
+    or the state changed since it was (the loop's thread decides; a pool
+    thread computes)."""
+
+    def __init__(self, reads: ParkedReads, environ: dict, after: int, deadline: float):
+        self._reads = reads
+        self._environ = environ
+        self._after = after
+        self._deadline = deadline
+        self._waker: Any = None
+        self._computing = False
+        self._changed = True  # nothing computed yet
+        self._failed = False
+        self._result: Response | None = None
+        self._lock = threading.Lock()  # _changed: set by writers, read by the loop
+
+    def later(self) -> Later:
+        return Later(self._deadline, self._watch, self._unwatch, self._answer)
+
+    def set(self) -> None:
+        """A state change (the writer's thread, under the feed's lock)."""
+        with self._lock:
+            self._changed = True
+        waker = self._waker
+        if waker is not None:
+            waker.set()
+
+    def _watch(self, waker) -> None:
+        self._waker = waker
+        self._reads.feed.watch_any(self)
+        waker.set()  # the first computation
+
+    def _unwatch(self, _waker) -> None:
+        self._reads.feed.unwatch_any(self)
+
+    def _answer(self) -> Response | None:
+        """On the loop's thread: the answer to send, or PENDING."""
+        if self._failed:
+            raise Declined  # the route answers it (and logs what failed)
+        if self._computing:
+            return PENDING
+        result = self._result
+        late = time.monotonic() >= self._deadline or self._reads.feed.closed
+        if result is not None and (late or self._settled(result)):
+            return result
+        with self._lock:
+            changed, self._changed = self._changed, False
+        if not changed:
+            return PENDING
+        self._computing = True
+        self._reads.submit(self._compute)
+        return PENDING
+
+    def _settled(self, result: Response) -> bool:
+        """Whether ``result`` answers the query before its wait is out."""
+        if not result.status.startswith(b"200"):
+            return True
+        headers = result.headers
+        index = headers.get(ORCH_INDEX)
+        if index is not None and self._after > self._reads.feed.index:
+            return True  # an orch index from before a restart: at once, as the route
+        if index is None:
+            index = headers.get(NOMAD_INDEX)
+        if index is None or not index.isdigit():
+            return True  # a read that does not block
+        return int(index) > self._after
+
+    def _compute(self) -> None:
+        try:
+            self._result = self._reads.compute(self._environ)
+        except Exception:
+            log.exception("a parked read's answer failed")
+            self._failed = True
+        self._computing = False
+        waker = self._waker
+        if waker is not None:
+            waker.set()
