@@ -13,9 +13,11 @@ route's, computed by the WSGI app on a thread of this module's own, asked
 without ``index`` and ``wait`` (so the route answers at once, with the
 index it has now). The answer is sent when its index passes the client's,
 when it is not a 200 with an index (an error, a read that does not block),
-or when ``wait`` runs out. Otherwise the request waits for the next state
-change (any: as the thread-held wait, which read again at each), and the
-route is asked again. A change while it computes asks it once more after.
+or when ``wait`` runs out. Otherwise the request waits for the next change
+it may see, and the route is asked again: a change to its job, for a route
+of one job or of an allocation or evaluation of one (its index moves with
+nothing else); any change for the others (a list's index moves with every
+write). A change while it computes asks it once more after.
 The computations of all parked reads share ``THREADS`` threads: a busy
 cluster's changes make them read as often as the threads can, as the
 thread-held waits did, but no waiter is answered unchanged before its time.
@@ -27,8 +29,9 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bottle
 
@@ -37,6 +40,9 @@ from orch.nomad.http import parse_integer, parse_wait
 from orch.server.blocking import HEADER as ORCH_INDEX
 from orch.server.changes import ChangeFeed
 from orch.wsgipark import PENDING, Declined, Later, Response
+
+if TYPE_CHECKING:
+    from orch.server.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +79,34 @@ def split_query(query: str) -> tuple[int, float, str] | None:
     return after, wait_s, "&".join(kept)
 
 
+JobOf = Callable[[dict[str, str]], "str | None"]
+
+
+def job_of_route(store: StateStore) -> JobOf:
+    """The job a route's URL arguments name (its own, or its allocation's or
+    evaluation's), None for any other: a dict read, no lock."""
+
+    def job_of(args: dict[str, str]) -> str | None:
+        if "job_id" in args:
+            return args["job_id"]
+        if "alloc_id" in args:
+            alloc = store.get_alloc(args["alloc_id"])
+            return alloc.job_id if alloc is not None else None
+        if "eval_id" in args:
+            ev = store.get_eval(args["eval_id"])
+            return ev.job_id if ev is not None else None
+        return None
+
+    return job_of
+
+
 class ParkedReads:
     """The ``parked_reads`` of the server's connections (``orch.wsgichannel``)."""
 
-    def __init__(self, app, feed: ChangeFeed, threads: int = THREADS):
+    def __init__(self, app, feed: ChangeFeed, job_of: JobOf | None = None, threads: int = THREADS):
         self._app = app
         self._feed = feed
+        self._job_of = job_of
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="parked-read")
 
     def __call__(self, channel, request) -> Later | None:
@@ -92,22 +120,24 @@ class ParkedReads:
         after, wait_s, rest = asked
         # waitress's own WSGI environ for it, asked without index and wait.
         environ = channel.task_class(channel, request).get_environment()
-        if not self._blocking(environ):
+        args = self._blocking(environ)
+        if args is None:
             return None
+        job = self._job_of(args) if self._job_of is not None else None
         environ["QUERY_STRING"] = rest
-        return _Read(self, environ, after, time.monotonic() + wait_s).later()
+        return _Read(self, environ, after, time.monotonic() + wait_s, job).later()
 
-    def _blocking(self, environ: dict) -> bool:
-        """Whether the request's route is a blocking read (its config says
-        so): only those are computed here, never a stream, which would not
-        end."""
+    def _blocking(self, environ: dict) -> dict[str, str] | None:
+        """The URL arguments of the request's route if it is a blocking read
+        (its config says so), else None: only those are computed here, never
+        a stream, which would not end."""
         if not environ["PATH_INFO"].isascii():
-            return False  # bottle decodes it otherwise: its route reads it
+            return None  # bottle decodes it otherwise: its route reads it
         try:
-            route, _ = self._app.router.match(environ)
+            route, args = self._app.router.match(environ)
         except bottle.HTTPError:
-            return False
-        return bool(route.config.get("blocking"))
+            return None
+        return args if route.config.get("blocking") else None
 
     def compute(self, environ: dict) -> Response:
         """The app's answer to a copy of ``environ`` (on a pool thread)."""
@@ -152,8 +182,11 @@ class _Read:
     or the state changed since it was (the loop's thread decides; a pool
     thread computes)."""
 
-    def __init__(self, reads: ParkedReads, environ: dict, after: int, deadline: float):
+    def __init__(
+        self, reads: ParkedReads, environ: dict, after: int, deadline: float, job: str | None
+    ):
         self._reads = reads
+        self._jobs = [job] if job is not None else None  # None: any change
         self._environ = environ
         self._after = after
         self._deadline = deadline
@@ -177,11 +210,17 @@ class _Read:
 
     def _watch(self, waker) -> None:
         self._waker = waker
-        self._reads.feed.watch_any(self)
+        if self._jobs is None:
+            self._reads.feed.watch_any(self)
+        else:
+            self._reads.feed.watch(self._jobs, self)
         waker.set()  # the first computation
 
     def _unwatch(self, _waker) -> None:
-        self._reads.feed.unwatch_any(self)
+        if self._jobs is None:
+            self._reads.feed.unwatch_any(self)
+        else:
+            self._reads.feed.unwatch(self._jobs, self)
 
     def _answer(self) -> Response | None:
         """On the loop's thread: the answer to send, or PENDING."""

@@ -466,7 +466,7 @@ def run(config: ServerConfig) -> int:
     from orch import collector
     from orch.server.api import make_app
     from orch.server.inline import server_routes
-    from orch.server.parkedreads import ParkedReads
+    from orch.server.parkedreads import ParkedReads, job_of_route
     from orch.server.state.group import TurnCommit
     from orch.server.wsgi import http_server
     from orch.wsgiloop import close_after_run
@@ -485,7 +485,7 @@ def run(config: ServerConfig) -> int:
     writes = None if server.store.backend.shared else TurnCommit(server.store)
     inline, waiting = server_routes(server)
     app = make_app(server)
-    parked_reads = ParkedReads(app, server.store.changes)
+    parked_reads = ParkedReads(app, server.store.changes, job_of_route(server.store))
     http = http_server(app, config, inline, writes, waiting, parked_reads)
 
     def _exit(signum, _frame):

@@ -12,7 +12,7 @@ from orch.config import ServerConfig
 from orch.server import wsgi
 from orch.server.api import make_app
 from orch.server.inline import inline_routes, server_routes
-from orch.server.parkedreads import ParkedReads
+from orch.server.parkedreads import ParkedReads, job_of_route
 from orch.server.server import Server
 
 # The node the inline tests register (exec only, so a job places on it).
@@ -43,7 +43,11 @@ class InlinePair:
         self.calls: list[tuple[str, bool]] = []
         routes = {key: self._recording(key[1], fn) for key, fn in inline_routes(server).items()}
         app = make_app(server)
-        self.parked_reads = ParkedReads(app, server.store.changes) if parked_reads else None
+        self.parked_reads = (
+            ParkedReads(app, server.store.changes, job_of_route(server.store))
+            if parked_reads
+            else None
+        )
         self._https = [
             wsgi.http_server(
                 app,

@@ -54,7 +54,8 @@ def _other_job(pair, job_id="other"):
 
 
 def _parked(pair) -> int:
-    return len(pair.server.store.changes._any_watchers)
+    feed = pair.server.store.changes
+    return len(feed._any_watchers) + sum(len(group) for group in feed._watchers.values())
 
 
 def test_many_list_and_v1_queries_wait_without_threads_and_wake_on_a_change(pair):
@@ -90,9 +91,46 @@ def test_many_list_and_v1_queries_wait_without_threads_and_wake_on_a_change(pair
     assert _parked(pair) == 0  # every waiter unwatched
 
 
+def _counting(monkeypatch) -> list[str]:
+    """The paths ParkedReads computes, in order."""
+    computed: list[str] = []
+    compute = ParkedReads.compute
+
+    def counted(self, environ):
+        computed.append(environ["PATH_INFO"])
+        return compute(self, environ)
+
+    monkeypatch.setattr(ParkedReads, "compute", counted)
+    return computed
+
+
+def test_another_jobs_change_does_not_wake_a_read_of_one_job(pair, monkeypatch):
+    """/v1/job/web and its allocation wait on the job's changes only: other
+    jobs' submits do not make them compute again; a list does."""
+    computed = _counting(monkeypatch)
+    alloc = pair.server.store.allocs_for_job("web")[0].allocation_id
+    paths = ["/v1/job/web", "/v1/job/web/allocations", f"/v1/allocation/{alloc}", "/v1/jobs"]
+    waiting = []
+    for path in paths:
+        at = pair.index(path, "X-Nomad-Index")
+        waiting.append(_in_thread(pair.get, pair.inline_port, f"{path}?index={at}&wait=60s"))
+    assert wait_for(lambda: _parked(pair) == 4 and len(computed) == 4, timeout=10)
+    _other_job(pair)
+    waiting[3][0].join(10)  # the list: answered, its index moved
+    assert waiting[3][1] and waiting[3][1][0][0] == 200
+    time.sleep(0.3)
+    assert computed.count("/v1/jobs") == 2
+    assert len(computed) == 5  # the others were not computed again
+    assert not any(out for _, out in waiting[:3])
+    pair.server.stop_job("web")
+    for thread, out in waiting[:3]:
+        thread.join(10)
+        assert out and out[0][0] == 200
+
+
 def test_a_change_that_leaves_its_index_does_not_answer_it(pair):
-    """Another job's submit moves every list but not /v1/job/web: its read is
-    computed again and stays parked until its wait runs out, unchanged."""
+    """Changes that leave /v1/job/web's index (other jobs') do not answer it:
+    it stays parked until its wait runs out, unchanged."""
     path = "/v1/job/web"
     at = pair.index(path, "X-Nomad-Index")
     start = time.monotonic()
@@ -213,7 +251,7 @@ def test_split_query(query, expected):
 def test_only_blocking_routes_are_parked(pair, path, parked):
     reads = pair.parked_reads
     environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
-    assert reads._blocking(environ) is parked
+    assert (reads._blocking(environ) is not None) is parked
 
 
 def test_a_stream_asked_with_an_index_streams_as_before(pair):
