@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import psutil
 import pytest
@@ -102,23 +103,34 @@ def answers(url: str) -> bool:
 
 
 def follower_wakes_on_the_leaders_write(follower: str, leader: str) -> None:
-    """A blocking query on a follower wakes when the leader stops the job (the
+    """Blocking queries on a follower (the job's, the job list's, the /v1
+    job's: each parked its own way) wake when the leader stops the job (the
     change log), and both servers answer the job with the same index."""
-    before = requests.get(f"{follower}/jobs/dev-ha", timeout=5)
-    index = int(before.headers["X-Orch-Index"])
-    woke: list = []
+    reads = [
+        ("/jobs/dev-ha", "X-Orch-Index"),
+        ("/jobs", "X-Orch-Index"),
+        ("/v1/job/dev-ha", "X-Nomad-Index"),
+    ]
+    woke: dict[str, tuple[int, requests.Response]] = {}
 
-    def blocking_read() -> None:
-        woke.append(requests.get(f"{follower}/jobs/dev-ha?index={index}&wait=60s", timeout=90))
+    def blocking_read(path: str, header: str) -> None:
+        index = int(requests.get(f"{follower}{path}", timeout=5).headers[header])
+        answer = requests.get(f"{follower}{path}?index={index}&wait=60s", timeout=90)
+        woke[path] = (index, answer)
 
-    reader = threading.Thread(target=blocking_read)
-    reader.start()
+    readers = [threading.Thread(target=blocking_read, args=read) for read in reads]
+    for reader in readers:
+        reader.start()
+    time.sleep(0.5)  # their first reads done: they wait
     try:
         assert requests.delete(f"{leader}/jobs/dev-ha", timeout=5).status_code == 200
     finally:
-        reader.join(90)
-    assert woke and woke[0].status_code == 200
-    assert int(woke[0].headers["X-Orch-Index"]) > index
+        for reader in readers:
+            reader.join(90)
+    for path, header in reads:
+        index, answer = woke[path]
+        assert answer.status_code == 200, path
+        assert int(answer.headers[header]) > index, path
     wait_until(
         lambda: (
             requests.get(f"{follower}/jobs/dev-ha", timeout=5).headers["X-Orch-Index"]
