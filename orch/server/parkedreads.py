@@ -18,9 +18,13 @@ it may see, and the route is asked again: a change to its job, for a route
 of one job or of an allocation or evaluation of one (its index moves with
 nothing else); any change for the others (a list's index moves with every
 write). A change while it computes asks it once more after.
-The computations of all parked reads share ``THREADS`` threads: a busy
-cluster's changes make them read as often as the threads can, as the
-thread-held waits did, but no waiter is answered unchanged before its time.
+
+Reads of one shape (path, query and headers) share a computation: one made
+since the last change answers every such read that asks (64 clients of a
+list woken by one write cost one read of it, not 64). The computations of
+all parked reads share ``THREADS`` threads: a busy cluster's changes make
+them read as often as the threads can, as the thread-held waits did, but no
+waiter is answered unchanged before its time.
 """
 
 from __future__ import annotations
@@ -108,6 +112,10 @@ class ParkedReads:
         self._feed = feed
         self._job_of = job_of
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="parked-read")
+        # A read's shape -> its computation at the feed's index (only the
+        # current index's are kept: no other can answer a read).
+        self._shared: dict[tuple, _Shared] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, channel, request) -> Later | None:
         """Park ``request`` (a GET with a query, on ``channel``), or None:
@@ -125,7 +133,9 @@ class ParkedReads:
             return None
         job = self._job_of(args) if self._job_of is not None else None
         environ["QUERY_STRING"] = rest
-        return _Read(self, environ, after, time.monotonic() + wait_s, job).later()
+        headers = tuple(sorted((k, v) for k, v in environ.items() if k.startswith("HTTP_")))
+        shape = (environ["PATH_INFO"], rest, headers)
+        return _Read(self, environ, shape, after, time.monotonic() + wait_s, job).later()
 
     def _blocking(self, environ: dict) -> dict[str, str] | None:
         """The URL arguments of the request's route if it is a blocking read
@@ -166,8 +176,40 @@ class ParkedReads:
                 kept[name] = value
         return Response(status.encode("latin-1"), content_type.encode("latin-1"), body, kept)
 
-    def submit(self, fn) -> None:
-        self._pool.submit(fn)
+    def ask(self, read: _Read) -> bool:
+        """On the loop's thread: ``read``'s answer as of the feed's index
+        now. True if one is ready (set on it); else it is told when its
+        computation (maybe another read's) is done."""
+        index = self._feed.index
+        with self._lock:
+            shared = self._shared.get(read.shape)
+            if shared is not None and shared.index == index:
+                if shared.done:
+                    read.computed(shared.result, tell=False)
+                    return True
+                shared.readers.append(read)
+                return False
+            shared = _Shared(index, [read])
+            self._shared = {
+                shape: kept
+                for shape, kept in self._shared.items()
+                if kept.index == index or not kept.done
+            }
+            self._shared[read.shape] = shared
+        self._pool.submit(self._compute, read.environ, shared)
+        return False
+
+    def _compute(self, environ: dict, shared: _Shared) -> None:
+        result: Response | None = None
+        try:
+            result = self.compute(environ)
+        except Exception:
+            log.exception("a parked read's answer failed")
+        with self._lock:
+            shared.result, shared.done = result, True
+            readers, shared.readers = shared.readers, []
+        for read in readers:
+            read.computed(result)
 
     @property
     def feed(self) -> ChangeFeed:
@@ -177,17 +219,37 @@ class ParkedReads:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+class _Shared:
+    """One computation of a read's shape at one feed index, and the reads
+    that wait for it."""
+
+    __slots__ = ("index", "readers", "result", "done")
+
+    def __init__(self, index: int, readers: list[_Read]):
+        self.index = index
+        self.readers = readers
+        self.result: Response | None = None  # None when done: it failed
+        self.done = False
+
+
 class _Read:
     """One parked read: its last answer, and whether one is being computed
     or the state changed since it was (the loop's thread decides; a pool
     thread computes)."""
 
     def __init__(
-        self, reads: ParkedReads, environ: dict, after: int, deadline: float, job: str | None
+        self,
+        reads: ParkedReads,
+        environ: dict,
+        shape: tuple,
+        after: int,
+        deadline: float,
+        job: str | None,
     ):
         self._reads = reads
         self._jobs = [job] if job is not None else None  # None: any change
-        self._environ = environ
+        self.environ = environ
+        self.shape = shape
         self._after = after
         self._deadline = deadline
         self._waker: Any = None
@@ -237,7 +299,8 @@ class _Read:
         if not changed:
             return PENDING
         self._computing = True
-        self._reads.submit(self._compute)
+        if self._reads.ask(self):
+            return self._answer()  # one computed since the last change
         return PENDING
 
     def _settled(self, result: Response) -> bool:
@@ -254,13 +317,14 @@ class _Read:
             return True  # a read that does not block
         return int(index) > self._after
 
-    def _compute(self) -> None:
-        try:
-            self._result = self._reads.compute(self._environ)
-        except Exception:
-            log.exception("a parked read's answer failed")
+    def computed(self, result: Response | None, tell: bool = True) -> None:
+        """Its answer (None: the computation failed), from the thread that
+        computed it (``tell``: the loop is told) or the loop's own."""
+        if result is None:
             self._failed = True
+        else:
+            self._result = result
         self._computing = False
         waker = self._waker
-        if waker is not None:
+        if tell and waker is not None:
             waker.set()

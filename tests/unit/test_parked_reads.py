@@ -128,6 +128,28 @@ def test_another_jobs_change_does_not_wake_a_read_of_one_job(pair, monkeypatch):
         assert out and out[0][0] == 200
 
 
+def test_reads_of_one_shape_share_a_computation(pair, monkeypatch):
+    """12 clients of the job list parked at one index cost one read of it,
+    and one more when a change wakes them all; a client whose headers
+    differ gets its own."""
+    computed = _counting(monkeypatch)
+    at = pair.index("/jobs", "X-Orch-Index")
+    path = f"/jobs?index={at}&wait=60s"
+    waiting = [_in_thread(pair.get, pair.inline_port, path) for _ in range(12)]
+    assert wait_for(lambda: _parked(pair) == 12, timeout=10)
+    assert computed == ["/jobs"]
+    other = _in_thread(lambda: pair.request(pair.inline_port, "GET", path, **{"X-Other": "1"}))
+    assert wait_for(lambda: _parked(pair) == 13, timeout=10)
+    assert computed == ["/jobs"] * 2
+    _other_job(pair)
+    for thread, out in [*waiting, other]:
+        thread.join(10)
+        assert out and out[0][0] == 200
+    assert computed == ["/jobs"] * 4
+    bodies = {out[0][2] for _, out in waiting}
+    assert len(bodies) == 1 and b'"other"' in bodies.pop()
+
+
 def test_a_change_that_leaves_its_index_does_not_answer_it(pair):
     """Changes that leave /v1/job/web's index (other jobs') do not answer it:
     it stays parked until its wait runs out, unchanged."""
