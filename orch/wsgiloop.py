@@ -61,6 +61,9 @@ _INTEREST = _READ | _WRITE
 # Reported whatever the interest, as poll() reports them for a registered fd.
 _ALWAYS = select.POLLERR | select.POLLHUP | select.POLLNVAL
 HAVE_EPOLL = hasattr(select, "epoll")
+# A parked connection (orch.wsgipark) is read no more, but its client's
+# hang-up is heard: its waiting ends then, not at its deadline.
+_HANGUP = getattr(select, "EPOLLRDHUP", 0)
 
 
 class EpollMap(dict):
@@ -74,6 +77,7 @@ class EpollMap(dict):
         self._registered: dict[int, tuple[Any, int]] = {}  # fd -> (dispatcher, mask)
         self._wanted: dict[int, int] = {}  # fd -> events it waits for, this turn
         self._epoll: Any = None
+        self._loop_thread: int | None = None
         self._listeners: set[int] = set()
         # When the listeners are asked again: their earliest maintenance, or
         # as soon as the number of sockets changes.
@@ -120,6 +124,10 @@ class EpollMap(dict):
             heapq.heapify(self._timers)
             self._cancelled = 0
 
+    def on_loop(self) -> bool:
+        """Whether the caller runs on the loop's thread."""
+        return threading.get_ident() == self._loop_thread
+
     def touch(self, fd: int) -> None:
         """Ask ``fd``'s dispatcher again next turn (a parked one is not)."""
         self._pending.add(fd)
@@ -139,6 +147,7 @@ class EpollMap(dict):
     def run(self, timeout: float) -> None:
         """Serve until the map is empty (every socket closed)."""
         self._epoll = select.epoll()
+        self._loop_thread = threading.get_ident()
         try:
             while self:
                 self.poll(timeout)
@@ -196,6 +205,10 @@ class EpollMap(dict):
             self._pending.add(fd)
             obj = self.get(fd)
             if obj is not None:
+                parked = getattr(obj, "parked", None)
+                if parked is not None and flags & (_HANGUP | _ALWAYS):
+                    parked.hang_up()  # the client went: nobody to answer
+                    continue
                 flags = self._wanted_events(fd, obj, flags)
                 if flags:
                     wasyncore.readwrite(obj, flags)
@@ -209,7 +222,8 @@ class EpollMap(dict):
             # again, the socket may have changed since the turn began.
             want = self._wanted[fd] = self._want(obj)
             if not want or flags & ~want & _INTEREST:
-                self._register(fd, obj, want, self._registered.get(fd, (None, 0))[1])
+                mask = want | _HANGUP if getattr(obj, "parked", None) is not None else want
+                self._register(fd, obj, mask, self._registered.get(fd, (None, 0))[1])
         return flags & (want | _ALWAYS) if want else 0
 
     def _refresh(self) -> None:
@@ -239,6 +253,8 @@ class EpollMap(dict):
             return False
         cleanup = getattr(obj, "next_channel_cleanup", None)
         mask = self._wanted[fd] = self._want(obj)
+        if getattr(obj, "parked", None) is not None:
+            mask |= _HANGUP
         if isinstance(obj, BaseWSGIServer):
             if obj.next_channel_cleanup != cleanup:
                 # Maintenance ran: some connections may now be closing.

@@ -27,6 +27,12 @@ route, computed on a thread of their own (``orch.server.parkedreads``): the
 request waits parked the same way between one computation and the next,
 and ``Later.answer`` says ``PENDING`` while nothing is ready to send.
 
+A parked connection is read no more, but the loop hears its client hang
+up (``EPOLLRDHUP``; a half close too, as Go's server, Nomad's, takes it):
+the request is forgotten then, not at its deadline. A worker that finds a
+blocking query pipelined behind the request it ended parks it through the
+loop's thread, whose timers are its own.
+
 How many may wait is bounded by the connections waitress accepts.
 """
 
@@ -101,9 +107,15 @@ class Parked:
     woken: bool = False
 
     def start(self) -> None:
-        self.channel.parked = self
+        """On the loop's thread."""
+        channel = self.channel
+        channel.parked = self
         self.timer = self.loop.call_at(self.later.deadline, self.resume)
         self.later.watch(self)
+        if not channel.connected:
+            self.resume()  # gone before it could wait: forgotten at once
+        else:
+            self.loop.touch(channel._fileno)  # heard only for its hang-up now
 
     def set(self) -> None:
         """A change came (any thread): answer on the loop's thread."""
@@ -114,6 +126,12 @@ class Parked:
             self.loop.call_soon_threadsafe(self.resume, self.channel.server.trigger)
         except OSError:
             pass  # the server is closing: the connection goes with it
+
+    def hang_up(self) -> None:
+        """On the loop's thread: its client closed the connection (or half
+        closed it, which Go's server, Nomad's, also takes as gone)."""
+        self.channel.handle_close()
+        self.resume()
 
     def resume(self) -> None:
         """On the loop's thread: answer if it can be, or wait on."""
@@ -154,8 +172,15 @@ class Parked:
 def park(tasks, channel, later: Later) -> bool:
     """Hold ``channel``'s first request until ``later`` answers it; False
     where the connection's loop keeps no timers (no epoll)."""
-    loop = getattr(channel, "_map", None)
+    loop: Any = getattr(channel, "_map", None)
     if not hasattr(loop, "call_soon_threadsafe"):
         return False
-    Parked(tasks, channel, later, loop).start()
+    parked = Parked(tasks, channel, later, loop)
+    if loop.on_loop():
+        parked.start()
+    else:
+        # A worker that ended the request before it (pipelined) parks it:
+        # the loop's timers are the loop's alone. The request stays first
+        # in channel.requests meanwhile, so nothing else is read or served.
+        loop.call_soon_threadsafe(parked.start, channel.server.trigger)
     return True

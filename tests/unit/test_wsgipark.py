@@ -23,6 +23,7 @@ class Gate:
 
     def __init__(self):
         self.wakers = []
+        self.watched_on = []  # the threads their watch ran on
         self.answers = []
         self.asked = 0
         self.unwatched = 0
@@ -35,7 +36,11 @@ class Gate:
                 raise Declined
             return got
 
-        return Later(time.monotonic() + wait_s, self.wakers.append, self._unwatch, answer)
+        return Later(time.monotonic() + wait_s, self._watch, self._unwatch, answer)
+
+    def _watch(self, waker):
+        self.watched_on.append(threading.current_thread().name)
+        self.wakers.append(waker)
 
     def _unwatch(self, _waker):
         self.unwatched += 1
@@ -174,6 +179,49 @@ def test_a_client_gone_while_parked_leaves_the_server_serving(serve):
     gate.open()  # its answer finds the connection gone, or sends into it
     assert wait_for(lambda: gate.unwatched == 1, timeout=10)
     assert _get(port, "/thing/b") == (200, b'{"by":"inline"}')
+
+
+@pytest.mark.parametrize("hang_up", ["close", "half-close"])
+def test_a_client_that_hangs_up_is_forgotten_at_once(serve, hang_up):
+    """Not at its deadline: the loop hears the hang-up of a connection it
+    reads no more (a half close too, as Go's server, Nomad's, takes it)."""
+    seen, gate = [], Gate()
+    port = serve(_app(seen), *_routes(seen, gate))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(b"GET /thing/a?wait=60 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_for(lambda: gate.wakers, timeout=10)
+        if hang_up == "close":
+            sock.close()
+        else:
+            sock.shutdown(socket.SHUT_WR)
+        assert wait_for(lambda: gate.unwatched == 1, timeout=5)
+        assert gate.asked == 0  # nobody to answer
+        if hang_up == "half-close":
+            assert sock.recv(4096) == b""  # closed, unanswered
+    finally:
+        sock.close()
+    assert _get(port, "/thing/b") == (200, b'{"by":"inline"}')
+
+
+def test_a_query_pipelined_behind_a_workers_request_is_parked_by_the_loop(serve):
+    """The worker that ends the first request finds the second: its timers
+    and watch are the loop's to start, not the worker's."""
+    seen, gate = [], Gate()
+    port = serve(_app(seen), *_routes(seen, gate))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        one = b"GET /thing/%s HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(one % b"app?x=1" + one % b"b?wait=0.3")
+        got = b""
+        while got.count(b"HTTP/1.1 200") < 2 or not got.endswith(b"}"):
+            got += sock.recv(4096)
+        assert got.index(b'{"by":"app"}') < got.index(b'{"by":"later"}')
+    finally:
+        sock.close()
+    assert len(gate.watched_on) == 1
+    assert not gate.watched_on[0].startswith("waitress-")  # the loop's thread
+    assert gate.unwatched == 1
 
 
 def test_the_loops_timers_run_in_order_and_cancelled_ones_do_not():
