@@ -68,15 +68,31 @@ def asked(query: str) -> tuple[int, float] | None:
     bottle's, index 0 if it asks no wait; None for anything else (another
     parameter, one given twice, an escape, a value the route refuses):
     the route reads that one itself. For the routes answered inline."""
+    split = split_query(query)
+    if split is None or split[2]:
+        return None
+    return split[0], split[1]
+
+
+def split_query(query: str) -> tuple[int, float, str] | None:
+    """(index, wait, the rest of the query) of a raw query string as the
+    routes read them; (0, 0.0, rest) if it gives no index; None if the
+    route must read it itself (index or wait given twice or escaped, or a
+    value it refuses: its 400)."""
     given: dict[str, str] = {}
+    kept: list[str] = []
     for part in query.split("&"):
         name, _, value = part.partition("=")
-        if name not in ("index", "wait") or name in given or "%" in value or "+" in value:
+        if name not in ("index", "wait"):
+            kept.append(part)
+        elif name in given or "%" in value or "+" in value:
             return None
-        given[name] = value
+        else:
+            given[name] = value
     if "index" not in given:
-        return 0, 0.0
+        return 0, 0.0, "&".join(kept)
     try:
-        return parse_integer(given["index"], "index"), parse_wait(given.get("wait"))
+        after = parse_integer(given["index"], "index")
+        return after, parse_wait(given.get("wait")), "&".join(kept)
     except ValidationError:
         return None

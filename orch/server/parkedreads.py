@@ -39,9 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import bottle
 
-from orch.errors import ValidationError
-from orch.nomad.http import parse_integer, parse_wait
 from orch.server.blocking import HEADER as ORCH_INDEX
+from orch.server.blocking import split_query
 from orch.server.changes import ChangeFeed
 from orch.wsgipark import PENDING, Declined, Later, Response
 
@@ -57,30 +56,12 @@ NOMAD_INDEX = "X-Nomad-Index"
 _OWN_HEADERS = frozenset(("content-type", "content-length", "connection", "date", "server"))
 
 
-def split_query(query: str) -> tuple[int, float, str] | None:
+def split_blocking(query: str) -> tuple[int, float, str] | None:
     """(index, wait, the query without them) of a blocking GET; None when it
     does not block (no index, or 0) or the route must read it (a value
     given twice, escaped, or one the route refuses: its 400)."""
-    given: dict[str, str] = {}
-    kept: list[str] = []
-    for part in query.split("&"):
-        name, _, value = part.partition("=")
-        if name not in ("index", "wait"):
-            kept.append(part)
-        elif name in given or "%" in value or "+" in value:
-            return None
-        else:
-            given[name] = value
-    if "index" not in given:
-        return None
-    try:
-        after = parse_integer(given["index"], "index")
-        wait_s = parse_wait(given.get("wait"))
-    except ValidationError:
-        return None
-    if after <= 0:
-        return None
-    return after, wait_s, "&".join(kept)
+    split = split_query(query)
+    return split if split is not None and split[0] > 0 else None
 
 
 JobOf = Callable[[dict[str, str]], "str | None"]
@@ -122,7 +103,7 @@ class ParkedReads:
         its route answers it on a worker, as before."""
         if request.command != "GET" or request.content_length or self._feed.closed:
             return None
-        asked = split_query(request.query)
+        asked = split_blocking(request.query)
         if asked is None:
             return None
         after, wait_s, rest = asked

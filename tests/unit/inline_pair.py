@@ -95,6 +95,30 @@ class InlinePair:
         self.server.stop()
 
 
+def placed_server(tmp_path) -> Server:
+    """A Server with NODE registered and service job "web" of 2 allocations
+    placed on it (nothing pushed to any agent)."""
+    import copy
+
+    from orch.server.worker import SchedulerWorker
+
+    srv = server_at(tmp_path)
+    srv.pusher.place = lambda allocs, job: None
+    srv.pusher.stop = lambda allocs: None
+    srv.register(copy.deepcopy(NODE))
+    _, ev = srv.submit_job(copy.deepcopy(service_job(2)))
+    SchedulerWorker(srv.broker, srv.store, srv.planner, 0, seed=1).process([ev])
+    return srv
+
+
+def in_thread(fn, *args) -> tuple[threading.Thread, list]:
+    """Run ``fn(*args)`` in a daemon thread; its result lands in the list."""
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(fn(*args)), daemon=True)
+    thread.start()
+    return thread, out
+
+
 def server_at(tmp_path, **config) -> Server:
     """A Server on a free loopback port with its data in ``tmp_path``."""
     return Server(ServerConfig(data_dir=str(tmp_path), bind="127.0.0.1", port=0, **config))

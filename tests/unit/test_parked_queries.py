@@ -4,13 +4,10 @@ worker thread or a waiters' slot, each answered as the route answers it."""
 
 import copy
 import json
-import threading
 import time
 
 import pytest
-from inline_pair import NODE, InlinePair, server_at, service_job
-
-from orch.server.worker import SchedulerWorker
+from inline_pair import InlinePair, in_thread, placed_server, service_job
 
 from waiting import wait_for
 
@@ -28,22 +25,9 @@ class Pair(InlinePair):
 
 @pytest.fixture
 def pair(tmp_path):
-    srv = server_at(tmp_path)
-    srv.pusher.place = lambda allocs, job: None
-    srv.pusher.stop = lambda allocs: None
-    srv.register(copy.deepcopy(NODE))
-    _, ev = srv.submit_job(copy.deepcopy(service_job(2)))
-    SchedulerWorker(srv.broker, srv.store, srv.planner, 0, seed=1).process([ev])
-    p = Pair(srv, waiting=True)
+    p = Pair(placed_server(tmp_path), waiting=True)
     yield p
     p.stop()
-
-
-def _in_thread(fn, *args):
-    out: list = []
-    thread = threading.Thread(target=lambda: out.append(fn(*args)), daemon=True)
-    thread.start()
-    return thread, out
 
 
 def test_many_queries_wait_without_threads_and_wake_on_the_jobs_change(pair):
@@ -53,7 +37,7 @@ def test_many_queries_wait_without_threads_and_wake_on_the_jobs_change(pair):
     index = pair.index()
     count = 24  # more than the API's worker threads (8)
     waiting = [
-        _in_thread(pair.get, pair.inline_port, f"/jobs/web?index={index}&wait=60s")
+        in_thread(pair.get, pair.inline_port, f"/jobs/web?index={index}&wait=60s")
         for _ in range(count)
     ]
     assert wait_for(lambda: len(told) == count, timeout=10)
@@ -84,7 +68,7 @@ def test_a_query_nothing_wakes_is_answered_unchanged_when_its_wait_runs_out(pair
 
 def test_another_jobs_change_does_not_answer_it(pair):
     index = pair.index()
-    thread, out = _in_thread(pair.get, pair.inline_port, f"/jobs/web?index={index}&wait=60s")
+    thread, out = in_thread(pair.get, pair.inline_port, f"/jobs/web?index={index}&wait=60s")
     assert wait_for(lambda: pair.server.store.changes._watchers, timeout=10)
     other = copy.deepcopy(service_job(1))
     other["job_id"] = "other"
@@ -100,7 +84,7 @@ def test_an_allocation_waits_on_its_jobs_index(pair):
     alloc = pair.server.store.allocs_for_job("web")[0]
     path = f"/allocations/{alloc.allocation_id}"
     index = int(pair.get(pair.inline_port, path)[1]["X-Orch-Index"])
-    thread, out = _in_thread(pair.get, pair.inline_port, f"{path}?index={index}&wait=60s")
+    thread, out = in_thread(pair.get, pair.inline_port, f"{path}?index={index}&wait=60s")
     assert wait_for(lambda: pair.server.store.changes._watchers, timeout=10)
     assert not out
     pair.server.stop_job("web")

@@ -4,14 +4,12 @@ waiters' slot, as many as clients ask, each answered as its route answers."""
 
 import copy
 import json
-import threading
 import time
 
 import pytest
-from inline_pair import NODE, InlinePair, server_at, service_job
+from inline_pair import InlinePair, in_thread, placed_server, service_job
 
-from orch.server.parkedreads import ParkedReads, split_query
-from orch.server.worker import SchedulerWorker
+from orch.server.parkedreads import ParkedReads, split_blocking
 
 from waiting import wait_for
 
@@ -29,22 +27,9 @@ class Pair(InlinePair):
 
 @pytest.fixture
 def pair(tmp_path):
-    srv = server_at(tmp_path)
-    srv.pusher.place = lambda allocs, job: None
-    srv.pusher.stop = lambda allocs: None
-    srv.register(copy.deepcopy(NODE))
-    _, ev = srv.submit_job(copy.deepcopy(service_job(2)))
-    SchedulerWorker(srv.broker, srv.store, srv.planner, 0, seed=1).process([ev])
-    p = Pair(srv, waiting=True, parked_reads=True)
+    p = Pair(placed_server(tmp_path), waiting=True, parked_reads=True)
     yield p
     p.stop()
-
-
-def _in_thread(fn, *args):
-    out: list = []
-    thread = threading.Thread(target=lambda: out.append(fn(*args)), daemon=True)
-    thread.start()
-    return thread, out
 
 
 def _other_job(pair, job_id="other"):
@@ -64,10 +49,10 @@ def test_many_list_and_v1_queries_wait_without_threads_and_wake_on_a_change(pair
     nomad_at = pair.index("/v1/job/web", "X-Nomad-Index")
     count = 12  # of each: 24 in all, more than the API's worker threads (8)
     waiting = [
-        _in_thread(pair.get, pair.inline_port, f"/jobs?index={orch_at}&wait=60s")
+        in_thread(pair.get, pair.inline_port, f"/jobs?index={orch_at}&wait=60s")
         for _ in range(count)
     ] + [
-        _in_thread(pair.get, pair.inline_port, f"/v1/job/web?index={nomad_at}&wait=60s")
+        in_thread(pair.get, pair.inline_port, f"/v1/job/web?index={nomad_at}&wait=60s")
         for _ in range(count)
     ]
     assert wait_for(lambda: _parked(pair) == 2 * count, timeout=10)
@@ -113,7 +98,7 @@ def test_another_jobs_change_does_not_wake_a_read_of_one_job(pair, monkeypatch):
     waiting = []
     for path in paths:
         at = pair.index(path, "X-Nomad-Index")
-        waiting.append(_in_thread(pair.get, pair.inline_port, f"{path}?index={at}&wait=60s"))
+        waiting.append(in_thread(pair.get, pair.inline_port, f"{path}?index={at}&wait=60s"))
     assert wait_for(lambda: _parked(pair) == 4 and len(computed) == 4, timeout=10)
     _other_job(pair)
     waiting[3][0].join(10)  # the list: answered, its index moved
@@ -135,10 +120,10 @@ def test_reads_of_one_shape_share_a_computation(pair, monkeypatch):
     computed = _counting(monkeypatch)
     at = pair.index("/jobs", "X-Orch-Index")
     path = f"/jobs?index={at}&wait=60s"
-    waiting = [_in_thread(pair.get, pair.inline_port, path) for _ in range(12)]
+    waiting = [in_thread(pair.get, pair.inline_port, path) for _ in range(12)]
     assert wait_for(lambda: _parked(pair) == 12, timeout=10)
     assert computed == ["/jobs"]
-    other = _in_thread(lambda: pair.request(pair.inline_port, "GET", path, **{"X-Other": "1"}))
+    other = in_thread(lambda: pair.request(pair.inline_port, "GET", path, **{"X-Other": "1"}))
     assert wait_for(lambda: _parked(pair) == 13, timeout=10)
     assert computed == ["/jobs"] * 2
     _other_job(pair)
@@ -156,7 +141,7 @@ def test_a_change_that_leaves_its_index_does_not_answer_it(pair):
     path = "/v1/job/web"
     at = pair.index(path, "X-Nomad-Index")
     start = time.monotonic()
-    thread, out = _in_thread(pair.get, pair.inline_port, f"{path}?index={at}&wait=1500ms")
+    thread, out = in_thread(pair.get, pair.inline_port, f"{path}?index={at}&wait=1500ms")
     assert wait_for(lambda: _parked(pair) == 1, timeout=10)
     _other_job(pair, "other-1")
     time.sleep(0.3)
@@ -182,7 +167,7 @@ def test_the_wait_runs_out_with_the_routes_answer(pair):
 def test_other_parameters_reach_the_route(pair):
     _other_job(pair, "api")
     at = pair.index("/v1/jobs", "X-Nomad-Index")
-    thread, out = _in_thread(pair.get, pair.inline_port, f"/v1/jobs?prefix=we&index={at}&wait=30s")
+    thread, out = in_thread(pair.get, pair.inline_port, f"/v1/jobs?prefix=we&index={at}&wait=30s")
     assert wait_for(lambda: _parked(pair) == 1, timeout=10)
     _other_job(pair, "api-2")
     thread.join(10)
@@ -254,8 +239,8 @@ def test_a_failing_computation_leaves_it_to_the_route(pair, monkeypatch):
         ("index=5&wait=forever", None),
     ],
 )
-def test_split_query(query, expected):
-    assert split_query(query) == expected
+def test_split_blocking(query, expected):
+    assert split_blocking(query) == expected
 
 
 @pytest.mark.parametrize(
