@@ -98,7 +98,11 @@ def read_answer(reader, method: str) -> tuple[int, Headers, bytes, bool]:
             raise http.client.RemoteDisconnected("Remote end closed connection without response")
         version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
         code = rest[:3]
-        if not version.startswith("HTTP/") or not code.isdigit() or rest[3:4] not in ("", " "):
+        if (
+            not version.startswith("HTTP/")
+            or not (code.isascii() and code.isdigit())
+            or rest[3:4] not in ("", " ")
+        ):
             raise http.client.BadStatusLine(line.decode("latin-1")[:100])
         status = int(code)
         headers = _read_headers(reader)
@@ -113,7 +117,7 @@ def read_answer(reader, method: str) -> tuple[int, Headers, bytes, bool]:
     length = headers.get("content-length")
     if length is None:
         return status, headers, reader.read(), True  # the body ends with the connection
-    if not length.isdigit():
+    if not (length.isascii() and length.isdigit()):  # latin-1 also has "²"
         raise http.client.HTTPException(f"bad Content-Length {length[:40]!r}")
     return status, headers, _read_exactly(reader, int(length)), will_close
 

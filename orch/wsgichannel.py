@@ -36,6 +36,7 @@ All rely on waitress 3.0's internals (``HTTPChannel.writable``,
 from __future__ import annotations
 
 import logging
+import select
 import time
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
@@ -90,6 +91,10 @@ class TurnWrites(Protocol):
 INLINE_MAX_BODY = 16 * 1024
 
 
+# A peer's close or half close, a reset, an error (Linux: POLLRDHUP).
+_HUNG_UP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
+
+
 class _Channel(HTTPChannel):
     """A connection that does not spin, and whose task can hold its header
     for the body's first part."""
@@ -130,6 +135,22 @@ class _Channel(HTTPChannel):
             else:
                 data = held + bytes(data)
         return super().write_soon(data)
+
+    def check_client_disconnected(self) -> bool:
+        """environ's ``waitress.client_disconnected``: waitress knows only
+        with lookahead, which orch's server turns off (``server/wsgi.py``),
+        so a stream (a log follow, the UI's events) asks the socket itself,
+        without reading from it: after its client's close (or half close,
+        as Go's server takes it), or an error, the client is gone. Pipelined
+        requests left unread do not hide it (POLLRDHUP, not a peek)."""
+        if not self.connected:
+            return True
+        try:
+            poller = select.poll()
+            poller.register(self.socket.fileno(), _HUNG_UP)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True  # closed by the loop meanwhile
 
     def release(self) -> None:
         """Send a header still held (an answer without a body)."""

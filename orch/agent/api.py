@@ -78,7 +78,7 @@ def make_app(agent: Agent) -> Bottle:
         kind = request.query.get("type") or "stdout"
         if kind not in LOG_TYPES:
             raise ValidationError("type: must be stdout or stderr")
-        offset = _offset(request.query.get("offset"))
+        offset = fields.query_offset(request.query.get("offset"))
         path = agent.log_path(alloc_id, task, kind)
         data = _read_from(path, offset)
         response.content_type = "text/plain; charset=utf-8"
@@ -138,18 +138,6 @@ def _alloc_ids(body) -> list[str]:
         if not isinstance(alloc_id, str) or not 0 < len(alloc_id) <= MAX_ID:
             raise ValidationError(f"allocations: each must be an id of 1 to {MAX_ID} characters")
     return ids
-
-
-def _offset(raw: str | None) -> int:
-    """The log offset: ASCII digits only (int() would take "1_0" and " 7")."""
-    if raw is None or raw == "":
-        return 0
-    if not raw.isascii() or not raw.isdigit():
-        raise ValidationError("offset: must be a non-negative integer")
-    # Bounded before int(): a seek past 2**63 overflows off_t (a 500 before).
-    if len(raw) > 16 or int(raw) > fields.INT_MAX:
-        raise ValidationError(f"offset: must be at most {fields.INT_MAX}")
-    return int(raw)
 
 
 def _read_from(path: str, offset: int) -> bytes:

@@ -44,7 +44,12 @@ def drain_request(body, enable: bool | None) -> tuple[drain_rules.DrainRequest, 
     deadline = spec.get("Deadline", 3600 * NS)
     if not fields.is_int(deadline) or deadline < -1:
         raise ValidationError("DrainSpec.Deadline: must be nanoseconds (-1: force)")
-    seconds = {-1: 0.0, 0: drain_rules.MAX_DEADLINE_S}.get(deadline, deadline / NS)
+    if deadline == -1:
+        seconds = 0.0
+    elif deadline == 0 or deadline // NS >= drain_rules.MAX_DEADLINE_S:
+        seconds = drain_rules.MAX_DEADLINE_S  # also past what a float holds
+    else:
+        seconds = deadline / NS
     ignore = spec.get("IgnoreSystemJobs", False)
     if not isinstance(ignore, bool):
         raise ValidationError("DrainSpec.IgnoreSystemJobs: must be a boolean")

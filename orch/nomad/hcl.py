@@ -178,6 +178,9 @@ def parse_hcl_lines(text: str) -> tuple[dict, Lines]:
     """The ``Job`` object and the line of each of its blocks."""
     if not isinstance(text, str):
         raise ValidationError("a job file must be text")
+    # Written on Windows: a byte-order mark and CRLF lines, which Nomad reads
+    # and python-hcl2's grammar does not (its newline is "\n").
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
     try:
         tree = hcl2.loads(text, with_meta=True)
     except lark.exceptions.UnexpectedInput as exc:
@@ -189,6 +192,8 @@ def parse_hcl_lines(text: str) -> tuple[dict, Lines]:
             line = _first_line(value)
             raise ValidationError(f'{_kind(key)} "{key}"{_at(line)} is not supported by orch')
     jobs = tree.get("job") or []
+    if not isinstance(jobs, list) or jobs and not _is_block(jobs):
+        raise ValidationError('"job" must be a block, as in job "name" {')
     if len(jobs) != 1:
         raise ValidationError(f"a job file has exactly one job block (found {len(jobs)})")
     lines = Lines()
@@ -235,6 +240,11 @@ def _labelled(item, name: str) -> tuple[str, dict]:
 def _job(label: str, body: dict, lines: Lines) -> dict:
     """The job block; a task directly under it becomes a group of its name."""
     tasks = body.get("task") or []
+    if not _is_block(tasks) and tasks != []:
+        line = body.get("__start_line__")
+        raise ValidationError(
+            f'"task" of block "job"{_at(line)} must be a block, as in task "name" {{'
+        )
     rest = {k: v for k, v in body.items() if k != "task"}
     job = _convert("job", (label,), rest, "Job", lines)
     groups = job.setdefault("TaskGroups", [])

@@ -16,7 +16,7 @@ from orch.nomad import http, present
 from orch.nomad.http import NomadRouter
 from orch.nomad.reads import Reads
 from orch.nomad.translate import job_from_nomad
-from orch.structs import Evaluation, Job, TriggeredBy
+from orch.structs import Evaluation, Job
 from orch.validation import fields
 
 if TYPE_CHECKING:
@@ -103,15 +103,12 @@ def job_write_routes(route: NomadRouter, server: Server, reads: Reads) -> None:
 
     @route("DELETE", "/v1/job/<job_id>")
     def deregister(job_id):
-        store.require_job(job_id)
+        job = store.require_job(job_id)
         purge = http.flag("purge")
         # Every deregister writes its evaluation, a stopped job's too (as Nomad).
-        server.stop_job(job_id)
-        stops = [
-            e for e in store.evals_for_job(job_id) if e.triggered_by == TriggeredBy.JOB_DEREGISTER
-        ]
-        ev = max(stops, key=lambda e: e.create_time)
-        answer = _eval_answer(store.require_job(job_id), ev, reads)
+        ev = server.stop_job(job_id)
+        # Another request may purge the job meanwhile: this stop still happened.
+        answer = _eval_answer(store.get_job(job_id) or job, ev, reads)
         if purge:
             server.delete_job(job_id)
         return answer, answer["Index"]

@@ -184,7 +184,12 @@ def seconds(value, path: str):
         return fields.duration(value, path)  # "10s", as an HCL-minded client may send
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         fail(path, "must be a non-negative integer of nanoseconds")
-    return value // NS if value % NS == 0 else value / NS
+    if value % NS == 0:
+        return value // NS
+    try:
+        return value / NS
+    except OverflowError:  # past ~1.8e317 ns: no float holds it
+        fail(path, "must be a finite number")
 
 
 # ---- fields that need more than a rename ---------------------------------------
@@ -399,4 +404,7 @@ def _lift(group: dict, key: str, value, path: str, task: dict) -> None:
     elif key == "Meta" and value:
         if len(group.get("tasks") or []) > 1:
             fail(path, "is not supported by orch in a group of several tasks (use group meta)")
-        group["meta"] = {**(group.get("meta") or {}), **_object(value, path)}
+        meta = group.get("meta") or {}
+        if not isinstance(meta, dict):  # the group's own Meta, not yet checked
+            fail(f"{path.rsplit('.Tasks[', 1)[0]}.Meta", "must be a JSON object")
+        group["meta"] = {**meta, **_object(value, path)}

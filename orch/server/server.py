@@ -331,7 +331,8 @@ class Server(NodeOps):
         log.info("job %s rollout %d: version %d", job_id, job.rollout, job.version)
         return job, ev
 
-    def stop_job(self, job_id: str) -> None:
+    def stop_job(self, job_id: str) -> Evaluation:
+        """Stop the job: its deregister evaluation, as written."""
         ev = replace(
             new_eval(job_id, TriggeredBy.JOB_DEREGISTER, time.time()),
             status=EvalStatus.COMPLETE,
@@ -345,6 +346,7 @@ class Server(NodeOps):
         self._push_if_leader(stopped)
         if stopped:
             self.broker.unblock()
+        return ev
 
     def restart_job(self, job_id: str) -> Evaluation:
         return self.store.restart_job(

@@ -41,8 +41,8 @@ def http_server(
         # No lookahead: with it, waitress keeps reading a connection while its
         # request runs, which doubled the server's CPU per request (0.36-0.43
         # ms without, 0.53-0.86 ms with, an empty heartbeat on a loaded host;
-        # bench/README.md). The price: an open UI stream sees its browser tab
-        # closed at its next write (an event or the 15 s keepalive), not at once.
+        # bench/README.md). A stream asks its socket instead (the channel's
+        # check_client_disconnected), at each of its polls.
         channel_request_lookahead=0,
         ident="orch",
         connection_limit=1000,

@@ -61,9 +61,14 @@ def port_range(value, path: str = "port_range") -> tuple[int, int]:
     if value is None:
         return DEFAULT_PORT_RANGE
     low, dash, high = value.partition("-") if isinstance(value, str) else ("", "", "")
-    if dash and low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 65535:
+    if dash and _port_digits(low) and _port_digits(high) and 1 <= int(low) <= int(high) <= 65535:
         return int(low), int(high)
     fail(path, 'must be "LOW-HIGH" with 1 <= LOW <= HIGH <= 65535, e.g. "20000-32000"')
+
+
+def _port_digits(text: str) -> bool:
+    """1-5 ASCII digits (str.isdigit also takes "²" and "٣", and any length)."""
+    return 0 < len(text) <= 5 and text.isascii() and text.isdigit()
 
 
 def secret_digest(secret, path: str = "secret_id") -> str:

@@ -32,6 +32,19 @@ def fail(path: str, message: str) -> NoReturn:
     raise ValidationError(f"{path}: {message}")
 
 
+def query_offset(raw: str | None, name: str = "offset") -> int:
+    """A byte offset from a query string ("" or absent: 0): ASCII digits
+    only (int() would take "1_0", " 7" and "²"), bounded before int() (a
+    seek past 2**63 overflows off_t; int() refuses 4,300 digits)."""
+    if raw is None or raw == "":
+        return 0
+    if not raw.isascii() or not raw.isdigit():
+        raise ValidationError(f"{name}: must be a non-negative integer")
+    if len(raw) > 16 or int(raw) > INT_MAX:
+        raise ValidationError(f"{name}: must be at most {INT_MAX}")
+    return int(raw)
+
+
 def is_int(value) -> bool:
     """An integer that is not a bool (``"count": true`` is not a count)."""
     return isinstance(value, int) and not isinstance(value, bool)

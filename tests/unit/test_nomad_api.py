@@ -285,6 +285,34 @@ def test_nodes_eligibility_and_drain(app):
     assert call(app, "GET", f"/v1/node/{NODE_ID}/allocations")[:3:2] == (200, [])
 
 
+def test_a_drain_deadline_past_what_a_float_holds_is_the_longest(app):
+    """Its seconds were computed before the cap: an OverflowError (a 500)."""
+    add_node(app)
+    for deadline in (10**400, 10**400 + 1):
+        spec = {"NodeID": NODE_ID, "DrainSpec": {"Deadline": deadline}}
+        assert call(app, "POST", f"/v1/node/{NODE_ID}/drain", spec)[0] == 200
+        longest = call(app, "GET", f"/v1/node/{NODE_ID}")[2]["DrainStrategy"]["Deadline"]
+        assert longest == 30 * 24 * 3600 * 10**9
+
+
+def test_a_deregister_whose_job_is_purged_meanwhile_still_answers(app, server, monkeypatch):
+    """A purge by another request between the stop and its answer left no
+    deregister evaluation to answer with: max() of nothing, a 500."""
+    register(app)
+    stop = server.stop_job
+
+    def stop_then_purged(job_id):
+        ev = stop(job_id)
+        server.delete_job(job_id)  # the other request's purge, in between
+        return ev
+
+    monkeypatch.setattr(server, "stop_job", stop_then_purged)
+    status, _, out = call(app, "DELETE", "/v1/job/web")
+    assert status == 200, out
+    assert out["EvalID"] and out["JobModifyIndex"] > 0
+    assert call(app, "GET", "/v1/job/web")[0] == 404
+
+
 def test_dispatch_and_periodic_force(app):
     params = {"ParameterizedJob": {"Payload": "optional", "MetaRequired": ["user"]}}
     register(app, {**nomad_job("work", count=1), "Type": "batch", **params})

@@ -382,6 +382,30 @@ def test_refusals_name_the_line(text, message):
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        "job = 5",
+        "job = true",
+        "job = {a = 1}",
+        'job "a" {\n task = 5\n}',
+        'job "a" {\n task = true\n}',
+    ],
+)
+def test_a_job_or_task_that_is_not_a_block_is_refused(text):
+    """Each was a 500 (a TypeError or KeyError deep in the conversion)."""
+    with pytest.raises(ValidationError, match="must be a block"):
+        parse_hcl(text)
+
+
+def test_a_file_with_a_byte_order_mark_and_crlf_lines_reads_as_nomad_reads_it():
+    text = (
+        'job "w" {\n  group "g" {\n    task "t" {\n      driver = "exec"\n'
+        "      config {\n        command = <<EOT\necho hi\nEOT\n      }\n    }\n  }\n}\n"
+    )
+    assert parse_hcl("\ufeff" + text.replace("\n", "\r\n")) == parse_hcl(text)
+
+
+@pytest.mark.parametrize(
     "old, new, message",
     [
         ('driver = "docker"', 'driver = "java"', "line 3: Job.TaskGroups[0].Tasks[0].Driver"),

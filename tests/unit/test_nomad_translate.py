@@ -332,6 +332,37 @@ def test_values_of_the_wrong_json_type_are_validation_errors(path, value):
         parse_job(job_from_nomad(job))
 
 
+@pytest.mark.parametrize("meta", ["x", 1, True, 1.5, [None]])
+def test_a_group_meta_that_is_not_an_object_beside_a_tasks_meta_is_refused(meta):
+    """The task's Meta is lifted into the group's: merged into a string, it
+    was a TypeError (a 500)."""
+    job = nomad_job()
+    job["TaskGroups"][0]["Meta"] = meta
+    job["TaskGroups"][0]["Tasks"][0]["Meta"] = {"a": "b"}
+    with pytest.raises(ValidationError) as err:
+        job_from_nomad(job)
+    assert err.value.message == "Job.TaskGroups[0].Meta: must be a JSON object"
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        ("TaskGroups", 0, "Tasks", 0, "KillTimeout"),
+        ("TaskGroups", 0, "ShutdownDelay"),
+        ("Update", "MinHealthyTime"),
+    ],
+)
+def test_nanoseconds_past_what_a_float_holds_are_refused(where):
+    """10**400 + 1 ns divided by 10**9 overflowed a float: a 500."""
+    job = nomad_job()
+    target = job
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = 10**400 + 1
+    with pytest.raises(ValidationError, match="must be a finite number"):
+        job_from_nomad(job)
+
+
 INSPECTED = Path(__file__).resolve().parents[1] / "nomad_jobs" / "inspected"
 # Values of every JSON type, and the edges: each must be accepted or refused
 # as a ValidationError, never a TypeError from deep inside the translation.

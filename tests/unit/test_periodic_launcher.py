@@ -156,3 +156,34 @@ def test_children_survive_a_purged_parent(tmp_path, clock):
     assert store.get_job(child.job_id) is not None
     assert store.last_launch("nightly") is None
     assert store.get_job(child.job_id).status == JobStatus.PENDING
+
+
+def test_children_are_read_while_other_jobs_come_and_go(tmp_path, clock):
+    """Writers add and remove jobs without waiting for readers: a list of
+    children walked the live dict, and a change meanwhile raised "dictionary
+    changed size during iteration" (a 500 on GET /v1/jobs)."""
+    import threading
+
+    store = open_store(tmp_path, clock)
+    submit(store, periodic_body(), clock)
+    jobs = store._jobs  # the store's own map, churned as a writer churns it
+    others = {f"other-{i}": jobs["nightly"] for i in range(2000)}
+    jobs.update(others)
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            jobs.pop("churn", None)
+            jobs["churn"] = jobs["nightly"]
+
+    writer = threading.Thread(target=churn, daemon=True)
+    writer.start()
+    try:
+        for _ in range(300):
+            assert children(store) == []
+    finally:
+        stop.set()
+        writer.join(5)
+        for key in [*others, "churn"]:
+            jobs.pop(key, None)
+        store.close()

@@ -270,6 +270,7 @@ def test_log_stream_errors(served, agent):
         ("/ui/logs/nope/t", 404),
         ("/ui/logs/a1/t?type=x", 400),
         ("/ui/logs/a1/t?offset=-1", 400),
+        ("/ui/logs/a1/t?offset=" + "9" * 4301, 400),  # past int()'s digits: a 500 before
     ):
         conn, resp = served.open(path)
         assert resp.status == code, path

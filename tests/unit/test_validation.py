@@ -196,6 +196,27 @@ def test_register_uses_the_shared_rules():
     ).startswith("resources.memory: must be at most")
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["\u00b2-5", "1-\u00b2", "\u0663-\u0665", "1-" + "9" * 5000, "01-"],
+    ids=["superscript-low", "superscript-high", "arabic-indic", "5000-digits", "no-high"],
+)
+def test_a_port_range_is_ascii_digits_only(value):
+    """str.isdigit takes "²" (int() then raised: a 500), Arabic-Indic digits
+    (stored as 3-5) and 5,000 digits (past int()'s limit: a 500)."""
+    assert message(bodies.port_range, value).startswith('port_range: must be "LOW-HIGH"')
+    assert bodies.port_range("20000-32000") == (20000, 32000)
+
+
+def test_a_query_offset_is_bounded_ascii_digits():
+    assert fields.query_offset(None) == fields.query_offset("") == 0
+    assert fields.query_offset("0042") == 42
+    for bad in ("-1", "1_0", " 7", "\u00b2", "x"):
+        assert message(fields.query_offset, bad) == "offset: must be a non-negative integer"
+    for huge in ("9" * 4301, str(2**63)):
+        assert message(fields.query_offset, huge).startswith("offset: must be at most")
+
+
 def test_heartbeat_reports_are_checked_field_by_field():
     beat = bodies.heartbeat(
         {

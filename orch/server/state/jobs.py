@@ -204,7 +204,9 @@ class JobWrites(JobVersions, PlanWrites):
         return self._launches.get(job_id)
 
     def children_of(self, job_id: str) -> list[Job]:
-        return [j for j in self._jobs.values() if j.parent_id == job_id]
+        # A copy first (one C call, atomic under the GIL): writers add and
+        # remove jobs without waiting for readers.
+        return [j for j in list(self._jobs.values()) if j.parent_id == job_id]
 
     def launch_child(
         self, child: Job, evaluation: Evaluation, launch: float | None = None, on_commit=None

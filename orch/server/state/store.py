@@ -470,7 +470,7 @@ class StoreCore:
 
     def unfinished_evals(self) -> list[Evaluation]:
         return sorted(
-            (e for e in self._evals.values() if e.status not in TERMINAL_EVAL),
+            (e for e in list(self._evals.values()) if e.status not in TERMINAL_EVAL),
             key=lambda e: e.create_time,
         )
 

@@ -4,8 +4,8 @@ Both are read by the page's JavaScript with fetch() (the token goes in a
 header, never in a URL). Each open stream holds a waitress thread, so they
 are capped (``ServerConfig.ui_max_streams``; the server adds that many
 threads); one over the cap gets a 503. A stream ends when its client goes
-away (waitress sees the socket close, or a write fails) and on shutdown
-(the change feed is closed).
+away (the connection's socket says so when asked, a write fails) and on
+shutdown (the change feed is closed).
 
 - ``GET <base>/events``: ``hello`` with the change index, then ``change``
   within ~0.2 s of a committed write (a burst makes one event), and a
@@ -31,6 +31,7 @@ from orch import httpjson, transport
 from orch.errors import NotFound, Unavailable, ValidationError
 from orch.slots import Slots
 from orch.transport import HttpClient
+from orch.validation import fields
 
 if TYPE_CHECKING:
     from orch.server.server import Server
@@ -101,7 +102,7 @@ def register_stream_routes(app_or_router, server: Server, base: str) -> StreamSl
         kind = query.get("type") or "stdout"
         if kind not in LOG_TYPES:
             raise ValidationError("type: must be stdout or stderr")
-        offset = _offset(query.get("offset"))
+        offset = fields.query_offset(query.get("offset"))
         follow = query.get("follow", "1") not in ("0", "false", "no")
         if server.store.get_alloc(alloc_id) is None:
             raise NotFound("Allocation not found")
@@ -119,14 +120,6 @@ def _guarded(stream: Iterator[bytes], slots: StreamSlots) -> Iterator[bytes]:
         yield from stream
     finally:
         slots.release()
-
-
-def _offset(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return 0
-    if not raw.isascii() or not raw.isdigit():
-        raise ValidationError("offset: must be a non-negative integer")
-    return int(raw)
 
 
 def event_stream(server: Server, gone: Callable[[], bool]) -> Iterator[bytes]:
@@ -173,6 +166,7 @@ class LogRelay:
 
     def _relay(self, client: HttpClient, offset: int, follow: bool) -> Iterator[bytes]:
         feed = self.server.store.changes
+        last_sent = time.monotonic()
         while not feed.closed and not self.gone():
             alloc = self.server.store.get_alloc(self.alloc_id)
             if alloc is None:
@@ -196,10 +190,16 @@ class LogRelay:
                 text = self._decoder.decode(resp.content)
                 held = len(self._decoder.getstate()[0])
                 yield sse("log", {"offset": offset - held, "text": text})
+                last_sent = time.monotonic()
                 continue  # more may be waiting: read on at once
             if terminal or not follow:
                 yield sse("end", {"offset": offset})
                 return
+            if time.monotonic() - last_sent >= KEEPALIVE:
+                # As the events': a write is how a server without a way to
+                # ask its socket (plain waitress) learns its client went.
+                yield b": keepalive\n\n"
+                last_sent = time.monotonic()
             time.sleep(LOG_POLL)
 
 
