@@ -39,6 +39,7 @@ a connection parked that way is idle as well until it is ``touch``-ed.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import logging
@@ -287,12 +288,26 @@ class EpollMap(dict):
             self._unregister(fd)
             return
         try:
-            if old:
+            try:
+                if old:
+                    self._epoll.modify(fd, mask)
+                else:
+                    self._epoll.register(fd, mask)
+            except FileExistsError:
                 self._epoll.modify(fd, mask)
-            else:
+            except FileNotFoundError:
+                # Closed since it was registered (epoll dropped it), its
+                # number now another socket's.
                 self._epoll.register(fd, mask)
-        except FileExistsError:
-            self._epoll.modify(fd, mask)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+            # Closed by another thread since the map was read: a worker whose
+            # send fails closes its connection (waitress's handle_close). Its
+            # removal from the map queued the fd for the next turn, which
+            # forgets it. Raising here ended the loop: the server served no more.
+            self._registered.pop(fd, None)
+            return
         self._registered[fd] = (obj, mask)
 
     def _unregister(self, fd: int) -> None:

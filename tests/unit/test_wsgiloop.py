@@ -4,6 +4,7 @@ and still times out, closes and shuts down as waitress's own loop does."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import threading
@@ -278,3 +279,34 @@ def test_after_a_signal_ends_run_the_trigger_outlives_the_workers():
     assert http.trigger._closed
     assert close_after_run(http) is True  # again: nothing touches the closed pipe
     sock.close()
+
+
+def test_a_socket_closed_by_another_thread_before_its_registration_is_forgotten():
+    """A worker whose send fails closes its connection (the fd) while the
+    loop, which read the map just before, registers it: epoll said EBADF and
+    the exception ended the loop (seen in CI once streams ended when their
+    client went). Now the fd is forgotten; the map's delete queued it."""
+    smap = EpollMap()
+    smap._epoll = select.epoll()
+    try:
+        sock = socket.socket()
+        fd = sock.fileno()
+        sock.close()
+        smap._register(fd, object(), select.POLLIN, 0)
+        assert fd not in smap._registered
+        # One registered, closed (epoll drops it), its number taken by a new
+        # socket: a modify finds nothing, so it is registered anew.
+        first = socket.socket()
+        fd = first.fileno()
+        smap._register(fd, object(), select.POLLIN, 0)
+        first.close()
+        second = socket.socket()
+        try:
+            assert second.fileno() == fd  # the lowest free number
+            obj = object()
+            smap._register(fd, obj, select.POLLIN | select.POLLOUT, select.POLLIN)
+            assert smap._registered[fd] == (obj, select.POLLIN | select.POLLOUT)
+        finally:
+            second.close()
+    finally:
+        smap._epoll.close()
