@@ -26,6 +26,7 @@ Every call carries an explicit timeout. In short::
 
 from __future__ import annotations
 
+import re
 import time
 from urllib.parse import quote
 
@@ -91,6 +92,9 @@ class WaitTimeout(errors.OrchError, TimeoutError):
     def __init__(self, message: str, job: dict | None = None):
         super().__init__(message)
         self.job = job
+
+
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 def _seg(value: str) -> str:
@@ -163,6 +167,10 @@ class Client:
         except ValueError as exc:
             raise ClientError(str(exc)) from None
         self.address = self.servers.urls[0]
+        if token and not _TOKEN.fullmatch(token):
+            # It goes in a header: requests would raise deep in http.client
+            # (or blame the connection for a newline).
+            raise ClientError("token: must be printable ASCII, without spaces")
         self.token = token
         self.timeout = timeout
         self._session = requests.Session()

@@ -15,7 +15,7 @@ import fcntl
 import logging
 import os
 
-from orch.errors import DataDirInUse
+from orch.errors import DataDirError, DataDirInUse
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +25,17 @@ LOCK_FILE = "orch.lock"
 def lock_data_dir(data_dir: str, role: str) -> int:
     """Lock ``data_dir`` for this process; its descriptor, open until exit.
 
-    DataDirInUse when another live process holds it. The descriptor is not
+    DataDirInUse when another live process holds it; DataDirError when it
+    cannot be made or opened. The descriptor is not
     inherited by children (tasks): only this process's death frees it."""
-    os.makedirs(data_dir, exist_ok=True)
     path = os.path.join(os.path.abspath(data_dir), LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except FileExistsError:  # makedirs(exist_ok=True): something else is there
+        raise DataDirError(f"data dir {data_dir}: not a directory") from None
+    except OSError as exc:  # no permission, a read-only file system...
+        raise DataDirError(f"data dir {data_dir}: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -78,7 +78,11 @@ class StorageError(OrchError):
     status = 503
 
 
-class DataDirInUse(OrchError):
+class DataDirError(OrchError):
+    """Raised when a process cannot take its data dir (made, opened or locked)."""
+
+
+class DataDirInUse(DataDirError):
     """Raised when another live orch process holds the data dir's lock."""
 
 

@@ -22,7 +22,7 @@ from orch.agent.api import make_app
 from orch.agent.inline import inline_routes
 from orch.config import AgentConfig
 from orch.datadir import lock_data_dir
-from orch.errors import DataDirInUse, DriverError
+from orch.errors import DataDirError, DriverError
 from orch.security import check_bind, warn_tls_skip_verify
 from orch.wsgichannel import Inline, use_orch_channels
 from orch.wsgiloop import socket_map, stop_serving
@@ -134,7 +134,7 @@ def run(config: AgentConfig) -> int:
     try:
         # Two agents on one data dir would run (and kill) each other's tasks.
         lock_data_dir(config.data_dir, "agent")
-    except DataDirInUse as exc:
+    except DataDirError as exc:
         log.error("%s", exc.message)
         return 1
     stop = threading.Event()

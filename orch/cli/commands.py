@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import time
 from contextlib import contextmanager
@@ -31,6 +32,8 @@ from orch.client import Client
 from orch.jobspec import parse_job
 from orch.nomad.translate import is_nomad_job, job_from_nomad
 
+log = logging.getLogger(__name__)
+
 EXIT_OK, EXIT_ERROR = 0, 1
 LOG_POLL_INTERVAL = 0.25
 ALLOC_CHECK_INTERVAL = 1.0
@@ -45,11 +48,24 @@ def client_command(fn):
 
     @functools.wraps(fn)
     def handler(args) -> int:
-        client = Client(args.address, token=args.token)
+        try:
+            client = Client(args.address, token=args.token)
+        except errors.OrchError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return EXIT_ERROR
         try:
             return fn(args, client)
         except errors.OrchError as exc:  # ClientError included
             print(f"error: {with_english(exc.message)}", file=sys.stderr)
+        except (KeyError, TypeError, AttributeError) as exc:
+            # JSON of another shape than orch's (something else on the port,
+            # an incompatible server): one line, the trace at DEBUG.
+            log.debug("unexpected answer", exc_info=True)
+            print(
+                f"error: {client.address} answered JSON orch does not understand "
+                f"({type(exc).__name__}: {exc}); is it an orch server?",
+                file=sys.stderr,
+            )
         finally:
             client.close()
         return EXIT_ERROR
@@ -79,6 +95,10 @@ def load_job_file(path: str) -> dict:
                 text = f.read()
     except OSError as exc:
         raise errors.ValidationError(f"{path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise errors.ValidationError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at {exc.start})"
+        ) from exc
     if path.endswith((".hcl", ".nomad")) or not text.lstrip().startswith(("{", "[")):
         # Imported here: python-hcl2 builds its grammar on import (~0.4 s), which
         # no other command should pay for.
@@ -92,6 +112,8 @@ def load_job_file(path: str) -> dict:
         spec = json.loads(text)
     except json.JSONDecodeError as exc:
         raise errors.ValidationError(f"{path}: invalid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise errors.ValidationError(f"{path}: invalid JSON: nested too deeply") from exc
     if not isinstance(spec, dict):
         raise errors.ValidationError(f"{path}: a job is a JSON object")
     if is_nomad_job(spec):
@@ -104,16 +126,15 @@ def load_job_file(path: str) -> dict:
 
 @contextmanager
 def about_job(job_id: str):
-    """Word a 404 from any job route as the job being missing."""
+    """Name the job in a job route's 404 that says the job is missing (the
+    seed's 作业不存在: 作业不存在 (job "web" not found)). Any other 404 (no
+    such version, deployment, allocation) is its own message: the job is there."""
     try:
         yield
     except errors.NotFound as exc:
-        said = f'job "{job_id}" not found'
-        # The seed's 作业不存在 gets the words with the id: 作业不存在 (job "web" not found).
-        message = (
-            f"{exc.message} ({said})" if in_english(exc.message) else f"{said} ({exc.message})"
-        )
-        raise errors.NotFound(message) from exc
+        if in_english(exc.message) != "job not found":
+            raise
+        raise errors.NotFound(f'{exc.message} (job "{job_id}" not found)') from exc
 
 
 def get_job(client: Client, job_id: str) -> dict:
@@ -121,13 +142,28 @@ def get_job(client: Client, job_id: str) -> dict:
         return client.jobs.get(job_id)
 
 
+# As Nomad's CLI: a prefix names an id from two characters on (an empty one
+# matched every node and every allocation: `node drain ''` drained a node).
+MIN_PREFIX = 2
+
+
+def check_prefix(ident: str, kind: str) -> None:
+    """Refuse a prefix too short to name one ``kind`` (node, allocation)."""
+    if len(ident) < MIN_PREFIX:
+        raise errors.ValidationError(
+            f'{kind} id "{ident}": give the id or a prefix of at least {MIN_PREFIX} characters'
+        )
+
+
 def resolve_alloc(client: Client, ident: str) -> dict:
     """The allocation by full id, by a unique prefix (as Nomad accepts), or by
     the short id the tables print."""
-    try:
-        return client.allocs.get(ident)
-    except errors.NotFound:
-        pass
+    if ident:
+        try:
+            return client.allocs.get(ident)
+        except errors.NotFound:
+            pass
+    check_prefix(ident, "allocation")
     matches = {
         a["allocation_id"]
         for job in client.jobs.list()

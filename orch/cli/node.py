@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from orch import errors
-from orch.cli.commands import EXIT_OK, client_command, print_json, say
+from orch.cli.commands import EXIT_OK, check_prefix, client_command, print_json, say
 from orch.cli.format import matches_short
 from orch.client import Client
 
 
 def resolve_node(client: Client, ident: str) -> str:
     """A node id from the full id, a unique prefix or the short id `node status` prints."""
-    try:
-        return client.nodes.get(ident)["node_id"]
-    except errors.NotFound:
-        pass
+    if ident:
+        try:
+            return client.nodes.get(ident)["node_id"]
+        except errors.NotFound:
+            pass
+    check_prefix(ident, "node")
     matches = {
         n["node_id"]
         for n in client.nodes.list()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from orch.config import DEFAULT_ADDRESS, DevConfig
 from orch.datadir import lock_data_dir
 from orch.dev import zygote
-from orch.errors import DataDirInUse
+from orch.errors import DataDirError
 
 if TYPE_CHECKING:
     from orch.transport import HttpClient
@@ -497,7 +497,7 @@ def run(config: DevConfig) -> int:
         # Its servers and agents lock their own dirs; this lock refuses a
         # second `orch dev` before it touches the first one's PostgreSQL.
         lock_data_dir(data_dir, "orch dev")
-    except DataDirInUse as exc:
+    except DataDirError as exc:
         print(f"orch dev: {exc.message}", file=sys.stderr, flush=True)
         return 1
     port = config.port or free_port(config.bind)

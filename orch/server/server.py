@@ -16,7 +16,7 @@ import time
 
 from orch.config import ServerConfig
 from orch.datadir import lock_data_dir
-from orch.errors import Conflict, DataDirInUse, NotFound, StorageError
+from orch.errors import Conflict, DataDirError, NotFound, StorageError
 from orch.jobspec import parse_job
 from orch.security import check_bind
 from orch.server.broker import EvalBroker
@@ -480,7 +480,7 @@ def run(config: ServerConfig) -> int:
             # the database, not a data dir.
             lock_data_dir(config.data_dir, "server")
         server = Server(config)
-    except (StorageError, DataDirInUse) as exc:
+    except (StorageError, DataDirError) as exc:
         log.error("%s", exc.message)
         return 1
     # SQLite: the inline writes of one I/O loop turn share a commit.

@@ -71,6 +71,16 @@ def test_bearer_token_sent_only_when_set(canned):
     assert "Authorization" not in canned.requests[-1]["headers"]
 
 
+@pytest.mark.parametrize("token", ["\u2603", "a\nb", "a b", "tab\there"])
+def test_a_token_that_cannot_go_in_a_header_is_refused_in_one_line(canned, token):
+    """requests raised UnicodeEncodeError deep in http.client (a traceback),
+    or blamed the connection for a newline."""
+    with pytest.raises(ClientError) as exc:
+        Client(canned.url, token=token)
+    assert exc.value.message == "token: must be printable ASCII, without spaces"
+    assert not canned.requests
+
+
 def test_submit_is_one_post_for_new_and_existing_jobs(canned):
     canned.add("POST", "/jobs", 200, {"job_id": "web", "evaluation_id": "e1"})
     client = Client(canned.url)

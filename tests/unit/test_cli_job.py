@@ -26,6 +26,34 @@ def test_missing_job_exits_1_with_the_error(canned, capsys):
     assert 'error: 作业不存在 (job "nope" not found)' in capsys.readouterr().err
 
 
+def test_a_404_that_is_not_the_job_missing_keeps_its_words(canned, capsys):
+    """`job revert svc1 5` said the job was not found: it is there, its version is not."""
+    canned.add("POST", "/jobs/svc1/revert", 404, {"error": "job svc1 has no version 5"})
+    assert entry.main(["job", "revert", "svc1", "5", "--address", canned.url]) == 1
+    assert capsys.readouterr().err == "error: job svc1 has no version 5\n"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'\xff\xfe{"task_groups": []}', "caf\u00e9".encode("latin-1"), bytes(range(256))],
+    ids=["utf-16-bom", "latin-1", "binary"],
+)
+@pytest.mark.parametrize("name", ["job.json", "job.nomad", "job"])
+def test_a_job_file_that_is_not_utf8_is_one_line(tmp_path, capsys, content, name):
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert entry.main(["job", "plan", str(path), "--address", "http://127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: not UTF-8 text (byte 0x") and len(err.splitlines()) == 1
+
+
+def test_a_job_file_nested_too_deeply_is_one_line(tmp_path, capsys):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    assert entry.main(["job", "run", str(path), "--address", "http://127.0.0.1:9"]) == 1
+    assert capsys.readouterr().err == f"error: {path}: invalid JSON: nested too deeply\n"
+
+
 @pytest.mark.parametrize(
     "method, path, argv, status, error, said",
     [

@@ -81,3 +81,48 @@ def test_job_status_shows_type_links_and_summary():
         "Lost",
     ]
     assert lines[header + 1].split() == ["g", "1", "0", "1", "3", "0", "0"]
+
+
+NODE = {"node_id": "be695381-1111-4222-8333-444455556666", "eligibility": "eligible"}
+
+
+@pytest.mark.parametrize("ident", ["", "b"])
+@pytest.mark.parametrize("command", [["drain", "--deadline", "1m"], ["eligibility", "--disable"]])
+def test_a_node_prefix_under_two_characters_is_refused(canned, capsys, clean_env, command, ident):
+    """'' was a prefix of every node id: `node drain ''` drained the only node."""
+    canned.add("GET", "/nodes", 200, {"nodes": [NODE]})
+    argv = ["node", command[0], ident, *command[1:], "--address", canned.url]
+    assert entry.main(argv) == 1
+    assert "at least 2 characters" in capsys.readouterr().err
+    assert all(r["method"] == "GET" for r in canned.requests), "nothing may be changed"
+
+
+def test_a_one_character_node_id_that_exists_is_still_named(canned, capsys, clean_env):
+    canned.add("GET", "/nodes/a", 200, {**NODE, "node_id": "a"})
+    canned.add("POST", "/nodes/a/eligibility", 200, {**NODE, "node_id": "a"})
+    argv = ["node", "eligibility", "a", "--disable", "--address", canned.url]
+    assert entry.main(argv) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"jobs": "x", "nodes": 5, "node_id": None, "allocations": "z"},
+        {"jobs": [None, 5], "nodes": [None, 5]},
+    ],
+)
+@pytest.mark.parametrize(
+    "argv",
+    [["job", "status"], ["node", "status"], ["node", "drain", "abcd"], ["alloc", "logs", "abcd"]],
+)
+def test_json_of_another_shape_is_one_line_not_a_traceback(canned, capsys, clean_env, argv, answer):
+    for method, path in (
+        ("GET", "/jobs"),
+        ("GET", "/nodes"),
+        ("GET", "/nodes/abcd"),
+        ("GET", "/allocations/abcd"),
+    ):
+        canned.add(method, path, 200, answer)
+    assert entry.main([*argv, "--address", canned.url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1

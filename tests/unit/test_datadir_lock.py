@@ -5,7 +5,7 @@ import os
 import pytest
 
 from orch.datadir import LOCK_FILE, lock_data_dir
-from orch.errors import DataDirInUse
+from orch.errors import DataDirError, DataDirInUse
 
 
 def test_a_second_lock_is_refused_naming_the_holder(tmp_path):
@@ -30,3 +30,15 @@ def test_the_lock_is_not_inherited_by_children(tmp_path):
         assert not os.get_inheritable(fd)
     finally:
         os.close(fd)
+
+
+def test_a_data_dir_that_cannot_be_made_is_a_data_dir_error(tmp_path):
+    """A file where the dir should be was a FileExistsError traceback at start."""
+    taken = tmp_path / "afile"
+    taken.write_text("")
+    with pytest.raises(DataDirError) as refused:
+        lock_data_dir(str(taken), "server")
+    assert refused.value.message == f"data dir {taken}: not a directory"
+    with pytest.raises(DataDirError) as refused:
+        lock_data_dir(str(taken / "below"), "agent")
+    assert refused.value.message == f"data dir {taken / 'below'}: Not a directory"
