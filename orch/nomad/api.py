@@ -92,7 +92,7 @@ def job_routes(route: NomadRouter, reads: Reads) -> None:
     @route("GET", "/v1/job/<job_id>/deployments")
     def job_deployments(job_id):
         store.require_job(job_id)
-        found = [shapes.deployment(d) for d in store.deployments_for_job(job_id)]
+        found = [reads.deployment(d) for d in store.deployments_for_job(job_id)]
         return found, reads.list_index()
 
     @route("GET", "/v1/job/<job_id>/deployment")
@@ -102,7 +102,7 @@ def job_routes(route: NomadRouter, reads: Reads) -> None:
         # Nomad answers null, not 404, for a job without a deployment.
         if latest is None:
             return None, reads.list_index()
-        out = shapes.deployment(latest)
+        out = reads.deployment(latest)
         return out, out["ModifyIndex"]
 
     @route("GET", "/v1/allocations")
@@ -118,7 +118,7 @@ def job_routes(route: NomadRouter, reads: Reads) -> None:
             raise NotFound("alloc not found")
         job = store.get_job(alloc.job_id)
         node = store.get_node(alloc.node_id)
-        out = shapes.alloc(alloc, node, reads.job(job) if job else None)
+        out = shapes.alloc(alloc, node, reads.job(job) if job else None, reads.deployed(alloc))
         return out, out["ModifyIndex"]
 
     @route("GET", "/v1/evaluations")
@@ -136,3 +136,11 @@ def job_routes(route: NomadRouter, reads: Reads) -> None:
             raise NotFound("eval not found")
         out = shapes.evaluation(ev, store.get_job(ev.job_id))
         return out, out["ModifyIndex"]
+
+    @route("GET", "/v1/evaluation/<eval_id>/allocations")
+    def eval_allocs(eval_id):
+        ev = store.get_eval(eval_id)
+        if ev is None:
+            raise NotFound("eval not found")
+        placed = [a for a in store.allocs_for_job(ev.job_id) if a.eval_id == eval_id]
+        return reads.alloc_stubs(placed), reads.list_index()

@@ -83,7 +83,10 @@ def node_routes(route: NomadRouter, server: Server, reads: Reads) -> None:
     @route("GET", "/v1/node/<node_id>")
     def get_node(node_id):
         out = shapes.node(require_node(node_id))
-        return out, out["ModifyIndex"]
+        # The store's last write, not the node's last beat: a beat that
+        # changes nothing writes nothing, and a node that goes down beats no
+        # more (its own index would never tell a blocking query so).
+        return out, max(out["ModifyIndex"], reads.list_index())
 
     @route("GET", "/v1/node/<node_id>/allocations")
     def node_allocations(node_id):
@@ -123,16 +126,21 @@ def deployment_routes(route: NomadRouter, server: Server, reads: Reads) -> None:
     @route("GET", "/v1/deployments")
     def list_deployments():
         found = [
-            shapes.deployment(d)
+            reads.deployment(d)
             for j in store.list_jobs()
             for d in store.deployments_for_job(j.job_id)
         ]
         found.sort(key=lambda d: d["CreateIndex"])
         return found, reads.list_index()
 
+    @route("GET", "/v1/deployment/allocations/<deployment_id>")
+    def deployment_allocs(deployment_id):
+        placed = reads.deployment_allocs(store.get_deployment(deployment_id))
+        return reads.alloc_stubs(placed), reads.list_index()
+
     @route("GET", "/v1/deployment/<deployment_id>")
     def get_deployment(deployment_id):
-        out = shapes.deployment(store.get_deployment(deployment_id))
+        out = reads.deployment(store.get_deployment(deployment_id))
         return out, out["ModifyIndex"]
 
     def update_answer(d) -> tuple[dict, int]:

@@ -7,6 +7,7 @@ Indexes are store times in microseconds (orch.nomad.present.index_of).
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from orch.nomad.present import NAMESPACE, PRIORITY, index_of, ns
@@ -59,9 +60,10 @@ def task_state(state: TaskState) -> dict:
     }
 
 
-def alloc_stub(a: Allocation, node: Node | None) -> dict:
-    """AllocationListStub, an entry of GET /v1/allocations and /v1/job/<id>/allocations."""
-    return {
+def alloc_stub(a: Allocation, node: Node | None, deployed: Deployed | None = None) -> dict:
+    """AllocationListStub, an entry of GET /v1/allocations and /v1/job/<id>/allocations;
+    ``deployed``: the deployment that placed it, if any (``Reads.deployed``)."""
+    out = {
         "ID": a.allocation_id,
         "EvalID": a.eval_id,
         "Name": a.name,
@@ -85,17 +87,44 @@ def alloc_stub(a: Allocation, node: Node | None) -> dict:
         "CreateTime": ns(a.create_time),
         "ModifyTime": ns(a.modify_time),
     }
+    if deployed is not None:
+        out["DeploymentID"] = deployed.deployment_id
+        out["DeploymentStatus"] = {
+            "Healthy": deployed.healthy,
+            "Timestamp": _rfc3339(deployed.healthy_at),
+            "Canary": deployed.canary,
+            "ModifyIndex": index_of(a.modify_time),
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """An allocation's part in the deployment that placed it, as Nomad's
+    DeploymentStatus says it: Healthy is None until decided."""
+
+    deployment_id: str
+    healthy: bool | None
+    healthy_at: float | None
+    canary: bool
 
 
 def _deployment_status(a: Allocation) -> dict | None:
+    """Outside a deployment: what its service checks say, if anything."""
     if a.health is None:
         return None
     return {"Healthy": a.health == "healthy", "Timestamp": _rfc3339(a.healthy_since)}
 
 
-def alloc(a: Allocation, node: Node | None, job: dict | None) -> dict:
+def alloc(
+    a: Allocation, node: Node | None, job: dict | None, deployed: Deployed | None = None
+) -> dict:
     """The full Allocation of GET /v1/allocation/<id> (with its job, as Nomad)."""
-    out = alloc_stub(a, node)
+    out = alloc_stub(a, node, deployed)
+    group: dict = next(
+        (g for g in (job or {}).get("TaskGroups") or () if g.get("Name") == a.task_group), {}
+    )
+    asked = {t.get("Name"): t.get("Resources") or {} for t in group.get("Tasks") or ()}
     ports = [
         {"Label": p.get("label"), "Value": p.get("value"), "To": p.get("to") or 0} for p in a.ports
     ]
@@ -106,7 +135,11 @@ def alloc(a: Allocation, node: Node | None, job: dict | None) -> dict:
             "AllocatedResources": {
                 "Shared": {"Ports": ports},
                 "Tasks": {
-                    name: {"Cpu": {"CpuShares": 0}, "Memory": {"MemoryMB": 0}} for name in a.tasks
+                    name: {
+                        "Cpu": {"CpuShares": int(asked.get(name, {}).get("CPU") or 0)},
+                        "Memory": {"MemoryMB": int(asked.get(name, {}).get("MemoryMB") or 0)},
+                    }
+                    for name in a.tasks
                 },
                 "Total": {"Cpu": a.resources.cpu, "MemoryMB": a.resources.memory},
             },
@@ -214,15 +247,16 @@ def _drain_strategy(drain: dict) -> dict:
     }
 
 
-def deployment(d: Deployment) -> dict:
-    """A Deployment (GET /v1/deployment/<id>, /v1/job/<id>/deployment)."""
+def deployment(d: Deployment, canaries: dict[str, list[str]] | None = None) -> dict:
+    """A Deployment (GET /v1/deployment/<id>, /v1/job/<id>/deployment);
+    ``canaries``: each group's canary allocation ids (``Reads.canaries``)."""
     groups = {}
     for name, g in d.groups.items():
         groups[name] = {
             "Promoted": bool(g.get("promoted")),
             "DesiredCanaries": int(g.get("desired_canaries") or 0),
             "DesiredTotal": int(g.get("desired_total") or 0),
-            "PlacedCanaries": [None] * int(g.get("placed_canaries") or 0),
+            "PlacedCanaries": list((canaries or {}).get(name, [])),
             "PlacedAllocs": int(g.get("placed") or 0),
             "HealthyAllocs": int(g.get("healthy") or 0),
             "UnhealthyAllocs": int(g.get("unhealthy") or 0),

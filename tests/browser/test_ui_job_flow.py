@@ -97,6 +97,9 @@ def stop_from_button(browser, dev) -> None:
     wait_for(browser, lambda d: css(d, "#btn-stop").is_displayed(), what="#btn-stop")
     for selector in ("#btn-restart", "#btn-delete"):
         assert css_all(browser, selector), f"no {selector} on the job page"
+    # Restart runs a stopped job again: off while it runs (it was on, and
+    # its click could only fail with "only a stopped job can be restarted").
+    assert not css(browser, "#btn-restart").is_enabled()
     click(browser, "#btn-stop")
     wait_for(browser, ec.alert_is_present(), what="the stop confirmation")
     browser.switch_to.alert.accept()
@@ -109,9 +112,27 @@ def stop_from_button(browser, dev) -> None:
     assert_clean_console(browser, "job (after stop)")
 
 
+def restart_from_button(browser, dev) -> None:
+    """The stopped job's restart button asks first, then the job runs again."""
+    wait_for(browser, lambda d: css(d, "#btn-restart").is_enabled(), what="#btn-restart enabled")
+    assert not css(browser, "#btn-stop").is_enabled()
+    click(browser, "#btn-restart")
+    wait_for(browser, ec.alert_is_present(), what="the restart confirmation")
+    browser.switch_to.alert.accept()
+    wait_for(
+        browser,
+        lambda d: get_json(dev, f"/jobs/{JOB_ID}").get("status") in ("pending", "running"),
+        what="the job running again in GET /jobs/<id>",
+    )
+    wait_for(browser, lambda d: not css(d, "#btn-restart").is_enabled(), what="#btn-restart off")
+    assert not css_all(browser, ".notice.error"), text_of(browser, ".notice.error")
+    assert_clean_console(browser, "job (after restart)")
+
+
 @pytest.mark.timeout(300)
 def test_run_page_to_live_log_to_stop(browser, dev_ui, shots):
     plan_and_submit(browser, dev_ui, shots)
     watch_running(browser, shots)
     read_live_log(browser, shots)
     stop_from_button(browser, dev_ui)
+    restart_from_button(browser, dev_ui)

@@ -306,6 +306,25 @@ def test_python_nomad_promotes_and_fails_deployments(cluster, n):
         WAIT,
         what="a healthy canary",
     )
+    # The canary by its id, as Nomad lists it (it was [None]: python-nomad's
+    # get_allocation(None) raised a TypeError), and in its allocation.
+    [canary_id] = n.deployment.get_deployment(first["ID"])["TaskGroups"]["g"]["PlacedCanaries"]
+    canary = n.allocation.get_allocation(canary_id)
+    assert canary["JobVersion"] == 1 and canary["DeploymentID"] == first["ID"]
+    assert canary["DeploymentStatus"]["Canary"] is True
+    assert canary["DeploymentStatus"]["Healthy"] is True
+    assert canary["AllocatedResources"]["Tasks"]["t"] == {
+        "Cpu": {"CpuShares": 50},
+        "Memory": {"MemoryMB": 32},
+    }
+    stubs = {a["ID"]: a for a in n.job.get_allocations("canaried")}
+    assert stubs[canary_id]["DeploymentStatus"] == canary["DeploymentStatus"]
+    olds = [a for a in stubs.values() if a["JobVersion"] == 0]
+    assert olds and all("DeploymentID" not in a for a in olds)  # placed by no deployment
+    assert [a["ID"] for a in n.deployment.get_deployment_allocations(first["ID"])] == [canary_id]
+    placed_by = n.evaluation.get_allocations(canary["EvalID"])
+    assert canary_id in [a["ID"] for a in placed_by]
+    assert all(a["EvalID"] == canary["EvalID"] for a in placed_by)
     n.deployment.promote_deployment_all(first["ID"])
     wait_until(
         lambda: n.deployment.get_deployment(first["ID"])["Status"] == "successful",

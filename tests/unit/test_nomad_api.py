@@ -241,6 +241,26 @@ def test_a_blocking_query_waits_for_a_change(app):
     assert int(woke["X-Nomad-Index"]) > index and job["TaskGroups"][0]["Count"] == 5
 
 
+def test_a_blocking_node_read_wakes_when_the_node_goes_down(app, server):
+    """Its index was the node's last beat: a node that goes down beats no
+    more, so the query slept its whole wait (40 s) with the news."""
+    add_node(app)
+    _, headers, _ = call(app, "GET", f"/v1/node/{NODE_ID}")
+    index = int(headers["X-Nomad-Index"])
+
+    def down():
+        time.sleep(0.2)
+        server.store.set_node_health(NODE_ID, False)
+
+    writer = threading.Thread(target=down)
+    writer.start()
+    start = time.monotonic()
+    _, woke, node = call(app, "GET", f"/v1/node/{NODE_ID}?index={index}&wait=30s")
+    writer.join()
+    assert time.monotonic() - start < 20
+    assert node["Status"] == "down" and int(woke["X-Nomad-Index"]) > index
+
+
 def test_plan_and_revert(app):
     register(app)
     status, _, plan = call(

@@ -282,7 +282,7 @@
 
   const ACTIONS = {
     "btn-stop": { ask: "Stop job %s? Its allocations will be stopped.", run: (id) => send("DELETE", `/jobs/${enc(id)}`) },
-    "btn-restart": { ask: "Restart job %s? Every allocation is replaced.", run: (id) => send("POST", `/jobs/${enc(id)}/restart`, {}) },
+    "btn-restart": { ask: "Run the stopped job %s again?", run: (id) => send("POST", `/jobs/${enc(id)}/restart`, {}) },
     "btn-delete": { ask: "Delete job %s and everything it left behind? This cannot be undone.", run: (id) => send("POST", `/jobs/${enc(id)}/delete`, {}) },
     "btn-promote": { ask: "Promote deployment %s? Its canaries replace the old copies.", run: (id) => send("POST", `/deployments/${enc(id)}/promote`, {}) },
     "btn-fail": { ask: "Fail deployment %s? With auto_revert the job rolls back.", run: (id) => send("POST", `/deployments/${enc(id)}/fail`, {}) },

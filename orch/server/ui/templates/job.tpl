@@ -4,7 +4,7 @@
   <span id="job-status" class="status s-{{job['status']}}" data-status="{{job['status']}}">{{job['status']}}</span>
   <span class="muted">{{job['type']}} · version {{job['version']}} · submitted <time datetime="{{job['when']['iso']}}" title="{{job['when']['iso']}}">{{job['when']['age']}}</time> ago</span>
   <span class="spacer"></span>
-  <button id="btn-restart" type="button" data-job-id="{{job['id']}}"{{!' disabled' if job['stopped'] else ''}}>Restart</button>
+  <button id="btn-restart" type="button" data-job-id="{{job['id']}}"{{!'' if job['stopped'] else ' disabled'}} title="run the stopped job again">Restart</button>
   <button id="btn-stop" type="button" class="warn" data-job-id="{{job['id']}}"{{!' disabled' if job['stopped'] else ''}}>Stop</button>
   <button id="btn-delete" type="button" class="danger" data-job-id="{{job['id']}}">Delete</button>
 </div>
