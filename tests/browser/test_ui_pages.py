@@ -188,6 +188,16 @@ def test_token_form_then_pages_work(browser, dev_ui_token):
 
     browser.get(dev.ui + "/jobs")
     wait_for(browser, lambda d: css(d, "#token-form").is_displayed(), what="#token-form")
+    assert text_of(browser, "#token-form label") == "This server needs its API token"
+    # A wrong token is asked for again, saying it was refused.
+    css(browser, "input#token-input").send_keys("not-" + dev.token)
+    click(browser, "#token-submit")
+    wait_for(
+        browser,
+        lambda d: "was refused" in text_of(d, "#token-form label")
+        and css(d, "#token-form").is_displayed(),
+        what="the form again, saying the token was refused",
+    )
     css(browser, "input#token-input").send_keys(dev.token)
     click(browser, "#token-submit")
     wait_for(browser, lambda d: _row_visible(d, "secret-job"), what="jobs after the token")

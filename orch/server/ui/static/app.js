@@ -20,7 +20,11 @@
 
   let tokenWaiters = [];
 
-  function askToken() {
+  /* refused: the token given was answered 401, and the form says so. */
+  function askToken(refused) {
+    $("#token-form label").textContent = refused
+      ? "That token was refused: this server needs its API token"
+      : "This server needs its API token";
     return new Promise((resolve) => {
       tokenWaiters.push(resolve);
       const form = $("#token-form");
@@ -56,7 +60,7 @@
       }));
       if (resp.status !== 401) return resp;
       sessionStorage.removeItem(TOKEN_KEY);
-      await askToken();
+      await askToken(Boolean(token));
     }
   }
 
