@@ -94,6 +94,11 @@ class _Deployed:
         self._jobs: dict[str, Job | None] = {}
 
     def __call__(self, alloc: Allocation) -> shapes.Deployed | None:
+        if alloc.job_id not in self._jobs:
+            self._jobs[alloc.job_id] = self.store.get_job(alloc.job_id)
+        job = self._jobs[alloc.job_id]
+        if job is None or not any(deploy.rolling(job, g) for g in job.task_groups):
+            return None  # never deployed (no read of the deployments' table)
         found = self._deployments.get(alloc.job_id)
         if found is None:
             found = self._deployments[alloc.job_id] = self.store.deployments_for_job(alloc.job_id)
@@ -106,12 +111,9 @@ class _Deployed:
                 break
         else:
             return None
-        if alloc.job_id not in self._jobs:
-            self._jobs[alloc.job_id] = self.store.get_job(alloc.job_id)
-        job = self._jobs[alloc.job_id]
-        group = job.group(alloc.task_group) if job is not None else None
+        group = job.group(alloc.task_group)
         healthy, healthy_at = None, None
-        if job is not None and group is not None:
+        if group is not None:
             strategy, now = job.update_for(group), time.time()
             if deploy.is_healthy(alloc, group, strategy, now):
                 healthy, healthy_at = True, deploy.healthy_at(alloc, group, strategy)
