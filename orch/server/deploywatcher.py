@@ -229,6 +229,16 @@ def promote(store, deployment_id: str, now: float) -> Deployment:
         d = store.get_deployment(deployment_id)
         if not d.active:
             raise Conflict(f"deployment {deployment_id} is {d.status.value}, not running")
+        # As Nomad's: canaries are promoted once they are healthy, all of them.
+        short = [
+            f"group {name} has {healthy}/{wanted} healthy canaries"
+            for name, state in d.groups.items()
+            if not state.get("promoted")
+            and (healthy := int(state.get("healthy") or 0))
+            < (wanted := int(state.get("desired_canaries") or 0))
+        ]
+        if short:
+            raise Conflict(f"deployment {deployment_id} cannot be promoted: {'; '.join(short)}")
         groups = {name: {**state, "promoted": True} for name, state in d.groups.items()}
         promoted = replace(
             d, groups=groups, modify_time=now, status_description="deployment promoted"

@@ -153,6 +153,9 @@ class PeriodicLauncher:
             raise ValidationError(f"job {job_id} is not periodic")
         if job.stopped:
             raise Conflict(f"job {job_id} is stopped")
+        if not job.periodic["enabled"]:
+            # As Nomad's force (IsPeriodicActive): enabled false launches nothing.
+            raise Conflict(f"job {job_id} is not enabled (periodic.enabled is false)")
         child = self.launch(job, self._now())
         if child is None:
             raise Conflict(f"job {job_id} was launched at this time already")

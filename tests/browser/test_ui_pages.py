@@ -194,8 +194,10 @@ def test_token_form_then_pages_work(browser, dev_ui_token):
     click(browser, "#token-submit")
     wait_for(
         browser,
-        lambda d: "was refused" in text_of(d, "#token-form label")
-        and css(d, "#token-form").is_displayed(),
+        lambda d: (
+            "was refused" in text_of(d, "#token-form label")
+            and css(d, "#token-form").is_displayed()
+        ),
         what="the form again, saying the token was refused",
     )
     css(browser, "input#token-input").send_keys(dev.token)

@@ -195,6 +195,20 @@ def test_canaries_wait_for_promotion_or_auto_promote(env):
     assert promoted.groups["web"]["promoted"] is True
 
 
+def test_canaries_that_are_not_healthy_yet_are_not_promoted(env):
+    """A promote took any canary, a failing one too, and the rollout then
+    replaced the old copies with the failing version (Nomad refuses it)."""
+    from orch.errors import Conflict
+
+    v1, _old, d = start(env, canary=1)
+    place(env, v1, 0)  # placed, never healthy
+    env.watcher.tick()
+    with pytest.raises(Conflict) as refused:
+        promote(env.store, d.deployment_id, env.clock())
+    assert "group web has 0/1 healthy canaries" in refused.value.message
+    assert env.store.get_deployment(d.deployment_id).groups["web"]["promoted"] is False
+
+
 def test_auto_promote_once_canaries_are_healthy(env):
     v1, _old, d = start(env, canary=1, auto_promote=True)
     place(env, v1, 0, healthy_since=env.clock())

@@ -165,6 +165,56 @@ def test_stops_in_the_plan_free_their_room():
     assert [a.node_id for a in plan.place] == ["n1"]
 
 
+def _running(alloc_id, index, node="n1", cpu=100, memory=100):
+    return Allocation(
+        alloc_id,
+        "j",
+        "g",
+        node,
+        index,
+        resources=Resources(cpu, memory),
+        client_status=AllocStatus.RUNNING,
+        group_hash="stale",
+    )
+
+
+def test_a_changed_group_that_does_not_fit_keeps_its_running_copies():
+    """Without a rolling update a changed group stops each copy and places
+    the new spec: where that spec fits nowhere, the stops were kept and the
+    service went down (both copies stopped, nothing placed). As Nomad backs
+    out a destructive update it could not place, the copies keep running and
+    the evaluation waits (blocked) for room."""
+    cluster = cluster_of(("n1", "eu", 1000, 1000), ("n2", "eu", 1000, 1000))
+    olds = [_running("old0", 0), _running("old1", 1, node="n2")]
+    for old in olds:
+        cluster.reserve(old)
+    job = make_job(2, memory=1_000_000, type=JobType.SERVICE)
+    plan, _ = plan_for(job, cluster, olds)
+    assert plan.stop == [] and plan.place == []
+    assert plan.failed["g"]["wanted"] == 2
+    assert plan.failed["g"]["failures"] == {"memory exhausted": 2}
+
+
+def test_a_changed_group_that_half_fits_is_not_replaced_on_the_room_of_its_kept_copies():
+    """Count 2 -> 3 with a new spec that fits once (on the room a stop frees):
+    all or nothing for the changed copies, and the new slot is placed only
+    where there is room with the old copies still running."""
+    cluster = cluster_of(("n1", "eu", 1000, 1000))
+    olds = [_running("old0", 0, cpu=400), _running("old1", 1, cpu=400)]
+    for old in olds:
+        cluster.reserve(old)
+    plan, _ = plan_for(make_job(3, cpu=500, type=JobType.SERVICE), cluster, olds)
+    assert plan.stop == [] and plan.place == []
+    assert plan.failed["g"]["wanted"] == 3
+    # With room for all, the copies are replaced as before.
+    roomy = cluster_of(("n1", "eu", 1000, 1000), ("n2", "eu", 1000, 1000))
+    for old in olds:
+        roomy.reserve(old)
+    plan, _ = plan_for(make_job(2, cpu=500, type=JobType.SERVICE), roomy, olds)
+    assert sorted(plan.stop) == [("old0", "group changed"), ("old1", "group changed")]
+    assert len(plan.place) == 2 and plan.failed == {}
+
+
 def test_stopped_job_only_stops():
     cluster = cluster_of(("n1", "eu", 1000, 1000))
     running = Allocation("a", "j", "g", "n1", 0, client_status=AllocStatus.RUNNING)

@@ -146,6 +146,11 @@ def test_force_launches_now_and_not_twice_a_second(tmp_path, clock):
     submit(store, {**periodic_body("plain"), "periodic": None}, clock)
     with pytest.raises(ValidationError):
         launcher.force("plain")
+    # enabled false launches nothing, forced or not (it launched a child).
+    submit(store, periodic_body("off", enabled=False), clock)
+    with pytest.raises(Conflict, match="not enabled"):
+        launcher.force("off")
+    assert children(store, "off") == []
 
 
 def test_children_survive_a_purged_parent(tmp_path, clock):

@@ -18,7 +18,7 @@ import os
 
 from orch.server import deploy
 from orch.server.scheduler.cluster import Cluster
-from orch.server.scheduler.reconcile import reconcile
+from orch.server.scheduler.reconcile import GROUP_CHANGED, Reconciliation, reconcile
 from orch.server.scheduler.stack import Stack
 from orch.structs import (
     Allocation,
@@ -45,6 +45,47 @@ def compute_plan(
 ) -> tuple[Plan, float | None]:
     """Plan the evaluation; also return when to look again (delayed reschedules)."""
     diff = reconcile(job, allocs, now=now, deployment=deployment)
+    plan = _placed(job, diff, cluster, evaluation, now, rng)
+    unplaced = _changed_but_unplaced(job, diff, plan)
+    if unplaced:
+        # A changed group replaces its copies outside a deployment by
+        # stopping each and placing the new spec: where the new spec does
+        # not fit, the old copy keeps running (as Nomad backs out the stop of
+        # a destructive update it could not place) and the evaluation waits
+        # for room. Planned again without them, so that nothing else is
+        # placed on the room their stops would have freed.
+        kept = {a.allocation_id for a in unplaced.values()}
+        diff.stop = [(a, why) for a, why in diff.stop if a.allocation_id not in kept]
+        diff.keep += unplaced.values()
+        diff.place = [(g, i, p) for g, i, p in diff.place if (g.name, i) not in unplaced]
+        failures = {name: dict(f) for name, f in plan.failed.items()}
+        plan = _placed(job, diff, cluster, evaluation, now, rng)
+        for name, _index in unplaced:
+            failed = plan.failed.setdefault(name, {**failures[name], "wanted": 0})
+            failed["wanted"] += 1
+    return plan, diff.followup_at
+
+
+def _changed_but_unplaced(
+    job: Job, diff: Reconciliation, plan: Plan
+) -> dict[tuple[str, int], Allocation]:
+    """(group, index) -> the running copy of each slot whose group changed
+    (no rolling update: stopped and replaced at once) in a group some of
+    whose placements failed."""
+    out = {}
+    for alloc, why in diff.stop:
+        if why != GROUP_CHANGED or alloc.task_group not in plan.failed:
+            continue
+        group = job.group(alloc.task_group)
+        if group is not None and not deploy.rolling(job, group):
+            out[(alloc.task_group, alloc.index)] = alloc
+    return out
+
+
+def _placed(
+    job: Job, diff: Reconciliation, cluster: Cluster, evaluation: Evaluation, now: float, rng
+) -> Plan:
+    """The plan of a reconciliation: its stops, and each placement on a node."""
     plan = Plan(
         eval_id=evaluation.eval_id,
         job_id=job.job_id,
@@ -77,7 +118,7 @@ def compute_plan(
         if stack.ports:
             alloc.ports = stack.ports
         plan.place.append(alloc)
-    return plan, diff.followup_at
+    return plan
 
 
 def _allocation(
