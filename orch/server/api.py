@@ -14,6 +14,7 @@ path is found in one place (the /v1 face and the UI mount their own).
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -82,6 +83,7 @@ def job_detail(server: Server, job: Job) -> dict:
         allocs,
         summary=server.job_summary(job, allocs),
         children=[],
+        version_of=views.kept_versions(partial(server.store.job_version, job.job_id)),
     )
     if job.is_parent:
         out.update(server.children_view(job))
@@ -90,7 +92,11 @@ def job_detail(server: Server, job: Job) -> dict:
 
 def alloc_detail(server: Server, alloc: Allocation) -> dict:
     """GET /allocations/<id>'s body (the route's and its inline twin's)."""
-    return views.alloc_view(alloc, server.store.get_job(alloc.job_id))
+    return views.alloc_view(
+        alloc,
+        server.store.get_job(alloc.job_id),
+        version_of=views.kept_versions(partial(server.store.job_version, alloc.job_id)),
+    )
 
 
 def make_app(server: Server) -> bottle.Bottle:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from orch.errors import ValidationError
+from collections.abc import Callable
+
+from orch.errors import NotFound, ValidationError
 from orch.server.drainer import progress
 from orch.structs import Allocation, Job, Node, Resources
 from orch.validation import bodies, fields
@@ -59,10 +61,40 @@ def task_view(alloc: Allocation, job: Job | None) -> dict:
     return out
 
 
-def alloc_view(alloc: Allocation, job: Job | None, *, tasks: bool = True) -> dict:
+def alloc_view(
+    alloc: Allocation,
+    job: Job | None,
+    *,
+    tasks: bool = True,
+    version_of: Callable[[int], Job | None] | None = None,
+) -> dict:
+    """An allocation with its tasks' spec and state. The spec is the one it
+    runs: ``version_of(n)`` gives an older kept version of the job when the
+    allocation runs one (a rollout's old copies), else the job's own."""
     out = alloc.to_dict()
-    out["tasks"] = task_view(alloc, job) if tasks else {}
+    if tasks:
+        runs = job
+        if job is not None and version_of is not None and alloc.job_version != job.version:
+            runs = version_of(alloc.job_version) or job
+        out["tasks"] = task_view(alloc, runs)
+    else:
+        out["tasks"] = {}
     return out
+
+
+def kept_versions(read: Callable[[int], Job]) -> Callable[[int], Job | None]:
+    """``version_of`` for alloc_view: each version read once, None if not kept."""
+    found: dict[int, Job | None] = {}
+
+    def version_of(version: int) -> Job | None:
+        if version not in found:
+            try:
+                found[version] = read(version)
+            except NotFound:
+                found[version] = None
+        return found[version]
+
+    return version_of
 
 
 def job_view(
@@ -73,6 +105,7 @@ def job_view(
     tasks: bool = True,
     summary: dict | None = None,
     children: list[dict] | None = None,
+    version_of: Callable[[int], Job | None] | None = None,
 ) -> dict:
     out = job.to_dict()
     out["status"] = status.value
@@ -83,7 +116,7 @@ def job_view(
     if children is not None:
         out["children"] = children
     out["allocations"] = [
-        alloc_view(a, job, tasks=tasks)
+        alloc_view(a, job, tasks=tasks, version_of=version_of)
         for a in sorted(allocs, key=lambda a: (a.create_time, a.task_group, a.index))
     ]
     return out

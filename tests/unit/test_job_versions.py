@@ -176,3 +176,31 @@ def test_rollout_route_refuses_a_bad_body_with_json(server, body, says):
     assert status == 400, out
     assert says in out["error"]
     assert server.store.get_job("web").version == 0  # nothing rolled out
+
+
+def test_an_allocation_shows_the_spec_of_the_version_it_runs(server):
+    """During a rollout old and new copies run different specs: each read
+    showed the job's newest (an old copy with the new command and memory)."""
+    import types
+
+    from orch.structs import Allocation, AllocStatus, Node, Resources
+
+    app = make_app(server)
+    server.store.upsert_node(Node("n1", resources=Resources(cpu=1000, memory=1000)))
+    v0, _ = server.submit_job(spec(command="sleep 1000"))
+    old = Allocation(
+        "old-copy", "web", v0.task_groups[0].name, "n1", 0,
+        client_status=AllocStatus.RUNNING, job_version=0,
+    )  # fmt: skip
+    server.store.commit_plan(types.SimpleNamespace(job_id="web", stop=[], place=[old]), [])
+    changed = spec(command="sleep 1001")
+    changed["task_groups"][0]["tasks"][0]["resources"]["memory"] = 64
+    server.submit_job(changed)
+    status, job = call(app, "GET", "/jobs/web")
+    assert status == 200 and job["version"] == 1
+    [shown] = [a for a in job["allocations"] if a["allocation_id"] == "old-copy"]
+    task = next(iter(shown["tasks"].values()))
+    assert task["config"]["command"] == "sleep 1000" and task["resources"]["memory"] == 16
+    status, alloc = call(app, "GET", "/allocations/old-copy")
+    task = next(iter(alloc["tasks"].values()))
+    assert task["config"]["command"] == "sleep 1000" and task["resources"]["memory"] == 16
