@@ -161,6 +161,8 @@ def duration(raw, path: str) -> float:
     """A number of seconds, or a string such as "500ms", "10s", "1m30s", "2h"."""
     if is_int(raw) or isinstance(raw, float):
         return finite(raw, path)
+    if raw == "0":
+        return 0.0  # Go's ParseDuration (Nomad's) takes a bare "0", no unit
     if isinstance(raw, str) and raw and len(raw) <= 64:
         parts = DURATION_PART.findall(raw)
         if parts and "".join(n + u for n, u in parts) == raw:

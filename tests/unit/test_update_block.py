@@ -117,6 +117,11 @@ def test_canaries_are_not_for_system_jobs():
 def test_progress_deadline_zero_means_none():
     job = parse_job(body({"progress_deadline": 0, "healthy_deadline": "20m"}))
     assert job.update.progress_deadline == 0 and job.update.healthy_deadline == 1200
+    # "0" too, as Go's ParseDuration (Nomad's) reads it; "0x" still not.
+    job = parse_job(body({"progress_deadline": "0", "healthy_deadline": "20m"}))
+    assert job.update.progress_deadline == 0
+    with pytest.raises(ValidationError):
+        parse_job(body({"progress_deadline": "0x", "healthy_deadline": "20m"}))
 
 
 def test_system_groups_run_once_per_node():
