@@ -100,30 +100,28 @@ def stop_from_button(browser, dev) -> None:
     # Restart runs a stopped job again: off while it runs (it was on, and
     # its click could only fail with "only a stopped job can be restarted").
     assert not css(browser, "#btn-restart").is_enabled()
-    click(browser, "#btn-stop")
-    wait_for(browser, ec.alert_is_present(), what="the stop confirmation")
+    confirm_then(browser, dev, "#btn-stop", ("dead",), what="the job dead in GET /jobs/<id>")
+    wait_for(browser, lambda d: "dead" in text_of(d, "#job-status"), what="#job-status dead")
+    assert_clean_console(browser, "job (after stop)")
+
+
+def confirm_then(browser, dev, button: str, statuses: tuple, what: str) -> None:
+    """Click a job button, accept its confirmation, wait for the job's status."""
+    click(browser, button)
+    wait_for(browser, ec.alert_is_present(), what=f"the {button} confirmation")
     browser.switch_to.alert.accept()
     wait_for(
         browser,
-        lambda d: get_json(dev, f"/jobs/{JOB_ID}").get("status") == "dead",
-        what="the job dead in GET /jobs/<id>",
+        lambda d: get_json(dev, f"/jobs/{JOB_ID}").get("status") in statuses,
+        what=what,
     )
-    wait_for(browser, lambda d: "dead" in text_of(d, "#job-status"), what="#job-status dead")
-    assert_clean_console(browser, "job (after stop)")
 
 
 def restart_from_button(browser, dev) -> None:
     """The stopped job's restart button asks first, then the job runs again."""
     wait_for(browser, lambda d: css(d, "#btn-restart").is_enabled(), what="#btn-restart enabled")
     assert not css(browser, "#btn-stop").is_enabled()
-    click(browser, "#btn-restart")
-    wait_for(browser, ec.alert_is_present(), what="the restart confirmation")
-    browser.switch_to.alert.accept()
-    wait_for(
-        browser,
-        lambda d: get_json(dev, f"/jobs/{JOB_ID}").get("status") in ("pending", "running"),
-        what="the job running again in GET /jobs/<id>",
-    )
+    confirm_then(browser, dev, "#btn-restart", ("pending", "running"), what="the job running again")
     wait_for(browser, lambda d: not css(d, "#btn-restart").is_enabled(), what="#btn-restart off")
     assert not css_all(browser, ".notice.error"), text_of(browser, ".notice.error")
     assert_clean_console(browser, "job (after restart)")

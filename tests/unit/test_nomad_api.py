@@ -228,17 +228,27 @@ def test_a_blocking_query_waits_for_a_change(app):
     assert time.monotonic() - start >= 0.19
     assert int(again["X-Nomad-Index"]) == index
 
-    def update():
-        time.sleep(0.2)
-        register(app, nomad_job(count=5))
+    took, woke, job = woken(
+        app, f"/v1/job/web?index={index}&wait=30s", lambda: register(app, nomad_job(count=5))
+    )
+    assert took < 20
+    assert int(woke["X-Nomad-Index"]) > index and job["TaskGroups"][0]["Count"] == 5
 
-    writer = threading.Thread(target=update)
+
+def woken(app, path: str, change) -> tuple[float, dict, object]:
+    """A blocking GET of ``path`` while ``change()`` runs 0.2 s later on
+    another thread: (seconds it took, its headers, its body)."""
+
+    def later():
+        time.sleep(0.2)
+        change()
+
+    writer = threading.Thread(target=later)
     writer.start()
     start = time.monotonic()
-    _, woke, job = call(app, "GET", f"/v1/job/web?index={index}&wait=30s")
+    _, headers, body = call(app, "GET", path)
     writer.join()
-    assert time.monotonic() - start < 20
-    assert int(woke["X-Nomad-Index"]) > index and job["TaskGroups"][0]["Count"] == 5
+    return time.monotonic() - start, headers, body
 
 
 def test_a_blocking_node_read_wakes_when_the_node_goes_down(app, server):
@@ -248,16 +258,9 @@ def test_a_blocking_node_read_wakes_when_the_node_goes_down(app, server):
     _, headers, _ = call(app, "GET", f"/v1/node/{NODE_ID}")
     index = int(headers["X-Nomad-Index"])
 
-    def down():
-        time.sleep(0.2)
-        server.store.set_node_health(NODE_ID, False)
-
-    writer = threading.Thread(target=down)
-    writer.start()
-    start = time.monotonic()
-    _, woke, node = call(app, "GET", f"/v1/node/{NODE_ID}?index={index}&wait=30s")
-    writer.join()
-    assert time.monotonic() - start < 20
+    path = f"/v1/node/{NODE_ID}?index={index}&wait=30s"
+    took, woke, node = woken(app, path, lambda: server.store.set_node_health(NODE_ID, False))
+    assert took < 20
     assert node["Status"] == "down" and int(woke["X-Nomad-Index"]) > index
 
 
