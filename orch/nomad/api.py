@@ -118,7 +118,11 @@ def job_routes(route: NomadRouter, reads: Reads) -> None:
             raise NotFound("alloc not found")
         job = store.get_job(alloc.job_id)
         node = store.get_node(alloc.node_id)
-        out = shapes.alloc(alloc, node, reads.job(job) if job else None, reads.deployed(alloc))
+        group = job.group(alloc.task_group) if job else None
+        asked = {t.name: t.resources for t in group.tasks} if group else {}
+        out = shapes.alloc(
+            alloc, node, reads.job(job) if job else None, reads.deployed(alloc), asked
+        )
         return out, out["ModifyIndex"]
 
     @route("GET", "/v1/evaluations")

@@ -18,6 +18,7 @@ from orch.structs import (
     Evaluation,
     Job,
     Node,
+    Resources,
     TaskState,
     TaskStatus,
 )
@@ -117,14 +118,16 @@ def _deployment_status(a: Allocation) -> dict | None:
 
 
 def alloc(
-    a: Allocation, node: Node | None, job: dict | None, deployed: Deployed | None = None
+    a: Allocation,
+    node: Node | None,
+    job: dict | None,
+    deployed: Deployed | None = None,
+    asked: dict[str, Resources] | None = None,
 ) -> dict:
-    """The full Allocation of GET /v1/allocation/<id> (with its job, as Nomad)."""
+    """The full Allocation of GET /v1/allocation/<id> (with its job, as Nomad);
+    ``asked``: each task's resources."""
     out = alloc_stub(a, node, deployed)
-    group: dict = next(
-        (g for g in (job or {}).get("TaskGroups") or () if g.get("Name") == a.task_group), {}
-    )
-    asked = {t.get("Name"): t.get("Resources") or {} for t in group.get("Tasks") or ()}
+    asked = asked or {}
     ports = [
         {"Label": p.get("label"), "Value": p.get("value"), "To": p.get("to") or 0} for p in a.ports
     ]
@@ -136,8 +139,8 @@ def alloc(
                 "Shared": {"Ports": ports},
                 "Tasks": {
                     name: {
-                        "Cpu": {"CpuShares": int(asked.get(name, {}).get("CPU") or 0)},
-                        "Memory": {"MemoryMB": int(asked.get(name, {}).get("MemoryMB") or 0)},
+                        "Cpu": {"CpuShares": asked.get(name, Resources()).cpu},
+                        "Memory": {"MemoryMB": asked.get(name, Resources()).memory},
                     }
                     for name in a.tasks
                 },
