@@ -99,7 +99,7 @@ def stop_from_button(browser, dev) -> None:
         assert css_all(browser, selector), f"no {selector} on the job page"
     # Restart runs a stopped job again: off while it runs (it was on, and
     # its click could only fail with "only a stopped job can be restarted").
-    assert not css(browser, "#btn-restart").is_enabled()
+    wait_for(browser, lambda d: not css(d, "#btn-restart").is_enabled(), what="#btn-restart off")
     confirm_then(browser, dev, "#btn-stop", ("dead",), what="the job dead in GET /jobs/<id>")
     wait_for(browser, lambda d: "dead" in text_of(d, "#job-status"), what="#job-status dead")
     assert_clean_console(browser, "job (after stop)")
@@ -120,7 +120,8 @@ def confirm_then(browser, dev, button: str, statuses: tuple, what: str) -> None:
 def restart_from_button(browser, dev) -> None:
     """The stopped job's restart button asks first, then the job runs again."""
     wait_for(browser, lambda d: css(d, "#btn-restart").is_enabled(), what="#btn-restart enabled")
-    assert not css(browser, "#btn-stop").is_enabled()
+    # Asked through wait_for: a live update may swap the element meanwhile.
+    wait_for(browser, lambda d: not css(d, "#btn-stop").is_enabled(), what="#btn-stop off")
     confirm_then(browser, dev, "#btn-restart", ("pending", "running"), what="the job running again")
     wait_for(browser, lambda d: not css(d, "#btn-restart").is_enabled(), what="#btn-restart off")
     assert not css_all(browser, ".notice.error"), text_of(browser, ".notice.error")
