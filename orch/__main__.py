@@ -163,6 +163,15 @@ def database_url(value: str) -> str:
     return value
 
 
+def datacenter(value: str) -> str:
+    """A name job files can match: glob characters would make it unmatchable alone."""
+    if not value or len(value) > 128 or not value.isprintable() or any(c in value for c in " *?["):
+        raise argparse.ArgumentTypeError(
+            f"must be 1-128 printable characters without spaces or * ? [: {value!r}"
+        )
+    return value
+
+
 def meta_pair(value: str) -> tuple[str, str]:
     key, sep, val = value.partition("=")
     if not sep or not key.strip():
@@ -332,6 +341,12 @@ def add_agent(sub, common) -> None:
         "--region",
         default=env("REGION", d.region),
         help="region of this node (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--datacenter",
+        type=datacenter,
+        default=env("DATACENTER", d.datacenter),
+        help="datacenter of this node, which job files' datacenters name (default %(default)s)",
     )
     cmd.add_argument(
         "--node-id",
@@ -670,6 +685,7 @@ def agent_config(args) -> AgentConfig:
         port=args.port,
         advertise=args.advertise,
         region=args.region,
+        datacenter=args.datacenter,
         node_id=args.node_id or None,
         meta=dict(args.meta),
         data_dir=args.data_dir,

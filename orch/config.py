@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 DEFAULT_PORT = 4646
 DEFAULT_ADDRESS = f"http://127.0.0.1:{DEFAULT_PORT}"
+# A node's datacenter when its agent names none: Nomad's (`nomad agent -dev`'s).
+DEFAULT_DATACENTER = "dc1"
 
 
 def env(name: str, default):
@@ -92,6 +94,8 @@ class AgentConfig:
     port: int = 0
     advertise: str | None = None  # URL the server uses to reach us
     region: str = "global"
+    # Nomad's datacenter, below the region: job files' `datacenters` name it.
+    datacenter: str = DEFAULT_DATACENTER
     node_id: str | None = None
     meta: dict = field(default_factory=dict)
     data_dir: str = "./orch-data/agent"

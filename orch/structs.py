@@ -18,6 +18,7 @@ from enum import Enum
 from typing import Any
 
 from orch import fastjson
+from orch.config import DEFAULT_DATACENTER
 
 
 def new_id() -> str:
@@ -416,6 +417,8 @@ class Node:
         """Resolve a constraint attribute; None when the node lacks it."""
         if name == "region":
             return self.region
+        if name == "datacenter":  # every node is in one, as in Nomad
+            return self.attributes.get("datacenter", DEFAULT_DATACENTER)
         if name == "node_id":
             return self.node_id
         if name.startswith("meta."):

@@ -336,7 +336,7 @@ class NodeLoop:
             "resources": {"cpu": res.cpu, "memory": res.memory},
             "healthy": True,
             "endpoint": self.endpoint,
-            "attributes": self.fingerprint.attributes,
+            "attributes": {**self.fingerprint.attributes, "datacenter": self.config.datacenter},
             "meta": dict(self.config.meta),
             "port_range": self.config.port_range,
             **({"secret_id": self._secret} if self._secret else {}),

@@ -52,6 +52,7 @@ def task_env(
         "ORCH_CPU_LIMIT": str(task.resources.cpu),
         "ORCH_MEMORY_LIMIT": str(task.resources.memory),
         "ORCH_REGION": config.region,
+        "ORCH_DC": config.datacenter,
     }
     env.update(port_env(spec.ports, advertise_ip(config)))
     env.update(meta_env(spec.meta))
@@ -59,9 +60,9 @@ def task_env(
     return env
 
 
-# Nomad's names orch has no ORCH_ twin for. orch's region plays Nomad's
-# datacenter (orch.nomad.translate): NOMAD_DC is the region, and NOMAD_REGION
-# Nomad's default region, one server being one Nomad region.
+# Nomad's names orch has no ORCH_ twin for. NOMAD_REGION is Nomad's default
+# region, one orch server being one Nomad region (orch's node region, ORCH_REGION,
+# is a label of its own); NOMAD_DC comes from ORCH_DC.
 NOMAD_REGION = "global"
 
 
@@ -70,7 +71,6 @@ def nomad_env(env: dict[str, str]) -> dict[str, str]:
     nomad = {f"NOMAD_{k[5:]}": v for k, v in env.items() if k.startswith("ORCH_")}
     nomad["NOMAD_SHORT_ALLOC_ID"] = env["ORCH_ALLOC_ID"][:8]
     nomad["NOMAD_JOB_NAME"] = env["ORCH_JOB_ID"]
-    nomad["NOMAD_DC"] = env["ORCH_REGION"]
     nomad["NOMAD_REGION"] = NOMAD_REGION
     return nomad
 

@@ -201,7 +201,8 @@ ATTRIBUTES = {
     "${attr.driver.raw_exec}": "driver.exec",
     "${node.unique.name}": "hostname",
     "${node.unique.id}": "node_id",
-    "${node.datacenter}": "region",
+    "${node.datacenter}": "datacenter",
+    "${node.region}": "region",
 }
 META_TARGET = re.compile(r"\$\{meta\.([A-Za-z0-9_.-]+)\}")
 # Go's architecture names (Nomad's cpu.arch) -> the kernel's (orch's arch).

@@ -4,7 +4,7 @@ The mapping of fields lives in one table, ``orch.nomad.mapping.FIELDS``
 (Nomad block -> its fields, each with its orch name and how its value
 converts), read here in the Nomad -> orch direction. Semantics that differ
 are in that module's tables and in ``datacenter_constraints`` (Nomad's
-datacenters are orch's regions).
+datacenters are a node's ``datacenter``).
 
 A Nomad field orch has no counterpart for is refused by its JSON path
 (``Job.TaskGroups[0].Tasks[0].Templates: is not supported by orch``) unless
@@ -245,7 +245,7 @@ def _attribute(target, path: str) -> str:
 
 
 def datacenter_constraints(datacenters, path: str) -> list[dict]:
-    """Nomad's datacenters are orch's regions (agent --region): a constraint, none for "*"."""
+    """Nomad's datacenters (agent --datacenter, dc1 by default): a constraint, none for "*"."""
     names = _list(datacenters, path)
     if not names or ANY_DATACENTER in names:
         return []
@@ -253,10 +253,10 @@ def datacenter_constraints(datacenters, path: str) -> list[dict]:
         if not isinstance(name, str) or not name:
             fail(f"{path}[{i}]", "must be a non-empty string")
     if len(names) == 1 and not any(c in names[0] for c in "*?["):
-        return [{"attribute": "region", "operator": "=", "value": names[0]}]
+        return [{"attribute": "datacenter", "operator": "=", "value": names[0]}]
     # Globs ("dc-*", "eu-?") as Nomad allows them: one anchored regex for the list.
     pattern = "|".join(_glob(n) for n in names)
-    return [{"attribute": "region", "operator": "regex", "value": f"^(?:{pattern})$"}]
+    return [{"attribute": "datacenter", "operator": "regex", "value": f"^(?:{pattern})$"}]
 
 
 def _glob(name: str) -> str:

@@ -33,8 +33,9 @@ def cluster(tmp_path_factory):
     ensure_pyz()
     c = Cluster(tmp_path_factory.mktemp("nomad-api"), token=TOKEN)
     c.start_server()
-    c.node_a = c.start_agent("a", "--region", "dc1")
-    c.node_b = c.start_agent("b", "--region", "dc1")
+    # Agents in no named datacenter: dc1, Nomad's default, which the jobs name.
+    c.node_a = c.start_agent("a")
+    c.node_b = c.start_agent("b")
     yield c
     c.stop_all()
 

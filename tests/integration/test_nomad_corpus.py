@@ -2,7 +2,7 @@
 
 Each file says what it should reach in its header (``# expect: running``,
 ``# expect-service: NAME``, ``# expect-allocs: nodes``, ``# expect-restarts:
-N``, ``# requires: docker``). Three agents stand for Nomad datacenters (orch regions): ``a`` and
+N``, ``# requires: docker``). Three agents in two Nomad datacenters (``--datacenter``): ``a`` and
 ``c`` in dc1, ``b`` in dc2 with ``meta.rack = r2``. Docker files run on an
 agent that talks to the local engine and skip where the docker tests skip.
 """
@@ -63,9 +63,9 @@ def dcs(pyz, tmp_path_factory):
     c = start_cluster(
         tmp_path_factory.mktemp("nomad-corpus"),
         {
-            "a": ["--region", "dc1"],
-            "b": ["--region", "dc2", "--meta", "rack=r2"],
-            "c": ["--region", "dc1", "--meta", "rack=r1"],
+            "a": [],  # dc1 by default, as a Nomad agent
+            "b": ["--datacenter", "dc2", "--meta", "rack=r2"],
+            "c": ["--datacenter", "dc1", "--meta", "rack=r1"],
         },
     )
     yield c

@@ -81,7 +81,7 @@ def register(app, job=None) -> dict:
 def add_node(app, node_id: str = NODE_ID) -> None:
     body = {
         "node_id": node_id,
-        "region": "dc1",
+        "region": "global",  # no datacenter attribute: in dc1, Nomad's default
         "resources": {"cpu": 4000, "memory": 4096},
         "endpoint": "http://127.0.0.1:9",
         "attributes": {"hostname": "n1", "driver.exec": True, "driver.docker": False},
@@ -262,6 +262,31 @@ def test_a_blocking_node_read_wakes_when_the_node_goes_down(app, server):
     took, woke, node = woken(app, path, lambda: server.store.set_node_health(NODE_ID, False))
     assert took < 20
     assert node["Status"] == "down" and int(woke["X-Nomad-Index"]) > index
+
+
+def test_a_file_naming_a_datacenter_places_there_and_only_there(app):
+    """A node's datacenter is its agent's --datacenter, dc1 when it names
+    none (as a Nomad agent's); it was the node's region before, so a file
+    naming dc1 stayed pending on `orch dev` (region global)."""
+    add_node(app)  # registered without a datacenter: dc1
+    status, _, plan = call(app, "POST", "/v1/job/web/plan", {"Job": nomad_job()})
+    assert status == 200 and not plan["FailedTGAllocs"], plan
+    status, _, plan = call(app, "POST", "/v1/job/web/plan", {"Job": nomad_job(Datacenters=["dc2"])})
+    assert plan["FailedTGAllocs"], plan
+    other = "22222222-2222-4333-8444-555555555555"
+    body = {
+        "node_id": other,
+        "region": "global",
+        "resources": {"cpu": 4000, "memory": 4096},
+        "endpoint": "http://127.0.0.1:9",
+        "attributes": {"hostname": "n2", "driver.exec": True, "datacenter": "dc2"},
+    }
+    assert call(app, "POST", "/register", body, {"Authorization": "Bearer s3cret"})[0] == 200
+    status, _, plan = call(app, "POST", "/v1/job/web/plan", {"Job": nomad_job(Datacenters=["dc2"])})
+    assert status == 200 and not plan["FailedTGAllocs"], plan
+    _, _, node = call(app, "GET", f"/v1/node/{other}")
+    assert node["Datacenter"] == "dc2"
+    assert call(app, "GET", f"/v1/node/{NODE_ID}")[2]["Datacenter"] == "dc1"
 
 
 def test_plan_and_revert(app):

@@ -150,7 +150,8 @@ def test_what_orch_lacks_is_refused_by_its_path(path, value, message):
         ("${node.unique.name}", "hostname"),
         ("${attr.unique.hostname}", "hostname"),
         ("${node.unique.id}", "node_id"),
-        ("${node.datacenter}", "region"),
+        ("${node.datacenter}", "datacenter"),
+        ("${node.region}", "region"),
         ("${attr.driver.docker}", "driver.docker"),
         ("${attr.driver.raw_exec}", "driver.exec"),
         ("${attr.cpu.numcores}", "cpu.cores"),
@@ -191,9 +192,9 @@ def test_operators_arch_names_and_refusals():
         (["dc?"], ["dc1", "dcx"], ["dc", "dc12"]),
     ],
 )
-def test_datacenters_are_regions(datacenters, matches, misses):
+def test_datacenters_are_the_nodes_datacenter(datacenters, matches, misses):
     [c] = datacenter_constraints(datacenters, "Job.Datacenters")
-    assert c["attribute"] == "region"
+    assert c["attribute"] == "datacenter"
     if c["operator"] == "=":
         pattern = re.escape(c["value"])
     else:
@@ -206,7 +207,7 @@ def test_datacenters_are_regions(datacenters, matches, misses):
 def test_any_datacenter_means_no_constraint():
     assert datacenter_constraints(["*"], "p") == datacenter_constraints([], "p") == []
     body = job_from_nomad(nomad_job(Datacenters=["dc1"]))
-    assert body["constraints"] == [{"attribute": "region", "operator": "=", "value": "dc1"}]
+    assert body["constraints"] == [{"attribute": "datacenter", "operator": "=", "value": "dc1"}]
 
 
 def test_task_level_fields_are_lifted_into_the_group():

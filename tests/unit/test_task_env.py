@@ -86,7 +86,7 @@ def test_bad_ports_in_a_push_are_refused(ports, message):
 
 def test_task_env_has_every_variable():
     spec = parse_alloc(alloc_body("x"))
-    config = AgentConfig(region="eu", bind="0.0.0.0")
+    config = AgentConfig(region="eu", datacenter="eu-west", bind="0.0.0.0")
     got = taskenv.task_env(spec, spec.tasks[0], config, alloc_dir="/d/a", task_dir="/d/a/t")
     orch = {k: v for k, v in got.items() if k.startswith("ORCH_")}
     assert orch == {
@@ -102,6 +102,7 @@ def test_task_env_has_every_variable():
         "ORCH_CPU_LIMIT": "50",
         "ORCH_MEMORY_LIMIT": "32",
         "ORCH_REGION": "eu",
+        "ORCH_DC": "eu-west",
         "ORCH_PORT_http": "21034",
         "ORCH_HOST_PORT_http": "21034",
         "ORCH_IP_http": "127.0.0.1",
@@ -119,14 +120,13 @@ def test_task_env_has_every_variable():
         **{f"NOMAD_{k[5:]}": v for k, v in orch.items()},
         "NOMAD_SHORT_ALLOC_ID": "a-env",
         "NOMAD_JOB_NAME": "web",
-        "NOMAD_DC": "eu",
         "NOMAD_REGION": "global",
     }
     assert set(got) == set(orch) | set(nomad)
     assert nomad["NOMAD_ADDR_http"] == "127.0.0.1:21034" and nomad["NOMAD_PORT_admin"] == "80"
     config = {"command": "run ${NOMAD_PORT_http} ${ORCH_TASK_DIR}", "env": {"A": "${NOMAD_DC}"}}
     done = taskenv.interpolate_config(config, got)
-    assert done == {"command": "run 21034 /d/a/t", "env": {"A": "eu"}}
+    assert done == {"command": "run 21034 /d/a/t", "env": {"A": "eu-west"}}
 
 
 def test_the_advertised_ip_is_the_advertise_host_else_the_bind():
