@@ -20,6 +20,7 @@ import heapq
 import itertools
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -223,7 +224,9 @@ class CheckRunner:
             ok, output, refused = False, f"check error: {exc}", False
         if check.cancelled:
             return
-        check.alloc.record_check(check.key, ok, output[:OUTPUT_MAX], self.now())
+        # NUL is the one character a report may not carry (nor PostgreSQL store).
+        output = output[:OUTPUT_MAX].replace("\0", "\ufffd")
+        check.alloc.record_check(check.key, ok, output, self.now())
         started = check.alloc.last_task_start()
         delay, quick = check.next_delay(refused, None if started is None else self.now() - started)
         # A quick retry is not one of the check's runs: a failure streak
@@ -286,7 +289,15 @@ def tcp_probe(host: str, port: int, timeout: float) -> tuple[bool, str, bool]:
 
 
 def run_script(command, timeout: float, env: dict | None) -> tuple[bool, str]:
-    """Run a command (a string goes through /bin/sh -c): passing on exit 0."""
+    """Run a command (a string goes through /bin/sh -c): passing on exit 0.
+
+    Never longer than `timeout` (plus the kill): a child that outlives the
+    script (`setsid cmd &`) may hold its output pipe open for good, and a
+    wait for the pipe's end held a pool worker with it (4 such checks froze
+    every check of the node). Only the first OUTPUT_MAX bytes are kept; the
+    rest is read and dropped, so a chatty script neither blocks nor fills
+    the agent's memory.
+    """
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     try:
         proc = subprocess.Popen(
@@ -299,13 +310,52 @@ def run_script(command, timeout: float, env: dict | None) -> tuple[bool, str]:
         )
     except OSError as exc:
         return False, f"cannot run the check: {exc}"
+    assert proc.stdout is not None
     try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+        out, exited = _read_until_exit(proc, proc.stdout.fileno(), time.monotonic() + timeout)
+    finally:
+        proc.stdout.close()
+    if not exited:
         _kill_group(proc)
         return False, f"timed out after {timeout:g}s"
-    text = out[:OUTPUT_MAX].decode("utf-8", "replace")
+    text = out.decode("utf-8", "replace")
     return proc.returncode == 0, text if text else f"exit code {proc.returncode}"
+
+
+# After the script exits, how long its output pipe may stay open (held by a
+# child it left running) before the result is taken without the pipe's end.
+PIPE_GRACE = 0.05
+
+
+def _read_until_exit(proc: subprocess.Popen, fd: int, deadline: float) -> tuple[bytes, bool]:
+    """The first OUTPUT_MAX bytes the script writes, and whether it exited by
+    the deadline. Reads until the pipe ends or the script is gone."""
+    kept = bytearray()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    exited_at = None
+    while True:
+        now = time.monotonic()
+        if exited_at is None and proc.poll() is not None:
+            exited_at = now
+        if exited_at is not None and now - exited_at >= PIPE_GRACE:
+            return bytes(kept), True
+        left = deadline - now
+        if left <= 0:
+            return bytes(kept), proc.poll() is not None
+        # Short waits while it runs: its exit is seen by poll(), not the pipe.
+        wait = min(left, PIPE_GRACE if exited_at is not None else 0.1)
+        if not poller.poll(wait * 1000):
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:  # the pipe's end: the script closed it, or is gone
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return bytes(kept), False
+            return bytes(kept), True
+        if len(kept) < OUTPUT_MAX:
+            kept += chunk[: OUTPUT_MAX - len(kept)]
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -313,7 +363,10 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    proc.communicate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:  # not killable now (D state): reaped by a later poll
+        log.warning("check script %d did not end after SIGKILL", proc.pid)
 
 
 def check_host(config) -> str:

@@ -160,9 +160,12 @@ def check_report(report: dict, path: str) -> None:
         text(key, where, max_len=2 * 64 + 1)
         if not isinstance(result, dict) or result.get("status") not in CHECK_STATUSES:
             fail(f"{where}.status", "must be passing or failing")
-        text(
-            result.get("output", ""), f"{where}.output", max_len=CHECK_OUTPUT_MAX, allow_empty=True
-        )
+        output = result.get("output", "")
+        if isinstance(output, str) and "\0" in output:
+            # What a check read is shown, never judged: an agent that passes a
+            # NUL on must not have its heartbeat refused (its node would go down).
+            result["output"] = output = output.replace("\0", "\ufffd")
+        text(output, f"{where}.output", max_len=CHECK_OUTPUT_MAX, allow_empty=True)
         optional_time(result.get("time"), f"{where}.time")
 
 

@@ -85,6 +85,33 @@ def test_script_check_exit_codes_output_and_timeout():
     )
 
 
+def test_a_script_that_leaves_a_child_holding_its_output_answers_in_time():
+    """The child kept the pipe open: the wait for its end held a pool worker
+    for the child's whole life (4 such checks froze every check of a node)."""
+    started = time.monotonic()
+    assert run_script("setsid sleep 30 & echo started", 1, None) == (True, "started\n")
+    assert time.monotonic() - started < 0.9
+    started = time.monotonic()
+    ok, output = run_script("exec >&-; sleep 30", 0.5, None)  # closes the pipe, runs on
+    assert ok is False and "timed out" in output and time.monotonic() - started < 3
+
+
+def test_a_chatty_script_is_read_to_its_end_and_only_its_start_kept():
+    """200 MB of output: all of it was held in the agent before the cut."""
+    ok, output = run_script("head -c 200000000 /dev/zero | tr '\\0' y; exit 4", 20, None)
+    assert ok is False and output == "y" * 1024
+
+
+def test_a_check_output_with_nul_reaches_the_report_without_it(make):
+    """A NUL got the node's every heartbeat refused (400), then the node
+    declared down and its allocations lost."""
+    check = {"type": "script", "command": "printf 'a\\000b'", "interval": 0.1, "timeout": 2}
+    runner = make([{"name": "s", "checks": [check]}])
+    assert wait_for(lambda: runner.health() == "healthy", 10)
+    entry = json.loads(runner.heartbeat_report()[1])
+    assert entry["checks"]["s/script-0"]["output"] == "a\ufffdb"
+
+
 def test_check_host_follows_the_advertised_address():
     assert check_host(AgentConfig()) == "127.0.0.1"
     assert check_host(AgentConfig(bind="0.0.0.0")) == "127.0.0.1"

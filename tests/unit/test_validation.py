@@ -245,6 +245,15 @@ def test_heartbeat_reports_are_checked_field_by_field():
     assert message(bodies.heartbeat, {"node_id": ""}) == "node_id: must be a non-empty string"
 
 
+def test_a_check_output_with_nul_is_kept_without_it_not_refused():
+    """The whole beat was refused (400) for one NUL a check read: the node
+    went down at its TTL and every allocation on it was lost."""
+    check = {"status": "failing", "output": "HTTP 200: a\0b", "time": 1.0}
+    body = {"node_id": "n1", "allocations": {"a1": {"status": "running", "checks": {"s/c": check}}}}
+    beat = bodies.heartbeat(body)
+    assert beat.allocations["a1"]["checks"]["s/c"]["output"] == "HTTP 200: a\ufffdb"
+
+
 # ---- regex constraints ------------------------------------------------------
 
 
