@@ -122,6 +122,9 @@ def _group(raw: dict, path: str, max_count: int) -> TaskGroup:
             fail(f"{task_path}.name", f'duplicate task name "{task.name}"')
         seen.add(task.name)
         parsed.append(task)
+    group_services = services.services(raw.get("services"), f"{path}.services")
+    ports = _network(raw.get("network"), f"{path}.network")
+    services.port_labels(group_services, {p.label for p in ports}, f"{path}.services")
     return TaskGroup(
         name=name,
         count=count,
@@ -130,8 +133,8 @@ def _group(raw: dict, path: str, max_count: int) -> TaskGroup:
         stop_after=_disconnect(raw.get("disconnect"), f"{path}.disconnect"),
         migrate_max_parallel=drain_rules.migrate(raw.get("migrate"), f"{path}.migrate"),
         meta=_meta(raw.get("meta"), f"{path}.meta"),
-        services=services.services(raw.get("services"), f"{path}.services"),
-        ports=_network(raw.get("network"), f"{path}.network"),
+        services=group_services,
+        ports=ports,
         shutdown_delay=kill.shutdown_delay(raw.get("shutdown_delay"), f"{path}.shutdown_delay"),
     )
 

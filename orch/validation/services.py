@@ -47,6 +47,19 @@ def services(value, path: str) -> tuple[dict, ...]:
     return tuple(out)
 
 
+def port_labels(services_: tuple[dict, ...], labels: set[str], path: str) -> None:
+    """Each service's port label is one of its group's network ports, as Nomad
+    checks at submit: an unknown one was taken, then never resolved (the
+    service listed without a port, its checks failing for good)."""
+    for i, service in enumerate(services_):
+        port = service["port"]
+        if isinstance(port, str) and port not in labels:
+            known = ", ".join(sorted(labels)) or "none: the group has no network ports"
+            fail(
+                f"{path}[{i}].port", f'port label "{port}" is not in the group\'s network ({known})'
+            )
+
+
 def _unknown(raw: dict, known: set, path: str) -> None:
     unknown = sorted(str(k) for k in set(raw) - known)
     if unknown:

@@ -108,7 +108,9 @@ def test_job_and_alloc_round_trip_through_the_codec():
 
 
 def test_push_resolves_the_port_and_the_agent_validates_it():
-    job = parse_job(job_body([{**WEB, "port": "http"}, {"name": "raw", "port": 9000}]))
+    body = job_body([{**WEB, "port": "http"}, {"name": "raw", "port": 9000}])
+    body["task_groups"][0]["network"] = {"ports": [{"label": "http", "to": 80}]}
+    job = parse_job(body)
     alloc = Allocation("a1", "web", "g", "n1", 0)
     body = alloc_payload(alloc, job)
     assert [s["port"] for s in body["task_group"]["services"]] == [None, 9000]
@@ -119,6 +121,17 @@ def test_push_resolves_the_port_and_the_agent_validates_it():
     spec = parse_alloc(body)
     assert spec.services[1]["port"] == 9000 and spec.services[0]["checks"][0]["path"] == "/health"
     assert parse_alloc(spec.to_dict()) == spec
+
+
+def test_a_service_port_label_the_group_does_not_declare_is_refused():
+    """It was taken, then never resolved: the service listed without a port,
+    its http check failing for good. Nomad refuses it at submit."""
+    for network in (None, {"ports": [{"label": "admin"}]}):
+        body = job_body([{**WEB, "port": "http"}])
+        if network:
+            body["task_groups"][0]["network"] = network
+        with pytest.raises(ValidationError, match=r"services\[0\]\.port: port label \"http\""):
+            parse_job(body)
 
 
 def test_reports_carry_health_and_checks():
