@@ -41,24 +41,40 @@ def croniter(cron: str, start: datetime):
     return iterator(cron, start)
 
 
+def _step(cron: str, periodic: dict, at: float, forward: bool) -> float | None:
+    """The cron's due time after (or before) ``at``; None when it has none: a
+    date no calendar has (`0 0 30 2 *`), which croniter answers with an error
+    after searching. Validation refuses such crons; one stored before that
+    must not stop every launch (or fail every read of its job)."""
+    from croniter import CroniterError
+
+    try:
+        it = croniter(cron, _start(periodic, at))
+        return it.get_next(float) if forward else it.get_prev(float)
+    except CroniterError:
+        return None
+
+
 def latest_due(periodic: dict, now: float) -> float | None:
     """The latest due time not after ``now`` over the job's crons."""
     best = None
     for cron in periodic["crons"]:
         # get_prev is strictly before its start: start a second later, and
         # step back once more if that lands after now (now between seconds).
-        due = croniter(cron, _start(periodic, math.floor(now) + 1)).get_prev(float)
-        if due > now:
-            due = croniter(cron, _start(periodic, due)).get_prev(float)
-        best = due if best is None else max(best, due)
+        due = _step(cron, periodic, math.floor(now) + 1, forward=False)
+        if due is not None and due > now:
+            due = _step(cron, periodic, due, forward=False)
+        if due is not None:
+            best = due if best is None else max(best, due)
     return best
 
 
 def next_launch(periodic: dict, now: float) -> float | None:
-    """The next due time after ``now``; None when launches are disabled."""
+    """The next due time after ``now``; None when launches are disabled or never due."""
     if not periodic["enabled"]:
         return None
-    return min(croniter(c, _start(periodic, now)).get_next(float) for c in periodic["crons"])
+    times = [_step(c, periodic, now, forward=True) for c in periodic["crons"]]
+    return min((t for t in times if t is not None), default=None)
 
 
 class PeriodicLauncher:
@@ -71,6 +87,9 @@ class PeriodicLauncher:
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="periodic", daemon=True)
+        # job id -> (its spec and last launch, the next due time after the
+        # last look): what tick skips until then (None: never due again).
+        self._wake_at: dict[str, tuple[object, float | None]] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -88,16 +107,34 @@ class PeriodicLauncher:
                 log.exception("periodic launcher round failed")
 
     def tick(self) -> list[str]:
-        """Launch every child that is due now; returns their ids."""
+        """Launch every child that is due now; returns their ids.
+
+        A job is looked at again only once its next due time has come (kept
+        per job and spec): an idle periodic job costs a comparison a round,
+        not two cron evaluations per cron (150 idle jobs of 16 crons held
+        ~45% of a core)."""
         now = self._now()
         launched = []
+        wake_at: dict[str, tuple[object, float | None]] = {}
         for job in self._store.list_jobs():
             periodic = job.periodic
             if periodic is None or job.stopped or not periodic["enabled"]:
                 continue
-            child_id = self._check(job, periodic, now)
+            key = (job.version, job.submit_time, self._store.last_launch(job.job_id))
+            known = self._wake_at.get(job.job_id)
+            if known is not None and known[0] == key and (known[1] is None or now < known[1]):
+                wake_at[job.job_id] = known
+                continue
+            try:
+                child_id = self._check(job, periodic, now)
+            except Exception:  # one job's trouble must not stop the others' launches
+                log.exception("periodic job %s: launch check failed", job.job_id)
+                child_id = None
             if child_id is not None:
                 launched.append(child_id)
+            key = (job.version, job.submit_time, self._store.last_launch(job.job_id))
+            wake_at[job.job_id] = (key, next_launch(periodic, now))
+        self._wake_at = wake_at
         return launched
 
     def _check(self, job: Job, periodic: dict, now: float) -> str | None:

@@ -8,6 +8,7 @@ accepts is one the launcher (orch.server.periodic) can always evaluate.
 from __future__ import annotations
 
 import zoneinfo
+from datetime import UTC, datetime
 
 from orch.validation import fields
 from orch.validation.fields import fail
@@ -45,10 +46,14 @@ def _cron(value, path: str) -> None:
         fail(path, f"invalid cron expression {value!r}: needs 5 fields or an @name")
     # Imported here: croniter (and dateutil under it) is a good part of the
     # import time of an agent, which parses job specs but rarely a cron.
-    from croniter import croniter
+    from croniter import CroniterError, croniter
 
     if not croniter.is_valid(value):
         fail(path, f"invalid cron expression {value!r}")
+    try:
+        croniter(value, datetime(2000, 1, 1, tzinfo=UTC)).get_next(float)
+    except CroniterError:  # Feb 30, Apr 31: no calendar has the date
+        fail(path, f"cron expression {value!r} is never due (no such date)")
 
 
 def time_zone(value, path: str) -> str:

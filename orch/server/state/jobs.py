@@ -128,6 +128,12 @@ class JobWrites(JobVersions, PlanWrites):
             if not job.stopped:
                 raise Conflict("只能重启已停止的作业")
             evaluation = make_eval(TriggeredBy.JOB_RESTART)
+            if job.periodic is not None:
+                # As Nomad's job start: launches that fell due while it was
+                # stopped are not owed (a server restart's missed one still
+                # is). Recorded before the job runs again, which the
+                # launcher reads without the lock.
+                self._skip_launch(job_id, evaluation.create_time)
             self._put_job(replace(job, stopped=False), evaluation)
             if on_commit is not None:
                 on_commit(evaluation)
@@ -248,9 +254,13 @@ class JobWrites(JobVersions, PlanWrites):
     def skip_launch(self, job_id: str, launch: float) -> None:
         """Record a launch that was skipped (prohibit_overlap): it is not due again."""
         with self._writing():
-            last = self._launches.get(job_id)
-            if job_id not in self._jobs or (last is not None and launch <= last[0]):
-                return
-            child_id = last[1] if last is not None else ""
-            self._write([(self._UPSERT_LAUNCH, [(job_id, launch, child_id)])])
-            self._launches[job_id] = (launch, child_id)
+            if job_id in self._jobs:
+                self._skip_launch(job_id, launch)
+
+    def _skip_launch(self, job_id: str, launch: float) -> None:
+        last = self._launches.get(job_id)
+        if last is not None and launch <= last[0]:
+            return
+        child_id = last[1] if last is not None else ""
+        self._write([(self._UPSERT_LAUNCH, [(job_id, launch, child_id)])])
+        self._launches[job_id] = (launch, child_id)
