@@ -65,6 +65,10 @@ class ServerConfig:
     push_retries: int = 3
     max_count: int = 10_000  # cap on a task group's count
     max_body_bytes: int = 1 << 20
+    # An agent's register and heartbeat: a full beat carries every task of
+    # every allocation on its node, which a 1 MiB cap could not hold (one
+    # refused beat after another, then the node declared down).
+    node_max_body_bytes: int = 64 << 20
     # waitress worker threads. Handlers are short and share one GIL: more
     # threads cost CPU in hand-offs (server CPU per heartbeat at 500/s: 16
     # threads 0.49 ms, 8 0.43, 4 0.40), fewer leave less room for slow ones

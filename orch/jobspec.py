@@ -103,6 +103,11 @@ def _groups(value, max_count: int) -> tuple[TaskGroup, ...]:
     return tuple(groups)
 
 
+# Tasks of one group: each is a process and a line of every full heartbeat of
+# its node; a group of thousands is a mistake, and bounded beats stay cheap.
+MAX_TASKS = 512
+
+
 def _group(raw: dict, path: str, max_count: int) -> TaskGroup:
     name = _name(raw.get("name"), f"{path}.name")
     count = raw.get("count")
@@ -114,6 +119,8 @@ def _group(raw: dict, path: str, max_count: int) -> TaskGroup:
     tasks = raw.get("tasks")
     if not isinstance(tasks, list) or not tasks:
         fail(f"{path}.tasks", "must be a non-empty list")
+    if len(tasks) > MAX_TASKS:
+        fail(f"{path}.tasks", f"must have at most {MAX_TASKS} tasks")
     parsed, seen = [], set()
     for j, task_raw in enumerate(tasks):
         task_path = f"{path}.tasks[{j}]"

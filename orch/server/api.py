@@ -124,7 +124,7 @@ def make_app(server: Server) -> bottle.Bottle:
         moved = to_leader()
         if moved is not None:
             return moved
-        server.register(httpjson.read_json())
+        server.register(httpjson.read_json(server.config.node_max_body_bytes))
         return {"message": "Node registered successfully"}
 
     @route("POST", "/heartbeat")
@@ -132,7 +132,7 @@ def make_app(server: Server) -> bottle.Bottle:
         moved = to_leader()
         if moved is not None:
             return moved
-        return server.heartbeat(httpjson.read_json())
+        return server.heartbeat(httpjson.read_json(server.config.node_max_body_bytes))
 
     @route("GET", "/nodes")
     def list_nodes():

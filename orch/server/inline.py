@@ -91,7 +91,7 @@ def server_routes(
     def heartbeat(headers: Mapping[str, str], body: bytes, _param: str) -> InlineAnswer | None:
         # The route's checks, in its order; a request that would fail one
         # goes to the route, which refuses it with the right error.
-        if len(body) > max_body or not allowed(headers):
+        if len(body) > server.config.node_max_body_bytes or not allowed(headers):
             return None
         # A follower redirects beats to the leader: the route does that.
         if not server.leadership.is_leader():

@@ -143,6 +143,30 @@ def test_body_over_the_limit_is_413(app):
     assert code == 413 and "error" in payload
 
 
+def test_a_node_beat_past_a_job_bodys_limit_is_taken(app):
+    """A full beat carries every task of its node: past 1 MiB it was refused
+    beat after beat, and the node declared down at its TTL."""
+    node = {
+        "node_id": "n-big",
+        "region": "global",
+        "resources": {"cpu": 4000, "memory": 4096},
+        "endpoint": "http://127.0.0.1:9",
+        "attributes": {f"a{i}": "x" * 200 for i in range(10_000)},  # 2 MB
+    }
+    assert call(app, "POST", "/register", node)[0] == 200
+    beat = {"node_id": "n-big", "allocations": {}, "padding": " " * (2 << 20)}
+    assert call(app, "POST", "/heartbeat", beat)[0] == 200
+    job = {**JOB, "padding": " " * (2 << 20)}
+    assert call(app, "POST", "/jobs", job)[0] == 413
+
+
+def test_a_group_of_more_than_512_tasks_is_refused(app):
+    tasks = [{**JOB["task_groups"][0]["tasks"][0], "name": f"t{i}"} for i in range(513)]
+    job = {"task_groups": [{"name": "g", "tasks": tasks}]}
+    code, payload = call(app, "POST", "/jobs", job)
+    assert code == 400 and "task_groups[0].tasks: must have at most 512 tasks" in payload["error"]
+
+
 def test_token_required_when_set(tmp_path):
     server = Server(ServerConfig(data_dir=str(tmp_path), token="s3cret"))
     app = make_app(server)
