@@ -23,23 +23,23 @@ if TYPE_CHECKING:
 NS = 1_000_000_000
 
 
-def drain_request(body, enable: bool | None) -> tuple[drain_rules.DrainRequest, bool]:
-    """Nomad's drain body (or the old ``?enable=`` form) as orch's DrainRequest,
-    and MarkEligible.
+def drain_request(body, enable: bool | None) -> drain_rules.DrainRequest:
+    """Nomad's drain body (or the old ``?enable=`` form) as orch's DrainRequest:
+    a cancel keeps the node ineligible unless MarkEligible says otherwise.
 
     Deadline in nanoseconds: -1 is Nomad's force (orch's 0: stop all now);
     0 is "no deadline" (orch's longest, 30 days)."""
     if body is None:
         if enable is None:
             raise ValidationError("DrainSpec or ?enable= must be given")
-        return drain_rules.DrainRequest(cancel=not enable), False
+        return drain_rules.DrainRequest(cancel=not enable)
     body = fields.obj(body, "body")
     spec = body.get("DrainSpec")
     mark = body.get("MarkEligible", False)
     if not isinstance(mark, bool):
         raise ValidationError("MarkEligible: must be a boolean")
     if spec is None:
-        return drain_rules.DrainRequest(cancel=True), mark
+        return drain_rules.DrainRequest(cancel=True, keep_ineligible=not mark)
     spec = fields.obj(spec, "DrainSpec")
     deadline = spec.get("Deadline", 3600 * NS)
     if not fields.is_int(deadline) or deadline < -1:
@@ -57,7 +57,7 @@ def drain_request(body, enable: bool | None) -> tuple[drain_rules.DrainRequest, 
         "deadline_s": min(seconds, drain_rules.MAX_DEADLINE_S),
         "ignore_system_jobs": ignore,
     }
-    return drain_rules.drain(orch_body), mark
+    return drain_rules.drain(orch_body)
 
 
 def _node_update(reads: Reads) -> tuple[dict, int]:
@@ -104,10 +104,7 @@ def node_routes(route: NomadRouter, server: Server, reads: Reads) -> None:
         require_node(node_id)
         raw = http.body() if bottle.request.content_length else None
         enable = http.flag("enable") if bottle.request.query.get("enable") else None
-        request, mark_eligible = drain_request(raw, enable)
-        server.drain_node(node_id, request)
-        if request.cancel and mark_eligible:
-            server.set_eligibility(node_id, True)
+        server.drain_node(node_id, drain_request(raw, enable))
         return _node_update(reads)
 
     @route("POST", "/v1/node/<node_id>/eligibility")

@@ -137,7 +137,8 @@ def make_app(server: Server) -> bottle.Bottle:
     @route("GET", "/nodes")
     def list_nodes():
         nodes = [
-            views.node_view(n, store.live_allocs_for_node(n.node_id)) for n in store.list_nodes()
+            views.node_view(n, store.live_allocs_for_node(n.node_id), store.get_job)
+            for n in store.list_nodes()
         ]
         return {"nodes": nodes, "count": len(nodes)}
 
@@ -146,14 +147,14 @@ def make_app(server: Server) -> bottle.Bottle:
         node = store.get_node(node_id)
         if node is None:
             raise NotFound("Node not found")
-        return views.node_view(node, store.live_allocs_for_node(node_id))
+        return views.node_view(node, store.live_allocs_for_node(node_id), store.get_job)
 
     # ---- beyond the seed: node eligibility and drain ---------------------------
 
     @route("POST", "/nodes/<node_id>/eligibility")
     def node_eligibility(node_id):
         node = server.set_eligibility(node_id, drain_rules.eligibility(httpjson.read_json()))
-        view = views.node_view(node, store.live_allocs_for_node(node_id))
+        view = views.node_view(node, store.live_allocs_for_node(node_id), store.get_job)
         return {
             "node_id": node_id,
             "eligibility": view["eligibility"],
@@ -164,7 +165,7 @@ def make_app(server: Server) -> bottle.Bottle:
     def node_drain(node_id):
         request = drain_rules.drain(httpjson.read_json())
         node = server.drain_node(node_id, request)
-        view = views.node_view(node, store.live_allocs_for_node(node_id))
+        view = views.node_view(node, store.live_allocs_for_node(node_id), store.get_job)
         message = "drain canceled" if request.cancel else "drain started"
         return {
             "node_id": node_id,

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Protocol
 
 from orch.errors import StorageError
@@ -60,10 +61,15 @@ def new_drain(deadline_s: float, ignore_system_jobs: bool, now: float, started=N
     }
 
 
-def progress(node: Node, allocs: list[Allocation]) -> dict | None:
-    """The drain as GET /nodes shows it: the record plus what is left."""
+def progress(
+    node: Node, allocs: list[Allocation], job_of: Callable[[str], Job | None]
+) -> dict | None:
+    """The drain as GET /nodes shows it: the record plus what is left (what
+    the drain will move or stop: not the system copies it ignores)."""
     if node.drain is None:
         return None
+    if node.drain.get("ignore_system_jobs"):
+        allocs = [a for a in allocs if not is_system(job_of(a.job_id))]
     return {
         **node.drain,
         "remaining_allocations": len(allocs),

@@ -243,7 +243,7 @@ class NodeOps:
         if node is None:
             raise NotFound("Node not found")
         if request.cancel:
-            return self._cancel_drain(node)
+            return self._cancel_drain(node, eligible=not request.keep_ineligible)
         started = node.drain.get("started") if node.drain else None
         drain = new_drain(request.deadline_s, request.ignore_system_jobs, time.time(), started)
         node = self.store.set_node_scheduling(node_id, eligible=False, drain=drain)
@@ -251,9 +251,10 @@ class NodeOps:
         self.drainer.watch(node_id)
         return node
 
-    def _cancel_drain(self, node: Node) -> Node:
-        """As Nomad's `node drain -disable`: the node is eligible again."""
-        node = self.store.set_node_scheduling(node.node_id, eligible=True, drain=None)
+    def _cancel_drain(self, node: Node, eligible: bool) -> Node:
+        """As Nomad's `node drain -disable`: the node is eligible again, unless
+        told to stay ineligible (`-keep-ineligible`)."""
+        node = self.store.set_node_scheduling(node.node_id, eligible=eligible, drain=None)
         marked = [a for a in self.store.live_allocs_for_node(node.node_id) if a.migrate]
         if marked:
             # Unmarked, a copy whose replacement was placed is a duplicate
@@ -261,7 +262,9 @@ class NodeOps:
             self.store.set_migrate([a.allocation_id for a in marked], False)
             jobs = sorted({a.job_id for a in marked})
             self.planner.create_evals(jobs, TriggeredBy.NODE_DRAIN, node.node_id)
-        log.info("node %s drain canceled: eligible", node.node_id[:8])
+        log.info(
+            "node %s drain canceled: %s", node.node_id[:8], "eligible" if eligible else "ineligible"
+        )
         self.broker.unblock()
         self.evaluate_system_jobs(node.node_id)
         return node

@@ -127,7 +127,7 @@ def allocated(allocs: list[Allocation]) -> Resources:
     return sum((a.resources for a in allocs if a.holds_resources()), Resources())
 
 
-def node_view(node: Node, allocs: list[Allocation]) -> dict:
+def node_view(node: Node, allocs: list[Allocation], job_of: Callable[[str], Job | None]) -> dict:
     """A node with the allocations it holds now (the store's live ones).
 
     The seed's `resources` is the node's total and `usage` the last
@@ -138,7 +138,7 @@ def node_view(node: Node, allocs: list[Allocation]) -> dict:
     """
     out = node.to_dict()
     out.pop("secret_digest", None)
-    out["drain"] = progress(node, allocs)
+    out["drain"] = progress(node, allocs, job_of)
     out["allocations"] = [
         {
             "allocation_id": a.allocation_id,

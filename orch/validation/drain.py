@@ -19,6 +19,9 @@ class DrainRequest:
     cancel: bool = False
     deadline_s: float = DEFAULT_DEADLINE_S
     ignore_system_jobs: bool = False
+    # A cancel that leaves the node ineligible (Nomad's MarkEligible false,
+    # `nomad node drain -disable -keep-ineligible`).
+    keep_ineligible: bool = False
 
 
 def _known(body: dict, path: str, known: tuple[str, ...]) -> None:

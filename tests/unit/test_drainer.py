@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from orch.server.drainer import DEADLINE, DRAINED, MIGRATED, Drainer, new_drain
+from orch.server.drainer import DEADLINE, DRAINED, MIGRATED, Drainer, new_drain, progress
 from orch.server.scheduler.generic import compute_plan
 from orch.server.state import StateStore
 from orch.structs import (
@@ -270,6 +270,17 @@ def test_system_allocations_stop_last(env, ignore_system):
     if not ignore_system:
         assert env.dispatch.stopped[-1].description == DRAINED
     assert env.store.get_node("n1").drain is None
+
+
+def test_a_drain_that_ignores_system_jobs_does_not_count_them_as_left(env):
+    """remaining_allocations counted the system copy the drain leaves alone."""
+    put_job(env, make_job(count=1), ["n1"])
+    system_job(env)
+    for ignore_system, left in ((True, 1), (False, 2)):
+        start_drain(env, ignore_system=ignore_system)
+        node = env.store.get_node("n1")
+        allocs = env.store.live_allocs_for_node("n1")
+        assert progress(node, allocs, env.store.get_job)["remaining_allocations"] == left
 
 
 def test_an_ineligible_node_gets_no_placements(env):

@@ -23,7 +23,9 @@ def test_node_view_keeps_the_seed_fields_and_adds_allocated_and_free():
         resources=Resources(2000, 1024),
         usage={"cpu": 1800, "memory": 900, "cpu_used": 200, "memory_used": 124},
     )
-    view = node_view(node, [alloc(0), alloc(1), alloc(2, desired=DesiredStatus.STOP)])
+    view = node_view(
+        node, [alloc(0), alloc(1), alloc(2, desired=DesiredStatus.STOP)], lambda j: None
+    )
     for seed in ("node_id", "region", "resources", "healthy", "last_heartbeat", "allocations"):
         assert seed in view
     assert view["resources"] == {"cpu": 2000, "memory": 1024}  # total, as registered

@@ -333,6 +333,21 @@ def test_nodes_eligibility_and_drain(app):
     assert call(app, "GET", f"/v1/node/{NODE_ID}/allocations")[:3:2] == (200, [])
 
 
+def test_a_drain_canceled_without_mark_eligible_stays_ineligible(app):
+    """`nomad node drain -disable -keep-ineligible` (MarkEligible false, the
+    default): the node was made eligible whatever the flag said."""
+    add_node(app)
+    spec = {"NodeID": NODE_ID, "DrainSpec": {"Deadline": 60 * 10**9}}
+    for mark, expected in ((False, "ineligible"), (None, "ineligible"), (True, "eligible")):
+        assert call(app, "POST", f"/v1/node/{NODE_ID}/drain", spec)[0] == 200
+        cancel = {"NodeID": NODE_ID, "DrainSpec": None}
+        if mark is not None:
+            cancel["MarkEligible"] = mark
+        assert call(app, "POST", f"/v1/node/{NODE_ID}/drain", cancel)[0] == 200
+        node = call(app, "GET", f"/v1/node/{NODE_ID}")[2]
+        assert node["Drain"] is False and node["SchedulingEligibility"] == expected, mark
+
+
 def test_a_drain_deadline_past_what_a_float_holds_is_the_longest(app):
     """Its seconds were computed before the cap: an OverflowError (a 500)."""
     add_node(app)
