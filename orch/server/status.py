@@ -43,11 +43,22 @@ def job_status(job: Job, allocs: Iterable[Allocation]) -> JobStatus:
         return JobStatus.DEAD
     if job.type in SYSTEM_TYPES:
         return _from_copies(system_copies(job, allocs))
-    newest = newest_by_slot(allocs)
+    # A slot runs while any copy the server wants in it runs: a drain's or a
+    # rollout's old copy keeps running until its replacement does, and a
+    # replacement that failed meanwhile must not make the job read failed.
+    newest: dict[tuple[str, int], Allocation] = {}
+    running: set[tuple[str, int]] = set()
+    for alloc in allocs:
+        key = (alloc.task_group, alloc.index)
+        seen = newest.get(key)
+        if seen is None or alloc.create_time >= seen.create_time:
+            newest[key] = alloc
+        if alloc.client_status == AllocStatus.RUNNING and alloc.desired_status == DesiredStatus.RUN:
+            running.add(key)
     slots = {
-        _slot_status(newest.get((group.name, index)))
+        AllocStatus.RUNNING if key in running else _slot_status(newest.get(key))
         for group in job.task_groups
-        for index in range(group.count)
+        for key in ((group.name, index) for index in range(group.count))
     }
     return _from_copies(slots)
 

@@ -86,3 +86,13 @@ def test_newest_allocation_of_a_slot_wins():
 def test_slots_beyond_count_are_ignored():
     allocs = [alloc(0, A.COMPLETE), alloc(5, A.RUNNING)]
     assert job_status(job(count=1), allocs) == JobStatus.COMPLETE
+
+
+def test_a_slot_whose_old_copy_still_runs_is_running():
+    """A drain keeps the old copy running while its replacement is placed;
+    the replacement failing made the job read failed (/v1: dead)."""
+    allocs = [alloc(0, A.RUNNING, 1.0), alloc(0, A.FAILED, 2.0)]
+    assert job_status(job(count=1), allocs) == JobStatus.RUNNING
+    # An old copy the server stopped no longer holds the slot.
+    allocs = [alloc(0, A.RUNNING, 1.0, DesiredStatus.STOP), alloc(0, A.FAILED, 2.0)]
+    assert job_status(job(count=1), allocs) == JobStatus.FAILED
