@@ -34,6 +34,7 @@ from orch.structs import (
     DesiredStatus,
     JobType,
     TaskState,
+    TaskStatus,
     TriggeredBy,
     replace,
     short_id,
@@ -161,6 +162,23 @@ def merge_report(alloc: Allocation, report: dict, now: float) -> Allocation | No
     return replace(alloc, modify_time=now, **changes)
 
 
+def _ended_tasks(alloc: Allocation, report: dict, now: float) -> Allocation | None:
+    """A stopped (or lost) allocation with its tasks as they ended on the node.
+
+    Its status is the server's (it asked for the stop); its tasks were left
+    as last reported, `running` for good, without exit codes or kill events.
+    Taken once: when the stored tasks have not all ended."""
+    if all(t.status in _TASK_ENDED for t in alloc.tasks.values()):
+        return None
+    tasks = _tasks(report.get("tasks"))
+    if not tasks or tasks == alloc.tasks:
+        return None
+    return replace(alloc, tasks=tasks, modify_time=now)
+
+
+_TASK_ENDED = frozenset({TaskStatus.COMPLETE, TaskStatus.FAILED})
+
+
 class AllocSync:
     """Applies heartbeat allocation maps for one server."""
 
@@ -217,6 +235,10 @@ class AllocSync:
             if alloc.desired_status == DesiredStatus.STOP:
                 if report.get("status") not in _TERMINAL_VALUES:
                     unwanted.append(alloc)
+                else:
+                    ended = _ended_tasks(alloc, report, now)
+                    if ended is not None:
+                        changed.append((alloc, ended))
                 continue
             if (
                 alloc.description == UNASKED_STOP

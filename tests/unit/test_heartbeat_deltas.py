@@ -89,6 +89,26 @@ def test_an_unwanted_allocation_is_stopped_from_a_full_beat(server):
     assert [a.allocation_id for a in server.pushed["stop"]] == [alloc_id]
 
 
+def test_a_stopped_allocation_keeps_how_its_tasks_ended(server):
+    """Reports of an allocation the server stopped were skipped: its tasks
+    read `running` for good, without their exit code or kill events."""
+    alloc_id = server.alloc.allocation_id
+    running = {"t": {"status": "running", "start_time": 1.0, "restarts": 0}}
+    server.heartbeat(beat(1, **{alloc_id: {**report("running"), "tasks": running}}))
+    server.stop_job("web")
+    stopped = server.store.get_alloc(alloc_id)
+    assert stopped.client_status == AllocStatus.STOPPED
+    assert stopped.tasks["t"].status.value == "running"
+    ended = {"t": {"status": "failed", "start_time": 1.0, "end_time": 2.0, "exit_code": 143}}
+    ended["t"]["events"] = [{"time": 2.0, "type": "Killed", "message": "stopped by the server"}]
+    server.heartbeat(beat(2, **{alloc_id: {**report("stopped"), "tasks": ended}}))
+    final = server.store.get_alloc(alloc_id)
+    assert final.client_status == AllocStatus.STOPPED  # the server's word
+    assert final.tasks["t"].status.value == "failed" and final.tasks["t"].exit_code == 143
+    server.heartbeat(beat(3, **{alloc_id: {**report("stopped"), "tasks": ended}}))
+    assert server.store.get_alloc(alloc_id) == final  # taken once: no write again
+
+
 def test_node_down_and_register_ask_for_a_resync(server):
     server.heartbeat(beat(1))
     assert server.heartbeat(beat(2, True))["resync"] is False
