@@ -363,7 +363,8 @@ class Allocations(_Resource):
         return self._client.call("GET", f"/allocations/{_seg(alloc_id)}")
 
     def logs(self, alloc_id: str, task: str, stderr: bool = False, offset: int = 0) -> bytes:
-        """The task's log from byte ``offset`` on."""
+        """The task's log from byte ``offset`` on: one page, at most 1 MiB
+        (read on from ``offset + len(page)`` until a page is empty)."""
         params = {"type": "stderr" if stderr else "stdout", "offset": offset}
         path = f"/allocations/{_seg(alloc_id)}/logs/{_seg(task)}"
         return self._client.request("GET", path, params=params).content

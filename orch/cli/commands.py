@@ -299,7 +299,11 @@ def alloc_logs(args, client: Client) -> int:
     task = args.task or only_task(client, alloc)
     out = sys.stdout.buffer
     if not args.follow:
-        out.write(client.allocs.logs(alloc_id, task, stderr=args.stderr))
+        # The server answers a page (1 MiB) at a time: read on to the end.
+        offset = 0
+        while chunk := client.allocs.logs(alloc_id, task, stderr=args.stderr, offset=offset):
+            out.write(chunk)
+            offset += len(chunk)
         out.flush()
         return EXIT_OK
     try:

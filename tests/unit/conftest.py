@@ -34,6 +34,15 @@ class Canned:
             body = json.dumps(body if body is not None else {})
         self.routes[(method, path)] = (status, body, ctype)
 
+    def add_log(self, path, data: bytes, page: int):
+        """A log route as the server's: `page` bytes at most from ?offset=."""
+
+        def answer(query):
+            offset = int((query.get("offset") or ["0"])[0])
+            return 200, data[offset : offset + page], "text/plain"
+
+        self.routes[("GET", path)] = answer
+
 
 @pytest.fixture
 def canned():
@@ -53,10 +62,11 @@ def canned():
                     "body": json.loads(body) if body else None,
                 }
             )
-            status, payload, ctype = routes.routes.get(
+            route = routes.routes.get(
                 (self.command, parts.path),
                 (404, json.dumps({"error": "no route"}), "application/json"),
             )
+            status, payload, ctype = route(parse_qs(parts.query)) if callable(route) else route
             data = payload.encode() if isinstance(payload, str) else payload
             self.send_response(status)
             self.send_header("Content-Type", ctype)

@@ -91,7 +91,7 @@ def test_alloc_logs_without_a_task_reads_the_only_one(canned, capsysbinary):
     one = alloc(0)
     aid = one["allocation_id"]
     canned.add("GET", f"/allocations/{aid}", 200, dict(one, tasks={"main": {"status": "running"}}))
-    canned.add("GET", f"/allocations/{aid}/logs/main", 200, b"hi\n", "text/plain")
+    canned.add_log(f"/allocations/{aid}/logs/main", b"hi\n", 1 << 20)
     assert entry.main(["alloc", "logs", aid, "--address", canned.url]) == 0
     assert capsysbinary.readouterr().out == b"hi\n"
     # No task has reported yet: the group's spec names it.
@@ -101,6 +101,17 @@ def test_alloc_logs_without_a_task_reads_the_only_one(canned, capsysbinary):
     canned.add("GET", "/jobs/web", 200, body)
     assert entry.main(["alloc", "logs", aid, "--address", canned.url]) == 0
     assert capsysbinary.readouterr().out == b"hi\n"
+
+
+def test_alloc_logs_reads_every_page_of_a_long_log(canned, capsysbinary):
+    """The server answers 1 MiB at a time: the log was cut there, mid-line."""
+    one = alloc(0)
+    aid = one["allocation_id"]
+    canned.add("GET", f"/allocations/{aid}", 200, dict(one, tasks={"main": {"status": "dead"}}))
+    data = b"".join(b"line %d\n" % i for i in range(1000))
+    canned.add_log(f"/allocations/{aid}/logs/main", data, 1000)
+    assert entry.main(["alloc", "logs", aid, "main", "--address", canned.url]) == 0
+    assert capsysbinary.readouterr().out == data
 
 
 def test_alloc_logs_without_a_task_names_the_tasks_to_choose_from(canned, capsys):
