@@ -88,6 +88,7 @@ def job_from(d: dict) -> Job:
         parameterized=d.get("parameterized") or None,
         parent_id=d.get("parent_id") or None,
         payload=d.get("payload") or "",
+        dispatch_token=d.get("dispatch_token") or "",
         update=update_from(d.get("update")),
         rollout=int(d.get("rollout") or 0),
     )

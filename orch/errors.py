@@ -66,6 +66,14 @@ class Conflict(OrchError):
     status = 400
 
 
+class AlreadyDispatched(Conflict):
+    """A dispatch whose idempotency token a child of the parent already has."""
+
+    def __init__(self, child):
+        super().__init__(f"job {child.job_id} was dispatched with this idempotency token")
+        self.child = child
+
+
 class PayloadTooLarge(OrchError):
     """Raised when a request body exceeds the limit."""
 

@@ -323,6 +323,9 @@ class Job:
     parameterized: dict | None = None
     parent_id: str | None = None  # the periodic or parameterized job that launched it
     payload: str = ""  # a dispatched child's payload, base64
+    # The idempotency token it was dispatched with: a dispatch of the same
+    # parent with the same token answers with this child, launching nothing.
+    dispatch_token: str = ""
 
     @property
     def is_parent(self) -> bool:
@@ -358,7 +361,15 @@ class Job:
             **({"update": self.update.to_dict()} if self.update is not None else {}),
         }
         # Left out when unset: a job without them keeps its seed shape.
-        for key in ("meta", "periodic", "parameterized", "parent_id", "payload", "rollout"):
+        for key in (
+            "meta",
+            "periodic",
+            "parameterized",
+            "parent_id",
+            "payload",
+            "dispatch_token",
+            "rollout",
+        ):
             value = getattr(self, key)
             if value:
                 out[key] = value

@@ -67,6 +67,9 @@ def _dispatch(args, client: Client) -> int:
     meta, payload = parse_meta(args.meta_pairs), read_payload(args.payload)
     with about_job(args.id):
         resp = client.jobs.dispatch(args.id, meta, payload)
+    if resp.get("evaluation_id") is None:  # the child of its idempotency token
+        say(str(resp.get("message")))
+        return EXIT_OK
     say(f'Dispatched job "{resp.get("dispatched_job_id")}"; evaluation {resp.get("evaluation_id")}')
     return EXIT_OK
 

@@ -134,11 +134,16 @@ def job_write_routes(route: NomadRouter, server: Server, reads: Reads) -> None:
     @route("POST", "/v1/job/<job_id>/dispatch")
     def dispatch(job_id):
         raw = http.body() if bottle.request.content_length else {}
-        child, ev = server.dispatch_job(job_id, dispatch_body(raw))
-        index = present.index_of(ev.create_time)
+        body = dispatch_body(raw)
+        token = bottle.request.query.get("idempotency_token")
+        if token and not body.get("idempotency_token"):
+            body["idempotency_token"] = token
+        child, ev = server.dispatch_job(job_id, body)
+        # A retry with a child's token: that child, and no evaluation (Nomad's answer).
+        index = present.index_of(ev.create_time if ev else child.submit_time)
         return {
             "DispatchedJobID": child.job_id,
-            "EvalID": ev.eval_id,
+            "EvalID": ev.eval_id if ev else "",
             "EvalCreateIndex": index,
             "JobCreateIndex": present.index_of(child.submit_time),
             "Index": index,
@@ -186,6 +191,8 @@ def dispatch_body(raw) -> dict:
         out["meta"] = raw["Meta"]
     if raw.get("Payload") is not None:
         out["payload"] = raw["Payload"]
+    if raw.get("IdempotencyToken"):
+        out["idempotency_token"] = raw["IdempotencyToken"]
     return out
 
 

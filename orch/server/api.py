@@ -308,11 +308,15 @@ def make_app(server: Server) -> bottle.Bottle:
         # An empty body is a dispatch without meta or payload.
         body = httpjson.read_json() if bottle.request.content_length != 0 else None
         child, ev = server.dispatch_job(job_id, body)
+        if ev is None:  # its idempotency token's child: nothing new launched
+            message = f"job {job_id} was dispatched as {child.job_id} with this token"
+        else:
+            message = f"job {job_id} dispatched as {child.job_id}"
         return {
             "job_id": child.job_id,
             "dispatched_job_id": child.job_id,
-            "evaluation_id": ev.eval_id,
-            "message": f"job {job_id} dispatched as {child.job_id}",
+            "evaluation_id": ev.eval_id if ev else None,
+            "message": message,
         }
 
     @route("POST", "/jobs/<job_id>/periodic/force")

@@ -14,7 +14,7 @@ import binascii
 import logging
 import os
 
-from orch.errors import Conflict, ValidationError
+from orch.errors import AlreadyDispatched, Conflict, ValidationError
 from orch.server.planner import new_eval
 from orch.structs import Evaluation, Job, JobStatus, TriggeredBy, replace
 from orch.validation import fields
@@ -23,19 +23,26 @@ from orch.validation.meta import meta
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 16 * 1024  # decoded bytes, Nomad's DispatchPayloadSizeLimit
+TOKEN_MAX = 256
 ID_ATTEMPTS = 16
 
 
-def dispatch_request(parent: Job, body) -> tuple[dict[str, str], str]:
-    """Validate a dispatch body against the parent; returns (meta, payload base64)."""
+def dispatch_request(parent: Job, body) -> tuple[dict[str, str], str, str]:
+    """Validate a dispatch body against the parent; returns (meta, payload
+    base64, idempotency token)."""
     if parent.parameterized is None:
         raise ValidationError(f"job {parent.job_id} is not parameterized: it cannot be dispatched")
     if parent.stopped:
         raise Conflict(f"job {parent.job_id} is stopped")
     body = {} if body is None else fields.obj(body, "body")
-    unknown = sorted(set(body) - {"meta", "payload"})
+    unknown = sorted(set(body) - {"meta", "payload", "idempotency_token"})
     if unknown:
-        raise ValidationError(f"{unknown[0]}: unknown field (known: meta, payload)")
+        raise ValidationError(
+            f"{unknown[0]}: unknown field (known: meta, payload, idempotency_token)"
+        )
+    token = body.get("idempotency_token") or ""
+    if token:
+        fields.text(token, "idempotency_token", max_len=TOKEN_MAX)
     given = meta(body.get("meta"), "meta")
     rules = parent.parameterized
     missing = [k for k in rules["meta_required"] if k not in given]
@@ -48,7 +55,7 @@ def dispatch_request(parent: Job, body) -> tuple[dict[str, str], str]:
             f"meta: keys not allowed by the job: {', '.join(extra)} "
             f"(allowed: {', '.join(sorted(allowed)) or 'none'})"
         )
-    return given, _payload(body.get("payload"), rules["payload"])
+    return given, _payload(body.get("payload"), rules["payload"]), token
 
 
 def _payload(value, mode: str) -> str:
@@ -72,16 +79,20 @@ def _payload(value, mode: str) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def dispatch(store, parent_id: str, body, enqueue, *, now: float) -> tuple[Job, Evaluation]:
-    """Store a dispatched child and its evaluation; returns (child, evaluation)."""
+def dispatch(store, parent_id: str, body, enqueue, *, now: float) -> tuple[Job, Evaluation | None]:
+    """Store a dispatched child and its evaluation; returns (child, evaluation).
+
+    A dispatch with the idempotency token of a child the parent launched
+    before answers with that child and no new evaluation (None)."""
     parent = store.require_job(parent_id)
-    given, payload = dispatch_request(parent, body)
+    given, payload, token = dispatch_request(parent, body)
     child = replace(
         parent,
         parameterized=None,
         parent_id=parent.job_id,
         meta={**parent.meta, **given},
         payload=payload,
+        dispatch_token=token,
         version=0,
         stopped=False,
         submit_time=now,
@@ -93,8 +104,13 @@ def dispatch(store, parent_id: str, body, enqueue, *, now: float) -> tuple[Job, 
         child = replace(child, job_id=f"{parent.job_id}-dispatch-{int(now)}-{os.urandom(2).hex()}")
         ev = new_eval(child.job_id, TriggeredBy.JOB_REGISTER, now)
         try:
-            # The store checks again, under its lock, that the parent still runs.
+            # The store checks again, under its lock, that the parent still
+            # runs, and that no child has this idempotency token.
             store.launch_child(child, ev, on_commit=enqueue)
+        except AlreadyDispatched as exc:
+            # As Nomad: a retry with the token gets the child it launched.
+            log.info("job %s: dispatch token matches %s", parent_id, exc.child.job_id)
+            return exc.child, None
         except Conflict:
             if store.get_job(child.job_id) is None:
                 raise  # the parent was stopped meanwhile

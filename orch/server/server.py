@@ -378,7 +378,7 @@ class Server(NodeOps):
 
     # ---- periodic and parameterized jobs ----------------------------------
 
-    def dispatch_job(self, job_id: str, body) -> tuple[Job, Evaluation]:
+    def dispatch_job(self, job_id: str, body) -> tuple[Job, Evaluation | None]:
         """POST /jobs/<id>/dispatch: a child of a parameterized job."""
         return dispatch(self.store, job_id, body, self.broker.enqueue, now=time.time())
 

@@ -163,3 +163,36 @@ def test_task_env_and_payload_file(tmp_path):
     with pytest.raises(DriverError):
         taskenv.write_payload(str(tmp_path), "../escape", b"x")
     assert not os.path.exists(tmp_path.parent / "escape")
+
+
+def test_a_dispatch_token_launches_one_child_however_often_it_is_sent(store):
+    """Nomad's idempotency token: each retry launched a child of its own."""
+    import threading
+
+    queued = []
+    request = {"meta": {"user": "ann"}, "idempotency_token": "retry-1"}
+    first, ev = dispatch(store, "work", request, queued.append, now=1000.0)
+    again, none = dispatch(store, "work", dict(request), queued.append, now=1001.0)
+    assert again == first and none is None and queued == [ev]
+    assert job_from(first.to_dict()) == first  # the token is stored
+    other, _ = dispatch(
+        store, "work", {**request, "idempotency_token": "retry-2"}, queued.append, now=1002.0
+    )
+    assert other.job_id != first.job_id
+    # Many at once with one token: one child.
+    made = []
+    token = {"meta": {"user": "bob"}, "idempotency_token": "burst"}
+    threads = [
+        threading.Thread(
+            target=lambda: made.append(
+                dispatch(store, "work", dict(token), lambda e: None, now=1003.0)[0].job_id
+            )
+        )
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 8 and len(set(made)) == 1
+    assert len([c for c in store.children_of("work") if c.dispatch_token == "burst"]) == 1

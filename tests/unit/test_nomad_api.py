@@ -395,6 +395,25 @@ def test_dispatch_and_periodic_force(app):
     assert call(app, "POST", "/v1/job/web/periodic/force")[0] == 404
 
 
+def test_a_dispatch_idempotency_token_is_honoured(app):
+    """python-nomad's dispatch_job(..., idempotency_token=) (a query) and the
+    body's IdempotencyToken were ignored: each retry launched a new child."""
+    params = {"ParameterizedJob": {"Payload": "optional", "MetaRequired": ["user"]}}
+    register(app, {**nomad_job("work", count=1), "Type": "batch", **params})
+    body = {"Meta": {"user": "ann"}}
+    path = "/v1/job/work/dispatch?idempotency_token=retry-1"
+    first = call(app, "POST", path, body)[2]
+    again = call(app, "POST", path, body)[2]
+    assert first["EvalID"] and again["EvalID"] == ""
+    assert again["DispatchedJobID"] == first["DispatchedJobID"]
+    by_body = call(app, "POST", "/v1/job/work/dispatch", {**body, "IdempotencyToken": "retry-1"})
+    assert by_body[2]["DispatchedJobID"] == first["DispatchedJobID"]
+    other = call(app, "POST", "/v1/job/work/dispatch", {**body, "IdempotencyToken": "x"})[2]
+    assert other["DispatchedJobID"] != first["DispatchedJobID"] and other["EvalID"]
+    summary = call(app, "GET", "/v1/job/work/summary")[2]
+    assert summary["Children"]["Pending"] == 2
+
+
 def test_deployments_status_agent_and_services(app):
     register(app)
     assert call(app, "GET", "/v1/deployments")[:3:2] == (200, [])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from orch.errors import Conflict, NotFound
+from orch.errors import AlreadyDispatched, Conflict, NotFound
 from orch.server.state.plans import PlanWrites
 from orch.server.state.store import MakeEval, _dump
 from orch.server.state.versions import JobVersions
@@ -228,6 +228,13 @@ class JobWrites(JobVersions, PlanWrites):
                 raise Conflict(f"job {parent.job_id} is stopped")
             if child.job_id in self._jobs:
                 raise Conflict(f"job {child.job_id} exists already")
+            if child.dispatch_token:
+                for job in list(self._jobs.values()):
+                    if (
+                        job.parent_id == parent.job_id
+                        and job.dispatch_token == child.dispatch_token
+                    ):
+                        raise AlreadyDispatched(job)
             launches = []
             if launch is not None:
                 last = self._launches.get(parent.job_id)
