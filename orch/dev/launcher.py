@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from orch.config import DEFAULT_ADDRESS, DevConfig
 from orch.datadir import lock_data_dir
 from orch.dev import zygote
+from orch.dev.leftovers import kill_tasks_left
 from orch.errors import DataDirError
 
 if TYPE_CHECKING:
@@ -511,6 +512,12 @@ def run(config: DevConfig) -> int:
     finally:
         if any(c.proc.returncode is None for c in sup.children):
             sup.stop()
+        # Ctrl-C stops tasks too: those that outlived their agents' grace.
+        killed = kill_tasks_left(data_dir)
+        if killed:
+            print(
+                f"orch dev: killed {killed} task processes that outlived their agents", flush=True
+            )
         if pg is not None:
             pg.stop()  # after the servers: they would log its loss at length
         for signum, handler in previous.items():
