@@ -319,6 +319,7 @@ class DevCluster:
         self.port = port
         self.out = out or sys.stdout
         self._http: HttpClient | None = None  # made once the children are started
+        self._mourned: set[str] = set()  # servers whose death was told (several servers)
 
     def say(self, line: str) -> None:
         print(f"orch dev: {line}", file=self.out, flush=True)
@@ -365,12 +366,33 @@ class DevCluster:
             return self.finish()
         self.say(f"{self.config.agents} nodes healthy in {self.sup.now() - started:.2f}s")
         self.say(f"data in {self.data_dir}; Ctrl-C stops the cluster and its tasks")
-        while not self.sup.signals and not self.sup.first_dead():
+        while not self.sup.signals and not self.fatal_death():
             self.sup.sleep(WATCH_INTERVAL)
         return self.finish()
 
+    def fatal_death(self) -> Child | None:
+        """The first child whose death stops the cluster: any agent, or a
+        server that was the last one alive. With several servers the others
+        carry on (said once): losing one is what they are there for."""
+        alive_servers = [
+            c for c in self.sup.children if c.name.startswith("server") and c.exit_code is None
+        ]
+        for child in self.sup.children:
+            if child.exit_code is None:
+                continue
+            if child.name.startswith("server") and alive_servers:
+                if child.name not in self._mourned:
+                    self._mourned.add(child.name)
+                    self.say(
+                        f"{child.name} (pid {child.pid}) exited with code {child.exit_code}; "
+                        f"{len(alive_servers)} servers carry on"
+                    )
+                continue
+            return child
+        return None
+
     def interrupted(self) -> bool:
-        return bool(self.sup.signals) or self.sup.first_dead() is not None
+        return bool(self.sup.signals) or self.fatal_death() is not None
 
     def http(self) -> HttpClient:
         """The client for the server (orch.transport: requests would cost the
@@ -449,7 +471,7 @@ class DevCluster:
 
     def finish(self) -> int:
         """Stop everything; exit 1 if a child died on its own."""
-        dead = None if self.sup.signals else self.sup.first_dead()
+        dead = None if self.sup.signals else self.fatal_death()
         if dead is not None:
             self.say(
                 f"{dead.name} (pid {dead.pid}) exited with code "

@@ -158,6 +158,31 @@ def test_first_dead_names_the_child_without_reaping_it(sup):
     os.kill(agent.pid, 0)
 
 
+def test_with_several_servers_one_that_dies_is_told_and_the_others_carry_on(sup, tmp_path):
+    """Any death stopped the whole cluster: `orch dev --servers 3` could not
+    show the failover it is there to show."""
+    import io
+
+    out = io.StringIO()
+    cluster = launcher.DevCluster(DevConfig(servers=2), sup, str(tmp_path), 4747, out)
+    first = sup.start("server", ["-c", "raise SystemExit(9)"])
+    second = sup.start("server 2", SLEEPER)
+    sup.start("agent 1", SLEEPER)
+    assert wait_for(lambda: first.exit_code is not None)
+    assert cluster.fatal_death() is None and cluster.fatal_death() is None
+    assert out.getvalue().count("server (pid") == 1 and "1 servers carry on" in out.getvalue()
+    os.kill(second.pid, signal.SIGKILL)
+    assert wait_for(lambda: cluster.fatal_death() is not None)  # the last one: stop
+
+
+def test_an_agent_that_dies_stops_the_cluster(sup, tmp_path):
+    cluster = launcher.DevCluster(DevConfig(servers=2), sup, str(tmp_path), 4747)
+    sup.start("server", SLEEPER)
+    sup.start("server 2", SLEEPER)
+    agent = sup.start("agent 1", ["-c", "raise SystemExit(3)"])
+    assert wait_for(lambda: cluster.fatal_death() is agent)
+
+
 def test_stop_terms_then_kills_the_stubborn(sup, tmp_path):
     server = sup.start("server", SLEEPER)
     agent = sup.start("agent 1", stubborn(tmp_path / "ready"))
