@@ -67,6 +67,9 @@ def _payload(value, mode: str) -> str:
         raise ValidationError("payload: forbidden by the job")
     if not isinstance(value, str):
         raise ValidationError("payload: must be a base64 string")
+    # Line breaks are skipped, as Go's decoder (Nomad's) skips them: what
+    # base64.encodebytes and `base64` (76-column lines) write.
+    value = value.replace("\r", "").replace("\n", "")
     if len(value) > (MAX_PAYLOAD + 2) // 3 * 4 + 4:
         raise ValidationError(f"payload: at most {MAX_PAYLOAD} bytes")
     try:

@@ -196,3 +196,11 @@ def test_a_dispatch_token_launches_one_child_however_often_it_is_sent(store):
         t.join()
     assert len(made) == 8 and len(set(made)) == 1
     assert len([c for c in store.children_of("work") if c.dispatch_token == "burst"]) == 1
+
+
+def test_a_payload_with_line_breaks_is_read_as_go_reads_it(store):
+    """base64.encodebytes (76-column lines) was a 400: Go's decoder skips them."""
+    raw = bytes(range(256)) * 3
+    wrapped = base64.encodebytes(raw).decode().replace("\n", "\r\n", 1)
+    child, _ = dispatch(store, "work", {"meta": {"user": "a"}, "payload": wrapped}, print, now=5.0)
+    assert base64.b64decode(child.payload) == raw
