@@ -133,6 +133,7 @@ READ_ONLY = frozenset(
         "ModifyIndex",
         "JobModifyIndex",
         "Dispatched",
+        "DispatchIdempotencyToken",
         "ParentID",
         "Payload",
         "VersionTag",

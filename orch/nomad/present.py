@@ -243,6 +243,8 @@ def job(j: Job, status: str, indexes: dict) -> dict:
         "Periodic": _periodic(j.periodic),
         "ParameterizedJob": _parameterized(j.parameterized),
         "ParentID": j.parent_id or "",
+        "Dispatched": dispatched(j),
+        "DispatchIdempotencyToken": j.dispatch_token,
         "Payload": j.payload or None,
         "Meta": j.meta or None,
         "Stop": j.stopped,
@@ -252,6 +254,12 @@ def job(j: Job, status: str, indexes: dict) -> dict:
         "SubmitTime": ns(j.submit_time),
         **indexes,
     }
+
+
+def dispatched(j: Job) -> bool:
+    """A child of a parameterized job (orch.server.dispatch names them so;
+    no route registers a job with a parent)."""
+    return bool(j.parent_id) and j.job_id.startswith(f"{j.parent_id}-dispatch-")
 
 
 def summary(j: Job, counts: dict, indexes: dict) -> dict:

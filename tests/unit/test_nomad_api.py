@@ -406,6 +406,9 @@ def test_a_dispatch_idempotency_token_is_honoured(app):
     again = call(app, "POST", path, body)[2]
     assert first["EvalID"] and again["EvalID"] == ""
     assert again["DispatchedJobID"] == first["DispatchedJobID"]
+    child = call(app, "GET", f"/v1/job/{first['DispatchedJobID']}")[2]
+    assert child["Dispatched"] is True and child["DispatchIdempotencyToken"] == "retry-1"
+    assert call(app, "GET", "/v1/job/work")[2]["Dispatched"] is False
     by_body = call(app, "POST", "/v1/job/work/dispatch", {**body, "IdempotencyToken": "retry-1"})
     assert by_body[2]["DispatchedJobID"] == first["DispatchedJobID"]
     other = call(app, "POST", "/v1/job/work/dispatch", {**body, "IdempotencyToken": "x"})[2]
