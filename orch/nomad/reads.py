@@ -48,6 +48,10 @@ class Reads:
         if job.is_parent:
             kids = self.store.children_of(job.job_id)
             out["Children"] = present.children([self.status(k) for k in kids])
+            # Its Children counts change with theirs: so does its index, as
+            # Nomad rewrites a parent's summary (a blocking read wakes then).
+            for kid in kids:
+                out["ModifyIndex"] = max(out["ModifyIndex"], self.job_indexes(kid)["ModifyIndex"])
         return out
 
     def job_stub(self, job: Job) -> dict:

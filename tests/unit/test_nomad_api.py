@@ -417,6 +417,24 @@ def test_a_dispatch_idempotency_token_is_honoured(app):
     assert summary["Children"]["Pending"] == 2
 
 
+def test_a_parents_summary_index_moves_with_its_children(app, server):
+    """Its Children counts changed under an index that did not: a blocking
+    read of the summary slept its whole wait."""
+    params = {"ParameterizedJob": {"Payload": "optional"}}
+    register(app, {**nomad_job("work", count=1), "Type": "batch", **params})
+    _, headers, before = call(app, "GET", "/v1/job/work/summary")
+    time.sleep(0.01)  # indexes are times
+    out = call(app, "POST", "/v1/job/work/dispatch", {})[2]
+    _, headers, after = call(app, "GET", "/v1/job/work/summary")
+    assert after["Children"]["Pending"] == 1
+    assert after["ModifyIndex"] > before["ModifyIndex"]
+    assert int(headers["X-Nomad-Index"]) == after["ModifyIndex"]
+    time.sleep(0.01)
+    server.stop_job(out["DispatchedJobID"])
+    later = call(app, "GET", "/v1/job/work/summary")[2]
+    assert later["Children"]["Dead"] == 1 and later["ModifyIndex"] > after["ModifyIndex"]
+
+
 def test_deployments_status_agent_and_services(app):
     register(app)
     assert call(app, "GET", "/v1/deployments")[:3:2] == (200, [])
