@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import bottle
 
 from orch.errors import ValidationError
-from orch.nomad import http, present
+from orch.nomad import http, present, shapes
 from orch.nomad.http import NomadRouter
 from orch.nomad.reads import Reads
 from orch.nomad.translate import job_from_nomad
@@ -214,7 +214,7 @@ def plan_answer(result: dict, want_diff: bool, reads: Reads) -> dict:
     failed = {
         name: {
             "NodesEvaluated": len(f.get("nodes") or ()),
-            "ConstraintFiltered": f.get("failures") or {},
+            **shapes.alloc_metric(f.get("failures") or {}),
             "CoalescedFailures": max(0, int(f.get("wanted") or 0) - 1),
         }
         for name, f in result["failures"].items()

@@ -151,12 +151,32 @@ def alloc(
     return out
 
 
+def alloc_metric(failures: dict[str, int]) -> dict:
+    """orch's failure reasons (reason -> node count) as Nomad's AllocMetric:
+    a constraint's under ConstraintFiltered (without orch's "constraint "),
+    capacity's under DimensionExhausted ("memory", "cpu", the ports'), and
+    each kind's node total."""
+    filtered: dict[str, int] = {}
+    exhausted: dict[str, int] = {}
+    for reason, count in failures.items():
+        if reason.startswith("constraint "):
+            filtered[reason.removeprefix("constraint ")] = count
+        else:
+            exhausted[reason.removesuffix(" exhausted")] = count
+    return {
+        "NodesFiltered": sum(filtered.values()),
+        "ConstraintFiltered": filtered or None,
+        "NodesExhausted": sum(exhausted.values()),
+        "DimensionExhausted": exhausted or None,
+    }
+
+
 def evaluation(ev: Evaluation, job: Job | None) -> dict:
     """An Evaluation (GET /v1/evaluations, /v1/evaluation/<id>)."""
     failed = {
         name: {
             "CoalescedFailures": max(0, int(g.get("failed") or 0) - 1),
-            "ConstraintFiltered": dict(ev.failures),
+            **alloc_metric(ev.failures),
         }
         for name, g in ev.groups.items()
         if isinstance(g, dict) and g.get("failed")

@@ -272,7 +272,13 @@ def test_a_file_naming_a_datacenter_places_there_and_only_there(app):
     status, _, plan = call(app, "POST", "/v1/job/web/plan", {"Job": nomad_job()})
     assert status == 200 and not plan["FailedTGAllocs"], plan
     status, _, plan = call(app, "POST", "/v1/job/web/plan", {"Job": nomad_job(Datacenters=["dc2"])})
-    assert plan["FailedTGAllocs"], plan
+    [metric] = plan["FailedTGAllocs"].values()
+    assert metric["ConstraintFiltered"] == {"datacenter = dc2": 1} and metric["NodesFiltered"] == 1
+    assert metric["DimensionExhausted"] is None
+    big = nomad_job(count=1)
+    big["TaskGroups"][0]["Tasks"][0]["Resources"]["MemoryMB"] = 10**6
+    [metric] = call(app, "POST", "/v1/job/web/plan", {"Job": big})[2]["FailedTGAllocs"].values()
+    assert metric["DimensionExhausted"] == {"memory": 1} and metric["NodesExhausted"] == 1
     other = "22222222-2222-4333-8444-555555555555"
     body = {
         "node_id": other,
