@@ -357,11 +357,21 @@ class AllocRunner:
         return {**os.environ, **self.task_context(self.spec.tasks[0]).env}
 
     def heartbeat_report(self) -> tuple[str, str]:
-        """(status, the heartbeat entry as JSON), encoded once per change."""
+        """(status, the heartbeat entry as JSON), encoded once per change.
+
+        The status is what the node's acknowledgement reads: a stopped
+        allocation whose tasks are still being killed reads `running`, so it
+        is reported again when they end (their exit codes and events), not
+        taken as finished at the stop."""
         with self.lock:
             if self._report is None:
                 entry = self.heartbeat_entry()
-                self._report = (entry["status"], fastjson.dumps(entry, escape=True).decode())
+                status = entry["status"]
+                if self.stopped and any(
+                    r.state.status == TaskStatus.RUNNING for r in self.tasks.values()
+                ):
+                    status = AllocStatus.RUNNING.value
+                self._report = (status, fastjson.dumps(entry, escape=True).decode())
             return self._report
 
     def to_dict(self) -> dict:

@@ -222,6 +222,27 @@ def test_task_kill_timeout_overrides_the_agent_default(make_runner, tmp_path):
     assert runner.status() == AllocStatus.STOPPED
 
 
+def test_a_stopped_allocation_is_reported_done_only_once_its_tasks_ended(make_runner, tmp_path):
+    """It read `stopped` (and was taken as finished by the server) at the
+    stop, with its task still being killed: the task's end never reached the
+    server, which showed it `running` for good."""
+    ready = tmp_path / "trapped"
+    runner = make_runner(
+        f"trap '' TERM; touch {ready}; while :; do sleep 0.1; done",
+        task_extra={"kill_timeout": "1s"},
+        ready=ready,
+    )
+    stopper = threading.Thread(target=runner.stop)
+    stopper.start()
+    assert wait_for(lambda: runner.stopped)
+    status, entry = runner.heartbeat_report()
+    assert status == "running" and '"status":"stopped"' in entry.replace(" ", "")
+    stopper.join(10)
+    status, entry = runner.heartbeat_report()
+    assert status == "stopped"
+    assert runner.tasks["t"].state.status.value in ("complete", "failed") and "exit_code" in entry
+
+
 # -- the agent: a DELETE does not wait the delay out -----------------------------
 
 
