@@ -1,5 +1,7 @@
 """Two StateStores on one PostgreSQL database: each follows what the other commits."""
 
+import os
+import signal
 import threading
 import time
 
@@ -247,3 +249,65 @@ def test_a_jobs_index_moves_on_the_follower_and_both_servers_agree(pair):
     # The change log's number: the same index on both servers.
     assert b.changes.job_index("j1") == a.changes.job_index("j1")
     assert b.changes.job_index("j2") == other
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its children (PostgreSQL's backends, each in its own process group)."""
+    pids = [root]
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) == root:
+                    pids.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def test_a_hung_database_fails_writes_in_bounded_time_and_keeps_reads(tmp_path, monkeypatch):
+    from orch.dev.postgres import ThrowawayPostgres
+    from orch.server.state import postgres
+    from orch.server.state import store as core
+
+    monkeypatch.setattr(postgres, "REPLY_WAIT", 3.0, raising=False)
+    monkeypatch.setattr(core, "WRITE_WAIT", 0.5, raising=False)
+    pg = ThrowawayPostgres(str(tmp_path / "pg"))
+    pg.start()
+    frozen: list[int] = []
+    try:
+        store = StateStore(str(tmp_path / "a"), database=pg.url)
+        store.put_job(job("j1"), evaluation("j1", "e1"))
+        assert pg.proc is not None
+        frozen = _tree(pg.proc.pid)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        failed: list[BaseException] = []
+
+        def stuck_write():
+            try:
+                store.put_job(job("j2"), evaluation("j2", "e2"))
+            except StorageError as exc:
+                failed.append(exc)
+
+        writer = threading.Thread(target=stuck_write)
+        writer.start()
+        time.sleep(0.3)  # it holds the store's lock, waiting for the database
+        start = time.monotonic()
+        store.settle()  # a read waits a moment, then answers from memory
+        assert time.monotonic() - start < 2 and store.get_job("j1") is not None
+        start = time.monotonic()
+        with pytest.raises(StorageError):
+            store.put_job(job("j3"), evaluation("j3", "e3"))  # queued behind it: 503
+        assert time.monotonic() - start < 2
+        writer.join(timeout=10)
+        assert not writer.is_alive() and failed  # the stuck write itself: 503
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        frozen = []
+        store.put_job(job("j4"), evaluation("j4", "e4"))  # reconnected
+        assert store.get_job("j2") is None and store.get_job("j4") is not None
+        store.close()
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        pg.stop()

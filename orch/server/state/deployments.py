@@ -23,7 +23,7 @@ class Deployments(StoreCore):
     )
 
     def _deployment_rows(self, where: str, args: tuple) -> list[Deployment]:
-        with self._lock:
+        with self._guard:
             rows = self.backend.execute(
                 f"SELECT body FROM deployments WHERE {where} ORDER BY create_time DESC, rowid DESC",
                 args,
@@ -98,7 +98,7 @@ class Deployments(StoreCore):
 
         A version no deployment ever ran for (a first registration) counts as
         stable: it went live whole, as Nomad marks a job's first version."""
-        with self._lock:
+        with self._guard:
             rows = self.backend.execute(
                 "SELECT MAX(version) FROM job_versions WHERE job_id = ? AND version < ? "
                 "AND (stable = 1 OR version NOT IN "

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
 import psycopg
 
@@ -39,7 +40,20 @@ CONNECT_TIMEOUT = 3  # seconds: a write on a lost database fails fast (503)
 # the transaction, so the others go on (its write fails: 503, nothing half
 # done). A write waiting longer than LOCK_WAIT for the lock fails the same way.
 STALLED_WRITER_MS = 5_000
-LOCK_WAIT_MS = 20_000
+LOCK_WAIT_MS = 8_000
+# A database that answers nothing (its host hung: TCP stays up, so neither
+# keepalives nor its own timeouts end the wait) is given up after this long:
+# the connection is closed and the write fails (503). Above LOCK_WAIT_MS, so
+# a live database answers a long wait for the lock itself first.
+REPLY_WAIT = 10.0
+# A host that vanished (dropped off the network) is noticed by TCP within ~10 s.
+_TCP: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": int(REPLY_WAIT * 1000),
+}
 # Change-log rows older than this are trimmed; a server further behind reloads.
 LOG_RETENTION = 300.0
 TRIM_EVERY = 500  # writes between two trims
@@ -138,6 +152,24 @@ def _put_rows(cur: psycopg.Cursor, sql: str, rows: list) -> None:
     cur.execute(many, [list(col) for col in zip(*last.values(), strict=True)])
 
 
+class _Connection(psycopg.Connection):
+    """A connection whose every wait for the database ends after REPLY_WAIT."""
+
+    def wait(self, gen, interval=0.1, timeout=None):
+        if timeout is not None:  # the caller's own (LISTEN's notifies)
+            return super().wait(gen, interval, timeout)
+        started = time.monotonic()
+        try:
+            return super().wait(gen, interval, REPLY_WAIT)
+        except psycopg.OperationalError:
+            if time.monotonic() - started < REPLY_WAIT:
+                raise
+            self.pgconn.finish()  # left mid-exchange: unusable
+            raise psycopg.OperationalError(
+                f"the database has not answered in {REPLY_WAIT:g}s"
+            ) from None
+
+
 class PostgresBackend:
     """A PostgreSQL database several servers share; see the module docstring."""
 
@@ -161,10 +193,11 @@ class PostgresBackend:
 
     def connect(self) -> psycopg.Connection:
         """A new autocommit connection (the follower's LISTEN uses one too)."""
-        return psycopg.connect(
+        return _Connection.connect(
             self.url,
             autocommit=True,
             connect_timeout=CONNECT_TIMEOUT,
+            **_TCP,
             options=f"-c idle_in_transaction_session_timeout={STALLED_WRITER_MS} "
             f"-c lock_timeout={LOCK_WAIT_MS}",
         )

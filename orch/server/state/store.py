@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 
 from orch import codec
-from orch.errors import NotFound
+from orch.errors import NotFound, StorageError
 from orch.server import catalog, quarantine
 from orch.server.changes import ChangeFeed
 from orch.server.scheduler.cluster import Cluster
@@ -74,6 +74,31 @@ def jobs_written(statements: list[tuple[str, list]]) -> set[str]:
     return touched
 
 
+# On a shared database a write can be stuck in a database that answers
+# nothing (its host hung): what waits for the store's lock behind it gives
+# up, a write or an SQL read after WRITE_WAIT seconds (503), a read of
+# memory after SETTLE_WAIT (it answers what memory holds).
+WRITE_WAIT = 10.0
+SETTLE_WAIT = 1.0
+
+
+class _BoundedLock:
+    """The store's lock as writes take it on a shared database: StorageError after ``wait``."""
+
+    def __init__(self, lock: threading.RLock, wait: float):
+        self._lock = lock
+        self._wait = wait
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(timeout=self._wait):
+            raise StorageError(
+                f"state store unavailable: a write has waited {self._wait:g}s for the database"
+            )
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+
 # The evaluation a job write makes, given why (the store picks the trigger).
 MakeEval = Callable[[TriggeredBy], Evaluation]
 
@@ -101,6 +126,11 @@ class StoreCore:
         self.path = getattr(self.backend, "path", self.backend.where)
         # Set by the leader: plan commits check it in their transaction.
         self.fence: Fence | None = None
+        # The lock as writes and SQL reads take it; on SQLite the lock itself
+        # (nothing to wait out there, and no cost added to a write).
+        shared = self.backend.shared
+        self._guard = _BoundedLock(self._lock, WRITE_WAIT) if shared else self._lock
+        self._settle_wait = SETTLE_WAIT if shared else -1  # -1: no bound
         # Called (under the lock) with evaluations other servers wrote.
         self.on_remote_evals: list[Callable[[list[Evaluation]], object]] = []
         # Called (under the lock) with allocations other servers stopped or purged.
@@ -198,9 +228,11 @@ class StoreCore:
         """Return once no write is half applied (its commit done, memory not yet).
 
         Writes bump the feed after the commit but before memory follows, all
-        under the lock: a reader woken by the feed takes the lock once first."""
-        with self._lock:
-            pass
+        under the lock: a reader woken by the feed takes the lock once first.
+        On a shared database it waits SETTLE_WAIT at most: a write that holds
+        the lock longer is stuck in the database, before its commit."""
+        if self._lock.acquire(timeout=self._settle_wait):
+            self._lock.release()
 
     @contextmanager
     def settled_now(self, wait: float = 0.0) -> Iterator[bool]:
@@ -228,7 +260,7 @@ class StoreCore:
         The readers of what it wrote are woken once the lock is released."""
         woken: set[str] | None = None
         try:
-            with self._lock:
+            with self._guard:
                 outer = self._depth == 0
                 self._depth += 1
                 try:
@@ -259,7 +291,7 @@ class StoreCore:
         statements = list(statements)
         wrote = any(rows for _sql, rows in statements)
         backend = self.backend
-        with self._lock:
+        with self._guard:
             if backend.shared and not backend.in_transaction():
                 self._catch_up(backend.begin(self._seq))
             if self._group_thread == threading.get_ident() and not self._grouped:

@@ -45,7 +45,7 @@ class JobVersions(StoreCore):
 
         A job stored before versions existed has none recorded: its current
         spec stands as its only version."""
-        with self._lock:
+        with self._guard:
             current = self.require_job(job_id)
             rows = self.backend.execute(
                 "SELECT body, stable FROM job_versions WHERE job_id = ? ORDER BY version DESC",
