@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from orch.errors import NotFound, ValidationError
+from orch.errors import NotFound, StorageError, ValidationError
 from orch.server.drainer import progress
 from orch.structs import Allocation, Job, Node, Resources
 from orch.validation import bodies, fields
@@ -83,14 +83,15 @@ def alloc_view(
 
 
 def kept_versions(read: Callable[[int], Job]) -> Callable[[int], Job | None]:
-    """``version_of`` for alloc_view: each version read once, None if not kept."""
+    """``version_of`` for alloc_view: each version read once, None if not kept
+    or if the database cannot be read (reads answer from memory: the job's spec)."""
     found: dict[int, Job | None] = {}
 
     def version_of(version: int) -> Job | None:
         if version not in found:
             try:
                 found[version] = read(version)
-            except NotFound:
+            except (NotFound, StorageError):
                 found[version] = None
         return found[version]
 

@@ -204,3 +204,33 @@ def test_an_allocation_shows_the_spec_of_the_version_it_runs(server):
     status, alloc = call(app, "GET", "/allocations/old-copy")
     task = next(iter(alloc["tasks"].values()))
     assert task["config"]["command"] == "sleep 1000" and task["resources"]["memory"] == 16
+
+
+def test_a_job_and_its_allocations_read_without_the_database(server, monkeypatch):
+    """With the database lost, GET /jobs/<id> of an updated job answered 503:
+    it read the old version its allocations run from SQL. Memory answers."""
+    import types
+
+    from orch.errors import StorageError
+    from orch.structs import Allocation, AllocStatus, Node, Resources
+
+    app = make_app(server)
+    server.store.upsert_node(Node("n1", resources=Resources(cpu=1000, memory=1000)))
+    v0, _ = server.submit_job(spec(command="sleep 1000"))
+    old = Allocation(
+        "old-copy", "web", v0.task_groups[0].name, "n1", 0,
+        client_status=AllocStatus.RUNNING, job_version=0,
+    )  # fmt: skip
+    server.store.commit_plan(types.SimpleNamespace(job_id="web", stop=[], place=[old]), [])
+    server.submit_job(spec(command="sleep 1001"))
+
+    def lost(*_args, **_kw):
+        raise StorageError("state store unavailable: connection failed")
+
+    monkeypatch.setattr(server.store.backend, "execute", lost)
+    status, job = call(app, "GET", "/jobs/web")
+    assert status == 200 and job["version"] == 1
+    [shown] = [a for a in job["allocations"] if a["allocation_id"] == "old-copy"]
+    assert next(iter(shown["tasks"].values()))["config"]["command"] == "sleep 1001"
+    status, _alloc = call(app, "GET", "/allocations/old-copy")
+    assert status == 200
