@@ -135,6 +135,9 @@ class LeaseLeadership:
         self._term = 0  # the term we lead, 0 when following
         self._valid_until = 0.0  # monotonic: our lease ends (with the margin)
         self._known = LeaderInfo()
+        # Monotonic: the lease last seen (``_known``) ends, by our clock; no
+        # server leads after it, as far as we know (the database may be lost).
+        self._known_until = 0.0
         self._expires_in = 0.0  # seconds the lease read last had left
         self._failing = False  # the last lease query failed (no answer)
         self._conn: Any = None  # a psycopg connection, made when first needed
@@ -152,10 +155,15 @@ class LeaseLeadership:
             return self._term > 0 and self._now() < self._valid_until
 
     def leader(self) -> LeaderInfo:
+        """Who leads; no one (holder and url empty, the last term) once the
+        lease last seen has run out by our clock."""
         with self._lock:
-            if self._term > 0:
+            now = self._now()
+            if self._term > 0 and now < self._valid_until:
                 return LeaderInfo(self._term, self.server_id, self.url)
-            return self._known
+            if now < self._known_until:
+                return self._known
+            return LeaderInfo(self._known.term)
 
     def fence(self) -> tuple[str, tuple]:
         """The check run in every plan commit's transaction; NotLeader at once
@@ -261,11 +269,13 @@ class LeaseLeadership:
         ).fetchone()
         if row is not None:
             return int(row[0])
+        asked = self._now()  # the lease ends no sooner than counted from here
         current = conn.execute(READ).fetchone()
         if current is not None:
             with self._lock:
                 self._known = LeaderInfo(int(current[0]), current[1], current[2])
                 self._expires_in = max(0.0, float(current[3]))
+                self._known_until = asked + self._expires_in
         return None
 
     def _update(self, term: int | None, sent: float) -> None:
@@ -275,6 +285,7 @@ class LeaseLeadership:
                 self._term = term
                 self._valid_until = sent + self.lease - self.margin
                 self._known = LeaderInfo(term, self.server_id, self.url)
+                self._known_until = self._valid_until
             elif before:
                 self._term = 0
         if before and before != term:

@@ -9,7 +9,7 @@ import pytest
 
 from orch.errors import NotLeader
 from orch.server.broker import EvalBroker
-from orch.server.leadership import LeaseLeadership, SoleLeadership
+from orch.server.leadership import LeaderInfo, LeaseLeadership, SoleLeadership
 from orch.server.planner import ServerPlanner
 from orch.server.state import StateStore
 from orch.structs import EvalStatus, Plan, replace
@@ -194,3 +194,16 @@ def test_a_lease_query_without_answer_does_not_hand_over(pair):
     a._connection().close()  # the next query gets no answer (a broken session)
     assert a.renew_once(), "still the leader until its own deadline"
     assert a.renew_once() and a.leader().term == term  # reconnected, same term
+
+
+def test_no_leader_is_named_once_the_lease_ran_out(pair):
+    """With the database lost, every server named the old leader (and term)
+    while none led: what a follower last read, what a leader held."""
+    a, b = pair("a"), pair("b")
+    assert a.renew_once() and not b.renew_once()
+    term = a.leader().term
+    assert b.leader().url == "http://a:4646"
+    # No renewal and no read (the database is gone): the lease runs out.
+    wait_for(lambda: not a.is_leader(), timeout=LEASE)
+    assert a.leader() == LeaderInfo(term)
+    wait_for(lambda: b.leader() == LeaderInfo(term), timeout=2 * LEASE)
