@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import bottle
 
@@ -194,13 +195,26 @@ def agent_routes(route: NomadRouter, server: Server) -> None:
             host = bottle.request.urlparts.hostname or socket.gethostname()
         return f"{host}:{config.port}"
 
+    def own_address() -> str:
+        """Where this server listens, as the other servers know it (its URL)."""
+        return urlsplit(server.url).netloc or address()
+
+    def leader_address() -> str:
+        """Where the leader listens; "" while none leads (as Nomad's)."""
+        if server.leadership.is_leader():
+            return own_address()
+        return urlsplit(server.leadership.leader().url).netloc
+
     @route("GET", "/v1/status/leader")
     def leader():
-        return address(), None
+        return leader_address(), None
 
     @route("GET", "/v1/status/peers")
     def peers():
-        return [address()], None
+        # The servers this one knows of: itself and the leader (the lease
+        # names only the one that holds it).
+        known = dict.fromkeys([leader_address(), own_address()])
+        return [peer for peer in known if peer], None
 
     @route("GET", "/v1/agent/self")
     def agent_self():
@@ -224,7 +238,7 @@ def agent_routes(route: NomadRouter, server: Server) -> None:
             },
             "member": member,
             "stats": {
-                "nomad": {"leader": "true", "server": "true"},
+                "nomad": {"leader": str(server.leadership.is_leader()).lower(), "server": "true"},
                 "runtime": {"uptime_s": str(int(time.time() - server.started))},
             },
         }, None

@@ -108,3 +108,17 @@ def test_the_follower_takes_over_when_the_leader_stops(two):
 
 class _pending:
     status = EvalStatus.PENDING
+
+
+def test_the_nomad_face_names_the_one_leader_on_every_server(two):
+    """Each server answered /v1/status/leader with itself and leader "true"."""
+    leader, follower = two
+    for server in (leader, follower):
+        app = make_app(server)
+        status, _headers, text = request(app, "GET", "/v1/status/leader")
+        assert status == 200 and json.loads(text) == leader.url.split("//")[1]
+        # The servers this one knows of: the leader and itself.
+        peers = json.loads(request(app, "GET", "/v1/status/peers")[2])
+        assert sorted(peers) == sorted({leader.url.split("//")[1], server.url.split("//")[1]})
+        me = json.loads(request(app, "GET", "/v1/agent/self")[2])
+        assert me["stats"]["nomad"]["leader"] == ("true" if server is leader else "false")
