@@ -144,14 +144,18 @@ class Agent:
                     return
                 self._stopping.add(alloc_id)
             self.checks.unwatch(alloc_id)  # out of the checks at once
-            threading.Thread(
-                target=self._stop_and_remove,
-                args=(alloc_id, runner),
-                daemon=True,
-                name=f"stop-{runner.short}",
-            ).start()
+            self._stop_behind(alloc_id, runner)
             return
         self._stop_and_remove(alloc_id, runner)
+
+    def _stop_behind(self, alloc_id: str, runner: AllocRunner) -> None:
+        """`_stop_and_remove` in a thread of its own: a kill may take minutes."""
+        threading.Thread(
+            target=self._stop_and_remove,
+            args=(alloc_id, runner),
+            daemon=True,
+            name=f"stop-{runner.short}",
+        ).start()
 
     def stop_allocs(self, alloc_ids: list[str]) -> dict[str, object]:
         """POST /allocations/stop: `stop_alloc` for each, side by side (their
@@ -349,9 +353,12 @@ class Agent:
             )
             if runner.stopped:  # a DELETE was cut short: finish it
                 runner.hurry()  # its shutdown_delay began before we died: no new wait
-                runner.stop()
-                self.store.remove_alloc(spec.allocation_id)
-                self.store.forget_removal(spec.allocation_id)
+                # Behind, as a DELETE's: its kill_timeout (up to 10 min) must
+                # not keep the agent from serving and heartbeating.
+                with self._lock:
+                    self._add(runner)
+                    self._stopping.add(spec.allocation_id)
+                self._stop_behind(spec.allocation_id, runner)
                 continue
             with self._lock:
                 self._add(runner)

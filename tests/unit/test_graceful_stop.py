@@ -304,8 +304,54 @@ def test_restore_finishing_an_interrupted_delete_does_not_wait_the_delay_again(t
     try:
         began = time.monotonic()
         assert agent.restore() == 0
+        assert wait_for(lambda: group_pids(handle.pgid) == [], timeout=10)
         assert time.monotonic() - began < 10
-        assert group_pids(handle.pgid) == []
+    finally:
+        agent.shutdown(stop_tasks=True)
+        driver.stop(handle, 0.5)
+
+
+def test_restore_finishes_an_interrupted_delete_behind_not_before_serving(tmp_path):
+    # The agent died while killing a task that ignores SIGTERM: the restarted
+    # one must not wait out its kill_timeout before it serves and heartbeats.
+    config = AgentConfig(data_dir=str(tmp_path), kill_timeout=1.0)
+    store = AgentStore(str(tmp_path))
+    ready = tmp_path / "trapped"
+    command = f"trap '' TERM; touch {ready}; while :; do sleep 0.1; done"
+    task = {"name": "t", "config": {"command": command}, "kill_timeout": "5s"}
+    spec = parse_alloc(
+        {"allocation_id": "a1", "job_id": "j1", "task_group": {"name": "g", "tasks": [task]}}
+    )
+    os.makedirs(store.task_dir("a1", "t"))
+    driver = ExecDriver()
+    handle = driver.start(store_task_context(store, command))
+    assert wait_for(ready.exists), "the task never set its trap"
+    doc = {
+        "spec": spec.to_dict(),
+        "stopped": True,
+        "tasks": {"t": {"status": "running"}},
+        "handles": {"t": driver.handle_to_json(handle)},
+    }
+    store.save_alloc("a1", doc)
+    agent = Agent(config)
+    try:
+        began = time.monotonic()
+        assert agent.restore() == 0
+        assert time.monotonic() - began < 2.0
+        assert agent.get("a1").stopped  # under way: a repeated DELETE finds it
+        assert group_pids(handle.pgid) != []
+        assert wait_for(lambda: group_pids(handle.pgid) == [], timeout=15)
+        assert time.monotonic() - began >= 4.0  # its kill_timeout was served
+
+        def removed():
+            try:
+                agent.get("a1")
+            except NotFound:
+                return True
+            return False
+
+        assert wait_for(removed, timeout=5)
+        assert "a1" in agent.heartbeat_reports()  # its last word, until taken
     finally:
         agent.shutdown(stop_tasks=True)
         driver.stop(handle, 0.5)
