@@ -168,7 +168,7 @@ class NodeLoop:
         self._last_error = ""
         self._last_warned = float("-inf")  # monotonic time of the last WARNING
         self._last_beat = 0.0  # monotonic time of the last heartbeat
-        self.last_contact: float | None = None  # monotonic time the server last answered
+        self.last_contact: float | None = None  # monotonic time of the last 2xx register or beat
         self._busy = True  # changes since memory was last trimmed
         self._seq = 0  # the last heartbeat's number
         self._deltas = False  # the server acknowledges numbered beats
@@ -493,8 +493,8 @@ class NodeLoop:
         while not self._stop.is_set():
             try:
                 resp = self._post("/register", self.register_body(), REGISTER_TIMEOUT)
-                self.last_contact = time.monotonic()
                 if resp.status_code == 200:
+                    self.last_contact = time.monotonic()
                     self._full_at = 0.0  # a new session starts with every report
                     self._registered.set()
                     self._registered_once = True
@@ -541,7 +541,10 @@ class NodeLoop:
                 f"heartbeat to server {self._servers} failed: {exc.__class__.__name__}: {exc}"
             )
             return False
-        self.last_contact = time.monotonic()  # any answer: the server is reachable
+        if 200 <= resp.status_code < 300:
+            # Only an answer that kept the node alive: a 503 (no leader) or a
+            # refusal is a failed beat, as in Nomad (a 307 was followed).
+            self.last_contact = time.monotonic()
         if resp.status_code == 404:
             log.info("server does not know node %s: registering again", self.node_id)
             self._registered.clear()

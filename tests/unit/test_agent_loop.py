@@ -46,6 +46,7 @@ class FakeServer:
         self.acks = acks
         self.drop_beats = 0
         self.resync = 0
+        self.unavailable = False  # every request answered 503, as with no leader
         self.lock = threading.Lock()
         fake = self
 
@@ -57,7 +58,9 @@ class FakeServer:
                         (time.time(), self.path, json.loads(raw), dict(self.headers))
                     )
                     status, answer = 200, {"message": "ok"}
-                    if self.path == "/heartbeat" and fake.fail_heartbeats > 0:
+                    if fake.unavailable:
+                        status, answer = 503, {"error": "no leader elected yet"}
+                    elif self.path == "/heartbeat" and fake.fail_heartbeats > 0:
                         fake.fail_heartbeats -= 1
                         status, answer = 404, {"error": "unknown node"}
                     elif self.path == "/heartbeat" and fake.acks:
@@ -373,6 +376,22 @@ def test_a_cut_off_agent_stops_tasks_after_disconnect_stop_after(servers, agents
     state = agent.get("svc").tasks["t"].state
     assert state.status.value == "failed" and "disconnect" in state.error
     assert agent.get("plain").status().value == "running"
+
+
+def test_a_server_with_no_leader_is_no_contact_for_stop_after(servers, agents, tmp_path):
+    # A 503 (no leader: the database is away) refreshes no TTL on the server:
+    # as in Nomad, it is a failed heartbeat, and stop_after runs on.
+    server = servers()
+    agent = agents(server.url, tmp_path, heartbeat_interval=0.05)
+    doc = _body("svc", "sleep 300")
+    doc["task_group"]["disconnect"] = {"stop_after": 0.5}
+    agent.submit(parse_alloc(doc))
+    assert wait_for(lambda: agent.get("svc").tasks["t"].handle_json is not None)
+    server.unavailable = True
+    cut = time.monotonic()
+    assert agent.get("svc").wait(5.0)
+    assert time.monotonic() - cut < 0.5 + 1.5
+    assert server.bodies("/heartbeat")[-1][0] > cut  # it was answered, with 503s
 
 
 def test_the_housekeeping_looks_only_at_allocations_with_stop_after(servers, agents, tmp_path):
