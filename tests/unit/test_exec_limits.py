@@ -13,6 +13,9 @@ from orch.agent.drivers.exec_config import resolve_user
 from orch.errors import DriverError
 from orch.structs import Resources
 
+from helpers import read_or_empty
+from waiting import live, wait_for
+
 HOG = f'{sys.executable} -c "b = bytearray(200 * 1024 * 1024); import time; time.sleep(5)"'
 SMALL = f'{sys.executable} -c "b = bytearray(8 * 1024 * 1024)"'
 
@@ -273,3 +276,42 @@ def test_a_run_is_contained_only_when_its_cgroups_were_empty_at_its_end(driver, 
     assert result.exit_code == 0
     # Without cgroups nothing says no process of it is left.
     assert result.contained is not isinstance(driver._cgroups, NoCgroups)
+
+
+def _detached(pidfile) -> str:
+    """A daemon out of the task's process group and session, its pid in `pidfile`."""
+    return (
+        f"( setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' & ); "
+        f"while [ ! -s {pidfile} ]; do sleep 0.02; done"
+    )
+
+
+def _kill_if_left(pidfile) -> None:
+    try:
+        os.kill(int(pidfile.read_text()), 9)
+    except (OSError, ValueError):
+        pass
+
+
+@pytest.mark.parametrize("end", ["exit", "stop"])
+def test_what_a_task_detached_dies_at_its_end(tmp_path, end):
+    # setsid or a double fork leaves the process group, never the cgroup:
+    # the end of the task kills what is left there (Nomad's exec driver does),
+    # before the pool hands the cgroup to the next task.
+    cgroups, made = real_cgroups()
+    driver = ExecDriver(cgroups=cgroups)
+    pidfile = tmp_path / "daemon.pid"
+    tail = "exit 0" if end == "exit" else "sleep 300"
+    try:
+        handle = driver.start(context(tmp_path, f"{_detached(pidfile)}; {tail}"))
+        assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+        daemon = int(pidfile.read_text())
+        if end == "stop":
+            assert live(daemon)
+            driver.stop(handle, 1.0)
+        assert driver.wait(handle, 10) is not None
+        assert wait_for(lambda: not live(daemon))
+        assert not any(read_or_empty(os.path.join(d, "cgroup.procs")).strip() for d in made[0].dirs)
+    finally:
+        _kill_if_left(pidfile)
+        driver.close()

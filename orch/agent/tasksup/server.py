@@ -12,8 +12,9 @@ task left leaves too.
 
 Each start of a task is one run with its own record (`records.py`), claimed
 before the task starts. When the task ends, the supervisor kills what is
-left of its process group (the unit the agent signals), reaps it, and
-appends how it ended before saying so.
+left of its process group (the unit the agent signals), reaps it, kills
+what is left in its cgroups (daemons that left the group), and appends how
+it ended before saying so.
 
 Memory limit (`limits.py`): a task in its cgroups (`cgroup_procs`, joined
 before exec) is held by the kernel; the supervisor only reads the OOM count
@@ -49,6 +50,7 @@ from orch.agent.tasksup.limits import (
     cgroup_oom,
     open_join,
     process_tree,
+    read_file,
     remove_cgroups,
     tree_rss,
 )
@@ -334,7 +336,8 @@ class Supervisor:
     def _finish(self, run: Run, status: int) -> None:
         oom = run.oom or cgroup_oom(run.oom_files, self.files.read)
         doc = exit_doc(status, oom)
-        kept = not oom and self._keeps(run)
+        left = self._kill_left(run)
+        kept = not oom and not left and self._keeps(run)
         if kept:
             doc["cgroups_kept"] = run.cgroup_dirs
         line = b'{"exited": %d}\n' % run.pid
@@ -359,16 +362,29 @@ class Supervisor:
             self._remove_later(run.cgroup_dirs)
         self._broadcast(line)
 
+    def _kill_left(self, run: Run) -> bool:
+        """SIGKILL what the task left in its cgroups, as Nomad's executor
+        does: a daemon (setsid, a double fork) leaves the task's process
+        group, never its cgroups. True if there was any (or no list to read):
+        its cgroups are then removed, not kept, once it has died."""
+        if not run.cgroup_procs:
+            return False
+        # The memory cgroup's list alone: the task's processes are in all of
+        # its cgroups. One read at the end of a task, none at its start.
+        listed = self.files.read(run.cgroup_procs[0])
+        if listed == b"":
+            return False
+        _kill_listed(listed or b"")
+        return True
+
     def _keeps(self, run: Run) -> bool:
         """Hand the cgroups back to the agent that asked? Only to one still
-        connected (it pools them), and only empty ones (reusable at once)."""
+        connected (it pools them), and only empty ones (`_kill_left` found
+        nothing in them: reusable at once)."""
         if run.keeper is None or not run.cgroup_dirs:
             return False
         client = self.clients.get(run.keeper.fileno())
-        if client is None or client[0] is not run.keeper:
-            return False
-        # The memory cgroup's list alone: the task's processes are in all of its cgroups.
-        return self.files.read(run.cgroup_procs[0]) == b"" if run.cgroup_procs else False
+        return client is not None and client[0] is run.keeper
 
     def _remove_later(self, dirs: list[str]) -> None:
         """Remove the cgroups now, or retry from the loop while they are busy."""
@@ -387,6 +403,9 @@ class Supervisor:
             except FileNotFoundError:
                 pass
             except OSError:
+                # Still busy: kill what is in it again (a child forked
+                # while the last kill was on its way).
+                _kill_listed(read_file(path + "/cgroup.procs") or b"")
                 if now < deadline:
                     keep.append((deadline, path))
         self.rmdirs = keep
@@ -527,6 +546,20 @@ def _drain(fd: int) -> None:
             pass
     except (BlockingIOError, InterruptedError):
         pass
+
+
+def _kill_listed(procs: bytes) -> None:
+    """SIGKILL each pid of a cgroup.procs list (never this process)."""
+    for field in procs.split():
+        try:
+            pid = int(field)
+        except ValueError:
+            continue
+        if pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def _killpg(pgid: int, sig: int) -> None:
