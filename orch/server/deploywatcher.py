@@ -185,8 +185,11 @@ class DeploymentWatcher:
         if target is not None:
             try:
                 self._revert(job.job_id, target)
+                return True  # the revert's submit evaluates the job
             except Conflict as exc:
                 log.warning("auto-revert of %s failed: %s", job.job_id, exc)
+        # As Nomad's: the scheduler looks again and stops the unpromoted canaries.
+        self._evaluate(job.job_id)
         return True
 
 
@@ -213,7 +216,9 @@ def _group_progress(
             promoted = True
     old_left = any(a.desired_status == DesiredStatus.RUN and a.group_hash != spec for a in mine)
     state.update(placed=len(placed), healthy=healthy, unhealthy=len(reasons), promoted=promoted)
-    finished = promoted and healthy >= group.count and not old_left
+    # Promotion lets canaries replace old copies: with none left (a revert to
+    # the spec that runs, old copies all gone) there is nothing to wait for.
+    finished = healthy >= group.count and not old_left
     why = f"group {group.name}: {reasons[0]}" if reasons else ""
     # progress_deadline 0: no deadline (the update block's rule, as Nomad's).
     deadline = float(state.get("progress_deadline") or 0) if strategy.progress_deadline else 0

@@ -315,3 +315,25 @@ def test_a_pass_on_a_stale_read_never_undoes_a_users_fail_or_promote(env):
     assert env.store.get_deployment(d.deployment_id).status == DeploymentStatus.FAILED
     with pytest.raises(Conflict):
         promote(env.store, d.deployment_id, env.clock())
+
+
+def test_a_revert_to_the_running_spec_succeeds_without_a_promotion(env):
+    """The revert's deployment has no canary to place (the copies it wants
+    run): it waited for a promotion until progress_deadline failed it."""
+    v1, old, _d = start(env, canary=1)
+    canary = place(env, v1, 0, healthy_since=env.clock())
+    env.clock.t += 5
+    v2 = submit(env, make_job("v0", canary=1))  # the revert
+    d = deploy.new_deployment(v2, list(v2.task_groups), env.clock())
+    env.store.put_deployment(d)
+    env.store.stop_allocs([canary.allocation_id], "superseded")  # as the scheduler does
+    env.watcher.tick()
+    assert env.store.get_deployment(d.deployment_id).status == DeploymentStatus.SUCCESSFUL
+
+
+def test_a_failed_deployment_without_revert_evaluates_the_job(env):
+    """The scheduler stops a failed deployment's canaries only when it looks:
+    without a revert nothing made it look, and the canary kept running."""
+    _v1, _old, d = start(env, canary=1, auto_revert=False)
+    env.watcher.fail(d.deployment_id)
+    assert env.reverted == [] and env.evaluated == ["web"]

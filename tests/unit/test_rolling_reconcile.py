@@ -2,6 +2,7 @@
 
 from orch.server import deploy
 from orch.server.scheduler.reconcile import reconcile
+from orch.server.scheduler.rolling import CANARY_OF_FAILED, SUPERSEDED
 from orch.structs import (
     Allocation,
     Deployment,
@@ -11,6 +12,7 @@ from orch.structs import (
     Task,
     TaskGroup,
     UpdateStrategy,
+    replace,
 )
 from orch.structs import AllocStatus as A
 from orch.structs import DesiredStatus as D
@@ -117,3 +119,45 @@ def test_max_parallel_zero_places_every_copy_at_once():
     j = job(max_parallel=0)
     diff = reconcile(j, olds(), now=20.0, deployment=deployment(j))
     assert placed(diff) == [0, 1, 2, 3] and diff.stop == []
+
+
+def stops(diff):
+    return sorted((a.allocation_id, why) for a, why in diff.stop)
+
+
+def test_a_failed_deployment_stops_its_unpromoted_canary_and_keeps_the_old_copies():
+    """Nomad stops the canaries of a failed deployment: the canary stayed as a
+    third copy for count 2, healthy in the catalog."""
+    j = job(canary=1, min_healthy=0.0)
+    spec = deploy.group_hash(j, j.task_groups[0])
+    canary = alloc(0, spec, created=11.0, healthy_since=12.0)
+    failed = deployment(j, promoted=False, status=DeploymentStatus.FAILED)
+    diff = reconcile(j, olds() + [canary], now=20.0, deployment=failed)
+    assert stops(diff) == [(canary.allocation_id, CANARY_OF_FAILED)]
+    assert diff.place == [] and len(diff.keep) == 4
+
+
+def test_a_superseded_canary_is_stopped_not_the_old_copy_beside_it():
+    """Version 2 submitted while version 1's canary waited: the old copy of
+    its slot was stopped as a duplicate and the stale canary kept."""
+    v1 = job(canary=1, min_healthy=0.0)
+    canary = alloc(0, deploy.group_hash(v1, v1.task_groups[0]), created=11.0, healthy_since=12.0)
+    group = TaskGroup("web", 4, (Task("t", "exec", {"command": "v3"}),), services=CHECKS)
+    v2 = Job("j", (replace(group, update=v1.task_groups[0].update),), type=JobType.SERVICE)
+    v2 = replace(v2, version=2)
+    diff = reconcile(v2, olds() + [canary], now=20.0, deployment=deployment(v2, promoted=False))
+    assert stops(diff) == [(canary.allocation_id, SUPERSEDED)]
+    assert placed(diff) == [0]  # version 2's own canary
+
+
+def test_a_revert_to_the_running_spec_stops_the_canary_and_places_nothing():
+    """After an auto_revert the stale canary was kept as the "old" copy and
+    the revert's deployment waited on it until progress_deadline."""
+    v1 = job(canary=1, min_healthy=0.0)
+    canary = alloc(0, deploy.group_hash(v1, v1.task_groups[0]), created=11.0, healthy_since=12.0)
+    group = replace(OLD, update=v1.task_groups[0].update)
+    reverted = Job("j", (group,), type=JobType.SERVICE, version=2)
+    d = deployment(reverted, promoted=False)
+    diff = reconcile(reverted, olds() + [canary], now=20.0, deployment=d)
+    assert stops(diff) == [(canary.allocation_id, SUPERSEDED)]
+    assert diff.place == [] and len(diff.keep) == 4

@@ -6,6 +6,12 @@ old and the new copy side by side meanwhile, so the group never serves with
 fewer than ``count`` copies minus those not yet replaced. At most
 ``max_parallel`` replacements are in flight; with ``canary: N`` only N are
 placed until the deployment is promoted, and old copies are kept until then.
+
+A replacement that never took over is stopped, as Nomad's reconciler stops
+the unpromoted canaries of a failed or older deployment: the canaries of a
+failed deployment, and an older spec's copy placed after the copy that still
+serves its slot (a canary or in-flight copy of a superseded version, or of
+the version a revert went back from). The serving copy is kept.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from orch.structs import Allocation, AllocStatus, Deployment, DesiredStatus, Job
 GROUP_CHANGED = "group changed"
 DUPLICATE = "duplicate"
 REPLACED = "replaced by a healthy copy"
+CANARY_OF_FAILED = "canary of a failed deployment"
+SUPERSEDED = "replacement superseded by a newer version"
 
 # _reconcile_slot's signature (job, group, index, allocs, spec_hash, now, result)
 SlotRule = Callable[..., None]
@@ -38,6 +46,13 @@ def reconcile_rolling(
     state = (deployment.groups.get(group.name) if deployment else None) or {}
     active = deployment is not None and deployment.active and deployment.job_version == job.version
     promoted = bool(state.get("promoted", strategy.canary == 0))
+    # This version's deployment failed before promotion: its canaries go.
+    failed_canaries = (
+        deployment is not None
+        and deployment.job_version == job.version
+        and not deployment.active
+        and not promoted
+    )
     waiting: list[tuple[int, Allocation]] = []
     replacing = in_flight = 0
     for index in range(group.count):
@@ -46,8 +61,15 @@ def reconcile_rolling(
             (a for a in allocs if a.desired_status == DesiredStatus.RUN),
             key=lambda a: a.create_time,
         )
+        stale = _superseded(wanted, spec_hash, result)
         new = [a for a in wanted if a.group_hash == spec_hash]
-        old = [a for a in wanted if a.group_hash != spec_hash]
+        old = [a for a in wanted if a.group_hash != spec_hash and a not in stale]
+        if old and new and failed_canaries:
+            stale += new
+            result.stop += [(a, CANARY_OF_FAILED) for a in new]
+            new = []
+        if stale:
+            allocs = [a for a in allocs if a not in stale]
         if not old:
             slot_rule(job, group, index, allocs, spec_hash, now, result)
             continue
@@ -84,3 +106,21 @@ def reconcile_rolling(
             result.place.append((group, index, None))
             budget -= 1
         result.keep.append(alloc)
+
+
+def _superseded(wanted: list[Allocation], spec_hash: str, result) -> list[Allocation]:
+    """Stop the copies of an older spec placed after the copy serving the slot."""
+    # A copy a drain replaces is not the one serving: its replacement is.
+    serving = next(
+        (
+            a
+            for a in wanted
+            if a.client_status in (AllocStatus.RUNNING, AllocStatus.PENDING) and not a.migrate
+        ),
+        None,
+    )
+    if serving is None:
+        return []
+    stale = [a for a in wanted if a.create_time > serving.create_time and a.group_hash != spec_hash]
+    result.stop += [(a, SUPERSEDED) for a in stale]
+    return stale
