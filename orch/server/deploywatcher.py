@@ -222,7 +222,10 @@ def _group_progress(
     why = f"group {group.name}: {reasons[0]}" if reasons else ""
     # progress_deadline 0: no deadline (the update block's rule, as Nomad's).
     deadline = float(state.get("progress_deadline") or 0) if strategy.progress_deadline else 0
-    if not why and not finished and deadline and now > deadline:
+    # Healthy canaries waiting for a promotion are not late: as Nomad's, the
+    # deployment runs until someone promotes or fails it.
+    awaiting = not promoted and healthy >= int(state.get("desired_canaries", strategy.canary))
+    if not why and not finished and not awaiting and deadline and now > deadline:
         limit = strategy.progress_deadline
         why = f"group {group.name}: no progress within progress_deadline {limit:g}s"
     return state, why, finished
@@ -244,10 +247,24 @@ def promote(store, deployment_id: str, now: float) -> Deployment:
         ]
         if short:
             raise Conflict(f"deployment {deployment_id} cannot be promoted: {'; '.join(short)}")
-        groups = {name: {**state, "promoted": True} for name, state in d.groups.items()}
+        job = store.get_job(d.job_id)
+        groups = {
+            name: state if state.get("promoted") else _promoted(state, job, name, now)
+            for name, state in d.groups.items()
+        }
         promoted = replace(
             d, groups=groups, modify_time=now, status_description="deployment promoted"
         )
         if store.put_deployment(promoted, expect=d):
             return promoted
     raise Conflict(f"deployment {deployment_id} is changing; try again")
+
+
+def _promoted(state: dict, job: Job | None, name: str, now: float) -> dict:
+    """A group's state once promoted: progress_deadline counts from now (as
+    Nomad's promotion resets it), however long the promotion took."""
+    state = {**state, "promoted": True}
+    group = job.group(name) if job is not None else None
+    if job is not None and group is not None and state.get("progress_deadline"):
+        state["progress_deadline"] = now + job.update_for(group).progress_deadline
+    return state

@@ -337,3 +337,37 @@ def test_a_failed_deployment_without_revert_evaluates_the_job(env):
     _v1, _old, d = start(env, canary=1, auto_revert=False)
     env.watcher.fail(d.deployment_id)
     assert env.reverted == [] and env.evaluated == ["web"]
+
+
+def test_healthy_canaries_awaiting_promotion_outlive_progress_deadline(env):
+    """As Nomad's: a deployment waiting for its promotion stays running until
+    someone promotes or fails it (it failed, and auto-reverted, at the
+    deadline); once promoted, it has progress_deadline from then on."""
+    v1, _old, d = start(env, canary=1)
+    place(env, v1, 0, healthy_since=env.clock())
+    env.clock.t += 3
+    env.watcher.tick()
+    env.clock.t += 600
+    env.watcher.tick()
+    assert env.store.get_deployment(d.deployment_id).status == DeploymentStatus.RUNNING
+    promote(env.store, d.deployment_id, env.clock())
+    env.clock.t += 30
+    env.watcher.tick()
+    assert env.store.get_deployment(d.deployment_id).status == DeploymentStatus.RUNNING
+    env.clock.t += 31
+    env.watcher.tick()
+    failed = env.store.get_deployment(d.deployment_id)
+    assert failed.status == DeploymentStatus.FAILED
+    assert "progress_deadline" in failed.status_description
+
+
+def test_canaries_not_all_healthy_still_fail_at_progress_deadline(env):
+    v1, _old, d = start(env, canary=2, auto_revert=False)
+    place(env, v1, 0, healthy_since=env.clock())  # the second one never placed
+    env.clock.t += 3
+    env.watcher.tick()
+    env.clock.t += 61
+    env.watcher.tick()
+    failed = env.store.get_deployment(d.deployment_id)
+    assert failed.status == DeploymentStatus.FAILED
+    assert "progress_deadline" in failed.status_description
