@@ -13,6 +13,7 @@ from orch.codec import alloc_from, allocs_json, job_from, node_from
 from orch.config import ServerConfig
 from orch.errors import ValidationError
 from orch.jobspec import parse_job
+from orch.server import deploy
 from orch.server.scheduler import ports as host_ports
 from orch.server.scheduler.cluster import Cluster
 from orch.server.scheduler.generic import compute_plan
@@ -20,6 +21,7 @@ from orch.server.scheduler.system import compute_system_plan
 from orch.server.server import Server
 from orch.server.worker import SchedulerWorker
 from orch.structs import (
+    AllocStatus,
     DesiredStatus,
     Evaluation,
     Node,
@@ -196,6 +198,40 @@ def test_stops_in_the_same_plan_free_their_ports():
     plan, _ = compute_plan(changed, first.place, cluster, EVAL, now=2.0, rng=random.Random(1))
     assert [a for a, _ in plan.stop] == [first.place[0].allocation_id]
     assert [a.ports[0]["value"] for a in plan.place] == [8080] and not plan.failed
+
+
+def rolling_update(nodes, count=1):
+    """Version 0 of a static-port service, version 1 submitted."""
+    raw = body([{"label": "http", "static": 8080}], count=count)
+    raw["update"] = {"max_parallel": 1}
+    job = parse_job(raw)
+    cluster = one_node(nodes=nodes)
+    first, _ = compute_plan(job, [], cluster, EVAL, now=1.0, rng=random.Random(1))
+    cluster.reserve_many(first.place)
+    raw["task_groups"][0]["tasks"][0]["config"]["command"] = "sleep 61"
+    changed = replace(parse_job(raw), version=1)
+    d = deploy.new_deployment(changed, list(changed.task_groups), 2.0)
+    running = [replace(a, client_status=AllocStatus.RUNNING) for a in first.place]
+    plan, _ = compute_plan(
+        changed, running, cluster, EVAL, now=2.0, rng=random.Random(1), deployment=d
+    )
+    return first, plan
+
+
+def test_a_rolling_update_stops_the_old_copy_whose_static_port_its_replacement_needs():
+    """As Nomad's destructive update: the replacement did not fit beside its
+    old copy (port 8080 taken), so the update never ran."""
+    first, plan = rolling_update(("n1", "n2", "n3"), count=3)
+    assert len(plan.stop) == 1 and not plan.failed  # max_parallel 1
+    (old,) = [a for a in first.place if a.allocation_id == plan.stop[0][0]]
+    assert [(a.node_id, a.index, a.ports[0]["value"]) for a in plan.place] == [
+        (old.node_id, old.index, 8080)
+    ]
+
+
+def test_a_rolling_update_keeps_the_old_copy_while_its_replacement_fits_elsewhere():
+    _first, plan = rolling_update(("n1", "n2"))
+    assert plan.stop == [] and len(plan.place) == 1 and not plan.failed
 
 
 def test_the_system_scheduler_picks_ports_and_names_a_conflict():

@@ -161,3 +161,15 @@ def test_a_revert_to_the_running_spec_stops_the_canary_and_places_nothing():
     diff = reconcile(reverted, olds() + [canary], now=20.0, deployment=d)
     assert stops(diff) == [(canary.allocation_id, SUPERSEDED)]
     assert diff.place == [] and len(diff.keep) == 4
+
+
+def test_a_replacement_whose_old_copy_is_gone_counts_in_max_parallel():
+    """A copy replaced in place (its old copy stopped for room) is in flight
+    until healthy: the next evaluation does not start another one."""
+    j = job(max_parallel=1)
+    spec = deploy.group_hash(j, j.task_groups[0])
+    allocs = olds()[1:] + [alloc(0, spec, created=11.0)]  # slot 0: old copy stopped
+    diff = reconcile(j, allocs, now=20.0, deployment=deployment(j))
+    assert placed(diff) == [] and diff.stop == []
+    healthy = olds()[1:] + [alloc(0, spec, created=11.0, healthy_since=12.0)]
+    assert placed(reconcile(j, healthy, now=20.0, deployment=deployment(j))) == [1]

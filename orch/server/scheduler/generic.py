@@ -19,6 +19,7 @@ import os
 from orch.server import deploy
 from orch.server.scheduler.cluster import Cluster
 from orch.server.scheduler.reconcile import GROUP_CHANGED, Reconciliation, reconcile
+from orch.server.scheduler.rolling import MAKES_ROOM
 from orch.server.scheduler.stack import Stack
 from orch.structs import (
     Allocation,
@@ -46,6 +47,8 @@ def compute_plan(
     """Plan the evaluation; also return when to look again (delayed reschedules)."""
     diff = reconcile(job, allocs, now=now, deployment=deployment)
     plan = _placed(job, diff, cluster, evaluation, now, rng)
+    if _stop_blocking_copies(job, diff, plan, deployment):
+        plan = _placed(job, diff, cluster, evaluation, now, rng)
     unplaced = _changed_but_unplaced(job, diff, plan)
     if unplaced:
         # A changed group replaces its copies outside a deployment by
@@ -70,16 +73,47 @@ def _changed_but_unplaced(
     job: Job, diff: Reconciliation, plan: Plan
 ) -> dict[tuple[str, int], Allocation]:
     """(group, index) -> the running copy of each slot whose group changed
-    (no rolling update: stopped and replaced at once) in a group some of
-    whose placements failed."""
+    (no rolling update, or no room beside it: stopped and replaced at once)
+    in a group some of whose placements failed."""
     out = {}
     for alloc, why in diff.stop:
-        if why != GROUP_CHANGED or alloc.task_group not in plan.failed:
+        if why not in (GROUP_CHANGED, MAKES_ROOM) or alloc.task_group not in plan.failed:
             continue
         group = job.group(alloc.task_group)
-        if group is not None and not deploy.rolling(job, group):
+        if group is not None and (why == MAKES_ROOM or not deploy.rolling(job, group)):
             out[(alloc.task_group, alloc.index)] = alloc
     return out
+
+
+def _stop_blocking_copies(
+    job: Job, diff: Reconciliation, plan: Plan, deployment: Deployment | None
+) -> bool:
+    """Stop the old copies whose replacements found no room beside them.
+
+    A rolling update keeps an old copy until its replacement is healthy;
+    where the replacement does not fit beside it (a static port, a full
+    node), the old copy is stopped in the same plan, as Nomad's destructive
+    update does, so that its ports and resources go to the replacement.
+    Canaries are never placed this way: they run beside the old copies.
+    """
+    if not plan.failed or deployment is None or not deployment.active:
+        return False
+    slots = {
+        (group.name, index)
+        for group, index, _ in diff.place
+        if group.name in plan.failed and (deployment.groups.get(group.name) or {}).get("promoted")
+    }
+    blocking = []
+    for alloc in diff.keep:
+        group = job.group(alloc.task_group)
+        if (alloc.task_group, alloc.index) in slots and group is not None:
+            if alloc.group_hash != deploy.group_hash(job, group):
+                blocking.append(alloc)
+    if not blocking:
+        return False
+    diff.keep = [a for a in diff.keep if a not in blocking]
+    diff.stop += [(a, MAKES_ROOM) for a in blocking]
+    return True
 
 
 def _placed(

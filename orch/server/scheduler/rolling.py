@@ -6,6 +6,8 @@ old and the new copy side by side meanwhile, so the group never serves with
 fewer than ``count`` copies minus those not yet replaced. At most
 ``max_parallel`` replacements are in flight; with ``canary: N`` only N are
 placed until the deployment is promoted, and old copies are kept until then.
+A replacement that fits nowhere beside its old copy takes its place instead
+(orch.server.scheduler.generic: MAKES_ROOM).
 
 A replacement that never took over is stopped, as Nomad's reconciler stops
 the unpromoted canaries of a failed or older deployment: the canaries of a
@@ -19,13 +21,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orch.server import deploy
-from orch.structs import Allocation, AllocStatus, Deployment, DesiredStatus, Job, TaskGroup
+from orch.structs import (
+    Allocation,
+    AllocStatus,
+    Deployment,
+    DesiredStatus,
+    Job,
+    TaskGroup,
+    UpdateStrategy,
+)
 
 GROUP_CHANGED = "group changed"
 DUPLICATE = "duplicate"
 REPLACED = "replaced by a healthy copy"
 CANARY_OF_FAILED = "canary of a failed deployment"
 SUPERSEDED = "replacement superseded by a newer version"
+MAKES_ROOM = "stopped for its replacement: no room beside it"
 
 # _reconcile_slot's signature (job, group, index, allocs, spec_hash, now, result)
 SlotRule = Callable[..., None]
@@ -72,6 +83,8 @@ def reconcile_rolling(
             allocs = [a for a in allocs if a not in stale]
         if not old:
             slot_rule(job, group, index, allocs, spec_hash, now, result)
+            if promoted and active and _placed_unhealthy(new, deployment, group, strategy, now):
+                in_flight += 1  # replaced in place: its old copy is gone already
             continue
         keep_old = old[-1]
         result.stop += [(a, DUPLICATE) for a in old[:-1]]
@@ -106,6 +119,19 @@ def reconcile_rolling(
             result.place.append((group, index, None))
             budget -= 1
         result.keep.append(alloc)
+
+
+def _placed_unhealthy(
+    new: list[Allocation],
+    deployment: Deployment | None,
+    group: TaskGroup,
+    strategy: UpdateStrategy,
+    now: float,
+) -> bool:
+    """Is the slot's copy one this deployment placed, not healthy yet?"""
+    if not new or deployment is None or new[-1].create_time < deployment.create_time:
+        return False
+    return not deploy.is_healthy(new[-1], group, strategy, now)
 
 
 def _superseded(wanted: list[Allocation], spec_hash: str, result) -> list[Allocation]:
