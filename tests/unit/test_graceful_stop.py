@@ -283,6 +283,18 @@ def test_a_delete_with_a_shutdown_delay_answers_at_once_and_stops_behind(agent):
     assert wait_for(removed, timeout=5)
 
 
+def agent_after_an_interrupted_delete(config, store, spec, driver, handle) -> Agent:
+    """An agent over a data dir whose last one died while stopping task t of a1."""
+    doc = {
+        "spec": spec.to_dict(),
+        "stopped": True,
+        "tasks": {"t": {"status": "running"}},
+        "handles": {"t": driver.handle_to_json(handle)},
+    }
+    store.save_alloc("a1", doc)
+    return Agent(config)
+
+
 def test_restore_finishing_an_interrupted_delete_does_not_wait_the_delay_again(tmp_path):
     config = AgentConfig(data_dir=str(tmp_path), kill_timeout=1.0)
     store = AgentStore(str(tmp_path))
@@ -293,14 +305,7 @@ def test_restore_finishing_an_interrupted_delete_does_not_wait_the_delay_again(t
     driver = ExecDriver()
     ctx = store_task_context(store)
     handle = driver.start(ctx)
-    doc = {
-        "spec": spec.to_dict(),
-        "stopped": True,
-        "tasks": {"t": {"status": "running"}},
-        "handles": {"t": driver.handle_to_json(handle)},
-    }
-    store.save_alloc("a1", doc)
-    agent = Agent(config)
+    agent = agent_after_an_interrupted_delete(config, store, spec, driver, handle)
     try:
         began = time.monotonic()
         assert agent.restore() == 0
@@ -326,14 +331,7 @@ def test_restore_finishes_an_interrupted_delete_behind_not_before_serving(tmp_pa
     driver = ExecDriver()
     handle = driver.start(store_task_context(store, command))
     assert wait_for(ready.exists), "the task never set its trap"
-    doc = {
-        "spec": spec.to_dict(),
-        "stopped": True,
-        "tasks": {"t": {"status": "running"}},
-        "handles": {"t": driver.handle_to_json(handle)},
-    }
-    store.save_alloc("a1", doc)
-    agent = Agent(config)
+    agent = agent_after_an_interrupted_delete(config, store, spec, driver, handle)
     try:
         began = time.monotonic()
         assert agent.restore() == 0

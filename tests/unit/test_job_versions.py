@@ -178,14 +178,12 @@ def test_rollout_route_refuses_a_bad_body_with_json(server, body, says):
     assert server.store.get_job("web").version == 0  # nothing rolled out
 
 
-def test_an_allocation_shows_the_spec_of_the_version_it_runs(server):
-    """During a rollout old and new copies run different specs: each read
-    showed the job's newest (an old copy with the new command and memory)."""
+def web_with_an_old_copy(server):
+    """Job web at version 0 with one running copy ("old-copy") on n1; its app."""
     import types
 
     from orch.structs import Allocation, AllocStatus, Node, Resources
 
-    app = make_app(server)
     server.store.upsert_node(Node("n1", resources=Resources(cpu=1000, memory=1000)))
     v0, _ = server.submit_job(spec(command="sleep 1000"))
     old = Allocation(
@@ -193,6 +191,13 @@ def test_an_allocation_shows_the_spec_of_the_version_it_runs(server):
         client_status=AllocStatus.RUNNING, job_version=0,
     )  # fmt: skip
     server.store.commit_plan(types.SimpleNamespace(job_id="web", stop=[], place=[old]), [])
+    return make_app(server)
+
+
+def test_an_allocation_shows_the_spec_of_the_version_it_runs(server):
+    """During a rollout old and new copies run different specs: each read
+    showed the job's newest (an old copy with the new command and memory)."""
+    app = web_with_an_old_copy(server)
     changed = spec(command="sleep 1001")
     changed["task_groups"][0]["tasks"][0]["resources"]["memory"] = 64
     server.submit_job(changed)
@@ -209,19 +214,9 @@ def test_an_allocation_shows_the_spec_of_the_version_it_runs(server):
 def test_a_job_and_its_allocations_read_without_the_database(server, monkeypatch):
     """With the database lost, GET /jobs/<id> of an updated job answered 503:
     it read the old version its allocations run from SQL. Memory answers."""
-    import types
-
     from orch.errors import StorageError
-    from orch.structs import Allocation, AllocStatus, Node, Resources
 
-    app = make_app(server)
-    server.store.upsert_node(Node("n1", resources=Resources(cpu=1000, memory=1000)))
-    v0, _ = server.submit_job(spec(command="sleep 1000"))
-    old = Allocation(
-        "old-copy", "web", v0.task_groups[0].name, "n1", 0,
-        client_status=AllocStatus.RUNNING, job_version=0,
-    )  # fmt: skip
-    server.store.commit_plan(types.SimpleNamespace(job_id="web", stop=[], place=[old]), [])
+    app = web_with_an_old_copy(server)
     server.submit_job(spec(command="sleep 1001"))
 
     def lost(*_args, **_kw):
