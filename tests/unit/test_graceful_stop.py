@@ -272,15 +272,16 @@ def test_a_delete_with_a_shutdown_delay_answers_at_once_and_stops_behind(agent):
     assert group_pids(pgid) != []  # still serving through the delay
     assert wait_for(lambda: group_pids(pgid) == [], timeout=delay + 10)
     assert time.monotonic() - began >= delay
+    assert wait_for(lambda: removed(agent, "a1"), timeout=5)
 
-    def removed():
-        try:
-            agent.get("a1")
-        except NotFound:
-            return True
-        return False
 
-    assert wait_for(removed, timeout=5)
+def removed(agent: Agent, alloc_id: str) -> bool:
+    """The agent no longer holds the allocation."""
+    try:
+        agent.get(alloc_id)
+    except NotFound:
+        return True
+    return False
 
 
 def agent_after_an_interrupted_delete(config, store, spec, driver, handle) -> Agent:
@@ -340,15 +341,7 @@ def test_restore_finishes_an_interrupted_delete_behind_not_before_serving(tmp_pa
         assert group_pids(handle.pgid) != []
         assert wait_for(lambda: group_pids(handle.pgid) == [], timeout=15)
         assert time.monotonic() - began >= 4.0  # its kill_timeout was served
-
-        def removed():
-            try:
-                agent.get("a1")
-            except NotFound:
-                return True
-            return False
-
-        assert wait_for(removed, timeout=5)
+        assert wait_for(lambda: removed(agent, "a1"), timeout=5)
         assert "a1" in agent.heartbeat_reports()  # its last word, until taken
     finally:
         agent.shutdown(stop_tasks=True)
