@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from orch.errors import Conflict
+from orch.errors import Conflict, StorageError
 from orch.server import deploy
 from orch.structs import (
     Allocation,
@@ -81,6 +81,7 @@ class DeploymentWatcher:
         started = self._store.deployment_written
         seen = feed.index
         running = True  # the first pass looks
+        lost = False  # the last pass found the database away
         while not self._stopped.is_set():
             if running:
                 seen = feed.wait(seen, self._interval)
@@ -97,6 +98,13 @@ class DeploymentWatcher:
             self._store.settle()  # the woken write is in memory too
             try:
                 running = self.tick()
+                lost = False
+            except StorageError as exc:
+                # The database is away: said once, not with a traceback at
+                # every pass (4 a second) until the leader steps down.
+                if not lost:
+                    log.warning("deployment watcher: %s; passes resume when it is back", exc)
+                running = lost = True
             except Exception:  # a bad pass must not end the watcher
                 running = True
                 log.exception("deployment watcher pass failed")

@@ -142,6 +142,34 @@ def test_the_running_watcher_acts_on_a_store_change_not_on_its_tick(env):
         watcher.stop()
 
 
+def test_a_lost_database_is_logged_once_not_at_every_pass(env, monkeypatch, caplog):
+    """Each pass logged a traceback, ~4 a second, while PostgreSQL was away."""
+    import logging
+
+    from orch.errors import StorageError
+
+    start(env)
+    watcher = DeploymentWatcher(
+        env.store, env.evaluated.append, lambda *a: None, clock=env.clock, interval=0.01
+    )
+    passes = []
+
+    def lost():
+        passes.append(1)
+        raise StorageError("state store unavailable: connection failed")
+
+    monkeypatch.setattr(watcher, "tick", lost)
+    caplog.set_level(logging.WARNING, logger="orch.server.deploywatcher")
+    watcher.start()
+    try:
+        assert wait_for(lambda: len(passes) >= 5, 10)
+    finally:
+        watcher.stop()
+    said = [r for r in caplog.records if r.name == "orch.server.deploywatcher"]
+    assert len(said) == 1 and "connection failed" in said[0].getMessage()
+    assert said[0].exc_info is None
+
+
 def test_old_copy_still_running_keeps_it_running(env):
     v1, _old, d = start(env)
     for i in range(2):
