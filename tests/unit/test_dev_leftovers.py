@@ -9,7 +9,9 @@ import subprocess
 
 import psutil
 
-from orch.dev.leftovers import kill_tasks_left
+from orch.dev.leftovers import kill_tasks_left, tasks_left
+
+from waiting import wait_for
 
 
 def sleeper(alloc_dir: str) -> subprocess.Popen:
@@ -23,7 +25,9 @@ def test_only_the_runs_own_tasks_are_killed(tmp_path):
     ours = sleeper(str(run / "agent-0" / "allocs" / "a1"))
     other = sleeper(str(tmp_path / "orch-dev-10" / "allocs" / "a1"))  # a prefix, not ours
     try:
-        assert kill_tasks_left(str(run)) == 2  # the shell and its sleep
+        # The shell and its sleep, once the shell has started it.
+        assert wait_for(lambda: len(tasks_left(str(run))) == 2)
+        assert kill_tasks_left(str(run)) == 2
         assert not psutil.pid_exists(ours.pid)  # killed (and reaped by the wait)
         assert other.poll() is None
         assert kill_tasks_left(str(run)) == 0
