@@ -68,13 +68,22 @@ def progress(
     the drain will move or stop: not the system copies it ignores)."""
     if node.drain is None:
         return None
-    if node.drain.get("ignore_system_jobs"):
-        allocs = [a for a in allocs if not is_system(job_of(a.job_id))]
+    allocs = to_drain(allocs, bool(node.drain.get("ignore_system_jobs")), job_of)
     return {
         **node.drain,
         "remaining_allocations": len(allocs),
         "migrating": sum(1 for a in allocs if a.migrate),
     }
+
+
+def to_drain(
+    allocs: list[Allocation], ignore_system: bool, job_of: Callable[[str], Job | None]
+) -> list[Allocation]:
+    """What a drain has yet to move or stop: all of it, but the system copies
+    it was told to leave."""
+    if not ignore_system:
+        return allocs
+    return [a for a in allocs if not is_system(job_of(a.job_id))]
 
 
 class Drainer(threading.Thread):
@@ -178,9 +187,7 @@ class Drainer(threading.Thread):
 
     def _remaining(self, node_id: str, ignore_system: bool) -> bool:
         allocs = self._store.live_allocs_for_node(node_id)
-        if ignore_system:
-            return any(not is_system(self._store.get_job(a.job_id)) for a in allocs)
-        return bool(allocs)
+        return bool(to_drain(allocs, ignore_system, self._store.get_job))
 
     def _migrate(self, node_id: str, allocs: list[Allocation]) -> None:
         """Stop the copies already replaced; mark the next ones, per group."""
